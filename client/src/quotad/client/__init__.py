@@ -1,0 +1,1 @@
+"""Thin clients for the quotad daemon."""

@@ -1,0 +1,125 @@
+"""Frames: a 4-byte big-endian length N, then N bytes of MessagePack holding one message.
+
+:class:`FrameEncoder` and :class:`FrameDecoder` are built once per connection (or process) and
+reused: encoding writes the payload and its length prefix into one reused buffer, decoding reads
+every complete frame out of the bytes received so far. A length over ``max_frame`` is refused
+before anything is allocated for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Final, Generic, TypeVar
+
+import msgspec
+
+from quotad.protocol.messages import Reply, Request
+
+DEFAULT_MAX_FRAME: Final = 8 * 1024 * 1024
+HEADER_SIZE: Final = 4
+
+T = TypeVar("T")
+
+
+class FrameError(Exception):
+    """A frame could not be read; the connection it came from cannot be trusted any more."""
+
+
+class FrameTooLarge(FrameError):
+    """A frame's length prefix is over the limit."""
+
+
+class MessageInvalid(FrameError):
+    """A frame's payload is not a valid message; the text names the problem and the field."""
+
+
+class FrameEncoder:
+    """Encodes messages into length-prefixed frames, reusing one buffer."""
+
+    __slots__ = ("_buffer", "_encoder")
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.msgpack.Encoder()
+        self._buffer = bytearray(256)
+
+    def encode(self, message: object) -> bytes:
+        """One frame holding ``message``."""
+        buffer = self._buffer
+        self._encoder.encode_into(message, buffer, HEADER_SIZE)
+        size = len(buffer) - HEADER_SIZE
+        buffer[:HEADER_SIZE] = size.to_bytes(HEADER_SIZE, "big")
+        frame = bytes(buffer)
+        if len(buffer) > 65536:  # do not keep a huge buffer alive after one big message
+            self._buffer = bytearray(256)
+        return frame
+
+
+class FrameDecoder(Generic[T]):
+    """Splits received bytes into frames and decodes each into a ``T`` message."""
+
+    __slots__ = ("_buffer", "_decoder", "max_frame")
+
+    def __init__(self, message_type: type[T], max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._decoder: msgspec.msgpack.Decoder[T] = msgspec.msgpack.Decoder(message_type)
+        self._buffer = bytearray()
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[T]:
+        """Add received bytes; yield every message now complete.
+
+        Raises :class:`FrameTooLarge` or :class:`MessageInvalid` at the first bad frame.
+        """
+        buffer = self._buffer
+        buffer += data
+        offset = 0
+        end = len(buffer)
+        try:
+            while end - offset >= HEADER_SIZE:
+                size = int.from_bytes(buffer[offset : offset + HEADER_SIZE], "big")
+                if size > self.max_frame:
+                    raise FrameTooLarge(
+                        f"frame of {size} bytes is over the limit of {self.max_frame} bytes"
+                    )
+                start = offset + HEADER_SIZE
+                if end - start < size:
+                    break
+                payload = memoryview(buffer)[start : start + size]
+                try:
+                    message = self._decoder.decode(payload)
+                except msgspec.ValidationError as exc:
+                    raise MessageInvalid(f"invalid message: {describe(exc)}") from None
+                except msgspec.DecodeError as exc:
+                    raise MessageInvalid(f"malformed MessagePack: {exc}") from None
+                finally:
+                    payload.release()
+                offset = start + size
+                yield message
+        finally:
+            if offset:
+                del buffer[:offset]
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet make a whole frame."""
+        return len(self._buffer)
+
+
+def describe(error: msgspec.ValidationError) -> str:
+    """msgspec's ``Expected `int`, got `str` - at `$.max_tokens``` as
+    ``max_tokens: expected int, got str``."""
+    text = str(error)
+    head, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return text
+    path = where.rstrip("`").removeprefix("$").removeprefix(".") or "message"
+    return f"{path}: {head[:1].lower()}{head[1:].replace('`', '')}"
+
+
+def request_decoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameDecoder[Request]:
+    """A decoder for frames a daemon receives."""
+    return FrameDecoder(Request, max_frame)  # type: ignore[arg-type]
+
+
+def reply_decoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameDecoder[Reply]:
+    """A decoder for frames a client receives."""
+    return FrameDecoder(Reply, max_frame)  # type: ignore[arg-type]

@@ -1,0 +1,442 @@
+"""The messages of the quotad wire protocol (DESIGN §5).
+
+Every message is a ``msgspec.Struct`` tagged with its class name (field ``type``), in one
+tagged union per direction: :data:`Request` (client → daemon) and :data:`Reply`
+(daemon → client). Requests carry an ``id`` chosen by the client, unique per connection;
+replies carry the id of the request they answer, so many requests may be in flight on one
+connection. Every field added after version 1 must have a default, so that old peers keep
+decoding new messages (schema evolution); unknown fields are ignored for the same reason.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+Priority = Literal["low", "normal", "high", "critical"]
+PRIORITIES: tuple[Priority, ...] = ("low", "normal", "high", "critical")
+CacheMode = Literal["use", "bypass", "refresh", "only"]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+RequestId = Annotated[int, msgspec.Meta(ge=0)]
+Name = Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class Message(msgspec.Struct, kw_only=True, omit_defaults=True, tag=True):
+    """Base of every framed message: ``id`` pairs a reply with its request."""
+
+    id: RequestId = 0
+
+
+# --------------------------------------------------------------------------- shared parts
+
+
+class ChatMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One message of a conversation, in the OpenAI chat shape."""
+
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Tokens a request used, as the provider reported them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+# --------------------------------------------------------------------------- client → daemon
+
+
+class Hello(Message):
+    """First frame of a connection: who the client is."""
+
+    version: int = PROTOCOL_VERSION
+    app: Name = ""
+    client: Name = ""
+
+
+class Chat(Message):
+    """A chat completion through the daemon (plain, or streamed when ``stream``)."""
+
+    model: Name
+    messages: list[ChatMessage]
+    max_tokens: PositiveInt | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    stream: bool = False
+    priority: Priority | None = None
+    max_wait_s: NonNegativeFloat | None = None
+    cache: CacheMode = "use"
+    app: Name = ""
+    user: Name = ""
+    tags: list[str] = msgspec.field(default_factory=list)
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Embed(Message):
+    """Embeddings for one or more input strings."""
+
+    model: Name
+    input: str | list[str]
+    dimensions: PositiveInt | None = None
+    priority: Priority | None = None
+    max_wait_s: NonNegativeFloat | None = None
+    cache: CacheMode = "use"
+    app: Name = ""
+    user: Name = ""
+    tags: list[str] = msgspec.field(default_factory=list)
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Acquire(Message):
+    """Ask for a permit on a target's gates, for a caller that calls the provider itself."""
+
+    target: Name
+    tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    priority: Priority | None = None
+    max_wait_s: NonNegativeFloat | None = None
+    app: Name = ""
+    lease_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
+class Settle(Message):
+    """Report what a permitted call really used; returns the unused reservation."""
+
+    permit_id: Name
+    tokens_used: Annotated[int, msgspec.Meta(ge=0)] = 0
+    status: Literal["ok", "error", "rate_limited", "cancelled"] = "ok"
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    prompt_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    completion_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class Cancel(Message):
+    """Stop the request whose id is ``id``; it answers ``Error(code="cancelled")``."""
+
+
+class Status(Message):
+    """Ask for the daemon's state (targets, gates, breakers, queues, cache, budgets)."""
+
+
+class Subscribe(Message):
+    """Ask for a :class:`Snapshot` every ``interval_s`` until cancelled."""
+
+    interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 1.0
+    requests: bool = True
+
+
+class Spend(Message):
+    """Ask for a ledger report."""
+
+    period: Literal["day", "week", "month"] = "day"
+    by: Literal["app", "model", "target", "day"] = "app"
+
+
+class Admin(Message):
+    """An operator action: ``enable``/``disable``/``reset`` a target, ``reload`` the config,
+    or ``key_create``/``key_list``/``key_revoke`` for HTTP front door keys."""
+
+    action: Name
+    target: Name = ""
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+Request = Hello | Chat | Embed | Acquire | Settle | Cancel | Status | Subscribe | Spend | Admin
+
+
+# --------------------------------------------------------------------------- daemon → client
+
+
+class Welcome(Message):
+    """Answer to :class:`Hello`."""
+
+    version: int = PROTOCOL_VERSION
+    daemon_version: str = ""
+    features: list[str] = msgspec.field(default_factory=list)
+
+
+class ChatReply(Message):
+    """A completed chat request."""
+
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
+    cost_usd: float = 0.0
+    cached: bool = False
+    target: str = ""
+    attempts: int = 0
+    wait_s: float = 0.0
+    latency_s: float = 0.0
+    request_id: str = ""
+
+
+class ChatChunk(Message):
+    """One piece of a streamed chat reply."""
+
+    delta: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+
+
+class ChatEnd(ChatReply):
+    """The end of a stream: the whole content and the request's accounting."""
+
+
+class EmbedReply(Message):
+    """Embeddings, one vector per input string, in input order."""
+
+    embeddings: list[list[float]] = msgspec.field(default_factory=list)
+    usage: Usage = msgspec.field(default_factory=Usage)
+    cost_usd: float = 0.0
+    cached: bool = False
+    target: str = ""
+    attempts: int = 0
+    wait_s: float = 0.0
+    latency_s: float = 0.0
+    request_id: str = ""
+
+
+class Permit(Message):
+    """A granted :class:`Acquire`: settle it by ``permit_id`` before ``lease_s`` runs out."""
+
+    permit_id: str = ""
+    wait_s: float = 0.0
+    lease_s: float = 0.0
+
+
+class WindowStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One limit window of a gate: what is used of it now."""
+
+    unit: Literal["requests", "tokens"] = "requests"
+    limit: int = 0
+    window_s: float = 0.0
+    used: int = 0
+    provider_remaining: int | None = None
+
+
+class GateStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A gate (provider, model or app scope) and its windows."""
+
+    name: str = ""
+    scope: Literal["provider", "model", "app"] = "provider"
+    windows: list[WindowStatus] = msgspec.field(default_factory=list)
+    paused_until: float | None = None
+
+
+class TargetStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One ``provider/model`` target as the daemon sees it."""
+
+    name: str = ""
+    provider: str = ""
+    model: str = ""
+    kind: str = ""
+    enabled: bool = True
+    breaker: Literal["closed", "open", "half_open"] = "closed"
+    health: Literal["healthy", "degraded", "unhealthy", "unknown"] = "unknown"
+    uptime_pct: float | None = None
+    in_flight: int = 0
+    requests: int = 0
+    failures: int = 0
+    latency_ewma_s: float | None = None
+    paused_until: float | None = None
+    unpriced: bool = False
+    gates: list[str] = msgspec.field(default_factory=list)
+    recent: str = ""
+
+
+class GroupStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A model group: its strategy and the current order of its targets."""
+
+    name: str = ""
+    strategy: str = ""
+    order: list[str] = msgspec.field(default_factory=list)
+    why: str = ""
+
+
+class QueueStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Waiters queued for gate admission, by priority."""
+
+    low: int = 0
+    normal: int = 0
+    high: int = 0
+    critical: int = 0
+
+
+class CacheStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Response cache figures."""
+
+    mode: str = "off"
+    entries: int = 0
+    bytes: int = 0
+    max_bytes: int = 0
+    hits: int = 0
+    misses: int = 0
+    hit_rate: float = 0.0
+    evictions: int = 0
+    saved_usd: float = 0.0
+
+
+class BudgetStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One budget (global or per app, daily or monthly) and its use."""
+
+    name: str = ""
+    scope: str = "global"
+    period: Literal["day", "month"] = "day"
+    limit_usd: float = 0.0
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    alert: bool = False
+
+
+class AppStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One app (named by its clients or keys): its policy and activity."""
+
+    name: str = ""
+    priority: str = "normal"
+    share: float = 1.0
+    requests: int = 0
+    in_flight: int = 0
+    queued: int = 0
+    wait_s_total: float = 0.0
+    spend_today_usd: float = 0.0
+
+
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Something an operator should notice (breaker opened, budget alert, reload…)."""
+
+    time: float = 0.0
+    kind: str = ""
+    message: str = ""
+
+
+class StatusReply(Message):
+    """The daemon's state at one instant."""
+
+    daemon_version: str = ""
+    pid: int = 0
+    uptime_s: float = 0.0
+    socket: str = ""
+    http: str = ""
+    config_path: str = ""
+    connections: int = 0
+    in_flight: int = 0
+    requests_total: int = 0
+    targets: list[TargetStatus] = msgspec.field(default_factory=list)
+    groups: list[GroupStatus] = msgspec.field(default_factory=list)
+    gates: list[GateStatus] = msgspec.field(default_factory=list)
+    queues: QueueStatus = msgspec.field(default_factory=QueueStatus)
+    cache: CacheStatus = msgspec.field(default_factory=CacheStatus)
+    budgets: list[BudgetStatus] = msgspec.field(default_factory=list)
+    apps: list[AppStatus] = msgspec.field(default_factory=list)
+    events: list[Event] = msgspec.field(default_factory=list)
+
+
+class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One finished request, as shown in a live tail."""
+
+    request_id: str = ""
+    time: float = 0.0
+    kind: str = "chat"
+    app: str = ""
+    target: str = ""
+    status: str = "ok"
+    wait_s: float = 0.0
+    latency_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cached: bool = False
+    attempts: int = 0
+    priority: str = "normal"
+
+
+class Snapshot(Message):
+    """Periodic state for a :class:`Subscribe`: status plus the requests finished since the
+    previous snapshot (sampled: at most the newest few hundred)."""
+
+    seq: int = 0
+    time: float = 0.0
+    status: StatusReply = msgspec.field(default_factory=StatusReply)
+    requests: list[RequestRecord] = msgspec.field(default_factory=list)
+    requests_per_s: float = 0.0
+
+
+class SpendRow(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Ledger totals for one key of a report (an app, a model, a target or a day)."""
+
+    key: str = ""
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    cache_hits: int = 0
+    saved_usd: float = 0.0
+    unpriced: bool = False
+    anomalous: bool = False
+
+
+class SpendReply(Message):
+    """A ledger report for a period, grouped by one key."""
+
+    period: str = "day"
+    by: str = "app"
+    since: float = 0.0
+    until: float = 0.0
+    total: SpendRow = msgspec.field(default_factory=SpendRow)
+    rows: list[SpendRow] = msgspec.field(default_factory=list)
+    budgets: list[BudgetStatus] = msgspec.field(default_factory=list)
+    forecast_month_usd: float | None = None
+
+
+class Ok(Message):
+    """A request that has nothing else to answer succeeded."""
+
+    message: str = ""
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Error(Message):
+    """A request failed; ``code`` is one of :data:`quotad.protocol.errors.ERROR_CODES`."""
+
+    code: str = "internal"
+    message: str = ""
+    retry_after_s: float | None = None
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+Reply = (
+    Welcome
+    | ChatReply
+    | ChatChunk
+    | ChatEnd
+    | EmbedReply
+    | Permit
+    | StatusReply
+    | Snapshot
+    | SpendReply
+    | Ok
+    | Error
+)

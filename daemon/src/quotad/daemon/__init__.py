@@ -1,0 +1,1 @@
+"""The quotad daemon: server, broker, gates, routing, providers, store."""

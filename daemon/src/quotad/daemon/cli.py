@@ -1,0 +1,268 @@
+"""The ``quotad`` command (DESIGN §3): argument parsing and one small function per subcommand.
+
+Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 daemon not reachable. Every read
+command has ``--json``. Heavy modules are imported inside the subcommand that needs them, so
+``quotad --help`` and the client-side commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+PRIORITY_CHOICES = ("low", "normal", "high", "critical")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = argparse.ArgumentParser(
+        prog="quotad",
+        description="A local sidecar daemon for LLM API access: shared rate gates, cache, "
+        "ledger and failover for every process on this machine.",
+    )
+    parser.add_argument("--socket", help="daemon socket (default: $QUOTAD_SOCKET or the user socket)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--config", help="config file (default: $QUOTAD_CONFIG, XDG, /etc)")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.set_defaults(handler=_serve)
+
+    status = commands.add_parser("status", help="targets, gates, breakers, queues, cache, budgets")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_status)
+
+    chat = commands.add_parser("chat", help="one chat call through the daemon")
+    chat.add_argument("prompt", help="the user message")
+    chat.add_argument("-m", "--model", default="default", help="group, target or model")
+    chat.add_argument("--stream", action="store_true", help="print the reply as it arrives")
+    chat.add_argument("--app", help="app name (default: $QUOTAD_APP or 'quotad-cli')")
+    chat.add_argument("--priority", choices=PRIORITY_CHOICES)
+    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--max-wait", type=_non_negative_float, help="seconds to wait for a gate")
+    chat.add_argument("--cache", choices=("use", "bypass", "refresh", "only"), default="use")
+    chat.add_argument("--system", help="a system message before the prompt")
+    chat.add_argument("--json", action="store_true", help="print the whole reply as JSON")
+    chat.set_defaults(handler=_chat)
+
+    check = commands.add_parser("check-config", help="validate a config; print every problem")
+    check.add_argument("path", nargs="?", help="config file (default: the one serve would use)")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=_check_config)
+
+    sim = commands.add_parser("sim", help="a simulated provider (OpenAI + Anthropic wire formats)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
+    sim.add_argument("--rpm", type=int, default=0, help="requests per --window (0: no limit)")
+    sim.add_argument("--tpm", type=int, default=0, help="tokens per --window (0: no limit)")
+    sim.add_argument("--window", type=_positive_float, default=60.0, help="limit window, s")
+    sim.add_argument("--latency-ms", type=_non_negative_float, default=0.0, help="mean latency")
+    sim.add_argument("--jitter-ms", type=_non_negative_float, default=0.0, help="latency spread")
+    sim.add_argument("--fail-rate", type=_fraction, default=0.0, help="share answered 500")
+    sim.add_argument("--hang-rate", type=_fraction, default=0.0, help="share never answered")
+    sim.add_argument("--reset-rate", type=_fraction, default=0.0, help="share reset mid-answer")
+    sim.add_argument(
+        "--break-stream-rate", type=_fraction, default=0.0, help="share of streams cut mid-way"
+    )
+    sim.add_argument("--chunk-delay-ms", type=_non_negative_float, default=0.0)
+    sim.add_argument("--api-key", default="", help="require this key (default: accept any)")
+    sim.add_argument("--log", help="append a JSONL line per request (arrival time, status)")
+    sim.add_argument("--seed", type=int, help="seed the failure and latency randomness")
+    sim.set_defaults(handler=_sim)
+
+    demo = commands.add_parser("demo", help="sim providers + daemon + load from several apps")
+    demo.add_argument("--headless", action="store_true", help="print a text summary, no TUI")
+    demo.add_argument("--duration", type=_positive_float, default=0.0, help="seconds (0: until ^C)")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from quotad.daemon.config import ConfigError, find_and_load_config
+    from quotad.daemon.runtime import run_daemon
+
+    try:
+        config = find_and_load_config(args.config)
+    except ConfigError as error:
+        print(f"quotad: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_daemon(
+        config, socket_path=args.socket, log_format=args.log_format, log_level=args.log_level
+    )
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from quotad.daemon.config import ConfigError, find_and_load_config
+
+    try:
+        config = find_and_load_config(args.path)
+    except ConfigError as error:
+        if args.json:
+            print(msgspec.json.encode({"ok": False, "source": error.source,
+                                       "problems": error.problems}).decode())
+        else:
+            print(f"quotad: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    summary = {
+        "ok": True,
+        "source": config.source,
+        "providers": sorted(config.providers),
+        "groups": sorted(config.models),
+        "apps": sorted(config.apps),
+    }
+    if args.json:
+        print(msgspec.json.encode(summary).decode())
+    else:
+        print(
+            f"{config.source}: ok ({len(config.providers)} providers, "
+            f"{len(config.models)} groups, {len(config.apps)} apps)"
+        )
+    return EXIT_OK
+
+
+def _client(args: argparse.Namespace, app: str | None = None) -> Any:
+    from quotad.client import Client
+
+    return Client(socket=args.socket, app=app or "quotad-cli")
+
+
+def _with_client(args: argparse.Namespace, action: Callable[[Any], int]) -> int:
+    """Run ``action(client)``, mapping daemon errors to exit codes."""
+    from quotad.client import DaemonUnavailableError, QuotadError
+
+    try:
+        with _client(args, getattr(args, "app", None)) as client:
+            return action(client)
+    except DaemonUnavailableError as error:
+        print(f"quotad: {error}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except QuotadError as error:
+        print(f"quotad: {error.code}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _status(args: argparse.Namespace) -> int:
+    from quotad.daemon.report import print_status
+
+    def action(client: Any) -> int:
+        print_status(client.status(), as_json=args.json)
+        return EXIT_OK
+
+    return _with_client(args, action)
+
+
+def _chat(args: argparse.Namespace) -> int:
+    import msgspec
+
+    messages: list[dict[str, Any]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": args.prompt})
+    options: dict[str, Any] = {"max_tokens": args.max_tokens, "priority": args.priority,
+                               "max_wait_s": args.max_wait, "cache": args.cache}
+
+    def action(client: Any) -> int:
+        if args.stream:
+            end = None
+            for chunk in client.chat_stream(args.model, messages, **options):
+                if hasattr(chunk, "delta"):
+                    sys.stdout.write(chunk.delta)
+                    sys.stdout.flush()
+            end = client.last_stream_end
+            sys.stdout.write("\n")
+            if end is not None and args.json:
+                print(msgspec.json.encode(end).decode())
+            return EXIT_OK
+        reply = client.chat(args.model, messages, **options)
+        if args.json:
+            print(msgspec.json.encode(reply).decode())
+        else:
+            print(reply.content or "")
+            print(
+                f"[{reply.target}  {reply.usage.prompt_tokens}+{reply.usage.completion_tokens} "
+                f"tokens  ${reply.cost_usd:.6f}  wait {reply.wait_s * 1000:.0f} ms  "
+                f"{reply.latency_s * 1000:.0f} ms{'  cached' if reply.cached else ''}]",
+                file=sys.stderr,
+            )
+        return EXIT_OK
+
+    return _with_client(args, action)
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from quotad.daemon.sim import SimSettings, run_sim
+
+    settings = SimSettings(
+        host=args.host,
+        port=args.port,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        window_s=args.window,
+        latency_ms=args.latency_ms,
+        jitter_ms=args.jitter_ms,
+        fail_rate=args.fail_rate,
+        hang_rate=args.hang_rate,
+        reset_rate=args.reset_rate,
+        break_stream_rate=args.break_stream_rate,
+        chunk_delay_ms=args.chunk_delay_ms,
+        api_key=args.api_key,
+        log_path=args.log or "",
+        seed=args.seed,
+    )
+    return run_sim(settings)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from quotad.daemon.demo import run_demo
+
+    return run_demo(headless=args.headless, duration_s=args.duration)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``quotad`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,483 @@
+"""The TOML config (DESIGN §4): msgspec Structs, where the file is found, load and validate.
+
+:func:`load_config` reads a file and returns a :class:`Config` or raises :class:`ConfigError`
+listing *every* problem found, each naming its key path
+(``providers.openai.rpm: expected int, got str``). With no file anywhere, :func:`default_config`
+builds one from the environment (OPENAI_API_KEY, ANTHROPIC_API_KEY, GROQ_API_KEY and an Ollama
+answering on 127.0.0.1:11434).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import msgspec
+
+Priority = Literal["low", "normal", "high", "critical"]
+Strategy = Literal["failover", "round-robin", "weighted", "least-busy", "latency", "cost"]
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=1)]
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+S = TypeVar("S", bound="_Section")
+
+DEFAULT_HTTP_LISTEN: Final = "127.0.0.1:8787"
+OLLAMA_ADDRESS: Final = ("127.0.0.1", 11434)
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of every config table: unknown keys are errors."""
+
+
+class DaemonConfig(_Section, kw_only=True):
+    """``[daemon]``: where the daemon listens and keeps its state."""
+
+    socket: str = ""
+    state_dir: str = ""
+    durability: Literal["normal", "full"] = "normal"
+    max_frame: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024
+    drain_s: NonNegative = 10.0
+    allow_uids: list[int] = msgspec.field(default_factory=list)
+    allow_gids: list[int] = msgspec.field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    timezone: str = ""
+
+
+class HttpConfig(_Section, kw_only=True):
+    """``[http]``: the OpenAI/Anthropic-compatible front door."""
+
+    listen: str = DEFAULT_HTTP_LISTEN
+    auth: Literal["keys", "none"] = "keys"
+    max_body_mb: Positive = 16.0
+    max_header_kb: Positive = 64.0
+    idle_timeout_s: Positive = 75.0
+    read_timeout_s: Positive = 30.0
+
+
+class LimitConfig(_Section, kw_only=True):
+    """One extra limit window: ``{ requests = N, window_s = S }`` or ``{ tokens = N, ... }``."""
+
+    window_s: Positive
+    requests: Count | None = None
+    tokens: Count | None = None
+
+
+class RateLimits(_Section, kw_only=True):
+    """The limit keys shared by providers, models and apps."""
+
+    rpm: Count | None = None
+    tpm: Count | None = None
+    rpd: Count | None = None
+    tpd: Count | None = None
+    limits: list[LimitConfig] = msgspec.field(default_factory=list)
+
+
+class ModelConfig(RateLimits, kw_only=True):
+    """``[providers.X.models."m"]``: per-model limits (OpenAI limits are per model)."""
+
+
+class BreakerConfig(_Section, kw_only=True):
+    """A target's circuit breaker."""
+
+    failures: Count = 5
+    failure_ratio: Fraction = 0.5
+    window_s: Positive = 30.0
+    cooldown_s: Positive = 30.0
+    probes: Count = 1
+    min_calls: Count = 10
+
+
+class ProviderConfig(RateLimits, kw_only=True):
+    """``[providers.X]``: one provider account."""
+
+    kind: Literal["openai", "anthropic"]
+    base_url: str
+    api_key_env: str = ""
+    api_key_file: str = ""
+    timeout_s: Positive = 60.0
+    connect_timeout_s: Positive = 5.0
+    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    health_check_s: NonNegative = 0.0
+    max_concurrency: Count = 64
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    models: dict[str, ModelConfig] = msgspec.field(default_factory=dict)
+
+
+class GroupConfig(_Section, kw_only=True):
+    """``[models.G]``: a model group, what clients ask for."""
+
+    targets: Annotated[list[str], msgspec.Meta(min_length=1)]
+    strategy: Strategy = "failover"
+    weights: list[Annotated[float, msgspec.Meta(gt=0)]] = msgspec.field(default_factory=list)
+
+
+class CacheConfig(_Section, kw_only=True):
+    """``[cache]``: the response cache."""
+
+    mode: Literal["on", "off"] = "on"
+    ttl_s: Positive = 86400.0
+    max_mb: Positive = 256.0
+    eviction: Literal["lru", "lfu", "cost"] = "lru"
+
+
+class BudgetsConfig(_Section, kw_only=True):
+    """``[budgets]``: global spend limits."""
+
+    daily_usd: NonNegative | None = None
+    monthly_usd: NonNegative | None = None
+    alert_at: Fraction = 0.8
+
+
+class AppConfig(RateLimits, kw_only=True):
+    """``[apps.A]``: per-app policy; apps are named by clients or HTTP keys."""
+
+    priority: Priority = "normal"
+    share: Positive = 1.0
+    daily_usd: NonNegative | None = None
+    monthly_usd: NonNegative | None = None
+
+
+class PriceConfig(_Section, kw_only=True):
+    """``[prices."provider/model"]``: USD per 1M tokens."""
+
+    input: NonNegative
+    output: NonNegative
+    cached_input: NonNegative | None = None
+
+
+class GatesConfig(_Section, kw_only=True):
+    """``[gates]``: how admissions are reserved and queued."""
+
+    guard_s: NonNegative = 0.25
+    default_max_tokens: Count = 1024
+    max_wait_s: NonNegative = 30.0
+    max_queue: Count = 10000
+    aging_s: Positive = 10.0
+    lease_s: Positive = 120.0
+
+
+class RetryConfig(_Section, kw_only=True):
+    """``[retry]``: retries and the retry budget."""
+
+    attempts: Count = 3
+    base_s: Positive = 0.1
+    max_s: Positive = 20.0
+    budget_ratio: Fraction = 0.2
+    budget_min: Annotated[int, msgspec.Meta(ge=0)] = 3
+    budget_window_s: Positive = 10.0
+
+
+class Config(_Section, kw_only=True):
+    """The whole config file."""
+
+    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    providers: dict[str, ProviderConfig] = msgspec.field(default_factory=dict)
+    models: dict[str, GroupConfig] = msgspec.field(default_factory=dict)
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    budgets: BudgetsConfig = msgspec.field(default_factory=BudgetsConfig)
+    apps: dict[str, AppConfig] = msgspec.field(default_factory=dict)
+    prices: dict[str, PriceConfig] = msgspec.field(default_factory=dict)
+    gates: GatesConfig = msgspec.field(default_factory=GatesConfig)
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    source: str = ""
+    """Where this config came from (a path, or "built-in default"); not a TOML key."""
+
+
+class ConfigError(Exception):
+    """A config has problems; ``problems`` lists each as ``key.path: what is wrong``."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {problem}" for problem in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the config:\n{lines}")
+
+
+# --------------------------------------------------------------------------- validation
+
+_MSGSPEC_ERROR = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_MAX_PROBLEMS: Final = 100
+
+
+def _split_error(error: msgspec.ValidationError) -> tuple[list[str | int], str]:
+    """(key path, message) from a msgspec validation error."""
+    match = _MSGSPEC_ERROR.match(str(error))
+    assert match is not None
+    what = match["what"].replace("`", "").replace(" | null", "")
+    what = what[:1].lower() + what[1:]
+    path: list[str | int] = []
+    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", match["path"] or ""):
+        path.append(name if name else int(index))
+    unknown = re.match(r"object contains unknown field (.*)$", what)
+    if unknown:
+        path.append(unknown[1])
+        what = "unknown key"
+    return path, what
+
+
+def format_path(path: list[str | int]) -> str:
+    """``["providers", "openai", "rpm"]`` as ``providers.openai.rpm``."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z0-9_-]+", part):
+            text += f".{part}" if text else part
+        else:
+            text += f'."{part}"' if text else f'"{part}"'
+    return text or "(top level)"
+
+
+def _delete(tree: Any, path: list[str | int]) -> bool:
+    """Remove the value at ``path`` from a TOML tree; False when it is not there."""
+    node = tree
+    for part in path[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    last = path[-1] if path else None
+    if isinstance(node, dict) and last in node:
+        del node[last]
+        return True
+    if isinstance(node, list) and isinstance(last, int) and last < len(node):
+        del node[last]
+        return True
+    return False
+
+
+def _table_of_sections(annotation: Any) -> type[_Section] | None:
+    """The section type T when ``annotation`` is ``dict[str, T]``."""
+    if typing.get_origin(annotation) is dict:
+        value_type = typing.get_args(annotation)[1]
+        if isinstance(value_type, type) and issubclass(value_type, _Section):
+            return value_type
+    return None
+
+
+def _convert_collecting(
+    raw: Any, section: type[S], where: list[str | int], problems: list[str]
+) -> S | None:
+    """Convert ``raw`` to ``section``, noting every problem with its full key path.
+
+    Tables of sections (``providers``, ``models``…) are converted entry by entry, so that
+    a problem names the entry's key; on each error the bad key is dropped and conversion is
+    tried again, so that one run reports every problem, not only the first.
+    """
+    if not isinstance(raw, dict):
+        problems.append(f"{format_path(where)}: expected a table, got {type(raw).__name__}")
+        return None
+    tree = dict(raw)
+    tables: dict[str, dict[str, Any]] = {}
+    for field in msgspec.structs.fields(section):
+        entry_type = _table_of_sections(field.type)
+        if entry_type is None or field.encode_name not in tree:
+            continue
+        value = tree.pop(field.encode_name)
+        if not isinstance(value, dict):
+            problems.append(f"{format_path([*where, field.encode_name])}: expected a table")
+            continue
+        converted: dict[str, Any] = {}
+        for key, entry in value.items():
+            path = [*where, field.encode_name, key]
+            result = _convert_collecting(entry, entry_type, path, problems)
+            if result is not None:  # a bad entry is left out; its problems are noted
+                converted[key] = result
+        tables[field.name] = converted
+    tree = msgspec.json.decode(msgspec.json.encode(tree))  # a private copy we may prune
+    while len(problems) < _MAX_PROBLEMS:
+        try:
+            result = msgspec.convert(tree, section, strict=True)
+        except msgspec.ValidationError as error:
+            path, what = _split_error(error)
+            problems.append(f"{format_path([*where, *path])}: {what}")
+            if what.startswith("object missing required field") or not _delete(tree, path):
+                return None
+            continue
+        for name, value in tables.items():
+            setattr(result, name, value)
+        return result
+    return None
+
+
+def _limit_problems(where: str, limits: RateLimits) -> list[str]:
+    problems = []
+    for index, limit in enumerate(limits.limits):
+        if (limit.requests is None) == (limit.tokens is None):
+            problems.append(f"{where}.limits[{index}]: give exactly one of requests or tokens")
+    return problems
+
+
+def _check_references(config: Config, declared_providers: set[str]) -> list[str]:
+    """Problems that need the whole config: dangling names, inconsistent values.
+
+    ``declared_providers`` holds every provider the file names, valid or not, so that a
+    provider with problems of its own is not reported again as missing.
+    """
+    problems: list[str] = []
+    for name, provider in config.providers.items():
+        where = format_path(["providers", name])
+        if "/" in name:
+            problems.append(f"{where}: a provider name cannot contain '/'")
+        if not provider.base_url.startswith(("http://", "https://")):
+            problems.append(f"{where}.base_url: expected an http:// or https:// URL")
+        if provider.api_key_env and provider.api_key_file:
+            problems.append(f"{where}: give api_key_env or api_key_file, not both")
+        problems += _limit_problems(where, provider)
+        for model, limits in provider.models.items():
+            problems += _limit_problems(format_path(["providers", name, "models", model]), limits)
+    for name, app in config.apps.items():
+        problems += _limit_problems(format_path(["apps", name]), app)
+    for name, group in config.models.items():
+        where = format_path(["models", name])
+        if name in config.providers:
+            problems.append(f"{where}: a group cannot have the name of a provider")
+        for index, target in enumerate(group.targets):
+            provider_name, slash, model = target.partition("/")
+            if not slash or not model:
+                problems.append(f"{where}.targets[{index}]: expected 'provider/model', got {target!r}")
+            elif provider_name not in declared_providers:
+                known = ", ".join(sorted(config.providers)) or "none"
+                problems.append(
+                    f"{where}.targets[{index}]: unknown provider {provider_name!r} "
+                    f"(providers: {known})"
+                )
+        if len(set(group.targets)) != len(group.targets):
+            problems.append(f"{where}.targets: a target is listed twice")
+        if group.strategy == "weighted" and len(group.weights) != len(group.targets):
+            problems.append(
+                f"{where}.weights: strategy 'weighted' needs one weight per target "
+                f"({len(group.targets)}), got {len(group.weights)}"
+            )
+        if group.weights and group.strategy != "weighted":
+            problems.append(f"{where}.weights: only used with strategy = 'weighted'")
+    for target in config.prices:
+        provider_name, slash, model = target.partition("/")
+        if not slash or not model:
+            problems.append(f'prices."{target}": expected a "provider/model" key')
+    if config.http.listen:
+        host, colon, port = config.http.listen.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            problems.append(f"http.listen: expected 'host:port', got {config.http.listen!r}")
+    if config.daemon.timezone:
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(config.daemon.timezone)
+        except (KeyError, ValueError, ImportError):
+            problems.append(f"daemon.timezone: unknown time zone {config.daemon.timezone!r}")
+    return problems
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
+    """Validate a TOML tree; raise :class:`ConfigError` naming every problem."""
+    problems: list[str] = []
+    config = _convert_collecting(dict(raw), Config, [], problems)
+    if config is not None:
+        providers = raw.get("providers")
+        declared = set(providers) if isinstance(providers, dict) else set()
+        problems += _check_references(config, declared)
+    if problems or config is None:
+        raise ConfigError(source, problems)
+    config.source = source
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the TOML file at ``path``."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(source, [f"cannot read the file: {error.strerror or error}"]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(source, [f"not valid TOML: {error}"]) from None
+    return parse_config(raw, source)
+
+
+# --------------------------------------------------------------------------- where things are
+
+
+def config_path_candidates(explicit: str | None = None) -> list[Path]:
+    """Where the config is looked for, in order (DESIGN §3)."""
+    if explicit:
+        return [Path(explicit)]
+    candidates = []
+    if env := os.environ.get("QUOTAD_CONFIG"):
+        return [Path(env)]
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    candidates.append(Path(xdg) / "quotad" / "quotad.toml")
+    candidates.append(Path("/etc/quotad/quotad.toml"))
+    return candidates
+
+
+def find_and_load_config(explicit: str | None = None) -> Config:
+    """The config from ``--config``, ``$QUOTAD_CONFIG``, the user's, the system's, or the
+    built-in default. An explicitly named file that is missing is an error."""
+    candidates = config_path_candidates(explicit)
+    named = explicit or os.environ.get("QUOTAD_CONFIG")
+    for path in candidates:
+        if named or path.exists():
+            return load_config(path)
+    return default_config()
+
+
+def state_dir(config: Config) -> Path:
+    """Where ``quotad.db`` lives: ``daemon.state_dir``, ``$STATE_DIRECTORY``, or
+    ``$XDG_STATE_HOME/quotad``."""
+    if config.daemon.state_dir:
+        return Path(config.daemon.state_dir)
+    if env := os.environ.get("STATE_DIRECTORY"):
+        return Path(env.split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "quotad"
+
+
+# --------------------------------------------------------------------------- built-in default
+
+_DETECTED: Final = (
+    # env var, provider name, kind, base_url, default models group members
+    ("OPENAI_API_KEY", "openai", "openai", "https://api.openai.com/v1", "gpt-4o-mini"),
+    ("ANTHROPIC_API_KEY", "anthropic", "anthropic", "https://api.anthropic.com/v1",
+     "claude-3-5-haiku-latest"),
+    ("GROQ_API_KEY", "groq", "openai", "https://api.groq.com/openai/v1", "llama-3.1-8b-instant"),
+)
+
+
+def _ollama_answers(timeout_s: float = 0.2) -> bool:
+    try:
+        with socket.create_connection(OLLAMA_ADDRESS, timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def default_config(environ: Mapping[str, str] | None = None, probe_ollama: bool = True) -> Config:
+    """The config used when no file exists: one provider per API key found in the
+    environment, Ollama if it answers locally, and a ``default`` group over all of them."""
+    env = os.environ if environ is None else environ
+    providers: dict[str, Any] = {}
+    targets: list[str] = []
+    for variable, name, kind, base_url, model in _DETECTED:
+        if env.get(variable):
+            providers[name] = {"kind": kind, "base_url": base_url, "api_key_env": variable}
+            targets.append(f"{name}/{model}")
+    if probe_ollama and _ollama_answers():
+        providers["ollama"] = {"kind": "openai", "base_url": "http://127.0.0.1:11434/v1"}
+        targets.append("ollama/llama3.2")
+    raw: dict[str, Any] = {"providers": providers}
+    if targets:
+        raw["models"] = {"default": {"targets": targets, "strategy": "failover"}}
+    return parse_config(raw, "built-in default")

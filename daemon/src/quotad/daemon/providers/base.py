@@ -1,0 +1,169 @@
+"""What every provider wire format offers the broker, and the values they exchange.
+
+A provider knows one wire format (OpenAI-compatible or Anthropic) and one account (base URL,
+key, one pooled httpx client). It knows nothing of gates, budgets or routing: it turns a
+protocol :class:`~quotad.protocol.messages.Chat` into an HTTP call and the answer into a
+:class:`ChatResult`, a :class:`ChatStream` or a classified :class:`ProviderError`. Every answer,
+good or bad, carries the provider's rate-limit headers parsed into :class:`RateLimitInfo`.
+
+Exceptions::
+
+    ProviderError            kind says which:
+        connect              could not connect (refused, DNS, reset before an answer)
+        timeout              connect, read or the whole request timed out
+        rate_limited         HTTP 429 (retry_after_s from retry-after)
+        server               HTTP 5xx
+        client               HTTP 4xx other than 408/409/429: the caller's error
+        conflict             HTTP 408 or 409: retryable like a server error
+        protocol             the answer could not be understood
+        stream_broken        a stream ended without its end, after it had started
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from quotad.protocol.messages import Chat, Usage
+
+ErrorKind = Literal[
+    "connect", "timeout", "rate_limited", "server", "client", "conflict", "protocol",
+    "stream_broken",
+]
+RETRYABLE_KINDS: frozenset[str] = frozenset(
+    {"connect", "timeout", "rate_limited", "server", "conflict", "stream_broken"}
+)
+
+
+class RateLimitInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a provider's response headers say of its limits; None where a header is absent.
+
+    ``reset_*_s`` are seconds from the response until that limit is fully restored (OpenAI
+    sends durations such as ``6m0s``; Anthropic sends RFC 3339 timestamps, converted here).
+    Anthropic's separate input/output token limits are kept apart.
+    """
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+    limit_input_tokens: int | None = None
+    remaining_input_tokens: int | None = None
+    reset_input_tokens_s: float | None = None
+    limit_output_tokens: int | None = None
+    remaining_output_tokens: int | None = None
+    reset_output_tokens_s: float | None = None
+    retry_after_s: float | None = None
+
+    def is_empty(self) -> bool:
+        """True when the response carried no rate-limit header at all."""
+        return not msgspec.structs.asdict(self)
+
+
+NO_RATE_LIMITS = RateLimitInfo()
+
+
+class ProviderError(Exception):
+    """A provider call failed; ``kind`` classifies it (see the module docstring)."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        rate_limits: RateLimitInfo = NO_RATE_LIMITS,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.message = message
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.rate_limits = rate_limits
+        self.body = body
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another attempt (here or at another target) may succeed."""
+        return self.kind in RETRYABLE_KINDS
+
+    def __repr__(self) -> str:
+        return f"ProviderError({self.kind!r}, {self.message!r}, status={self.status})"
+
+
+class ChatResult(msgspec.Struct, kw_only=True):
+    """A provider's complete answer to a chat request."""
+
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
+    rate_limits: RateLimitInfo = NO_RATE_LIMITS
+
+
+class ChatDelta(msgspec.Struct, kw_only=True):
+    """One piece of a streamed answer."""
+
+    delta: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+
+
+class ChatStream(Protocol):
+    """An open streamed answer: the provider accepted the request (headers are in).
+
+    Iterate :meth:`deltas` for the pieces; after it is exhausted, ``usage`` and
+    ``finish_reason`` hold the totals. A break after the start raises
+    ``ProviderError("stream_broken")`` from the iteration. Always :meth:`aclose` it.
+    """
+
+    rate_limits: RateLimitInfo
+    usage: Usage
+    finish_reason: str | None
+
+    def deltas(self) -> AsyncIterator[ChatDelta]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class EmbedResult(msgspec.Struct, kw_only=True):
+    """Embedding vectors in input order."""
+
+    embeddings: list[list[float]]
+    usage: Usage = msgspec.field(default_factory=Usage)
+    rate_limits: RateLimitInfo = NO_RATE_LIMITS
+
+
+class Provider(Protocol):
+    """One provider account speaking one wire format."""
+
+    name: str
+    kind: str
+
+    async def chat(self, model: str, request: Chat, max_tokens: int) -> ChatResult:
+        """One chat completion; ``max_tokens`` is the effective limit the broker reserved for."""
+        ...
+
+    async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
+        """Start a streamed chat completion; returns once the provider has accepted it."""
+        ...
+
+    async def embed(
+        self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
+    ) -> EmbedResult:
+        """Embeddings of ``inputs``."""
+        ...
+
+    async def list_models(self) -> list[str]:
+        """The model names the provider serves (``GET {base_url}/models``); also a health probe."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the pooled HTTP client."""
+        ...

@@ -1,0 +1,1 @@
+"""Helpers the tests share: real sim and daemon processes, ports, temp sockets."""

@@ -1,0 +1,1 @@
+"""quotad TUI placeholder."""
