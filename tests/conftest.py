@@ -1,0 +1,26 @@
+"""Shared pytest configuration: the anyio backends every async test runs under."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
+        pytest.param(("trio", {}), id="trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    """Run each ``@pytest.mark.anyio`` test under asyncio, asyncio+uvloop and trio."""
+    backend: tuple[str, dict[str, Any]] = request.param
+    return backend
+
+
+@pytest.fixture
+def asyncio_only() -> tuple[str, dict[str, Any]]:
+    """For tests of daemon internals, which run on asyncio+uvloop only."""
+    return ("asyncio", {"use_uvloop": True})
