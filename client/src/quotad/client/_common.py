@@ -1,0 +1,259 @@
+"""What the blocking and the async client share: building requests, checking replies, the
+state of a streamed chat, and naming the connect failures.
+
+Requests are built with one ``msgspec.convert`` each, so a bad argument raises
+:class:`BadRequestError` here, naming the field (``messages[0].role: invalid enum value``),
+instead of reaching the daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from quotad.client.exceptions import BadRequestError, InternalError, error_from_reply
+from quotad.protocol.framing import describe
+from quotad.protocol.messages import (
+    Acquire,
+    Chat,
+    ChatChunk,
+    ChatEnd,
+    ChatMessage,
+    Embed,
+    Error,
+    Hello,
+    Reply,
+    Settle,
+    Snapshot,
+)
+
+ReplyT = TypeVar("ReplyT")
+RequestT = TypeVar("RequestT")
+
+# Keyword arguments of chat() that have a Chat field of their own; the rest go to Chat.extra.
+SAMPLING_FIELDS: Final = frozenset({"top_p", "stop", "seed", "tool_choice", "response_format"})
+# Replies after which more replies with the same id follow; any other reply ends its request.
+CONTINUING_REPLIES: Final = (ChatChunk, Snapshot)
+RECEIVE_SIZE: Final = 65536
+# Connect failures worth retrying while a restarted daemon comes back.
+RETRYABLE_ERRNOS: Final = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
+
+
+@functools.cache
+def client_name() -> str:
+    """``quotad-client/<version>``, as sent in ``Hello.client``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"quotad-client/{version('quotad-client')}"
+    except PackageNotFoundError:
+        return "quotad-client"
+
+
+def default_app() -> str:
+    """``$QUOTAD_APP``, else the name of the running program."""
+    name = os.environ.get("QUOTAD_APP") or os.path.basename(sys.argv[0] if sys.argv else "")
+    return (name or "python")[:256]
+
+
+def hello(app: str) -> Hello:
+    """The first frame of every connection."""
+    return Hello(app=app[:256], client=client_name())
+
+
+def _convert(fields: dict[str, Any], kind: type[RequestT]) -> RequestT:
+    try:
+        return msgspec.convert(fields, kind)
+    except msgspec.ValidationError as error:
+        raise BadRequestError(describe(error)) from None
+
+
+def chat_request(
+    model: str,
+    messages: Iterable[Mapping[str, Any] | ChatMessage],
+    *,
+    stream: bool,
+    max_tokens: int | None,
+    temperature: float | None,
+    tools: list[dict[str, Any]] | None,
+    priority: str | None,
+    max_wait_s: float | None,
+    cache: str,
+    user: str,
+    tags: list[str] | None,
+    extra: dict[str, Any],
+) -> Chat:
+    """A validated :class:`Chat`; known sampling params in ``extra`` get their own fields."""
+    fields: dict[str, Any] = {
+        "model": model,
+        "messages": messages if isinstance(messages, list) else list(messages),
+        "stream": stream,
+        "cache": cache,
+        "user": user,
+    }
+    if max_tokens is not None:
+        fields["max_tokens"] = max_tokens
+    if temperature is not None:
+        fields["temperature"] = temperature
+    if tools is not None:
+        fields["tools"] = tools
+    if priority is not None:
+        fields["priority"] = priority
+    if max_wait_s is not None:
+        fields["max_wait_s"] = max_wait_s
+    if tags:
+        fields["tags"] = tags
+    if extra:
+        passthrough: dict[str, Any] = {}
+        for key, value in extra.items():
+            if key in SAMPLING_FIELDS:
+                fields[key] = [value] if key == "stop" and isinstance(value, str) else value
+            else:
+                passthrough[key] = value
+        if passthrough:
+            fields["extra"] = passthrough
+    return _convert(fields, Chat)
+
+
+def embed_request(
+    model: str,
+    input: str | list[str],
+    *,
+    dimensions: int | None,
+    priority: str | None,
+    max_wait_s: float | None,
+    cache: str,
+    user: str,
+    tags: list[str] | None,
+    extra: dict[str, Any],
+) -> Embed:
+    """A validated :class:`Embed`."""
+    fields: dict[str, Any] = {"model": model, "input": input, "cache": cache, "user": user}
+    if dimensions is not None:
+        fields["dimensions"] = dimensions
+    if priority is not None:
+        fields["priority"] = priority
+    if max_wait_s is not None:
+        fields["max_wait_s"] = max_wait_s
+    if tags:
+        fields["tags"] = tags
+    if extra:
+        fields["extra"] = extra
+    return _convert(fields, Embed)
+
+
+def acquire_request(
+    target: str,
+    tokens: int,
+    *,
+    priority: str | None,
+    max_wait_s: float | None,
+    lease_s: float | None,
+) -> Acquire:
+    """A validated :class:`Acquire`."""
+    fields: dict[str, Any] = {"target": target, "tokens": tokens}
+    if priority is not None:
+        fields["priority"] = priority
+    if max_wait_s is not None:
+        fields["max_wait_s"] = max_wait_s
+    if lease_s is not None:
+        fields["lease_s"] = lease_s
+    return _convert(fields, Acquire)
+
+
+def settle_request(
+    permit_id: str,
+    tokens_used: int,
+    *,
+    status: str,
+    headers: Mapping[str, str] | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+) -> Settle:
+    """A validated :class:`Settle`."""
+    fields: dict[str, Any] = {"permit_id": permit_id, "tokens_used": tokens_used, "status": status}
+    if headers:
+        fields["headers"] = dict(headers)
+    if prompt_tokens is not None:
+        fields["prompt_tokens"] = prompt_tokens
+    if completion_tokens is not None:
+        fields["completion_tokens"] = completion_tokens
+    return _convert(fields, Settle)
+
+
+def build(kind: type[RequestT], **fields: Any) -> RequestT:
+    """A validated ``kind`` request from its fields."""
+    return _convert(fields, kind)
+
+
+def expect(reply: Reply, kind: type[ReplyT]) -> ReplyT:
+    """``reply`` if it is a ``kind``; the mapped exception if it is an ``Error``."""
+    if type(reply) is kind:
+        return reply
+    if type(reply) is Error:
+        raise error_from_reply(reply)
+    raise InternalError(f"the daemon answered {type(reply).__name__} where {kind.__name__} was due")
+
+
+def connect_failure(error: BaseException, connect_timeout: float) -> str:
+    """Why connecting to one socket failed, in words for :class:`DaemonUnavailableError`."""
+    if isinstance(error, FileNotFoundError):
+        return "no such socket"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused: nothing is listening"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if isinstance(error, TimeoutError):
+        return f"no answer within {connect_timeout:g} s"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return str(error) or type(error).__name__
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether a connect failure looks like a daemon that is (re)starting."""
+    return isinstance(error, OSError) and error.errno in RETRYABLE_ERRNOS
+
+
+class StreamedChat:
+    """What a streamed chat has produced so far: its text, and its ``ChatEnd`` once ended."""
+
+    __slots__ = ("_parts", "end", "finished")
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self.end: ChatEnd | None = None
+        self.finished = False
+
+    @property
+    def content(self) -> str:
+        """The whole content once ended; until then (or after an error), the text so far."""
+        end = self.end
+        if end is not None and end.content is not None:
+            return end.content
+        return "".join(self._parts)
+
+    def _absorb(self, reply: Reply) -> ChatChunk | None:
+        """The chunk ``reply`` is, or ``None`` at the end; raises the error it carries."""
+        if type(reply) is ChatChunk:
+            if reply.delta:
+                self._parts.append(reply.delta)
+            return reply
+        self.finished = True
+        if type(reply) is ChatEnd:
+            self.end = reply
+            return None
+        if type(reply) is Error:
+            raise error_from_reply(reply)
+        raise InternalError(f"the daemon answered {type(reply).__name__} inside a chat stream")
+
+
+class FrameNotSent(Exception):
+    """A request's frame did not wholly reach the daemon, so the daemon never ran it: the
+    caller may reconnect and send it again."""

@@ -1,0 +1,463 @@
+"""The wire protocol (quotad.protocol): frames, messages, schema evolution, hostile input.
+
+Every message type must survive a trip through FrameEncoder and the decoder of its direction,
+however the bytes are split on the way; old and new peers must understand each other (unknown
+fields ignored, missing fields defaulted); and no input may make a decoder do anything but
+yield messages or raise a FrameError that names what was wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tracemalloc
+from typing import Any, get_args
+
+import msgspec
+import msgspec.inspect as mi
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quotad.protocol.framing import (
+    DEFAULT_MAX_FRAME,
+    FrameDecoder,
+    FrameEncoder,
+    FrameTooLarge,
+    MessageInvalid,
+    reply_decoder,
+    request_decoder,
+)
+from quotad.protocol.messages import (
+    Acquire,
+    Admin,
+    AppStatus,
+    BudgetStatus,
+    CacheStatus,
+    Cancel,
+    Chat,
+    ChatChunk,
+    ChatEnd,
+    ChatMessage,
+    ChatReply,
+    Embed,
+    EmbedReply,
+    Error,
+    Event,
+    GateStatus,
+    GroupStatus,
+    Hello,
+    Message,
+    Ok,
+    Permit,
+    QueueStatus,
+    Reply,
+    Request,
+    RequestRecord,
+    Settle,
+    Snapshot,
+    Spend,
+    SpendReply,
+    SpendRow,
+    Status,
+    StatusReply,
+    Subscribe,
+    TargetStatus,
+    Usage,
+    Welcome,
+    WindowStatus,
+)
+
+REQUEST_TYPES: tuple[type[Message], ...] = get_args(Request)
+REPLY_TYPES: tuple[type[Message], ...] = get_args(Reply)
+
+ENCODER = FrameEncoder()
+RAW = msgspec.msgpack.Encoder()
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` behind its 4-byte big-endian length."""
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def decode_all(decoder: FrameDecoder[Any], *chunks: bytes) -> list[Any]:
+    return [message for chunk in chunks for message in decoder.feed(chunk)]
+
+
+# --------------------------------------------------------------------------- examples
+
+USAGE = Usage(prompt_tokens=12, completion_tokens=34, cached_tokens=5)
+STATUS = StatusReply(
+    id=7,
+    daemon_version="0.1.0",
+    pid=4242,
+    uptime_s=12.5,
+    socket="/run/quotad/quotad.sock",
+    targets=[
+        TargetStatus(
+            name="openai/gpt-4o-mini",
+            provider="openai",
+            model="gpt-4o-mini",
+            breaker="half_open",
+            latency_ewma_s=0.25,
+            gates=["openai"],
+        )
+    ],
+    groups=[GroupStatus(name="fast", strategy="failover", order=["a/b", "c/d"], why="healthy")],
+    gates=[
+        GateStatus(
+            name="openai",
+            windows=[WindowStatus(unit="tokens", limit=1000, window_s=60, used=10)],
+            paused_until=99.5,
+        )
+    ],
+    queues=QueueStatus(low=1, critical=2),
+    cache=CacheStatus(mode="on", entries=3, hits=2, misses=1, hit_rate=0.66),
+    budgets=[BudgetStatus(name="daily", limit_usd=20, spent_usd=1.5, alert=True)],
+    apps=[AppStatus(name="indexer", priority="low", share=2)],
+    events=[Event(time=1.0, kind="breaker", message="opened")],
+)
+
+REQUESTS: list[Message] = [
+    Hello(version=1, app="indexer", client="quotad-client/0.1.0"),
+    Chat(
+        id=1,
+        model="fast",
+        messages=[
+            ChatMessage(role="system", content="be brief"),
+            ChatMessage(role="user", content=[{"type": "text", "text": "hi"}], name="ann"),
+            ChatMessage(role="assistant", tool_calls=[{"id": "c1", "function": {"name": "f"}}]),
+            ChatMessage(role="tool", content="42", tool_call_id="c1"),
+        ],
+        max_tokens=64,
+        temperature=0.5,
+        top_p=0.9,
+        stop=["\n\n"],
+        seed=-7,
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        tool_choice={"type": "function", "function": {"name": "f"}},
+        response_format={"type": "json_object"},
+        stream=True,
+        priority="critical",
+        max_wait_s=2.5,
+        cache="refresh",
+        app="indexer",
+        user="u1",
+        tags=["batch", "nightly"],
+        extra={"logit_bias": {"50256": -100}, "n": 1, "x": [1.5, None, True]},
+    ),
+    Embed(id=2, model="emb", input=["a", "b"], dimensions=256, priority="low", tags=["t"]),
+    Embed(id=3, model="emb", input="just one"),
+    Acquire(
+        id=4, target="openai/gpt-4o-mini", tokens=1500, priority="high", max_wait_s=5, lease_s=30
+    ),
+    Settle(
+        id=5,
+        permit_id="p-1",
+        tokens_used=900,
+        status="rate_limited",
+        headers={"retry-after": "3"},
+        prompt_tokens=700,
+        completion_tokens=200,
+    ),
+    Cancel(id=1),
+    Status(id=6),
+    Subscribe(id=7, interval_s=0.5, requests=False),
+    Spend(id=8, period="month", by="target"),
+    Admin(id=9, action="disable", target="openai/gpt-4o-mini", args={"reason": "maintenance"}),
+]
+
+REPLIES: list[Message] = [
+    Welcome(version=1, daemon_version="0.1.0", features=["stream", "permits"]),
+    ChatReply(
+        id=1,
+        content="hello",
+        tool_calls=[{"id": "c1", "type": "function"}],
+        finish_reason="stop",
+        usage=USAGE,
+        cost_usd=0.00012,
+        cached=True,
+        target="openai/gpt-4o-mini",
+        attempts=2,
+        wait_s=0.1,
+        latency_s=0.8,
+        request_id="r-1",
+    ),
+    ChatChunk(id=1, delta="hel", tool_calls=[{"index": 0}], finish_reason=None),
+    ChatEnd(id=1, content="hello", usage=USAGE, cost_usd=0.1, target="groq/llama", attempts=1),
+    EmbedReply(id=2, embeddings=[[0.1, -0.2], [3.0, 4.5]], usage=USAGE, target="e/m"),
+    Permit(id=4, permit_id="p-1", wait_s=0.25, lease_s=120),
+    STATUS,
+    Snapshot(
+        id=7,
+        seq=3,
+        time=1700000000.5,
+        status=STATUS,
+        requests=[RequestRecord(request_id="r-1", app="indexer", status="error", cached=True)],
+        requests_per_s=12.5,
+    ),
+    SpendReply(
+        id=8,
+        period="month",
+        by="target",
+        total=SpendRow(key="total", requests=10, cost_usd=1.25),
+        rows=[SpendRow(key="openai/gpt-4o-mini", requests=10, unpriced=True, anomalous=True)],
+        budgets=[BudgetStatus(name="monthly", period="month", limit_usd=300)],
+        forecast_month_usd=40.0,
+    ),
+    Ok(id=9, message="disabled", data={"target": "openai/gpt-4o-mini"}),
+    Error(
+        id=1,
+        code="upstream_error",
+        message="every attempt failed",
+        retry_after_s=2.0,
+        details={"attempts": [{"target": "a/b", "error": "timeout"}]},
+    ),
+]
+
+
+def test_examples_cover_every_message_type() -> None:
+    assert {type(message) for message in REQUESTS} == set(REQUEST_TYPES)
+    assert {type(message) for message in REPLIES} == set(REPLY_TYPES)
+
+
+@pytest.mark.parametrize("message", REQUESTS, ids=lambda message: type(message).__name__)
+def test_every_request_round_trips(message: Message) -> None:
+    [decoded] = decode_all(request_decoder(), ENCODER.encode(message))
+    assert type(decoded) is type(message)
+    assert decoded == message
+
+
+@pytest.mark.parametrize("message", REPLIES, ids=lambda message: type(message).__name__)
+def test_every_reply_round_trips(message: Message) -> None:
+    [decoded] = decode_all(reply_decoder(), ENCODER.encode(message))
+    assert type(decoded) is type(message)
+    assert decoded == message
+
+
+@pytest.mark.parametrize(
+    ("messages", "make_decoder"),
+    [(REQUESTS, request_decoder), (REPLIES, reply_decoder)],
+    ids=["requests", "replies"],
+)
+def test_frames_split_at_every_byte_boundary_decode_the_same(
+    messages: list[Message], make_decoder: Any
+) -> None:
+    stream = b"".join(ENCODER.encode(message) for message in messages)
+    for cut in range(len(stream) + 1):
+        decoder = make_decoder()
+        assert decode_all(decoder, stream[:cut], stream[cut:]) == messages
+        assert decoder.pending == 0
+    decoder = make_decoder()
+    byte_by_byte = decode_all(decoder, *(stream[n : n + 1] for n in range(len(stream))))
+    assert byte_by_byte == messages
+
+
+def test_encoder_reuses_its_buffer_without_leaking_bytes_between_frames() -> None:
+    encoder = FrameEncoder()
+    big = Chat(model="m", messages=[ChatMessage(role="user", content="x" * 200_000)])
+    small = Status(id=1)
+    stream = encoder.encode(big) + encoder.encode(small) + encoder.encode(big)
+    assert decode_all(request_decoder(), stream) == [big, small, big]
+
+
+# --------------------------------------------------------------------------- schema evolution
+
+
+def test_unknown_fields_are_ignored() -> None:
+    newer_chat = {
+        "type": "Chat",
+        "id": 3,
+        "model": "fast",
+        "messages": [{"role": "user", "content": "hi", "audio": {"voice": "x"}}],
+        "reasoning_effort": "high",
+        "future_struct": {"nested": [1, 2, 3]},
+    }
+    [chat] = decode_all(request_decoder(), frame(RAW.encode(newer_chat)))
+    assert chat == Chat(id=3, model="fast", messages=[ChatMessage(role="user", content="hi")])
+    newer_welcome = {"type": "Welcome", "version": 2, "compression": ["zstd"]}
+    [welcome] = decode_all(reply_decoder(), frame(RAW.encode(newer_welcome)))
+    assert welcome == Welcome(version=2)
+
+
+def test_missing_optional_fields_take_their_defaults() -> None:
+    older_chat = {"type": "Chat", "model": "fast", "messages": []}
+    [chat] = decode_all(request_decoder(), frame(RAW.encode(older_chat)))
+    assert isinstance(chat, Chat)
+    assert (chat.id, chat.cache, chat.tags, chat.extra, chat.priority) == (0, "use", [], {}, None)
+    older_reply = {"type": "ChatReply", "id": 4, "content": "x"}
+    [reply] = decode_all(reply_decoder(), frame(RAW.encode(older_reply)))
+    assert isinstance(reply, ChatReply)
+    assert reply.usage == Usage()
+    assert reply.usage.total_tokens == 0
+
+
+def test_defaults_are_left_off_the_wire() -> None:
+    assert RAW.encode(Status()) == RAW.encode({"type": "Status"})
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def test_a_4_gib_length_prefix_is_refused_before_anything_is_allocated() -> None:
+    decoder = request_decoder()
+    tracemalloc.start()
+    try:
+        with pytest.raises(FrameTooLarge, match="over the limit"):
+            decode_all(decoder, b"\xff\xff\xff\xff" + b"\x00" * 16)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024
+
+
+def test_the_frame_limit_is_inclusive() -> None:
+    message = ENCODER.encode(Admin(action="reload", args={"pad": "x" * 1000}))
+    size = len(message) - 4
+    assert decode_all(FrameDecoder(Request, max_frame=size), message)  # type: ignore[arg-type]
+    with pytest.raises(FrameTooLarge):
+        decode_all(FrameDecoder(Request, max_frame=size - 1), message)  # type: ignore[arg-type]
+    assert DEFAULT_MAX_FRAME == 8 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"messages": [{"role": "robot"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user"}, {"content": "no role"}]}, "messages[1]"),
+        ({"stream": "yes"}, "stream: expected bool, got str"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"temperature": 3.0}, "temperature"),
+        ({"cache": "sometimes"}, "cache"),
+        ({"model": "m" * 300}, "model"),
+    ],
+)
+def test_invalid_messages_name_the_bad_field(fields: dict[str, Any], named: str) -> None:
+    chat = {"type": "Chat", "id": 1, "model": "fast", "messages": [], **fields}
+    with pytest.raises(MessageInvalid) as caught:
+        decode_all(request_decoder(), frame(RAW.encode(chat)))
+    assert named in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",  # never used in MessagePack
+        RAW.encode([1, 2, 3]),
+        RAW.encode({"type": "Teleport", "id": 1}),
+        RAW.encode({"id": 1}),
+        RAW.encode({"type": "Welcome"}),  # a reply is not a request
+    ],
+    ids=["empty", "reserved-byte", "array", "unknown-type", "untagged", "wrong-direction"],
+)
+def test_malformed_payloads_raise_message_invalid(payload: bytes) -> None:
+    with pytest.raises(MessageInvalid):
+        decode_all(request_decoder(), frame(payload))
+
+
+def _check_only_messages_or_frame_errors(decoder: FrameDecoder[Any], data: bytes) -> None:
+    """Anything but a message, FrameTooLarge or MessageInvalid escapes and fails the test."""
+    messages: list[Any] = []
+    with contextlib.suppress(FrameTooLarge, MessageInvalid):
+        messages.extend(decoder.feed(data))
+    assert all(isinstance(message, REQUEST_TYPES) for message in messages)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_random_bytes_only_yield_messages_or_frame_errors(data: bytes) -> None:
+    _check_only_messages_or_frame_errors(request_decoder(), data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=128), max_size=4))
+def test_random_payloads_in_valid_frames_only_yield_messages_or_frame_errors(
+    payloads: list[bytes],
+) -> None:
+    _check_only_messages_or_frame_errors(
+        request_decoder(), b"".join(frame(payload) for payload in payloads)
+    )
+
+
+# --------------------------------------------------------------------------- generated messages
+
+TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | TEXT,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(TEXT, children, max_size=3),
+    max_leaves=8,
+)
+
+
+def strategy_for(info: mi.Type) -> st.SearchStrategy[Any]:
+    """Values valid for a msgspec type, constraints included (built from msgspec.inspect)."""
+    match info:
+        case mi.StructType(cls=cls, fields=fields):
+            return st.builds(cls, **{field.name: strategy_for(field.type) for field in fields})
+        case mi.UnionType(types=types):
+            return st.one_of([strategy_for(member) for member in types])
+        case mi.ListType(item_type=item):
+            return st.lists(strategy_for(item), max_size=3)
+        case mi.DictType(key_type=key, value_type=value):
+            return st.dictionaries(strategy_for(key), strategy_for(value), max_size=3)
+        case mi.LiteralType(values=values):
+            return st.sampled_from(values)
+        case mi.StrType(max_length=max_length):
+            return st.text(st.characters(codec="utf-8"), max_size=min(max_length or 12, 12))
+        case mi.IntType(ge=ge, gt=gt, le=le, lt=lt):
+            low = ge if ge is not None else (gt + 1 if gt is not None else -(2**63))
+            high = le if le is not None else (lt - 1 if lt is not None else 2**63 - 1)
+            return st.integers(low, high)
+        case mi.FloatType(ge=ge, gt=gt, le=le, lt=lt):
+            return st.floats(
+                min_value=ge if ge is not None else gt,
+                max_value=le if le is not None else lt,
+                exclude_min=gt is not None,
+                exclude_max=lt is not None,
+                allow_nan=False,
+            )
+        case mi.BoolType():
+            return st.booleans()
+        case mi.NoneType():
+            return st.none()
+        case mi.AnyType():
+            return JSON
+    raise NotImplementedError(f"no strategy for {info}")
+
+
+REQUEST_MESSAGES = strategy_for(mi.type_info(Request))
+REPLY_MESSAGES = strategy_for(mi.type_info(Reply))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(REQUEST_MESSAGES, min_size=1, max_size=3), st.data())
+def test_generated_requests_round_trip(messages: list[Message], data: st.DataObject) -> None:
+    stream = b"".join(ENCODER.encode(message) for message in messages)
+    cut = data.draw(st.integers(0, len(stream)))
+    assert decode_all(request_decoder(), stream[:cut], stream[cut:]) == messages
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(REPLY_MESSAGES, min_size=1, max_size=3), st.data())
+def test_generated_replies_round_trip(messages: list[Message], data: st.DataObject) -> None:
+    stream = b"".join(ENCODER.encode(message) for message in messages)
+    cut = data.draw(st.integers(0, len(stream)))
+    assert decode_all(reply_decoder(), stream[:cut], stream[cut:]) == messages
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from([cls.__name__ for cls in REQUEST_TYPES]),
+    st.dictionaries(
+        TEXT | st.sampled_from(["id", "model", "messages", "max_tokens"]), JSON, max_size=4
+    ),
+)
+def test_well_formed_but_arbitrary_maps_only_yield_messages_or_frame_errors(
+    tag: str, fields: dict[str, Any]
+) -> None:
+    payload = RAW.encode({**fields, "type": tag})
+    _check_only_messages_or_frame_errors(request_decoder(), frame(payload))
