@@ -1,1 +1,86 @@
-"""Provider wire formats."""
+"""Provider wire formats: which one a provider speaks, and where its API key comes from.
+
+One module per wire format (:mod:`.openai`, :mod:`.anthropic`) over the shared HTTP plumbing
+(:mod:`.transport`) and the rate-limit header parser (:mod:`.ratelimits`); :mod:`.base` is the
+interface the broker sees. :func:`build_provider` picks the wire format by ``kind``;
+:func:`resolve_api_key` finds the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from quotad.daemon.config import ConfigError, ProviderConfig, format_path
+from quotad.daemon.providers.anthropic import AnthropicProvider
+from quotad.daemon.providers.base import Provider
+from quotad.daemon.providers.openai import OpenAIProvider
+
+__all__ = ["build_provider", "resolve_api_key"]
+
+
+def build_provider(
+    name: str,
+    config: ProviderConfig,
+    api_key: str | None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Provider:
+    """The provider for ``[providers.<name>]``, speaking the wire format of ``config.kind``.
+
+    ``transport`` replaces the pooled HTTP transport (tests pass an ``httpx.MockTransport``).
+    """
+    if config.kind == "anthropic":
+        return AnthropicProvider(name, config, api_key, transport=transport)
+    return OpenAIProvider(name, config, api_key, transport=transport)
+
+
+def _read_key(where: str, path: Path) -> str:
+    """The stripped contents of a key file; ``where`` names its origin in errors."""
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError("provider keys", [f"{where}: cannot read {path}: {reason}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError("provider keys", [f"{where}: {path} is not UTF-8 text"]) from None
+    if not secret:
+        raise ConfigError("provider keys", [f"{where}: {path} is empty"])
+    return secret
+
+
+def resolve_api_key(
+    name: str, config: ProviderConfig, environ: Mapping[str, str] = os.environ
+) -> str | None:
+    """The API key of provider ``name``, whitespace stripped, from the first that applies:
+
+    1. ``api_key_file`` (it must exist and not be empty);
+    2. the environment variable ``api_key_env``, when set and not empty;
+    3. ``$CREDENTIALS_DIRECTORY/<name>``, when that file exists (systemd ``LoadCredential=``).
+
+    None when the provider names no key and no credential exists (a local server without
+    auth). A key that is named but cannot be found raises :class:`ConfigError`, naming the
+    provider and the file or variable (never the key).
+    """
+    if config.api_key_file:
+        where = format_path(["providers", name, "api_key_file"])
+        return _read_key(where, Path(config.api_key_file))
+    if config.api_key_env:
+        secret = environ.get(config.api_key_env, "").strip()
+        if secret:
+            return secret
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        credential = Path(credentials) / name
+        if credential.is_file():
+            return _read_key(f"providers.{name}: credential", credential)
+    if config.api_key_env:
+        where = format_path(["providers", name, "api_key_env"])
+        also = f" (nor is there {Path(credentials) / name})" if credentials else ""
+        raise ConfigError(
+            "provider keys",
+            [f"{where}: the environment variable {config.api_key_env} is not set{also}"],
+        )
+    return None

@@ -29,7 +29,13 @@ import msgspec
 from quotad.protocol.messages import Chat, Usage
 
 ErrorKind = Literal[
-    "connect", "timeout", "rate_limited", "server", "client", "conflict", "protocol",
+    "connect",
+    "timeout",
+    "rate_limited",
+    "server",
+    "client",
+    "conflict",
+    "protocol",
     "stream_broken",
 ]
 RETRYABLE_KINDS: frozenset[str] = frozenset(
@@ -37,12 +43,13 @@ RETRYABLE_KINDS: frozenset[str] = frozenset(
 )
 
 
-class RateLimitInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+class RateLimitInfo(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """What a provider's response headers say of its limits; None where a header is absent.
 
     ``reset_*_s`` are seconds from the response until that limit is fully restored (OpenAI
     sends durations such as ``6m0s``; Anthropic sends RFC 3339 timestamps, converted here).
-    Anthropic's separate input/output token limits are kept apart.
+    Anthropic's separate input/output token limits are kept apart. Frozen: the empty
+    :data:`NO_RATE_LIMITS` is shared by every reply without rate-limit headers.
     """
 
     limit_requests: int | None = None
@@ -61,7 +68,7 @@ class RateLimitInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     def is_empty(self) -> bool:
         """True when the response carried no rate-limit header at all."""
-        return not msgspec.structs.asdict(self)
+        return all(value is None for value in msgspec.structs.astuple(self))
 
 
 NO_RATE_LIMITS = RateLimitInfo()

@@ -1,0 +1,272 @@
+"""The OpenAI wire format, spoken by OpenAI and by most other servers (Groq, Ollama, vLLM…).
+
+Requests: ``POST {base_url}/chat/completions`` (plain, or streamed as server-sent events with
+``stream_options.include_usage`` so that the usage arrives in a last chunk before
+``[DONE]``), ``POST {base_url}/embeddings`` and ``GET {base_url}/models``.
+
+The protocol's messages are already OpenAI-shaped and go out as they are. Sampling parameters
+are sent only when the request sets them; the request's ``extra`` is merged into the body last
+(provider passthrough). ``max_tokens`` is the effective limit the broker reserved for; when
+``extra`` carries ``max_completion_tokens`` (which OpenAI's reasoning models require),
+``max_tokens`` is left out, since a server refuses both at once.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import sys
+from typing import Any, Final
+
+import httpx
+import msgspec
+
+from quotad.daemon.config import ProviderConfig
+from quotad.daemon.providers.base import ChatDelta, ChatResult, EmbedResult, ProviderError
+from quotad.daemon.providers.transport import ChatEventStream, ProviderHTTP
+from quotad.protocol.messages import Chat, Usage
+
+ENCODER: Final = msgspec.json.Encoder()
+
+
+# --------------------------------------------------------------------------- answers, typed
+
+
+class _PromptTokensDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt_tokens_details: _PromptTokensDetails | None = None
+
+    def to_usage(self) -> Usage:
+        details = self.prompt_tokens_details
+        return Usage(
+            prompt_tokens=self.prompt_tokens or 0,
+            completion_tokens=self.completion_tokens or 0,
+            cached_tokens=(details.cached_tokens or 0) if details else 0,
+        )
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message
+    finish_reason: str | None = None
+
+
+class _Completion(msgspec.Struct):
+    choices: list[_Choice]
+    usage: _Usage | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class _ChunkChoice(msgspec.Struct):
+    delta: _Delta = msgspec.field(default_factory=_Delta)
+    index: int = 0
+    finish_reason: str | None = None
+
+
+class _StreamError(msgspec.Struct):
+    message: str | None = None
+    type: str | None = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_ChunkChoice] = msgspec.field(default_factory=list)
+    usage: _Usage | None = None
+    error: _StreamError | None = None
+
+
+class _Embedding(msgspec.Struct):
+    embedding: list[float] | str
+    index: int = 0
+
+
+class _Embeddings(msgspec.Struct):
+    data: list[_Embedding]
+    usage: _Usage | None = None
+
+
+class _Model(msgspec.Struct):
+    id: str
+
+
+class _Models(msgspec.Struct):
+    data: list[_Model]
+
+
+_COMPLETION: Final = msgspec.json.Decoder(_Completion)
+_CHUNK: Final = msgspec.json.Decoder(_Chunk)
+_EMBEDDINGS: Final = msgspec.json.Decoder(_Embeddings)
+_MODELS: Final = msgspec.json.Decoder(_Models)
+_DONE: Final = b"[DONE]"
+
+
+def _float32_vector(encoded: str) -> list[float]:
+    """An embedding sent with ``encoding_format="base64"``: little-endian float32s."""
+    vector = array.array("f", base64.b64decode(encoded))
+    if sys.byteorder == "big":
+        vector.byteswap()
+    return vector.tolist()
+
+
+def chat_body(model: str, request: Chat, max_tokens: int, *, stream: bool) -> bytes:
+    """The JSON body of a chat completion request."""
+    body: dict[str, Any] = {"model": model, "messages": request.messages, "max_tokens": max_tokens}
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop is not None:
+        body["stop"] = request.stop
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.tools is not None:
+        body["tools"] = request.tools
+    if request.tool_choice is not None:
+        body["tool_choice"] = request.tool_choice
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if request.extra:
+        if "max_completion_tokens" in request.extra:
+            del body["max_tokens"]
+        body.update(request.extra)
+    return ENCODER.encode(body)
+
+
+class OpenAIStream(ChatEventStream):
+    """A streamed OpenAI chat completion (see :class:`ChatEventStream`); tool-call deltas are
+    passed on as the server sends them (OpenAI shape, with ``index``)."""
+
+    END_EVENT = "[DONE]"
+
+    def on_event(self, data: bytes) -> ChatDelta | None:
+        if data == _DONE:
+            self.ended = True
+            return None
+        try:
+            chunk = _CHUNK.decode(data)
+        except msgspec.DecodeError as error:
+            raise self.http.protocol_failure(
+                f"stream chunk: {error}", self.rate_limits, data
+            ) from None
+        if chunk.error is not None:
+            raise ProviderError(
+                "stream_broken",
+                self.http.redact(
+                    f"the stream reported an error: {chunk.error.message or chunk.error.type}"
+                ),
+                rate_limits=self.rate_limits,
+                body=self.http.redact(data.decode("utf-8", "replace")),
+            )
+        if chunk.usage is not None:
+            self.usage = chunk.usage.to_usage()
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue
+            if choice.finish_reason is not None:
+                self.finish_reason = choice.finish_reason
+            delta = choice.delta
+            if delta.content or delta.tool_calls or choice.finish_reason is not None:
+                return ChatDelta(
+                    delta=delta.content or "",
+                    tool_calls=delta.tool_calls,
+                    finish_reason=choice.finish_reason,
+                )
+        return None
+
+
+class OpenAIProvider:
+    """One account at an OpenAI-compatible server."""
+
+    kind = "openai"
+
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig,
+        api_key: str | None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        headers = {"content-type": "application/json"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self._http = ProviderHTTP(config, headers, api_key, transport)
+        self._chat_url = self._http.url("/chat/completions")
+        self._embeddings_url = self._http.url("/embeddings")
+        self._models_url = self._http.url("/models")
+
+    async def chat(self, model: str, request: Chat, max_tokens: int) -> ChatResult:
+        """One chat completion, answered whole."""
+        body = chat_body(model, request, max_tokens, stream=False)
+        reply = await self._http.request("POST", self._chat_url, body)
+        completion = self._http.decode(_COMPLETION, reply)
+        if not completion.choices:
+            raise self._http.protocol_failure("no choices", reply.rate_limits, reply.content)
+        choice = completion.choices[0]
+        return ChatResult(
+            content=choice.message.content,
+            tool_calls=choice.message.tool_calls,
+            finish_reason=choice.finish_reason,
+            usage=completion.usage.to_usage() if completion.usage else Usage(),
+            rate_limits=reply.rate_limits,
+        )
+
+    async def open_stream(self, model: str, request: Chat, max_tokens: int) -> OpenAIStream:
+        """Start a streamed chat completion; returns once the server has accepted it."""
+        body = chat_body(model, request, max_tokens, stream=True)
+        response, rate_limits = await self._http.open_stream(self._chat_url, body)
+        return OpenAIStream(self._http, response, rate_limits)
+
+    async def embed(
+        self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
+    ) -> EmbedResult:
+        """Embeddings of ``inputs``, in input order."""
+        request: dict[str, Any] = {"model": model, "input": inputs}
+        if dimensions is not None:
+            request["dimensions"] = dimensions
+        request.update(extra)
+        reply = await self._http.request("POST", self._embeddings_url, ENCODER.encode(request))
+        answer = self._http.decode(_EMBEDDINGS, reply)
+        try:
+            embeddings = [
+                _float32_vector(item.embedding)
+                if isinstance(item.embedding, str)
+                else item.embedding
+                for item in sorted(answer.data, key=lambda item: item.index)
+            ]
+        except ValueError as error:  # a bad base64 vector (binascii.Error)
+            raise self._http.protocol_failure(str(error), reply.rate_limits) from None
+        if len(embeddings) != len(inputs):
+            raise self._http.protocol_failure(
+                f"{len(embeddings)} embeddings for {len(inputs)} inputs", reply.rate_limits
+            )
+        return EmbedResult(
+            embeddings=embeddings,
+            usage=answer.usage.to_usage() if answer.usage else Usage(),
+            rate_limits=reply.rate_limits,
+        )
+
+    async def list_models(self) -> list[str]:
+        """The model names the server lists."""
+        reply = await self._http.request("GET", self._models_url)
+        return [model.id for model in self._http.decode(_MODELS, reply).data]
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._http.aclose()

@@ -1,0 +1,483 @@
+"""The HTTP side of one provider account: pooled connections, deadlines, streams of server-sent
+events, and the classification of every failure into a :class:`ProviderError`.
+
+:class:`ProviderHTTP` owns one ``httpx`` connection pool (an :class:`httpx.AsyncHTTPTransport`
+sized by ``max_concurrency``, keep-alive), the account's default headers (built once) and its
+timeouts. Requests go straight to the transport's ``handle_async_request``: the wire formats
+need none of what :class:`httpx.AsyncClient` adds per request (URL merging, cookies, auth
+flows, redirects, event hooks, an INFO log line per request). Measured on a 2-core machine
+against a local server, a plain chat() costs ~0.92 ms more than a raw socket exchange this
+way, against ~1.14 ms through ``AsyncClient`` (httpcore's pool alone: ~0.68 ms). Proxies
+named by the environment (``HTTPS_PROXY``, ``NO_PROXY``…) are honoured for non-loopback hosts.
+
+Timeouts: ``timeout_s`` bounds a whole plain request (send, wait, read) and each read, write
+or wait for a pooled connection; ``connect_timeout_s`` bounds connecting. A stream's deadline
+covers its opening (up to the response headers); after that each read waits ``timeout_s``.
+
+Failures, by when they happen::
+
+    before a response   httpx.ConnectTimeout, ReadTimeout, WriteTimeout, PoolTimeout,
+                        the whole-request deadline                          → timeout
+                        ConnectError, ReadError, WriteError, RemoteProtocolError,
+                        ProxyError (refused, reset, closed before an answer) → connect
+    with a status       429 → rate_limited; 408, 409 → conflict; 5xx → server;
+                        other 4xx → client; anything else not 2xx → protocol
+    with a 2xx          an undecodable body                                 → protocol
+    in a stream         a read error, a stall, an oversized event, an end
+                        before the end event                                → stream_broken
+
+The account's API key never appears in a message or body: where a server echoes it, it is
+replaced by ``[redacted]`` (placeholder keys shorter than 8 characters excepted).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.request
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, Final, TypeVar
+
+import anyio
+import httpx
+import msgspec
+
+from quotad.daemon.config import ProviderConfig
+from quotad.daemon.providers.base import (
+    NO_RATE_LIMITS,
+    ChatDelta,
+    ErrorKind,
+    ProviderError,
+    RateLimitInfo,
+)
+from quotad.daemon.providers.ratelimits import parse_rate_limits
+from quotad.protocol.messages import Usage
+
+KEEPALIVE_EXPIRY_S: Final = 30.0
+USER_AGENT: Final = "quotad"
+MAX_ERROR_BODY: Final = 4096
+"""Characters of a body that is not JSON kept in :attr:`ProviderError.body`."""
+MAX_ERROR_MESSAGE: Final = 500
+"""Characters of a provider's error message kept in :attr:`ProviderError.message`."""
+REDACTED: Final = "[redacted]"
+MIN_SECRET_LENGTH: Final = 8
+"""Shorter keys (``none``, ``EMPTY``: placeholders for local servers) are not redacted: they
+are no secret, and replacing them would garble messages."""
+MAX_EVENT_BYTES: Final = 16 * 1024 * 1024
+"""The longest server-sent event (or line) accepted: the bound on what a stream buffers."""
+DRAIN_S: Final = 1.0
+"""How long a stream's end event may wait for the end of its body."""
+
+_JSON: Final = msgspec.json.Decoder()
+
+T = TypeVar("T")
+
+
+class Reply(msgspec.Struct):
+    """A successful plain reply: its body and what its headers say of rate limits."""
+
+    content: bytes
+    rate_limits: RateLimitInfo
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def environment_proxy(url: httpx.URL) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``…, minus ``NO_PROXY``)."""
+    if _is_loopback(url.host):
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(url.host):
+        return None
+    return proxy
+
+
+def pooled_transport(config: ProviderConfig) -> httpx.AsyncHTTPTransport:
+    """One connection pool for a provider account: at most ``max_concurrency`` connections,
+    all kept alive between requests."""
+    limits = httpx.Limits(
+        max_connections=config.max_concurrency,
+        max_keepalive_connections=config.max_concurrency,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+    )
+    proxy = environment_proxy(httpx.URL(config.base_url))
+    return httpx.AsyncHTTPTransport(limits=limits, proxy=proxy)
+
+
+def error_message(body: Any) -> str | None:
+    """The human message in an error body: ``{"error": {"message"}}`` (OpenAI, Anthropic),
+    ``{"error": "…"}``, ``{"message"}`` or ``{"detail"}`` (other OpenAI-compatible servers)."""
+    if isinstance(body, str):
+        return body.strip() or None
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, dict):
+        error = error.get("message")
+    for candidate in (error, body.get("message"), body.get("detail")):
+        if isinstance(candidate, str) and candidate.strip():
+            return candidate.strip()
+    return None
+
+
+def _status_kind(status: int) -> ErrorKind:
+    if status == 429:
+        return "rate_limited"
+    if status in (408, 409):
+        return "conflict"
+    if status >= 500:
+        return "server"
+    if 400 <= status < 500:
+        return "client"
+    return "protocol"
+
+
+class ProviderHTTP:
+    """HTTP to one provider account; every failure comes out as a :class:`ProviderError`."""
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        headers: dict[str, str],
+        api_key: str | None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._base_url = config.base_url.rstrip("/")
+        self._host = httpx.URL(self._base_url).netloc.decode("ascii", "replace")
+        self._secret = api_key if api_key and len(api_key) >= MIN_SECRET_LENGTH else None
+        self._transport = transport if transport is not None else pooled_transport(config)
+        self._headers = httpx.Headers({"user-agent": USER_AGENT, "accept": "application/json"})
+        self._headers.update(headers)
+        self._headers.update(config.headers)  # names are case-insensitive: these win
+        self._timeout_s = config.timeout_s
+        self._connect_timeout_s = config.connect_timeout_s
+        timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
+        self._extensions: dict[str, Any] = {"timeout": timeout.as_dict()}
+
+    def url(self, path: str) -> httpx.URL:
+        """The URL of an endpoint under the base URL (``/chat/completions``)."""
+        return httpx.URL(self._base_url + path)
+
+    async def request(self, method: str, url: httpx.URL, body: bytes | None = None) -> Reply:
+        """One plain request, answered whole within ``timeout_s``; a non-2xx answer raises."""
+        request = httpx.Request(
+            method, url, headers=self._headers, content=body, extensions=self._extensions
+        )
+        response: httpx.Response | None = None
+        try:
+            with anyio.fail_after(self._timeout_s):
+                response = await self._transport.handle_async_request(request)
+                try:
+                    content = await response.aread()
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise self._deadline_failure("gave no complete answer", response) from None
+        except httpx.TransportError as error:
+            raise self.transport_failure(error, response) from None
+        rate_limits = parse_rate_limits(response.headers)
+        if not 200 <= response.status_code < 300:
+            raise self.status_failure(response, content, rate_limits)
+        return Reply(content, rate_limits)
+
+    async def open_stream(
+        self, url: httpx.URL, body: bytes
+    ) -> tuple[httpx.Response, RateLimitInfo]:
+        """POST a streamed request and return once its 2xx response headers are in; the body
+        is left to read. A non-2xx answer is read whole and raised."""
+        request = httpx.Request(
+            "POST", url, headers=self._headers, content=body, extensions=self._extensions
+        )
+        try:
+            with anyio.fail_after(self._timeout_s):
+                response = await self._transport.handle_async_request(request)
+        except TimeoutError:
+            raise self._deadline_failure("did not start its answer", None) from None
+        except httpx.TransportError as error:
+            raise self.transport_failure(error, None) from None
+        rate_limits = parse_rate_limits(response.headers)
+        if 200 <= response.status_code < 300:
+            return response, rate_limits
+        content = b""
+        try:
+            with anyio.fail_after(self._timeout_s):
+                content = await response.aread()
+        except (TimeoutError, httpx.TransportError):
+            pass  # the status says enough
+        finally:
+            await response.aclose()
+        raise self.status_failure(response, content, rate_limits)
+
+    def decode(self, decoder: msgspec.json.Decoder[T], reply: Reply) -> T:
+        """A reply's body decoded into the wire format's typed answer; ``protocol`` when it
+        does not fit."""
+        try:
+            return decoder.decode(reply.content)
+        except msgspec.DecodeError as error:
+            raise self.protocol_failure(str(error), reply.rate_limits, reply.content) from None
+
+    # ------------------------------------------------------------------ failures
+
+    def redact(self, text: str) -> str:
+        """``text`` without the account's API key in it."""
+        if self._secret and self._secret in text:
+            return text.replace(self._secret, REDACTED)
+        return text
+
+    def _deadline_failure(self, what: str, response: httpx.Response | None) -> ProviderError:
+        rate_limits = parse_rate_limits(response.headers) if response else NO_RATE_LIMITS
+        return ProviderError(
+            "timeout",
+            f"{self._host} {what} within {self._timeout_s:g} s",
+            status=response.status_code if response else None,
+            rate_limits=rate_limits,
+        )
+
+    def transport_failure(
+        self, error: httpx.TransportError, response: httpx.Response | None
+    ) -> ProviderError:
+        """Classify a failure to exchange a request and its answer (see the module docstring)."""
+        detail = self.redact(str(error)) or type(error).__name__
+        kind: ErrorKind
+        if isinstance(error, httpx.ConnectTimeout):
+            kind = "timeout"
+            message = f"connecting to {self._host} timed out after {self._connect_timeout_s:g} s"
+        elif isinstance(error, httpx.PoolTimeout):
+            kind = "timeout"
+            message = f"no free connection to {self._host} within {self._timeout_s:g} s"
+        elif isinstance(error, httpx.TimeoutException):
+            kind = "timeout"
+            message = f"{self._host} did not answer within {self._timeout_s:g} s ({detail})"
+        elif isinstance(error, httpx.ConnectError | httpx.ProxyError):
+            kind = "connect"
+            message = f"cannot connect to {self._host}: {detail}"
+        elif isinstance(error, httpx.NetworkError | httpx.RemoteProtocolError):
+            kind = "connect"
+            message = f"connection to {self._host} failed before the answer: {detail}"
+        else:  # LocalProtocolError, UnsupportedProtocol, DecodingError…
+            kind = "protocol"
+            message = f"cannot exchange with {self._host}: {detail}"
+        rate_limits = parse_rate_limits(response.headers) if response else NO_RATE_LIMITS
+        return ProviderError(
+            kind,
+            message,
+            status=response.status_code if response else None,
+            retry_after_s=rate_limits.retry_after_s,
+            rate_limits=rate_limits,
+        )
+
+    def status_failure(
+        self, response: httpx.Response, content: bytes, rate_limits: RateLimitInfo
+    ) -> ProviderError:
+        """The error a non-2xx answer means, with the provider's own message and body."""
+        status = response.status_code
+        text = self.redact(content.decode("utf-8", "replace"))
+        body: Any
+        try:
+            body = _JSON.decode(text)
+        except msgspec.DecodeError:
+            body = text[:MAX_ERROR_BODY]
+        message = error_message(body) or f"HTTP {status} {httpx.codes.get_reason_phrase(status)}"
+        return ProviderError(
+            _status_kind(status),
+            message[:MAX_ERROR_MESSAGE],
+            status=status,
+            retry_after_s=rate_limits.retry_after_s,
+            rate_limits=rate_limits,
+            body=body,
+        )
+
+    def protocol_failure(
+        self, what: str, rate_limits: RateLimitInfo, content: bytes = b""
+    ) -> ProviderError:
+        """A 2xx answer that could not be understood."""
+        text = self.redact(content[:MAX_ERROR_BODY].decode("utf-8", "replace"))
+        return ProviderError(
+            "protocol",
+            f"{self._host} sent an answer that cannot be understood: {self.redact(what)}",
+            rate_limits=rate_limits,
+            body=text or None,
+        )
+
+    def stream_failure(self, error: Exception, rate_limits: RateLimitInfo) -> ProviderError:
+        """A stream that broke after it had started."""
+        if isinstance(error, httpx.TimeoutException):
+            what = f"no data for {self._timeout_s:g} s"
+        else:
+            what = self.redact(str(error)) or type(error).__name__
+        return ProviderError(
+            "stream_broken",
+            f"the stream from {self._host} broke: {what}",
+            rate_limits=rate_limits,
+        )
+
+    def stream_end_failure(self, what: str, rate_limits: RateLimitInfo) -> ProviderError:
+        """A stream whose body ended before its end event."""
+        return ProviderError(
+            "stream_broken", f"the stream from {self._host} {what}", rate_limits=rate_limits
+        )
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._transport.aclose()
+
+
+class ServerSentEvents:
+    """The ``data`` of each event in a ``text/event-stream`` body, one event at a time.
+
+    Lines of one event's ``data:`` fields are joined with ``\\n``; ``event:``, ``id:``,
+    ``retry:`` and comments are skipped (the providers repeat the event type in the data).
+    An event left unterminated at the end of the body is still delivered; one longer than
+    :data:`MAX_EVENT_BYTES` breaks the stream.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self._chunks: AsyncIterator[bytes] = response.aiter_bytes()
+        self._lines: deque[bytes] = deque()
+        self._partial = b""
+        self._data: list[bytes] = []
+        self._data_bytes = 0
+        self._ended = False
+
+    async def next_data(self) -> bytes | None:
+        """The data of the next event; None at the end of the body. Transport errors
+        (``httpx.TransportError``) propagate."""
+        while True:
+            while self._lines:
+                line = self._lines.popleft()
+                if not line:
+                    if self._data:
+                        return self._dispatch()
+                elif line.startswith(b"data:"):
+                    value = line[5:]
+                    self._data.append(value[1:] if value.startswith(b" ") else value)
+                    self._data_bytes += len(value)
+                    if self._data_bytes > MAX_EVENT_BYTES:
+                        raise httpx.RemoteProtocolError(
+                            f"an event longer than {MAX_EVENT_BYTES} bytes"
+                        )
+            if self._ended:
+                return self._dispatch() if self._data else None
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                if self._partial:
+                    self._lines.append(self._partial.rstrip(b"\r"))
+                    self._partial = b""
+                continue
+            lines = (self._partial + chunk).split(b"\n")
+            self._partial = lines.pop()
+            if len(self._partial) > MAX_EVENT_BYTES:
+                raise httpx.RemoteProtocolError(f"an event longer than {MAX_EVENT_BYTES} bytes")
+            self._lines.extend(line[:-1] if line.endswith(b"\r") else line for line in lines)
+
+    async def drain(self) -> None:
+        """Read what follows the end event up to the end of the body, so that the connection
+        goes back to the pool; a server that keeps the body open longer than
+        :data:`DRAIN_S`, or breaks it, only costs that connection."""
+        with anyio.move_on_after(DRAIN_S):
+            try:
+                while await self.next_data() is not None:
+                    pass
+            except httpx.TransportError:
+                pass
+
+    def _dispatch(self) -> bytes:
+        data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+        self._data = []
+        self._data_bytes = 0
+        return data
+
+    async def aclose(self) -> None:
+        """Release the connection: back to the pool when the body was read whole, else closed.
+
+        A body left unread is then read on to the error the closed connection gives, so that
+        httpx's body iterators finish instead of being left suspended (trio warns of those).
+        """
+        await self._response.aclose()
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            async for _ in self._chunks:
+                pass
+        except (httpx.HTTPError, httpx.StreamError):
+            pass
+
+
+class ChatEventStream(ABC):
+    """A chat answer streamed as server-sent events (the ``ChatStream`` of base.py); a wire
+    format subclasses it to turn each event's data into a :class:`ChatDelta`.
+
+    :meth:`deltas` iterates the stream. Its end is the wire format's end event (after which
+    the rest of the body is drained, so that the connection is kept), or a clean end of the
+    body after a finish reason (some servers leave the end event out). A read error, a stall,
+    or an end of the body before either raises ``stream_broken``. Once the iteration has ended
+    or raised, it stays ended.
+    """
+
+    END_EVENT: ClassVar[str]
+    """The end event's name, for errors."""
+
+    def __init__(self, http: ProviderHTTP, response: httpx.Response, rate_limits: RateLimitInfo):
+        self.rate_limits = rate_limits
+        self.usage = Usage()
+        self.finish_reason: str | None = None
+        self.http = http
+        self.ended = False  # set by on_event when the end event comes
+        self._events = ServerSentEvents(response)
+        self._finished = False
+
+    @abstractmethod
+    def on_event(self, data: bytes) -> ChatDelta | None:
+        """The delta an event's data carries, if any; raises :class:`ProviderError` for an
+        error event or undecodable data."""
+
+    def deltas(self) -> ChatEventStream:
+        """The pieces of the answer, as they arrive."""
+        return self
+
+    def __aiter__(self) -> ChatEventStream:
+        return self
+
+    async def __anext__(self) -> ChatDelta:
+        while not self._finished:
+            try:
+                data = await self._events.next_data()
+            except httpx.TransportError as error:
+                self._finished = True
+                raise self.http.stream_failure(error, self.rate_limits) from None
+            if data is None:
+                self._finished = True
+                if self.finish_reason is None:
+                    raise self.http.stream_end_failure(
+                        f"ended before {self.END_EVENT}", self.rate_limits
+                    )
+                break
+            try:
+                delta = self.on_event(data)
+            except ProviderError:
+                self._finished = True
+                raise
+            if delta is not None:
+                return delta
+            if self.ended:
+                self._finished = True
+                await self._events.drain()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Release the connection."""
+        self._finished = True
+        await self._events.aclose()
