@@ -1,0 +1,373 @@
+"""The HTTP/1.1 server core: keep-alive, pipelining, limits, timeouts, streaming, errors and
+graceful shutdown, against an in-process server on a loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.abc
+import httpx
+import msgspec
+import pytest
+from anyio import wait_all_tasks_blocked
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from quotad.daemon.http11 import (
+    AbortConnection,
+    Handler,
+    HttpLimits,
+    HttpRequest,
+    HttpResponse,
+    HttpServer,
+    StreamingResponse,
+)
+
+pytestmark = pytest.mark.anyio
+
+Response = tuple[int, dict[str, str], bytes]
+
+
+@asynccontextmanager
+async def serving(handler: Handler, limits: HttpLimits | None = None) -> AsyncIterator[HttpServer]:
+    """A server on a free loopback port for the duration of the block."""
+    server = HttpServer(handler, host="127.0.0.1", port=0, limits=limits)
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        try:
+            yield server
+        finally:
+            with anyio.fail_after(5):
+                await server.shutdown(deadline_s=1.0)
+
+
+@asynccontextmanager
+async def raw_connection(
+    port: int,
+) -> AsyncIterator[tuple[anyio.abc.SocketStream, BufferedByteReceiveStream]]:
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        yield stream, BufferedByteReceiveStream(stream)
+
+
+async def read_response(reader: BufferedByteReceiveStream) -> Response:
+    """One response: status, headers (lower-cased names), body (content-length or chunked)."""
+    head = (await reader.receive_until(b"\r\n\r\n", 65536)).decode("latin-1")
+    status_line, *lines = head.split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        body = await reader.receive_exactly(int(headers["content-length"]))
+    else:
+        parts = []
+        while size := int(await reader.receive_until(b"\r\n", 100), 16):
+            parts.append(await reader.receive_exactly(size))
+            await reader.receive_exactly(2)
+        await reader.receive_exactly(2)
+        body = b"".join(parts)
+    return int(status_line.split(" ", 2)[1]), headers, body
+
+
+async def read_to_close(reader: BufferedByteReceiveStream) -> bytes:
+    """Everything until the server closes (a reset counts as a close)."""
+    data = bytearray(reader.buffer)
+    try:
+        while True:
+            data += await reader.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError):
+        return bytes(data)
+
+
+def get(path: str, extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nhost: test\r\n{extra}\r\n".encode()
+
+
+async def echo(request: HttpRequest) -> HttpResponse:
+    body = msgspec.json.encode(
+        {
+            "method": request.method,
+            "target": request.target,
+            "path": request.path,
+            "body": request.body.decode(),
+            "client_port": request.client[1] if request.client else None,
+            "x_test": request.header("X-Test"),
+        }
+    )
+    return HttpResponse(200, [("content-type", "application/json")], body)
+
+
+async def test_keep_alive_serves_several_requests_on_one_connection() -> None:
+    async with serving(echo) as server, httpx.AsyncClient(trust_env=False) as client:
+        base = f"http://127.0.0.1:{server.port}"
+        first = await client.post(f"{base}/a?q=1", content=b"hello", headers={"x-test": "yes"})
+        second = await client.get(f"{base}/b")
+    assert first.status_code == second.status_code == 200
+    one, two = first.json(), second.json()
+    assert one["method"] == "POST"
+    assert one["target"] == "/a?q=1"
+    assert one["path"] == "/a"
+    assert one["body"] == "hello"
+    assert one["x_test"] == "yes"
+    assert two["x_test"] is None
+    assert one["client_port"] == two["client_port"]
+
+
+async def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
+    in_flight = 0
+    most_in_flight = 0
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        nonlocal in_flight, most_in_flight
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        if request.path == "/slow":
+            await anyio.sleep(0.05)
+        in_flight -= 1
+        return HttpResponse(200, [], request.path.encode())
+
+    async with serving(handler) as server, raw_connection(server.port) as (stream, reader):
+        await stream.send(get("/slow") + get("/second") + get("/third"))
+        with anyio.fail_after(5):
+            bodies = [(await read_response(reader))[2] for _ in range(3)]
+    assert bodies == [b"/slow", b"/second", b"/third"]
+    assert most_in_flight == 1
+
+
+async def test_body_over_the_limit_is_413_and_closes() -> None:
+    limits = HttpLimits(max_body_bytes=1000)
+    async with serving(echo, limits) as server:
+        async with raw_connection(server.port) as (stream, reader):
+            await stream.send(b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 5000\r\n\r\n")
+            with anyio.fail_after(5):
+                status, headers, body = await read_response(reader)
+                rest = await read_to_close(reader)
+        assert status == 413
+        assert headers["connection"] == "close"
+        assert b"1000" in msgspec.json.decode(body)["error"]["message"].encode()
+        assert rest == b""
+        async with raw_connection(server.port) as (stream, reader):
+            chunk = b"x" * 600
+            await stream.send(
+                b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+                + b"%x\r\n%b\r\n" % (len(chunk), chunk) * 2
+            )
+            with anyio.fail_after(5):
+                status, _, _ = await read_response(reader)
+        assert status == 413
+
+
+async def test_headers_over_the_limit_are_431() -> None:
+    limits = HttpLimits(max_header_bytes=1024)
+    async with serving(echo, limits) as server:
+        for filler in (b"a" * 4000, b"b" * 100_000):
+            async with raw_connection(server.port) as (stream, reader):
+                await stream.send(b"GET / HTTP/1.1\r\nhost: t\r\nx-big: " + filler + b"\r\n\r\n")
+                with anyio.fail_after(5):
+                    status, _, body = await read_response(reader)
+            assert status == 431
+            assert b"headers" in body
+
+
+async def test_garbage_request_line_is_400_and_closes() -> None:
+    async with serving(echo) as server, raw_connection(server.port) as (stream, reader):
+        await stream.send(b"THIS IS NOT HTTP\r\n\r\n")
+        with anyio.fail_after(5):
+            status, headers, _ = await read_response(reader)
+            assert await read_to_close(reader) == b""
+    assert status == 400
+    assert headers["connection"] == "close"
+
+
+async def test_slowloris_request_is_closed_after_the_read_timeout() -> None:
+    limits = HttpLimits(read_timeout_s=0.3)
+    async with serving(echo, limits) as server, raw_connection(server.port) as (stream, reader):
+
+        async def dribble() -> None:
+            await stream.send(b"GET / HTTP/1.1\r\nhost: t\r\n")
+            while True:  # never finishes the headers
+                await anyio.sleep(0.05)
+                try:
+                    await stream.send(b"x-more: 1\r\n")
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dribble)
+            with anyio.fail_after(5):
+                status, _, _ = await read_response(reader)
+                await read_to_close(reader)
+            tg.cancel_scope.cancel()
+    assert status == 408
+
+
+async def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout() -> None:
+    limits = HttpLimits(idle_timeout_s=0.2)
+    async with serving(echo, limits) as server, raw_connection(server.port) as (stream, reader):
+        await stream.send(get("/"))
+        with anyio.fail_after(5):
+            status, _, _ = await read_response(reader)
+            assert await read_to_close(reader) == b""
+    assert status == 200
+
+
+async def test_streaming_response_flushes_each_chunk() -> None:
+    client_has_first = anyio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"first"
+        await client_has_first.wait()  # deadlocks unless "first" reached the client
+        yield b"second"
+
+    async def handler(request: HttpRequest) -> StreamingResponse:
+        return StreamingResponse(200, [("content-type", "text/plain")], chunks())
+
+    received = []
+    async with serving(handler) as server, httpx.AsyncClient(trust_env=False) as client:
+        with anyio.fail_after(5):
+            async with client.stream("GET", f"http://127.0.0.1:{server.port}/") as response:
+                async for chunk in response.aiter_raw():
+                    received.append(chunk)
+                    client_has_first.set()
+    assert response.headers["transfer-encoding"] == "chunked"
+    assert received == [b"first", b"second"]
+
+
+async def test_client_disconnect_stops_the_stream() -> None:
+    stream_closed = anyio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            yield b"data: 1\n\n"
+            await anyio.sleep_forever()
+            yield b"never"
+        finally:
+            stream_closed.set()
+
+    async def handler(request: HttpRequest) -> StreamingResponse:
+        return StreamingResponse(200, [("content-type", "text/event-stream")], chunks())
+
+    async with serving(handler) as server:
+        async with raw_connection(server.port) as (stream, reader):
+            await stream.send(get("/"))
+            with anyio.fail_after(5):
+                await reader.receive_until(b"data: 1\n\n", 65536)
+        with anyio.fail_after(5):
+            await stream_closed.wait()
+
+
+async def test_client_disconnect_cancels_a_waiting_handler() -> None:
+    cancelled = anyio.Event()
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+        raise AssertionError("unreachable")
+
+    async with serving(handler) as server:
+        async with raw_connection(server.port) as (stream, _):
+            await stream.send(get("/"))
+            await wait_all_tasks_blocked()
+        with anyio.fail_after(5):
+            await cancelled.wait()
+
+
+async def test_handler_error_is_500_and_the_server_carries_on() -> None:
+    async def handler(request: HttpRequest) -> HttpResponse:
+        if request.path == "/boom":
+            raise RuntimeError("boom")
+        if request.path == "/bad-header":
+            return HttpResponse(200, [("x-injected", "a\r\nset-cookie: b")], b"")
+        return HttpResponse(200, [], b"ok")
+
+    async with serving(handler) as server, httpx.AsyncClient(trust_env=False) as client:
+        base = f"http://127.0.0.1:{server.port}"
+        boom = await client.get(f"{base}/boom")
+        bad_header = await client.get(f"{base}/bad-header")
+        ok = await client.get(f"{base}/fine")
+    assert boom.status_code == 500
+    assert boom.json()["error"]["message"] == "internal server error"
+    assert bad_header.status_code == 500
+    assert "set-cookie" not in bad_header.headers
+    assert (ok.status_code, ok.content) == (200, b"ok")
+
+
+async def test_abort_connection_closes_without_an_answer() -> None:
+    async def handler(request: HttpRequest) -> HttpResponse:
+        raise AbortConnection(reset=request.path == "/reset")
+
+    async with serving(handler) as server:
+        for path in ("/close", "/reset"):
+            async with raw_connection(server.port) as (stream, reader):
+                await stream.send(get(path))
+                with anyio.fail_after(5):
+                    assert await read_to_close(reader) == b""
+
+
+async def test_http10_request_is_answered_and_closed() -> None:
+    async with serving(echo) as server, raw_connection(server.port) as (stream, reader):
+        await stream.send(b"GET /old HTTP/1.0\r\n\r\n")
+        with anyio.fail_after(5):
+            status, headers, body = await read_response(reader)
+            assert await read_to_close(reader) == b""
+    assert status == 200
+    assert headers["connection"] == "close"
+    assert msgspec.json.decode(body)["path"] == "/old"
+
+
+async def test_graceful_shutdown_finishes_requests_in_flight() -> None:
+    entered = anyio.Event()
+    release = anyio.Event()
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        if request.path == "/slow":
+            entered.set()
+            await release.wait()
+        return HttpResponse(200, [], request.path.encode())
+
+    server = HttpServer(handler, host="127.0.0.1", port=0)
+    results: dict[str, Response] = {}
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(server.serve)
+        async with raw_connection(port) as (idle_stream, idle_reader):
+            await idle_stream.send(get("/first"))
+            assert (await read_response(idle_reader))[2] == b"/first"
+
+            async def slow_request() -> None:
+                async with raw_connection(port) as (stream, reader):
+                    await stream.send(get("/slow"))
+                    results["slow"] = await read_response(reader)
+
+            with anyio.fail_after(5):
+                tg.start_soon(slow_request)
+                await entered.wait()
+                tg.start_soon(server.shutdown, 5.0)
+                await wait_all_tasks_blocked()
+                assert server.closing
+                assert await read_to_close(idle_reader) == b""  # idle keep-alive: closed
+                with pytest.raises(OSError):
+                    await anyio.connect_tcp("127.0.0.1", port)  # no longer accepting
+                assert "slow" not in results
+                release.set()
+    status, headers, body = results["slow"]
+    assert (status, body) == (200, b"/slow")
+    assert headers["connection"] == "close"
+
+
+async def test_shutdown_deadline_cancels_what_is_left() -> None:
+    async def handler(request: HttpRequest) -> HttpResponse:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    server = HttpServer(handler, host="127.0.0.1", port=0)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(server.serve)
+        async with raw_connection(port) as (stream, reader):
+            await stream.send(get("/"))
+            await wait_all_tasks_blocked()
+            with anyio.fail_after(5):
+                await server.shutdown(deadline_s=0.1)
+                assert await read_to_close(reader) == b""
