@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A local sidecar daemon for LLM API access: shared rate gates, cache, "
         "ledger and failover for every process on this machine.",
     )
-    parser.add_argument("--socket", help="daemon socket (default: $QUOTAD_SOCKET or the user socket)")
+    parser.add_argument(
+        "--socket", help="daemon socket (default: $QUOTAD_SOCKET or the user socket)"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser("serve", help="run the daemon in the foreground")
@@ -60,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="targets, gates, breakers, queues, cache, budgets")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_status)
+
+    top = commands.add_parser("top", help="the live TUI (needs quotad-tui)")
+    top.set_defaults(handler=_top)
 
     chat = commands.add_parser("chat", help="one chat call through the daemon")
     chat.add_argument("prompt", help="the user message")
@@ -132,8 +137,11 @@ def _check_config(args: argparse.Namespace) -> int:
         config = find_and_load_config(args.path)
     except ConfigError as error:
         if args.json:
-            print(msgspec.json.encode({"ok": False, "source": error.source,
-                                       "problems": error.problems}).decode())
+            print(
+                msgspec.json.encode(
+                    {"ok": False, "source": error.source, "problems": error.problems}
+                ).decode()
+            )
         else:
             print(f"quotad: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -185,6 +193,19 @@ def _status(args: argparse.Namespace) -> int:
     return _with_client(args, action)
 
 
+def _top(args: argparse.Namespace) -> int:
+    try:
+        from quotad.tui.app import run_tui
+    except ImportError:
+        print(
+            "quotad: `quotad top` needs the quotad-tui package (uv pip install quotad-tui)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    run_tui(socket=args.socket)
+    return EXIT_OK
+
+
 def _chat(args: argparse.Namespace) -> int:
     import msgspec
 
@@ -192,17 +213,20 @@ def _chat(args: argparse.Namespace) -> int:
     if args.system:
         messages.append({"role": "system", "content": args.system})
     messages.append({"role": "user", "content": args.prompt})
-    options: dict[str, Any] = {"max_tokens": args.max_tokens, "priority": args.priority,
-                               "max_wait_s": args.max_wait, "cache": args.cache}
+    options: dict[str, Any] = {
+        "max_tokens": args.max_tokens,
+        "priority": args.priority,
+        "max_wait_s": args.max_wait,
+        "cache": args.cache,
+    }
 
     def action(client: Any) -> int:
         if args.stream:
-            end = None
-            for chunk in client.chat_stream(args.model, messages, **options):
-                if hasattr(chunk, "delta"):
-                    sys.stdout.write(chunk.delta)
-                    sys.stdout.flush()
-            end = client.last_stream_end
+            stream = client.chat_stream(args.model, messages, **options)
+            for chunk in stream:
+                sys.stdout.write(chunk.delta)
+                sys.stdout.flush()
+            end = stream.end
             sys.stdout.write("\n")
             if end is not None and args.json:
                 print(msgspec.json.encode(end).decode())

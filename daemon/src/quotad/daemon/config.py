@@ -345,7 +345,9 @@ def _check_references(config: Config, declared_providers: set[str]) -> list[str]
         for index, target in enumerate(group.targets):
             provider_name, slash, model = target.partition("/")
             if not slash or not model:
-                problems.append(f"{where}.targets[{index}]: expected 'provider/model', got {target!r}")
+                problems.append(
+                    f"{where}.targets[{index}]: expected 'provider/model', got {target!r}"
+                )
             elif provider_name not in declared_providers:
                 known = ", ".join(sorted(config.providers)) or "none"
                 problems.append(
@@ -450,8 +452,13 @@ def state_dir(config: Config) -> Path:
 _DETECTED: Final = (
     # env var, provider name, kind, base_url, default models group members
     ("OPENAI_API_KEY", "openai", "openai", "https://api.openai.com/v1", "gpt-4o-mini"),
-    ("ANTHROPIC_API_KEY", "anthropic", "anthropic", "https://api.anthropic.com/v1",
-     "claude-3-5-haiku-latest"),
+    (
+        "ANTHROPIC_API_KEY",
+        "anthropic",
+        "anthropic",
+        "https://api.anthropic.com/v1",
+        "claude-3-5-haiku-latest",
+    ),
     ("GROQ_API_KEY", "groq", "openai", "https://api.groq.com/openai/v1", "llama-3.1-8b-instant"),
 )
 

@@ -1,0 +1,41 @@
+"""The one exception the daemon's request pipeline raises: :class:`RequestError`, carrying a wire
+error code (DESIGN §5). The Unix-socket server turns it into an ``Error`` frame and the HTTP front
+door into each API's own error body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quotad.protocol.errors import ErrorCode
+from quotad.protocol.messages import Error
+
+
+class RequestError(Exception):
+    """A request failed; ``code`` says how, ``message`` says what and where."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+        self.details = details or {}
+
+    def to_reply(self, request_id: int) -> Error:
+        """The ``Error`` frame answering request ``request_id``."""
+        return Error(
+            id=request_id,
+            code=self.code,
+            message=self.message,
+            retry_after_s=self.retry_after_s,
+            details=self.details,
+        )
+
+    def __repr__(self) -> str:
+        return f"RequestError({self.code!r}, {self.message!r})"

@@ -1,0 +1,30 @@
+"""Every benchmark still runs: each ``bench/*.py`` with ``--quick`` prints one JSON line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
+BENCHES = sorted(path for path in BENCH_DIR.glob("*.py") if not path.name.startswith("_"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bench", BENCHES, ids=[path.stem for path in BENCHES])
+def test_bench_runs_quick(bench: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(bench), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=BENCH_DIR.parent,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    figures = json.loads(lines[-1])
+    assert figures["bench"] == bench.stem
+    assert all(value is not None for value in figures.values())

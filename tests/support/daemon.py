@@ -1,0 +1,129 @@
+"""A real ``quotad serve`` process on a temp socket and state directory, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+START_TIMEOUT_S = 15.0
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def socket_answers(path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+class DaemonProcess:
+    """``quotad serve --config CONFIG`` in a subprocess, with its own temp dir.
+
+    The config text may use ``{state_dir}`` and ``{socket}``; the socket is ``$DIR/q.sock``.
+    """
+
+    def __init__(
+        self,
+        config_text: str,
+        *,
+        directory: Path | None = None,
+        env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self._own_directory = directory is None
+        self.directory = directory or Path(tempfile.mkdtemp(prefix="qd", dir="/tmp"))
+        self.socket_path = self.directory / "q.sock"
+        self.state_dir = self.directory / "state"
+        self.config_path = self.directory / "quotad.toml"
+        self.config_path.write_text(
+            config_text.format(state_dir=self.state_dir, socket=self.socket_path)
+        )
+        self.log_path = self.directory / "daemon.log"
+        self.env = {**os.environ, "QUOTAD_SOCKET": str(self.socket_path), **(env or {})}
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        """Start the daemon and wait until its socket answers."""
+        command = [
+            sys.executable, "-m", "quotad.daemon.cli", "serve",
+            "--config", str(self.config_path), *self.extra_args,
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"quotad exited with {self.process.returncode}:\n{self.log()}")
+            if socket_answers(self.socket_path):
+                return self
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"quotad did not start within {START_TIMEOUT_S} s:\n{self.log()}")
+
+    def log(self) -> str:
+        """Everything the daemon wrote to stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, wait for a clean exit; the exit code."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return process.returncode if process else 0
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self.stop()
+        finally:
+            self.kill()
+            if self._own_directory:
+                shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def sim_provider_config(name: str, base_url: str, kind: str = "openai", extra: str = "") -> str:
+    """A ``[providers.NAME]`` table pointing at a sim."""
+    return f'[providers.{name}]\nkind = "{kind}"\nbase_url = "{base_url}"\n{extra}\n'
