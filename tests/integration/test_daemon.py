@@ -427,3 +427,21 @@ def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
 
 def test_cancelled_error_class_exists() -> None:
     assert RequestCancelledError("x").code == "cancelled"
+
+
+@pytest.mark.anyio
+async def test_subscribe_sends_snapshots_with_finished_requests(daemon: DaemonProcess) -> None:
+    async with AsyncClient(socket=daemon.socket_path, app="watcher") as client:
+        seen: list[str] = []
+        with anyio.fail_after(10):
+            async for snapshot in client.subscribe(interval_s=0.1):
+                if snapshot.seq == 1:
+                    await client.chat("fast", MESSAGES, max_tokens=4)
+                    with pytest.raises(UnknownModelError):
+                        await client.chat("nope", MESSAGES)
+                seen += [f"{record.app}:{record.status}" for record in snapshot.requests]
+                if len(seen) >= 2:
+                    break
+        assert "watcher:ok" in seen
+        assert "watcher:unknown_model" in seen
+        assert snapshot.status.targets

@@ -18,7 +18,10 @@ Gates, cache, ledger and routing never call each other; this module composes the
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
@@ -37,6 +40,8 @@ from quotad.daemon.providers.base import (
 )
 from quotad.daemon.routing import Route, Router, Target
 from quotad.protocol.messages import (
+    Acquire,
+    Admin,
     Chat,
     ChatChunk,
     ChatEnd,
@@ -44,8 +49,15 @@ from quotad.protocol.messages import (
     Embed,
     EmbedReply,
     GroupStatus,
+    Ok,
+    Permit,
+    RequestRecord,
+    Settle,
+    Spend,
+    SpendReply,
     StatusReply,
     TargetStatus,
+    Usage,
 )
 
 DAEMON_VERSION: Final = "0.1.0"
@@ -115,12 +127,16 @@ class RequestContext:
     caller: Caller
     model: str
     started: float
+    priority: str = "normal"
     max_tokens: int = 0
     attempts: int = 0
+    wait_s: float = 0.0
     target: Target | None = None
+    finished: bool = False
 
 
 T = TypeVar("T")
+RECENT_REQUESTS = 1000
 
 
 class Broker:
@@ -134,41 +150,35 @@ class Broker:
         self.request_ids = RequestIds()
         self.in_flight = 0
         self.requests_total = 0
+        self.finished_total = 0
+        self.recent: deque[RequestRecord] = deque(maxlen=RECENT_REQUESTS)
         self._default_max_tokens = config.gates.default_max_tokens
-
-    def _begin(self, kind: str, model: str, caller: Caller) -> RequestContext:
-        return RequestContext(
-            request_id=self.request_ids.next(),
-            kind=kind,
-            caller=caller,
-            model=model,
-            started=self.clock.monotonic(),
-        )
 
     # ------------------------------------------------------------------ chat
 
     async def chat(self, request: Chat, caller: Caller) -> ChatReply:
         """A chat request answered whole."""
-        context = self._begin("chat", request.model, caller)
-        route = self.router.resolve(request.model)  # 1
-        context.max_tokens = request.max_tokens or self._default_max_tokens
+        async with self._pipeline("chat", request.model, caller) as context:
+            route = self.router.resolve(request.model)  # 1
+            context.max_tokens = request.max_tokens or self._default_max_tokens
 
-        async def call(target: Target) -> ChatResult:
-            return await target.provider.chat(target.model, request, context.max_tokens)
+            async def call(target: Target) -> ChatResult:
+                return await target.provider.chat(target.model, request, context.max_tokens)
 
-        result = await self._attempt_targets(route, context, call)  # 4-6
-        assert context.target is not None
-        return ChatReply(  # 7
-            id=request.id,
-            content=result.content,
-            tool_calls=result.tool_calls,
-            finish_reason=result.finish_reason,
-            usage=result.usage,
-            target=context.target.name,
-            attempts=context.attempts,
-            latency_s=self.clock.monotonic() - context.started,
-            request_id=context.request_id,
-        )
+            result = await self._attempt_targets(route, context, call)  # 4-6
+            reply = ChatReply(
+                id=request.id,
+                content=result.content,
+                tool_calls=result.tool_calls,
+                finish_reason=result.finish_reason,
+                usage=result.usage,
+                target=context.target.name if context.target else "",
+                attempts=context.attempts,
+                wait_s=context.wait_s,
+                request_id=context.request_id,
+            )
+            reply.latency_s = await self._finish(context, reply.usage)  # 7
+            return reply
 
     async def chat_stream(
         self, request: Chat, caller: Caller
@@ -178,76 +188,178 @@ class Broker:
         An attempt lasts until the first chunk: a target that fails before it is failed over;
         a break after it ends the stream with ``upstream_error`` carrying the partial content.
         """
-        context = self._begin("stream", request.model, caller)
-        route = self.router.resolve(request.model)  # 1
-        context.max_tokens = request.max_tokens or self._default_max_tokens
+        async with self._pipeline("stream", request.model, caller) as context:
+            route = self.router.resolve(request.model)  # 1
+            context.max_tokens = request.max_tokens or self._default_max_tokens
 
-        async def call(target: Target) -> tuple[ChatStream, ChatDelta | None]:
-            stream = await target.provider.open_stream(target.model, request, context.max_tokens)
+            async def call(target: Target) -> tuple[ChatStream, ChatDelta | None]:
+                stream = await target.provider.open_stream(
+                    target.model, request, context.max_tokens
+                )
+                try:
+                    first = await anext(aiter(stream.deltas()), None)
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await stream.aclose()
+                    raise
+                return stream, first
+
+            stream, first = await self._attempt_targets(route, context, call)  # 4-6
+            target = context.target
+            assert target is not None
+            parts: list[str] = []
             try:
-                first = await anext(aiter(stream.deltas()), None)
-            except BaseException:
+                if first is not None:
+                    parts.append(first.delta)
+                    yield _chunk(request.id, first)
+                    async for delta in stream.deltas():
+                        parts.append(delta.delta)
+                        yield _chunk(request.id, delta)
+            except ProviderError as error:
+                target.failures += 1
+                raise RequestError(
+                    "upstream_error",
+                    f"{target.name} broke the stream after it started ({error.kind}): "
+                    f"{error.message}",
+                    details={"partial_content": "".join(parts), "target": target.name},
+                ) from None
+            finally:
                 with anyio.CancelScope(shield=True):
                     await stream.aclose()
-                raise
-            return stream, first
-
-        stream, first = await self._attempt_targets(route, context, call)  # 4-6
-        target = context.target
-        assert target is not None
-        parts: list[str] = []
-        try:
-            if first is not None:
-                parts.append(first.delta)
-                yield _chunk(request.id, first)
-                async for delta in stream.deltas():
-                    parts.append(delta.delta)
-                    yield _chunk(request.id, delta)
-        except ProviderError as error:
-            target.failures += 1
-            raise RequestError(
-                "upstream_error",
-                f"{target.name} broke the stream after it started ({error.kind}): {error.message}",
-                details={"partial_content": "".join(parts), "target": target.name},
-            ) from None
-        finally:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-        yield ChatEnd(  # 7
-            id=request.id,
-            content="".join(parts),
-            finish_reason=stream.finish_reason,
-            usage=stream.usage,
-            target=target.name,
-            attempts=context.attempts,
-            latency_s=self.clock.monotonic() - context.started,
-            request_id=context.request_id,
-        )
+            end = ChatEnd(
+                id=request.id,
+                content="".join(parts),
+                finish_reason=stream.finish_reason,
+                usage=stream.usage,
+                target=target.name,
+                attempts=context.attempts,
+                wait_s=context.wait_s,
+                request_id=context.request_id,
+            )
+            end.latency_s = await self._finish(context, end.usage)  # 7
+        yield end
 
     # ------------------------------------------------------------------ embeddings
 
     async def embed(self, request: Embed, caller: Caller) -> EmbedReply:
         """Embeddings for the request's inputs."""
-        context = self._begin("embed", request.model, caller)
-        route = self.router.resolve(request.model)  # 1
-        inputs = [request.input] if isinstance(request.input, str) else request.input
+        async with self._pipeline("embed", request.model, caller) as context:
+            route = self.router.resolve(request.model)  # 1
+            inputs = [request.input] if isinstance(request.input, str) else request.input
 
-        async def call(target: Target) -> EmbedResult:
-            return await target.provider.embed(
-                target.model, inputs, request.dimensions, request.extra
+            async def call(target: Target) -> EmbedResult:
+                return await target.provider.embed(
+                    target.model, inputs, request.dimensions, request.extra
+                )
+
+            result = await self._attempt_targets(route, context, call)  # 4-6
+            reply = EmbedReply(
+                id=request.id,
+                embeddings=result.embeddings,
+                usage=result.usage,
+                target=context.target.name if context.target else "",
+                attempts=context.attempts,
+                wait_s=context.wait_s,
+                request_id=context.request_id,
             )
+            reply.latency_s = await self._finish(context, reply.usage)  # 7
+            return reply
 
-        result = await self._attempt_targets(route, context, call)  # 4-6
-        assert context.target is not None
-        return EmbedReply(  # 7
-            id=request.id,
-            embeddings=result.embeddings,
-            usage=result.usage,
-            target=context.target.name,
-            attempts=context.attempts,
-            latency_s=self.clock.monotonic() - context.started,
-            request_id=context.request_id,
+    # ------------------------------------------------------------------ permits
+
+    async def acquire(self, request: Acquire, caller: Caller) -> Permit:
+        """A permit on a target's gates for a caller that calls the provider itself."""
+        raise RequestError("bad_request", "Acquire is not supported by this daemon version")
+
+    async def settle(self, request: Settle, caller: Caller) -> Ok:
+        """Settle a permit with what the call really used."""
+        raise RequestError("bad_request", "Settle is not supported by this daemon version")
+
+    # ------------------------------------------------------------------ reports and operator
+
+    async def spend(self, request: Spend, caller: Caller) -> SpendReply:
+        """A ledger report."""
+        raise RequestError("bad_request", "Spend is not supported by this daemon version")
+
+    async def admin(self, request: Admin, caller: Caller) -> Ok:
+        """An operator action."""
+        raise RequestError(
+            "bad_request", f"admin action {request.action!r} is not supported by this daemon"
         )
+
+    # ------------------------------------------------------------------ the pipeline's frame
+
+    @contextlib.asynccontextmanager
+    async def _pipeline(
+        self, kind: str, model: str, caller: Caller
+    ) -> AsyncIterator[RequestContext]:
+        """One request's frame: counts it in flight, and records every outcome at step 7,
+        failures and cancellations included."""
+        context = RequestContext(
+            request_id=self.request_ids.next(),
+            kind=kind,
+            caller=caller,
+            model=model,
+            started=self.clock.monotonic(),
+        )
+        self.in_flight += 1
+        self.requests_total += 1
+        try:
+            yield context
+        except RequestError as error:
+            if not context.finished:
+                with anyio.CancelScope(shield=True):
+                    await self._finish(context, error=error)
+            raise
+        except anyio.get_cancelled_exc_class():
+            if not context.finished:
+                with anyio.CancelScope(shield=True):
+                    await self._finish(context, status="cancelled")
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def _finish(
+        self,
+        context: RequestContext,
+        usage: Usage | None = None,
+        *,
+        error: RequestError | None = None,
+        status: str = "ok",
+        cost_usd: float = 0.0,
+        cached: bool = False,
+    ) -> float:
+        """Step 7: record the request's outcome; returns its latency in seconds."""
+        context.finished = True
+        latency_s = self.clock.monotonic() - context.started
+        usage = usage or Usage()
+        self.finished_total += 1
+        self.recent.append(
+            RequestRecord(
+                request_id=context.request_id,
+                time=self.clock.time(),
+                kind=context.kind,
+                app=context.caller.app,
+                target=context.target.name if context.target else context.model,
+                status=error.code if error else status,
+                wait_s=context.wait_s,
+                latency_s=latency_s,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=cost_usd,
+                cached=cached,
+                attempts=context.attempts,
+                priority=context.priority,
+            )
+        )
+        return latency_s
+
+    def recent_since(self, finished_seen: int) -> tuple[list[RequestRecord], int]:
+        """Requests finished since a subscriber saw ``finished_seen`` of them (at most the
+        last :data:`RECENT_REQUESTS`), and the new count to remember."""
+        missed = min(self.finished_total - finished_seen, len(self.recent))
+        records = list(itertools.islice(self.recent, len(self.recent) - missed, None))
+        return records, self.finished_total
 
     # ------------------------------------------------------------------ attempts
 
@@ -261,8 +373,6 @@ class Broker:
         target = self._first_target(route)
         context.target = target
         context.attempts += 1
-        self.in_flight += 1
-        self.requests_total += 1
         target.in_flight += 1
         target.requests += 1
         try:
@@ -271,7 +381,6 @@ class Broker:
             target.failures += 1
             raise _upstream_error(target, error) from None
         finally:
-            self.in_flight -= 1
             target.in_flight -= 1
 
     # ------------------------------------------------------------------ status

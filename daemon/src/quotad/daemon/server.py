@@ -16,6 +16,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from quotad.daemon.broker import DAEMON_VERSION, Broker, Caller
 from quotad.daemon.errors import RequestError
 from quotad.protocol.framing import FrameEncoder, FrameTooLarge, MessageInvalid, request_decoder
 from quotad.protocol.messages import (
+    Acquire,
+    Admin,
     Cancel,
     Chat,
     ChatChunk,
@@ -38,15 +41,20 @@ from quotad.protocol.messages import (
     Hello,
     Message,
     Request,
+    Settle,
+    Snapshot,
+    Spend,
     Status,
     StatusReply,
+    Subscribe,
     Welcome,
 )
 
 log = logging.getLogger("quotad.server")
 
 RECEIVE_SIZE = 65536
-FEATURES = ["chat", "stream", "embed", "status", "cancel"]
+SNAPSHOT_REQUESTS = 200
+FEATURES = ["chat", "stream", "embed", "status", "cancel", "subscribe"]
 
 
 class SocketInUseError(Exception):
@@ -306,14 +314,22 @@ class Connection:
                 self._start(message, self._answer_embed)
             case Status():
                 self._start(message, self._answer_status)
+            case Acquire():
+                self._start(message, self._answer_acquire)
+            case Settle():
+                self._start(message, self._answer_settle)
+            case Subscribe():
+                self._start(message, self._send_snapshots)
+            case Spend():
+                self._start(message, self._answer_spend)
+            case Admin():
+                self._start(message, self._answer_admin)
             case Cancel(id=request_id):
                 scope = self.in_flight.get(request_id)
                 if scope is not None:
                     scope.cancel()
             case Hello():
                 self._start(message, self._repeat_hello)
-            case _:
-                self._start(message, self._unsupported)
 
     def _start(self, message: Message, handler: Callable[[Any], Awaitable[None]]) -> None:
         if message.id in self.in_flight:
@@ -382,10 +398,44 @@ class Connection:
         reply.id = request.id
         await self.send(reply)
 
+    async def _answer_acquire(self, request: Acquire) -> None:
+        await self.send(await self.broker.acquire(request, self._caller(request.app)))
+
+    async def _answer_settle(self, request: Settle) -> None:
+        await self.send(await self.broker.settle(request, self._caller("")))
+
+    async def _answer_spend(self, request: Spend) -> None:
+        await self.send(await self.broker.spend(request, self._caller("")))
+
+    async def _answer_admin(self, request: Admin) -> None:
+        await self.send(await self.broker.admin(request, self._caller("")))
+
+    async def _send_snapshots(self, request: Subscribe) -> None:
+        """A :class:`Snapshot` every ``interval_s`` until cancelled. A slow reader only slows
+        its own snapshots (each send waits for the socket); nothing queues up for it."""
+        broker = self.broker
+        seen = broker.finished_total
+        last = time.monotonic()
+        sequence = 0
+        while True:
+            now = time.monotonic()
+            finished_before = seen
+            records, seen = broker.recent_since(seen)
+            sequence += 1
+            await self.send(
+                Snapshot(
+                    id=request.id,
+                    seq=sequence,
+                    time=time.time(),
+                    status=self.server.status(),
+                    requests=records[-SNAPSHOT_REQUESTS:] if request.requests else [],
+                    requests_per_s=(seen - finished_before) / max(now - last, 1e-6)
+                    if sequence > 1
+                    else 0.0,
+                )
+            )
+            last = now
+            await anyio.sleep(request.interval_s)
+
     async def _repeat_hello(self, hello: Hello) -> None:
         raise RequestError("bad_request", "Hello was already received on this connection")
-
-    async def _unsupported(self, message: Message) -> None:
-        raise RequestError(
-            "bad_request", f"{type(message).__name__} is not supported by this daemon version"
-        )
