@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import anyio
+import msgspec
 
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
@@ -38,7 +39,8 @@ from quotad.daemon.providers.base import (
     EmbedResult,
     ProviderError,
 )
-from quotad.daemon.routing import Route, Router, Target
+from quotad.daemon.routing import Route, Router, Target, TargetPrice, unknown_price
+from quotad.daemon.tokens import estimate_prompt_tokens, estimate_text_tokens
 from quotad.protocol.messages import (
     Acquire,
     Admin,
@@ -48,7 +50,6 @@ from quotad.protocol.messages import (
     ChatReply,
     Embed,
     EmbedReply,
-    GroupStatus,
     Ok,
     Permit,
     RequestRecord,
@@ -56,7 +57,6 @@ from quotad.protocol.messages import (
     Spend,
     SpendReply,
     StatusReply,
-    TargetStatus,
     Usage,
 )
 
@@ -89,35 +89,6 @@ class RequestIds:
         return f"{self._prefix}{self._count}"
 
 
-def _upstream_error(target: Target, error: ProviderError) -> RequestError:
-    """The error a caller sees for a provider failure on ``target``."""
-    attempt = {
-        "target": target.name,
-        "kind": error.kind,
-        "status": error.status,
-        "message": error.message,
-    }
-    if error.kind == "client":
-        return RequestError(
-            "bad_request",
-            f"{target.name} refused the request (HTTP {error.status}): {error.message}",
-            details={"attempts": [attempt], "status": error.status},
-        )
-    if error.kind == "rate_limited":
-        return RequestError(
-            "rate_limited",
-            f"{target.name} answered 429: {error.message}",
-            retry_after_s=error.retry_after_s,
-            details={"attempts": [attempt]},
-        )
-    return RequestError(
-        "upstream_error",
-        f"{target.name} failed ({error.kind}): {error.message}",
-        retry_after_s=error.retry_after_s,
-        details={"attempts": [attempt]},
-    )
-
-
 @dataclass(slots=True)
 class RequestContext:
     """What the pipeline knows of one request while it runs."""
@@ -142,10 +113,17 @@ RECENT_REQUESTS = 1000
 class Broker:
     """Composes routing, gates, cache, ledger and providers into request handling."""
 
-    def __init__(self, config: Config, router: Router, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        clock: Clock = SYSTEM_CLOCK,
+        target_price: TargetPrice = unknown_price,
+    ) -> None:
         self.config = config
         self.router = router
         self.clock = clock
+        self.target_price = target_price
         self.started_at = clock.monotonic()
         self.request_ids = RequestIds()
         self.in_flight = 0
@@ -208,6 +186,7 @@ class Broker:
             target = context.target
             assert target is not None
             parts: list[str] = []
+            target.in_flight += 1
             try:
                 if first is not None:
                     parts.append(first.delta)
@@ -216,14 +195,19 @@ class Broker:
                         parts.append(delta.delta)
                         yield _chunk(request.id, delta)
             except ProviderError as error:
-                target.failures += 1
-                raise RequestError(
+                target.stream_broke()
+                broken = RequestError(
                     "upstream_error",
                     f"{target.name} broke the stream after it started ({error.kind}): "
                     f"{error.message}",
                     details={"partial_content": "".join(parts), "target": target.name},
-                ) from None
+                )
+                usage = _partial_usage(stream.usage, request, "".join(parts))
+                with anyio.CancelScope(shield=True):
+                    await self._finish(context, usage, error=broken)  # 7
+                raise broken from None
             finally:
+                target.in_flight -= 1
                 with anyio.CancelScope(shield=True):
                     await stream.aclose()
             end = ChatEnd(
@@ -283,9 +267,30 @@ class Broker:
 
     async def admin(self, request: Admin, caller: Caller) -> Ok:
         """An operator action."""
-        raise RequestError(
-            "bad_request", f"admin action {request.action!r} is not supported by this daemon"
-        )
+        match request.action:
+            case "target_enable" | "target_disable" | "target_reset":
+                return self._target_admin(request)
+            case _:
+                raise RequestError(
+                    "bad_request",
+                    f"admin action {request.action!r} is not supported by this daemon",
+                )
+
+    def _target_admin(self, request: Admin) -> Ok:
+        """``quotad target enable|disable|reset NAME``."""
+        if not request.target:
+            raise RequestError("bad_request", f"{request.action} needs a target name")
+        if request.action == "target_enable":
+            target = self.router.enable(request.target)
+            done = "enabled"
+        elif request.action == "target_disable":
+            target = self.router.disable(request.target)
+            done = "disabled"
+        else:
+            target = self.router.reset(request.target)
+            done = "reset: its breaker is closed"
+        status = self.router.target_status(target)
+        return Ok(id=request.id, message=f"{target.name} {done}", data=msgspec.to_builtins(status))
 
     # ------------------------------------------------------------------ the pipeline's frame
 
@@ -369,46 +374,35 @@ class Broker:
         context: RequestContext,
         call: Callable[[Target], Awaitable[T]],
     ) -> T:
-        """Steps 4-6: call the route's first enabled target; a failure is classified."""
-        target = self._first_target(route)
-        context.target = target
-        context.attempts += 1
-        target.in_flight += 1
-        target.requests += 1
-        try:
-            return await call(target)  # 5
-        except ProviderError as error:  # 6
-            target.failures += 1
-            raise _upstream_error(target, error) from None
-        finally:
-            target.in_flight -= 1
+        """Steps 4-6: try the route's targets in its strategy's order until one answers.
+
+        ``attempts`` skips disabled and open-breaker targets, waits the backoff before a
+        retry, and gives the error when none answered; the request's deadline bounds it all.
+        """
+        attempts = self.router.attempts(route, context.started, self.target_price)
+        with anyio.move_on_after(attempts.time_left_s()):
+            while (target := await attempts.next_target()) is not None:
+                context.target = target
+                context.attempts += 1
+                try:
+                    # 4: gate admission on this target goes here (gates, #3)
+                    attempts.started(target)
+                    result = await call(target)  # 5
+                except ProviderError as error:  # 6
+                    attempts.failed(target, error)  # a caller's 4xx is raised as bad_request
+                    continue
+                except BaseException:
+                    attempts.abandoned(target)
+                    raise
+                attempts.succeeded(target)
+                return result
+        raise attempts.exhausted()
 
     # ------------------------------------------------------------------ status
 
     def status(self) -> StatusReply:
         """The daemon's state now."""
-        targets = [
-            TargetStatus(
-                name=target.name,
-                provider=target.provider_name,
-                model=target.model,
-                kind=target.provider.kind,
-                enabled=target.enabled,
-                in_flight=target.in_flight,
-                requests=target.requests,
-                failures=target.failures,
-            )
-            for target in self.router.targets.values()
-        ]
-        groups = [
-            GroupStatus(
-                name=route.name,
-                strategy=route.strategy,
-                order=[target.name for target in route.targets],
-                why="configured order",
-            )
-            for route in self.router.groups.values()
-        ]
+        router = self.router
         return StatusReply(
             daemon_version=DAEMON_VERSION,
             pid=os.getpid(),
@@ -416,20 +410,11 @@ class Broker:
             config_path=self.config.source,
             in_flight=self.in_flight,
             requests_total=self.requests_total,
-            targets=targets,
-            groups=groups,
-        )
-
-    # ------------------------------------------------------------------ helpers
-
-    def _first_target(self, route: Route) -> Target:
-        for target in route.targets:
-            if target.enabled:
-                return target
-        raise RequestError(
-            "upstream_error",
-            f"every target of {route.name!r} is disabled: "
-            + ", ".join(target.name for target in route.targets),
+            targets=[router.target_status(target) for target in router.targets.values()],
+            groups=[
+                router.group_status(route, self.target_price) for route in router.groups.values()
+            ],
+            events=router.events.recent(),
         )
 
 
@@ -439,4 +424,15 @@ def _chunk(request_id: int, delta: ChatDelta) -> ChatChunk:
         delta=delta.delta,
         tool_calls=delta.tool_calls,
         finish_reason=delta.finish_reason,
+    )
+
+
+def _partial_usage(usage: Usage, request: Chat, content: str) -> Usage:
+    """The usage of a stream that broke: what the provider reported, with local estimates
+    for what it did not (a stream usually reports usage only at its end)."""
+    return Usage(
+        prompt_tokens=usage.prompt_tokens
+        or estimate_prompt_tokens(request.messages, request.tools),
+        completion_tokens=usage.completion_tokens or estimate_text_tokens(content),
+        cached_tokens=usage.cached_tokens,
     )

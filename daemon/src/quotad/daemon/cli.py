@@ -18,6 +18,11 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 PRIORITY_CHOICES = ("low", "normal", "high", "critical")
+TARGET_ACTIONS = {
+    "enable": "put a target back in rotation",
+    "disable": "take a target out of rotation (requests skip it)",
+    "reset": "close a target's breaker and forget its failures",
+}
 
 
 def _positive_float(text: str) -> float:
@@ -78,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="a system message before the prompt")
     chat.add_argument("--json", action="store_true", help="print the whole reply as JSON")
     chat.set_defaults(handler=_chat)
+
+    target = commands.add_parser("target", help="operate targets by hand (reset closes a breaker)")
+    actions = target.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="targets: breaker, health, latency, recent outcomes")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=_target_list)
+    for action, text in TARGET_ACTIONS.items():
+        operate = actions.add_parser(action, help=text)
+        operate.add_argument("name", help="the target, provider/model")
+        operate.set_defaults(handler=_target_action)
 
     check = commands.add_parser("check-config", help="validate a config; print every problem")
     check.add_argument("path", nargs="?", help="config file (default: the one serve would use)")
@@ -188,6 +203,31 @@ def _status(args: argparse.Namespace) -> int:
 
     def action(client: Any) -> int:
         print_status(client.status(), as_json=args.json)
+        return EXIT_OK
+
+    return _with_client(args, action)
+
+
+def _target_list(args: argparse.Namespace) -> int:
+    from quotad.daemon.report import print_targets
+
+    def action(client: Any) -> int:
+        print_targets(client.status().targets, as_json=args.json)
+        return EXIT_OK
+
+    return _with_client(args, action)
+
+
+def _target_action(args: argparse.Namespace) -> int:
+    from quotad.client import BadRequestError
+
+    def action(client: Any) -> int:
+        try:
+            reply = client.admin(f"target_{args.action}", args.name)
+        except BadRequestError as error:  # no such target: the command line's mistake
+            print(f"quotad: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        print(reply.message)
         return EXIT_OK
 
     return _with_client(args, action)

@@ -16,7 +16,7 @@ from quotad.daemon.config import Config, ConfigError
 from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.base import Provider
-from quotad.daemon.routing import Router
+from quotad.daemon.routing import HealthChecks, Router
 from quotad.daemon.server import SocketInUseError, SocketServer
 from quotad.protocol.paths import daemon_socket_path
 
@@ -37,6 +37,7 @@ class Daemon:
             for name, provider_config in config.providers.items()
         }
         self.router = Router(config, self.providers)
+        self.health_checks = HealthChecks(self.router, config, self.providers)
         self.broker = Broker(config, self.router)
         self.server = SocketServer(self.broker, socket_path, max_frame=config.daemon.max_frame)
 
@@ -49,6 +50,7 @@ class Daemon:
             async with anyio.create_task_group() as tasks:
                 await tasks.start(self.server.serve)
                 tasks.start_soon(self._stop_on_signal, tasks.cancel_scope)
+                tasks.start_soon(self.health_checks.run)
                 log.info(
                     "quotad serving %s (%d providers, %d groups; config: %s)",
                     self.server.path,
