@@ -129,7 +129,8 @@ class CircuitBreaker:
             self._count(True)
             config = self._config
             if self._consecutive >= config.failures:
-                self._open(f"{self._consecutive} failures in a row")
+                plural = "s" if self._consecutive > 1 else ""
+                self._open(f"{self._consecutive} failure{plural} in a row")
             elif len(
                 self._calls
             ) >= config.min_calls and self._failures_in_window >= config.failure_ratio * len(

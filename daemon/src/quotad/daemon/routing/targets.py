@@ -22,7 +22,7 @@ FAILURE_LATENCY_PENALTY_S: Final = 1.0
 failing fast never looks fast."""
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, repr=False)
 class Target:
     """One ``provider/model`` and what the daemon knows of it."""
 
@@ -40,6 +40,9 @@ class Target:
     latency_ewma_s: float | None = None
     latency_at: float | None = None
     """When the latency was last measured (monotonic seconds); None before any call."""
+
+    def __repr__(self) -> str:
+        return f"Target({self.name!r})"
 
     def answered(self, ticket: Ticket, latency_s: float, now: float) -> None:
         """A call answered (a caller's 4xx included: the target is up)."""
