@@ -9,13 +9,16 @@ provider's targets.
   a provider that died is taken out of rotation without a request paying for it;
 - rate limited (429): recorded (``r``) and nothing more: a full provider is not an unwell one.
 
-A check lasts at most the provider's ``timeout_s`` (the provider's own deadline).
+A check that has no answer within ``health_check_s`` (at least :data:`MIN_CHECK_TIMEOUT_S`;
+at most the provider's own ``timeout_s``) failed: a hanging provider is found as fast as a
+dead one, and the checks keep their pace.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Final
 
 import anyio
 
@@ -26,6 +29,8 @@ from quotad.daemon.routing.health import CHECK_FAILED, CHECK_OK, RATE_LIMITED
 from quotad.daemon.routing.router import Router
 
 log = logging.getLogger("quotad.routing")
+
+MIN_CHECK_TIMEOUT_S: Final = 1.0
 
 
 class HealthChecks:
@@ -38,6 +43,9 @@ class HealthChecks:
             name: provider.health_check_s
             for name, provider in config.providers.items()
             if provider.health_check_s > 0 and name in self._providers
+        }
+        self._timeouts = {
+            name: max(MIN_CHECK_TIMEOUT_S, interval) for name, interval in self._intervals.items()
         }
 
     async def run(self) -> None:
@@ -58,19 +66,26 @@ class HealthChecks:
         Any HTTP answer but a 5xx or 429 passes (a server without ``/models`` answers 404,
         and is up)."""
         try:
-            await self._providers[provider_name].list_models()
+            with anyio.fail_after(self._timeouts.get(provider_name, MIN_CHECK_TIMEOUT_S)):
+                await self._providers[provider_name].list_models()
+        except TimeoutError:
+            self._failed(provider_name, "no answer in time")
+            return False
         except ProviderError as error:
             if error.kind == "rate_limited":
                 for target in self._router.targets_of(provider_name):
                     target.health.record(RATE_LIMITED)
                 return False
             if error.retryable:
-                log.debug("health check of %s failed: %s", provider_name, error.message)
-                for target in self._router.targets_of(provider_name):
-                    target.health.record(CHECK_FAILED)
-                    target.breaker.failed(NO_TICKET)
+                self._failed(provider_name, error.message)
                 return False
         for target in self._router.targets_of(provider_name):
             target.health.record(CHECK_OK)
             target.breaker.health_check_passed()
         return True
+
+    def _failed(self, provider_name: str, why: str) -> None:
+        log.debug("health check of %s failed: %s", provider_name, why)
+        for target in self._router.targets_of(provider_name):
+            target.health.record(CHECK_FAILED)
+            target.breaker.failed(NO_TICKET)

@@ -77,6 +77,11 @@ class RetryBudget:
         """How many retries the current window allows."""
         return max(float(self._minimum), self._ratio * len(self._requests))
 
+    def clear(self) -> None:
+        """Forget the window: a fresh budget (``quotad target reset``)."""
+        self._requests.clear()
+        self._retries.clear()
+
     @property
     def retries(self) -> int:
         """Retries taken within the window."""

@@ -164,9 +164,10 @@ class Router:
         return target
 
     def reset(self, name: str) -> Target:
-        """Close a target's breaker and forget its failure counts."""
+        """Close a target's breaker and forget its failure counts and spent retries."""
         target = self._operated(name)
         target.breaker.reset()
+        target.retry_budget.clear()
         return target
 
     def _operated(self, name: str) -> Target:
