@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quotad.daemon.clock import VirtualClock
-from quotad.daemon.config import BreakerConfig
+from quotad.daemon.config import BreakerConfig, ConfigError, parse_config
 from quotad.daemon.routing.breaker import NO_TICKET, BreakerState, CircuitBreaker
 from quotad.daemon.routing.health import RECENT_OUTCOMES, TargetHealth
 
@@ -286,3 +286,26 @@ def test_recent_keeps_the_last_hundred_outcomes() -> None:
     recent = health.recent()
     assert len(recent) == RECENT_OUTCOMES
     assert recent.startswith(".x")
+
+
+def test_the_cooldown_cap_defaults_to_ten_cooldowns_and_is_checked() -> None:
+    clock = VirtualClock()
+    b, _ = breaker(clock, failures=1, cooldown_s=2)
+    for _ in range(6):
+        fail(b)
+        clock.advance(b.cooldown_s)
+    assert b.cooldown_s == 20
+    raw = {
+        "providers": {
+            "p": {
+                "kind": "openai",
+                "base_url": "http://127.0.0.1:9/v1",
+                "breaker": {"cooldown_s": 60, "max_cooldown_s": 30},
+            }
+        }
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    assert caught.value.problems == [
+        "providers.p.breaker.max_cooldown_s: must be at least cooldown_s (60), got 30"
+    ]

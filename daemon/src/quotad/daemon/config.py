@@ -94,7 +94,7 @@ class BreakerConfig(_Section, kw_only=True):
     cooldown_s: Positive = 30.0
     probes: Count = 1
     min_calls: Count = 10
-    max_cooldown_s: Positive = 300.0
+    max_cooldown_s: Positive | None = None  # None: 10 x cooldown_s
 
 
 class ProviderConfig(RateLimits, kw_only=True):
@@ -336,10 +336,11 @@ def _check_references(config: Config, declared_providers: set[str]) -> list[str]
         if provider.api_key_env and provider.api_key_file:
             problems.append(f"{where}: give api_key_env or api_key_file, not both")
         problems += _limit_problems(where, provider)
-        if provider.breaker.max_cooldown_s < provider.breaker.cooldown_s:
+        breaker = provider.breaker
+        if breaker.max_cooldown_s is not None and breaker.max_cooldown_s < breaker.cooldown_s:
             problems.append(
                 f"{where}.breaker.max_cooldown_s: must be at least cooldown_s "
-                f"({provider.breaker.cooldown_s:g}), got {provider.breaker.max_cooldown_s:g}"
+                f"({breaker.cooldown_s:g}), got {breaker.max_cooldown_s:g}"
             )
         for model, limits in provider.models.items():
             problems += _limit_problems(format_path(["providers", name, "models", model]), limits)

@@ -37,7 +37,7 @@ class Daemon:
             for name, provider_config in config.providers.items()
         }
         self.router = Router(config, self.providers)
-        self.health_checks = HealthChecks(self.router, config, self.providers)
+        self.health_checks = HealthChecks(self.router)
         self.broker = Broker(config, self.router)
         self.server = SocketServer(self.broker, socket_path, max_frame=config.daemon.max_frame)
 

@@ -9,8 +9,9 @@ States and transitions::
     half_open ──(a trial call failed)──▶ open again, with a longer cooldown
 
 The cooldown of the n-th open in a row (opens since the breaker last closed) is
-``cooldown_s * 2ⁿ⁻¹``, capped at ``max_cooldown_s``. While open, nothing is admitted; while
-half-open, at most ``probes`` trial calls are admitted in all (in flight or done).
+``cooldown_s * 2ⁿ⁻¹``, capped at ``max_cooldown_s`` (by default 10 * ``cooldown_s``). While
+open, nothing is admitted; while half-open, at most ``probes`` trial calls are admitted in all
+(in flight or done).
 
 A call is admitted by :meth:`CircuitBreaker.admit`, which returns a *ticket*; its outcome is
 told with that ticket: :meth:`~CircuitBreaker.succeeded`, :meth:`~CircuitBreaker.failed` or
@@ -67,7 +68,8 @@ class CircuitBreaker:
         self._config = config
         self._clock = clock
         self._on_change = on_change
-        self._max_cooldown_s = max(config.cooldown_s, config.max_cooldown_s)
+        cap = config.max_cooldown_s
+        self._max_cooldown_s = max(config.cooldown_s, cap) if cap else 10 * config.cooldown_s
         self._state: BreakerState = "closed"
         self._epoch = 0
         self._consecutive = 0

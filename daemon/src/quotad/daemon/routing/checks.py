@@ -17,13 +17,11 @@ dead one, and the checks keep their pace.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Final
 
 import anyio
 
-from quotad.daemon.config import Config
-from quotad.daemon.providers.base import Provider, ProviderError
+from quotad.daemon.providers.base import ProviderError
 from quotad.daemon.routing.breaker import NO_TICKET
 from quotad.daemon.routing.health import CHECK_FAILED, CHECK_OK, RATE_LIMITED
 from quotad.daemon.routing.router import Router
@@ -36,12 +34,12 @@ MIN_CHECK_TIMEOUT_S: Final = 1.0
 class HealthChecks:
     """The active health checks of one router's providers."""
 
-    def __init__(self, router: Router, config: Config, providers: Mapping[str, Provider]) -> None:
+    def __init__(self, router: Router) -> None:
         self._router = router
-        self._providers = dict(providers)
+        self._providers = router.providers
         self._intervals = {
             name: provider.health_check_s
-            for name, provider in config.providers.items()
+            for name, provider in router.config.providers.items()
             if provider.health_check_s > 0 and name in self._providers
         }
         self._timeouts = {

@@ -63,8 +63,8 @@ class Router:
         rng: random.Random | None = None,
         sleep: Sleep = anyio.sleep,
     ) -> None:
-        self._config = config
-        self._providers = dict(providers)
+        self.config = config
+        self.providers = dict(providers)
         self.clock = clock
         self.events = events if events is not None else EventLog(clock)
         self._sleep = sleep
@@ -98,7 +98,7 @@ class Router:
         target = self.targets.get(name)
         if target is None:
             provider_name, _, model = name.partition("/")
-            provider = self._providers.get(provider_name)
+            provider = self.providers.get(provider_name)
             if provider is None or not model:
                 return None
             target = self.targets[name] = self._new_target(name, provider_name, model, provider)
@@ -224,7 +224,7 @@ class Router:
     # ------------------------------------------------------------------ internals
 
     def _new_target(self, name: str, provider_name: str, model: str, provider: Provider) -> Target:
-        provider_config = self._config.providers[provider_name]
+        provider_config = self.config.providers[provider_name]
         health = TargetHealth(self.clock)
 
         def breaker_changed(old: BreakerState, new: BreakerState, reason: str) -> None:
@@ -239,5 +239,5 @@ class Router:
             provider=provider,
             breaker=CircuitBreaker(provider_config.breaker, self.clock, breaker_changed),
             health=health,
-            retry_budget=RetryBudget.from_config(self._config.retry, self.clock),
+            retry_budget=RetryBudget.from_config(self.config.retry, self.clock),
         )
