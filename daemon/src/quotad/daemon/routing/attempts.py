@@ -95,11 +95,6 @@ class Attempts:
         self._started_at = 0.0
         self._half_open_in: float | None = None
 
-    @property
-    def deadline(self) -> float:
-        """When the request's time is up (monotonic seconds on the clock)."""
-        return self._deadline
-
     def time_left_s(self) -> float:
         """Seconds until the request's deadline."""
         return max(0.0, self._deadline - self._clock.monotonic())
