@@ -41,10 +41,18 @@ class Route:
 
 
 class Router:
-    """Resolves model names to routes; owns the targets."""
+    """Resolves model names to routes; owns the targets.
 
-    def __init__(self, config: Config, providers: Mapping[str, Provider]) -> None:
+    Built anew on each config reload with ``previous``, the router it replaces: a target both
+    know is the same :class:`Target` object, pointed at its (maybe rebuilt) provider, so its
+    state (enabled, counters, and whatever else a target carries) lives on.
+    """
+
+    def __init__(
+        self, config: Config, providers: Mapping[str, Provider], previous: Router | None = None
+    ) -> None:
         self._providers = dict(providers)
+        self._previous_targets = previous.targets if previous is not None else {}
         self.targets: dict[str, Target] = {}
         self.groups: dict[str, Route] = {}
         self._routes: dict[str, Route] = {}
@@ -76,7 +84,11 @@ class Router:
             provider = self._providers.get(provider_name)
             if provider is None or not model:
                 return None
-            target = Target(name, provider_name, model, provider)
+            target = self._previous_targets.get(name)
+            if target is not None:
+                target.provider = provider
+            else:
+                target = Target(name, provider_name, model, provider)
             self.targets[name] = target
         return target
 
