@@ -89,7 +89,7 @@ def check_keys(config: Config, daemon_answers: bool) -> Check:
     if not problems:
         detail = f"{len(config.providers) - len(without_key)} provider(s) have a key"
         if without_key:
-            detail += f"; none needed by {', '.join(without_key)}"
+            detail += f"; {', '.join(without_key)}: no key configured"
         return Check(name="keys", status="ok", detail=detail)
     fix = (
         "give each provider api_key_file (a 0600 file), set its api_key_env variable, or, "
@@ -266,6 +266,13 @@ def check_state(directory: Path) -> Check:
             name="state",
             status="warn",
             detail=f"{detail}: not writable by this user; the daemon's user owns it",
+        )
+    if info.st_mode & stat.S_IROTH:
+        return Check(
+            name="state",
+            status="warn",
+            detail=f"{detail}: every user may read the ledger and the cached prompts",
+            fix=f"chmod 0700 {directory} (0750 for the system service)",
         )
     return Check(name="state", status="ok", detail=detail)
 

@@ -126,7 +126,7 @@ class Daemon:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 await tasks.start(self.server.serve)
-                tasks.start_soon(self._handle_signals, tasks.cancel_scope)
+                await tasks.start(self._handle_signals, tasks.cancel_scope)
                 log.info(
                     "quotad serving %s (%d providers, %d groups; config: %s)",
                     self.server.path,
@@ -143,9 +143,16 @@ class Daemon:
                     await provider.aclose()
             self.notifier.close()
 
-    async def _handle_signals(self, scope: anyio.CancelScope) -> None:
-        """SIGHUP reloads; SIGTERM or SIGINT stops."""
+    async def _handle_signals(
+        self,
+        scope: anyio.CancelScope,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """SIGHUP reloads; SIGTERM or SIGINT stops. Started (so READY is sent) only once the
+        handlers are in place: a reload right after READY must not kill the daemon."""
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     await self.reload()
@@ -223,8 +230,9 @@ class Daemon:
             return True
 
     def _apply(self, config: Config, keys: dict[str, str | None]) -> int:
-        """Put a validated config in place; the number of providers rebuilt. Nothing here
-        fails: every check is done before."""
+        """Put a validated config in place; the number of providers rebuilt. Every check is
+        done before, so nothing here should fail; a component whose ``reconfigure`` raises
+        anyway is logged, and the others are still reconfigured."""
         for key in RESTART_ONLY:
             running = getattr(self.config.daemon, key)
             if getattr(config.daemon, key) != running:
@@ -243,7 +251,10 @@ class Daemon:
         self.config = config
         requests_before_done = self.broker.reconfigure(config, self.router)
         for component in self.reconfigurables:
-            component.reconfigure(config)
+            try:
+                component.reconfigure(config)
+            except Exception:  # a bug there must not take the daemon down with the reload
+                log.exception("reload: %s could not apply the new config", type(component).__name__)
         if self._log_level_override is None:
             logging.getLogger("quotad").setLevel(config.daemon.log_level.upper())
         if retired:

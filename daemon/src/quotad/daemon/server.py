@@ -372,11 +372,16 @@ class Connection:
     async def _run_request(
         self, message: Message, handler: Callable[[Any], Awaitable[None]]
     ) -> None:
-        """Run one request under its own cancel scope; every outcome answers the request."""
+        """Run one request under its own cancel scope; every outcome answers the request.
+
+        A subscription is not counted in flight: it never ends by itself, so a stopping daemon
+        does not wait for it (closing the connection ends it)."""
         request_id = message.id
         scope = anyio.CancelScope()
         self.in_flight[request_id] = scope
-        self.server.request_started()
+        counted = not isinstance(message, Subscribe)
+        if counted:
+            self.server.request_started()
         try:
             with scope:
                 try:
@@ -394,7 +399,8 @@ class Connection:
                 )
         finally:
             del self.in_flight[request_id]
-            self.server.request_finished()
+            if counted:
+                self.server.request_finished()
 
     async def send(self, message: Message) -> None:
         """Write one frame; frames of concurrent requests never interleave."""
