@@ -154,6 +154,7 @@ def test_config_and_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     key_file = tmp_path / "key"
     key_file.write_text("sk-doctor-key-0123456789\n")
+    key_file.chmod(0o600)
     config = parse_config(
         {
             "providers": {
@@ -179,3 +180,8 @@ def test_config_and_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert found.status == "ok"
     assert found.detail == "2 provider(s) have a key; local: no key configured"
     assert "sk-" not in found.detail
+    key_file.chmod(0o644)
+    exposed = check_keys(config, daemon_answers=True)
+    assert exposed.status == "fail"
+    assert f"every user may read providers.filed.api_key_file {key_file}" == exposed.detail
+    assert "chmod 0600" in exposed.fix

@@ -4,6 +4,7 @@ access policy of ``daemon.allow_uids``/``allow_gids``."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -16,7 +17,7 @@ import pytest
 
 from quotad.daemon.access import AccessPolicy, peer_groups
 from quotad.daemon.config import DaemonConfig
-from quotad.daemon.logs import TextFormatter, stderr_is_journal
+from quotad.daemon.logs import JsonFormatter, TextFormatter, stderr_is_journal
 from quotad.daemon.systemd import ActivationError, Notifier, activated_socket
 
 
@@ -136,6 +137,17 @@ def test_journald_lines_each_carry_the_priority() -> None:
     plain = TextFormatter(journald=False).format(record("careful"))
     assert not plain.startswith("<")
     assert "warning quotad: careful" in plain
+
+
+def test_json_lines_for_journald_carry_the_priority_before_the_object() -> None:
+    plain = json.loads(JsonFormatter().format(record("careful")))
+    assert plain["level"] == "warning"
+    assert plain["message"] == "careful"
+    journal = JsonFormatter(journald=True).format(record("failed", logging.ERROR, exc=True))
+    assert journal.startswith("<3>{")
+    entry = json.loads(journal.removeprefix("<3>"))
+    assert "ValueError: boom" in entry["exception"]
+    assert "\n" not in journal  # one line, the traceback inside the object
 
 
 def test_stderr_is_the_journal_only_when_the_variable_names_it(

@@ -80,12 +80,24 @@ def check_keys(config: Config, daemon_answers: bool) -> Check:
 
     problems: list[str] = []
     without_key: list[str] = []
+    exposed: list[str] = []
     for name, provider_config in config.providers.items():
         try:
             if resolve_api_key(name, provider_config) is None:
                 without_key.append(name)
         except ConfigError as error:
             problems += error.problems
+            continue
+        key_file = Path(provider_config.api_key_file)
+        if provider_config.api_key_file and key_file.stat().st_mode & stat.S_IROTH:
+            exposed.append(f"providers.{name}.api_key_file {key_file}")
+    if exposed:
+        return Check(
+            name="keys",
+            status="fail",
+            detail="every user may read " + ", ".join(exposed),
+            fix="chmod 0600 each of them (0640 with the group quotad for the system service)",
+        )
     if not problems:
         detail = f"{len(config.providers) - len(without_key)} provider(s) have a key"
         if without_key:

@@ -47,7 +47,13 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and exception)."""
+    """One JSON object per line: time, level, logger, message (and exception). For journald
+    the line starts with the ``<N>`` priority, which journald takes off: the journal's message
+    is the JSON object, at the right priority."""
+
+    def __init__(self, journald: bool = False) -> None:
+        super().__init__()
+        self.journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -58,7 +64,10 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return _json.encode(entry).decode()
+        line = _json.encode(entry).decode()
+        if self.journald:
+            return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{line}"
+        return line
 
 
 def stderr_is_journal(journal_stream: str | None = None) -> bool:
@@ -78,7 +87,8 @@ def configure_logging(log_format: str = "text", level: str = "info") -> None:
     """Send quotad's logs to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
     journald = stderr_is_journal()
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(journald))
+    formatter = JsonFormatter(journald) if log_format == "json" else TextFormatter(journald)
+    handler.setFormatter(formatter)
     root = logging.getLogger("quotad")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
