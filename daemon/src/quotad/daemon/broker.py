@@ -131,6 +131,9 @@ class Broker:
         self.finished_total = 0
         self.recent: deque[RequestRecord] = deque(maxlen=RECENT_REQUESTS)
         self._default_max_tokens = config.gates.default_max_tokens
+        self._config_generation = 0
+        self._in_flight_before_reconfigure = 0
+        self._earlier_requests_done: list[anyio.Event] = []
 
     # ------------------------------------------------------------------ chat
 
@@ -307,6 +310,7 @@ class Broker:
             model=model,
             started=self.clock.monotonic(),
         )
+        generation = self._config_generation
         self.in_flight += 1
         self.requests_total += 1
         try:
@@ -323,6 +327,8 @@ class Broker:
             raise
         finally:
             self.in_flight -= 1
+            if generation != self._config_generation:
+                self._earlier_request_finished()
 
     async def _finish(
         self,
@@ -416,6 +422,38 @@ class Broker:
             ],
             events=router.events.recent(),
         )
+
+    # ------------------------------------------------------------------ reload
+
+    def reconfigure(self, config: Config, router: Router) -> anyio.Event:
+        """Serve new requests with a reloaded config and router (SIGHUP). Requests in flight
+        run on to their end; a provider call already under way ends on the provider it began
+        with.
+
+        Returns an event set once every request in flight now has finished: then the
+        providers the new router no longer uses may be closed.
+        """
+        self.config = config
+        self.router = router
+        self._default_max_tokens = config.gates.default_max_tokens
+        self._config_generation += 1
+        self._in_flight_before_reconfigure = self.in_flight
+        done = anyio.Event()
+        self._earlier_requests_done.append(done)
+        if not self.in_flight:
+            self._wake_reconfigure_waiters()
+        return done
+
+    def _earlier_request_finished(self) -> None:
+        """A request that began before the last :meth:`reconfigure` ended."""
+        self._in_flight_before_reconfigure -= 1
+        if not self._in_flight_before_reconfigure:
+            self._wake_reconfigure_waiters()
+
+    def _wake_reconfigure_waiters(self) -> None:
+        for event in self._earlier_requests_done:
+            event.set()
+        self._earlier_requests_done.clear()
 
 
 def _chunk(request_id: int, delta: ChatDelta) -> ChatChunk:

@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=_check_config)
 
+    doctor = commands.add_parser("doctor", help="check config, socket, state, providers, clock")
+    doctor.add_argument("--config", help="config file (default: the one serve would use)")
+    doctor.add_argument("--online", action="store_true", help="also ask each provider's API")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.set_defaults(handler=_doctor)
+
     sim = commands.add_parser("sim", help="a simulated provider (OpenAI + Anthropic wire formats)")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
@@ -139,7 +145,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"quotad: {error}", file=sys.stderr)
         return EXIT_USAGE
     return run_daemon(
-        config, socket_path=args.socket, log_format=args.log_format, log_level=args.log_level
+        config,
+        config_location=args.config,
+        socket_path=args.socket,
+        log_format=args.log_format,
+        log_level=args.log_level,
     )
 
 
@@ -285,6 +295,14 @@ def _chat(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _with_client(args, action)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from quotad.daemon.doctor import print_report, run_checks
+
+    checks = run_checks(config_path=args.config, socket=args.socket, online=args.online)
+    print_report(checks, as_json=args.json)
+    return EXIT_FAILURE if any(check.status == "fail" for check in checks) else EXIT_OK
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -481,12 +481,14 @@ def _ollama_answers(timeout_s: float = 0.2) -> bool:
 
 def default_config(environ: Mapping[str, str] | None = None, probe_ollama: bool = True) -> Config:
     """The config used when no file exists: one provider per API key found in the
-    environment, Ollama if it answers locally, and a ``default`` group over all of them."""
+    environment (or as a systemd credential ``$CREDENTIALS_DIRECTORY/<provider>``), Ollama if
+    it answers locally, and a ``default`` group over all of them."""
     env = os.environ if environ is None else environ
+    credentials = env.get("CREDENTIALS_DIRECTORY", "")
     providers: dict[str, Any] = {}
     targets: list[str] = []
     for variable, name, kind, base_url, model in _DETECTED:
-        if env.get(variable):
+        if env.get(variable) or (credentials and (Path(credentials) / name).is_file()):
             providers[name] = {"kind": kind, "base_url": base_url, "api_key_env": variable}
             targets.append(f"{name}/{model}")
     if probe_ollama and _ollama_answers():

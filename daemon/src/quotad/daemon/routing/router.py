@@ -51,7 +51,12 @@ class Route:
 
 
 class Router:
-    """Resolves model names to routes; owns the targets and what is known of them."""
+    """Resolves model names to routes; owns the targets and what is known of them.
+
+    Built anew on each config reload with ``previous``, the router it replaces: a target both
+    know is the same :class:`Target` object, pointed at its (maybe rebuilt) provider, so its
+    breaker, health, counts and operator hold live on.
+    """
 
     def __init__(
         self,
@@ -62,11 +67,15 @@ class Router:
         events: EventLog | None = None,
         rng: random.Random | None = None,
         sleep: Sleep = anyio.sleep,
+        previous: Router | None = None,
     ) -> None:
         self.config = config
         self.providers = dict(providers)
         self.clock = clock
-        self.events = events if events is not None else EventLog(clock)
+        if events is None:
+            events = previous.events if previous is not None else EventLog(clock)
+        self.events: EventLog = events
+        self._previous_targets = previous.targets if previous is not None else {}
         self._sleep = sleep
         self._retry = RetryPolicy.from_config(config.retry, rng)
         self.targets: dict[str, Target] = {}
@@ -101,7 +110,12 @@ class Router:
             provider = self.providers.get(provider_name)
             if provider is None or not model:
                 return None
-            target = self.targets[name] = self._new_target(name, provider_name, model, provider)
+            target = self._previous_targets.get(name)
+            if target is not None:
+                target.provider = provider
+            else:
+                target = self._new_target(name, provider_name, model, provider)
+            self.targets[name] = target
         return target
 
     def resolve(self, model: str) -> Route:
