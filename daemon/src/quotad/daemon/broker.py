@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import anyio
+import msgspec
 
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
@@ -39,6 +41,22 @@ from quotad.daemon.providers.base import (
     ProviderError,
 )
 from quotad.daemon.routing import Route, Router, Target
+from quotad.daemon.store import Store
+from quotad.daemon.store.budgets import Reservation
+from quotad.daemon.store.cache import (
+    Answer,
+    Cacheable,
+    CachedChat,
+    CachedChunk,
+    CachedEmbedding,
+    CacheEntry,
+    chat_key,
+    embed_key,
+)
+from quotad.daemon.store.ledger import LedgerRow, LedgerWriteFailed, encode_tags
+from quotad.daemon.store.prices import PER_TOKEN, Price
+from quotad.daemon.store.warm import WarmEntry
+from quotad.daemon.tokens import estimate_input_tokens, estimate_prompt_tokens
 from quotad.protocol.messages import (
     Acquire,
     Admin,
@@ -48,6 +66,7 @@ from quotad.protocol.messages import (
     ChatReply,
     Embed,
     EmbedReply,
+    Event,
     GroupStatus,
     Ok,
     Permit,
@@ -61,6 +80,9 @@ from quotad.protocol.messages import (
 )
 
 DAEMON_VERSION: Final = "0.1.0"
+EVENTS_KEPT: Final = 100
+
+log = logging.getLogger("quotad.broker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,19 +155,36 @@ class RequestContext:
     wait_s: float = 0.0
     target: Target | None = None
     finished: bool = False
+    user: str = ""
+    tags: list[str] | None = None
+    reservation: Reservation | None = None
+    cached: bool = False
+    saved_usd: float = 0.0
+    cost_usd: float = 0.0
 
 
 T = TypeVar("T")
+AnswerT = TypeVar("AnswerT", bound=Answer)
 RECENT_REQUESTS = 1000
 
 
 class Broker:
     """Composes routing, gates, cache, ledger and providers into request handling."""
 
-    def __init__(self, config: Config, router: Router, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, config: Config, router: Router, store: Store, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.config = config
         self.router = router
         self.clock = clock
+        self.cache = store.cache
+        self.ledger = store.ledger
+        self.budgets = store.budgets
+        self.prices = store.prices
+        self.keys = store.keys
+        self.audit = store.audit
+        self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
+        self._route_prices: dict[str, Price] = {}
         self.started_at = clock.monotonic()
         self.request_ids = RequestIds()
         self.in_flight = 0
@@ -158,9 +197,30 @@ class Broker:
 
     async def chat(self, request: Chat, caller: Caller) -> ChatReply:
         """A chat request answered whole."""
-        async with self._pipeline("chat", request.model, caller) as context:
+        async with self._pipeline(
+            "chat", request.model, caller, user=request.user, tags=request.tags
+        ) as context:
             route = self.router.resolve(request.model)  # 1
             context.max_tokens = request.max_tokens or self._default_max_tokens
+            prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
+            self._reserve_budget(context, route, prompt_tokens)  # 2
+            key = chat_key(request)
+            hit = self.cache.lookup(key, request.cache)  # 3
+            if hit is not None:  # a hit skips to 7
+                answer = self._answer_from_cache(context, hit, CachedChat)
+                reply = ChatReply(
+                    id=request.id,
+                    content=answer.content,
+                    tool_calls=answer.tool_calls,
+                    finish_reason=answer.finish_reason,
+                    usage=answer.usage,
+                    cached=True,
+                    saved_usd=context.saved_usd,
+                    target=answer.target,
+                    request_id=context.request_id,
+                )
+                reply.latency_s = await self._finish(context, reply.usage)  # 7
+                return reply
 
             async def call(target: Target) -> ChatResult:
                 return await target.provider.chat(target.model, request, context.max_tokens)
@@ -177,7 +237,21 @@ class Broker:
                 wait_s=context.wait_s,
                 request_id=context.request_id,
             )
-            reply.latency_s = await self._finish(context, reply.usage)  # 7
+            stored = None
+            if self.cache.stores(request.cache):
+                stored = Cacheable(
+                    key,
+                    "chat",
+                    CachedChat(
+                        content=reply.content,
+                        tool_calls=reply.tool_calls,
+                        finish_reason=reply.finish_reason,
+                        usage=reply.usage,
+                        target=reply.target,
+                    ),
+                )
+            reply.latency_s = await self._finish(context, reply.usage, cache_store=stored)  # 7
+            reply.cost_usd = context.cost_usd
             return reply
 
     async def chat_stream(
@@ -188,9 +262,33 @@ class Broker:
         An attempt lasts until the first chunk: a target that fails before it is failed over;
         a break after it ends the stream with ``upstream_error`` carrying the partial content.
         """
-        async with self._pipeline("stream", request.model, caller) as context:
+        async with self._pipeline(
+            "stream", request.model, caller, user=request.user, tags=request.tags
+        ) as context:
             route = self.router.resolve(request.model)  # 1
             context.max_tokens = request.max_tokens or self._default_max_tokens
+            prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
+            self._reserve_budget(context, route, prompt_tokens)  # 2
+            key = chat_key(request)
+            hit = self.cache.lookup(key, request.cache)  # 3
+            if hit is not None:  # a hit replays its chunks, then 7
+                answer = self._answer_from_cache(context, hit, CachedChat)
+                for chunk in answer.replay(request.id):
+                    yield chunk
+                end = ChatEnd(
+                    id=request.id,
+                    content=answer.content,
+                    tool_calls=answer.tool_calls,
+                    finish_reason=answer.finish_reason,
+                    usage=answer.usage,
+                    cached=True,
+                    saved_usd=context.saved_usd,
+                    target=answer.target,
+                    request_id=context.request_id,
+                )
+                end.latency_s = await self._finish(context, end.usage)  # 7
+                yield end
+                return
 
             async def call(target: Target) -> tuple[ChatStream, ChatDelta | None]:
                 stream = await target.provider.open_stream(
@@ -208,13 +306,16 @@ class Broker:
             target = context.target
             assert target is not None
             parts: list[str] = []
+            sent: list[ChatChunk] = []
             try:
                 if first is not None:
                     parts.append(first.delta)
-                    yield _chunk(request.id, first)
+                    sent.append(chunk := _chunk(request.id, first))
+                    yield chunk
                     async for delta in stream.deltas():
                         parts.append(delta.delta)
-                        yield _chunk(request.id, delta)
+                        sent.append(chunk := _chunk(request.id, delta))
+                        yield chunk
             except ProviderError as error:
                 target.failures += 1
                 raise RequestError(
@@ -236,16 +337,47 @@ class Broker:
                 wait_s=context.wait_s,
                 request_id=context.request_id,
             )
-            end.latency_s = await self._finish(context, end.usage)  # 7
+            stored = None
+            if self.cache.stores(request.cache):
+                chunks = [CachedChunk(c.delta, c.tool_calls, c.finish_reason) for c in sent]
+                answer = CachedChat(
+                    content=end.content,
+                    tool_calls=end.tool_calls,
+                    finish_reason=end.finish_reason,
+                    usage=end.usage,
+                    target=end.target,
+                    chunks=chunks,
+                )
+                stored = Cacheable(key, "chat", answer)
+            end.latency_s = await self._finish(context, end.usage, cache_store=stored)  # 7
+            end.cost_usd = context.cost_usd
         yield end
 
     # ------------------------------------------------------------------ embeddings
 
     async def embed(self, request: Embed, caller: Caller) -> EmbedReply:
         """Embeddings for the request's inputs."""
-        async with self._pipeline("embed", request.model, caller) as context:
+        async with self._pipeline(
+            "embed", request.model, caller, user=request.user, tags=request.tags
+        ) as context:
             route = self.router.resolve(request.model)  # 1
             inputs = [request.input] if isinstance(request.input, str) else request.input
+            self._reserve_budget(context, route, estimate_input_tokens(inputs))  # 2
+            key = embed_key(request)
+            hit = self.cache.lookup(key, request.cache)  # 3
+            if hit is not None:  # a hit skips to 7
+                cached = self._answer_from_cache(context, hit, CachedEmbedding)
+                reply = EmbedReply(
+                    id=request.id,
+                    embeddings=cached.embeddings,
+                    usage=cached.usage,
+                    cached=True,
+                    saved_usd=context.saved_usd,
+                    target=cached.target,
+                    request_id=context.request_id,
+                )
+                reply.latency_s = await self._finish(context, reply.usage)  # 7
+                return reply
 
             async def call(target: Target) -> EmbedResult:
                 return await target.provider.embed(
@@ -262,7 +394,12 @@ class Broker:
                 wait_s=context.wait_s,
                 request_id=context.request_id,
             )
-            reply.latency_s = await self._finish(context, reply.usage)  # 7
+            stored = None
+            if self.cache.stores(request.cache):
+                answer = CachedEmbedding(reply.embeddings, reply.usage, reply.target)
+                stored = Cacheable(key, "embed", answer)
+            reply.latency_s = await self._finish(context, reply.usage, cache_store=stored)  # 7
+            reply.cost_usd = context.cost_usd
             return reply
 
     # ------------------------------------------------------------------ permits
@@ -278,20 +415,94 @@ class Broker:
     # ------------------------------------------------------------------ reports and operator
 
     async def spend(self, request: Spend, caller: Caller) -> SpendReply:
-        """A ledger report."""
-        raise RequestError("bad_request", "Spend is not supported by this daemon version")
+        """A ledger report, with the budgets' use."""
+        now = self.clock.time()
+        reply = await self.ledger.report(request.period, request.by, now)
+        reply.id = request.id
+        reply.budgets = self.budgets.status(now)
+        return reply
 
     async def admin(self, request: Admin, caller: Caller) -> Ok:
         """An operator action."""
+        match request.action:
+            case "key_create":
+                app = _text_arg(request, "app")
+                key, record = await self.keys.create(app)
+                await self.audit.record(
+                    "key_create", record.id, caller.uid, caller.pid, {"app": app}
+                )
+                return Ok(
+                    id=request.id,
+                    message=f"created key {record.id} for app {app!r}",
+                    data={"key": key, **record.as_dict()},
+                )
+            case "key_list":
+                records = [record.as_dict() for record in self.keys.list()]
+                return Ok(id=request.id, data={"keys": records})
+            case "key_revoke":
+                key_id = request.target or _text_arg(request, "id")
+                if not await self.keys.revoke(key_id):
+                    raise RequestError("bad_request", f"no live key has the id {key_id!r}")
+                await self.audit.record("key_revoke", key_id, caller.uid, caller.pid)
+                return Ok(id=request.id, message=f"revoked key {key_id}")
+            case "cache_clear":
+                older_than_s = request.args.get("older_than_s")
+                if older_than_s is not None and (
+                    not isinstance(older_than_s, int | float) or older_than_s < 0
+                ):
+                    raise RequestError("bad_request", "args.older_than_s: expected seconds >= 0")
+                removed = await self.cache.clear(older_than_s)
+                return Ok(
+                    id=request.id, message=f"removed {removed} entries", data={"removed": removed}
+                )
+            case "cache_warm":
+                return await self._warm_cache(request)
         raise RequestError(
             "bad_request", f"admin action {request.action!r} is not supported by this daemon"
+        )
+
+    async def _warm_cache(self, request: Admin) -> Ok:
+        """``cache_warm``: store each of ``args.entries`` (see :class:`WarmEntry`); each
+        entry's problems are reported by its index, the others are stored."""
+        entries = request.args.get("entries")
+        if not isinstance(entries, list):
+            raise RequestError("bad_request", "args.entries: expected a list of entries")
+        problems: list[str] = []
+        valid: list[tuple[WarmEntry, float]] = []
+        for index, raw in enumerate(entries):
+            try:
+                entry = msgspec.convert(raw, WarmEntry)
+                route = self.router.resolve(entry.request.model)
+            except msgspec.ValidationError as error:
+                problems.append(f"entries[{index}]: {error}")
+                continue
+            except RequestError as error:
+                problems.append(f"entries[{index}]: {error.message}")
+                continue
+            response = entry.response
+            cost = response.cost_usd
+            if cost is None:
+                target = response.target or (route.targets[0].name if route.targets else "")
+                cost = self.prices.cost(target, response.usage) if target else 0.0
+            valid.append((entry, cost))
+        stored = await self.cache.warm(valid)
+        return Ok(
+            id=request.id,
+            message=f"stored {stored} of {len(entries)} entries",
+            data={"stored": stored, "problems": problems},
         )
 
     # ------------------------------------------------------------------ the pipeline's frame
 
     @contextlib.asynccontextmanager
     async def _pipeline(
-        self, kind: str, model: str, caller: Caller
+        self,
+        kind: str,
+        model: str,
+        caller: Caller,
+        *,
+        user: str = "",
+        tags: list[str] | None = None,
     ) -> AsyncIterator[RequestContext]:
         """One request's frame: counts it in flight, and records every outcome at step 7,
         failures and cancellations included."""
@@ -301,6 +512,8 @@ class Broker:
             caller=caller,
             model=model,
             started=self.clock.monotonic(),
+            user=user,
+            tags=tags,
         )
         self.in_flight += 1
         self.requests_total += 1
@@ -326,33 +539,107 @@ class Broker:
         *,
         error: RequestError | None = None,
         status: str = "ok",
-        cost_usd: float = 0.0,
-        cached: bool = False,
+        cache_store: Cacheable | None = None,
     ) -> float:
-        """Step 7: record the request's outcome; returns its latency in seconds."""
+        """Step 7: settle the budget reservation with the real cost, commit the ledger row
+        (and the cache entry, in the same group commit), THEN return the latency in seconds.
+        The cost is left in ``context.cost_usd``. A row that cannot be committed fails a
+        request that had succeeded with ``internal`` (its reply is withheld)."""
         context.finished = True
+        now = self.clock.time()
         latency_s = self.clock.monotonic() - context.started
         usage = usage or Usage()
+        target = context.target.name if context.target else ""
+        price = self.prices.for_target(target) if target and not context.cached else None
+        cost = context.cost_usd = price.cost(usage) if price is not None else 0.0
+        for alert in self.budgets.settle(context.reservation, context.caller.app, cost, now):
+            self.add_event("budget_alert", alert.message)
+        outcome = error.code if error else status
         self.finished_total += 1
         self.recent.append(
             RequestRecord(
                 request_id=context.request_id,
-                time=self.clock.time(),
+                time=now,
                 kind=context.kind,
                 app=context.caller.app,
-                target=context.target.name if context.target else context.model,
-                status=error.code if error else status,
+                target=target or context.model,
+                status=outcome,
                 wait_s=context.wait_s,
                 latency_s=latency_s,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
-                cost_usd=cost_usd,
-                cached=cached,
+                cost_usd=cost,
+                cached=context.cached,
                 attempts=context.attempts,
                 priority=context.priority,
             )
         )
+        caller = context.caller
+        row = LedgerRow(
+            request_id=context.request_id,
+            time=now,
+            day=self.ledger.calendar.day(now),
+            kind=context.kind,
+            app=caller.app,
+            user=context.user,
+            uid=caller.uid,
+            pid=caller.pid,
+            gid=caller.gid,
+            model=context.model,
+            target=target,
+            attempts=context.attempts,
+            status=outcome,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost_usd=cost,
+            saved_usd=context.saved_usd,
+            cached=context.cached,
+            unpriced=bool(target) and price is None and not context.cached,
+            wait_s=context.wait_s,
+            latency_s=latency_s,
+            priority=context.priority,
+            tags=encode_tags(context.tags or ()),
+        )
+        if cache_store is not None and error is None:
+            self.cache.put(
+                cache_store.key, cache_store.kind, context.model, cache_store.answer, cost
+            )
+        try:
+            await self.ledger.record(row)  # the cache entry joins this commit
+        except LedgerWriteFailed as failure:
+            self.add_event("ledger_write_failed", str(failure))
+            if error is None:
+                raise RequestError("internal", str(failure)) from None
         return latency_s
+
+    def _reserve_budget(self, context: RequestContext, route: Route, prompt_tokens: int) -> None:
+        """Step 2: hold the request's maximum cost (its prompt and ``max_tokens`` at the most
+        expensive target of its route) on its budgets; ``budget_exceeded`` when it does not
+        fit."""
+        price = self._route_prices.get(route.name)
+        if price is None:
+            names = tuple(target.name for target in route.targets)
+            price = self._route_prices[route.name] = self.prices.most_expensive(names)
+        max_cost = (prompt_tokens * price.input + context.max_tokens * price.output) * PER_TOKEN
+        context.reservation = self.budgets.reserve(context.caller.app, max_cost, self.clock.time())
+
+    def _answer_from_cache(
+        self, context: RequestContext, entry: CacheEntry, kind: type[AnswerT]
+    ) -> AnswerT:
+        """Step 3 hit: the request is answered by ``entry`` at no cost, saving what the call
+        it replaces cost."""
+        answer = entry.answer
+        assert isinstance(answer, kind)
+        context.cached = True
+        context.saved_usd = entry.cost_usd
+        context.target = self.router.targets.get(answer.target)
+        return answer
+
+    def add_event(self, kind: str, message: str) -> None:
+        """Something an operator should notice: logged, and kept for status and snapshots."""
+        log.warning("%s: %s", kind, message)
+        self.events.append(Event(time=self.clock.time(), kind=kind, message=message))
 
     def recent_since(self, finished_seen: int) -> tuple[list[RequestRecord], int]:
         """Requests finished since a subscriber saw ``finished_seen`` of them (at most the
@@ -397,6 +684,7 @@ class Broker:
                 in_flight=target.in_flight,
                 requests=target.requests,
                 failures=target.failures,
+                unpriced=self.prices.for_target(target.name) is None,
             )
             for target in self.router.targets.values()
         ]
@@ -418,6 +706,9 @@ class Broker:
             requests_total=self.requests_total,
             targets=targets,
             groups=groups,
+            cache=self.cache.status(),
+            budgets=self.budgets.status(self.clock.time()),
+            events=list(self.events),
         )
 
     # ------------------------------------------------------------------ helpers
@@ -431,6 +722,14 @@ class Broker:
             f"every target of {route.name!r} is disabled: "
             + ", ".join(target.name for target in route.targets),
         )
+
+
+def _text_arg(request: Admin, name: str) -> str:
+    """``request.args[name]``, a non-empty string, or ``bad_request`` naming it."""
+    value = request.args.get(name)
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise RequestError("bad_request", f"args.{name}: expected a non-empty string")
+    return value
 
 
 def _chunk(request_id: int, delta: ChatDelta) -> ChatChunk:

@@ -1,5 +1,6 @@
-"""The running daemon: builds providers, router, broker and servers from a config, serves
-until SIGTERM/SIGINT, then drains requests in flight (bounded by ``daemon.drain_s``) and exits 0.
+"""The running daemon: builds providers, router, store, broker and servers from a config, opens
+the store (``quotad.db``), serves until SIGTERM/SIGINT, then drains requests in flight (bounded
+by ``daemon.drain_s``), closes the store and exits 0. A store that cannot be opened exits 1.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import anyio
 import anyio.abc
 
 from quotad.daemon.broker import Broker
-from quotad.daemon.config import Config, ConfigError
+from quotad.daemon.config import Config, ConfigError, state_dir
 from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.base import Provider
 from quotad.daemon.routing import Router
 from quotad.daemon.server import SocketInUseError, SocketServer
+from quotad.daemon.store import Store, StoreError
 from quotad.protocol.paths import daemon_socket_path
 
 log = logging.getLogger("quotad")
@@ -37,15 +39,18 @@ class Daemon:
             for name, provider_config in config.providers.items()
         }
         self.router = Router(config, self.providers)
-        self.broker = Broker(config, self.router)
+        self.store = Store(config, state_dir(config))
+        self.broker = Broker(config, self.router, self.store)
         self.server = SocketServer(self.broker, socket_path, max_frame=config.daemon.max_frame)
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until a stop signal, then drain and close."""
-        self.server.bind()
         try:
+            for alert in await self.store.open():
+                self.broker.add_event("budget_alert", alert.message)
+            self.server.bind()
             async with anyio.create_task_group() as tasks:
                 await tasks.start(self.server.serve)
                 tasks.start_soon(self._stop_on_signal, tasks.cancel_scope)
@@ -61,6 +66,7 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 for provider in self.providers.values():
                     await provider.aclose()
+                await self.store.close()
 
     async def _stop_on_signal(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -92,7 +98,7 @@ def run_daemon(
         return EXIT_CONFIG
     try:
         anyio.run(daemon.serve, backend="asyncio", backend_options={"use_uvloop": True})
-    except SocketInUseError as error:
+    except (SocketInUseError, StoreError) as error:
         log.error("cannot start: %s", error)
         return EXIT_FAILURE
     log.info("stopped")
