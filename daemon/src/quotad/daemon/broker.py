@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import anyio
-import msgspec
 
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
@@ -42,12 +41,12 @@ from quotad.daemon.providers.base import (
 )
 from quotad.daemon.routing import Route, Router, Target
 from quotad.daemon.store import Store
+from quotad.daemon.store.admin import STORE_ACTIONS, StoreAdmin
 from quotad.daemon.store.budgets import Reservation
 from quotad.daemon.store.cache import (
     Answer,
     Cacheable,
     CachedChat,
-    CachedChunk,
     CachedEmbedding,
     CacheEntry,
     chat_key,
@@ -55,7 +54,6 @@ from quotad.daemon.store.cache import (
 )
 from quotad.daemon.store.ledger import LedgerRow, LedgerWriteFailed, encode_tags
 from quotad.daemon.store.prices import PER_TOKEN, Price
-from quotad.daemon.store.warm import WarmEntry
 from quotad.daemon.tokens import estimate_input_tokens, estimate_prompt_tokens
 from quotad.protocol.messages import (
     Acquire,
@@ -181,8 +179,7 @@ class Broker:
         self.ledger = store.ledger
         self.budgets = store.budgets
         self.prices = store.prices
-        self.keys = store.keys
-        self.audit = store.audit
+        self.store_admin = StoreAdmin(store, router)
         self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
         self._route_prices: dict[str, Price] = {}
         self.started_at = clock.monotonic()
@@ -208,17 +205,7 @@ class Broker:
             hit = self.cache.lookup(key, request.cache)  # 3
             if hit is not None:  # a hit skips to 7
                 answer = self._answer_from_cache(context, hit, CachedChat)
-                reply = ChatReply(
-                    id=request.id,
-                    content=answer.content,
-                    tool_calls=answer.tool_calls,
-                    finish_reason=answer.finish_reason,
-                    usage=answer.usage,
-                    cached=True,
-                    saved_usd=context.saved_usd,
-                    target=answer.target,
-                    request_id=context.request_id,
-                )
+                reply = answer.reply(ChatReply, request.id, context.request_id, context.saved_usd)
                 reply.latency_s = await self._finish(context, reply.usage)  # 7
                 return reply
 
@@ -239,17 +226,7 @@ class Broker:
             )
             stored = None
             if self.cache.stores(request.cache):
-                stored = Cacheable(
-                    key,
-                    "chat",
-                    CachedChat(
-                        content=reply.content,
-                        tool_calls=reply.tool_calls,
-                        finish_reason=reply.finish_reason,
-                        usage=reply.usage,
-                        target=reply.target,
-                    ),
-                )
+                stored = Cacheable(key, "chat", CachedChat.of(reply))
             reply.latency_s = await self._finish(context, reply.usage, cache_store=stored)  # 7
             reply.cost_usd = context.cost_usd
             return reply
@@ -275,17 +252,7 @@ class Broker:
                 answer = self._answer_from_cache(context, hit, CachedChat)
                 for chunk in answer.replay(request.id):
                     yield chunk
-                end = ChatEnd(
-                    id=request.id,
-                    content=answer.content,
-                    tool_calls=answer.tool_calls,
-                    finish_reason=answer.finish_reason,
-                    usage=answer.usage,
-                    cached=True,
-                    saved_usd=context.saved_usd,
-                    target=answer.target,
-                    request_id=context.request_id,
-                )
+                end = answer.reply(ChatEnd, request.id, context.request_id, context.saved_usd)
                 end.latency_s = await self._finish(context, end.usage)  # 7
                 yield end
                 return
@@ -339,16 +306,7 @@ class Broker:
             )
             stored = None
             if self.cache.stores(request.cache):
-                chunks = [CachedChunk(c.delta, c.tool_calls, c.finish_reason) for c in sent]
-                answer = CachedChat(
-                    content=end.content,
-                    tool_calls=end.tool_calls,
-                    finish_reason=end.finish_reason,
-                    usage=end.usage,
-                    target=end.target,
-                    chunks=chunks,
-                )
-                stored = Cacheable(key, "chat", answer)
+                stored = Cacheable(key, "chat", CachedChat.of(end, sent))
             end.latency_s = await self._finish(context, end.usage, cache_store=stored)  # 7
             end.cost_usd = context.cost_usd
         yield end
@@ -367,15 +325,7 @@ class Broker:
             hit = self.cache.lookup(key, request.cache)  # 3
             if hit is not None:  # a hit skips to 7
                 cached = self._answer_from_cache(context, hit, CachedEmbedding)
-                reply = EmbedReply(
-                    id=request.id,
-                    embeddings=cached.embeddings,
-                    usage=cached.usage,
-                    cached=True,
-                    saved_usd=context.saved_usd,
-                    target=cached.target,
-                    request_id=context.request_id,
-                )
+                reply = cached.reply(request.id, context.request_id, context.saved_usd)
                 reply.latency_s = await self._finish(context, reply.usage)  # 7
                 return reply
 
@@ -396,8 +346,7 @@ class Broker:
             )
             stored = None
             if self.cache.stores(request.cache):
-                answer = CachedEmbedding(reply.embeddings, reply.usage, reply.target)
-                stored = Cacheable(key, "embed", answer)
+                stored = Cacheable(key, "embed", CachedEmbedding.of(reply))
             reply.latency_s = await self._finish(context, reply.usage, cache_store=stored)  # 7
             reply.cost_usd = context.cost_usd
             return reply
@@ -424,72 +373,10 @@ class Broker:
 
     async def admin(self, request: Admin, caller: Caller) -> Ok:
         """An operator action."""
-        match request.action:
-            case "key_create":
-                app = _text_arg(request, "app")
-                key, record = await self.keys.create(app)
-                await self.audit.record(
-                    "key_create", record.id, caller.uid, caller.pid, {"app": app}
-                )
-                return Ok(
-                    id=request.id,
-                    message=f"created key {record.id} for app {app!r}",
-                    data={"key": key, **record.as_dict()},
-                )
-            case "key_list":
-                records = [record.as_dict() for record in self.keys.list()]
-                return Ok(id=request.id, data={"keys": records})
-            case "key_revoke":
-                key_id = request.target or _text_arg(request, "id")
-                if not await self.keys.revoke(key_id):
-                    raise RequestError("bad_request", f"no live key has the id {key_id!r}")
-                await self.audit.record("key_revoke", key_id, caller.uid, caller.pid)
-                return Ok(id=request.id, message=f"revoked key {key_id}")
-            case "cache_clear":
-                older_than_s = request.args.get("older_than_s")
-                if older_than_s is not None and (
-                    not isinstance(older_than_s, int | float) or older_than_s < 0
-                ):
-                    raise RequestError("bad_request", "args.older_than_s: expected seconds >= 0")
-                removed = await self.cache.clear(older_than_s)
-                return Ok(
-                    id=request.id, message=f"removed {removed} entries", data={"removed": removed}
-                )
-            case "cache_warm":
-                return await self._warm_cache(request)
+        if request.action in STORE_ACTIONS:
+            return await self.store_admin.run(request, caller.uid, caller.pid)
         raise RequestError(
             "bad_request", f"admin action {request.action!r} is not supported by this daemon"
-        )
-
-    async def _warm_cache(self, request: Admin) -> Ok:
-        """``cache_warm``: store each of ``args.entries`` (see :class:`WarmEntry`); each
-        entry's problems are reported by its index, the others are stored."""
-        entries = request.args.get("entries")
-        if not isinstance(entries, list):
-            raise RequestError("bad_request", "args.entries: expected a list of entries")
-        problems: list[str] = []
-        valid: list[tuple[WarmEntry, float]] = []
-        for index, raw in enumerate(entries):
-            try:
-                entry = msgspec.convert(raw, WarmEntry)
-                route = self.router.resolve(entry.request.model)
-            except msgspec.ValidationError as error:
-                problems.append(f"entries[{index}]: {error}")
-                continue
-            except RequestError as error:
-                problems.append(f"entries[{index}]: {error.message}")
-                continue
-            response = entry.response
-            cost = response.cost_usd
-            if cost is None:
-                target = response.target or (route.targets[0].name if route.targets else "")
-                cost = self.prices.cost(target, response.usage) if target else 0.0
-            valid.append((entry, cost))
-        stored = await self.cache.warm(valid)
-        return Ok(
-            id=request.id,
-            message=f"stored {stored} of {len(entries)} entries",
-            data={"stored": stored, "problems": problems},
         )
 
     # ------------------------------------------------------------------ the pipeline's frame
@@ -610,7 +497,9 @@ class Broker:
         except LedgerWriteFailed as failure:
             self.add_event("ledger_write_failed", str(failure))
             if error is None:
-                raise RequestError("internal", str(failure)) from None
+                raise RequestError(
+                    "internal", str(failure), details={"request_id": failure.request_id}
+                ) from None
         return latency_s
 
     def _reserve_budget(self, context: RequestContext, route: Route, prompt_tokens: int) -> None:
@@ -722,14 +611,6 @@ class Broker:
             f"every target of {route.name!r} is disabled: "
             + ", ".join(target.name for target in route.targets),
         )
-
-
-def _text_arg(request: Admin, name: str) -> str:
-    """``request.args[name]``, a non-empty string, or ``bad_request`` naming it."""
-    value = request.args.get(name)
-    if not isinstance(value, str) or not value or len(value) > 256:
-        raise RequestError("bad_request", f"args.{name}: expected a non-empty string")
-    return value
 
 
 def _chunk(request_id: int, delta: ChatDelta) -> ChatChunk:

@@ -24,9 +24,9 @@ import asyncio
 import hashlib
 import heapq
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 import msgspec
 
@@ -35,11 +35,22 @@ from quotad.daemon.config import CacheConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.store.db import Database, Statement
 from quotad.daemon.store.warm import WarmEntry
-from quotad.protocol.messages import CacheMode, CacheStatus, Chat, ChatChunk, Embed, Usage
+from quotad.protocol.messages import (
+    CacheMode,
+    CacheStatus,
+    Chat,
+    ChatChunk,
+    ChatReply,
+    Embed,
+    EmbedReply,
+    Usage,
+)
 
 log = logging.getLogger("quotad.cache")
 
 Kind = Literal["chat", "embed"]
+
+ReplyT = TypeVar("ReplyT", bound=ChatReply)
 
 HEAP_SLACK: Final = 1024
 """Stale heap items tolerated beyond twice the entries before the heap is rebuilt."""
@@ -62,6 +73,34 @@ class CachedChat(msgspec.Struct, array_like=True):
     usage: Usage
     target: str
     chunks: list[CachedChunk] = msgspec.field(default_factory=list)
+
+    @classmethod
+    def of(cls, reply: ChatReply, chunks: Sequence[ChatChunk] = ()) -> CachedChat:
+        """What to store of a reply (and of its chunks, when it was streamed)."""
+        return cls(
+            content=reply.content,
+            tool_calls=reply.tool_calls,
+            finish_reason=reply.finish_reason,
+            usage=reply.usage,
+            target=reply.target,
+            chunks=[CachedChunk(c.delta, c.tool_calls, c.finish_reason) for c in chunks],
+        )
+
+    def reply(
+        self, kind: type[ReplyT], request_id: int, request_ref: str, saved_usd: float
+    ) -> ReplyT:
+        """The ``ChatReply`` (or ``ChatEnd``) of a hit: no cost, ``saved_usd`` saved."""
+        return kind(
+            id=request_id,
+            content=self.content,
+            tool_calls=self.tool_calls,
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+            cached=True,
+            saved_usd=saved_usd,
+            target=self.target,
+            request_id=request_ref,
+        )
 
     def replay(self, request_id: int) -> list[ChatChunk]:
         """The chunks a stream hit sends (one chunk when a warmed answer has none)."""
@@ -91,6 +130,23 @@ class CachedEmbedding(msgspec.Struct, array_like=True):
     embeddings: list[list[float]]
     usage: Usage
     target: str
+
+    @classmethod
+    def of(cls, reply: EmbedReply) -> CachedEmbedding:
+        """What to store of a reply."""
+        return cls(reply.embeddings, reply.usage, reply.target)
+
+    def reply(self, request_id: int, request_ref: str, saved_usd: float) -> EmbedReply:
+        """The ``EmbedReply`` of a hit: no cost, ``saved_usd`` saved."""
+        return EmbedReply(
+            id=request_id,
+            embeddings=self.embeddings,
+            usage=self.usage,
+            cached=True,
+            saved_usd=saved_usd,
+            target=self.target,
+            request_id=request_ref,
+        )
 
 
 Answer = CachedChat | CachedEmbedding

@@ -1,8 +1,12 @@
 """The ledger: one row per request, hits and failures included, committed before the reply.
 
+Each row is committed together with its share of ``spend_daily`` (the ledger summed per local
+day, app, model and target), which reports and budgets read instead of scanning the ledger.
+
 :meth:`Ledger.record` hands the row to the group commit and returns once it is committed
 (DESIGN §8: a reply is sent only after its row is). When the row cannot be written (disk full,
-I/O error), :meth:`record` raises :class:`LedgerWriteFailed` and the row is kept in memory,
+I/O error), :meth:`record` raises :class:`LedgerWriteFailed` and the row is kept in memory
+(with status ``internal`` if the request had succeeded: what its caller gets instead),
 retried with every later write and at shutdown, and logged with all its fields if it still
 cannot be written then: a row is never silently lost.
 
@@ -23,7 +27,7 @@ from typing import Final, NamedTuple
 import msgspec
 
 from quotad.daemon.store.budgets import Calendar
-from quotad.daemon.store.db import Database, WriteFailed
+from quotad.daemon.store.db import Database, Statement, WriteFailed
 from quotad.daemon.store.spend import SpendReport
 from quotad.protocol.messages import SpendReply
 
@@ -63,6 +67,17 @@ COLUMNS: Final = LedgerRow._fields
 _INSERT: Final = (
     f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
+_ADD_TO_DAY: Final = (
+    "INSERT INTO spend_daily (day, app, model, target, requests, errors, prompt_tokens, "
+    "completion_tokens, cached_tokens, cost_usd, cache_hits, saved_usd, unpriced) "
+    "VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (day, app, model, target) DO UPDATE SET requests = requests + 1, "
+    "errors = errors + excluded.errors, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = completion_tokens + excluded.completion_tokens, "
+    "cached_tokens = cached_tokens + excluded.cached_tokens, "
+    "cost_usd = cost_usd + excluded.cost_usd, cache_hits = cache_hits + excluded.cache_hits, "
+    "saved_usd = saved_usd + excluded.saved_usd, unpriced = max(unpriced, excluded.unpriced)"
+)
 _TAGS_ENCODER: Final = msgspec.json.Encoder()
 NO_TAGS: Final = "[]"
 
@@ -72,8 +87,38 @@ def encode_tags(tags: Sequence[str]) -> str:
     return _TAGS_ENCODER.encode(tags).decode() if tags else NO_TAGS
 
 
+def statements(row: LedgerRow) -> list[Statement]:
+    """The writes of one row: the row, and its share of its day's summary (a cache hit's
+    tokens are not billed, so they are not summed)."""
+    billed = not row.cached
+    return [
+        (_INSERT, row),
+        (
+            _ADD_TO_DAY,
+            (
+                row.day,
+                row.app,
+                row.model,
+                row.target,
+                row.status != "ok",
+                row.prompt_tokens if billed else 0,
+                row.completion_tokens if billed else 0,
+                row.cached_tokens if billed else 0,
+                row.cost_usd,
+                row.cached,
+                row.saved_usd,
+                row.unpriced,
+            ),
+        ),
+    ]
+
+
 class LedgerWriteFailed(Exception):
     """A request's row could not be committed; it is kept in memory and retried."""
+
+    def __init__(self, message: str, request_id: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 class Ledger:
@@ -91,9 +136,9 @@ class Ledger:
         if it cannot be, after keeping it for later."""
         self._retry_unrecorded()
         try:
-            await self._db.write([(_INSERT, row)])
+            await self._db.write(statements(row))
         except WriteFailed as error:
-            self.unrecorded.append(row)
+            self.unrecorded.append(row._replace(status="internal") if row.status == "ok" else row)
             log.error(
                 "ledger row of request %s not written yet (%d kept in memory to retry): %s",
                 row.request_id,
@@ -102,7 +147,8 @@ class Ledger:
             )
             raise LedgerWriteFailed(
                 f"request {row.request_id} could not be recorded in the ledger ({error}); its "
-                "reply is withheld, the row is kept in memory and retried"
+                "reply is withheld, the row is kept in memory and retried",
+                row.request_id,
             ) from None
 
     def _retry_unrecorded(self) -> None:
@@ -119,7 +165,7 @@ class Ledger:
                 self.unrecorded = [row for row in self.unrecorded if id(row) not in written]
                 log.info("wrote %d ledger row(s) kept in memory", len(rows))
 
-        self._db.write_later([(_INSERT, row) for row in rows], done)
+        self._db.write_later([s for row in rows for s in statements(row)], done)
 
     async def flush(self) -> None:
         """At shutdown: a last try for the rows kept in memory; log those that still fail."""
@@ -127,7 +173,7 @@ class Ledger:
             return
         rows, self.unrecorded = self.unrecorded, []
         try:
-            await self._db.write([(_INSERT, row) for row in rows])
+            await self._db.write([s for row in rows for s in statements(row)])
             log.info("wrote %d ledger row(s) kept in memory", len(rows))
         except WriteFailed as error:
             log.error("%d ledger row(s) could not be written (%s); they follow", len(rows), error)
@@ -136,12 +182,12 @@ class Ledger:
 
     async def spent_by_app(self, now: float) -> list[tuple[str, float, float]]:
         """``(app, spent today, spent this month)`` per app, for the budgets at start."""
-        day_start = self.calendar.day_bounds(now)[0]
-        month_start = self.calendar.month_bounds(now)[0]
+        today = self.calendar.day(now)
+        first_day = self.calendar.month_bounds(now)[2] + "-01"
         rows = await self._db.read(
-            "SELECT app, total(CASE WHEN time >= ? THEN cost_usd ELSE 0 END), total(cost_usd) "
-            "FROM ledger WHERE time >= ? GROUP BY app",
-            (day_start, month_start),
+            "SELECT app, total(CASE WHEN day = ? THEN cost_usd ELSE 0 END), total(cost_usd) "
+            "FROM spend_daily WHERE day >= ? GROUP BY app",
+            (today, first_day),
         )
         return [(str(app), float(today), float(month)) for app, today, month in rows]
 

@@ -7,6 +7,8 @@ a database made by any earlier quotad upgrades the same way.
 Tables:
 
 - ``ledger``: one row per request (hits and failures too), see :mod:`.ledger`;
+- ``spend_daily``: the ledger summed per local day, app, model and target, kept in the same
+  transaction as each ledger row, for reports and budgets (see :mod:`.spend`);
 - ``cache``: stored answers, see :mod:`.cache`;
 - ``keys``: HTTP front door keys, stored as sha256 hashes, see :mod:`.keys`;
 - ``audit``: operator actions, see :mod:`.audit`.
@@ -49,6 +51,22 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             tags TEXT NOT NULL
         )""",
         "CREATE INDEX ledger_time ON ledger (time)",
+        """CREATE TABLE spend_daily (
+            day TEXT NOT NULL,
+            app TEXT NOT NULL,
+            model TEXT NOT NULL,
+            target TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            errors INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cached_tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL,
+            cache_hits INTEGER NOT NULL,
+            saved_usd REAL NOT NULL,
+            unpriced INTEGER NOT NULL,
+            PRIMARY KEY (day, app, model, target)
+        ) WITHOUT ROWID""",
         """CREATE TABLE cache (
             key BLOB PRIMARY KEY,
             kind TEXT NOT NULL,

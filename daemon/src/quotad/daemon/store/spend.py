@@ -1,6 +1,9 @@
 """Spend reports over the ledger (``quotad spend``): totals of a period grouped by app, model,
 target or day, a month-end forecast, and a flag on days whose spend is anomalous.
 
+Reports read ``spend_daily`` (the ledger summed per local day, app, model and target, written
+in the same transaction as each row), so their cost does not grow with the number of requests.
+
 - Periods are local: ``day`` is today since local midnight, ``week`` the last 7 local days
   including today, ``month`` this calendar month; all end now.
 - Tokens count billed calls only (a cache hit's tokens are not billed; its row counts as a
@@ -85,14 +88,13 @@ class SpendReport:
             since = calendar.month_bounds(now)[0]
         else:
             since = calendar.days_back(now, PERIOD_DAYS[period])
+        first_day, today = calendar.day(since), calendar.day(now)
         grouped = await self._db.read(
-            f"SELECT {column}, count(*), total(status != 'ok'), "
-            "total(CASE WHEN cached THEN 0 ELSE prompt_tokens END), "
-            "total(CASE WHEN cached THEN 0 ELSE completion_tokens END), "
-            "total(CASE WHEN cached THEN 0 ELSE cached_tokens END), "
-            "total(cost_usd), total(cached), total(saved_usd), max(unpriced) "
-            f"FROM ledger WHERE time >= ? AND time <= ? GROUP BY {column}",
-            (since, now),
+            f"SELECT {column}, total(requests), total(errors), total(prompt_tokens), "
+            "total(completion_tokens), total(cached_tokens), total(cost_usd), "
+            "total(cache_hits), total(saved_usd), max(unpriced) "
+            f"FROM spend_daily WHERE day >= ? AND day <= ? GROUP BY {column}",
+            (first_day, today),
         )
         rows = [_row(values) for values in grouped]
         month_start, month_end, month_label = calendar.month_bounds(now)
@@ -100,16 +102,16 @@ class SpendReport:
         daily = {
             str(label): float(cost)
             for label, cost in await self._db.read(
-                "SELECT day, total(cost_usd) FROM ledger WHERE time >= ? AND time <= ? "
+                "SELECT day, total(cost_usd) FROM spend_daily WHERE day >= ? AND day <= ? "
                 "GROUP BY day",
-                (history_start, now),
+                (calendar.day(history_start), today),
             )
         }
         if by == "day":
-            first = await self._db.read("SELECT min(time) FROM ledger")
-            first_day = _day(calendar.day(first[0][0])) if first and first[0][0] else None
+            first = await self._db.read("SELECT min(day) FROM spend_daily")
+            ledger_start = _day(first[0][0]) if first and first[0][0] else None
             for row in rows:
-                row.anomalous = is_anomalous(row.cost_usd, _history(daily, row.key, first_day))
+                row.anomalous = is_anomalous(row.cost_usd, _history(daily, row.key, ledger_start))
             rows.sort(key=lambda row: row.key)
         else:
             rows.sort(key=lambda row: (-row.cost_usd, -row.requests, row.key))
