@@ -100,6 +100,7 @@ class Budget:
     alert_at: float
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
+    held: int = 0
     period_label: str = ""
     alerted: bool = False
 
@@ -209,6 +210,7 @@ class Budgets:
                 )
         for budget in budgets:
             budget.reserved_usd += max_cost_usd
+            budget.held += 1
         return Reservation(budgets, max_cost_usd)
 
     def settle(
@@ -218,7 +220,11 @@ class Budgets:
         returns the budgets that crossed their alert threshold by it."""
         if reservation is not None:
             for budget in reservation.budgets:
-                budget.reserved_usd = max(0.0, budget.reserved_usd - reservation.amount_usd)
+                budget.held -= 1
+                # exactly zero when nothing is held, whatever float subtraction left over
+                budget.reserved_usd = (
+                    budget.reserved_usd - reservation.amount_usd if budget.held else 0.0
+                )
         if cost_usd <= 0.0:
             return []
         alerts: list[BudgetAlert] = []

@@ -20,7 +20,6 @@ commit of the request's ledger row; nothing on the hit path waits for SQLite bey
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import heapq
 import logging
@@ -231,7 +230,6 @@ class Cache:
         self._db = db
         self._entries: dict[bytes, CacheEntry] = {}
         self._heap: list[tuple[float, float, int, bytes]] = []
-        self._touched: dict[bytes, CacheEntry] = {}
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -272,18 +270,8 @@ class Cache:
         entry.hits += 1
         entry.last_used = now
         self._push(entry)
-        if not self._touched:
-            asyncio.get_running_loop().call_soon(self._write_touched)
-        self._touched[key] = entry
+        self._db.write_later([(_TOUCH, (entry.hits, now, key))])  # joins the hit's ledger row
         return entry
-
-    def _write_touched(self) -> None:
-        """Persist the hit counts of the entries hit since the last call, in one write that
-        joins the hits' ledger rows in the next group commit."""
-        touched, self._touched = self._touched, {}
-        live = [entry for key, entry in touched.items() if self._entries.get(key) is entry]
-        if live:
-            self._db.write_later([(_TOUCH, (e.hits, e.last_used, e.key)) for e in live])
 
     def stores(self, mode: CacheMode) -> bool:
         """Whether a request with this ``mode`` stores its answer."""
