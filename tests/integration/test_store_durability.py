@@ -70,6 +70,7 @@ output = 1000.0
 """
 
 
+@pytest.mark.slow
 def test_concurrent_requests_never_spend_more_than_the_budget() -> None:
     """32 requests at once, each able to cost up to ~$0.11, against $1.15: about 10 fit."""
     limit = 1.15

@@ -129,21 +129,32 @@ async def test_a_long_reader_does_not_block_the_writer(db: Database) -> None:
         reader.close()
 
 
-@pytest.mark.parametrize(("durability", "synchronous"), [("normal", 1), ("full", 2)])
-async def test_durability_sets_synchronous(
-    directory: Path, durability: Any, synchronous: int
+async def test_durability_full_syncs_every_commit_that_holds_a_durable_write(
+    directory: Path,
 ) -> None:
-    database = Database(directory / "quotad.db", durability=durability)
+    database = Database(directory / "quotad.db", durability="full")
     await database.open()
     try:
         assert database._writer is not None
 
-        def pragma(connection: sqlite3.Connection) -> int:
+        def synchronous(connection: sqlite3.Connection) -> int:
             return int(connection.execute("PRAGMA synchronous").fetchone()[0])
 
-        assert await _in_thread(database._writer, pragma) == synchronous
+        await database.write([(INSERT_AUDIT, (1.0, "spent", "x"))])
+        assert database.stats.synced == 1
+        assert await _in_thread(database._writer, synchronous) == 2  # FULL
+        await database.write([(INSERT_AUDIT, (2.0, "free", "x"))], durable=False)
+        assert database.stats.synced == 1
+        assert await _in_thread(database._writer, synchronous) == 1  # NORMAL
+        assert audit_count(database.path) == 2
     finally:
         await database.close()
+
+
+async def test_durability_normal_never_syncs_a_commit(db: Database) -> None:
+    await db.write([(INSERT_AUDIT, (1.0, "spent", "x"))])
+    assert db.stats.transactions == 1
+    assert db.stats.synced == 0
 
 
 async def test_close_ends_the_connection_threads_and_later_writes_fail(directory: Path) -> None:

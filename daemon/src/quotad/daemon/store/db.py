@@ -60,6 +60,7 @@ class WriteFailed(StoreError):
 class _Submission:
     statements: Sequence[Statement]
     future: asyncio.Future[None]
+    durable: bool
 
 
 @dataclass(slots=True)
@@ -71,6 +72,8 @@ class WriteStats:
     statements: int = 0
     failures: int = 0
     largest_batch: int = 0
+    synced: int = 0
+    """Transactions committed with synchronous=FULL."""
 
 
 async def _in_thread(
@@ -103,10 +106,12 @@ def _run_transaction(connection: sqlite3.Connection, statements: Sequence[Statem
 
 
 def _commit_batch(
-    batch: Sequence[Sequence[Statement]], connection: sqlite3.Connection
+    batch: Sequence[Sequence[Statement]], synchronous: str, connection: sqlite3.Connection
 ) -> tuple[int, list[sqlite3.Error | None]]:
-    """Commit every submission of ``batch`` in one transaction; if that fails, each on its
-    own. Returns the number of transactions committed and each submission's error."""
+    """Commit every submission of ``batch`` in one transaction (with ``synchronous`` set to
+    NORMAL or FULL); if that fails, each on its own. Returns the number of transactions
+    committed and each submission's error."""
+    connection.execute(f"PRAGMA synchronous = {synchronous}")
     try:
         _run_transaction(connection, [s for statements in batch for s in statements])
         return 1, [None] * len(batch)
@@ -212,8 +217,7 @@ class Database:
         mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"{self.path}: cannot use WAL journaling (got {mode!r})")
-        synchronous = "FULL" if self.durability == "full" else "NORMAL"
-        connection.execute(f"PRAGMA synchronous = {synchronous}")
+        connection.execute("PRAGMA synchronous = NORMAL")  # FULL per commit, see write()
         if self.max_size_mb:
             pages = max(16, int(self.max_size_mb * 1024 * 1024 // PAGE_SIZE))
             connection.execute(f"PRAGMA max_page_count = {pages}")
@@ -244,28 +248,36 @@ class Database:
 
     # ------------------------------------------------------------------ writes
 
-    def _submit(self, statements: Sequence[Statement]) -> asyncio.Future[None]:
+    def _submit(self, statements: Sequence[Statement], durable: bool) -> asyncio.Future[None]:
         if self._writer is None or self._closing:
             raise WriteFailed(f"{self.path} is closed")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Submission(statements, future))
+        self._queue.append(_Submission(statements, future, durable))
         self._wakeup.set()
         return future
 
-    async def write(self, statements: Sequence[Statement]) -> None:
+    async def write(self, statements: Sequence[Statement], *, durable: bool = True) -> None:
         """Commit ``statements`` together with whatever else is pending; returns once they
         are committed, or raises :class:`WriteFailed`. Once submitted, a write is committed
-        even if the caller is cancelled while waiting (the committer owns it)."""
-        await self._submit(statements)
+        even if the caller is cancelled while waiting (the committer owns it).
+
+        With ``durability = "full"``, a commit holding a ``durable`` write waits for the WAL
+        to reach the disk (synchronous=FULL). One holding only writes that are not durable
+        (records of no spend: cache hits, refusals) commits with synchronous=NORMAL: safe
+        from a crash of the daemon at once, safe from power loss with the next durable
+        commit or checkpoint, which syncs the whole WAL before it."""
+        await self._submit(statements, durable)
 
     def write_later(
         self,
         statements: Sequence[Statement],
         done: Callable[[WriteFailed | None], None] | None = None,
+        *,
+        durable: bool = False,
     ) -> None:
         """Commit ``statements`` with the next batch, without waiting; ``done`` is called
         with the outcome (a failure is logged when there is no ``done``)."""
-        future = self._submit(statements)
+        future = self._submit(statements, durable)
 
         def finished(future: asyncio.Future[None]) -> None:
             failure = future.exception()
@@ -290,16 +302,19 @@ class Database:
                 await self._wakeup.wait()
             batch, self._queue = self._queue, []
             statements = [submission.statements for submission in batch]
+            full = self.durability == "full" and any(submission.durable for submission in batch)
             errors: list[sqlite3.Error | None]
             try:
                 committed, errors = await _in_thread(
-                    writer, functools.partial(_commit_batch, statements)
+                    writer,
+                    functools.partial(_commit_batch, statements, "FULL" if full else "NORMAL"),
                 )
             except Exception as broken:  # the connection itself is gone
                 committed = 0
                 errors = [sqlite3.OperationalError(str(broken))] * len(batch)
             stats.batches += 1
             stats.transactions += committed
+            stats.synced += committed if full else 0
             stats.statements += sum(len(s) for s in statements)
             stats.largest_batch = max(stats.largest_batch, len(batch))
             for submission, failure in zip(batch, errors, strict=True):

@@ -136,7 +136,7 @@ class Ledger:
         if it cannot be, after keeping it for later."""
         self._retry_unrecorded()
         try:
-            await self._db.write(statements(row))
+            await self._db.write(statements(row), durable=row.cost_usd > 0)
         except WriteFailed as error:
             self.unrecorded.append(row._replace(status="internal") if row.status == "ok" else row)
             log.error(
@@ -165,7 +165,7 @@ class Ledger:
                 self.unrecorded = [row for row in self.unrecorded if id(row) not in written]
                 log.info("wrote %d ledger row(s) kept in memory", len(rows))
 
-        self._db.write_later([s for row in rows for s in statements(row)], done)
+        self._db.write_later([s for row in rows for s in statements(row)], done, durable=True)
 
     async def flush(self) -> None:
         """At shutdown: a last try for the rows kept in memory; log those that still fail."""
