@@ -59,7 +59,8 @@ class WriteFailed(StoreError):
 @dataclass(slots=True)
 class _Submission:
     statements: Sequence[Statement]
-    future: asyncio.Future[None]
+    future: asyncio.Future[None] | None
+    """Who waits for the outcome; None for a write nobody waits for (failures are logged)."""
     durable: bool
 
 
@@ -248,10 +249,12 @@ class Database:
 
     # ------------------------------------------------------------------ writes
 
-    def _submit(self, statements: Sequence[Statement], durable: bool) -> asyncio.Future[None]:
+    def _submit(
+        self, statements: Sequence[Statement], durable: bool, waited: bool = True
+    ) -> asyncio.Future[None] | None:
         if self._writer is None or self._closing:
             raise WriteFailed(f"{self.path} is closed")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future = asyncio.get_running_loop().create_future() if waited else None
         self._queue.append(_Submission(statements, future, durable))
         self._wakeup.set()
         return future
@@ -266,7 +269,9 @@ class Database:
         (records of no spend: cache hits, refusals) commits with synchronous=NORMAL: safe
         from a crash of the daemon at once, safe from power loss with the next durable
         commit or checkpoint, which syncs the whole WAL before it."""
-        await self._submit(statements, durable)
+        future = self._submit(statements, durable)
+        assert future is not None
+        await future
 
     def write_later(
         self,
@@ -277,15 +282,15 @@ class Database:
     ) -> None:
         """Commit ``statements`` with the next batch, without waiting; ``done`` is called
         with the outcome (a failure is logged when there is no ``done``)."""
-        future = self._submit(statements, durable)
+        future = self._submit(statements, durable, waited=done is not None)
+        if future is None:
+            return
 
         def finished(future: asyncio.Future[None]) -> None:
             failure = future.exception()
+            assert done is not None
             assert failure is None or isinstance(failure, WriteFailed)
-            if done is not None:
-                done(failure)
-            elif failure is not None:
-                log.error("%s", failure)
+            done(failure)
 
         future.add_done_callback(finished)
 
@@ -318,15 +323,16 @@ class Database:
             stats.statements += sum(len(s) for s in statements)
             stats.largest_batch = max(stats.largest_batch, len(batch))
             for submission, failure in zip(batch, errors, strict=True):
-                if submission.future.done():
-                    continue
-                if failure is None:
-                    submission.future.set_result(None)
-                else:
+                future = submission.future
+                if failure is not None:
                     stats.failures += 1
-                    submission.future.set_exception(
-                        WriteFailed(f"could not write to {self.path}: {failure}")
-                    )
+                    message = f"could not write to {self.path}: {failure}"
+                    if future is None:
+                        log.error("%s", message)
+                    elif not future.done():
+                        future.set_exception(WriteFailed(message))
+                elif future is not None and not future.done():
+                    future.set_result(None)
 
     # ------------------------------------------------------------------ reads
 
