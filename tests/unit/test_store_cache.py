@@ -102,6 +102,12 @@ def test_the_key_does_not_depend_on_dict_order() -> None:
     assert chat_key(one) == chat_key(two)
 
 
+async def test_requests_that_neither_look_up_nor_store_are_not_hashed(db: Database) -> None:
+    assert cache_of(db, VirtualClock()).key_of(chat()) == chat_key(chat())
+    assert cache_of(db, VirtualClock()).key_of(chat(cache="bypass")) is None
+    assert Cache(CacheConfig(mode="off"), db, VirtualClock()).key_of(chat()) is None
+
+
 def test_chat_and_embed_keys_never_collide() -> None:
     embed = msgspec.convert({"model": "fast", "input": "hi"}, Embed)
     assert embed_key(embed) != chat_key(chat())
@@ -239,6 +245,19 @@ async def test_cost_evicts_what_saves_least_per_byte(db: Database) -> None:
         cache.lookup(keys["new"], "use")
     cache.put(keys["newer"], "chat", "fast", answer("newer"), 0.03)
     assert {name for name, key in keys.items() if key in cache} == {"dear", "new", "newer"}
+
+
+async def test_a_replaced_entry_is_weighed_by_its_new_use(db: Database) -> None:
+    clock = VirtualClock()
+    cache = cache_of(db, clock, entries=2.5, eviction="lru")
+    keys = keys_named("a", "b", "c")
+    for name in "ab":
+        cache.put(keys[name], "chat", "fast", answer(name), 0.01)
+        clock.advance(1)
+    cache.put(keys["a"], "chat", "fast", answer("a again"), 0.01)  # a refresh: a is new now
+    clock.advance(1)
+    cache.put(keys["c"], "chat", "fast", answer("c"), 0.01)
+    assert {name for name, key in keys.items() if key in cache} == {"a", "c"}
 
 
 async def test_an_answer_larger_than_the_cache_is_not_stored(db: Database) -> None:

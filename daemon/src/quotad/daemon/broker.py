@@ -49,8 +49,6 @@ from quotad.daemon.store.cache import (
     CachedChat,
     CachedEmbedding,
     CacheEntry,
-    chat_key,
-    embed_key,
 )
 from quotad.daemon.store.ledger import LedgerRow, LedgerWriteFailed, encode_tags
 from quotad.daemon.store.prices import PER_TOKEN, Price
@@ -201,7 +199,7 @@ class Broker:
             context.max_tokens = request.max_tokens or self._default_max_tokens
             prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
             self._reserve_budget(context, route, prompt_tokens)  # 2
-            key = chat_key(request)
+            key = self.cache.key_of(request)
             hit = self.cache.lookup(key, request.cache)  # 3
             if hit is not None:  # a hit skips to 7
                 answer = self._answer_from_cache(context, hit, CachedChat)
@@ -225,7 +223,7 @@ class Broker:
                 request_id=context.request_id,
             )
             stored = None
-            if self.cache.stores(request.cache):
+            if key is not None and self.cache.stores(request.cache):
                 stored = Cacheable(key, "chat", CachedChat.of(reply))
             reply.latency_s = await self._finish(context, reply.usage, cache_store=stored)  # 7
             reply.cost_usd = context.cost_usd
@@ -246,7 +244,7 @@ class Broker:
             context.max_tokens = request.max_tokens or self._default_max_tokens
             prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
             self._reserve_budget(context, route, prompt_tokens)  # 2
-            key = chat_key(request)
+            key = self.cache.key_of(request)
             hit = self.cache.lookup(key, request.cache)  # 3
             if hit is not None:  # a hit replays its chunks, then 7
                 answer = self._answer_from_cache(context, hit, CachedChat)
@@ -305,7 +303,7 @@ class Broker:
                 request_id=context.request_id,
             )
             stored = None
-            if self.cache.stores(request.cache):
+            if key is not None and self.cache.stores(request.cache):
                 stored = Cacheable(key, "chat", CachedChat.of(end, sent))
             end.latency_s = await self._finish(context, end.usage, cache_store=stored)  # 7
             end.cost_usd = context.cost_usd
@@ -321,7 +319,7 @@ class Broker:
             route = self.router.resolve(request.model)  # 1
             inputs = [request.input] if isinstance(request.input, str) else request.input
             self._reserve_budget(context, route, estimate_input_tokens(inputs))  # 2
-            key = embed_key(request)
+            key = self.cache.key_of(request)
             hit = self.cache.lookup(key, request.cache)  # 3
             if hit is not None:  # a hit skips to 7
                 cached = self._answer_from_cache(context, hit, CachedEmbedding)
@@ -345,7 +343,7 @@ class Broker:
                 request_id=context.request_id,
             )
             stored = None
-            if self.cache.stores(request.cache):
+            if key is not None and self.cache.stores(request.cache):
                 stored = Cacheable(key, "embed", CachedEmbedding.of(reply))
             reply.latency_s = await self._finish(context, reply.usage, cache_store=stored)  # 7
             reply.cost_usd = context.cost_usd

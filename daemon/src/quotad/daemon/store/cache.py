@@ -230,6 +230,7 @@ class Cache:
         self._db = db
         self._entries: dict[bytes, CacheEntry] = {}
         self._heap: list[tuple[float, float, int, bytes]] = []
+        self._filed = 0  # heap items filed so far: each item's unique version
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -238,16 +239,21 @@ class Cache:
 
     # ------------------------------------------------------------------ lookups
 
-    def lookup(self, key: bytes, mode: CacheMode) -> CacheEntry | None:
+    def key_of(self, request: Chat | Embed) -> bytes | None:
+        """The request's key; None when it neither looks up nor stores (the cache is off,
+        or ``cache="bypass"``), so that hashing costs such a request nothing."""
+        if not self.enabled or request.cache == "bypass":
+            return None
+        return chat_key(request) if isinstance(request, Chat) else embed_key(request)
+
+    def lookup(self, key: bytes | None, mode: CacheMode) -> CacheEntry | None:
         """The entry answering ``key``, counted as a hit; None on a miss or when ``mode``
         does not look up. ``only`` raises ``bad_request`` on a miss."""
-        if mode == "bypass" or mode == "refresh":
-            return None
-        if not self.enabled:
-            if mode == "only":
-                raise RequestError(
-                    "bad_request", 'cache="only" but the cache is off ([cache] mode = "off")'
-                )
+        if not self.enabled and mode == "only":
+            raise RequestError(
+                "bad_request", 'cache="only" but the cache is off ([cache] mode = "off")'
+            )
+        if key is None or mode == "bypass" or mode == "refresh":
             return None
         now = self.clock.time()
         entry = self._entries.get(key)
@@ -385,8 +391,10 @@ class Cache:
         return entry.last_used, 0.0
 
     def _push(self, entry: CacheEntry) -> None:
-        """(Re)file ``entry`` in the eviction heap; older heap items of it go stale."""
-        entry.version += 1
+        """(Re)file ``entry`` in the eviction heap; older heap items of it (and of any entry
+        it replaced under the same key) go stale, since versions are never reused."""
+        self._filed += 1
+        entry.version = self._filed
         first, second = self._priority(entry)
         heapq.heappush(self._heap, (first, second, entry.version, entry.key))
         if len(self._heap) > 2 * len(self._entries) + HEAP_SLACK:
