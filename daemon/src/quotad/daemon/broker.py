@@ -50,7 +50,7 @@ from quotad.daemon.store.cache import (
     CachedEmbedding,
     CacheEntry,
 )
-from quotad.daemon.store.ledger import LedgerRow, LedgerWriteFailed, encode_tags
+from quotad.daemon.store.ledger import LedgerRow, LedgerWriteFailed, encode_tags, live_record
 from quotad.daemon.store.prices import PER_TOKEN, Price
 from quotad.daemon.tokens import estimate_input_tokens, estimate_prompt_tokens
 from quotad.protocol.messages import (
@@ -440,25 +440,6 @@ class Broker:
         for alert in self.budgets.settle(context.reservation, context.caller.app, cost, now):
             self.add_event("budget_alert", alert.message)
         outcome = error.code if error else status
-        self.finished_total += 1
-        self.recent.append(
-            RequestRecord(
-                request_id=context.request_id,
-                time=now,
-                kind=context.kind,
-                app=context.caller.app,
-                target=target or context.model,
-                status=outcome,
-                wait_s=context.wait_s,
-                latency_s=latency_s,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cost_usd=cost,
-                cached=context.cached,
-                attempts=context.attempts,
-                priority=context.priority,
-            )
-        )
         caller = context.caller
         row = LedgerRow(
             request_id=context.request_id,
@@ -486,6 +467,8 @@ class Broker:
             priority=context.priority,
             tags=encode_tags(context.tags or ()),
         )
+        self.finished_total += 1
+        self.recent.append(live_record(row))
         if cache_store is not None and error is None:
             self.cache.put(
                 cache_store.key, cache_store.kind, context.model, cache_store.answer, cost

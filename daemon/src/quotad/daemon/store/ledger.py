@@ -29,7 +29,7 @@ import msgspec
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database, Statement, WriteFailed
 from quotad.daemon.store.spend import SpendReport
-from quotad.protocol.messages import SpendReply
+from quotad.protocol.messages import RequestRecord, SpendReply
 
 log = logging.getLogger("quotad.ledger")
 
@@ -111,6 +111,26 @@ def statements(row: LedgerRow) -> list[Statement]:
             ),
         ),
     ]
+
+
+def live_record(row: LedgerRow) -> RequestRecord:
+    """What a live tail (``Subscribe`` snapshots) shows of a row."""
+    return RequestRecord(
+        request_id=row.request_id,
+        time=row.time,
+        kind=row.kind,
+        app=row.app,
+        target=row.target or row.model,
+        status=row.status,
+        wait_s=row.wait_s,
+        latency_s=row.latency_s,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        cost_usd=row.cost_usd,
+        cached=row.cached,
+        attempts=row.attempts,
+        priority=row.priority,
+    )
 
 
 class LedgerWriteFailed(Exception):
