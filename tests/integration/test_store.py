@@ -191,9 +191,12 @@ def test_a_budget_alert_and_a_refusal_reach_status_snapshots_and_the_ledger(
     daemon: DaemonProcess,
 ) -> None:
     with Client(socket=daemon.socket_path, app="capped") as capped:
-        first = capped.chat(MODEL, prompt("capped"), max_tokens=16)
+        answered = prompt("capped")
+        first = capped.chat(MODEL, answered, max_tokens=16)
         assert first.cost_usd > 0
         error = refusal(lambda: capped.chat(MODEL, prompt("capped"), max_tokens=16))
+        # a cache-only request can cost nothing, so a spent budget never refuses it
+        assert capped.chat(MODEL, answered, max_tokens=16, cache="only").cached
         assert error.retry_after_s is None
         assert error.details["budget"] == "app capped daily"
         assert error.details["limit_usd"] == 0.00002

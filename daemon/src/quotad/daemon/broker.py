@@ -56,6 +56,7 @@ from quotad.daemon.tokens import estimate_input_tokens, estimate_prompt_tokens
 from quotad.protocol.messages import (
     Acquire,
     Admin,
+    CacheMode,
     Chat,
     ChatChunk,
     ChatEnd,
@@ -198,7 +199,7 @@ class Broker:
             route = self.router.resolve(request.model)  # 1
             context.max_tokens = request.max_tokens or self._default_max_tokens
             prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
-            self._reserve_budget(context, route, prompt_tokens)  # 2
+            self._reserve_budget(context, route, prompt_tokens, request.cache)  # 2
             key = self.cache.key_of(request)
             hit = self.cache.lookup(key, request.cache)  # 3
             if hit is not None:  # a hit skips to 7
@@ -243,7 +244,7 @@ class Broker:
             route = self.router.resolve(request.model)  # 1
             context.max_tokens = request.max_tokens or self._default_max_tokens
             prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
-            self._reserve_budget(context, route, prompt_tokens)  # 2
+            self._reserve_budget(context, route, prompt_tokens, request.cache)  # 2
             key = self.cache.key_of(request)
             hit = self.cache.lookup(key, request.cache)  # 3
             if hit is not None:  # a hit replays its chunks, then 7
@@ -318,7 +319,7 @@ class Broker:
         ) as context:
             route = self.router.resolve(request.model)  # 1
             inputs = [request.input] if isinstance(request.input, str) else request.input
-            self._reserve_budget(context, route, estimate_input_tokens(inputs))  # 2
+            self._reserve_budget(context, route, estimate_input_tokens(inputs), request.cache)  # 2
             key = self.cache.key_of(request)
             hit = self.cache.lookup(key, request.cache)  # 3
             if hit is not None:  # a hit skips to 7
@@ -483,10 +484,14 @@ class Broker:
                 ) from None
         return latency_s
 
-    def _reserve_budget(self, context: RequestContext, route: Route, prompt_tokens: int) -> None:
+    def _reserve_budget(
+        self, context: RequestContext, route: Route, prompt_tokens: int, cache: CacheMode
+    ) -> None:
         """Step 2: hold the request's maximum cost (its prompt and ``max_tokens`` at the most
         expensive target of its route) on its budgets; ``budget_exceeded`` when it does not
-        fit."""
+        fit. A ``cache="only"`` request never calls a provider, so it holds nothing."""
+        if cache == "only":
+            return
         price = self._route_prices.get(route.name)
         if price is None:
             names = tuple(target.name for target in route.targets)
