@@ -3,6 +3,7 @@ schema, a corrupt or unwritable file, and a full database; readers never block t
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -62,6 +63,17 @@ async def test_open_creates_and_migrates_and_reopening_keeps_the_data(directory:
     assert await second.read("SELECT action FROM audit") == [("a",)]
     assert await second.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     await second.close()
+
+
+async def test_one_database_has_one_owner(db: Database) -> None:
+    with pytest.raises(StoreError, match="already serving") as refused:
+        await Database(db.path).open()
+    assert f"pid {os.getpid()}" in str(refused.value)
+    assert str(db.path.parent) in str(refused.value)
+    await db.close()
+    again = Database(db.path)
+    await again.open()  # the lock went with the close
+    await again.close()
 
 
 async def test_concurrent_writes_share_commits(db: Database) -> None:

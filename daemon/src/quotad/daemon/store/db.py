@@ -13,7 +13,9 @@ and SQLite's reason (``database or disk is full``).
 Reads run on a second connection, each in its own short autocommit transaction: in WAL mode
 readers never block the writer nor it them, and short read transactions let checkpoints run.
 
-Opening checks the file (``PRAGMA quick_check``), applies pending migrations (:mod:`.schema`)
+One daemon owns a database: opening takes an exclusive lock on ``quotad.db.lock`` beside it
+(two daemons on one ledger would each keep their own budget totals and together overshoot).
+Opening then checks the file (``PRAGMA quick_check``), applies pending migrations (:mod:`.schema`)
 and refuses a schema newer than this quotad knows; every failure is a :class:`StoreError`
 naming the path. ``durability = "normal"`` commits with ``synchronous=NORMAL`` (survives a
 crash of the daemon), ``"full"`` with ``synchronous=FULL`` (survives power loss).
@@ -23,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import itertools
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -154,6 +158,7 @@ class Database:
         self._wakeup = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._closing = False
+        self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ lifetime
 
@@ -166,9 +171,11 @@ class Database:
             raise StoreError(
                 f"cannot create the state directory {directory}: {error.strerror or error}"
             ) from None
+        self._lock()
         try:
             self._writer = await aiosqlite.connect(self.path, isolation_level=None)
         except sqlite3.Error as error:
+            self._unlock()
             raise StoreError(f"cannot open {self.path}: {error}") from None
         try:
             await _in_thread(self._writer, self._prepare_writer)
@@ -199,6 +206,33 @@ class Database:
                 with contextlib.suppress(sqlite3.Error, ValueError):
                     await connection.close()
         self._reader = self._writer = None
+        self._unlock()
+
+    def _lock(self) -> None:
+        """Take the database for this process, or say which process has it."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise StoreError(f"cannot write {lock_path}: {error.strerror or error}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"another quotad (pid {holder}) is already serving from {self.path.parent}: "
+                "one daemon owns a state directory; stop it, or give this one another "
+                "daemon.state_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the lock
+            self._lock_fd = None
 
     def _describe(self, error: sqlite3.Error) -> str:
         """A clear sentence for an SQLite error about this file."""
