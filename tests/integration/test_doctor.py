@@ -54,11 +54,13 @@ def test_doctor_passes_on_a_healthy_install(
 def test_doctor_names_each_failure_and_its_fix(
     daemon: DaemonProcess, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    (daemon.state_dir / "quotad.db").write_bytes(b"garbage, not SQLite" * 64)
+    broken_state = tmp_path / "state"  # not the running daemon's own database
+    broken_state.mkdir()
+    (broken_state / "quotad.db").write_bytes(b"garbage, not SQLite" * 64)
     daemon.socket_path.chmod(0o666)
     config = tmp_path / "quotad.toml"
     config.write_text(
-        daemon.config_path.read_text()
+        daemon.config_path.read_text().replace(str(daemon.state_dir), str(broken_state))
         + sim_provider_config("gone", f"http://127.0.0.1:{free_port()}/v1")
     )
     try:
@@ -69,7 +71,6 @@ def test_doctor_names_each_failure_and_its_fix(
         report = json.loads(capsys.readouterr().out)
     finally:
         daemon.socket_path.chmod(0o600)
-        (daemon.state_dir / "quotad.db").unlink()
     assert code == 1
     assert report["ok"] is False
     checks = {check["name"]: check for check in report["checks"]}

@@ -45,7 +45,7 @@ def anyio_backend() -> str:
 def config(primary: str, secondary: str) -> str:
     fast_breaker = "breaker = {{ failures = 2, cooldown_s = 0.5, max_cooldown_s = 1 }}"
     return (
-        '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n'
+        '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n[cache]\nmode = "off"\n'
         "[retry]\nattempts = 3\nbase_s = 0.005\nbudget_window_s = 60\n"
         + sim_provider_config("a", primary, extra=f"timeout_s = 0.5\n{fast_breaker}")
         + sim_provider_config("b", secondary)
@@ -304,7 +304,7 @@ async def test_primary_killed_mid_run_loses_nothing_and_traffic_returns() -> Non
     breaker = "breaker = {{ failures = 3, cooldown_s = 0.5, max_cooldown_s = 1 }}"
     with SimProcess(latency_ms=3) as primary, SimProcess(latency_ms=3) as secondary:
         text = (
-            '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n'
+            '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n[cache]\nmode = "off"\n'
             + sim_provider_config("a", primary.base_url, extra=f"timeout_s = 2\n{breaker}")
             + sim_provider_config("b", secondary.base_url)
             + '[models.fast]\ntargets = ["a/m", "b/m"]\n'

@@ -37,6 +37,7 @@ def service_config(
     """Two providers on two sims, a group over the first; no HTTP front door."""
     return (
         f'[daemon]\nstate_dir = "{state_dir}"\ndrain_s = {drain_s}\n{extra}[http]\nlisten = ""\n'
+        '[cache]\nmode = "off"\n'
         + sim_provider_config("sim", first_url)
         + sim_provider_config("other", second_url)
         + '[models.fast]\ntargets = ["sim/gpt-4o-mini"]\n'

@@ -14,6 +14,7 @@ from quotad.daemon.config import Config, parse_config
 from quotad.daemon.providers.base import ChatResult, ChatStream, EmbedResult
 from quotad.daemon.routing import Router
 from quotad.protocol.messages import Chat, ChatMessage
+from tests.support.store import open_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
@@ -72,31 +73,32 @@ CHAT = Chat(id=1, model="g", messages=[ChatMessage(role="user", content="hi")])
 
 async def test_reconfigure_tells_when_earlier_requests_are_done(anyio_backend: str) -> None:
     provider = HeldProvider("p")
-    broker = Broker(config(), Router(config(), {"p": provider}))
-    idle = broker.reconfigure(config(), broker.router)
-    assert idle.is_set()  # nothing in flight: done at once
+    async with open_store(config()) as store:
+        broker = Broker(config(), Router(config(), {"p": provider}), store)
+        idle = broker.reconfigure(config(), broker.router)
+        assert idle.is_set()  # nothing in flight: done at once
 
-    answers: list[str | None] = []
+        answers: list[str | None] = []
 
-    async def ask() -> None:
-        answers.append((await broker.chat(CHAT, Caller(app="t"))).content)
+        async def ask() -> None:
+            answers.append((await broker.chat(CHAT, Caller(app="t"))).content)
 
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(ask)
-        tasks.start_soon(ask)
-        await provider.wait_started(2)
-        first = broker.reconfigure(config(), broker.router)
-        assert not first.is_set()
-        tasks.start_soon(ask)  # begun after the first reload
-        await provider.wait_started(3)
-        second = broker.reconfigure(config(), broker.router)
-        assert not first.is_set()
-        assert not second.is_set()
-        provider.release.set()
-    assert first.is_set()
-    assert second.is_set()
-    assert answers == ["p answered"] * 3
-    assert broker.in_flight == 0
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(ask)
+            tasks.start_soon(ask)
+            await provider.wait_started(2)
+            first = broker.reconfigure(config(), broker.router)
+            assert not first.is_set()
+            tasks.start_soon(ask)  # begun after the first reload
+            await provider.wait_started(3)
+            second = broker.reconfigure(config(), broker.router)
+            assert not first.is_set()
+            assert not second.is_set()
+            provider.release.set()
+        assert first.is_set()
+        assert second.is_set()
+        assert answers == ["p answered"] * 3
+        assert broker.in_flight == 0
 
 
 async def test_a_rebuilt_router_keeps_its_targets_on_new_providers(anyio_backend: str) -> None:

@@ -189,6 +189,8 @@ class ChatReply(Message):
     wait_s: float = 0.0
     latency_s: float = 0.0
     request_id: str = ""
+    saved_usd: float = 0.0
+    """On a cache hit: what the call it replaced cost."""
 
 
 class ChatChunk(Message):
@@ -215,6 +217,8 @@ class EmbedReply(Message):
     wait_s: float = 0.0
     latency_s: float = 0.0
     request_id: str = ""
+    saved_usd: float = 0.0
+    """On a cache hit: what the call it replaced cost."""
 
 
 class Permit(Message):

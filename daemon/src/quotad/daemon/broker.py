@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,11 +40,28 @@ from quotad.daemon.providers.base import (
     EmbedResult,
     ProviderError,
 )
-from quotad.daemon.routing import Route, Router, Target, TargetPrice, unknown_price
-from quotad.daemon.tokens import estimate_prompt_tokens, estimate_text_tokens
+from quotad.daemon.routing import Route, Router, Target
+from quotad.daemon.store import Store
+from quotad.daemon.store.admin import STORE_ACTIONS, StoreAdmin
+from quotad.daemon.store.budgets import BudgetHold
+from quotad.daemon.store.cache import (
+    Answer,
+    Cacheable,
+    CachedChat,
+    CachedEmbedding,
+    CacheEntry,
+)
+from quotad.daemon.store.ledger import LedgerRow, LedgerWriteFailed, encode_tags, live_record
+from quotad.daemon.store.prices import PER_TOKEN, Price
+from quotad.daemon.tokens import (
+    estimate_input_tokens,
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+)
 from quotad.protocol.messages import (
     Acquire,
     Admin,
+    CacheMode,
     Chat,
     ChatChunk,
     ChatEnd,
@@ -61,6 +79,8 @@ from quotad.protocol.messages import (
 )
 
 DAEMON_VERSION: Final = "0.1.0"
+
+log = logging.getLogger("quotad.broker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +124,16 @@ class RequestContext:
     wait_s: float = 0.0
     target: Target | None = None
     finished: bool = False
+    user: str = ""
+    tags: list[str] | None = None
+    budget: BudgetHold | None = None
+    cached: bool = False
+    saved_usd: float = 0.0
+    cost_usd: float = 0.0
 
 
 T = TypeVar("T")
+AnswerT = TypeVar("AnswerT", bound=Answer)
 RECENT_REQUESTS = 1000
 
 
@@ -117,13 +144,21 @@ class Broker:
         self,
         config: Config,
         router: Router,
+        store: Store,
         clock: Clock = SYSTEM_CLOCK,
-        target_price: TargetPrice = unknown_price,
     ) -> None:
         self.config = config
         self.router = router
         self.clock = clock
-        self.target_price = target_price
+        self.cache = store.cache
+        self.ledger = store.ledger
+        self.budgets = store.budgets
+        self.prices = store.prices
+        self.audit = store.audit
+        self.store_admin = StoreAdmin(store, router)
+        self.reload_config: Callable[[int | None, int | None], Awaitable[bool]] | None = None
+        """Set by the runtime: re-read the config (``Admin(action="reload")``)."""
+        self._route_prices: dict[str, Price] = {}
         self.started_at = clock.monotonic()
         self.request_ids = RequestIds()
         self.in_flight = 0
@@ -139,9 +174,20 @@ class Broker:
 
     async def chat(self, request: Chat, caller: Caller) -> ChatReply:
         """A chat request answered whole."""
-        async with self._pipeline("chat", request.model, caller) as context:
+        async with self._pipeline(
+            "chat", request.model, caller, user=request.user, tags=request.tags
+        ) as context:
             route = self.router.resolve(request.model)  # 1
             context.max_tokens = request.max_tokens or self._default_max_tokens
+            prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
+            self._reserve_budget(context, route, prompt_tokens, request.cache)  # 2
+            key = self.cache.key_of(request)
+            hit = self.cache.lookup(key, request.cache)  # 3
+            if hit is not None:  # a hit skips to 7
+                answer = self._answer_from_cache(context, hit, CachedChat)
+                reply = answer.reply(ChatReply, request.id, context.request_id, context.saved_usd)
+                reply.latency_s = await self._finish(context, reply.usage)  # 7
+                return reply
 
             async def call(target: Target) -> ChatResult:
                 return await target.provider.chat(target.model, request, context.max_tokens)
@@ -158,7 +204,11 @@ class Broker:
                 wait_s=context.wait_s,
                 request_id=context.request_id,
             )
-            reply.latency_s = await self._finish(context, reply.usage)  # 7
+            stored = None
+            if key is not None and self.cache.stores(request.cache):
+                stored = Cacheable(key, "chat", CachedChat.of(reply))
+            reply.latency_s = await self._finish(context, reply.usage, cache_store=stored)  # 7
+            reply.cost_usd = context.cost_usd
             return reply
 
     async def chat_stream(
@@ -169,9 +219,23 @@ class Broker:
         An attempt lasts until the first chunk: a target that fails before it is failed over;
         a break after it ends the stream with ``upstream_error`` carrying the partial content.
         """
-        async with self._pipeline("stream", request.model, caller) as context:
+        async with self._pipeline(
+            "stream", request.model, caller, user=request.user, tags=request.tags
+        ) as context:
             route = self.router.resolve(request.model)  # 1
             context.max_tokens = request.max_tokens or self._default_max_tokens
+            prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
+            self._reserve_budget(context, route, prompt_tokens, request.cache)  # 2
+            key = self.cache.key_of(request)
+            hit = self.cache.lookup(key, request.cache)  # 3
+            if hit is not None:  # a hit replays its chunks, then 7
+                answer = self._answer_from_cache(context, hit, CachedChat)
+                for chunk in answer.replay(request.id):
+                    yield chunk
+                end = answer.reply(ChatEnd, request.id, context.request_id, context.saved_usd)
+                end.latency_s = await self._finish(context, end.usage)  # 7
+                yield end
+                return
 
             async def call(target: Target) -> tuple[ChatStream, ChatDelta | None]:
                 stream = await target.provider.open_stream(
@@ -189,14 +253,17 @@ class Broker:
             target = context.target
             assert target is not None
             parts: list[str] = []
+            sent: list[ChatChunk] = []
             target.in_flight += 1
             try:
                 if first is not None:
                     parts.append(first.delta)
-                    yield _chunk(request.id, first)
+                    sent.append(chunk := _chunk(request.id, first))
+                    yield chunk
                     async for delta in stream.deltas():
                         parts.append(delta.delta)
-                        yield _chunk(request.id, delta)
+                        sent.append(chunk := _chunk(request.id, delta))
+                        yield chunk
             except ProviderError as error:
                 target.stream_broke()
                 broken = RequestError(
@@ -223,16 +290,30 @@ class Broker:
                 wait_s=context.wait_s,
                 request_id=context.request_id,
             )
-            end.latency_s = await self._finish(context, end.usage)  # 7
+            stored = None
+            if key is not None and self.cache.stores(request.cache):
+                stored = Cacheable(key, "chat", CachedChat.of(end, sent))
+            end.latency_s = await self._finish(context, end.usage, cache_store=stored)  # 7
+            end.cost_usd = context.cost_usd
         yield end
 
     # ------------------------------------------------------------------ embeddings
 
     async def embed(self, request: Embed, caller: Caller) -> EmbedReply:
         """Embeddings for the request's inputs."""
-        async with self._pipeline("embed", request.model, caller) as context:
+        async with self._pipeline(
+            "embed", request.model, caller, user=request.user, tags=request.tags
+        ) as context:
             route = self.router.resolve(request.model)  # 1
             inputs = [request.input] if isinstance(request.input, str) else request.input
+            self._reserve_budget(context, route, estimate_input_tokens(inputs), request.cache)  # 2
+            key = self.cache.key_of(request)
+            hit = self.cache.lookup(key, request.cache)  # 3
+            if hit is not None:  # a hit skips to 7
+                cached = self._answer_from_cache(context, hit, CachedEmbedding)
+                reply = cached.reply(request.id, context.request_id, context.saved_usd)
+                reply.latency_s = await self._finish(context, reply.usage)  # 7
+                return reply
 
             async def call(target: Target) -> EmbedResult:
                 return await target.provider.embed(
@@ -249,7 +330,11 @@ class Broker:
                 wait_s=context.wait_s,
                 request_id=context.request_id,
             )
-            reply.latency_s = await self._finish(context, reply.usage)  # 7
+            stored = None
+            if key is not None and self.cache.stores(request.cache):
+                stored = Cacheable(key, "embed", CachedEmbedding.of(reply))
+            reply.latency_s = await self._finish(context, reply.usage, cache_store=stored)  # 7
+            reply.cost_usd = context.cost_usd
             return reply
 
     # ------------------------------------------------------------------ permits
@@ -265,14 +350,30 @@ class Broker:
     # ------------------------------------------------------------------ reports and operator
 
     async def spend(self, request: Spend, caller: Caller) -> SpendReply:
-        """A ledger report."""
-        raise RequestError("bad_request", "Spend is not supported by this daemon version")
+        """A ledger report, with the budgets' use."""
+        now = self.clock.time()
+        reply = await self.ledger.report(request.period, request.by, now)
+        reply.id = request.id
+        reply.budgets = self.budgets.status(now)
+        return reply
 
     async def admin(self, request: Admin, caller: Caller) -> Ok:
         """An operator action."""
+        if request.action in STORE_ACTIONS:
+            return await self.store_admin.run(request, caller.uid, caller.pid)
         match request.action:
             case "target_enable" | "target_disable" | "target_reset":
-                return self._target_admin(request)
+                done = self._target_admin(request)
+                await self.audit.record(request.action, request.target, caller.uid, caller.pid)
+                return done
+            case "reload" if self.reload_config is not None:
+                if await self.reload_config(caller.uid, caller.pid):
+                    return Ok(id=request.id, message="config reloaded")
+                raise RequestError(
+                    "bad_request",
+                    "the new config has problems; still serving the previous one "
+                    "(the daemon's log lists every problem; `quotad check-config` too)",
+                )
             case _:
                 raise RequestError(
                     "bad_request",
@@ -299,7 +400,13 @@ class Broker:
 
     @contextlib.asynccontextmanager
     async def _pipeline(
-        self, kind: str, model: str, caller: Caller
+        self,
+        kind: str,
+        model: str,
+        caller: Caller,
+        *,
+        user: str = "",
+        tags: list[str] | None = None,
     ) -> AsyncIterator[RequestContext]:
         """One request's frame: counts it in flight, and records every outcome at step 7,
         failures and cancellations included."""
@@ -309,6 +416,8 @@ class Broker:
             caller=caller,
             model=model,
             started=self.clock.monotonic(),
+            user=user,
+            tags=tags,
         )
         generation = self._config_generation
         self.in_flight += 1
@@ -337,33 +446,99 @@ class Broker:
         *,
         error: RequestError | None = None,
         status: str = "ok",
-        cost_usd: float = 0.0,
-        cached: bool = False,
+        cache_store: Cacheable | None = None,
     ) -> float:
-        """Step 7: record the request's outcome; returns its latency in seconds."""
+        """Step 7: settle the budget hold with the real cost, commit the ledger row (and the
+        cache entry, in the same group commit), THEN return the latency in seconds. The cost
+        is left in ``context.cost_usd``. A row that cannot be committed fails a request that
+        had succeeded with ``internal`` (its reply is withheld)."""
         context.finished = True
+        now = self.clock.time()
         latency_s = self.clock.monotonic() - context.started
         usage = usage or Usage()
-        self.finished_total += 1
-        self.recent.append(
-            RequestRecord(
-                request_id=context.request_id,
-                time=self.clock.time(),
-                kind=context.kind,
-                app=context.caller.app,
-                target=context.target.name if context.target else context.model,
-                status=error.code if error else status,
-                wait_s=context.wait_s,
-                latency_s=latency_s,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cost_usd=cost_usd,
-                cached=cached,
-                attempts=context.attempts,
-                priority=context.priority,
-            )
+        target = context.target.name if context.target else ""
+        price = self.prices.for_target(target) if target and not context.cached else None
+        cost = context.cost_usd = price.cost(usage) if price is not None else 0.0
+        for alert in self.budgets.settle(context.budget, context.caller.app, cost, now):
+            self.add_event("budget_alert", alert.message)
+        caller = context.caller
+        row = LedgerRow(
+            request_id=context.request_id,
+            time=now,
+            day=self.ledger.calendar.day(now),
+            kind=context.kind,
+            app=caller.app,
+            user=context.user,
+            uid=caller.uid,
+            pid=caller.pid,
+            gid=caller.gid,
+            model=context.model,
+            target=target,
+            attempts=context.attempts,
+            status=error.code if error else status,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost_usd=cost,
+            saved_usd=context.saved_usd,
+            cached=context.cached,
+            unpriced=bool(target) and price is None and not context.cached,
+            wait_s=context.wait_s,
+            latency_s=latency_s,
+            priority=context.priority,
+            tags=encode_tags(context.tags or ()),
         )
+        self.finished_total += 1
+        self.recent.append(live_record(row))
+        if cache_store is not None and error is None:
+            self.cache.put(
+                cache_store.key, cache_store.kind, context.model, cache_store.answer, cost
+            )
+        try:
+            await self.ledger.record(row)  # the cache entry joins this commit
+        except LedgerWriteFailed as failure:
+            self.add_event("ledger_write_failed", str(failure))
+            if error is None:
+                raise RequestError(
+                    "internal", str(failure), details={"request_id": failure.request_id}
+                ) from None
         return latency_s
+
+    def _reserve_budget(
+        self, context: RequestContext, route: Route, prompt_tokens: int, cache: CacheMode
+    ) -> None:
+        """Step 2: hold the request's maximum cost (its prompt and ``max_tokens`` at the most
+        expensive target of its route) on its budgets; ``budget_exceeded`` when it does not
+        fit. A ``cache="only"`` request never calls a provider, so it holds nothing."""
+        if cache == "only":
+            return
+        price = self._route_prices.get(route.name)
+        if price is None:
+            names = tuple(target.name for target in route.targets)
+            price = self._route_prices[route.name] = self.prices.most_expensive(names)
+        max_cost = (prompt_tokens * price.input + context.max_tokens * price.output) * PER_TOKEN
+        context.budget = self.budgets.reserve(context.caller.app, max_cost, self.clock.time())
+
+    def _answer_from_cache(
+        self, context: RequestContext, entry: CacheEntry, kind: type[AnswerT]
+    ) -> AnswerT:
+        """Step 3 hit: the request is answered by ``entry`` at no cost, saving what the call
+        it replaces cost."""
+        answer = entry.answer
+        assert isinstance(answer, kind)
+        context.cached = True
+        context.saved_usd = entry.cost_usd
+        context.target = self.router.targets.get(answer.target)
+        return answer
+
+    def target_price(self, target: str) -> float | None:
+        """USD per 1M input plus 1M output tokens on ``target`` (the cost strategy's order)."""
+        price = self.prices.for_target(target)
+        return None if price is None else price.input + price.output
+
+    def add_event(self, kind: str, message: str) -> None:
+        """Something an operator should notice: logged, and kept for status and snapshots."""
+        self.router.events.add(kind, message, logging.WARNING)
 
     def recent_since(self, finished_seen: int) -> tuple[list[RequestRecord], int]:
         """Requests finished since a subscriber saw ``finished_seen`` of them (at most the
@@ -409,6 +584,10 @@ class Broker:
     def status(self) -> StatusReply:
         """The daemon's state now."""
         router = self.router
+        targets = [router.target_status(target) for target in router.targets.values()]
+        for target_status in targets:
+            target_status.unpriced = self.prices.for_target(target_status.name) is None
+        now = self.clock.time()
         return StatusReply(
             daemon_version=DAEMON_VERSION,
             pid=os.getpid(),
@@ -416,10 +595,12 @@ class Broker:
             config_path=self.config.source,
             in_flight=self.in_flight,
             requests_total=self.requests_total,
-            targets=[router.target_status(target) for target in router.targets.values()],
+            targets=targets,
             groups=[
                 router.group_status(route, self.target_price) for route in router.groups.values()
             ],
+            cache=self.cache.status(),
+            budgets=self.budgets.status(now),
             events=router.events.recent(),
         )
 
@@ -435,6 +616,8 @@ class Broker:
         """
         self.config = config
         self.router = router
+        self.store_admin.router = router
+        self._route_prices.clear()
         self._default_max_tokens = config.gates.default_max_tokens
         self._config_generation += 1
         self._in_flight_before_reconfigure = self.in_flight

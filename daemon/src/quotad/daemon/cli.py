@@ -46,6 +46,23 @@ def _fraction(text: str) -> float:
     return value
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds of a duration such as ``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w``."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _DURATION_UNITS else (text, "s")
+    try:
+        value = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 90s, 15m, 12h or 7d, got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a duration >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = argparse.ArgumentParser(
@@ -93,6 +110,41 @@ def build_parser() -> argparse.ArgumentParser:
         operate = actions.add_parser(action, help=text)
         operate.add_argument("name", help="the target, provider/model")
         operate.set_defaults(handler=_target_action)
+
+    spend = commands.add_parser("spend", help="ledger report with budget use and forecast")
+    spend.add_argument("--period", choices=("day", "week", "month"), default="day")
+    spend.add_argument("--by", choices=("app", "model", "target", "day"), default="app")
+    spend_format = spend.add_mutually_exclusive_group()
+    spend_format.add_argument("--json", action="store_true", help="machine-readable output")
+    spend_format.add_argument("--csv", action="store_true", help="one CSV line per row")
+    spend.set_defaults(handler=_spend)
+
+    cache = commands.add_parser("cache", help="cache figures, clearing, warming")
+    cache_actions = cache.add_subparsers(dest="cache_action", metavar="ACTION", required=True)
+    cache_stats = cache_actions.add_parser("stats", help="entries, size, hits, hit rate, saved")
+    cache_stats.add_argument("--json", action="store_true", help="machine-readable output")
+    cache_stats.set_defaults(handler=_cache_stats)
+    cache_clear = cache_actions.add_parser("clear", help="remove entries")
+    cache_clear.add_argument(
+        "--older-than", type=_duration, metavar="D", help="only entries older than D (30m, 7d…)"
+    )
+    cache_clear.set_defaults(handler=_cache_clear)
+    cache_warm = cache_actions.add_parser("warm", help="store recorded requests and answers")
+    cache_warm.add_argument("file", help="JSONL: one {request, response} object per line")
+    cache_warm.set_defaults(handler=_cache_warm)
+
+    keys = commands.add_parser("keys", help="HTTP front door keys (stored hashed)")
+    key_actions = keys.add_subparsers(dest="keys_action", metavar="ACTION", required=True)
+    key_create = key_actions.add_parser("create", help="a new key for an app (shown once)")
+    key_create.add_argument("--app", required=True, help="the app the key names")
+    key_create.add_argument("--json", action="store_true", help="machine-readable output")
+    key_create.set_defaults(handler=_keys_create)
+    key_list = key_actions.add_parser("list", help="every key (never the keys themselves)")
+    key_list.add_argument("--json", action="store_true", help="machine-readable output")
+    key_list.set_defaults(handler=_keys_list)
+    key_revoke = key_actions.add_parser("revoke", help="revoke a key by id")
+    key_revoke.add_argument("id", help="the key's id (from quotad keys list)")
+    key_revoke.set_defaults(handler=_keys_revoke)
 
     check = commands.add_parser("check-config", help="validate a config; print every problem")
     check.add_argument("path", nargs="?", help="config file (default: the one serve would use)")
@@ -303,6 +355,121 @@ def _doctor(args: argparse.Namespace) -> int:
     checks = run_checks(config_path=args.config, socket=args.socket, online=args.online)
     print_report(checks, as_json=args.json)
     return EXIT_FAILURE if any(check.status == "fail" for check in checks) else EXIT_OK
+
+
+def _spend(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from quotad.daemon.report import format_spend, spend_as_dict, spend_csv
+
+    def action(client: Any) -> int:
+        reply = client.spend(period=args.period, by=args.by)
+        if args.json:
+            print(msgspec.json.encode(spend_as_dict(reply)).decode())
+        elif args.csv:
+            sys.stdout.write(spend_csv(reply))
+        else:
+            print(format_spend(reply))
+        return EXIT_OK
+
+    return _with_client(args, action)
+
+
+def _cache_stats(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from quotad.daemon.report import format_cache
+
+    def action(client: Any) -> int:
+        cache = client.status().cache
+        if args.json:
+            print(msgspec.json.encode(msgspec.structs.asdict(cache)).decode())
+        else:
+            print(format_cache(cache))
+        return EXIT_OK
+
+    return _with_client(args, action)
+
+
+def _cache_clear(args: argparse.Namespace) -> int:
+    def action(client: Any) -> int:
+        options = {} if args.older_than is None else {"older_than_s": args.older_than}
+        print(client.admin("cache_clear", **options).message)
+        return EXIT_OK
+
+    return _with_client(args, action)
+
+
+WARM_BATCH_BYTES = 2 * 1024 * 1024
+"""Recorded entries are sent in batches of about this much JSON (well under a frame)."""
+
+
+def _cache_warm(args: argparse.Namespace) -> int:
+    from quotad.daemon.store.warm import read_warm_file
+
+    try:
+        batches = read_warm_file(args.file, WARM_BATCH_BYTES)
+    except ValueError as error:
+        for problem in str(error).splitlines():
+            print(f"quotad: {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    def action(client: Any) -> int:
+        stored = 0
+        problems: list[str] = []
+        for lines, entries in batches:
+            reply = client.admin("cache_warm", entries=entries)
+            stored += reply.data["stored"]
+            for problem in reply.data["problems"]:
+                index, _, what = problem.partition("]: ")
+                line = lines[int(index.removeprefix("entries["))]
+                problems.append(f"{args.file}:{line}: {what}")
+        for problem in problems:
+            print(f"quotad: {problem}", file=sys.stderr)
+        print(f"stored {stored} cache entries from {args.file}")
+        return EXIT_FAILURE if problems else EXIT_OK
+
+    return _with_client(args, action)
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    import msgspec
+
+    def action(client: Any) -> int:
+        reply = client.admin("key_create", app=args.app)
+        if args.json:
+            print(msgspec.json.encode(reply.data).decode())
+        else:
+            print(reply.data["key"])
+            print(
+                f"(key {reply.data['id']} for app {args.app!r}; it is shown only now: "
+                "keep it somewhere safe)",
+                file=sys.stderr,
+            )
+        return EXIT_OK
+
+    return _with_client(args, action)
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from quotad.daemon.report import format_keys
+
+    def action(client: Any) -> int:
+        keys = client.admin("key_list").data["keys"]
+        print(msgspec.json.encode(keys).decode() if args.json else format_keys(keys))
+        return EXIT_OK
+
+    return _with_client(args, action)
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    def action(client: Any) -> int:
+        print(client.admin("key_revoke", args.id).message)
+        return EXIT_OK
+
+    return _with_client(args, action)
 
 
 def _sim(args: argparse.Namespace) -> int:

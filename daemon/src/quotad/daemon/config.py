@@ -44,6 +44,8 @@ class DaemonConfig(_Section, kw_only=True):
     socket: str = ""
     state_dir: str = ""
     durability: Literal["normal", "full"] = "normal"
+    max_db_mb: NonNegative = 0.0
+    """Largest size of quotad.db (0: no limit); past it, writes fail with a clear error."""
     max_frame: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024
     drain_s: NonNegative = 10.0
     allow_uids: list[int] = msgspec.field(default_factory=list)

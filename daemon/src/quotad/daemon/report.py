@@ -1,15 +1,18 @@
-"""Text and JSON rendering of what read commands print (``quotad status``)."""
+"""Text, JSON and CSV rendering of what read commands print (``quotad status``, ``spend``,
+``cache stats``, ``keys list``)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, Final, TextIO
 
 import msgspec
 
-from quotad.protocol.messages import StatusReply, TargetStatus
+from quotad.protocol.messages import CacheStatus, SpendReply, SpendRow, StatusReply, TargetStatus
 
 RECENT_SHOWN = 30
 """Outcomes shown per target by ``quotad target list`` (the last of up to 100 kept)."""
@@ -218,3 +221,138 @@ def print_status(status: StatusReply, *, as_json: bool, stream: TextIO = sys.std
         stream.write(msgspec.json.encode(status).decode() + "\n")
     else:
         stream.write(format_status(status) + "\n")
+
+
+# --------------------------------------------------------------------------- quotad spend
+
+
+def _usd(value: float) -> str:
+    return f"${value:.6f}" if abs(value) < 1 else f"${value:,.2f}"
+
+
+def _local(moment: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(moment))
+
+
+def spend_as_dict(reply: SpendReply) -> dict[str, Any]:
+    """``quotad spend --json``: every field, with a ``total`` object and a ``rows`` list."""
+    return {
+        "period": reply.period,
+        "by": reply.by,
+        "since": reply.since,
+        "until": reply.until,
+        "total": msgspec.structs.asdict(reply.total),
+        "rows": [msgspec.structs.asdict(row) for row in reply.rows],
+        "budgets": [msgspec.structs.asdict(budget) for budget in reply.budgets],
+        "forecast_month_usd": reply.forecast_month_usd,
+    }
+
+
+SPEND_CSV_FIELDS: Final = tuple(field.name for field in msgspec.structs.fields(SpendRow))
+
+
+def spend_csv(reply: SpendReply) -> str:
+    """``quotad spend --csv``: a header, one line per row, then the ``total`` line."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(SPEND_CSV_FIELDS)
+    for row in [*reply.rows, reply.total]:
+        writer.writerow(
+            [int(value) if isinstance(value, bool) else value for value in _row_values(row)]
+        )
+    return out.getvalue()
+
+
+def _row_values(row: SpendRow) -> list[Any]:
+    return [getattr(row, name) for name in SPEND_CSV_FIELDS]
+
+
+def format_spend(reply: SpendReply) -> str:
+    """``quotad spend`` as text."""
+    period = {"day": "today", "week": "the last 7 days", "month": "this month"}[reply.period]
+    out = [f"spend {period} ({_local(reply.since)} to {_local(reply.until)}), by {reply.by}", ""]
+    rows = [*reply.rows, reply.total]
+    out.append(
+        table(
+            [reply.by, "requests", "errors", "prompt", "completion", "cost", "hits", "saved"],
+            [
+                [
+                    row.key
+                    + (" (unpriced)" if row.unpriced else "")
+                    + ("  ANOMALOUS" if row.anomalous else ""),
+                    row.requests,
+                    row.errors,
+                    row.prompt_tokens,
+                    row.completion_tokens,
+                    _usd(row.cost_usd),
+                    row.cache_hits,
+                    _usd(row.saved_usd),
+                ]
+                for row in rows
+            ],
+        )
+    )
+    if reply.budgets:
+        out += ["", "budgets"]
+        out.append(
+            table(
+                ["budget", "spent", "reserved", "limit", "use"],
+                [
+                    [
+                        budget.name,
+                        _usd(budget.spent_usd),
+                        _usd(budget.reserved_usd),
+                        _usd(budget.limit_usd),
+                        f"{budget.spent_usd / budget.limit_usd:.0%}" if budget.limit_usd else "-",
+                    ]
+                    for budget in reply.budgets
+                ],
+            )
+        )
+    if reply.forecast_month_usd is not None:
+        out += ["", f"forecast for this month: {_usd(reply.forecast_month_usd)}"]
+    if any(row.unpriced for row in reply.rows):
+        out.append('(unpriced: targets with no price cost 0; add [prices."provider/model"])')
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- quotad cache
+
+
+def format_cache(cache: CacheStatus) -> str:
+    """``quotad cache stats`` as text."""
+    if cache.mode == "off":
+        return 'cache off ([cache] mode = "off")'
+    return "\n".join(
+        [
+            f"entries    {cache.entries}",
+            f"size       {cache.bytes / 1e6:.2f} MB of {cache.max_bytes / 1e6:.0f} MB",
+            f"hits       {cache.hits}",
+            f"misses     {cache.misses}",
+            f"hit rate   {cache.hit_rate:.1%}",
+            f"evictions  {cache.evictions}",
+            f"saved      {_usd(cache.saved_usd)} (since the daemon started)",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- quotad keys
+
+
+def format_keys(keys: Sequence[dict[str, Any]]) -> str:
+    """``quotad keys list`` as text."""
+    if not keys:
+        return "no keys (create one with: quotad keys create --app APP)"
+    return table(
+        ["id", "app", "key starts", "created", "revoked"],
+        [
+            [
+                key["id"],
+                key["app"],
+                key["prefix"] + "…",
+                _local(key["created"]),
+                _local(key["revoked"]) if key["revoked"] else "-",
+            ]
+            for key in keys
+        ],
+    )

@@ -1,5 +1,6 @@
-"""The running daemon: builds providers, router, broker and servers from a config, serves
-until SIGTERM/SIGINT, then drains requests in flight (bounded by ``daemon.drain_s``) and exits 0.
+"""The running daemon: builds providers, router, store, broker and servers from a config, opens
+the store (``quotad.db``), serves until SIGTERM/SIGINT, then drains requests in flight (bounded
+by ``daemon.drain_s``), closes the store and exits 0. A store that cannot be opened exits 1.
 
 SIGHUP reloads the config in place (:meth:`Daemon.reload`): connections, requests in flight and
 the state of every component live on. Under systemd the daemon serves on the socket
@@ -21,12 +22,13 @@ import anyio.abc
 
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
-from quotad.daemon.config import Config, ConfigError, find_and_load_config
+from quotad.daemon.config import Config, ConfigError, find_and_load_config, state_dir
 from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.base import Provider
 from quotad.daemon.routing import HealthChecks, Router
 from quotad.daemon.server import SocketInUseError, SocketServer
+from quotad.daemon.store import Store, StoreError
 from quotad.daemon.systemd import ActivationError, Notifier, activated_socket
 from quotad.protocol.paths import daemon_socket_path
 
@@ -100,7 +102,9 @@ class Daemon:
         self.router = Router(config, self.providers)
         self.health_checks = HealthChecks(self.router)
         self._health_scope: anyio.CancelScope | None = None
-        self.broker = Broker(config, self.router)
+        self.store = Store(config, state_dir(config))
+        self.broker = Broker(config, self.router, self.store)
+        self.broker.reload_config = self._reload_for_peer
         if listen_socket is not None:
             socket_path = Path(listen_socket.getsockname())
         self.server = SocketServer(
@@ -123,8 +127,10 @@ class Daemon:
         self, *, task_status: anyio.abc.TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until a stop signal, then drain and close."""
-        self.server.bind(self._listen_socket)
         try:
+            for alert in await self.store.open():
+                self.broker.add_event("budget_alert", alert.message)
+            self.server.bind(self._listen_socket)
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 await tasks.start(self.server.serve)
@@ -144,6 +150,7 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 for provider in [*self.providers.values(), *self._retiring]:
                     await provider.aclose()
+                await self.store.close()
             self.notifier.close()
 
     async def _run_health_checks(self) -> None:
@@ -302,6 +309,10 @@ class Daemon:
                 await provider.aclose()
         log.debug("closed %d replaced provider(s)", len(providers))
 
+    async def _reload_for_peer(self, caller_uid: int | None, caller_pid: int | None) -> bool:
+        """``Admin(action="reload")`` from a client."""
+        return await self.reload(by="socket", caller_uid=caller_uid, caller_pid=caller_pid)
+
     # ------------------------------------------------------------------ operator actions
 
     async def record_operator_action(
@@ -317,11 +328,16 @@ class Daemon:
         """Record an operator action (config reload; target and key actions too): who did
         what to what. ``by`` is how it came ("signal", "socket", "http").
 
-        It is logged here. AUDIT HOOK: this is where the store's audit table is written
-        (``store/audit.py`` ``record(action, target, caller_uid, caller_pid, detail)``).
+        It is logged, and committed to the store's ``audit`` table.
         """
         who = f"uid {caller_uid} pid {caller_pid}" if caller_uid is not None else "unknown peer"
         log.info("operator action %s %s by %s (%s): %s", action, target, by, who, detail)
+        try:
+            await self.store.audit.record(
+                action, target, caller_uid, caller_pid, {"by": by, "detail": detail}
+            )
+        except Exception:  # the action happened; a failed audit write must not undo it
+            log.exception("could not record operator action %s in the audit table", action)
 
     # ------------------------------------------------------------------ status
 
@@ -363,7 +379,7 @@ def run_daemon(
         return EXIT_CONFIG
     try:
         anyio.run(daemon.serve, backend="asyncio", backend_options={"use_uvloop": True})
-    except SocketInUseError as error:
+    except (SocketInUseError, StoreError) as error:
         log.error("cannot start: %s", error)
         return EXIT_FAILURE
     log.info("stopped")

@@ -1,1 +1,78 @@
-"""SQLite store: database, cache, ledger."""
+"""The daemon's state in one SQLite file, ``quotad.db`` in the state directory (DESIGN §4, §8).
+
+:class:`Store` owns the file's lifetime and builds the parts the broker composes, which never
+call each other:
+
+- :mod:`.db` — the database: one writer with group commit, a reader, migrations;
+- :mod:`.cache` — the response cache;
+- :mod:`.ledger` — one row per request; :mod:`.spend` — reports over it;
+- :mod:`.budgets` — spend limits with reservations; :mod:`.prices` — what tokens cost;
+- :mod:`.keys` — HTTP front door keys; :mod:`.audit` — operator actions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Final
+
+from quotad.daemon.clock import SYSTEM_CLOCK, Clock
+from quotad.daemon.config import Config
+from quotad.daemon.store.audit import Audit
+from quotad.daemon.store.budgets import BudgetAlert, Budgets, Calendar
+from quotad.daemon.store.cache import Cache
+from quotad.daemon.store.db import Database, StoreError
+from quotad.daemon.store.keys import Keys
+from quotad.daemon.store.ledger import Ledger
+from quotad.daemon.store.prices import PriceTable
+
+__all__ = ["DB_FILE", "Store", "StoreError"]
+
+DB_FILE: Final = "quotad.db"
+
+log = logging.getLogger("quotad.store")
+
+
+class Store:
+    """Everything the daemon keeps in ``quotad.db``, opened and closed together."""
+
+    def __init__(self, config: Config, directory: Path, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.path = directory / DB_FILE
+        self.clock = clock
+        self.db = Database(
+            self.path, durability=config.daemon.durability, max_size_mb=config.daemon.max_db_mb
+        )
+        self.calendar = Calendar(config.daemon.timezone)
+        self.prices = PriceTable(config.prices)
+        self.cache = Cache(config.cache, self.db, clock)
+        self.ledger = Ledger(self.db, self.calendar)
+        self.budgets = Budgets(config, self.calendar)
+        self.keys = Keys(self.db, clock)
+        self.audit = Audit(self.db, clock)
+
+    async def open(self) -> list[BudgetAlert]:
+        """Open, check and migrate the file; load the cache, the budgets' totals and the
+        keys. Returns the budgets already past their alert threshold. Raises
+        :class:`StoreError` naming the file when it cannot be used."""
+        await self.db.open()
+        try:
+            await self.cache.load()
+            now = self.clock.time()
+            alerts = self.budgets.load(await self.ledger.spent_by_app(now), now)
+            await self.keys.load()
+        except BaseException:
+            await self.db.close()
+            raise
+        log.info(
+            "store %s: %d cache entries, %d keys, durability %s",
+            self.path,
+            len(self.cache),
+            len(self.keys.list()),
+            self.db.durability,
+        )
+        return alerts
+
+    async def close(self) -> None:
+        """Write what is pending (ledger rows kept after a failed write too) and close."""
+        await self.ledger.flush()
+        await self.db.close()

@@ -1,0 +1,207 @@
+"""The store's figures: cache hits through the native client, and ledger rows per second with
+group commit at durability normal and full. Prints one JSON line.
+
+- Cache hits: a real ``quotad sim`` and daemon; one answer is stored, then asked for again and
+  again. ``hit_p50_ms``/``hit_p99_ms`` one at a time (blocking ``Client``); ``hits_per_s`` from
+  32 concurrent tasks (``AsyncClient``). For scale, ``status_p50_ms`` is the round trip of a
+  ``Status`` request on the same connection (no store work at all), measured interleaved.
+- Ledger: the store alone (``Ledger.record`` → group commit), ``writers`` concurrent tasks each
+  recording rows back to back: rows per second, rows per commit, and the p50 of one writer
+  alone (one row per commit).
+
+    uv run python bench/store.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from quotad.client import AsyncClient, Client
+from quotad.daemon.store.budgets import Calendar
+from quotad.daemon.store.db import Database, Durability
+from quotad.daemon.store.ledger import Ledger, LedgerRow
+from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.sim import SimProcess
+
+MODEL = "sim/gpt-4o-mini"
+MESSAGES = [{"role": "user", "content": "what does the cache save us?"}]
+CONFIG = """\
+[daemon]
+state_dir = "{{state_dir}}"
+durability = "{durability}"
+[http]
+listen = ""
+{provider}
+"""
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def timed(call: Callable[[], Any], count: int) -> list[float]:
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def cache_hits(durability: str, hits: int, rounds: int) -> dict[str, float]:
+    """Hit latency and throughput through a daemon with this durability."""
+    with SimProcess() as sim:
+        provider = sim_provider_config("sim", sim.base_url)
+        config = CONFIG.format(durability=durability, provider=provider)
+        with DaemonProcess(config) as daemon:
+            hit_latencies: list[float] = []
+            status_latencies: list[float] = []
+            with Client(socket=daemon.socket_path, app="bench") as client:
+
+                def hit() -> None:
+                    assert client.chat(MODEL, MESSAGES, max_tokens=16).cached
+
+                client.chat(MODEL, MESSAGES, max_tokens=16)  # stores the answer
+                timed(hit, 100)  # warm up
+                timed(client.status, 100)
+                for _ in range(rounds):
+                    hit_latencies += timed(hit, hits // rounds)
+                    status_latencies += timed(client.status, hits // rounds)
+
+            async def concurrent() -> float:
+                async with AsyncClient(socket=daemon.socket_path, app="bench") as client:
+                    remaining = hits
+
+                    async def worker() -> None:
+                        nonlocal remaining
+                        while remaining > 0:
+                            remaining -= 1
+                            reply = await client.chat(MODEL, MESSAGES, max_tokens=16)
+                            assert reply.cached
+
+                    started = time.perf_counter()
+                    async with anyio.create_task_group() as tasks:
+                        for _ in range(32):
+                            tasks.start_soon(worker)
+                    return hits / (time.perf_counter() - started)
+
+            per_s = anyio.run(concurrent, backend_options={"use_uvloop": True})
+    return {
+        "hit_p50_ms": round(statistics.median(hit_latencies) * 1000, 3),
+        "hit_p99_ms": round(percentile(hit_latencies, 0.99) * 1000, 3),
+        "status_p50_ms": round(statistics.median(status_latencies) * 1000, 3),
+        "hits_per_s": round(per_s, 1),
+    }
+
+
+def ledger_row(number: int) -> LedgerRow:
+    now = time.time()
+    return LedgerRow(
+        request_id=f"qd-bench-{number}",
+        time=now,
+        day="2026-11-23",
+        kind="chat",
+        app=f"app{number % 5}",
+        user="",
+        uid=1000,
+        pid=4242,
+        gid=1000,
+        model="fast",
+        target=MODEL,
+        attempts=1,
+        status="ok",
+        prompt_tokens=120,
+        completion_tokens=40,
+        cached_tokens=0,
+        cost_usd=0.00004,
+        saved_usd=0.0,
+        cached=False,
+        unpriced=False,
+        wait_s=0.0,
+        latency_s=0.3,
+        priority="normal",
+        tags="[]",
+    )
+
+
+async def ledger_rows(durability: Durability, writers: int, seconds: float) -> dict[str, float]:
+    """Rows per second from concurrent writers, and one writer's commit latency."""
+    directory = Path(tempfile.mkdtemp(prefix="qbench", dir="/tmp"))
+    database = Database(directory / "quotad.db", durability=durability)
+    await database.open()
+    ledger = Ledger(database, Calendar())
+    try:
+        alone: list[float] = []
+        for number in range(200):
+            started = time.perf_counter()
+            await ledger.record(ledger_row(number))
+            alone.append(time.perf_counter() - started)
+        recorded = 0
+        transactions_before = database.stats.transactions
+        deadline = time.perf_counter() + seconds
+
+        async def writer() -> None:
+            nonlocal recorded
+            while time.perf_counter() < deadline:
+                await ledger.record(ledger_row(recorded))
+                recorded += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(writer() for _ in range(writers)))
+        elapsed = time.perf_counter() - started
+        commits = database.stats.transactions - transactions_before
+    finally:
+        await database.close()
+        shutil.rmtree(directory, ignore_errors=True)
+    return {
+        f"ledger_{durability}_rows_per_s": round(recorded / elapsed, 1),
+        f"ledger_{durability}_rows_per_commit": round(recorded / max(commits, 1), 1),
+        f"ledger_{durability}_single_commit_p50_ms": round(statistics.median(alone) * 1000, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--hits", type=int, default=4000)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per ledger measurement")
+    parser.add_argument("--writers", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="a few seconds (smoke test)")
+    args = parser.parse_args()
+    hits, seconds = (200, 0.5) if args.quick else (args.hits, args.seconds)
+    figures: dict[str, Any] = {"bench": "store"}
+    figures.update(cache_hits("normal", hits, rounds=1 if args.quick else 4))
+    figures.update(
+        {f"full_{k}": v for k, v in cache_hits("full", hits // 2, rounds=1).items() if "hit" in k}
+    )
+    durabilities: tuple[Durability, ...] = ("normal", "full")
+    for durability in durabilities:
+        figures.update(
+            anyio.run(
+                ledger_rows,
+                durability,
+                args.writers,
+                seconds,
+                backend_options={"use_uvloop": True},
+            )
+        )
+    figures["writers"] = args.writers
+    print(msgspec.json.encode(figures).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Operator actions on the store (``Admin`` messages): HTTP front door keys and the cache.
+
+========================  ==========================================  =====================
+action                    arguments                                   ``Ok.data``
+========================  ==========================================  =====================
+``key_create``            ``args.app``                                the key (shown once),
+                                                                      id, app, created,
+                                                                      prefix
+``key_list``                                                          ``keys``: records
+``key_revoke``            ``target`` (or ``args.id``): the key's id
+``cache_clear``           ``args.older_than_s`` (optional)            ``removed``
+``cache_warm``            ``args.entries``: lines of a warm file      ``stored``,
+                          (:mod:`.warm`)                              ``problems``
+========================  ==========================================  =====================
+
+Key creation and revocation are recorded in the audit table. A write that cannot be committed
+answers ``internal`` naming the file and SQLite's reason.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from quotad.daemon.errors import RequestError
+from quotad.daemon.routing import Router
+from quotad.daemon.store import Store
+from quotad.daemon.store.db import WriteFailed
+from quotad.daemon.store.warm import WarmEntry
+from quotad.protocol.messages import Admin, Ok
+
+STORE_ACTIONS: Final = frozenset(
+    {"key_create", "key_list", "key_revoke", "cache_clear", "cache_warm"}
+)
+
+
+def _text_arg(request: Admin, name: str) -> str:
+    """``request.args[name]``, a non-empty string, or ``bad_request`` naming it."""
+    value = request.args.get(name)
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise RequestError("bad_request", f"args.{name}: expected a non-empty string")
+    return value
+
+
+class StoreAdmin:
+    """Runs the store's operator actions."""
+
+    def __init__(self, store: Store, router: Router) -> None:
+        self.keys = store.keys
+        self.cache = store.cache
+        self.audit = store.audit
+        self.prices = store.prices
+        self.router = router
+
+    async def run(self, request: Admin, caller_uid: int | None, caller_pid: int | None) -> Ok:
+        """Answer one of :data:`STORE_ACTIONS`."""
+        try:
+            match request.action:
+                case "key_create":
+                    return await self._key_create(request, caller_uid, caller_pid)
+                case "key_list":
+                    records = [record.as_dict() for record in self.keys.list()]
+                    return Ok(id=request.id, data={"keys": records})
+                case "key_revoke":
+                    key_id = request.target or _text_arg(request, "id")
+                    if not await self.keys.revoke(key_id):
+                        raise RequestError("bad_request", f"no live key has the id {key_id!r}")
+                    await self.audit.record("key_revoke", key_id, caller_uid, caller_pid)
+                    return Ok(id=request.id, message=f"revoked key {key_id}")
+                case "cache_clear":
+                    return await self._cache_clear(request)
+                case "cache_warm":
+                    return await self._cache_warm(request)
+        except WriteFailed as failure:
+            raise RequestError("internal", f"{request.action}: {failure}") from None
+        raise RequestError("bad_request", f"{request.action!r} is not a store action")
+
+    async def _key_create(
+        self, request: Admin, caller_uid: int | None, caller_pid: int | None
+    ) -> Ok:
+        app = _text_arg(request, "app")
+        key, record = await self.keys.create(app)
+        await self.audit.record("key_create", record.id, caller_uid, caller_pid, {"app": app})
+        return Ok(
+            id=request.id,
+            message=f"created key {record.id} for app {app!r}",
+            data={"key": key, **record.as_dict()},
+        )
+
+    async def _cache_clear(self, request: Admin) -> Ok:
+        older_than_s = request.args.get("older_than_s")
+        if older_than_s is not None and (
+            isinstance(older_than_s, bool)
+            or not isinstance(older_than_s, int | float)
+            or older_than_s < 0
+        ):
+            raise RequestError("bad_request", "args.older_than_s: expected seconds >= 0")
+        removed = await self.cache.clear(older_than_s)
+        return Ok(id=request.id, message=f"removed {removed} entries", data={"removed": removed})
+
+    async def _cache_warm(self, request: Admin) -> Ok:
+        """Store each of ``args.entries``; each entry's problems are reported by its index,
+        the others are stored. An entry's cost (what a hit saves) is its ``cost_usd``, else
+        its usage at its target's price (the first target of its model when it names none)."""
+        entries = request.args.get("entries")
+        if not isinstance(entries, list):
+            raise RequestError("bad_request", "args.entries: expected a list of entries")
+        problems: list[str] = []
+        valid: list[tuple[WarmEntry, float]] = []
+        for index, raw in enumerate(entries):
+            try:
+                entry = msgspec.convert(raw, WarmEntry)
+                route = self.router.resolve(entry.request.model)
+            except msgspec.ValidationError as error:
+                problems.append(f"entries[{index}]: {error}")
+                continue
+            except RequestError as error:
+                problems.append(f"entries[{index}]: {error.message}")
+                continue
+            response = entry.response
+            if not response.target and route.targets:
+                response.target = route.targets[0].name
+            cost = response.cost_usd
+            if cost is None:
+                cost = self.prices.cost(response.target, response.usage)
+            valid.append((entry, cost))
+        stored = await self.cache.warm(valid)
+        return Ok(
+            id=request.id,
+            message=f"stored {stored} of {len(entries)} entries",
+            data={"stored": stored, "problems": problems},
+        )

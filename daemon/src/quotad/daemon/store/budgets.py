@@ -1,0 +1,269 @@
+"""Spend budgets that hold under concurrency: ``[budgets]`` (global) and ``[apps.A]`` (per app),
+each daily and/or monthly, in local calendar days and months.
+
+A request reserves its *maximum* cost at admission (:meth:`Budgets.reserve`): its estimated
+prompt tokens and ``max_tokens`` at the most expensive price among its candidate targets. It
+is admitted only if, on every budget that applies to it, spent + reserved + this maximum stays
+within the limit; the check and the reservation happen in one step on the event loop, so
+concurrent requests cannot overshoot together. When the request ends,
+:meth:`Budgets.settle` returns the reservation and adds the real cost. Spent totals live in
+memory, loaded from the ledger at start.
+
+A request whose maximum cost is 0 (unpriced or local models, cache-only requests) is never
+refused, and with no budget configured nothing is ever refused. Crossing ``alert_at`` of a
+budget (once per period) is reported to the caller of :meth:`settle`, which turns it into an
+event and a log line.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from typing import Final, Literal
+from zoneinfo import ZoneInfo
+
+from quotad.daemon.config import Config
+from quotad.daemon.errors import RequestError
+from quotad.protocol.messages import BudgetStatus
+
+Period = Literal["day", "month"]
+
+LIMIT_SLACK_USD: Final = 1e-12
+"""Float noise tolerated when comparing a sum of costs with a limit."""
+
+
+class Calendar:
+    """Local calendar days and months in one time zone (``daemon.timezone``; the system's
+    when empty). Day and month boundaries are cached, so labelling a time is cheap."""
+
+    def __init__(self, timezone: str = "") -> None:
+        self.timezone = timezone
+        self._zone: tzinfo | None = ZoneInfo(timezone) if timezone else None
+        self._day: tuple[float, float, str] = (0.0, 0.0, "")
+        self._month: tuple[float, float, str] = (0.0, 0.0, "")
+
+    def _local(self, moment: float) -> datetime:
+        return datetime.fromtimestamp(moment, self._zone)
+
+    def _midnight(self, day: datetime) -> float:
+        """The Unix time of the local midnight starting ``day`` (a local datetime)."""
+        start = datetime(day.year, day.month, day.day, tzinfo=self._zone)
+        return start.timestamp()
+
+    def day_bounds(self, moment: float) -> tuple[float, float, str]:
+        """(start, end, "YYYY-MM-DD") of the local day holding ``moment``."""
+        start, end, _ = self._day
+        if start <= moment < end:
+            return self._day
+        local = self._local(moment)
+        start = self._midnight(local)
+        end = self._midnight(local + timedelta(days=1))
+        if end <= start:  # a day that a DST jump made odd: never loop
+            end = start + 86400.0
+        self._day = (start, end, local.strftime("%Y-%m-%d"))
+        return self._day
+
+    def month_bounds(self, moment: float) -> tuple[float, float, str]:
+        """(start, end, "YYYY-MM") of the local month holding ``moment``."""
+        start, end, _ = self._month
+        if start <= moment < end:
+            return self._month
+        local = self._local(moment)
+        first = local.replace(day=1)
+        days = calendar.monthrange(local.year, local.month)[1]
+        start = self._midnight(first)
+        end = self._midnight(first + timedelta(days=days))
+        self._month = (start, end, local.strftime("%Y-%m"))
+        return self._month
+
+    def day(self, moment: float) -> str:
+        """ "YYYY-MM-DD" of the local day holding ``moment``."""
+        return self.day_bounds(moment)[2]
+
+    def days_back(self, moment: float, days: int) -> float:
+        """The start of the local day ``days`` days before the one holding ``moment``."""
+        local = self._local(moment) - timedelta(days=days)
+        return self._midnight(local)
+
+
+@dataclass(slots=True, eq=False)
+class Budget:
+    """One limit: global or one app's, daily or monthly; what its period has spent and what
+    requests in flight hold reserved."""
+
+    name: str
+    scope: str
+    period: Period
+    limit_usd: float
+    alert_at: float
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    held: int = 0
+    period_label: str = ""
+    alerted: bool = False
+
+
+@dataclass(slots=True)
+class BudgetHold:
+    """What one request holds on its budgets until it settles."""
+
+    budgets: tuple[Budget, ...]
+    amount_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAlert:
+    """A budget crossed ``alert_at`` of its limit."""
+
+    budget: Budget
+    message: str
+
+
+def _budgets(
+    scope: str, name: str, daily: float | None, monthly: float | None, alert_at: float
+) -> tuple[Budget, ...]:
+    """The daily and monthly budgets of one scope, those configured."""
+    found = []
+    if daily is not None:
+        found.append(Budget(f"{name} daily", scope, "day", daily, alert_at))
+    if monthly is not None:
+        found.append(Budget(f"{name} monthly", scope, "month", monthly, alert_at))
+    return tuple(found)
+
+
+class Budgets:
+    """Every configured budget, with its running totals and reservations."""
+
+    def __init__(self, config: Config, calendar: Calendar) -> None:
+        self.calendar = calendar
+        alert_at = config.budgets.alert_at
+        self.global_budgets = _budgets(
+            "global", "global", config.budgets.daily_usd, config.budgets.monthly_usd, alert_at
+        )
+        self.app_budgets: dict[str, tuple[Budget, ...]] = {}
+        for app, policy in config.apps.items():
+            own = _budgets(app, f"app {app}", policy.daily_usd, policy.monthly_usd, alert_at)
+            if own:
+                self.app_budgets[app] = self.global_budgets + own
+
+    @property
+    def configured(self) -> bool:
+        """Whether any budget exists at all."""
+        return bool(self.global_budgets or self.app_budgets)
+
+    def _all(self) -> Iterable[Budget]:
+        yield from self.global_budgets
+        for budgets in self.app_budgets.values():
+            yield from budgets[len(self.global_budgets) :]
+
+    def _roll(self, budget: Budget, now: float) -> None:
+        """Start a new period for ``budget`` when ``now`` is past its current one."""
+        label = (
+            self.calendar.day_bounds(now)[2]
+            if budget.period == "day"
+            else self.calendar.month_bounds(now)[2]
+        )
+        if label != budget.period_label:
+            budget.period_label = label
+            budget.spent_usd = 0.0
+            budget.alerted = False
+
+    def load(self, spent: Iterable[tuple[str, float, float]], now: float) -> list[BudgetAlert]:
+        """Set the running totals from the ledger: ``(app, spent today, spent this month)``
+        per app. Returns the budgets already past their alert threshold."""
+        for budget in self._all():
+            self._roll(budget, now)
+            budget.spent_usd = 0.0
+        for app, today, month in spent:
+            for budget in self.app_budgets.get(app, self.global_budgets):
+                budget.spent_usd += today if budget.period == "day" else month
+        return [alert for budget in self._all() if (alert := self._check_alert(budget))]
+
+    def reserve(self, app: str, max_cost_usd: float, now: float) -> BudgetHold | None:
+        """Reserve ``max_cost_usd`` on every budget of ``app``, or raise ``budget_exceeded``
+        naming the first budget it would exceed. None when there is nothing to hold."""
+        if max_cost_usd <= 0.0:
+            return None
+        budgets = self.app_budgets.get(app, self.global_budgets)
+        if not budgets:
+            return None
+        for budget in budgets:
+            self._roll(budget, now)
+            committed = budget.spent_usd + budget.reserved_usd
+            if committed + max_cost_usd > budget.limit_usd + LIMIT_SLACK_USD:
+                raise RequestError(
+                    "budget_exceeded",
+                    f"budget {budget.name!r} would be exceeded: spent ${budget.spent_usd:.6f}"
+                    f" + reserved ${budget.reserved_usd:.6f} + this request up to "
+                    f"${max_cost_usd:.6f} > limit ${budget.limit_usd:.6f}",
+                    details={
+                        "budget": budget.name,
+                        "scope": budget.scope,
+                        "period": budget.period,
+                        "spent_usd": budget.spent_usd,
+                        "reserved_usd": budget.reserved_usd,
+                        "request_max_usd": max_cost_usd,
+                        "limit_usd": budget.limit_usd,
+                    },
+                )
+        for budget in budgets:
+            budget.reserved_usd += max_cost_usd
+            budget.held += 1
+        return BudgetHold(budgets, max_cost_usd)
+
+    def settle(
+        self, reservation: BudgetHold | None, app: str, cost_usd: float, now: float
+    ) -> list[BudgetAlert]:
+        """Return ``reservation`` and add the real ``cost_usd`` to ``app``'s budgets;
+        returns the budgets that crossed their alert threshold by it."""
+        if reservation is not None:
+            for budget in reservation.budgets:
+                budget.held -= 1
+                # exactly zero when nothing is held, whatever float subtraction left over
+                budget.reserved_usd = (
+                    budget.reserved_usd - reservation.amount_usd if budget.held else 0.0
+                )
+        if cost_usd <= 0.0:
+            return []
+        alerts: list[BudgetAlert] = []
+        for budget in self.app_budgets.get(app, self.global_budgets):
+            self._roll(budget, now)
+            budget.spent_usd += cost_usd
+            alert = self._check_alert(budget)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+    def _check_alert(self, budget: Budget) -> BudgetAlert | None:
+        if budget.alerted or budget.spent_usd < budget.alert_at * budget.limit_usd:
+            return None
+        if budget.limit_usd <= 0.0 and budget.spent_usd <= 0.0:
+            return None
+        budget.alerted = True
+        share = budget.spent_usd / budget.limit_usd if budget.limit_usd else 1.0
+        return BudgetAlert(
+            budget,
+            f"budget {budget.name!r} has spent ${budget.spent_usd:.4f} of "
+            f"${budget.limit_usd:.2f} ({share:.0%}, alert at {budget.alert_at:.0%}) "
+            f"this {budget.period} ({budget.period_label})",
+        )
+
+    def status(self, now: float) -> list[BudgetStatus]:
+        """Every budget's use now."""
+        out = []
+        for budget in self._all():
+            self._roll(budget, now)
+            out.append(
+                BudgetStatus(
+                    name=budget.name,
+                    scope=budget.scope,
+                    period=budget.period,
+                    limit_usd=budget.limit_usd,
+                    spent_usd=budget.spent_usd,
+                    reserved_usd=budget.reserved_usd,
+                    alert=budget.alerted,
+                )
+            )
+        return out

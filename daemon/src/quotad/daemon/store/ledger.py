@@ -1,0 +1,217 @@
+"""The ledger: one row per request, hits and failures included, committed before the reply.
+
+Each row is committed together with its share of ``spend_daily`` (the ledger summed per local
+day, app, model and target), which reports and budgets read instead of scanning the ledger.
+
+:meth:`Ledger.record` hands the row to the group commit and returns once it is committed
+(DESIGN §8: a reply is sent only after its row is). When the row cannot be written (disk full,
+I/O error), :meth:`record` raises :class:`LedgerWriteFailed` and the row is kept in memory
+(with status ``internal`` if the request had succeeded: what its caller gets instead),
+retried with every later write and at shutdown, and logged with all its fields if it still
+cannot be written then: a row is never silently lost.
+
+Columns (table ``ledger``): request_id, time (Unix), day (local calendar day, YYYY-MM-DD, in
+``daemon.timezone``), kind (chat, stream, embed), app, user, uid/pid/gid of the peer, model
+(as asked: a group, target or bare model), target (that answered; empty when none did),
+attempts, status (``ok``, an error code, or ``cancelled``), prompt/completion/cached tokens,
+cost_usd, saved_usd (what a cache hit saved), cached (1 for a hit), unpriced (1 when the target
+has no price), wait_s, latency_s, priority, tags (JSON list).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Final, NamedTuple
+
+import msgspec
+
+from quotad.daemon.store.budgets import Calendar
+from quotad.daemon.store.db import Database, Statement, WriteFailed
+from quotad.daemon.store.spend import SpendReport
+from quotad.protocol.messages import RequestRecord, SpendReply
+
+log = logging.getLogger("quotad.ledger")
+
+
+class LedgerRow(NamedTuple):
+    """One ledger row, in column order."""
+
+    request_id: str
+    time: float
+    day: str
+    kind: str
+    app: str
+    user: str
+    uid: int | None
+    pid: int | None
+    gid: int | None
+    model: str
+    target: str
+    attempts: int
+    status: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: float
+    saved_usd: float
+    cached: bool
+    unpriced: bool
+    wait_s: float
+    latency_s: float
+    priority: str
+    tags: str
+
+
+COLUMNS: Final = LedgerRow._fields
+_INSERT: Final = (
+    f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+)
+_ADD_TO_DAY: Final = (
+    "INSERT INTO spend_daily (day, app, model, target, requests, errors, prompt_tokens, "
+    "completion_tokens, cached_tokens, cost_usd, cache_hits, saved_usd, unpriced) "
+    "VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (day, app, model, target) DO UPDATE SET requests = requests + 1, "
+    "errors = errors + excluded.errors, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = completion_tokens + excluded.completion_tokens, "
+    "cached_tokens = cached_tokens + excluded.cached_tokens, "
+    "cost_usd = cost_usd + excluded.cost_usd, cache_hits = cache_hits + excluded.cache_hits, "
+    "saved_usd = saved_usd + excluded.saved_usd, unpriced = max(unpriced, excluded.unpriced)"
+)
+_TAGS_ENCODER: Final = msgspec.json.Encoder()
+NO_TAGS: Final = "[]"
+
+
+def encode_tags(tags: Sequence[str]) -> str:
+    """The ``tags`` column of a request's tags."""
+    return _TAGS_ENCODER.encode(tags).decode() if tags else NO_TAGS
+
+
+def statements(row: LedgerRow) -> list[Statement]:
+    """The writes of one row: the row, and its share of its day's summary (a cache hit's
+    tokens are not billed, so they are not summed)."""
+    billed = not row.cached
+    return [
+        (_INSERT, row),
+        (
+            _ADD_TO_DAY,
+            (
+                row.day,
+                row.app,
+                row.model,
+                row.target,
+                row.status != "ok",
+                row.prompt_tokens if billed else 0,
+                row.completion_tokens if billed else 0,
+                row.cached_tokens if billed else 0,
+                row.cost_usd,
+                row.cached,
+                row.saved_usd,
+                row.unpriced,
+            ),
+        ),
+    ]
+
+
+def live_record(row: LedgerRow) -> RequestRecord:
+    """What a live tail (``Subscribe`` snapshots) shows of a row."""
+    return RequestRecord(
+        request_id=row.request_id,
+        time=row.time,
+        kind=row.kind,
+        app=row.app,
+        target=row.target or row.model,
+        status=row.status,
+        wait_s=row.wait_s,
+        latency_s=row.latency_s,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        cost_usd=row.cost_usd,
+        cached=row.cached,
+        attempts=row.attempts,
+        priority=row.priority,
+    )
+
+
+class LedgerWriteFailed(Exception):
+    """A request's row could not be committed; it is kept in memory and retried."""
+
+    def __init__(self, message: str, request_id: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class Ledger:
+    """Writes rows through the group commit; reads spend totals and reports."""
+
+    def __init__(self, db: Database, calendar: Calendar) -> None:
+        self._db = db
+        self.calendar = calendar
+        self.unrecorded: list[LedgerRow] = []
+        self._retrying = False
+        self.reports = SpendReport(db, calendar)
+
+    async def record(self, row: LedgerRow) -> None:
+        """Commit ``row`` (with whatever else is pending); raise :class:`LedgerWriteFailed`
+        if it cannot be, after keeping it for later."""
+        self._retry_unrecorded()
+        try:
+            await self._db.write(statements(row), durable=row.cost_usd > 0)
+        except WriteFailed as error:
+            self.unrecorded.append(row._replace(status="internal") if row.status == "ok" else row)
+            log.error(
+                "ledger row of request %s not written yet (%d kept in memory to retry): %s",
+                row.request_id,
+                len(self.unrecorded),
+                error,
+            )
+            raise LedgerWriteFailed(
+                f"request {row.request_id} could not be recorded in the ledger ({error}); its "
+                "reply is withheld, the row is kept in memory and retried",
+                row.request_id,
+            ) from None
+
+    def _retry_unrecorded(self) -> None:
+        """Submit the rows that could not be written, as one write of their own."""
+        if not self.unrecorded or self._retrying:
+            return
+        rows = list(self.unrecorded)
+        self._retrying = True
+
+        def done(failure: WriteFailed | None) -> None:
+            self._retrying = False
+            if failure is None:
+                written = {id(row) for row in rows}
+                self.unrecorded = [row for row in self.unrecorded if id(row) not in written]
+                log.info("wrote %d ledger row(s) kept in memory", len(rows))
+
+        self._db.write_later([s for row in rows for s in statements(row)], done, durable=True)
+
+    async def flush(self) -> None:
+        """At shutdown: a last try for the rows kept in memory; log those that still fail."""
+        if not self.unrecorded:
+            return
+        rows, self.unrecorded = self.unrecorded, []
+        try:
+            await self._db.write([s for row in rows for s in statements(row)])
+            log.info("wrote %d ledger row(s) kept in memory", len(rows))
+        except WriteFailed as error:
+            log.error("%d ledger row(s) could not be written (%s); they follow", len(rows), error)
+            for row in rows:
+                log.error("unwritten ledger row: %s", _TAGS_ENCODER.encode(row._asdict()).decode())
+
+    async def spent_by_app(self, now: float) -> list[tuple[str, float, float]]:
+        """``(app, spent today, spent this month)`` per app, for the budgets at start."""
+        today = self.calendar.day(now)
+        first_day = self.calendar.month_bounds(now)[2] + "-01"
+        rows = await self._db.read(
+            "SELECT app, total(CASE WHEN day = ? THEN cost_usd ELSE 0 END), total(cost_usd) "
+            "FROM spend_daily WHERE day >= ? GROUP BY app",
+            (today, first_day),
+        )
+        return [(str(app), float(today), float(month)) for app, today, month in rows]
+
+    async def report(self, period: str, by: str, now: float) -> SpendReply:
+        """``quotad spend``: totals of ``period`` grouped ``by`` a column (see
+        :mod:`.spend`)."""
+        return await self.reports.build(period, by, now)

@@ -1,0 +1,101 @@
+"""The schema of ``quotad.db``: one migration per schema version, applied in order.
+
+Version ``n`` is reached by running ``MIGRATIONS[n - 1]``; the version the file is at lives in
+the one-row table ``schema_version``. A migration is only ever appended, never edited, so that
+a database made by any earlier quotad upgrades the same way.
+
+Tables:
+
+- ``ledger``: one row per request (hits and failures too), see :mod:`.ledger`;
+- ``spend_daily``: the ledger summed per local day, app, model and target, kept in the same
+  transaction as each ledger row, for reports and budgets (see :mod:`.spend`);
+- ``cache``: stored answers, see :mod:`.cache`;
+- ``keys``: HTTP front door keys, stored as sha256 hashes, see :mod:`.keys`;
+- ``audit``: operator actions, see :mod:`.audit`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SCHEMA_VERSION_TABLE: Final = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    # 1: ledger, cache, keys, audit
+    (
+        """CREATE TABLE ledger (
+            id INTEGER PRIMARY KEY,
+            request_id TEXT NOT NULL,
+            time REAL NOT NULL,
+            day TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            app TEXT NOT NULL,
+            user TEXT NOT NULL,
+            uid INTEGER,
+            pid INTEGER,
+            gid INTEGER,
+            model TEXT NOT NULL,
+            target TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cached_tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL,
+            saved_usd REAL NOT NULL,
+            cached INTEGER NOT NULL,
+            unpriced INTEGER NOT NULL,
+            wait_s REAL NOT NULL,
+            latency_s REAL NOT NULL,
+            priority TEXT NOT NULL,
+            tags TEXT NOT NULL
+        )""",
+        "CREATE INDEX ledger_time ON ledger (time)",
+        """CREATE TABLE spend_daily (
+            day TEXT NOT NULL,
+            app TEXT NOT NULL,
+            model TEXT NOT NULL,
+            target TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            errors INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cached_tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL,
+            cache_hits INTEGER NOT NULL,
+            saved_usd REAL NOT NULL,
+            unpriced INTEGER NOT NULL,
+            PRIMARY KEY (day, app, model, target)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE cache (
+            key BLOB PRIMARY KEY,
+            kind TEXT NOT NULL,
+            model TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            created REAL NOT NULL,
+            last_used REAL NOT NULL,
+            hits INTEGER NOT NULL,
+            cost_usd REAL NOT NULL
+        )""",
+        """CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            app TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            created REAL NOT NULL,
+            revoked REAL
+        )""",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            time REAL NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            caller_uid INTEGER,
+            caller_pid INTEGER,
+            detail TEXT NOT NULL
+        )""",
+    ),
+)
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+"""The newest schema this quotad knows."""

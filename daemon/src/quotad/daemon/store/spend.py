@@ -1,0 +1,192 @@
+"""Spend reports over the ledger (``quotad spend``): totals of a period grouped by app, model,
+target or day, a month-end forecast, and a flag on days whose spend is anomalous.
+
+Reports read ``spend_daily`` (the ledger summed per local day, app, model and target, written
+in the same transaction as each row), so their cost does not grow with the number of requests.
+
+- Periods are local: ``day`` is today since local midnight, ``week`` the last 7 local days
+  including today, ``month`` this calendar month; all end now.
+- Tokens count billed calls only (a cache hit's tokens are not billed; its row counts as a
+  cache hit and carries ``saved_usd``). ``errors`` counts rows whose status is not ``ok``.
+- Forecast: this month's spend so far plus the trend of its complete days (a least-squares
+  line through their daily totals, never below zero, today counted as the larger of what it
+  has spent and the line) to the month's end; with fewer than 3 complete days, the month's
+  spend per elapsed day times the month's length. None when this month has no rows.
+- Anomaly (rows by day): a day is flagged when its spend exceeds the mean of the 28 days
+  before it by more than 3 standard deviations, is at least twice that mean and at least
+  $0.01 above it; days before the ledger's first row do not count, and at least 7 must.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, timedelta
+from typing import Any, Final
+
+from quotad.daemon.store.budgets import Calendar
+from quotad.daemon.store.db import Database
+from quotad.protocol.messages import SpendReply, SpendRow
+
+ANOMALY_HISTORY_DAYS: Final = 28
+ANOMALY_MIN_DAYS: Final = 7
+ANOMALY_SIGMAS: Final = 3.0
+ANOMALY_MIN_RATIO: Final = 2.0
+ANOMALY_MIN_EXCESS_USD: Final = 0.01
+TREND_MIN_DAYS: Final = 3
+
+GROUP_COLUMNS: Final = {"app": "app", "model": "model", "target": "target", "day": "day"}
+PERIOD_DAYS: Final = {"day": 0, "week": 6}
+
+
+def is_anomalous(cost: float, history: list[float]) -> bool:
+    """Whether a day's ``cost`` is anomalous against the daily costs of ``history``."""
+    if len(history) < ANOMALY_MIN_DAYS:
+        return False
+    mean = sum(history) / len(history)
+    sigma = math.sqrt(sum((value - mean) ** 2 for value in history) / len(history))
+    return (
+        cost > mean + ANOMALY_SIGMAS * sigma
+        and cost >= ANOMALY_MIN_RATIO * mean
+        and cost - mean >= ANOMALY_MIN_EXCESS_USD
+    )
+
+
+def forecast_month(
+    complete_days: list[float], today_usd: float, days_in_month: int, elapsed_days: float
+) -> float:
+    """The month's spend at its end, from its complete days so far and today's spend."""
+    spent = sum(complete_days) + today_usd
+    count = len(complete_days)
+    if count < TREND_MIN_DAYS:
+        return spent / max(elapsed_days, 1 / 24) * days_in_month
+    mean_x = (count - 1) / 2
+    mean_y = sum(complete_days) / count
+    spread = sum((x - mean_x) ** 2 for x in range(count))
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(complete_days)) / spread
+    intercept = mean_y - slope * mean_x
+    today = max(today_usd, intercept + slope * count)
+    rest = sum(max(0.0, intercept + slope * x) for x in range(count + 1, days_in_month))
+    return sum(complete_days) + today + rest
+
+
+def _day(label: str) -> date:
+    return date.fromisoformat(label)
+
+
+class SpendReport:
+    """Builds :class:`SpendReply` reports from the read connection."""
+
+    def __init__(self, db: Database, calendar: Calendar) -> None:
+        self._db = db
+        self.calendar = calendar
+
+    async def build(self, period: str, by: str, now: float) -> SpendReply:
+        """Totals of ``period`` (day, week, month) grouped ``by`` (app, model, target, day)."""
+        calendar = self.calendar
+        column = GROUP_COLUMNS[by]
+        if period == "month":
+            since = calendar.month_bounds(now)[0]
+        else:
+            since = calendar.days_back(now, PERIOD_DAYS[period])
+        first_day, today = calendar.day(since), calendar.day(now)
+        grouped = await self._db.read(
+            f"SELECT {column}, total(requests), total(errors), total(prompt_tokens), "
+            "total(completion_tokens), total(cached_tokens), total(cost_usd), "
+            "total(cache_hits), total(saved_usd), max(unpriced) "
+            f"FROM spend_daily WHERE day >= ? AND day <= ? GROUP BY {column}",
+            (first_day, today),
+        )
+        rows = [_row(values) for values in grouped]
+        month_start, month_end, month_label = calendar.month_bounds(now)
+        history_start = min(month_start, calendar.days_back(since, ANOMALY_HISTORY_DAYS))
+        daily = {
+            str(label): float(cost)
+            for label, cost in await self._db.read(
+                "SELECT day, total(cost_usd) FROM spend_daily WHERE day >= ? AND day <= ? "
+                "GROUP BY day",
+                (calendar.day(history_start), today),
+            )
+        }
+        if by == "day":
+            first = await self._db.read("SELECT min(day) FROM spend_daily")
+            ledger_start = _day(first[0][0]) if first and first[0][0] else None
+            for row in rows:
+                row.anomalous = is_anomalous(row.cost_usd, _history(daily, row.key, ledger_start))
+            rows.sort(key=lambda row: row.key)
+        else:
+            rows.sort(key=lambda row: (-row.cost_usd, -row.requests, row.key))
+        return SpendReply(
+            period=period,
+            by=by,
+            since=since,
+            until=now,
+            total=_total(rows),
+            rows=rows,
+            forecast_month_usd=self._forecast(daily, now, month_start, month_end, month_label),
+        )
+
+    def _forecast(
+        self,
+        daily: dict[str, float],
+        now: float,
+        month_start: float,
+        month_end: float,
+        month_label: str,
+    ) -> float | None:
+        if not any(label.startswith(month_label) for label in daily):
+            return None
+        today = _day(self.calendar.day(now))
+        first = today.replace(day=1)
+        complete = [
+            daily.get((first + timedelta(days=n)).isoformat(), 0.0)
+            for n in range((today - first).days)
+        ]
+        days_in_month = round((month_end - month_start) / 86400)
+        elapsed_days = (now - month_start) / 86400
+        return forecast_month(
+            complete, daily.get(today.isoformat(), 0.0), days_in_month, elapsed_days
+        )
+
+
+def _row(values: tuple[Any, ...]) -> SpendRow:
+    """A report row from one grouped query row."""
+    key, requests, errors, prompt, completion, cached, cost, hits, saved, unpriced = values
+    return SpendRow(
+        key=str(key),
+        requests=int(requests),
+        errors=int(errors),
+        prompt_tokens=int(prompt),
+        completion_tokens=int(completion),
+        cached_tokens=int(cached),
+        cost_usd=float(cost),
+        cache_hits=int(hits),
+        saved_usd=float(saved),
+        unpriced=bool(unpriced),
+    )
+
+
+def _history(daily: dict[str, float], label: str, first_day: date | None) -> list[float]:
+    """Daily costs of the days before ``label`` that count as its history."""
+    day = _day(label)
+    history = []
+    for back in range(1, ANOMALY_HISTORY_DAYS + 1):
+        earlier = day - timedelta(days=back)
+        if first_day is None or earlier < first_day:
+            break
+        history.append(daily.get(earlier.isoformat(), 0.0))
+    return history
+
+
+def _total(rows: list[SpendRow]) -> SpendRow:
+    total = SpendRow(key="total")
+    for row in rows:
+        total.requests += row.requests
+        total.errors += row.errors
+        total.prompt_tokens += row.prompt_tokens
+        total.completion_tokens += row.completion_tokens
+        total.cached_tokens += row.cached_tokens
+        total.cost_usd += row.cost_usd
+        total.cache_hits += row.cache_hits
+        total.saved_usd += row.saved_usd
+        total.unpriced = total.unpriced or row.unpriced
+    return total

@@ -1,0 +1,331 @@
+"""The response cache: keys, modes, TTL on a virtual clock, each eviction policy, persistence
+across a restart, clearing and warming."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from quotad.daemon.clock import VirtualClock
+from quotad.daemon.config import CacheConfig
+from quotad.daemon.errors import RequestError
+from quotad.daemon.store.cache import Cache, CachedChat, CachedChunk, chat_key, embed_key
+from quotad.daemon.store.db import Database
+from quotad.daemon.store.warm import WarmEntry
+from quotad.protocol.messages import Chat, Embed, Usage
+
+pytestmark = pytest.mark.anyio
+
+ENTRY_BYTES = 1100  # about what one answer below takes
+BASE: dict[str, Any] = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def anyio_backend(asyncio_only: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    return asyncio_only
+
+
+@pytest.fixture
+def directory() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="qcache", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def db(directory: Path) -> AsyncIterator[Database]:
+    database = Database(directory / "quotad.db")
+    await database.open()
+    yield database
+    await database.close()
+
+
+def chat(**fields: Any) -> Chat:
+    return msgspec.convert({**BASE, **fields}, Chat)
+
+
+def answer(text: str = "", size: int = 1000) -> CachedChat:
+    content = (text + " " + "x" * size)[:size]
+    return CachedChat(content, None, "stop", Usage(prompt_tokens=3, completion_tokens=5), "p/m")
+
+
+def cache_of(
+    db: Database, clock: VirtualClock, *, entries: float = 100, eviction: Any = "lru", **more: Any
+) -> Cache:
+    config = CacheConfig(max_mb=entries * ENTRY_BYTES / 2**20, eviction=eviction, **more)
+    return Cache(config, db, clock)
+
+
+async def stored_keys(db: Database) -> set[bytes]:
+    await db.write([])  # everything submitted before is committed after this
+    return {bytes(row[0]) for row in await db.read("SELECT key FROM cache")}
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_the_key_ignores_who_asks_and_how_urgently() -> None:
+    key = chat_key(chat())
+    same = chat(app="other", priority="high", tags=["x"], user="u", cache="refresh", max_wait_s=3)
+    assert chat_key(same) == key
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "other"},
+        {"messages": [{"role": "user", "content": "hi!"}]},
+        {"messages": [{"role": "system", "content": "hi"}]},
+        {"temperature": 0.5},
+        {"max_tokens": 9},
+        {"seed": 1},
+        {"stop": ["."]},
+        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        {"response_format": {"type": "json_object"}},
+        {"extra": {"top_k": 3}},
+        {"stream": True},
+    ],
+)
+def test_the_key_changes_with_what_changes_the_answer(change: dict[str, Any]) -> None:
+    assert chat_key(chat(**change)) != chat_key(chat())
+
+
+def test_the_key_does_not_depend_on_dict_order() -> None:
+    one = chat(extra={"a": 1, "b": {"c": 2, "d": 3}})
+    two = chat(extra={"b": {"d": 3, "c": 2}, "a": 1})
+    assert chat_key(one) == chat_key(two)
+
+
+async def test_requests_that_neither_look_up_nor_store_are_not_hashed(db: Database) -> None:
+    assert cache_of(db, VirtualClock()).key_of(chat()) == chat_key(chat())
+    assert cache_of(db, VirtualClock()).key_of(chat(cache="bypass")) is None
+    assert Cache(CacheConfig(mode="off"), db, VirtualClock()).key_of(chat()) is None
+
+
+def test_chat_and_embed_keys_never_collide() -> None:
+    embed = msgspec.convert({"model": "fast", "input": "hi"}, Embed)
+    assert embed_key(embed) != chat_key(chat())
+
+
+# --------------------------------------------------------------------------- modes
+
+
+async def test_use_misses_then_hits_and_counts(db: Database) -> None:
+    cache = cache_of(db, VirtualClock())
+    key = chat_key(chat())
+    assert cache.lookup(key, "use") is None
+    assert cache.stores("use")
+    cache.put(key, "chat", "fast", answer("first"), 0.002)
+    hit = cache.lookup(key, "use")
+    assert hit is not None
+    assert hit.answer == answer("first")
+    status = cache.status()
+    assert (status.hits, status.misses, status.entries) == (1, 1, 1)
+    assert status.hit_rate == 0.5
+    assert status.saved_usd == 0.002
+    assert key in await stored_keys(db)
+
+
+async def test_bypass_neither_looks_up_nor_stores(db: Database) -> None:
+    cache = cache_of(db, VirtualClock())
+    key = chat_key(chat())
+    cache.put(key, "chat", "fast", answer(), 0.0)
+    assert cache.lookup(key, "bypass") is None
+    assert not cache.stores("bypass")
+    assert (cache.status().hits, cache.status().misses) == (0, 0)
+
+
+async def test_refresh_skips_the_lookup_and_replaces_the_answer(db: Database) -> None:
+    cache = cache_of(db, VirtualClock())
+    key = chat_key(chat())
+    cache.put(key, "chat", "fast", answer("old"), 0.0)
+    assert cache.lookup(key, "refresh") is None
+    assert cache.stores("refresh")
+    cache.put(key, "chat", "fast", answer("new"), 0.0)
+    hit = cache.lookup(key, "use")
+    assert hit is not None
+    assert hit.answer == answer("new")
+    assert len(cache) == 1
+
+
+async def test_only_answers_hits_and_refuses_misses(db: Database) -> None:
+    cache = cache_of(db, VirtualClock())
+    key = chat_key(chat())
+    with pytest.raises(RequestError) as refused:
+        cache.lookup(key, "only")
+    assert refused.value.code == "bad_request"
+    assert refused.value.details == {"cache": "miss"}
+    assert not cache.stores("only")
+    cache.put(key, "chat", "fast", answer(), 0.0)
+    assert cache.lookup(key, "only") is not None
+
+
+async def test_a_cache_that_is_off_never_answers(db: Database) -> None:
+    cache = Cache(CacheConfig(mode="off"), db, VirtualClock())
+    key = chat_key(chat())
+    assert cache.lookup(key, "use") is None
+    assert not cache.stores("use")
+    with pytest.raises(RequestError, match="the cache is off"):
+        cache.lookup(key, "only")
+    assert cache.status().mode == "off"
+
+
+# --------------------------------------------------------------------------- TTL
+
+
+async def test_entries_expire_after_ttl(db: Database) -> None:
+    clock = VirtualClock()
+    cache = cache_of(db, clock, ttl_s=60)
+    key = chat_key(chat())
+    cache.put(key, "chat", "fast", answer(), 0.0)
+    clock.advance(59)
+    assert cache.lookup(key, "use") is not None
+    clock.advance(2)
+    assert cache.lookup(key, "use") is None
+    assert len(cache) == 0
+    assert key not in await stored_keys(db)
+
+
+# --------------------------------------------------------------------------- eviction
+
+
+def keys_named(*names: str) -> dict[str, bytes]:
+    return {name: chat_key(chat(messages=[{"role": "user", "content": name}])) for name in names}
+
+
+async def test_lru_evicts_the_least_recently_used(db: Database) -> None:
+    clock = VirtualClock()
+    cache = cache_of(db, clock, entries=3.5, eviction="lru")
+    keys = keys_named("a", "b", "c", "d")
+    for name in "abc":
+        cache.put(keys[name], "chat", "fast", answer(name), 0.01)
+        clock.advance(1)
+    assert cache.lookup(keys["a"], "use") is not None  # a is now the most recent
+    clock.advance(1)
+    cache.put(keys["d"], "chat", "fast", answer("d"), 0.01)
+    assert {name for name, key in keys.items() if key in cache} == {"a", "c", "d"}
+    assert cache.status().evictions == 1
+    assert keys["b"] not in await stored_keys(db)
+    assert cache.bytes <= cache.max_bytes
+
+
+async def test_lfu_evicts_the_least_frequently_used_but_never_the_newcomer(db: Database) -> None:
+    clock = VirtualClock()
+    cache = cache_of(db, clock, entries=3.5, eviction="lfu")
+    keys = keys_named("a", "b", "c", "d", "e")
+    for name in "abc":
+        cache.put(keys[name], "chat", "fast", answer(name), 0.01)
+        clock.advance(1)
+    for name in "aac":
+        cache.lookup(keys[name], "use")
+        clock.advance(1)
+    cache.put(keys["d"], "chat", "fast", answer("d"), 0.01)  # b has no hits: it goes
+    assert {name for name, key in keys.items() if key in cache} == {"a", "c", "d"}
+    clock.advance(1)
+    cache.put(keys["e"], "chat", "fast", answer("e"), 0.01)  # d has no hits now: it goes
+    assert {name for name, key in keys.items() if key in cache} == {"a", "c", "e"}
+
+
+async def test_cost_evicts_what_saves_least_per_byte(db: Database) -> None:
+    clock = VirtualClock()
+    cache = cache_of(db, clock, entries=3.5, eviction="cost")
+    keys = keys_named("dear", "cheap", "mid", "new", "newer")
+    for name, cost in (("dear", 0.05), ("cheap", 0.0001), ("mid", 0.002)):
+        cache.put(keys[name], "chat", "fast", answer(name), cost)
+        clock.advance(1)
+    cache.put(keys["new"], "chat", "fast", answer("new"), 0.001)
+    assert {name for name, key in keys.items() if key in cache} == {"dear", "mid", "new"}
+    for _ in range(5):  # hits multiply what "new" saves: 0.001 x 6 > 0.002 x 1
+        cache.lookup(keys["new"], "use")
+    cache.put(keys["newer"], "chat", "fast", answer("newer"), 0.03)
+    assert {name for name, key in keys.items() if key in cache} == {"dear", "new", "newer"}
+
+
+async def test_a_replaced_entry_is_weighed_by_its_new_use(db: Database) -> None:
+    clock = VirtualClock()
+    cache = cache_of(db, clock, entries=2.5, eviction="lru")
+    keys = keys_named("a", "b", "c")
+    for name in "ab":
+        cache.put(keys[name], "chat", "fast", answer(name), 0.01)
+        clock.advance(1)
+    cache.put(keys["a"], "chat", "fast", answer("a again"), 0.01)  # a refresh: a is new now
+    clock.advance(1)
+    cache.put(keys["c"], "chat", "fast", answer("c"), 0.01)
+    assert {name for name, key in keys.items() if key in cache} == {"a", "c"}
+
+
+async def test_an_answer_larger_than_the_cache_is_not_stored(db: Database) -> None:
+    cache = cache_of(db, VirtualClock(), entries=1)
+    cache.put(chat_key(chat()), "chat", "fast", answer(size=5000), 0.0)
+    assert len(cache) == 0
+    assert cache.bytes == 0
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+async def test_entries_and_hit_counts_survive_a_restart_expired_ones_do_not(
+    directory: Path,
+) -> None:
+    clock = VirtualClock()
+    keys = keys_named("kept", "old")
+    first = Database(directory / "quotad.db")
+    await first.open()
+    cache = cache_of(first, clock, ttl_s=100)
+    cache.put(keys["old"], "chat", "fast", answer("old"), 0.5)
+    clock.advance(50)
+    streamed = CachedChat("ab", None, "stop", Usage(), "p/m", [CachedChunk("a"), CachedChunk("b")])
+    cache.put(keys["kept"], "chat", "fast", streamed, 0.25)
+    cache.lookup(keys["kept"], "use")
+    await first.close()
+
+    clock.advance(60)  # "old" is 110 s old now
+    second = Database(directory / "quotad.db")
+    await second.open()
+    try:
+        reloaded = cache_of(second, clock, ttl_s=100)
+        await reloaded.load()
+        assert keys["old"] not in reloaded
+        hit = reloaded.lookup(keys["kept"], "use")
+        assert hit is not None
+        assert hit.answer == streamed
+        assert (hit.hits, hit.cost_usd) == (2, 0.25)
+        assert await stored_keys(second) == {keys["kept"]}
+    finally:
+        await second.close()
+
+
+async def test_clear_everything_or_only_older_entries(db: Database) -> None:
+    clock = VirtualClock()
+    cache = cache_of(db, clock)
+    keys = keys_named("old", "young")
+    cache.put(keys["old"], "chat", "fast", answer(), 0.0)
+    clock.advance(3600)
+    cache.put(keys["young"], "chat", "fast", answer(), 0.0)
+    assert await cache.clear(older_than_s=1800) == 1
+    assert await stored_keys(db) == {keys["young"]}
+    assert await cache.clear() == 1
+    assert await stored_keys(db) == set()
+    assert cache.bytes == 0
+
+
+async def test_warming_stores_recorded_answers_under_the_live_key(db: Database) -> None:
+    cache = cache_of(db, VirtualClock())
+    line = {
+        "request": {**BASE, "stream": True},
+        "response": {"content": "ab", "chunks": ["a", "b"], "usage": {"prompt_tokens": 2}},
+    }
+    entry = msgspec.convert(line, WarmEntry)
+    assert await cache.warm([(entry, 0.125)]) == 1
+    hit = cache.lookup(chat_key(chat(stream=True)), "only")
+    assert hit is not None
+    assert hit.cost_usd == 0.125
+    assert isinstance(hit.answer, CachedChat)
+    assert [chunk.delta for chunk in hit.answer.replay(7)] == ["a", "b"]
+    assert len(await stored_keys(db)) == 1

@@ -1,0 +1,256 @@
+"""The database: group commit, isolation of a bad write, migrations, clear errors for a newer
+schema, a corrupt or unwritable file, and a full database; readers never block the writer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from quotad.daemon.store.db import Database, StoreError, WriteFailed, _in_thread
+from quotad.daemon.store.schema import SCHEMA_VERSION
+
+pytestmark = pytest.mark.anyio
+
+INSERT_AUDIT = (
+    "INSERT INTO audit (time, action, target, caller_uid, caller_pid, detail) "
+    "VALUES (?, ?, ?, NULL, NULL, '{}')"
+)
+
+
+@pytest.fixture
+def anyio_backend(asyncio_only: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    return asyncio_only  # aiosqlite is asyncio's
+
+
+@pytest.fixture
+def directory() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="qdb", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def db(directory: Path) -> AsyncIterator[Database]:
+    database = Database(directory / "quotad.db")
+    await database.open()
+    yield database
+    await database.close()
+
+
+def audit_count(path: Path) -> int:
+    with sqlite3.connect(path) as connection:
+        return int(connection.execute("SELECT count(*) FROM audit").fetchone()[0])
+
+
+async def test_open_creates_and_migrates_and_reopening_keeps_the_data(directory: Path) -> None:
+    path = directory / "deeper" / "quotad.db"
+    first = Database(path)
+    await first.open()
+    await first.write([(INSERT_AUDIT, (1.0, "a", "t"))])
+    await first.close()
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
+    second = Database(path)
+    await second.open()
+    assert await second.read("SELECT action FROM audit") == [("a",)]
+    assert await second.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    await second.close()
+
+
+async def test_one_database_has_one_owner(db: Database) -> None:
+    with pytest.raises(StoreError, match="already serving") as refused:
+        await Database(db.path).open()
+    assert f"pid {os.getpid()}" in str(refused.value)
+    assert str(db.path.parent) in str(refused.value)
+    await db.close()
+    again = Database(db.path)
+    await again.open()  # the lock went with the close
+    await again.close()
+
+
+async def test_concurrent_writes_share_commits(db: Database) -> None:
+    async with anyio.create_task_group() as writers:
+        for number in range(200):
+            writers.start_soon(db.write, [(INSERT_AUDIT, (float(number), "w", str(number)))])
+    assert audit_count(db.path) == 200
+    assert db.stats.statements == 200
+    assert db.stats.transactions < 200 / 4  # most commits carried several writers' rows
+    assert db.stats.largest_batch > 4
+
+
+async def test_a_bad_write_fails_alone(db: Database) -> None:
+    outcomes: dict[str, str] = {}
+
+    async def write(name: str, sql: str) -> None:
+        try:
+            await db.write([(sql, (1.0, name, name))])
+            outcomes[name] = "ok"
+        except WriteFailed as error:
+            outcomes[name] = str(error)
+
+    async with anyio.create_task_group() as writers:
+        for name in ("one", "two", "three"):
+            writers.start_soon(write, name, INSERT_AUDIT)
+        writers.start_soon(write, "bad", INSERT_AUDIT.replace("audit", "no_such_table"))
+    assert outcomes["one"] == outcomes["two"] == outcomes["three"] == "ok"
+    assert "no such table" in outcomes["bad"]
+    assert str(db.path) in outcomes["bad"]
+    assert audit_count(db.path) == 3
+
+
+async def test_a_write_whose_caller_is_cancelled_is_still_committed(db: Database) -> None:
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await db.write([(INSERT_AUDIT, (1.0, "cancelled", "x"))])
+    await db.write([(INSERT_AUDIT, (2.0, "after", "x"))])  # FIFO: the first is in by now
+    assert audit_count(db.path) == 2
+
+
+async def test_write_later_reports_its_outcome(db: Database) -> None:
+    done = anyio.Event()
+    outcome: list[WriteFailed | None] = []
+
+    def finished(failure: WriteFailed | None) -> None:
+        outcome.append(failure)
+        done.set()
+
+    db.write_later([(INSERT_AUDIT, (1.0, "later", "x"))], finished)
+    await done.wait()
+    assert outcome == [None]
+
+
+async def test_a_long_reader_does_not_block_the_writer(db: Database) -> None:
+    reader = sqlite3.connect(db.path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM audit").fetchone()  # holds a read snapshot
+        with anyio.fail_after(5):
+            await db.write([(INSERT_AUDIT, (1.0, "while reading", "x"))])
+            assert await db.read("SELECT count(*) FROM audit") == [(1,)]
+        assert reader.execute("SELECT count(*) FROM audit").fetchone() == (0,)  # its snapshot
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+
+
+async def test_durability_full_syncs_every_commit_that_holds_a_durable_write(
+    directory: Path,
+) -> None:
+    database = Database(directory / "quotad.db", durability="full")
+    await database.open()
+    try:
+        assert database._writer is not None
+
+        def synchronous(connection: sqlite3.Connection) -> int:
+            return int(connection.execute("PRAGMA synchronous").fetchone()[0])
+
+        await database.write([(INSERT_AUDIT, (1.0, "spent", "x"))])
+        assert database.stats.synced == 1
+        assert await _in_thread(database._writer, synchronous) == 2  # FULL
+        await database.write([(INSERT_AUDIT, (2.0, "free", "x"))], durable=False)
+        assert database.stats.synced == 1
+        assert await _in_thread(database._writer, synchronous) == 1  # NORMAL
+        assert audit_count(database.path) == 2
+    finally:
+        await database.close()
+
+
+async def test_durability_normal_never_syncs_a_commit(db: Database) -> None:
+    await db.write([(INSERT_AUDIT, (1.0, "spent", "x"))])
+    assert db.stats.transactions == 1
+    assert db.stats.synced == 0
+
+
+async def test_close_ends_the_connection_threads_and_later_writes_fail(directory: Path) -> None:
+    before = threading.active_count()
+    database = Database(directory / "quotad.db")
+    await database.open()
+    assert threading.active_count() == before + 2  # the writer's and the reader's
+    await database.close()
+    assert threading.active_count() == before
+    with pytest.raises(WriteFailed, match="closed"):
+        await database.write([(INSERT_AUDIT, (1.0, "late", "x"))])
+
+
+# --------------------------------------------------------------------------- clear errors
+
+
+async def test_a_newer_schema_is_refused_with_a_clear_error(directory: Path) -> None:
+    path = directory / "quotad.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 5,))
+    with pytest.raises(StoreError) as refused:
+        await Database(path).open()
+    message = str(refused.value)
+    assert str(path) in message
+    assert f"schema version {SCHEMA_VERSION + 5}" in message
+    assert f"newer than this quotad knows ({SCHEMA_VERSION})" in message
+
+
+async def test_a_file_that_is_not_a_database_is_refused(directory: Path) -> None:
+    path = directory / "quotad.db"
+    path.write_bytes(b"this is no SQLite file, just text that happens to be here\n" * 200)
+    with pytest.raises(StoreError, match="corrupt or not a quotad database") as refused:
+        await Database(path).open()
+    assert str(path) in str(refused.value)
+    assert path.read_bytes().startswith(b"this is no SQLite")  # left as it was
+
+
+async def test_damaged_pages_are_found_at_open(directory: Path) -> None:
+    path = directory / "quotad.db"
+    database = Database(path)
+    await database.open()
+    await database.write([(INSERT_AUDIT, (float(n), "x" * 500, "t")) for n in range(400)])
+    await database.close()
+    data = bytearray(path.read_bytes())
+    assert len(data) > 20 * 4096
+    for page in range(3, len(data) // 4096):  # leave the header and the first pages whole
+        data[page * 4096 + 8 : page * 4096 + 200] = b"\xa5" * 192
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="corrupt") as refused:
+        await Database(path).open()
+    assert str(path) in str(refused.value)
+
+
+async def test_an_unusable_state_directory_is_a_clear_error(directory: Path) -> None:
+    blocker = directory / "a-file"
+    blocker.write_text("not a directory")
+    path = blocker / "state" / "quotad.db"
+    with pytest.raises(StoreError, match="cannot create the state directory") as refused:
+        await Database(path).open()
+    assert str(blocker / "state") in str(refused.value)
+
+
+async def fill(database: Database) -> WriteFailed:
+    """Write until the database is full; the failure that says so."""
+    for number in range(1000):
+        try:
+            await database.write([(INSERT_AUDIT, (float(number), "x" * 3000, "t"))])
+        except WriteFailed as failure:
+            return failure
+    raise AssertionError("the database never filled up")
+
+
+async def test_a_full_database_fails_writes_clearly_and_recovers(directory: Path) -> None:
+    database = Database(directory / "quotad.db", max_size_mb=0.25)
+    await database.open()
+    try:
+        full = await fill(database)
+        assert "database or disk is full" in str(full)
+        assert str(database.path) in str(full)
+        await database.write([("DELETE FROM audit WHERE time < 20", ())])
+        await database.write([(INSERT_AUDIT, (1.0, "fits again", "t"))])
+        assert await database.read("SELECT count(*) FROM audit WHERE action = 'fits again'") == [
+            (1,)
+        ]
+    finally:
+        await database.close()

@@ -1,0 +1,273 @@
+"""The ledger (rows kept through a failed write), spend reports (grouping, totals, forecast,
+anomalies), HTTP keys and the audit trail."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quotad.daemon.clock import VirtualClock
+from quotad.daemon.store.audit import Audit
+from quotad.daemon.store.budgets import Calendar
+from quotad.daemon.store.db import Database, WriteFailed
+from quotad.daemon.store.keys import KEY_PREFIX, Keys
+from quotad.daemon.store.ledger import Ledger, LedgerRow, LedgerWriteFailed
+from quotad.daemon.store.spend import forecast_month, is_anomalous
+
+pytestmark = pytest.mark.anyio
+
+NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC).timestamp()
+DAY = 86400.0
+
+
+@pytest.fixture
+def anyio_backend(asyncio_only: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    return asyncio_only
+
+
+@pytest.fixture
+def directory() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="qledger", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def db(directory: Path) -> AsyncIterator[Database]:
+    database = Database(directory / "quotad.db")
+    await database.open()
+    yield database
+    await database.close()
+
+
+CALENDAR = Calendar("UTC")
+
+
+def row(
+    number: int,
+    *,
+    at: float = NOW,
+    app: str = "agent",
+    model: str = "fast",
+    target: str = "openai/gpt-4o-mini",
+    status: str = "ok",
+    cost: float = 0.01,
+    cached: bool = False,
+    unpriced: bool = False,
+) -> LedgerRow:
+    return LedgerRow(
+        request_id=f"qd-test-{number}",
+        time=at,
+        day=CALENDAR.day(at),
+        kind="chat",
+        app=app,
+        user="",
+        uid=1000,
+        pid=42,
+        gid=1000,
+        model=model,
+        target=target,
+        attempts=1,
+        status=status,
+        prompt_tokens=100,
+        completion_tokens=20,
+        cached_tokens=0,
+        cost_usd=0.0 if cached else cost,
+        saved_usd=cost if cached else 0.0,
+        cached=cached,
+        unpriced=unpriced,
+        wait_s=0.0,
+        latency_s=0.1,
+        priority="normal",
+        tags='["nightly"]',
+    )
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+async def test_rows_are_committed_with_every_column(db: Database) -> None:
+    ledger = Ledger(db, CALENDAR)
+    await ledger.record(row(1))
+    (stored,) = await db.read(f"SELECT {', '.join(LedgerRow._fields)} FROM ledger")
+    assert LedgerRow(*stored)._replace(cached=bool(stored[18]), unpriced=bool(stored[19])) == row(1)
+
+
+async def test_a_row_that_cannot_be_written_is_kept_and_written_later(directory: Path) -> None:
+    db = Database(directory / "quotad.db", max_size_mb=0.25)
+    await db.open()
+    ledger = Ledger(db, CALENDAR)
+    try:
+        filler = "x" * 3000
+        failed: LedgerWriteFailed | None = None
+        for _ in range(2000):
+            try:
+                await db.write(
+                    [("INSERT INTO audit VALUES (NULL, 0, ?, '', NULL, NULL, '{}')", (filler,))]
+                )
+            except WriteFailed:
+                break
+        for number in range(2000):
+            try:
+                await ledger.record(row(number))
+            except LedgerWriteFailed as error:
+                failed = error
+                break
+        assert failed is not None
+        assert "database or disk is full" in str(failed)
+        assert [kept.request_id for kept in ledger.unrecorded] == [failed.request_id]
+        assert ledger.unrecorded[0].status == "internal"  # what its caller got instead
+        await db.write([("DELETE FROM audit", ())])
+        await ledger.record(row(99999))  # sends the kept row along, as a write of its own
+        await db.write([])
+        ids = {r[0] for r in await db.read("SELECT request_id FROM ledger")}
+        assert {failed.request_id, "qd-test-99999"} <= ids
+        assert ledger.unrecorded == []
+    finally:
+        await ledger.flush()
+        await db.close()
+
+
+async def test_flush_writes_kept_rows_at_shutdown(db: Database) -> None:
+    ledger = Ledger(db, CALENDAR)
+    ledger.unrecorded.append(row(7))
+    await ledger.flush()
+    assert await db.read("SELECT request_id FROM ledger") == [("qd-test-7",)]
+
+
+async def test_spent_by_app_sums_today_and_this_month(db: Database) -> None:
+    ledger = Ledger(db, CALENDAR)
+    for number, (at, app, cost) in enumerate(
+        [
+            (NOW, "agent", 0.5),
+            (NOW - 3600, "agent", 0.25),
+            (NOW - 5 * DAY, "agent", 1.0),
+            (NOW - 40 * DAY, "agent", 9.0),  # last month
+            (NOW - 2 * DAY, "indexer", 2.0),
+        ]
+    ):
+        await ledger.record(row(number, at=at, app=app, cost=cost))
+    assert sorted(await ledger.spent_by_app(NOW)) == [("agent", 0.75, 1.75), ("indexer", 0.0, 2.0)]
+
+
+# --------------------------------------------------------------------------- reports
+
+
+async def test_reports_group_and_total_the_period(db: Database) -> None:
+    ledger = Ledger(db, CALENDAR)
+    rows = [
+        row(1, app="agent", cost=0.03),
+        row(2, app="agent", cost=0.01, status="upstream_error"),
+        row(3, app="agent", cost=0.02, cached=True),
+        row(4, app="indexer", cost=0.5, target="local/llama", unpriced=True),
+        row(5, app="indexer", cost=0.1, at=NOW - 2 * DAY),  # this week, not today
+        row(6, app="old", cost=7.0, at=NOW - 30 * DAY),  # last month
+    ]
+    for entry in rows:
+        await ledger.record(entry)
+
+    today = await ledger.report("day", "app", NOW)
+    assert [r.key for r in today.rows] == ["indexer", "agent"]  # dearest first
+    agent = today.rows[1]
+    assert (agent.requests, agent.errors, agent.cache_hits) == (3, 1, 1)
+    assert agent.prompt_tokens == 200  # the hit's tokens are not billed
+    assert agent.cost_usd == pytest.approx(0.04)
+    assert agent.saved_usd == pytest.approx(0.02)
+    assert today.rows[0].unpriced
+    assert not agent.unpriced
+    assert today.total.requests == 4
+    assert today.total.unpriced
+    assert today.total.cost_usd == pytest.approx(0.54)
+    assert today.since == datetime(2026, 11, 20, tzinfo=UTC).timestamp()
+
+    week = await ledger.report("week", "target", NOW)
+    assert {r.key: r.requests for r in week.rows} == {"openai/gpt-4o-mini": 4, "local/llama": 1}
+    month = await ledger.report("month", "model", NOW)
+    assert month.total.requests == 5
+    by_day = await ledger.report("month", "day", NOW)
+    assert [r.key for r in by_day.rows] == ["2026-11-18", "2026-11-20"]
+
+
+async def test_reports_flag_anomalous_days_and_forecast_the_month(db: Database) -> None:
+    ledger = Ledger(db, CALENDAR)
+    number = 0
+    for back in range(1, 20):  # a steady dollar a day for 19 days
+        for _ in range(4):
+            number += 1
+            await ledger.record(row(number, at=NOW - back * DAY, cost=0.25 + 0.01 * (back % 3)))
+    for _ in range(20):  # today: ten times as much
+        number += 1
+        await ledger.record(row(number, cost=0.5))
+    report = await ledger.report("month", "day", NOW)
+    flags = {r.key: r.anomalous for r in report.rows}
+    assert flags["2026-11-20"] is True
+    assert not any(flag for day, flag in flags.items() if day != "2026-11-20")
+    assert report.forecast_month_usd is not None
+    assert 25 < report.forecast_month_usd < 45  # 19 days at ~$1.05, today $10, then ~$1/day
+
+
+def test_anomaly_needs_history_and_a_real_jump() -> None:
+    steady = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0]
+    assert is_anomalous(5.0, steady)
+    assert not is_anomalous(1.2, steady)
+    assert not is_anomalous(5.0, steady[:5])  # too little history
+    assert not is_anomalous(0.009, [0.0] * 10)  # under a cent above the mean
+    assert is_anomalous(0.5, [0.0] * 10)
+
+
+def test_forecast_follows_the_trend_or_the_rate() -> None:
+    assert forecast_month([], 2.0, 30, 0.5) == pytest.approx(120.0)  # $2 in half a day
+    rising = [1.0, 2.0, 3.0, 4.0]
+    expected = sum(rising) + 5.0 + sum(range(6, 31))  # the line y = x + 1 to day 30
+    assert forecast_month(rising, 0.5, 30, 4.5) == pytest.approx(expected)
+    falling = [5.0, 3.0, 1.0]
+    assert forecast_month(falling, 0.0, 30, 3.5) == pytest.approx(9.0)  # never below zero
+
+
+# --------------------------------------------------------------------------- keys and audit
+
+
+async def test_keys_are_shown_once_stored_hashed_and_revocable(db: Database) -> None:
+    keys = Keys(db, VirtualClock())
+    key, record = await keys.create("indexer")
+    assert key.startswith(KEY_PREFIX)
+    assert len(key) > 40
+    assert record.prefix == key[:10]
+    assert record.app == "indexer"
+    assert keys.app_for_key(key) == "indexer"
+    assert keys.app_for_key(key + "x") is None
+    assert keys.app_for_key("sk-not-ours") is None
+    await db.write([])
+    raw = b"".join(path.read_bytes() for path in db.path.parent.glob("quotad.db*"))
+    assert key.encode() not in raw  # only its hash is stored
+
+    reloaded = Keys(db, VirtualClock())
+    await reloaded.load()
+    assert reloaded.app_for_key(key) == "indexer"
+    assert await reloaded.revoke(record.id)
+    assert not await reloaded.revoke(record.id)
+    assert not await reloaded.revoke("k-nope")
+    assert reloaded.app_for_key(key) is None
+    (listed,) = reloaded.list()
+    assert listed.revoked is not None
+
+    again = Keys(db, VirtualClock())
+    await again.load()
+    assert again.app_for_key(key) is None
+
+
+async def test_audit_records_who_did_what(db: Database) -> None:
+    audit = Audit(db, VirtualClock())
+    await audit.record("key_create", "k1", 1000, 4242, {"app": "web"})
+    with sqlite3.connect(db.path) as connection:
+        rows = connection.execute(
+            "SELECT action, target, caller_uid, caller_pid, detail FROM audit"
+        ).fetchall()
+    assert rows == [("key_create", "k1", 1000, 4242, '{"app":"web"}')]
