@@ -24,24 +24,30 @@ import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, Protocol, TypeVar
 
 import anyio
 
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
+from quotad.daemon.gates import Gates, Reservation
 from quotad.daemon.providers.base import (
+    NO_RATE_LIMITS,
     ChatDelta,
     ChatResult,
     ChatStream,
     EmbedResult,
     ProviderError,
+    RateLimitInfo,
 )
+from quotad.daemon.providers.ratelimits import parse_rate_limits
 from quotad.daemon.routing import Route, Router, Target
+from quotad.daemon.tokens import estimate_input_tokens, estimate_prompt_tokens
 from quotad.protocol.messages import (
     Acquire,
     Admin,
+    AppStatus,
     Chat,
     ChatChunk,
     ChatEnd,
@@ -128,23 +134,49 @@ class RequestContext:
     model: str
     started: float
     priority: str = "normal"
+    max_wait_s: float | None = None
     max_tokens: int = 0
+    tokens: int = 0
     attempts: int = 0
     wait_s: float = 0.0
     target: Target | None = None
+    reservation: Reservation | None = None
     finished: bool = False
 
 
-T = TypeVar("T")
+class OpenedStream(NamedTuple):
+    """A stream whose provider accepted it, with its first piece (None: it was empty)."""
+
+    stream: ChatStream
+    first: ChatDelta | None
+
+    @property
+    def rate_limits(self) -> RateLimitInfo:
+        """The provider's rate-limit headers on the stream's response."""
+        return self.stream.rate_limits
+
+
+class ProviderAnswer(Protocol):
+    """Any provider result: each carries the provider's rate-limit headers."""
+
+    @property
+    def rate_limits(self) -> RateLimitInfo: ...
+
+
+T = TypeVar("T", bound=ProviderAnswer)
 RECENT_REQUESTS = 1000
+DEFAULT_429_PAUSE_S = 1.0
 
 
 class Broker:
     """Composes routing, gates, cache, ledger and providers into request handling."""
 
-    def __init__(self, config: Config, router: Router, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, config: Config, router: Router, gates: Gates, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.config = config
         self.router = router
+        self.gates = gates
         self.clock = clock
         self.started_at = clock.monotonic()
         self.request_ids = RequestIds()
@@ -160,7 +192,7 @@ class Broker:
         """A chat request answered whole."""
         async with self._pipeline("chat", request.model, caller) as context:
             route = self.router.resolve(request.model)  # 1
-            context.max_tokens = request.max_tokens or self._default_max_tokens
+            self._plan_chat(context, request)
 
             async def call(target: Target) -> ChatResult:
                 return await target.provider.chat(target.model, request, context.max_tokens)
@@ -190,9 +222,9 @@ class Broker:
         """
         async with self._pipeline("stream", request.model, caller) as context:
             route = self.router.resolve(request.model)  # 1
-            context.max_tokens = request.max_tokens or self._default_max_tokens
+            self._plan_chat(context, request)
 
-            async def call(target: Target) -> tuple[ChatStream, ChatDelta | None]:
+            async def call(target: Target) -> OpenedStream:
                 stream = await target.provider.open_stream(
                     target.model, request, context.max_tokens
                 )
@@ -202,7 +234,7 @@ class Broker:
                     with anyio.CancelScope(shield=True):
                         await stream.aclose()
                     raise
-                return stream, first
+                return OpenedStream(stream, first)
 
             stream, first = await self._attempt_targets(route, context, call)  # 4-6
             target = context.target
@@ -246,6 +278,7 @@ class Broker:
         async with self._pipeline("embed", request.model, caller) as context:
             route = self.router.resolve(request.model)  # 1
             inputs = [request.input] if isinstance(request.input, str) else request.input
+            self._plan(context, request.priority, request.max_wait_s, estimate_input_tokens(inputs))
 
             async def call(target: Target) -> EmbedResult:
                 return await target.provider.embed(
@@ -268,12 +301,46 @@ class Broker:
     # ------------------------------------------------------------------ permits
 
     async def acquire(self, request: Acquire, caller: Caller) -> Permit:
-        """A permit on a target's gates for a caller that calls the provider itself."""
-        raise RequestError("bad_request", "Acquire is not supported by this daemon version")
+        """A permit on a target's gates, for a caller that calls the provider itself with its
+        own SDK: the same admission a request through the daemon would take."""
+        target = self._first_target(self.router.resolve(request.target))
+        app = request.app or caller.app
+        priority = request.priority or self.gates.app_policy(app).priority
+        demand = self.gates.demand(target.provider_name, target.name, app, request.tokens)
+        reservation, waited = await self.gates.admit(
+            demand, app=app, priority=priority, max_wait_s=request.max_wait_s
+        )
+        held = self.gates.grant_permit(
+            reservation, target.provider_name, target.name, request.lease_s
+        )
+        return Permit(
+            id=request.id,
+            permit_id=held.permit_id,
+            wait_s=waited,
+            lease_s=held.expires_at - self.clock.monotonic(),
+        )
 
     async def settle(self, request: Settle, caller: Caller) -> Ok:
-        """Settle a permit with what the call really used."""
-        raise RequestError("bad_request", "Settle is not supported by this daemon version")
+        """Settle a permit with what the call really used, and learn from the provider's
+        rate-limit headers the caller passes on (a 429 pauses the target)."""
+        held = self.gates.take_permit(request.permit_id)
+        if held is None:
+            raise RequestError(
+                "bad_request",
+                f"permit {request.permit_id!r} is unknown, already settled or past its lease",
+            )
+        used = request.tokens_used or (request.prompt_tokens or 0) + (
+            request.completion_tokens or 0
+        )
+        if request.status == "cancelled":
+            self.gates.cancel(held.reservation)
+        else:
+            self.gates.settle(held.reservation, used or None)
+        info = parse_rate_limits(request.headers) if request.headers else NO_RATE_LIMITS
+        self.gates.observe(held.provider, held.target, info)
+        if request.status == "rate_limited":
+            self.gates.pause(held.target, info.retry_after_s or DEFAULT_429_PAUSE_S)
+        return Ok(id=request.id, message=f"settled {held.permit_id}")
 
     # ------------------------------------------------------------------ reports and operator
 
@@ -333,6 +400,9 @@ class Broker:
         context.finished = True
         latency_s = self.clock.monotonic() - context.started
         usage = usage or Usage()
+        if context.reservation is not None:  # return what was not used
+            self.gates.settle(context.reservation, usage.total_tokens or None)
+            context.reservation = None
         self.finished_total += 1
         self.recent.append(
             RequestRecord(
@@ -369,19 +439,56 @@ class Broker:
         context: RequestContext,
         call: Callable[[Target], Awaitable[T]],
     ) -> T:
-        """Steps 4-6: call the route's first enabled target; a failure is classified."""
+        """Steps 4-6: admit and call the route's first enabled target; classify a failure."""
         target = self._first_target(route)
         context.target = target
         context.attempts += 1
+        demand = self.gates.demand(
+            target.provider_name, target.name, context.caller.app, context.tokens
+        )
+        context.reservation, waited = await self.gates.admit(  # 4
+            demand, app=context.caller.app, priority=context.priority,
+            max_wait_s=context.max_wait_s,
+        )  # fmt: skip
+        context.wait_s += waited
         target.in_flight += 1
         target.requests += 1
         try:
-            return await call(target)  # 5
+            answer = await call(target)  # 5
         except ProviderError as error:  # 6
             target.failures += 1
+            self._gate_feedback(target, context, error)
             raise _upstream_error(target, error) from None
         finally:
             target.in_flight -= 1
+        self.gates.observe(target.provider_name, target.name, answer.rate_limits)
+        return answer
+
+    def _gate_feedback(self, target: Target, context: RequestContext, error: ProviderError) -> None:
+        """A failed attempt still counts at the provider; its headers and a 429 teach the gates."""
+        if context.reservation is not None:
+            self.gates.settle(context.reservation, None)
+            context.reservation = None
+        self.gates.observe(target.provider_name, target.name, error.rate_limits)
+        if error.kind == "rate_limited":
+            self.gates.pause(target.name, error.retry_after_s or DEFAULT_429_PAUSE_S)
+
+    def _plan_chat(self, context: RequestContext, request: Chat) -> None:
+        """Fix a chat request's priority, wait and token reservation (prompt + max_tokens)."""
+        context.max_tokens = request.max_tokens or self._default_max_tokens
+        prompt = estimate_prompt_tokens(request.messages, request.tools)
+        self._plan(context, request.priority, request.max_wait_s, prompt + context.max_tokens)
+
+    def _plan(
+        self,
+        context: RequestContext,
+        priority: str | None,
+        max_wait_s: float | None,
+        tokens: int,
+    ) -> None:
+        context.priority = priority or self.gates.app_policy(context.caller.app).priority
+        context.max_wait_s = max_wait_s
+        context.tokens = tokens
 
     # ------------------------------------------------------------------ status
 
@@ -397,9 +504,11 @@ class Broker:
                 in_flight=target.in_flight,
                 requests=target.requests,
                 failures=target.failures,
+                paused_until=self.gates.paused_until(target.name),
             )
             for target in self.router.targets.values()
         ]
+        gates, queues, queued_by_app = self.gates.status()
         groups = [
             GroupStatus(
                 name=route.name,
@@ -418,7 +527,25 @@ class Broker:
             requests_total=self.requests_total,
             targets=targets,
             groups=groups,
+            gates=gates,
+            queues=queues,
+            apps=self._app_status(queued_by_app),
         )
+
+    def _app_status(self, queued_by_app: dict[str, int]) -> list[AppStatus]:
+        names = set(self.config.apps) | set(queued_by_app)
+        result = []
+        for name in sorted(names):
+            policy = self.gates.app_policy(name)
+            result.append(
+                AppStatus(
+                    name=name,
+                    priority=policy.priority,
+                    share=policy.share,
+                    queued=queued_by_app.get(name, 0),
+                )
+            )
+        return result
 
     # ------------------------------------------------------------------ helpers
 

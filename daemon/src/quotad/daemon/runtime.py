@@ -13,6 +13,7 @@ import anyio.abc
 
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, ConfigError
+from quotad.daemon.gates import Gates
 from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.base import Provider
@@ -37,7 +38,8 @@ class Daemon:
             for name, provider_config in config.providers.items()
         }
         self.router = Router(config, self.providers)
-        self.broker = Broker(config, self.router)
+        self.gates = Gates(config)
+        self.broker = Broker(config, self.router, self.gates)
         self.server = SocketServer(self.broker, socket_path, max_frame=config.daemon.max_frame)
 
     async def serve(
@@ -47,6 +49,7 @@ class Daemon:
         self.server.bind()
         try:
             async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self.gates.run)
                 await tasks.start(self.server.serve)
                 tasks.start_soon(self._stop_on_signal, tasks.cancel_scope)
                 log.info(
