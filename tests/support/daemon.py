@@ -50,6 +50,8 @@ class DaemonProcess:
         directory: Path | None = None,
         env: dict[str, str] | None = None,
         extra_args: tuple[str, ...] = (),
+        launcher: tuple[str, ...] = (sys.executable,),
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self._own_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="qd", dir="/tmp"))
@@ -62,18 +64,28 @@ class DaemonProcess:
         self.log_path = self.directory / "daemon.log"
         self.env = {**os.environ, "QUOTAD_SOCKET": str(self.socket_path), **(env or {})}
         self.extra_args = extra_args
+        self.launcher = launcher
+        """What runs ``-m quotad.daemon.cli serve …``: the interpreter, or a wrapper that
+        execs it (socket activation tests)."""
+        self.pass_fds = pass_fds
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> DaemonProcess:
-        """Start the daemon and wait until its socket answers."""
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the daemon process; do not wait for it."""
         command = [
-            sys.executable, "-m", "quotad.daemon.cli", "serve",
+            *self.launcher, "-m", "quotad.daemon.cli", "serve",
             "--config", str(self.config_path), *self.extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self.env
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, pass_fds=self.pass_fds
             )
+        return self.process
+
+    def start(self) -> DaemonProcess:
+        """Start the daemon and wait until its socket answers."""
+        self.spawn()
+        assert self.process is not None
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -85,7 +85,8 @@ def test_reservation_is_atomic_across_gates_and_settles_once() -> None:
     demand = Demand((provider, app), 600)
     reservation = Reservation(demand, 0.0)
     assert provider.in_flight == 1
-    assert not Demand((provider, app), 600).blockers(0.0) == []
+    # a second one fits the provider's requests but not the app's tokens: all or nothing
+    assert Demand((provider, app), 600).blockers(0.0) == [app.windows[0]]
     reservation.settle(200)
     reservation.settle(900)  # idempotent
     assert provider.in_flight == 0
@@ -268,7 +269,7 @@ def test_no_window_ever_holds_more_than_its_limit(
     events: list[tuple[float, str, int, float]], request_limit: int, guard_s: float
 ) -> None:
     window_s, token_limit = 3.0, 1000
-    admitted, queue, _ = run_queue(events, request_limit, token_limit, window_s, guard_s)
+    admitted, _, _ = run_queue(events, request_limit, token_limit, window_s, guard_s)
     assert len(admitted) == len(events)  # everyone is served eventually
     times = [t for t, _ in admitted]
     for t, _ in admitted:

@@ -263,6 +263,10 @@ class TargetStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     unpriced: bool = False
     gates: list[str] = msgspec.field(default_factory=list)
     recent: str = ""
+    breaker_until: float | None = None
+    """Wall time when an open breaker turns half-open."""
+    breaker_opens: int = 0
+    """How often the breaker has opened since the daemon started."""
 
 
 class GroupStatus(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple, Protocol, TypeVar
 
 import anyio
+import msgspec
 
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
@@ -42,8 +43,12 @@ from quotad.daemon.providers.base import (
     RateLimitInfo,
 )
 from quotad.daemon.providers.ratelimits import parse_rate_limits
-from quotad.daemon.routing import Route, Router, Target
-from quotad.daemon.tokens import estimate_input_tokens, estimate_prompt_tokens
+from quotad.daemon.routing import Route, Router, Target, TargetPrice, unknown_price
+from quotad.daemon.tokens import (
+    estimate_input_tokens,
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+)
 from quotad.protocol.messages import (
     Acquire,
     Admin,
@@ -54,7 +59,6 @@ from quotad.protocol.messages import (
     ChatReply,
     Embed,
     EmbedReply,
-    GroupStatus,
     Ok,
     Permit,
     RequestRecord,
@@ -62,7 +66,6 @@ from quotad.protocol.messages import (
     Spend,
     SpendReply,
     StatusReply,
-    TargetStatus,
     Usage,
 )
 
@@ -93,35 +96,6 @@ class RequestIds:
         """A new request id."""
         self._count += 1
         return f"{self._prefix}{self._count}"
-
-
-def _upstream_error(target: Target, error: ProviderError) -> RequestError:
-    """The error a caller sees for a provider failure on ``target``."""
-    attempt = {
-        "target": target.name,
-        "kind": error.kind,
-        "status": error.status,
-        "message": error.message,
-    }
-    if error.kind == "client":
-        return RequestError(
-            "bad_request",
-            f"{target.name} refused the request (HTTP {error.status}): {error.message}",
-            details={"attempts": [attempt], "status": error.status},
-        )
-    if error.kind == "rate_limited":
-        return RequestError(
-            "rate_limited",
-            f"{target.name} answered 429: {error.message}",
-            retry_after_s=error.retry_after_s,
-            details={"attempts": [attempt]},
-        )
-    return RequestError(
-        "upstream_error",
-        f"{target.name} failed ({error.kind}): {error.message}",
-        retry_after_s=error.retry_after_s,
-        details={"attempts": [attempt]},
-    )
 
 
 @dataclass(slots=True)
@@ -166,18 +140,26 @@ class ProviderAnswer(Protocol):
 T = TypeVar("T", bound=ProviderAnswer)
 RECENT_REQUESTS = 1000
 DEFAULT_429_PAUSE_S = 1.0
+"""How long a 429 without retry-after pauses its target."""
 
 
 class Broker:
     """Composes routing, gates, cache, ledger and providers into request handling."""
 
     def __init__(
-        self, config: Config, router: Router, gates: Gates, clock: Clock = SYSTEM_CLOCK
+        self,
+        config: Config,
+        router: Router,
+        clock: Clock = SYSTEM_CLOCK,
+        target_price: TargetPrice = unknown_price,
+        *,
+        gates: Gates | None = None,
     ) -> None:
         self.config = config
         self.router = router
-        self.gates = gates
+        self.gates = gates if gates is not None else Gates(config, clock)
         self.clock = clock
+        self.target_price = target_price
         self.started_at = clock.monotonic()
         self.request_ids = RequestIds()
         self.in_flight = 0
@@ -185,6 +167,9 @@ class Broker:
         self.finished_total = 0
         self.recent: deque[RequestRecord] = deque(maxlen=RECENT_REQUESTS)
         self._default_max_tokens = config.gates.default_max_tokens
+        self._config_generation = 0
+        self._in_flight_before_reconfigure = 0
+        self._earlier_requests_done: list[anyio.Event] = []
 
     # ------------------------------------------------------------------ chat
 
@@ -240,6 +225,7 @@ class Broker:
             target = context.target
             assert target is not None
             parts: list[str] = []
+            target.in_flight += 1
             try:
                 if first is not None:
                     parts.append(first.delta)
@@ -248,14 +234,19 @@ class Broker:
                         parts.append(delta.delta)
                         yield _chunk(request.id, delta)
             except ProviderError as error:
-                target.failures += 1
-                raise RequestError(
+                target.stream_broke()
+                broken = RequestError(
                     "upstream_error",
                     f"{target.name} broke the stream after it started ({error.kind}): "
                     f"{error.message}",
                     details={"partial_content": "".join(parts), "target": target.name},
-                ) from None
+                )
+                usage = _partial_usage(stream.usage, request, "".join(parts))
+                with anyio.CancelScope(shield=True):
+                    await self._finish(context, usage, error=broken)  # 7
+                raise broken from None
             finally:
+                target.in_flight -= 1
                 with anyio.CancelScope(shield=True):
                     await stream.aclose()
             end = ChatEnd(
@@ -303,7 +294,8 @@ class Broker:
     async def acquire(self, request: Acquire, caller: Caller) -> Permit:
         """A permit on a target's gates, for a caller that calls the provider itself with its
         own SDK: the same admission a request through the daemon would take."""
-        target = self._first_target(self.router.resolve(request.target))
+        route = self.router.resolve(request.target)
+        target = next((t for t in route.targets if t.enabled), route.targets[0])
         app = request.app or caller.app
         priority = request.priority or self.gates.app_policy(app).priority
         demand = self.gates.demand(target.provider_name, target.name, app, request.tokens)
@@ -350,9 +342,30 @@ class Broker:
 
     async def admin(self, request: Admin, caller: Caller) -> Ok:
         """An operator action."""
-        raise RequestError(
-            "bad_request", f"admin action {request.action!r} is not supported by this daemon"
-        )
+        match request.action:
+            case "target_enable" | "target_disable" | "target_reset":
+                return self._target_admin(request)
+            case _:
+                raise RequestError(
+                    "bad_request",
+                    f"admin action {request.action!r} is not supported by this daemon",
+                )
+
+    def _target_admin(self, request: Admin) -> Ok:
+        """``quotad target enable|disable|reset NAME``."""
+        if not request.target:
+            raise RequestError("bad_request", f"{request.action} needs a target name")
+        if request.action == "target_enable":
+            target = self.router.enable(request.target)
+            done = "enabled"
+        elif request.action == "target_disable":
+            target = self.router.disable(request.target)
+            done = "disabled"
+        else:
+            target = self.router.reset(request.target)
+            done = "reset: its breaker is closed"
+        status = self.router.target_status(target)
+        return Ok(id=request.id, message=f"{target.name} {done}", data=msgspec.to_builtins(status))
 
     # ------------------------------------------------------------------ the pipeline's frame
 
@@ -369,6 +382,7 @@ class Broker:
             model=model,
             started=self.clock.monotonic(),
         )
+        generation = self._config_generation
         self.in_flight += 1
         self.requests_total += 1
         try:
@@ -385,6 +399,8 @@ class Broker:
             raise
         finally:
             self.in_flight -= 1
+            if generation != self._config_generation:
+                self._earlier_request_finished()
 
     async def _finish(
         self,
@@ -400,7 +416,7 @@ class Broker:
         context.finished = True
         latency_s = self.clock.monotonic() - context.started
         usage = usage or Usage()
-        if context.reservation is not None:  # return what was not used
+        if context.reservation is not None:  # return the tokens that were not used
             self.gates.settle(context.reservation, usage.total_tokens or None)
             context.reservation = None
         self.finished_total += 1
@@ -439,30 +455,52 @@ class Broker:
         context: RequestContext,
         call: Callable[[Target], Awaitable[T]],
     ) -> T:
-        """Steps 4-6: admit and call the route's first enabled target; classify a failure."""
-        target = self._first_target(route)
-        context.target = target
-        context.attempts += 1
+        """Steps 4-6: try the route's targets in its strategy's order until one answers.
+
+        ``attempts`` skips disabled and open-breaker targets, waits the backoff before a
+        retry, and gives the error when none answered; the request's deadline bounds it all.
+        """
+        attempts = self.router.attempts(route, context.started, self.target_price)
+        with anyio.move_on_after(attempts.time_left_s()):
+            while (target := await attempts.next_target()) is not None:
+                context.target = target
+                context.attempts += 1
+                try:
+                    if not await self._admit(target, context, attempts.alternatives()):  # 4
+                        attempts.passed_over(target, "its gates are full")
+                        continue
+                    attempts.started(target)
+                    answer = await call(target)  # 5
+                except ProviderError as error:  # 6
+                    self._gate_feedback(target, context, error)
+                    attempts.failed(target, error)  # a caller's 4xx is raised as bad_request
+                    continue
+                except BaseException:
+                    attempts.abandoned(target)
+                    raise
+                self.gates.observe(target.provider_name, target.name, answer.rate_limits)
+                attempts.succeeded(target)
+                return answer
+        raise attempts.exhausted()
+
+    async def _admit(self, target: Target, context: RequestContext, alternatives: bool) -> bool:
+        """Step 4: take the request's place on every gate of ``target``. With other targets
+        left to try, only an immediate admission is taken (False: none); the last candidate
+        waits in the queue up to the request's max_wait_s."""
         demand = self.gates.demand(
             target.provider_name, target.name, context.caller.app, context.tokens
         )
-        context.reservation, waited = await self.gates.admit(  # 4
-            demand, app=context.caller.app, priority=context.priority,
+        if alternatives:
+            context.reservation = self.gates.admit_now(demand)
+            return context.reservation is not None
+        context.reservation, waited = await self.gates.admit(
+            demand,
+            app=context.caller.app,
+            priority=context.priority,
             max_wait_s=context.max_wait_s,
-        )  # fmt: skip
+        )
         context.wait_s += waited
-        target.in_flight += 1
-        target.requests += 1
-        try:
-            answer = await call(target)  # 5
-        except ProviderError as error:  # 6
-            target.failures += 1
-            self._gate_feedback(target, context, error)
-            raise _upstream_error(target, error) from None
-        finally:
-            target.in_flight -= 1
-        self.gates.observe(target.provider_name, target.name, answer.rate_limits)
-        return answer
+        return True
 
     def _gate_feedback(self, target: Target, context: RequestContext, error: ProviderError) -> None:
         """A failed attempt still counts at the provider; its headers and a 429 teach the gates."""
@@ -474,17 +512,13 @@ class Broker:
             self.gates.pause(target.name, error.retry_after_s or DEFAULT_429_PAUSE_S)
 
     def _plan_chat(self, context: RequestContext, request: Chat) -> None:
-        """Fix a chat request's priority, wait and token reservation (prompt + max_tokens)."""
+        """A chat request's priority, wait and token reservation (prompt + max_tokens)."""
         context.max_tokens = request.max_tokens or self._default_max_tokens
         prompt = estimate_prompt_tokens(request.messages, request.tools)
         self._plan(context, request.priority, request.max_wait_s, prompt + context.max_tokens)
 
     def _plan(
-        self,
-        context: RequestContext,
-        priority: str | None,
-        max_wait_s: float | None,
-        tokens: int,
+        self, context: RequestContext, priority: str | None, max_wait_s: float | None, tokens: int
     ) -> None:
         context.priority = priority or self.gates.app_policy(context.caller.app).priority
         context.max_wait_s = max_wait_s
@@ -494,30 +528,11 @@ class Broker:
 
     def status(self) -> StatusReply:
         """The daemon's state now."""
-        targets = [
-            TargetStatus(
-                name=target.name,
-                provider=target.provider_name,
-                model=target.model,
-                kind=target.provider.kind,
-                enabled=target.enabled,
-                in_flight=target.in_flight,
-                requests=target.requests,
-                failures=target.failures,
-                paused_until=self.gates.paused_until(target.name),
-            )
-            for target in self.router.targets.values()
-        ]
+        router = self.router
         gates, queues, queued_by_app = self.gates.status()
-        groups = [
-            GroupStatus(
-                name=route.name,
-                strategy=route.strategy,
-                order=[target.name for target in route.targets],
-                why="configured order",
-            )
-            for route in self.router.groups.values()
-        ]
+        targets = [router.target_status(target) for target in router.targets.values()]
+        for target_status in targets:
+            target_status.paused_until = self.gates.paused_until(target_status.name)
         return StatusReply(
             daemon_version=DAEMON_VERSION,
             pid=os.getpid(),
@@ -526,18 +541,21 @@ class Broker:
             in_flight=self.in_flight,
             requests_total=self.requests_total,
             targets=targets,
-            groups=groups,
+            groups=[
+                router.group_status(route, self.target_price) for route in router.groups.values()
+            ],
             gates=gates,
             queues=queues,
             apps=self._app_status(queued_by_app),
+            events=router.events.recent(),
         )
 
     def _app_status(self, queued_by_app: dict[str, int]) -> list[AppStatus]:
-        names = set(self.config.apps) | set(queued_by_app)
-        result = []
-        for name in sorted(names):
+        """Each app the config names or that is waiting now: its policy and its queue."""
+        apps = []
+        for name in sorted(set(self.config.apps) | set(queued_by_app)):
             policy = self.gates.app_policy(name)
-            result.append(
+            apps.append(
                 AppStatus(
                     name=name,
                     priority=policy.priority,
@@ -545,19 +563,39 @@ class Broker:
                     queued=queued_by_app.get(name, 0),
                 )
             )
-        return result
+        return apps
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ reload
 
-    def _first_target(self, route: Route) -> Target:
-        for target in route.targets:
-            if target.enabled:
-                return target
-        raise RequestError(
-            "upstream_error",
-            f"every target of {route.name!r} is disabled: "
-            + ", ".join(target.name for target in route.targets),
-        )
+    def reconfigure(self, config: Config, router: Router) -> anyio.Event:
+        """Serve new requests with a reloaded config and router (SIGHUP). Requests in flight
+        run on to their end; a provider call already under way ends on the provider it began
+        with.
+
+        Returns an event set once every request in flight now has finished: then the
+        providers the new router no longer uses may be closed.
+        """
+        self.config = config
+        self.router = router
+        self._default_max_tokens = config.gates.default_max_tokens
+        self._config_generation += 1
+        self._in_flight_before_reconfigure = self.in_flight
+        done = anyio.Event()
+        self._earlier_requests_done.append(done)
+        if not self.in_flight:
+            self._wake_reconfigure_waiters()
+        return done
+
+    def _earlier_request_finished(self) -> None:
+        """A request that began before the last :meth:`reconfigure` ended."""
+        self._in_flight_before_reconfigure -= 1
+        if not self._in_flight_before_reconfigure:
+            self._wake_reconfigure_waiters()
+
+    def _wake_reconfigure_waiters(self) -> None:
+        for event in self._earlier_requests_done:
+            event.set()
+        self._earlier_requests_done.clear()
 
 
 def _chunk(request_id: int, delta: ChatDelta) -> ChatChunk:
@@ -566,4 +604,15 @@ def _chunk(request_id: int, delta: ChatDelta) -> ChatChunk:
         delta=delta.delta,
         tool_calls=delta.tool_calls,
         finish_reason=delta.finish_reason,
+    )
+
+
+def _partial_usage(usage: Usage, request: Chat, content: str) -> Usage:
+    """The usage of a stream that broke: what the provider reported, with local estimates
+    for what it did not (a stream usually reports usage only at its end)."""
+    return Usage(
+        prompt_tokens=usage.prompt_tokens
+        or estimate_prompt_tokens(request.messages, request.tools),
+        completion_tokens=usage.completion_tokens or estimate_text_tokens(content),
+        cached_tokens=usage.cached_tokens,
     )

@@ -18,6 +18,11 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 PRIORITY_CHOICES = ("low", "normal", "high", "critical")
+TARGET_ACTIONS = {
+    "enable": "put a target back in rotation",
+    "disable": "take a target out of rotation (requests skip it)",
+    "reset": "close a target's breaker and forget its failures",
+}
 
 
 def _positive_float(text: str) -> float:
@@ -79,10 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--json", action="store_true", help="print the whole reply as JSON")
     chat.set_defaults(handler=_chat)
 
+    target = commands.add_parser("target", help="operate targets by hand (reset closes a breaker)")
+    actions = target.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="targets: breaker, health, latency, recent outcomes")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=_target_list)
+    for action, text in TARGET_ACTIONS.items():
+        operate = actions.add_parser(action, help=text)
+        operate.add_argument("name", help="the target, provider/model")
+        operate.set_defaults(handler=_target_action)
+
     check = commands.add_parser("check-config", help="validate a config; print every problem")
     check.add_argument("path", nargs="?", help="config file (default: the one serve would use)")
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=_check_config)
+
+    doctor = commands.add_parser("doctor", help="check config, socket, state, providers, clock")
+    doctor.add_argument("--config", help="config file (default: the one serve would use)")
+    doctor.add_argument("--online", action="store_true", help="also ask each provider's API")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.set_defaults(handler=_doctor)
 
     sim = commands.add_parser("sim", help="a simulated provider (OpenAI + Anthropic wire formats)")
     sim.add_argument("--host", default="127.0.0.1")
@@ -124,7 +145,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"quotad: {error}", file=sys.stderr)
         return EXIT_USAGE
     return run_daemon(
-        config, socket_path=args.socket, log_format=args.log_format, log_level=args.log_level
+        config,
+        config_location=args.config,
+        socket_path=args.socket,
+        log_format=args.log_format,
+        log_level=args.log_level,
     )
 
 
@@ -193,6 +218,31 @@ def _status(args: argparse.Namespace) -> int:
     return _with_client(args, action)
 
 
+def _target_list(args: argparse.Namespace) -> int:
+    from quotad.daemon.report import print_targets
+
+    def action(client: Any) -> int:
+        print_targets(client.status().targets, as_json=args.json)
+        return EXIT_OK
+
+    return _with_client(args, action)
+
+
+def _target_action(args: argparse.Namespace) -> int:
+    from quotad.client import BadRequestError
+
+    def action(client: Any) -> int:
+        try:
+            reply = client.admin(f"target_{args.action}", args.name)
+        except BadRequestError as error:  # no such target: the command line's mistake
+            print(f"quotad: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        print(reply.message)
+        return EXIT_OK
+
+    return _with_client(args, action)
+
+
 def _top(args: argparse.Namespace) -> int:
     try:
         from quotad.tui.app import run_tui
@@ -245,6 +295,14 @@ def _chat(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _with_client(args, action)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from quotad.daemon.doctor import print_report, run_checks
+
+    checks = run_checks(config_path=args.config, socket=args.socket, online=args.online)
+    print_report(checks, as_json=args.json)
+    return EXIT_FAILURE if any(check.status == "fail" for check in checks) else EXIT_OK
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -94,6 +94,7 @@ class BreakerConfig(_Section, kw_only=True):
     cooldown_s: Positive = 30.0
     probes: Count = 1
     min_calls: Count = 10
+    max_cooldown_s: Positive | None = None  # None: 10 x cooldown_s
 
 
 class ProviderConfig(RateLimits, kw_only=True):
@@ -174,6 +175,7 @@ class RetryConfig(_Section, kw_only=True):
     budget_ratio: Fraction = 0.2
     budget_min: Annotated[int, msgspec.Meta(ge=0)] = 3
     budget_window_s: Positive = 10.0
+    deadline_s: Positive = 120.0
 
 
 class Config(_Section, kw_only=True):
@@ -334,6 +336,12 @@ def _check_references(config: Config, declared_providers: set[str]) -> list[str]
         if provider.api_key_env and provider.api_key_file:
             problems.append(f"{where}: give api_key_env or api_key_file, not both")
         problems += _limit_problems(where, provider)
+        breaker = provider.breaker
+        if breaker.max_cooldown_s is not None and breaker.max_cooldown_s < breaker.cooldown_s:
+            problems.append(
+                f"{where}.breaker.max_cooldown_s: must be at least cooldown_s "
+                f"({breaker.cooldown_s:g}), got {breaker.max_cooldown_s:g}"
+            )
         for model, limits in provider.models.items():
             problems += _limit_problems(format_path(["providers", name, "models", model]), limits)
     for name, app in config.apps.items():
@@ -473,12 +481,14 @@ def _ollama_answers(timeout_s: float = 0.2) -> bool:
 
 def default_config(environ: Mapping[str, str] | None = None, probe_ollama: bool = True) -> Config:
     """The config used when no file exists: one provider per API key found in the
-    environment, Ollama if it answers locally, and a ``default`` group over all of them."""
+    environment (or as a systemd credential ``$CREDENTIALS_DIRECTORY/<provider>``), Ollama if
+    it answers locally, and a ``default`` group over all of them."""
     env = os.environ if environ is None else environ
+    credentials = env.get("CREDENTIALS_DIRECTORY", "")
     providers: dict[str, Any] = {}
     targets: list[str] = []
     for variable, name, kind, base_url, model in _DETECTED:
-        if env.get(variable):
+        if env.get(variable) or (credentials and (Path(credentials) / name).is_file()):
             providers[name] = {"kind": kind, "base_url": base_url, "api_key_env": variable}
             targets.append(f"{name}/{model}")
     if probe_ollama and _ollama_answers():

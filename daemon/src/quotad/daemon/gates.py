@@ -576,6 +576,13 @@ class Gates:
 
     # ------------------------------------------------------------------ admission
 
+    def admit_now(self, demand: Demand) -> Reservation | None:
+        """Admit ``demand`` only if it can go at once, without overtaking a waiter."""
+        now = self.clock.monotonic()
+        if demand.never_fits() or self.queue.waiters or demand.blockers(now):
+            return None
+        return Reservation(demand, now)
+
     async def admit(
         self, demand: Demand, *, app: str, priority: str, max_wait_s: float | None
     ) -> tuple[Reservation, float]:

@@ -1,7 +1,9 @@
-"""Log output: readable lines on stderr, with ``<N>`` syslog priority prefixes under systemd
-(journald reads them), or one JSON object per line with ``--log-format json``.
+"""Log output: readable lines on stderr, with ``<N>`` syslog priority prefixes when stderr is
+the journal (journald reads them), or one JSON object per line with ``--log-format json``.
 
-At the default level there is no line per request: requests are in the ledger and metrics.
+Stderr is the journal when ``$JOURNAL_STREAM`` (``DEVICE:INODE``) names it: the variable alone
+is inherited by children whose stderr may go elsewhere. At the default level there is no line
+per request: requests are in the ledger and metrics.
 """
 
 from __future__ import annotations
@@ -34,15 +36,24 @@ class TextFormatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
-        if self.journald:
+        if self.journald:  # journald reads each line apart: each carries the priority
             priority = _SYSLOG_PRIORITY.get(record.levelno, 6)
-            return f"<{priority}>{record.name}: {message}"
+            first, *rest = message.split("\n")
+            return "\n".join(
+                [f"<{priority}>{record.name}: {first}", *(f"<{priority}>  {line}" for line in rest)]
+            )
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         return f"{stamp} {record.levelname.lower():7} {record.name}: {message}"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and exception)."""
+    """One JSON object per line: time, level, logger, message (and exception). For journald
+    the line starts with the ``<N>`` priority, which journald takes off: the journal's message
+    is the JSON object, at the right priority."""
+
+    def __init__(self, journald: bool = False) -> None:
+        super().__init__()
+        self.journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -53,14 +64,31 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return _json.encode(entry).decode()
+        line = _json.encode(entry).decode()
+        if self.journald:
+            return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{line}"
+        return line
+
+
+def stderr_is_journal(journal_stream: str | None = None) -> bool:
+    """Whether stderr is the journal stream ``$JOURNAL_STREAM`` (``DEVICE:INODE``) names."""
+    value = os.environ.get("JOURNAL_STREAM", "") if journal_stream is None else journal_stream
+    device, _, inode = value.partition(":")
+    if not device.isdigit() or not inode.isdigit():
+        return False
+    try:
+        info = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (info.st_dev, info.st_ino) == (int(device), int(inode))
 
 
 def configure_logging(log_format: str = "text", level: str = "info") -> None:
     """Send quotad's logs to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
-    under_journald = bool(os.environ.get("JOURNAL_STREAM"))
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(under_journald))
+    journald = stderr_is_journal()
+    formatter = JsonFormatter(journald) if log_format == "json" else TextFormatter(journald)
+    handler.setFormatter(formatter)
     root = logging.getLogger("quotad")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

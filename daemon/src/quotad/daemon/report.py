@@ -9,7 +9,10 @@ from typing import TextIO
 
 import msgspec
 
-from quotad.protocol.messages import StatusReply
+from quotad.protocol.messages import StatusReply, TargetStatus
+
+RECENT_SHOWN = 30
+"""Outcomes shown per target by ``quotad target list`` (the last of up to 100 kept)."""
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -58,7 +61,7 @@ def format_status(status: StatusReply) -> str:
                     [
                         t.name + (" (unpriced)" if t.unpriced else ""),
                         "enabled" if t.enabled else "disabled",
-                        t.breaker,
+                        _breaker(t),
                         t.health if t.uptime_pct is None else f"{t.health} {t.uptime_pct:.0f}%",
                         t.in_flight,
                         t.requests,
@@ -155,6 +158,58 @@ def format_status(status: StatusReply) -> str:
             stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
             out.append(f"{stamp}  {event.kind}: {event.message}")
     return "\n".join(out)
+
+
+def _breaker(target: TargetStatus) -> str:
+    if target.breaker == "open" and target.breaker_until is not None:
+        return f"open {_until(target.breaker_until)}"
+    return target.breaker
+
+
+def format_targets(targets: Sequence[TargetStatus]) -> str:
+    """``quotad target list`` as text."""
+    if not targets:
+        return "no targets"
+    rows = [
+        [
+            t.name,
+            "enabled" if t.enabled else "disabled",
+            _breaker(t),
+            t.breaker_opens,
+            t.health,
+            "-" if t.uptime_pct is None else f"{t.uptime_pct:.1f}%",
+            "-" if t.latency_ewma_s is None else f"{t.latency_ewma_s * 1000:.0f} ms",
+            t.in_flight,
+            t.requests,
+            t.failures,
+            t.recent[-RECENT_SHOWN:],
+        ]
+        for t in targets
+    ]
+    headers = [
+        "target",
+        "state",
+        "breaker",
+        "opens",
+        "health",
+        "uptime",
+        "latency",
+        "in flight",
+        "requests",
+        "failures",
+        "recent (. ok  x failed  r 429  h/H check)",
+    ]
+    return table(headers, rows)
+
+
+def print_targets(
+    targets: Sequence[TargetStatus], *, as_json: bool, stream: TextIO = sys.stdout
+) -> None:
+    """Print ``quotad target list``."""
+    if as_json:
+        stream.write(msgspec.json.encode(list(targets)).decode() + "\n")
+    else:
+        stream.write(format_targets(targets) + "\n")
 
 
 def print_status(status: StatusReply, *, as_json: bool, stream: TextIO = sys.stdout) -> None:

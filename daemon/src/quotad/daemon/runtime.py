@@ -1,24 +1,34 @@
 """The running daemon: builds providers, router, broker and servers from a config, serves
 until SIGTERM/SIGINT, then drains requests in flight (bounded by ``daemon.drain_s``) and exits 0.
+
+SIGHUP reloads the config in place (:meth:`Daemon.reload`): connections, requests in flight and
+the state of every component live on. Under systemd the daemon serves on the socket
+quotad.socket passes, and tells the manager READY, RELOADING, STOPPING, STATUS and WATCHDOG
+(:mod:`quotad.daemon.systemd`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
+import socket
 from pathlib import Path
+from typing import Final, Protocol
 
 import anyio
 import anyio.abc
 
+from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
-from quotad.daemon.config import Config, ConfigError
+from quotad.daemon.config import Config, ConfigError, find_and_load_config
 from quotad.daemon.gates import Gates
 from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.base import Provider
-from quotad.daemon.routing import Router
+from quotad.daemon.routing import HealthChecks, Router
 from quotad.daemon.server import SocketInUseError, SocketServer
+from quotad.daemon.systemd import ActivationError, Notifier, activated_socket
 from quotad.protocol.paths import daemon_socket_path
 
 log = logging.getLogger("quotad")
@@ -27,31 +37,102 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
+STOP_GRACE_S: Final = 5.0
+"""Asked of the service manager on top of ``drain_s`` to close down after draining."""
+
+RESTART_ONLY: Final = ("socket", "state_dir")
+"""``[daemon]`` keys a reload cannot apply to a running daemon: the running value is kept, and
+a change is warned of."""
+
+
+class Reconfigurable(Protocol):
+    """A component that keeps state across config reloads (SIGHUP).
+
+    ``reconfigure`` gets a config that is already validated (keys resolved, references
+    checked) and must apply it without failing and without losing state: gate windows and
+    reservations, breakers, budgets, open connections. It is called after the new router and
+    broker config are in place; requests in flight finish as they began.
+    """
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded config."""
+        ...
+
+
+def _key_digest(key: str | None) -> bytes:
+    """What a reload compares to know a provider's key changed (the key itself is not kept)."""
+    return hashlib.sha256(key.encode()).digest() if key is not None else b""
+
+
+def resolve_api_keys(config: Config) -> dict[str, str | None]:
+    """Every provider's API key; a :class:`ConfigError` lists every provider whose key is
+    missing (never a key)."""
+    keys: dict[str, str | None] = {}
+    problems: list[str] = []
+    for name, provider_config in config.providers.items():
+        try:
+            keys[name] = resolve_api_key(name, provider_config)
+        except ConfigError as error:
+            problems += error.problems
+    if problems:
+        raise ConfigError(f"{config.source} (provider keys)", problems)
+    return keys
+
 
 class Daemon:
     """Everything one running daemon owns, built from one config."""
 
-    def __init__(self, config: Config, socket_path: Path) -> None:
+    def __init__(
+        self,
+        config: Config,
+        socket_path: Path,
+        *,
+        config_location: str | None = None,
+        listen_socket: socket.socket | None = None,
+        notifier: Notifier | None = None,
+        log_level_override: str | None = None,
+    ) -> None:
         self.config = config
-        self.providers: dict[str, Provider] = {
-            name: build_provider(name, provider_config, resolve_api_key(name, provider_config))
-            for name, provider_config in config.providers.items()
-        }
+        self.config_location = config_location
+        """``--config`` as given (None: the search of DESIGN §3); a reload reads it again."""
+        self.providers: dict[str, Provider] = {}
+        self._provider_identity: dict[str, tuple[object, bytes]] = {}
+        self.providers = self._providers_for(config, resolve_api_keys(config))
         self.router = Router(config, self.providers)
+        self.health_checks = HealthChecks(self.router)
+        self._health_scope: anyio.CancelScope | None = None
         self.gates = Gates(config)
-        self.broker = Broker(config, self.router, self.gates)
-        self.server = SocketServer(self.broker, socket_path, max_frame=config.daemon.max_frame)
+        self.broker = Broker(config, self.router, gates=self.gates)
+        if listen_socket is not None:
+            socket_path = Path(listen_socket.getsockname())
+        self.server = SocketServer(
+            self.broker,
+            socket_path,
+            max_frame=config.daemon.max_frame,
+            access=AccessPolicy.from_config(config.daemon),
+        )
+        self.notifier = notifier or Notifier({})
+        self.reconfigurables: list[Reconfigurable] = [self.server, self.gates]
+        """Components given each reloaded config, in order; a stateful component built by the
+        daemon appends itself here (gates, store, breakers, the HTTP front door)."""
+        self._listen_socket = listen_socket
+        self._log_level_override = log_level_override
+        self._retiring: set[Provider] = set()
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._reload_lock = anyio.Lock()
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until a stop signal, then drain and close."""
-        self.server.bind()
+        self.server.bind(self._listen_socket)
         try:
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self.gates.run)
+                self._tasks = tasks
                 await tasks.start(self.server.serve)
-                tasks.start_soon(self._stop_on_signal, tasks.cancel_scope)
+                await tasks.start(self._handle_signals, tasks.cancel_scope)
+                tasks.start_soon(self._run_health_checks)
+                tasks.start_soon(self.gates.run)
                 log.info(
                     "quotad serving %s (%d providers, %d groups; config: %s)",
                     self.server.path,
@@ -59,15 +140,35 @@ class Daemon:
                     len(self.router.groups),
                     self.config.source,
                 )
+                self.notifier.ready(self._status_line())
+                tasks.start_soon(self.notifier.keep_watchdog_fed)
                 task_status.started(self)
         finally:
             with anyio.CancelScope(shield=True):
-                for provider in self.providers.values():
+                for provider in [*self.providers.values(), *self._retiring]:
                     await provider.aclose()
+            self.notifier.close()
 
-    async def _stop_on_signal(self, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    async def _run_health_checks(self) -> None:
+        """Run the current router's health checks until a reload replaces them."""
+        with anyio.CancelScope() as scope:
+            self._health_scope = scope
+            await self.health_checks.run()
+
+    async def _handle_signals(
+        self,
+        scope: anyio.CancelScope,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """SIGHUP reloads; SIGTERM or SIGINT stops. Started (so READY is sent) only once the
+        handlers are in place: a reload right after READY must not kill the daemon."""
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                    continue
                 log.info("%s: stopping", signal.Signals(signum).name)
                 break
         await self.stop()
@@ -75,21 +176,191 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop accepting, drain requests in flight, close connections."""
-        await self.server.shutdown(self.config.daemon.drain_s)
+        drain_s = self.config.daemon.drain_s
+        in_flight = self.server.requests_in_flight
+        self.notifier.stopping(
+            f"stopping: {in_flight} request(s) in flight", drain_s + STOP_GRACE_S
+        )
+        await self.server.shutdown(drain_s)
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(
+        self, *, by: str = "signal", caller_uid: int | None = None, caller_pid: int | None = None
+    ) -> bool:
+        """Read the config again and apply it without dropping connections or state.
+
+        The new file is loaded and validated, and every provider key resolved, first; any
+        problem keeps the running config and logs every problem. Then providers whose table
+        or key changed are rebuilt (the old ones closed once the requests in flight have
+        finished), the router is rebuilt keeping its targets' state, the broker takes the new
+        config, and each of :attr:`reconfigurables` is reconfigured. True when applied.
+        """
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                config = await anyio.to_thread.run_sync(find_and_load_config, self.config_location)
+                keys = await anyio.to_thread.run_sync(resolve_api_keys, config)
+            except ConfigError as error:
+                log.error(
+                    "reload rejected: %s has %d problem(s); still serving the previous config",
+                    error.source,
+                    len(error.problems),
+                )
+                for problem in error.problems:
+                    log.error("reload rejected: %s", problem)
+                self.notifier.ready(
+                    f"{self._status_line()}; reload rejected: {len(error.problems)} problem(s) "
+                    f"in {error.source}"
+                )
+                await self.record_operator_action(
+                    "reload",
+                    error.source,
+                    by=by,
+                    caller_uid=caller_uid,
+                    caller_pid=caller_pid,
+                    detail=f"rejected: {len(error.problems)} problem(s)",
+                )
+                return False
+            rebuilt = self._apply(config, keys)
+            self.notifier.ready(f"{self._status_line()}; config reloaded")
+            log.info(
+                "reloaded %s: %d providers (%d rebuilt), %d groups",
+                config.source,
+                len(self.providers),
+                rebuilt,
+                len(self.router.groups),
+            )
+            await self.record_operator_action(
+                "reload",
+                config.source,
+                by=by,
+                caller_uid=caller_uid,
+                caller_pid=caller_pid,
+                detail=f"applied: {rebuilt} provider(s) rebuilt",
+            )
+            return True
+
+    def _apply(self, config: Config, keys: dict[str, str | None]) -> int:
+        """Put a validated config in place; the number of providers rebuilt. Every check is
+        done before, so nothing here should fail; a component whose ``reconfigure`` raises
+        anyway is logged, and the others are still reconfigured."""
+        for key in RESTART_ONLY:
+            running = getattr(self.config.daemon, key)
+            if getattr(config.daemon, key) != running:
+                log.warning("reload: daemon.%s changed; it takes effect when quotad restarts", key)
+                setattr(config.daemon, key, running)
+        previous = self.providers
+        providers = self._providers_for(config, keys)
+        retired = [
+            provider for name, provider in previous.items() if providers.get(name) is not provider
+        ]
+        rebuilt = sum(
+            1 for name, provider in providers.items() if previous.get(name) is not provider
+        )
+        self.router = Router(config, providers, previous=self.router)
+        self.health_checks = HealthChecks(self.router)
+        if self._health_scope is not None:
+            self._health_scope.cancel()  # the checks restart on the new router's providers
+        self.providers = providers
+        self.config = config
+        requests_before_done = self.broker.reconfigure(config, self.router)
+        for component in self.reconfigurables:
+            try:
+                component.reconfigure(config)
+            except Exception:  # a bug there must not take the daemon down with the reload
+                log.exception("reload: %s could not apply the new config", type(component).__name__)
+        if self._log_level_override is None:
+            logging.getLogger("quotad").setLevel(config.daemon.log_level.upper())
+        if retired:
+            assert self._tasks is not None
+            self._retiring.update(retired)
+            self._tasks.start_soon(self._close_when_done, retired, requests_before_done)
+        if self._tasks is not None:
+            self._tasks.start_soon(self._run_health_checks)
+        return rebuilt
+
+    def _providers_for(self, config: Config, keys: dict[str, str | None]) -> dict[str, Provider]:
+        """A provider per ``[providers.X]``: the running one where its table and key are
+        unchanged, else a new one."""
+        providers: dict[str, Provider] = {}
+        identity: dict[str, tuple[object, bytes]] = {}
+        for name, provider_config in config.providers.items():
+            identity[name] = (provider_config, _key_digest(keys[name]))
+            running = self.providers.get(name)
+            if running is not None and self._provider_identity.get(name) == identity[name]:
+                providers[name] = running
+            else:
+                providers[name] = build_provider(name, provider_config, keys[name])
+        self._provider_identity = identity
+        return providers
+
+    async def _close_when_done(self, providers: list[Provider], done: anyio.Event) -> None:
+        """Close replaced providers' connection pools once the requests that may use them
+        have finished."""
+        await done.wait()
+        with anyio.CancelScope(shield=True):
+            for provider in providers:
+                self._retiring.discard(provider)
+                await provider.aclose()
+        log.debug("closed %d replaced provider(s)", len(providers))
+
+    # ------------------------------------------------------------------ operator actions
+
+    async def record_operator_action(
+        self,
+        action: str,
+        target: str,
+        *,
+        by: str,
+        caller_uid: int | None = None,
+        caller_pid: int | None = None,
+        detail: str = "",
+    ) -> None:
+        """Record an operator action (config reload; target and key actions too): who did
+        what to what. ``by`` is how it came ("signal", "socket", "http").
+
+        It is logged here. AUDIT HOOK: this is where the store's audit table is written
+        (``store/audit.py`` ``record(action, target, caller_uid, caller_pid, detail)``).
+        """
+        who = f"uid {caller_uid} pid {caller_pid}" if caller_uid is not None else "unknown peer"
+        log.info("operator action %s %s by %s (%s): %s", action, target, by, who, detail)
+
+    # ------------------------------------------------------------------ status
+
+    def _status_line(self) -> str:
+        """The daemon's state in one line, for ``systemctl status``."""
+        return (
+            f"serving {self.server.path}: {len(self.providers)} providers, "
+            f"{len(self.router.groups)} groups"
+        )
 
 
 def run_daemon(
     config: Config,
     *,
+    config_location: str | None = None,
     socket_path: str | None = None,
     log_format: str = "text",
     log_level: str | None = None,
 ) -> int:
     """``quotad serve``: run in the foreground; the exit code."""
     configure_logging(log_format, log_level or config.daemon.log_level)
+    try:
+        listen_socket = activated_socket()
+    except ActivationError as error:
+        log.error("cannot start: %s", error)
+        return EXIT_FAILURE
     path = Path(socket_path) if socket_path else daemon_socket_path(config.daemon.socket)
     try:
-        daemon = Daemon(config, path)
+        daemon = Daemon(
+            config,
+            path,
+            config_location=config_location,
+            listen_socket=listen_socket,
+            notifier=Notifier(),
+            log_level_override=log_level,
+        )
     except ConfigError as error:
         log.error("cannot start: %s", error)
         return EXIT_CONFIG

@@ -26,7 +26,9 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
+from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import DAEMON_VERSION, Broker, Caller
+from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
 from quotad.protocol.framing import FrameEncoder, FrameTooLarge, MessageInvalid, request_decoder
 from quotad.protocol.messages import (
@@ -143,10 +145,13 @@ def bind_unix_socket(path: Path, backlog: int = 1024) -> socket.socket:
 class SocketServer:
     """Accepts connections on the daemon's Unix socket and serves each one."""
 
-    def __init__(self, broker: Broker, path: Path, *, max_frame: int) -> None:
+    def __init__(
+        self, broker: Broker, path: Path, *, max_frame: int, access: AccessPolicy | None = None
+    ) -> None:
         self.broker = broker
         self.path = path
         self.max_frame = max_frame
+        self.access = access or AccessPolicy()
         self.connections: set[Connection] = set()
         self.requests_in_flight = 0
         self.draining = False
@@ -215,6 +220,12 @@ class SocketServer:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
 
+    def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded config: the frame bound and the allow lists hold for connections
+        made from now on (connections already let in stay)."""
+        self.max_frame = config.daemon.max_frame
+        self.access = AccessPolicy.from_config(config.daemon)
+
     def status(self) -> StatusReply:
         """The broker's status with this server's own figures."""
         reply = self.broker.status()
@@ -269,6 +280,10 @@ class Connection:
                                 f"the first frame must be Hello, got {type(message).__name__}",
                             )
                             return
+                        refusal = self._access_refusal()
+                        if refusal is not None:
+                            await self._refuse("unauthorized", refusal)
+                            return
                         greeted = True
                         await self._welcome(message)
                         continue
@@ -280,6 +295,16 @@ class Connection:
                 code = "bad_request" if str(error).startswith("invalid message") else "bad_frame"
                 await self._refuse(code, str(error))
                 return
+
+    def _access_refusal(self) -> str | None:
+        """Why this peer may not use the daemon (``daemon.allow_uids``/``allow_gids``), if so."""
+        access = self.server.access
+        if not access.restricted:
+            return None
+        if self.peer is None:
+            return "the peer cannot be identified (no SO_PEERCRED) and daemon.allow_uids is set"
+        raw = self.stream.extra(SocketAttribute.raw_socket)
+        return access.refusal(self.peer.uid, self.peer.gid, raw)
 
     async def _welcome(self, hello: Hello) -> None:
         self.app = hello.app
@@ -347,11 +372,16 @@ class Connection:
     async def _run_request(
         self, message: Message, handler: Callable[[Any], Awaitable[None]]
     ) -> None:
-        """Run one request under its own cancel scope; every outcome answers the request."""
+        """Run one request under its own cancel scope; every outcome answers the request.
+
+        A subscription is not counted in flight: it never ends by itself, so a stopping daemon
+        does not wait for it (closing the connection ends it)."""
         request_id = message.id
         scope = anyio.CancelScope()
         self.in_flight[request_id] = scope
-        self.server.request_started()
+        counted = not isinstance(message, Subscribe)
+        if counted:
+            self.server.request_started()
         try:
             with scope:
                 try:
@@ -369,7 +399,8 @@ class Connection:
                 )
         finally:
             del self.in_flight[request_id]
-            self.server.request_finished()
+            if counted:
+                self.server.request_finished()
 
     async def send(self, message: Message) -> None:
         """Write one frame; frames of concurrent requests never interleave."""

@@ -10,7 +10,8 @@ one completion token; prompt tokens are :mod:`quotad.daemon.tokens` estimates. A
 ``tools`` whose last user message has the word "tool" is answered with one call to the first
 tool. Embeddings are unit vectors drawn from a hash of the input (8 dimensions unless
 ``dimensions``). Errors come in each API's own body shape. With ``api_key`` set, a request
-needs it as ``Authorization: Bearer KEY`` or ``x-api-key: KEY`` (401 otherwise).
+needs it as ``Authorization: Bearer KEY`` or ``x-api-key: KEY``; otherwise a 401 quotes the key
+it got, as some servers do (so tests see that quotad keeps keys out of what it reports).
 
 Its own limits are an exact sliding-window log: ``rpm`` requests and ``tpm`` tokens per
 ``window_s`` (0: unlimited), tokens counted at arrival as estimated prompt + ``max_tokens``
@@ -695,7 +696,10 @@ class SimProvider:
                 "method_not_allowed",
             )
         if self.settings.api_key and not self._authorized(request):
-            return self._error(arrival, anthropic, 401, "invalid API key", "invalid_api_key")
+            presented = request.header("x-api-key") or request.header("authorization") or ""
+            presented = presented.removeprefix("Bearer ")
+            message = f"invalid API key: {presented!r}"  # quoted back, as some servers do
+            return self._error(arrival, anthropic, 401, message, "invalid_api_key")
         try:
             if endpoint == "chat":
                 return await self._chat(arrival, _chat_decoder.decode(request.body))

@@ -1,0 +1,89 @@
+"""The broker's attempt loop in-process against a real hanging ``quotad sim``: the request's
+deadline cuts an attempt in flight, and the operator's admin actions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from quotad.daemon.broker import Broker, Caller
+from quotad.daemon.config import parse_config
+from quotad.daemon.errors import RequestError
+from quotad.daemon.providers import build_provider
+from quotad.daemon.routing import Router
+from quotad.protocol.messages import Admin, Chat, ChatMessage
+from tests.support.sim import SimProcess
+
+
+@pytest.fixture
+def anyio_backend(asyncio_only: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    return asyncio_only
+
+
+@pytest.fixture(scope="module")
+def hanging_sim() -> Iterator[SimProcess]:
+    with SimProcess(extra_args=["--hang-rate", "1"]) as sim:
+        yield sim
+
+
+def broker_for(base_url: str) -> Broker:
+    config = parse_config(
+        {
+            "providers": {"h": {"kind": "openai", "base_url": base_url, "timeout_s": 30}},
+            "retry": {"deadline_s": 0.4},
+        },
+        "test",
+    )
+    providers = {"h": build_provider("h", config.providers["h"], None)}
+    return Broker(config, Router(config, providers))
+
+
+@pytest.mark.anyio
+async def test_the_deadline_cuts_an_attempt_in_flight(hanging_sim: SimProcess) -> None:
+    broker = broker_for(hanging_sim.base_url)
+    request = Chat(id=1, model="h/m", messages=[ChatMessage(role="user", content="hi")])
+    started = time.monotonic()
+    with pytest.raises(RequestError) as caught:
+        await broker.chat(request, Caller(app="test"))
+    elapsed = time.monotonic() - started
+    assert elapsed < 30 / 2  # not the provider's own 30 s timeout
+    assert caught.value.code == "timeout"
+    assert caught.value.details["attempts"] == [
+        {
+            "target": "h/m",
+            "kind": "timeout",
+            "status": None,
+            "message": "still unanswered at the request's deadline",
+        }
+    ]
+    target = broker.router.targets["h/m"]
+    assert target.in_flight == 0
+    assert target.failures == 0  # cut by the request's own deadline: no verdict on h
+    assert broker.recent[-1].status == "timeout"
+    await broker.router.providers["h"].aclose()
+
+
+@pytest.mark.anyio
+async def test_admin_actions(hanging_sim: SimProcess) -> None:
+    broker = broker_for(hanging_sim.base_url)
+    caller = Caller(app="op")
+    ok = await broker.admin(Admin(id=1, action="target_disable", target="h/m"), caller)
+    assert ok.message == "h/m disabled"
+    assert ok.data["enabled"] is False
+    ok = await broker.admin(Admin(id=2, action="target_enable", target="h/m"), caller)
+    assert ok.data.get("enabled", True) is True
+    ok = await broker.admin(Admin(id=3, action="target_reset", target="h/m"), caller)
+    assert ok.message == "h/m reset: its breaker is closed"
+    for bad, says in [
+        (Admin(id=4, action="target_reset"), "target_reset needs a target name"),
+        (Admin(id=5, action="target_reset", target="x/m"), "no target 'x/m'; targets: h/m"),
+        (Admin(id=6, action="launch"), "admin action 'launch' is not supported"),
+    ]:
+        with pytest.raises(RequestError) as caught:
+            await broker.admin(bad, caller)
+        assert caught.value.code == "bad_request"
+        assert says in caught.value.message
+    await broker.router.providers["h"].aclose()

@@ -1,0 +1,114 @@
+"""What a config reload does inside the daemon: the broker tells when the requests in flight at
+a reload have all finished (so replaced providers may be closed), and a rebuilt router keeps
+its targets, pointed at the new providers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from quotad.daemon.broker import Broker, Caller
+from quotad.daemon.config import Config, parse_config
+from quotad.daemon.providers.base import ChatResult, ChatStream, EmbedResult
+from quotad.daemon.routing import Router
+from quotad.protocol.messages import Chat, ChatMessage
+
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+
+
+class HeldProvider:
+    """A provider whose chats wait until released."""
+
+    kind = "openai"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started = 0
+        self.release = anyio.Event()
+        self._arrived = anyio.Condition()
+
+    async def chat(self, model: str, request: Chat, max_tokens: int) -> ChatResult:
+        async with self._arrived:
+            self.started += 1
+            self._arrived.notify_all()
+        await self.release.wait()
+        return ChatResult(content=f"{self.name} answered")
+
+    async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
+        raise NotImplementedError
+
+    async def embed(
+        self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
+    ) -> EmbedResult:
+        raise NotImplementedError
+
+    async def wait_started(self, count: int) -> None:
+        """Until ``count`` chats have arrived in all."""
+        with anyio.fail_after(5):
+            async with self._arrived:
+                while self.started < count:
+                    await self._arrived.wait()
+
+    async def list_models(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        pass
+
+
+def config() -> Config:
+    return parse_config(
+        {
+            "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+            "models": {"g": {"targets": ["p/m"]}},
+        }
+    )
+
+
+CHAT = Chat(id=1, model="g", messages=[ChatMessage(role="user", content="hi")])
+
+
+async def test_reconfigure_tells_when_earlier_requests_are_done(anyio_backend: str) -> None:
+    provider = HeldProvider("p")
+    broker = Broker(config(), Router(config(), {"p": provider}))
+    idle = broker.reconfigure(config(), broker.router)
+    assert idle.is_set()  # nothing in flight: done at once
+
+    answers: list[str | None] = []
+
+    async def ask() -> None:
+        answers.append((await broker.chat(CHAT, Caller(app="t"))).content)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(ask)
+        tasks.start_soon(ask)
+        await provider.wait_started(2)
+        first = broker.reconfigure(config(), broker.router)
+        assert not first.is_set()
+        tasks.start_soon(ask)  # begun after the first reload
+        await provider.wait_started(3)
+        second = broker.reconfigure(config(), broker.router)
+        assert not first.is_set()
+        assert not second.is_set()
+        provider.release.set()
+    assert first.is_set()
+    assert second.is_set()
+    assert answers == ["p answered"] * 3
+    assert broker.in_flight == 0
+
+
+async def test_a_rebuilt_router_keeps_its_targets_on_new_providers(anyio_backend: str) -> None:
+    old, new = HeldProvider("old"), HeldProvider("new")
+    router = Router(config(), {"p": old})
+    target = router.resolve("g").targets[0]
+    target.requests = 7
+    target.enabled = False
+    rebuilt = Router(config(), {"p": new}, previous=router)
+    kept = rebuilt.resolve("g").targets[0]
+    assert kept is target
+    assert kept.provider is new
+    assert (kept.requests, kept.enabled) == (7, False)
+    adhoc = router.resolve("p/other").targets[0]  # a target made on first use lives on too
+    assert Router(config(), {"p": new}, previous=router).resolve("p/other").targets[0] is adhoc
