@@ -363,7 +363,8 @@ class Broker:
             done = "disabled"
         else:
             target = self.router.reset(request.target)
-            done = "reset: its breaker is closed"
+            self.gates.unpause(target.name)
+            done = "reset: its breaker is closed and its 429 pause lifted"
         status = self.router.target_status(target)
         return Ok(id=request.id, message=f"{target.name} {done}", data=msgspec.to_builtins(status))
 
@@ -464,11 +465,11 @@ class Broker:
         with anyio.move_on_after(attempts.time_left_s()):
             while (target := await attempts.next_target()) is not None:
                 context.target = target
-                context.attempts += 1
                 try:
                     if not await self._admit(target, context, attempts.alternatives()):  # 4
                         attempts.passed_over(target, "its gates are full")
                         continue
+                    context.attempts += 1
                     attempts.started(target)
                     answer = await call(target)  # 5
                 except ProviderError as error:  # 6

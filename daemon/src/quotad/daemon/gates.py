@@ -651,6 +651,13 @@ class Gates:
         gate.paused_until = max(gate.paused_until, self.clock.monotonic() + max(0.0, seconds))
         self._dispatch()
 
+    def unpause(self, target: str) -> None:
+        """Forget a target's 429 pause (``quotad target reset``)."""
+        gate = self._gates.get(target)
+        if gate is not None:
+            gate.paused_until = -_INFINITY
+            self._dispatch()
+
     def observe(self, provider: str, target: str, info: RateLimitInfo) -> None:
         """Tighten the gates' view with what a provider's rate-limit headers say."""
         if info is NO_RATE_LIMITS:
