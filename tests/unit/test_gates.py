@@ -309,3 +309,40 @@ def test_low_priority_never_starves(high_every: float) -> None:
     )  # fmt: skip
     batch_at = next(t for t, w in admitted if w.app == "batch")
     assert batch_at <= 3 * 20.0 + 2.0  # three aging steps (low → critical), then FIFO
+
+
+def test_pacing_spreads_a_burst_and_keeps_shares_with_closed_loop_clients() -> None:
+    """8 processes, each waiting for its reply before asking again (4 of share 1, 4 of share
+    3), against 20 requests per 2 s. Paced, each freed slot goes to the best-ranked waiter."""
+    window = SlidingWindow("requests", 20, 2.0, 0.05, burst=0.1)
+    gate = Gate("provider:p", "provider", [window])
+    queue = WaitQueue(aging_s=30.0)
+    clients = [("light", 1.0)] * 4 + [("heavy", 3.0)] * 4
+    ready_at = dict.fromkeys(range(len(clients)), 0.0)  # when each asks again
+    waiting: dict[int, Waiter] = {}
+    admitted: list[tuple[float, str]] = []
+    now = 0.0
+    while now < 40.0:
+        for index, at in list(ready_at.items()):
+            if at <= now:
+                app, share = clients[index]
+                waiting[index] = Waiter(Demand((gate,), 0), app, 1, share, now)
+                queue.add(waiting[index])
+                del ready_at[index]
+        done, wake = queue.dispatch(now)
+        for index, waiter in list(waiting.items()):
+            if waiter in done:
+                admitted.append((now, waiter.app))
+                ready_at[index] = now + 0.005  # the reply comes back, it asks again
+                del waiting[index]
+        now = min([wake, *ready_at.values()])
+    times = [t for t, _ in admitted]
+    for t in times:  # never over the limit in any window
+        assert sum(1 for u in times if u <= t < u + 2.0) <= 20
+    utilization = len(admitted) / (20 * 40.0 / 2.0)
+    assert utilization >= 0.95
+    counts = Counter(app for _, app in admitted)
+    assert 2.6 <= counts["heavy"] / counts["light"] <= 3.4
+    after_first_window = [t for t in times if t >= 2.0]
+    bunched = max(sum(1 for u in after_first_window if t <= u < t + 0.1) for t in times)
+    assert bunched <= 3  # smooth: never the window's 20 at once again

@@ -25,7 +25,7 @@ def anyio_backend() -> tuple[str, dict[str, bool]]:
 
 def gates_config(extra: str = "", requests: int = 2) -> Config:
     text = (
-        "[gates]\nguard_s = 0.0\nmax_queue = 3\n"
+        "[gates]\nguard_s = 0.0\nburst = 1.0\nmax_queue = 3\n"
         '[providers.p]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
         f"limits = [{{ requests = {requests}, window_s = 0.3 }}]\n" + extra
     )
