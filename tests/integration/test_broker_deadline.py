@@ -80,7 +80,7 @@ async def test_admin_actions(hanging_sim: SimProcess) -> None:
         ok = await broker.admin(Admin(id=2, action="target_enable", target="h/m"), caller)
         assert ok.data.get("enabled", True) is True
         ok = await broker.admin(Admin(id=3, action="target_reset", target="h/m"), caller)
-        assert ok.message == "h/m reset: its breaker is closed"
+        assert ok.message == "h/m reset: its breaker is closed and its 429 pause lifted"
         for bad, says in [
             (Admin(id=4, action="target_reset"), "target_reset needs a target name"),
             (Admin(id=5, action="target_reset", target="x/m"), "no target 'x/m'; targets: h/m"),

@@ -25,7 +25,7 @@ import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, Protocol, TypeVar
 
 import anyio
 import msgspec
@@ -33,13 +33,17 @@ import msgspec
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
+from quotad.daemon.gates import Gates, Reservation
 from quotad.daemon.providers.base import (
+    NO_RATE_LIMITS,
     ChatDelta,
     ChatResult,
     ChatStream,
     EmbedResult,
     ProviderError,
+    RateLimitInfo,
 )
+from quotad.daemon.providers.ratelimits import parse_rate_limits
 from quotad.daemon.routing import Route, Router, Target
 from quotad.daemon.store import Store
 from quotad.daemon.store.admin import STORE_ACTIONS, StoreAdmin
@@ -61,6 +65,7 @@ from quotad.daemon.tokens import (
 from quotad.protocol.messages import (
     Acquire,
     Admin,
+    AppStatus,
     CacheMode,
     Chat,
     ChatChunk,
@@ -119,10 +124,13 @@ class RequestContext:
     model: str
     started: float
     priority: str = "normal"
+    max_wait_s: float | None = None
     max_tokens: int = 0
+    tokens: int = 0
     attempts: int = 0
     wait_s: float = 0.0
     target: Target | None = None
+    reservation: Reservation | None = None
     finished: bool = False
     user: str = ""
     tags: list[str] | None = None
@@ -132,9 +140,30 @@ class RequestContext:
     cost_usd: float = 0.0
 
 
-T = TypeVar("T")
+class OpenedStream(NamedTuple):
+    """A stream whose provider accepted it, with its first piece (None: it was empty)."""
+
+    stream: ChatStream
+    first: ChatDelta | None
+
+    @property
+    def rate_limits(self) -> RateLimitInfo:
+        """The provider's rate-limit headers on the stream's response."""
+        return self.stream.rate_limits
+
+
+class ProviderAnswer(Protocol):
+    """Any provider result: each carries the provider's rate-limit headers."""
+
+    @property
+    def rate_limits(self) -> RateLimitInfo: ...
+
+
+T = TypeVar("T", bound=ProviderAnswer)
 AnswerT = TypeVar("AnswerT", bound=Answer)
 RECENT_REQUESTS = 1000
+DEFAULT_429_PAUSE_S = 1.0
+"""How long a 429 without retry-after pauses its target."""
 
 
 class Broker:
@@ -146,9 +175,12 @@ class Broker:
         router: Router,
         store: Store,
         clock: Clock = SYSTEM_CLOCK,
+        *,
+        gates: Gates | None = None,
     ) -> None:
         self.config = config
         self.router = router
+        self.gates = gates if gates is not None else Gates(config, clock)
         self.clock = clock
         self.cache = store.cache
         self.ledger = store.ledger
@@ -178,8 +210,7 @@ class Broker:
             "chat", request.model, caller, user=request.user, tags=request.tags
         ) as context:
             route = self.router.resolve(request.model)  # 1
-            context.max_tokens = request.max_tokens or self._default_max_tokens
-            prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
+            prompt_tokens = self._plan_chat(context, request)
             self._reserve_budget(context, route, prompt_tokens, request.cache)  # 2
             key = self.cache.key_of(request)
             hit = self.cache.lookup(key, request.cache)  # 3
@@ -223,8 +254,7 @@ class Broker:
             "stream", request.model, caller, user=request.user, tags=request.tags
         ) as context:
             route = self.router.resolve(request.model)  # 1
-            context.max_tokens = request.max_tokens or self._default_max_tokens
-            prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
+            prompt_tokens = self._plan_chat(context, request)
             self._reserve_budget(context, route, prompt_tokens, request.cache)  # 2
             key = self.cache.key_of(request)
             hit = self.cache.lookup(key, request.cache)  # 3
@@ -237,7 +267,7 @@ class Broker:
                 yield end
                 return
 
-            async def call(target: Target) -> tuple[ChatStream, ChatDelta | None]:
+            async def call(target: Target) -> OpenedStream:
                 stream = await target.provider.open_stream(
                     target.model, request, context.max_tokens
                 )
@@ -247,7 +277,7 @@ class Broker:
                     with anyio.CancelScope(shield=True):
                         await stream.aclose()
                     raise
-                return stream, first
+                return OpenedStream(stream, first)
 
             stream, first = await self._attempt_targets(route, context, call)  # 4-6
             target = context.target
@@ -306,7 +336,9 @@ class Broker:
         ) as context:
             route = self.router.resolve(request.model)  # 1
             inputs = [request.input] if isinstance(request.input, str) else request.input
-            self._reserve_budget(context, route, estimate_input_tokens(inputs), request.cache)  # 2
+            input_tokens = estimate_input_tokens(inputs)
+            self._plan(context, request.priority, request.max_wait_s, input_tokens)
+            self._reserve_budget(context, route, input_tokens, request.cache)  # 2
             key = self.cache.key_of(request)
             hit = self.cache.lookup(key, request.cache)  # 3
             if hit is not None:  # a hit skips to 7
@@ -340,12 +372,47 @@ class Broker:
     # ------------------------------------------------------------------ permits
 
     async def acquire(self, request: Acquire, caller: Caller) -> Permit:
-        """A permit on a target's gates for a caller that calls the provider itself."""
-        raise RequestError("bad_request", "Acquire is not supported by this daemon version")
+        """A permit on a target's gates, for a caller that calls the provider itself with its
+        own SDK: the same admission a request through the daemon would take."""
+        route = self.router.resolve(request.target)
+        target = next((t for t in route.targets if t.enabled), route.targets[0])
+        app = request.app or caller.app
+        priority = request.priority or self.gates.app_policy(app).priority
+        demand = self.gates.demand(target.provider_name, target.name, app, request.tokens)
+        reservation, waited = await self.gates.admit(
+            demand, app=app, priority=priority, max_wait_s=request.max_wait_s
+        )
+        held = self.gates.grant_permit(
+            reservation, target.provider_name, target.name, request.lease_s
+        )
+        return Permit(
+            id=request.id,
+            permit_id=held.permit_id,
+            wait_s=waited,
+            lease_s=held.expires_at - self.clock.monotonic(),
+        )
 
     async def settle(self, request: Settle, caller: Caller) -> Ok:
-        """Settle a permit with what the call really used."""
-        raise RequestError("bad_request", "Settle is not supported by this daemon version")
+        """Settle a permit with what the call really used, and learn from the provider's
+        rate-limit headers the caller passes on (a 429 pauses the target)."""
+        held = self.gates.take_permit(request.permit_id)
+        if held is None:
+            raise RequestError(
+                "bad_request",
+                f"permit {request.permit_id!r} is unknown, already settled or past its lease",
+            )
+        used = request.tokens_used or (request.prompt_tokens or 0) + (
+            request.completion_tokens or 0
+        )
+        if request.status == "cancelled":
+            self.gates.cancel(held.reservation)
+        else:
+            self.gates.settle(held.reservation, used or None)
+        info = parse_rate_limits(request.headers) if request.headers else NO_RATE_LIMITS
+        self.gates.observe(held.provider, held.target, info)
+        if request.status == "rate_limited":
+            self.gates.pause(held.target, info.retry_after_s or DEFAULT_429_PAUSE_S)
+        return Ok(id=request.id, message=f"settled {held.permit_id}")
 
     # ------------------------------------------------------------------ reports and operator
 
@@ -392,7 +459,8 @@ class Broker:
             done = "disabled"
         else:
             target = self.router.reset(request.target)
-            done = "reset: its breaker is closed"
+            self.gates.unpause(target.name)
+            done = "reset: its breaker is closed and its 429 pause lifted"
         status = self.router.target_status(target)
         return Ok(id=request.id, message=f"{target.name} {done}", data=msgspec.to_builtins(status))
 
@@ -456,6 +524,9 @@ class Broker:
         now = self.clock.time()
         latency_s = self.clock.monotonic() - context.started
         usage = usage or Usage()
+        if context.reservation is not None:  # return the tokens that were not used
+            self.gates.settle(context.reservation, usage.total_tokens or None)
+            context.reservation = None
         target = context.target.name if context.target else ""
         price = self.prices.for_target(target) if target and not context.cached else None
         cost = context.cost_usd = price.cost(usage) if price is not None else 0.0
@@ -564,29 +635,78 @@ class Broker:
         with anyio.move_on_after(attempts.time_left_s()):
             while (target := await attempts.next_target()) is not None:
                 context.target = target
-                context.attempts += 1
                 try:
-                    # 4: gate admission on this target goes here (gates, #3)
+                    if not await self._admit(target, context, attempts.alternatives()):  # 4
+                        attempts.passed_over(target, "its gates are full")
+                        continue
+                    context.attempts += 1
                     attempts.started(target)
-                    result = await call(target)  # 5
+                    answer = await call(target)  # 5
                 except ProviderError as error:  # 6
+                    self._gate_feedback(target, context, error)
                     attempts.failed(target, error)  # a caller's 4xx is raised as bad_request
                     continue
                 except BaseException:
                     attempts.abandoned(target)
                     raise
+                self.gates.observe(target.provider_name, target.name, answer.rate_limits)
                 attempts.succeeded(target)
-                return result
+                return answer
         raise attempts.exhausted()
+
+    async def _admit(self, target: Target, context: RequestContext, alternatives: bool) -> bool:
+        """Step 4: take the request's place on every gate of ``target``. With other targets
+        left to try, only an immediate admission is taken (False: none); the last candidate
+        waits in the queue up to the request's max_wait_s."""
+        demand = self.gates.demand(
+            target.provider_name, target.name, context.caller.app, context.tokens
+        )
+        if alternatives:
+            context.reservation = self.gates.admit_now(demand)
+            return context.reservation is not None
+        context.reservation, waited = await self.gates.admit(
+            demand,
+            app=context.caller.app,
+            priority=context.priority,
+            max_wait_s=context.max_wait_s,
+        )
+        context.wait_s += waited
+        return True
+
+    def _gate_feedback(self, target: Target, context: RequestContext, error: ProviderError) -> None:
+        """A failed attempt still counts at the provider; its headers and a 429 teach the gates."""
+        if context.reservation is not None:
+            self.gates.settle(context.reservation, None)
+            context.reservation = None
+        self.gates.observe(target.provider_name, target.name, error.rate_limits)
+        if error.kind == "rate_limited":
+            self.gates.pause(target.name, error.retry_after_s or DEFAULT_429_PAUSE_S)
+
+    def _plan_chat(self, context: RequestContext, request: Chat) -> int:
+        """A chat request's priority, wait and token reservation (prompt + max_tokens); the
+        prompt's estimated tokens."""
+        context.max_tokens = request.max_tokens or self._default_max_tokens
+        prompt = estimate_prompt_tokens(request.messages, request.tools)
+        self._plan(context, request.priority, request.max_wait_s, prompt + context.max_tokens)
+        return prompt
+
+    def _plan(
+        self, context: RequestContext, priority: str | None, max_wait_s: float | None, tokens: int
+    ) -> None:
+        context.priority = priority or self.gates.app_policy(context.caller.app).priority
+        context.max_wait_s = max_wait_s
+        context.tokens = tokens
 
     # ------------------------------------------------------------------ status
 
     def status(self) -> StatusReply:
         """The daemon's state now."""
         router = self.router
+        gates, queues, queued_by_app = self.gates.status()
         targets = [router.target_status(target) for target in router.targets.values()]
         for target_status in targets:
             target_status.unpriced = self.prices.for_target(target_status.name) is None
+            target_status.paused_until = self.gates.paused_until(target_status.name)
         now = self.clock.time()
         return StatusReply(
             daemon_version=DAEMON_VERSION,
@@ -599,10 +719,28 @@ class Broker:
             groups=[
                 router.group_status(route, self.target_price) for route in router.groups.values()
             ],
+            gates=gates,
+            queues=queues,
+            apps=self._app_status(queued_by_app),
             cache=self.cache.status(),
             budgets=self.budgets.status(now),
             events=router.events.recent(),
         )
+
+    def _app_status(self, queued_by_app: dict[str, int]) -> list[AppStatus]:
+        """Each app the config names or that is waiting now: its policy and its queue."""
+        apps = []
+        for name in sorted(set(self.config.apps) | set(queued_by_app)):
+            policy = self.gates.app_policy(name)
+            apps.append(
+                AppStatus(
+                    name=name,
+                    priority=policy.priority,
+                    share=policy.share,
+                    queued=queued_by_app.get(name, 0),
+                )
+            )
+        return apps
 
     # ------------------------------------------------------------------ reload
 

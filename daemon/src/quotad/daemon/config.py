@@ -160,7 +160,8 @@ class PriceConfig(_Section, kw_only=True):
 class GatesConfig(_Section, kw_only=True):
     """``[gates]``: how admissions are reserved and queued."""
 
-    guard_s: NonNegative = 0.25
+    guard_s: NonNegative = 0.05
+    burst: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.1
     default_max_tokens: Count = 1024
     max_wait_s: NonNegative = 30.0
     max_queue: Count = 10000

@@ -23,6 +23,7 @@ import anyio.abc
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, ConfigError, find_and_load_config, state_dir
+from quotad.daemon.gates import Gates
 from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.base import Provider
@@ -103,7 +104,8 @@ class Daemon:
         self.health_checks = HealthChecks(self.router)
         self._health_scope: anyio.CancelScope | None = None
         self.store = Store(config, state_dir(config))
-        self.broker = Broker(config, self.router, self.store)
+        self.gates = Gates(config)
+        self.broker = Broker(config, self.router, self.store, gates=self.gates)
         self.broker.reload_config = self._reload_for_peer
         if listen_socket is not None:
             socket_path = Path(listen_socket.getsockname())
@@ -114,7 +116,7 @@ class Daemon:
             access=AccessPolicy.from_config(config.daemon),
         )
         self.notifier = notifier or Notifier({})
-        self.reconfigurables: list[Reconfigurable] = [self.server]
+        self.reconfigurables: list[Reconfigurable] = [self.server, self.gates]
         """Components given each reloaded config, in order; a stateful component built by the
         daemon appends itself here (gates, store, breakers, the HTTP front door)."""
         self._listen_socket = listen_socket
@@ -136,6 +138,7 @@ class Daemon:
                 await tasks.start(self.server.serve)
                 await tasks.start(self._handle_signals, tasks.cancel_scope)
                 tasks.start_soon(self._run_health_checks)
+                tasks.start_soon(self.gates.run)
                 log.info(
                     "quotad serving %s (%d providers, %d groups; config: %s)",
                     self.server.path,

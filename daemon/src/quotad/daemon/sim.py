@@ -259,7 +259,7 @@ class SlidingWindowLog:
         request would fit."""
         self.evict(now)
         if max_requests and len(self._times) >= max_requests:
-            return "requests", self.oldest_leaves_in(now)
+            return "requests", self.room_in(now, max_requests)
         if max_tokens and self.tokens + tokens > max_tokens:
             if tokens > max_tokens:
                 return "too_large", self.window_s
@@ -278,6 +278,14 @@ class SlidingWindowLog:
     def oldest_leaves_in(self, now: float) -> float:
         """Seconds until the oldest admission leaves the window (0 when it is empty)."""
         return self._times[0] + self.window_s - now if self._times else 0.0
+
+    def room_in(self, now: float, max_requests: int) -> float:
+        """Seconds until one more request fits under ``max_requests``: until enough of the
+        oldest admissions have left (more than one when the limit was lowered live)."""
+        must_leave = len(self._times) - max_requests  # index of the last one that must go
+        if must_leave < 0:
+            return 0.0
+        return self._times[must_leave] + self.window_s - now
 
     def fits_in(self, now: float, tokens: int, limit: int) -> float:
         """Seconds until ``tokens`` more fit under ``limit`` (``tokens <= limit``)."""

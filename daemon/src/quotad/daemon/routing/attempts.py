@@ -114,6 +114,16 @@ class Attempts:
             if not self._next_pass():
                 return None
 
+    def alternatives(self) -> bool:
+        """Whether another target is left to try in this pass."""
+        return bool(self._queue)
+
+    def passed_over(self, target: Target, why: str) -> None:
+        """``target`` was not tried after all (its gates are full and another target is left):
+        its trial slot is given back and the skip is noted."""
+        target.released(self._ticket)
+        self._skipped[target.name] = why
+
     def started(self, target: Target) -> None:
         """The call to ``target`` begins (after any gate wait): count it, time it."""
         self._made += 1

@@ -1,0 +1,451 @@
+"""Sliding-window rate gates, reservations, and the priority + fair-share wait queue (DESIGN §8).
+
+Vocabulary::
+
+    SlidingWindow   one limit: at most `limit` requests (or tokens) admitted in any window_s.
+                    A log of admissions; each stays counted window_s + guard_s seconds.
+    Gate            a scope's windows (a provider account, one provider/model, one app), plus
+                    an in-flight cap and a pause (after a provider 429).
+    Demand          what one request needs: one admission on every gate that applies,
+                    1 request and N tokens on each of their windows.
+    Reservation     an admitted demand; settled later with the real token usage.
+    WaitQueue       waiters ordered by priority (aged), then start-time fair queuing across
+                    apps by share, FIFO within an app. Pure: it is told the time.
+    Gates           the async face: admit() waits in the queue, a timer wakes it when
+                    capacity frees (no polling); settle(), observe() (provider headers), pause().
+
+Everything here reads time from an injected :class:`~quotad.daemon.clock.Clock`, so the
+windows, queue and reservations are tested on a virtual clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+from dataclasses import dataclass
+
+import anyio
+
+from quotad.daemon.clock import SYSTEM_CLOCK, Clock
+from quotad.daemon.config import Config, RateLimits
+from quotad.daemon.errors import RequestError
+from quotad.daemon.gates.queue import PRIORITY_LEVELS, PRIORITY_NAMES, Waiter, WaitQueue
+from quotad.daemon.gates.window import (
+    INFINITY,
+    Admission,
+    Blocker,
+    Demand,
+    Gate,
+    Reservation,
+    Scope,
+    SlidingWindow,
+    Unit,
+)
+from quotad.daemon.providers.base import NO_RATE_LIMITS, RateLimitInfo
+from quotad.protocol.messages import GateStatus, QueueStatus, WindowStatus
+
+__all__ = [
+    "PRIORITY_LEVELS",
+    "Admission",
+    "AppPolicy",
+    "Demand",
+    "Gate",
+    "Gates",
+    "HeldPermit",
+    "Reservation",
+    "SlidingWindow",
+    "WaitQueue",
+    "Waiter",
+]
+
+log = logging.getLogger("quotad.gates")
+
+
+@dataclass(frozen=True, slots=True)
+class AppPolicy:
+    """How an app's requests are treated: default priority, fair-share weight, own gate."""
+
+    priority: str = "normal"
+    share: float = 1.0
+    gate: Gate | None = None
+
+
+DEFAULT_APP = AppPolicy()
+
+
+@dataclass(slots=True)
+class HeldPermit:
+    """A granted Acquire, until it is settled or its lease runs out."""
+
+    permit_id: str
+    target: str
+    provider: str
+    reservation: Reservation
+    expires_at: float
+
+
+def _windows(limits: RateLimits, guard_s: float, burst: float) -> list[SlidingWindow]:
+    """The sliding windows a provider, model or app table configures."""
+    windows = []
+    for unit, value, window_s in (
+        ("requests", limits.rpm, 60.0),
+        ("tokens", limits.tpm, 60.0),
+        ("requests", limits.rpd, 86400.0),
+        ("tokens", limits.tpd, 86400.0),
+    ):
+        if value is not None:
+            windows.append(SlidingWindow(unit, value, window_s, guard_s, burst))  # type: ignore[arg-type]
+    for extra in limits.limits:
+        if extra.requests is not None:
+            windows.append(
+                SlidingWindow("requests", extra.requests, extra.window_s, guard_s, burst)
+            )
+        if extra.tokens is not None:
+            windows.append(SlidingWindow("tokens", extra.tokens, extra.window_s, guard_s, burst))
+    return windows
+
+
+class Gates:
+    """Every gate of the daemon, the wait queue, permits, and the timer that wakes waiters.
+
+    Gates are named ``provider:NAME`` (an account: its limits and ``max_concurrency``),
+    ``provider/model`` (a target: its per-model limits, if any, and its 429 pause) and
+    ``app:NAME``. A request on a target takes one admission on its provider's gate, its
+    target's gate and its app's gate, atomically, or waits in the queue.
+    """
+
+    def __init__(self, config: Config, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
+        self._gates: dict[str, Gate] = {}
+        self._apps: dict[str, AppPolicy] = {}
+        self._demand_gates: dict[tuple[str, str, str], tuple[Gate, ...]] = {}
+        self._events: dict[Waiter, anyio.Event] = {}
+        self._permits: dict[str, HeldPermit] = {}
+        self._leases: list[tuple[float, str]] = []
+        self._permit_ids = itertools.count(1)
+        self._permit_prefix = "pm-" + os.urandom(3).hex() + "-"
+        self._next_wake = INFINITY
+        self._timer_changed: anyio.Event | None = None
+        self.queue = WaitQueue(config.gates.aging_s)
+        self.reconfigure(config)
+
+    # ------------------------------------------------------------------ configuration
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a (new) config, keeping every admission already counted: a window that
+        stays (same gate, unit and length) keeps its log; changed limits apply at once."""
+        settings = config.gates
+        self.guard_s = settings.guard_s
+        self.max_queue = settings.max_queue
+        self.default_max_wait_s = settings.max_wait_s
+        self.lease_s = settings.lease_s
+        self.queue.aging_s = settings.aging_s
+        wanted: dict[str, tuple[Scope, list[SlidingWindow], int | None]] = {}
+        for name, provider in config.providers.items():
+            wanted[f"provider:{name}"] = (
+                "provider",
+                _windows(provider, settings.guard_s, settings.burst),
+                provider.max_concurrency,
+            )
+            for model, limits in provider.models.items():
+                wanted[f"{name}/{model}"] = (
+                    "model",
+                    _windows(limits, settings.guard_s, settings.burst),
+                    None,
+                )
+        for name, app in config.apps.items():
+            wanted[f"app:{name}"] = ("app", _windows(app, settings.guard_s, settings.burst), None)
+        for name, (scope, windows, max_in_flight) in wanted.items():
+            gate = self._gates.get(name)
+            if gate is None:
+                self._gates[name] = Gate(name, scope, windows, max_in_flight)
+                continue
+            kept = {(w.unit, w.window_s): w for w in gate.windows}
+            merged = []
+            for window in windows:
+                old = kept.get((window.unit, window.window_s))
+                if old is not None:
+                    old.set_limit(window.limit, settings.guard_s, settings.burst)
+                    window = old
+                merged.append(window)
+            gate.windows = tuple(merged)
+            gate.max_in_flight = max_in_flight
+        for name in [n for n, g in self._gates.items() if n not in wanted and g.scope != "model"]:
+            del self._gates[name]
+        for name, gate in list(self._gates.items()):
+            if gate.scope == "model" and name not in wanted:
+                gate.windows = ()  # a target without its own limits keeps only its pause
+        self._apps = {
+            name: AppPolicy(app.priority, app.share, self._gates.get(f"app:{name}"))
+            for name, app in config.apps.items()
+        }
+        self._demand_gates.clear()
+        self._dispatch()
+
+    def app_policy(self, app: str) -> AppPolicy:
+        """An app's policy (defaults for an app the config does not name)."""
+        return self._apps.get(app, DEFAULT_APP)
+
+    def _target_gate(self, target: str) -> Gate:
+        gate = self._gates.get(target)
+        if gate is None:
+            gate = self._gates[target] = Gate(target, "model")
+        return gate
+
+    def demand(self, provider: str, target: str, app: str, tokens: int) -> Demand:
+        """What a request of ``tokens`` tokens by ``app`` needs on ``target``."""
+        key = (provider, target, app)
+        gates = self._demand_gates.get(key)
+        if gates is None:
+            found = [self._gates.get(f"provider:{provider}"), self._target_gate(target)]
+            found.append(self.app_policy(app).gate)
+            gates = self._demand_gates[key] = tuple(g for g in found if g is not None)
+        return Demand(gates, tokens)
+
+    # ------------------------------------------------------------------ admission
+
+    def admit_now(self, demand: Demand) -> Reservation | None:
+        """Admit ``demand`` only if it can go at once, without overtaking a waiter."""
+        now = self.clock.monotonic()
+        if demand.never_fits() or self.queue.waiters or demand.blockers(now):
+            return None
+        return Reservation(demand, now)
+
+    async def admit(
+        self, demand: Demand, *, app: str, priority: str, max_wait_s: float | None
+    ) -> tuple[Reservation, float]:
+        """Admit ``demand`` on all its gates at once, waiting in the queue for at most
+        ``max_wait_s``; the reservation and the seconds waited."""
+        if reason := demand.never_fits():
+            raise RequestError("rate_limited", f"{reason}: it can never be admitted")
+        now = self.clock.monotonic()
+        if not self.queue.waiters and not demand.blockers(now):
+            return Reservation(demand, now), 0.0
+        if len(self.queue) >= self.max_queue:
+            raise RequestError(
+                "overloaded",
+                f"{len(self.queue)} requests are already waiting for gates; retry later",
+                retry_after_s=1.0,
+            )
+        wait_s = self.default_max_wait_s if max_wait_s is None else max_wait_s
+        waiter = Waiter(
+            demand, app, PRIORITY_LEVELS[priority], self.app_policy(app).share, now, now + wait_s
+        )
+        event = self._events[waiter] = anyio.Event()
+        self.queue.add(waiter)
+        self._dispatch()
+        try:
+            if waiter.reservation is None:
+                with anyio.move_on_after(wait_s):
+                    await event.wait()
+        except BaseException:
+            self._forget(waiter)
+            raise
+        if waiter.reservation is None:
+            self._forget(waiter)
+            later = self.clock.monotonic()
+            blocking = ", ".join(sorted({_blocker_name(b) for b in demand.blockers(later)}))
+            raise RequestError(
+                "rate_limited",
+                f"no capacity within max_wait_s={wait_s:g} s on {blocking or 'a busy queue'}",
+                retry_after_s=round(max(0.0, demand.available_at(later) - later), 3),
+            )
+        self._events.pop(waiter, None)
+        return waiter.reservation, self.clock.monotonic() - now
+
+    def _forget(self, waiter: Waiter) -> None:
+        """A waiter gave up (timed out or cancelled): leave the queue, undo a late admission."""
+        self._events.pop(waiter, None)
+        self.queue.remove(waiter)
+        if waiter.reservation is not None:
+            waiter.reservation.cancel()
+        self._dispatch()
+
+    def settle(self, reservation: Reservation, tokens_used: int | None) -> None:
+        """Settle a reservation with the tokens really used (None: as reserved)."""
+        reservation.settle(tokens_used)
+        self._dispatch()
+
+    def cancel(self, reservation: Reservation) -> None:
+        """Undo a reservation whose request never reached the provider."""
+        reservation.cancel()
+        self._dispatch()
+
+    # ------------------------------------------------------------------ provider feedback
+
+    def pause(self, target: str, seconds: float) -> None:
+        """A provider answered 429 for ``target``: admit nothing there for ``seconds``."""
+        gate = self._target_gate(target)
+        gate.paused_until = max(gate.paused_until, self.clock.monotonic() + max(0.0, seconds))
+        self._dispatch()
+
+    def unpause(self, target: str) -> None:
+        """Forget a target's 429 pause (``quotad target reset``)."""
+        gate = self._gates.get(target)
+        if gate is not None:
+            gate.paused_until = -INFINITY
+            self._dispatch()
+
+    def observe(self, provider: str, target: str, info: RateLimitInfo) -> None:
+        """Tighten the gates' view with what a provider's rate-limit headers say."""
+        if info is NO_RATE_LIMITS:
+            return
+        now = self.clock.monotonic()
+        model_gate = self._target_gate(target)
+        scope = model_gate if model_gate.windows else self._gates.get(f"provider:{provider}")
+        for unit, limit, remaining, reset_s in (
+            ("requests", info.limit_requests, info.remaining_requests, info.reset_requests_s),
+            (
+                "tokens",
+                info.limit_tokens if info.limit_tokens is not None else info.limit_input_tokens,
+                info.remaining_tokens
+                if info.remaining_tokens is not None
+                else info.remaining_input_tokens,
+                info.reset_tokens_s
+                if info.reset_tokens_s is not None
+                else info.reset_input_tokens_s,
+            ),
+        ):
+            if remaining is None or reset_s is None:
+                continue
+            window = _matching_window(scope, unit, limit)  # type: ignore[arg-type]
+            if window is not None:
+                window.add_external(remaining, reset_s, now)
+            elif remaining <= 0:
+                model_gate.paused_until = max(model_gate.paused_until, now + reset_s)
+        self._dispatch()
+
+    # ------------------------------------------------------------------ permits
+
+    def grant_permit(
+        self, reservation: Reservation, provider: str, target: str, lease_s: float | None
+    ) -> HeldPermit:
+        """Hold an admitted reservation under a permit id until settled or its lease ends."""
+        permit_id = f"{self._permit_prefix}{next(self._permit_ids)}"
+        expires_at = self.clock.monotonic() + (lease_s or self.lease_s)
+        permit = HeldPermit(permit_id, target, provider, reservation, expires_at)
+        self._permits[permit_id] = permit
+        heapq.heappush(self._leases, (expires_at, permit_id))
+        self._schedule(expires_at)
+        return permit
+
+    def take_permit(self, permit_id: str) -> HeldPermit | None:
+        """The permit to settle (once); None if unknown, already settled or expired."""
+        return self._permits.pop(permit_id, None)
+
+    def _expire_leases(self, now: float) -> float:
+        """Settle permits whose lease ran out, as reserved; the next lease end."""
+        leases = self._leases
+        while leases and leases[0][0] <= now:
+            _, permit_id = heapq.heappop(leases)
+            permit = self._permits.pop(permit_id, None)
+            if permit is not None:
+                log.info(
+                    "permit %s on %s expired unsettled; settled as reserved",
+                    permit_id,
+                    permit.target,
+                )
+                permit.reservation.settle(None)
+        while leases and leases[0][1] not in self._permits:
+            heapq.heappop(leases)
+        return leases[0][0] if leases else INFINITY
+
+    # ------------------------------------------------------------------ the timer
+
+    def _dispatch(self) -> None:
+        """Admit what can be admitted now, wake those waiters, re-arm the timer."""
+        now = self.clock.monotonic()
+        next_lease = self._expire_leases(now) if self._leases else INFINITY
+        admitted, wake = self.queue.dispatch(now)
+        for waiter in admitted:
+            event = self._events.pop(waiter, None)
+            if event is not None:
+                event.set()
+        self._schedule(min(wake, next_lease), replace=True)
+
+    def _schedule(self, when: float, *, replace: bool = False) -> None:
+        if when < self._next_wake or (replace and when != self._next_wake):
+            self._next_wake = when
+            if self._timer_changed is not None:
+                self._timer_changed.set()
+
+    async def run(self) -> None:
+        """Wake at the next moment capacity frees, a waiter ages or a lease ends (no polling)."""
+        while True:
+            self._timer_changed = anyio.Event()
+            delay = self._next_wake - self.clock.monotonic()
+            if delay == INFINITY:
+                await self._timer_changed.wait()
+            elif delay > 0:
+                with anyio.move_on_after(delay + TIMER_SLACK_S):
+                    await self._timer_changed.wait()
+            self._next_wake = INFINITY
+            self._dispatch()
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> tuple[list[GateStatus], QueueStatus, dict[str, int]]:
+        """Each gate's windows (used/limit now), waiters by priority, waiters by app."""
+        now = self.clock.monotonic()
+        to_wall = self.clock.time() - now
+        gates = []
+        for gate in self._gates.values():
+            if not gate.windows and gate.paused_until <= now:
+                continue
+            gates.append(
+                GateStatus(
+                    name=gate.name,
+                    scope=gate.scope,
+                    windows=[
+                        WindowStatus(
+                            unit=w.unit,
+                            limit=w.limit,
+                            window_s=w.window_s,
+                            used=w.usage(now),
+                            provider_remaining=w.limit - w.external
+                            if now < w.external_until
+                            else None,
+                        )
+                        for w in gate.windows
+                    ],
+                    paused_until=gate.paused_until + to_wall if gate.paused_until > now else None,
+                )
+            )
+        queues = QueueStatus()
+        by_app: dict[str, int] = {}
+        for waiter in self.queue.waiters:
+            name = PRIORITY_NAMES[waiter.priority]
+            setattr(queues, name, getattr(queues, name) + 1)
+            by_app[waiter.app] = by_app.get(waiter.app, 0) + 1
+        return gates, queues, by_app
+
+    def paused_until(self, target: str) -> float | None:
+        """Wall time until which ``target`` is paused after a 429, or None."""
+        gate = self._gates.get(target)
+        now = self.clock.monotonic()
+        if gate is None or gate.paused_until <= now:
+            return None
+        return gate.paused_until + self.clock.time() - now
+
+
+TIMER_SLACK_S = 0.0005
+
+
+def _matching_window(gate: Gate | None, unit: Unit, limit: int | None) -> SlidingWindow | None:
+    """The window a provider header of ``unit`` (with its ``limit``) speaks of: the one with
+    that limit, else the shortest of that unit."""
+    if gate is None:
+        return None
+    candidates = [w for w in gate.windows if w.unit == unit]
+    for window in candidates:
+        if window.limit == limit:
+            return window
+    return min(candidates, key=lambda w: w.window_s) if candidates else None
+
+
+def _blocker_name(blocker: Blocker) -> str:
+    if isinstance(blocker, Gate):
+        return f"{blocker.name} (paused or at its in-flight cap)"
+    return f"{blocker.describe()}"

@@ -1,0 +1,280 @@
+"""Sliding windows and what they count: :class:`SlidingWindow` (one limit, an exact log of
+admissions, paced under contention), :class:`Gate` (a scope's windows, in-flight cap and 429
+pause), :class:`Demand` (what one request needs of its gates) and :class:`Reservation` (an
+admitted demand, settled later with the real usage). Pure: time is passed in."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+Unit = Literal["requests", "tokens"]
+Scope = Literal["provider", "model", "app"]
+INFINITY = math.inf
+
+
+class Admission:
+    """One admission in a window's log; ``amount`` changes when its reservation settles."""
+
+    __slots__ = ("amount", "live", "time")
+
+    def __init__(self, time: float, amount: int) -> None:
+        self.time = time
+        self.amount = amount
+        self.live = True
+
+
+class SlidingWindow:
+    """At most ``limit`` units admitted in any ``window_s``; exact (a log, not buckets).
+
+    Each admission stays counted for ``window_s + guard_s``: the guard absorbs the jitter
+    between admission here and arrival at the provider. A provider's rate-limit headers may
+    add *external* usage (other users of the same account) until a given time; they can only
+    tighten the window, never loosen it beyond ``limit``.
+
+    Under contention admissions are also *paced* (GCRA): one unit per ``window_s / limit``
+    on average, with bursts of up to ``burst * limit`` units beyond that pace. Without it,
+    admissions made together expire together, and the window refills in bursts that nobody
+    contends for; paced, capacity frees a little at a time and each piece goes to the waiter
+    the queue ranks first (so shares hold), and the provider sees a smooth rate. ``burst=1``
+    turns pacing off (the log alone decides).
+    """
+
+    __slots__ = (
+        "_log",
+        "external",
+        "external_until",
+        "interval",
+        "limit",
+        "span",
+        "theoretical_arrival",
+        "tolerance",
+        "unit",
+        "used",
+        "window_s",
+    )
+
+    def __init__(
+        self, unit: Unit, limit: int, window_s: float, guard_s: float, burst: float = 1.0
+    ) -> None:
+        self.unit: Unit = unit
+        self.limit = limit
+        self.window_s = window_s
+        self.span = window_s + guard_s
+        self.interval = window_s / limit
+        self.tolerance = INFINITY if burst >= 1.0 else burst * window_s
+        self.theoretical_arrival = -INFINITY
+        self._log: deque[Admission] = deque()
+        self.used = 0
+        self.external = 0
+        self.external_until = -INFINITY
+
+    def set_limit(self, limit: int, guard_s: float, burst: float) -> None:
+        """Apply a reloaded limit, keeping the log."""
+        self.limit = limit
+        self.span = self.window_s + guard_s
+        self.interval = self.window_s / limit
+        self.tolerance = INFINITY if burst >= 1.0 else burst * self.window_s
+
+    def expire(self, now: float) -> None:
+        """Forget admissions older than the span."""
+        log = self._log
+        span = self.span
+        while log and log[0].time + span <= now:  # the very expression free_at() answers
+            admission = log.popleft()
+            admission.live = False
+            self.used -= admission.amount
+
+    def usage(self, now: float) -> int:
+        """Units counted now, own and external."""
+        self.expire(now)
+        if now < self.external_until:
+            return self.used + self.external
+        return self.used
+
+    def fits(self, amount: int, now: float) -> bool:
+        """Whether ``amount`` more units may be admitted now."""
+        return (
+            self.usage(now) + amount <= self.limit
+            and now >= self.theoretical_arrival - self.tolerance
+        )
+
+    def admit(self, amount: int, now: float) -> Admission:
+        """Record an admission of ``amount`` units now."""
+        admission = Admission(now, amount)
+        self._log.append(admission)
+        self.used += amount
+        self.theoretical_arrival = max(self.theoretical_arrival, now) + amount * self.interval
+        return admission
+
+    def resize(self, admission: Admission, amount: int) -> None:
+        """Change an admission's amount (settling a reservation): the log counts the new
+        amount while the admission is in it, and the pace gives back (or charges) the rest."""
+        change = amount - admission.amount
+        if admission.live:
+            self.used += change
+        self.theoretical_arrival += change * self.interval
+        admission.amount = amount
+
+    def free_at(self, amount: int, now: float) -> float:
+        """The earliest time ``amount`` units fit, if nothing else is admitted meanwhile."""
+        if amount > self.limit:
+            return INFINITY
+        paced = self.theoretical_arrival - self.tolerance
+        return max(paced, self._log_free_at(amount, now))
+
+    def _log_free_at(self, amount: int, now: float) -> float:
+        excess = self.usage(now) + amount - self.limit
+        if excess <= 0:
+            return now
+        external_pending = now < self.external_until and self.external > 0
+        for admission in self._log:
+            expires = admission.time + self.span
+            if external_pending and self.external_until <= expires:
+                excess -= self.external
+                external_pending = False
+                if excess <= 0:
+                    return self.external_until
+            excess -= admission.amount
+            if excess <= 0:
+                return expires
+        if external_pending and excess - self.external <= 0:
+            return self.external_until
+        return INFINITY
+
+    def add_external(self, remaining: int, reset_s: float, now: float) -> None:
+        """A provider says ``remaining`` units are left until ``reset_s`` from now: count the
+        difference from our own view as external usage when it is tighter than ours."""
+        own_remaining = (
+            self.limit - self.usage(now) + (self.external if now < self.external_until else 0)
+        )
+        external = max(0, own_remaining - max(0, remaining))
+        if external > 0:
+            self.external = min(self.limit, external)
+            self.external_until = now + max(0.0, reset_s)
+        elif now >= self.external_until:
+            self.external = 0
+
+    def describe(self) -> str:
+        """``20 requests per 2 s``."""
+        return f"{self.limit} {self.unit} per {self.window_s:g} s"
+
+
+class Gate:
+    """The windows of one scope, its in-flight cap, and its pause."""
+
+    __slots__ = ("in_flight", "max_in_flight", "name", "paused_until", "scope", "windows")
+
+    def __init__(
+        self,
+        name: str,
+        scope: Scope,
+        windows: Iterable[SlidingWindow] = (),
+        max_in_flight: int | None = None,
+    ) -> None:
+        self.name = name
+        self.scope: Scope = scope
+        self.windows = tuple(windows)
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.paused_until = -INFINITY
+
+    def window(self, unit: Unit) -> SlidingWindow | None:
+        """The shortest window of ``unit``, if any."""
+        found = [w for w in self.windows if w.unit == unit]
+        return min(found, key=lambda w: w.window_s) if found else None
+
+
+Blocker = SlidingWindow | Gate  # a window short of capacity, or a gate paused or full
+
+
+@dataclass(slots=True)
+class Demand:
+    """What one request needs: an admission on each gate, ``tokens`` on token windows."""
+
+    gates: tuple[Gate, ...]
+    tokens: int
+
+    def amount(self, window: SlidingWindow) -> int:
+        """Units this demand takes on ``window``."""
+        return 1 if window.unit == "requests" else self.tokens
+
+    def never_fits(self) -> str | None:
+        """Why this demand can never be admitted (it exceeds a limit outright), or None."""
+        for gate in self.gates:
+            for window in gate.windows:
+                if self.amount(window) > window.limit:
+                    return (
+                        f"the request needs {self.amount(window)} {window.unit} but gate "
+                        f"{gate.name} allows {window.describe()}"
+                    )
+        return None
+
+    def blockers(
+        self, now: float, claimed: dict[SlidingWindow, int] | None = None
+    ) -> list[Blocker]:
+        """Windows and gates that cannot take this demand now (after ``claimed`` units)."""
+        found: list[Blocker] = []
+        for gate in self.gates:
+            if gate.paused_until > now or (
+                gate.max_in_flight is not None and gate.in_flight >= gate.max_in_flight
+            ):
+                found.append(gate)
+            for window in gate.windows:
+                extra = claimed.get(window, 0) if claimed else 0
+                if not window.fits(self.amount(window) + extra, now):
+                    found.append(window)
+        return found
+
+    def available_at(self, now: float) -> float:
+        """When this demand alone would fit, if nothing else were admitted meanwhile."""
+        when = now
+        for gate in self.gates:
+            when = max(when, gate.paused_until)
+            for window in gate.windows:
+                when = max(when, window.free_at(self.amount(window), now))
+        return when
+
+
+class Reservation:
+    """An admitted demand: its admissions, settled once with the real usage."""
+
+    __slots__ = ("_admissions", "_gates", "demand", "settled", "tokens")
+
+    def __init__(self, demand: Demand, now: float) -> None:
+        self.demand = demand
+        self.tokens = demand.tokens
+        self._gates = demand.gates
+        self._admissions: list[tuple[SlidingWindow, Admission]] = []
+        for gate in demand.gates:
+            gate.in_flight += 1
+            for window in gate.windows:
+                self._admissions.append((window, window.admit(demand.amount(window), now)))
+        self.settled = False
+
+    def settle(self, tokens_used: int | None) -> None:
+        """Return unused reserved tokens (or charge what went over) and free the in-flight
+        slot. ``None`` keeps the reservation as it was. Idempotent."""
+        if self.settled:
+            return
+        self.settled = True
+        for gate in self._gates:
+            gate.in_flight -= 1
+        if tokens_used is None or tokens_used == self.tokens:
+            return
+        for window, admission in self._admissions:
+            if window.unit == "tokens":
+                window.resize(admission, max(0, tokens_used))
+
+    def cancel(self) -> None:
+        """Undo the admission entirely (the request never reached the provider)."""
+        if self.settled:
+            return
+        self.settled = True
+        for gate in self._gates:
+            gate.in_flight -= 1
+        for window, admission in self._admissions:
+            window.resize(admission, 0)

@@ -1,0 +1,67 @@
+"""The point of quotad: several real client processes share one provider limit through the
+daemon's gates and the provider never sees it exceeded; and permits for processes that keep
+their own SDK."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from quotad.client import BadRequestError, Client, RateLimitedError
+from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.load import run_shared_limit
+from tests.support.sim import SimProcess
+
+
+@pytest.mark.slow
+def test_eight_processes_of_two_apps_share_one_limit_exactly() -> None:
+    figures = run_shared_limit("daemon", processes=8, limit=20, window_s=2.0, duration_s=8.0)
+    assert figures["sim_429s"] == 0, figures
+    assert figures["peak_arrivals_in_window"] <= 20, figures
+    assert figures["utilization"] >= 0.95, figures
+    assert figures["client_errors"] == 0, figures
+    assert 2.4 <= figures["heavy_to_light"] <= 3.6, figures
+
+
+@pytest.fixture(scope="module")
+def permit_daemon() -> Iterator[DaemonProcess]:
+    with SimProcess() as sim:
+        limits = "limits = [{{ requests = 2, window_s = 1.0 }}]\ntpm = 1000"
+        config = (
+            '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n[gates]\nburst = 1.0\n'
+            + sim_provider_config("p", sim.base_url, extra=limits)
+        )
+        with DaemonProcess(config) as daemon:
+            yield daemon
+
+
+def test_permits_share_the_gates_and_settle_with_real_tokens(permit_daemon: DaemonProcess) -> None:
+    with Client(socket=permit_daemon.socket_path, app="sdk-user") as client:
+        with client.permit("p/m", tokens=600) as permit:
+            assert permit.permit_id
+            permit.settle(tokens=150)
+        gates = {g.name: g for g in client.status().gates}
+        windows = {w.unit: w for w in gates["provider:p"].windows}
+        assert windows["tokens"].used == 150  # the unused 450 came back
+        assert windows["requests"].used == 1
+        with pytest.raises(RateLimitedError) as caught:  # 150 + 900 > 1000
+            client.acquire("p/m", tokens=900, max_wait_s=0)
+        assert caught.value.retry_after_s is not None
+        with pytest.raises(BadRequestError, match="unknown, already settled"):
+            client.settle("pm-nope-1", tokens_used=1)
+
+
+def test_a_permit_passed_a_429_pauses_the_target(permit_daemon: DaemonProcess) -> None:
+    time.sleep(1.1)  # the previous test's admissions leave the 1 s window
+    with Client(socket=permit_daemon.socket_path, app="sdk-user") as client:
+        with client.permit("p/other", tokens=1) as permit:
+            permit.settle(tokens=1, status="rate_limited", headers={"retry-after": "30"})
+        target = next(t for t in client.status().targets if t.name == "p/other")
+        assert target.paused_until is not None
+        assert target.paused_until > time.time() + 20
+        with pytest.raises(RateLimitedError):
+            client.acquire("p/other", tokens=1, max_wait_s=0)
+        client.admin("target_reset", "p/other")
+        client.settle(client.acquire("p/other", tokens=1, max_wait_s=0).permit_id, tokens_used=1)

@@ -1,0 +1,207 @@
+"""One load process for the cross-process gate tests and ``bench/gates.py``: a closed-loop
+client (the next request as soon as the last one answered) until a deadline.
+
+    python -m tests.support.load daemon --socket S --app A --model M --start-at T --duration D
+    python -m tests.support.load direct --url U --limit N --window S --start-at T --duration D
+
+``daemon`` goes through quotad (its shared gates). ``direct`` is what users do today: the
+process calls the provider itself, behind its own in-process sliding-window limiter set to
+the provider's limit. Prints one JSON line: app, ok (replies in the steady state: after
+``--warmup`` and before the deadline), rate_limited (429s seen), errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from typing import Any
+
+import httpx
+import msgspec
+
+MESSAGES = [{"role": "user", "content": "share the limit fairly"}]
+
+
+def wait_until(epoch: float) -> None:
+    delay = epoch - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def through_daemon(args: argparse.Namespace) -> dict[str, Any]:
+    from quotad.client import Client, QuotadError
+
+    result: dict[str, Any] = {"app": args.app, "ok": 0, "rate_limited": 0, "errors": {}}
+    with Client(socket=args.socket, app=args.app) as client:
+        client.status()  # connected before the start
+        wait_until(args.start_at)
+        counted_from = time.monotonic() + args.warmup
+        deadline = time.monotonic() + args.duration
+        while time.monotonic() < deadline:
+            try:
+                client.chat(args.model, MESSAGES, max_tokens=4, max_wait_s=60, cache="bypass")
+            except QuotadError as error:
+                result["errors"][error.code] = result["errors"].get(error.code, 0) + 1
+                continue
+            if counted_from <= time.monotonic() < deadline:  # the steady state only
+                result["ok"] += 1
+    return result
+
+
+def direct_with_own_limiter(args: argparse.Namespace) -> dict[str, Any]:
+    """Each process keeps its own exact sliding window at the provider's limit."""
+    result: dict[str, Any] = {"app": args.app, "ok": 0, "rate_limited": 0, "errors": {}}
+    admitted: collections.deque[float] = collections.deque()
+    body = msgspec.json.encode({"model": "m", "messages": MESSAGES, "max_tokens": 4})
+    with httpx.Client(base_url=args.url, headers={"authorization": "Bearer k"}) as http:
+        wait_until(args.start_at)
+        deadline = time.monotonic() + args.duration
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            while admitted and admitted[0] + args.window <= now:
+                admitted.popleft()
+            if len(admitted) >= args.limit:
+                time.sleep(max(0.0, admitted[0] + args.window - now))
+                continue
+            admitted.append(now)
+            response = http.post("/chat/completions", content=body,
+                                 headers={"content-type": "application/json"})  # fmt: skip
+            if response.status_code == 429:
+                result["rate_limited"] += 1
+                time.sleep(float(response.headers.get("retry-after", "1")))
+            elif response.status_code == 200:
+                result["ok"] += 1
+            else:
+                code = str(response.status_code)
+                result["errors"][code] = result["errors"].get(code, 0) + 1
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tests.support.load")
+    parser.add_argument("mode", choices=["daemon", "direct"])
+    parser.add_argument("--app", default="load")
+    parser.add_argument("--socket")
+    parser.add_argument("--model", default="sim/m")
+    parser.add_argument("--url")
+    parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument("--start-at", type=float, default=0.0)
+    parser.add_argument("--duration", type=float, required=True)
+    parser.add_argument("--warmup", type=float, default=0.0, help="seconds not counted")
+    args = parser.parse_args(argv)
+    run = through_daemon if args.mode == "daemon" else direct_with_own_limiter
+    sys.stdout.write(msgspec.json.encode(run(args)).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+# --------------------------------------------------------------------------- the scenario
+
+SHARED_LIMIT_CONFIG = """\
+[daemon]
+state_dir = "{{state_dir}}"
+[http]
+listen = ""
+[cache]
+mode = "off"
+[gates]
+guard_s = {guard}
+[providers.sim]
+kind = "openai"
+base_url = "{base_url}"
+limits = [{{{{ requests = {limit}, window_s = {window} }}}}]
+[apps.light]
+share = 1
+[apps.heavy]
+share = 3
+"""
+
+
+def peak_in_window(times: list[float], window_s: float) -> int:
+    """The most of ``times`` (sorted) inside any half-open window of ``window_s``."""
+    peak, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] + window_s <= t:
+            start += 1
+        peak = max(peak, end - start + 1)
+    return peak
+
+
+def run_shared_limit(
+    mode: str,
+    processes: int,
+    limit: int,
+    window_s: float,
+    duration_s: float,
+    guard_s: float = 0.05,
+) -> dict[str, Any]:
+    """``processes`` closed-loop processes (half app "light" share 1, half "heavy" share 3)
+    against a sim that enforces ``limit`` requests per ``window_s``; the figures from the
+    sim's own log."""
+    import subprocess
+
+    from tests.support.daemon import DaemonProcess
+    from tests.support.sim import SimProcess, read_sim_log
+
+    with SimProcess(rpm=limit, window_s=window_s, latency_ms=5, log=True) as sim:
+        daemon = None
+        if mode == "daemon":
+            config = SHARED_LIMIT_CONFIG.format(
+                base_url=sim.base_url, limit=limit, window=window_s, guard=guard_s
+            )
+            daemon = DaemonProcess(config).start()
+        try:
+            start_at = time.time() + 3.0  # every process imported and connected by then
+            commands = []
+            for index in range(processes):
+                app = "heavy" if index % 2 else "light"
+                command = [sys.executable, "-m", "tests.support.load", mode, "--app", app,
+                           "--start-at", str(start_at), "--duration", str(duration_s),
+                           "--warmup", str(window_s)]  # fmt: skip
+                if daemon is not None:
+                    command += ["--socket", str(daemon.socket_path)]
+                else:
+                    command += ["--url", sim.base_url, "--limit", str(limit),
+                                "--window", str(window_s)]  # fmt: skip
+                commands.append(command)
+            running = [subprocess.Popen(c, stdout=subprocess.PIPE) for c in commands]
+            outputs = [p.communicate(timeout=duration_s + 60)[0] for p in running]
+        finally:
+            if daemon is not None:
+                daemon.__exit__(None, None, None)
+        stats = sim.stats()
+        sim.stop()
+        assert sim.log_path is not None
+        log = [
+            line
+            for line in read_sim_log(sim.log_path)
+            if line["path"].endswith("/chat/completions")
+        ]
+    results = [msgspec.json.decode(output) for output in outputs]
+    arrivals = sorted(line["mono"] for line in log)
+    admitted = sorted(line["mono"] for line in log if line["status"] == 200)
+    windows = int(duration_s // window_s)
+    first = admitted[0] if admitted else 0.0
+    measured = [t for t in admitted if first <= t < first + windows * window_s]
+    ok = collections.Counter[str]()
+    for result in results:
+        ok[result["app"]] += result["ok"]
+    return {
+        "processes": processes,
+        "limit": limit,
+        "window_s": window_s,
+        "duration_s": duration_s,
+        "sim_429s": stats["rate_limited"],
+        "peak_admitted_in_window": peak_in_window(admitted, window_s),
+        "peak_arrivals_in_window": peak_in_window(arrivals, window_s),
+        "utilization": round(len(measured) / (windows * limit), 4),
+        "ok_by_app": dict(ok),
+        "heavy_to_light": round(ok["heavy"] / ok["light"], 3) if ok["light"] else None,
+        "client_errors": sum(sum(r["errors"].values()) for r in results),
+    }

@@ -1,0 +1,348 @@
+"""Gates on a virtual clock: exact sliding windows, reservations, the wait queue's ordering
+rules, and hypothesis properties (never over a limit, work-conserving, fair share, no
+starvation)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quotad.daemon.gates import (
+    Demand,
+    Gate,
+    Reservation,
+    SlidingWindow,
+    Waiter,
+    WaitQueue,
+)
+
+# --------------------------------------------------------------------------- windows
+
+
+def test_window_admits_up_to_the_limit_then_frees_after_the_span() -> None:
+    window = SlidingWindow("requests", 3, 10.0, 0.5)
+    for t in (0.0, 1.0, 2.0):
+        assert window.fits(1, t)
+        window.admit(1, t)
+    assert not window.fits(1, 5.0)
+    assert window.free_at(1, 5.0) == pytest.approx(10.5)  # the first admission + span
+    assert not window.fits(1, 10.4)  # still inside window + guard
+    assert window.fits(1, 10.5)
+    assert window.usage(12.5) == 0
+
+
+def test_window_resize_returns_unused_tokens_and_ignores_expired_admissions() -> None:
+    window = SlidingWindow("tokens", 1000, 60.0, 0.0)
+    admission = window.admit(800, 0.0)
+    assert not window.fits(300, 1.0)
+    window.resize(admission, 100)  # settled: 700 unused come back
+    assert window.usage(1.0) == 100
+    assert window.fits(900, 1.0)
+    late = window.admit(50, 1.0)
+    window.expire(100.0)
+    window.resize(late, 500)  # settling after expiry changes nothing counted
+    assert window.usage(100.0) == 0
+
+
+def test_window_charges_what_went_over() -> None:
+    window = SlidingWindow("tokens", 1000, 60.0, 0.0)
+    admission = window.admit(100, 0.0)
+    window.resize(admission, 400)
+    assert window.usage(1.0) == 400
+
+
+def test_external_usage_only_tightens() -> None:
+    window = SlidingWindow("requests", 100, 60.0, 0.0)
+    for _ in range(10):
+        window.admit(1, 0.0)
+    window.add_external(remaining=50, reset_s=20.0, now=1.0)  # provider: tighter than 90 left
+    assert window.usage(1.0) == 50
+    assert window.free_at(1, 1.0) == 1.0
+    window.add_external(remaining=0, reset_s=20.0, now=2.0)
+    assert not window.fits(1, 2.0)
+    assert window.free_at(1, 2.0) == pytest.approx(22.0)
+    assert window.fits(1, 22.0)  # external usage ends at the reset
+    window.add_external(remaining=1000, reset_s=20.0, now=30.0)  # looser: ignored
+    assert window.usage(30.0) == 10
+
+
+def test_demand_that_can_never_fit_says_why() -> None:
+    gate = Gate("provider:p", "provider", [SlidingWindow("tokens", 4000, 60.0, 0.0)])
+    reason = Demand((gate,), 5000).never_fits()
+    assert reason is not None
+    assert "5000 tokens" in reason
+    assert "4000 tokens per 60 s" in reason
+    assert Demand((gate,), 4000).never_fits() is None
+
+
+def test_reservation_is_atomic_across_gates_and_settles_once() -> None:
+    provider = Gate("provider:p", "provider", [SlidingWindow("requests", 5, 60.0, 0.0)], 2)
+    app = Gate("app:a", "app", [SlidingWindow("tokens", 1000, 60.0, 0.0)])
+    demand = Demand((provider, app), 600)
+    reservation = Reservation(demand, 0.0)
+    assert provider.in_flight == 1
+    # a second one fits the provider's requests but not the app's tokens: all or nothing
+    assert Demand((provider, app), 600).blockers(0.0) == [app.windows[0]]
+    reservation.settle(200)
+    reservation.settle(900)  # idempotent
+    assert provider.in_flight == 0
+    assert app.windows[0].usage(1.0) == 200
+    assert provider.windows[0].usage(1.0) == 1
+
+
+def test_cancel_undoes_the_admission() -> None:
+    gate = Gate("provider:p", "provider", [SlidingWindow("requests", 1, 60.0, 0.0)])
+    reservation = Reservation(Demand((gate,), 0), 0.0)
+    assert gate.windows[0].usage(0.0) == 1
+    reservation.cancel()
+    assert gate.windows[0].usage(0.0) == 0
+    assert gate.in_flight == 0
+
+
+# --------------------------------------------------------------------------- the queue
+
+
+def waiter(
+    demand: Demand, app: str, priority: int = 1, share: float = 1.0, at: float = 0.0
+) -> Waiter:
+    return Waiter(demand, app, priority, share, at)
+
+
+def test_higher_priority_goes_first_and_fifo_within_an_app() -> None:
+    gate = Gate("provider:p", "provider", [SlidingWindow("requests", 1, 10.0, 0.0)])
+    Reservation(Demand((gate,), 0), 0.0)  # the window is full until t=10
+    queue = WaitQueue(aging_s=1000.0)
+    first_low = waiter(Demand((gate,), 0), "a", priority=0)
+    second_low = waiter(Demand((gate,), 0), "a", priority=0)
+    high = waiter(Demand((gate,), 0), "b", priority=2)
+    for w in (first_low, second_low, high):
+        queue.add(w)
+    admitted, wake = queue.dispatch(1.0)
+    assert admitted == []
+    assert wake == pytest.approx(10.0)
+    assert [w.reservation is not None for w in (first_low, second_low, high)] == [False] * 3
+    order = []
+    for t in (10.0, 20.0, 30.0):
+        admitted, _ = queue.dispatch(t)
+        order += admitted
+    assert order == [high, first_low, second_low]
+
+
+def test_a_waiter_short_on_its_own_app_gate_does_not_hold_back_other_apps() -> None:
+    provider = Gate("provider:p", "provider", [SlidingWindow("requests", 10, 10.0, 0.0)])
+    app_a = Gate("app:a", "app", [SlidingWindow("requests", 1, 10.0, 0.0)])
+    Reservation(Demand((provider, app_a), 0), 0.0)
+    queue = WaitQueue(aging_s=1000.0)
+    blocked_a = waiter(Demand((provider, app_a), 0), "a", priority=3)
+    other = waiter(Demand((provider,), 0), "b", priority=0)
+    queue.add(blocked_a)
+    queue.add(other)
+    admitted, wake = queue.dispatch(1.0)
+    assert admitted == [other]
+    assert wake == pytest.approx(10.0)
+
+
+def test_a_big_request_at_the_head_is_not_overtaken_by_small_ones() -> None:
+    tokens = SlidingWindow("tokens", 1000, 10.0, 0.0)
+    gate = Gate("provider:p", "provider", [tokens])
+    Reservation(Demand((gate,), 600), 0.0)
+    queue = WaitQueue(aging_s=1000.0)
+    big = waiter(Demand((gate,), 800), "a", at=1.0)
+    small = waiter(Demand((gate,), 300), "b", at=2.0)
+    queue.add(big)
+    queue.add(small)
+    admitted, _ = queue.dispatch(3.0)
+    assert admitted == []  # small would fit, but it would starve big
+    admitted, _ = queue.dispatch(10.0)
+    assert admitted == [big]  # 600 expired: big first, then small does not fit
+    admitted, _ = queue.dispatch(20.0)
+    assert admitted == [small]
+
+
+def test_aging_lifts_a_low_priority_waiter_over_new_high_ones() -> None:
+    gate = Gate("provider:p", "provider", [SlidingWindow("requests", 1, 1.0, 0.0)])
+    queue = WaitQueue(aging_s=5.0)
+    low = waiter(Demand((gate,), 0), "batch", priority=0, at=0.0)
+    queue.add(low)
+    Reservation(Demand((gate,), 0), 0.0)
+    served_low_at = None
+    t = 0.0
+    while served_low_at is None and t < 100:
+        queue.add(waiter(Demand((gate,), 0), "agent", priority=2, at=t))
+        t += 1.0
+        admitted, _ = queue.dispatch(t)
+        if low in admitted:
+            served_low_at = t
+    assert served_low_at is not None
+    assert served_low_at <= 15.0  # two aging steps lift it from low to high; FIFO then wins
+
+
+# --------------------------------------------------------------------------- properties
+
+FINAL_TOKENS: dict[int, int] = {}  # what each admitted waiter finally used (≤ its reservation)
+
+
+@st.composite
+def arrivals(draw: st.DrawFn) -> list[tuple[float, str, int, float]]:
+    """(gap before arrival, app, tokens requested, share of reservation really used)."""
+    count = draw(st.integers(1, 60))
+    return [
+        (
+            draw(st.floats(0.0, 2.0)),
+            draw(st.sampled_from(["a", "b", "c"])),
+            draw(st.integers(0, 400)),
+            draw(st.floats(0.0, 1.0)),
+        )
+        for _ in range(count)
+    ]
+
+
+def run_queue(
+    events: list[tuple[float, str, int, float]],
+    request_limit: int,
+    token_limit: int,
+    window_s: float,
+    guard_s: float,
+    shares: dict[str, float] | None = None,
+    priorities: dict[str, int] | None = None,
+) -> tuple[list[tuple[float, Waiter]], WaitQueue, list[SlidingWindow]]:
+    """Drive a queue on a virtual clock, dispatching at every arrival and every wake time;
+    each admitted request settles (using part of its reservation) 0.5 s later."""
+    requests = SlidingWindow("requests", request_limit, window_s, guard_s)
+    tokens = SlidingWindow("tokens", token_limit, window_s, guard_s)
+    gate = Gate("provider:p", "provider", [requests, tokens])
+    queue = WaitQueue(aging_s=20.0)
+    admitted_log: list[tuple[float, Waiter]] = []
+    settle_at: list[tuple[float, Reservation, int]] = []
+    pending = []
+    t = 0.0
+    for gap, app, wanted, used_share in events:
+        t += gap
+        pending.append((t, app, wanted, used_share))
+    now = 0.0
+    wake = math.inf
+    index = 0
+    used_shares: dict[int, float] = {}
+    while index < len(pending) or queue.waiters:
+        next_arrival = pending[index][0] if index < len(pending) else math.inf
+        next_settle = min((s[0] for s in settle_at), default=math.inf)
+        now = min(next_arrival, wake, next_settle)
+        assert now < math.inf, "a waiter is stuck with nothing left to wake it"
+        for item in [s for s in settle_at if s[0] <= now]:
+            settle_at.remove(item)
+            item[1].settle(item[2])
+        while index < len(pending) and pending[index][0] <= now:
+            _, app, wanted, used_share = pending[index]
+            w = Waiter(
+                Demand((gate,), wanted),
+                app,
+                (priorities or {}).get(app, 1),
+                (shares or {}).get(app, 1.0),
+                now,
+            )
+            used_shares[id(w)] = used_share
+            queue.add(w)
+            index += 1
+        admitted, wake = queue.dispatch(now)
+        for w in admitted:
+            assert w.reservation is not None
+            admitted_log.append((now, w))
+            used = int(w.demand.tokens * used_shares[id(w)])
+            FINAL_TOKENS[id(w)] = used
+            settle_at.append((now + 0.5, w.reservation, used))
+        # work conserving: a second dispatch at the same instant admits nothing more
+        again, _ = queue.dispatch(now)
+        assert again == []
+        if queue.waiters:
+            head = queue.ordered(now)[0]
+            assert head.demand.blockers(now), "the head waiter fits but was not admitted"
+    return admitted_log, queue, [requests, tokens]
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=arrivals(), request_limit=st.integers(1, 8), guard_s=st.sampled_from([0.0, 0.1]))
+def test_no_window_ever_holds_more_than_its_limit(
+    events: list[tuple[float, str, int, float]], request_limit: int, guard_s: float
+) -> None:
+    window_s, token_limit = 3.0, 1000
+    admitted, _, _ = run_queue(events, request_limit, token_limit, window_s, guard_s)
+    assert len(admitted) == len(events)  # everyone is served eventually
+    times = [t for t, _ in admitted]
+    for t, _ in admitted:
+        inside = [(u, w) for u, w in admitted if u <= t < u + window_s]
+        assert len(inside) <= request_limit
+        # tokens: what each admission finally used (≤ its reservation) never sums over
+        assert sum(FINAL_TOKENS[id(w)] for _, w in inside) <= token_limit
+    assert times == sorted(times)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed_gaps=st.lists(st.floats(0.0, 0.05), min_size=1, max_size=5))
+def test_fair_share_ratio_under_contention(seed_gaps: list[float]) -> None:
+    # both apps keep many requests queued; share 3 must get ~3x the admissions of share 1
+    events = []
+    for index in range(240):
+        events.append(
+            (seed_gaps[index % len(seed_gaps)] / 10, "light" if index % 2 else "heavy", 0, 0.0)
+        )
+    admitted, _, _ = run_queue(
+        events, request_limit=4, token_limit=10**9, window_s=1.0, guard_s=0.0,
+        shares={"heavy": 3.0, "light": 1.0},
+    )  # fmt: skip
+    first_half = Counter(w.app for _, w in admitted[: len(admitted) // 2])
+    ratio = first_half["heavy"] / max(1, first_half["light"])
+    assert 2.5 <= ratio <= 3.5
+
+
+@settings(max_examples=15, deadline=None)
+@given(high_every=st.floats(0.05, 0.5))
+def test_low_priority_never_starves(high_every: float) -> None:
+    events = [(0.0, "batch", 0, 0.0)]
+    events += [(high_every, "agent", 0, 0.0) for _ in range(200)]
+    admitted, _, _ = run_queue(
+        events, request_limit=1, token_limit=10**9, window_s=1.0, guard_s=0.0,
+        priorities={"batch": 0, "agent": 3},
+    )  # fmt: skip
+    batch_at = next(t for t, w in admitted if w.app == "batch")
+    assert batch_at <= 3 * 20.0 + 2.0  # three aging steps (low → critical), then FIFO
+
+
+def test_pacing_spreads_a_burst_and_keeps_shares_with_closed_loop_clients() -> None:
+    """8 processes, each waiting for its reply before asking again (4 of share 1, 4 of share
+    3), against 20 requests per 2 s. Paced, each freed slot goes to the best-ranked waiter."""
+    window = SlidingWindow("requests", 20, 2.0, 0.05, burst=0.1)
+    gate = Gate("provider:p", "provider", [window])
+    queue = WaitQueue(aging_s=30.0)
+    clients = [("light", 1.0)] * 4 + [("heavy", 3.0)] * 4
+    ready_at = dict.fromkeys(range(len(clients)), 0.0)  # when each asks again
+    waiting: dict[int, Waiter] = {}
+    admitted: list[tuple[float, str]] = []
+    now = 0.0
+    while now < 40.0:
+        for index, at in list(ready_at.items()):
+            if at <= now:
+                app, share = clients[index]
+                waiting[index] = Waiter(Demand((gate,), 0), app, 1, share, now)
+                queue.add(waiting[index])
+                del ready_at[index]
+        done, wake = queue.dispatch(now)
+        for index, waiter in list(waiting.items()):
+            if waiter in done:
+                admitted.append((now, waiter.app))
+                ready_at[index] = now + 0.005  # the reply comes back, it asks again
+                del waiting[index]
+        now = min([wake, *ready_at.values()])
+    times = [t for t, _ in admitted]
+    for t in times:  # never over the limit in any window
+        assert sum(1 for u in times if u <= t < u + 2.0) <= 20
+    utilization = len(admitted) / (20 * 40.0 / 2.0)
+    assert utilization >= 0.95
+    counts = Counter(app for _, app in admitted)
+    assert 2.6 <= counts["heavy"] / counts["light"] <= 3.4
+    after_first_window = [t for t in times if t >= 2.0]
+    bunched = max(sum(1 for u in after_first_window if t <= u < t + 0.1) for t in times)
+    assert bunched <= 3  # smooth: never the window's 20 at once again

@@ -1,0 +1,167 @@
+"""The gates' async face on real time with short windows: a waiter wakes when capacity frees
+(from the timer, not by polling), max_wait_s, cancellation, the bounded queue, provider
+feedback, and permits with leases."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from quotad.daemon.config import Config, parse_config
+from quotad.daemon.errors import RequestError
+from quotad.daemon.gates import Gates
+from quotad.daemon.providers.base import RateLimitInfo
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    return ("asyncio", {"use_uvloop": True})  # daemon internals run on asyncio + uvloop
+
+
+def gates_config(extra: str = "", requests: int = 2) -> Config:
+    text = (
+        "[gates]\nguard_s = 0.0\nburst = 1.0\nmax_queue = 3\n"
+        '[providers.p]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        f"limits = [{{ requests = {requests}, window_s = 0.3 }}]\n" + extra
+    )
+    return parse_config(tomllib.loads(text))
+
+
+@pytest.fixture
+async def gates() -> AsyncIterator[Gates]:
+    running = Gates(gates_config())
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(running.run)
+        yield running
+        tasks.cancel_scope.cancel()
+
+
+async def test_a_waiter_wakes_when_the_window_frees(gates: Gates) -> None:
+    demand = gates.demand("p", "p/m", "app", 10)
+    for _ in range(2):
+        _, waited = await gates.admit(demand, app="app", priority="normal", max_wait_s=1)
+        assert waited == 0
+    _, waited = await gates.admit(demand, app="app", priority="normal", max_wait_s=2)
+    assert 0.25 <= waited < 3.0  # not before the first expiry (0.3 s window), then the timer
+    status, queues, _ = gates.status()
+    assert 1 <= status[0].windows[0].used <= 2
+    assert queues.normal == 0
+
+
+async def test_max_wait_gives_rate_limited_with_retry_after(gates: Gates) -> None:
+    demand = gates.demand("p", "p/m", "app", 0)
+    for _ in range(2):
+        await gates.admit(demand, app="app", priority="normal", max_wait_s=0)
+    with pytest.raises(RequestError) as caught:
+        await gates.admit(demand, app="app", priority="normal", max_wait_s=0.05)
+    assert caught.value.code == "rate_limited"
+    assert caught.value.retry_after_s is not None
+    assert 0 < caught.value.retry_after_s <= 0.3
+    assert "2 requests per 0.3 s" in caught.value.message
+    assert len(gates.queue) == 0
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_at_once(gates: Gates) -> None:
+    demand = gates.demand("p", "p/m", "app", 0)
+    for _ in range(2):
+        await gates.admit(demand, app="app", priority="normal", max_wait_s=0)
+    with anyio.move_on_after(0.05):
+        await gates.admit(demand, app="app", priority="high", max_wait_s=5)
+    assert len(gates.queue) == 0
+    assert gates.status()[1].high == 0
+
+
+async def test_a_full_queue_answers_overloaded(gates: Gates) -> None:
+    demand = gates.demand("p", "p/m", "app", 0)
+    for _ in range(2):
+        await gates.admit(demand, app="app", priority="normal", max_wait_s=0)
+
+    async def wait() -> None:
+        await gates.admit(demand, app="app", priority="normal", max_wait_s=5)
+
+    async with anyio.create_task_group() as waiting:
+        for _ in range(3):  # max_queue = 3
+            waiting.start_soon(wait)
+        await anyio.sleep(0.02)
+        with pytest.raises(RequestError) as caught:
+            await gates.admit(demand, app="app", priority="normal", max_wait_s=5)
+        assert caught.value.code == "overloaded"
+        waiting.cancel_scope.cancel()
+
+
+async def test_a_request_that_can_never_fit_fails_at_once() -> None:
+    gates = Gates(gates_config(extra="tpm = 1000\n"))
+    with pytest.raises(RequestError) as caught:
+        await gates.admit(gates.demand("p", "p/m", "a", 5000), app="a", priority="normal",
+                          max_wait_s=30)  # fmt: skip
+    assert caught.value.code == "rate_limited"
+    assert "can never be admitted" in caught.value.message
+    assert "1000 tokens per 60 s" in caught.value.message
+
+
+async def test_settling_returns_unused_tokens_to_waiters() -> None:
+    gates = Gates(gates_config(extra="tpm = 1000\n"))
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(gates.run)
+        first, _ = await gates.admit(
+            gates.demand("p", "p/m", "a", 900), app="a", priority="normal", max_wait_s=0
+        )
+        got: list[float] = []
+
+        async def second() -> None:
+            _, waited = await gates.admit(
+                gates.demand("p", "p/m", "a", 500), app="a", priority="normal", max_wait_s=5
+            )
+            got.append(waited)
+
+        tasks.start_soon(second)
+        await anyio.sleep(0.05)
+        assert got == []
+        gates.settle(first, 100)  # 800 unused come back: the waiter fits now
+        await anyio.sleep(0.05)
+        assert len(got) == 1
+        assert got[0] < 0.2
+        tasks.cancel_scope.cancel()
+
+
+async def test_a_429_pauses_the_target_and_headers_tighten(gates: Gates) -> None:
+    gates.pause("p/m", 0.2)
+    demand = gates.demand("p", "p/m", "app", 0)
+    _, waited = await gates.admit(demand, app="app", priority="normal", max_wait_s=1)
+    assert waited >= 0.15
+    other = gates.demand("p", "p/other", "app", 0)  # another model of the account: not paused
+    assert gates.admit_now(other) is not None
+    await anyio.sleep(0.35)
+    # the provider says 0 requests remain for 0.2 s: tighter than our own view
+    gates.observe("p", "p/m", RateLimitInfo(remaining_requests=0, reset_requests_s=0.2))
+    assert gates.admit_now(demand) is None
+    # headers never loosen: remaining 1000 changes nothing
+    gates.observe("p", "p/m", RateLimitInfo(remaining_requests=1000, reset_requests_s=60))
+    assert gates.status()[0][0].windows[0].limit == 2
+
+
+async def test_an_unsettled_permit_is_settled_as_reserved_when_its_lease_ends(
+    gates: Gates,
+) -> None:
+    reservation, _ = await gates.admit(
+        gates.demand("p", "p/m", "app", 10), app="app", priority="normal", max_wait_s=0
+    )
+    permit = gates.grant_permit(reservation, "p", "p/m", lease_s=0.1)
+    assert gates.status()[0][0].windows[0].used == 1
+    await anyio.sleep(0.2)
+    assert gates.take_permit(permit.permit_id) is None  # expired: settled by the lease
+    assert reservation.settled
+
+
+async def test_reconfigure_keeps_admissions_and_applies_new_limits(gates: Gates) -> None:
+    demand = gates.demand("p", "p/m", "app", 0)
+    await gates.admit(demand, app="app", priority="normal", max_wait_s=0)
+    gates.reconfigure(gates_config())
+    assert gates.status()[0][0].windows[0].used == 1  # the admission survived the reload
+    gates.reconfigure(gates_config(requests=1))
+    assert gates.admit_now(gates.demand("p", "p/m", "app", 0)) is None  # now 1 of 1 used
