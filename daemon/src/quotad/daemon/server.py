@@ -347,11 +347,14 @@ class Connection:
     async def _run_request(
         self, message: Message, handler: Callable[[Any], Awaitable[None]]
     ) -> None:
-        """Run one request under its own cancel scope; every outcome answers the request."""
+        """Run one request under its own cancel scope; every outcome answers the request.
+        A subscription is not work to drain at shutdown: it does not count as in flight."""
         request_id = message.id
         scope = anyio.CancelScope()
         self.in_flight[request_id] = scope
-        self.server.request_started()
+        drained = type(message) is not Subscribe
+        if drained:
+            self.server.request_started()
         try:
             with scope:
                 try:
@@ -369,7 +372,8 @@ class Connection:
                 )
         finally:
             del self.in_flight[request_id]
-            self.server.request_finished()
+            if drained:
+                self.server.request_finished()
 
     async def send(self, message: Message) -> None:
         """Write one frame; frames of concurrent requests never interleave."""
