@@ -16,7 +16,8 @@ One ``quotad sim`` (no latency) behind one daemon (cache off), and two measureme
   differences (on - off), divided by the number of subscriptions, is what one subscription at
   10 snapshots a second takes of one core. The daemon serves on one event loop, so that share of
   a core is the share of its capacity (its throughput) the subscription costs. Paired short
-  windows and many subscriptions lift the figure out of the noise.
+  windows and many subscriptions lift the figure out of the noise. Then, under the same load,
+  the real TUI runs for as long again, and its own CPU share is read the same way.
 
 Prints one JSON line.
 
@@ -165,13 +166,17 @@ class TuiProcess:
         self.started = time.monotonic()
         self.cpu_started = cpu_seconds(self.process.pid)
 
-    def stop(self) -> tuple[float, float]:
-        """Stop it; the snapshots per second it got, and its own CPU share of one core."""
+    def cpu_share(self) -> float:
+        """Its own CPU time since started, as a share of one core."""
         elapsed = time.monotonic() - self.started
-        cpu = cpu_seconds(self.process.pid) - self.cpu_started
+        return (cpu_seconds(self.process.pid) - self.cpu_started) / elapsed
+
+    def stop(self) -> float:
+        """Stop it; the snapshots per second it got."""
+        elapsed = time.monotonic() - self.started
         self.process.send_signal(signal.SIGTERM)
         output, _ = self.process.communicate(timeout=30)
-        return int(output.split()[-1]) / elapsed, cpu / elapsed
+        return int(output.split()[-1]) / elapsed
 
 
 # --------------------------------------------------------------------------- load
@@ -220,7 +225,6 @@ def measure(
 ) -> dict[str, Any]:
     rps: dict[str, list[float]] = {"alone": [], "subscriber": [], "tui": []}
     tui_snapshot_rates: list[float] = []
-    tui_cpu: list[float] = []
     cpu_off: list[float] = []
     cpu_on: list[float] = []
     figures: dict[str, Any] = {}
@@ -250,9 +254,8 @@ def measure(
                         try:
                             rps[name].append(await throughput(chat, requests))
                         finally:
-                            snapshot_rate, cpu = await anyio.to_thread.run_sync(tui.stop)
-                            tui_snapshot_rates.append(snapshot_rate)
-                            tui_cpu.append(cpu)
+                            rate_seen = await anyio.to_thread.run_sync(tui.stop)
+                            tui_snapshot_rates.append(rate_seen)
 
                 capacity = await throughput(chat, requests)  # warms up; sets the steady rate
                 orders = [("alone", "subscriber", "tui"), ("tui", "alone", "subscriber"),
@@ -274,6 +277,10 @@ def measure(
                             elapsed = time.monotonic() - started
                             samples.append((cpu_seconds(pid) - before) / elapsed)
                     await anyio.to_thread.run_sync(subscriber.switch, 0)
+                    tui = await anyio.to_thread.run_sync(TuiProcess, daemon.socket_path)
+                    await anyio.sleep(pairs * window_s)
+                    figures["tui_own_cpu_pct"] = round(tui.cpu_share() * 100, 1)
+                    tui_snapshot_rates.append(await anyio.to_thread.run_sync(tui.stop))
                     done.set()
                 figures["steady_rps"] = round(rate, 1)
 
@@ -298,7 +305,6 @@ def measure(
         "subscriber_throughput_ratio": round(subscriber_ratio, 3),
         "tui_throughput_ratio": round(tui_ratio, 3),
         "tui_snapshots_per_s": round(statistics.median(tui_snapshot_rates), 1),
-        "tui_own_cpu_pct": round(statistics.median(tui_cpu) * 100, 1),
         **figures,
         "cpu_windows": pairs,
         "window_s": window_s,

@@ -33,9 +33,9 @@ MESSAGES = [{"role": "user", "content": "how busy is the daemon"}]
 TARGETS = ["sim/gpt-4o-mini", "claude/claude-3-5-haiku-latest"]
 
 
-def live_config(openai_url: str, anthropic_url: str) -> str:
+def live_config(openai_url: str, anthropic_url: str, drain_s: float = 2) -> str:
     return (
-        '[daemon]\nstate_dir = "{state_dir}"\ndrain_s = 2\n[http]\nlisten = ""\n'
+        f'[daemon]\nstate_dir = "{{state_dir}}"\ndrain_s = {drain_s}\n[http]\nlisten = ""\n'
         + sim_provider_config("sim", openai_url)
         + sim_provider_config("claude", anthropic_url, kind="anthropic")
         + f"[models.fast]\ntargets = {TARGETS!r}\n".replace("'", '"')
@@ -68,6 +68,7 @@ async def load(socket: Path, app: str, count: int) -> None:
                 group.start_soon(one)
 
 
+@pytest.mark.slow
 async def test_shows_live_targets_and_apps_under_load(daemon: DaemonProcess) -> None:
     app = TopApp(DaemonFeed(str(daemon.socket_path), INTERVAL_S))
     async with app.run_test(size=SIZE) as pilot:
@@ -107,11 +108,15 @@ async def test_shows_live_targets_and_apps_under_load(daemon: DaemonProcess) -> 
         assert str(newest[3]) == "ok"
 
 
+@pytest.mark.slow
 async def test_waits_for_the_daemon_and_survives_a_restart(
     sims: tuple[SimProcess, SimProcess],
 ) -> None:
     directory = Path(tempfile.mkdtemp(prefix="qtop", dir="/tmp"))
-    daemon = DaemonProcess(live_config(sims[0].base_url, sims[1].base_url), directory=directory)
+    # a long drain: a daemon with quotad top attached must still stop at once (a subscription
+    # is not work to drain), or stop() times out
+    config = live_config(sims[0].base_url, sims[1].base_url, drain_s=60)
+    daemon = DaemonProcess(config, directory=directory)
     app = TopApp(DaemonFeed(str(daemon.socket_path), INTERVAL_S))
     try:
         async with app.run_test(size=SIZE) as pilot:
@@ -126,7 +131,8 @@ async def test_waits_for_the_daemon_and_survives_a_restart(
             assert first is not None
             assert app.monitor.state == "connected"
 
-            await anyio.to_thread.run_sync(daemon.stop)
+            exit_code = await anyio.to_thread.run_sync(lambda: daemon.stop(timeout=20))
+            assert exit_code == 0
             await wait_until(pilot, lambda: app.monitor.state == "waiting")
             await pilot.pause(0.1)
             assert f"waiting for quotad at {daemon.socket_path}" in connection_line(app)
