@@ -12,12 +12,13 @@ One ``quotad sim`` (no latency) behind one daemon (cache off), and two measureme
   CPU with the daemon, so these ratios are noisy.
 - **daemon CPU**: under a steady open-loop load (half the measured capacity), a subscriber
   process switches ``--subscriptions`` subscriptions on and off every ``--window`` seconds; the
-  daemon's CPU seconds are read from /proc for each window. The median of the paired
-  differences (on - off), divided by the number of subscriptions, is what one subscription at
-  10 snapshots a second takes of one core. The daemon serves on one event loop, so that share of
-  a core is the share of its capacity (its throughput) the subscription costs. Paired short
-  windows and many subscriptions lift the figure out of the noise. Then, under the same load,
-  the real TUI runs for as long again, and its own CPU share is read the same way.
+  daemon's CPU seconds are read from /proc for each window. The mean of the paired
+  differences (on - off; a mean, because /proc counts in clock ticks), divided by the number
+  of subscriptions, is what one subscription at 10 snapshots a second takes of one core. The
+  daemon serves on one event loop, so that share of a core is the share of its capacity (its
+  throughput) the subscription costs. Paired short windows and many subscriptions lift the
+  figure out of the noise. Then, under the same load, the real TUI runs for as long again, and
+  its own CPU share is read the same way.
 
 Prints one JSON line.
 
@@ -290,7 +291,7 @@ def measure(
             subscriber.close()
 
     differences = [on - off for on, off in zip(cpu_on, cpu_off, strict=True)]
-    per_subscription = statistics.median(differences) / subscriptions
+    per_subscription = statistics.fmean(differences) / subscriptions
     subscriber_ratio = median_ratio(rps["subscriber"], rps["alone"])
     tui_ratio = median_ratio(rps["tui"], rps["alone"])
     return {
@@ -311,7 +312,7 @@ def measure(
         "subscriptions_switched": subscriptions,
         "daemon_cpu_pct_without": round(statistics.median(cpu_off) * 100, 1),
         "daemon_cpu_pct_with": round(statistics.median(cpu_on) * 100, 1),
-        "subscription_daemon_cost_pct": round(per_subscription * 100, 2),
+        "subscription_daemon_cost_pct": round(per_subscription * 100, 3),
         "cpu_count": os.cpu_count(),
     }
 
@@ -322,7 +323,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--pairs", type=int, default=10, help="on/off pairs of CPU windows")
     parser.add_argument("--window", type=float, default=1.0, help="seconds per CPU window")
-    parser.add_argument("--subscriptions", type=int, default=10, help="switched on together")
+    parser.add_argument("--subscriptions", type=int, default=20, help="switched on together")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--subscriber", choices=["switched", "tui"], help=argparse.SUPPRESS)
     parser.add_argument("--socket", help=argparse.SUPPRESS)

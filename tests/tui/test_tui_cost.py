@@ -1,7 +1,7 @@
 """``quotad top`` at 10 updates a second costs the daemon under 5 % of its throughput.
 
 Runs ``bench/tui_cost.py`` briefly against a real daemon and sim. The daemon-side cost is read
-as the daemon's CPU share with ten subscriptions at 0.1 s switched on and off in paired windows
+as the daemon's CPU share with twenty subscriptions at 0.1 s switched on and off in paired windows
 under a steady load, per subscription (the daemon serves on one event loop, so its share of a
 core is its share of capacity). Closed-loop throughput ratios on a small shared machine are too
 noisy to assert; the bench prints them.
