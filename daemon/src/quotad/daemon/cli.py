@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
 
     top = commands.add_parser("top", help="the live TUI (needs quotad-tui)")
+    top.add_argument(
+        "--interval", type=float, default=0.5, help="seconds between updates (0.05-3600)"
+    )
     top.set_defaults(handler=_top)
 
     chat = commands.add_parser("chat", help="one chat call through the daemon")
@@ -304,7 +307,10 @@ def _top(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    run_tui(socket=args.socket)
+    if not 0.05 <= args.interval <= 3600:
+        print(f"quotad: --interval {args.interval:g} is outside 0.05-3600 s", file=sys.stderr)
+        return EXIT_USAGE
+    run_tui(socket=args.socket, interval_s=args.interval)
     return EXIT_OK
 
 

@@ -1,56 +1,213 @@
-"""``quotad top`` (placeholder until its own issue): the daemon's status, refreshed each second.
+"""``quotad top``: the Textual app that shows the daemon live (DESIGN §1, §9).
 
-Shows "waiting for quotad at PATH" while no daemon answers, and reconnects when one does.
+:class:`TopApp` owns a :class:`~quotad.tui.monitor.Monitor` and a :class:`~quotad.tui.feed.Feed`.
+One exclusive worker follows the feed: each event updates the monitor (bounded state) and asks
+for at most one pending repaint, so a burst of snapshots or a slow terminal coalesces into the
+latest picture instead of a queue. The five monitor screens are Textual modes (Tab and the
+number keys switch); the active one is repainted from the monitor. Operator actions come up
+from the targets table as messages, are confirmed in a modal, and run as ``Admin`` requests;
+the daemon's refusal is shown as it gave it.
 """
 
 from __future__ import annotations
 
-from textual.app import App, ComposeResult
-from textual.widgets import Footer, Header, Static
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar, Final
 
-from quotad.client import AsyncClient, QuotadError
+from textual import work
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+
+from quotad.client import QuotadError
+from quotad.tui.feed import DEFAULT_INTERVAL_S, DaemonFeed, Feed, FeedEvent
+from quotad.tui.monitor import Monitor, SpendView
+from quotad.tui.screens.apps import AppsScreen
+from quotad.tui.screens.base import MonitorScreen
+from quotad.tui.screens.cache import CacheScreen
+from quotad.tui.screens.confirm import ConfirmScreen
+from quotad.tui.screens.help import HelpScreen
+from quotad.tui.screens.overview import OverviewScreen
+from quotad.tui.screens.requests import RequestsScreen
+from quotad.tui.screens.spend import SpendScreen
+from quotad.tui.widgets.targets import TargetAction, TargetTable
+
+MONITOR_SCREENS: Final[tuple[type[MonitorScreen], ...]] = (
+    OverviewScreen,
+    AppsScreen,
+    SpendScreen,
+    RequestsScreen,
+    CacheScreen,
+)
+SCREEN_TABS: Final = tuple((screen.MODE, screen.TITLE) for screen in MONITOR_SCREENS)
+ADMIN_ACTIONS: Final[dict[TargetAction, str]] = {
+    "disable": "target_disable",
+    "enable": "target_enable",
+    "reset": "target_reset",
+}
+CONFIRM_QUESTIONS: Final[dict[TargetAction, str]] = {
+    "disable": "Disable target {target}?",
+    "enable": "Enable target {target}?",
+    "reset": "Reset target {target}?",
+}
+CONFIRM_DETAILS: Final[dict[TargetAction, str]] = {
+    "disable": "No request will be routed to it until it is enabled again.",
+    "enable": "Requests will be routed to it again.",
+    "reset": "Closes its circuit breaker and clears its failure counts.",
+}
+REPAINT_MIN_S: Final = 0.2
+NAVIGATION: Final = frozenset({"show_screen", "next_screen", "previous_screen", "help"})
 
 
 class TopApp(App[None]):
-    """The live status view."""
+    """The live monitor of one quotad daemon, fed by ``feed``."""
 
     TITLE = "quotad top"
-    BINDINGS = [("q", "quit", "Quit")]  # noqa: RUF012
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [
+        *(
+            Binding(str(number), f"show_screen('{mode}')", title, show=False)
+            for number, (mode, title) in enumerate(SCREEN_TABS, start=1)
+        ),
+        Binding("tab", "next_screen", "Next screen", show=False, priority=True),
+        Binding("shift+tab", "previous_screen", "Previous screen", show=False, priority=True),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+    ]
 
-    def __init__(self, socket: str | None = None) -> None:
+    def __init__(self, feed: Feed) -> None:
         super().__init__()
-        self.socket = socket
+        self.feed = feed
+        self.monitor = Monitor(feed.where)
+        self._repaint_pending = False
+        self._repainted_at = -REPAINT_MIN_S
+        for screen in MONITOR_SCREENS:
+            self.add_mode(screen.MODE, self._screen_factory(screen))
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static("connecting…", id="status")
-        yield Footer()
+    def _screen_factory(self, screen: type[MonitorScreen]) -> Callable[[], Screen[None]]:
+        return lambda: screen(self.monitor, SCREEN_TABS)
 
     def on_mount(self) -> None:
-        self.set_interval(1.0, self.refresh_status)
-        self.call_later(self.refresh_status)
+        self.switch_mode(SCREEN_TABS[0][0])
+        self.follow_feed()
 
-    async def refresh_status(self) -> None:
-        view = self.query_one("#status", Static)
-        try:
-            async with AsyncClient(socket=self.socket, app="quotad-top") as client:
-                status = await client.status()
-        except QuotadError as error:
-            view.update(f"waiting for quotad: {error}")
+    # ----------------------------------------------------------------- the feed
+
+    @work(exclusive=True, group="feed")
+    async def follow_feed(self) -> None:
+        """Follow the feed until the app exits."""
+        await self.feed.follow(self.deliver)
+
+    def deliver(self, event: FeedEvent) -> None:
+        """Take one feed event and ask for a repaint: at most one pending at a time, and at
+        most one every :data:`REPAINT_MIN_S` (what a reader can follow; it bounds the TUI's
+        own CPU when snapshots come fast)."""
+        self.monitor.absorb(event)
+        if self._repaint_pending:
             return
-        lines = [
-            f"quotad {status.daemon_version}  pid {status.pid}  up {status.uptime_s:.0f}s  "
-            f"in flight {status.in_flight}  requests {status.requests_total}",
-            "",
-        ]
-        lines += [
-            f"{t.name:44} {t.breaker:9} in flight {t.in_flight:3}  requests {t.requests:6}  "
-            f"failures {t.failures:5}"
-            for t in status.targets
-        ]
-        view.update("\n".join(lines))
+        self._repaint_pending = True
+        wait = self._repainted_at + REPAINT_MIN_S - time.monotonic()
+        if wait > 0:
+            self.set_timer(wait, self.repaint)
+        else:
+            self.call_later(self.repaint)
+
+    def repaint(self) -> None:
+        """Show the monitor on the active monitor screen (under any modal on top of it)."""
+        self._repaint_pending = False
+        self._repainted_at = time.monotonic()
+        if not self.is_running:  # shutting down: the screens are being taken apart
+            return
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, MonitorScreen):
+                screen.show()
+                return
+
+    # ----------------------------------------------------------------- navigation
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Screen switching and help wait until a modal on top is closed."""
+        return action not in NAVIGATION or isinstance(self.screen, MonitorScreen)
+
+    async def action_show_screen(self, mode: str) -> None:
+        """Switch to the monitor screen ``mode``."""
+        await self.switch_mode(mode)
+
+    async def action_next_screen(self) -> None:
+        """Switch to the next monitor screen (wrapping round)."""
+        await self._step_screen(1)
+
+    async def action_previous_screen(self) -> None:
+        """Switch to the previous monitor screen (wrapping round)."""
+        await self._step_screen(-1)
+
+    async def _step_screen(self, step: int) -> None:
+        modes = [mode for mode, _ in SCREEN_TABS]
+        index = modes.index(self.current_mode) if self.current_mode in modes else 0
+        await self.switch_mode(modes[(index + step) % len(modes)])
+
+    def action_help(self) -> None:
+        """Show the keys."""
+        self.push_screen(HelpScreen())
+
+    # ----------------------------------------------------------------- operator actions
+
+    def on_target_table_action_requested(self, message: TargetTable.ActionRequested) -> None:
+        """Confirm an operator action on a target, then run it."""
+        target, action = message.target, message.action
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.run_admin(target, action)
+
+        self.push_screen(
+            ConfirmScreen(CONFIRM_QUESTIONS[action].format(target=target), CONFIRM_DETAILS[action]),
+            confirmed,
+        )
+
+    @work(group="admin")
+    async def run_admin(self, target: str, action: TargetAction) -> None:
+        """Ask the daemon to act on ``target``; show what it answered."""
+        try:
+            answer = await self.feed.admin(ADMIN_ACTIONS[action], target)
+        except QuotadError as error:
+            self.notify(
+                f"{action} {target}: {error.message}",
+                title="quotad refused",
+                severity="error",
+                timeout=8,
+                markup=False,
+            )
+            return
+        self.notify(answer, title=f"{action} {target}", markup=False)
+
+    # ----------------------------------------------------------------- spend reports
+
+    def on_spend_screen_report_wanted(self, message: SpendScreen.ReportWanted) -> None:
+        """Fetch the spend reports for the spend screen."""
+        if self.monitor.state == "connected":
+            self.fetch_spend()
+
+    @work(exclusive=True, group="spend")
+    async def fetch_spend(self) -> None:
+        """Today's and this month's spend by app and by model."""
+        feed = self.feed
+        try:
+            view = SpendView(
+                day_by_app=await feed.spend("day", "app"),
+                day_by_model=await feed.spend("day", "model"),
+                month_by_app=await feed.spend("month", "app"),
+                month_by_model=await feed.spend("month", "model"),
+            )
+        except QuotadError as error:
+            view = SpendView(unavailable=error.message)
+        self.monitor.spend = view
+        self.repaint()
 
 
-def run_tui(socket: str | None = None) -> None:
-    """Run ``quotad top`` until the user quits."""
-    TopApp(socket).run()
+def run_tui(socket: str | None = None, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+    """Run ``quotad top`` against the daemon at ``socket`` until the user quits."""
+    TopApp(DaemonFeed(socket, interval_s)).run()

@@ -1,0 +1,147 @@
+"""Pilot tests of ``quotad top`` on a scripted feed: navigation, operator actions, help,
+quitting, and that a burst of snapshots coalesces into few repaints."""
+
+from __future__ import annotations
+
+import pytest
+from textual.screen import Screen
+
+from quotad.client import BadRequestError
+from quotad.protocol.messages import Snapshot
+from quotad.tui.app import SCREEN_TABS, TopApp
+from quotad.tui.feed import FeedEvent
+from quotad.tui.screens.confirm import ConfirmScreen
+from quotad.tui.screens.help import HelpScreen
+from quotad.tui.widgets.targets import TargetTable
+from tests.tui.pilots import RecordingApp, wait_until
+from tests.tui.scripted import TARGETS, ScriptedFeed, busy_day
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.parametrize("anyio_backend", ["asyncio"]),  # Textual runs on asyncio
+]
+SIZE = (120, 36)
+
+
+def active(app: TopApp) -> Screen[object]:
+    """The screen on top (a fresh read: key presses change it)."""
+    return app.screen
+
+
+async def test_tab_and_number_keys_switch_screens() -> None:
+    feed = ScriptedFeed(busy_day(5))
+    app = RecordingApp(feed)
+    modes = [mode for mode, _ in SCREEN_TABS]
+    async with app.run_test(size=SIZE) as pilot:
+        await feed.delivered.wait()
+        assert app.current_mode == "overview"
+        for expected in [*modes[1:], modes[0]]:
+            await pilot.press("tab")
+            assert app.current_mode == expected
+        await pilot.press("shift+tab")
+        assert app.current_mode == modes[-1]
+        for number, mode in enumerate(modes, start=1):
+            await pilot.press(str(number))
+            assert app.current_mode == mode
+            assert type(active(app)).__name__.lower() == f"{mode}screen"
+
+
+async def test_help_lists_the_keys_and_blocks_switching_until_closed() -> None:
+    feed = ScriptedFeed(busy_day(2))
+    app = RecordingApp(feed)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(active(app), HelpScreen)
+        await pilot.press("2", "tab")
+        assert isinstance(active(app), HelpScreen)
+        assert app.current_mode == "overview"
+        await pilot.press("escape")
+        assert not isinstance(active(app), HelpScreen)
+        await pilot.press("2")
+        assert app.current_mode == "apps"
+
+
+async def test_disable_asks_first_and_no_does_nothing() -> None:
+    feed = ScriptedFeed(busy_day(3))
+    app = RecordingApp(feed)
+    async with app.run_test(size=SIZE) as pilot:
+        await feed.delivered.wait()
+        await pilot.pause()
+        await pilot.press("d")
+        confirm = active(app)
+        assert isinstance(confirm, ConfirmScreen)
+        assert TARGETS[0] in confirm.question
+        await pilot.press("n")
+        await pilot.pause()
+        assert not isinstance(active(app), ConfirmScreen)
+        assert feed.admin_calls == []
+
+
+@pytest.mark.parametrize(
+    ("key", "action"), [("d", "target_disable"), ("e", "target_enable"), ("r", "target_reset")]
+)
+async def test_a_confirmed_action_runs_on_the_selected_target(key: str, action: str) -> None:
+    feed = ScriptedFeed(busy_day(3))
+    app = RecordingApp(feed)
+    async with app.run_test(size=SIZE) as pilot:
+        await feed.delivered.wait()
+        await pilot.pause()
+        await pilot.press("down", "down", key, "y")
+        await wait_until(pilot, lambda: bool(app.notices))
+        assert feed.admin_calls == [(action, TARGETS[2])]
+        assert app.notices[-1][0] == "information"
+        assert app.notices[-1][2] == f"{action} {TARGETS[2]}: ok"
+
+
+async def test_a_refused_action_shows_the_daemons_error() -> None:
+    refusal = BadRequestError("admin action 'target_disable' is not supported [yet]")
+    feed = ScriptedFeed(busy_day(3), admin_error=refusal)
+    app = RecordingApp(feed)
+    async with app.run_test(size=SIZE) as pilot:
+        await feed.delivered.wait()
+        await pilot.pause()
+        await pilot.press("d", "y")
+        await wait_until(pilot, lambda: bool(app.notices))
+        severity, title, message = app.notices[-1]
+        assert severity == "error"
+        assert title == "quotad refused"
+        assert message == f"disable {TARGETS[0]}: {refusal.message}"
+
+
+async def test_the_cursor_stays_on_its_target_across_snapshots() -> None:
+    feed = ScriptedFeed(busy_day(3))
+    app = RecordingApp(feed)
+    async with app.run_test(size=SIZE) as pilot:
+        await feed.delivered.wait()
+        await pilot.pause()
+        await pilot.press("down")
+        table = app.screen.query_one(TargetTable)
+        assert table.cursor_key == TARGETS[1]
+        for event in busy_day(6)[4:]:
+            app.deliver(event)
+        await pilot.pause()
+        assert table.cursor_key == TARGETS[1]
+
+
+async def test_a_burst_of_snapshots_coalesces_into_few_repaints() -> None:
+    events: list[FeedEvent] = busy_day(500)
+    feed = ScriptedFeed(events)
+    app = RecordingApp(feed)
+    async with app.run_test(size=SIZE) as pilot:
+        await feed.delivered.wait()
+        await pilot.pause()
+        assert app.monitor.snapshots == 500
+        assert 1 <= app.repaints <= 3
+        last = events[-1]
+        assert isinstance(last, Snapshot)
+        assert app.monitor.snapshot is last
+
+
+async def test_q_quits() -> None:
+    feed = ScriptedFeed(busy_day(2))
+    app = RecordingApp(feed)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("q")
+        await pilot.pause()
+        assert not app.is_running
+    assert app.return_code == 0

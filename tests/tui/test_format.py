@@ -1,0 +1,70 @@
+"""How figures read in ``quotad top``: bars, sparklines, durations, money; and the words the
+feed uses for an absent daemon."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from quotad.client import ConnectionLostError, DaemonUnavailableError, UnknownModelError
+from quotad.tui.feed import DaemonFeed, why_unavailable
+from quotad.tui.format import bar, seconds, size, spark, usd
+
+
+def test_bars_fill_in_eighths_and_warn_near_full() -> None:
+    assert bar(0.5, 4).plain == "██··"
+    assert bar(1 / 16, 2).plain == "▏·"
+    assert bar(2.0, 3).plain == "███"  # clamped
+    assert bar(-1.0, 3).plain == "···"
+    assert bar(0.5, 10).style == "green"
+    assert bar(0.75, 10).style == "yellow"
+    assert bar(0.95, 10).style == "red"
+
+
+def test_sparklines_scale_to_the_peak_keep_gaps_and_right_align() -> None:
+    assert spark([0.0, 5.0, 10.0], 3).plain == "▁▅█"
+    assert spark([1.0, None, 1.0], 3).plain == "█ █"
+    assert spark([0.5], 3, top=1.0).plain == "  ▅"
+    assert spark([float(v) for v in range(100)], 4).plain == "████"  # the last four only
+    assert spark([], 2).plain == "  "
+
+
+def test_durations_sizes_and_money() -> None:
+    assert [seconds(v) for v in (None, 0.25, 2.44, 185, 7800, 200_000)] == [
+        "-", "250ms", "2.4s", "3m05s", "2h10m", "2d7h",
+    ]  # fmt: skip
+    assert [size(v) for v in (512, 2048, 48_500_000, 3 * 1024**3)] == [
+        "512B", "2.0KiB", "46.3MiB", "3.0GiB",
+    ]  # fmt: skip
+    assert [usd(v) for v in (None, 0.00042, 12.5, 1234.5)] == [
+        "-",
+        "$0.0004",
+        "$12.50",
+        "$1,234.50",
+    ]
+
+
+def test_why_the_daemon_is_unavailable_in_few_words() -> None:
+    one = DaemonUnavailableError.after_trying([("/x/q.sock", "no such socket")])
+    assert why_unavailable(one) == "no such socket"
+    two = DaemonUnavailableError.after_trying(
+        [("/a.sock", "no such socket"), ("/b.sock", "permission denied")]
+    )
+    assert why_unavailable(two) == "/a.sock: no such socket; /b.sock: permission denied"
+    assert why_unavailable(ConnectionLostError("gone")) == "lost the connection to the daemon"
+    assert why_unavailable(UnknownModelError("nope")) == "unknown_model: nope"
+
+
+def test_an_interval_outside_what_subscribe_accepts_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"interval_s=0\.01 is outside"):
+        DaemonFeed("/x.sock", 0.01)
+    result = subprocess.run(
+        [sys.executable, "-m", "quotad.daemon.cli", "top", "--interval", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--interval 0 is outside 0.05-3600 s" in result.stderr

@@ -1,0 +1,97 @@
+"""How figures read on screen: bars, sparklines, durations, sizes and money, as Rich text.
+
+Pure functions of their arguments (no clock, no locale), so a screen renders the same data the
+same way every time — which is what the snapshot tests rely on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.text import Text
+
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+BAR_FULL = "█"
+BAR_PARTS = " ▏▎▍▌▋▊▉"
+BAR_EMPTY = "·"
+
+
+def bar(fraction: float, width: int, *, style: str | None = None) -> Text:
+    """A horizontal bar ``width`` cells wide, filled to ``fraction`` (clamped to 0..1), in
+    eighths of a cell. Its style is green, then yellow from 70 %, red from 90 %, unless given."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    eighths = round(fraction * width * 8)
+    full, part = divmod(eighths, 8)
+    filled = BAR_FULL * full + (BAR_PARTS[part] if part else "")
+    if style is None:
+        style = "red" if fraction >= 0.9 else "yellow" if fraction >= 0.7 else "green"
+    text = Text(filled, style=style)
+    text.append(BAR_EMPTY * (width - len(filled)), style="grey42")
+    return text
+
+
+def spark(
+    values: Iterable[float | None],
+    width: int,
+    *,
+    style: str = "cyan",
+    top: float | None = None,
+) -> Text:
+    """The last ``width`` values as a sparkline scaled to ``top`` (default: their maximum);
+    ``None`` (no data in that interval) is a gap."""
+    points = list(values)[-width:]
+    if top is None:
+        top = max((value for value in points if value is not None), default=0.0)
+    cells = []
+    for value in points:
+        if value is None:
+            cells.append(" ")
+        elif top <= 0:
+            cells.append(SPARK_BLOCKS[0])
+        else:
+            index = round(value / top * (len(SPARK_BLOCKS) - 1))
+            cells.append(SPARK_BLOCKS[min(max(index, 0), len(SPARK_BLOCKS) - 1)])
+    return Text("".join(cells).rjust(width), style=style)
+
+
+def seconds(value: float | None) -> str:
+    """A duration for a table cell: ``-``, ``850ms``, ``2.4s``, ``3m05s``, ``2h10m``, ``3d4h``."""
+    if value is None:
+        return "-"
+    if value < 1.0:
+        return f"{value * 1000:.0f}ms"
+    if value < 60.0:
+        return f"{value:.1f}s"
+    whole = int(value)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600}h"
+
+
+def milliseconds(value: float | None) -> str:
+    """Seconds shown as whole milliseconds, or ``-``."""
+    return "-" if value is None else f"{value * 1000:.0f}ms"
+
+
+def usd(value: float | None) -> str:
+    """Money: four decimals under a dollar (LLM calls are cheap), two above."""
+    if value is None:
+        return "-"
+    return f"${value:.4f}" if abs(value) < 1.0 else f"${value:,.2f}"
+
+
+def size(value: int) -> str:
+    """A byte count in B, KiB, MiB or GiB."""
+    amount = float(value)
+    for unit in ("B", "KiB", "MiB"):
+        if amount < 1024:
+            return f"{amount:.0f}{unit}" if unit == "B" else f"{amount:.1f}{unit}"
+        amount /= 1024
+    return f"{amount:.1f}GiB"
+
+
+def percent(fraction: float | None) -> str:
+    """A fraction as a percentage, or ``-``."""
+    return "-" if fraction is None else f"{fraction * 100:.0f}%"

@@ -1,0 +1,75 @@
+"""Cache: hit rate (now and its trend), size against the bound, evictions and savings."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from rich.text import Text
+from textual.app import ComposeResult
+
+from quotad.tui.format import bar, percent, size, spark, usd
+from quotad.tui.monitor import Monitor
+from quotad.tui.screens.base import MonitorScreen
+from quotad.tui.widgets.text import LiveText
+
+BAR_WIDTH: Final = 40
+TREND_WIDTH: Final = 60
+
+
+class CacheScreen(MonitorScreen):
+    """The response cache as the daemon reports it, plus what the recent requests show."""
+
+    MODE = "cache"
+    TITLE = "Cache"
+
+    def compose_body(self) -> ComposeResult:
+        figures = LiveText(id="cache-figures")
+        figures.border_title = "response cache"
+        yield figures
+        recent = LiveText(id="cache-recent")
+        recent.border_title = "recent requests"
+        yield recent
+
+    def show_body(self, monitor: Monitor) -> None:
+        self.query_one("#cache-figures", LiveText).show_text(self._figures(monitor))
+        self.query_one("#cache-recent", LiveText).show_text(self._recent(monitor))
+
+    @staticmethod
+    def _figures(monitor: Monitor) -> Text:
+        status = monitor.status
+        if status is None:
+            return Text("no data yet", style="grey50")
+        cache = status.cache
+        text = Text()
+        text.append("mode       ")
+        text.append(cache.mode, style="bold green" if cache.mode == "on" else "bold yellow")
+        text.append("\n\nhit rate   ")
+        text.append_text(bar(cache.hit_rate, BAR_WIDTH, style="cyan"))
+        text.append(f" {percent(cache.hit_rate)}  ({cache.hits} hits, {cache.misses} misses)\n")
+        text.append("trend      ")
+        text.append_text(spark(monitor.cache_hit_rate, TREND_WIDTH, top=1.0))
+        text.append("\n\nsize       ")
+        fraction = cache.bytes / cache.max_bytes if cache.max_bytes else 0.0
+        text.append_text(bar(fraction, BAR_WIDTH))
+        bound = size(cache.max_bytes) if cache.max_bytes else "unbounded"
+        text.append(f" {size(cache.bytes)} of {bound}  ({cache.entries} entries)\n")
+        text.append(f"evictions  {cache.evictions}\n")
+        text.append(f"saved      {usd(cache.saved_usd)}")
+        return text
+
+    @staticmethod
+    def _recent(monitor: Monitor) -> Text:
+        records = list(monitor.tail)
+        if not records:
+            return Text("no requests seen yet", style="grey50")
+        hits = [record for record in records if record.cached]
+        fraction = len(hits) / len(records)
+        text = Text(f"{len(hits)} of the last {len(records)} requests were cache hits ")
+        text.append(f"({percent(fraction)})\n")
+        by_app: dict[str, int] = {}
+        for record in hits:
+            by_app[record.app] = by_app.get(record.app, 0) + 1
+        if by_app:
+            text.append("hits by app: ")
+            text.append("  ".join(f"{app} {count}" for app, count in sorted(by_app.items())))
+        return text
