@@ -31,6 +31,7 @@ import anyio
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
+from quotad.daemon.metrics import Metrics
 from quotad.daemon.providers.base import (
     ChatDelta,
     ChatResult,
@@ -152,6 +153,7 @@ class Broker:
         self.requests_total = 0
         self.finished_total = 0
         self.recent: deque[RequestRecord] = deque(maxlen=RECENT_REQUESTS)
+        self.metrics = Metrics()
         self._default_max_tokens = config.gates.default_max_tokens
 
     # ------------------------------------------------------------------ chat
@@ -211,7 +213,7 @@ class Broker:
             try:
                 if first is not None:
                     parts.append(first.delta)
-                    yield _chunk(request.id, first)
+                    yield _first_chunk(request.id, first, context)
                     async for delta in stream.deltas():
                         parts.append(delta.delta)
                         yield _chunk(request.id, delta)
@@ -311,8 +313,8 @@ class Broker:
                 with anyio.CancelScope(shield=True):
                     await self._finish(context, error=error)
             raise
-        except anyio.get_cancelled_exc_class():
-            if not context.finished:
+        except (anyio.get_cancelled_exc_class(), GeneratorExit):  # GeneratorExit: a stream
+            if not context.finished:  # closed by its reader before its end
                 with anyio.CancelScope(shield=True):
                     await self._finish(context, status="cancelled")
             raise
@@ -334,24 +336,24 @@ class Broker:
         latency_s = self.clock.monotonic() - context.started
         usage = usage or Usage()
         self.finished_total += 1
-        self.recent.append(
-            RequestRecord(
-                request_id=context.request_id,
-                time=self.clock.time(),
-                kind=context.kind,
-                app=context.caller.app,
-                target=context.target.name if context.target else context.model,
-                status=error.code if error else status,
-                wait_s=context.wait_s,
-                latency_s=latency_s,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cost_usd=cost_usd,
-                cached=cached,
-                attempts=context.attempts,
-                priority=context.priority,
-            )
+        record = RequestRecord(
+            request_id=context.request_id,
+            time=self.clock.time(),
+            kind=context.kind,
+            app=context.caller.app,
+            target=context.target.name if context.target else context.model,
+            status=error.code if error else status,
+            wait_s=context.wait_s,
+            latency_s=latency_s,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost_usd=cost_usd,
+            cached=cached,
+            attempts=context.attempts,
+            priority=context.priority,
         )
+        self.recent.append(record)
+        self.metrics.observe_request(record, resolved=context.target is not None)
         return latency_s
 
     def recent_since(self, finished_seen: int) -> tuple[list[RequestRecord], int]:
@@ -440,3 +442,13 @@ def _chunk(request_id: int, delta: ChatDelta) -> ChatChunk:
         tool_calls=delta.tool_calls,
         finish_reason=delta.finish_reason,
     )
+
+
+def _first_chunk(request_id: int, delta: ChatDelta, context: RequestContext) -> ChatChunk:
+    """A stream's first chunk: it also says who answers (see :class:`ChatChunk`)."""
+    chunk = _chunk(request_id, delta)
+    chunk.request_id = context.request_id
+    chunk.target = context.target.name if context.target else ""
+    chunk.attempts = context.attempts
+    chunk.wait_s = context.wait_s
+    return chunk

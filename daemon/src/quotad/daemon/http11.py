@@ -9,6 +9,7 @@ API::
     async def handler(request: HttpRequest) -> HttpResponse | StreamingResponse: ...
 
     server = HttpServer(handler, host="127.0.0.1", port=0, limits=HttpLimits())
+    await server.listen()                        # optional: bind now (OSError: port busy)
     async with anyio.create_task_group() as tg:
         port = await tg.start(server.serve)      # bound port (port 0 picks a free one)
         ...
@@ -63,6 +64,7 @@ import anyio.abc
 import h11
 import msgspec
 from anyio.abc import SocketAttribute
+from anyio.streams.stapled import MultiListener
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +217,7 @@ class HttpServer:
         self._closing = False
         self._drain_deadline_s = 10.0
         self._connections: set[_Connection] = set()
+        self._listener: MultiListener[anyio.abc.SocketStream] | None = None
         self._accept_scope: anyio.CancelScope | None = None
         self._drained: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
@@ -229,16 +232,27 @@ class HttpServer:
         """True once :meth:`shutdown` has been called."""
         return self._closing
 
+    async def listen(self) -> int:
+        """Bind and listen now rather than in :meth:`serve`, so that an address in use is
+        reported (``OSError``) before anything else starts; returns the bound port."""
+        if self._listener is None:
+            listener = await anyio.create_tcp_listener(local_host=self._host, local_port=self._port)
+            self._port = listener.extra(SocketAttribute.local_port)
+            self._listener = listener
+        return self._port
+
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen and serve until :meth:`shutdown` (or cancellation); reports the bound port."""
+        """Listen (unless :meth:`listen` did) and serve until :meth:`shutdown` (or
+        cancellation); reports the bound port."""
         self._drained = anyio.Event()
         self._stopped = anyio.Event()
         try:
-            listener = await anyio.create_tcp_listener(local_host=self._host, local_port=self._port)
+            await self.listen()
+            listener = self._listener
+            assert listener is not None
             async with listener, anyio.create_task_group() as connections:
-                self._port = listener.extra(SocketAttribute.local_port)
                 connections.start_soon(self._sweep_timeouts)
                 with anyio.CancelScope() as accept_scope:
                     self._accept_scope = accept_scope
@@ -258,6 +272,7 @@ class HttpServer:
                         await self._drained.wait()
                 connections.cancel_scope.cancel()
         finally:
+            self._listener = None
             self._stopped.set()
 
     async def shutdown(self, deadline_s: float = 10.0) -> None:
@@ -271,6 +286,9 @@ class HttpServer:
             connection.close_if_idle()
         if self._stopped is not None:
             await self._stopped.wait()
+        elif self._listener is not None:  # listening, never served
+            listener, self._listener = self._listener, None
+            await listener.aclose()
 
     async def _sweep_timeouts(self) -> None:
         """Wake every connection wait whose deadline has passed. One timer for the server

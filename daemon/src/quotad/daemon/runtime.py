@@ -1,5 +1,6 @@
-"""The running daemon: builds providers, router, broker and servers from a config, serves
-until SIGTERM/SIGINT, then drains requests in flight (bounded by ``daemon.drain_s``) and exits 0.
+"""The running daemon: builds providers, router, broker and servers (the Unix socket, and the
+HTTP front door unless ``[http] listen = ""``) from a config, serves until SIGTERM/SIGINT, then
+drains requests in flight on both (bounded by ``daemon.drain_s``) and exits 0.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import anyio.abc
 
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, ConfigError
+from quotad.daemon.http import FrontDoor, HttpListenError
 from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.base import Provider
@@ -39,6 +41,13 @@ class Daemon:
         self.router = Router(config, self.providers)
         self.broker = Broker(config, self.router)
         self.server = SocketServer(self.broker, socket_path, max_frame=config.daemon.max_frame)
+        self.http: FrontDoor | None = None
+        if config.http.listen:
+            # HTTP keys live in the store (issue #5): pass its app_for_key here; until then
+            # no key names an app, so only auth = "none" lets requests in.
+            self.http = FrontDoor(
+                self.broker, config.http, app_for_key=lambda key: None, status=self.server.status
+            )
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED
@@ -46,12 +55,17 @@ class Daemon:
         """Serve until a stop signal, then drain and close."""
         self.server.bind()
         try:
+            if self.http is not None:
+                await self._bind_http(self.http)
             async with anyio.create_task_group() as tasks:
                 await tasks.start(self.server.serve)
+                if self.http is not None:
+                    await tasks.start(self.http.serve)
                 tasks.start_soon(self._stop_on_signal, tasks.cancel_scope)
                 log.info(
-                    "quotad serving %s (%d providers, %d groups; config: %s)",
+                    "quotad serving %s%s (%d providers, %d groups; config: %s)",
                     self.server.path,
+                    f" and http://{self.http.address}" if self.http is not None else "",
                     len(self.providers),
                     len(self.router.groups),
                     self.config.source,
@@ -61,6 +75,15 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 for provider in self.providers.values():
                     await provider.aclose()
+
+    async def _bind_http(self, http: FrontDoor) -> None:
+        """Listen on ``[http] listen``; when that fails, remove the socket just made."""
+        try:
+            await http.bind()
+        except HttpListenError:
+            await self.server.shutdown(0)
+            raise
+        self.server.http_address = http.address
 
     async def _stop_on_signal(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -72,7 +95,11 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop accepting, drain requests in flight, close connections."""
-        await self.server.shutdown(self.config.daemon.drain_s)
+        drain_s = self.config.daemon.drain_s
+        async with anyio.create_task_group() as servers:
+            servers.start_soon(self.server.shutdown, drain_s)
+            if self.http is not None:
+                servers.start_soon(self.http.shutdown, drain_s)
 
 
 def run_daemon(
@@ -92,7 +119,7 @@ def run_daemon(
         return EXIT_CONFIG
     try:
         anyio.run(daemon.serve, backend="asyncio", backend_options={"use_uvloop": True})
-    except SocketInUseError as error:
+    except (SocketInUseError, HttpListenError) as error:
         log.error("cannot start: %s", error)
         return EXIT_FAILURE
     log.info("stopped")

@@ -149,6 +149,8 @@ class SocketServer:
         self.max_frame = max_frame
         self.connections: set[Connection] = set()
         self.requests_in_flight = 0
+        self.http_address = ""
+        """``host:port`` of the HTTP front door, when one runs (for status)."""
         self.draining = False
         self._idle = anyio.Event()
         self._listener: anyio.abc.SocketListener | None = None
@@ -219,6 +221,7 @@ class SocketServer:
         """The broker's status with this server's own figures."""
         reply = self.broker.status()
         reply.socket = str(self.path)
+        reply.http = self.http_address
         reply.connections = len(self.connections)
         return reply
 
