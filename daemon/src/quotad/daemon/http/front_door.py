@@ -253,11 +253,14 @@ class FrontDoor:
         return response
 
     async def _not_found(self, request: HttpRequest) -> Response:
-        raise RequestError(
+        error = RequestError(
             "bad_request",
             f"no endpoint {request.method} {request.path}; quotad serves /v1/chat/completions, "
             "/v1/embeddings, /v1/models, /v1/messages, /metrics and /healthz",
         )
+        response = self._error("openai", error)
+        response.status = 404
+        return response
 
     # ------------------------------------------------------------------ who calls, and how
 

@@ -7,6 +7,7 @@ answer reports.
 from __future__ import annotations
 
 import math
+import re
 from typing import Final, Literal, TypeVar
 
 import msgspec
@@ -41,6 +42,9 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
 }
 RETRY_AFTER_CODES: Final = frozenset({"rate_limited", "overloaded", "cancelled"})
 """Codes answered with ``retry-after`` (1 s when the error names no time)."""
+_MISSING_FIELD: Final = re.compile(
+    r"Object missing required field `(?P<field>[^`]*)`(?: - at `(?P<path>[^`]*)`)?$"
+)
 
 
 def http_status(error: RequestError) -> int:
@@ -74,11 +78,26 @@ def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as error:
-        text = describe(error)
-        param, _, _ = text.partition(": ")
-        raise RequestError("bad_request", text, details={"param": param}) from None
+        raise _invalid(error) from None
     except msgspec.DecodeError as error:
         raise RequestError("bad_request", f"the body is not valid JSON: {error}") from None
+
+
+def _invalid(error: msgspec.ValidationError) -> RequestError:
+    """``max_tokens: expected int, got str`` (or ``messages: required``), naming the field."""
+    text = str(error)
+    missing = _MISSING_FIELD.match(text)
+    if missing is not None:
+        where = (missing["path"] or "").removeprefix("$").removeprefix(".")
+        param = f"{where}.{missing['field']}" if where else missing["field"]
+        return bad_request(param, "required")
+    if " - at `$" not in text:
+        return RequestError(
+            "bad_request", f"the body: {text[:1].lower()}{text[1:]}".replace("`", "")
+        )
+    text = describe(error).replace(" | null", "")  # optional fields: the type is what matters
+    param, _, _ = text.partition(": ")
+    return RequestError("bad_request", text, details={"param": param})
 
 
 def answered_model(target: str, requested: str) -> str:
