@@ -50,6 +50,21 @@ class ScriptedBroker(Broker):
         self.stream_error: RequestError | None = None  # raised after two chunks
         self.block = False
         self.cancelled = 0
+        self._changed = anyio.Event()
+
+    def _record(self, request: Chat | Embed, caller: Caller) -> None:
+        self.calls.append((request, caller))
+        self._note()
+
+    def _note(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait (at most 5 s) until ``condition`` holds after a call or a cancellation."""
+        with anyio.fail_after(5):
+            while not condition():
+                await self._changed.wait()
 
     async def _maybe_block(self) -> None:
         if self.block:
@@ -57,10 +72,11 @@ class ScriptedBroker(Broker):
                 await anyio.sleep_forever()
             except anyio.get_cancelled_exc_class():
                 self.cancelled += 1
+                self._note()
                 raise
 
     async def chat(self, request: Chat, caller: Caller) -> ChatReply:
-        self.calls.append((request, caller))
+        self._record(request, caller)
         if self.error is not None:
             raise self.error
         await self._maybe_block()
@@ -78,7 +94,7 @@ class ScriptedBroker(Broker):
     async def chat_stream(
         self, request: Chat, caller: Caller
     ) -> AsyncIterator[ChatChunk | ChatEnd]:
-        self.calls.append((request, caller))
+        self._record(request, caller)
         if self.error is not None:
             raise self.error
         try:
@@ -101,10 +117,11 @@ class ScriptedBroker(Broker):
             )
         except GeneratorExit:
             self.cancelled += 1
+            self._note()
             raise
 
     async def embed(self, request: Embed, caller: Caller) -> EmbedReply:
-        self.calls.append((request, caller))
+        self._record(request, caller)
         return EmbedReply(
             embeddings=[[0.5, -0.25], [1.0, 0.0]],
             usage=Usage(prompt_tokens=4),
@@ -240,15 +257,15 @@ async def test_bad_bodies_are_400_naming_the_field() -> None:
             "messages[0].role",
             "invalid enum value 'bob'",
         ),
-        ("/v1/chat/completions", b'{"model": "m", "messages": [{"role": "user"}], "n": 2}', "n", "one choice"),
+        ("/v1/chat/completions", b'{"model": "m", "messages": [{"role": "user"}], "n": 2}',
+         "n", "one choice"),
         ("/v1/embeddings", b'{"model": "m", "input": [1, 2]}', "input", "not tokens"),
-        ("/v1/messages", b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}', "max_tokens", "required"),
-        (
-            "/v1/messages",
-            b'{"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "image", "source": 3}]}]}',
-            "messages[0].content[0].source",
-            "expected an object",
-        ),
+        ("/v1/messages", b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}',
+         "max_tokens", "required"),
+        ("/v1/messages",
+         b'{"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": '
+         b'[{"type": "image", "source": 3}]}]}',
+         "messages[0].content[0].source", "expected an object"),
     ]  # fmt: skip
     async with serving(broker) as url, httpx.AsyncClient(base_url=url) as http:
         for path, body, param, says in cases:
@@ -424,10 +441,10 @@ async def test_anthropic_stream_builds_text_and_tool_use_blocks() -> None:
     async with (
         serving(broker) as url,
         anthropic.AsyncAnthropic(base_url=url, api_key="k") as claude,
+        claude.messages.stream(model="fast", max_tokens=5, messages=MESSAGES) as stream,
     ):
-        async with claude.messages.stream(model="fast", max_tokens=5, messages=MESSAGES) as stream:
-            texts = [text async for text in stream.text_stream]
-            message = await stream.get_final_message()
+        texts = [text async for text in stream.text_stream]
+        message = await stream.get_final_message()
     assert "".join(texts) == "Hello"
     assert [block.type for block in message.content] == ["text", "tool_use"]
     tool = message.content[1]
@@ -448,15 +465,20 @@ async def test_failure_after_a_stream_started_is_an_error_event() -> None:
     ):
         stream = await oai.chat.completions.create(model="fast", messages=MESSAGES, stream=True)
         seen: list[str] = []
-        with pytest.raises(openai.APIError, match="sim broke the stream"):
+
+        async def read_openai() -> None:
             async for chunk in stream:
                 seen.append(chunk.choices[0].delta.content or "")
-        with pytest.raises(anthropic.APIError, match="sim broke the stream"):
-            async with claude.messages.stream(
-                model="fast", max_tokens=5, messages=MESSAGES
-            ) as anthropic_stream:
-                async for _ in anthropic_stream:
+
+        async def read_anthropic() -> None:
+            async with claude.messages.stream(model="fast", max_tokens=5, messages=MESSAGES) as s:
+                async for _ in s:
                     pass
+
+        with pytest.raises(openai.APIError, match="sim broke the stream"):
+            await read_openai()
+        with pytest.raises(anthropic.APIError, match="sim broke the stream"):
+            await read_anthropic()
     assert "".join(seen) == "Hello"
 
 
@@ -483,21 +505,15 @@ async def test_client_going_away_cancels_the_broker_call() -> None:
         port = int(url.rpartition(":")[2])
         async with await anyio.connect_tcp("127.0.0.1", port) as stream:
             await stream.send(request % (len(body), body))
-            with anyio.fail_after(5):
-                while not broker.calls:
-                    await anyio.sleep(0.01)
-        with anyio.fail_after(5):
-            while not broker.cancelled:
-                await anyio.sleep(0.01)
+            await broker.until(lambda: bool(broker.calls))
+        await broker.until(lambda: broker.cancelled == 1)
         # a stream read up to its first chunks, then dropped
         stream_body = msgspec.json.encode({**CHAT, "stream": True})
         async with await anyio.connect_tcp("127.0.0.1", port) as stream:
             await stream.send(request % (len(stream_body), stream_body))
             with anyio.fail_after(5):
                 assert b"Hel" in await stream.receive()
-        with anyio.fail_after(5):
-            while broker.cancelled < 2:
-                await anyio.sleep(0.01)
+        await broker.until(lambda: broker.cancelled == 2)
 
 
 async def test_models_lists_groups_then_targets_in_both_shapes() -> None:
