@@ -138,7 +138,7 @@ async def test_openai_sdk_async_plain_streaming_embeddings_models(url: str) -> N
 
 
 def test_anthropic_sdk_sync_to_both_kinds_of_target(url: str) -> None:
-    lookup = {"type": "object", "properties": {"q": {"type": "string"}}}
+    lookup: dict[str, object] = {"type": "object", "properties": {"q": {"type": "string"}}}
     with anthropic_client(url) as client:
         to_anthropic = client.messages.create(
             model="claude/claude-3-5-haiku-latest",
@@ -195,6 +195,7 @@ def test_unknown_model_is_404_in_both_sdks(url: str) -> None:
     assert anthropic_error.value.status_code == 404
 
 
+@pytest.mark.slow
 def test_bad_key_is_401_and_a_busy_port_stops_the_daemon(
     sims: tuple[SimProcess, SimProcess],
 ) -> None:
@@ -338,6 +339,7 @@ async def test_many_concurrent_clients_on_keep_alive_connections(url: str) -> No
     assert statuses == [200] * 40
 
 
+@pytest.mark.slow
 def test_graceful_stop_finishes_a_stream_in_flight(sims: tuple[SimProcess, SimProcess]) -> None:
     port = free_port()
     with (

@@ -393,6 +393,7 @@ async def test_plain_answers_carry_quotad_headers_in_both_shapes() -> None:
     assert raw.headers["x-quotad-wait-ms"] == "12.5"
     assert raw.headers["x-quotad-attempts"] == "2"
     chat, _ = broker.calls[0]
+    assert isinstance(chat, Chat)
     assert chat.max_tokens == 9
     assert chat.extra == {"max_completion_tokens": 9}
     assert (chat.stop, chat.user) == (["END"], "u1")
