@@ -7,8 +7,10 @@ timeouts. Requests go straight to the transport's ``handle_async_request``: the 
 need none of what :class:`httpx.AsyncClient` adds per request (URL merging, cookies, auth
 flows, redirects, event hooks, an INFO log line per request). Measured on a 2-core machine
 against a local server, a plain chat() costs ~0.92 ms more than a raw socket exchange this
-way, against ~1.14 ms through ``AsyncClient`` (httpcore's pool alone: ~0.68 ms). Proxies
-named by the environment (``HTTPS_PROXY``, ``NO_PROXY``…) are honoured for non-loopback hosts.
+way, against ~1.14 ms through ``AsyncClient`` (httpcore's pool alone: ~0.68 ms); so a plain
+``http://`` account (a local server, where that cost is most of a request) uses the lean pool
+of :mod:`.pool` instead of httpcore's. Proxies named by the environment (``HTTPS_PROXY``,
+``NO_PROXY``…) are honoured for non-loopback hosts.
 
 Timeouts: ``timeout_s`` bounds a whole plain request (send, wait, read) and each read, write
 or wait for a pooled connection; ``connect_timeout_s`` bounds connecting. A stream's deadline
@@ -51,6 +53,7 @@ from quotad.daemon.providers.base import (
     ProviderError,
     RateLimitInfo,
 )
+from quotad.daemon.providers.pool import LeanHTTPTransport
 from quotad.daemon.providers.ratelimits import parse_rate_limits
 from quotad.protocol.messages import Usage
 
@@ -101,15 +104,21 @@ def environment_proxy(url: httpx.URL) -> str | None:
     return proxy
 
 
-def pooled_transport(config: ProviderConfig) -> httpx.AsyncHTTPTransport:
+def pooled_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
     """One connection pool for a provider account: at most ``max_concurrency`` connections,
-    all kept alive between requests."""
+    all kept alive between requests. A plain-``http://`` account without a proxy (a local
+    server) gets the lean pool of :mod:`.pool`; others httpx's own."""
+    url = httpx.URL(config.base_url)
+    proxy = environment_proxy(url)
+    if url.scheme == "http" and proxy is None:
+        return LeanHTTPTransport(
+            max_connections=config.max_concurrency, keepalive_expiry_s=KEEPALIVE_EXPIRY_S
+        )
     limits = httpx.Limits(
         max_connections=config.max_concurrency,
         max_keepalive_connections=config.max_concurrency,
         keepalive_expiry=KEEPALIVE_EXPIRY_S,
     )
-    proxy = environment_proxy(httpx.URL(config.base_url))
     return httpx.AsyncHTTPTransport(limits=limits, proxy=proxy)
 
 
