@@ -1,4 +1,4 @@
-"""A small, fast HTTP/1.1 server core on anyio + h11, without an ASGI framework.
+"""The HTTP/1.1 server core: connections, keep-alive, limits, timeouts, answers, shutdown.
 
 It owns the connection side of HTTP: accepting, parsing, keep-alive, limits, timeouts,
 writing responses and graceful shutdown. What to answer is the handler's business; the
@@ -28,8 +28,9 @@ API::
 - Error answers of the server itself (400, 408, 413, 431, 500) have a JSON body that both SDK
   families read: ``{"type": "error", "error": {"type", "message", "code"}}``.
 
-h11 parses requests (a fresh parser per request takes over bytes already read); responses
-are written directly, which costs a fraction of h11's per-event validation and state machine.
+Requests are parsed by :mod:`.parser` (one parser per connection, holding what was read
+beyond the current request); responses are written directly. Both cost a fraction of h11's
+general state machine and per-event validation.
 HTTP/1.0 clients get their answer and a close (a streamed body is then close-delimited).
 
 Connections: keep-alive; pipelined requests are read one at a time and answered in order.
@@ -61,10 +62,19 @@ from typing import cast
 
 import anyio
 import anyio.abc
-import h11
 import msgspec
 from anyio.abc import SocketAttribute
 from anyio.streams.stapled import MultiListener
+
+from quotad.daemon.http11.parser import (
+    CLOSED,
+    END_OF_MESSAGE,
+    NEED_DATA,
+    BodyData,
+    ParseError,
+    RequestHead,
+    RequestParser,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -330,10 +340,8 @@ class HttpServer:
 class _Connection:
     """One client connection: a reader task feeding the parser, and the request loop.
 
-    h11 parses; answers are written by hand (a few string joins instead of h11's per-event
-    validation and state machine, which cost more than the rest of a request together). A
-    fresh parser per request takes over the bytes already read (pipelining), so h11 never
-    has to see our side of the exchange.
+    The parser keeps what was read beyond the current request (pipelining); answers are
+    written by hand (a few string joins).
     """
 
     __slots__ = (
@@ -359,7 +367,7 @@ class _Connection:
         self._server = server
         self._stream = stream
         self._limits = server.limits
-        self._parser = self._new_parser()
+        self._parser = RequestParser(self._limits.max_header_bytes)
         try:
             address = stream.extra(SocketAttribute.remote_address)
         except (anyio.TypedAttributeLookupError, OSError):
@@ -376,9 +384,6 @@ class _Connection:
         self._http10 = False
         self.deadline = math.inf
         self.eof = False
-
-    def _new_parser(self) -> h11.Connection:
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.max_header_bytes)
 
     def close_if_idle(self) -> None:
         """Server shutdown: end the wait for a next request, if that is what we are doing."""
@@ -400,7 +405,7 @@ class _Connection:
                         request = await self._read_request()
                         if request is None or not await self._respond(request):
                             break
-                        self._next_cycle()
+                        self._parser.start_next()
                     if self._close_mode == _LINGER and not self.eof:
                         await self._linger()
                 finally:
@@ -410,15 +415,6 @@ class _Connection:
                 if self._close_mode == _RESET:
                     self._set_linger_reset()
                 await self._stream.aclose()
-
-    def _next_cycle(self) -> None:
-        """A fresh parser for the next request, holding what was read beyond this one."""
-        leftover, closed = self._parser.trailing_data
-        parser = self._parser = self._new_parser()
-        if leftover:
-            parser.receive_data(leftover)
-        if closed:
-            parser.receive_data(b"")
 
     # ------------------------------------------------------------------ reading
 
@@ -480,14 +476,14 @@ class _Connection:
         parser = self._parser
         limits = self._limits
         deadline = -1.0
-        head: h11.Request | None = None
+        head: RequestHead | None = None
         headers: list[tuple[bytes, bytes]] = []
         body_parts: list[bytes] = []
         body_size = 0
         while True:
             try:
                 event = parser.next_event()
-            except h11.RemoteProtocolError as error:
+            except ParseError as error:
                 if not self.eof:
                     if error.error_status_hint == 431:
                         await self._headers_too_large()
@@ -496,9 +492,9 @@ class _Connection:
                             error.error_status_hint, f"bad request: {error}", "bad_request"
                         )
                 return None
-            if event is h11.NEED_DATA:
+            if event is NEED_DATA:
                 if deadline < 0:
-                    if head is None and not parser.trailing_data[0]:
+                    if head is None and not parser.has_data:
                         if not await self._wait_idle():
                             self._close_mode = _CLOSE
                             return None
@@ -513,19 +509,19 @@ class _Connection:
                         )
                     return None
                 continue
-            if isinstance(event, h11.Data):
+            if isinstance(event, BodyData):
                 body_size += len(event.data)
                 if body_size > limits.max_body_bytes:
                     await self._body_too_large()
                     return None
                 body_parts.append(event.data)
-            elif isinstance(event, h11.Request):
+            elif isinstance(event, RequestHead):
                 head = event
                 checked = await self._check_head(head)
                 if checked is None:
                     return None
                 headers = checked
-            elif isinstance(event, h11.EndOfMessage) and head is not None:
+            elif event is END_OF_MESSAGE and head is not None:
                 target = head.target.decode("latin-1")
                 path, _, _ = target.partition("?")
                 return HttpRequest(
@@ -536,10 +532,11 @@ class _Connection:
                     body=b"".join(body_parts) if body_parts else b"",
                     client=self._client,
                 )
-            else:  # ConnectionClosed, or PAUSED on a protocol switch we do not support
+            else:  # CLOSED: the client left between requests
+                assert event is CLOSED
                 return None
 
-    async def _check_head(self, head: h11.Request) -> list[tuple[bytes, bytes]] | None:
+    async def _check_head(self, head: RequestHead) -> list[tuple[bytes, bytes]] | None:
         """Apply the header and declared-body limits, note keep-alive, say 100 Continue;
         the headers as a list, or None when an error answer was sent instead."""
         limits = self._limits
