@@ -5,7 +5,9 @@ Both paths send the same OpenAI chat request with the same httpx clients to the 
 ``quotad sim`` process (no latency, no limits), interleaved in rounds so that the noise of a
 shared machine falls on both alike. At concurrency 1 it compares latency (p50, p99); at
 concurrency 32 throughput. Every answer is checked (status 200, a completion); errors are
-counted, not hidden. Prints one JSON line.
+counted, not hidden. It also reports the CPU time the daemon spends per front-door request
+(and the sim per direct request, for scale): unlike latency on a shared machine, that figure
+does not depend on what else runs. Prints one JSON line.
 
     uv run python bench/http_overhead.py [--rounds 6] [--requests 200] [--quick]
 """
@@ -13,6 +15,7 @@ counted, not hidden. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -50,6 +53,28 @@ HEADERS = {
 
 def body(model: str) -> bytes:
     return msgspec.json.encode({"model": model, "messages": MESSAGES, "max_tokens": 8})
+
+
+def cpu_s(pid: int | None) -> float:
+    """CPU time (user + system) process ``pid`` has used so far."""
+    assert pid is not None
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds a process used during the blocks it measures."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.total_s = 0.0
+
+    def measure(self, call: Callable[[], list[float]]) -> list[float]:
+        before = cpu_s(self.pid)
+        result = call()
+        self.total_s += cpu_s(self.pid) - before
+        return result
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -102,7 +127,7 @@ def measure(rounds: int, requests: int) -> dict[str, Any]:
     errors = Errors()
     with SimProcess() as sim:
         config = CONFIG.format(port=port, provider=sim_provider_config("sim", sim.base_url))
-        with DaemonProcess(config):
+        with DaemonProcess(config) as daemon:
             direct_url = f"{sim.base_url}/chat/completions"
             front_door_url = f"http://127.0.0.1:{port}/v1/chat/completions"
             direct_body = body("gpt-4o-mini")
@@ -121,9 +146,13 @@ def measure(rounds: int, requests: int) -> dict[str, Any]:
 
                 sequential(direct, 50)  # warm both paths
                 sequential(through_front_door, 50)
+                daemon_cpu = CpuMeter(daemon.process.pid if daemon.process else None)
+                sim_cpu = CpuMeter(sim.pid)
                 for _ in range(rounds):
-                    direct_c1 += sequential(direct, requests)
-                    front_door_c1 += sequential(through_front_door, requests)
+                    direct_c1 += sim_cpu.measure(lambda: sequential(direct, requests))
+                    front_door_c1 += daemon_cpu.measure(
+                        lambda: sequential(through_front_door, requests)
+                    )
 
             async def c32() -> tuple[list[float], list[float]]:
                 direct_rps: list[float] = []
@@ -161,6 +190,8 @@ def measure(rounds: int, requests: int) -> dict[str, Any]:
         "c1_front_door_p50_ms": round(front_door_p50 * 1000, 3),
         "c1_added_p50_ms": round((front_door_p50 - direct_p50) * 1000, 3),
         "c1_direct_p99_ms": round(percentile(direct_c1, 0.99) * 1000, 3),
+        "c1_daemon_cpu_us_per_request": round(daemon_cpu.total_s / len(front_door_c1) * 1e6),
+        "c1_sim_cpu_us_per_request": round(sim_cpu.total_s / len(direct_c1) * 1e6),
         "c1_front_door_p99_ms": round(percentile(front_door_c1, 0.99) * 1000, 3),
         "c32_direct_rps": round(statistics.median(direct_rps), 1),
         "c32_front_door_rps": round(statistics.median(front_door_rps), 1),
