@@ -53,10 +53,16 @@ class Daemon:
         self, *, task_status: anyio.abc.TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until a stop signal, then drain and close."""
-        self.server.bind()
+        if self.http is not None:  # first: clients take the socket answering for "ready"
+            await self.http.bind()
+            self.server.http_address = self.http.address
         try:
+            self.server.bind()
+        except BaseException:
             if self.http is not None:
-                await self._bind_http(self.http)
+                await self.http.shutdown(0)
+            raise
+        try:
             async with anyio.create_task_group() as tasks:
                 await tasks.start(self.server.serve)
                 if self.http is not None:
@@ -75,15 +81,6 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 for provider in self.providers.values():
                     await provider.aclose()
-
-    async def _bind_http(self, http: FrontDoor) -> None:
-        """Listen on ``[http] listen``; when that fails, remove the socket just made."""
-        try:
-            await http.bind()
-        except HttpListenError:
-            await self.server.shutdown(0)
-            raise
-        self.server.http_address = http.address
 
     async def _stop_on_signal(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

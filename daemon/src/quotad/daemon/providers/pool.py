@@ -248,22 +248,60 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        head = _request_head(request)
+        answer = await self._exchange(url, head + request.content, request.method, timeouts)
+        return httpx.Response(
+            answer.status,
+            headers=answer.headers,
+            stream=answer.body,
+            request=request,
+            extensions={"http_version": answer.version, "reason_phrase": answer.reason},
+        )
+
+    async def fetch(
+        self,
+        method: str,
+        url: httpx.URL,
+        header_lines: bytes,
+        body: bytes,
+        timeouts: dict[str, Any],
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """A whole exchange without httpx's models: ``header_lines`` are the request's
+        ``name: value\\r\\n`` lines but ``content-length`` (host included); the answer's
+        status, headers and body. Failures raise as :meth:`handle_async_request`'s do."""
+        head = b"%s %s HTTP/1.1\r\n%bcontent-length: %d\r\n\r\n" % (
+            method.encode("ascii"),
+            url.raw_path,
+            header_lines,
+            len(body),
+        )
+        answer = await self._exchange(url, head + body, method, timeouts)
+        try:
+            content = b"".join([part async for part in answer.body])
+        finally:
+            await answer.body.aclose()
+        return answer.status, answer.headers, content
+
+    async def _exchange(
+        self, url: httpx.URL, request_bytes: bytes, method: str, timeouts: dict[str, Any]
+    ) -> _Answer:
+        """Send a request on a pooled connection; its answer's head, and its body to read
+        (the body's ``aclose`` gives the slot back)."""
         if url.scheme != "http":
             raise httpx.UnsupportedProtocol(f"this pool speaks http://, not {url.scheme}://")
         if self._closed:
             raise httpx.ConnectError("the pool is closed")
-        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
         read_timeout_s = timeouts.get("read")
         key = (url.host, url.port or 80)
-        head = _request_head(request)
         await self._acquire_slot(timeouts.get("pool"))
         connection: _Connection | None = None
         try:
             connection = await self._checkout(key, timeouts.get("connect"))
             try:  # one deadline for sending the request and reading the answer's head
                 with anyio.fail_after(read_timeout_s):
-                    await _send(connection, head + request.content)
-                    response = await _read_response(self, key, connection, request)
+                    await _send(connection, request_bytes)
+                    answer = await _read_answer(connection, method == "HEAD")
             except TimeoutError:
                 raise httpx.ReadTimeout(f"no answer within {read_timeout_s:g} s") from None
         except BaseException:
@@ -271,7 +309,9 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
                 await connection.aclose()
             self.release_slot()
             raise
-        return response
+        framing, length, keep_alive = answer.framing
+        answer.body = _Body(self, key, connection, framing, length, keep_alive, read_timeout_s)
+        return answer
 
     async def aclose(self) -> None:
         self._closed = True
@@ -295,14 +335,29 @@ def _request_head(request: httpx.Request) -> bytes:
     return b"".join(lines)
 
 
-async def _read_response(
-    pool: LeanHTTPTransport,
-    key: tuple[str, int],
-    connection: _Connection,
-    request: httpx.Request,
-) -> httpx.Response:
-    """Read a response head (the caller bounds the time) and wrap the body still to read."""
-    read_timeout_s = request.extensions.get("timeout", {}).get("read")
+class _Answer:
+    """A response head, and its body once the pool has wrapped it."""
+
+    __slots__ = ("body", "framing", "headers", "reason", "status", "version")
+
+    def __init__(
+        self,
+        status: int,
+        version: bytes,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        framing: tuple[str, int, bool],
+    ) -> None:
+        self.status = status
+        self.version = version
+        self.reason = reason
+        self.headers = headers
+        self.framing = framing  # (how the body ends, its length, whether to keep the connection)
+        self.body: _Body
+
+
+async def _read_answer(connection: _Connection, head_request: bool) -> _Answer:
+    """Read a response head (the caller bounds the time)."""
     while True:
         head = await connection.read_until(b"\r\n\r\n", MAX_HEAD_BYTES, None)
         status_line, *lines = head[:-4].split(_CRLF)
@@ -336,7 +391,7 @@ async def _read_response(
                 keep_alive = False
             elif b"keep-alive" in tokens:
                 keep_alive = True
-    if request.method == "HEAD" or status in _NO_BODY_STATUSES:
+    if head_request or status in _NO_BODY_STATUSES:
         framing = "none"
     elif chunked:
         framing = "chunked"
@@ -345,11 +400,4 @@ async def _read_response(
     else:
         framing = "close"
         keep_alive = False
-    body = _Body(pool, key, connection, framing, max(length, 0), keep_alive, read_timeout_s)
-    return httpx.Response(
-        status,
-        headers=headers,
-        stream=body,
-        request=request,
-        extensions={"http_version": version, "reason_phrase": reason},
-    )
+    return _Answer(status, version, reason, headers, (framing, max(length, 0), keep_alive))
