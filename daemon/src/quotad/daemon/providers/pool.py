@@ -13,7 +13,8 @@ them: at most ``max_connections`` requests in flight (a request waits for a slot
 ``pool`` timeout: ``httpx.PoolTimeout``); connecting is bounded by the ``connect`` timeout
 (``httpx.ConnectTimeout``; refused or unreachable: ``httpx.ConnectError``); sending the request
 and reading the answer's head together, then each wait for body bytes, by the ``read`` timeout
-(``httpx.ReadTimeout``: one deadline per request, not a timer per read); a write that fails is
+(``httpx.ReadTimeout``: one deadline per request, not a timer per read; a ``read`` of None
+leaves the bound to the caller); a write that fails is
 ``httpx.WriteError``, a read
 that fails ``httpx.ReadError``; an answer that is not HTTP/1.x, a connection closed before the
 answer or in its body, is ``httpx.RemoteProtocolError``. An idle connection is dropped after
@@ -298,12 +299,16 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         connection: _Connection | None = None
         try:
             connection = await self._checkout(key, timeouts.get("connect"))
-            try:  # one deadline for sending the request and reading the answer's head
-                with anyio.fail_after(read_timeout_s):
-                    await _send(connection, request_bytes)
-                    answer = await _read_answer(connection, method == "HEAD")
-            except TimeoutError:
-                raise httpx.ReadTimeout(f"no answer within {read_timeout_s:g} s") from None
+            if read_timeout_s is None:  # the caller bounds the whole exchange
+                await _send(connection, request_bytes)
+                answer = await _read_answer(connection, method == "HEAD")
+            else:  # one deadline for sending the request and reading the answer's head
+                try:
+                    with anyio.fail_after(read_timeout_s):
+                        await _send(connection, request_bytes)
+                        answer = await _read_answer(connection, method == "HEAD")
+                except TimeoutError:
+                    raise httpx.ReadTimeout(f"no answer within {read_timeout_s:g} s") from None
         except BaseException:
             if connection is not None:
                 await connection.aclose()

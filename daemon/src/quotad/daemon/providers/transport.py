@@ -171,6 +171,7 @@ class ProviderHTTP:
         self._connect_timeout_s = config.connect_timeout_s
         timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
         self._extensions: dict[str, Any] = {"timeout": timeout.as_dict()}
+        self._lean_timeouts = {**timeout.as_dict(), "read": None}  # request() bounds it whole
         self._lean = self._transport if isinstance(self._transport, LeanHTTPTransport) else None
         netloc = httpx.URL(self._base_url).netloc
         self._header_lines = b"host: " + netloc + b"\r\n"
@@ -211,7 +212,7 @@ class ProviderHTTP:
     ) -> Reply:
         """:meth:`request` through the lean pool, without httpx's request and response
         models (a fifth of a local request's cost)."""
-        timeouts = self._extensions["timeout"]
+        timeouts = self._lean_timeouts
         try:
             with anyio.fail_after(self._timeout_s):
                 status, headers, content = await lean.fetch(
