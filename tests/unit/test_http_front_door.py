@@ -549,3 +549,21 @@ async def test_models_lists_groups_then_targets_in_both_shapes() -> None:
     ]
     assert anthropic_models == ["fast", "m1", "sim/m1", "sim/m2"]
     assert (one.id, one.owned_by) == ("sim/m2", "sim")
+
+
+async def test_a_reload_changes_auth_and_limits_in_place() -> None:
+    broker = ScriptedBroker()
+    front_door = FrontDoor(broker, HttpConfig(listen="127.0.0.1:0"), app_for_key=KEYS.get)
+    await front_door.bind()
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(front_door.serve)
+        url = f"http://{front_door.address}"
+        async with httpx.AsyncClient(base_url=url) as http:
+            before = await http.post("/v1/chat/completions", json=CHAT)
+            reloaded = parse_config({"http": {"auth": "none", "max_body_mb": 0.0001}})
+            front_door.reconfigure(reloaded)
+            after = await http.post("/v1/chat/completions", json=CHAT)
+        async with httpx.AsyncClient(base_url=url) as http:  # a new connection: new limits
+            too_big = await http.post("/v1/chat/completions", json={**CHAT, "pad": "x" * 200})
+        await front_door.shutdown(1.0)
+    assert (before.status_code, after.status_code, too_big.status_code) == (401, 200, 413)

@@ -37,7 +37,7 @@ import anyio
 import anyio.abc
 
 from quotad.daemon.broker import DAEMON_VERSION, Broker, Caller
-from quotad.daemon.config import HttpConfig
+from quotad.daemon.config import Config, HttpConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.http import anthropic, openai
 from quotad.daemon.http.wire import (
@@ -123,6 +123,15 @@ class _RequestHeaders:
         self.max_wait_s: float | None = None
 
 
+def _limits(config: HttpConfig) -> HttpLimits:
+    return HttpLimits(
+        max_header_bytes=int(config.max_header_kb * 1024),
+        max_body_bytes=int(config.max_body_mb * 1024 * 1024),
+        read_timeout_s=config.read_timeout_s,
+        idle_timeout_s=config.idle_timeout_s,
+    )
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``host:port`` (``[::1]:8787`` for IPv6) as (host, port)."""
     host, _, port = listen.rpartition(":")
@@ -156,13 +165,7 @@ class FrontDoor:
         self._keys = config.auth == "keys"
         self._cache_off = broker.config.cache.mode == "off"
         self._host, port = parse_listen(config.listen)
-        limits = HttpLimits(
-            max_header_bytes=int(config.max_header_kb * 1024),
-            max_body_bytes=int(config.max_body_mb * 1024 * 1024),
-            read_timeout_s=config.read_timeout_s,
-            idle_timeout_s=config.idle_timeout_s,
-        )
-        self.server = HttpServer(self.handle, host=self._host, port=port, limits=limits)
+        self.server = HttpServer(self.handle, host=self._host, port=port, limits=_limits(config))
         self._listen = config.listen
         api_endpoints = {
             "/chat/completions": _Endpoint(
@@ -212,6 +215,18 @@ class FrontDoor:
     async def shutdown(self, deadline_s: float) -> None:
         """Stop accepting; requests in flight get ``deadline_s`` to finish."""
         await self.server.shutdown(deadline_s)
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded config (SIGHUP): auth, limits (for new connections) and the cache
+        mode at once; a new ``listen`` only when quotad restarts (warned)."""
+        if config.http.listen != self._listen:
+            log.warning(
+                "reload: http.listen changed to %r; it takes effect when quotad restarts",
+                config.http.listen,
+            )
+        self._keys = config.http.auth == "keys"
+        self._cache_off = config.cache.mode == "off"
+        self.server.limits = _limits(config.http)
 
     # ------------------------------------------------------------------ dispatch
 
