@@ -194,11 +194,18 @@ class ChatReply(Message):
 
 
 class ChatChunk(Message):
-    """One piece of a streamed chat reply."""
+    """One piece of a streamed chat reply. A stream's first chunk also says who is answering
+    (``request_id``, ``target``, ``attempts``, ``wait_s``, ``cached``), which the HTTP front
+    door sends as response headers before the end; later chunks leave them at their defaults."""
 
     delta: str = ""
     tool_calls: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
+    request_id: str = ""
+    target: str = ""
+    attempts: int = 0
+    wait_s: float = 0.0
+    cached: bool = False
 
 
 class ChatEnd(ChatReply):

@@ -34,6 +34,7 @@ from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.gates import Gates, Reservation
+from quotad.daemon.metrics import Metrics
 from quotad.daemon.providers.base import (
     NO_RATE_LIMITS,
     ChatDelta,
@@ -197,6 +198,7 @@ class Broker:
         self.requests_total = 0
         self.finished_total = 0
         self.recent: deque[RequestRecord] = deque(maxlen=RECENT_REQUESTS)
+        self.metrics = Metrics()
         self._default_max_tokens = config.gates.default_max_tokens
         self._config_generation = 0
         self._in_flight_before_reconfigure = 0
@@ -288,7 +290,7 @@ class Broker:
             try:
                 if first is not None:
                     parts.append(first.delta)
-                    sent.append(chunk := _chunk(request.id, first))
+                    sent.append(chunk := _first_chunk(request.id, first, context))
                     yield chunk
                     async for delta in stream.deltas():
                         parts.append(delta.delta)
@@ -497,8 +499,8 @@ class Broker:
                 with anyio.CancelScope(shield=True):
                     await self._finish(context, error=error)
             raise
-        except anyio.get_cancelled_exc_class():
-            if not context.finished:
+        except (anyio.get_cancelled_exc_class(), GeneratorExit):  # GeneratorExit: a stream
+            if not context.finished:  # closed by its reader before its end
                 with anyio.CancelScope(shield=True):
                     await self._finish(context, status="cancelled")
             raise
@@ -560,7 +562,9 @@ class Broker:
             tags=encode_tags(context.tags or ()),
         )
         self.finished_total += 1
-        self.recent.append(live_record(row))
+        record = live_record(row)
+        self.recent.append(record)
+        self.metrics.observe_request(record, resolved=context.target is not None)
         if cache_store is not None and error is None:
             self.cache.put(
                 cache_store.key, cache_store.kind, context.model, cache_store.answer, cost
@@ -795,3 +799,13 @@ def _partial_usage(usage: Usage, request: Chat, content: str) -> Usage:
         completion_tokens=usage.completion_tokens or estimate_text_tokens(content),
         cached_tokens=usage.cached_tokens,
     )
+
+
+def _first_chunk(request_id: int, delta: ChatDelta, context: RequestContext) -> ChatChunk:
+    """A stream's first chunk: it also says who answers (see :class:`ChatChunk`)."""
+    chunk = _chunk(request_id, delta)
+    chunk.request_id = context.request_id
+    chunk.target = context.target.name if context.target else ""
+    chunk.attempts = context.attempts
+    chunk.wait_s = context.wait_s
+    return chunk

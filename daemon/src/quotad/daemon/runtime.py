@@ -1,6 +1,7 @@
-"""The running daemon: builds providers, router, store, broker and servers from a config, opens
-the store (``quotad.db``), serves until SIGTERM/SIGINT, then drains requests in flight (bounded
-by ``daemon.drain_s``), closes the store and exits 0. A store that cannot be opened exits 1.
+"""The running daemon: builds providers, router, store, gates, broker and servers (the Unix
+socket, and the HTTP front door unless ``[http] listen = ""``) from a config, opens the store
+(``quotad.db``), serves until SIGTERM/SIGINT, then drains requests in flight on both (bounded by
+``daemon.drain_s``), closes the store and exits 0. A store that cannot be opened exits 1.
 
 SIGHUP reloads the config in place (:meth:`Daemon.reload`): connections, requests in flight and
 the state of every component live on. Under systemd the daemon serves on the socket
@@ -24,6 +25,7 @@ from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, ConfigError, find_and_load_config, state_dir
 from quotad.daemon.gates import Gates
+from quotad.daemon.http import FrontDoor, HttpListenError
 from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.base import Provider
@@ -116,7 +118,17 @@ class Daemon:
             access=AccessPolicy.from_config(config.daemon),
         )
         self.notifier = notifier or Notifier({})
+        self.http: FrontDoor | None = None
+        if config.http.listen:
+            self.http = FrontDoor(
+                self.broker,
+                config.http,
+                app_for_key=self.store.keys.app_for_key,
+                status=self.server.status,
+            )
         self.reconfigurables: list[Reconfigurable] = [self.server, self.gates]
+        if self.http is not None:
+            self.reconfigurables.append(self.http)
         """Components given each reloaded config, in order; a stateful component built by the
         daemon appends itself here (gates, store, breakers, the HTTP front door)."""
         self._listen_socket = listen_socket
@@ -132,16 +144,22 @@ class Daemon:
         try:
             for alert in await self.store.open():
                 self.broker.add_event("budget_alert", alert.message)
+            if self.http is not None:  # first: clients take the socket answering for "ready"
+                await self.http.bind()
+                self.server.http_address = self.http.address
             self.server.bind(self._listen_socket)
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 await tasks.start(self.server.serve)
+                if self.http is not None:
+                    await tasks.start(self.http.serve)
                 await tasks.start(self._handle_signals, tasks.cancel_scope)
                 tasks.start_soon(self._run_health_checks)
                 tasks.start_soon(self.gates.run)
                 log.info(
-                    "quotad serving %s (%d providers, %d groups; config: %s)",
+                    "quotad serving %s%s (%d providers, %d groups; config: %s)",
                     self.server.path,
+                    f" and http://{self.http.address}" if self.http is not None else "",
                     len(self.providers),
                     len(self.router.groups),
                     self.config.source,
@@ -151,6 +169,8 @@ class Daemon:
                 task_status.started(self)
         finally:
             with anyio.CancelScope(shield=True):
+                if self.http is not None:
+                    await self.http.shutdown(0)  # no-op after a drain; closes a lone bind
                 for provider in [*self.providers.values(), *self._retiring]:
                     await provider.aclose()
                 await self.store.close()
@@ -188,7 +208,10 @@ class Daemon:
         self.notifier.stopping(
             f"stopping: {in_flight} request(s) in flight", drain_s + STOP_GRACE_S
         )
-        await self.server.shutdown(drain_s)
+        async with anyio.create_task_group() as servers:
+            servers.start_soon(self.server.shutdown, drain_s)
+            if self.http is not None:
+                servers.start_soon(self.http.shutdown, drain_s)
 
     # ------------------------------------------------------------------ reload
 
@@ -382,7 +405,7 @@ def run_daemon(
         return EXIT_CONFIG
     try:
         anyio.run(daemon.serve, backend="asyncio", backend_options={"use_uvloop": True})
-    except (SocketInUseError, StoreError) as error:
+    except (SocketInUseError, StoreError, HttpListenError) as error:
         log.error("cannot start: %s", error)
         return EXIT_FAILURE
     log.info("stopped")

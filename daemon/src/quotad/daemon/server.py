@@ -154,9 +154,12 @@ class SocketServer:
         self.access = access or AccessPolicy()
         self.connections: set[Connection] = set()
         self.requests_in_flight = 0
+        self.http_address = ""
+        """``host:port`` of the HTTP front door, when one runs (for status)."""
         self.draining = False
         self._idle = anyio.Event()
         self._listener: anyio.abc.SocketListener | None = None
+        self._accepting: anyio.CancelScope | None = None
         self._sock: socket.socket | None = None
         self._owns_path = False
 
@@ -178,9 +181,15 @@ class SocketServer:
         task_status.started()
         async with anyio.create_task_group() as connections:
             self._connection_group = connections
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            with (
+                anyio.CancelScope() as self._accepting,
+                contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError),
+            ):
                 while True:
                     stream = await listener.accept()
+                    if self.draining:  # accepted as shutdown began: not served
+                        await stream.aclose()
+                        break
                     connections.start_soon(self._serve_connection, stream)
 
     async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
@@ -206,6 +215,8 @@ class SocketServer:
     async def shutdown(self, drain_s: float) -> None:
         """Stop accepting, let requests in flight finish within ``drain_s``, then close."""
         self.draining = True
+        if self._accepting is not None:
+            self._accepting.cancel()  # a pending accept must not complete after this
         if self._listener is not None:
             await self._listener.aclose()
         if self.requests_in_flight:
@@ -230,6 +241,7 @@ class SocketServer:
         """The broker's status with this server's own figures."""
         reply = self.broker.status()
         reply.socket = str(self.path)
+        reply.http = self.http_address
         reply.connections = len(self.connections)
         return reply
 

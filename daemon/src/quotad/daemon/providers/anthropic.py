@@ -15,7 +15,8 @@ Requests come in OpenAI shape and are converted:
 - ``temperature`` is capped at 1.0 (Anthropic's maximum, where OpenAI's is 2.0) so that a
   request valid for one target of a group stays valid for this one; ``seed`` and
   ``response_format`` have no Anthropic equivalent and are left out. ``extra`` is merged
-  into the body last, as it is.
+  into the body last, as it is, but for ``max_completion_tokens`` (OpenAI's newer name for
+  the ``max_tokens`` already set), which Anthropic would refuse.
 
 Answers are converted back: text blocks → content, ``tool_use`` blocks → OpenAI tool calls
 (arguments as a JSON string), ``stop_reason`` → ``finish_reason`` (end_turn and stop_sequence
@@ -232,6 +233,7 @@ def messages_body(model: str, request: Chat, max_tokens: int, *, stream: bool) -
     if stream:
         body["stream"] = True
     body.update(request.extra)
+    body.pop("max_completion_tokens", None)  # OpenAI's name for the max_tokens above
     return body
 
 

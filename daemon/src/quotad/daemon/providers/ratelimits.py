@@ -147,16 +147,21 @@ _HEADERS: Final[tuple[tuple[bytes, str, _Parse], ...]] = (
 
 
 def parse_rate_limits(
-    headers: httpx.Headers | Mapping[str, str], *, now: float | None = None
+    headers: httpx.Headers | Mapping[str, str] | list[tuple[bytes, bytes]],
+    *,
+    now: float | None = None,
 ) -> RateLimitInfo:
     """The rate-limit figures in a reply's headers (either family, see the module docstring).
 
-    ``headers`` is a response's :class:`httpx.Headers`, or any mapping of header names to
-    values (such as the headers a client reports in a ``Settle``). ``now`` is the current
-    time in epoch seconds, for timestamps; the wall clock when None.
+    ``headers`` is a response's :class:`httpx.Headers`, its raw ``(name, value)`` byte pairs,
+    or any mapping of header names to values (such as the headers a client reports in a
+    ``Settle``). ``now`` is the current time in epoch seconds, for timestamps; the wall clock
+    when None.
     """
     if isinstance(headers, httpx.Headers):
         by_name = {name.lower(): value for name, value in headers.raw}
+    elif isinstance(headers, list):
+        by_name = {name.lower(): value for name, value in headers}
     else:
         by_name = {
             name.lower().encode("latin-1", "replace"): value.encode("latin-1", "replace")

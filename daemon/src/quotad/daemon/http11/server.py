@@ -1,4 +1,4 @@
-"""A small, fast HTTP/1.1 server core on anyio + h11, without an ASGI framework.
+"""The HTTP/1.1 server core: connections, keep-alive, limits, timeouts, answers, shutdown.
 
 It owns the connection side of HTTP: accepting, parsing, keep-alive, limits, timeouts,
 writing responses and graceful shutdown. What to answer is the handler's business; the
@@ -9,6 +9,7 @@ API::
     async def handler(request: HttpRequest) -> HttpResponse | StreamingResponse: ...
 
     server = HttpServer(handler, host="127.0.0.1", port=0, limits=HttpLimits())
+    await server.listen()                        # optional: bind now (OSError: port busy)
     async with anyio.create_task_group() as tg:
         port = await tg.start(server.serve)      # bound port (port 0 picks a free one)
         ...
@@ -27,8 +28,9 @@ API::
 - Error answers of the server itself (400, 408, 413, 431, 500) have a JSON body that both SDK
   families read: ``{"type": "error", "error": {"type", "message", "code"}}``.
 
-h11 parses requests (a fresh parser per request takes over bytes already read); responses
-are written directly, which costs a fraction of h11's per-event validation and state machine.
+Requests are parsed by :mod:`.parser` (one parser per connection, holding what was read
+beyond the current request); responses are written directly. Both cost a fraction of h11's
+general state machine and per-event validation.
 HTTP/1.0 clients get their answer and a close (a streamed body is then close-delimited).
 
 Connections: keep-alive; pipelined requests are read one at a time and answered in order.
@@ -60,9 +62,19 @@ from typing import cast
 
 import anyio
 import anyio.abc
-import h11
 import msgspec
 from anyio.abc import SocketAttribute
+from anyio.streams.stapled import MultiListener
+
+from quotad.daemon.http11.parser import (
+    CLOSED,
+    END_OF_MESSAGE,
+    NEED_DATA,
+    BodyData,
+    ParseError,
+    RequestHead,
+    RequestParser,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +227,7 @@ class HttpServer:
         self._closing = False
         self._drain_deadline_s = 10.0
         self._connections: set[_Connection] = set()
+        self._listener: MultiListener[anyio.abc.SocketStream] | None = None
         self._accept_scope: anyio.CancelScope | None = None
         self._drained: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
@@ -229,16 +242,27 @@ class HttpServer:
         """True once :meth:`shutdown` has been called."""
         return self._closing
 
+    async def listen(self) -> int:
+        """Bind and listen now rather than in :meth:`serve`, so that an address in use is
+        reported (``OSError``) before anything else starts; returns the bound port."""
+        if self._listener is None:
+            listener = await anyio.create_tcp_listener(local_host=self._host, local_port=self._port)
+            self._port = listener.extra(SocketAttribute.local_port)
+            self._listener = listener
+        return self._port
+
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen and serve until :meth:`shutdown` (or cancellation); reports the bound port."""
+        """Listen (unless :meth:`listen` did) and serve until :meth:`shutdown` (or
+        cancellation); reports the bound port."""
         self._drained = anyio.Event()
         self._stopped = anyio.Event()
         try:
-            listener = await anyio.create_tcp_listener(local_host=self._host, local_port=self._port)
+            await self.listen()
+            listener = self._listener
+            assert listener is not None
             async with listener, anyio.create_task_group() as connections:
-                self._port = listener.extra(SocketAttribute.local_port)
                 connections.start_soon(self._sweep_timeouts)
                 with anyio.CancelScope() as accept_scope:
                     self._accept_scope = accept_scope
@@ -258,6 +282,7 @@ class HttpServer:
                         await self._drained.wait()
                 connections.cancel_scope.cancel()
         finally:
+            self._listener = None
             self._stopped.set()
 
     async def shutdown(self, deadline_s: float = 10.0) -> None:
@@ -271,6 +296,9 @@ class HttpServer:
             connection.close_if_idle()
         if self._stopped is not None:
             await self._stopped.wait()
+        elif self._listener is not None:  # listening, never served
+            listener, self._listener = self._listener, None
+            await listener.aclose()
 
     async def _sweep_timeouts(self) -> None:
         """Wake every connection wait whose deadline has passed. One timer for the server
@@ -312,10 +340,8 @@ class HttpServer:
 class _Connection:
     """One client connection: a reader task feeding the parser, and the request loop.
 
-    h11 parses; answers are written by hand (a few string joins instead of h11's per-event
-    validation and state machine, which cost more than the rest of a request together). A
-    fresh parser per request takes over the bytes already read (pipelining), so h11 never
-    has to see our side of the exchange.
+    The parser keeps what was read beyond the current request (pipelining); answers are
+    written by hand (a few string joins).
     """
 
     __slots__ = (
@@ -341,7 +367,7 @@ class _Connection:
         self._server = server
         self._stream = stream
         self._limits = server.limits
-        self._parser = self._new_parser()
+        self._parser = RequestParser(self._limits.max_header_bytes)
         try:
             address = stream.extra(SocketAttribute.remote_address)
         except (anyio.TypedAttributeLookupError, OSError):
@@ -358,9 +384,6 @@ class _Connection:
         self._http10 = False
         self.deadline = math.inf
         self.eof = False
-
-    def _new_parser(self) -> h11.Connection:
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.max_header_bytes)
 
     def close_if_idle(self) -> None:
         """Server shutdown: end the wait for a next request, if that is what we are doing."""
@@ -382,7 +405,7 @@ class _Connection:
                         request = await self._read_request()
                         if request is None or not await self._respond(request):
                             break
-                        self._next_cycle()
+                        self._parser.start_next()
                     if self._close_mode == _LINGER and not self.eof:
                         await self._linger()
                 finally:
@@ -392,15 +415,6 @@ class _Connection:
                 if self._close_mode == _RESET:
                     self._set_linger_reset()
                 await self._stream.aclose()
-
-    def _next_cycle(self) -> None:
-        """A fresh parser for the next request, holding what was read beyond this one."""
-        leftover, closed = self._parser.trailing_data
-        parser = self._parser = self._new_parser()
-        if leftover:
-            parser.receive_data(leftover)
-        if closed:
-            parser.receive_data(b"")
 
     # ------------------------------------------------------------------ reading
 
@@ -462,14 +476,14 @@ class _Connection:
         parser = self._parser
         limits = self._limits
         deadline = -1.0
-        head: h11.Request | None = None
+        head: RequestHead | None = None
         headers: list[tuple[bytes, bytes]] = []
         body_parts: list[bytes] = []
         body_size = 0
         while True:
             try:
                 event = parser.next_event()
-            except h11.RemoteProtocolError as error:
+            except ParseError as error:
                 if not self.eof:
                     if error.error_status_hint == 431:
                         await self._headers_too_large()
@@ -478,9 +492,9 @@ class _Connection:
                             error.error_status_hint, f"bad request: {error}", "bad_request"
                         )
                 return None
-            if event is h11.NEED_DATA:
+            if event is NEED_DATA:
                 if deadline < 0:
-                    if head is None and not parser.trailing_data[0]:
+                    if head is None and not parser.has_data:
                         if not await self._wait_idle():
                             self._close_mode = _CLOSE
                             return None
@@ -495,19 +509,19 @@ class _Connection:
                         )
                     return None
                 continue
-            if isinstance(event, h11.Data):
+            if isinstance(event, BodyData):
                 body_size += len(event.data)
                 if body_size > limits.max_body_bytes:
                     await self._body_too_large()
                     return None
                 body_parts.append(event.data)
-            elif isinstance(event, h11.Request):
+            elif isinstance(event, RequestHead):
                 head = event
                 checked = await self._check_head(head)
                 if checked is None:
                     return None
                 headers = checked
-            elif isinstance(event, h11.EndOfMessage) and head is not None:
+            elif event is END_OF_MESSAGE and head is not None:
                 target = head.target.decode("latin-1")
                 path, _, _ = target.partition("?")
                 return HttpRequest(
@@ -518,10 +532,11 @@ class _Connection:
                     body=b"".join(body_parts) if body_parts else b"",
                     client=self._client,
                 )
-            else:  # ConnectionClosed, or PAUSED on a protocol switch we do not support
+            else:  # CLOSED: the client left between requests
+                assert event is CLOSED
                 return None
 
-    async def _check_head(self, head: h11.Request) -> list[tuple[bytes, bytes]] | None:
+    async def _check_head(self, head: RequestHead) -> list[tuple[bytes, bytes]] | None:
         """Apply the header and declared-body limits, note keep-alive, say 100 Continue;
         the headers as a list, or None when an error answer was sent instead."""
         limits = self._limits

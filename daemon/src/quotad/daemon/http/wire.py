@@ -1,0 +1,126 @@
+"""What the OpenAI and the Anthropic shapes of the front door share: decoding a request body
+into a typed Struct with errors that name the field, the HTTP status and headers each error code
+is answered with (DESIGN §7), the ``x-quotad-*`` response headers, and the model name an
+answer reports.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Final, Literal, TypeVar
+
+import msgspec
+
+from quotad.daemon.errors import RequestError
+from quotad.protocol.framing import describe
+
+T = TypeVar("T")
+
+Headers = list[tuple[str, str]]
+CacheState = Literal["hit", "miss", "bypass"]
+
+JSON_CONTENT: Final = ("content-type", "application/json")
+SSE_HEADERS: Final = (
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+)
+
+STATUS_BY_CODE: Final[dict[str, int]] = {
+    "bad_request": 400,
+    "bad_frame": 400,
+    "unauthorized": 401,
+    "unknown_model": 404,
+    "budget_exceeded": 429,
+    "rate_limited": 429,
+    "internal": 500,
+    "upstream_error": 502,
+    "overloaded": 503,
+    "cancelled": 503,  # only the daemon cancels an HTTP request (shutting down): try again
+    "timeout": 504,
+}
+RETRY_AFTER_CODES: Final = frozenset({"rate_limited", "overloaded", "cancelled"})
+"""Codes answered with ``retry-after`` (1 s when the error names no time)."""
+_MISSING_FIELD: Final = re.compile(
+    r"Object missing required field `(?P<field>[^`]*)`(?: - at `(?P<path>[^`]*)`)?$"
+)
+
+
+def http_status(error: RequestError) -> int:
+    """The HTTP status an error code is answered with."""
+    return STATUS_BY_CODE.get(error.code, 500)
+
+
+def error_headers(error: RequestError) -> Headers:
+    """``content-type`` and what tells an SDK whether and when to retry: ``retry-after`` (+
+    ``retry-after-ms``, which the official SDKs read first) for rate limits and overload;
+    ``x-should-retry: false`` for an exhausted budget, which no retry can fix."""
+    headers: Headers = [JSON_CONTENT]
+    if error.code == "budget_exceeded":
+        headers.append(("x-should-retry", "false"))
+    elif error.code in RETRY_AFTER_CODES or error.retry_after_s is not None:
+        seconds = error.retry_after_s if error.retry_after_s is not None else 1.0
+        headers.append(("retry-after", str(max(1, math.ceil(seconds)))))
+        headers.append(("retry-after-ms", str(max(1, math.ceil(seconds * 1000)))))
+    return headers
+
+
+def bad_request(param: str, message: str) -> RequestError:
+    """A ``bad_request`` naming the field (``param``) that is wrong."""
+    return RequestError("bad_request", f"{param}: {message}", details={"param": param})
+
+
+def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    """The request body as a ``T``; ``bad_request`` naming the field when it is not one."""
+    if not body:
+        raise RequestError("bad_request", "the request has no body: expected a JSON object")
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as error:
+        raise _invalid(error) from None
+    except msgspec.DecodeError as error:
+        raise RequestError("bad_request", f"the body is not valid JSON: {error}") from None
+
+
+def _invalid(error: msgspec.ValidationError) -> RequestError:
+    """``max_tokens: expected int, got str`` (or ``messages: required``), naming the field."""
+    text = str(error)
+    missing = _MISSING_FIELD.match(text)
+    if missing is not None:
+        where = (missing["path"] or "").removeprefix("$").removeprefix(".")
+        param = f"{where}.{missing['field']}" if where else missing["field"]
+        return bad_request(param, "required")
+    if " - at `$" not in text:
+        return RequestError(
+            "bad_request", f"the body: {text[:1].lower()}{text[1:]}".replace("`", "")
+        )
+    text = describe(error).replace(" | null", "")  # optional fields: the type is what matters
+    param, _, _ = text.partition(": ")
+    return RequestError("bad_request", text, details={"param": param})
+
+
+def answered_model(target: str, requested: str) -> str:
+    """The model an answer reports: the provider's name of the model that answered (the
+    target without its ``provider/``), so that tools that price or check by model name see
+    the name they know; the requested name when no target answered."""
+    _, slash, model = target.partition("/")
+    return model if slash else requested
+
+
+def quotad_headers(
+    request_id: str, target: str, cache: CacheState, wait_s: float, attempts: int
+) -> Headers:
+    """The ``x-quotad-*`` response headers known when an answer starts."""
+    return [
+        ("x-quotad-request-id", request_id),
+        ("x-quotad-target", target),
+        ("x-quotad-cache", cache),
+        ("x-quotad-wait-ms", f"{wait_s * 1000:.1f}"),
+        ("x-quotad-attempts", str(attempts)),
+    ]
+
+
+def cost_header(cost_usd: float) -> tuple[str, str]:
+    """``x-quotad-cost-usd`` (known only once an answer is complete, so not on streams)."""
+    return ("x-quotad-cost-usd", f"{cost_usd:.6f}")

@@ -1,0 +1,206 @@
+"""The lean HTTP/1.1 pool of plain-http providers against a real ``quotad sim``: keep-alive
+reuse, a server restart under pooled connections, streams giving their connection back (or
+not), the slot limit, and every failure classified as the providers expect."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+
+from quotad.daemon.config import parse_config
+from quotad.daemon.providers import build_provider
+from quotad.daemon.providers.base import Provider, ProviderError
+from quotad.daemon.providers.pool import LeanHTTPTransport
+from quotad.protocol.messages import Chat, ChatMessage
+from tests.support.daemon import free_port
+from tests.support.sim import SimProcess
+
+CHAT = Chat(model="m", messages=[ChatMessage(role="user", content="pool test")], max_tokens=4)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # daemon internals
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimProcess]:
+    with SimProcess() as process:
+        yield process
+
+
+@asynccontextmanager
+async def provider(base_url: str, **settings: Any) -> AsyncIterator[Provider]:
+    raw = {"providers": {"p": {"kind": "openai", "base_url": base_url, **settings}}}
+    config = parse_config(raw)
+    built = build_provider("p", config.providers["p"], None)
+    try:
+        yield built
+    finally:
+        await built.aclose()
+
+
+def pool_of(built: Provider) -> LeanHTTPTransport:
+    transport = built._http._transport  # type: ignore[attr-defined]
+    assert isinstance(transport, LeanHTTPTransport)
+    return transport
+
+
+def idle_connections(pool: LeanHTTPTransport) -> int:
+    return sum(len(connections) for connections in pool._idle.values())
+
+
+@pytest.mark.anyio
+async def test_one_connection_is_reused_and_a_restart_is_survived(sim: SimProcess) -> None:
+    async with provider(sim.base_url) as built:
+        pool = pool_of(built)
+        for _ in range(5):
+            result = await built.chat("gpt-4o-mini", CHAT, 4)
+            assert result.content == "sim reply to: pool"
+        assert idle_connections(pool) == 1
+        stale = pool._idle[("127.0.0.1", sim.port)][0]
+        await anyio.to_thread.run_sync(sim.restart)  # closes the pooled connection
+        result = await built.chat("gpt-4o-mini", CHAT, 4)
+        assert result.usage.completion_tokens == 4
+        assert pool._idle[("127.0.0.1", sim.port)][0] is not stale
+
+
+@pytest.mark.anyio
+async def test_streams_give_their_connection_back_only_when_read_whole(sim: SimProcess) -> None:
+    async with provider(sim.base_url) as built:
+        pool = pool_of(built)
+        stream = await built.open_stream("gpt-4o-mini", CHAT, 4)
+        deltas = [delta.delta async for delta in stream.deltas()]
+        await stream.aclose()
+        assert "".join(deltas) == "sim reply to: pool"
+        assert stream.usage.completion_tokens == 4
+        assert idle_connections(pool) == 1
+        cut = await built.open_stream("gpt-4o-mini", CHAT, 4)
+        await cut.aclose()  # left unread: that connection cannot be reused
+        assert idle_connections(pool) == 0
+        assert pool._in_use == 0
+        assert (await built.chat("gpt-4o-mini", CHAT, 4)).content
+
+
+@pytest.mark.anyio
+async def test_a_full_pool_waits_then_times_out(sim: SimProcess) -> None:
+    sim.control(latency_ms=800)
+    pool = LeanHTTPTransport(max_connections=1, keepalive_expiry_s=30)
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}'
+    url = f"{sim.base_url}/chat/completions"
+
+    def request(pool_timeout_s: float) -> httpx.Request:
+        timeout = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": pool_timeout_s}
+        return httpx.Request("POST", url, content=body, extensions={"timeout": timeout})
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            statuses: list[int] = []
+
+            async def slow() -> None:
+                response = await pool.handle_async_request(request(5.0))
+                await response.aread()
+                await response.aclose()
+                statuses.append(response.status_code)
+
+            tasks.start_soon(slow)
+            await anyio.sleep(0.2)
+            with pytest.raises(httpx.PoolTimeout):
+                await pool.handle_async_request(request(0.1))
+            waiting = await pool.handle_async_request(request(5.0))  # gets the slot later
+            await waiting.aread()
+            await waiting.aclose()
+        assert statuses == [200]
+        assert waiting.status_code == 200
+        assert pool._in_use == 0
+    finally:
+        sim.control(latency_ms=0)
+        await pool.aclose()
+
+
+@pytest.mark.anyio
+async def test_failures_are_classified_for_the_broker(sim: SimProcess) -> None:
+    async with provider(f"http://127.0.0.1:{free_port()}/v1") as nobody:
+        with pytest.raises(ProviderError) as refused:
+            await nobody.chat("m", CHAT, 4)
+    assert refused.value.kind == "connect"
+    async with provider(sim.base_url, timeout_s=0.3) as built:
+        sim.control(latency_ms=2000)
+        try:
+            with pytest.raises(ProviderError) as slow:
+                await built.chat("m", CHAT, 4)
+        finally:
+            sim.control(latency_ms=0)
+        assert slow.value.kind == "timeout"
+        sim.control(reset_rate=1.0)
+        try:
+            with pytest.raises(ProviderError) as reset:
+                await built.chat("m", CHAT, 4)
+        finally:
+            sim.control(reset_rate=0.0)
+        assert reset.value.kind == "connect"
+        sim.control(break_stream_rate=1.0)
+        try:
+            stream = await built.open_stream("m", CHAT, 8)
+            with pytest.raises(ProviderError) as broken:
+                async for _ in stream.deltas():
+                    pass
+            await stream.aclose()
+        finally:
+            sim.control(break_stream_rate=0.0)
+        assert broken.value.kind == "stream_broken"
+        sim.control(fail_rate=1.0)
+        try:
+            with pytest.raises(ProviderError) as failed:
+                await built.chat("m", CHAT, 4)
+        finally:
+            sim.control(fail_rate=0.0)
+        assert (failed.value.kind, failed.value.status) == ("server", 500)
+        assert (await built.chat("m", CHAT, 4)).content  # and the pool still works
+
+
+@pytest.mark.anyio
+async def test_close_delimited_http10_answers_are_read_to_the_close() -> None:
+    answers = [
+        b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nthe whole body",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
+        b"connection: close\r\n\r\nok",
+        b"SMTP ready\r\n\r\n",
+    ]
+
+    async def serve(client: anyio.abc.SocketStream) -> None:
+        async with client:
+            await client.receive()
+            await client.send(answers.pop(0))
+
+    pool = LeanHTTPTransport(max_connections=4, keepalive_expiry_s=30)
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(listener.serve, serve)
+            try:
+                first = await pool.handle_async_request(
+                    httpx.Request("GET", f"http://127.0.0.1:{port}/")
+                )
+                assert await first.aread() == b"the whole body"
+                await first.aclose()
+                second = await pool.handle_async_request(
+                    httpx.Request("GET", f"http://127.0.0.1:{port}/")
+                )
+                assert (second.status_code, await second.aread()) == (200, b"ok")
+                await second.aclose()
+                assert idle_connections(pool) == 0  # neither may be kept
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await pool.handle_async_request(
+                        httpx.Request("GET", f"http://127.0.0.1:{port}/")
+                    )
+                assert pool._in_use == 0
+            finally:
+                await pool.aclose()
+                tasks.cancel_scope.cancel()

@@ -1,0 +1,114 @@
+"""Prometheus metrics: what the broker feeds, and the exposition as prometheus_client's own
+text parser reads it (counters, cumulative histograms, escaped labels, status gauges)."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from quotad.daemon.metrics import LATENCY_BUCKETS_S, Metrics
+from quotad.protocol.messages import (
+    AppStatus,
+    BudgetStatus,
+    CacheStatus,
+    GateStatus,
+    QueueStatus,
+    RequestRecord,
+    StatusReply,
+    TargetStatus,
+    WindowStatus,
+)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample as {(name, sorted labels): value}."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_requests_tokens_cost_and_latency_histogram() -> None:
+    metrics = Metrics()
+    for latency in (0.004, 0.02, 0.02, 3.0):
+        record = RequestRecord(
+            target="sim/m",
+            app="agent",
+            status="ok",
+            latency_s=latency,
+            wait_s=0.5,
+            prompt_tokens=10,
+            completion_tokens=2,
+            cost_usd=0.25,
+        )
+        metrics.observe_request(record, resolved=True)
+    unresolved = RequestRecord(target="typo-model", app="agent", status="unknown_model")
+    metrics.observe_request(unresolved, resolved=False)
+    metrics.observe_http("chat_completions", 200)
+    found = samples(metrics.exposition(StatusReply()).decode())
+    ok = (("app", "agent"), ("status", "ok"), ("target", "sim/m"))
+    assert found[("quotad_requests_total", ok)] == 4
+    unknown = (("app", "agent"), ("status", "unknown_model"), ("target", ""))
+    assert found[("quotad_requests_total", unknown)] == 1
+    assert not any("typo-model" in str(key) for key in found)
+    prompt = (("app", "agent"), ("target", "sim/m"), ("type", "prompt"))
+    assert found[("quotad_tokens_total", prompt)] == 40
+    assert found[("quotad_cost_usd_total", (("app", "agent"), ("target", "sim/m")))] == 1.0
+    bucket = "quotad_request_latency_seconds_bucket"
+    assert found[(bucket, (("le", "0.005"), ("target", "sim/m")))] == 1
+    assert found[(bucket, (("le", "0.025"), ("target", "sim/m")))] == 3
+    assert found[(bucket, (("le", "2.5"), ("target", "sim/m")))] == 3
+    assert found[(bucket, (("le", "+Inf"), ("target", "sim/m")))] == 4
+    assert found[("quotad_request_latency_seconds_count", (("target", "sim/m"),))] == 4
+    assert abs(found[("quotad_request_latency_seconds_sum", (("target", "sim/m"),))] - 3.044) < 1e-9
+    assert found[("quotad_gate_wait_seconds_count", (("target", "sim/m"),))] == 4
+    http = (("code", "200"), ("endpoint", "chat_completions"))
+    assert found[("quotad_http_responses_total", http)] == 1
+    buckets = [key for key in found if key[0] == bucket and ("target", "sim/m") in key[1]]
+    assert len(buckets) == len(LATENCY_BUCKETS_S) + 1
+
+
+def test_label_values_are_escaped() -> None:
+    metrics = Metrics()
+    app = 'we"ird\\app\nname'
+    metrics.observe_request(RequestRecord(target="t", app=app, status="ok"), resolved=True)
+    found = samples(metrics.exposition(StatusReply()).decode())
+    assert found[("quotad_requests_total", (("app", app), ("status", "ok"), ("target", "t")))] == 1
+
+
+def test_status_gauges_gates_queues_breakers_cache_budgets_spend() -> None:
+    status = StatusReply(
+        daemon_version="9.9",
+        in_flight=3,
+        targets=[TargetStatus(name="sim/m", breaker="half_open", in_flight=2, failures=5)],
+        gates=[
+            GateStatus(
+                name="sim",
+                scope="provider",
+                windows=[WindowStatus(unit="requests", limit=60, window_s=60.0, used=45)],
+            )
+        ],
+        queues=QueueStatus(low=4, critical=1),
+        cache=CacheStatus(hits=7, misses=3, entries=10, saved_usd=0.5),
+        budgets=[BudgetStatus(name="daily", period="day", limit_usd=20.0, spent_usd=4.5)],
+        apps=[AppStatus(name="indexer", spend_today_usd=1.25)],
+    )
+    found = samples(Metrics().exposition(status).decode())
+    assert found[("quotad_info", (("version", "9.9"),))] == 1
+    assert found[("quotad_in_flight", ())] == 3
+    states = {
+        state: found[("quotad_target_breaker_state", (("state", state), ("target", "sim/m")))]
+        for state in ("closed", "open", "half_open")
+    }
+    assert states == {"closed": 0, "open": 0, "half_open": 1}
+    assert found[("quotad_target_failures_total", (("target", "sim/m"),))] == 5
+    gate = (("gate", "sim"), ("scope", "provider"), ("unit", "requests"), ("window_s", "60.0"))
+    assert found[("quotad_gate_utilization", gate)] == 0.75
+    assert found[("quotad_gate_limit", gate)] == 60
+    assert found[("quotad_queue_depth", (("priority", "low"),))] == 4
+    assert found[("quotad_queue_depth", (("priority", "normal"),))] == 0
+    assert found[("quotad_cache_hits_total", ())] == 7
+    assert found[("quotad_cache_misses_total", ())] == 3
+    budget = (("budget", "daily"), ("period", "day"), ("scope", "global"))
+    assert found[("quotad_budget_spent_usd", budget)] == 4.5
+    assert found[("quotad_spend_today_usd", (("app", "indexer"),))] == 1.25
