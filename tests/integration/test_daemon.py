@@ -445,3 +445,13 @@ async def test_subscribe_sends_snapshots_with_finished_requests(daemon: DaemonPr
         assert "watcher:ok" in seen
         assert "watcher:unknown_model" in seen
         assert snapshot.status.targets
+
+
+def test_status_shows_each_apps_activity(daemon: DaemonProcess) -> None:
+    with Client(socket=daemon.socket_path, app="busy-app") as client:
+        for _ in range(3):
+            client.chat("fast", MESSAGES, max_tokens=4, cache="bypass")
+        app = next(a for a in client.status().apps if a.name == "busy-app")
+        assert app.requests == 3
+        assert app.in_flight == 0
+        assert app.priority == "normal"

@@ -191,3 +191,34 @@ def test_loading_totals_sets_spend_and_reports_budgets_already_alerting() -> Non
         "app indexer monthly",
         "global monthly",
     ]
+
+
+# --------------------------------------------------------------------------- reload
+
+
+def test_a_reload_keeps_totals_and_holds_and_counts_new_budgets_from_the_ledger() -> None:
+    now = at("2026-11-02 10:00")
+    running = budgets(budgets={"daily_usd": 10.0}, apps={"a": {"daily_usd": 5.0}})
+    hold = running.reserve("a", 2.0, now)
+    assert hold is not None
+    running.settle(running.reserve("a", 1.0, now), "a", 1.0, now)
+    reloaded = parse_config(
+        {
+            "daemon": {"timezone": "America/New_York"},
+            "budgets": {"daily_usd": 4.0, "monthly_usd": 100.0},  # tighter, and a new one
+            "apps": {"a": {"daily_usd": 5.0}},
+        }
+    )
+    new = running.reconfigure(reloaded)
+    assert [b.name for b in new] == ["global monthly"]
+    running.add_spent(new, [("a", 1.0, 30.0)], now)  # what the ledger holds this month
+    by_name = {b.name: b for b in running.status(now)}
+    assert by_name["global daily"].limit_usd == 4.0
+    assert by_name["global daily"].spent_usd == pytest.approx(1.0)  # carried over
+    assert by_name["global daily"].reserved_usd == pytest.approx(2.0)  # the hold in flight
+    assert by_name["global monthly"].spent_usd == pytest.approx(30.0)
+    with pytest.raises(RequestError) as caught:  # 1 spent + 2 held + 1.5 > the new 4.0
+        running.reserve("a", 1.5, now)
+    assert caught.value.code == "budget_exceeded"
+    running.settle(hold, "a", 0.5, now)  # the old hold settles on the kept budget
+    assert {b.name: b for b in running.status(now)}["global daily"].spent_usd == pytest.approx(1.5)

@@ -160,6 +160,21 @@ class ProviderAnswer(Protocol):
     def rate_limits(self) -> RateLimitInfo: ...
 
 
+@dataclass(slots=True)
+class AppActivity:
+    """What an app has done since the daemon started (spend: today, from the ledger)."""
+
+    requests: int = 0
+    in_flight: int = 0
+    wait_s_total: float = 0.0
+    spend_today_usd: float = 0.0
+    day: str = ""
+
+
+MAX_TRACKED_APPS: Final = 1000
+"""Apps are named by clients: past this many, new names are counted under ``OTHER_APPS``."""
+OTHER_APPS: Final = "(other)"
+
 T = TypeVar("T", bound=ProviderAnswer)
 AnswerT = TypeVar("AnswerT", bound=Answer)
 RECENT_REQUESTS = 1000
@@ -198,6 +213,7 @@ class Broker:
         self.requests_total = 0
         self.finished_total = 0
         self.recent: deque[RequestRecord] = deque(maxlen=RECENT_REQUESTS)
+        self._apps: dict[str, AppActivity] = {}
         self.metrics = Metrics()
         self._default_max_tokens = config.gates.default_max_tokens
         self._config_generation = 0
@@ -492,6 +508,9 @@ class Broker:
         generation = self._config_generation
         self.in_flight += 1
         self.requests_total += 1
+        activity = self._activity(caller.app)
+        activity.requests += 1
+        activity.in_flight += 1
         try:
             yield context
         except RequestError as error:
@@ -506,6 +525,7 @@ class Broker:
             raise
         finally:
             self.in_flight -= 1
+            activity.in_flight -= 1
             if generation != self._config_generation:
                 self._earlier_request_finished()
 
@@ -562,6 +582,11 @@ class Broker:
             tags=encode_tags(context.tags or ()),
         )
         self.finished_total += 1
+        activity = self._activity(caller.app)
+        activity.wait_s_total += context.wait_s
+        if activity.day != row.day:
+            activity.day, activity.spend_today_usd = row.day, 0.0
+        activity.spend_today_usd += cost
         record = live_record(row)
         self.recent.append(record)
         self.metrics.observe_request(record, resolved=context.target is not None)
@@ -731,17 +756,38 @@ class Broker:
             events=router.events.recent(),
         )
 
+    def _activity(self, app: str) -> AppActivity:
+        activity = self._apps.get(app)
+        if activity is None:
+            if len(self._apps) >= MAX_TRACKED_APPS:
+                app = OTHER_APPS
+            activity = self._apps.setdefault(app, AppActivity())
+        return activity
+
+    def load_app_spend(self, spent: list[tuple[str, float, float]], now: float) -> None:
+        """Today's spend per app from the ledger (``(app, today, month)``), at start."""
+        day = self.ledger.calendar.day(now)
+        for app, today, _ in spent:
+            activity = self._activity(app)
+            activity.day, activity.spend_today_usd = day, today
+
     def _app_status(self, queued_by_app: dict[str, int]) -> list[AppStatus]:
-        """Each app the config names or that is waiting now: its policy and its queue."""
+        """Each app the config names or that was seen: its policy, queue and activity."""
+        today = self.ledger.calendar.day(self.clock.time())
         apps = []
-        for name in sorted(set(self.config.apps) | set(queued_by_app)):
+        for name in sorted(set(self.config.apps) | set(queued_by_app) | set(self._apps)):
             policy = self.gates.app_policy(name)
+            activity = self._apps.get(name, AppActivity())
             apps.append(
                 AppStatus(
                     name=name,
                     priority=policy.priority,
                     share=policy.share,
+                    requests=activity.requests,
+                    in_flight=activity.in_flight,
                     queued=queued_by_app.get(name, 0),
+                    wait_s_total=activity.wait_s_total,
+                    spend_today_usd=activity.spend_today_usd if activity.day == today else 0.0,
                 )
             )
         return apps

@@ -44,7 +44,7 @@ EXIT_CONFIG = 2
 STOP_GRACE_S: Final = 5.0
 """Asked of the service manager on top of ``drain_s`` to close down after draining."""
 
-RESTART_ONLY: Final = ("socket", "state_dir")
+RESTART_ONLY: Final = ("socket", "state_dir", "timezone", "max_db_mb")
 """``[daemon]`` keys a reload cannot apply to a running daemon: the running value is kept, and
 a change is warned of."""
 
@@ -126,7 +126,7 @@ class Daemon:
                 app_for_key=self.store.keys.app_for_key,
                 status=self.server.status,
             )
-        self.reconfigurables: list[Reconfigurable] = [self.server, self.gates]
+        self.reconfigurables: list[Reconfigurable] = [self.server, self.gates, self.store]
         if self.http is not None:
             self.reconfigurables.append(self.http)
         """Components given each reloaded config, in order; a stateful component built by the
@@ -144,6 +144,8 @@ class Daemon:
         try:
             for alert in await self.store.open():
                 self.broker.add_event("budget_alert", alert.message)
+            now = self.store.clock.time()
+            self.broker.load_app_spend(await self.store.ledger.spent_by_app(now), now)
             if self.http is not None:  # first: clients take the socket answering for "ready"
                 await self.http.bind()
                 self.server.http_address = self.http.address
@@ -253,6 +255,7 @@ class Daemon:
                 )
                 return False
             rebuilt = self._apply(config, keys)
+            await self.store.count_new_budgets()
             self.notifier.ready(f"{self._status_line()}; config reloaded")
             log.info(
                 "reloaded %s: %d providers (%d rebuilt), %d groups",

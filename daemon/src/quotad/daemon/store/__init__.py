@@ -19,7 +19,7 @@ from typing import Final
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
 from quotad.daemon.store.audit import Audit
-from quotad.daemon.store.budgets import BudgetAlert, Budgets, Calendar
+from quotad.daemon.store.budgets import Budget, BudgetAlert, Budgets, Calendar
 from quotad.daemon.store.cache import Cache
 from quotad.daemon.store.db import Database, StoreError
 from quotad.daemon.store.keys import Keys
@@ -49,6 +49,7 @@ class Store:
         self.budgets = Budgets(config, self.calendar)
         self.keys = Keys(self.db, clock)
         self.audit = Audit(self.db, clock)
+        self._new_budgets: list[Budget] = []
 
     async def open(self) -> list[BudgetAlert]:
         """Open, check and migrate the file; load the cache, the budgets' totals and the
@@ -71,6 +72,22 @@ class Store:
             self.db.durability,
         )
         return alerts
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded config (SIGHUP): prices, budgets, cache settings, durability; the
+        file, its size bound and the time zone keep their running values until a restart.
+        Budgets the reload adds get their totals so far in :meth:`count_new_budgets`."""
+        self.prices.reconfigure(config.prices)
+        self._new_budgets += self.budgets.reconfigure(config)
+        self.cache.reconfigure(config.cache)
+        self.db.durability = config.daemon.durability
+
+    async def count_new_budgets(self) -> None:
+        """Give budgets added by a reload what the ledger says was spent this day and month."""
+        if self._new_budgets:
+            new, self._new_budgets = self._new_budgets, []
+            now = self.clock.time()
+            self.budgets.add_spent(new, await self.ledger.spent_by_app(now), now)
 
     async def close(self) -> None:
         """Write what is pending (ledger rows kept after a failed write too) and close."""

@@ -148,6 +148,42 @@ class Budgets:
             if own:
                 self.app_budgets[app] = self.global_budgets + own
 
+    def reconfigure(self, config: Config) -> list[Budget]:
+        """Apply reloaded budgets (SIGHUP). A budget that stays (same scope and period) is the
+        same object with its new limit, so its running total and the holds of requests in
+        flight carry over; a removed budget no longer applies. Returns the new budgets: their
+        totals so far must be added from the ledger (:meth:`add_spent`)."""
+        previous = {(budget.scope, budget.period): budget for budget in self._all()}
+        fresh = Budgets(config, self.calendar)
+
+        def carried(budgets: tuple[Budget, ...]) -> tuple[Budget, ...]:
+            result = []
+            for budget in budgets:
+                old = previous.get((budget.scope, budget.period))
+                if old is not None:
+                    old.limit_usd = budget.limit_usd
+                    old.alert_at = budget.alert_at
+                    budget = old
+                result.append(budget)
+            return tuple(result)
+
+        self.global_budgets = carried(fresh.global_budgets)
+        self.app_budgets = {app: carried(budgets) for app, budgets in fresh.app_budgets.items()}
+        return [b for b in self._all() if (b.scope, b.period) not in previous]
+
+    def add_spent(
+        self, budgets: Iterable[Budget], spent: Iterable[tuple[str, float, float]], now: float
+    ) -> None:
+        """Add the ledger's totals (``(app, today, this month)``) to budgets made by a reload.
+        Added, not set: a request settled since the reload but committed before the query is
+        then counted twice, never missed, so the budget errs on the safe side."""
+        fresh = {id(budget) for budget in budgets}
+        for app, today, month in spent:
+            for budget in self.app_budgets.get(app, self.global_budgets):
+                if id(budget) in fresh:
+                    self._roll(budget, now)
+                    budget.spent_usd += today if budget.period == "day" else month
+
     @property
     def configured(self) -> bool:
         """Whether any budget exists at all."""

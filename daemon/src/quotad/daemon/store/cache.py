@@ -381,6 +381,24 @@ class Cache:
         if dropped:
             self._db.write_later(dropped)
 
+    def reconfigure(self, config: CacheConfig) -> None:
+        """Apply a reloaded ``[cache]`` (SIGHUP), keeping the entries: a new eviction policy
+        re-files them all, a smaller ``max_mb`` evicts at once (written with the next batch)."""
+        policy_changed = config.eviction != self.eviction
+        self.mode = config.mode
+        self.enabled = config.mode == "on"
+        self.ttl_s = config.ttl_s
+        self.max_bytes = int(config.max_mb * 1024 * 1024)
+        self.eviction = config.eviction
+        if policy_changed:
+            self._heap = [
+                (*self._priority(entry), entry.version, entry.key)
+                for entry in self._entries.values()
+            ]
+            heapq.heapify(self._heap)
+        if dropped := self._evict(keep=None):
+            self._db.write_later(dropped)
+
     # ------------------------------------------------------------------ eviction
 
     def _priority(self, entry: CacheEntry) -> tuple[float, float]:

@@ -149,6 +149,10 @@ class PriceTable:
     memoized per target, so a request costs one dict lookup."""
 
     def __init__(self, overrides: Mapping[str, PriceConfig]) -> None:
+        self.reconfigure(overrides)
+
+    def reconfigure(self, overrides: Mapping[str, PriceConfig]) -> None:
+        """Take a (reloaded) ``[prices]`` table; every lookup is made afresh."""
         self._overrides: dict[str, Price] = {}
         for target, price in overrides.items():
             provider, _, model = target.partition("/")
