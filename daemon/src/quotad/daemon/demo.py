@@ -63,17 +63,16 @@ drain_s = 5
 [http]
 listen = ""
 
+# each gate is the limit its sim enforces: the sims see no 429 from quotad's traffic
 [providers.openai-sim]
 kind = "openai"
 base_url = "{openai_url}"
-rpm = 60
-tpm = 40000
-limits = [{{ requests = 12, window_s = 2.0 }}]
+limits = [{{ requests = 40, window_s = 5.0 }}]
 
 [providers.anthropic-sim]
 kind = "anthropic"
 base_url = "{anthropic_url}"
-rpm = 30
+limits = [{{ requests = 20, window_s = 2.0 }}]
 
 [models.fast]
 targets = ["openai-sim/gpt-4o-mini", "anthropic-sim/claude-3-5-haiku-latest"]
@@ -144,6 +143,7 @@ class DemoWorld:
     socket_path: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     loads: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    sim_urls: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
         """Stop the load, then the daemon and sims (SIGTERM, then SIGKILL)."""
@@ -170,9 +170,12 @@ def demo_world(duration_s: float) -> Iterator[DemoWorld]:
         )
         world.processes.append(openai_sim)
         anthropic_sim, anthropic_url = start_sim(
-            ["--latency-ms", "200", "--jitter-ms", "80", "--fail-rate", "0.05"], log
-        )
+            ["--rpm", "20", "--window", "2", "--latency-ms", "200", "--jitter-ms", "80",
+             "--fail-rate", "0.05"],
+            log,
+        )  # fmt: skip
         world.processes.append(anthropic_sim)
+        world.sim_urls += [openai_url, anthropic_url]
         config_path = directory / "quotad.toml"
         config_path.write_text(
             DEMO_CONFIG.format(
@@ -241,7 +244,8 @@ def run_load(
         rng = random.Random(seed * 100 + number)
         with Client(socket=socket_path, app=app) as client:
             while not stop.is_set() and time.monotonic() < deadline:
-                prompt = rng.choice(PROMPTS)
+                # about one request in four repeats an earlier one: a cache hit
+                prompt = f"{rng.choice(PROMPTS)} (take {rng.randint(1, 40)})"
                 try:
                     reply = client.chat(
                         model,
@@ -319,6 +323,26 @@ def _collect_results(world: DemoWorld) -> dict[str, LoadResult]:
     return totals
 
 
+def _sims_line(world: DemoWorld) -> str:
+    """What the simulated providers saw: the proof that the shared gates held."""
+    import httpx
+
+    seen = []
+    for url in world.sim_urls:
+        try:
+            stats = httpx.get(f"{url}/sim/stats", timeout=2.0).json()
+        except (httpx.HTTPError, ValueError):
+            continue
+        seen.append((stats["requests"], stats["rate_limited"], stats["failed"]))
+    requests, limited, failed = (
+        (sum(column) for column in zip(*seen, strict=True)) if seen else (0, 0, 0)
+    )
+    return (
+        f"  the providers saw {requests} requests: {limited} answered 429 (over their limits), "
+        f"{failed} injected failures (failed over)"
+    )
+
+
 def _final_summary(results: dict[str, LoadResult], elapsed_s: float) -> str:
     lines = [f"quotad demo: {elapsed_s:.1f} s of load from {len(results)} apps"]
     for app in DEMO_APPS:
@@ -364,7 +388,9 @@ def run_demo(*, headless: bool, duration_s: float) -> int:
                 process.send_signal(signal.SIGTERM)
         results = _collect_results(world)
         print("\n".join(_summary_lines(world, started)))
+        sims = _sims_line(world)
     print(_final_summary(results, time.monotonic() - started))
+    print(sims)
     return 0 if sum(r.ok for r in results.values()) else 1
 
 
