@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from quotad.daemon.broker import Broker, Caller
+from quotad.daemon.broker import Broker
 from quotad.daemon.config import parse_config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.providers import build_provider
+from quotad.daemon.request import Caller
 from quotad.daemon.routing import Router
 from quotad.protocol.messages import Admin, Chat, ChatMessage
 from tests.support.sim import SimProcess

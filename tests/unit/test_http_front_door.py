@@ -16,11 +16,12 @@ import msgspec
 import openai
 import pytest
 
-from quotad.daemon.broker import Broker, Caller
+from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, HttpConfig, parse_config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.http import FrontDoor
 from quotad.daemon.providers import build_provider
+from quotad.daemon.request import Caller
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.protocol.errors import ErrorCode

@@ -9,9 +9,10 @@ from typing import Any
 import anyio
 import pytest
 
-from quotad.daemon.broker import Broker, Caller
+from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, parse_config
 from quotad.daemon.providers.base import ChatResult, ChatStream, EmbedResult
+from quotad.daemon.request import Caller
 from quotad.daemon.routing import Router
 from quotad.protocol.messages import Chat, ChatMessage
 from tests.support.store import open_store

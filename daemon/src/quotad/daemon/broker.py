@@ -24,31 +24,37 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Final, NamedTuple, Protocol, TypeVar
+from typing import Final, TypeVar
 
 import anyio
 import msgspec
 
+from quotad.daemon.activity import AppActivity, AppActivityLog
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
-from quotad.daemon.gates import Gates, Reservation
+from quotad.daemon.gates import Gates
 from quotad.daemon.metrics import Metrics
 from quotad.daemon.providers.base import (
     NO_RATE_LIMITS,
-    ChatDelta,
     ChatResult,
-    ChatStream,
     EmbedResult,
     ProviderError,
-    RateLimitInfo,
 )
 from quotad.daemon.providers.ratelimits import parse_rate_limits
+from quotad.daemon.request import (
+    Caller,
+    OpenedStream,
+    ProviderAnswer,
+    RequestContext,
+    RequestIds,
+    chunk_of,
+    first_chunk_of,
+    partial_usage,
+)
 from quotad.daemon.routing import Route, Router, Target
 from quotad.daemon.store import Store
 from quotad.daemon.store.admin import STORE_ACTIONS, StoreAdmin
-from quotad.daemon.store.budgets import BudgetHold
 from quotad.daemon.store.cache import (
     Answer,
     Cacheable,
@@ -61,7 +67,6 @@ from quotad.daemon.store.prices import PER_TOKEN, Price
 from quotad.daemon.tokens import (
     estimate_input_tokens,
     estimate_prompt_tokens,
-    estimate_text_tokens,
 )
 from quotad.protocol.messages import (
     Acquire,
@@ -88,92 +93,6 @@ DAEMON_VERSION: Final = "0.1.0"
 
 log = logging.getLogger("quotad.broker")
 
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who sent a request: the app it names, and the peer process when known (SO_PEERCRED)."""
-
-    app: str
-    via: str = "socket"
-    pid: int | None = None
-    uid: int | None = None
-    gid: int | None = None
-
-
-class RequestIds:
-    """Request ids unique across daemon restarts: a random prefix per daemon, then a counter."""
-
-    __slots__ = ("_count", "_prefix")
-
-    def __init__(self) -> None:
-        self._prefix = "qd-" + os.urandom(4).hex() + "-"
-        self._count = 0
-
-    def next(self) -> str:
-        """A new request id."""
-        self._count += 1
-        return f"{self._prefix}{self._count}"
-
-
-@dataclass(slots=True)
-class RequestContext:
-    """What the pipeline knows of one request while it runs."""
-
-    request_id: str
-    kind: str
-    caller: Caller
-    model: str
-    started: float
-    priority: str = "normal"
-    max_wait_s: float | None = None
-    max_tokens: int = 0
-    tokens: int = 0
-    attempts: int = 0
-    wait_s: float = 0.0
-    target: Target | None = None
-    reservation: Reservation | None = None
-    finished: bool = False
-    user: str = ""
-    tags: list[str] | None = None
-    budget: BudgetHold | None = None
-    cached: bool = False
-    saved_usd: float = 0.0
-    cost_usd: float = 0.0
-
-
-class OpenedStream(NamedTuple):
-    """A stream whose provider accepted it, with its first piece (None: it was empty)."""
-
-    stream: ChatStream
-    first: ChatDelta | None
-
-    @property
-    def rate_limits(self) -> RateLimitInfo:
-        """The provider's rate-limit headers on the stream's response."""
-        return self.stream.rate_limits
-
-
-class ProviderAnswer(Protocol):
-    """Any provider result: each carries the provider's rate-limit headers."""
-
-    @property
-    def rate_limits(self) -> RateLimitInfo: ...
-
-
-@dataclass(slots=True)
-class AppActivity:
-    """What an app has done since the daemon started (spend: today, from the ledger)."""
-
-    requests: int = 0
-    in_flight: int = 0
-    wait_s_total: float = 0.0
-    spend_today_usd: float = 0.0
-    day: str = ""
-
-
-MAX_TRACKED_APPS: Final = 1000
-"""Apps are named by clients: past this many, new names are counted under ``OTHER_APPS``."""
-OTHER_APPS: Final = "(other)"
 
 T = TypeVar("T", bound=ProviderAnswer)
 AnswerT = TypeVar("AnswerT", bound=Answer)
@@ -213,7 +132,7 @@ class Broker:
         self.requests_total = 0
         self.finished_total = 0
         self.recent: deque[RequestRecord] = deque(maxlen=RECENT_REQUESTS)
-        self._apps: dict[str, AppActivity] = {}
+        self.activity = AppActivityLog()
         self.metrics = Metrics()
         self._default_max_tokens = config.gates.default_max_tokens
         self._config_generation = 0
@@ -306,11 +225,11 @@ class Broker:
             try:
                 if first is not None:
                     parts.append(first.delta)
-                    sent.append(chunk := _first_chunk(request.id, first, context))
+                    sent.append(chunk := first_chunk_of(request.id, first, context))
                     yield chunk
                     async for delta in stream.deltas():
                         parts.append(delta.delta)
-                        sent.append(chunk := _chunk(request.id, delta))
+                        sent.append(chunk := chunk_of(request.id, delta))
                         yield chunk
             except ProviderError as error:
                 target.stream_broke()
@@ -320,7 +239,7 @@ class Broker:
                     f"{error.message}",
                     details={"partial_content": "".join(parts), "target": target.name},
                 )
-                usage = _partial_usage(stream.usage, request, "".join(parts))
+                usage = partial_usage(stream.usage, request, "".join(parts))
                 with anyio.CancelScope(shield=True):
                     await self._finish(context, usage, error=broken)  # 7
                 raise broken from None
@@ -508,7 +427,7 @@ class Broker:
         generation = self._config_generation
         self.in_flight += 1
         self.requests_total += 1
-        activity = self._activity(caller.app)
+        activity = self.activity.of(caller.app)
         activity.requests += 1
         activity.in_flight += 1
         try:
@@ -582,11 +501,7 @@ class Broker:
             tags=encode_tags(context.tags or ()),
         )
         self.finished_total += 1
-        activity = self._activity(caller.app)
-        activity.wait_s_total += context.wait_s
-        if activity.day != row.day:
-            activity.day, activity.spend_today_usd = row.day, 0.0
-        activity.spend_today_usd += cost
+        self.activity.finished(caller.app, context.wait_s, row.day, cost)
         record = live_record(row)
         self.recent.append(record)
         self.metrics.observe_request(record, resolved=context.target is not None)
@@ -756,28 +671,17 @@ class Broker:
             events=router.events.recent(),
         )
 
-    def _activity(self, app: str) -> AppActivity:
-        activity = self._apps.get(app)
-        if activity is None:
-            if len(self._apps) >= MAX_TRACKED_APPS:
-                app = OTHER_APPS
-            activity = self._apps.setdefault(app, AppActivity())
-        return activity
-
     def load_app_spend(self, spent: list[tuple[str, float, float]], now: float) -> None:
         """Today's spend per app from the ledger (``(app, today, month)``), at start."""
-        day = self.ledger.calendar.day(now)
-        for app, today, _ in spent:
-            activity = self._activity(app)
-            activity.day, activity.spend_today_usd = day, today
+        self.activity.load_spend(spent, self.ledger.calendar.day(now))
 
     def _app_status(self, queued_by_app: dict[str, int]) -> list[AppStatus]:
         """Each app the config names or that was seen: its policy, queue and activity."""
         today = self.ledger.calendar.day(self.clock.time())
         apps = []
-        for name in sorted(set(self.config.apps) | set(queued_by_app) | set(self._apps)):
+        for name in sorted(set(self.config.apps) | set(queued_by_app) | self.activity.names()):
             policy = self.gates.app_policy(name)
-            activity = self._apps.get(name, AppActivity())
+            activity = self.activity.get(name) or AppActivity()
             apps.append(
                 AppStatus(
                     name=name,
@@ -825,33 +729,3 @@ class Broker:
         for event in self._earlier_requests_done:
             event.set()
         self._earlier_requests_done.clear()
-
-
-def _chunk(request_id: int, delta: ChatDelta) -> ChatChunk:
-    return ChatChunk(
-        id=request_id,
-        delta=delta.delta,
-        tool_calls=delta.tool_calls,
-        finish_reason=delta.finish_reason,
-    )
-
-
-def _partial_usage(usage: Usage, request: Chat, content: str) -> Usage:
-    """The usage of a stream that broke: what the provider reported, with local estimates
-    for what it did not (a stream usually reports usage only at its end)."""
-    return Usage(
-        prompt_tokens=usage.prompt_tokens
-        or estimate_prompt_tokens(request.messages, request.tools),
-        completion_tokens=usage.completion_tokens or estimate_text_tokens(content),
-        cached_tokens=usage.cached_tokens,
-    )
-
-
-def _first_chunk(request_id: int, delta: ChatDelta, context: RequestContext) -> ChatChunk:
-    """A stream's first chunk: it also says who answers (see :class:`ChatChunk`)."""
-    chunk = _chunk(request_id, delta)
-    chunk.request_id = context.request_id
-    chunk.target = context.target.name if context.target else ""
-    chunk.attempts = context.attempts
-    chunk.wait_s = context.wait_s
-    return chunk

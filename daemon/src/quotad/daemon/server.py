@@ -27,9 +27,10 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 
 from quotad.daemon.access import AccessPolicy
-from quotad.daemon.broker import DAEMON_VERSION, Broker, Caller
+from quotad.daemon.broker import DAEMON_VERSION, Broker
 from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
+from quotad.daemon.request import Caller
 from quotad.protocol.framing import FrameEncoder, FrameTooLarge, MessageInvalid, request_decoder
 from quotad.protocol.messages import (
     Acquire,

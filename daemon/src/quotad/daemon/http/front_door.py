@@ -36,7 +36,7 @@ from typing import Final, Literal, Protocol, cast
 import anyio
 import anyio.abc
 
-from quotad.daemon.broker import DAEMON_VERSION, Broker, Caller
+from quotad.daemon.broker import DAEMON_VERSION, Broker
 from quotad.daemon.config import Config, HttpConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.http import anthropic, openai
@@ -59,6 +59,7 @@ from quotad.daemon.http11 import (
     StreamingResponse,
 )
 from quotad.daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from quotad.daemon.request import Caller
 from quotad.protocol.messages import (
     PRIORITIES,
     CacheMode,

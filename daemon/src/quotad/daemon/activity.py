@@ -1,0 +1,64 @@
+"""What each app has done since the daemon started, for ``quotad status`` and ``quotad top``:
+requests, in flight, time waited for gates, and spend today (loaded from the ledger at start).
+Apps are named by clients, so at most :data:`MAX_TRACKED_APPS` are kept apart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+MAX_TRACKED_APPS: Final = 1000
+"""Apps are named by clients: past this many, new names are counted under ``OTHER_APPS``."""
+OTHER_APPS: Final = "(other)"
+
+
+@dataclass(slots=True)
+class AppActivity:
+    """What one app has done since the daemon started (spend: on ``day`` only)."""
+
+    requests: int = 0
+    in_flight: int = 0
+    wait_s_total: float = 0.0
+    spend_today_usd: float = 0.0
+    day: str = ""
+
+
+class AppActivityLog:
+    """Every app's activity, by name."""
+
+    __slots__ = ("_apps",)
+
+    def __init__(self) -> None:
+        self._apps: dict[str, AppActivity] = {}
+
+    def of(self, app: str) -> AppActivity:
+        """The activity of ``app`` (made on first use)."""
+        activity = self._apps.get(app)
+        if activity is None:
+            if len(self._apps) >= MAX_TRACKED_APPS:
+                app = OTHER_APPS
+            activity = self._apps.setdefault(app, AppActivity())
+        return activity
+
+    def finished(self, app: str, wait_s: float, day: str, cost_usd: float) -> None:
+        """A request of ``app`` ended on ``day``: its wait and its cost."""
+        activity = self.of(app)
+        activity.wait_s_total += wait_s
+        if activity.day != day:
+            activity.day, activity.spend_today_usd = day, 0.0
+        activity.spend_today_usd += cost_usd
+
+    def load_spend(self, spent: Iterable[tuple[str, float, float]], day: str) -> None:
+        """Today's spend per app from the ledger (``(app, today, month)``), at start."""
+        for app, today, _ in spent:
+            activity = self.of(app)
+            activity.day, activity.spend_today_usd = day, today
+
+    def names(self) -> set[str]:
+        """Every app seen."""
+        return set(self._apps)
+
+    def get(self, app: str) -> AppActivity | None:
+        """The activity of ``app``, if it was seen."""
+        return self._apps.get(app)

@@ -1,0 +1,116 @@
+"""What the pipeline knows of one request while it runs: who sent it (:class:`Caller`), its
+ids, its :class:`RequestContext`, and the small pieces the broker builds its replies from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from quotad.daemon.gates import Reservation
+from quotad.daemon.providers.base import ChatDelta, ChatStream, RateLimitInfo
+from quotad.daemon.routing import Target
+from quotad.daemon.store.budgets import BudgetHold
+from quotad.daemon.tokens import estimate_prompt_tokens, estimate_text_tokens
+from quotad.protocol.messages import Chat, ChatChunk, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request: the app it names, and the peer process when known (SO_PEERCRED)."""
+
+    app: str
+    via: str = "socket"
+    pid: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+
+class RequestIds:
+    """Request ids unique across daemon restarts: a random prefix per daemon, then a counter."""
+
+    __slots__ = ("_count", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = "qd-" + os.urandom(4).hex() + "-"
+        self._count = 0
+
+    def next(self) -> str:
+        """A new request id."""
+        self._count += 1
+        return f"{self._prefix}{self._count}"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the pipeline knows of one request while it runs."""
+
+    request_id: str
+    kind: str
+    caller: Caller
+    model: str
+    started: float
+    priority: str = "normal"
+    max_wait_s: float | None = None
+    max_tokens: int = 0
+    tokens: int = 0
+    attempts: int = 0
+    wait_s: float = 0.0
+    target: Target | None = None
+    reservation: Reservation | None = None
+    finished: bool = False
+    user: str = ""
+    tags: list[str] | None = None
+    budget: BudgetHold | None = None
+    cached: bool = False
+    saved_usd: float = 0.0
+    cost_usd: float = 0.0
+
+
+class OpenedStream(NamedTuple):
+    """A stream whose provider accepted it, with its first piece (None: it was empty)."""
+
+    stream: ChatStream
+    first: ChatDelta | None
+
+    @property
+    def rate_limits(self) -> RateLimitInfo:
+        """The provider's rate-limit headers on the stream's response."""
+        return self.stream.rate_limits
+
+
+class ProviderAnswer(Protocol):
+    """Any provider result: each carries the provider's rate-limit headers."""
+
+    @property
+    def rate_limits(self) -> RateLimitInfo: ...
+
+
+def chunk_of(request_id: int, delta: ChatDelta) -> ChatChunk:
+    return ChatChunk(
+        id=request_id,
+        delta=delta.delta,
+        tool_calls=delta.tool_calls,
+        finish_reason=delta.finish_reason,
+    )
+
+
+def partial_usage(usage: Usage, request: Chat, content: str) -> Usage:
+    """The usage of a stream that broke: what the provider reported, with local estimates
+    for what it did not (a stream usually reports usage only at its end)."""
+    return Usage(
+        prompt_tokens=usage.prompt_tokens
+        or estimate_prompt_tokens(request.messages, request.tools),
+        completion_tokens=usage.completion_tokens or estimate_text_tokens(content),
+        cached_tokens=usage.cached_tokens,
+    )
+
+
+def first_chunk_of(request_id: int, delta: ChatDelta, context: RequestContext) -> ChatChunk:
+    """A stream's first chunk: it also says who answers (see :class:`ChatChunk`)."""
+    chunk = chunk_of(request_id, delta)
+    chunk.request_id = context.request_id
+    chunk.target = context.target.name if context.target else ""
+    chunk.attempts = context.attempts
+    chunk.wait_s = context.wait_s
+    return chunk
