@@ -65,3 +65,28 @@ def test_a_permit_passed_a_429_pauses_the_target(permit_daemon: DaemonProcess) -
             client.acquire("p/other", tokens=1, max_wait_s=0)
         client.admin("target_reset", "p/other")
         client.settle(client.acquire("p/other", tokens=1, max_wait_s=0).permit_id, tokens_used=1)
+
+
+def test_an_apps_own_limit_holds_back_only_that_app() -> None:
+    with SimProcess() as sim:
+        config = (
+            '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n[cache]\nmode = "off"\n'
+            "[gates]\nburst = 1.0\n"
+            + sim_provider_config(
+                "p", sim.base_url, extra="limits = [{{ requests = 50, window_s = 10.0 }}]"
+            )
+            + "[apps.batch]\nlimits = [{{ requests = 2, window_s = 10.0 }}]\n"
+        )
+        with DaemonProcess(config) as daemon:
+            messages = [{"role": "user", "content": "hi"}]
+            with Client(socket=daemon.socket_path, app="batch") as batch:
+                for _ in range(2):
+                    batch.chat("p/m", messages, max_tokens=4)
+                with pytest.raises(RateLimitedError) as caught:
+                    batch.chat("p/m", messages, max_tokens=4, max_wait_s=0)
+                assert "2 requests per 10 s" in caught.value.message
+                gates = {g.name: g for g in batch.status().gates}
+                assert gates["app:batch"].windows[0].used == 2
+                assert gates["provider:p"].windows[0].used == 2
+            with Client(socket=daemon.socket_path, app="agent") as agent:
+                assert agent.chat("p/m", messages, max_tokens=4, max_wait_s=0).content
