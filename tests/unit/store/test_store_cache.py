@@ -3,9 +3,6 @@ across a restart, clearing and warming."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +21,6 @@ pytestmark = pytest.mark.anyio
 
 ENTRY_BYTES = 1100  # about what one answer below takes
 BASE: dict[str, Any] = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture
-def anyio_backend(asyncio_only: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    return asyncio_only
-
-
-@pytest.fixture
-def directory() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="qcache", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def db(directory: Path) -> AsyncIterator[Database]:
-    database = Database(directory / "quotad.db")
-    await database.open()
-    yield database
-    await database.close()
 
 
 def chat(**fields: Any) -> Chat:

@@ -4,13 +4,9 @@ schema, a corrupt or unwritable file, and a full database; readers never block t
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
-import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -24,26 +20,6 @@ INSERT_AUDIT = (
     "INSERT INTO audit (time, action, target, caller_uid, caller_pid, detail) "
     "VALUES (?, ?, ?, NULL, NULL, '{}')"
 )
-
-
-@pytest.fixture
-def anyio_backend(asyncio_only: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    return asyncio_only  # aiosqlite is asyncio's
-
-
-@pytest.fixture
-def directory() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="qdb", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def db(directory: Path) -> AsyncIterator[Database]:
-    database = Database(directory / "quotad.db")
-    await database.open()
-    yield database
-    await database.close()
 
 
 def audit_count(path: Path) -> int:

@@ -3,13 +3,9 @@ anomalies), HTTP keys and the audit trail."""
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
-import tempfile
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,26 +21,6 @@ pytestmark = pytest.mark.anyio
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0
-
-
-@pytest.fixture
-def anyio_backend(asyncio_only: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    return asyncio_only
-
-
-@pytest.fixture
-def directory() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="qledger", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def db(directory: Path) -> AsyncIterator[Database]:
-    database = Database(directory / "quotad.db")
-    await database.open()
-    yield database
-    await database.close()
 
 
 CALENDAR = Calendar("UTC")
