@@ -1,0 +1,444 @@
+"""One client connection of the HTTP/1.1 server (:class:`Connection`): a reader task that
+feeds the parser and notices the client leaving, the request loop with its limits and
+timeouts, running the handler and writing its answer (plain, streamed or an error of the
+server's own), keep-alive, and the lingering or resetting close."""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import struct
+from collections.abc import AsyncIterator
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import msgspec
+from anyio.abc import SocketAttribute
+
+from quotad.daemon.http11.messages import (
+    AbortConnection,
+    HttpRequest,
+    HttpResponse,
+    StreamingResponse,
+)
+from quotad.daemon.http11.parser import (
+    CLOSED,
+    END_OF_MESSAGE,
+    NEED_DATA,
+    BodyData,
+    ParseError,
+    RequestHead,
+    RequestParser,
+)
+
+if TYPE_CHECKING:
+    from quotad.daemon.http11.server import HttpServer
+
+logger = logging.getLogger("quotad.daemon.http11.server")  # the HTTP core logs as its server
+
+RECEIVE_SIZE = 65536
+"""Bytes asked of the socket per read."""
+READ_AHEAD_BYTES = 256 * 1024
+"""Bytes read beyond what the parser has consumed before reading pauses (pipelining bound)."""
+LINGER_S = 2.0
+"""How long a closing connection waits for the client to close its side."""
+SINGLE_WRITE_BYTES = 65536
+"""Bodies up to this size are joined with the head into one write."""
+STREAM_ACLOSE_TIMEOUT_S = 5.0
+"""Bound on a streaming iterator's ``aclose()``."""
+
+_LINGER, _CLOSE, _RESET = 0, 1, 2  # how a connection ends (see Connection.run)
+
+_REASON_TEXT: dict[int, str] = {status.value: status.phrase for status in HTTPStatus}
+_NO_BODY_STATUSES = frozenset({204, 304})
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_json = msgspec.json.Encoder()
+
+
+def _error_body(status: int, message: str, code: str) -> bytes:
+    """A JSON error body both SDK families understand: ``error.message`` for OpenAI's,
+    ``type: "error"`` + ``error.type`` for Anthropic's."""
+    kind = "api_error" if status >= 500 else "invalid_request_error"
+    return _json.encode(
+        {"type": "error", "error": {"type": kind, "message": message, "code": code}}
+    )
+
+
+def _raw_error(status: int, message: str, code: str) -> bytes:
+    body = _error_body(status, message, code)
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
+        status,
+        _REASON_TEXT.get(status, "").encode(),
+        len(body),
+    )
+    return head + b"connection: close\r\n\r\n" + body
+
+
+def _encode_head(
+    response: HttpResponse | StreamingResponse, *, keep_alive: bool, chunked: bool
+) -> bytes:
+    """Status line and headers; raises ValueError on a header that would split the head."""
+    status = response.status
+    parts = [f"HTTP/1.1 {status} {_REASON_TEXT.get(status, '')}\r\n"]
+    parts.extend(f"{name}: {value}\r\n" for name, value in response.headers)
+    if isinstance(response, HttpResponse):
+        if status not in _NO_BODY_STATUSES:
+            parts.append(f"content-length: {len(response.body)}\r\n")
+    elif chunked:
+        parts.append("transfer-encoding: chunked\r\n")
+    if not keep_alive:
+        parts.append("connection: close\r\n")
+    parts.append("\r\n")
+    head = "".join(parts)
+    lines = len(parts)
+    if head.count("\n") != lines or head.count("\r") != lines:
+        raise ValueError(f"a response header holds a line break: {response.headers!r}")
+    return head.encode("latin-1")
+
+
+_INTERNAL_ERROR = HttpResponse(
+    500,
+    [("content-type", "application/json")],
+    _error_body(500, "internal server error", "internal"),
+)
+
+
+class Connection:
+    """One client connection: a reader task feeding the parser, and the request loop.
+
+    The parser keeps what was read beyond the current request (pipelining); answers are
+    written by hand (a few string joins).
+    """
+
+    __slots__ = (
+        "_client",
+        "_close_mode",
+        "_handler_scope",
+        "_http10",
+        "_idle",
+        "_keep_alive",
+        "_limits",
+        "_lingering",
+        "_parser",
+        "_pending",
+        "_resume",
+        "_server",
+        "_stream",
+        "_wakeup",
+        "deadline",
+        "eof",
+    )
+
+    def __init__(self, server: HttpServer, stream: anyio.abc.SocketStream) -> None:
+        self._server = server
+        self._stream = stream
+        self._limits = server.limits
+        self._parser = RequestParser(self._limits.max_header_bytes)
+        try:
+            address = stream.extra(SocketAttribute.remote_address)
+        except (anyio.TypedAttributeLookupError, OSError):
+            address = None
+        self._client = (address[0], address[1]) if isinstance(address, tuple) else None
+        self._wakeup: anyio.Event | None = None
+        self._resume: anyio.Event | None = None
+        self._pending = 0
+        self._handler_scope: anyio.CancelScope | None = None
+        self._idle = False
+        self._lingering = False
+        self._close_mode = _LINGER
+        self._keep_alive = True
+        self._http10 = False
+        self.deadline = math.inf
+        self.eof = False
+
+    def close_if_idle(self) -> None:
+        """Server shutdown: end the wait for a next request, if that is what we are doing."""
+        if self._idle:
+            self.wake()
+
+    def wake(self) -> None:
+        """End the current wait for data (the server's timeout sweep calls this once
+        :attr:`deadline` has passed)."""
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as reader:
+                reader.start_soon(self._read_loop)
+                try:
+                    while True:
+                        request = await self._read_request()
+                        if request is None or not await self._respond(request):
+                            break
+                        self._parser.start_next()
+                    if self._close_mode == _LINGER and not self.eof:
+                        await self._linger()
+                finally:
+                    reader.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self._close_mode == _RESET:
+                    self._set_linger_reset()
+                await self._stream.aclose()
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read_loop(self) -> None:
+        """Read the socket all along; wake the request loop; notice the client leaving."""
+        stream = self._stream
+        try:
+            while True:
+                if self._pending > READ_AHEAD_BYTES and not self._lingering:
+                    resume = self._resume = anyio.Event()
+                    await resume.wait()
+                data = await stream.receive(RECEIVE_SIZE)
+                if self._lingering:
+                    continue
+                self._pending += len(data)
+                self._parser.receive_data(data)
+                if self._wakeup is not None:
+                    self._wakeup.set()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        self.eof = True
+        if not self._lingering:
+            self._parser.receive_data(b"")
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._handler_scope is not None:
+            self._handler_scope.cancel()
+
+    async def _wait_data(self, deadline: float) -> bool:
+        """Wait for more bytes (or the client's EOF) until ``deadline``; False when it passed
+        first. No timer per wait: the server's sweep wakes waits whose deadline has passed."""
+        self._pending = 0
+        if self._resume is not None:
+            self._resume.set()
+            self._resume = None
+        wakeup = self._wakeup = anyio.Event()
+        self.deadline = deadline
+        try:
+            await wakeup.wait()
+        finally:
+            self.deadline = math.inf
+            self._wakeup = None
+        return self._pending > 0 or self.eof
+
+    async def _wait_idle(self) -> bool:
+        """Wait for the first bytes of a next request; False: close instead (timeout or
+        shutdown)."""
+        if self._server.closing:
+            return False
+        self._idle = True
+        try:
+            return await self._wait_data(anyio.current_time() + self._limits.idle_timeout_s)
+        finally:
+            self._idle = False
+
+    async def _read_request(self) -> HttpRequest | None:
+        """The next complete request, or None when the connection is to close (an error
+        answer, if any, already sent)."""
+        parser = self._parser
+        limits = self._limits
+        deadline = -1.0
+        head: RequestHead | None = None
+        headers: list[tuple[bytes, bytes]] = []
+        body_parts: list[bytes] = []
+        body_size = 0
+        while True:
+            try:
+                event = parser.next_event()
+            except ParseError as error:
+                if not self.eof:
+                    if error.error_status_hint == 431:
+                        await self._headers_too_large()
+                    else:
+                        await self._send_error(
+                            error.error_status_hint, f"bad request: {error}", "bad_request"
+                        )
+                return None
+            if event is NEED_DATA:
+                if deadline < 0:
+                    if head is None and not parser.has_data:
+                        if not await self._wait_idle():
+                            self._close_mode = _CLOSE
+                            return None
+                        continue
+                    deadline = anyio.current_time() + limits.read_timeout_s
+                if not await self._wait_data(deadline):
+                    if not self.eof:
+                        await self._send_error(
+                            408,
+                            f"request not complete within {limits.read_timeout_s:g} s",
+                            "request_timeout",
+                        )
+                    return None
+                continue
+            if isinstance(event, BodyData):
+                body_size += len(event.data)
+                if body_size > limits.max_body_bytes:
+                    await self._body_too_large()
+                    return None
+                body_parts.append(event.data)
+            elif isinstance(event, RequestHead):
+                head = event
+                checked = await self._check_head(head)
+                if checked is None:
+                    return None
+                headers = checked
+            elif event is END_OF_MESSAGE and head is not None:
+                target = head.target.decode("latin-1")
+                path, _, _ = target.partition("?")
+                return HttpRequest(
+                    method=head.method.decode("ascii"),
+                    target=target,
+                    path=path,
+                    headers=headers,
+                    body=b"".join(body_parts) if body_parts else b"",
+                    client=self._client,
+                )
+            else:  # CLOSED: the client left between requests
+                assert event is CLOSED
+                return None
+
+    async def _check_head(self, head: RequestHead) -> list[tuple[bytes, bytes]] | None:
+        """Apply the header and declared-body limits, note keep-alive, say 100 Continue;
+        the headers as a list, or None when an error answer was sent instead."""
+        limits = self._limits
+        header_bytes = len(head.method) + len(head.target) + 12
+        declared = 0
+        keep_alive = head.http_version == b"1.1"
+        headers = list(head.headers)
+        for name, value in headers:
+            header_bytes += len(name) + len(value) + 4
+            if name == b"content-length":
+                declared = int(value)
+            elif name == b"connection" and b"close" in value.lower():
+                keep_alive = False
+        self._keep_alive = keep_alive
+        self._http10 = head.http_version != b"1.1"
+        if header_bytes > limits.max_header_bytes:
+            await self._headers_too_large()
+            return None
+        if declared > limits.max_body_bytes:
+            await self._body_too_large()
+            return None
+        if self._parser.client_is_waiting_for_100_continue:
+            await self._stream.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return headers
+
+    async def _headers_too_large(self) -> None:
+        await self._send_error(
+            431,
+            f"request line and headers exceed {self._limits.max_header_bytes} bytes",
+            "headers_too_large",
+        )
+
+    async def _body_too_large(self) -> None:
+        await self._send_error(
+            413, f"request body exceeds {self._limits.max_body_bytes} bytes", "body_too_large"
+        )
+
+    # ------------------------------------------------------------------ answering
+
+    async def _respond(self, request: HttpRequest) -> bool:
+        """Run the handler and send its answer; True when the connection takes another request."""
+        scope = self._handler_scope = anyio.CancelScope()
+        if self.eof:
+            scope.cancel()
+        keep_alive = self._keep_alive
+        chunked = not self._http10
+        try:
+            with scope:
+                try:
+                    response = await self._server.handler(request)
+                    keep_alive = keep_alive and not self._server.closing
+                    head = _encode_head(response, keep_alive=keep_alive, chunked=chunked)
+                except AbortConnection:
+                    raise
+                except Exception:
+                    logger.exception("handler failed: %s %s", request.method, request.target)
+                    response = _INTERNAL_ERROR
+                    head = _encode_head(response, keep_alive=keep_alive, chunked=chunked)
+                no_body = request.method == "HEAD" or response.status in _NO_BODY_STATUSES
+                if isinstance(response, HttpResponse):
+                    await self._send_response(head, response.body, no_body)
+                else:
+                    await self._send_stream(head, response.chunks, no_body)
+        except AbortConnection as abort:
+            self._close_mode = _RESET if abort.reset else _CLOSE
+            return False
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._close_mode = _CLOSE
+            return False
+        except Exception:
+            logger.exception("stream failed: %s %s", request.method, request.target)
+            self._close_mode = _CLOSE
+            return False
+        finally:
+            self._handler_scope = None
+        return keep_alive and not (scope.cancelled_caught or self.eof)
+
+    async def _send_response(self, head: bytes, body: bytes, no_body: bool) -> None:
+        if no_body or not body:
+            await self._stream.send(head)
+        elif len(body) <= SINGLE_WRITE_BYTES:
+            await self._stream.send(head + body)
+        else:
+            await self._stream.send(head)
+            await self._stream.send(body)
+
+    async def _send_stream(self, head: bytes, chunks: AsyncIterator[bytes], no_body: bool) -> None:
+        """Send the head now, then each chunk as it comes: chunked, or (HTTP/1.0) raw until
+        the close."""
+        raw = self._http10
+        try:
+            await self._stream.send(head)
+            if not no_body:
+                async for chunk in chunks:
+                    if chunk:
+                        await self._stream.send(
+                            chunk if raw else b"%x\r\n%b\r\n" % (len(chunk), chunk)
+                        )
+                if not raw:
+                    await self._stream.send(b"0\r\n\r\n")
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                with anyio.move_on_after(STREAM_ACLOSE_TIMEOUT_S, shield=True):
+                    await aclose()
+
+    async def _send_error(self, status: int, message: str, code: str) -> None:
+        """Answer a request we will not serve; the connection closes after."""
+        try:
+            await self._stream.send(_raw_error(status, message, code))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._close_mode = _CLOSE
+
+    # ------------------------------------------------------------------ closing
+
+    async def _linger(self) -> None:
+        """Half-close, then read (and drop) until the client closes or ``LINGER_S`` passes."""
+        self._lingering = True
+        if self._resume is not None:
+            self._resume.set()
+        try:
+            await self._stream.send_eof()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return
+        deadline = anyio.current_time() + LINGER_S
+        while not self.eof:
+            if not await self._wait_data(deadline):
+                return
+
+    def _set_linger_reset(self) -> None:
+        """Make the coming close send a TCP RST."""
+        try:
+            raw_socket = self._stream.extra(SocketAttribute.raw_socket)
+            raw_socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except (anyio.TypedAttributeLookupError, OSError):
+            logger.debug("could not set SO_LINGER for a reset")
