@@ -134,8 +134,11 @@ async def test_waits_for_the_daemon_and_survives_a_restart(
             exit_code = await anyio.to_thread.run_sync(lambda: daemon.stop(timeout=20))
             assert exit_code == 0
             await wait_until(pilot, lambda: app.monitor.state == "waiting")
-            await pilot.pause(0.1)
-            assert f"waiting for quotad at {daemon.socket_path}" in connection_line(app)
+
+            def shows_waiting() -> bool:  # repaints are capped at 5/s: wait for the line itself
+                return f"waiting for quotad at {daemon.socket_path}" in connection_line(app)
+
+            await wait_until(pilot, shows_waiting)
             assert "showing the last data seen" in connection_line(app)
 
             await anyio.to_thread.run_sync(daemon.start)
