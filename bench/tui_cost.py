@@ -34,6 +34,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -123,25 +124,38 @@ def run_tui_subscriber(socket: str) -> None:
     print(app.monitor.snapshots, flush=True)
 
 
-def _child(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+class Child:
+    """This file run as a child process, its stderr kept in a temporary file to show when it
+    fails to answer."""
 
+    def __init__(self, *args: str) -> None:
+        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (lives as long as the child)
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+        )
 
-def _expect_ready(process: subprocess.Popen[str], what: str) -> None:
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    if line != READY:
-        process.kill()
-        raise RuntimeError(f"the {what} did not answer ready: {line!r}")
+    def expect_ready(self, what: str) -> None:
+        """Wait for its ``ready`` line; if another comes, kill it and raise with its stderr."""
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        if line != READY:
+            self.process.kill()
+            self.process.wait(30)
+            self.stderr.seek(0)
+            said = self.stderr.read()[-2000:]
+            raise RuntimeError(f"the {what} did not answer ready: {line!r}; its stderr:\n{said}")
 
 
 class SwitchedSubscriber:
     """The subscriber process whose subscriptions the bench switches on and off."""
 
     def __init__(self, socket: Path) -> None:
-        self.process = _child("--subscriber", "switched", "--socket", str(socket))
+        self.child = Child("--subscriber", "switched", "--socket", str(socket))
+        self.process = self.child.process
 
     def switch(self, subscriptions: int) -> None:
         """Hold ``subscriptions`` subscriptions (0: none), once each has had a snapshot."""
@@ -149,7 +163,7 @@ class SwitchedSubscriber:
         assert stdin is not None
         stdin.write(f"on {subscriptions}\n" if subscriptions else "off\n")
         stdin.flush()
-        _expect_ready(self.process, "switched subscriber")
+        self.child.expect_ready("switched subscriber")
 
     def close(self) -> None:
         """End the process (its stdin closes, it leaves)."""
@@ -162,8 +176,9 @@ class TuiProcess:
     """``quotad top`` headless in its own process, ready once it has had a snapshot."""
 
     def __init__(self, socket: Path) -> None:
-        self.process = _child("--subscriber", "tui", "--socket", str(socket))
-        _expect_ready(self.process, "TUI")
+        self.child = Child("--subscriber", "tui", "--socket", str(socket))
+        self.process = self.child.process
+        self.child.expect_ready("TUI")
         self.started = time.monotonic()
         self.cpu_started = cpu_seconds(self.process.pid)
 

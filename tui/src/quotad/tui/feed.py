@@ -130,6 +130,8 @@ class DaemonFeed:
                 reason = why_unavailable(error)
             except OSError as error:
                 reason = str(error) or type(error).__name__
+            except Exception as error:  # a monitor outlives whatever the connection throws
+                reason = f"{type(error).__name__}: {error}"
             finally:
                 self._client = None
             deliver(Waiting(reason))
