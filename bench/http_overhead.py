@@ -15,11 +15,9 @@ does not depend on what else runs. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._timing import concurrent, cpu_seconds, percentile, sequential
 from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
 from tests.support.sim import SimProcess
 
@@ -55,32 +54,19 @@ def body(model: str) -> bytes:
     return msgspec.json.encode({"model": model, "messages": MESSAGES, "max_tokens": 8})
 
 
-def cpu_s(pid: int | None) -> float:
-    """CPU time (user + system) process ``pid`` has used so far."""
-    assert pid is not None
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class CpuMeter:
     """CPU seconds a process used during the blocks it measures."""
 
     def __init__(self, pid: int | None) -> None:
+        assert pid is not None
         self.pid = pid
         self.total_s = 0.0
 
     def measure(self, call: Callable[[], list[float]]) -> list[float]:
-        before = cpu_s(self.pid)
+        before = cpu_seconds(self.pid)
         result = call()
-        self.total_s += cpu_s(self.pid) - before
+        self.total_s += cpu_seconds(self.pid) - before
         return result
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    """The ``fraction`` quantile of ``samples`` (nearest rank)."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 class Errors:
@@ -93,33 +79,6 @@ class Errors:
     def check(self, response: httpx.Response, path: str) -> None:
         if response.status_code != 200 or not response.json()["choices"][0]["message"]["content"]:
             setattr(self, path, getattr(self, path) + 1)
-
-
-def sequential(call: Callable[[], Any], count: int) -> list[float]:
-    """Latencies of ``count`` calls one after another."""
-    latencies = []
-    for _ in range(count):
-        started = time.perf_counter()
-        call()
-        latencies.append(time.perf_counter() - started)
-    return latencies
-
-
-async def concurrent(call: Callable[[], Awaitable[Any]], count: int, concurrency: int) -> float:
-    """Requests per second of ``count`` calls from ``concurrency`` tasks."""
-    remaining = count
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await call()
-
-    started = time.perf_counter()
-    async with anyio.create_task_group() as group:
-        for _ in range(concurrency):
-            group.start_soon(worker)
-    return count / (time.perf_counter() - started)
 
 
 def measure(rounds: int, requests: int) -> dict[str, Any]:

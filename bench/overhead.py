@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._timing import concurrent, percentile, sequential
 from quotad.client import AsyncClient, Client
 from tests.support.daemon import DaemonProcess, sim_provider_config
 from tests.support.sim import SimProcess
@@ -38,39 +37,6 @@ listen = ""
 mode = "off"
 {provider}
 """
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    """The ``fraction`` quantile of ``samples`` (nearest rank)."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def sequential(call: Callable[[], Any], count: int) -> list[float]:
-    """Latencies of ``count`` calls one after another."""
-    latencies = []
-    for _ in range(count):
-        started = time.perf_counter()
-        call()
-        latencies.append(time.perf_counter() - started)
-    return latencies
-
-
-async def concurrent(call: Callable[[], Awaitable[Any]], count: int, concurrency: int) -> float:
-    """Requests per second of ``count`` calls from ``concurrency`` tasks."""
-    remaining = count
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await call()
-
-    started = time.perf_counter()
-    async with anyio.create_task_group() as group:
-        for _ in range(concurrency):
-            group.start_soon(worker)
-    return count / (time.perf_counter() - started)
 
 
 def measure(rounds: int, requests: int) -> dict[str, Any]:

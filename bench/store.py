@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._timing import percentile, sequential
 from quotad.client import AsyncClient, Client
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database, Durability
@@ -49,20 +49,6 @@ listen = ""
 """
 
 
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def timed(call: Callable[[], Any], count: int) -> list[float]:
-    latencies = []
-    for _ in range(count):
-        started = time.perf_counter()
-        call()
-        latencies.append(time.perf_counter() - started)
-    return latencies
-
-
 def cache_hits(durability: str, hits: int, rounds: int) -> dict[str, float]:
     """Hit latency and throughput through a daemon with this durability."""
     with SimProcess() as sim:
@@ -77,11 +63,11 @@ def cache_hits(durability: str, hits: int, rounds: int) -> dict[str, float]:
                     assert client.chat(MODEL, MESSAGES, max_tokens=16).cached
 
                 client.chat(MODEL, MESSAGES, max_tokens=16)  # stores the answer
-                timed(hit, 100)  # warm up
-                timed(client.status, 100)
+                sequential(hit, 100)  # warm up
+                sequential(client.status, 100)
                 for _ in range(rounds):
-                    hit_latencies += timed(hit, hits // rounds)
-                    status_latencies += timed(client.status, hits // rounds)
+                    hit_latencies += sequential(hit, hits // rounds)
+                    status_latencies += sequential(client.status, hits // rounds)
 
             async def concurrent() -> float:
                 async with AsyncClient(socket=daemon.socket_path, app="bench") as client:

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +47,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._timing import concurrent, cpu_seconds
 from quotad.client import AsyncClient, Snapshot
 from tests.support.daemon import DaemonProcess, sim_provider_config
 from tests.support.sim import SimProcess
@@ -65,12 +66,6 @@ listen = ""
 mode = "off"
 {provider}
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process ``pid`` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- subscriber processes
@@ -198,23 +193,6 @@ class TuiProcess:
 # --------------------------------------------------------------------------- load
 
 
-async def throughput(call: Callable[[], Awaitable[Any]], count: int) -> float:
-    """Requests per second of ``count`` calls from :data:`CONCURRENCY` tasks."""
-    remaining = count
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await call()
-
-    started = time.perf_counter()
-    async with anyio.create_task_group() as group:
-        for _ in range(CONCURRENCY):
-            group.start_soon(worker)
-    return count / (time.perf_counter() - started)
-
-
 async def steady_load(
     call: Callable[[], Coroutine[Any, Any, Any]], rate: float, until: anyio.Event
 ) -> None:
@@ -260,20 +238,21 @@ def measure(
 
                 async def arm(name: str) -> None:
                     if name == "alone":
-                        rps[name].append(await throughput(chat, requests))
+                        rps[name].append(await concurrent(chat, requests, CONCURRENCY))
                     elif name == "subscriber":
                         await anyio.to_thread.run_sync(subscriber.switch, 1)
-                        rps[name].append(await throughput(chat, requests))
+                        rps[name].append(await concurrent(chat, requests, CONCURRENCY))
                         await anyio.to_thread.run_sync(subscriber.switch, 0)
                     else:
                         tui = await anyio.to_thread.run_sync(TuiProcess, daemon.socket_path)
                         try:
-                            rps[name].append(await throughput(chat, requests))
+                            rps[name].append(await concurrent(chat, requests, CONCURRENCY))
                         finally:
                             rate_seen = await anyio.to_thread.run_sync(tui.stop)
                             tui_snapshot_rates.append(rate_seen)
 
-                capacity = await throughput(chat, requests)  # warms up; sets the steady rate
+                # warms up; sets the steady rate
+                capacity = await concurrent(chat, requests, CONCURRENCY)
                 orders = [("alone", "subscriber", "tui"), ("tui", "alone", "subscriber"),
                           ("subscriber", "tui", "alone")]  # fmt: skip
                 for number in range(rounds):
