@@ -66,7 +66,9 @@ from quotad.protocol.messages import (
     Chat,
     ChatChunk,
     ChatEnd,
+    ChatReply,
     Embed,
+    EmbedReply,
     Priority,
     StatusReply,
 )
@@ -312,6 +314,21 @@ class FrontDoor:
             return "hit"
         return "bypass" if self._cache_off or mode == "bypass" else "miss"
 
+    def _answer_headers(
+        self, answer: ChatReply | EmbedReply | ChatChunk | ChatEnd, mode: str
+    ) -> Headers:
+        """The ``x-quotad-*`` headers an answer tells when it starts."""
+        cache = self._cache_state(answer.cached, mode)
+        return quotad_headers(
+            answer.request_id, answer.target, cache, answer.wait_s, answer.attempts
+        )
+
+    def _whole_answer(self, reply: ChatReply | EmbedReply, mode: str, body: bytes) -> HttpResponse:
+        """A 200 with a whole JSON body: the ``x-quotad-*`` headers, its cost included."""
+        headers = self._answer_headers(reply, mode)
+        headers += (JSON_CONTENT, cost_header(reply.cost_usd))
+        return HttpResponse(200, headers, body)
+
     # ------------------------------------------------------------------ OpenAI endpoints
 
     async def _chat_completions(self, request: HttpRequest) -> Response:
@@ -325,17 +342,8 @@ class FrontDoor:
             encoder = openai.CompletionStream(chat.model, created, body.include_usage)
             return await self._stream(chat, caller, encoder)
         reply = await self.broker.chat(chat, caller)
-        response_headers = quotad_headers(
-            reply.request_id,
-            reply.target,
-            self._cache_state(reply.cached, chat.cache),
-            reply.wait_s,
-            reply.attempts,
-        )
-        response_headers += (JSON_CONTENT, cost_header(reply.cost_usd))
-        return HttpResponse(
-            200, response_headers, openai.completion_body(reply, chat.model, created)
-        )
+        body_bytes = openai.completion_body(reply, chat.model, created)
+        return self._whole_answer(reply, chat.cache, body_bytes)
 
     async def _embeddings(self, request: HttpRequest) -> Response:
         headers = self._read_headers(request)
@@ -344,19 +352,8 @@ class FrontDoor:
         embed = openai.embed_request(body)
         _apply_options(embed, headers)
         reply = await self.broker.embed(embed, caller)
-        response_headers = quotad_headers(
-            reply.request_id,
-            reply.target,
-            self._cache_state(reply.cached, embed.cache),
-            reply.wait_s,
-            reply.attempts,
-        )
-        response_headers += (JSON_CONTENT, cost_header(reply.cost_usd))
-        return HttpResponse(
-            200,
-            response_headers,
-            openai.embeddings_body(reply, embed.model, body.encoding_format),
-        )
+        body_bytes = openai.embeddings_body(reply, embed.model, body.encoding_format)
+        return self._whole_answer(reply, embed.cache, body_bytes)
 
     def _model_list(self) -> list[tuple[str, str]]:
         """(name, owner) of every name a request may use: groups are quotad's, targets and
@@ -400,15 +397,7 @@ class FrontDoor:
         if chat.stream:
             return await self._stream(chat, caller, anthropic.MessageStream(chat.model))
         reply = await self.broker.chat(chat, caller)
-        response_headers = quotad_headers(
-            reply.request_id,
-            reply.target,
-            self._cache_state(reply.cached, chat.cache),
-            reply.wait_s,
-            reply.attempts,
-        )
-        response_headers += (JSON_CONTENT, cost_header(reply.cost_usd))
-        return HttpResponse(200, response_headers, anthropic.message_body(reply, chat.model))
+        return self._whole_answer(reply, chat.cache, anthropic.message_body(reply, chat.model))
 
     # ------------------------------------------------------------------ streams
 
@@ -425,13 +414,7 @@ class FrontDoor:
                 await stream.aclose()
             raise
         headers: Headers = [*SSE_HEADERS]
-        headers += quotad_headers(
-            first.request_id,
-            first.target,
-            self._cache_state(first.cached, chat.cache),
-            first.wait_s,
-            first.attempts,
-        )
+        headers += self._answer_headers(first, chat.cache)
         if isinstance(first, ChatEnd):
             headers.append(cost_header(first.cost_usd))
         return StreamingResponse(200, headers, _events(stream, first, encoder))
