@@ -6,10 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import anyio
 import pytest
 
+import quotad.tui.feed
 from quotad.client import ConnectionLostError, DaemonUnavailableError, UnknownModelError
-from quotad.tui.feed import DaemonFeed, why_unavailable
+from quotad.tui.feed import DaemonFeed, FeedEvent, Waiting, why_unavailable
 from quotad.tui.format import bar, seconds, size, spark, usd
 
 
@@ -68,3 +70,28 @@ def test_an_interval_outside_what_subscribe_accepts_is_refused() -> None:
     )
     assert result.returncode == 2
     assert "--interval 0 is outside 0.05-3600 s" in result.stderr
+
+
+def test_the_feed_outlives_an_unexpected_error_and_says_what_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Exploding:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        async def __aenter__(self) -> Exploding:
+            raise RuntimeError("a surprise from the connection")
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(quotad.tui.feed, "AsyncClient", Exploding)
+    events: list[FeedEvent] = []
+
+    async def follow_a_while() -> None:
+        with anyio.move_on_after(0.6):
+            await DaemonFeed("/x.sock").follow(events.append)
+
+    anyio.run(follow_a_while)
+    assert len(events) >= 2  # it kept retrying
+    assert events[0] == Waiting("RuntimeError: a surprise from the connection")
