@@ -71,6 +71,26 @@ def test_head_body_and_lower_cased_names() -> None:
     ]
 
 
+def test_header_values_lose_surrounding_blanks_and_keep_inner_ones() -> None:
+    head = (
+        b"GET / HTTP/1.1\r\nhost:a\r\nx-a: \t two  words \t\r\nx-empty:\r\n"
+        b"x-tab: a\tb\r\nx-bare-lf:  c\nx-last: d \r\n\r\n"
+    )
+    [(_, _, headers, _)] = parse_all([head])
+    assert headers == [
+        (b"host", b"a"),
+        (b"x-a", b"two  words"),
+        (b"x-empty", b""),
+        (b"x-tab", b"a\tb"),
+        (b"x-bare-lf", b"c"),
+        (b"x-last", b"d"),
+    ]
+    parser = RequestParser(max_head_bytes=4096)
+    parser.receive_data(b"GET / HTTP/1.1\r\nhost: a\r\nx: a\rb\r\n\r\n")
+    with pytest.raises(ParseError, match="bad character in header 'x'"):
+        parser.next_event()
+
+
 @given(st.lists(st.integers(0, len(POST + CHUNKED + GET_10)), max_size=8))
 def test_any_split_of_pipelined_requests_parses_the_same(cuts: list[int]) -> None:
     data = POST + CHUNKED + GET_10

@@ -22,7 +22,7 @@ with the status to answer:
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, NoReturn
 
 NEED_DATA: Final = "need data"
 END_OF_MESSAGE: Final = "end of message"
@@ -31,7 +31,11 @@ CLOSED: Final = "closed"
 
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET: Final = re.compile(rb"[\x21-\x7e\x80-\xff]+")
-_BAD_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_HEADER_LINE: Final = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r?"
+)
+"""A whole header line as split on LF: a token name, and a value without control characters
+but tab, its surrounding blanks (and the line's CR) outside the group."""
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]+")
 _TOKEN_START: Final = frozenset(
     b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -153,15 +157,10 @@ class RequestParser:
         chunked = False
         has_host = False
         for raw in lines[1:]:
-            line = raw.removesuffix(b"\r")
-            if line[:1] in (b" ", b"\t"):
-                raise ParseError("obsolete header line folding")
-            name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN.fullmatch(name):
-                raise ParseError(f"bad header line {line[:100]!r}")
-            value = value.strip(b" \t")
-            if _BAD_VALUE.search(value):
-                raise ParseError(f"bad character in header {name.decode()!r}")
+            match = _HEADER_LINE.fullmatch(raw)
+            if match is None:
+                _refuse_header_line(raw.removesuffix(b"\r"))
+            name, value = match.groups()
             name = name.lower()
             headers.append((name, value))
             if name == b"content-length":
@@ -245,6 +244,17 @@ class RequestParser:
             elif not line:  # _TRAILERS: an empty line ends them
                 self._state = _DONE
                 return END_OF_MESSAGE
+
+
+def _refuse_header_line(line: bytes) -> NoReturn:
+    """Raise the :class:`ParseError` that says what is wrong with a header ``line`` that
+    :data:`_HEADER_LINE` did not match."""
+    if line[:1] in (b" ", b"\t"):
+        raise ParseError("obsolete header line folding")
+    name, colon, _ = line.partition(b":")
+    if not colon or not _TOKEN.fullmatch(name):
+        raise ParseError(f"bad header line {line[:100]!r}")
+    raise ParseError(f"bad character in header {name.decode()!r}")
 
 
 def _request_line(line: bytes) -> RequestHead:
