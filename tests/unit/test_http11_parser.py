@@ -4,6 +4,8 @@ bytes are split, and every refusal with its status."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -89,6 +91,27 @@ def test_header_values_lose_surrounding_blanks_and_keep_inner_ones() -> None:
     parser.receive_data(b"GET / HTTP/1.1\r\nhost: a\r\nx: a\rb\r\n\r\n")
     with pytest.raises(ParseError, match="bad character in header 'x'"):
         parser.next_event()
+
+
+def test_long_runs_of_blanks_in_a_bad_header_are_refused_without_backtracking() -> None:
+    """A backtracking header pattern takes hours over these lines (cubic in the blanks); the
+    child process must finish, with every line refused, long before the bound."""
+    code = (
+        "from quotad.daemon.http11.parser import ParseError, RequestParser\n"
+        "for value in (b' ' * 20000 + b'\\x01', b' ' * 9000 + b'a' + b' ' * 9000 + b'\\x01'):\n"
+        "    parser = RequestParser(max_head_bytes=65536)\n"
+        "    head = b'GET / HTTP/1.1\\r\\nhost: a\\r\\nx:' + value + b'\\r\\n\\r\\n'\n"
+        "    parser.receive_data(head)\n"
+        "    try:\n"
+        "        parser.next_event()\n"
+        "    except ParseError as error:\n"
+        "        print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["bad character in header 'x'"] * 2
 
 
 @given(st.lists(st.integers(0, len(POST + CHUNKED + GET_10)), max_size=8))

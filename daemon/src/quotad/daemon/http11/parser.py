@@ -32,10 +32,13 @@ CLOSED: Final = "closed"
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET: Final = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 _HEADER_LINE: Final = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*\r?"
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*+"
+    rb"((?:[^\x00-\x20\x7f]++|[ \t]++(?=[^\x00-\x20\x7f]))*+)[ \t]*+\r?"
 )
 """A whole header line as split on LF: a token name, and a value without control characters
-but tab, its surrounding blanks (and the line's CR) outside the group."""
+but tab, its surrounding blanks (and the line's CR) outside the group. The value is runs of
+visible bytes and runs of blanks followed by a visible byte, all possessive: the match takes
+linear time whatever the line (a lazy ``.*?`` between blanks backtracks cubically)."""
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]+")
 _TOKEN_START: Final = frozenset(
     b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
