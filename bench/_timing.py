@@ -45,6 +45,25 @@ async def concurrent(call: Callable[[], Awaitable[Any]], count: int, concurrency
     return count / (time.perf_counter() - started)
 
 
+async def interleaved_throughput(
+    first: Callable[[], Awaitable[Any]],
+    second: Callable[[], Awaitable[Any]],
+    rounds: int,
+    count: int,
+    concurrency: int,
+) -> tuple[list[float], list[float]]:
+    """Requests per second of ``first`` and of ``second``, one round of each in turn (after
+    a warm-up of both), so that the noise of a shared machine falls on both alike."""
+    await concurrent(first, 2 * concurrency, concurrency)
+    await concurrent(second, 2 * concurrency, concurrency)
+    first_rps: list[float] = []
+    second_rps: list[float] = []
+    for _ in range(rounds):
+        first_rps.append(await concurrent(first, count, concurrency))
+        second_rps.append(await concurrent(second, count, concurrency))
+    return first_rps, second_rps
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time process ``pid`` has used so far."""
     with open(f"/proc/{pid}/stat") as stat:

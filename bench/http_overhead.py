@@ -27,7 +27,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import concurrent, cpu_seconds, percentile, sequential
+from bench._timing import cpu_seconds, interleaved_throughput, percentile, sequential
 from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
 from tests.support.sim import SimProcess
 
@@ -114,8 +114,6 @@ def measure(rounds: int, requests: int) -> dict[str, Any]:
                     )
 
             async def c32() -> tuple[list[float], list[float]]:
-                direct_rps: list[float] = []
-                front_door_rps: list[float] = []
                 limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
                 async with httpx.AsyncClient(limits=limits, trust_env=False) as http:
 
@@ -129,14 +127,9 @@ def measure(rounds: int, requests: int) -> dict[str, Any]:
                         )
                         errors.check(response, "front_door")
 
-                    await concurrent(direct, 64, 32)
-                    await concurrent(through_front_door, 64, 32)
-                    for _ in range(rounds):
-                        direct_rps.append(await concurrent(direct, requests * 2, 32))
-                        front_door_rps.append(
-                            await concurrent(through_front_door, requests * 2, 32)
-                        )
-                return direct_rps, front_door_rps
+                    return await interleaved_throughput(
+                        direct, through_front_door, rounds, requests * 2, 32
+                    )
 
             direct_rps, front_door_rps = anyio.run(c32, backend_options={"use_uvloop": True})
 

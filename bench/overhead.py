@@ -21,7 +21,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import concurrent, percentile, sequential
+from bench._timing import interleaved_throughput, percentile, sequential
 from quotad.client import AsyncClient, Client
 from tests.support.daemon import DaemonProcess, sim_provider_config
 from tests.support.sim import SimProcess
@@ -63,8 +63,6 @@ def measure(rounds: int, requests: int) -> dict[str, Any]:
                 daemon_c1 += sequential(through_daemon, requests)
 
         async def c32() -> tuple[list[float], list[float]]:
-            direct_rps: list[float] = []
-            daemon_rps: list[float] = []
             limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
             async with (
                 httpx.AsyncClient(limits=limits) as http,
@@ -78,12 +76,9 @@ def measure(rounds: int, requests: int) -> dict[str, Any]:
                 async def through_daemon() -> None:
                     await native.chat("sim/gpt-4o-mini", MESSAGES, max_tokens=8, cache="bypass")
 
-                await concurrent(direct, 64, 32)
-                await concurrent(through_daemon, 64, 32)
-                for _ in range(rounds):
-                    direct_rps.append(await concurrent(direct, requests * 2, 32))
-                    daemon_rps.append(await concurrent(through_daemon, requests * 2, 32))
-            return direct_rps, daemon_rps
+                return await interleaved_throughput(
+                    direct, through_daemon, rounds, requests * 2, 32
+                )
 
         direct_rps, daemon_rps = anyio.run(c32, backend_options={"use_uvloop": True})
 
