@@ -167,7 +167,7 @@ class Broker:
                 tool_calls=result.tool_calls,
                 finish_reason=result.finish_reason,
                 usage=result.usage,
-                target=context.target.name if context.target else "",
+                target=context.target_name,
                 attempts=context.attempts,
                 wait_s=context.wait_s,
                 request_id=context.request_id,
@@ -195,12 +195,12 @@ class Broker:
             self._reserve_budget(context, route, prompt_tokens, request.cache)  # 2
             key = self.cache.key_of(request)
             hit = self.cache.lookup(key, request.cache)  # 3
-            if hit is not None:  # a hit replays its chunks, then 7
+            if hit is not None:  # a hit: 7 (its row committed), then its chunks replayed
                 answer = self._answer_from_cache(context, hit, CachedChat)
-                for chunk in answer.replay(request.id):
-                    yield chunk
                 end = answer.reply(ChatEnd, request.id, context.request_id, context.saved_usd)
                 end.latency_s = await self._finish(context, end.usage)  # 7
+                for chunk in answer.replay(request.id):
+                    yield chunk
                 yield end
                 return
 
@@ -219,27 +219,33 @@ class Broker:
             stream, first = await self._attempt_targets(route, context, call)  # 4-6
             target = context.target
             assert target is not None
+            stores = key is not None and self.cache.stores(request.cache)
             parts: list[str] = []
-            sent: list[ChatChunk] = []
+            sent: list[ChatChunk] = []  # for the cache, when it stores the answer
             target.in_flight += 1
             try:
                 if first is not None:
                     parts.append(first.delta)
-                    sent.append(chunk := first_chunk_of(request.id, first, context))
+                    chunk = first_chunk_of(request.id, first, context)
+                    if stores:
+                        sent.append(chunk)
                     yield chunk
                     async for delta in stream.deltas():
                         parts.append(delta.delta)
-                        sent.append(chunk := chunk_of(request.id, delta))
+                        chunk = chunk_of(request.id, delta)
+                        if stores:
+                            sent.append(chunk)
                         yield chunk
             except ProviderError as error:
                 target.stream_broke()
+                partial = "".join(parts)
                 broken = RequestError(
                     "upstream_error",
                     f"{target.name} broke the stream after it started ({error.kind}): "
                     f"{error.message}",
-                    details={"partial_content": "".join(parts), "target": target.name},
+                    details={"partial_content": partial, "target": target.name},
                 )
-                usage = partial_usage(stream.usage, request, "".join(parts))
+                usage = partial_usage(stream.usage, prompt_tokens, partial)
                 with anyio.CancelScope(shield=True):
                     await self._finish(context, usage, error=broken)  # 7
                 raise broken from None
@@ -258,7 +264,8 @@ class Broker:
                 request_id=context.request_id,
             )
             stored = None
-            if key is not None and self.cache.stores(request.cache):
+            if stores:
+                assert key is not None
                 stored = Cacheable(key, "chat", CachedChat.of(end, sent))
             end.latency_s = await self._finish(context, end.usage, cache_store=stored)  # 7
             end.cost_usd = context.cost_usd
@@ -294,7 +301,7 @@ class Broker:
                 id=request.id,
                 embeddings=result.embeddings,
                 usage=result.usage,
-                target=context.target.name if context.target else "",
+                target=context.target_name,
                 attempts=context.attempts,
                 wait_s=context.wait_s,
                 request_id=context.request_id,
@@ -442,6 +449,12 @@ class Broker:
                 with anyio.CancelScope(shield=True):
                     await self._finish(context, status="cancelled")
             raise
+        except Exception as failure:  # a bug, not a request's error: still a row, holds back
+            if not context.finished:
+                internal = RequestError("internal", f"{type(failure).__name__}: {failure}")
+                with anyio.CancelScope(shield=True):
+                    await self._finish(context, error=internal)
+            raise
         finally:
             self.in_flight -= 1
             activity.in_flight -= 1
@@ -468,7 +481,7 @@ class Broker:
         if context.reservation is not None:  # return the tokens that were not used
             self.gates.settle(context.reservation, usage.total_tokens or None)
             context.reservation = None
-        target = context.target.name if context.target else ""
+        target = context.target_name
         price = self.prices.for_target(target) if target and not context.cached else None
         cost = context.cost_usd = price.cost(usage) if price is not None else 0.0
         for alert in self.budgets.settle(context.budget, context.caller.app, cost, now):

@@ -11,8 +11,8 @@ from quotad.daemon.gates import Reservation
 from quotad.daemon.providers.base import ChatDelta, ChatStream, RateLimitInfo
 from quotad.daemon.routing import Target
 from quotad.daemon.store.budgets import BudgetHold
-from quotad.daemon.tokens import estimate_prompt_tokens, estimate_text_tokens
-from quotad.protocol.messages import Chat, ChatChunk, Usage
+from quotad.daemon.tokens import estimate_text_tokens
+from quotad.protocol.messages import ChatChunk, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,11 @@ class RequestContext:
     saved_usd: float = 0.0
     cost_usd: float = 0.0
 
+    @property
+    def target_name(self) -> str:
+        """The name of the target that answers ("" before one was picked)."""
+        return self.target.name if self.target is not None else ""
+
 
 class OpenedStream(NamedTuple):
     """A stream whose provider accepted it, with its first piece (None: it was empty)."""
@@ -95,12 +100,12 @@ def chunk_of(request_id: int, delta: ChatDelta) -> ChatChunk:
     )
 
 
-def partial_usage(usage: Usage, request: Chat, content: str) -> Usage:
+def partial_usage(usage: Usage, prompt_tokens: int, content: str) -> Usage:
     """The usage of a stream that broke: what the provider reported, with local estimates
-    for what it did not (a stream usually reports usage only at its end)."""
+    for what it did not (``prompt_tokens``: the request's; a stream usually reports usage
+    only at its end)."""
     return Usage(
-        prompt_tokens=usage.prompt_tokens
-        or estimate_prompt_tokens(request.messages, request.tools),
+        prompt_tokens=usage.prompt_tokens or prompt_tokens,
         completion_tokens=usage.completion_tokens or estimate_text_tokens(content),
         cached_tokens=usage.cached_tokens,
     )
@@ -110,7 +115,7 @@ def first_chunk_of(request_id: int, delta: ChatDelta, context: RequestContext) -
     """A stream's first chunk: it also says who answers (see :class:`ChatChunk`)."""
     chunk = chunk_of(request_id, delta)
     chunk.request_id = context.request_id
-    chunk.target = context.target.name if context.target else ""
+    chunk.target = context.target_name
     chunk.attempts = context.attempts
     chunk.wait_s = context.wait_s
     return chunk

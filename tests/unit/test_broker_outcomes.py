@@ -1,0 +1,120 @@
+"""Every outcome is a ledger row committed before the caller hears of it: a provider that
+fails with something other than a request error (a bug) still leaves its row and gives its
+budget hold back, and a streamed cache hit commits its row before its first chunk."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from quotad.daemon.broker import Broker
+from quotad.daemon.config import Config, parse_config
+from quotad.daemon.providers.base import (
+    NO_RATE_LIMITS,
+    ChatDelta,
+    ChatResult,
+    ChatStream,
+    EmbedResult,
+)
+from quotad.daemon.request import Caller
+from quotad.daemon.routing import Router
+from quotad.daemon.store import Store
+from quotad.protocol.messages import Chat, ChatChunk, ChatMessage, Usage
+from tests.support.store import open_store
+
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+
+
+class ThreeDeltas:
+    """A provider stream of three pieces."""
+
+    rate_limits = NO_RATE_LIMITS
+    usage = Usage(prompt_tokens=5, completion_tokens=3)
+    finish_reason: str | None = "stop"
+
+    async def deltas(self) -> AsyncIterator[ChatDelta]:
+        for piece in ("a", "b", "c"):
+            yield ChatDelta(delta=piece)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Provider:
+    """Answers chats and streams; ``broken`` makes its chats fail with a bug."""
+
+    kind = "openai"
+    name = "p"
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    async def chat(self, model: str, request: Chat, max_tokens: int) -> ChatResult:
+        if self.broken:
+            raise KeyError("a bug in the provider code")
+        return ChatResult(content="x", usage=Usage(prompt_tokens=5, completion_tokens=3))
+
+    async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
+        return ThreeDeltas()
+
+    async def embed(
+        self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
+    ) -> EmbedResult:
+        raise NotImplementedError
+
+    async def list_models(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        pass
+
+
+def config() -> Config:
+    return parse_config(
+        {
+            "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+            "models": {"g": {"targets": ["p/gpt-4o"]}},
+            "budgets": {"daily_usd": 10.0},
+        }
+    )
+
+
+def chat(content: str, *, stream: bool = False) -> Chat:
+    messages = [ChatMessage(role="user", content=content)]
+    return Chat(id=1, model="g", stream=stream, messages=messages)
+
+
+async def ledger_rows(store: Store) -> list[tuple[Any, ...]]:
+    return await store.db.read("SELECT status, cached FROM ledger ORDER BY id")
+
+
+async def test_a_failure_that_is_not_a_request_error_is_a_row_and_frees_its_hold(
+    anyio_backend: str,
+) -> None:
+    provider = Provider()
+    async with open_store(config()) as store:
+        broker = Broker(config(), Router(config(), {"p": provider}), store)
+        provider.broken = True
+        with pytest.raises(KeyError, match="a bug in the provider code"):
+            await broker.chat(chat("hi"), Caller(app="a"))
+        assert await ledger_rows(store) == [("internal", 0)]
+        [daily] = store.budgets.global_budgets
+        assert (daily.held, daily.reserved_usd) == (0, 0.0)
+        assert broker.in_flight == 0
+
+
+async def test_a_streamed_hit_commits_its_row_before_its_first_chunk(anyio_backend: str) -> None:
+    async with open_store(config()) as store:
+        broker = Broker(config(), Router(config(), {"p": Provider()}), store)
+        caller = Caller(app="a")
+        async for _ in broker.chat_stream(chat("hi", stream=True), caller):
+            pass  # a miss: its answer is cached
+        replies = broker.chat_stream(chat("hi", stream=True), caller)
+        first = await anext(replies)
+        assert isinstance(first, ChatChunk)
+        assert await ledger_rows(store) == [("ok", 0), ("ok", 1)]  # the hit's row is in
+        rest = [type(reply).__name__ async for reply in replies]
+        assert rest[-1] == "ChatEnd"
+        assert set(rest[:-1]) <= {"ChatChunk"}
