@@ -118,6 +118,15 @@ async def test_flush_writes_kept_rows_at_shutdown(db: Database) -> None:
     assert await db.read("SELECT request_id FROM ledger") == [("qd-test-7",)]
 
 
+async def test_flush_during_a_retry_writes_each_kept_row_once(db: Database) -> None:
+    ledger = Ledger(db, CALENDAR)
+    ledger.unrecorded.append(row(7))
+    ledger._retry_unrecorded()  # what the next record() does first; not committed yet
+    await ledger.flush()
+    assert await db.read("SELECT request_id FROM ledger") == [("qd-test-7",)]
+    assert ledger.unrecorded == []
+
+
 async def test_spent_by_app_sums_today_and_this_month(db: Database) -> None:
     ledger = Ledger(db, CALENDAR)
     for number, (at, app, cost) in enumerate(

@@ -39,7 +39,6 @@ class Calendar:
     when empty). Day and month boundaries are cached, so labelling a time is cheap."""
 
     def __init__(self, timezone: str = "") -> None:
-        self.timezone = timezone
         self._zone: tzinfo | None = ZoneInfo(timezone) if timezone else None
         self._day: tuple[float, float, str] = (0.0, 0.0, "")
         self._month: tuple[float, float, str] = (0.0, 0.0, "")

@@ -103,15 +103,9 @@ class CachedChat(msgspec.Struct, array_like=True):
 
     def replay(self, request_id: int) -> list[ChatChunk]:
         """The chunks a stream hit sends (one chunk when a warmed answer has none)."""
-        if not self.chunks:
-            return [
-                ChatChunk(
-                    id=request_id,
-                    delta=self.content or "",
-                    tool_calls=self.tool_calls,
-                    finish_reason=self.finish_reason,
-                )
-            ]
+        chunks = self.chunks or [
+            CachedChunk(self.content or "", self.tool_calls, self.finish_reason)
+        ]
         return [
             ChatChunk(
                 id=request_id,
@@ -119,7 +113,7 @@ class CachedChat(msgspec.Struct, array_like=True):
                 tool_calls=chunk.tool_calls,
                 finish_reason=chunk.finish_reason,
             )
-            for chunk in self.chunks
+            for chunk in chunks
         ]
 
 
@@ -391,11 +385,7 @@ class Cache:
         self.max_bytes = int(config.max_mb * 1024 * 1024)
         self.eviction = config.eviction
         if policy_changed:
-            self._heap = [
-                (*self._priority(entry), entry.version, entry.key)
-                for entry in self._entries.values()
-            ]
-            heapq.heapify(self._heap)
+            self._refile_all()
         if dropped := self._evict(keep=None):
             self._db.write_later(dropped)
 
@@ -416,10 +406,14 @@ class Cache:
         first, second = self._priority(entry)
         heapq.heappush(self._heap, (first, second, entry.version, entry.key))
         if len(self._heap) > 2 * len(self._entries) + HEAP_SLACK:
-            self._heap = [
-                (*self._priority(live), live.version, live.key) for live in self._entries.values()
-            ]
-            heapq.heapify(self._heap)
+            self._refile_all()
+
+    def _refile_all(self) -> None:
+        """Rebuild the eviction heap from the live entries (a new policy, or stale items)."""
+        self._heap = [
+            (*self._priority(entry), entry.version, entry.key) for entry in self._entries.values()
+        ]
+        heapq.heapify(self._heap)
 
     def _add(self, entry: CacheEntry) -> None:
         self._entries[entry.key] = entry

@@ -76,9 +76,7 @@ class WriteStats:
     """What the committer has done since the database was opened."""
 
     transactions: int = 0
-    batches: int = 0
     statements: int = 0
-    failures: int = 0
     largest_batch: int = 0
     synced: int = 0
     """Transactions committed with synchronous=FULL."""
@@ -426,7 +424,6 @@ class Database:
     ) -> None:
         """Count a batch's commit and give each submission its outcome."""
         stats = self.stats
-        stats.batches += 1
         stats.transactions += committed
         stats.synced += committed if synced else 0
         stats.statements += sum(len(submission.statements) for submission in batch)
@@ -434,7 +431,6 @@ class Database:
         for submission, failure in zip(batch, errors, strict=True):
             future = submission.future
             if failure is not None:
-                stats.failures += 1
                 message = f"could not write to {self.path}: {failure}"
                 if future is None:
                     log.error("%s", message)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from quotad.daemon.clock import Clock
@@ -39,13 +39,7 @@ class KeyRecord:
 
     def as_dict(self) -> dict[str, Any]:
         """For ``Ok.data`` and ``--json``."""
-        return {
-            "id": self.id,
-            "app": self.app,
-            "created": self.created,
-            "revoked": self.revoked,
-            "prefix": self.prefix,
-        }
+        return asdict(self)
 
 
 class Keys:

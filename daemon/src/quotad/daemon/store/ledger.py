@@ -154,8 +154,8 @@ class Ledger:
     async def record(self, row: LedgerRow) -> None:
         """Commit ``row`` (with whatever else is pending); raise :class:`LedgerWriteFailed`
         if it cannot be, after keeping it for later."""
-        self._retry_unrecorded()
         try:
+            self._retry_unrecorded()
             await self._db.write(statements(row), durable=row.cost_usd > 0)
         except WriteFailed as error:
             self.unrecorded.append(row._replace(status="internal") if row.status == "ok" else row)
@@ -176,7 +176,6 @@ class Ledger:
         if not self.unrecorded or self._retrying:
             return
         rows = list(self.unrecorded)
-        self._retrying = True
 
         def done(failure: WriteFailed | None) -> None:
             self._retrying = False
@@ -186,9 +185,12 @@ class Ledger:
                 log.info("wrote %d ledger row(s) kept in memory", len(rows))
 
         self._db.write_later([s for row in rows for s in statements(row)], done, durable=True)
+        self._retrying = True  # once submitted (a closed database raises instead)
 
     async def flush(self) -> None:
         """At shutdown: a last try for the rows kept in memory; log those that still fail."""
+        if self._retrying:  # a retry is under way: an empty write returns once it committed
+            await self._db.write([])
         if not self.unrecorded:
             return
         rows, self.unrecorded = self.unrecorded, []

@@ -160,7 +160,6 @@ class PriceTable:
             for name in model_name_candidates(model):
                 self._overrides.setdefault(f"{provider}/{name}", row)
         self._by_target: dict[str, Price | None] = {}
-        self._most_expensive: dict[tuple[str, ...], Price] = {}
 
     def for_target(self, target: str) -> Price | None:
         """The price of ``provider/model``; None when it has none (unpriced)."""
@@ -184,15 +183,11 @@ class PriceTable:
 
     def most_expensive(self, targets: tuple[str, ...]) -> Price:
         """The highest input, output and cached-input prices among ``targets`` (each taken
-        separately, so the result bounds any of them); zeros when none is priced."""
-        found = self._most_expensive.get(targets)
-        if found is not None:
-            return found
+        separately, so the result bounds any of them); zeros when none is priced. (The
+        broker keeps it per route.)"""
         prices = [price for target in targets if (price := self.for_target(target)) is not None]
-        found = Price(
+        return Price(
             max((price.input for price in prices), default=0.0),
             max((price.output for price in prices), default=0.0),
             max((price.cached_input for price in prices), default=0.0),
         )
-        self._most_expensive[targets] = found
-        return found
