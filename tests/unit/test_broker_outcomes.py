@@ -1,6 +1,7 @@
-"""Every outcome is a ledger row committed before the caller hears of it: a provider that
-fails with something other than a request error (a bug) still leaves its row and gives its
-budget hold back, and a streamed cache hit commits its row before its first chunk."""
+"""What the broker makes of a request's outcome: every outcome is a ledger row committed before
+the caller hears of it (a provider that fails with something other than a request error, a
+bug, still leaves its row and gives its budget hold back; a streamed cache hit commits its row
+before its first chunk), and a live stream's ``ChatEnd`` carries its whole tool calls."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ from quotad.daemon.providers.base import (
     ChatStream,
     EmbedResult,
 )
-from quotad.daemon.request import Caller
+from quotad.daemon.request import Caller, merge_tool_calls
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
-from quotad.protocol.messages import Chat, ChatChunk, ChatMessage, Usage
+from quotad.protocol.messages import Chat, ChatChunk, ChatEnd, ChatMessage, Usage
 from tests.support.store import open_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
@@ -118,3 +119,58 @@ async def test_a_streamed_hit_commits_its_row_before_its_first_chunk(anyio_backe
         rest = [type(reply).__name__ async for reply in replies]
         assert rest[-1] == "ChatEnd"
         assert set(rest[:-1]) <= {"ChatChunk"}
+
+
+async def test_a_stream_s_tool_call_fragments_merge_into_whole_calls(anyio_backend: str) -> None:
+    fragments: list[dict[str, Any]] = [
+        {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "f", "arguments": ""},
+        },
+        {
+            "index": 1,
+            "id": "call_2",
+            "type": "function",
+            "function": {"name": "g", "arguments": "{}"},
+        },
+        {"index": 0, "function": {"arguments": '{"a": '}},
+        {"index": 0, "function": {"arguments": "1}"}},
+    ]
+    assert merge_tool_calls(fragments) == [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}},
+    ]
+    assert merge_tool_calls([]) is None
+
+
+class ToolCallDeltas(ThreeDeltas):
+    """A stream that calls a tool, in fragments as OpenAI sends them."""
+
+    finish_reason: str | None = "tool_calls"
+
+    async def deltas(self) -> AsyncIterator[ChatDelta]:
+        yield ChatDelta(
+            tool_calls=[{"index": 0, "id": "c", "type": "function", "function": {"name": "f"}}]
+        )
+        for piece in ('{"x"', ": 2}"):
+            yield ChatDelta(tool_calls=[{"index": 0, "function": {"arguments": piece}}])
+
+
+class ToolCallingProvider(Provider):
+    async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
+        return ToolCallDeltas()
+
+
+async def test_a_live_stream_s_end_carries_its_whole_tool_calls(anyio_backend: str) -> None:
+    async with open_store(config()) as store:
+        broker = Broker(config(), Router(config(), {"p": ToolCallingProvider()}), store)
+        replies = [
+            reply async for reply in broker.chat_stream(chat("hi", stream=True), Caller(app="a"))
+        ]
+        end = replies[-1]
+        assert isinstance(end, ChatEnd)
+        assert end.tool_calls == [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"x": 2}'}}
+        ]

@@ -24,7 +24,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 import msgspec
@@ -50,6 +50,7 @@ from quotad.daemon.request import (
     RequestIds,
     chunk_of,
     first_chunk_of,
+    merge_tool_calls,
     partial_usage,
 )
 from quotad.daemon.routing import Route, Router, Target
@@ -221,17 +222,20 @@ class Broker:
             assert target is not None
             stores = key is not None and self.cache.stores(request.cache)
             parts: list[str] = []
+            tool_call_fragments: list[dict[str, Any]] = []
             sent: list[ChatChunk] = []  # for the cache, when it stores the answer
             target.in_flight += 1
             try:
                 if first is not None:
                     parts.append(first.delta)
+                    tool_call_fragments += first.tool_calls or ()
                     chunk = first_chunk_of(request.id, first, context)
                     if stores:
                         sent.append(chunk)
                     yield chunk
                     async for delta in stream.deltas():
                         parts.append(delta.delta)
+                        tool_call_fragments += delta.tool_calls or ()
                         chunk = chunk_of(request.id, delta)
                         if stores:
                             sent.append(chunk)
@@ -256,6 +260,7 @@ class Broker:
             end = ChatEnd(
                 id=request.id,
                 content="".join(parts),
+                tool_calls=merge_tool_calls(tool_call_fragments),
                 finish_reason=stream.finish_reason,
                 usage=stream.usage,
                 target=target.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from quotad.daemon.gates import Reservation
 from quotad.daemon.providers.base import ChatDelta, ChatStream, RateLimitInfo
@@ -98,6 +98,32 @@ def chunk_of(request_id: int, delta: ChatDelta) -> ChatChunk:
         tool_calls=delta.tool_calls,
         finish_reason=delta.finish_reason,
     )
+
+
+def merge_tool_calls(fragments: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """A stream's whole tool calls (for its ``ChatEnd``) from its OpenAI-shaped fragments:
+    per ``index``, the id, type and name its fragments give, and their ``arguments`` pieces
+    joined in order. None when the stream had none."""
+    calls: dict[int, dict[str, Any]] = {}
+    pieces: dict[int, list[str]] = {}
+    for fragment in fragments:
+        index = fragment.get("index", 0)
+        call = calls.get(index)
+        if call is None:
+            call = calls[index] = {"id": "", "type": "function", "function": {"name": ""}}
+            pieces[index] = []
+        for field in ("id", "type"):
+            if isinstance(fragment.get(field), str) and fragment[field]:
+                call[field] = fragment[field]
+        function = fragment.get("function")
+        if isinstance(function, dict):
+            if isinstance(function.get("name"), str) and function["name"]:
+                call["function"]["name"] = function["name"]
+            if isinstance(function.get("arguments"), str):
+                pieces[index].append(function["arguments"])
+    for index, call in calls.items():
+        call["function"]["arguments"] = "".join(pieces[index])
+    return [calls[index] for index in sorted(calls)] or None
 
 
 def partial_usage(usage: Usage, prompt_tokens: int, content: str) -> Usage:
