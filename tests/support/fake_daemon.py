@@ -19,6 +19,7 @@ from types import TracebackType
 
 from quotad.protocol.framing import FrameEncoder, FrameError, request_decoder
 from quotad.protocol.messages import (
+    CONTINUING_REPLIES,
     Acquire,
     Admin,
     Cancel,
@@ -64,7 +65,7 @@ class FakeConnection:
         """Send replies (a reply that ends its request marks it finished)."""
         with self._send_lock:
             for reply in replies:
-                if not isinstance(reply, ChatChunk | Snapshot):
+                if not isinstance(reply, CONTINUING_REPLIES):
                     self._unfinished.discard(reply.id)
                 with contextlib.suppress(OSError):
                     self.sock.sendall(self._encoder.encode(reply))

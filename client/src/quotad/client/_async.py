@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final
 
 import anyio
 import anyio.abc
@@ -28,6 +28,7 @@ from quotad.client._common import (
     CONTINUING_REPLIES,
     RECEIVE_SIZE,
     FrameNotSent,
+    ReplyT,
     StreamedChat,
     acquire_request,
     build,
@@ -43,10 +44,8 @@ from quotad.client._common import (
 from quotad.client.exceptions import (
     ConnectionLostError,
     DaemonUnavailableError,
-    InternalError,
     QuotadError,
     RequestTimeoutError,
-    error_from_reply,
 )
 from quotad.protocol.framing import FrameDecoder, FrameEncoder, FrameError, reply_decoder
 from quotad.protocol.messages import (
@@ -63,8 +62,11 @@ from quotad.protocol.messages import (
     Permit,
     Priority,
     Reply,
+    SettleStatus,
     Snapshot,
     Spend,
+    SpendKey,
+    SpendPeriod,
     SpendReply,
     Status,
     StatusReply,
@@ -74,9 +76,6 @@ from quotad.protocol.messages import (
 from quotad.protocol.paths import client_socket_candidates
 
 __all__ = ["AsyncChatStream", "AsyncClient", "AsyncHeldPermit", "AsyncSubscription"]
-
-ReplyT = TypeVar("ReplyT")
-SettleStatus = Literal["ok", "error", "rate_limited", "cancelled"]
 
 # A frame the daemon has not taken in this long means the connection is stuck.
 SEND_STALL_S: Final = 30.0
@@ -260,18 +259,12 @@ async def _handshake(path: str, app: str, connect_timeout: float) -> _AsyncConne
                         "closed the connection during the handshake"
                     ) from None
                 replies.extend(decoder.feed(data))
+            welcome = expect(replies[0], Welcome)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
             raise
-    first = replies[0]
-    if type(first) is Welcome:
-        return _AsyncConnection(stream, path, first, encoder, decoder)
-    with anyio.CancelScope(shield=True):
-        await stream.aclose()
-    if type(first) is Error:
-        raise error_from_reply(first)
-    raise InternalError(f"{path} answered Hello with {type(first).__name__}")
+    return _AsyncConnection(stream, path, welcome, encoder, decoder)
 
 
 class AsyncClient:
@@ -300,7 +293,6 @@ class AsyncClient:
         self._connection: _AsyncConnection | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._connect_lock: anyio.Lock | None = None
-        self._connected_before = False
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -350,10 +342,11 @@ class AsyncClient:
             connection = self._connection
             if connection is not None and connection.lost is None:
                 return connection
-            connection = await self._connect(self.reconnect_s if self._connected_before else 0.0)
+            # after a first connection, a lost one is retried while the daemon restarts
+            retry_s = self.reconnect_s if self.welcome is not None else 0.0
+            connection = await self._connect(retry_s)
             self._task_group.start_soon(connection.read_replies)
             self._connection = connection
-            self._connected_before = True
             self.welcome = connection.welcome
             return connection
 
@@ -522,8 +515,8 @@ class AsyncClient:
 
     async def spend(
         self,
-        period: Literal["day", "week", "month"] = "day",
-        by: Literal["app", "model", "target", "day"] = "app",
+        period: SpendPeriod = "day",
+        by: SpendKey = "app",
     ) -> SpendReply:
         """A ledger report for ``period``, grouped ``by`` one key."""
         return await self._call(build(Spend, period=period, by=by), SpendReply)

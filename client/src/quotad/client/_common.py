@@ -20,6 +20,9 @@ import msgspec
 from quotad.client.exceptions import BadRequestError, InternalError, error_from_reply
 from quotad.protocol.framing import describe
 from quotad.protocol.messages import (
+    CONTINUING_REPLIES as CONTINUING_REPLIES,  # re-exported for the clients
+)
+from quotad.protocol.messages import (
     Acquire,
     Chat,
     ChatChunk,
@@ -30,7 +33,6 @@ from quotad.protocol.messages import (
     Hello,
     Reply,
     Settle,
-    Snapshot,
 )
 
 ReplyT = TypeVar("ReplyT")
@@ -38,8 +40,6 @@ RequestT = TypeVar("RequestT")
 
 # Keyword arguments of chat() that have a Chat field of their own; the rest go to Chat.extra.
 SAMPLING_FIELDS: Final = frozenset({"top_p", "stop", "seed", "tool_choice", "response_format"})
-# Replies after which more replies with the same id follow; any other reply ends its request.
-CONTINUING_REPLIES: Final = (ChatChunk, Snapshot)
 RECEIVE_SIZE: Final = 65536
 # Connect failures worth retrying while a restarted daemon comes back.
 RETRYABLE_ERRNOS: Final = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
@@ -94,30 +94,22 @@ def chat_request(
         "model": model,
         "messages": messages if isinstance(messages, list) else list(messages),
         "stream": stream,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "tools": tools,
+        "priority": priority,
+        "max_wait_s": max_wait_s,
         "cache": cache,
         "user": user,
+        "tags": tags or [],
     }
-    if max_tokens is not None:
-        fields["max_tokens"] = max_tokens
-    if temperature is not None:
-        fields["temperature"] = temperature
-    if tools is not None:
-        fields["tools"] = tools
-    if priority is not None:
-        fields["priority"] = priority
-    if max_wait_s is not None:
-        fields["max_wait_s"] = max_wait_s
-    if tags:
-        fields["tags"] = tags
-    if extra:
-        passthrough: dict[str, Any] = {}
-        for key, value in extra.items():
-            if key in SAMPLING_FIELDS:
-                fields[key] = [value] if key == "stop" and isinstance(value, str) else value
-            else:
-                passthrough[key] = value
-        if passthrough:
-            fields["extra"] = passthrough
+    passthrough: dict[str, Any] = {}
+    for key, value in extra.items():
+        if key in SAMPLING_FIELDS:
+            fields[key] = [value] if key == "stop" and isinstance(value, str) else value
+        else:
+            passthrough[key] = value
+    fields["extra"] = passthrough
     return _convert(fields, Chat)
 
 
@@ -134,17 +126,17 @@ def embed_request(
     extra: dict[str, Any],
 ) -> Embed:
     """A validated :class:`Embed`."""
-    fields: dict[str, Any] = {"model": model, "input": input, "cache": cache, "user": user}
-    if dimensions is not None:
-        fields["dimensions"] = dimensions
-    if priority is not None:
-        fields["priority"] = priority
-    if max_wait_s is not None:
-        fields["max_wait_s"] = max_wait_s
-    if tags:
-        fields["tags"] = tags
-    if extra:
-        fields["extra"] = extra
+    fields = {
+        "model": model,
+        "input": input,
+        "dimensions": dimensions,
+        "priority": priority,
+        "max_wait_s": max_wait_s,
+        "cache": cache,
+        "user": user,
+        "tags": tags or [],
+        "extra": extra,
+    }
     return _convert(fields, Embed)
 
 
@@ -157,13 +149,13 @@ def acquire_request(
     lease_s: float | None,
 ) -> Acquire:
     """A validated :class:`Acquire`."""
-    fields: dict[str, Any] = {"target": target, "tokens": tokens}
-    if priority is not None:
-        fields["priority"] = priority
-    if max_wait_s is not None:
-        fields["max_wait_s"] = max_wait_s
-    if lease_s is not None:
-        fields["lease_s"] = lease_s
+    fields = {
+        "target": target,
+        "tokens": tokens,
+        "priority": priority,
+        "max_wait_s": max_wait_s,
+        "lease_s": lease_s,
+    }
     return _convert(fields, Acquire)
 
 
@@ -177,13 +169,14 @@ def settle_request(
     completion_tokens: int | None,
 ) -> Settle:
     """A validated :class:`Settle`."""
-    fields: dict[str, Any] = {"permit_id": permit_id, "tokens_used": tokens_used, "status": status}
-    if headers:
-        fields["headers"] = dict(headers)
-    if prompt_tokens is not None:
-        fields["prompt_tokens"] = prompt_tokens
-    if completion_tokens is not None:
-        fields["completion_tokens"] = completion_tokens
+    fields = {
+        "permit_id": permit_id,
+        "tokens_used": tokens_used,
+        "status": status,
+        "headers": dict(headers or {}),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+    }
     return _convert(fields, Settle)
 
 

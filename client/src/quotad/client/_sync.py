@@ -25,12 +25,13 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final
 
 from quotad.client._common import (
     CONTINUING_REPLIES,
     RECEIVE_SIZE,
     FrameNotSent,
+    ReplyT,
     StreamedChat,
     acquire_request,
     build,
@@ -46,10 +47,8 @@ from quotad.client._common import (
 from quotad.client.exceptions import (
     ConnectionLostError,
     DaemonUnavailableError,
-    InternalError,
     QuotadError,
     RequestTimeoutError,
-    error_from_reply,
 )
 from quotad.protocol.framing import FrameDecoder, FrameEncoder, FrameError, reply_decoder
 from quotad.protocol.messages import (
@@ -67,8 +66,11 @@ from quotad.protocol.messages import (
     Permit,
     Priority,
     Reply,
+    SettleStatus,
     Snapshot,
     Spend,
+    SpendKey,
+    SpendPeriod,
     SpendReply,
     Status,
     StatusReply,
@@ -79,8 +81,6 @@ from quotad.protocol.paths import client_socket_candidates
 
 __all__ = ["ChatStream", "Client", "HeldPermit", "Subscription"]
 
-ReplyT = TypeVar("ReplyT")
-SettleStatus = Literal["ok", "error", "rate_limited", "cancelled"]
 Inbox = deque[Reply]
 
 _SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0)
@@ -144,17 +144,24 @@ class _Connection:
             inbox: Inbox = deque()
             with self._state:
                 self._inboxes[request_id] = inbox
-            try:
-                self._sock.sendall(frame, _SEND_FLAGS)
-            except BaseException as error:
-                with self._state:
-                    del self._inboxes[request_id]
-                    self._lose(f"sending failed: {connect_failure(error, 0)}")
-                    self._state.notify_all()
-                if isinstance(error, OSError):
-                    raise FrameNotSent(str(error)) from error
-                raise
+            self._send_frame(frame, request_id)
         return inbox
+
+    def _send_frame(self, frame: bytes, request_id: int | None = None) -> None:
+        """Send one whole frame (the send lock is held). If it does not get through, however
+        it fails (an ``OSError``, a ``KeyboardInterrupt`` mid-send), the connection is lost and
+        ``request_id`` (if given) forgotten; an ``OSError`` raises :class:`FrameNotSent`."""
+        try:
+            self._sock.sendall(frame, _SEND_FLAGS)
+        except BaseException as error:
+            with self._state:
+                if request_id is not None:
+                    self._inboxes.pop(request_id, None)
+                self._lose(f"sending failed: {connect_failure(error, 0)}")
+                self._state.notify_all()
+            if isinstance(error, OSError):
+                raise FrameNotSent(str(error)) from error
+            raise
 
     def wait(self, inbox: Inbox, deadline: float | None) -> Reply | None:
         """The next reply in ``inbox``, or ``None`` once ``deadline`` (monotonic) passes."""
@@ -237,13 +244,7 @@ class _Connection:
         with self._send_lock:
             if self.lost is not None:
                 raise FrameNotSent(self.lost)
-            try:
-                self._sock.sendall(self._encoder.encode(Cancel(id=request_id)), _SEND_FLAGS)
-            except OSError as error:
-                with self._state:
-                    self._lose(f"sending failed: {connect_failure(error, 0)}")
-                    self._state.notify_all()
-                raise FrameNotSent(str(error)) from error
+            self._send_frame(self._encoder.encode(Cancel(id=request_id)))
 
     def close(self, reason: str) -> None:
         """Close the socket; waiters raise :class:`ConnectionLostError` with ``reason``."""
@@ -268,17 +269,12 @@ def _handshake(path: str, app: str, connect_timeout: float) -> _Connection:
             if not data:
                 raise ConnectionResetError("closed the connection during the handshake")
             replies.extend(decoder.feed(data))
+        welcome = expect(replies[0], Welcome)
         sock.settimeout(None)
     except BaseException:
         sock.close()
         raise
-    first = replies[0]
-    if type(first) is Welcome:
-        return _Connection(sock, path, first, encoder, decoder)
-    sock.close()
-    if type(first) is Error:
-        raise error_from_reply(first)
-    raise InternalError(f"{path} answered Hello with {type(first).__name__}")
+    return _Connection(sock, path, welcome, encoder, decoder)
 
 
 class Client:
@@ -310,7 +306,6 @@ class Client:
         self.last_stream_end: ChatEnd | None = None
         self._connection: _Connection | None = None
         self._connect_lock = threading.Lock()
-        self._connected_before = False
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -344,9 +339,9 @@ class Client:
                     return connection
                 connection.close(connection.lost)
             self._connection = None
-            connection = self._connect(self.reconnect_s if self._connected_before else 0.0)
+            # after a first connection, a lost one is retried while the daemon restarts
+            connection = self._connect(self.reconnect_s if self.welcome is not None else 0.0)
             self._connection = connection
-            self._connected_before = True
             self.welcome = connection.welcome
             return connection
 
@@ -509,8 +504,8 @@ class Client:
 
     def spend(
         self,
-        period: Literal["day", "week", "month"] = "day",
-        by: Literal["app", "model", "target", "day"] = "app",
+        period: SpendPeriod = "day",
+        by: SpendKey = "app",
     ) -> SpendReply:
         """A ledger report for ``period``, grouped ``by`` one key."""
         return self._call(build(Spend, period=period, by=by), SpendReply)

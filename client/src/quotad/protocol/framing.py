@@ -3,13 +3,14 @@
 :class:`FrameEncoder` and :class:`FrameDecoder` are built once per connection (or process) and
 reused: encoding writes the payload and its length prefix into one reused buffer, decoding reads
 every complete frame out of the bytes received so far. A length over ``max_frame`` is refused
-before anything is allocated for it.
+before anything is allocated for it. The msgspec decoder of each message type is built once per
+process and shared by every :class:`FrameDecoder` of that type.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
@@ -22,7 +23,12 @@ T = TypeVar("T")
 
 
 class FrameError(Exception):
-    """A frame could not be read; the connection it came from cannot be trusted any more."""
+    """A frame could not be read; the connection it came from cannot be trusted any more.
+
+    ``code`` is the protocol error code a daemon answers it with.
+    """
+
+    code: str = "bad_frame"
 
 
 class FrameTooLarge(FrameError):
@@ -31,6 +37,13 @@ class FrameTooLarge(FrameError):
 
 class MessageInvalid(FrameError):
     """A frame's payload is not a valid message; the text names the problem and the field."""
+
+
+class MessageValidationError(MessageInvalid):
+    """A frame's payload is well-formed MessagePack but not a valid message (an unknown type, a
+    missing field, a value out of range): a bad request rather than a bad frame."""
+
+    code = "bad_request"
 
 
 class FrameEncoder:
@@ -54,20 +67,33 @@ class FrameEncoder:
         return frame
 
 
+_DECODERS: dict[object, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def _message_decoder(message_type: type[T]) -> msgspec.msgpack.Decoder[T]:
+    """The one msgspec decoder of ``message_type``, built on first use (building one takes tens
+    of microseconds; decoding with one does not change it, so all connections share it)."""
+    decoder = _DECODERS.get(message_type)
+    if decoder is None:
+        decoder = _DECODERS[message_type] = msgspec.msgpack.Decoder(message_type)
+    return decoder
+
+
 class FrameDecoder(Generic[T]):
     """Splits received bytes into frames and decodes each into a ``T`` message."""
 
     __slots__ = ("_buffer", "_decoder", "max_frame")
 
     def __init__(self, message_type: type[T], max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self._decoder: msgspec.msgpack.Decoder[T] = msgspec.msgpack.Decoder(message_type)
+        self._decoder = _message_decoder(message_type)  # shared, not built per connection
         self._buffer = bytearray()
         self.max_frame = max_frame
 
     def feed(self, data: bytes | bytearray | memoryview) -> Iterator[T]:
         """Add received bytes; yield every message now complete.
 
-        Raises :class:`FrameTooLarge` or :class:`MessageInvalid` at the first bad frame.
+        Raises :class:`FrameTooLarge` or :class:`MessageInvalid` (for a payload that decodes but
+        is no valid message: :class:`MessageValidationError`) at the first bad frame.
         """
         buffer = self._buffer
         buffer += data
@@ -87,7 +113,7 @@ class FrameDecoder(Generic[T]):
                 try:
                     message = self._decoder.decode(payload)
                 except msgspec.ValidationError as exc:
-                    raise MessageInvalid(f"invalid message: {describe(exc)}") from None
+                    raise MessageValidationError(f"invalid message: {describe(exc)}") from None
                 except msgspec.DecodeError as exc:
                     raise MessageInvalid(f"malformed MessagePack: {exc}") from None
                 finally:

@@ -10,7 +10,7 @@ decoding new messages (schema evolution); unknown fields are ignored for the sam
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -20,6 +20,9 @@ Priority = Literal["low", "normal", "high", "critical"]
 PRIORITIES: tuple[Priority, ...] = ("low", "normal", "high", "critical")
 CacheMode = Literal["use", "bypass", "refresh", "only"]
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+SettleStatus = Literal["ok", "error", "rate_limited", "cancelled"]
+SpendPeriod = Literal["day", "week", "month"]
+SpendKey = Literal["app", "model", "target", "day"]
 
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -124,7 +127,7 @@ class Settle(Message):
 
     permit_id: Name
     tokens_used: Annotated[int, msgspec.Meta(ge=0)] = 0
-    status: Literal["ok", "error", "rate_limited", "cancelled"] = "ok"
+    status: SettleStatus = "ok"
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     prompt_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
     completion_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
@@ -148,8 +151,8 @@ class Subscribe(Message):
 class Spend(Message):
     """Ask for a ledger report."""
 
-    period: Literal["day", "week", "month"] = "day"
-    by: Literal["app", "model", "target", "day"] = "app"
+    period: SpendPeriod = "day"
+    by: SpendKey = "app"
 
 
 class Admin(Message):
@@ -455,3 +458,6 @@ Reply = (
     | Ok
     | Error
 )
+
+CONTINUING_REPLIES: Final = (ChatChunk, Snapshot)
+"""Replies after which more replies with the same id follow; any other reply ends its request."""

@@ -31,7 +31,7 @@ from quotad.daemon.broker import DAEMON_VERSION, Broker
 from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.request import Caller
-from quotad.protocol.framing import FrameEncoder, FrameTooLarge, MessageInvalid, request_decoder
+from quotad.protocol.framing import FrameEncoder, FrameError, request_decoder
 from quotad.protocol.messages import (
     Acquire,
     Admin,
@@ -181,7 +181,6 @@ class SocketServer:
         listener = self._listener = await anyio.abc.SocketListener.from_socket(self._sock)
         task_status.started()
         async with anyio.create_task_group() as connections:
-            self._connection_group = connections
             with (
                 anyio.CancelScope() as self._accepting,
                 contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError),
@@ -302,12 +301,8 @@ class Connection:
                         await self._welcome(message)
                         continue
                     self._dispatch(message)
-            except FrameTooLarge as error:
-                await self._refuse("bad_frame", str(error))
-                return
-            except MessageInvalid as error:
-                code = "bad_request" if str(error).startswith("invalid message") else "bad_frame"
-                await self._refuse(code, str(error))
+            except FrameError as error:
+                await self._refuse(error.code, str(error))
                 return
 
     def _access_refusal(self) -> str | None:
@@ -317,8 +312,7 @@ class Connection:
             return None
         if self.peer is None:
             return "the peer cannot be identified (no SO_PEERCRED) and daemon.allow_uids is set"
-        raw = self.stream.extra(SocketAttribute.raw_socket)
-        return access.refusal(self.peer.uid, self.peer.gid, raw)
+        return access.refusal(self.peer.uid, self.peer.gid, self._socket)
 
     async def _welcome(self, hello: Hello) -> None:
         self.app = hello.app

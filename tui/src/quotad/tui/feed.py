@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final, Protocol
 
 import anyio
 
@@ -24,6 +24,8 @@ from quotad.client import (
     Snapshot,
     SpendReply,
 )
+from quotad.protocol.messages import SpendKey as SpendKey
+from quotad.protocol.messages import SpendPeriod as SpendPeriod
 from quotad.protocol.paths import client_socket_candidates
 
 APP_NAME: Final = "quotad-top"
@@ -34,9 +36,6 @@ RETRY_FIRST_S: Final = 0.25
 RETRY_MAX_S: Final = 2.0
 CALL_TIMEOUT_S: Final = 10.0
 CONNECT_TIMEOUT_S: Final = 2.0
-
-SpendPeriod = Literal["day", "week", "month"]
-SpendKey = Literal["app", "model", "target", "day"]
 
 
 @dataclass(frozen=True, slots=True)
