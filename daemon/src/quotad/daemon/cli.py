@@ -8,6 +8,7 @@ command has ``--json``. Heavy modules are imported inside the subcommand that ne
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -245,15 +246,18 @@ def _check_config(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace, app: str | None = None) -> Any:
     from quotad.client import Client
 
-    return Client(socket=args.socket, app=app or "quotad-cli")
+    return Client(socket=args.socket, app=app or os.environ.get("QUOTAD_APP") or "quotad-cli")
 
 
-def _with_client(args: argparse.Namespace, action: Callable[[Any], int]) -> int:
-    """Run ``action(client)``, mapping daemon errors to exit codes."""
+def _with_client(
+    args: argparse.Namespace, action: Callable[[Any], int], app: str | None = None
+) -> int:
+    """Run ``action(client)``, mapping daemon errors to exit codes. The client connects as
+    ``app``, else ``$QUOTAD_APP``, else ``quotad-cli``."""
     from quotad.client import DaemonUnavailableError, QuotadError
 
     try:
-        with _client(args, getattr(args, "app", None)) as client:
+        with _client(args, app) as client:
             return action(client)
     except DaemonUnavailableError as error:
         print(f"quotad: {error}", file=sys.stderr)
@@ -263,24 +267,41 @@ def _with_client(args: argparse.Namespace, action: Callable[[Any], int]) -> int:
         return EXIT_FAILURE
 
 
-def _status(args: argparse.Namespace) -> int:
-    from quotad.daemon.report import print_status
+def _print_json(value: Any) -> None:
+    """Print a reply (or part of one) as JSON with every field (:func:`report.plain`)."""
+    import msgspec
+
+    from quotad.daemon.report import plain
+
+    print(msgspec.json.encode(plain(value)).decode())
+
+
+def _read(
+    args: argparse.Namespace, fetch: Callable[[Any], Any], render: Callable[[Any], str]
+) -> int:
+    """A read command: print ``fetch(client)`` as JSON with ``--json``, else ``render`` it."""
 
     def action(client: Any) -> int:
-        print_status(client.status(), as_json=args.json)
+        value = fetch(client)
+        if args.json:
+            _print_json(value)
+        else:
+            print(render(value))
         return EXIT_OK
 
     return _with_client(args, action)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from quotad.daemon.report import format_status
+
+    return _read(args, lambda client: client.status(), format_status)
 
 
 def _target_list(args: argparse.Namespace) -> int:
-    from quotad.daemon.report import print_targets
+    from quotad.daemon.report import format_targets
 
-    def action(client: Any) -> int:
-        print_targets(client.status().targets, as_json=args.json)
-        return EXIT_OK
-
-    return _with_client(args, action)
+    return _read(args, lambda client: client.status().targets, format_targets)
 
 
 def _target_action(args: argparse.Namespace) -> int:
@@ -301,22 +322,25 @@ def _target_action(args: argparse.Namespace) -> int:
 def _top(args: argparse.Namespace) -> int:
     try:
         from quotad.tui.app import run_tui
+        from quotad.tui.feed import MAX_INTERVAL_S, MIN_INTERVAL_S
     except ImportError:
         print(
             "quotad: `quotad top` needs the quotad-tui package (uv pip install quotad-tui)",
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    if not 0.05 <= args.interval <= 3600:
-        print(f"quotad: --interval {args.interval:g} is outside 0.05-3600 s", file=sys.stderr)
+    if not MIN_INTERVAL_S <= args.interval <= MAX_INTERVAL_S:
+        print(
+            f"quotad: --interval {args.interval:g} is outside "
+            f"{MIN_INTERVAL_S:g}-{MAX_INTERVAL_S:g} s",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     run_tui(socket=args.socket, interval_s=args.interval)
     return EXIT_OK
 
 
 def _chat(args: argparse.Namespace) -> int:
-    import msgspec
-
     messages: list[dict[str, Any]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
@@ -337,11 +361,11 @@ def _chat(args: argparse.Namespace) -> int:
             end = stream.end
             sys.stdout.write("\n")
             if end is not None and args.json:
-                print(msgspec.json.encode(end).decode())
+                _print_json(end)
             return EXIT_OK
         reply = client.chat(args.model, messages, **options)
         if args.json:
-            print(msgspec.json.encode(reply).decode())
+            _print_json(reply)
         else:
             print(reply.content or "")
             print(
@@ -352,7 +376,7 @@ def _chat(args: argparse.Namespace) -> int:
             )
         return EXIT_OK
 
-    return _with_client(args, action)
+    return _with_client(args, action, app=args.app)
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -364,37 +388,18 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _spend(args: argparse.Namespace) -> int:
-    import msgspec
+    from quotad.daemon.report import format_spend, spend_csv
 
-    from quotad.daemon.report import format_spend, spend_as_dict, spend_csv
+    def render(reply: Any) -> str:
+        return spend_csv(reply).removesuffix("\n") if args.csv else format_spend(reply)
 
-    def action(client: Any) -> int:
-        reply = client.spend(period=args.period, by=args.by)
-        if args.json:
-            print(msgspec.json.encode(spend_as_dict(reply)).decode())
-        elif args.csv:
-            sys.stdout.write(spend_csv(reply))
-        else:
-            print(format_spend(reply))
-        return EXIT_OK
-
-    return _with_client(args, action)
+    return _read(args, lambda client: client.spend(period=args.period, by=args.by), render)
 
 
 def _cache_stats(args: argparse.Namespace) -> int:
-    import msgspec
-
     from quotad.daemon.report import format_cache
 
-    def action(client: Any) -> int:
-        cache = client.status().cache
-        if args.json:
-            print(msgspec.json.encode(msgspec.structs.asdict(cache)).decode())
-        else:
-            print(format_cache(cache))
-        return EXIT_OK
-
-    return _with_client(args, action)
+    return _read(args, lambda client: client.status().cache, format_cache)
 
 
 def _cache_clear(args: argparse.Namespace) -> int:
@@ -439,12 +444,10 @@ def _cache_warm(args: argparse.Namespace) -> int:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    import msgspec
-
     def action(client: Any) -> int:
         reply = client.admin("key_create", app=args.app)
         if args.json:
-            print(msgspec.json.encode(reply.data).decode())
+            _print_json(reply.data)
         else:
             print(reply.data["key"])
             print(
@@ -458,16 +461,9 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    import msgspec
-
     from quotad.daemon.report import format_keys
 
-    def action(client: Any) -> int:
-        keys = client.admin("key_list").data["keys"]
-        print(msgspec.json.encode(keys).decode() if args.json else format_keys(keys))
-        return EXIT_OK
-
-    return _with_client(args, action)
+    return _read(args, lambda client: client.admin("key_list").data["keys"], format_keys)
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ answering on 127.0.0.1:11434).
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import socket
@@ -299,16 +300,22 @@ def _convert_collecting(
             if result is not None:  # a bad entry is left out; its problems are noted
                 converted[key] = result
         tables[field.name] = converted
-    tree = msgspec.json.decode(msgspec.json.encode(tree))  # a private copy we may prune
+    tree = copy.deepcopy(tree)  # a private copy we may prune, TOML values (dates…) kept as is
+    dropped: list[list[str | int]] = []
     while len(problems) < _MAX_PROBLEMS:
         try:
             result = msgspec.convert(tree, section, strict=True)
         except msgspec.ValidationError as error:
             path, what = _split_error(error)
-            problems.append(f"{format_path([*where, *path])}: {what}")
-            if what.startswith("object missing required field") or not _delete(tree, path):
-                return None
-            continue
+            missing = re.fullmatch(r"object missing required field (.*)", what)
+            if missing is None:
+                problems.append(f"{format_path([*where, *path])}: {what}")
+                if _delete(tree, path):
+                    dropped.append(path)
+                    continue
+            elif [*path, missing[1]] not in dropped:  # else its own problem is noted already
+                problems.append(f"{format_path([*where, *path])}: {what}")
+            return None
         for name, value in tables.items():
             setattr(result, name, value)
         return result
@@ -351,6 +358,8 @@ def _check_references(config: Config, declared_providers: set[str]) -> list[str]
         problems += _limit_problems(format_path(["apps", name]), app)
     for name, group in config.models.items():
         where = format_path(["models", name])
+        if "/" in name:  # it would shadow the target of that name
+            problems.append(f"{where}: a group name cannot contain '/'")
         if name in config.providers:
             problems.append(f"{where}: a group cannot have the name of a provider")
         for index, target in enumerate(group.targets):
@@ -395,7 +404,11 @@ def _check_references(config: Config, declared_providers: set[str]) -> list[str]
 def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
     """Validate a TOML tree; raise :class:`ConfigError` naming every problem."""
     problems: list[str] = []
-    config = _convert_collecting(dict(raw), Config, [], problems)
+    tree = dict(raw)
+    if "source" in tree:  # a field of Config, but set here, not read from the file
+        del tree["source"]
+        problems.append(f"{format_path(['source'])}: unknown key")
+    config = _convert_collecting(tree, Config, [], problems)
     if config is not None:
         providers = raw.get("providers")
         declared = set(providers) if isinstance(providers, dict) else set()

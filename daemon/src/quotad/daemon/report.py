@@ -1,21 +1,45 @@
 """Text, JSON and CSV rendering of what read commands print (``quotad status``, ``spend``,
-``cache stats``, ``keys list``)."""
+``cache stats``, ``keys list``). ``--json`` prints :func:`plain` of a reply."""
 
 from __future__ import annotations
 
 import csv
 import io
-import sys
 import time
 from collections.abc import Sequence
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 import msgspec
 
-from quotad.protocol.messages import CacheStatus, SpendReply, SpendRow, StatusReply, TargetStatus
+from quotad.protocol.messages import (
+    CacheStatus,
+    Message,
+    SpendReply,
+    SpendRow,
+    StatusReply,
+    TargetStatus,
+)
 
 RECENT_SHOWN = 30
 """Outcomes shown per target by ``quotad target list`` (the last of up to 100 kept)."""
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain data for ``--json``: every field of each struct, defaults included,
+    through lists and dicts. The wire encoding leaves default values out and adds a message's
+    ``type`` tag and request ``id``; neither means anything to a reader, so both are left out."""
+    if isinstance(value, msgspec.Struct):
+        skip = "id" if isinstance(value, Message) else None
+        return {
+            field.encode_name: plain(getattr(value, field.name))
+            for field in msgspec.structs.fields(value)
+            if field.name != skip
+        }
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -205,24 +229,6 @@ def format_targets(targets: Sequence[TargetStatus]) -> str:
     return table(headers, rows)
 
 
-def print_targets(
-    targets: Sequence[TargetStatus], *, as_json: bool, stream: TextIO = sys.stdout
-) -> None:
-    """Print ``quotad target list``."""
-    if as_json:
-        stream.write(msgspec.json.encode(list(targets)).decode() + "\n")
-    else:
-        stream.write(format_targets(targets) + "\n")
-
-
-def print_status(status: StatusReply, *, as_json: bool, stream: TextIO = sys.stdout) -> None:
-    """Print ``quotad status``."""
-    if as_json:
-        stream.write(msgspec.json.encode(status).decode() + "\n")
-    else:
-        stream.write(format_status(status) + "\n")
-
-
 # --------------------------------------------------------------------------- quotad spend
 
 
@@ -232,20 +238,6 @@ def _usd(value: float) -> str:
 
 def _local(moment: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(moment))
-
-
-def spend_as_dict(reply: SpendReply) -> dict[str, Any]:
-    """``quotad spend --json``: every field, with a ``total`` object and a ``rows`` list."""
-    return {
-        "period": reply.period,
-        "by": reply.by,
-        "since": reply.since,
-        "until": reply.until,
-        "total": msgspec.structs.asdict(reply.total),
-        "rows": [msgspec.structs.asdict(row) for row in reply.rows],
-        "budgets": [msgspec.structs.asdict(budget) for budget in reply.budgets],
-        "forecast_month_usd": reply.forecast_month_usd,
-    }
 
 
 SPEND_CSV_FIELDS: Final = tuple(field.name for field in msgspec.structs.fields(SpendRow))

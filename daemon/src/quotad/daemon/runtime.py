@@ -23,6 +23,7 @@ import anyio.abc
 
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
+from quotad.daemon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from quotad.daemon.config import Config, ConfigError, find_and_load_config, state_dir
 from quotad.daemon.gates import Gates
 from quotad.daemon.http import FrontDoor, HttpListenError
@@ -36,10 +37,6 @@ from quotad.daemon.systemd import ActivationError, Notifier, activated_socket
 from quotad.protocol.paths import daemon_socket_path
 
 log = logging.getLogger("quotad")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
 
 STOP_GRACE_S: Final = 5.0
 """Asked of the service manager on top of ``drain_s`` to close down after draining."""
@@ -405,7 +402,7 @@ def run_daemon(
         )
     except ConfigError as error:
         log.error("cannot start: %s", error)
-        return EXIT_CONFIG
+        return EXIT_USAGE  # a usage or config error
     try:
         anyio.run(daemon.serve, backend="asyncio", backend_options={"use_uvloop": True})
     except (SocketInUseError, StoreError, HttpListenError) as error:
