@@ -141,8 +141,7 @@ class Daemon:
         try:
             for alert in await self.store.open():
                 self.broker.add_event("budget_alert", alert.message)
-            now = self.store.clock.time()
-            self.broker.load_app_spend(await self.store.ledger.spent_by_app(now), now)
+            self.broker.load_app_spend(self.store.spent_at_open, self.store.clock.time())
             if self.http is not None:  # first: clients take the socket answering for "ready"
                 await self.http.bind()
                 self.server.http_address = self.http.address

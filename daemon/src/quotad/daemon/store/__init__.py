@@ -50,6 +50,8 @@ class Store:
         self.keys = Keys(self.db, clock)
         self.audit = Audit(self.db, clock)
         self._new_budgets: list[Budget] = []
+        self.spent_at_open: list[tuple[str, float, float]] = []
+        """``(app, spent today, spent this month)`` per app as read at :meth:`open`."""
 
     async def open(self) -> list[BudgetAlert]:
         """Open, check and migrate the file; load the cache, the budgets' totals and the
@@ -59,7 +61,8 @@ class Store:
         try:
             await self.cache.load()
             now = self.clock.time()
-            alerts = self.budgets.load(await self.ledger.spent_by_app(now), now)
+            self.spent_at_open = await self.ledger.spent_by_app(now)
+            alerts = self.budgets.load(self.spent_at_open, now)
             await self.keys.load()
         except BaseException:
             await self.db.close()
