@@ -165,3 +165,16 @@ async def test_reconfigure_keeps_admissions_and_applies_new_limits(gates: Gates)
     assert gates.status()[0][0].windows[0].used == 1  # the admission survived the reload
     gates.reconfigure(gates_config(requests=1))
     assert gates.admit_now(gates.demand("p", "p/m", "app", 0)) is None  # now 1 of 1 used
+
+
+async def test_unconfigured_app_names_share_one_memo_entry() -> None:
+    gates = Gates(gates_config(extra="[apps.known]\nrpm = 5\n"))
+    known = gates.demand("p", "p/m", "known", 0)
+    first = gates.demand("p", "p/m", "stranger-0", 0)
+    for n in range(1, 100):  # a client naming a new app per request
+        assert gates.demand("p", "p/m", f"stranger-{n}", 0).gates == first.gates
+    assert len(gates._demand_gates) == 2  # the configured app, and every other app
+    assert [g.name for g in known.gates] == ["provider:p", "p/m", "app:known"]
+    assert [g.name for g in first.gates] == ["provider:p", "p/m"]
+    gates.reconfigure(gates_config())
+    assert gates._demand_gates == {}  # a reload forgets them

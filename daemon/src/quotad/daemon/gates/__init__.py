@@ -120,7 +120,9 @@ class Gates:
         self.clock = clock
         self._gates: dict[str, Gate] = {}
         self._apps: dict[str, AppPolicy] = {}
-        self._demand_gates: dict[tuple[str, str, str], tuple[Gate, ...]] = {}
+        self._demand_gates: dict[tuple[str, str, str | None], tuple[Gate, ...]] = {}
+        """Gates of a demand by (provider, target, app); an app the config does not name is
+        keyed as None (its gates are the same), so client-chosen app names cannot grow it."""
         self._events: dict[Waiter, anyio.Event] = {}
         self._permits: dict[str, HeldPermit] = {}
         self._leases: list[tuple[float, str]] = []
@@ -137,7 +139,6 @@ class Gates:
         """Apply a (new) config, keeping every admission already counted: a window that
         stays (same gate, unit and length) keeps its log; changed limits apply at once."""
         settings = config.gates
-        self.guard_s = settings.guard_s
         self.max_queue = settings.max_queue
         self.default_max_wait_s = settings.max_wait_s
         self.lease_s = settings.lease_s
@@ -196,11 +197,12 @@ class Gates:
 
     def demand(self, provider: str, target: str, app: str, tokens: int) -> Demand:
         """What a request of ``tokens`` tokens by ``app`` needs on ``target``."""
-        key = (provider, target, app)
+        policy = self._apps.get(app)
+        key = (provider, target, app if policy is not None else None)
         gates = self._demand_gates.get(key)
         if gates is None:
             found = [self._gates.get(f"provider:{provider}"), self._target_gate(target)]
-            found.append(self.app_policy(app).gate)
+            found.append((policy or DEFAULT_APP).gate)
             gates = self._demand_gates[key] = tuple(g for g in found if g is not None)
         return Demand(gates, tokens)
 
@@ -230,9 +232,7 @@ class Gates:
                 retry_after_s=1.0,
             )
         wait_s = self.default_max_wait_s if max_wait_s is None else max_wait_s
-        waiter = Waiter(
-            demand, app, PRIORITY_LEVELS[priority], self.app_policy(app).share, now, now + wait_s
-        )
+        waiter = Waiter(demand, app, PRIORITY_LEVELS[priority], self.app_policy(app).share, now)
         event = self._events[waiter] = anyio.Event()
         self.queue.add(waiter)
         self._dispatch()
@@ -438,14 +438,13 @@ def _matching_window(gate: Gate | None, unit: Unit, limit: int | None) -> Slidin
     that limit, else the shortest of that unit."""
     if gate is None:
         return None
-    candidates = [w for w in gate.windows if w.unit == unit]
-    for window in candidates:
-        if window.limit == limit:
+    for window in gate.windows:
+        if window.unit == unit and window.limit == limit:
             return window
-    return min(candidates, key=lambda w: w.window_s) if candidates else None
+    return gate.window(unit)
 
 
 def _blocker_name(blocker: Blocker) -> str:
     if isinstance(blocker, Gate):
         return f"{blocker.name} (paused or at its in-flight cap)"
-    return f"{blocker.describe()}"
+    return blocker.describe()

@@ -33,7 +33,6 @@ class Waiter:
     priority: int
     share: float
     enqueued_at: float
-    deadline: float = INFINITY
     start_tag: float = 0.0
     sequence: int = field(default_factory=lambda: next(_sequence))
     reservation: Reservation | None = None

@@ -242,10 +242,9 @@ class Demand:
 class Reservation:
     """An admitted demand: its admissions, settled once with the real usage."""
 
-    __slots__ = ("_admissions", "_gates", "demand", "settled", "tokens")
+    __slots__ = ("_admissions", "_gates", "settled", "tokens")
 
     def __init__(self, demand: Demand, now: float) -> None:
-        self.demand = demand
         self.tokens = demand.tokens
         self._gates = demand.gates
         self._admissions: list[tuple[SlidingWindow, Admission]] = []

@@ -136,14 +136,13 @@ class Attempts:
 
     def succeeded(self, target: Target) -> None:
         """The call answered."""
-        latency_s = self._end(target)
-        target.answered(self._ticket, latency_s, self._clock.monotonic())
+        latency_s, now = self._end(target)
+        target.answered(self._ticket, latency_s, now)
 
     def failed(self, target: Target, error: ProviderError) -> None:
         """The call failed: note it on the target and decide whether it may be retried.
         A caller's 4xx is raised at once as ``bad_request``."""
-        latency_s = self._end(target)
-        now = self._clock.monotonic()
+        latency_s, now = self._end(target)
         self._records.append(
             {
                 "target": target.name,
@@ -172,8 +171,8 @@ class Attempts:
         """The attempt ended without an outcome: cancelled, or cut at the deadline (the
         target's trial slot, if it held one, is given back)."""
         if self._running is target:
-            self._end(target)
-            if self._clock.monotonic() >= self._deadline:
+            _, now = self._end(target)
+            if now >= self._deadline:
                 self._records.append(
                     {
                         "target": target.name,
@@ -277,13 +276,15 @@ class Attempts:
             await self._sleep(wait)
         return True
 
-    def _end(self, target: Target) -> float:
-        """Close the running attempt; its duration."""
+    def _end(self, target: Target) -> tuple[float, float]:
+        """Close the running attempt; its duration (0 if it was not running) and the time
+        now, read once."""
+        now = self._clock.monotonic()
         if self._running is not target:
-            return 0.0
+            return 0.0, now
         self._running = None
         target.in_flight -= 1
-        return self._clock.monotonic() - self._started_at
+        return now - self._started_at, now
 
     def _shortest_retry_after(self) -> float | None:
         if not self._not_before:

@@ -183,11 +183,7 @@ class CircuitBreaker:
     def _probe_succeeded(self, reason: str) -> None:
         self._probe_successes += 1
         if self._probe_successes >= self._config.probes:
-            self._calls.clear()
-            self._failures_in_window = 0
-            self._consecutive = 0
-            self.streak = 0
-            self._move("closed", reason)
+            self.reset(reason)  # half-open here, so it closes
 
     def _open(self, reason: str) -> None:
         self.streak += 1

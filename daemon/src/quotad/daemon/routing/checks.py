@@ -22,8 +22,6 @@ from typing import Final
 import anyio
 
 from quotad.daemon.providers.base import ProviderError
-from quotad.daemon.routing.breaker import NO_TICKET
-from quotad.daemon.routing.health import CHECK_FAILED, CHECK_OK, RATE_LIMITED
 from quotad.daemon.routing.router import Router
 
 log = logging.getLogger("quotad.routing")
@@ -72,18 +70,16 @@ class HealthChecks:
         except ProviderError as error:
             if error.kind == "rate_limited":
                 for target in self._router.targets_of(provider_name):
-                    target.health.record(RATE_LIMITED)
+                    target.check_rate_limited()
                 return False
             if error.retryable:
                 self._failed(provider_name, error.message)
                 return False
         for target in self._router.targets_of(provider_name):
-            target.health.record(CHECK_OK)
-            target.breaker.health_check_passed()
+            target.check_passed()
         return True
 
     def _failed(self, provider_name: str, why: str) -> None:
         log.debug("health check of %s failed: %s", provider_name, why)
         for target in self._router.targets_of(provider_name):
-            target.health.record(CHECK_FAILED)
-            target.breaker.failed(NO_TICKET)
+            target.check_failed()

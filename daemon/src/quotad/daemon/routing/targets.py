@@ -12,7 +12,14 @@ from typing import Final
 
 from quotad.daemon.providers.base import Provider
 from quotad.daemon.routing.breaker import NO_TICKET, CircuitBreaker, Ticket
-from quotad.daemon.routing.health import FAILED, OK, RATE_LIMITED, TargetHealth
+from quotad.daemon.routing.health import (
+    CHECK_FAILED,
+    CHECK_OK,
+    FAILED,
+    OK,
+    RATE_LIMITED,
+    TargetHealth,
+)
 from quotad.daemon.routing.retry import RetryBudget
 
 LATENCY_EWMA_WEIGHT: Final = 0.3
@@ -71,6 +78,21 @@ class Target:
         self.failures += 1
         self.breaker.failed(NO_TICKET)
         self.health.record(FAILED)
+
+    def check_passed(self) -> None:
+        """An active health check passed: an open breaker turns half-open at once and the
+        check counts as a successful trial call."""
+        self.health.record(CHECK_OK)
+        self.breaker.health_check_passed()
+
+    def check_failed(self) -> None:
+        """An active health check failed (no answer in time, connect error, 5xx)."""
+        self.health.record(CHECK_FAILED)
+        self.breaker.failed(NO_TICKET)
+
+    def check_rate_limited(self) -> None:
+        """An active health check was answered 429: full, not unwell."""
+        self.health.record(RATE_LIMITED)
 
     def _observe_latency(self, latency_s: float, now: float) -> None:
         previous = self.latency_ewma_s
