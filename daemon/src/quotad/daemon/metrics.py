@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Final
 
-from quotad.protocol.messages import RequestRecord, StatusReply
+from quotad.protocol.messages import PRIORITIES, RequestRecord, StatusReply
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS_S: Final = (
@@ -39,7 +39,6 @@ LATENCY_BUCKETS_S: Final = (
 WAIT_BUCKETS_S: Final = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BREAKER_STATES: Final = ("closed", "open", "half_open")
 HEALTH_STATES: Final = ("healthy", "degraded", "unhealthy", "unknown")
-PRIORITIES: Final = ("low", "normal", "high", "critical")
 
 
 class Histogram:

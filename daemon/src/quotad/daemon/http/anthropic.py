@@ -31,11 +31,18 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from quotad.daemon.errors import RequestError
-from quotad.daemon.http.wire import answered_model, bad_request
-from quotad.protocol.messages import Chat, ChatChunk, ChatEnd, ChatMessage, ChatReply, Usage
+from quotad.daemon.http.wire import answered_model, bad_request, passthrough
+from quotad.protocol.messages import (
+    Chat,
+    ChatChunk,
+    ChatEnd,
+    ChatMessage,
+    ChatReply,
+    Name,
+    PositiveInt,
+    Usage,
+)
 
-Name = Annotated[str, msgspec.Meta(max_length=256)]
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 
 STOP_REASONS: Final = {
@@ -235,11 +242,7 @@ def chat_request(body: MessagesRequest) -> Chat:
             messages += _user_turn(content, f"messages[{index}].content")
         else:
             messages.append(_assistant_turn(content, f"messages[{index}].content"))
-    extra: dict[str, Any] = {}
-    for name in PASSTHROUGH:
-        value = getattr(body, name)
-        if value is not None:
-            extra[name] = value
+    extra = passthrough(body, PASSTHROUGH)
     return Chat(
         model=body.model,
         messages=messages,

@@ -25,13 +25,12 @@ handler, or closes the stream it was reading).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol, cast
+from typing import Final, Literal, Protocol, cast, get_args
 
 import anyio
 import anyio.abc
@@ -44,7 +43,6 @@ from quotad.daemon.http.wire import (
     JSON_CONTENT,
     SSE_HEADERS,
     CacheState,
-    Headers,
     cost_header,
     decode_body,
     error_headers,
@@ -52,6 +50,7 @@ from quotad.daemon.http.wire import (
     quotad_headers,
 )
 from quotad.daemon.http11 import (
+    Headers,
     HttpLimits,
     HttpRequest,
     HttpResponse,
@@ -59,6 +58,7 @@ from quotad.daemon.http11 import (
     StreamingResponse,
 )
 from quotad.daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from quotad.daemon.providers.transport import is_loopback
 from quotad.daemon.request import Caller
 from quotad.protocol.messages import (
     PRIORITIES,
@@ -83,7 +83,8 @@ Api = Literal["openai", "anthropic"]
 DEFAULT_APP: Final = "anonymous"
 """The app of a request under ``auth = "none"`` that sends no ``x-quotad-app``."""
 MAX_APP_LENGTH: Final = 256
-CACHE_MODES: Final[frozenset[CacheMode]] = frozenset({"use", "bypass", "refresh", "only"})
+CACHE_MODES: Final[tuple[CacheMode, ...]] = get_args(CacheMode)
+_CACHE_MODES: Final[frozenset[CacheMode]] = frozenset(CACHE_MODES)
 _PRIORITIES: Final[frozenset[Priority]] = frozenset(PRIORITIES)
 _MISSING_KEY: Final = (
     "missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY' "
@@ -141,15 +142,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class FrontDoor:
     """The OpenAI- and Anthropic-compatible HTTP server in front of a broker."""
 
@@ -202,7 +194,7 @@ class FrontDoor:
             raise HttpListenError(
                 f"cannot listen on {self._listen} ([http] listen): {error.strerror or error}"
             ) from None
-        if not self._keys and not _is_loopback(self._host):
+        if not self._keys and not is_loopback(self._host):
             log.warning(
                 "HTTP front door on %s with auth = none: anyone who reaches it can spend "
                 "through it; use auth = keys",
@@ -468,8 +460,8 @@ def _read_quotad_header(found: _RequestHeaders, name: str, value: str) -> None:
             raise _bad_header(name, f"expected one of {', '.join(PRIORITIES)}, got {value!r}")
         found.priority = value
     elif name == "x-quotad-cache":
-        if value not in CACHE_MODES:
-            raise _bad_header(name, f"expected one of use, bypass, refresh, only, got {value!r}")
+        if value not in _CACHE_MODES:
+            raise _bad_header(name, f"expected one of {', '.join(CACHE_MODES)}, got {value!r}")
         found.cache = value
     elif name == "x-quotad-max-wait":
         try:

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from quotad.daemon.errors import RequestError
-from quotad.daemon.http.wire import answered_model, bad_request
+from quotad.daemon.http.wire import answered_model, bad_request, passthrough
 from quotad.protocol.messages import (
     Chat,
     ChatChunk,
@@ -34,11 +34,10 @@ from quotad.protocol.messages import (
     ChatReply,
     Embed,
     EmbedReply,
+    Name,
+    PositiveInt,
     Usage,
 )
-
-Name = Annotated[str, msgspec.Meta(max_length=256)]
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
 PASSTHROUGH: Final = (
     "frequency_penalty",
@@ -139,11 +138,7 @@ def chat_request(body: ChatCompletionRequest) -> Chat:
     """The protocol request for a chat completion."""
     if body.n is not None and body.n != 1:
         raise bad_request("n", "quotad answers one choice per request; leave n out or set 1")
-    extra: dict[str, Any] = {}
-    for name in PASSTHROUGH:
-        value = getattr(body, name)
-        if value is not None:
-            extra[name] = value
+    extra = passthrough(body, PASSTHROUGH)
     max_tokens = body.max_tokens
     if body.max_completion_tokens is not None:
         max_tokens = body.max_completion_tokens

@@ -1,23 +1,24 @@
 """What the OpenAI and the Anthropic shapes of the front door share: decoding a request body
-into a typed Struct with errors that name the field, the HTTP status and headers each error code
-is answered with (DESIGN §7), the ``x-quotad-*`` response headers, and the model name an
-answer reports.
+into a typed Struct with errors that name the field, the fields passed on to the provider as
+they are, the HTTP status and headers each error code is answered with (DESIGN §7), the
+``x-quotad-*`` response headers, and the model name an answer reports.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Final, Literal, TypeVar
+from collections.abc import Iterable
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
 from quotad.daemon.errors import RequestError
+from quotad.daemon.http11 import Headers
 from quotad.protocol.framing import describe
 
 T = TypeVar("T")
 
-Headers = list[tuple[str, str]]
 CacheState = Literal["hit", "miss", "bypass"]
 
 JSON_CONTENT: Final = ("content-type", "application/json")
@@ -98,6 +99,17 @@ def _invalid(error: msgspec.ValidationError) -> RequestError:
     text = describe(error).replace(" | null", "")  # optional fields: the type is what matters
     param, _, _ = text.partition(": ")
     return RequestError("bad_request", text, details={"param": param})
+
+
+def passthrough(body: object, names: Iterable[str]) -> dict[str, Any]:
+    """The fields ``names`` of a request ``body`` that are set (not None), by name: what goes
+    to the provider as it is (``Chat.extra``)."""
+    extra: dict[str, Any] = {}
+    for name in names:
+        value = getattr(body, name)
+        if value is not None:
+            extra[name] = value
+    return extra
 
 
 def answered_model(target: str, requested: str) -> str:

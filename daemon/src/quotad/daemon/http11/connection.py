@@ -307,29 +307,19 @@ class Connection:
 
     async def _check_head(self, head: RequestHead) -> list[tuple[bytes, bytes]] | None:
         """Apply the header and declared-body limits, note keep-alive, say 100 Continue;
-        the headers as a list, or None when an error answer was sent instead."""
+        the headers, or None when an error answer was sent instead."""
         limits = self._limits
-        header_bytes = len(head.method) + len(head.target) + 12
-        declared = 0
-        keep_alive = head.http_version == b"1.1"
-        headers = list(head.headers)
-        for name, value in headers:
-            header_bytes += len(name) + len(value) + 4
-            if name == b"content-length":
-                declared = int(value)
-            elif name == b"connection" and b"close" in value.lower():
-                keep_alive = False
-        self._keep_alive = keep_alive
+        self._keep_alive = head.keep_alive
         self._http10 = head.http_version != b"1.1"
-        if header_bytes > limits.max_header_bytes:
+        if head.size > limits.max_header_bytes:
             await self._headers_too_large()
             return None
-        if declared > limits.max_body_bytes:
+        if head.content_length > limits.max_body_bytes:
             await self._body_too_large()
             return None
         if self._parser.client_is_waiting_for_100_continue:
             await self._stream.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return headers
+        return head.headers
 
     async def _headers_too_large(self) -> None:
         await self._send_error(

@@ -58,9 +58,20 @@ class ParseError(Exception):
 
 
 class RequestHead:
-    """A request's line and headers (names lower-cased, values without surrounding blanks)."""
+    """A request's line and headers (names lower-cased, values without surrounding blanks),
+    and what the parse learnt of them: ``size``, the bytes of the line and the headers as
+    ``name: value`` lines; ``content_length``, the declared body size (0 when none or
+    chunked); ``keep_alive``, false for HTTP/1.0 or a ``connection`` header saying close."""
 
-    __slots__ = ("headers", "http_version", "method", "target")
+    __slots__ = (
+        "content_length",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "method",
+        "size",
+        "target",
+    )
 
     def __init__(
         self,
@@ -73,6 +84,9 @@ class RequestHead:
         self.target = target
         self.http_version = http_version
         self.headers = headers
+        self.size = len(method) + len(target) + 12
+        self.content_length = 0
+        self.keep_alive = http_version == b"1.1"
 
 
 class BodyData:
@@ -156,6 +170,7 @@ class RequestParser:
         del buffer[: end + size]
         head = _request_line(lines[0].removesuffix(b"\r"))
         headers = head.headers
+        size = head.size
         length: int | None = None
         chunked = False
         has_host = False
@@ -166,6 +181,7 @@ class RequestParser:
             name, value = match.groups()
             name = name.lower()
             headers.append((name, value))
+            size += len(name) + len(value) + 4
             if name == b"content-length":
                 if not value.isdigit() or (length is not None and int(value) != length):
                     raise ParseError(f"bad content-length {value[:20]!r}")
@@ -178,10 +194,14 @@ class RequestParser:
                 has_host = True
             elif name == b"expect" and value.lower() == b"100-continue":
                 self._expect_continue = True
+            elif name == b"connection" and b"close" in value.lower():
+                head.keep_alive = False
         if chunked and length is not None:
             raise ParseError("both content-length and transfer-encoding")
         if head.http_version == b"1.1" and not has_host:
             raise ParseError("missing host header")
+        head.size = size
+        head.content_length = length or 0
         if chunked:
             self._state = _CHUNK_SIZE
         elif length:

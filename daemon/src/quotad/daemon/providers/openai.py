@@ -27,6 +27,17 @@ from quotad.daemon.providers.transport import ChatEventStream, ProviderHTTP
 from quotad.protocol.messages import Chat, Usage
 
 ENCODER: Final = msgspec.json.Encoder()
+OPTIONAL_FIELDS: Final = (
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "response_format",
+)
+"""Fields of a :class:`~quotad.protocol.messages.Chat` sent under the same name, in this
+order, only when the request sets them."""
 
 
 # --------------------------------------------------------------------------- answers, typed
@@ -123,20 +134,10 @@ def _float32_vector(encoded: str) -> list[float]:
 def chat_body(model: str, request: Chat, max_tokens: int, *, stream: bool) -> bytes:
     """The JSON body of a chat completion request."""
     body: dict[str, Any] = {"model": model, "messages": request.messages, "max_tokens": max_tokens}
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
-    if request.stop is not None:
-        body["stop"] = request.stop
-    if request.seed is not None:
-        body["seed"] = request.seed
-    if request.tools is not None:
-        body["tools"] = request.tools
-    if request.tool_choice is not None:
-        body["tool_choice"] = request.tool_choice
-    if request.response_format is not None:
-        body["response_format"] = request.response_format
+    for name in OPTIONAL_FIELDS:
+        value = getattr(request, name)
+        if value is not None:
+            body[name] = value
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

@@ -271,18 +271,34 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         """A whole exchange without httpx's models: ``header_lines`` are the request's
         ``name: value\\r\\n`` lines but ``content-length`` (host included); the answer's
         status, headers and body. Failures raise as :meth:`handle_async_request`'s do."""
-        head = b"%s %s HTTP/1.1\r\n%bcontent-length: %d\r\n\r\n" % (
-            method.encode("ascii"),
-            url.raw_path,
-            header_lines,
-            len(body),
-        )
+        head = _head(method, url, header_lines, len(body))
         answer = await self._exchange(url, head + body, method, timeouts)
         try:
             content = b"".join([part async for part in answer.body])
         finally:
             await answer.body.aclose()
         return answer.status, answer.headers, content
+
+    async def open_stream(
+        self,
+        method: str,
+        url: httpx.URL,
+        header_lines: bytes,
+        body: bytes,
+        timeouts: dict[str, Any],
+    ) -> httpx.Response:
+        """An exchange whose body is left to read, from the same parts as :meth:`fetch`
+        (without an ``httpx.Request``): the response once its head is in, its ``stream`` the
+        body (each read bounded by the ``read`` timeout; closing it releases the connection).
+        Failures raise as :meth:`handle_async_request`'s do."""
+        head = _head(method, url, header_lines, len(body))
+        answer = await self._exchange(url, head + body, method, timeouts)
+        return httpx.Response(
+            answer.status,
+            headers=answer.headers,
+            stream=answer.body,
+            extensions={"http_version": answer.version, "reason_phrase": answer.reason},
+        )
 
     async def _exchange(
         self, url: httpx.URL, request_bytes: bytes, method: str, timeouts: dict[str, Any]
@@ -331,6 +347,16 @@ async def _send(connection: _Connection, data: bytes) -> None:
         await connection.stream.send(data)
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
         raise httpx.WriteError(str(error) or type(error).__name__) from None
+
+
+def _head(method: str, url: httpx.URL, header_lines: bytes, content_length: int) -> bytes:
+    """A request head from ``name: value\\r\\n`` lines without ``content-length``."""
+    return b"%s %s HTTP/1.1\r\n%bcontent-length: %d\r\n\r\n" % (
+        method.encode("ascii"),
+        url.raw_path,
+        header_lines,
+        content_length,
+    )
 
 
 def _request_head(request: httpx.Request) -> bytes:

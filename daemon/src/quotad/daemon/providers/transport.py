@@ -84,7 +84,9 @@ class Reply(msgspec.Struct):
     rate_limits: RateLimitInfo
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine: ``localhost`` or a loopback
+    address."""
     if host == "localhost":
         return True
     try:
@@ -95,7 +97,7 @@ def _is_loopback(host: str) -> bool:
 
 def environment_proxy(url: httpx.URL) -> str | None:
     """The proxy the environment names for ``url`` (``HTTPS_PROXY``…, minus ``NO_PROXY``)."""
-    if _is_loopback(url.host):
+    if is_loopback(url.host):
         return None
     proxies = urllib.request.getproxies()
     proxy = proxies.get(url.scheme) or proxies.get("all")
@@ -204,7 +206,7 @@ class ProviderHTTP:
             raise self.transport_failure(error, response) from None
         rate_limits = parse_rate_limits(response.headers)
         if not 200 <= response.status_code < 300:
-            raise self.status_failure(response, content, rate_limits)
+            raise self.status_failure(response.status_code, content, rate_limits)
         return Reply(content, rate_limits)
 
     async def _lean_request(
@@ -224,21 +226,30 @@ class ProviderHTTP:
             raise self.transport_failure(error, None) from None
         rate_limits = parse_rate_limits(headers)
         if not 200 <= status < 300:
-            response = httpx.Response(status, headers=headers)
-            raise self.status_failure(response, content, rate_limits)
+            raise self.status_failure(status, content, rate_limits)
         return Reply(content, rate_limits)
 
     async def open_stream(
         self, url: httpx.URL, body: bytes
     ) -> tuple[httpx.Response, RateLimitInfo]:
         """POST a streamed request and return once its 2xx response headers are in; the body
-        is left to read. A non-2xx answer is read whole and raised."""
-        request = httpx.Request(
-            "POST", url, headers=self._headers, content=body, extensions=self._extensions
-        )
+        is left to read. A non-2xx answer is read whole and raised. Through the lean pool, the
+        request is sent from the prebuilt header lines, as :meth:`request` sends it."""
         try:
             with anyio.fail_after(self._timeout_s):
-                response = await self._transport.handle_async_request(request)
+                if self._lean is not None:
+                    response = await self._lean.open_stream(
+                        "POST", url, self._header_lines, body, self._extensions["timeout"]
+                    )
+                else:
+                    request = httpx.Request(
+                        "POST",
+                        url,
+                        headers=self._headers,
+                        content=body,
+                        extensions=self._extensions,
+                    )
+                    response = await self._transport.handle_async_request(request)
         except TimeoutError:
             raise self._deadline_failure("did not start its answer", None) from None
         except httpx.TransportError as error:
@@ -254,7 +265,7 @@ class ProviderHTTP:
             pass  # the status says enough
         finally:
             await response.aclose()
-        raise self.status_failure(response, content, rate_limits)
+        raise self.status_failure(response.status_code, content, rate_limits)
 
     def decode(self, decoder: msgspec.json.Decoder[T], reply: Reply) -> T:
         """A reply's body decoded into the wire format's typed answer; ``protocol`` when it
@@ -315,10 +326,10 @@ class ProviderHTTP:
         )
 
     def status_failure(
-        self, response: httpx.Response, content: bytes, rate_limits: RateLimitInfo
+        self, status: int, content: bytes, rate_limits: RateLimitInfo
     ) -> ProviderError:
-        """The error a non-2xx answer means, with the provider's own message and body."""
-        status = response.status_code
+        """The error a non-2xx answer (``status``) means, with the provider's own message and
+        body."""
         text = self.redact(content.decode("utf-8", "replace"))
         body: Any
         try:
