@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Self
 
 import anyio
 import anyio.abc
@@ -643,28 +643,44 @@ class AsyncHeldPermit:
         )
 
 
-class AsyncChatStream(StreamedChat):
-    """The chunks of one streamed chat; ``.end`` and ``.content`` once it ends.
+class _AsyncReplies:
+    """The replies of one request that continues (a chat stream, a subscription): sent on
+    entering its ``async with`` block or at the first read; closing it before its end
+    cancels the request, and later replies to it are dropped."""
 
-    Closing it (or leaving its ``async with`` block) before the end cancels the request.
-    """
+    __slots__ = ("_client", "_connection", "_deadline", "_inbox", "_request", "finished")
+    _bounded: ClassVar[bool]
+    """Whether the client's timeout bounds the whole request (from when it is sent)."""
 
-    __slots__ = ("_client", "_connection", "_deadline", "_inbox", "_request")
-
-    def __init__(self, client: AsyncClient, request: Message) -> None:
-        super().__init__()
+    def _begin(self, client: AsyncClient, request: Message) -> None:
         self._client = client
         self._request = request
         self._connection: _AsyncConnection | None = None
         self._inbox: _Inbox | None = None
         self._deadline: float | None = None
+        self.finished = False
 
     async def _start(self) -> tuple[_AsyncConnection, _Inbox]:
-        self._connection, self._inbox = await self._client._start(self._request)
-        self._deadline = self._client._deadline()
-        return self._connection, self._inbox
+        started = await self._client._start(self._request)
+        self._connection, self._inbox = started
+        self._deadline = self._client._deadline() if self._bounded else None
+        return started
 
-    async def __aenter__(self) -> AsyncChatStream:
+    async def _next_reply(self) -> Reply:
+        """The request's next reply (sending it first if not yet sent); ends it on failure."""
+        if self._connection is None or self._inbox is None:
+            connection, inbox = await self._start()
+        else:
+            connection, inbox = self._connection, self._inbox
+        try:
+            return await self._client._await_reply(
+                connection, inbox, self._request.id, self._deadline
+            )
+        except BaseException:
+            self.finished = True
+            raise
+
+    async def __aenter__(self) -> Self:
         if self._inbox is None:
             await self._start()
         return self
@@ -677,27 +693,8 @@ class AsyncChatStream(StreamedChat):
     ) -> None:
         await self.aclose()
 
-    def __aiter__(self) -> AsyncChatStream:
+    def __aiter__(self) -> Self:
         return self
-
-    async def __anext__(self) -> ChatChunk:
-        if self.finished:
-            raise StopAsyncIteration
-        if self._connection is None or self._inbox is None:
-            connection, inbox = await self._start()
-        else:
-            connection, inbox = self._connection, self._inbox
-        try:
-            reply = await self._client._await_reply(
-                connection, inbox, self._request.id, self._deadline
-            )
-        except BaseException:
-            self.finished = True
-            raise
-        chunk = self._absorb(reply)
-        if chunk is None:
-            raise StopAsyncIteration
-        return chunk
 
     async def aclose(self) -> None:
         """Cancel the request if it has not ended; later replies to it are dropped."""
@@ -707,51 +704,43 @@ class AsyncChatStream(StreamedChat):
                 await self._connection.abandon(self._request.id)
 
 
-class AsyncSubscription:
-    """Snapshots from ``AsyncClient.subscribe()``; closing it ends the subscription."""
+class AsyncChatStream(StreamedChat, _AsyncReplies):
+    """The chunks of one streamed chat; ``.end`` and ``.content`` once it ends.
 
-    __slots__ = ("_client", "_connection", "_inbox", "_request", "finished")
+    Closing it (or leaving its ``async with`` block) before the end cancels the request.
+    """
+
+    __slots__ = ()
+    _bounded = True
 
     def __init__(self, client: AsyncClient, request: Message) -> None:
-        self._client = client
-        self._request = request
-        self._connection: _AsyncConnection | None = None
-        self._inbox: _Inbox | None = None
-        self.finished = False
+        super().__init__()
+        self._begin(client, request)
 
-    async def __aenter__(self) -> AsyncSubscription:
-        if self._inbox is None:
-            self._connection, self._inbox = await self._client._start(self._request)
-        return self
+    async def __anext__(self) -> ChatChunk:
+        if self.finished:
+            raise StopAsyncIteration
+        chunk = self._absorb(await self._next_reply())
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
-    def __aiter__(self) -> AsyncSubscription:
-        return self
+class AsyncSubscription(_AsyncReplies):
+    """Snapshots from ``AsyncClient.subscribe()``; closing it ends the subscription."""
+
+    __slots__ = ()
+    _bounded = False
+
+    def __init__(self, client: AsyncClient, request: Message) -> None:
+        self._begin(client, request)
 
     async def __anext__(self) -> Snapshot:
         if self.finished:
             raise StopAsyncIteration
-        if self._connection is None or self._inbox is None:
-            self._connection, self._inbox = await self._client._start(self._request)
+        reply = await self._next_reply()
         try:
-            reply = await self._client._await_reply(
-                self._connection, self._inbox, self._request.id, None
-            )
             return expect(reply, Snapshot)
         except BaseException:
             self.finished = True
             raise
-
-    async def aclose(self) -> None:
-        """End the subscription."""
-        if not self.finished:
-            self.finished = True
-            if self._connection is not None:
-                await self._connection.abandon(self._request.id)

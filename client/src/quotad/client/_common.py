@@ -215,14 +215,15 @@ def is_retryable(error: BaseException) -> bool:
 
 
 class StreamedChat:
-    """What a streamed chat has produced so far: its text, and its ``ChatEnd`` once ended."""
+    """What a streamed chat has produced so far: its text, and its ``ChatEnd`` once ended.
+    (No slots: the clients' streams also derive from their reply-reading base, which has
+    them.)"""
 
-    __slots__ = ("_parts", "end", "finished")
+    finished: bool
 
     def __init__(self) -> None:
         self._parts: list[str] = []
         self.end: ChatEnd | None = None
-        self.finished = False
 
     @property
     def content(self) -> str:

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Self
 
 from quotad.client._common import (
     CONTINUING_REPLIES,
@@ -627,28 +627,41 @@ class HeldPermit:
         )
 
 
-class ChatStream(StreamedChat):
-    """The chunks of one streamed chat; ``.end`` and ``.content`` once it ends.
+class _Replies:
+    """The replies of one request that continues (a chat stream, a subscription): sent on
+    entering its ``with`` block or at the first read; closing it before its end cancels the
+    request, and later replies to it are dropped."""
 
-    Closing it (or leaving its ``with`` block) before the end cancels the request.
-    """
+    __slots__ = ("_client", "_connection", "_deadline", "_inbox", "_request", "finished")
+    _bounded: ClassVar[bool]
+    """Whether the client's timeout bounds the whole request (from when it is sent)."""
 
-    __slots__ = ("_client", "_connection", "_deadline", "_inbox", "_request")
-
-    def __init__(self, client: Client, request: Message) -> None:
-        super().__init__()
+    def _begin(self, client: Client, request: Message) -> None:
         self._client = client
         self._request = request
         self._connection: _Connection | None = None
         self._inbox: Inbox | None = None
         self._deadline: float | None = None
+        self.finished = False
 
     def _start(self) -> tuple[_Connection, Inbox]:
-        self._connection, self._inbox = self._client._start(self._request)
-        self._deadline = self._client._deadline()
-        return self._connection, self._inbox
+        connection, inbox = self._connection, self._inbox = self._client._start(self._request)
+        self._deadline = self._client._deadline() if self._bounded else None
+        return connection, inbox
 
-    def __enter__(self) -> ChatStream:
+    def _next_reply(self) -> Reply:
+        """The request's next reply (sending it first if not yet sent); ends it on failure."""
+        if self._connection is None or self._inbox is None:
+            connection, inbox = self._start()
+        else:
+            connection, inbox = self._connection, self._inbox
+        try:
+            return self._client._await_reply(connection, inbox, self._request.id, self._deadline)
+        except BaseException:
+            self.finished = True
+            raise
+
+    def __enter__(self) -> Self:
         if self._inbox is None:
             self._start()
         return self
@@ -661,26 +674,8 @@ class ChatStream(StreamedChat):
     ) -> None:
         self.close()
 
-    def __iter__(self) -> ChatStream:
+    def __iter__(self) -> Self:
         return self
-
-    def __next__(self) -> ChatChunk:
-        if self.finished:
-            raise StopIteration
-        if self._connection is None or self._inbox is None:
-            connection, inbox = self._start()
-        else:
-            connection, inbox = self._connection, self._inbox
-        try:
-            reply = self._client._await_reply(connection, inbox, self._request.id, self._deadline)
-        except BaseException:
-            self.finished = True
-            raise
-        chunk = self._absorb(reply)
-        if chunk is None:
-            self._client.last_stream_end = self.end
-            raise StopIteration
-        return chunk
 
     def close(self) -> None:
         """Cancel the request if it has not ended; later replies to it are dropped."""
@@ -690,49 +685,44 @@ class ChatStream(StreamedChat):
                 self._connection.abandon(self._request.id)
 
 
-class Subscription:
-    """Snapshots from ``Client.subscribe()``; closing it ends the subscription."""
+class ChatStream(StreamedChat, _Replies):
+    """The chunks of one streamed chat; ``.end`` and ``.content`` once it ends.
 
-    __slots__ = ("_client", "_connection", "_inbox", "_request", "finished")
+    Closing it (or leaving its ``with`` block) before the end cancels the request.
+    """
+
+    __slots__ = ()
+    _bounded = True
 
     def __init__(self, client: Client, request: Message) -> None:
-        self._client = client
-        self._request = request
-        self._connection: _Connection | None = None
-        self._inbox: Inbox | None = None
-        self.finished = False
+        super().__init__()
+        self._begin(client, request)
 
-    def __enter__(self) -> Subscription:
-        if self._inbox is None:
-            self._connection, self._inbox = self._client._start(self._request)
-        return self
+    def __next__(self) -> ChatChunk:
+        if self.finished:
+            raise StopIteration
+        chunk = self._absorb(self._next_reply())
+        if chunk is None:
+            self._client.last_stream_end = self.end
+            raise StopIteration
+        return chunk
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
-    def __iter__(self) -> Subscription:
-        return self
+class Subscription(_Replies):
+    """Snapshots from ``Client.subscribe()``; closing it ends the subscription."""
+
+    __slots__ = ()
+    _bounded = False
+
+    def __init__(self, client: Client, request: Message) -> None:
+        self._begin(client, request)
 
     def __next__(self) -> Snapshot:
         if self.finished:
             raise StopIteration
-        if self._connection is None or self._inbox is None:
-            self._connection, self._inbox = self._client._start(self._request)
+        reply = self._next_reply()
         try:
-            reply = self._client._await_reply(self._connection, self._inbox, self._request.id, None)
             return expect(reply, Snapshot)
         except BaseException:
             self.finished = True
             raise
-
-    def close(self) -> None:
-        """End the subscription."""
-        if not self.finished:
-            self.finished = True
-            if self._connection is not None:
-                self._connection.abandon(self._request.id)
