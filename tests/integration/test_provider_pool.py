@@ -24,9 +24,16 @@ from tests.support.sim import SimProcess
 CHAT = Chat(model="m", messages=[ChatMessage(role="user", content="pool test")], max_tokens=4)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # daemon internals
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    """Daemon internals: asyncio, with uvloop (as the daemon runs) and without."""
+    backend: tuple[str, dict[str, Any]] = request.param
+    return backend
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import httpx
 import msgspec
 import pytest
@@ -23,8 +25,22 @@ from quotad.daemon.http11 import (
     HttpServer,
     StreamingResponse,
 )
+from quotad.daemon.http11 import connection as connection_module
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    """The server's connections are asyncio protocols: asyncio, with and without uvloop."""
+    backend: tuple[str, dict[str, Any]] = request.param
+    return backend
+
 
 Response = tuple[int, dict[str, str], bytes]
 
@@ -371,3 +387,59 @@ async def test_shutdown_deadline_cancels_what_is_left() -> None:
             with anyio.fail_after(5):
                 await server.shutdown(deadline_s=0.1)
                 assert await read_to_close(reader) == b""
+
+
+async def test_a_client_that_does_not_read_holds_a_stream_back() -> None:
+    produced = 0
+    stream_closed = anyio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal produced
+        try:
+            while True:
+                produced += 1
+                yield b"x" * 65536
+                await anyio.lowlevel.checkpoint()
+        finally:
+            stream_closed.set()
+
+    async def handler(request: HttpRequest) -> StreamingResponse:
+        return StreamingResponse(200, [], chunks())
+
+    async with serving(handler) as server:
+        async with raw_connection(server.port) as (stream, _):
+            await stream.send(get("/"))
+            await anyio.sleep(0.5)  # reading nothing
+            held_at = produced
+            await anyio.sleep(0.2)
+            # the socket buffers fill up (a few MB), then writing waits for the client
+            assert held_at < 300
+            assert produced - held_at <= 1
+        with anyio.fail_after(5):
+            await stream_closed.wait()
+
+
+async def send_in_pieces(stream: anyio.abc.SocketStream, data: bytes, size: int = 10_000) -> None:
+    for start in range(0, len(data), size):
+        await stream.send(data[start : start + size])
+        await anyio.sleep(0.002)
+
+
+async def test_a_long_pipelined_burst_is_read_in_bounded_steps_and_answered_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def handler(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, [], request.path.encode())
+
+    monkeypatch.setattr(connection_module, "READ_AHEAD_BYTES", 4096)  # pause, resume, often
+    count = 3000  # ~110 KB of requests
+    burst = b"".join(get(f"/{number}") for number in range(count))
+    async with (
+        serving(handler) as server,
+        raw_connection(server.port) as (stream, reader),
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(send_in_pieces, stream, burst)
+        with anyio.fail_after(30):
+            bodies = [(await read_response(reader))[2] for _ in range(count)]
+    assert bodies == [f"/{number}".encode() for number in range(count)]

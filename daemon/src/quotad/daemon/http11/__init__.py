@@ -1,4 +1,5 @@
-"""A small, fast HTTP/1.1 server core on anyio, without an ASGI framework.
+"""A small, fast HTTP/1.1 server core on asyncio (with or without uvloop; anyio task groups
+and cancel scopes), without an ASGI framework.
 
 It owns the connection side of HTTP: accepting, parsing, keep-alive, limits, timeouts,
 writing responses and graceful shutdown. What to answer is the handler's business; the
@@ -37,9 +38,10 @@ Connections: keep-alive; pipelined requests are read one at a time and answered 
 A request line + headers over ``max_header_bytes`` is answered 431, a body over
 ``max_body_bytes`` 413, a malformed request 400; each of these closes the connection. A
 request that has started arriving must be complete within ``read_timeout_s`` (else 408 and
-close: slowloris); a keep-alive connection waits ``idle_timeout_s`` for its next request. A
-task reads each connection all along, so a client that goes away (EOF or reset) while its
-request is being handled cancels the handler and stops its stream at once; a half-close from
+close: slowloris); a keep-alive connection waits ``idle_timeout_s`` for its next request.
+Each connection is an asyncio protocol reading all along (a task per connection runs its
+requests), so a client that goes away (EOF or reset) while its request is being handled
+cancels the handler and stops its stream at once; a half-close from
 the client counts as going away. Closes after an answer are lingering (FIN, then read until the
 client closes, at most ``LINGER_S``) so that the client reads the answer before the socket goes.
 Timeouts are checked by one sweep task per server (no timer per request), so they fire up to

@@ -1,22 +1,30 @@
-"""One client connection of the HTTP/1.1 server (:class:`Connection`): a reader task that
-feeds the parser and notices the client leaving, the request loop with its limits and
-timeouts, running the handler and writing its answer (plain, streamed or an error of the
-server's own), keep-alive, and the lingering or resetting close."""
+"""One client connection of the HTTP/1.1 server (:class:`Connection`): an asyncio protocol
+whose callbacks feed the parser as bytes arrive and notice the client leaving, and the
+request loop (one task per connection) with its limits and timeouts, running the handler and
+writing its answer (plain, streamed or an error of the server's own), keep-alive, and the
+lingering or resetting close.
+
+The connection is an :class:`asyncio.Protocol`, not an anyio stream read by a task of its
+own: bytes reach the parser in the event loop's read callback, which wakes the request loop
+only when it waits for them, and answers go straight to the transport. That costs a request
+a third of what the stream did (a ``/healthz`` took 280 µs of the daemon's CPU through anyio
+streams and a reader task); it also means the server runs on asyncio (with or without
+uvloop) only, as the daemon does.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import socket
 import struct
 from collections.abc import AsyncIterator
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import anyio
-import anyio.abc
 import msgspec
-from anyio.abc import SocketAttribute
 
 from quotad.daemon.http11.messages import (
     AbortConnection,
@@ -39,12 +47,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("quotad.daemon.http11.server")  # the HTTP core logs as its server
 
-RECEIVE_SIZE = 65536
-"""Bytes asked of the socket per read."""
 READ_AHEAD_BYTES = 256 * 1024
 """Bytes read beyond what the parser has consumed before reading pauses (pipelining bound)."""
 LINGER_S = 2.0
-"""How long a closing connection waits for the client to close its side."""
+"""How long a closing connection waits for the client to close its side, and a closed one
+for its last answer to drain before the socket is dropped."""
 SINGLE_WRITE_BYTES = 65536
 """Bodies up to this size are joined with the head into one write."""
 STREAM_ACLOSE_TIMEOUT_S = 5.0
@@ -56,6 +63,10 @@ _REASON_TEXT: dict[int, str] = {status.value: status.phrase for status in HTTPSt
 _NO_BODY_STATUSES = frozenset({204, 304})
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _json = msgspec.json.Encoder()
+
+
+class ClientGone(Exception):
+    """The connection was lost (or closed) before an answer could be written."""
 
 
 def _error_body(status: int, message: str, code: str) -> bytes:
@@ -106,45 +117,28 @@ _INTERNAL_ERROR = HttpResponse(
 )
 
 
-class Connection:
-    """One client connection: a reader task feeding the parser, and the request loop.
+class Connection(asyncio.Protocol):
+    """One client connection: protocol callbacks that feed the parser, and the request loop
+    (:meth:`run`, the connection's task).
 
     The parser keeps what was read beyond the current request (pipelining); answers are
     written by hand (a few string joins).
     """
 
-    __slots__ = (
-        "_client",
-        "_close_mode",
-        "_handler_scope",
-        "_http10",
-        "_idle",
-        "_keep_alive",
-        "_limits",
-        "_lingering",
-        "_parser",
-        "_pending",
-        "_resume",
-        "_server",
-        "_stream",
-        "_wakeup",
-        "deadline",
-        "eof",
-    )
-
-    def __init__(self, server: HttpServer, stream: anyio.abc.SocketStream) -> None:
+    def __init__(self, server: HttpServer) -> None:
         self._server = server
-        self._stream = stream
         self._limits = server.limits
+        self._loop = asyncio.get_running_loop()
         self._parser = RequestParser(self._limits.max_header_bytes)
-        try:
-            address = stream.extra(SocketAttribute.remote_address)
-        except (anyio.TypedAttributeLookupError, OSError):
-            address = None
-        self._client = (address[0], address[1]) if isinstance(address, tuple) else None
-        self._wakeup: anyio.Event | None = None
-        self._resume: anyio.Event | None = None
+        self._transport: asyncio.Transport | None = None
+        self._client: tuple[str, int] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        """The request loop's wait for bytes (or the client's leaving), when it waits."""
+        self._drain: asyncio.Future[None] | None = None
+        """A write's wait for the transport's buffer to drain, when it waits."""
         self._pending = 0
+        self._reading_paused = False
+        self._writing_paused = False
         self._handler_scope: anyio.CancelScope | None = None
         self._idle = False
         self._lingering = False
@@ -153,6 +147,61 @@ class Connection:
         self._http10 = False
         self.deadline = math.inf
         self.eof = False
+        """The client closed its side or the connection is gone."""
+        self.lost = False
+        """The connection is gone: nothing more can be written."""
+
+    # ------------------------------------------------------------------ protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        address = transport.get_extra_info("peername")
+        self._client = (address[0], address[1]) if isinstance(address, tuple) else None
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        self._pending += len(data)
+        self._parser.receive_data(data)
+        if self._pending > READ_AHEAD_BYTES and not self._reading_paused:
+            self._reading_paused = True
+            assert self._transport is not None
+            self._transport.pause_reading()
+        self.wake()
+
+    def eof_received(self) -> bool:
+        self._client_left()
+        return True  # keep the transport open: run() closes it, after a reset if it must
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._client_left()
+        self._end_drain()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._end_drain()
+
+    def _end_drain(self) -> None:
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def _client_left(self) -> None:
+        """EOF or a lost connection: end the request loop's wait, cancel the handler."""
+        if self.eof:
+            return
+        self.eof = True
+        if not self._lingering:
+            self._parser.receive_data(b"")
+        self.wake()
+        if self._handler_scope is not None:
+            self._handler_scope.cancel()
+
+    # ------------------------------------------------------------------ server side
 
     def close_if_idle(self) -> None:
         """Server shutdown: end the wait for a next request, if that is what we are doing."""
@@ -162,70 +211,47 @@ class Connection:
     def wake(self) -> None:
         """End the current wait for data (the server's timeout sweep calls this once
         :attr:`deadline` has passed)."""
-        if self._wakeup is not None:
-            self._wakeup.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def abort(self) -> None:
+        """Drop the connection now (the server's last resort at shutdown)."""
+        if self._transport is not None:
+            self._transport.abort()
 
     async def run(self) -> None:
-        try:
-            async with anyio.create_task_group() as reader:
-                reader.start_soon(self._read_loop)
-                try:
-                    while True:
-                        request = await self._read_request()
-                        if request is None or not await self._respond(request):
-                            break
-                        self._parser.start_next()
-                    if self._close_mode == _LINGER and not self.eof:
-                        await self._linger()
-                finally:
-                    reader.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                if self._close_mode == _RESET:
-                    self._set_linger_reset()
-                await self._stream.aclose()
-
-    # ------------------------------------------------------------------ reading
-
-    async def _read_loop(self) -> None:
-        """Read the socket all along; wake the request loop; notice the client leaving."""
-        stream = self._stream
+        """Serve requests until the connection is to close, then close it."""
         try:
             while True:
-                if self._pending > READ_AHEAD_BYTES and not self._lingering:
-                    resume = self._resume = anyio.Event()
-                    await resume.wait()
-                data = await stream.receive(RECEIVE_SIZE)
-                if self._lingering:
-                    continue
-                self._pending += len(data)
-                self._parser.receive_data(data)
-                if self._wakeup is not None:
-                    self._wakeup.set()
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
-        self.eof = True
-        if not self._lingering:
-            self._parser.receive_data(b"")
-        if self._wakeup is not None:
-            self._wakeup.set()
-        if self._handler_scope is not None:
-            self._handler_scope.cancel()
+                request = await self._read_request()
+                if request is None or not await self._respond(request):
+                    break
+                self._parser.start_next()
+            if self._close_mode == _LINGER and not self.eof:
+                await self._linger()
+        finally:
+            self._close()
+
+    # ------------------------------------------------------------------ reading
 
     async def _wait_data(self, deadline: float) -> bool:
         """Wait for more bytes (or the client's EOF) until ``deadline``; False when it passed
         first. No timer per wait: the server's sweep wakes waits whose deadline has passed."""
         self._pending = 0
-        if self._resume is not None:
-            self._resume.set()
-            self._resume = None
-        wakeup = self._wakeup = anyio.Event()
+        if self._reading_paused and not self.lost:
+            self._reading_paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+        if self.eof:
+            return True
+        waiter = self._waiter = self._loop.create_future()
         self.deadline = deadline
         try:
-            await wakeup.wait()
+            await waiter
         finally:
             self.deadline = math.inf
-            self._wakeup = None
+            self._waiter = None
         return self._pending > 0 or self.eof
 
     async def _wait_idle(self) -> bool:
@@ -235,7 +261,7 @@ class Connection:
             return False
         self._idle = True
         try:
-            return await self._wait_data(anyio.current_time() + self._limits.idle_timeout_s)
+            return await self._wait_data(self._loop.time() + self._limits.idle_timeout_s)
         finally:
             self._idle = False
 
@@ -268,7 +294,7 @@ class Connection:
                             self._close_mode = _CLOSE
                             return None
                         continue
-                    deadline = anyio.current_time() + limits.read_timeout_s
+                    deadline = self._loop.time() + limits.read_timeout_s
                 if not await self._wait_data(deadline):
                     if not self.eof:
                         await self._send_error(
@@ -318,7 +344,7 @@ class Connection:
             await self._body_too_large()
             return None
         if self._parser.client_is_waiting_for_100_continue:
-            await self._stream.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await self._send(b"HTTP/1.1 100 Continue\r\n\r\n")
         return head.headers
 
     async def _headers_too_large(self) -> None:
@@ -362,7 +388,7 @@ class Connection:
         except AbortConnection as abort:
             self._close_mode = _RESET if abort.reset else _CLOSE
             return False
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        except ClientGone:
             self._close_mode = _CLOSE
             return False
         except Exception:
@@ -375,27 +401,25 @@ class Connection:
 
     async def _send_response(self, head: bytes, body: bytes, no_body: bool) -> None:
         if no_body or not body:
-            await self._stream.send(head)
+            await self._send(head)
         elif len(body) <= SINGLE_WRITE_BYTES:
-            await self._stream.send(head + body)
+            await self._send(head + body)
         else:
-            await self._stream.send(head)
-            await self._stream.send(body)
+            await self._send(head)
+            await self._send(body)
 
     async def _send_stream(self, head: bytes, chunks: AsyncIterator[bytes], no_body: bool) -> None:
         """Send the head now, then each chunk as it comes: chunked, or (HTTP/1.0) raw until
         the close."""
         raw = self._http10
         try:
-            await self._stream.send(head)
+            await self._send(head)
             if not no_body:
                 async for chunk in chunks:
                     if chunk:
-                        await self._stream.send(
-                            chunk if raw else b"%x\r\n%b\r\n" % (len(chunk), chunk)
-                        )
+                        await self._send(chunk if raw else b"%x\r\n%b\r\n" % (len(chunk), chunk))
                 if not raw:
-                    await self._stream.send(b"0\r\n\r\n")
+                    await self._send(b"0\r\n\r\n")
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
@@ -405,30 +429,63 @@ class Connection:
     async def _send_error(self, status: int, message: str, code: str) -> None:
         """Answer a request we will not serve; the connection closes after."""
         try:
-            await self._stream.send(_raw_error(status, message, code))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self._send(_raw_error(status, message, code))
+        except ClientGone:
             self._close_mode = _CLOSE
+
+    # ------------------------------------------------------------------ closing
+
+    async def _send(self, data: bytes) -> None:
+        """Write ``data``; when the transport's buffer is full, wait until it drains (a
+        client that reads slowly slows a stream down instead of growing the buffer)."""
+        transport = self._transport
+        assert transport is not None
+        if self.lost or transport.is_closing():
+            raise ClientGone
+        transport.write(data)
+        if self._writing_paused:
+            drain = self._drain = self._loop.create_future()
+            try:
+                await drain
+            finally:
+                self._drain = None
+            if self.lost:
+                raise ClientGone
 
     # ------------------------------------------------------------------ closing
 
     async def _linger(self) -> None:
         """Half-close, then read (and drop) until the client closes or ``LINGER_S`` passes."""
         self._lingering = True
-        if self._resume is not None:
-            self._resume.set()
-        try:
-            await self._stream.send_eof()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        transport = self._transport
+        assert transport is not None
+        if self.lost or transport.is_closing():
             return
-        deadline = anyio.current_time() + LINGER_S
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        try:
+            transport.write_eof()
+        except OSError:
+            return
+        deadline = self._loop.time() + LINGER_S
         while not self.eof:
             if not await self._wait_data(deadline):
                 return
 
-    def _set_linger_reset(self) -> None:
-        """Make the coming close send a TCP RST."""
-        try:
-            raw_socket = self._stream.extra(SocketAttribute.raw_socket)
-            raw_socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        except (anyio.TypedAttributeLookupError, OSError):
-            logger.debug("could not set SO_LINGER for a reset")
+    def _close(self) -> None:
+        """Close the socket: with a reset if the handler asked for one; otherwise after what
+        is still buffered is written, or ``LINGER_S`` at most."""
+        transport = self._transport
+        assert transport is not None
+        if self._close_mode == _RESET:
+            raw_socket = transport.get_extra_info("socket")
+            try:
+                raw_socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except (AttributeError, OSError):
+                logger.debug("could not set SO_LINGER for a reset")
+            transport.abort()
+            return
+        transport.close()
+        if transport.get_write_buffer_size():
+            self._loop.call_later(LINGER_S, transport.abort)

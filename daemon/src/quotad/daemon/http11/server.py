@@ -1,10 +1,14 @@
 """The HTTP/1.1 server's listener (:class:`HttpServer`): binding, the accept loops, one
-:class:`~quotad.daemon.http11.connection.Connection` task per client, the timeout sweep that
+:class:`~quotad.daemon.http11.connection.Connection` (an asyncio protocol on the loop's
+transport) and its task per client, the timeout sweep that
 wakes connections whose deadline has passed, and graceful shutdown."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import socket
 from typing import cast
 
 import anyio
@@ -94,6 +98,9 @@ class HttpServer:
                         await self._drained.wait()
                 connections.cancel_scope.cancel()
         finally:
+            for connection in list(self._connections):  # accepted, cancelled before serving
+                connection.abort()
+            self._connections.clear()
             self._listener = None
             self._stopped.set()
 
@@ -117,9 +124,10 @@ class HttpServer:
         instead of one per wait; a timeout fires up to one sweep interval late."""
         limits = self.limits
         interval = min(1.0, limits.read_timeout_s / 8, limits.idle_timeout_s / 8, LINGER_S / 8)
+        loop = asyncio.get_running_loop()
         while True:
             await anyio.sleep(interval)
-            now = anyio.current_time()
+            now = loop.time()
             for connection in self._connections:
                 if connection.deadline <= now:
                     connection.wake()
@@ -129,21 +137,36 @@ class HttpServer:
         listener: anyio.abc.SocketListener,
         connections: anyio.abc.TaskGroup,
     ) -> None:
+        """Accept clients on ``listener``'s socket, each as a :class:`Connection` protocol on
+        the loop's transport, served by a task of ``connections``."""
+        loop = asyncio.get_running_loop()
+        listening_socket = listener.extra(SocketAttribute.raw_socket)
         while True:
             try:
-                stream = await listener.accept()
+                client_socket, _ = await loop.sock_accept(listening_socket)
             except OSError as error:  # e.g. EMFILE: keep serving who is connected
                 logger.warning("accept failed: %s", error)
                 await anyio.sleep(ACCEPT_ERROR_PAUSE_S)
                 continue
-            connections.start_soon(self._run_connection, stream)
+            try:
+                client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _, connection = await loop.connect_accepted_socket(
+                    functools.partial(Connection, self), client_socket
+                )
+            except OSError as error:  # the client left at once
+                logger.debug("could not set up an accepted connection: %s", error)
+                client_socket.close()
+                continue
+            self._connections.add(connection)
+            connections.start_soon(self._run_connection, connection)
 
-    async def _run_connection(self, stream: anyio.abc.SocketStream) -> None:
-        connection = Connection(self, stream)
-        self._connections.add(connection)
+    async def _run_connection(self, connection: Connection) -> None:
         try:
             await connection.run()
         finally:
-            self._connections.discard(connection)
-            if self._closing and not self._connections and self._drained is not None:
-                self._drained.set()
+            self._connection_ended(connection)
+
+    def _connection_ended(self, connection: Connection) -> None:
+        self._connections.discard(connection)
+        if self._closing and not self._connections and self._drained is not None:
+            self._drained.set()

@@ -4,80 +4,127 @@ Ollama, vLLM, ``quotad sim``), as an ``httpx`` transport.
 On a local server the provider call is most of what quotad adds to a request, and httpcore's
 general machinery (h11 state machine, pool bookkeeping, per-request locks and traces) costs
 several times a raw socket exchange. This transport does what the providers need and no more:
-the request (head and body) in one write, the response head parsed by hand, bodies framed by
-``content-length``, chunked transfer-encoding or the close, connections kept per host and
-reused newest first. ``https://`` and proxied providers keep httpx's own transport.
+each connection is an asyncio protocol (bytes land in its buffer from the loop's read callback,
+with no stream object or reader task between), the request (head and body) goes out in one
+write, the response head is parsed by hand, bodies are framed by ``content-length``, chunked
+transfer-encoding or the close, and connections are kept per host and reused newest first.
+``https://`` and proxied providers keep httpx's own transport.
 
 Limits and failures, as :class:`~quotad.daemon.providers.transport.ProviderHTTP` classifies
 them: at most ``max_connections`` requests in flight (a request waits for a slot up to the
 ``pool`` timeout: ``httpx.PoolTimeout``); connecting is bounded by the ``connect`` timeout
-(``httpx.ConnectTimeout``; refused or unreachable: ``httpx.ConnectError``); sending the request
-and reading the answer's head together, then each wait for body bytes, by the ``read`` timeout
-(``httpx.ReadTimeout``: one deadline per request, not a timer per read; a ``read`` of None
-leaves the bound to the caller); a write that fails is
-``httpx.WriteError``, a read
-that fails ``httpx.ReadError``; an answer that is not HTTP/1.x, a connection closed before the
-answer or in its body, is ``httpx.RemoteProtocolError``. An idle connection is dropped after
-``keepalive_expiry_s``, or when the server has closed it (checked before reuse).
+(``httpx.ConnectTimeout``; refused or unreachable: ``httpx.ConnectError``); the answer's head
+must be in within the ``read`` timeout of sending the request (one deadline for all of the
+head), and each wait for body bytes within the ``read`` timeout too (``httpx.ReadTimeout``; a
+``read`` of None leaves the bound to the caller); writing on a connection already gone is
+``httpx.WriteError``, a connection that breaks (a reset) ``httpx.ReadError``; an answer that is
+not HTTP/1.x, a connection closed before the answer or in its body, is
+``httpx.RemoteProtocolError``. An idle connection is dropped after ``keepalive_expiry_s``, or
+when the server has closed it (the loop has told its protocol; checked before reuse).
 """
 
 from __future__ import annotations
 
-import select
+import asyncio
 import socket
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import anyio
-import anyio.abc
 import httpx
-from anyio.abc import SocketAttribute
 
 MAX_HEAD_BYTES: Final = 65536
 """The longest response head (status line and headers) accepted."""
-RECEIVE_SIZE: Final = 65536
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _CRLF: Final = b"\r\n"
 
 
-class _Connection:
-    """One keep-alive connection and the bytes read beyond what was consumed."""
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: an asyncio protocol that gathers what the server sends into
+    ``buffer`` (a waiting read is woken from the loop's read callback, with no stream or
+    reader task between), and the reads of the exchange."""
 
-    __slots__ = ("buffer", "idle_since", "raw", "stream")
-
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
-        self.stream = stream
-        self.raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
+    def __init__(self) -> None:
         self.buffer = bytearray()
         self.idle_since = 0.0
+        self.transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed_by_server = False
+        self._lost: Exception | None = None
+        """Why the connection broke (a reset, say), when it did."""
 
-    def closed_by_peer(self) -> bool:
-        """True when an idle connection has something to read: the server's close (or bytes
-        it should not have sent), either way not reusable."""
-        try:
-            readable, _, _ = select.select([self.raw], [], [], 0)
-        except (OSError, ValueError):
-            return True
-        return bool(readable)
+    # ------------------------------------------------------------------ protocol callbacks
 
-    async def receive(self, timeout_s: float | None) -> bytes:
-        """More bytes within ``timeout_s`` (None: no bound here); raises ReadTimeout,
-        ReadError, or RemoteProtocolError at the close."""
-        try:
-            if timeout_s is None:
-                return await self.stream.receive(RECEIVE_SIZE)
-            with anyio.fail_after(timeout_s):
-                return await self.stream.receive(RECEIVE_SIZE)
-        except TimeoutError:
-            raise httpx.ReadTimeout(f"no data within {timeout_s:g} s") from None
-        except anyio.EndOfStream:
-            raise httpx.RemoteProtocolError("the server closed the connection") from None
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
-            raise httpx.ReadError(str(error) or type(error).__name__) from None
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
-    async def read_until(self, marker: bytes, limit: int, timeout_s: float | None) -> bytes:
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._closed_by_server = True
+        self._wake()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed_by_server = True
+        self._lost = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ------------------------------------------------------------------ the exchange
+
+    def reusable(self) -> bool:
+        """False once the server has closed an idle connection (or sent bytes it should
+        not have): the loop has already told the protocol, no system call needed."""
+        transport = self.transport
+        return not (
+            self._closed_by_server or self.buffer or transport is None or transport.is_closing()
+        )
+
+    def send(self, data: bytes) -> None:
+        """Write the request (the transport sends what the socket does not take at once);
+        raises WriteError on a connection already gone."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._closed_by_server:
+            raise httpx.WriteError(str(self._lost or "the connection is closed"))
+        transport.write(data)
+
+    async def receive(self, timeout_s: float | None, deadline: float | None = None) -> None:
+        """Wait until more bytes are in :attr:`buffer`, until ``deadline`` (by default
+        ``timeout_s`` from now; neither: no bound here); raises ReadTimeout, ReadError, or
+        RemoteProtocolError at the close."""
+        if not self._closed_by_server:
+            if deadline is None and timeout_s is not None:
+                deadline = self._loop.time() + timeout_s
+            waiter = self._waiter = self._loop.create_future()
+            timer = None if deadline is None else self._loop.call_at(deadline, self._wake)
+            size = len(self.buffer)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if len(self.buffer) > size:
+                return
+            if not self._closed_by_server:
+                raise httpx.ReadTimeout(f"no data within {timeout_s:g} s")
+        if self._lost is not None:
+            raise httpx.ReadError(str(self._lost) or type(self._lost).__name__)
+        raise httpx.RemoteProtocolError("the server closed the connection")
+
+    async def read_until(
+        self, marker: bytes, limit: int, timeout_s: float | None, deadline: float | None = None
+    ) -> bytes:
         """Bytes up to and including ``marker`` (taken from the buffer)."""
         buffer = self.buffer
         start = 0
@@ -85,7 +132,7 @@ class _Connection:
             if len(buffer) > limit:
                 raise httpx.RemoteProtocolError(f"a line or head longer than {limit} bytes")
             start = max(0, len(buffer) - len(marker) + 1)
-            buffer += await self.receive(timeout_s)
+            await self.receive(timeout_s, deadline)
         end += len(marker)
         data = bytes(buffer[:end])
         del buffer[:end]
@@ -94,14 +141,14 @@ class _Connection:
     async def read_exactly(self, size: int, timeout_s: float | None) -> bytes:
         buffer = self.buffer
         while len(buffer) < size:
-            buffer += await self.receive(timeout_s)
+            await self.receive(timeout_s)
         data = bytes(buffer[:size])
         del buffer[:size]
         return data
 
-    async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.stream.aclose()
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 class _Body(httpx.AsyncByteStream):
@@ -135,7 +182,7 @@ class _Body(httpx.AsyncByteStream):
         if self._framing == "length":
             while self._remaining > 0:
                 if not connection.buffer:
-                    connection.buffer += await connection.receive(timeout_s)
+                    await connection.receive(timeout_s)
                 data = bytes(connection.buffer[: self._remaining])
                 del connection.buffer[: len(data)]
                 self._remaining -= len(data)
@@ -160,9 +207,12 @@ class _Body(httpx.AsyncByteStream):
                 yield data
             while True:
                 try:
-                    yield await connection.receive(timeout_s)
+                    await connection.receive(timeout_s)
                 except httpx.RemoteProtocolError:  # the close ends the body
                     break
+                data = bytes(connection.buffer)
+                connection.buffer.clear()
+                yield data
         self._complete = True
 
     async def aclose(self) -> None:
@@ -170,9 +220,9 @@ class _Body(httpx.AsyncByteStream):
         if connection is None:
             return
         if self._complete and self._keep_alive:
-            await self._pool.put_back(self._key, connection)
+            self._pool.put_back(self._key, connection)
         else:
-            await connection.aclose()
+            connection.close()
         self._pool.release_slot()
 
 
@@ -216,34 +266,39 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
 
     # ------------------------------------------------------------------ connections
 
-    async def put_back(self, key: tuple[str, int], connection: _Connection) -> None:
+    def put_back(self, key: tuple[str, int], connection: _Connection) -> None:
         """Keep a connection whose exchange is complete for the next request to the host."""
         if self._closed:
-            await connection.aclose()
+            connection.close()
             return
-        connection.idle_since = anyio.current_time()
+        connection.idle_since = asyncio.get_running_loop().time()
         self._idle.setdefault(key, []).append(connection)
 
     async def _checkout(self, key: tuple[str, int], connect_timeout_s: float | None) -> _Connection:
         idle = self._idle.get(key)
         if idle:
-            now = anyio.current_time()
+            now = asyncio.get_running_loop().time()
             while idle:
                 connection = idle.pop()  # the newest: the least likely to have been closed
-                if now - connection.idle_since < self._expiry_s and not connection.closed_by_peer():
+                if now - connection.idle_since < self._expiry_s and connection.reusable():
                     return connection
-                await connection.aclose()
+                connection.close()
         host, port = key
         try:
             with anyio.fail_after(connect_timeout_s):
-                stream = await anyio.connect_tcp(host, port)
+                loop = asyncio.get_running_loop()
+                _, connection = await loop.create_connection(_Connection, host, port)
         except TimeoutError:
             raise httpx.ConnectTimeout(
                 f"connecting timed out after {connect_timeout_s:g} s"
             ) from None
         except OSError as error:
             raise httpx.ConnectError(str(error) or type(error).__name__) from None
-        return _Connection(stream)
+        assert connection.transport is not None
+        raw_socket = connection.transport.get_extra_info("socket")
+        if raw_socket is not None:
+            raw_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection
 
     # ------------------------------------------------------------------ requests
 
@@ -315,19 +370,11 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         connection: _Connection | None = None
         try:
             connection = await self._checkout(key, timeouts.get("connect"))
-            if read_timeout_s is None:  # the caller bounds the whole exchange
-                await _send(connection, request_bytes)
-                answer = await _read_answer(connection, method == "HEAD")
-            else:  # one deadline for sending the request and reading the answer's head
-                try:
-                    with anyio.fail_after(read_timeout_s):
-                        await _send(connection, request_bytes)
-                        answer = await _read_answer(connection, method == "HEAD")
-                except TimeoutError:
-                    raise httpx.ReadTimeout(f"no answer within {read_timeout_s:g} s") from None
+            connection.send(request_bytes)
+            answer = await _read_answer(connection, method == "HEAD", read_timeout_s)
         except BaseException:
             if connection is not None:
-                await connection.aclose()
+                connection.close()
             self.release_slot()
             raise
         framing, length, keep_alive = answer.framing
@@ -339,14 +386,7 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         idle, self._idle = self._idle, {}
         for connections in idle.values():
             for connection in connections:
-                await connection.aclose()
-
-
-async def _send(connection: _Connection, data: bytes) -> None:
-    try:
-        await connection.stream.send(data)
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
-        raise httpx.WriteError(str(error) or type(error).__name__) from None
+                connection.close()
 
 
 def _head(method: str, url: httpx.URL, header_lines: bytes, content_length: int) -> bytes:
@@ -387,10 +427,13 @@ class _Answer:
         self.body: _Body
 
 
-async def _read_answer(connection: _Connection, head_request: bool) -> _Answer:
-    """Read a response head (the caller bounds the time)."""
+async def _read_answer(
+    connection: _Connection, head_request: bool, timeout_s: float | None
+) -> _Answer:
+    """Read a response head, all of it within ``timeout_s`` (None: the caller bounds it)."""
+    deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
     while True:
-        head = await connection.read_until(b"\r\n\r\n", MAX_HEAD_BYTES, None)
+        head = await connection.read_until(b"\r\n\r\n", MAX_HEAD_BYTES, timeout_s, deadline)
         status_line, *lines = head[:-4].split(_CRLF)
         version, _, rest = status_line.partition(b" ")
         code, _, reason = rest.partition(b" ")
