@@ -145,6 +145,7 @@ async def test_failures_are_classified_for_the_broker(sim: SimProcess) -> None:
         finally:
             sim.control(latency_ms=0)
         assert slow.value.kind == "timeout"
+        assert "gave no complete answer within 0.3 s" in str(slow.value)
         sim.control(reset_rate=1.0)
         try:
             with pytest.raises(ProviderError) as reset:
@@ -170,6 +171,28 @@ async def test_failures_are_classified_for_the_broker(sim: SimProcess) -> None:
             sim.control(fail_rate=0.0)
         assert (failed.value.kind, failed.value.status) == ("server", 500)
         assert (await built.chat("m", CHAT, 4)).content  # and the pool still works
+
+
+@pytest.mark.anyio
+async def test_a_fetch_ends_at_its_deadline_or_its_read_timeout(sim: SimProcess) -> None:
+    pool = LeanHTTPTransport(max_connections=2, keepalive_expiry_s=30)
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}'
+    url = httpx.URL(f"{sim.base_url}/chat/completions")
+    lines = b"host: 127.0.0.1\r\ncontent-type: application/json\r\n"
+    timeouts: dict[str, Any] = {"connect": 5.0, "read": None, "pool": 5.0}
+    sim.control(latency_ms=1000)
+    try:
+        now = anyio.current_time()
+        with pytest.raises(TimeoutError):  # the exchange's deadline
+            await pool.fetch("POST", url, lines, body, timeouts, now + 0.2)
+        assert anyio.current_time() - now < 0.9
+        with pytest.raises(httpx.ReadTimeout):  # a read timeout shorter than the deadline
+            await pool.fetch("POST", url, lines, body, {**timeouts, "read": 0.2}, now + 60)
+        assert pool._in_use == 0
+        assert idle_connections(pool) == 0  # a connection cut mid-answer is not kept
+    finally:
+        sim.control(latency_ms=0)
+        await pool.aclose()
 
 
 @pytest.mark.anyio

@@ -13,10 +13,10 @@ transfer-encoding or the close, and connections are kept per host and reused new
 Limits and failures, as :class:`~quotad.daemon.providers.transport.ProviderHTTP` classifies
 them: at most ``max_connections`` requests in flight (a request waits for a slot up to the
 ``pool`` timeout: ``httpx.PoolTimeout``); connecting is bounded by the ``connect`` timeout
-(``httpx.ConnectTimeout``; refused or unreachable: ``httpx.ConnectError``); the answer's head
-must be in within the ``read`` timeout of sending the request (one deadline for all of the
-head), and each wait for body bytes within the ``read`` timeout too (``httpx.ReadTimeout``; a
-``read`` of None leaves the bound to the caller); writing on a connection already gone is
+(``httpx.ConnectTimeout``; refused or unreachable: ``httpx.ConnectError``); each wait for
+bytes of the answer by the ``read`` timeout (``httpx.ReadTimeout``; a ``read`` of None leaves
+the bound to the caller, who may give :meth:`~LeanHTTPTransport.fetch` a deadline for the
+whole exchange: past it, ``TimeoutError``); writing on a connection already gone is
 ``httpx.WriteError``, a connection that breaks (a reset) ``httpx.ReadError``; an answer that is
 not HTTP/1.x, a connection closed before the answer or in its body, is
 ``httpx.RemoteProtocolError``. An idle connection is dropped after ``keepalive_expiry_s``, or
@@ -26,6 +26,7 @@ when the server has closed it (the loop has told its protocol; checked before re
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 from collections import deque
 from collections.abc import AsyncIterator
@@ -49,6 +50,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.buffer = bytearray()
         self.idle_since = 0.0
+        self.deadline = math.inf
+        """When the exchange in progress must be over (loop time)."""
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
@@ -98,15 +101,18 @@ class _Connection(asyncio.Protocol):
             raise httpx.WriteError(str(self._lost or "the connection is closed"))
         transport.write(data)
 
-    async def receive(self, timeout_s: float | None, deadline: float | None = None) -> None:
-        """Wait until more bytes are in :attr:`buffer`, until ``deadline`` (by default
-        ``timeout_s`` from now; neither: no bound here); raises ReadTimeout, ReadError, or
-        RemoteProtocolError at the close."""
+    async def receive(self, timeout_s: float | None) -> None:
+        """Wait until more bytes are in :attr:`buffer`, at most ``timeout_s`` (None: no bound
+        of its own) and not past the exchange's :attr:`deadline`. Raises ReadTimeout when
+        ``timeout_s`` passes, TimeoutError when the deadline does (as a ``fail_at`` around
+        the exchange would), ReadError or RemoteProtocolError when the connection ends."""
         if not self._closed_by_server:
-            if deadline is None and timeout_s is not None:
-                deadline = self._loop.time() + timeout_s
-            waiter = self._waiter = self._loop.create_future()
-            timer = None if deadline is None else self._loop.call_at(deadline, self._wake)
+            loop = self._loop
+            until = self.deadline
+            if timeout_s is not None:
+                until = min(until, loop.time() + timeout_s)
+            waiter = self._waiter = loop.create_future()
+            timer = None if until == math.inf else loop.call_at(until, self._wake)
             size = len(self.buffer)
             try:
                 await waiter
@@ -117,14 +123,14 @@ class _Connection(asyncio.Protocol):
             if len(self.buffer) > size:
                 return
             if not self._closed_by_server:
+                if loop.time() >= self.deadline:
+                    raise TimeoutError
                 raise httpx.ReadTimeout(f"no data within {timeout_s:g} s")
         if self._lost is not None:
             raise httpx.ReadError(str(self._lost) or type(self._lost).__name__)
         raise httpx.RemoteProtocolError("the server closed the connection")
 
-    async def read_until(
-        self, marker: bytes, limit: int, timeout_s: float | None, deadline: float | None = None
-    ) -> bytes:
+    async def read_until(self, marker: bytes, limit: int, timeout_s: float | None) -> bytes:
         """Bytes up to and including ``marker`` (taken from the buffer)."""
         buffer = self.buffer
         start = 0
@@ -132,7 +138,7 @@ class _Connection(asyncio.Protocol):
             if len(buffer) > limit:
                 raise httpx.RemoteProtocolError(f"a line or head longer than {limit} bytes")
             start = max(0, len(buffer) - len(marker) + 1)
-            await self.receive(timeout_s, deadline)
+            await self.receive(timeout_s)
         end += len(marker)
         data = bytes(buffer[:end])
         del buffer[:end]
@@ -239,21 +245,23 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
 
     # ------------------------------------------------------------------ slots
 
-    async def _acquire_slot(self, timeout_s: float | None) -> None:
+    async def _acquire_slot(self, timeout_s: float | None, deadline: float) -> None:
+        """Take a slot, waiting up to ``timeout_s`` (PoolTimeout) and not past ``deadline``
+        (TimeoutError)."""
         if self._in_use < self._max and not self._waiters:
             self._in_use += 1
             return
         granted = anyio.Event()
         self._waiters.append(granted)
         try:
-            with anyio.fail_after(timeout_s):
+            with anyio.fail_at(deadline), anyio.fail_after(timeout_s) as slot_wait:
                 await granted.wait()  # a releaser hands its slot over
         except BaseException as error:
             if granted.is_set():
                 self.release_slot()  # handed over, but we are leaving
             else:
                 self._waiters.remove(granted)
-            if isinstance(error, TimeoutError):
+            if isinstance(error, TimeoutError) and slot_wait.cancelled_caught:
                 raise httpx.PoolTimeout(f"no free connection within {timeout_s:g} s") from None
             raise
 
@@ -272,9 +280,14 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
             connection.close()
             return
         connection.idle_since = asyncio.get_running_loop().time()
+        connection.deadline = math.inf
         self._idle.setdefault(key, []).append(connection)
 
-    async def _checkout(self, key: tuple[str, int], connect_timeout_s: float | None) -> _Connection:
+    async def _checkout(
+        self, key: tuple[str, int], connect_timeout_s: float | None, deadline: float
+    ) -> _Connection:
+        """An idle connection to ``key`` still good to use, or a new one (connecting within
+        ``connect_timeout_s``: ConnectTimeout; not past ``deadline``: TimeoutError)."""
         idle = self._idle.get(key)
         if idle:
             now = asyncio.get_running_loop().time()
@@ -285,10 +298,12 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
                 connection.close()
         host, port = key
         try:
-            with anyio.fail_after(connect_timeout_s):
+            with anyio.fail_at(deadline), anyio.fail_after(connect_timeout_s) as connecting:
                 loop = asyncio.get_running_loop()
                 _, connection = await loop.create_connection(_Connection, host, port)
         except TimeoutError:
+            if not connecting.cancelled_caught:
+                raise
             raise httpx.ConnectTimeout(
                 f"connecting timed out after {connect_timeout_s:g} s"
             ) from None
@@ -322,12 +337,15 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         header_lines: bytes,
         body: bytes,
         timeouts: dict[str, Any],
+        deadline: float = math.inf,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """A whole exchange without httpx's models: ``header_lines`` are the request's
         ``name: value\\r\\n`` lines but ``content-length`` (host included); the answer's
-        status, headers and body. Failures raise as :meth:`handle_async_request`'s do."""
+        status, headers and body. Failures raise as :meth:`handle_async_request`'s do; past
+        ``deadline`` (loop time), TimeoutError, as an ``anyio.fail_at(deadline)`` around the
+        call would, without the cost of a cancel scope on every request."""
         head = _head(method, url, header_lines, len(body))
-        answer = await self._exchange(url, head + body, method, timeouts)
+        answer = await self._exchange(url, head + body, method, timeouts, deadline)
         try:
             content = b"".join([part async for part in answer.body])
         finally:
@@ -356,20 +374,26 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         )
 
     async def _exchange(
-        self, url: httpx.URL, request_bytes: bytes, method: str, timeouts: dict[str, Any]
+        self,
+        url: httpx.URL,
+        request_bytes: bytes,
+        method: str,
+        timeouts: dict[str, Any],
+        deadline: float = math.inf,
     ) -> _Answer:
         """Send a request on a pooled connection; its answer's head, and its body to read
-        (the body's ``aclose`` gives the slot back)."""
+        (the body's ``aclose`` gives the slot back). Nothing of it goes past ``deadline``."""
         if url.scheme != "http":
             raise httpx.UnsupportedProtocol(f"this pool speaks http://, not {url.scheme}://")
         if self._closed:
             raise httpx.ConnectError("the pool is closed")
         read_timeout_s = timeouts.get("read")
         key = (url.host, url.port or 80)
-        await self._acquire_slot(timeouts.get("pool"))
+        await self._acquire_slot(timeouts.get("pool"), deadline)
         connection: _Connection | None = None
         try:
-            connection = await self._checkout(key, timeouts.get("connect"))
+            connection = await self._checkout(key, timeouts.get("connect"), deadline)
+            connection.deadline = deadline
             connection.send(request_bytes)
             answer = await _read_answer(connection, method == "HEAD", read_timeout_s)
         except BaseException:
@@ -430,10 +454,9 @@ class _Answer:
 async def _read_answer(
     connection: _Connection, head_request: bool, timeout_s: float | None
 ) -> _Answer:
-    """Read a response head, all of it within ``timeout_s`` (None: the caller bounds it)."""
-    deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+    """Read a response head, each wait for its bytes within ``timeout_s``."""
     while True:
-        head = await connection.read_until(b"\r\n\r\n", MAX_HEAD_BYTES, timeout_s, deadline)
+        head = await connection.read_until(b"\r\n\r\n", MAX_HEAD_BYTES, timeout_s)
         status_line, *lines = head[:-4].split(_CRLF)
         version, _, rest = status_line.partition(b" ")
         code, _, reason = rest.partition(b" ")
