@@ -12,7 +12,8 @@ import anyio
 import pytest
 
 from quotad.daemon.store.db import Database, StoreError, WriteFailed, _in_thread
-from quotad.daemon.store.schema import SCHEMA_VERSION
+from quotad.daemon.store.ledger import _INSERT, LedgerRow, statements
+from quotad.daemon.store.schema import MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE
 
 pytestmark = pytest.mark.anyio
 
@@ -39,6 +40,56 @@ async def test_open_creates_and_migrates_and_reopening_keeps_the_data(directory:
     assert await second.read("SELECT action FROM audit") == [("a",)]
     assert await second.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     await second.close()
+
+
+async def test_a_version_1_file_is_migrated_and_its_day_sums_carry_on(directory: Path) -> None:
+    path = directory / "quotad.db"
+    row = LedgerRow(
+        request_id="qd-1",
+        time=1.0,
+        day="2026-11-20",
+        kind="chat",
+        app="agent",
+        user="",
+        uid=1,
+        pid=2,
+        gid=3,
+        model="fast",
+        target="t",
+        attempts=1,
+        status="ok",
+        prompt_tokens=10,
+        completion_tokens=5,
+        cached_tokens=0,
+        cost_usd=0.5,
+        saved_usd=0.0,
+        cached=False,
+        unpriced=False,
+        wait_s=0.0,
+        latency_s=0.1,
+        priority="normal",
+        tags="[]",
+    )
+    with sqlite3.connect(path) as connection:  # as quotad at schema version 1 left it
+        for sql in MIGRATIONS[0]:
+            connection.execute(sql)
+        connection.execute(SCHEMA_VERSION_TABLE)
+        connection.execute("INSERT INTO schema_version VALUES (1)")
+        connection.execute(_INSERT, row)
+        connection.execute(
+            "INSERT INTO spend_daily VALUES ('2026-11-20', 'agent', 'fast', 't', "
+            "1, 0, 10, 5, 0, 0.5, 0, 0.0, 0)"
+        )
+    database = Database(path)
+    await database.open()
+    try:
+        await database.write(statements(row._replace(request_id="qd-2", status="timeout")))
+        assert await database.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+        assert await database.read(
+            "SELECT requests, errors, prompt_tokens, cost_usd FROM spend_daily"
+        ) == [(2, 1, 20, 1.0)]
+    finally:
+        await database.close()
 
 
 async def test_one_database_has_one_owner(db: Database) -> None:

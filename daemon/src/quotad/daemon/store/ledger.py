@@ -1,7 +1,8 @@
 """The ledger: one row per request, hits and failures included, committed before the reply.
 
 Each row is committed together with its share of ``spend_daily`` (the ledger summed per local
-day, app, model and target), which reports and budgets read instead of scanning the ledger.
+day, app, model and target, kept by a trigger on the insert: see :mod:`.schema`), which reports
+and budgets read instead of scanning the ledger.
 
 :meth:`Ledger.record` hands the row to the group commit and returns once it is committed
 (DESIGN §8: a reply is sent only after its row is). When the row cannot be written (disk full,
@@ -67,17 +68,6 @@ COLUMNS: Final = LedgerRow._fields
 _INSERT: Final = (
     f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
-_ADD_TO_DAY: Final = (
-    "INSERT INTO spend_daily (day, app, model, target, requests, errors, prompt_tokens, "
-    "completion_tokens, cached_tokens, cost_usd, cache_hits, saved_usd, unpriced) "
-    "VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (day, app, model, target) DO UPDATE SET requests = requests + 1, "
-    "errors = errors + excluded.errors, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-    "completion_tokens = completion_tokens + excluded.completion_tokens, "
-    "cached_tokens = cached_tokens + excluded.cached_tokens, "
-    "cost_usd = cost_usd + excluded.cost_usd, cache_hits = cache_hits + excluded.cache_hits, "
-    "saved_usd = saved_usd + excluded.saved_usd, unpriced = max(unpriced, excluded.unpriced)"
-)
 _TAGS_ENCODER: Final = msgspec.json.Encoder()
 NO_TAGS: Final = "[]"
 
@@ -88,29 +78,9 @@ def encode_tags(tags: Sequence[str]) -> str:
 
 
 def statements(row: LedgerRow) -> list[Statement]:
-    """The writes of one row: the row, and its share of its day's summary (a cache hit's
-    tokens are not billed, so they are not summed)."""
-    billed = not row.cached
-    return [
-        (_INSERT, row),
-        (
-            _ADD_TO_DAY,
-            (
-                row.day,
-                row.app,
-                row.model,
-                row.target,
-                row.status != "ok",
-                row.prompt_tokens if billed else 0,
-                row.completion_tokens if billed else 0,
-                row.cached_tokens if billed else 0,
-                row.cost_usd,
-                row.cached,
-                row.saved_usd,
-                row.unpriced,
-            ),
-        ),
-    ]
+    """The writes of one row: its insert (the schema's trigger adds it to its day's summary,
+    in the same statement)."""
+    return [(_INSERT, row)]
 
 
 def live_record(row: LedgerRow) -> RequestRecord:

@@ -7,8 +7,10 @@ a database made by any earlier quotad upgrades the same way.
 Tables:
 
 - ``ledger``: one row per request (hits and failures too), see :mod:`.ledger`;
-- ``spend_daily``: the ledger summed per local day, app, model and target, kept in the same
-  transaction as each ledger row, for reports and budgets (see :mod:`.spend`);
+- ``spend_daily``: the ledger summed per local day, app, model and target, for reports and
+  budgets (see :mod:`.spend`); kept by the trigger ``ledger_adds_to_day`` (version 2), so in
+  the same transaction as each ledger row whoever inserts it (a cache hit's tokens are not
+  billed, so not summed);
 - ``cache``: stored answers, see :mod:`.cache`;
 - ``keys``: HTTP front door keys, stored as sha256 hashes, see :mod:`.keys`;
 - ``audit``: operator actions, see :mod:`.audit`.
@@ -94,6 +96,28 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             caller_pid INTEGER,
             detail TEXT NOT NULL
         )""",
+    ),
+    # 2: spend_daily kept by a trigger on each ledger insert (one statement per row, not two)
+    (
+        """CREATE TRIGGER ledger_adds_to_day AFTER INSERT ON ledger BEGIN
+            INSERT INTO spend_daily (day, app, model, target, requests, errors, prompt_tokens,
+                completion_tokens, cached_tokens, cost_usd, cache_hits, saved_usd, unpriced)
+            VALUES (NEW.day, NEW.app, NEW.model, NEW.target, 1, NEW.status != 'ok',
+                CASE WHEN NEW.cached THEN 0 ELSE NEW.prompt_tokens END,
+                CASE WHEN NEW.cached THEN 0 ELSE NEW.completion_tokens END,
+                CASE WHEN NEW.cached THEN 0 ELSE NEW.cached_tokens END,
+                NEW.cost_usd, NEW.cached, NEW.saved_usd, NEW.unpriced)
+            ON CONFLICT (day, app, model, target) DO UPDATE SET
+                requests = requests + 1,
+                errors = errors + excluded.errors,
+                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = completion_tokens + excluded.completion_tokens,
+                cached_tokens = cached_tokens + excluded.cached_tokens,
+                cost_usd = cost_usd + excluded.cost_usd,
+                cache_hits = cache_hits + excluded.cache_hits,
+                saved_usd = saved_usd + excluded.saved_usd,
+                unpriced = max(unpriced, excluded.unpriced);
+        END""",
     ),
 )
 
