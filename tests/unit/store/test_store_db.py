@@ -11,7 +11,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from quotad.daemon.store.db import Database, StoreError, WriteFailed, _in_thread
+from quotad.daemon.store.db import (
+    CHECKPOINT_EVERY,
+    Database,
+    StoreError,
+    WriteFailed,
+    _in_thread,
+)
 from quotad.daemon.store.ledger import _INSERT, LedgerRow, statements
 from quotad.daemon.store.schema import MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE
 
@@ -90,6 +96,18 @@ async def test_a_version_1_file_is_migrated_and_its_day_sums_carry_on(directory:
         ) == [(2, 1, 20, 1.0)]
     finally:
         await database.close()
+
+
+async def test_the_wal_is_checkpointed_off_the_event_loop(db: Database) -> None:
+    size_before = db.path.stat().st_size
+    for number in range(CHECKPOINT_EVERY * 2 + 1):
+        await db.write([(INSERT_AUDIT, (float(number), "w", str(number)))])
+    with anyio.fail_after(5):
+        while db.stats.checkpoints < 2:  # noqa: ASYNC110 (a counter, no event to wait on)
+            await anyio.sleep(0.01)
+    assert db.path.stat().st_size > size_before  # the pages reached the database file
+    await db.close()
+    assert audit_count(db.path) == CHECKPOINT_EVERY * 2 + 1
 
 
 async def test_one_database_has_one_owner(db: Database) -> None:
