@@ -139,7 +139,9 @@ class Connection(asyncio.Protocol):
         self._pending = 0
         self._reading_paused = False
         self._writing_paused = False
-        self._handler_scope: anyio.CancelScope | None = None
+        self._scope: anyio.CancelScope | None = None
+        """Around the request loop: cancelled when the client leaves during an answer."""
+        self._responding = False
         self._idle = False
         self._lingering = False
         self._close_mode = _LINGER
@@ -198,8 +200,9 @@ class Connection(asyncio.Protocol):
         if not self._lingering:
             self._parser.receive_data(b"")
         self.wake()
-        if self._handler_scope is not None:
-            self._handler_scope.cancel()
+        if self._responding and self._scope is not None:
+            self._close_mode = _CLOSE
+            self._scope.cancel()
 
     # ------------------------------------------------------------------ server side
 
@@ -223,13 +226,14 @@ class Connection(asyncio.Protocol):
     async def run(self) -> None:
         """Serve requests until the connection is to close, then close it."""
         try:
-            while True:
-                request = await self._read_request()
-                if request is None or not await self._respond(request):
-                    break
-                self._parser.start_next()
-            if self._close_mode == _LINGER and not self.eof:
-                await self._linger()
+            with anyio.CancelScope() as self._scope:  # per connection, not per request
+                while True:
+                    request = await self._read_request()
+                    if request is None or not await self._respond(request):
+                        break
+                    self._parser.start_next()
+                if self._close_mode == _LINGER and not self.eof:
+                    await self._linger()
         finally:
             self._close()
 
@@ -362,29 +366,30 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ answering
 
     async def _respond(self, request: HttpRequest) -> bool:
-        """Run the handler and send its answer; True when the connection takes another request."""
-        scope = self._handler_scope = anyio.CancelScope()
-        if self.eof:
-            scope.cancel()
+        """Run the handler and send its answer; True when the connection takes another request.
+        A client that leaves meanwhile cancels the connection's scope: the handler (or the
+        stream) stops at its next await and the connection closes."""
+        if self.eof:  # gone (or half-closed, which counts as gone) before its answer
+            return False
         keep_alive = self._keep_alive
         chunked = not self._http10
+        self._responding = True
         try:
-            with scope:
-                try:
-                    response = await self._server.handler(request)
-                    keep_alive = keep_alive and not self._server.closing
-                    head = _encode_head(response, keep_alive=keep_alive, chunked=chunked)
-                except AbortConnection:
-                    raise
-                except Exception:
-                    logger.exception("handler failed: %s %s", request.method, request.target)
-                    response = _INTERNAL_ERROR
-                    head = _encode_head(response, keep_alive=keep_alive, chunked=chunked)
-                no_body = request.method == "HEAD" or response.status in _NO_BODY_STATUSES
-                if isinstance(response, HttpResponse):
-                    await self._send_response(head, response.body, no_body)
-                else:
-                    await self._send_stream(head, response.chunks, no_body)
+            try:
+                response = await self._server.handler(request)
+                keep_alive = keep_alive and not self._server.closing
+                head = _encode_head(response, keep_alive=keep_alive, chunked=chunked)
+            except AbortConnection:
+                raise
+            except Exception:
+                logger.exception("handler failed: %s %s", request.method, request.target)
+                response = _INTERNAL_ERROR
+                head = _encode_head(response, keep_alive=keep_alive, chunked=chunked)
+            no_body = request.method == "HEAD" or response.status in _NO_BODY_STATUSES
+            if isinstance(response, HttpResponse):
+                await self._send_response(head, response.body, no_body)
+            else:
+                await self._send_stream(head, response.chunks, no_body)
         except AbortConnection as abort:
             self._close_mode = _RESET if abort.reset else _CLOSE
             return False
@@ -396,8 +401,8 @@ class Connection(asyncio.Protocol):
             self._close_mode = _CLOSE
             return False
         finally:
-            self._handler_scope = None
-        return keep_alive and not (scope.cancelled_caught or self.eof)
+            self._responding = False
+        return keep_alive and not self.eof
 
     async def _send_response(self, head: bytes, body: bytes, no_body: bool) -> None:
         if no_body or not body:
