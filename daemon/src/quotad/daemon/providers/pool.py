@@ -180,6 +180,24 @@ class _Body(httpx.AsyncByteStream):
         self._timeout_s = read_timeout_s
         self._complete = framing == "none" or (framing == "length" and length == 0)
 
+    async def read_whole(self) -> bytes:
+        """The whole body; one that is already in (a small answer comes with its head) is
+        taken at once, without the iterator."""
+        connection = self._connection
+        remaining = self._remaining
+        if (
+            connection is not None
+            and self._framing == "length"
+            and not self._complete
+            and len(connection.buffer) >= remaining
+        ):
+            data = bytes(connection.buffer[:remaining])
+            del connection.buffer[:remaining]
+            self._remaining = 0
+            self._complete = True
+            return data
+        return b"".join([part async for part in self])
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         connection = self._connection
         if connection is None or self._complete:
@@ -347,7 +365,7 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         head = _head(method, url, header_lines, len(body))
         answer = await self._exchange(url, head + body, method, timeouts, deadline)
         try:
-            content = b"".join([part async for part in answer.body])
+            content = await answer.body.read_whole()
         finally:
             await answer.body.aclose()
         return answer.status, answer.headers, content
