@@ -18,6 +18,7 @@ Gates, cache, ledger and routing never call each other; this module composes the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -518,11 +519,6 @@ class Broker:
             priority=context.priority,
             tags=encode_tags(context.tags or ()),
         )
-        self.finished_total += 1
-        self.activity.finished(caller.app, context.wait_s, row.day, cost)
-        record = live_record(row)
-        self.recent.append(record)
-        self.metrics.observe_request(record, resolved=context.target is not None)
         if cache_store is not None and error is None:
             self.cache.put(
                 cache_store.key, cache_store.kind, context.model, cache_store.answer, cost
@@ -535,7 +531,19 @@ class Broker:
                 raise RequestError(
                     "internal", str(failure), details={"request_id": failure.request_id}
                 ) from None
+        finally:  # once this task has sent its reply: counting is not on the reply's path
+            asyncio.get_running_loop().call_soon(
+                self._count_finished, row, context.wait_s, context.target is not None
+            )
         return latency_s
+
+    def _count_finished(self, row: LedgerRow, wait_s: float, resolved: bool) -> None:
+        """Step 7's counting, run just after the reply: activity, the live tail, metrics."""
+        self.finished_total += 1
+        self.activity.finished(row.app, wait_s, row.day, row.cost_usd)
+        record = live_record(row)
+        self.recent.append(record)
+        self.metrics.observe_request(record, resolved=resolved)
 
     def _reserve_budget(
         self, context: RequestContext, route: Route, prompt_tokens: int, cache: CacheMode
