@@ -33,6 +33,7 @@ import msgspec
 from quotad.daemon.activity import AppActivity, AppActivityLog
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
+from quotad.daemon.deadlines import Deadlines
 from quotad.daemon.errors import RequestError
 from quotad.daemon.gates import Gates
 from quotad.daemon.metrics import Metrics
@@ -136,6 +137,7 @@ class Broker:
         self.recent: deque[RequestRecord] = deque(maxlen=RECENT_REQUESTS)
         self.activity = AppActivityLog()
         self.metrics = Metrics()
+        self.deadlines = Deadlines()
         self._default_max_tokens = config.gates.default_max_tokens
         self._config_generation = 0
         self._in_flight_before_reconfigure = 0
@@ -602,7 +604,8 @@ class Broker:
         retry, and gives the error when none answered; the request's deadline bounds it all.
         """
         attempts = self.router.attempts(route, context.started, self.target_price)
-        with anyio.move_on_after(attempts.time_left_s()):
+        deadline = self.deadlines.watch(attempts.time_left_s())
+        try:
             while (target := await attempts.next_target()) is not None:
                 context.target = target
                 try:
@@ -622,6 +625,11 @@ class Broker:
                 self.gates.observe(target.provider_name, target.name, answer.rate_limits)
                 attempts.succeeded(target)
                 return answer
+        except asyncio.CancelledError:
+            if not self.deadlines.expired(deadline):
+                raise
+        finally:
+            self.deadlines.unwatch(deadline)
         raise attempts.exhausted()
 
     async def _admit(self, target: Target, context: RequestContext, alternatives: bool) -> bool:

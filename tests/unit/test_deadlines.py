@@ -1,0 +1,98 @@
+"""Request deadlines kept by one sweep task: a watched task past its deadline is cancelled
+and can tell that cancellation from any other; an earlier deadline wakes the sweep; the sweep
+ends when nothing is watched; anyio scopes inside pass the cancellation on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+from quotad.daemon.deadlines import MAX_SLEEP_S, Deadlines
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    backend: tuple[str, dict[str, Any]] = request.param
+    return backend
+
+
+async def bounded(deadlines: Deadlines, seconds: float, work_s: float) -> str:
+    """Sleep ``work_s`` under a deadline ``seconds`` away: how it ended."""
+    watch = deadlines.watch(seconds)
+    try:
+        with anyio.move_on_after(60):  # a scope of anyio's inside, not expiring
+            await asyncio.sleep(work_s)
+        return "done"
+    except asyncio.CancelledError:
+        if not deadlines.expired(watch):
+            raise
+        current = asyncio.current_task()
+        assert current is not None
+        assert current.cancelling() == 0  # taken back: the task carries on
+        return "deadline"
+    finally:
+        deadlines.unwatch(watch)
+
+
+async def sweep_ended(deadlines: Deadlines) -> None:
+    """Nothing watched: the sweep ends at its next look (within MAX_SLEEP_S)."""
+    with anyio.fail_after(MAX_SLEEP_S * 3):
+        while deadlines._sweep is not None:  # noqa: ASYNC110 (no event: the sweep just ends)
+            await asyncio.sleep(0.05)
+
+
+async def test_a_task_past_its_deadline_is_cancelled_and_knows_why() -> None:
+    deadlines = Deadlines()
+    started = time.monotonic()
+    assert await bounded(deadlines, 0.05, 10) == "deadline"
+    assert time.monotonic() - started < 1
+    assert await bounded(deadlines, 10, 0.01) == "done"
+    await sweep_ended(deadlines)
+
+
+async def test_an_earlier_deadline_wakes_the_sweep() -> None:
+    deadlines = Deadlines()
+    late = asyncio.create_task(bounded(deadlines, 30, 30))
+    await asyncio.sleep(0.01)  # the sweep now sleeps until late's deadline (or a second)
+    started = time.monotonic()
+    assert await bounded(deadlines, 0.05, 10) == "deadline"
+    assert time.monotonic() - started < 0.5
+    late.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await late
+
+
+async def test_another_cancellation_is_not_the_deadline() -> None:
+    deadlines = Deadlines()
+    task = asyncio.create_task(bounded(deadlines, 30, 30))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await sweep_ended(deadlines)
+
+
+async def test_many_tasks_each_end_at_their_own_deadline() -> None:
+    deadlines = Deadlines()
+    started = time.monotonic()
+    ends: dict[float, float] = {}
+
+    async def one(seconds: float) -> None:
+        assert await bounded(deadlines, seconds, 30) == "deadline"
+        ends[seconds] = time.monotonic() - started
+
+    async with anyio.create_task_group() as tasks:
+        for seconds in (0.3, 0.1, 0.2):
+            tasks.start_soon(one, seconds)
+    assert ends[0.1] < ends[0.2] < ends[0.3] < 1.5
