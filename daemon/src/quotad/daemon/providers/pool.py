@@ -15,8 +15,8 @@ them: at most ``max_connections`` requests in flight (a request waits for a slot
 ``pool`` timeout: ``httpx.PoolTimeout``); connecting is bounded by the ``connect`` timeout
 (``httpx.ConnectTimeout``; refused or unreachable: ``httpx.ConnectError``); each wait for
 bytes of the answer by the ``read`` timeout (``httpx.ReadTimeout``; a ``read`` of None leaves
-the bound to the caller, who may give :meth:`~LeanHTTPTransport.fetch` a deadline for the
-whole exchange: past it, ``TimeoutError``); writing on a connection already gone is
+the bound to the caller, who may give :meth:`~LeanHTTPTransport.fetch` a bound for the whole
+exchange: past it, ``TimeoutError``); writing on a connection already gone is
 ``httpx.WriteError``, a connection that breaks (a reset) ``httpx.ReadError``; an answer that is
 not HTTP/1.x, a connection closed before the answer or in its body, is
 ``httpx.RemoteProtocolError``. An idle connection is dropped after ``keepalive_expiry_s``, or
@@ -26,7 +26,6 @@ when the server has closed it (the loop has told its protocol; checked before re
 from __future__ import annotations
 
 import asyncio
-import math
 import socket
 from collections import deque
 from collections.abc import AsyncIterator
@@ -34,6 +33,8 @@ from typing import Any, Final, cast
 
 import anyio
 import httpx
+
+from quotad.daemon.deadlines import Deadlines
 
 MAX_HEAD_BYTES: Final = 65536
 """The longest response head (status line and headers) accepted."""
@@ -50,8 +51,6 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.buffer = bytearray()
         self.idle_since = 0.0
-        self.deadline = math.inf
-        """When the exchange in progress must be over (loop time)."""
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
@@ -103,16 +102,11 @@ class _Connection(asyncio.Protocol):
 
     async def receive(self, timeout_s: float | None) -> None:
         """Wait until more bytes are in :attr:`buffer`, at most ``timeout_s`` (None: no bound
-        of its own) and not past the exchange's :attr:`deadline`. Raises ReadTimeout when
-        ``timeout_s`` passes, TimeoutError when the deadline does (as a ``fail_at`` around
-        the exchange would), ReadError or RemoteProtocolError when the connection ends."""
+        here); raises ReadTimeout, ReadError, or RemoteProtocolError at the close."""
         if not self._closed_by_server:
             loop = self._loop
-            until = self.deadline
-            if timeout_s is not None:
-                until = min(until, loop.time() + timeout_s)
             waiter = self._waiter = loop.create_future()
-            timer = None if until == math.inf else loop.call_at(until, self._wake)
+            timer = None if timeout_s is None else loop.call_later(timeout_s, self._wake)
             size = len(self.buffer)
             try:
                 await waiter
@@ -123,8 +117,6 @@ class _Connection(asyncio.Protocol):
             if len(self.buffer) > size:
                 return
             if not self._closed_by_server:
-                if loop.time() >= self.deadline:
-                    raise TimeoutError
                 raise httpx.ReadTimeout(f"no data within {timeout_s:g} s")
         if self._lost is not None:
             raise httpx.ReadError(str(self._lost) or type(self._lost).__name__)
@@ -260,26 +252,26 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         self._waiters: deque[anyio.Event] = deque()
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._closed = False
+        self._deadlines = Deadlines()
 
     # ------------------------------------------------------------------ slots
 
-    async def _acquire_slot(self, timeout_s: float | None, deadline: float) -> None:
-        """Take a slot, waiting up to ``timeout_s`` (PoolTimeout) and not past ``deadline``
-        (TimeoutError)."""
+    async def _acquire_slot(self, timeout_s: float | None) -> None:
+        """Take a slot, waiting up to ``timeout_s`` (PoolTimeout)."""
         if self._in_use < self._max and not self._waiters:
             self._in_use += 1
             return
         granted = anyio.Event()
         self._waiters.append(granted)
         try:
-            with anyio.fail_at(deadline), anyio.fail_after(timeout_s) as slot_wait:
+            with anyio.fail_after(timeout_s):
                 await granted.wait()  # a releaser hands its slot over
         except BaseException as error:
             if granted.is_set():
                 self.release_slot()  # handed over, but we are leaving
             else:
                 self._waiters.remove(granted)
-            if isinstance(error, TimeoutError) and slot_wait.cancelled_caught:
+            if isinstance(error, TimeoutError):
                 raise httpx.PoolTimeout(f"no free connection within {timeout_s:g} s") from None
             raise
 
@@ -298,14 +290,11 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
             connection.close()
             return
         connection.idle_since = asyncio.get_running_loop().time()
-        connection.deadline = math.inf
         self._idle.setdefault(key, []).append(connection)
 
-    async def _checkout(
-        self, key: tuple[str, int], connect_timeout_s: float | None, deadline: float
-    ) -> _Connection:
+    async def _checkout(self, key: tuple[str, int], connect_timeout_s: float | None) -> _Connection:
         """An idle connection to ``key`` still good to use, or a new one (connecting within
-        ``connect_timeout_s``: ConnectTimeout; not past ``deadline``: TimeoutError)."""
+        ``connect_timeout_s``: ConnectTimeout)."""
         idle = self._idle.get(key)
         if idle:
             now = asyncio.get_running_loop().time()
@@ -316,12 +305,10 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
                 connection.close()
         host, port = key
         try:
-            with anyio.fail_at(deadline), anyio.fail_after(connect_timeout_s) as connecting:
+            with anyio.fail_after(connect_timeout_s):
                 loop = asyncio.get_running_loop()
                 _, connection = await loop.create_connection(_Connection, host, port)
         except TimeoutError:
-            if not connecting.cancelled_caught:
-                raise
             raise httpx.ConnectTimeout(
                 f"connecting timed out after {connect_timeout_s:g} s"
             ) from None
@@ -355,19 +342,29 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         header_lines: bytes,
         body: bytes,
         timeouts: dict[str, Any],
-        deadline: float = math.inf,
+        within_s: float | None = None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """A whole exchange without httpx's models: ``header_lines`` are the request's
         ``name: value\\r\\n`` lines but ``content-length`` (host included); the answer's
-        status, headers and body. Failures raise as :meth:`handle_async_request`'s do; past
-        ``deadline`` (loop time), TimeoutError, as an ``anyio.fail_at(deadline)`` around the
-        call would, without the cost of a cancel scope on every request."""
-        head = _head(method, url, header_lines, len(body))
-        answer = await self._exchange(url, head + body, method, timeouts, deadline)
+        status, headers and body. Failures raise as :meth:`handle_async_request`'s do; an
+        exchange not over ``within_s`` seconds from now raises TimeoutError, as a
+        ``fail_after(within_s)`` around the call would, but watched by the pool's one sweep
+        (:mod:`quotad.daemon.deadlines`) rather than with a scope and a timer per request."""
+        watch = None if within_s is None else self._deadlines.watch(within_s)
         try:
-            content = await answer.body.read_whole()
+            head = _head(method, url, header_lines, len(body))
+            answer = await self._exchange(url, head + body, method, timeouts)
+            try:
+                content = await answer.body.read_whole()
+            finally:
+                await answer.body.aclose()
+        except asyncio.CancelledError:
+            if watch is None or not self._deadlines.expired(watch):
+                raise
+            raise TimeoutError from None
         finally:
-            await answer.body.aclose()
+            if watch is not None:
+                self._deadlines.unwatch(watch)
         return answer.status, answer.headers, content
 
     async def open_stream(
@@ -397,21 +394,19 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         request_bytes: bytes,
         method: str,
         timeouts: dict[str, Any],
-        deadline: float = math.inf,
     ) -> _Answer:
         """Send a request on a pooled connection; its answer's head, and its body to read
-        (the body's ``aclose`` gives the slot back). Nothing of it goes past ``deadline``."""
+        (the body's ``aclose`` gives the slot back)."""
         if url.scheme != "http":
             raise httpx.UnsupportedProtocol(f"this pool speaks http://, not {url.scheme}://")
         if self._closed:
             raise httpx.ConnectError("the pool is closed")
         read_timeout_s = timeouts.get("read")
         key = (url.host, url.port or 80)
-        await self._acquire_slot(timeouts.get("pool"), deadline)
+        await self._acquire_slot(timeouts.get("pool"))
         connection: _Connection | None = None
         try:
-            connection = await self._checkout(key, timeouts.get("connect"), deadline)
-            connection.deadline = deadline
+            connection = await self._checkout(key, timeouts.get("connect"))
             connection.send(request_bytes)
             answer = await _read_answer(connection, method == "HEAD", read_timeout_s)
         except BaseException:

@@ -34,7 +34,6 @@ replaced by ``[redacted]`` (placeholder keys shorter than 8 characters excepted)
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import urllib.request
 from abc import ABC, abstractmethod
@@ -215,10 +214,9 @@ class ProviderHTTP:
     ) -> Reply:
         """:meth:`request` through the lean pool, without httpx's request and response
         models (a fifth of a local request's cost)."""
-        deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:
             status, headers, content = await lean.fetch(
-                method, url, self._header_lines, body, self._lean_timeouts, deadline
+                method, url, self._header_lines, body, self._lean_timeouts, self._timeout_s
             )
         except TimeoutError:
             raise self._deadline_failure("gave no complete answer", None) from None
