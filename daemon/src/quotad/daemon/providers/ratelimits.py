@@ -145,6 +145,8 @@ _HEADERS: Final[tuple[tuple[bytes, str, _Parse], ...]] = (
     (b"retry-after-ms", "retry_after_s", _milliseconds),  # after retry-after: it wins
 )
 
+_HEADER_NAMES: Final = frozenset(name for name, _, _ in _HEADERS)
+
 
 def parse_rate_limits(
     headers: httpx.Headers | Mapping[str, str] | list[tuple[bytes, bytes]],
@@ -158,10 +160,15 @@ def parse_rate_limits(
     ``Settle``). ``now`` is the current time in epoch seconds, for timestamps; the wall clock
     when None.
     """
-    if isinstance(headers, httpx.Headers):
-        by_name = {name.lower(): value for name, value in headers.raw}
-    elif isinstance(headers, list):
-        by_name = {name.lower(): value for name, value in headers}
+    if isinstance(headers, httpx.Headers | list):
+        pairs = headers.raw if isinstance(headers, httpx.Headers) else headers
+        by_name = {
+            lowered: value
+            for name, value in pairs
+            if (lowered := name.lower()) in _HEADER_NAMES  # most headers are none of ours
+        }
+        if not by_name:
+            return NO_RATE_LIMITS
     else:
         by_name = {
             name.lower().encode("latin-1", "replace"): value.encode("latin-1", "replace")
