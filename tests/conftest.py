@@ -6,14 +6,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.backends import ALL_BACKENDS
 
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-        pytest.param(("trio", {}), id="trio"),
-    ]
-)
+
+@pytest.fixture(params=ALL_BACKENDS)
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     """Run each ``@pytest.mark.anyio`` test under asyncio, asyncio+uvloop and trio."""
     backend: tuple[str, dict[str, Any]] = request.param

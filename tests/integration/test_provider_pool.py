@@ -18,22 +18,13 @@ from quotad.daemon.providers import build_provider
 from quotad.daemon.providers.base import Provider, ProviderError
 from quotad.daemon.providers.pool import LeanHTTPTransport
 from quotad.protocol.messages import Chat, ChatMessage
+from tests.support.backends import ASYNCIO_BACKENDS
 from tests.support.daemon import free_port
 from tests.support.sim import SimProcess
 
+pytestmark = pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
+
 CHAT = Chat(model="m", messages=[ChatMessage(role="user", content="pool test")], max_tokens=4)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Daemon internals: asyncio, with uvloop (as the daemon runs) and without."""
-    backend: tuple[str, dict[str, Any]] = request.param
-    return backend
 
 
 @pytest.fixture(scope="module")

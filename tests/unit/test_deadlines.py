@@ -6,25 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import anyio
 import pytest
 
 from quotad.daemon.deadlines import MAX_SLEEP_S, Deadlines
+from tests.support.backends import ASYNCIO_BACKENDS
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    backend: tuple[str, dict[str, Any]] = request.param
-    return backend
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)]
 
 
 async def bounded(deadlines: Deadlines, seconds: float, work_s: float) -> str:

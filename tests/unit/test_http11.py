@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -26,20 +25,9 @@ from quotad.daemon.http11 import (
     StreamingResponse,
 )
 from quotad.daemon.http11 import connection as connection_module
+from tests.support.backends import ASYNCIO_BACKENDS
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """The server's connections are asyncio protocols: asyncio, with and without uvloop."""
-    backend: tuple[str, dict[str, Any]] = request.param
-    return backend
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)]
 
 
 Response = tuple[int, dict[str, str], bytes]

@@ -18,8 +18,9 @@ from quotad.daemon.store.db import (
     WriteFailed,
     _in_thread,
 )
-from quotad.daemon.store.ledger import _INSERT, LedgerRow, statements
+from quotad.daemon.store.ledger import _INSERT, statements
 from quotad.daemon.store.schema import MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE
+from tests.support.store import ledger_row
 
 pytestmark = pytest.mark.anyio
 
@@ -50,32 +51,8 @@ async def test_open_creates_and_migrates_and_reopening_keeps_the_data(directory:
 
 async def test_a_version_1_file_is_migrated_and_its_day_sums_carry_on(directory: Path) -> None:
     path = directory / "quotad.db"
-    row = LedgerRow(
-        request_id="qd-1",
-        time=1.0,
-        day="2026-11-20",
-        kind="chat",
-        app="agent",
-        user="",
-        uid=1,
-        pid=2,
-        gid=3,
-        model="fast",
-        target="t",
-        attempts=1,
-        status="ok",
-        prompt_tokens=10,
-        completion_tokens=5,
-        cached_tokens=0,
-        cost_usd=0.5,
-        saved_usd=0.0,
-        cached=False,
-        unpriced=False,
-        wait_s=0.0,
-        latency_s=0.1,
-        priority="normal",
-        tags="[]",
-    )
+    row = ledger_row(1)
+    summed = (row.prompt_tokens, row.completion_tokens, row.cost_usd)
     with sqlite3.connect(path) as connection:  # as quotad at schema version 1 left it
         for sql in MIGRATIONS[0]:
             connection.execute(sql)
@@ -83,8 +60,8 @@ async def test_a_version_1_file_is_migrated_and_its_day_sums_carry_on(directory:
         connection.execute("INSERT INTO schema_version VALUES (1)")
         connection.execute(_INSERT, row)
         connection.execute(
-            "INSERT INTO spend_daily VALUES ('2026-11-20', 'agent', 'fast', 't', "
-            "1, 0, 10, 5, 0, 0.5, 0, 0.0, 0)"
+            "INSERT INTO spend_daily VALUES (?, ?, ?, ?, 1, 0, ?, ?, 0, ?, 0, 0.0, 0)",
+            (row.day, row.app, row.model, row.target, *summed),
         )
     database = Database(path)
     await database.open()
@@ -93,7 +70,7 @@ async def test_a_version_1_file_is_migrated_and_its_day_sums_carry_on(directory:
         assert await database.read("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
         assert await database.read(
             "SELECT requests, errors, prompt_tokens, cost_usd FROM spend_daily"
-        ) == [(2, 1, 20, 1.0)]
+        ) == [(2, 1, 2 * row.prompt_tokens, 2 * row.cost_usd)]
     finally:
         await database.close()
 

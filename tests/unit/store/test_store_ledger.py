@@ -11,59 +11,16 @@ import pytest
 
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.store.audit import Audit
-from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database, WriteFailed
 from quotad.daemon.store.keys import KEY_PREFIX, Keys
 from quotad.daemon.store.ledger import Ledger, LedgerRow, LedgerWriteFailed
 from quotad.daemon.store.spend import forecast_month, is_anomalous
+from tests.support.store import CALENDAR, NOW
+from tests.support.store import ledger_row as row
 
 pytestmark = pytest.mark.anyio
 
-NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0
-
-
-CALENDAR = Calendar("UTC")
-
-
-def row(
-    number: int,
-    *,
-    at: float = NOW,
-    app: str = "agent",
-    model: str = "fast",
-    target: str = "openai/gpt-4o-mini",
-    status: str = "ok",
-    cost: float = 0.01,
-    cached: bool = False,
-    unpriced: bool = False,
-) -> LedgerRow:
-    return LedgerRow(
-        request_id=f"qd-test-{number}",
-        time=at,
-        day=CALENDAR.day(at),
-        kind="chat",
-        app=app,
-        user="",
-        uid=1000,
-        pid=42,
-        gid=1000,
-        model=model,
-        target=target,
-        attempts=1,
-        status=status,
-        prompt_tokens=100,
-        completion_tokens=20,
-        cached_tokens=0,
-        cost_usd=0.0 if cached else cost,
-        saved_usd=cost if cached else 0.0,
-        cached=cached,
-        unpriced=unpriced,
-        wait_s=0.0,
-        latency_s=0.1,
-        priority="normal",
-        tags='["nightly"]',
-    )
 
 
 # --------------------------------------------------------------------------- the ledger
