@@ -27,13 +27,15 @@ MAX_SLEEP_S: Final = 1.0
 class Watch:
     """One task's deadline while it is watched."""
 
-    __slots__ = ("at", "expired", "task")
+    __slots__ = ("at", "expired", "taken_back", "task")
 
     def __init__(self, task: asyncio.Task[object], at: float) -> None:
         self.task = task
         self.at = at
         self.expired = False
         """The sweep has cancelled the task for this deadline."""
+        self.taken_back = False
+        """That cancellation has been taken back (``uncancel``)."""
 
 
 class Deadlines:
@@ -59,15 +61,22 @@ class Deadlines:
         return watch
 
     def unwatch(self, watch: Watch) -> None:
-        """The task is done with what the deadline bounded."""
+        """The task is done with what the deadline bounded. A cancellation of the sweep's
+        that nobody took back is taken back here: its CancelledError was consumed by another
+        deadline's handler (two cancels, one delivery), and a cancel request left counted on
+        the task would confuse every cancel scope after."""
         self._watched.discard(watch)
+        if watch.expired and not watch.taken_back:
+            watch.taken_back = True
+            watch.task.uncancel()
 
     @staticmethod
     def expired(watch: Watch) -> bool:
         """Whether a CancelledError in the watched task is the deadline's; if so, it is
         taken back (``uncancel``): the caller goes on to say the deadline passed."""
-        if not watch.expired:
+        if not watch.expired or watch.taken_back:
             return False
+        watch.taken_back = True
         watch.task.uncancel()
         return True
 
