@@ -4,6 +4,7 @@ not), the slot limit, and every failure classified as the providers expect."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from quotad.daemon.config import parse_config
 from quotad.daemon.providers import build_provider
 from quotad.daemon.providers.base import Provider, ProviderError
-from quotad.daemon.providers.pool import LeanHTTPTransport
+from quotad.daemon.providers.pool import READ_AHEAD_BYTES, LeanHTTPTransport, _Body
 from quotad.protocol.messages import Chat, ChatMessage
 from tests.support.backends import ASYNCIO_BACKENDS
 from tests.support.daemon import free_port
@@ -184,6 +185,45 @@ async def test_a_fetch_ends_at_its_deadline_or_its_read_timeout(sim: SimProcess)
     finally:
         sim.control(latency_ms=0)
         await pool.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_stream_read_slowly_holds_the_server_back() -> None:
+    sent = 0
+
+    async def serve(client: anyio.abc.SocketStream) -> None:
+        nonlocal sent
+        async with client:
+            await client.receive()
+            await client.send(b"HTTP/1.1 200 OK\r\ncontent-length: 20000000\r\n\r\n")
+            chunk = b"x" * 65536
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                while sent < 20_000_000:
+                    await client.send(chunk)
+                    sent += len(chunk)
+
+    pool = LeanHTTPTransport(max_connections=1, keepalive_expiry_s=30)
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(listener.serve, serve)
+            try:
+                response = await pool.handle_async_request(
+                    httpx.Request("GET", f"http://127.0.0.1:{port}/")
+                )
+                await anyio.sleep(0.5)  # reading nothing of it
+                body = response.stream
+                assert isinstance(body, _Body)
+                connection = body._connection
+                assert connection is not None
+                assert len(connection.buffer) < READ_AHEAD_BYTES + 1024 * 1024
+                assert sent < 20_000_000  # the server is held back (socket buffers full)
+                first = await anext(aiter(body))
+                assert first
+                await response.aclose()
+            finally:
+                await pool.aclose()
+                tasks.cancel_scope.cancel()
 
 
 @pytest.mark.anyio

@@ -38,6 +38,9 @@ from quotad.daemon.deadlines import Deadlines
 
 MAX_HEAD_BYTES: Final = 65536
 """The longest response head (status line and headers) accepted."""
+READ_AHEAD_BYTES: Final = 256 * 1024
+"""Bytes of an answer buffered ahead of its reader before reading from the server pauses (a
+stream read slowly holds the provider back instead of growing the buffer)."""
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _CRLF: Final = b"\r\n"
@@ -57,6 +60,7 @@ class _Connection(asyncio.Protocol):
         self._closed_by_server = False
         self._lost: Exception | None = None
         """Why the connection broke (a reset, say), when it did."""
+        self._reading_paused = False
 
     # ------------------------------------------------------------------ protocol callbacks
 
@@ -65,6 +69,10 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        if len(self.buffer) > READ_AHEAD_BYTES and not self._reading_paused:
+            self._reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
         self._wake()
 
     def eof_received(self) -> bool:
@@ -83,6 +91,15 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     # ------------------------------------------------------------------ the exchange
+
+    def resume_reading(self) -> None:
+        """Read from the server again (a wait for more of the answer, or the connection going
+        idle, where the server's close must be noticed)."""
+        if self._reading_paused:
+            self._reading_paused = False
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
 
     def reusable(self) -> bool:
         """False once the server has closed an idle connection (or sent bytes it should
@@ -104,6 +121,7 @@ class _Connection(asyncio.Protocol):
         """Wait until more bytes are in :attr:`buffer`, at most ``timeout_s`` (None: no bound
         here); raises ReadTimeout, ReadError, or RemoteProtocolError at the close."""
         if not self._closed_by_server:
+            self.resume_reading()
             loop = self._loop
             waiter = self._waiter = loop.create_future()
             timer = None if timeout_s is None else loop.call_later(timeout_s, self._wake)
@@ -290,6 +308,7 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
             connection.close()
             return
         connection.idle_since = asyncio.get_running_loop().time()
+        connection.resume_reading()
         self._idle.setdefault(key, []).append(connection)
 
     async def _checkout(self, key: tuple[str, int], connect_timeout_s: float | None) -> _Connection:
