@@ -18,17 +18,15 @@ pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCI
 
 async def bounded(deadlines: Deadlines, seconds: float, work_s: float) -> str:
     """Sleep ``work_s`` under a deadline ``seconds`` away: how it ended."""
-    watch = deadlines.watch(seconds)
+    deadline = deadlines.within(seconds)
     try:
-        with anyio.move_on_after(60):  # a scope of anyio's inside, not expiring
+        with deadline, anyio.move_on_after(60):  # a scope of anyio's inside, not expiring
             await asyncio.sleep(work_s)
         return "done"
-    except asyncio.CancelledError:
-        if not deadlines.expired(watch):
+    except TimeoutError:
+        if not deadline.expired:
             raise
         return "deadline"
-    finally:
-        deadlines.unwatch(watch)
 
 
 async def sweep_ended(deadlines: Deadlines) -> None:
@@ -93,11 +91,8 @@ async def test_two_deadlines_passing_at_once_leave_no_cancel_request_behind() ->
     assert current is not None
 
     async def nested() -> str:
-        watch = outer.watch(0.05)
-        try:
+        with outer.within(0.05):
             return await bounded(inner, 0.05, 10)  # one CancelledError for two cancels
-        finally:
-            outer.unwatch(watch)
 
     assert await nested() == "deadline"
     assert current.cancelling() == 0

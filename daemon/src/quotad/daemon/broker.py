@@ -604,32 +604,31 @@ class Broker:
         retry, and gives the error when none answered; the request's deadline bounds it all.
         """
         attempts = self.router.attempts(route, context.started, self.target_price)
-        deadline = self.deadlines.watch(attempts.time_left_s())
+        deadline = self.deadlines.within(attempts.time_left_s())
         try:
-            while (target := await attempts.next_target()) is not None:
-                context.target = target
-                try:
-                    if not await self._admit(target, context, attempts.alternatives()):  # 4
-                        attempts.passed_over(target, "its gates are full")
+            with deadline:
+                while (target := await attempts.next_target()) is not None:
+                    context.target = target
+                    try:
+                        if not await self._admit(target, context, attempts.alternatives()):  # 4
+                            attempts.passed_over(target, "its gates are full")
+                            continue
+                        context.attempts += 1
+                        attempts.started(target)
+                        answer = await call(target)  # 5
+                    except ProviderError as error:  # 6
+                        self._gate_feedback(target, context, error)
+                        attempts.failed(target, error)  # a caller's 4xx: bad_request
                         continue
-                    context.attempts += 1
-                    attempts.started(target)
-                    answer = await call(target)  # 5
-                except ProviderError as error:  # 6
-                    self._gate_feedback(target, context, error)
-                    attempts.failed(target, error)  # a caller's 4xx is raised as bad_request
-                    continue
-                except BaseException:
-                    attempts.abandoned(target)
-                    raise
-                self.gates.observe(target.provider_name, target.name, answer.rate_limits)
-                attempts.succeeded(target)
-                return answer
-        except asyncio.CancelledError:
-            if not self.deadlines.expired(deadline):
+                    except BaseException:
+                        attempts.abandoned(target)
+                        raise
+                    self.gates.observe(target.provider_name, target.name, answer.rate_limits)
+                    attempts.succeeded(target)
+                    return answer
+        except TimeoutError:
+            if not deadline.expired:
                 raise
-        finally:
-            self.deadlines.unwatch(deadline)
         raise attempts.exhausted()
 
     async def _admit(self, target: Target, context: RequestContext, alternatives: bool) -> bool:

@@ -3,11 +3,20 @@
 A request's attempts (gate waits, provider calls, backoffs) must end at its deadline. A cancel
 scope with a timeout per request did that, but on uvloop a timer is a libuv handle made and
 registered for each request, which with the scope's own bookkeeping cost ~50 µs of the event
-loop's time per request (measured inside the daemon). Instead, a request :meth:`~Deadlines.
-watch`\\ es its task while it runs its attempts; ONE sweep task, sleeping until the earliest
-deadline being watched, cancels the tasks whose deadline has passed, and the request tells its
-own cancellation apart with :meth:`~Deadlines.expired`. The sweep starts with the first watch
-and ends when nothing is watched.
+loop's time per request (measured inside the daemon). Instead::
+
+    deadline = deadlines.within(seconds)
+    try:
+        with deadline:
+            ...                       # TimeoutError once ``seconds`` have passed
+    except TimeoutError:
+        if not deadline.expired:      # someone else's
+            raise
+
+as ``asyncio.timeout`` is used: the block's task is watched while it runs, and ONE sweep task,
+sleeping until the earliest deadline being watched, cancels the tasks whose deadline has
+passed; leaving the block turns that cancellation into TimeoutError. The sweep starts with the
+first watch and ends when nothing is watched.
 
 Deadlines are in the event loop's time, as a timeout scope's are. The daemon runs on asyncio;
 tasks are cancelled the asyncio way (``Task.cancel``/``uncancel``), which anyio's scopes inside
@@ -18,67 +27,79 @@ from __future__ import annotations
 
 import asyncio
 import math
+from types import TracebackType
 from typing import Final
 
 MAX_SLEEP_S: Final = 1.0
 """The longest the sweep sleeps before looking again."""
 
 
-class Watch:
-    """One task's deadline while it is watched."""
+class Deadline:
+    """One task's deadline: a ``with`` block that raises TimeoutError when it passes."""
 
-    __slots__ = ("at", "expired", "taken_back", "task")
+    __slots__ = ("_deadlines", "_taken_back", "at", "expired", "task")
 
-    def __init__(self, task: asyncio.Task[object], at: float) -> None:
-        self.task = task
+    def __init__(self, deadlines: Deadlines, at: float) -> None:
+        self._deadlines = deadlines
         self.at = at
+        self.task: asyncio.Task[object] | None = None
         self.expired = False
         """The sweep has cancelled the task for this deadline."""
-        self.taken_back = False
-        """That cancellation has been taken back (``uncancel``)."""
+        self._taken_back = False
+
+    def __enter__(self) -> Deadline:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self._deadlines.watch(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop watching. The sweep's cancellation is taken back (``uncancel``), and raised
+        as TimeoutError when it is what ends the block. Taken back too when another handler
+        consumed its CancelledError (two deadlines passing at once: two cancels, one
+        delivery): a cancel request left counted on the task would confuse every cancel
+        scope after."""
+        self._deadlines.unwatch(self)
+        if not self.expired or self._taken_back:
+            return
+        self._taken_back = True
+        assert self.task is not None
+        self.task.uncancel()
+        if exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
 
 
 class Deadlines:
     """The watched deadlines and their sweep (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._watched: set[Watch] = set()
+        self._watched: set[Deadline] = set()
         self._sweep: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._wake_at = math.inf
 
-    def watch(self, seconds: float) -> Watch:
-        """Cancel the current task ``seconds`` from now unless :meth:`unwatch` comes first."""
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        watch = Watch(task, loop.time() + seconds)
-        self._watched.add(watch)
+    def within(self, seconds: float) -> Deadline:
+        """A deadline ``seconds`` from now, for a ``with`` block."""
+        return Deadline(self, asyncio.get_running_loop().time() + seconds)
+
+    def watch(self, deadline: Deadline) -> None:
+        """Cancel ``deadline.task`` at ``deadline.at`` unless :meth:`unwatch` comes first."""
+        self._watched.add(deadline)
         if self._sweep is None:
-            self._sweep = loop.create_task(self._run(), name="quotad-deadlines")
-        elif watch.at < self._wake_at:  # earlier than the sweep will look: wake it now
+            self._sweep = asyncio.get_running_loop().create_task(
+                self._run(), name="quotad-deadlines"
+            )
+        elif deadline.at < self._wake_at:  # earlier than the sweep will look: wake it now
             self._wake()
-        return watch
 
-    def unwatch(self, watch: Watch) -> None:
-        """The task is done with what the deadline bounded. A cancellation of the sweep's
-        that nobody took back is taken back here: its CancelledError was consumed by another
-        deadline's handler (two cancels, one delivery), and a cancel request left counted on
-        the task would confuse every cancel scope after."""
-        self._watched.discard(watch)
-        if watch.expired and not watch.taken_back:
-            watch.taken_back = True
-            watch.task.uncancel()
-
-    @staticmethod
-    def expired(watch: Watch) -> bool:
-        """Whether a CancelledError in the watched task is the deadline's; if so, it is
-        taken back (``uncancel``): the caller goes on to say the deadline passed."""
-        if not watch.expired or watch.taken_back:
-            return False
-        watch.taken_back = True
-        watch.task.uncancel()
-        return True
+    def unwatch(self, deadline: Deadline) -> None:
+        self._watched.discard(deadline)
 
     def _wake(self) -> None:
         wakeup = self._wakeup
@@ -91,16 +112,16 @@ class Deadlines:
             while self._watched:
                 now = loop.time()
                 earliest = math.inf
-                for watch in self._watched:
-                    if watch.at <= now:
-                        if not watch.expired:
-                            watch.expired = True
-                            watch.task.cancel()
-                    elif watch.at < earliest:
-                        earliest = watch.at
-                self._wake_at = earliest
+                for deadline in self._watched:
+                    if deadline.at <= now:
+                        if not deadline.expired and deadline.task is not None:
+                            deadline.expired = True
+                            deadline.task.cancel()
+                    elif deadline.at < earliest:
+                        earliest = deadline.at
+                wake_at = self._wake_at = min(earliest, now + MAX_SLEEP_S)
                 wakeup = self._wakeup = loop.create_future()
-                timer = loop.call_at(min(earliest, now + MAX_SLEEP_S), self._wake)
+                timer = loop.call_at(wake_at, self._wake)
                 try:
                     await wakeup
                 finally:

@@ -361,7 +361,7 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         header_lines: bytes,
         body: bytes,
         timeouts: dict[str, Any],
-        within_s: float | None = None,
+        within_s: float,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """A whole exchange without httpx's models: ``header_lines`` are the request's
         ``name: value\\r\\n`` lines but ``content-length`` (host included); the answer's
@@ -369,21 +369,13 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         exchange not over ``within_s`` seconds from now raises TimeoutError, as a
         ``fail_after(within_s)`` around the call would, but watched by the pool's one sweep
         (:mod:`quotad.daemon.deadlines`) rather than with a scope and a timer per request."""
-        watch = None if within_s is None else self._deadlines.watch(within_s)
-        try:
+        with self._deadlines.within(within_s):
             head = _head(method, url, header_lines, len(body))
             answer = await self._exchange(url, head + body, method, timeouts)
             try:
                 content = await answer.body.read_whole()
             finally:
                 await answer.body.aclose()
-        except asyncio.CancelledError:
-            if watch is None or not self._deadlines.expired(watch):
-                raise
-            raise TimeoutError from None
-        finally:
-            if watch is not None:
-                self._deadlines.unwatch(watch)
         return answer.status, answer.headers, content
 
     async def open_stream(
