@@ -141,10 +141,16 @@ class Status(Message):
     """Ask for the daemon's state (targets, gates, breakers, queues, cache, budgets)."""
 
 
+MIN_INTERVAL_S: Final = 0.05
+"""The shortest ``Subscribe.interval_s``."""
+MAX_INTERVAL_S: Final = 3600.0
+"""The longest ``Subscribe.interval_s``."""
+
+
 class Subscribe(Message):
     """Ask for a :class:`Snapshot` every ``interval_s`` until cancelled."""
 
-    interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 1.0
+    interval_s: Annotated[float, msgspec.Meta(ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)] = 1.0
     requests: bool = True
 
 

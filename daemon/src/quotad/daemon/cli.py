@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     top = commands.add_parser("top", help="the live TUI (needs quotad-tui)")
     top.add_argument(
-        "--interval", type=float, default=0.5, help="seconds between updates (0.05-3600)"
+        "--interval",
+        type=float,
+        default=0.5,
+        help="seconds between updates (0.05-3600)",
     )
     top.set_defaults(handler=_top)
 
@@ -320,9 +323,10 @@ def _target_action(args: argparse.Namespace) -> int:
 
 
 def _top(args: argparse.Namespace) -> int:
+    from quotad.protocol.messages import MAX_INTERVAL_S, MIN_INTERVAL_S
+
     try:
         from quotad.tui.app import run_tui
-        from quotad.tui.feed import MAX_INTERVAL_S, MIN_INTERVAL_S
     except ImportError:
         print(
             "quotad: `quotad top` needs the quotad-tui package (uv pip install quotad-tui)",

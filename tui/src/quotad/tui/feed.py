@@ -24,14 +24,13 @@ from quotad.client import (
     Snapshot,
     SpendReply,
 )
+from quotad.protocol.messages import MAX_INTERVAL_S, MIN_INTERVAL_S
 from quotad.protocol.messages import SpendKey as SpendKey
 from quotad.protocol.messages import SpendPeriod as SpendPeriod
 from quotad.protocol.paths import client_socket_candidates
 
 APP_NAME: Final = "quotad-top"
 DEFAULT_INTERVAL_S: Final = 0.5
-MIN_INTERVAL_S: Final = 0.05  # the bounds Subscribe accepts
-MAX_INTERVAL_S: Final = 3600.0
 RETRY_FIRST_S: Final = 0.25
 RETRY_MAX_S: Final = 2.0
 CALL_TIMEOUT_S: Final = 10.0
