@@ -91,9 +91,51 @@ async def test_two_deadlines_passing_at_once_leave_no_cancel_request_behind() ->
     assert current is not None
 
     async def nested() -> str:
-        with outer.within(0.05):
-            return await bounded(inner, 0.05, 10)  # one CancelledError for two cancels
+        deadline = outer.within(0.05)
+        try:
+            with deadline:
+                return await bounded(inner, 0.05, 10)  # one CancelledError for two cancels
+        except TimeoutError:
+            assert deadline.expired
+            return "outer deadline"  # the inner block passed it on: not only its own cancel
 
-    assert await nested() == "deadline"
+    assert await nested() in ("deadline", "outer deadline")
     assert current.cancelling() == 0
     await asyncio.sleep(0.01)  # and no cancellation is still on its way
+
+
+async def test_a_shielded_scope_in_the_block_finishes_before_the_deadline_cuts() -> None:
+    deadlines = Deadlines()
+    finished = False
+    deadline = deadlines.within(0.05)
+
+    async def shielded_then_long() -> None:
+        nonlocal finished
+        with deadline:
+            with anyio.CancelScope(shield=True):  # e.g. a stream closed after a failure
+                await asyncio.sleep(0.2)
+                finished = True
+            await asyncio.sleep(10)
+
+    with pytest.raises(TimeoutError):
+        await shielded_then_long()
+    assert finished
+    assert deadline.expired
+
+
+async def test_a_caller_s_cancel_with_the_deadline_stays_a_cancellation() -> None:
+    deadlines = Deadlines()
+
+    async def work() -> None:
+        deadline = deadlines.within(30)
+        with deadline:
+            current = asyncio.current_task()
+            assert current is not None
+            deadline.expired = True  # what the sweep does when the deadline passes...
+            current.cancel()
+            current.cancel()  # ...as the caller cancels too, before either is delivered
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(work())
+    with pytest.raises(asyncio.CancelledError):
+        await task

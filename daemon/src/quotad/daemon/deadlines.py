@@ -20,7 +20,11 @@ first watch and ends when nothing is watched.
 
 Deadlines are in the event loop's time, as a timeout scope's are. The daemon runs on asyncio;
 tasks are cancelled the asyncio way (``Task.cancel``/``uncancel``), which anyio's scopes inside
-pass on as they pass on any cancellation that is not theirs.
+pass on as they pass on any cancellation that is not theirs. A native cancel would go through
+an anyio scope with ``shield=True`` too, so the sweep does as anyio's own timeouts do: it waits
+while the task is inside a shielded scope entered within the block (a stream being closed
+after a failure, say) and cancels it after. As with ``asyncio.timeout``, a CancelledError that
+is not only the deadline's (the caller cancelled too) stays a CancelledError.
 """
 
 from __future__ import annotations
@@ -28,29 +32,55 @@ from __future__ import annotations
 import asyncio
 import math
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
+
+from anyio._backends._asyncio import _task_states
 
 MAX_SLEEP_S: Final = 1.0
 """The longest the sweep sleeps before looking again."""
+SHIELD_RETRY_S: Final = 0.02
+"""How soon the sweep looks again at a task past its deadline but inside a shielded scope."""
+
+
+def _innermost_scope(task: asyncio.Task[Any]) -> Any:
+    """The anyio cancel scope ``task`` is in now, if any (anyio's task state: private, and
+    pinned by uv.lock; the suite covers it)."""
+    state = _task_states.get(task)
+    return None if state is None else state.cancel_scope
+
+
+def _shielded(task: asyncio.Task[Any], outside: Any) -> bool:
+    """Whether ``task`` is inside a shielded anyio scope entered within ``outside``."""
+    scope = _innermost_scope(task)
+    while scope is not None and scope is not outside:
+        if scope.shield:
+            return True
+        scope = scope._parent_scope
+    return False
 
 
 class Deadline:
     """One task's deadline: a ``with`` block that raises TimeoutError when it passes."""
 
-    __slots__ = ("_deadlines", "_taken_back", "at", "expired", "task")
+    __slots__ = ("_cancelling", "_deadlines", "_taken_back", "at", "expired", "outside", "task")
 
     def __init__(self, deadlines: Deadlines, at: float) -> None:
         self._deadlines = deadlines
         self.at = at
-        self.task: asyncio.Task[object] | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.outside: Any = None
+        """The anyio scope the block was entered in (shields outside it do not hold it)."""
         self.expired = False
         """The sweep has cancelled the task for this deadline."""
         self._taken_back = False
+        self._cancelling = 0
 
     def __enter__(self) -> Deadline:
         task = asyncio.current_task()
         assert task is not None
         self.task = task
+        self.outside = _innermost_scope(task)
+        self._cancelling = task.cancelling()
         self._deadlines.watch(self)
         return self
 
@@ -70,8 +100,7 @@ class Deadline:
             return
         self._taken_back = True
         assert self.task is not None
-        self.task.uncancel()
-        if exc_type is asyncio.CancelledError:
+        if self.task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc
 
 
@@ -113,12 +142,16 @@ class Deadlines:
                 now = loop.time()
                 earliest = math.inf
                 for deadline in self._watched:
-                    if deadline.at <= now:
-                        if not deadline.expired and deadline.task is not None:
-                            deadline.expired = True
-                            deadline.task.cancel()
-                    elif deadline.at < earliest:
-                        earliest = deadline.at
+                    task = deadline.task
+                    if deadline.at > now:
+                        earliest = min(earliest, deadline.at)
+                    elif deadline.expired or task is None:
+                        continue
+                    elif _shielded(task, deadline.outside):
+                        earliest = min(earliest, now + SHIELD_RETRY_S)
+                    else:
+                        deadline.expired = True
+                        task.cancel()
                 wake_at = self._wake_at = min(earliest, now + MAX_SLEEP_S)
                 wakeup = self._wakeup = loop.create_future()
                 timer = loop.call_at(wake_at, self._wake)
