@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from quotad.client import Client
+from quotad.daemon.http.openai import completion_id
 from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
 from tests.support.sim import SimProcess
 
@@ -113,6 +114,25 @@ def test_openai_sdk_sync_plain_and_streaming(url: str) -> None:
     assert len(chunks) > 8  # one event per chunk, not one blob
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 8
+
+
+def test_a_streamed_cache_hit_says_so_in_its_headers(url: str) -> None:
+    body = {"model": "fast", "messages": [{"role": "user", "content": "stream me twice"}]}
+    with httpx.Client(trust_env=False, headers={"x-quotad-app": APP}) as client:
+        answers = []
+        for _ in range(2):
+            with client.stream(
+                "POST", f"{url}/v1/chat/completions", json=body | {"stream": True}
+            ) as response:
+                text = "".join(response.iter_text())
+                answers.append((response.headers, text))
+    (first, _), (second, second_text) = answers
+    assert first["x-quotad-cache"] == "miss"
+    assert second["x-quotad-cache"] == "hit"
+    assert second["x-quotad-request-id"].startswith("qd-")
+    assert second["x-quotad-request-id"] != first["x-quotad-request-id"]
+    assert second["x-quotad-target"] == first["x-quotad-target"] == "sim/gpt-4o-mini"
+    assert f'"id":"{completion_id(second["x-quotad-request-id"])}"' in second_text
 
 
 @pytest.mark.anyio

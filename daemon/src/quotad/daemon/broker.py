@@ -50,6 +50,7 @@ from quotad.daemon.request import (
     ProviderAnswer,
     RequestContext,
     RequestIds,
+    announce,
     chunk_of,
     first_chunk_of,
     merge_tool_calls,
@@ -203,7 +204,9 @@ class Broker:
                 answer = self._answer_from_cache(context, hit, CachedChat)
                 end = answer.reply(ChatEnd, request.id, context.request_id, context.saved_usd)
                 end.latency_s = await self._finish(context, end.usage)  # 7
-                for chunk in answer.replay(request.id):
+                chunks = answer.replay(request.id)
+                announce(chunks[0], context, answer.target)
+                for chunk in chunks:
                     yield chunk
                 yield end
                 return

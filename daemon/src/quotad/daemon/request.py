@@ -137,11 +137,16 @@ def partial_usage(usage: Usage, prompt_tokens: int, content: str) -> Usage:
     )
 
 
-def first_chunk_of(request_id: int, delta: ChatDelta, context: RequestContext) -> ChatChunk:
-    """A stream's first chunk: it also says who answers (see :class:`ChatChunk`)."""
-    chunk = chunk_of(request_id, delta)
+def announce(chunk: ChatChunk, context: RequestContext, target: str) -> ChatChunk:
+    """Make ``chunk`` a stream's first: it also says who answers (see :class:`ChatChunk`)."""
     chunk.request_id = context.request_id
-    chunk.target = context.target_name
+    chunk.target = target
     chunk.attempts = context.attempts
     chunk.wait_s = context.wait_s
+    chunk.cached = context.cached
     return chunk
+
+
+def first_chunk_of(request_id: int, delta: ChatDelta, context: RequestContext) -> ChatChunk:
+    """A live stream's first chunk (see :func:`announce`)."""
+    return announce(chunk_of(request_id, delta), context, context.target_name)
