@@ -106,6 +106,29 @@ async def test_a_failure_that_is_not_a_request_error_is_a_row_and_frees_its_hold
         assert broker.in_flight == 0
 
 
+async def test_a_bug_in_step_7_before_the_commit_still_leaves_a_row(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_store(config()) as store:
+        broker = Broker(config(), Router(config(), {"p": Provider()}), store)
+        calls = 0
+        settle = broker.budgets.settle
+
+        def settle_once_broken(*args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise KeyError("a bug in settling")
+            return settle(*args)
+
+        monkeypatch.setattr(broker.budgets, "settle", settle_once_broken)
+        with pytest.raises(KeyError, match="a bug in settling"):
+            await broker.chat(chat("hi"), Caller(app="a"))
+        assert await ledger_rows(store) == [("internal", 0)]
+        [daily] = store.budgets.global_budgets
+        assert (daily.held, daily.reserved_usd) == (0, 0.0)
+
+
 async def test_a_streamed_hit_commits_its_row_before_its_first_chunk(anyio_backend: str) -> None:
     async with open_store(config()) as store:
         broker = Broker(config(), Router(config(), {"p": Provider()}), store)

@@ -485,7 +485,6 @@ class Broker:
         cache entry, in the same group commit), THEN return the latency in seconds. The cost
         is left in ``context.cost_usd``. A row that cannot be committed fails a request that
         had succeeded with ``internal`` (its reply is withheld)."""
-        context.finished = True
         now = self.clock.time()
         latency_s = self.clock.monotonic() - context.started
         usage = usage or Usage()
@@ -497,6 +496,7 @@ class Broker:
         cost = context.cost_usd = price.cost(usage) if price is not None else 0.0
         for alert in self.budgets.settle(context.budget, context.caller.app, cost, now):
             self.add_event("budget_alert", alert.message)
+        context.budget = None  # settled: a second _finish (after a bug below) holds nothing
         caller = context.caller
         row = LedgerRow(
             request_id=context.request_id,
@@ -528,6 +528,7 @@ class Broker:
             self.cache.put(
                 cache_store.key, cache_store.kind, context.model, cache_store.answer, cost
             )
+        context.finished = True  # only now: a failure before this still gets its row
         try:
             await self.ledger.record(row)  # the cache entry joins this commit
         except LedgerWriteFailed as failure:
