@@ -158,7 +158,6 @@ class FrontDoor:
         self._app_for_key = app_for_key
         self._status = status or broker.status
         self._keys = config.auth == "keys"
-        self._cache_off = broker.config.cache.mode == "off"
         self._host, port = parse_listen(config.listen)
         self.server = HttpServer(self.handle, host=self._host, port=port, limits=_limits(config))
         self._listen = config.listen
@@ -220,7 +219,6 @@ class FrontDoor:
                 config.http.listen,
             )
         self._keys = config.http.auth == "keys"
-        self._cache_off = config.cache.mode == "off"
         self.server.limits = _limits(config.http)
 
     # ------------------------------------------------------------------ dispatch
@@ -304,7 +302,7 @@ class FrontDoor:
     def _cache_state(self, cached: bool, mode: str) -> CacheState:
         if cached:
             return "hit"
-        return "bypass" if self._cache_off or mode == "bypass" else "miss"
+        return "bypass" if not self.broker.cache.enabled or mode == "bypass" else "miss"
 
     def _answer_headers(
         self, answer: ChatReply | EmbedReply | ChatChunk | ChatEnd, mode: str
