@@ -30,6 +30,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from quotad.daemon.config import Fraction
 from quotad.daemon.errors import RequestError
 from quotad.daemon.http.wire import answered_model, bad_request, passthrough
 from quotad.protocol.messages import (
@@ -42,8 +43,6 @@ from quotad.protocol.messages import (
     PositiveInt,
     Usage,
 )
-
-Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 
 STOP_REASONS: Final = {
     "stop": "end_turn",

@@ -41,7 +41,7 @@ sliding-window log and the rate-limit headers), :mod:`.replies` (the determinist
 from __future__ import annotations
 
 from quotad.daemon.sim.limits import SlidingWindowLog, go_duration
-from quotad.daemon.sim.server import SimProvider, run_sim, serve_sim
+from quotad.daemon.sim.server import SimProvider, run_sim
 from quotad.daemon.sim.settings import CONTROL_FIELDS, SimControl, SimSettings
 
 __all__ = [
@@ -52,5 +52,4 @@ __all__ = [
     "SlidingWindowLog",
     "go_duration",
     "run_sim",
-    "serve_sim",
 ]

@@ -9,7 +9,8 @@ from typing import Any
 
 import msgspec
 
-from quotad.daemon.sim.replies import SIM_MODELS, Messages, PositiveInt, Reply
+from quotad.daemon.sim.replies import SIM_MODELS, Messages, Reply
+from quotad.protocol.messages import PositiveInt
 
 
 class AnthropicRequest(msgspec.Struct, kw_only=True):

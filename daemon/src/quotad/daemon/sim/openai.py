@@ -16,11 +16,11 @@ from quotad.daemon.sim.replies import (
     DEFAULT_EMBEDDING_DIMENSIONS,
     SIM_MODELS,
     Messages,
-    PositiveInt,
     Reply,
     embedding,
 )
 from quotad.daemon.tokens import estimate_text_tokens
+from quotad.protocol.messages import PositiveInt
 
 
 class StreamOptions(msgspec.Struct):

@@ -1,8 +1,7 @@
 """What the sim answers, before a wire format shapes it, all deterministic: the reply to a
 chat (:func:`compose_reply` → :class:`Reply`: its words, or a call of the first tool when the
 last user message asks for a "tool"), embedding vectors drawn from a hash of the input, the
-models it lists, and the chat request fields both wire formats share (:data:`Messages`,
-:data:`PositiveInt`)."""
+models it lists, and the chat request field both wire formats share (:data:`Messages`)."""
 
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ DEFAULT_EMBEDDING_DIMENSIONS = 8
 SIM_MODELS = ("sim-small", "sim-large", "sim-embed")
 FILLER_WORDS = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit")
 
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 Messages = Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
 
 _json = msgspec.json.Encoder()

@@ -2,7 +2,8 @@
 routes each request, checks its API key, admits it on the sim's limits (:mod:`.limits`),
 waits its latency, injects faults, answers it through the wire-format modules
 (:mod:`.openai`, :mod:`.anthropic`), counts and logs it, and serves ``/sim/control`` and
-``/sim/stats``; :func:`serve_sim` runs it in this process, :func:`run_sim` as ``quotad sim``."""
+``/sim/stats``; :meth:`SimProvider.serve` runs it in this process, :func:`run_sim` as
+``quotad sim``."""
 
 from __future__ import annotations
 
@@ -455,13 +456,6 @@ class SimProvider:
 
 
 # --------------------------------------------------------------------------- entry points
-
-
-async def serve_sim(
-    settings: SimSettings, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
-) -> None:
-    """Run a simulated provider in this process until cancelled; reports the bound port."""
-    await SimProvider(settings).serve(task_status=task_status)
 
 
 async def _serve_until_signalled(settings: SimSettings) -> None:

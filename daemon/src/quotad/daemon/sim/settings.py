@@ -9,6 +9,8 @@ from typing import Annotated
 
 import msgspec
 
+from quotad.daemon.config import Fraction, NonNegative
+
 CONTROL_FIELDS = (
     "latency_ms",
     "jitter_ms",
@@ -45,8 +47,6 @@ class SimSettings:
     seed: int | None = None
 
 
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
-Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
