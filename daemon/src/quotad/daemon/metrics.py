@@ -236,14 +236,12 @@ def _label_value(value: str) -> str:
 class _Exposition:
     """Lines of the text format, grouped by family (HELP and TYPE once, before its samples)."""
 
-    __slots__ = ("_families", "_order")
+    __slots__ = ("_families",)
 
     def __init__(self) -> None:
         self._families: dict[str, list[str]] = {}
-        self._order: list[str] = []
 
     def family(self, name: str, kind: str, help_text: str) -> None:
-        self._order.append(name)
         self._families[name] = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
 
     def sample(self, name: str, value: float, **labels: str) -> None:
@@ -264,7 +262,7 @@ class _Exposition:
             lines.append(_line(f"{name}_count", (("target", target),), cumulative))
 
     def text(self) -> str:
-        return "\n".join(line for name in self._order for line in self._families[name]) + "\n"
+        return "\n".join(line for lines in self._families.values() for line in lines) + "\n"
 
 
 def _line(name: str, labels: Iterable[tuple[str, str]], value: float) -> str:
