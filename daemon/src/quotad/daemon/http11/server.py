@@ -121,12 +121,14 @@ class HttpServer:
 
     async def _sweep_timeouts(self) -> None:
         """Wake every connection wait whose deadline has passed. One timer for the server
-        instead of one per wait; a timeout fires up to one sweep interval late."""
-        limits = self.limits
-        interval = min(1.0, limits.read_timeout_s / 8, limits.idle_timeout_s / 8, LINGER_S / 8)
+        instead of one per wait; a timeout fires up to one sweep interval late. The interval
+        follows :attr:`limits` (a reload may replace them)."""
         loop = asyncio.get_running_loop()
         while True:
-            await anyio.sleep(interval)
+            limits = self.limits
+            await anyio.sleep(
+                min(1.0, limits.read_timeout_s / 8, limits.idle_timeout_s / 8, LINGER_S / 8)
+            )
             now = loop.time()
             for connection in self._connections:
                 if connection.deadline <= now:
