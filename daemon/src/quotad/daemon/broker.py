@@ -538,18 +538,17 @@ class Broker:
                     "internal", str(failure), details={"request_id": failure.request_id}
                 ) from None
         finally:  # once this task has sent its reply: counting is not on the reply's path
-            asyncio.get_running_loop().call_soon(
-                self._count_finished, row, context.wait_s, context.target is not None
-            )
+            asyncio.get_running_loop().call_soon(self._count_finished, row)
         return latency_s
 
-    def _count_finished(self, row: LedgerRow, wait_s: float, resolved: bool) -> None:
-        """Step 7's counting, run just after the reply: activity, the live tail, metrics."""
+    def _count_finished(self, row: LedgerRow) -> None:
+        """Step 7's counting, run just after the reply: activity, the live tail, metrics
+        (a row's ``target`` is empty when the request reached none)."""
         self.finished_total += 1
-        self.activity.finished(row.app, wait_s, row.day, row.cost_usd)
+        self.activity.finished(row.app, row.wait_s, row.day, row.cost_usd)
         record = live_record(row)
         self.recent.append(record)
-        self.metrics.observe_request(record, resolved=resolved)
+        self.metrics.observe_request(record, resolved=bool(row.target))
 
     def _reserve_budget(
         self, context: RequestContext, route: Route, prompt_tokens: int, cache: CacheMode
