@@ -34,6 +34,7 @@ from quotad.client import AsyncClient, Client
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database, Durability
 from quotad.daemon.store.ledger import Ledger, LedgerRow
+from tests.support import store as rows
 from tests.support.daemon import DaemonProcess, sim_provider_config
 from tests.support.sim import SimProcess
 
@@ -96,33 +97,8 @@ def cache_hits(durability: str, hits: int, rounds: int) -> dict[str, float]:
 
 
 def ledger_row(number: int) -> LedgerRow:
-    now = time.time()
-    return LedgerRow(
-        request_id=f"qd-bench-{number}",
-        time=now,
-        day="2026-11-23",
-        kind="chat",
-        app=f"app{number % 5}",
-        user="",
-        uid=1000,
-        pid=4242,
-        gid=1000,
-        model="fast",
-        target=MODEL,
-        attempts=1,
-        status="ok",
-        prompt_tokens=120,
-        completion_tokens=40,
-        cached_tokens=0,
-        cost_usd=0.00004,
-        saved_usd=0.0,
-        cached=False,
-        unpriced=False,
-        wait_s=0.0,
-        latency_s=0.3,
-        priority="normal",
-        tags="[]",
-    )
+    """A row of a chat request of one of five apps, now."""
+    return rows.ledger_row(number, at=time.time(), app=f"app{number % 5}", target=MODEL, cost=4e-5)
 
 
 async def ledger_rows(durability: Durability, writers: int, seconds: float) -> dict[str, float]:
