@@ -18,5 +18,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
 
 @pytest.fixture
 def asyncio_only() -> tuple[str, dict[str, Any]]:
-    """For tests of daemon internals, which run on asyncio+uvloop only."""
+    """For tests of daemon internals: asyncio + uvloop, as the daemon runs (see
+    ``tests/support/backends.py``)."""
     return ("asyncio", {"use_uvloop": True})

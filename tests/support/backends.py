@@ -1,6 +1,8 @@
 """The anyio backends tests run under: every async test under :data:`ALL_BACKENDS` (see
-``tests/conftest.py``); tests of the daemon's asyncio-only parts (its HTTP server and
-provider pool are asyncio protocols) under :data:`ASYNCIO_BACKENDS`."""
+``tests/conftest.py``). The daemon itself runs on asyncio + uvloop (the ``asyncio_only``
+fixture: tests of its internals); the parts written directly against asyncio (the HTTP
+server's and the provider pool's connections are asyncio protocols) are also tested on plain
+asyncio, under :data:`ASYNCIO_BACKENDS`."""
 
 from __future__ import annotations
 
