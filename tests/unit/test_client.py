@@ -29,6 +29,7 @@ from quotad.client import (
     Client,
     ConnectionLostError,
     DaemonUnavailableError,
+    InternalError,
     QuotadError,
     RateLimitedError,
     RequestTimeoutError,
@@ -42,6 +43,7 @@ from quotad.protocol.messages import (
     Cancel,
     Chat,
     Error,
+    Ok,
     Reply,
     Request,
     Settle,
@@ -320,6 +322,14 @@ def test_idle_connection_reconnects_without_error_after_restart(socket_path: str
 def test_handshake_refused_raises_the_class_of_its_code(socket_path: str) -> None:
     refusal = Error(code="unauthorized", message="uid 1000 may not use this socket")
     with FakeDaemon(socket_path, welcome=refusal), pytest.raises(UnauthorizedError, match="uid"):
+        Client(socket_path).status()
+
+
+def test_a_handshake_answered_with_something_else_names_the_socket(socket_path: str) -> None:
+    with (
+        FakeDaemon(socket_path, welcome=Ok(message="not a quotad")),
+        pytest.raises(InternalError, match=re.escape(socket_path)),
+    ):
         Client(socket_path).status()
 
 

@@ -259,7 +259,7 @@ async def _handshake(path: str, app: str, connect_timeout: float) -> _AsyncConne
                         "closed the connection during the handshake"
                     ) from None
                 replies.extend(decoder.feed(data))
-            welcome = expect(replies[0], Welcome)
+            welcome = expect(replies[0], Welcome, str(path))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()

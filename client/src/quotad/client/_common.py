@@ -185,13 +185,14 @@ def build(kind: type[RequestT], **fields: Any) -> RequestT:
     return _convert(fields, kind)
 
 
-def expect(reply: Reply, kind: type[ReplyT]) -> ReplyT:
-    """``reply`` if it is a ``kind``; the mapped exception if it is an ``Error``."""
+def expect(reply: Reply, kind: type[ReplyT], source: str = "the daemon") -> ReplyT:
+    """``reply`` if it is a ``kind``; the mapped exception if it is an ``Error``; else an
+    :class:`InternalError` naming ``source`` (the socket, during the handshake)."""
     if type(reply) is kind:
         return reply
     if type(reply) is Error:
         raise error_from_reply(reply)
-    raise InternalError(f"the daemon answered {type(reply).__name__} where {kind.__name__} was due")
+    raise InternalError(f"{source} answered {type(reply).__name__} where {kind.__name__} was due")
 
 
 def connect_failure(error: BaseException, connect_timeout: float) -> str:

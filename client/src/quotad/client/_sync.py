@@ -269,7 +269,7 @@ def _handshake(path: str, app: str, connect_timeout: float) -> _Connection:
             if not data:
                 raise ConnectionResetError("closed the connection during the handshake")
             replies.extend(decoder.feed(data))
-        welcome = expect(replies[0], Welcome)
+        welcome = expect(replies[0], Welcome, str(path))
         sock.settimeout(None)
     except BaseException:
         sock.close()
