@@ -60,6 +60,7 @@ from quotad.daemon.http11 import (
 from quotad.daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from quotad.daemon.providers.transport import is_loopback
 from quotad.daemon.request import Caller
+from quotad.daemon.routing import Route
 from quotad.protocol.messages import (
     PRIORITIES,
     CacheMode,
@@ -345,17 +346,18 @@ class FrontDoor:
         body_bytes = openai.embeddings_body(reply, embed.model, body.encoding_format)
         return self._whole_answer(reply, embed.cache, body_bytes)
 
+    def _owner(self, name: str, route: Route) -> str:
+        """Who a model name is: groups are quotad's, targets and bare models their
+        provider's."""
+        if name in self.broker.router.groups or not route.targets:
+            return "quotad"
+        return route.targets[0].provider_name
+
     def _model_list(self) -> list[tuple[str, str]]:
-        """(name, owner) of every name a request may use: groups are quotad's, targets and
-        bare models their provider's."""
+        """(name, owner) of every name a request may use."""
         router = self.broker.router
         routes = router.routes()
-        models = []
-        for name in router.known_names():
-            route = routes[name]
-            owner = "quotad" if name in router.groups or not route.targets else ""
-            models.append((name, owner or route.targets[0].provider_name))
-        return models
+        return [(name, self._owner(name, routes[name])) for name in router.known_names()]
 
     async def _models(self, request: HttpRequest) -> Response:
         self._caller(self._read_headers(request))
@@ -370,11 +372,8 @@ class FrontDoor:
         self._caller(self._read_headers(request))
         prefix = "/v1/models/" if request.path.startswith("/v1/") else "/models/"
         name = urllib.parse.unquote(request.path.removeprefix(prefix))
-        owner = dict(self._model_list()).get(name)
-        if owner is None:  # any provider/model of a configured provider resolves too
-            self.broker.router.resolve(name)  # else unknown_model, naming what exists
-            owner = name.partition("/")[0]
-        return HttpResponse(200, [JSON_CONTENT], openai.model_body(name, owner))
+        route = self.broker.router.resolve(name)  # else unknown_model, naming what exists
+        return HttpResponse(200, [JSON_CONTENT], openai.model_body(name, self._owner(name, route)))
 
     # ------------------------------------------------------------------ Anthropic endpoint
 
