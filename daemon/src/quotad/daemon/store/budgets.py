@@ -173,9 +173,10 @@ class Budgets:
     def add_spent(
         self, budgets: Iterable[Budget], spent: Iterable[tuple[str, float, float]], now: float
     ) -> None:
-        """Add the ledger's totals (``(app, today, this month)``) to budgets made by a reload.
-        Added, not set: a request settled since the reload but committed before the query is
-        then counted twice, never missed, so the budget errs on the safe side."""
+        """Add the ledger's totals (``(app, today, this month)``) to ``budgets`` (every one at
+        start, those a reload made later). Added, not set: after a reload, a request settled
+        since it but committed before the query is counted twice, never missed, so the budget
+        errs on the safe side."""
         fresh = {id(budget) for budget in budgets}
         for app, today, month in spent:
             for budget in self.app_budgets.get(app, self.global_budgets):
@@ -211,9 +212,7 @@ class Budgets:
         for budget in self._all():
             self._roll(budget, now)
             budget.spent_usd = 0.0
-        for app, today, month in spent:
-            for budget in self.app_budgets.get(app, self.global_budgets):
-                budget.spent_usd += today if budget.period == "day" else month
+        self.add_spent(self._all(), spent, now)
         return [alert for budget in self._all() if (alert := self._check_alert(budget))]
 
     def reserve(self, app: str, max_cost_usd: float, now: float) -> BudgetHold | None:
