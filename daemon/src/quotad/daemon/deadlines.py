@@ -16,7 +16,8 @@ loop's time per request (measured inside the daemon). Instead::
 as ``asyncio.timeout`` is used: the block's task is watched while it runs, and ONE sweep task,
 sleeping until the earliest deadline being watched, cancels the tasks whose deadline has
 passed; leaving the block turns that cancellation into TimeoutError. The sweep starts with the
-first watch and ends when nothing is watched.
+first watch and ends when nothing is watched. Each :class:`Deadlines` has its sweep: the
+broker's (request deadlines) and each lean provider pool's (a call's whole-exchange bound).
 
 Deadlines are in the event loop's time, as a timeout scope's are. The daemon runs on asyncio;
 tasks are cancelled the asyncio way (``Task.cancel``/``uncancel``), which anyio's scopes inside
