@@ -150,6 +150,7 @@ async def test_body_over_the_limit_is_413_and_closes() -> None:
         assert status == 413
         assert headers["connection"] == "close"
         assert b"1000" in msgspec.json.decode(body)["error"]["message"].encode()
+        assert msgspec.json.decode(body)["error"]["code"] == "bad_request"  # DESIGN §5's codes
         assert rest == b""
         async with raw_connection(server.port) as (stream, reader):
             chunk = b"x" * 600

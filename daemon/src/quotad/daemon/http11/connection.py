@@ -69,17 +69,20 @@ class ClientGone(Exception):
     """The connection was lost (or closed) before an answer could be written."""
 
 
-def _error_body(status: int, message: str, code: str) -> bytes:
+def _error_body(status: int, message: str) -> bytes:
     """A JSON error body both SDK families understand: ``error.message`` for OpenAI's,
-    ``type: "error"`` + ``error.type`` for Anthropic's."""
+    ``type: "error"`` + ``error.type`` for Anthropic's. Its ``code`` is one of the wire
+    protocol's (DESIGN §5): ``internal`` for the server's own failure, else ``bad_request``
+    (the status tells which: 400, 408, 413, 431, 501, 505)."""
     kind = "api_error" if status >= 500 else "invalid_request_error"
+    code = "internal" if status == 500 else "bad_request"
     return _json.encode(
         {"type": "error", "error": {"type": kind, "message": message, "code": code}}
     )
 
 
-def _raw_error(status: int, message: str, code: str) -> bytes:
-    body = _error_body(status, message, code)
+def _raw_error(status: int, message: str) -> bytes:
+    body = _error_body(status, message)
     head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
         status,
         _REASON_TEXT.get(status, "").encode(),
@@ -113,7 +116,7 @@ def _encode_head(
 _INTERNAL_ERROR = HttpResponse(
     500,
     [("content-type", "application/json")],
-    _error_body(500, "internal server error", "internal"),
+    _error_body(500, "internal server error"),
 )
 
 
@@ -287,9 +290,7 @@ class Connection(asyncio.Protocol):
                     if error.error_status_hint == 431:
                         await self._headers_too_large()
                     else:
-                        await self._send_error(
-                            error.error_status_hint, f"bad request: {error}", "bad_request"
-                        )
+                        await self._send_error(error.error_status_hint, f"bad request: {error}")
                 return None
             if event is NEED_DATA:
                 if deadline < 0:
@@ -302,9 +303,7 @@ class Connection(asyncio.Protocol):
                 if not await self._wait_data(deadline):
                     if not self.eof:
                         await self._send_error(
-                            408,
-                            f"request not complete within {limits.read_timeout_s:g} s",
-                            "request_timeout",
+                            408, f"request not complete within {limits.read_timeout_s:g} s"
                         )
                     return None
                 continue
@@ -353,15 +352,11 @@ class Connection(asyncio.Protocol):
 
     async def _headers_too_large(self) -> None:
         await self._send_error(
-            431,
-            f"request line and headers exceed {self._limits.max_header_bytes} bytes",
-            "headers_too_large",
+            431, f"request line and headers exceed {self._limits.max_header_bytes} bytes"
         )
 
     async def _body_too_large(self) -> None:
-        await self._send_error(
-            413, f"request body exceeds {self._limits.max_body_bytes} bytes", "body_too_large"
-        )
+        await self._send_error(413, f"request body exceeds {self._limits.max_body_bytes} bytes")
 
     # ------------------------------------------------------------------ answering
 
@@ -431,10 +426,10 @@ class Connection(asyncio.Protocol):
                 with anyio.move_on_after(STREAM_ACLOSE_TIMEOUT_S, shield=True):
                     await aclose()
 
-    async def _send_error(self, status: int, message: str, code: str) -> None:
+    async def _send_error(self, status: int, message: str) -> None:
         """Answer a request we will not serve; the connection closes after."""
         try:
-            await self._send(_raw_error(status, message, code))
+            await self._send(_raw_error(status, message))
         except ClientGone:
             self._close_mode = _CLOSE
 
