@@ -26,8 +26,9 @@ API::
   closed without an answer (``reset=True``: with a TCP RST). Any other exception answers 500
   (or, once a stream has started, cuts it) and the server carries on. A response header
   holding a line break is a handler error too (500), never written.
-- Error answers of the server itself (400, 408, 413, 431, 500) have a JSON body that both SDK
-  families read: ``{"type": "error", "error": {"type", "message", "code"}}``.
+- Error answers of the server itself (400, 408, 413, 431, 501, 505, 500) have a JSON body that
+  both SDK families read: ``{"type": "error", "error": {"type", "message", "code"}}``, its code
+  one of the wire protocol's (``bad_request``; ``internal`` for a 500).
 
 Requests are parsed by :mod:`.parser` (one parser per connection, holding what was read
 beyond the current request); responses are written directly. Both cost a fraction of h11's
