@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from quotad.client import Client
-from quotad.daemon.http.openai import completion_id
+from quotad.daemon.front_door.openai import completion_id
 from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
 from tests.support.sim import SimProcess
 

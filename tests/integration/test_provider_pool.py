@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from quotad.daemon.config import parse_config
+from quotad.daemon.net.pool import READ_AHEAD_BYTES, LeanHTTPTransport, _Body
 from quotad.daemon.providers import build_provider
 from quotad.daemon.providers.base import Provider, ProviderError
-from quotad.daemon.providers.pool import READ_AHEAD_BYTES, LeanHTTPTransport, _Body
 from quotad.protocol.messages import Chat, ChatMessage
 from tests.support.backends import ASYNCIO_BACKENDS
 from tests.support.daemon import free_port

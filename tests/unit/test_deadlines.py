@@ -10,7 +10,7 @@ import time
 import anyio
 import pytest
 
-from quotad.daemon.deadlines import MAX_SLEEP_S, Deadlines
+from quotad.daemon.net.deadlines import MAX_SLEEP_S, Deadlines
 from tests.support.backends import ASYNCIO_BACKENDS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)]

@@ -15,7 +15,7 @@ import pytest
 from anyio import wait_all_tasks_blocked
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from quotad.daemon.http11 import (
+from quotad.daemon.net.http11 import (
     AbortConnection,
     Handler,
     HttpLimits,
@@ -24,7 +24,7 @@ from quotad.daemon.http11 import (
     HttpServer,
     StreamingResponse,
 )
-from quotad.daemon.http11 import connection as connection_module
+from quotad.daemon.net.http11 import connection as connection_module
 from tests.support.backends import ASYNCIO_BACKENDS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)]

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotad.daemon.http11.parser import (
+from quotad.daemon.net.http11.parser import (
     CLOSED,
     END_OF_MESSAGE,
     NEED_DATA,
@@ -97,7 +97,7 @@ def test_long_runs_of_blanks_in_a_bad_header_are_refused_without_backtracking() 
     """A backtracking header pattern takes hours over these lines (cubic in the blanks); the
     child process must finish, with every line refused, long before the bound."""
     code = (
-        "from quotad.daemon.http11.parser import ParseError, RequestParser\n"
+        "from quotad.daemon.net.http11.parser import ParseError, RequestParser\n"
         "for value in (b' ' * 20000 + b'\\x01', b' ' * 9000 + b'a' + b' ' * 9000 + b'\\x01'):\n"
         "    parser = RequestParser(max_head_bytes=65536)\n"
         "    head = b'GET / HTTP/1.1\\r\\nhost: a\\r\\nx:' + value + b'\\r\\n\\r\\n'\n"

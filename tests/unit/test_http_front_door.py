@@ -19,7 +19,7 @@ import pytest
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, HttpConfig, parse_config
 from quotad.daemon.errors import RequestError
-from quotad.daemon.http import FrontDoor
+from quotad.daemon.front_door import FrontDoor
 from quotad.daemon.providers import build_provider
 from quotad.daemon.request import Caller
 from quotad.daemon.routing import Router

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from quotad.daemon.errors import RequestError
-from quotad.daemon.http import anthropic, openai
+from quotad.daemon.front_door import anthropic, openai
 from quotad.daemon.providers.anthropic import messages_body
 from quotad.protocol.messages import ChatChunk, ChatEnd, ChatMessage, ChatReply, Usage
 

@@ -16,6 +16,8 @@ import msgspec
 import pytest
 
 from quotad.daemon.config import ConfigError, ProviderConfig
+from quotad.daemon.net import addresses
+from quotad.daemon.net import sse as sse_module
 from quotad.daemon.providers import build_provider, resolve_api_key, transport
 from quotad.daemon.providers.anthropic import AnthropicProvider
 from quotad.daemon.providers.base import ChatDelta, ChatStream, ProviderError
@@ -341,7 +343,7 @@ async def test_openai_stream_that_ends_after_its_finish_reason_without_done() ->
 
 @pytest.mark.anyio
 async def test_an_oversized_event_breaks_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transport, "MAX_EVENT_BYTES", 100)
+    monkeypatch.setattr(sse_module, "MAX_EVENT_BYTES", 100)
     provider, _ = openai(streamed(b"data: " + b"x" * 500, 50))
     stream = await provider.open_stream("m", chat(), 32)
     with pytest.raises(ProviderError, match="longer than 100 bytes") as caught:
@@ -353,7 +355,7 @@ async def test_an_oversized_event_breaks_the_stream(monkeypatch: pytest.MonkeyPa
 async def test_a_body_left_open_after_done_is_not_waited_for(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(transport, "DRAIN_S", 0.05)
+    monkeypatch.setattr(sse_module, "DRAIN_S", 0.05)
 
     async def open_ended() -> AsyncIterator[bytes]:
         yield sse(_chunk({"content": "Hi"}), _chunk({}, "stop"))
@@ -582,13 +584,13 @@ def test_proxies_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
     remote = httpx.URL("https://api.remote.test/v1")
-    assert transport.environment_proxy(remote) is None
+    assert addresses.environment_proxy(remote) is None
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
-    assert transport.environment_proxy(remote) == "http://proxy.test:3128"
-    assert transport.environment_proxy(httpx.URL("http://127.0.0.1:8000/v1")) is None
-    assert transport.environment_proxy(httpx.URL("http://localhost:8000/v1")) is None
+    assert addresses.environment_proxy(remote) == "http://proxy.test:3128"
+    assert addresses.environment_proxy(httpx.URL("http://127.0.0.1:8000/v1")) is None
+    assert addresses.environment_proxy(httpx.URL("http://localhost:8000/v1")) is None
     monkeypatch.setenv("NO_PROXY", "remote.test")
-    assert transport.environment_proxy(remote) is None
+    assert addresses.environment_proxy(remote) is None
 
 
 # --------------------------------------------------------------------------- Anthropic: requests

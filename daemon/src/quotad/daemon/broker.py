@@ -33,10 +33,10 @@ import msgspec
 from quotad.daemon.activity import AppActivity, AppActivityLog
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
-from quotad.daemon.deadlines import Deadlines
 from quotad.daemon.errors import RequestError
 from quotad.daemon.gates import Gates
 from quotad.daemon.metrics import Metrics
+from quotad.daemon.net.deadlines import Deadlines
 from quotad.daemon.providers.base import (
     NO_RATE_LIMITS,
     ChatResult,

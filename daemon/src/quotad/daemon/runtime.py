@@ -25,8 +25,8 @@ from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
 from quotad.daemon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from quotad.daemon.config import Config, ConfigError, find_and_load_config, state_dir
+from quotad.daemon.front_door import FrontDoor, HttpListenError
 from quotad.daemon.gates import Gates
-from quotad.daemon.http import FrontDoor, HttpListenError
 from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.base import Provider

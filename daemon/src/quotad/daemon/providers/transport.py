@@ -9,8 +9,8 @@ flows, redirects, event hooks, an INFO log line per request). Measured on a 2-co
 against a local server, a plain chat() costs ~0.92 ms more than a raw socket exchange this
 way, against ~1.14 ms through ``AsyncClient`` (httpcore's pool alone: ~0.68 ms); so a plain
 ``http://`` account (a local server, where that cost is most of a request) uses the lean pool
-of :mod:`.pool` instead of httpcore's. Proxies named by the environment (``HTTPS_PROXY``,
-``NO_PROXY``…) are honoured for non-loopback hosts.
+of :mod:`quotad.daemon.net.pool` instead of httpcore's. Proxies named by the environment
+(``HTTPS_PROXY``, ``NO_PROXY``…) are honoured for non-loopback hosts.
 
 Timeouts: ``timeout_s`` bounds a whole plain request (send, wait, read) and each read, write
 or wait for a pooled connection; ``connect_timeout_s`` bounds connecting. A stream's deadline
@@ -34,11 +34,7 @@ replaced by ``[redacted]`` (placeholder keys shorter than 8 characters excepted)
 
 from __future__ import annotations
 
-import ipaddress
-import urllib.request
 from abc import ABC, abstractmethod
-from collections import deque
-from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Final, TypeVar
 
 import anyio
@@ -46,6 +42,9 @@ import httpx
 import msgspec
 
 from quotad.daemon.config import ProviderConfig
+from quotad.daemon.net.addresses import environment_proxy
+from quotad.daemon.net.pool import LeanHTTPTransport
+from quotad.daemon.net.sse import ServerSentEvents
 from quotad.daemon.providers.base import (
     NO_RATE_LIMITS,
     ChatDelta,
@@ -53,7 +52,6 @@ from quotad.daemon.providers.base import (
     ProviderError,
     RateLimitInfo,
 )
-from quotad.daemon.providers.pool import LeanHTTPTransport
 from quotad.daemon.providers.ratelimits import parse_rate_limits
 from quotad.protocol.messages import Usage
 
@@ -67,10 +65,6 @@ REDACTED: Final = "[redacted]"
 MIN_SECRET_LENGTH: Final = 8
 """Shorter keys (``none``, ``EMPTY``: placeholders for local servers) are not redacted: they
 are no secret, and replacing them would garble messages."""
-MAX_EVENT_BYTES: Final = 16 * 1024 * 1024
-"""The longest server-sent event (or line) accepted: the bound on what a stream buffers."""
-DRAIN_S: Final = 1.0
-"""How long a stream's end event may wait for the end of its body."""
 
 _JSON: Final = msgspec.json.Decoder()
 
@@ -82,28 +76,6 @@ class Reply(msgspec.Struct):
 
     content: bytes
     rate_limits: RateLimitInfo
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address) is this machine: ``localhost`` or a loopback
-    address."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def environment_proxy(url: httpx.URL) -> str | None:
-    """The proxy the environment names for ``url`` (``HTTPS_PROXY``…, minus ``NO_PROXY``)."""
-    if is_loopback(url.host):
-        return None
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(url.scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(url.host):
-        return None
-    return proxy
 
 
 def pooled_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
@@ -377,91 +349,6 @@ class ProviderHTTP:
     async def aclose(self) -> None:
         """Close every pooled connection."""
         await self._transport.aclose()
-
-
-class ServerSentEvents:
-    """The ``data`` of each event in a ``text/event-stream`` body, one event at a time.
-
-    Lines of one event's ``data:`` fields are joined with ``\\n``; ``event:``, ``id:``,
-    ``retry:`` and comments are skipped (the providers repeat the event type in the data).
-    An event left unterminated at the end of the body is still delivered; one longer than
-    :data:`MAX_EVENT_BYTES` breaks the stream.
-    """
-
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-        self._chunks: AsyncIterator[bytes] = response.aiter_bytes()
-        self._lines: deque[bytes] = deque()
-        self._partial = b""
-        self._data: list[bytes] = []
-        self._data_bytes = 0
-        self._ended = False
-
-    async def next_data(self) -> bytes | None:
-        """The data of the next event; None at the end of the body. Transport errors
-        (``httpx.TransportError``) propagate."""
-        while True:
-            while self._lines:
-                line = self._lines.popleft()
-                if not line:
-                    if self._data:
-                        return self._dispatch()
-                elif line.startswith(b"data:"):
-                    value = line[5:]
-                    self._data.append(value[1:] if value.startswith(b" ") else value)
-                    self._data_bytes += len(value)
-                    if self._data_bytes > MAX_EVENT_BYTES:
-                        raise httpx.RemoteProtocolError(
-                            f"an event longer than {MAX_EVENT_BYTES} bytes"
-                        )
-            if self._ended:
-                return self._dispatch() if self._data else None
-            try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                self._ended = True
-                if self._partial:
-                    self._lines.append(self._partial.rstrip(b"\r"))
-                    self._partial = b""
-                continue
-            lines = (self._partial + chunk).split(b"\n")
-            self._partial = lines.pop()
-            if len(self._partial) > MAX_EVENT_BYTES:
-                raise httpx.RemoteProtocolError(f"an event longer than {MAX_EVENT_BYTES} bytes")
-            self._lines.extend(line[:-1] if line.endswith(b"\r") else line for line in lines)
-
-    async def drain(self) -> None:
-        """Read what follows the end event up to the end of the body, so that the connection
-        goes back to the pool; a server that keeps the body open longer than
-        :data:`DRAIN_S`, or breaks it, only costs that connection."""
-        with anyio.move_on_after(DRAIN_S):
-            try:
-                while await self.next_data() is not None:
-                    pass
-            except httpx.TransportError:
-                pass
-
-    def _dispatch(self) -> bytes:
-        data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-        self._data = []
-        self._data_bytes = 0
-        return data
-
-    async def aclose(self) -> None:
-        """Release the connection: back to the pool when the body was read whole, else closed.
-
-        A body left unread is then read on to the error the closed connection gives, so that
-        httpx's body iterators finish instead of being left suspended (trio warns of those).
-        """
-        await self._response.aclose()
-        if self._ended:
-            return
-        self._ended = True
-        try:
-            async for _ in self._chunks:
-                pass
-        except (httpx.HTTPError, httpx.StreamError):
-            pass
 
 
 class ChatEventStream(ABC):

@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from quotad.daemon.http11 import (
+from quotad.daemon.net.http11 import (
     AbortConnection,
     HttpRequest,
     HttpResponse,

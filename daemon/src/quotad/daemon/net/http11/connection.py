@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, cast
 import anyio
 import msgspec
 
-from quotad.daemon.http11.messages import (
+from quotad.daemon.net.http11.messages import (
     AbortConnection,
     HttpRequest,
     HttpResponse,
     StreamingResponse,
 )
-from quotad.daemon.http11.parser import (
+from quotad.daemon.net.http11.parser import (
     CLOSED,
     END_OF_MESSAGE,
     NEED_DATA,
@@ -43,9 +43,9 @@ from quotad.daemon.http11.parser import (
 )
 
 if TYPE_CHECKING:
-    from quotad.daemon.http11.server import HttpServer
+    from quotad.daemon.net.http11.server import HttpServer
 
-logger = logging.getLogger("quotad.daemon.http11.server")  # the HTTP core logs as its server
+logger = logging.getLogger("quotad.daemon.net.http11.server")  # the HTTP core logs as its server
 
 READ_AHEAD_BYTES = 256 * 1024
 """Bytes read beyond what the parser has consumed before reading pauses (pipelining bound)."""

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal, TypeVar
 import msgspec
 
 from quotad.daemon.errors import RequestError
-from quotad.daemon.http11 import Headers
+from quotad.daemon.net.http11 import Headers
 from quotad.protocol.framing import describe
 
 T = TypeVar("T")

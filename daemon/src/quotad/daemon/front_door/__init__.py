@@ -1,15 +1,15 @@
 """The HTTP front door (DESIGN §7): OpenAI- and Anthropic-compatible endpoints in front of the
 broker, API keys naming apps, ``x-quotad-*`` headers, ``/metrics`` and ``/healthz``.
 
-- :mod:`.front_door`: the server, its endpoints, auth, headers and error answers;
+- :mod:`.server`: the server, its endpoints, auth, headers and error answers;
 - :mod:`.openai`, :mod:`.anthropic`: each API's request and answer shapes;
 - :mod:`.wire`: what both shapes share (body decoding, status and headers per error code).
 
-The HTTP/1.1 connection handling underneath is :mod:`quotad.daemon.http11`.
+The HTTP/1.1 connection handling underneath is :mod:`quotad.daemon.net.http11`.
 """
 
 from __future__ import annotations
 
-from quotad.daemon.http.front_door import DEFAULT_APP, AppForKey, FrontDoor, HttpListenError
+from quotad.daemon.front_door.server import DEFAULT_APP, AppForKey, FrontDoor, HttpListenError
 
 __all__ = ["DEFAULT_APP", "AppForKey", "FrontDoor", "HttpListenError"]

@@ -34,7 +34,7 @@ from typing import Any, Final, cast
 import anyio
 import httpx
 
-from quotad.daemon.deadlines import Deadlines
+from quotad.daemon.net.deadlines import Deadlines
 
 MAX_HEAD_BYTES: Final = 65536
 """The longest response head (status line and headers) accepted."""
@@ -368,7 +368,7 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         status, headers and body. Failures raise as :meth:`handle_async_request`'s do; an
         exchange not over ``within_s`` seconds from now raises TimeoutError, as a
         ``fail_after(within_s)`` around the call would, but watched by the pool's one sweep
-        (:mod:`quotad.daemon.deadlines`) rather than with a scope and a timer per request."""
+        (:mod:`quotad.daemon.net.deadlines`) rather than with a scope and a timer per request."""
         with self._deadlines.within(within_s):
             head = _head(method, url, header_lines, len(body))
             answer = await self._exchange(url, head + body, method, timeouts)

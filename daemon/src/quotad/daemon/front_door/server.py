@@ -38,8 +38,8 @@ import anyio.abc
 from quotad.daemon.broker import DAEMON_VERSION, Broker
 from quotad.daemon.config import Config, HttpConfig
 from quotad.daemon.errors import RequestError
-from quotad.daemon.http import anthropic, openai
-from quotad.daemon.http.wire import (
+from quotad.daemon.front_door import anthropic, openai
+from quotad.daemon.front_door.wire import (
     JSON_CONTENT,
     SSE_HEADERS,
     CacheState,
@@ -49,7 +49,9 @@ from quotad.daemon.http.wire import (
     http_status,
     quotad_headers,
 )
-from quotad.daemon.http11 import (
+from quotad.daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from quotad.daemon.net.addresses import is_loopback
+from quotad.daemon.net.http11 import (
     Headers,
     HttpLimits,
     HttpRequest,
@@ -57,8 +59,6 @@ from quotad.daemon.http11 import (
     HttpServer,
     StreamingResponse,
 )
-from quotad.daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from quotad.daemon.providers.transport import is_loopback
 from quotad.daemon.request import Caller
 from quotad.daemon.routing import Route
 from quotad.protocol.messages import (

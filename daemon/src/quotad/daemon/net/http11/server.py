@@ -1,5 +1,5 @@
 """The HTTP/1.1 server's listener (:class:`HttpServer`): binding, the accept loops, one
-:class:`~quotad.daemon.http11.connection.Connection` (an asyncio protocol on the loop's
+:class:`~quotad.daemon.net.http11.connection.Connection` (an asyncio protocol on the loop's
 transport) and its task per client, the timeout sweep that
 wakes connections whose deadline has passed, and graceful shutdown."""
 
@@ -16,8 +16,8 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 from anyio.streams.stapled import MultiListener
 
-from quotad.daemon.http11.connection import LINGER_S, Connection
-from quotad.daemon.http11.messages import Handler, HttpLimits
+from quotad.daemon.net.http11.connection import LINGER_S, Connection
+from quotad.daemon.net.http11.messages import Handler, HttpLimits
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ ACCEPT_ERROR_PAUSE_S = 0.1
 
 
 class HttpServer:
-    """Serves ``handler`` over HTTP/1.1 on ``host:port`` (see :mod:`quotad.daemon.http11`)."""
+    """Serves ``handler`` over HTTP/1.1 on ``host:port`` (see :mod:`quotad.daemon.net.http11`)."""
 
     def __init__(
         self,

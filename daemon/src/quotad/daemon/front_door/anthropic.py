@@ -32,7 +32,7 @@ import msgspec
 
 from quotad.daemon.config import Fraction
 from quotad.daemon.errors import RequestError
-from quotad.daemon.http.wire import answered_model, bad_request, passthrough
+from quotad.daemon.front_door.wire import answered_model, bad_request, passthrough
 from quotad.protocol.messages import (
     Chat,
     ChatChunk,

@@ -59,7 +59,7 @@ Modules: :mod:`.messages` (what a handler sees and answers, and the limits on a 
 
 from __future__ import annotations
 
-from quotad.daemon.http11.messages import (
+from quotad.daemon.net.http11.messages import (
     AbortConnection,
     Handler,
     Headers,
@@ -68,7 +68,7 @@ from quotad.daemon.http11.messages import (
     HttpResponse,
     StreamingResponse,
 )
-from quotad.daemon.http11.server import HttpServer
+from quotad.daemon.net.http11.server import HttpServer
 
 __all__ = [
     "AbortConnection",

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from quotad.daemon.errors import RequestError
-from quotad.daemon.http.wire import answered_model, bad_request, passthrough
+from quotad.daemon.front_door.wire import answered_model, bad_request, passthrough
 from quotad.protocol.messages import (
     Chat,
     ChatChunk,

@@ -1,0 +1,9 @@
+"""The daemon's network plumbing, apart from what any request means:
+
+- :mod:`.http11`: the HTTP/1.1 server core (the front door and ``quotad sim`` run on it);
+- :mod:`.pool`: the lean keep-alive connection pool for plain-``http://`` providers, as an
+  ``httpx`` transport;
+- :mod:`.sse`: server-sent events read from a provider's streamed answer;
+- :mod:`.addresses`: loopback and proxy helpers;
+- :mod:`.deadlines`: request deadlines watched by one sweep task.
+"""

@@ -1,0 +1,101 @@
+"""Server-sent events read from a provider's streamed answer (``text/event-stream``), one
+event's data at a time, with a bound on what one event may buffer."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Final
+
+import anyio
+import httpx
+
+MAX_EVENT_BYTES: Final = 16 * 1024 * 1024
+"""The longest server-sent event (or line) accepted: the bound on what a stream buffers."""
+DRAIN_S: Final = 1.0
+"""How long a stream's end event may wait for the end of its body."""
+
+
+class ServerSentEvents:
+    """The ``data`` of each event in a ``text/event-stream`` body, one event at a time.
+
+    Lines of one event's ``data:`` fields are joined with ``\\n``; ``event:``, ``id:``,
+    ``retry:`` and comments are skipped (the providers repeat the event type in the data).
+    An event left unterminated at the end of the body is still delivered; one longer than
+    :data:`MAX_EVENT_BYTES` breaks the stream.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self._chunks: AsyncIterator[bytes] = response.aiter_bytes()
+        self._lines: deque[bytes] = deque()
+        self._partial = b""
+        self._data: list[bytes] = []
+        self._data_bytes = 0
+        self._ended = False
+
+    async def next_data(self) -> bytes | None:
+        """The data of the next event; None at the end of the body. Transport errors
+        (``httpx.TransportError``) propagate."""
+        while True:
+            while self._lines:
+                line = self._lines.popleft()
+                if not line:
+                    if self._data:
+                        return self._dispatch()
+                elif line.startswith(b"data:"):
+                    value = line[5:]
+                    self._data.append(value[1:] if value.startswith(b" ") else value)
+                    self._data_bytes += len(value)
+                    if self._data_bytes > MAX_EVENT_BYTES:
+                        raise httpx.RemoteProtocolError(
+                            f"an event longer than {MAX_EVENT_BYTES} bytes"
+                        )
+            if self._ended:
+                return self._dispatch() if self._data else None
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                if self._partial:
+                    self._lines.append(self._partial.rstrip(b"\r"))
+                    self._partial = b""
+                continue
+            lines = (self._partial + chunk).split(b"\n")
+            self._partial = lines.pop()
+            if len(self._partial) > MAX_EVENT_BYTES:
+                raise httpx.RemoteProtocolError(f"an event longer than {MAX_EVENT_BYTES} bytes")
+            self._lines.extend(line[:-1] if line.endswith(b"\r") else line for line in lines)
+
+    async def drain(self) -> None:
+        """Read what follows the end event up to the end of the body, so that the connection
+        goes back to the pool; a server that keeps the body open longer than
+        :data:`DRAIN_S`, or breaks it, only costs that connection."""
+        with anyio.move_on_after(DRAIN_S):
+            try:
+                while await self.next_data() is not None:
+                    pass
+            except httpx.TransportError:
+                pass
+
+    def _dispatch(self) -> bytes:
+        data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+        self._data = []
+        self._data_bytes = 0
+        return data
+
+    async def aclose(self) -> None:
+        """Release the connection: back to the pool when the body was read whole, else closed.
+
+        A body left unread is then read on to the error the closed connection gives, so that
+        httpx's body iterators finish instead of being left suspended (trio warns of those).
+        """
+        await self._response.aclose()
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            async for _ in self._chunks:
+                pass
+        except (httpx.HTTPError, httpx.StreamError):
+            pass
