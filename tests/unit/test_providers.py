@@ -18,7 +18,7 @@ import pytest
 from quotad.daemon.config import ConfigError, ProviderConfig
 from quotad.daemon.net import addresses
 from quotad.daemon.net import sse as sse_module
-from quotad.daemon.providers import build_provider, resolve_api_key, transport
+from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.anthropic import AnthropicProvider
 from quotad.daemon.providers.base import ChatDelta, ChatStream, ProviderError
 from quotad.daemon.providers.openai import OpenAIProvider
