@@ -7,8 +7,12 @@ written once in ``_async.py`` becomes the blocking one by token replacement
 
 A connection's reader task, started in the client's task group (:class:`AsyncReaderTasks`),
 decodes frames and puts each reply in the inbox of the request waiting for it; many tasks may
-have requests in flight on the one connection at once. Frames are written whole under a lock
-(shielded, so a cancelled writer never leaves half a frame).
+have requests in flight on the one connection at once. The connection works on its
+non-blocking socket directly, waiting with anyio (``wait_readable``, ``wait_writable``) only
+when the socket is not ready: one ``send`` per frame, ``recv_into`` one reused buffer, every
+complete frame in it decoded at once, and no checkpoint or cancel scope on the common path. A
+frame the socket cannot take whole is finished under a lock, shielded, so a cancelled writer
+never leaves half a frame.
 """
 
 from __future__ import annotations
@@ -97,16 +101,23 @@ class AsyncInbox:
 
 
 class AsyncConnection:
-    """One handshaken socket stream: writes requests, routes replies to per-id inboxes."""
+    """One handshaken socket: writes requests, routes replies to per-id inboxes.
+
+    It works on the non-blocking socket itself, waiting with anyio only when the socket is not
+    ready: a frame goes in one ``send`` (the kernel nearly always takes it whole; the rest, if
+    not, is written under the send lock), and the reader receives into one reused buffer and
+    decodes every complete frame in it.
+    """
 
     __slots__ = (
+        "_buffer",
         "_decoder",
         "_encoder",
         "_inboxes",
         "_next_id",
-        "_raw_socket",
         "_send_lock",
-        "_stream",
+        "_sock",
+        "_view",
         "closed",
         "lost",
         "path",
@@ -115,18 +126,19 @@ class AsyncConnection:
 
     def __init__(
         self,
-        stream: anyio.abc.SocketStream,
+        sock: socket.socket,
         path: str,
         welcome: Welcome,
         encoder: FrameEncoder,
         decoder: FrameDecoder[Reply],
     ) -> None:
-        self._stream = stream
+        self._sock = sock
         self.path = path
         self.welcome = welcome
         self._encoder = encoder
         self._decoder = decoder
-        self._raw_socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        self._buffer = bytearray(RECEIVE_SIZE)
+        self._view = memoryview(self._buffer)
         self._send_lock = anyio.Lock(fast_acquire=True)
         self.closed = anyio.Event()
         self._inboxes: dict[int, AsyncInbox] = {}
@@ -151,18 +163,39 @@ class AsyncConnection:
         return inbox
 
     async def _write(self, frame: bytes) -> None:
-        """Write one whole frame, shielded from cancellation so it is never cut short."""
+        """Write one whole frame: at once if the socket takes it (and no other frame is half
+        written), else the rest under the send lock, shielded from cancellation so that no
+        frame is ever cut short."""
+        if not self._send_lock.locked():
+            sent = self._send_now(frame)
+            if sent == len(frame):
+                return
+            frame = frame[sent:]  # nothing awaited since: the lock is still free for the rest
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + SEND_STALL_S
-            try:
-                async with self._send_lock:
-                    await self._stream.send(frame)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
-                self.lose(f"sending failed: {connect_failure(error, 0)}")
-                raise FrameNotSent(self.lost or "") from error
+            async with self._send_lock:
+                rest = memoryview(frame)
+                while rest:
+                    sent = self._send_now(rest)
+                    if not sent:
+                        try:
+                            await anyio.wait_writable(self._sock)
+                        except anyio.ClosedResourceError:  # the reader closed the socket
+                            raise FrameNotSent(self.lost or "closed") from None
+                    rest = rest[sent:]
         if scope.cancelled_caught:
             self.lose(f"the daemon took no frame for {SEND_STALL_S:g} s")
             raise ConnectionLostError(f"lost the connection to quotad at {self.path} ({self.lost})")
+
+    def _send_now(self, data: bytes | memoryview) -> int:
+        """What the socket takes of ``data`` without waiting (0 when it is full)."""
+        try:
+            return self._sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as error:
+            self.lose(f"sending failed: {connect_failure(error, 0)}")
+            raise FrameNotSent(self.lost or "") from error
 
     async def wait(self, inbox: AsyncInbox, deadline: float | None) -> Reply | None:
         """The next reply in ``inbox``, or ``None`` once ``deadline`` (``current_time()``)
@@ -187,27 +220,34 @@ class AsyncConnection:
         """The reader task: route every reply until the connection ends (the daemon closes
         it, or :meth:`lose` shuts it down)."""
         reason = "the daemon closed the connection"
+        sock = self._sock
         try:
-            receive = self._stream.receive
+            receive_into = sock.recv_into
+            buffer = self._buffer
+            view = self._view
             feed = self._decoder.feed
             route = self._route
             while True:
-                data = await receive(RECEIVE_SIZE)
-                for reply in feed(data):
+                try:
+                    size = receive_into(buffer)
+                except BlockingIOError:
+                    await anyio.wait_readable(sock)
+                    continue
+                if not size:
+                    break
+                for reply in feed(view[:size]):
                     route(reply)
-        except anyio.EndOfStream:
-            pass
         except anyio.get_cancelled_exc_class():
             reason = "the client was cancelled"
             raise
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
+        except OSError as error:
             reason = connect_failure(error, 0)
         except FrameError as error:
             reason = f"unreadable reply: {error}"
         finally:
             self.lose(reason)
-            with anyio.CancelScope(shield=True):
-                await self._stream.aclose()
+            anyio.notify_closing(sock)  # wakes a writer waiting for room, if any
+            sock.close()
             self.closed.set()
 
     def _route(self, reply: Reply) -> None:
@@ -235,11 +275,11 @@ class AsyncConnection:
             inbox.fail(message)
         self._inboxes.clear()
         with contextlib.suppress(OSError):
-            self._raw_socket.shutdown(socket.SHUT_RDWR)
+            self._sock.shutdown(socket.SHUT_RDWR)
 
     async def aclose(self, reason: str) -> None:
         """Close the connection; waiters raise :class:`ConnectionLostError` with ``reason``.
-        Returns once the reader task has closed the stream (or after ``CLOSE_WAIT_S``)."""
+        Returns once the reader task has closed the socket (or after ``CLOSE_WAIT_S``)."""
         self.lose(reason)
         with anyio.move_on_after(CLOSE_WAIT_S, shield=True):
             await self.closed.wait()
@@ -247,27 +287,39 @@ class AsyncConnection:
 
 async def handshake(path: str, app: str, connect_timeout: float) -> AsyncConnection:
     """Connect to ``path``, send ``Hello`` and read the ``Welcome``."""
-    with anyio.fail_after(connect_timeout):
-        stream = await anyio.connect_unix(path)
-        try:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        with anyio.fail_after(connect_timeout):
+            while True:
+                try:
+                    sock.connect(path)
+                    break
+                except BlockingIOError:  # the listener's backlog is full
+                    await anyio.wait_writable(sock)
             encoder = FrameEncoder()
             decoder = reply_decoder()
-            await stream.send(encoder.encode(hello(app)))
+            rest = memoryview(encoder.encode(hello(app)))
+            while rest:
+                try:
+                    rest = rest[sock.send(rest) :]
+                except BlockingIOError:
+                    await anyio.wait_writable(sock)
             replies: list[Reply] = []
             while not replies:
                 try:
-                    data = await stream.receive(RECEIVE_SIZE)
-                except anyio.EndOfStream:
-                    raise ConnectionResetError(
-                        "closed the connection during the handshake"
-                    ) from None
+                    data = sock.recv(RECEIVE_SIZE)
+                except BlockingIOError:
+                    await anyio.wait_readable(sock)
+                    continue
+                if not data:
+                    raise ConnectionResetError("closed the connection during the handshake")
                 replies.extend(decoder.feed(data))
             welcome = expect(replies[0], Welcome, str(path))
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-            raise
-    return AsyncConnection(stream, path, welcome, encoder, decoder)
+    except BaseException:
+        sock.close()
+        raise
+    return AsyncConnection(sock, path, welcome, encoder, decoder)
 
 
 class AsyncReaderTasks:
