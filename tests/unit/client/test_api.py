@@ -159,6 +159,16 @@ def test_chat_builds_the_request_and_returns_the_reply(
     assert chat.id >= 1
 
 
+def test_frames_larger_than_the_socket_buffers_go_whole_both_ways(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient
+) -> None:
+    text = "".join(chr(ord("a") + n % 26) for n in range(1 << 20))  # 1 MiB each way
+    with new_client(socket_path) as qd:
+        reply = qd.chat("fast", [{"role": "user", "content": text}])
+        assert reply.content == f"echo: {text}"
+        assert qd.status().daemon_version == "fake"
+
+
 def test_request_ids_increase_per_connection(
     fake: FakeDaemon, socket_path: str, new_client: NewClient
 ) -> None:

@@ -49,6 +49,25 @@ async def test_multiplexes_many_requests_on_one_connection(socket_path: str) -> 
 
 
 @pytest.mark.anyio
+async def test_large_frames_from_many_tasks_are_never_interleaved(
+    fake: FakeDaemon, socket_path: str
+) -> None:
+    size = 300_000  # each frame more than the socket takes at once
+    results: dict[int, str] = {}
+    async with AsyncClient(socket_path) as qd:
+
+        async def ask(n: int) -> None:
+            reply = await qd.chat("fast", [{"role": "user", "content": str(n) * size}])
+            results[n] = reply.content or ""
+
+        async with anyio.create_task_group() as tasks:
+            for n in range(10):
+                tasks.start_soon(ask, n)
+    assert results == {n: f"echo: {str(n) * size}" for n in range(10)}
+    assert len(fake.connections) == 1
+
+
+@pytest.mark.anyio
 async def test_a_cancelled_waiter_cancels_its_request(socket_path: str) -> None:
     held: list[tuple[FakeConnection, Request]] = []
     with FakeDaemon(socket_path, holding_chats(held)) as fake:
