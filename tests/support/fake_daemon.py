@@ -48,6 +48,7 @@ from quotad.protocol.messages import (
 
 Handler = Callable[["FakeConnection", Request], None]
 TERMINAL_WAIT_S = 5.0
+USER_HI = [{"role": "user", "content": "hi"}]
 
 
 class FakeConnection:
@@ -273,3 +274,29 @@ def answer(connection: FakeConnection, request: Request) -> None:
             connection.send(*(Snapshot(id=request.id, seq=seq) for seq in (1, 2, 3)))
         case _:
             connection.send(Error(id=request.id, code="bad_request", message="unexpected"))
+
+
+def holding_chats(held: list[tuple[FakeConnection, Request]]) -> Handler:
+    """A handler that answers everything but Chat, which it keeps in ``held`` unanswered."""
+
+    def handle(connection: FakeConnection, request: Request) -> None:
+        if type(request) is Chat:
+            held.append((connection, request))
+        else:
+            answer(connection, request)
+
+    return handle
+
+
+def answering_chat_with(*replies: Reply) -> Handler:
+    """A handler that answers a Chat with ``replies`` (ids filled in)."""
+
+    def handle(connection: FakeConnection, request: Request) -> None:
+        if type(request) is not Chat:
+            answer(connection, request)
+            return
+        for reply in replies:
+            reply.id = request.id
+        connection.send(*replies)
+
+    return handle

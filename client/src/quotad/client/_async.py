@@ -1,32 +1,39 @@
-"""The async client: :class:`AsyncClient`, on anyio, so it runs under asyncio and trio.
+"""The client API (DESIGN §6): the client, its chat streams, held permits and subscriptions.
 
-``async with AsyncClient() as qd`` connects and starts one reader task, in a task group the
-client owns, that decodes frames and routes each reply by id to the inbox of the request
-waiting for it. Many tasks may have requests in flight on the one connection at once; frames
-are written whole under a lock (shielded, so a cancelled writer never leaves half a frame).
-A task cancelled while waiting sends ``Cancel(id)`` (shielded) and forgets the id.
+Written once: ``_async.py`` is the source, and ``_sync.py`` is generated from it by
+``scripts/unasync.py``, a table of token replacements (see there). Edit ``_async.py``, then run
+``uv run python scripts/unasync.py``; the test suite fails while the two differ. The socket I/O
+beneath is written by hand on each side, in the connection modules.
 
-When the connection drops, every waiter fails with :class:`ConnectionLostError` and the next
-call reconnects (retrying for ``reconnect_s`` while the socket is absent or refusing).
+A client holds one connection at a time. Every request gets the next id of that connection
+and waits for the replies to that id, so any number of tasks (or threads, for a blocking
+client) may share one client with their requests in flight at once. When the connection
+drops, every waiter fails with :class:`ConnectionLostError` (the request may have run, and
+cost money), and the next call reconnects, retrying for ``reconnect_s`` while the daemon
+restarts; a request whose frame never reached the daemon is sent again on the new connection.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
-from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Self
 
-import anyio
-import anyio.abc
-
+from quotad.client._async_connection import (
+    AsyncConnection,
+    AsyncInbox,
+    AsyncReaderTasks,
+    Lock,
+    current_time,
+    handshake,
+    is_cancellation,
+    shielded,
+    sleep,
+)
 from quotad.client._common import (
-    CONTINUING_REPLIES,
-    RECEIVE_SIZE,
     FrameNotSent,
     ReplyT,
     StreamedChat,
@@ -37,7 +44,6 @@ from quotad.client._common import (
     default_app,
     embed_request,
     expect,
-    hello,
     is_retryable,
     settle_request,
 )
@@ -47,16 +53,15 @@ from quotad.client.exceptions import (
     QuotadError,
     RequestTimeoutError,
 )
-from quotad.protocol.framing import FrameDecoder, FrameEncoder, FrameError, reply_decoder
+from quotad.protocol.framing import FrameError
 from quotad.protocol.messages import (
     Admin,
     CacheMode,
-    Cancel,
     ChatChunk,
+    ChatEnd,
     ChatMessage,
     ChatReply,
     EmbedReply,
-    Error,
     Message,
     Ok,
     Permit,
@@ -77,202 +82,20 @@ from quotad.protocol.paths import client_socket_candidates
 
 __all__ = ["AsyncChatStream", "AsyncClient", "AsyncHeldPermit", "AsyncSubscription"]
 
-# A frame the daemon has not taken in this long means the connection is stuck.
-SEND_STALL_S: Final = 30.0
-
-
-class _Inbox:
-    """The replies that arrived for one request, and a way to wait for the next."""
-
-    __slots__ = ("event", "lost", "replies")
-
-    def __init__(self) -> None:
-        self.replies: deque[Reply] = deque()
-        self.event: anyio.Event | None = None
-        self.lost: str | None = None
-
-    def put(self, reply: Reply) -> None:
-        self.replies.append(reply)
-        if self.event is not None:
-            self.event.set()
-
-    def fail(self, message: str) -> None:
-        self.lost = message
-        if self.event is not None:
-            self.event.set()
-
-    async def get(self) -> Reply:
-        replies = self.replies
-        while not replies:
-            if self.lost is not None:
-                raise ConnectionLostError(self.lost)
-            event = self.event = anyio.Event()
-            await event.wait()
-            self.event = None
-        return replies.popleft()
-
-
-class _AsyncConnection:
-    """One handshaken socket stream: writes requests, routes replies to per-id inboxes."""
-
-    __slots__ = (
-        "_decoder",
-        "_encoder",
-        "_inboxes",
-        "_next_id",
-        "_raw_socket",
-        "_send_lock",
-        "_stream",
-        "closed",
-        "lost",
-        "path",
-        "welcome",
-    )
-
-    def __init__(
-        self,
-        stream: anyio.abc.SocketStream,
-        path: str,
-        welcome: Welcome,
-        encoder: FrameEncoder,
-        decoder: FrameDecoder[Reply],
-    ) -> None:
-        self._stream = stream
-        self.path = path
-        self.welcome = welcome
-        self._encoder = encoder
-        self._decoder = decoder
-        self._raw_socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        self._send_lock = anyio.Lock(fast_acquire=True)
-        self.closed = anyio.Event()
-        self._inboxes: dict[int, _Inbox] = {}
-        self._next_id = 1
-        self.lost: str | None = None
-
-    async def send(self, request: Message) -> _Inbox:
-        """Give ``request`` the next id and send it; its replies will arrive in the inbox.
-
-        Raises :class:`FrameNotSent` when the frame did not get through.
-        """
-        if self.lost is not None:
-            raise FrameNotSent(self.lost)
-        request_id = request.id = self._next_id
-        self._next_id = request_id + 1
-        inbox = self._inboxes[request_id] = _Inbox()
-        try:
-            await self._write(self._encoder.encode(request))
-        except BaseException:
-            self._inboxes.pop(request_id, None)
-            raise
-        return inbox
-
-    async def _write(self, frame: bytes) -> None:
-        """Write one whole frame, shielded from cancellation so it is never cut short."""
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + SEND_STALL_S
-            try:
-                async with self._send_lock:
-                    await self._stream.send(frame)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
-                self.lose(f"sending failed: {connect_failure(error, 0)}")
-                raise FrameNotSent(self.lost or "") from error
-        if scope.cancelled_caught:
-            self.lose(f"the daemon took no frame for {SEND_STALL_S:g} s")
-            raise ConnectionLostError(f"lost the connection to quotad at {self.path} ({self.lost})")
-
-    async def abandon(self, request_id: int) -> None:
-        """Stop waiting for ``request_id``; if it has not finished, ask the daemon to cancel it."""
-        if self._inboxes.pop(request_id, None) is None or self.lost is not None:
-            return
-        with contextlib.suppress(FrameNotSent, ConnectionLostError):
-            await self._write(self._encoder.encode(Cancel(id=request_id)))
-
-    async def read_replies(self) -> None:
-        """The reader task: route every reply until the connection ends (the daemon closes
-        it, or :meth:`lose` shuts it down)."""
-        reason = "the daemon closed the connection"
-        try:
-            receive = self._stream.receive
-            feed = self._decoder.feed
-            route = self._route
-            while True:
-                data = await receive(RECEIVE_SIZE)
-                for reply in feed(data):
-                    route(reply)
-        except anyio.EndOfStream:
-            pass
-        except anyio.get_cancelled_exc_class():
-            reason = "the client was cancelled"
-            raise
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
-            reason = connect_failure(error, 0)
-        except FrameError as error:
-            reason = f"unreadable reply: {error}"
-        finally:
-            self.lose(reason)
-            with anyio.CancelScope(shield=True):
-                await self._stream.aclose()
-            self.closed.set()
-
-    def _route(self, reply: Reply) -> None:
-        inbox = self._inboxes.get(reply.id)
-        if inbox is None:
-            if reply.id == 0 and type(reply) is Error:
-                self.lose(f"the daemon ended the connection: {reply.code}: {reply.message}")
-            return
-        if not isinstance(reply, CONTINUING_REPLIES):
-            del self._inboxes[reply.id]
-        inbox.put(reply)
-
-    def lose(self, reason: str) -> None:
-        """Mark the connection lost, fail every waiter, and shut the socket down so that the
-        reader sees its end (rather than being cancelled mid-wait, which races with a
-        socket turning readable on some event loops)."""
-        if self.lost is not None:
-            return
-        self.lost = reason
-        message = (
-            f"lost the connection to quotad at {self.path} ({reason}) with a request in "
-            "flight; it may or may not have run"
-        )
-        for inbox in self._inboxes.values():
-            inbox.fail(message)
-        self._inboxes.clear()
-        with contextlib.suppress(OSError):
-            self._raw_socket.shutdown(socket.SHUT_RDWR)
-
-
-async def _handshake(path: str, app: str, connect_timeout: float) -> _AsyncConnection:
-    """Connect to ``path``, send ``Hello`` and read the ``Welcome``."""
-    with anyio.fail_after(connect_timeout):
-        stream = await anyio.connect_unix(path)
-        try:
-            encoder = FrameEncoder()
-            decoder = reply_decoder()
-            await stream.send(encoder.encode(hello(app)))
-            replies: list[Reply] = []
-            while not replies:
-                try:
-                    data = await stream.receive(RECEIVE_SIZE)
-                except anyio.EndOfStream:
-                    raise ConnectionResetError(
-                        "closed the connection during the handshake"
-                    ) from None
-                replies.extend(decoder.feed(data))
-            welcome = expect(replies[0], Welcome, str(path))
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-            raise
-    return _AsyncConnection(stream, path, welcome, encoder, decoder)
-
 
 class AsyncClient:
-    """An async connection to the quotad daemon: the API of :class:`Client`, awaited.
+    """A connection to the quotad daemon (DESIGN §6), for any number of concurrent callers.
 
-    Use it as ``async with AsyncClient(...) as qd:``; any number of tasks may share it, with
-    their requests in flight at once on its one connection. The arguments mean what they
-    mean for :class:`Client`.
+    ``async with AsyncClient(...) as qd:`` connects, and closes at the end of the block. (An
+    async client must be opened so: its reader task runs in a task group the block owns. A
+    blocking :class:`Client` also connects on its first call, and may be shared by threads.)
+
+    ``socket`` None tries ``$QUOTAD_SOCKET``, the user socket, then the system socket;
+    ``app`` None is ``$QUOTAD_APP`` or the program's name. ``timeout`` bounds each call, a
+    stream from its start to its end (on expiry the request is cancelled and
+    :class:`RequestTimeoutError` raised); subscriptions are not bounded. The first connect
+    tries each socket once; after a connection was lost, the next call retries for
+    ``reconnect_s`` while the sockets are absent or refusing.
     """
 
     def __init__(
@@ -290,19 +113,17 @@ class AsyncClient:
         self.connect_timeout = connect_timeout
         self.reconnect_s = reconnect_s
         self.welcome: Welcome | None = None
-        self._connection: _AsyncConnection | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
-        self._connect_lock: anyio.Lock | None = None
+        """The daemon's ``Welcome`` on the last connection."""
+        self.last_stream_end: ChatEnd | None = None
+        """The ``ChatEnd`` of the last chat stream on this client that ran to its end."""
+        self._connection: AsyncConnection | None = None
+        self._connect_lock = Lock()
+        self._readers = AsyncReaderTasks()
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def __aenter__(self) -> AsyncClient:
-        if self._task_group is not None:
-            raise RuntimeError("this AsyncClient is already open")
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        self._task_group = task_group
-        self._connect_lock = anyio.Lock()
+    async def __aenter__(self) -> Self:
+        await self._readers.open()
         try:
             await self._connected()
         except BaseException:
@@ -319,59 +140,55 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection and stop the reader (the task that opened the client must
-        call this; ``async with`` does)."""
-        task_group, self._task_group = self._task_group, None
+        """Close the connection. An async client also stops its reader task, so the task
+        that opened the client must close it (leaving its block does); a blocking client
+        opens a new connection at its next call."""
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.lose("the client was closed")
-            with anyio.CancelScope(shield=True) as scope:
-                scope.deadline = anyio.current_time() + self.connect_timeout
-                await connection.closed.wait()
-        if task_group is not None:
-            task_group.cancel_scope.cancel()
-            await task_group.__aexit__(None, None, None)
+            await connection.aclose("the client was closed")
+        await self._readers.aclose()
 
-    async def _connected(self) -> _AsyncConnection:
+    async def _connected(self) -> AsyncConnection:
         connection = self._connection
         if connection is not None and connection.lost is None:
             return connection
-        if self._task_group is None or self._connect_lock is None:
-            raise RuntimeError("open the client first: `async with AsyncClient(...) as qd:`")
+        self._readers.check_open()
         async with self._connect_lock:
             connection = self._connection
-            if connection is not None and connection.lost is None:
-                return connection
+            if connection is not None:
+                if connection.lost is None:
+                    return connection
+                self._connection = None
+                await connection.aclose(connection.lost)
             # after a first connection, a lost one is retried while the daemon restarts
-            retry_s = self.reconnect_s if self.welcome is not None else 0.0
-            connection = await self._connect(retry_s)
-            self._task_group.start_soon(connection.read_replies)
+            connection = await self._connect(self.reconnect_s if self.welcome is not None else 0.0)
+            self._readers.start(connection)
             self._connection = connection
             self.welcome = connection.welcome
             return connection
 
-    async def _connect(self, retry_s: float) -> _AsyncConnection:
+    async def _connect(self, retry_s: float) -> AsyncConnection:
         """Handshake with the first socket that answers, retrying for ``retry_s`` while
         they are absent or refusing."""
-        deadline = anyio.current_time() + retry_s
+        deadline = current_time() + retry_s
         delay = 0.02
         while True:
             tried: list[tuple[str, str]] = []
             retryable = False
             for path in self.sockets:
                 try:
-                    return await _handshake(str(path), self.app, self.connect_timeout)
+                    return await handshake(str(path), self.app, self.connect_timeout)
                 except (OSError, FrameError) as error:
                     tried.append((str(path), connect_failure(error, self.connect_timeout)))
                     retryable = retryable or is_retryable(error)
-            if not retryable or anyio.current_time() + delay > deadline:
+            if not retryable or current_time() + delay > deadline:
                 raise DaemonUnavailableError.after_trying(tried)
-            await anyio.sleep(delay)
+            await sleep(delay)
             delay = min(delay * 2, 0.25)
 
     # ----------------------------------------------------------------- request plumbing
 
-    async def _start(self, request: Message) -> tuple[_AsyncConnection, _Inbox]:
+    async def _start(self, request: Message) -> tuple[AsyncConnection, AsyncInbox]:
         """Send ``request``, reconnecting once if its frame did not get through."""
         connection = await self._connected()
         try:
@@ -386,28 +203,25 @@ class AsyncClient:
                 ) from None
 
     def _deadline(self) -> float | None:
-        return None if self.timeout is None else anyio.current_time() + self.timeout
+        return None if self.timeout is None else current_time() + self.timeout
 
     async def _await_reply(
         self,
-        connection: _AsyncConnection,
-        inbox: _Inbox,
+        connection: AsyncConnection,
+        inbox: AsyncInbox,
         request_id: int,
         deadline: float | None,
     ) -> Reply:
         """The next reply for ``request_id``; cancels the request if the wait ends otherwise."""
-        if inbox.replies:
-            return inbox.replies.popleft()
         try:
-            if deadline is None:
-                return await inbox.get()
-            with anyio.CancelScope(deadline=deadline):
-                return await inbox.get()
+            reply = await connection.wait(inbox, deadline)
         except BaseException:
             await connection.abandon(request_id)
             raise
-        await connection.abandon(request_id)
-        raise RequestTimeoutError(f"no reply from quotad within {self.timeout:g} s")
+        if reply is None:
+            await connection.abandon(request_id)
+            raise RequestTimeoutError(f"no reply from quotad within {self.timeout:g} s")
+        return reply
 
     async def _call(self, request: Message, kind: type[ReplyT]) -> ReplyT:
         connection, inbox = await self._start(request)
@@ -431,7 +245,9 @@ class AsyncClient:
         tags: list[str] | None = None,
         **extra: Any,
     ) -> ChatReply:
-        """One chat completion (see :meth:`Client.chat`)."""
+        """One chat completion. ``messages`` are OpenAI-shaped dicts (or ``ChatMessage``);
+        ``top_p``, ``stop``, ``seed``, ``tool_choice``, ``response_format`` in ``extra`` are
+        sampling params, anything else passes through to the provider."""
         request = chat_request(
             model,
             messages,
@@ -463,9 +279,10 @@ class AsyncClient:
         tags: list[str] | None = None,
         **extra: Any,
     ) -> AsyncChatStream:
-        """A streamed chat completion: ``async for`` it for ``ChatChunk``s; ``.end`` holds
-        the ``ChatEnd`` afterwards. The request is sent when iteration (or ``async with``)
-        begins."""
+        """A streamed chat completion, with the arguments of :meth:`chat`: its ``ChatChunk``s
+        as they come (``async for chunk in stream``), then ``.end`` holds the ``ChatEnd``
+        (also kept as the client's ``last_stream_end``). The request is sent when iteration
+        begins, or on entering its ``async with`` block."""
         request = chat_request(
             model,
             messages,
@@ -572,7 +389,8 @@ class AsyncClient:
         lease_s: float | None = None,
     ) -> AsyncIterator[AsyncHeldPermit]:
         """``acquire`` now, settle exactly once on leaving: as the block settled it, else
-        with the reserved ``tokens`` (status ``error``/``cancelled`` if the block raised)."""
+        with the reserved ``tokens`` (status ``error``, or ``cancelled`` if the block was
+        cancelled or interrupted)."""
         granted = await self.acquire(
             target, tokens, priority=priority, max_wait_s=max_wait_s, lease_s=lease_s
         )
@@ -581,14 +399,9 @@ class AsyncClient:
             yield held
         except BaseException as error:
             if not held.settled:
-                cancelled = isinstance(
-                    error, (anyio.get_cancelled_exc_class(), KeyboardInterrupt, GeneratorExit)
-                )
-                with (
-                    anyio.move_on_after(self.connect_timeout, shield=True),
-                    contextlib.suppress(QuotadError),
-                ):
-                    await held.settle(status="cancelled" if cancelled else "error")
+                status: SettleStatus = "cancelled" if is_cancellation(error) else "error"
+                with shielded(self.connect_timeout), contextlib.suppress(QuotadError):
+                    await held.settle(status=status)
             raise
         if not held.settled:
             await held.settle()
@@ -600,7 +413,7 @@ class AsyncClient:
 
 
 class AsyncHeldPermit:
-    """A granted permit inside ``AsyncClient.permit()``: settle it once with what was used."""
+    """A granted permit inside ``permit()``: settle it once with what the call used."""
 
     __slots__ = ("_client", "permit", "reserved_tokens", "settled")
 
@@ -655,12 +468,12 @@ class _AsyncReplies:
     def _begin(self, client: AsyncClient, request: Message) -> None:
         self._client = client
         self._request = request
-        self._connection: _AsyncConnection | None = None
-        self._inbox: _Inbox | None = None
+        self._connection: AsyncConnection | None = None
+        self._inbox: AsyncInbox | None = None
         self._deadline: float | None = None
         self.finished = False
 
-    async def _start(self) -> tuple[_AsyncConnection, _Inbox]:
+    async def _start(self) -> tuple[AsyncConnection, AsyncInbox]:
         started = await self._client._start(self._request)
         self._connection, self._inbox = started
         self._deadline = self._client._deadline() if self._bounded else None
@@ -722,12 +535,13 @@ class AsyncChatStream(StreamedChat, _AsyncReplies):
             raise StopAsyncIteration
         chunk = self._absorb(await self._next_reply())
         if chunk is None:
+            self._client.last_stream_end = self.end
             raise StopAsyncIteration
         return chunk
 
 
 class AsyncSubscription(_AsyncReplies):
-    """Snapshots from ``AsyncClient.subscribe()``; closing it ends the subscription."""
+    """Snapshots from ``subscribe()``; closing it ends the subscription."""
 
     __slots__ = ()
     _bounded = False

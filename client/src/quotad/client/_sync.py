@@ -1,35 +1,30 @@
-"""The blocking client: :class:`Client`, over a plain Unix ``socket`` with no event loop.
+# Generated from _async.py by scripts/unasync.py: edit that file and run the script,
+# never this one (the test suite fails while the two differ).
+"""The client API (DESIGN §6): the client, its chat streams, held permits and subscriptions.
 
-One connection per client. Each request gets the next id of that connection and an inbox;
-whichever waiting thread holds the read turn receives frames and routes every reply to the
-inbox of its id (leader/followers), so threads sharing a client never see each other's
-replies and a stream can be read while other calls are made. Replies for ids nobody waits
-for any more (a closed stream, a timed-out call) are dropped.
+Written once: ``_async.py`` is the source, and ``_sync.py`` is generated from it by
+``scripts/unasync.py``, a table of token replacements (see there). Edit ``_async.py``, then run
+``uv run python scripts/unasync.py``; the test suite fails while the two differ. The socket I/O
+beneath is written by hand on each side, in the connection modules.
 
-After the daemon restarts, the next call reconnects (retrying for ``reconnect_s`` while the
-socket is absent or refusing). A request whose frame never reached the daemon is sent again on
-the new connection; a request in flight when the connection drops raises
-:class:`ConnectionLostError`, since it may have run (and cost money).
+A client holds one connection at a time. Every request gets the next id of that connection
+and waits for the replies to that id, so any number of tasks (or threads, for a blocking
+client) may share one client with their requests in flight at once. When the connection
+drops, every waiter fails with :class:`ConnectionLostError` (the request may have run, and
+cost money), and the next call reconnects, retrying for ``reconnect_s`` while the daemon
+restarts; a request whose frame never reached the daemon is sent again on the new connection.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import select
-import socket
-import threading
-import time
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Self
 
 from quotad.client._common import (
-    CONTINUING_REPLIES,
-    RECEIVE_SIZE,
     FrameNotSent,
     ReplyT,
     StreamedChat,
@@ -40,9 +35,19 @@ from quotad.client._common import (
     default_app,
     embed_request,
     expect,
-    hello,
     is_retryable,
     settle_request,
+)
+from quotad.client._connection import (
+    Connection,
+    Inbox,
+    Lock,
+    ReaderTasks,
+    current_time,
+    handshake,
+    is_cancellation,
+    shielded,
+    sleep,
 )
 from quotad.client.exceptions import (
     ConnectionLostError,
@@ -50,17 +55,15 @@ from quotad.client.exceptions import (
     QuotadError,
     RequestTimeoutError,
 )
-from quotad.protocol.framing import FrameDecoder, FrameEncoder, FrameError, reply_decoder
+from quotad.protocol.framing import FrameError
 from quotad.protocol.messages import (
     Admin,
     CacheMode,
-    Cancel,
     ChatChunk,
     ChatEnd,
     ChatMessage,
     ChatReply,
     EmbedReply,
-    Error,
     Message,
     Ok,
     Permit,
@@ -81,204 +84,13 @@ from quotad.protocol.paths import client_socket_candidates
 
 __all__ = ["ChatStream", "Client", "HeldPermit", "Subscription"]
 
-Inbox = deque[Reply]
-
-_SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0)
-
-
-class _Connection:
-    """One handshaken socket: sends requests and routes replies to per-id inboxes."""
-
-    __slots__ = (
-        "_buffer",
-        "_decoder",
-        "_encoder",
-        "_inboxes",
-        "_next_id",
-        "_poller",
-        "_reading",
-        "_send_lock",
-        "_sock",
-        "_state",
-        "_view",
-        "lost",
-        "path",
-        "welcome",
-    )
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        path: str,
-        welcome: Welcome,
-        encoder: FrameEncoder,
-        decoder: FrameDecoder[Reply],
-    ) -> None:
-        self._sock = sock
-        self.path = path
-        self.welcome = welcome
-        self._encoder = encoder
-        self._decoder = decoder
-        self._buffer = bytearray(RECEIVE_SIZE)
-        self._view = memoryview(self._buffer)
-        self._poller = select.poll()
-        self._poller.register(sock, select.POLLIN)
-        self._send_lock = threading.Lock()
-        self._state = threading.Condition(threading.Lock())
-        self._reading = False
-        self._inboxes: dict[int, Inbox] = {}
-        self._next_id = 1
-        self.lost: str | None = None
-
-    def send(self, request: Message) -> Inbox:
-        """Give ``request`` the next id and send it; its replies will arrive in the inbox.
-
-        Raises :class:`FrameNotSent` when the frame did not get through.
-        """
-        with self._send_lock:
-            if self.lost is not None:
-                raise FrameNotSent(self.lost)
-            request_id = request.id = self._next_id
-            self._next_id = request_id + 1
-            frame = self._encoder.encode(request)
-            inbox: Inbox = deque()
-            with self._state:
-                self._inboxes[request_id] = inbox
-            self._send_frame(frame, request_id)
-        return inbox
-
-    def _send_frame(self, frame: bytes, request_id: int | None = None) -> None:
-        """Send one whole frame (the send lock is held). If it does not get through, however
-        it fails (an ``OSError``, a ``KeyboardInterrupt`` mid-send), the connection is lost and
-        ``request_id`` (if given) forgotten; an ``OSError`` raises :class:`FrameNotSent`."""
-        try:
-            self._sock.sendall(frame, _SEND_FLAGS)
-        except BaseException as error:
-            with self._state:
-                if request_id is not None:
-                    self._inboxes.pop(request_id, None)
-                self._lose(f"sending failed: {connect_failure(error, 0)}")
-                self._state.notify_all()
-            if isinstance(error, OSError):
-                raise FrameNotSent(str(error)) from error
-            raise
-
-    def wait(self, inbox: Inbox, deadline: float | None) -> Reply | None:
-        """The next reply in ``inbox``, or ``None`` once ``deadline`` (monotonic) passes."""
-        state = self._state
-        with state:
-            while not inbox:
-                if self.lost is not None:
-                    raise ConnectionLostError(
-                        f"lost the connection to quotad at {self.path} ({self.lost}) with a "
-                        "request in flight; it may or may not have run"
-                    )
-                timeout = None if deadline is None else deadline - time.monotonic()
-                if timeout is not None and timeout <= 0:
-                    return None
-                if self._reading:
-                    state.wait(timeout)
-                    continue
-                self._reading = True
-                received: list[Reply] = []
-                failure: str | None = None
-                state.release()
-                try:
-                    failure = self._receive(received, timeout)
-                finally:
-                    state.acquire()
-                    self._reading = False
-                    self._route(received)
-                    if failure is not None:
-                        self._lose(failure)
-                    state.notify_all()
-            return inbox.popleft()
-
-    def _receive(self, received: list[Reply], timeout: float | None) -> str | None:
-        """Read once (waiting at most ``timeout``) into ``received``; why the connection
-        is lost, if it is."""
-        if timeout is not None and not self._poller.poll(math.ceil(timeout * 1000)):
-            return None
-        try:
-            size = self._sock.recv_into(self._buffer)
-        except OSError as error:
-            return connect_failure(error, 0)
-        if size == 0:
-            return "the daemon closed the connection"
-        try:
-            received.extend(self._decoder.feed(self._view[:size]))
-        except FrameError as error:
-            return f"unreadable reply: {error}"
-        return None
-
-    def _route(self, replies: list[Reply]) -> None:
-        """Put each reply in the inbox of its id (the state lock is held)."""
-        inboxes = self._inboxes
-        for reply in replies:
-            inbox = inboxes.get(reply.id)
-            if inbox is None:
-                if reply.id == 0 and type(reply) is Error:
-                    self._lose(f"the daemon ended the connection: {reply.code}: {reply.message}")
-                continue
-            inbox.append(reply)
-            if not isinstance(reply, CONTINUING_REPLIES):
-                del inboxes[reply.id]
-
-    def _lose(self, reason: str) -> None:
-        """Mark the connection lost (the state lock is held) and wake whoever reads it."""
-        if self.lost is None:
-            self.lost = reason
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-
-    def abandon(self, request_id: int) -> None:
-        """Stop waiting for ``request_id``; if it has not finished, ask the daemon to cancel it."""
-        with self._state:
-            unfinished = self._inboxes.pop(request_id, None) is not None
-        if unfinished and self.lost is None:
-            with contextlib.suppress(FrameNotSent):
-                self.send_cancel(request_id)
-
-    def send_cancel(self, request_id: int) -> None:
-        """Send ``Cancel(id=request_id)``."""
-        with self._send_lock:
-            if self.lost is not None:
-                raise FrameNotSent(self.lost)
-            self._send_frame(self._encoder.encode(Cancel(id=request_id)))
-
-    def close(self, reason: str) -> None:
-        """Close the socket; waiters raise :class:`ConnectionLostError` with ``reason``."""
-        with self._state:
-            self._lose(reason)
-            self._state.notify_all()
-        self._sock.close()
-
-
-def _handshake(path: str, app: str, connect_timeout: float) -> _Connection:
-    """Connect to ``path``, send ``Hello`` and read the ``Welcome``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(connect_timeout)
-        sock.connect(path)
-        encoder = FrameEncoder()
-        decoder = reply_decoder()
-        sock.sendall(encoder.encode(hello(app)))
-        replies: list[Reply] = []
-        while not replies:
-            data = sock.recv(RECEIVE_SIZE)
-            if not data:
-                raise ConnectionResetError("closed the connection during the handshake")
-            replies.extend(decoder.feed(data))
-        welcome = expect(replies[0], Welcome, str(path))
-        sock.settimeout(None)
-    except BaseException:
-        sock.close()
-        raise
-    return _Connection(sock, path, welcome, encoder, decoder)
-
 
 class Client:
-    """A blocking connection to the quotad daemon (DESIGN §6); safe to share between threads.
+    """A connection to the quotad daemon (DESIGN §6), for any number of concurrent callers.
+
+    ``with Client(...) as qd:`` connects, and closes at the end of the block. (An
+    async client must be opened so: its reader task runs in a task group the block owns. A
+    blocking :class:`Client` also connects on its first call, and may be shared by threads.)
 
     ``socket`` None tries ``$QUOTAD_SOCKET``, the user socket, then the system socket;
     ``app`` None is ``$QUOTAD_APP`` or the program's name. ``timeout`` bounds each call, a
@@ -303,14 +115,22 @@ class Client:
         self.connect_timeout = connect_timeout
         self.reconnect_s = reconnect_s
         self.welcome: Welcome | None = None
+        """The daemon's ``Welcome`` on the last connection."""
         self.last_stream_end: ChatEnd | None = None
-        self._connection: _Connection | None = None
-        self._connect_lock = threading.Lock()
+        """The ``ChatEnd`` of the last chat stream on this client that ran to its end."""
+        self._connection: Connection | None = None
+        self._connect_lock = Lock()
+        self._readers = ReaderTasks()
 
     # ----------------------------------------------------------------- lifecycle
 
-    def __enter__(self) -> Client:
-        self._connected()
+    def __enter__(self) -> Self:
+        self._readers.open()
+        try:
+            self._connected()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(
@@ -322,51 +142,55 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the connection; the next call opens a new one."""
-        with self._connect_lock:
-            connection, self._connection = self._connection, None
+        """Close the connection. An async client also stops its reader task, so the task
+        that opened the client must close it (leaving its block does); a blocking client
+        opens a new connection at its next call."""
+        connection, self._connection = self._connection, None
         if connection is not None:
             connection.close("the client was closed")
+        self._readers.close()
 
-    def _connected(self) -> _Connection:
+    def _connected(self) -> Connection:
         connection = self._connection
         if connection is not None and connection.lost is None:
             return connection
+        self._readers.check_open()
         with self._connect_lock:
             connection = self._connection
             if connection is not None:
                 if connection.lost is None:
                     return connection
+                self._connection = None
                 connection.close(connection.lost)
-            self._connection = None
             # after a first connection, a lost one is retried while the daemon restarts
             connection = self._connect(self.reconnect_s if self.welcome is not None else 0.0)
+            self._readers.start(connection)
             self._connection = connection
             self.welcome = connection.welcome
             return connection
 
-    def _connect(self, retry_s: float) -> _Connection:
+    def _connect(self, retry_s: float) -> Connection:
         """Handshake with the first socket that answers, retrying for ``retry_s`` while
         they are absent or refusing."""
-        deadline = time.monotonic() + retry_s
+        deadline = current_time() + retry_s
         delay = 0.02
         while True:
             tried: list[tuple[str, str]] = []
             retryable = False
             for path in self.sockets:
                 try:
-                    return _handshake(str(path), self.app, self.connect_timeout)
+                    return handshake(str(path), self.app, self.connect_timeout)
                 except (OSError, FrameError) as error:
                     tried.append((str(path), connect_failure(error, self.connect_timeout)))
                     retryable = retryable or is_retryable(error)
-            if not retryable or time.monotonic() + delay > deadline:
+            if not retryable or current_time() + delay > deadline:
                 raise DaemonUnavailableError.after_trying(tried)
-            time.sleep(delay)
+            sleep(delay)
             delay = min(delay * 2, 0.25)
 
     # ----------------------------------------------------------------- request plumbing
 
-    def _start(self, request: Message) -> tuple[_Connection, Inbox]:
+    def _start(self, request: Message) -> tuple[Connection, Inbox]:
         """Send ``request``, reconnecting once if its frame did not get through."""
         connection = self._connected()
         try:
@@ -380,8 +204,15 @@ class Client:
                     f"could not send to quotad at {connection.path}: {error}"
                 ) from None
 
+    def _deadline(self) -> float | None:
+        return None if self.timeout is None else current_time() + self.timeout
+
     def _await_reply(
-        self, connection: _Connection, inbox: Inbox, request_id: int, deadline: float | None
+        self,
+        connection: Connection,
+        inbox: Inbox,
+        request_id: int,
+        deadline: float | None,
     ) -> Reply:
         """The next reply for ``request_id``; cancels the request if the wait ends otherwise."""
         try:
@@ -393,9 +224,6 @@ class Client:
             connection.abandon(request_id)
             raise RequestTimeoutError(f"no reply from quotad within {self.timeout:g} s")
         return reply
-
-    def _deadline(self) -> float | None:
-        return None if self.timeout is None else time.monotonic() + self.timeout
 
     def _call(self, request: Message, kind: type[ReplyT]) -> ReplyT:
         connection, inbox = self._start(request)
@@ -453,8 +281,10 @@ class Client:
         tags: list[str] | None = None,
         **extra: Any,
     ) -> ChatStream:
-        """A streamed chat completion: iterate it for ``ChatChunk``s; ``.end`` holds the
-        ``ChatEnd`` afterwards. The request is sent when iteration (or ``with``) begins."""
+        """A streamed chat completion, with the arguments of :meth:`chat`: its ``ChatChunk``s
+        as they come (``for chunk in stream``), then ``.end`` holds the ``ChatEnd``
+        (also kept as the client's ``last_stream_end``). The request is sent when iteration
+        begins, or on entering its ``with`` block."""
         request = chat_request(
             model,
             messages,
@@ -561,7 +391,8 @@ class Client:
         lease_s: float | None = None,
     ) -> Iterator[HeldPermit]:
         """``acquire`` now, settle exactly once on leaving: as the block settled it, else
-        with the reserved ``tokens`` (status ``error``/``cancelled`` if the block raised)."""
+        with the reserved ``tokens`` (status ``error``, or ``cancelled`` if the block was
+        cancelled or interrupted)."""
         granted = self.acquire(
             target, tokens, priority=priority, max_wait_s=max_wait_s, lease_s=lease_s
         )
@@ -570,9 +401,9 @@ class Client:
             yield held
         except BaseException as error:
             if not held.settled:
-                cancelled = isinstance(error, KeyboardInterrupt | GeneratorExit)
-                with contextlib.suppress(QuotadError):
-                    held.settle(status="cancelled" if cancelled else "error")
+                status: SettleStatus = "cancelled" if is_cancellation(error) else "error"
+                with shielded(self.connect_timeout), contextlib.suppress(QuotadError):
+                    held.settle(status=status)
             raise
         if not held.settled:
             held.settle()
@@ -584,7 +415,7 @@ class Client:
 
 
 class HeldPermit:
-    """A granted permit inside ``Client.permit()``: settle it once with what the call used."""
+    """A granted permit inside ``permit()``: settle it once with what the call used."""
 
     __slots__ = ("_client", "permit", "reserved_tokens", "settled")
 
@@ -629,8 +460,8 @@ class HeldPermit:
 
 class _Replies:
     """The replies of one request that continues (a chat stream, a subscription): sent on
-    entering its ``with`` block or at the first read; closing it before its end cancels the
-    request, and later replies to it are dropped."""
+    entering its ``with`` block or at the first read; closing it before its end
+    cancels the request, and later replies to it are dropped."""
 
     __slots__ = ("_client", "_connection", "_deadline", "_inbox", "_request", "finished")
     _bounded: ClassVar[bool]
@@ -639,15 +470,16 @@ class _Replies:
     def _begin(self, client: Client, request: Message) -> None:
         self._client = client
         self._request = request
-        self._connection: _Connection | None = None
+        self._connection: Connection | None = None
         self._inbox: Inbox | None = None
         self._deadline: float | None = None
         self.finished = False
 
-    def _start(self) -> tuple[_Connection, Inbox]:
-        connection, inbox = self._connection, self._inbox = self._client._start(self._request)
+    def _start(self) -> tuple[Connection, Inbox]:
+        started = self._client._start(self._request)
+        self._connection, self._inbox = started
         self._deadline = self._client._deadline() if self._bounded else None
-        return connection, inbox
+        return started
 
     def _next_reply(self) -> Reply:
         """The request's next reply (sending it first if not yet sent); ends it on failure."""
@@ -709,7 +541,7 @@ class ChatStream(StreamedChat, _Replies):
 
 
 class Subscription(_Replies):
-    """Snapshots from ``Client.subscribe()``; closing it ends the subscription."""
+    """Snapshots from ``subscribe()``; closing it ends the subscription."""
 
     __slots__ = ()
     _bounded = False

@@ -1,0 +1,359 @@
+"""The async client's socket I/O, on anyio (asyncio and trio): one handshaken connection whose
+reader task routes replies by id, and the few primitives the client API (``_async.py``) needs
+from its side of the async/blocking divide. ``_connection.py`` is the blocking twin, written by
+hand as this one is; each offers the same names (less the ``Async`` prefix), so that the API
+written once in ``_async.py`` becomes the blocking one by token replacement
+(``scripts/unasync.py``).
+
+A connection's reader task, started in the client's task group (:class:`AsyncReaderTasks`),
+decodes frames and puts each reply in the inbox of the request waiting for it; many tasks may
+have requests in flight on the one connection at once. The connection works on its
+non-blocking socket directly, waiting with anyio (``wait_readable``, ``wait_writable``) only
+when the socket is not ready: one ``send`` per frame, ``recv_into`` one reused buffer, every
+complete frame in it decoded at once, and no checkpoint or cancel scope on the common path. A
+frame the socket cannot take whole is finished under a lock, shielded, so a cancelled writer
+never leaves half a frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections import deque
+from typing import Final
+
+import anyio
+import anyio.abc
+from anyio import Lock as Lock
+from anyio import current_time as current_time
+from anyio import sleep as sleep
+
+from quotad.client._common import (
+    CONTINUING_REPLIES,
+    RECEIVE_SIZE,
+    FrameNotSent,
+    connect_failure,
+    expect,
+    hello,
+)
+from quotad.client.exceptions import ConnectionLostError
+from quotad.protocol.framing import FrameDecoder, FrameEncoder, FrameError, reply_decoder
+from quotad.protocol.messages import Cancel, Error, Message, Reply, Welcome
+
+__all__ = [
+    "AsyncConnection",
+    "AsyncInbox",
+    "AsyncReaderTasks",
+    "Lock",
+    "current_time",
+    "handshake",
+    "is_cancellation",
+    "shielded",
+    "sleep",
+]
+
+# A frame the daemon has not taken in this long means the connection is stuck.
+SEND_STALL_S: Final = 30.0
+# How long closing waits for the reader task to see the end of its socket.
+CLOSE_WAIT_S: Final = 5.0
+
+
+def is_cancellation(error: BaseException) -> bool:
+    """Whether ``error`` ends a block because it was cancelled (rather than because it failed)."""
+    return isinstance(error, (anyio.get_cancelled_exc_class(), KeyboardInterrupt, GeneratorExit))
+
+
+def shielded(seconds: float) -> anyio.CancelScope:
+    """A scope shielded from cancellation for at most ``seconds``: for what a cancelled caller
+    still owes the daemon (settling its permit)."""
+    return anyio.move_on_after(seconds, shield=True)
+
+
+class AsyncInbox:
+    """The replies that arrived for one request, and a way to wait for the next."""
+
+    __slots__ = ("event", "lost", "replies")
+
+    def __init__(self) -> None:
+        self.replies: deque[Reply] = deque()
+        self.event: anyio.Event | None = None
+        self.lost: str | None = None
+
+    def put(self, reply: Reply) -> None:
+        self.replies.append(reply)
+        if self.event is not None:
+            self.event.set()
+
+    def fail(self, message: str) -> None:
+        self.lost = message
+        if self.event is not None:
+            self.event.set()
+
+    async def get(self) -> Reply:
+        replies = self.replies
+        while not replies:
+            if self.lost is not None:
+                raise ConnectionLostError(self.lost)
+            event = self.event = anyio.Event()
+            await event.wait()
+            self.event = None
+        return replies.popleft()
+
+
+class AsyncConnection:
+    """One handshaken socket: writes requests, routes replies to per-id inboxes.
+
+    It works on the non-blocking socket itself, waiting with anyio only when the socket is not
+    ready: a frame goes in one ``send`` (the kernel nearly always takes it whole; the rest, if
+    not, is written under the send lock), and the reader receives into one reused buffer and
+    decodes every complete frame in it.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_decoder",
+        "_encoder",
+        "_inboxes",
+        "_next_id",
+        "_send_lock",
+        "_sock",
+        "_view",
+        "closed",
+        "lost",
+        "path",
+        "welcome",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        path: str,
+        welcome: Welcome,
+        encoder: FrameEncoder,
+        decoder: FrameDecoder[Reply],
+    ) -> None:
+        self._sock = sock
+        self.path = path
+        self.welcome = welcome
+        self._encoder = encoder
+        self._decoder = decoder
+        self._buffer = bytearray(RECEIVE_SIZE)
+        self._view = memoryview(self._buffer)
+        self._send_lock = anyio.Lock(fast_acquire=True)
+        self.closed = anyio.Event()
+        self._inboxes: dict[int, AsyncInbox] = {}
+        self._next_id = 1
+        self.lost: str | None = None
+
+    async def send(self, request: Message) -> AsyncInbox:
+        """Give ``request`` the next id and send it; its replies will arrive in the inbox.
+
+        Raises :class:`FrameNotSent` when the frame did not get through.
+        """
+        if self.lost is not None:
+            raise FrameNotSent(self.lost)
+        request_id = request.id = self._next_id
+        self._next_id = request_id + 1
+        inbox = self._inboxes[request_id] = AsyncInbox()
+        try:
+            await self._write(self._encoder.encode(request))
+        except BaseException:
+            self._inboxes.pop(request_id, None)
+            raise
+        return inbox
+
+    async def _write(self, frame: bytes) -> None:
+        """Write one whole frame: at once if the socket takes it (and no other frame is half
+        written), else the rest under the send lock, shielded from cancellation so that no
+        frame is ever cut short."""
+        if not self._send_lock.locked():
+            sent = self._send_now(frame)
+            if sent == len(frame):
+                return
+            frame = frame[sent:]  # nothing awaited since: the lock is still free for the rest
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + SEND_STALL_S
+            async with self._send_lock:
+                rest = memoryview(frame)
+                while rest:
+                    sent = self._send_now(rest)
+                    if not sent:
+                        try:
+                            await anyio.wait_writable(self._sock)
+                        except anyio.ClosedResourceError:  # the reader closed the socket
+                            raise FrameNotSent(self.lost or "closed") from None
+                    rest = rest[sent:]
+        if scope.cancelled_caught:
+            self.lose(f"the daemon took no frame for {SEND_STALL_S:g} s")
+            raise ConnectionLostError(f"lost the connection to quotad at {self.path} ({self.lost})")
+
+    def _send_now(self, data: bytes | memoryview) -> int:
+        """What the socket takes of ``data`` without waiting (0 when it is full)."""
+        try:
+            return self._sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as error:
+            self.lose(f"sending failed: {connect_failure(error, 0)}")
+            raise FrameNotSent(self.lost or "") from error
+
+    async def wait(self, inbox: AsyncInbox, deadline: float | None) -> Reply | None:
+        """The next reply in ``inbox``, or ``None`` once ``deadline`` (``current_time()``)
+        passes."""
+        replies = inbox.replies
+        if replies:
+            return replies.popleft()
+        if deadline is None:
+            return await inbox.get()
+        with anyio.CancelScope(deadline=deadline):
+            return await inbox.get()
+        return None
+
+    async def abandon(self, request_id: int) -> None:
+        """Stop waiting for ``request_id``; if it has not finished, ask the daemon to cancel it."""
+        if self._inboxes.pop(request_id, None) is None or self.lost is not None:
+            return
+        with contextlib.suppress(FrameNotSent, ConnectionLostError):
+            await self._write(self._encoder.encode(Cancel(id=request_id)))
+
+    async def read_replies(self) -> None:
+        """The reader task: route every reply until the connection ends (the daemon closes
+        it, or :meth:`lose` shuts it down)."""
+        reason = "the daemon closed the connection"
+        sock = self._sock
+        try:
+            receive_into = sock.recv_into
+            buffer = self._buffer
+            view = self._view
+            feed = self._decoder.feed
+            route = self._route
+            while True:
+                try:
+                    size = receive_into(buffer)
+                except BlockingIOError:
+                    await anyio.wait_readable(sock)
+                    continue
+                if not size:
+                    break
+                for reply in feed(view[:size]):
+                    route(reply)
+        except anyio.get_cancelled_exc_class():
+            reason = "the client was cancelled"
+            raise
+        except OSError as error:
+            reason = connect_failure(error, 0)
+        except FrameError as error:
+            reason = f"unreadable reply: {error}"
+        finally:
+            self.lose(reason)
+            anyio.notify_closing(sock)  # wakes a writer waiting for room, if any
+            sock.close()
+            self.closed.set()
+
+    def _route(self, reply: Reply) -> None:
+        inbox = self._inboxes.get(reply.id)
+        if inbox is None:
+            if reply.id == 0 and type(reply) is Error:
+                self.lose(f"the daemon ended the connection: {reply.code}: {reply.message}")
+            return
+        if not isinstance(reply, CONTINUING_REPLIES):
+            del self._inboxes[reply.id]
+        inbox.put(reply)
+
+    def lose(self, reason: str) -> None:
+        """Mark the connection lost, fail every waiter, and shut the socket down so that the
+        reader sees its end (rather than being cancelled mid-wait, which races with a
+        socket turning readable on some event loops)."""
+        if self.lost is not None:
+            return
+        self.lost = reason
+        message = (
+            f"lost the connection to quotad at {self.path} ({reason}) with a request in "
+            "flight; it may or may not have run"
+        )
+        for inbox in self._inboxes.values():
+            inbox.fail(message)
+        self._inboxes.clear()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    async def aclose(self, reason: str) -> None:
+        """Close the connection; waiters raise :class:`ConnectionLostError` with ``reason``.
+        Returns once the reader task has closed the socket (or after ``CLOSE_WAIT_S``)."""
+        self.lose(reason)
+        with anyio.move_on_after(CLOSE_WAIT_S, shield=True):
+            await self.closed.wait()
+
+
+async def handshake(path: str, app: str, connect_timeout: float) -> AsyncConnection:
+    """Connect to ``path``, send ``Hello`` and read the ``Welcome``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        with anyio.fail_after(connect_timeout):
+            while True:
+                try:
+                    sock.connect(path)
+                    break
+                except BlockingIOError:  # the listener's backlog is full
+                    await anyio.wait_writable(sock)
+            encoder = FrameEncoder()
+            decoder = reply_decoder()
+            rest = memoryview(encoder.encode(hello(app)))
+            while rest:
+                try:
+                    rest = rest[sock.send(rest) :]
+                except BlockingIOError:
+                    await anyio.wait_writable(sock)
+            replies: list[Reply] = []
+            while not replies:
+                try:
+                    data = sock.recv(RECEIVE_SIZE)
+                except BlockingIOError:
+                    await anyio.wait_readable(sock)
+                    continue
+                if not data:
+                    raise ConnectionResetError("closed the connection during the handshake")
+                replies.extend(decoder.feed(data))
+            welcome = expect(replies[0], Welcome, str(path))
+    except BaseException:
+        sock.close()
+        raise
+    return AsyncConnection(sock, path, welcome, encoder, decoder)
+
+
+class AsyncReaderTasks:
+    """The task group in which an open :class:`AsyncClient` runs its connections' reader
+    tasks: entered by the task that opens the client (``async with``) and left by the one
+    that closes it, as structured concurrency wants. So an async client must be opened
+    before use."""
+
+    __slots__ = ("_group",)
+
+    def __init__(self) -> None:
+        self._group: anyio.abc.TaskGroup | None = None
+
+    async def open(self) -> None:
+        """Enter the task group."""
+        if self._group is not None:
+            raise RuntimeError("this AsyncClient is already open")
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._group = group
+
+    def check_open(self) -> anyio.abc.TaskGroup:
+        """The task group; ``RuntimeError`` unless open."""
+        if self._group is None:
+            raise RuntimeError("open the client first: `async with AsyncClient(...) as qd:`")
+        return self._group
+
+    def start(self, connection: AsyncConnection) -> None:
+        """Start ``connection``'s reader task."""
+        self.check_open().start_soon(connection.read_replies)
+
+    async def aclose(self) -> None:
+        """Stop the reader tasks still running and leave the task group."""
+        group, self._group = self._group, None
+        if group is not None:
+            group.cancel_scope.cancel()
+            await group.__aexit__(None, None, None)

@@ -1,0 +1,279 @@
+"""The blocking client's socket I/O, over a plain Unix ``socket`` with no event loop: one
+handshaken connection read by whichever waiting thread holds its read turn, and the few
+primitives the generated client API (``_sync.py``) needs from its side of the async/blocking
+divide. The async twin is ``_async_connection.py``; each offers the same names (less the
+``Async`` prefix), so that the API written once in ``_async.py`` becomes this side's by token
+replacement (``scripts/unasync.py``).
+
+Each request gets the next id of the connection and an inbox; whichever waiting thread holds
+the read turn receives frames and routes every reply to the inbox of its id
+(leader/followers), so threads sharing a client never see each other's replies and a stream
+can be read while other calls are made. Replies for ids nobody waits for any more (a closed
+stream, a timed-out call) are dropped. The hot path is one ``send`` per frame, one
+``recv_into`` a reused buffer per read, every complete frame in it decoded at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import select
+import socket
+import threading
+import time
+from collections import deque
+from threading import Lock as Lock
+from time import sleep as sleep
+from typing import Final
+
+from quotad.client._common import (
+    CONTINUING_REPLIES,
+    RECEIVE_SIZE,
+    FrameNotSent,
+    connect_failure,
+    expect,
+    hello,
+)
+from quotad.client.exceptions import ConnectionLostError
+from quotad.protocol.framing import FrameDecoder, FrameEncoder, FrameError, reply_decoder
+from quotad.protocol.messages import Cancel, Error, Message, Reply, Welcome
+
+__all__ = [
+    "Connection",
+    "Inbox",
+    "Lock",
+    "ReaderTasks",
+    "current_time",
+    "handshake",
+    "is_cancellation",
+    "shielded",
+    "sleep",
+]
+
+Inbox = deque[Reply]
+
+_SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0)
+
+current_time: Final = time.monotonic
+
+
+def is_cancellation(error: BaseException) -> bool:
+    """Whether ``error`` ends a block because it was cancelled (rather than because it failed)."""
+    return isinstance(error, KeyboardInterrupt | GeneratorExit)
+
+
+def shielded(seconds: float) -> contextlib.nullcontext[None]:
+    """Nothing cancels a blocking call from outside, so there is nothing to shield against."""
+    return contextlib.nullcontext()
+
+
+class Connection:
+    """One handshaken socket: sends requests and routes replies to per-id inboxes."""
+
+    __slots__ = (
+        "_buffer",
+        "_decoder",
+        "_encoder",
+        "_inboxes",
+        "_next_id",
+        "_poller",
+        "_reading",
+        "_send_lock",
+        "_sock",
+        "_state",
+        "_view",
+        "lost",
+        "path",
+        "welcome",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        path: str,
+        welcome: Welcome,
+        encoder: FrameEncoder,
+        decoder: FrameDecoder[Reply],
+    ) -> None:
+        self._sock = sock
+        self.path = path
+        self.welcome = welcome
+        self._encoder = encoder
+        self._decoder = decoder
+        self._buffer = bytearray(RECEIVE_SIZE)
+        self._view = memoryview(self._buffer)
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
+        self._send_lock = threading.Lock()
+        self._state = threading.Condition(threading.Lock())
+        self._reading = False
+        self._inboxes: dict[int, Inbox] = {}
+        self._next_id = 1
+        self.lost: str | None = None
+
+    def send(self, request: Message) -> Inbox:
+        """Give ``request`` the next id and send it; its replies will arrive in the inbox.
+
+        Raises :class:`FrameNotSent` when the frame did not get through.
+        """
+        with self._send_lock:
+            if self.lost is not None:
+                raise FrameNotSent(self.lost)
+            request_id = request.id = self._next_id
+            self._next_id = request_id + 1
+            frame = self._encoder.encode(request)
+            inbox: Inbox = deque()
+            with self._state:
+                self._inboxes[request_id] = inbox
+            self._send_frame(frame, request_id)
+        return inbox
+
+    def _send_frame(self, frame: bytes, request_id: int | None = None) -> None:
+        """Send one whole frame (the send lock is held). If it does not get through, however
+        it fails (an ``OSError``, a ``KeyboardInterrupt`` mid-send), the connection is lost and
+        ``request_id`` (if given) forgotten; an ``OSError`` raises :class:`FrameNotSent`."""
+        try:
+            self._sock.sendall(frame, _SEND_FLAGS)
+        except BaseException as error:
+            with self._state:
+                if request_id is not None:
+                    self._inboxes.pop(request_id, None)
+                self._lose(f"sending failed: {connect_failure(error, 0)}")
+                self._state.notify_all()
+            if isinstance(error, OSError):
+                raise FrameNotSent(str(error)) from error
+            raise
+
+    def wait(self, inbox: Inbox, deadline: float | None) -> Reply | None:
+        """The next reply in ``inbox``, or ``None`` once ``deadline`` (``current_time()``)
+        passes."""
+        state = self._state
+        with state:
+            while not inbox:
+                if self.lost is not None:
+                    raise ConnectionLostError(
+                        f"lost the connection to quotad at {self.path} ({self.lost}) with a "
+                        "request in flight; it may or may not have run"
+                    )
+                timeout = None if deadline is None else deadline - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    return None
+                if self._reading:
+                    state.wait(timeout)
+                    continue
+                self._reading = True
+                received: list[Reply] = []
+                failure: str | None = None
+                state.release()
+                try:
+                    failure = self._receive(received, timeout)
+                finally:
+                    state.acquire()
+                    self._reading = False
+                    self._route(received)
+                    if failure is not None:
+                        self._lose(failure)
+                    state.notify_all()
+            return inbox.popleft()
+
+    def _receive(self, received: list[Reply], timeout: float | None) -> str | None:
+        """Read once (waiting at most ``timeout``) into ``received``; why the connection
+        is lost, if it is."""
+        if timeout is not None and not self._poller.poll(math.ceil(timeout * 1000)):
+            return None
+        try:
+            size = self._sock.recv_into(self._buffer)
+        except OSError as error:
+            return connect_failure(error, 0)
+        if size == 0:
+            return "the daemon closed the connection"
+        try:
+            received.extend(self._decoder.feed(self._view[:size]))
+        except FrameError as error:
+            return f"unreadable reply: {error}"
+        return None
+
+    def _route(self, replies: list[Reply]) -> None:
+        """Put each reply in the inbox of its id (the state lock is held)."""
+        inboxes = self._inboxes
+        for reply in replies:
+            inbox = inboxes.get(reply.id)
+            if inbox is None:
+                if reply.id == 0 and type(reply) is Error:
+                    self._lose(f"the daemon ended the connection: {reply.code}: {reply.message}")
+                continue
+            inbox.append(reply)
+            if not isinstance(reply, CONTINUING_REPLIES):
+                del inboxes[reply.id]
+
+    def _lose(self, reason: str) -> None:
+        """Mark the connection lost (the state lock is held) and wake whoever reads it."""
+        if self.lost is None:
+            self.lost = reason
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def abandon(self, request_id: int) -> None:
+        """Stop waiting for ``request_id``; if it has not finished, ask the daemon to cancel it."""
+        with self._state:
+            unfinished = self._inboxes.pop(request_id, None) is not None
+        if unfinished and self.lost is None:
+            with contextlib.suppress(FrameNotSent):
+                self._send_cancel(request_id)
+
+    def _send_cancel(self, request_id: int) -> None:
+        with self._send_lock:
+            if self.lost is not None:
+                raise FrameNotSent(self.lost)
+            self._send_frame(self._encoder.encode(Cancel(id=request_id)))
+
+    def close(self, reason: str) -> None:
+        """Close the socket; waiters raise :class:`ConnectionLostError` with ``reason``."""
+        with self._state:
+            self._lose(reason)
+            self._state.notify_all()
+        self._sock.close()
+
+
+def handshake(path: str, app: str, connect_timeout: float) -> Connection:
+    """Connect to ``path``, send ``Hello`` and read the ``Welcome``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(connect_timeout)
+        sock.connect(path)
+        encoder = FrameEncoder()
+        decoder = reply_decoder()
+        sock.sendall(encoder.encode(hello(app)))
+        replies: list[Reply] = []
+        while not replies:
+            data = sock.recv(RECEIVE_SIZE)
+            if not data:
+                raise ConnectionResetError("closed the connection during the handshake")
+            replies.extend(decoder.feed(data))
+        welcome = expect(replies[0], Welcome, str(path))
+        sock.settimeout(None)
+    except BaseException:
+        sock.close()
+        raise
+    return Connection(sock, path, welcome, encoder, decoder)
+
+
+class ReaderTasks:
+    """The blocking client runs no reader task: whichever thread waits on a connection reads
+    it (:meth:`Connection.wait`). So there is nothing to open, start or close, and a
+    :class:`Client` may be used without ``with``; these no-ops give the generated client the
+    shape of the async one."""
+
+    __slots__ = ()
+
+    def open(self) -> None:
+        """Nothing to open."""
+
+    def check_open(self) -> None:
+        """Always open."""
+
+    def start(self, connection: Connection) -> None:
+        """Nothing to start: waiting threads read."""
+
+    def close(self) -> None:
+        """Nothing to close."""

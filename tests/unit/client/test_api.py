@@ -1,0 +1,449 @@
+"""The client API against a fake daemon speaking real frames on a temp socket, run once per
+API: the blocking :class:`Client`, and the :class:`AsyncClient` under asyncio, asyncio+uvloop
+and trio (the ``new_client`` fixture; see tests/support/client_apis.py). Handshake, requests
+and their replies, error codes mapped to exception classes, streams, timeouts, reconnection
+after a daemon restart, permits settled exactly once, subscriptions.
+
+What only one API has (threads sharing a blocking client; tasks, cancellation and the
+``async with`` rule of the async one) is tested in test_sync_only.py and test_async_only.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from quotad.client import (
+    BadRequestError,
+    ConnectionLostError,
+    DaemonUnavailableError,
+    InternalError,
+    RequestTimeoutError,
+    UnauthorizedError,
+    UpstreamError,
+)
+from quotad.client.exceptions import _ERROR_CLASSES
+from quotad.protocol.errors import ERROR_CODES
+from quotad.protocol.messages import (
+    Cancel,
+    Chat,
+    ChatChunk,
+    Error,
+    Ok,
+    Request,
+    Settle,
+    Snapshot,
+    Status,
+    Subscribe,
+    Usage,
+)
+from tests.support.client_apis import NewClient
+from tests.support.fake_daemon import (
+    USER_HI,
+    FakeConnection,
+    FakeDaemon,
+    answer,
+    answering_chat_with,
+    holding_chats,
+)
+
+# --------------------------------------------------------------------------- handshake
+
+
+def test_handshake_sends_hello_and_keeps_the_welcome(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient
+) -> None:
+    with new_client(socket_path, app="tester") as qd:
+        assert qd.welcome is not None
+        assert qd.welcome.daemon_version == "fake"
+    hello = fake.connections[0].hello
+    assert hello is not None
+    assert hello.app == "tester"
+    assert hello.client.startswith("quotad-client")
+
+
+def test_app_defaults_to_the_environment(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QUOTAD_APP", "from-env")
+    with new_client(socket_path) as qd:
+        qd.status()
+    hello = fake.connections[0].hello
+    assert hello is not None
+    assert hello.app == "from-env"
+
+
+def test_socket_defaults_to_the_environment(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QUOTAD_SOCKET", socket_path)
+    with new_client() as qd:
+        assert qd.status().daemon_version == "fake"
+
+
+def test_handshake_refused_raises_the_class_of_its_code(
+    socket_path: str, new_client: NewClient
+) -> None:
+    refusal = Error(code="unauthorized", message="uid 1000 may not use this socket")
+    with (
+        FakeDaemon(socket_path, welcome=refusal),
+        pytest.raises(UnauthorizedError, match="uid"),
+        new_client(socket_path) as qd,
+    ):
+        qd.status()
+
+
+def test_a_handshake_answered_with_something_else_names_the_socket(
+    socket_path: str, new_client: NewClient
+) -> None:
+    with (
+        FakeDaemon(socket_path, welcome=Ok(message="not a quotad")),
+        pytest.raises(InternalError, match=re.escape(socket_path)),
+        new_client(socket_path) as qd,
+    ):
+        qd.status()
+
+
+def test_daemon_unavailable_lists_every_path_tried(
+    socket_dir: Path, new_client: NewClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusing = socket_dir / "refusing.sock"
+    bound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound.bind(str(refusing))  # bound, never listening: connecting is refused
+    monkeypatch.setenv("QUOTAD_SOCKET", str(refusing))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(socket_dir / "runtime"))
+    try:
+        with pytest.raises(DaemonUnavailableError) as caught, new_client() as qd:
+            qd.status()
+    finally:
+        bound.close()
+    message = str(caught.value)
+    assert f"{refusing} (connection refused" in message
+    assert f"{socket_dir / 'runtime' / 'quotad' / 'quotad.sock'} (no such socket)" in message
+    assert "/run/quotad/quotad.sock" in message
+    assert type(caught.value) is DaemonUnavailableError
+    assert len(caught.value.details["tried"]) == 3
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def test_chat_builds_the_request_and_returns_the_reply(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient
+) -> None:
+    with new_client(socket_path) as qd:
+        reply = qd.chat(
+            "fast",
+            USER_HI,
+            max_tokens=64,
+            priority="high",
+            tags=["t"],
+            top_p=0.5,
+            stop="END",
+            logit_bias={"1": 2},
+        )
+    assert reply.content == "echo: hi"
+    assert reply.usage == Usage(prompt_tokens=2, completion_tokens=2)
+    assert reply.target == "fake/echo"
+    [chat] = fake.requests(Chat)
+    assert isinstance(chat, Chat)
+    assert (chat.model, chat.max_tokens, chat.priority, chat.tags) == ("fast", 64, "high", ["t"])
+    assert (chat.top_p, chat.stop, chat.extra) == (0.5, ["END"], {"logit_bias": {"1": 2}})
+    assert chat.messages[0].role == "user"
+    assert not chat.stream
+    assert chat.id >= 1
+
+
+def test_frames_larger_than_the_socket_buffers_go_whole_both_ways(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient
+) -> None:
+    text = "".join(chr(ord("a") + n % 26) for n in range(1 << 20))  # 1 MiB each way
+    with new_client(socket_path) as qd:
+        reply = qd.chat("fast", [{"role": "user", "content": text}])
+        assert reply.content == f"echo: {text}"
+        assert qd.status().daemon_version == "fake"
+
+
+def test_request_ids_increase_per_connection(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient
+) -> None:
+    with new_client(socket_path) as qd:
+        for _ in range(3):
+            qd.status()
+    ids = [request.id for request in fake.requests(Status)]
+    assert ids == sorted(set(ids))
+
+
+def test_bad_message_raises_client_side_naming_the_field(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient
+) -> None:
+    with new_client(socket_path) as qd:
+        with pytest.raises(BadRequestError, match=r"messages\[0\]\.role"):
+            qd.chat("fast", [{"role": "robot", "content": "hi"}])
+        with pytest.raises(BadRequestError, match="temperature"):
+            qd.chat("fast", USER_HI, temperature=5)
+    assert fake.requests(Chat) == []
+
+
+def test_other_requests_round_trip(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient
+) -> None:
+    with new_client(socket_path) as qd:
+        assert qd.embed("emb", ["a", "bcd"]).embeddings == [[1.0], [3.0]]
+        assert qd.embed("emb", "abc").embeddings == [[3.0]]
+        assert qd.spend(period="week", by="model").by == "model"
+        assert qd.admin("disable", "openai/gpt-4o-mini").message == ""
+        permit = qd.acquire("openai/gpt-4o-mini", 100)
+        assert permit.permit_id.startswith("p")
+        assert qd.settle(permit.permit_id, 80, status="ok").message == ""
+    [settle] = fake.requests(Settle)
+    assert isinstance(settle, Settle)
+    assert (settle.permit_id, settle.tokens_used) == (permit.permit_id, 80)
+
+
+@pytest.mark.parametrize("code", sorted(ERROR_CODES))
+def test_error_reply_raises_the_class_of_its_code(
+    socket_path: str, new_client: NewClient, code: str
+) -> None:
+    error = Error(code=code, message="nope", retry_after_s=1.5, details={"attempts": []})
+    with FakeDaemon(socket_path, answering_chat_with(error)), new_client(socket_path) as qd:
+        with pytest.raises(_ERROR_CLASSES[code]) as caught:
+            qd.chat("fast", USER_HI)
+        assert caught.value.code == code
+        assert caught.value.retry_after_s == 1.5
+        assert caught.value.details == {"attempts": []}
+        assert qd.status().daemon_version == "fake"
+
+
+def test_timeout_cancels_the_request(socket_path: str, new_client: NewClient) -> None:
+    held: list[tuple[FakeConnection, Request]] = []
+    with (
+        FakeDaemon(socket_path, holding_chats(held)) as fake,
+        new_client(socket_path, timeout=0.2) as qd,
+    ):
+        with pytest.raises(RequestTimeoutError):
+            qd.chat("fast", USER_HI)
+        [cancel] = fake.wait_for(Cancel)
+        assert cancel.id == held[0][1].id
+        assert qd.status().daemon_version == "fake"
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def test_chat_stream_yields_chunks_then_holds_the_end(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient
+) -> None:
+    with new_client(socket_path) as qd:
+        stream = qd.chat_stream("fast", [{"role": "user", "content": "a b c"}])
+        chunks = list(stream)
+        assert all(isinstance(chunk, ChatChunk) for chunk in chunks)
+        assert "".join(chunk.delta for chunk in chunks) == "echo: a b c"
+        assert stream.end is not None
+        assert stream.end.content == stream.content == "echo: a b c"
+        assert qd.last_stream_end is stream.end
+        [chat] = fake.requests(Chat)
+        assert isinstance(chat, Chat)
+        assert chat.stream
+
+
+def test_error_mid_stream_raises_and_keeps_the_partial_content(
+    socket_path: str, new_client: NewClient
+) -> None:
+    replies = (
+        ChatChunk(delta="par"),
+        ChatChunk(delta="tial"),
+        Error(code="upstream_error", message="provider broke"),
+    )
+    with FakeDaemon(socket_path, answering_chat_with(*replies)), new_client(socket_path) as qd:
+        stream = qd.chat_stream("fast", USER_HI)
+        deltas: list[str] = []
+        with pytest.raises(UpstreamError, match="provider broke"):
+            deltas.extend(chunk.delta for chunk in stream)
+        assert deltas == ["par", "tial"]
+        assert stream.content == "partial"
+        assert stream.end is None
+        assert qd.last_stream_end is None
+        assert list(stream) == []
+
+
+def test_closing_a_stream_early_cancels_it(socket_path: str, new_client: NewClient) -> None:
+    replies = (ChatChunk(delta="one"), ChatChunk(delta="two"))
+    with (
+        FakeDaemon(socket_path, answering_chat_with(*replies)) as fake,
+        new_client(socket_path) as qd,
+    ):
+        with qd.chat_stream("fast", USER_HI) as stream:
+            first = next(stream)
+            assert first.delta == "one"
+        [cancel] = fake.wait_for(Cancel)
+        [chat] = fake.requests(Chat)
+        assert cancel.id == chat.id
+        assert list(stream) == []
+        # the late chunk and the "cancelled" error are dropped, not mistaken for this reply
+        assert qd.status().daemon_version == "fake"
+
+
+def test_timeout_bounds_a_whole_stream(socket_path: str, new_client: NewClient) -> None:
+    replies = (ChatChunk(delta="one"),)  # then nothing: the stream hangs after its first chunk
+    with (
+        FakeDaemon(socket_path, answering_chat_with(*replies)) as fake,
+        new_client(socket_path, timeout=0.2) as qd,
+    ):
+        stream = qd.chat_stream("fast", USER_HI)
+        assert next(stream).delta == "one"
+        with pytest.raises(RequestTimeoutError):
+            next(stream)
+        [cancel] = fake.wait_for(Cancel)
+        [chat] = fake.requests(Chat)
+        assert cancel.id == chat.id
+        assert stream.content == "one"
+        assert list(stream) == []
+
+
+def test_subscribe_yields_snapshots_until_closed(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient
+) -> None:
+    with new_client(socket_path) as qd:
+        with qd.subscribe(interval_s=0.5) as snapshots:
+            seqs = [next(snapshots).seq, next(snapshots).seq]
+        assert seqs == [1, 2]
+        [cancel] = fake.wait_for(Cancel)
+        [subscribe] = fake.requests(Subscribe)
+        assert cancel.id == subscribe.id
+        assert qd.status().daemon_version == "fake"
+
+
+def test_a_subscription_is_not_bounded_by_the_timeout(
+    socket_path: str, new_client: NewClient
+) -> None:
+    gap_s = 0.5  # longer than the client's timeout, whatever the machine's load
+    timers: list[threading.Timer] = []
+
+    def snapshot_now_and_after_a_gap(connection: FakeConnection, request: Request) -> None:
+        if type(request) is not Subscribe:
+            answer(connection, request)
+            return
+        connection.send(Snapshot(id=request.id, seq=1))
+        timer = threading.Timer(gap_s, connection.send, (Snapshot(id=request.id, seq=2),))
+        timers.append(timer)
+        timer.start()
+
+    with (
+        FakeDaemon(socket_path, snapshot_now_and_after_a_gap),
+        new_client(socket_path, timeout=0.2) as qd,
+    ):
+        try:
+            with qd.subscribe(interval_s=0.5) as snapshots:
+                assert [next(snapshots).seq, next(snapshots).seq] == [1, 2]
+        finally:
+            for timer in timers:
+                timer.join()
+
+
+# --------------------------------------------------------------------------- permits
+
+
+def test_permit_settles_once_with_the_reservation(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient
+) -> None:
+    with new_client(socket_path) as qd, qd.permit("openai/gpt-4o-mini", tokens=1500) as held:
+        assert held.permit_id.startswith("p")
+        assert held.wait_s == 0.0
+    [settle] = fake.requests(Settle)
+    assert isinstance(settle, Settle)
+    assert (settle.permit_id, settle.tokens_used, settle.status) == (held.permit_id, 1500, "ok")
+
+
+def test_permit_settled_in_the_block_is_not_settled_again(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient
+) -> None:
+    with new_client(socket_path) as qd:
+        with qd.permit("openai/gpt-4o-mini", tokens=1500) as held:
+            held.settle(tokens=321, headers={"x-ratelimit-remaining-requests": "9"})
+            with pytest.raises(RuntimeError, match="already settled"):
+                held.settle(tokens=1)
+        [settle] = fake.requests(Settle)
+        assert isinstance(settle, Settle)
+        assert settle.tokens_used == 321
+        assert settle.headers == {"x-ratelimit-remaining-requests": "9"}
+
+
+def test_permit_block_that_raises_settles_as_error(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient
+) -> None:
+    with new_client(socket_path) as qd:
+        with pytest.raises(ValueError, match="sdk failed"), qd.permit("t/m", tokens=7):
+            raise ValueError("sdk failed")
+        [settle] = fake.requests(Settle)
+        assert isinstance(settle, Settle)
+        assert (settle.tokens_used, settle.status) == (7, "error")
+
+
+# --------------------------------------------------------------------------- connection loss
+
+
+def test_connection_lost_in_flight_then_reconnect_after_restart(
+    socket_path: str, new_client: NewClient
+) -> None:
+    def crash_on_chat(connection: FakeConnection, request: Request) -> None:
+        if type(request) is Chat:
+            connection.close()
+        else:
+            answer(connection, request)
+
+    with contextlib.ExitStack() as stack:
+        with FakeDaemon(socket_path, crash_on_chat):
+            qd = stack.enter_context(new_client(socket_path, reconnect_s=5.0))
+            with pytest.raises(ConnectionLostError, match="may or may not have run"):
+                qd.chat("fast", USER_HI)
+        with FakeDaemon(socket_path) as restarted:
+            assert qd.chat("fast", USER_HI).content == "echo: hi"
+            assert len(restarted.connections) == 1
+
+
+def test_idle_connection_reconnects_without_error_after_restart(
+    socket_path: str, new_client: NewClient
+) -> None:
+    with contextlib.ExitStack() as stack:
+        with FakeDaemon(socket_path):
+            qd = stack.enter_context(new_client(socket_path))
+            qd.status()
+        with FakeDaemon(socket_path) as restarted:
+            assert qd.chat("fast", USER_HI).content == "echo: hi"
+            assert len(restarted.requests(Chat)) == 1
+
+
+def test_reconnect_waits_for_a_restarting_daemon(socket_path: str, new_client: NewClient) -> None:
+    with contextlib.ExitStack() as stack:
+        with FakeDaemon(socket_path):
+            qd = stack.enter_context(new_client(socket_path, reconnect_s=10.0))
+            qd.status()
+        restarted = FakeDaemon(socket_path)
+        timer = threading.Timer(0.3, restarted.start)
+        timer.start()
+        try:
+            assert qd.status().daemon_version == "fake"
+        finally:
+            timer.join()
+            restarted.stop()
+
+
+def test_connection_level_error_fails_the_requests_in_flight(
+    socket_path: str, new_client: NewClient
+) -> None:
+    def refuse_frame(connection: FakeConnection, request: Request) -> None:
+        connection.send(Error(code="bad_frame", message="frame too large"))
+        connection.close()
+
+    with (
+        FakeDaemon(socket_path, refuse_frame),
+        new_client(socket_path) as qd,
+        pytest.raises(ConnectionLostError, match="bad_frame: frame too large"),
+    ):
+        qd.status()

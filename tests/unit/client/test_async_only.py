@@ -1,0 +1,107 @@
+"""What only the :class:`AsyncClient` has, under asyncio, asyncio+uvloop and trio: many tasks
+multiplexed on its one connection, cancellation (a cancelled waiter cancels its request, a
+cancelled permit block settles as cancelled), and the rule that it must be opened with
+``async with``. The behaviour both APIs share is tested once for both, in test_api.py."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from quotad.client import AsyncClient
+from quotad.protocol.messages import Cancel, Chat, Request, Settle
+from tests.support.fake_daemon import (
+    USER_HI,
+    FakeConnection,
+    FakeDaemon,
+    chat_reply,
+    holding_chats,
+)
+
+
+@pytest.mark.anyio
+async def test_multiplexes_many_requests_on_one_connection(socket_path: str) -> None:
+    held: list[tuple[FakeConnection, Request]] = []
+    count = 50
+
+    def reply_in_reverse_once_all_arrived(connection: FakeConnection, request: Request) -> None:
+        held.append((connection, request))
+        if len(held) == count:
+            for holder, chat in reversed(held):
+                assert isinstance(chat, Chat)
+                holder.send(chat_reply(chat))
+
+    results: dict[int, str] = {}
+
+    with FakeDaemon(socket_path, reply_in_reverse_once_all_arrived) as fake:
+        async with AsyncClient(socket_path) as qd:
+
+            async def ask(n: int) -> None:
+                reply = await qd.chat("fast", [{"role": "user", "content": f"n{n}"}])
+                results[n] = reply.content or ""
+
+            async with anyio.create_task_group() as tasks:
+                for n in range(count):
+                    tasks.start_soon(ask, n)
+        assert len(fake.connections) == 1
+    assert results == {n: f"echo: n{n}" for n in range(count)}
+
+
+@pytest.mark.anyio
+async def test_large_frames_from_many_tasks_are_never_interleaved(
+    fake: FakeDaemon, socket_path: str
+) -> None:
+    size = 300_000  # each frame more than the socket takes at once
+    results: dict[int, str] = {}
+    async with AsyncClient(socket_path) as qd:
+
+        async def ask(n: int) -> None:
+            reply = await qd.chat("fast", [{"role": "user", "content": str(n) * size}])
+            results[n] = reply.content or ""
+
+        async with anyio.create_task_group() as tasks:
+            for n in range(10):
+                tasks.start_soon(ask, n)
+    assert results == {n: f"echo: {str(n) * size}" for n in range(10)}
+    assert len(fake.connections) == 1
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_waiter_cancels_its_request(socket_path: str) -> None:
+    held: list[tuple[FakeConnection, Request]] = []
+    with FakeDaemon(socket_path, holding_chats(held)) as fake:
+        async with AsyncClient(socket_path) as qd:
+            with anyio.move_on_after(0.2) as scope:
+                await qd.chat("fast", USER_HI)
+            assert scope.cancelled_caught
+            [cancel] = await anyio.to_thread.run_sync(fake.wait_for, Cancel)
+            assert cancel.id == held[0][1].id
+            assert (await qd.status()).daemon_version == "fake"
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_permit_block_settles_as_cancelled(
+    fake: FakeDaemon, socket_path: str
+) -> None:
+    async with AsyncClient(socket_path) as qd:
+        with anyio.move_on_after(0.05):
+            async with qd.permit("t/m", tokens=70):
+                await anyio.sleep(5)
+        [settle] = fake.requests(Settle)
+        assert isinstance(settle, Settle)
+        assert (settle.tokens_used, settle.status) == (70, "cancelled")
+
+
+@pytest.mark.anyio
+async def test_the_client_must_be_opened(socket_path: str) -> None:
+    with pytest.raises(RuntimeError, match="async with"):
+        await AsyncClient(socket_path).status()
+
+
+@pytest.mark.anyio
+async def test_the_client_is_opened_once(fake: FakeDaemon, socket_path: str) -> None:
+    async with AsyncClient(socket_path) as qd:
+        with pytest.raises(RuntimeError, match="already open"):
+            await qd.__aenter__()
+        assert (await qd.status()).daemon_version == "fake"
