@@ -3,7 +3,7 @@
 The client API is written once, as async code; this script makes its blocking twin by
 replacing tokens (the table below), then sorts the imports and formats the result with ruff, as
 every file of the repo is. The output is committed, and the test suite regenerates it in memory
-and fails when the committed file differs (tests/unit/client/test_generated.py), so the two
+and fails when the committed file differs (tests/unit/client/test_written_once.py), so the two
 cannot drift. After editing ``_async.py``:
 
     uv run python scripts/unasync.py           # write _sync.py
