@@ -25,6 +25,8 @@ from typing import IO
 
 import msgspec
 
+from quotad.protocol.figures import usd
+
 SIM_READY_PREFIX = "quotad sim listening on "
 START_TIMEOUT_S = 15.0
 
@@ -354,7 +356,7 @@ def _final_summary(results: dict[str, LoadResult], elapsed_s: float) -> str:
             f"  {app.name:9} ({app.priority:6} share {app.share})  ok {result.ok:5}  "
             f"cached {result.cached:4}  mean latency {mean:6.0f} ms  mean wait {wait:6.0f} ms  "
             f"tokens {result.prompt_tokens + result.completion_tokens:7}  "
-            f"${result.cost_usd:.4f}" + (f"  errors: {errors}" if errors else "")
+            f"{usd(result.cost_usd)}" + (f"  errors: {errors}" if errors else "")
         )
     return "\n".join(lines)
 
