@@ -41,9 +41,10 @@ TARGETS = (
 
 
 def _gates(step: int) -> list[GateStatus]:
+    """Named as the daemon names them: ``provider:NAME``, ``provider/model``, ``app:NAME``."""
     return [
         GateStatus(
-            name="openai",
+            name="provider:openai",
             scope="provider",
             windows=[
                 WindowStatus(unit="requests", limit=500, window_s=60, used=300 + step * 4),
@@ -58,13 +59,13 @@ def _gates(step: int) -> list[GateStatus]:
             ],
         ),
         GateStatus(
-            name="anthropic",
+            name="provider:anthropic",
             scope="provider",
             windows=[WindowStatus(unit="requests", limit=50, window_s=60, used=50)],
             paused_until=START + step * INTERVAL_S + 12.0,
         ),
         GateStatus(
-            name="indexer",
+            name="app:indexer",
             scope="app",
             windows=[WindowStatus(unit="requests", limit=60, window_s=60, used=12 + step)],
         ),
@@ -72,18 +73,18 @@ def _gates(step: int) -> list[GateStatus]:
 
 
 def _targets(step: int) -> list[TargetStatus]:
+    """As the daemon reports them: no ``gates`` list (:meth:`Monitor.gates_of` finds them)."""
     return [
         TargetStatus(
             name=TARGETS[0], provider="openai", model="gpt-4o-mini", kind="openai",
             breaker="closed", health="healthy", uptime_pct=99.8, in_flight=3,
             requests=1000 + step * 6, failures=4, latency_ewma_s=0.412,
-            gates=["openai", "openai/gpt-4o-mini"],
         ),
         TargetStatus(
             name=TARGETS[1], provider="anthropic", model="claude-3-5-haiku-latest",
             kind="anthropic", breaker="half_open", health="degraded", uptime_pct=91.0,
             in_flight=1, requests=400 + step * 2, failures=37,
-            paused_until=START + step * INTERVAL_S + 12.0, gates=["anthropic"],
+            paused_until=START + step * INTERVAL_S + 12.0,
         ),
         TargetStatus(
             name=TARGETS[2], provider="groq", model="llama-3.1-8b-instant", kind="openai",
@@ -91,7 +92,7 @@ def _targets(step: int) -> list[TargetStatus]:
         ),
         TargetStatus(
             name=TARGETS[3], provider="openai", model="gpt-4o", kind="openai", enabled=False,
-            requests=12, unpriced=True, gates=["openai"],
+            requests=12, unpriced=True,
         ),
     ]  # fmt: skip
 

@@ -38,11 +38,12 @@ def test_durations_sizes_and_money() -> None:
         "-", "250ms", "2.4s", "3m05s", "2h10m", "2d7h",
     ]  # fmt: skip
     assert [size(v) for v in (512, 2048, 48_500_000, 3 * 1024**3)] == [
-        "512B", "2.0KiB", "46.3MiB", "3.0GiB",
+        "512 B", "2.0 KiB", "46.3 MiB", "3.0 GiB",
     ]  # fmt: skip
-    assert [usd(v) for v in (None, 0.00042, 12.5, 1234.5)] == [
+    assert [usd(v) for v in (None, 0.00042, 0.000022, 12.5, 1234.5)] == [
         "-",
-        "$0.0004",
+        "$0.00042",
+        "$0.000022",
         "$12.50",
         "$1,234.50",
     ]

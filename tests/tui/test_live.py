@@ -17,8 +17,9 @@ from quotad.client import AsyncClient, Client, QuotadError
 from quotad.tui.app import TopApp
 from quotad.tui.feed import DaemonFeed
 from quotad.tui.screens.confirm import ConfirmScreen
+from quotad.tui.widgets.gauges import LimitGauges
 from quotad.tui.widgets.table import LiveTable
-from quotad.tui.widgets.targets import TargetTable
+from quotad.tui.widgets.targets import COLUMNS, TargetTable
 from tests.support.daemon import DaemonProcess, sim_provider_config
 from tests.support.sim import SimProcess
 from tests.tui.pilots import RecordingApp, connection_line, wait_until
@@ -91,7 +92,8 @@ async def test_shows_live_targets_and_apps_under_load(daemon: DaemonProcess) -> 
         assert app.monitor.apps["beta"].errors == 0
         assert any(rate for rate in app.monitor.requests_per_s if rate)
         # the requests column of the first target (failover sends everything to it)
-        await wait_until(pilot, lambda: int(str(table.get_row_at(0)[5])) >= 40)
+        requests = [column.label for column in COLUMNS].index("requests")
+        await wait_until(pilot, lambda: int(str(table.get_row_at(0)[requests])) >= 40)
 
         await pilot.press("2")
         apps_table = app.screen.query_one(LiveTable)
@@ -200,3 +202,28 @@ async def test_q_quits_and_closes_the_subscription(daemon: DaemonProcess) -> Non
                 break
             await anyio.sleep(0.02)
         assert (await probe.status()).connections == before
+
+
+async def test_limits_show_the_gates_the_daemon_applies_to_each_target(
+    sims: tuple[SimProcess, SimProcess],
+) -> None:
+    limits = "rpm = 600\n[providers.sim.models.gpt-4o-mini]\ntpm = 90000\n"
+    config = live_config(sims[0].base_url, sims[1].base_url).replace(
+        "[providers.claude]", limits + "[providers.claude]"
+    )
+    with DaemonProcess(config) as limited:
+        app = TopApp(DaemonFeed(str(limited.socket_path), INTERVAL_S))
+        async with app.run_test(size=SIZE) as pilot:
+            gauges = app.screen.query_one(LimitGauges)
+
+            def shows_limits() -> bool:
+                return "provider sim" in str(gauges.render())
+
+            await wait_until(pilot, shows_limits)
+            text = str(gauges.render())
+            sim_block, claude_block = text.split(TARGETS[1])
+            assert "requests/60s" in sim_block
+            assert "model sim/gpt-4o-mini" in sim_block
+            assert "tokens/60s" in sim_block
+            assert "no limits configured" not in sim_block
+            assert "no limits configured" in claude_block  # claude has none

@@ -87,6 +87,7 @@ def test_gates_are_matched_to_targets_and_the_rest_are_other_gates() -> None:
     status = monitor.status
     assert status is not None
     names = {t.name: [g.name for g in monitor.gates_of(t)] for t in status.targets}
-    assert names["openai/gpt-4o-mini"] == ["openai", "openai/gpt-4o-mini"]
+    assert names["openai/gpt-4o-mini"] == ["provider:openai", "openai/gpt-4o-mini"]
+    assert names["openai/gpt-4o"] == ["provider:openai"]  # the daemon lists no gate names
     assert names["groq/llama-3.1-8b-instant"] == []
-    assert [g.name for g in monitor.other_gates()] == ["indexer"]
+    assert [g.name for g in monitor.other_gates()] == ["app:indexer"]

@@ -35,6 +35,7 @@ from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.gates import Gates
+from quotad.daemon.logs import REQUEST_LOG, log_request
 from quotad.daemon.metrics import Metrics
 from quotad.daemon.net.deadlines import Deadlines
 from quotad.daemon.providers.base import (
@@ -543,12 +544,15 @@ class Broker:
 
     def _count_finished(self, row: LedgerRow) -> None:
         """Step 7's counting, run just after the reply: activity, the live tail, metrics
-        (a row's ``target`` is empty when the request reached none)."""
+        (a row's ``target`` is empty when the request reached none), and at debug level one
+        log line (nothing is formatted otherwise)."""
         self.finished_total += 1
         self.activity.finished(row.app, row.wait_s, row.day, row.cost_usd)
         record = live_record(row)
         self.recent.append(record)
         self.metrics.observe_request(record, resolved=bool(row.target))
+        if REQUEST_LOG.isEnabledFor(logging.DEBUG):
+            log_request(row)
 
     def _reserve_budget(
         self, context: RequestContext, route: Route, prompt_tokens: int, cache: CacheMode
@@ -611,11 +615,11 @@ class Broker:
         try:
             with deadline:
                 while (target := await attempts.next_target()) is not None:
-                    context.target = target
                     try:
                         if not await self._admit(target, context, attempts.alternatives()):  # 4
                             attempts.passed_over(target, "its gates are full")
                             continue
+                        context.target = target  # only once admitted: a refusal reached none
                         context.attempts += 1
                         attempts.started(target)
                         answer = await call(target)  # 5

@@ -1,4 +1,6 @@
-"""The ``quotad`` command (DESIGN §3): argument parsing and one small function per subcommand.
+"""The ``quotad`` command (DESIGN §3): argument parsing, and one small function per
+subcommand that runs here (``serve``, ``check-config``, ``doctor``, ``top``, ``sim``,
+``demo``); those that talk to a running daemon are in :mod:`quotad.daemon.client_commands`.
 
 Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 daemon not reachable. Every read
 command has ``--json``. Heavy modules are imported inside the subcommand that needs them, so
@@ -8,15 +10,13 @@ command has ``--json``. Heavy modules are imported inside the subcommand that ne
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
+from quotad.daemon import client_commands as calls
+from quotad.daemon.client_commands import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "build_parser", "main"]
 
 PRIORITY_CHOICES = ("low", "normal", "high", "critical")
 TARGET_ACTIONS = {
@@ -72,21 +72,38 @@ def build_parser() -> argparse.ArgumentParser:
         "ledger and failover for every process on this machine.",
     )
     parser.add_argument(
-        "--socket", help="daemon socket (default: $QUOTAD_SOCKET or the user socket)"
+        "--socket",
+        help="daemon socket (default: $QUOTAD_SOCKET, else daemon.socket of the config, else "
+        "the user socket, then /run/quotad/quotad.sock)",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument(
+        "--version",
+        action="store_true",
+        help="print the version of this command and of the daemon, if one answers",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    client = argparse.ArgumentParser(add_help=False)  # what every client command takes
+    client.add_argument(
+        "--config",
+        metavar="PATH",
+        help="read the daemon's socket from this config (default: the one serve would read)",
+    )
 
     serve = commands.add_parser("serve", help="run the daemon in the foreground")
     serve.add_argument("--config", help="config file (default: $QUOTAD_CONFIG, XDG, /etc)")
-    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), help="default: daemon.log_format (text)"
+    )
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(handler=_serve)
 
-    status = commands.add_parser("status", help="targets, gates, breakers, queues, cache, budgets")
+    status = commands.add_parser(
+        "status", parents=[client], help="targets, gates, breakers, queues, cache, budgets"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(handler=_status)
+    status.set_defaults(handler=calls.status)
 
-    top = commands.add_parser("top", help="the live TUI (needs quotad-tui)")
+    top = commands.add_parser("top", parents=[client], help="the live TUI (needs quotad-tui)")
     top.add_argument(
         "--interval",
         type=float,
@@ -95,9 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     top.set_defaults(handler=_top)
 
-    chat = commands.add_parser("chat", help="one chat call through the daemon")
+    chat = commands.add_parser("chat", parents=[client], help="one chat call through the daemon")
     chat.add_argument("prompt", help="the user message")
-    chat.add_argument("-m", "--model", default="default", help="group, target or model")
+    chat.add_argument(
+        "-m",
+        "--model",
+        default=calls.DEFAULT_CHAT_MODEL,
+        help=f"group, target or model (default: the group {calls.DEFAULT_CHAT_MODEL!r})",
+    )
     chat.add_argument("--stream", action="store_true", help="print the reply as it arrives")
     chat.add_argument("--app", help="app name (default: $QUOTAD_APP or 'quotad-cli')")
     chat.add_argument("--priority", choices=PRIORITY_CHOICES)
@@ -105,53 +127,75 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-wait", type=_non_negative_float, help="seconds to wait for a gate")
     chat.add_argument("--cache", choices=("use", "bypass", "refresh", "only"), default="use")
     chat.add_argument("--system", help="a system message before the prompt")
-    chat.add_argument("--json", action="store_true", help="print the whole reply as JSON")
-    chat.set_defaults(handler=_chat)
+    chat.add_argument(
+        "--json",
+        action="store_true",
+        help="print the reply (with --stream: each chunk, then the end) or the error as JSON",
+    )
+    chat.set_defaults(handler=calls.chat)
 
     target = commands.add_parser("target", help="operate targets by hand (reset closes a breaker)")
     actions = target.add_subparsers(dest="action", metavar="ACTION", required=True)
-    listing = actions.add_parser("list", help="targets: breaker, health, latency, recent outcomes")
+    listing = actions.add_parser(
+        "list", parents=[client], help="targets: breaker, health, latency, recent outcomes"
+    )
     listing.add_argument("--json", action="store_true", help="machine-readable output")
-    listing.set_defaults(handler=_target_list)
+    listing.set_defaults(handler=calls.target_list)
     for action, text in TARGET_ACTIONS.items():
-        operate = actions.add_parser(action, help=text)
+        operate = actions.add_parser(action, parents=[client], help=text)
         operate.add_argument("name", help="the target, provider/model")
-        operate.set_defaults(handler=_target_action)
+        operate.set_defaults(handler=calls.target_action)
 
-    spend = commands.add_parser("spend", help="ledger report with budget use and forecast")
+    spend = commands.add_parser(
+        "spend", parents=[client], help="ledger report with budget use and forecast"
+    )
     spend.add_argument("--period", choices=("day", "week", "month"), default="day")
     spend.add_argument("--by", choices=("app", "model", "target", "day"), default="app")
     spend_format = spend.add_mutually_exclusive_group()
     spend_format.add_argument("--json", action="store_true", help="machine-readable output")
     spend_format.add_argument("--csv", action="store_true", help="one CSV line per row")
-    spend.set_defaults(handler=_spend)
+    spend.set_defaults(handler=calls.spend)
 
     cache = commands.add_parser("cache", help="cache figures, clearing, warming")
     cache_actions = cache.add_subparsers(dest="cache_action", metavar="ACTION", required=True)
-    cache_stats = cache_actions.add_parser("stats", help="entries, size, hits, hit rate, saved")
+    cache_stats = cache_actions.add_parser(
+        "stats", parents=[client], help="entries, size, hits, hit rate, saved"
+    )
     cache_stats.add_argument("--json", action="store_true", help="machine-readable output")
-    cache_stats.set_defaults(handler=_cache_stats)
-    cache_clear = cache_actions.add_parser("clear", help="remove entries")
+    cache_stats.set_defaults(handler=calls.cache_stats)
+    cache_clear = cache_actions.add_parser("clear", parents=[client], help="remove entries")
     cache_clear.add_argument(
         "--older-than", type=_duration, metavar="D", help="only entries older than D (30m, 7d…)"
     )
-    cache_clear.set_defaults(handler=_cache_clear)
-    cache_warm = cache_actions.add_parser("warm", help="store recorded requests and answers")
+    cache_clear.set_defaults(handler=calls.cache_clear)
+    cache_warm = cache_actions.add_parser(
+        "warm", parents=[client], help="store recorded requests and answers"
+    )
     cache_warm.add_argument("file", help="JSONL: one {request, response} object per line")
-    cache_warm.set_defaults(handler=_cache_warm)
+    cache_warm.set_defaults(handler=calls.cache_warm)
 
     keys = commands.add_parser("keys", help="HTTP front door keys (stored hashed)")
     key_actions = keys.add_subparsers(dest="keys_action", metavar="ACTION", required=True)
-    key_create = key_actions.add_parser("create", help="a new key for an app (shown once)")
+    key_create = key_actions.add_parser(
+        "create", parents=[client], help="a new key for an app (shown once)"
+    )
     key_create.add_argument("--app", required=True, help="the app the key names")
     key_create.add_argument("--json", action="store_true", help="machine-readable output")
-    key_create.set_defaults(handler=_keys_create)
-    key_list = key_actions.add_parser("list", help="every key (never the keys themselves)")
+    key_create.set_defaults(handler=calls.keys_create)
+    key_list = key_actions.add_parser(
+        "list", parents=[client], help="every key (never the keys themselves)"
+    )
     key_list.add_argument("--json", action="store_true", help="machine-readable output")
-    key_list.set_defaults(handler=_keys_list)
-    key_revoke = key_actions.add_parser("revoke", help="revoke a key by id")
+    key_list.set_defaults(handler=calls.keys_list)
+    key_revoke = key_actions.add_parser("revoke", parents=[client], help="revoke a key by id")
     key_revoke.add_argument("id", help="the key's id (from quotad keys list)")
-    key_revoke.set_defaults(handler=_keys_revoke)
+    key_revoke.set_defaults(handler=calls.keys_revoke)
+
+    reload = commands.add_parser(
+        "reload", parents=[client], help="re-read the daemon's config (as SIGHUP); print the result"
+    )
+    reload.add_argument("--json", action="store_true", help="machine-readable output")
+    reload.set_defaults(handler=calls.reload)
 
     check = commands.add_parser("check-config", help="validate a config; print every problem")
     check.add_argument("path", nargs="?", help="config file (default: the one serve would use)")
@@ -207,7 +251,7 @@ def _serve(args: argparse.Namespace) -> int:
         config,
         config_location=args.config,
         socket_path=args.socket,
-        log_format=args.log_format,
+        log_format=args.log_format or config.daemon.log_format,
         log_level=args.log_level,
     )
 
@@ -216,6 +260,7 @@ def _check_config(args: argparse.Namespace) -> int:
     import msgspec
 
     from quotad.daemon.config import ConfigError, find_and_load_config
+    from quotad.daemon.hints import config_hints
 
     try:
         config = find_and_load_config(args.path)
@@ -229,12 +274,14 @@ def _check_config(args: argparse.Namespace) -> int:
         else:
             print(f"quotad: {error}", file=sys.stderr)
         return EXIT_USAGE
+    warnings = [str(hint) for hint in config_hints(config)]
     summary = {
         "ok": True,
         "source": config.source,
         "providers": sorted(config.providers),
         "groups": sorted(config.models),
         "apps": sorted(config.apps),
+        "warnings": warnings,
     }
     if args.json:
         print(msgspec.json.encode(summary).decode())
@@ -243,83 +290,9 @@ def _check_config(args: argparse.Namespace) -> int:
             f"{config.source}: ok ({len(config.providers)} providers, "
             f"{len(config.models)} groups, {len(config.apps)} apps)"
         )
+        for warning in warnings:  # a warning is not an error: the exit code stays 0
+            print(f"quotad: warning: {warning}", file=sys.stderr)
     return EXIT_OK
-
-
-def _client(args: argparse.Namespace, app: str | None = None) -> Any:
-    from quotad.client import Client
-
-    return Client(socket=args.socket, app=app or os.environ.get("QUOTAD_APP") or "quotad-cli")
-
-
-def _with_client(
-    args: argparse.Namespace, action: Callable[[Any], int], app: str | None = None
-) -> int:
-    """Run ``action(client)``, mapping daemon errors to exit codes. The client connects as
-    ``app``, else ``$QUOTAD_APP``, else ``quotad-cli``."""
-    from quotad.client import DaemonUnavailableError, QuotadError
-
-    try:
-        with _client(args, app) as client:
-            return action(client)
-    except DaemonUnavailableError as error:
-        print(f"quotad: {error}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except QuotadError as error:
-        print(f"quotad: {error.code}: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-
-
-def _print_json(value: Any) -> None:
-    """Print a reply (or part of one) as JSON with every field (:func:`report.plain`)."""
-    import msgspec
-
-    from quotad.daemon.report import plain
-
-    print(msgspec.json.encode(plain(value)).decode())
-
-
-def _read(
-    args: argparse.Namespace, fetch: Callable[[Any], Any], render: Callable[[Any], str]
-) -> int:
-    """A read command: print ``fetch(client)`` as JSON with ``--json``, else ``render`` it."""
-
-    def action(client: Any) -> int:
-        value = fetch(client)
-        if args.json:
-            _print_json(value)
-        else:
-            print(render(value))
-        return EXIT_OK
-
-    return _with_client(args, action)
-
-
-def _status(args: argparse.Namespace) -> int:
-    from quotad.daemon.report import format_status
-
-    return _read(args, lambda client: client.status(), format_status)
-
-
-def _target_list(args: argparse.Namespace) -> int:
-    from quotad.daemon.report import format_targets
-
-    return _read(args, lambda client: client.status().targets, format_targets)
-
-
-def _target_action(args: argparse.Namespace) -> int:
-    from quotad.client import BadRequestError
-
-    def action(client: Any) -> int:
-        try:
-            reply = client.admin(f"target_{args.action}", args.name)
-        except BadRequestError as error:  # no such target: the command line's mistake
-            print(f"quotad: {error}", file=sys.stderr)
-            return EXIT_USAGE
-        print(reply.message)
-        return EXIT_OK
-
-    return _with_client(args, action)
 
 
 def _top(args: argparse.Namespace) -> int:
@@ -340,47 +313,8 @@ def _top(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    run_tui(socket=args.socket, interval_s=args.interval)
+    run_tui(sockets=calls.sockets(args), interval_s=args.interval)
     return EXIT_OK
-
-
-def _chat(args: argparse.Namespace) -> int:
-    messages: list[dict[str, Any]] = []
-    if args.system:
-        messages.append({"role": "system", "content": args.system})
-    messages.append({"role": "user", "content": args.prompt})
-    options: dict[str, Any] = {
-        "max_tokens": args.max_tokens,
-        "priority": args.priority,
-        "max_wait_s": args.max_wait,
-        "cache": args.cache,
-    }
-
-    def action(client: Any) -> int:
-        if args.stream:
-            stream = client.chat_stream(args.model, messages, **options)
-            for chunk in stream:
-                sys.stdout.write(chunk.delta)
-                sys.stdout.flush()
-            end = stream.end
-            sys.stdout.write("\n")
-            if end is not None and args.json:
-                _print_json(end)
-            return EXIT_OK
-        reply = client.chat(args.model, messages, **options)
-        if args.json:
-            _print_json(reply)
-        else:
-            print(reply.content or "")
-            print(
-                f"[{reply.target}  {reply.usage.prompt_tokens}+{reply.usage.completion_tokens} "
-                f"tokens  ${reply.cost_usd:.6f}  wait {reply.wait_s * 1000:.0f} ms  "
-                f"{reply.latency_s * 1000:.0f} ms{'  cached' if reply.cached else ''}]",
-                file=sys.stderr,
-            )
-        return EXIT_OK
-
-    return _with_client(args, action, app=args.app)
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -389,93 +323,6 @@ def _doctor(args: argparse.Namespace) -> int:
     checks = run_checks(config_path=args.config, socket=args.socket, online=args.online)
     print_report(checks, as_json=args.json)
     return EXIT_FAILURE if any(check.status == "fail" for check in checks) else EXIT_OK
-
-
-def _spend(args: argparse.Namespace) -> int:
-    from quotad.daemon.report import format_spend, spend_csv
-
-    def render(reply: Any) -> str:
-        return spend_csv(reply).removesuffix("\n") if args.csv else format_spend(reply)
-
-    return _read(args, lambda client: client.spend(period=args.period, by=args.by), render)
-
-
-def _cache_stats(args: argparse.Namespace) -> int:
-    from quotad.daemon.report import format_cache
-
-    return _read(args, lambda client: client.status().cache, format_cache)
-
-
-def _cache_clear(args: argparse.Namespace) -> int:
-    def action(client: Any) -> int:
-        options = {} if args.older_than is None else {"older_than_s": args.older_than}
-        print(client.admin("cache_clear", **options).message)
-        return EXIT_OK
-
-    return _with_client(args, action)
-
-
-WARM_BATCH_BYTES = 2 * 1024 * 1024
-"""Recorded entries are sent in batches of about this much JSON (well under a frame)."""
-
-
-def _cache_warm(args: argparse.Namespace) -> int:
-    from quotad.daemon.store.warm import read_warm_file
-
-    try:
-        batches = read_warm_file(args.file, WARM_BATCH_BYTES)
-    except ValueError as error:
-        for problem in str(error).splitlines():
-            print(f"quotad: {problem}", file=sys.stderr)
-        return EXIT_FAILURE
-
-    def action(client: Any) -> int:
-        stored = 0
-        problems: list[str] = []
-        for lines, entries in batches:
-            reply = client.admin("cache_warm", entries=entries)
-            stored += reply.data["stored"]
-            for problem in reply.data["problems"]:
-                index, _, what = problem.partition("]: ")
-                line = lines[int(index.removeprefix("entries["))]
-                problems.append(f"{args.file}:{line}: {what}")
-        for problem in problems:
-            print(f"quotad: {problem}", file=sys.stderr)
-        print(f"stored {stored} cache entries from {args.file}")
-        return EXIT_FAILURE if problems else EXIT_OK
-
-    return _with_client(args, action)
-
-
-def _keys_create(args: argparse.Namespace) -> int:
-    def action(client: Any) -> int:
-        reply = client.admin("key_create", app=args.app)
-        if args.json:
-            _print_json(reply.data)
-        else:
-            print(reply.data["key"])
-            print(
-                f"(key {reply.data['id']} for app {args.app!r}; it is shown only now: "
-                "keep it somewhere safe)",
-                file=sys.stderr,
-            )
-        return EXIT_OK
-
-    return _with_client(args, action)
-
-
-def _keys_list(args: argparse.Namespace) -> int:
-    from quotad.daemon.report import format_keys
-
-    return _read(args, lambda client: client.admin("key_list").data["keys"], format_keys)
-
-
-def _keys_revoke(args: argparse.Namespace) -> int:
-    def action(client: Any) -> int:
-        print(client.admin("key_revoke", args.id).message)
-        return EXIT_OK
-
-    return _with_client(args, action)
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -511,8 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``quotad`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None and not args.version:
+        parser.error("the following arguments are required: COMMAND")
     try:
-        return int(args.handler(args))
+        return int(calls.version(args) if args.version else args.handler(args))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

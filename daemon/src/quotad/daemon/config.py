@@ -21,6 +21,8 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
+from quotad.protocol.paths import SOCKET_ENV, client_socket_candidates
+
 Priority = Literal["low", "normal", "high", "critical"]
 Strategy = Literal["failover", "round-robin", "weighted", "least-busy", "latency", "cost"]
 
@@ -52,6 +54,8 @@ class DaemonConfig(_Section, kw_only=True):
     allow_uids: list[int] = msgspec.field(default_factory=list)
     allow_gids: list[int] = msgspec.field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    """``text`` lines, or one JSON object per line (``quotad serve --log-format`` overrides)."""
     timezone: str = ""
 
 
@@ -449,15 +453,67 @@ def config_path_candidates(explicit: str | None = None) -> list[Path]:
     return candidates
 
 
+def config_file(explicit: str | None = None) -> Path | None:
+    """The config file serve reads: ``--config`` or ``$QUOTAD_CONFIG`` (even when missing:
+    loading it then says so), else the first of the user's and the system's that exists;
+    None for the built-in default."""
+    candidates = config_path_candidates(explicit)
+    named = explicit or os.environ.get("QUOTAD_CONFIG")
+    return next((path for path in candidates if named or path.exists()), None)
+
+
 def find_and_load_config(explicit: str | None = None) -> Config:
     """The config from ``--config``, ``$QUOTAD_CONFIG``, the user's, the system's, or the
     built-in default. An explicitly named file that is missing is an error."""
-    candidates = config_path_candidates(explicit)
-    named = explicit or os.environ.get("QUOTAD_CONFIG")
-    for path in candidates:
-        if named or path.exists():
-            return load_config(path)
-    return default_config()
+    path = config_file(explicit)
+    return load_config(path) if path is not None else default_config()
+
+
+def client_sockets(
+    explicit_socket: str | None = None, explicit_config: str | None = None
+) -> tuple[list[Path], str]:
+    """Where a client command looks for the daemon, and a warning ("" when none).
+
+    ``--socket`` alone when given; else ``$QUOTAD_SOCKET`` when set (the daemon listens there
+    whatever its config says), then the user and system sockets; else ``daemon.socket`` of the
+    config serve would read (:func:`config_file`), then the user and system sockets. A config
+    that cannot be read is warned of and the default sockets are tried.
+    """
+    if explicit_socket or os.environ.get(SOCKET_ENV):
+        return client_socket_candidates(explicit_socket), ""
+    candidates = client_socket_candidates()
+    path = config_file(explicit_config)
+    if path is None:
+        return candidates, ""
+    try:
+        configured = configured_socket(path)
+    except ConfigError as error:
+        return candidates, (
+            f"cannot read daemon.socket from {error.source} ({'; '.join(error.problems)}); "
+            "trying the default sockets"
+        )
+    if not configured:
+        return candidates, ""
+    first = Path(configured)
+    return [first, *(candidate for candidate in candidates if candidate != first)], ""
+
+
+def configured_socket(path: Path) -> str:
+    """``daemon.socket`` of the TOML file at ``path`` ("" when unset); only that key is read,
+    so a config with problems elsewhere still names its socket."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(str(path), [f"cannot read the file: {error.strerror or error}"]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(str(path), [f"not valid TOML: {error}"]) from None
+    daemon = raw.get("daemon", {})
+    value = daemon.get("socket", "") if isinstance(daemon, dict) else ""
+    if not isinstance(value, str):
+        raise ConfigError(
+            str(path), [f"daemon.socket: expected a path, got {type(value).__name__}"]
+        )
+    return value
 
 
 def state_dir(config: Config) -> Path:

@@ -25,6 +25,8 @@ from typing import IO
 
 import msgspec
 
+from quotad.protocol.figures import usd
+
 SIM_READY_PREFIX = "quotad sim listening on "
 START_TIMEOUT_S = 15.0
 
@@ -354,7 +356,7 @@ def _final_summary(results: dict[str, LoadResult], elapsed_s: float) -> str:
             f"  {app.name:9} ({app.priority:6} share {app.share})  ok {result.ok:5}  "
             f"cached {result.cached:4}  mean latency {mean:6.0f} ms  mean wait {wait:6.0f} ms  "
             f"tokens {result.prompt_tokens + result.completion_tokens:7}  "
-            f"${result.cost_usd:.4f}" + (f"  errors: {errors}" if errors else "")
+            f"{usd(result.cost_usd)}" + (f"  errors: {errors}" if errors else "")
         )
     return "\n".join(lines)
 
@@ -365,14 +367,17 @@ def run_demo(*, headless: bool, duration_s: float) -> int:
     if not headless:
         with contextlib.suppress(ImportError):
             from quotad.tui.app import run_tui
-    started = time.monotonic()
     with demo_world(duration_s) as world:
+        started = time.monotonic()  # from when the load starts: setting up may take a while
         try:
             if not headless and run_tui is not None:
                 run_tui(socket=str(world.socket_path))
             else:
                 interactive = sys.stdout.isatty() and not headless
-                deadline = started + duration_s if duration_s else float("inf")
+                # Each load process stops by itself after the duration and prints its result;
+                # wait for that (a process still starting on a busy machine is not cut short,
+                # which would lose its result), with START_TIMEOUT_S more for their start.
+                deadline = started + duration_s + START_TIMEOUT_S if duration_s else float("inf")
                 while time.monotonic() < deadline and any(p.poll() is None for p in world.loads):
                     lines = _summary_lines(world, started)
                     if interactive:

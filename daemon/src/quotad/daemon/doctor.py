@@ -4,9 +4,10 @@ The checks, in order: ``config`` (load and validate), ``keys`` (every provider's
 found; never shown), ``socket`` (path, type, and the modes of it and its directory),
 ``daemon`` (answers on the socket), ``state`` (the state directory exists and is writable),
 ``database`` (``PRAGMA integrity_check`` on ``quotad.db``, opened read-only), ``providers``
-(with ``--online``: ``GET {base_url}/models`` with the key, a short timeout each), ``clock``
-(the wall clock is plausible and steady against the monotonic one; NTP as ``timedatectl``
-reports it). Each ends ``ok``, ``warn``, ``fail`` or ``skip``; a failure carries its fix.
+(a warning with what to do when there is none; with ``--online``: ``GET {base_url}/models``
+with the key, a short timeout each), ``clock`` (the wall clock is plausible and steady
+against the monotonic one; NTP as ``timedatectl`` reports it). Each ends ``ok``, ``warn``,
+``fail`` or ``skip``; a failure (and a warning that has one) carries its fix.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Final, Literal
 import msgspec
 
 from quotad.daemon.config import Config, ConfigError, find_and_load_config, state_dir
+from quotad.daemon.hints import config_hints
 from quotad.protocol.paths import SOCKET_ENV, SYSTEM_SOCKET, client_socket_candidates
 
 CheckStatus = Literal["ok", "warn", "fail", "skip"]
@@ -470,7 +472,12 @@ def run_checks(
     if config is not None:
         directory = state_dir_to_check(config, path)
         checks += [check_state(directory), check_database(directory)]
-        if online:
+        if hints := config_hints(config):
+            checks += [
+                Check(name="providers", status="warn", detail=hint.problem, fix=hint.fix)
+                for hint in hints
+            ]
+        elif online:
             checks += check_providers(config)
         else:
             checks.append(

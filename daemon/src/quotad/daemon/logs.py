@@ -1,19 +1,28 @@
 """Log output: readable lines on stderr, with ``<N>`` syslog priority prefixes when stderr is
-the journal (journald reads them), or one JSON object per line with ``--log-format json``.
+the journal (journald reads them), or one JSON object per line (``daemon.log_format = "json"``
+or ``--log-format json``).
 
 Stderr is the journal when ``$JOURNAL_STREAM`` (``DEVICE:INODE``) names it: the variable alone
 is inherited by children whose stderr may go elsewhere. At the default level there is no line
-per request: requests are in the ledger and metrics.
+per request: requests are in the ledger and metrics. At ``debug``, :func:`log_request` writes
+one line per finished request on the ``quotad.requests`` logger (its id, app, target, status,
+tokens, cost, wait, latency; never a prompt, a reply or a key), with the same fields as a
+``request`` object in the JSON format.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
+from typing import Final
 
 import msgspec
+
+from quotad.daemon.store.ledger import LedgerRow
+from quotad.protocol.figures import usd
 
 _SYSLOG_PRIORITY = {
     logging.CRITICAL: 2,
@@ -23,6 +32,8 @@ _SYSLOG_PRIORITY = {
     logging.DEBUG: 7,
 }
 _json = msgspec.json.Encoder()
+REQUEST_LOG: Final = logging.getLogger("quotad.requests")
+_BARE: Final = re.compile(r"[\w./:@+-]+")
 
 
 class TextFormatter(logging.Formatter):
@@ -64,6 +75,9 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        fields = getattr(record, "request", None)
+        if fields is not None:  # a finished request (log_request): its fields, as they are
+            entry["request"] = fields
         line = _json.encode(entry).decode()
         if self.journald:
             return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{line}"
@@ -94,3 +108,46 @@ def configure_logging(log_format: str = "text", level: str = "info") -> None:
     root.setLevel(level.upper())
     root.propagate = False
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _word(value: str) -> str:
+    """``value`` as one word of a log line: as is when plain, else JSON-quoted (an app name
+    is the client's to choose: spaces or a newline must not forge a field or a line)."""
+    return value if _BARE.fullmatch(value) else _json.encode(value).decode()
+
+
+def log_request(row: LedgerRow) -> None:
+    """One line for a finished request, at debug level on ``quotad.requests``. The caller
+    checks ``REQUEST_LOG.isEnabledFor(logging.DEBUG)`` first, so that nothing here runs at the
+    default level."""
+    fields = {
+        "id": row.request_id,
+        "kind": row.kind,
+        "app": row.app,
+        "model": row.model,
+        "target": row.target,
+        "status": row.status,
+        "attempts": row.attempts,
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "cached": row.cached,
+        "cost_usd": row.cost_usd,
+        "wait_s": round(row.wait_s, 6),
+        "latency_s": round(row.latency_s, 6),
+    }
+    REQUEST_LOG.debug(
+        "request %s app=%s target=%s status=%s tokens=%d+%d cost=%s wait=%.0fms "
+        "latency=%.0fms attempts=%d%s",
+        row.request_id,
+        _word(row.app),
+        _word(row.target or "-"),
+        row.status,
+        row.prompt_tokens,
+        row.completion_tokens,
+        usd(row.cost_usd),
+        row.wait_s * 1000,
+        row.latency_s * 1000,
+        row.attempts,
+        " cache=hit" if row.cached else "",
+        extra={"request": fields},
+    )

@@ -1,5 +1,7 @@
 """Text, JSON and CSV rendering of what read commands print (``quotad status``, ``spend``,
-``cache stats``, ``keys list``). ``--json`` prints :func:`plain` of a reply."""
+``cache stats``, ``keys list``, the footer of ``chat``). ``--json`` prints :func:`plain` of a
+reply (:func:`status_json` for status). Money, sizes and limits in force read as
+:mod:`quotad.protocol.figures` writes them, the same as in ``quotad top``."""
 
 from __future__ import annotations
 
@@ -11,17 +13,22 @@ from typing import Any, Final
 
 import msgspec
 
+from quotad.protocol.figures import health_text, size, usd, usd_plain, window_in_force
 from quotad.protocol.messages import (
     CacheStatus,
+    ChatReply,
     Message,
     SpendReply,
     SpendRow,
     StatusReply,
     TargetStatus,
+    WindowStatus,
 )
 
 RECENT_SHOWN = 30
 """Outcomes shown per target by ``quotad target list`` (the last of up to 100 kept)."""
+NO_TARGET = "(none)"
+"""How text reports name the rows of requests that reached no target (the ledger's ``""``)."""
 
 
 def plain(value: Any) -> Any:
@@ -40,6 +47,37 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(item) for item in value]
     return value
+
+
+def status_json(status: StatusReply) -> dict[str, Any]:
+    """``quotad status --json``: :func:`plain` of the reply, each gate window with the limit
+    in force beside the configured one (``limit_in_force``, ``used_in_force``)."""
+    data: dict[str, Any] = plain(status)
+    for gate, gate_data in zip(status.gates, data["gates"], strict=True):
+        for window, window_data in zip(gate.windows, gate_data["windows"], strict=True):
+            used, limit = window_in_force(window)
+            window_data["limit_in_force"] = limit
+            window_data["used_in_force"] = used
+    return data
+
+
+def chat_footer(reply: ChatReply) -> str:
+    """The line ``quotad chat`` prints after a reply (plain or streamed) on stderr."""
+    usage = reply.usage
+    return (
+        f"[{reply.target}  {usage.prompt_tokens}+{usage.completion_tokens} tokens  "
+        f"{usd(reply.cost_usd)}  wait {reply.wait_s * 1000:.0f} ms  "
+        f"{reply.latency_s * 1000:.0f} ms{'  cached' if reply.cached else ''}]"
+    )
+
+
+def window_text(window: WindowStatus) -> str:
+    """``12/500 requests per 60s``, with the limit in force when the provider's is tighter."""
+    used, limit = window_in_force(window)
+    text = f"{used}/{limit} {window.unit} per {window.window_s:g}s"
+    if limit != window.limit:
+        text += f"  (provider's limit now; {window.limit} configured)"
+    return text
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -79,6 +117,7 @@ def format_status(status: StatusReply) -> str:
                     "state",
                     "breaker",
                     "health",
+                    "uptime",
                     "in flight",
                     "requests",
                     "failures",
@@ -89,7 +128,8 @@ def format_status(status: StatusReply) -> str:
                         t.name + (" (unpriced)" if t.unpriced else ""),
                         "enabled" if t.enabled else "disabled",
                         _breaker(t),
-                        t.health if t.uptime_pct is None else f"{t.health} {t.uptime_pct:.0f}%",
+                        health_text(t),
+                        "-" if t.uptime_pct is None else f"{t.uptime_pct:.1f}%",
                         t.in_flight,
                         t.requests,
                         t.failures,
@@ -112,20 +152,7 @@ def format_status(status: StatusReply) -> str:
         rows = []
         for gate in status.gates:
             for window in gate.windows:
-                seen = (
-                    f"  (provider says {window.provider_remaining} left)"
-                    if window.provider_remaining is not None
-                    else ""
-                )
-                rows.append(
-                    [
-                        gate.name,
-                        gate.scope,
-                        f"{window.used}/{window.limit} {window.unit} per {window.window_s:g}s"
-                        + seen,
-                        _until(gate.paused_until),
-                    ]
-                )
+                rows.append([gate.name, gate.scope, window_text(window), _until(gate.paused_until)])
         out.append(table(["gate", "scope", "used/limit", "paused"], rows))
     queues = status.queues
     out += [
@@ -136,10 +163,9 @@ def format_status(status: StatusReply) -> str:
     cache = status.cache
     if cache.mode != "off":
         out.append(
-            f"cache   {cache.entries} entries, "
-            f"{cache.bytes / 1e6:.1f}/{cache.max_bytes / 1e6:.0f} MB,"
+            f"cache   {cache.entries} entries, {size(cache.bytes)}/{size(cache.max_bytes)},"
             f" hit rate {cache.hit_rate:.0%} ({cache.hits} hits, {cache.misses} misses),"
-            f" saved ${cache.saved_usd:.4f}"
+            f" saved {usd(cache.saved_usd)}"
         )
     if status.budgets:
         out += ["", "budgets"]
@@ -150,9 +176,9 @@ def format_status(status: StatusReply) -> str:
                     [
                         b.name,
                         b.period,
-                        f"${b.spent_usd:.4f}",
-                        f"${b.reserved_usd:.4f}",
-                        f"${b.limit_usd:.2f}",
+                        usd(b.spent_usd),
+                        usd(b.reserved_usd),
+                        usd(b.limit_usd),
                         f"{(b.spent_usd / b.limit_usd if b.limit_usd else 0):.0%}"
                         + ("  ALERT" if b.alert else ""),
                     ]
@@ -173,7 +199,7 @@ def format_status(status: StatusReply) -> str:
                         a.requests,
                         a.in_flight,
                         a.queued,
-                        f"${a.spend_today_usd:.4f}",
+                        usd(a.spend_today_usd),
                     ]
                     for a in status.apps
                 ],
@@ -203,7 +229,7 @@ def format_targets(targets: Sequence[TargetStatus]) -> str:
             "enabled" if t.enabled else "disabled",
             _breaker(t),
             t.breaker_opens,
-            t.health,
+            health_text(t),
             "-" if t.uptime_pct is None else f"{t.uptime_pct:.1f}%",
             "-" if t.latency_ewma_s is None else f"{t.latency_ewma_s * 1000:.0f} ms",
             t.in_flight,
@@ -232,10 +258,6 @@ def format_targets(targets: Sequence[TargetStatus]) -> str:
 # --------------------------------------------------------------------------- quotad spend
 
 
-def _usd(value: float) -> str:
-    return f"${value:.6f}" if abs(value) < 1 else f"${value:,.2f}"
-
-
 def _local(moment: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(moment))
 
@@ -244,19 +266,23 @@ SPEND_CSV_FIELDS: Final = tuple(field.name for field in msgspec.structs.fields(S
 
 
 def spend_csv(reply: SpendReply) -> str:
-    """``quotad spend --csv``: a header, one line per row, then the ``total`` line."""
+    """``quotad spend --csv``: a header, one line per row, then the ``total`` line. Money is
+    a plain decimal of fixed precision (:func:`~quotad.protocol.figures.usd_plain`), booleans
+    are 0 or 1, the key of requests that reached no target is empty."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(SPEND_CSV_FIELDS)
     for row in [*reply.rows, reply.total]:
-        writer.writerow(
-            [int(value) if isinstance(value, bool) else value for value in _row_values(row)]
-        )
+        writer.writerow([_csv_value(name, getattr(row, name)) for name in SPEND_CSV_FIELDS])
     return out.getvalue()
 
 
-def _row_values(row: SpendRow) -> list[Any]:
-    return [getattr(row, name) for name in SPEND_CSV_FIELDS]
+def _csv_value(name: str, value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if name.endswith("_usd") and isinstance(value, float | int):
+        return usd_plain(value)
+    return value
 
 
 def format_spend(reply: SpendReply) -> str:
@@ -269,16 +295,16 @@ def format_spend(reply: SpendReply) -> str:
             [reply.by, "requests", "errors", "prompt", "completion", "cost", "hits", "saved"],
             [
                 [
-                    row.key
+                    (row.key or NO_TARGET)
                     + (" (unpriced)" if row.unpriced else "")
                     + ("  ANOMALOUS" if row.anomalous else ""),
                     row.requests,
                     row.errors,
                     row.prompt_tokens,
                     row.completion_tokens,
-                    _usd(row.cost_usd),
+                    usd(row.cost_usd),
                     row.cache_hits,
-                    _usd(row.saved_usd),
+                    usd(row.saved_usd),
                 ]
                 for row in rows
             ],
@@ -292,9 +318,9 @@ def format_spend(reply: SpendReply) -> str:
                 [
                     [
                         budget.name,
-                        _usd(budget.spent_usd),
-                        _usd(budget.reserved_usd),
-                        _usd(budget.limit_usd),
+                        usd(budget.spent_usd),
+                        usd(budget.reserved_usd),
+                        usd(budget.limit_usd),
                         f"{budget.spent_usd / budget.limit_usd:.0%}" if budget.limit_usd else "-",
                     ]
                     for budget in reply.budgets
@@ -302,9 +328,11 @@ def format_spend(reply: SpendReply) -> str:
             )
         )
     if reply.forecast_month_usd is not None:
-        out += ["", f"forecast for this month: {_usd(reply.forecast_month_usd)}"]
+        out += ["", f"forecast for this month: {usd(reply.forecast_month_usd)}"]
     if any(row.unpriced for row in reply.rows):
         out.append('(unpriced: targets with no price cost 0; add [prices."provider/model"])')
+    if any(not row.key for row in reply.rows):
+        out.append(f"({NO_TARGET}: requests refused before reaching a target)")
     return "\n".join(out)
 
 
@@ -318,12 +346,12 @@ def format_cache(cache: CacheStatus) -> str:
     return "\n".join(
         [
             f"entries    {cache.entries}",
-            f"size       {cache.bytes / 1e6:.2f} MB of {cache.max_bytes / 1e6:.0f} MB",
+            f"size       {size(cache.bytes)} of {size(cache.max_bytes)}",
             f"hits       {cache.hits}",
             f"misses     {cache.misses}",
             f"hit rate   {cache.hit_rate:.1%}",
             f"evictions  {cache.evictions}",
-            f"saved      {_usd(cache.saved_usd)} (since the daemon started)",
+            f"saved      {usd(cache.saved_usd)} (since the daemon started)",
         ]
     )
 

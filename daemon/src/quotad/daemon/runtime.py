@@ -25,8 +25,10 @@ from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
 from quotad.daemon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from quotad.daemon.config import Config, ConfigError, find_and_load_config, state_dir
+from quotad.daemon.errors import RequestError
 from quotad.daemon.front_door import FrontDoor, HttpListenError
 from quotad.daemon.gates import Gates
+from quotad.daemon.hints import config_hints
 from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.base import Provider
@@ -41,7 +43,7 @@ log = logging.getLogger("quotad")
 STOP_GRACE_S: Final = 5.0
 """Asked of the service manager on top of ``drain_s`` to close down after draining."""
 
-RESTART_ONLY: Final = ("socket", "state_dir", "timezone", "max_db_mb")
+RESTART_ONLY: Final = ("socket", "state_dir", "timezone", "max_db_mb", "log_format")
 """``[daemon]`` keys a reload cannot apply to a running daemon: the running value is kept, and
 a change is warned of."""
 
@@ -216,13 +218,21 @@ class Daemon:
     async def reload(
         self, *, by: str = "signal", caller_uid: int | None = None, caller_pid: int | None = None
     ) -> bool:
+        """Read the config again and apply it (:meth:`try_reload`); True when applied."""
+        rejected = await self.try_reload(by=by, caller_uid=caller_uid, caller_pid=caller_pid)
+        return rejected is None
+
+    async def try_reload(
+        self, *, by: str = "signal", caller_uid: int | None = None, caller_pid: int | None = None
+    ) -> ConfigError | None:
         """Read the config again and apply it without dropping connections or state.
 
         The new file is loaded and validated, and every provider key resolved, first; any
-        problem keeps the running config and logs every problem. Then providers whose table
-        or key changed are rebuilt (the old ones closed once the requests in flight have
-        finished), the router is rebuilt keeping its targets' state, the broker takes the new
-        config, and each of :attr:`reconfigurables` is reconfigured. True when applied.
+        problem keeps the running config, logs every problem, adds a ``reload_rejected``
+        event, and is returned. Then providers whose table or key changed are rebuilt (the
+        old ones closed once the requests in flight have finished), the router is rebuilt
+        keeping its targets' state, the broker takes the new config, and each of
+        :attr:`reconfigurables` is reconfigured; a ``reload`` event says so. None when applied.
         """
         async with self._reload_lock:
             self.notifier.reloading()
@@ -230,10 +240,11 @@ class Daemon:
                 config = await anyio.to_thread.run_sync(find_and_load_config, self.config_location)
                 keys = await anyio.to_thread.run_sync(resolve_api_keys, config)
             except ConfigError as error:
-                log.error(
-                    "reload rejected: %s has %d problem(s); still serving the previous config",
-                    error.source,
-                    len(error.problems),
+                self.router.events.add(
+                    "reload_rejected",
+                    f"{error.source} has {len(error.problems)} problem(s); still serving the "
+                    f"previous config (first: {error.problems[0] if error.problems else '-'})",
+                    logging.ERROR,
                 )
                 for problem in error.problems:
                     log.error("reload rejected: %s", problem)
@@ -249,16 +260,14 @@ class Daemon:
                     caller_pid=caller_pid,
                     detail=f"rejected: {len(error.problems)} problem(s)",
                 )
-                return False
+                return error
             rebuilt = self._apply(config, keys)
             await self.store.count_new_budgets()
             self.notifier.ready(f"{self._status_line()}; config reloaded")
-            log.info(
-                "reloaded %s: %d providers (%d rebuilt), %d groups",
-                config.source,
-                len(self.providers),
-                rebuilt,
-                len(self.router.groups),
+            self.router.events.add(
+                "reload",
+                f"reloaded {config.source}: {len(self.providers)} providers ({rebuilt} "
+                f"rebuilt), {len(self.router.groups)} groups",
             )
             await self.record_operator_action(
                 "reload",
@@ -268,7 +277,7 @@ class Daemon:
                 caller_pid=caller_pid,
                 detail=f"applied: {rebuilt} provider(s) rebuilt",
             )
-            return True
+            return None
 
     def _apply(self, config: Config, keys: dict[str, str | None]) -> int:
         """Put a validated config in place; the number of providers rebuilt. Every check is
@@ -335,8 +344,17 @@ class Daemon:
         log.debug("closed %d replaced provider(s)", len(providers))
 
     async def _reload_for_peer(self, caller_uid: int | None, caller_pid: int | None) -> bool:
-        """``Admin(action="reload")`` from a client."""
-        return await self.reload(by="socket", caller_uid=caller_uid, caller_pid=caller_pid)
+        """``Admin(action="reload")`` from a client: True when applied; a rejection is a
+        ``bad_request`` whose details carry the config's ``source`` and every ``problems``."""
+        rejected = await self.try_reload(by="socket", caller_uid=caller_uid, caller_pid=caller_pid)
+        if rejected is None:
+            return True
+        raise RequestError(
+            "bad_request",
+            f"reload rejected: {rejected.source} has {len(rejected.problems)} problem(s); "
+            "still serving the previous config",
+            details={"source": rejected.source, "problems": rejected.problems},
+        )
 
     # ------------------------------------------------------------------ operator actions
 
@@ -384,6 +402,8 @@ def run_daemon(
 ) -> int:
     """``quotad serve``: run in the foreground; the exit code."""
     configure_logging(log_format, log_level or config.daemon.log_level)
+    for hint in config_hints(config):
+        log.warning("%s", hint)
     try:
         listen_socket = activated_socket()
     except ActivationError as error:

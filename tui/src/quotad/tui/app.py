@@ -11,8 +11,9 @@ the daemon's refusal is shown as it gave it.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Final
 
@@ -208,6 +209,12 @@ class TopApp(App[None]):
         self.repaint()
 
 
-def run_tui(socket: str | None = None, interval_s: float = DEFAULT_INTERVAL_S) -> None:
-    """Run ``quotad top`` against the daemon at ``socket`` until the user quits."""
-    TopApp(DaemonFeed(socket, interval_s)).run()
+def run_tui(
+    socket: str | None = None,
+    interval_s: float = DEFAULT_INTERVAL_S,
+    *,
+    sockets: Sequence[str | os.PathLike[str]] | None = None,
+) -> None:
+    """Run ``quotad top`` against the daemon at ``socket`` (or the first of ``sockets`` that
+    answers) until the user quits."""
+    TopApp(DaemonFeed(socket, interval_s, sockets=sockets)).run()

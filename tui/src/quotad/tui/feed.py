@@ -10,8 +10,10 @@ a scripted feed of fixed snapshots instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Protocol
 
 import anyio
@@ -89,16 +91,26 @@ def why_unavailable(error: QuotadError) -> str:
 
 class DaemonFeed:
     """The live feed: ``AsyncClient.subscribe(interval_s)`` against the daemon at ``socket``
-    (``None``: the default socket paths), reconnecting forever."""
+    (``None``: the default socket paths), or the first of ``sockets`` that answers (the
+    ``quotad`` command's search), reconnecting forever."""
 
-    def __init__(self, socket: str | None = None, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        socket: str | None = None,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        *,
+        sockets: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> None:
         if not MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S:
             raise ValueError(
                 f"interval_s={interval_s:g} is outside {MIN_INTERVAL_S:g}-{MAX_INTERVAL_S:g} s"
             )
         self.socket = socket
         self.interval_s = interval_s
-        self._where = " or ".join(str(path) for path in client_socket_candidates(socket))
+        self.sockets = (
+            [Path(path) for path in sockets] if sockets else client_socket_candidates(socket)
+        )
+        self._where = " or ".join(str(path) for path in self.sockets)
         self._client: AsyncClient | None = None
 
     @property
@@ -109,13 +121,15 @@ class DaemonFeed:
         delay = RETRY_FIRST_S
         while True:
             try:
-                async with AsyncClient(
-                    self.socket,
+                client = AsyncClient(
+                    self.sockets[0],
                     app=APP_NAME,
                     timeout=CALL_TIMEOUT_S,
                     connect_timeout=CONNECT_TIMEOUT_S,
                     reconnect_s=CONNECT_TIMEOUT_S,
-                ) as client:
+                )
+                client.sockets = list(self.sockets)  # each tried in order
+                async with client:
                     welcome = client.welcome
                     deliver(Connected(welcome.daemon_version if welcome else ""))
                     self._client = client

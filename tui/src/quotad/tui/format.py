@@ -1,7 +1,8 @@
 """How figures read on screen: bars, sparklines, durations, sizes and money, as Rich text.
 
 Pure functions of their arguments (no clock, no locale), so a screen renders the same data the
-same way every time — which is what the snapshot tests rely on.
+same way every time — which is what the snapshot tests rely on. Money and sizes read as in the
+``quotad`` command: both come from :mod:`quotad.protocol.figures`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from rich.text import Text
+
+from quotad.protocol.figures import size as size
+from quotad.protocol.figures import usd as usd
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 BAR_FULL = "█"
@@ -73,23 +77,6 @@ def seconds(value: float | None) -> str:
 def milliseconds(value: float | None) -> str:
     """Seconds shown as whole milliseconds, or ``-``."""
     return "-" if value is None else f"{value * 1000:.0f}ms"
-
-
-def usd(value: float | None) -> str:
-    """Money: four decimals under a dollar (LLM calls are cheap), two above."""
-    if value is None:
-        return "-"
-    return f"${value:.4f}" if abs(value) < 1.0 else f"${value:,.2f}"
-
-
-def size(value: int) -> str:
-    """A byte count in B, KiB, MiB or GiB."""
-    amount = float(value)
-    for unit in ("B", "KiB", "MiB"):
-        if amount < 1024:
-            return f"{amount:.0f}{unit}" if unit == "B" else f"{amount:.1f}{unit}"
-        amount /= 1024
-    return f"{amount:.1f}GiB"
 
 
 def percent(fraction: float | None) -> str:

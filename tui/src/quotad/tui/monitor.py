@@ -25,7 +25,9 @@ from quotad.protocol.messages import (
 from quotad.tui.feed import Connected, FeedEvent, Waiting
 
 HISTORY_POINTS: Final = 120
-TAIL_RECORDS: Final = 500
+TAIL_RECORDS: Final = 200
+"""Finished requests kept: as many as one snapshot brings at most (the daemon's
+``SNAPSHOT_REQUESTS``), which the Requests screen shows whole."""
 MAX_APPS: Final = 200
 OTHER_APPS: Final = "(other apps)"
 
@@ -177,19 +179,20 @@ class Monitor:
         return self.snapshot.time if self.snapshot is not None else 0.0
 
     def gates_of(self, target: TargetStatus) -> list[GateStatus]:
-        """The gates that apply to ``target``, in the order the target lists them."""
+        """The gates that apply to ``target``: its provider's, then its own (per-model limits
+        and 429 pauses), or the ones the target lists."""
         status = self.status
         if status is None:
             return []
         by_name = {gate.name: gate for gate in status.gates}
-        return [by_name[name] for name in target.gates if name in by_name]
+        return [by_name[name] for name in _gate_names(target) if name in by_name]
 
     def other_gates(self) -> list[GateStatus]:
-        """The gates no target lists (app gates, for one)."""
+        """The gates of no target (app gates, for one)."""
         status = self.status
         if status is None:
             return []
-        listed = {name for target in status.targets for name in target.gates}
+        listed = {name for target in status.targets for name in _gate_names(target)}
         return [gate for gate in status.gates if gate.name not in listed]
 
     def app_rows(self) -> list[tuple[str, AppStatus | None, AppActivity | None]]:
@@ -197,6 +200,12 @@ class Monitor:
         reported = {app.name: app for app in self.status.apps} if self.status else {}
         names = sorted(set(reported) | set(self.apps))
         return [(name, reported.get(name), self.apps.get(name)) for name in names]
+
+
+def _gate_names(target: TargetStatus) -> list[str]:
+    """The names of the gates of ``target``: those it lists, else the daemon's names for its
+    provider's gate (``provider:NAME``) and its own (``provider/model``)."""
+    return target.gates or [f"provider:{target.provider}", target.name]
 
 
 def _mean(values: list[float]) -> float | None:

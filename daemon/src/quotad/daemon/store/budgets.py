@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 
 from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
+from quotad.protocol.figures import usd
 from quotad.protocol.messages import BudgetStatus
 
 Period = Literal["day", "month"]
@@ -229,9 +230,9 @@ class Budgets:
             if committed + max_cost_usd > budget.limit_usd + LIMIT_SLACK_USD:
                 raise RequestError(
                     "budget_exceeded",
-                    f"budget {budget.name!r} would be exceeded: spent ${budget.spent_usd:.6f}"
-                    f" + reserved ${budget.reserved_usd:.6f} + this request up to "
-                    f"${max_cost_usd:.6f} > limit ${budget.limit_usd:.6f}",
+                    f"budget {budget.name!r} would be exceeded: spent {usd(budget.spent_usd)}"
+                    f" + reserved {usd(budget.reserved_usd)} + this request up to "
+                    f"{usd(max_cost_usd)} > limit {usd(budget.limit_usd)}",
                     details={
                         "budget": budget.name,
                         "scope": budget.scope,
@@ -279,8 +280,8 @@ class Budgets:
         share = budget.spent_usd / budget.limit_usd if budget.limit_usd else 1.0
         return BudgetAlert(
             budget,
-            f"budget {budget.name!r} has spent ${budget.spent_usd:.4f} of "
-            f"${budget.limit_usd:.2f} ({share:.0%}, alert at {budget.alert_at:.0%}) "
+            f"budget {budget.name!r} has spent {usd(budget.spent_usd)} of "
+            f"{usd(budget.limit_usd)} ({share:.0%}, alert at {budget.alert_at:.0%}) "
             f"this {budget.period} ({budget.period_label})",
         )
 

@@ -9,11 +9,10 @@ from textual.app import ComposeResult
 
 from quotad.protocol.messages import RequestRecord
 from quotad.tui.format import milliseconds, seconds, usd
-from quotad.tui.monitor import Monitor
+from quotad.tui.monitor import TAIL_RECORDS, Monitor
 from quotad.tui.screens.base import MonitorScreen
 from quotad.tui.widgets.table import Column, LiveTable, Row
 
-SHOWN: Final = 200
 COLUMNS: Final = (
     Column("age", 6),
     Column("app", 11),
@@ -21,8 +20,8 @@ COLUMNS: Final = (
     Column("status", 14),
     Column("wait", 7),
     Column("latency", 7),
-    Column("tokens", 10),
-    Column("cost", 8),
+    Column("tokens", 9),
+    Column("cost", 9),
     Column("cache", 5),
 )
 
@@ -47,15 +46,15 @@ def request_cells(record: RequestRecord, now: float) -> list[Text]:
 
 
 class RequestsScreen(MonitorScreen):
-    """The newest finished requests (sampled by the daemon under heavy load). Rows are keyed
-    by position, so the cursor stays put while the tail moves under it."""
+    """The newest finished requests, all the monitor keeps (sampled by the daemon under heavy
+    load). Rows are keyed by position, so the cursor stays put while the tail moves under it."""
 
     MODE = "requests"
     TITLE = "Requests"
 
     def compose_body(self) -> ComposeResult:
         table = LiveTable(COLUMNS, id="tail")
-        table.border_title = f"finished requests, newest first (last {SHOWN})"
+        table.border_title = f"finished requests, newest first (the last {TAIL_RECORDS} seen)"
         yield table
 
     def on_mount(self) -> None:
@@ -64,7 +63,7 @@ class RequestsScreen(MonitorScreen):
 
     def show_body(self, monitor: Monitor) -> None:
         now = monitor.now
-        newest = list(monitor.tail)[-SHOWN:]
+        newest = list(monitor.tail)
         newest.reverse()
         rows: list[Row] = [
             (str(index), request_cells(record, now)) for index, record in enumerate(newest)

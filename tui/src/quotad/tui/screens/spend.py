@@ -36,8 +36,11 @@ TABLES: Final = (
 )
 
 
-def budget_lines(budgets: list[BudgetStatus]) -> Text:
-    """One bar per budget: spent plus reserved against its limit."""
+def budget_lines(budgets: list[BudgetStatus], *, known: bool = True) -> Text:
+    """One bar per budget: spent plus reserved against its limit. ``known``: False while no
+    data came from a daemon (then no budgets means nothing)."""
+    if not budgets and not known:
+        return Text("no data: not connected to quotad yet", style="yellow")
     if not budgets:
         return Text("no budgets configured", style="grey50")
     text = Text()
@@ -119,7 +122,8 @@ class SpendScreen(MonitorScreen):
         budgets = status.budgets if status is not None else []
         if not budgets:
             budgets = (view.month_by_app or view.day_by_app or SpendReply()).budgets
-        self.query_one("#budgets", LiveText).show_text(budget_lines(budgets))
+        known = status is not None or view.month_by_app is not None or view.day_by_app is not None
+        self.query_one("#budgets", LiveText).show_text(budget_lines(budgets, known=known))
         reports = {
             "day-app": view.day_by_app,
             "day-model": view.day_by_model,

@@ -6,6 +6,7 @@ from typing import Final
 
 from rich.text import Text
 
+from quotad.protocol.figures import window_in_force
 from quotad.protocol.messages import PRIORITIES, GateStatus
 from quotad.tui.format import bar, seconds
 from quotad.tui.monitor import Monitor
@@ -18,27 +19,31 @@ QUEUE_WIDTH: Final = 16
 def _gate_lines(gate: GateStatus, now: float, indent: str) -> Text:
     text = Text()
     paused = gate.paused_until is not None and gate.paused_until > now
-    text.append(f"{indent}{gate.scope} {gate.name}", style="bold")
+    name = gate.name.removeprefix(f"{gate.scope}:")  # "provider:openai" as "provider openai"
+    text.append(f"{indent}{gate.scope} {name}", style="bold")
     if paused and gate.paused_until is not None:
         text.append(f"  paused {seconds(gate.paused_until - now)}", style="bold yellow")
     text.append("\n")
     if not gate.windows:
         text.append(f"{indent}  no windows\n", style="grey50")
     for window in gate.windows:
-        fraction = window.used / window.limit if window.limit > 0 else 0.0
+        used, limit = window_in_force(window)
+        fraction = used / limit if limit > 0 else 1.0
         label = f"{window.unit}/{window.window_s:g}s"
         text.append(f"{indent}  {label:>13} ")
         text.append_text(bar(fraction, GAUGE_WIDTH))
-        text.append(f" {f'{window.used}/{window.limit}':>13}")
-        if window.provider_remaining is not None:
-            text.append(f" provider has {window.provider_remaining}", style="grey50")
+        text.append(f" {f'{used}/{limit}':>13}")
+        if limit != window.limit:  # the provider's count is tighter: its limit is in force
+            text.append(f" ({window.limit} configured)", style="yellow")
         text.append("\n")
     return text
 
 
 class LimitGauges(LiveText):
-    """For each target, a gauge per limit window of each gate that applies to it (used/limit),
-    then the gates no target lists; "no limits configured" when there are none."""
+    """For each target, a gauge per limit window of each gate that applies to it (its
+    provider's, its own): used/limit in force, the configured limit beside it when the
+    provider's count is tighter; then the gates of no target (apps'); "no limits configured"
+    for a target none applies to."""
 
     def show(self, monitor: Monitor) -> None:
         """Render the gates of the latest snapshot."""

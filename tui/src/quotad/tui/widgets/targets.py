@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.message import Message
 
+from quotad.protocol.figures import health_text
 from quotad.protocol.messages import TargetStatus
 from quotad.tui.format import milliseconds
 from quotad.tui.monitor import Monitor, TargetTrend, latest
@@ -26,12 +27,13 @@ COLUMNS: Final = (
     Column("state", 8),
     Column("breaker", 9),
     Column("health", 14),
+    Column("uptime", 6),
     Column("flight", 6),
     Column("requests", 8),
     Column("fails", 5),
     Column("latency", 7),
-    Column("req/s", 5),
 )
+"""The traffic trends below the table show each target's requests per second."""
 
 
 class TargetTable(LiveTable):
@@ -78,13 +80,10 @@ def _cells(target: TargetStatus, trend: TargetTrend | None, now: float) -> list[
         state = Text("paused", style="yellow")
     else:
         state = Text("enabled", style="green")
-    health = target.health.replace("_", " ")
-    if target.uptime_pct is not None:
-        health = f"{health} {target.uptime_pct:.3g}%"
+    uptime = "-" if target.uptime_pct is None else f"{target.uptime_pct:.3g}%"
     latency = target.latency_ewma_s
     if latency is None and trend is not None:
         latency = latest(trend.latency_s)
-    rate = latest(trend.requests_per_s) if trend is not None else None
     name = Text(target.name)
     if target.unpriced:
         name.append(" (unpriced)", style="grey50")
@@ -92,10 +91,10 @@ def _cells(target: TargetStatus, trend: TargetTrend | None, now: float) -> list[
         name,
         state,
         Text(target.breaker.replace("_", "-"), style=BREAKER_STYLES.get(target.breaker, "")),
-        Text(health, style=HEALTH_STYLES.get(target.health, "")),
+        Text(health_text(target), style=HEALTH_STYLES.get(target.health, "")),
+        Text(uptime, justify="right"),
         Text(str(target.in_flight), justify="right"),
         Text(str(target.requests), justify="right"),
         Text(str(target.failures), justify="right", style="red" if target.failures else ""),
         Text(milliseconds(latency), justify="right"),
-        Text("-" if rate is None else f"{rate:.1f}", justify="right"),
     ]
