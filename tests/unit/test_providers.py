@@ -212,9 +212,40 @@ async def test_openai_tool_calls_in_the_answer() -> None:
 @pytest.mark.anyio
 async def test_max_completion_tokens_in_extra_replaces_max_tokens() -> None:
     provider, upstream = openai(reply(completion()))
-    await provider.chat("o3", chat(extra={"max_completion_tokens": 500}), 100)
+    await provider.chat("o3", chat(extra={"max_completion_tokens": 500}), 500)
     assert upstream.body["max_completion_tokens"] == 500
     assert "max_tokens" not in upstream.body
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("extra", "sent"),
+    [
+        ({"max_completion_tokens": 2000}, {"max_completion_tokens": 100}),
+        ({"max_tokens": 2000}, {"max_tokens": 100}),
+        ({"max_output_tokens": 2000}, {"max_tokens": 100, "max_output_tokens": 100}),
+        (
+            {"max_tokens": 7, "max_completion_tokens": 2000, "max_output_tokens": 9},
+            {"max_completion_tokens": 100, "max_output_tokens": 100},
+        ),
+    ],
+)
+async def test_the_limit_sent_is_the_one_reserved_for_whatever_extra_says(
+    extra: dict[str, int], sent: dict[str, int]
+) -> None:
+    """The broker reserves for the limit it passes (100 here); no spelling of it in extra
+    may send the provider another (max_tokens=1 with max_completion_tokens=2000 overshot a
+    budget by 302 %)."""
+    provider, upstream = openai(reply(completion()))
+    await provider.chat("m", chat(max_tokens=1, extra=extra), 100)
+    limits = {
+        name: upstream.body[name] for name in extra.keys() | {"max_tokens"} if name in upstream.body
+    }
+    assert limits == sent
+    provider, upstream = anthropic(reply(anthropic_message({"type": "text", "text": "hi"})))
+    await provider.chat("m", chat(max_tokens=1, extra=extra), 100)
+    assert upstream.body["max_tokens"] == 100
+    assert not upstream.body.keys() & {"max_completion_tokens", "max_output_tokens"}
 
 
 @pytest.mark.anyio

@@ -15,8 +15,10 @@ Requests come in OpenAI shape and are converted:
 - ``temperature`` is capped at 1.0 (Anthropic's maximum, where OpenAI's is 2.0) so that a
   request valid for one target of a group stays valid for this one; ``seed`` and
   ``response_format`` have no Anthropic equivalent and are left out. ``extra`` is merged
-  into the body last, as it is, but for ``max_completion_tokens`` (OpenAI's newer name for
-  the ``max_tokens`` already set), which Anthropic would refuse.
+  into the body last, as it is, but for the completion limit: ``max_tokens`` is the one the
+  broker reserved for, whatever ``extra`` says, and its OpenAI spellings
+  (``max_completion_tokens``, ``max_output_tokens``), which Anthropic would refuse, are
+  left out.
 
 Answers are converted back: text blocks → content, ``tool_use`` blocks → OpenAI tool calls
 (arguments as a JSON string), ``stop_reason`` → ``finish_reason`` (end_turn and stop_sequence
@@ -232,8 +234,11 @@ def messages_body(model: str, request: Chat, max_tokens: int, *, stream: bool) -
         body["tool_choice"] = _tool_choice(request.tool_choice)
     if stream:
         body["stream"] = True
-    body.update(request.extra)
-    body.pop("max_completion_tokens", None)  # OpenAI's name for the max_tokens above
+    if request.extra:
+        body.update(request.extra)
+        body.pop("max_completion_tokens", None)  # OpenAI's names for the max_tokens above
+        body.pop("max_output_tokens", None)
+        body["max_tokens"] = max_tokens  # the limit reserved for, whatever extra said
     return body
 
 
