@@ -462,7 +462,7 @@ class AnthropicProvider:
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if api_key:
             headers["x-api-key"] = api_key
-        self._http = ProviderHTTP(config, headers, api_key, transport)
+        self._http = ProviderHTTP(config, headers, api_key, transport, name=name)
         self._messages_url = self._http.url("/messages")
         self._models_url = self._http.url("/models")
 

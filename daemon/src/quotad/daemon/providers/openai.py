@@ -219,7 +219,7 @@ class OpenAIProvider:
         headers = {"content-type": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
-        self._http = ProviderHTTP(config, headers, api_key, transport)
+        self._http = ProviderHTTP(config, headers, api_key, transport, name=name)
         self._chat_url = self._http.url("/chat/completions")
         self._embeddings_url = self._http.url("/embeddings")
         self._models_url = self._http.url("/models")

@@ -1,20 +1,26 @@
-"""The HTTP side of one provider account: pooled connections, deadlines, streams of server-sent
-events, and the classification of every failure into a :class:`ProviderError`.
+"""The HTTP side of one provider account: pooled connections, deadlines, bounded answers,
+streams of server-sent events, and the classification of every failure into a
+:class:`ProviderError`.
 
-:class:`ProviderHTTP` owns one ``httpx`` connection pool (an :class:`httpx.AsyncHTTPTransport`
-sized by ``max_concurrency``, keep-alive), the account's default headers (built once) and its
-timeouts. Requests go straight to the transport's ``handle_async_request``: the wire formats
-need none of what :class:`httpx.AsyncClient` adds per request (URL merging, cookies, auth
-flows, redirects, event hooks, an INFO log line per request). Measured on a 2-core machine
-against a local server, a plain chat() costs ~0.92 ms more than a raw socket exchange this
-way, against ~1.14 ms through ``AsyncClient`` (httpcore's pool alone: ~0.68 ms); so a plain
-``http://`` account (a local server, where that cost is most of a request) uses the lean pool
-of :mod:`quotad.daemon.net.pool` instead of httpcore's. Proxies named by the environment
-(``HTTPS_PROXY``, ``NO_PROXY``…) are honoured for non-loopback hosts.
+:class:`ProviderHTTP` owns one connection pool (an httpx transport sized by
+``max_concurrency``, keep-alive), the account's default headers (built once) and its timeouts.
+Every request goes one way: a :class:`~quotad.daemon.net.pool.PreparedRequest` (an
+``httpx.Request`` made from parts prepared once per account) handed straight to the
+transport's ``handle_async_request``; the
+wire formats need none of what :class:`httpx.AsyncClient` adds per request (URL merging,
+cookies, auth flows, redirects, event hooks, an INFO log line per request). A plain ``http://``
+account (a local server, where that cost is most of a request) gets the lean pool of
+:mod:`quotad.daemon.net.pool` as its transport, others httpx's own (httpcore's pool); proxies
+named by the environment (``HTTPS_PROXY``, ``NO_PROXY``…) are honoured for non-loopback hosts.
 
 Timeouts: ``timeout_s`` bounds a whole plain request (send, wait, read) and each read, write
 or wait for a pooled connection; ``connect_timeout_s`` bounds connecting. A stream's deadline
 covers its opening (up to the response headers); after that each read waits ``timeout_s``.
+
+Bounds: an answer is read up to ``max_response_mb`` (a plain body whole, a stream's events in
+total; one event at most :data:`~quotad.daemon.net.sse.MAX_EVENT_BYTES`); past it, the
+connection is dropped and the call fails (``protocol`` for a plain answer, ``stream_broken``
+for a stream), naming the bound. An error answer's body is read up to :data:`MAX_ERROR_READ`.
 
 Failures, by when they happen::
 
@@ -24,9 +30,9 @@ Failures, by when they happen::
                         ProxyError (refused, reset, closed before an answer) → connect
     with a status       429 → rate_limited; 408, 409 → conflict; 5xx → server;
                         other 4xx → client; anything else not 2xx → protocol
-    with a 2xx          an undecodable body                                 → protocol
-    in a stream         a read error, a stall, an oversized event, an end
-                        before the end event                                → stream_broken
+    with a 2xx          an undecodable body, a body past max_response_mb    → protocol
+    in a stream         a read error, a stall, an oversized event or stream,
+                        an end before the end event                         → stream_broken
 
 The account's API key never appears in a message or body: where a server echoes it, it is
 replaced by ``[redacted]`` (placeholder keys shorter than 8 characters excepted).
@@ -34,7 +40,9 @@ replaced by ``[redacted]`` (placeholder keys shorter than 8 characters excepted)
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Final, TypeVar
 
 import anyio
@@ -43,8 +51,9 @@ import msgspec
 
 from quotad.daemon.config import ProviderConfig
 from quotad.daemon.net.addresses import environment_proxy
-from quotad.daemon.net.pool import LeanHTTPTransport
-from quotad.daemon.net.sse import ServerSentEvents
+from quotad.daemon.net.deadlines import Deadlines
+from quotad.daemon.net.pool import LeanHTTPTransport, PreparedRequest
+from quotad.daemon.net.sse import EventStreamTooLong, ServerSentEvents
 from quotad.daemon.providers.base import (
     NO_RATE_LIMITS,
     ChatDelta,
@@ -61,6 +70,9 @@ MAX_ERROR_BODY: Final = 4096
 """Characters of a body that is not JSON kept in :attr:`ProviderError.body`."""
 MAX_ERROR_MESSAGE: Final = 500
 """Characters of a provider's error message kept in :attr:`ProviderError.message`."""
+MAX_ERROR_READ: Final = 64 * 1024
+"""Bytes of an error answer's body read (the rest is dropped with its connection)."""
+MIB: Final = 1024 * 1024
 REDACTED: Final = "[redacted]"
 MIN_SECRET_LENGTH: Final = 8
 """Shorter keys (``none``, ``EMPTY``: placeholders for local servers) are not redacted: they
@@ -94,6 +106,30 @@ def pooled_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
         keepalive_expiry=KEEPALIVE_EXPIRY_S,
     )
     return httpx.AsyncHTTPTransport(limits=limits, proxy=proxy)
+
+
+async def read_body(response: httpx.Response, limit: int) -> bytes | None:
+    """The body of ``response``, or None when it is larger than ``limit`` bytes (it is then
+    read no further: closing the response drops its connection). A body the transport has
+    read already (the lean pool's small answers) is taken as it is; one that says its length
+    is refused before any of it is read."""
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:
+        pass
+    else:
+        return content if len(content) <= limit else None
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return None
+    chunks = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def error_message(body: Any) -> str | None:
@@ -133,43 +169,66 @@ class ProviderHTTP:
         headers: dict[str, str],
         api_key: str | None,
         transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        name: str = "",
     ) -> None:
         self._base_url = config.base_url.rstrip("/")
-        self._host = httpx.URL(self._base_url).netloc.decode("ascii", "replace")
+        base_url = httpx.URL(self._base_url)
+        self._host = base_url.netloc.decode("ascii", "replace")
         self._secret = api_key if api_key and len(api_key) >= MIN_SECRET_LENGTH else None
         self._transport = transport if transport is not None else pooled_transport(config)
-        self._headers = httpx.Headers({"user-agent": USER_AGENT, "accept": "application/json"})
+        self._headers = httpx.Headers(
+            {"host": self._host, "user-agent": USER_AGENT, "accept": "application/json"}
+        )
         self._headers.update(headers)
         self._headers.update(config.headers)  # names are case-insensitive: these win
+        self._header_lines = b"".join(
+            name + b": " + value + b"\r\n" for name, value in self._headers.raw
+        )
         self._timeout_s = config.timeout_s
         self._connect_timeout_s = config.connect_timeout_s
         timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
         self._extensions: dict[str, Any] = {"timeout": timeout.as_dict()}
-        self._lean_timeouts = {**timeout.as_dict(), "read": None}  # request() bounds it whole
-        self._lean = self._transport if isinstance(self._transport, LeanHTTPTransport) else None
-        netloc = httpx.URL(self._base_url).netloc
-        self._header_lines = b"host: " + netloc + b"\r\n"
-        self._header_lines += b"".join(
-            name + b": " + value + b"\r\n" for name, value in self._headers.raw
+        self._deadlines = Deadlines()
+        self.max_response_bytes = int(config.max_response_mb * MIB)
+        self._bound = (
+            f"{config.max_response_mb:g} MiB (providers.{name}.max_response_mb)"
+            if name
+            else f"{config.max_response_mb:g} MiB"
         )
 
     def url(self, path: str) -> httpx.URL:
         """The URL of an endpoint under the base URL (``/chat/completions``)."""
         return httpx.URL(self._base_url + path)
 
-    async def request(self, method: str, url: httpx.URL, body: bytes | None = None) -> Reply:
-        """One plain request, answered whole within ``timeout_s``; a non-2xx answer raises."""
-        if self._lean is not None:
-            return await self._lean_request(self._lean, method, url, body or b"")
-        request = httpx.Request(
-            method, url, headers=self._headers, content=body, extensions=self._extensions
+    def _request(self, method: str, url: httpx.URL, body: bytes) -> PreparedRequest:
+        return PreparedRequest(
+            method, url, self._headers, self._header_lines, body, self._extensions
         )
+
+    def _deadline(self) -> AbstractContextManager[Any]:
+        """The whole-request bound: on asyncio (the daemon) watched by this account's one
+        sweep (:mod:`quotad.daemon.net.deadlines`) rather than a timer and a scope per
+        request; elsewhere an anyio scope."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return anyio.fail_after(self._timeout_s)
+        return self._deadlines.within(self._timeout_s)
+
+    async def request(self, method: str, url: httpx.URL, body: bytes | None = None) -> Reply:
+        """One plain request, answered whole within ``timeout_s``; a non-2xx answer raises,
+        and so does one larger than ``max_response_mb``."""
+        request = self._request(method, url, body or b"")
         response: httpx.Response | None = None
         try:
-            with anyio.fail_after(self._timeout_s):
+            with self._deadline():
                 response = await self._transport.handle_async_request(request)
                 try:
-                    content = await response.aread()
+                    if 200 <= response.status_code < 300:
+                        content = await read_body(response, self.max_response_bytes)
+                    else:
+                        content = await read_body(response, MAX_ERROR_READ)
                 finally:
                     await response.aclose()
         except TimeoutError:
@@ -178,48 +237,25 @@ class ProviderHTTP:
             raise self.transport_failure(error, response) from None
         rate_limits = parse_rate_limits(response.headers)
         if not 200 <= response.status_code < 300:
-            raise self.status_failure(response.status_code, content, rate_limits)
-        return Reply(content, rate_limits)
-
-    async def _lean_request(
-        self, lean: LeanHTTPTransport, method: str, url: httpx.URL, body: bytes
-    ) -> Reply:
-        """:meth:`request` through the lean pool, without httpx's request and response
-        models (a fifth of a local request's cost)."""
-        try:
-            status, headers, content = await lean.fetch(
-                method, url, self._header_lines, body, self._lean_timeouts, self._timeout_s
+            raise self.status_failure(response.status_code, content or b"", rate_limits)
+        if content is None:
+            raise ProviderError(
+                "protocol",
+                f"{self._host} sent an answer larger than {self._bound}; it was dropped",
+                status=response.status_code,
+                rate_limits=rate_limits,
             )
-        except TimeoutError:
-            raise self._deadline_failure("gave no complete answer", None) from None
-        except httpx.TransportError as error:
-            raise self.transport_failure(error, None) from None
-        rate_limits = parse_rate_limits(headers)
-        if not 200 <= status < 300:
-            raise self.status_failure(status, content, rate_limits)
         return Reply(content, rate_limits)
 
     async def open_stream(
         self, url: httpx.URL, body: bytes
     ) -> tuple[httpx.Response, RateLimitInfo]:
         """POST a streamed request and return once its 2xx response headers are in; the body
-        is left to read. A non-2xx answer is read whole and raised. Through the lean pool, the
-        request is sent from the prebuilt header lines, as :meth:`request` sends it."""
+        is left to read. A non-2xx answer is read (up to :data:`MAX_ERROR_READ`) and raised."""
+        request = self._request("POST", url, body)
         try:
-            with anyio.fail_after(self._timeout_s):
-                if self._lean is not None:
-                    response = await self._lean.open_stream(
-                        "POST", url, self._header_lines, body, self._extensions["timeout"]
-                    )
-                else:
-                    request = httpx.Request(
-                        "POST",
-                        url,
-                        headers=self._headers,
-                        content=body,
-                        extensions=self._extensions,
-                    )
-                    response = await self._transport.handle_async_request(request)
+            with self._deadline():
+                response = await self._transport.handle_async_request(request)
         except TimeoutError:
             raise self._deadline_failure("did not start its answer", None) from None
         except httpx.TransportError as error:
@@ -227,15 +263,15 @@ class ProviderHTTP:
         rate_limits = parse_rate_limits(response.headers)
         if 200 <= response.status_code < 300:
             return response, rate_limits
-        content = b""
+        content: bytes | None = None
         try:
             with anyio.fail_after(self._timeout_s):
-                content = await response.aread()
+                content = await read_body(response, MAX_ERROR_READ)
         except (TimeoutError, httpx.TransportError):
             pass  # the status says enough
         finally:
             await response.aclose()
-        raise self.status_failure(response.status_code, content, rate_limits)
+        raise self.status_failure(response.status_code, content or b"", rate_limits)
 
     def decode(self, decoder: msgspec.json.Decoder[T], reply: Reply) -> T:
         """A reply's body decoded into the wire format's typed answer; ``protocol`` when it
@@ -332,6 +368,8 @@ class ProviderHTTP:
         """A stream that broke after it had started."""
         if isinstance(error, httpx.TimeoutException):
             what = f"no data for {self._timeout_s:g} s"
+        elif isinstance(error, EventStreamTooLong):
+            what = f"it passed {self._bound}; it was dropped"
         else:
             what = self.redact(str(error)) or type(error).__name__
         return ProviderError(
@@ -371,7 +409,7 @@ class ChatEventStream(ABC):
         self.finish_reason: str | None = None
         self.http = http
         self.ended = False  # set by on_event when the end event comes
-        self._events = ServerSentEvents(response)
+        self._events = ServerSentEvents(response, http.max_response_bytes)
         self._finished = False
 
     @abstractmethod
