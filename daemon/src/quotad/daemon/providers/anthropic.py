@@ -436,7 +436,7 @@ class AnthropicStream(ChatEventStream):
                         f"the stream reported {detail.type or 'an error'}: {detail.message or ''}"
                     ).rstrip(": "),
                     rate_limits=self.rate_limits,
-                    body=self.http.redact(data.decode("utf-8", "replace")),
+                    body=self.http.redacted_body(data),
                 )
         return None  # ping, content_block_stop, thinking, and what later versions add
 

@@ -183,7 +183,7 @@ class OpenAIStream(ChatEventStream):
                     f"the stream reported an error: {chunk.error.message or chunk.error.type}"
                 ),
                 rate_limits=self.rate_limits,
-                body=self.http.redact(data.decode("utf-8", "replace")),
+                body=self.http.redacted_body(data),
             )
         if chunk.usage is not None:
             self.usage = chunk.usage.to_usage()

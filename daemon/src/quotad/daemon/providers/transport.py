@@ -34,8 +34,10 @@ Failures, by when they happen::
     in a stream         a read error, a stall, an oversized event or stream,
                         an end before the end event                         → stream_broken
 
-The account's API key never appears in a message or body: where a server echoes it, it is
-replaced by ``[redacted]`` (placeholder keys shorter than 8 characters excepted).
+The account's API key never appears in a message or body, in any form: an error answer is
+decoded first, then every string in it is redacted (:mod:`.redaction`: the key as it is, cut,
+masked, escaped or encoded); a successful answer that holds the key (as it is or JSON-escaped)
+has it redacted too.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from quotad.daemon.providers.base import (
     RateLimitInfo,
 )
 from quotad.daemon.providers.ratelimits import parse_rate_limits
+from quotad.daemon.providers.redaction import KeyRedactor
 from quotad.protocol.messages import Usage
 
 KEEPALIVE_EXPIRY_S: Final = 30.0
@@ -73,10 +76,6 @@ MAX_ERROR_MESSAGE: Final = 500
 MAX_ERROR_READ: Final = 64 * 1024
 """Bytes of an error answer's body read (the rest is dropped with its connection)."""
 MIB: Final = 1024 * 1024
-REDACTED: Final = "[redacted]"
-MIN_SECRET_LENGTH: Final = 8
-"""Shorter keys (``none``, ``EMPTY``: placeholders for local servers) are not redacted: they
-are no secret, and replacing them would garble messages."""
 
 _JSON: Final = msgspec.json.Decoder()
 
@@ -175,7 +174,7 @@ class ProviderHTTP:
         self._base_url = config.base_url.rstrip("/")
         base_url = httpx.URL(self._base_url)
         self._host = base_url.netloc.decode("ascii", "replace")
-        self._secret = api_key if api_key and len(api_key) >= MIN_SECRET_LENGTH else None
+        self._redactor = KeyRedactor(api_key)
         self._transport = transport if transport is not None else pooled_transport(config)
         self._headers = httpx.Headers(
             {"host": self._host, "user-agent": USER_AGENT, "accept": "application/json"}
@@ -245,7 +244,7 @@ class ProviderHTTP:
                 status=response.status_code,
                 rate_limits=rate_limits,
             )
-        return Reply(content, rate_limits)
+        return Reply(self._redactor.answer(content), rate_limits)
 
     async def open_stream(
         self, url: httpx.URL, body: bytes
@@ -284,10 +283,18 @@ class ProviderHTTP:
     # ------------------------------------------------------------------ failures
 
     def redact(self, text: str) -> str:
-        """``text`` without the account's API key in it."""
-        if self._secret and self._secret in text:
-            return text.replace(self._secret, REDACTED)
-        return text
+        """``text`` without the account's API key in it, in any form."""
+        return self._redactor.text(text)
+
+    def redacted_body(self, content: bytes) -> Any:
+        """An error answer's (or error event's) body without the key: its JSON with every
+        string redacted, or its text redacted and cut to :data:`MAX_ERROR_BODY`."""
+        return self._redactor.body(content, MAX_ERROR_BODY)
+
+    def redacted_answer(self, content: bytes) -> bytes:
+        """A successful answer (or event) as it is, unless it holds the key: see
+        :meth:`KeyRedactor.answer`."""
+        return self._redactor.answer(content)
 
     def _deadline_failure(self, what: str, response: httpx.Response | None) -> ProviderError:
         rate_limits = parse_rate_limits(response.headers) if response else NO_RATE_LIMITS
@@ -335,13 +342,8 @@ class ProviderHTTP:
         self, status: int, content: bytes, rate_limits: RateLimitInfo
     ) -> ProviderError:
         """The error a non-2xx answer (``status``) means, with the provider's own message and
-        body."""
-        text = self.redact(content.decode("utf-8", "replace"))
-        body: Any
-        try:
-            body = _JSON.decode(text)
-        except msgspec.DecodeError:
-            body = text[:MAX_ERROR_BODY]
+        body, decoded first and then redacted."""
+        body = self.redacted_body(content)
         message = error_message(body) or f"HTTP {status} {httpx.codes.get_reason_phrase(status)}"
         return ProviderError(
             _status_kind(status),
@@ -356,12 +358,11 @@ class ProviderHTTP:
         self, what: str, rate_limits: RateLimitInfo, content: bytes = b""
     ) -> ProviderError:
         """A 2xx answer that could not be understood."""
-        text = self.redact(content[:MAX_ERROR_BODY].decode("utf-8", "replace"))
         return ProviderError(
             "protocol",
             f"{self._host} sent an answer that cannot be understood: {self.redact(what)}",
             rate_limits=rate_limits,
-            body=text or None,
+            body=self._redactor.start(content, MAX_ERROR_BODY) or None,
         )
 
     def stream_failure(self, error: Exception, rate_limits: RateLimitInfo) -> ProviderError:
@@ -439,7 +440,7 @@ class ChatEventStream(ABC):
                     )
                 break
             try:
-                delta = self.on_event(data)
+                delta = self.on_event(self.http.redacted_answer(data))
             except ProviderError:
                 self._finished = True
                 raise
