@@ -15,12 +15,8 @@ import httpx
 import pytest
 
 from quotad.daemon.config import parse_config
-from quotad.daemon.net.pool import (
-    READ_AHEAD_BYTES,
-    LeanHTTPTransport,
-    ReadResponse,
-    _Body,
-)
+from quotad.daemon.net.httpx_messages import ReadResponse
+from quotad.daemon.net.pool import READ_AHEAD_BYTES, LeanHTTPTransport, _Body
 from quotad.daemon.providers import build_provider
 from quotad.daemon.providers.base import Provider, ProviderError
 from quotad.protocol.messages import Chat, ChatMessage

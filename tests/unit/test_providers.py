@@ -242,8 +242,8 @@ async def test_the_limit_sent_is_the_one_reserved_for_whatever_extra_says(
         name: upstream.body[name] for name in extra.keys() | {"max_tokens"} if name in upstream.body
     }
     assert limits == sent
-    provider, upstream = anthropic(reply(anthropic_message({"type": "text", "text": "hi"})))
-    await provider.chat("m", chat(max_tokens=1, extra=extra), 100)
+    claude, upstream = anthropic(reply(anthropic_message({"type": "text", "text": "hi"})))
+    await claude.chat("m", chat(max_tokens=1, extra=extra), 100)
     assert upstream.body["max_tokens"] == 100
     assert not upstream.body.keys() & {"max_completion_tokens", "max_output_tokens"}
 

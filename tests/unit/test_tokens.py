@@ -30,7 +30,7 @@ from quotad.daemon.tokens import (
 )
 from quotad.protocol.messages import Chat, ChatMessage
 
-JAPANESE = "東京の天気について詳しく教えてください。明日は雨が降りますか？"
+JAPANESE = "東京の天気について詳しく教えてください。明日は雨が降りますか"
 
 
 def utf8_bytes_of_strings(value: Any) -> int:

@@ -54,7 +54,8 @@ import msgspec
 from quotad.daemon.config import ProviderConfig
 from quotad.daemon.net.addresses import environment_proxy
 from quotad.daemon.net.deadlines import Deadlines
-from quotad.daemon.net.pool import LeanHTTPTransport, PreparedRequest
+from quotad.daemon.net.httpx_messages import PreparedRequest
+from quotad.daemon.net.pool import LeanHTTPTransport
 from quotad.daemon.net.sse import EventStreamTooLong, ServerSentEvents
 from quotad.daemon.providers.base import (
     NO_RATE_LIMITS,

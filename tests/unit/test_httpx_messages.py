@@ -1,11 +1,11 @@
-"""The lean pool's prepared requests (quotad.daemon.net.pool.PreparedRequest): what the pool
+"""Prepared requests (quotad.daemon.net.httpx_messages.PreparedRequest): what the lean pool
 writes is what their headers say, as httpx's transport reads them."""
 
 from __future__ import annotations
 
 import httpx
 
-from quotad.daemon.net.pool import PreparedRequest, _request_head
+from quotad.daemon.net.httpx_messages import PreparedRequest, request_head
 
 
 def test_a_prepared_request_writes_what_its_headers_say() -> None:
@@ -15,7 +15,7 @@ def test_a_prepared_request_writes_what_its_headers_say() -> None:
     post = PreparedRequest("POST", url, headers, lines, b"{}", {"timeout": {}})
     written = post.head()
     assert written == b"POST /v1/x?q=1 HTTP/1.1\r\nhost: h:1\r\nx-a: b\r\ncontent-length: 2\r\n\r\n"
-    assert _request_head(post) == written  # what httpx's transport is given: the same
+    assert request_head(post) == written  # what httpx's transport is given: the same
     assert post.content == b"{}"
     assert post.headers["content-length"] == "2"
     post.headers["x-b"] = "c"  # changed once read: written as it is now
