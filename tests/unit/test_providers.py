@@ -576,6 +576,31 @@ async def test_an_undecodable_answer_is_a_protocol_error(body: bytes) -> None:
     assert not caught.value.retryable
 
 
+DEEP = b"[" * 20_000 + b"]" * 20_000
+
+
+@pytest.mark.anyio
+async def test_answers_nested_too_deep_fail_as_the_provider_s_not_as_a_bug() -> None:
+    """msgspec raises RecursionError (not DecodeError) past its depth: an answer, an error
+    answer or a stream event nested that deep is the provider's failure, classified."""
+    deep_tools = b'{"choices": [{"message": {"content": null, "tool_calls": ' + DEEP + b"}}]}"
+    provider, _ = openai(lambda request: httpx.Response(200, content=deep_tools))
+    with pytest.raises(ProviderError) as answer:
+        await provider.chat("m", chat(), 10)
+    assert answer.value.kind == "protocol"
+    provider, _ = openai(lambda request: httpx.Response(500, content=DEEP))
+    with pytest.raises(ProviderError) as error:
+        await provider.chat("m", chat(), 10)
+    assert error.value.kind == "server"
+    assert isinstance(error.value.body, str)
+    event = b'{"choices": [{"delta": {"tool_calls": ' + DEEP + b"}}]}"
+    provider, _ = openai(streamed(b"data: " + event + b"\n\n", size=1 << 20))
+    stream = await provider.open_stream("m", chat(), 10)
+    with pytest.raises(ProviderError) as broken:
+        await collect(stream)
+    assert broken.value.kind == "protocol"
+
+
 @pytest.mark.anyio
 async def test_the_key_never_appears_in_an_error() -> None:
     echo = {"error": {"message": f"Incorrect API key provided: {API_KEY}."}}

@@ -136,7 +136,7 @@ def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
     arguments = function.get("arguments") or "{}"
     try:
         tool_input = msgspec.json.decode(arguments) if isinstance(arguments, str) else arguments
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         raise ConversionError(
             f"the arguments of tool call {call.get('id')!r} are not valid JSON"
         ) from None
@@ -391,7 +391,7 @@ class AnthropicStream(ChatEventStream):
     def on_event(self, data: bytes) -> ChatDelta | None:
         try:
             event = _EVENT.decode(data)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, RecursionError) as error:
             raise self.http.protocol_failure(
                 f"stream event: {error}", self.rate_limits, data
             ) from None

@@ -172,7 +172,7 @@ class OpenAIStream(ChatEventStream):
             return None
         try:
             chunk = _CHUNK.decode(data)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, RecursionError) as error:
             raise self.http.protocol_failure(
                 f"stream chunk: {error}", self.rate_limits, data
             ) from None

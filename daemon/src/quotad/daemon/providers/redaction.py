@@ -205,7 +205,7 @@ class KeyRedactor:
             return content
         try:
             return _JSON_ENCODER.encode(self.value(_JSON_DECODER.decode(content)))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # too deep to walk: its text
             return self.text(content.decode("utf-8", "replace")).encode()
 
     def body(self, content: bytes, limit: int) -> Any:
@@ -213,7 +213,7 @@ class KeyRedactor:
         redacted, or else its :meth:`start`."""
         try:
             return self.value(_JSON_DECODER.decode(content))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # too deep to walk: its text
             return self.start(content, limit)
 
     def start(self, content: bytes, limit: int) -> str:

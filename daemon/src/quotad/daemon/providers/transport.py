@@ -278,7 +278,7 @@ class ProviderHTTP:
         does not fit."""
         try:
             return decoder.decode(reply.content)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, RecursionError) as error:
             raise self.protocol_failure(str(error), reply.rate_limits, reply.content) from None
 
     # ------------------------------------------------------------------ failures
