@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from quotad.daemon.config import parse_config
+from quotad.daemon.net.httpx_messages import ReadResponse
 from quotad.daemon.net.pool import READ_AHEAD_BYTES, LeanHTTPTransport, _Body
 from quotad.daemon.providers import build_provider
 from quotad.daemon.providers.base import Provider, ProviderError
@@ -166,25 +167,51 @@ async def test_failures_are_classified_for_the_broker(sim: SimProcess) -> None:
 
 
 @pytest.mark.anyio
-async def test_a_fetch_ends_at_its_deadline_or_its_read_timeout(sim: SimProcess) -> None:
-    pool = LeanHTTPTransport(max_connections=2, keepalive_expiry_s=30)
+async def test_a_call_ends_at_its_deadline_or_its_read_timeout(sim: SimProcess) -> None:
     body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}'
-    url = httpx.URL(f"{sim.base_url}/chat/completions")
-    lines = b"host: 127.0.0.1\r\ncontent-type: application/json\r\n"
-    timeouts: dict[str, Any] = {"connect": 5.0, "read": None, "pool": 5.0}
     sim.control(latency_ms=1000)
     try:
-        now = anyio.current_time()
-        with pytest.raises(TimeoutError):  # the exchange's deadline
-            await pool.fetch("POST", url, lines, body, timeouts, 0.2)
-        assert anyio.current_time() - now < 0.9
-        with pytest.raises(httpx.ReadTimeout):  # a read timeout shorter than the deadline
-            await pool.fetch("POST", url, lines, body, {**timeouts, "read": 0.2}, 60)
-        assert pool._in_use == 0
-        assert idle_connections(pool) == 0  # a connection cut mid-answer is not kept
+        async with provider(sim.base_url, timeout_s=0.2) as built:
+            pool = pool_of(built)
+            now = anyio.current_time()
+            with pytest.raises(ProviderError) as late:  # the whole request's deadline
+                await built.chat("m", CHAT, 4)
+            assert late.value.kind == "timeout"
+            assert anyio.current_time() - now < 0.9
+            timeouts = {"connect": 5.0, "read": 0.2, "write": 5.0, "pool": 5.0}
+            request = httpx.Request(
+                "POST",
+                f"{sim.base_url}/chat/completions",
+                content=body,
+                extensions={"timeout": timeouts},
+            )
+            with pytest.raises(httpx.ReadTimeout):  # a read timeout, no deadline at all
+                await pool.handle_async_request(request)
+            assert pool._in_use == 0
+            assert idle_connections(pool) == 0  # a connection cut mid-answer is not kept
     finally:
         sim.control(latency_ms=0)
-        await pool.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_small_answer_comes_back_read_as_any_read_response(sim: SimProcess) -> None:
+    async with provider(sim.base_url) as built:
+        pool = pool_of(built)
+        request = httpx.Request("GET", f"{sim.base_url}/models")
+        response = await pool.handle_async_request(request)
+        assert isinstance(response, ReadResponse)
+        assert idle_connections(pool) == 1  # its connection is back before it is looked at
+        assert pool._in_use == 0
+        assert response.is_closed
+        assert response.is_stream_consumed
+        assert response.content == await response.aread()
+        assert b"".join([piece async for piece in response.aiter_bytes()]) == response.content
+        assert response.json()["object"] == "list"
+        assert response.request is request
+        assert response.headers["content-type"] == "application/json"
+        assert response.num_bytes_downloaded == len(response.content)
+        assert response.http_version == "HTTP/1.1"
+        await response.aclose()
 
 
 @pytest.mark.anyio

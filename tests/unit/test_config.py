@@ -81,3 +81,23 @@ def test_every_problem_at_once(tmp_path: Path) -> None:
         "providers.p.rpm: expected int, got str",
         "source: unknown key",
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("0", "expected float > 0.0"),
+        ("-1", "expected float > 0.0"),
+        ("5000", "expected float <= 4096.0"),
+        ('"lots"', "expected float, got str"),
+    ],
+)
+def test_the_bound_on_a_provider_s_answers_is_checked(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    assert problems(tmp_path, PROVIDER + f"max_response_mb = {value}\n") == [
+        f"providers.p.max_response_mb: {problem}"
+    ]
+    path = tmp_path / "good.toml"
+    path.write_text(PROVIDER + "max_response_mb = 0.5\n", encoding="utf-8")
+    assert load_config(path).providers["p"].max_response_mb == 0.5

@@ -212,9 +212,40 @@ async def test_openai_tool_calls_in_the_answer() -> None:
 @pytest.mark.anyio
 async def test_max_completion_tokens_in_extra_replaces_max_tokens() -> None:
     provider, upstream = openai(reply(completion()))
-    await provider.chat("o3", chat(extra={"max_completion_tokens": 500}), 100)
+    await provider.chat("o3", chat(extra={"max_completion_tokens": 500}), 500)
     assert upstream.body["max_completion_tokens"] == 500
     assert "max_tokens" not in upstream.body
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("extra", "sent"),
+    [
+        ({"max_completion_tokens": 2000}, {"max_completion_tokens": 100}),
+        ({"max_tokens": 2000}, {"max_tokens": 100}),
+        ({"max_output_tokens": 2000}, {"max_tokens": 100, "max_output_tokens": 100}),
+        (
+            {"max_tokens": 7, "max_completion_tokens": 2000, "max_output_tokens": 9},
+            {"max_completion_tokens": 100, "max_output_tokens": 100},
+        ),
+    ],
+)
+async def test_the_limit_sent_is_the_one_reserved_for_whatever_extra_says(
+    extra: dict[str, int], sent: dict[str, int]
+) -> None:
+    """The broker reserves for the limit it passes (100 here); no spelling of it in extra
+    may send the provider another (max_tokens=1 with max_completion_tokens=2000 overshot a
+    budget by 302 %)."""
+    provider, upstream = openai(reply(completion()))
+    await provider.chat("m", chat(max_tokens=1, extra=extra), 100)
+    limits = {
+        name: upstream.body[name] for name in extra.keys() | {"max_tokens"} if name in upstream.body
+    }
+    assert limits == sent
+    claude, upstream = anthropic(reply(anthropic_message({"type": "text", "text": "hi"})))
+    await claude.chat("m", chat(max_tokens=1, extra=extra), 100)
+    assert upstream.body["max_tokens"] == 100
+    assert not upstream.body.keys() & {"max_completion_tokens", "max_output_tokens"}
 
 
 @pytest.mark.anyio
@@ -543,6 +574,31 @@ async def test_an_undecodable_answer_is_a_protocol_error(body: bytes) -> None:
         await provider.chat("m", chat(), 10)
     assert caught.value.kind == "protocol"
     assert not caught.value.retryable
+
+
+DEEP = b"[" * 20_000 + b"]" * 20_000
+
+
+@pytest.mark.anyio
+async def test_answers_nested_too_deep_fail_as_the_provider_s_not_as_a_bug() -> None:
+    """msgspec raises RecursionError (not DecodeError) past its depth: an answer, an error
+    answer or a stream event nested that deep is the provider's failure, classified."""
+    deep_tools = b'{"choices": [{"message": {"content": null, "tool_calls": ' + DEEP + b"}}]}"
+    provider, _ = openai(lambda request: httpx.Response(200, content=deep_tools))
+    with pytest.raises(ProviderError) as answer:
+        await provider.chat("m", chat(), 10)
+    assert answer.value.kind == "protocol"
+    provider, _ = openai(lambda request: httpx.Response(500, content=DEEP))
+    with pytest.raises(ProviderError) as error:
+        await provider.chat("m", chat(), 10)
+    assert error.value.kind == "server"
+    assert isinstance(error.value.body, str)
+    event = b'{"choices": [{"delta": {"tool_calls": ' + DEEP + b"}}]}"
+    provider, _ = openai(streamed(b"data: " + event + b"\n\n", size=1 << 20))
+    stream = await provider.open_stream("m", chat(), 10)
+    with pytest.raises(ProviderError) as broken:
+        await collect(stream)
+    assert broken.value.kind == "protocol"
 
 
 @pytest.mark.anyio

@@ -57,6 +57,11 @@ from quotad.daemon.request import (
     merge_tool_calls,
     partial_usage,
 )
+from quotad.daemon.request_limits import (
+    check_embed_extra,
+    completion_limit,
+    completion_tokens_upper_bound,
+)
 from quotad.daemon.routing import Route, Router, Target
 from quotad.daemon.store import Store
 from quotad.daemon.store.admin import STORE_ACTIONS, StoreAdmin
@@ -70,8 +75,10 @@ from quotad.daemon.store.cache import (
 from quotad.daemon.store.ledger import LedgerRow, LedgerWriteFailed, encode_tags, live_record
 from quotad.daemon.store.prices import PER_TOKEN, Price
 from quotad.daemon.tokens import (
+    chat_prompt_tokens_upper_bound,
     estimate_input_tokens,
     estimate_prompt_tokens,
+    input_tokens_upper_bound,
 )
 from quotad.protocol.messages import (
     Acquire,
@@ -101,6 +108,7 @@ log = logging.getLogger("quotad.broker")
 
 T = TypeVar("T", bound=ProviderAnswer)
 AnswerT = TypeVar("AnswerT", bound=Answer)
+R = TypeVar("R")
 RECENT_REQUESTS = 1000
 DEFAULT_429_PAUSE_S = 1.0
 """How long a 429 without retry-after pauses its target."""
@@ -153,8 +161,8 @@ class Broker:
             "chat", request.model, caller, user=request.user, tags=request.tags
         ) as context:
             route = self.router.resolve(request.model)  # 1
-            prompt_tokens = self._plan_chat(context, request)
-            self._reserve_budget(context, route, prompt_tokens, request.cache)  # 2
+            self._plan_chat(context, request)
+            self._reserve_budget(context, route, request.cache, self._chat_bounds, request)  # 2
             key = self.cache.key_of(request)
             hit = self.cache.lookup(key, request.cache)  # 3
             if hit is not None:  # a hit skips to 7
@@ -197,8 +205,8 @@ class Broker:
             "stream", request.model, caller, user=request.user, tags=request.tags
         ) as context:
             route = self.router.resolve(request.model)  # 1
-            prompt_tokens = self._plan_chat(context, request)
-            self._reserve_budget(context, route, prompt_tokens, request.cache)  # 2
+            self._plan_chat(context, request)
+            self._reserve_budget(context, route, request.cache, self._chat_bounds, request)  # 2
             key = self.cache.key_of(request)
             hit = self.cache.lookup(key, request.cache)  # 3
             if hit is not None:  # a hit: 7 (its row committed), then its chunks replayed
@@ -256,7 +264,9 @@ class Broker:
                     f"{error.message}",
                     details={"partial_content": partial, "target": target.name},
                 )
-                usage = partial_usage(stream.usage, prompt_tokens, partial)
+                usage = partial_usage(
+                    stream.usage, request, partial, tool_call_fragments, context.max_tokens
+                )
                 with anyio.CancelScope(shield=True):
                     await self._finish(context, usage, error=broken)  # 7
                 raise broken from None
@@ -292,9 +302,10 @@ class Broker:
         ) as context:
             route = self.router.resolve(request.model)  # 1
             inputs = [request.input] if isinstance(request.input, str) else request.input
+            check_embed_extra(request.extra)
             input_tokens = estimate_input_tokens(inputs)
             self._plan(context, request.priority, request.max_wait_s, input_tokens)
-            self._reserve_budget(context, route, input_tokens, request.cache)  # 2
+            self._reserve_budget(context, route, request.cache, self._embed_bounds, inputs)  # 2
             key = self.cache.key_of(request)
             hit = self.cache.lookup(key, request.cache)  # 3
             if hit is not None:  # a hit skips to 7
@@ -555,19 +566,39 @@ class Broker:
             log_request(row)
 
     def _reserve_budget(
-        self, context: RequestContext, route: Route, prompt_tokens: int, cache: CacheMode
+        self,
+        context: RequestContext,
+        route: Route,
+        cache: CacheMode,
+        bounds: Callable[[RequestContext, R], tuple[int, int]],
+        request: R,
     ) -> None:
-        """Step 2: hold the request's maximum cost (its prompt and ``max_tokens`` at the most
-        expensive target of its route) on its budgets; ``budget_exceeded`` when it does not
-        fit. A ``cache="only"`` request never calls a provider, so it holds nothing."""
-        if cache == "only":
+        """Step 2: hold the request's maximum cost (the most prompt and completion tokens a
+        provider can bill it, ``bounds(context, request)``, at the most expensive target of its
+        route) on its budgets; ``budget_exceeded`` when it does not fit. The bounds are only
+        counted when a budget applies. A ``cache="only"`` request never calls a provider, so it
+        holds nothing."""
+        if cache == "only" or not self.budgets.apply_to(context.caller.app):
             return
         price = self._route_prices.get(route.name)
         if price is None:
             names = tuple(target.name for target in route.targets)
             price = self._route_prices[route.name] = self.prices.most_expensive(names)
-        max_cost = (prompt_tokens * price.input + context.max_tokens * price.output) * PER_TOKEN
+        prompt_tokens, completion_tokens = bounds(context, request)
+        max_cost = (prompt_tokens * price.input + completion_tokens * price.output) * PER_TOKEN
         context.budget = self.budgets.reserve(context.caller.app, max_cost, self.clock.time())
+
+    @staticmethod
+    def _chat_bounds(context: RequestContext, request: Chat) -> tuple[int, int]:
+        """The most prompt and completion tokens a provider can bill a chat request (see
+        :mod:`quotad.daemon.tokens`), its completion limit being what :meth:`_plan_chat` set."""
+        prompt = chat_prompt_tokens_upper_bound(request)
+        return prompt, completion_tokens_upper_bound(context.max_tokens, request.extra)
+
+    @staticmethod
+    def _embed_bounds(context: RequestContext, inputs: list[str]) -> tuple[int, int]:
+        """The most tokens a provider can bill embedding ``inputs``: theirs, no completion."""
+        return input_tokens_upper_bound(inputs), 0
 
     def _answer_from_cache(
         self, context: RequestContext, entry: CacheEntry, kind: type[AnswerT]
@@ -666,13 +697,14 @@ class Broker:
         if error.kind == "rate_limited":
             self.gates.pause(target.name, error.retry_after_s or DEFAULT_429_PAUSE_S)
 
-    def _plan_chat(self, context: RequestContext, request: Chat) -> int:
-        """A chat request's priority, wait and token reservation (prompt + max_tokens); the
-        prompt's estimated tokens."""
-        context.max_tokens = request.max_tokens or self._default_max_tokens
+    def _plan_chat(self, context: RequestContext, request: Chat) -> None:
+        """A chat request's priority, wait, completion limit (its ``max_tokens``, or a larger
+        spelling of it in ``extra``; refused fields of ``extra`` are ``bad_request``: see
+        :mod:`quotad.daemon.request_limits`) and gate reservation: the prompt's estimated
+        tokens + that limit."""
+        context.max_tokens = completion_limit(request, self._default_max_tokens)
         prompt = estimate_prompt_tokens(request.messages, request.tools)
         self._plan(context, request.priority, request.max_wait_s, prompt + context.max_tokens)
-        return prompt
 
     def _plan(
         self, context: RequestContext, priority: str | None, max_wait_s: float | None, tokens: int

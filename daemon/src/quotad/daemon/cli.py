@@ -226,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--api-key", default="", help="require this key (default: accept any)")
     sim.add_argument("--log", help="append a JSONL line per request (arrival time, status)")
     sim.add_argument("--seed", type=int, help="seed the failure and latency randomness")
+    sim.add_argument(
+        "--count-tokens",
+        choices=("estimate", "bytes"),
+        default="estimate",
+        help="prompt tokens: quotad's estimate, or one per UTF-8 byte (a worst-case tokenizer)",
+    )
     sim.set_defaults(handler=_sim)
 
     demo = commands.add_parser("demo", help="sim providers + daemon + load from several apps")
@@ -344,6 +350,7 @@ def _sim(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         log_path=args.log or "",
         seed=args.seed,
+        count_tokens=args.count_tokens,
     )
     return run_sim(settings)
 

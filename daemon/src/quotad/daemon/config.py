@@ -116,6 +116,8 @@ class ProviderConfig(RateLimits, kw_only=True):
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
     health_check_s: NonNegative = 0.0
     max_concurrency: Count = 64
+    max_response_mb: Annotated[float, msgspec.Meta(gt=0, le=4096)] = 32.0
+    """The largest answer read from this provider (a whole body, or a whole stream), MiB."""
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     models: dict[str, ModelConfig] = msgspec.field(default_factory=dict)
 

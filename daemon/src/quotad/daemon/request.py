@@ -11,8 +11,12 @@ from quotad.daemon.gates import Reservation
 from quotad.daemon.providers.base import ChatDelta, ChatStream, RateLimitInfo
 from quotad.daemon.routing import Target
 from quotad.daemon.store.budgets import BudgetHold
-from quotad.daemon.tokens import estimate_text_tokens
-from quotad.protocol.messages import ChatChunk, Usage
+from quotad.daemon.tokens import (
+    chat_prompt_tokens_upper_bound,
+    text_tokens_upper_bound,
+    value_tokens_upper_bound,
+)
+from quotad.protocol.messages import Chat, ChatChunk, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +130,24 @@ def merge_tool_calls(fragments: list[dict[str, Any]]) -> list[dict[str, Any]] | 
     return [calls[index] for index in sorted(calls)] or None
 
 
-def partial_usage(usage: Usage, prompt_tokens: int, content: str) -> Usage:
-    """The usage of a stream that broke: what the provider reported, with local estimates
-    for what it did not (``prompt_tokens``: the request's; a stream usually reports usage
-    only at its end)."""
+def partial_usage(
+    usage: Usage,
+    request: Chat,
+    delivered: str,
+    tool_call_fragments: list[dict[str, Any]],
+    max_tokens: int,
+) -> Usage:
+    """The usage of a stream that broke, for its row and its budgets: what the provider
+    reported, and upper bounds for what it did not (a stream usually reports usage only at
+    its end): the request's prompt bound, and for the completion the UTF-8 bytes of what was
+    delivered (text and tool calls), at most ``max_tokens``, so that a budget is never
+    charged less than what was delivered can have cost."""
+    completion = text_tokens_upper_bound(delivered)
+    if tool_call_fragments:
+        completion += value_tokens_upper_bound(tool_call_fragments)
     return Usage(
-        prompt_tokens=usage.prompt_tokens or prompt_tokens,
-        completion_tokens=usage.completion_tokens or estimate_text_tokens(content),
+        prompt_tokens=usage.prompt_tokens or chat_prompt_tokens_upper_bound(request),
+        completion_tokens=max(usage.completion_tokens, min(completion, max_tokens)),
         cached_tokens=usage.cached_tokens,
     )
 

@@ -15,17 +15,23 @@ them: at most ``max_connections`` requests in flight (a request waits for a slot
 ``pool`` timeout: ``httpx.PoolTimeout``); connecting is bounded by the ``connect`` timeout
 (``httpx.ConnectTimeout``; refused or unreachable: ``httpx.ConnectError``); each wait for
 bytes of the answer by the ``read`` timeout (``httpx.ReadTimeout``; a ``read`` of None leaves
-the bound to the caller, who may give :meth:`~LeanHTTPTransport.fetch` a bound for the whole
-exchange: past it, ``TimeoutError``); writing on a connection already gone is
-``httpx.WriteError``, a connection that breaks (a reset) ``httpx.ReadError``; an answer that is
-not HTTP/1.x, a connection closed before the answer or in its body, is
-``httpx.RemoteProtocolError``. An idle connection is dropped after ``keepalive_expiry_s``, or
-when the server has closed it (the loop has told its protocol; checked before reuse).
+the bound to the caller); writing on a connection already gone is ``httpx.WriteError``, a
+connection that breaks (a reset) ``httpx.ReadError``; an answer that is not HTTP/1.x, a
+connection closed before the answer or in its body, is ``httpx.RemoteProtocolError``. An idle
+connection is dropped after ``keepalive_expiry_s``, or when the server has closed it (the loop
+has told its protocol; checked before reuse). What the pool buffers ahead of a reader is
+bounded (:data:`READ_AHEAD_BYTES`); the bound of a whole answer is its reader's.
+
+It is reached only as an httpx transport (``handle_async_request``), as httpx's own is. A small
+answer that came whole with its head is returned already read, its connection back in the pool
+before the caller looks at it: that is most of a local request's answers, and the way an
+answer read whole costs no more than the pool's own reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections import deque
 from collections.abc import AsyncIterator
@@ -34,7 +40,7 @@ from typing import Any, Final, cast
 import anyio
 import httpx
 
-from quotad.daemon.net.deadlines import Deadlines
+from quotad.daemon.net.httpx_messages import PreparedRequest, ReadResponse, request_head
 
 MAX_HEAD_BYTES: Final = 65536
 """The longest response head (status line and headers) accepted."""
@@ -43,6 +49,8 @@ READ_AHEAD_BYTES: Final = 256 * 1024
 stream read slowly holds the provider back instead of growing the buffer)."""
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+_NO_TIMEOUTS: Final[dict[str, Any]] = {}
+_HEX_DIGITS: Final = re.compile(rb"[0-9a-fA-F]{1,16}")
 _CRLF: Final = b"\r\n"
 
 
@@ -190,23 +198,26 @@ class _Body(httpx.AsyncByteStream):
         self._timeout_s = read_timeout_s
         self._complete = framing == "none" or (framing == "length" and length == 0)
 
-    async def read_whole(self) -> bytes:
-        """The whole body; one that is already in (a small answer comes with its head) is
-        taken at once, without the iterator."""
+    def take_whole(self) -> bytes | None:
+        """The whole body when it is already in (none at all, or a small answer framed by
+        ``content-length`` that came with its head), its connection then given back; None
+        when it is still to read (see :meth:`__aiter__`)."""
         connection = self._connection
-        remaining = self._remaining
-        if (
+        if self._complete:
+            data = b""
+        elif (
             connection is not None
             and self._framing == "length"
-            and not self._complete
-            and len(connection.buffer) >= remaining
+            and len(connection.buffer) >= self._remaining
         ):
-            data = bytes(connection.buffer[:remaining])
-            del connection.buffer[:remaining]
+            data = bytes(connection.buffer[: self._remaining])
+            del connection.buffer[: self._remaining]
             self._remaining = 0
             self._complete = True
-            return data
-        return b"".join([part async for part in self])
+        else:
+            return None
+        self._release()
+        return data
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         connection = self._connection
@@ -224,16 +235,23 @@ class _Body(httpx.AsyncByteStream):
         elif self._framing == "chunked":
             while True:
                 line = await connection.read_until(_CRLF, MAX_HEAD_BYTES, timeout_s)
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise httpx.RemoteProtocolError(f"bad chunk size line {line!r}") from None
+                digits = line.split(b";", 1)[0].strip()
+                if not _HEX_DIGITS.fullmatch(digits):
+                    raise httpx.RemoteProtocolError(f"bad chunk size line {line[:100]!r}")
+                size = int(digits, 16)
                 if size == 0:
                     while await connection.read_until(_CRLF, MAX_HEAD_BYTES, timeout_s) != _CRLF:
                         pass  # trailers
                     break
-                data = await connection.read_exactly(size + 2, timeout_s)
-                yield data[:-2]
+                while size > 0:  # a chunk is passed on as it comes, however large it says it is
+                    if not connection.buffer:
+                        await connection.receive(timeout_s)
+                    data = bytes(connection.buffer[:size])
+                    del connection.buffer[: len(data)]
+                    size -= len(data)
+                    yield data
+                if await connection.read_exactly(2, timeout_s) != _CRLF:
+                    raise httpx.RemoteProtocolError("a chunk not followed by CRLF")
         else:  # until the close
             if connection.buffer:
                 data = bytes(connection.buffer)
@@ -250,6 +268,11 @@ class _Body(httpx.AsyncByteStream):
         self._complete = True
 
     async def aclose(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        """Give the connection back (kept when its body was read whole and it may be kept,
+        else closed) and the slot."""
         connection, self._connection = self._connection, None
         if connection is None:
             return
@@ -270,7 +293,6 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         self._waiters: deque[anyio.Event] = deque()
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._closed = False
-        self._deadlines = Deadlines()
 
     # ------------------------------------------------------------------ slots
 
@@ -342,61 +364,26 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
     # ------------------------------------------------------------------ requests
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        head = _request_head(request)
-        answer = await self._exchange(url, head + request.content, request.method, timeouts)
+        """Send ``request`` on a pooled connection; its response once the head is in.
+
+        A body that came whole with its head (a small answer, framed by ``content-length``)
+        is taken at once and the connection goes back to the pool: the response is returned
+        already read (``response.content``), with no stream left to iterate. Otherwise its
+        ``stream`` is the body, read as it comes (each wait bounded by the ``read`` timeout);
+        closing the response releases the connection."""
+        timeouts: dict[str, Any] = request.extensions.get("timeout", _NO_TIMEOUTS)
+        head = request.head() if isinstance(request, PreparedRequest) else request_head(request)
+        answer = await self._exchange(request.url, head + request.content, request.method, timeouts)
+        extensions = {"http_version": answer.version, "reason_phrase": answer.reason}
+        content = answer.body.take_whole() if answer.identity_encoded else None
+        if content is not None:
+            return ReadResponse(answer.status, answer.headers, content, request, extensions)
         return httpx.Response(
             answer.status,
             headers=answer.headers,
             stream=answer.body,
             request=request,
-            extensions={"http_version": answer.version, "reason_phrase": answer.reason},
-        )
-
-    async def fetch(
-        self,
-        method: str,
-        url: httpx.URL,
-        header_lines: bytes,
-        body: bytes,
-        timeouts: dict[str, Any],
-        within_s: float,
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """A whole exchange without httpx's models: ``header_lines`` are the request's
-        ``name: value\\r\\n`` lines but ``content-length`` (host included); the answer's
-        status, headers and body. Failures raise as :meth:`handle_async_request`'s do; an
-        exchange not over ``within_s`` seconds from now raises TimeoutError, as a
-        ``fail_after(within_s)`` around the call would, but watched by the pool's one sweep
-        (:mod:`quotad.daemon.net.deadlines`) rather than with a scope and a timer per request."""
-        with self._deadlines.within(within_s):
-            head = _head(method, url, header_lines, len(body))
-            answer = await self._exchange(url, head + body, method, timeouts)
-            try:
-                content = await answer.body.read_whole()
-            finally:
-                await answer.body.aclose()
-        return answer.status, answer.headers, content
-
-    async def open_stream(
-        self,
-        method: str,
-        url: httpx.URL,
-        header_lines: bytes,
-        body: bytes,
-        timeouts: dict[str, Any],
-    ) -> httpx.Response:
-        """An exchange whose body is left to read, from the same parts as :meth:`fetch`
-        (without an ``httpx.Request``): the response once its head is in, its ``stream`` the
-        body (each read bounded by the ``read`` timeout; closing it releases the connection).
-        Failures raise as :meth:`handle_async_request`'s do."""
-        head = _head(method, url, header_lines, len(body))
-        answer = await self._exchange(url, head + body, method, timeouts)
-        return httpx.Response(
-            answer.status,
-            headers=answer.headers,
-            stream=answer.body,
-            extensions={"http_version": answer.version, "reason_phrase": answer.reason},
+            extensions=extensions,
         )
 
     async def _exchange(
@@ -437,27 +424,10 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
                 connection.close()
 
 
-def _head(method: str, url: httpx.URL, header_lines: bytes, content_length: int) -> bytes:
-    """A request head from ``name: value\\r\\n`` lines without ``content-length``."""
-    return b"%s %s HTTP/1.1\r\n%bcontent-length: %d\r\n\r\n" % (
-        method.encode("ascii"),
-        url.raw_path,
-        header_lines,
-        content_length,
-    )
-
-
-def _request_head(request: httpx.Request) -> bytes:
-    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
-    lines.extend(name + b": " + value + _CRLF for name, value in request.headers.raw)
-    lines.append(_CRLF)
-    return b"".join(lines)
-
-
 class _Answer:
     """A response head, and its body once the pool has wrapped it."""
 
-    __slots__ = ("body", "framing", "headers", "reason", "status", "version")
+    __slots__ = ("body", "framing", "headers", "identity_encoded", "reason", "status", "version")
 
     def __init__(
         self,
@@ -466,12 +436,14 @@ class _Answer:
         reason: bytes,
         headers: list[tuple[bytes, bytes]],
         framing: tuple[str, int, bool],
+        identity_encoded: bool,
     ) -> None:
         self.status = status
         self.version = version
         self.reason = reason
         self.headers = headers
         self.framing = framing  # (how the body ends, its length, whether to keep the connection)
+        self.identity_encoded = identity_encoded  # no content-encoding (or identity)
         self.body: _Body
 
 
@@ -493,6 +465,7 @@ async def _read_answer(
     length = -1
     chunked = False
     keep_alive = version == b"HTTP/1.1"
+    identity_encoded = True
     for line in lines:
         name, colon, value = line.partition(b":")
         if not colon:
@@ -506,6 +479,8 @@ async def _read_answer(
             length = int(value)
         elif lowered == b"transfer-encoding":
             chunked = value.lower().endswith(b"chunked")
+        elif lowered == b"content-encoding":
+            identity_encoded = value.lower() in (b"", b"identity")
         elif lowered == b"connection":
             tokens = value.lower()
             if b"close" in tokens:
@@ -521,4 +496,5 @@ async def _read_answer(
     else:
         framing = "close"
         keep_alive = False
-    return _Answer(status, version, reason, headers, (framing, max(length, 0), keep_alive))
+    framing_of_body = (framing, max(length, 0), keep_alive)
+    return _Answer(status, version, reason, headers, framing_of_body, identity_encoded)

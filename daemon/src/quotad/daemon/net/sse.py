@@ -1,5 +1,5 @@
 """Server-sent events read from a provider's streamed answer (``text/event-stream``), one
-event's data at a time, with a bound on what one event may buffer."""
+event's data at a time, with a bound on what one event may buffer and on the whole stream."""
 
 from __future__ import annotations
 
@@ -16,23 +16,32 @@ DRAIN_S: Final = 1.0
 """How long a stream's end event may wait for the end of its body."""
 
 
+class EventStreamTooLong(httpx.RemoteProtocolError):
+    """A stream's body passed the bound on a whole stream."""
+
+
 class ServerSentEvents:
     """The ``data`` of each event in a ``text/event-stream`` body, one event at a time.
 
     Lines of one event's ``data:`` fields are joined with ``\\n``; ``event:``, ``id:``,
     ``retry:`` and comments are skipped (the providers repeat the event type in the data).
     An event left unterminated at the end of the body is still delivered; one longer than
-    :data:`MAX_EVENT_BYTES` breaks the stream.
+    :data:`MAX_EVENT_BYTES` breaks the stream (``httpx.RemoteProtocolError``), and so does a
+    body longer than ``max_bytes`` in all (:class:`EventStreamTooLong`). A line is gathered
+    in one buffer as its pieces come, so that however small they are, reading it stays
+    linear in its length.
     """
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, max_bytes: int | None = None) -> None:
         self._response = response
         self._chunks: AsyncIterator[bytes] = response.aiter_bytes()
         self._lines: deque[bytes] = deque()
-        self._partial = b""
+        self._partial = bytearray()
         self._data: list[bytes] = []
         self._data_bytes = 0
         self._ended = False
+        self._max_bytes = max_bytes
+        self._received = 0
 
     async def next_data(self) -> bytes | None:
         """The data of the next event; None at the end of the body. Transport errors
@@ -58,14 +67,34 @@ class ServerSentEvents:
             except StopAsyncIteration:
                 self._ended = True
                 if self._partial:
-                    self._lines.append(self._partial.rstrip(b"\r"))
-                    self._partial = b""
+                    self._lines.append(bytes(self._partial).rstrip(b"\r"))
+                    self._partial.clear()
                 continue
-            lines = (self._partial + chunk).split(b"\n")
-            self._partial = lines.pop()
+            self._received += len(chunk)
+            if self._max_bytes is not None and self._received > self._max_bytes:
+                raise EventStreamTooLong(f"a stream longer than {self._max_bytes} bytes")
+            self._split(chunk)
+
+    def _split(self, chunk: bytes) -> None:
+        """Queue the lines ``chunk`` completes; keep what follows its last newline."""
+        last = chunk.rfind(b"\n")
+        if last < 0:
+            self._partial += chunk
             if len(self._partial) > MAX_EVENT_BYTES:
                 raise httpx.RemoteProtocolError(f"an event longer than {MAX_EVENT_BYTES} bytes")
-            self._lines.extend(line[:-1] if line.endswith(b"\r") else line for line in lines)
+            return
+        if self._partial:
+            self._partial += chunk[: last + 1]
+            complete = bytes(self._partial)
+            self._partial.clear()
+        else:
+            complete = chunk[: last + 1]
+        self._partial += chunk[last + 1 :]
+        if len(self._partial) > MAX_EVENT_BYTES:
+            raise httpx.RemoteProtocolError(f"an event longer than {MAX_EVENT_BYTES} bytes")
+        lines = complete.split(b"\n")
+        lines.pop()  # empty: complete ends with the newline
+        self._lines.extend(line[:-1] if line.endswith(b"\r") else line for line in lines)
 
     async def drain(self) -> None:
         """Read what follows the end event up to the end of the body, so that the connection

@@ -15,8 +15,10 @@ Requests come in OpenAI shape and are converted:
 - ``temperature`` is capped at 1.0 (Anthropic's maximum, where OpenAI's is 2.0) so that a
   request valid for one target of a group stays valid for this one; ``seed`` and
   ``response_format`` have no Anthropic equivalent and are left out. ``extra`` is merged
-  into the body last, as it is, but for ``max_completion_tokens`` (OpenAI's newer name for
-  the ``max_tokens`` already set), which Anthropic would refuse.
+  into the body last, as it is, but for the completion limit: ``max_tokens`` is the one the
+  broker reserved for, whatever ``extra`` says, and its OpenAI spellings
+  (``max_completion_tokens``, ``max_output_tokens``), which Anthropic would refuse, are
+  left out.
 
 Answers are converted back: text blocks → content, ``tool_use`` blocks → OpenAI tool calls
 (arguments as a JSON string), ``stop_reason`` → ``finish_reason`` (end_turn and stop_sequence
@@ -134,7 +136,7 @@ def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
     arguments = function.get("arguments") or "{}"
     try:
         tool_input = msgspec.json.decode(arguments) if isinstance(arguments, str) else arguments
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         raise ConversionError(
             f"the arguments of tool call {call.get('id')!r} are not valid JSON"
         ) from None
@@ -232,8 +234,11 @@ def messages_body(model: str, request: Chat, max_tokens: int, *, stream: bool) -
         body["tool_choice"] = _tool_choice(request.tool_choice)
     if stream:
         body["stream"] = True
-    body.update(request.extra)
-    body.pop("max_completion_tokens", None)  # OpenAI's name for the max_tokens above
+    if request.extra:
+        body.update(request.extra)
+        body.pop("max_completion_tokens", None)  # OpenAI's names for the max_tokens above
+        body.pop("max_output_tokens", None)
+        body["max_tokens"] = max_tokens  # the limit reserved for, whatever extra said
     return body
 
 
@@ -386,7 +391,7 @@ class AnthropicStream(ChatEventStream):
     def on_event(self, data: bytes) -> ChatDelta | None:
         try:
             event = _EVENT.decode(data)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, RecursionError) as error:
             raise self.http.protocol_failure(
                 f"stream event: {error}", self.rate_limits, data
             ) from None
@@ -431,7 +436,7 @@ class AnthropicStream(ChatEventStream):
                         f"the stream reported {detail.type or 'an error'}: {detail.message or ''}"
                     ).rstrip(": "),
                     rate_limits=self.rate_limits,
-                    body=self.http.redact(data.decode("utf-8", "replace")),
+                    body=self.http.redacted_body(data),
                 )
         return None  # ping, content_block_stop, thinking, and what later versions add
 
@@ -457,7 +462,7 @@ class AnthropicProvider:
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if api_key:
             headers["x-api-key"] = api_key
-        self._http = ProviderHTTP(config, headers, api_key, transport)
+        self._http = ProviderHTTP(config, headers, api_key, transport, name=name)
         self._messages_url = self._http.url("/messages")
         self._models_url = self._http.url("/models")
 

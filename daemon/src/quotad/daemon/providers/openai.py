@@ -6,9 +6,11 @@ Requests: ``POST {base_url}/chat/completions`` (plain, or streamed as server-sen
 
 The protocol's messages are already OpenAI-shaped and go out as they are. Sampling parameters
 are sent only when the request sets them; the request's ``extra`` is merged into the body last
-(provider passthrough). ``max_tokens`` is the effective limit the broker reserved for; when
-``extra`` carries ``max_completion_tokens`` (which OpenAI's reasoning models require),
-``max_tokens`` is left out, since a server refuses both at once.
+(provider passthrough), but for the completion limit: ``max_tokens`` is the effective limit
+the broker reserved for, and it is what is sent, whatever ``extra`` says. When ``extra`` spells
+it ``max_completion_tokens`` (which OpenAI's reasoning models require) or
+``max_output_tokens``, those are sent with that value; ``max_tokens`` is then left out beside
+``max_completion_tokens``, since a server refuses both at once.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ OPTIONAL_FIELDS: Final = (
 )
 """Fields of a :class:`~quotad.protocol.messages.Chat` sent under the same name, in this
 order, only when the request sets them."""
+TOKEN_LIMIT_NAMES: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+"""Spellings of the completion limit that ``extra`` may use; each is sent with the limit."""
 
 
 # --------------------------------------------------------------------------- answers, typed
@@ -141,10 +145,18 @@ def chat_body(model: str, request: Chat, max_tokens: int, *, stream: bool) -> by
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    if request.extra:
-        if "max_completion_tokens" in request.extra:
+    extra = request.extra
+    if extra:
+        body.update(extra)
+        # the limit is the one reserved for, whatever extra said, in each spelling it used
+        # (but max_tokens beside max_completion_tokens, which a server refuses)
+        for name in TOKEN_LIMIT_NAMES:
+            if name in extra:
+                body[name] = max_tokens
+        if "max_completion_tokens" in extra:
             del body["max_tokens"]
-        body.update(request.extra)
+        else:
+            body["max_tokens"] = max_tokens
     return ENCODER.encode(body)
 
 
@@ -160,7 +172,7 @@ class OpenAIStream(ChatEventStream):
             return None
         try:
             chunk = _CHUNK.decode(data)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, RecursionError) as error:
             raise self.http.protocol_failure(
                 f"stream chunk: {error}", self.rate_limits, data
             ) from None
@@ -171,7 +183,7 @@ class OpenAIStream(ChatEventStream):
                     f"the stream reported an error: {chunk.error.message or chunk.error.type}"
                 ),
                 rate_limits=self.rate_limits,
-                body=self.http.redact(data.decode("utf-8", "replace")),
+                body=self.http.redacted_body(data),
             )
         if chunk.usage is not None:
             self.usage = chunk.usage.to_usage()
@@ -207,7 +219,7 @@ class OpenAIProvider:
         headers = {"content-type": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
-        self._http = ProviderHTTP(config, headers, api_key, transport)
+        self._http = ProviderHTTP(config, headers, api_key, transport, name=name)
         self._chat_url = self._http.url("/chat/completions")
         self._embeddings_url = self._http.url("/embeddings")
         self._models_url = self._http.url("/models")

@@ -1,20 +1,26 @@
-"""The HTTP side of one provider account: pooled connections, deadlines, streams of server-sent
-events, and the classification of every failure into a :class:`ProviderError`.
+"""The HTTP side of one provider account: pooled connections, deadlines, bounded answers,
+streams of server-sent events, and the classification of every failure into a
+:class:`ProviderError`.
 
-:class:`ProviderHTTP` owns one ``httpx`` connection pool (an :class:`httpx.AsyncHTTPTransport`
-sized by ``max_concurrency``, keep-alive), the account's default headers (built once) and its
-timeouts. Requests go straight to the transport's ``handle_async_request``: the wire formats
-need none of what :class:`httpx.AsyncClient` adds per request (URL merging, cookies, auth
-flows, redirects, event hooks, an INFO log line per request). Measured on a 2-core machine
-against a local server, a plain chat() costs ~0.92 ms more than a raw socket exchange this
-way, against ~1.14 ms through ``AsyncClient`` (httpcore's pool alone: ~0.68 ms); so a plain
-``http://`` account (a local server, where that cost is most of a request) uses the lean pool
-of :mod:`quotad.daemon.net.pool` instead of httpcore's. Proxies named by the environment
-(``HTTPS_PROXY``, ``NO_PROXY``…) are honoured for non-loopback hosts.
+:class:`ProviderHTTP` owns one connection pool (an httpx transport sized by
+``max_concurrency``, keep-alive), the account's default headers (built once) and its timeouts.
+Every request goes one way: a :class:`~quotad.daemon.net.pool.PreparedRequest` (an
+``httpx.Request`` made from parts prepared once per account) handed straight to the
+transport's ``handle_async_request``; the
+wire formats need none of what :class:`httpx.AsyncClient` adds per request (URL merging,
+cookies, auth flows, redirects, event hooks, an INFO log line per request). A plain ``http://``
+account (a local server, where that cost is most of a request) gets the lean pool of
+:mod:`quotad.daemon.net.pool` as its transport, others httpx's own (httpcore's pool); proxies
+named by the environment (``HTTPS_PROXY``, ``NO_PROXY``…) are honoured for non-loopback hosts.
 
 Timeouts: ``timeout_s`` bounds a whole plain request (send, wait, read) and each read, write
 or wait for a pooled connection; ``connect_timeout_s`` bounds connecting. A stream's deadline
 covers its opening (up to the response headers); after that each read waits ``timeout_s``.
+
+Bounds: an answer is read up to ``max_response_mb`` (a plain body whole, a stream's events in
+total; one event at most :data:`~quotad.daemon.net.sse.MAX_EVENT_BYTES`); past it, the
+connection is dropped and the call fails (``protocol`` for a plain answer, ``stream_broken``
+for a stream), naming the bound. An error answer's body is read up to :data:`MAX_ERROR_READ`.
 
 Failures, by when they happen::
 
@@ -24,17 +30,21 @@ Failures, by when they happen::
                         ProxyError (refused, reset, closed before an answer) → connect
     with a status       429 → rate_limited; 408, 409 → conflict; 5xx → server;
                         other 4xx → client; anything else not 2xx → protocol
-    with a 2xx          an undecodable body                                 → protocol
-    in a stream         a read error, a stall, an oversized event, an end
-                        before the end event                                → stream_broken
+    with a 2xx          an undecodable body, a body past max_response_mb    → protocol
+    in a stream         a read error, a stall, an oversized event or stream,
+                        an end before the end event                         → stream_broken
 
-The account's API key never appears in a message or body: where a server echoes it, it is
-replaced by ``[redacted]`` (placeholder keys shorter than 8 characters excepted).
+The account's API key never appears in a message or body, in any form: an error answer is
+decoded first, then every string in it is redacted (:mod:`.redaction`: the key as it is, cut,
+masked, escaped or encoded); a successful answer that holds the key (as it is or JSON-escaped)
+has it redacted too.
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Final, TypeVar
 
 import anyio
@@ -43,8 +53,10 @@ import msgspec
 
 from quotad.daemon.config import ProviderConfig
 from quotad.daemon.net.addresses import environment_proxy
+from quotad.daemon.net.deadlines import Deadlines
+from quotad.daemon.net.httpx_messages import PreparedRequest
 from quotad.daemon.net.pool import LeanHTTPTransport
-from quotad.daemon.net.sse import ServerSentEvents
+from quotad.daemon.net.sse import EventStreamTooLong, ServerSentEvents
 from quotad.daemon.providers.base import (
     NO_RATE_LIMITS,
     ChatDelta,
@@ -53,6 +65,7 @@ from quotad.daemon.providers.base import (
     RateLimitInfo,
 )
 from quotad.daemon.providers.ratelimits import parse_rate_limits
+from quotad.daemon.providers.redaction import KeyRedactor
 from quotad.protocol.messages import Usage
 
 KEEPALIVE_EXPIRY_S: Final = 30.0
@@ -61,10 +74,9 @@ MAX_ERROR_BODY: Final = 4096
 """Characters of a body that is not JSON kept in :attr:`ProviderError.body`."""
 MAX_ERROR_MESSAGE: Final = 500
 """Characters of a provider's error message kept in :attr:`ProviderError.message`."""
-REDACTED: Final = "[redacted]"
-MIN_SECRET_LENGTH: Final = 8
-"""Shorter keys (``none``, ``EMPTY``: placeholders for local servers) are not redacted: they
-are no secret, and replacing them would garble messages."""
+MAX_ERROR_READ: Final = 64 * 1024
+"""Bytes of an error answer's body read (the rest is dropped with its connection)."""
+MIB: Final = 1024 * 1024
 
 _JSON: Final = msgspec.json.Decoder()
 
@@ -94,6 +106,30 @@ def pooled_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
         keepalive_expiry=KEEPALIVE_EXPIRY_S,
     )
     return httpx.AsyncHTTPTransport(limits=limits, proxy=proxy)
+
+
+async def read_body(response: httpx.Response, limit: int) -> bytes | None:
+    """The body of ``response``, or None when it is larger than ``limit`` bytes (it is then
+    read no further: closing the response drops its connection). A body the transport has
+    read already (the lean pool's small answers) is taken as it is; one that says its length
+    is refused before any of it is read."""
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:
+        pass
+    else:
+        return content if len(content) <= limit else None
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return None
+    chunks = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def error_message(body: Any) -> str | None:
@@ -133,43 +169,66 @@ class ProviderHTTP:
         headers: dict[str, str],
         api_key: str | None,
         transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        name: str = "",
     ) -> None:
         self._base_url = config.base_url.rstrip("/")
-        self._host = httpx.URL(self._base_url).netloc.decode("ascii", "replace")
-        self._secret = api_key if api_key and len(api_key) >= MIN_SECRET_LENGTH else None
+        base_url = httpx.URL(self._base_url)
+        self._host = base_url.netloc.decode("ascii", "replace")
+        self._redactor = KeyRedactor(api_key)
         self._transport = transport if transport is not None else pooled_transport(config)
-        self._headers = httpx.Headers({"user-agent": USER_AGENT, "accept": "application/json"})
+        self._headers = httpx.Headers(
+            {"host": self._host, "user-agent": USER_AGENT, "accept": "application/json"}
+        )
         self._headers.update(headers)
         self._headers.update(config.headers)  # names are case-insensitive: these win
+        self._header_lines = b"".join(
+            name + b": " + value + b"\r\n" for name, value in self._headers.raw
+        )
         self._timeout_s = config.timeout_s
         self._connect_timeout_s = config.connect_timeout_s
         timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
         self._extensions: dict[str, Any] = {"timeout": timeout.as_dict()}
-        self._lean_timeouts = {**timeout.as_dict(), "read": None}  # request() bounds it whole
-        self._lean = self._transport if isinstance(self._transport, LeanHTTPTransport) else None
-        netloc = httpx.URL(self._base_url).netloc
-        self._header_lines = b"host: " + netloc + b"\r\n"
-        self._header_lines += b"".join(
-            name + b": " + value + b"\r\n" for name, value in self._headers.raw
+        self._deadlines = Deadlines()
+        self.max_response_bytes = int(config.max_response_mb * MIB)
+        self._bound = (
+            f"{config.max_response_mb:g} MiB (providers.{name}.max_response_mb)"
+            if name
+            else f"{config.max_response_mb:g} MiB"
         )
 
     def url(self, path: str) -> httpx.URL:
         """The URL of an endpoint under the base URL (``/chat/completions``)."""
         return httpx.URL(self._base_url + path)
 
-    async def request(self, method: str, url: httpx.URL, body: bytes | None = None) -> Reply:
-        """One plain request, answered whole within ``timeout_s``; a non-2xx answer raises."""
-        if self._lean is not None:
-            return await self._lean_request(self._lean, method, url, body or b"")
-        request = httpx.Request(
-            method, url, headers=self._headers, content=body, extensions=self._extensions
+    def _request(self, method: str, url: httpx.URL, body: bytes) -> PreparedRequest:
+        return PreparedRequest(
+            method, url, self._headers, self._header_lines, body, self._extensions
         )
+
+    def _deadline(self) -> AbstractContextManager[Any]:
+        """The whole-request bound: on asyncio (the daemon) watched by this account's one
+        sweep (:mod:`quotad.daemon.net.deadlines`) rather than a timer and a scope per
+        request; elsewhere an anyio scope."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return anyio.fail_after(self._timeout_s)
+        return self._deadlines.within(self._timeout_s)
+
+    async def request(self, method: str, url: httpx.URL, body: bytes | None = None) -> Reply:
+        """One plain request, answered whole within ``timeout_s``; a non-2xx answer raises,
+        and so does one larger than ``max_response_mb``."""
+        request = self._request(method, url, body or b"")
         response: httpx.Response | None = None
         try:
-            with anyio.fail_after(self._timeout_s):
+            with self._deadline():
                 response = await self._transport.handle_async_request(request)
                 try:
-                    content = await response.aread()
+                    if 200 <= response.status_code < 300:
+                        content = await read_body(response, self.max_response_bytes)
+                    else:
+                        content = await read_body(response, MAX_ERROR_READ)
                 finally:
                     await response.aclose()
         except TimeoutError:
@@ -178,48 +237,25 @@ class ProviderHTTP:
             raise self.transport_failure(error, response) from None
         rate_limits = parse_rate_limits(response.headers)
         if not 200 <= response.status_code < 300:
-            raise self.status_failure(response.status_code, content, rate_limits)
-        return Reply(content, rate_limits)
-
-    async def _lean_request(
-        self, lean: LeanHTTPTransport, method: str, url: httpx.URL, body: bytes
-    ) -> Reply:
-        """:meth:`request` through the lean pool, without httpx's request and response
-        models (a fifth of a local request's cost)."""
-        try:
-            status, headers, content = await lean.fetch(
-                method, url, self._header_lines, body, self._lean_timeouts, self._timeout_s
+            raise self.status_failure(response.status_code, content or b"", rate_limits)
+        if content is None:
+            raise ProviderError(
+                "protocol",
+                f"{self._host} sent an answer larger than {self._bound}; it was dropped",
+                status=response.status_code,
+                rate_limits=rate_limits,
             )
-        except TimeoutError:
-            raise self._deadline_failure("gave no complete answer", None) from None
-        except httpx.TransportError as error:
-            raise self.transport_failure(error, None) from None
-        rate_limits = parse_rate_limits(headers)
-        if not 200 <= status < 300:
-            raise self.status_failure(status, content, rate_limits)
-        return Reply(content, rate_limits)
+        return Reply(self._redactor.answer(content), rate_limits)
 
     async def open_stream(
         self, url: httpx.URL, body: bytes
     ) -> tuple[httpx.Response, RateLimitInfo]:
         """POST a streamed request and return once its 2xx response headers are in; the body
-        is left to read. A non-2xx answer is read whole and raised. Through the lean pool, the
-        request is sent from the prebuilt header lines, as :meth:`request` sends it."""
+        is left to read. A non-2xx answer is read (up to :data:`MAX_ERROR_READ`) and raised."""
+        request = self._request("POST", url, body)
         try:
-            with anyio.fail_after(self._timeout_s):
-                if self._lean is not None:
-                    response = await self._lean.open_stream(
-                        "POST", url, self._header_lines, body, self._extensions["timeout"]
-                    )
-                else:
-                    request = httpx.Request(
-                        "POST",
-                        url,
-                        headers=self._headers,
-                        content=body,
-                        extensions=self._extensions,
-                    )
-                    response = await self._transport.handle_async_request(request)
+            with self._deadline():
+                response = await self._transport.handle_async_request(request)
         except TimeoutError:
             raise self._deadline_failure("did not start its answer", None) from None
         except httpx.TransportError as error:
@@ -227,31 +263,39 @@ class ProviderHTTP:
         rate_limits = parse_rate_limits(response.headers)
         if 200 <= response.status_code < 300:
             return response, rate_limits
-        content = b""
+        content: bytes | None = None
         try:
             with anyio.fail_after(self._timeout_s):
-                content = await response.aread()
+                content = await read_body(response, MAX_ERROR_READ)
         except (TimeoutError, httpx.TransportError):
             pass  # the status says enough
         finally:
             await response.aclose()
-        raise self.status_failure(response.status_code, content, rate_limits)
+        raise self.status_failure(response.status_code, content or b"", rate_limits)
 
     def decode(self, decoder: msgspec.json.Decoder[T], reply: Reply) -> T:
         """A reply's body decoded into the wire format's typed answer; ``protocol`` when it
         does not fit."""
         try:
             return decoder.decode(reply.content)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, RecursionError) as error:
             raise self.protocol_failure(str(error), reply.rate_limits, reply.content) from None
 
     # ------------------------------------------------------------------ failures
 
     def redact(self, text: str) -> str:
-        """``text`` without the account's API key in it."""
-        if self._secret and self._secret in text:
-            return text.replace(self._secret, REDACTED)
-        return text
+        """``text`` without the account's API key in it, in any form."""
+        return self._redactor.text(text)
+
+    def redacted_body(self, content: bytes) -> Any:
+        """An error answer's (or error event's) body without the key: its JSON with every
+        string redacted, or its text redacted and cut to :data:`MAX_ERROR_BODY`."""
+        return self._redactor.body(content, MAX_ERROR_BODY)
+
+    def redacted_answer(self, content: bytes) -> bytes:
+        """A successful answer (or event) as it is, unless it holds the key: see
+        :meth:`KeyRedactor.answer`."""
+        return self._redactor.answer(content)
 
     def _deadline_failure(self, what: str, response: httpx.Response | None) -> ProviderError:
         rate_limits = parse_rate_limits(response.headers) if response else NO_RATE_LIMITS
@@ -299,13 +343,8 @@ class ProviderHTTP:
         self, status: int, content: bytes, rate_limits: RateLimitInfo
     ) -> ProviderError:
         """The error a non-2xx answer (``status``) means, with the provider's own message and
-        body."""
-        text = self.redact(content.decode("utf-8", "replace"))
-        body: Any
-        try:
-            body = _JSON.decode(text)
-        except msgspec.DecodeError:
-            body = text[:MAX_ERROR_BODY]
+        body, decoded first and then redacted."""
+        body = self.redacted_body(content)
         message = error_message(body) or f"HTTP {status} {httpx.codes.get_reason_phrase(status)}"
         return ProviderError(
             _status_kind(status),
@@ -320,18 +359,19 @@ class ProviderHTTP:
         self, what: str, rate_limits: RateLimitInfo, content: bytes = b""
     ) -> ProviderError:
         """A 2xx answer that could not be understood."""
-        text = self.redact(content[:MAX_ERROR_BODY].decode("utf-8", "replace"))
         return ProviderError(
             "protocol",
             f"{self._host} sent an answer that cannot be understood: {self.redact(what)}",
             rate_limits=rate_limits,
-            body=text or None,
+            body=self._redactor.start(content, MAX_ERROR_BODY) or None,
         )
 
     def stream_failure(self, error: Exception, rate_limits: RateLimitInfo) -> ProviderError:
         """A stream that broke after it had started."""
         if isinstance(error, httpx.TimeoutException):
             what = f"no data for {self._timeout_s:g} s"
+        elif isinstance(error, EventStreamTooLong):
+            what = f"it passed {self._bound}; it was dropped"
         else:
             what = self.redact(str(error)) or type(error).__name__
         return ProviderError(
@@ -371,7 +411,7 @@ class ChatEventStream(ABC):
         self.finish_reason: str | None = None
         self.http = http
         self.ended = False  # set by on_event when the end event comes
-        self._events = ServerSentEvents(response)
+        self._events = ServerSentEvents(response, http.max_response_bytes)
         self._finished = False
 
     @abstractmethod
@@ -401,7 +441,7 @@ class ChatEventStream(ABC):
                     )
                 break
             try:
-                delta = self.on_event(data)
+                delta = self.on_event(self.http.redacted_answer(data))
             except ProviderError:
                 self._finished = True
                 raise

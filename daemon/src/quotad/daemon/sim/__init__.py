@@ -3,12 +3,14 @@
 It speaks the OpenAI wire format (``POST /v1/chat/completions`` plain and SSE, ``POST
 /v1/embeddings``, ``GET /v1/models``) and the Anthropic one (``POST /v1/messages`` plain and
 SSE; ``GET /v1/models`` in Anthropic's shape when the request has ``anthropic-version``), each
-also without the ``/v1`` prefix. Any model name is accepted. Answers are deterministic:
-``sim reply to: <first words of the last user message>`` padded to 16 words, cut to
-``max_tokens`` words (then finish_reason ``length`` / stop_reason ``max_tokens``); one word is
-one completion token; prompt tokens are :mod:`quotad.daemon.tokens` estimates. A request with
-``tools`` whose last user message has the word "tool" is answered with one call to the first
-tool. Embeddings are unit vectors drawn from a hash of the input (8 dimensions unless
+also without the ``/v1`` prefix. Any model name is accepted. Answers are deterministic: ``sim
+reply to: <first words of the last user message>`` padded to 16 words, cut to ``max_tokens``
+words (then finish_reason ``length`` / stop_reason ``max_tokens``); one word is one completion
+token; prompt tokens are :mod:`quotad.daemon.tokens` estimates, or with
+``count_tokens="bytes"`` (``--count-tokens bytes``) one per UTF-8 byte of every string of the
+prompt, the most a byte-level tokenizer can count (budget tests use it as the worst case). A
+request with ``tools`` whose last user message has the word "tool" is answered with one call to
+the first tool. Embeddings are unit vectors drawn from a hash of the input (8 dimensions unless
 ``dimensions``). Errors come in each API's own body shape. With ``api_key`` set, a request
 needs it as ``Authorization: Bearer KEY`` or ``x-api-key: KEY``; otherwise a 401 quotes the key
 it got, as some servers do (so tests see that quotad keeps keys out of what it reports).

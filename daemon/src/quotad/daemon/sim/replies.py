@@ -52,6 +52,31 @@ def last_user_text(messages: list[ChatMessage]) -> str:
     return ""
 
 
+def utf8_bytes_of_strings(value: Any) -> int:
+    """The UTF-8 bytes of every string in ``value``, dict keys included."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, dict):
+        return sum(utf8_bytes_of_strings(k) + utf8_bytes_of_strings(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(utf8_bytes_of_strings(item) for item in value)
+    return 0
+
+
+def worst_case_prompt_tokens(
+    messages: list[ChatMessage], tools: list[dict[str, Any]] | None, system: Any = None
+) -> int:
+    """The prompt tokens of a worst-case byte-level tokenizer (``--count-tokens bytes``): one
+    per UTF-8 byte of every string of the messages (their role, content and parts, name, tool
+    calls, tool call id), the system prompt and the tools; 3 of framing per message and 3 for
+    the reply, as OpenAI counts them."""
+    total = 3 + utf8_bytes_of_strings(tools) + utf8_bytes_of_strings(system)
+    for message in messages:
+        fields = [message.role, message.content, message.name]
+        total += 3 + utf8_bytes_of_strings([*fields, message.tool_calls, message.tool_call_id])
+    return total
+
+
 def reply_words(prompt: str, max_tokens: int) -> tuple[list[str], bool]:
     """The deterministic reply, one word per token, and whether max_tokens cut it."""
     words = ["sim", "reply", "to:", *prompt.split()[:REPLY_WORDS]][:REPLY_WORDS]

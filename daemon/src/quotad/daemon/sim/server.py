@@ -52,7 +52,13 @@ from quotad.daemon.sim.openai import (
     openai_embeddings_body,
     openai_error_body,
 )
-from quotad.daemon.sim.replies import DEFAULT_MAX_TOKENS, compose_reply, message_text
+from quotad.daemon.sim.replies import (
+    DEFAULT_MAX_TOKENS,
+    compose_reply,
+    message_text,
+    utf8_bytes_of_strings,
+    worst_case_prompt_tokens,
+)
 from quotad.daemon.sim.settings import CONTROL_FIELDS, SimControl, SimSettings
 from quotad.daemon.tokens import estimate_prompt_tokens, estimate_text_tokens
 
@@ -382,7 +388,10 @@ class SimProvider:
         self, arrival: Arrival, request: OpenAIChatRequest
     ) -> HttpResponse | StreamingResponse:
         max_tokens = request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS
-        prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
+        if self.settings.count_tokens == "bytes":
+            prompt_tokens = worst_case_prompt_tokens(request.messages, request.tools)
+        else:
+            prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
         arrival.model = request.model
         arrival.tokens = prompt_tokens + max_tokens
         admitted = self._admit(arrival, False)
@@ -405,9 +414,14 @@ class SimProvider:
     async def _messages(
         self, arrival: Arrival, request: AnthropicRequest
     ) -> HttpResponse | StreamingResponse:
-        prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
-        if request.system:
-            prompt_tokens += estimate_text_tokens(message_text(request.system))
+        if self.settings.count_tokens == "bytes":
+            prompt_tokens = worst_case_prompt_tokens(
+                request.messages, request.tools, request.system
+            )
+        else:
+            prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
+            if request.system:
+                prompt_tokens += estimate_text_tokens(message_text(request.system))
         arrival.model = request.model
         arrival.tokens = prompt_tokens + request.max_tokens
         admitted = self._admit(arrival, True)
@@ -436,6 +450,8 @@ class SimProvider:
             message = "input: expected a string, strings or token arrays"
             return self._error(arrival, False, 400, message, "invalid_request")
         texts, arrival.tokens = inputs
+        if self.settings.count_tokens == "bytes":
+            arrival.tokens = max(arrival.tokens, utf8_bytes_of_strings(texts))
         admitted = self._admit(arrival, False)
         if isinstance(admitted, HttpResponse):
             return admitted

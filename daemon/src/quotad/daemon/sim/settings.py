@@ -45,6 +45,9 @@ class SimSettings:
     api_key: str = ""
     log_path: str = ""
     seed: int | None = None
+    count_tokens: str = "estimate"
+    """How prompt tokens are counted: ``estimate`` (quotad's own estimate) or ``bytes`` (one
+    per UTF-8 byte of every string: the most a byte-level tokenizer can count)."""
 
 
 Count = Annotated[int, msgspec.Meta(ge=0)]

@@ -216,6 +216,11 @@ class Budgets:
         self.add_spent(self._all(), spent, now)
         return [alert for budget in self._all() if (alert := self._check_alert(budget))]
 
+    def apply_to(self, app: str) -> bool:
+        """Whether any budget applies to ``app`` (else :meth:`reserve` holds nothing, and the
+        bound of a request's cost need not be counted)."""
+        return bool(self.app_budgets.get(app, self.global_budgets))
+
     def reserve(self, app: str, max_cost_usd: float, now: float) -> BudgetHold | None:
         """Reserve ``max_cost_usd`` on every budget of ``app``, or raise ``budget_exceeded``
         naming the first budget it would exceed. None when there is nothing to hold."""

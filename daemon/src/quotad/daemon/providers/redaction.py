@@ -1,0 +1,224 @@
+"""Keeping one provider key out of what quotad reports: :class:`KeyRedactor` finds the key in
+text (and in every string of a decoded body) in each form a server may echo it, and replaces
+the token holding it with ``[redacted]``.
+
+Forms found:
+
+- the key as it is, or any run of :data:`MIN_FRAGMENT` or more of its characters (a key cut
+  short, or its middle);
+- masked: a prefix of at least :data:`MIN_MASKED_PREFIX` of its characters followed by mask
+  characters (``*``, ``.``, ``…``, ``•``, ``x``, ``#``), or mask characters followed by its last
+  :data:`MASKED_SUFFIX` characters. OpenAI says "Incorrect API key provided:
+  sk-proj-****...abcd"; others echo ``sk-SENTI*****f3a9`` or ``...f3a9``;
+- encoded: base64 (standard or URL-safe, at any alignment inside a longer base64 run, as in
+  an echoed ``Authorization: Basic`` header) and hex; and whatever the text says once its
+  JSON or Python escapes (``\\u0073\\u006b…``), percent-escapes (``sk%2D…``) or HTML character
+  references (``&#115;&#107;…``) are decoded. A text that reveals the key only once decoded is
+  given back decoded, its key redacted.
+
+Error answers are redacted after they are decoded (a JSON body's strings one by one), so that
+what a client is finally shown is what was searched. Keys shorter than :data:`MIN_SECRET_LENGTH`
+(``none``, ``EMPTY``: placeholders for local servers) are no secret and are left alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any, Final
+
+import msgspec
+
+REDACTED: Final = "[redacted]"
+MIN_SECRET_LENGTH: Final = 8
+MIN_FRAGMENT: Final = 12
+"""A run of this many of the key's characters is taken for the key."""
+MIN_MASKED_PREFIX: Final = 4
+MASKED_SUFFIX: Final = 4
+MASK_CHARACTERS: Final = "*.…•xX#"
+MAX_DECODE_ROUNDS: Final = 3
+"""Escapes inside escapes are decoded this deep."""
+
+_MASKS: Final = frozenset(MASK_CHARACTERS)
+_TOKEN_END: Final = frozenset(" \t\r\n\"'`<>()[]{},;|")
+"""What ends the token a found key is replaced with."""
+_JSON_DECODER: Final = msgspec.json.Decoder()
+_JSON_ENCODER: Final = msgspec.json.Encoder()
+_ESCAPE: Final = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})|\\/")
+
+
+def _json_unescape(text: str) -> str:
+    def character(match: re.Match[str]) -> str:
+        code = match.group(1) or match.group(2)
+        return chr(int(code, 16)) if code else "/"
+
+    return _ESCAPE.sub(character, text)
+
+
+def _base64_cores(secret: bytes) -> set[str]:
+    """The base64 characters that ``secret`` alone determines, at each of the three byte
+    alignments it may have inside a longer encoded run, in both alphabets."""
+    cores = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + secret + b"\0\0").decode("ascii")
+        first = -(-offset * 8 // 6)  # the first character holding none of the padding bytes
+        last = (offset + len(secret)) * 8 // 6  # past the last holding only the secret's bits
+        core = encoded[first:last]
+        cores.add(core)
+        cores.add(core.translate(str.maketrans("+/", "-_")))
+    return cores
+
+
+class KeyRedactor:
+    """Finds one key in text in each form (see the module docstring)."""
+
+    def __init__(self, secret: str | None) -> None:
+        self.secret = secret if secret and len(secret) >= MIN_SECRET_LENGTH else None
+        self.secret_bytes = self.secret.encode() if self.secret else b""
+        if self.secret is None:
+            return
+        key = self.secret
+        fragment = min(MIN_FRAGMENT, len(key))
+        windows = {key[i : i + fragment] for i in range(len(key) - fragment + 1)}
+        encoded = _base64_cores(self.secret_bytes)
+        encoded |= {self.secret_bytes.hex(), self.secret_bytes.hex().upper()}
+        masks = re.escape(MASK_CHARACTERS)
+        self._found = re.compile("|".join(re.escape(form) for form in windows | encoded))
+        # a prefix of the key, then (checked in _hits) a mask right where the key stops
+        self._masked_prefix = re.compile(
+            re.escape(key[:MIN_MASKED_PREFIX]) + r"\S*?(?:[" + masks + "]{2,}|…)"
+        )
+        self._masked_suffix = re.compile(
+            r"(?:[" + masks + r"]{2,}|…)" + re.escape(key[-MASKED_SUFFIX:])
+        )
+        self._prefix = key
+
+    # ------------------------------------------------------------------ finding
+
+    def _hits(self, text: str) -> Iterator[tuple[int, int]]:
+        """Spans of ``text`` where the key shows, in any form but an escaped one."""
+        for match in self._found.finditer(text):
+            yield match.span()
+        for match in self._masked_prefix.finditer(text):
+            start = match.start()
+            matched = 0  # how far the key itself goes before the mask
+            while (
+                start + matched < len(text)
+                and matched < len(self._prefix)
+                and text[start + matched] == self._prefix[matched]
+            ):
+                matched += 1
+            after = start + matched
+            if (
+                matched >= MIN_MASKED_PREFIX
+                and after < len(text)
+                and text[after] in MASK_CHARACTERS
+            ):
+                yield match.span()
+        for match in self._masked_suffix.finditer(text):
+            yield match.span()
+
+    def reveals(self, text: str) -> bool:
+        """Whether ``text`` shows the key (in any form but an escaped one)."""
+        return next(self._hits(text), None) is not None
+
+    def _views(self, text: str) -> Iterator[str]:
+        """``text`` with its escapes of each kind decoded, those that change it."""
+        for decode in (_json_unescape, urllib.parse.unquote, html.unescape):
+            view = decode(text)
+            if view != text:
+                yield view
+
+    # ------------------------------------------------------------------ redacting
+
+    def _redact_found(self, text: str) -> str:
+        """``text`` with each token holding a form of the key replaced."""
+        spans = sorted(self._hits(text))
+        if not spans:
+            return text
+        pieces = []
+        position = 0
+        for start, end in spans:
+            if end <= position:
+                continue  # inside a token already replaced
+            start = max(start, position)
+            while start > position and text[start - 1] not in _TOKEN_END:
+                start -= 1
+            while end < len(text) and text[end] not in _TOKEN_END:
+                end += 1
+            pieces += [text[position:start], REDACTED]
+            position = end
+        pieces.append(text[position:])
+        return "".join(pieces)
+
+    def text(self, text: str) -> str:
+        """``text`` without the key in any form (decoded, where only decoding shows it)."""
+        if self.secret is None or not text:
+            return text
+        text = self._redact_found(text)
+        for _ in range(MAX_DECODE_ROUNDS):
+            revealing = self._revealing_view(text)
+            if revealing is None:
+                break
+            text = self._redact_found(revealing)
+        return text
+
+    def _revealing_view(self, text: str) -> str | None:
+        """``text`` decoded by one kind of escape after another (up to
+        :data:`MAX_DECODE_ROUNDS` deep): the first decoding that shows the key, if any."""
+        layer = [text]
+        for _ in range(MAX_DECODE_ROUNDS):
+            deeper = []
+            for candidate in layer:
+                for view in self._views(candidate):
+                    if self.reveals(view):
+                        return view
+                    deeper.append(view)
+            layer = deeper
+        return None
+
+    def value(self, value: Any) -> Any:
+        """A decoded JSON value with every string in it (keys too) redacted."""
+        if self.secret is None:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.text(str(key)): self.value(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.value(item) for item in value]
+        return value
+
+    def answer(self, content: bytes) -> bytes:
+        """A successful answer's body (or one event of a stream) as it is, unless the key is
+        in it, as it is or JSON-escaped: then its JSON with every string redacted (its text
+        redacted, if it is not JSON). The common case costs one exact search (two when the
+        body has ``\\u`` escapes); other forms are looked for in error answers only."""
+        if self.secret is None:
+            return content
+        if self.secret_bytes not in content and not (
+            b"\\u" in content and self.secret in _json_unescape(content.decode("utf-8", "replace"))
+        ):
+            return content
+        try:
+            return _JSON_ENCODER.encode(self.value(_JSON_DECODER.decode(content)))
+        except (msgspec.DecodeError, RecursionError):  # too deep to walk: its text
+            return self.text(content.decode("utf-8", "replace")).encode()
+
+    def body(self, content: bytes, limit: int) -> Any:
+        """An error answer's body for :attr:`ProviderError.body`: its JSON with every string
+        redacted, or else its :meth:`start`."""
+        try:
+            return self.value(_JSON_DECODER.decode(content))
+        except (msgspec.DecodeError, RecursionError):  # too deep to walk: its text
+            return self.start(content, limit)
+
+    def start(self, content: bytes, limit: int) -> str:
+        """The first ``limit`` characters of ``content`` as text, redacted before the cut (so
+        that a cut cannot leave a piece of the key too short to be found)."""
+        margin = 8 * len(self.secret or "")  # room for a key at the cut, escaped
+        text = content[: 4 * limit + margin].decode("utf-8", "replace")
+        return self.text(text)[:limit]

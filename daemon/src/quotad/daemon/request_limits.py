@@ -1,0 +1,87 @@
+"""What a request may ask of a provider, held to what its reservation covers.
+
+A request's gates and budgets are reserved for its prompt and its completion limit; what is
+sent to the provider must be no more than that. The passthrough ``extra`` could say otherwise,
+so it is checked here, before anything is reserved:
+
+- the completion limit may be spelled ``max_tokens``, ``max_completion_tokens`` (OpenAI's
+  newer name, which its reasoning models require) or ``max_output_tokens`` in ``extra``, beside
+  the request's own ``max_tokens``. The request's limit is the largest of those it gives (the
+  configured default when it gives none); it is what is reserved, and the providers send
+  exactly it, under each spelling the request used that their wire format accepts;
+- ``prediction`` (OpenAI's predicted outputs): predicted tokens that the answer does not use
+  are billed as completion tokens, past ``max_tokens``; their bytes are added to the
+  completion's bound;
+- ``n`` other than 1 is refused: it multiplies the completion's cost, and quotad answers one
+  choice per request (as the HTTP front door refuses it);
+- ``model``, ``messages`` and ``stream``/``stream_options`` (``model`` and ``input`` for
+  embeddings) are refused: quotad sets them itself from the request, and a model named there
+  would be billed at a price nothing was reserved at, messages that were never counted.
+
+Everything else in ``extra`` passes through; what it adds to the prompt (tools, a system
+prompt, a response format) is counted by :func:`~quotad.daemon.tokens.prompt_tokens_upper_bound`.
+A refusal is ``bad_request`` naming the field (``extra.n: ...``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from quotad.daemon.errors import RequestError
+from quotad.daemon.tokens import value_tokens_upper_bound
+from quotad.protocol.messages import Chat
+
+TOKEN_LIMIT_FIELDS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+"""Spellings of a completion limit in ``extra``."""
+REFUSED_CHAT_EXTRA: Final = {
+    "model": "the model is the request's target; name another target or group instead",
+    "messages": "the messages are the request's own; send them as its messages",
+    "stream": "ask for a stream with the request's stream (chat_stream), not in extra",
+    "stream_options": "quotad asks for the usage of every stream itself",
+}
+REFUSED_EMBED_EXTRA: Final = {
+    "model": "the model is the request's target; name another target or group instead",
+    "input": "the inputs are the request's own; send them as its input",
+}
+
+
+def _refuse(field: str, why: str) -> RequestError:
+    return RequestError("bad_request", f"extra.{field}: {why}", details={"field": f"extra.{field}"})
+
+
+def completion_limit(request: Chat, default_max_tokens: int) -> int:
+    """The completion token limit of a chat request, after checking its ``extra`` (see the
+    module docstring): what is reserved, and what the provider is sent."""
+    extra = request.extra
+    if not extra:
+        return request.max_tokens or default_max_tokens
+    for field, why in REFUSED_CHAT_EXTRA.items():
+        if field in extra:
+            raise _refuse(field, why)
+    if "n" in extra and (type(extra["n"]) is not int or extra["n"] != 1):
+        raise _refuse("n", "quotad answers one choice per request; leave n out or set 1")
+    limits = [request.max_tokens] if request.max_tokens is not None else []
+    for field in TOKEN_LIMIT_FIELDS:
+        if field in extra:
+            value = extra[field]
+            if type(value) is not int or value <= 0:
+                raise _refuse(field, f"expected a positive integer, got {value!r}"[:200])
+            limits.append(value)
+    return max(limits) if limits else default_max_tokens
+
+
+def completion_tokens_upper_bound(limit: int, extra: Mapping[str, Any]) -> int:
+    """The most completion tokens a provider can bill a chat request whose limit is ``limit``:
+    the limit, and the bytes of a ``prediction`` (billed when the answer rejects it)."""
+    prediction = extra.get("prediction") if extra else None
+    if prediction is None:
+        return limit
+    return limit + value_tokens_upper_bound(prediction)
+
+
+def check_embed_extra(extra: Mapping[str, Any]) -> None:
+    """Refuse the passthrough fields of an embedding request that quotad sets itself."""
+    for field, why in REFUSED_EMBED_EXTRA.items():
+        if field in extra:
+            raise _refuse(field, why)

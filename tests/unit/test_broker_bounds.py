@@ -1,0 +1,197 @@
+"""What the broker reserves on budgets and settles (in process, a real store): the upper bound
+of a request's cost is held while it runs (Japanese prompts at their bytes, extra's larger
+completion limit), the provider is asked for exactly the limit reserved, refused extra is a
+``bad_request`` row holding nothing, a stream that broke before its usage came settles at
+least at the bound of what it delivered, and a cached prompt settles below what was held."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from quotad.daemon.broker import Broker
+from quotad.daemon.config import Config, parse_config
+from quotad.daemon.errors import RequestError
+from quotad.daemon.providers.base import (
+    NO_RATE_LIMITS,
+    ChatDelta,
+    ChatResult,
+    ChatStream,
+    EmbedResult,
+    ProviderError,
+)
+from quotad.daemon.request import Caller
+from quotad.daemon.routing import Router
+from quotad.daemon.store import Store
+from quotad.daemon.store.prices import PER_TOKEN
+from quotad.protocol.messages import Chat, ChatMessage, Embed, Usage
+from tests.support.store import open_store
+
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+
+JAPANESE = "東京の天気について詳しく教えてください" * 20
+INPUT_PRICE = 2.5  # gpt-4o, USD per 1M tokens
+OUTPUT_PRICE = 10.0
+
+
+class BrokenStream:
+    """A stream that delivers Japanese text, then breaks before reporting its usage."""
+
+    rate_limits = NO_RATE_LIMITS
+    finish_reason: str | None = None
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+
+    async def deltas(self) -> AsyncIterator[ChatDelta]:
+        yield ChatDelta(delta=JAPANESE[:100])
+        yield ChatDelta(tool_calls=[{"index": 0, "function": {"arguments": "x" * 40}}])
+        raise ProviderError("stream_broken", "the stream broke")
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Provider:
+    """Answers what it is told to (``usage``), remembering what it was asked and what the
+    budgets held while it answered."""
+
+    kind = "openai"
+    name = "p"
+
+    def __init__(self, store: Store, usage: Usage | None = None) -> None:
+        self.store = store
+        self.usage = usage or Usage(prompt_tokens=10, completion_tokens=5)
+        self.asked_max_tokens: list[int] = []
+        self.held_usd: list[float] = []
+
+    def _asked(self, max_tokens: int) -> None:
+        self.asked_max_tokens.append(max_tokens)
+        self.held_usd.append(self.store.budgets.global_budgets[0].reserved_usd)
+
+    async def chat(self, model: str, request: Chat, max_tokens: int) -> ChatResult:
+        self._asked(max_tokens)
+        return ChatResult(content="x", usage=self.usage)
+
+    async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
+        self._asked(max_tokens)
+        return BrokenStream()
+
+    async def embed(
+        self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
+    ) -> EmbedResult:
+        self._asked(0)
+        return EmbedResult(embeddings=[[1.0]] * len(inputs), usage=self.usage)
+
+    async def list_models(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        pass
+
+
+def config() -> Config:
+    return parse_config(
+        {
+            "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+            "models": {"g": {"targets": ["p/gpt-4o"]}},
+            "budgets": {"daily_usd": 100.0},
+            "gates": {"default_max_tokens": 256},
+        }
+    )
+
+
+def chat(content: str, **fields: Any) -> Chat:
+    return Chat(id=1, model="g", messages=[ChatMessage(role="user", content=content)], **fields)
+
+
+async def rows(store: Store) -> list[tuple[Any, ...]]:
+    return await store.db.read(
+        "SELECT status, prompt_tokens, completion_tokens, cost_usd FROM ledger ORDER BY id"
+    )
+
+
+async def test_a_japanese_prompt_holds_its_bytes_and_settles_to_the_truth(
+    anyio_backend: str,
+) -> None:
+    async with open_store(config()) as store:
+        provider = Provider(store)
+        broker = Broker(config(), Router(config(), {"p": provider}), store)
+        await broker.chat(chat(JAPANESE, max_tokens=100), Caller(app="a"))
+        prompt_bytes = len(JAPANESE.encode())
+        assert provider.held_usd[0] >= (prompt_bytes * INPUT_PRICE + 100 * OUTPUT_PRICE) * PER_TOKEN
+        assert provider.asked_max_tokens == [100]
+        [daily] = store.budgets.global_budgets
+        assert daily.reserved_usd == 0.0
+        assert daily.spent_usd == pytest.approx((10 * INPUT_PRICE + 5 * OUTPUT_PRICE) * PER_TOKEN)
+
+
+async def test_a_larger_limit_in_extra_is_reserved_and_is_what_the_provider_is_asked(
+    anyio_backend: str,
+) -> None:
+    async with open_store(config()) as store:
+        provider = Provider(store)
+        broker = Broker(config(), Router(config(), {"p": provider}), store)
+        request = chat("hi", max_tokens=1, extra={"max_completion_tokens": 2000})
+        await broker.chat(request, Caller(app="a"))
+        assert provider.asked_max_tokens == [2000]
+        assert provider.held_usd[0] >= 2000 * OUTPUT_PRICE * PER_TOKEN
+
+
+async def test_refused_extra_is_a_bad_request_row_that_holds_nothing(anyio_backend: str) -> None:
+    async with open_store(config()) as store:
+        provider = Provider(store)
+        broker = Broker(config(), Router(config(), {"p": provider}), store)
+        for extra in ({"n": 3}, {"model": "gpt-5-pro"}, {"max_tokens": "lots"}):
+            with pytest.raises(RequestError) as refused:
+                await broker.chat(chat("hi", extra=extra), Caller(app="a"))
+            assert refused.value.code == "bad_request"
+        with pytest.raises(RequestError, match=r"extra\.input"):
+            await broker.embed(Embed(id=2, model="g", input="x", extra={"input": []}), Caller("a"))
+        assert provider.asked_max_tokens == []
+        assert [row[0] for row in await rows(store)] == ["bad_request"] * 4
+        [daily] = store.budgets.global_budgets
+        assert (daily.held, daily.reserved_usd, daily.spent_usd) == (0, 0.0, 0.0)
+
+
+async def test_a_broken_stream_settles_at_the_bound_of_what_it_delivered(
+    anyio_backend: str,
+) -> None:
+    async with open_store(config()) as store:
+        broker = Broker(config(), Router(config(), {"p": Provider(store)}), store)
+        with pytest.raises(RequestError) as broken:
+            async for _ in broker.chat_stream(chat(JAPANESE, stream=True), Caller(app="a")):
+                pass
+        assert broken.value.code == "upstream_error"
+        [(status, prompt, completion, cost)] = await rows(store)
+        assert status == "upstream_error"
+        assert prompt >= len(JAPANESE.encode())  # the prompt's bound: no usage came
+        delivered = len(JAPANESE[:100].encode()) + 40  # 300 bytes of text, 40 of arguments
+        assert completion == min(256, delivered + len('[{"index":0,"function":{"arguments":""}}]'))
+        assert cost == pytest.approx((prompt * INPUT_PRICE + completion * OUTPUT_PRICE) * PER_TOKEN)
+        assert store.budgets.global_budgets[0].spent_usd == pytest.approx(cost)
+
+
+async def test_a_cached_prompt_settles_below_what_was_held(anyio_backend: str) -> None:
+    async with open_store(config()) as store:
+        usage = Usage(prompt_tokens=400, completion_tokens=10, cached_tokens=384)
+        provider = Provider(store, usage)
+        broker = Broker(config(), Router(config(), {"p": provider}), store)
+        reply = await broker.chat(chat("a" * 400, max_tokens=10), Caller(app="a"))
+        cached_price = 1.25  # gpt-4o cached input
+        expected = (16 * INPUT_PRICE + 384 * cached_price + 10 * OUTPUT_PRICE) * PER_TOKEN
+        assert reply.cost_usd == pytest.approx(expected)
+        assert reply.cost_usd < provider.held_usd[0]
+        [daily] = store.budgets.global_budgets
+        assert daily.reserved_usd == 0.0
+        assert daily.spent_usd == pytest.approx(expected)
+
+
+async def test_japanese_embedding_inputs_hold_their_bytes(anyio_backend: str) -> None:
+    async with open_store(config()) as store:
+        provider = Provider(store)
+        broker = Broker(config(), Router(config(), {"p": provider}), store)
+        await broker.embed(Embed(id=1, model="g", input=[JAPANESE] * 3), Caller(app="a"))
+        assert provider.held_usd[0] >= 3 * len(JAPANESE.encode()) * INPUT_PRICE * PER_TOKEN
