@@ -1,0 +1,518 @@
+"""The semantic cache's match rules: when a question asked in other words may take a cached answer.
+
+Embedding similarity cannot tell "meeting at 3pm" from "meeting at 4pm" (0.92 with the bundled
+model), "turn on" from "turn off" (0.95), "reverse a string" from "reverse a list" (0.89), or
+"convert celsius to fahrenheit" from "convert fahrenheit to celsius" (1.00: a static model
+averages its tokens, so word order is invisible to it). So similarity only *proposes* a
+candidate; these rules decide, and they refuse whenever the two texts could mean different
+things. A text is read into :class:`Facets`:
+
+1. NFKC-normalized; a letter of any script other than Latin makes the text ineligible
+   (``script``): measured with this model, different questions in Cyrillic or CJK text score as
+   high as paraphrases, and the rules below only know English function words.
+2. Protected spans are lifted out verbatim, in order, as *literals*: fenced and backticked code,
+   quoted strings (straight, curly, low-9, guillemet and CJK corner quote marks), URLs, file
+   paths, and code identifiers (``snake_case``, ``camelCase``, ``dotted.names``, ``call()``).
+   Literals compare exactly, case included.
+3. Numbers in any digits become canonical values: ``3pm``, ``3 p.m.`` and ``15:00`` are all
+   ``15:00``; ``1,000`` is ``1000``; ``three`` is ``3``, ``twenty-five`` is ``25``; versions,
+   dates and ranges (``3.11``, ``2024-03-05``, ``3-5``) stay as written. ``%`` reads as
+   ``percent``, ``$5`` as ``5 usd`` (so it equals ``5 dollars``).
+4. Words are case-folded, contractions expanded (``isn't`` → ``is not``), plurals reduced, a
+   few synonyms merged (``repair`` → ``fix``) and common request framings folded into one
+   (``how do I`` / ``what's the best way to`` / ``how to`` → *how to*; ``explain`` /
+   ``describe`` / ``what is`` → *explain*). A short list of words that never change what is
+   asked (articles, present forms of be/do/have, please, hello…) is dropped; every other word
+   is *significant*, function words such as ``for``, ``why``, ``was`` or ``and`` included.
+
+Two facets are :func:`compatible` when their framings agree and their significant tokens are the
+same words, numbers, negations and literals, in the same order — except that one block of
+plain words may have moved past another (``reverse a string in Python`` = ``in Python, reverse a
+string``), never past a number, a negation, an opposite-pair word or a literal. What remains
+free is what a paraphrase changes: framings, fillers, articles, case, punctuation, plurals and
+contractions. Similarity is then measured on :attr:`Facets.embedding_text`, the normalized text
+(framings folded, fillers kept), so that a case or contraction change costs nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from typing import Final, Literal
+
+Kind = Literal["word", "number", "negation", "polarity", "literal", "symbol"]
+Token = tuple[Kind, str]
+Refusal = Literal[
+    "too_long", "script", "empty", "framing", "numbers", "negation", "literals", "polarity",
+    "words", "symbols", "order",
+]  # fmt: skip
+"""Why a text is not eligible (the first three) or why two texts may not share an answer."""
+
+RULES_VERSION: Final = 1
+"""Changes when what :func:`read` makes of a text changes (stored vectors of the old
+:attr:`Facets.embedding_text` are then re-embedded)."""
+MAX_TEXT_CHARS: Final = 2000
+"""A last user turn longer than this is not cached semantically: a long text's mean vector is
+close to every other long text's, and its facts are too many to check."""
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+def _wordset(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
+STOPWORDS: Final = _wordset(
+    "a an the is are am be do does have has of at there this that these those please kindly "
+    "just really actually basically ok okay so well"
+)
+"""Words that never change what is asked. Everything else, function words included, counts."""
+
+NEGATIONS: Final = _wordset("not no never none nothing nobody nowhere neither nor without cannot")
+
+POLARITY: Final = _wordset(
+    """on off out up down yes true false and or with before after above below over under
+    more less most least max min maximum minimum first last all any some every each only
+    enable disable enabled disabled show hide open close start stop add delete include
+    exclude increase decrease allow deny block unblock lock unlock install uninstall accept
+    reject encrypt decrypt encode decode import export push pull read write input output
+    left right upper lower higher ascending descending asc desc positive negative plus minus
+    public private sync async inside outside from to into than buy sell win lose pass fail
+    good bad best worst big small fast slow old new early late"""
+)
+"""Words with an opposite ("on"/"off", "enable"/"disable", "to"/"from"): never dropped, never
+merged, never moved past other words."""
+
+SYNONYMS: Final = {
+    "repair": "fix",
+    "large": "big",
+    "automobile": "car",
+    "erase": "delete",
+    "remove": "delete",
+    "utilize": "use",
+    "begin": "start",
+    "dollar": "usd",
+    "euro": "eur",
+    "percentage": "percent",
+}
+
+FRAMINGS: Final[dict[tuple[str, ...], str]] = {}
+"""Phrases (after contractions are expanded) → the framing they stand for; "" drops them."""
+
+
+def _framings(canonical: str, phrases: str) -> None:
+    for phrase in phrases.split("|"):
+        FRAMINGS[tuple(phrase.split())] = canonical
+
+
+_framings(
+    "how to",
+    "how do i|how can i|how could i|how should i|how would i|how do you|how can you|"
+    "how does one|how can one|how do we|how can we|how to|is there a way to|"
+    "what is the best way to|what is the easiest way to|what is the simplest way to|"
+    "what is the right way to|what is the proper way to|what is the correct way to|"
+    "what is the recommended way to|what is the standard way to|what is the way to|"
+    "what is a good way to|what is a simple way to|what is an easy way to|best way to|"
+    "tell me how to|show me how to|explain how to|i want to know how to|"
+    "i would like to know how to|i need to know how to",
+)
+_framings(
+    "explain",
+    "explain|describe|explain to me|tell me about|what is|what are|what do you know about|"
+    "give me an overview of|give me an explanation of|define",
+)
+_framings(
+    "",
+    "please|kindly|can you|could you|would you|will you|can you please|could you please|"
+    "would you please|i need you to|i want you to|i would like you to|help me|hi|hello|hey|"
+    "thanks|thank you",
+)
+_LONGEST_FRAMING: Final = max(len(phrase) for phrase in FRAMINGS)
+_FRAMING_STARTS: Final = frozenset(phrase[0] for phrase in FRAMINGS)
+
+_NUMBER_WORDS: Final = {
+    word: value
+    for value, word in enumerate(
+        (
+            *("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+            *("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen"),
+            *("seventeen", "eighteen", "nineteen", "twenty"),
+        )
+    )
+} | {
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+    "sixty": 60,
+    "seventy": 70,
+    "eighty": 80,
+    "ninety": 90,
+    "dozen": 12,
+}
+_SCALES: Final = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
+
+_IS_CONTRACTED: Final = _wordset("what that it there here who where how when why he she")
+"""``X's`` reads as ``X is`` for these; any other ``'s`` is a possessive and is dropped."""
+_WHOLE_CONTRACTIONS: Final = {
+    "won't": "will not",
+    "can't": "can not",
+    "shan't": "shall not",
+    "ain't": "is not",
+    "cannot": "can not",
+    "let's": "let us",
+}
+_SUFFIX_CONTRACTIONS: Final = (
+    ("n't", " not"),
+    ("'re", " are"),
+    ("'m", " am"),
+    ("'ll", " will"),
+    ("'ve", " have"),
+    ("'d", " would"),
+)
+_TIMES_OF_DAY: Final = {"noon": "12:00", "midday": "12:00", "midnight": "00:00"}
+_NOT_PLURAL: Final = _wordset(
+    """news means series species physics mathematics economics politics always perhaps
+    whereas towards afterwards sometimes besides bias alias canvas atlas gas yes its his
+    thus plus minus status corpus virus campus bonus chaos ethos lens was has does"""
+)
+
+_CURRENCIES: Final = {"$": "usd", "€": "eur", "£": "gbp", "¥": "¥", "₹": "inr"}
+_QUOTES: Final = {
+    '"': '"',
+    "\u201c": "\u201d",  # left and right double
+    "\u201d": "\u201d",  # right double twice (Swedish, Finnish)
+    "\u201e": "\u201c",  # low-9 double, left double (German)
+    "\u2018": "\u2019",  # left and right single
+    "\u201a": "\u2018",  # low-9 single, left single
+    "\u00ab": "\u00bb",  # guillemets
+    "\u00bb": "\u00ab",  # guillemets reversed (Danish)
+    "\u2039": "\u203a",  # single guillemets
+    "\u300c": "\u300d",  # CJK corner brackets
+    "\u300e": "\u300f",  # CJK white corner brackets
+    "\u300a": "\u300b",  # CJK double angle brackets
+    "\u3008": "\u3009",  # CJK angle brackets
+}
+"""Opening quote marks and the mark that closes each."""
+_APOSTROPHE: Final = "\u2019"  # right single quote, as in "don't" typeset
+
+
+# One scanner over the text: at each position, the first alternative that matches wins. The
+# first, a plain word not followed by what makes it part of an identifier, path or URL, is the
+# fast path that most tokens take.
+_SCANNER: Final = re.compile(
+    r"""
+    (?P<plain>[^\W\d_]+(?:[-'\u2019][^\W\d_]+)*(?![\w(/\\@:]|[.'\u2019]\w))
+  | (?P<fence>```.*?(?:```|\Z))
+  | (?P<tick>`[^`\n]+`)
+  | (?P<url>\b(?:[a-zA-Z][a-zA-Z0-9+.-]*://|www\.)[^\s<>"'`]+)
+  | (?P<time>(?<![\w.:])(?P<hour>1[0-2]|0?\d)(?::(?P<minute>[0-5]\d))?\s?(?P<ampm>[aApP])\.?\s?[mM]\b\.?)
+  | (?P<clock>(?<![\w.:])(?P<h24>[01]?\d|2[0-3]):(?P<m24>[0-5]\d)(?![\d:]))
+  | (?P<number>\d+(?:[.,:/-]\d+)*)
+  | (?P<path>(?<![\w/.~])(?:~|\.{1,2})?(?:/[\w.~-]+)+/?|\b[A-Za-z]:\\[^\s"'`]+|
+              \b[\w.-]+(?:/[\w.-]+)+)
+  | (?P<ident>\b(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|\w*_\w*|[a-z]+[A-Z]\w*|
+                 [A-Z]+[a-z]+[A-Z]\w*)(?:\(\))?|\b[A-Za-z_]\w*\(\))
+  | (?P<quote>[QUOTES])
+  | (?P<squote>(?<!\w)'(?=\S))
+  | (?P<money>[$€£¥₹]\s?(?=\d))
+  | (?P<word>[^\W\d_]+(?:[-'\u2019][^\W\d_]+)*)
+  | (?P<percent>%)
+  | (?P<joiner>(?<=[^\W_])[-/](?=[^\W_]))
+  | (?P<other>[^\w\s])
+    """.replace("QUOTES", "".join(_QUOTES)),
+    re.VERBOSE | re.DOTALL,
+)
+_CAMEL: Final = re.compile(r"[a-z][A-Z]")
+_THOUSANDS: Final = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_LITERAL_GROUPS: Final = frozenset({"fence", "url", "path", "ident"})
+
+
+@dataclass(frozen=True, slots=True)
+class Facets:
+    """What the rules compare of one text: its significant tokens in order, its framings,
+    and the normalized text whose embedding is compared."""
+
+    tokens: tuple[Token, ...]
+    framings: frozenset[str]
+    embedding_text: str
+
+    def values(self, *kinds: Kind) -> list[str]:
+        """The values of the tokens of these kinds, in order."""
+        return [value for kind, value in self.tokens if kind in kinds]
+
+
+def read(text: str) -> Facets | Refusal:
+    """The facets of a last user turn, or why it cannot have a semantic hit."""
+    if len(text) > MAX_TEXT_CHARS:
+        return "too_long"
+    text = unicodedata.normalize("NFKC", text)
+    if not _latin_only(text):
+        return "script"
+    return _fold(_join_number_words(_scan(text)))
+
+
+def compatible(query: Facets, entry: Facets) -> Refusal | None:
+    """None when ``entry``'s answer may answer ``query``; else the first rule that refuses."""
+    if query.framings != entry.framings:
+        return "framing"
+    if query.values("number") != entry.values("number"):
+        return "numbers"
+    if query.values("negation") != entry.values("negation"):
+        return "negation"
+    if query.values("literal") != entry.values("literal"):
+        return "literals"
+    if Counter(query.values("polarity")) != Counter(entry.values("polarity")):
+        return "polarity"
+    if Counter(query.values("word")) != Counter(entry.values("word")):
+        return "words"
+    if Counter(query.values("symbol")) != Counter(entry.values("symbol")):
+        return "symbols"
+    if not _one_block_moved(query.tokens, entry.tokens):
+        return "order"
+    return None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _latin_only(text: str) -> bool:
+    """No letter of a script other than Latin (digits and symbols of any script are fine)."""
+    if text.isascii():
+        return True
+    for char in text:
+        if (
+            char.isalpha()
+            and not char.isascii()
+            and not unicodedata.name(char, "").startswith("LATIN")
+        ):
+            return False
+    return True
+
+
+def _scan(text: str) -> list[Token]:
+    """The text as literal, number, symbol and (case-folded, contraction-expanded) word
+    tokens, in order; punctuation is dropped."""
+    tokens: list[Token] = []
+    currency: str | None = None  # "$" seen: its word goes after the number ("5 usd")
+    position = 0
+    while (match := _SCANNER.search(text, position)) is not None:
+        position = match.end()
+        group = match.lastgroup
+        value = match.group()
+        if group == "plain" and _CAMEL.search(value):
+            tokens.append(("literal", value))  # camelCase, JavaScript: an identifier
+        elif group == "plain" and _is_label(value, text, match.start()):
+            tokens.append(("literal", value))  # "server A", "option B": a name, not "a"
+        elif group in ("plain", "word"):
+            tokens.extend(("word", word) for word in _expand(value))
+            continue
+        if group in _LITERAL_GROUPS:
+            if group == "ident" and all(len(part) <= 1 for part in value.split(".")):
+                tokens.extend(("word", part.casefold()) for part in value.split(".") if part)
+            else:
+                tokens.append(("literal", value))
+        elif group == "tick":
+            tokens.append(("literal", value[1:-1]))
+        elif group in ("quote", "squote"):
+            closing = "'" if group == "squote" else _QUOTES[value]
+            end = _closing_quote(text, position, closing)
+            if end >= 0:  # else a lone mark: read on past it
+                tokens.append(("literal", text[position:end]))
+                position = end + 1
+        elif group in ("time", "clock"):
+            tokens.append(("number", _time(match)))
+        elif group == "number":
+            tokens.append(("number", _number(value)))
+            if currency is not None:
+                tokens.append(("word", currency))
+        elif group == "money":
+            currency = _CURRENCIES[value.strip()]
+            continue
+        elif group == "percent":
+            tokens.append(("word", "percent"))
+        elif group == "other" and unicodedata.category(value).startswith("S"):
+            tokens.append(("symbol", value))
+        elif group == "other" and value in "-/":
+            tokens.append(("symbol", value))  # a minus sign or a division, not a joiner
+        currency = None
+    return tokens
+
+
+def _is_label(word: str, text: str, start: int) -> bool:
+    """A capital letter alone, not opening a sentence ("plan B"; not "A cat…", not "I")."""
+    if len(word) != 1 or not word.isupper() or word == "I":
+        return False
+    before = text[:start].rstrip()
+    return bool(before) and before[-1] not in ".!?:;\n"
+
+
+def _closing_quote(text: str, start: int, closing: str) -> int:
+    """Where the quote opened before ``start`` closes (-1: never); for ``'``, an apostrophe
+    inside a word (``don't``) does not close it."""
+    end = text.find(closing, start)
+    while closing == "'" and end >= 0 and _inside_word(text, end):
+        end = text.find(closing, end + 1)
+    return end
+
+
+def _inside_word(text: str, index: int) -> bool:
+    return 0 < index < len(text) - 1 and text[index - 1].isalpha() and text[index + 1].isalpha()
+
+
+def _expand(word: str) -> list[str]:
+    """A run of letters as words: case-folded, hyphens split, contractions expanded, a
+    possessive ``'s`` dropped."""
+    folded = word.casefold()
+    if "'" not in folded and "-" not in folded and _APOSTROPHE not in folded:
+        whole = _WHOLE_CONTRACTIONS.get(folded)
+        return [folded] if whole is None else whole.split()
+    words: list[str] = []
+    for part in folded.replace(_APOSTROPHE, "'").split("-"):
+        whole = _WHOLE_CONTRACTIONS.get(part)
+        if whole is not None:
+            words.extend(whole.split())
+            continue
+        if part.endswith("'s"):
+            stem = part[:-2]
+            words.extend([stem, "is"] if stem in _IS_CONTRACTED else [stem])
+            continue
+        for suffix, expansion in _SUFFIX_CONTRACTIONS:
+            if part.endswith(suffix):
+                part = part[: -len(suffix)] + expansion
+                break
+        words.extend(piece for piece in part.split() if piece and piece != "'")
+    return words
+
+
+def _time(match: re.Match[str]) -> str:
+    if match["h24"] is not None:
+        return f"{int(match['h24']):02d}:{match['m24']}"
+    hour = int(match["hour"]) % 12 + (12 if match["ampm"] in "pP" else 0)
+    return f"{hour:02d}:{match['minute'] or '00'}"
+
+
+def _number(value: str) -> str:
+    """A number with digits of any script as ASCII, and leading zeros and thousands
+    separators dropped; compound numbers (versions, dates, ranges) otherwise as written."""
+    value = "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in value)
+    if _THOUSANDS.fullmatch(value):
+        value = value.replace(",", "")
+    if value.isdecimal():
+        return str(int(value))
+    head, dot, tail = value.partition(".")
+    if dot and head.isdecimal() and tail.isdecimal():
+        return f"{int(head)}.{tail}"
+    return value
+
+
+def _join_number_words(tokens: list[Token]) -> list[Token]:
+    """Number words as numbers: ``three`` → 3, ``twenty five`` → 25, ``two hundred`` → 200,
+    ``a dozen`` → 12; times of day (``noon``) as times."""
+    out: list[Token] = []
+    index = 0
+    while index < len(tokens):
+        kind, value = tokens[index]
+        if kind == "word" and value in _TIMES_OF_DAY:
+            out.append(("number", _TIMES_OF_DAY[value]))
+            index += 1
+            continue
+        if kind != "word" or (value not in _NUMBER_WORDS and value not in _SCALES):
+            out.append(tokens[index])
+            index += 1
+            continue
+        number = _NUMBER_WORDS.get(value, 1)
+        index += value in _NUMBER_WORDS
+        following = tokens[index] if index < len(tokens) else None
+        if 20 <= number <= 90 and following and 0 < _NUMBER_WORDS.get(following[1], 0) < 10:
+            number += _NUMBER_WORDS[following[1]]
+            index += 1
+            following = tokens[index] if index < len(tokens) else None
+        if following and following[0] == "word" and following[1] in _SCALES:
+            number *= _SCALES[following[1]]
+            index += 1
+        out.append(("number", str(number)))
+    return out
+
+
+def _canonical(word: str) -> str:
+    """A word's comparable form: singular, then its synonym group's name."""
+    if len(word) > 3 and word not in _NOT_PLURAL and not word.endswith(("ss", "us", "is")):
+        if word.endswith("ies") and len(word) > 4:
+            word = word[:-3] + "y"
+        elif word.endswith(("ches", "shes", "xes", "zes", "sses")):
+            word = word[:-2]
+        elif word.endswith("s"):
+            word = word[:-1]
+    return SYNONYMS.get(word, word)
+
+
+def _fold(tokens: list[Token]) -> Facets | Refusal:
+    """Framings folded, stopwords set aside, words classified: the facets."""
+    significant: list[Token] = []
+    framings: set[str] = set()
+    shown: list[str] = []  # the embedding text: every token's canonical form, in order
+    index = 0
+    while index < len(tokens):
+        framing, length = _framing_at(tokens, index)
+        if length:
+            index += length
+            if framing:
+                framings.add(framing)
+                shown.append(framing)
+            continue
+        kind, value = tokens[index]
+        index += 1
+        if kind == "word":
+            if value in STOPWORDS:
+                shown.append(value)
+                continue
+            value = _canonical(value)
+            if value in NEGATIONS:
+                kind, value = "negation", "not"
+            elif value in POLARITY:
+                kind = "polarity"
+        significant.append((kind, value))
+        shown.append(value)
+    if not significant:
+        return "empty"
+    return Facets(tuple(significant), frozenset(framings), " ".join(shown))
+
+
+def _framing_at(tokens: list[Token], index: int) -> tuple[str, int]:
+    """The framing phrase starting at ``index`` (the longest), and its length in tokens."""
+    if tokens[index][1] not in _FRAMING_STARTS:
+        return "", 0
+    words: list[str] = []
+    for kind, value in tokens[index : index + _LONGEST_FRAMING]:
+        if kind != "word":
+            break
+        words.append(value)
+    for length in range(len(words), 0, -1):
+        framing = FRAMINGS.get(tuple(words[:length]))
+        if framing is not None:
+            return framing, length
+    return "", 0
+
+
+def _one_block_moved(first: tuple[Token, ...], second: tuple[Token, ...]) -> bool:
+    """Whether ``second`` is ``first``, or ``first`` with two adjacent blocks of plain words
+    swapped (no number, negation, opposite-pair word, literal or symbol in either, and not
+    the unit right after a number)."""
+    if first == second:
+        return True
+    if len(first) != len(second):
+        return False
+    start = 0
+    while first[start] == second[start]:
+        start += 1
+    end = len(first)
+    while first[end - 1] == second[end - 1]:
+        end -= 1
+    middle, other = first[start:end], second[start:end]
+    if any(kind != "word" for kind, _ in middle):
+        return False
+    if start and first[start - 1][0] == "number":
+        return False  # the word after a number is its unit ("5 km"): it stays
+    return any(middle[cut:] + middle[:cut] == other for cut in range(1, len(middle)))
