@@ -105,17 +105,19 @@ def test_a_fresh_process_makes_no_network_system_call(tmp_path: Path) -> None:
 
 
 def test_the_daemon_does_not_import_numpy_until_the_model_is_used() -> None:
-    """Building the daemon's parts and parsing a config that asks for semantic caching and a
-    local provider import neither numpy nor the model."""
+    """Building the daemon's parts, parsing a config that asks for semantic caching and a
+    local provider, and building that provider import neither numpy nor the model."""
     program = textwrap.dedent(
         """
         import sys
         from quotad.daemon import broker, cli, server
         from quotad.daemon.config import parse_config
+        from quotad.daemon.providers import build_provider
         config = parse_config({
             "cache": {"semantic": {"mode": "shadow"}},
             "providers": {"local": {"kind": "local"}},
         })
+        provider = build_provider("local", config.providers["local"], None)
         heavy = sorted(
             name for name in ("numpy", "wordllama", "tokenizers", "safetensors")
             if name in sys.modules
