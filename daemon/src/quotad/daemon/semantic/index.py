@@ -1,11 +1,13 @@
 """The vectors of one partition, searched by brute force: one contiguous float32 matrix.
 
 A partition's entries are few to some thousands (one system prompt and history, one model), so an
-exact scan beats an approximate index: one matrix-vector product (BLAS sgemv) over the live rows
-gives every cosine similarity (the vectors are unit length), ~0.3 ms at 10,000 rows and
-~4 ms at 100,000 on this project's 2-core machine class. float32 is kept because numpy has no
-fast float16 or int8 product (measured 40-50x slower), which would cost far more time than the
-memory it saves.
+exact scan beats an approximate index: one matrix-vector product over the live rows gives every
+cosine similarity (the vectors are unit length). It is numpy's own einsum loop, on the calling
+thread, not BLAS: OpenBLAS splits a product this size over its threads, and on a shared 2-core
+machine those threads wait for each other (measured under load: 24 ms for 20,000 x 128 with
+two BLAS threads, 0.5 ms with one; einsum runs as fast as one-thread BLAS). float32 is kept
+because numpy has no fast float16 or int8 product (measured 17-50x slower), which would cost
+far more time than the memory it saves.
 
 Rows are kept dense: a removed row is filled with the last one, so a search never skips holes.
 The matrix grows by doubling and shrinks by half when a quarter full, so its memory stays within
@@ -94,7 +96,7 @@ class VectorIndex:
         count = len(self._ids)
         if count == 0 or limit <= 0:
             return []
-        scores: npt.NDArray[np.float32] = self._matrix[:count] @ query
+        scores: npt.NDArray[np.float32] = np.einsum("ij,j->i", self._matrix[:count], query)
         above = np.flatnonzero(scores >= threshold)
         if above.size > limit:
             best = np.argpartition(scores[above], above.size - limit)[above.size - limit :]
