@@ -146,6 +146,7 @@ def lookups(model: EmbeddingModel, count: int, samples: int) -> dict[str, Any]:
     """Lookup, index search and bare matvec in one partition of ``count`` questions."""
     import numpy as np
 
+    from quotad.daemon.semantic.cache import CANDIDATES
     from quotad.daemon.semantic.question import Question
 
     cache, stored = filled(model, count)
@@ -174,7 +175,7 @@ def lookups(model: EmbeddingModel, count: int, samples: int) -> dict[str, Any]:
             lookup_s.append(time.perf_counter() - started)
             vector = vectors[pick % len(vectors)]
             started = time.perf_counter()
-            index.search(vector, cache.threshold, 16)
+            index.search(vector, cache.threshold, CANDIDATES)
             search_s.append(time.perf_counter() - started)
             started = time.perf_counter()
             np.einsum("ij,j->i", matrix, vector)

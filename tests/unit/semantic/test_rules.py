@@ -225,3 +225,10 @@ def test_any_text_reads_without_error_and_matches_itself(text: str) -> None:
     if isinstance(found, Facets):
         assert compatible(found, found) is None
         assert found.embedding_text
+
+
+def test_a_move_is_looked_for_only_in_a_short_stretch() -> None:
+    words = [f"zq{chr(97 + index // 26)}{chr(97 + index % 26)}" for index in range(40)]
+    moved = words[20:] + words[:20]
+    assert verdict(" ".join(words[:12]), " ".join(words[6:12] + words[:6])) is None
+    assert verdict(" ".join(words), " ".join(moved)) == "order"

@@ -53,9 +53,12 @@ Refusal = Literal[
 RULES_VERSION: Final = 1
 """Changes when what :func:`read` makes of a text changes (stored vectors of the old
 :attr:`Facets.embedding_text` are then re-embedded)."""
-MAX_TEXT_CHARS: Final = 2000
+MAX_TEXT_CHARS: Final = 1000
 """A last user turn longer than this is not cached semantically: a long text's mean vector is
-close to every other long text's, and its facts are too many to check."""
+close to every other long text's, its facts are too many to check, and reading one costs up to
+~10 ms (a crafted text of this length; ~1.5 ms an ordinary one)."""
+MAX_MOVED_TOKENS: Final = 32
+"""Longest stretch of tokens in which one block may have moved past another."""
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -512,7 +515,7 @@ def _one_block_moved(first: tuple[Token, ...], second: tuple[Token, ...]) -> boo
     while first[end - 1] == second[end - 1]:
         end -= 1
     middle, other = first[start:end], second[start:end]
-    if any(kind != "word" for kind, _ in middle):
+    if len(middle) > MAX_MOVED_TOKENS or any(kind != "word" for kind, _ in middle):
         return False
     if start and first[start - 1][0] == "number":
         return False  # the word after a number is its unit ("5 km"): it stays
