@@ -190,6 +190,8 @@ NEAR_MISSES: Final[dict[str, list[Pair]]] = {
         ("How does a refrigerator work?", "Why does a refrigerator work?"),
         ("What should I eat before a run?", "What should I eat after a run?"),
         ("Copy the file from server A to server B", "Copy the file from server B to server A"),
+        ("Who is the mother of the bride?", "Who is the bride of the mother?"),
+        ("Do I have to pay tax?", "Do I pay tax?"),
     ],
     "identifiers": [
         ("What does `os.path.join` do?", "What does `os.path.split` do?"),
@@ -210,6 +212,7 @@ NEAR_MISSES: Final[dict[str, list[Pair]]] = {
         ("Set DEBUG_MODE to true", "Set DEBUG_LEVEL to true"),
         ("Read config.yaml", "Read config.json"),
         ("Explain “premature optimization”", "Explain “premature abstraction”"),
+        ("How do I learn C#?", "How do I learn C?"),
     ],
     "nouns": [
         ("How do I reverse a string in Python?", "How do I reverse a list in Python?"),
@@ -232,6 +235,8 @@ NEAR_MISSES: Final[dict[str, list[Pair]]] = {
         ("Summarize the plot of Hamlet", "Summarize the plot of Macbeth"),
         ("How do I sort a list in Python?", "How do I sort a list in Python in place?"),
         ("What is my name?", "What is your name?"),
+        ("Tell me about Lucas", "Tell me about Luca"),
+        ("Lucas is my friend", "Luca is my friend"),
         ("Can I use Python for this?", "Should I use Python for this?"),
     ],
     "other languages": [

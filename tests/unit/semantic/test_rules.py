@@ -139,6 +139,20 @@ def test_each_rule_refuses_with_its_name(first: str, second: str, refusal: str) 
     assert verdict(first, second) == refusal
 
 
+def test_plurals_match_only_in_words_written_in_lower_case() -> None:
+    assert verdict("list the files", "list the file") is None
+    assert verdict("Strings are immutable?", "strings are immutable?") is None
+    assert verdict("convert $100 to euros", "convert 100 USD to EUR") is None
+    assert verdict("Tell me about Lucas", "Tell me about Luca") == "words"
+    assert verdict("Lucas is here", "Luca is here") == "words"
+
+
+def test_marks_other_than_punctuation_are_symbols() -> None:
+    assert verdict("How do I learn C#?", "How do I learn C?") == "symbols"
+    assert verdict("email me @ home", "email me home") == "symbols"
+    assert verdict("Really?! (yes) … ok.", "really yes") is None
+
+
 def test_a_block_of_plain_words_may_move_but_nothing_else_may() -> None:
     assert verdict("reverse a string in Python", "in Python, reverse a string") is None
     assert verdict("sort the list by name", "by name sort the list") is None

@@ -44,6 +44,9 @@ from typing import Final, Literal
 
 Kind = Literal["word", "number", "negation", "polarity", "literal", "symbol"]
 Token = tuple[Kind, str]
+RawToken = tuple[Kind | Literal["name"], str]
+"""A token as scanned: ``name`` is a word written with a capital (never made singular)."""
+_WORDISH: Final = ("word", "name")
 Refusal = Literal[
     "too_long", "script", "empty", "framing", "numbers", "negation", "literals", "polarity",
     "words", "symbols", "order",
@@ -68,7 +71,7 @@ def _wordset(words: str) -> frozenset[str]:
 
 
 STOPWORDS: Final = _wordset(
-    "a an the is are am be do does have has of at there this that these those please kindly "
+    "a an the is are am be do does at there this that these those please kindly "
     "just really actually basically ok okay so well"
 )
 """Words that never change what is asked. Everything else, function words included, counts."""
@@ -229,6 +232,9 @@ _SCANNER: Final = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 _CAMEL: Final = re.compile(r"[a-z][A-Z]")
+_PUNCTUATION: Final = frozenset(".,;:!?()[]{}'\"\u2026\u2013\u2014\u00a1\u00bf\u00b7")
+"""Marks that never change what is asked (full stop, comma…, ellipsis, dashes); any other mark
+is a symbol that must match."""
 _THOUSANDS: Final = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _LITERAL_GROUPS: Final = frozenset({"fence", "url", "path", "ident"})
 
@@ -241,6 +247,8 @@ class Facets:
     tokens: tuple[Token, ...]
     framings: frozenset[str]
     embedding_text: str
+    exact_tokens: tuple[Token, ...] = ()
+    """The tokens with no word made singular (as written, case folded)."""
 
     def values(self, *kinds: Kind) -> list[str]:
         """The values of the tokens of these kinds, in order."""
@@ -258,22 +266,37 @@ def read(text: str) -> Facets | Refusal:
 
 
 def compatible(query: Facets, entry: Facets) -> Refusal | None:
-    """None when ``entry``'s answer may answer ``query``; else the first rule that refuses."""
+    """None when ``entry``'s answer may answer ``query``; else the first rule that refuses.
+
+    The tokens are compared as read (plurals made singular) and, failing that, as written
+    (no word made singular): "Strings" at the start of one text and "strings" in the other
+    match as written, "euros" and "EUR" as read.
+    """
     if query.framings != entry.framings:
         return "framing"
-    if query.values("number") != entry.values("number"):
+    refusal = _refusal(query.tokens, entry.tokens)
+    if refusal is not None and _refusal(query.exact_tokens, entry.exact_tokens) is None:
+        return None
+    return refusal
+
+
+def _refusal(first: tuple[Token, ...], second: tuple[Token, ...]) -> Refusal | None:
+    def values(tokens: tuple[Token, ...], kind: Kind) -> list[str]:
+        return [value for token_kind, value in tokens if token_kind == kind]
+
+    if values(first, "number") != values(second, "number"):
         return "numbers"
-    if query.values("negation") != entry.values("negation"):
+    if values(first, "negation") != values(second, "negation"):
         return "negation"
-    if query.values("literal") != entry.values("literal"):
+    if values(first, "literal") != values(second, "literal"):
         return "literals"
-    if Counter(query.values("polarity")) != Counter(entry.values("polarity")):
+    if Counter(values(first, "polarity")) != Counter(values(second, "polarity")):
         return "polarity"
-    if Counter(query.values("word")) != Counter(entry.values("word")):
+    if Counter(values(first, "word")) != Counter(values(second, "word")):
         return "words"
-    if Counter(query.values("symbol")) != Counter(entry.values("symbol")):
+    if Counter(values(first, "symbol")) != Counter(values(second, "symbol")):
         return "symbols"
-    if not _one_block_moved(query.tokens, entry.tokens):
+    if not _one_block_moved(first, second):
         return "order"
     return None
 
@@ -295,10 +318,10 @@ def _latin_only(text: str) -> bool:
     return True
 
 
-def _scan(text: str) -> list[Token]:
+def _scan(text: str) -> list[RawToken]:
     """The text as literal, number, symbol and (case-folded, contraction-expanded) word
     tokens, in order; punctuation is dropped."""
-    tokens: list[Token] = []
+    tokens: list[RawToken] = []
     currency: str | None = None  # "$" seen: its word goes after the number ("5 usd")
     position = 0
     while (match := _SCANNER.search(text, position)) is not None:
@@ -310,7 +333,8 @@ def _scan(text: str) -> list[Token]:
         elif group == "plain" and _is_label(value, text, match.start()):
             tokens.append(("literal", value))  # "server A", "option B": a name, not "a"
         elif group in ("plain", "word"):
-            tokens.extend(("word", word) for word in _expand(value))
+            kind: Literal["word", "name"] = "word" if value.islower() else "name"
+            tokens.extend((kind, word) for word in _expand(value))
             continue
         if group in _LITERAL_GROUPS:
             if group == "ident" and all(len(part) <= 1 for part in value.split(".")):
@@ -336,10 +360,8 @@ def _scan(text: str) -> list[Token]:
             continue
         elif group == "percent":
             tokens.append(("word", "percent"))
-        elif group == "other" and unicodedata.category(value).startswith("S"):
-            tokens.append(("symbol", value))
-        elif group == "other" and value in "-/":
-            tokens.append(("symbol", value))  # a minus sign or a division, not a joiner
+        elif group == "other" and value not in _PUNCTUATION:
+            tokens.append(("symbol", value))  # "#" in "C#", a minus sign, "/", "@", an emoji…
         currency = None
     return tokens
 
@@ -411,18 +433,18 @@ def _number(value: str) -> str:
     return value
 
 
-def _join_number_words(tokens: list[Token]) -> list[Token]:
+def _join_number_words(tokens: list[RawToken]) -> list[RawToken]:
     """Number words as numbers: ``three`` → 3, ``twenty five`` → 25, ``two hundred`` → 200,
     ``a dozen`` → 12; times of day (``noon``) as times."""
-    out: list[Token] = []
+    out: list[RawToken] = []
     index = 0
     while index < len(tokens):
         kind, value = tokens[index]
-        if kind == "word" and value in _TIMES_OF_DAY:
+        if kind in _WORDISH and value in _TIMES_OF_DAY:
             out.append(("number", _TIMES_OF_DAY[value]))
             index += 1
             continue
-        if kind != "word" or (value not in _NUMBER_WORDS and value not in _SCALES):
+        if kind not in _WORDISH or (value not in _NUMBER_WORDS and value not in _SCALES):
             out.append(tokens[index])
             index += 1
             continue
@@ -433,15 +455,15 @@ def _join_number_words(tokens: list[Token]) -> list[Token]:
             number += _NUMBER_WORDS[following[1]]
             index += 1
             following = tokens[index] if index < len(tokens) else None
-        if following and following[0] == "word" and following[1] in _SCALES:
+        if following and following[0] in _WORDISH and following[1] in _SCALES:
             number *= _SCALES[following[1]]
             index += 1
         out.append(("number", str(number)))
     return out
 
 
-def _canonical(word: str) -> str:
-    """A word's comparable form: singular, then its synonym group's name."""
+def _singular(word: str) -> str:
+    """A word with a plural ending taken off (a heuristic: see :data:`_NOT_PLURAL`)."""
     if len(word) > 3 and word not in _NOT_PLURAL and not word.endswith(("ss", "us", "is")):
         if word.endswith("ies") and len(word) > 4:
             word = word[:-3] + "y"
@@ -449,12 +471,22 @@ def _canonical(word: str) -> str:
             word = word[:-2]
         elif word.endswith("s"):
             word = word[:-1]
-    return SYNONYMS.get(word, word)
+    return word
 
 
-def _fold(tokens: list[Token]) -> Facets | Refusal:
+def _classified(value: str) -> Token:
+    """A significant word as a token: a negation, an opposite-pair word, or a plain word."""
+    if value in NEGATIONS:
+        return ("negation", "not")
+    if value in POLARITY:
+        return ("polarity", value)
+    return ("word", value)
+
+
+def _fold(tokens: list[RawToken]) -> Facets | Refusal:
     """Framings folded, stopwords set aside, words classified: the facets."""
     significant: list[Token] = []
+    exact: list[Token] = []  # the same, no word made singular
     framings: set[str] = set()
     shown: list[str] = []  # the embedding text: every token's canonical form, in order
     index = 0
@@ -468,29 +500,30 @@ def _fold(tokens: list[Token]) -> Facets | Refusal:
             continue
         kind, value = tokens[index]
         index += 1
-        if kind == "word":
+        if kind == "word" or kind == "name":
             if value in STOPWORDS:
                 shown.append(value)
                 continue
-            value = _canonical(value)
-            if value in NEGATIONS:
-                kind, value = "negation", "not"
-            elif value in POLARITY:
-                kind = "polarity"
-        significant.append((kind, value))
-        shown.append(value)
+            as_written = _classified(SYNONYMS.get(value, value))
+            singular = _singular(value) if kind == "word" else value  # never "Lucas" → "luca"
+            token = _classified(SYNONYMS.get(singular, singular))
+        else:
+            token = as_written = (kind, value)
+        significant.append(token)
+        exact.append(as_written)
+        shown.append(token[1])
     if not significant:
         return "empty"
-    return Facets(tuple(significant), frozenset(framings), " ".join(shown))
+    return Facets(tuple(significant), frozenset(framings), " ".join(shown), tuple(exact))
 
 
-def _framing_at(tokens: list[Token], index: int) -> tuple[str, int]:
+def _framing_at(tokens: list[RawToken], index: int) -> tuple[str, int]:
     """The framing phrase starting at ``index`` (the longest), and its length in tokens."""
     if tokens[index][1] not in _FRAMING_STARTS:
         return "", 0
     words: list[str] = []
     for kind, value in tokens[index : index + _LONGEST_FRAMING]:
-        if kind != "word":
+        if kind not in _WORDISH:
             break
         words.append(value)
     for length in range(len(words), 0, -1):
