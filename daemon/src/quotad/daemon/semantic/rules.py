@@ -18,12 +18,15 @@ things. A text is read into :class:`Facets`:
    ``15:00``; ``1,000`` is ``1000``; ``three`` is ``3``, ``twenty-five`` is ``25``; versions,
    dates and ranges (``3.11``, ``2024-03-05``, ``3-5``) stay as written. ``%`` reads as
    ``percent``, ``$5`` as ``5 usd`` (so it equals ``5 dollars``).
-4. Words are case-folded, contractions expanded (``isn't`` → ``is not``), plurals reduced, a
-   few synonyms merged (``repair`` → ``fix``) and common request framings folded into one
-   (``how do I`` / ``what's the best way to`` / ``how to`` → *how to*; ``explain`` /
-   ``describe`` / ``what is`` → *explain*). A short list of words that never change what is
-   asked (articles, present forms of be/do/have, please, hello…) is dropped; every other word
-   is *significant*, function words such as ``for``, ``why``, ``was`` or ``and`` included.
+4. Words are case-folded, contractions expanded (``isn't`` → ``is not``), plurals of words
+   written in lower case reduced (never a name's: "Lucas" is not "Luca"), a few synonyms
+   merged (``repair`` → ``fix``) and common request framings folded into one (``how do I`` /
+   ``what's the best way to`` / ``how to`` → *how to*; ``explain`` / ``describe`` / ``what
+   is`` → *explain*; ``please``, ``can you``, ``hello`` → nothing). A short list of words that
+   never change what is asked (articles, present forms of be and do, ``this``/``that``…) is
+   dropped; every other word is *significant*, function words such as ``for``, ``of``, ``why``,
+   ``was`` or ``and`` included. Punctuation is dropped; any other mark (``#``, ``+``, ``@``,
+   an emoji) is a symbol.
 
 Two facets are :func:`compatible` when their framings agree and their significant tokens are the
 same words, numbers, negations and literals, in the same order — except that one block of
