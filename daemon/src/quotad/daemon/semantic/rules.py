@@ -45,6 +45,26 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from quotad.daemon.semantic.vocabulary import (
+    APOSTROPHE,
+    CURRENCIES,
+    FRAMING_STARTS,
+    FRAMINGS,
+    IS_CONTRACTED,
+    LONGEST_FRAMING,
+    NEGATIONS,
+    NOT_PLURAL,
+    NUMBER_WORDS,
+    POLARITY,
+    QUOTES,
+    SCALES,
+    STOPWORDS,
+    SUFFIX_CONTRACTIONS,
+    SYNONYMS,
+    TIMES_OF_DAY,
+    WHOLE_CONTRACTIONS,
+)
+
 Kind = Literal["word", "number", "negation", "polarity", "literal", "symbol"]
 Token = tuple[Kind, str]
 RawToken = tuple[Kind | Literal["name"], str]
@@ -65,147 +85,6 @@ close to every other long text's, its facts are too many to check, and reading o
 ~10 ms (a crafted text of this length; ~1.5 ms an ordinary one)."""
 MAX_MOVED_TOKENS: Final = 32
 """Longest stretch of tokens in which one block may have moved past another."""
-
-# --------------------------------------------------------------------------- vocabulary
-
-
-def _wordset(words: str) -> frozenset[str]:
-    return frozenset(words.split())
-
-
-STOPWORDS: Final = _wordset(
-    "a an the is are am be do does at there this that these those please kindly "
-    "just really actually basically ok okay so well"
-)
-"""Words that never change what is asked. Everything else, function words included, counts."""
-
-NEGATIONS: Final = _wordset("not no never none nothing nobody nowhere neither nor without cannot")
-
-POLARITY: Final = _wordset(
-    """on off out up down yes true false and or with before after above below over under
-    more less most least max min maximum minimum first last all any some every each only
-    enable disable enabled disabled show hide open close start stop add delete include
-    exclude increase decrease allow deny block unblock lock unlock install uninstall accept
-    reject encrypt decrypt encode decode import export push pull read write input output
-    left right upper lower higher ascending descending asc desc positive negative plus minus
-    public private sync async inside outside from to into than buy sell win lose pass fail
-    good bad best worst big small fast slow old new early late"""
-)
-"""Words with an opposite ("on"/"off", "enable"/"disable", "to"/"from"): never dropped, never
-merged, never moved past other words."""
-
-SYNONYMS: Final = {
-    "repair": "fix",
-    "large": "big",
-    "automobile": "car",
-    "erase": "delete",
-    "remove": "delete",
-    "utilize": "use",
-    "begin": "start",
-    "dollar": "usd",
-    "euro": "eur",
-    "percentage": "percent",
-}
-
-FRAMINGS: Final[dict[tuple[str, ...], str]] = {}
-"""Phrases (after contractions are expanded) → the framing they stand for; "" drops them."""
-
-
-def _framings(canonical: str, phrases: str) -> None:
-    for phrase in phrases.split("|"):
-        FRAMINGS[tuple(phrase.split())] = canonical
-
-
-_framings(
-    "how to",
-    "how do i|how can i|how could i|how should i|how would i|how do you|how can you|"
-    "how does one|how can one|how do we|how can we|how to|is there a way to|"
-    "what is the best way to|what is the easiest way to|what is the simplest way to|"
-    "what is the right way to|what is the proper way to|what is the correct way to|"
-    "what is the recommended way to|what is the standard way to|what is the way to|"
-    "what is a good way to|what is a simple way to|what is an easy way to|best way to|"
-    "tell me how to|show me how to|explain how to|i want to know how to|"
-    "i would like to know how to|i need to know how to",
-)
-_framings(
-    "explain",
-    "explain|describe|explain to me|tell me about|what is|what are|what do you know about|"
-    "give me an overview of|give me an explanation of|define",
-)
-_framings(
-    "",
-    "please|kindly|can you|could you|would you|will you|can you please|could you please|"
-    "would you please|i need you to|i want you to|i would like you to|help me|hi|hello|hey|"
-    "thanks|thank you",
-)
-_LONGEST_FRAMING: Final = max(len(phrase) for phrase in FRAMINGS)
-_FRAMING_STARTS: Final = frozenset(phrase[0] for phrase in FRAMINGS)
-
-_NUMBER_WORDS: Final = {
-    word: value
-    for value, word in enumerate(
-        (
-            *("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
-            *("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen"),
-            *("seventeen", "eighteen", "nineteen", "twenty"),
-        )
-    )
-} | {
-    "thirty": 30,
-    "forty": 40,
-    "fifty": 50,
-    "sixty": 60,
-    "seventy": 70,
-    "eighty": 80,
-    "ninety": 90,
-    "dozen": 12,
-}
-_SCALES: Final = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
-
-_IS_CONTRACTED: Final = _wordset("what that it there here who where how when why he she")
-"""``X's`` reads as ``X is`` for these; any other ``'s`` is a possessive and is dropped."""
-_WHOLE_CONTRACTIONS: Final = {
-    "won't": "will not",
-    "can't": "can not",
-    "shan't": "shall not",
-    "ain't": "is not",
-    "cannot": "can not",
-    "let's": "let us",
-}
-_SUFFIX_CONTRACTIONS: Final = (
-    ("n't", " not"),
-    ("'re", " are"),
-    ("'m", " am"),
-    ("'ll", " will"),
-    ("'ve", " have"),
-    ("'d", " would"),
-)
-_TIMES_OF_DAY: Final = {"noon": "12:00", "midday": "12:00", "midnight": "00:00"}
-_NOT_PLURAL: Final = _wordset(
-    """news means series species physics mathematics economics politics always perhaps
-    whereas towards afterwards sometimes besides bias alias canvas atlas gas yes its his
-    thus plus minus status corpus virus campus bonus chaos ethos lens was has does"""
-)
-
-_CURRENCIES: Final = {"$": "usd", "€": "eur", "£": "gbp", "¥": "¥", "₹": "inr"}
-_QUOTES: Final = {
-    '"': '"',
-    "\u201c": "\u201d",  # left and right double
-    "\u201d": "\u201d",  # right double twice (Swedish, Finnish)
-    "\u201e": "\u201c",  # low-9 double, left double (German)
-    "\u2018": "\u2019",  # left and right single
-    "\u201a": "\u2018",  # low-9 single, left single
-    "\u00ab": "\u00bb",  # guillemets
-    "\u00bb": "\u00ab",  # guillemets reversed (Danish)
-    "\u2039": "\u203a",  # single guillemets
-    "\u300c": "\u300d",  # CJK corner brackets
-    "\u300e": "\u300f",  # CJK white corner brackets
-    "\u300a": "\u300b",  # CJK double angle brackets
-    "\u3008": "\u3009",  # CJK angle brackets
-}
-"""Opening quote marks and the mark that closes each."""
-_APOSTROPHE: Final = "\u2019"  # right single quote, as in "don't" typeset
-
 
 # One scanner over the text: at each position, the first alternative that matches wins. The
 # first, a plain word not followed by what makes it part of an identifier, path or URL, is the
@@ -231,7 +110,7 @@ _SCANNER: Final = re.compile(
   | (?P<percent>%)
   | (?P<joiner>(?<=[^\W_])[-/](?=[^\W_]))
   | (?P<other>[^\w\s])
-    """.replace("QUOTES", "".join(_QUOTES)),
+    """.replace("QUOTES", "".join(QUOTES)),
     re.VERBOSE | re.DOTALL,
 )
 _CAMEL: Final = re.compile(r"[a-z][A-Z]")
@@ -347,7 +226,7 @@ def _scan(text: str) -> list[RawToken]:
         elif group == "tick":
             tokens.append(("literal", value[1:-1]))
         elif group in ("quote", "squote"):
-            closing = "'" if group == "squote" else _QUOTES[value]
+            closing = "'" if group == "squote" else QUOTES[value]
             end = _closing_quote(text, position, closing)
             if end >= 0:  # else a lone mark: read on past it
                 tokens.append(("literal", text[position:end]))
@@ -359,7 +238,7 @@ def _scan(text: str) -> list[RawToken]:
             if currency is not None:
                 tokens.append(("word", currency))
         elif group == "money":
-            currency = _CURRENCIES[value.strip()]
+            currency = CURRENCIES[value.strip()]
             continue
         elif group == "percent":
             tokens.append(("word", "percent"))
@@ -394,20 +273,20 @@ def _expand(word: str) -> list[str]:
     """A run of letters as words: case-folded, hyphens split, contractions expanded, a
     possessive ``'s`` dropped."""
     folded = word.casefold()
-    if "'" not in folded and "-" not in folded and _APOSTROPHE not in folded:
-        whole = _WHOLE_CONTRACTIONS.get(folded)
+    if "'" not in folded and "-" not in folded and APOSTROPHE not in folded:
+        whole = WHOLE_CONTRACTIONS.get(folded)
         return [folded] if whole is None else whole.split()
     words: list[str] = []
-    for part in folded.replace(_APOSTROPHE, "'").split("-"):
-        whole = _WHOLE_CONTRACTIONS.get(part)
+    for part in folded.replace(APOSTROPHE, "'").split("-"):
+        whole = WHOLE_CONTRACTIONS.get(part)
         if whole is not None:
             words.extend(whole.split())
             continue
         if part.endswith("'s"):
             stem = part[:-2]
-            words.extend([stem, "is"] if stem in _IS_CONTRACTED else [stem])
+            words.extend([stem, "is"] if stem in IS_CONTRACTED else [stem])
             continue
-        for suffix, expansion in _SUFFIX_CONTRACTIONS:
+        for suffix, expansion in SUFFIX_CONTRACTIONS:
             if part.endswith(suffix):
                 part = part[: -len(suffix)] + expansion
                 break
@@ -443,31 +322,31 @@ def _join_number_words(tokens: list[RawToken]) -> list[RawToken]:
     index = 0
     while index < len(tokens):
         kind, value = tokens[index]
-        if kind in _WORDISH and value in _TIMES_OF_DAY:
-            out.append(("number", _TIMES_OF_DAY[value]))
+        if kind in _WORDISH and value in TIMES_OF_DAY:
+            out.append(("number", TIMES_OF_DAY[value]))
             index += 1
             continue
-        if kind not in _WORDISH or (value not in _NUMBER_WORDS and value not in _SCALES):
+        if kind not in _WORDISH or (value not in NUMBER_WORDS and value not in SCALES):
             out.append(tokens[index])
             index += 1
             continue
-        number = _NUMBER_WORDS.get(value, 1)
-        index += value in _NUMBER_WORDS
+        number = NUMBER_WORDS.get(value, 1)
+        index += value in NUMBER_WORDS
         following = tokens[index] if index < len(tokens) else None
-        if 20 <= number <= 90 and following and 0 < _NUMBER_WORDS.get(following[1], 0) < 10:
-            number += _NUMBER_WORDS[following[1]]
+        if 20 <= number <= 90 and following and 0 < NUMBER_WORDS.get(following[1], 0) < 10:
+            number += NUMBER_WORDS[following[1]]
             index += 1
             following = tokens[index] if index < len(tokens) else None
-        if following and following[0] in _WORDISH and following[1] in _SCALES:
-            number *= _SCALES[following[1]]
+        if following and following[0] in _WORDISH and following[1] in SCALES:
+            number *= SCALES[following[1]]
             index += 1
         out.append(("number", str(number)))
     return out
 
 
 def _singular(word: str) -> str:
-    """A word with a plural ending taken off (a heuristic: see :data:`_NOT_PLURAL`)."""
-    if len(word) > 3 and word not in _NOT_PLURAL and not word.endswith(("ss", "us", "is")):
+    """A word with a plural ending taken off (a heuristic: see :data:`NOT_PLURAL`)."""
+    if len(word) > 3 and word not in NOT_PLURAL and not word.endswith(("ss", "us", "is")):
         if word.endswith("ies") and len(word) > 4:
             word = word[:-3] + "y"
         elif word.endswith(("ches", "shes", "xes", "zes", "sses")):
@@ -522,10 +401,10 @@ def _fold(tokens: list[RawToken]) -> Facets | Refusal:
 
 def _framing_at(tokens: list[RawToken], index: int) -> tuple[str, int]:
     """The framing phrase starting at ``index`` (the longest), and its length in tokens."""
-    if tokens[index][1] not in _FRAMING_STARTS:
+    if tokens[index][1] not in FRAMING_STARTS:
         return "", 0
     words: list[str] = []
-    for kind, value in tokens[index : index + _LONGEST_FRAMING]:
+    for kind, value in tokens[index : index + LONGEST_FRAMING]:
         if kind not in _WORDISH:
             break
         words.append(value)
