@@ -1,9 +1,9 @@
 """The semantic cache and local embeddings (DESIGN §11), from a model shipped in a wheel.
 
 :mod:`.model` reads the bundled embedding model; :mod:`.index` searches one partition's
-vectors; :mod:`.rules` decides when a question asked in other words may take a stored answer;
-:mod:`.question` reads a chat request's partition and last user turn; :mod:`.cache` is the
-engine the broker composes with the response cache.
+vectors; :mod:`.rules` decides when a question asked in other words may take a stored answer,
+with the words of :mod:`.vocabulary`; :mod:`.question` reads a chat request's partition and
+last user turn; :mod:`.cache` is the engine the broker composes with the response cache.
 
 All of it needs the optional extra ``quotad[semantic]`` (numpy and wordllama). This module
 imports neither: a daemon whose config asks for no semantic caching and no local provider never
