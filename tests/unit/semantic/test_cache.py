@@ -195,12 +195,15 @@ def test_a_higher_threshold_refuses_on_similarity(cache: SemanticCache) -> None:
 
 def test_shadow_compare_counts_would_be_hits_and_agreement(cache: SemanticCache) -> None:
     match = Match(entry(1), 0.97)
-    answer = "Use slicing: text[::-1] returns the string reversed."
-    assert cache.shadow_compare(
-        match, answer, "Use  slicing:\ntext[::-1] returns the string reversed."
-    )
-    assert not cache.shadow_compare(match, answer, "Paris is the capital of France.")
+    answer = "You can reverse a string in Python with slicing: s[::-1] returns a new string."
+    other_words = "Use s[::-1] to reverse a string in Python; slicing with a step of -1 walks it."
+    assert cache.shadow_compare(match, answer, answer.replace(" ", "  \n"))
+    assert cache.shadow_compare(match, answer, other_words)
+    assert not cache.shadow_compare(match, answer, "Use list.reverse() to reverse a list.")
+    assert not cache.shadow_compare(match, "The meeting is at 3pm.", "The meeting is at 4pm.")
+    assert not cache.shadow_compare(match, "Yes, you can.", "No, you cannot.")
     assert not cache.shadow_compare(match, answer, None)
     stats = cache.stats
-    assert (stats.would_be_hits, stats.shadow_agreed, stats.hits) == (3, 1, 0)
-    assert 1.0 <= stats.shadow_similarity_sum < 2.0
+    assert (stats.would_be_hits, stats.shadow_agreed, stats.shadow_identical) == (6, 2, 1)
+    assert stats.hits == 0
+    assert 2.0 <= stats.shadow_similarity_sum < 5.0

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quotad.daemon.semantic.rules import MAX_TEXT_CHARS, Facets, Refusal, compatible, read
+from quotad.daemon.semantic.rules import (
+    MAX_TEXT_CHARS,
+    Facets,
+    Refusal,
+    compatible,
+    read,
+    stated,
+)
 from tests.support.semantic_pairs import PARAPHRASES
 
 
@@ -159,6 +166,15 @@ def test_a_block_of_plain_words_may_move_but_nothing_else_may() -> None:
     assert verdict("dog bites man", "man bites dog") == "order"
     assert verdict("don't use tabs, use spaces", "use tabs, don't use spaces") == "order"
     assert verdict("5 km in miles", "5 miles in km") == "order"
+
+
+def test_what_an_answer_states_is_its_numbers_and_literals_in_any_script() -> None:
+    assert stated("At 3pm, then at 15:00; don't run `ls`. 会議は3時") == (
+        frozenset({"15:00", "3"}),
+        frozenset({"ls"}),
+        1,
+    )
+    assert stated("No numbers here, none at all") == (frozenset(), frozenset(), 2)
 
 
 # --------------------------------------------------------------------------- properties

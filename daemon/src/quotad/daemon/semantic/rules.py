@@ -183,6 +183,17 @@ def _refusal(first: tuple[Token, ...], second: tuple[Token, ...]) -> Refusal | N
     return None
 
 
+def stated(text: str) -> tuple[frozenset[str], frozenset[str], int]:
+    """The numbers and literals a text of any script and length states (as sets: an answer may
+    repeat them, in any order) and how many negations it has: what two answers must share to
+    agree."""
+    tokens = _join_number_words(_scan(unicodedata.normalize("NFKC", text)))
+    numbers = frozenset(value for kind, value in tokens if kind == "number")
+    literals = frozenset(value for kind, value in tokens if kind == "literal")
+    negations = sum(kind in _WORDISH and value in NEGATIONS for kind, value in tokens)
+    return numbers, literals, negations
+
+
 # --------------------------------------------------------------------------- reading
 
 
