@@ -5,7 +5,8 @@ exact scan beats an approximate index: one matrix-vector product over the live r
 cosine similarity (the vectors are unit length). It is numpy's own einsum loop, on the calling
 thread, not BLAS: OpenBLAS splits a product this size over its threads, and on a shared 2-core
 machine those threads wait for each other (measured under load: 24 ms for 20,000 x 128 with
-two BLAS threads, 0.5 ms with one; einsum runs as fast as one-thread BLAS). float32 is kept
+two BLAS threads, 0.5 ms with one; einsum takes 1-2x the time of one-thread BLAS, which numpy
+offers only as a process-wide setting, and ~2 ms for 100,000 x 64). float32 is kept
 because numpy has no fast float16 or int8 product (measured 17-50x slower), which would cost
 far more time than the memory it saves.
 
