@@ -8,10 +8,9 @@ one partition, memory, and the pair sets' hit rate and false hits. Prints one JS
 - ``lookup_*_at_N``: ``question`` + ``lookup`` of a paraphrase of a stored question (a hit: the
   rules checked on each candidate) in a partition of N questions, generated from templates so
   that many are near duplicates (a crowded, hard partition). ``search_*`` is the index alone
-  (one matrix-vector product, top candidates), and ``matvec_*`` the bare product over the same
-  matrix (numpy einsum, as the index computes it): the floor (``search_vs_matvec``). Arms
-  interleaved. (Multi-threaded BLAS is not an arm: its spinning threads slow whatever runs
-  next on a 2-core machine, which is why the index does not use it.)
+  (one matrix-vector product, top candidates), and ``matvec_*`` the bare numpy product over the
+  same matrix: the floor (``search_vs_matvec``). Arms interleaved. Both run on one BLAS thread,
+  as the index sets it.
 - ``rss_*_mb``: a fresh process importing the daemon's modules, then with the model loaded
   (``rss_model_mb``, the model's cost), then holding the largest partition
   (``rss_vectors_mb``).
@@ -178,7 +177,7 @@ def lookups(model: EmbeddingModel, count: int, samples: int) -> dict[str, Any]:
             index.search(vector, cache.threshold, CANDIDATES)
             search_s.append(time.perf_counter() - started)
             started = time.perf_counter()
-            np.einsum("ij,j->i", matrix, vector)
+            np.dot(matrix, vector)
             matvec_s.append(time.perf_counter() - started)
     return {
         f"lookup_p50_ms_at_{count}": ms(lookup_s, 0.5),

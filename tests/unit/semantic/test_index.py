@@ -24,6 +24,14 @@ def entry(number: int) -> bytes:
     return number.to_bytes(16, "big")
 
 
+def test_blas_runs_on_one_thread_once_the_index_is_imported() -> None:
+    from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
+
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas
+    assert all(pool["num_threads"] == 1 for pool in blas)
+
+
 def test_search_returns_the_most_similar_first_above_the_threshold() -> None:
     index = VectorIndex(DIMENSIONS)
     for number in range(50):

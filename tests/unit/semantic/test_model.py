@@ -119,7 +119,8 @@ def test_the_daemon_does_not_import_numpy_until_the_model_is_used() -> None:
         })
         provider = build_provider("local", config.providers["local"], None)
         heavy = sorted(
-            name for name in ("numpy", "wordllama", "tokenizers", "safetensors")
+            name
+            for name in ("numpy", "wordllama", "tokenizers", "safetensors", "threadpoolctl")
             if name in sys.modules
         )
         print(",".join(heavy) or "none")

@@ -5,9 +5,10 @@ vectors; :mod:`.rules` decides when a question asked in other words may take a s
 with the words of :mod:`.vocabulary`; :mod:`.question` reads a chat request's partition and
 last user turn; :mod:`.cache` is the engine the broker composes with the response cache.
 
-All of it needs the optional extra ``quotad[semantic]`` (numpy and wordllama). This module
-imports neither: a daemon whose config asks for no semantic caching and no local provider never
-loads them. :func:`missing_extra` says what is not installed, without importing it.
+All of it needs the optional extra ``quotad[semantic]`` (numpy, wordllama, threadpoolctl).
+This module imports none of them: a daemon whose config asks for no semantic caching and no
+local provider never loads them. :func:`missing_extra` says what is not installed, without
+importing it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Final
 
 EXTRA: Final = "quotad[semantic]"
 INSTALL_HINT: Final = f"uv pip install '{EXTRA}' (or pip install '{EXTRA}')"
-REQUIRED_MODULES: Final = ("numpy", "wordllama", "tokenizers", "safetensors")
+REQUIRED_MODULES: Final = ("numpy", "wordllama", "tokenizers", "safetensors", "threadpoolctl")
 """What the extra brings that the model needs (wordllama for its bundled files only)."""
 
 

@@ -1,14 +1,13 @@
 """The vectors of one partition, searched by brute force: one contiguous float32 matrix.
 
 A partition's entries are few to some thousands (one system prompt and history, one model), so an
-exact scan beats an approximate index: one matrix-vector product over the live rows gives every
-cosine similarity (the vectors are unit length). It is numpy's own einsum loop, on the calling
-thread, not BLAS: OpenBLAS splits a product this size over its threads, and on a shared 2-core
-machine those threads wait for each other (measured under load: 24 ms for 20,000 x 128 with
-two BLAS threads, 0.5 ms with one; einsum takes 1-2x the time of one-thread BLAS, which numpy
-offers only as a process-wide setting, and ~2 ms for 100,000 x 64). float32 is kept
-because numpy has no fast float16 or int8 product (measured 17-50x slower), which would cost
-far more time than the memory it saves.
+exact scan beats an approximate index: one matrix-vector product (BLAS sgemv) over the live rows
+gives every cosine similarity (the vectors are unit length). Importing this module limits BLAS
+to one thread in the process (threadpoolctl): OpenBLAS would split a product this size over
+its threads, and on a shared 2-core machine those threads wait for each other (measured under
+load: 16-24 ms for 100,000 x 64 or 20,000 x 128 with two threads, 0.5-6 ms with one). Nothing
+else in the daemon uses BLAS. float32 is kept because numpy has no fast float16 or int8 product
+(measured 17-50x slower), which would cost far more time than the memory it saves.
 
 Rows are kept dense: a removed row is filled with the last one, so a search never skips holes.
 The matrix grows by doubling and shrinks by half when a quarter full, so its memory stays within
@@ -22,10 +21,13 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from quotad.daemon.semantic.model import Vector
 
 MIN_CAPACITY: Final = 4
+
+threadpool_limits(limits=1, user_api="blas")  # once, at import: see the module docstring
 
 
 class VectorIndex:
@@ -97,7 +99,7 @@ class VectorIndex:
         count = len(self._ids)
         if count == 0 or limit <= 0:
             return []
-        scores: npt.NDArray[np.float32] = np.einsum("ij,j->i", self._matrix[:count], query)
+        scores: npt.NDArray[np.float32] = self._matrix[:count] @ query
         above = np.flatnonzero(scores >= threshold)
         if above.size > limit:
             best = np.argpartition(scores[above], above.size - limit)[above.size - limit :]
