@@ -3,6 +3,8 @@ named by its key path, with what is really wrong."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,89 @@ def test_the_bound_on_a_provider_s_answers_is_checked(
     path = tmp_path / "good.toml"
     path.write_text(PROVIDER + "max_response_mb = 0.5\n", encoding="utf-8")
     assert load_config(path).providers["p"].max_response_mb == 0.5
+
+
+# --------------------------------------------------------------------------- semantic (§11)
+
+SEMANTIC_AND_LOCAL = """
+[cache.semantic]
+mode = "shadow"
+
+[providers.local]
+kind = "local"
+"""
+
+
+def test_semantic_caching_is_off_by_default_at_the_designs_threshold(tmp_path: Path) -> None:
+    path = tmp_path / "quotad.toml"
+    path.write_text(PROVIDER, encoding="utf-8")
+    semantic = load_config(path).cache.semantic
+    assert (semantic.mode, semantic.threshold, semantic.max_temperature) == ("off", 0.92, 0.0)
+
+
+def test_semantic_keys_are_checked(tmp_path: Path) -> None:
+    text = "[cache.semantic]\nmode = 'sometimes'\nthreshold = 1.5\nmax_temperature = -1\n"
+    assert sorted(problems(tmp_path, text)) == [
+        "cache.semantic.max_temperature: expected float >= 0.0",
+        "cache.semantic.mode: invalid enum value 'sometimes'",
+        "cache.semantic.threshold: expected float <= 1.0",
+    ]
+
+
+def test_a_local_provider_needs_no_base_url_and_takes_none(tmp_path: Path) -> None:
+    path = tmp_path / "quotad.toml"
+    path.write_text(SEMANTIC_AND_LOCAL, encoding="utf-8")
+    config = load_config(path)
+    assert config.providers["local"].kind == "local"
+    text = '[providers.local]\nkind = "local"\nbase_url = "http://127.0.0.1:9"\n'
+    assert problems(tmp_path, text) == [
+        "providers.local.base_url: not used by kind 'local' (embeddings are computed inside "
+        "the daemon)"
+    ]
+
+
+def test_other_providers_still_need_a_base_url(tmp_path: Path) -> None:
+    assert problems(tmp_path, '[providers.p]\nkind = "openai"\n') == [
+        "providers.p: object missing required field base_url"
+    ]
+
+
+def test_semantic_caching_needs_the_response_cache(tmp_path: Path) -> None:
+    text = "[cache]\nmode = 'off'\n[cache.semantic]\nmode = 'on'\n"
+    assert problems(tmp_path, text) == [
+        "cache.semantic.mode: needs cache.mode = 'on' (semantic hits are answers the response "
+        "cache stored)"
+    ]
+
+
+def test_without_the_extra_asking_for_it_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "wordllama", None)  # as if not installed
+    hint = (
+        "needs the optional extra quotad[semantic], not installed (missing: wordllama); "
+        "install it: uv pip install 'quotad[semantic]' (or pip install 'quotad[semantic]')"
+    )
+    assert problems(tmp_path, SEMANTIC_AND_LOCAL) == [
+        f"cache.semantic.mode: {hint}",
+        f"providers.local.kind: {hint}",
+    ]
+    assert problems(tmp_path, PROVIDER + SEMANTIC_AND_LOCAL.replace("shadow", "off")) == [
+        f"providers.local.kind: {hint}"
+    ]
+
+
+def test_check_config_without_the_extra_fails_naming_what_to_install(tmp_path: Path) -> None:
+    path = tmp_path / "quotad.toml"
+    path.write_text(SEMANTIC_AND_LOCAL, encoding="utf-8")
+    program = (
+        "import sys; sys.modules['wordllama'] = None; from quotad.daemon.cli import main; "
+        f"sys.exit(main(['check-config', {str(path)!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert "cache.semantic.mode: needs the optional extra quotad[semantic]" in output
+    assert "uv pip install 'quotad[semantic]'" in output

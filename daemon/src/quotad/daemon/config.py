@@ -105,10 +105,11 @@ class BreakerConfig(_Section, kw_only=True):
 
 
 class ProviderConfig(RateLimits, kw_only=True):
-    """``[providers.X]``: one provider account."""
+    """``[providers.X]``: one provider account, or ``kind = "local"``: the embedding model
+    bundled with ``quotad[semantic]``, computed inside the daemon (no ``base_url``)."""
 
-    kind: Literal["openai", "anthropic"]
-    base_url: str
+    kind: Literal["openai", "anthropic", "local"]
+    base_url: str = ""
     api_key_env: str = ""
     api_key_file: str = ""
     timeout_s: Positive = 60.0
@@ -130,6 +131,14 @@ class GroupConfig(_Section, kw_only=True):
     weights: list[Annotated[float, msgspec.Meta(gt=0)]] = msgspec.field(default_factory=list)
 
 
+class SemanticConfig(_Section, kw_only=True):
+    """``[cache.semantic]``: answers for questions asked in other words (DESIGN §11)."""
+
+    mode: Literal["off", "shadow", "on"] = "off"
+    threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.92
+    max_temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.0
+
+
 class CacheConfig(_Section, kw_only=True):
     """``[cache]``: the response cache."""
 
@@ -137,6 +146,7 @@ class CacheConfig(_Section, kw_only=True):
     ttl_s: Positive = 86400.0
     max_mb: Positive = 256.0
     eviction: Literal["lru", "lfu", "cost"] = "lru"
+    semantic: SemanticConfig = msgspec.field(default_factory=SemanticConfig)
 
 
 class BudgetsConfig(_Section, kw_only=True):
@@ -347,7 +357,11 @@ def _check_references(config: Config, declared_providers: set[str]) -> list[str]
         where = format_path(["providers", name])
         if "/" in name:
             problems.append(f"{where}: a provider name cannot contain '/'")
-        if not provider.base_url.startswith(("http://", "https://")):
+        if provider.kind == "local":
+            problems += _local_provider_problems(where, provider)
+        elif not provider.base_url:
+            problems.append(f"{where}: object missing required field base_url")
+        elif not provider.base_url.startswith(("http://", "https://")):
             problems.append(f"{where}.base_url: expected an http:// or https:// URL")
         if provider.api_key_env and provider.api_key_file:
             problems.append(f"{where}: give api_key_env or api_key_file, not both")
@@ -393,6 +407,7 @@ def _check_references(config: Config, declared_providers: set[str]) -> list[str]
         provider_name, slash, model = target.partition("/")
         if not slash or not model:
             problems.append(f'prices."{target}": expected a "provider/model" key')
+    problems += _semantic_problems(config)
     if config.http.listen:
         host, colon, port = config.http.listen.rpartition(":")
         if not colon or not host or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -404,6 +419,50 @@ def _check_references(config: Config, declared_providers: set[str]) -> list[str]
             ZoneInfo(config.daemon.timezone)
         except (KeyError, ValueError, ImportError):
             problems.append(f"daemon.timezone: unknown time zone {config.daemon.timezone!r}")
+    return problems
+
+
+def _local_provider_problems(where: str, provider: ProviderConfig) -> list[str]:
+    """A local provider computes in the daemon: keys that name a server make no sense."""
+    problems = [
+        f"{where}.{key}: not used by kind 'local' (embeddings are computed inside the daemon)"
+        for key, value in (
+            ("base_url", provider.base_url),
+            ("api_key_env", provider.api_key_env),
+            ("api_key_file", provider.api_key_file),
+            ("headers", provider.headers),
+            ("health_check_s", provider.health_check_s),
+        )
+        if value
+    ]
+    return problems
+
+
+def _semantic_problems(config: Config) -> list[str]:
+    """What semantic caching and local providers need: the extra installed, the cache on."""
+    from quotad.daemon.semantic import INSTALL_HINT, missing_extra
+
+    wanted = []
+    if config.cache.semantic.mode != "off":
+        wanted.append("cache.semantic.mode")
+    wanted += [
+        format_path(["providers", name, "kind"])
+        for name, provider in config.providers.items()
+        if provider.kind == "local"
+    ]
+    problems = []
+    missing = missing_extra() if wanted else []
+    for where in wanted:
+        if missing:
+            problems.append(
+                f"{where}: needs the optional extra quotad[semantic], not installed "
+                f"(missing: {', '.join(missing)}); install it: {INSTALL_HINT}"
+            )
+    if config.cache.semantic.mode != "off" and config.cache.mode == "off":
+        problems.append(
+            "cache.semantic.mode: needs cache.mode = 'on' (semantic hits are answers the "
+            "response cache stored)"
+        )
     return problems
 
 

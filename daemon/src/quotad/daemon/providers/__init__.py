@@ -1,6 +1,7 @@
 """Provider wire formats: which one a provider speaks, and where its API key comes from.
 
-One module per wire format (:mod:`.openai`, :mod:`.anthropic`) over the shared HTTP plumbing
+One module per wire format (:mod:`.openai`, :mod:`.anthropic`; :mod:`.local` computes
+embeddings in the daemon, no wire at all) over the shared HTTP plumbing
 (:mod:`.transport`) and the rate-limit header parser (:mod:`.ratelimits`); :mod:`.base` is the
 interface the broker sees. :func:`build_provider` picks the wire format by ``kind``;
 :func:`resolve_api_key` finds the key.
@@ -17,6 +18,7 @@ import httpx
 from quotad.daemon.config import ConfigError, ProviderConfig, format_path
 from quotad.daemon.providers.anthropic import AnthropicProvider
 from quotad.daemon.providers.base import Provider
+from quotad.daemon.providers.local import LocalProvider
 from quotad.daemon.providers.openai import OpenAIProvider
 
 __all__ = ["build_provider", "resolve_api_key"]
@@ -34,6 +36,8 @@ def build_provider(
     """
     if config.kind == "anthropic":
         return AnthropicProvider(name, config, api_key, transport=transport)
+    if config.kind == "local":
+        return LocalProvider(name, config)
     return OpenAIProvider(name, config, api_key, transport=transport)
 
 

@@ -1,0 +1,279 @@
+"""The semantic cache's figures: embedding time, lookup time at 10,000 and 100,000 questions in
+one partition, memory, and the pair sets' hit rate and false hits. Prints one JSON line.
+
+- ``embed_*``: the bundled model on one short prompt (its normalized text), p50/p99;
+  ``question_*`` adds reading the request (eligibility, partition hash, match-rule facets);
+  ``exact_key_us`` is what the exact cache's key costs the same request (the baseline:
+  ``question_vs_exact_key`` is the ratio).
+- ``lookup_*_at_N``: ``question`` + ``lookup`` of a paraphrase of a stored question (a hit: the
+  rules checked on each candidate) in a partition of N questions, generated from templates so
+  that many are near duplicates (a crowded, hard partition). ``search_*`` is the index alone
+  (one matrix-vector product, top candidates), and ``matvec_*`` the bare numpy product over the
+  same matrix: the floor (``search_vs_matvec``). Arms interleaved. Both run on one BLAS thread,
+  as the index sets it.
+- ``rss_*_mb``: a fresh process importing the daemon's modules, then with the model loaded
+  (``rss_model_mb``, the model's cost), then holding the largest partition
+  (``rss_vectors_mb``).
+- ``paraphrase_hits``/``paraphrases`` and ``false_hits``/``near_misses`` on the fixed pair sets
+  (``tests/support/semantic_pairs.py``) at the default threshold; ``near_misses_similar``
+  counts the near misses whose similarity alone (≥ threshold) would have served them.
+
+    uv run python bench/semantic.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._timing import percentile, sequential
+from quotad.daemon.config import SemanticConfig
+from quotad.daemon.store.cache import chat_key
+from quotad.protocol.messages import Chat, ChatMessage
+from tests.support.semantic_pairs import NEAR_MISSES, PARAPHRASES
+
+if TYPE_CHECKING:  # imported where used: the memory probe measures the process before them
+    from quotad.daemon.semantic.cache import SemanticCache
+    from quotad.daemon.semantic.model import EmbeddingModel
+
+PROMPT = "How do I sort a list of dictionaries by a key in Python?"
+TEMPLATES = [
+    "How do I {verb} a {noun} in {lang}?",
+    "What is the status of order {n} for {noun}?",
+    "Meeting about the {noun} moved to {h}pm on day {n}",
+    "Explain the {noun} of {lang} version 3.{n}",
+    "Write a {lang} function that returns {n} {noun} items",
+]
+WORDS = {
+    key: words.split()
+    for key, words in {
+        "verb": "sort reverse parse merge split copy filter format validate encode",
+        "noun": "string list dictionary file table column image invoice ticket report",
+        "lang": "Python Java Rust Go SQL Ruby Kotlin Swift Haskell Elixir",
+    }.items()
+}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def request(text: str) -> Chat:
+    messages = [
+        ChatMessage(role="system", content="You answer questions."),
+        ChatMessage(role="user", content=text),
+    ]
+    return Chat(model="fast", messages=messages, temperature=0.0)
+
+
+def texts(count: int, seed: int = 7) -> list[str]:
+    """``count`` distinct questions from the templates (many near duplicates)."""
+    rng = random.Random(seed)
+    made: list[str] = []
+    for number in range(count):
+        template = TEMPLATES[number % len(TEMPLATES)]
+        fields = {key: rng.choice(values) for key, values in WORDS.items()}
+        made.append(template.format(n=number, h=1 + number % 12, **fields))
+    return made
+
+
+def filled(model: EmbeddingModel, count: int) -> tuple[SemanticCache, list[str]]:
+    """A cache whose one partition holds ``count`` questions."""
+    from quotad.daemon.semantic.cache import SemanticCache
+
+    cache = SemanticCache(SemanticConfig(mode="on"), model, max_entries=count)
+    stored = texts(count)
+    for number, text in enumerate(stored):
+        question = cache.question(request(text))
+        assert question is not None, text
+        cache.add(number.to_bytes(16, "big"), question)
+    return cache, stored
+
+
+def ms(samples: list[float], fraction: float) -> float:
+    return round(percentile(samples, fraction) * 1000, 4)
+
+
+def per_prompt(model: EmbeddingModel, cache: SemanticCache, count: int) -> dict[str, Any]:
+    """Embedding and reading one short prompt, against the exact key as the baseline."""
+    from quotad.daemon.semantic.cache import INDEX_DIMENSIONS
+
+    asked = request(PROMPT)
+    question = cache.question(asked)
+    assert question is not None
+    text = question.facets.embedding_text
+    sequential(lambda: model.embed_one(text, INDEX_DIMENSIONS), 200)  # warm up
+    embed: list[float] = []
+    whole: list[float] = []
+    exact: list[float] = []
+
+    def ask() -> None:
+        fresh = cache.question(asked)
+        assert fresh is not None
+        cache.vector_of(fresh)
+
+    for _ in range(4):  # interleaved rounds
+        embed += sequential(lambda: model.embed_one(text, INDEX_DIMENSIONS), count // 4)
+        whole += sequential(ask, count // 4)
+        exact += sequential(lambda: chat_key(asked), count // 4)
+    exact_us = percentile(exact, 0.5) * 1e6
+    return {
+        "embed_p50_ms": ms(embed, 0.5),
+        "embed_p99_ms": ms(embed, 0.99),
+        "question_p50_ms": ms(whole, 0.5),
+        "question_p99_ms": ms(whole, 0.99),
+        "exact_key_us": round(exact_us, 2),
+        "question_vs_exact_key": round(percentile(whole, 0.5) * 1e6 / exact_us, 1),
+    }
+
+
+def lookups(model: EmbeddingModel, count: int, samples: int) -> dict[str, Any]:
+    """Lookup, index search and bare matvec in one partition of ``count`` questions."""
+    import numpy as np
+
+    from quotad.daemon.semantic.cache import CANDIDATES
+    from quotad.daemon.semantic.question import Question
+
+    cache, stored = filled(model, count)
+    rng = random.Random(11)
+    asked = [rng.choice(stored).replace("How do I", "What's the best way to") for _ in range(64)]
+    questions = [cache.question(request(text)) for text in asked]
+    index = next(iter(cache._partitions.values()))  # the one partition
+    matrix = index._matrix[: len(index)]
+    vectors = [cache.vector_of(q) for q in questions if q is not None]
+    lookup_s: list[float] = []
+    search_s: list[float] = []
+    matvec_s: list[float] = []
+    hits = 0
+
+    def timed_lookup(text: str) -> None:
+        nonlocal hits
+        question: Question | None = cache.question(request(text))
+        assert question is not None
+        hits += cache.lookup(question) is not None
+
+    for round_ in range(4):
+        for number in range(samples // 4):
+            pick = (round_ * samples + number) % len(asked)
+            started = time.perf_counter()
+            timed_lookup(asked[pick])
+            lookup_s.append(time.perf_counter() - started)
+            vector = vectors[pick % len(vectors)]
+            started = time.perf_counter()
+            index.search(vector, cache.threshold, CANDIDATES)
+            search_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            np.dot(matrix, vector)
+            matvec_s.append(time.perf_counter() - started)
+    return {
+        f"lookup_p50_ms_at_{count}": ms(lookup_s, 0.5),
+        f"lookup_p99_ms_at_{count}": ms(lookup_s, 0.99),
+        f"search_p50_ms_at_{count}": ms(search_s, 0.5),
+        f"matvec_p50_ms_at_{count}": ms(matvec_s, 0.5),
+        f"search_vs_matvec_at_{count}": round(
+            percentile(search_s, 0.5) / percentile(matvec_s, 0.5), 2
+        ),
+        f"lookup_hit_rate_at_{count}": round(hits / len(lookup_s), 3),
+    }
+
+
+def pair_sets(model: EmbeddingModel) -> dict[str, Any]:
+    """Hits and false hits on the fixed pair sets, through the engine at its defaults."""
+    from quotad.daemon.semantic.cache import SemanticCache
+
+    def answers(stored: str, asked: str) -> tuple[bool, bool]:
+        cache = SemanticCache(SemanticConfig(mode="on"), model)
+        first, second = cache.question(request(stored)), cache.question(request(asked))
+        if first is None or second is None:
+            return False, False
+        cache.add(b"0" * 16, first)
+        similar = float(cache.vector_of(first) @ cache.vector_of(second)) >= cache.threshold
+        return cache.lookup(second) is not None, similar
+
+    hits = sum(answers(a, b)[0] and answers(b, a)[0] for a, b in PARAPHRASES)
+    near = [pair for pairs in NEAR_MISSES.values() for pair in pairs]
+    false_hits = similar = 0
+    for first, second in near:
+        one, two = answers(first, second), answers(second, first)
+        false_hits += one[0] or two[0]
+        similar += one[1]
+    return {
+        "paraphrases": len(PARAPHRASES),
+        "paraphrase_hits": hits,
+        "paraphrase_hit_rate": round(hits / len(PARAPHRASES), 3),
+        "near_misses": len(near),
+        "near_misses_similar": similar,
+        "false_hits": false_hits,
+    }
+
+
+def rss_probe(count: int) -> dict[str, float]:
+    """Memory of this process at each stage (run in a fresh process)."""
+    from quotad.daemon import broker, server  # the daemon's own imports
+
+    del broker, server
+    base = rss_mb()
+    assert "numpy" not in sys.modules
+    from quotad.daemon.semantic.model import EmbeddingModel
+
+    model = EmbeddingModel()
+    model.embed_one(PROMPT)
+    with_model = rss_mb()
+    cache, _ = filled(model, count)
+    with_vectors = rss_mb()
+    return {
+        "rss_daemon_modules_mb": round(base, 1),
+        "rss_model_mb": round(with_model - base, 1),
+        "rss_vectors_mb": round(with_vectors - with_model, 1),
+        "rss_vectors_entries": len(cache),
+        "index_matrix_mb": round(cache.nbytes / 2**20, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a few seconds (smoke test)")
+    parser.add_argument("--rss-probe", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_probe:
+        print(json.dumps(rss_probe(args.rss_probe)), flush=True)
+        return
+    from quotad.daemon.semantic.cache import INDEX_DIMENSIONS, SemanticCache
+    from quotad.daemon.semantic.model import EmbeddingModel
+
+    sizes = (2_000, 20_000) if args.quick else (10_000, 100_000)
+    samples = 40 if args.quick else 400
+    model = EmbeddingModel()
+    figures: dict[str, Any] = {"bench": "semantic", "quick": args.quick}
+    figures.update(per_prompt(model, SemanticCache(SemanticConfig(mode="on"), model), samples * 5))
+    for size in sizes:
+        figures.update(lookups(model, size, samples))
+    figures.update(pair_sets(model))
+    probe = subprocess.run(
+        [sys.executable, __file__, "--rss-probe", str(sizes[-1])],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    figures.update(json.loads(probe.stdout.splitlines()[-1]))
+    figures["index_dimensions"] = INDEX_DIMENSIONS
+    print(msgspec.json.encode(figures).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""``kind = "local"`` (quotad.daemon.providers.local): embeddings from the bundled model through
+the provider interface, offline; what it refuses, as the caller's error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from quotad.daemon.config import ProviderConfig
+from quotad.daemon.providers import build_provider
+from quotad.daemon.providers.base import ProviderError
+from quotad.daemon.providers.local import DIMENSIONS, INLINE_CHARS, MODEL_NAME, LocalProvider
+from quotad.daemon.semantic import model as model_module
+from quotad.daemon.semantic.model import EmbeddingModel, ModelUnavailableError
+from tests.unit.semantic.conftest import chat
+
+pytestmark = pytest.mark.anyio
+
+LOCAL = ProviderConfig(kind="local")
+
+
+def test_the_served_names_mirror_the_models() -> None:
+    assert MODEL_NAME == model_module.MODEL_NAME
+    assert model_module.MATRYOSHKA_DIMENSIONS == DIMENSIONS
+
+
+async def test_embeddings_come_from_the_bundled_model(
+    model: EmbeddingModel, offline: list[str]
+) -> None:
+    provider = build_provider("local", LOCAL, None)
+    assert isinstance(provider, LocalProvider)
+    texts = ["How do I reverse a string?", "Turn off dark mode"]
+    result = await provider.embed(MODEL_NAME, texts, None, {"encoding_format": "float"})
+    assert np.allclose(result.embeddings, model.embed(texts), atol=1e-6)
+    assert result.usage.prompt_tokens == model.embed_counting(texts)[1]
+    short = await provider.embed(MODEL_NAME, texts, 64, {})
+    assert [len(vector) for vector in short.embeddings] == [64, 64]
+    assert np.allclose(np.linalg.norm(short.embeddings, axis=1), 1.0, atol=1e-5)
+    assert await provider.list_models() == [MODEL_NAME]
+    await provider.aclose()
+    assert offline == []
+
+
+async def test_a_large_request_is_embedded_the_same_in_a_worker_thread(
+    model: EmbeddingModel,
+) -> None:
+    provider = LocalProvider("local", LOCAL, load_model=lambda: model)
+    texts = ["word " * 1000] * 5
+    assert sum(map(len, texts)) > INLINE_CHARS
+    result = await provider.embed(MODEL_NAME, texts, None, {})
+    assert np.allclose(result.embeddings, model.embed(texts), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "inputs", "dimensions", "extra", "message"),
+    [
+        ("gpt-4o", ["x"], None, {}, "serves only the model 'wordllama'"),
+        (MODEL_NAME, [], None, {}, "takes 1 to 2048 inputs, got 0"),
+        (MODEL_NAME, ["x"] * 2049, None, {}, "takes 1 to 2048 inputs, got 2049"),
+        (MODEL_NAME, ["x"], 100, {}, "takes dimensions 64, 128, 256, got 100"),
+        (MODEL_NAME, ["x"], None, {"temperature": 1}, "does not take temperature"),
+        (MODEL_NAME, ["x", ""], None, {}, r"input\[1\] is empty"),
+    ],
+)
+async def test_what_it_cannot_do_is_the_callers_error(
+    model: EmbeddingModel,
+    model_name: str,
+    inputs: list[str],
+    dimensions: int | None,
+    extra: dict[str, object],
+    message: str,
+) -> None:
+    provider = LocalProvider("local", LOCAL, load_model=lambda: model)
+    with pytest.raises(ProviderError, match=message) as raised:
+        await provider.embed(model_name, inputs, dimensions, extra)
+    assert raised.value.kind == "client"
+    assert raised.value.status == 400
+
+
+async def test_chat_is_refused_as_the_callers_error() -> None:
+    provider = LocalProvider("mine", LOCAL)
+    for call in (provider.chat, provider.open_stream):
+        with pytest.raises(ProviderError, match="serves embeddings only") as raised:
+            await call("wordllama", chat("hi"), 16)
+        assert raised.value.kind == "client"
+        assert not raised.value.retryable
+
+
+async def test_a_model_that_cannot_be_read_is_a_server_error() -> None:
+    def broken() -> EmbeddingModel:
+        raise ModelUnavailableError("the bundled model file /x is missing")
+
+    provider = LocalProvider("local", LOCAL, load_model=broken)
+    with pytest.raises(ProviderError, match="missing") as raised:
+        await provider.embed(MODEL_NAME, ["x"], None, {})
+    assert raised.value.kind == "server"
