@@ -17,7 +17,13 @@ from anyio.abc import SocketAttribute
 from anyio.streams.stapled import MultiListener
 
 from quotad.daemon.net.http11.connection import LINGER_S, Connection
-from quotad.daemon.net.http11.messages import Handler, HttpLimits
+from quotad.daemon.net.http11.messages import (
+    Authorize,
+    ErrorAnswer,
+    Handler,
+    HttpLimits,
+    default_error_answer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +32,11 @@ ACCEPT_ERROR_PAUSE_S = 0.1
 
 
 class HttpServer:
-    """Serves ``handler`` over HTTP/1.1 on ``host:port`` (see :mod:`quotad.daemon.net.http11`)."""
+    """Serves ``handler`` over HTTP/1.1 on ``host:port`` (see :mod:`quotad.daemon.net.http11`).
+
+    ``authorize`` sees each request's head before its body is read; ``error_answer`` makes
+    the server's own error answers (see :mod:`.messages`).
+    """
 
     def __init__(
         self,
@@ -35,8 +45,12 @@ class HttpServer:
         host: str = "127.0.0.1",
         port: int = 0,
         limits: HttpLimits | None = None,
+        authorize: Authorize | None = None,
+        error_answer: ErrorAnswer = default_error_answer,
     ) -> None:
         self.handler = handler
+        self.authorize = authorize
+        self.error_answer = error_answer
         self.limits = limits or HttpLimits()
         self._host = host
         self._port = port
