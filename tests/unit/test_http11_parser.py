@@ -58,7 +58,8 @@ def refusal(data: bytes, limits: HttpLimits = LIMITS) -> HttpResponse:
     """The refusal ``data`` gets (whole or byte by byte: the same)."""
     whole = parse_all([data], limits)
     split = parse_all([data[i : i + 1] for i in range(len(data))], limits)
-    assert whole and whole[-1].refusal is not None, f"{data!r} was not refused"
+    assert whole
+    assert whole[-1].refusal is not None, f"{data!r} was not refused"
     assert split
     assert split[-1].refusal is not None
     assert split[-1].refusal.status == whole[-1].refusal.status
