@@ -42,6 +42,10 @@ READ_AHEAD_BYTES = 256 * 1024
 LINGER_S = 2.0
 """How long a closing connection waits for the client to close its side, and a closed one
 for its last answer to drain before the socket is dropped."""
+LINGER_MAX_BYTES = 1024 * 1024
+"""What a closing connection reads (and drops) at most meanwhile, so that a client still
+sending a body (one refused before it was read, say) reads its answer before the close;
+a client that sends more gets the close (a reset) sooner."""
 SINGLE_WRITE_BYTES = 65536
 """Bodies up to this size are joined with the head into one write."""
 STREAM_ACLOSE_TIMEOUT_S = 5.0
@@ -107,6 +111,7 @@ class Connection(asyncio.Protocol):
         self._responding = False
         self._idle = False
         self._lingering = False
+        self._lingered = 0
         self._close_mode = _LINGER
         self._answered = 0
         self.deadline = math.inf
@@ -130,6 +135,10 @@ class Connection(asyncio.Protocol):
         parser = self._parser
         assert parser is not None
         if self._lingering:
+            self._lingered += len(data)
+            if self._lingered > LINGER_MAX_BYTES:
+                self._pause_reading()
+                self.wake()
             return
         if parser.stopped:  # a refusal is queued: nothing more is read until it is sent
             self._pause_reading()
@@ -410,7 +419,8 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ closing
 
     async def _linger(self) -> None:
-        """Half-close, then read (and drop) until the client closes or ``LINGER_S`` passes."""
+        """Half-close, then read (and drop) until the client closes, ``LINGER_S`` passes or
+        ``LINGER_MAX_BYTES`` came."""
         self._lingering = True
         transport = self._transport
         assert transport is not None
@@ -424,7 +434,7 @@ class Connection(asyncio.Protocol):
         except OSError:
             return
         deadline = self._loop.time() + LINGER_S
-        while not self.eof:
+        while not self.eof and self._lingered <= LINGER_MAX_BYTES:
             if not await self._wait_data(deadline):
                 return
 
