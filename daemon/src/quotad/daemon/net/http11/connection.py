@@ -62,7 +62,7 @@ class ClientGone(Exception):
     """The connection was lost (or closed) before an answer could be written."""
 
 
-def _encode_head(
+def encode_head(
     response: HttpResponse | StreamingResponse, *, keep_alive: bool, chunked: bool
 ) -> bytes:
     """Status line and headers; raises ValueError on a header that would split the head."""
@@ -309,13 +309,13 @@ class Connection(asyncio.Protocol):
             try:
                 response = await self._server.handler(request)
                 keep_alive = keep_alive and not self._server.closing
-                head = _encode_head(response, keep_alive=keep_alive, chunked=chunked)
+                head = encode_head(response, keep_alive=keep_alive, chunked=chunked)
             except AbortConnection:
                 raise
             except Exception:
                 logger.exception("handler failed: %s %s", request.method, request.target)
                 response = self._server.error_answer(500, "internal server error")
-                head = _encode_head(response, keep_alive=keep_alive, chunked=chunked)
+                head = encode_head(response, keep_alive=keep_alive, chunked=chunked)
             no_body = request.method == "HEAD" or response.status in _NO_BODY_STATUSES
             if isinstance(response, HttpResponse):
                 await self._send_response(head, response.body, no_body)
@@ -342,12 +342,12 @@ class Connection(asyncio.Protocol):
         assert response is not None
         keep_alive = incoming.keep_alive and not incoming.closes and not self._server.closing
         try:
-            head = _encode_head(response, keep_alive=keep_alive, chunked=True)
+            head = encode_head(response, keep_alive=keep_alive, chunked=True)
         except ValueError:
             logger.exception("a refusal could not be written")
             response = self._server.error_answer(500, "internal server error")
             keep_alive = False
-            head = _encode_head(response, keep_alive=False, chunked=True)
+            head = encode_head(response, keep_alive=False, chunked=True)
         request = incoming.request
         no_body = (request is not None and request.method == "HEAD") or (
             response.status in _NO_BODY_STATUSES
@@ -392,7 +392,7 @@ class Connection(asyncio.Protocol):
         closes after."""
         response = self._server.error_answer(status, message)
         try:
-            head = _encode_head(response, keep_alive=False, chunked=True)
+            head = encode_head(response, keep_alive=False, chunked=True)
             await self._send_response(head, response.body, no_body=False)
         except ClientGone:
             self._close_mode = _CLOSE

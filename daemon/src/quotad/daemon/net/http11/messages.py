@@ -46,6 +46,9 @@ class HttpRequest:
     """``(lower-cased name, value)`` pairs, values without surrounding blanks."""
     body: bytes = b""
     client: tuple[str, int] | None = None
+    authorized: object = None
+    """What :data:`Authorize` learnt of the request (who sends it, say), left here for the
+    handler; None when no hook set it."""
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (any case), or None when absent."""
@@ -106,8 +109,12 @@ def error_body(status: int, message: str) -> bytes:
 
 
 def default_error_answer(status: int, message: str) -> HttpResponse:
-    """The :data:`ErrorAnswer` of a server given none: :func:`error_body` as JSON."""
-    return HttpResponse(status, [("content-type", "application/json")], error_body(status, message))
+    """The :data:`ErrorAnswer` of a server given none: :func:`error_body` as JSON (a 503
+    with ``retry-after``)."""
+    headers = [("content-type", "application/json")]
+    if status == 503:
+        headers.append(("retry-after", "1"))
+    return HttpResponse(status, headers, error_body(status, message))
 
 
 class AbortConnection(Exception):

@@ -19,14 +19,13 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 from anyio.streams.stapled import MultiListener
 
-from quotad.daemon.net.http11.connection import LINGER_S, Connection
+from quotad.daemon.net.http11.connection import LINGER_S, Connection, encode_head
 from quotad.daemon.net.http11.messages import (
     Authorize,
     ErrorAnswer,
     Handler,
     HttpLimits,
     default_error_answer,
-    error_body,
 )
 
 logger = logging.getLogger(__name__)
@@ -38,13 +37,8 @@ ACCEPT_ERROR_LOG_EVERY_S = 30.0
 RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 """Accept failures that say the process or the system is out of something: they last until
 something is freed, so they are reported (:attr:`HttpServer.accept_problem`)."""
-_OVER_CAPACITY_BODY = error_body(503, "too many connections are open; retry shortly")
-_OVER_CAPACITY = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
-    b"connection: close\r\ncontent-length: %d\r\n\r\n%b"
-    % (len(_OVER_CAPACITY_BODY), _OVER_CAPACITY_BODY)
-)
-"""The whole answer to a connection beyond ``max_connections``."""
+OVER_CAPACITY_MESSAGE = "too many connections are open; retry shortly"
+"""What a connection beyond ``max_connections`` is answered (503, then a close)."""
 
 
 class HttpServer:
@@ -232,9 +226,11 @@ class HttpServer:
                 self.refused_connections,
             )
         try:
+            response = self.error_answer(503, OVER_CAPACITY_MESSAGE)
+            answer = encode_head(response, keep_alive=False, chunked=True) + response.body
             client_socket.setblocking(False)
-            client_socket.send(_OVER_CAPACITY)
-        except OSError:
+            client_socket.send(answer)
+        except (OSError, ValueError):
             pass
         client_socket.close()
 
