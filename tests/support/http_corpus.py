@@ -52,7 +52,7 @@ CORPUS: dict[str, bytes] = {
     "valid leading zeros in a chunk size": _post(CHUNKED, b"0005\r\nhello\r\n0\r\n\r\n"),
     "valid CONNECT": b"CONNECT a:443 HTTP/1.1\r\nhost: a:443\r\n\r\n",
     "valid upgrade": b"GET / HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n",
-    # ----------------------------------------------------------- content-length vs transfer-encoding
+    # ----------------------------------------------------------- content-length and transfer-enc.
     "CL.TE": _post(b"content-length: 6\r\n" + CHUNKED, b"0\r\n\r\nX"),
     "TE.CL": _post(CHUNKED + b"content-length: 3\r\n", b"1\r\nA\r\n0\r\n\r\n"),
     "CL.TE with a smuggled GET": _post(

@@ -286,17 +286,24 @@ async def test_handler_error_is_500_and_the_server_carries_on() -> None:
             raise RuntimeError("boom")
         if request.path == "/bad-header":
             return HttpResponse(200, [("x-injected", "a\r\nset-cookie: b")], b"")
+        if request.path == "/nul-header":
+            return HttpResponse(200, [("x-target", "sim/gpt-\x004o")], b"")
+        if request.path == "/wide-header":
+            return HttpResponse(200, [("x-target", "sim/漢字")], b"")
         return HttpResponse(200, [], b"ok")
 
     async with serving(handler) as server, httpx.AsyncClient(trust_env=False) as client:
         base = f"http://127.0.0.1:{server.port}"
         boom = await client.get(f"{base}/boom")
         bad_header = await client.get(f"{base}/bad-header")
+        nul_header = await client.get(f"{base}/nul-header")  # never sent: the client fails
+        wide_header = await client.get(f"{base}/wide-header")
         ok = await client.get(f"{base}/fine")
     assert boom.status_code == 500
     assert boom.json()["error"]["message"] == "internal server error"
-    assert bad_header.status_code == 500
+    assert bad_header.status_code == nul_header.status_code == wide_header.status_code == 500
     assert "set-cookie" not in bad_header.headers
+    assert "x-target" not in nul_header.headers
     assert (ok.status_code, ok.content) == (200, b"ok")
 
 

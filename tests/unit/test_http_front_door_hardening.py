@@ -21,6 +21,7 @@ from quotad.daemon.broker import Broker
 from quotad.daemon.config import HttpConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.front_door import FrontDoor
+from quotad.daemon.front_door.wire import header_safe
 from quotad.protocol.messages import Chat
 from tests.unit.test_http_front_door import ANTHROPIC_CHAT, CHAT, KEYS, ScriptedBroker
 
@@ -307,3 +308,9 @@ async def test_while_draining_new_requests_get_overloaded_and_healthz_503() -> N
     assert (health, msgspec.json.decode(health_body)) == (503, {"status": "draining"})
     assert REQUEST_ID.fullmatch(health_headers["x-quotad-request-id"])
     assert len(broker.calls) == 1
+
+
+def test_a_model_name_reaches_a_header_only_as_printable_ascii() -> None:
+    assert header_safe("openai/gpt-4o-mini") == "openai/gpt-4o-mini"
+    assert header_safe("sim/gpt-\x004o\r\nx: y") == "sim/gpt-%004o%0D%0Ax:%20y"
+    assert header_safe("local/漢字") == "local/%E6%BC%A2%E5%AD%97"

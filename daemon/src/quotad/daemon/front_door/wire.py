@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any, Final, Literal, TypeVar
 
@@ -158,13 +159,21 @@ def request_id_header(request_id: str) -> tuple[str, str]:
     return ("x-quotad-request-id", request_id)
 
 
+def header_safe(text: str) -> str:
+    """``text`` as a header value: as it is when it is printable ASCII (a target's name,
+    nearly always), else percent-encoded (a model name may hold any character)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return urllib.parse.quote(text, safe="/:@.-_~+=,;!$&'()*")
+
+
 def quotad_headers(
     request_id: str, target: str, cache: CacheState, wait_s: float, attempts: int
 ) -> Headers:
     """The ``x-quotad-*`` response headers known when an answer starts."""
     return [
         request_id_header(request_id),
-        ("x-quotad-target", target),
+        ("x-quotad-target", header_safe(target)),
         ("x-quotad-cache", cache),
         ("x-quotad-wait-ms", f"{wait_s * 1000:.1f}"),
         ("x-quotad-attempts", str(attempts)),

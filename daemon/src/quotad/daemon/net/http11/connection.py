@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -55,6 +56,8 @@ _LINGER, _CLOSE, _RESET = 0, 1, 2  # how a connection ends (see Connection.run)
 
 _REASON_TEXT: dict[int, str] = {status.value: status.phrase for status in HTTPStatus}
 _NO_BODY_STATUSES = frozenset({204, 304})
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""Control bytes that no response head may hold (tab, CR and LF are checked apart)."""
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -65,7 +68,8 @@ class ClientGone(Exception):
 def encode_head(
     response: HttpResponse | StreamingResponse, *, keep_alive: bool, chunked: bool
 ) -> bytes:
-    """Status line and headers; raises ValueError on a header that would split the head."""
+    """Status line and headers; raises ValueError on a header that would split the head or
+    that holds another control byte than tab, or a character beyond latin-1."""
     status = response.status
     parts = [f"HTTP/1.1 {status} {_REASON_TEXT.get(status, '')}\r\n"]
     parts.extend(f"{name}: {value}\r\n" for name, value in response.headers)
@@ -81,6 +85,8 @@ def encode_head(
     lines = len(parts)
     if head.count("\n") != lines or head.count("\r") != lines:
         raise ValueError(f"a response header holds a line break: {response.headers!r}")
+    if _CONTROL.search(head) is not None:
+        raise ValueError(f"a response header holds a control byte: {response.headers!r}")
     return head.encode("latin-1")
 
 
