@@ -18,11 +18,13 @@ import msgspec
 import pytest
 
 from quotad.daemon.broker import Broker
-from quotad.daemon.config import HttpConfig
+from quotad.daemon.config import Config, HttpConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.front_door import FrontDoor
 from quotad.daemon.front_door.wire import header_safe
+from quotad.daemon.routing import Router
 from quotad.protocol.messages import Chat
+from tests.support.store import open_store
 from tests.unit.test_http_front_door import ANTHROPIC_CHAT, CHAT, KEYS, ScriptedBroker
 
 pytestmark = pytest.mark.anyio
@@ -314,3 +316,24 @@ def test_a_model_name_reaches_a_header_only_as_printable_ascii() -> None:
     assert header_safe("openai/gpt-4o-mini") == "openai/gpt-4o-mini"
     assert header_safe("sim/gpt-\x004o\r\nx: y") == "sim/gpt-%004o%0D%0Ax:%20y"
     assert header_safe("local/漢字") == "local/%E6%BC%A2%E5%AD%97"
+
+
+async def test_an_error_in_the_pipeline_answers_the_id_of_its_ledger_row() -> None:
+    config = Config()
+    async with (
+        open_store(config) as store,
+        serving(Broker(config, Router(config, {}), store), auth="none") as front_door,
+        httpx.AsyncClient() as http,
+    ):
+        broker = front_door.broker
+        response = await http.post(
+            f"http://{front_door.address}/v1/chat/completions",
+            json={"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]},
+        )
+        await anyio.sleep(0.05)  # the row is counted just after the answer
+    assert response.status_code == 404
+    [row] = broker.recent
+    assert (row.status, response.headers["x-quotad-request-id"]) == (
+        "unknown_model",
+        row.request_id,
+    )
