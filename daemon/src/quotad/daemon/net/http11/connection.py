@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -56,8 +55,10 @@ _LINGER, _CLOSE, _RESET = 0, 1, 2  # how a connection ends (see Connection.run)
 
 _REASON_TEXT: dict[int, str] = {status.value: status.phrase for status in HTTPStatus}
 _NO_BODY_STATUSES = frozenset({204, 304})
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-"""Control bytes that no response head may hold (tab, CR and LF are checked apart)."""
+_CONTROL_BYTES = frozenset(range(0x20)) - {0x09, 0x0A, 0x0D} | {0x7F}
+_NOT_CONTROL = bytes(byte for byte in range(256) if byte not in _CONTROL_BYTES)
+"""Every byte but the control bytes no response head may hold (tab is allowed; CR and LF
+are checked apart): ``head.translate(None, _NOT_CONTROL)`` leaves those it holds."""
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -85,9 +86,10 @@ def encode_head(
     lines = len(parts)
     if head.count("\n") != lines or head.count("\r") != lines:
         raise ValueError(f"a response header holds a line break: {response.headers!r}")
-    if _CONTROL.search(head) is not None:
+    encoded = head.encode("latin-1")
+    if encoded.translate(None, _NOT_CONTROL):
         raise ValueError(f"a response header holds a control byte: {response.headers!r}")
-    return head.encode("latin-1")
+    return encoded
 
 
 class Connection(asyncio.Protocol):

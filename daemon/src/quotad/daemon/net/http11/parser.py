@@ -50,8 +50,12 @@ from quotad.daemon.net.http11.messages import (
 logger = logging.getLogger("quotad.daemon.net.http11.server")  # the HTTP core logs as its server
 
 _REQUEST_LINE: Final = re.compile(
-    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/(1\.[01]|[0-9]\.[0-9])\r\n"
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])\r\n"
 )
+_FRAMING_HEADERS: Final = frozenset(
+    (b"content-length", b"transfer-encoding", b"host", b"connection", b"expect")
+)
+_METHODS: Final = {method.encode(): method for method in ("GET", "POST", "HEAD", "PUT")}
 _END_OF_HEAD: Final = b"\r\n\r\n"
 _START, _HEAD, _LENGTH_BODY, _CHUNKED_BODY, _STOPPED = range(5)
 
@@ -119,16 +123,18 @@ class RequestParser:
         "_head_bytes",
         "_headers",
         "_hosts",
+        "_http10",
         "_keep_alive",
         "_limits",
         "_line",
         "_line_checked",
         "_llhttp",
+        "_method",
         "_remaining",
         "_state",
         "_tail",
+        "_target",
         "_transfer_encoding",
-        "_url",
         "requests",
     )
 
@@ -152,13 +158,15 @@ class RequestParser:
         self._ended_in_piece = False
         self._line = bytearray()
         self._line_checked = False
+        self._method = ""
+        self._target = ""
+        self._http10 = False
         self._head_bytes = 0
         self._remaining = 0
         self._chunked_wire_bytes = 0
         self._reset_head()
 
     def _reset_head(self) -> None:
-        self._url: bytes | bytearray = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._content_length = -1
         self._transfer_encoding: bytes | None = None
@@ -184,7 +192,7 @@ class RequestParser:
         """Parse ``data``, the next bytes read from the client (cut into pieces as the module
         docstring says)."""
         size = len(data)
-        view = memoryview(data)
+        view: memoryview | None = None
         position = 0
         message_start = 0
         while position < size:
@@ -203,8 +211,13 @@ class RequestParser:
                 elif not self._head_piece(data, position, end):
                     return
             self._ended_in_piece = False
+            if position == 0 and end == size:  # the usual case: one piece
+                piece: bytes | memoryview = data
+            else:
+                view = view or memoryview(data)
+                piece = view[position:end]
             try:
-                self._llhttp.feed_data(view[position:end])
+                self._llhttp.feed_data(piece)
             except httptools.HttpParserUpgrade:
                 self._switching_protocols()
                 return
@@ -257,13 +270,27 @@ class RequestParser:
             return False
         if not self._line_checked:
             line_end = data.find(b"\n", position, end)
-            self._line += data[position : end if line_end < 0 else line_end + 1]
-            if line_end >= 0:
-                self._line_checked = True
-                refusal = _check_request_line(self._line)
-                if refusal is not None:
-                    self._refuse(*refusal)
-                    return False
+            if line_end < 0:
+                self._line += data[position:end]
+                return True
+            self._line_checked = True
+            if self._line:  # the line came in pieces
+                self._line += data[position : line_end + 1]
+                match = _REQUEST_LINE.fullmatch(self._line)
+                line = bytes(self._line)
+            else:  # the usual case: checked where it is, not copied
+                match = _REQUEST_LINE.fullmatch(data, position, line_end + 1)
+                line = data
+            if match is None:
+                self._refuse(400, f"bad request line {line[position : position + 100]!r}")
+                return False
+            method, target, version = match.groups()
+            if version not in (b"1.1", b"1.0"):
+                self._refuse(505, f"unsupported version HTTP/{version.decode()}")
+                return False
+            self._method = _METHODS.get(method) or method.decode("ascii")
+            self._target = target.decode("ascii")
+            self._http10 = version == b"1.0"
         return True
 
     def _chunk_framing_too_large(self) -> bool:
@@ -320,20 +347,17 @@ class RequestParser:
         if self._ended_in_piece:  # a request ended inside a piece: its end was not a cut
             raise self._stop(400, "a request ended where none can end")
 
-    def on_url(self, url: bytes) -> None:
-        if not self._url:
-            self._url = url
-        else:  # a target in pieces (a slow client): appended in place, not copied each time
-            if isinstance(self._url, bytes):
-                self._url = bytearray(self._url)
-            self._url += url
-
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._current is not None:
             return  # a trailer: skipped (counted in the chunk framing)
         name = name.lower()
         value = value.rstrip(b" \t")
         self._headers.append((name, value))
+        if name in _FRAMING_HEADERS:
+            self._framing_header(name, value)
+
+    def _framing_header(self, name: bytes, value: bytes) -> None:
+        """A header that says how the request is framed or answered."""
         if name == b"content-length":
             self._content_length = int(value)  # llhttp checked it: digits, given once
         elif name == b"transfer-encoding":
@@ -343,22 +367,21 @@ class RequestParser:
         elif name == b"connection":
             if b"close" in value.lower():
                 self._keep_alive = False
-        elif name == b"expect" and value.lower() == b"100-continue":
+        elif value.lower() == b"100-continue":  # expect
             self._expect_continue = True
 
     def on_headers_complete(self) -> None:
         limits = self._limits
-        llhttp = self._llhttp
-        http10 = llhttp.get_http_version() == "1.0"
+        http10 = self._http10
         if self._hosts > 1 or (self._hosts == 0 and not http10):
             raise self._stop(400, "expected one host header" + (f", got {self._hosts}"))
         chunked = self._transfer_encoding is not None
         if chunked and self._transfer_encoding.lower() != b"chunked":  # type: ignore[union-attr]
             encoding = self._transfer_encoding[:40]  # type: ignore[index]
             raise self._stop(501, f"transfer-encoding {encoding!r} is not supported")
-        target = self._url.decode("latin-1")
+        target = self._target
         request = HttpRequest(
-            method=llhttp.get_method().decode("ascii"),
+            method=self._method,
             target=target,
             path=target.partition("?")[0],
             headers=self._headers,
@@ -431,17 +454,6 @@ class RequestParser:
         self._state = _START if current.keep_alive else _STOPPED  # nothing follows a close
         self._ended_in_piece = True
         self._tail = b""
-
-
-def _check_request_line(line: bytearray) -> tuple[int, str] | None:
-    """What is wrong with a request ``line`` (CRLF included), as (status, message); None
-    when it is ``METHOD SP TARGET SP HTTP/1.x``."""
-    match = _REQUEST_LINE.fullmatch(line)
-    if match is None:
-        return 400, f"bad request line {bytes(line[:100])!r}"
-    if match[1] not in (b"1.0", b"1.1"):
-        return 505, f"unsupported version HTTP/{match[1].decode()}"
-    return None
 
 
 def _llhttp_refusal(error: httptools.HttpParserError) -> tuple[int, str]:
