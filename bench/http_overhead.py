@@ -10,8 +10,9 @@ counted, not hidden. It also reports the CPU time the daemon spends per front-do
 does not depend on what else runs. Prints one JSON line.
 
 With ``--baseline-source DIR`` a second daemon runs from the sources in DIR (a checkout of an
-earlier commit) beside this one, and the three paths (direct, the baseline's front door, this
-front door) are interleaved in every round; the ``baseline_*`` figures are the baseline's.
+earlier commit) beside this one, and the three paths are interleaved in every round (direct
+first, then the two front doors in an order that alternates from round to round); the
+``baseline_*`` figures are the baseline's.
 
     uv run python bench/http_overhead.py [--rounds 6] [--requests 200] [--quick]
         [--baseline-source /tmp/quotad-old]
@@ -103,10 +104,17 @@ async def interleaved_rps(
     for call in calls:
         await concurrent(call, 2 * concurrency, concurrency)
     rps: list[list[float]] = [[] for _ in calls]
-    for _ in range(rounds):
-        for index, call in enumerate(calls):
-            rps[index].append(await concurrent(call, count, concurrency))
+    for round_number in range(rounds):
+        for index in in_turn(len(calls), round_number):
+            rps[index].append(await concurrent(calls[index], count, concurrency))
     return rps
+
+
+def in_turn(count: int, round_number: int) -> list[int]:
+    """The order of ``count`` paths in a round: the first (direct) first, the others in
+    turn forwards and backwards, so that no path always follows the same one."""
+    others = list(range(1, count))
+    return [0, *(others if round_number % 2 == 0 else reversed(others))]
 
 
 def measure(rounds: int, requests: int, baseline_source: str | None) -> dict[str, Any]:
@@ -142,8 +150,8 @@ def measure(rounds: int, requests: int, baseline_source: str | None) -> dict[str
             calls = {path: caller(path) for path in paths}
             for path in paths:  # warm every path
                 sequential(calls[path], 50)
-            for _ in range(rounds):
-                for path in paths:
+            for round_number in range(rounds):
+                for path in [paths[index] for index in in_turn(len(paths), round_number)]:
                     c1[path] += meters[path].measure(
                         lambda path=path: sequential(calls[path], requests)  # type: ignore[misc]
                     )
