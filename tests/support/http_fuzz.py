@@ -132,7 +132,7 @@ class Fuzzer:
         if kind == 1:
             return rnd.random() < 0.5
         if kind == 2:
-            return rnd.choice((0, -1, 1, 2**31, 2**63 - 1, -(2**63), 10**18, 5))
+            return rnd.choice((0, -1, 1, 2**31, 2**63 - 1, -(2**63), 2**64, -(10**30), 5))
         if kind == 3:
             return rnd.choice((0.5, -0.0, 1e308, -1e-308, 3.0, 2.5))
         if kind in (4, 5):

@@ -160,6 +160,20 @@ BAD_BODIES: list[tuple[str, str, bytes, str]] = [
     ("a huge integer", "/v1/chat/completions",
      b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": '
      + b"9" * 5000 + b"}", "max_tokens"),
+    ("a 400-digit max_tokens", "/v1/chat/completions",
+     b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": '
+     + b"9" * 400 + b"}", "max_tokens: an integer of 400 digits is out of range"),
+    ("a 400-digit seed", "/v1/chat/completions",
+     b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": -'
+     + b"9" * 400 + b"}", "seed: an integer of 400 digits"),
+    ("a 21-digit integer in tools", "/v1/chat/completions",
+     b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"x": '
+     + b"9" * 21 + b"}]}", "tools[0].x: an integer of 21 digits"),
+    ("a 400-digit integer in a content part", "/v1/messages",
+     b'{"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": '
+     b'"text", "text": "x", "n": ' + b"9" * 400 + b"}]}]}", "messages[0].content[0].n: an integer"),
+    ("a 400-digit dimensions", "/v1/embeddings",
+     b'{"model": "m", "input": "x", "dimensions": ' + b"9" * 400 + b"}", "dimensions: an integer"),
     ("a huge integer in an Any field", "/v1/chat/completions",
      b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "metadata": {"a": '
      + b"9" * 400 + b"}}", "metadata"),

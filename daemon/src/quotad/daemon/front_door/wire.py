@@ -49,6 +49,14 @@ DECODE_HEADROOM: Final = 400
 """Stack frames a body's JSON decode leaves unused: the recursion limit is lowered by this
 much while it decodes, so that whatever nesting decodes is well within what encoding it again
 (for the cache key, the provider, the ledger) can take, deeper in the stack."""
+SMALLEST_INT: Final = -(2**63)
+LARGEST_INT: Final = 2**64 - 1
+"""The integers a body may hold: what MessagePack (the socket's protocol, the cache's keys)
+carries, and what converts to a float."""
+_DIGITS_AS_ZEROS: Final = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x78 for byte in range(256))
+_TWENTY_DIGITS: Final = b"0" * 20
+"""A run of 20 digits: every integer beyond :data:`SMALLEST_INT`..:data:`LARGEST_INT` has
+one (and few bodies do, in a string or not)."""
 _MISSING_FIELD: Final = re.compile(
     r"Object missing required field `(?P<field>[^`]*)`(?: - at `(?P<path>[^`]*)`)?$"
 )
@@ -80,15 +88,19 @@ def bad_request(param: str, message: str) -> RequestError:
 
 def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     """The request body as a ``T``; ``bad_request`` naming what is wrong when it is not one:
-    the field (wrong type, missing, out of range), invalid JSON, a string that is not UTF-8,
-    or nesting deeper than quotad takes (:data:`DECODE_HEADROOM`)."""
+    the field (wrong type, missing, out of range, an integer beyond 64 bits anywhere), invalid
+    JSON, a string that is not UTF-8, or nesting deeper than quotad takes
+    (:data:`DECODE_HEADROOM`)."""
     if not body:
         raise RequestError("bad_request", "the request has no body: expected a JSON object")
     limit = sys.getrecursionlimit()
     try:
         sys.setrecursionlimit(limit - DECODE_HEADROOM)
         try:
-            return decoder.decode(body)
+            decoded = decoder.decode(body)
+            if body.translate(_DIGITS_AS_ZEROS).find(_TWENTY_DIGITS) >= 0:
+                _check_integers(msgspec.json.decode(body))
+            return decoded
         finally:
             sys.setrecursionlimit(limit)
     except msgspec.ValidationError as error:
@@ -103,6 +115,23 @@ def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
             f"the body nests JSON arrays or objects deeper than quotad takes (about "
             f"{limit - DECODE_HEADROOM - 100} levels)",
         ) from None
+
+
+def _check_integers(value: object) -> None:
+    """``bad_request`` naming the first integer in ``value`` (a decoded body) beyond
+    :data:`SMALLEST_INT`..:data:`LARGEST_INT`, and where it is."""
+    stack: list[tuple[str, object]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((f"{where}.{key}" if where else str(key), v) for key, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{index}]", v) for index, v in enumerate(item))
+        elif isinstance(item, int) and not SMALLEST_INT <= item <= LARGEST_INT:
+            digits = len(str(abs(item)))
+            raise bad_request(
+                where or "the body", f"an integer of {digits} digits is out of range (64 bits)"
+            )
 
 
 def _not_utf8(body: bytes) -> str:
