@@ -262,7 +262,8 @@ async def test_client_disconnect_stops_the_stream() -> None:
             await stream_closed.wait()
 
 
-async def test_client_disconnect_cancels_a_waiting_handler() -> None:
+@pytest.mark.parametrize("extra", ["", "connection: close\r\n"])
+async def test_client_disconnect_cancels_a_waiting_handler(extra: str) -> None:
     cancelled = anyio.Event()
 
     async def handler(request: HttpRequest) -> HttpResponse:
@@ -274,7 +275,7 @@ async def test_client_disconnect_cancels_a_waiting_handler() -> None:
 
     async with serving(handler) as server:
         async with raw_connection(server.port) as (stream, _):
-            await stream.send(get("/"))
+            await stream.send(get("/", extra))  # its last request, or not: either way
             await wait_all_tasks_blocked()
         with anyio.fail_after(5):
             await cancelled.wait()

@@ -148,12 +148,9 @@ class Connection(asyncio.Protocol):
                 self._pause_reading()
                 self.wake()
             return
-        if parser.stopped:  # a refusal is queued: nothing more is read until it is sent
-            self._pause_reading()
-            return
         self._pending += len(data)
-        parser.feed(data)
-        if parser.stopped or self._pending > READ_AHEAD_BYTES:
+        parser.feed(data)  # once it has stopped (a refusal, a last request), it drops them
+        if self._pending > READ_AHEAD_BYTES:
             self._pause_reading()
         self.wake()
 
@@ -238,8 +235,7 @@ class Connection(asyncio.Protocol):
         """Wait for more bytes (or the client's EOF) until ``deadline``; False when it passed
         first. No timer per wait: the server's sweep wakes waits whose deadline has passed."""
         self._pending = 0
-        parser = self._parser
-        if self._reading_paused and not self.lost and not (parser and parser.stopped):
+        if self._reading_paused and not self.lost:
             self._reading_paused = False
             assert self._transport is not None
             self._transport.resume_reading()

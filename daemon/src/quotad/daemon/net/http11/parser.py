@@ -367,18 +367,18 @@ class RequestParser:
         elif name == b"connection":
             if b"close" in value.lower():
                 self._keep_alive = False
-        elif value.lower() == b"100-continue":  # expect
+        elif name == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
 
     def on_headers_complete(self) -> None:
         limits = self._limits
         http10 = self._http10
         if self._hosts > 1 or (self._hosts == 0 and not http10):
-            raise self._stop(400, "expected one host header" + (f", got {self._hosts}"))
-        chunked = self._transfer_encoding is not None
-        if chunked and self._transfer_encoding.lower() != b"chunked":  # type: ignore[union-attr]
-            encoding = self._transfer_encoding[:40]  # type: ignore[index]
-            raise self._stop(501, f"transfer-encoding {encoding!r} is not supported")
+            raise self._stop(400, f"expected one host header, got {self._hosts}")
+        encoding = self._transfer_encoding
+        chunked = encoding is not None
+        if encoding is not None and encoding.lower() != b"chunked":
+            raise self._stop(501, f"transfer-encoding {encoding[:40]!r} is not supported")
         target = self._target
         request = HttpRequest(
             method=self._method,
