@@ -28,7 +28,7 @@ def main() -> None:
             options["backend_options"] = {"use_uvloop": False}
             return run(func, *args, **options)
 
-        anyio.run = run_on_asyncio
+        anyio.run = run_on_asyncio  # type: ignore[assignment]
     sys.argv = [module, *rest]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
