@@ -9,15 +9,23 @@ counted, not hidden. It also reports the CPU time the daemon spends per front-do
 (and the sim per direct request, for scale): unlike latency on a shared machine, that figure
 does not depend on what else runs. Prints one JSON line.
 
+With ``--baseline-source DIR`` a second daemon runs from the sources in DIR (a checkout of an
+earlier commit) beside this one, and the three paths are interleaved in every round (direct
+first, then the two front doors in an order that alternates from round to round); the
+``baseline_*`` figures are the baseline's.
+
     uv run python bench/http_overhead.py [--rounds 6] [--requests 200] [--quick]
+        [--baseline-source /tmp/quotad-old]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +35,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import cpu_seconds, interleaved_throughput, percentile, sequential
+from bench._timing import concurrent, cpu_seconds, percentile, sequential
 from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
 from tests.support.sim import SimProcess
 
@@ -73,86 +81,127 @@ class Errors:
     """Answers that were not a 200 with a completion, by path."""
 
     def __init__(self) -> None:
-        self.direct = 0
-        self.front_door = 0
+        self.counts: dict[str, int] = {}
 
     def check(self, response: httpx.Response, path: str) -> None:
-        if response.status_code != 200 or not response.json()["choices"][0]["message"]["content"]:
-            setattr(self, path, getattr(self, path) + 1)
+        ok = response.status_code == 200 and response.json()["choices"][0]["message"]["content"]
+        self.counts[path] = self.counts.get(path, 0) + (0 if ok else 1)
 
 
-def measure(rounds: int, requests: int) -> dict[str, Any]:
-    port = free_port()
+def source_env(source: str | None) -> dict[str, str]:
+    """The environment that runs the daemon from ``source``'s sources (None: these)."""
+    if source is None:
+        return {}
+    root = Path(source)
+    return {"PYTHONPATH": f"{root / 'daemon' / 'src'}{os.pathsep}{root / 'client' / 'src'}"}
+
+
+async def interleaved_rps(
+    calls: list[Callable[[], Awaitable[None]]], rounds: int, count: int, concurrency: int
+) -> list[list[float]]:
+    """Requests per second of each of ``calls``, one round of each in turn (after a warm-up
+    of each), so that the noise of a shared machine falls on all alike."""
+    for call in calls:
+        await concurrent(call, 2 * concurrency, concurrency)
+    rps: list[list[float]] = [[] for _ in calls]
+    for round_number in range(rounds):
+        for index in in_turn(len(calls), round_number):
+            rps[index].append(await concurrent(calls[index], count, concurrency))
+    return rps
+
+
+def in_turn(count: int, round_number: int) -> list[int]:
+    """The order of ``count`` paths in a round: the first (direct) first, the others in
+    turn forwards and backwards, so that no path always follows the same one."""
+    others = list(range(1, count))
+    return [0, *(others if round_number % 2 == 0 else reversed(others))]
+
+
+def measure(rounds: int, requests: int, baseline_source: str | None) -> dict[str, Any]:
     errors = Errors()
-    with SimProcess() as sim:
-        config = CONFIG.format(port=port, provider=sim_provider_config("sim", sim.base_url))
-        with DaemonProcess(config) as daemon:
-            direct_url = f"{sim.base_url}/chat/completions"
-            front_door_url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            direct_body = body("gpt-4o-mini")
-            front_door_body = body("sim/gpt-4o-mini")
-            direct_c1: list[float] = []
-            front_door_c1: list[float] = []
-            with httpx.Client(trust_env=False) as http:
+    paths = ["direct", "front_door"] + (["baseline"] if baseline_source else [])
+    ports = {path: free_port() for path in paths[1:]}
+    with SimProcess() as sim, contextlib.ExitStack() as stack:
+        daemons: dict[str, DaemonProcess] = {}
+        for path in paths[1:]:
+            provider = sim_provider_config("sim", sim.base_url)
+            config = CONFIG.format(port=ports[path], provider=provider)
+            env = source_env(baseline_source if path == "baseline" else None)
+            daemons[path] = stack.enter_context(DaemonProcess(config, env=env))
+        urls = {
+            path: f"http://127.0.0.1:{port}/v1/chat/completions" for path, port in ports.items()
+        }
+        urls["direct"] = f"{sim.base_url}/chat/completions"
+        bodies = {path: body("sim/gpt-4o-mini") for path in paths}
+        bodies["direct"] = body("gpt-4o-mini")
+        c1: dict[str, list[float]] = {path: [] for path in paths}
+        meters = {"direct": CpuMeter(sim.pid)}
+        for path, daemon in daemons.items():
+            meters[path] = CpuMeter(daemon.process.pid if daemon.process else None)
+        with httpx.Client(trust_env=False) as http:
 
-                def direct() -> None:
-                    response = http.post(direct_url, content=direct_body, headers=HEADERS)
-                    errors.check(response, "direct")
+            def caller(path: str) -> Callable[[], None]:
+                def call() -> None:
+                    response = http.post(urls[path], content=bodies[path], headers=HEADERS)
+                    errors.check(response, path)
 
-                def through_front_door() -> None:
-                    response = http.post(front_door_url, content=front_door_body, headers=HEADERS)
-                    errors.check(response, "front_door")
+                return call
 
-                sequential(direct, 50)  # warm both paths
-                sequential(through_front_door, 50)
-                daemon_cpu = CpuMeter(daemon.process.pid if daemon.process else None)
-                sim_cpu = CpuMeter(sim.pid)
-                for _ in range(rounds):
-                    direct_c1 += sim_cpu.measure(lambda: sequential(direct, requests))
-                    front_door_c1 += daemon_cpu.measure(
-                        lambda: sequential(through_front_door, requests)
+            calls = {path: caller(path) for path in paths}
+            for path in paths:  # warm every path
+                sequential(calls[path], 50)
+            for round_number in range(rounds):
+                for path in [paths[index] for index in in_turn(len(paths), round_number)]:
+                    c1[path] += meters[path].measure(
+                        lambda path=path: sequential(calls[path], requests)  # type: ignore[misc]
                     )
 
-            async def c32() -> tuple[list[float], list[float]]:
-                limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-                async with httpx.AsyncClient(limits=limits, trust_env=False) as http:
+        async def c32() -> list[list[float]]:
+            limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+            async with httpx.AsyncClient(limits=limits, trust_env=False) as http:
 
-                    async def direct() -> None:
-                        response = await http.post(direct_url, content=direct_body, headers=HEADERS)
-                        errors.check(response, "direct")
-
-                    async def through_front_door() -> None:
+                def caller(path: str) -> Callable[[], Awaitable[None]]:
+                    async def call() -> None:
                         response = await http.post(
-                            front_door_url, content=front_door_body, headers=HEADERS
+                            urls[path], content=bodies[path], headers=HEADERS
                         )
-                        errors.check(response, "front_door")
+                        errors.check(response, path)
 
-                    return await interleaved_throughput(
-                        direct, through_front_door, rounds, requests * 2, 32
-                    )
+                    return call
 
-            direct_rps, front_door_rps = anyio.run(c32, backend_options={"use_uvloop": True})
+                return await interleaved_rps(
+                    [caller(path) for path in paths], rounds, requests * 2, 32
+                )
 
-    direct_p50 = statistics.median(direct_c1)
-    front_door_p50 = statistics.median(front_door_c1)
-    return {
+        rps = dict(zip(paths, anyio.run(c32, backend_options={"use_uvloop": True}), strict=True))
+
+    direct_p50 = statistics.median(c1["direct"])
+    direct_rps = statistics.median(rps["direct"])
+    figures: dict[str, Any] = {
         "bench": "http_overhead",
-        "requests_per_path_c1": len(direct_c1),
+        "requests_per_path_c1": len(c1["direct"]),
         "c1_direct_p50_ms": round(direct_p50 * 1000, 3),
-        "c1_front_door_p50_ms": round(front_door_p50 * 1000, 3),
-        "c1_added_p50_ms": round((front_door_p50 - direct_p50) * 1000, 3),
-        "c1_direct_p99_ms": round(percentile(direct_c1, 0.99) * 1000, 3),
-        "c1_daemon_cpu_us_per_request": round(daemon_cpu.total_s / len(front_door_c1) * 1e6),
-        "c1_sim_cpu_us_per_request": round(sim_cpu.total_s / len(direct_c1) * 1e6),
-        "c1_front_door_p99_ms": round(percentile(front_door_c1, 0.99) * 1000, 3),
-        "c32_direct_rps": round(statistics.median(direct_rps), 1),
-        "c32_front_door_rps": round(statistics.median(front_door_rps), 1),
-        "c32_throughput_ratio": round(
-            statistics.median(front_door_rps) / statistics.median(direct_rps), 3
-        ),
-        "errors_direct": errors.direct,
-        "errors_front_door": errors.front_door,
+        "c1_direct_p99_ms": round(percentile(c1["direct"], 0.99) * 1000, 3),
+        "c1_sim_cpu_us_per_request": round(meters["direct"].total_s / len(c1["direct"]) * 1e6),
+        "c32_direct_rps": round(direct_rps, 1),
+        "errors_direct": errors.counts.get("direct", 0),
     }
+    for path in paths[1:]:
+        prefix = "" if path == "front_door" else "baseline_"
+        p50 = statistics.median(c1[path])
+        path_rps = statistics.median(rps[path])
+        figures |= {
+            f"{prefix}c1_front_door_p50_ms": round(p50 * 1000, 3),
+            f"{prefix}c1_added_p50_ms": round((p50 - direct_p50) * 1000, 3),
+            f"{prefix}c1_front_door_p99_ms": round(percentile(c1[path], 0.99) * 1000, 3),
+            f"{prefix}c1_daemon_cpu_us_per_request": round(
+                meters[path].total_s / len(c1[path]) * 1e6
+            ),
+            f"{prefix}c32_front_door_rps": round(path_rps, 1),
+            f"{prefix}c32_throughput_ratio": round(path_rps / direct_rps, 3),
+            f"{prefix}errors_front_door": errors.counts.get(path, 0),
+        }
+    return figures
 
 
 def main() -> None:
@@ -160,9 +209,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="a few requests (smoke test)")
+    parser.add_argument("--baseline-source", help="a checkout whose daemon to compare with")
     args = parser.parse_args()
     rounds, requests = (1, 20) if args.quick else (args.rounds, args.requests)
-    print(msgspec.json.encode(measure(rounds, requests)).decode(), flush=True)
+    figures = measure(rounds, requests, args.baseline_source)
+    print(msgspec.json.encode(figures).decode(), flush=True)
 
 
 if __name__ == "__main__":

@@ -374,7 +374,19 @@ def test_graceful_stop_finishes_a_stream_in_flight(sims: tuple[SimProcess, SimPr
         first = next(chunks)
         assert process.process is not None
         process.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # draining now: new requests are refused with a retry-after
+        url = f"http://127.0.0.1:{port}"
+        health = httpx.get(f"{url}/healthz", trust_env=False)
+        refused = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "sim/gpt-4o-mini", "messages": MESSAGES},
+            trust_env=False,
+        )
         rest = [chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices]
         assert process.process.wait(10) == 0
     text = (first.choices[0].delta.content or "") + "".join(rest)
     assert text == "sim reply to: hello front door"
+    assert (health.status_code, health.json()) == (503, {"status": "draining"})
+    assert (refused.status_code, refused.headers["retry-after"]) == (503, "1")
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert refused.headers["x-quotad-request-id"].startswith("qd-")

@@ -3,7 +3,7 @@ graceful shutdown, against an in-process server on a loopback port."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -262,7 +262,8 @@ async def test_client_disconnect_stops_the_stream() -> None:
             await stream_closed.wait()
 
 
-async def test_client_disconnect_cancels_a_waiting_handler() -> None:
+@pytest.mark.parametrize("extra", ["", "connection: close\r\n"])
+async def test_client_disconnect_cancels_a_waiting_handler(extra: str) -> None:
     cancelled = anyio.Event()
 
     async def handler(request: HttpRequest) -> HttpResponse:
@@ -274,7 +275,7 @@ async def test_client_disconnect_cancels_a_waiting_handler() -> None:
 
     async with serving(handler) as server:
         async with raw_connection(server.port) as (stream, _):
-            await stream.send(get("/"))
+            await stream.send(get("/", extra))  # its last request, or not: either way
             await wait_all_tasks_blocked()
         with anyio.fail_after(5):
             await cancelled.wait()
@@ -286,17 +287,24 @@ async def test_handler_error_is_500_and_the_server_carries_on() -> None:
             raise RuntimeError("boom")
         if request.path == "/bad-header":
             return HttpResponse(200, [("x-injected", "a\r\nset-cookie: b")], b"")
+        if request.path == "/nul-header":
+            return HttpResponse(200, [("x-target", "sim/gpt-\x004o")], b"")
+        if request.path == "/wide-header":
+            return HttpResponse(200, [("x-target", "sim/漢字")], b"")
         return HttpResponse(200, [], b"ok")
 
     async with serving(handler) as server, httpx.AsyncClient(trust_env=False) as client:
         base = f"http://127.0.0.1:{server.port}"
         boom = await client.get(f"{base}/boom")
         bad_header = await client.get(f"{base}/bad-header")
+        nul_header = await client.get(f"{base}/nul-header")  # never sent: the client fails
+        wide_header = await client.get(f"{base}/wide-header")
         ok = await client.get(f"{base}/fine")
     assert boom.status_code == 500
     assert boom.json()["error"]["message"] == "internal server error"
-    assert bad_header.status_code == 500
+    assert bad_header.status_code == nul_header.status_code == wide_header.status_code == 500
     assert "set-cookie" not in bad_header.headers
+    assert "x-target" not in nul_header.headers
     assert (ok.status_code, ok.content) == (200, b"ok")
 
 
@@ -353,8 +361,12 @@ async def test_graceful_shutdown_finishes_requests_in_flight() -> None:
                 await wait_all_tasks_blocked()
                 assert server.closing
                 assert await read_to_close(idle_reader) == b""  # idle keep-alive: closed
-                with pytest.raises(OSError):
-                    await anyio.connect_tcp("127.0.0.1", port)  # no longer accepting
+                async with raw_connection(port) as (new_stream, new_reader):  # still accepting
+                    await new_stream.send(get("/new"))
+                    status, new_headers, new_body = await read_response(new_reader)
+                    assert (status, new_body) == (200, b"/new")  # the handler saw closing
+                    assert new_headers["connection"] == "close"
+                    assert await read_to_close(new_reader) == b""
                 assert "slow" not in results
                 release.set()
     status, headers, body = results["slow"]
@@ -432,3 +444,85 @@ async def test_a_long_pipelined_burst_is_read_in_bounded_steps_and_answered_in_o
         with anyio.fail_after(30):
             bodies = [(await read_response(reader))[2] for _ in range(count)]
     assert bodies == [f"/{number}".encode() for number in range(count)]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (a few seconds at most) until ``condition`` holds."""
+    for _ in range(500):
+        if condition():
+            return
+        await anyio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+async def test_connections_beyond_max_connections_get_503_and_a_close() -> None:
+    limits = HttpLimits(max_connections=3)
+    async with serving(echo, limits) as server:
+        async with (
+            raw_connection(server.port) as (first, first_reader),
+            raw_connection(server.port),
+            raw_connection(server.port),
+        ):
+            await first.send(get("/first"))
+            with anyio.fail_after(5):
+                assert (await read_response(first_reader))[0] == 200
+                await until(lambda: server.connections == 3)
+                async with raw_connection(server.port) as (_, extra_reader):
+                    status, headers, body = await read_response(extra_reader)
+                    assert await read_to_close(extra_reader) == b""
+            assert (status, headers["retry-after"], headers["connection"]) == (503, "1", "close")
+            assert msgspec.json.decode(body)["error"]["code"] == "overloaded"
+            assert server.refused_connections == 1
+        with anyio.fail_after(5):  # the three closed: room again
+            await until(lambda: server.connections == 0)
+            async with raw_connection(server.port) as (again, again_reader):
+                await again.send(get("/again"))
+                assert (await read_response(again_reader))[0] == 200
+        assert server.accept_problem is None
+
+
+async def test_a_connection_that_never_sends_a_byte_is_closed_after_the_idle_timeout() -> None:
+    limits = HttpLimits(idle_timeout_s=0.2, read_timeout_s=30)
+    async with serving(echo, limits) as server, raw_connection(server.port) as (_, reader):
+        with anyio.fail_after(5):
+            assert await read_to_close(reader) == b""  # closed, without an answer
+
+
+async def test_an_unauthorized_head_is_answered_before_its_body_is_read() -> None:
+    handled: list[str] = []
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        handled.append(request.path)
+        return HttpResponse(200, [], b"ok")
+
+    def authorize(request: HttpRequest) -> HttpResponse | None:
+        if request.header("authorization") == "yes":
+            return None
+        return HttpResponse(401, [("content-type", "text/plain")], b"who are you?")
+
+    server = HttpServer(handler, host="127.0.0.1", port=0, authorize=authorize)
+    async with anyio.create_task_group() as tasks:
+        port = await tasks.start(server.serve)
+        async with raw_connection(port) as (stream, reader):
+            await stream.send(
+                b"POST /x HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n"
+            )
+            with anyio.fail_after(5):  # answered though the body never ends
+                status, headers, body = await read_response(reader)
+                sent = 0
+                try:  # the server reads no more: its window fills, then it closes
+                    while sent < 64 * 1024 * 1024:
+                        await stream.send(b"1\r\na\r\n" * 10_000)
+                        sent += 60_000
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    pass
+        assert (status, headers["connection"], body) == (401, "close", b"who are you?")
+        assert sent < 16 * 1024 * 1024  # 1 MiB read and dropped, the rest in socket buffers
+        async with raw_connection(port) as (stream, reader):  # no body: keep-alive goes on
+            await stream.send(get("/no-key") + get("/key", "authorization: yes\r\n"))
+            with anyio.fail_after(5):
+                assert (await read_response(reader))[0] == 401
+                assert (await read_response(reader))[0] == 200
+        with anyio.fail_after(5):
+            await server.shutdown(1.0)
+    assert handled == ["/key"]

@@ -463,6 +463,7 @@ class Broker:
         try:
             yield context
         except RequestError as error:
+            error.request_id = error.request_id or context.request_id
             if not context.finished:
                 with anyio.CancelScope(shield=True):
                     await self._finish(context, error=error)

@@ -68,6 +68,7 @@ class HttpConfig(_Section, kw_only=True):
     max_header_kb: Positive = 64.0
     idle_timeout_s: Positive = 75.0
     read_timeout_s: Positive = 30.0
+    max_connections: Count = 1024
 
 
 class LimitConfig(_Section, kw_only=True):

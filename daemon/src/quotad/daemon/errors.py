@@ -26,6 +26,9 @@ class RequestError(Exception):
         self.message = message
         self.retry_after_s = retry_after_s
         self.details = details or {}
+        self.request_id: str | None = None
+        """The request id the pipeline gave the request that failed (its ledger row's), once
+        it had one; the HTTP front door answers it as ``x-quotad-request-id``."""
 
     def to_reply(self, request_id: int) -> Error:
         """The ``Error`` frame answering request ``request_id``."""

@@ -9,11 +9,19 @@ Endpoints (each also without its ``/v1``, for base URLs given without it)::
                                 (Anthropic's list shape when the request has anthropic-version)
     POST /v1/messages           Anthropic Messages, plain or SSE     errors: Anthropic shape
     GET  /metrics               Prometheus text (no key needed)
-    GET  /healthz               200 {"status": "ok"}; 503 while draining (no key needed)
+    GET  /healthz               200 {"status": "ok"}; 503 while draining, or while a listener
+                                (this one, or the Unix socket's) cannot accept (no key needed)
 
 Who calls: with ``auth = "keys"`` the key (``Authorization: Bearer KEY`` or ``x-api-key: KEY``)
 names the app through ``app_for_key``, and ``x-quotad-app`` is ignored (a key cannot speak for
 another app); with ``auth = "none"`` the app is ``x-quotad-app``, else :data:`DEFAULT_APP`.
+
+Access before work: the HTTP core hands each request's head to :meth:`FrontDoor.authorize`
+before any of its body is read, and a wrong path or method, a missing or unknown key, a bad
+``x-quotad-*`` header or a daemon that is draining is answered then, the body never read.
+Every answer that is an error carries ``x-quotad-request-id``: the pipeline's id (its ledger
+row's) once the request reached it, else a new id from the same sequence, logged with what
+was wrong; the core's own refusals (400, 408, 413, 431, ...) get one the same way.
 
 Every request goes through the same :class:`~quotad.daemon.broker.Broker` as the Unix socket's,
 so gates, cache, budgets, ledger and failover apply alike. A stream's response starts only once
@@ -26,19 +34,20 @@ handler, or closes the stream it was reading).
 from __future__ import annotations
 
 import logging
-import math
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol, cast, get_args
+from typing import Final, Literal, Protocol, cast
 
 import anyio
 import anyio.abc
+import msgspec
 
 from quotad.daemon.broker import DAEMON_VERSION, Broker
 from quotad.daemon.config import Config, HttpConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.front_door import anthropic, openai
+from quotad.daemon.front_door.headers import RequestHeaders, apply_options, read_headers
 from quotad.daemon.front_door.wire import (
     JSON_CONTENT,
     SSE_HEADERS,
@@ -48,6 +57,7 @@ from quotad.daemon.front_door.wire import (
     error_headers,
     http_status,
     quotad_headers,
+    request_id_header,
 )
 from quotad.daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from quotad.daemon.net.addresses import is_loopback
@@ -58,35 +68,32 @@ from quotad.daemon.net.http11 import (
     HttpResponse,
     HttpServer,
     StreamingResponse,
+    error_body,
 )
 from quotad.daemon.request import Caller
 from quotad.daemon.routing import Route
 from quotad.protocol.messages import (
-    PRIORITIES,
-    CacheMode,
     Chat,
     ChatChunk,
     ChatEnd,
     ChatReply,
-    Embed,
     EmbedReply,
-    Priority,
     StatusReply,
 )
 
 log = logging.getLogger("quotad.http")
+_JSON = msgspec.json.Encoder()
 
 AppForKey = Callable[[str], str | None]
 """The app an HTTP key belongs to, or None for a key that is unknown or revoked."""
+ListenerProblems = Callable[[], list[str]]
+"""What is wrong with the daemon's other listeners now (e.g. the Unix socket's accept
+failing); empty when nothing is."""
 Response = HttpResponse | StreamingResponse
 Api = Literal["openai", "anthropic"]
 
 DEFAULT_APP: Final = "anonymous"
 """The app of a request under ``auth = "none"`` that sends no ``x-quotad-app``."""
-MAX_APP_LENGTH: Final = 256
-CACHE_MODES: Final[tuple[CacheMode, ...]] = get_args(CacheMode)
-_CACHE_MODES: Final[frozenset[CacheMode]] = frozenset(CACHE_MODES)
-_PRIORITIES: Final[frozenset[Priority]] = frozenset(PRIORITIES)
 _MISSING_KEY: Final = (
     "missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY' "
     "(create one with: quotad keys create --app NAME)"
@@ -113,19 +120,7 @@ class _Endpoint:
     method: str
     api: Api
     handler: Callable[[HttpRequest], Awaitable[Response]]
-
-
-class _RequestHeaders:
-    """What a request's headers say to quotad, read in one pass."""
-
-    __slots__ = ("app", "cache", "key", "max_wait_s", "priority")
-
-    def __init__(self) -> None:
-        self.key = ""
-        self.app = ""
-        self.priority: Priority | None = None
-        self.cache: CacheMode | None = None
-        self.max_wait_s: float | None = None
+    needs_key: bool = True
 
 
 def _limits(config: HttpConfig) -> HttpLimits:
@@ -134,6 +129,7 @@ def _limits(config: HttpConfig) -> HttpLimits:
         max_body_bytes=int(config.max_body_mb * 1024 * 1024),
         read_timeout_s=config.read_timeout_s,
         idle_timeout_s=config.idle_timeout_s,
+        max_connections=config.max_connections,
     )
 
 
@@ -153,14 +149,23 @@ class FrontDoor:
         *,
         app_for_key: AppForKey,
         status: Callable[[], StatusReply] | None = None,
+        listener_problems: ListenerProblems | None = None,
     ) -> None:
         self.broker = broker
         self.metrics = broker.metrics
         self._app_for_key = app_for_key
         self._status = status or broker.status
+        self._listener_problems = listener_problems or list
         self._keys = config.auth == "keys"
         self._host, port = parse_listen(config.listen)
-        self.server = HttpServer(self.handle, host=self._host, port=port, limits=_limits(config))
+        self.server = HttpServer(
+            self.handle,
+            host=self._host,
+            port=port,
+            limits=_limits(config),
+            authorize=self.authorize,
+            error_answer=self._refusal,
+        )
         self._listen = config.listen
         api_endpoints = {
             "/chat/completions": _Endpoint(
@@ -173,10 +178,10 @@ class FrontDoor:
         self._endpoints: dict[str, _Endpoint] = {}
         for path, endpoint in api_endpoints.items():
             self._endpoints["/v1" + path] = self._endpoints[path] = endpoint
-        self._endpoints["/metrics"] = _Endpoint("metrics", "GET", "openai", self._metrics)
-        self._endpoints["/healthz"] = _Endpoint("healthz", "GET", "openai", self._healthz)
+        self._endpoints["/metrics"] = _Endpoint("metrics", "GET", "openai", self._metrics, False)
+        self._endpoints["/healthz"] = _Endpoint("healthz", "GET", "openai", self._healthz, False)
         self._model = _Endpoint("models", "GET", "openai", self._model_by_name)
-        self._unknown = _Endpoint("other", "", "openai", self._not_found)
+        self._unknown = _Endpoint("other", "", "openai", self._not_found, False)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -222,35 +227,93 @@ class FrontDoor:
         self._keys = config.http.auth == "keys"
         self.server.limits = _limits(config.http)
 
+    @property
+    def problems(self) -> list[str]:
+        """What keeps the daemon from serving new clients now: a listener (this one, or one
+        that ``listener_problems`` tells of) whose accept fails."""
+        problems = [] if self.server.accept_problem is None else [self.server.accept_problem]
+        return [f"http: {problem}" for problem in problems] + self._listener_problems()
+
     # ------------------------------------------------------------------ dispatch
+
+    def _endpoint(self, path: str) -> _Endpoint:
+        endpoint = self._endpoints.get(path)
+        if endpoint is None:
+            is_model = path.startswith(("/v1/models/", "/models/"))
+            endpoint = self._model if is_model else self._unknown
+        return endpoint
+
+    def authorize(self, request: HttpRequest) -> HttpResponse | None:
+        """A request's head, before its body is read (the HTTP core's authorize hook): the
+        answer when it is not to be served (wrong method or path, missing or unknown key, a
+        bad ``x-quotad-*`` header, draining), else None; who calls is left in
+        ``request.authorized`` for the handler."""
+        endpoint = self._endpoint(request.path)
+        refusal: HttpResponse | None = None
+        if not _method_allowed(request, endpoint):
+            refusal = self._method_not_allowed(request, endpoint)
+        elif endpoint is self._unknown:
+            refusal = self._not_found_answer(request)
+        elif endpoint.needs_key:
+            try:
+                if self.server.closing:
+                    raise _draining()
+                headers = read_headers(request)
+                headers.caller = self._caller(headers)
+                request.authorized = headers
+            except RequestError as error:
+                refusal = self._error(endpoint.api, error)
+        if refusal is not None:
+            self.metrics.observe_http(endpoint.name, refusal.status)
+        return refusal
 
     async def handle(self, request: HttpRequest) -> Response:
         """Answer one request (the HTTP core's handler)."""
-        endpoint = self._endpoints.get(request.path)
-        if endpoint is None:
-            is_model = request.path.startswith(("/v1/models/", "/models/"))
-            endpoint = self._model if is_model else self._unknown
-        method = request.method
-        if endpoint.method not in ("", method) and (method, endpoint.method) != ("HEAD", "GET"):
+        endpoint = self._endpoint(request.path)
+        if not _method_allowed(request, endpoint):
             response: Response = self._method_not_allowed(request, endpoint)
         else:
             try:
                 if self.server.closing and endpoint.name != "healthz":
-                    raise RequestError(
-                        "overloaded", "quotad is shutting down; retry shortly", retry_after_s=1.0
-                    )
+                    raise _draining()
                 response = await endpoint.handler(request)
             except RequestError as error:
                 response = self._error(endpoint.api, error)
             except Exception:
-                log.exception("internal error answering %s %s", method, request.path)
-                response = self._error(endpoint.api, RequestError("internal", "internal error"))
+                request_id = self.broker.request_ids.next()
+                log.exception(
+                    "internal error answering %s %s [%s]", request.method, request.path, request_id
+                )
+                internal = RequestError("internal", "internal error")
+                internal.request_id = request_id
+                response = self._error(endpoint.api, internal)
         self.metrics.observe_http(endpoint.name, response.status)
         return response
 
     def _error(self, api: Api, error: RequestError) -> HttpResponse:
+        """The answer to a failed request in ``api``'s shape, with its request id (the
+        pipeline's, else a new one, logged with what was wrong)."""
         body = anthropic.error_body(error) if api == "anthropic" else openai.error_body(error)
-        return HttpResponse(http_status(error), error_headers(error), body)
+        headers = error_headers(error)
+        request_id = error.request_id
+        if request_id is None:
+            request_id = self.broker.request_ids.next()
+            log.info("answered %s [%s]: %s", error.code, request_id, error.message)
+        headers.append(request_id_header(request_id))
+        return HttpResponse(http_status(error), headers, body)
+
+    def _refusal(self, status: int, message: str) -> HttpResponse:
+        """The HTTP core's own error answers (its error_answer hook): its JSON body, which
+        both SDK families read, with a request id, logged with what was wrong (the 503s to
+        connections beyond ``max_connections`` in the server's count instead)."""
+        request_id = self.broker.request_ids.next()
+        if status != 503:
+            log.info("answered %d [%s]: %s", status, request_id, message)
+        self.metrics.observe_http("other", status)
+        headers: Headers = [JSON_CONTENT, request_id_header(request_id)]
+        if status == 503:
+            headers += [("retry-after", "1"), ("retry-after-ms", "1000")]
+        return HttpResponse(status, headers, error_body(status, message))
 
     def _method_not_allowed(self, request: HttpRequest, endpoint: _Endpoint) -> HttpResponse:
         error = RequestError(
@@ -261,7 +324,7 @@ class FrontDoor:
         response.headers.append(("allow", endpoint.method))
         return response
 
-    async def _not_found(self, request: HttpRequest) -> Response:
+    def _not_found_answer(self, request: HttpRequest) -> HttpResponse:
         error = RequestError(
             "bad_request",
             f"no endpoint {request.method} {request.path}; quotad serves /v1/chat/completions, "
@@ -271,24 +334,21 @@ class FrontDoor:
         response.status = 404
         return response
 
+    async def _not_found(self, request: HttpRequest) -> Response:
+        return self._not_found_answer(request)
+
     # ------------------------------------------------------------------ who calls, and how
 
-    def _read_headers(self, request: HttpRequest) -> _RequestHeaders:
-        """The key and the ``x-quotad-*`` options, in one pass over the headers."""
-        found = _RequestHeaders()
-        for name, value in request.headers:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    found.key = token.strip().decode("latin-1")
-            elif name == b"x-api-key":
-                if not found.key:
-                    found.key = value.strip().decode("latin-1")
-            elif name.startswith(b"x-quotad-"):
-                _read_quotad_header(found, name.decode("latin-1"), value.decode("latin-1"))
-        return found
+    def _who_calls(self, request: HttpRequest) -> tuple[RequestHeaders, Caller]:
+        """The request's headers and who calls, as :meth:`authorize` found them (or now, for
+        a request it did not see)."""
+        headers = request.authorized
+        if isinstance(headers, RequestHeaders) and headers.caller is not None:
+            return headers, headers.caller
+        headers = read_headers(request)
+        return headers, self._caller(headers)
 
-    def _caller(self, headers: _RequestHeaders) -> Caller:
+    def _caller(self, headers: RequestHeaders) -> Caller:
         """Who calls: the key's app (``auth = "keys"``) or ``x-quotad-app``."""
         if self._keys:
             if not headers.key:
@@ -323,11 +383,10 @@ class FrontDoor:
     # ------------------------------------------------------------------ OpenAI endpoints
 
     async def _chat_completions(self, request: HttpRequest) -> Response:
-        headers = self._read_headers(request)
-        caller = self._caller(headers)
+        headers, caller = self._who_calls(request)
         body = decode_body(openai.CHAT_DECODER, request.body)
         chat = openai.chat_request(body)
-        _apply_options(chat, headers)
+        apply_options(chat, headers)
         created = int(self.broker.clock.time())
         if chat.stream:
             encoder = openai.CompletionStream(chat.model, created, body.include_usage)
@@ -337,11 +396,10 @@ class FrontDoor:
         return self._whole_answer(reply, chat.cache, body_bytes)
 
     async def _embeddings(self, request: HttpRequest) -> Response:
-        headers = self._read_headers(request)
-        caller = self._caller(headers)
+        headers, caller = self._who_calls(request)
         body = decode_body(openai.EMBEDDINGS_DECODER, request.body)
         embed = openai.embed_request(body)
-        _apply_options(embed, headers)
+        apply_options(embed, headers)
         reply = await self.broker.embed(embed, caller)
         body_bytes = openai.embeddings_body(reply, embed.model, body.encoding_format)
         return self._whole_answer(reply, embed.cache, body_bytes)
@@ -360,7 +418,7 @@ class FrontDoor:
         return [(name, self._owner(name, routes[name])) for name in router.known_names()]
 
     async def _models(self, request: HttpRequest) -> Response:
-        self._caller(self._read_headers(request))
+        self._who_calls(request)
         models = self._model_list()
         if request.header("anthropic-version") is not None:
             body = anthropic.models_body([name for name, _ in models])
@@ -369,7 +427,7 @@ class FrontDoor:
         return HttpResponse(200, [JSON_CONTENT], body)
 
     async def _model_by_name(self, request: HttpRequest) -> Response:
-        self._caller(self._read_headers(request))
+        self._who_calls(request)
         prefix = "/v1/models/" if request.path.startswith("/v1/") else "/models/"
         name = urllib.parse.unquote(request.path.removeprefix(prefix))
         route = self.broker.router.resolve(name)  # else unknown_model, naming what exists
@@ -378,11 +436,10 @@ class FrontDoor:
     # ------------------------------------------------------------------ Anthropic endpoint
 
     async def _messages(self, request: HttpRequest) -> Response:
-        headers = self._read_headers(request)
-        caller = self._caller(headers)
+        headers, caller = self._who_calls(request)
         body = decode_body(anthropic.MESSAGES_DECODER, request.body)
         chat = anthropic.chat_request(body)
-        _apply_options(chat, headers)
+        apply_options(chat, headers)
         if chat.stream:
             return await self._stream(chat, caller, anthropic.MessageStream(chat.model))
         reply = await self.broker.chat(chat, caller)
@@ -416,9 +473,17 @@ class FrontDoor:
 
     async def _healthz(self, request: HttpRequest) -> Response:
         if self.server.closing:
-            return HttpResponse(503, [JSON_CONTENT], b'{"status":"draining"}')
+            return self._unhealthy({"status": "draining"})
+        problems = self.problems
+        if problems:
+            return self._unhealthy({"status": "unhealthy", "problems": problems})
         body = b'{"status":"ok","version":"%s"}' % DAEMON_VERSION.encode()
         return HttpResponse(200, [JSON_CONTENT], body)
+
+    def _unhealthy(self, state: dict[str, object]) -> HttpResponse:
+        request_id = self.broker.request_ids.next()
+        headers: Headers = [JSON_CONTENT, request_id_header(request_id)]
+        return HttpResponse(503, headers, _JSON.encode(state))
 
 
 async def _events(
@@ -444,41 +509,10 @@ async def _events(
             await stream.aclose()
 
 
-def _read_quotad_header(found: _RequestHeaders, name: str, value: str) -> None:
-    """One ``x-quotad-*`` request header into ``found``; a bad value is a ``bad_request``
-    naming the header. Unknown ``x-quotad-*`` headers are ignored."""
-    value = value.strip()
-    if name == "x-quotad-app":
-        if len(value) > MAX_APP_LENGTH:
-            raise _bad_header(name, f"longer than {MAX_APP_LENGTH} characters")
-        found.app = value
-    elif name == "x-quotad-priority":
-        if value not in _PRIORITIES:
-            raise _bad_header(name, f"expected one of {', '.join(PRIORITIES)}, got {value!r}")
-        found.priority = value
-    elif name == "x-quotad-cache":
-        if value not in _CACHE_MODES:
-            raise _bad_header(name, f"expected one of {', '.join(CACHE_MODES)}, got {value!r}")
-        found.cache = value
-    elif name == "x-quotad-max-wait":
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = math.nan
-        if not (seconds >= 0 and math.isfinite(seconds)):
-            raise _bad_header(name, f"expected seconds (a number >= 0), got {value!r}")
-        found.max_wait_s = seconds
+def _method_allowed(request: HttpRequest, endpoint: _Endpoint) -> bool:
+    method = request.method
+    return endpoint.method in ("", method) or (method, endpoint.method) == ("HEAD", "GET")
 
 
-def _bad_header(name: str, message: str) -> RequestError:
-    return RequestError("bad_request", f"header {name}: {message}", details={"param": name})
-
-
-def _apply_options(request: Chat | Embed, headers: _RequestHeaders) -> None:
-    """The ``x-quotad-*`` options onto a protocol request."""
-    if headers.priority is not None:
-        request.priority = headers.priority
-    if headers.cache is not None:
-        request.cache = headers.cache
-    if headers.max_wait_s is not None:
-        request.max_wait_s = headers.max_wait_s
+def _draining() -> RequestError:
+    return RequestError("overloaded", "quotad is shutting down; retry shortly", retry_after_s=1.0)

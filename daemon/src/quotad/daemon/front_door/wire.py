@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any, Final, Literal, TypeVar
 
@@ -43,6 +45,18 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
 }
 RETRY_AFTER_CODES: Final = frozenset({"rate_limited", "overloaded", "cancelled"})
 """Codes answered with ``retry-after`` (1 s when the error names no time)."""
+DECODE_HEADROOM: Final = 400
+"""Stack frames a body's JSON decode leaves unused: the recursion limit is lowered by this
+much while it decodes, so that whatever nesting decodes is well within what encoding it again
+(for the cache key, the provider, the ledger) can take, deeper in the stack."""
+SMALLEST_INT: Final = -(2**63)
+LARGEST_INT: Final = 2**64 - 1
+"""The integers a body may hold: what MessagePack (the socket's protocol, the cache's keys)
+carries, and what converts to a float."""
+_DIGITS_AS_ZEROS: Final = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x78 for byte in range(256))
+_TWENTY_DIGITS: Final = b"0" * 20
+"""A run of 20 digits: every integer beyond :data:`SMALLEST_INT`..:data:`LARGEST_INT` has
+one (and few bodies do, in a string or not)."""
 _MISSING_FIELD: Final = re.compile(
     r"Object missing required field `(?P<field>[^`]*)`(?: - at `(?P<path>[^`]*)`)?$"
 )
@@ -73,15 +87,64 @@ def bad_request(param: str, message: str) -> RequestError:
 
 
 def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
-    """The request body as a ``T``; ``bad_request`` naming the field when it is not one."""
+    """The request body as a ``T``; ``bad_request`` naming what is wrong when it is not one:
+    the field (wrong type, missing, out of range, an integer beyond 64 bits anywhere), invalid
+    JSON, a string that is not UTF-8, or nesting deeper than quotad takes
+    (:data:`DECODE_HEADROOM`)."""
     if not body:
         raise RequestError("bad_request", "the request has no body: expected a JSON object")
+    limit = sys.getrecursionlimit()
     try:
-        return decoder.decode(body)
+        sys.setrecursionlimit(limit - DECODE_HEADROOM)
+        try:
+            decoded = decoder.decode(body)
+            if body.translate(_DIGITS_AS_ZEROS).find(_TWENTY_DIGITS) >= 0:
+                _check_integers(msgspec.json.decode(body))
+            return decoded
+        finally:
+            sys.setrecursionlimit(limit)
     except msgspec.ValidationError as error:
         raise _invalid(error) from None
     except msgspec.DecodeError as error:
         raise RequestError("bad_request", f"the body is not valid JSON: {error}") from None
+    except UnicodeDecodeError:
+        raise RequestError("bad_request", _not_utf8(body)) from None
+    except RecursionError:
+        raise RequestError(
+            "bad_request",
+            f"the body nests JSON arrays or objects deeper than quotad takes (about "
+            f"{limit - DECODE_HEADROOM - 100} levels)",
+        ) from None
+
+
+def _check_integers(value: object) -> None:
+    """``bad_request`` naming the first integer in ``value`` (a decoded body) beyond
+    :data:`SMALLEST_INT`..:data:`LARGEST_INT`, and where it is."""
+    stack: list[tuple[str, object]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((f"{where}.{key}" if where else str(key), v) for key, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{index}]", v) for index, v in enumerate(item))
+        elif isinstance(item, int) and not SMALLEST_INT <= item <= LARGEST_INT:
+            digits = len(str(abs(item)))
+            raise bad_request(
+                where or "the body", f"an integer of {digits} digits is out of range (64 bits)"
+            )
+
+
+def _not_utf8(body: bytes) -> str:
+    """What a body holding a string that is not UTF-8 is told, naming the first bad byte."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        bad = body[error.start : error.start + 4]
+        return (
+            f"the body is not valid JSON: a string holds bytes that are not UTF-8 "
+            f"(byte {error.start}: {bad!r})"
+        )
+    return "the body is not valid JSON: a string holds bytes that are not UTF-8"
 
 
 def _invalid(error: msgspec.ValidationError) -> RequestError:
@@ -120,13 +183,26 @@ def answered_model(target: str, requested: str) -> str:
     return model if slash else requested
 
 
+def request_id_header(request_id: str) -> tuple[str, str]:
+    """``x-quotad-request-id``: on every answer, errors included."""
+    return ("x-quotad-request-id", request_id)
+
+
+def header_safe(text: str) -> str:
+    """``text`` as a header value: as it is when it is printable ASCII (a target's name,
+    nearly always), else percent-encoded (a model name may hold any character)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return urllib.parse.quote(text, safe="/:@.-_~+=,;!$&'()*")
+
+
 def quotad_headers(
     request_id: str, target: str, cache: CacheState, wait_s: float, attempts: int
 ) -> Headers:
     """The ``x-quotad-*`` response headers known when an answer starts."""
     return [
-        ("x-quotad-request-id", request_id),
-        ("x-quotad-target", target),
+        request_id_header(request_id),
+        ("x-quotad-target", header_safe(target)),
         ("x-quotad-cache", cache),
         ("x-quotad-wait-ms", f"{wait_s * 1000:.1f}"),
         ("x-quotad-attempts", str(attempts)),

@@ -61,17 +61,23 @@ from __future__ import annotations
 
 from quotad.daemon.net.http11.messages import (
     AbortConnection,
+    Authorize,
+    ErrorAnswer,
     Handler,
     Headers,
     HttpLimits,
     HttpRequest,
     HttpResponse,
     StreamingResponse,
+    default_error_answer,
+    error_body,
 )
 from quotad.daemon.net.http11.server import HttpServer
 
 __all__ = [
     "AbortConnection",
+    "Authorize",
+    "ErrorAnswer",
     "Handler",
     "Headers",
     "HttpLimits",
@@ -79,4 +85,6 @@ __all__ = [
     "HttpResponse",
     "HttpServer",
     "StreamingResponse",
+    "default_error_answer",
+    "error_body",
 ]

@@ -24,23 +24,13 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
 import anyio
-import msgspec
 
 from quotad.daemon.net.http11.messages import (
     AbortConnection,
-    HttpRequest,
     HttpResponse,
     StreamingResponse,
 )
-from quotad.daemon.net.http11.parser import (
-    CLOSED,
-    END_OF_MESSAGE,
-    NEED_DATA,
-    BodyData,
-    ParseError,
-    RequestHead,
-    RequestParser,
-)
+from quotad.daemon.net.http11.parser import IncomingRequest, RequestParser
 
 if TYPE_CHECKING:
     from quotad.daemon.net.http11.server import HttpServer
@@ -52,6 +42,10 @@ READ_AHEAD_BYTES = 256 * 1024
 LINGER_S = 2.0
 """How long a closing connection waits for the client to close its side, and a closed one
 for its last answer to drain before the socket is dropped."""
+LINGER_MAX_BYTES = 1024 * 1024
+"""What a closing connection reads (and drops) at most meanwhile, so that a client still
+sending a body (one refused before it was read, say) reads its answer before the close;
+a client that sends more gets the close (a reset) sooner."""
 SINGLE_WRITE_BYTES = 65536
 """Bodies up to this size are joined with the head into one write."""
 STREAM_ACLOSE_TIMEOUT_S = 5.0
@@ -61,40 +55,22 @@ _LINGER, _CLOSE, _RESET = 0, 1, 2  # how a connection ends (see Connection.run)
 
 _REASON_TEXT: dict[int, str] = {status.value: status.phrase for status in HTTPStatus}
 _NO_BODY_STATUSES = frozenset({204, 304})
+_CONTROL_BYTES = frozenset(range(0x20)) - {0x09, 0x0A, 0x0D} | {0x7F}
+_NOT_CONTROL = bytes(byte for byte in range(256) if byte not in _CONTROL_BYTES)
+"""Every byte but the control bytes no response head may hold (tab is allowed; CR and LF
+are checked apart): ``head.translate(None, _NOT_CONTROL)`` leaves those it holds."""
 _LINGER_RESET = struct.pack("ii", 1, 0)
-_json = msgspec.json.Encoder()
 
 
 class ClientGone(Exception):
     """The connection was lost (or closed) before an answer could be written."""
 
 
-def _error_body(status: int, message: str) -> bytes:
-    """A JSON error body both SDK families understand: ``error.message`` for OpenAI's,
-    ``type: "error"`` + ``error.type`` for Anthropic's. Its ``code`` is one of the wire
-    protocol's (DESIGN §5): ``internal`` for the server's own failure, else ``bad_request``
-    (the status tells which: 400, 408, 413, 431, 501, 505)."""
-    kind = "api_error" if status >= 500 else "invalid_request_error"
-    code = "internal" if status == 500 else "bad_request"
-    return _json.encode(
-        {"type": "error", "error": {"type": kind, "message": message, "code": code}}
-    )
-
-
-def _raw_error(status: int, message: str) -> bytes:
-    body = _error_body(status, message)
-    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
-        status,
-        _REASON_TEXT.get(status, "").encode(),
-        len(body),
-    )
-    return head + b"connection: close\r\n\r\n" + body
-
-
-def _encode_head(
+def encode_head(
     response: HttpResponse | StreamingResponse, *, keep_alive: bool, chunked: bool
 ) -> bytes:
-    """Status line and headers; raises ValueError on a header that would split the head."""
+    """Status line and headers; raises ValueError on a header that would split the head or
+    that holds another control byte than tab, or a character beyond latin-1."""
     status = response.status
     parts = [f"HTTP/1.1 {status} {_REASON_TEXT.get(status, '')}\r\n"]
     parts.extend(f"{name}: {value}\r\n" for name, value in response.headers)
@@ -110,21 +86,17 @@ def _encode_head(
     lines = len(parts)
     if head.count("\n") != lines or head.count("\r") != lines:
         raise ValueError(f"a response header holds a line break: {response.headers!r}")
-    return head.encode("latin-1")
-
-
-_INTERNAL_ERROR = HttpResponse(
-    500,
-    [("content-type", "application/json")],
-    _error_body(500, "internal server error"),
-)
+    encoded = head.encode("latin-1")
+    if encoded.translate(None, _NOT_CONTROL):
+        raise ValueError(f"a response header holds a control byte: {response.headers!r}")
+    return encoded
 
 
 class Connection(asyncio.Protocol):
     """One client connection: protocol callbacks that feed the parser, and the request loop
     (:meth:`run`, the connection's task).
 
-    The parser keeps what was read beyond the current request (pipelining); answers are
+    The parser queues what was read beyond the current request (pipelining); answers are
     written by hand (a few string joins).
     """
 
@@ -132,7 +104,7 @@ class Connection(asyncio.Protocol):
         self._server = server
         self._limits = server.limits
         self._loop = asyncio.get_running_loop()
-        self._parser = RequestParser(self._limits.max_header_bytes)
+        self._parser: RequestParser | None = None
         self._transport: asyncio.Transport | None = None
         self._client: tuple[str, int] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -147,9 +119,9 @@ class Connection(asyncio.Protocol):
         self._responding = False
         self._idle = False
         self._lingering = False
+        self._lingered = 0
         self._close_mode = _LINGER
-        self._keep_alive = True
-        self._http10 = False
+        self._answered = 0
         self.deadline = math.inf
         self.eof = False
         """The client closed its side or the connection is gone."""
@@ -162,17 +134,31 @@ class Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         address = transport.get_extra_info("peername")
         self._client = (address[0], address[1]) if isinstance(address, tuple) else None
+        server = self._server
+        self._parser = RequestParser(
+            self._limits, server.error_answer, server.authorize, self._client
+        )
 
     def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        assert parser is not None
         if self._lingering:
+            self._lingered += len(data)
+            if self._lingered > LINGER_MAX_BYTES:
+                self._pause_reading()
+                self.wake()
             return
         self._pending += len(data)
-        self._parser.receive_data(data)
-        if self._pending > READ_AHEAD_BYTES and not self._reading_paused:
+        parser.feed(data)  # once it has stopped (a refusal, a last request), it drops them
+        if self._pending > READ_AHEAD_BYTES:
+            self._pause_reading()
+        self.wake()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and not self.lost:
             self._reading_paused = True
             assert self._transport is not None
             self._transport.pause_reading()
-        self.wake()
 
     def eof_received(self) -> bool:
         self._client_left()
@@ -200,8 +186,6 @@ class Connection(asyncio.Protocol):
         if self.eof:
             return
         self.eof = True
-        if not self._lingering:
-            self._parser.receive_data(b"")
         self.wake()
         if self._responding and self._scope is not None:
             self._close_mode = _CLOSE
@@ -231,10 +215,15 @@ class Connection(asyncio.Protocol):
         try:
             with anyio.CancelScope() as self._scope:  # per connection, not per request
                 while True:
-                    request = await self._read_request()
-                    if request is None or not await self._respond(request):
+                    incoming = await self._next_request()
+                    if incoming is None:
                         break
-                    self._parser.start_next()
+                    self._answered += 1
+                    if incoming.refusal is not None:
+                        if not await self._refuse(incoming):
+                            break
+                    elif not await self._respond(incoming):
+                        break
                 if self._close_mode == _LINGER and not self.eof:
                     await self._linger()
         finally:
@@ -263,8 +252,8 @@ class Connection(asyncio.Protocol):
 
     async def _wait_idle(self) -> bool:
         """Wait for the first bytes of a next request; False: close instead (timeout or
-        shutdown)."""
-        if self._server.closing:
+        shutdown: while the server drains, only a new connection waits for its first)."""
+        if self._server.closing and self._answered:
             return False
         self._idle = True
         try:
@@ -272,119 +261,70 @@ class Connection(asyncio.Protocol):
         finally:
             self._idle = False
 
-    async def _read_request(self) -> HttpRequest | None:
-        """The next complete request, or None when the connection is to close (an error
-        answer, if any, already sent)."""
+    async def _next_request(self) -> IncomingRequest | None:
+        """The next request, complete or refused (taken from the parser's queue), or None
+        when the connection is to close (a 408, if due, already sent)."""
         parser = self._parser
-        limits = self._limits
+        assert parser is not None
+        requests = parser.requests
         deadline = -1.0
-        head: RequestHead | None = None
-        headers: list[tuple[bytes, bytes]] = []
-        body_parts: list[bytes] = []
-        body_size = 0
         while True:
-            try:
-                event = parser.next_event()
-            except ParseError as error:
+            if requests:
+                incoming = requests[0]
+                if incoming.complete or incoming.refusal is not None:
+                    requests.popleft()
+                    return incoming
+                if incoming.waits_for_100_continue:  # its turn has come: ask for the body
+                    incoming.continue_sent = True
+                    try:
+                        await self._send(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    except ClientGone:
+                        self._close_mode = _CLOSE
+                        return None
+            if self.eof:  # gone between requests, or in the middle of one
+                return None
+            if deadline < 0:
+                if not requests and not parser.in_request:
+                    if not await self._wait_idle():
+                        self._close_mode = _CLOSE
+                        return None
+                    continue
+                deadline = self._loop.time() + self._limits.read_timeout_s
+            if not await self._wait_data(deadline):
                 if not self.eof:
-                    if error.error_status_hint == 431:
-                        await self._headers_too_large()
-                    else:
-                        await self._send_error(error.error_status_hint, f"bad request: {error}")
+                    timeout = self._limits.read_timeout_s
+                    await self._send_error(408, f"request not complete within {timeout:g} s")
                 return None
-            if event is NEED_DATA:
-                if deadline < 0:
-                    if head is None and not parser.has_data:
-                        if not await self._wait_idle():
-                            self._close_mode = _CLOSE
-                            return None
-                        continue
-                    deadline = self._loop.time() + limits.read_timeout_s
-                if not await self._wait_data(deadline):
-                    if not self.eof:
-                        await self._send_error(
-                            408, f"request not complete within {limits.read_timeout_s:g} s"
-                        )
-                    return None
-                continue
-            if isinstance(event, BodyData):
-                body_size += len(event.data)
-                if body_size > limits.max_body_bytes:
-                    await self._body_too_large()
-                    return None
-                body_parts.append(event.data)
-            elif isinstance(event, RequestHead):
-                head = event
-                checked = await self._check_head(head)
-                if checked is None:
-                    return None
-                headers = checked
-            elif event is END_OF_MESSAGE and head is not None:
-                target = head.target.decode("latin-1")
-                path, _, _ = target.partition("?")
-                return HttpRequest(
-                    method=head.method.decode("ascii"),
-                    target=target,
-                    path=path,
-                    headers=headers,
-                    body=b"".join(body_parts) if body_parts else b"",
-                    client=self._client,
-                )
-            else:  # CLOSED: the client left between requests
-                assert event is CLOSED
-                return None
-
-    async def _check_head(self, head: RequestHead) -> list[tuple[bytes, bytes]] | None:
-        """Apply the header and declared-body limits, note keep-alive, say 100 Continue;
-        the headers, or None when an error answer was sent instead."""
-        limits = self._limits
-        self._keep_alive = head.keep_alive
-        self._http10 = head.http_version != b"1.1"
-        if head.size > limits.max_header_bytes:
-            await self._headers_too_large()
-            return None
-        if head.content_length > limits.max_body_bytes:
-            await self._body_too_large()
-            return None
-        if self._parser.client_is_waiting_for_100_continue:
-            await self._send(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return head.headers
-
-    async def _headers_too_large(self) -> None:
-        await self._send_error(
-            431, f"request line and headers exceed {self._limits.max_header_bytes} bytes"
-        )
-
-    async def _body_too_large(self) -> None:
-        await self._send_error(413, f"request body exceeds {self._limits.max_body_bytes} bytes")
 
     # ------------------------------------------------------------------ answering
 
-    async def _respond(self, request: HttpRequest) -> bool:
+    async def _respond(self, incoming: IncomingRequest) -> bool:
         """Run the handler and send its answer; True when the connection takes another request.
         A client that leaves meanwhile cancels the connection's scope: the handler (or the
         stream) stops at its next await and the connection closes."""
         if self.eof:  # gone (or half-closed, which counts as gone) before its answer
             return False
-        keep_alive = self._keep_alive
-        chunked = not self._http10
+        request = incoming.request
+        assert request is not None
+        keep_alive = incoming.keep_alive
+        chunked = not incoming.http10
         self._responding = True
         try:
             try:
                 response = await self._server.handler(request)
                 keep_alive = keep_alive and not self._server.closing
-                head = _encode_head(response, keep_alive=keep_alive, chunked=chunked)
+                head = encode_head(response, keep_alive=keep_alive, chunked=chunked)
             except AbortConnection:
                 raise
             except Exception:
                 logger.exception("handler failed: %s %s", request.method, request.target)
-                response = _INTERNAL_ERROR
-                head = _encode_head(response, keep_alive=keep_alive, chunked=chunked)
+                response = self._server.error_answer(500, "internal server error")
+                head = encode_head(response, keep_alive=keep_alive, chunked=chunked)
             no_body = request.method == "HEAD" or response.status in _NO_BODY_STATUSES
             if isinstance(response, HttpResponse):
                 await self._send_response(head, response.body, no_body)
             else:
-                await self._send_stream(head, response.chunks, no_body)
+                await self._send_stream(head, response.chunks, no_body, raw=not chunked)
         except AbortConnection as abort:
             self._close_mode = _RESET if abort.reset else _CLOSE
             return False
@@ -399,6 +339,30 @@ class Connection(asyncio.Protocol):
             self._responding = False
         return keep_alive and not self.eof
 
+    async def _refuse(self, incoming: IncomingRequest) -> bool:
+        """Send a refusal (the parser's, or the authorize hook's) instead of running the
+        handler; True when the connection takes another request."""
+        response = incoming.refusal
+        assert response is not None
+        keep_alive = incoming.keep_alive and not incoming.closes and not self._server.closing
+        try:
+            head = encode_head(response, keep_alive=keep_alive, chunked=True)
+        except ValueError:
+            logger.exception("a refusal could not be written")
+            response = self._server.error_answer(500, "internal server error")
+            keep_alive = False
+            head = encode_head(response, keep_alive=False, chunked=True)
+        request = incoming.request
+        no_body = (request is not None and request.method == "HEAD") or (
+            response.status in _NO_BODY_STATUSES
+        )
+        try:
+            await self._send_response(head, response.body, no_body)
+        except ClientGone:
+            self._close_mode = _CLOSE
+            return False
+        return keep_alive and not self.eof
+
     async def _send_response(self, head: bytes, body: bytes, no_body: bool) -> None:
         if no_body or not body:
             await self._send(head)
@@ -408,10 +372,11 @@ class Connection(asyncio.Protocol):
             await self._send(head)
             await self._send(body)
 
-    async def _send_stream(self, head: bytes, chunks: AsyncIterator[bytes], no_body: bool) -> None:
-        """Send the head now, then each chunk as it comes: chunked, or (HTTP/1.0) raw until
-        the close."""
-        raw = self._http10
+    async def _send_stream(
+        self, head: bytes, chunks: AsyncIterator[bytes], no_body: bool, *, raw: bool
+    ) -> None:
+        """Send the head now, then each chunk as it comes: chunked, or (``raw``, HTTP/1.0)
+        as they are until the close."""
         try:
             await self._send(head)
             if not no_body:
@@ -427,9 +392,12 @@ class Connection(asyncio.Protocol):
                     await aclose()
 
     async def _send_error(self, status: int, message: str) -> None:
-        """Answer a request we will not serve; the connection closes after."""
+        """Answer a request we will not serve (the server's error answer); the connection
+        closes after."""
+        response = self._server.error_answer(status, message)
         try:
-            await self._send(_raw_error(status, message))
+            head = encode_head(response, keep_alive=False, chunked=True)
+            await self._send_response(head, response.body, no_body=False)
         except ClientGone:
             self._close_mode = _CLOSE
 
@@ -455,7 +423,8 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ closing
 
     async def _linger(self) -> None:
-        """Half-close, then read (and drop) until the client closes or ``LINGER_S`` passes."""
+        """Half-close, then read (and drop) until the client closes, ``LINGER_S`` passes or
+        ``LINGER_MAX_BYTES`` came."""
         self._lingering = True
         transport = self._transport
         assert transport is not None
@@ -469,7 +438,7 @@ class Connection(asyncio.Protocol):
         except OSError:
             return
         deadline = self._loop.time() + LINGER_S
-        while not self.eof:
+        while not self.eof and self._lingered <= LINGER_MAX_BYTES:
             if not await self._wait_data(deadline):
                 return
 

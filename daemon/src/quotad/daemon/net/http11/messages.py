@@ -1,35 +1,54 @@
 """What an HTTP handler sees and answers: :class:`HttpRequest`, :class:`HttpResponse`,
-:class:`StreamingResponse`, :class:`AbortConnection` and the :data:`Handler` signature; and
-:class:`HttpLimits`, the bounds on what one request may take."""
+:class:`StreamingResponse`, :class:`AbortConnection`, the :data:`Handler` signature and the two
+hooks beside it, :data:`Authorize` (a request's head, before its body is read) and
+:data:`ErrorAnswer` (how the server's own refusals are answered); and :class:`HttpLimits`, the
+bounds on what one request and one listener may take."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import msgspec
+
 Headers = list[tuple[str, str]]
 
 
 @dataclass(slots=True)
 class HttpLimits:
-    """Bounds on what one request may take."""
+    """Bounds on what one request, and one listener, may take."""
 
     max_header_bytes: int = 65536
+    """The request line and the headers, as sent (line ends included); larger is 431."""
     max_body_bytes: int = 16 * 1024 * 1024
+    """A body, declared (``content-length``) or read (chunked); larger is 413."""
+    max_body_chunks: int = 16384
+    """Chunks in a chunked body; more is 413 (each chunk costs a callback: a body of a
+    million one-byte chunks costs far more than its bytes)."""
     read_timeout_s: float = 30.0
+    """A request that has started arriving must be complete within this (else 408)."""
     idle_timeout_s: float = 75.0
+    """How long a connection waits for its next request."""
+    max_connections: int = 1024
+    """Open connections per listener; a connection beyond it is answered 503 and closed at
+    once, unread."""
 
 
 @dataclass(slots=True)
 class HttpRequest:
-    """One complete request."""
+    """One request: its head, then (once read) its body. :data:`Authorize` sees it with an
+    empty ``body``, before any of the body has been read; the handler sees it complete."""
 
     method: str
     target: str
     path: str
     headers: list[tuple[bytes, bytes]]
-    body: bytes
+    """``(lower-cased name, value)`` pairs, values without surrounding blanks."""
+    body: bytes = b""
     client: tuple[str, int] | None = None
+    authorized: object = None
+    """What :data:`Authorize` learnt of the request (who sends it, say), left here for the
+    handler; None when no hook set it."""
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (any case), or None when absent."""
@@ -59,6 +78,43 @@ class StreamingResponse:
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse | StreamingResponse]]
+
+Authorize = Callable[[HttpRequest], HttpResponse | None]
+"""Called when a request's head is complete, before any of its body is read (its ``body`` is
+still empty), in the order requests arrive: None admits the request (its body is read, then
+the handler runs); a response is the answer instead, and the handler never sees the request.
+A refused request that has a body closes the connection after the answer, its body unread;
+one without a body leaves a keep-alive connection open. It runs in the event loop's read
+callback: it must be quick and must not block (a dict lookup, not I/O)."""
+
+ErrorAnswer = Callable[[int, str], HttpResponse]
+"""How the server answers a request it refuses itself (400, 408, 413, 431, 501, 505; 500 for
+a handler that failed or an answer it could not write), given the status and what is wrong.
+:func:`default_error_answer` unless the server is given another (the front door's adds its
+request id)."""
+
+_json = msgspec.json.Encoder()
+
+
+def error_body(status: int, message: str) -> bytes:
+    """A JSON error body both SDK families understand: ``error.message`` for OpenAI's,
+    ``type: "error"`` + ``error.type`` for Anthropic's. Its ``code`` is one of the wire
+    protocol's (DESIGN §5): ``internal`` for the server's own failure, ``overloaded`` for a
+    503, else ``bad_request`` (the status tells which: 400, 408, 413, 431, 501, 505)."""
+    kind = "api_error" if status >= 500 else "invalid_request_error"
+    code = {500: "internal", 503: "overloaded"}.get(status, "bad_request")
+    return _json.encode(
+        {"type": "error", "error": {"type": kind, "message": message, "code": code}}
+    )
+
+
+def default_error_answer(status: int, message: str) -> HttpResponse:
+    """The :data:`ErrorAnswer` of a server given none: :func:`error_body` as JSON (a 503
+    with ``retry-after``)."""
+    headers = [("content-type", "application/json")]
+    if status == 503:
+        headers.append(("retry-after", "1"))
+    return HttpResponse(status, headers, error_body(status, message))
 
 
 class AbortConnection(Exception):

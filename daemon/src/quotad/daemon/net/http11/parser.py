@@ -1,292 +1,466 @@
-"""HTTP/1.1 request parsing for the server core: bytes in, events out, no I/O.
+"""HTTP/1.1 request parsing for the server core, by llhttp (through ``httptools``, as uvicorn
+does): bytes in, requests out, no I/O.
 
-One :class:`RequestParser` per connection holds the bytes read so far. :meth:`~RequestParser.
-next_event` returns the next :class:`RequestHead`, :class:`BodyData` or :data:`END_OF_MESSAGE`
-of the current request, or :data:`NEED_DATA`; :meth:`~RequestParser.start_next` moves on to
-the next request, keeping what was read beyond this one (pipelining). It replaces h11 on the
-server side, where h11's general state machine and per-event validation cost several times
-the rest of the parse; what it accepts is the same, what it refuses raises :class:`ParseError`
-with the status to answer:
+One :class:`RequestParser` per connection. :meth:`~RequestParser.feed` hands the bytes read to
+llhttp, whose callbacks build each request; requests queue up in :attr:`~RequestParser.
+requests` in the order they arrive (pipelining), each an :class:`IncomingRequest` that is
+complete, still reading its body, or refused (its ``refusal`` the answer to send instead).
+A request's head goes through the server's :data:`~.messages.Authorize` hook as soon as it is
+complete, before any of its body is read.
 
-- request line ``METHOD SP TARGET SP HTTP/1.x`` (a token method, a target without spaces or
-  control characters); another version is 505, anything else 400;
-- header lines ``name: value`` (token names; values without control characters but tab),
-  CRLF or bare-LF line ends; obsolete line folding, an HTTP/1.1 request without ``host``,
-  ``content-length`` not a number or given twice differently, or given with
-  ``transfer-encoding``: 400; a transfer-encoding other than ``chunked``: 501;
-- a head over ``max_head_bytes`` still incomplete: 431 (the server checks complete heads);
-- bodies framed by ``content-length`` or chunked (chunk extensions and trailers skipped);
-  the client's close in the middle of a request: 400 (the server then just closes).
+What is refused, with its status (each closes the connection after the answer):
+
+- whatever llhttp refuses in its strict mode (no leniency is turned on): methods it does not
+  know, control bytes or bare CR in the target, names or values, bare LF line ends, obsolete
+  line folding, ``content-length`` not a number or given twice, ``content-length`` with
+  ``transfer-encoding``, a ``transfer-encoding`` not ending in ``chunked``, bad chunk sizes
+  (blanks, ``0x``, overflow), chunk data longer than its size, a request line in the trailers: 400;
+- beyond llhttp, what h11 refuses too: a request line that is not exactly ``METHOD SP TARGET SP
+  HTTP/x.y CRLF`` (two spaces, leading empty lines, a target byte outside ``\\x21-\\x7e``);
+  an HTTP/1.1 request without ``host``, or any request with several: 400; a
+  ``transfer-encoding`` other than ``chunked`` alone: 501; a version other than 1.0 and 1.1: 505;
+- a head over ``max_header_bytes``: 431; a body over ``max_body_bytes`` (declared or read) or
+  in more than ``max_body_chunks`` chunks: 413; chunk extensions and trailers over
+  ``max_header_bytes`` together: 400.
+
+llhttp reports no offsets, so :meth:`~RequestParser.feed` cuts what it hands over right after
+every CRLF CRLF (where a head, or a chunked body, can end) and at the end of a
+``content-length`` body: a request then always ends at the end of a piece, the next one begins
+at a known byte (whose request line is checked, and whose head is counted, before llhttp sees
+it), and a request that llhttp would end anywhere else is refused.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Final, NoReturn
+from collections import deque
+from typing import Final
 
-NEED_DATA: Final = "need data"
-END_OF_MESSAGE: Final = "end of message"
-CLOSED: Final = "closed"
-"""The client closed the connection between requests."""
+import httptools
 
-_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TARGET: Final = re.compile(rb"[\x21-\x7e\x80-\xff]+")
-_HEADER_LINE: Final = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*+"
-    rb"((?:[^\x00-\x20\x7f]++|[ \t]++(?=[^\x00-\x20\x7f]))*+)[ \t]*+\r?"
+from quotad.daemon.net.http11.messages import (
+    Authorize,
+    ErrorAnswer,
+    HttpLimits,
+    HttpRequest,
+    HttpResponse,
 )
-"""A whole header line as split on LF: a token name, and a value without control characters
-but tab, its surrounding blanks (and the line's CR) outside the group. The value is runs of
-visible bytes and runs of blanks followed by a visible byte, all possessive: the match takes
-linear time whatever the line (a lazy ``.*?`` between blanks backtracks cubically)."""
-_HEX: Final = re.compile(rb"[0-9A-Fa-f]+")
-_TOKEN_START: Final = frozenset(
-    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+logger = logging.getLogger("quotad.daemon.net.http11.server")  # the HTTP core logs as its server
+
+_REQUEST_LINE: Final = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])\r\n"
 )
-_VERSIONS: Final = {b"HTTP/1.1": b"1.1", b"HTTP/1.0": b"1.0"}
-_MAX_CHUNK_LINE: Final = 4096
-
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _DONE = range(7)
-
-
-class ParseError(Exception):
-    """A request that cannot be served; ``error_status_hint`` is the status to answer."""
-
-    def __init__(self, message: str, error_status_hint: int = 400) -> None:
-        super().__init__(message)
-        self.error_status_hint = error_status_hint
+_FRAMING_HEADERS: Final = frozenset(
+    (b"content-length", b"transfer-encoding", b"host", b"connection", b"expect")
+)
+_METHODS: Final = {method.encode(): method for method in ("GET", "POST", "HEAD", "PUT")}
+_END_OF_HEAD: Final = b"\r\n\r\n"
+_START, _HEAD, _LENGTH_BODY, _CHUNKED_BODY, _STOPPED = range(5)
 
 
-class RequestHead:
-    """A request's line and headers (names lower-cased, values without surrounding blanks),
-    and what the parse learnt of them: ``size``, the bytes of the line and the headers as
-    ``name: value`` lines; ``content_length``, the declared body size (0 when none or
-    chunked); ``keep_alive``, false for HTTP/1.0 or a ``connection`` header saying close."""
+class _Stop(Exception):
+    """Raised in a callback to make llhttp stop: the parser has queued its refusal."""
+
+
+class IncomingRequest:
+    """A request as it arrives: ``request`` once its head is complete (None for a head that
+    was refused), ``complete`` once its body is in, or ``refusal``, the answer to send
+    instead of calling the handler (``closes``: the connection closes after it)."""
 
     __slots__ = (
-        "content_length",
-        "headers",
-        "http_version",
+        "_body_parts",
+        "body_size",
+        "chunks",
+        "closes",
+        "complete",
+        "continue_sent",
+        "expect_continue",
+        "http10",
         "keep_alive",
-        "method",
-        "size",
-        "target",
+        "refusal",
+        "request",
     )
 
-    def __init__(
-        self,
-        method: bytes,
-        target: bytes,
-        http_version: bytes,
-        headers: list[tuple[bytes, bytes]],
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.http_version = http_version
-        self.headers = headers
-        self.size = len(method) + len(target) + 12
-        self.content_length = 0
-        self.keep_alive = http_version == b"1.1"
+    def __init__(self, request: HttpRequest | None, keep_alive: bool, http10: bool = False) -> None:
+        self.request = request
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.complete = False
+        self.refusal: HttpResponse | None = None
+        self.closes = False
+        self.expect_continue = False
+        self.continue_sent = False
+        self.body_size = 0
+        self.chunks = 0
+        self._body_parts: list[bytes] = []
 
-
-class BodyData:
-    """A piece of a request's body."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
-Event = RequestHead | BodyData | str
+    @property
+    def waits_for_100_continue(self) -> bool:
+        """The head asked ``expect: 100-continue``, it was not sent, no body came yet."""
+        return (
+            self.expect_continue
+            and not self.continue_sent
+            and not self.body_size
+            and not self.chunks
+            and not self.complete
+        )
 
 
 class RequestParser:
     """Parses the requests of one connection, one after another (see the module docstring)."""
 
-    __slots__ = ("_buffer", "_closed", "_expect_continue", "_remaining", "_state", "max_head_bytes")
+    __slots__ = (
+        "_authorize",
+        "_chunked_wire_bytes",
+        "_client",
+        "_content_length",
+        "_current",
+        "_ended_in_piece",
+        "_error_answer",
+        "_expect_continue",
+        "_head_bytes",
+        "_headers",
+        "_hosts",
+        "_http10",
+        "_keep_alive",
+        "_limits",
+        "_line",
+        "_line_checked",
+        "_llhttp",
+        "_method",
+        "_remaining",
+        "_state",
+        "_tail",
+        "_target",
+        "_transfer_encoding",
+        "requests",
+    )
 
-    def __init__(self, max_head_bytes: int) -> None:
-        self.max_head_bytes = max_head_bytes
-        self._buffer = bytearray()
-        self._closed = False
-        self._state = _HEAD
+    def __init__(
+        self,
+        limits: HttpLimits,
+        error_answer: ErrorAnswer,
+        authorize: Authorize | None = None,
+        client: tuple[str, int] | None = None,
+    ) -> None:
+        self._limits = limits
+        self._error_answer = error_answer
+        self._authorize = authorize
+        self._client = client
+        self._llhttp = httptools.HttpRequestParser(self)
+        self.requests: deque[IncomingRequest] = deque()
+        """Requests in arrival order: the connection takes them from the left."""
+        self._state = _START
+        self._current: IncomingRequest | None = None
+        self._tail = b""
+        self._ended_in_piece = False
+        self._line = bytearray()
+        self._line_checked = False
+        self._method = ""
+        self._target = ""
+        self._http10 = False
+        self._head_bytes = 0
         self._remaining = 0
+        self._chunked_wire_bytes = 0
+        self._reset_head()
+
+    def _reset_head(self) -> None:
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._content_length = -1
+        self._transfer_encoding: bytes | None = None
+        self._hosts = 0
+        self._keep_alive = True
         self._expect_continue = False
 
-    def receive_data(self, data: bytes) -> None:
-        """Add bytes read from the client; ``b""`` means the client closed its side."""
-        if data:
-            self._buffer += data
-        else:
-            self._closed = True
+    @property
+    def in_request(self) -> bool:
+        """Bytes of a request that is not complete yet have arrived (a read deadline runs)."""
+        return self._state in (_HEAD, _LENGTH_BODY, _CHUNKED_BODY)
 
     @property
-    def has_data(self) -> bool:
-        """Whether bytes beyond the requests parsed so far have arrived."""
-        return bool(self._buffer)
+    def stopped(self) -> bool:
+        """Parsing has ended: a refusal that closes the connection is queued, or a request
+        after which the connection closes (HTTP/1.0, ``connection: close``, a protocol
+        switch); further bytes are not parsed."""
+        return self._state == _STOPPED
 
-    @property
-    def client_is_waiting_for_100_continue(self) -> bool:
-        """The head asked ``expect: 100-continue`` and none of its body has come yet."""
-        return self._expect_continue and self._state != _DONE and not self._buffer
+    # ------------------------------------------------------------------ feeding
 
-    def start_next(self) -> None:
-        """Parse the next request (the current one is complete)."""
-        self._state = _HEAD
-        self._expect_continue = False
-
-    def next_event(self) -> Event:
-        """The next event of the current request; :data:`NEED_DATA` when more bytes are
-        needed first. Raises :class:`ParseError`."""
-        state = self._state
-        if state == _HEAD:
-            return self._head()
-        if state == _LENGTH:
-            return self._length_body()
-        if state == _DONE:
-            return END_OF_MESSAGE
-        return self._chunked_body()
-
-    # ------------------------------------------------------------------ head
-
-    def _head(self) -> Event:
-        buffer = self._buffer
-        end = buffer.find(b"\r\n\r\n")
-        size = 4
-        if end < 0:
-            end, size = buffer.find(b"\n\n"), 2
-        if end < 0:
-            if buffer and buffer[0] not in _TOKEN_START:
-                raise ParseError("bad request line")  # not HTTP at all (TLS, garbage)
-            if len(buffer) > self.max_head_bytes:
-                raise ParseError("request line and headers too large", 431)
-            if self._closed:
-                if buffer:
-                    raise ParseError("the client closed the connection in a request head")
-                return CLOSED
-            return NEED_DATA
-        lines = bytes(buffer[:end]).split(b"\n")
-        del buffer[: end + size]
-        head = _request_line(lines[0].removesuffix(b"\r"))
-        headers = head.headers
-        size = head.size
-        length: int | None = None
-        chunked = False
-        has_host = False
-        for raw in lines[1:]:
-            match = _HEADER_LINE.fullmatch(raw)
-            if match is None:
-                _refuse_header_line(raw.removesuffix(b"\r"))
-            name, value = match.groups()
-            name = name.lower()
-            headers.append((name, value))
-            size += len(name) + len(value) + 4
-            if name == b"content-length":
-                if not value.isdigit() or (length is not None and int(value) != length):
-                    raise ParseError(f"bad content-length {value[:20]!r}")
-                length = int(value)
-            elif name == b"transfer-encoding":
-                if value.lower() != b"chunked":
-                    raise ParseError(f"transfer-encoding {value[:40]!r} is not supported", 501)
-                chunked = True
-            elif name == b"host":
-                has_host = True
-            elif name == b"expect" and value.lower() == b"100-continue":
-                self._expect_continue = True
-            elif name == b"connection" and b"close" in value.lower():
-                head.keep_alive = False
-        if chunked and length is not None:
-            raise ParseError("both content-length and transfer-encoding")
-        if head.http_version == b"1.1" and not has_host:
-            raise ParseError("missing host header")
-        head.size = size
-        head.content_length = length or 0
-        if chunked:
-            self._state = _CHUNK_SIZE
-        elif length:
-            self._state, self._remaining = _LENGTH, length
-        else:
-            self._state = _DONE
-        return head
-
-    # ------------------------------------------------------------------ bodies
-
-    def _length_body(self) -> Event:
-        if self._remaining == 0:
-            self._state = _DONE
-            return END_OF_MESSAGE
-        buffer = self._buffer
-        if not buffer:
-            if self._closed:
-                raise ParseError("the client closed the connection in a request body")
-            return NEED_DATA
-        data = bytes(buffer[: self._remaining])
-        del buffer[: len(data)]
-        self._remaining -= len(data)
-        return BodyData(data)
-
-    def _line(self) -> bytes | None:
-        """The next line of chunk framing (without its line end), or None until it is in."""
-        buffer = self._buffer
-        end = buffer.find(b"\n")
-        if end < 0:
-            if len(buffer) > _MAX_CHUNK_LINE:
-                raise ParseError("a chunk size or trailer line too long")
-            if self._closed:
-                raise ParseError("the client closed the connection in a request body")
-            return None
-        line = bytes(buffer[:end]).removesuffix(b"\r")
-        del buffer[: end + 1]
-        return line
-
-    def _chunked_body(self) -> Event:
-        while True:
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``, the next bytes read from the client (cut into pieces as the module
+        docstring says)."""
+        size = len(data)
+        view: memoryview | None = None
+        position = 0
+        message_start = 0
+        while position < size:
             state = self._state
-            if state == _CHUNK_DATA:
-                data = self._length_body()
-                if data == END_OF_MESSAGE:
-                    self._state = _CHUNK_END
-                    continue
-                if isinstance(data, BodyData):
-                    self._state = _CHUNK_DATA
-                return data
-            line = self._line()
-            if line is None:
-                return NEED_DATA
-            if state == _CHUNK_SIZE:
-                size = line.split(b";", 1)[0].strip()
-                if not _HEX.fullmatch(size):
-                    raise ParseError(f"bad chunk size {size[:20]!r}")
-                self._remaining = int(size, 16)
-                self._state = _CHUNK_DATA if self._remaining else _TRAILERS
-            elif state == _CHUNK_END:
-                if line:
-                    raise ParseError("a chunk longer than its size")
-                self._state = _CHUNK_SIZE
-            elif not line:  # _TRAILERS: an empty line ends them
-                self._state = _DONE
-                return END_OF_MESSAGE
+            if state == _STOPPED:
+                return
+            if state == _START:
+                message_start = position
+            if state == _LENGTH_BODY:
+                end = min(size, position + self._remaining)
+                self._remaining -= end - position
+            else:
+                end = self._piece_end(data, position)
+                if state == _CHUNKED_BODY:
+                    self._chunked_wire_bytes += end - position
+                elif not self._head_piece(data, position, end):
+                    return
+            self._ended_in_piece = False
+            if position == 0 and end == size:  # the usual case: one piece
+                piece: bytes | memoryview = data
+            else:
+                view = view or memoryview(data)
+                piece = view[position:end]
+            try:
+                self._llhttp.feed_data(piece)
+            except httptools.HttpParserUpgrade:
+                self._switching_protocols()
+                return
+            except httptools.HttpParserError as error:
+                self._parse_failed(error)
+                return
+            if self._state == _CHUNKED_BODY:
+                self._check_chunk_framing()
+            position = end
+        if self._state in (_HEAD, _CHUNKED_BODY):  # the current request's last bytes
+            self._tail = (self._tail + data[max(message_start, size - 3) :])[-3:]
+
+    def _parse_failed(self, error: httptools.HttpParserError) -> None:
+        """llhttp stopped: a callback's :class:`_Stop` (its refusal is queued), llhttp's own
+        refusal, or a bug in a callback (500, logged)."""
+        if self._state == _STOPPED:
+            return
+        cause = error.__context__
+        if cause is not None and not isinstance(cause, _Stop):
+            logger.error("HTTP request parsing failed", exc_info=cause)
+            self._refuse(500, "internal server error")
+        else:
+            self._refuse(*_llhttp_refusal(error))
+
+    def _piece_end(self, data: bytes, position: int) -> int:
+        """Where the piece starting at ``position`` ends: right after the next CRLF CRLF
+        (one begun in the previous :meth:`feed` counts), else at the end of ``data``."""
+        if position == 0 and self._tail and self._state != _START:
+            joined = self._tail + data[:3]
+            found = joined.find(_END_OF_HEAD)
+            if found >= 0:
+                return found + 4 - len(self._tail)
+        found = data.find(_END_OF_HEAD, position)
+        return len(data) if found < 0 else found + 4
+
+    def _head_piece(self, data: bytes, position: int, end: int) -> bool:
+        """Count a piece of a head against ``max_header_bytes`` and check the request line
+        once it is in, before llhttp sees either; False when the head is refused."""
+        if self._state == _START:
+            self._state = _HEAD
+            self._head_bytes = 0
+            self._line = bytearray()
+            self._line_checked = False
+            self._tail = b""
+        self._head_bytes += end - position
+        if self._head_bytes > self._limits.max_header_bytes:
+            self._refuse(
+                431, f"request line and headers exceed {self._limits.max_header_bytes} bytes"
+            )
+            return False
+        if not self._line_checked:
+            line_end = data.find(b"\n", position, end)
+            if line_end < 0:
+                self._line += data[position:end]
+                return True
+            self._line_checked = True
+            if self._line:  # the line came in pieces
+                self._line += data[position : line_end + 1]
+                match = _REQUEST_LINE.fullmatch(self._line)
+                line = bytes(self._line)
+            else:  # the usual case: checked where it is, not copied
+                match = _REQUEST_LINE.fullmatch(data, position, line_end + 1)
+                line = data
+            if match is None:
+                self._refuse(400, f"bad request line {line[position : position + 100]!r}")
+                return False
+            method, target, version = match.groups()
+            if version not in (b"1.1", b"1.0"):
+                self._refuse(505, f"unsupported version HTTP/{version.decode()}")
+                return False
+            self._method = _METHODS.get(method) or method.decode("ascii")
+            self._target = target.decode("ascii")
+            self._http10 = version == b"1.0"
+        return True
+
+    def _chunk_framing_too_large(self) -> bool:
+        """Whether the chunk-size lines, extensions and trailers of the body so far pass
+        ``max_header_bytes`` beyond 16 bytes a chunk (a size line and its CRLFs)."""
+        current = self._current
+        assert current is not None
+        framing = self._chunked_wire_bytes - current.body_size - 16 * current.chunks
+        return framing > self._limits.max_header_bytes
+
+    def _check_chunk_framing(self) -> None:
+        if self._chunk_framing_too_large():
+            self._refuse(400, self._framing_message())
+
+    def _framing_message(self) -> str:
+        return f"chunk extensions and trailers exceed {self._limits.max_header_bytes} bytes"
+
+    def _switching_protocols(self) -> None:
+        """llhttp stopped after a CONNECT or ``upgrade`` request: it is answered (quotad
+        switches to no other protocol), then the connection closes."""
+        last = self.requests[-1] if self.requests else None
+        if self._state == _START and last is not None and last.complete:
+            last.keep_alive = False
+            self._state = _STOPPED
+        else:
+            self._refuse(400, "a protocol upgrade with a request body")
+
+    # ------------------------------------------------------------------ refusing
+
+    def _refuse(self, status: int, message: str, response: HttpResponse | None = None) -> None:
+        """Queue the answer to the request being read (``response``, else the server's
+        error answer) and stop parsing: the connection closes after it."""
+        current = self._current
+        if current is None or current.complete:
+            current = IncomingRequest(None, keep_alive=False)
+            self.requests.append(current)
+        if response is None:
+            text = message if status in (413, 431, 500) else f"bad request: {message}"
+            response = self._error_answer(status, text)
+        current.refusal = response
+        current.closes = True
+        current.keep_alive = False
+        current._body_parts = []
+        self._current = None
+        self._state = _STOPPED
+
+    def _stop(self, status: int, message: str) -> _Stop:
+        self._refuse(status, message)
+        return _Stop()
+
+    # ------------------------------------------------------------------ llhttp's callbacks
+
+    def on_message_begin(self) -> None:
+        if self._ended_in_piece:  # a request ended inside a piece: its end was not a cut
+            raise self._stop(400, "a request ended where none can end")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._current is not None:
+            return  # a trailer: skipped (counted in the chunk framing)
+        name = name.lower()
+        value = value.rstrip(b" \t")
+        self._headers.append((name, value))
+        if name in _FRAMING_HEADERS:
+            self._framing_header(name, value)
+
+    def _framing_header(self, name: bytes, value: bytes) -> None:
+        """A header that says how the request is framed or answered."""
+        if name == b"content-length":
+            self._content_length = int(value)  # llhttp checked it: digits, given once
+        elif name == b"transfer-encoding":
+            self._transfer_encoding = value
+        elif name == b"host":
+            self._hosts += 1
+        elif name == b"connection":
+            if b"close" in value.lower():
+                self._keep_alive = False
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self._expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        limits = self._limits
+        http10 = self._http10
+        if self._hosts > 1 or (self._hosts == 0 and not http10):
+            raise self._stop(400, f"expected one host header, got {self._hosts}")
+        encoding = self._transfer_encoding
+        chunked = encoding is not None
+        if encoding is not None and encoding.lower() != b"chunked":
+            raise self._stop(501, f"transfer-encoding {encoding[:40]!r} is not supported")
+        target = self._target
+        request = HttpRequest(
+            method=self._method,
+            target=target,
+            path=target.partition("?")[0],
+            headers=self._headers,
+            client=self._client,
+        )
+        current = IncomingRequest(request, self._keep_alive and not http10, http10)
+        current.expect_continue = self._expect_continue
+        length = self._content_length
+        self._current = current
+        self.requests.append(current)
+        self._reset_head()
+        if length > limits.max_body_bytes:
+            raise self._stop(413, f"request body exceeds {limits.max_body_bytes} bytes")
+        if chunked:
+            self._state = _CHUNKED_BODY
+            self._chunked_wire_bytes = 0
+        elif length > 0:
+            self._state = _LENGTH_BODY
+            self._remaining = length
+        if self._authorize is not None:
+            self._check_access(current, request, has_body=chunked or length > 0)
+
+    def _check_access(self, current: IncomingRequest, request: HttpRequest, has_body: bool) -> None:
+        """The :data:`~.messages.Authorize` hook on a complete head; a refusal of a request
+        with a body stops the parse (its body is never read)."""
+        assert self._authorize is not None
+        try:
+            refusal = self._authorize(request)
+        except Exception:
+            logger.exception("authorize failed: %s %s", request.method, request.target)
+            raise self._stop(500, "internal server error") from None
+        if refusal is None:
+            return
+        if has_body:
+            self._refuse(refusal.status, "", refusal)
+            raise _Stop
+        current.refusal = refusal  # answered in turn; the connection goes on
+
+    def on_body(self, body: bytes) -> None:
+        current = self._current
+        assert current is not None
+        current.body_size += len(body)
+        if current.body_size > self._limits.max_body_bytes:
+            raise self._stop(413, f"request body exceeds {self._limits.max_body_bytes} bytes")
+        current._body_parts.append(body)
+
+    def on_chunk_header(self) -> None:
+        current = self._current
+        assert current is not None
+        current.chunks += 1
+        if current.chunks > self._limits.max_body_chunks + 1:  # + the last, empty, chunk
+            raise self._stop(
+                413, f"request body in more than {self._limits.max_body_chunks} chunks"
+            )
+
+    def on_message_complete(self) -> None:
+        current = self._current
+        if current is None:  # llhttp ends requests without a body after their head
+            raise self._stop(400, "a request ended before its head")
+        if self._state == _LENGTH_BODY and self._remaining:
+            raise self._stop(400, "a request ended before its content-length")
+        if self._state == _CHUNKED_BODY and self._chunk_framing_too_large():
+            raise self._stop(400, self._framing_message())
+        parts = current._body_parts
+        if current.request is not None and parts:
+            current.request.body = parts[0] if len(parts) == 1 else b"".join(parts)
+        current._body_parts = []
+        current.complete = True
+        self._current = None
+        self._state = _START if current.keep_alive else _STOPPED  # nothing follows a close
+        self._ended_in_piece = True
+        self._tail = b""
 
 
-def _refuse_header_line(line: bytes) -> NoReturn:
-    """Raise the :class:`ParseError` that says what is wrong with a header ``line`` that
-    :data:`_HEADER_LINE` did not match."""
-    if line[:1] in (b" ", b"\t"):
-        raise ParseError("obsolete header line folding")
-    name, colon, _ = line.partition(b":")
-    if not colon or not _TOKEN.fullmatch(name):
-        raise ParseError(f"bad header line {line[:100]!r}")
-    raise ParseError(f"bad character in header {name.decode()!r}")
-
-
-def _request_line(line: bytes) -> RequestHead:
-    parts = line.split(b" ")
-    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _TARGET.fullmatch(parts[1]):
-        raise ParseError(f"bad request line {line[:100]!r}")
-    version = _VERSIONS.get(parts[2])
-    if version is None:
-        if parts[2].startswith(b"HTTP/"):
-            raise ParseError(f"unsupported version {parts[2][:20]!r}", 505)
-        raise ParseError(f"bad request line {line[:100]!r}")
-    return RequestHead(parts[0], parts[1], version, [])
+def _llhttp_refusal(error: httptools.HttpParserError) -> tuple[int, str]:
+    """The status and message for what llhttp refused."""
+    reason = str(error) or type(error).__name__
+    if reason.startswith("Request has invalid `Transfer-Encoding`"):
+        return 501, f"{reason} (only chunked is supported)"
+    if reason == "Invalid HTTP version":  # HTTP/x.y, another than 1.0 and 1.1 (as ours)
+        return 505, reason
+    return 400, reason

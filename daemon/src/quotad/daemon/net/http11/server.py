@@ -1,13 +1,16 @@
-"""The HTTP/1.1 server's listener (:class:`HttpServer`): binding, the accept loops, one
+"""The HTTP/1.1 server's listener (:class:`HttpServer`): binding, the accept loops (which
+survive running out of file descriptors, and cap the connections open at once), one
 :class:`~quotad.daemon.net.http11.connection.Connection` (an asyncio protocol on the loop's
-transport) and its task per client, the timeout sweep that
-wakes connections whose deadline has passed, and graceful shutdown."""
+transport) and its task per client, the timeout sweep that wakes connections whose deadline has
+passed, and graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
+import os
 import socket
 from typing import cast
 
@@ -16,17 +19,34 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 from anyio.streams.stapled import MultiListener
 
-from quotad.daemon.net.http11.connection import LINGER_S, Connection
-from quotad.daemon.net.http11.messages import Handler, HttpLimits
+from quotad.daemon.net.http11.connection import LINGER_S, Connection, encode_head
+from quotad.daemon.net.http11.messages import (
+    Authorize,
+    ErrorAnswer,
+    Handler,
+    HttpLimits,
+    default_error_answer,
+)
 
 logger = logging.getLogger(__name__)
 
 ACCEPT_ERROR_PAUSE_S = 0.1
 """Pause after a failed accept (e.g. out of file descriptors) before accepting again."""
+ACCEPT_ERROR_LOG_EVERY_S = 30.0
+"""While accepting keeps failing, a warning this often (not one per try)."""
+RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""Accept failures that say the process or the system is out of something: they last until
+something is freed, so they are reported (:attr:`HttpServer.accept_problem`)."""
+OVER_CAPACITY_MESSAGE = "too many connections are open; retry shortly"
+"""What a connection beyond ``max_connections`` is answered (503, then a close)."""
 
 
 class HttpServer:
-    """Serves ``handler`` over HTTP/1.1 on ``host:port`` (see :mod:`quotad.daemon.net.http11`)."""
+    """Serves ``handler`` over HTTP/1.1 on ``host:port`` (see :mod:`quotad.daemon.net.http11`).
+
+    ``authorize`` sees each request's head before its body is read; ``error_answer`` makes
+    the server's own error answers (see :mod:`.messages`).
+    """
 
     def __init__(
         self,
@@ -35,18 +55,28 @@ class HttpServer:
         host: str = "127.0.0.1",
         port: int = 0,
         limits: HttpLimits | None = None,
+        authorize: Authorize | None = None,
+        error_answer: ErrorAnswer = default_error_answer,
     ) -> None:
         self.handler = handler
+        self.authorize = authorize
+        self.error_answer = error_answer
         self.limits = limits or HttpLimits()
         self._host = host
         self._port = port
         self._closing = False
         self._drain_deadline_s = 10.0
         self._connections: set[Connection] = set()
+        self._draining: set[Connection] = set()
+        """The connections open when shutdown began: the drain waits for these only."""
         self._listener: MultiListener[anyio.abc.SocketStream] | None = None
-        self._accept_scope: anyio.CancelScope | None = None
         self._drained: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
+        self._accept_failing_since: float | None = None
+        self._accept_failure = ""
+        self._accept_failure_logged = -ACCEPT_ERROR_LOG_EVERY_S
+        self.refused_connections = 0
+        """Connections answered 503 and closed because ``max_connections`` were open."""
 
     @property
     def port(self) -> int:
@@ -57,6 +87,21 @@ class HttpServer:
     def closing(self) -> bool:
         """True once :meth:`shutdown` has been called."""
         return self._closing
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._connections)
+
+    @property
+    def accept_problem(self) -> str | None:
+        """None while accepting works; else what fails and since when, e.g. ``accept
+        failing: EMFILE (too many open files) since 12 s``."""
+        since = self._accept_failing_since
+        if since is None:
+            return None
+        seconds = asyncio.get_running_loop().time() - since
+        return f"accept failing: {self._accept_failure} since {seconds:.0f} s"
 
     async def listen(self) -> int:
         """Bind and listen now rather than in :meth:`serve`, so that an address in use is
@@ -70,8 +115,10 @@ class HttpServer:
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen (unless :meth:`listen` did) and serve until :meth:`shutdown` (or
-        cancellation); reports the bound port."""
+        """Listen (unless :meth:`listen` did) and serve until :meth:`shutdown` has drained
+        (or cancellation); reports the bound port. While it drains it still accepts, so
+        that new requests get an answer (the handler sees :attr:`closing`) rather than a
+        refused connection."""
         self._drained = anyio.Event()
         self._stopped = anyio.Event()
         try:
@@ -80,22 +127,14 @@ class HttpServer:
             assert listener is not None
             async with listener, anyio.create_task_group() as connections:
                 connections.start_soon(self._sweep_timeouts)
-                with anyio.CancelScope() as accept_scope:
-                    self._accept_scope = accept_scope
-                    if self._closing:
-                        accept_scope.cancel()
-                    task_status.started(self._port)
-                    async with anyio.create_task_group() as acceptors:
-                        for socket_listener in listener.listeners:
-                            acceptors.start_soon(
-                                self._accept_loop,
-                                cast(anyio.abc.SocketListener, socket_listener),
-                                connections,
-                            )
-                await listener.aclose()
-                if self._connections:
-                    with anyio.move_on_after(self._drain_deadline_s):
-                        await self._drained.wait()
+                for socket_listener in listener.listeners:
+                    connections.start_soon(
+                        self._accept_loop,
+                        cast(anyio.abc.SocketListener, socket_listener),
+                        connections,
+                    )
+                task_status.started(self._port)
+                await self._drained.wait()
                 connections.cancel_scope.cancel()
         finally:
             for connection in list(self._connections):  # accepted, cancelled before serving
@@ -105,15 +144,22 @@ class HttpServer:
             self._stopped.set()
 
     async def shutdown(self, deadline_s: float = 10.0) -> None:
-        """Stop accepting, close idle connections, give requests in flight ``deadline_s`` to
-        finish, then cancel the rest; returns when :meth:`serve` has returned."""
+        """Close idle connections, give requests in flight ``deadline_s`` to finish (new
+        requests meanwhile are answered with ``connection: close``), then cancel the rest
+        and stop accepting; returns when :meth:`serve` has returned."""
         self._closing = True
         self._drain_deadline_s = deadline_s
-        if self._accept_scope is not None:
-            self._accept_scope.cancel()
+        self._draining = set(self._connections)
         for connection in list(self._connections):
             connection.close_if_idle()
         if self._stopped is not None:
+            if not self._draining and self._drained is not None:
+                self._drained.set()
+            with anyio.move_on_after(deadline_s):
+                if self._drained is not None:
+                    await self._drained.wait()
+            if self._drained is not None:
+                self._drained.set()
             await self._stopped.wait()
         elif self._listener is not None:  # listening, never served
             listener, self._listener = self._listener, None
@@ -140,15 +186,22 @@ class HttpServer:
         connections: anyio.abc.TaskGroup,
     ) -> None:
         """Accept clients on ``listener``'s socket, each as a :class:`Connection` protocol on
-        the loop's transport, served by a task of ``connections``."""
+        the loop's transport, served by a task of ``connections``. A failed accept (out of
+        file descriptors, say) pauses and tries again; a client beyond ``max_connections`` is
+        answered 503 and closed at once."""
         loop = asyncio.get_running_loop()
         listening_socket = listener.extra(SocketAttribute.raw_socket)
         while True:
             try:
                 client_socket, _ = await loop.sock_accept(listening_socket)
             except OSError as error:  # e.g. EMFILE: keep serving who is connected
-                logger.warning("accept failed: %s", error)
+                self._accept_failed(error, loop.time())
                 await anyio.sleep(ACCEPT_ERROR_PAUSE_S)
+                continue
+            if self._accept_failing_since is not None:
+                self._accept_recovered(loop.time())
+            if len(self._connections) >= self.limits.max_connections:
+                self._refuse(client_socket)
                 continue
             try:
                 client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -162,6 +215,52 @@ class HttpServer:
             self._connections.add(connection)
             connections.start_soon(self._run_connection, connection)
 
+    def _refuse(self, client_socket: socket.socket) -> None:
+        """Answer a connection beyond ``max_connections`` with a 503 in one non-blocking
+        send, and close it: no protocol, no task, no read."""
+        self.refused_connections += 1
+        if self.refused_connections == 1 or self.refused_connections % 1000 == 0:
+            logger.warning(
+                "%d connection(s) open (http.max_connections): refused %d so far",
+                len(self._connections),
+                self.refused_connections,
+            )
+        try:
+            response = self.error_answer(503, OVER_CAPACITY_MESSAGE)
+            answer = encode_head(response, keep_alive=False, chunked=True) + response.body
+            client_socket.setblocking(False)
+            client_socket.send(answer)
+        except (OSError, ValueError):
+            pass
+        client_socket.close()
+
+    def _accept_failed(self, error: OSError, now: float) -> None:
+        """Note (and log, at most every :data:`ACCEPT_ERROR_LOG_EVERY_S`) a failed accept;
+        one for want of a resource makes :attr:`accept_problem` say so."""
+        code = error.errno
+        name = errno.errorcode.get(code, str(code)) if code is not None else "error"
+        described = f"{name} ({os.strerror(code).lower()})" if code is not None else str(error)
+        if code in RESOURCE_ERRORS:
+            if self._accept_failing_since is None:
+                self._accept_failing_since = now
+            self._accept_failure = described
+        if now - self._accept_failure_logged >= ACCEPT_ERROR_LOG_EVERY_S:
+            self._accept_failure_logged = now
+            logger.warning(
+                "accept failed on the HTTP listener: %s; %d connection(s) open, retrying "
+                "every %g s",
+                described,
+                len(self._connections),
+                ACCEPT_ERROR_PAUSE_S,
+            )
+
+    def _accept_recovered(self, now: float) -> None:
+        since = self._accept_failing_since
+        assert since is not None
+        self._accept_failing_since = None
+        self._accept_failure_logged = -ACCEPT_ERROR_LOG_EVERY_S
+        logger.warning("the HTTP listener accepts again (it failed for %.0f s)", now - since)
+
     async def _run_connection(self, connection: Connection) -> None:
         try:
             await connection.run()
@@ -170,5 +269,7 @@ class HttpServer:
 
     def _connection_ended(self, connection: Connection) -> None:
         self._connections.discard(connection)
-        if self._closing and not self._connections and self._drained is not None:
-            self._drained.set()
+        if self._closing and connection in self._draining:
+            self._draining.discard(connection)
+            if not self._draining and self._drained is not None:
+                self._drained.set()

@@ -1,0 +1,94 @@
+"""A long fuzz run against the HTTP front door of a real daemon: many seeded random and mutated
+requests (tests/support/http_fuzz.py; the suite sends a few thousand), from several threads, to
+a ``quotad serve`` in front of two ``quotad sim`` processes. Reports how many were answered by
+status, how many failed inside (a 500, an internal error in a stream, no answer to well-formed
+HTTP: must be 0), whether the daemon is still up and serves an SDK afterwards, the tracebacks in
+its log (must be 0), and the rate against the same daemon's rate for valid requests alone (the
+baseline, measured in the same run). Prints one JSON line.
+
+    uv run python bench/http_fuzz.py [--cases 30000] [--seed 1] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import openai
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.integration.test_http_fuzz import fuzz_config
+from tests.support import http_fuzz
+from tests.support.daemon import DaemonProcess, free_port
+from tests.support.sim import SimProcess
+
+
+def measure(cases: int, seed: int) -> dict[str, Any]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (
+        SimProcess() as openai_sim,
+        SimProcess() as anthropic_sim,
+        DaemonProcess(fuzz_config(openai_sim.base_url, anthropic_sim.base_url, port)) as daemon,
+    ):
+        valid = [
+            http_fuzz.Case(path, {"content-type": "application/json"}, msgspec.json.encode(body))
+            for path, bodies in http_fuzz.seeds("sim/gpt-4o-mini").items()
+            for body in bodies
+        ]
+        started = time.perf_counter()
+        baseline = http_fuzz.run_cases(
+            url, (valid * (cases // 10 // len(valid) + 1))[: cases // 10]
+        )
+        baseline_s = time.perf_counter() - started
+        started = time.perf_counter()
+        results = http_fuzz.run(url, seed, cases)
+        fuzz_s = time.perf_counter() - started
+        assert daemon.process is not None
+        alive = daemon.process.poll() is None
+        served_after = False
+        if alive:
+            with openai.OpenAI(base_url=f"{url}/v1", api_key="unused") as client:
+                reply = client.chat.completions.create(
+                    model="fast", messages=[{"role": "user", "content": "still there?"}]
+                )
+                served_after = bool(reply.choices[0].message.content)
+        tracebacks = daemon.log().count("Traceback")
+    baseline_rps = sum(baseline.statuses.values()) / baseline_s
+    fuzz_rps = cases / fuzz_s
+    return {
+        "bench": "http_fuzz",
+        "cases": cases,
+        "seed": seed,
+        "seconds": round(fuzz_s, 1),
+        "fuzz_cases_per_s": round(fuzz_rps, 1),
+        "valid_requests_per_s": round(baseline_rps, 1),
+        "fuzz_to_valid_rate_ratio": round(fuzz_rps / baseline_rps, 3),
+        "answered": sum(results.statuses.values()),
+        "statuses": {str(status): count for status, count in sorted(results.statuses.items())},
+        "failed_inside": len(results.internal),
+        "baseline_failed_inside": len(baseline.internal),
+        "daemon_alive": alive,
+        "served_after": served_after,
+        "tracebacks_in_log": tracebacks,
+        "first_failures": results.internal[:3],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--cases", type=int, default=30_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="a few hundred cases (smoke test)")
+    args = parser.parse_args()
+    figures = measure(300 if args.quick else args.cases, args.seed)
+    print(msgspec.json.encode(figures).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

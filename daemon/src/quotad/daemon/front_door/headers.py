@@ -1,0 +1,89 @@
+"""What a front-door request's headers ask of quotad: the key, and the ``x-quotad-*``
+options (app, priority, cache mode, longest wait), read in one pass, each bad value a
+``bad_request`` naming its header; and those options put onto the protocol request."""
+
+from __future__ import annotations
+
+import math
+from typing import Final, get_args
+
+from quotad.daemon.errors import RequestError
+from quotad.daemon.net.http11 import HttpRequest
+from quotad.daemon.request import Caller
+from quotad.protocol.messages import PRIORITIES, CacheMode, Chat, Embed, Priority
+
+MAX_APP_LENGTH: Final = 256
+CACHE_MODES: Final[tuple[CacheMode, ...]] = get_args(CacheMode)
+_CACHE_MODES: Final[frozenset[CacheMode]] = frozenset(CACHE_MODES)
+_PRIORITIES: Final[frozenset[Priority]] = frozenset(PRIORITIES)
+
+
+class RequestHeaders:
+    """What a request's headers say to quotad, read in one pass (and who calls, once
+    known)."""
+
+    __slots__ = ("app", "cache", "caller", "key", "max_wait_s", "priority")
+
+    def __init__(self) -> None:
+        self.key = ""
+        self.app = ""
+        self.priority: Priority | None = None
+        self.cache: CacheMode | None = None
+        self.max_wait_s: float | None = None
+        self.caller: Caller | None = None
+
+
+def read_headers(request: HttpRequest) -> RequestHeaders:
+    """The key and the ``x-quotad-*`` options, in one pass over the headers."""
+    found = RequestHeaders()
+    for name, value in request.headers:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer":
+                found.key = token.strip().decode("latin-1")
+        elif name == b"x-api-key":
+            if not found.key:
+                found.key = value.strip().decode("latin-1")
+        elif name.startswith(b"x-quotad-"):
+            _read_quotad_header(found, name.decode("latin-1"), value.decode("latin-1"))
+    return found
+
+
+def _read_quotad_header(found: RequestHeaders, name: str, value: str) -> None:
+    """One ``x-quotad-*`` request header into ``found``; a bad value is a ``bad_request``
+    naming the header. Unknown ``x-quotad-*`` headers are ignored."""
+    value = value.strip()
+    if name == "x-quotad-app":
+        if len(value) > MAX_APP_LENGTH:
+            raise _bad_header(name, f"longer than {MAX_APP_LENGTH} characters")
+        found.app = value
+    elif name == "x-quotad-priority":
+        if value not in _PRIORITIES:
+            raise _bad_header(name, f"expected one of {', '.join(PRIORITIES)}, got {value!r}")
+        found.priority = value
+    elif name == "x-quotad-cache":
+        if value not in _CACHE_MODES:
+            raise _bad_header(name, f"expected one of {', '.join(CACHE_MODES)}, got {value!r}")
+        found.cache = value
+    elif name == "x-quotad-max-wait":
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            raise _bad_header(name, f"expected seconds (a number >= 0), got {value!r}")
+        found.max_wait_s = seconds
+
+
+def _bad_header(name: str, message: str) -> RequestError:
+    return RequestError("bad_request", f"header {name}: {message}", details={"param": name})
+
+
+def apply_options(request: Chat | Embed, headers: RequestHeaders) -> None:
+    """The ``x-quotad-*`` options onto a protocol request."""
+    if headers.priority is not None:
+        request.priority = headers.priority
+    if headers.cache is not None:
+        request.cache = headers.cache
+    if headers.max_wait_s is not None:
+        request.max_wait_s = headers.max_wait_s
