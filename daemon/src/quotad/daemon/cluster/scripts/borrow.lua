@@ -1,0 +1,95 @@
+-- Borrow slices of windows: each ask is all-or-nothing across its windows.
+-- KEYS: epoch, then per window its log and state, then pause keys.
+-- ARGV: epoch id, host, lease_us, wait_us, window count, pause count,
+--   per window: span_us, limit, ttl_ms;
+--   ask count, per ask: waiter (1: a request waits on it; 0: ahead of need), pause index
+--   (1-based among the pause keys; 0: none), item count, per item: window index (1-based),
+--   need, want, entry id.
+-- A granted item adds an entry of `grant` units to its window's log (need <= grant <= want),
+-- expiring lease_us + span_us from now: every admission made from it during the lease is
+-- counted for its whole span. An ask that does not fit marks its windows as waited on
+-- (returns on them publish), and blocks them for the asks after it in this call.
+-- Reply: {'ok', now, paused_until, {used per window}, {per ask: {1, {grants}} | {0, when}}}
+-- where when is the server time it may fit (-1: never); {'epoch', now, id} when the caller's
+-- epoch is not the fleet's; {'resync', now, until} while the fleet re-syncs.
+local epoch, resync_until = epoch_of(KEYS[1])
+local now = now_us()
+if epoch ~= ARGV[1] then return {'epoch', now, epoch} end
+if resync_until > now then return {'resync', now, resync_until} end
+local host = ARGV[2]
+local lease_us, wait_us = tonumber(ARGV[3]), tonumber(ARGV[4])
+local nwin, npause = tonumber(ARGV[5]), tonumber(ARGV[6])
+local at = 6
+local span, limit, ttl, used, ext, extu = {}, {}, {}, {}, {}, {}
+for w = 1, nwin do
+  span[w], limit[w], ttl[w] = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), ARGV[at + 3]
+  at = at + 3
+  used[w] = expire(KEYS[2 * w], KEYS[2 * w + 1], now)
+  ext[w], extu[w] = external(KEYS[2 * w + 1], now)
+end
+local pauses = {}
+local paused = 0
+for p = 1, npause do
+  pauses[p] = num(redis.call('GET', KEYS[1 + 2 * nwin + p]))
+  if pauses[p] > paused then paused = pauses[p] end
+end
+local results = {}
+local blocked = {}
+local nasks = tonumber(ARGV[at + 1])
+at = at + 1
+for a = 1, nasks do
+  local waiter, pause, nitems = ARGV[at + 1] == '1', tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  at = at + 3
+  local items = {}
+  for i = 1, nitems do
+    items[i] = {tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3]), ARGV[at + 4]}
+    at = at + 4
+  end
+  local when = now
+  if pause > 0 and pauses[pause] > now then when = pauses[pause] end
+  local never = false
+  local short = when > now
+  for i = 1, nitems do
+    local w, need = items[i][1], items[i][2]
+    local free = limit[w] - used[w] - ext[w]
+    if blocked[w] ~= nil or free < need then
+      short = true
+      local at_w = blocked[w]
+      if at_w == nil then
+        if need > limit[w] then at_w = -1
+        else at_w = frees_at(KEYS[2 * w], KEYS[2 * w + 1], now, need - free, ext[w], extu[w]) end
+        blocked[w] = at_w
+      end
+      if at_w == -1 then never = true elseif at_w > when then when = at_w end
+      if waiter then redis.call('HSET', KEYS[2 * w + 1], 'wu', now + wait_us, 'wh', host) end
+    end
+  end
+  if short then
+    if never then when = -1 end
+    results[a] = {0, when}
+  else
+    local grants = {}
+    for i = 1, nitems do
+      local w, need, want, id = items[i][1], items[i][2], items[i][3], items[i][4]
+      local st = KEYS[2 * w + 1]
+      local grant = math.min(want, limit[w] - used[w] - ext[w])
+      local mark = redis.call('HMGET', st, 'wu', 'wh')
+      if num(mark[1]) > now and mark[2] ~= host then grant = need end
+      if mark[2] == host then redis.call('HDEL', st, 'wu', 'wh') end
+      if grant < need then grant = need end
+      if grant > 0 then
+        redis.call('ZADD', KEYS[2 * w], now + lease_us + span[w], id)
+        redis.call('HSET', st, 'a:' .. id, grant)
+        used[w] = used[w] + grant
+      end
+      grants[i] = grant
+    end
+    results[a] = {1, grants}
+  end
+end
+for w = 1, nwin do
+  redis.call('HSET', KEYS[2 * w + 1], 'used', used[w])
+  redis.call('PEXPIRE', KEYS[2 * w], ttl[w])
+  redis.call('PEXPIRE', KEYS[2 * w + 1], ttl[w])
+end
+return {'ok', now, paused, used, results}
