@@ -49,6 +49,8 @@ WAIT_MARK_S: Final = 1.0
 """How long a refused ask marks its windows as waited on (returns there publish)."""
 PROFILE_STEPS: Final = 16
 OBSERVE_EVERY_S: Final = 0.1
+MAX_TARGETS: Final = 4096
+"""Targets whose pauses this host follows (those it asked for, paused, or was told of)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +296,7 @@ class FleetGates:
             now = self.clock.monotonic()
             self._retry_at = {k: t for k, t in self._retry_at.items() if t > now}
         if granted:
+            self._put.set()  # new leases: the flusher must know when they end
             self.on_capacity()
 
     # ------------------------------------------------------------------ settling
@@ -412,8 +415,10 @@ class FleetGates:
                 until = int(until_text)
             except ValueError:
                 return
-            if target in self.targets:
-                self.on_pause(target, self.link.time.to_local(until) if until else -INFINITY)
+            if not target or (len(self.targets) >= MAX_TARGETS and target not in self.targets):
+                return
+            self.targets.add(target)  # learnt: snapshots now repair a missed pause of it too
+            self.on_pause(target, self.link.time.to_local(until) if until else -INFINITY)
         elif kind == "subscribed":
             self._retry_at.clear()
             self.on_capacity()

@@ -140,6 +140,8 @@ class Link:
         self.ever_connected = False
         self.load: Callable[[], dict[str, Any]] = dict
         """What this host reports of its load at each heartbeat."""
+        self.subscribed = False
+        """Whether the fleet's channel is listened to now."""
         self.rtt_s = 0.0
         self.calls = 0
         self.failures = 0
@@ -438,6 +440,7 @@ class Link:
                     with anyio.fail_after(self.settings.timeout_s * 4):
                         await pubsub.subscribe(self.keys.channel)
                     backoff = 0.05
+                    self.subscribed = True
                     self._deliver("subscribed")
                     while True:
                         message = await pubsub.get_message(
@@ -454,6 +457,7 @@ class Link:
                         with contextlib.suppress(RedisError, OSError):
                             await pubsub.aclose()
             self._subscription = None
+            self.subscribed = False
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, self.settings.heartbeat_s)
 
