@@ -480,3 +480,50 @@ def test_nano_usd_rounds_up() -> None:
     assert to_nano(1e-10) == 1
     assert to_nano(0.0) == 0
     assert math.isclose(to_nano(123.456789) / USD, 123.456789)
+
+
+# ---------------------------------------------------------------------------- snapshots
+
+
+async def test_a_snapshot_profiles_when_entries_leave_never_early(
+    valkey: ValkeyServer, prefix: str
+) -> None:
+    async with joined_link(valkey, prefix) as link:
+        windows = [Window("a", 100), Window("b", 100)]
+        granted = await borrow(link, windows, [AskArgs([Item(1, 3, 3, "x"), Item(2, 4, 4, "y")])])
+        far = granted.now + LONG_SPAN_US // 2
+        await settle(link, {"a": [("c:h1:1", 5, far)]})
+        keys = [link.keys.window_log("a"), link.keys.window_state("a")]
+        keys += [link.keys.window_log("b"), link.keys.window_state("b"), link.keys.pause("p/m")]
+        await link.call("pause", [link.keys.pause("p/m")], [link.keys.channel, "p/m", 9000])
+        reply = await link.call("snapshot", keys, [2, 16, 1, LONG_SPAN_US, LONG_SPAN_US])
+        now, per_window, pauses = reply.value
+        (used_a, _, _, flat_a), (used_b, _, _, _flat_b) = per_window
+        assert (int(used_a), int(used_b)) == (8, 4)
+        profile_a = [(int(flat_a[i]), int(flat_a[i + 1])) for i in range(0, len(flat_a), 2)]
+        assert sum(amount for _, amount in profile_a) == 8
+        by_amount = {amount: when for when, amount in profile_a}
+        assert by_amount[5] >= far  # the bucket's step ends at or after its expiry
+        assert by_amount[5] < far + LONG_SPAN_US // 16 + 1
+        assert by_amount[3] == granted.now + LEASE_US + LONG_SPAN_US  # beyond a span: as is
+        assert int(pauses[0]) > int(now)
+
+
+async def test_a_malformed_reply_degrades_the_link_instead_of_failing_the_daemon(
+    valkey: ValkeyServer, prefix: str
+) -> None:
+    from quotad.daemon.cluster.gates import FleetGates
+    from quotad.daemon.cluster.link import LinkDown
+
+    async with joined_link(valkey, prefix) as link:
+        gates = FleetGates(link)
+        gates.window("provider:p", "requests", 60.0, 10, 60.05)
+        client = aioredis.Redis.from_url(valkey.url)
+        try:
+            link._scripts["snapshot"] = client.register_script("return {1, {}, {}}")
+            with pytest.raises(LinkDown):
+                await gates.snapshot()
+        finally:
+            await client.aclose()
+        assert link.health == "degraded"
+        assert "malformed reply of snapshot" in link.reason

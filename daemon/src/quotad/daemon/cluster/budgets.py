@@ -35,7 +35,7 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 
-from quotad.daemon.cluster.link import Link, LinkDown, Reply
+from quotad.daemon.cluster.link import MALFORMED, Link, LinkDown, Reply
 from quotad.daemon.cluster.spend import FleetSpend
 
 log = logging.getLogger("quotad.cluster")
@@ -188,22 +188,32 @@ class FleetBudgets:
                     PERIOD_TTL_S.get(budget.period, 40 * 86400),
                 ]
             reply = await self.link.call("budget_borrow", keys, args)
-            status = _text(reply.value[0])
-            self.link.sample_time(int(reply.value[1]), reply)
-            if status == "epoch":
-                self.link.epoch_mismatch()
-                raise LinkDown("Redis lost the fleet's state; re-syncing")
-            if status == "resync":
-                raise LinkDown("the fleet is re-syncing after Redis restarted empty")
-            if status == "short":
-                budget = budgets[int(reply.value[2]) - 1]
-                budget.contended_until = now + CONTENDED_S
-                raise FleetBudgetShort(
-                    budget, int(reply.value[3]) / NANO, int(reply.value[4]) / NANO
-                )
-            for budget, (spent, _), figures in zip(budgets, states, reply.value[2], strict=True):
-                budget.spent_acked = to_nano(spent)
-                self._apply(budget, figures, reply)
+            try:
+                self._apply_borrow(reply, budgets, states, now)
+            except MALFORMED as error:
+                raise self.link.malformed("budget_borrow", error) from None
+
+    def _apply_borrow(
+        self,
+        reply: Reply,
+        budgets: list[FleetBudget],
+        states: list[tuple[float, float]],
+        now: float,
+    ) -> None:
+        status = _text(reply.value[0])
+        self.link.sample_time(int(reply.value[1]), reply)
+        if status == "epoch":
+            self.link.epoch_mismatch()
+            raise LinkDown("Redis lost the fleet's state; re-syncing")
+        if status == "resync":
+            raise LinkDown("the fleet is re-syncing after Redis restarted empty")
+        if status == "short":
+            budget = budgets[int(reply.value[2]) - 1]
+            budget.contended_until = now + CONTENDED_S
+            raise FleetBudgetShort(budget, int(reply.value[3]) / NANO, int(reply.value[4]) / NANO)
+        for budget, (spent, _), figures in zip(budgets, states, reply.value[2], strict=True):
+            budget.spent_acked = to_nano(spent)
+            self._apply(budget, figures, reply)
 
     def _apply(self, budget: FleetBudget, figures: Any, reply: Reply) -> None:
         budget.held_acked = int(figures[0])
@@ -275,11 +285,16 @@ class FleetBudgets:
                     budget.pending = None
                 self.spend.unsent(days)
                 raise
-            self.link.sample_time(int(reply.value[0]), reply)
-            for budget, spent_nano, figures in zip(budgets, targets, reply.value[1], strict=True):
-                budget.pending = None
-                budget.spent_acked = spent_nano
-                self._apply(budget, figures, reply)
+            try:
+                self.link.sample_time(int(reply.value[0]), reply)
+                for budget, spent, figures in zip(budgets, targets, reply.value[1], strict=True):
+                    budget.pending = None
+                    budget.spent_acked = spent
+                    self._apply(budget, figures, reply)
+            except MALFORMED as error:
+                for budget in budgets:
+                    budget.pending = None
+                raise self.link.malformed("budget_sync", error) from None
 
     async def _resync(self, everything: bool) -> None:
         await self.sync(restore=everything)

@@ -37,7 +37,7 @@ import anyio
 import anyio.abc
 
 from quotad.daemon.cluster.keys import window_name
-from quotad.daemon.cluster.link import Health, Link, LinkDown, Reply
+from quotad.daemon.cluster.link import MALFORMED, Health, Link, LinkDown, Reply
 from quotad.daemon.cluster.window import INFINITY, FleetWindow, Put
 
 log = logging.getLogger("quotad.cluster")
@@ -257,7 +257,10 @@ class FleetGates:
                 args += [windows[window], need, want, entry]
         self.borrows += 1
         reply = await link.call("borrow", keys, args)
-        self._apply_borrow(reply, asks)
+        try:
+            self._apply_borrow(reply, asks)
+        except MALFORMED as error:
+            raise link.malformed("borrow", error) from None
 
     def _apply_borrow(
         self,
@@ -359,9 +362,12 @@ class FleetGates:
             for window, window_puts in puts.items():
                 window.unsent(window_puts)
             raise
-        self.link.sample_time(int(reply.value[0]), reply)
-        for window, used in zip(puts, reply.value[1], strict=True):
-            window.fleet_used = int(used)
+        try:
+            self.link.sample_time(int(reply.value[0]), reply)
+            for window, used in zip(puts, reply.value[1], strict=True):
+                window.fleet_used = int(used)
+        except MALFORMED as error:
+            raise self.link.malformed("settle", error) from None
 
     # ------------------------------------------------------------------ pauses and headers
 
@@ -377,8 +383,12 @@ class FleetGates:
             )
         except LinkDown:
             return None
-        self.link.sample_time(int(reply.value[0]), reply)
-        until = int(reply.value[1])
+        try:
+            self.link.sample_time(int(reply.value[0]), reply)
+            until = int(reply.value[1])
+        except MALFORMED as error:
+            self.link.malformed("pause", error)
+            return None
         return self.link.time.to_local(until) if until else -INFINITY
 
     def observe(self, window: FleetWindow, remaining: int, reset_s: float) -> None:
@@ -396,9 +406,12 @@ class FleetGates:
             self._window_keys(window),
             [window.limit, remaining, reset_us, _ttl_ms(window)],
         )
-        self.link.sample_time(int(reply.value[0]), reply)
-        window.fleet_used = int(reply.value[1])
-        window.external = int(reply.value[2])
+        try:
+            self.link.sample_time(int(reply.value[0]), reply)
+            window.fleet_used = int(reply.value[1])
+            window.external = int(reply.value[2])
+        except MALFORMED as error:
+            raise self.link.malformed("observe", error) from None
 
     def _message(self, message: str) -> None:
         kind, _, rest = message.partition(" ")
@@ -443,6 +456,12 @@ class FleetGates:
         args: list[Any] = [len(windows), PROFILE_STEPS, len(targets)]
         args += [window.span_us for window in windows]
         reply = await self.link.call("snapshot", keys, args)
+        try:
+            self._apply_snapshot(reply, windows, targets)
+        except MALFORMED as error:
+            raise self.link.malformed("snapshot", error) from None
+
+    def _apply_snapshot(self, reply: Reply, windows: list[FleetWindow], targets: list[str]) -> None:
         value = reply.value
         self.link.sample_time(int(value[0]), reply)
         for window, (used, external, _, flat) in zip(windows, value[1], strict=True):

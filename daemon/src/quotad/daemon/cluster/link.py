@@ -49,6 +49,8 @@ EventSink = Callable[[str, str, int], None]
 FORGET_HOSTS_S: Final = 86400.0
 """A host unseen this long is dropped from the hosts set."""
 MAX_LOAD_BYTES: Final = 2048
+MALFORMED: Final = (ValueError, TypeError, IndexError, KeyError, AttributeError)
+"""What parsing a reply of the wrong shape raises."""
 CLOCK_SLACK_S: Final = 0.001
 """Added on the late side of every conversion between the server's clock and ours."""
 
@@ -233,6 +235,13 @@ class Link:
         except (RedisError, OSError) as error:
             raise LinkDown(f"Redis unreachable: {error or type(error).__name__}") from None
         return value
+
+    def malformed(self, name: str, error: Exception) -> LinkDown:
+        """A reply of script ``name`` did not have the shape it must: Redis is not one this
+        host can trust now (degraded, logged); the :class:`LinkDown` to raise."""
+        log.error("cluster: malformed reply of %s: %r", name, error)
+        self._down(f"malformed reply of {name} ({type(error).__name__})")
+        return LinkDown(self.reason)
 
     def sample_time(self, server_us: int, reply: Reply) -> None:
         """Learn the server's clock from a reply that carried ``TIME``."""

@@ -4,7 +4,9 @@
 -- A window of a gate is two keys: its log (a sorted set of entries scored by the server time
 -- they expire) and its state (a hash: 'used' = the sum of live entries, 'a:<entry>' = each
 -- entry's amount, 'ext'/'extu' = usage a provider's headers report beyond ours and until
--- when, 'wu'/'wh' = until when and by which host the window is waited on).
+-- when, 'wu'/'wh' = until when and by which host the window is waited on, 'alive' = until
+-- when the keys' lifetime need not be renewed). Each redis.call costs: a window is read with
+-- one HMGET and written with one HSET (and one ZADD), whatever a call does to it.
 
 local function now_us()
   local t = redis.call('TIME')
@@ -16,35 +18,55 @@ local function num(value)
 end
 
 local CHUNK = 500
+local KEEP_ALIVE_US = 10000000
 
--- Forget the entries whose expiry is at or before now; the window's use after.
-local function expire(log, st, now)
-  local used = num(redis.call('HGET', st, 'used'))
+-- A window's state as of now, with room for the writes a call makes (`set`, `zadd`).
+local function load(st, now)
+  local f = redis.call('HMGET', st, 'used', 'ext', 'extu', 'wu', 'wh', 'alive')
+  local w = {used = num(f[1]), ext = num(f[2]), extu = num(f[3]), wu = num(f[4]),
+    wh = f[5] or '', alive = num(f[6]), set = {}, zadd = {}, dirty = false}
+  if w.extu <= now then w.ext = 0 end
+  return w
+end
+
+-- Forget the entries whose expiry is at or before now (w.used follows).
+local function expire(log, st, w, now)
   while true do
     local gone = redis.call('ZRANGEBYSCORE', log, '-inf', now, 'LIMIT', 0, CHUNK)
     if #gone == 0 then break end
     local fields = {}
     for i = 1, #gone do fields[i] = 'a:' .. gone[i] end
     local amounts = redis.call('HMGET', st, unpack(fields))
-    for i = 1, #amounts do used = used - num(amounts[i]) end
+    for i = 1, #amounts do w.used = w.used - num(amounts[i]) end
     redis.call('HDEL', st, unpack(fields))
     redis.call('ZREM', log, unpack(gone))
-    if #gone < CHUNK then break end
+    w.dirty = true
+    if #gone < CHUNK then
+      if w.used < 0 or redis.call('ZCARD', log) == 0 then w.used = 0 end
+      break
+    end
   end
-  if used < 0 or redis.call('ZCARD', log) == 0 then used = 0 end
-  redis.call('HSET', st, 'used', used)
-  return used
 end
 
--- Usage a provider reported beyond ours, and until when (0, 0 when none is in force).
-local function external(st, now)
-  local ext = redis.call('HMGET', st, 'ext', 'extu')
-  if num(ext[2]) > now then return num(ext[1]), num(ext[2]) end
-  return 0, 0
+-- Write what a call changed (one HSET, one ZADD), and renew the keys' lifetime (ttl_ms, past
+-- every entry's expiry) at most every KEEP_ALIVE_US.
+local function save(log, st, w, now, ttl_ms)
+  if #w.zadd > 0 then redis.call('ZADD', log, unpack(w.zadd)) end
+  local renew = #w.zadd > 0 and w.alive <= now
+  if not (w.dirty or renew) then return end
+  local fields = {'used', w.used}
+  for i = 1, #w.set do fields[#fields + 1] = w.set[i] end
+  if renew then
+    fields[#fields + 1] = 'alive'
+    fields[#fields + 1] = now + KEEP_ALIVE_US
+    redis.call('PEXPIRE', log, ttl_ms)
+  end
+  redis.call('HSET', st, unpack(fields))
+  if renew then redis.call('PEXPIRE', st, ttl_ms) end
 end
 
 -- When `excess` more units of the window have expired (its log in expiry order, and the
--- external usage at its own time); -1: never.
+-- external usage at its own time); -1: never. Every entry left is live (expire() ran).
 local function frees_at(log, st, now, excess, ext, extu)
   local pending = ext > 0
   local offset = 0

@@ -20,12 +20,12 @@ local host = ARGV[2]
 local lease_us, wait_us = tonumber(ARGV[3]), tonumber(ARGV[4])
 local nwin, npause = tonumber(ARGV[5]), tonumber(ARGV[6])
 local at = 6
-local span, limit, ttl, used, ext, extu = {}, {}, {}, {}, {}, {}
-for w = 1, nwin do
-  span[w], limit[w], ttl[w] = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), ARGV[at + 3]
+local span, limit, ttl, w = {}, {}, {}, {}
+for i = 1, nwin do
+  span[i], limit[i], ttl[i] = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), ARGV[at + 3]
   at = at + 3
-  used[w] = expire(KEYS[2 * w], KEYS[2 * w + 1], now)
-  ext[w], extu[w] = external(KEYS[2 * w + 1], now)
+  w[i] = load(KEYS[2 * i + 1], now)
+  expire(KEYS[2 * i], KEYS[2 * i + 1], w[i], now)
 end
 local pauses = {}
 local paused = 0
@@ -50,18 +50,26 @@ for a = 1, nasks do
   local never = false
   local short = when > now
   for i = 1, nitems do
-    local w, need = items[i][1], items[i][2]
-    local free = limit[w] - used[w] - ext[w]
-    if blocked[w] ~= nil or free < need then
+    local x, need = items[i][1], items[i][2]
+    local free = limit[x] - w[x].used - w[x].ext
+    if blocked[x] ~= nil or free < need then
       short = true
-      local at_w = blocked[w]
-      if at_w == nil then
-        if need > limit[w] then at_w = -1
-        else at_w = frees_at(KEYS[2 * w], KEYS[2 * w + 1], now, need - free, ext[w], extu[w]) end
-        blocked[w] = at_w
+      local at_x = blocked[x]
+      if at_x == nil then
+        if need > limit[x] then at_x = -1
+        else at_x = frees_at(KEYS[2 * x], KEYS[2 * x + 1], now, need - free, w[x].ext, w[x].extu) end
+        blocked[x] = at_x
       end
-      if at_w == -1 then never = true elseif at_w > when then when = at_w end
-      if waiter then redis.call('HSET', KEYS[2 * w + 1], 'wu', now + wait_us, 'wh', host) end
+      if at_x == -1 then never = true elseif at_x > when then when = at_x end
+      if waiter then
+        w[x].wu, w[x].wh = now + wait_us, host
+        local set = w[x].set
+        set[#set + 1] = 'wu'
+        set[#set + 1] = w[x].wu
+        set[#set + 1] = 'wh'
+        set[#set + 1] = host
+        w[x].dirty = true
+      end
     end
   end
   if short then
@@ -70,26 +78,32 @@ for a = 1, nasks do
   else
     local grants = {}
     for i = 1, nitems do
-      local w, need, want, id = items[i][1], items[i][2], items[i][3], items[i][4]
-      local st = KEYS[2 * w + 1]
-      local grant = math.min(want, limit[w] - used[w] - ext[w])
-      local mark = redis.call('HMGET', st, 'wu', 'wh')
-      if num(mark[1]) > now and mark[2] ~= host then grant = need end
-      if mark[2] == host then redis.call('HDEL', st, 'wu', 'wh') end
+      local x, need, want, id = items[i][1], items[i][2], items[i][3], items[i][4]
+      local win = w[x]
+      local grant = math.min(want, limit[x] - win.used - win.ext)
+      if win.wu > now and win.wh ~= host then grant = need end
+      if win.wh == host and win.wu > 0 then  -- this host's own waiter is served
+        win.wu = 0
+        win.set[#win.set + 1] = 'wu'
+        win.set[#win.set + 1] = 0
+      end
       if grant < need then grant = need end
       if grant > 0 then
-        redis.call('ZADD', KEYS[2 * w], now + lease_us + span[w], id)
-        redis.call('HSET', st, 'a:' .. id, grant)
-        used[w] = used[w] + grant
+        win.zadd[#win.zadd + 1] = now + lease_us + span[x]
+        win.zadd[#win.zadd + 1] = id
+        win.set[#win.set + 1] = 'a:' .. id
+        win.set[#win.set + 1] = grant
+        win.used = win.used + grant
+        win.dirty = true
       end
       grants[i] = grant
     end
     results[a] = {1, grants}
   end
 end
-for w = 1, nwin do
-  redis.call('HSET', KEYS[2 * w + 1], 'used', used[w])
-  redis.call('PEXPIRE', KEYS[2 * w], ttl[w])
-  redis.call('PEXPIRE', KEYS[2 * w + 1], ttl[w])
+local used = {}
+for i = 1, nwin do
+  save(KEYS[2 * i], KEYS[2 * i + 1], w[i], now, ttl[i])
+  used[i] = w[i].used
 end
 return {'ok', now, paused, used, results}

@@ -4,16 +4,18 @@
 -- KEYS: log, state. ARGV: limit, remaining, reset_us, ttl_ms.
 -- Reply: {now, used, external, external_until}.
 local now = now_us()
-local used = expire(KEYS[1], KEYS[2], now)
-local ext, extu = external(KEYS[2], now)
+local w = load(KEYS[2], now)
+expire(KEYS[1], KEYS[2], w, now)
 local limit, remaining, reset = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 if remaining < 0 then remaining = 0 end
 if reset < 0 then reset = 0 end
-local beyond = limit - used - remaining
+local beyond = limit - w.used - remaining
 if beyond > 0 then
-  ext = math.min(limit, beyond)
-  extu = now + reset
-  redis.call('HSET', KEYS[2], 'ext', ext, 'extu', extu)
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  w.ext = math.min(limit, beyond)
+  w.extu = now + reset
+  w.set = {'ext', w.ext, 'extu', w.extu}
+  w.dirty = true
 end
-return {now, used, ext, extu}
+save(KEYS[1], KEYS[2], w, now, ARGV[4])
+if beyond > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+return {now, w.used, w.ext, w.extu}

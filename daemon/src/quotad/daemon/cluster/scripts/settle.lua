@@ -12,35 +12,52 @@ local nwin = tonumber(ARGV[2])
 local now = now_us()
 local at = 2
 local used_out, freed_out = {}, {}
-for w = 1, nwin do
-  local log, st = KEYS[2 * w - 1], KEYS[2 * w]
+for i = 1, nwin do
+  local log, st = KEYS[2 * i - 1], KEYS[2 * i]
   local ttl, nops = ARGV[at + 1], tonumber(ARGV[at + 2])
-  at = at + 2
-  local used = expire(log, st, now)
-  local before = used
-  for o = 1, nops do
-    local entry, amount, expiry = ARGV[at + 1], tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
-    at = at + 3
-    local field = 'a:' .. entry
-    local old = num(redis.call('HGET', st, field))
-    if amount <= 0 or expiry <= now then
-      if redis.call('ZREM', log, entry) == 1 then used = used - old end
-      redis.call('HDEL', st, field)
-    else
-      if redis.call('ZSCORE', log, entry) == false then old = 0 end
-      redis.call('ZADD', log, expiry, entry)
-      redis.call('HSET', st, field, amount)
-      used = used + amount - old
-    end
+  local w = load(st, now)
+  expire(log, st, w, now)
+  local before = w.used
+  local fields = {}
+  for o = 1, nops do fields[o] = 'a:' .. ARGV[at + 3 * o] end
+  local current = {}
+  if nops > 0 then
+    local amounts = redis.call('HMGET', st, unpack(fields))
+    for o = 1, nops do current[ARGV[at + 3 * o]] = num(amounts[o]) end
   end
-  if used < 0 then used = 0 end
-  redis.call('HSET', st, 'used', used)
-  redis.call('PEXPIRE', log, ttl)
-  redis.call('PEXPIRE', st, ttl)
-  if nops > 0 and num(redis.call('HGET', st, 'wu')) > now then
+  local gone, gone_fields = {}, {}
+  for o = 1, nops do
+    local entry, amount, expiry = ARGV[at + 3 * o], tonumber(ARGV[at + 3 * o + 1]),
+      tonumber(ARGV[at + 3 * o + 2])
+    local old = current[entry]
+    if amount <= 0 or expiry <= now then
+      if old > 0 then
+        gone[#gone + 1] = entry
+        gone_fields[#gone_fields + 1] = 'a:' .. entry
+        w.used = w.used - old
+      end
+      current[entry] = 0
+    else
+      w.zadd[#w.zadd + 1] = expiry
+      w.zadd[#w.zadd + 1] = entry
+      w.set[#w.set + 1] = 'a:' .. entry
+      w.set[#w.set + 1] = amount
+      w.used = w.used + amount - old
+      current[entry] = amount
+    end
+    w.dirty = true
+  end
+  at = at + 2 + 3 * nops
+  if #gone > 0 then
+    redis.call('ZREM', log, unpack(gone))
+    redis.call('HDEL', st, unpack(gone_fields))
+  end
+  if w.used < 0 then w.used = 0 end
+  save(log, st, w, now, ttl)
+  if nops > 0 and w.wu > now then
     redis.call('PUBLISH', channel, 'freed ' .. st)
   end
-  used_out[w] = used
-  freed_out[w] = before - used
+  used_out[i] = w.used
+  freed_out[i] = before - w.used
 end
 return {now, used_out, freed_out}

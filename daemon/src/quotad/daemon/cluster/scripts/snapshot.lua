@@ -12,8 +12,10 @@ for w = 1, nwin do
   local log, st = KEYS[2 * w - 1], KEYS[2 * w]
   local span = tonumber(ARGV[3 + w])
   local step = math.max(1, math.ceil(span / steps))
-  local used = expire(log, st, now)
-  local ext, extu = external(st, now)
+  local win = load(st, now)
+  expire(log, st, win, now)
+  save(log, st, win, now, 0)
+  local used, ext, extu = win.used, win.ext, win.extu
   local sums, latest, beyond = {}, 0, 0
   local offset = 0
   while true do
