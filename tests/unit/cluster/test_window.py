@@ -308,3 +308,17 @@ def test_taking_nothing_is_free() -> None:
     taken = fleet.take(0, clock.monotonic())
     assert isinstance(taken, Taken)
     assert taken.amount == 0
+
+
+def test_a_reloaded_limit_and_span_apply_to_what_comes_next() -> None:
+    clock = VirtualClock()
+    fleet = window(clock, limit=10, span_s=3.0)
+    now = clock.monotonic()
+    fleet.grant("e1", 2, now, server_us(now), now)
+    fleet.set_limit(40, 6.0)
+    fleet.set_mode("fleet", 1)
+    assert fleet.want(1, now) == 1  # no rate yet; within the new limit's share
+    assert fleet.take(2, now) is not None
+    fleet.close_due(now)
+    bucket = fleet.take_puts()[1]
+    assert bucket[2] >= server_us(now) + 6_000_000  # counted for the new span

@@ -58,6 +58,15 @@ Budgets, per local :class:`~quotad.daemon.store.budgets.Budget`
     settle:   local settle; budgets.spend.add(day, app, model, target, cost, ...);
               budgets.changed()
 
+Choices (against the coordinator's sketch, CLUSTER.md): budgets are *held* by hosts (per-host
+absolute spent and hold, no round trip per request, no key per request id: a replay sets the
+same totals), and a vanished host's hold counts until its period ends (a partitioned host may
+still spend it); closed admissions go into per-host buckets on a span/256 grid, so a day
+window's log stays small; a refused waiter marks its window so other hosts get only what they
+need (no slices ahead) while it waits; a lease's deadline runs from when the borrow was
+*sent*; after Redis restarted empty hosts push their own state back and borrow nothing for a
+short re-sync window; a host that never reached Redis starts serving, closed on fleet limits.
+
 Guarantees (each script's own comment says what it keeps): at no instant do the fleet's
 admissions in the last ``window_s + guard_s`` exceed a limit (every local admission is
 inside a lease that the fleet's log counts for its whole span); all windows of an ask, and

@@ -139,7 +139,7 @@ class FleetGates:
             self.windows[name] = window
             self._by_state_key[self.link.keys.window_state(name)] = window
         else:
-            window.limit = limit
+            window.set_limit(limit, span_s)
         return window
 
     def _health_changed(self, health: Health) -> None:

@@ -152,6 +152,14 @@ class FleetWindow:
         self.on_low: Callable[[FleetWindow], None] | None = None
         """Called after an admission leaves less than half a lease's worth held."""
 
+    def set_limit(self, limit: int, span_s: float) -> None:
+        """A reloaded limit or guard: applies to what is borrowed and admitted from now on
+        (entries already in the fleet's log keep the expiry they were given)."""
+        self.limit = limit
+        self.span_s = span_s
+        self.span_us = math.ceil(span_s * 1e6)
+        self.grid_us = max(1000, self.span_us // GRID_STEPS)
+
     # ------------------------------------------------------------------ capacity
 
     def held(self, now: float) -> int:
