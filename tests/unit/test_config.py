@@ -189,3 +189,84 @@ def test_check_config_without_the_extra_fails_naming_what_to_install(tmp_path: P
     output = result.stdout + result.stderr
     assert "cache.semantic.mode: needs the optional extra quotad[semantic]" in output
     assert "uv pip install 'quotad[semantic]'" in output
+
+
+# ---------------------------------------------------------------------------- [cluster]
+
+
+def test_no_cluster_is_one_host(tmp_path: Path) -> None:
+    path = tmp_path / "quotad.toml"
+    path.write_text(PROVIDER, encoding="utf-8")
+    cluster = load_config(path).cluster
+    assert cluster.redis_url == ""
+    assert (cluster.key_prefix, cluster.on_unreachable) == ("quotad", "share")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://redis.internal",
+        "unix:///run/redis.sock?db=2",
+        "redis://quotad@10.0.0.5",
+    ],
+)
+def test_a_cluster_url_of_each_kind_loads(tmp_path: Path, url: str) -> None:
+    path = tmp_path / "quotad.toml"
+    path.write_text(f'[cluster]\nredis_url = "{url}"\n', encoding="utf-8")
+    assert load_config(path).cluster.redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://redis:6379", "expected a redis://, rediss:// or unix:// URL, got http scheme"),
+        ("redis://:hunter2@redis", "a password in the URL: never in the file"),
+        ("redis://user:hunter2@redis", "a password in the URL: never in the file"),
+        ("redis://redis?password=hunter2", "a password in the URL: never in the file"),
+        ("redis://redis?ssl_cert_reqs=none", "unsupported URL parameter 'ssl_cert_reqs'"),
+        ("unix://relative.sock", "unix:// needs an absolute socket path"),
+        ("redis://redis/zero", "the database must be a number, got 'zero'"),
+        ("redis://", "no host in the URL"),
+        ("redis://redis:99999", "not a valid URL"),
+    ],
+)
+def test_a_bad_cluster_url_names_the_key_and_never_echoes_a_password(
+    tmp_path: Path, url: str, problem: str
+) -> None:
+    found = problems(tmp_path, f'[cluster]\nredis_url = "{url}"\n')
+    assert len(found) == 1
+    assert found[0].startswith("cluster.redis_url: ")
+    assert problem in found[0]
+    assert "hunter2" not in found[0]
+
+
+def test_cluster_names_and_password_sources_are_checked(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        '[cluster]\nredis_url = "redis://r"\nredis_password_env = "A"\n'
+        'redis_password_file = "/run/credentials/redis"\nkey_prefix = "a{b}"\nhost = "my host"\n'
+        'on_unreachable = "open"\nmargin = 1.0\n',
+    )
+    assert found == [
+        "cluster.on_unreachable: invalid enum value 'open'",
+        "cluster.margin: expected float < 1.0",
+        "cluster: give redis_password_env or redis_password_file, not both",
+        "cluster.key_prefix: expected 1-64 of A-Z a-z 0-9 _ . -, got 'a{b}'",
+        "cluster.host: expected 1-128 of A-Z a-z 0-9 _ . -, got 'my host'",
+    ]
+
+
+def test_a_cluster_without_the_redis_client_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "redis" else real(name, *a)
+    )
+    found = problems(tmp_path, '[cluster]\nredis_url = "redis://r"\n')
+    assert found == [
+        "cluster.redis_url: the Redis client is not installed: pip install 'quotad[cluster]'"
+    ]

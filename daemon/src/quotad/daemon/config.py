@@ -199,6 +199,30 @@ class RetryConfig(_Section, kw_only=True):
     deadline_s: Positive = 120.0
 
 
+class ClusterConfig(_Section, kw_only=True):
+    """``[cluster]`` (DESIGN §10): the daemons of several hosts share gates, 429 pauses and
+    budgets through one Redis or Valkey. ``redis_url = ""`` (the default) is one host."""
+
+    redis_url: str = ""
+    """redis://, rediss:// or unix:// URL; never with a password in it."""
+    redis_password_env: str = ""
+    redis_password_file: str = ""
+    key_prefix: str = "quotad"
+    """Keys are ``{key_prefix}:...``; several fleets may share one Redis."""
+    host: str = ""
+    """This daemon's name in the fleet; "" = the hostname."""
+    on_unreachable: Literal["share", "closed"] = "share"
+    margin: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    """``share``: the fraction of each limit the fleet leaves unused while Redis is away."""
+    lease_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 1.0
+    """How long a borrowed slice of a limit may be spent locally before it is returned."""
+    timeout_s: Annotated[float, msgspec.Meta(ge=0.01, le=30)] = 0.25
+    """A Redis call slower than this puts the host in degraded mode."""
+    heartbeat_s: Annotated[float, msgspec.Meta(ge=0.1, le=60)] = 1.0
+    host_ttl_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 10.0
+    """A host counts as seen while its last heartbeat is this recent."""
+
+
 class Config(_Section, kw_only=True):
     """The whole config file."""
 
@@ -212,6 +236,7 @@ class Config(_Section, kw_only=True):
     prices: dict[str, PriceConfig] = msgspec.field(default_factory=dict)
     gates: GatesConfig = msgspec.field(default_factory=GatesConfig)
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     source: str = ""
     """Where this config came from (a path, or "built-in default"); not a TOML key."""
 
@@ -467,6 +492,75 @@ def _semantic_problems(config: Config) -> list[str]:
     return problems
 
 
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def _cluster_problems(cluster: ClusterConfig) -> list[str]:
+    """Problems of ``[cluster]``: the URL's scheme and shape (no password in it, ever), the
+    password's source, names that go into Redis keys, and the client library being there."""
+    problems: list[str] = []
+    if cluster.redis_password_env and cluster.redis_password_file:
+        problems.append("cluster: give redis_password_env or redis_password_file, not both")
+    if not _KEY_PREFIX.fullmatch(cluster.key_prefix):
+        problems.append(
+            f"cluster.key_prefix: expected 1-64 of A-Z a-z 0-9 _ . -, got {cluster.key_prefix!r}"
+        )
+    if cluster.host and not _HOST_NAME.fullmatch(cluster.host):
+        problems.append(f"cluster.host: expected 1-128 of A-Z a-z 0-9 _ . -, got {cluster.host!r}")
+    if not cluster.redis_url:
+        return problems
+    problems += [
+        f"cluster.redis_url: {problem}" for problem in redis_url_problems(cluster.redis_url)
+    ]
+    import importlib.util
+
+    if importlib.util.find_spec("redis") is None:
+        problems.append(
+            "cluster.redis_url: the Redis client is not installed: pip install 'quotad[cluster]'"
+        )
+    return problems
+
+
+def redis_url_problems(url: str) -> list[str]:
+    """What is wrong with ``[cluster] redis_url`` (nothing: an empty list)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        return [f"not a valid URL ({error})"]
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return [f"expected a redis://, rediss:// or unix:// URL, got {parts.scheme or 'no'} scheme"]
+    if parts.password is not None or "password" in parts.query.lower():
+        return [
+            "a password in the URL: never in the file; use cluster.redis_password_env or "
+            "cluster.redis_password_file"
+        ]
+    problems = []
+    try:
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        query = {"": []}
+    for name in query:
+        if name != "db":
+            problems.append(f"unsupported URL parameter {name!r} (only db)")
+    db = query.get("db", ["0"])[-1]
+    path_db = parts.path.strip("/") if parts.scheme != "unix" else ""
+    for value in (db, path_db):
+        if value and not (value.isdigit() and int(value) < 1 << 16):
+            problems.append(f"the database must be a number, got {value!r}")
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/"):
+            problems.append("unix:// needs an absolute socket path (unix:///run/redis.sock)")
+    elif not parts.hostname:
+        problems.append("no host in the URL")
+    elif port == 0:
+        problems.append("port 0")
+    return problems
+
+
 def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
     """Validate a TOML tree; raise :class:`ConfigError` naming every problem."""
     problems: list[str] = []
@@ -479,6 +573,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         providers = raw.get("providers")
         declared = set(providers) if isinstance(providers, dict) else set()
         problems += _check_references(config, declared)
+        problems += _cluster_problems(config.cluster)
     if problems or config is None:
         raise ConfigError(source, problems)
     config.source = source

@@ -1,0 +1,75 @@
+"""The names of the fleet's keys in Redis. Every key of a fleet starts with the hash tag
+``{key_prefix}`` so that the keys of one decision live in one slot (Redis Cluster) and
+several fleets can share one Redis:
+
+==============================================  =============================================
+``{p}:epoch``                                   hash: id, created, resync_until (µs)
+``{p}:hosts`` / ``{p}:load``                    hosts by last heartbeat; each host's load
+``{p}:w:<gate>|<unit>|<window_s>:log`` / ``:st``  one window of a gate: its log and its state
+``{p}:pause:<target>``                          server time until which a target is paused
+``{p}:b:<scope>|<period>|<label>``              one budget of one period (per-host totals)
+``{p}:spend:<day>``                             spend of one day by host, app and model
+``{p}:events``                                  the pub/sub channel (``freed``, ``pause``)
+==============================================  =============================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def window_name(gate: str, unit: str, window_s: float) -> str:
+    """A window's name in keys: ``provider:openai|requests|60``."""
+    return f"{gate}|{unit}|{window_s:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetKeys:
+    """Key names under one prefix."""
+
+    prefix: str
+
+    @property
+    def tag(self) -> str:
+        """``{prefix}``: the hash tag every key starts with."""
+        return "{" + self.prefix + "}"
+
+    @property
+    def epoch(self) -> str:
+        """The fleet's epoch (gone when Redis restarted empty)."""
+        return self.tag + ":epoch"
+
+    @property
+    def hosts(self) -> str:
+        """Sorted set: host → server time of its last heartbeat."""
+        return self.tag + ":hosts"
+
+    @property
+    def load(self) -> str:
+        """Hash: host → its load, as it last reported it."""
+        return self.tag + ":load"
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel of the fleet."""
+        return self.tag + ":events"
+
+    def window_log(self, name: str) -> str:
+        """A window's log: entries scored by the server time they expire."""
+        return f"{self.tag}:w:{name}:log"
+
+    def window_state(self, name: str) -> str:
+        """A window's state: its use, entries' amounts, external usage, waiters."""
+        return f"{self.tag}:w:{name}:st"
+
+    def pause(self, target: str) -> str:
+        """Until when ``target`` is paused (a provider's 429)."""
+        return f"{self.tag}:pause:{target}"
+
+    def budget(self, scope: str, period: str, label: str) -> str:
+        """One budget (``global`` or an app's) of one period (``day`` 2026-12-01)."""
+        return f"{self.tag}:b:{scope}|{period}|{label}"
+
+    def spend_day(self, day: str) -> str:
+        """The fleet's spend of one day: ``host\\tapp\\tmodel`` → figures."""
+        return f"{self.tag}:spend:{day}"

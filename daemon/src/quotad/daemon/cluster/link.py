@@ -1,0 +1,509 @@
+"""The link to the fleet's Redis (or Valkey): one redis-py asyncio client, the scripts
+registered once (redis-py's script objects load a script again when the server answers
+NOSCRIPT, as a restarted Redis does), the server's clock as seen from here, the heartbeat
+(this host's load out; the hosts seen and the fleet's epoch back), the pub/sub channel, and
+the health of it all:
+
+::
+
+    connecting ──first heartbeat──▶ resyncing ──re-sync pushed, window over──▶ connected
+        │                               ▲                                         │
+        └──────────(fails)─────▶ degraded ◀──a call fails or is slower than timeout_s
+                                        └──a heartbeat answers again──▶ resyncing
+
+Only ``connected`` borrows from the fleet; in every other state the gates and budgets fall
+back on what this host holds (see :mod:`.window` and :mod:`.budgets`). Each change of health
+is an event. A Redis that lost the fleet's state (restarted empty) is noticed by its epoch:
+the heartbeat creates a new one, every host pushes its own state back (``resyncers``) and
+borrows nothing until the new epoch's re-sync window is over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import anyio
+import anyio.abc
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+from quotad.daemon.clock import SYSTEM_CLOCK, Clock
+from quotad.daemon.cluster.keys import FleetKeys
+from quotad.daemon.cluster.scripts import SCRIPTS
+from quotad.daemon.cluster.settings import ClusterSettings
+
+log = logging.getLogger("quotad.cluster")
+
+Health = Literal["connecting", "connected", "resyncing", "degraded"]
+EventSink = Callable[[str, str, int], None]
+"""``(kind, message, level)``: :meth:`quotad.daemon.events.EventLog.add`."""
+
+FORGET_HOSTS_S: Final = 86400.0
+"""A host unseen this long is dropped from the hosts set."""
+MAX_LOAD_BYTES: Final = 2048
+MALFORMED: Final = (ValueError, TypeError, IndexError, KeyError, AttributeError)
+"""What parsing a reply of the wrong shape raises."""
+CLOCK_SLACK_S: Final = 0.001
+"""Added on the late side of every conversion between the server's clock and ours."""
+
+
+class LinkDown(Exception):
+    """Redis cannot be used now: the link is degraded (or never connected)."""
+
+
+class ClusterAuthError(Exception):
+    """Redis refused this host's credentials (a start-up error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostSeen:
+    """A host of the fleet with a recent heartbeat."""
+
+    name: str
+    seen_at: float
+    """Server time (Unix seconds) of its last heartbeat."""
+    load: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A script's reply and when, on our monotonic clock, it was sent and received."""
+
+    value: Any
+    sent: float
+    received: float
+
+
+class ServerTime:
+    """The server's clock (``TIME``, Unix µs) against our monotonic clock.
+
+    A reply carrying the server's time ``T``, sent at ``t0`` and received at ``t1``, says the
+    offset server - local lies in ``[T - t1, T - t0]``. Conversions take the late side of
+    that interval (plus :data:`CLOCK_SLACK_S`): a server time becomes the latest local time
+    it can be (so a wait never ends early), a local time the latest server time it can be
+    (so an admission's expiry is never too early).
+    """
+
+    __slots__ = ("_high", "_low", "known")
+
+    def __init__(self) -> None:
+        self._low = 0.0
+        self._high = 0.0
+        self.known = False
+
+    def sample(self, server_us: int, sent: float, received: float) -> None:
+        """Learn from one reply."""
+        server_s = server_us / 1e6
+        self._low = server_s - received
+        self._high = server_s - sent
+        self.known = True
+
+    def to_local(self, server_us: float) -> float:
+        """The latest local monotonic time that server time can be."""
+        return server_us / 1e6 - self._low + CLOCK_SLACK_S
+
+    def to_server_us(self, local: float) -> int:
+        """The latest server time (µs) that local monotonic time can be."""
+        return int((local + self._high + CLOCK_SLACK_S) * 1e6) + 1
+
+
+class Link:
+    """The connection to the fleet's Redis, its health, heartbeat and pub/sub."""
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        events: EventSink | None = None,
+    ) -> None:
+        self.settings = settings
+        self.host = settings.host
+        self.keys = FleetKeys(settings.key_prefix)
+        self.clock = clock
+        self.time = ServerTime()
+        self.health: Health = "connecting"
+        self.reason = "Redis not reached yet"
+        self.since = clock.monotonic()
+        self.epoch: str | None = None
+        """The epoch this host's state in Redis belongs to (None: not pushed yet)."""
+        self.fleet_epoch: str | None = None
+        """The fleet's epoch at the last heartbeat."""
+        self.resync_until = 0.0
+        self.hosts: tuple[HostSeen, ...] = ()
+        self.ever_connected = False
+        self.load: Callable[[], dict[str, Any]] = dict
+        """What this host reports of its load at each heartbeat."""
+        self.subscribed = False
+        """Whether the fleet's channel is listened to now."""
+        self.rtt_s = 0.0
+        self.calls = 0
+        self.failures = 0
+        self._events = events
+        self._resyncers: list[Callable[[bool], Awaitable[None]]] = []
+        self._health_listeners: list[Callable[[Health], None]] = []
+        self._message_listeners: list[Callable[[str], None]] = []
+        self._wake = anyio.Event()
+        self._subscription: anyio.CancelScope | None = None
+        self._resyncing = False
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            password=settings.password,
+            socket_timeout=max(settings.timeout_s, 1.0),
+            socket_connect_timeout=max(settings.timeout_s, 1.0),
+            retry=Retry(NoBackoff(), 1),
+            max_connections=32,
+        )
+        self._scripts = {name: self._redis.register_script(text) for name, text in SCRIPTS.items()}
+
+    # ------------------------------------------------------------------ listeners
+
+    def add_resyncer(self, resync: Callable[[bool], Awaitable[None]]) -> None:
+        """``resync(epoch_changed)`` pushes a part's own state back after an outage (or,
+        when ``epoch_changed``, after Redis restarted empty); it may call :meth:`call`."""
+        self._resyncers.append(resync)
+
+    def on_health(self, listener: Callable[[Health], None]) -> None:
+        """``listener(health)`` on every change of health."""
+        self._health_listeners.append(listener)
+
+    def on_message(self, listener: Callable[[str], None]) -> None:
+        """``listener(message)`` for each message on the fleet's channel; ``"subscribed"``
+        after each (re)subscription, since messages may have been missed meanwhile."""
+        self._message_listeners.append(listener)
+
+    @property
+    def usable(self) -> bool:
+        """Whether borrowing from the fleet is possible now."""
+        return self.health == "connected"
+
+    def hosts_seen(self) -> int:
+        """Hosts with a recent heartbeat, this one included (at least 1)."""
+        names = {seen.name for seen in self.hosts}
+        names.add(self.host)
+        return len(names)
+
+    # ------------------------------------------------------------------ calls
+
+    async def call(self, name: str, keys: list[str], args: list[Any]) -> Reply:
+        """Run script ``name``; :class:`LinkDown` when the link is degraded or the call
+        fails or takes longer than ``timeout_s`` (which degrades the link)."""
+        if self.health not in ("connected", "resyncing"):
+            raise LinkDown(self.reason)
+        return await self._call(name, keys, args)
+
+    async def _call(self, name: str, keys: list[str], args: list[Any]) -> Reply:
+        sent = self.clock.monotonic()
+        self.calls += 1
+        try:
+            with anyio.fail_after(self.settings.timeout_s):
+                value = await self._scripts[name](keys=keys, args=args)
+        except TimeoutError:
+            self._down(f"Redis did not answer within {self.settings.timeout_s:g} s")
+            raise LinkDown(self.reason) from None
+        except AuthenticationError as error:
+            self._down(f"Redis refused this host's credentials: {error}")
+            raise LinkDown(self.reason) from None
+        except ResponseError as error:
+            self._down(f"Redis refused script {name}: {error}")
+            raise LinkDown(self.reason) from None
+        except (RedisError, OSError) as error:
+            self._down(f"Redis unreachable: {error or type(error).__name__}")
+            raise LinkDown(self.reason) from None
+        received = self.clock.monotonic()
+        self.rtt_s = received - sent
+        return Reply(value, sent, received)
+
+    async def read_hash(self, key: str) -> dict[Any, Any]:
+        """``HGETALL key`` (a read for reports); :class:`LinkDown` as :meth:`call`."""
+        if self.health not in ("connected", "resyncing"):
+            raise LinkDown(self.reason)
+        try:
+            with anyio.fail_after(self.settings.timeout_s * 4):
+                value = await self._redis.hgetall(key)
+        except TimeoutError:
+            raise LinkDown("Redis did not answer in time") from None
+        except (RedisError, OSError) as error:
+            raise LinkDown(f"Redis unreachable: {error or type(error).__name__}") from None
+        return value
+
+    def malformed(self, name: str, error: Exception) -> LinkDown:
+        """A reply of script ``name`` did not have the shape it must: Redis is not one this
+        host can trust now (degraded, logged); the :class:`LinkDown` to raise."""
+        log.error("cluster: malformed reply of %s: %r", name, error)
+        self._down(f"malformed reply of {name} ({type(error).__name__})")
+        return LinkDown(self.reason)
+
+    def sample_time(self, server_us: int, reply: Reply) -> None:
+        """Learn the server's clock from a reply that carried ``TIME``."""
+        self.time.sample(server_us, reply.sent, reply.received)
+
+    def epoch_mismatch(self) -> None:
+        """A script said our epoch is not the fleet's: Redis lost its state. Heartbeat now."""
+        log.info("cluster: the fleet's epoch changed; re-syncing")
+        self._set_health("resyncing", "Redis lost the fleet's state; re-syncing")
+        self._wake.set()
+
+    def _down(self, reason: str) -> None:
+        self.failures += 1
+        if self.health == "degraded" and self.reason == reason:
+            return
+        was = self.health
+        self._set_health("degraded", reason)
+        if was != "connecting":
+            self._event(
+                "cluster_degraded",
+                f"{reason}; serving on this host's share ({self.settings.on_unreachable})",
+                logging.WARNING,
+            )
+        if self._subscription is not None:
+            self._subscription.cancel()
+        self._wake.set()
+
+    def _set_health(self, health: Health, reason: str) -> None:
+        changed = health != self.health
+        self.health = health
+        self.reason = reason
+        if changed:
+            self.since = self.clock.monotonic()
+            for listener in self._health_listeners:
+                listener(health)
+
+    def _event(self, kind: str, message: str, level: int = logging.INFO) -> None:
+        if self._events is not None:
+            self._events(kind, message, level)
+        else:
+            log.log(level, "%s: %s", kind, message)
+
+    # ------------------------------------------------------------------ start, run, close
+
+    async def open(self) -> bool:
+        """At start-up: reach Redis within ``connect_timeout_s``. True when reached (the
+        re-sync then starts with :meth:`run`); False when not, and the host serves degraded
+        (an error event) until it is. :class:`ClusterAuthError` when Redis refuses this
+        host's credentials: a start-up error, not something to wait out."""
+        deadline = self.clock.monotonic() + self.settings.connect_timeout_s
+        while True:
+            try:
+                with anyio.fail_after(self.settings.timeout_s * 2):
+                    await self._redis.ping()
+            except AuthenticationError as error:
+                raise ClusterAuthError(
+                    f"Redis at {self.settings.redis_url} refused this host's credentials "
+                    f"({error}); check cluster.redis_password_env or redis_password_file"
+                ) from None
+            except ResponseError as error:
+                if "NOAUTH" in str(error) or "WRONGPASS" in str(error):
+                    raise ClusterAuthError(f"Redis refused this host: {error}") from None
+                raise ClusterAuthError(f"Redis at {self.settings.redis_url}: {error}") from None
+            except (TimeoutError, RedisError, OSError) as error:
+                if self.clock.monotonic() >= deadline:
+                    self.reason = f"Redis unreachable at start: {error or type(error).__name__}"
+                    self._event(
+                        "cluster_unreachable",
+                        f"{self.reason} ({self.settings.redis_url}); serving degraded "
+                        "(closed: nothing borrowed yet) until it answers",
+                        logging.ERROR,
+                    )
+                    return False
+                await anyio.sleep(0.2)
+                continue
+            return True
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Heartbeat (reconnecting with backoff while degraded) and pub/sub, until
+        cancelled."""
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            tasks.start_soon(self._listen)
+            task_status.started()
+            await self._beat_forever()
+
+    async def close(self) -> None:
+        """Close the client's connections."""
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.aclose()
+
+    async def join(self) -> None:
+        """Heartbeat and, when needed, re-sync now (start-up, tests); :class:`LinkDown` when
+        Redis cannot be reached."""
+        needed = await self.heartbeat()
+        if needed is not None:
+            self._resyncing = True
+            await self._resync(*needed)
+            if self.health != "connected":
+                raise LinkDown(self.reason)
+
+    async def _beat_forever(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                needed = await self.heartbeat()
+                if needed is not None and self._tasks is not None:
+                    self._resyncing = True
+                    self._tasks.start_soon(self._resync, *needed)
+                backoff = 0.05
+            except LinkDown:
+                backoff = min(backoff * 2, self.settings.heartbeat_s)
+            interval = self.settings.heartbeat_s if self.health != "degraded" else backoff
+            with anyio.move_on_after(interval):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def heartbeat(self) -> tuple[str, bool] | None:
+        """Say this host is alive; learn the hosts seen and the epoch. Returns ``(epoch,
+        changed)`` when this host's state in Redis is not current and must be re-synced
+        (after an outage, at the first contact, or Redis restarted empty), else None."""
+        load = msgspec.json.encode(self.load())
+        if len(load) > MAX_LOAD_BYTES:
+            load = b"{}"
+        others = any(seen.name != self.host for seen in self.hosts)
+        keys = self.keys
+        reply = await self._call(
+            "heartbeat",
+            [keys.hosts, keys.load, keys.epoch],
+            [
+                self.host,
+                load,
+                int(self.settings.host_ttl_s * 1e6),
+                os.urandom(8).hex(),
+                int(self.settings.resync_s * 1e6) if others else 0,
+                int(FORGET_HOSTS_S * 1e6),
+            ],
+        )
+        now_us, epoch, hosts = _parse_heartbeat(reply.value)
+        self.sample_time(now_us, reply)
+        self.hosts = hosts
+        epoch_id, _, resync_until_us = epoch
+        self.resync_until = self.time.to_local(resync_until_us)
+        self.fleet_epoch = epoch_id
+        if self._resyncing or (self.health == "connected" and self.epoch == epoch_id):
+            return None
+        return epoch_id, self.epoch is not None and self.epoch != epoch_id
+
+    async def _resync(self, epoch_id: str, changed: bool) -> None:
+        """Push this host's state back under ``epoch_id``, wait out the re-sync window, then
+        borrow again."""
+        try:
+            self._set_health(
+                "resyncing",
+                "Redis restarted empty: re-syncing" if changed else "reconnected: re-syncing",
+            )
+            if changed:
+                self._event(
+                    "cluster_epoch",
+                    "Redis lost the fleet's state (restarted empty?): each host pushes its own "
+                    "back from its ledger and leases",
+                    logging.WARNING,
+                )
+            previous = self.epoch
+            self.epoch = epoch_id
+            try:
+                for resync in self._resyncers:
+                    await resync(changed or previous is None)
+            except LinkDown:
+                self.epoch = previous  # pushed again, whole, at the next attempt
+                return
+            wait = self.resync_until - self.clock.monotonic()
+            if wait > 0:
+                await anyio.sleep(wait)
+            if self.health != "resyncing" or self.epoch != epoch_id:
+                return
+            first = not self.ever_connected
+            self.ever_connected = True
+            self._set_health("connected", "connected")
+            self._event(
+                "cluster_connected",
+                f"{'joined' if first else 'back in'} the fleet at {self.settings.redis_url} as "
+                f"{self.host!r}: {self.hosts_seen()} host(s) seen",
+            )
+        finally:
+            self._resyncing = False
+            self._wake.set()
+
+    async def _listen(self) -> None:
+        """Deliver the channel's messages; resubscribe after any failure."""
+        backoff = 0.05
+        while True:
+            if self.health in ("connecting", "degraded"):
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.heartbeat_s)
+                if self.health in ("connecting", "degraded"):
+                    continue
+            with anyio.CancelScope() as scope:
+                self._subscription = scope
+                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                try:
+                    with anyio.fail_after(self.settings.timeout_s * 4):
+                        await pubsub.subscribe(self.keys.channel)
+                    backoff = 0.05
+                    self.subscribed = True
+                    self._deliver("subscribed")
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=None
+                        )
+                        if message is not None and message.get("type") == "message":
+                            data = message.get("data")
+                            if isinstance(data, bytes) and len(data) <= 4096:
+                                self._deliver(data.decode("utf-8", "replace"))
+                except (TimeoutError, RedisError, OSError) as error:
+                    log.debug("cluster: pub/sub interrupted: %s", error)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        with contextlib.suppress(RedisError, OSError):
+                            await pubsub.aclose()
+            self._subscription = None
+            self.subscribed = False
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, self.settings.heartbeat_s)
+
+    def _deliver(self, message: str) -> None:
+        for listener in self._message_listeners:
+            try:
+                listener(message)
+            except Exception:  # a listener's bug must not stop the others or the loop
+                log.exception("cluster: a message listener failed on %r", message[:80])
+
+
+def _parse_heartbeat(value: Any) -> tuple[int, tuple[str, int, int], tuple[HostSeen, ...]]:
+    """(now µs, (epoch id, created µs, resync_until µs), hosts seen) from a heartbeat reply,
+    checked: a malformed reply is an error of the link, not of the daemon."""
+    try:
+        now_us = int(value[0])
+        raw_epoch = value[1]
+        epoch = (_text(raw_epoch[0]), int(raw_epoch[1]), int(raw_epoch[2]))
+        hosts = []
+        flat = value[2]
+        for index in range(0, min(len(flat), 3 * 1000), 3):
+            load: Any
+            try:
+                load = msgspec.json.decode(flat[index + 2]) if flat[index + 2] else {}
+            except msgspec.DecodeError:
+                load = {}
+            hosts.append(
+                HostSeen(
+                    _text(flat[index])[:128],
+                    int(flat[index + 1]) / 1e6,
+                    load if isinstance(load, dict) else {},
+                )
+            )
+    except (TypeError, ValueError, IndexError, KeyError) as error:
+        raise LinkDown(f"malformed heartbeat reply: {error}") from None
+    return now_us, epoch, tuple(hosts)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

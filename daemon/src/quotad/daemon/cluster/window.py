@@ -1,0 +1,395 @@
+"""This host's side of one fleet-wide window: what it holds of the limit, and what it may
+admit now. Pure: time is passed in, the server's clock comes from a :class:`ServerTime`,
+and what must reach Redis comes out as puts (:data:`Put`) for ``settle.lua``.
+
+**Leases.** The host borrows a slice of the window (``borrow.lua``) as an entry in the
+fleet's log that expires ``lease_s + span`` after the grant: as if all of it were admitted at
+the end of the lease, so every admission the host makes from it during the lease is counted
+for its whole span. Admissions are then local (:meth:`FleetWindow.take`). A lease ends at
+its deadline, when it is used up, or when it sits idle; its entry is then rewritten to what
+was really used, expiring a span after the last admission from it (into a *bucket* of this
+host's closed admissions, on a grid of span/256, rounded up): nothing is counted longer
+than it must be, so borrowing ahead wastes no capacity. A lease's deadline is measured from
+when the borrow was *sent* (the grant happened later), so it never outlives the lease the
+server granted.
+
+**Settling.** A reservation settled for fewer tokens gives them back: to its lease while that
+is open (the host may admit them again within the lease: they are still counted), else to
+its bucket in Redis.
+
+**Redis unreachable** (``share``): besides what its open leases still hold, the host admits
+up to ``(limit * (1 - margin) - phantom) / hosts seen`` within any span, where the phantom is
+the fleet's usage as last seen (a profile of when its entries leave, from ``snapshot.lua``)
+plus what this host borrowed since. If every host does so, the fleet stays under
+``limit * (1 - margin)`` (the margin absorbs what other hosts borrowed after this host's
+last snapshot). ``closed``: only what open leases still hold. A host that never reached
+Redis admits nothing on fleet windows. Admissions made meanwhile are pushed into the fleet's
+log when Redis is back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from quotad.daemon.cluster.link import ServerTime
+
+Mode = Literal["fleet", "share", "closed"]
+Put = tuple[str, int, int]
+"""``(entry, amount, expiry µs)``: an entry of this host as it now is (amount 0: gone)."""
+
+GRID_STEPS: Final = 256
+RATE_TAU_S: Final = 1.0
+SLICE_SHARE: Final = 0.5
+"""At most this share of a limit, divided among the hosts seen, is borrowed at once."""
+INFINITY: Final = math.inf
+
+
+@dataclass(slots=True, eq=False)
+class Bucket:
+    """This host's closed admissions that leave the window at one grid time."""
+
+    entry: str
+    expiry_us: int
+    expires: float
+    """The local time by which it has surely left."""
+    amount: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Lease:
+    """A borrowed slice of the window."""
+
+    entry: str
+    granted: int
+    sent_at: float
+    granted_us: int
+    expiry_us: int
+    deadline: float
+    used: int = 0
+    last_at: float = -INFINITY
+    closed: bool = False
+    bucket: Bucket | None = None
+
+
+@dataclass(slots=True, eq=False)
+class OwnAdmission:
+    """An admission made while Redis was unreachable (not yet in the fleet's log)."""
+
+    time: float
+    amount: int
+    bucket: Bucket | None = None
+    live: bool = True
+    """Still counted in :attr:`FleetWindow.own_live` (inside its span, not pushed)."""
+
+
+@dataclass(slots=True, eq=False)
+class Part:
+    """Units of one admission taken from one source."""
+
+    source: Lease | OwnAdmission
+    amount: int
+
+
+@dataclass(slots=True, eq=False)
+class Taken:
+    """What one admission took of a fleet window (settled later with :meth:`resize`)."""
+
+    parts: list[Part] = field(default_factory=list)
+
+    @property
+    def amount(self) -> int:
+        """The units this admission counts for now."""
+        return sum(part.amount for part in self.parts)
+
+
+class FleetWindow:
+    """One window of a gate, shared by the fleet, from this host's side."""
+
+    def __init__(
+        self,
+        name: str,
+        limit: int,
+        span_s: float,
+        lease_s: float,
+        *,
+        host: str,
+        time: ServerTime,
+        margin: float = 0.1,
+    ) -> None:
+        self.name = name
+        self.limit = limit
+        self.span_s = span_s
+        self.span_us = math.ceil(span_s * 1e6)
+        self.grid_us = max(1000, self.span_us // GRID_STEPS)
+        self.lease_s = lease_s
+        self.lease_us = int(lease_s * 1e6)
+        self.idle_s = lease_s / 4
+        self.host = host
+        self.time = time
+        self.margin = margin
+        self.mode: Mode = "closed"
+        self.hosts = 0
+        self.leases: list[Lease] = []
+        self.buckets: dict[str, Bucket] = {}
+        self.degraded: deque[OwnAdmission] = deque()
+        """Admissions made while Redis was unreachable, not yet pushed, oldest first."""
+        self.own_live = 0
+        """The units of :attr:`degraded` still inside their span."""
+        self.puts: dict[str, Put] = {}
+        """Puts not yet acknowledged by Redis, the latest per entry."""
+        self.profile: list[tuple[float, int]] = []
+        """The fleet's entries at the last snapshot: (local time they have left by, units)."""
+        self.since_snapshot: list[tuple[float, int, float]] = []
+        """This host's entries added after it: (left by, units, acknowledged at)."""
+        self.fleet_used = 0
+        self.external = 0
+        self._rate = 0.0
+        self._rate_at = -INFINITY
+        self.on_low: Callable[[FleetWindow], None] | None = None
+        """Called after an admission leaves less than half a lease's worth held."""
+
+    def set_limit(self, limit: int, span_s: float) -> None:
+        """A reloaded limit or guard: applies to what is borrowed and admitted from now on
+        (entries already in the fleet's log keep the expiry they were given)."""
+        self.limit = limit
+        self.span_s = span_s
+        self.span_us = math.ceil(span_s * 1e6)
+        self.grid_us = max(1000, self.span_us // GRID_STEPS)
+
+    # ------------------------------------------------------------------ capacity
+
+    def held(self, now: float) -> int:
+        """Units this host may still admit from its open leases."""
+        return sum(
+            lease.granted - lease.used
+            for lease in self.leases
+            if lease.deadline > now and lease.granted > lease.used
+        )
+
+    def phantom(self, now: float) -> int:
+        """The fleet's usage at ``now`` as last known (snapshot, plus own entries since)."""
+        known = sum(amount for left_by, amount in self.profile if left_by > now)
+        return known + sum(amount for left_by, amount, _ in self.since_snapshot if left_by > now)
+
+    def share_free(self, now: float) -> int:
+        """``share`` mode: what this host may admit now beyond its leases."""
+        if self.mode != "share" or self.hosts <= 0:
+            return 0
+        share = (self.limit * (1.0 - self.margin) - self.phantom(now)) / self.hosts
+        self._expire_own(now)
+        return max(0, math.floor(share) - self.own_live)
+
+    def _expire_own(self, now: float) -> None:
+        degraded = self.degraded
+        while degraded and degraded[0].time + self.span_s <= now:
+            own = degraded.popleft()
+            if own.live:
+                own.live = False
+                self.own_live -= own.amount
+
+    def available(self, now: float) -> int:
+        """Units this host may admit now without asking Redis."""
+        return self.held(now) + self.share_free(now)
+
+    # ------------------------------------------------------------------ admissions
+
+    def take(self, amount: int, now: float) -> Taken | None:
+        """Admit ``amount`` units now from what this host holds, or None (nothing taken)."""
+        taken = Taken()
+        if amount <= 0:
+            return taken
+        rest = amount
+        plan: list[tuple[Lease, int]] = []
+        for lease in self.leases:
+            if lease.deadline <= now or lease.granted <= lease.used:
+                continue
+            part = min(lease.granted - lease.used, rest)
+            plan.append((lease, part))
+            rest -= part
+            if rest == 0:
+                break
+        if rest > 0 and self.share_free(now) < rest:
+            return None
+        for lease, part in plan:
+            lease.used += part
+            lease.last_at = now
+            taken.parts.append(Part(lease, part))
+        if rest > 0:
+            own = OwnAdmission(now, rest)
+            self.degraded.append(own)
+            self.own_live += rest
+            taken.parts.append(Part(own, rest))
+        self._count(amount, now)
+        if self.on_low is not None and self.mode == "fleet":
+            ahead = self.rate(now) * self.lease_s
+            if ahead >= 2 and self.held(now) < ahead / 2:
+                self.on_low(self)
+        return taken
+
+    def resize(self, taken: Taken, amount: int, now: float) -> None:
+        """Settle an admission to ``amount`` units: give back what it did not use (or count
+        what it used beyond)."""
+        change = max(0, amount) - taken.amount
+        if change < 0:
+            for part in reversed(taken.parts):
+                back = min(part.amount, -change)
+                part.amount -= back
+                self._adjust(part.source, -back)
+                change += back
+                if change == 0:
+                    break
+        elif change > 0:
+            if not taken.parts:  # nothing was taken (0 units): count the charge on its own
+                own = OwnAdmission(now, 0, live=False)
+                if self.time.known:
+                    own.bucket = self._bucket(self.time.to_server_us(now) + self.span_us)
+                else:
+                    self.degraded.append(own)
+                    own.live = True
+                taken.parts.append(Part(own, 0))
+            taken.parts[-1].amount += change
+            self._adjust(taken.parts[-1].source, change)
+
+    def _adjust(self, source: Lease | OwnAdmission, change: int) -> None:
+        if isinstance(source, Lease):
+            if source.bucket is not None:
+                self._bucket_add(source.bucket, change)
+            elif not source.closed:
+                source.used += change
+                if source.used > source.granted:  # counted beyond the slice: tell the fleet
+                    source.granted = source.used
+                    self.puts[source.entry] = (source.entry, source.used, source.expiry_us)
+        elif source.bucket is not None:
+            self._bucket_add(source.bucket, change)
+        else:
+            source.amount += change
+            if source.live:
+                self.own_live += change
+
+    def _bucket_add(self, bucket: Bucket, change: int) -> None:
+        bucket.amount = max(0, bucket.amount + change)
+        self.puts[bucket.entry] = (bucket.entry, bucket.amount, bucket.expiry_us)
+
+    def _bucket(self, expiry_us: int) -> Bucket:
+        index = -(-expiry_us // self.grid_us)
+        entry = f"c:{self.host}:{index}"
+        bucket = self.buckets.get(entry)
+        if bucket is None:
+            expiry = index * self.grid_us
+            bucket = self.buckets[entry] = Bucket(entry, expiry, self.time.to_local(expiry))
+        return bucket
+
+    def _count(self, amount: int, now: float) -> None:
+        self._rate = self.rate(now) + amount / RATE_TAU_S
+        self._rate_at = now
+
+    def rate(self, now: float) -> float:
+        """Units admitted per second here lately (exponentially weighted, over ~1 s)."""
+        if self._rate_at == -INFINITY:
+            return 0.0
+        return self._rate * math.exp(-max(0.0, now - self._rate_at) / RATE_TAU_S)
+
+    # ------------------------------------------------------------------ borrowing
+
+    def want(self, need: int, now: float) -> int:
+        """How much to ask for when ``need`` units are missing: what this host admits in a
+        lease at its recent rate, within its share of :data:`SLICE_SHARE` of the limit."""
+        ahead = math.ceil(self.rate(now) * self.lease_s)
+        cap = math.floor(self.limit * SLICE_SHARE / max(1, self.hosts))
+        return max(need, min(need + ahead, cap))
+
+    def grant(self, entry: str, amount: int, sent: float, granted_us: int, acked: float) -> None:
+        """A borrow sent at ``sent`` was granted ``amount`` at server time ``granted_us``."""
+        if amount <= 0:
+            return
+        expiry_us = granted_us + self.lease_us + self.span_us
+        lease = Lease(entry, amount, sent, granted_us, expiry_us, sent + self.lease_s)
+        self.leases.append(lease)
+        self.since_snapshot.append((self.time.to_local(expiry_us), amount, acked))
+
+    def close_due(self, now: float) -> bool:
+        """End leases past their deadline, used up, or idle; True when there are puts."""
+        self.prune(now)
+        for lease in list(self.leases):
+            idle_since = max(lease.last_at, lease.sent_at)
+            if (
+                lease.deadline <= now
+                or lease.used >= lease.granted
+                or now - idle_since >= self.idle_s
+            ):
+                self._close(lease)
+        return bool(self.puts)
+
+    def _close(self, lease: Lease) -> None:
+        lease.closed = True
+        self.leases.remove(lease)
+        self.puts[lease.entry] = (lease.entry, 0, 0)
+        if lease.used > 0:
+            spent_s = min(max(0.0, lease.last_at - lease.sent_at), self.lease_s)
+            bucket = self._bucket(lease.granted_us + int(spent_s * 1e6) + self.span_us + 1)
+            lease.bucket = bucket
+            self._bucket_add(bucket, lease.used)
+
+    def next_due(self) -> float:
+        """When :meth:`close_due` next has something to do."""
+        when = INFINITY
+        for lease in self.leases:
+            when = min(when, lease.deadline, max(lease.last_at, lease.sent_at) + self.idle_s)
+        return when
+
+    def take_puts(self) -> list[Put]:
+        """The puts to send now (kept by the caller until acknowledged)."""
+        puts = list(self.puts.values())
+        self.puts.clear()
+        return puts
+
+    def unsent(self, puts: list[Put]) -> None:
+        """Puts that could not be sent: keep them (newer ones of the same entry win)."""
+        for put in puts:
+            self.puts.setdefault(put[0], put)
+
+    # ------------------------------------------------------------------ fleet state
+
+    def set_mode(self, mode: Mode, hosts: int) -> None:
+        """Borrow from the fleet (``fleet``), or fall back (``share`` / ``closed``)."""
+        self.mode = mode
+        self.hosts = hosts
+
+    def apply_snapshot(self, used: int, external: int, profile: list[Put], sent: float) -> None:
+        """The fleet's window as a snapshot sent at local time ``sent`` saw it."""
+        self.fleet_used = used
+        self.external = external
+        self.profile = [(self.time.to_local(expiry), amount) for _, amount, expiry in profile]
+        self.since_snapshot = [item for item in self.since_snapshot if item[2] >= sent]
+
+    def restore(self, everything: bool, now: float, acked: float) -> list[Put]:
+        """Puts that bring the fleet's log up to date after an outage: admissions made
+        meanwhile (into buckets), and with ``everything`` (Redis restarted empty) every live
+        entry of this host too. Pending puts are included."""
+        self._expire_own(now)
+        while self.degraded:
+            own = self.degraded.popleft()
+            own.live = False
+            self.own_live -= own.amount
+            if own.amount <= 0:
+                continue
+            bucket = self._bucket(self.time.to_server_us(own.time) + self.span_us)
+            own.bucket = bucket
+            self._bucket_add(bucket, own.amount)
+            self.since_snapshot.append((bucket.expires, own.amount, acked))
+        self.prune(now)
+        if everything:
+            for lease in self.leases:
+                self.puts[lease.entry] = (lease.entry, lease.granted, lease.expiry_us)
+            for bucket in self.buckets.values():
+                self.puts[bucket.entry] = (bucket.entry, bucket.amount, bucket.expiry_us)
+        return self.take_puts()
+
+    def prune(self, now: float) -> None:
+        """Forget buckets that have surely left the window."""
+        for entry in [e for e, b in self.buckets.items() if b.expires < now]:
+            del self.buckets[entry]
