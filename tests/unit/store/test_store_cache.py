@@ -13,13 +13,14 @@ from quotad.daemon.clock import VirtualClock
 from quotad.daemon.config import CacheConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.store.cache import Cache, CachedChat, CachedChunk, chat_key, embed_key
+from quotad.daemon.store.cache_index import BYTES_PER_ENTRY
 from quotad.daemon.store.db import Database
 from quotad.daemon.store.warm import WarmEntry
 from quotad.protocol.messages import Chat, Embed, Usage
 
 pytestmark = pytest.mark.anyio
 
-ENTRY_BYTES = 1100  # about what one answer below takes
+ENTRY_BYTES = 1100 + BYTES_PER_ENTRY  # about what one answer below takes, with its index
 BASE: dict[str, Any] = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -189,7 +190,7 @@ async def test_lru_evicts_the_least_recently_used(db: Database) -> None:
     assert {name for name, key in keys.items() if key in cache} == {"a", "c", "d"}
     assert cache.status().evictions == 1
     assert keys["b"] not in await stored_keys(db)
-    assert cache.bytes <= cache.max_bytes
+    assert cache.size_bytes <= cache.max_bytes
 
 
 async def test_lfu_evicts_the_least_frequently_used_but_never_the_newcomer(db: Database) -> None:
@@ -241,7 +242,7 @@ async def test_an_answer_larger_than_the_cache_is_not_stored(db: Database) -> No
     cache = cache_of(db, VirtualClock(), entries=1)
     cache.put(chat_key(chat()), "chat", "fast", answer(size=5000), 0.0)
     assert len(cache) == 0
-    assert cache.bytes == 0
+    assert cache.size_bytes == 0
 
 
 # --------------------------------------------------------------------------- persistence
@@ -289,7 +290,7 @@ async def test_clear_everything_or_only_older_entries(db: Database) -> None:
     assert await stored_keys(db) == {keys["young"]}
     assert await cache.clear() == 1
     assert await stored_keys(db) == set()
-    assert cache.bytes == 0
+    assert cache.size_bytes == 0
 
 
 async def test_warming_stores_recorded_answers_under_the_live_key(db: Database) -> None:
