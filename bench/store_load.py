@@ -7,7 +7,7 @@ commit. Prints one JSON line.
   cache ends with one entry per request. Every 0.2 s the sizes of ``quotad.db``, its ``-wal``
   and ``-shm`` and the daemon's RSS (``/proc/PID/statm``) are sampled: ``wal_peak_mb``,
   ``wal_final_mb``, ``disk_peak_mb``, ``rss_start_mb``, ``rss_end_mb``, and
-  ``rss_per_entry_kb`` = (RSS at the end − RSS after start) / entries. With
+  ``rss_per_entry_kb`` = (RSS at the end - RSS after start) / entries. With
   ``--baseline-src DIR`` (a source tree of an older quotad, e.g. ``git archive 841e336``), the
   same run goes first through a daemon of that tree (its figures prefixed ``baseline_``).
 - Commit latency: the store alone (``Ledger.record`` with a cache entry per row, the daemon's
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import shutil
 import statistics
@@ -37,13 +38,13 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import percentile
+from bench._timing import cpu_seconds, percentile
 from quotad.client import AsyncClient
 from quotad.daemon.clock import SYSTEM_CLOCK
 from quotad.daemon.config import CacheConfig
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.cache import Cache, CachedChat
-from quotad.daemon.store.db import Database
+from quotad.daemon.store.db import WAL_LIMIT_MB, Database
 from quotad.daemon.store.ledger import Ledger, LedgerRow
 from quotad.protocol.messages import Usage
 from tests.support import store as rows
@@ -84,6 +85,8 @@ class DiskSampler:
         self.pid = pid
         self.every_s = every_s
         self.wal_peak = self.disk_peak = self.rss_peak = 0
+        self.rss_start = 0
+        """The RSS to subtract: set after start and warm-up, before the load."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -123,12 +126,13 @@ def sustained(requests: int, concurrency: int, source: Path | None) -> dict[str,
             database = daemon.state_dir / "quotad.db"
             sampler = DiskSampler(database, daemon.process.pid)
 
-            async def load() -> tuple[list[float], int]:
+            async def load() -> tuple[list[float], int, float]:
                 latencies: list[float] = []
                 async with AsyncClient(socket=daemon.socket_path, app="bench") as client:
                     for number in range(50):  # warm up; then the RSS to subtract
                         await client.chat(MODEL, [{"role": "user", "content": f"w{number}"}])
-                    sampler.rss_start = rss_bytes(sampler.pid)  # type: ignore[attr-defined]
+                    sampler.rss_start = rss_bytes(sampler.pid)
+                    cpu_before = cpu_seconds(sampler.pid)
                     next_number = 0
 
                     async def worker() -> None:
@@ -145,18 +149,20 @@ def sustained(requests: int, concurrency: int, source: Path | None) -> dict[str,
                         async with anyio.create_task_group() as tasks:
                             for _ in range(concurrency):
                                 tasks.start_soon(worker)
+                    cpu = cpu_seconds(sampler.pid) - cpu_before
                     status = await client.status()
-                return latencies, status.cache.entries if status.cache else 0
+                return latencies, status.cache.entries if status.cache else 0, cpu
 
             started = time.perf_counter()
-            latencies, entries = anyio.run(load, backend_options={"use_uvloop": True})
+            latencies, entries, cpu = anyio.run(load, backend_options={"use_uvloop": True})
             elapsed = time.perf_counter() - started
             wal, disk, rss = sampler.sample()
-            rss_start: int = sampler.rss_start  # type: ignore[attr-defined]
+            rss_start = sampler.rss_start
     return {
         "requests_per_s": round(requests / elapsed, 1),
         "request_p50_ms": round(statistics.median(latencies) * 1000, 3),
         "request_p99_ms": round(percentile(latencies, 0.99) * 1000, 3),
+        "daemon_cpu_us_per_request": round(cpu / requests * 1e6, 1),
         "wal_peak_mb": round(sampler.wal_peak / MB, 2),
         "wal_final_mb": round(wal / MB, 2),
         "disk_peak_mb": round(sampler.disk_peak / MB, 2),
@@ -188,8 +194,8 @@ async def commit_latency(
         nonlocal number, wal_peak
         while time.perf_counter() < deadline:
             number += 1
-            key = number.to_bytes(16, "big")
             text = f"sim reply to: sustained {number} lorem ipsum dolor sit amet consectetur"
+            key = hashlib.blake2b(f"request {number}".encode(), digest_size=16).digest()
             answer = CachedChat(text, None, "stop", usage, MODEL)
             row: LedgerRow = rows.ledger_row(number, at=time.time(), target=MODEL, cost=4e-5)
             started = time.perf_counter()
@@ -209,7 +215,7 @@ async def commit_latency(
 def commit_latencies(writers: int, seconds: float, rounds: int) -> dict[str, float]:
     """``commit_latency`` with the WAL bound and without it, in alternating rounds, each on
     its own growing database."""
-    arms = {"bounded": Database.DEFAULT_WAL_LIMIT_MB, "unbounded": 0.0}
+    arms = {"bounded": WAL_LIMIT_MB, "unbounded": 0.0}
     directories = {arm: Path(tempfile.mkdtemp(prefix="qload", dir="/tmp")) for arm in arms}
     latencies: dict[str, list[float]] = {arm: [] for arm in arms}
     wal_peaks = dict.fromkeys(arms, 0)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import struct
+import sys
 from array import array
 from collections.abc import Iterator
 from typing import Final, Literal
@@ -100,6 +101,19 @@ class CacheIndex:
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    def memory_bytes(self) -> int:
+        """What the index's objects take (``sys.getsizeof``: each container with its spare
+        room, each int it holds; not the allocator's rounding), walking them all: for tests
+        and benchmarks, not the hot path."""
+        containers: tuple[object, ...] = (
+            self._slots, self._keys, self._created, self._cost, self._size, self._hits,
+            self._used, self._free, self._heap,
+        )  # fmt: skip
+        size = sum(sys.getsizeof(container) for container in containers)
+        size += sum(sys.getsizeof(prefix) for prefix in self._slots)
+        size += sum(sys.getsizeof(slot) for slot in self._slots.values() if slot > 256)
+        return size + sum(sys.getsizeof(item) for item in self._heap)
 
     def slots(self) -> Iterator[int]:
         """Every live slot (a copy: removing while iterating is safe)."""
