@@ -307,3 +307,70 @@ async def test_warming_stores_recorded_answers_under_the_live_key(db: Database) 
     assert isinstance(hit.answer, CachedChat)
     assert [chunk.delta for chunk in hit.answer.replay(7)] == ["a", "b"]
     assert len(await stored_keys(db)) == 1
+
+
+# --------------------------------------------------------------------------- answers in the file
+
+
+async def test_an_entry_whose_write_fails_leaves_the_index(directory: Path) -> None:
+    db = Database(directory / "quotad.db", max_size_mb=0.25)
+    await db.open()
+    try:
+        cache = cache_of(db, VirtualClock(), entries=1000)
+        written = 0
+        for number in range(1000):  # until an entry can no longer be written
+            key = chat_key(chat(messages=[{"role": "user", "content": str(number)}]))
+            cache.put(key, "chat", "fast", answer(str(number), size=3000), 0.0)
+            assert cache.lookup(key, "use") is not None  # served before its commit
+            await db.write([])
+            if key not in cache:
+                break
+            written += 1
+        else:
+            raise AssertionError("the database never filled up")
+        assert cache.lookup(key, "use") is None
+        assert len(cache) == written
+        assert len(await stored_keys(db)) == written
+    finally:
+        await db.close()
+
+
+async def test_an_unreadable_answer_is_a_miss_and_is_dropped(db: Database) -> None:
+    cache = cache_of(db, VirtualClock())
+    key = chat_key(chat())
+    cache.put(key, "chat", "fast", answer(), 0.0)
+    await db.write([("UPDATE cache SET payload = x'c1c1' WHERE key = ?", (key,))])
+    assert cache.lookup(key, "use") is None
+    assert key not in cache
+    assert key not in await stored_keys(db)
+
+
+async def test_a_restart_keeps_the_order_of_use_and_reads_in_pages(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("quotad.daemon.store.cache.LOAD_PAGE_ROWS", 2)
+    clock = VirtualClock()
+    keys = keys_named("a", "b", "c", "d", "e")
+    first = Database(directory / "quotad.db")
+    await first.open()
+    cache = cache_of(first, clock, entries=4.5)
+    for name in "abcd":
+        cache.put(keys[name], "chat", "fast", answer(name), 0.01)
+        clock.advance(1)
+    cache.lookup(keys["a"], "use")  # b is now the least recently used
+    await first.close()
+
+    second = Database(directory / "quotad.db")
+    await second.open()
+    try:
+        reloaded = cache_of(second, clock, entries=4.5)
+        await reloaded.load()
+        assert len(reloaded) == 4
+        hit = reloaded.lookup(keys["c"], "use")
+        assert hit is not None
+        assert hit.answer == answer("c")
+        clock.advance(1)
+        reloaded.put(keys["e"], "chat", "fast", answer("e"), 0.01)
+        assert {name for name, key in keys.items() if key in reloaded} == {"a", "c", "d", "e"}
+    finally:
+        await second.close()
