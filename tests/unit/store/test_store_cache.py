@@ -335,14 +335,40 @@ async def test_an_entry_whose_write_fails_leaves_the_index(directory: Path) -> N
         await db.close()
 
 
-async def test_an_unreadable_answer_is_a_miss_and_is_dropped(db: Database) -> None:
+async def test_an_unreadable_answer_is_a_miss_and_is_dropped(directory: Path) -> None:
+    first = Database(directory / "quotad.db")
+    await first.open()
+    key = chat_key(chat())
+    cache_of(first, VirtualClock()).put(key, "chat", "fast", answer(), 0.0)
+    await first.write([("UPDATE cache SET payload = x'c1c1' WHERE key = ?", (key,))])
+    await first.close()
+    second = Database(directory / "quotad.db")
+    await second.open()
+    try:
+        cache = cache_of(second, VirtualClock())
+        await cache.load()  # the answers stay in the file: not decoded here
+        assert key in cache
+        assert cache.lookup(key, "use") is None
+        assert key not in cache
+        assert key not in await stored_keys(second)
+    finally:
+        await second.close()
+
+
+async def test_a_replaced_answer_is_never_served_again(db: Database) -> None:
     cache = cache_of(db, VirtualClock())
     key = chat_key(chat())
-    cache.put(key, "chat", "fast", answer(), 0.0)
-    await db.write([("UPDATE cache SET payload = x'c1c1' WHERE key = ?", (key,))])
-    assert cache.lookup(key, "use") is None
-    assert key not in cache
-    assert key not in await stored_keys(db)
+    cache.put(key, "chat", "fast", answer("old"), 0.0)
+    await db.write([])
+    first = cache.lookup(key, "use")  # now among the recently used
+    assert first is not None
+    assert first.answer == answer("old")
+    cache.put(key, "chat", "fast", answer("new"), 0.0)
+    for _ in range(2):  # before its commit, then after it
+        hit = cache.lookup(key, "use")
+        assert hit is not None
+        assert hit.answer == answer("new")
+        await db.write([])
 
 
 async def test_a_restart_keeps_the_order_of_use_and_reads_in_pages(

@@ -10,10 +10,12 @@ Per request, ``cache`` is ``use`` (look up; store a miss's answer), ``bypass`` (
 ``refresh`` (do not look up; store the new answer) or ``only`` (look up; a miss is an error:
 ``bad_request`` with ``details["cache"] = "miss"``, and no provider is called).
 
-Memory. The answers live only in ``quotad.db``: a hit reads its answer there by key, on the
-event loop (:meth:`Database.read_now`, ~10 µs), and decodes it. In memory is the index of
-:mod:`.cache_index` (what lookups and eviction weigh, ~0.2-0.3 KB an entry), and the answers
-stored but not committed yet (a hit in between is served from those).
+Memory. The answers live in ``quotad.db``: a hit reads its answer there by key, on the event
+loop (:meth:`Database.read_now`, ~10 µs), and decodes it. In memory are the index of
+:mod:`.cache_index` (what lookups and eviction weigh, ~0.2-0.3 KB an entry), the answers stored
+but not committed yet (a hit in between is served from those), and the last
+:data:`RECENT_ANSWERS` answers stored or hit, decoded (:data:`RECENT_BYTES` of them at most: a
+prompt asked again and again is answered without a read).
 
 Entries expire ``ttl_s`` after they were stored. ``max_mb`` bounds the sum of the entries'
 sizes, each its stored answer and key plus :data:`BYTES_PER_ENTRY` for its index in memory: it
@@ -31,8 +33,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 import msgspec
@@ -60,6 +62,12 @@ Kind = Literal["chat", "embed"]
 
 ReplyT = TypeVar("ReplyT", bound=ChatReply)
 
+RECENT_ANSWERS: Final = 256
+"""Answers kept in memory after their last use (decoded, ready to answer a hit)."""
+RECENT_BYTES: Final = 1024 * 1024
+"""The most the answers kept after their last use may take, stored."""
+RECENT_ANSWER_BYTES: Final = 64 * 1024
+"""The largest answer (stored) kept in memory after its use."""
 LOAD_PAGE_ROWS: Final = 4096
 """Rows read at a time when the index is filled at start (not 100k rows' tuples at once)."""
 
@@ -195,8 +203,7 @@ class Cacheable(NamedTuple):
     answer: Answer
 
 
-@dataclass(slots=True, frozen=True)
-class CacheEntry:
+class CacheEntry(NamedTuple):
     """A hit: the stored answer, what the call it replaces cost, and its hits so far."""
 
     key: bytes
@@ -206,12 +213,13 @@ class CacheEntry:
     hits: int
 
 
-@dataclass(slots=True)
-class _Unwritten:
-    """An answer stored in the index whose row is not committed yet."""
+class _Held(NamedTuple):
+    """An answer held in memory (one not committed yet, or one of the recently used), and
+    its stored size."""
 
     kind: Kind
-    payload: bytes
+    answer: Answer
+    size: int
 
 
 _INSERT: Final = (
@@ -239,7 +247,9 @@ class Cache:
         self.clock = clock
         self._db = db
         self._index = CacheIndex(config.eviction)
-        self._unwritten: dict[bytes, _Unwritten] = {}
+        self._unwritten: dict[bytes, _Held] = {}
+        self._recent: OrderedDict[bytes, _Held] = OrderedDict()
+        self._recent_bytes = 0
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -300,38 +310,65 @@ class Cache:
         return hit
 
     def _read(self, slot: int, key: bytes) -> CacheEntry | None:
-        """The answer of ``slot``: from the answers not committed yet, else from
-        ``quotad.db``. None (and the entry dropped) when it cannot be read."""
-        unwritten = self._unwritten.get(key)
-        if unwritten is not None:
-            kind, payload = unwritten.kind, unwritten.payload
-        else:
-            try:
-                rows = self._db.read_now(_ANSWER, (key,))
-            except StoreError as error:
-                log.warning("cache entry %s not read, a miss: %s", key.hex(), error)
+        """The answer of ``slot``: held in memory (not committed yet, or recently used), else
+        read from ``quotad.db``. None (and the entry dropped) when it cannot be read."""
+        held = self._unwritten.get(key)
+        if held is None and (held := self._recent.get(key)) is not None:
+            self._recent.move_to_end(key)
+        if held is None:
+            held = self._read_stored(slot, key)
+            if held is None:
                 return None
-            if not rows:  # not in the file (never happens: a write that failed drops it)
-                self._index.remove(slot)
-                return None
-            kind, payload = rows[0]
+            self._remember(key, held)
+        index = self._index
+        return CacheEntry(key, held.kind, held.answer, index.cost_usd(slot), index.hits(slot) + 1)
+
+    def _read_stored(self, slot: int, key: bytes) -> _Held | None:
+        """The answer of ``slot`` as read from ``quotad.db`` and decoded."""
+        try:
+            rows = self._db.read_now(_ANSWER, (key,))
+        except StoreError as error:
+            log.warning("cache entry %s not read, a miss: %s", key.hex(), error)
+            return None
+        if not rows:  # not in the file (never happens: a write that failed drops it)
+            self._index.remove(slot)
+            return None
+        kind, payload = rows[0]
         decoder = _ANSWER_DECODERS.get(kind)
         try:
             if decoder is None:
                 raise msgspec.DecodeError(f"unknown kind {kind!r}")
-            answer = decoder.decode(payload)
+            return _Held(kind, decoder.decode(payload), len(payload))
         except msgspec.DecodeError as error:
             log.warning("dropping an unreadable cache entry (%s): %s", key.hex(), error)
             self._drop(slot, key)
             return None
-        index = self._index
-        return CacheEntry(key, kind, answer, index.cost_usd(slot), index.hits(slot) + 1)
 
     def _drop(self, slot: int, key: bytes) -> None:
         """Remove an entry (expired, unreadable) from the index and the file."""
         self._index.remove(slot)
-        self._unwritten.pop(key, None)
+        self._forget(key)
         self._db.write_later([(_DELETE, (key,))])
+
+    def _remember(self, key: bytes, held: _Held) -> None:
+        """Keep ``held`` among the recently used answers (unless it is large), forgetting the
+        least recently used past :data:`RECENT_ANSWERS` or :data:`RECENT_BYTES`."""
+        if held.size > RECENT_ANSWER_BYTES:
+            return
+        recent = self._recent
+        previous = recent.pop(key, None)
+        if previous is not None:
+            self._recent_bytes -= previous.size
+        recent[key] = held
+        self._recent_bytes += held.size
+        while len(recent) > RECENT_ANSWERS or self._recent_bytes > RECENT_BYTES:
+            self._recent_bytes -= recent.popitem(last=False)[1].size
+
+    def _forget(self, key: bytes) -> None:
+        """The answer of ``key`` is gone (replaced, evicted, expired): no copy of it stays."""
+        self._unwritten.pop(key, None)
+        if (held := self._recent.pop(key, None)) is not None:
+            self._recent_bytes -= held.size
 
     def stores(self, mode: CacheMode) -> bool:
         """Whether a request with this ``mode`` stores its answer."""
@@ -350,7 +387,7 @@ class Cache:
         """Store recorded requests and their answers (``quotad cache warm``), each with the
         cost it saves; returns once they are committed. How many were stored."""
         statements: list[Statement] = []
-        stored: list[tuple[bytes, _Unwritten]] = []
+        stored: list[tuple[bytes, _Held]] = []
         for entry, cost_usd in entries:
             response = entry.response
             answer = CachedChat(
@@ -376,7 +413,7 @@ class Cache:
 
     def _store(
         self, key: bytes, kind: Kind, model: str, answer: Answer, cost_usd: float
-    ) -> tuple[list[Statement], list[tuple[bytes, _Unwritten]]]:
+    ) -> tuple[list[Statement], list[tuple[bytes, _Held]]]:
         """Add the entry to the index and evict past ``max_mb``: the statements that persist
         it (none when the answer alone is larger than the whole cache), and the answer kept
         in memory until they are committed."""
@@ -392,21 +429,25 @@ class Cache:
         previous = index.find(key)
         if previous is not None:
             index.remove(previous)
+        self._forget(key)
         slot, displaced = index.add(key, size, now, cost_usd)
         if displaced is not None:
-            self._unwritten.pop(displaced, None)
+            self._forget(displaced)
             statements.append((_DELETE, (displaced,)))
-        unwritten = self._unwritten[key] = _Unwritten(kind, payload)
+        unwritten = self._unwritten[key] = _Held(kind, answer, len(payload))
         return statements + self._evict(keep=slot), [(key, unwritten)]
 
-    def _written(self, stored: list[tuple[bytes, _Unwritten]], failure: WriteFailed | None) -> None:
+    def _written(self, stored: list[tuple[bytes, _Held]], failure: WriteFailed | None) -> None:
         """The outcome of storing answers: committed, they are read from the file from now
-        on; not written (a full disk), their entries leave the index."""
+        on (kept among the recently used meanwhile); not written (a full disk), their entries
+        leave the index."""
         for key, unwritten in stored:
             if self._unwritten.get(key) is not unwritten:
                 continue  # replaced, evicted or cleared meanwhile
             del self._unwritten[key]
-            if failure is not None and (slot := self._index.find(key)) is not None:
+            if failure is None:
+                self._remember(key, unwritten)
+            elif (slot := self._index.find(key)) is not None:
                 self._index.remove(slot)
 
     async def clear(self, older_than_s: float | None = None) -> int:
@@ -417,13 +458,15 @@ class Cache:
             removed = len(index)
             index.clear()
             self._unwritten.clear()
+            self._recent.clear()
+            self._recent_bytes = 0
             await self._db.write([("DELETE FROM cache", ())])
             return removed
         cutoff = self.clock.time() - older_than_s
         removed = 0
         for slot in index.slots():
             if index.created(slot) < cutoff:
-                self._unwritten.pop(index.key(slot), None)
+                self._forget(index.key(slot))
                 index.remove(slot)
                 removed += 1
         await self._db.write([("DELETE FROM cache WHERE created < ?", (cutoff,))])
@@ -438,6 +481,8 @@ class Cache:
         index = self._index
         index.clear()
         self._unwritten.clear()
+        self._recent.clear()
+        self._recent_bytes = 0
         expired_before = self.clock.time() - self.ttl_s
         dropped: list[Statement] = []
         last_used = array("d")
@@ -483,7 +528,7 @@ class Cache:
         """Evict by policy until the entries fit ``max_bytes``; their delete statements."""
         victims = self._index.evict(self.max_bytes, keep)
         for key in victims:
-            self._unwritten.pop(key, None)
+            self._forget(key)
         self.evictions += len(victims)
         return [(_DELETE, (key,)) for key in victims]
 
