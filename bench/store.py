@@ -5,6 +5,7 @@ group commit at durability normal and full. Prints one JSON line.
   again. ``hit_p50_ms``/``hit_p99_ms`` one at a time (blocking ``Client``); ``hits_per_s`` from
   32 concurrent tasks (``AsyncClient``). For scale, ``status_p50_ms`` is the round trip of a
   ``Status`` request on the same connection (no store work at all), measured interleaved.
+  ``cold_hit_p50_ms``: hits on 1,024 answers in turn, each read from quotad.db.
   ``--baseline-src DIR`` (a quotad source tree, e.g. ``git archive 841e336``) measures the
   same through a daemon of that tree, interleaved round by round: ``baseline_hit_p50_ms``…
   and ``hit_p50_ratio``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import statistics
@@ -46,6 +48,9 @@ from tests.support.sim import SimProcess
 
 MODEL = "sim/gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "what does the cache save us?"}]
+COLD_ANSWERS = 1024
+"""Answers hit in turn for ``cold_hit_p50_ms``: more than the cache keeps decoded in memory
+(its last 256), so each is read from quotad.db."""
 CONFIG = """\
 [daemon]
 state_dir = "{{state_dir}}"
@@ -91,14 +96,29 @@ def cache_hits(
 
             return hit
 
+        cold_latencies: dict[str, list[float]] = {prefix: [] for prefix in sources}
+
+        def cold_hits_of(client: Client) -> Callable[[], None]:
+            """Hits on COLD_ANSWERS answers in turn: none among the recently used."""
+            turn = itertools.cycle(range(COLD_ANSWERS))
+
+            def hit() -> None:
+                messages = [{"role": "user", "content": f"cold {next(turn)}"}]
+                assert client.chat(MODEL, messages, max_tokens=16).cached
+
+            return hit
+
         for client in clients.values():
             client.chat(MODEL, MESSAGES, max_tokens=16)  # stores the answer
             sequential(hit_of(client), 100)  # warm up
             sequential(client.status, 100)
+            for number in range(COLD_ANSWERS):
+                client.chat(MODEL, [{"role": "user", "content": f"cold {number}"}], max_tokens=16)
         for _ in range(rounds):
             for prefix, client in clients.items():
                 hit_latencies[prefix] += sequential(hit_of(client), hits // rounds)
                 status_latencies[prefix] += sequential(client.status, hits // rounds)
+                cold_latencies[prefix] += sequential(cold_hits_of(client), hits // rounds // 4)
 
         async def concurrent(daemon: DaemonProcess) -> float:
             async with AsyncClient(socket=daemon.socket_path, app="bench") as client:
@@ -119,20 +139,18 @@ def cache_hits(
 
         for prefix, daemon in daemons.items():
             per_s = anyio.run(concurrent, daemon, backend_options={"use_uvloop": True})
-            figures.update(
-                {
-                    f"{prefix}hit_p50_ms": round(
-                        statistics.median(hit_latencies[prefix]) * 1000, 3
-                    ),
-                    f"{prefix}hit_p99_ms": round(percentile(hit_latencies[prefix], 0.99) * 1000, 3),
-                    f"{prefix}status_p50_ms": round(
-                        statistics.median(status_latencies[prefix]) * 1000, 3
-                    ),
-                    f"{prefix}hits_per_s": round(per_s, 1),
-                }
-            )
+            latencies = hit_latencies[prefix]
+            figures[f"{prefix}hit_p50_ms"] = round(statistics.median(latencies) * 1000, 3)
+            figures[f"{prefix}hit_p99_ms"] = round(percentile(latencies, 0.99) * 1000, 3)
+            cold_p50 = statistics.median(cold_latencies[prefix])
+            figures[f"{prefix}cold_hit_p50_ms"] = round(cold_p50 * 1000, 3)
+            status_p50 = statistics.median(status_latencies[prefix])
+            figures[f"{prefix}status_p50_ms"] = round(status_p50 * 1000, 3)
+            figures[f"{prefix}hits_per_s"] = round(per_s, 1)
     if baseline is not None:
-        figures["hit_p50_ratio"] = round(figures["hit_p50_ms"] / figures["baseline_hit_p50_ms"], 3)
+        for name in ("hit_p50", "cold_hit_p50"):
+            ratio = figures[f"{name}_ms"] / figures[f"baseline_{name}_ms"]
+            figures[f"{name}_ratio"] = round(ratio, 3)
     return figures
 
 
