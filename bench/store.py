@@ -6,6 +6,8 @@ group commit at durability normal and full. Prints one JSON line.
   32 concurrent tasks (``AsyncClient``). For scale, ``status_p50_ms`` is the round trip of a
   ``Status`` request on the same connection (no store work at all), measured interleaved.
   ``cold_hit_p50_ms``: hits on 1,024 answers in turn, each read from quotad.db.
+  ``hit_daemon_cpu_us``: the daemon's CPU time per hit (user + system, from /proc), which the
+  load of a shared machine disturbs less than latency.
   ``--baseline-src DIR`` (a quotad source tree, e.g. ``git archive 841e336``) measures the
   same through a daemon of that tree, interleaved round by round: ``baseline_hit_p50_ms``…
   and ``hit_p50_ratio``.
@@ -37,7 +39,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import percentile, sequential
+from bench._timing import cpu_seconds, percentile, sequential
 from quotad.client import AsyncClient, Client
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database, Durability
@@ -114,9 +116,14 @@ def cache_hits(
             sequential(client.status, 100)
             for number in range(COLD_ANSWERS):
                 client.chat(MODEL, [{"role": "user", "content": f"cold {number}"}], max_tokens=16)
+        hit_cpu = dict.fromkeys(sources, 0.0)
         for _ in range(rounds):
             for prefix, client in clients.items():
+                process = daemons[prefix].process
+                assert process is not None
+                cpu_before = cpu_seconds(process.pid)
                 hit_latencies[prefix] += sequential(hit_of(client), hits // rounds)
+                hit_cpu[prefix] += cpu_seconds(process.pid) - cpu_before
                 status_latencies[prefix] += sequential(client.status, hits // rounds)
                 cold_latencies[prefix] += sequential(cold_hits_of(client), hits // rounds // 4)
 
@@ -142,14 +149,16 @@ def cache_hits(
             latencies = hit_latencies[prefix]
             figures[f"{prefix}hit_p50_ms"] = round(statistics.median(latencies) * 1000, 3)
             figures[f"{prefix}hit_p99_ms"] = round(percentile(latencies, 0.99) * 1000, 3)
+            figures[f"{prefix}hit_daemon_cpu_us"] = round(hit_cpu[prefix] / len(latencies) * 1e6, 1)
             cold_p50 = statistics.median(cold_latencies[prefix])
             figures[f"{prefix}cold_hit_p50_ms"] = round(cold_p50 * 1000, 3)
             status_p50 = statistics.median(status_latencies[prefix])
             figures[f"{prefix}status_p50_ms"] = round(status_p50 * 1000, 3)
             figures[f"{prefix}hits_per_s"] = round(per_s, 1)
     if baseline is not None:
-        for name in ("hit_p50", "cold_hit_p50"):
-            ratio = figures[f"{name}_ms"] / figures[f"baseline_{name}_ms"]
+        for name in ("hit_p50", "cold_hit_p50", "hit_daemon_cpu"):
+            unit = "_us" if name.endswith("cpu") else "_ms"
+            ratio = figures[f"{name}{unit}"] / figures[f"baseline_{name}{unit}"]
             figures[f"{name}_ratio"] = round(ratio, 3)
     return figures
 
