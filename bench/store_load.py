@@ -13,7 +13,9 @@ commit. Prints one JSON line.
 - Commit latency: the store alone (``Ledger.record`` with a cache entry per row, the daemon's
   step 7), ``--writers`` tasks for ``--seconds``, with the WAL bound (``wal_limit_mb`` of
   :class:`Database`) and without it (``wal_limit_mb=0``: passive checkpoints only, as before),
-  in alternating rounds: p50/p99 of one ``record`` and the WAL's peak in each arm.
+  in alternating rounds: p50/p99 of one ``record`` and the WAL's peak in each arm; how many
+  times the bound started the WAL over, the share of the time it held the writer to do so,
+  and its longest hold.
 
     uv run python bench/store_load.py [--quick] [--requests N] [--baseline-src DIR]
 """
@@ -44,7 +46,7 @@ from quotad.daemon.clock import SYSTEM_CLOCK
 from quotad.daemon.config import CacheConfig
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.cache import Cache, CachedChat
-from quotad.daemon.store.db import WAL_LIMIT_MB, Database
+from quotad.daemon.store.db import WAL_LIMIT_MB, Database, WriteStats
 from quotad.daemon.store.ledger import Ledger, LedgerRow
 from quotad.protocol.messages import Usage
 from tests.support import store as rows
@@ -176,9 +178,10 @@ def sustained(requests: int, concurrency: int, source: Path | None) -> dict[str,
 
 async def commit_latency(
     wal_limit_mb: float, writers: int, seconds: float, directory: Path
-) -> tuple[list[float], int]:
+) -> tuple[list[float], int, WriteStats]:
     """Latencies of ``Ledger.record`` (each with a cache entry, as in step 7) from
-    ``writers`` tasks for ``seconds``, and the WAL's peak size, with this WAL bound."""
+    ``writers`` tasks for ``seconds``, the WAL's peak size and the database's write figures,
+    with this WAL bound."""
     database = Database(directory / "quotad.db", wal_limit_mb=wal_limit_mb)
     await database.open()
     cache = Cache(CacheConfig(max_mb=1024), database, SYSTEM_CLOCK)
@@ -209,7 +212,7 @@ async def commit_latency(
         await asyncio.gather(*(writer() for _ in range(writers)))
     finally:
         await database.close()
-    return latencies, max(wal_peak, 0)
+    return latencies, wal_peak, database.stats
 
 
 def commit_latencies(writers: int, seconds: float, rounds: int) -> dict[str, float]:
@@ -219,10 +222,12 @@ def commit_latencies(writers: int, seconds: float, rounds: int) -> dict[str, flo
     directories = {arm: Path(tempfile.mkdtemp(prefix="qload", dir="/tmp")) for arm in arms}
     latencies: dict[str, list[float]] = {arm: [] for arm in arms}
     wal_peaks = dict.fromkeys(arms, 0)
+    held_s = held_max_s = 0.0
+    restarts = 0
     try:
         for _ in range(rounds):
             for arm, limit in arms.items():
-                measured, peak = anyio.run(
+                measured, peak, stats = anyio.run(
                     commit_latency,
                     limit,
                     writers,
@@ -232,6 +237,10 @@ def commit_latencies(writers: int, seconds: float, rounds: int) -> dict[str, flo
                 )
                 latencies[arm] += measured
                 wal_peaks[arm] = max(wal_peaks[arm], peak)
+                if arm == "bounded":
+                    held_s += stats.wal_restart_held_s
+                    held_max_s = max(held_max_s, stats.wal_restart_held_max_s)
+                    restarts += stats.wal_restarts
     finally:
         for directory in directories.values():
             shutil.rmtree(directory, ignore_errors=True)
@@ -241,6 +250,9 @@ def commit_latencies(writers: int, seconds: float, rounds: int) -> dict[str, flo
         figures[f"commit_{arm}_p99_ms"] = round(percentile(latencies[arm], 0.99) * 1000, 3)
         figures[f"commit_{arm}_rows"] = len(latencies[arm])
         figures[f"commit_{arm}_wal_peak_mb"] = round(wal_peaks[arm] / MB, 2)
+    figures["commit_bounded_wal_restarts"] = restarts
+    figures["commit_bounded_held_share"] = round(held_s / (rounds * seconds), 4)
+    figures["commit_bounded_held_max_ms"] = round(held_max_s * 1000, 1)
     figures["commit_p99_ratio"] = round(
         figures["commit_bounded_p99_ms"] / figures["commit_unbounded_p99_ms"], 3
     )

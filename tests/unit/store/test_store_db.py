@@ -119,9 +119,9 @@ async def test_the_wal_stays_near_its_limit_under_writes_that_never_pause(
             peak = await write_without_pause(database, rows=8000)
         assert database.stats.wal_restarts >= 4
         assert database.stats.wal_restarts_busy == 0
-        # past the limit by at most the commits made before the writer was held
-        assert peak < 1.5 * database.wal_limit_bytes
-        assert database.wal_path.stat().st_size < 1.5 * database.wal_limit_bytes
+        # held at one and a half times the limit at the most (plus the commit that passed it)
+        assert peak < 2 * database.wal_limit_bytes
+        assert database.wal_path.stat().st_size < 2 * database.wal_limit_bytes
     finally:
         await database.close()
     assert audit_count(database.path) == 8000
@@ -150,7 +150,7 @@ async def test_a_reader_that_keeps_the_wal_from_restarting_holds_the_writer_brie
                 await write_without_pause(database, rows=100, writers=8)
                 written += 100
         await database.write([(INSERT_AUDIT, (0.0, "after", "t"))])  # cuts the file back
-        assert database.wal_path.stat().st_size < 1.5 * database.wal_limit_bytes
+        assert database.wal_path.stat().st_size < 2 * database.wal_limit_bytes
     finally:
         reader.close()
         await database.close()

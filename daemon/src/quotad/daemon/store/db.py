@@ -21,11 +21,13 @@ The WAL is bounded. Checkpoints (the WAL copied into the database file) run on t
 connection's thread, off the loop, as PASSIVE checkpoints that never wait for the writer: every
 :data:`CHECKPOINT_EVERY` transactions, and whenever the WAL has grown by a quarter of its limit.
 Under sustained writes such a checkpoint never catches up with the writer, so SQLite never
-starts the WAL over and it grows without end (623 MB after 100k cached requests). So when the
-WAL file passes ``wal_limit_mb`` (:data:`WAL_LIMIT_MB` by default), the committer holds the
-writer (submissions queue meanwhile) and runs a RESTART checkpoint on the writer's thread: what
-the passive checkpoints left is copied, the next commit starts the WAL over from its beginning,
-and the file is cut back to the limit (``journal_size_limit``). The WAL file stays near the limit.
+starts the WAL over and it grows without end (584 MB after 100k cached requests). So when the
+WAL file passes ``wal_limit_mb`` (:data:`WAL_LIMIT_MB` by default), the committer starts it
+over: a passive checkpoint copies what the WAL holds, writes going on; then the committer holds
+the writer (submissions queue meanwhile) while a RESTART checkpoint on the writer's thread
+copies what was committed in between and waits out the readers; the next commit starts the WAL
+from its beginning and cuts the file back to the limit (``journal_size_limit``). The WAL file
+stays under one and a half times the limit: past that, the writer is held at once.
 
 One daemon owns a database: opening takes an exclusive lock on ``quotad.db.lock`` beside it
 (two daemons on one ledger would each keep their own budget totals and together overshoot).
@@ -67,8 +69,12 @@ BUSY_TIMEOUT_MS: Final = 5000
 PAGE_SIZE: Final = 4096
 CHECKPOINT_EVERY: Final = 256
 """Transactions committed between two passive checkpoints of the WAL into the database file."""
-WAL_LIMIT_MB: Final = 16.0
-"""The WAL's bound by default: past it, a checkpoint holding the writer starts it over."""
+WAL_LIMIT_MB: Final = 32.0
+"""The WAL's bound by default: past it, a checkpoint holding the writer starts it over. Each
+such hold takes ~20-40 ms whatever the limit (fsyncs, on this project's loaded 2-core
+machine), so the share of the time the writer is held falls as the limit grows: under
+saturating writes, 4.9 % at 16 MiB (commit p99 1.5x that with no bound), 2.1 % at 32 MiB
+(1.3x), 0.6 % at 64 MiB (1.2x): bench/store_load.py."""
 UNBOUNDED_WAL_SIZE_LIMIT_BYTES: Final = 64 * 1024 * 1024
 """``journal_size_limit`` when the WAL is not bounded (``wal_limit_mb=0``)."""
 POINT_READ_BUSY_TIMEOUT_MS: Final = 50
@@ -532,15 +538,14 @@ class Database:
 
     def _check_wal(self) -> None:
         """After a commit: a passive checkpoint every :data:`CHECKPOINT_EVERY` transactions
-        or a quarter of the limit of WAL growth; a RESTART past the limit.
+        or a quarter of the limit of WAL growth; a RESTART past the limit; the writer held
+        at once past one and a half times the limit while that RESTART is under way.
 
         SQLite's own checkpoints run in the commit that crosses 1,000 WAL pages, on the event
         loop here, with an fsync of the WAL and of the database (milliseconds every few
         hundred requests); quotad's passive ones run on the read connection's thread instead,
         off the loop (they never wait for the writer nor block it). Reading the WAL's size is
         one ``fstat`` (~1 µs), against ~65 µs for a commit."""
-        if self._restart_due:
-            return
         limit = self.wal_limit_bytes
         wal_size = 0
         if limit:
@@ -548,6 +553,10 @@ class Database:
                 wal_size = os.stat(self.wal_path).st_size
             except OSError:
                 wal_size = 0
+            if self._restart_due:
+                if wal_size > limit + limit // 2:  # the ceiling: hold the writer at once
+                    self._committing = True
+                return
             transactions, size = self._restart_retry_at
             if wal_size > limit and (self.stats.transactions >= transactions or wal_size >= size):
                 self._restart_due = True
@@ -580,21 +589,26 @@ class Database:
             self._start_checkpoint(self._wal_at_checkpoint)
 
     async def _restart_wal(self) -> None:
-        """The committer's: hold the writer (what is submitted meanwhile waits in the queue)
-        while a RESTART checkpoint copies what the passive ones left and waits out the
-        readers, so that the next commit starts the WAL over and cuts the file back to the
-        limit. The passive checkpoint under way, if any, finishes first (two checkpoints
-        cannot run at once), the writer already held: the WAL passes its limit by no more
-        than the commits already made when it did. A reader that keeps it from completing
-        within :data:`RESTART_BUSY_TIMEOUT_MS` defers it by :data:`CHECKPOINT_EVERY`
-        transactions or half the limit of growth."""
-        writer = self._writer
+        """The committer's, in two steps. First, writes going on, a passive checkpoint
+        copies what the WAL holds so far (after the one under way, if any: two checkpoints
+        cannot run at once). Then the writer is held (what is submitted meanwhile waits in
+        the queue) while a RESTART checkpoint copies what was committed during the first step
+        and waits out the readers, so that the next commit starts the WAL over and cuts the
+        file back to the limit. The writer is held for the second step only, unless the WAL
+        passes one and a half times its limit during the first (:meth:`_check_wal` holds it
+        then). A reader that keeps it from completing within :data:`RESTART_BUSY_TIMEOUT_MS`
+        defers it by :data:`CHECKPOINT_EVERY` transactions or half the limit of growth."""
+        writer, reader = self._writer, self._reader
         assert writer is not None
-        self._committing = True
-        started = time.perf_counter()
+        assert reader is not None
+        held_since = 0.0
         try:
             if self._checkpoint is not None:
                 await self._checkpoint
+            await _in_thread(reader, _checkpoint_wal)
+            self.stats.checkpoints += 1
+            self._committing = True
+            held_since = time.perf_counter()
             completed = await _in_thread(writer, _restart_wal)
         except (sqlite3.Error, ValueError) as error:
             log.warning("%s: checkpoint failed: %s", self.path, error)
@@ -602,7 +616,7 @@ class Database:
         finally:
             self._committing = False
             self._restart_due = False
-        held = time.perf_counter() - started
+        held = time.perf_counter() - held_since if held_since else 0.0
         stats = self.stats
         stats.wal_restart_held_s += held
         stats.wal_restart_held_max_s = max(stats.wal_restart_held_max_s, held)
