@@ -16,10 +16,10 @@ from quotad.daemon.store.db import (
     Database,
     StoreError,
     WriteFailed,
-    _in_thread,
 )
 from quotad.daemon.store.ledger import _INSERT, statements
 from quotad.daemon.store.schema import MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE
+from quotad.daemon.store.transactions import in_thread
 from tests.support.store import ledger_row
 
 pytestmark = pytest.mark.anyio
@@ -246,10 +246,10 @@ async def test_durability_full_syncs_every_commit_that_holds_a_durable_write(
 
         await database.write([(INSERT_AUDIT, (1.0, "spent", "x"))])
         assert database.stats.synced == 1
-        assert await _in_thread(database._writer, synchronous) == 2  # FULL
+        assert await in_thread(database._writer, synchronous) == 2  # FULL
         await database.write([(INSERT_AUDIT, (2.0, "free", "x"))], durable=False)
         assert database.stats.synced == 1
-        assert await _in_thread(database._writer, synchronous) == 1  # NORMAL
+        assert await in_thread(database._writer, synchronous) == 1  # NORMAL
         assert audit_count(database.path) == 2
     finally:
         await database.close()

@@ -32,41 +32,47 @@ stays under one and a half times the limit: past that, the writer is held at onc
 One daemon owns a database: opening takes an exclusive lock on ``quotad.db.lock`` beside it
 (two daemons on one ledger would each keep their own budget totals and together overshoot).
 Opening then checks the file (``PRAGMA quick_check``), applies pending migrations (:mod:`.schema`)
-and refuses a schema newer than this quotad knows; every failure is a :class:`StoreError`
-naming the path. ``durability = "normal"`` commits with ``synchronous=NORMAL`` (survives a
-crash of the daemon), ``"full"`` with ``synchronous=FULL`` (survives power loss).
+and refuses a schema newer than this quotad knows (:mod:`.opening`); every failure is a
+:class:`StoreError` naming the path. What runs on a connection's thread in one call (a
+transaction, a batch, a checkpoint) is in :mod:`.transactions`. ``durability = "normal"``
+commits with ``synchronous=NORMAL`` (survives a crash of the daemon), ``"full"`` with
+``synchronous=FULL`` (survives power loss).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
-import itertools
 import logging
-import operator
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 import aiosqlite
 
-from quotad.daemon.store.schema import MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE
+from quotad.daemon.store.opening import describe, lock_directory, prepare_reader, prepare_writer
+from quotad.daemon.store.transactions import (
+    Statement,
+    StoreError,
+    WriteFailed,
+    checkpoint_passive,
+    checkpoint_restart,
+    commit_batch,
+    in_thread,
+)
+
+__all__ = ["Database", "Durability", "Statement", "StoreError", "WriteFailed", "WriteStats"]
 
 log = logging.getLogger("quotad.store")
 
-Statement = tuple[str, Sequence[Any]]
-"""One SQL statement and its parameters."""
 
 Durability = Literal["normal", "full"]
 
-BUSY_TIMEOUT_MS: Final = 5000
-PAGE_SIZE: Final = 4096
 CHECKPOINT_EVERY: Final = 256
 """Transactions committed between two passive checkpoints of the WAL into the database file."""
 WAL_LIMIT_MB: Final = 32.0
@@ -80,18 +86,6 @@ UNBOUNDED_WAL_SIZE_LIMIT_BYTES: Final = 64 * 1024 * 1024
 POINT_READ_BUSY_TIMEOUT_MS: Final = 50
 """The most a lookup on the event loop waits for a lock (only ever met while SQLite recovers
 or starts the WAL over): a cache hit that cannot be read is a miss, not a stalled loop."""
-RESTART_BUSY_TIMEOUT_MS: Final = 250
-"""How long the RESTART checkpoint waits for a reader to end before giving up (and retrying
-after :data:`CHECKPOINT_EVERY` more transactions): the writer is held meanwhile."""
-T = TypeVar("T")
-
-
-class StoreError(Exception):
-    """``quotad.db`` cannot be opened or used; the message names the file and why."""
-
-
-class WriteFailed(StoreError):
-    """A write could not be committed (disk full, I/O error…); nothing of it was written."""
 
 
 @dataclass(slots=True)
@@ -120,92 +114,6 @@ class WriteStats:
     wal_restart_held_s: float = 0.0
     """How long those held the writer, in all."""
     wal_restart_held_max_s: float = 0.0
-
-
-async def _in_thread(
-    connection: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]
-) -> T:
-    """Run ``work`` on the sqlite3 connection, on ``connection``'s own thread, as ONE call.
-
-    Each public aiosqlite method is a round trip to its thread; a whole transaction (BEGIN
-    IMMEDIATE, the statements, COMMIT) as one call is one round trip (58 µs against 132 µs
-    per commit, measured on the project's 2-core machine). ``_execute`` is how aiosqlite
-    queues a call on its thread; the version is pinned in uv.lock and the suite covers it.
-    """
-    raw = connection._conn
-    result: T = await connection._execute(work, raw)  # type: ignore[no-untyped-call]
-    return result
-
-
-def _run_transaction(connection: sqlite3.Connection, statements: Sequence[Statement]) -> None:
-    """``statements`` in one transaction; nothing of them is written if any fails.
-
-    A single statement runs in SQLite's autocommit: it is its own transaction, without the
-    calls for BEGIN and COMMIT (a lone ledger row, measured inside the daemon: 171 µs in four
-    calls, 106 µs in one). More run in ``BEGIN IMMEDIATE`` … ``COMMIT``: runs of one SQL text
-    through ``executemany``, a statement alone through ``execute`` (``executemany`` of a
-    single row costs more than the row)."""
-    if len(statements) == 1:
-        connection.execute(*statements[0])
-        return
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        for sql, group in itertools.groupby(statements, key=operator.itemgetter(0)):
-            run = [parameters for _, parameters in group]
-            if len(run) == 1:
-                connection.execute(sql, run[0])
-            else:
-                connection.executemany(sql, run)
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
-
-
-def _commit_batch(
-    batch: Sequence[Sequence[Statement]], connection: sqlite3.Connection
-) -> tuple[int, list[sqlite3.Error | None]]:
-    """Commit every submission of ``batch`` in one transaction; if that fails, each on its
-    own. Returns the number of transactions committed and each submission's error."""
-    try:
-        _run_transaction(connection, [s for statements in batch for s in statements])
-        return 1, [None] * len(batch)
-    except sqlite3.Error as error:
-        if len(batch) == 1:
-            return 0, [error]
-    committed = 0
-    errors: list[sqlite3.Error | None] = []
-    for statements in batch:
-        try:
-            _run_transaction(connection, statements)
-        except sqlite3.Error as error:
-            errors.append(error)
-        else:
-            committed += 1
-            errors.append(None)
-    return committed, errors
-
-
-def _checkpoint_wal(connection: sqlite3.Connection) -> None:
-    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-
-def _restart_wal(connection: sqlite3.Connection) -> bool:
-    """A RESTART checkpoint (the writer is ours and held): every frame copied, and readers
-    waited for, so that the next commit starts the WAL over. Whether it completed."""
-    connection.execute(f"PRAGMA busy_timeout = {RESTART_BUSY_TIMEOUT_MS}")
-    try:
-        busy, _, _ = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-    finally:
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    return not busy
-
-
-def _schema_version(connection: sqlite3.Connection) -> int:
-    connection.execute(SCHEMA_VERSION_TABLE)
-    row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
 
 
 class Database:
@@ -258,7 +166,7 @@ class Database:
             raise StoreError(
                 f"cannot create the state directory {directory}: {error.strerror or error}"
             ) from None
-        self._lock()
+        self._lock_fd = lock_directory(self.path)
         try:
             # check_same_thread=False: NORMAL commits run on the event loop's thread
             self._writer = await aiosqlite.connect(
@@ -268,17 +176,25 @@ class Database:
             self._unlock()
             raise StoreError(f"cannot open {self.path}: {error}") from None
         try:
-            await _in_thread(self._writer, self._prepare_writer)
+            await in_thread(
+                self._writer,
+                functools.partial(
+                    prepare_writer,
+                    path=self.path,
+                    journal_size_limit=self.wal_limit_bytes or UNBOUNDED_WAL_SIZE_LIMIT_BYTES,
+                    max_size_mb=self.max_size_mb,
+                ),
+            )
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-            await _in_thread(self._reader, self._prepare_reader)
+            await in_thread(self._reader, prepare_reader)
             self._point_reader = sqlite3.connect(self.path, isolation_level=None)
-            self._prepare_reader(self._point_reader, busy_timeout_ms=POINT_READ_BUSY_TIMEOUT_MS)
+            prepare_reader(self._point_reader, busy_timeout_ms=POINT_READ_BUSY_TIMEOUT_MS)
         except StoreError:
             await self._close_connections()
             raise
         except sqlite3.Error as error:
             await self._close_connections()
-            raise StoreError(self._describe(error)) from None
+            raise StoreError(describe(self.path, error)) from None
         self._closing = False
         self._committer = asyncio.create_task(self._commit_loop(), name="quotad-store-committer")
 
@@ -305,83 +221,10 @@ class Database:
         self._reader = self._writer = None
         self._unlock()
 
-    def _lock(self) -> None:
-        """Take the database for this process, or say which process has it."""
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as error:
-            raise StoreError(f"cannot write {lock_path}: {error.strerror or error}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreError(
-                f"another quotad (pid {holder}) is already serving from {self.path.parent}: "
-                "one daemon owns a state directory; stop it, or give this one another "
-                "daemon.state_dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-
     def _unlock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the lock
             self._lock_fd = None
-
-    def _describe(self, error: sqlite3.Error) -> str:
-        """A clear sentence for an SQLite error about this file."""
-        text = str(error)
-        if "not a database" in text or "malformed" in text or "corrupt" in text:
-            return (
-                f"{self.path} is corrupt or not a quotad database ({text}); move it away to "
-                "start afresh, or restore it from a backup"
-            )
-        if "readonly" in text or "unable to open" in text or "disk I/O" in text:
-            return f"cannot write {self.path} ({text}): check that its directory is writable"
-        return f"{self.path}: {text}"
-
-    def _prepare_writer(self, connection: sqlite3.Connection) -> None:
-        """Runs on the writer's thread: pragmas, integrity check, migrations."""
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(f"{self.path}: cannot use WAL journaling (got {mode!r})")
-        connection.execute("PRAGMA synchronous = NORMAL")  # FULL per commit, see write()
-        connection.execute("PRAGMA wal_autocheckpoint = 0")  # see _settle()
-        size_limit = self.wal_limit_bytes or UNBOUNDED_WAL_SIZE_LIMIT_BYTES
-        connection.execute(f"PRAGMA journal_size_limit = {size_limit}")
-        if self.max_size_mb:
-            pages = max(16, int(self.max_size_mb * 1024 * 1024 // PAGE_SIZE))
-            connection.execute(f"PRAGMA max_page_count = {pages}")
-        problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)").fetchall()]
-        if problems != ["ok"]:
-            raise StoreError(
-                f"{self.path} is corrupt ({'; '.join(problems)}); move it away to start "
-                "afresh, or restore it from a backup"
-            )
-        version = _schema_version(connection)
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema version {version}, newer than this quotad knows "
-                f"({SCHEMA_VERSION}): it was written by a newer quotad; upgrade quotad, or "
-                "give this one another daemon.state_dir"
-            )
-        for number in range(version + 1, SCHEMA_VERSION + 1):
-            statements: list[Statement] = [(sql, ()) for sql in MIGRATIONS[number - 1]]
-            statements.append(("DELETE FROM schema_version", ()))
-            statements.append(("INSERT INTO schema_version (version) VALUES (?)", (number,)))
-            _run_transaction(connection, statements)
-            log.info("%s: migrated to schema version %d", self.path, number)
-
-    @staticmethod
-    def _prepare_reader(
-        connection: sqlite3.Connection, busy_timeout_ms: int = BUSY_TIMEOUT_MS
-    ) -> None:
-        connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-        connection.execute("PRAGMA query_only = ON")
 
     # ------------------------------------------------------------------ writes
 
@@ -466,7 +309,7 @@ class Database:
             if self._synchronous_full:  # set only when it changes
                 writer._conn.execute("PRAGMA synchronous = NORMAL")
                 self._synchronous_full = False
-            committed, errors = _commit_batch(statements, writer._conn)
+            committed, errors = commit_batch(statements, writer._conn)
         except Exception as broken:  # the connection itself is gone
             committed = 0
             errors = [sqlite3.OperationalError(str(broken))] * len(batch)
@@ -497,8 +340,8 @@ class Database:
                 if not self._synchronous_full:
                     writer._conn.execute("PRAGMA synchronous = FULL")
                     self._synchronous_full = True
-                committed, errors = await _in_thread(
-                    writer, functools.partial(_commit_batch, statements)
+                committed, errors = await in_thread(
+                    writer, functools.partial(commit_batch, statements)
                 )
             except Exception as broken:  # the connection itself is gone
                 committed = 0
@@ -579,7 +422,7 @@ class Database:
         reader = self._reader
         try:
             if reader is not None:
-                await _in_thread(reader, _checkpoint_wal)
+                await in_thread(reader, checkpoint_passive)
                 self.stats.checkpoints += 1
         except (sqlite3.Error, ValueError) as error:  # the next one retries
             log.warning("%s: checkpoint failed: %s", self.path, error)
@@ -605,11 +448,11 @@ class Database:
         try:
             if self._checkpoint is not None:
                 await self._checkpoint
-            await _in_thread(reader, _checkpoint_wal)
+            await in_thread(reader, checkpoint_passive)
             self.stats.checkpoints += 1
             self._committing = True
             held_since = time.perf_counter()
-            completed = await _in_thread(writer, _restart_wal)
+            completed = await in_thread(writer, checkpoint_restart)
         except (sqlite3.Error, ValueError) as error:
             log.warning("%s: checkpoint failed: %s", self.path, error)
             completed = False
@@ -656,9 +499,9 @@ class Database:
             return connection.execute(sql, parameters).fetchall()
 
         try:
-            return await _in_thread(reader, query)
+            return await in_thread(reader, query)
         except sqlite3.Error as error:
-            raise StoreError(self._describe(error)) from None
+            raise StoreError(describe(self.path, error)) from None
 
     def read_now(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of one indexed lookup, read here on the event loop (a third connection,
@@ -670,4 +513,4 @@ class Database:
         try:
             return connection.execute(sql, parameters).fetchall()
         except sqlite3.Error as error:
-            raise StoreError(self._describe(error)) from None
+            raise StoreError(describe(self.path, error)) from None
