@@ -426,10 +426,7 @@ class Cache:
         statements: list[Statement] = [
             (_INSERT, (key, kind, model, payload, now, now, 0, cost_usd))
         ]
-        previous = index.find(key)
-        if previous is not None:
-            index.remove(previous)
-        self._forget(key)
+        self._forget(key)  # a replaced answer
         slot, displaced = index.add(key, size, now, cost_usd)
         if displaced is not None:
             self._forget(displaced)
@@ -526,6 +523,8 @@ class Cache:
 
     def _evict(self, keep: int | None) -> list[Statement]:
         """Evict by policy until the entries fit ``max_bytes``; their delete statements."""
+        if self._index.bytes <= self.max_bytes:
+            return []
         victims = self._index.evict(self.max_bytes, keep)
         for key in victims:
             self._forget(key)

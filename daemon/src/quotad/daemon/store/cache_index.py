@@ -132,8 +132,9 @@ class CacheIndex:
         file: bool = True,
     ) -> tuple[int, bytes | None]:
         """A new entry, filed as just used (unless ``file`` is false: a load files them all
-        at the end, with :meth:`order_uses`); its slot, and the key of an entry it displaced
-        (one whose key shares its first 60 bits: none in practice, but never two at once)."""
+        at the end, with :meth:`order_uses`), replacing any of the same key; its slot, and the
+        key of another entry it displaced (one whose key shares its first 60 bits: none in
+        practice, but never two at once)."""
         if len(key) != KEY_BYTES:
             raise ValueError(f"a cache key is {KEY_BYTES} bytes, not {len(key)}")
         prefix = int.from_bytes(key[:8], "big") >> _PREFIX_SHIFT
@@ -142,6 +143,8 @@ class CacheIndex:
         if previous is not None:
             displaced = self.key(previous)
             self.remove(previous)
+            if displaced == key:  # the same entry, replaced
+                displaced = None
         if self._free:
             slot = self._free.pop()
             start = slot * KEY_BYTES

@@ -92,8 +92,11 @@ or starts the WAL over): a cache hit that cannot be read is a miss, not a stalle
 class _Submission:
     statements: Sequence[Statement]
     future: asyncio.Future[None] | None
-    """Who waits for the outcome; None for a write nobody waits for (failures are logged)."""
+    """Who waits for the outcome (:meth:`Database.write`)."""
     durable: bool
+    done: Callable[[WriteFailed | None], None] | None = None
+    """Who is told the outcome (:meth:`Database.write_later`); with no future and no
+    ``done``, nobody waits and a failure is logged."""
 
 
 @dataclass(slots=True)
@@ -229,13 +232,17 @@ class Database:
     # ------------------------------------------------------------------ writes
 
     def _submit(
-        self, statements: Sequence[Statement], durable: bool, waited: bool = True
+        self,
+        statements: Sequence[Statement],
+        durable: bool,
+        waited: bool = True,
+        done: Callable[[WriteFailed | None], None] | None = None,
     ) -> asyncio.Future[None] | None:
         if self._writer is None or self._closing:
             raise WriteFailed(f"{self.path} is closed")
         loop = asyncio.get_running_loop()
         future = loop.create_future() if waited else None
-        self._queue.append(_Submission(statements, future, durable))
+        self._queue.append(_Submission(statements, future, durable, done))
         if not self._commit_scheduled:
             self._commit_scheduled = True
             loop.call_soon(self._commit_pending)
@@ -263,18 +270,9 @@ class Database:
         durable: bool = False,
     ) -> None:
         """Commit ``statements`` with the next batch, without waiting; ``done`` is called
-        with the outcome (a failure is logged when there is no ``done``)."""
-        future = self._submit(statements, durable, waited=done is not None)
-        if future is None:
-            return
-
-        def finished(future: asyncio.Future[None]) -> None:
-            failure = future.exception()
-            assert done is not None
-            assert failure is None or isinstance(failure, WriteFailed)
-            done(failure)
-
-        future.add_done_callback(finished)
+        with the outcome once it is known, when the batch is settled (a failure is logged
+        when there is no ``done``). No future is made: this is on every request's path."""
+        self._submit(statements, durable, waited=False, done=done)
 
     def _syncs(self, batch: Sequence[_Submission]) -> bool:
         """Whether committing ``batch`` waits for the disk (synchronous=FULL)."""
@@ -370,14 +368,21 @@ class Database:
         stats.largest_batch = max(stats.largest_batch, len(batch))
         for submission, failure in zip(batch, errors, strict=True):
             future = submission.future
+            outcome = None
             if failure is not None:
-                message = f"could not write to {self.path}: {failure}"
-                if future is None:
-                    log.error("%s", message)
-                elif not future.done():
-                    future.set_exception(WriteFailed(message))
+                outcome = WriteFailed(f"could not write to {self.path}: {failure}")
+                if future is not None:
+                    if not future.done():
+                        future.set_exception(outcome)
+                elif submission.done is None:
+                    log.error("%s", outcome)
             elif future is not None and not future.done():
                 future.set_result(None)
+            if submission.done is not None:
+                try:
+                    submission.done(outcome)
+                except Exception:  # one caller's bug must not keep the others waiting
+                    log.exception("%s: a write's outcome could not be handled", self.path)
 
     def _check_wal(self) -> None:
         """After a commit: a passive checkpoint every :data:`CHECKPOINT_EVERY` transactions
