@@ -5,6 +5,8 @@ processes, and a report over 100k ledger rows."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import functools
 import os
 import shutil
@@ -15,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import pytest
@@ -207,9 +209,10 @@ def test_a_full_database_fails_requests_clearly_keeps_serving_and_loses_no_row()
                 failed = error
                 break
         assert failed is not None, "the ledger never filled up"
-        assert "could not be recorded in the ledger" in str(failed)
-        assert "database or disk is full" in str(failed)
         failed_id = failed.details["request_id"]
+        assert "the provider was called and paid" in str(failed)
+        assert "database or disk is full" in str(failed)
+        assert f"quote request id {failed_id}" in str(failed)
         status = client.status()  # still serving
         assert any(event.kind == "ledger_write_failed" for event in status.events)
         assert "removed" in client.admin("cache_clear").message  # frees the space
@@ -220,6 +223,79 @@ def test_a_full_database_fails_requests_clearly_keeps_serving_and_loses_no_row()
         rows = ledger_ids(path)
         assert rows[failed_id] == "internal"  # recorded as what its caller got
         assert set(answered) <= set(rows)
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size_kb: int) -> Iterator[Path]:
+    """A tmpfs of ``size_kb`` mounted at ``path`` (a disk that really fills up), unmounted
+    afterwards; the test is skipped where mounting is not allowed (not root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def fill_disk(path: Path) -> Path:
+    """Write a file in ``path`` until the disk is full; the file."""
+    filler = path / "filler"
+
+    def write_until_full(out: BinaryIO) -> None:
+        while True:
+            out.write(bytes(4096))
+
+    with filler.open("wb", buffering=0) as out, pytest.raises(OSError) as full:
+        write_until_full(out)
+    assert full.value.errno == errno.ENOSPC
+    return filler
+
+
+def test_a_full_disk_withholds_a_paid_reply_says_so_and_records_it_when_space_returns() -> None:
+    with SimProcess(latency_ms=0) as sim:
+        daemon = DaemonProcess(base_config(sim.base_url))
+        try:
+            with (
+                small_tmpfs(daemon.state_dir, size_kb=2048),
+                daemon,
+                Client(socket=daemon.socket_path, app="filler") as client,
+            ):
+                client.chat(MODEL, [{"role": "user", "content": "first"}], max_tokens=4)
+                filler = fill_disk(daemon.state_dir)
+                failed: InternalError | None = None
+                for number in range(5000):
+                    messages = [{"role": "user", "content": f"request {number} " + "y" * 2000}]
+                    try:
+                        client.chat(MODEL, messages, max_tokens=4)
+                    except InternalError as error:
+                        failed = error
+                        break
+                assert failed is not None, "the disk never filled up"
+                request_id = failed.details["request_id"]
+                message = str(failed)
+                assert f"request {request_id} was answered by sim/gpt-4o-mini" in message
+                assert "the provider was called and paid" in message
+                assert "database or disk is full" in message
+                assert "will be written to the ledger when space returns" in message
+                filler.unlink()  # space returns; no further request comes
+                path = daemon.state_dir / "quotad.db"
+                wait_for(lambda: request_id in ledger_ids(path), timeout=20)
+                with sqlite3.connect(path) as connection:
+                    status, cost = connection.execute(
+                        "SELECT status, cost_usd FROM ledger WHERE request_id = ?", (request_id,)
+                    ).fetchone()
+                assert status == "internal"  # what its caller got
+                assert cost > 0  # what the provider was paid
+                client.chat(MODEL, [{"role": "user", "content": "after"}], max_tokens=4)
+        finally:
+            shutil.rmtree(daemon.directory, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- kill -9 under load

@@ -13,13 +13,14 @@ from quotad.daemon.clock import VirtualClock
 from quotad.daemon.config import CacheConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.store.cache import Cache, CachedChat, CachedChunk, chat_key, embed_key
+from quotad.daemon.store.cache_index import BYTES_PER_ENTRY
 from quotad.daemon.store.db import Database
 from quotad.daemon.store.warm import WarmEntry
 from quotad.protocol.messages import Chat, Embed, Usage
 
 pytestmark = pytest.mark.anyio
 
-ENTRY_BYTES = 1100  # about what one answer below takes
+ENTRY_BYTES = 1100 + BYTES_PER_ENTRY  # about what one answer below takes, with its index
 BASE: dict[str, Any] = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -189,7 +190,7 @@ async def test_lru_evicts_the_least_recently_used(db: Database) -> None:
     assert {name for name, key in keys.items() if key in cache} == {"a", "c", "d"}
     assert cache.status().evictions == 1
     assert keys["b"] not in await stored_keys(db)
-    assert cache.bytes <= cache.max_bytes
+    assert cache.size_bytes <= cache.max_bytes
 
 
 async def test_lfu_evicts_the_least_frequently_used_but_never_the_newcomer(db: Database) -> None:
@@ -241,7 +242,7 @@ async def test_an_answer_larger_than_the_cache_is_not_stored(db: Database) -> No
     cache = cache_of(db, VirtualClock(), entries=1)
     cache.put(chat_key(chat()), "chat", "fast", answer(size=5000), 0.0)
     assert len(cache) == 0
-    assert cache.bytes == 0
+    assert cache.size_bytes == 0
 
 
 # --------------------------------------------------------------------------- persistence
@@ -289,7 +290,7 @@ async def test_clear_everything_or_only_older_entries(db: Database) -> None:
     assert await stored_keys(db) == {keys["young"]}
     assert await cache.clear() == 1
     assert await stored_keys(db) == set()
-    assert cache.bytes == 0
+    assert cache.size_bytes == 0
 
 
 async def test_warming_stores_recorded_answers_under_the_live_key(db: Database) -> None:
@@ -306,3 +307,96 @@ async def test_warming_stores_recorded_answers_under_the_live_key(db: Database) 
     assert isinstance(hit.answer, CachedChat)
     assert [chunk.delta for chunk in hit.answer.replay(7)] == ["a", "b"]
     assert len(await stored_keys(db)) == 1
+
+
+# --------------------------------------------------------------------------- answers in the file
+
+
+async def test_an_entry_whose_write_fails_leaves_the_index(directory: Path) -> None:
+    db = Database(directory / "quotad.db", max_size_mb=0.25)
+    await db.open()
+    try:
+        cache = cache_of(db, VirtualClock(), entries=1000)
+        written = 0
+        for number in range(1000):  # until an entry can no longer be written
+            key = chat_key(chat(messages=[{"role": "user", "content": str(number)}]))
+            cache.put(key, "chat", "fast", answer(str(number), size=3000), 0.0)
+            assert cache.lookup(key, "use") is not None  # served before its commit
+            await db.write([])
+            if key not in cache:
+                break
+            written += 1
+        else:
+            raise AssertionError("the database never filled up")
+        assert cache.lookup(key, "use") is None
+        assert len(cache) == written
+        assert len(await stored_keys(db)) == written
+    finally:
+        await db.close()
+
+
+async def test_an_unreadable_answer_is_a_miss_and_is_dropped(directory: Path) -> None:
+    first = Database(directory / "quotad.db")
+    await first.open()
+    key = chat_key(chat())
+    cache_of(first, VirtualClock()).put(key, "chat", "fast", answer(), 0.0)
+    await first.write([("UPDATE cache SET payload = x'c1c1' WHERE key = ?", (key,))])
+    await first.close()
+    second = Database(directory / "quotad.db")
+    await second.open()
+    try:
+        cache = cache_of(second, VirtualClock())
+        await cache.load()  # the answers stay in the file: not decoded here
+        assert key in cache
+        assert cache.lookup(key, "use") is None
+        assert key not in cache
+        assert key not in await stored_keys(second)
+    finally:
+        await second.close()
+
+
+async def test_a_replaced_answer_is_never_served_again(db: Database) -> None:
+    cache = cache_of(db, VirtualClock())
+    key = chat_key(chat())
+    cache.put(key, "chat", "fast", answer("old"), 0.0)
+    await db.write([])
+    first = cache.lookup(key, "use")  # now among the recently used
+    assert first is not None
+    assert first.answer == answer("old")
+    cache.put(key, "chat", "fast", answer("new"), 0.0)
+    for _ in range(2):  # before its commit, then after it
+        hit = cache.lookup(key, "use")
+        assert hit is not None
+        assert hit.answer == answer("new")
+        await db.write([])
+
+
+async def test_a_restart_keeps_the_order_of_use_and_reads_in_pages(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("quotad.daemon.store.cache.LOAD_PAGE_ROWS", 2)
+    clock = VirtualClock()
+    keys = keys_named("a", "b", "c", "d", "e")
+    first = Database(directory / "quotad.db")
+    await first.open()
+    cache = cache_of(first, clock, entries=4.5)
+    for name in "abcd":
+        cache.put(keys[name], "chat", "fast", answer(name), 0.01)
+        clock.advance(1)
+    cache.lookup(keys["a"], "use")  # b is now the least recently used
+    await first.close()
+
+    second = Database(directory / "quotad.db")
+    await second.open()
+    try:
+        reloaded = cache_of(second, clock, entries=4.5)
+        await reloaded.load()
+        assert len(reloaded) == 4
+        hit = reloaded.lookup(keys["c"], "use")
+        assert hit is not None
+        assert hit.answer == answer("c")
+        clock.advance(1)
+        reloaded.put(keys["e"], "chat", "fast", answer("e"), 0.01)
+        assert {name for name, key in keys.items() if key in reloaded} == {"a", "c", "d", "e"}
+    finally:
+        await second.close()

@@ -16,10 +16,10 @@ from quotad.daemon.store.db import (
     Database,
     StoreError,
     WriteFailed,
-    _in_thread,
 )
 from quotad.daemon.store.ledger import _INSERT, statements
 from quotad.daemon.store.schema import MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE
+from quotad.daemon.store.transactions import in_thread
 from tests.support.store import ledger_row
 
 pytestmark = pytest.mark.anyio
@@ -85,6 +85,76 @@ async def test_the_wal_is_checkpointed_off_the_event_loop(db: Database) -> None:
     assert db.path.stat().st_size > size_before  # the pages reached the database file
     await db.close()
     assert audit_count(db.path) == CHECKPOINT_EVERY * 2 + 1
+
+
+async def write_without_pause(database: Database, rows: int, writers: int = 32) -> int:
+    """``rows`` audit rows of ~2 KB from ``writers`` tasks writing back to back (the WAL never
+    sees a pause); the WAL file's largest size seen after a commit."""
+    wal = database.wal_path
+    peak = 0
+    remaining = rows
+
+    async def writer() -> None:
+        nonlocal peak, remaining
+        while remaining > 0:
+            remaining -= 1
+            await database.write([(INSERT_AUDIT, (float(remaining), "x" * 2000, "t"))])
+            peak = max(peak, wal.stat().st_size)
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(writers):
+            tasks.start_soon(writer)
+    return peak
+
+
+async def test_the_wal_stays_near_its_limit_under_writes_that_never_pause(
+    directory: Path,
+) -> None:
+    # 16 MB of rows against a 1 MiB bound: passive checkpoints alone let the WAL grow to
+    # about all of it (they never catch up with a writer that never pauses)
+    database = Database(directory / "quotad.db", wal_limit_mb=1)
+    await database.open()
+    try:
+        with anyio.fail_after(60):
+            peak = await write_without_pause(database, rows=8000)
+        assert database.stats.wal_restarts >= 4
+        assert database.stats.wal_restarts_busy == 0
+        # held at one and a half times the limit at the most (plus the commit that passed it)
+        assert peak < 2 * database.wal_limit_bytes
+        assert database.wal_path.stat().st_size < 2 * database.wal_limit_bytes
+    finally:
+        await database.close()
+    assert audit_count(database.path) == 8000
+
+
+async def test_a_reader_that_keeps_the_wal_from_restarting_holds_the_writer_briefly(
+    directory: Path,
+) -> None:
+    database = Database(directory / "quotad.db", wal_limit_mb=0.25)
+    await database.open()
+    reader = sqlite3.connect(database.path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM audit").fetchone()  # a snapshot it keeps
+        with anyio.fail_after(30):
+            await write_without_pause(database, rows=300, writers=8)
+        stats = database.stats
+        assert stats.wal_restarts == 0
+        assert stats.wal_restarts_busy >= 1
+        # each try waited RESTART_BUSY_TIMEOUT_MS at the most, then let the writes go on
+        assert stats.wal_restart_held_max_s < 5
+        reader.execute("COMMIT")  # the reader is gone: the next try starts the WAL over
+        written = 300
+        with anyio.fail_after(30):
+            while stats.wal_restarts == 0:
+                await write_without_pause(database, rows=100, writers=8)
+                written += 100
+        await database.write([(INSERT_AUDIT, (0.0, "after", "t"))])  # cuts the file back
+        assert database.wal_path.stat().st_size < 2 * database.wal_limit_bytes
+    finally:
+        reader.close()
+        await database.close()
+    assert audit_count(database.path) == written + 1
 
 
 async def test_one_database_has_one_owner(db: Database) -> None:
@@ -176,10 +246,10 @@ async def test_durability_full_syncs_every_commit_that_holds_a_durable_write(
 
         await database.write([(INSERT_AUDIT, (1.0, "spent", "x"))])
         assert database.stats.synced == 1
-        assert await _in_thread(database._writer, synchronous) == 2  # FULL
+        assert await in_thread(database._writer, synchronous) == 2  # FULL
         await database.write([(INSERT_AUDIT, (2.0, "free", "x"))], durable=False)
         assert database.stats.synced == 1
-        assert await _in_thread(database._writer, synchronous) == 1  # NORMAL
+        assert await in_thread(database._writer, synchronous) == 1  # NORMAL
         assert audit_count(database.path) == 2
     finally:
         await database.close()

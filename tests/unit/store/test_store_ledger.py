@@ -7,6 +7,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
 import pytest
 
 from quotad.daemon.clock import VirtualClock
@@ -63,6 +64,68 @@ async def test_a_row_that_cannot_be_written_is_kept_and_written_later(directory:
         ids = {r[0] for r in await db.read("SELECT request_id FROM ledger")}
         assert {failed.request_id, "qd-test-99999"} <= ids
         assert ledger.unrecorded == []
+    finally:
+        await ledger.flush()
+        await db.close()
+
+
+async def fill_then_fail_a_row(db: Database, ledger: Ledger, kept: LedgerRow) -> LedgerWriteFailed:
+    """Fill ``db`` (a small max_size_mb) with audit rows, then record ``kept``: the failure."""
+    for _ in range(2000):
+        try:
+            await db.write(
+                [("INSERT INTO audit VALUES (NULL, 0, ?, '', NULL, NULL, '{}')", ("x" * 3000,))]
+            )
+        except WriteFailed:
+            break
+    for number in range(100):  # a page or two may still take a row
+        try:
+            await ledger.record(kept._replace(request_id=f"{kept.request_id}-{number}"))
+        except LedgerWriteFailed as failed:
+            return failed
+    raise AssertionError("the ledger never filled up")
+
+
+async def test_the_error_says_the_provider_was_paid_and_the_row_will_be_written(
+    directory: Path,
+) -> None:
+    db = Database(directory / "quotad.db", max_size_mb=0.25)
+    await db.open()
+    ledger = Ledger(db, CALENDAR)
+    try:
+        paid = row(1, target="openai/gpt-4o-mini", cost=0.0123)
+        failed = await fill_then_fail_a_row(db, ledger, paid)
+        message = str(failed)
+        assert message.startswith(f"request {failed.request_id} was answered by openai/gpt-4o-mini")
+        assert "the provider was called and paid (0.012300 USD" in message
+        assert "database or disk is full" in message
+        assert "the reply is withheld" in message
+        assert "will be written to the ledger when space returns" in message
+        assert message.endswith(f"quote request id {failed.request_id}")
+        hit = await fill_then_fail_a_row(db, ledger, row(2, cost=0.0, cached=True))
+        assert "answered from the cache (no provider called, nothing spent)" in str(hit)
+    finally:
+        await ledger.flush()
+        await db.close()
+
+
+async def test_kept_rows_are_written_once_space_returns_with_no_other_write(
+    directory: Path,
+) -> None:
+    db = Database(directory / "quotad.db", max_size_mb=0.25)
+    await db.open()
+    ledger = Ledger(db, CALENDAR)
+    ledger.retry_every_s = 0.05
+    try:
+        failed = await fill_then_fail_a_row(db, ledger, row(1))
+        await anyio.sleep(0.2)  # tried again meanwhile: still full
+        assert [kept.request_id for kept in ledger.unrecorded] == [failed.request_id]
+        await db.write([("DELETE FROM audit", ())])  # space returns; no request comes
+        with anyio.fail_after(10):
+            while ledger.unrecorded or ledger._retry_timer:  # noqa: ASYNC110 (the timer's)
+                await anyio.sleep(0.01)
+        rows = await db.read("SELECT status FROM ledger WHERE request_id = ?", (failed.request_id,))
+        assert rows == [("internal",)]  # recorded as what its caller got
     finally:
         await ledger.flush()
         await db.close()

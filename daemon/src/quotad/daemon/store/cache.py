@@ -1,4 +1,4 @@
-"""The response cache: answers held in memory for a fast hit path, persisted in ``quotad.db``.
+"""The response cache: answers stored in ``quotad.db``, a compact index of them in memory.
 
 The key is a hash of the canonical request (DESIGN §8): the model as asked (a group or a
 target), the messages, tools and sampling parameters, ``extra``, and whether it streams; not
@@ -10,21 +10,31 @@ Per request, ``cache`` is ``use`` (look up; store a miss's answer), ``bypass`` (
 ``refresh`` (do not look up; store the new answer) or ``only`` (look up; a miss is an error:
 ``bad_request`` with ``details["cache"] = "miss"``, and no provider is called).
 
-Entries expire ``ttl_s`` after they were stored. The stored size of the answers is bounded by
-``max_mb``; past it, entries are evicted by ``eviction``: ``lru`` (least recently used),
-``lfu`` (fewest hits, then least recently used) or ``cost`` (what saves least per byte: the
-cost of the call it replaces times one plus its hits, divided by its size). An entry just
-stored is never its own victim. Writes (new entries, hit counts, evictions) join the group
-commit of the request's ledger row; nothing on the hit path waits for SQLite beyond that.
+Memory. The answers live in ``quotad.db``: a hit reads its answer there by key, on the event
+loop (:meth:`Database.read_now`, ~10 µs), and decodes it. In memory are the index of
+:mod:`.cache_index` (what lookups and eviction weigh, ~0.2-0.3 KB an entry), the answers stored
+but not committed yet (a hit in between is served from those), and the last
+:data:`RECENT_ANSWERS` answers stored or hit, decoded (:data:`RECENT_BYTES` of them at most: a
+prompt asked again and again is answered without a read).
+
+Entries expire ``ttl_s`` after they were stored. ``max_mb`` bounds the sum of the entries'
+sizes, each its stored answer and key plus :data:`BYTES_PER_ENTRY` for its index in memory: it
+bounds both the disk the answers take and the memory the index takes. Past it, entries are
+evicted by ``eviction``: ``lru`` (least recently used), ``lfu`` (fewest hits, then least
+recently used) or ``cost`` (what saves least per byte: the cost of the call it replaces times
+one plus its hits, divided by its size). An entry just stored is never its own victim. Writes
+(new entries, hit counts, evictions) join the group commit of the request's ledger row; nothing
+on the hit path waits for a commit beyond that. An entry whose write fails (a full disk) leaves
+the index: what is in the index is in the file, or about to be.
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import logging
+from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 import msgspec
@@ -32,7 +42,8 @@ import msgspec
 from quotad.daemon.clock import Clock
 from quotad.daemon.config import CacheConfig
 from quotad.daemon.errors import RequestError
-from quotad.daemon.store.db import Database, Statement
+from quotad.daemon.store.cache_index import BYTES_PER_ENTRY, KEY_BYTES, CacheIndex
+from quotad.daemon.store.db import Database, Statement, StoreError, WriteFailed
 from quotad.daemon.store.warm import WarmEntry
 from quotad.protocol.messages import (
     CacheMode,
@@ -51,8 +62,14 @@ Kind = Literal["chat", "embed"]
 
 ReplyT = TypeVar("ReplyT", bound=ChatReply)
 
-HEAP_SLACK: Final = 1024
-"""Stale heap items tolerated beyond twice the entries before the heap is rebuilt."""
+RECENT_ANSWERS: Final = 256
+"""Answers kept in memory after their last use (decoded, ready to answer a hit)."""
+RECENT_BYTES: Final = 1024 * 1024
+"""The most the answers kept after their last use may take, stored."""
+RECENT_ANSWER_BYTES: Final = 64 * 1024
+"""The largest answer (stored) kept in memory after its use."""
+LOAD_PAGE_ROWS: Final = 4096
+"""Rows read at a time when the index is filled at start (not 100k rows' tuples at once)."""
 
 
 class CachedChunk(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -186,20 +203,23 @@ class Cacheable(NamedTuple):
     answer: Answer
 
 
-@dataclass(slots=True, eq=False)
-class CacheEntry:
-    """One stored answer and what eviction weighs."""
+class CacheEntry(NamedTuple):
+    """A hit: the stored answer, what the call it replaces cost, and its hits so far."""
 
     key: bytes
     kind: Kind
-    model: str
+    answer: Answer
+    cost_usd: float
+    hits: int
+
+
+class _Held(NamedTuple):
+    """An answer held in memory (one not committed yet, or one of the recently used), and
+    its stored size."""
+
+    kind: Kind
     answer: Answer
     size: int
-    created: float
-    last_used: float
-    hits: int
-    cost_usd: float
-    version: int = 0
 
 
 _INSERT: Final = (
@@ -208,28 +228,41 @@ _INSERT: Final = (
 )
 _TOUCH: Final = "UPDATE cache SET hits = ?, last_used = ? WHERE key = ?"
 _DELETE: Final = "DELETE FROM cache WHERE key = ?"
+_ANSWER: Final = "SELECT kind, payload FROM cache WHERE key = ?"
+_LOAD_PAGE: Final = (
+    "SELECT rowid, key, kind, created, last_used, hits, cost_usd, length(payload) FROM cache "
+    "WHERE rowid > ? ORDER BY rowid LIMIT ?"
+)
 
 
 class Cache:
-    """The response cache: an in-memory index of every entry, in front of the ``cache``
-    table."""
+    """The response cache: a compact in-memory index of every entry, in front of the
+    ``cache`` table that holds the answers."""
 
     def __init__(self, config: CacheConfig, db: Database, clock: Clock) -> None:
         self.mode = config.mode
         self.enabled = config.mode == "on"
         self.ttl_s = config.ttl_s
         self.max_bytes = int(config.max_mb * 1024 * 1024)
-        self.eviction = config.eviction
         self.clock = clock
         self._db = db
-        self._entries: dict[bytes, CacheEntry] = {}
-        self._heap: list[tuple[float, float, int, bytes]] = []
-        self._filed = 0  # heap items filed so far: each item's unique version
-        self.bytes = 0
+        self._index = CacheIndex(config.eviction)
+        self._unwritten: dict[bytes, _Held] = {}
+        self._recent: OrderedDict[bytes, _Held] = OrderedDict()
+        self._recent_bytes = 0
         self.hits = 0
         self.misses = 0
         self.evictions = 0
         self.saved_usd = 0.0
+
+    @property
+    def eviction(self) -> str:
+        return self._index.eviction
+
+    @property
+    def size_bytes(self) -> int:
+        """The entries' sizes: their stored answers and keys, and their index in memory."""
+        return self._index.bytes
 
     # ------------------------------------------------------------------ lookups
 
@@ -250,12 +283,15 @@ class Cache:
         if key is None or mode == "bypass" or mode == "refresh":
             return None
         now = self.clock.time()
-        entry = self._entries.get(key)
-        if entry is not None and now - entry.created > self.ttl_s:
-            self._remove(entry)
-            self._db.write_later([(_DELETE, (key,))])
-            entry = None
-        if entry is None:
+        index = self._index
+        slot = index.find(key)
+        hit = None
+        if slot is not None:
+            if now - index.created(slot) > self.ttl_s:
+                self._drop(slot, key)
+            else:
+                hit = self._read(slot, key)
+        if hit is None:
             self.misses += 1
             if mode == "only":
                 raise RequestError(
@@ -265,13 +301,74 @@ class Cache:
                     details={"cache": "miss"},
                 )
             return None
+        assert slot is not None
+        index.touch(slot)
+        hits = index.hits(slot)
         self.hits += 1
-        self.saved_usd += entry.cost_usd
-        entry.hits += 1
-        entry.last_used = now
-        self._push(entry)
-        self._db.write_later([(_TOUCH, (entry.hits, now, key))])  # joins the hit's ledger row
-        return entry
+        self.saved_usd += hit.cost_usd
+        self._db.write_later([(_TOUCH, (hits, now, key))])  # joins the hit's ledger row
+        return hit
+
+    def _read(self, slot: int, key: bytes) -> CacheEntry | None:
+        """The answer of ``slot``: held in memory (not committed yet, or recently used), else
+        read from ``quotad.db``. None (and the entry dropped) when it cannot be read."""
+        held = self._unwritten.get(key)
+        if held is None and (held := self._recent.get(key)) is not None:
+            self._recent.move_to_end(key)
+        if held is None:
+            held = self._read_stored(slot, key)
+            if held is None:
+                return None
+            self._remember(key, held)
+        index = self._index
+        return CacheEntry(key, held.kind, held.answer, index.cost_usd(slot), index.hits(slot) + 1)
+
+    def _read_stored(self, slot: int, key: bytes) -> _Held | None:
+        """The answer of ``slot`` as read from ``quotad.db`` and decoded."""
+        try:
+            rows = self._db.read_now(_ANSWER, (key,))
+        except StoreError as error:
+            log.warning("cache entry %s not read, a miss: %s", key.hex(), error)
+            return None
+        if not rows:  # not in the file (never happens: a write that failed drops it)
+            self._index.remove(slot)
+            return None
+        kind, payload = rows[0]
+        decoder = _ANSWER_DECODERS.get(kind)
+        try:
+            if decoder is None:
+                raise msgspec.DecodeError(f"unknown kind {kind!r}")
+            return _Held(kind, decoder.decode(payload), len(payload))
+        except msgspec.DecodeError as error:
+            log.warning("dropping an unreadable cache entry (%s): %s", key.hex(), error)
+            self._drop(slot, key)
+            return None
+
+    def _drop(self, slot: int, key: bytes) -> None:
+        """Remove an entry (expired, unreadable) from the index and the file."""
+        self._index.remove(slot)
+        self._forget(key)
+        self._db.write_later([(_DELETE, (key,))])
+
+    def _remember(self, key: bytes, held: _Held) -> None:
+        """Keep ``held`` among the recently used answers (unless it is large), forgetting the
+        least recently used past :data:`RECENT_ANSWERS` or :data:`RECENT_BYTES`."""
+        if held.size > RECENT_ANSWER_BYTES:
+            return
+        recent = self._recent
+        previous = recent.pop(key, None)
+        if previous is not None:
+            self._recent_bytes -= previous.size
+        recent[key] = held
+        self._recent_bytes += held.size
+        while len(recent) > RECENT_ANSWERS or self._recent_bytes > RECENT_BYTES:
+            self._recent_bytes -= recent.popitem(last=False)[1].size
+
+    def _forget(self, key: bytes) -> None:
+        """The answer of ``key`` is gone (replaced, evicted, expired): no copy of it stays."""
+        self._unwritten.pop(key, None)
+        if (held := self._recent.pop(key, None)) is not None:
+            self._recent_bytes -= held.size
 
     def stores(self, mode: CacheMode) -> bool:
         """Whether a request with this ``mode`` stores its answer."""
@@ -282,15 +379,15 @@ class Cache:
     def put(self, key: bytes, kind: Kind, model: str, answer: Answer, cost_usd: float) -> None:
         """Store ``answer`` (replacing any entry of ``key``), evicting past ``max_mb``; the
         rows join the next group commit (the request's ledger row's)."""
-        statements = self._store(key, kind, model, answer, cost_usd)
+        statements, stored = self._store(key, kind, model, answer, cost_usd)
         if statements:
-            self._db.write_later(statements)
+            self._db.write_later(statements, lambda failure: self._written(stored, failure))
 
     async def warm(self, entries: Iterable[tuple[WarmEntry, float]]) -> int:
         """Store recorded requests and their answers (``quotad cache warm``), each with the
         cost it saves; returns once they are committed. How many were stored."""
         statements: list[Statement] = []
-        stored = 0
+        stored: list[tuple[bytes, _Held]] = []
         for entry, cost_usd in entries:
             response = entry.response
             answer = CachedChat(
@@ -302,75 +399,110 @@ class Cache:
                 chunks=[CachedChunk(delta=delta) for delta in response.chunks or ()],
             )
             request = entry.request
-            written = self._store(chat_key(request), "chat", request.model, answer, cost_usd)
-            stored += bool(written)
+            written, added = self._store(chat_key(request), "chat", request.model, answer, cost_usd)
             statements += written
+            stored += added
         if statements:
-            await self._db.write(statements)
-        return stored
+            try:
+                await self._db.write(statements)
+            except WriteFailed as failure:
+                self._written(stored, failure)
+                raise
+            self._written(stored, None)
+        return len(stored)
 
     def _store(
         self, key: bytes, kind: Kind, model: str, answer: Answer, cost_usd: float
-    ) -> list[Statement]:
-        """Add the entry in memory and evict past ``max_mb``; the statements that persist
-        it (none when the answer alone is larger than the whole cache)."""
+    ) -> tuple[list[Statement], list[tuple[bytes, _Held]]]:
+        """Add the entry to the index and evict past ``max_mb``: the statements that persist
+        it (none when the answer alone is larger than the whole cache), and the answer kept
+        in memory until they are committed."""
         payload = _ANSWER_ENCODER.encode(answer)
-        size = len(payload) + len(key)
-        if size > self.max_bytes:
-            return []
+        size = len(payload) + len(key) + BYTES_PER_ENTRY
+        if size > self.max_bytes or len(key) != KEY_BYTES:
+            return [], []
         now = self.clock.time()
-        previous = self._entries.get(key)
-        if previous is not None:
-            self._remove(previous)
-        entry = CacheEntry(key, kind, model, answer, size, now, now, 0, cost_usd)
-        self._add(entry)
+        index = self._index
         statements: list[Statement] = [
             (_INSERT, (key, kind, model, payload, now, now, 0, cost_usd))
         ]
-        return statements + self._evict(keep=entry)
+        self._forget(key)  # a replaced answer
+        slot, displaced = index.add(key, size, now, cost_usd)
+        if displaced is not None:
+            self._forget(displaced)
+            statements.append((_DELETE, (displaced,)))
+        unwritten = self._unwritten[key] = _Held(kind, answer, len(payload))
+        return statements + self._evict(keep=slot), [(key, unwritten)]
+
+    def _written(self, stored: list[tuple[bytes, _Held]], failure: WriteFailed | None) -> None:
+        """The outcome of storing answers: committed, they are read from the file from now
+        on (kept among the recently used meanwhile); not written (a full disk), their entries
+        leave the index."""
+        for key, unwritten in stored:
+            if self._unwritten.get(key) is not unwritten:
+                continue  # replaced, evicted or cleared meanwhile
+            del self._unwritten[key]
+            if failure is None:
+                self._remember(key, unwritten)
+            elif (slot := self._index.find(key)) is not None:
+                self._index.remove(slot)
 
     async def clear(self, older_than_s: float | None = None) -> int:
         """Remove every entry, or those stored more than ``older_than_s`` ago; how many
         entries were removed from memory."""
+        index = self._index
         if older_than_s is None:
-            removed = len(self._entries)
-            self._entries.clear()
-            self._heap.clear()
-            self.bytes = 0
+            removed = len(index)
+            index.clear()
+            self._unwritten.clear()
+            self._recent.clear()
+            self._recent_bytes = 0
             await self._db.write([("DELETE FROM cache", ())])
             return removed
         cutoff = self.clock.time() - older_than_s
-        victims = [entry for entry in self._entries.values() if entry.created < cutoff]
-        for entry in victims:
-            self._remove(entry)
+        removed = 0
+        for slot in index.slots():
+            if index.created(slot) < cutoff:
+                self._forget(index.key(slot))
+                index.remove(slot)
+                removed += 1
         await self._db.write([("DELETE FROM cache WHERE created < ?", (cutoff,))])
-        return len(victims)
+        return removed
 
     async def load(self) -> None:
-        """Fill the index from ``quotad.db``; drops expired and unreadable entries, and
-        evicts down to ``max_mb``."""
+        """Fill the index from ``quotad.db`` (the answers stay there), a page of rows at a
+        time; drops expired entries and rows that are not entries, and evicts down to
+        ``max_mb``."""
         if not self.enabled:
             return
-        rows = await self._db.read(
-            "SELECT key, kind, model, payload, created, last_used, hits, cost_usd FROM cache"
-        )
-        now = self.clock.time()
+        index = self._index
+        index.clear()
+        self._unwritten.clear()
+        self._recent.clear()
+        self._recent_bytes = 0
+        expired_before = self.clock.time() - self.ttl_s
         dropped: list[Statement] = []
-        for key, kind, model, payload, created, last_used, hits, cost_usd in rows:
-            decoder = _ANSWER_DECODERS.get(kind)
-            if now - created > self.ttl_s or decoder is None:
-                dropped.append((_DELETE, (key,)))
-                continue
-            try:
-                answer = decoder.decode(payload)
-            except msgspec.DecodeError:
-                log.warning("dropping an unreadable cache entry (%s)", bytes(key).hex())
-                dropped.append((_DELETE, (key,)))
-                continue
-            size = len(payload) + len(key)
-            self._add(
-                CacheEntry(key, kind, model, answer, size, created, last_used, hits, cost_usd)
-            )
+        last_used = array("d")
+        after = 0
+        while rows := await self._db.read(_LOAD_PAGE, (after, LOAD_PAGE_ROWS)):
+            for rowid, key, kind, created, used, hits, cost_usd, payload_size in rows:
+                after = rowid
+                key = bytes(key)
+                if created < expired_before or kind not in _ANSWER_DECODERS:
+                    dropped.append((_DELETE, (key,)))
+                    continue
+                if len(key) != KEY_BYTES:
+                    dropped.append((_DELETE, (key,)))
+                    continue
+                size = payload_size + len(key) + BYTES_PER_ENTRY
+                slot, displaced = index.add(key, size, created, cost_usd, hits, file=False)
+                if displaced is not None:
+                    dropped.append((_DELETE, (displaced,)))
+                if slot == len(last_used):
+                    last_used.append(used)
+                else:
+                    last_used[slot] = used
+        index.order_uses(last_used)
         dropped += self._evict(keep=None)
         if dropped:
             self._db.write_later(dropped)
@@ -378,86 +510,42 @@ class Cache:
     def reconfigure(self, config: CacheConfig) -> None:
         """Apply a reloaded ``[cache]`` (SIGHUP), keeping the entries: a new eviction policy
         re-files them all, a smaller ``max_mb`` evicts at once (written with the next batch)."""
-        policy_changed = config.eviction != self.eviction
         self.mode = config.mode
         self.enabled = config.mode == "on"
         self.ttl_s = config.ttl_s
         self.max_bytes = int(config.max_mb * 1024 * 1024)
-        self.eviction = config.eviction
-        if policy_changed:
-            self._refile_all()
+        if config.eviction != self._index.eviction:
+            self._index.refile_all(config.eviction)
         if dropped := self._evict(keep=None):
             self._db.write_later(dropped)
 
     # ------------------------------------------------------------------ eviction
 
-    def _priority(self, entry: CacheEntry) -> tuple[float, float]:
-        if self.eviction == "lfu":
-            return float(entry.hits), entry.last_used
-        if self.eviction == "cost":
-            return entry.cost_usd * (1 + entry.hits) / entry.size, entry.last_used
-        return entry.last_used, 0.0
-
-    def _push(self, entry: CacheEntry) -> None:
-        """(Re)file ``entry`` in the eviction heap; older heap items of it (and of any entry
-        it replaced under the same key) go stale, since versions are never reused."""
-        self._filed += 1
-        entry.version = self._filed
-        first, second = self._priority(entry)
-        heapq.heappush(self._heap, (first, second, entry.version, entry.key))
-        if len(self._heap) > 2 * len(self._entries) + HEAP_SLACK:
-            self._refile_all()
-
-    def _refile_all(self) -> None:
-        """Rebuild the eviction heap from the live entries (a new policy, or stale items)."""
-        self._heap = [
-            (*self._priority(entry), entry.version, entry.key) for entry in self._entries.values()
-        ]
-        heapq.heapify(self._heap)
-
-    def _add(self, entry: CacheEntry) -> None:
-        self._entries[entry.key] = entry
-        self.bytes += entry.size
-        self._push(entry)
-
-    def _remove(self, entry: CacheEntry) -> None:
-        del self._entries[entry.key]
-        self.bytes -= entry.size
-
-    def _evict(self, keep: CacheEntry | None) -> list[Statement]:
+    def _evict(self, keep: int | None) -> list[Statement]:
         """Evict by policy until the entries fit ``max_bytes``; their delete statements."""
-        statements: list[Statement] = []
-        kept: list[tuple[float, float, int, bytes]] = []
-        while self.bytes > self.max_bytes and self._heap:
-            item = heapq.heappop(self._heap)
-            entry = self._entries.get(item[3])
-            if entry is None or entry.version != item[2]:
-                continue  # stale
-            if entry is keep:
-                kept.append(item)
-                continue
-            self._remove(entry)
-            self.evictions += 1
-            statements.append((_DELETE, (entry.key,)))
-        for item in kept:
-            heapq.heappush(self._heap, item)
-        return statements
+        if self._index.bytes <= self.max_bytes:
+            return []
+        victims = self._index.evict(self.max_bytes, keep)
+        for key in victims:
+            self._forget(key)
+        self.evictions += len(victims)
+        return [(_DELETE, (key,)) for key in victims]
 
     # ------------------------------------------------------------------ figures
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._index)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._entries
+        return isinstance(key, bytes) and self._index.find(key) is not None
 
     def status(self) -> CacheStatus:
         """The cache's figures (hits, misses and saved_usd since the daemon started)."""
         lookups = self.hits + self.misses
         return CacheStatus(
             mode=self.mode,
-            entries=len(self._entries),
-            bytes=self.bytes,
+            entries=len(self._index),
+            bytes=self.size_bytes,
             max_bytes=self.max_bytes,
             hits=self.hits,
             misses=self.misses,

@@ -8,8 +8,11 @@ and budgets read instead of scanning the ledger.
 (DESIGN §8: a reply is sent only after its row is). When the row cannot be written (disk full,
 I/O error), :meth:`record` raises :class:`LedgerWriteFailed` and the row is kept in memory
 (with status ``internal`` if the request had succeeded: what its caller gets instead),
-retried with every later write and at shutdown, and logged with all its fields if it still
-cannot be written then: a row is never silently lost.
+retried with every later write, every :data:`RETRY_EVERY_S` seconds while any is kept (so
+that it is written once space returns, even if no request comes), and at shutdown, and
+logged with all its fields if it still cannot be written then: a row is never silently lost.
+The error says what happened to the request: the provider called and paid (its cost), or
+answered from the cache; the reply withheld; the row kept and written when space returns.
 
 Columns (table ``ledger``): request_id, time (Unix), day (local calendar day, YYYY-MM-DD, in
 ``daemon.timezone``), kind (chat, stream, embed), app, user, uid/pid/gid of the peer, model
@@ -21,6 +24,7 @@ has no price), wait_s, latency_s, priority, tags (JSON list).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Final, NamedTuple
@@ -70,6 +74,8 @@ _INSERT: Final = (
 )
 _TAGS_ENCODER: Final = msgspec.json.Encoder()
 NO_TAGS: Final = "[]"
+RETRY_EVERY_S: Final = 5.0
+"""How often rows that could not be written are tried again while no other write comes."""
 
 
 def encode_tags(tags: Sequence[str]) -> str:
@@ -111,6 +117,28 @@ class LedgerWriteFailed(Exception):
         self.request_id = request_id
 
 
+def withheld_message(row: LedgerRow, error: WriteFailed) -> str:
+    """What the caller of a request whose row could not be written is told: what was done
+    for it (was a provider paid?), that its reply is withheld, and what becomes of the row."""
+    if row.cached:
+        done = "was answered from the cache (no provider called, nothing spent)"
+    elif row.target and row.unpriced:
+        done = f"was answered by {row.target}: the provider was called and paid (at no known price)"
+    elif row.target:
+        done = (
+            f"was answered by {row.target}: the provider was called and paid "
+            f"({row.cost_usd:.6f} USD, counted against the budgets)"
+        )
+    else:
+        done = "reached no provider"
+    return (
+        f"request {row.request_id} {done}, but its ledger row could not be written ({error}); "
+        "the reply is withheld. The row is kept in memory and will be written to the ledger "
+        f"when space returns (tried again with every write, every {RETRY_EVERY_S:g} s, and "
+        f"at shutdown); quote request id {row.request_id}"
+    )
+
+
 class Ledger:
     """Writes rows through the group commit; reads spend totals and reports."""
 
@@ -119,6 +147,8 @@ class Ledger:
         self.calendar = calendar
         self.unrecorded: list[LedgerRow] = []
         self._retrying = False
+        self._retry_timer: asyncio.Task[None] | None = None
+        self.retry_every_s = RETRY_EVERY_S
         self.reports = SpendReport(db, calendar)
 
     async def record(self, row: LedgerRow) -> None:
@@ -135,11 +165,21 @@ class Ledger:
                 len(self.unrecorded),
                 error,
             )
-            raise LedgerWriteFailed(
-                f"request {row.request_id} could not be recorded in the ledger ({error}); its "
-                "reply is withheld, the row is kept in memory and retried",
-                row.request_id,
-            ) from None
+            if self._retry_timer is None:
+                self._retry_timer = asyncio.create_task(self._retry_while_kept())
+            raise LedgerWriteFailed(withheld_message(row, error), row.request_id) from None
+
+    async def _retry_while_kept(self) -> None:
+        """Every :attr:`retry_every_s`, try the kept rows again, until none is left."""
+        try:
+            while self.unrecorded:
+                await asyncio.sleep(self.retry_every_s)
+                try:
+                    self._retry_unrecorded()
+                except WriteFailed:  # the database is closed: flush() logs what is left
+                    return
+        finally:
+            self._retry_timer = None
 
     def _retry_unrecorded(self) -> None:
         """Submit the rows that could not be written, as one write of their own."""
@@ -159,6 +199,8 @@ class Ledger:
 
     async def flush(self) -> None:
         """At shutdown: a last try for the rows kept in memory; log those that still fail."""
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
         if self._retrying:  # a retry is under way: an empty write returns once it committed
             await self._db.write([])
         if not self.unrecorded:
