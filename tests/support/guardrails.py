@@ -103,22 +103,32 @@ CJK: Final = (
 )
 
 
-def mixed_text(size: int, seed: int = 0) -> str:
-    """About ``size`` characters of prose with a few entities, code, JSON and CJK."""
+PLAIN_PROSE: Final = (
+    "Thanks for the quick turnaround on the draft. I think the second section reads much "
+    "better now, although the summary could still be shorter; most readers will stop after "
+    "the first paragraph, so the recommendation should come first and the background after. "
+)
+
+
+def mixed_text(size: int, seed: int = 0, entity_share: float = 0.25) -> str:
+    """About ``size`` characters of prose, code, JSON and CJK; ``entity_share`` of the
+    prose paragraphs hold an address and a phone number (the JSON holds an IP address)."""
     rng = random.Random(seed)
     pieces: list[str] = []
     length = 0
     while length < size:
-        piece = rng.choice(
-            [
-                PROSE.format(
-                    email=rng.choice(EXAMPLES["email"]), phone=rng.choice(EXAMPLES["phone"])
-                ),
-                CODE,
-                JSON_TEXT.replace("{ip}", rng.choice(EXAMPLES["ip"])),
-                CJK,
-            ]
-        )
+        kind = rng.choice(["prose", "code", "json", "cjk"])
+        if kind == "prose" and rng.random() < entity_share:
+            email, phone = rng.choice(EXAMPLES["email"]), rng.choice(EXAMPLES["phone"])
+            piece = PROSE.format(email=email, phone=phone)
+        elif kind == "prose":
+            piece = PLAIN_PROSE
+        elif kind == "code":
+            piece = CODE
+        elif kind == "json":
+            piece = JSON_TEXT.replace("{ip}", rng.choice(EXAMPLES["ip"]))
+        else:
+            piece = CJK
         pieces.append(piece)
         length += len(piece)
     return "".join(pieces)[:size]

@@ -57,4 +57,5 @@ def test_blocked_is_its_own_error_naming_the_kinds() -> None:
     assert error.retry_after_s is None
     assert "blocked" in ERROR_CODES
     copy = pickle.loads(pickle.dumps(error))
-    assert type(copy) is BlockedError and copy.details == details
+    assert type(copy) is BlockedError
+    assert copy.details == details

@@ -66,8 +66,9 @@ TRUE_POSITIVES: list[tuple[str, str, EntityKind]] = [
     ("v6 {} up", "2001:db8::8a2e:370:7334", "ip"),
     ("v6 {} up", "2001:0db8:85a3:0000:0000:8a2e:0370:7334", "ip"),
     ("v6 {}%eth0 up", "fe80::1", "ip"),
-    ("mapped {} up", "::ffff:192.0.2.1", "ip"),
-    ("v6 {} up", "dead:beef:cafe::f00d", "ip"),
+    ("mapped ::ffff:{} up", "192.0.2.1", "ip"),  # the IPv4 part of a mapped address
+    ("v6 {} up", "fd12:3456:789a::1", "ip"),
+    ("v6 {} up", "fe80::abcd:ef01", "ip"),
     ("ssn {} on file", "123-45-6789", "us_ssn"),
     ("ssn {} on file", "219 09 9999", "us_ssn"),
     ("ssn {}.", "078-05-1120", "us_ssn"),

@@ -21,6 +21,12 @@ IBAN_LENGTHS: Final[dict[str, int]] = {
 """Country code → IBAN length, from the SWIFT IBAN registry."""
 
 
+_LETTERS_AS_NUMBERS: Final = str.maketrans(
+    {chr(code): str(code - ord("A") + 10) for code in range(ord("A"), ord("Z") + 1)}
+)
+"""IBAN check digits count letters as two digits: A = 10 … Z = 35."""
+
+
 def luhn_valid(digits: str) -> bool:
     """Whether a string of ASCII digits passes the Luhn checksum."""
     total = 0
@@ -39,6 +45,4 @@ def iban_valid(iban: str) -> bool:
     rearranged = iban[4:] + iban[:4]
     if not rearranged.isascii() or not rearranged.isalnum():
         return False
-    # letters count as two digits: A = 10 … Z = 35; int(c, 36) gives exactly that
-    number = "".join(str(int(char, 36)) for char in rearranged)
-    return int(number) % 97 == 1
+    return int(rearranged.translate(_LETTERS_AS_NUMBERS)) % 97 == 1

@@ -31,7 +31,7 @@ import msgspec
 
 from quotad.daemon.config import EntityKind, GuardrailAction
 from quotad.daemon.guardrails.blocked import Blocked
-from quotad.daemon.guardrails.detectors import find_entities
+from quotad.daemon.guardrails.detectors import find_entities, may_hold_entity
 from quotad.daemon.guardrails.masking import Masker
 from quotad.daemon.guardrails.placeholders import (
     LONGEST,
@@ -44,12 +44,15 @@ from quotad.protocol.messages import ChatChunk, ChatReply
 
 MAX_HOLD: Final = 64 * 1024
 """The most text a stream's screening holds back, in characters."""
-_CONTEXT: Final = 64
-"""Characters of already screened text kept as look-behind context for the next piece."""
+_CONTEXT: Final = 160
+"""Characters of already screened text kept as context for the next piece: look-behinds,
+and a secret's label or access key id (an AWS secret key within 120 characters of it)."""
 _GROUP_CHARS: Final = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ()+-./")
 _GROUPS_REACH: Final = 48
+_GROUP: Final = 8
 _PEM_BEGIN: Final = "-----BEGIN "
-_PEM_END: Final = "-----END "
+_PEM_END_LINE: Final = re.compile(r"-----END (?:[A-Z0-9]++ )*?PRIVATE KEY(?: BLOCK)?-----")
+_PEM_TAIL: Final = 80
 
 ReplyT = TypeVar("ReplyT", bound=ChatReply)
 ToolCalls = list[dict[str, Any]]
@@ -153,9 +156,9 @@ class Restorer:
 
     # ------------------------------------------------------------------ for streams
 
-    def screen_entities(self, text: str) -> list[tuple[int, int, EntityKind]]:
-        """The entities the output rules look for in ``text``."""
-        return find_entities(text, self._screen.kinds)
+    def screen_entities(self, text: str, start: int = 0) -> list[tuple[int, int, EntityKind]]:
+        """The entities the output rules look for in ``text`` (from ``start`` on)."""
+        return find_entities(text, self._screen.kinds, start)
 
     def screen_span(self, text: str, entities: list[tuple[int, int, EntityKind]]) -> str:
         """``text`` with ``entities`` (found in it) acted on, as :meth:`screen` would."""
@@ -208,20 +211,24 @@ def settled_end(text: str) -> int:
     index = len(text)
     while index and not _is_boundary(text[index - 1]):
         index -= 1
-    # grouped digits before the last word, one space apart: "+44 20 7946 ", "4111 1111 "
+    # groups before the last word, one space apart, may be the start of a phone number, a
+    # card number or an IBAN ("+44 20 7946 ", "4111 1111 ", "GB82 WEST "), even glued to
+    # what precedes them ("(+44 20 ", "号+44 20 ")
     reach = max(0, index - _GROUPS_REACH)
-    while index - 1 > reach and text[index - 1] == " " and not _is_boundary(text[index - 2]):
+    while index - 1 > reach and text[index - 1] == " ":
         start = index - 1
-        while start > reach and not _is_boundary(text[start - 1]):
+        while start > reach and text[start - 1] in _GROUP_CHARS and index - 1 - start < _GROUP:
             start -= 1
-        word = text[start : index - 1]
-        if len(word) > 8 or not set(word) <= _GROUP_CHARS:
-            break
-        if not any(char.isdigit() for char in word) and len(word) > 4:
-            break
+        group = text[start : index - 1]
+        whole_word = not start or _is_boundary(text[start - 1])
+        has_digit = any(char.isdigit() for char in group)
+        if not group or not (has_digit or (whole_word and len(group) <= 4)):
+            break  # "+44", "(555)", "4111", or a whole word like an IBAN's "WEST"
         index = start
+        if not whole_word:
+            break  # glued to something else ("号+44"): nothing before it joins
     begin = text.rfind(_PEM_BEGIN, 0, index)
-    if begin != -1 and text.find(_PEM_END, begin) == -1:
+    if begin != -1 and not _PEM_END_LINE.search(text, begin):
         index = begin
     return index
 
@@ -255,8 +262,8 @@ class StreamScreen:
             return self._emit(final=True)
         if self._open_pem:
             seen = self._pem_tail + delta
-            if _PEM_END not in seen:
-                self._pem_tail = seen[-len(_PEM_END) :]
+            if not _PEM_END_LINE.search(seen):
+                self._pem_tail = seen[-_PEM_TAIL:]
                 return ""
             self._open_pem = False
         elif _BOUNDARY.search(delta) is None:
@@ -281,7 +288,9 @@ class StreamScreen:
             self._pieces, self._length = [pending], len(pending)
             self._note_open_pem(pending)
             return ""
-        entities = [e for e in self._restorer.screen_entities(buffer) if e[0] >= offset]
+        entities = (
+            self._restorer.screen_entities(buffer, offset) if may_hold_entity(pending) else []
+        )
         if not final:
             for start, end, _kind in entities:
                 if start < cut and (end > cut or end == len(buffer)):
@@ -299,9 +308,9 @@ class StreamScreen:
 
     def _note_open_pem(self, held: str) -> None:
         """Hold everything after an open PEM header, unread, until its end line comes."""
-        if held.startswith(_PEM_BEGIN) and _PEM_END not in held:
+        if held.startswith(_PEM_BEGIN) and not _PEM_END_LINE.search(held):
             self._open_pem = True
-            self._pem_tail = held[-len(_PEM_END) :]
+            self._pem_tail = held[-_PEM_TAIL:]
 
     def feed_tool_calls(self, fragments: ToolCalls) -> ToolCalls:
         """Tool-call fragments with their arguments held back (:meth:`flush_tool_calls` sends

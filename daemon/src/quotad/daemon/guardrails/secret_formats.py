@@ -48,13 +48,13 @@ HINTS: Final[tuple[tuple[str, str, str, int], ...]] = (
     # (format, the rare character of its marker it is found by, an expression read after
     # that character (its look-behinds see it), how many characters before that character
     # the token starts)
-    ("openai", "-", r"(?<=sk-)", 2),
-    ("slack", "-", r"(?<=xox[abpr]-)", 4),
+    ("openai", "-", r"(?<=sk-)(?<![A-Za-z0-9_-]sk-)", 2),
+    ("slack", "-", r"(?<=xox[abpr]-)(?<![A-Za-z0-9_-]xox[abpr]-)", 4),
     ("private_key", "-", r"----BEGIN ", 0),
-    ("groq", "_", r"(?<=gsk_)", 3),
+    ("groq", "_", r"(?<=gsk_)(?<![A-Za-z0-9_-]gsk_)", 3),
     ("stripe", "_", r"(?<=[sr]k_)(?=live_|test_)", 2),
-    ("huggingface", "_", r"(?<=hf_)", 2),
-    ("github", "_", r"(?<=gh[pousr]_)", 3),
+    ("huggingface", "_", r"(?<=hf_)(?<![A-Za-z0-9_-]hf_)", 2),
+    ("github", "_", r"(?<=gh[pousr]_)(?<![A-Za-z0-9_-]gh[pousr]_)", 3),
     ("github_pat", "_", r"(?<=github_)(?=pat_)", 6),
     (
         "aws_label",
@@ -62,11 +62,11 @@ HINTS: Final[tuple[tuple[str, str, str, int], ...]] = (
         r"(?<=[Ss][Ee][Cc][Rr][Ee][Tt]_)(?=[Aa][Cc][Cc][Ee][Ss][Ss]_[Kk][Ee][Yy])",
         6,
     ),
-    ("aws_access_key", "K", r"(?<=AK)IA", 1),
+    ("aws_access_key", "K", r"(?<=AK)(?<![A-Za-z0-9]AK)IA", 1),
     ("aws_label", "K", r"(?<=[Ss]ecretAccessK)(?=ey)", 12),
-    ("aws_access_key", "S", r"(?<=AS)IA", 1),
-    ("google", "z", r"(?<=AIz)a", 2),
-    ("jwt", "J", r"(?<=eyJ)", 2),
+    ("aws_access_key", "S", r"(?<=AS)(?<![A-Za-z0-9]AS)IA", 1),
+    ("google", "z", r"(?<=AIz)(?<![A-Za-z0-9_-]AIz)a", 2),
+    ("jwt", "J", r"(?<=eyJ)(?<![A-Za-z0-9_-]eyJ)", 2),
 )
 
 
