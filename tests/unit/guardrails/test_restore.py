@@ -307,3 +307,18 @@ def test_a_stream_cut_anywhere_equals_the_whole_reply(
     pieces = [text[start:end] for start, end in itertools.pairwise(points)]
     _shown, streamed_text = streamed(check(REQUEST, output=rules).restorer, pieces)
     assert streamed_text == whole
+
+
+def test_a_json_reply_gets_json_escaped_values() -> None:
+    # response_format json: the content is JSON, a key with line breaks must stay valid in it
+    config = parse_config({"guardrails": {"input": {"secret": "mask", "email": "mask"}}})
+    request = Chat(
+        model="m",
+        messages=[ChatMessage(role="user", content=f"store {samples.PEM_KEY} for {EMAIL}")],
+        response_format={"type": "json_object"},
+    )
+    checked = Guard(config).for_app("a").check_chat(request)
+    content = json.dumps({"key": "[SECRET_1]", "owner": "[EMAIL_1]"})
+    assert json.loads(checked.restorer.text(content)) == {"key": samples.PEM_KEY, "owner": EMAIL}
+    shown, whole = streamed(checked.restorer, [content[:9], content[9:20], content[20:]])
+    assert json.loads(whole) == {"key": samples.PEM_KEY, "owner": EMAIL}

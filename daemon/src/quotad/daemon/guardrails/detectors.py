@@ -1,21 +1,24 @@
 """Finding entities in a text, locally and offline: :func:`find_entities`.
 
 One call returns the non-overlapping :data:`Entity` spans of the kinds asked for, in text
-order. It makes *one* pass over the text with :data:`_HINTS`, an expression whose every
-branch starts with a rare character (a digit, ``+``, ``@``, ``:``, or a character of a
-secret's marker, see :mod:`.secret_formats`), so that the regular expression engine skips
-everything else at the speed of a character-set test; each hint then runs the exact
-expressions of its kinds where it points, only there: a run of 7 or more digits (with
-separators) is looked at for cards, phones and SSNs, two letters and two digits for an IBAN,
-``d.d.d.d`` for IPv4, an ``@`` for an e-mail address, a ``::`` or ``:x:`` for IPv6. Every
-expression is anchored on a token boundary and bounded or possessive, and the Python work
-is per hint: no input takes more than linear time (the tests feed megabytes of digits,
-``@``, ``:``, letters, base64 and markers).
+order. It makes *one* pass over the text with ``_HINTS``, an expression whose every branch
+starts with a rare character (a digit that starts a run of digits, ``+``, ``@``, or a
+character of a secret's marker, see :mod:`.secret_formats`), so that the regular
+expression engine skips everything else at the speed of a character-set test. Each hint
+then runs the exact expressions of its kind where it points, and only there: a run of 9 or
+more digits (with separators) is read for cards, phones and SSNs, two letters and two
+digits for an IBAN, ``d.d.d.d`` for IPv4, ``x::``/eight groups for IPv6, an ``@`` with a
+domain after it for an e-mail address. Every expression is anchored on a token boundary and
+bounded or possessive, and the Python work is per hint, so no input takes more than linear
+time (the tests feed megabytes of digits, ``@``, colons, letters, base64 and markers).
+
+Token boundaries are ASCII (and accented Latin) ones: CJK and other scripts written without
+spaces end a token, so ``电话+44 20 7946 0958`` holds a phone number.
 
 What each kind accepts (and what it leaves alone):
 
-- ``email``: ``local@domain.tld`` (Unicode letters allowed); not ``@mentions``, ``pkg@1.2.3``
-  versions, nor ``icon@2x.png`` asset names.
+- ``email``: ``local@domain.tld`` (ASCII and accented Latin letters); not ``@mentions``,
+  ``pkg@1.2.3`` versions, ``user@localhost``, nor ``icon@2x.png`` asset names.
 - ``phone``: international ``+CC …`` with 8-15 digits (E.164), North American
   ``(555) 123-4567`` / ``555-123-4567`` / ``555.123.4567`` / ``1-800-555-1234``, and national
   numbers with a trunk 0 and one separator kind (``020 7946 0958``, ``06 12 34 56 78``), 9-12
@@ -26,9 +29,10 @@ What each kind accepts (and what it leaves alone):
   other ids starting 1, 7, 8, 9 are left alone), and a valid Luhn checksum.
 - ``iban``: country code, 2 check digits, the country's length (spaces every 4 allowed),
   mod-97 = 1.
-- ``ip``: IPv4 and IPv6 as :mod:`ipaddress` accepts them, not inside longer dotted or
-  colon runs (``1.2.3.4.5``, ``3.11.2``, ``12:30:45``, MAC addresses); loopback and
-  unspecified addresses (``127.0.0.1``, ``0.0.0.0``, ``::1``, ``::``) are not personal.
+- ``ip``: IPv4 (four numbers up to 255, no leading zeros) and IPv6 (as :mod:`ipaddress`
+  reads it), not inside longer dotted or colon runs (``1.2.3.4.5``, ``3.11.2``,
+  ``12:30:45``, MAC addresses); loopback and unspecified addresses (``127.0.0.1``,
+  ``0.0.0.0``, ``::1``, ``::``) are not personal.
   An IPv6 address is found by a digit in its first groups (``fe80::1``, ``2001:db8::``);
   one whose digits all come late (``dead:beef::f00d``) is not, nor ``Ab::Cd`` paths in
   code; of a mapped ``::ffff:192.0.2.1``, the IPv4 part.
@@ -69,7 +73,7 @@ PRIORITY: Final[dict[EntityKind, int]] = {
 
 # --------------------------------------------------------------------------- the one pass
 
-_LATIN_CHARS: Final = "\u00c0-\u024f"
+_LATIN: Final = "\u00c0-\u024f"  # accented Latin letters; CJK and other scripts end a token
 _NUMBER_HINTS: Final = (
     # (name, an expression read after a digit that starts a run of digits); the first that
     # matches names the hint, so they are ordered: an IPv6 address's first group may look
@@ -91,8 +95,8 @@ _OTHER_HINTS: Final = (
     (
         "email",
         "@",
-        rf"(?<=[0-9A-Za-z{_LATIN_CHARS}_%+.-]@)"
-        rf"(?=[0-9A-Za-z{_LATIN_CHARS}-]{{1,63}}\.[0-9A-Za-z{_LATIN_CHARS}-]{{2}})",
+        rf"(?<=[0-9A-Za-z{_LATIN}_%+.-]@)"
+        rf"(?=[0-9A-Za-z{_LATIN}-]{{1,63}}\.[0-9A-Za-z{_LATIN}-]{{2}})",
     ),
 )
 
@@ -162,7 +166,6 @@ def _is_word(char: str) -> bool:
 
 
 _LOCAL_PART_PUNCTUATION: Final = frozenset("._%+-")
-_LATIN = _LATIN_CHARS  # accented Latin letters; CJK and other scripts end a token
 _DOMAIN = re.compile(
     rf"(?:[0-9A-Za-z{_LATIN}][0-9A-Za-z{_LATIN}-]{{0,62}}\.)+[A-Za-z{_LATIN}]{{2,63}}"
     rf"(?![0-9A-Za-z{_LATIN}_-])"

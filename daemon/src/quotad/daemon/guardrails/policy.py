@@ -115,8 +115,16 @@ class AppGuard:
             restore=self.policy.restore,
             output=self.policy.output,
             reserved=reserved,
+            json_content=isinstance(request, Chat) and _asks_for_json(request),
         )
         return Checked(masked, masker.counts, restorer)
+
+
+def _asks_for_json(chat: Chat) -> bool:
+    """Whether the reply's content will be JSON (``response_format`` json_object or
+    json_schema), where a value put back must be JSON-escaped."""
+    kind = (chat.response_format or {}).get("type")
+    return kind in ("json_object", "json_schema")
 
 
 class Guard:

@@ -61,7 +61,8 @@ ToolCalls = list[dict[str, Any]]
 class Restorer:
     """What a reply goes through: ``output`` rules, then ``originals`` (placeholder → the
     caller's value) put back when ``restore``. ``reserved``: placeholder-shaped text of the
-    request, never used for output placeholders."""
+    request, never used for output placeholders. ``json_content``: the reply's content is
+    JSON (the request asked for it), so values go back JSON-escaped there too."""
 
     def __init__(
         self,
@@ -70,8 +71,11 @@ class Restorer:
         restore: bool,
         output: Mapping[EntityKind, GuardrailAction],
         reserved: Collection[str] = (),
+        json_content: bool = False,
     ) -> None:
         self.originals: dict[str, str] = dict(originals) if restore else {}
+        self.restore_content = self.restore_json if json_content else self.restore
+        """How placeholders in the reply's content are put back."""
         self._screen = Masker(output, reserved={*reserved, *originals})
         self.screens = bool(self._screen.kinds)
         """Whether output rules apply."""
@@ -86,8 +90,8 @@ class Restorer:
     # ------------------------------------------------------------------ whole replies
 
     def text(self, text: str) -> str:
-        """Reply text screened, then restored."""
-        return self.restore(self.screen(text))
+        """Reply content screened, then restored."""
+        return self.restore_content(self.screen(text))
 
     def tool_calls(self, calls: ToolCalls) -> ToolCalls:
         """Whole tool calls, their arguments screened, then restored."""
@@ -272,12 +276,7 @@ class StreamScreen:
 
     def flush(self) -> str:
         """Whatever is still held, screened."""
-        if not self._screens_pending():
-            return ""
-        return self._emit(final=True)
-
-    def _screens_pending(self) -> bool:
-        return self._restorer.screens and self._length > 0
+        return self._emit(final=True) if self._length else ""
 
     def _emit(self, *, final: bool) -> str:
         pending = "".join(self._pieces)
@@ -350,12 +349,12 @@ class StreamRestore:
         if not self._restorer.originals:
             return text
         text, self._held = _hold_placeholder_start(self._held + text)
-        return self._restorer.restore(text)
+        return self._restorer.restore_content(text)
 
     def flush(self) -> str:
         """What is still held, restored."""
         held, self._held = self._held, ""
-        return self._restorer.restore(held)
+        return self._restorer.restore_content(held)
 
     def feed_tool_calls(self, fragments: ToolCalls) -> ToolCalls:
         """Tool-call fragments with placeholders in their arguments restored (JSON-escaped)."""
