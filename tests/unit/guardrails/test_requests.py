@@ -291,3 +291,36 @@ def test_entities_between_any_characters() -> None:
         assert guard.check_chat(request).request.messages[0].content == around.format(
             "[PHONE_1]"
         ), around
+
+
+def test_huge_json_numbers_are_left_as_they_are() -> None:
+    # Python will not turn an int of more than 4300 digits into text; 19 digits at most are
+    # looked at (a card number), the rest is left alone
+    arguments = '{"n": ' + "4" * 5000 + ', "card": 4111111111111111, "to": "' + EMAIL + '"}'
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    checked = (
+        Guard(MASK_ALL)
+        .for_app("a")
+        .check_chat(chat(ChatMessage(role="assistant", tool_calls=[call])))
+    )
+    calls = checked.request.messages[0].tool_calls
+    assert calls is not None
+    assert calls[0]["function"]["arguments"] == arguments.replace(
+        "4111111111111111", '"[CREDIT_CARD_1]"'
+    ).replace(EMAIL, "[EMAIL_1]")  # masked as text, but still JSON: the number is quoted
+
+
+def test_json_too_deep_for_a_decoder_is_masked_as_text_and_stays_json() -> None:
+    escaped = "caf\\u00e9" + EMAIL  # an escape right before the address
+    arguments = "[" * 3000 + f'"{escaped}", 4111111111111111' + "]" * 3000
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    checked = (
+        Guard(MASK_ALL)
+        .for_app("a")
+        .check_chat(chat(ChatMessage(role="assistant", tool_calls=[call])))
+    )
+    calls = checked.request.messages[0].tool_calls
+    assert calls is not None
+    assert calls[0]["function"]["arguments"] == (
+        "[" * 3000 + '"caf\\u00e9[EMAIL_1]", "[CREDIT_CARD_1]"' + "]" * 3000
+    )

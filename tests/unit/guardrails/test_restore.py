@@ -320,5 +320,5 @@ def test_a_json_reply_gets_json_escaped_values() -> None:
     checked = Guard(config).for_app("a").check_chat(request)
     content = json.dumps({"key": "[SECRET_1]", "owner": "[EMAIL_1]"})
     assert json.loads(checked.restorer.text(content)) == {"key": samples.PEM_KEY, "owner": EMAIL}
-    shown, whole = streamed(checked.restorer, [content[:9], content[9:20], content[20:]])
+    _shown, whole = streamed(checked.restorer, [content[:9], content[9:20], content[20:]])
     assert json.loads(whole) == {"key": samples.PEM_KEY, "owner": EMAIL}

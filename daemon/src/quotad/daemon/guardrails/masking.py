@@ -6,16 +6,19 @@ leaves ``log`` ones as they are. It keeps the value → placeholder assignment o
 so the same value gets the same placeholder in every message, part and tool call, and
 :attr:`Masker.originals` maps each placeholder back for restoring.
 
-JSON text (tool-call arguments) is decoded, its string keys and values (and integers long
-enough to be a card number) are rewritten, and it is encoded again only if something
-changed; text that is not valid JSON is treated as plain text. A member whose name labels an
-AWS secret key (``"SecretAccessKey": "…"``) counts as a secret though the value alone would
-not. :class:`LiteralPlaceholders` is the pass before masking that reserves the
-placeholder-shaped text a caller sent.
+JSON text (tool-call arguments) is decoded, its string keys and values (and integers of
+13 to 19 digits: card numbers) are rewritten, and it is encoded again only if something
+changed. JSON no decoder takes (numbers out of range, nesting too deep) is masked as text
+in a way that keeps it JSON; text that is not JSON at all is masked as plain text. A
+member whose name labels an AWS secret key (``"SecretAccessKey": "…"``) counts as a secret
+though the value alone would not. :class:`LiteralPlaceholders` is the pass before masking
+that reserves the placeholder-shaped text a caller sent.
 """
 
 from __future__ import annotations
 
+import bisect
+import re
 from collections.abc import Collection, Mapping
 from typing import Any, Final
 
@@ -28,8 +31,11 @@ from quotad.daemon.guardrails.secret_formats import is_labelled_aws_secret
 
 _MAX_JSON_DEPTH: Final = 64
 """Deeper JSON is masked as plain text (a hostile nesting costs its own fidelity only)."""
-_CARD_SIZED: Final = 10**12
-"""Integers from 13 digits up are looked at (card numbers written as JSON numbers)."""
+_CARD_SIZED: Final = range(10**12, 10**19)
+"""Integers of 13 to 19 digits are looked at (card numbers written as JSON numbers)."""
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+"', re.DOTALL)
 
 
 class _TooDeep(Exception):
@@ -74,12 +80,14 @@ class Masker:
             return text
         try:
             decoded = msgspec.json.decode(text)
-        except (msgspec.DecodeError, RecursionError):
-            return self.text(text)
+        except (msgspec.ValidationError, RecursionError):  # JSON, but numbers out of range
+            return self._json_as_text(text)  # or nested too deep for a decoder
+        except msgspec.DecodeError:
+            return self.text(text)  # not JSON at all
         try:
             rewritten = self._value(decoded, 0)
         except _TooDeep:
-            return self.text(text)
+            return self._json_as_text(text)
         if rewritten is decoded:
             return text
         return msgspec.json.encode(rewritten).decode()
@@ -92,7 +100,7 @@ class Masker:
             return self._value(value, 0)
         except _TooDeep:
             encoded = _encoded(value)
-            masked = self.text(encoded)
+            masked = self._json_as_text(encoded)
             if masked is encoded:
                 return value
             try:
@@ -102,8 +110,35 @@ class Masker:
 
     # ------------------------------------------------------------------ the work
 
-    def act_on(self, text: str, entities: list[Entity]) -> str:
-        """``text`` with ``entities`` (found in it, in order) counted and acted on."""
+    def _json_as_text(self, text: str) -> str:
+        """JSON that cannot be decoded (not JSON, nested too deep, numbers out of range)
+        masked as text, keeping what JSON it is valid: a placeholder outside a string (a
+        number) is quoted, and one inside a string starts after an escape, not inside it."""
+        entities = find_entities(text, self.kinds)
+        if not entities:
+            return text
+        strings = [match.span() for match in _JSON_STRING.finditer(text)]
+        starts = [start for start, _ in strings]
+        shaped: list[Entity] = []
+        quoted: set[int] = set()
+        for start, end, kind in entities:
+            index = bisect.bisect_right(starts, start) - 1
+            if index >= 0 and start < strings[index][1]:  # inside a string
+                backslashes = 0
+                while text[start - backslashes - 1] == "\\":
+                    backslashes += 1
+                if backslashes % 2:  # it starts with an escaped character: skip it
+                    start += 5 if text[start] == "u" else 1
+                if start >= end:
+                    continue
+            else:
+                quoted.add(start)
+            shaped.append((start, end, kind))
+        return self.act_on(text, shaped, quoted)
+
+    def act_on(self, text: str, entities: list[Entity], quoted: Collection[int] = ()) -> str:
+        """``text`` with ``entities`` (found in it, in order) counted and acted on; those
+        starting at a ``quoted`` position get their placeholder as a JSON string."""
         pieces: list[str] = []
         last = 0
         for start, end, kind in entities:
@@ -111,7 +146,8 @@ class Masker:
             action = self.actions[kind]
             if action == "mask":
                 pieces.append(text[last:start])
-                pieces.append(self.placeholder_of(kind, text[start:end]))
+                name = self.placeholder_of(kind, text[start:end])
+                pieces.append(f'"{name}"' if start in quoted else name)
                 last = end
             elif action == "block":
                 self.blocked.add(kind)
@@ -164,7 +200,7 @@ class Masker:
             if all(new is old for new, old in zip(rewritten, value, strict=True)):
                 return value
             return rewritten
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _CARD_SIZED:
+        if isinstance(value, int) and not isinstance(value, bool) and value in _CARD_SIZED:
             digits = str(value)
             entities = find_entities(digits, self.kinds)
             if len(entities) == 1 and entities[0][:2] == (0, len(digits)):
