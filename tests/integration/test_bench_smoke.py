@@ -11,6 +11,10 @@ import pytest
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 BENCHES = sorted(path for path in BENCH_DIR.glob("*.py") if not path.name.startswith("_"))
+EXPECTED_FIGURES = {
+    "guardrails": {"mixed", "dense_prose", "code", "json", "cjk", "restore", "hostile"},
+}
+"""Figures some benchmarks must report (a benchmark's report says what it measured)."""
 
 
 @pytest.mark.slow
@@ -28,3 +32,4 @@ def test_bench_runs_quick(bench: Path) -> None:
     figures = json.loads(lines[-1])
     assert figures["bench"] == bench.stem
     assert all(value is not None for value in figures.values())
+    assert EXPECTED_FIGURES.get(bench.stem, set()) <= figures.keys()

@@ -270,3 +270,77 @@ def test_a_cluster_without_the_redis_client_says_what_to_install(
     assert found == [
         "cluster.redis_url: the Redis client is not installed: pip install 'quotad[cluster]'"
     ]
+
+
+# --------------------------------------------------------------------------- guardrails
+
+GUARDRAILS = """
+[guardrails]
+output = { secret = "mask" }
+restore = true
+
+[guardrails.input]  # TOML 1.0 (tomllib) has no line breaks inside { … }: a table instead
+email = "mask"
+phone = "mask"
+credit_card = "block"
+iban = "mask"
+ip = "log"
+secret = "block"
+
+[apps.notebook.guardrails]
+input = { email = "log", us_ssn = "off" }
+restore = false
+"""
+
+
+def test_guardrails_load_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "quotad.toml"
+    path.write_text(GUARDRAILS, encoding="utf-8")
+    config = load_config(path)
+    assert config.guardrails.input["credit_card"] == "block"
+    assert config.guardrails.output == {"secret": "mask"}
+    assert config.guardrails.restore is True
+    notebook = config.apps["notebook"].guardrails
+    assert (notebook.input, notebook.output, notebook.restore) == (
+        {"email": "log", "us_ssn": "off"},
+        {},
+        False,
+    )
+
+
+def test_no_guardrails_section_means_none(tmp_path: Path) -> None:
+    path = tmp_path / "quotad.toml"
+    path.write_text("[apps.a]\npriority = 'low'\n", encoding="utf-8")
+    config = load_config(path)
+    assert (config.guardrails.input, config.guardrails.output) == ({}, {})
+    assert config.apps["a"].guardrails.restore is None
+
+
+def test_guardrails_name_the_key_path_of_each_problem(tmp_path: Path) -> None:
+    text = """
+[guardrails]
+input = { emial = "mask", email = "maks", phone = 3 }
+output = { secret = "blok" }
+restore = "yes"
+colour = "red"
+
+[apps.a.guardrails]
+output = { ssn = "mask" }
+"""
+    assert sorted(problems(tmp_path, text)) == [
+        "apps.a.guardrails.output.ssn: unknown entity; known: email, phone, credit_card, iban, "
+        "ip, us_ssn, secret",
+        "guardrails.colour: unknown key",
+        "guardrails.input.email: unknown action 'maks'; known: mask, block, log, off",
+        "guardrails.input.emial: unknown entity; known: email, phone, credit_card, iban, ip, "
+        "us_ssn, secret",
+        "guardrails.input.phone: expected an action (str), got int",
+        "guardrails.output.secret: unknown action 'blok'; known: mask, block, log, off",
+        "guardrails.restore: expected bool, got str",
+    ]
+
+
+def test_guardrails_input_must_be_a_table(tmp_path: Path) -> None:
+    assert problems(tmp_path, '[guardrails]\ninput = "mask"\n') == [
+        "guardrails.input: expected object, got str"
+    ]

@@ -7,6 +7,7 @@ import pickle
 
 import quotad.client
 from quotad.client import (
+    BlockedError,
     ConnectionLostError,
     DaemonUnavailableError,
     QuotadError,
@@ -46,3 +47,15 @@ def test_connection_lost_is_a_daemon_unavailable_error() -> None:
     assert issubclass(ConnectionLostError, DaemonUnavailableError)
     assert ConnectionLostError("x").code == "connection_lost"
     assert DaemonUnavailableError("x").code == "daemon_unavailable"
+
+
+def test_blocked_is_its_own_error_naming_the_kinds() -> None:
+    details = {"kinds": ["credit_card", "secret"], "direction": "input"}
+    error = error_from_reply(Error(code="blocked", message="blocked", details=details))
+    assert type(error) is BlockedError
+    assert error.details["kinds"] == ["credit_card", "secret"]
+    assert error.retry_after_s is None
+    assert "blocked" in ERROR_CODES
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is BlockedError
+    assert copy.details == details

@@ -15,6 +15,7 @@ from quotad.client._sync import ChatStream, Client, HeldPermit, Subscription
 from quotad.client.exceptions import (
     BadFrameError,
     BadRequestError,
+    BlockedError,
     BudgetExceededError,
     ConnectionLostError,
     DaemonUnavailableError,
@@ -59,6 +60,7 @@ __all__ = [
     "AsyncSubscription",
     "BadFrameError",
     "BadRequestError",
+    "BlockedError",
     "BudgetExceededError",
     "ChatChunk",
     "ChatEnd",

@@ -14,6 +14,7 @@ Exception tree::
     ├── OverloadedError             overloaded
     ├── RequestCancelledError       cancelled
     ├── InternalError               internal
+    ├── BlockedError                blocked (a guardrail: ``details["kinds"]`` names what)
     └── DaemonUnavailableError      daemon_unavailable (client side: no daemon answered)
         └── ConnectionLostError     connection_lost (dropped with a request in flight)
 
@@ -32,6 +33,7 @@ from quotad.protocol.messages import Error
 __all__ = [
     "BadFrameError",
     "BadRequestError",
+    "BlockedError",
     "BudgetExceededError",
     "ConnectionLostError",
     "DaemonUnavailableError",
@@ -151,6 +153,13 @@ class InternalError(QuotadError):
     default_code = "internal"
 
 
+class BlockedError(QuotadError):
+    """A guardrail refused the request (or its reply): ``details["kinds"]`` lists the entity
+    kinds found (``credit_card``, ``secret``…), never their values; retrying will not help."""
+
+    default_code = "blocked"
+
+
 class DaemonUnavailableError(QuotadError):
     """No quotad daemon answered; the message lists every socket tried and why it failed."""
 
@@ -186,6 +195,7 @@ _ERROR_CLASSES: dict[str, type[QuotadError]] = {
         OverloadedError,
         RequestCancelledError,
         InternalError,
+        BlockedError,
     )
 }
 

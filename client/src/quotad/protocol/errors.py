@@ -16,6 +16,7 @@ ErrorCode = Literal[
     "overloaded",
     "cancelled",
     "internal",
+    "blocked",
 ]
 
 ERROR_CODES: Final[dict[str, str]] = {
@@ -30,4 +31,5 @@ ERROR_CODES: Final[dict[str, str]] = {
     "overloaded": "the daemon's queues are full",
     "cancelled": "the request was cancelled",
     "internal": "a bug in quotad",
+    "blocked": "a guardrail refused it: an entity whose action is block (kinds named, not values)",
 }

@@ -25,6 +25,12 @@ from quotad.protocol.paths import SOCKET_ENV, client_socket_candidates
 
 Priority = Literal["low", "normal", "high", "critical"]
 Strategy = Literal["failover", "round-robin", "weighted", "least-busy", "latency", "cost"]
+EntityKind = Literal["email", "phone", "credit_card", "iban", "ip", "us_ssn", "secret"]
+"""What the guardrails detect (DESIGN §12)."""
+GuardrailAction = Literal["mask", "block", "log", "off"]
+"""What a guardrail does with what it found; ``off``: not looked for (an app's way out)."""
+ENTITY_KINDS: Final[tuple[EntityKind, ...]] = typing.get_args(EntityKind)
+GUARDRAIL_ACTIONS: Final[tuple[GuardrailAction, ...]] = typing.get_args(GuardrailAction)
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
@@ -158,6 +164,27 @@ class BudgetsConfig(_Section, kw_only=True):
     alert_at: Fraction = 0.8
 
 
+class GuardrailsConfig(_Section, kw_only=True):
+    """``[guardrails]`` (DESIGN §12): the action for each entity kind found in what is sent
+    (``input``) and in what comes back (``output``), and whether masked values are put back.
+    Entities and actions are checked by :func:`_guardrails_problems`, which names the key
+    path (msgspec's own errors cannot name a table's key), so after loading every value is
+    one of :data:`GUARDRAIL_ACTIONS`."""
+
+    input: dict[str, Any] = msgspec.field(default_factory=dict)
+    output: dict[str, Any] = msgspec.field(default_factory=dict)
+    restore: bool = True
+
+
+class AppGuardrailsConfig(_Section, kw_only=True):
+    """``[apps.A.guardrails]``: any key of ``[guardrails]``, for this app. ``input`` and
+    ``output`` are merged entity by entity over the global ones; ``restore`` replaces it."""
+
+    input: dict[str, Any] = msgspec.field(default_factory=dict)
+    output: dict[str, Any] = msgspec.field(default_factory=dict)
+    restore: bool | None = None
+
+
 class AppConfig(RateLimits, kw_only=True):
     """``[apps.A]``: per-app policy; apps are named by clients or HTTP keys."""
 
@@ -165,6 +192,7 @@ class AppConfig(RateLimits, kw_only=True):
     share: Positive = 1.0
     daily_usd: NonNegative | None = None
     monthly_usd: NonNegative | None = None
+    guardrails: AppGuardrailsConfig = msgspec.field(default_factory=AppGuardrailsConfig)
 
 
 class PriceConfig(_Section, kw_only=True):
@@ -237,6 +265,7 @@ class Config(_Section, kw_only=True):
     gates: GatesConfig = msgspec.field(default_factory=GatesConfig)
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
+    guardrails: GuardrailsConfig = msgspec.field(default_factory=GuardrailsConfig)
     source: str = ""
     """Where this config came from (a path, or "built-in default"); not a TOML key."""
 
@@ -372,6 +401,24 @@ def _limit_problems(where: str, limits: RateLimits) -> list[str]:
     return problems
 
 
+def _guardrails_problems(
+    where: list[str | int], rules: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """Unknown entity kinds and actions in ``input``/``output`` tables, by key path."""
+    problems = []
+    for direction, actions in rules.items():
+        for kind, action in actions.items():
+            path = format_path([*where, direction, kind])
+            if kind not in ENTITY_KINDS:
+                problems.append(f"{path}: unknown entity; known: {', '.join(ENTITY_KINDS)}")
+            elif not isinstance(action, str):
+                problems.append(f"{path}: expected an action (str), got {type(action).__name__}")
+            elif action not in GUARDRAIL_ACTIONS:
+                known = ", ".join(GUARDRAIL_ACTIONS)
+                problems.append(f"{path}: unknown action {action!r}; known: {known}")
+    return problems
+
+
 def _check_references(config: Config, declared_providers: set[str]) -> list[str]:
     """Problems that need the whole config: dangling names, inconsistent values.
 
@@ -400,8 +447,16 @@ def _check_references(config: Config, declared_providers: set[str]) -> list[str]
             )
         for model, limits in provider.models.items():
             problems += _limit_problems(format_path(["providers", name, "models", model]), limits)
+    guardrails = config.guardrails
+    problems += _guardrails_problems(
+        ["guardrails"], {"input": guardrails.input, "output": guardrails.output}
+    )
     for name, app in config.apps.items():
         problems += _limit_problems(format_path(["apps", name]), app)
+        problems += _guardrails_problems(
+            ["apps", name, "guardrails"],
+            {"input": app.guardrails.input, "output": app.guardrails.output},
+        )
     for name, group in config.models.items():
         where = format_path(["models", name])
         if "/" in name:  # it would shadow the target of that name

@@ -1,0 +1,100 @@
+"""No input makes the guardrails slow: a megabyte of digits, ``@``, letters, base64, colons,
+markers… each takes time linear in its size. Asserted as scaling (8 times the input may not
+take much more than 8 times as long), never as absolute time; CPU time, so that a loaded
+machine's scheduling does not count."""
+
+from __future__ import annotations
+
+import random
+import string
+import time
+from collections.abc import Callable
+
+import pytest
+
+from quotad.daemon.config import ENTITY_KINDS, parse_config
+from quotad.daemon.guardrails import Guard
+from quotad.daemon.guardrails.detectors import find_entities
+from quotad.protocol.messages import Chat, ChatMessage
+
+SMALL = 1 << 17
+LARGE = 1 << 20  # 8 x SMALL
+RATIO_BOUND = 24  # linear is 8; quadratic would be 64
+
+_rng = random.Random(5)
+BASE64 = "".join(_rng.choice(string.ascii_letters + string.digits + "+/") for _ in range(4096))
+
+UNITS = {
+    "digits": "1",
+    "at_signs": "@",
+    "letters": "a",
+    "base64": BASE64,
+    "local_parts": "a@",
+    "dotted_domains": "a@b.",
+    "dotted_digits": "1.",
+    "colons": ":",
+    "hex_colons": "ab:",
+    "spaced_digits": "1 ",
+    "dashed_digits": "1-",
+    "plus_digits": "+1 ",
+    "parenthesised": "(1) ",
+    "pem_headers": "-----BEGIN PRIVATE KEY-----\n",
+    "pem_bodies": "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n",
+    "aws_key_ids": "AKIAAAAAAAAAAAAAAAAA ",
+    "jwt_starts": "eyJ.",
+    "openai_starts": "sk-",
+    "iban_starts": "DE89 ",
+    "ssn_groups": "123-45-",
+    "slack_starts": "xoxb-1",
+    "aws_labels": "secret_access_key=",
+    "dashes": "-",
+    "cjk": "本",
+}
+
+
+def cpu_time(call: Callable[[], object]) -> float:
+    """The least CPU time of two calls."""
+    best = float("inf")
+    for _ in range(2):
+        started = time.process_time()
+        call()
+        best = min(best, time.process_time() - started)
+    return max(best, 1e-4)
+
+
+def repeated(unit: str, size: int) -> str:
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+@pytest.mark.parametrize("unit", list(UNITS.values()), ids=list(UNITS))
+def test_detection_is_linear(unit: str) -> None:
+    small, large = repeated(unit, SMALL), repeated(unit, LARGE)
+    ratio = cpu_time(lambda: find_entities(large, ENTITY_KINDS)) / cpu_time(
+        lambda: find_entities(small, ENTITY_KINDS)
+    )
+    assert ratio < RATIO_BOUND
+
+
+@pytest.mark.parametrize("unit", ["x", "1 ", "[EMA", "本", "-----BEGIN RSA PRIVATE KEY-----\n"])
+def test_a_stream_in_small_pieces_is_linear(unit: str) -> None:
+    guard = Guard(
+        parse_config(
+            {
+                "guardrails": {
+                    "input": {"email": "mask"},
+                    "output": {"secret": "mask", "phone": "mask"},
+                }
+            }
+        )
+    ).for_app("a")
+    request = Chat(model="m", messages=[ChatMessage(role="user", content="a@example.com")])
+
+    def stream(size: int) -> None:
+        restorer = guard.check_chat(request).restorer.stream()
+        text = repeated(unit, size)
+        for index in range(0, size, 8):
+            restorer.feed(text[index : index + 8])
+        restorer.flush()
+
+    ratio = cpu_time(lambda: stream(LARGE // 4)) / cpu_time(lambda: stream(SMALL // 4))
+    assert ratio < RATIO_BOUND
