@@ -270,3 +270,16 @@ def test_a_cluster_without_the_redis_client_says_what_to_install(
     assert found == [
         "cluster.redis_url: the Redis client is not installed: pip install 'quotad[cluster]'"
     ]
+
+
+def test_the_socket_limits_and_the_lease_bound(tmp_path: Path) -> None:
+    assert problems(
+        tmp_path,
+        "[daemon]\nmax_connections = 0\nmax_in_flight_per_connection = -1\n"
+        "hello_timeout_s = 0\n[gates]\nlease_s = 900\n",
+    ) == [
+        "daemon.max_connections: expected int >= 1",
+        "daemon.max_in_flight_per_connection: expected int >= 1",
+        "daemon.hello_timeout_s: expected float > 0.0",
+        "gates.lease_s: 900 is over gates.max_lease_s (600)",
+    ]

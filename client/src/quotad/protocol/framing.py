@@ -160,13 +160,18 @@ class FrameDecoder(Generic[T]):
 
 def describe(error: msgspec.ValidationError) -> str:
     """msgspec's ``Expected `int`, got `str` - at `$.max_tokens``` as
-    ``max_tokens: expected int, got str``."""
+    ``max_tokens: expected int, got str`` (``message: ...`` for the message as a whole, and
+    ``extra: a key: ...`` for a key of a map)."""
     text = str(error)
     head, sep, where = text.rpartition(" - at `")
+    what = f"{head[:1].lower()}{head[1:].replace('`', '')}" if sep else text.replace("`", "")
     if not sep:
-        return text
+        return f"message: {what[:1].lower()}{what[1:]}"
+    key, in_key, where = where.partition("` in `")
+    if not in_key:
+        where = key
     path = where.rstrip("`").removeprefix("$").removeprefix(".") or "message"
-    return f"{path}: {head[:1].lower()}{head[1:].replace('`', '')}"
+    return f"{path}: a key: {what}" if in_key else f"{path}: {what}"
 
 
 def request_decoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameDecoder[Request]:
