@@ -13,6 +13,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -272,6 +273,14 @@ def test_permits_end_with_their_connection_and_leases_are_bounded(sim: SimProces
             holder.acquire("sim/m", lease_s=600)
             status = other.status()
             assert status.permits == 1
+            shown = subprocess.run(
+                [sys.executable, "-m", "quotad.daemon.cli", "status"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={**os.environ, "QUOTAD_SOCKET": str(daemon.socket_path)},
+            )
+            assert "in flight 0  permits 1" in shown.stdout, shown.stderr
             with pytest.raises(RateLimitedError):
                 other.acquire("sim/m", max_wait_s=0)
         deadline = time.monotonic() + PATIENCE_S

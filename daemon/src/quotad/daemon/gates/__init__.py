@@ -366,7 +366,9 @@ class Gates:
         return settled
 
     def _expire_leases(self, now: float) -> float:
-        """Settle permits whose lease ran out, as reserved; the next lease end."""
+        """Settle permits whose lease ran out, as reserved; when to look again: the first
+        lease end in the heap, even if that permit was settled since (the timer then wakes
+        for nothing once, rather than being moved at every Settle)."""
         leases = self._leases
         while leases and leases[0][0] <= now:
             _, permit_id = heapq.heappop(leases)
@@ -378,8 +380,6 @@ class Gates:
                     permit.target,
                 )
                 permit.reservation.settle(None)
-        while leases and leases[0][1] not in self._permits:
-            heapq.heappop(leases)
         return leases[0][0] if leases else INFINITY
 
     # ------------------------------------------------------------------ the timer

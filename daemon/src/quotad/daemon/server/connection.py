@@ -112,6 +112,8 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._own_caller = Caller(app="", via="socket")
+        """The peer as its Hello names it (set then)."""
 
     # ------------------------------------------------------------------ protocol callbacks
 
@@ -264,6 +266,14 @@ class Connection(asyncio.Protocol):
             return
         self.greeted = True
         self.app = message.app
+        peer = self.peer
+        self._own_caller = Caller(
+            app=message.app,
+            via="socket",
+            pid=peer.pid if peer else None,
+            uid=peer.uid if peer else None,
+            gid=peer.gid if peer else None,
+        )
         self.write(Welcome(id=message.id, daemon_version=DAEMON_VERSION, features=list(FEATURES)))
 
     def _over_limits(self, message: Request) -> str | None:
@@ -346,9 +356,12 @@ class Connection(asyncio.Protocol):
                 self.server.request_finished()
 
     def _caller(self, app: str) -> Caller:
+        """Who asks: the peer, as the app its request names (else its Hello's)."""
+        if not app or app == self.app:
+            return self._own_caller
         peer = self.peer
         return Caller(
-            app=app or self.app,
+            app=app,
             via="socket",
             pid=peer.pid if peer else None,
             uid=peer.uid if peer else None,
