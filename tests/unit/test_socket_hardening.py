@@ -327,6 +327,28 @@ async def test_connections_are_capped(anyio_backend: Any) -> None:
             assert (await client.status()).connections == 1
 
 
+async def test_a_bug_setting_up_one_connection_does_not_end_the_listener(
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serve() as served:
+        checks = 0
+        refusal = served.server._refusal
+
+        def broken_once(*args: Any) -> str | None:
+            nonlocal checks
+            checks += 1
+            if checks == 1:
+                raise RuntimeError("a bug in the access check")
+            return refusal(*args)
+
+        monkeypatch.setattr(served.server, "_refusal", broken_once)
+        async with await anyio.connect_unix(served.path) as dropped:
+            with anyio.fail_after(PATIENCE_S), pytest.raises(anyio.EndOfStream):
+                await dropped.receive()
+        async with AsyncClient(socket=served.path) as client:
+            assert (await client.status()).connections == 1
+
+
 async def test_a_connection_that_never_says_hello_is_closed(anyio_backend: Any) -> None:
     async with (
         serve(hello_timeout_s=0.2) as served,

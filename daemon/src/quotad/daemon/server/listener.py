@@ -176,7 +176,11 @@ class SocketServer:
             pause = ACCEPT_PAUSE_S[0]
             if self._accept_error is not None:
                 self._accepting_again()
-            await self._take(loop, client)
+            try:
+                await self._take(loop, client)
+            except Exception:  # a bug setting one connection up must not end the listener
+                log.exception("setting up a connection on %s failed", self.path)
+                client.close()
 
     async def _take(self, loop: asyncio.AbstractEventLoop, client: socket.socket) -> None:
         """Check an accepted socket and serve it, or turn it away; nothing it sent is read."""
