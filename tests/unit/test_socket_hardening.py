@@ -30,7 +30,7 @@ from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, parse_config
 from quotad.daemon.providers.base import ChatResult, ChatStream, EmbedResult
 from quotad.daemon.routing import Router
-from quotad.daemon.server import ConnectionLimits, SocketServer
+from quotad.daemon.server import Connection, ConnectionLimits, SocketServer, listener
 from quotad.daemon.store import Store
 from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import (
@@ -265,6 +265,38 @@ async def test_a_peer_that_does_not_read_stops_being_read(anyio_backend: Any) ->
         seen = 0
         while seen < 3 * subscriptions:  # reading again lets the subscriptions go on
             seen += isinstance(await peer.next(), Snapshot)
+
+
+async def flood_unread(served: Served, peer: Peer) -> Connection:
+    """Subscriptions at 20 Hz on a connection whose kernel buffer is tiny, none read."""
+    [connection] = served.server.connections
+    transport = connection._transport
+    assert transport is not None
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    for request_id in range(1, 9):
+        await peer.send(Subscribe(id=request_id, interval_s=0.05))
+    await wait_until(lambda: transport.get_write_buffer_size() > 0)
+    return connection
+
+
+async def test_answers_left_unread_after_a_half_close_linger_a_bounded_time(
+    anyio_backend: Any,
+) -> None:
+    async with serve() as served, Peer.connect(served.path) as peer:
+        connection = await flood_unread(served, peer)
+        assert not connection._writing_paused  # still reading: the EOF is seen
+        await peer.stream.send_eof()
+        await wait_until(lambda: not served.server.connections)  # CLOSE_LINGER_S later
+
+
+async def test_a_peer_that_stops_reading_is_dropped_after_a_while(
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(listener, "WRITE_STALL_S", 0.5)
+    async with serve() as served, Peer.connect(served.path) as peer:
+        connection = await flood_unread(served, peer)
+        await wait_until(lambda: connection._writing_paused)  # no longer reading it
+        await wait_until(lambda: not served.server.connections)
 
 
 # --------------------------------------------------------------------------- permits

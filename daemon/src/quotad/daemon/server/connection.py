@@ -64,6 +64,8 @@ FEATURES: Final = ["chat", "stream", "embed", "status", "cancel", "subscribe"]
 SNAPSHOT_REQUESTS: Final = 200
 """At most this many finished requests per Snapshot (the newest)."""
 RETRY_AFTER_S: Final = 1.0
+CLOSE_LINGER_S: Final = 2.0
+"""How long a closed connection's unsent answers may wait for the peer to read them."""
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -111,6 +113,8 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._writing_paused = False
+        self.stalled_since: float | None = None
+        """Since when answers have waited for the peer to read them (None: they do not)."""
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._own_caller = Caller(app="", via="socket")
         """The peer as its Hello names it (set then)."""
@@ -135,8 +139,8 @@ class Connection(asyncio.Protocol):
             self.refuse("internal", "internal error in quotad reading this connection")
 
     def eof_received(self) -> bool:
-        self._stop()  # the client is done: what it asked for is no longer wanted
-        return False  # let the transport close
+        self.close()  # the client is done: what it asked for is no longer wanted
+        return True  # closed by close(), which bounds how long unread answers may linger
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.lost:
@@ -151,11 +155,13 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self.stalled_since = time.monotonic()
         if not self.closing and self._transport is not None:
             self._transport.pause_reading()  # take no new work while answers pile up
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self.stalled_since = None
         if not self.closing and self._transport is not None:
             self._transport.resume_reading()
         self._end_drain()
@@ -169,10 +175,21 @@ class Connection(asyncio.Protocol):
             record.cancel()
 
     def close(self) -> None:
-        """Cancel everything in flight and close (what is already written is still sent)."""
+        """Cancel everything in flight and close: what is already written is still sent, for
+        :data:`CLOSE_LINGER_S` at most (a peer that does not read must not hold its socket)."""
+        self._stop()
+        transport = self._transport
+        if transport is not None and not self.lost and not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size():
+                self._loop.call_later(CLOSE_LINGER_S, transport.abort)
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now, unsent answers and all."""
+        log.info("dropping connection from pid %s: %s", self.peer and self.peer.pid, reason)
         self._stop()
         if self._transport is not None and not self.lost:
-            self._transport.close()
+            self._transport.abort()
 
     def refuse(self, code: str, message: str) -> None:
         """Answer a protocol error (id 0: about the connection) and close the connection."""

@@ -56,6 +56,8 @@ TURN_AWAY_LINGER_S: Final = 1.0
 """How long a connection turned away stays open after its answer (see _turn_away)."""
 MAX_LINGERING: Final = 64
 """Connections turned away that may linger at once."""
+WRITE_STALL_S: Final = 60.0
+"""A connection whose answers have waited this long for the peer to read them is dropped."""
 CLOSE_WAIT_S: Final = 10.0
 """How long a stopping server waits for its cancelled requests to finish."""
 
@@ -286,18 +288,25 @@ class SocketServer:
         return f"accept failing: {name} ({reason}) since {since:.0f} s"
 
     async def _close_silent_connections(self) -> None:
-        """Close connections that have not said Hello within ``hello_timeout_s`` (one timer for
-        the server, not one per connection; a connection may last up to 1.25 times that)."""
+        """Close connections that have not said Hello within ``hello_timeout_s``, and drop
+        those that have left their answers unread for :data:`WRITE_STALL_S` (one timer for the
+        server, not one per connection; a deadline may pass by up to a quarter of itself)."""
         while True:
-            timeout_s = self.limits.hello_timeout_s
-            await anyio.sleep(min(1.0, timeout_s / 4))
+            await anyio.sleep(min(1.0, self.limits.hello_timeout_s / 4, WRITE_STALL_S / 4))
             now = time.monotonic()
-            for connection in [c for c in self.connections if not c.greeted]:
-                if now - connection.accepted_at > connection.limits.hello_timeout_s:
-                    connection.refuse(
-                        "timeout",
-                        f"no Hello within {connection.limits.hello_timeout_s:g} s of connecting",
-                    )
+            for connection in list(self.connections):
+                if not connection.greeted:
+                    if now - connection.accepted_at > connection.limits.hello_timeout_s:
+                        connection.refuse(
+                            "timeout",
+                            f"no Hello within {connection.limits.hello_timeout_s:g} s of "
+                            "connecting",
+                        )
+                elif (
+                    connection.stalled_since is not None
+                    and now - connection.stalled_since > WRITE_STALL_S
+                ):
+                    connection.abort(f"its answers went unread for {WRITE_STALL_S:g} s")
 
     # ------------------------------------------------------------------ bookkeeping
 
