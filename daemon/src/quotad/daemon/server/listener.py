@@ -70,8 +70,8 @@ class ConnectionLimits:
     max_connections: int = 1024
     max_in_flight: int = 1024
     """Requests in flight plus permits held, per connection."""
-    max_subscriptions: int = 8
-    """Subscribes per connection (each builds a status every interval)."""
+    max_subscriptions: int = 32
+    """Subscribes per connection (each builds a status every interval: at most 20 a second)."""
     hello_timeout_s: float = 10.0
 
     @classmethod
