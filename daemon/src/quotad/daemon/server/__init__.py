@@ -16,11 +16,12 @@ from quotad.daemon.server.binding import (
     bind_unix_socket,
     peer_credentials,
 )
-from quotad.daemon.server.connection import FEATURES, Connection
+from quotad.daemon.server.connection import FEATURES, SNAPSHOT_REQUESTS, Connection
 from quotad.daemon.server.listener import ConnectionLimits, SocketServer
 
 __all__ = [
     "FEATURES",
+    "SNAPSHOT_REQUESTS",
     "Connection",
     "ConnectionLimits",
     "PeerCredentials",
