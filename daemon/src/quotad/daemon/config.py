@@ -59,7 +59,7 @@ class DaemonConfig(_Section, kw_only=True):
     timezone: str = ""
     max_connections: Count = 1024
     """Connections the Unix socket holds at once; one more is answered ``overloaded``."""
-    max_in_flight_per_connection: Count = 1024
+    max_in_flight_per_connection: Count = 4096
     """Requests in flight plus permits held by one connection; one more is ``overloaded``."""
     hello_timeout_s: Positive = 10.0
     """How long a new connection may take to send its Hello before it is closed."""

@@ -68,8 +68,9 @@ class ConnectionLimits:
 
     max_frame: int = DEFAULT_MAX_FRAME
     max_connections: int = 1024
-    max_in_flight: int = 1024
-    """Requests in flight plus permits held, per connection."""
+    max_in_flight: int = 4096
+    """Requests in flight plus permits held, per connection (one connection may carry a
+    whole app's concurrency: an open-loop load that falls behind piles up here)."""
     max_subscriptions: int = 32
     """Subscribes per connection (each builds a status every interval: at most 20 a second)."""
     hello_timeout_s: float = 10.0
