@@ -31,6 +31,7 @@ from quotad.daemon.config import Config, parse_config
 from quotad.daemon.providers.base import ChatResult, ChatStream, EmbedResult
 from quotad.daemon.routing import Router
 from quotad.daemon.server import Connection, ConnectionLimits, SocketServer, listener
+from quotad.daemon.server import connection as connection_module
 from quotad.daemon.store import Store
 from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import (
@@ -265,6 +266,32 @@ async def test_a_peer_that_does_not_read_stops_being_read(anyio_backend: Any) ->
         seen = 0
         while seen < 3 * subscriptions:  # reading again lets the subscriptions go on
             seen += isinstance(await peer.next(), Snapshot)
+
+
+async def test_answers_given_at_once_stop_being_read_past_a_bound(
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that sends Status after Status and reads nothing: past MAX_UNREAD_BYTES of
+    answers buffered, the server reads nothing more from it (the rest waits in the socket);
+    once the peer reads, every request is answered."""
+    monkeypatch.setattr(connection_module, "MAX_UNREAD_BYTES", 16384)
+    async with serve() as served, Peer.connect(served.path) as peer:
+        [connection] = served.server.connections
+        transport = connection._transport
+        assert transport is not None
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport.set_write_buffer_limits(high=8192)  # under the bound, as 64 KiB is under 1 MiB
+        count = 3000
+        sender = anyio.create_task_group()
+        async with sender:
+            sender.start_soon(
+                peer.send, b"".join(ENCODER.encode(Status(id=n)) for n in range(count))
+            )
+            await wait_until(lambda: connection._reading_paused)
+            status_size = len(ENCODER.encode(served.server.status()))
+            assert transport.get_write_buffer_size() <= 16384 + status_size
+            seen = {(await peer.next()).id for _ in range(count)}
+        assert seen == set(range(count))
 
 
 async def flood_unread(served: Served, peer: Peer) -> Connection:

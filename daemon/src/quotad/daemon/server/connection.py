@@ -12,9 +12,10 @@ Each answer is one ``transport.write`` of a whole frame, so frames never interle
 What a connection may cost is bounded: the bytes of one frame (``daemon.max_frame``), requests
 in flight plus permits held (``daemon.max_in_flight_per_connection``: one more is answered
 ``overloaded``), Subscribes (:attr:`ConnectionLimits.max_subscriptions`), and what it leaves
-unread: while the transport's write buffer is over its high-water mark, the connection stops
-reading (no new work from a peer that does not read its answers) and streams and snapshots
-wait for it to drain. A frame that cannot be decoded is answered with an ``Error`` naming what
+unread: while the transport's write buffer is over its high-water mark, requests wait for it
+to drain before they end (streams and snapshots slow down), and past :data:`MAX_UNREAD_BYTES`
+the connection stops reading (no new work from a peer that does not read its answers). A
+frame that cannot be decoded is answered with an ``Error`` naming what
 was wrong and closes this connection only; permits it still holds are settled as reserved.
 """
 
@@ -64,6 +65,11 @@ FEATURES: Final = ["chat", "stream", "embed", "status", "cancel", "subscribe"]
 SNAPSHOT_REQUESTS: Final = 200
 """At most this many finished requests per Snapshot (the newest)."""
 RETRY_AFTER_S: Final = 1.0
+MAX_UNREAD_BYTES: Final = 1024 * 1024
+"""Answers buffered for a peer past which nothing more is read from it (tasks already wait
+for the buffer to drain past the transport's high-water mark; this bounds what answers given
+at once, such as Status, may pile up). Not at the high-water mark itself: a client busy
+sending while its reader lags would then stall on a daemon that reads nothing."""
 CLOSE_LINGER_S: Final = 2.0
 """How long a closed connection's unsent answers may wait for the peer to read them."""
 
@@ -113,6 +119,7 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._writing_paused = False
+        self._reading_paused = False
         self.stalled_since: float | None = None
         """Since when answers have waited for the peer to read them (None: they do not)."""
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -126,11 +133,15 @@ class Connection(asyncio.Protocol):
         self.server.connection_started(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
+        if not self.closing:
+            self._process(data)
+
+    def _process(self, data: bytes) -> None:
+        """Decode and answer every whole frame received; stop early when the connection
+        closes or reading pauses (the rest waits in the decoder)."""
         try:
             for message in self._decoder.feed(data):
-                if not self._receive(message):
+                if not self._receive(message) or self._reading_paused:
                     return
         except FrameError as error:
             self.refuse(error.code, str(error))
@@ -156,14 +167,14 @@ class Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._writing_paused = True
         self.stalled_since = time.monotonic()
-        if not self.closing and self._transport is not None:
-            self._transport.pause_reading()  # take no new work while answers pile up
 
     def resume_writing(self) -> None:
         self._writing_paused = False
         self.stalled_since = None
-        if not self.closing and self._transport is not None:
+        if self._reading_paused and not self.closing and self._transport is not None:
+            self._reading_paused = False
             self._transport.resume_reading()
+            self._process(b"")  # what was received before the pause
         self._end_drain()
 
     # ------------------------------------------------------------------ closing
@@ -200,10 +211,18 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ writing
 
     def write(self, message: Message) -> None:
-        """Write one whole frame now (buffered by the transport if the socket is full)."""
+        """Write one whole frame now (buffered by the transport if the socket is full). Past
+        :data:`MAX_UNREAD_BYTES` buffered, stop reading the peer until it reads its answers."""
         transport = self._transport
         if transport is not None and not self.lost and not transport.is_closing():
             transport.write(self._encode(message))
+            if (
+                self._writing_paused
+                and not self._reading_paused
+                and transport.get_write_buffer_size() > MAX_UNREAD_BYTES
+            ):
+                self._reading_paused = True
+                transport.pause_reading()
 
     async def send(self, message: Message) -> None:
         """Write one frame; then, while the transport's buffer is over its high-water mark,
