@@ -344,3 +344,16 @@ def test_guardrails_input_must_be_a_table(tmp_path: Path) -> None:
     assert problems(tmp_path, '[guardrails]\ninput = "mask"\n') == [
         "guardrails.input: expected object, got str"
     ]
+
+
+def test_the_socket_limits_and_the_lease_bound(tmp_path: Path) -> None:
+    assert problems(
+        tmp_path,
+        "[daemon]\nmax_connections = 0\nmax_in_flight_per_connection = -1\n"
+        "hello_timeout_s = 0\n[gates]\nlease_s = 900\n",
+    ) == [
+        "daemon.max_connections: expected int >= 1",
+        "daemon.max_in_flight_per_connection: expected int >= 1",
+        "daemon.hello_timeout_s: expected float > 0.0",
+        "gates.lease_s: 900 is over gates.max_lease_s (600)",
+    ]

@@ -20,10 +20,13 @@ from hypothesis import strategies as st
 
 from quotad.protocol.framing import (
     DEFAULT_MAX_FRAME,
+    MAX_NESTING,
     FrameDecoder,
     FrameEncoder,
+    FrameError,
     FrameTooLarge,
     MessageInvalid,
+    MessageValidationError,
     reply_decoder,
     request_decoder,
 )
@@ -66,6 +69,7 @@ from quotad.protocol.messages import (
     Welcome,
     WindowStatus,
 )
+from quotad.protocol.scan import nesting_exceeds
 
 REQUEST_TYPES: tuple[type[Message], ...] = get_args(Request)
 REPLY_TYPES: tuple[type[Message], ...] = get_args(Reply)
@@ -353,6 +357,152 @@ def test_invalid_messages_name_the_bad_field(fields: dict[str, Any], named: str)
 def test_malformed_payloads_raise_message_invalid(payload: bytes) -> None:
     with pytest.raises(MessageInvalid):
         decode_all(request_decoder(), frame(payload))
+
+
+def test_invalid_utf8_in_a_string_is_a_bad_frame_naming_its_field() -> None:
+    """The 12-byte frame that killed the daemon: msgspec raises a bare UnicodeDecodeError."""
+    with pytest.raises(MessageInvalid) as caught:
+        decode_all(request_decoder(), bytes.fromhex("00000008 81a474797065a1ff"))
+    assert caught.value.code == "bad_frame"
+    assert "type: not valid UTF-8" in str(caught.value)
+
+
+BAD_TEXT = "not-utf8"
+"""Stands for a string that is not UTF-8: the encoder refuses one, so it is patched in."""
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"model": BAD_TEXT}, "model"),
+        ({"messages": [{"role": "user", "content": BAD_TEXT}]}, "messages"),
+        ({"extra": {BAD_TEXT: 1}}, "extra"),
+        ({"tags": ["fine", BAD_TEXT]}, "tags"),
+    ],
+)
+def test_invalid_utf8_anywhere_names_the_top_level_field(
+    fields: dict[str, Any], named: str
+) -> None:
+    chat = {"type": "Chat", "id": 1, "model": "fast", "messages": [], **fields}
+    payload = RAW.encode(chat).replace(BAD_TEXT.encode(), b"not-\xff\xfe\xfd8")
+    with pytest.raises(MessageInvalid) as caught:
+        decode_all(request_decoder(), frame(payload))
+    assert caught.value.code == "bad_frame"
+    assert f"{named}: not valid UTF-8" in str(caught.value)
+
+
+DEEP = "@@deep@@"
+
+
+def nested_chat(depth: int, field: str = "extra") -> bytes:
+    """A Chat frame whose MessagePack nests ``depth`` containers deep, the innermost ones in
+    ``field`` (the message's own map is the first level). Built as bytes: msgspec's encoder
+    would stop at its own recursion limit."""
+    shapes: dict[str, tuple[dict[str, Any], int]] = {
+        "extra": ({"extra": {"x": DEEP}}, 2),
+        "tools": ({"tools": [DEEP]}, 2),
+        "messages": ({"messages": [{"role": "user", "content": DEEP}]}, 3),
+    }
+    fields, around = shapes[field]
+    payload = RAW.encode({"type": "Chat", "id": 1, "model": "m", "messages": [], **fields})
+    lists = b"\x91" * (depth - around) + b"\x01"
+    return frame(payload.replace(RAW.encode(DEEP), lists))
+
+
+@pytest.mark.parametrize("field", ["extra", "tools", "messages"])
+def test_nesting_is_bounded_before_msgspec_recurses(field: str) -> None:
+    """1,500 levels in an Any field ended the decoding (and the daemon) in RecursionError."""
+    for depth in (MAX_NESTING + 1, 1500, 100_000):
+        with pytest.raises(MessageValidationError) as caught:
+            decode_all(request_decoder(), nested_chat(depth, field))
+        assert caught.value.code == "bad_request"
+        assert f"{field}: nested deeper than {MAX_NESTING} levels" in str(caught.value)
+
+
+def test_nesting_up_to_the_limit_decodes() -> None:
+    (chat,) = decode_all(request_decoder(), nested_chat(MAX_NESTING))
+    depth, value = 2, chat.extra["x"]
+    while isinstance(value, list):
+        depth, value = depth + 1, value[0]
+    assert depth == MAX_NESTING
+
+
+def test_any_exception_out_of_msgspec_is_a_frame_error() -> None:
+    """msgspec passes through exceptions it does not document (here one a type raises); they
+    must still cost only the frame."""
+
+    class Touchy(msgspec.Struct):
+        value: int = 0
+
+        def __post_init__(self) -> None:
+            raise ArithmeticError("not a ValueError or TypeError: msgspec lets it through")
+
+    with pytest.raises(MessageInvalid, match="ArithmeticError"):
+        decode_all(FrameDecoder(Touchy), frame(RAW.encode({"value": 1})))
+
+
+def _depth(value: Any) -> int:
+    """Containers deep ``value`` nests (an empty one counts as no level, as MessagePack has no
+    element inside it to reach)."""
+    if isinstance(value, dict) and value:
+        return 1 + max(_depth(v) for pair in value.items() for v in pair)
+    if isinstance(value, list) and value:
+        return 1 + max(_depth(v) for v in value)
+    return 0
+
+
+DEEP_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.binary(max_size=300)
+    | st.text(max_size=70),
+    lambda children: (
+        st.lists(children, max_size=20) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=60,
+)
+"""Values for the nesting walk: every kind of MessagePack element, long runs, deep chains."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(DEEP_JSON, st.integers(1, 12))
+def test_the_nesting_walk_agrees_with_the_decoded_depth(value: Any, limit: int) -> None:
+    payload = RAW.encode({"type": "Chat", "extra": value})
+    too_deep = nesting_exceeds(payload, limit)
+    assert (too_deep is not None) == (_depth({"type": "Chat", "extra": value}) > limit)
+    if too_deep is not None and limit > 1:
+        assert too_deep == "extra"
+
+
+def _mutations(data: bytes, seed: int, count: int) -> list[bytes]:
+    """``count`` copies of ``data`` with a few bytes overwritten, inserted or deleted."""
+    import random
+
+    chooser = random.Random(seed)
+    mutated = []
+    for _ in range(count):
+        copy = bytearray(data)
+        for _ in range(chooser.randint(1, 4)):
+            where = chooser.randrange(len(copy))
+            match chooser.randrange(3):
+                case 0:
+                    copy[where] = chooser.randrange(256)
+                case 1:
+                    copy.insert(where, chooser.choice([0xFF, 0xC1, 0xDD, 0xDF, 0x9F, 0xA1]))
+                case _:
+                    del copy[where]
+        mutated.append(bytes(copy))
+    return mutated
+
+
+@pytest.mark.parametrize("message", REQUESTS)
+def test_mutated_payloads_only_yield_messages_or_frame_errors(message: Message) -> None:
+    payload = RAW.encode(message)
+    for mutated in _mutations(payload, seed=len(payload), count=300):
+        with contextlib.suppress(FrameError):  # anything else fails the test
+            decode_all(request_decoder(), frame(mutated))
 
 
 def _check_only_messages_or_frame_errors(decoder: FrameDecoder[Any], data: bytes) -> None:

@@ -5,6 +5,13 @@ reused: encoding writes the payload and its length prefix into one reused buffer
 every complete frame out of the bytes received so far. A length over ``max_frame`` is refused
 before anything is allocated for it. The msgspec decoder of each message type is built once per
 process and shared by every :class:`FrameDecoder` of that type.
+
+Whatever a frame holds, decoding it either yields a message or raises a :class:`FrameError`
+naming what is wrong (and the field, where one can be named): a frame nested deeper than
+:data:`MAX_NESTING` is refused before msgspec walks it (see :mod:`quotad.protocol.scan`), a
+string that is not UTF-8 is a bad frame (msgspec raises a bare ``UnicodeDecodeError`` for it),
+and any other exception out of msgspec is caught too, so that no frame can raise anything a
+reader of frames does not expect.
 """
 
 from __future__ import annotations
@@ -15,9 +22,14 @@ from typing import Any, Final, Generic, TypeVar
 import msgspec
 
 from quotad.protocol.messages import Reply, Request
+from quotad.protocol.scan import field_of_invalid_string, nesting_exceeds
 
 DEFAULT_MAX_FRAME: Final = 8 * 1024 * 1024
 HEADER_SIZE: Final = 4
+MAX_NESTING: Final = 64
+"""How many containers deep a frame's MessagePack may nest (the message's own map is the
+first): deep enough for any JSON schema a tool declares, shallow enough that nothing walking a
+message recursively runs out of stack."""
 
 T = TypeVar("T")
 
@@ -109,20 +121,36 @@ class FrameDecoder(Generic[T]):
                 start = offset + HEADER_SIZE
                 if end - start < size:
                     break
-                payload = memoryview(buffer)[start : start + size]
-                try:
-                    message = self._decoder.decode(payload)
-                except msgspec.ValidationError as exc:
-                    raise MessageValidationError(f"invalid message: {describe(exc)}") from None
-                except msgspec.DecodeError as exc:
-                    raise MessageInvalid(f"malformed MessagePack: {exc}") from None
-                finally:
-                    payload.release()
+                payload = buffer[start : start + size]  # a copy: the buffer moves on
                 offset = start + size
-                yield message
+                yield self._decode(payload)
         finally:
             if offset:
                 del buffer[:offset]
+
+    def _decode(self, payload: bytearray) -> T:
+        """One frame's message; a :class:`FrameError` for anything else it holds."""
+        deep = nesting_exceeds(payload, MAX_NESTING)
+        if deep is not None:
+            raise MessageValidationError(
+                f"invalid message: {deep}: nested deeper than {MAX_NESTING} levels"
+            )
+        try:
+            return self._decoder.decode(payload)
+        except msgspec.ValidationError as exc:
+            raise MessageValidationError(f"invalid message: {describe(exc)}") from None
+        except msgspec.DecodeError as exc:
+            raise MessageInvalid(f"malformed MessagePack: {exc}") from None
+        except UnicodeDecodeError as exc:
+            where = field_of_invalid_string(payload) or "a string"
+            raise MessageInvalid(
+                f"malformed MessagePack: {where}: not valid UTF-8 ({exc.reason} at byte "
+                f"{exc.start} of the string)"
+            ) from None
+        except Exception as exc:  # msgspec raising what it does not document: still one frame
+            raise MessageInvalid(
+                f"undecodable frame: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
 
     @property
     def pending(self) -> int:
@@ -132,13 +160,18 @@ class FrameDecoder(Generic[T]):
 
 def describe(error: msgspec.ValidationError) -> str:
     """msgspec's ``Expected `int`, got `str` - at `$.max_tokens``` as
-    ``max_tokens: expected int, got str``."""
+    ``max_tokens: expected int, got str`` (``message: ...`` for the message as a whole, and
+    ``extra: a key: ...`` for a key of a map)."""
     text = str(error)
     head, sep, where = text.rpartition(" - at `")
+    what = f"{head[:1].lower()}{head[1:].replace('`', '')}" if sep else text.replace("`", "")
     if not sep:
-        return text
+        return f"message: {what[:1].lower()}{what[1:]}"
+    key, in_key, where = where.partition("` in `")
+    if not in_key:
+        where = key
     path = where.rstrip("`").removeprefix("$").removeprefix(".") or "message"
-    return f"{path}: {head[:1].lower()}{head[1:].replace('`', '')}"
+    return f"{path}: a key: {what}" if in_key else f"{path}: {what}"
 
 
 def request_decoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameDecoder[Request]:

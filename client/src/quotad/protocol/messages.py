@@ -374,6 +374,13 @@ class StatusReply(Message):
     budgets: list[BudgetStatus] = msgspec.field(default_factory=list)
     apps: list[AppStatus] = msgspec.field(default_factory=list)
     events: list[Event] = msgspec.field(default_factory=list)
+    permits: int = 0
+    """Permits granted (``Acquire``) and not yet settled: each holds its gates' admission, and
+    its provider's in-flight slot, like a request in flight."""
+    problems: list[str] = msgspec.field(default_factory=list)
+    """What keeps the daemon from serving fully now, one short line each (e.g. a listener
+    whose accept fails: "unix socket: accept failing: EMFILE (too many open files) since 12 s");
+    empty when all is well."""
 
 
 class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -34,7 +34,7 @@ from quotad.daemon.activity import AppActivity, AppActivityLog
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
-from quotad.daemon.gates import Gates
+from quotad.daemon.gates import Demand, Gates, Reservation
 from quotad.daemon.logs import REQUEST_LOG, log_request
 from quotad.daemon.metrics import Metrics
 from quotad.daemon.net.deadlines import Deadlines
@@ -338,17 +338,44 @@ class Broker:
 
     # ------------------------------------------------------------------ permits
 
+    def acquire_now(self, request: Acquire, caller: Caller) -> Permit | None:
+        """A permit at once when the gates admit it without waiting (nobody waits ahead of it
+        and it fits now); None when it has to wait (:meth:`acquire`). Lets the socket server
+        answer an uncontended Acquire in its read callback, without a task."""
+        target, demand, _ = self._permit_demand(request, caller)
+        reservation = self.gates.admit_now(demand)
+        if reservation is None:
+            return None
+        return self._grant(request, target, reservation, 0.0)
+
     async def acquire(self, request: Acquire, caller: Caller) -> Permit:
         """A permit on a target's gates, for a caller that calls the provider itself with its
         own SDK: the same admission a request through the daemon would take."""
-        route = self.router.resolve(request.target)
-        target = next((t for t in route.targets if t.enabled), route.targets[0])
-        app = request.app or caller.app
+        target, demand, app = self._permit_demand(request, caller)
         priority = request.priority or self.gates.app_policy(app).priority
-        demand = self.gates.demand(target.provider_name, target.name, app, request.tokens)
         reservation, waited = await self.gates.admit(
             demand, app=app, priority=priority, max_wait_s=request.max_wait_s
         )
+        return self._grant(request, target, reservation, waited)
+
+    def _permit_demand(self, request: Acquire, caller: Caller) -> tuple[Target, Demand, str]:
+        """The target an Acquire asks for, its demand on the gates, and its app; a lease
+        longer than ``gates.max_lease_s`` is refused (a permit must end)."""
+        max_lease_s = self.gates.max_lease_s
+        if request.lease_s is not None and not request.lease_s <= max_lease_s:
+            raise RequestError(
+                "bad_request",
+                f"lease_s: {request.lease_s:g} s is over gates.max_lease_s ({max_lease_s:g} s)",
+            )
+        route = self.router.resolve(request.target)
+        target = next((t for t in route.targets if t.enabled), route.targets[0])
+        app = request.app or caller.app
+        demand = self.gates.demand(target.provider_name, target.name, app, request.tokens)
+        return target, demand, app
+
+    def _grant(
+        self, request: Acquire, target: Target, reservation: Reservation, waited: float
+    ) -> Permit:
         held = self.gates.grant_permit(
             reservation, target.provider_name, target.name, request.lease_s
         )
@@ -359,9 +386,9 @@ class Broker:
             lease_s=held.expires_at - self.clock.monotonic(),
         )
 
-    async def settle(self, request: Settle, caller: Caller) -> Ok:
+    def settle(self, request: Settle, caller: Caller) -> Ok:
         """Settle a permit with what the call really used, and learn from the provider's
-        rate-limit headers the caller passes on (a 429 pauses the target)."""
+        rate-limit headers the caller passes on (a 429 pauses the target). Never waits."""
         held = self.gates.take_permit(request.permit_id)
         if held is None:
             raise RequestError(

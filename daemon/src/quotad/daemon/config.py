@@ -63,6 +63,12 @@ class DaemonConfig(_Section, kw_only=True):
     log_format: Literal["text", "json"] = "text"
     """``text`` lines, or one JSON object per line (``quotad serve --log-format`` overrides)."""
     timezone: str = ""
+    max_connections: Count = 1024
+    """Connections the Unix socket holds at once; one more is answered ``overloaded``."""
+    max_in_flight_per_connection: Count = 4096
+    """Requests in flight plus permits held by one connection; one more is ``overloaded``."""
+    hello_timeout_s: Positive = 10.0
+    """How long a new connection may take to send its Hello before it is closed."""
 
 
 class HttpConfig(_Section, kw_only=True):
@@ -213,6 +219,8 @@ class GatesConfig(_Section, kw_only=True):
     max_queue: Count = 10000
     aging_s: Positive = 10.0
     lease_s: Positive = 120.0
+    max_lease_s: Positive = 600.0
+    """The longest lease an ``Acquire`` may ask for (a longer one is refused)."""
 
 
 class RetryConfig(_Section, kw_only=True):
@@ -493,6 +501,11 @@ def _check_references(config: Config, declared_providers: set[str]) -> list[str]
         host, colon, port = config.http.listen.rpartition(":")
         if not colon or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             problems.append(f"http.listen: expected 'host:port', got {config.http.listen!r}")
+    if config.gates.lease_s > config.gates.max_lease_s:
+        problems.append(
+            f"gates.lease_s: {config.gates.lease_s:g} is over gates.max_lease_s "
+            f"({config.gates.max_lease_s:g})"
+        )
     if config.daemon.timezone:
         try:
             from zoneinfo import ZoneInfo

@@ -106,7 +106,9 @@ def format_status(status: StatusReply) -> str:
         f"quotad {status.daemon_version}  pid {status.pid}  up {status.uptime_s:.0f}s  "
         f"socket {status.socket}" + (f"  http {status.http}" if status.http else ""),
         f"config {status.config_path}  connections {status.connections}  "
-        f"in flight {status.in_flight}  requests {status.requests_total}",
+        f"in flight {status.in_flight}  permits {status.permits}  "
+        f"requests {status.requests_total}",
+        *(f"problem: {problem}" for problem in status.problems),
     ]
     if status.targets:
         out += ["", "targets"]

@@ -33,7 +33,7 @@ from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.base import Provider
 from quotad.daemon.routing import HealthChecks, Router
-from quotad.daemon.server import SocketInUseError, SocketServer
+from quotad.daemon.server import ConnectionLimits, SocketInUseError, SocketServer
 from quotad.daemon.store import Store, StoreError
 from quotad.daemon.systemd import ActivationError, Notifier, activated_socket
 from quotad.protocol.paths import daemon_socket_path
@@ -113,7 +113,7 @@ class Daemon:
         self.server = SocketServer(
             self.broker,
             socket_path,
-            max_frame=config.daemon.max_frame,
+            limits=ConnectionLimits.from_config(config.daemon),
             access=AccessPolicy.from_config(config.daemon),
         )
         self.notifier = notifier or Notifier({})

@@ -24,6 +24,7 @@ import heapq
 import itertools
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import anyio
@@ -142,6 +143,7 @@ class Gates:
         self.max_queue = settings.max_queue
         self.default_max_wait_s = settings.max_wait_s
         self.lease_s = settings.lease_s
+        self.max_lease_s = settings.max_lease_s
         self.queue.aging_s = settings.aging_s
         wanted: dict[str, tuple[Scope, list[SlidingWindow], int | None]] = {}
         for name, provider in config.providers.items():
@@ -327,7 +329,12 @@ class Gates:
         expires_at = self.clock.monotonic() + (lease_s or self.lease_s)
         permit = HeldPermit(permit_id, target, provider, reservation, expires_at)
         self._permits[permit_id] = permit
-        heapq.heappush(self._leases, (expires_at, permit_id))
+        leases = self._leases
+        if len(leases) > 2 * len(self._permits) + 64:  # mostly settled permits: drop them
+            leases[:] = [(p.expires_at, p.permit_id) for p in self._permits.values()]
+            heapq.heapify(leases)
+        else:
+            heapq.heappush(leases, (expires_at, permit_id))
         self._schedule(expires_at)
         return permit
 
@@ -335,8 +342,33 @@ class Gates:
         """The permit to settle (once); None if unknown, already settled or expired."""
         return self._permits.pop(permit_id, None)
 
+    def holds_permit(self, permit_id: str) -> bool:
+        """Whether ``permit_id`` is granted and not yet settled nor expired."""
+        return permit_id in self._permits
+
+    @property
+    def permits_held(self) -> int:
+        """Permits granted and not yet settled nor expired."""
+        return len(self._permits)
+
+    def settle_abandoned(self, permit_ids: Iterable[str]) -> int:
+        """Settle, as reserved, those of ``permit_ids`` still held: their holder's connection
+        closed, and it may have called the provider. How many were."""
+        settled = 0
+        for permit_id in permit_ids:
+            permit = self._permits.pop(permit_id, None)
+            if permit is not None:
+                permit.reservation.settle(None)
+                settled += 1
+        if settled:
+            log.info("settled %d permit(s) of a closed connection as reserved", settled)
+            self._dispatch()
+        return settled
+
     def _expire_leases(self, now: float) -> float:
-        """Settle permits whose lease ran out, as reserved; the next lease end."""
+        """Settle permits whose lease ran out, as reserved; when to look again: the first
+        lease end in the heap, even if that permit was settled since (the timer then wakes
+        for nothing once, rather than being moved at every Settle)."""
         leases = self._leases
         while leases and leases[0][0] <= now:
             _, permit_id = heapq.heappop(leases)
@@ -348,8 +380,6 @@ class Gates:
                     permit.target,
                 )
                 permit.reservation.settle(None)
-        while leases and leases[0][1] not in self._permits:
-            heapq.heappop(leases)
         return leases[0][0] if leases else INFINITY
 
     # ------------------------------------------------------------------ the timer

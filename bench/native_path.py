@@ -1,0 +1,154 @@
+"""The native path's round trips: a bare ``Status``, a permit (``Acquire`` + ``Settle``) and a
+cache hit, each through the blocking ``Client`` and (status and permit) as raw frames on a
+plain socket, the direct baseline that shows what the client library adds; with the daemon's
+CPU per request read from /proc. With ``--baseline-src DIR`` (a checkout of another commit),
+a second daemon runs that commit's code, and both are measured interleaved, round by round,
+for a before/after in one run. Prints one JSON line.
+
+    uv run python bench/native_path.py [--rounds 4] [--requests 500] [--baseline-src DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._timing import cpu_seconds, sequential
+from quotad.client import Client
+from quotad.protocol.framing import FrameEncoder, reply_decoder
+from quotad.protocol.messages import Acquire, Hello, Permit, Settle, Status
+from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.sim import SimProcess
+
+CONFIG = '[daemon]\nstate_dir = "{{state_dir}}"\n[http]\nlisten = ""\n{provider}\n'
+MODEL = "sim/gpt-4o-mini"
+MESSAGES = [{"role": "user", "content": "what does the cache save us?"}]
+
+
+class RawPeer:
+    """Pre-encoded frames on a plain socket: the least a client can do per round trip."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.encoder = FrameEncoder()
+        self.decoder = reply_decoder()
+        self.sock.sendall(self.encoder.encode(Hello(app="bench")))
+        self.receive()
+        self.status_frame = self.encoder.encode(Status(id=1))
+        self.acquire_frame = self.encoder.encode(Acquire(id=2, target=MODEL, tokens=500))
+
+    def receive(self) -> Any:
+        while True:
+            replies = list(self.decoder.feed(self.sock.recv(65536)))
+            if replies:
+                return replies[0]
+
+    def status(self) -> None:
+        self.sock.sendall(self.status_frame)
+        self.receive()
+
+    def permit(self) -> None:
+        self.sock.sendall(self.acquire_frame)
+        permit = self.receive()
+        assert isinstance(permit, Permit)
+        self.sock.sendall(self.encoder.encode(Settle(id=3, permit_id=permit.permit_id)))
+        self.receive()
+
+
+def calls(client: Client, raw: RawPeer) -> dict[str, Callable[[], Any]]:
+    def permit() -> None:
+        with client.permit(MODEL, tokens=500) as held:
+            held.settle(tokens=120)
+
+    def hit() -> None:
+        assert client.chat(MODEL, MESSAGES, max_tokens=16).cached
+
+    return {
+        "status": client.status,
+        "raw_status": raw.status,
+        "permit": permit,
+        "raw_permit": raw.permit,
+        "hit": hit,
+    }
+
+
+def measure(rounds: int, requests: int, baseline_src: str | None) -> dict[str, Any]:
+    arms: dict[str, dict[str, str]] = {"": {}} if baseline_src is None else {"before_": {}, "": {}}
+    if baseline_src is not None:
+        source = Path(baseline_src).resolve()
+        arms["before_"] = {"PYTHONPATH": f"{source}/daemon/src:{source}/client/src"}
+    with SimProcess() as sim:
+        provider = sim_provider_config("sim", sim.base_url, extra="rpm = 100000000")
+        config = CONFIG.format(provider=provider)
+        daemons = {arm: DaemonProcess(config, env=env) for arm, env in arms.items()}
+        try:
+            for daemon in daemons.values():
+                daemon.start()
+            clients = {arm: Client(socket=d.socket_path, app="bench") for arm, d in daemons.items()}
+            kinds: dict[str, dict[str, Callable[[], Any]]] = {}
+            for arm, client in clients.items():
+                client.chat(MODEL, MESSAGES, max_tokens=16)  # stores the answer
+                kinds[arm] = calls(client, RawPeer(daemons[arm].socket_path))
+                for call in kinds[arm].values():
+                    sequential(call, 100)  # warm up
+            latencies: dict[str, dict[str, list[float]]] = {
+                arm: {kind: [] for kind in kinds[arm]} for arm in arms
+            }
+            cpu = {arm: dict.fromkeys(kinds[arm], 0.0) for arm in arms}
+            for _ in range(rounds):
+                for arm, daemon in daemons.items():
+                    assert daemon.process is not None
+                    for kind, call in kinds[arm].items():
+                        before = cpu_seconds(daemon.process.pid)
+                        latencies[arm][kind] += sequential(call, requests)
+                        cpu[arm][kind] += cpu_seconds(daemon.process.pid) - before
+            for client in clients.values():
+                client.close()
+        finally:
+            for daemon in daemons.values():
+                daemon.__exit__(None, None, None)
+    figures: dict[str, Any] = {"bench": "native_path", "requests_per_kind": rounds * requests}
+    for arm in arms:
+        timed = latencies[arm]
+        for kind, samples in timed.items():
+            figures[f"{arm}{kind}_p50_ms"] = round(statistics.median(samples) * 1000, 3)
+            figures[f"{arm}daemon_cpu_us_per_{kind}"] = round(cpu[arm][kind] / len(samples) * 1e6)
+        figures[f"{arm}permits_per_s"] = round(len(timed["permit"]) / sum(timed["permit"]), 1)
+        figures[f"{arm}client_share_of_status"] = round(
+            1 - statistics.median(timed["raw_status"]) / statistics.median(timed["status"]), 3
+        )
+        figures[f"{arm}client_share_of_permit"] = round(
+            1 - statistics.median(timed["raw_permit"]) / statistics.median(timed["permit"]), 3
+        )
+    if baseline_src is not None:
+        for kind in ("status", "permit", "hit"):
+            figures[f"{kind}_p50_after_before_ratio"] = round(
+                figures[f"{kind}_p50_ms"] / figures[f"before_{kind}_p50_ms"], 3
+            )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--baseline-src", help="a checkout whose daemon to measure alongside")
+    parser.add_argument("--quick", action="store_true", help="a few requests (smoke test)")
+    args = parser.parse_args()
+    rounds, requests = (1, 50) if args.quick else (args.rounds, args.requests)
+    figures = measure(rounds, requests, args.baseline_src)
+    print(msgspec.json.encode(figures).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

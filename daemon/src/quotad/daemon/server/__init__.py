@@ -1,0 +1,32 @@
+"""The daemon's Unix socket (DESIGN §5): the listener, its connections, the socket file.
+
+- :mod:`~quotad.daemon.server.binding`: the socket file (0600 in a 0700 directory, a stale
+  socket replaced, a live daemon's refused) and SO_PEERCRED.
+- :mod:`~quotad.daemon.server.listener`: :class:`SocketServer`, the accept loop, who is let in
+  and how many at once, draining at shutdown, status.
+- :mod:`~quotad.daemon.server.connection`: :class:`Connection`, one client as an asyncio
+  protocol: frames decoded as they arrive, requests answered by id, many in flight.
+"""
+
+from __future__ import annotations
+
+from quotad.daemon.server.binding import (
+    PeerCredentials,
+    SocketInUseError,
+    bind_unix_socket,
+    peer_credentials,
+)
+from quotad.daemon.server.connection import FEATURES, SNAPSHOT_REQUESTS, Connection
+from quotad.daemon.server.listener import ConnectionLimits, SocketServer
+
+__all__ = [
+    "FEATURES",
+    "SNAPSHOT_REQUESTS",
+    "Connection",
+    "ConnectionLimits",
+    "PeerCredentials",
+    "SocketInUseError",
+    "SocketServer",
+    "bind_unix_socket",
+    "peer_credentials",
+]

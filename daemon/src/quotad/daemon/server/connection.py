@@ -1,0 +1,470 @@
+"""One client of the Unix socket (:class:`Connection`): an asyncio protocol whose read callback
+decodes frames and dispatches each request, many in flight at once, answered by id (DESIGN §5).
+
+Bytes reach the frame decoder in the event loop's read callback, and answers go straight to the
+transport, as in the HTTP server core (:mod:`quotad.daemon.net.http11.connection`): no reader
+task, no stream wrapper, and no task at all for a request that can be answered at once
+(``Status``; ``Settle``; an ``Acquire`` the gates admit without waiting; ``Cancel``). The rest
+(``Chat``, ``Embed``, an ``Acquire`` that waits, ``Spend``, ``Admin``, ``Subscribe``) each run
+as a task under their own cancel scope, which ``Cancel(id)`` and the connection's close cancel.
+Each answer is one ``transport.write`` of a whole frame, so frames never interleave.
+
+What a connection may cost is bounded: the bytes of one frame (``daemon.max_frame``), requests
+in flight plus permits held (``daemon.max_in_flight_per_connection``: one more is answered
+``overloaded``), Subscribes (:attr:`ConnectionLimits.max_subscriptions`), and what it leaves
+unread: while the transport's write buffer is over its high-water mark, requests wait for it
+to drain before they end (streams and snapshots slow down), and past :data:`MAX_UNREAD_BYTES`
+the connection stops reading (no new work from a peer that does not read its answers). A
+frame that cannot be decoded is answered with an ``Error`` naming what
+was wrong and closes this connection only; permits it still holds are settled as reserved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import anyio
+
+from quotad.daemon.broker import DAEMON_VERSION
+from quotad.daemon.errors import RequestError
+from quotad.daemon.request import Caller
+from quotad.daemon.server.binding import PeerCredentials
+from quotad.protocol.framing import FrameError, request_decoder
+from quotad.protocol.messages import (
+    Acquire,
+    Admin,
+    Cancel,
+    Chat,
+    ChatChunk,
+    ChatEnd,
+    Embed,
+    Error,
+    Hello,
+    Message,
+    Permit,
+    Request,
+    Settle,
+    Snapshot,
+    Spend,
+    Status,
+    Subscribe,
+    Welcome,
+)
+
+if TYPE_CHECKING:
+    from quotad.daemon.server.listener import ConnectionLimits, SocketServer
+
+log = logging.getLogger("quotad.server")
+
+FEATURES: Final = ["chat", "stream", "embed", "status", "cancel", "subscribe"]
+SNAPSHOT_REQUESTS: Final = 200
+"""At most this many finished requests per Snapshot (the newest)."""
+RETRY_AFTER_S: Final = 1.0
+MAX_UNREAD_BYTES: Final = 1024 * 1024
+"""Answers buffered for a peer past which nothing more is read from it (tasks already wait
+for the buffer to drain past the transport's high-water mark; this bounds what answers given
+at once, such as Status, may pile up). Not at the high-water mark itself: a client busy
+sending while its reader lags would then stall on a daemon that reads nothing."""
+CLOSE_LINGER_S: Final = 2.0
+"""How long a closed connection's unsent answers may wait for the peer to read them."""
+
+Handler = Callable[[Any], Awaitable[None]]
+
+
+class InFlight:
+    """A request answered by a task: its cancel scope, once the task has entered it."""
+
+    __slots__ = ("cancelled", "scope")
+
+    def __init__(self) -> None:
+        self.scope: anyio.CancelScope | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Cancel the request (before its task has started, it starts cancelled)."""
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: frames in, requests answered (many in flight), replies out by id."""
+
+    def __init__(
+        self, server: SocketServer, peer: PeerCredentials | None, limits: ConnectionLimits
+    ) -> None:
+        self.server = server
+        self.broker = server.broker
+        self.peer = peer
+        self.limits = limits
+        self.accepted_at = time.monotonic()
+        self.app = ""
+        self.greeted = False
+        self.closing = False
+        """No more frames are read; what is in flight is cancelled."""
+        self.lost = False
+        """The transport is gone: nothing more can be written."""
+        self.in_flight: dict[int, InFlight] = {}
+        self.permits: set[str] = set()
+        """Permits granted on this connection, until settled here (a permit settled through
+        another connection, or expired, is dropped from here when the count matters)."""
+        self.subscriptions = 0
+        self._decoder = request_decoder(limits.max_frame)
+        self._encode = server.encoder.encode
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._writing_paused = False
+        self._reading_paused = False
+        self.stalled_since: float | None = None
+        """Since when answers have waited for the peer to read them (None: they do not)."""
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._own_caller = Caller(app="", via="socket")
+        """The peer as its Hello names it (set then)."""
+
+    # ------------------------------------------------------------------ protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.server.connection_started(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.closing:
+            self._process(data)
+
+    def _process(self, data: bytes) -> None:
+        """Decode and answer every whole frame received; stop early when the connection
+        closes or reading pauses (the rest waits in the decoder)."""
+        try:
+            for message in self._decoder.feed(data):
+                if not self._receive(message) or self._reading_paused:
+                    return
+        except FrameError as error:
+            self.refuse(error.code, str(error))
+        except Exception:  # a bug: it costs this connection only
+            log.exception("reading a frame from pid %s failed", self.peer and self.peer.pid)
+            self.refuse("internal", "internal error in quotad reading this connection")
+
+    def eof_received(self) -> bool:
+        self.close()  # the client is done: what it asked for is no longer wanted
+        return True  # closed by close(), which bounds how long unread answers may linger
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        self._stop()
+        self._end_drain()
+        if self.permits:  # the holder is gone; it may have called the provider
+            self.broker.gates.settle_abandoned(self.permits)
+            self.permits.clear()
+        self.server.connection_ended(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self.stalled_since = time.monotonic()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self.stalled_since = None
+        if self._reading_paused and not self.closing and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
+            self._process(b"")  # what was received before the pause
+        self._end_drain()
+
+    # ------------------------------------------------------------------ closing
+
+    def _stop(self) -> None:
+        """Read nothing more and cancel everything in flight."""
+        self.closing = True
+        for record in list(self.in_flight.values()):
+            record.cancel()
+
+    def close(self) -> None:
+        """Cancel everything in flight and close: what is already written is still sent, for
+        :data:`CLOSE_LINGER_S` at most (a peer that does not read must not hold its socket)."""
+        self._stop()
+        transport = self._transport
+        if transport is not None and not self.lost and not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size():
+                self._loop.call_later(CLOSE_LINGER_S, transport.abort)
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now, unsent answers and all."""
+        log.info("dropping connection from pid %s: %s", self.peer and self.peer.pid, reason)
+        self._stop()
+        if self._transport is not None and not self.lost:
+            self._transport.abort()
+
+    def refuse(self, code: str, message: str) -> None:
+        """Answer a protocol error (id 0: about the connection) and close the connection."""
+        log.info("closing connection from pid %s: %s", self.peer and self.peer.pid, message)
+        self.write(Error(code=code, message=message))
+        self.close()
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, message: Message) -> None:
+        """Write one whole frame now (buffered by the transport if the socket is full). Past
+        :data:`MAX_UNREAD_BYTES` buffered, stop reading the peer until it reads its answers."""
+        transport = self._transport
+        if transport is not None and not self.lost and not transport.is_closing():
+            transport.write(self._encode(message))
+            if (
+                self._writing_paused
+                and not self._reading_paused
+                and transport.get_write_buffer_size() > MAX_UNREAD_BYTES
+            ):
+                self._reading_paused = True
+                transport.pause_reading()
+
+    async def send(self, message: Message) -> None:
+        """Write one frame; then, while the transport's buffer is over its high-water mark,
+        wait for it to drain (a client that reads slowly slows its streams down)."""
+        self.write(message)
+        if self._writing_paused and not self.lost:
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._drain_waiters.remove(waiter)
+
+    def _end_drain(self) -> None:
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _receive(self, message: Request) -> bool:
+        """Answer ``message`` now, or start the task that will; False once the connection is
+        closing (nothing more is to be read)."""
+        self._answer(message)
+        return not self.closing
+
+    def _answer(self, message: Request) -> None:
+        if not self.greeted:
+            self._greet(message)
+            return
+        kind = type(message)
+        request_id = message.id
+        if kind is Cancel:
+            record = self.in_flight.get(request_id)
+            if record is not None:
+                record.cancel()
+            return
+        if request_id in self.in_flight:
+            self.write(
+                _error(request_id, "bad_request", f"request id {request_id} is already in flight")
+            )
+            return
+        try:
+            if kind is Status:
+                reply = self.server.status()
+                reply.id = request_id
+                self.write(reply)
+            elif kind is Settle:
+                self.write(self.broker.settle(cast(Settle, message), self._caller("")))
+                self.permits.discard(cast(Settle, message).permit_id)
+            elif kind is Hello:
+                self.write(
+                    _error(
+                        request_id, "bad_request", "Hello was already received on this connection"
+                    )
+                )
+            elif self.server.draining:
+                self.write(_overloaded(request_id, "quotad is shutting down; retry shortly"))
+            elif (refusal := self._over_limits(message)) is not None:
+                self.write(_overloaded(request_id, refusal))
+            elif kind is Acquire:
+                self._acquire(cast(Acquire, message))
+            else:
+                self._start(message, self._handler(message))
+        except RequestError as error:
+            self.write(error.to_reply(request_id))
+        except Exception:
+            log.exception("internal error answering %s", kind.__name__)
+            self.write(_error(request_id, "internal", "internal error in quotad"))
+
+    def _greet(self, message: Request) -> None:
+        if not isinstance(message, Hello):
+            self.refuse(
+                "bad_request", f"the first frame must be Hello, got {type(message).__name__}"
+            )
+            return
+        self.greeted = True
+        self.app = message.app
+        peer = self.peer
+        self._own_caller = Caller(
+            app=message.app,
+            via="socket",
+            pid=peer.pid if peer else None,
+            uid=peer.uid if peer else None,
+            gid=peer.gid if peer else None,
+        )
+        self.write(Welcome(id=message.id, daemon_version=DAEMON_VERSION, features=list(FEATURES)))
+
+    def _over_limits(self, message: Request) -> str | None:
+        """Why this connection may not start ``message`` now, if it may not."""
+        limit = self.limits.max_in_flight
+        if len(self.in_flight) + len(self.permits) >= limit:
+            held = self.broker.gates.holds_permit
+            self.permits = {permit_id for permit_id in self.permits if held(permit_id)}
+            if len(self.in_flight) + len(self.permits) >= limit:
+                return (
+                    f"{len(self.in_flight)} requests in flight and {len(self.permits)} permits "
+                    f"held on this connection (daemon.max_in_flight_per_connection is {limit})"
+                )
+        if type(message) is Subscribe and self.subscriptions >= self.limits.max_subscriptions:
+            return f"{self.subscriptions} subscriptions are open on this connection already"
+        return None
+
+    def _acquire(self, request: Acquire) -> None:
+        """A permit now if the gates admit it at once, else a task that waits for one."""
+        permit = self.broker.acquire_now(request, self._caller(request.app))
+        if permit is None:
+            self._start(request, self._answer_acquire)
+            return
+        self.permits.add(permit.permit_id)
+        self.write(permit)
+
+    def _handler(self, message: Request) -> Handler:
+        match message:
+            case Chat(stream=True):
+                return self._stream_chat
+            case Chat():
+                return self._answer_chat
+            case Embed():
+                return self._answer_embed
+            case Subscribe():
+                return self._send_snapshots
+            case Spend():
+                return self._answer_spend
+            case Admin():
+                return self._answer_admin
+        raise AssertionError(f"no handler for {type(message).__name__}")
+
+    def _start(self, message: Request, handler: Handler) -> None:
+        """Run ``handler(message)`` as a task, registered under the request's id now (so a
+        second request with the same id, even in the same read, is refused)."""
+        record = self.in_flight[message.id] = InFlight()
+        subscription = type(message) is Subscribe
+        if subscription:  # not counted in flight: it never ends by itself
+            self.subscriptions += 1
+        else:
+            self.server.request_started()
+        task = self._loop.create_task(self._run(message, handler, record, subscription))
+        self.server.track(task)
+
+    async def _run(
+        self, message: Request, handler: Handler, record: InFlight, subscription: bool
+    ) -> None:
+        """Run one request under its own cancel scope; every outcome answers the request."""
+        request_id = message.id
+        try:
+            with anyio.CancelScope() as scope:
+                record.scope = scope
+                if record.cancelled:
+                    scope.cancel()
+                try:
+                    await handler(message)
+                except RequestError as error:
+                    await self.send(error.to_reply(request_id))
+                except Exception:
+                    log.exception("internal error answering %s", type(message).__name__)
+                    await self.send(_error(request_id, "internal", "internal error in quotad"))
+            if scope.cancelled_caught:
+                self.write(_error(request_id, "cancelled", "the request was cancelled"))
+        finally:
+            if self.in_flight.get(request_id) is record:
+                del self.in_flight[request_id]
+            if subscription:
+                self.subscriptions -= 1
+            else:
+                self.server.request_finished()
+
+    def _caller(self, app: str) -> Caller:
+        """Who asks: the peer, as the app its request names (else its Hello's)."""
+        if not app or app == self.app:
+            return self._own_caller
+        peer = self.peer
+        return Caller(
+            app=app,
+            via="socket",
+            pid=peer.pid if peer else None,
+            uid=peer.uid if peer else None,
+            gid=peer.gid if peer else None,
+        )
+
+    # ------------------------------------------------------------------ handlers (tasks)
+
+    async def _answer_chat(self, request: Chat) -> None:
+        await self.send(await self.broker.chat(request, self._caller(request.app)))
+
+    async def _stream_chat(self, request: Chat) -> None:
+        chunks: AsyncIterator[ChatChunk | ChatEnd] = self.broker.chat_stream(
+            request, self._caller(request.app)
+        )
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+            async for chunk in chunks:
+                await self.send(chunk)
+
+    async def _answer_embed(self, request: Embed) -> None:
+        await self.send(await self.broker.embed(request, self._caller(request.app)))
+
+    async def _answer_acquire(self, request: Acquire) -> None:
+        permit: Permit = await self.broker.acquire(request, self._caller(request.app))
+        if self.lost:  # granted as the holder left: it will never settle it
+            self.broker.gates.settle_abandoned([permit.permit_id])
+            return
+        self.permits.add(permit.permit_id)
+        await self.send(permit)
+
+    async def _answer_spend(self, request: Spend) -> None:
+        await self.send(await self.broker.spend(request, self._caller("")))
+
+    async def _answer_admin(self, request: Admin) -> None:
+        await self.send(await self.broker.admin(request, self._caller("")))
+
+    async def _send_snapshots(self, request: Subscribe) -> None:
+        """A :class:`Snapshot` every ``interval_s`` until cancelled. A slow reader only slows
+        its own snapshots (each send waits for the transport to drain); nothing queues up."""
+        broker = self.broker
+        seen = broker.finished_total
+        last = time.monotonic()
+        sequence = 0
+        while True:
+            now = time.monotonic()
+            finished_before = seen
+            records, seen = broker.recent_since(seen)
+            sequence += 1
+            await self.send(
+                Snapshot(
+                    id=request.id,
+                    seq=sequence,
+                    time=time.time(),
+                    status=self.server.status(),
+                    requests=records[-SNAPSHOT_REQUESTS:] if request.requests else [],
+                    requests_per_s=(seen - finished_before) / max(now - last, 1e-6)
+                    if sequence > 1
+                    else 0.0,
+                )
+            )
+            last = now
+            await anyio.sleep(request.interval_s)
+
+
+def _error(request_id: int, code: str, message: str) -> Error:
+    return Error(id=request_id, code=code, message=message)
+
+
+def _overloaded(request_id: int, message: str) -> Error:
+    return Error(id=request_id, code="overloaded", message=message, retry_after_s=RETRY_AFTER_S)

@@ -1,0 +1,326 @@
+"""Hostile and careless peers of the Unix socket against a real ``quotad serve`` process: the
+frames that used to kill the daemon, a peer the allow lists refuse, running out of file
+descriptors, permits that outlive their connection, and new connections while draining.
+
+Each test checks that the daemon lives on and still serves others (a client connected before,
+and one connecting after), and what the offending peer was answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from quotad.client import BadRequestError, Client, RateLimitedError
+from quotad.protocol.framing import FrameEncoder, reply_decoder
+from quotad.protocol.messages import (
+    Chat,
+    ChatMessage,
+    Error,
+    Hello,
+    Reply,
+    Snapshot,
+    Subscribe,
+    Welcome,
+)
+from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.sim import SimProcess
+
+MESSAGES = [{"role": "user", "content": "are you still there?"}]
+ENCODER = FrameEncoder()
+HELLO = ENCODER.encode(Hello(app="hostile"))
+PATIENCE_S = 10.0
+
+
+def config(sim_url: str, daemon: str = "", provider: str = "") -> str:
+    return (
+        f'[daemon]\nstate_dir = "{{state_dir}}"\ndrain_s = 5\n{daemon}\n[http]\nlisten = ""\n'
+        + sim_provider_config("sim", sim_url, extra=provider)
+    )
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimProcess]:
+    with SimProcess(latency_ms=1) as process:
+        yield process
+
+
+def raw(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(PATIENCE_S)
+    sock.connect(str(path))
+    return sock
+
+
+def replies_until_closed(sock: socket.socket) -> list[Reply]:
+    decoder = reply_decoder()
+    replies: list[Reply] = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:  # it closed with what we sent unread: fine
+            return replies
+        if not data:
+            return replies
+        replies.extend(decoder.feed(data))
+
+
+def read_replies(sock: socket.socket, count: int) -> list[Reply]:
+    decoder = reply_decoder()
+    replies: list[Reply] = []
+    while len(replies) < count:
+        data = sock.recv(65536)
+        assert data, f"closed after {replies}"
+        replies.extend(decoder.feed(data))
+    return replies
+
+
+def frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def deep_extra(levels: int) -> bytes:
+    """A Chat frame with ``levels`` nested lists in ``extra``."""
+    payload = msgspec.msgpack.encode(
+        {"type": "Chat", "id": 1, "model": "sim/m", "messages": [], "extra": {"x": "@@"}}
+    )
+    return frame(payload.replace(msgspec.msgpack.encode("@@"), b"\x91" * levels + b"\x01"))
+
+
+def chat(request_id: int) -> bytes:
+    return ENCODER.encode(
+        Chat(id=request_id, model="sim/m", messages=[ChatMessage(role="user", content="hi")])
+    )
+
+
+def assert_serving(daemon: DaemonProcess, *clients: Client) -> None:
+    """The process lives, the clients connected before are served, and so is a new one."""
+    assert daemon.process is not None
+    assert daemon.process.poll() is None, daemon.log()
+    for client in clients:
+        assert client.chat("sim/m", MESSAGES, max_tokens=4).content
+    with Client(socket=daemon.socket_path) as fresh:
+        assert fresh.chat("sim/m", MESSAGES, max_tokens=4).content
+
+
+# --------------------------------------------------------------------------- killer frames
+
+
+def test_killer_frames_cost_only_their_connection(sim: SimProcess) -> None:
+    """Each of these ended the daemon process before (found by an adversarial test)."""
+    with (
+        SimProcess(latency_ms=300) as slow,
+        DaemonProcess(config(slow.base_url, "allow_uids = [4242]")) as daemon,
+        Client(socket=daemon.socket_path) as bystander,
+    ):
+        bystander.status()
+
+        # (a) invalid UTF-8 in a string, no Hello needed (the 12 bytes of the report)
+        with raw(daemon.socket_path) as sock:
+            sock.sendall(bytes.fromhex("00000008 81a474797065a1ff"))
+            [error] = replies_until_closed(sock)
+        assert isinstance(error, Error)
+        assert error.code == "bad_frame"
+        assert "type: not valid UTF-8" in error.message
+
+        # (b) 1,500 levels of nesting in Chat.extra: RecursionError in msgspec
+        with raw(daemon.socket_path) as sock:
+            sock.sendall(HELLO + deep_extra(1500))
+            welcome, error = replies_until_closed(sock)
+        assert isinstance(welcome, Welcome)
+        assert isinstance(error, Error)
+        assert error.code == "bad_request"
+        assert "extra: nested deeper than 64 levels" in error.message
+
+        # (c) two requests with one id in one read: KeyError at `del in_flight[id]`
+        with raw(daemon.socket_path) as sock:
+            sock.sendall(HELLO + chat(5) + chat(5))
+            welcome, first, second = read_replies(sock, 3)
+        assert isinstance(first, Error)
+        assert (first.id, first.code) == (5, "bad_request")
+        assert second.id == 5
+        assert not isinstance(second, Error)
+
+        # (c') two Subscribes with one id, then a close
+        with raw(daemon.socket_path) as sock:
+            sock.sendall(HELLO + ENCODER.encode(Subscribe(id=7)) + ENCODER.encode(Subscribe(id=7)))
+            replies = read_replies(sock, 3)
+        assert {type(reply) for reply in replies[1:]} == {Error, Snapshot}
+        time.sleep(0.3)  # the close cancels the subscription
+
+        assert_serving(daemon, bystander)
+        assert "Traceback" not in daemon.log()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root: the refused peer is a setuid child")
+def test_a_refused_peer_is_answered_before_anything_it_sent_is_read(sim: SimProcess) -> None:
+    """The allow lists are checked at accept, before a byte is decoded: a refused peer sending
+    a frame that is no message at all still hears ``unauthorized`` (not ``bad_frame``)."""
+    with (
+        DaemonProcess(config(sim.base_url, "allow_uids = [4242]")) as daemon,
+        Client(socket=daemon.socket_path) as bystander,
+    ):
+        os.chmod(daemon.socket_path.parent, 0o711)
+        os.chmod(daemon.socket_path, 0o666)  # every uid may connect: the lists decide
+        for garbage in (bytes.fromhex("00000008 81a474797065a1ff"), b"\x00\x00\x00\x01\xc1"):
+            [answer] = reply_decoder().feed(exchange_as(daemon.socket_path, 65534, garbage))
+            assert isinstance(answer, Error)
+            assert answer.code == "unauthorized"
+            assert "uid 65534" in answer.message
+        assert_serving(daemon, bystander)
+
+
+def exchange_as(path: Path, uid: int, data: bytes) -> bytes:
+    """Send ``data`` from a forked child running as ``uid``; everything it reads back."""
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():  # fork while threads exist: the child only makes syscalls
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 0
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(PATIENCE_S)
+                sock.connect(str(path))
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    sock.sendall(data)  # the daemon may have answered and closed already
+                received = b""
+                with contextlib.suppress(ConnectionResetError):  # it closed, ours unread
+                    while chunk := sock.recv(65536):
+                        received += chunk
+            os.write(write_end, received)
+        except BaseException as error:
+            os.write(write_end, b"child: " + repr(error).encode())
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        data = reader.read()
+    _, exit_status = os.waitpid(pid, 0)
+    assert exit_status == 0, data.decode(errors="replace")
+    return data
+
+
+# --------------------------------------------------------------------------- descriptors
+
+
+def test_running_out_of_descriptors_never_wedges_the_listener(sim: SimProcess) -> None:
+    """With its descriptors used up by idle connections, the daemon used to stop accepting for
+    good (no log, process up). Now it says so in status, and serves once descriptors free."""
+    launcher = ("prlimit", "--nofile=64", sys.executable)
+    with (
+        DaemonProcess(config(sim.base_url), launcher=launcher) as daemon,
+        Client(socket=daemon.socket_path) as watcher,
+    ):
+        idle: list[socket.socket] = []
+        try:
+            deadline = time.monotonic() + PATIENCE_S
+            while True:  # idle connections until a new one is no longer taken
+                assert time.monotonic() < deadline, "the daemon never ran out of descriptors"
+                idle += [raw(daemon.socket_path) for _ in range(8)]
+                waiting = raw(daemon.socket_path)  # waits in the listen backlog, if need be
+                waiting.sendall(HELLO)
+                if not select.select([waiting], [], [], 0.5)[0]:
+                    break
+                idle.append(waiting)
+            during = watcher.status()
+        finally:
+            for sock in idle:
+                sock.close()
+        with waiting:
+            [welcome] = read_replies(waiting, 1)
+        assert isinstance(welcome, Welcome)
+        [problem] = during.problems
+        assert "accept failing: EMFILE (too many open files)" in problem
+        assert watcher.status().problems == []
+        assert "accept on" in daemon.log()
+        assert "works again" in daemon.log()
+        assert_serving(daemon, watcher)
+
+
+# --------------------------------------------------------------------------- permits
+
+
+def test_permits_end_with_their_connection_and_leases_are_bounded(sim: SimProcess) -> None:
+    """One in-flight slot (max_concurrency = 1): a permit held by a connection that closed used
+    to keep it until its lease (any length, 1e300 s included) ran out, while status said 0."""
+    with (
+        DaemonProcess(config(sim.base_url, provider="max_concurrency = 1")) as daemon,
+        Client(socket=daemon.socket_path) as other,
+    ):
+        with Client(socket=daemon.socket_path) as holder:
+            with pytest.raises(BadRequestError, match=r"lease_s: 1e\+300 s is over gates\."):
+                holder.acquire("sim/m", lease_s=1e300)
+            holder.acquire("sim/m", lease_s=600)
+            status = other.status()
+            assert status.permits == 1
+            shown = subprocess.run(
+                [sys.executable, "-m", "quotad.daemon.cli", "status"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={**os.environ, "QUOTAD_SOCKET": str(daemon.socket_path)},
+            )
+            assert "in flight 0  permits 1" in shown.stdout, shown.stderr
+            with pytest.raises(RateLimitedError):
+                other.acquire("sim/m", max_wait_s=0)
+        deadline = time.monotonic() + PATIENCE_S
+        while other.status().permits:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        permit = other.acquire("sim/m", max_wait_s=0)
+        other.settle(permit.permit_id, tokens_used=1)
+        assert "settled 1 permit(s) of a closed connection as reserved" in daemon.log()
+
+
+# --------------------------------------------------------------------------- draining
+
+
+def test_while_draining_new_connections_hear_overloaded(sim: SimProcess) -> None:
+    with SimProcess(latency_ms=1500) as slow:
+        daemon = DaemonProcess(config(slow.base_url)).start()
+        try:
+            answers: list[Any] = []
+
+            def in_flight() -> None:
+                with Client(socket=daemon.socket_path) as client:
+                    answers.append(client.chat("sim/m", MESSAGES, max_tokens=4).content)
+
+            thread = threading.Thread(target=in_flight)
+            thread.start()
+            time.sleep(0.5)
+            assert daemon.process is not None
+            daemon.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            with raw(daemon.socket_path) as sock:
+                sock.sendall(HELLO)
+                [refused] = replies_until_closed(sock)
+            assert isinstance(refused, Error)
+            assert refused.code == "overloaded"
+            assert refused.retry_after_s is not None
+            assert "shutting down" in refused.message
+            thread.join(PATIENCE_S)
+            assert answers
+            assert answers[0]
+            assert daemon.process.wait(PATIENCE_S) == 0
+        finally:
+            daemon.__exit__(None, None, None)

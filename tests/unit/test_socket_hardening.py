@@ -1,0 +1,496 @@
+"""The Unix-socket server in process, on plain asyncio and on uvloop: what a connection may
+cost, what happens when the process runs out of descriptors, how permits end, and draining.
+
+Each test serves a real broker (real gates, a real store in a temp dir, a provider that
+answers at once or when told) on a real Unix socket, and talks to it with the real client or
+with raw frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import resource
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from quotad.client import AsyncClient, OverloadedError, RateLimitedError
+from quotad.daemon.access import AccessPolicy
+from quotad.daemon.broker import Broker
+from quotad.daemon.config import Config, parse_config
+from quotad.daemon.providers.base import ChatResult, ChatStream, EmbedResult
+from quotad.daemon.routing import Router
+from quotad.daemon.server import Connection, ConnectionLimits, SocketServer, listener
+from quotad.daemon.server import connection as connection_module
+from quotad.daemon.store import Store
+from quotad.protocol.framing import FrameEncoder, reply_decoder
+from quotad.protocol.messages import (
+    Acquire,
+    Chat,
+    ChatMessage,
+    Error,
+    Hello,
+    Message,
+    Ok,
+    Permit,
+    Reply,
+    Settle,
+    Snapshot,
+    Status,
+    StatusReply,
+    Subscribe,
+    Usage,
+    Welcome,
+)
+from tests.support.backends import ASYNCIO_BACKENDS
+
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)]
+
+PATIENCE_S = 10.0
+"""How long a test waits for what must happen (generous: the machine is shared)."""
+ENCODER = FrameEncoder()
+HELLO = ENCODER.encode(Hello(app="test"))
+
+
+class Provider:
+    """Answers a chat when ``release`` is set (at once unless a test clears it)."""
+
+    kind = "openai"
+    name = "p"
+
+    def __init__(self) -> None:
+        self.release = anyio.Event()
+        self.release.set()
+
+    async def chat(self, model: str, request: Chat, max_tokens: int) -> ChatResult:
+        await self.release.wait()
+        return ChatResult(content="x", usage=Usage(prompt_tokens=5, completion_tokens=3))
+
+    async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
+        raise NotImplementedError
+
+    async def embed(
+        self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
+    ) -> EmbedResult:
+        raise NotImplementedError
+
+    async def list_models(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        pass
+
+
+def make_config(**daemon: Any) -> Config:
+    return parse_config(
+        {
+            "daemon": daemon,
+            "providers": {
+                "p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "max_concurrency": 2}
+            },
+            "cache": {"mode": "off"},
+        }
+    )
+
+
+@dataclass
+class Served:
+    server: SocketServer
+    path: Path
+    provider: Provider
+    broker: Broker
+
+
+@contextlib.asynccontextmanager
+async def serve(**daemon: Any) -> AsyncIterator[Served]:
+    """A socket server over a real broker and store, until the block ends."""
+    config = make_config(**daemon)
+    directory = Path(tempfile.mkdtemp(prefix="qs", dir="/tmp"))
+    store = Store(config, directory / "state")
+    await store.open()
+    provider = Provider()
+    broker = Broker(config, Router(config, {"p": provider}), store)
+    server = SocketServer(
+        broker,
+        directory / "q.sock",
+        limits=ConnectionLimits.from_config(config.daemon),
+        access=AccessPolicy.from_config(config.daemon),
+    )
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(broker.gates.run)
+            await tasks.start(server.serve)
+            try:
+                yield Served(server, server.path, provider, broker)
+            finally:
+                provider.release.set()
+                await server.shutdown(1.0)
+                tasks.cancel_scope.cancel()
+    finally:
+        await store.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class Peer:
+    """A raw connection: frames out, replies in."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self.decoder = reply_decoder()
+        self.replies: list[Reply] = []
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, path: Path, *, hello: bool = True) -> AsyncIterator[Peer]:
+        async with await anyio.connect_unix(path) as stream:
+            peer = cls(stream)
+            if hello:
+                await peer.send(HELLO)
+                assert isinstance(await peer.next(), Welcome)
+            yield peer
+
+    async def send(self, data: bytes | Message) -> None:
+        await self.stream.send(data if isinstance(data, bytes) else ENCODER.encode(data))
+
+    async def next(self) -> Reply:
+        """The next reply (fails the test if none comes in :data:`PATIENCE_S`)."""
+        with anyio.fail_after(PATIENCE_S):
+            while not self.replies:
+                self.replies.extend(self.decoder.feed(await self.stream.receive()))
+        return self.replies.pop(0)
+
+    async def until_closed(self) -> list[Reply]:
+        """Every reply until the server closes the connection."""
+        with anyio.fail_after(PATIENCE_S):
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    self.replies.extend(self.decoder.feed(await self.stream.receive()))
+        replies, self.replies = self.replies, []
+        return replies
+
+
+def acquire(request_id: int, **fields: Any) -> Acquire:
+    return Acquire(id=request_id, target="p/m", **fields)
+
+
+def chat(request_id: int) -> Chat:
+    return Chat(id=request_id, model="p/m", messages=[ChatMessage(role="user", content="hi")])
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` (server state that no event announces) for :data:`PATIENCE_S`."""
+    with anyio.fail_after(PATIENCE_S):
+        while not condition():  # noqa: ASYNC110 (plain state, no event to wait on)
+            await anyio.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- one connection
+
+
+async def test_two_requests_with_one_id_in_one_read(anyio_backend: Any) -> None:
+    """Both used to pass the check (the id was registered when the task started): the second
+    task then deleted the first's entry and the daemon died of a KeyError."""
+    async with serve() as served, Peer.connect(served.path) as peer:
+        served.provider.release = anyio.Event()
+        await peer.send(ENCODER.encode(chat(5)) + ENCODER.encode(chat(5)))
+        refused = await peer.next()
+        assert isinstance(refused, Error)
+        assert (refused.id, refused.code) == (5, "bad_request")
+        assert "already in flight" in refused.message
+        served.provider.release.set()
+        assert (await peer.next()).id == 5
+        await peer.send(ENCODER.encode(Subscribe(id=7)) + ENCODER.encode(Subscribe(id=7)))
+        assert {type(await peer.next()).__name__ for _ in range(2)} == {"Error", "Snapshot"}
+    # (the daemon lived on to close them: the second Subscribe no longer ends in a KeyError)
+
+
+async def test_requests_in_flight_per_connection_are_capped(anyio_backend: Any) -> None:
+    async with serve(max_in_flight_per_connection=3) as served:
+        served.provider.release = anyio.Event()
+        async with Peer.connect(served.path) as peer:
+            await peer.send(acquire(1))  # granted at once: one permit held
+            assert isinstance(await peer.next(), Permit)
+            await peer.send(ENCODER.encode(chat(2)) + ENCODER.encode(chat(3)))  # in flight
+            await peer.send(chat(4))
+            refused = await peer.next()
+            assert isinstance(refused, Error)
+            assert (refused.id, refused.code) == (4, "overloaded")
+            assert refused.retry_after_s is not None
+            assert "max_in_flight_per_connection" in refused.message
+            await peer.send(Status(id=9))  # answered at once: not work that waits
+            assert isinstance(await peer.next(), StatusReply)
+            async with Peer.connect(served.path) as other:  # the cap is per connection
+                await other.send(chat(4))
+                served.provider.release.set()
+                assert (await other.next()).id == 4
+            assert {(await peer.next()).id for _ in range(2)} == {2, 3}
+
+
+async def test_subscriptions_per_connection_are_capped(anyio_backend: Any) -> None:
+    async with serve() as served, Peer.connect(served.path) as peer:
+        limit = served.server.limits.max_subscriptions
+        for request_id in range(1, limit + 2):
+            await peer.send(Subscribe(id=request_id, interval_s=60))
+        answers = [await peer.next() for _ in range(limit + 1)]
+        refused = [a for a in answers if isinstance(a, Error)]
+        assert [(a.id, a.code) for a in refused] == [(limit + 1, "overloaded")]
+
+
+async def test_a_peer_that_does_not_read_stops_being_read(anyio_backend: Any) -> None:
+    """Snapshots pile up only to the transport's high-water mark (plus one per subscription):
+    then the server stops reading from the peer and its subscriptions wait for it to read."""
+    async with serve() as served, Peer.connect(served.path) as peer:
+        [connection] = served.server.connections
+        transport = connection._transport
+        assert transport is not None
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel fills fast
+        subscriptions = 8
+        for request_id in range(1, subscriptions + 1):
+            await peer.send(Subscribe(id=request_id, interval_s=0.05))
+        await wait_until(lambda: connection._writing_paused)
+        await anyio.sleep(1.5)  # 30 intervals more, none read
+        high_water = transport.get_write_buffer_limits()[1]
+        snapshot_size = len(ENCODER.encode(served.server.status())) + 4096
+        assert transport.get_write_buffer_size() <= high_water + subscriptions * snapshot_size
+        seen = 0
+        while seen < 3 * subscriptions:  # reading again lets the subscriptions go on
+            seen += isinstance(await peer.next(), Snapshot)
+
+
+async def test_answers_given_at_once_stop_being_read_past_a_bound(
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that sends Status after Status and reads nothing: past MAX_UNREAD_BYTES of
+    answers buffered, the server reads nothing more from it (the rest waits in the socket);
+    once the peer reads, every request is answered."""
+    monkeypatch.setattr(connection_module, "MAX_UNREAD_BYTES", 16384)
+    async with serve() as served, Peer.connect(served.path) as peer:
+        [connection] = served.server.connections
+        transport = connection._transport
+        assert transport is not None
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport.set_write_buffer_limits(high=8192)  # under the bound, as 64 KiB is under 1 MiB
+        count = 3000
+        sender = anyio.create_task_group()
+        async with sender:
+            sender.start_soon(
+                peer.send, b"".join(ENCODER.encode(Status(id=n)) for n in range(count))
+            )
+            await wait_until(lambda: connection._reading_paused)
+            status_size = len(ENCODER.encode(served.server.status()))
+            assert transport.get_write_buffer_size() <= 16384 + status_size
+            seen = {(await peer.next()).id for _ in range(count)}
+        assert seen == set(range(count))
+
+
+async def flood_unread(served: Served, peer: Peer) -> Connection:
+    """Subscriptions at 20 Hz on a connection whose kernel buffer is tiny, none read."""
+    [connection] = served.server.connections
+    transport = connection._transport
+    assert transport is not None
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    for request_id in range(1, 9):
+        await peer.send(Subscribe(id=request_id, interval_s=0.05))
+    await wait_until(lambda: transport.get_write_buffer_size() > 0)
+    return connection
+
+
+async def test_answers_left_unread_after_a_half_close_linger_a_bounded_time(
+    anyio_backend: Any,
+) -> None:
+    async with serve() as served, Peer.connect(served.path) as peer:
+        connection = await flood_unread(served, peer)
+        assert not connection._writing_paused  # still reading: the EOF is seen
+        await peer.stream.send_eof()
+        await wait_until(lambda: not served.server.connections)  # CLOSE_LINGER_S later
+
+
+async def test_a_peer_that_stops_reading_is_dropped_after_a_while(
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(listener, "WRITE_STALL_S", 0.5)
+    async with serve() as served, Peer.connect(served.path) as peer:
+        connection = await flood_unread(served, peer)
+        await wait_until(lambda: connection._writing_paused)  # no longer reading it
+        await wait_until(lambda: not served.server.connections)
+
+
+# --------------------------------------------------------------------------- permits
+
+
+async def test_permits_of_a_closed_connection_are_settled_at_once(anyio_backend: Any) -> None:
+    """A permit holds the provider's in-flight slot (max_concurrency = 2 here): a connection
+    that leaves with its permits used to hold them until their lease ran out (1e300 s)."""
+    async with serve() as served:
+        async with Peer.connect(served.path) as holder:
+            for request_id in (1, 2):
+                await holder.send(acquire(request_id, lease_s=600.0))
+                assert isinstance(await holder.next(), Permit)
+            status = served.server.status()
+            assert status.permits == 2
+            async with AsyncClient(socket=served.path) as client:
+                with pytest.raises(RateLimitedError):
+                    await client.acquire("p/m", max_wait_s=0)
+        await wait_until(lambda: served.server.status().permits == 0)
+        async with AsyncClient(socket=served.path) as client:
+            permit = await client.acquire("p/m", max_wait_s=0)
+            await client.settle(permit.permit_id)
+
+
+async def test_a_lease_over_the_bound_is_refused(anyio_backend: Any) -> None:
+    async with serve() as served, Peer.connect(served.path) as peer:
+        for lease_s in (1e300, float("inf"), 601.0):
+            await peer.send(acquire(1, lease_s=lease_s))
+            refused = await peer.next()
+            assert isinstance(refused, Error)
+            assert refused.code == "bad_request"
+            assert "lease_s: " in refused.message
+            assert "max_lease_s (600 s)" in refused.message
+        await peer.send(acquire(2, lease_s=600.0))
+        permit = await peer.next()
+        assert isinstance(permit, Permit)
+        assert 599 < permit.lease_s <= 600
+        await peer.send(Settle(id=3, permit_id=permit.permit_id))
+        assert isinstance(await peer.next(), Ok)
+        assert served.server.status().permits == 0
+
+
+# --------------------------------------------------------------------------- the listener
+
+
+async def test_connections_are_capped(anyio_backend: Any) -> None:
+    async with serve(max_connections=2) as served:
+        async with Peer.connect(served.path), Peer.connect(served.path):
+            async with Peer.connect(served.path, hello=False) as third:
+                [refused] = await third.until_closed()
+            assert isinstance(refused, Error)
+            assert refused.code == "overloaded"
+            assert refused.retry_after_s is not None
+            assert "max_connections" in refused.message
+            with pytest.raises(OverloadedError, match="max_connections"):  # as the client says
+                async with AsyncClient(socket=served.path):
+                    pass
+        await wait_until(lambda: not served.server.connections)
+        async with AsyncClient(socket=served.path) as client:
+            assert (await client.status()).connections == 1
+
+
+async def test_a_bug_setting_up_one_connection_does_not_end_the_listener(
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serve() as served:
+        checks = 0
+        refusal = served.server._refusal
+
+        def broken_once(*args: Any) -> str | None:
+            nonlocal checks
+            checks += 1
+            if checks == 1:
+                raise RuntimeError("a bug in the access check")
+            return refusal(*args)
+
+        monkeypatch.setattr(served.server, "_refusal", broken_once)
+        async with await anyio.connect_unix(served.path) as dropped:
+            with anyio.fail_after(PATIENCE_S), pytest.raises(anyio.EndOfStream):
+                await dropped.receive()
+        async with AsyncClient(socket=served.path) as client:
+            assert (await client.status()).connections == 1
+
+
+async def test_a_connection_that_never_says_hello_is_closed(anyio_backend: Any) -> None:
+    async with (
+        serve(hello_timeout_s=0.2) as served,
+        Peer.connect(served.path, hello=False) as silent,
+        Peer.connect(served.path),
+    ):
+        [closing] = await silent.until_closed()
+        assert isinstance(closing, Error)
+        assert closing.code == "timeout"
+        assert "no Hello within 0.2 s" in closing.message
+        await anyio.sleep(0.5)
+        assert len(served.server.connections) == 1  # the greeted one stays
+
+
+@contextlib.contextmanager
+def descriptors_exhausted() -> Iterator[list[int]]:
+    """Open /dev/null until the process has no descriptor left (under a soft limit lowered
+    for the test); yields the descriptors, closes those still open after the block."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 64, hard))
+    spare: list[int] = []
+    try:
+        with pytest.raises(OSError) as exhausted:  # noqa: PT012 (open until it fails)
+            while True:
+                spare.append(os.open(os.devnull, os.O_RDONLY))
+        assert exhausted.value.errno == errno.EMFILE
+        yield spare
+    finally:
+        for descriptor in spare:
+            with contextlib.suppress(OSError):
+                os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_accept_survives_running_out_of_descriptors(anyio_backend: Any) -> None:
+    """EMFILE on accept used to end the accept loop silently (anyio turns it into
+    BrokenResourceError, which serve() took for the listener's close): the socket stayed,
+    unserved, for good. Now it pauses, says so in status, and serves once descriptors free."""
+    async with serve() as served, AsyncClient(socket=served.path) as watcher:
+        await watcher.status()
+        with descriptors_exhausted() as spare:
+            os.close(spare.pop())  # one for the client's socket, none for the server's accept
+            async with await anyio.connect_unix(served.path) as waiting:
+                await waiting.send(HELLO)
+                await wait_until(lambda: served.server.accept_problem is not None)
+                problem = served.server.accept_problem
+                assert problem is not None
+                assert problem.startswith("accept failing: EMFILE (too many open files) since")
+                status = await watcher.status()
+                assert any("EMFILE" in line for line in status.problems)
+                for descriptor in spare:
+                    os.close(descriptor)
+                spare.clear()
+                decoder = reply_decoder()
+                with anyio.fail_after(5):
+                    replies = list(decoder.feed(await waiting.receive()))
+                assert isinstance(replies[0], Welcome)
+        await wait_until(lambda: served.server.accept_problem is None)
+        assert (await watcher.status()).problems == []
+
+
+# --------------------------------------------------------------------------- draining
+
+
+async def test_draining_answers_new_connections_overloaded(anyio_backend: Any) -> None:
+    async with serve() as served:
+        served.provider.release = anyio.Event()
+        async with Peer.connect(served.path) as busy, anyio.create_task_group() as tasks:
+            await busy.send(chat(1))
+            await wait_until(lambda: served.server.requests_in_flight == 1)
+            tasks.start_soon(served.server.shutdown, 10.0)
+            await wait_until(lambda: served.server.draining)
+            async with Peer.connect(served.path, hello=False) as late:
+                [refused] = await late.until_closed()
+            assert isinstance(refused, Error)
+            assert refused.code == "overloaded"
+            assert refused.retry_after_s is not None
+            await busy.send(chat(2))  # new work on a connection already open: refused too
+            refused = await busy.next()
+            assert isinstance(refused, Error)
+            assert refused.code == "overloaded"
+            served.provider.release.set()  # the request in flight finishes
+            answer = await busy.next()
+            assert answer.id == 1
+            assert not isinstance(answer, Error)
