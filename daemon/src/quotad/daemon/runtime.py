@@ -124,7 +124,7 @@ class Daemon:
                 config.http,
                 app_for_key=self.store.keys.app_for_key,
                 status=self.server.status,
-                listener_problems=self._socket_problems,
+                listener_problems=lambda: self.server.problems,
             )
         self.reconfigurables: list[Reconfigurable] = [self.server, self.gates, self.store]
         if self.http is not None:
@@ -213,11 +213,6 @@ class Daemon:
             servers.start_soon(self.server.shutdown, drain_s)
             if self.http is not None:
                 servers.start_soon(self.http.shutdown, drain_s)
-
-    def _socket_problems(self) -> list[str]:
-        """What keeps the Unix socket from taking new clients (``/healthz`` tells)."""
-        problem = getattr(self.server, "accept_problem", None)
-        return [f"unix socket: {problem}"] if problem else []
 
     # ------------------------------------------------------------------ reload
 
