@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 
 from quotad.daemon.broker import Broker
+from quotad.daemon.caller import Caller
 from quotad.daemon.config import Config, parse_config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.providers.base import (
-    NO_RATE_LIMITS,
     ChatDelta,
     ChatResult,
     ChatStream,
     EmbedResult,
     ProviderError,
 )
-from quotad.daemon.request import Caller
+from quotad.daemon.rate_limit_info import NO_RATE_LIMITS
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.daemon.store.prices import PER_TOKEN

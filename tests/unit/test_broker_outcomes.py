@@ -11,17 +11,18 @@ from typing import Any
 import pytest
 
 from quotad.daemon.broker import Broker
+from quotad.daemon.caller import Caller
 from quotad.daemon.config import Config, parse_config
 from quotad.daemon.providers.base import (
-    NO_RATE_LIMITS,
     ChatDelta,
     ChatResult,
     ChatStream,
     EmbedResult,
 )
-from quotad.daemon.request import Caller, merge_tool_calls
+from quotad.daemon.rate_limit_info import NO_RATE_LIMITS
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
+from quotad.daemon.streamed_answer import merge_tool_calls
 from quotad.protocol.messages import Chat, ChatChunk, ChatEnd, ChatMessage, Usage
 from tests.support.store import open_store
 
@@ -103,7 +104,7 @@ async def test_a_failure_that_is_not_a_request_error_is_a_row_and_frees_its_hold
         assert await ledger_rows(store) == [("internal", 0)]
         [daily] = store.budgets.global_budgets
         assert (daily.held, daily.reserved_usd) == (0, 0.0)
-        assert broker.in_flight == 0
+        assert broker.tail.in_flight == 0
 
 
 async def test_a_bug_in_step_7_before_the_commit_still_leaves_a_row(

@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from quotad.daemon.broker import Broker
+from quotad.daemon.caller import Caller
 from quotad.daemon.config import Config, parse_config
 from quotad.daemon.providers.base import ChatResult, ChatStream, EmbedResult
-from quotad.daemon.request import Caller
 from quotad.daemon.routing import Router
 from quotad.protocol.messages import Chat, ChatMessage
 from tests.support.store import open_store
@@ -99,7 +99,7 @@ async def test_reconfigure_tells_when_earlier_requests_are_done(anyio_backend: s
         assert first.is_set()
         assert second.is_set()
         assert answers == ["p answered"] * 3
-        assert broker.in_flight == 0
+        assert broker.tail.in_flight == 0
 
 
 async def test_a_rebuilt_router_keeps_its_targets_on_new_providers(anyio_backend: str) -> None:

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
 
-from quotad.daemon.broker import DAEMON_VERSION
+from quotad.daemon.caller import Caller
 from quotad.daemon.errors import RequestError
-from quotad.daemon.request import Caller
 from quotad.daemon.server.binding import PeerCredentials
+from quotad.daemon.status import DAEMON_VERSION
 from quotad.protocol.framing import FrameError, request_decoder
 from quotad.protocol.messages import (
     Acquire,
@@ -160,7 +160,7 @@ class Connection(asyncio.Protocol):
         self._stop()
         self._end_drain()
         if self.permits:  # the holder is gone; it may have called the provider
-            self.broker.gates.settle_abandoned(self.permits)
+            self.broker.permits.settle_abandoned(self.permits)
             self.permits.clear()
         self.server.connection_ended(self)
 
@@ -272,7 +272,7 @@ class Connection(asyncio.Protocol):
                 reply.id = request_id
                 self.write(reply)
             elif kind is Settle:
-                self.write(self.broker.settle(cast(Settle, message), self._caller("")))
+                self.write(self.broker.permits.settle(cast(Settle, message), self._caller("")))
                 self.permits.discard(cast(Settle, message).permit_id)
             elif kind is Hello:
                 self.write(
@@ -316,7 +316,7 @@ class Connection(asyncio.Protocol):
         """Why this connection may not start ``message`` now, if it may not."""
         limit = self.limits.max_in_flight
         if len(self.in_flight) + len(self.permits) >= limit:
-            held = self.broker.gates.holds_permit
+            held = self.broker.permits.holds
             self.permits = {permit_id for permit_id in self.permits if held(permit_id)}
             if len(self.in_flight) + len(self.permits) >= limit:
                 return (
@@ -329,7 +329,7 @@ class Connection(asyncio.Protocol):
 
     def _acquire(self, request: Acquire) -> None:
         """A permit now if the gates admit it at once, else a task that waits for one."""
-        permit = self.broker.acquire_now(request, self._caller(request.app))
+        permit = self.broker.permits.acquire_now(request, self._caller(request.app))
         if permit is None:
             self._start(request, self._answer_acquire)
             return
@@ -421,30 +421,30 @@ class Connection(asyncio.Protocol):
         await self.send(await self.broker.embed(request, self._caller(request.app)))
 
     async def _answer_acquire(self, request: Acquire) -> None:
-        permit: Permit = await self.broker.acquire(request, self._caller(request.app))
+        permit: Permit = await self.broker.permits.acquire(request, self._caller(request.app))
         if self.lost:  # granted as the holder left: it will never settle it
-            self.broker.gates.settle_abandoned([permit.permit_id])
+            self.broker.permits.settle_abandoned([permit.permit_id])
             return
         self.permits.add(permit.permit_id)
         await self.send(permit)
 
     async def _answer_spend(self, request: Spend) -> None:
-        await self.send(await self.broker.spend(request, self._caller("")))
+        await self.send(await self.broker.reports.spend(request))
 
     async def _answer_admin(self, request: Admin) -> None:
-        await self.send(await self.broker.admin(request, self._caller("")))
+        await self.send(await self.broker.admin.run(request, self._caller("")))
 
     async def _send_snapshots(self, request: Subscribe) -> None:
         """A :class:`Snapshot` every ``interval_s`` until cancelled. A slow reader only slows
         its own snapshots (each send waits for the transport to drain); nothing queues up."""
         broker = self.broker
-        seen = broker.finished_total
+        seen = broker.tail.finished_total
         last = time.monotonic()
         sequence = 0
         while True:
             now = time.monotonic()
             finished_before = seen
-            records, seen = broker.recent_since(seen)
+            records, seen = broker.tail.recent_since(seen)
             sequence += 1
             await self.send(
                 Snapshot(

@@ -388,11 +388,10 @@ class SocketServer:
 
     def status(self) -> StatusReply:
         """The broker's status with this server's own figures."""
-        reply = self.broker.status()
+        reply = self.broker.reports.status()
         reply.socket = str(self.path)
         reply.http = self.http_address
         reply.connections = len(self.connections)
-        reply.permits = self.broker.gates.permits_held
         reply.problems = self.problems
         return reply
 
