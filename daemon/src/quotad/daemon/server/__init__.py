@@ -16,8 +16,13 @@ from quotad.daemon.server.binding import (
     bind_unix_socket,
     peer_credentials,
 )
-from quotad.daemon.server.connection import FEATURES, SNAPSHOT_REQUESTS, Connection
-from quotad.daemon.server.listener import ConnectionLimits, SocketServer
+from quotad.daemon.server.connection import (
+    FEATURES,
+    SNAPSHOT_REQUESTS,
+    Connection,
+    ConnectionLimits,
+)
+from quotad.daemon.server.listener import SocketServer
 
 __all__ = [
     "FEATURES",

@@ -26,15 +26,18 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, cast
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, cast
 
 import anyio
 
+from quotad.daemon.broker import Broker
 from quotad.daemon.caller import Caller
+from quotad.daemon.config import DaemonConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.server.binding import PeerCredentials
 from quotad.daemon.status import DAEMON_VERSION
-from quotad.protocol.framing import FrameError, request_decoder
+from quotad.protocol.framing import DEFAULT_MAX_FRAME, FrameEncoder, FrameError, request_decoder
 from quotad.protocol.messages import (
     Acquire,
     Admin,
@@ -52,12 +55,10 @@ from quotad.protocol.messages import (
     Snapshot,
     Spend,
     Status,
+    StatusReply,
     Subscribe,
     Welcome,
 )
-
-if TYPE_CHECKING:
-    from quotad.daemon.server.listener import ConnectionLimits, SocketServer
 
 log = logging.getLogger("quotad.server")
 
@@ -74,6 +75,56 @@ CLOSE_LINGER_S: Final = 2.0
 """How long a closed connection's unsent answers may wait for the peer to read them."""
 
 Handler = Callable[[Any], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one Unix-socket connection (and the listener) may hold; from ``[daemon]``."""
+
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_connections: int = 1024
+    max_in_flight: int = 4096
+    """Requests in flight plus permits held, per connection (one connection may carry a
+    whole app's concurrency: an open-loop load that falls behind piles up here)."""
+    max_subscriptions: int = 32
+    """Subscribes per connection (each builds a status every interval: at most 20 a second)."""
+    hello_timeout_s: float = 10.0
+
+    @classmethod
+    def from_config(cls, config: DaemonConfig) -> ConnectionLimits:
+        """The limits ``[daemon]`` sets."""
+        return cls(
+            max_frame=config.max_frame,
+            max_connections=config.max_connections,
+            max_in_flight=config.max_in_flight_per_connection,
+            hello_timeout_s=config.hello_timeout_s,
+        )
+
+
+class Listener(Protocol):
+    """What a connection needs of the server that accepted it
+    (:class:`~quotad.daemon.server.listener.SocketServer`)."""
+
+    @property
+    def broker(self) -> Broker: ...
+
+    @property
+    def encoder(self) -> FrameEncoder: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    def connection_started(self, connection: Connection) -> None: ...
+
+    def connection_ended(self, connection: Connection) -> None: ...
+
+    def request_started(self) -> None: ...
+
+    def request_finished(self) -> None: ...
+
+    def track(self, task: asyncio.Task[None]) -> None: ...
+
+    def status(self) -> StatusReply: ...
 
 
 class InFlight:
@@ -96,7 +147,7 @@ class Connection(asyncio.Protocol):
     """One client connection: frames in, requests answered (many in flight), replies out by id."""
 
     def __init__(
-        self, server: SocketServer, peer: PeerCredentials | None, limits: ConnectionLimits
+        self, server: Listener, peer: PeerCredentials | None, limits: ConnectionLimits
     ) -> None:
         self.server = server
         self.broker = server.broker
