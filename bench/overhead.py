@@ -12,7 +12,6 @@ CPU per request) are added. Prints one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import sys
@@ -26,7 +25,14 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import cpu_seconds, interleaved_throughput, percentile, sequential
+from bench._timing import (
+    cpu_seconds,
+    interleaved_throughput,
+    percentile,
+    rounds_main,
+    sequential,
+    source_env,
+)
 from quotad.client import AsyncClient, Client
 from tests.support.daemon import DaemonProcess, sim_provider_config
 from tests.support.sim import SimProcess
@@ -50,8 +56,7 @@ def measure(rounds: int, requests: int, baseline_src: str | None = None) -> dict
         daemon = stack.enter_context(DaemonProcess(config))
         baseline = None
         if baseline_src is not None:
-            source = Path(baseline_src).resolve()
-            env = {"PYTHONPATH": f"{source}/daemon/src:{source}/client/src"}
+            env = source_env(baseline_src)
             baseline = stack.enter_context(DaemonProcess(config, env=env))
         url = f"{sim.base_url}/chat/completions"
         headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
@@ -136,15 +141,7 @@ def measure(rounds: int, requests: int, baseline_src: str | None = None) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--baseline-src", help="a checkout whose daemon to measure alongside")
-    parser.add_argument("--quick", action="store_true", help="a few requests (smoke test)")
-    args = parser.parse_args()
-    rounds, requests = (1, 20) if args.quick else (args.rounds, args.requests)
-    figures = measure(rounds, requests, args.baseline_src)
-    print(msgspec.json.encode(figures).decode(), flush=True)
+    rounds_main(__doc__, measure, rounds=6, requests=200, quick_requests=20)
 
 
 if __name__ == "__main__":

@@ -159,9 +159,7 @@ EDGES: Final = graph()
 
 def test_the_graph_is_read() -> None:
     """The walk finds the packages the rules speak of, and the edges everyone knows."""
-    assert {"quotad.protocol.messages", f"{D}.broker", f"{D}.gates", f"{D}.net.pool"} <= set(
-        EDGES
-    )
+    assert {"quotad.protocol.messages", f"{D}.broker", f"{D}.gates", f"{D}.net.pool"} <= set(EDGES)
     assert f"{D}.gates" in EDGES[f"{D}.broker"]
     assert "quotad.protocol.messages" in EDGES[f"{D}.store.ledger"]
 

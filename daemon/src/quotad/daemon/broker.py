@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import anyio
@@ -60,12 +60,22 @@ from quotad.daemon.store.ledger import LedgerWriteFailed
 from quotad.daemon.store.prices import PER_TOKEN, Price
 from quotad.daemon.streamed_answer import OpenedStream, StreamedAnswer, announce
 from quotad.daemon.tokens import estimate_input_tokens, estimate_prompt_tokens
-from quotad.protocol.messages import Chat, ChatChunk, ChatEnd, ChatReply, Embed, EmbedReply, Usage
+from quotad.protocol.messages import (
+    CacheMode,
+    Chat,
+    ChatChunk,
+    ChatEnd,
+    ChatReply,
+    Embed,
+    EmbedReply,
+    Usage,
+)
 
 __all__ = ["DAEMON_VERSION", "Broker"]
 
 T = TypeVar("T", bound=ProviderAnswer)
 AnswerT = TypeVar("AnswerT", bound=Answer)
+AnsweredT = TypeVar("AnsweredT", ChatReply, ChatEnd, EmbedReply)
 
 
 class Broker:
@@ -126,17 +136,8 @@ class Broker:
                 tool_calls=result.tool_calls,
                 finish_reason=result.finish_reason,
                 usage=result.usage,
-                target=context.target_name,
-                attempts=context.attempts,
-                wait_s=context.wait_s,
-                request_id=context.request_id,
             )
-            stored = None
-            if key is not None and self.cache.stores(request.cache):
-                stored = Cacheable(key, "chat", CachedChat.of(reply))
-            reply.latency_s = await self._finish(context, reply.usage, cache_store=stored)  # 7
-            reply.cost_usd = context.cost_usd
-            return reply
+            return await self._answered(context, reply, key, request.cache)  # 7
 
     async def chat_stream(
         self, request: Chat, caller: Caller
@@ -204,16 +205,9 @@ class Broker:
                 tool_calls=delivered.tool_calls(),
                 finish_reason=stream.finish_reason,
                 usage=stream.usage,
-                target=target.name,
-                attempts=context.attempts,
-                wait_s=context.wait_s,
-                request_id=context.request_id,
             )
-            stored = None
-            if key is not None and delivered.chunks is not None:
-                stored = Cacheable(key, "chat", CachedChat.of(end, delivered.chunks))
-            end.latency_s = await self._finish(context, end.usage, cache_store=stored)  # 7
-            end.cost_usd = context.cost_usd
+            sent = delivered.chunks or ()
+            end = await self._answered(context, end, key, request.cache, sent)  # 7
         yield end
 
     async def _steps_1_to_3(
@@ -247,21 +241,8 @@ class Broker:
                 )
 
             result = await self._attempt_targets(route, context, call)  # 4-6
-            reply = EmbedReply(
-                id=request.id,
-                embeddings=result.embeddings,
-                usage=result.usage,
-                target=context.target_name,
-                attempts=context.attempts,
-                wait_s=context.wait_s,
-                request_id=context.request_id,
-            )
-            stored = None
-            if key is not None and self.cache.stores(request.cache):
-                stored = Cacheable(key, "embed", CachedEmbedding.of(reply))
-            reply.latency_s = await self._finish(context, reply.usage, cache_store=stored)  # 7
-            reply.cost_usd = context.cost_usd
-            return reply
+            reply = EmbedReply(id=request.id, embeddings=result.embeddings, usage=result.usage)
+            return await self._answered(context, reply, key, request.cache)  # 7
 
     # ------------------------------------------------------------------ the pipeline's frame
 
@@ -304,6 +285,31 @@ class Broker:
         finally:
             self.tail.ended(activity)
             self.generations.ended(context.generation)
+
+    async def _answered(
+        self,
+        context: RequestContext,
+        reply: AnsweredT,
+        key: bytes | None,
+        mode: CacheMode,
+        chunks: Sequence[ChatChunk] = (),
+    ) -> AnsweredT:
+        """Step 7 for what a provider answered: the reply says who answered it and how, goes
+        into the cache when the request lets it (with its ``chunks`` when it was streamed;
+        in the same commit as its row), and gets its latency and cost once its row is in."""
+        reply.target = context.target_name
+        reply.attempts = context.attempts
+        reply.wait_s = context.wait_s
+        reply.request_id = context.request_id
+        stored = None
+        if key is not None and self.cache.stores(mode):
+            if isinstance(reply, EmbedReply):
+                stored = Cacheable(key, "embed", CachedEmbedding.of(reply))
+            else:
+                stored = Cacheable(key, "chat", CachedChat.of(reply, chunks))
+        reply.latency_s = await self._finish(context, reply.usage, cache_store=stored)
+        reply.cost_usd = context.cost_usd
+        return reply
 
     async def _finish(
         self,
