@@ -26,18 +26,17 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
 import anyio
 
 from quotad.daemon.broker import Broker
 from quotad.daemon.caller import Caller
-from quotad.daemon.config import DaemonConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.server.binding import PeerCredentials
+from quotad.daemon.server.limits import ConnectionLimits
 from quotad.daemon.status import DAEMON_VERSION
-from quotad.protocol.framing import DEFAULT_MAX_FRAME, FrameEncoder, FrameError, request_decoder
+from quotad.protocol.framing import FrameEncoder, FrameError, request_decoder
 from quotad.protocol.messages import (
     Acquire,
     Admin,
@@ -75,30 +74,6 @@ CLOSE_LINGER_S: Final = 2.0
 """How long a closed connection's unsent answers may wait for the peer to read them."""
 
 Handler = Callable[[Any], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """What one Unix-socket connection (and the listener) may hold; from ``[daemon]``."""
-
-    max_frame: int = DEFAULT_MAX_FRAME
-    max_connections: int = 1024
-    max_in_flight: int = 4096
-    """Requests in flight plus permits held, per connection (one connection may carry a
-    whole app's concurrency: an open-loop load that falls behind piles up here)."""
-    max_subscriptions: int = 32
-    """Subscribes per connection (each builds a status every interval: at most 20 a second)."""
-    hello_timeout_s: float = 10.0
-
-    @classmethod
-    def from_config(cls, config: DaemonConfig) -> ConnectionLimits:
-        """The limits ``[daemon]`` sets."""
-        return cls(
-            max_frame=config.max_frame,
-            max_connections=config.max_connections,
-            max_in_flight=config.max_in_flight_per_connection,
-            hello_timeout_s=config.hello_timeout_s,
-        )
 
 
 class Listener(Protocol):

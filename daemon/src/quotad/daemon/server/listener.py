@@ -39,7 +39,8 @@ from quotad.daemon.server.binding import (
     bind_unix_socket,
     peer_credentials,
 )
-from quotad.daemon.server.connection import Connection, ConnectionLimits
+from quotad.daemon.server.connection import Connection
+from quotad.daemon.server.limits import ConnectionLimits
 from quotad.protocol.framing import FrameEncoder
 from quotad.protocol.messages import Error, StatusReply
 
