@@ -1,15 +1,19 @@
 """What the benchmarks share: timing calls one after another or from many tasks, quantiles,
-and a process's CPU time read from /proc. Not a benchmark itself (the smoke test skips
-``bench/_*.py``)."""
+a process's CPU time read from /proc, the environment that runs another checkout's daemon, and
+the command line of a benchmark that runs rounds of requests. Not a benchmark itself (the
+smoke test skips ``bench/_*.py``)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -69,3 +73,40 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def source_env(source: str | Path | None) -> dict[str, str]:
+    """The environment that runs a daemon from another checkout's sources (``source``, its
+    root: its daemon and client sources first on the path); empty for this tree's."""
+    if source is None:
+        return {}
+    root = Path(source).resolve()
+    return {"PYTHONPATH": f"{root / 'daemon' / 'src'}{os.pathsep}{root / 'client' / 'src'}"}
+
+
+def rounds_main(
+    doc: str | None,
+    measure: Callable[[int, int, str | None], dict[str, Any]],
+    *,
+    rounds: int,
+    requests: int,
+    quick_requests: int,
+) -> None:
+    """The command line of a benchmark that runs ``--rounds`` of ``--requests``, optionally
+    beside the daemon of another checkout (``--baseline-src DIR``), or a smoke run
+    (``--quick``: one round of ``quick_requests``); prints ``measure``'s figures as one JSON
+    line."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--requests", type=int, default=requests)
+    parser.add_argument(
+        "--baseline-src",
+        "--baseline-source",
+        dest="baseline_src",
+        help="a checkout whose daemon to measure alongside",
+    )
+    parser.add_argument("--quick", action="store_true", help="a few requests (smoke test)")
+    args = parser.parse_args()
+    rounds, requests = (1, quick_requests) if args.quick else (args.rounds, args.requests)
+    figures = measure(rounds, requests, args.baseline_src)
+    print(msgspec.json.encode(figures).decode(), flush=True)

@@ -20,9 +20,7 @@ first, then the two front doors in an order that alternates from round to round)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
 import statistics
 import sys
 from collections.abc import Awaitable, Callable
@@ -35,7 +33,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import concurrent, cpu_seconds, percentile, sequential
+from bench._timing import concurrent, cpu_seconds, percentile, rounds_main, sequential, source_env
 from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
 from tests.support.sim import SimProcess
 
@@ -86,14 +84,6 @@ class Errors:
     def check(self, response: httpx.Response, path: str) -> None:
         ok = response.status_code == 200 and response.json()["choices"][0]["message"]["content"]
         self.counts[path] = self.counts.get(path, 0) + (0 if ok else 1)
-
-
-def source_env(source: str | None) -> dict[str, str]:
-    """The environment that runs the daemon from ``source``'s sources (None: these)."""
-    if source is None:
-        return {}
-    root = Path(source)
-    return {"PYTHONPATH": f"{root / 'daemon' / 'src'}{os.pathsep}{root / 'client' / 'src'}"}
 
 
 async def interleaved_rps(
@@ -205,15 +195,7 @@ def measure(rounds: int, requests: int, baseline_source: str | None) -> dict[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--quick", action="store_true", help="a few requests (smoke test)")
-    parser.add_argument("--baseline-source", help="a checkout whose daemon to compare with")
-    args = parser.parse_args()
-    rounds, requests = (1, 20) if args.quick else (args.rounds, args.requests)
-    figures = measure(rounds, requests, args.baseline_source)
-    print(msgspec.json.encode(figures).decode(), flush=True)
+    rounds_main(__doc__, measure, rounds=6, requests=200, quick_requests=20)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import socket
 import sys
 import threading
@@ -30,7 +29,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import cpu_seconds
+from bench._timing import cpu_seconds, source_env
 from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
 
 CONFIG = """\
@@ -116,10 +115,7 @@ def attack_one(source: str | None, chunks: int) -> dict[str, Any]:
     """Start a daemon (from ``source``'s sources when given), attack it once, measure."""
     port = free_port()
     config = CONFIG.format(port=port, provider=sim_provider_config("sim", "http://127.0.0.1:9/v1"))
-    env = {}
-    if source is not None:
-        root = Path(source)
-        env["PYTHONPATH"] = f"{root / 'daemon' / 'src'}{os.pathsep}{root / 'client' / 'src'}"
+    env = source_env(source)
     with DaemonProcess(config, env=env) as daemon:
         assert daemon.process is not None
         pid = daemon.process.pid

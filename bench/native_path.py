@@ -10,7 +10,6 @@ for a before/after in one run. Prints one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import socket
 import statistics
 import sys
@@ -18,11 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import cpu_seconds, sequential
+from bench._timing import cpu_seconds, rounds_main, sequential, source_env
 from quotad.client import Client
 from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import Acquire, Hello, Permit, Settle, Status
@@ -85,8 +82,7 @@ def calls(client: Client, raw: RawPeer) -> dict[str, Callable[[], Any]]:
 def measure(rounds: int, requests: int, baseline_src: str | None) -> dict[str, Any]:
     arms: dict[str, dict[str, str]] = {"": {}} if baseline_src is None else {"before_": {}, "": {}}
     if baseline_src is not None:
-        source = Path(baseline_src).resolve()
-        arms["before_"] = {"PYTHONPATH": f"{source}/daemon/src:{source}/client/src"}
+        arms["before_"] = source_env(baseline_src)
     with SimProcess() as sim:
         provider = sim_provider_config("sim", sim.base_url, extra="rpm = 100000000")
         config = CONFIG.format(provider=provider)
@@ -139,15 +135,7 @@ def measure(rounds: int, requests: int, baseline_src: str | None) -> dict[str, A
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--baseline-src", help="a checkout whose daemon to measure alongside")
-    parser.add_argument("--quick", action="store_true", help="a few requests (smoke test)")
-    args = parser.parse_args()
-    rounds, requests = (1, 50) if args.quick else (args.rounds, args.requests)
-    figures = measure(rounds, requests, args.baseline_src)
-    print(msgspec.json.encode(figures).decode(), flush=True)
+    rounds_main(__doc__, measure, rounds=4, requests=500, quick_requests=50)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import os
 import shutil
 import statistics
 import sys
@@ -39,7 +38,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import cpu_seconds, percentile, sequential
+from bench._timing import cpu_seconds, percentile, sequential, source_env
 from quotad.client import AsyncClient, Client
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database, Durability
@@ -61,13 +60,6 @@ durability = "{durability}"
 listen = ""
 {provider}
 """
-
-
-def source_env(source: Path | None) -> dict[str, str] | None:
-    """The environment that runs a daemon from another quotad source tree (None: this one)."""
-    if source is None:
-        return None
-    return {"PYTHONPATH": f"{source}/daemon/src{os.pathsep}{source}/client/src"}
 
 
 def cache_hits(

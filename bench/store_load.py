@@ -40,7 +40,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import cpu_seconds, percentile
+from bench._timing import cpu_seconds, percentile, source_env
 from quotad.client import AsyncClient
 from quotad.daemon.clock import SYSTEM_CLOCK
 from quotad.daemon.config import CacheConfig
@@ -118,9 +118,7 @@ class DiskSampler:
 def sustained(requests: int, concurrency: int, source: Path | None) -> dict[str, float]:
     """Disk and RSS over ``requests`` distinct requests through a daemon (of ``source``, or
     of this tree)."""
-    env = None
-    if source is not None:
-        env = {"PYTHONPATH": f"{source}/daemon/src{os.pathsep}{source}/client/src"}
+    env = source_env(source)
     with SimProcess() as sim:
         config = CONFIG.format(provider=sim_provider_config("sim", sim.base_url))
         with DaemonProcess(config, env=env) as daemon:

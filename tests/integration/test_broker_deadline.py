@@ -12,10 +12,10 @@ import anyio.lowlevel
 import pytest
 
 from quotad.daemon.broker import Broker
+from quotad.daemon.caller import Caller
 from quotad.daemon.config import parse_config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.providers import build_provider
-from quotad.daemon.request import Caller
 from quotad.daemon.routing import Router
 from quotad.protocol.messages import Admin, Chat, ChatMessage
 from tests.support.sim import SimProcess
@@ -69,7 +69,7 @@ async def test_the_deadline_cuts_an_attempt_in_flight(hanging_sim: SimProcess) -
         assert target.in_flight == 0
         assert target.failures == 0  # cut by the request's own deadline: no verdict on h
         await anyio.lowlevel.checkpoint()  # a request is counted just after its reply
-        assert broker.recent[-1].status == "timeout"
+        assert broker.tail.recent[-1].status == "timeout"
         await broker.router.providers["h"].aclose()
 
 
@@ -77,12 +77,12 @@ async def test_the_deadline_cuts_an_attempt_in_flight(hanging_sim: SimProcess) -
 async def test_admin_actions(hanging_sim: SimProcess) -> None:
     async with broker_for(hanging_sim.base_url) as broker:
         caller = Caller(app="op")
-        ok = await broker.admin(Admin(id=1, action="target_disable", target="h/m"), caller)
+        ok = await broker.admin.run(Admin(id=1, action="target_disable", target="h/m"), caller)
         assert ok.message == "h/m disabled"
         assert ok.data["enabled"] is False
-        ok = await broker.admin(Admin(id=2, action="target_enable", target="h/m"), caller)
+        ok = await broker.admin.run(Admin(id=2, action="target_enable", target="h/m"), caller)
         assert ok.data.get("enabled", True) is True
-        ok = await broker.admin(Admin(id=3, action="target_reset", target="h/m"), caller)
+        ok = await broker.admin.run(Admin(id=3, action="target_reset", target="h/m"), caller)
         assert ok.message == "h/m reset: its breaker is closed and its 429 pause lifted"
         for bad, says in [
             (Admin(id=4, action="target_reset"), "target_reset needs a target name"),
@@ -90,7 +90,7 @@ async def test_admin_actions(hanging_sim: SimProcess) -> None:
             (Admin(id=6, action="launch"), "admin action 'launch' is not supported"),
         ]:
             with pytest.raises(RequestError) as caught:
-                await broker.admin(bad, caller)
+                await broker.admin.run(bad, caller)
             assert caught.value.code == "bad_request"
             assert says in caught.value.message
         await broker.router.providers["h"].aclose()

@@ -14,7 +14,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from quotad.client import Client
 from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import Error, Hello, Welcome
 from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.peers import exchange_as
 from tests.support.sim import SimProcess
 from tests.support.systemd import ACTIVATION_LAUNCHER, NotifyReceiver, activation_env
 
@@ -352,38 +352,7 @@ def test_sighup_with_a_bad_config_keeps_the_running_one(
 def handshake_as(path: Path, uid: int, gid: int, groups: list[int]) -> Any:
     """Hello from a forked child running as ``uid``/``gid`` (+ ``groups``); the first reply."""
     hello = FrameEncoder().encode(Hello(app="other-user"))
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():  # fork while threads exist: the child only makes syscalls
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        status = 0
-        try:
-            os.close(read_end)
-            os.setgroups(groups)
-            os.setgid(gid)
-            os.setuid(uid)
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(10)
-                sock.connect(str(path))
-                sock.sendall(hello)
-                data = b""
-                while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-            os.write(write_end, data)
-        except BaseException as error:
-            os.write(write_end, b"child: " + repr(error).encode())
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        data = reader.read()
-    _, exit_status = os.waitpid(pid, 0)
-    assert exit_status == 0, data.decode(errors="replace")
+    data = exchange_as(path, hello, uid=uid, gid=gid, groups=groups, first_frame_only=True)
     replies = list(reply_decoder().feed(data))
     assert len(replies) == 1, replies
     return replies[0]

@@ -8,7 +8,6 @@ and one connecting after), and what the offending peer was answered.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from quotad.protocol.messages import (
     Welcome,
 )
 from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.peers import exchange_as
 from tests.support.sim import SimProcess
 
 MESSAGES = [{"role": "user", "content": "are you still there?"}]
@@ -177,47 +176,13 @@ def test_a_refused_peer_is_answered_before_anything_it_sent_is_read(sim: SimProc
         os.chmod(daemon.socket_path.parent, 0o711)
         os.chmod(daemon.socket_path, 0o666)  # every uid may connect: the lists decide
         for garbage in (bytes.fromhex("00000008 81a474797065a1ff"), b"\x00\x00\x00\x01\xc1"):
-            [answer] = reply_decoder().feed(exchange_as(daemon.socket_path, 65534, garbage))
+            [answer] = reply_decoder().feed(
+                exchange_as(daemon.socket_path, garbage, uid=65534, timeout_s=PATIENCE_S)
+            )
             assert isinstance(answer, Error)
             assert answer.code == "unauthorized"
             assert "uid 65534" in answer.message
         assert_serving(daemon, bystander)
-
-
-def exchange_as(path: Path, uid: int, data: bytes) -> bytes:
-    """Send ``data`` from a forked child running as ``uid``; everything it reads back."""
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():  # fork while threads exist: the child only makes syscalls
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        status = 0
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(PATIENCE_S)
-                sock.connect(str(path))
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    sock.sendall(data)  # the daemon may have answered and closed already
-                received = b""
-                with contextlib.suppress(ConnectionResetError):  # it closed, ours unread
-                    while chunk := sock.recv(65536):
-                        received += chunk
-            os.write(write_end, received)
-        except BaseException as error:
-            os.write(write_end, b"child: " + repr(error).encode())
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        data = reader.read()
-    _, exit_status = os.waitpid(pid, 0)
-    assert exit_status == 0, data.decode(errors="replace")
-    return data
 
 
 # --------------------------------------------------------------------------- descriptors

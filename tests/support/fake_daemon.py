@@ -15,7 +15,6 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from types import TracebackType
 
 from quotad.protocol.framing import FrameEncoder, FrameError, request_decoder
 from quotad.protocol.messages import (
@@ -140,12 +139,7 @@ class FakeDaemon:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def start(self) -> None:

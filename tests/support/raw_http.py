@@ -9,7 +9,6 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 Handler = Callable[["RawRequest", socket.socket], None]
@@ -89,12 +88,7 @@ class RawHTTPServer:
         self._thread.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)

@@ -8,7 +8,6 @@ import socket
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 
 ACTIVATION_LAUNCHER = (
     sys.executable,
@@ -88,10 +87,5 @@ class NotifyReceiver:
     def __enter__(self) -> NotifyReceiver:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()

@@ -6,27 +6,26 @@ least at the bound of what it delivered, and a cached prompt settles below what 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from quotad.daemon.broker import Broker
-from quotad.daemon.config import Config, parse_config
+from quotad.daemon.caller import Caller
+from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.providers.base import (
-    NO_RATE_LIMITS,
     ChatDelta,
     ChatResult,
     ChatStream,
     EmbedResult,
     ProviderError,
 )
-from quotad.daemon.request import Caller
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.daemon.store.prices import PER_TOKEN
 from quotad.protocol.messages import Chat, ChatMessage, Embed, Usage
+from tests.support.providers import InProcessProvider, PiecesStream, one_provider_config
 from tests.support.store import open_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
@@ -36,30 +35,19 @@ INPUT_PRICE = 2.5  # gpt-4o, USD per 1M tokens
 OUTPUT_PRICE = 10.0
 
 
-class BrokenStream:
+def broken_stream() -> PiecesStream:
     """A stream that delivers Japanese text, then breaks before reporting its usage."""
-
-    rate_limits = NO_RATE_LIMITS
-    finish_reason: str | None = None
-
-    def __init__(self) -> None:
-        self.usage = Usage()
-
-    async def deltas(self) -> AsyncIterator[ChatDelta]:
-        yield ChatDelta(delta=JAPANESE[:100])
-        yield ChatDelta(tool_calls=[{"index": 0, "function": {"arguments": "x" * 40}}])
-        raise ProviderError("stream_broken", "the stream broke")
-
-    async def aclose(self) -> None:
-        pass
+    pieces = [
+        ChatDelta(delta=JAPANESE[:100]),
+        ChatDelta(tool_calls=[{"index": 0, "function": {"arguments": "x" * 40}}]),
+    ]
+    breaks = ProviderError("stream_broken", "the stream broke")
+    return PiecesStream(pieces, finish_reason=None, breaks=breaks)
 
 
-class Provider:
+class Provider(InProcessProvider):
     """Answers what it is told to (``usage``), remembering what it was asked and what the
     budgets held while it answered."""
-
-    kind = "openai"
-    name = "p"
 
     def __init__(self, store: Store, usage: Usage | None = None) -> None:
         self.store = store
@@ -77,7 +65,7 @@ class Provider:
 
     async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
         self._asked(max_tokens)
-        return BrokenStream()
+        return broken_stream()
 
     async def embed(
         self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
@@ -85,22 +73,9 @@ class Provider:
         self._asked(0)
         return EmbedResult(embeddings=[[1.0]] * len(inputs), usage=self.usage)
 
-    async def list_models(self) -> list[str]:
-        return []
-
-    async def aclose(self) -> None:
-        pass
-
 
 def config() -> Config:
-    return parse_config(
-        {
-            "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"g": {"targets": ["p/gpt-4o"]}},
-            "budgets": {"daily_usd": 100.0},
-            "gates": {"default_max_tokens": 256},
-        }
-    )
+    return one_provider_config(budgets={"daily_usd": 100.0}, gates={"default_max_tokens": 256})
 
 
 def chat(content: str, **fields: Any) -> Chat:

@@ -5,49 +5,33 @@ before its first chunk), and a live stream's ``ChatEnd`` carries its whole tool 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from quotad.daemon.broker import Broker
-from quotad.daemon.config import Config, parse_config
+from quotad.daemon.caller import Caller
+from quotad.daemon.config import Config
 from quotad.daemon.providers.base import (
-    NO_RATE_LIMITS,
     ChatDelta,
     ChatResult,
     ChatStream,
-    EmbedResult,
 )
-from quotad.daemon.request import Caller, merge_tool_calls
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
+from quotad.daemon.streamed_answer import merge_tool_calls
 from quotad.protocol.messages import Chat, ChatChunk, ChatEnd, ChatMessage, Usage
+from tests.support.providers import InProcessProvider, PiecesStream, one_provider_config
 from tests.support.store import open_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
 
-class ThreeDeltas:
-    """A provider stream of three pieces."""
-
-    rate_limits = NO_RATE_LIMITS
-    usage = Usage(prompt_tokens=5, completion_tokens=3)
-    finish_reason: str | None = "stop"
-
-    async def deltas(self) -> AsyncIterator[ChatDelta]:
-        for piece in ("a", "b", "c"):
-            yield ChatDelta(delta=piece)
-
-    async def aclose(self) -> None:
-        pass
+THREE_PIECES = [ChatDelta(delta=piece) for piece in ("a", "b", "c")]
 
 
-class Provider:
+class Provider(InProcessProvider):
     """Answers chats and streams; ``broken`` makes its chats fail with a bug."""
-
-    kind = "openai"
-    name = "p"
 
     def __init__(self) -> None:
         self.broken = False
@@ -58,28 +42,11 @@ class Provider:
         return ChatResult(content="x", usage=Usage(prompt_tokens=5, completion_tokens=3))
 
     async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
-        return ThreeDeltas()
-
-    async def embed(
-        self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
-    ) -> EmbedResult:
-        raise NotImplementedError
-
-    async def list_models(self) -> list[str]:
-        return []
-
-    async def aclose(self) -> None:
-        pass
+        return PiecesStream(THREE_PIECES, usage=Usage(prompt_tokens=5, completion_tokens=3))
 
 
 def config() -> Config:
-    return parse_config(
-        {
-            "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"g": {"targets": ["p/gpt-4o"]}},
-            "budgets": {"daily_usd": 10.0},
-        }
-    )
+    return one_provider_config(budgets={"daily_usd": 10.0})
 
 
 def chat(content: str, *, stream: bool = False) -> Chat:
@@ -103,7 +70,7 @@ async def test_a_failure_that_is_not_a_request_error_is_a_row_and_frees_its_hold
         assert await ledger_rows(store) == [("internal", 0)]
         [daily] = store.budgets.global_budgets
         assert (daily.held, daily.reserved_usd) == (0, 0.0)
-        assert broker.in_flight == 0
+        assert broker.tail.in_flight == 0
 
 
 async def test_a_bug_in_step_7_before_the_commit_still_leaves_a_row(
@@ -168,22 +135,20 @@ async def test_a_stream_s_tool_call_fragments_merge_into_whole_calls(anyio_backe
     assert merge_tool_calls([]) is None
 
 
-class ToolCallDeltas(ThreeDeltas):
-    """A stream that calls a tool, in fragments as OpenAI sends them."""
-
-    finish_reason: str | None = "tool_calls"
-
-    async def deltas(self) -> AsyncIterator[ChatDelta]:
-        yield ChatDelta(
-            tool_calls=[{"index": 0, "id": "c", "type": "function", "function": {"name": "f"}}]
-        )
-        for piece in ('{"x"', ": 2}"):
-            yield ChatDelta(tool_calls=[{"index": 0, "function": {"arguments": piece}}])
+TOOL_CALL_PIECES = [
+    ChatDelta(tool_calls=[{"index": 0, "id": "c", "type": "function", "function": {"name": "f"}}]),
+    *(
+        ChatDelta(tool_calls=[{"index": 0, "function": {"arguments": piece}}])
+        for piece in ('{"x"', ": 2}")
+    ),
+]
 
 
 class ToolCallingProvider(Provider):
+    """Streams a tool call, in fragments as OpenAI sends them."""
+
     async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
-        return ToolCallDeltas()
+        return PiecesStream(TOOL_CALL_PIECES, finish_reason="tool_calls")
 
 
 async def test_a_live_stream_s_end_carries_its_whole_tool_calls(anyio_backend: str) -> None:

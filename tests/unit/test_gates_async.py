@@ -13,7 +13,7 @@ import pytest
 from quotad.daemon.config import Config, parse_config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.gates import Gates
-from quotad.daemon.providers.base import RateLimitInfo
+from quotad.daemon.rate_limit_info import RateLimitInfo
 
 pytestmark = pytest.mark.anyio
 

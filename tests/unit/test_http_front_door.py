@@ -17,11 +17,11 @@ import openai
 import pytest
 
 from quotad.daemon.broker import Broker
+from quotad.daemon.caller import Caller
 from quotad.daemon.config import Config, HttpConfig, parse_config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.front_door import FrontDoor
 from quotad.daemon.providers import build_provider
-from quotad.daemon.request import Caller
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.protocol.errors import ErrorCode

@@ -346,7 +346,7 @@ async def test_an_error_in_the_pipeline_answers_the_id_of_its_ledger_row() -> No
         )
         await anyio.sleep(0.05)  # the row is counted just after the answer
     assert response.status_code == 404
-    [row] = broker.recent
+    [row] = broker.tail.recent
     assert (row.status, response.headers["x-quotad-request-id"]) == (
         "unknown_model",
         row.request_id,

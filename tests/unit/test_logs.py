@@ -6,18 +6,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections import deque
 from collections.abc import Iterator
-from types import SimpleNamespace
-from typing import cast
 
 import pytest
 
-import quotad.daemon.broker
-from quotad.daemon.activity import AppActivityLog
-from quotad.daemon.broker import Broker
+import quotad.daemon.live_tail
+from quotad.daemon.live_tail import LiveTail
 from quotad.daemon.logs import REQUEST_LOG, JsonFormatter, TextFormatter, log_request
-from quotad.daemon.metrics import Metrics
 from quotad.daemon.store.ledger import LedgerRow
 
 
@@ -92,11 +87,9 @@ def test_nothing_is_formatted_unless_debug_is_on(
 ) -> None:
     logging.getLogger("quotad").setLevel(level)
     logged: list[LedgerRow] = []
-    monkeypatch.setattr(quotad.daemon.broker, "log_request", logged.append)
-    counting = SimpleNamespace(
-        finished_total=0, activity=AppActivityLog(), recent=deque(), metrics=Metrics()
-    )
-    Broker._count_finished(cast(Broker, counting), row())
-    assert counting.finished_total == 1
+    monkeypatch.setattr(quotad.daemon.live_tail, "log_request", logged.append)
+    tail = LiveTail()
+    tail.finished(row())
+    assert tail.finished_total == 1
     assert logged == ([row()] if level == logging.DEBUG else [])
     assert REQUEST_LOG.isEnabledFor(logging.DEBUG) is (level == logging.DEBUG)

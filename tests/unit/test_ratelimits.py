@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotad.daemon.providers.base import NO_RATE_LIMITS, RateLimitInfo
 from quotad.daemon.providers.ratelimits import (
     parse_duration,
     parse_rate_limits,
     parse_reset_timestamp,
     parse_retry_after,
 )
+from quotad.daemon.rate_limit_info import NO_RATE_LIMITS, RateLimitInfo
 
 NOW = datetime(2026, 11, 3, 12, 0, 0, tzinfo=UTC).timestamp()
 

@@ -4,26 +4,23 @@ its targets, pointed at the new providers."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 import pytest
 
 from quotad.daemon.broker import Broker
-from quotad.daemon.config import Config, parse_config
-from quotad.daemon.providers.base import ChatResult, ChatStream, EmbedResult
-from quotad.daemon.request import Caller
+from quotad.daemon.caller import Caller
+from quotad.daemon.config import Config
+from quotad.daemon.providers.base import ChatResult
 from quotad.daemon.routing import Router
 from quotad.protocol.messages import Chat, ChatMessage
+from tests.support.providers import InProcessProvider, one_provider_config
 from tests.support.store import open_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
 
-class HeldProvider:
+class HeldProvider(InProcessProvider):
     """A provider whose chats wait until released."""
-
-    kind = "openai"
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -38,14 +35,6 @@ class HeldProvider:
         await self.release.wait()
         return ChatResult(content=f"{self.name} answered")
 
-    async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
-        raise NotImplementedError
-
-    async def embed(
-        self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
-    ) -> EmbedResult:
-        raise NotImplementedError
-
     async def wait_started(self, count: int) -> None:
         """Until ``count`` chats have arrived in all."""
         with anyio.fail_after(5):
@@ -53,20 +42,9 @@ class HeldProvider:
                 while self.started < count:
                     await self._arrived.wait()
 
-    async def list_models(self) -> list[str]:
-        return []
-
-    async def aclose(self) -> None:
-        pass
-
 
 def config() -> Config:
-    return parse_config(
-        {
-            "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"g": {"targets": ["p/m"]}},
-        }
-    )
+    return one_provider_config("m")
 
 
 CHAT = Chat(id=1, model="g", messages=[ChatMessage(role="user", content="hi")])
@@ -99,7 +77,7 @@ async def test_reconfigure_tells_when_earlier_requests_are_done(anyio_backend: s
         assert first.is_set()
         assert second.is_set()
         assert answers == ["p answered"] * 3
-        assert broker.in_flight == 0
+        assert broker.tail.in_flight == 0
 
 
 async def test_a_rebuilt_router_keeps_its_targets_on_new_providers(anyio_backend: str) -> None:

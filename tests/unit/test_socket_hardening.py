@@ -28,7 +28,7 @@ from quotad.client import AsyncClient, OverloadedError, RateLimitedError
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, parse_config
-from quotad.daemon.providers.base import ChatResult, ChatStream, EmbedResult
+from quotad.daemon.providers.base import ChatResult
 from quotad.daemon.routing import Router
 from quotad.daemon.server import Connection, ConnectionLimits, SocketServer, listener
 from quotad.daemon.server import connection as connection_module
@@ -53,6 +53,7 @@ from quotad.protocol.messages import (
     Welcome,
 )
 from tests.support.backends import ASYNCIO_BACKENDS
+from tests.support.providers import InProcessProvider
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)]
 
@@ -62,11 +63,8 @@ ENCODER = FrameEncoder()
 HELLO = ENCODER.encode(Hello(app="test"))
 
 
-class Provider:
+class Provider(InProcessProvider):
     """Answers a chat when ``release`` is set (at once unless a test clears it)."""
-
-    kind = "openai"
-    name = "p"
 
     def __init__(self) -> None:
         self.release = anyio.Event()
@@ -75,20 +73,6 @@ class Provider:
     async def chat(self, model: str, request: Chat, max_tokens: int) -> ChatResult:
         await self.release.wait()
         return ChatResult(content="x", usage=Usage(prompt_tokens=5, completion_tokens=3))
-
-    async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
-        raise NotImplementedError
-
-    async def embed(
-        self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
-    ) -> EmbedResult:
-        raise NotImplementedError
-
-    async def list_models(self) -> list[str]:
-        return []
-
-    async def aclose(self) -> None:
-        pass
 
 
 def make_config(**daemon: Any) -> Config:

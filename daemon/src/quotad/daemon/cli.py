@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from quotad.daemon import client_commands as calls
-from quotad.daemon.client_commands import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from quotad.daemon.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "build_parser", "main"]
 

@@ -18,10 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
+from quotad.daemon.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 
 VERSION_TIMEOUT_S = 2.0
 DEFAULT_CHAT_MODEL = "default"

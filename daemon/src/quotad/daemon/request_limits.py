@@ -29,8 +29,12 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from quotad.daemon.errors import RequestError
-from quotad.daemon.tokens import value_tokens_upper_bound
-from quotad.protocol.messages import Chat
+from quotad.daemon.tokens import (
+    chat_prompt_tokens_upper_bound,
+    input_tokens_upper_bound,
+    value_tokens_upper_bound,
+)
+from quotad.protocol.messages import Chat, Embed
 
 TOKEN_LIMIT_FIELDS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 """Spellings of a completion limit in ``extra``."""
@@ -85,3 +89,18 @@ def check_embed_extra(extra: Mapping[str, Any]) -> None:
     for field, why in REFUSED_EMBED_EXTRA.items():
         if field in extra:
             raise _refuse(field, why)
+
+
+def billable_tokens(request: Chat | Embed, max_tokens: int) -> tuple[int, int]:
+    """The most prompt and completion tokens a provider can bill a request whose completion
+    limit is ``max_tokens`` (see :mod:`quotad.daemon.tokens`): what its budgets reserve. An
+    embedding request's inputs are its prompt; it has no completion."""
+    if isinstance(request, Embed):
+        return input_tokens_upper_bound(embed_inputs(request)), 0
+    prompt = chat_prompt_tokens_upper_bound(request)
+    return prompt, completion_tokens_upper_bound(max_tokens, request.extra)
+
+
+def embed_inputs(request: Embed) -> list[str]:
+    """The texts an embedding request asks vectors for, as a list."""
+    return [request.input] if isinstance(request.input, str) else request.input

@@ -23,9 +23,11 @@ import anyio.abc
 
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
-from quotad.daemon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from quotad.daemon.clock import SYSTEM_CLOCK
 from quotad.daemon.config import Config, ConfigError, find_and_load_config, state_dir
 from quotad.daemon.errors import RequestError
+from quotad.daemon.events import EventLog
+from quotad.daemon.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from quotad.daemon.front_door import FrontDoor, HttpListenError
 from quotad.daemon.gates import Gates
 from quotad.daemon.hints import config_hints
@@ -101,13 +103,15 @@ class Daemon:
         self.providers: dict[str, Provider] = {}
         self._provider_identity: dict[str, tuple[object, bytes]] = {}
         self.providers = self._providers_for(config, resolve_api_keys(config))
-        self.router = Router(config, self.providers)
+        self.events = EventLog(SYSTEM_CLOCK)
+        """The daemon's event log: the router, the broker and the runtime report to it."""
+        self.router = Router(config, self.providers, events=self.events)
         self.health_checks = HealthChecks(self.router)
         self._health_scope: anyio.CancelScope | None = None
         self.store = Store(config, state_dir(config))
         self.gates = Gates(config)
-        self.broker = Broker(config, self.router, self.store, gates=self.gates)
-        self.broker.reload_config = self._reload_for_peer
+        self.broker = Broker(config, self.router, self.store, gates=self.gates, events=self.events)
+        self.broker.admin.reload_config = self._reload_for_peer
         if listen_socket is not None:
             socket_path = Path(listen_socket.getsockname())
         self.server = SocketServer(
@@ -143,8 +147,9 @@ class Daemon:
         """Serve until a stop signal, then drain and close."""
         try:
             for alert in await self.store.open():
-                self.broker.add_event("budget_alert", alert.message)
-            self.broker.load_app_spend(self.store.spent_at_open, self.store.clock.time())
+                self.events.add("budget_alert", alert.message, logging.WARNING)
+            today = self.store.calendar.day(self.store.clock.time())
+            self.broker.tail.load_spend(self.store.spent_at_open, today)
             if self.http is not None:  # first: clients take the socket answering for "ready"
                 await self.http.bind()
                 self.server.http_address = self.http.address
@@ -241,7 +246,7 @@ class Daemon:
                 config = await anyio.to_thread.run_sync(find_and_load_config, self.config_location)
                 keys = await anyio.to_thread.run_sync(resolve_api_keys, config)
             except ConfigError as error:
-                self.router.events.add(
+                self.events.add(
                     "reload_rejected",
                     f"{error.source} has {len(error.problems)} problem(s); still serving the "
                     f"previous config (first: {error.problems[0] if error.problems else '-'})",
@@ -265,7 +270,7 @@ class Daemon:
             rebuilt = self._apply(config, keys)
             await self.store.count_new_budgets()
             self.notifier.ready(f"{self._status_line()}; config reloaded")
-            self.router.events.add(
+            self.events.add(
                 "reload",
                 f"reloaded {config.source}: {len(self.providers)} providers ({rebuilt} "
                 f"rebuilt), {len(self.router.groups)} groups",
@@ -297,7 +302,7 @@ class Daemon:
         rebuilt = sum(
             1 for name, provider in providers.items() if previous.get(name) is not provider
         )
-        self.router = Router(config, providers, previous=self.router)
+        self.router = Router(config, providers, events=self.events, previous=self.router)
         self.health_checks = HealthChecks(self.router)
         if self._health_scope is not None:
             self._health_scope.cancel()  # the checks restart on the new router's providers

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from typing import Final, get_args
 
+from quotad.daemon.caller import Caller
 from quotad.daemon.errors import RequestError
 from quotad.daemon.net.http11 import HttpRequest
-from quotad.daemon.request import Caller
 from quotad.protocol.messages import PRIORITIES, CacheMode, Chat, Embed, Priority
 
 MAX_APP_LENGTH: Final = 256

@@ -43,7 +43,8 @@ import anyio
 import anyio.abc
 import msgspec
 
-from quotad.daemon.broker import DAEMON_VERSION, Broker
+from quotad.daemon.broker import Broker
+from quotad.daemon.caller import Caller
 from quotad.daemon.config import Config, HttpConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.front_door import anthropic, openai
@@ -70,8 +71,7 @@ from quotad.daemon.net.http11 import (
     StreamingResponse,
     error_body,
 )
-from quotad.daemon.request import Caller
-from quotad.daemon.routing import Route
+from quotad.daemon.status import DAEMON_VERSION
 from quotad.protocol.messages import (
     Chat,
     ChatChunk,
@@ -154,7 +154,7 @@ class FrontDoor:
         self.broker = broker
         self.metrics = broker.metrics
         self._app_for_key = app_for_key
-        self._status = status or broker.status
+        self._status = status or broker.reports.status
         self._listener_problems = listener_problems or list
         self._keys = config.auth == "keys"
         self._host, port = parse_listen(config.listen)
@@ -363,7 +363,7 @@ class FrontDoor:
     def _cache_state(self, cached: bool, mode: str) -> CacheState:
         if cached:
             return "hit"
-        return "bypass" if not self.broker.cache.enabled or mode == "bypass" else "miss"
+        return "bypass" if not self.broker.reports.cache_enabled or mode == "bypass" else "miss"
 
     def _answer_headers(
         self, answer: ChatReply | EmbedReply | ChatChunk | ChatEnd, mode: str
@@ -404,22 +404,9 @@ class FrontDoor:
         body_bytes = openai.embeddings_body(reply, embed.model, body.encoding_format)
         return self._whole_answer(reply, embed.cache, body_bytes)
 
-    def _owner(self, name: str, route: Route) -> str:
-        """Who a model name is: groups are quotad's, targets and bare models their
-        provider's."""
-        if name in self.broker.router.groups or not route.targets:
-            return "quotad"
-        return route.targets[0].provider_name
-
-    def _model_list(self) -> list[tuple[str, str]]:
-        """(name, owner) of every name a request may use."""
-        router = self.broker.router
-        routes = router.routes()
-        return [(name, self._owner(name, routes[name])) for name in router.known_names()]
-
     async def _models(self, request: HttpRequest) -> Response:
         self._who_calls(request)
-        models = self._model_list()
+        models = self.broker.reports.model_owners()
         if request.header("anthropic-version") is not None:
             body = anthropic.models_body([name for name, _ in models])
         else:
@@ -430,8 +417,8 @@ class FrontDoor:
         self._who_calls(request)
         prefix = "/v1/models/" if request.path.startswith("/v1/") else "/models/"
         name = urllib.parse.unquote(request.path.removeprefix(prefix))
-        route = self.broker.router.resolve(name)  # else unknown_model, naming what exists
-        return HttpResponse(200, [JSON_CONTENT], openai.model_body(name, self._owner(name, route)))
+        owner = self.broker.reports.model_owner(name)  # else unknown_model, naming what exists
+        return HttpResponse(200, [JSON_CONTENT], openai.model_body(name, owner))
 
     # ------------------------------------------------------------------ Anthropic endpoint
 

@@ -44,7 +44,7 @@ from quotad.daemon.gates.window import (
     SlidingWindow,
     Unit,
 )
-from quotad.daemon.providers.base import NO_RATE_LIMITS, RateLimitInfo
+from quotad.daemon.rate_limit_info import NO_RATE_LIMITS, RateLimitInfo
 from quotad.protocol.messages import GateStatus, QueueStatus, WindowStatus
 
 __all__ = [

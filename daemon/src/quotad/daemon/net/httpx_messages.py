@@ -3,7 +3,28 @@ made from prepared parts rather than by httpx's own constructors, which parse, m
 again for each request what is the same for every one of an account's (tens of µs, where the
 whole exchange with a local server costs about a hundred): :class:`PreparedRequest` and
 :class:`ReadResponse`. Any httpx transport takes the first; the second is what the lean pool
-(:mod:`quotad.daemon.net.pool`) returns for a small answer that came whole with its head."""
+(:mod:`quotad.daemon.net.pool`) returns for a small answer that came whole with its head.
+
+PRIVATE INTERNALS, ON PURPOSE. Both set attributes httpx keeps private, which its public
+properties read (``Request._content``; ``Response._content``, ``_request``,
+``_num_bytes_downloaded``): the only place in quotad that does. The public ways cost too much
+for what they are used for, measured (issue 14, on the loaded 2-core machine):
+
+- ``httpx.Request(method, url, headers=..., content=...)``: 36-41 µs against 2-4 µs;
+- ``httpx.Response(status, headers=..., content=..., request=...)`` (read at once through the
+  decoders and chunker; or ``stream=httpx.ByteStream(...)`` read later: the same work):
+  13-20 µs against 2-4 µs; through the whole daemon (bench/overhead.py --baseline-src, both
+  daemons interleaved in one run; three runs) a chat's p50 0.553, 0.609, 0.561 ms against
+  0.502, 0.603, 0.513, and the daemon's CPU 358, 417, 400 µs per request against 325, 433,
+  338: up to 9% of the p50 in two runs of three.
+
+What pins them: tests/unit/test_httpx_messages.py builds each beside the public constructor
+from the same parts and compares everything public (content, headers, json, the read/closed
+state, the request, iteration, ``aread``), and tests/integration/test_provider_pool.py checks
+a pooled answer reads as any read response. An httpx release that renames what these set
+fails those tests, not a user's request; ``httpx>=0.27`` (daemon/pyproject.toml) is the
+floor they pass on.
+"""
 
 from __future__ import annotations
 

@@ -41,9 +41,9 @@ from quotad.daemon.providers.base import (
     EmbedResult,
     ErrorKind,
     ProviderError,
-    RateLimitInfo,
 )
 from quotad.daemon.providers.transport import ChatEventStream, ProviderHTTP
+from quotad.daemon.rate_limit_info import RateLimitInfo
 from quotad.protocol.messages import Chat, ChatMessage, Usage
 
 ANTHROPIC_VERSION: Final = "2023-06-01"

@@ -4,7 +4,8 @@ A provider knows one wire format (OpenAI-compatible or Anthropic) and one accoun
 key, one pooled httpx client). It knows nothing of gates, budgets or routing: it turns a
 protocol :class:`~quotad.protocol.messages.Chat` into an HTTP call and the answer into a
 :class:`ChatResult`, a :class:`ChatStream` or a classified :class:`ProviderError`. Every answer,
-good or bad, carries the provider's rate-limit headers parsed into :class:`RateLimitInfo`.
+good or bad, carries the provider's rate-limit headers parsed into
+:class:`~quotad.daemon.rate_limit_info.RateLimitInfo`.
 
 Exceptions::
 
@@ -26,6 +27,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from quotad.daemon.rate_limit_info import NO_RATE_LIMITS, RateLimitInfo
 from quotad.protocol.messages import Chat, Usage
 
 ErrorKind = Literal[
@@ -41,37 +43,6 @@ ErrorKind = Literal[
 RETRYABLE_KINDS: frozenset[str] = frozenset(
     {"connect", "timeout", "rate_limited", "server", "conflict", "stream_broken"}
 )
-
-
-class RateLimitInfo(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
-    """What a provider's response headers say of its limits; None where a header is absent.
-
-    ``reset_*_s`` are seconds from the response until that limit is fully restored (OpenAI
-    sends durations such as ``6m0s``; Anthropic sends RFC 3339 timestamps, converted here).
-    Anthropic's separate input/output token limits are kept apart. Frozen: the empty
-    :data:`NO_RATE_LIMITS` is shared by every reply without rate-limit headers.
-    """
-
-    limit_requests: int | None = None
-    remaining_requests: int | None = None
-    reset_requests_s: float | None = None
-    limit_tokens: int | None = None
-    remaining_tokens: int | None = None
-    reset_tokens_s: float | None = None
-    limit_input_tokens: int | None = None
-    remaining_input_tokens: int | None = None
-    reset_input_tokens_s: float | None = None
-    limit_output_tokens: int | None = None
-    remaining_output_tokens: int | None = None
-    reset_output_tokens_s: float | None = None
-    retry_after_s: float | None = None
-
-    def is_empty(self) -> bool:
-        """True when the response carried no rate-limit header at all."""
-        return all(value is None for value in msgspec.structs.astuple(self))
-
-
-NO_RATE_LIMITS = RateLimitInfo()
 
 
 class ProviderError(Exception):
@@ -120,6 +91,13 @@ class ChatDelta(msgspec.Struct, kw_only=True):
     delta: str = ""
     tool_calls: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
+
+
+class ProviderAnswer(Protocol):
+    """Any provider result: each carries the provider's rate-limit headers."""
+
+    @property
+    def rate_limits(self) -> RateLimitInfo: ...
 
 
 class ChatStream(Protocol):

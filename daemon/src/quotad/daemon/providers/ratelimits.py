@@ -27,7 +27,7 @@ from typing import Final
 import httpx
 import msgspec
 
-from quotad.daemon.providers.base import NO_RATE_LIMITS, RateLimitInfo
+from quotad.daemon.rate_limit_info import NO_RATE_LIMITS, RateLimitInfo
 
 _MAX_VALUE_LENGTH: Final = 64
 """Longer header values are junk; refusing them bounds the parsing work."""

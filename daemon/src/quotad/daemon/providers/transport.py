@@ -57,15 +57,10 @@ from quotad.daemon.net.deadlines import Deadlines
 from quotad.daemon.net.httpx_messages import PreparedRequest
 from quotad.daemon.net.pool import LeanHTTPTransport
 from quotad.daemon.net.sse import EventStreamTooLong, ServerSentEvents
-from quotad.daemon.providers.base import (
-    NO_RATE_LIMITS,
-    ChatDelta,
-    ErrorKind,
-    ProviderError,
-    RateLimitInfo,
-)
+from quotad.daemon.providers.base import ChatDelta, ErrorKind, ProviderError
 from quotad.daemon.providers.ratelimits import parse_rate_limits
 from quotad.daemon.providers.redaction import KeyRedactor
+from quotad.daemon.rate_limit_info import NO_RATE_LIMITS, RateLimitInfo
 from quotad.protocol.messages import Usage
 
 KEEPALIVE_EXPIRY_S: Final = 30.0

@@ -147,6 +147,18 @@ class Router:
         """Every name a request may use."""
         return self._routes
 
+    def owner_of(self, name: str) -> str:
+        """Who a model name is (``GET /v1/models``): groups are quotad's, targets and bare
+        models their provider's; ``unknown_model`` when no request may use it."""
+        route = self.resolve(name)
+        if name in self.groups or not route.targets:
+            return "quotad"
+        return route.targets[0].provider_name
+
+    def model_owners(self) -> list[tuple[str, str]]:
+        """``(name, owner)`` of every name a request may use, in :meth:`known_names` order."""
+        return [(name, self.owner_of(name)) for name in self.known_names()]
+
     def targets_of(self, provider_name: str) -> list[Target]:
         """The targets known so far on one provider."""
         return [t for t in self.targets.values() if t.provider_name == provider_name]

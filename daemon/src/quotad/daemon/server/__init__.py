@@ -6,6 +6,7 @@
   and how many at once, draining at shutdown, status.
 - :mod:`~quotad.daemon.server.connection`: :class:`Connection`, one client as an asyncio
   protocol: frames decoded as they arrive, requests answered by id, many in flight.
+- :mod:`~quotad.daemon.server.limits`: :class:`ConnectionLimits`, what each may hold.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from quotad.daemon.server.binding import (
     peer_credentials,
 )
 from quotad.daemon.server.connection import FEATURES, SNAPSHOT_REQUESTS, Connection
-from quotad.daemon.server.listener import ConnectionLimits, SocketServer
+from quotad.daemon.server.limits import ConnectionLimits
+from quotad.daemon.server.listener import SocketServer
 
 __all__ = [
     "FEATURES",

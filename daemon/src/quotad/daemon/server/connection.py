@@ -26,15 +26,17 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 import anyio
 
-from quotad.daemon.broker import DAEMON_VERSION
+from quotad.daemon.broker import Broker
+from quotad.daemon.caller import Caller
 from quotad.daemon.errors import RequestError
-from quotad.daemon.request import Caller
 from quotad.daemon.server.binding import PeerCredentials
-from quotad.protocol.framing import FrameError, request_decoder
+from quotad.daemon.server.limits import ConnectionLimits
+from quotad.daemon.status import DAEMON_VERSION
+from quotad.protocol.framing import FrameEncoder, FrameError, request_decoder
 from quotad.protocol.messages import (
     Acquire,
     Admin,
@@ -52,12 +54,10 @@ from quotad.protocol.messages import (
     Snapshot,
     Spend,
     Status,
+    StatusReply,
     Subscribe,
     Welcome,
 )
-
-if TYPE_CHECKING:
-    from quotad.daemon.server.listener import ConnectionLimits, SocketServer
 
 log = logging.getLogger("quotad.server")
 
@@ -74,6 +74,32 @@ CLOSE_LINGER_S: Final = 2.0
 """How long a closed connection's unsent answers may wait for the peer to read them."""
 
 Handler = Callable[[Any], Awaitable[None]]
+
+
+class Listener(Protocol):
+    """What a connection needs of the server that accepted it
+    (:class:`~quotad.daemon.server.listener.SocketServer`)."""
+
+    @property
+    def broker(self) -> Broker: ...
+
+    @property
+    def encoder(self) -> FrameEncoder: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    def connection_started(self, connection: Connection) -> None: ...
+
+    def connection_ended(self, connection: Connection) -> None: ...
+
+    def request_started(self) -> None: ...
+
+    def request_finished(self) -> None: ...
+
+    def track(self, task: asyncio.Task[None]) -> None: ...
+
+    def status(self) -> StatusReply: ...
 
 
 class InFlight:
@@ -96,7 +122,7 @@ class Connection(asyncio.Protocol):
     """One client connection: frames in, requests answered (many in flight), replies out by id."""
 
     def __init__(
-        self, server: SocketServer, peer: PeerCredentials | None, limits: ConnectionLimits
+        self, server: Listener, peer: PeerCredentials | None, limits: ConnectionLimits
     ) -> None:
         self.server = server
         self.broker = server.broker
@@ -160,7 +186,7 @@ class Connection(asyncio.Protocol):
         self._stop()
         self._end_drain()
         if self.permits:  # the holder is gone; it may have called the provider
-            self.broker.gates.settle_abandoned(self.permits)
+            self.broker.permits.settle_abandoned(self.permits)
             self.permits.clear()
         self.server.connection_ended(self)
 
@@ -272,7 +298,7 @@ class Connection(asyncio.Protocol):
                 reply.id = request_id
                 self.write(reply)
             elif kind is Settle:
-                self.write(self.broker.settle(cast(Settle, message), self._caller("")))
+                self.write(self.broker.permits.settle(cast(Settle, message), self._caller("")))
                 self.permits.discard(cast(Settle, message).permit_id)
             elif kind is Hello:
                 self.write(
@@ -316,7 +342,7 @@ class Connection(asyncio.Protocol):
         """Why this connection may not start ``message`` now, if it may not."""
         limit = self.limits.max_in_flight
         if len(self.in_flight) + len(self.permits) >= limit:
-            held = self.broker.gates.holds_permit
+            held = self.broker.permits.holds
             self.permits = {permit_id for permit_id in self.permits if held(permit_id)}
             if len(self.in_flight) + len(self.permits) >= limit:
                 return (
@@ -329,7 +355,7 @@ class Connection(asyncio.Protocol):
 
     def _acquire(self, request: Acquire) -> None:
         """A permit now if the gates admit it at once, else a task that waits for one."""
-        permit = self.broker.acquire_now(request, self._caller(request.app))
+        permit = self.broker.permits.acquire_now(request, self._caller(request.app))
         if permit is None:
             self._start(request, self._answer_acquire)
             return
@@ -421,30 +447,30 @@ class Connection(asyncio.Protocol):
         await self.send(await self.broker.embed(request, self._caller(request.app)))
 
     async def _answer_acquire(self, request: Acquire) -> None:
-        permit: Permit = await self.broker.acquire(request, self._caller(request.app))
+        permit: Permit = await self.broker.permits.acquire(request, self._caller(request.app))
         if self.lost:  # granted as the holder left: it will never settle it
-            self.broker.gates.settle_abandoned([permit.permit_id])
+            self.broker.permits.settle_abandoned([permit.permit_id])
             return
         self.permits.add(permit.permit_id)
         await self.send(permit)
 
     async def _answer_spend(self, request: Spend) -> None:
-        await self.send(await self.broker.spend(request, self._caller("")))
+        await self.send(await self.broker.reports.spend(request))
 
     async def _answer_admin(self, request: Admin) -> None:
-        await self.send(await self.broker.admin(request, self._caller("")))
+        await self.send(await self.broker.admin.run(request, self._caller("")))
 
     async def _send_snapshots(self, request: Subscribe) -> None:
         """A :class:`Snapshot` every ``interval_s`` until cancelled. A slow reader only slows
         its own snapshots (each send waits for the transport to drain); nothing queues up."""
         broker = self.broker
-        seen = broker.finished_total
+        seen = broker.tail.finished_total
         last = time.monotonic()
         sequence = 0
         while True:
             now = time.monotonic()
             finished_before = seen
-            records, seen = broker.recent_since(seen)
+            records, seen = broker.tail.recent_since(seen)
             sequence += 1
             await self.send(
                 Snapshot(

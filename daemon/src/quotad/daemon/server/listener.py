@@ -25,7 +25,6 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -34,14 +33,15 @@ import anyio.abc
 
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
-from quotad.daemon.config import Config, DaemonConfig
+from quotad.daemon.config import Config
 from quotad.daemon.server.binding import (
     PeerCredentials,
     bind_unix_socket,
     peer_credentials,
 )
 from quotad.daemon.server.connection import Connection
-from quotad.protocol.framing import DEFAULT_MAX_FRAME, FrameEncoder
+from quotad.daemon.server.limits import ConnectionLimits
+from quotad.protocol.framing import FrameEncoder
 from quotad.protocol.messages import Error, StatusReply
 
 log = logging.getLogger("quotad.server")
@@ -60,30 +60,6 @@ WRITE_STALL_S: Final = 60.0
 """A connection whose answers have waited this long for the peer to read them is dropped."""
 CLOSE_WAIT_S: Final = 10.0
 """How long a stopping server waits for its cancelled requests to finish."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """What one Unix-socket connection (and the listener) may hold; from ``[daemon]``."""
-
-    max_frame: int = DEFAULT_MAX_FRAME
-    max_connections: int = 1024
-    max_in_flight: int = 4096
-    """Requests in flight plus permits held, per connection (one connection may carry a
-    whole app's concurrency: an open-loop load that falls behind piles up here)."""
-    max_subscriptions: int = 32
-    """Subscribes per connection (each builds a status every interval: at most 20 a second)."""
-    hello_timeout_s: float = 10.0
-
-    @classmethod
-    def from_config(cls, config: DaemonConfig) -> ConnectionLimits:
-        """The limits ``[daemon]`` sets."""
-        return cls(
-            max_frame=config.max_frame,
-            max_connections=config.max_connections,
-            max_in_flight=config.max_in_flight_per_connection,
-            hello_timeout_s=config.hello_timeout_s,
-        )
 
 
 class SocketServer:
@@ -388,11 +364,10 @@ class SocketServer:
 
     def status(self) -> StatusReply:
         """The broker's status with this server's own figures."""
-        reply = self.broker.status()
+        reply = self.broker.reports.status()
         reply.socket = str(self.path)
         reply.http = self.http_address
         reply.connections = len(self.connections)
-        reply.permits = self.broker.gates.permits_held
         reply.problems = self.problems
         return reply
 

@@ -176,6 +176,12 @@ class PriceTable:
         self._by_target[target] = price
         return price
 
+    def input_and_output(self, target: str) -> float | None:
+        """USD per 1M input plus 1M output tokens on ``target`` (what the cost strategy
+        orders targets by); None when it is unpriced."""
+        price = self.for_target(target)
+        return None if price is None else price.input + price.output
+
     def cost(self, target: str, usage: Usage) -> float:
         """What ``usage`` on ``target`` costs (0 when unpriced)."""
         price = self.for_target(target)

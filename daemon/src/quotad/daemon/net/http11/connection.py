@@ -21,19 +21,20 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import anyio
 
 from quotad.daemon.net.http11.messages import (
     AbortConnection,
+    Authorize,
+    ErrorAnswer,
+    Handler,
+    HttpLimits,
     HttpResponse,
     StreamingResponse,
 )
 from quotad.daemon.net.http11.parser import IncomingRequest, RequestParser
-
-if TYPE_CHECKING:
-    from quotad.daemon.net.http11.server import HttpServer
 
 logger = logging.getLogger("quotad.daemon.net.http11.server")  # the HTTP core logs as its server
 
@@ -92,6 +93,26 @@ def encode_head(
     return encoded
 
 
+class Serving(Protocol):
+    """What a connection needs of the server that accepted it
+    (:class:`~quotad.daemon.net.http11.server.HttpServer`)."""
+
+    @property
+    def handler(self) -> Handler: ...
+
+    @property
+    def authorize(self) -> Authorize | None: ...
+
+    @property
+    def error_answer(self) -> ErrorAnswer: ...
+
+    @property
+    def limits(self) -> HttpLimits: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+
 class Connection(asyncio.Protocol):
     """One client connection: protocol callbacks that feed the parser, and the request loop
     (:meth:`run`, the connection's task).
@@ -100,7 +121,7 @@ class Connection(asyncio.Protocol):
     written by hand (a few string joins).
     """
 
-    def __init__(self, server: HttpServer) -> None:
+    def __init__(self, server: Serving) -> None:
         self._server = server
         self._limits = server.limits
         self._loop = asyncio.get_running_loop()

@@ -1,79 +1,22 @@
-"""What the pipeline knows of one request while it runs: who sent it (:class:`Caller`), its
-ids, its :class:`RequestContext`, and the small pieces the broker builds its replies from."""
+"""A streamed chat answer as the pipeline relays it: the stream a provider opened with its first
+piece (:class:`OpenedStream`), the chunks sent on (the first says who answers:
+:func:`announce`), what was delivered so far (:class:`StreamedAnswer`: its text, its tool calls
+merged from their fragments, its chunks for the cache), and the usage of a stream that broke
+(:func:`partial_usage`)."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
-from quotad.daemon.gates import Reservation
-from quotad.daemon.providers.base import ChatDelta, ChatStream, RateLimitInfo
-from quotad.daemon.routing import Target
-from quotad.daemon.store.budgets import BudgetHold
+from quotad.daemon.providers.base import ChatDelta, ChatStream
+from quotad.daemon.rate_limit_info import RateLimitInfo
+from quotad.daemon.request_context import RequestContext
 from quotad.daemon.tokens import (
     chat_prompt_tokens_upper_bound,
     text_tokens_upper_bound,
     value_tokens_upper_bound,
 )
 from quotad.protocol.messages import Chat, ChatChunk, Usage
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who sent a request: the app it names, and the peer process when known (SO_PEERCRED)."""
-
-    app: str
-    via: str = "socket"
-    pid: int | None = None
-    uid: int | None = None
-    gid: int | None = None
-
-
-class RequestIds:
-    """Request ids unique across daemon restarts: a random prefix per daemon, then a counter."""
-
-    __slots__ = ("_count", "_prefix")
-
-    def __init__(self) -> None:
-        self._prefix = "qd-" + os.urandom(4).hex() + "-"
-        self._count = 0
-
-    def next(self) -> str:
-        """A new request id."""
-        self._count += 1
-        return f"{self._prefix}{self._count}"
-
-
-@dataclass(slots=True)
-class RequestContext:
-    """What the pipeline knows of one request while it runs."""
-
-    request_id: str
-    kind: str
-    caller: Caller
-    model: str
-    started: float
-    priority: str = "normal"
-    max_wait_s: float | None = None
-    max_tokens: int = 0
-    tokens: int = 0
-    attempts: int = 0
-    wait_s: float = 0.0
-    target: Target | None = None
-    reservation: Reservation | None = None
-    finished: bool = False
-    user: str = ""
-    tags: list[str] | None = None
-    budget: BudgetHold | None = None
-    cached: bool = False
-    saved_usd: float = 0.0
-    cost_usd: float = 0.0
-
-    @property
-    def target_name(self) -> str:
-        """The name of the target that answers ("" before one was picked)."""
-        return self.target.name if self.target is not None else ""
 
 
 class OpenedStream(NamedTuple):
@@ -88,20 +31,69 @@ class OpenedStream(NamedTuple):
         return self.stream.rate_limits
 
 
-class ProviderAnswer(Protocol):
-    """Any provider result: each carries the provider's rate-limit headers."""
-
-    @property
-    def rate_limits(self) -> RateLimitInfo: ...
-
-
 def chunk_of(request_id: int, delta: ChatDelta) -> ChatChunk:
+    """The chunk that sends ``delta`` on."""
     return ChatChunk(
         id=request_id,
         delta=delta.delta,
         tool_calls=delta.tool_calls,
         finish_reason=delta.finish_reason,
     )
+
+
+def announce(chunk: ChatChunk, context: RequestContext, target: str) -> ChatChunk:
+    """Make ``chunk`` a stream's first: it also says who answers (see :class:`ChatChunk`)."""
+    chunk.request_id = context.request_id
+    chunk.target = target
+    chunk.attempts = context.attempts
+    chunk.wait_s = context.wait_s
+    chunk.cached = context.cached
+    return chunk
+
+
+class StreamedAnswer:
+    """What a live stream has delivered so far: its text, its tool-call fragments, and (when
+    the cache will store the answer) the chunks sent, to replay on a hit."""
+
+    __slots__ = ("_parts", "_request_id", "chunks", "tool_call_fragments")
+
+    def __init__(self, request_id: int, *, keep_chunks: bool) -> None:
+        self._request_id = request_id
+        self._parts: list[str] = []
+        self.tool_call_fragments: list[dict[str, Any]] = []
+        self.chunks: list[ChatChunk] | None = [] if keep_chunks else None
+
+    def first_chunk(self, delta: ChatDelta, context: RequestContext) -> ChatChunk:
+        """The stream's first chunk, which says who answers (see :func:`announce`)."""
+        return self._sent(announce(self._delivered(delta), context, context.target_name))
+
+    def chunk(self, delta: ChatDelta) -> ChatChunk:
+        """A later chunk."""
+        return self._sent(self._delivered(delta))
+
+    def _delivered(self, delta: ChatDelta) -> ChatChunk:
+        self._parts.append(delta.delta)
+        if delta.tool_calls:
+            self.tool_call_fragments += delta.tool_calls
+        return chunk_of(self._request_id, delta)
+
+    def _sent(self, chunk: ChatChunk) -> ChatChunk:
+        if self.chunks is not None:
+            self.chunks.append(chunk)
+        return chunk
+
+    @property
+    def content(self) -> str:
+        """The text delivered."""
+        return "".join(self._parts)
+
+    def tool_calls(self) -> list[dict[str, Any]] | None:
+        """The tool calls delivered, whole (see :func:`merge_tool_calls`)."""
+        return merge_tool_calls(self.tool_call_fragments)
+
+    def partial_usage(self, reported: Usage, request: Chat, max_tokens: int) -> Usage:
+        """The usage of the stream when it broke (see :func:`partial_usage`)."""
+        return partial_usage(reported, request, self.content, self.tool_call_fragments, max_tokens)
 
 
 def merge_tool_calls(fragments: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
@@ -150,18 +142,3 @@ def partial_usage(
         completion_tokens=max(usage.completion_tokens, min(completion, max_tokens)),
         cached_tokens=usage.cached_tokens,
     )
-
-
-def announce(chunk: ChatChunk, context: RequestContext, target: str) -> ChatChunk:
-    """Make ``chunk`` a stream's first: it also says who answers (see :class:`ChatChunk`)."""
-    chunk.request_id = context.request_id
-    chunk.target = target
-    chunk.attempts = context.attempts
-    chunk.wait_s = context.wait_s
-    chunk.cached = context.cached
-    return chunk
-
-
-def first_chunk_of(request_id: int, delta: ChatDelta, context: RequestContext) -> ChatChunk:
-    """A live stream's first chunk (see :func:`announce`)."""
-    return announce(chunk_of(request_id, delta), context, context.target_name)

@@ -1,8 +1,15 @@
-"""Operator actions on the store (``Admin`` messages): HTTP front door keys and the cache.
+"""Operator actions (``Admin`` messages): targets by hand, the config reloaded, HTTP front door
+keys and the cache.
 
 ========================  ==========================================  =====================
 action                    arguments                                   ``Ok.data``
 ========================  ==========================================  =====================
+``target_enable``         ``target``: the target's name               its status
+``target_disable``        ``target``                                  its status
+``target_reset``          ``target`` (closes its breaker, lifts its   its status
+                          429 pause)
+``reload``                                                            (a rejection is
+                                                                      ``bad_request``)
 ``key_create``            ``args.app``                                the key (shown once),
                                                                       id, app, created,
                                                                       prefix
@@ -13,17 +20,21 @@ action                    arguments                                   ``Ok.data`
                           (:mod:`.warm`)                              ``problems``
 ========================  ==========================================  =====================
 
-Key creation and revocation are recorded in the audit table. A write that cannot be committed
+Target actions, key creation and revocation are recorded in the audit table (a reload is
+recorded by the runtime, which applies it). A write that cannot be committed
 answers ``internal`` naming the file and SQLite's reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import msgspec
 
+from quotad.daemon.caller import Caller
 from quotad.daemon.errors import RequestError
+from quotad.daemon.gates import Gates
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.daemon.store.db import WriteFailed
@@ -33,6 +44,10 @@ from quotad.protocol.messages import Admin, Ok
 STORE_ACTIONS: Final = frozenset(
     {"key_create", "key_list", "key_revoke", "cache_clear", "cache_warm"}
 )
+TARGET_ACTIONS: Final = frozenset({"target_enable", "target_disable", "target_reset"})
+
+ReloadConfig = Callable[[int | None, int | None], Awaitable[bool]]
+"""Re-read the config for the peer ``(uid, pid)``: True when applied (the runtime's)."""
 
 
 def _text_arg(request: Admin, name: str) -> str:
@@ -43,17 +58,60 @@ def _text_arg(request: Admin, name: str) -> str:
     return value
 
 
-class StoreAdmin:
-    """Runs the store's operator actions."""
+class AdminActions:
+    """Runs the operator's actions (see the module docstring)."""
 
-    def __init__(self, store: Store, router: Router) -> None:
+    def __init__(self, store: Store, router: Router, gates: Gates) -> None:
         self.keys = store.keys
         self.cache = store.cache
         self.audit = store.audit
         self.prices = store.prices
+        self.gates = gates
         self.router = router
+        """The current router (a reload replaces it)."""
+        self.reload_config: ReloadConfig | None = None
+        """Set by the runtime: re-read the config (``Admin(action="reload")``)."""
 
-    async def run(self, request: Admin, caller_uid: int | None, caller_pid: int | None) -> Ok:
+    async def run(self, request: Admin, caller: Caller) -> Ok:
+        """Answer one operator action; ``bad_request`` for one this daemon does not know."""
+        if request.action in STORE_ACTIONS:
+            return await self._store_action(request, caller.uid, caller.pid)
+        if request.action in TARGET_ACTIONS:
+            done = self._target_action(request)
+            await self.audit.record(request.action, request.target, caller.uid, caller.pid)
+            return done
+        if request.action == "reload" and self.reload_config is not None:
+            if await self.reload_config(caller.uid, caller.pid):
+                return Ok(id=request.id, message="config reloaded")
+            raise RequestError(
+                "bad_request",
+                "the new config has problems; still serving the previous one "
+                "(the daemon's log lists every problem; `quotad check-config` too)",
+            )
+        raise RequestError(
+            "bad_request", f"admin action {request.action!r} is not supported by this daemon"
+        )
+
+    def _target_action(self, request: Admin) -> Ok:
+        """``quotad target enable|disable|reset NAME``."""
+        if not request.target:
+            raise RequestError("bad_request", f"{request.action} needs a target name")
+        if request.action == "target_enable":
+            target = self.router.enable(request.target)
+            done = "enabled"
+        elif request.action == "target_disable":
+            target = self.router.disable(request.target)
+            done = "disabled"
+        else:
+            target = self.router.reset(request.target)
+            self.gates.unpause(target.name)
+            done = "reset: its breaker is closed and its 429 pause lifted"
+        status = self.router.target_status(target)
+        return Ok(id=request.id, message=f"{target.name} {done}", data=msgspec.to_builtins(status))
+
+    async def _store_action(
+        self, request: Admin, caller_uid: int | None, caller_pid: int | None
+    ) -> Ok:
         """Answer one of :data:`STORE_ACTIONS`."""
         try:
             match request.action:

@@ -1,0 +1,102 @@
+"""What the pipeline knows of one request while it runs (:class:`RequestContext`), and the ids
+requests are known by (:class:`RequestIds`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from quotad.daemon.caller import Caller
+from quotad.daemon.gates import Reservation
+from quotad.daemon.routing import Target
+from quotad.daemon.store.budgets import BudgetHold
+from quotad.daemon.store.ledger import LedgerRow, encode_tags
+from quotad.protocol.messages import Usage
+
+
+class RequestIds:
+    """Request ids unique across daemon restarts: a random prefix per daemon, then a counter."""
+
+    __slots__ = ("_count", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = "qd-" + os.urandom(4).hex() + "-"
+        self._count = 0
+
+    def next(self) -> str:
+        """A new request id."""
+        self._count += 1
+        return f"{self._prefix}{self._count}"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the pipeline knows of one request while it runs."""
+
+    request_id: str
+    kind: str
+    caller: Caller
+    model: str
+    started: float
+    generation: int = 0
+    """The config generation it began under (see :mod:`quotad.daemon.config_generations`)."""
+    priority: str = "normal"
+    max_wait_s: float | None = None
+    max_tokens: int = 0
+    tokens: int = 0
+    attempts: int = 0
+    wait_s: float = 0.0
+    target: Target | None = None
+    reservation: Reservation | None = None
+    finished: bool = False
+    user: str = ""
+    tags: list[str] | None = None
+    budget: BudgetHold | None = None
+    cached: bool = False
+    saved_usd: float = 0.0
+    cost_usd: float = 0.0
+
+    @property
+    def target_name(self) -> str:
+        """The name of the target that answers ("" before one was picked)."""
+        return self.target.name if self.target is not None else ""
+
+    def ledger_row(
+        self,
+        now: float,
+        day: str,
+        usage: Usage,
+        status: str,
+        cost_usd: float,
+        *,
+        unpriced: bool,
+        latency_s: float,
+    ) -> LedgerRow:
+        """The request's ledger row (step 7), as it ends at ``now`` with ``status``."""
+        caller = self.caller
+        return LedgerRow(
+            request_id=self.request_id,
+            time=now,
+            day=day,
+            kind=self.kind,
+            app=caller.app,
+            user=self.user,
+            uid=caller.uid,
+            pid=caller.pid,
+            gid=caller.gid,
+            model=self.model,
+            target=self.target_name,
+            attempts=self.attempts,
+            status=status,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost_usd=cost_usd,
+            saved_usd=self.saved_usd,
+            cached=self.cached,
+            unpriced=unpriced,
+            wait_s=self.wait_s,
+            latency_s=latency_s,
+            priority=self.priority,
+            tags=encode_tags(self.tags or ()),
+        )
