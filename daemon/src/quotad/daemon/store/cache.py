@@ -35,7 +35,7 @@ import logging
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, Literal, NamedTuple, TypeVar
+from typing import Any, Final, Literal, NamedTuple, Protocol, TypeVar
 
 import msgspec
 
@@ -103,9 +103,15 @@ class CachedChat(msgspec.Struct, array_like=True):
         )
 
     def reply(
-        self, kind: type[ReplyT], request_id: int, request_ref: str, saved_usd: float
+        self,
+        kind: type[ReplyT],
+        request_id: int,
+        request_ref: str,
+        saved_usd: float,
+        similarity: float | None = None,
     ) -> ReplyT:
-        """The ``ChatReply`` (or ``ChatEnd``) of a hit: no cost, ``saved_usd`` saved."""
+        """The ``ChatReply`` (or ``ChatEnd``) of a hit: no cost, ``saved_usd`` saved; a
+        semantic hit (``similarity`` given) is marked ``cache="semantic"``."""
         return kind(
             id=request_id,
             content=self.content,
@@ -116,6 +122,8 @@ class CachedChat(msgspec.Struct, array_like=True):
             saved_usd=saved_usd,
             target=self.target,
             request_id=request_ref,
+            cache="exact" if similarity is None else "semantic",
+            similarity=similarity or 0.0,
         )
 
     def replay(self, request_id: int) -> list[ChatChunk]:
@@ -204,13 +212,29 @@ class Cacheable(NamedTuple):
 
 
 class CacheEntry(NamedTuple):
-    """A hit: the stored answer, what the call it replaces cost, and its hits so far."""
+    """A hit: the stored answer, what the call it replaces cost, and its hits so far; a
+    semantic hit also its similarity (None: an exact hit)."""
 
     key: bytes
     kind: Kind
     answer: Answer
     cost_usd: float
     hits: int
+    similarity: float | None = None
+
+
+class CacheFollower(Protocol):
+    """What keeps state per entry beside the cache (the semantic cache's questions): told
+    when an entry goes, and adds its figures to the cache's."""
+
+    def removed(self, key: bytes) -> None:
+        """The entry of ``key`` is gone (evicted, expired, replaced, unreadable, cleared)."""
+
+    def cleared(self) -> None:
+        """Every entry is gone."""
+
+    def add_figures(self, status: CacheStatus) -> None:
+        """Fill in the follower's fields of the cache's status."""
 
 
 class _Held(NamedTuple):
@@ -254,6 +278,8 @@ class Cache:
         self.misses = 0
         self.evictions = 0
         self.saved_usd = 0.0
+        self.follower: CacheFollower | None = None
+        """Told of every entry that goes (the semantic cache, when it is on)."""
 
     @property
     def eviction(self) -> str:
@@ -282,32 +308,56 @@ class Cache:
             )
         if key is None or mode == "bypass" or mode == "refresh":
             return None
-        now = self.clock.time()
-        index = self._index
-        slot = index.find(key)
-        hit = None
-        if slot is not None:
-            if now - index.created(slot) > self.ttl_s:
-                self._drop(slot, key)
-            else:
-                hit = self._read(slot, key)
+        hit = self.take(key)
         if hit is None:
             self.misses += 1
             if mode == "only":
-                raise RequestError(
-                    "bad_request",
-                    'cache="only": no cached answer for this request (nothing was sent to a '
-                    "provider)",
-                    details={"cache": "miss"},
-                )
+                raise self.only_missed()
             return None
-        assert slot is not None
-        index.touch(slot)
-        hits = index.hits(slot)
         self.hits += 1
-        self.saved_usd += hit.cost_usd
-        self._db.write_later([(_TOUCH, (hits, now, key))])  # joins the hit's ledger row
         return hit
+
+    def take(self, key: bytes, similarity: float | None = None) -> CacheEntry | None:
+        """The live entry of ``key``, used: filed as just used, its hit counted for eviction
+        and its savings in :attr:`saved_usd` (not in :attr:`hits` or :attr:`misses`: the
+        caller counts those); None when it is absent, expired (then dropped) or unreadable.
+        ``similarity`` marks a semantic hit (see :class:`CacheEntry`)."""
+        now = self.clock.time()
+        index = self._index
+        slot = index.find(key)
+        if slot is None:
+            return None
+        if now - index.created(slot) > self.ttl_s:
+            self._drop(slot, key)
+            return None
+        hit = self._read(slot, key)
+        if hit is None:
+            return None
+        index.touch(slot)
+        self.saved_usd += hit.cost_usd
+        self._db.write_later([(_TOUCH, (index.hits(slot), now, key))])  # joins the hit's row
+        return hit if similarity is None else hit._replace(similarity=similarity)
+
+    def peek(self, key: bytes) -> CacheEntry | None:
+        """The live entry of ``key`` without using it (nothing counted or filed again)."""
+        slot = self._index.find(key)
+        if slot is None or self.clock.time() - self._index.created(slot) > self.ttl_s:
+            return None
+        return self._read(slot, key)
+
+    def alive(self, key: bytes) -> bool:
+        """Whether ``key`` has an entry that has not expired."""
+        slot = self._index.find(key)
+        return slot is not None and self.clock.time() - self._index.created(slot) <= self.ttl_s
+
+    @staticmethod
+    def only_missed() -> RequestError:
+        """The error of a ``cache="only"`` request that found no answer."""
+        return RequestError(
+            "bad_request",
+            'cache="only": no cached answer for this request (nothing was sent to a provider)',
+            details={"cache": "miss"},
+        )
 
     def _read(self, slot: int, key: bytes) -> CacheEntry | None:
         """The answer of ``slot``: held in memory (not committed yet, or recently used), else
@@ -332,6 +382,7 @@ class Cache:
             return None
         if not rows:  # not in the file (never happens: a write that failed drops it)
             self._index.remove(slot)
+            self._forget(key)
             return None
         kind, payload = rows[0]
         decoder = _ANSWER_DECODERS.get(kind)
@@ -365,10 +416,13 @@ class Cache:
             self._recent_bytes -= recent.popitem(last=False)[1].size
 
     def _forget(self, key: bytes) -> None:
-        """The answer of ``key`` is gone (replaced, evicted, expired): no copy of it stays."""
+        """The answer of ``key`` is gone (replaced, evicted, expired): no copy of it stays,
+        and the follower is told."""
         self._unwritten.pop(key, None)
         if (held := self._recent.pop(key, None)) is not None:
             self._recent_bytes -= held.size
+        if self.follower is not None:
+            self.follower.removed(key)
 
     def stores(self, mode: CacheMode) -> bool:
         """Whether a request with this ``mode`` stores its answer."""
@@ -446,6 +500,7 @@ class Cache:
                 self._remember(key, unwritten)
             elif (slot := self._index.find(key)) is not None:
                 self._index.remove(slot)
+                self._forget(key)
 
     async def clear(self, older_than_s: float | None = None) -> int:
         """Remove every entry, or those stored more than ``older_than_s`` ago; how many
@@ -457,6 +512,8 @@ class Cache:
             self._unwritten.clear()
             self._recent.clear()
             self._recent_bytes = 0
+            if self.follower is not None:
+                self.follower.cleared()
             await self._db.write([("DELETE FROM cache", ())])
             return removed
         cutoff = self.clock.time() - older_than_s
@@ -540,9 +597,10 @@ class Cache:
         return isinstance(key, bytes) and self._index.find(key) is not None
 
     def status(self) -> CacheStatus:
-        """The cache's figures (hits, misses and saved_usd since the daemon started)."""
+        """The cache's figures (hits, misses and saved_usd since the daemon started), and the
+        follower's (the semantic cache's)."""
         lookups = self.hits + self.misses
-        return CacheStatus(
+        status = CacheStatus(
             mode=self.mode,
             entries=len(self._index),
             bytes=self.size_bytes,
@@ -553,3 +611,6 @@ class Cache:
             evictions=self.evictions,
             saved_usd=self.saved_usd,
         )
+        if self.follower is not None:
+            self.follower.add_figures(status)
+        return status
