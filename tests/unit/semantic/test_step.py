@@ -201,7 +201,8 @@ async def test_near_misses_reach_the_provider(daemon: Daemon) -> None:
         "How do I reverse a list in Python?",
     ):
         reply = await daemon.ask(near)
-        assert not reply.cached and reply.content == f"answer to: {near}"
+        assert not reply.cached
+        assert reply.content == f"answer to: {near}"
     assert len(daemon.provider.asked) == 5
     refused = daemon.store.cache.status().semantic_refused
     assert (refused["numbers"], refused["polarity"]) == (1, 1), refused
@@ -253,7 +254,8 @@ async def test_shadow_mode_serves_nothing_counts_would_be_hits_and_compares(
             2,
         )
         assert status.shadow_compared == 2
-        assert 0 <= status.shadow_agreed <= 2 and status.shadow_identical == 0
+        assert 0 <= status.shadow_agreed <= 2
+        assert status.shadow_identical == 0
         # every answer was held: shadow mode measures what mode on would serve
         assert status.semantic_entries == 4
         assert await daemon.rows("SELECT count(*) FROM ledger WHERE cached = 1") == [(0,)]
@@ -299,7 +301,8 @@ async def test_cache_only_takes_a_semantic_hit_and_misses_without_one(daemon: Da
     assert (await daemon.ask(PARAPHRASE, cache="only")).cache == "semantic"
     with pytest.raises(RequestError) as missed:
         await daemon.ask("How do I reverse a list in Python?", cache="only")
-    assert missed.value.code == "bad_request" and missed.value.details == {"cache": "miss"}
+    assert missed.value.code == "bad_request"
+    assert missed.value.details == {"cache": "miss"}
     assert daemon.provider.asked == [ASKED]
 
 
@@ -311,7 +314,8 @@ async def test_a_stream_hit_replays_its_chunks_the_first_marked(daemon: Daemon) 
     ]
     chunks = [item for item in replies if isinstance(item, ChatChunk)]
     end = replies[-1]
-    assert isinstance(end, ChatEnd) and len(chunks) == 3
+    assert isinstance(end, ChatEnd)
+    assert len(chunks) == 3
     assert (chunks[0].cached, chunks[0].cache) == (True, "semantic")
     assert chunks[0].similarity == end.similarity >= 0.92
     assert (chunks[1].cache, chunks[1].similarity) == ("", 0.0)
@@ -364,7 +368,8 @@ async def test_a_restart_restores_the_questions_from_the_file(directory: Path) -
     again = await Daemon(directory, config()).open()
     try:
         engine = again.broker.semantic.engine
-        assert engine is not None and len(engine) == 2
+        assert engine is not None
+        assert len(engine) == 2
         assert (await again.ask(PARAPHRASE)).cache == "semantic"
         assert not (await again.ask("Turn off dark mode")).cached
         assert again.provider.asked == ["Turn off dark mode"]
@@ -391,7 +396,8 @@ async def test_a_restart_embeds_again_vectors_of_another_scheme_and_drops_orphan
     again = await Daemon(directory, config()).open()
     try:
         engine = again.broker.semantic.engine
-        assert engine is not None and len(engine) == 2
+        assert engine is not None
+        assert len(engine) == 2
         rows = await again.rows("SELECT text, scheme, length(vector) FROM semantic_questions")
         assert sorted(rows) == [
             (ASKED, VECTOR_SCHEME, 256),

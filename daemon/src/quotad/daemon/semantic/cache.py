@@ -165,8 +165,8 @@ class SemanticCache:
                 self.remove(entry_id)
                 continue
             refusal = self._refusal(question.facets, entry_id)
-            if refusal is None:
-                return Match(entry_id, similarity)
+            if refusal is None:  # float32 rounding can put a perfect match a hair above 1
+                return Match(entry_id, min(similarity, 1.0))
             first_refusal = first_refusal or refusal
         self.stats.refused[first_refusal or "similarity"] += 1
         return None
