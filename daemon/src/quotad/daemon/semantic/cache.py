@@ -23,6 +23,7 @@ answer stays in the response cache for exact hits).
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,7 +49,13 @@ DEFAULT_MAX_ENTRIES: Final = 100_000
 """Questions held at most (~1.1 KB each: 256 bytes of vector, the question's text, the ids)."""
 CANDIDATES: Final = 8
 """Vectors above the threshold checked against the rules, most similar first (each check reads
-the held question's text again: ~0.1 ms for a short one)."""
+the held question's text again: ~0.1 ms for a short one, unless it is among the
+:data:`FACETS_KEPT` read last)."""
+FACETS_KEPT: Final = 2048
+"""Held questions whose facets (what the rules compare) are kept once read, the most recently
+used: a question that is matched again and again (a hot answer) is read once, not at every
+lookup (~0.1 ms each). ~1 KB each, so at most ~2 MB; the facets of all 100,000 questions held
+would cost ~100 MB, so the others are read when they are candidates."""
 ANSWER_SIMILARITY: Final = 0.8
 """Shadow mode: two answers agree when their texts are the same (whitespace aside), or when they
 state the same numbers, literals and number of negations and their vectors are at least this
@@ -117,6 +124,7 @@ class SemanticCache:
         self.max_entries = max_entries
         self.stats = SemanticStats()
         self._held: dict[bytes, _Held] = {}  # insertion order: the oldest is forgotten first
+        self._facets_of = functools.lru_cache(maxsize=FACETS_KEPT)(read)
         self._partitions: dict[bytes, VectorIndex] = {}
         self.reconfigure(config)
 
@@ -172,7 +180,7 @@ class SemanticCache:
         return None
 
     def _refusal(self, facets: Facets, entry_id: bytes) -> str | None:
-        held = read(self._held[entry_id].text)
+        held = self._facets_of(self._held[entry_id].text)
         if not isinstance(held, Facets):  # rules changed since it was stored
             return held
         return compatible(facets, held)
