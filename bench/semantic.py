@@ -9,10 +9,10 @@ one partition, memory, and the pair sets' hit rate and false hits. Prints one JS
   rules checked on each candidate) in a partition of N questions, generated from templates so
   that many are near duplicates (a crowded, hard partition). 64 paraphrases are asked in turn,
   so their candidates' facets are among those kept (``FACETS_KEPT``, a hot answer's case);
-  ``lookup_cold_*`` forgets them before each lookup (every candidate read afresh). ``search_*`` is the index alone
-  (one matrix-vector product, top candidates), and ``matvec_*`` the bare numpy product over the
-  same matrix: the floor (``search_vs_matvec``). Arms interleaved. Both run on one BLAS thread,
-  as the index sets it.
+  ``lookup_cold_*`` forgets them before each lookup (every candidate read afresh).
+  ``search_*`` is the index alone (one matrix-vector product, top candidates), and
+  ``matvec_*`` the bare numpy product over the same matrix: the floor (``search_vs_matvec``).
+  Arms interleaved. Both run on one BLAS thread, as the index sets it.
 - ``rss_*_mb``: a fresh process importing the daemon's modules, then with the model loaded
   (``rss_model_mb``, the model's cost), then holding the largest partition
   (``rss_vectors_mb``).
