@@ -1,10 +1,10 @@
 """The response cache: answers stored in ``quotad.db``, a compact index of them in memory.
 
-The key is a hash of the canonical request (DESIGN §8): the model as asked (a group or a
-target), the messages, tools and sampling parameters, ``extra``, and whether it streams; not
-the app, priority, tags, user or cache mode. A streamed answer is stored with its chunks and a
-stream hit replays them chunk by chunk, then its ``ChatEnd`` (``cached=True``); plain and
-streamed requests are cached apart, so each gets the shape it asked for.
+The key is a hash of the canonical request (DESIGN §8, :mod:`.answers`): the model as asked (a
+group or a target), the messages, tools and sampling parameters, ``extra``, and whether it
+streams; not the app, priority, tags, user or cache mode. A streamed answer is stored with its
+chunks and a stream hit replays them chunk by chunk, then its ``ChatEnd`` (``cached=True``);
+plain and streamed requests are cached apart, so each gets the shape it asked for.
 
 Per request, ``cache`` is ``use`` (look up; store a miss's answer), ``bypass`` (neither),
 ``refresh`` (do not look up; store the new answer) or ``only`` (look up; a miss is an error:
@@ -26,41 +26,58 @@ one plus its hits, divided by its size). An entry just stored is never its own v
 (new entries, hit counts, evictions) join the group commit of the request's ledger row; nothing
 on the hit path waits for a commit beyond that. An entry whose write fails (a full disk) leaves
 the index: what is in the index is in the file, or about to be.
+
+Follower. The semantic cache (:mod:`quotad.daemon.semantic.step`) keeps a question beside some
+entries; as the :class:`CacheFollower` it is told of every entry that goes (evicted, expired,
+replaced, unreadable, not written, cleared) and adds its figures to :meth:`Cache.status`.
+:meth:`Cache.take`, :meth:`~Cache.peek` and :meth:`~Cache.alive` are its way in: an entry used
+without counting an exact hit, read without using it, and whether it still answers.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from typing import Any, Final, Literal, NamedTuple, Protocol, TypeVar
+from collections.abc import Iterable
+from typing import Final, NamedTuple, Protocol
 
 import msgspec
 
 from quotad.daemon.clock import Clock
 from quotad.daemon.config import CacheConfig
 from quotad.daemon.errors import RequestError
+from quotad.daemon.store.answers import (
+    ANSWER_DECODERS,
+    ANSWER_ENCODER,
+    Answer,
+    CachedChat,
+    CachedChunk,
+    CachedEmbedding,
+    Kind,
+    chat_key,
+    embed_key,
+)
 from quotad.daemon.store.cache_index import BYTES_PER_ENTRY, KEY_BYTES, CacheIndex
 from quotad.daemon.store.db import Database, Statement, StoreError, WriteFailed
 from quotad.daemon.store.warm import WarmEntry
-from quotad.protocol.messages import (
-    CacheMode,
-    CacheStatus,
-    Chat,
-    ChatChunk,
-    ChatReply,
-    Embed,
-    EmbedReply,
-    Usage,
-)
+from quotad.protocol.messages import CacheMode, CacheStatus, Chat, Embed
+
+__all__ = [  # the stored shapes and keys live in .answers; imported from here too
+    "Answer",
+    "Cache",
+    "CacheEntry",
+    "CacheFollower",
+    "Cacheable",
+    "CachedChat",
+    "CachedChunk",
+    "CachedEmbedding",
+    "Kind",
+    "chat_key",
+    "embed_key",
+]
 
 log = logging.getLogger("quotad.cache")
-
-Kind = Literal["chat", "embed"]
-
-ReplyT = TypeVar("ReplyT", bound=ChatReply)
 
 RECENT_ANSWERS: Final = 256
 """Answers kept in memory after their last use (decoded, ready to answer a hit)."""
@@ -70,137 +87,6 @@ RECENT_ANSWER_BYTES: Final = 64 * 1024
 """The largest answer (stored) kept in memory after its use."""
 LOAD_PAGE_ROWS: Final = 4096
 """Rows read at a time when the index is filled at start (not 100k rows' tuples at once)."""
-
-
-class CachedChunk(msgspec.Struct, array_like=True, omit_defaults=True):
-    """One chunk of a streamed answer."""
-
-    delta: str = ""
-    tool_calls: list[dict[str, Any]] | None = None
-    finish_reason: str | None = None
-
-
-class CachedChat(msgspec.Struct, array_like=True):
-    """A chat answer as stored: the whole reply, and its chunks when it was streamed."""
-
-    content: str | None
-    tool_calls: list[dict[str, Any]] | None
-    finish_reason: str | None
-    usage: Usage
-    target: str
-    chunks: list[CachedChunk] = msgspec.field(default_factory=list)
-
-    @classmethod
-    def of(cls, reply: ChatReply, chunks: Sequence[ChatChunk] = ()) -> CachedChat:
-        """What to store of a reply (and of its chunks, when it was streamed)."""
-        return cls(
-            content=reply.content,
-            tool_calls=reply.tool_calls,
-            finish_reason=reply.finish_reason,
-            usage=reply.usage,
-            target=reply.target,
-            chunks=[CachedChunk(c.delta, c.tool_calls, c.finish_reason) for c in chunks],
-        )
-
-    def reply(
-        self,
-        kind: type[ReplyT],
-        request_id: int,
-        request_ref: str,
-        saved_usd: float,
-        similarity: float | None = None,
-    ) -> ReplyT:
-        """The ``ChatReply`` (or ``ChatEnd``) of a hit: no cost, ``saved_usd`` saved; a
-        semantic hit (``similarity`` given) is marked ``cache="semantic"``."""
-        return kind(
-            id=request_id,
-            content=self.content,
-            tool_calls=self.tool_calls,
-            finish_reason=self.finish_reason,
-            usage=self.usage,
-            cached=True,
-            saved_usd=saved_usd,
-            target=self.target,
-            request_id=request_ref,
-            cache="exact" if similarity is None else "semantic",
-            similarity=similarity or 0.0,
-        )
-
-    def replay(self, request_id: int) -> list[ChatChunk]:
-        """The chunks a stream hit sends (one chunk when a warmed answer has none)."""
-        chunks = self.chunks or [
-            CachedChunk(self.content or "", self.tool_calls, self.finish_reason)
-        ]
-        return [
-            ChatChunk(
-                id=request_id,
-                delta=chunk.delta,
-                tool_calls=chunk.tool_calls,
-                finish_reason=chunk.finish_reason,
-            )
-            for chunk in chunks
-        ]
-
-
-class CachedEmbedding(msgspec.Struct, array_like=True):
-    """An embeddings answer as stored."""
-
-    embeddings: list[list[float]]
-    usage: Usage
-    target: str
-
-    @classmethod
-    def of(cls, reply: EmbedReply) -> CachedEmbedding:
-        """What to store of a reply."""
-        return cls(reply.embeddings, reply.usage, reply.target)
-
-    def reply(self, request_id: int, request_ref: str, saved_usd: float) -> EmbedReply:
-        """The ``EmbedReply`` of a hit: no cost, ``saved_usd`` saved."""
-        return EmbedReply(
-            id=request_id,
-            embeddings=self.embeddings,
-            usage=self.usage,
-            cached=True,
-            saved_usd=saved_usd,
-            target=self.target,
-            request_id=request_ref,
-        )
-
-
-Answer = CachedChat | CachedEmbedding
-
-_ANSWER_ENCODER: Final = msgspec.msgpack.Encoder()
-_ANSWER_DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
-    "chat": msgspec.msgpack.Decoder(CachedChat),
-    "embed": msgspec.msgpack.Decoder(CachedEmbedding),
-}
-_KEY_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
-
-
-def chat_key(request: Chat) -> bytes:
-    """The cache key of a chat request (what changes the answer, nothing else)."""
-    canonical = (
-        "chat",
-        request.model,
-        request.stream,
-        request.messages,
-        request.max_tokens,
-        request.temperature,
-        request.top_p,
-        request.stop,
-        request.seed,
-        request.tools,
-        request.tool_choice,
-        request.response_format,
-        request.extra,
-    )
-    return hashlib.blake2b(_KEY_ENCODER.encode(canonical), digest_size=16).digest()
-
-
-def embed_key(request: Embed) -> bytes:
-    """The cache key of an embeddings request."""
-    canonical = ("embed", request.model, request.input, request.dimensions, request.extra)
-    return hashlib.blake2b(_KEY_ENCODER.encode(canonical), digest_size=16).digest()
 
 
 class Cacheable(NamedTuple):
@@ -385,7 +271,7 @@ class Cache:
             self._forget(key)
             return None
         kind, payload = rows[0]
-        decoder = _ANSWER_DECODERS.get(kind)
+        decoder = ANSWER_DECODERS.get(kind)
         try:
             if decoder is None:
                 raise msgspec.DecodeError(f"unknown kind {kind!r}")
@@ -471,7 +357,7 @@ class Cache:
         """Add the entry to the index and evict past ``max_mb``: the statements that persist
         it (none when the answer alone is larger than the whole cache), and the answer kept
         in memory until they are committed."""
-        payload = _ANSWER_ENCODER.encode(answer)
+        payload = ANSWER_ENCODER.encode(answer)
         size = len(payload) + len(key) + BYTES_PER_ENTRY
         if size > self.max_bytes or len(key) != KEY_BYTES:
             return [], []
@@ -545,7 +431,7 @@ class Cache:
             for rowid, key, kind, created, used, hits, cost_usd, payload_size in rows:
                 after = rowid
                 key = bytes(key)
-                if created < expired_before or kind not in _ANSWER_DECODERS:
+                if created < expired_before or kind not in ANSWER_DECODERS:
                     dropped.append((_DELETE, (key,)))
                     continue
                 if len(key) != KEY_BYTES:
