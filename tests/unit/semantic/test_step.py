@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from quotad.daemon.broker import Broker
+from quotad.daemon.caller import Caller
 from quotad.daemon.clock import VirtualClock
-from quotad.daemon.config import Config, parse_config
+from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
-from quotad.daemon.providers.base import NO_RATE_LIMITS, ChatDelta, ChatResult, EmbedResult
-from quotad.daemon.request import Caller
+from quotad.daemon.providers.base import ChatDelta, ChatResult
+from quotad.daemon.rate_limit_info import NO_RATE_LIMITS
 from quotad.daemon.routing import Router
 from quotad.daemon.semantic.cache import VECTOR_SCHEME
 from quotad.daemon.store import Store
@@ -33,6 +34,7 @@ from quotad.protocol.messages import (
     Spend,
     Usage,
 )
+from tests.support.providers import InProcessProvider, one_provider_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
@@ -43,7 +45,8 @@ PARAPHRASE = "What's the best way to reverse a string in Python?"
 
 
 class Stream:
-    """A provider stream: the answer in three pieces."""
+    """A provider stream: the answer in three pieces, read once over all calls of
+    :meth:`deltas` (as a provider's response is; ``PiecesStream`` starts over at each)."""
 
     rate_limits = NO_RATE_LIMITS
     finish_reason: str | None = "stop"
@@ -61,11 +64,8 @@ class Stream:
         pass
 
 
-class Provider:
+class Provider(InProcessProvider):
     """Answers "answer to: <last user turn>", or calls a tool when the turn says "tool"."""
-
-    kind = "openai"
-    name = "p"
 
     def __init__(self) -> None:
         self.asked: list[str] = []
@@ -89,28 +89,11 @@ class Provider:
     async def open_stream(self, model: str, request: Chat, max_tokens: int) -> Stream:
         return Stream(f"answer to: {self._text(request)}")
 
-    async def embed(
-        self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
-    ) -> EmbedResult:
-        raise NotImplementedError
-
-    async def list_models(self) -> list[str]:
-        return []
-
-    async def aclose(self) -> None:
-        pass
-
 
 def config(mode: str = "on", **semantic: Any) -> Config:
     cache = semantic.pop("cache", {})
     cache["semantic"] = {"mode": mode, **semantic}
-    return parse_config(
-        {
-            "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"g": {"targets": ["p/gpt-4o"]}},
-            "cache": cache,
-        }
-    )
+    return one_provider_config(cache=cache)
 
 
 def chat(text: str, *, temperature: float | None = 0.0, **fields: Any) -> Chat:
@@ -177,7 +160,7 @@ async def test_an_exact_miss_asked_in_other_words_is_served_semantically_and_mar
     rows = await daemon.rows("SELECT status, cached, semantic_similarity FROM ledger ORDER BY id")
     assert rows == [("ok", 0, None), ("ok", 1, None), ("ok", 1, pytest.approx(other.similarity))]
     assert await daemon.rows("SELECT cache_hits, semantic_hits FROM spend_daily") == [(2, 1)]
-    report = await daemon.broker.spend(Spend(period="day", by="app"), CALLER)
+    report = await daemon.broker.reports.spend(Spend(period="day", by="app"))
     assert (report.total.cache_hits, report.total.semantic_hits) == (2, 1)
     assert report.total.saved_usd == pytest.approx(2 * first.cost_usd)
     status = daemon.store.cache.status()
