@@ -7,16 +7,24 @@ one partition, memory, and the pair sets' hit rate and false hits. Prints one JS
   ``question_vs_exact_key`` is the ratio).
 - ``lookup_*_at_N``: ``question`` + ``lookup`` of a paraphrase of a stored question (a hit: the
   rules checked on each candidate) in a partition of N questions, generated from templates so
-  that many are near duplicates (a crowded, hard partition). ``search_*`` is the index alone
-  (one matrix-vector product, top candidates), and ``matvec_*`` the bare numpy product over the
-  same matrix: the floor (``search_vs_matvec``). Arms interleaved. Both run on one BLAS thread,
-  as the index sets it.
+  that many are near duplicates (a crowded, hard partition). 64 paraphrases are asked in turn,
+  so their candidates' facets are among those kept (``FACETS_KEPT``, a hot answer's case);
+  ``lookup_cold_*`` forgets them before each lookup (every candidate read afresh).
+  ``search_*`` is the index alone (one matrix-vector product, top candidates), and
+  ``matvec_*`` the bare numpy product over the same matrix: the floor (``search_vs_matvec``).
+  Arms interleaved. Both run on one BLAS thread, as the index sets it.
 - ``rss_*_mb``: a fresh process importing the daemon's modules, then with the model loaded
   (``rss_model_mb``, the model's cost), then holding the largest partition
   (``rss_vectors_mb``).
 - ``paraphrase_hits``/``paraphrases`` and ``false_hits``/``near_misses`` on the fixed pair sets
   (``tests/support/semantic_pairs.py``) at the default threshold; ``near_misses_similar``
   counts the near misses whose similarity alone (≥ threshold) would have served them.
+- ``daemon_*``: through a real ``quotad serve`` (semantic cache on) in front of a ``quotad sim``,
+  with the native client: ``daemon_exact_hit_p50_ms`` (the same request again) against
+  ``daemon_semantic_hit_p50_ms`` (a paraphrase, in a partition of ``daemon_questions``
+  questions), interleaved (``semantic_vs_exact_hit`` is the ratio); and the daemon's RSS after
+  start with the semantic cache off and on (``daemon_rss_on_mb - daemon_rss_off_mb`` is what
+  turning it on costs: the model and the numpy stack).
 
     uv run python bench/semantic.py [--quick]
 """
@@ -156,6 +164,7 @@ def lookups(model: EmbeddingModel, count: int, samples: int) -> dict[str, Any]:
     matrix = index._matrix[: len(index)]
     vectors = [cache.vector_of(q) for q in questions if q is not None]
     lookup_s: list[float] = []
+    cold_s: list[float] = []
     search_s: list[float] = []
     matvec_s: list[float] = []
     hits = 0
@@ -172,6 +181,10 @@ def lookups(model: EmbeddingModel, count: int, samples: int) -> dict[str, Any]:
             started = time.perf_counter()
             timed_lookup(asked[pick])
             lookup_s.append(time.perf_counter() - started)
+            cache._facets_of.cache_clear()  # the candidates read again, as never seen before
+            started = time.perf_counter()
+            timed_lookup(asked[pick])
+            cold_s.append(time.perf_counter() - started)
             vector = vectors[pick % len(vectors)]
             started = time.perf_counter()
             index.search(vector, cache.threshold, CANDIDATES)
@@ -182,12 +195,14 @@ def lookups(model: EmbeddingModel, count: int, samples: int) -> dict[str, Any]:
     return {
         f"lookup_p50_ms_at_{count}": ms(lookup_s, 0.5),
         f"lookup_p99_ms_at_{count}": ms(lookup_s, 0.99),
+        f"lookup_cold_p50_ms_at_{count}": ms(cold_s, 0.5),
+        f"lookup_cold_p99_ms_at_{count}": ms(cold_s, 0.99),
         f"search_p50_ms_at_{count}": ms(search_s, 0.5),
         f"matvec_p50_ms_at_{count}": ms(matvec_s, 0.5),
         f"search_vs_matvec_at_{count}": round(
             percentile(search_s, 0.5) / percentile(matvec_s, 0.5), 2
         ),
-        f"lookup_hit_rate_at_{count}": round(hits / len(lookup_s), 3),
+        f"lookup_hit_rate_at_{count}": round(hits / (len(lookup_s) + len(cold_s)), 3),
     }
 
 
@@ -244,6 +259,74 @@ def rss_probe(count: int) -> dict[str, float]:
     }
 
 
+DAEMON_CONFIG = (
+    '[daemon]\nstate_dir = "{{state_dir}}"\n[http]\nlisten = ""\n'
+    '[cache.semantic]\nmode = "{mode}"\n'
+    '[providers.sim]\nkind = "openai"\nbase_url = "{url}"\n'
+    '[models.fast]\ntargets = ["sim/gpt-4o-mini"]\n'
+)
+
+
+def daemon_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def through_daemon(questions: int, samples: int) -> dict[str, Any]:
+    """Exact and semantic hit latency through a real daemon and the native client, and the
+    daemon's RSS with the semantic cache off and on."""
+    from quotad.client import Client
+    from tests.support.daemon import DaemonProcess
+    from tests.support.sim import SimProcess
+
+    def ask(text: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": "bench"}, {"role": "user", "content": text}]
+
+    figures: dict[str, Any] = {}
+    with SimProcess() as sim:
+        rss: dict[str, float] = {}
+        for mode in ("off", "on"):
+            with DaemonProcess(DAEMON_CONFIG.format(mode=mode, url=sim.base_url)) as daemon:
+                assert daemon.process is not None
+                with Client(socket=str(daemon.socket_path), app="bench") as qd:
+                    qd.status()
+                    rss[mode] = daemon_rss_mb(daemon.process.pid)
+                    if mode == "off":
+                        continue
+                    for text in texts(questions):
+                        qd.chat("fast", ask(text), temperature=0.0, max_tokens=8)
+                    exact_text = PROMPT
+                    paraphrase = PROMPT.replace("How do I", "What's the best way to")
+                    qd.chat("fast", ask(exact_text), temperature=0.0, max_tokens=8)
+                    exact: list[float] = []
+                    semantic: list[float] = []
+                    for _ in range(4):  # interleaved rounds
+                        for latencies, text, kind in (
+                            (exact, exact_text, "exact"),
+                            (semantic, paraphrase, "semantic"),
+                        ):
+                            for _ in range(samples // 4):
+                                started = time.perf_counter()
+                                reply = qd.chat("fast", ask(text), temperature=0.0, max_tokens=8)
+                                latencies.append(time.perf_counter() - started)
+                                assert reply.cache == kind, (reply.cache, kind)
+                    held = qd.status().cache.semantic_entries
+        figures |= {
+            "daemon_questions": held,
+            "daemon_exact_hit_p50_ms": ms(exact, 0.5),
+            "daemon_exact_hit_p99_ms": ms(exact, 0.99),
+            "daemon_semantic_hit_p50_ms": ms(semantic, 0.5),
+            "daemon_semantic_hit_p99_ms": ms(semantic, 0.99),
+            "semantic_vs_exact_hit": round(percentile(semantic, 0.5) / percentile(exact, 0.5), 2),
+            "daemon_rss_off_mb": round(rss["off"], 1),
+            "daemon_rss_on_mb": round(rss["on"], 1),
+        }
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a few seconds (smoke test)")
@@ -263,6 +346,7 @@ def main() -> None:
     for size in sizes:
         figures.update(lookups(model, size, samples))
     figures.update(pair_sets(model))
+    figures.update(through_daemon(200 if args.quick else 2_000, samples))
     probe = subprocess.run(
         [sys.executable, __file__, "--rss-probe", str(sizes[-1])],
         capture_output=True,

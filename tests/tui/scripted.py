@@ -141,7 +141,8 @@ def busy_status(step: int) -> StatusReply:
         cache=CacheStatus(
             mode="on", entries=812, bytes=48_500_000, max_bytes=268_435_456, hits=300 + step,
             misses=900 + step * 3, hit_rate=(300 + step) / (1200 + step * 4), evictions=17,
-            saved_usd=0.4213,
+            saved_usd=0.4213, semantic_mode="shadow", semantic_entries=640, semantic_lookups=700,
+            would_be_hits=96, shadow_compared=94, shadow_agreed=81, shadow_identical=12,
         ),
         budgets=[
             BudgetStatus(name="global", scope="global", period="day", limit_usd=20.0,

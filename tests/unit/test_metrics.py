@@ -112,3 +112,16 @@ def test_status_gauges_gates_queues_breakers_cache_budgets_spend() -> None:
     budget = (("budget", "daily"), ("period", "day"), ("scope", "global"))
     assert found[("quotad_budget_spent_usd", budget)] == 4.5
     assert found[("quotad_spend_today_usd", (("app", "indexer"),))] == 1.25
+    assert ("quotad_cache_semantic_hits_total", ()) not in found  # semantic cache off
+
+
+def test_the_semantic_cache_has_its_own_counters() -> None:
+    cache = CacheStatus(
+        hits=7, semantic_mode="shadow", semantic_entries=40, would_be_hits=5, shadow_agreed=4
+    )
+    found = samples(Metrics().exposition(StatusReply(cache=cache)).decode())
+    assert found[("quotad_cache_hits_total", ())] == 7
+    assert found[("quotad_cache_semantic_hits_total", ())] == 0
+    assert found[("quotad_cache_semantic_would_be_hits_total", ())] == 5
+    assert found[("quotad_cache_semantic_agreed_total", ())] == 4
+    assert found[("quotad_cache_semantic_questions", ())] == 40

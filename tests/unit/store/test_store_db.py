@@ -17,7 +17,7 @@ from quotad.daemon.store.db import (
     StoreError,
     WriteFailed,
 )
-from quotad.daemon.store.ledger import _INSERT, statements
+from quotad.daemon.store.ledger import COLUMNS, statements
 from quotad.daemon.store.schema import MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE
 from quotad.daemon.store.transactions import in_thread
 from tests.support.store import ledger_row
@@ -49,6 +49,12 @@ async def test_open_creates_and_migrates_and_reopening_keeps_the_data(directory:
     await second.close()
 
 
+V1_COLUMNS = COLUMNS[: COLUMNS.index("tags") + 1]
+INSERT_V1_ROW = (
+    f"INSERT INTO ledger ({', '.join(V1_COLUMNS)}) VALUES ({', '.join('?' * len(V1_COLUMNS))})"
+)
+
+
 async def test_a_version_1_file_is_migrated_and_its_day_sums_carry_on(directory: Path) -> None:
     path = directory / "quotad.db"
     row = ledger_row(1)
@@ -58,7 +64,7 @@ async def test_a_version_1_file_is_migrated_and_its_day_sums_carry_on(directory:
             connection.execute(sql)
         connection.execute(SCHEMA_VERSION_TABLE)
         connection.execute("INSERT INTO schema_version VALUES (1)")
-        connection.execute(_INSERT, row)
+        connection.execute(INSERT_V1_ROW, row[: len(V1_COLUMNS)])
         connection.execute(
             "INSERT INTO spend_daily VALUES (?, ?, ?, ?, 1, 0, ?, ?, 0, ?, 0, 0.0, 0)",
             (row.day, row.app, row.model, row.target, *summed),
@@ -71,6 +77,35 @@ async def test_a_version_1_file_is_migrated_and_its_day_sums_carry_on(directory:
         assert await database.read(
             "SELECT requests, errors, prompt_tokens, cost_usd FROM spend_daily"
         ) == [(2, 1, 2 * row.prompt_tokens, 2 * row.cost_usd)]
+    finally:
+        await database.close()
+
+
+async def test_version_3_marks_semantic_hits_and_counts_them_per_day(directory: Path) -> None:
+    """A file at version 2 gains the semantic cache's table, the ledger's mark and the day
+    sums' count; its earlier rows are not semantic hits."""
+    path = directory / "quotad.db"
+    row = ledger_row(1)
+    with sqlite3.connect(path) as connection:  # as quotad at schema version 2 left it
+        for migration in MIGRATIONS[:2]:
+            for sql in migration:
+                connection.execute(sql)
+        connection.execute(SCHEMA_VERSION_TABLE)
+        connection.execute("INSERT INTO schema_version VALUES (2)")
+        connection.execute(INSERT_V1_ROW, row[: len(V1_COLUMNS)])
+    database = Database(path)
+    await database.open()
+    try:
+        exact = row._replace(request_id="qd-2", cached=True, cost_usd=0.0, saved_usd=0.5)
+        semantic = exact._replace(request_id="qd-3", saved_usd=0.25, semantic_similarity=0.97)
+        await database.write(statements(exact) + statements(semantic))
+        assert await database.read(
+            "SELECT requests, errors, cache_hits, semantic_hits, saved_usd FROM spend_daily"
+        ) == [(3, 0, 2, 1, 0.75)]
+        assert await database.read(
+            "SELECT request_id, semantic_similarity FROM ledger ORDER BY id"
+        ) == [("qd-test-1", None), ("qd-2", None), ("qd-3", 0.97)]
+        assert await database.read("SELECT count(*) FROM semantic_questions") == [(0,)]
     finally:
         await database.close()
 

@@ -23,6 +23,7 @@ Role = Literal["system", "developer", "user", "assistant", "tool"]
 SettleStatus = Literal["ok", "error", "rate_limited", "cancelled"]
 SpendPeriod = Literal["day", "week", "month"]
 SpendKey = Literal["app", "model", "target", "day"]
+CacheMatch = Literal["", "exact", "semantic"]
 
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -200,6 +201,11 @@ class ChatReply(Message):
     request_id: str = ""
     saved_usd: float = 0.0
     """On a cache hit: what the call it replaced cost."""
+    cache: CacheMatch = ""
+    """How a cache hit was found: ``exact`` (the same request) or ``semantic`` (the same
+    question in other words, DESIGN §11); "" when the answer is not from the cache."""
+    similarity: float = 0.0
+    """On a semantic hit: the cosine similarity of the two questions' last user turns."""
 
 
 class ChatChunk(Message):
@@ -215,6 +221,8 @@ class ChatChunk(Message):
     attempts: int = 0
     wait_s: float = 0.0
     cached: bool = False
+    cache: CacheMatch = ""
+    similarity: float = 0.0
 
 
 class ChatEnd(ChatReply):
@@ -319,6 +327,33 @@ class CacheStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     hit_rate: float = 0.0
     evictions: int = 0
     saved_usd: float = 0.0
+    """What the hits saved since the daemon started, exact and semantic."""
+    semantic_mode: str = "off"
+    """``[cache.semantic] mode``: off, shadow or on (DESIGN §11)."""
+    semantic_problem: str = ""
+    """Why the semantic cache is not running although its mode asks for it ("" when fine)."""
+    semantic_entries: int = 0
+    """Questions held in the semantic index (answers that may be served semantically)."""
+    semantic_lookups: int = 0
+    """Exact misses that were looked up semantically."""
+    semantic_hits: int = 0
+    """Semantic hits served (mode on); ``hits`` counts exact hits only."""
+    semantic_saved_usd: float = 0.0
+    """The semantic hits' share of ``saved_usd``."""
+    would_be_hits: int = 0
+    """Shadow mode: semantic hits found but not served (the provider was called)."""
+    shadow_compared: int = 0
+    """Would-be hits whose answer was compared with the provider's."""
+    shadow_agreed: int = 0
+    """Compared would-be hits whose answer agreed with the provider's."""
+    shadow_identical: int = 0
+    """Compared would-be hits whose answer was the provider's, word for word."""
+    semantic_ineligible: dict[str, int] = msgspec.field(default_factory=dict)
+    """Requests not looked up semantically, by reason (``warm``: temperature above
+    ``max_temperature``; ``script``, ``too_long``, ``not_text``...)."""
+    semantic_refused: dict[str, int] = msgspec.field(default_factory=dict)
+    """Semantic lookups without a hit, by the rule that refused the most similar candidate
+    (``similarity``: none was similar enough; ``numbers``, ``negation``, ``literals``...)."""
 
 
 class BudgetStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -400,6 +435,8 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     cached: bool = False
     attempts: int = 0
     priority: str = "normal"
+    semantic: bool = False
+    """A semantic cache hit (``cached`` is true too)."""
 
 
 class Snapshot(Message):
@@ -427,6 +464,8 @@ class SpendRow(msgspec.Struct, kw_only=True, omit_defaults=True):
     saved_usd: float = 0.0
     unpriced: bool = False
     anomalous: bool = False
+    semantic_hits: int = 0
+    """The semantic hits among ``cache_hits`` (their savings are in ``saved_usd``)."""
 
 
 class SpendReply(Message):

@@ -53,6 +53,7 @@ from quotad.daemon.request_limits import (
     embed_inputs,
 )
 from quotad.daemon.routing import Route, Router, Target
+from quotad.daemon.semantic.step import SemanticStep
 from quotad.daemon.status import DAEMON_VERSION, StatusReports
 from quotad.daemon.store import Store
 from quotad.daemon.store.cache import Answer, Cacheable, CachedChat, CachedEmbedding, CacheEntry
@@ -108,6 +109,8 @@ class Broker:
         self.metrics = self.tail.metrics
         self.permits = Permits(self.gates, router, clock)
         self.admin = AdminActions(store, router, self.gates)
+        self.semantic = SemanticStep(store.cache, store.db, config, self.events)
+        """Step 3's semantic lookup after an exact miss, step 7's question held (§11)."""
         self.reports = StatusReports(
             config, router, self.gates, store, self.tail, self.events, clock
         )
@@ -122,7 +125,9 @@ class Broker:
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit skips to 7
                 answer = self._answer_from_cache(context, hit, CachedChat)
-                reply = answer.reply(ChatReply, request.id, context.request_id, context.saved_usd)
+                reply = answer.reply(
+                    ChatReply, request.id, context.request_id, context.saved_usd, hit.similarity
+                )
                 reply.latency_s = await self._finish(context, reply.usage)  # 7
                 return reply
 
@@ -151,7 +156,9 @@ class Broker:
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit: 7 (its row committed), then its chunks replayed
                 answer = self._answer_from_cache(context, hit, CachedChat)
-                end = answer.reply(ChatEnd, request.id, context.request_id, context.saved_usd)
+                end = answer.reply(
+                    ChatEnd, request.id, context.request_id, context.saved_usd, hit.similarity
+                )
                 end.latency_s = await self._finish(context, end.usage)  # 7
                 chunks = answer.replay(request.id)
                 announce(chunks[0], context, answer.target)
@@ -214,11 +221,16 @@ class Broker:
         self, context: RequestContext, request: Chat | Embed
     ) -> tuple[Route, bytes | None, CacheEntry | None]:
         """Steps 1-3, the same for every request kind: its route, its cache key (None: not
-        cacheable) and the cache's answer (None: a miss, or the cache was not asked)."""
+        cacheable) and the cache's answer (None: a miss, or the cache was not asked). A chat
+        request is looked up exactly, then semantically (:mod:`quotad.daemon.semantic.step`;
+        the question it asks is kept in ``context.asked`` for step 7)."""
         route = self.router.resolve(request.model)  # 1
         self._plan(context, request)
         await self._reserve_budget(context, route, request)  # 2
         key = self.cache.key_of(request)
+        if isinstance(request, Chat):  # 3: exact, then semantic
+            hit, context.asked = self.semantic.lookup(request, key)
+            return route, key, hit
         return route, key, self.cache.lookup(key, request.cache)  # 3
 
     # ------------------------------------------------------------------ embeddings
@@ -349,6 +361,8 @@ class Broker:
             self.cache.put(
                 cache_store.key, cache_store.kind, context.model, cache_store.answer, cost
             )
+            if context.asked is not None:  # its question held with it, in the same commit
+                self.semantic.answered(context.asked, cache_store)
         context.finished = True  # only now: a failure before this still gets its row
         try:
             await self.ledger.record(row)  # the cache entry joins this commit
@@ -386,10 +400,11 @@ class Broker:
         self, context: RequestContext, entry: CacheEntry, kind: type[AnswerT]
     ) -> AnswerT:
         """Step 3 hit: the request is answered by ``entry`` at no cost, saving what the call
-        it replaces cost."""
+        it replaces cost (a semantic hit: ``entry.similarity``, marked in its ledger row)."""
         answer = entry.answer
         assert isinstance(answer, kind)
         context.cached = True
+        context.similarity = entry.similarity
         context.saved_usd = entry.cost_usd
         context.target = self.router.targets.get(answer.target)
         return answer

@@ -198,6 +198,23 @@ def _write_status(out: _Exposition, status: StatusReply) -> None:
     out.sample("quotad_cache_evictions_total", cache.evictions)
     out.family("quotad_cache_saved_usd_total", "counter", "USD the cache saved.")
     out.sample("quotad_cache_saved_usd_total", cache.saved_usd)
+    if cache.semantic_mode != "off":  # DESIGN §11
+        out.family("quotad_cache_semantic_hits_total", "counter", "Requests answered semantically.")
+        out.sample("quotad_cache_semantic_hits_total", cache.semantic_hits)
+        out.family(
+            "quotad_cache_semantic_would_be_hits_total",
+            "counter",
+            "Shadow mode: semantic hits found and not served.",
+        )
+        out.sample("quotad_cache_semantic_would_be_hits_total", cache.would_be_hits)
+        out.family(
+            "quotad_cache_semantic_agreed_total",
+            "counter",
+            "Shadow mode: would-be hits whose answer agreed with the provider's.",
+        )
+        out.sample("quotad_cache_semantic_agreed_total", cache.shadow_agreed)
+        out.family("quotad_cache_semantic_questions", "gauge", "Questions held semantically.")
+        out.sample("quotad_cache_semantic_questions", cache.semantic_entries)
 
     out.family("quotad_spend_today_usd", "gauge", "USD an app spent today.")
     for app in status.apps:

@@ -67,7 +67,7 @@ def chat_footer(reply: ChatReply) -> str:
     return (
         f"[{reply.target}  {usage.prompt_tokens}+{usage.completion_tokens} tokens  "
         f"{usd(reply.cost_usd)}  wait {reply.wait_s * 1000:.0f} ms  "
-        f"{reply.latency_s * 1000:.0f} ms{'  cached' if reply.cached else ''}]"
+        f"{reply.latency_s * 1000:.0f} ms{_cached(reply)}]"
     )
 
 
@@ -168,6 +168,12 @@ def format_status(status: StatusReply) -> str:
             f"cache   {cache.entries} entries, {size(cache.bytes)}/{size(cache.max_bytes)},"
             f" hit rate {cache.hit_rate:.0%} ({cache.hits} hits, {cache.misses} misses),"
             f" saved {usd(cache.saved_usd)}"
+            + (
+                f"; semantic {cache.semantic_mode}: {cache.semantic_hits} hits"
+                + (f", {cache.would_be_hits} would-be" if cache.would_be_hits else "")
+                if cache.semantic_mode != "off"
+                else ""
+            )
         )
     if status.budgets:
         out += ["", "budgets"]
@@ -287,14 +293,25 @@ def _csv_value(name: str, value: Any) -> Any:
     return value
 
 
+def _cached(reply: ChatReply) -> str:
+    """The chat footer's cache mark: ``  cached``, or ``  cached (semantic 0.95)``."""
+    if not reply.cached:
+        return ""
+    return (
+        f"  cached (semantic {reply.similarity:.2f})" if reply.cache == "semantic" else "  cached"
+    )
+
+
 def format_spend(reply: SpendReply) -> str:
     """``quotad spend`` as text."""
     period = {"day": "today", "week": "the last 7 days", "month": "this month"}[reply.period]
     out = [f"spend {period} ({_local(reply.since)} to {_local(reply.until)}), by {reply.by}", ""]
     rows = [*reply.rows, reply.total]
+    semantic = reply.total.semantic_hits > 0
+    headers = ["requests", "errors", "prompt", "completion", "cost", "hits", "saved"]
     out.append(
         table(
-            [reply.by, "requests", "errors", "prompt", "completion", "cost", "hits", "saved"],
+            [reply.by, *headers[:6], *(["semantic"] if semantic else []), headers[6]],
             [
                 [
                     (row.key or NO_TARGET)
@@ -306,6 +323,7 @@ def format_spend(reply: SpendReply) -> str:
                     row.completion_tokens,
                     usd(row.cost_usd),
                     row.cache_hits,
+                    *([row.semantic_hits] if semantic else []),
                     usd(row.saved_usd),
                 ]
                 for row in rows
@@ -342,20 +360,56 @@ def format_spend(reply: SpendReply) -> str:
 
 
 def format_cache(cache: CacheStatus) -> str:
-    """``quotad cache stats`` as text."""
+    """``quotad cache stats`` as text: the exact cache, then the semantic cache (its hits
+    apart, shadow mode's would-be hits and how often their answers agreed)."""
     if cache.mode == "off":
         return 'cache off ([cache] mode = "off")'
-    return "\n".join(
-        [
-            f"entries    {cache.entries}",
-            f"size       {size(cache.bytes)} of {size(cache.max_bytes)}",
-            f"hits       {cache.hits}",
-            f"misses     {cache.misses}",
-            f"hit rate   {cache.hit_rate:.1%}",
-            f"evictions  {cache.evictions}",
-            f"saved      {usd(cache.saved_usd)} (since the daemon started)",
+    lines = [
+        f"entries    {cache.entries}",
+        f"size       {size(cache.bytes)} of {size(cache.max_bytes)}",
+        f"hits       {cache.hits} exact"
+        + (f", {cache.semantic_hits} semantic" if cache.semantic_mode != "off" else ""),
+        f"misses     {cache.misses}",
+        f"hit rate   {cache.hit_rate:.1%}",
+        f"evictions  {cache.evictions}",
+        f"saved      {usd(cache.saved_usd)} (since the daemon started)",
+    ]
+    return "\n".join([*lines, "", *format_semantic(cache)])
+
+
+def format_semantic(cache: CacheStatus) -> list[str]:
+    """The semantic cache's lines of ``quotad cache stats`` (DESIGN §11)."""
+    mode = cache.semantic_mode
+    if mode == "off":
+        return ['semantic cache off ([cache.semantic] mode = "off")']
+    lines = [
+        f"semantic cache {mode}"
+        + (f": NOT RUNNING, {cache.semantic_problem}" if cache.semantic_problem else "")
+    ]
+    lines += [
+        f"  questions held   {cache.semantic_entries}",
+        f"  lookups          {cache.semantic_lookups} (exact misses asked in other words)",
+        f"  semantic hits    {cache.semantic_hits}, saved {usd(cache.semantic_saved_usd)}",
+    ]
+    if mode == "shadow" or cache.would_be_hits:
+        compared = cache.shadow_compared
+        agreed = f"{cache.shadow_agreed / compared:.0%}" if compared else "-"
+        lines += [
+            f"  would-be hits    {cache.would_be_hits} (shadow: not served, provider called)",
+            f"  agreed           {cache.shadow_agreed} of {compared} compared ({agreed}); "
+            f"word for word {cache.shadow_identical}",
         ]
-    )
+    if cache.semantic_ineligible:
+        lines.append(f"  not asked        {_counts(cache.semantic_ineligible)}")
+    if cache.semantic_refused:
+        lines.append(f"  refused          {_counts(cache.semantic_refused)}")
+    return lines
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """``reason N, reason N`` most first."""
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{reason} {count}" for reason, count in ordered)
 
 
 # --------------------------------------------------------------------------- quotad keys

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from quotad.daemon.caller import Caller
 from quotad.daemon.gates import Reservation
@@ -12,6 +13,9 @@ from quotad.daemon.routing import Target
 from quotad.daemon.store.budgets import BudgetHold
 from quotad.daemon.store.ledger import LedgerRow, encode_tags
 from quotad.protocol.messages import Usage
+
+if TYPE_CHECKING:
+    from quotad.daemon.semantic.step import Asked
 
 
 class RequestIds:
@@ -53,6 +57,10 @@ class RequestContext:
     tags: list[str] | None = None
     budget: BudgetHold | None = None
     cached: bool = False
+    similarity: float | None = None
+    """A semantic cache hit's similarity (None: not a semantic hit)."""
+    asked: Asked | None = None
+    """The question a chat request asks the semantic cache, from step 3 to step 7."""
     saved_usd: float = 0.0
     cost_usd: float = 0.0
 
@@ -99,4 +107,5 @@ class RequestContext:
             latency_s=latency_s,
             priority=self.priority,
             tags=encode_tags(self.tags or ()),
+            semantic_similarity=self.similarity,
         )

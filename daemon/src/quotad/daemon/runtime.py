@@ -130,7 +130,12 @@ class Daemon:
                 status=self.server.status,
                 listener_problems=lambda: self.server.problems,
             )
-        self.reconfigurables: list[Reconfigurable] = [self.server, self.gates, self.store]
+        self.reconfigurables: list[Reconfigurable] = [
+            self.server,
+            self.gates,
+            self.store,
+            self.broker.semantic,
+        ]
         if self.http is not None:
             self.reconfigurables.append(self.http)
         """Components given each reloaded config, in order; a stateful component built by the
@@ -150,6 +155,7 @@ class Daemon:
                 self.events.add("budget_alert", alert.message, logging.WARNING)
             today = self.store.calendar.day(self.store.clock.time())
             self.broker.tail.load_spend(self.store.spent_at_open, today)
+            await self.broker.semantic.start()  # model and questions loaded off the loop
             if self.http is not None:  # first: clients take the socket answering for "ready"
                 await self.http.bind()
                 self.server.http_address = self.http.address

@@ -47,7 +47,10 @@ def announce(chunk: ChatChunk, context: RequestContext, target: str) -> ChatChun
     chunk.target = target
     chunk.attempts = context.attempts
     chunk.wait_s = context.wait_s
-    chunk.cached = context.cached
+    if context.cached:
+        chunk.cached = True
+        chunk.cache = "exact" if context.similarity is None else "semantic"
+        chunk.similarity = context.similarity or 0.0
     return chunk
 
 

@@ -360,16 +360,18 @@ class FrontDoor:
             app = headers.app or DEFAULT_APP
         return Caller(app=app, via="http")
 
-    def _cache_state(self, cached: bool, mode: str) -> CacheState:
-        if cached:
-            return "hit"
+    def _cache_state(self, answer: ChatReply | EmbedReply | ChatChunk, mode: str) -> CacheState:
+        """``x-quotad-cache``: hit (exact), semantic (DESIGN §11), miss or bypass."""
+        if answer.cached:
+            semantic = not isinstance(answer, EmbedReply) and answer.cache == "semantic"
+            return "semantic" if semantic else "hit"
         return "bypass" if not self.broker.reports.cache_enabled or mode == "bypass" else "miss"
 
     def _answer_headers(
         self, answer: ChatReply | EmbedReply | ChatChunk | ChatEnd, mode: str
     ) -> Headers:
         """The ``x-quotad-*`` headers an answer tells when it starts."""
-        cache = self._cache_state(answer.cached, mode)
+        cache = self._cache_state(answer, mode)
         return quotad_headers(
             answer.request_id, answer.target, cache, answer.wait_s, answer.attempts
         )

@@ -21,7 +21,7 @@ from quotad.protocol.framing import describe
 
 T = TypeVar("T")
 
-CacheState = Literal["hit", "miss", "bypass"]
+CacheState = Literal["hit", "semantic", "miss", "bypass"]
 
 JSON_CONTENT: Final = ("content-type", "application/json")
 SSE_HEADERS: Final = (

@@ -2,7 +2,8 @@
 in, and the operator's hold on each target (DESIGN §4, §8 Failover).
 
 A *target* is ``provider/model``. A request's model is a group name (``[models.G]``), a target,
-or a bare model that exactly one provider declares under ``[providers.X.models]``. The table of
+or a bare model that exactly one provider declares under ``[providers.X.models]`` (a ``kind =
+"local"`` provider declares the model it serves, ``wordllama``). The table of
 names is built once per config, so resolving a request is one dict lookup; a target named
 directly but not declared is made on first use. :meth:`Router.attempts` starts one request's
 walk over its route; :meth:`Router.target_status` and :meth:`Router.group_status` are what
@@ -24,6 +25,7 @@ from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.events import EventLog
 from quotad.daemon.providers.base import Provider
+from quotad.daemon.providers.local import MODEL_NAME as LOCAL_MODEL
 from quotad.daemon.routing.attempts import Attempts, Sleep
 from quotad.daemon.routing.breaker import BreakerState, CircuitBreaker
 from quotad.daemon.routing.health import TargetHealth
@@ -83,7 +85,10 @@ class Router:
         self._routes: dict[str, Route] = {}
         declared: dict[str, list[Target]] = {}
         for provider_name, provider_config in config.providers.items():
-            for model in provider_config.models:
+            models = list(provider_config.models)
+            if provider_config.kind == "local" and LOCAL_MODEL not in models:
+                models.append(LOCAL_MODEL)  # the one it serves, declared: in /v1/models
+            for model in models:
                 target = self.target(f"{provider_name}/{model}")
                 if target is not None:
                     declared.setdefault(model, []).append(target)

@@ -10,8 +10,9 @@ and the figures of what it did. The broker composes the two (DESIGN §11):
 2. after an exact miss, :meth:`SemanticCache.lookup` — embed the question's normalized text,
    search its partition for vectors with similarity ≥ ``threshold``, and return the most
    similar candidate that :func:`~quotad.daemon.semantic.rules.compatible` accepts.
-3. ``mode = "on"``: serve the match's answer (:meth:`note_hit`); ``"shadow"``: call the
-   provider anyway and :meth:`shadow_compare` the two answers.
+3. ``mode = "on"``: serve the match's answer (:meth:`note_hit`); ``"shadow"``: count it
+   (:meth:`note_would_be_hit`), call the provider anyway, and compare the two answers
+   (:meth:`compare_answers`, which may run in a worker thread, then :meth:`note_comparison`).
 4. on storing a new answer that is not a tool call, :meth:`add` (the returned vector is what
    to persist beside the entry); when the entry goes (eviction, TTL, clear), :meth:`remove`.
    At start, :meth:`restore` puts the persisted vectors back.
@@ -22,6 +23,7 @@ answer stays in the response cache for exact hits).
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +49,13 @@ DEFAULT_MAX_ENTRIES: Final = 100_000
 """Questions held at most (~1.1 KB each: 256 bytes of vector, the question's text, the ids)."""
 CANDIDATES: Final = 8
 """Vectors above the threshold checked against the rules, most similar first (each check reads
-the held question's text again: ~0.1 ms for a short one)."""
+the held question's text again: ~0.1 ms for a short one, unless it is among the
+:data:`FACETS_KEPT` read last)."""
+FACETS_KEPT: Final = 2048
+"""Held questions whose facets (what the rules compare) are kept once read, the most recently
+used: a question that is matched again and again (a hot answer) is read once, not at every
+lookup (~0.1 ms each). ~1 KB each, so at most ~2 MB; the facets of all 100,000 questions held
+would cost ~100 MB, so the others are read when they are candidates."""
 ANSWER_SIMILARITY: Final = 0.8
 """Shadow mode: two answers agree when their texts are the same (whitespace aside), or when they
 state the same numbers, literals and number of negations and their vectors are at least this
@@ -66,6 +74,14 @@ class Match(NamedTuple):
     similarity: float
 
 
+class Comparison(NamedTuple):
+    """Shadow mode: how a would-be hit's answer compared with the provider's."""
+
+    similarity: float
+    agreed: bool
+    identical: bool
+
+
 @dataclass(slots=True)
 class SemanticStats:
     """What the semantic cache did since start (``quotad cache stats``)."""
@@ -73,6 +89,8 @@ class SemanticStats:
     lookups: int = 0
     hits: int = 0
     would_be_hits: int = 0
+    shadow_compared: int = 0
+    """Would-be hits whose answer was compared with the provider's."""
     shadow_agreed: int = 0
     """Would-be hits whose answer agreed with the provider's (see :data:`ANSWER_SIMILARITY`)."""
     shadow_identical: int = 0
@@ -106,6 +124,7 @@ class SemanticCache:
         self.max_entries = max_entries
         self.stats = SemanticStats()
         self._held: dict[bytes, _Held] = {}  # insertion order: the oldest is forgotten first
+        self._facets_of = functools.lru_cache(maxsize=FACETS_KEPT)(read)
         self._partitions: dict[bytes, VectorIndex] = {}
         self.reconfigure(config)
 
@@ -154,14 +173,14 @@ class SemanticCache:
                 self.remove(entry_id)
                 continue
             refusal = self._refusal(question.facets, entry_id)
-            if refusal is None:
-                return Match(entry_id, similarity)
+            if refusal is None:  # float32 rounding can put a perfect match a hair above 1
+                return Match(entry_id, min(similarity, 1.0))
             first_refusal = first_refusal or refusal
         self.stats.refused[first_refusal or "similarity"] += 1
         return None
 
     def _refusal(self, facets: Facets, entry_id: bytes) -> str | None:
-        held = read(self._held[entry_id].text)
+        held = self._facets_of(self._held[entry_id].text)
         if not isinstance(held, Facets):  # rules changed since it was stored
             return held
         return compatible(facets, held)
@@ -171,24 +190,38 @@ class SemanticCache:
         del match
         self.stats.hits += 1
 
-    def shadow_compare(self, match: Match, cached: str | None, provider: str | None) -> bool:
-        """Shadow mode: the provider answered a question that ``match`` would have answered;
-        count the would-be hit and whether the two answers agree (returned; see
-        :data:`ANSWER_SIMILARITY`)."""
+    def note_would_be_hit(self, match: Match) -> None:
+        """Shadow mode: a match was found and not served (the provider is called)."""
         del match
         self.stats.would_be_hits += 1
+
+    def compare_answers(self, cached: str | None, provider: str | None) -> Comparison:
+        """How a would-be hit's answer compares with the provider's (see
+        :data:`ANSWER_SIMILARITY`). Changes nothing: it may run in a worker thread (two
+        answers of 2,000 characters take ~3 ms to embed)."""
         first = _comparable(cached)
         second = _comparable(provider)
         if first == second:
-            similarity, agreed = 1.0, True
-        else:
-            vectors = self.model.embed([first, second])
-            similarity = max(0.0, float(vectors[0] @ vectors[1]))
-            agreed = similarity >= ANSWER_SIMILARITY and stated(first) == stated(second)
-        self.stats.shadow_identical += first == second
-        self.stats.shadow_similarity_sum += similarity
-        self.stats.shadow_agreed += agreed
-        return agreed
+            return Comparison(1.0, True, True)
+        vectors = self.model.embed([first, second])
+        similarity = max(0.0, float(vectors[0] @ vectors[1]))
+        agreed = similarity >= ANSWER_SIMILARITY and stated(first) == stated(second)
+        return Comparison(similarity, agreed, False)
+
+    def note_comparison(self, comparison: Comparison) -> bool:
+        """Count a comparison of :meth:`compare_answers`; whether the answers agreed."""
+        stats = self.stats
+        stats.shadow_compared += 1
+        stats.shadow_identical += comparison.identical
+        stats.shadow_similarity_sum += comparison.similarity
+        stats.shadow_agreed += comparison.agreed
+        return comparison.agreed
+
+    def shadow_compare(self, match: Match, cached: str | None, provider: str | None) -> bool:
+        """Shadow mode in one step: count the would-be hit of ``match`` and whether its answer
+        agreed with the provider's (returned)."""
+        self.note_would_be_hit(match)
+        return self.note_comparison(self.compare_answers(cached, provider))
 
     # ------------------------------------------------------------------ holding
 
@@ -208,6 +241,18 @@ class SemanticCache:
             return False
         self._hold(entry_id, partition, text, vector.astype(np.float32, copy=False))
         return True
+
+    def reembed(self, entry_id: bytes, partition: bytes, text: str) -> Vector | None:
+        """Hold a persisted question whose vector cannot be used (another scheme, damaged),
+        embedding its text again: its new vector (to write back), or None when the rules no
+        longer let that text be asked (then drop it)."""
+        facets = read(text)
+        if not isinstance(facets, Facets):
+            return None
+        vector = self.model.embed_one(facets.embedding_text, INDEX_DIMENSIONS)
+        if not self.restore(entry_id, partition, text, vector):
+            return None  # a text without tokens: a zero vector
+        return vector
 
     def remove(self, entry_id: bytes) -> bool:
         """Forget the question of ``entry_id`` (its answer was evicted or expired)."""

@@ -1,10 +1,10 @@
 """The response cache: answers stored in ``quotad.db``, a compact index of them in memory.
 
-The key is a hash of the canonical request (DESIGN §8): the model as asked (a group or a
-target), the messages, tools and sampling parameters, ``extra``, and whether it streams; not
-the app, priority, tags, user or cache mode. A streamed answer is stored with its chunks and a
-stream hit replays them chunk by chunk, then its ``ChatEnd`` (``cached=True``); plain and
-streamed requests are cached apart, so each gets the shape it asked for.
+The key is a hash of the canonical request (DESIGN §8, :mod:`.answers`): the model as asked (a
+group or a target), the messages, tools and sampling parameters, ``extra``, and whether it
+streams; not the app, priority, tags, user or cache mode. A streamed answer is stored with its
+chunks and a stream hit replays them chunk by chunk, then its ``ChatEnd`` (``cached=True``);
+plain and streamed requests are cached apart, so each gets the shape it asked for.
 
 Per request, ``cache`` is ``use`` (look up; store a miss's answer), ``bypass`` (neither),
 ``refresh`` (do not look up; store the new answer) or ``only`` (look up; a miss is an error:
@@ -26,41 +26,58 @@ one plus its hits, divided by its size). An entry just stored is never its own v
 (new entries, hit counts, evictions) join the group commit of the request's ledger row; nothing
 on the hit path waits for a commit beyond that. An entry whose write fails (a full disk) leaves
 the index: what is in the index is in the file, or about to be.
+
+Follower. The semantic cache (:mod:`quotad.daemon.semantic.step`) keeps a question beside some
+entries; as the :class:`CacheFollower` it is told of every entry that goes (evicted, expired,
+replaced, unreadable, not written, cleared) and adds its figures to :meth:`Cache.status`.
+:meth:`Cache.take`, :meth:`~Cache.peek` and :meth:`~Cache.alive` are its way in: an entry used
+without counting an exact hit, read without using it, and whether it still answers.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from typing import Any, Final, Literal, NamedTuple, TypeVar
+from collections.abc import Iterable
+from typing import Final, NamedTuple, Protocol
 
 import msgspec
 
 from quotad.daemon.clock import Clock
 from quotad.daemon.config import CacheConfig
 from quotad.daemon.errors import RequestError
+from quotad.daemon.store.answers import (
+    ANSWER_DECODERS,
+    ANSWER_ENCODER,
+    Answer,
+    CachedChat,
+    CachedChunk,
+    CachedEmbedding,
+    Kind,
+    chat_key,
+    embed_key,
+)
 from quotad.daemon.store.cache_index import BYTES_PER_ENTRY, KEY_BYTES, CacheIndex
 from quotad.daemon.store.db import Database, Statement, StoreError, WriteFailed
 from quotad.daemon.store.warm import WarmEntry
-from quotad.protocol.messages import (
-    CacheMode,
-    CacheStatus,
-    Chat,
-    ChatChunk,
-    ChatReply,
-    Embed,
-    EmbedReply,
-    Usage,
-)
+from quotad.protocol.messages import CacheMode, CacheStatus, Chat, Embed
+
+__all__ = [  # the stored shapes and keys live in .answers; imported from here too
+    "Answer",
+    "Cache",
+    "CacheEntry",
+    "CacheFollower",
+    "Cacheable",
+    "CachedChat",
+    "CachedChunk",
+    "CachedEmbedding",
+    "Kind",
+    "chat_key",
+    "embed_key",
+]
 
 log = logging.getLogger("quotad.cache")
-
-Kind = Literal["chat", "embed"]
-
-ReplyT = TypeVar("ReplyT", bound=ChatReply)
 
 RECENT_ANSWERS: Final = 256
 """Answers kept in memory after their last use (decoded, ready to answer a hit)."""
@@ -72,129 +89,6 @@ LOAD_PAGE_ROWS: Final = 4096
 """Rows read at a time when the index is filled at start (not 100k rows' tuples at once)."""
 
 
-class CachedChunk(msgspec.Struct, array_like=True, omit_defaults=True):
-    """One chunk of a streamed answer."""
-
-    delta: str = ""
-    tool_calls: list[dict[str, Any]] | None = None
-    finish_reason: str | None = None
-
-
-class CachedChat(msgspec.Struct, array_like=True):
-    """A chat answer as stored: the whole reply, and its chunks when it was streamed."""
-
-    content: str | None
-    tool_calls: list[dict[str, Any]] | None
-    finish_reason: str | None
-    usage: Usage
-    target: str
-    chunks: list[CachedChunk] = msgspec.field(default_factory=list)
-
-    @classmethod
-    def of(cls, reply: ChatReply, chunks: Sequence[ChatChunk] = ()) -> CachedChat:
-        """What to store of a reply (and of its chunks, when it was streamed)."""
-        return cls(
-            content=reply.content,
-            tool_calls=reply.tool_calls,
-            finish_reason=reply.finish_reason,
-            usage=reply.usage,
-            target=reply.target,
-            chunks=[CachedChunk(c.delta, c.tool_calls, c.finish_reason) for c in chunks],
-        )
-
-    def reply(
-        self, kind: type[ReplyT], request_id: int, request_ref: str, saved_usd: float
-    ) -> ReplyT:
-        """The ``ChatReply`` (or ``ChatEnd``) of a hit: no cost, ``saved_usd`` saved."""
-        return kind(
-            id=request_id,
-            content=self.content,
-            tool_calls=self.tool_calls,
-            finish_reason=self.finish_reason,
-            usage=self.usage,
-            cached=True,
-            saved_usd=saved_usd,
-            target=self.target,
-            request_id=request_ref,
-        )
-
-    def replay(self, request_id: int) -> list[ChatChunk]:
-        """The chunks a stream hit sends (one chunk when a warmed answer has none)."""
-        chunks = self.chunks or [
-            CachedChunk(self.content or "", self.tool_calls, self.finish_reason)
-        ]
-        return [
-            ChatChunk(
-                id=request_id,
-                delta=chunk.delta,
-                tool_calls=chunk.tool_calls,
-                finish_reason=chunk.finish_reason,
-            )
-            for chunk in chunks
-        ]
-
-
-class CachedEmbedding(msgspec.Struct, array_like=True):
-    """An embeddings answer as stored."""
-
-    embeddings: list[list[float]]
-    usage: Usage
-    target: str
-
-    @classmethod
-    def of(cls, reply: EmbedReply) -> CachedEmbedding:
-        """What to store of a reply."""
-        return cls(reply.embeddings, reply.usage, reply.target)
-
-    def reply(self, request_id: int, request_ref: str, saved_usd: float) -> EmbedReply:
-        """The ``EmbedReply`` of a hit: no cost, ``saved_usd`` saved."""
-        return EmbedReply(
-            id=request_id,
-            embeddings=self.embeddings,
-            usage=self.usage,
-            cached=True,
-            saved_usd=saved_usd,
-            target=self.target,
-            request_id=request_ref,
-        )
-
-
-Answer = CachedChat | CachedEmbedding
-
-_ANSWER_ENCODER: Final = msgspec.msgpack.Encoder()
-_ANSWER_DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
-    "chat": msgspec.msgpack.Decoder(CachedChat),
-    "embed": msgspec.msgpack.Decoder(CachedEmbedding),
-}
-_KEY_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
-
-
-def chat_key(request: Chat) -> bytes:
-    """The cache key of a chat request (what changes the answer, nothing else)."""
-    canonical = (
-        "chat",
-        request.model,
-        request.stream,
-        request.messages,
-        request.max_tokens,
-        request.temperature,
-        request.top_p,
-        request.stop,
-        request.seed,
-        request.tools,
-        request.tool_choice,
-        request.response_format,
-        request.extra,
-    )
-    return hashlib.blake2b(_KEY_ENCODER.encode(canonical), digest_size=16).digest()
-
-
-def embed_key(request: Embed) -> bytes:
-    """The cache key of an embeddings request."""
-    canonical = ("embed", request.model, request.input, request.dimensions, request.extra)
-    return hashlib.blake2b(_KEY_ENCODER.encode(canonical), digest_size=16).digest()
-
-
 class Cacheable(NamedTuple):
     """An answer a request will store at step 7, under its key."""
 
@@ -204,13 +98,29 @@ class Cacheable(NamedTuple):
 
 
 class CacheEntry(NamedTuple):
-    """A hit: the stored answer, what the call it replaces cost, and its hits so far."""
+    """A hit: the stored answer, what the call it replaces cost, and its hits so far; a
+    semantic hit also its similarity (None: an exact hit)."""
 
     key: bytes
     kind: Kind
     answer: Answer
     cost_usd: float
     hits: int
+    similarity: float | None = None
+
+
+class CacheFollower(Protocol):
+    """What keeps state per entry beside the cache (the semantic cache's questions): told
+    when an entry goes, and adds its figures to the cache's."""
+
+    def removed(self, key: bytes) -> None:
+        """The entry of ``key`` is gone (evicted, expired, replaced, unreadable, cleared)."""
+
+    def cleared(self) -> None:
+        """Every entry is gone."""
+
+    def add_figures(self, status: CacheStatus) -> None:
+        """Fill in the follower's fields of the cache's status."""
 
 
 class _Held(NamedTuple):
@@ -254,6 +164,8 @@ class Cache:
         self.misses = 0
         self.evictions = 0
         self.saved_usd = 0.0
+        self.follower: CacheFollower | None = None
+        """Told of every entry that goes (the semantic cache, when it is on)."""
 
     @property
     def eviction(self) -> str:
@@ -282,32 +194,56 @@ class Cache:
             )
         if key is None or mode == "bypass" or mode == "refresh":
             return None
-        now = self.clock.time()
-        index = self._index
-        slot = index.find(key)
-        hit = None
-        if slot is not None:
-            if now - index.created(slot) > self.ttl_s:
-                self._drop(slot, key)
-            else:
-                hit = self._read(slot, key)
+        hit = self.take(key)
         if hit is None:
             self.misses += 1
             if mode == "only":
-                raise RequestError(
-                    "bad_request",
-                    'cache="only": no cached answer for this request (nothing was sent to a '
-                    "provider)",
-                    details={"cache": "miss"},
-                )
+                raise self.only_missed()
             return None
-        assert slot is not None
-        index.touch(slot)
-        hits = index.hits(slot)
         self.hits += 1
-        self.saved_usd += hit.cost_usd
-        self._db.write_later([(_TOUCH, (hits, now, key))])  # joins the hit's ledger row
         return hit
+
+    def take(self, key: bytes, similarity: float | None = None) -> CacheEntry | None:
+        """The live entry of ``key``, used: filed as just used, its hit counted for eviction
+        and its savings in :attr:`saved_usd` (not in :attr:`hits` or :attr:`misses`: the
+        caller counts those); None when it is absent, expired (then dropped) or unreadable.
+        ``similarity`` marks a semantic hit (see :class:`CacheEntry`)."""
+        now = self.clock.time()
+        index = self._index
+        slot = index.find(key)
+        if slot is None:
+            return None
+        if now - index.created(slot) > self.ttl_s:
+            self._drop(slot, key)
+            return None
+        hit = self._read(slot, key)
+        if hit is None:
+            return None
+        index.touch(slot)
+        self.saved_usd += hit.cost_usd
+        self._db.write_later([(_TOUCH, (index.hits(slot), now, key))])  # joins the hit's row
+        return hit if similarity is None else hit._replace(similarity=similarity)
+
+    def peek(self, key: bytes) -> CacheEntry | None:
+        """The live entry of ``key`` without using it (nothing counted or filed again)."""
+        slot = self._index.find(key)
+        if slot is None or self.clock.time() - self._index.created(slot) > self.ttl_s:
+            return None
+        return self._read(slot, key)
+
+    def alive(self, key: bytes) -> bool:
+        """Whether ``key`` has an entry that has not expired."""
+        slot = self._index.find(key)
+        return slot is not None and self.clock.time() - self._index.created(slot) <= self.ttl_s
+
+    @staticmethod
+    def only_missed() -> RequestError:
+        """The error of a ``cache="only"`` request that found no answer."""
+        return RequestError(
+            "bad_request",
+            'cache="only": no cached answer for this request (nothing was sent to a provider)',
+            details={"cache": "miss"},
+        )
 
     def _read(self, slot: int, key: bytes) -> CacheEntry | None:
         """The answer of ``slot``: held in memory (not committed yet, or recently used), else
@@ -332,9 +268,10 @@ class Cache:
             return None
         if not rows:  # not in the file (never happens: a write that failed drops it)
             self._index.remove(slot)
+            self._forget(key)
             return None
         kind, payload = rows[0]
-        decoder = _ANSWER_DECODERS.get(kind)
+        decoder = ANSWER_DECODERS.get(kind)
         try:
             if decoder is None:
                 raise msgspec.DecodeError(f"unknown kind {kind!r}")
@@ -365,10 +302,13 @@ class Cache:
             self._recent_bytes -= recent.popitem(last=False)[1].size
 
     def _forget(self, key: bytes) -> None:
-        """The answer of ``key`` is gone (replaced, evicted, expired): no copy of it stays."""
+        """The answer of ``key`` is gone (replaced, evicted, expired): no copy of it stays,
+        and the follower is told."""
         self._unwritten.pop(key, None)
         if (held := self._recent.pop(key, None)) is not None:
             self._recent_bytes -= held.size
+        if self.follower is not None:
+            self.follower.removed(key)
 
     def stores(self, mode: CacheMode) -> bool:
         """Whether a request with this ``mode`` stores its answer."""
@@ -417,7 +357,7 @@ class Cache:
         """Add the entry to the index and evict past ``max_mb``: the statements that persist
         it (none when the answer alone is larger than the whole cache), and the answer kept
         in memory until they are committed."""
-        payload = _ANSWER_ENCODER.encode(answer)
+        payload = ANSWER_ENCODER.encode(answer)
         size = len(payload) + len(key) + BYTES_PER_ENTRY
         if size > self.max_bytes or len(key) != KEY_BYTES:
             return [], []
@@ -446,6 +386,7 @@ class Cache:
                 self._remember(key, unwritten)
             elif (slot := self._index.find(key)) is not None:
                 self._index.remove(slot)
+                self._forget(key)
 
     async def clear(self, older_than_s: float | None = None) -> int:
         """Remove every entry, or those stored more than ``older_than_s`` ago; how many
@@ -457,6 +398,8 @@ class Cache:
             self._unwritten.clear()
             self._recent.clear()
             self._recent_bytes = 0
+            if self.follower is not None:
+                self.follower.cleared()
             await self._db.write([("DELETE FROM cache", ())])
             return removed
         cutoff = self.clock.time() - older_than_s
@@ -488,7 +431,7 @@ class Cache:
             for rowid, key, kind, created, used, hits, cost_usd, payload_size in rows:
                 after = rowid
                 key = bytes(key)
-                if created < expired_before or kind not in _ANSWER_DECODERS:
+                if created < expired_before or kind not in ANSWER_DECODERS:
                     dropped.append((_DELETE, (key,)))
                     continue
                 if len(key) != KEY_BYTES:
@@ -540,9 +483,10 @@ class Cache:
         return isinstance(key, bytes) and self._index.find(key) is not None
 
     def status(self) -> CacheStatus:
-        """The cache's figures (hits, misses and saved_usd since the daemon started)."""
+        """The cache's figures (hits, misses and saved_usd since the daemon started), and the
+        follower's (the semantic cache's)."""
         lookups = self.hits + self.misses
-        return CacheStatus(
+        status = CacheStatus(
             mode=self.mode,
             entries=len(self._index),
             bytes=self.size_bytes,
@@ -553,3 +497,6 @@ class Cache:
             evictions=self.evictions,
             saved_usd=self.saved_usd,
         )
+        if self.follower is not None:
+            self.follower.add_figures(status)
+        return status

@@ -19,7 +19,9 @@ Columns (table ``ledger``): request_id, time (Unix), day (local calendar day, YY
 (as asked: a group, target or bare model), target (that answered; empty when none did),
 attempts, status (``ok``, an error code, or ``cancelled``), prompt/completion/cached tokens,
 cost_usd, saved_usd (what a cache hit saved), cached (1 for a hit), unpriced (1 when the target
-has no price), wait_s, latency_s, priority, tags (JSON list).
+has no price), wait_s, latency_s, priority, tags (JSON list), semantic_similarity (a semantic
+cache hit, DESIGN §11: status ``ok``, cached 1, and the similarity of the two questions here;
+NULL for every other row, exact hits included).
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class LedgerRow(NamedTuple):
     latency_s: float
     priority: str
     tags: str
+    semantic_similarity: float | None = None
+    """A semantic cache hit: the similarity of the question it was served for (its status is
+    ``ok`` and ``cached`` 1, like an exact hit); None for every other row."""
 
 
 COLUMNS: Final = LedgerRow._fields
@@ -106,6 +111,7 @@ def live_record(row: LedgerRow) -> RequestRecord:
         cached=row.cached,
         attempts=row.attempts,
         priority=row.priority,
+        semantic=row.semantic_similarity is not None,
     )
 
 

@@ -114,6 +114,8 @@ BUILT_IN_PRICES: Final[Mapping[str, Price]] = {
     "meta-llama/llama-4-maverick-17b-128e-instruct": _row(0.20, 0.60),
     "qwen/qwen3-32b": _row(0.29, 0.59),
     "moonshotai/kimi-k2-instruct": _row(1.00, 3.00),
+    # ---- kind = "local": the bundled embedding model, computed in the daemon (DESIGN §11)
+    "wordllama": _row(0.0, 0.0),
 }
 
 _SNAPSHOT_SUFFIXES: Final = (

@@ -12,6 +12,11 @@ Tables:
   the same transaction as each ledger row whoever inserts it (a cache hit's tokens are not
   billed, so not summed);
 - ``cache``: stored answers, see :mod:`.cache`;
+- ``semantic_questions`` (version 3): for each cached answer the semantic cache may serve, the
+  question that earned it (partition, last user turn, vector, vector scheme), see
+  :mod:`quotad.daemon.semantic.stored`; the triggers ``cache_delete_drops_question`` and
+  ``cache_insert_drops_question`` drop a question with its entry (evicted, expired, cleared,
+  replaced), in the statement that drops the entry;
 - ``keys``: HTTP front door keys, stored as sha256 hashes, see :mod:`.keys`;
 - ``audit``: operator actions, see :mod:`.audit`.
 """
@@ -117,6 +122,48 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
                 cache_hits = cache_hits + excluded.cache_hits,
                 saved_usd = saved_usd + excluded.saved_usd,
                 unpriced = max(unpriced, excluded.unpriced);
+        END""",
+    ),
+    # 3: the semantic cache (DESIGN §11): questions beside their cache entries; a semantic hit
+    # marked in the ledger (semantic_similarity, NULL otherwise) and counted per day
+    (
+        """CREATE TABLE semantic_questions (
+            key BLOB PRIMARY KEY,
+            partition BLOB NOT NULL,
+            text TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            scheme TEXT NOT NULL
+        )""",
+        """CREATE TRIGGER cache_delete_drops_question AFTER DELETE ON cache BEGIN
+            DELETE FROM semantic_questions WHERE key = OLD.key;
+        END""",
+        """CREATE TRIGGER cache_insert_drops_question AFTER INSERT ON cache BEGIN
+            DELETE FROM semantic_questions WHERE key = NEW.key;
+        END""",
+        "ALTER TABLE ledger ADD COLUMN semantic_similarity REAL",
+        "ALTER TABLE spend_daily ADD COLUMN semantic_hits INTEGER NOT NULL DEFAULT 0",
+        "DROP TRIGGER ledger_adds_to_day",
+        """CREATE TRIGGER ledger_adds_to_day AFTER INSERT ON ledger BEGIN
+            INSERT INTO spend_daily (day, app, model, target, requests, errors, prompt_tokens,
+                completion_tokens, cached_tokens, cost_usd, cache_hits, saved_usd, unpriced,
+                semantic_hits)
+            VALUES (NEW.day, NEW.app, NEW.model, NEW.target, 1, NEW.status != 'ok',
+                CASE WHEN NEW.cached THEN 0 ELSE NEW.prompt_tokens END,
+                CASE WHEN NEW.cached THEN 0 ELSE NEW.completion_tokens END,
+                CASE WHEN NEW.cached THEN 0 ELSE NEW.cached_tokens END,
+                NEW.cost_usd, NEW.cached, NEW.saved_usd, NEW.unpriced,
+                NEW.semantic_similarity IS NOT NULL)
+            ON CONFLICT (day, app, model, target) DO UPDATE SET
+                requests = requests + 1,
+                errors = errors + excluded.errors,
+                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = completion_tokens + excluded.completion_tokens,
+                cached_tokens = cached_tokens + excluded.cached_tokens,
+                cost_usd = cost_usd + excluded.cost_usd,
+                cache_hits = cache_hits + excluded.cache_hits,
+                saved_usd = saved_usd + excluded.saved_usd,
+                unpriced = max(unpriced, excluded.unpriced),
+                semantic_hits = semantic_hits + excluded.semantic_hits;
         END""",
     ),
 )

@@ -7,7 +7,8 @@ in the same transaction as each row), so their cost does not grow with the numbe
 - Periods are local: ``day`` is today since local midnight, ``week`` the last 7 local days
   including today, ``month`` this calendar month; all end now.
 - Tokens count billed calls only (a cache hit's tokens are not billed; its row counts as a
-  cache hit and carries ``saved_usd``). ``errors`` counts rows whose status is not ``ok``.
+  cache hit and carries ``saved_usd``; ``semantic_hits`` counts the semantic ones among them).
+  ``errors`` counts rows whose status is not ``ok``.
 - Forecast: this month's spend so far plus the trend of its complete days (a least-squares
   line through their daily totals, never below zero, today counted as the larger of what it
   has spent and the line) to the month's end; with fewer than 3 complete days, the month's
@@ -92,7 +93,7 @@ class SpendReport:
         grouped = await self._db.read(
             f"SELECT {column}, total(requests), total(errors), total(prompt_tokens), "
             "total(completion_tokens), total(cached_tokens), total(cost_usd), "
-            "total(cache_hits), total(saved_usd), max(unpriced) "
+            "total(cache_hits), total(saved_usd), max(unpriced), total(semantic_hits) "
             f"FROM spend_daily WHERE day >= ? AND day <= ? GROUP BY {column}",
             (first_day, today),
         )
@@ -150,7 +151,9 @@ class SpendReport:
 
 def _row(values: tuple[Any, ...]) -> SpendRow:
     """A report row from one grouped query row."""
-    key, requests, errors, prompt, completion, cached, cost, hits, saved, unpriced = values
+    key, requests, errors, prompt, completion, cached, cost, hits, saved, unpriced, semantic = (
+        values
+    )
     return SpendRow(
         key=str(key),
         requests=int(requests),
@@ -162,6 +165,7 @@ def _row(values: tuple[Any, ...]) -> SpendRow:
         cache_hits=int(hits),
         saved_usd=float(saved),
         unpriced=bool(unpriced),
+        semantic_hits=int(semantic),
     )
 
 
@@ -188,5 +192,6 @@ def _total(rows: list[SpendRow]) -> SpendRow:
         total.cost_usd += row.cost_usd
         total.cache_hits += row.cache_hits
         total.saved_usd += row.saved_usd
+        total.semantic_hits += row.semantic_hits
         total.unpriced = total.unpriced or row.unpriced
     return total

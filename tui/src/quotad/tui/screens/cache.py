@@ -1,4 +1,6 @@
-"""Cache: hit rate (now and its trend), size against the bound, evictions and savings."""
+"""Cache: hit rate (now and its trend), size against the bound, evictions and savings; the
+semantic cache apart (DESIGN §11): its hits, shadow mode's would-be hits and how often their
+answers agreed with the provider's."""
 
 from __future__ import annotations
 
@@ -26,12 +28,16 @@ class CacheScreen(MonitorScreen):
         figures = LiveText(id="cache-figures")
         figures.border_title = "response cache"
         yield figures
+        semantic = LiveText(id="cache-semantic")
+        semantic.border_title = "semantic cache"
+        yield semantic
         recent = LiveText(id="cache-recent")
         recent.border_title = "recent requests"
         yield recent
 
     def show_body(self, monitor: Monitor) -> None:
         self.query_one("#cache-figures", LiveText).show_text(self._figures(monitor))
+        self.query_one("#cache-semantic", LiveText).show_text(self._semantic(monitor))
         self.query_one("#cache-recent", LiveText).show_text(self._recent(monitor))
 
     @staticmethod
@@ -45,7 +51,10 @@ class CacheScreen(MonitorScreen):
         text.append(cache.mode, style="bold green" if cache.mode == "on" else "bold yellow")
         text.append("\n\nhit rate   ")
         text.append_text(bar(cache.hit_rate, BAR_WIDTH, style="cyan"))
-        text.append(f" {percent(cache.hit_rate)}  ({cache.hits} hits, {cache.misses} misses)\n")
+        text.append(f" {percent(cache.hit_rate)}  ({cache.hits} exact hits, {cache.misses} misses")
+        if cache.semantic_mode != "off":
+            text.append(f"; {cache.semantic_hits} semantic hits")
+        text.append(")\n")
         text.append("trend      ")
         text.append_text(spark(monitor.cache_hit_rate, TREND_WIDTH, top=1.0))
         text.append("\n\nsize       ")
@@ -58,6 +67,38 @@ class CacheScreen(MonitorScreen):
         return text
 
     @staticmethod
+    def _semantic(monitor: Monitor) -> Text:
+        status = monitor.status
+        if status is None:
+            return Text("no data yet", style="grey50")
+        cache = status.cache
+        mode = cache.semantic_mode
+        text = Text()
+        text.append("mode       ")
+        styles = {"on": "bold green", "shadow": "bold yellow"}
+        text.append(mode, style=styles.get(mode, "grey50"))
+        if cache.semantic_problem:
+            text.append(f"  not running: {cache.semantic_problem}", style="bold red")
+        if mode == "off":
+            text.append("  (questions asked in other words are not looked up)", style="grey50")
+            return text
+        lookups = cache.semantic_lookups
+        rate = cache.semantic_hits / lookups if lookups else 0.0
+        text.append(f"\nheld       {cache.semantic_entries} questions\n")
+        text.append("hits       ")
+        text.append_text(bar(rate, BAR_WIDTH, style="magenta"))
+        text.append(f" {percent(rate)}  ({cache.semantic_hits} of {lookups} exact misses)")
+        text.append(f"  saved {usd(cache.semantic_saved_usd)}\n")
+        compared = cache.shadow_compared
+        agreement = cache.shadow_agreed / compared if compared else 0.0
+        text.append(f"would-be   {cache.would_be_hits} (shadow: not served)\n")
+        text.append("agreed     ")
+        text.append_text(bar(agreement, BAR_WIDTH, style="green"))
+        text.append(f" {percent(agreement) if compared else '-'}  ")
+        text.append(f"({cache.shadow_agreed} of {compared} compared)")
+        return text
+
+    @staticmethod
     def _recent(monitor: Monitor) -> Text:
         records = list(monitor.tail)
         if not records:
@@ -65,7 +106,9 @@ class CacheScreen(MonitorScreen):
         hits = [record for record in records if record.cached]
         fraction = len(hits) / len(records)
         text = Text(f"{len(hits)} of the last {len(records)} requests were cache hits ")
-        text.append(f"({percent(fraction)})\n")
+        text.append(f"({percent(fraction)}")
+        semantic = sum(record.semantic for record in hits)
+        text.append(f", {semantic} semantic)\n" if semantic else ")\n")
         by_app: dict[str, int] = {}
         for record in hits:
             by_app[record.app] = by_app.get(record.app, 0) + 1

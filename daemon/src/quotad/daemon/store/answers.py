@@ -1,0 +1,157 @@
+"""What the response cache stores and how it is keyed (DESIGN §8): the stored shapes of chat
+and embeddings answers (a streamed answer with its chunks), their MessagePack encoding, and the
+key of a request: a hash of what changes its answer (the model as asked, the messages, tools and
+sampling parameters, ``extra``, and whether it streams; not the app, priority, tags, user or
+cache mode). :mod:`.cache` keeps them in ``quotad.db`` under those keys."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Final, Literal, TypeVar
+
+import msgspec
+
+from quotad.protocol.messages import (
+    Chat,
+    ChatChunk,
+    ChatReply,
+    Embed,
+    EmbedReply,
+    Usage,
+)
+
+Kind = Literal["chat", "embed"]
+
+ReplyT = TypeVar("ReplyT", bound=ChatReply)
+
+
+class CachedChunk(msgspec.Struct, array_like=True, omit_defaults=True):
+    """One chunk of a streamed answer."""
+
+    delta: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+
+
+class CachedChat(msgspec.Struct, array_like=True):
+    """A chat answer as stored: the whole reply, and its chunks when it was streamed."""
+
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None
+    finish_reason: str | None
+    usage: Usage
+    target: str
+    chunks: list[CachedChunk] = msgspec.field(default_factory=list)
+
+    @classmethod
+    def of(cls, reply: ChatReply, chunks: Sequence[ChatChunk] = ()) -> CachedChat:
+        """What to store of a reply (and of its chunks, when it was streamed)."""
+        return cls(
+            content=reply.content,
+            tool_calls=reply.tool_calls,
+            finish_reason=reply.finish_reason,
+            usage=reply.usage,
+            target=reply.target,
+            chunks=[CachedChunk(c.delta, c.tool_calls, c.finish_reason) for c in chunks],
+        )
+
+    def reply(
+        self,
+        kind: type[ReplyT],
+        request_id: int,
+        request_ref: str,
+        saved_usd: float,
+        similarity: float | None = None,
+    ) -> ReplyT:
+        """The ``ChatReply`` (or ``ChatEnd``) of a hit: no cost, ``saved_usd`` saved; a
+        semantic hit (``similarity`` given) is marked ``cache="semantic"``."""
+        return kind(
+            id=request_id,
+            content=self.content,
+            tool_calls=self.tool_calls,
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+            cached=True,
+            saved_usd=saved_usd,
+            target=self.target,
+            request_id=request_ref,
+            cache="exact" if similarity is None else "semantic",
+            similarity=similarity or 0.0,
+        )
+
+    def replay(self, request_id: int) -> list[ChatChunk]:
+        """The chunks a stream hit sends (one chunk when a warmed answer has none)."""
+        chunks = self.chunks or [
+            CachedChunk(self.content or "", self.tool_calls, self.finish_reason)
+        ]
+        return [
+            ChatChunk(
+                id=request_id,
+                delta=chunk.delta,
+                tool_calls=chunk.tool_calls,
+                finish_reason=chunk.finish_reason,
+            )
+            for chunk in chunks
+        ]
+
+
+class CachedEmbedding(msgspec.Struct, array_like=True):
+    """An embeddings answer as stored."""
+
+    embeddings: list[list[float]]
+    usage: Usage
+    target: str
+
+    @classmethod
+    def of(cls, reply: EmbedReply) -> CachedEmbedding:
+        """What to store of a reply."""
+        return cls(reply.embeddings, reply.usage, reply.target)
+
+    def reply(self, request_id: int, request_ref: str, saved_usd: float) -> EmbedReply:
+        """The ``EmbedReply`` of a hit: no cost, ``saved_usd`` saved."""
+        return EmbedReply(
+            id=request_id,
+            embeddings=self.embeddings,
+            usage=self.usage,
+            cached=True,
+            saved_usd=saved_usd,
+            target=self.target,
+            request_id=request_ref,
+        )
+
+
+Answer = CachedChat | CachedEmbedding
+
+ANSWER_ENCODER: Final = msgspec.msgpack.Encoder()
+ANSWER_DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
+    "chat": msgspec.msgpack.Decoder(CachedChat),
+    "embed": msgspec.msgpack.Decoder(CachedEmbedding),
+}
+_KEY_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
+
+
+def chat_key(request: Chat) -> bytes:
+    """The cache key of a chat request (what changes the answer, nothing else)."""
+    canonical = (
+        "chat",
+        request.model,
+        request.stream,
+        request.messages,
+        request.max_tokens,
+        request.temperature,
+        request.top_p,
+        request.stop,
+        request.seed,
+        request.tools,
+        request.tool_choice,
+        request.response_format,
+        request.extra,
+    )
+    return hashlib.blake2b(_KEY_ENCODER.encode(canonical), digest_size=16).digest()
+
+
+def embed_key(request: Embed) -> bytes:
+    """The cache key of an embeddings request."""
+    canonical = ("embed", request.model, request.input, request.dimensions, request.extra)
+    return hashlib.blake2b(_KEY_ENCODER.encode(canonical), digest_size=16).digest()
