@@ -17,7 +17,7 @@ from quotad.daemon.store.db import (
     StoreError,
     WriteFailed,
 )
-from quotad.daemon.store.ledger import _INSERT, statements
+from quotad.daemon.store.ledger import COLUMNS, statements
 from quotad.daemon.store.schema import MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE
 from quotad.daemon.store.transactions import in_thread
 from tests.support.store import ledger_row
@@ -58,7 +58,12 @@ async def test_a_version_1_file_is_migrated_and_its_day_sums_carry_on(directory:
             connection.execute(sql)
         connection.execute(SCHEMA_VERSION_TABLE)
         connection.execute("INSERT INTO schema_version VALUES (1)")
-        connection.execute(_INSERT, row)
+        v1_columns = COLUMNS[: COLUMNS.index("tags") + 1]
+        connection.execute(
+            f"INSERT INTO ledger ({', '.join(v1_columns)}) VALUES "
+            f"({', '.join('?' * len(v1_columns))})",
+            row[: len(v1_columns)],
+        )
         connection.execute(
             "INSERT INTO spend_daily VALUES (?, ?, ?, ?, 1, 0, ?, ?, 0, ?, 0, 0.0, 0)",
             (row.day, row.app, row.model, row.target, *summed),
@@ -71,8 +76,28 @@ async def test_a_version_1_file_is_migrated_and_its_day_sums_carry_on(directory:
         assert await database.read(
             "SELECT requests, errors, prompt_tokens, cost_usd FROM spend_daily"
         ) == [(2, 1, 2 * row.prompt_tokens, 2 * row.cost_usd)]
+        assert await database.read("SELECT entities FROM ledger ORDER BY id") == [("",), ("",)]
     finally:
         await database.close()
+
+
+async def test_entities_found_are_summed_per_day_and_kind_with_blocked_requests(
+    db: Database,
+) -> None:
+    row = ledger_row(1)
+    await db.write(statements(row._replace(entities='{"email":2,"phone":1}')))
+    await db.write(statements(row._replace(request_id="qd-2", entities='{"email":1}')))
+    blocked = row._replace(request_id="qd-3", status="blocked", target="", entities='{"secret":1}')
+    await db.write(statements(blocked))
+    await db.write(statements(row._replace(request_id="qd-4")))  # nothing found: no row
+    assert await db.read(
+        "SELECT target, kind, count FROM guardrails_daily ORDER BY target, kind"
+    ) == [
+        ("", "blocked", 1),
+        ("", "secret", 1),
+        (row.target, "email", 3),
+        (row.target, "phone", 1),
+    ]
 
 
 async def test_the_wal_is_checkpointed_off_the_event_loop(db: Database) -> None:

@@ -19,7 +19,8 @@ Columns (table ``ledger``): request_id, time (Unix), day (local calendar day, YY
 (as asked: a group, target or bare model), target (that answered; empty when none did),
 attempts, status (``ok``, an error code, or ``cancelled``), prompt/completion/cached tokens,
 cost_usd, saved_usd (what a cache hit saved), cached (1 for a hit), unpriced (1 when the target
-has no price), wait_s, latency_s, priority, tags (JSON list).
+has no price), wait_s, latency_s, priority, tags (JSON list), entities (what the guardrails
+found in the request and its reply: ``{"kind": count}`` as JSON, "" when nothing; never what).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class LedgerRow(NamedTuple):
     latency_s: float
     priority: str
     tags: str
+    entities: str = ""
 
 
 COLUMNS: Final = LedgerRow._fields
