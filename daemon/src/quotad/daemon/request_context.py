@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Protocol
 
 from quotad.daemon.caller import Caller
 from quotad.daemon.gates import Reservation
@@ -12,6 +13,15 @@ from quotad.daemon.routing import Target
 from quotad.daemon.store.budgets import BudgetHold
 from quotad.daemon.store.ledger import LedgerRow, encode_tags
 from quotad.protocol.messages import Usage
+
+
+class Findings(Protocol):
+    """What the guardrails found in a request and its reply (its
+    :class:`~quotad.daemon.guardrails.screening.Screening`), as its ledger row keeps it."""
+
+    def ledger_entities(self) -> str:
+        """The ledger's ``entities`` column."""
+        ...
 
 
 class RequestIds:
@@ -55,6 +65,8 @@ class RequestContext:
     cached: bool = False
     saved_usd: float = 0.0
     cost_usd: float = 0.0
+    screening: Findings | None = None
+    """Its guardrails (step 0): what they found, and its reply's way back."""
 
     @property
     def target_name(self) -> str:
@@ -99,4 +111,5 @@ class RequestContext:
             latency_s=latency_s,
             priority=self.priority,
             tags=encode_tags(self.tags or ()),
+            entities=self.screening.ledger_entities() if self.screening is not None else "",
         )
