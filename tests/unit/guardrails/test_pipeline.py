@@ -114,10 +114,10 @@ class Scripted:
 
     async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
         self.received.append(request)
-        pieces = self.pieces
+        pieces: list[str | dict[str, Any]] | None = self.pieces
         if pieces is None:
             words = self.reply_to(request).split(" ")
-            pieces = [word + " " for word in words[:-1]] + words[-1:]
+            pieces = [*(word + " " for word in words[:-1]), *words[-1:]]
         return PieceStream(pieces, self.break_after)
 
     async def embed(
@@ -211,7 +211,8 @@ async def test_the_provider_gets_the_masked_request_and_the_caller_its_values(
         ]
         payloads = await cached_payloads(store)
         assert b"[EMAIL_1]" in payloads
-        assert EMAIL.encode() not in payloads and KEY.encode() not in payloads
+        assert EMAIL.encode() not in payloads
+        assert KEY.encode() not in payloads
 
 
 async def test_a_blocked_request_reaches_no_provider_holds_no_budget_and_has_its_row(
@@ -221,17 +222,22 @@ async def test_a_blocked_request_reaches_no_provider_holds_no_budget_and_has_its
         h = await harness(store)
         reserve = h.broker.budgets.reserve
         reserved: list[float] = []
-        h.broker.budgets.reserve = lambda app, cost, now: (  # type: ignore[method-assign]
-            reserved.append(cost) or reserve(app, cost, now)
-        )
+
+        def recording(app: str, max_cost_usd: float, now: float) -> Any:
+            reserved.append(max_cost_usd)
+            return reserve(app, max_cost_usd, now)
+
+        h.broker.budgets.reserve = recording  # type: ignore[method-assign]
         with pytest.raises(Blocked) as raised:
             await h.broker.chat(chat(f"pay with {CARD}, mail {EMAIL}"), Caller(app="a"))
         error = raised.value
         assert error.code == "blocked"
         assert error.details["kinds"] == ["credit_card"]
-        assert CARD not in error.message and EMAIL not in error.message
+        assert CARD not in error.message
+        assert EMAIL not in error.message
         assert CARD not in json.dumps(error.details)
-        assert h.provider.received == [] and reserved == []
+        assert h.provider.received == []
+        assert reserved == []
         assert await rows(store) == [("a", "blocked", '{"credit_card":1,"email":1}', 0.0, 0)]
         assert await store.db.read("SELECT kind, count FROM guardrails_daily ORDER BY kind") == [
             ("blocked", 1),
@@ -277,7 +283,8 @@ async def test_per_app_overrides_apply(anyio_backend: str) -> None:
         notebook, quiet, raw_sent = (sent.messages[0].content for sent in h.provider.received)
         assert notebook == f"mail {EMAIL}"
         assert quiet == f"card {CARD} mail {EMAIL}"
-        assert raw_sent == "again [EMAIL_1]" and raw.content == "echo: again [EMAIL_1]"
+        assert raw_sent == "again [EMAIL_1]"
+        assert raw.content == "echo: again [EMAIL_1]"
         assert [(row[0], row[2]) for row in await rows(store)] == [
             ("notebook", '{"email":1}'),
             ("quiet", ""),
@@ -307,7 +314,8 @@ async def test_output_rules_apply_to_the_reply_and_the_cache_keeps_the_screened_
         assert reply.content == f"Sent to {EMAIL}; use [SECRET_1]"
         payloads = await cached_payloads(store)
         assert b"Sent to [EMAIL_1]; use [SECRET_1]" in payloads
-        assert samples.GITHUB_TOKEN.encode() not in payloads and EMAIL.encode() not in payloads
+        assert samples.GITHUB_TOKEN.encode() not in payloads
+        assert EMAIL.encode() not in payloads
         assert (await rows(store))[0][2] == '{"email":1,"secret":1}'
 
 
@@ -363,11 +371,14 @@ async def test_a_stream_restores_a_placeholder_split_across_chunks(anyio_backend
         shown = "".join(chunk.delta for chunk in chunks)
         assert shown == end.content == f"Mail to {EMAIL} sent now."
         assert all("[EM" not in chunk.delta for chunk in chunks)
-        assert chunks[0].request_id and chunks[0].target == "p/gpt-4o"
+        assert chunks[0].request_id
+        assert chunks[0].target == "p/gpt-4o"
         payloads = await cached_payloads(store)
-        assert b"[EMAIL_1]" in payloads and EMAIL.encode() not in payloads
+        assert b"[EMAIL_1]" in payloads
+        assert EMAIL.encode() not in payloads
         again, again_end = await collect(h.broker, chat(f"mail {OTHER_EMAIL}", stream=True))
-        assert again_end.cached and again[0].cached
+        assert again_end.cached
+        assert again[0].cached
         assert (
             "".join(c.delta for c in again)
             == again_end.content
@@ -387,7 +398,8 @@ async def test_a_streamed_secret_is_masked_whole_and_the_text_comes_before_the_f
         assert "".join(chunk.delta for chunk in chunks) == end.content == "use [SECRET_1]"
         assert [chunk.finish_reason for chunk in chunks] == [None] * (len(chunks) - 1) + ["stop"]
         assert chunks[-1].delta == "[SECRET_1]"  # what was held comes with the finish
-        assert token not in repr(chunks) and token.encode() not in await cached_payloads(store)
+        assert token not in repr(chunks)
+        assert token.encode() not in await cached_payloads(store)
 
 
 async def test_a_streamed_output_block_ends_the_stream_billed(anyio_backend: str) -> None:
@@ -397,7 +409,8 @@ async def test_a_streamed_output_block_ends_the_stream_billed(anyio_backend: str
         with pytest.raises(Blocked):
             await collect(h.broker, chat("a token", stream=True), app="strict")
         [(_, status, entities, cost, _)] = await rows(store)
-        assert (status, entities) == ("blocked", '{"secret":1}') and cost > 0
+        assert (status, entities) == ("blocked", '{"secret":1}')
+        assert cost > 0
         assert await cached_payloads(store) == b""
 
 
@@ -470,13 +483,15 @@ async def test_big_requests_are_checked_in_a_worker_thread(anyio_backend: str) -
             threads.append(threading.current_thread())
             return check(request)
 
-        guard.check_chat = recording  # type: ignore[method-assign]
+        guard.check_chat = recording  # type: ignore[method-assign,assignment]
         small = await h.broker.chat(chat(f"mail {EMAIL}"), Caller(app="a"))
         big = await h.broker.chat(chat(f"mail {EMAIL} " + "word " * 300), Caller(app="a"))
         assert threads[0] is threading.main_thread()
         assert threads[1] is not threading.main_thread()
-        assert small.content is not None and EMAIL in small.content
-        assert big.content is not None and EMAIL in big.content
+        assert small.content is not None
+        assert EMAIL in small.content
+        assert big.content is not None
+        assert EMAIL in big.content
         assert "[EMAIL_1]" in str(h.provider.received[1].messages[0].content)
 
 

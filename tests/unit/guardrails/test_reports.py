@@ -27,7 +27,8 @@ def reply(*rows: SpendRow) -> SpendReply:
 
 def test_spend_shows_blocked_and_found_columns_only_when_something_was_found() -> None:
     quiet = format_spend(reply(SpendRow(key="indexer", requests=3)))
-    assert "blocked" not in quiet and "found" not in quiet
+    assert "blocked" not in quiet
+    assert "found" not in quiet
     text = format_spend(
         reply(
             SpendRow(key="indexer", requests=3),
@@ -48,7 +49,8 @@ def test_spend_csv_has_a_column_per_entity_kind() -> None:
     text = spend_csv(reply(SpendRow(key="agent", blocked=2, entities={"email": 3})))
     agent, total = csv.DictReader(io.StringIO(text))
     assert (agent["blocked"], agent["found_email"], agent["found_secret"]) == ("2", "3", "0")
-    assert total["key"] == "total" and total["found_email"] == "3"
+    assert total["key"] == "total"
+    assert total["found_email"] == "3"
     assert "entities" not in agent
 
 

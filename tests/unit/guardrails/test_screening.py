@@ -48,7 +48,8 @@ def test_nothing_to_do_gives_back_the_same_objects() -> None:
     assert IDLE.reply(reply) is reply
     chunk = ChatChunk(delta="x")
     stream = IDLE.stream(1, keep=True)
-    assert stream.chunk(chunk) is chunk and stream.sent == [chunk]
+    assert stream.chunk(chunk) is chunk
+    assert stream.sent == [chunk]
     assert stream.flush() is None
     end = ChatEnd(content="x")
     assert stream.end(end) is end
@@ -62,13 +63,15 @@ def test_a_stream_without_a_finish_gives_what_was_held_at_its_flush() -> None:
     shown.append(stream.chunk(ChatChunk(id=3, delta="_1] at ")))  # type: ignore[arg-type]
     shown.append(stream.chunk(ChatChunk(id=3, delta=samples.GITHUB_TOKEN)))  # type: ignore[arg-type]
     tail = stream.flush()
-    assert tail is not None and tail.id == 3
+    assert tail is not None
+    assert tail.id == 3
     text = "".join(chunk.delta for chunk in [*shown, tail] if chunk is not None)
     assert text == f"to {EMAIL} at [SECRET_1]"
     kept = stream.end(ChatEnd(content="raw", finish_reason="stop"))
     end = screen.restore(kept)
     assert kept.content == "to [EMAIL_1] at [SECRET_1]" == "".join(c.delta for c in stream.sent)
-    assert end.content == text and end.finish_reason == "stop"
+    assert end.content == text
+    assert end.finish_reason == "stop"
     assert stream.flush() is None  # once
 
 
