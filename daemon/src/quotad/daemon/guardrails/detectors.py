@@ -199,6 +199,8 @@ _SSN = re.compile(
     r"(?![\w]|[.-][0-9])"
 )
 
+_SSN_SHAPE = re.compile(r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}")
+
 _IBAN = re.compile(r"(?a)(?<![\w])[A-Za-z]{2}[0-9]{2}(?:[ ]?[A-Za-z0-9]{1,4}){3,8}+")
 
 _IPV4 = re.compile(r"(?a)(?<![\w.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![\w]|\.\w)")
@@ -286,7 +288,10 @@ def _international_phone(text: str, hint: re.Match[str]) -> list[tuple[int, int]
 
 
 def _ssns(text: str, hint: re.Match[str]) -> list[tuple[int, int]]:
-    """US social security numbers, without never-issued numbers."""
+    """US social security numbers, without never-issued numbers (only looked for in a run
+    of digits that has their shape: an SSN is digits and separators, so it is in the run)."""
+    if _SSN_SHAPE.search(hint.group()) is None:
+        return []
     return [match.span() for match in _in_window(_SSN, text, hint.start() - 1, hint.end() + 3)]
 
 
