@@ -33,6 +33,7 @@ from quotad.daemon.caller import Caller
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.protocol.messages import (
+    Admin,
     Chat,
     ChatChunk,
     ChatEnd,
@@ -513,3 +514,57 @@ async def test_logs_status_and_the_live_tail_never_hold_a_value(
             assert value not in caplog.text
             assert value.encode() not in shown
         assert "request qd-" in caplog.text  # the debug line per request was written
+
+
+# --------------------------------------------------------------------------- cache warm
+
+
+async def test_warmed_entries_are_stored_as_a_live_request_would_leave_them(
+    anyio_backend: str,
+) -> None:
+    async with open_store(config()) as store:
+        h = await harness(store)
+        function = {"name": "f", "arguments": json.dumps({"to": EMAIL})}
+        call = {"id": "c", "type": "function", "function": function}
+        hello = [{"role": "user", "content": f"hi {EMAIL}"}]
+        entries = [
+            {
+                "request": {"model": "g", "messages": hello},
+                "response": {
+                    "content": f"Hello {EMAIL}, here: {samples.GITHUB_TOKEN}",
+                    "tool_calls": [call],
+                },
+            },
+            {
+                "request": {"model": "g", "messages": [{"role": "user", "content": f"pay {CARD}"}]},
+                "response": {"content": "paid"},
+            },
+            {
+                "request": {"model": "g", "messages": hello, "stream": True},
+                "response": {
+                    "content": f"Hello {EMAIL}, here: {samples.GITHUB_TOKEN}",
+                    "chunks": [f"Hello {EMAIL}, ", f"here: {samples.GITHUB_TOKEN}"],
+                },
+            },
+        ]
+        done = await h.broker.admin.run(
+            Admin(id=1, action="cache_warm", args={"entries": entries}), Caller(app="ops")
+        )
+        assert done.data["stored"] == 2
+        [problem] = done.data["problems"]
+        assert problem.startswith("entries[1]: ")
+        assert "credit_card" in problem
+        assert CARD not in problem
+        payloads = await cached_payloads(store)
+        assert EMAIL.encode() not in payloads
+        assert samples.GITHUB_TOKEN.encode() not in payloads
+        reply = await h.broker.chat(chat(f"hi {OTHER_EMAIL}"), Caller(app="a"))
+        assert reply.cached
+        assert reply.content == f"Hello {OTHER_EMAIL}, here: [SECRET_1]"
+        assert reply.tool_calls is not None
+        assert json.loads(reply.tool_calls[0]["function"]["arguments"]) == {"to": OTHER_EMAIL}
+        chunks, end = await collect(h.broker, chat(f"hi {OTHER_EMAIL}", stream=True))
+        assert end.cached
+        assert "".join(chunk.delta for chunk in chunks) == end.content
+        assert end.content == f"Hello {OTHER_EMAIL}, here: [SECRET_1]"
+        assert h.provider.received == []

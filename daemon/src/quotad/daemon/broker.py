@@ -111,7 +111,7 @@ class Broker:
         self.tail = LiveTail()
         self.metrics = self.tail.metrics
         self.permits = Permits(self.gates, router, clock)
-        self.admin = AdminActions(store, router, self.gates)
+        self.admin = AdminActions(store, router, self.gates, self.guardrails)
         self.reports = StatusReports(
             config, router, self.gates, store, self.tail, self.events, clock
         )
