@@ -34,9 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._timing import percentile, sequential
 from quotad.client import Client
+from quotad.daemon.caller import Caller
 from quotad.daemon.config import ENTITY_KINDS, parse_config
-from quotad.daemon.guardrails.screening import Guardrails, Screening
-from quotad.daemon.request import Caller
+from quotad.daemon.guardrails.screening import Guardrails
+from quotad.daemon.request_context import RequestContext
 from quotad.protocol.messages import Chat, ChatMessage
 from tests.support import guardrails as samples
 from tests.support.daemon import DaemonProcess, sim_provider_config
@@ -109,14 +110,6 @@ def chat_2kb(rounds: int, requests: int) -> dict[str, Any]:
     return figures
 
 
-class _Context:
-    """What :meth:`Guardrails.check` needs of a request's context."""
-
-    def __init__(self) -> None:
-        self.caller = Caller(app="bench")
-        self.screening: Screening | None = None
-
-
 async def checks_beside_a_ticker(
     guardrails: Guardrails, request: Chat, repeat: int
 ) -> tuple[float, float]:
@@ -138,7 +131,8 @@ async def checks_beside_a_ticker(
         lateness[:] = [0.0]
         for _ in range(repeat):
             started = time.perf_counter()
-            await guardrails.check(request, _Context())
+            context = RequestContext("bench", "chat", Caller(app="bench"), "m", 0.0)
+            await guardrails.check(request, context)
             walls.append(time.perf_counter() - started)
             await anyio.sleep(0.005)
         done.set()

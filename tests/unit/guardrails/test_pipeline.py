@@ -18,18 +18,18 @@ import msgspec
 import pytest
 
 from quotad.daemon.broker import Broker
-from quotad.daemon.config import Config, parse_config
+from quotad.daemon.caller import Caller
+from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.guardrails import Blocked
 from quotad.daemon.providers.base import (
-    NO_RATE_LIMITS,
     ChatDelta,
     ChatResult,
     ChatStream,
     EmbedResult,
     ProviderError,
 )
-from quotad.daemon.caller import Caller
+from quotad.daemon.rate_limit_info import NO_RATE_LIMITS
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.protocol.messages import (
@@ -43,6 +43,7 @@ from quotad.protocol.messages import (
     Usage,
 )
 from tests.support import guardrails as samples
+from tests.support.providers import InProcessProvider, one_provider_config
 from tests.support.store import open_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
@@ -83,12 +84,9 @@ class PieceStream:
         pass
 
 
-class Scripted:
+class Scripted(InProcessProvider):
     """A provider that records every request and answers with ``answer`` (default: an echo
     of the last user message) or, streamed, ``pieces`` (default: the answer word by word)."""
-
-    kind = "openai"
-    name = "p"
 
     def __init__(self) -> None:
         self.received: list[Chat] = []
@@ -127,32 +125,22 @@ class Scripted:
         self.embedded.append(inputs)
         return EmbedResult(embeddings=[[1.0, 0.0] for _ in inputs], usage=Usage(prompt_tokens=2))
 
-    async def list_models(self) -> list[str]:
-        return []
-
-    async def aclose(self) -> None:
-        pass
-
 
 def config(**guardrails: Any) -> Config:
-    return parse_config(
-        {
-            "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"g": {"targets": ["p/gpt-4o"]}},
-            "prices": {"p/gpt-4o": {"input": 1.0, "output": 2.0}},
-            "budgets": {"daily_usd": 10.0},
-            "guardrails": guardrails
-            or {
-                "input": {"email": "mask", "credit_card": "block", "secret": "mask"},
-                "output": {"secret": "mask"},
-            },
-            "apps": {
-                "notebook": {"guardrails": {"input": {"email": "log"}}},
-                "quiet": {"guardrails": {"input": {"email": "off", "credit_card": "off"}}},
-                "strict": {"guardrails": {"output": {"secret": "block"}}},
-                "raw": {"guardrails": {"restore": False}},
-            },
-        }
+    return one_provider_config(
+        prices={"p/gpt-4o": {"input": 1.0, "output": 2.0}},
+        budgets={"daily_usd": 10.0},
+        guardrails=guardrails
+        or {
+            "input": {"email": "mask", "credit_card": "block", "secret": "mask"},
+            "output": {"secret": "mask"},
+        },
+        apps={
+            "notebook": {"guardrails": {"input": {"email": "log"}}},
+            "quiet": {"guardrails": {"input": {"email": "off", "credit_card": "off"}}},
+            "strict": {"guardrails": {"output": {"secret": "block"}}},
+            "raw": {"guardrails": {"restore": False}},
+        },
     )
 
 
@@ -509,7 +497,8 @@ async def test_logs_status_and_the_live_tail_never_hold_a_value(
         await h.broker.embed(Embed(id=1, model="g", input=EMAIL), Caller(app="a"))
         await anyio.sleep(0.01)  # step 7's counting runs just after each reply
         spend = await h.broker.reports.spend(Spend(id=1, period="day", by="app"))
-        shown = msgspec.json.encode([h.broker.reports.status(), h.broker.tail.recent_since(0)[0], spend])
+        recent, _ = h.broker.tail.recent_since(0)
+        shown = msgspec.json.encode([h.broker.reports.status(), recent, spend])
         for value in (EMAIL, CARD, "4111111111111111"):
             assert value not in caplog.text
             assert value.encode() not in shown

@@ -61,7 +61,12 @@ from quotad.daemon.store import Store
 from quotad.daemon.store.cache import Answer, Cacheable, CachedChat, CachedEmbedding, CacheEntry
 from quotad.daemon.store.ledger import LedgerWriteFailed
 from quotad.daemon.store.prices import PER_TOKEN, Price
-from quotad.daemon.streamed_answer import OpenedStream, StreamedAnswer, announce
+from quotad.daemon.streamed_answer import (
+    OpenedStream,
+    StreamedAnswer,
+    announce,
+    broken_stream,
+)
 from quotad.daemon.tokens import estimate_input_tokens, estimate_prompt_tokens
 from quotad.protocol.messages import (
     CacheMode,
@@ -203,19 +208,11 @@ class Broker:
                 if (shown := screened.flush()) is not None:  # what screening still held
                     yield shown
             except (ProviderError, Blocked) as error:  # the provider is paid for what it sent
-                if isinstance(error, ProviderError):
-                    target.stream_broke()
-                    failure: RequestError = RequestError(
-                        "upstream_error",
-                        f"{target.name} broke the stream after it started ({error.kind}): "
-                        f"{error.message}",
-                        details={
-                            "partial_content": screened.partial(delivered.content),
-                            "target": target.name,
-                        },
-                    )
-                else:  # an output rule refused what came
-                    failure = error
+                failure = (
+                    error  # an output rule refused what came
+                    if isinstance(error, Blocked)
+                    else broken_stream(target, error, screened.partial(delivered.content))
+                )
                 usage = delivered.partial_usage(stream.usage, request, context.max_tokens)
                 with anyio.CancelScope(shield=True):
                     await self._finish(context, usage, error=failure)  # 7
