@@ -1,7 +1,8 @@
 """The guardrails' cost: microseconds of CPU per KB of prompt (UTF-8) to check a request
 with every detector on (all seven kinds masked), on realistic mixed text (prose with a few
-entities, code, JSON, CJK), on entity-dense prose, and on hostile text (the slowest of the
-adversarial inputs of tests/unit/guardrails/test_adversarial.py, per MB); then a reply's
+entities, code, JSON, CJK), on a typical chat of about 2 KB, on entity-dense prose, and on
+hostile text (the slowest of the adversarial inputs of
+tests/unit/guardrails/test_adversarial.py, per MB); then a reply's
 restoring, whole and streamed with output rules. The baseline, in the same run, is what the
 daemon pays for every request anyway: decoding its frame (MessagePack → ``Chat``); the
 ratios say how many frame decodes a check costs. CPU time (``time.process_time``, least of
@@ -80,6 +81,17 @@ def check_cost(guard: AppGuard, text: str, repeat: int) -> dict[str, float]:
     }
 
 
+def chat_cost(guard: AppGuard, repeat: int) -> dict[str, float]:
+    """µs per KB (and per request) to check a typical chat of about 2 KB: small messages,
+    where what a check costs per message and per entity weighs more than per KB."""
+    request = Chat(
+        model="fast", messages=[msgspec.convert(m, ChatMessage) for m in samples.typical_chat()]
+    )
+    kb = sum(len(str(message.content).encode()) for message in request.messages) / 1024
+    seconds = cpu_seconds(lambda: [guard.check_chat(request) for _ in range(20)], repeat) / 20
+    return {"us_per_kb": round(seconds / kb * 1e6, 1), "us_per_request": round(seconds * 1e6, 1)}
+
+
 def restore_cost(guard: AppGuard, text: str, repeat: int) -> dict[str, float]:
     """µs per KB to restore a reply as long as ``text`` (its entities as placeholders),
     whole and streamed in 16-character pieces with output rules on."""
@@ -126,6 +138,7 @@ def main() -> None:
     dense = samples.mixed_text(size, entity_share=1.0).replace(samples.CJK, "")
     figures: dict[str, Any] = {"bench": "guardrails", "target_us_per_kb": TARGET_US_PER_KB}
     figures["mixed"] = check_cost(guard, mixed, repeat)
+    figures["chat_2kb"] = chat_cost(guard, repeat * 50)
     figures["dense_prose"] = check_cost(
         guard,
         samples.PROSE.format(email=samples.EXAMPLES["email"][0], phone=samples.EXAMPLES["phone"][0])

@@ -361,6 +361,36 @@ def test_request_log_stop_and_restart() -> None:
     assert after_restart[2]["path"] == "/v1/models"
 
 
+def test_request_log_with_bodies_and_tool_defaults() -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "send",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "to": {"type": "string", "default": "x@y.z"},
+                    "n": {"type": "integer"},
+                },
+            },
+        },
+    }
+    with SimProcess(log=True, log_bodies=True) as sim:
+        assert sim.log_path is not None
+        with openai_client(sim) as client:
+            reply = client.chat.completions.create(
+                model="logged",
+                messages=[{"role": "user", "content": "use the tool"}],
+                tools=[tool],  # type: ignore[list-item]
+            )
+        assert sim.stop() == 0
+        [line] = read_sim_log(sim.log_path)
+    calls = reply.choices[0].message.tool_calls
+    assert calls is not None
+    assert json.loads(calls[0].function.arguments) == {"to": "x@y.z", "n": 1}  # type: ignore[union-attr]
+    assert json.loads(line["body"])["messages"] == [{"role": "user", "content": "use the tool"}]
+
+
 def test_api_key_is_enforced() -> None:
     with SimProcess(api_key="sekret") as sim:
         with (

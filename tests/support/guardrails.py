@@ -132,3 +132,16 @@ def mixed_text(size: int, seed: int = 0, entity_share: float = 0.25) -> str:
         pieces.append(piece)
         length += len(piece)
     return "".join(pieces)[:size]
+
+
+def typical_chat() -> list[dict[str, str]]:
+    """A typical chat of about 2 KB of text: a system prompt and four turns (prose, code,
+    JSON), an e-mail address and a phone number in them."""
+    email, phone = EXAMPLES["email"][0], EXAMPLES["phone"][0]
+    return [
+        {"role": "system", "content": PLAIN_PROSE * 2},
+        {"role": "user", "content": PROSE.format(email=email, phone=phone)},
+        {"role": "assistant", "content": PLAIN_PROSE + CODE[:300]},
+        {"role": "user", "content": JSON_TEXT.replace("{ip}", "203.0.113.7")[:400]},
+        {"role": "user", "content": f"Please write to {email} or call {phone} about it today."},
+    ]

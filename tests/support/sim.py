@@ -37,6 +37,7 @@ class SimProcess:
 
     ``log=True`` makes it log to a temp file (:attr:`log_path`) removed on exit; read it
     with :func:`read_sim_log`, preferably after :meth:`stop` (every line is then written).
+    ``log_bodies=True`` (with ``log``): each line holds the request's ``body`` too.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class SimProcess:
         fail_rate: float = 0.0,
         api_key: str = "",
         log: bool = False,
+        log_bodies: bool = False,
         port: int = 0,
         seed: int | None = None,
         extra_args: Sequence[str] = (),
@@ -70,6 +72,8 @@ class SimProcess:
             self._args += ["--api-key", api_key]
         if self.log_path:
             self._args += ["--log", self.log_path]
+            if log_bodies:
+                self._args.append("--log-bodies")
         if seed is not None:
             self._args += ["--seed", str(seed)]
         self._args += list(extra_args)

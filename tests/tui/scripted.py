@@ -165,7 +165,8 @@ def busy_status(step: int) -> StatusReply:
             AppStatus(name="indexer", priority="low", share=1, requests=700, in_flight=1,
                       queued=9, wait_s_total=420.0, spend_today_usd=4.7),
             AppStatus(name="notebook", priority="normal", share=2, requests=142, in_flight=1,
-                      queued=3, wait_s_total=12.5, spend_today_usd=3.45),
+                      queued=3, wait_s_total=12.5, spend_today_usd=3.45, blocked=2,
+                      entities={"email": 9, "secret": 2}),
         ],
     )  # fmt: skip
 

@@ -207,6 +207,7 @@ async def test_rate_limited_is_retried_by_the_sdk_after_retry_after() -> None:
     ("code", "status", "openai_type", "anthropic_type"),
     [
         ("bad_request", 400, "invalid_request_error", "invalid_request_error"),
+        ("blocked", 400, "invalid_request_error", "invalid_request_error"),
         ("unauthorized", 401, "authentication_error", "authentication_error"),
         ("unknown_model", 404, "invalid_request_error", "not_found_error"),
         ("budget_exceeded", 429, "insufficient_quota", "rate_limit_error"),

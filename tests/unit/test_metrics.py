@@ -91,7 +91,10 @@ def test_status_gauges_gates_queues_breakers_cache_budgets_spend() -> None:
         queues=QueueStatus(low=4, critical=1),
         cache=CacheStatus(hits=7, misses=3, entries=10, saved_usd=0.5),
         budgets=[BudgetStatus(name="daily", period="day", limit_usd=20.0, spent_usd=4.5)],
-        apps=[AppStatus(name="indexer", spend_today_usd=1.25)],
+        apps=[
+            AppStatus(name="indexer", spend_today_usd=1.25),
+            AppStatus(name="notebook", blocked=2, entities={"email": 3, "secret": 2}),
+        ],
     )
     found = samples(Metrics().exposition(status).decode())
     assert found[("quotad_info", (("version", "9.9"),))] == 1
@@ -113,6 +116,11 @@ def test_status_gauges_gates_queues_breakers_cache_budgets_spend() -> None:
     assert found[("quotad_budget_spent_usd", budget)] == 4.5
     assert found[("quotad_spend_today_usd", (("app", "indexer"),))] == 1.25
     assert ("quotad_cache_semantic_hits_total", ()) not in found  # semantic cache off
+    notebook = (("app", "notebook"),)
+    assert found[("quotad_guardrail_entities_total", (*notebook, ("kind", "email")))] == 3
+    assert found[("quotad_guardrail_entities_total", (*notebook, ("kind", "secret")))] == 2
+    assert found[("quotad_guardrail_blocked_total", notebook)] == 2
+    assert ("quotad_guardrail_blocked_total", (("app", "indexer"),)) not in found
 
 
 def test_the_semantic_cache_has_its_own_counters() -> None:

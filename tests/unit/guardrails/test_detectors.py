@@ -302,3 +302,27 @@ def test_luhn_and_iban_checksums() -> None:
 )
 def test_text_written_without_spaces_around_an_entity(text: str, value: str, kind: str) -> None:
     assert found(text) == [(value, kind)]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("call +44 (20) 7946 0958) now", [("+44 (20) 7946 0958", "phone")]),
+        ("call +1 555-123-4567 now", [("+1 555-123-4567", "phone")]),  # not a local one in it
+        ("+1 123-45-6789", [("123-45-6789", "us_ssn")]),  # the stronger kind still wins
+        (
+            "+49 30 123456 7890 1234 5678 9",  # whole groups up to 15 digits, the rest left
+            [("+49 30 123456 7890", "phone")],
+        ),
+    ],
+)
+def test_international_numbers_and_what_runs_on_from_them(
+    text: str, expected: list[tuple[str, str]]
+) -> None:
+    assert found(text) == expected
+
+
+def test_an_email_local_part_is_at_most_64_characters() -> None:
+    assert found("x " + "a" * 64 + "@example.com") == [("a" * 64 + "@example.com", "email")]
+    assert found("x " + "a" * 65 + "@example.com") == []
+    assert found("..a.b@example.com") == [("a.b@example.com", "email")]

@@ -77,6 +77,7 @@ async def test_a_version_1_file_is_migrated_and_its_day_sums_carry_on(directory:
         assert await database.read(
             "SELECT requests, errors, prompt_tokens, cost_usd FROM spend_daily"
         ) == [(2, 1, 2 * row.prompt_tokens, 2 * row.cost_usd)]
+        assert await database.read("SELECT entities FROM ledger ORDER BY id") == [("",), ("",)]
     finally:
         await database.close()
 
@@ -108,6 +109,25 @@ async def test_version_3_marks_semantic_hits_and_counts_them_per_day(directory: 
         assert await database.read("SELECT count(*) FROM semantic_questions") == [(0,)]
     finally:
         await database.close()
+
+
+async def test_entities_found_are_summed_per_day_and_kind_with_blocked_requests(
+    db: Database,
+) -> None:
+    row = ledger_row(1)
+    await db.write(statements(row._replace(entities='{"email":2,"phone":1}')))
+    await db.write(statements(row._replace(request_id="qd-2", entities='{"email":1}')))
+    blocked = row._replace(request_id="qd-3", status="blocked", target="", entities='{"secret":1}')
+    await db.write(statements(blocked))
+    await db.write(statements(row._replace(request_id="qd-4")))  # nothing found: no row
+    assert await db.read(
+        "SELECT target, kind, count FROM guardrails_daily ORDER BY target, kind"
+    ) == [
+        ("", "blocked", 1),
+        ("", "secret", 1),
+        (row.target, "email", 3),
+        (row.target, "phone", 1),
+    ]
 
 
 async def test_the_wal_is_checkpointed_off_the_event_loop(db: Database) -> None:

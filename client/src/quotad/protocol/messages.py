@@ -379,6 +379,11 @@ class AppStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     queued: int = 0
     wait_s_total: float = 0.0
     spend_today_usd: float = 0.0
+    blocked: int = 0
+    """Requests a guardrail refused since the daemon started (DESIGN §12)."""
+    entities: dict[str, int] = msgspec.field(default_factory=dict)
+    """Entities the guardrails found in its requests and replies since the daemon started,
+    by kind (never what they were)."""
 
 
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -466,6 +471,10 @@ class SpendRow(msgspec.Struct, kw_only=True, omit_defaults=True):
     anomalous: bool = False
     semantic_hits: int = 0
     """The semantic hits among ``cache_hits`` (their savings are in ``saved_usd``)."""
+    blocked: int = 0
+    """Requests a guardrail refused (DESIGN §12; counted in ``errors`` too)."""
+    entities: dict[str, int] = msgspec.field(default_factory=dict)
+    """Entities the guardrails found in requests and replies, by kind (never what)."""
 
 
 class SpendReply(Message):

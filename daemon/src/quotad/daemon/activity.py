@@ -1,11 +1,12 @@
 """What each app has done since the daemon started, for ``quotad status`` and ``quotad top``:
-requests, in flight, time waited for gates, and spend today (loaded from the ledger at start).
+requests, in flight, time waited for gates, spend today (loaded from the ledger at start), and
+what the guardrails found in its requests and replies (entities by kind, requests refused).
 Apps are named by clients, so at most :data:`MAX_TRACKED_APPS` are kept apart."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 MAX_TRACKED_APPS: Final = 1000
@@ -22,6 +23,8 @@ class AppActivity:
     wait_s_total: float = 0.0
     spend_today_usd: float = 0.0
     day: str = ""
+    blocked: int = 0
+    entities: dict[str, int] = field(default_factory=dict)
 
 
 class AppActivityLog:
@@ -48,6 +51,14 @@ class AppActivityLog:
         if activity.day != day:
             activity.day, activity.spend_today_usd = day, 0.0
         activity.spend_today_usd += cost_usd
+
+    def found(self, app: str, entities: Mapping[str, int], blocked: bool) -> None:
+        """The guardrails found ``entities`` (by kind) in a request of ``app`` and its reply,
+        and refused it if ``blocked``."""
+        activity = self.of(app)
+        activity.blocked += blocked
+        for kind, count in entities.items():
+            activity.entities[kind] = activity.entities.get(kind, 0) + count
 
     def load_spend(self, spent: Iterable[tuple[str, float, float]], day: str) -> None:
         """Today's spend per app from the ledger (``(app, today, month)``), at start."""

@@ -20,6 +20,8 @@ action                    arguments                                   ``Ok.data`
                           (:mod:`.warm`)                              ``problems``
 ========================  ==========================================  =====================
 
+Warmed entries go through the guardrails of their request's app, as a live request would
+(:mod:`quotad.daemon.guardrails.warming`): an entry a rule blocks is a problem, not stored.
 Target actions, key creation and revocation are recorded in the audit table (a reload is
 recorded by the runtime, which applies it). A write that cannot be committed
 answers ``internal`` naming the file and SQLite's reason.
@@ -35,6 +37,8 @@ import msgspec
 from quotad.daemon.caller import Caller
 from quotad.daemon.errors import RequestError
 from quotad.daemon.gates import Gates
+from quotad.daemon.guardrails.screening import Guardrails
+from quotad.daemon.guardrails.warming import guarded_entry
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.daemon.store.db import WriteFailed
@@ -61,7 +65,9 @@ def _text_arg(request: Admin, name: str) -> str:
 class AdminActions:
     """Runs the operator's actions (see the module docstring)."""
 
-    def __init__(self, store: Store, router: Router, gates: Gates) -> None:
+    def __init__(
+        self, store: Store, router: Router, gates: Gates, guardrails: Guardrails | None = None
+    ) -> None:
         self.keys = store.keys
         self.cache = store.cache
         self.audit = store.audit
@@ -71,6 +77,9 @@ class AdminActions:
         """The current router (a reload replaces it)."""
         self.reload_config: ReloadConfig | None = None
         """Set by the runtime: re-read the config (``Admin(action="reload")``)."""
+        self.guardrails = guardrails
+        """Warmed entries go through them, as a live request would (see
+        :mod:`quotad.daemon.guardrails.warming`)."""
 
     async def run(self, request: Admin, caller: Caller) -> Ok:
         """Answer one operator action; ``bad_request`` for one this daemon does not know."""
@@ -170,6 +179,8 @@ class AdminActions:
             try:
                 entry = msgspec.convert(raw, WarmEntry)
                 route = self.router.resolve(entry.request.model)
+                if self.guardrails is not None:  # as a live request would leave it
+                    entry = guarded_entry(self.guardrails.for_app(entry.request.app), entry)
             except msgspec.ValidationError as error:
                 problems.append(f"entries[{index}]: {error}")
                 continue

@@ -2,6 +2,7 @@
 
 Each function walks the same list, in order:
 
+0. guardrails: the request masked, or refused (guardrails)        blocked
 1. resolve the model to a route of targets (routing)             unknown_model
 2. budget check and cost reservation (ledger)                      budget_exceeded
 3. cache lookup (cache)                                            a hit skips to 7
@@ -41,6 +42,8 @@ from quotad.daemon.config_generations import ConfigGenerations
 from quotad.daemon.errors import RequestError
 from quotad.daemon.events import EventLog
 from quotad.daemon.gates import Gates
+from quotad.daemon.guardrails.blocked import Blocked
+from quotad.daemon.guardrails.screening import Guardrails
 from quotad.daemon.live_tail import LiveTail
 from quotad.daemon.net.deadlines import Deadlines
 from quotad.daemon.permits import DEFAULT_429_PAUSE_S, Permits
@@ -59,7 +62,12 @@ from quotad.daemon.store import Store
 from quotad.daemon.store.cache import Answer, Cacheable, CachedChat, CachedEmbedding, CacheEntry
 from quotad.daemon.store.ledger import LedgerWriteFailed
 from quotad.daemon.store.prices import PER_TOKEN, Price
-from quotad.daemon.streamed_answer import OpenedStream, StreamedAnswer, announce
+from quotad.daemon.streamed_answer import (
+    OpenedStream,
+    StreamedAnswer,
+    announce,
+    broken_stream,
+)
 from quotad.daemon.tokens import estimate_input_tokens, estimate_prompt_tokens
 from quotad.protocol.messages import (
     CacheMode,
@@ -95,6 +103,7 @@ class Broker:
         self.config = config
         self.router = router
         self.gates = gates if gates is not None else Gates(config, clock)
+        self.guardrails = Guardrails(config)
         self.clock = clock
         self.cache = store.cache
         self.ledger = store.ledger
@@ -108,7 +117,7 @@ class Broker:
         self.tail = LiveTail()
         self.metrics = self.tail.metrics
         self.permits = Permits(self.gates, router, clock)
-        self.admin = AdminActions(store, router, self.gates)
+        self.admin = AdminActions(store, router, self.gates, self.guardrails)
         self.semantic = SemanticStep(store.cache, store.db, config, self.events)
         """Step 3's semantic lookup after an exact miss, step 7's question held (§11)."""
         self.reports = StatusReports(
@@ -122,12 +131,14 @@ class Broker:
     async def chat(self, request: Chat, caller: Caller) -> ChatReply:
         """A chat request answered whole."""
         async with self._pipeline("chat", request, caller) as context:
+            request, screening = await self.guardrails.check(request, context)  # 0
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit skips to 7
                 answer = self._answer_from_cache(context, hit, CachedChat)
                 reply = answer.reply(
                     ChatReply, request.id, context.request_id, context.saved_usd, hit.similarity
                 )
+                reply = screening.reply(reply)  # the output rules, this caller's values back
                 reply.latency_s = await self._finish(context, reply.usage)  # 7
                 return reply
 
@@ -142,7 +153,13 @@ class Broker:
                 finish_reason=result.finish_reason,
                 usage=result.usage,
             )
-            return await self._answered(context, reply, key, request.cache)  # 7
+            try:
+                reply = screening.screen(reply)  # the output rules: what the cache may keep
+            except Blocked as blocked:  # refused after the provider answered: still billed
+                await self._finish(context, reply.usage, error=blocked)  # 7
+                raise
+            reply = await self._answered(context, reply, key, request.cache)  # 7
+            return screening.restore(reply)  # the caller's values back
 
     async def chat_stream(
         self, request: Chat, caller: Caller
@@ -153,14 +170,15 @@ class Broker:
         a break after it ends the stream with ``upstream_error`` carrying the partial content.
         """
         async with self._pipeline("stream", request, caller) as context:
+            request, screening = await self.guardrails.check(request, context)  # 0
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit: 7 (its row committed), then its chunks replayed
                 answer = self._answer_from_cache(context, hit, CachedChat)
                 end = answer.reply(
                     ChatEnd, request.id, context.request_id, context.saved_usd, hit.similarity
                 )
+                chunks, end = screening.replay(answer.replay(request.id), end, request.id)
                 end.latency_s = await self._finish(context, end.usage)  # 7
-                chunks = answer.replay(request.id)
                 announce(chunks[0], context, answer.target)
                 for chunk in chunks:
                     yield chunk
@@ -182,26 +200,30 @@ class Broker:
             stream, first = await self._attempt_targets(route, context, call)  # 4-6
             target = context.target
             assert target is not None
-            stores = key is not None and self.cache.stores(request.cache)
-            delivered = StreamedAnswer(request.id, keep_chunks=stores)
+            delivered = StreamedAnswer(request.id, keep_chunks=False)
+            # each chunk screened (kept for the cache when it stores the answer), then restored
+            screened = screening.stream(
+                request.id, keep=key is not None and self.cache.stores(request.cache)
+            )
             target.in_flight += 1
             try:
                 if first is not None:
-                    yield delivered.first_chunk(first, context)
+                    yield screened.first(delivered.first_chunk(first, context))
                     async for delta in stream.deltas():
-                        yield delivered.chunk(delta)
-            except ProviderError as error:
-                target.stream_broke()
-                broken = RequestError(
-                    "upstream_error",
-                    f"{target.name} broke the stream after it started ({error.kind}): "
-                    f"{error.message}",
-                    details={"partial_content": delivered.content, "target": target.name},
+                        if (shown := screened.chunk(delivered.chunk(delta))) is not None:
+                            yield shown
+                if (shown := screened.flush()) is not None:  # what screening still held
+                    yield shown
+            except (ProviderError, Blocked) as error:  # the provider is paid for what it sent
+                failure = (
+                    error  # an output rule refused what came
+                    if isinstance(error, Blocked)
+                    else broken_stream(target, error, screened.partial(delivered.content))
                 )
                 usage = delivered.partial_usage(stream.usage, request, context.max_tokens)
                 with anyio.CancelScope(shield=True):
-                    await self._finish(context, usage, error=broken)  # 7
-                raise broken from None
+                    await self._finish(context, usage, error=failure)  # 7
+                raise failure from None
             finally:
                 target.in_flight -= 1
                 with anyio.CancelScope(shield=True):
@@ -213,8 +235,9 @@ class Broker:
                 finish_reason=stream.finish_reason,
                 usage=stream.usage,
             )
-            sent = delivered.chunks or ()
-            end = await self._answered(context, end, key, request.cache, sent)  # 7
+            end = screened.end(end)  # of the screened chunks: what the cache may keep
+            end = await self._answered(context, end, key, request.cache, screened.sent)  # 7
+            end = screening.restore(end)  # the caller's values back
         yield end
 
     async def _steps_1_to_3(
@@ -238,6 +261,7 @@ class Broker:
     async def embed(self, request: Embed, caller: Caller) -> EmbedReply:
         """Embeddings for the request's inputs."""
         async with self._pipeline("embed", request, caller) as context:
+            request, _ = await self.guardrails.check(request, context)  # 0
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit skips to 7
                 cached = self._answer_from_cache(context, hit, CachedEmbedding)
@@ -507,6 +531,7 @@ class Broker:
         self.config = config
         self.router = self.permits.router = self.admin.router = router
         self.reports.config, self.reports.router = config, router
+        self.guardrails.reconfigure(config)
         self._route_prices.clear()
         self._default_max_tokens = config.gates.default_max_tokens
         return self.generations.advance(self.tail.in_flight)

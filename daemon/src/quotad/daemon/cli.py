@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--chunk-delay-ms", type=_non_negative_float, default=0.0)
     sim.add_argument("--api-key", default="", help="require this key (default: accept any)")
     sim.add_argument("--log", help="append a JSONL line per request (arrival time, status)")
+    sim.add_argument(
+        "--log-bodies", action="store_true", help="with --log: each line holds the request body"
+    )
     sim.add_argument("--seed", type=int, help="seed the failure and latency randomness")
     sim.add_argument(
         "--count-tokens",
@@ -349,6 +352,7 @@ def _sim(args: argparse.Namespace) -> int:
         chunk_delay_ms=args.chunk_delay_ms,
         api_key=args.api_key,
         log_path=args.log or "",
+        log_bodies=args.log_bodies,
         seed=args.seed,
         count_tokens=args.count_tokens,
     )

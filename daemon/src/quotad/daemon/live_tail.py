@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from quotad.daemon.activity import AppActivity, AppActivityLog
+from quotad.daemon.guardrails.screening import decode_entities
 from quotad.daemon.logs import REQUEST_LOG, log_request
 from quotad.daemon.metrics import Metrics
 from quotad.daemon.store.ledger import LedgerRow, live_record
@@ -52,10 +53,13 @@ class LiveTail:
 
     def finished(self, row: LedgerRow) -> None:
         """A request's row is committed (run just after its reply, off the reply's path): its
-        app's wait and spend, the tail, metrics (a row's ``target`` is empty when the request
-        reached none), and at debug level one log line (nothing is formatted otherwise)."""
+        app's wait and spend (and what the guardrails found), the tail, metrics (a row's
+        ``target`` is empty when the request reached none), and at debug level one log line
+        (nothing is formatted otherwise)."""
         self.finished_total += 1
         self.activity.finished(row.app, row.wait_s, row.day, row.cost_usd)
+        if row.entities or row.status == "blocked":  # what the guardrails found
+            self.activity.found(row.app, decode_entities(row.entities), row.status == "blocked")
         record = live_record(row)
         self.recent.append(record)
         self.metrics.observe_request(record, resolved=bool(row.target))

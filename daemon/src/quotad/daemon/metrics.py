@@ -219,6 +219,17 @@ def _write_status(out: _Exposition, status: StatusReply) -> None:
     out.family("quotad_spend_today_usd", "gauge", "USD an app spent today.")
     for app in status.apps:
         out.sample("quotad_spend_today_usd", app.spend_today_usd, app=app.name)
+    out.family(
+        "quotad_guardrail_entities_total",
+        "counter",
+        "Entities the guardrails found in an app's requests and replies, by kind.",
+    )
+    out.family("quotad_guardrail_blocked_total", "counter", "Requests a guardrail refused.")
+    for app in status.apps:
+        for kind, count in sorted(app.entities.items()):
+            out.sample("quotad_guardrail_entities_total", count, app=app.name, kind=kind)
+        if app.blocked:
+            out.sample("quotad_guardrail_blocked_total", app.blocked, app=app.name)
     out.family("quotad_budget_limit_usd", "gauge", "A budget's limit.")
     out.family("quotad_budget_spent_usd", "gauge", "USD spent against a budget this period.")
     out.family("quotad_budget_reserved_usd", "gauge", "USD reserved by requests in flight.")

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import msgspec
 
+from quotad.daemon.config import ENTITY_KINDS
 from quotad.protocol.figures import health_text, size, usd, usd_plain, window_in_force
 from quotad.protocol.messages import (
     CacheStatus,
@@ -196,9 +197,13 @@ def format_status(status: StatusReply) -> str:
         )
     if status.apps:
         out += ["", "apps"]
+        headers = ["app", "priority", "share", "requests", "in flight", "queued", "spend today"]
+        guarded = any(a.blocked or a.entities for a in status.apps)
+        if guarded:  # what the guardrails found, once they found anything
+            headers += ["blocked", "found"]
         out.append(
             table(
-                ["app", "priority", "share", "requests", "in flight", "queued", "spend today"],
+                headers,
                 [
                     [
                         a.name,
@@ -208,6 +213,7 @@ def format_status(status: StatusReply) -> str:
                         a.in_flight,
                         a.queued,
                         usd(a.spend_today_usd),
+                        *([a.blocked, entities_text(a.entities)] if guarded else []),
                     ]
                     for a in status.apps
                 ],
@@ -270,19 +276,32 @@ def _local(moment: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(moment))
 
 
-SPEND_CSV_FIELDS: Final = tuple(field.name for field in msgspec.structs.fields(SpendRow))
+SPEND_CSV_FIELDS: Final = tuple(
+    name for field in msgspec.structs.fields(SpendRow) if (name := field.name) != "entities"
+)
+SPEND_CSV_ENTITIES: Final = tuple(f"found_{kind}" for kind in ENTITY_KINDS)
+"""The CSV columns of ``SpendRow.entities``: one per entity kind."""
 
 
 def spend_csv(reply: SpendReply) -> str:
     """``quotad spend --csv``: a header, one line per row, then the ``total`` line. Money is
     a plain decimal of fixed precision (:func:`~quotad.protocol.figures.usd_plain`), booleans
-    are 0 or 1, the key of requests that reached no target is empty."""
+    are 0 or 1, the key of requests that reached no target is empty; the entities the
+    guardrails found are one ``found_KIND`` column per kind."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(SPEND_CSV_FIELDS)
+    writer.writerow(SPEND_CSV_FIELDS + SPEND_CSV_ENTITIES)
     for row in [*reply.rows, reply.total]:
-        writer.writerow([_csv_value(name, getattr(row, name)) for name in SPEND_CSV_FIELDS])
+        writer.writerow(
+            [_csv_value(name, getattr(row, name)) for name in SPEND_CSV_FIELDS]
+            + [row.entities.get(kind, 0) for kind in ENTITY_KINDS]
+        )
     return out.getvalue()
+
+
+def entities_text(entities: dict[str, int]) -> str:
+    """What the guardrails found, by kind (``email 3, secret 1``), or ``-``."""
+    return ", ".join(f"{kind} {count}" for kind, count in sorted(entities.items())) or "-"
 
 
 def _csv_value(name: str, value: Any) -> Any:
@@ -308,10 +327,16 @@ def format_spend(reply: SpendReply) -> str:
     out = [f"spend {period} ({_local(reply.since)} to {_local(reply.until)}), by {reply.by}", ""]
     rows = [*reply.rows, reply.total]
     semantic = reply.total.semantic_hits > 0
-    headers = ["requests", "errors", "prompt", "completion", "cost", "hits", "saved"]
+    headers = [reply.by, "requests", "errors", "prompt", "completion", "cost", "hits"]
+    if semantic:  # the semantic cache's hits, when it served any in the period
+        headers.append("semantic")
+    headers.append("saved")
+    guarded = bool(reply.total.blocked or reply.total.entities)
+    if guarded:  # the guardrails' columns, when they found anything in the period
+        headers += ["blocked", "found"]
     out.append(
         table(
-            [reply.by, *headers[:6], *(["semantic"] if semantic else []), headers[6]],
+            headers,
             [
                 [
                     (row.key or NO_TARGET)
@@ -325,6 +350,7 @@ def format_spend(reply: SpendReply) -> str:
                     row.cache_hits,
                     *([row.semantic_hits] if semantic else []),
                     usd(row.saved_usd),
+                    *([row.blocked, entities_text(row.entities)] if guarded else []),
                 ]
                 for row in rows
             ],

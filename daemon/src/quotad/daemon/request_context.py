@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from quotad.daemon.caller import Caller
 from quotad.daemon.gates import Reservation
@@ -16,6 +16,15 @@ from quotad.protocol.messages import Usage
 
 if TYPE_CHECKING:
     from quotad.daemon.semantic.step import Asked
+
+
+class Findings(Protocol):
+    """What the guardrails found in a request and its reply (its
+    :class:`~quotad.daemon.guardrails.screening.Screening`), as its ledger row keeps it."""
+
+    def ledger_entities(self) -> str:
+        """The ledger's ``entities`` column."""
+        ...
 
 
 class RequestIds:
@@ -63,6 +72,8 @@ class RequestContext:
     """The question a chat request asks the semantic cache, from step 3 to step 7."""
     saved_usd: float = 0.0
     cost_usd: float = 0.0
+    screening: Findings | None = None
+    """Its guardrails (step 0): what they found, and its reply's way back."""
 
     @property
     def target_name(self) -> str:
@@ -108,4 +119,5 @@ class RequestContext:
             priority=self.priority,
             tags=encode_tags(self.tags or ()),
             semantic_similarity=self.similarity,
+            entities=self.screening.ledger_entities() if self.screening is not None else "",
         )

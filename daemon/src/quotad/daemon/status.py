@@ -117,6 +117,8 @@ class StatusReports:
                     queued=queued_by_app.get(name, 0),
                     wait_s_total=activity.wait_s_total,
                     spend_today_usd=activity.spend_today_usd if activity.day == today else 0.0,
+                    blocked=activity.blocked,
+                    entities=dict(activity.entities),
                 )
             )
         return apps

@@ -1,16 +1,18 @@
 """A streamed chat answer as the pipeline relays it: the stream a provider opened with its first
 piece (:class:`OpenedStream`), the chunks sent on (the first says who answers:
 :func:`announce`), what was delivered so far (:class:`StreamedAnswer`: its text, its tool calls
-merged from their fragments, its chunks for the cache), and the usage of a stream that broke
-(:func:`partial_usage`)."""
+merged from their fragments, its chunks for the cache), and the error and the usage of a
+stream that broke (:func:`broken_stream`, :func:`partial_usage`)."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from quotad.daemon.providers.base import ChatDelta, ChatStream
+from quotad.daemon.errors import RequestError
+from quotad.daemon.providers.base import ChatDelta, ChatStream, ProviderError
 from quotad.daemon.rate_limit_info import RateLimitInfo
 from quotad.daemon.request_context import RequestContext
+from quotad.daemon.routing import Target
 from quotad.daemon.tokens import (
     chat_prompt_tokens_upper_bound,
     text_tokens_upper_bound,
@@ -123,6 +125,17 @@ def merge_tool_calls(fragments: list[dict[str, Any]]) -> list[dict[str, Any]] | 
     for index, call in calls.items():
         call["function"]["arguments"] = "".join(pieces[index])
     return [calls[index] for index in sorted(calls)] or None
+
+
+def broken_stream(target: Target, error: ProviderError, partial_content: str) -> RequestError:
+    """The ``upstream_error`` of a stream ``target`` broke after it started (counted against
+    it), with the text the caller had of it (``partial_content``)."""
+    target.stream_broke()
+    return RequestError(
+        "upstream_error",
+        f"{target.name} broke the stream after it started ({error.kind}): {error.message}",
+        details={"partial_content": partial_content, "target": target.name},
+    )
 
 
 def partial_usage(

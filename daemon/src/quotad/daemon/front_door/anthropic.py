@@ -55,6 +55,7 @@ TOOL_CHOICES: Final = {"auto": "auto", "any": "required", "none": "none"}
 ERROR_TYPES: Final = {
     "bad_request": "invalid_request_error",
     "bad_frame": "invalid_request_error",
+    "blocked": "invalid_request_error",
     "unauthorized": "authentication_error",
     "unknown_model": "not_found_error",
     "budget_exceeded": "rate_limit_error",

@@ -63,6 +63,7 @@ PASSTHROUGH: Final = (
 ERROR_TYPES: Final = {
     "bad_request": "invalid_request_error",
     "bad_frame": "invalid_request_error",
+    "blocked": "invalid_request_error",
     "unknown_model": "invalid_request_error",
     "unauthorized": "authentication_error",
     "budget_exceeded": "insufficient_quota",

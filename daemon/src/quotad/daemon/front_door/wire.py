@@ -33,6 +33,7 @@ SSE_HEADERS: Final = (
 STATUS_BY_CODE: Final[dict[str, int]] = {
     "bad_request": 400,
     "bad_frame": 400,
+    "blocked": 400,  # a guardrail refused it (DESIGN §12): the same request always will
     "unauthorized": 401,
     "unknown_model": 404,
     "budget_exceeded": 429,

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from typing import Final
 
 from quotad.daemon.config import EntityKind
@@ -165,7 +165,10 @@ def _is_word(char: str) -> bool:
     return (char.isascii() and (char.isalnum() or char == "_")) or "\u00c0" <= char <= "\u024f"
 
 
-_LOCAL_PART_PUNCTUATION: Final = frozenset("._%+-")
+_LOCAL_PART_REVERSED = re.compile(rf"[0-9A-Za-z{_LATIN}_.%+-]{{0,65}}")
+"""An e-mail address's local part read backwards from its ``@`` (on the reversed text
+before it): word characters and ``._%+-``, one more than the 64 a local part may have."""
+_SEPARATORS_DROPPED: Final = str.maketrans("", "", " .()/-+")
 _DOMAIN = re.compile(
     rf"(?:[0-9A-Za-z{_LATIN}][0-9A-Za-z{_LATIN}-]{{0,62}}\.)+[A-Za-z{_LATIN}]{{2,63}}"
     rf"(?![0-9A-Za-z{_LATIN}_-])"
@@ -196,6 +199,8 @@ _SSN = re.compile(
     r"(?![\w]|[.-][0-9])"
 )
 
+_SSN_SHAPE = re.compile(r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}")
+
 _IBAN = re.compile(r"(?a)(?<![\w])[A-Za-z]{2}[0-9]{2}(?:[ ]?[A-Za-z0-9]{1,4}){3,8}+")
 
 _IPV4 = re.compile(r"(?a)(?<![\w.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![\w]|\.\w)")
@@ -208,22 +213,25 @@ _IPV6_LONGEST: Final = 45  # 6 groups and an IPv4 tail
 Reader = Callable[[str, re.Match[str]], list[tuple[int, int]]]
 
 
-def _in_window(
-    pattern: re.Pattern[str], text: str, start: int, end: int
-) -> Iterator[re.Match[str]]:
+def _in_window(pattern: re.Pattern[str], text: str, start: int, end: int) -> list[re.Match[str]]:
     """Matches of ``pattern`` that start in ``text[start:end]``, as the whole text has them:
     a search bounded at ``end`` sees the end of the text there, so a match that ends near
     it (where a look-ahead of 2 characters would see past it) is read again unbounded."""
-    end = min(len(text), end)
+    length = len(text)
+    if end >= length:
+        return list(pattern.finditer(text, max(0, start)))
+    matches = []
     for candidate in pattern.finditer(text, max(0, start), end):
-        if candidate.end() + 2 < end or end == len(text):
-            yield candidate
+        if candidate.end() + 2 < end:
+            matches.append(candidate)
         elif match := pattern.match(text, candidate.start()):
-            yield match
+            matches.append(match)
+    return matches
 
 
 def _digit_count(text: str) -> int:
-    return sum(char.isdigit() for char in text)
+    """The digits of a run of digits and separators (`` .()/-+``)."""
+    return len(text.translate(_SEPARATORS_DROPPED))
 
 
 def _cards(text: str, hint: re.Match[str]) -> list[tuple[int, int]]:
@@ -267,6 +275,9 @@ def _international_phone(text: str, hint: re.Match[str]) -> list[tuple[int, int]
     if match is None:
         return []
     low, high = _PHONE_DIGITS["international"]
+    number = match.group()
+    if low <= _digit_count(number) <= high:  # all of it, to its last digit (what is usual)
+        return [(match.start(), match.start() + len(number.rstrip(")")))]
     digits, end = 0, None
     for run in _DIGIT_RUN.finditer(match.group()):
         digits += len(run.group())
@@ -277,7 +288,10 @@ def _international_phone(text: str, hint: re.Match[str]) -> list[tuple[int, int]
 
 
 def _ssns(text: str, hint: re.Match[str]) -> list[tuple[int, int]]:
-    """US social security numbers, without never-issued numbers."""
+    """US social security numbers, without never-issued numbers (only looked for in a run
+    of digits that has their shape: an SSN is digits and separators, so it is in the run)."""
+    if _SSN_SHAPE.search(hint.group()) is None:
+        return []
     return [match.span() for match in _in_window(_SSN, text, hint.start() - 1, hint.end() + 3)]
 
 
@@ -306,18 +320,19 @@ def _email(text: str, hint: re.Match[str]) -> list[tuple[int, int]]:
     """An e-mail address around an ``@``: the local part read backwards (at most 64
     characters, starting with neither a dot nor inside a longer token), then the domain."""
     at = hint.start()
-    start = at
-    while start > 0 and at - start <= 64:
-        char = text[start - 1]
-        if not (_is_word(char) or char in _LOCAL_PART_PUNCTUATION):
-            break
-        start -= 1
-    if at - start > 64:
+    local = _LOCAL_PART_REVERSED.match(text[max(0, at - 65) : at][::-1])
+    assert local is not None  # it may match nothing
+    if local.end() > 64:
         return []
+    start = at - local.end()
     while start < at and text[start] == ".":
         start += 1
     domain = _DOMAIN.match(text, at + 1)
-    if start < at and domain and not _ASSET_DOMAIN.fullmatch(domain.group()):
+    if (
+        start < at
+        and domain
+        and not (domain.group()[0].isdigit() and _ASSET_DOMAIN.fullmatch(domain.group()))
+    ):
         return [(start, domain.end())]
     return []
 
@@ -405,6 +420,7 @@ def find_entities(text: str, kinds: Collection[EntityKind], start: int = 0) -> l
     found: list[Entity] = []
     secrets = "secret" in kinds
     ipv6_until = -1
+    phone_until = -1  # the end of the last international phone number found
     context_end = start - _HINT_BEFORE_START
     for hint in _HINTS.finditer(text):
         assert hint.lastindex is not None
@@ -413,10 +429,11 @@ def find_entities(text: str, kinds: Collection[EntityKind], start: int = 0) -> l
         if in_context < context_end and name not in _REACHING_HINTS:
             continue  # its entity starts in the context
         if name == "digits":
-            run = hint.group()
-            digits = len(run) - sum(run.count(separator) for separator in " .()/-")
+            digits = _digit_count(hint.group())
             for kind, fewest, reader in _NUMBER_READERS:
                 if kind in kinds and digits >= fewest:
+                    if kind == "phone" and hint.end() <= phone_until:
+                        continue  # the rest of an international number: a shorter one loses
                     for begin, end in reader(text, hint):
                         found.append((begin, end, kind))
             if "iban" in kinds and text[hint.start() - 2 : hint.start()].isalpha():
@@ -432,6 +449,8 @@ def find_entities(text: str, kinds: Collection[EntityKind], start: int = 0) -> l
             if kind in kinds:
                 for begin, end in reader(text, hint):
                     found.append((begin, end, kind))
+                    if name == "phone":
+                        phone_until = end
         elif secrets:
             for begin, end, _format in secrets_at(text, name, hint.start() - offset):
                 found.append((begin, end, "secret"))

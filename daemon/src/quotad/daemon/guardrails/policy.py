@@ -76,6 +76,9 @@ class Checked(Generic[RequestT]):
     """Entities found in it, by kind, whatever their action."""
     restorer: Restorer
     """For its reply: output rules, then the caller's values put back."""
+    masked: dict[str, str] = field(default_factory=dict)
+    """Each placeholder put in the request → the value it replaced (whether or not the
+    reply gets them back)."""
 
 
 class AppGuard:
@@ -117,7 +120,7 @@ class AppGuard:
             reserved=reserved,
             json_content=isinstance(request, Chat) and _asks_for_json(request),
         )
-        return Checked(masked, masker.counts, restorer)
+        return Checked(masked, masker.counts, restorer, masker.originals)
 
 
 def _asks_for_json(chat: Chat) -> bool:

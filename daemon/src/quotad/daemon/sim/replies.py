@@ -1,7 +1,8 @@
 """What the sim answers, before a wire format shapes it, all deterministic: the reply to a
 chat (:func:`compose_reply` → :class:`Reply`: its words, or a call of the first tool when the
-last user message asks for a "tool"), embedding vectors drawn from a hash of the input, the
-models it lists, and the chat request field both wire formats share (:data:`Messages`)."""
+last user message asks for a "tool", its schema's defaults or samples as arguments),
+embedding vectors drawn from a hash of the input, the models it lists, and the chat request
+field both wire formats share (:data:`Messages`)."""
 
 from __future__ import annotations
 
@@ -87,14 +88,20 @@ def reply_words(prompt: str, max_tokens: int) -> tuple[list[str], bool]:
 
 
 def sample_arguments(schema: Any) -> dict[str, Any]:
-    """Arguments for a tool call: one sample value per property of its JSON schema."""
+    """Arguments for a tool call: one value per property of its JSON schema, its
+    ``default`` when it has one, else a sample of its type."""
     properties = schema.get("properties") if isinstance(schema, dict) else None
     if not isinstance(properties, dict):
         return {}
-    return {
-        name: _SAMPLE_BY_TYPE.get(str(spec.get("type")) if isinstance(spec, dict) else "", "sim")
-        for name, spec in properties.items()
-    }
+    return {name: _sample(spec) for name, spec in properties.items()}
+
+
+def _sample(spec: Any) -> Any:
+    if not isinstance(spec, dict):
+        return "sim"
+    if "default" in spec:
+        return spec["default"]
+    return _SAMPLE_BY_TYPE.get(str(spec.get("type")), "sim")
 
 
 def embedding(text: str, dimensions: int) -> list[float]:

@@ -75,6 +75,8 @@ class LogLine(msgspec.Struct, omit_defaults=True):
     tokens: int
     app: str | None
     fault: str = ""
+    body: str = ""
+    """The request's body, with ``--log-bodies`` (what a provider received)."""
 
 
 _json = msgspec.json.Encoder()
@@ -100,6 +102,7 @@ class Arrival(msgspec.Struct):
     app: str | None
     model: str = ""
     tokens: int = 0
+    body: str = ""
 
 
 class SimProvider:
@@ -169,6 +172,8 @@ class SimProvider:
         if path.startswith("/sim/"):
             return self._handle_sim(request)
         arrival = Arrival(time.time(), time.monotonic(), path, request.header("x-quotad-app"))
+        if self.settings.log_bodies:
+            arrival.body = request.body.decode(errors="replace")
         self._counts["requests"] += 1
         self._by_path[path] = self._by_path.get(path, 0) + 1
         route = _ROUTES.get(path)
@@ -348,6 +353,7 @@ class SimProvider:
                 tokens=arrival.tokens,
                 app=arrival.app,
                 fault=fault,
+                body=arrival.body,
             )
             os.write(self._log_fd, _json.encode(line) + b"\n")
 

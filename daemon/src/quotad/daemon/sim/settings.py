@@ -44,6 +44,8 @@ class SimSettings:
     chunk_delay_ms: float = 0.0
     api_key: str = ""
     log_path: str = ""
+    log_bodies: bool = False
+    """Whether each log line holds the request's body too."""
     seed: int | None = None
     count_tokens: str = "estimate"
     """How prompt tokens are counted: ``estimate`` (quotad's own estimate) or ``bytes`` (one

@@ -21,7 +21,8 @@ attempts, status (``ok``, an error code, or ``cancelled``), prompt/completion/ca
 cost_usd, saved_usd (what a cache hit saved), cached (1 for a hit), unpriced (1 when the target
 has no price), wait_s, latency_s, priority, tags (JSON list), semantic_similarity (a semantic
 cache hit, DESIGN §11: status ``ok``, cached 1, and the similarity of the two questions here;
-NULL for every other row, exact hits included).
+NULL for every other row, exact hits included), entities (what the guardrails
+found in the request and its reply: ``{"kind": count}`` as JSON, "" when nothing; never what).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class LedgerRow(NamedTuple):
     semantic_similarity: float | None = None
     """A semantic cache hit: the similarity of the question it was served for (its status is
     ``ok`` and ``cached`` 1, like an exact hit); None for every other row."""
+    entities: str = ""
 
 
 COLUMNS: Final = LedgerRow._fields

@@ -11,6 +11,11 @@ Tables:
   budgets (see :mod:`.spend`); kept by the trigger ``ledger_adds_to_day`` (version 2), so in
   the same transaction as each ledger row whoever inserts it (a cache hit's tokens are not
   billed, so not summed);
+- ``guardrails_daily``: what the guardrails found (DESIGN §12), per local day, app, model,
+  target and ``kind``: an entity kind (``count``: entities of that kind found in requests and
+  replies) or ``blocked`` (``count``: requests refused); kept by the trigger
+  ``ledger_adds_entities`` (version 4) from the ledger's ``entities`` column (JSON, "" when
+  none), which fires only for rows that found something;
 - ``cache``: stored answers, see :mod:`.cache`;
 - ``semantic_questions`` (version 3): for each cached answer the semantic cache may serve, the
   question that earned it (partition, last user turn, vector, vector scheme), see
@@ -164,6 +169,31 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
                 saved_usd = saved_usd + excluded.saved_usd,
                 unpriced = max(unpriced, excluded.unpriced),
                 semantic_hits = semantic_hits + excluded.semantic_hits;
+        END""",
+    ),
+    # 4: guardrails: entities found per ledger row (JSON {"kind": count}), and per day
+    (
+        "ALTER TABLE ledger ADD COLUMN entities TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE guardrails_daily (
+            day TEXT NOT NULL,
+            app TEXT NOT NULL,
+            model TEXT NOT NULL,
+            target TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (day, app, model, target, kind)
+        ) WITHOUT ROWID""",
+        """CREATE TRIGGER ledger_adds_entities AFTER INSERT ON ledger
+        WHEN NEW.entities != '' OR NEW.status = 'blocked' BEGIN
+            INSERT INTO guardrails_daily (day, app, model, target, kind, count)
+            SELECT NEW.day, NEW.app, NEW.model, NEW.target, key, value
+            FROM json_each(nullif(NEW.entities, '')) WHERE true
+            ON CONFLICT (day, app, model, target, kind) DO UPDATE SET
+                count = count + excluded.count;
+            INSERT INTO guardrails_daily (day, app, model, target, kind, count)
+            SELECT NEW.day, NEW.app, NEW.model, NEW.target, 'blocked', 1
+            WHERE NEW.status = 'blocked'
+            ON CONFLICT (day, app, model, target, kind) DO UPDATE SET count = count + 1;
         END""",
     ),
 )

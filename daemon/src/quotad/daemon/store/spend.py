@@ -6,6 +6,8 @@ in the same transaction as each row), so their cost does not grow with the numbe
 
 - Periods are local: ``day`` is today since local midnight, ``week`` the last 7 local days
   including today, ``month`` this calendar month; all end now.
+- Guardrails: requests refused (``blocked``, counted in ``errors`` too) and the entities
+  found in requests and replies by kind (``entities``), from ``guardrails_daily``.
 - Tokens count billed calls only (a cache hit's tokens are not billed; its row counts as a
   cache hit and carries ``saved_usd``; ``semantic_hits`` counts the semantic ones among them).
   ``errors`` counts rows whose status is not ``ok``.
@@ -37,6 +39,8 @@ TREND_MIN_DAYS: Final = 3
 
 GROUP_COLUMNS: Final = {"app": "app", "model": "model", "target": "target", "day": "day"}
 PERIOD_DAYS: Final = {"day": 0, "week": 6}
+BLOCKED: Final = "blocked"
+"""The ``kind`` of ``guardrails_daily`` that counts requests a guardrail refused."""
 
 
 def is_anomalous(cost: float, history: list[float]) -> bool:
@@ -98,6 +102,7 @@ class SpendReport:
             (first_day, today),
         )
         rows = [_row(values) for values in grouped]
+        await self._add_guardrails(rows, column, first_day, today)
         month_start, month_end, month_label = calendar.month_bounds(now)
         history_start = min(month_start, calendar.days_back(since, ANOMALY_HISTORY_DAYS))
         daily = {
@@ -125,6 +130,25 @@ class SpendReport:
             rows=rows,
             forecast_month_usd=self._forecast(daily, now, month_start, month_end, month_label),
         )
+
+    async def _add_guardrails(
+        self, rows: list[SpendRow], column: str, first_day: str, last_day: str
+    ) -> None:
+        """What the guardrails found (``guardrails_daily``), onto the report's rows."""
+        by_key = {row.key: row for row in rows}
+        found = await self._db.read(
+            f"SELECT {column}, kind, total(count) FROM guardrails_daily "
+            f"WHERE day >= ? AND day <= ? GROUP BY {column}, kind ORDER BY kind",
+            (first_day, last_day),
+        )
+        for key, kind, count in found:
+            row = by_key.get(str(key))
+            if row is None:
+                continue
+            if kind == BLOCKED:
+                row.blocked = int(count)
+            else:
+                row.entities[str(kind)] = int(count)
 
     def _forecast(
         self,
@@ -194,4 +218,7 @@ def _total(rows: list[SpendRow]) -> SpendRow:
         total.saved_usd += row.saved_usd
         total.semantic_hits += row.semantic_hits
         total.unpriced = total.unpriced or row.unpriced
+        total.blocked += row.blocked
+        for kind, count in row.entities.items():
+            total.entities[kind] = total.entities.get(kind, 0) + count
     return total

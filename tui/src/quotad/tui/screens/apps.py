@@ -1,4 +1,5 @@
-"""Apps: per app requests, waits, spend, fair-share weight, priority and share of traffic."""
+"""Apps: per app requests, waits, spend, fair-share weight, priority, share of traffic, and
+what the guardrails found in its requests and replies."""
 
 from __future__ import annotations
 
@@ -14,23 +15,25 @@ from quotad.tui.monitor import AppActivity, Monitor
 from quotad.tui.screens.base import MonitorScreen
 from quotad.tui.widgets.table import Column, LiveTable, Row
 
-SHARE_WIDTH: Final = 12
+SHARE_WIDTH: Final = 8
 COLUMNS: Final = (
-    Column("app", 16),
+    Column("app", 13),
     Column("priority", 8),
     Column("weight", 6),
     Column("requests", 8),
     Column("flight", 6),
     Column("queued", 6),
     Column("errors", 6),
-    Column("wait", 7),
+    Column("wait", 6),
     Column("latency", 7),
-    Column("spend", 9),
+    Column("spend", 8),
+    Column("guarded", 7),
     Column("traffic", SHARE_WIDTH + 5),
 )
 NOTE: Final = (
-    "weight: fair-share weight. errors, latency, traffic (and the rest when the daemon does not "
-    "report the app): requests seen since quotad top started."
+    "weight: fair-share weight. guarded: entities the guardrails found / requests they refused "
+    "(since the daemon started). errors, latency, traffic (and the rest when the "
+    "daemon does not report the app): requests seen since quotad top started."
 )
 
 
@@ -45,11 +48,14 @@ def app_cells(
         spend = reported.spend_today_usd
         priority, weight = reported.priority, f"{reported.share:g}"
         in_flight, queued = str(reported.in_flight), str(reported.queued)
+        found, blocked = sum(reported.entities.values()), reported.blocked
+        guarded = f"{found}/{blocked}" if found or blocked else "0"
     else:
         requests = seen.requests
         wait = seen.wait_s / seen.requests if seen.requests else None
         spend = seen.cost_usd
         priority, weight, in_flight, queued = seen.priority, "-", "-", "-"
+        blocked, guarded = 0, "-"
     traffic = seen.requests / seen_total if seen_total else 0.0
     share = bar(traffic, SHARE_WIDTH, style="cyan")
     share.append(f" {percent(traffic):>4}")
@@ -67,6 +73,11 @@ def app_cells(
             justify="right",
         ),
         Text(usd(spend), justify="right"),
+        Text(
+            guarded,
+            justify="right",
+            style="red" if blocked else "magenta" if guarded not in ("-", "0") else "",
+        ),
         share,
     ]
 
