@@ -54,6 +54,7 @@ from tests.support.sim import SimProcess
 
 INTERVAL_S = 0.1
 CONCURRENCY = 32
+MAX_OUTSTANDING = 256  # steady load: calls running at once, at most
 READY = "ready"
 MESSAGES = [{"role": "user", "content": "measure what a subscriber costs the daemon"}]
 CONFIG = """\
@@ -196,14 +197,31 @@ class TuiProcess:
 async def steady_load(
     call: Callable[[], Coroutine[Any, Any, Any]], rate: float, until: anyio.Event
 ) -> None:
-    """Start ``call`` ``rate`` times a second (open loop) until ``until`` is set."""
+    """Start ``call`` ``rate`` times a second (open loop) until ``until`` is set.
+
+    A start that comes due while ``MAX_OUTSTANDING`` calls are still running is skipped, and a
+    schedule fallen behind is not caught up in a burst: on a loaded machine an open loop
+    would otherwise pile up calls until the daemon refuses them (its in-flight cap per
+    connection) instead of measuring anything.
+    """
+    outstanding = 0
+
+    async def counted() -> None:
+        nonlocal outstanding
+        outstanding += 1
+        try:
+            await call()
+        finally:
+            outstanding -= 1
+
     async with anyio.create_task_group() as group:
-        started = anyio.current_time()
-        number = 0
+        interval = 1 / rate
+        due = anyio.current_time()
         while not until.is_set():
-            await anyio.sleep_until(started + number / rate)
-            group.start_soon(call)
-            number += 1
+            await anyio.sleep_until(due)
+            if outstanding < MAX_OUTSTANDING:
+                group.start_soon(counted)
+            due = max(due + interval, anyio.current_time())
 
 
 # --------------------------------------------------------------------------- measuring
