@@ -410,3 +410,43 @@ async def test_mode_off_looks_nothing_up_and_a_reload_turns_it_on(directory: Pat
         assert (await daemon.ask("turn on dark mode, please")).cache == "semantic"
     finally:
         await daemon.close()
+
+
+async def test_with_guardrails_the_semantic_cache_holds_placeholders_and_restores_each_callers(
+    directory: Path,
+) -> None:
+    """Guardrails run before step 3: the question held and the answer cached carry the
+    placeholder, never a value, and a semantic hit for another caller's paraphrase comes back
+    with that caller's own value."""
+    cfg = one_provider_config(
+        cache={"semantic": {"mode": "on"}}, guardrails={"input": {"email": "mask"}}
+    )
+    daemon = await Daemon(directory, cfg).open()
+    try:
+        first = await daemon.ask("How do I send a reminder to jane.doe@example.com in Python?")
+        assert (
+            first.content
+            == "answer to: How do I send a reminder to jane.doe@example.com in Python?"
+        )
+        other = await daemon.ask(
+            "What's the best way to send a reminder to bob.smith@example.org in Python?"
+        )
+        assert (other.cached, other.cache) == (True, "semantic")
+        assert "bob.smith@example.org" in (other.content or "")
+        assert "jane.doe" not in (other.content or "")
+        [sent] = daemon.provider.asked
+        assert "@" not in sent
+        [(held,)] = await daemon.rows("SELECT text FROM semantic_questions")
+        assert "@" not in held
+    finally:
+        await daemon.close()
+    assert not files_holding(directory, (b"jane.doe", b"bob.smith"))
+
+
+def files_holding(directory: Path, values: tuple[bytes, ...]) -> list[Path]:
+    """The files under ``directory`` whose bytes hold any of ``values``."""
+    return [
+        path
+        for path in directory.rglob("*")
+        if path.is_file() and any(value in path.read_bytes() for value in values)
+    ]
