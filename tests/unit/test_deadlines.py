@@ -131,11 +131,56 @@ async def test_a_caller_s_cancel_with_the_deadline_stays_a_cancellation() -> Non
         with deadline:
             current = asyncio.current_task()
             assert current is not None
-            deadline.expired = True  # what the sweep does when the deadline passes...
-            current.cancel()
+            deadline.expire()  # what the sweep does when the deadline passes...
             current.cancel()  # ...as the caller cancels too, before either is delivered
             await asyncio.sleep(10)
 
     task = asyncio.create_task(work())
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_caller_s_cancel_after_the_deadline_s_stays_a_cancellation() -> None:
+    deadlines = Deadlines()
+    cancelled_by_deadline = asyncio.Event()
+
+    async def work() -> None:
+        deadline = deadlines.within(30)
+        with deadline:
+            deadline.expire()
+            try:
+                await asyncio.sleep(10)
+            finally:  # the deadline's cancel is delivered; the caller cancels meanwhile
+                cancelled_by_deadline.set()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(work())
+    await cancelled_by_deadline.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_shield_of_code_we_do_not_control_holds_too() -> None:
+    """httpcore releases a connection under ``anyio.CancelScope(shield=True)``, the broker
+    closes a stream under one: such scopes are not ours to mark, and still hold."""
+    deadlines = Deadlines()
+    deadline = deadlines.within(0.01)
+    steps: list[str] = []
+
+    async def shielded_close() -> None:
+        with anyio.move_on_after(5, shield=True):
+            await asyncio.sleep(0.1)
+            steps.append("closed")
+
+    async def close_then_wait() -> None:
+        with deadline:
+            await shielded_close()
+            steps.append("after")
+            await asyncio.sleep(10)
+
+    with pytest.raises(TimeoutError):
+        await close_then_wait()
+    assert steps == ["closed", "after"]
+    assert deadline.expired
