@@ -193,3 +193,27 @@ async def test_a_shield_of_code_we_do_not_control_holds_too() -> None:
         await close_then_wait()
     assert steps == ["closed", "after"]
     assert deadline.expired
+
+
+async def test_a_scope_class_that_wants_more_than_anyio_s_keywords_is_left_to_anyio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Scopes come straight from the class anyio's constructor returned (cheaper), unless that
+    class refuses to be made as anyio makes it: then each comes from anyio's constructor."""
+    backend_scope = type(anyio.CancelScope())
+    made: list[str] = []
+
+    class Picky(backend_scope):  # type: ignore[misc,valid-type]
+        def __new__(cls, reason: str, **keywords: float) -> Picky:
+            return object.__new__(cls)
+
+        def __init__(self, reason: str, **keywords: float) -> None:
+            super().__init__(**keywords)
+            made.append(reason)
+
+    monkeypatch.setattr(anyio, "CancelScope", lambda **keywords: Picky("anyio", **keywords))
+    deadlines = Deadlines()
+    for _ in range(3):
+        assert await bounded(deadlines, 10, 0) == "done"
+    assert await bounded(deadlines, 0.01, 3600) == "deadline"
+    assert made == ["anyio"] * 4
