@@ -332,13 +332,14 @@ class Demand:
 class Reservation:
     """An admitted demand: its admissions, settled once with the real usage."""
 
-    __slots__ = ("_admissions", "_gates", "admitted_at", "sent_at", "settled", "tokens")
+    __slots__ = ("_admissions", "_gates", "admitted_at", "pending", "sent_at", "settled", "tokens")
 
     def __init__(self, demand: Demand, now: float, *, pending: bool = False) -> None:
         """Admit ``demand`` now; ``pending``: its request leaves later (:meth:`sent`), and
         stays counted until then however long that takes."""
         self.tokens = demand.tokens
         self.admitted_at = now
+        self.pending = pending
         self.sent_at: float | None = None
         self._gates = demand.gates
         self._admissions: list[tuple[SlidingWindow, Admission]] = []
@@ -355,8 +356,11 @@ class Reservation:
         if now == self.sent_at:
             return
         self.sent_at = now
+        self.pending = False
         admissions = self._admissions
         for index, (window, admission) in enumerate(admissions):
+            if now <= admission.time and not admission.pending:
+                continue
             moved = window.retime(admission, now)
             if moved is not admission:
                 admissions[index] = (window, moved)
@@ -369,8 +373,8 @@ class Reservation:
         self.settled = True
         for gate in self._gates:
             gate.in_flight -= 1
-        for _, admission in self._admissions:
-            admission.pending = False
+        if self.pending:
+            self._no_longer_pending()
         if tokens_used is None or tokens_used == self.tokens:
             return
         for window, admission in self._admissions:
@@ -384,6 +388,14 @@ class Reservation:
         self.settled = True
         for gate in self._gates:
             gate.in_flight -= 1
+        if self.pending:
+            self._no_longer_pending()
         for window, admission in self._admissions:
-            admission.pending = False
             window.resize(admission, 0)
+
+    def _no_longer_pending(self) -> None:
+        """Its request will not leave after all (settled or cancelled first): its admissions
+        expire as any other."""
+        self.pending = False
+        for _, admission in self._admissions:
+            admission.pending = False
