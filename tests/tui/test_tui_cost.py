@@ -40,6 +40,7 @@ listen = ""
 {provider}
 """
 MESSAGES = [{"role": "user", "content": "the same question, answered from the cache"}]
+INTERVAL_S = 0.3
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +68,21 @@ def test_the_daemon_builds_a_snapshot_at_most_once_per_interval(daemon: DaemonPr
     built: list[float] = []
     with (
         Client(socket=daemon.socket_path, app="top") as client,
-        client.subscribe(interval_s=0.05) as snapshots,
+        client.subscribe(interval_s=INTERVAL_S) as snapshots,
         ThreadPoolExecutor(1) as pool,
     ):
         load = pool.submit(chats, daemon, 400)
         for snapshot in snapshots:
             built.append(snapshot.time)
             assert len(snapshot.requests) <= SNAPSHOT_REQUESTS
-            if load.done() and len(built) >= 10:
+            if load.done() and len(built) >= 6:
                 break
         load.result()
     gaps = [later - earlier for earlier, later in itertools.pairwise(built)]
-    assert min(gaps) >= 0.05 * 0.99  # the daemon sleeps the interval between two builds
+    # the daemon sleeps the interval between two builds (a sleep on uvloop counts from the
+    # start of the loop's turn, so it may end early by that turn's length: half the interval
+    # is room for a turn stalled 150 ms; building on every finished request would be ~0)
+    assert min(gaps) >= INTERVAL_S / 2
 
 
 class SteadyFeed(ScriptedFeed):
@@ -131,4 +135,4 @@ async def test_the_tui_repaints_at_most_once_per_repaint_interval() -> None:
         assert app.monitor.snapshot is feed.last  # ...the newest is what was shown last...
         times = app.repainted_at
         gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-        assert all(gap >= REPAINT_MIN_S * 0.99 for gap in gaps)  # ...and never faster than this
+        assert all(gap >= REPAINT_MIN_S * 0.9 for gap in gaps)  # ...and never much faster
