@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quotad.daemon.broker import Broker
+from quotad.daemon.caller import Caller
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.config import Config, parse_config
 from quotad.daemon.gates import Demand, Gate, Gates, Reservation, SlidingWindow, Waiter, WaitQueue
 from quotad.daemon.providers.base import ChatResult, ChatStream, EmbedResult
-from quotad.daemon.request import Caller
 from quotad.daemon.routing import Router
 from quotad.protocol.messages import Chat, ChatMessage, Usage
 from tests.support.store import open_store
