@@ -100,8 +100,9 @@ def test_socket_activation_serves_the_passed_socket_and_leaves_it(
     early: list[Any] = []
     try:
         # A client connecting before the daemon runs waits in the socket's queue.
-        def status_early() -> None:
-            with Client(socket=path, timeout=20) as client:
+        def status_early() -> None:  # its handshake waits for the daemon to start: on a
+            # busy machine that takes more than the 5 s a handshake is given by default
+            with Client(socket=path, timeout=60, connect_timeout=60) as client:
                 early.append(client.status())
 
         waiting = threading.Thread(target=status_early)
@@ -117,7 +118,7 @@ def test_socket_activation_serves_the_passed_socket_and_leaves_it(
             process = daemon.spawn()
             try:
                 notify.wait_for("READY=1")
-                waiting.join(20)
+                waiting.join(60)
                 assert len(early) == 1
                 assert early[0].pid == process.pid
                 with Client(socket=path) as client:

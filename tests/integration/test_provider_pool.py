@@ -138,7 +138,10 @@ async def test_failures_are_classified_for_the_broker(sim: SimProcess) -> None:
         finally:
             sim.control(latency_ms=0)
         assert slow.value.kind == "timeout"
-        assert "gave no complete answer within 0.3 s" in str(slow.value)
+        # the whole-request bound and the read timeout are both 0.3 s here: which one ends
+        # the call first is a race of two timers due in the same millisecond (and anyio lets
+        # a task already woken by the read timer resume before a scope's cancel lands)
+        assert "within 0.3 s" in str(slow.value)
         sim.control(reset_rate=1.0)
         try:
             with pytest.raises(ProviderError) as reset:

@@ -14,13 +14,22 @@ from tests.support.daemon import DaemonProcess, sim_provider_config
 from tests.support.load import run_shared_limit
 from tests.support.sim import SimProcess
 
+GUARD_S = 0.25
+"""The guard for this test: the provider's count holds as long as the time from a request's
+hand-off to its arrival at the provider varies less than the guard (README, Rate gates). Here
+the provider is a sim process on the same small machine, so that time includes waiting to be
+scheduled, which on a machine busy with other work can pass the default 50 ms (a 429 was seen
+so, with and without this change); the default's figures are ``bench/gates.py``'s."""
+
 
 @pytest.mark.slow
 def test_eight_processes_of_two_apps_share_one_limit_exactly() -> None:
-    figures = run_shared_limit("daemon", processes=8, limit=20, window_s=2.0, duration_s=8.0)
+    figures = run_shared_limit(
+        "daemon", processes=8, limit=20, window_s=2.0, duration_s=8.0, guard_s=GUARD_S
+    )
     assert figures["sim_429s"] == 0, figures
     assert figures["peak_arrivals_in_window"] <= 20, figures
-    assert figures["utilization"] >= 0.95, figures
+    assert figures["utilization"] >= 0.95 * 2.0 / (2.0 + GUARD_S), figures  # all it may use
     assert figures["client_errors"] == 0, figures
     assert 2.4 <= figures["heavy_to_light"] <= 3.6, figures
 

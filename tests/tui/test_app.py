@@ -129,9 +129,10 @@ async def test_a_burst_of_snapshots_coalesces_into_few_repaints() -> None:
     app = RecordingApp(feed)
     async with app.run_test(size=SIZE) as pilot:
         await feed.delivered.wait()
+        await wait_until(pilot, lambda: app.repaints >= 1)
         await pilot.pause()
         assert app.monitor.snapshots == 500
-        assert 1 <= app.repaints <= 3
+        assert app.repaints == 1  # delivered in one go: one repaint, however slow the machine
         last = events[-1]
         assert isinstance(last, Snapshot)
         assert app.monitor.snapshot is last

@@ -112,6 +112,16 @@ def waiter(
     return Waiter(demand, app, priority, share, at)
 
 
+def dispatch(queue: WaitQueue, now: float) -> tuple[list[Waiter], float]:
+    """Dispatch at ``now``, each admitted waiter's task running at once (leaving the gates:
+    until then its admission stays counted, see test_gates_guard.py)."""
+    admitted, wake = queue.dispatch(now)
+    for admitted_waiter in admitted:
+        assert admitted_waiter.reservation is not None
+        admitted_waiter.reservation.sent(now)
+    return admitted, wake
+
+
 def test_higher_priority_goes_first_and_fifo_within_an_app() -> None:
     gate = Gate("provider:p", "provider", [SlidingWindow("requests", 1, 10.0, 0.0)])
     Reservation(Demand((gate,), 0), 0.0)  # the window is full until t=10
@@ -121,13 +131,13 @@ def test_higher_priority_goes_first_and_fifo_within_an_app() -> None:
     high = waiter(Demand((gate,), 0), "b", priority=2)
     for w in (first_low, second_low, high):
         queue.add(w)
-    admitted, wake = queue.dispatch(1.0)
+    admitted, wake = dispatch(queue, 1.0)
     assert admitted == []
     assert wake == pytest.approx(10.0)
     assert [w.reservation is not None for w in (first_low, second_low, high)] == [False] * 3
     order = []
     for t in (10.0, 20.0, 30.0):
-        admitted, _ = queue.dispatch(t)
+        admitted, _ = dispatch(queue, t)
         order += admitted
     assert order == [high, first_low, second_low]
 
@@ -141,7 +151,7 @@ def test_a_waiter_short_on_its_own_app_gate_does_not_hold_back_other_apps() -> N
     other = waiter(Demand((provider,), 0), "b", priority=0)
     queue.add(blocked_a)
     queue.add(other)
-    admitted, wake = queue.dispatch(1.0)
+    admitted, wake = dispatch(queue, 1.0)
     assert admitted == [other]
     assert wake == pytest.approx(10.0)
 
@@ -155,11 +165,11 @@ def test_a_big_request_at_the_head_is_not_overtaken_by_small_ones() -> None:
     small = waiter(Demand((gate,), 300), "b", at=2.0)
     queue.add(big)
     queue.add(small)
-    admitted, _ = queue.dispatch(3.0)
+    admitted, _ = dispatch(queue, 3.0)
     assert admitted == []  # small would fit, but it would starve big
-    admitted, _ = queue.dispatch(10.0)
+    admitted, _ = dispatch(queue, 10.0)
     assert admitted == [big]  # 600 expired: big first, then small does not fit
-    admitted, _ = queue.dispatch(20.0)
+    admitted, _ = dispatch(queue, 20.0)
     assert admitted == [small]
 
 
@@ -174,7 +184,7 @@ def test_aging_lifts_a_low_priority_waiter_over_new_high_ones() -> None:
     while served_low_at is None and t < 100:
         queue.add(waiter(Demand((gate,), 0), "agent", priority=2, at=t))
         t += 1.0
-        admitted, _ = queue.dispatch(t)
+        admitted, _ = dispatch(queue, t)
         if low in admitted:
             served_low_at = t
     assert served_low_at is not None
@@ -247,7 +257,7 @@ def run_queue(
             used_shares[id(w)] = used_share
             queue.add(w)
             index += 1
-        admitted, wake = queue.dispatch(now)
+        admitted, wake = dispatch(queue, now)
         for w in admitted:
             assert w.reservation is not None
             admitted_log.append((now, w))
@@ -255,7 +265,7 @@ def run_queue(
             FINAL_TOKENS[id(w)] = used
             settle_at.append((now + 0.5, w.reservation, used))
         # work conserving: a second dispatch at the same instant admits nothing more
-        again, _ = queue.dispatch(now)
+        again, _ = dispatch(queue, now)
         assert again == []
         if queue.waiters:
             head = queue.ordered(now)[0]
@@ -329,7 +339,7 @@ def test_pacing_spreads_a_burst_and_keeps_shares_with_closed_loop_clients() -> N
                 waiting[index] = Waiter(Demand((gate,), 0), app, 1, share, now)
                 queue.add(waiting[index])
                 del ready_at[index]
-        done, wake = queue.dispatch(now)
+        done, wake = dispatch(queue, now)
         for index, waiter in list(waiting.items()):
             if waiter in done:
                 admitted.append((now, waiter.app))

@@ -261,6 +261,8 @@ class WindowStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     window_s: float = 0.0
     used: int = 0
     provider_remaining: int | None = None
+    pace_s: float | None = None
+    """On a paced window, the seconds per unit it spreads admissions to (window_s / limit)."""
 
 
 class GateStatus(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -458,6 +458,7 @@ class Broker:
                         context.target = target  # only once admitted: a refusal reached none
                         context.attempts += 1
                         attempts.started(target)
+                        self.gates.sent(context.reservation)  # counted from the hand-off
                         answer = await call(target)  # 5
                     except ProviderError as error:  # 6
                         self._gate_feedback(target, context, error)

@@ -99,6 +99,10 @@ class RateLimits(_Section, kw_only=True):
     rpd: Count | None = None
     tpd: Count | None = None
     limits: list[LimitConfig] = msgspec.field(default_factory=list)
+    pace: bool | None = None
+    """Spread admissions over the window (``gates.burst`` of the limit at once beyond the
+    pace) instead of admitting the whole limit at once; unset: on for provider and model
+    gates (providers enforce limits over shorter slices), off for app gates."""
 
 
 class ModelConfig(RateLimits, kw_only=True):
@@ -213,7 +217,11 @@ class GatesConfig(_Section, kw_only=True):
     """``[gates]``: how admissions are reserved and queued."""
 
     guard_s: NonNegative = 0.05
+    """How much longer than its window an admission stays counted, from its hand-off to the
+    provider call: the jitter allowed between that hand-off and arrival at the provider."""
     burst: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.1
+    """On paced gates, the share of a limit that may go at once beyond the pace (1: none
+    paced)."""
     default_max_tokens: Count = 1024
     max_wait_s: NonNegative = 30.0
     max_queue: Count = 10000

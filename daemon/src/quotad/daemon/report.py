@@ -101,6 +101,15 @@ def _until(deadline: float | None) -> str:
     return f"{left:.1f}s" if left > 0 else "-"
 
 
+def _pace(window: WindowStatus) -> str:
+    """A paced window's rate (``1 per 1s``, ``3333 tokens/s``), or ``off``: all at once."""
+    if window.pace_s is None:
+        return "off"
+    if window.unit == "requests":
+        return f"1 per {window.pace_s:.3g}s"
+    return f"{1 / window.pace_s:.4g} tokens/s"
+
+
 def format_status(status: StatusReply) -> str:
     """``quotad status`` as text."""
     out = [
@@ -155,8 +164,16 @@ def format_status(status: StatusReply) -> str:
         rows = []
         for gate in status.gates:
             for window in gate.windows:
-                rows.append([gate.name, gate.scope, window_text(window), _until(gate.paused_until)])
-        out.append(table(["gate", "scope", "used/limit", "paused"], rows))
+                rows.append(
+                    [
+                        gate.name,
+                        gate.scope,
+                        window_text(window),
+                        _pace(window),
+                        _until(gate.paused_until),
+                    ]
+                )
+        out.append(table(["gate", "scope", "used/limit", "pace", "paused"], rows))
     queues = status.queues
     out += [
         "",

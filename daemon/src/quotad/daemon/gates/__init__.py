@@ -3,7 +3,8 @@
 Vocabulary::
 
     SlidingWindow   one limit: at most `limit` requests (or tokens) admitted in any window_s.
-                    A log of admissions; each stays counted window_s + guard_s seconds.
+                    A log of admissions; each stays counted window_s + guard_s seconds from
+                    its hand-off to the provider call. Paced or not (`pace`, per gate).
     Gate            a scope's windows (a provider account, one provider/model, one app), plus
                     an in-flight cap and a pause (after a provider 429).
     Demand          what one request needs: one admission on every gate that applies,
@@ -12,7 +13,8 @@ Vocabulary::
     WaitQueue       waiters ordered by priority (aged), then start-time fair queuing across
                     apps by share, FIFO within an app. Pure: it is told the time.
     Gates           the async face: admit() waits in the queue, a timer wakes it when
-                    capacity frees (no polling); settle(), observe() (provider headers), pause().
+                    capacity frees (no polling); sent() (the hand-off), settle(), observe()
+                    (provider headers), pause().
 
 Everything here reads time from an injected :class:`~quotad.daemon.clock.Clock`, so the
 windows, queue and reservations are tested on a virtual clock.
@@ -36,7 +38,6 @@ from quotad.daemon.gates.queue import PRIORITY_LEVELS, PRIORITY_NAMES, Waiter, W
 from quotad.daemon.gates.window import (
     INFINITY,
     Admission,
-    Blocker,
     Demand,
     Gate,
     Reservation,
@@ -87,8 +88,16 @@ class HeldPermit:
     expires_at: float
 
 
-def _windows(limits: RateLimits, guard_s: float, burst: float) -> list[SlidingWindow]:
-    """The sliding windows a provider, model or app table configures."""
+PACED_BY_DEFAULT: dict[Scope, bool] = {"provider": True, "model": True, "app": False}
+"""Whether a scope's gates pace when the config does not say (``pace``): a provider enforces
+its limits over slices shorter than their window, an app's limit is quotad's alone."""
+
+
+def _windows(limits: RateLimits, scope: Scope, guard_s: float, burst: float) -> list[SlidingWindow]:
+    """The sliding windows a provider, model or app table configures; paced (with ``burst``)
+    as its ``pace`` key says, else as its scope does by default."""
+    paced = PACED_BY_DEFAULT[scope] if limits.pace is None else limits.pace
+    burst = burst if paced else 1.0
     windows = []
     for unit, value, window_s in (
         ("requests", limits.rpm, 60.0),
@@ -149,17 +158,21 @@ class Gates:
         for name, provider in config.providers.items():
             wanted[f"provider:{name}"] = (
                 "provider",
-                _windows(provider, settings.guard_s, settings.burst),
+                _windows(provider, "provider", settings.guard_s, settings.burst),
                 provider.max_concurrency,
             )
             for model, limits in provider.models.items():
                 wanted[f"{name}/{model}"] = (
                     "model",
-                    _windows(limits, settings.guard_s, settings.burst),
+                    _windows(limits, "model", settings.guard_s, settings.burst),
                     None,
                 )
         for name, app in config.apps.items():
-            wanted[f"app:{name}"] = ("app", _windows(app, settings.guard_s, settings.burst), None)
+            wanted[f"app:{name}"] = (
+                "app",
+                _windows(app, "app", settings.guard_s, settings.burst),
+                None,
+            )
         for name, (scope, windows, max_in_flight) in wanted.items():
             gate = self._gates.get(name)
             if gate is None:
@@ -170,7 +183,7 @@ class Gates:
             for window in windows:
                 old = kept.get((window.unit, window.window_s))
                 if old is not None:
-                    old.set_limit(window.limit, settings.guard_s, settings.burst)
+                    old.set_limit(window.limit, settings.guard_s, window.burst)
                     window = old
                 merged.append(window)
             gate.windows = tuple(merged)
@@ -248,14 +261,18 @@ class Gates:
         if waiter.reservation is None:
             self._forget(waiter)
             later = self.clock.monotonic()
-            blocking = ", ".join(sorted({_blocker_name(b) for b in demand.blockers(later)}))
+            reasons = demand.explain(later) or [
+                f"{len(self.queue)} requests wait in the queue and go first"
+            ]
             raise RequestError(
                 "rate_limited",
-                f"no capacity within max_wait_s={wait_s:g} s on {blocking or 'a busy queue'}",
+                f"no capacity within max_wait_s={wait_s:g} s: {'; and '.join(reasons)}",
                 retry_after_s=round(max(0.0, demand.available_at(later) - later), 3),
             )
         self._events.pop(waiter, None)
-        return waiter.reservation, self.clock.monotonic() - now
+        resumed = self.clock.monotonic()
+        waiter.reservation.sent(resumed)  # counted from now: its task ran later than dispatch
+        return waiter.reservation, resumed - now
 
     def _forget(self, waiter: Waiter) -> None:
         """A waiter gave up (timed out or cancelled): leave the queue, undo a late admission."""
@@ -264,6 +281,14 @@ class Gates:
         if waiter.reservation is not None:
             waiter.reservation.cancel()
         self._dispatch()
+
+    def sent(self, reservation: Reservation | None) -> None:
+        """The admitted request is handed to the provider call now: it counts in its windows
+        from now (``window_s + guard_s`` from here), so the time between admission and
+        hand-off (scheduling a woken waiter on a busy loop, say) never eats the guard that
+        covers the way to the provider. Called by the broker right before the call."""
+        if reservation is not None:
+            reservation.sent(self.clock.monotonic())
 
     def settle(self, reservation: Reservation, tokens_used: int | None) -> None:
         """Settle a reservation with the tokens really used (None: as reserved)."""
@@ -437,6 +462,7 @@ class Gates:
                             provider_remaining=w.limit - w.external
                             if now < w.external_until
                             else None,
+                            pace_s=w.interval if w.paced else None,
                         )
                         for w in gate.windows
                     ],
@@ -472,9 +498,3 @@ def _matching_window(gate: Gate | None, unit: Unit, limit: int | None) -> Slidin
         if window.unit == unit and window.limit == limit:
             return window
     return gate.window(unit)
-
-
-def _blocker_name(blocker: Blocker) -> str:
-    if isinstance(blocker, Gate):
-        return f"{blocker.name} (paused or at its in-flight cap)"
-    return blocker.describe()

@@ -131,7 +131,7 @@ class WaitQueue:
                 continue
             blockers = demand.blockers(now, claimed)
             if not blockers:
-                waiter.reservation = Reservation(demand, now)
+                waiter.reservation = Reservation(demand, now, pending=True)  # until it runs
                 self._virtual_time = max(self._virtual_time, waiter.start_tag)
                 admitted.append(waiter)
                 continue

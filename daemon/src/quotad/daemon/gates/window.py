@@ -17,34 +17,43 @@ INFINITY = math.inf
 
 
 class Admission:
-    """One admission in a window's log; ``amount`` changes when its reservation settles."""
+    """One admission in a window's log; ``amount`` changes when its reservation settles.
+    A *pending* admission's request has not left the gates yet (a waiter admitted while its
+    task is still to run): it stays counted however long that takes."""
 
-    __slots__ = ("amount", "live", "time")
+    __slots__ = ("amount", "live", "pending", "time")
 
-    def __init__(self, time: float, amount: int) -> None:
+    def __init__(self, time: float, amount: int, pending: bool = False) -> None:
         self.time = time
         self.amount = amount
         self.live = True
+        self.pending = pending
 
 
 class SlidingWindow:
     """At most ``limit`` units admitted in any ``window_s``; exact (a log, not buckets).
 
-    Each admission stays counted for ``window_s + guard_s``: the guard absorbs the jitter
-    between admission here and arrival at the provider. A provider's rate-limit headers may
-    add *external* usage (other users of the same account) until a given time; they can only
-    tighten the window, never loosen it beyond ``limit``.
+    Each admission stays counted for ``window_s + guard_s``, counted from when its request is
+    handed to the provider call (:meth:`retime`; until then from its admission): the guard
+    absorbs the jitter between that hand-off and arrival at the provider. A provider's
+    rate-limit headers may add *external* usage (other users of the same account) until a
+    given time; they can only tighten the window, never loosen it beyond ``limit``.
 
-    Under contention admissions are also *paced* (GCRA): one unit per ``window_s / limit``
-    on average, with bursts of up to ``burst * limit`` units beyond that pace. Without it,
-    admissions made together expire together, and the window refills in bursts that nobody
-    contends for; paced, capacity frees a little at a time and each piece goes to the waiter
-    the queue ranks first (so shares hold), and the provider sees a smooth rate. ``burst=1``
-    turns pacing off (the log alone decides).
+    A *paced* window (``burst < 1``: provider and model gates by default) also spreads its
+    admissions (GCRA): one unit per ``window_s / limit`` on average, with bursts of up to
+    ``burst * limit`` units beyond that pace. Providers enforce a per-minute limit over
+    shorter slices too (OpenAI: 60 rpm as about 1 a second), so an unpaced burst of the whole
+    limit can draw 429s the window says cannot happen; and admissions made together expire
+    together, so the window refills in bursts that nobody contends for, while paced, capacity
+    frees a little at a time and each piece goes to the waiter the queue ranks first (so
+    shares hold). An unpaced window (``burst=1``: app gates by default, whose limit is ours
+    alone) lets a client that is alone take its whole limit at once. Either way the log
+    alone guarantees the limit: pacing only ever admits less.
     """
 
     __slots__ = (
         "_log",
+        "burst",
         "external",
         "external_until",
         "interval",
@@ -65,6 +74,7 @@ class SlidingWindow:
         self.window_s = window_s
         self.span = window_s + guard_s
         self.interval = window_s / limit
+        self.burst = burst
         self.tolerance = INFINITY if burst >= 1.0 else burst * window_s
         self.theoretical_arrival = -INFINITY
         self._log: deque[Admission] = deque()
@@ -77,14 +87,25 @@ class SlidingWindow:
         self.limit = limit
         self.span = self.window_s + guard_s
         self.interval = self.window_s / limit
+        self.burst = burst
         self.tolerance = INFINITY if burst >= 1.0 else burst * self.window_s
 
+    @property
+    def paced(self) -> bool:
+        """Whether admissions are spread over the window (see the class docstring)."""
+        return self.tolerance != INFINITY
+
     def expire(self, now: float) -> None:
-        """Forget admissions older than the span."""
+        """Forget admissions older than the span (a pending one is counted again from now:
+        its request has not even left)."""
         log = self._log
         span = self.span
         while log and log[0].time + span <= now:  # the very expression free_at() answers
             admission = log.popleft()
+            if admission.pending:
+                admission.time = now
+                log.append(admission)
+                continue
             admission.live = False
             self.used -= admission.amount
 
@@ -102,13 +123,33 @@ class SlidingWindow:
             and now >= self.theoretical_arrival - self.tolerance
         )
 
-    def admit(self, amount: int, now: float) -> Admission:
-        """Record an admission of ``amount`` units now."""
-        admission = Admission(now, amount)
+    def admit(self, amount: int, now: float, pending: bool = False) -> Admission:
+        """Record an admission of ``amount`` units now (``pending``: until it is retimed)."""
+        admission = Admission(now, amount, pending)
         self._log.append(admission)
         self.used += amount
         self.theoretical_arrival = max(self.theoretical_arrival, now) + amount * self.interval
         return admission
+
+    def retime(self, admission: Admission, now: float) -> Admission:
+        """The request admitted as ``admission`` is handed to the provider call ``now``:
+        count its units from now, and no longer pending (the admission it is counted as, to
+        settle later). What happened between admission and hand-off (a woken waiter's task
+        waiting to run) is thus never taken out of the guard."""
+        admission.pending = False
+        if now <= admission.time:
+            return admission
+        log = self._log
+        if log and log[-1] is admission:  # still the newest: moving it keeps the log in order
+            admission.time = now
+            return admission
+        moved = Admission(now, admission.amount)
+        if admission.live:
+            admission.amount = 0  # its units are counted as ``moved`` from now on
+        else:  # it already left the log (a hand-off later than the whole span)
+            self.used += moved.amount
+        log.append(moved)
+        return moved
 
     def resize(self, admission: Admission, amount: int) -> None:
         """Change an admission's amount (settling a reservation): the log counts the new
@@ -161,6 +202,35 @@ class SlidingWindow:
     def describe(self) -> str:
         """``20 requests per 2 s``."""
         return f"{self.limit} {self.unit} per {self.window_s:g} s"
+
+    def describe_pace(self) -> str:
+        """``1 request per 0.1 s`` or ``3333 tokens per s`` (a paced window's rate)."""
+        if self.unit == "requests":
+            return f"1 request per {self.interval:.3g} s"
+        return f"{self.limit / self.window_s:.4g} tokens per s"
+
+    def explain(self, gate: Gate, amount: int, now: float) -> str:
+        """Why ``amount`` units do not fit now, for a person: the limit, what is used, and
+        when room comes (``app gate app:x allows 3 requests per 60 s; 3 used in the last
+        60 s; next free in 14.2 s``)."""
+        free_in = max(0.0, self.free_at(amount, now) - now)
+        when = "never (larger than the limit)" if free_in == INFINITY else f"in {free_in:.1f} s"
+        used = self.usage(now)
+        if used + amount <= self.limit:  # the log has room: the pace holds it
+            return (
+                f"{gate.scope} gate {gate.name} is paced: it spreads {self.describe()} as "
+                f"{self.describe_pace()}; {used} used in the last {self.window_s:g} s; "
+                f"next free {when}"
+            )
+        provider = (
+            f" (the provider says {max(0, self.limit - self.external)} left)"
+            if now < self.external_until and self.external
+            else ""
+        )
+        return (
+            f"{gate.scope} gate {gate.name} allows {self.describe()}; {used} used in the "
+            f"last {self.window_s:g} s{provider}; next free {when}"
+        )
 
 
 class Gate:
@@ -229,6 +299,26 @@ class Demand:
                     found.append(window)
         return found
 
+    def explain(self, now: float) -> list[str]:
+        """Why this demand cannot be admitted now, one sentence per gate or window short."""
+        reasons = []
+        for gate in self.gates:
+            if gate.paused_until > now:
+                reasons.append(
+                    f"{gate.scope} gate {gate.name} is paused after a provider 429 for "
+                    f"{gate.paused_until - now:.1f} s more"
+                )
+            if gate.max_in_flight is not None and gate.in_flight >= gate.max_in_flight:
+                reasons.append(
+                    f"{gate.scope} gate {gate.name} has {gate.in_flight} of its "
+                    f"{gate.max_in_flight} requests in flight"
+                )
+            for window in gate.windows:
+                amount = self.amount(window)
+                if not window.fits(amount, now):
+                    reasons.append(window.explain(gate, amount, now))
+        return reasons
+
     def available_at(self, now: float) -> float:
         """When this demand alone would fit, if nothing else were admitted meanwhile."""
         when = now
@@ -242,17 +332,38 @@ class Demand:
 class Reservation:
     """An admitted demand: its admissions, settled once with the real usage."""
 
-    __slots__ = ("_admissions", "_gates", "settled", "tokens")
+    __slots__ = ("_admissions", "_gates", "admitted_at", "pending", "sent_at", "settled", "tokens")
 
-    def __init__(self, demand: Demand, now: float) -> None:
+    def __init__(self, demand: Demand, now: float, *, pending: bool = False) -> None:
+        """Admit ``demand`` now; ``pending``: its request leaves later (:meth:`sent`), and
+        stays counted until then however long that takes."""
         self.tokens = demand.tokens
+        self.admitted_at = now
+        self.pending = pending
+        self.sent_at: float | None = None
         self._gates = demand.gates
         self._admissions: list[tuple[SlidingWindow, Admission]] = []
         for gate in demand.gates:
             gate.in_flight += 1
             for window in gate.windows:
-                self._admissions.append((window, window.admit(demand.amount(window), now)))
+                admission = window.admit(demand.amount(window), now, pending)
+                self._admissions.append((window, admission))
         self.settled = False
+
+    def sent(self, now: float) -> None:
+        """The request leaves the gates now (for the provider call, or to a permit's
+        holder): its admissions count from now (:meth:`SlidingWindow.retime`)."""
+        if now == self.sent_at:
+            return
+        self.sent_at = now
+        self.pending = False
+        admissions = self._admissions
+        for index, (window, admission) in enumerate(admissions):
+            if now <= admission.time and not admission.pending:
+                continue
+            moved = window.retime(admission, now)
+            if moved is not admission:
+                admissions[index] = (window, moved)
 
     def settle(self, tokens_used: int | None) -> None:
         """Return unused reserved tokens (or charge what went over) and free the in-flight
@@ -262,6 +373,8 @@ class Reservation:
         self.settled = True
         for gate in self._gates:
             gate.in_flight -= 1
+        if self.pending:
+            self._no_longer_pending()
         if tokens_used is None or tokens_used == self.tokens:
             return
         for window, admission in self._admissions:
@@ -275,5 +388,14 @@ class Reservation:
         self.settled = True
         for gate in self._gates:
             gate.in_flight -= 1
+        if self.pending:
+            self._no_longer_pending()
         for window, admission in self._admissions:
             window.resize(admission, 0)
+
+    def _no_longer_pending(self) -> None:
+        """Its request will not leave after all (settled or cancelled first): its admissions
+        expire as any other."""
+        self.pending = False
+        for _, admission in self._admissions:
+            admission.pending = False

@@ -13,75 +13,63 @@ loop's time per request (measured inside the daemon). Instead::
         if not deadline.expired:      # someone else's
             raise
 
-as ``asyncio.timeout`` is used: the block's task is watched while it runs, and ONE sweep task,
-sleeping until the earliest deadline being watched, cancels the tasks whose deadline has
-passed; leaving the block turns that cancellation into TimeoutError. The sweep starts with the
-first watch and ends when nothing is watched. Each :class:`Deadlines` has its sweep: the
+as ``anyio.fail_after`` is used: the block runs inside an anyio cancel scope *without* a
+deadline of its own (so no timer), and ONE sweep task, sleeping until the earliest deadline
+being watched, cancels the scopes whose deadline has passed; the scope absorbs its own
+cancellation when the block ends, which is then raised as TimeoutError. The sweep starts with
+the first watch and ends when nothing is watched. Each :class:`Deadlines` has its sweep: the
 broker's (request deadlines) and each lean provider pool's (a call's whole-exchange bound).
 
-Deadlines are in the event loop's time, as a timeout scope's are. The daemon runs on asyncio;
-tasks are cancelled the asyncio way (``Task.cancel``/``uncancel``), which anyio's scopes inside
-pass on as they pass on any cancellation that is not theirs. A native cancel would go through
-an anyio scope with ``shield=True`` too, so the sweep does as anyio's own timeouts do: it waits
-while the task is inside a shielded scope entered within the block (a stream being closed
-after a failure, say) and cancels it after. As with ``asyncio.timeout``, a CancelledError that
-is not only the deadline's (the caller cancelled too) stays a CancelledError.
+Because the cancellation is the scope's (``CancelScope.cancel``, public anyio), anyio delivers
+it by its own rules: a shielded scope entered within the block (a stream being closed after a
+failure, httpcore releasing a connection) finishes first and the cancellation lands after it;
+a CancelledError that is not only the deadline's (the caller cancelled too) stays a
+CancelledError; two deadlines passing at once leave no cancel request behind on the task.
+Deadlines are in the event loop's time, as a timeout scope's are; the sweep is an asyncio task
+(the daemon runs on asyncio).
+
+Only public anyio is used. An earlier version cancelled the task itself (``Task.cancel``, no
+scope: cheaper) and, to respect shields, read anyio's private task states to see whether the
+task sat in a shielded scope; no public API tells that of another task, and shields entered by
+code we do not control (httpcore's) cannot be marked by us, so the block has its own scope and
+anyio's delivery does the rest. The price: a block costs about a third of an
+``anyio.fail_after`` block instead of a sixth (``bench/deadlines.py``), and still makes no
+timer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
 
-from anyio._backends._asyncio import _task_states
+import anyio
 
 MAX_SLEEP_S: Final = 1.0
 """The longest the sweep sleeps before looking again."""
-SHIELD_RETRY_S: Final = 0.02
-"""How soon the sweep looks again at a task past its deadline but inside a shielded scope."""
-
-
-def _innermost_scope(task: asyncio.Task[Any]) -> Any:
-    """The anyio cancel scope ``task`` is in now, if any (anyio's task state: private, and
-    pinned by uv.lock; the suite covers it)."""
-    state = _task_states.get(task)
-    return None if state is None else state.cancel_scope
-
-
-def _shielded(task: asyncio.Task[Any], outside: Any) -> bool:
-    """Whether ``task`` is inside a shielded anyio scope entered within ``outside``."""
-    scope = _innermost_scope(task)
-    while scope is not None and scope is not outside:
-        if scope.shield:
-            return True
-        scope = scope._parent_scope
-    return False
 
 
 class Deadline:
-    """One task's deadline: a ``with`` block that raises TimeoutError when it passes."""
+    """One block's deadline: a ``with`` block that raises TimeoutError when it passes."""
 
-    __slots__ = ("_cancelling", "_deadlines", "_taken_back", "at", "expired", "outside", "task")
+    __slots__ = ("_cancelling", "_deadlines", "_scope", "_task", "at", "expired")
 
-    def __init__(self, deadlines: Deadlines, at: float) -> None:
+    def __init__(self, deadlines: Deadlines, at: float, scope: anyio.CancelScope) -> None:
         self._deadlines = deadlines
-        self.at = at
-        self.task: asyncio.Task[Any] | None = None
-        self.outside: Any = None
-        """The anyio scope the block was entered in (shields outside it do not hold it)."""
-        self.expired = False
-        """The sweep has cancelled the task for this deadline."""
-        self._taken_back = False
+        self._scope = scope
+        self._task: asyncio.Task[Any] | None = None
         self._cancelling = 0
+        self.at = at
+        self.expired = False
+        """The sweep has cancelled the block for this deadline."""
 
     def __enter__(self) -> Deadline:
-        task = asyncio.current_task()
+        task = self._task = asyncio.current_task()
         assert task is not None
-        self.task = task
-        self.outside = _innermost_scope(task)
         self._cancelling = task.cancelling()
+        self._scope.__enter__()
         self._deadlines.watch(self)
         return self
 
@@ -91,24 +79,28 @@ class Deadline:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        """Stop watching. The sweep's cancellation is taken back (``uncancel``), and raised
-        as TimeoutError when it is what ends the block. Taken back too when another handler
-        consumed its CancelledError (two deadlines passing at once: two cancels, one
-        delivery): a cancel request left counted on the task would confuse every cancel
-        scope after."""
+        """Stop watching; when the scope absorbed the deadline's cancellation and nothing
+        else's, the block ends with TimeoutError. A cancel request of someone else's still
+        counted on the task (asyncio's ``cancelling()``) keeps the CancelledError one, as
+        ``asyncio.timeout`` does (anyio before 4.16 would swallow it with its own)."""
         self._deadlines.unwatch(self)
-        if not self.expired or self._taken_back:
-            return
-        self._taken_back = True
-        assert self.task is not None
-        if self.task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+        if self._scope.__exit__(exc_type, exc, traceback):
+            assert self._task is not None
+            if self._task.cancelling() > self._cancelling:
+                return  # the CancelledError goes on
             raise TimeoutError from exc
+
+    def expire(self) -> None:
+        """End the block now, as its deadline passing does (anyio's delivery rules apply)."""
+        self.expired = True
+        self._scope.cancel()
 
 
 class Deadlines:
     """The watched deadlines and their sweep (see the module docstring)."""
 
     def __init__(self) -> None:
+        self._new_scope: Callable[[], anyio.CancelScope] = self._first_scope
         self._watched: set[Deadline] = set()
         self._sweep: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
@@ -116,10 +108,26 @@ class Deadlines:
 
     def within(self, seconds: float) -> Deadline:
         """A deadline ``seconds`` from now, for a ``with`` block."""
-        return Deadline(self, asyncio.get_running_loop().time() + seconds)
+        at = asyncio.get_running_loop().time() + seconds
+        return Deadline(self, at, self._new_scope())
+
+    def _first_scope(self) -> anyio.CancelScope:
+        """A scope from anyio's constructor, which dispatches to the running backend on each
+        call (a third of a block's cost); later scopes come straight from the class it
+        returned, which takes the same keywords as anyio does for its own scopes, unless it
+        refuses them (then every scope comes from anyio's constructor)."""
+        scope = anyio.CancelScope()
+        scope_type = type(scope)
+        try:
+            scope_type()
+        except TypeError:
+            self._new_scope = anyio.CancelScope
+        else:
+            self._new_scope = scope_type
+        return scope
 
     def watch(self, deadline: Deadline) -> None:
-        """Cancel ``deadline.task`` at ``deadline.at`` unless :meth:`unwatch` comes first."""
+        """Expire ``deadline`` at ``deadline.at`` unless :meth:`unwatch` comes first."""
         self._watched.add(deadline)
         if self._sweep is None:
             self._sweep = asyncio.get_running_loop().create_task(
@@ -143,16 +151,10 @@ class Deadlines:
                 now = loop.time()
                 earliest = math.inf
                 for deadline in self._watched:
-                    task = deadline.task
                     if deadline.at > now:
                         earliest = min(earliest, deadline.at)
-                    elif deadline.expired or task is None:
-                        continue
-                    elif _shielded(task, deadline.outside):
-                        earliest = min(earliest, now + SHIELD_RETRY_S)
-                    else:
-                        deadline.expired = True
-                        task.cancel()
+                    elif not deadline.expired:
+                        deadline.expire()
                 wake_at = self._wake_at = min(earliest, now + MAX_SLEEP_S)
                 wakeup = self._wakeup = loop.create_future()
                 timer = loop.call_at(wake_at, self._wake)
