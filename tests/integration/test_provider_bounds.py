@@ -2,8 +2,9 @@
 answers, through both pools (the lean one of plain-http accounts, and httpx's own), a plain
 answer past ``max_response_mb`` (framed by its length, by chunks, or by the close) fails as
 ``protocol`` naming the bound, an endless stream fails as ``stream_broken`` naming it, an error
-answer is read only so far; and a real daemon answered 300 MB keeps its memory bounded (its
-peak RSS, read from /proc in the test)."""
+answer is read only so far; and a real daemon answered 300 MB, or streamed 64 MiB, keeps its
+memory bounded (its peak RSS, read from /proc in the test) and its client hears
+``upstream_error`` naming the bound."""
 
 from __future__ import annotations
 
@@ -152,3 +153,45 @@ def test_a_daemon_answered_300_mb_keeps_its_memory_bounded() -> None:
             print(f"daemon peak RSS {before:.0f} MiB at start, {peak:.0f} MiB after")
             assert peak < before + 2 * 32 + 40
             assert "32 MiB (providers.raw.max_response_mb)" in failed.value.message
+
+
+STREAMED_EVENT = (
+    b'data: {"choices": [{"index": 0, "delta": {"content": "' + b"x" * 32768 + b'"}}]}\n\n'
+)
+
+
+def relay(client: Client, pieces: list[int]) -> None:
+    """Stream a chat from ``raw/m``, noting the size of each piece of text relayed."""
+    for chunk in client.chat_stream("raw/m", [{"role": "user", "content": "hi"}], cache="bypass"):
+        pieces.append(len(chunk.delta))
+
+
+def test_a_daemon_streamed_64_mb_cuts_the_stream_and_keeps_its_memory_bounded() -> None:
+    """A stream's bound holds end to end: the client's stream ends in ``upstream_error``
+    naming the bound after less than the bound was relayed, and the daemon's memory stays
+    bounded (before the bound, the daemon relayed all 64 MiB of it). The bound is set below
+    ``daemon.max_frame`` because the stream's ``ChatEnd`` carries its whole content."""
+
+    def huge(request: RawRequest, connection: socket.socket) -> None:
+        endless(SSE_HEAD, STREAMED_EVENT, 64 * MIB, chunked=True)(request, connection)
+
+    with RawHTTPServer(huge) as server:
+        config = '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n' + sim_provider_config(
+            "raw", server.base_url, extra="max_response_mb = 4"
+        )
+        with DaemonProcess(config) as daemon:
+            assert daemon.process is not None
+            before = peak_rss_mib(daemon.process.pid)
+            pieces: list[int] = []
+            with (
+                Client(socket=daemon.socket_path, app="t") as client,
+                pytest.raises(UpstreamError) as broken,
+            ):
+                relay(client, pieces)
+            relayed = sum(pieces)
+            peak = peak_rss_mib(daemon.process.pid)
+            print(f"relayed {relayed} bytes; daemon peak RSS {before:.0f} -> {peak:.0f} MiB")
+            assert 0 < relayed < 4 * MIB
+            assert "4 MiB (providers.raw.max_response_mb)" in broken.value.message
+            assert peak < before + 2 * 4 + 40
+            assert daemon.process.poll() is None

@@ -1,6 +1,7 @@
 """Hostile and careless peers of the Unix socket against a real ``quotad serve`` process: the
 frames that used to kill the daemon, a peer the allow lists refuse, running out of file
-descriptors, permits that outlive their connection, and new connections while draining.
+descriptors (said in status and /healthz), permits that outlive their connection, and new
+connections while draining.
 
 Each test checks that the daemon lives on and still serves others (a client connected before,
 and one connecting after), and what the offending peer was answered.
@@ -35,7 +36,8 @@ from quotad.protocol.messages import (
     Subscribe,
     Welcome,
 )
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.integration.test_http_descriptors import healthz
+from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
 from tests.support.peers import exchange_as
 from tests.support.sim import SimProcess
 
@@ -190,12 +192,19 @@ def test_a_refused_peer_is_answered_before_anything_it_sent_is_read(sim: SimProc
 
 def test_running_out_of_descriptors_never_wedges_the_listener(sim: SimProcess) -> None:
     """With its descriptors used up by idle connections, the daemon used to stop accepting for
-    good (no log, process up). Now it says so in status, and serves once descriptors free."""
+    good (no log, process up). Now it says so in status and in /healthz (503, on an HTTP
+    connection made before), and serves once descriptors free."""
     launcher = ("prlimit", "--nofile=64", sys.executable)
+    port = free_port()
+    with_http = config(sim.base_url).replace(
+        '[http]\nlisten = ""\n', f'[http]\nlisten = "127.0.0.1:{port}"\nauth = "none"\n'
+    )
     with (
-        DaemonProcess(config(sim.base_url), launcher=launcher) as daemon,
+        DaemonProcess(with_http, launcher=launcher) as daemon,
         Client(socket=daemon.socket_path) as watcher,
+        socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as http_probe,
     ):
+        assert healthz(http_probe)[0] == 200
         idle: list[socket.socket] = []
         try:
             deadline = time.monotonic() + PATIENCE_S
@@ -208,6 +217,7 @@ def test_running_out_of_descriptors_never_wedges_the_listener(sim: SimProcess) -
                     break
                 idle.append(waiting)
             during = watcher.status()
+            health_during = healthz(http_probe)
         finally:
             for sock in idle:
                 sock.close()
@@ -216,7 +226,11 @@ def test_running_out_of_descriptors_never_wedges_the_listener(sim: SimProcess) -
         assert isinstance(welcome, Welcome)
         [problem] = during.problems
         assert "accept failing: EMFILE (too many open files)" in problem
+        assert health_during[0] == 503
+        assert health_during[1]["problems"] == [problem]
+        assert problem.startswith(f"unix socket {daemon.socket_path}: accept failing")
         assert watcher.status().problems == []
+        assert healthz(http_probe)[0] == 200
         assert "accept on" in daemon.log()
         assert "works again" in daemon.log()
         assert_serving(daemon, watcher)
