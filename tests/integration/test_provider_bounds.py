@@ -25,7 +25,7 @@ from quotad.daemon.providers.base import Provider, ProviderError
 from quotad.protocol.messages import Chat, ChatMessage
 from tests.support.backends import ASYNCIO_BACKENDS
 from tests.support.daemon import DaemonProcess, sim_provider_config
-from tests.support.raw_http import RawHTTPServer, RawRequest, endless
+from tests.support.raw_http import RawHTTPServer, RawRequest, endless, relay
 
 asyncio_backends = pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
 
@@ -158,12 +158,6 @@ def test_a_daemon_answered_300_mb_keeps_its_memory_bounded() -> None:
 STREAMED_EVENT = (
     b'data: {"choices": [{"index": 0, "delta": {"content": "' + b"x" * 32768 + b'"}}]}\n\n'
 )
-
-
-def relay(client: Client, pieces: list[int]) -> None:
-    """Stream a chat from ``raw/m``, noting the size of each piece of text relayed."""
-    for chunk in client.chat_stream("raw/m", [{"role": "user", "content": "hi"}], cache="bypass"):
-        pieces.append(len(chunk.delta))
 
 
 def test_a_daemon_streamed_64_mb_cuts_the_stream_and_keeps_its_memory_bounded() -> None:

@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from quotad.client import Client
+
 Handler = Callable[["RawRequest", socket.socket], None]
 """Writes the answer to a request on the socket (it may write forever: a closed peer ends it)."""
 
@@ -124,3 +126,10 @@ def endless(
             connection.sendall(b"0\r\n\r\n")
 
     return handle
+
+
+def relay(client: Client, pieces: list[int]) -> None:
+    """Stream a chat from ``raw/m`` (a raw server's account), noting the size of each piece
+    of text relayed."""
+    for chunk in client.chat_stream("raw/m", [{"role": "user", "content": "hi"}], cache="bypass"):
+        pieces.append(len(chunk.delta))

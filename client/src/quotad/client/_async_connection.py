@@ -316,6 +316,8 @@ async def handshake(path: str, app: str, connect_timeout: float) -> AsyncConnect
                     raise ConnectionResetError("closed the connection during the handshake")
                 replies.extend(decoder.feed(data))
             welcome = expect(replies[0], Welcome, str(path))
+            if welcome.max_frame > 0:  # replies as large as the daemon may send
+                decoder.max_frame = max(decoder.max_frame, welcome.max_frame)
     except BaseException:
         sock.close()
         raise

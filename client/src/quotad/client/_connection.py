@@ -251,6 +251,8 @@ def handshake(path: str, app: str, connect_timeout: float) -> Connection:
                 raise ConnectionResetError("closed the connection during the handshake")
             replies.extend(decoder.feed(data))
         welcome = expect(replies[0], Welcome, str(path))
+        if welcome.max_frame > 0:  # replies as large as the daemon may send
+            decoder.max_frame = max(decoder.max_frame, welcome.max_frame)
         sock.settimeout(None)
     except BaseException:
         sock.close()

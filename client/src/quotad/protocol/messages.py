@@ -183,6 +183,9 @@ class Welcome(Message):
     version: int = PROTOCOL_VERSION
     daemon_version: str = ""
     features: list[str] = msgspec.field(default_factory=list)
+    max_frame: int = 0
+    """The largest frame this daemon takes or sends (``daemon.max_frame``); a client reads
+    replies up to it. 0: not said (a daemon before this field), the protocol's default."""
 
 
 class ChatReply(Message):

@@ -36,6 +36,8 @@ from quotad.daemon.errors import RequestError
 from quotad.daemon.server.binding import PeerCredentials
 from quotad.daemon.server.limits import ConnectionLimits
 from quotad.daemon.status import DAEMON_VERSION
+from quotad.protocol.figures import size
+from quotad.protocol.framing import HEADER_SIZE as FRAME_HEADER_SIZE
 from quotad.protocol.framing import FrameEncoder, FrameError, request_decoder
 from quotad.protocol.messages import (
     Acquire,
@@ -241,7 +243,10 @@ class Connection(asyncio.Protocol):
         :data:`MAX_UNREAD_BYTES` buffered, stop reading the peer until it reads its answers."""
         transport = self._transport
         if transport is not None and not self.lost and not transport.is_closing():
-            transport.write(self._encode(message))
+            frame = self._encode(message)
+            if len(frame) - FRAME_HEADER_SIZE > self.limits.max_frame:
+                frame = self._encode(oversized(message, len(frame), self.limits.max_frame))
+            transport.write(frame)
             if (
                 self._writing_paused
                 and not self._reading_paused
@@ -336,7 +341,14 @@ class Connection(asyncio.Protocol):
             uid=peer.uid if peer else None,
             gid=peer.gid if peer else None,
         )
-        self.write(Welcome(id=message.id, daemon_version=DAEMON_VERSION, features=list(FEATURES)))
+        self.write(
+            Welcome(
+                id=message.id,
+                daemon_version=DAEMON_VERSION,
+                features=list(FEATURES),
+                max_frame=self.limits.max_frame,
+            )
+        )
 
     def _over_limits(self, message: Request) -> str | None:
         """Why this connection may not start ``message`` now, if it may not."""
@@ -490,6 +502,23 @@ class Connection(asyncio.Protocol):
 
 def _error(request_id: int, code: str, message: str) -> Error:
     return Error(id=request_id, code=code, message=message)
+
+
+def oversized(message: Message, frame_size: int, max_frame: int) -> Error:
+    """What is sent instead of ``message`` when its frame would be over ``daemon.max_frame``
+    (the peer would refuse it, and the connection with it): its request's error, naming the
+    bound. Its ledger row, if it had one, is already committed."""
+    request_id = getattr(message, "request_id", "")
+    return Error(
+        id=message.id,
+        code="upstream_error",
+        message=(
+            f"the {type(message).__name__} is {size(frame_size)} as a frame, over the wire "
+            f"protocol's limit of {size(max_frame)} (daemon.max_frame): ask through the HTTP "
+            "front door, for a shorter answer, or raise daemon.max_frame"
+        ),
+        details={"request_id": request_id} if request_id else {},
+    )
 
 
 def _overloaded(request_id: int, message: str) -> Error:
