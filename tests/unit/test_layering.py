@@ -29,6 +29,7 @@ COMPOSITION: Final = tuple(
         "live_tail",
         "config_generations",
         "request_context",
+        "budget_holds",
         "streamed_answer",
         "caller",
         "server",

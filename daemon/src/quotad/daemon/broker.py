@@ -21,7 +21,9 @@ The broker's other request kinds have their own homes, which it builds and front
 through it: :attr:`Broker.permits` (``Acquire``/``Settle``, :mod:`quotad.daemon.permits`),
 :attr:`Broker.admin` (``Admin``, :mod:`quotad.daemon.admin`), :attr:`Broker.reports`
 (``Status``/``Spend``, :mod:`quotad.daemon.status`); :attr:`Broker.tail` is what watches
-requests live (``Subscribe``, metrics: :mod:`quotad.daemon.live_tail`).
+requests live (``Subscribe``, metrics: :mod:`quotad.daemon.live_tail`). Step 2's arithmetic is
+:attr:`Broker.budget_holds` (:mod:`quotad.daemon.budget_holds`), what a request plans and a
+cache hit answers is :class:`~quotad.daemon.request_context.RequestContext`'s.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import TypeVar
 import anyio
 
 from quotad.daemon.admin import AdminActions
+from quotad.daemon.budget_holds import BudgetHolds
 from quotad.daemon.caller import Caller
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
@@ -50,25 +53,20 @@ from quotad.daemon.permits import DEFAULT_429_PAUSE_S, Permits
 from quotad.daemon.providers.base import ChatResult, EmbedResult, ProviderAnswer, ProviderError
 from quotad.daemon.request_context import RequestContext, RequestIds
 from quotad.daemon.request_limits import (
-    billable_tokens,
-    check_embed_extra,
-    completion_limit,
     embed_inputs,
 )
 from quotad.daemon.routing import Route, Router, Target
 from quotad.daemon.semantic.step import SemanticStep
 from quotad.daemon.status import DAEMON_VERSION, StatusReports
 from quotad.daemon.store import Store
-from quotad.daemon.store.cache import Answer, Cacheable, CachedChat, CachedEmbedding, CacheEntry
+from quotad.daemon.store.cache import Cacheable, CachedChat, CachedEmbedding, CacheEntry
 from quotad.daemon.store.ledger import LedgerWriteFailed
-from quotad.daemon.store.prices import PER_TOKEN, Price
 from quotad.daemon.streamed_answer import (
     OpenedStream,
     StreamedAnswer,
     announce,
     broken_stream,
 )
-from quotad.daemon.tokens import estimate_input_tokens, estimate_prompt_tokens
 from quotad.protocol.messages import (
     CacheMode,
     Chat,
@@ -83,7 +81,6 @@ from quotad.protocol.messages import (
 __all__ = ["DAEMON_VERSION", "Broker"]
 
 T = TypeVar("T", bound=ProviderAnswer)
-AnswerT = TypeVar("AnswerT", bound=Answer)
 AnsweredT = TypeVar("AnsweredT", ChatReply, ChatEnd, EmbedReply)
 
 
@@ -123,7 +120,8 @@ class Broker:
         self.reports = StatusReports(
             config, router, self.gates, store, self.tail, self.events, clock
         )
-        self._route_prices: dict[str, Price] = {}
+        self.budget_holds = BudgetHolds(store.budgets, store.prices, clock)
+        """Step 2: each request's maximum cost held on its budgets."""
         self._default_max_tokens = config.gates.default_max_tokens
 
     # ------------------------------------------------------------------ chat
@@ -134,7 +132,7 @@ class Broker:
             request, screening = await self.guardrails.check(request, context)  # 0
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit skips to 7
-                answer = self._answer_from_cache(context, hit, CachedChat)
+                answer = context.answered_from_cache(hit, CachedChat, self.router.targets)
                 reply = answer.reply(
                     ChatReply, request.id, context.request_id, context.saved_usd, hit.similarity
                 )
@@ -173,7 +171,7 @@ class Broker:
             request, screening = await self.guardrails.check(request, context)  # 0
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit: 7 (its row committed), then its chunks replayed
-                answer = self._answer_from_cache(context, hit, CachedChat)
+                answer = context.answered_from_cache(hit, CachedChat, self.router.targets)
                 end = answer.reply(
                     ChatEnd, request.id, context.request_id, context.saved_usd, hit.similarity
                 )
@@ -248,8 +246,8 @@ class Broker:
         request is looked up exactly, then semantically (:mod:`quotad.daemon.semantic.step`;
         the question it asks is kept in ``context.asked`` for step 7)."""
         route = self.router.resolve(request.model)  # 1
-        self._plan(context, request)
-        await self._reserve_budget(context, route, request)  # 2
+        context.plan(request, self._default_max_tokens, self.gates.app_policy)
+        await self.budget_holds.reserve(context, route, request)  # 2
         key = self.cache.key_of(request)
         if isinstance(request, Chat):  # 3: exact, then semantic
             hit, context.asked = self.semantic.lookup(request, key)
@@ -264,7 +262,7 @@ class Broker:
             request, _ = await self.guardrails.check(request, context)  # 0
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit skips to 7
-                cached = self._answer_from_cache(context, hit, CachedEmbedding)
+                cached = context.answered_from_cache(hit, CachedEmbedding, self.router.targets)
                 reply = cached.reply(request.id, context.request_id, context.saved_usd)
                 reply.latency_s = await self._finish(context, reply.usage)  # 7
                 return reply
@@ -400,39 +398,6 @@ class Broker:
             asyncio.get_running_loop().call_soon(self.tail.finished, row)
         return latency_s
 
-    async def _reserve_budget(
-        self,
-        context: RequestContext,
-        route: Route,
-        request: Chat | Embed,
-    ) -> None:
-        """Step 2: hold the request's maximum cost (the most prompt and completion tokens a
-        provider can bill it, at the most expensive target of its route) on its budgets;
-        ``budget_exceeded`` when it does not fit. The bounds are only counted when a budget
-        applies. A ``cache="only"`` request never calls a provider, so it holds nothing."""
-        if request.cache == "only" or not self.budgets.apply_to(context.caller.app):
-            return
-        price = self._route_prices.get(route.name)
-        if price is None:
-            names = tuple(target.name for target in route.targets)
-            price = self._route_prices[route.name] = self.prices.most_expensive(names)
-        prompt_tokens, completion_tokens = billable_tokens(request, context.max_tokens)
-        max_cost = (prompt_tokens * price.input + completion_tokens * price.output) * PER_TOKEN
-        context.budget = self.budgets.reserve(context.caller.app, max_cost, self.clock.time())
-
-    def _answer_from_cache(
-        self, context: RequestContext, entry: CacheEntry, kind: type[AnswerT]
-    ) -> AnswerT:
-        """Step 3 hit: the request is answered by ``entry`` at no cost, saving what the call
-        it replaces cost (a semantic hit: ``entry.similarity``, marked in its ledger row)."""
-        answer = entry.answer
-        assert isinstance(answer, kind)
-        context.cached = True
-        context.similarity = entry.similarity
-        context.saved_usd = entry.cost_usd
-        context.target = self.router.targets.get(answer.target)
-        return answer
-
     # ------------------------------------------------------------------ attempts
 
     async def _attempt_targets(
@@ -503,22 +468,6 @@ class Broker:
         if error.kind == "rate_limited":
             self.gates.pause(target.name, error.retry_after_s or DEFAULT_429_PAUSE_S)
 
-    def _plan(self, context: RequestContext, request: Chat | Embed) -> None:
-        """A request's priority, wait, completion limit (a chat's ``max_tokens``, or a larger
-        spelling of it in ``extra``; refused fields of ``extra`` are ``bad_request``: see
-        :mod:`quotad.daemon.request_limits`) and gate reservation: its prompt's estimated
-        tokens + that limit."""
-        if isinstance(request, Chat):
-            context.max_tokens = completion_limit(request, self._default_max_tokens)
-            prompt = estimate_prompt_tokens(request.messages, request.tools)
-        else:
-            check_embed_extra(request.extra)
-            prompt = estimate_input_tokens(embed_inputs(request))
-        app = context.caller.app
-        context.priority = request.priority or self.gates.app_policy(app).priority
-        context.max_wait_s = request.max_wait_s
-        context.tokens = prompt + context.max_tokens
-
     # ------------------------------------------------------------------ reload
 
     def reconfigure(self, config: Config, router: Router) -> anyio.Event:
@@ -533,6 +482,6 @@ class Broker:
         self.router = self.permits.router = self.admin.router = router
         self.reports.config, self.reports.router = config, router
         self.guardrails.reconfigure(config)
-        self._route_prices.clear()
+        self.budget_holds.reconfigure()
         self._default_max_tokens = config.gates.default_max_tokens
         return self.generations.advance(self.tail.in_flight)

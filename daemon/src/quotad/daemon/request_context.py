@@ -4,18 +4,24 @@ requests are known by (:class:`RequestIds`)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from quotad.daemon.caller import Caller
-from quotad.daemon.gates import Reservation
+from quotad.daemon.gates import AppPolicy, Reservation
+from quotad.daemon.request_limits import check_embed_extra, completion_limit, embed_inputs
 from quotad.daemon.routing import Target
 from quotad.daemon.store.budgets import BudgetHold
+from quotad.daemon.store.cache import Answer, CacheEntry
 from quotad.daemon.store.ledger import LedgerRow, encode_tags
-from quotad.protocol.messages import Usage
+from quotad.daemon.tokens import estimate_input_tokens, estimate_prompt_tokens
+from quotad.protocol.messages import Chat, Embed, Usage
 
 if TYPE_CHECKING:
     from quotad.daemon.semantic.step import Asked
+
+AnswerT = TypeVar("AnswerT", bound=Answer)
 
 
 class Findings(Protocol):
@@ -74,6 +80,39 @@ class RequestContext:
     cost_usd: float = 0.0
     screening: Findings | None = None
     """Its guardrails (step 0): what they found, and its reply's way back."""
+
+    def plan(
+        self,
+        request: Chat | Embed,
+        default_max_tokens: int,
+        app_policy: Callable[[str], AppPolicy],
+    ) -> None:
+        """Its priority, wait, completion limit (a chat's ``max_tokens``, or a larger spelling
+        of it in ``extra``; refused fields of ``extra`` are ``bad_request``: see
+        :mod:`quotad.daemon.request_limits`) and gate reservation: its prompt's estimated
+        tokens + that limit."""
+        if isinstance(request, Chat):
+            self.max_tokens = completion_limit(request, default_max_tokens)
+            prompt = estimate_prompt_tokens(request.messages, request.tools)
+        else:
+            check_embed_extra(request.extra)
+            prompt = estimate_input_tokens(embed_inputs(request))
+        self.priority = request.priority or app_policy(self.caller.app).priority
+        self.max_wait_s = request.max_wait_s
+        self.tokens = prompt + self.max_tokens
+
+    def answered_from_cache(
+        self, entry: CacheEntry, kind: type[AnswerT], targets: Mapping[str, Target]
+    ) -> AnswerT:
+        """Step 3 hit: it is answered by ``entry`` at no cost, saving what the call it replaces
+        cost (a semantic hit: ``entry.similarity``, marked in its ledger row)."""
+        answer = entry.answer
+        assert isinstance(answer, kind)
+        self.cached = True
+        self.similarity = entry.similarity
+        self.saved_usd = entry.cost_usd
+        self.target = targets.get(answer.target)
+        return answer
 
     @property
     def target_name(self) -> str:

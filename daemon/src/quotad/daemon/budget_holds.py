@@ -1,0 +1,47 @@
+"""Step 2 of the pipeline (DESIGN §2): a request's budgets hold the most it may cost before any
+provider is called, and ``budget_exceeded`` refuses it when that does not fit.
+
+The most it may cost is the most prompt and completion tokens a provider can bill it
+(:func:`~quotad.daemon.request_limits.billable_tokens`: bounds, not estimates) at the most
+expensive target of its route. Step 7 settles the hold with the real cost
+(:meth:`quotad.daemon.store.budgets.Budgets.settle`).
+"""
+
+from __future__ import annotations
+
+from quotad.daemon.clock import Clock
+from quotad.daemon.request_context import RequestContext
+from quotad.daemon.request_limits import billable_tokens
+from quotad.daemon.routing import Route
+from quotad.daemon.store.budgets import Budgets
+from quotad.daemon.store.prices import PER_TOKEN, Price, PriceTable
+from quotad.protocol.messages import Chat, Embed
+
+
+class BudgetHolds:
+    """Holds each request's maximum cost on the budgets that apply to it."""
+
+    def __init__(self, budgets: Budgets, prices: PriceTable, clock: Clock) -> None:
+        self.budgets = budgets
+        self.prices = prices
+        self.clock = clock
+        self._route_prices: dict[str, Price] = {}
+        """The most expensive price of each route's targets, as asked (cleared at reload)."""
+
+    async def reserve(self, context: RequestContext, route: Route, request: Chat | Embed) -> None:
+        """Hold the request's maximum cost on its budgets (``context.budget``), or raise
+        ``budget_exceeded``. The bounds are only counted when a budget applies. A
+        ``cache="only"`` request never calls a provider, so it holds nothing."""
+        if request.cache == "only" or not self.budgets.apply_to(context.caller.app):
+            return
+        price = self._route_prices.get(route.name)
+        if price is None:
+            names = tuple(target.name for target in route.targets)
+            price = self._route_prices[route.name] = self.prices.most_expensive(names)
+        prompt_tokens, completion_tokens = billable_tokens(request, context.max_tokens)
+        max_cost = (prompt_tokens * price.input + completion_tokens * price.output) * PER_TOKEN
+        context.budget = self.budgets.reserve(context.caller.app, max_cost, self.clock.time())
+
+    def reconfigure(self) -> None:
+        """A reloaded config may price or route differently: forget the routes' prices."""
+        self._route_prices.clear()
