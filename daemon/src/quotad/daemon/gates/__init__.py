@@ -28,6 +28,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -47,6 +48,9 @@ from quotad.daemon.gates.window import (
 )
 from quotad.daemon.rate_limit_info import NO_RATE_LIMITS, RateLimitInfo
 from quotad.protocol.messages import GateStatus, QueueStatus, WindowStatus
+
+if TYPE_CHECKING:  # the Redis client is imported only when [cluster] is configured
+    from quotad.daemon.cluster.gates import FleetGates
 
 __all__ = [
     "PRIORITY_LEVELS",
@@ -141,7 +145,25 @@ class Gates:
         self._next_wake = INFINITY
         self._timer_changed: anyio.Event | None = None
         self.queue = WaitQueue(config.gates.aging_s)
+        self.fleet: FleetGates | None = None
+        """The fleet's side of every window (``[cluster]``), from :meth:`use_fleet` on."""
         self.reconfigure(config)
+
+    def use_fleet(self, fleet: FleetGates) -> None:
+        """Share every gate with the fleet (DESIGN §10): each window admits only what this
+        host holds of the fleet's limit; the fleet's worker borrows for waiters short of it
+        and wakes the queue when capacity comes (a grant, a ``freed`` message, a change of
+        health), another host's 429 pause pauses the target here too."""
+        self.fleet = fleet
+        fleet.on_capacity = self._dispatch
+        fleet.schedule = self._schedule
+        fleet.on_pause = self._fleet_paused
+
+    def _fleet_paused(self, target: str, until: float) -> None:
+        """Another host paused ``target`` until local ``until`` (-inf: lifted)."""
+        gate = self._target_gate(target)
+        gate.paused_until = until if until == -INFINITY else max(gate.paused_until, until)
+        self._dispatch()
 
     # ------------------------------------------------------------------ configuration
 
