@@ -132,6 +132,7 @@ class Daemon:
         self.broker = Broker(config, self.router, self.store, gates=self.gates, events=self.events)
         if self.cluster is not None:
             self.broker.reports.cluster = self.cluster
+            self.cluster.report_load(self._fleet_load)
         self.broker.admin.reload_config = self._reload_for_peer
         if listen_socket is not None:
             socket_path = Path(listen_socket.getsockname())
@@ -422,6 +423,10 @@ class Daemon:
             log.exception("could not record operator action %s in the audit table", action)
 
     # ------------------------------------------------------------------ status
+
+    def _fleet_load(self) -> dict[str, int]:
+        """What this host tells the fleet of its load at each heartbeat."""
+        return {"in_flight": self.broker.tail.in_flight, "queued": len(self.gates.queue)}
 
     def _status_line(self) -> str:
         """The daemon's state in one line, for ``systemctl status``."""
