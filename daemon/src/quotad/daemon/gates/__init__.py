@@ -51,6 +51,7 @@ from quotad.protocol.messages import GateStatus, QueueStatus, WindowStatus
 
 if TYPE_CHECKING:  # the Redis client is imported only when [cluster] is configured
     from quotad.daemon.cluster.gates import FleetGates
+    from quotad.daemon.cluster.window import FleetWindow
 
 __all__ = [
     "PRIORITY_LEVELS",
@@ -158,6 +159,51 @@ class Gates:
         fleet.on_capacity = self._dispatch
         fleet.schedule = self._schedule
         fleet.on_pause = self._fleet_paused
+        self._attach_fleet_windows()
+        self._dispatch()
+
+    def _attach_fleet_windows(self) -> None:
+        """Give every window its fleet side (a reloaded limit or guard applies to it too)."""
+        fleet = self.fleet
+        if fleet is None:
+            return
+        for gate in self._gates.values():
+            for window in gate.windows:
+                window.fleet = fleet.window(
+                    gate.name, window.unit, window.window_s, window.limit, window.span
+                )
+
+    def _ask_fleet(self, now: float) -> None:
+        """Borrow for the first waiters that only the fleet's limit holds back (not a pause,
+        an in-flight cap or this host's own log): one ask each, coalesced by the worker."""
+        fleet = self.fleet
+        assert fleet is not None
+        asked = 0
+        for waiter in self.queue.ordered(now):
+            demand = waiter.demand
+            items: list[tuple[FleetWindow, int]] = []
+            for gate in demand.gates:
+                if gate.paused_until > now or (
+                    gate.max_in_flight is not None and gate.in_flight >= gate.max_in_flight
+                ):
+                    items = []
+                    break
+                for window in gate.windows:
+                    amount = demand.amount(window)
+                    if not window.fits_here(amount, now):
+                        items = []
+                        break
+                    if window.fleet is not None and window.fleet.available(now) < amount:
+                        items.append((window.fleet, amount))
+                else:
+                    continue
+                break
+            if items:
+                target = next((g.name for g in demand.gates if g.scope == "model"), None)
+                fleet.ask(tuple(items), target, waiter.sequence)
+                asked += 1
+                if asked >= FLEET_ASKS_PER_DISPATCH:
+                    return
 
     def _fleet_paused(self, target: str, until: float) -> None:
         """Another host paused ``target`` until local ``until`` (-inf: lifted)."""
@@ -220,6 +266,7 @@ class Gates:
             for name, app in config.apps.items()
         }
         self._demand_gates.clear()
+        self._attach_fleet_windows()
         self._dispatch()
 
     def app_policy(self, app: str) -> AppPolicy:
@@ -289,7 +336,7 @@ class Gates:
             raise RequestError(
                 "rate_limited",
                 f"no capacity within max_wait_s={wait_s:g} s: {'; and '.join(reasons)}",
-                retry_after_s=round(max(0.0, demand.available_at(later) - later), 3),
+                retry_after_s=_retry_after(demand.available_at(later) - later),
             )
         self._events.pop(waiter, None)
         resumed = self.clock.monotonic()
@@ -315,11 +362,15 @@ class Gates:
     def settle(self, reservation: Reservation, tokens_used: int | None) -> None:
         """Settle a reservation with the tokens really used (None: as reserved)."""
         reservation.settle(tokens_used)
+        if self.fleet is not None:
+            self.fleet.settle_changed()
         self._dispatch()
 
     def cancel(self, reservation: Reservation) -> None:
         """Undo a reservation whose request never reached the provider."""
         reservation.cancel()
+        if self.fleet is not None:
+            self.fleet.settle_changed()
         self._dispatch()
 
     # ------------------------------------------------------------------ provider feedback
@@ -328,6 +379,8 @@ class Gates:
         """A provider answered 429 for ``target``: admit nothing there for ``seconds``."""
         gate = self._target_gate(target)
         gate.paused_until = max(gate.paused_until, self.clock.monotonic() + max(0.0, seconds))
+        if self.fleet is not None and seconds > 0:
+            self.fleet.share_pause(target, seconds)  # every host pauses it too
         self._dispatch()
 
     def unpause(self, target: str) -> None:
@@ -336,6 +389,8 @@ class Gates:
         if gate is not None:
             gate.paused_until = -INFINITY
             self._dispatch()
+        if self.fleet is not None:
+            self.fleet.share_pause(target, 0.0)  # lifted on every host
 
     def observe(self, provider: str, target: str, info: RateLimitInfo) -> None:
         """Tighten the gates' view with what a provider's rate-limit headers say."""
@@ -362,6 +417,8 @@ class Gates:
             window = _matching_window(scope, unit, limit)  # type: ignore[arg-type]
             if window is not None:
                 window.add_external(remaining, reset_s, now)
+                if window.fleet is not None and self.fleet is not None:
+                    self.fleet.observe(window.fleet, remaining, reset_s)  # the fleet's view
             elif remaining <= 0:
                 model_gate.paused_until = max(model_gate.paused_until, now + reset_s)
         self._dispatch()
@@ -441,6 +498,8 @@ class Gates:
             if event is not None:
                 event.set()
         self._schedule(min(wake, next_lease), replace=True)
+        if self.fleet is not None and self.queue.waiters:
+            self._ask_fleet(now)  # after the timer: a refused ask re-arms it for its retry
 
     def _schedule(self, when: float, *, replace: bool = False) -> None:
         if when < self._next_wake or (replace and when != self._next_wake):
@@ -509,6 +568,14 @@ class Gates:
 
 
 TIMER_SLACK_S = 0.0005
+FLEET_ASKS_PER_DISPATCH = 8
+"""Waiters at the head of the queue a dispatch borrows for (each ask is coalesced)."""
+
+
+def _retry_after(seconds: float) -> float:
+    """A refusal's retry-after: when the demand fits; 1 s when nobody can say (the fleet's
+    capacity comes when it is borrowed)."""
+    return 1.0 if seconds == INFINITY else round(max(0.0, seconds), 3)
 
 
 def _matching_window(gate: Gate | None, unit: Unit, limit: int | None) -> SlidingWindow | None:
