@@ -18,13 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from quotad.client import Client
-from tests.support.daemon import DaemonProcess
-from tests.support.sim import SimProcess
+from tests.support.daemon import START_TIMEOUT_S, DaemonProcess, socket_answers
+from tests.support.load import peak_in_window
+from tests.support.sim import SimProcess, read_sim_log
 from tests.support.valkey import ValkeyServer, server_binary
 
 FLEET_CONFIG = """\
@@ -122,8 +129,15 @@ class Fleet:
                     self.config_for(host), directory=directory, env=self._daemon_env
                 )
                 self._stack.callback(daemon.__exit__, None, None, None)
-                daemon.start()
+                daemon.spawn()  # all at once: each start takes a while on a loaded machine
                 self.daemons.append(daemon)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            for daemon in self.daemons:
+                while not socket_answers(daemon.socket_path):
+                    assert daemon.process is not None
+                    if daemon.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"quotad did not start:\n{daemon.log()}")
+                    time.sleep(0.02)
         except BaseException:
             self.close()
             raise
@@ -153,3 +167,87 @@ class Fleet:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def requests_limit(limit: int, window_s: float) -> str:
+    """``[providers.sim]``'s limit line: ``limit`` requests per ``window_s``."""
+    return f"limits = [{{{{ requests = {limit}, window_s = {window_s} }}}}]"
+
+
+def run_fleet_load(
+    fleet: Fleet,
+    *,
+    processes_per_host: int,
+    duration_s: float,
+    limit: int,
+    window_s: float,
+    kill_valkey_at_s: float | None = None,
+) -> dict[str, Any]:
+    """Closed-loop client processes (``tests.support.load``) on every daemon of a started
+    ``fleet`` whose sim logs its requests, for ``duration_s``; optionally Valkey killed
+    ``kill_valkey_at_s`` after the sim saw the first request. The figures, from the sim's
+    own log: its 429s, the most requests that arrived (and that it admitted) within any
+    ``window_s``, utilization over whole windows from the first request, the clients'
+    errors, and the requests answered after Valkey was killed."""
+    log_path = fleet.sim.log_path
+    if log_path is None:
+        raise ValueError("the fleet's sim must log its requests (sim={'log': True})")
+    start_at = time.time() + 2.0  # every process imported and connected by then
+    commands = []
+    for socket_path in fleet.sockets():
+        for index in range(processes_per_host):
+            commands.append(
+                [sys.executable, "-m", "tests.support.load", "daemon",
+                 "--app", f"app{index % 2}", "--model", "sim/m", "--socket", str(socket_path),
+                 "--start-at", str(start_at), "--duration", str(duration_s)]
+            )  # fmt: skip
+    killed_at: list[float] = []
+
+    def kill_later() -> None:
+        assert kill_valkey_at_s is not None
+        give_up = time.monotonic() + 60  # the clients start late on a loaded machine:
+        while fleet.sim.stats()["requests"] == 0 and time.monotonic() < give_up:
+            time.sleep(0.05)  # count from the first request the sim sees
+        time.sleep(kill_valkey_at_s)
+        killed_at.append(time.monotonic())  # the sim's "mono" is this clock (one machine)
+        fleet.valkey.kill()
+
+    killer = threading.Thread(target=kill_later) if kill_valkey_at_s is not None else None
+    running = [subprocess.Popen(c, stdout=subprocess.PIPE) for c in commands]
+    try:
+        if killer is not None:
+            killer.start()
+        outputs = [p.communicate(timeout=duration_s + 60)[0] for p in running]
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        if killer is not None:
+            killer.join()
+    stats = fleet.sim.stats()
+    lines = [line for line in read_sim_log(log_path) if line["path"].endswith("/chat/completions")]
+    results = [msgspec.json.decode(output) for output in outputs]
+    arrivals = sorted(line["mono"] for line in lines)
+    admitted = sorted(line["mono"] for line in lines if line["status"] == 200)
+    windows = int(duration_s // window_s)
+    first = admitted[0] if admitted else 0.0
+    measured = [t for t in admitted if first <= t < first + windows * window_s]
+    errors: dict[str, int] = {}
+    for result in results:
+        for code, count in result["errors"].items():
+            errors[code] = errors.get(code, 0) + count
+    return {
+        "hosts": len(fleet.daemons),
+        "processes": len(commands),
+        "limit": limit,
+        "window_s": window_s,
+        "duration_s": duration_s,
+        "sim_429s": stats["rate_limited"],
+        "peak_arrivals_in_window": peak_in_window(arrivals, window_s),
+        "peak_admitted_in_window": peak_in_window(admitted, window_s),
+        "utilization": round(len(measured) / (windows * limit), 4) if windows else 0.0,
+        "answered": sum(result["ok"] for result in results),
+        "answered_after_kill": sum(1 for t in admitted if killed_at and t > killed_at[0] + 0.5),
+        "client_errors": errors,
+    }

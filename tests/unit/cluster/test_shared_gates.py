@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 
+from quotad.daemon.clock import VirtualClock
 from quotad.daemon.cluster.gates import FleetGates
 from quotad.daemon.cluster.link import Link
+from quotad.daemon.cluster.window import FleetWindow
 from quotad.daemon.config import parse_config
 from quotad.daemon.gates import Gates
 from tests.support.valkey import ValkeyServer
 from tests.unit.cluster.conftest import joined_link
 from tests.unit.cluster.test_link import eventually
+from tests.unit.cluster.test_window import server_time
 
 pytestmark = pytest.mark.anyio
 
@@ -140,3 +143,22 @@ async def test_priorities_still_order_one_hosts_waiters(valkey: ValkeyServer) ->
                 for _ in range(2):
                     load.start_soon(tracked, host, "urgent", "high")
     assert order == ["urgent", "urgent", "batch", "batch"]
+
+
+def test_a_waiter_on_a_share_wakes_when_it_has_room_again() -> None:
+    """Redis away (``share``): the gates' timer wakes a waiter when this host's share has
+    room again; no borrow, no message can."""
+    clock = VirtualClock()
+    gates = Gates(parse_config(gates_config(limit=30, window_s=2.0)), clock)
+    window = next(iter(gates._gates["provider:p"].windows))
+    fleet = FleetWindow("w", 30, 2.05, 1.0, host="h1", time=server_time(clock))
+    fleet.apply_snapshot(0, 0, [], clock.monotonic())
+    fleet.set_mode("share", 3)
+    window.fleet = fleet
+    demand = gates.demand("p", "p/m", "load", 1)
+    for _ in range(9):  # floor(27 / 3)
+        reservation = gates.admit_now(demand)
+        assert reservation is not None
+    assert gates.admit_now(demand) is None
+    now = clock.monotonic()
+    assert window.free_at(1, now) == pytest.approx(now + 2.05, abs=0.01)

@@ -322,3 +322,23 @@ def test_a_reloaded_limit_and_span_apply_to_what_comes_next() -> None:
     fleet.close_due(now)
     bucket = fleet.take_puts()[1]
     assert bucket[2] >= server_us(now) + 6_000_000  # counted for the new span
+
+
+def test_share_says_when_the_share_has_room_again() -> None:
+    """A waiter on a host serving its share while Redis is away wakes when its own
+    admissions or the fleet's last known usage leave the span (no borrow can wake it)."""
+    clock = VirtualClock()
+    fleet = window(clock, limit=100, span_s=3.0)
+    now = clock.monotonic()
+    fleet.apply_snapshot(30, 0, [("", 30, server_us(now + 1.0))], now)  # 30 leave in 1 s
+    fleet.set_mode("share", 3)
+    assert fleet.take(20, now) is not None  # floor((90 - 30) / 3)
+    assert fleet.free_at(1, now) == pytest.approx(now + 1.0, abs=0.01)  # the 30 left: +10
+    assert fleet.free_at(11, now) == pytest.approx(now + 3.0, abs=0.01)  # own 20 left too
+    assert fleet.free_at(31, now) == math.inf  # more than the share ever is
+    clock.advance(3.0)
+    later = clock.monotonic()
+    assert fleet.available(later) == 30
+    assert fleet.free_at(1, later) == math.inf  # nothing leaves: it has room now or never
+    fleet.set_mode("fleet", 3)
+    assert fleet.free_at(1, later) == math.inf  # a borrow's answer says when

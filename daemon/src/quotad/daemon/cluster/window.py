@@ -195,6 +195,26 @@ class FleetWindow:
         """Units this host may admit now without asking Redis."""
         return self.held(now) + self.share_free(now)
 
+    def free_at(self, amount: int, now: float) -> float:
+        """``share`` mode: the earliest time ``amount`` units fit this host's share, if it
+        admits nothing meanwhile (its own admissions and the fleet's last known usage leave
+        the span); infinity in the other modes, where a borrow's answer or Redis coming
+        back says when (and what leases hold only ever shrinks)."""
+        if self.mode != "share" or self.hosts <= 0:
+            return INFINITY
+        self._expire_own(now)
+        leaving = [(own.time + self.span_s, own.amount) for own in self.degraded if own.live]
+        leaving += [(left_by, 0) for left_by, _ in self.profile if left_by > now]
+        leaving += [(left_by, 0) for left_by, _, _ in self.since_snapshot if left_by > now]
+        leaving.sort()
+        own_live = self.own_live
+        allowed = self.limit * (1.0 - self.margin)
+        for moment, amount_leaving in leaving:
+            own_live -= amount_leaving
+            if math.floor((allowed - self.phantom(moment)) / self.hosts) - own_live >= amount:
+                return moment
+        return INFINITY
+
     # ------------------------------------------------------------------ admissions
 
     def take(self, amount: int, now: float) -> Taken | None:

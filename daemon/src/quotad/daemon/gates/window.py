@@ -193,7 +193,9 @@ class SlidingWindow:
         paced = self.theoretical_arrival - self.tolerance
         here = max(paced, self._log_free_at(amount, now))
         if here <= now and self.fleet is not None and self.fleet.available(now) < amount:
-            return INFINITY  # the fleet's worker borrows, and wakes the queue when it has
+            # Redis away (share): when this host's share has room; else infinity: the
+            # fleet's worker borrows and wakes the queue when it has (or Redis is back)
+            return self.fleet.free_at(amount, now)
         return here
 
     def _log_free_at(self, amount: int, now: float) -> float:
