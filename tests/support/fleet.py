@@ -10,8 +10,9 @@ Valkey), whatever happened, on exit.
         fleet.valkey.kill(); fleet.valkey.start()        # Redis gone, back empty
 
 The daemons' config text is :data:`FLEET_CONFIG` with ``extra`` appended (more tables, e.g.
-``[budgets]`` or ``[apps.x]``); ``provider_extra`` goes into ``[providers.sim]`` (its
-limits). ``{{`` / ``}}`` stand for TOML braces, as in :class:`~tests.support.daemon.DaemonProcess`.
+``[budgets]`` or ``[apps.x]``; ``<sim_url>`` in it is the sim's base URL, for another
+provider on it); ``provider_extra`` goes into ``[providers.sim]`` (its limits). ``{{`` /
+``}}`` stand for TOML braces, as in :class:`~tests.support.daemon.DaemonProcess`.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class Fleet:
             host=host,
             base_url=self.sim.base_url,
             provider_extra=self._provider_extra,
-            extra=self._extra,
+            extra=self._extra.replace("<sim_url>", self.sim.base_url),
             **self._settings,
         )
 
@@ -213,6 +214,8 @@ def run_fleet_load(
         fleet.valkey.kill()
 
     killer = threading.Thread(target=kill_later) if kill_valkey_at_s is not None else None
+    since = time.monotonic()  # the sim's log may hold an earlier run's requests
+    rate_limited_before = fleet.sim.stats()["rate_limited"]
     running = [subprocess.Popen(c, stdout=subprocess.PIPE) for c in commands]
     try:
         if killer is not None:
@@ -226,7 +229,11 @@ def run_fleet_load(
         if killer is not None:
             killer.join()
     stats = fleet.sim.stats()
-    lines = [line for line in read_sim_log(log_path) if line["path"].endswith("/chat/completions")]
+    lines = [
+        line
+        for line in read_sim_log(log_path)
+        if line["path"].endswith("/chat/completions") and line["mono"] >= since
+    ]
     results = [msgspec.json.decode(output) for output in outputs]
     arrivals = sorted(line["mono"] for line in lines)
     admitted = sorted(line["mono"] for line in lines if line["status"] == 200)
@@ -243,7 +250,7 @@ def run_fleet_load(
         "limit": limit,
         "window_s": window_s,
         "duration_s": duration_s,
-        "sim_429s": stats["rate_limited"],
+        "sim_429s": stats["rate_limited"] - rate_limited_before,
         "peak_arrivals_in_window": peak_in_window(arrivals, window_s),
         "peak_admitted_in_window": peak_in_window(admitted, window_s),
         "utilization": round(len(measured) / (windows * limit), 4) if windows else 0.0,
