@@ -153,6 +153,7 @@ def measure(
         extra=FAST_PROVIDER.format(base_url="<sim_url>"),
         sim={"rpm": limit, "window_s": window_s, "latency_ms": 5, "log": True},
         timeout_s=0.25,
+        heartbeat_s=1.0,  # the defaults a fleet runs with
     ) as fleet:
         figures = admissions(fleet, rounds, seconds, requests, depth)
         figures |= at_the_provider(fleet, limit, window_s, duration_s)

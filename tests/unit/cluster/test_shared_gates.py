@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from quotad.daemon.clock import VirtualClock
-from quotad.daemon.cluster.gates import FleetGates
+from quotad.daemon.cluster.gates import Ask, FleetGates
 from quotad.daemon.cluster.link import Link
 from quotad.daemon.cluster.window import FleetWindow
 from quotad.daemon.config import parse_config
@@ -162,3 +162,22 @@ def test_a_waiter_on_a_share_wakes_when_it_has_room_again() -> None:
     assert gates.admit_now(demand) is None
     now = clock.monotonic()
     assert window.free_at(1, now) == pytest.approx(now + 2.05, abs=0.01)
+
+
+async def test_waiters_borrowing_together_take_one_slice_ahead_not_one_each(
+    valkey: ValkeyServer,
+) -> None:
+    """Several waiters short on one window in one borrow each get what they need, and the
+    window one slice ahead (its recent rate times the lease), not a slice ahead per waiter."""
+    async with joined_link(valkey, "a" + os.urandom(5).hex(), "h1") as link:
+        fleet = FleetGates(link)
+        window = fleet.window("provider:p", "requests", 60.0, 1000, 60.05)
+        await fleet.borrow([(("first",), Ask(((window, 50),)))])
+        now = link.clock.monotonic()
+        assert window.take(50, now) is not None  # 50 admitted: a recent rate of ~50/s
+        ahead = window.want(1, now) - 1
+        assert ahead >= 40
+        waiters = [((f"w{index}",), Ask(((window, 1),))) for index in range(4)]
+        await fleet.borrow(waiters)
+        held = window.held(link.clock.monotonic())
+        assert 4 <= held <= 4 + ahead  # before: 4 * (1 + ahead)

@@ -137,6 +137,7 @@ class FleetGates:
                 margin=settings.margin,
             )
             window.on_low = self._low
+            window.on_used_up = self._put.set
             self._apply_mode(window)
             self.windows[name] = window
             self._by_state_key[self.link.keys.window_state(name)] = window
@@ -247,6 +248,9 @@ class FleetGates:
         windows: dict[FleetWindow, int] = {}
         targets: dict[str, int] = {}
         asks: list[tuple[tuple[Any, ...], Ask, list[tuple[FleetWindow, int, int, str]]]] = []
+        ahead: set[FleetWindow] = set()
+        """Windows already asked for a slice ahead in this call (once per window: every ask
+        of a waiter in the same call asking for the whole slice would borrow it N times)."""
         for key, ask in batch:
             items = []
             for window, amount in ask.items:
@@ -256,10 +260,13 @@ class FleetGates:
                     if need <= 0:
                         promised[window] = promised.get(window, 0) + amount
                         continue
-                    want = window.want(need, now)
+                    want = need if window in ahead else window.want(need, now)
                     promised[window] = promised.get(window, 0) + amount - need
+                elif window in ahead:
+                    continue
                 else:
                     need, want = 1, window.want(1, now)
+                ahead.add(window)
                 windows.setdefault(window, len(windows) + 1)
                 self._entries += 1
                 items.append((window, need, want, f"{self._entry_prefix}{self._entries}"))

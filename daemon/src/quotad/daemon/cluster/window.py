@@ -151,6 +151,9 @@ class FleetWindow:
         self._rate_at = -INFINITY
         self.on_low: Callable[[FleetWindow], None] | None = None
         """Called after an admission leaves less than half a lease's worth held."""
+        self.on_used_up: Callable[[], None] | None = None
+        """Called when an admission uses a lease up (it can be closed now: a used-up lease
+        left open would be walked past by every admission until the next flush)."""
 
     def set_limit(self, limit: int, span_s: float) -> None:
         """A reloaded limit or guard: applies to what is borrowed and admitted from now on
@@ -234,10 +237,14 @@ class FleetWindow:
                 break
         if rest > 0 and self.share_free(now) < rest:
             return None
+        used_up = False
         for lease, part in plan:
             lease.used += part
             lease.last_at = now
             taken.parts.append(Part(lease, part))
+            used_up = used_up or lease.used >= lease.granted
+        if used_up and self.on_used_up is not None:
+            self.on_used_up()
         if rest > 0:
             own = OwnAdmission(now, rest)
             self.degraded.append(own)
