@@ -2,12 +2,15 @@
 on three real daemons that share their gates through a real Valkey, against a real sim that
 enforces the account's limit. The sim sees no 429 and no window over the limit, and the
 fleet uses at least 90 % of it; with Valkey killed mid-run the hosts keep serving, on their
-share, still under the limit."""
+share, still under the limit, and when it comes back empty they re-sync and share again."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from quotad.client import Client
 from tests.support.fleet import Fleet, have_valkey, requests_limit, run_fleet_load
 
 pytestmark = [
@@ -55,6 +58,18 @@ def test_valkey_killed_mid_run_hosts_keep_serving_under_the_limit() -> None:
             kill_valkey_at_s=2.0,
         )
         statuses = hosts.statuses()
+        hosts.valkey.start()  # back, empty: every host re-syncs and borrows again
+        deadline = time.monotonic() + 30
+        while not all(
+            s.cluster is not None and s.cluster.mode == "fleet" for s in hosts.statuses()
+        ):
+            assert time.monotonic() < deadline, [s.cluster for s in hosts.statuses()]
+            time.sleep(0.1)
+        with Client(socket=hosts.sockets()[0], app="after") as client:
+            reply = client.chat("sim/m", [{"role": "user", "content": "hi"}], max_tokens=4)
+            assert reply.content
+        events = [e.kind for e in hosts.statuses()[0].events]
+    assert "cluster_epoch" in events, events  # it noticed Redis lost the fleet's state
     assert figures["sim_429s"] == 0, figures
     assert figures["peak_arrivals_in_window"] <= LIMIT, figures
     assert figures["answered_after_kill"] > 0, figures  # still serving, on their share
