@@ -328,6 +328,9 @@ class Daemon:
             if getattr(config.daemon, key) != running:
                 log.warning("reload: daemon.%s changed; it takes effect when quotad restarts", key)
                 setattr(config.daemon, key, running)
+        if config.cluster != self.config.cluster:  # the link and the fleet stay as started
+            log.warning("reload: [cluster] changed; it takes effect when quotad restarts")
+            config.cluster = self.config.cluster
         previous = self.providers
         providers = self._providers_for(config, keys)
         retired = [

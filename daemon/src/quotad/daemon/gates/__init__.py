@@ -179,7 +179,7 @@ class Gates:
         fleet = self.fleet
         assert fleet is not None
         asked = 0
-        for waiter in self.queue.ordered(now):
+        for waiter in itertools.islice(self.queue.ordered(now), FLEET_WAITERS_SCANNED):
             demand = waiter.demand
             items: list[tuple[FleetWindow, int]] = []
             for gate in demand.gates:
@@ -570,6 +570,8 @@ class Gates:
 TIMER_SLACK_S = 0.0005
 FLEET_ASKS_PER_DISPATCH = 8
 """Waiters at the head of the queue a dispatch borrows for (each ask is coalesced)."""
+FLEET_WAITERS_SCANNED = 64
+"""How far down the queue a dispatch looks for them (a long queue costs no more)."""
 
 
 def _retry_after(seconds: float) -> float:
