@@ -342,3 +342,40 @@ def test_share_says_when_the_share_has_room_again() -> None:
     assert fleet.free_at(1, later) == math.inf  # nothing leaves: it has room now or never
     fleet.set_mode("fleet", 3)
     assert fleet.free_at(1, later) == math.inf  # a borrow's answer says when
+
+
+def test_an_admission_retimed_after_its_lease_counts_a_span_from_its_hand_off() -> None:
+    """A waiter admitted from a lease whose task runs late (after the lease closed) is
+    counted from when its request leaves: its units move into a bucket a span after that."""
+    clock = VirtualClock()
+    fleet = window(clock, limit=100, span_s=3.0, lease_s=1.0)
+    now = clock.monotonic()
+    fleet.grant("e1", 5, now, server_us(now), now)
+    taken = fleet.take(5, now)  # used up: closed at the next flush
+    assert taken is not None
+    assert fleet.close_due(now)
+    puts = {entry: (amount, expiry) for entry, amount, expiry in fleet.take_puts()}
+    bucket_expiry = next(expiry for entry, (amount, expiry) in puts.items() if amount == 5)
+    clock.advance(0.4)
+    later = clock.monotonic()
+    fleet.retime(taken, later)
+    moved = fleet.take_puts()
+    assert (5, bucket_expiry) not in [(amount, expiry) for _, amount, expiry in moved]
+    counted = [(amount, expiry) for _, amount, expiry in moved if amount == 5]
+    assert counted
+    assert counted[0][1] >= server_us(later) + 3_000_000  # a span from the hand-off
+    fleet.resize(taken, 2, later)  # settled later: the moved units give back
+    assert [amount for _, amount, _ in fleet.take_puts()] == [2]
+
+
+def test_an_admission_retimed_within_its_open_lease_stays_in_it() -> None:
+    clock = VirtualClock()
+    fleet = window(clock, limit=100, span_s=3.0, lease_s=1.0)
+    now = clock.monotonic()
+    fleet.grant("e1", 10, now, server_us(now), now)
+    taken = fleet.take(2, now)
+    assert taken is not None
+    clock.advance(0.3)
+    fleet.retime(taken, clock.monotonic())
+    assert fleet.take_puts() == []
+    assert fleet.leases[0].last_at == clock.monotonic()  # its bucket will count from here

@@ -281,6 +281,37 @@ class FleetWindow:
             taken.parts[-1].amount += change
             self._adjust(taken.parts[-1].source, change)
 
+    def retime(self, taken: Taken, now: float) -> None:
+        """The request admitted as ``taken`` leaves for the provider only ``now`` (a woken
+        waiter's task ran late): count its units until ``now`` + span. A part in a lease
+        still open before its deadline is covered already (the lease counts for its span
+        from its deadline; the bucket it closes into, from its last admission: now);
+        any other part moves into a bucket (or, Redis never reached, an admission of its
+        own) that leaves a span after ``now``."""
+        for part in taken.parts:
+            source = part.source
+            if part.amount <= 0:
+                continue
+            if isinstance(source, Lease) and not source.closed and now <= source.deadline:
+                source.last_at = max(source.last_at, now)
+                continue
+            if (
+                isinstance(source, OwnAdmission)
+                and source.live
+                and source.bucket is None
+                and source.time >= now
+            ):
+                continue
+            self._adjust(source, -part.amount)
+            moved = OwnAdmission(now, 0, live=False)
+            if self.time.known:
+                moved.bucket = self._bucket(self.time.to_server_us(now) + self.span_us)
+            else:
+                moved.live = True
+                self.degraded.append(moved)
+            part.source = moved
+            self._adjust(moved, part.amount)
+
     def _adjust(self, source: Lease | OwnAdmission, change: int) -> None:
         if isinstance(source, Lease):
             if source.bucket is not None:
