@@ -379,3 +379,42 @@ def test_an_admission_retimed_within_its_open_lease_stays_in_it() -> None:
     fleet.retime(taken, clock.monotonic())
     assert fleet.take_puts() == []
     assert fleet.leases[0].last_at == clock.monotonic()  # its bucket will count from here
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["grant", "take", "resize", "close", "wait"]),
+            st.integers(min_value=0, max_value=30),
+        ),
+        max_size=40,
+    )
+)
+def test_what_leases_hold_is_kept_without_walking_them(steps: list[tuple[str, int]]) -> None:
+    """:meth:`FleetWindow.held` answers from a running total before the first deadline:
+    always what a walk of the leases gives."""
+    clock = VirtualClock()
+    fleet = window(clock, limit=1000, span_s=3.0, lease_s=1.0)
+    taken: list[Taken] = []
+    for index, (action, amount) in enumerate(steps):
+        now = clock.monotonic()
+        if action == "grant":
+            fleet.grant(f"e{index}", amount, now, server_us(now), now)
+        elif action == "take":
+            got = fleet.take(amount, now)
+            if got is not None:
+                taken.append(got)
+        elif action == "resize" and taken:
+            fleet.resize(taken[amount % len(taken)], amount // 2, now)
+        elif action == "close":
+            fleet.close_due(now)
+        else:
+            clock.advance(amount / 40)
+        now = clock.monotonic()
+        walked = sum(
+            lease.granted - lease.used
+            for lease in fleet.leases
+            if lease.deadline > now and lease.granted > lease.used
+        )
+        assert fleet.held(now) == walked

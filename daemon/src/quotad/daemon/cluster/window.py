@@ -134,6 +134,11 @@ class FleetWindow:
         self.mode: Mode = "closed"
         self.hosts = 0
         self.leases: list[Lease] = []
+        self._held = 0
+        """What open leases still hold, deadlines aside: Σ max(0, granted - used)."""
+        self._first_deadline = INFINITY
+        """The earliest deadline of a lease that still holds something: before it,
+        :attr:`_held` is :meth:`held` (no walk of the leases per admission)."""
         self.buckets: dict[str, Bucket] = {}
         self.degraded: deque[OwnAdmission] = deque()
         """Admissions made while Redis was unreachable, not yet pushed, oldest first."""
@@ -167,11 +172,22 @@ class FleetWindow:
 
     def held(self, now: float) -> int:
         """Units this host may still admit from its open leases."""
+        if now < self._first_deadline:
+            return self._held
         return sum(
             lease.granted - lease.used
             for lease in self.leases
             if lease.deadline > now and lease.granted > lease.used
         )
+
+    def _recount(self) -> None:
+        """:attr:`_held` and :attr:`_first_deadline` from the leases (a lease closed)."""
+        self._held = 0
+        self._first_deadline = INFINITY
+        for lease in self.leases:
+            if lease.granted > lease.used:
+                self._held += lease.granted - lease.used
+                self._first_deadline = min(self._first_deadline, lease.deadline)
 
     def phantom(self, now: float) -> int:
         """The fleet's usage at ``now`` as last known (snapshot, plus own entries since)."""
@@ -241,10 +257,13 @@ class FleetWindow:
         for lease, part in plan:
             lease.used += part
             lease.last_at = now
+            self._held -= part
             taken.parts.append(Part(lease, part))
             used_up = used_up or lease.used >= lease.granted
-        if used_up and self.on_used_up is not None:
-            self.on_used_up()
+        if used_up:
+            self._recount()
+            if self.on_used_up is not None:
+                self.on_used_up()
         if rest > 0:
             own = OwnAdmission(now, rest)
             self.degraded.append(own)
@@ -252,7 +271,7 @@ class FleetWindow:
             taken.parts.append(Part(own, rest))
         self._count(amount, now)
         if self.on_low is not None and self.mode == "fleet":
-            ahead = self.rate(now) * self.lease_s
+            ahead = self._rate * self.lease_s  # the rate just counted, at now
             if ahead >= 2 and self.held(now) < ahead / 2:
                 self.on_low(self)
         return taken
@@ -321,6 +340,7 @@ class FleetWindow:
                 if source.used > source.granted:  # counted beyond the slice: tell the fleet
                     source.granted = source.used
                     self.puts[source.entry] = (source.entry, source.used, source.expiry_us)
+                self._recount()
         elif source.bucket is not None:
             self._bucket_add(source.bucket, change)
         else:
@@ -367,6 +387,8 @@ class FleetWindow:
         expiry_us = granted_us + self.lease_us + self.span_us
         lease = Lease(entry, amount, sent, granted_us, expiry_us, sent + self.lease_s)
         self.leases.append(lease)
+        self._held += amount
+        self._first_deadline = min(self._first_deadline, lease.deadline)
         self.since_snapshot.append((self.time.to_local(expiry_us), amount, acked))
 
     def close_due(self, now: float) -> bool:
@@ -385,6 +407,7 @@ class FleetWindow:
     def _close(self, lease: Lease) -> None:
         lease.closed = True
         self.leases.remove(lease)
+        self._recount()
         self.puts[lease.entry] = (lease.entry, 0, 0)
         if lease.used > 0:
             spent_s = min(max(0.0, lease.last_at - lease.sent_at), self.lease_s)
