@@ -418,3 +418,25 @@ def test_what_leases_hold_is_kept_without_walking_them(steps: list[tuple[str, in
             if lease.deadline > now and lease.granted > lease.used
         )
         assert fleet.held(now) == walked
+
+
+def test_share_right_after_redis_went_away_counts_the_room_others_may_have_borrowed() -> None:
+    """The last snapshot may be a heartbeat old: other hosts may have borrowed all the room
+    it showed before Redis went away. Until their entries have surely left (a lease and a
+    span), this host's share is what leaves of the entries it knew of, not the room."""
+    clock = VirtualClock()
+    fleet = window(clock, limit=30, span_s=2.0, lease_s=1.0)
+    now = clock.monotonic()
+    fleet.apply_snapshot(6, 0, [("", 6, server_us(now + 0.5))], now)  # 24 free, then
+    fleet.set_mode("fleet", 3, now)
+    clock.advance(0.8)  # others borrow the 24 meanwhile; then Redis dies
+    gone = clock.monotonic()
+    fleet.set_mode("share", 3, gone)
+    # the 6 known left at +0.5: 27 - (24 unknown) = 3, a host's part floor(3 / 3) = 1
+    assert fleet.available(gone) == 1
+    assert fleet.take(2, gone) is None
+    assert fleet.take(1, gone) is not None
+    assert fleet.free_at(1, gone) == pytest.approx(gone + 2.0, abs=0.01)  # its own left
+    assert fleet.free_at(2, gone) == pytest.approx(gone + 3.0, abs=0.01)  # lease + span
+    clock.advance(3.0 + 2 * CLOCK_SLACK_S)
+    assert fleet.available(clock.monotonic()) == 9  # floor(27 / 3): the whole share again

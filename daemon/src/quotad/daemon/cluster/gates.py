@@ -152,12 +152,13 @@ class FleetGates:
 
     def _apply_mode(self, window: FleetWindow) -> None:
         link = self.link
+        now = self.clock.monotonic()
         if link.usable:
-            window.set_mode("fleet", link.hosts_seen())
+            window.set_mode("fleet", link.hosts_seen(), now)
         elif link.ever_connected or link.health == "resyncing":
-            window.set_mode(link.settings.on_unreachable, link.hosts_seen())
+            window.set_mode(link.settings.on_unreachable, link.hosts_seen(), now)
         else:
-            window.set_mode("closed", 0)
+            window.set_mode("closed", 0, now)
 
     # ------------------------------------------------------------------ borrowing
 

@@ -20,9 +20,10 @@ its bucket in Redis.
 **Redis unreachable** (``share``): besides what its open leases still hold, the host admits
 up to ``(limit * (1 - margin) - phantom) / hosts seen`` within any span, where the phantom is
 the fleet's usage as last seen (a profile of when its entries leave, from ``snapshot.lua``)
-plus what this host borrowed since. If every host does so, the fleet stays under
-``limit * (1 - margin)`` (the margin absorbs what other hosts borrowed after this host's
-last snapshot). ``closed``: only what open leases still hold. A host that never reached
+plus what this host borrowed since, plus, for a lease and a span after Redis went away, all
+the room that snapshot left (other hosts may have borrowed it after the snapshot, up to
+the outage; it has surely left by then). If every host does so, the fleet stays under
+``limit * (1 - margin)``. ``closed``: only what open leases still hold. A host that never reached
 Redis admits nothing on fleet windows. Admissions made meanwhile are pushed into the fleet's
 log when Redis is back.
 """
@@ -35,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from quotad.daemon.cluster.link import ServerTime
+from quotad.daemon.cluster.link import CLOCK_SLACK_S, ServerTime
 
 Mode = Literal["fleet", "share", "closed"]
 Put = tuple[str, int, int]
@@ -151,6 +152,10 @@ class FleetWindow:
         self.since_snapshot: list[tuple[float, int, float]] = []
         """This host's entries added after it: (left by, units, acknowledged at)."""
         self.fleet_used = 0
+        self.snapshot_used = 0
+        """The fleet's usage the last snapshot saw."""
+        self.blind_until = -INFINITY
+        """Until when other hosts' borrows after the last snapshot may still count."""
         self.external = 0
         self._rate = 0.0
         self._rate_at = -INFINITY
@@ -190,9 +195,15 @@ class FleetWindow:
                 self._first_deadline = min(self._first_deadline, lease.deadline)
 
     def phantom(self, now: float) -> int:
-        """The fleet's usage at ``now`` as last known (snapshot, plus own entries since)."""
+        """The fleet's usage at ``now`` as last known (snapshot, plus own entries since),
+        and, until :attr:`blind_until`, whatever other hosts may have borrowed after that
+        snapshot before Redis went away (all the room it left: nobody can know less)."""
         known = sum(amount for left_by, amount in self.profile if left_by > now)
-        return known + sum(amount for left_by, amount, _ in self.since_snapshot if left_by > now)
+        known += sum(amount for left_by, amount, _ in self.since_snapshot if left_by > now)
+        if now < self.blind_until and self.hosts > 1:  # alone, nobody else borrowed
+            own_since = sum(amount for _, amount, _ in self.since_snapshot)
+            known += max(0, self.limit - self.snapshot_used - own_since)
+        return known
 
     def share_free(self, now: float) -> int:
         """``share`` mode: what this host may admit now beyond its leases."""
@@ -225,6 +236,8 @@ class FleetWindow:
         leaving = [(own.time + self.span_s, own.amount) for own in self.degraded if own.live]
         leaving += [(left_by, 0) for left_by, _ in self.profile if left_by > now]
         leaving += [(left_by, 0) for left_by, _, _ in self.since_snapshot if left_by > now]
+        if self.blind_until > now:
+            leaving.append((self.blind_until, 0))
         leaving.sort()
         own_live = self.own_live
         allowed = self.limit * (1.0 - self.margin)
@@ -435,14 +448,21 @@ class FleetWindow:
 
     # ------------------------------------------------------------------ fleet state
 
-    def set_mode(self, mode: Mode, hosts: int) -> None:
-        """Borrow from the fleet (``fleet``), or fall back (``share`` / ``closed``)."""
+    def set_mode(self, mode: Mode, hosts: int, now: float | None = None) -> None:
+        """Borrow from the fleet (``fleet``), or fall back (``share`` / ``closed``). Leaving
+        ``fleet`` at local time ``now`` (Redis just went away): until every entry another
+        host may have borrowed since the last snapshot has surely left (``now`` + lease +
+        span), ``share`` counts all the room that snapshot left as used (:meth:`phantom`).
+        Without ``now`` the last snapshot is taken as current."""
+        if now is not None and self.mode == "fleet" and mode != "fleet":
+            self.blind_until = now + self.lease_s + self.span_s + CLOCK_SLACK_S
         self.mode = mode
         self.hosts = hosts
 
     def apply_snapshot(self, used: int, external: int, profile: list[Put], sent: float) -> None:
         """The fleet's window as a snapshot sent at local time ``sent`` saw it."""
         self.fleet_used = used
+        self.snapshot_used = used
         self.external = external
         self.profile = [(self.time.to_local(expiry), amount) for _, amount, expiry in profile]
         self.since_snapshot = [item for item in self.since_snapshot if item[2] >= sent]
