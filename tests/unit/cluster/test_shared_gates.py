@@ -23,7 +23,7 @@ from quotad.daemon.gates import Gates
 from tests.support.valkey import ValkeyServer
 from tests.unit.cluster.conftest import joined_link
 from tests.unit.cluster.test_link import eventually
-from tests.unit.cluster.test_window import server_time
+from tests.unit.cluster.test_window import server_time, server_us
 
 pytestmark = pytest.mark.anyio
 
@@ -181,3 +181,25 @@ async def test_waiters_borrowing_together_take_one_slice_ahead_not_one_each(
         await fleet.borrow(waiters)
         held = window.held(link.clock.monotonic())
         assert 4 <= held <= 4 + ahead  # before: 4 * (1 + ahead)
+
+
+def test_a_request_handed_off_late_is_counted_by_the_fleet_from_its_hand_off() -> None:
+    """Gates.sent (the broker's hand-off) retimes the fleet's count too: a request admitted
+    from a lease that closed before its hand-off is counted a span from the hand-off."""
+    clock = VirtualClock()
+    gates = Gates(parse_config(gates_config(limit=30, window_s=2.0)), clock)
+    window = next(iter(gates._gates["provider:p"].windows))
+    fleet = FleetWindow("w", 30, window.span, 1.0, host="h1", time=server_time(clock))
+    fleet.set_mode("fleet", 1)
+    window.fleet = fleet
+    now = clock.monotonic()
+    fleet.grant("e1", 1, now, server_us(now), now)
+    reservation = gates.admit_now(gates.demand("p", "p/m", "load", 1))
+    assert reservation is not None
+    fleet.close_due(now)  # used up: closed into a bucket a span after now
+    first = max(expiry for _, amount, expiry in fleet.take_puts() if amount == 1)
+    clock.advance(0.5)
+    gates.sent(reservation)
+    moved = [(amount, expiry) for _, amount, expiry in fleet.take_puts() if amount == 1]
+    assert moved
+    assert moved[0][1] >= first + 400_000  # counted from the hand-off, half a second later

@@ -163,11 +163,14 @@ class SlidingWindow:
         admission.pending = False
         if now <= admission.time:
             return admission
+        if admission.fleet is not None and self.fleet is not None:
+            self.fleet.retime(admission.fleet, now)  # the fleet counts it from now too
         log = self._log
         if log and log[-1] is admission:  # still the newest: moving it keeps the log in order
             admission.time = now
             return admission
         moved = Admission(now, admission.amount)
+        moved.fleet, admission.fleet = admission.fleet, None
         if admission.live:
             admission.amount = 0  # its units are counted as ``moved`` from now on
         else:  # it already left the log (a hand-off later than the whole span)
@@ -247,6 +250,18 @@ class SlidingWindow:
         free_in = max(0.0, self.free_at(amount, now) - now)
         when = "never (larger than the limit)" if free_in == INFINITY else f"in {free_in:.1f} s"
         used = self.usage(now)
+        fleet = self.fleet
+        if fleet is not None and self.fits_here(amount, now) and fleet.available(now) < amount:
+            state = (
+                "borrowing from Redis"
+                if fleet.mode == "fleet"
+                else f"Redis away, this host's {fleet.mode} of it"
+            )
+            return (
+                f"{gate.scope} gate {gate.name} allows {self.describe()} across the fleet; "
+                f"this host holds {fleet.available(now)} of it ({state}; the fleet used "
+                f"{fleet.fleet_used} when last seen)"
+            )
         if used + amount <= self.limit:  # the log has room: the pace holds it
             return (
                 f"{gate.scope} gate {gate.name} is paced: it spreads {self.describe()} as "
