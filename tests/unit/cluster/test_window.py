@@ -440,3 +440,25 @@ def test_share_right_after_redis_went_away_counts_the_room_others_may_have_borro
     assert fleet.free_at(2, gone) == pytest.approx(gone + 3.0, abs=0.01)  # lease + span
     clock.advance(3.0 + 2 * CLOCK_SLACK_S)
     assert fleet.available(clock.monotonic()) == 9  # floor(27 / 3): the whole share again
+
+
+def test_an_admission_made_while_redis_is_away_stays_in_the_share_when_retimed() -> None:
+    """Every request is retimed at its hand-off: one admitted on this host's share must stay
+    counted in it (before, it moved into a bucket for Redis and left the share: 117 provider
+    429s in bench/cluster.py with Valkey killed)."""
+    clock = VirtualClock()
+    fleet = window(clock, limit=30, span_s=2.0)
+    fleet.apply_snapshot(0, 0, [], clock.monotonic())
+    fleet.set_mode("share", 3)
+    admitted = []
+    for _ in range(9):  # floor(27 / 3)
+        taken = fleet.take(1, clock.monotonic())
+        assert taken is not None
+        admitted.append(taken)
+    clock.advance(0.001)
+    for taken in admitted:
+        fleet.retime(taken, clock.monotonic())
+    assert fleet.available(clock.monotonic()) == 0
+    assert fleet.take(1, clock.monotonic()) is None
+    clock.advance(2.0)
+    assert fleet.available(clock.monotonic()) == 9  # a span after the hand-off

@@ -327,18 +327,17 @@ class FleetWindow:
             if isinstance(source, Lease) and not source.closed and now <= source.deadline:
                 source.last_at = max(source.last_at, now)
                 continue
-            if (
-                isinstance(source, OwnAdmission)
-                and source.live
-                and source.bucket is None
-                and source.time >= now
-            ):
+            if isinstance(source, OwnAdmission) and source.live and source.bucket is None:
+                # admitted while Redis is away, not pushed yet: still this host's own, counted
+                # in its share from now (behind it in the log, others may leave later than
+                # they could: on the safe side)
+                source.time = max(source.time, now)
                 continue
             self._adjust(source, -part.amount)
             moved = OwnAdmission(now, 0, live=False)
-            if self.time.known:
+            if self.mode == "fleet" and self.time.known:
                 moved.bucket = self._bucket(self.time.to_server_us(now) + self.span_us)
-            else:
+            else:  # away: this host's own until it is pushed (counted in its share)
                 moved.live = True
                 self.degraded.append(moved)
             part.source = moved
