@@ -35,6 +35,7 @@ import anyio
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config, RateLimits
 from quotad.daemon.errors import RequestError
+from quotad.daemon.gates.fleet import ask_for_waiters, attach_windows
 from quotad.daemon.gates.queue import PRIORITY_LEVELS, PRIORITY_NAMES, Waiter, WaitQueue
 from quotad.daemon.gates.window import (
     INFINITY,
@@ -51,7 +52,6 @@ from quotad.protocol.messages import GateStatus, QueueStatus, WindowStatus
 
 if TYPE_CHECKING:  # the Redis client is imported only when [cluster] is configured
     from quotad.daemon.cluster.gates import FleetGates
-    from quotad.daemon.cluster.window import FleetWindow
 
 __all__ = [
     "PRIORITY_LEVELS",
@@ -163,47 +163,8 @@ class Gates:
         self._dispatch()
 
     def _attach_fleet_windows(self) -> None:
-        """Give every window its fleet side (a reloaded limit or guard applies to it too)."""
-        fleet = self.fleet
-        if fleet is None:
-            return
-        for gate in self._gates.values():
-            for window in gate.windows:
-                window.fleet = fleet.window(
-                    gate.name, window.unit, window.window_s, window.limit, window.span
-                )
-
-    def _ask_fleet(self, now: float) -> None:
-        """Borrow for the first waiters that only the fleet's limit holds back (not a pause,
-        an in-flight cap or this host's own log): one ask each, coalesced by the worker."""
-        fleet = self.fleet
-        assert fleet is not None
-        asked = 0
-        for waiter in itertools.islice(self.queue.ordered(now), FLEET_WAITERS_SCANNED):
-            demand = waiter.demand
-            items: list[tuple[FleetWindow, int]] = []
-            for gate in demand.gates:
-                if gate.paused_until > now or (
-                    gate.max_in_flight is not None and gate.in_flight >= gate.max_in_flight
-                ):
-                    items = []
-                    break
-                for window in gate.windows:
-                    amount = demand.amount(window)
-                    if not window.fits_here(amount, now):
-                        items = []
-                        break
-                    if window.fleet is not None and window.fleet.available(now) < amount:
-                        items.append((window.fleet, amount))
-                else:
-                    continue
-                break
-            if items:
-                target = next((g.name for g in demand.gates if g.scope == "model"), None)
-                fleet.ask(tuple(items), target, waiter.sequence)
-                asked += 1
-                if asked >= FLEET_ASKS_PER_DISPATCH:
-                    return
+        if self.fleet is not None:
+            attach_windows(self.fleet, self._gates.values())
 
     def _fleet_paused(self, target: str, until: float) -> None:
         """Another host paused ``target`` until local ``until`` (-inf: lifted)."""
@@ -498,8 +459,8 @@ class Gates:
             if event is not None:
                 event.set()
         self._schedule(min(wake, next_lease), replace=True)
-        if self.fleet is not None and self.queue.waiters:
-            self._ask_fleet(now)  # after the timer: a refused ask re-arms it for its retry
+        if self.fleet is not None and self.queue.waiters:  # after the timer: a refused ask
+            ask_for_waiters(self.fleet, self.queue.ordered(now), now)  # re-arms it
 
     def _schedule(self, when: float, *, replace: bool = False) -> None:
         if when < self._next_wake or (replace and when != self._next_wake):
@@ -568,10 +529,6 @@ class Gates:
 
 
 TIMER_SLACK_S = 0.0005
-FLEET_ASKS_PER_DISPATCH = 8
-"""Waiters at the head of the queue a dispatch borrows for (each ask is coalesced)."""
-FLEET_WAITERS_SCANNED = 64
-"""How far down the queue a dispatch looks for them (a long queue costs no more)."""
 
 
 def _retry_after(seconds: float) -> float:
