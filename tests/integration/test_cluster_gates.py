@@ -18,8 +18,8 @@ pytestmark = [
     pytest.mark.skipif(not have_valkey(), reason="no valkey-server or redis-server"),
 ]
 
-LIMIT = 30
-WINDOW_S = 2.0
+LIMIT = 20
+WINDOW_S = 1.0
 
 
 def fleet(**settings: object) -> Fleet:
@@ -34,7 +34,7 @@ def fleet(**settings: object) -> Fleet:
 def test_three_hosts_share_one_limit_exactly() -> None:
     with fleet() as hosts:
         figures = run_fleet_load(
-            hosts, processes_per_host=2, duration_s=6.0, limit=LIMIT, window_s=WINDOW_S
+            hosts, processes_per_host=1, duration_s=4.0, limit=LIMIT, window_s=WINDOW_S
         )
         statuses = hosts.statuses()
     assert figures["sim_429s"] == 0, figures
@@ -51,11 +51,11 @@ def test_valkey_killed_mid_run_hosts_keep_serving_under_the_limit() -> None:
     with fleet(on_unreachable="share", timeout_s=0.25) as hosts:
         figures = run_fleet_load(
             hosts,
-            processes_per_host=2,
-            duration_s=6.0,
+            processes_per_host=1,
+            duration_s=4.0,
             limit=LIMIT,
             window_s=WINDOW_S,
-            kill_valkey_at_s=2.0,
+            kill_valkey_at_s=1.5,
         )
         statuses = hosts.statuses()
         hosts.valkey.start()  # back, empty: every host re-syncs and borrows again
