@@ -322,3 +322,143 @@ def test_a_reloaded_limit_and_span_apply_to_what_comes_next() -> None:
     fleet.close_due(now)
     bucket = fleet.take_puts()[1]
     assert bucket[2] >= server_us(now) + 6_000_000  # counted for the new span
+
+
+def test_share_says_when_the_share_has_room_again() -> None:
+    """A waiter on a host serving its share while Redis is away wakes when its own
+    admissions or the fleet's last known usage leave the span (no borrow can wake it)."""
+    clock = VirtualClock()
+    fleet = window(clock, limit=100, span_s=3.0)
+    now = clock.monotonic()
+    fleet.apply_snapshot(30, 0, [("", 30, server_us(now + 1.0))], now)  # 30 leave in 1 s
+    fleet.set_mode("share", 3)
+    assert fleet.take(20, now) is not None  # floor((90 - 30) / 3)
+    assert fleet.free_at(1, now) == pytest.approx(now + 1.0, abs=0.01)  # the 30 left: +10
+    assert fleet.free_at(11, now) == pytest.approx(now + 3.0, abs=0.01)  # own 20 left too
+    assert fleet.free_at(31, now) == math.inf  # more than the share ever is
+    clock.advance(3.0)
+    later = clock.monotonic()
+    assert fleet.available(later) == 30
+    assert fleet.free_at(1, later) == math.inf  # nothing leaves: it has room now or never
+    fleet.set_mode("fleet", 3)
+    assert fleet.free_at(1, later) == math.inf  # a borrow's answer says when
+
+
+def test_an_admission_retimed_after_its_lease_counts_a_span_from_its_hand_off() -> None:
+    """A waiter admitted from a lease whose task runs late (after the lease closed) is
+    counted from when its request leaves: its units move into a bucket a span after that."""
+    clock = VirtualClock()
+    fleet = window(clock, limit=100, span_s=3.0, lease_s=1.0)
+    now = clock.monotonic()
+    fleet.grant("e1", 5, now, server_us(now), now)
+    taken = fleet.take(5, now)  # used up: closed at the next flush
+    assert taken is not None
+    assert fleet.close_due(now)
+    puts = {entry: (amount, expiry) for entry, amount, expiry in fleet.take_puts()}
+    bucket_expiry = next(expiry for entry, (amount, expiry) in puts.items() if amount == 5)
+    clock.advance(0.4)
+    later = clock.monotonic()
+    fleet.retime(taken, later)
+    moved = fleet.take_puts()
+    assert (5, bucket_expiry) not in [(amount, expiry) for _, amount, expiry in moved]
+    counted = [(amount, expiry) for _, amount, expiry in moved if amount == 5]
+    assert counted
+    assert counted[0][1] >= server_us(later) + 3_000_000  # a span from the hand-off
+    fleet.resize(taken, 2, later)  # settled later: the moved units give back
+    assert [amount for _, amount, _ in fleet.take_puts()] == [2]
+
+
+def test_an_admission_retimed_within_its_open_lease_stays_in_it() -> None:
+    clock = VirtualClock()
+    fleet = window(clock, limit=100, span_s=3.0, lease_s=1.0)
+    now = clock.monotonic()
+    fleet.grant("e1", 10, now, server_us(now), now)
+    taken = fleet.take(2, now)
+    assert taken is not None
+    clock.advance(0.3)
+    fleet.retime(taken, clock.monotonic())
+    assert fleet.take_puts() == []
+    assert fleet.leases[0].last_at == clock.monotonic()  # its bucket will count from here
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["grant", "take", "resize", "close", "wait"]),
+            st.integers(min_value=0, max_value=30),
+        ),
+        max_size=40,
+    )
+)
+def test_what_leases_hold_is_kept_without_walking_them(steps: list[tuple[str, int]]) -> None:
+    """:meth:`FleetWindow.held` answers from a running total before the first deadline:
+    always what a walk of the leases gives."""
+    clock = VirtualClock()
+    fleet = window(clock, limit=1000, span_s=3.0, lease_s=1.0)
+    taken: list[Taken] = []
+    for index, (action, amount) in enumerate(steps):
+        now = clock.monotonic()
+        if action == "grant":
+            fleet.grant(f"e{index}", amount, now, server_us(now), now)
+        elif action == "take":
+            got = fleet.take(amount, now)
+            if got is not None:
+                taken.append(got)
+        elif action == "resize" and taken:
+            fleet.resize(taken[amount % len(taken)], amount // 2, now)
+        elif action == "close":
+            fleet.close_due(now)
+        else:
+            clock.advance(amount / 40)
+        now = clock.monotonic()
+        walked = sum(
+            lease.granted - lease.used
+            for lease in fleet.leases
+            if lease.deadline > now and lease.granted > lease.used
+        )
+        assert fleet.held(now) == walked
+
+
+def test_share_right_after_redis_went_away_counts_the_room_others_may_have_borrowed() -> None:
+    """The last snapshot may be a heartbeat old: other hosts may have borrowed all the room
+    it showed before Redis went away. Until their entries have surely left (a lease and a
+    span), this host's share is what leaves of the entries it knew of, not the room."""
+    clock = VirtualClock()
+    fleet = window(clock, limit=30, span_s=2.0, lease_s=1.0)
+    now = clock.monotonic()
+    fleet.apply_snapshot(6, 0, [("", 6, server_us(now + 0.5))], now)  # 24 free, then
+    fleet.set_mode("fleet", 3, now)
+    clock.advance(0.8)  # others borrow the 24 meanwhile; then Redis dies
+    gone = clock.monotonic()
+    fleet.set_mode("share", 3, gone)
+    # the 6 known left at +0.5: 27 - (24 unknown) = 3, a host's part floor(3 / 3) = 1
+    assert fleet.available(gone) == 1
+    assert fleet.take(2, gone) is None
+    assert fleet.take(1, gone) is not None
+    assert fleet.free_at(1, gone) == pytest.approx(gone + 2.0, abs=0.01)  # its own left
+    assert fleet.free_at(2, gone) == pytest.approx(gone + 3.0, abs=0.01)  # lease + span
+    clock.advance(3.0 + 2 * CLOCK_SLACK_S)
+    assert fleet.available(clock.monotonic()) == 9  # floor(27 / 3): the whole share again
+
+
+def test_an_admission_made_while_redis_is_away_stays_in_the_share_when_retimed() -> None:
+    """Every request is retimed at its hand-off: one admitted on this host's share must stay
+    counted in it (before, it moved into a bucket for Redis and left the share: 117 provider
+    429s in bench/cluster.py with Valkey killed)."""
+    clock = VirtualClock()
+    fleet = window(clock, limit=30, span_s=2.0)
+    fleet.apply_snapshot(0, 0, [], clock.monotonic())
+    fleet.set_mode("share", 3)
+    admitted = []
+    for _ in range(9):  # floor(27 / 3)
+        taken = fleet.take(1, clock.monotonic())
+        assert taken is not None
+        admitted.append(taken)
+    clock.advance(0.001)
+    for taken in admitted:
+        fleet.retime(taken, clock.monotonic())
+    assert fleet.available(clock.monotonic()) == 0
+    assert fleet.take(1, clock.monotonic()) is None
+    clock.advance(2.0)
+    assert fleet.available(clock.monotonic()) == 9  # a span after the hand-off

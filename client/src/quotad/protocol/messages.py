@@ -399,6 +399,52 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     message: str = ""
 
 
+class ClusterHost(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A host of the fleet with a recent heartbeat, as it last reported itself."""
+
+    name: str = ""
+    seen_s_ago: float = 0.0
+    in_flight: int = 0
+    queued: int = 0
+    timezone: str = ""
+
+
+class ClusterWindow(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One fleet-wide window from this host's side: what it holds (borrowed, not yet
+    admitted) and the fleet's usage as last seen (``gate|unit|window_s``)."""
+
+    name: str = ""
+    held: int = 0
+    fleet_used: int = 0
+    provider_external: int = 0
+
+
+class ClusterStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """``[cluster]``: this daemon's place in the fleet and the health of its Redis.
+
+    ``health``: ``connecting``, ``resyncing``, ``connected`` or ``degraded``; ``mode``: how
+    the gates admit now, ``fleet`` (borrowing from Redis), or while Redis is away ``share``
+    (this host's share of each limit) or ``closed`` (only what it already holds)."""
+
+    host: str = ""
+    redis_url: str = ""
+    key_prefix: str = ""
+    health: str = "connecting"
+    reason: str = ""
+    since: float = 0.0
+    """Wall time of the last change of health."""
+    on_unreachable: str = "share"
+    mode: str = "closed"
+    hosts_seen: int = 1
+    hosts: list[ClusterHost] = msgspec.field(default_factory=list)
+    windows: list[ClusterWindow] = msgspec.field(default_factory=list)
+    rtt_ms: float = 0.0
+    redis_calls: int = 0
+    redis_failures: int = 0
+    borrows: int = 0
+    refused: int = 0
+
+
 class StatusReply(Message):
     """The daemon's state at one instant."""
 
@@ -426,6 +472,8 @@ class StatusReply(Message):
     """What keeps the daemon from serving fully now, one short line each (e.g. a listener
     whose accept fails: "unix socket: accept failing: EMFILE (too many open files) since 12 s");
     empty when all is well."""
+    cluster: ClusterStatus | None = None
+    """The fleet (DESIGN §10); None with no ``[cluster]``."""
 
 
 class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):

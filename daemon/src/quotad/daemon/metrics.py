@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Final
 
-from quotad.protocol.messages import PRIORITIES, RequestRecord, StatusReply
+from quotad.protocol.messages import PRIORITIES, ClusterStatus, RequestRecord, StatusReply
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS_S: Final = (
@@ -184,6 +184,8 @@ def _write_status(out: _Exposition, status: StatusReply) -> None:
     for priority in PRIORITIES:
         depth: int = getattr(status.queues, priority)
         out.sample("quotad_queue_depth", depth, priority=priority)
+    if status.cluster is not None:
+        _write_cluster(out, status.cluster)
 
     cache = status.cache
     out.family("quotad_cache_hits_total", "counter", "Requests answered from the cache.")
@@ -238,6 +240,38 @@ def _write_status(out: _Exposition, status: StatusReply) -> None:
         out.sample("quotad_budget_limit_usd", budget.limit_usd, **labels)
         out.sample("quotad_budget_spent_usd", budget.spent_usd, **labels)
         out.sample("quotad_budget_reserved_usd", budget.reserved_usd, **labels)
+
+
+CLUSTER_HEALTH: Final = ("connecting", "resyncing", "connected", "degraded")
+CLUSTER_MODES: Final = ("fleet", "share", "closed")
+
+
+def _write_cluster(out: _Exposition, cluster: ClusterStatus) -> None:
+    """The fleet (``[cluster]``): Redis health, the gates' mode, hosts seen, fleet windows."""
+    out.family("quotad_cluster_health", "gauge", "1 for the state of the link to Redis.")
+    for health in CLUSTER_HEALTH:
+        out.sample("quotad_cluster_health", int(cluster.health == health), health=health)
+    out.family(
+        "quotad_cluster_degraded",
+        "gauge",
+        "1 while the gates admit without Redis (on_unreachable: share or closed).",
+    )
+    out.sample("quotad_cluster_degraded", int(cluster.mode != "fleet"), mode=cluster.mode)
+    out.family("quotad_cluster_hosts_seen", "gauge", "Hosts of the fleet with a recent heartbeat.")
+    out.sample("quotad_cluster_hosts_seen", cluster.hosts_seen)
+    out.family("quotad_cluster_redis_rtt_seconds", "gauge", "The last Redis call's round trip.")
+    out.sample("quotad_cluster_redis_rtt_seconds", cluster.rtt_ms / 1000)
+    out.family("quotad_cluster_redis_calls_total", "counter", "Calls made to the fleet's Redis.")
+    out.sample("quotad_cluster_redis_calls_total", cluster.redis_calls)
+    out.family("quotad_cluster_redis_failures_total", "counter", "Redis calls that failed.")
+    out.sample("quotad_cluster_redis_failures_total", cluster.redis_failures)
+    out.family("quotad_cluster_borrows_total", "counter", "Slices of fleet limits asked for.")
+    out.sample("quotad_cluster_borrows_total", cluster.borrows)
+    out.family("quotad_cluster_held", "gauge", "Units of a fleet window this host holds unused.")
+    out.family("quotad_cluster_fleet_used", "gauge", "A fleet window's usage, as last seen.")
+    for window in cluster.windows:
+        out.sample("quotad_cluster_held", window.held, window=window.name)
+        out.sample("quotad_cluster_fleet_used", window.fleet_used, window=window.name)
 
 
 # --------------------------------------------------------------------------- text format

@@ -18,6 +18,7 @@ from quotad.protocol.figures import health_text, size, usd, usd_plain, window_in
 from quotad.protocol.messages import (
     CacheStatus,
     ChatReply,
+    ClusterStatus,
     Message,
     SpendReply,
     SpendRow,
@@ -174,6 +175,8 @@ def format_status(status: StatusReply) -> str:
                     ]
                 )
         out.append(table(["gate", "scope", "used/limit", "pace", "paused"], rows))
+    if status.cluster is not None:
+        out += ["", *format_cluster(status.cluster)]
     queues = status.queues
     out += [
         "",
@@ -242,6 +245,37 @@ def format_status(status: StatusReply) -> str:
             stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
             out.append(f"{stamp}  {event.kind}: {event.message}")
     return "\n".join(out)
+
+
+def format_cluster(cluster: ClusterStatus) -> list[str]:
+    """The fleet as this host sees it: Redis health, the gates' mode, the hosts seen, what
+    this host holds of each fleet window."""
+    since = max(0.0, time.time() - cluster.since)
+    out = [
+        f"fleet   host {cluster.host}  redis {cluster.redis_url} ({cluster.key_prefix})  "
+        f"{cluster.health} for {since:.0f}s  mode {cluster.mode}  "
+        f"hosts seen {cluster.hosts_seen}  rtt {cluster.rtt_ms:.2f}ms",
+    ]
+    if cluster.health != "connected":
+        out.append(f"        {cluster.reason} (on_unreachable = {cluster.on_unreachable})")
+    if cluster.hosts:
+        out.append(
+            table(
+                ["host", "seen", "in flight", "queued", "timezone"],
+                [
+                    [h.name, f"{h.seen_s_ago:.1f}s ago", h.in_flight, h.queued, h.timezone]
+                    for h in cluster.hosts
+                ],
+            )
+        )
+    if cluster.windows:
+        out.append(
+            table(
+                ["fleet window", "held here", "fleet used"],
+                [[w.name, w.held, w.fleet_used] for w in cluster.windows],
+            )
+        )
+    return out
 
 
 def _breaker(target: TargetStatus) -> str:

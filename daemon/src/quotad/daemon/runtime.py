@@ -3,6 +3,11 @@ socket, and the HTTP front door unless ``[http] listen = ""``) from a config, op
 (``quotad.db``), serves until SIGTERM/SIGINT, then drains requests in flight on both (bounded by
 ``daemon.drain_s``), closes the store and exits 0. A store that cannot be opened exits 1.
 
+With ``[cluster] redis_url`` set, :attr:`Daemon.cluster` joins the fleet (DESIGN §10) after the
+store opened and before the servers bind: a Redis that refuses this host's credentials exits 1,
+one that does not answer leaves the host serving degraded until it does. Without it nothing of
+the cluster (nor the Redis client) is imported.
+
 SIGHUP reloads the config in place (:meth:`Daemon.reload`): connections, requests in flight and
 the state of every component live on. Under systemd the daemon serves on the socket
 quotad.socket passes, and tells the manager READY, RELOADING, STOPPING, STATUS and WATCHDOG
@@ -16,7 +21,7 @@ import logging
 import signal
 import socket
 from pathlib import Path
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 import anyio.abc
@@ -24,6 +29,7 @@ import anyio.abc
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
 from quotad.daemon.clock import SYSTEM_CLOCK
+from quotad.daemon.cluster.settings import ClusterStartError
 from quotad.daemon.config import Config, ConfigError, find_and_load_config, state_dir
 from quotad.daemon.errors import RequestError
 from quotad.daemon.events import EventLog
@@ -39,6 +45,9 @@ from quotad.daemon.server import ConnectionLimits, SocketInUseError, SocketServe
 from quotad.daemon.store import Store, StoreError
 from quotad.daemon.systemd import ActivationError, Notifier, activated_socket
 from quotad.protocol.paths import daemon_socket_path
+
+if TYPE_CHECKING:
+    from quotad.daemon.cluster.fleet import Cluster
 
 log = logging.getLogger("quotad")
 
@@ -110,7 +119,20 @@ class Daemon:
         self._health_scope: anyio.CancelScope | None = None
         self.store = Store(config, state_dir(config))
         self.gates = Gates(config)
+        self.cluster: Cluster | None = None
+        """The fleet (``[cluster] redis_url`` set): its link to Redis and the fleet's gates
+        (:class:`~quotad.daemon.cluster.fleet.Cluster`); None for one host."""
+        if config.cluster.redis_url:
+            from quotad.daemon.cluster.fleet import Cluster  # the Redis client: only now
+
+            self.cluster = Cluster(
+                config.cluster, events=self.events, timezone=config.daemon.timezone
+            )
+            self.gates.use_fleet(self.cluster.gates)
         self.broker = Broker(config, self.router, self.store, gates=self.gates, events=self.events)
+        if self.cluster is not None:
+            self.broker.reports.cluster = self.cluster
+            self.cluster.report_load(self._fleet_load)
         self.broker.admin.reload_config = self._reload_for_peer
         if listen_socket is not None:
             socket_path = Path(listen_socket.getsockname())
@@ -156,12 +178,16 @@ class Daemon:
             today = self.store.calendar.day(self.store.clock.time())
             self.broker.tail.load_spend(self.store.spent_at_open, today)
             await self.broker.semantic.start()  # model and questions loaded off the loop
+            if self.cluster is not None:  # before serving: admissions start in the fleet
+                await self.cluster.open()
             if self.http is not None:  # first: clients take the socket answering for "ready"
                 await self.http.bind()
                 self.server.http_address = self.http.address
             self.server.bind(self._listen_socket)
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
+                if self.cluster is not None:
+                    await tasks.start(self.cluster.run)
                 await tasks.start(self.server.serve)
                 if self.http is not None:
                     await tasks.start(self.http.serve)
@@ -186,6 +212,8 @@ class Daemon:
                 for provider in [*self.providers.values(), *self._retiring]:
                     await provider.aclose()
                 await self.store.close()
+                if self.cluster is not None:
+                    await self.cluster.close()
             self.notifier.close()
 
     async def _run_health_checks(self) -> None:
@@ -300,6 +328,9 @@ class Daemon:
             if getattr(config.daemon, key) != running:
                 log.warning("reload: daemon.%s changed; it takes effect when quotad restarts", key)
                 setattr(config.daemon, key, running)
+        if config.cluster != self.config.cluster:  # the link and the fleet stay as started
+            log.warning("reload: [cluster] changed; it takes effect when quotad restarts")
+            config.cluster = self.config.cluster
         previous = self.providers
         providers = self._providers_for(config, keys)
         retired = [
@@ -396,6 +427,10 @@ class Daemon:
 
     # ------------------------------------------------------------------ status
 
+    def _fleet_load(self) -> dict[str, int]:
+        """What this host tells the fleet of its load at each heartbeat."""
+        return {"in_flight": self.broker.tail.in_flight, "queued": len(self.gates.queue)}
+
     def _status_line(self) -> str:
         """The daemon's state in one line, for ``systemctl status``."""
         return (
@@ -436,7 +471,7 @@ def run_daemon(
         return EXIT_USAGE  # a usage or config error
     try:
         anyio.run(daemon.serve, backend="asyncio", backend_options={"use_uvloop": True})
-    except (SocketInUseError, StoreError, HttpListenError) as error:
+    except (SocketInUseError, StoreError, HttpListenError, ClusterStartError) as error:
         log.error("cannot start: %s", error)
         return EXIT_FAILURE
     log.info("stopped")

@@ -8,7 +8,7 @@ and whether the cache answers at all."""
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import Final, Protocol
 
 from quotad.daemon.activity import AppActivity
 from quotad.daemon.clock import Clock
@@ -18,9 +18,22 @@ from quotad.daemon.gates import Gates
 from quotad.daemon.live_tail import LiveTail
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
-from quotad.protocol.messages import AppStatus, Spend, SpendReply, StatusReply
+from quotad.protocol.messages import AppStatus, ClusterStatus, Spend, SpendReply, StatusReply
 
 DAEMON_VERSION: Final = "0.1.0"
+
+
+class FleetReports(Protocol):
+    """What status asks of the daemon's fleet membership (``[cluster]``:
+    :class:`~quotad.daemon.cluster.fleet.Cluster`, which imports the Redis client)."""
+
+    def status(self) -> ClusterStatus:
+        """The fleet as this host sees it."""
+        ...
+
+    def problems(self) -> list[str]:
+        """What keeps sharing through the fleet from working fully now."""
+        ...
 
 
 class StatusReports:
@@ -48,6 +61,8 @@ class StatusReports:
         self.events = events
         self.clock = clock
         self.started_at = clock.monotonic()
+        self.cluster: FleetReports | None = None
+        """Set by the runtime when ``[cluster]`` is configured."""
 
     def status(self) -> StatusReply:
         """The daemon's state now."""
@@ -76,6 +91,8 @@ class StatusReports:
             budgets=self.budgets.status(self.clock.time()),
             events=self.events.recent(),
             permits=self.gates.permits_held,
+            cluster=self.cluster.status() if self.cluster is not None else None,
+            problems=self.cluster.problems() if self.cluster is not None else [],
         )
 
     @property

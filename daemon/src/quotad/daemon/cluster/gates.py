@@ -29,7 +29,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -102,6 +102,8 @@ class FleetGates:
         self._retry_at: dict[tuple[Any, ...], float] = {}
         self._asked = anyio.Event()
         self._put = anyio.Event()
+        self._pauses: dict[str, float] = {}
+        self._paused = anyio.Event()
         self._observed: dict[FleetWindow, tuple[int, int, float]] = {}
         self._entry_prefix = f"{link.host}:{os.urandom(3).hex()}:"
         self._entries = 0
@@ -135,6 +137,7 @@ class FleetGates:
                 margin=settings.margin,
             )
             window.on_low = self._low
+            window.on_used_up = self._put.set
             self._apply_mode(window)
             self.windows[name] = window
             self._by_state_key[self.link.keys.window_state(name)] = window
@@ -149,32 +152,68 @@ class FleetGates:
 
     def _apply_mode(self, window: FleetWindow) -> None:
         link = self.link
+        now = self.clock.monotonic()
         if link.usable:
-            window.set_mode("fleet", link.hosts_seen())
+            window.set_mode("fleet", link.hosts_seen(), now)
         elif link.ever_connected or link.health == "resyncing":
-            window.set_mode(link.settings.on_unreachable, link.hosts_seen())
+            window.set_mode(link.settings.on_unreachable, link.hosts_seen(), now)
         else:
-            window.set_mode("closed", 0)
+            window.set_mode("closed", 0, now)
 
     # ------------------------------------------------------------------ borrowing
 
-    def short(self, ask: Ask) -> None:
+    def short(self, ask: Ask, token: Hashable = None) -> None:
         """A waiter lacks capacity on fleet windows: borrow for it (coalesced, off the
         admission path). Cheap and synchronous: the local dispatcher may call it on every
-        pass."""
+        pass. Asks of the same windows and amounts are one ask, unless ``token`` (the
+        waiter) tells them apart, so that several waiters borrow together."""
         if not self.link.usable:
             return
-        key = (tuple(id(w) for w, _ in ask.items), tuple(n for _, n in ask.items), ask.target)
-        if ask.target is not None:
+        key = (
+            tuple(id(w) for w, _ in ask.items),
+            tuple(n for _, n in ask.items),
+            ask.target,
+            token,
+        )
+        if ask.target is not None and (
+            len(self.targets) < MAX_TARGETS or ask.target in self.targets
+        ):
             self.targets.add(ask.target)
-        if self._retry_at.get(key, -INFINITY) > self.clock.monotonic():
-            return  # refused until then (or until a window of it frees)
+        retry = self._retry_at.get(key, -INFINITY)
+        if retry > self.clock.monotonic():
+            if retry < INFINITY:
+                self.schedule(retry)  # refused until then (or until a window of it frees)
+            return
         self._pending.setdefault(key, ask)
         self._asked.set()
 
+    def ask(
+        self,
+        items: tuple[tuple[FleetWindow, int], ...],
+        target: str | None,
+        token: Hashable = None,
+    ) -> None:
+        """:meth:`short` for a waiter needing ``items`` (window, units) on ``target``."""
+        self.short(Ask(items, target), token)
+
+    def share_pause(self, target: str, seconds: float) -> None:
+        """Pause ``target`` on every host for ``seconds`` (0: lift it), sent by a worker:
+        synchronous, for the local gates' ``pause``."""
+        if len(self._pauses) < MAX_TARGETS or target in self._pauses:
+            self._pauses[target] = seconds
+            self._paused.set()
+
+    async def _pause_forever(self) -> None:
+        while True:
+            await self._paused.wait()
+            self._paused = anyio.Event()
+            while self._pauses:
+                target, seconds = self._pauses.popitem()
+                await self.pause(target, seconds)  # None when Redis is away: local only
+
     def _low(self, window: FleetWindow) -> None:
         if self.link.usable:
-            key = ((id(window),), (0,), None)
+            key = ((id(window),), (0,), None, None)
             self._pending.setdefault(key, Ask(((window, 1),), None, waiter=False))
             self._asked.set()
 
@@ -186,6 +225,7 @@ class FleetGates:
             tasks.start_soon(self._borrow_forever)
             tasks.start_soon(self._flush_forever)
             tasks.start_soon(self._snapshot_forever)
+            tasks.start_soon(self._pause_forever)
             task_status.started()
 
     async def _borrow_forever(self) -> None:
@@ -209,6 +249,9 @@ class FleetGates:
         windows: dict[FleetWindow, int] = {}
         targets: dict[str, int] = {}
         asks: list[tuple[tuple[Any, ...], Ask, list[tuple[FleetWindow, int, int, str]]]] = []
+        ahead: set[FleetWindow] = set()
+        """Windows already asked for a slice ahead in this call (once per window: every ask
+        of a waiter in the same call asking for the whole slice would borrow it N times)."""
         for key, ask in batch:
             items = []
             for window, amount in ask.items:
@@ -218,10 +261,13 @@ class FleetGates:
                     if need <= 0:
                         promised[window] = promised.get(window, 0) + amount
                         continue
-                    want = window.want(need, now)
+                    want = need if window in ahead else window.want(need, now)
                     promised[window] = promised.get(window, 0) + amount - need
+                elif window in ahead:
+                    continue
                 else:
                     need, want = 1, window.want(1, now)
+                ahead.add(window)
                 windows.setdefault(window, len(windows) + 1)
                 self._entries += 1
                 items.append((window, need, want, f"{self._entry_prefix}{self._entries}"))

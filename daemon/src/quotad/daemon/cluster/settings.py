@@ -16,6 +16,12 @@ from quotad.daemon.config import ClusterConfig, ConfigError
 MAX_PASSWORD_BYTES: Final = 4096
 
 
+class ClusterStartError(Exception):
+    """The fleet's Redis refuses this host (its credentials): the daemon cannot start (exit
+    1). Defined here, away from the Redis client, so the runtime can catch it without
+    importing that client when there is no ``[cluster]``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterSettings:
     """``[cluster]`` resolved; ``password`` is kept here only, never logged or shown."""

@@ -20,9 +20,10 @@ its bucket in Redis.
 **Redis unreachable** (``share``): besides what its open leases still hold, the host admits
 up to ``(limit * (1 - margin) - phantom) / hosts seen`` within any span, where the phantom is
 the fleet's usage as last seen (a profile of when its entries leave, from ``snapshot.lua``)
-plus what this host borrowed since. If every host does so, the fleet stays under
-``limit * (1 - margin)`` (the margin absorbs what other hosts borrowed after this host's
-last snapshot). ``closed``: only what open leases still hold. A host that never reached
+plus what this host borrowed since, plus, for a lease and a span after Redis went away, all
+the room that snapshot left (other hosts may have borrowed it after the snapshot, up to
+the outage; it has surely left by then). If every host does so, the fleet stays under
+``limit * (1 - margin)``. ``closed``: only what open leases still hold. A host that never reached
 Redis admits nothing on fleet windows. Admissions made meanwhile are pushed into the fleet's
 log when Redis is back.
 """
@@ -35,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from quotad.daemon.cluster.link import ServerTime
+from quotad.daemon.cluster.link import CLOCK_SLACK_S, ServerTime
 
 Mode = Literal["fleet", "share", "closed"]
 Put = tuple[str, int, int]
@@ -134,6 +135,11 @@ class FleetWindow:
         self.mode: Mode = "closed"
         self.hosts = 0
         self.leases: list[Lease] = []
+        self._held = 0
+        """What open leases still hold, deadlines aside: Σ max(0, granted - used)."""
+        self._first_deadline = INFINITY
+        """The earliest deadline of a lease that still holds something: before it,
+        :attr:`_held` is :meth:`held` (no walk of the leases per admission)."""
         self.buckets: dict[str, Bucket] = {}
         self.degraded: deque[OwnAdmission] = deque()
         """Admissions made while Redis was unreachable, not yet pushed, oldest first."""
@@ -146,11 +152,18 @@ class FleetWindow:
         self.since_snapshot: list[tuple[float, int, float]] = []
         """This host's entries added after it: (left by, units, acknowledged at)."""
         self.fleet_used = 0
+        self.snapshot_used = 0
+        """The fleet's usage the last snapshot saw."""
+        self.blind_until = -INFINITY
+        """Until when other hosts' borrows after the last snapshot may still count."""
         self.external = 0
         self._rate = 0.0
         self._rate_at = -INFINITY
         self.on_low: Callable[[FleetWindow], None] | None = None
         """Called after an admission leaves less than half a lease's worth held."""
+        self.on_used_up: Callable[[], None] | None = None
+        """Called when an admission uses a lease up (it can be closed now: a used-up lease
+        left open would be walked past by every admission until the next flush)."""
 
     def set_limit(self, limit: int, span_s: float) -> None:
         """A reloaded limit or guard: applies to what is borrowed and admitted from now on
@@ -164,16 +177,33 @@ class FleetWindow:
 
     def held(self, now: float) -> int:
         """Units this host may still admit from its open leases."""
+        if now < self._first_deadline:
+            return self._held
         return sum(
             lease.granted - lease.used
             for lease in self.leases
             if lease.deadline > now and lease.granted > lease.used
         )
 
+    def _recount(self) -> None:
+        """:attr:`_held` and :attr:`_first_deadline` from the leases (a lease closed)."""
+        self._held = 0
+        self._first_deadline = INFINITY
+        for lease in self.leases:
+            if lease.granted > lease.used:
+                self._held += lease.granted - lease.used
+                self._first_deadline = min(self._first_deadline, lease.deadline)
+
     def phantom(self, now: float) -> int:
-        """The fleet's usage at ``now`` as last known (snapshot, plus own entries since)."""
+        """The fleet's usage at ``now`` as last known (snapshot, plus own entries since),
+        and, until :attr:`blind_until`, whatever other hosts may have borrowed after that
+        snapshot before Redis went away (all the room it left: nobody can know less)."""
         known = sum(amount for left_by, amount in self.profile if left_by > now)
-        return known + sum(amount for left_by, amount, _ in self.since_snapshot if left_by > now)
+        known += sum(amount for left_by, amount, _ in self.since_snapshot if left_by > now)
+        if now < self.blind_until and self.hosts > 1:  # alone, nobody else borrowed
+            own_since = sum(amount for _, amount, _ in self.since_snapshot)
+            known += max(0, self.limit - self.snapshot_used - own_since)
+        return known
 
     def share_free(self, now: float) -> int:
         """``share`` mode: what this host may admit now beyond its leases."""
@@ -195,6 +225,28 @@ class FleetWindow:
         """Units this host may admit now without asking Redis."""
         return self.held(now) + self.share_free(now)
 
+    def free_at(self, amount: int, now: float) -> float:
+        """``share`` mode: the earliest time ``amount`` units fit this host's share, if it
+        admits nothing meanwhile (its own admissions and the fleet's last known usage leave
+        the span); infinity in the other modes, where a borrow's answer or Redis coming
+        back says when (and what leases hold only ever shrinks)."""
+        if self.mode != "share" or self.hosts <= 0:
+            return INFINITY
+        self._expire_own(now)
+        leaving = [(own.time + self.span_s, own.amount) for own in self.degraded if own.live]
+        leaving += [(left_by, 0) for left_by, _ in self.profile if left_by > now]
+        leaving += [(left_by, 0) for left_by, _, _ in self.since_snapshot if left_by > now]
+        if self.blind_until > now:
+            leaving.append((self.blind_until, 0))
+        leaving.sort()
+        own_live = self.own_live
+        allowed = self.limit * (1.0 - self.margin)
+        for moment, amount_leaving in leaving:
+            own_live -= amount_leaving
+            if math.floor((allowed - self.phantom(moment)) / self.hosts) - own_live >= amount:
+                return moment
+        return INFINITY
+
     # ------------------------------------------------------------------ admissions
 
     def take(self, amount: int, now: float) -> Taken | None:
@@ -214,10 +266,17 @@ class FleetWindow:
                 break
         if rest > 0 and self.share_free(now) < rest:
             return None
+        used_up = False
         for lease, part in plan:
             lease.used += part
             lease.last_at = now
+            self._held -= part
             taken.parts.append(Part(lease, part))
+            used_up = used_up or lease.used >= lease.granted
+        if used_up:
+            self._recount()
+            if self.on_used_up is not None:
+                self.on_used_up()
         if rest > 0:
             own = OwnAdmission(now, rest)
             self.degraded.append(own)
@@ -225,7 +284,7 @@ class FleetWindow:
             taken.parts.append(Part(own, rest))
         self._count(amount, now)
         if self.on_low is not None and self.mode == "fleet":
-            ahead = self.rate(now) * self.lease_s
+            ahead = self._rate * self.lease_s  # the rate just counted, at now
             if ahead >= 2 and self.held(now) < ahead / 2:
                 self.on_low(self)
         return taken
@@ -254,6 +313,36 @@ class FleetWindow:
             taken.parts[-1].amount += change
             self._adjust(taken.parts[-1].source, change)
 
+    def retime(self, taken: Taken, now: float) -> None:
+        """The request admitted as ``taken`` leaves for the provider only ``now`` (a woken
+        waiter's task ran late): count its units until ``now`` + span. A part in a lease
+        still open before its deadline is covered already (the lease counts for its span
+        from its deadline; the bucket it closes into, from its last admission: now);
+        any other part moves into a bucket (or, Redis never reached, an admission of its
+        own) that leaves a span after ``now``."""
+        for part in taken.parts:
+            source = part.source
+            if part.amount <= 0:
+                continue
+            if isinstance(source, Lease) and not source.closed and now <= source.deadline:
+                source.last_at = max(source.last_at, now)
+                continue
+            if isinstance(source, OwnAdmission) and source.live and source.bucket is None:
+                # admitted while Redis is away, not pushed yet: still this host's own, counted
+                # in its share from now (behind it in the log, others may leave later than
+                # they could: on the safe side)
+                source.time = max(source.time, now)
+                continue
+            self._adjust(source, -part.amount)
+            moved = OwnAdmission(now, 0, live=False)
+            if self.mode == "fleet" and self.time.known:
+                moved.bucket = self._bucket(self.time.to_server_us(now) + self.span_us)
+            else:  # away: this host's own until it is pushed (counted in its share)
+                moved.live = True
+                self.degraded.append(moved)
+            part.source = moved
+            self._adjust(moved, part.amount)
+
     def _adjust(self, source: Lease | OwnAdmission, change: int) -> None:
         if isinstance(source, Lease):
             if source.bucket is not None:
@@ -263,6 +352,7 @@ class FleetWindow:
                 if source.used > source.granted:  # counted beyond the slice: tell the fleet
                     source.granted = source.used
                     self.puts[source.entry] = (source.entry, source.used, source.expiry_us)
+                self._recount()
         elif source.bucket is not None:
             self._bucket_add(source.bucket, change)
         else:
@@ -309,6 +399,8 @@ class FleetWindow:
         expiry_us = granted_us + self.lease_us + self.span_us
         lease = Lease(entry, amount, sent, granted_us, expiry_us, sent + self.lease_s)
         self.leases.append(lease)
+        self._held += amount
+        self._first_deadline = min(self._first_deadline, lease.deadline)
         self.since_snapshot.append((self.time.to_local(expiry_us), amount, acked))
 
     def close_due(self, now: float) -> bool:
@@ -327,6 +419,7 @@ class FleetWindow:
     def _close(self, lease: Lease) -> None:
         lease.closed = True
         self.leases.remove(lease)
+        self._recount()
         self.puts[lease.entry] = (lease.entry, 0, 0)
         if lease.used > 0:
             spent_s = min(max(0.0, lease.last_at - lease.sent_at), self.lease_s)
@@ -354,14 +447,21 @@ class FleetWindow:
 
     # ------------------------------------------------------------------ fleet state
 
-    def set_mode(self, mode: Mode, hosts: int) -> None:
-        """Borrow from the fleet (``fleet``), or fall back (``share`` / ``closed``)."""
+    def set_mode(self, mode: Mode, hosts: int, now: float | None = None) -> None:
+        """Borrow from the fleet (``fleet``), or fall back (``share`` / ``closed``). Leaving
+        ``fleet`` at local time ``now`` (Redis just went away): until every entry another
+        host may have borrowed since the last snapshot has surely left (``now`` + lease +
+        span), ``share`` counts all the room that snapshot left as used (:meth:`phantom`).
+        Without ``now`` the last snapshot is taken as current."""
+        if now is not None and self.mode == "fleet" and mode != "fleet":
+            self.blind_until = now + self.lease_s + self.span_s + CLOCK_SLACK_S
         self.mode = mode
         self.hosts = hosts
 
     def apply_snapshot(self, used: int, external: int, profile: list[Put], sent: float) -> None:
         """The fleet's window as a snapshot sent at local time ``sent`` saw it."""
         self.fleet_used = used
+        self.snapshot_used = used
         self.external = external
         self.profile = [(self.time.to_local(expiry), amount) for _, amount, expiry in profile]
         self.since_snapshot = [item for item in self.since_snapshot if item[2] >= sent]

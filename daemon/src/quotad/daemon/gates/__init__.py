@@ -28,12 +28,14 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config, RateLimits
 from quotad.daemon.errors import RequestError
+from quotad.daemon.gates.fleet import ask_for_waiters, attach_windows
 from quotad.daemon.gates.queue import PRIORITY_LEVELS, PRIORITY_NAMES, Waiter, WaitQueue
 from quotad.daemon.gates.window import (
     INFINITY,
@@ -47,6 +49,9 @@ from quotad.daemon.gates.window import (
 )
 from quotad.daemon.rate_limit_info import NO_RATE_LIMITS, RateLimitInfo
 from quotad.protocol.messages import GateStatus, QueueStatus, WindowStatus
+
+if TYPE_CHECKING:  # the Redis client is imported only when [cluster] is configured
+    from quotad.daemon.cluster.gates import FleetGates
 
 __all__ = [
     "PRIORITY_LEVELS",
@@ -141,7 +146,31 @@ class Gates:
         self._next_wake = INFINITY
         self._timer_changed: anyio.Event | None = None
         self.queue = WaitQueue(config.gates.aging_s)
+        self.fleet: FleetGates | None = None
+        """The fleet's side of every window (``[cluster]``), from :meth:`use_fleet` on."""
         self.reconfigure(config)
+
+    def use_fleet(self, fleet: FleetGates) -> None:
+        """Share every gate with the fleet (DESIGN §10): each window admits only what this
+        host holds of the fleet's limit; the fleet's worker borrows for waiters short of it
+        and wakes the queue when capacity comes (a grant, a ``freed`` message, a change of
+        health), another host's 429 pause pauses the target here too."""
+        self.fleet = fleet
+        fleet.on_capacity = self._dispatch
+        fleet.schedule = self._schedule
+        fleet.on_pause = self._fleet_paused
+        self._attach_fleet_windows()
+        self._dispatch()
+
+    def _attach_fleet_windows(self) -> None:
+        if self.fleet is not None:
+            attach_windows(self.fleet, self._gates.values())
+
+    def _fleet_paused(self, target: str, until: float) -> None:
+        """Another host paused ``target`` until local ``until`` (-inf: lifted)."""
+        gate = self._target_gate(target)
+        gate.paused_until = until if until == -INFINITY else max(gate.paused_until, until)
+        self._dispatch()
 
     # ------------------------------------------------------------------ configuration
 
@@ -198,6 +227,7 @@ class Gates:
             for name, app in config.apps.items()
         }
         self._demand_gates.clear()
+        self._attach_fleet_windows()
         self._dispatch()
 
     def app_policy(self, app: str) -> AppPolicy:
@@ -267,7 +297,7 @@ class Gates:
             raise RequestError(
                 "rate_limited",
                 f"no capacity within max_wait_s={wait_s:g} s: {'; and '.join(reasons)}",
-                retry_after_s=round(max(0.0, demand.available_at(later) - later), 3),
+                retry_after_s=_retry_after(demand.available_at(later) - later),
             )
         self._events.pop(waiter, None)
         resumed = self.clock.monotonic()
@@ -293,11 +323,15 @@ class Gates:
     def settle(self, reservation: Reservation, tokens_used: int | None) -> None:
         """Settle a reservation with the tokens really used (None: as reserved)."""
         reservation.settle(tokens_used)
+        if self.fleet is not None:
+            self.fleet.settle_changed()
         self._dispatch()
 
     def cancel(self, reservation: Reservation) -> None:
         """Undo a reservation whose request never reached the provider."""
         reservation.cancel()
+        if self.fleet is not None:
+            self.fleet.settle_changed()
         self._dispatch()
 
     # ------------------------------------------------------------------ provider feedback
@@ -306,6 +340,8 @@ class Gates:
         """A provider answered 429 for ``target``: admit nothing there for ``seconds``."""
         gate = self._target_gate(target)
         gate.paused_until = max(gate.paused_until, self.clock.monotonic() + max(0.0, seconds))
+        if self.fleet is not None and seconds > 0:
+            self.fleet.share_pause(target, seconds)  # every host pauses it too
         self._dispatch()
 
     def unpause(self, target: str) -> None:
@@ -314,6 +350,8 @@ class Gates:
         if gate is not None:
             gate.paused_until = -INFINITY
             self._dispatch()
+        if self.fleet is not None:
+            self.fleet.share_pause(target, 0.0)  # lifted on every host
 
     def observe(self, provider: str, target: str, info: RateLimitInfo) -> None:
         """Tighten the gates' view with what a provider's rate-limit headers say."""
@@ -340,6 +378,8 @@ class Gates:
             window = _matching_window(scope, unit, limit)  # type: ignore[arg-type]
             if window is not None:
                 window.add_external(remaining, reset_s, now)
+                if window.fleet is not None and self.fleet is not None:
+                    self.fleet.observe(window.fleet, remaining, reset_s)  # the fleet's view
             elif remaining <= 0:
                 model_gate.paused_until = max(model_gate.paused_until, now + reset_s)
         self._dispatch()
@@ -419,6 +459,8 @@ class Gates:
             if event is not None:
                 event.set()
         self._schedule(min(wake, next_lease), replace=True)
+        if self.fleet is not None and self.queue.waiters:  # after the timer: a refused ask
+            ask_for_waiters(self.fleet, self.queue.ordered(now), now)  # re-arms it
 
     def _schedule(self, when: float, *, replace: bool = False) -> None:
         if when < self._next_wake or (replace and when != self._next_wake):
@@ -487,6 +529,12 @@ class Gates:
 
 
 TIMER_SLACK_S = 0.0005
+
+
+def _retry_after(seconds: float) -> float:
+    """A refusal's retry-after: when the demand fits; 1 s when nobody can say (the fleet's
+    capacity comes when it is borrowed)."""
+    return 1.0 if seconds == INFINITY else round(max(0.0, seconds), 3)
 
 
 def _matching_window(gate: Gate | None, unit: Unit, limit: int | None) -> SlidingWindow | None:

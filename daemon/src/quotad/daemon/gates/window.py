@@ -9,7 +9,10 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # the Redis client is imported only when [cluster] is configured
+    from quotad.daemon.cluster.window import FleetWindow, Taken
 
 Unit = Literal["requests", "tokens"]
 Scope = Literal["provider", "model", "app"]
@@ -21,13 +24,15 @@ class Admission:
     A *pending* admission's request has not left the gates yet (a waiter admitted while its
     task is still to run): it stays counted however long that takes."""
 
-    __slots__ = ("amount", "live", "pending", "time")
+    __slots__ = ("amount", "fleet", "live", "pending", "time")
 
     def __init__(self, time: float, amount: int, pending: bool = False) -> None:
         self.time = time
         self.amount = amount
         self.live = True
         self.pending = pending
+        self.fleet: Taken | None = None
+        """What it took of the fleet's window (``[cluster]``), settled with it."""
 
 
 class SlidingWindow:
@@ -38,6 +43,12 @@ class SlidingWindow:
     absorbs the jitter between that hand-off and arrival at the provider. A provider's
     rate-limit headers may add *external* usage (other users of the same account) until a
     given time; they can only tighten the window, never loosen it beyond ``limit``.
+
+    With ``[cluster]`` the window is also one fleet-wide limit (DESIGN §10): :attr:`fleet`
+    is this host's side of it, and an admission must fit both here and in what this host
+    holds of the fleet's limit (:meth:`FleetWindow.available
+    <quotad.daemon.cluster.window.FleetWindow.available>`); the fleet's worker borrows more
+    for waiters short of it and wakes the queue, so :meth:`free_at` cannot say when that is.
 
     A *paced* window (``burst < 1``: provider and model gates by default) also spreads its
     admissions (GCRA): one unit per ``window_s / limit`` on average, with bursts of up to
@@ -56,6 +67,7 @@ class SlidingWindow:
         "burst",
         "external",
         "external_until",
+        "fleet",
         "interval",
         "limit",
         "span",
@@ -81,6 +93,7 @@ class SlidingWindow:
         self.used = 0
         self.external = 0
         self.external_until = -INFINITY
+        self.fleet: FleetWindow | None = None
 
     def set_limit(self, limit: int, guard_s: float, burst: float) -> None:
         """Apply a reloaded limit, keeping the log."""
@@ -117,18 +130,29 @@ class SlidingWindow:
         return self.used
 
     def fits(self, amount: int, now: float) -> bool:
-        """Whether ``amount`` more units may be admitted now."""
+        """Whether ``amount`` more units may be admitted now (here, and with ``[cluster]``
+        within what this host holds of the fleet's limit)."""
+        return self.fits_here(amount, now) and (
+            self.fleet is None or self.fleet.available(now) >= amount
+        )
+
+    def fits_here(self, amount: int, now: float) -> bool:
+        """Whether ``amount`` more units fit this host's own log and pace."""
         return (
             self.usage(now) + amount <= self.limit
             and now >= self.theoretical_arrival - self.tolerance
         )
 
     def admit(self, amount: int, now: float, pending: bool = False) -> Admission:
-        """Record an admission of ``amount`` units now (``pending``: until it is retimed)."""
+        """Record an admission of ``amount`` units now (``pending``: until it is retimed),
+        and take them from what this host holds of the fleet's limit (:meth:`fits` said
+        they are there)."""
         admission = Admission(now, amount, pending)
         self._log.append(admission)
         self.used += amount
         self.theoretical_arrival = max(self.theoretical_arrival, now) + amount * self.interval
+        if self.fleet is not None:
+            admission.fleet = self.fleet.take(amount, now)
         return admission
 
     def retime(self, admission: Admission, now: float) -> Admission:
@@ -139,11 +163,14 @@ class SlidingWindow:
         admission.pending = False
         if now <= admission.time:
             return admission
+        if admission.fleet is not None and self.fleet is not None:
+            self.fleet.retime(admission.fleet, now)  # the fleet counts it from now too
         log = self._log
         if log and log[-1] is admission:  # still the newest: moving it keeps the log in order
             admission.time = now
             return admission
         moved = Admission(now, admission.amount)
+        moved.fleet, admission.fleet = admission.fleet, None
         if admission.live:
             admission.amount = 0  # its units are counted as ``moved`` from now on
         else:  # it already left the log (a hand-off later than the whole span)
@@ -159,13 +186,20 @@ class SlidingWindow:
             self.used += change
         self.theoretical_arrival += change * self.interval
         admission.amount = amount
+        if admission.fleet is not None and self.fleet is not None:
+            self.fleet.resize(admission.fleet, amount, admission.time)
 
     def free_at(self, amount: int, now: float) -> float:
         """The earliest time ``amount`` units fit, if nothing else is admitted meanwhile."""
         if amount > self.limit:
             return INFINITY
         paced = self.theoretical_arrival - self.tolerance
-        return max(paced, self._log_free_at(amount, now))
+        here = max(paced, self._log_free_at(amount, now))
+        if here <= now and self.fleet is not None and self.fleet.available(now) < amount:
+            # Redis away (share): when this host's share has room; else infinity: the
+            # fleet's worker borrows and wakes the queue when it has (or Redis is back)
+            return self.fleet.free_at(amount, now)
+        return here
 
     def _log_free_at(self, amount: int, now: float) -> float:
         excess = self.usage(now) + amount - self.limit
@@ -216,6 +250,18 @@ class SlidingWindow:
         free_in = max(0.0, self.free_at(amount, now) - now)
         when = "never (larger than the limit)" if free_in == INFINITY else f"in {free_in:.1f} s"
         used = self.usage(now)
+        fleet = self.fleet
+        if fleet is not None and self.fits_here(amount, now) and fleet.available(now) < amount:
+            state = (
+                "borrowing from Redis"
+                if fleet.mode == "fleet"
+                else f"Redis away, this host's {fleet.mode} of it"
+            )
+            return (
+                f"{gate.scope} gate {gate.name} allows {self.describe()} across the fleet; "
+                f"this host holds {fleet.available(now)} of it ({state}; the fleet used "
+                f"{fleet.fleet_used} when last seen)"
+            )
         if used + amount <= self.limit:  # the log has room: the pace holds it
             return (
                 f"{gate.scope} gate {gate.name} is paced: it spreads {self.describe()} as "

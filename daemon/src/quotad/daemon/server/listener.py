@@ -368,7 +368,7 @@ class SocketServer:
         reply.socket = str(self.path)
         reply.http = self.http_address
         reply.connections = len(self.connections)
-        reply.problems = self.problems
+        reply.problems = [*self.problems, *reply.problems]  # the broker's: the fleet's
         return reply
 
 

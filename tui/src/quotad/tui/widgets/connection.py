@@ -57,4 +57,14 @@ class ConnectionBar(LiveText):
         line.append(f"  in flight {status.in_flight}  requests {status.requests_total}")
         line.append(f"  conns {status.connections}  up {seconds(status.uptime_s)}")
         line.append(f"  pid {status.pid}  {status.socket or monitor.where}")
+        cluster = status.cluster
+        if cluster is not None:  # [cluster]: the fleet's Redis, the gates' mode, hosts seen
+            style = "green" if cluster.mode == "fleet" else "bold red"
+            line.append(f"  fleet {cluster.host}: ", style="bold")
+            line.append(
+                f"redis {cluster.health}"
+                + (f" ({cluster.mode}: {cluster.reason})" if cluster.mode != "fleet" else ""),
+                style=style,
+            )
+            line.append(f"  hosts {cluster.hosts_seen}")
         self.show_text(line)

@@ -1,0 +1,205 @@
+"""The daemon's gates shared by a fleet (DESIGN §10), as the runtime wires them
+(:meth:`Gates.use_fleet`), against a real Valkey: two hosts' gates in one process, each with
+its own link. Admissions of both together never pass a limit; waiters on a host wake when
+the fleet frees capacity (no polling: the borrow's answer, a ``freed`` message); a 429 pause
+on one host pauses the target on the other; priorities still order one host's waiters."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import anyio
+import pytest
+
+from quotad.daemon.clock import VirtualClock
+from quotad.daemon.cluster.gates import Ask, FleetGates
+from quotad.daemon.cluster.link import Link
+from quotad.daemon.cluster.window import FleetWindow
+from quotad.daemon.config import parse_config
+from quotad.daemon.gates import Gates
+from tests.support.valkey import ValkeyServer
+from tests.unit.cluster.conftest import joined_link
+from tests.unit.cluster.test_link import eventually
+from tests.unit.cluster.test_window import server_time, server_us
+
+pytestmark = pytest.mark.anyio
+
+LIMIT = 12
+WINDOW_S = 0.5
+GUARD_S = 0.05
+
+
+def gates_config(limit: int = LIMIT, window_s: float = WINDOW_S) -> dict[str, object]:
+    return {
+        "http": {"listen": ""},
+        "gates": {"guard_s": GUARD_S, "burst": 1.0, "max_wait_s": 20.0},
+        "providers": {
+            "p": {
+                "kind": "openai",
+                "base_url": "http://127.0.0.1:9",
+                "limits": [{"requests": limit, "window_s": window_s}],
+            }
+        },
+        "apps": {"batch": {"priority": "low"}, "urgent": {"priority": "high"}},
+    }
+
+
+@dataclass
+class Host:
+    link: Link
+    fleet: FleetGates
+    gates: Gates
+    admitted: list[float] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def hosts(valkey: ValkeyServer, count: int, **config: object) -> AsyncIterator[list[Host]]:
+    prefix = "g" + os.urandom(5).hex()
+    async with contextlib.AsyncExitStack() as stack:
+        tasks = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tasks.cancel_scope.cancel)
+        found = []
+        for index in range(count):
+            link = await stack.enter_async_context(
+                joined_link(valkey, prefix, f"h{index}", lease_s=0.2)
+            )
+            fleet = FleetGates(link)
+            gates = Gates(parse_config(gates_config(**config)))  # type: ignore[arg-type]
+            gates.use_fleet(fleet)
+            await tasks.start(link.run)
+            await tasks.start(fleet.run)
+            tasks.start_soon(gates.run)
+            found.append(Host(link, fleet, gates))
+        # listening to the fleet's channel (pauses, freed)
+        await eventually(lambda: all(host.link.subscribed for host in found))
+        yield found
+
+
+async def request(host: Host, app: str = "load", priority: str = "normal") -> None:
+    demand = host.gates.demand("p", "p/m", app, 1)
+    reservation, _ = await host.gates.admit(demand, app=app, priority=priority, max_wait_s=20)
+    host.admitted.append(host.link.clock.monotonic())
+    host.gates.settle(reservation, 1)
+
+
+def peak(times: list[float], span_s: float) -> int:
+    times = sorted(times)
+    best, start = 0, 0
+    for end, moment in enumerate(times):
+        while times[start] + span_s <= moment:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+async def test_two_hosts_never_pass_one_limit_together_and_every_waiter_wakes(
+    valkey: ValkeyServer,
+) -> None:
+    total = 5 * LIMIT
+    async with hosts(valkey, 2) as fleet:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as load:
+                for index in range(total):
+                    load.start_soon(request, fleet[index % 2])
+    admitted = [t for host in fleet for t in host.admitted]
+    assert len(admitted) == total  # every waiter woke and was admitted
+    # counted as the fleet counts them: within any window (+ its guard), at most the limit
+    assert peak(admitted, WINDOW_S) <= LIMIT
+    assert all(host.admitted for host in fleet)  # both hosts took part
+    assert sum(host.fleet.borrows for host in fleet) < total  # slices, not one call each
+
+
+async def test_a_429_pause_on_one_host_pauses_the_target_on_the_other(
+    valkey: ValkeyServer,
+) -> None:
+    async with hosts(valkey, 2) as (first, second):
+        first.gates.pause("p/m", 30.0)
+        await eventually(lambda: second.gates.paused_until("p/m") is not None)
+        until = second.gates.paused_until("p/m")
+        assert until is not None
+        assert until > second.gates.clock.time() + 20
+        first.gates.unpause("p/m")
+        await eventually(lambda: second.gates.paused_until("p/m") is None)
+
+
+async def test_priorities_still_order_one_hosts_waiters(valkey: ValkeyServer) -> None:
+    order: list[str] = []
+
+    async def tracked(host: Host, app: str, priority: str) -> None:
+        await request(host, app, priority)
+        order.append(app)
+
+    async with hosts(valkey, 1, limit=2, window_s=1.0) as (host,):
+        with anyio.fail_after(30):
+            await request(host)
+            await request(host)  # the window is full now
+            async with anyio.create_task_group() as load:
+                for _ in range(2):
+                    load.start_soon(tracked, host, "batch", "low")
+                await anyio.sleep(0.05)
+                for _ in range(2):
+                    load.start_soon(tracked, host, "urgent", "high")
+    assert order == ["urgent", "urgent", "batch", "batch"]
+
+
+def test_a_waiter_on_a_share_wakes_when_it_has_room_again() -> None:
+    """Redis away (``share``): the gates' timer wakes a waiter when this host's share has
+    room again; no borrow, no message can."""
+    clock = VirtualClock()
+    gates = Gates(parse_config(gates_config(limit=30, window_s=2.0)), clock)
+    window = next(iter(gates._gates["provider:p"].windows))
+    fleet = FleetWindow("w", 30, 2.05, 1.0, host="h1", time=server_time(clock))
+    fleet.apply_snapshot(0, 0, [], clock.monotonic())
+    fleet.set_mode("share", 3)
+    window.fleet = fleet
+    demand = gates.demand("p", "p/m", "load", 1)
+    for _ in range(9):  # floor(27 / 3)
+        reservation = gates.admit_now(demand)
+        assert reservation is not None
+    assert gates.admit_now(demand) is None
+    now = clock.monotonic()
+    assert window.free_at(1, now) == pytest.approx(now + 2.05, abs=0.01)
+
+
+async def test_waiters_borrowing_together_take_one_slice_ahead_not_one_each(
+    valkey: ValkeyServer,
+) -> None:
+    """Several waiters short on one window in one borrow each get what they need, and the
+    window one slice ahead (its recent rate times the lease), not a slice ahead per waiter."""
+    async with joined_link(valkey, "a" + os.urandom(5).hex(), "h1") as link:
+        fleet = FleetGates(link)
+        window = fleet.window("provider:p", "requests", 60.0, 1000, 60.05)
+        await fleet.borrow([(("first",), Ask(((window, 50),)))])
+        now = link.clock.monotonic()
+        assert window.take(50, now) is not None  # 50 admitted: a recent rate of ~50/s
+        ahead = window.want(1, now) - 1
+        assert ahead >= 40
+        waiters = [((f"w{index}",), Ask(((window, 1),))) for index in range(4)]
+        await fleet.borrow(waiters)
+        held = window.held(link.clock.monotonic())
+        assert 4 <= held <= 4 + ahead  # before: 4 * (1 + ahead)
+
+
+def test_a_request_handed_off_late_is_counted_by_the_fleet_from_its_hand_off() -> None:
+    """Gates.sent (the broker's hand-off) retimes the fleet's count too: a request admitted
+    from a lease that closed before its hand-off is counted a span from the hand-off."""
+    clock = VirtualClock()
+    gates = Gates(parse_config(gates_config(limit=30, window_s=2.0)), clock)
+    window = next(iter(gates._gates["provider:p"].windows))
+    fleet = FleetWindow("w", 30, window.span, 1.0, host="h1", time=server_time(clock))
+    fleet.set_mode("fleet", 1)
+    window.fleet = fleet
+    now = clock.monotonic()
+    fleet.grant("e1", 1, now, server_us(now), now)
+    reservation = gates.admit_now(gates.demand("p", "p/m", "load", 1))
+    assert reservation is not None
+    fleet.close_due(now)  # used up: closed into a bucket a span after now
+    first = max(expiry for _, amount, expiry in fleet.take_puts() if amount == 1)
+    clock.advance(0.5)
+    gates.sent(reservation)
+    moved = [(amount, expiry) for _, amount, expiry in fleet.take_puts() if amount == 1]
+    assert moved
+    assert moved[0][1] >= first + 400_000  # counted from the hand-off, half a second later
