@@ -13,6 +13,12 @@ import time
 from pathlib import Path
 
 START_TIMEOUT_S = 15.0
+UNCACHED_CONFIG_HEAD = (
+    '[daemon]\nstate_dir = "{{state_dir}}"\n[http]\nlisten = ""\n[cache]\nmode = "off"\n'
+)
+"""The head of a config template for a daemon with no HTTP front door and no cache (what the
+measurements of the pipeline start from): ``str.format`` it once with the rest (``{{state_dir}}``
+stays for DaemonProcess to fill in)."""
 
 
 def free_port() -> int:
