@@ -5,7 +5,7 @@ not), the slot limit, and every failure classified as the providers expect."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,6 +50,24 @@ def pool_of(built: Provider) -> LeanHTTPTransport:
     transport = built._http._transport  # type: ignore[attr-defined]
     assert isinstance(transport, LeanHTTPTransport)
     return transport
+
+
+@asynccontextmanager
+async def pool_to_server(
+    serve: Callable[[anyio.abc.SocketStream], Awaitable[None]], max_connections: int
+) -> AsyncIterator[tuple[LeanHTTPTransport, httpx.Request]]:
+    """A pool and a request to a loopback TCP server whose connections ``serve`` answers;
+    the pool is closed and the server stopped on the way out."""
+    pool = LeanHTTPTransport(max_connections=max_connections, keepalive_expiry_s=30)
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(listener.serve, serve)
+            try:
+                yield pool, httpx.Request("GET", f"http://127.0.0.1:{port}/")
+            finally:
+                await pool.aclose()
+                tasks.cancel_scope.cancel()
 
 
 def idle_connections(pool: LeanHTTPTransport) -> int:
@@ -232,28 +250,18 @@ async def test_a_stream_read_slowly_holds_the_server_back() -> None:
                     await client.send(chunk)
                     sent += len(chunk)
 
-    pool = LeanHTTPTransport(max_connections=1, keepalive_expiry_s=30)
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(listener.serve, serve)
-            try:
-                response = await pool.handle_async_request(
-                    httpx.Request("GET", f"http://127.0.0.1:{port}/")
-                )
-                await anyio.sleep(0.5)  # reading nothing of it
-                body = response.stream
-                assert isinstance(body, _Body)
-                connection = body._connection
-                assert connection is not None
-                assert len(connection.buffer) < READ_AHEAD_BYTES + 1024 * 1024
-                assert sent < 20_000_000  # the server is held back (socket buffers full)
-                first = await anext(aiter(body))
-                assert first
-                await response.aclose()
-            finally:
-                await pool.aclose()
-                tasks.cancel_scope.cancel()
+    async with pool_to_server(serve, max_connections=1) as (pool, request):
+        response = await pool.handle_async_request(request)
+        await anyio.sleep(0.5)  # reading nothing of it
+        body = response.stream
+        assert isinstance(body, _Body)
+        connection = body._connection
+        assert connection is not None
+        assert len(connection.buffer) < READ_AHEAD_BYTES + 1024 * 1024
+        assert sent < 20_000_000  # the server is held back (socket buffers full)
+        first = await anext(aiter(body))
+        assert first
+        await response.aclose()
 
 
 @pytest.mark.anyio
@@ -270,28 +278,14 @@ async def test_close_delimited_http10_answers_are_read_to_the_close() -> None:
             await client.receive()
             await client.send(answers.pop(0))
 
-    pool = LeanHTTPTransport(max_connections=4, keepalive_expiry_s=30)
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(listener.serve, serve)
-            try:
-                first = await pool.handle_async_request(
-                    httpx.Request("GET", f"http://127.0.0.1:{port}/")
-                )
-                assert await first.aread() == b"the whole body"
-                await first.aclose()
-                second = await pool.handle_async_request(
-                    httpx.Request("GET", f"http://127.0.0.1:{port}/")
-                )
-                assert (second.status_code, await second.aread()) == (200, b"ok")
-                await second.aclose()
-                assert idle_connections(pool) == 0  # neither may be kept
-                with pytest.raises(httpx.RemoteProtocolError):
-                    await pool.handle_async_request(
-                        httpx.Request("GET", f"http://127.0.0.1:{port}/")
-                    )
-                assert pool._in_use == 0
-            finally:
-                await pool.aclose()
-                tasks.cancel_scope.cancel()
+    async with pool_to_server(serve, max_connections=4) as (pool, request):
+        first = await pool.handle_async_request(request)
+        assert await first.aread() == b"the whole body"
+        await first.aclose()
+        second = await pool.handle_async_request(request)
+        assert (second.status_code, await second.aread()) == (200, b"ok")
+        await second.aclose()
+        assert idle_connections(pool) == 0  # neither may be kept
+        with pytest.raises(httpx.RemoteProtocolError):
+            await pool.handle_async_request(request)
+        assert pool._in_use == 0
