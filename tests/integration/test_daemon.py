@@ -32,27 +32,20 @@ from quotad.client import (
 )
 from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import Error, Hello, Status, StatusReply, Welcome
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, two_sims_config
 from tests.support.sim import SimProcess
 
 MESSAGES = [{"role": "user", "content": "hello there quotad"}]
 
 
 def skeleton_config(openai_url: str, anthropic_url: str, extra: str = "") -> str:
-    return (
-        '[daemon]\nstate_dir = "{state_dir}"\ndrain_s = 5\n[http]\nlisten = ""\n'
-        + sim_provider_config("sim", openai_url)
-        + '[providers.sim.models."sim-small"]\n'
-        + sim_provider_config("claude", anthropic_url, kind="anthropic")
-        + '[models.fast]\ntargets = ["sim/gpt-4o-mini", "claude/claude-3-5-haiku-latest"]\n'
-        + extra
+    return two_sims_config(
+        openai_url,
+        anthropic_url,
+        daemon="drain_s = 5",
+        sim='[providers.sim.models."sim-small"]',
+        extra=extra,
     )
-
-
-@pytest.fixture(scope="module")
-def sims() -> Iterator[tuple[SimProcess, SimProcess]]:
-    with SimProcess(latency_ms=1) as openai_sim, SimProcess(latency_ms=1) as anthropic_sim:
-        yield openai_sim, anthropic_sim
 
 
 @pytest.fixture(scope="module")

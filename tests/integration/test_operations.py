@@ -6,15 +6,12 @@ refusing another uid."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import stat
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import Error, Hello, Welcome
 from tests.support.daemon import DaemonProcess, sim_provider_config
 from tests.support.peers import exchange_as
+from tests.support.polling import wait_until
 from tests.support.sim import SimProcess
 from tests.support.systemd import ACTIVATION_LAUNCHER, NotifyReceiver, activation_env
 
@@ -42,27 +40,6 @@ def service_config(
         + sim_provider_config("other", second_url)
         + '[models.fast]\ntargets = ["sim/gpt-4o-mini"]\n'
     )
-
-
-@pytest.fixture(scope="module")
-def sims() -> Iterator[tuple[SimProcess, SimProcess]]:
-    with SimProcess(latency_ms=1) as first, SimProcess(latency_ms=1) as second:
-        yield first, second
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="qdops", dir="/tmp"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def in_flight(path: Path) -> int:
@@ -90,9 +67,9 @@ def chat_in_thread(path: Path, model: str, results: list[Any]) -> threading.Thre
 
 @pytest.mark.slow
 def test_socket_activation_serves_the_passed_socket_and_leaves_it(
-    sims: tuple[SimProcess, SimProcess], workdir: Path
+    sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
-    path = workdir / "q.sock"
+    path = directory / "q.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     os.chmod(path, 0o660)
@@ -107,10 +84,10 @@ def test_socket_activation_serves_the_passed_socket_and_leaves_it(
 
         waiting = threading.Thread(target=status_early)
         waiting.start()
-        with NotifyReceiver(workdir) as notify:
+        with NotifyReceiver(directory) as notify:
             daemon = DaemonProcess(
-                service_config(workdir / "state", sims[0].base_url, sims[1].base_url),
-                directory=workdir,
+                service_config(directory / "state", sims[0].base_url, sims[1].base_url),
+                directory=directory,
                 env={**notify.env, **activation_env(listener.fileno())},
                 launcher=ACTIVATION_LAUNCHER,
                 pass_fds=(listener.fileno(),),
@@ -136,22 +113,22 @@ def test_socket_activation_serves_the_passed_socket_and_leaves_it(
 
 
 @pytest.mark.parametrize("kind", ["datagram-socket", "regular-file"])
-def test_socket_activation_refuses_an_fd_it_cannot_serve(workdir: Path, kind: str) -> None:
+def test_socket_activation_refuses_an_fd_it_cannot_serve(directory: Path, kind: str) -> None:
     if kind == "datagram-socket":
         passed: Any = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        passed.bind(str(workdir / "dgram.sock"))
+        passed.bind(str(directory / "dgram.sock"))
         expected = "fd 3 from systemd is an AF_UNIX/SOCK_DGRAM socket"
     else:
-        passed = (workdir / "file").open("w")
+        passed = (directory / "file").open("w")
         expected = "fd 3 from systemd is a regular file"
-    config = workdir / "quotad.toml"
-    config.write_text(f'[daemon]\nstate_dir = "{workdir}"\n[http]\nlisten = ""\n')
+    config = directory / "quotad.toml"
+    config.write_text(f'[daemon]\nstate_dir = "{directory}"\n[http]\nlisten = ""\n')
     with passed:
         result = subprocess.run(
             [*ACTIVATION_LAUNCHER, "-m", "quotad.daemon.cli", "serve", "--config", str(config)],
             env={
                 **os.environ,
-                "QUOTAD_SOCKET": str(workdir / "q.sock"),
+                "QUOTAD_SOCKET": str(directory / "q.sock"),
                 **activation_env(passed.fileno()),
             },
             pass_fds=(passed.fileno(),),
@@ -170,13 +147,13 @@ def test_socket_activation_refuses_an_fd_it_cannot_serve(workdir: Path, kind: st
 
 @pytest.mark.slow
 def test_ready_only_once_serving_then_watchdog_status_and_stopping(
-    sims: tuple[SimProcess, SimProcess], workdir: Path
+    sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
     first, second = sims
-    with NotifyReceiver(workdir) as notify:
+    with NotifyReceiver(directory) as notify:
         daemon = DaemonProcess(
-            service_config(workdir / "state", first.base_url, second.base_url, drain_s=30),
-            directory=workdir,
+            service_config(directory / "state", first.base_url, second.base_url, drain_s=30),
+            directory=directory,
             env={**notify.env, "WATCHDOG_USEC": "200000"},
         )
         process = daemon.spawn()
@@ -229,14 +206,14 @@ def test_ready_only_once_serving_then_watchdog_status_and_stopping(
 
 @pytest.mark.slow
 def test_sighup_applies_a_good_config_without_dropping_anything(
-    sims: tuple[SimProcess, SimProcess], workdir: Path
+    sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
     first, second = sims
-    state = workdir / "state"
-    with NotifyReceiver(workdir) as notify:
+    state = directory / "state"
+    with NotifyReceiver(directory) as notify:
         daemon = DaemonProcess(
             service_config(state, first.base_url, second.base_url),
-            directory=workdir,
+            directory=directory,
             env=notify.env,
         )
         process = daemon.spawn()
@@ -287,13 +264,13 @@ def test_sighup_applies_a_good_config_without_dropping_anything(
 
 
 def test_sighup_with_a_bad_config_keeps_the_running_one(
-    sims: tuple[SimProcess, SimProcess], workdir: Path
+    sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
     first, second = sims
-    state = workdir / "state"
+    state = directory / "state"
     good = service_config(state, first.base_url, second.base_url)
-    with NotifyReceiver(workdir) as notify:
-        daemon = DaemonProcess(good, directory=workdir, env=notify.env)
+    with NotifyReceiver(directory) as notify:
+        daemon = DaemonProcess(good, directory=directory, env=notify.env)
         process = daemon.spawn()
         try:
             notify.wait_for("READY=1")
@@ -364,19 +341,19 @@ def handshake_as(path: Path, uid: int, gid: int, groups: list[int]) -> Any:
 )
 @pytest.mark.slow
 def test_allow_uids_and_gids_refuse_other_peers(
-    sims: tuple[SimProcess, SimProcess], workdir: Path
+    sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
     first, second = sims
-    state = workdir / "state"
+    state = directory / "state"
     allow = "allow_uids = [4242]\nallow_gids = [4444, 5555]\n"
-    with NotifyReceiver(workdir) as notify:
+    with NotifyReceiver(directory) as notify:
         daemon = DaemonProcess(
             service_config(state, first.base_url, second.base_url, extra=allow),
-            directory=workdir,
+            directory=directory,
             env=notify.env,
         )
         with daemon:
-            os.chmod(workdir, 0o711)
+            os.chmod(directory, 0o711)
             os.chmod(daemon.socket_path, 0o666)  # let every uid reach it: the lists decide
             refused = handshake_as(daemon.socket_path, 65534, 65534, [])
             assert isinstance(refused, Error)

@@ -7,9 +7,7 @@ and in the file, and come back at start (a vector of another scheme embedded aga
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +126,6 @@ class Daemon:
     async def rows(self, sql: str) -> list[tuple[Any, ...]]:
         await self.store.db.write([])  # what was submitted is committed
         return await self.store.db.read(sql)
-
-
-@pytest.fixture
-def directory() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="qsem", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
