@@ -149,40 +149,25 @@ async def test_failures_are_classified_for_the_broker(sim: SimProcess) -> None:
             await nobody.chat("m", CHAT, 4)
     assert refused.value.kind == "connect"
     async with provider(sim.base_url, timeout_s=0.3) as built:
-        sim.control(latency_ms=2000)
-        try:
-            with pytest.raises(ProviderError) as slow:
-                await built.chat("m", CHAT, 4)
-        finally:
-            sim.control(latency_ms=0)
+        with sim.controlled(latency_ms=2000), pytest.raises(ProviderError) as slow:
+            await built.chat("m", CHAT, 4)
         assert slow.value.kind == "timeout"
         # the whole-request bound and the read timeout are both 0.3 s here: which one ends
         # the call first is a race of two timers due in the same millisecond (and anyio lets
         # a task already woken by the read timer resume before a scope's cancel lands)
         assert "within 0.3 s" in str(slow.value)
-        sim.control(reset_rate=1.0)
-        try:
-            with pytest.raises(ProviderError) as reset:
-                await built.chat("m", CHAT, 4)
-        finally:
-            sim.control(reset_rate=0.0)
+        with sim.controlled(reset_rate=1.0), pytest.raises(ProviderError) as reset:
+            await built.chat("m", CHAT, 4)
         assert reset.value.kind == "connect"
-        sim.control(break_stream_rate=1.0)
-        try:
+        with sim.controlled(break_stream_rate=1.0):
             stream = await built.open_stream("m", CHAT, 8)
             with pytest.raises(ProviderError) as broken:
                 async for _ in stream.deltas():
                     pass
             await stream.aclose()
-        finally:
-            sim.control(break_stream_rate=0.0)
         assert broken.value.kind == "stream_broken"
-        sim.control(fail_rate=1.0)
-        try:
-            with pytest.raises(ProviderError) as failed:
-                await built.chat("m", CHAT, 4)
-        finally:
-            sim.control(fail_rate=0.0)
+        with sim.controlled(fail_rate=1.0), pytest.raises(ProviderError) as failed:
+            await built.chat("m", CHAT, 4)
         assert (failed.value.kind, failed.value.status) == ("server", 500)
         assert (await built.chat("m", CHAT, 4)).content  # and the pool still works
 
