@@ -109,6 +109,21 @@ def rounds_main(
     print_figures(measure(rounds, requests, args.baseline_src))
 
 
+def seeded_main(
+    doc: str | None,
+    measure: Callable[[int, int], dict[str, Any]],
+    *,
+    cases: tuple[str, int, int],
+    quick_help: str,
+) -> None:
+    """The command line of a benchmark that runs random cases drawn from ``--seed``:
+    ``cases`` names their option, its default and how many a smoke run (``--quick``) takes;
+    prints ``measure(count, seed)``'s figures as one JSON line."""
+    option, default, quick = cases
+    args = bench_parser(doc, quick_help, **{option: default, "seed": 1}).parse_args()
+    print_figures(measure(quick if args.quick else getattr(args, option), args.seed))
+
+
 def bench_parser(doc: str | None, quick_help: str, **counts: int) -> argparse.ArgumentParser:
     """The command line every benchmark starts from: its docstring's first line as the
     description, ``--quick`` (a smoke run, ``quick_help`` says how small) and one integer

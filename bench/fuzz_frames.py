@@ -18,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import bench_parser, print_figures, sequential
+from bench._timing import seeded_main, sequential
 from quotad.client import Client
 from tests.support.daemon import DaemonProcess, sim_provider_config
 from tests.support.fuzz import FrameMaker, FuzzTally, send_batches
@@ -97,9 +97,9 @@ def measure(frames: int, seed: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = bench_parser(__doc__, "a thousand frames (smoke test)", frames=100_000, seed=1)
-    args = parser.parse_args()
-    print_figures(measure(1000 if args.quick else args.frames, args.seed))
+    seeded_main(
+        __doc__, measure, cases=("frames", 100_000, 1000), quick_help="a thousand frames (smoke)"
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import bench_parser, print_figures
+from bench._timing import seeded_main
 from tests.integration.test_http_fuzz import fuzz_config
 from tests.support import http_fuzz
 from tests.support.daemon import DaemonProcess, free_port
@@ -81,9 +81,9 @@ def measure(cases: int, seed: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = bench_parser(__doc__, "a few hundred cases (smoke test)", cases=30_000, seed=1)
-    args = parser.parse_args()
-    print_figures(measure(300 if args.quick else args.cases, args.seed))
+    seeded_main(
+        __doc__, measure, cases=("cases", 30_000, 300), quick_help="a few hundred cases (smoke)"
+    )
 
 
 if __name__ == "__main__":
