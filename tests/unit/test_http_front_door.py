@@ -26,6 +26,7 @@ from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.protocol.errors import ErrorCode
 from quotad.protocol.messages import Chat, ChatChunk, ChatEnd, ChatReply, Embed, EmbedReply, Usage
+from tests.support.serving import running
 from tests.support.store import open_store
 
 pytestmark = pytest.mark.anyio
@@ -145,13 +146,8 @@ async def serving(
     config = HttpConfig(listen="127.0.0.1:0", auth=auth)  # type: ignore[arg-type]
     front_door = FrontDoor(broker, config, app_for_key=app_for_key)
     await front_door.bind()
-    async with anyio.create_task_group() as tasks:
-        await tasks.start(front_door.serve)
-        try:
-            yield f"http://{front_door.address}"
-        finally:
-            with anyio.fail_after(5):
-                await front_door.shutdown(1.0)
+    async with running(front_door):
+        yield f"http://{front_door.address}"
 
 
 def http_count(broker: Broker, endpoint: str, status: int) -> int:
