@@ -30,14 +30,16 @@ MESSAGES = [{"role": "user", "content": "hello from operations"}]
 
 
 def service_config(
-    state_dir: Path | str, first_url: str, second_url: str, extra: str = "", drain_s: int = 5
+    directory: Path, sims: tuple[SimProcess, SimProcess], extra: str = "", drain_s: int = 5
 ) -> str:
-    """Two providers on two sims, a group over the first; no HTTP front door."""
+    """Two providers on the two sims, a group over the first; no HTTP front door; the state
+    in ``directory``/state."""
+    state_dir = directory / "state"
     return (
         f'[daemon]\nstate_dir = "{state_dir}"\ndrain_s = {drain_s}\n{extra}[http]\nlisten = ""\n'
         '[cache]\nmode = "off"\n'
-        + sim_provider_config("sim", first_url)
-        + sim_provider_config("other", second_url)
+        + sim_provider_config("sim", sims[0].base_url)
+        + sim_provider_config("other", sims[1].base_url)
         + '[models.fast]\ntargets = ["sim/gpt-4o-mini"]\n'
     )
 
@@ -86,7 +88,7 @@ def test_socket_activation_serves_the_passed_socket_and_leaves_it(
         waiting.start()
         with NotifyReceiver(directory) as notify:
             daemon = DaemonProcess(
-                service_config(directory / "state", sims[0].base_url, sims[1].base_url),
+                service_config(directory, sims),
                 directory=directory,
                 env={**notify.env, **activation_env(listener.fileno())},
                 launcher=ACTIVATION_LAUNCHER,
@@ -149,10 +151,10 @@ def test_socket_activation_refuses_an_fd_it_cannot_serve(directory: Path, kind: 
 def test_ready_only_once_serving_then_watchdog_status_and_stopping(
     sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
-    first, second = sims
+    first = sims[0]
     with NotifyReceiver(directory) as notify:
         daemon = DaemonProcess(
-            service_config(directory / "state", first.base_url, second.base_url, drain_s=30),
+            service_config(directory, sims, drain_s=30),
             directory=directory,
             env={**notify.env, "WATCHDOG_USEC": "200000"},
         )
@@ -208,11 +210,10 @@ def test_ready_only_once_serving_then_watchdog_status_and_stopping(
 def test_sighup_applies_a_good_config_without_dropping_anything(
     sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
-    first, second = sims
-    state = directory / "state"
+    first = sims[0]
     with NotifyReceiver(directory) as notify:
         daemon = DaemonProcess(
-            service_config(state, first.base_url, second.base_url),
+            service_config(directory, sims),
             directory=directory,
             env=notify.env,
         )
@@ -231,7 +232,7 @@ def test_sighup_applies_a_good_config_without_dropping_anything(
                 wait_until(lambda: client.status().in_flight == 1)
 
                 daemon.config_path.write_text(
-                    service_config(state, first.base_url, second.base_url).replace(
+                    service_config(directory, sims).replace(
                         '["sim/gpt-4o-mini"]', '["other/gpt-4o-mini"]'
                     )
                     + '[models.second]\ntargets = ["sim/gpt-4o-mini"]\n'
@@ -266,9 +267,8 @@ def test_sighup_applies_a_good_config_without_dropping_anything(
 def test_sighup_with_a_bad_config_keeps_the_running_one(
     sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
-    first, second = sims
-    state = directory / "state"
-    good = service_config(state, first.base_url, second.base_url)
+    first = sims[0]
+    good = service_config(directory, sims)
     with NotifyReceiver(directory) as notify:
         daemon = DaemonProcess(good, directory=directory, env=notify.env)
         process = daemon.spawn()
@@ -343,12 +343,10 @@ def handshake_as(path: Path, uid: int, gid: int, groups: list[int]) -> Any:
 def test_allow_uids_and_gids_refuse_other_peers(
     sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
-    first, second = sims
-    state = directory / "state"
     allow = "allow_uids = [4242]\nallow_gids = [4444, 5555]\n"
     with NotifyReceiver(directory) as notify:
         daemon = DaemonProcess(
-            service_config(state, first.base_url, second.base_url, extra=allow),
+            service_config(directory, sims, extra=allow),
             directory=directory,
             env=notify.env,
         )
@@ -368,9 +366,7 @@ def test_allow_uids_and_gids_refuse_other_peers(
             assert "uid 65534 (gid 65534) is not allowed" in daemon.log()
 
             # A reload changes who is let in, for connections made from then on.
-            daemon.config_path.write_text(
-                service_config(state, first.base_url, second.base_url, "allow_uids = [65534]\n")
-            )
+            daemon.config_path.write_text(service_config(directory, sims, "allow_uids = [65534]\n"))
             assert daemon.process is not None
             daemon.process.send_signal(signal.SIGHUP)
             notify.wait_for("RELOADING=1")
