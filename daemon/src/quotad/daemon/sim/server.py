@@ -263,6 +263,19 @@ class SimProvider:
         settings = self.settings
         return limit_headers(self.window, settings.rpm, settings.tpm, anthropic, now)
 
+    async def _admit_and_wait(
+        self, arrival: Arrival, anthropic: bool, streaming: bool
+    ) -> HttpResponse | tuple[list[tuple[str, str]], bool]:
+        """:meth:`_admit`, then :meth:`_delay_and_faults`: the 429 or the injected failure to
+        answer, or the rate-limit headers and whether to break the stream."""
+        admitted = self._admit(arrival, anthropic)
+        if isinstance(admitted, HttpResponse):
+            return admitted
+        fault = await self._delay_and_faults(arrival, anthropic, admitted, streaming)
+        if isinstance(fault, HttpResponse):
+            return fault
+        return admitted, fault
+
     async def _delay_and_faults(
         self, arrival: Arrival, anthropic: bool, headers: list[tuple[str, str]], streaming: bool
     ) -> HttpResponse | bool:
@@ -400,12 +413,10 @@ class SimProvider:
             prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
         arrival.model = request.model
         arrival.tokens = prompt_tokens + max_tokens
-        admitted = self._admit(arrival, False)
-        if isinstance(admitted, HttpResponse):
-            return admitted
-        fault = await self._delay_and_faults(arrival, False, admitted, request.stream)
-        if isinstance(fault, HttpResponse):
-            return fault
+        served = await self._admit_and_wait(arrival, False, request.stream)
+        if isinstance(served, HttpResponse):
+            return served
+        admitted, fault = served
         tool = first_openai_tool(request.tools)
         reply = compose_reply(
             next(self._ids), request.model, request.messages, tool, max_tokens, prompt_tokens
@@ -430,12 +441,10 @@ class SimProvider:
                 prompt_tokens += estimate_text_tokens(message_text(request.system))
         arrival.model = request.model
         arrival.tokens = prompt_tokens + request.max_tokens
-        admitted = self._admit(arrival, True)
-        if isinstance(admitted, HttpResponse):
-            return admitted
-        fault = await self._delay_and_faults(arrival, True, admitted, request.stream)
-        if isinstance(fault, HttpResponse):
-            return fault
+        served = await self._admit_and_wait(arrival, True, request.stream)
+        if isinstance(served, HttpResponse):
+            return served
+        admitted, fault = served
         tool = first_anthropic_tool(request.tools)
         reply = compose_reply(
             next(self._ids),
@@ -458,12 +467,10 @@ class SimProvider:
         texts, arrival.tokens = inputs
         if self.settings.count_tokens == "bytes":
             arrival.tokens = max(arrival.tokens, utf8_bytes_of_strings(texts))
-        admitted = self._admit(arrival, False)
-        if isinstance(admitted, HttpResponse):
-            return admitted
-        fault = await self._delay_and_faults(arrival, False, admitted, False)
-        if isinstance(fault, HttpResponse):
-            return fault
+        served = await self._admit_and_wait(arrival, False, False)
+        if isinstance(served, HttpResponse):
+            return served
+        admitted, _ = served
         body = openai_embeddings_body(request, texts, arrival.tokens)
         return self._plain(arrival, False, admitted, body)
 
