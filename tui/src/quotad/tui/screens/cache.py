@@ -83,17 +83,13 @@ class CacheScreen(MonitorScreen):
             text.append("  (questions asked in other words are not looked up)", style="grey50")
             return text
         lookups = cache.semantic_lookups
-        rate = cache.semantic_hits / lookups if lookups else 0.0
         text.append(f"\nheld       {cache.semantic_entries} questions\n")
-        text.append("hits       ")
-        text.append_text(bar(rate, BAR_WIDTH, style="magenta"))
+        rate = _share_bar(text, "hits", cache.semantic_hits, lookups, "magenta")
         text.append(f" {percent(rate)}  ({cache.semantic_hits} of {lookups} exact misses)")
         text.append(f"  saved {usd(cache.semantic_saved_usd)}\n")
         compared = cache.shadow_compared
-        agreement = cache.shadow_agreed / compared if compared else 0.0
         text.append(f"would-be   {cache.would_be_hits} (shadow: not served)\n")
-        text.append("agreed     ")
-        text.append_text(bar(agreement, BAR_WIDTH, style="green"))
+        agreement = _share_bar(text, "agreed", cache.shadow_agreed, compared, "green")
         text.append(f" {percent(agreement) if compared else '-'}  ")
         text.append(f"({cache.shadow_agreed} of {compared} compared)")
         return text
@@ -116,3 +112,12 @@ class CacheScreen(MonitorScreen):
             text.append("hits by app: ")
             text.append("  ".join(f"{app} {count}" for app, count in sorted(by_app.items())))
         return text
+
+
+def _share_bar(text: Text, label: str, part: int, whole: int, style: str) -> float:
+    """Append ``label`` (in its column) and a bar of ``part`` out of ``whole`` to ``text``;
+    the fraction (0 when ``whole`` is)."""
+    fraction = part / whole if whole else 0.0
+    text.append(f"{label:<11}")
+    text.append_text(bar(fraction, BAR_WIDTH, style=style))
+    return fraction
