@@ -9,6 +9,7 @@ from typing import Final
 from rich.text import Text
 from textual.app import ComposeResult
 
+from quotad.protocol.messages import CacheStatus
 from quotad.tui.format import bar, percent, size, spark, usd
 from quotad.tui.monitor import Monitor
 from quotad.tui.screens.base import MonitorScreen
@@ -36,16 +37,17 @@ class CacheScreen(MonitorScreen):
         yield recent
 
     def show_body(self, monitor: Monitor) -> None:
-        self.query_one("#cache-figures", LiveText).show_text(self._figures(monitor))
-        self.query_one("#cache-semantic", LiveText).show_text(self._semantic(monitor))
+        status = monitor.status
+        if status is None:
+            figures, semantic = _no_data(), _no_data()
+        else:
+            figures, semantic = self._figures(status.cache, monitor), self._semantic(status.cache)
+        self.query_one("#cache-figures", LiveText).show_text(figures)
+        self.query_one("#cache-semantic", LiveText).show_text(semantic)
         self.query_one("#cache-recent", LiveText).show_text(self._recent(monitor))
 
     @staticmethod
-    def _figures(monitor: Monitor) -> Text:
-        status = monitor.status
-        if status is None:
-            return Text("no data yet", style="grey50")
-        cache = status.cache
+    def _figures(cache: CacheStatus, monitor: Monitor) -> Text:
         text = Text()
         text.append("mode       ")
         text.append(cache.mode, style="bold green" if cache.mode == "on" else "bold yellow")
@@ -67,11 +69,7 @@ class CacheScreen(MonitorScreen):
         return text
 
     @staticmethod
-    def _semantic(monitor: Monitor) -> Text:
-        status = monitor.status
-        if status is None:
-            return Text("no data yet", style="grey50")
-        cache = status.cache
+    def _semantic(cache: CacheStatus) -> Text:
         mode = cache.semantic_mode
         text = Text()
         text.append("mode       ")
@@ -112,6 +110,10 @@ class CacheScreen(MonitorScreen):
             text.append("hits by app: ")
             text.append("  ".join(f"{app} {count}" for app, count in sorted(by_app.items())))
         return text
+
+
+def _no_data() -> Text:
+    return Text("no data yet", style="grey50")
 
 
 def _share_bar(text: Text, label: str, part: int, whole: int, style: str) -> float:
