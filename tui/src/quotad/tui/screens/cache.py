@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from quotad.protocol.messages import CacheStatus
 from quotad.tui.format import bar, percent, size, spark, usd
 from quotad.tui.monitor import Monitor
-from quotad.tui.screens.base import MonitorScreen
+from quotad.tui.screens.base import MonitorScreen, titled
 from quotad.tui.widgets.text import LiveText
 
 BAR_WIDTH: Final = 40
@@ -26,15 +26,9 @@ class CacheScreen(MonitorScreen):
     TITLE = "Cache"
 
     def compose_body(self) -> ComposeResult:
-        figures = LiveText(id="cache-figures")
-        figures.border_title = "response cache"
-        yield figures
-        semantic = LiveText(id="cache-semantic")
-        semantic.border_title = "semantic cache"
-        yield semantic
-        recent = LiveText(id="cache-recent")
-        recent.border_title = "recent requests"
-        yield recent
+        yield titled(LiveText(id="cache-figures"), "response cache")
+        yield titled(LiveText(id="cache-semantic"), "semantic cache")
+        yield titled(LiveText(id="cache-recent"), "recent requests")
 
     def show_body(self, monitor: Monitor) -> None:
         status = monitor.status
