@@ -5,6 +5,7 @@ refusing another uid."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,21 @@ from tests.support.sim import SimProcess
 from tests.support.systemd import ACTIVATION_LAUNCHER, NotifyReceiver, activation_env
 
 MESSAGES = [{"role": "user", "content": "hello from operations"}]
+
+
+@contextlib.contextmanager
+def notified_service(
+    directory: Path, config: str, **env: str
+) -> Iterator[tuple[NotifyReceiver, DaemonProcess, subprocess.Popen[bytes]]]:
+    """A daemon spawned (not waited for) in ``directory`` as systemd would, its sd_notify
+    messages to the receiver, with ``env`` besides; killed on the way out."""
+    with NotifyReceiver(directory) as notify:
+        daemon = DaemonProcess(config, directory=directory, env={**notify.env, **env})
+        process = daemon.spawn()
+        try:
+            yield notify, daemon, process
+        finally:
+            daemon.kill()
 
 
 def service_config(
@@ -152,13 +169,8 @@ def test_ready_only_once_serving_then_watchdog_status_and_stopping(
     sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
     first = sims[0]
-    with NotifyReceiver(directory) as notify:
-        daemon = DaemonProcess(
-            service_config(directory, sims, drain_s=30),
-            directory=directory,
-            env={**notify.env, "WATCHDOG_USEC": "200000"},
-        )
-        process = daemon.spawn()
+    config = service_config(directory, sims, drain_s=30)
+    with notified_service(directory, config, WATCHDOG_USEC="200000") as (notify, daemon, process):
         try:
             ready = notify.wait_for("READY=1")
             # The moment READY arrives the socket answers a whole Hello/Status exchange:
@@ -200,7 +212,6 @@ def test_ready_only_once_serving_then_watchdog_status_and_stopping(
             watcher.close()
         finally:
             first.control(latency_ms=1)
-            daemon.kill()
 
 
 # --------------------------------------------------------------------------- reload
@@ -211,13 +222,8 @@ def test_sighup_applies_a_good_config_without_dropping_anything(
     sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
     first = sims[0]
-    with NotifyReceiver(directory) as notify:
-        daemon = DaemonProcess(
-            service_config(directory, sims),
-            directory=directory,
-            env=notify.env,
-        )
-        process = daemon.spawn()
+    config = service_config(directory, sims)
+    with notified_service(directory, config) as (notify, daemon, process):
         try:
             notify.wait_for("READY=1")
             with Client(socket=daemon.socket_path, app="steady") as client:
@@ -261,7 +267,6 @@ def test_sighup_applies_a_good_config_without_dropping_anything(
             assert daemon.stop() == 0
         finally:
             first.control(latency_ms=1)
-            daemon.kill()
 
 
 def test_sighup_with_a_bad_config_keeps_the_running_one(
@@ -269,59 +274,52 @@ def test_sighup_with_a_bad_config_keeps_the_running_one(
 ) -> None:
     first = sims[0]
     good = service_config(directory, sims)
-    with NotifyReceiver(directory) as notify:
-        daemon = DaemonProcess(good, directory=directory, env=notify.env)
-        process = daemon.spawn()
-        try:
-            notify.wait_for("READY=1")
+    with notified_service(directory, good) as (notify, daemon, process):
+        notify.wait_for("READY=1")
 
-            def reload_with(text: str) -> list[str]:
-                daemon.config_path.write_text(text)
-                process.send_signal(signal.SIGHUP)
-                notify.wait_for("RELOADING=1")
-                return notify.wait_for("READY=1")
+        def reload_with(text: str) -> list[str]:
+            daemon.config_path.write_text(text)
+            process.send_signal(signal.SIGHUP)
+            notify.wait_for("RELOADING=1")
+            return notify.wait_for("READY=1")
 
-            with Client(socket=daemon.socket_path) as client:
-                welcome = client.welcome
-                bad = good.replace("drain_s = 5\n", "drain_s = 5\nbogus = 1\n")
-                bad = bad.replace(
-                    '[models.fast]\ntargets = ["sim/', '[models.fast]\ntargets = ["nope/'
-                )
-                bad += 'rpm = "many"\n'  # lands in [models.fast]: an unknown key there
-                bad += '[apps.batch]\nshare = "big"\n'
-                ready = reload_with(bad)
-                assert any("reload rejected: 4 problem(s)" in line for line in ready), ready
-                log = daemon.log()
-                for problem in (
-                    "daemon.bogus: unknown key",
-                    "models.fast.rpm: unknown key",
-                    "apps.batch.share: expected float, got str",
-                    "models.fast.targets[0]: unknown provider 'nope'",
-                ):
-                    assert f"reload rejected: {problem}" in log
-                assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
+        with Client(socket=daemon.socket_path) as client:
+            welcome = client.welcome
+            bad = good.replace("drain_s = 5\n", "drain_s = 5\nbogus = 1\n")
+            bad = bad.replace('[models.fast]\ntargets = ["sim/', '[models.fast]\ntargets = ["nope/')
+            bad += 'rpm = "many"\n'  # lands in [models.fast]: an unknown key there
+            bad += '[apps.batch]\nshare = "big"\n'
+            ready = reload_with(bad)
+            assert any("reload rejected: 4 problem(s)" in line for line in ready), ready
+            log = daemon.log()
+            for problem in (
+                "daemon.bogus: unknown key",
+                "models.fast.rpm: unknown key",
+                "apps.batch.share: expected float, got str",
+                "models.fast.targets[0]: unknown provider 'nope'",
+            ):
+                assert f"reload rejected: {problem}" in log
+            assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
 
-                ready = reload_with("[daemon\n")
-                assert any("reload rejected: 1 problem(s)" in line for line in ready)
-                assert "not valid TOML" in daemon.log()
+            ready = reload_with("[daemon\n")
+            assert any("reload rejected: 1 problem(s)" in line for line in ready)
+            assert "not valid TOML" in daemon.log()
 
-                missing_key = good.replace(
-                    'base_url = "' + first.base_url + '"',
-                    'base_url = "' + first.base_url + '"\napi_key_file = "/nonexistent/key"',
-                )
-                reload_with(missing_key)
-                assert "providers.sim.api_key_file: cannot read /nonexistent/key" in daemon.log()
+            missing_key = good.replace(
+                'base_url = "' + first.base_url + '"',
+                'base_url = "' + first.base_url + '"\napi_key_file = "/nonexistent/key"',
+            )
+            reload_with(missing_key)
+            assert "providers.sim.api_key_file: cannot read /nonexistent/key" in daemon.log()
 
-                assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
-                assert [group.name for group in client.status().groups] == ["fast"]
+            assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
+            assert [group.name for group in client.status().groups] == ["fast"]
 
-                ready = reload_with(good + '[models.again]\ntargets = ["other/m"]\n')
-                assert any(line.endswith("; config reloaded") for line in ready)
-                assert client.chat("again", MESSAGES, max_tokens=4).target == "other/m"
-                assert client.welcome is welcome
-            assert daemon.stop() == 0
-        finally:
-            daemon.kill()
+            ready = reload_with(good + '[models.again]\ntargets = ["other/m"]\n')
+            assert any(line.endswith("; config reloaded") for line in ready)
+            assert client.chat("again", MESSAGES, max_tokens=4).target == "other/m"
+            assert client.welcome is welcome
+        assert daemon.stop() == 0
 
 
 # --------------------------------------------------------------------------- allow_uids
