@@ -1,6 +1,7 @@
 """What the benchmarks share: timing calls one after another or from many tasks, quantiles,
 a process's CPU time read from /proc, the environment that runs another checkout's daemon, and
-the command line of a benchmark that runs rounds of requests. Not a benchmark itself (the
+the command line of a benchmark (and of one that runs rounds of requests) and how it prints its
+figures. Not a benchmark itself (the
 smoke test skips ``bench/_*.py``)."""
 
 from __future__ import annotations
@@ -96,17 +97,44 @@ def rounds_main(
     beside the daemon of another checkout (``--baseline-src DIR``), or a smoke run
     (``--quick``: one round of ``quick_requests``); prints ``measure``'s figures as one JSON
     line."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
-    parser.add_argument("--rounds", type=int, default=rounds)
-    parser.add_argument("--requests", type=int, default=requests)
+    parser = bench_parser(doc, "a few requests (smoke test)", rounds=rounds, requests=requests)
     parser.add_argument(
         "--baseline-src",
         "--baseline-source",
         dest="baseline_src",
         help="a checkout whose daemon to measure alongside",
     )
-    parser.add_argument("--quick", action="store_true", help="a few requests (smoke test)")
     args = parser.parse_args()
     rounds, requests = (1, quick_requests) if args.quick else (args.rounds, args.requests)
-    figures = measure(rounds, requests, args.baseline_src)
+    print_figures(measure(rounds, requests, args.baseline_src))
+
+
+def seeded_main(
+    doc: str | None,
+    measure: Callable[[int, int], dict[str, Any]],
+    *,
+    cases: tuple[str, int, int],
+    quick_help: str,
+) -> None:
+    """The command line of a benchmark that runs random cases drawn from ``--seed``:
+    ``cases`` names their option, its default and how many a smoke run (``--quick``) takes;
+    prints ``measure(count, seed)``'s figures as one JSON line."""
+    option, default, quick = cases
+    args = bench_parser(doc, quick_help, **{option: default, "seed": 1}).parse_args()
+    print_figures(measure(quick if args.quick else getattr(args, option), args.seed))
+
+
+def bench_parser(doc: str | None, quick_help: str, **counts: int) -> argparse.ArgumentParser:
+    """The command line every benchmark starts from: its docstring's first line as the
+    description, ``--quick`` (a smoke run, ``quick_help`` says how small) and one integer
+    option per ``counts`` entry (``--name``, its value the default)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    for name, default in counts.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return parser
+
+
+def print_figures(figures: dict[str, Any]) -> None:
+    """A benchmark's result: its figures as one JSON line on stdout."""
     print(msgspec.json.encode(figures).decode(), flush=True)

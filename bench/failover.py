@@ -31,23 +31,20 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from quotad.client import AsyncClient, Client, QuotadError
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import UNCACHED_CONFIG_HEAD, DaemonProcess, sim_provider_config
 from tests.support.sim import SimProcess
 
 MESSAGES = [{"role": "user", "content": "measure what failover costs"}]
 BREAKER = "breaker = {{ failures = 3, cooldown_s = 1, max_cooldown_s = 2 }}"
-CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = ""
-[cache]
-mode = "off"
+CONFIG = (
+    UNCACHED_CONFIG_HEAD
+    + """\
 {providers}
 [models.fast]
 targets = ["a/m", "b/m"]
 strategy = "failover"
 """
+)
 
 
 def interleaved(client: Client, requests: int) -> tuple[list[float], list[float], set[str]]:

@@ -10,18 +10,15 @@ before". Prints one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import sequential
+from bench._timing import seeded_main, sequential
 from quotad.client import Client
 from tests.support.daemon import DaemonProcess, sim_provider_config
 from tests.support.fuzz import FrameMaker, FuzzTally, send_batches
@@ -100,13 +97,9 @@ def measure(frames: int, seed: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--frames", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="a thousand frames (smoke test)")
-    args = parser.parse_args()
-    figures = measure(1000 if args.quick else args.frames, args.seed)
-    print(msgspec.json.encode(figures).decode(), flush=True)
+    seeded_main(
+        __doc__, measure, cases=("frames", 100_000, 1000), quick_help="a thousand frames (smoke)"
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Prints one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -28,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import percentile, sequential
+from bench._timing import bench_parser, percentile, print_figures, sequential
 from quotad.client import Client
 from quotad.daemon.caller import Caller
 from quotad.daemon.config import ENTITY_KINDS, parse_config
@@ -164,11 +162,7 @@ async def off_loop(sizes: list[int], repeat: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--requests", type=int, default=150)
-    parser.add_argument("--quick", action="store_true", help="a few requests (smoke test)")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, "a few requests (smoke test)", rounds=6, requests=150).parse_args()
     rounds, requests = (1, 10) if args.quick else (args.rounds, args.requests)
     sizes = [64 * 1024] if args.quick else [64 * 1024, 1024 * 1024]
     figures: dict[str, Any] = {"bench": "guardrails_daemon"}
@@ -176,7 +170,7 @@ def main() -> None:
     figures["off_loop"] = anyio.run(
         off_loop, sizes, 2 if args.quick else 5, backend_options={"use_uvloop": True}
     )
-    print(msgspec.json.encode(figures).decode(), flush=True)
+    print_figures(figures)
 
 
 if __name__ == "__main__":

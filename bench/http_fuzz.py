@@ -11,7 +11,6 @@ baseline, measured in the same run). Prints one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._timing import seeded_main
 from tests.integration.test_http_fuzz import fuzz_config
 from tests.support import http_fuzz
 from tests.support.daemon import DaemonProcess, free_port
@@ -81,13 +81,9 @@ def measure(cases: int, seed: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--cases", type=int, default=30_000)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="a few hundred cases (smoke test)")
-    args = parser.parse_args()
-    figures = measure(300 if args.quick else args.cases, args.seed)
-    print(msgspec.json.encode(figures).decode(), flush=True)
+    seeded_main(
+        __doc__, measure, cases=("cases", 30_000, 300), quick_help="a few hundred cases (smoke)"
+    )
 
 
 if __name__ == "__main__":

@@ -34,20 +34,12 @@ from bench._timing import (
     source_env,
 )
 from quotad.client import AsyncClient, Client
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import UNCACHED_CONFIG_HEAD, DaemonProcess, sim_provider_config
 from tests.support.sim import SimProcess
 
 MESSAGES = [{"role": "user", "content": "measure the overhead of the daemon please"}]
 BODY = msgspec.json.encode({"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 8})
-CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = ""
-[cache]
-mode = "off"
-{provider}
-"""
+CONFIG = UNCACHED_CONFIG_HEAD + "{provider}\n"
 
 
 def measure(rounds: int, requests: int, baseline_src: str | None = None) -> dict[str, Any]:

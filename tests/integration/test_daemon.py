@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import msgspec
@@ -32,27 +31,21 @@ from quotad.client import (
 )
 from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import Error, Hello, Status, StatusReply, Welcome
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, two_sims_config
+from tests.support.raw_socket import replies_until_closed, unix_connection
 from tests.support.sim import SimProcess
 
 MESSAGES = [{"role": "user", "content": "hello there quotad"}]
 
 
 def skeleton_config(openai_url: str, anthropic_url: str, extra: str = "") -> str:
-    return (
-        '[daemon]\nstate_dir = "{state_dir}"\ndrain_s = 5\n[http]\nlisten = ""\n'
-        + sim_provider_config("sim", openai_url)
-        + '[providers.sim.models."sim-small"]\n'
-        + sim_provider_config("claude", anthropic_url, kind="anthropic")
-        + '[models.fast]\ntargets = ["sim/gpt-4o-mini", "claude/claude-3-5-haiku-latest"]\n'
-        + extra
+    return two_sims_config(
+        openai_url,
+        anthropic_url,
+        daemon="drain_s = 5",
+        sim='[providers.sim.models."sim-small"]',
+        extra=extra,
     )
-
-
-@pytest.fixture(scope="module")
-def sims() -> Iterator[tuple[SimProcess, SimProcess]]:
-    with SimProcess(latency_ms=1) as openai_sim, SimProcess(latency_ms=1) as anthropic_sim:
-        yield openai_sim, anthropic_sim
 
 
 @pytest.fixture(scope="module")
@@ -61,24 +54,6 @@ def daemon(sims: tuple[SimProcess, SimProcess]) -> Iterator[DaemonProcess]:
     config = skeleton_config(openai_sim.base_url, anthropic_sim.base_url)
     with DaemonProcess(config) as process:
         yield process
-
-
-def raw_connection(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(5)
-    sock.connect(str(path))
-    return sock
-
-
-def read_replies(sock: socket.socket) -> list[Any]:
-    """Every reply until the daemon closes the connection."""
-    decoder = reply_decoder()
-    replies: list[Any] = []
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return replies
-        replies.extend(decoder.feed(data))
 
 
 # --------------------------------------------------------------------------- the happy path
@@ -304,9 +279,9 @@ def test_bad_frames_close_only_that_connection(
 ) -> None:
     encoder = FrameEncoder()
     with Client(socket=daemon.socket_path) as bystander:  # connected before, used after
-        sock = raw_connection(daemon.socket_path)
+        sock = unix_connection(daemon.socket_path)
         sock.sendall(encoder.encode(Hello(app="bad")) + payload)
-        replies = read_replies(sock)
+        replies = replies_until_closed(sock)
         sock.close()
         assert isinstance(replies[0], Welcome)
         error = replies[-1]
@@ -318,39 +293,39 @@ def test_bad_frames_close_only_that_connection(
 
 
 def test_invalid_message_names_the_field(daemon: DaemonProcess) -> None:
-    sock = raw_connection(daemon.socket_path)
+    sock = unix_connection(daemon.socket_path)
     body = msgspec.msgpack.encode(
         {"type": "Chat", "id": 1, "model": "fast", "messages": [{"role": "robot"}]}
     )
     sock.sendall(FrameEncoder().encode(Hello()) + len(body).to_bytes(4, "big") + body)
-    replies = read_replies(sock)
+    replies = replies_until_closed(sock)
     sock.close()
     assert isinstance(replies[-1], Error)
     assert "messages[0].role" in replies[-1].message
 
 
 def test_truncated_frame_then_close(daemon: DaemonProcess) -> None:
-    sock = raw_connection(daemon.socket_path)
+    sock = unix_connection(daemon.socket_path)
     frame = FrameEncoder().encode(Status(id=1))
     sock.sendall(FrameEncoder().encode(Hello()) + frame[:-3])
     sock.shutdown(socket.SHUT_WR)
-    replies = read_replies(sock)
+    replies = replies_until_closed(sock)
     sock.close()
     assert [type(reply) for reply in replies] == [Welcome]
     assert_still_serving(daemon)
 
 
 def test_first_frame_must_be_hello(daemon: DaemonProcess) -> None:
-    sock = raw_connection(daemon.socket_path)
+    sock = unix_connection(daemon.socket_path)
     sock.sendall(FrameEncoder().encode(Status(id=1)))
-    replies = read_replies(sock)
+    replies = replies_until_closed(sock)
     sock.close()
     assert isinstance(replies[0], Error)
     assert "Hello" in replies[0].message
 
 
 def test_many_requests_in_flight_answered_by_id(daemon: DaemonProcess) -> None:
-    sock = raw_connection(daemon.socket_path)
+    sock = unix_connection(daemon.socket_path)
     encoder = FrameEncoder()
     sock.sendall(
         encoder.encode(Hello()) + b"".join(encoder.encode(Status(id=n)) for n in range(1, 21))

@@ -30,6 +30,7 @@ from quotad.client import (
 )
 from quotad.protocol.messages import StatusReply, TargetStatus
 from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.polling import wait_until
 from tests.support.sim import SimProcess
 
 MESSAGES = [{"role": "user", "content": "tell me about failover"}]
@@ -63,12 +64,6 @@ def config(primary: str, secondary: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def sims() -> Iterator[tuple[SimProcess, SimProcess]]:
-    with SimProcess(latency_ms=1) as primary, SimProcess(latency_ms=1) as secondary:
-        yield primary, secondary
-
-
-@pytest.fixture(scope="module")
 def daemon(sims: tuple[SimProcess, SimProcess]) -> Iterator[DaemonProcess]:
     with DaemonProcess(config(sims[0].base_url, sims[1].base_url)) as process:
         yield process
@@ -87,14 +82,6 @@ def client(daemon: DaemonProcess, sims: tuple[SimProcess, SimProcess]) -> Iterat
 
 def target(status: StatusReply, name: str) -> TargetStatus:
     return next(t for t in status.targets if t.name == name)
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout_s} s")
-        time.sleep(0.05)
 
 
 async def poll(condition: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
@@ -139,7 +126,7 @@ def test_a_burst_of_500s_fails_over_then_traffic_returns(
     def back_on_primary() -> bool:
         return client.chat("fast", MESSAGES, max_tokens=4).target == "a/m"
 
-    wait_for(back_on_primary)
+    wait_until(back_on_primary)
     status = client.status()
     assert target(status, "a/m").breaker == "closed"
     assert any("a/m: half_open -> closed" in event.message for event in status.events)
@@ -240,12 +227,12 @@ def test_health_checks_open_a_breaker_and_close_it_early(
     """No request is sent to ``watched``: its health checks alone take it out of rotation
     and bring it back long before its 60 s cooldown."""
     sims[0].control(fail_rate=1.0)
-    wait_for(lambda: target(client.status(), "watched/m").breaker == "open")
+    wait_until(lambda: target(client.status(), "watched/m").breaker == "open")
     watched = target(client.status(), "watched/m")
     assert watched.requests == 0
     assert "HH" in watched.recent
     sims[0].control(fail_rate=0.0)
-    wait_for(lambda: target(client.status(), "watched/m").breaker == "closed", timeout_s=5)
+    wait_until(lambda: target(client.status(), "watched/m").breaker == "closed", timeout_s=5)
     events = [event.message for event in client.status().events]
     assert "watched/m: open -> half_open: a health check succeeded" in events
     assert target(client.status(), "watched/m").recent.endswith("h")

@@ -20,28 +20,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from quotad.client import Client
 from quotad.daemon.front_door.openai import completion_id
-from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
+from tests.support.daemon import DaemonProcess, free_port, two_sims_config
 from tests.support.sim import SimProcess
 
 MESSAGES: list[Any] = [{"role": "user", "content": "hello front door"}]
 APP = "http-tests"
 
+SIM_LATENCY_MS = 0  # how long the two sims of tests/conftest.py take to answer
+
 
 def front_door_config(openai_url: str, anthropic_url: str, port: int, auth: str = "none") -> str:
-    return (
-        f'[daemon]\nstate_dir = "{{state_dir}}"\ndrain_s = 5\n'
-        f'[http]\nlisten = "127.0.0.1:{port}"\nauth = "{auth}"\n'
-        "read_timeout_s = 1.0\nmax_header_kb = 8\n"
-        + sim_provider_config("sim", openai_url)
-        + sim_provider_config("claude", anthropic_url, kind="anthropic")
-        + '[models.fast]\ntargets = ["sim/gpt-4o-mini", "claude/claude-3-5-haiku-latest"]\n'
-    )
-
-
-@pytest.fixture(scope="module")
-def sims() -> Iterator[tuple[SimProcess, SimProcess]]:
-    with SimProcess() as openai_sim, SimProcess() as anthropic_sim:
-        yield openai_sim, anthropic_sim
+    http = f'listen = "127.0.0.1:{port}"\nauth = "{auth}"\nread_timeout_s = 1.0\nmax_header_kb = 8'
+    return two_sims_config(openai_url, anthropic_url, daemon="drain_s = 5", http=http)
 
 
 @pytest.fixture(scope="module")

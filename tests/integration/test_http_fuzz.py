@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.support import http_fuzz
-from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
+from tests.support.daemon import DaemonProcess, free_port, two_sims_config
 from tests.support.sim import SimProcess
 
 FUZZ_SEED = 1313
@@ -18,14 +18,11 @@ CASES = 3000
 
 
 def fuzz_config(openai_url: str, anthropic_url: str, port: int) -> str:
-    return (
-        f'[daemon]\nstate_dir = "{{state_dir}}"\n'
-        f'[http]\nlisten = "127.0.0.1:{port}"\nauth = "none"\n'
-        "read_timeout_s = 0.5\nidle_timeout_s = 2\nmax_body_mb = 1\n"
-        + sim_provider_config("sim", openai_url)
-        + sim_provider_config("claude", anthropic_url, kind="anthropic")
-        + '[models.fast]\ntargets = ["sim/gpt-4o-mini", "claude/claude-3-5-haiku-latest"]\n'
+    http = (
+        f'listen = "127.0.0.1:{port}"\nauth = "none"\n'
+        "read_timeout_s = 0.5\nidle_timeout_s = 2\nmax_body_mb = 1"
     )
+    return two_sims_config(openai_url, anthropic_url, http=http)
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,15 @@ refusing another uid."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
 import socket
 import stat
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,44 +24,41 @@ from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import Error, Hello, Welcome
 from tests.support.daemon import DaemonProcess, sim_provider_config
 from tests.support.peers import exchange_as
+from tests.support.polling import wait_until
 from tests.support.sim import SimProcess
 from tests.support.systemd import ACTIVATION_LAUNCHER, NotifyReceiver, activation_env
 
 MESSAGES = [{"role": "user", "content": "hello from operations"}]
 
 
+@contextlib.contextmanager
+def notified_service(
+    directory: Path, config: str, **env: str
+) -> Iterator[tuple[NotifyReceiver, DaemonProcess, subprocess.Popen[bytes]]]:
+    """A daemon spawned (not waited for) in ``directory`` as systemd would, its sd_notify
+    messages to the receiver, with ``env`` besides; killed on the way out."""
+    with NotifyReceiver(directory) as notify:
+        daemon = DaemonProcess(config, directory=directory, env={**notify.env, **env})
+        process = daemon.spawn()
+        try:
+            yield notify, daemon, process
+        finally:
+            daemon.kill()
+
+
 def service_config(
-    state_dir: Path | str, first_url: str, second_url: str, extra: str = "", drain_s: int = 5
+    directory: Path, sims: tuple[SimProcess, SimProcess], extra: str = "", drain_s: int = 5
 ) -> str:
-    """Two providers on two sims, a group over the first; no HTTP front door."""
+    """Two providers on the two sims, a group over the first; no HTTP front door; the state
+    in ``directory``/state."""
+    state_dir = directory / "state"
     return (
         f'[daemon]\nstate_dir = "{state_dir}"\ndrain_s = {drain_s}\n{extra}[http]\nlisten = ""\n'
         '[cache]\nmode = "off"\n'
-        + sim_provider_config("sim", first_url)
-        + sim_provider_config("other", second_url)
+        + sim_provider_config("sim", sims[0].base_url)
+        + sim_provider_config("other", sims[1].base_url)
         + '[models.fast]\ntargets = ["sim/gpt-4o-mini"]\n'
     )
-
-
-@pytest.fixture(scope="module")
-def sims() -> Iterator[tuple[SimProcess, SimProcess]]:
-    with SimProcess(latency_ms=1) as first, SimProcess(latency_ms=1) as second:
-        yield first, second
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="qdops", dir="/tmp"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def in_flight(path: Path) -> int:
@@ -90,9 +86,9 @@ def chat_in_thread(path: Path, model: str, results: list[Any]) -> threading.Thre
 
 @pytest.mark.slow
 def test_socket_activation_serves_the_passed_socket_and_leaves_it(
-    sims: tuple[SimProcess, SimProcess], workdir: Path
+    sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
-    path = workdir / "q.sock"
+    path = directory / "q.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     os.chmod(path, 0o660)
@@ -107,10 +103,10 @@ def test_socket_activation_serves_the_passed_socket_and_leaves_it(
 
         waiting = threading.Thread(target=status_early)
         waiting.start()
-        with NotifyReceiver(workdir) as notify:
+        with NotifyReceiver(directory) as notify:
             daemon = DaemonProcess(
-                service_config(workdir / "state", sims[0].base_url, sims[1].base_url),
-                directory=workdir,
+                service_config(directory, sims),
+                directory=directory,
                 env={**notify.env, **activation_env(listener.fileno())},
                 launcher=ACTIVATION_LAUNCHER,
                 pass_fds=(listener.fileno(),),
@@ -136,22 +132,22 @@ def test_socket_activation_serves_the_passed_socket_and_leaves_it(
 
 
 @pytest.mark.parametrize("kind", ["datagram-socket", "regular-file"])
-def test_socket_activation_refuses_an_fd_it_cannot_serve(workdir: Path, kind: str) -> None:
+def test_socket_activation_refuses_an_fd_it_cannot_serve(directory: Path, kind: str) -> None:
     if kind == "datagram-socket":
         passed: Any = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        passed.bind(str(workdir / "dgram.sock"))
+        passed.bind(str(directory / "dgram.sock"))
         expected = "fd 3 from systemd is an AF_UNIX/SOCK_DGRAM socket"
     else:
-        passed = (workdir / "file").open("w")
+        passed = (directory / "file").open("w")
         expected = "fd 3 from systemd is a regular file"
-    config = workdir / "quotad.toml"
-    config.write_text(f'[daemon]\nstate_dir = "{workdir}"\n[http]\nlisten = ""\n')
+    config = directory / "quotad.toml"
+    config.write_text(f'[daemon]\nstate_dir = "{directory}"\n[http]\nlisten = ""\n')
     with passed:
         result = subprocess.run(
             [*ACTIVATION_LAUNCHER, "-m", "quotad.daemon.cli", "serve", "--config", str(config)],
             env={
                 **os.environ,
-                "QUOTAD_SOCKET": str(workdir / "q.sock"),
+                "QUOTAD_SOCKET": str(directory / "q.sock"),
                 **activation_env(passed.fileno()),
             },
             pass_fds=(passed.fileno(),),
@@ -170,16 +166,11 @@ def test_socket_activation_refuses_an_fd_it_cannot_serve(workdir: Path, kind: st
 
 @pytest.mark.slow
 def test_ready_only_once_serving_then_watchdog_status_and_stopping(
-    sims: tuple[SimProcess, SimProcess], workdir: Path
+    sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
-    first, second = sims
-    with NotifyReceiver(workdir) as notify:
-        daemon = DaemonProcess(
-            service_config(workdir / "state", first.base_url, second.base_url, drain_s=30),
-            directory=workdir,
-            env={**notify.env, "WATCHDOG_USEC": "200000"},
-        )
-        process = daemon.spawn()
+    first = sims[0]
+    config = service_config(directory, sims, drain_s=30)
+    with notified_service(directory, config, WATCHDOG_USEC="200000") as (notify, daemon, process):
         try:
             ready = notify.wait_for("READY=1")
             # The moment READY arrives the socket answers a whole Hello/Status exchange:
@@ -221,7 +212,6 @@ def test_ready_only_once_serving_then_watchdog_status_and_stopping(
             watcher.close()
         finally:
             first.control(latency_ms=1)
-            daemon.kill()
 
 
 # --------------------------------------------------------------------------- reload
@@ -229,17 +219,11 @@ def test_ready_only_once_serving_then_watchdog_status_and_stopping(
 
 @pytest.mark.slow
 def test_sighup_applies_a_good_config_without_dropping_anything(
-    sims: tuple[SimProcess, SimProcess], workdir: Path
+    sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
-    first, second = sims
-    state = workdir / "state"
-    with NotifyReceiver(workdir) as notify:
-        daemon = DaemonProcess(
-            service_config(state, first.base_url, second.base_url),
-            directory=workdir,
-            env=notify.env,
-        )
-        process = daemon.spawn()
+    first = sims[0]
+    config = service_config(directory, sims)
+    with notified_service(directory, config) as (notify, daemon, process):
         try:
             notify.wait_for("READY=1")
             with Client(socket=daemon.socket_path, app="steady") as client:
@@ -254,7 +238,7 @@ def test_sighup_applies_a_good_config_without_dropping_anything(
                 wait_until(lambda: client.status().in_flight == 1)
 
                 daemon.config_path.write_text(
-                    service_config(state, first.base_url, second.base_url).replace(
+                    service_config(directory, sims).replace(
                         '["sim/gpt-4o-mini"]', '["other/gpt-4o-mini"]'
                     )
                     + '[models.second]\ntargets = ["sim/gpt-4o-mini"]\n'
@@ -283,68 +267,59 @@ def test_sighup_applies_a_good_config_without_dropping_anything(
             assert daemon.stop() == 0
         finally:
             first.control(latency_ms=1)
-            daemon.kill()
 
 
 def test_sighup_with_a_bad_config_keeps_the_running_one(
-    sims: tuple[SimProcess, SimProcess], workdir: Path
+    sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
-    first, second = sims
-    state = workdir / "state"
-    good = service_config(state, first.base_url, second.base_url)
-    with NotifyReceiver(workdir) as notify:
-        daemon = DaemonProcess(good, directory=workdir, env=notify.env)
-        process = daemon.spawn()
-        try:
-            notify.wait_for("READY=1")
+    first = sims[0]
+    good = service_config(directory, sims)
+    with notified_service(directory, good) as (notify, daemon, process):
+        notify.wait_for("READY=1")
 
-            def reload_with(text: str) -> list[str]:
-                daemon.config_path.write_text(text)
-                process.send_signal(signal.SIGHUP)
-                notify.wait_for("RELOADING=1")
-                return notify.wait_for("READY=1")
+        def reload_with(text: str) -> list[str]:
+            daemon.config_path.write_text(text)
+            process.send_signal(signal.SIGHUP)
+            notify.wait_for("RELOADING=1")
+            return notify.wait_for("READY=1")
 
-            with Client(socket=daemon.socket_path) as client:
-                welcome = client.welcome
-                bad = good.replace("drain_s = 5\n", "drain_s = 5\nbogus = 1\n")
-                bad = bad.replace(
-                    '[models.fast]\ntargets = ["sim/', '[models.fast]\ntargets = ["nope/'
-                )
-                bad += 'rpm = "many"\n'  # lands in [models.fast]: an unknown key there
-                bad += '[apps.batch]\nshare = "big"\n'
-                ready = reload_with(bad)
-                assert any("reload rejected: 4 problem(s)" in line for line in ready), ready
-                log = daemon.log()
-                for problem in (
-                    "daemon.bogus: unknown key",
-                    "models.fast.rpm: unknown key",
-                    "apps.batch.share: expected float, got str",
-                    "models.fast.targets[0]: unknown provider 'nope'",
-                ):
-                    assert f"reload rejected: {problem}" in log
-                assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
+        with Client(socket=daemon.socket_path) as client:
+            welcome = client.welcome
+            bad = good.replace("drain_s = 5\n", "drain_s = 5\nbogus = 1\n")
+            bad = bad.replace('[models.fast]\ntargets = ["sim/', '[models.fast]\ntargets = ["nope/')
+            bad += 'rpm = "many"\n'  # lands in [models.fast]: an unknown key there
+            bad += '[apps.batch]\nshare = "big"\n'
+            ready = reload_with(bad)
+            assert any("reload rejected: 4 problem(s)" in line for line in ready), ready
+            log = daemon.log()
+            for problem in (
+                "daemon.bogus: unknown key",
+                "models.fast.rpm: unknown key",
+                "apps.batch.share: expected float, got str",
+                "models.fast.targets[0]: unknown provider 'nope'",
+            ):
+                assert f"reload rejected: {problem}" in log
+            assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
 
-                ready = reload_with("[daemon\n")
-                assert any("reload rejected: 1 problem(s)" in line for line in ready)
-                assert "not valid TOML" in daemon.log()
+            ready = reload_with("[daemon\n")
+            assert any("reload rejected: 1 problem(s)" in line for line in ready)
+            assert "not valid TOML" in daemon.log()
 
-                missing_key = good.replace(
-                    'base_url = "' + first.base_url + '"',
-                    'base_url = "' + first.base_url + '"\napi_key_file = "/nonexistent/key"',
-                )
-                reload_with(missing_key)
-                assert "providers.sim.api_key_file: cannot read /nonexistent/key" in daemon.log()
+            missing_key = good.replace(
+                'base_url = "' + first.base_url + '"',
+                'base_url = "' + first.base_url + '"\napi_key_file = "/nonexistent/key"',
+            )
+            reload_with(missing_key)
+            assert "providers.sim.api_key_file: cannot read /nonexistent/key" in daemon.log()
 
-                assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
-                assert [group.name for group in client.status().groups] == ["fast"]
+            assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
+            assert [group.name for group in client.status().groups] == ["fast"]
 
-                ready = reload_with(good + '[models.again]\ntargets = ["other/m"]\n')
-                assert any(line.endswith("; config reloaded") for line in ready)
-                assert client.chat("again", MESSAGES, max_tokens=4).target == "other/m"
-                assert client.welcome is welcome
-            assert daemon.stop() == 0
-        finally:
-            daemon.kill()
+            ready = reload_with(good + '[models.again]\ntargets = ["other/m"]\n')
+            assert any(line.endswith("; config reloaded") for line in ready)
+            assert client.chat("again", MESSAGES, max_tokens=4).target == "other/m"
+            assert client.welcome is welcome
+        assert daemon.stop() == 0
 
 
 # --------------------------------------------------------------------------- allow_uids
@@ -364,19 +339,17 @@ def handshake_as(path: Path, uid: int, gid: int, groups: list[int]) -> Any:
 )
 @pytest.mark.slow
 def test_allow_uids_and_gids_refuse_other_peers(
-    sims: tuple[SimProcess, SimProcess], workdir: Path
+    sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
-    first, second = sims
-    state = workdir / "state"
     allow = "allow_uids = [4242]\nallow_gids = [4444, 5555]\n"
-    with NotifyReceiver(workdir) as notify:
+    with NotifyReceiver(directory) as notify:
         daemon = DaemonProcess(
-            service_config(state, first.base_url, second.base_url, extra=allow),
-            directory=workdir,
+            service_config(directory, sims, extra=allow),
+            directory=directory,
             env=notify.env,
         )
         with daemon:
-            os.chmod(workdir, 0o711)
+            os.chmod(directory, 0o711)
             os.chmod(daemon.socket_path, 0o666)  # let every uid reach it: the lists decide
             refused = handshake_as(daemon.socket_path, 65534, 65534, [])
             assert isinstance(refused, Error)
@@ -391,9 +364,7 @@ def test_allow_uids_and_gids_refuse_other_peers(
             assert "uid 65534 (gid 65534) is not allowed" in daemon.log()
 
             # A reload changes who is let in, for connections made from then on.
-            daemon.config_path.write_text(
-                service_config(state, first.base_url, second.base_url, "allow_uids = [65534]\n")
-            )
+            daemon.config_path.write_text(service_config(directory, sims, "allow_uids = [65534]\n"))
             assert daemon.process is not None
             daemon.process.send_signal(signal.SIGHUP)
             notify.wait_for("RELOADING=1")

@@ -92,20 +92,24 @@ def sim_config(sim: SimProcess, extra: str = "", provider_extra: str = "") -> st
     )
 
 
+UserHome = tuple[Path, dict[str, str]]
+"""A user's XDG home (with a directory for the daemon's own files) and that user's environment."""
+
+
 @pytest.fixture
-def directory_home(home: Path) -> Path:
+def directory_home(home: Path) -> UserHome:
+    """``home`` with a directory for the daemon's own files, and the environment of its user."""
     (home / "daemon").mkdir()
-    return home
+    return home, user_env(home)
 
 
 # --------------------------------------------------------------------------- 2: the socket
 
 
 def test_client_commands_read_the_socket_from_the_config_serve_reads(
-    sim: SimProcess, directory_home: Path
+    sim: SimProcess, directory_home: UserHome
 ) -> None:
-    home = directory_home
-    env = user_env(home)
+    home, env = directory_home
     with configured_daemon(home, sim_config(sim)) as daemon:
         config = str(daemon.config_path)
         status = quotad("status", "--json", "--config", config, env=env)
@@ -146,9 +150,8 @@ def test_client_commands_read_the_socket_from_the_config_serve_reads(
 # --------------------------------------------------------------------------- 3: no providers
 
 
-def test_no_providers_is_warned_of_with_what_to_do(directory_home: Path) -> None:
-    home = directory_home
-    env = user_env(home)
+def test_no_providers_is_warned_of_with_what_to_do(directory_home: UserHome) -> None:
+    home, env = directory_home
     check = quotad("check-config", env=env)
     assert check.returncode == 0, check.stderr
     assert "built-in default: ok (0 providers" in check.stdout
@@ -180,10 +183,9 @@ def test_no_providers_is_warned_of_with_what_to_do(directory_home: Path) -> None
 
 
 def test_version_names_the_command_and_the_daemon_when_one_answers(
-    sim: SimProcess, directory_home: Path
+    sim: SimProcess, directory_home: UserHome
 ) -> None:
-    home = directory_home
-    env = user_env(home)
+    home, env = directory_home
     alone = quotad("--version", env=env)
     assert alone.returncode == 0, alone.stderr
     assert alone.stdout.startswith("quotad 0.1.0\n")
@@ -198,10 +200,9 @@ def test_version_names_the_command_and_the_daemon_when_one_answers(
 
 
 def test_reload_prints_applied_or_rejected_with_every_problem(
-    sim: SimProcess, directory_home: Path
+    sim: SimProcess, directory_home: UserHome
 ) -> None:
-    home = directory_home
-    env = user_env(home)
+    home, env = directory_home
     good = sim_config(sim)
     with configured_daemon(home, good) as daemon:
         env["QUOTAD_CONFIG"] = str(daemon.config_path)
@@ -235,10 +236,9 @@ def test_reload_prints_applied_or_rejected_with_every_problem(
 
 
 def test_a_request_refused_by_its_app_gate_counts_against_no_target(
-    sim: SimProcess, directory_home: Path
+    sim: SimProcess, directory_home: UserHome
 ) -> None:
-    home = directory_home
-    env = user_env(home)
+    home, env = directory_home
     port = free_port()
     text = sim_config(sim, extra="").replace(
         '[http]\nlisten = ""\n', f'[http]\nlisten = "127.0.0.1:{port}"\nauth = "none"\n'
@@ -262,9 +262,8 @@ def test_a_request_refused_by_its_app_gate_counts_against_no_target(
         assert 'target="sim/gpt-4o-mini",app="capped",status="rate_limited"' not in metrics
 
 
-def test_the_limit_in_force_is_the_providers_when_it_is_tighter(directory_home: Path) -> None:
-    home = directory_home
-    env = user_env(home)
+def test_the_limit_in_force_is_the_providers_when_it_is_tighter(directory_home: UserHome) -> None:
+    home, env = directory_home
     with SimProcess(rpm=10, latency_ms=1) as limited:
         for _ in range(8):  # another user of the same account, outside quotad
             answer = httpx.post(
@@ -284,9 +283,10 @@ def test_the_limit_in_force_is_the_providers_when_it_is_tighter(directory_home: 
             assert in_force == (10, 2, 1)
 
 
-def test_money_keeps_its_digits_and_sizes_are_mib(sim: SimProcess, directory_home: Path) -> None:
-    home = directory_home
-    env = user_env(home)
+def test_money_keeps_its_digits_and_sizes_are_mib(
+    sim: SimProcess, directory_home: UserHome
+) -> None:
+    home, env = directory_home
     budgets = '[budgets]\ndaily_usd = 0.001\n[cache]\nmode = "on"\n'
     text = sim_config(sim).replace("[http]", budgets + "[http]")
     with configured_daemon(home, text) as daemon:
@@ -314,10 +314,9 @@ def test_money_keeps_its_digits_and_sizes_are_mib(sim: SimProcess, directory_hom
 
 
 def test_chat_stream_prints_the_footer_and_json_errors_are_json(
-    sim: SimProcess, directory_home: Path
+    sim: SimProcess, directory_home: UserHome
 ) -> None:
-    home = directory_home
-    env = user_env(home)
+    home, env = directory_home
     with configured_daemon(home, sim_config(sim)) as daemon:
         env["QUOTAD_CONFIG"] = str(daemon.config_path)
         plain = quotad("chat", "--cache", "bypass", "hi", env=env)
@@ -348,9 +347,9 @@ def test_chat_stream_prints_the_footer_and_json_errors_are_json(
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_debug_logs_one_line_per_request_without_prompt_or_key(
-    log_format: str, directory_home: Path
+    log_format: str, directory_home: UserHome
 ) -> None:
-    home = directory_home
+    home, _ = directory_home
     secret = "sk-operator-test-" + "k" * 24
     key_file = home / "key"
     key_file.write_text(secret)
@@ -389,9 +388,10 @@ def test_debug_logs_one_line_per_request_without_prompt_or_key(
         assert " latency=" in lines[0]
 
 
-def test_log_format_is_a_validated_config_key(directory_home: Path) -> None:
-    bad = directory_home / "bad.toml"
+def test_log_format_is_a_validated_config_key(directory_home: UserHome) -> None:
+    home, env = directory_home
+    bad = home / "bad.toml"
     bad.write_text('[daemon]\nlog_format = "xml"\n')
-    result = quotad("check-config", str(bad), env=user_env(directory_home))
+    result = quotad("check-config", str(bad), env=env)
     assert result.returncode == 2
     assert "daemon.log_format: invalid enum value 'xml'" in result.stderr

@@ -5,7 +5,7 @@ not), the slot limit, and every failure classified as the providers expect."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,6 +50,24 @@ def pool_of(built: Provider) -> LeanHTTPTransport:
     transport = built._http._transport  # type: ignore[attr-defined]
     assert isinstance(transport, LeanHTTPTransport)
     return transport
+
+
+@asynccontextmanager
+async def pool_to_server(
+    serve: Callable[[anyio.abc.SocketStream], Awaitable[None]], max_connections: int
+) -> AsyncIterator[tuple[LeanHTTPTransport, httpx.Request]]:
+    """A pool and a request to a loopback TCP server whose connections ``serve`` answers;
+    the pool is closed and the server stopped on the way out."""
+    pool = LeanHTTPTransport(max_connections=max_connections, keepalive_expiry_s=30)
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(listener.serve, serve)
+            try:
+                yield pool, httpx.Request("GET", f"http://127.0.0.1:{port}/")
+            finally:
+                await pool.aclose()
+                tasks.cancel_scope.cancel()
 
 
 def idle_connections(pool: LeanHTTPTransport) -> int:
@@ -131,40 +149,25 @@ async def test_failures_are_classified_for_the_broker(sim: SimProcess) -> None:
             await nobody.chat("m", CHAT, 4)
     assert refused.value.kind == "connect"
     async with provider(sim.base_url, timeout_s=0.3) as built:
-        sim.control(latency_ms=2000)
-        try:
-            with pytest.raises(ProviderError) as slow:
-                await built.chat("m", CHAT, 4)
-        finally:
-            sim.control(latency_ms=0)
+        with sim.controlled(latency_ms=2000), pytest.raises(ProviderError) as slow:
+            await built.chat("m", CHAT, 4)
         assert slow.value.kind == "timeout"
         # the whole-request bound and the read timeout are both 0.3 s here: which one ends
         # the call first is a race of two timers due in the same millisecond (and anyio lets
         # a task already woken by the read timer resume before a scope's cancel lands)
         assert "within 0.3 s" in str(slow.value)
-        sim.control(reset_rate=1.0)
-        try:
-            with pytest.raises(ProviderError) as reset:
-                await built.chat("m", CHAT, 4)
-        finally:
-            sim.control(reset_rate=0.0)
+        with sim.controlled(reset_rate=1.0), pytest.raises(ProviderError) as reset:
+            await built.chat("m", CHAT, 4)
         assert reset.value.kind == "connect"
-        sim.control(break_stream_rate=1.0)
-        try:
+        with sim.controlled(break_stream_rate=1.0):
             stream = await built.open_stream("m", CHAT, 8)
             with pytest.raises(ProviderError) as broken:
                 async for _ in stream.deltas():
                     pass
             await stream.aclose()
-        finally:
-            sim.control(break_stream_rate=0.0)
         assert broken.value.kind == "stream_broken"
-        sim.control(fail_rate=1.0)
-        try:
-            with pytest.raises(ProviderError) as failed:
-                await built.chat("m", CHAT, 4)
-        finally:
-            sim.control(fail_rate=0.0)
+        with sim.controlled(fail_rate=1.0), pytest.raises(ProviderError) as failed:
+            await built.chat("m", CHAT, 4)
         assert (failed.value.kind, failed.value.status) == ("server", 500)
         assert (await built.chat("m", CHAT, 4)).content  # and the pool still works
 
@@ -232,28 +235,18 @@ async def test_a_stream_read_slowly_holds_the_server_back() -> None:
                     await client.send(chunk)
                     sent += len(chunk)
 
-    pool = LeanHTTPTransport(max_connections=1, keepalive_expiry_s=30)
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(listener.serve, serve)
-            try:
-                response = await pool.handle_async_request(
-                    httpx.Request("GET", f"http://127.0.0.1:{port}/")
-                )
-                await anyio.sleep(0.5)  # reading nothing of it
-                body = response.stream
-                assert isinstance(body, _Body)
-                connection = body._connection
-                assert connection is not None
-                assert len(connection.buffer) < READ_AHEAD_BYTES + 1024 * 1024
-                assert sent < 20_000_000  # the server is held back (socket buffers full)
-                first = await anext(aiter(body))
-                assert first
-                await response.aclose()
-            finally:
-                await pool.aclose()
-                tasks.cancel_scope.cancel()
+    async with pool_to_server(serve, max_connections=1) as (pool, request):
+        response = await pool.handle_async_request(request)
+        await anyio.sleep(0.5)  # reading nothing of it
+        body = response.stream
+        assert isinstance(body, _Body)
+        connection = body._connection
+        assert connection is not None
+        assert len(connection.buffer) < READ_AHEAD_BYTES + 1024 * 1024
+        assert sent < 20_000_000  # the server is held back (socket buffers full)
+        first = await anext(aiter(body))
+        assert first
+        await response.aclose()
 
 
 @pytest.mark.anyio
@@ -270,28 +263,14 @@ async def test_close_delimited_http10_answers_are_read_to_the_close() -> None:
             await client.receive()
             await client.send(answers.pop(0))
 
-    pool = LeanHTTPTransport(max_connections=4, keepalive_expiry_s=30)
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(listener.serve, serve)
-            try:
-                first = await pool.handle_async_request(
-                    httpx.Request("GET", f"http://127.0.0.1:{port}/")
-                )
-                assert await first.aread() == b"the whole body"
-                await first.aclose()
-                second = await pool.handle_async_request(
-                    httpx.Request("GET", f"http://127.0.0.1:{port}/")
-                )
-                assert (second.status_code, await second.aread()) == (200, b"ok")
-                await second.aclose()
-                assert idle_connections(pool) == 0  # neither may be kept
-                with pytest.raises(httpx.RemoteProtocolError):
-                    await pool.handle_async_request(
-                        httpx.Request("GET", f"http://127.0.0.1:{port}/")
-                    )
-                assert pool._in_use == 0
-            finally:
-                await pool.aclose()
-                tasks.cancel_scope.cancel()
+    async with pool_to_server(serve, max_connections=4) as (pool, request):
+        first = await pool.handle_async_request(request)
+        assert await first.aread() == b"the whole body"
+        await first.aclose()
+        second = await pool.handle_async_request(request)
+        assert (second.status_code, await second.aread()) == (200, b"ok")
+        await second.aclose()
+        assert idle_connections(pool) == 0  # neither may be kept
+        with pytest.raises(httpx.RemoteProtocolError):
+            await pool.handle_async_request(request)
+        assert pool._in_use == 0

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +40,6 @@ class Sentinels:
     def find(self, data: bytes | str) -> list[str]:
         raw = data.encode(errors="replace") if isinstance(data, str) else data
         return [kind for kind, token in self.unique.items() if token.encode() in raw]
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="qdkey", dir="/tmp"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def quotad(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -80,15 +70,15 @@ def wire_bytes(path: Path, requests: list[Any]) -> bytes:
 
 
 @pytest.mark.slow
-def test_sentinel_keys_appear_in_no_output(workdir: Path) -> None:
+def test_sentinel_keys_appear_in_no_output(directory: Path) -> None:
     sentinels = Sentinels()
-    keys_dir = workdir / "keys"
-    credentials = workdir / "credentials"
+    keys_dir = directory / "keys"
+    credentials = directory / "credentials"
     keys_dir.mkdir(mode=0o700)
     credentials.mkdir(mode=0o700)
     (keys_dir / "good").write_text(sentinels.keys["file"] + "\n")
     (credentials / "cred").write_text(sentinels.keys["credential"])
-    state = workdir / "state"
+    state = directory / "state"
     state.mkdir()
     env = {"QD_SENTINEL_KEY": sentinels.keys["env"], "CREDENTIALS_DIRECTORY": str(credentials)}
 
@@ -120,10 +110,10 @@ def test_sentinel_keys_appear_in_no_output(workdir: Path) -> None:
             + '[models.refusedcred]\ntargets = ["cred/claude-3-5-haiku-latest"]\n'
         )
         outputs: dict[str, bytes | str] = {}
-        with NotifyReceiver(workdir) as notify:
+        with NotifyReceiver(directory) as notify:
             daemon = DaemonProcess(
                 config,
-                directory=workdir,
+                directory=directory,
                 env={**env, **notify.env},
                 extra_args=("--log-level", "debug"),
             )

@@ -29,6 +29,7 @@ import pytest
 from quotad.client import Client
 from quotad.daemon.semantic.model import EmbeddingModel
 from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
+from tests.support.offline import traced_offline
 from tests.support.semantic_pairs import NEAR_MISSES, PARAPHRASES
 from tests.support.sim import SimProcess, read_sim_log
 
@@ -65,15 +66,19 @@ def sim_requests(sim: SimProcess) -> int:
 
 def quotad(daemon: DaemonProcess, *args: str) -> Any:
     """A ``quotad ... --json`` command against ``daemon``: its parsed output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "quotad.daemon.cli", *args, "--json"],
+    return json.loads(quotad_text(daemon, *args, "--json"))
+
+
+def quotad_text(daemon: DaemonProcess, *args: str) -> str:
+    """A ``quotad ...`` command against ``daemon`` that must succeed: what it printed."""
+    return subprocess.run(
+        [sys.executable, "-m", "quotad.daemon.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
         env=daemon.env,
         check=True,
-    )
-    return json.loads(result.stdout)
+    ).stdout
 
 
 @pytest.fixture(scope="module")
@@ -223,14 +228,7 @@ def test_cache_stats_and_spend_count_semantic_hits_apart(
     assert stats["semantic_entries"] >= 1
     assert stats["semantic_lookups"] >= stats["semantic_hits"]
     assert stats["semantic_ineligible"].get("warm", 0) >= 0
-    text = subprocess.run(
-        [sys.executable, "-m", "quotad.daemon.cli", "cache", "stats"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=daemon.env,
-        check=True,
-    ).stdout
+    text = quotad_text(daemon, "cache", "stats")
     assert re.search(r"semantic hits\s+\d+", text), text
     spend = quotad(daemon, "spend", "--by", "model")
     assert spend["total"]["semantic_hits"] == stats["semantic_hits"]
@@ -295,14 +293,7 @@ def test_shadow_mode_serves_nothing_and_counts_would_be_hits(sim: SimProcess) ->
         assert stats.would_be_hits == len(pairs)
         assert stats.shadow_compared == len(pairs)
         assert 0 <= stats.shadow_agreed <= len(pairs)
-        text = subprocess.run(
-            [sys.executable, "-m", "quotad.daemon.cli", "cache", "stats"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=shadow.env,
-            check=True,
-        ).stdout
+        text = quotad_text(shadow, "cache", "stats")
         assert f"would-be hits {len(pairs)}" in " ".join(text.split()), text
 
 
@@ -338,13 +329,7 @@ def test_the_daemon_with_semantic_caching_on_reaches_nothing_beyond_loopback(
 ) -> None:
     """strace follows the daemon and every thread (the tokenizer's Rust code included): each
     connect or send with an internet address goes to loopback (the sim), nothing else."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed")
-    trace = tmp_path / "trace"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    env |= {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
-    launcher = (strace, "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", str(trace))
+    launcher, env, trace = traced_offline(tmp_path)
     process = DaemonProcess(
         semantic_config(sim.base_url), env=env, launcher=(*launcher, sys.executable)
     )

@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -31,7 +30,6 @@ from quotad.protocol.messages import (
     ChatMessage,
     Error,
     Hello,
-    Reply,
     Snapshot,
     Subscribe,
     Welcome,
@@ -39,6 +37,7 @@ from quotad.protocol.messages import (
 from tests.integration.test_http_descriptors import healthz
 from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
 from tests.support.peers import exchange_as
+from tests.support.raw_socket import read_replies, replies_until_closed, unix_connection
 from tests.support.sim import SimProcess
 
 MESSAGES = [{"role": "user", "content": "are you still there?"}]
@@ -58,36 +57,6 @@ def config(sim_url: str, daemon: str = "", provider: str = "") -> str:
 def sim() -> Iterator[SimProcess]:
     with SimProcess(latency_ms=1) as process:
         yield process
-
-
-def raw(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(PATIENCE_S)
-    sock.connect(str(path))
-    return sock
-
-
-def replies_until_closed(sock: socket.socket) -> list[Reply]:
-    decoder = reply_decoder()
-    replies: list[Reply] = []
-    while True:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:  # it closed with what we sent unread: fine
-            return replies
-        if not data:
-            return replies
-        replies.extend(decoder.feed(data))
-
-
-def read_replies(sock: socket.socket, count: int) -> list[Reply]:
-    decoder = reply_decoder()
-    replies: list[Reply] = []
-    while len(replies) < count:
-        data = sock.recv(65536)
-        assert data, f"closed after {replies}"
-        replies.extend(decoder.feed(data))
-    return replies
 
 
 def frame(payload: bytes) -> bytes:
@@ -131,24 +100,24 @@ def test_killer_frames_cost_only_their_connection(sim: SimProcess) -> None:
         bystander.status()
 
         # (a) invalid UTF-8 in a string, no Hello needed (the 12 bytes of the report)
-        with raw(daemon.socket_path) as sock:
+        with unix_connection(daemon.socket_path, PATIENCE_S) as sock:
             sock.sendall(bytes.fromhex("00000008 81a474797065a1ff"))
-            [error] = replies_until_closed(sock)
+            [error] = replies_until_closed(sock, reset_is_close=True)
         assert isinstance(error, Error)
         assert error.code == "bad_frame"
         assert "type: not valid UTF-8" in error.message
 
         # (b) 1,500 levels of nesting in Chat.extra: RecursionError in msgspec
-        with raw(daemon.socket_path) as sock:
+        with unix_connection(daemon.socket_path, PATIENCE_S) as sock:
             sock.sendall(HELLO + deep_extra(1500))
-            welcome, error = replies_until_closed(sock)
+            welcome, error = replies_until_closed(sock, reset_is_close=True)
         assert isinstance(welcome, Welcome)
         assert isinstance(error, Error)
         assert error.code == "bad_request"
         assert "extra: nested deeper than 64 levels" in error.message
 
         # (c) two requests with one id in one read: KeyError at `del in_flight[id]`
-        with raw(daemon.socket_path) as sock:
+        with unix_connection(daemon.socket_path, PATIENCE_S) as sock:
             sock.sendall(HELLO + chat(5) + chat(5))
             welcome, first, second = read_replies(sock, 3)
         assert isinstance(first, Error)
@@ -157,7 +126,7 @@ def test_killer_frames_cost_only_their_connection(sim: SimProcess) -> None:
         assert not isinstance(second, Error)
 
         # (c') two Subscribes with one id, then a close
-        with raw(daemon.socket_path) as sock:
+        with unix_connection(daemon.socket_path, PATIENCE_S) as sock:
             sock.sendall(HELLO + ENCODER.encode(Subscribe(id=7)) + ENCODER.encode(Subscribe(id=7)))
             replies = read_replies(sock, 3)
         assert {type(reply) for reply in replies[1:]} == {Error, Snapshot}
@@ -210,8 +179,9 @@ def test_running_out_of_descriptors_never_wedges_the_listener(sim: SimProcess) -
             deadline = time.monotonic() + PATIENCE_S
             while True:  # idle connections until a new one is no longer taken
                 assert time.monotonic() < deadline, "the daemon never ran out of descriptors"
-                idle += [raw(daemon.socket_path) for _ in range(8)]
-                waiting = raw(daemon.socket_path)  # waits in the listen backlog, if need be
+                idle += [unix_connection(daemon.socket_path, PATIENCE_S) for _ in range(8)]
+                # this one waits in the listen backlog, if need be
+                waiting = unix_connection(daemon.socket_path, PATIENCE_S)
                 waiting.sendall(HELLO)
                 if not select.select([waiting], [], [], 0.5)[0]:
                     break
@@ -290,9 +260,9 @@ def test_while_draining_new_connections_hear_overloaded(sim: SimProcess) -> None
             assert daemon.process is not None
             daemon.process.send_signal(signal.SIGTERM)
             time.sleep(0.3)
-            with raw(daemon.socket_path) as sock:
+            with unix_connection(daemon.socket_path, PATIENCE_S) as sock:
                 sock.sendall(HELLO)
-                [refused] = replies_until_closed(sock)
+                [refused] = replies_until_closed(sock, reset_is_close=True)
             assert isinstance(refused, Error)
             assert refused.code == "overloaded"
             assert refused.retry_after_s is not None

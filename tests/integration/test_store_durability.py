@@ -13,7 +13,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from quotad.daemon.store.db import Database
 from quotad.daemon.store.ledger import LedgerRow, statements
 from quotad.daemon.store.schema import SCHEMA_VERSION
 from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.polling import wait_until
 from tests.support.sim import SimProcess
 
 MODEL = "sim/gpt-4o-mini"
@@ -39,20 +39,6 @@ def base_config(base_url: str, extra: str = "") -> str:
         + sim_provider_config("sim", base_url)
         + extra
     )
-
-
-@pytest.fixture
-def directory() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="qdur", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def ledger_ids(path: Path) -> dict[str, str]:
@@ -219,7 +205,7 @@ def test_a_full_database_fails_requests_clearly_keeps_serving_and_loses_no_row()
         after = client.chat(MODEL, [{"role": "user", "content": "after"}], max_tokens=4)
         answered.append(after.request_id)
         path = daemon.state_dir / "quotad.db"
-        wait_for(lambda: failed_id in ledger_ids(path))
+        wait_until(lambda: failed_id in ledger_ids(path))
         rows = ledger_ids(path)
         assert rows[failed_id] == "internal"  # recorded as what its caller got
         assert set(answered) <= set(rows)
@@ -286,7 +272,7 @@ def test_a_full_disk_withholds_a_paid_reply_says_so_and_records_it_when_space_re
                 assert "will be written to the ledger when space returns" in message
                 filler.unlink()  # space returns; no further request comes
                 path = daemon.state_dir / "quotad.db"
-                wait_for(lambda: request_id in ledger_ids(path), timeout=20)
+                wait_until(lambda: request_id in ledger_ids(path), timeout_s=20)
                 with sqlite3.connect(path) as connection:
                     status, cost = connection.execute(
                         "SELECT status, cost_usd FROM ledger WHERE request_id = ?", (request_id,)
@@ -335,7 +321,7 @@ def test_kill_9_under_load_loses_no_answered_request(directory: Path) -> None:
             for n, out in enumerate(outputs)
         ]
         try:
-            wait_for(lambda: all(out.exists() and out.stat().st_size > 2000 for out in outputs))
+            wait_until(lambda: all(out.exists() and out.stat().st_size > 2000 for out in outputs))
             daemon.kill()  # SIGKILL in the middle of the load
             for process in clients:
                 process.wait(timeout=30)

@@ -13,6 +13,12 @@ import time
 from pathlib import Path
 
 START_TIMEOUT_S = 15.0
+UNCACHED_CONFIG_HEAD = (
+    '[daemon]\nstate_dir = "{{state_dir}}"\n[http]\nlisten = ""\n[cache]\nmode = "off"\n'
+)
+"""The head of a config template for a daemon with no HTTP front door and no cache (what the
+measurements of the pipeline start from): ``str.format`` it once with the rest (``{{state_dir}}``
+stays for DaemonProcess to fill in)."""
 
 
 def free_port() -> int:
@@ -133,3 +139,30 @@ class DaemonProcess:
 def sim_provider_config(name: str, base_url: str, kind: str = "openai", extra: str = "") -> str:
     """A ``[providers.NAME]`` table pointing at a sim."""
     return f'[providers.{name}]\nkind = "{kind}"\nbase_url = "{base_url}"\n{extra}\n'
+
+
+TWO_SIM_TARGETS = ["sim/gpt-4o-mini", "claude/claude-3-5-haiku-latest"]
+"""The targets of model group ``fast`` in :func:`two_sims_config`, in order."""
+
+
+def two_sims_config(
+    openai_url: str,
+    anthropic_url: str,
+    *,
+    daemon: str = "",
+    http: str = 'listen = ""',
+    sim: str = "",
+    extra: str = "",
+) -> str:
+    """A daemon over two sims: provider ``sim`` (OpenAI, more lines of its table in ``sim``)
+    and ``claude`` (Anthropic), both behind model group ``fast`` (:data:`TWO_SIM_TARGETS`);
+    ``daemon`` and ``http``, the lines of those tables besides the state directory; ``extra``,
+    more tables at the end."""
+    targets = ", ".join(f'"{target}"' for target in TWO_SIM_TARGETS)
+    return (
+        f'[daemon]\nstate_dir = "{{state_dir}}"\n{daemon}\n[http]\n{http}\n'
+        + sim_provider_config("sim", openai_url, extra=sim)
+        + sim_provider_config("claude", anthropic_url, kind="anthropic")
+        + f"[models.fast]\ntargets = [{targets}]\n"
+        + extra
+    )

@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import msgspec
 
+from tests.support.daemon import UNCACHED_CONFIG_HEAD
+
 MESSAGES = [{"role": "user", "content": "share the limit fairly"}]
 
 
@@ -103,13 +105,9 @@ if __name__ == "__main__":
 
 # --------------------------------------------------------------------------- the scenario
 
-SHARED_LIMIT_CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = ""
-[cache]
-mode = "off"
+SHARED_LIMIT_CONFIG = (
+    UNCACHED_CONFIG_HEAD
+    + """\
 [gates]
 guard_s = {guard}
 [providers.sim]
@@ -121,6 +119,7 @@ share = 1
 [apps.heavy]
 share = 3
 """
+)
 
 
 def peak_in_window(times: list[float], window_s: float) -> int:

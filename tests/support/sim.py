@@ -13,7 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -178,6 +179,17 @@ class SimProcess:
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
+
+    @contextmanager
+    def controlled(self, **settings: float) -> Iterator[dict[str, Any]]:
+        """Settings changed live (as :meth:`control`) for the block, then put back as they
+        were; the block gets the settings in force."""
+        before = self.control()
+        changed = self.control(**settings)
+        try:
+            yield changed
+        finally:
+            self.control(**{name: before[name] for name in settings})
 
     def stats(self) -> dict[str, Any]:
         """Request counts and the most admitted in any window so far."""

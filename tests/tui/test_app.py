@@ -3,7 +3,11 @@ quitting, and that a burst of snapshots coalesces into few repaints."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
+from textual.pilot import Pilot
 from textual.screen import Screen
 
 from quotad.client import BadRequestError
@@ -26,6 +30,16 @@ SIZE = (120, 36)
 def active(app: TopApp) -> Screen[object]:
     """The screen on top (a fresh read: key presses change it)."""
     return app.screen
+
+
+@asynccontextmanager
+async def settled(feed: ScriptedFeed) -> AsyncIterator[tuple[RecordingApp, Pilot[None]]]:
+    """The app on ``feed`` under a pilot, once every scripted event is delivered and shown."""
+    app = RecordingApp(feed)
+    async with app.run_test(size=SIZE) as pilot:
+        await feed.delivered.wait()
+        await pilot.pause()
+        yield app, pilot
 
 
 async def test_tab_and_number_keys_switch_screens() -> None:
@@ -63,10 +77,7 @@ async def test_help_lists_the_keys_and_blocks_switching_until_closed() -> None:
 
 async def test_disable_asks_first_and_no_does_nothing() -> None:
     feed = ScriptedFeed(busy_day(3))
-    app = RecordingApp(feed)
-    async with app.run_test(size=SIZE) as pilot:
-        await feed.delivered.wait()
-        await pilot.pause()
+    async with settled(feed) as (app, pilot):
         await pilot.press("d")
         confirm = active(app)
         assert isinstance(confirm, ConfirmScreen)
@@ -82,10 +93,7 @@ async def test_disable_asks_first_and_no_does_nothing() -> None:
 )
 async def test_a_confirmed_action_runs_on_the_selected_target(key: str, action: str) -> None:
     feed = ScriptedFeed(busy_day(3))
-    app = RecordingApp(feed)
-    async with app.run_test(size=SIZE) as pilot:
-        await feed.delivered.wait()
-        await pilot.pause()
+    async with settled(feed) as (app, pilot):
         await pilot.press("down", "down", key, "y")
         await wait_until(pilot, lambda: bool(app.notices))
         assert feed.admin_calls == [(action, TARGETS[2])]
@@ -96,10 +104,7 @@ async def test_a_confirmed_action_runs_on_the_selected_target(key: str, action: 
 async def test_a_refused_action_shows_the_daemons_error() -> None:
     refusal = BadRequestError("admin action 'target_disable' is not supported [yet]")
     feed = ScriptedFeed(busy_day(3), admin_error=refusal)
-    app = RecordingApp(feed)
-    async with app.run_test(size=SIZE) as pilot:
-        await feed.delivered.wait()
-        await pilot.pause()
+    async with settled(feed) as (app, pilot):
         await pilot.press("d", "y")
         await wait_until(pilot, lambda: bool(app.notices))
         severity, title, message = app.notices[-1]
@@ -110,10 +115,7 @@ async def test_a_refused_action_shows_the_daemons_error() -> None:
 
 async def test_the_cursor_stays_on_its_target_across_snapshots() -> None:
     feed = ScriptedFeed(busy_day(3))
-    app = RecordingApp(feed)
-    async with app.run_test(size=SIZE) as pilot:
-        await feed.delivered.wait()
-        await pilot.pause()
+    async with settled(feed) as (app, pilot):
         await pilot.press("down")
         table = app.screen.query_one(TargetTable)
         assert table.cursor_key == TARGETS[1]

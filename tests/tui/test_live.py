@@ -20,7 +20,11 @@ from quotad.tui.screens.confirm import ConfirmScreen
 from quotad.tui.widgets.gauges import LimitGauges
 from quotad.tui.widgets.table import LiveTable
 from quotad.tui.widgets.targets import COLUMNS, TargetTable
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import (
+    TWO_SIM_TARGETS,
+    DaemonProcess,
+    two_sims_config,
+)
 from tests.support.sim import SimProcess
 from tests.tui.pilots import RecordingApp, connection_line, wait_until
 
@@ -31,22 +35,13 @@ pytestmark = [
 SIZE = (120, 36)
 INTERVAL_S = 0.1
 MESSAGES = [{"role": "user", "content": "how busy is the daemon"}]
-TARGETS = ["sim/gpt-4o-mini", "claude/claude-3-5-haiku-latest"]
+TARGETS = TWO_SIM_TARGETS
+
+SIM_LATENCY_MS = 5  # how long the two sims of tests/conftest.py take to answer
 
 
 def live_config(openai_url: str, anthropic_url: str, drain_s: float = 2) -> str:
-    return (
-        f'[daemon]\nstate_dir = "{{state_dir}}"\ndrain_s = {drain_s}\n[http]\nlisten = ""\n'
-        + sim_provider_config("sim", openai_url)
-        + sim_provider_config("claude", anthropic_url, kind="anthropic")
-        + f"[models.fast]\ntargets = {TARGETS!r}\n".replace("'", '"')
-    )
-
-
-@pytest.fixture(scope="module")
-def sims() -> Iterator[tuple[SimProcess, SimProcess]]:
-    with SimProcess(latency_ms=5) as openai_sim, SimProcess(latency_ms=5) as anthropic_sim:
-        yield openai_sim, anthropic_sim
+    return two_sims_config(openai_url, anthropic_url, daemon=f"drain_s = {drain_s}")
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ least at the bound of what it delivered, and a cached prompt settles below what 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -82,6 +84,17 @@ def chat(content: str, **fields: Any) -> Chat:
     return Chat(id=1, model="g", messages=[ChatMessage(role="user", content=content)], **fields)
 
 
+@asynccontextmanager
+async def bounded_broker(
+    usage: Usage | None = None,
+) -> AsyncIterator[tuple[Store, Provider, Broker]]:
+    """A broker over one recording provider (answering with ``usage``, if given) and a
+    fresh store with a daily budget."""
+    async with open_store(config()) as store:
+        provider = Provider(store, usage)
+        yield store, provider, Broker(config(), Router(config(), {"p": provider}), store)
+
+
 async def rows(store: Store) -> list[tuple[Any, ...]]:
     return await store.db.read(
         "SELECT status, prompt_tokens, completion_tokens, cost_usd FROM ledger ORDER BY id"
@@ -91,9 +104,7 @@ async def rows(store: Store) -> list[tuple[Any, ...]]:
 async def test_a_japanese_prompt_holds_its_bytes_and_settles_to_the_truth(
     anyio_backend: str,
 ) -> None:
-    async with open_store(config()) as store:
-        provider = Provider(store)
-        broker = Broker(config(), Router(config(), {"p": provider}), store)
+    async with bounded_broker() as (store, provider, broker):
         await broker.chat(chat(JAPANESE, max_tokens=100), Caller(app="a"))
         prompt_bytes = len(JAPANESE.encode())
         assert provider.held_usd[0] >= (prompt_bytes * INPUT_PRICE + 100 * OUTPUT_PRICE) * PER_TOKEN
@@ -106,9 +117,7 @@ async def test_a_japanese_prompt_holds_its_bytes_and_settles_to_the_truth(
 async def test_a_larger_limit_in_extra_is_reserved_and_is_what_the_provider_is_asked(
     anyio_backend: str,
 ) -> None:
-    async with open_store(config()) as store:
-        provider = Provider(store)
-        broker = Broker(config(), Router(config(), {"p": provider}), store)
+    async with bounded_broker() as (_, provider, broker):
         request = chat("hi", max_tokens=1, extra={"max_completion_tokens": 2000})
         await broker.chat(request, Caller(app="a"))
         assert provider.asked_max_tokens == [2000]
@@ -116,9 +125,7 @@ async def test_a_larger_limit_in_extra_is_reserved_and_is_what_the_provider_is_a
 
 
 async def test_refused_extra_is_a_bad_request_row_that_holds_nothing(anyio_backend: str) -> None:
-    async with open_store(config()) as store:
-        provider = Provider(store)
-        broker = Broker(config(), Router(config(), {"p": provider}), store)
+    async with bounded_broker() as (store, provider, broker):
         for extra in ({"n": 3}, {"model": "gpt-5-pro"}, {"max_tokens": "lots"}):
             with pytest.raises(RequestError) as refused:
                 await broker.chat(chat("hi", extra=extra), Caller(app="a"))
@@ -134,8 +141,7 @@ async def test_refused_extra_is_a_bad_request_row_that_holds_nothing(anyio_backe
 async def test_a_broken_stream_settles_at_the_bound_of_what_it_delivered(
     anyio_backend: str,
 ) -> None:
-    async with open_store(config()) as store:
-        broker = Broker(config(), Router(config(), {"p": Provider(store)}), store)
+    async with bounded_broker() as (store, _, broker):
         with pytest.raises(RequestError) as broken:
             async for _ in broker.chat_stream(chat(JAPANESE, stream=True), Caller(app="a")):
                 pass
@@ -150,10 +156,8 @@ async def test_a_broken_stream_settles_at_the_bound_of_what_it_delivered(
 
 
 async def test_a_cached_prompt_settles_below_what_was_held(anyio_backend: str) -> None:
-    async with open_store(config()) as store:
-        usage = Usage(prompt_tokens=400, completion_tokens=10, cached_tokens=384)
-        provider = Provider(store, usage)
-        broker = Broker(config(), Router(config(), {"p": provider}), store)
+    usage = Usage(prompt_tokens=400, completion_tokens=10, cached_tokens=384)
+    async with bounded_broker(usage) as (store, provider, broker):
         reply = await broker.chat(chat("a" * 400, max_tokens=10), Caller(app="a"))
         cached_price = 1.25  # gpt-4o cached input
         expected = (16 * INPUT_PRICE + 384 * cached_price + 10 * OUTPUT_PRICE) * PER_TOKEN
@@ -165,8 +169,6 @@ async def test_a_cached_prompt_settles_below_what_was_held(anyio_backend: str) -
 
 
 async def test_japanese_embedding_inputs_hold_their_bytes(anyio_backend: str) -> None:
-    async with open_store(config()) as store:
-        provider = Provider(store)
-        broker = Broker(config(), Router(config(), {"p": provider}), store)
+    async with bounded_broker() as (_, provider, broker):
         await broker.embed(Embed(id=1, model="g", input=[JAPANESE] * 3), Caller(app="a"))
         assert provider.held_usd[0] >= 3 * len(JAPANESE.encode()) * INPUT_PRICE * PER_TOKEN

@@ -21,6 +21,7 @@ from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.daemon.streamed_answer import merge_tool_calls
 from quotad.protocol.messages import Chat, ChatChunk, ChatEnd, ChatMessage, Usage
+from tests.support.faults import break_first_call
 from tests.support.providers import InProcessProvider, PiecesStream, one_provider_config
 from tests.support.store import open_store
 
@@ -78,17 +79,7 @@ async def test_a_bug_in_step_7_before_the_commit_still_leaves_a_row(
 ) -> None:
     async with open_store(config()) as store:
         broker = Broker(config(), Router(config(), {"p": Provider()}), store)
-        calls = 0
-        settle = broker.budgets.settle
-
-        def settle_once_broken(*args: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                raise KeyError("a bug in settling")
-            return settle(*args)
-
-        monkeypatch.setattr(broker.budgets, "settle", settle_once_broken)
+        break_first_call(monkeypatch, broker.budgets, "settle", KeyError("a bug in settling"))
         with pytest.raises(KeyError, match="a bug in settling"):
             await broker.chat(chat("hi"), Caller(app="a"))
         assert await ledger_rows(store) == [("internal", 0)]

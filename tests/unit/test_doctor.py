@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ import pytest
 from quotad.daemon.config import parse_config
 from quotad.daemon.doctor import (
     EARLIEST_PLAUSIBLE,
+    Check,
     check_clock,
     check_config,
     check_database,
@@ -92,19 +93,23 @@ def test_database_integrity_ok_missing_and_corrupt(tmp_path: Path) -> None:
     assert "not a database" in garbage.detail
 
 
+def at_modes(path: Path, check: Callable[[Path], Check], *modes: int) -> list[Check]:
+    """``check(path)`` with ``path`` set to each of ``modes`` in turn."""
+    checks = []
+    for mode in modes:
+        path.chmod(mode)
+        checks.append(check(path))
+    return checks
+
+
 def test_state_directory_missing_open_and_good(tmp_path: Path) -> None:
     missing = check_state(tmp_path / "nope")
     assert missing.status == "fail"
     assert "mkdir" in missing.fix
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    state.chmod(0o700)
-    assert check_state(state).status == "ok"
-    state.chmod(0o755)
-    assert check_state(state).status == "warn"
-    state.chmod(0o777)
-    world = check_state(state)
-    assert world.status == "fail"
+    ok, group_and_world_read, world = at_modes(state, check_state, 0o700, 0o755, 0o777)
+    assert [ok.status, group_and_world_read.status, world.status] == ["ok", "warn", "fail"]
     assert "chmod 0700" in world.fix
     (tmp_path / "file").write_text("")
     assert check_state(tmp_path / "file").status == "fail"
@@ -122,13 +127,8 @@ def listening(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_socket_modes(listening: Path, tmp_path: Path) -> None:
-    listening.chmod(0o600)
-    assert check_socket(listening).status == "ok"
-    listening.chmod(0o660)
-    assert check_socket(listening).status == "ok"
-    listening.chmod(0o666)
-    open_socket = check_socket(listening)
-    assert open_socket.status == "fail"
+    own, group, open_socket = at_modes(listening, check_socket, 0o600, 0o660, 0o666)
+    assert [own.status, group.status, open_socket.status] == ["ok", "ok", "fail"]
     assert "SocketMode=0660" in open_socket.fix
     listening.chmod(0o600)
     listening.parent.chmod(0o777)

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from quotad.daemon.routing import HealthChecks
+from quotad.daemon.routing import HealthChecks, Router, Target
 from tests.support.routing import make_router
 
 MODELS = {"object": "list", "data": [{"id": "m", "object": "model"}]}
@@ -38,18 +38,25 @@ class Answers:
         )
 
 
-@pytest.mark.anyio
-async def test_checks_open_the_breaker_and_close_it_before_the_cooldown() -> None:
-    answers = Answers(500, 500, 500, 200)
+def checked_target(
+    answers: Answers, breaker: dict[str, Any]
+) -> tuple[Router, HealthChecks, Target]:
+    """A router whose one target ``a/m`` has health checks every 5 s, answered by
+    ``answers``; the checks and the target."""
     router, _, _ = make_router(
         {"g": {"targets": ["a/m"]}},
         providers=("a",),
-        breaker={"failures": 2, "cooldown_s": 600},
+        breaker=breaker,
         health_check_s=5,
         transport=httpx.MockTransport(answers),
     )
-    checks = HealthChecks(router)
-    target = router.targets["a/m"]
+    return router, HealthChecks(router), router.targets["a/m"]
+
+
+@pytest.mark.anyio
+async def test_checks_open_the_breaker_and_close_it_before_the_cooldown() -> None:
+    answers = Answers(500, 500, 500, 200)
+    router, checks, target = checked_target(answers, breaker={"failures": 2, "cooldown_s": 600})
     assert [await checks.check("a") for _ in range(2)] == [False, False]
     assert target.breaker.state == "open"
     assert not await checks.check("a")  # still down: stays open, nothing worse
@@ -62,15 +69,7 @@ async def test_checks_open_the_breaker_and_close_it_before_the_cooldown() -> Non
 @pytest.mark.anyio
 async def test_a_429_or_a_404_from_models_is_no_health_failure() -> None:
     answers = Answers(429, 429, 429, 404)
-    router, _, _ = make_router(
-        {"g": {"targets": ["a/m"]}},
-        providers=("a",),
-        breaker={"failures": 1},
-        health_check_s=5,
-        transport=httpx.MockTransport(answers),
-    )
-    checks = HealthChecks(router)
-    target = router.targets["a/m"]
+    _, checks, target = checked_target(answers, breaker={"failures": 1})
     assert [await checks.check("a") for _ in range(3)] == [False, False, False]
     assert target.breaker.state == "closed"  # rate limited is not unwell
     assert await checks.check("a")  # no /models there, but the server answers: up

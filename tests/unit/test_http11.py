@@ -26,6 +26,7 @@ from quotad.daemon.net.http11 import (
 )
 from quotad.daemon.net.http11 import connection as connection_module
 from tests.support.backends import ASYNCIO_BACKENDS
+from tests.support.serving import running
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)]
 
@@ -36,14 +37,8 @@ Response = tuple[int, dict[str, str], bytes]
 @asynccontextmanager
 async def serving(handler: Handler, limits: HttpLimits | None = None) -> AsyncIterator[HttpServer]:
     """A server on a free loopback port for the duration of the block."""
-    server = HttpServer(handler, host="127.0.0.1", port=0, limits=limits)
-    async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
-        try:
-            yield server
-        finally:
-            with anyio.fail_after(5):
-                await server.shutdown(deadline_s=1.0)
+    async with running(HttpServer(handler, host="127.0.0.1", port=0, limits=limits)) as server:
+        yield server
 
 
 @asynccontextmanager
@@ -82,6 +77,17 @@ async def read_to_close(reader: BufferedByteReceiveStream) -> bytes:
             data += await reader.receive()
     except (anyio.EndOfStream, anyio.BrokenResourceError):
         return bytes(data)
+
+
+async def last_answer(request: bytes, limits: HttpLimits | None = None) -> Response:
+    """The one answer the echo server gives to ``request`` on a raw connection, checked to be
+    followed by the server closing the connection."""
+    async with serving(echo, limits) as server, raw_connection(server.port) as (stream, reader):
+        await stream.send(request)
+        with anyio.fail_after(5):
+            answer = await read_response(reader)
+            assert await read_to_close(reader) == b""
+    return answer
 
 
 def get(path: str, extra: str = "") -> bytes:
@@ -176,11 +182,7 @@ async def test_headers_over_the_limit_are_431() -> None:
 
 
 async def test_garbage_request_line_is_400_and_closes() -> None:
-    async with serving(echo) as server, raw_connection(server.port) as (stream, reader):
-        await stream.send(b"THIS IS NOT HTTP\r\n\r\n")
-        with anyio.fail_after(5):
-            status, headers, _ = await read_response(reader)
-            assert await read_to_close(reader) == b""
+    status, headers, _ = await last_answer(b"THIS IS NOT HTTP\r\n\r\n")
     assert status == 400
     assert headers["connection"] == "close"
 
@@ -209,11 +211,7 @@ async def test_slowloris_request_is_closed_after_the_read_timeout() -> None:
 
 async def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout() -> None:
     limits = HttpLimits(idle_timeout_s=0.2)
-    async with serving(echo, limits) as server, raw_connection(server.port) as (stream, reader):
-        await stream.send(get("/"))
-        with anyio.fail_after(5):
-            status, _, _ = await read_response(reader)
-            assert await read_to_close(reader) == b""
+    status, _, _ = await last_answer(get("/"), limits)
     assert status == 200
 
 
@@ -321,11 +319,7 @@ async def test_abort_connection_closes_without_an_answer() -> None:
 
 
 async def test_http10_request_is_answered_and_closed() -> None:
-    async with serving(echo) as server, raw_connection(server.port) as (stream, reader):
-        await stream.send(b"GET /old HTTP/1.0\r\n\r\n")
-        with anyio.fail_after(5):
-            status, headers, body = await read_response(reader)
-            assert await read_to_close(reader) == b""
+    status, headers, body = await last_answer(b"GET /old HTTP/1.0\r\n\r\n")
     assert status == 200
     assert headers["connection"] == "close"
     assert msgspec.json.decode(body)["path"] == "/old"

@@ -26,6 +26,7 @@ from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.protocol.errors import ErrorCode
 from quotad.protocol.messages import Chat, ChatChunk, ChatEnd, ChatReply, Embed, EmbedReply, Usage
+from tests.support.serving import running
 from tests.support.store import open_store
 
 pytestmark = pytest.mark.anyio
@@ -145,13 +146,22 @@ async def serving(
     config = HttpConfig(listen="127.0.0.1:0", auth=auth)  # type: ignore[arg-type]
     front_door = FrontDoor(broker, config, app_for_key=app_for_key)
     await front_door.bind()
-    async with anyio.create_task_group() as tasks:
-        await tasks.start(front_door.serve)
-        try:
-            yield f"http://{front_door.address}"
-        finally:
-            with anyio.fail_after(5):
-                await front_door.shutdown(1.0)
+    async with running(front_door):
+        yield f"http://{front_door.address}"
+
+
+@asynccontextmanager
+async def both_sdks(
+    broker: Broker, max_retries: int = 2
+) -> AsyncIterator[tuple[openai.AsyncOpenAI, anthropic.AsyncAnthropic]]:
+    """The real OpenAI and Anthropic SDKs (each retrying ``max_retries`` times, their
+    default 2 unless told) pointed at the front door over ``broker``."""
+    async with (
+        serving(broker) as url,
+        openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=max_retries) as oai,
+        anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=max_retries) as claude,
+    ):
+        yield oai, claude
 
 
 def http_count(broker: Broker, endpoint: str, status: int) -> int:
@@ -164,11 +174,7 @@ def http_count(broker: Broker, endpoint: str, status: int) -> int:
 async def test_budget_exceeded_is_429_that_neither_sdk_retries() -> None:
     broker = ScriptedBroker()
     broker.error = RequestError("budget_exceeded", "app indexer: daily budget of $5 is spent")
-    async with (
-        serving(broker) as url,
-        openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=3) as oai,
-        anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=3) as claude,
-    ):
+    async with both_sdks(broker, max_retries=3) as (oai, claude):
         with pytest.raises(openai.RateLimitError) as openai_error:
             await oai.chat.completions.create(model="fast", messages=MESSAGES)
         with pytest.raises(anthropic.RateLimitError) as anthropic_error:
@@ -374,11 +380,7 @@ async def test_quotad_request_headers_reach_the_request_and_bad_ones_are_400() -
 
 async def test_plain_answers_carry_quotad_headers_in_both_shapes() -> None:
     broker = ScriptedBroker()
-    async with (
-        serving(broker) as url,
-        openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k") as oai,
-        anthropic.AsyncAnthropic(base_url=url, api_key="k") as claude,
-    ):
+    async with both_sdks(broker) as (oai, claude):
         raw = await oai.chat.completions.with_raw_response.create(
             model="fast", messages=MESSAGES, max_completion_tokens=9, stop="END", user="u1"
         )
@@ -465,11 +467,7 @@ async def test_anthropic_stream_builds_text_and_tool_use_blocks() -> None:
 async def test_failure_after_a_stream_started_is_an_error_event() -> None:
     broker = ScriptedBroker()
     broker.stream_error = RequestError("upstream_error", "sim broke the stream")
-    async with (
-        serving(broker) as url,
-        openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as oai,
-        anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0) as claude,
-    ):
+    async with both_sdks(broker, max_retries=0) as (oai, claude):
         stream = await oai.chat.completions.create(model="fast", messages=MESSAGES, stream=True)
         seen: list[str] = []
 

@@ -24,6 +24,7 @@ from quotad.daemon.front_door import FrontDoor
 from quotad.daemon.front_door.wire import header_safe
 from quotad.daemon.routing import Router
 from quotad.protocol.messages import Chat
+from tests.support.serving import running
 from tests.support.store import open_store
 from tests.unit.test_http_front_door import ANTHROPIC_CHAT, CHAT, KEYS, ScriptedBroker
 
@@ -50,13 +51,8 @@ async def serving(
         broker, config, app_for_key=KEYS.get, listener_problems=listener_problems
     )
     await front_door.bind()
-    async with anyio.create_task_group() as tasks:
-        await tasks.start(front_door.serve)
-        try:
-            yield front_door
-        finally:
-            with anyio.fail_after(5):
-                await front_door.shutdown(1.0)
+    async with running(front_door):
+        yield front_door
 
 
 def exchange(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import tracemalloc
+from collections.abc import Callable
 from typing import Any, get_args
 
 import msgspec
@@ -583,20 +584,22 @@ REQUEST_MESSAGES = strategy_for(mi.type_info(Request))
 REPLY_MESSAGES = strategy_for(mi.type_info(Reply))
 
 
+@pytest.mark.parametrize(
+    ("generated", "make_decoder"),
+    [(REQUEST_MESSAGES, request_decoder), (REPLY_MESSAGES, reply_decoder)],
+    ids=["requests", "replies"],
+)
 @settings(max_examples=100, deadline=None)
-@given(st.lists(REQUEST_MESSAGES, min_size=1, max_size=3), st.data())
-def test_generated_requests_round_trip(messages: list[Message], data: st.DataObject) -> None:
+@given(data=st.data())
+def test_generated_messages_round_trip(
+    generated: st.SearchStrategy[Message],
+    make_decoder: Callable[[], FrameDecoder[Any]],
+    data: st.DataObject,
+) -> None:
+    messages = data.draw(st.lists(generated, min_size=1, max_size=3))
     stream = b"".join(ENCODER.encode(message) for message in messages)
     cut = data.draw(st.integers(0, len(stream)))
-    assert decode_all(request_decoder(), stream[:cut], stream[cut:]) == messages
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(REPLY_MESSAGES, min_size=1, max_size=3), st.data())
-def test_generated_replies_round_trip(messages: list[Message], data: st.DataObject) -> None:
-    stream = b"".join(ENCODER.encode(message) for message in messages)
-    cut = data.draw(st.integers(0, len(stream)))
-    assert decode_all(reply_decoder(), stream[:cut], stream[cut:]) == messages
+    assert decode_all(make_decoder(), stream[:cut], stream[cut:]) == messages
 
 
 @settings(max_examples=100, deadline=None)

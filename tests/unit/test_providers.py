@@ -20,7 +20,7 @@ from quotad.daemon.net import addresses
 from quotad.daemon.net import sse as sse_module
 from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.anthropic import AnthropicProvider
-from quotad.daemon.providers.base import ChatDelta, ChatStream, ProviderError
+from quotad.daemon.providers.base import ChatDelta, ChatStream, Provider, ProviderError
 from quotad.daemon.providers.openai import OpenAIProvider
 from quotad.protocol.messages import Chat, ChatMessage, Usage
 
@@ -117,6 +117,36 @@ async def collect(stream: ChatStream) -> list[ChatDelta]:
         return [delta async for delta in stream.deltas()]
     finally:
         await stream.aclose()
+
+
+def streamed_tool_calls(
+    deltas: list[ChatDelta], call_id: str, name: str, arguments: str
+) -> list[dict[str, Any]]:
+    """The tool-call fragments of a stream whose text is "Hello" and that calls one tool,
+    checked: the first names the call, the arguments add up to ``arguments``, and the stream
+    ends for the tool."""
+    assert "".join(delta.delta for delta in deltas) == "Hello"
+    calls = [call for delta in deltas for call in delta.tool_calls or []]
+    assert calls[0] == {
+        "index": 0,
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": ""},
+    }
+    assert "".join(call["function"]["arguments"] for call in calls) == arguments
+    assert deltas[-1].finish_reason == "tool_calls"
+    return calls
+
+
+async def stream_failure(
+    provider: Provider, model: str, max_tokens: int, match: str | None = None
+) -> ProviderError:
+    """The error a stream of ``provider`` opened fine but raised while read (its message
+    matching ``match``)."""
+    stream = await provider.open_stream(model, chat(), max_tokens)
+    with pytest.raises(ProviderError, match=match) as caught:
+        await collect(stream)
+    return caught.value
 
 
 def completion(content: str | None = "hello", **message: Any) -> dict[str, Any]:
@@ -310,16 +340,7 @@ async def test_openai_stream(size: int) -> None:
 
     assert upstream.body["stream"] is True
     assert upstream.body["stream_options"] == {"include_usage": True}
-    assert "".join(delta.delta for delta in deltas) == "Hello"
-    calls = [call for delta in deltas for call in delta.tool_calls or []]
-    assert calls[0] == {
-        "index": 0,
-        "id": "call_1",
-        "type": "function",
-        "function": {"name": "f", "arguments": ""},
-    }
-    assert "".join(call["function"]["arguments"] for call in calls) == '{"a": 1}'
-    assert deltas[-1].finish_reason == "tool_calls"
+    streamed_tool_calls(deltas, "call_1", "f", '{"a": 1}')
     assert stream.finish_reason == "tool_calls"
     assert stream.usage == Usage(prompt_tokens=5, completion_tokens=9, cached_tokens=2)
 
@@ -357,10 +378,8 @@ async def test_openai_stream_broken_mid_way() -> None:
 @pytest.mark.anyio
 async def test_openai_stream_that_ends_without_done() -> None:
     provider, _ = openai(streamed(sse(_chunk({"content": "Hel"}), done=False)))
-    stream = await provider.open_stream("m", chat(), 32)
-    with pytest.raises(ProviderError, match="ended before") as caught:
-        await collect(stream)
-    assert caught.value.kind == "stream_broken"
+    error = await stream_failure(provider, "m", 32, "ended before")
+    assert error.kind == "stream_broken"
 
 
 @pytest.mark.anyio
@@ -376,10 +395,8 @@ async def test_openai_stream_that_ends_after_its_finish_reason_without_done() ->
 async def test_an_oversized_event_breaks_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sse_module, "MAX_EVENT_BYTES", 100)
     provider, _ = openai(streamed(b"data: " + b"x" * 500, 50))
-    stream = await provider.open_stream("m", chat(), 32)
-    with pytest.raises(ProviderError, match="longer than 100 bytes") as caught:
-        await collect(stream)
-    assert caught.value.kind == "stream_broken"
+    error = await stream_failure(provider, "m", 32, "longer than 100 bytes")
+    assert error.kind == "stream_broken"
 
 
 @pytest.mark.anyio
@@ -406,10 +423,8 @@ async def test_a_body_left_open_after_done_is_not_waited_for(
 async def test_openai_stream_error_event() -> None:
     body = sse(_chunk({"content": "Hi"}), {"error": {"message": "overloaded", "type": "server"}})
     provider, _ = openai(streamed(body))
-    stream = await provider.open_stream("m", chat(), 32)
-    with pytest.raises(ProviderError, match="overloaded") as caught:
-        await collect(stream)
-    assert caught.value.kind == "stream_broken"
+    error = await stream_failure(provider, "m", 32, "overloaded")
+    assert error.kind == "stream_broken"
 
 
 @pytest.mark.anyio
@@ -620,11 +635,9 @@ async def test_the_key_never_appears_in_an_error() -> None:
 
     body = sse({"error": {"message": f"bad key {API_KEY}"}})
     provider, _ = openai(streamed(body))
-    stream = await provider.open_stream("m", chat(), 10)
-    with pytest.raises(ProviderError) as caught:
-        await collect(stream)
-    assert API_KEY not in str(caught.value)
-    assert API_KEY not in str(caught.value.body)
+    error = await stream_failure(provider, "m", 10)
+    assert API_KEY not in str(error)
+    assert API_KEY not in str(error.body)
 
 
 @pytest.mark.anyio
@@ -946,17 +959,8 @@ async def test_anthropic_stream(size: int) -> None:
     deltas = await collect(stream)
 
     assert upstream.body["stream"] is True
-    assert "".join(delta.delta for delta in deltas) == "Hello"
-    calls = [call for delta in deltas for call in delta.tool_calls or []]
-    assert calls[0] == {
-        "index": 0,
-        "id": "toolu_1",
-        "type": "function",
-        "function": {"name": "look", "arguments": ""},
-    }
-    assert "".join(call["function"]["arguments"] for call in calls) == '{"q": "x"}'
+    calls = streamed_tool_calls(deltas, "toolu_1", "look", '{"q": "x"}')
     assert all(call["index"] == 0 for call in calls)
-    assert deltas[-1].finish_reason == "tool_calls"
     assert stream.finish_reason == "tool_calls"
     assert stream.usage == Usage(prompt_tokens=70, completion_tokens=15, cached_tokens=50)
 
@@ -977,20 +981,16 @@ async def test_anthropic_stream_error_event(error_type: str, kind: str) -> None:
         {"type": "error", "error": {"type": error_type, "message": "Overloaded"}},
     )
     provider, _ = anthropic(streamed(body))
-    stream = await provider.open_stream("c", chat(), 64)
-    with pytest.raises(ProviderError, match="Overloaded") as caught:
-        await collect(stream)
-    assert caught.value.kind == kind
+    error = await stream_failure(provider, "c", 64, "Overloaded")
+    assert error.kind == kind
 
 
 @pytest.mark.anyio
 async def test_anthropic_stream_cut_before_message_stop() -> None:
     body = ANTHROPIC_STREAM[: ANTHROPIC_STREAM.index(b"event: content_block_stop")]
     provider, _ = anthropic(streamed(body))
-    stream = await provider.open_stream("c", chat(), 64)
-    with pytest.raises(ProviderError, match="message_stop") as caught:
-        await collect(stream)
-    assert caught.value.kind == "stream_broken"
+    error = await stream_failure(provider, "c", 64, "message_stop")
+    assert error.kind == "stream_broken"
 
 
 @pytest.mark.anyio

@@ -53,6 +53,7 @@ from quotad.protocol.messages import (
     Welcome,
 )
 from tests.support.backends import ASYNCIO_BACKENDS
+from tests.support.faults import break_first_call
 from tests.support.providers import InProcessProvider
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)]
@@ -374,17 +375,8 @@ async def test_a_bug_setting_up_one_connection_does_not_end_the_listener(
     anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with serve() as served:
-        checks = 0
-        refusal = served.server._refusal
-
-        def broken_once(*args: Any) -> str | None:
-            nonlocal checks
-            checks += 1
-            if checks == 1:
-                raise RuntimeError("a bug in the access check")
-            return refusal(*args)
-
-        monkeypatch.setattr(served.server, "_refusal", broken_once)
+        bug = RuntimeError("a bug in the access check")
+        break_first_call(monkeypatch, served.server, "_refusal", bug)
         async with await anyio.connect_unix(served.path) as dropped:
             with anyio.fail_after(PATIENCE_S), pytest.raises(anyio.EndOfStream):
                 await dropped.receive()

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -177,10 +178,14 @@ class Harness:
         self.store, self.provider, self.broker = store, provider, broker
 
 
-async def harness(store: Store, conf: Config | None = None) -> Harness:
+@asynccontextmanager
+async def harnessed(conf: Config | None = None) -> AsyncIterator[Harness]:
+    """A broker with ``conf`` (the default guardrails unless given) over a scripted provider
+    and a fresh store."""
     conf = conf or config()
-    provider = Scripted()
-    return Harness(store, provider, Broker(conf, Router(conf, {"p": provider}), store))
+    async with open_store(config()) as store:
+        provider = Scripted()
+        yield Harness(store, provider, Broker(conf, Router(conf, {"p": provider}), store))
 
 
 # --------------------------------------------------------------------------- step 0
@@ -189,16 +194,15 @@ async def harness(store: Store, conf: Config | None = None) -> Harness:
 async def test_the_provider_gets_the_masked_request_and_the_caller_its_values(
     anyio_backend: str,
 ) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         reply = await h.broker.chat(chat(f"write to {EMAIL} with {KEY}"), Caller(app="a"))
         [sent] = h.provider.received
         assert sent.messages[0].content == "write to [EMAIL_1] with [SECRET_1]"
         assert reply.content == f"echo: write to {EMAIL} with {KEY}"
-        assert await rows(store) == [
+        assert await rows(h.store) == [
             ("a", "ok", '{"email":1,"secret":1}', pytest.approx(1.1e-5), 0)
         ]
-        payloads = await cached_payloads(store)
+        payloads = await cached_payloads(h.store)
         assert b"[EMAIL_1]" in payloads
         assert EMAIL.encode() not in payloads
         assert KEY.encode() not in payloads
@@ -207,8 +211,7 @@ async def test_the_provider_gets_the_masked_request_and_the_caller_its_values(
 async def test_a_blocked_request_reaches_no_provider_holds_no_budget_and_has_its_row(
     anyio_backend: str,
 ) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         reserve = h.broker.budgets.reserve
         reserved: list[float] = []
 
@@ -227,8 +230,8 @@ async def test_a_blocked_request_reaches_no_provider_holds_no_budget_and_has_its
         assert CARD not in json.dumps(error.details)
         assert h.provider.received == []
         assert reserved == []
-        assert await rows(store) == [("a", "blocked", '{"credit_card":1,"email":1}', 0.0, 0)]
-        assert await store.db.read("SELECT kind, count FROM guardrails_daily ORDER BY kind") == [
+        assert await rows(h.store) == [("a", "blocked", '{"credit_card":1,"email":1}', 0.0, 0)]
+        assert await h.store.db.read("SELECT kind, count FROM guardrails_daily ORDER BY kind") == [
             ("blocked", 1),
             ("credit_card", 1),
             ("email", 1),
@@ -239,33 +242,30 @@ async def test_a_blocked_request_reaches_no_provider_holds_no_budget_and_has_its
 
 
 async def test_a_blocked_stream_reaches_no_provider(anyio_backend: str) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         with pytest.raises(Blocked):
             await collect(h.broker, chat(f"card {CARD}", stream=True))
         assert h.provider.received == []
-        assert await rows(store) == [("a", "blocked", '{"credit_card":1}', 0.0, 0)]
+        assert await rows(h.store) == [("a", "blocked", '{"credit_card":1}', 0.0, 0)]
 
 
 async def test_the_cache_key_is_the_masked_request_and_a_hit_restores_its_own_values(
     anyio_backend: str,
 ) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         first = await h.broker.chat(chat(f"mail {EMAIL}"), Caller(app="a"))
         second = await h.broker.chat(chat(f"mail {OTHER_EMAIL}"), Caller(app="b"))
         assert len(h.provider.received) == 1  # one entry: "mail [EMAIL_1]"
         assert first.content == f"echo: mail {EMAIL}"
         assert (second.cached, second.content) == (True, f"echo: mail {OTHER_EMAIL}")
-        assert [row[1:] for row in await rows(store)] == [
+        assert [row[1:] for row in await rows(h.store)] == [
             ("ok", '{"email":1}', pytest.approx(1.1e-5), 0),
             ("ok", '{"email":1}', 0.0, 1),
         ]
 
 
 async def test_per_app_overrides_apply(anyio_backend: str) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         await h.broker.chat(chat(f"mail {EMAIL}"), Caller(app="notebook"))  # email: log
         await h.broker.chat(chat(f"card {CARD} mail {EMAIL}"), Caller(app="quiet"))  # both off
         raw = await h.broker.chat(chat(f"again {EMAIL}"), Caller(app="raw"))  # restore off
@@ -274,7 +274,7 @@ async def test_per_app_overrides_apply(anyio_backend: str) -> None:
         assert quiet == f"card {CARD} mail {EMAIL}"
         assert raw_sent == "again [EMAIL_1]"
         assert raw.content == "echo: again [EMAIL_1]"
-        assert [(row[0], row[2]) for row in await rows(store)] == [
+        assert [(row[0], row[2]) for row in await rows(h.store)] == [
             ("notebook", '{"email":1}'),
             ("quiet", ""),
             ("raw", '{"email":1}'),
@@ -282,8 +282,7 @@ async def test_per_app_overrides_apply(anyio_backend: str) -> None:
 
 
 async def test_a_reload_applies_new_guardrails(anyio_backend: str) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         stricter = config(input={"email": "block"})
         h.broker.reconfigure(stricter, Router(stricter, {"p": h.provider}))
         with pytest.raises(Blocked):
@@ -296,37 +295,34 @@ async def test_a_reload_applies_new_guardrails(anyio_backend: str) -> None:
 async def test_output_rules_apply_to_the_reply_and_the_cache_keeps_the_screened_one(
     anyio_backend: str,
 ) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         h.provider.answer = f"Sent to [EMAIL_1]; use {samples.GITHUB_TOKEN}"
         reply = await h.broker.chat(chat(f"mail {EMAIL}"), Caller(app="a"))
         assert reply.content == f"Sent to {EMAIL}; use [SECRET_1]"
-        payloads = await cached_payloads(store)
+        payloads = await cached_payloads(h.store)
         assert b"Sent to [EMAIL_1]; use [SECRET_1]" in payloads
         assert samples.GITHUB_TOKEN.encode() not in payloads
         assert EMAIL.encode() not in payloads
-        assert (await rows(store))[0][2] == '{"email":1,"secret":1}'
+        assert (await rows(h.store))[0][2] == '{"email":1,"secret":1}'
 
 
 async def test_an_output_block_refuses_the_reply_but_bills_it(anyio_backend: str) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         h.provider.answer = f"here: {samples.GITHUB_TOKEN}"
         with pytest.raises(Blocked) as raised:
             await h.broker.chat(chat("a key please"), Caller(app="strict"))
         assert raised.value.details["direction"] == "output"
         assert samples.GITHUB_TOKEN not in str(raised.value.details)
-        [(app, status, entities, cost, _)] = await rows(store)
+        [(app, status, entities, cost, _)] = await rows(h.store)
         assert (app, status, entities) == ("strict", "blocked", '{"secret":1}')
         assert cost > 0  # the provider answered: its cost counts against the budgets
-        assert await cached_payloads(store) == b""
+        assert await cached_payloads(h.store) == b""
 
 
 async def test_a_cache_hit_is_screened_by_the_hitting_apps_output_rules(
     anyio_backend: str,
 ) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store, config(input={"email": "mask"}))
+    async with harnessed(config(input={"email": "mask"})) as h:
         h.provider.answer = f"here: {samples.GITHUB_TOKEN}"
         reply = await h.broker.chat(chat("a key please"), Caller(app="a"))  # no output rules
         assert reply.content == f"here: {samples.GITHUB_TOKEN}"
@@ -336,8 +332,7 @@ async def test_a_cache_hit_is_screened_by_the_hitting_apps_output_rules(
 
 
 async def test_tool_call_arguments_are_restored(anyio_backend: str) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         arguments = json.dumps({"to": "[EMAIL_1]", "note": 'say "hi"'})
         h.provider.tool_calls = [
             {"id": "c1", "type": "function", "function": {"name": "send", "arguments": arguments}}
@@ -346,15 +341,14 @@ async def test_tool_call_arguments_are_restored(anyio_backend: str) -> None:
         assert reply.tool_calls is not None
         restored = json.loads(reply.tool_calls[0]["function"]["arguments"])
         assert restored == {"to": EMAIL, "note": 'say "hi"'}
-        assert EMAIL.encode() not in await cached_payloads(store)
+        assert EMAIL.encode() not in await cached_payloads(h.store)
 
 
 # --------------------------------------------------------------------------- streams
 
 
 async def test_a_stream_restores_a_placeholder_split_across_chunks(anyio_backend: str) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         h.provider.pieces = ["Mail to [EM", "AIL", "_1", "] sent", " now."]
         chunks, end = await collect(h.broker, chat(f"mail {EMAIL}", stream=True))
         shown = "".join(chunk.delta for chunk in chunks)
@@ -362,7 +356,7 @@ async def test_a_stream_restores_a_placeholder_split_across_chunks(anyio_backend
         assert all("[EM" not in chunk.delta for chunk in chunks)
         assert chunks[0].request_id
         assert chunks[0].target == "p/gpt-4o"
-        payloads = await cached_payloads(store)
+        payloads = await cached_payloads(h.store)
         assert b"[EMAIL_1]" in payloads
         assert EMAIL.encode() not in payloads
         again, again_end = await collect(h.broker, chat(f"mail {OTHER_EMAIL}", stream=True))
@@ -380,32 +374,29 @@ async def test_a_streamed_secret_is_masked_whole_and_the_text_comes_before_the_f
     anyio_backend: str,
 ) -> None:
     token = samples.GITHUB_TOKEN
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         h.provider.pieces = ["use ", token[:10], token[10:25], token[25:]]
         chunks, end = await collect(h.broker, chat("a token", stream=True))
         assert "".join(chunk.delta for chunk in chunks) == end.content == "use [SECRET_1]"
         assert [chunk.finish_reason for chunk in chunks] == [None] * (len(chunks) - 1) + ["stop"]
         assert chunks[-1].delta == "[SECRET_1]"  # what was held comes with the finish
         assert token not in repr(chunks)
-        assert token.encode() not in await cached_payloads(store)
+        assert token.encode() not in await cached_payloads(h.store)
 
 
 async def test_a_streamed_output_block_ends_the_stream_billed(anyio_backend: str) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         h.provider.pieces = ["use ", samples.GITHUB_TOKEN, " now", " please"]
         with pytest.raises(Blocked):
             await collect(h.broker, chat("a token", stream=True), app="strict")
-        [(_, status, entities, cost, _)] = await rows(store)
+        [(_, status, entities, cost, _)] = await rows(h.store)
         assert (status, entities) == ("blocked", '{"secret":1}')
         assert cost > 0
-        assert await cached_payloads(store) == b""
+        assert await cached_payloads(h.store) == b""
 
 
 async def test_streamed_tool_call_arguments_are_restored(anyio_backend: str) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         h.provider.pieces = [
             {"index": 0, "id": "c1", "type": "function", "function": {"name": "send"}},
             {"index": 0, "function": {"arguments": '{"to": "[EMA'}},
@@ -426,8 +417,7 @@ async def test_streamed_tool_call_arguments_are_restored(anyio_backend: str) -> 
 async def test_a_broken_streams_partial_content_is_screened_and_restored(
     anyio_backend: str,
 ) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         h.provider.pieces = ["to [EMAIL_1] ", f"key {samples.GITHUB_TOKEN}", " more", "x"]
         h.provider.break_after = 3
         with pytest.raises(RequestError) as raised:
@@ -442,8 +432,7 @@ async def test_a_broken_streams_partial_content_is_screened_and_restored(
 
 
 async def test_embedding_inputs_are_masked_or_blocked(anyio_backend: str) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         request = Embed(id=1, model="g", input=[f"mail {EMAIL}", "plain"])
         reply = await h.broker.embed(request, Caller(app="a"))
         assert h.provider.embedded == [["mail [EMAIL_1]", "plain"]]
@@ -451,7 +440,7 @@ async def test_embedding_inputs_are_masked_or_blocked(anyio_backend: str) -> Non
         with pytest.raises(Blocked):
             await h.broker.embed(Embed(id=2, model="g", input=f"card {CARD}"), Caller(app="a"))
         assert len(h.provider.embedded) == 1
-        assert [row[1:3] for row in await rows(store)] == [
+        assert [row[1:3] for row in await rows(h.store)] == [
             ("ok", '{"email":1}'),
             ("blocked", '{"credit_card":1}'),
         ]
@@ -461,8 +450,7 @@ async def test_embedding_inputs_are_masked_or_blocked(anyio_backend: str) -> Non
 
 
 async def test_big_requests_are_checked_in_a_worker_thread(anyio_backend: str) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         h.broker.guardrails.off_loop_chars = 1000
         guard = h.broker.guardrails.for_app("a")
         threads: list[threading.Thread] = []
@@ -488,8 +476,7 @@ async def test_logs_status_and_the_live_tail_never_hold_a_value(
     anyio_backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="quotad")
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         await h.broker.chat(chat(f"mail {EMAIL}", user="u1"), Caller(app="a"))
         with pytest.raises(Blocked):
             await h.broker.chat(chat(f"card {CARD}"), Caller(app="a"))
@@ -511,8 +498,7 @@ async def test_logs_status_and_the_live_tail_never_hold_a_value(
 async def test_warmed_entries_are_stored_as_a_live_request_would_leave_them(
     anyio_backend: str,
 ) -> None:
-    async with open_store(config()) as store:
-        h = await harness(store)
+    async with harnessed() as h:
         function = {"name": "f", "arguments": json.dumps({"to": EMAIL})}
         call = {"id": "c", "type": "function", "function": function}
         hello = [{"role": "user", "content": f"hi {EMAIL}"}]
@@ -544,7 +530,7 @@ async def test_warmed_entries_are_stored_as_a_live_request_would_leave_them(
         assert problem.startswith("entries[1]: ")
         assert "credit_card" in problem
         assert CARD not in problem
-        payloads = await cached_payloads(store)
+        payloads = await cached_payloads(h.store)
         assert EMAIL.encode() not in payloads
         assert samples.GITHUB_TOKEN.encode() not in payloads
         reply = await h.broker.chat(chat(f"hi {OTHER_EMAIL}"), Caller(app="a"))

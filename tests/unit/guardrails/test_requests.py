@@ -44,6 +44,16 @@ def encoded(value: Any) -> bytes:
     return msgspec.msgpack.encode(value)
 
 
+def masked_arguments(arguments: str) -> str:
+    """The arguments of one tool call in an assistant message, as MASK_ALL leaves them."""
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    request = chat(ChatMessage(role="assistant", tool_calls=[call]))
+    calls = Guard(MASK_ALL).for_app("a").check_chat(request).request.messages[0].tool_calls
+    assert calls is not None
+    masked: str = calls[0]["function"]["arguments"]
+    return masked
+
+
 def test_values_are_masked_the_same_value_the_same_placeholder() -> None:
     request = chat(
         ChatMessage(role="system", content=f"Support writes from {OTHER_EMAIL}."),
@@ -149,43 +159,22 @@ def test_tool_call_arguments_are_masked_inside_their_json() -> None:
 
 def test_an_aws_secret_labelled_by_its_json_member_name() -> None:
     arguments = json.dumps({"AccessKeyId": "x", "SecretAccessKey": samples.AWS_SECRET_KEY})
-    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
-    checked = (
-        Guard(MASK_ALL)
-        .for_app("a")
-        .check_chat(chat(ChatMessage(role="assistant", tool_calls=[call])))
-    )
-    calls = checked.request.messages[0].tool_calls
-    assert calls is not None
-    assert json.loads(calls[0]["function"]["arguments"])["SecretAccessKey"] == "[SECRET_1]"
+    masked = masked_arguments(arguments)
+    assert json.loads(masked)["SecretAccessKey"] == "[SECRET_1]"
 
 
 def test_arguments_that_are_not_json_are_masked_as_text() -> None:
-    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": f"{{{EMAIL}"}}
-    checked = (
-        Guard(MASK_ALL)
-        .for_app("a")
-        .check_chat(chat(ChatMessage(role="assistant", tool_calls=[call])))
-    )
-    calls = checked.request.messages[0].tool_calls
-    assert calls is not None
-    assert calls[0]["function"]["arguments"] == "{[EMAIL_1]"
+    masked = masked_arguments(f"{{{EMAIL}")
+    assert masked == "{[EMAIL_1]"
 
 
 def test_hostile_json_nesting_costs_only_its_shape() -> None:
     deep = "[" * 5000 + json.dumps(EMAIL) + "]" * 5000
     medium = "[" * 100 + json.dumps(EMAIL) + "]" * 100
     for arguments in (deep, medium):
-        call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
-        checked = (
-            Guard(MASK_ALL)
-            .for_app("a")
-            .check_chat(chat(ChatMessage(role="assistant", tool_calls=[call])))
-        )
-        calls = checked.request.messages[0].tool_calls
-        assert calls is not None
-        assert EMAIL not in calls[0]["function"]["arguments"]
-        assert "[EMAIL_1]" in calls[0]["function"]["arguments"]
+        masked = masked_arguments(arguments)
+        assert EMAIL not in masked
+        assert "[EMAIL_1]" in masked
 
 
 def test_names_and_ids_are_not_text() -> None:
@@ -297,30 +286,14 @@ def test_huge_json_numbers_are_left_as_they_are() -> None:
     # Python will not turn an int of more than 4300 digits into text; 19 digits at most are
     # looked at (a card number), the rest is left alone
     arguments = '{"n": ' + "4" * 5000 + ', "card": 4111111111111111, "to": "' + EMAIL + '"}'
-    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
-    checked = (
-        Guard(MASK_ALL)
-        .for_app("a")
-        .check_chat(chat(ChatMessage(role="assistant", tool_calls=[call])))
-    )
-    calls = checked.request.messages[0].tool_calls
-    assert calls is not None
-    assert calls[0]["function"]["arguments"] == arguments.replace(
-        "4111111111111111", '"[CREDIT_CARD_1]"'
-    ).replace(EMAIL, "[EMAIL_1]")  # masked as text, but still JSON: the number is quoted
+    masked = masked_arguments(arguments)
+    assert masked == arguments.replace("4111111111111111", '"[CREDIT_CARD_1]"').replace(
+        EMAIL, "[EMAIL_1]"
+    )  # masked as text, but still JSON: the number is quoted
 
 
 def test_json_too_deep_for_a_decoder_is_masked_as_text_and_stays_json() -> None:
     escaped = "caf\\u00e9" + EMAIL  # an escape right before the address
     arguments = "[" * 3000 + f'"{escaped}", 4111111111111111' + "]" * 3000
-    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
-    checked = (
-        Guard(MASK_ALL)
-        .for_app("a")
-        .check_chat(chat(ChatMessage(role="assistant", tool_calls=[call])))
-    )
-    calls = checked.request.messages[0].tool_calls
-    assert calls is not None
-    assert calls[0]["function"]["arguments"] == (
-        "[" * 3000 + '"caf\\u00e9[EMAIL_1]", "[CREDIT_CARD_1]"' + "]" * 3000
-    )
+    masked = masked_arguments(arguments)
+    assert masked == ("[" * 3000 + '"caf\\u00e9[EMAIL_1]", "[CREDIT_CARD_1]"' + "]" * 3000)

@@ -4,7 +4,6 @@ call of a fresh process traced), and the daemon loads numpy only when it uses th
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
@@ -27,6 +26,7 @@ from quotad.daemon.semantic.model import (
     package_dir,
 )
 from quotad.daemon.semantic.rules import read
+from tests.support.offline import traced_offline
 from tests.unit.semantic.conftest import NetworkAttempt
 
 TEXTS = [
@@ -80,13 +80,7 @@ TRACED = textwrap.dedent(
 def test_a_fresh_process_makes_no_network_system_call(tmp_path: Path) -> None:
     """strace sees every connect/sendto of the process and its threads (the tokenizer's Rust
     code included, which a Python-level guard would not see)."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed")
-    log = tmp_path / "trace"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    env |= {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
-    traced = [strace, "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", str(log)]
+    traced, env, log = traced_offline(tmp_path)
     result = subprocess.run(
         [*traced, sys.executable, "-c", TRACED],
         capture_output=True,

@@ -7,9 +7,7 @@ and in the file, and come back at start (a vector of another scheme embedded aga
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +106,7 @@ class Daemon:
     """A broker and its store in ``directory``, as a daemon would build them."""
 
     def __init__(self, directory: Path, cfg: Config, clock: VirtualClock | None = None) -> None:
-        self.config = cfg
+        self.directory, self.config = directory, cfg
         self.provider = Provider()
         self.store = Store(cfg, directory, clock or VirtualClock())
         self.broker = Broker(cfg, Router(cfg, {"p": self.provider}), self.store)
@@ -129,12 +127,16 @@ class Daemon:
         await self.store.db.write([])  # what was submitted is committed
         return await self.store.db.read(sql)
 
+    async def restarted(self) -> Daemon:
+        """This daemon closed and a new one opened on its directory and config."""
+        await self.close()
+        return await Daemon(self.directory, self.config).open()
 
-@pytest.fixture
-def directory() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="qsem", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    def semantic_entries(self) -> int:
+        """How many questions the semantic index holds (it must be running)."""
+        engine = self.broker.semantic.engine
+        assert engine is not None
+        return len(engine)
 
 
 @pytest.fixture
@@ -347,12 +349,9 @@ async def test_a_restart_restores_the_questions_from_the_file(directory: Path) -
     daemon = await Daemon(directory, config()).open()
     await daemon.ask(ASKED)
     await daemon.ask("Turn on dark mode")
-    await daemon.close()
-    again = await Daemon(directory, config()).open()
+    again = await daemon.restarted()
     try:
-        engine = again.broker.semantic.engine
-        assert engine is not None
-        assert len(engine) == 2
+        assert again.semantic_entries() == 2
         assert (await again.ask(PARAPHRASE)).cache == "semantic"
         assert not (await again.ask("Turn off dark mode")).cached
         assert again.provider.asked == ["Turn off dark mode"]
@@ -375,12 +374,9 @@ async def test_a_restart_embeds_again_vectors_of_another_scheme_and_drops_orphan
             ("INSERT INTO semantic_questions VALUES (x'00', x'00', 'orphan', x'00', 'old')", ()),
         ]
     )
-    await daemon.close()
-    again = await Daemon(directory, config()).open()
+    again = await daemon.restarted()
     try:
-        engine = again.broker.semantic.engine
-        assert engine is not None
-        assert len(engine) == 2
+        assert again.semantic_entries() == 2
         rows = await again.rows("SELECT text, scheme, length(vector) FROM semantic_questions")
         assert sorted(rows) == [
             (ASKED, VECTOR_SCHEME, 256),

@@ -12,7 +12,14 @@ import pytest
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.config import CacheConfig
 from quotad.daemon.errors import RequestError
-from quotad.daemon.store.cache import Cache, CachedChat, CachedChunk, chat_key, embed_key
+from quotad.daemon.store.cache import (
+    Answer,
+    Cache,
+    CachedChat,
+    CachedChunk,
+    chat_key,
+    embed_key,
+)
 from quotad.daemon.store.cache_index import BYTES_PER_ENTRY
 from quotad.daemon.store.db import Database
 from quotad.daemon.store.warm import WarmEntry
@@ -31,6 +38,13 @@ def chat(**fields: Any) -> Chat:
 def answer(text: str = "", size: int = 1000) -> CachedChat:
     content = (text + " " + "x" * size)[:size]
     return CachedChat(content, None, "stop", Usage(prompt_tokens=3, completion_tokens=5), "p/m")
+
+
+def hit_answer(cache: Cache, key: bytes) -> Answer:
+    """The answer ``cache`` holds for ``key`` (looked up as ``use``), which must be a hit."""
+    hit = cache.lookup(key, "use")
+    assert hit is not None
+    return hit.answer
 
 
 def cache_of(
@@ -100,9 +114,7 @@ async def test_use_misses_then_hits_and_counts(db: Database) -> None:
     assert cache.lookup(key, "use") is None
     assert cache.stores("use")
     cache.put(key, "chat", "fast", answer("first"), 0.002)
-    hit = cache.lookup(key, "use")
-    assert hit is not None
-    assert hit.answer == answer("first")
+    assert hit_answer(cache, key) == answer("first")
     status = cache.status()
     assert (status.hits, status.misses, status.entries) == (1, 1, 1)
     assert status.hit_rate == 0.5
@@ -126,9 +138,7 @@ async def test_refresh_skips_the_lookup_and_replaces_the_answer(db: Database) ->
     assert cache.lookup(key, "refresh") is None
     assert cache.stores("refresh")
     cache.put(key, "chat", "fast", answer("new"), 0.0)
-    hit = cache.lookup(key, "use")
-    assert hit is not None
-    assert hit.answer == answer("new")
+    assert hit_answer(cache, key) == answer("new")
     assert len(cache) == 1
 
 
@@ -360,14 +370,10 @@ async def test_a_replaced_answer_is_never_served_again(db: Database) -> None:
     key = chat_key(chat())
     cache.put(key, "chat", "fast", answer("old"), 0.0)
     await db.write([])
-    first = cache.lookup(key, "use")  # now among the recently used
-    assert first is not None
-    assert first.answer == answer("old")
+    assert hit_answer(cache, key) == answer("old")  # now among the recently used
     cache.put(key, "chat", "fast", answer("new"), 0.0)
     for _ in range(2):  # before its commit, then after it
-        hit = cache.lookup(key, "use")
-        assert hit is not None
-        assert hit.answer == answer("new")
+        assert hit_answer(cache, key) == answer("new")
         await db.write([])
 
 

@@ -4,6 +4,7 @@ anomalies), HTTP keys and the audit trail."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,36 +35,15 @@ async def test_rows_are_committed_with_every_column(db: Database) -> None:
     assert LedgerRow(*stored)._replace(cached=bool(stored[18]), unpriced=bool(stored[19])) == row(1)
 
 
-async def test_a_row_that_cannot_be_written_is_kept_and_written_later(directory: Path) -> None:
+@pytest.fixture
+async def small_ledger(directory: Path) -> AsyncIterator[tuple[Database, Ledger]]:
+    """A ledger on a database of at most 0.25 MB (that fills up); its kept rows flushed and
+    the database closed afterwards."""
     db = Database(directory / "quotad.db", max_size_mb=0.25)
     await db.open()
     ledger = Ledger(db, CALENDAR)
     try:
-        filler = "x" * 3000
-        failed: LedgerWriteFailed | None = None
-        for _ in range(2000):
-            try:
-                await db.write(
-                    [("INSERT INTO audit VALUES (NULL, 0, ?, '', NULL, NULL, '{}')", (filler,))]
-                )
-            except WriteFailed:
-                break
-        for number in range(2000):
-            try:
-                await ledger.record(row(number))
-            except LedgerWriteFailed as error:
-                failed = error
-                break
-        assert failed is not None
-        assert "database or disk is full" in str(failed)
-        assert [kept.request_id for kept in ledger.unrecorded] == [failed.request_id]
-        assert ledger.unrecorded[0].status == "internal"  # what its caller got instead
-        await db.write([("DELETE FROM audit", ())])
-        await ledger.record(row(99999))  # sends the kept row along, as a write of its own
-        await db.write([])
-        ids = {r[0] for r in await db.read("SELECT request_id FROM ledger")}
-        assert {failed.request_id, "qd-test-99999"} <= ids
-        assert ledger.unrecorded == []
+        yield db, ledger
     finally:
         await ledger.flush()
         await db.close()
@@ -86,49 +66,53 @@ async def fill_then_fail_a_row(db: Database, ledger: Ledger, kept: LedgerRow) ->
     raise AssertionError("the ledger never filled up")
 
 
-async def test_the_error_says_the_provider_was_paid_and_the_row_will_be_written(
-    directory: Path,
+async def test_a_row_that_cannot_be_written_is_kept_and_written_later(
+    small_ledger: tuple[Database, Ledger],
 ) -> None:
-    db = Database(directory / "quotad.db", max_size_mb=0.25)
-    await db.open()
-    ledger = Ledger(db, CALENDAR)
-    try:
-        paid = row(1, target="openai/gpt-4o-mini", cost=0.0123)
-        failed = await fill_then_fail_a_row(db, ledger, paid)
-        message = str(failed)
-        assert message.startswith(f"request {failed.request_id} was answered by openai/gpt-4o-mini")
-        assert "the provider was called and paid (0.012300 USD" in message
-        assert "database or disk is full" in message
-        assert "the reply is withheld" in message
-        assert "will be written to the ledger when space returns" in message
-        assert message.endswith(f"quote request id {failed.request_id}")
-        hit = await fill_then_fail_a_row(db, ledger, row(2, cost=0.0, cached=True))
-        assert "answered from the cache (no provider called, nothing spent)" in str(hit)
-    finally:
-        await ledger.flush()
-        await db.close()
+    db, ledger = small_ledger
+    failed = await fill_then_fail_a_row(db, ledger, row(0))
+    assert "database or disk is full" in str(failed)
+    assert [kept.request_id for kept in ledger.unrecorded] == [failed.request_id]
+    assert ledger.unrecorded[0].status == "internal"  # what its caller got instead
+    await db.write([("DELETE FROM audit", ())])
+    await ledger.record(row(99999))  # sends the kept row along, as a write of its own
+    await db.write([])
+    ids = {r[0] for r in await db.read("SELECT request_id FROM ledger")}
+    assert {failed.request_id, "qd-test-99999"} <= ids
+    assert ledger.unrecorded == []
+
+
+async def test_the_error_says_the_provider_was_paid_and_the_row_will_be_written(
+    small_ledger: tuple[Database, Ledger],
+) -> None:
+    db, ledger = small_ledger
+    paid = row(1, target="openai/gpt-4o-mini", cost=0.0123)
+    failed = await fill_then_fail_a_row(db, ledger, paid)
+    message = str(failed)
+    assert message.startswith(f"request {failed.request_id} was answered by openai/gpt-4o-mini")
+    assert "the provider was called and paid (0.012300 USD" in message
+    assert "database or disk is full" in message
+    assert "the reply is withheld" in message
+    assert "will be written to the ledger when space returns" in message
+    assert message.endswith(f"quote request id {failed.request_id}")
+    hit = await fill_then_fail_a_row(db, ledger, row(2, cost=0.0, cached=True))
+    assert "answered from the cache (no provider called, nothing spent)" in str(hit)
 
 
 async def test_kept_rows_are_written_once_space_returns_with_no_other_write(
-    directory: Path,
+    small_ledger: tuple[Database, Ledger],
 ) -> None:
-    db = Database(directory / "quotad.db", max_size_mb=0.25)
-    await db.open()
-    ledger = Ledger(db, CALENDAR)
+    db, ledger = small_ledger
     ledger.retry_every_s = 0.05
-    try:
-        failed = await fill_then_fail_a_row(db, ledger, row(1))
-        await anyio.sleep(0.2)  # tried again meanwhile: still full
-        assert [kept.request_id for kept in ledger.unrecorded] == [failed.request_id]
-        await db.write([("DELETE FROM audit", ())])  # space returns; no request comes
-        with anyio.fail_after(10):
-            while ledger.unrecorded or ledger._retry_timer:  # noqa: ASYNC110 (the timer's)
-                await anyio.sleep(0.01)
-        rows = await db.read("SELECT status FROM ledger WHERE request_id = ?", (failed.request_id,))
-        assert rows == [("internal",)]  # recorded as what its caller got
-    finally:
-        await ledger.flush()
-        await db.close()
+    failed = await fill_then_fail_a_row(db, ledger, row(1))
+    await anyio.sleep(0.2)  # tried again meanwhile: still full
+    assert [kept.request_id for kept in ledger.unrecorded] == [failed.request_id]
+    await db.write([("DELETE FROM audit", ())])  # space returns; no request comes
+    with anyio.fail_after(10):
+        while ledger.unrecorded or ledger._retry_timer:  # noqa: ASYNC110 (the timer's)
+            await anyio.sleep(0.01)
+    rows = await db.read("SELECT status FROM ledger WHERE request_id = ?", (failed.request_id,))
+    assert rows == [("internal",)]  # recorded as what its caller got
 
 
 async def test_flush_writes_kept_rows_at_shutdown(db: Database) -> None:

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="read the daemon's socket from this config (default: the one serve would read)",
     )
+    json_output = argparse.ArgumentParser(add_help=False)  # what a command printing JSON takes
+    json_output.add_argument("--json", action="store_true", help="machine-readable output")
 
     serve = commands.add_parser("serve", help="run the daemon in the foreground")
     serve.add_argument("--config", help="config file (default: $QUOTAD_CONFIG, XDG, /etc)")
@@ -98,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     status = commands.add_parser(
-        "status", parents=[client], help="targets, gates, breakers, queues, cache, budgets"
+        "status",
+        parents=[client, json_output],
+        help="targets, gates, breakers, queues, cache, budgets",
     )
-    status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=calls.status)
 
     top = commands.add_parser("top", parents=[client], help="the live TUI (needs quotad-tui)")
@@ -137,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     target = commands.add_parser("target", help="operate targets by hand (reset closes a breaker)")
     actions = target.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser(
-        "list", parents=[client], help="targets: breaker, health, latency, recent outcomes"
+        "list",
+        parents=[client, json_output],
+        help="targets: breaker, health, latency, recent outcomes",
     )
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=calls.target_list)
     for action, text in TARGET_ACTIONS.items():
         operate = actions.add_parser(action, parents=[client], help=text)
@@ -159,9 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", help="cache figures, clearing, warming")
     cache_actions = cache.add_subparsers(dest="cache_action", metavar="ACTION", required=True)
     cache_stats = cache_actions.add_parser(
-        "stats", parents=[client], help="entries, size, hits, hit rate, saved"
+        "stats", parents=[client, json_output], help="entries, size, hits, hit rate, saved"
     )
-    cache_stats.add_argument("--json", action="store_true", help="machine-readable output")
     cache_stats.set_defaults(handler=calls.cache_stats)
     cache_clear = cache_actions.add_parser("clear", parents=[client], help="remove entries")
     cache_clear.add_argument(
@@ -177,24 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="HTTP front door keys (stored hashed)")
     key_actions = keys.add_subparsers(dest="keys_action", metavar="ACTION", required=True)
     key_create = key_actions.add_parser(
-        "create", parents=[client], help="a new key for an app (shown once)"
+        "create", parents=[client, json_output], help="a new key for an app (shown once)"
     )
     key_create.add_argument("--app", required=True, help="the app the key names")
-    key_create.add_argument("--json", action="store_true", help="machine-readable output")
     key_create.set_defaults(handler=calls.keys_create)
     key_list = key_actions.add_parser(
-        "list", parents=[client], help="every key (never the keys themselves)"
+        "list", parents=[client, json_output], help="every key (never the keys themselves)"
     )
-    key_list.add_argument("--json", action="store_true", help="machine-readable output")
     key_list.set_defaults(handler=calls.keys_list)
     key_revoke = key_actions.add_parser("revoke", parents=[client], help="revoke a key by id")
     key_revoke.add_argument("id", help="the key's id (from quotad keys list)")
     key_revoke.set_defaults(handler=calls.keys_revoke)
 
     reload = commands.add_parser(
-        "reload", parents=[client], help="re-read the daemon's config (as SIGHUP); print the result"
+        "reload",
+        parents=[client, json_output],
+        help="re-read the daemon's config (as SIGHUP); print the result",
     )
-    reload.add_argument("--json", action="store_true", help="machine-readable output")
     reload.set_defaults(handler=calls.reload)
 
     check = commands.add_parser("check-config", help="validate a config; print every problem")
@@ -202,10 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=_check_config)
 
-    doctor = commands.add_parser("doctor", help="check config, socket, state, providers, clock")
+    doctor = commands.add_parser(
+        "doctor", parents=[json_output], help="check config, socket, state, providers, clock"
+    )
     doctor.add_argument("--config", help="config file (default: the one serve would use)")
     doctor.add_argument("--online", action="store_true", help="also ask each provider's API")
-    doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.set_defaults(handler=_doctor)
 
     sim = commands.add_parser("sim", help="a simulated provider (OpenAI + Anthropic wire formats)")

@@ -104,14 +104,18 @@ def _print_json(value: Any) -> None:
 
 
 def _read(
-    args: argparse.Namespace, fetch: Callable[[Any], Any], render: Callable[[Any], str]
+    args: argparse.Namespace,
+    fetch: Callable[[Any], Any],
+    render: Callable[[Any], str],
+    as_json: Callable[[Any], Any] = lambda value: value,
 ) -> int:
-    """A read command: print ``fetch(client)`` as JSON with ``--json``, else ``render`` it."""
+    """A read command: print ``fetch(client)`` as JSON (what ``as_json`` makes of it) with
+    ``--json``, else ``render`` it."""
 
     def action(client: Any) -> int:
         value = fetch(client)
         if args.json:
-            _print_json(value)
+            _print_json(as_json(value))
         else:
             print(render(value))
         return EXIT_OK
@@ -123,15 +127,7 @@ def status(args: argparse.Namespace) -> int:
     """``quotad status``: the daemon's state (``--json``: with each window's limit in force)."""
     from quotad.daemon.report import format_status, status_json
 
-    def action(client: Any) -> int:
-        status = client.status()
-        if args.json:
-            _print_json(status_json(status))
-        else:
-            print(format_status(status))
-        return EXIT_OK
-
-    return _with_client(args, action)
+    return _read(args, lambda client: client.status(), format_status, status_json)
 
 
 def reload(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ output rules, a call's arguments are held whole and sent, screened, when the str
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -316,15 +316,11 @@ class StreamScreen:
         them, screened)."""
         if not self._restorer.screens:
             return fragments
-        passed: ToolCalls = []
-        for fragment in fragments:
-            function = fragment.get("function")
-            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                index = fragment.get("index", 0)
-                self._arguments.setdefault(index, []).append(function["arguments"])
-                fragment = {**fragment, "function": {**function, "arguments": ""}}
-            passed.append(fragment)
-        return passed
+        return _with_arguments(fragments, self._hold_arguments)
+
+    def _hold_arguments(self, index: int, arguments: str) -> str:
+        self._arguments.setdefault(index, []).append(arguments)
+        return ""
 
     def flush_tool_calls(self) -> ToolCalls:
         """One fragment per tool call with its whole arguments, screened."""
@@ -334,6 +330,19 @@ class StreamScreen:
         ]
         self._arguments.clear()
         return fragments
+
+
+def _with_arguments(fragments: ToolCalls, rewrite: Callable[[int, str], str]) -> ToolCalls:
+    """Tool-call fragments with each one's arguments (text, when it has some) replaced by
+    ``rewrite(its index, its arguments)``."""
+    rewritten: ToolCalls = []
+    for fragment in fragments:
+        function = fragment.get("function")
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            arguments = rewrite(fragment.get("index", 0), function["arguments"])
+            fragment = {**fragment, "function": {**function, "arguments": arguments}}
+        rewritten.append(fragment)
+    return rewritten
 
 
 class StreamRestore:
@@ -360,19 +369,12 @@ class StreamRestore:
         """Tool-call fragments with placeholders in their arguments restored (JSON-escaped)."""
         if not self._restorer.originals:
             return fragments
-        restored: ToolCalls = []
-        for fragment in fragments:
-            function = fragment.get("function")
-            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                index = fragment.get("index", 0)
-                held = self._held_arguments.get(index, "")
-                text, self._held_arguments[index] = _hold_placeholder_start(
-                    held + function["arguments"]
-                )
-                arguments = self._restorer.restore_json(text)
-                fragment = {**fragment, "function": {**function, "arguments": arguments}}
-            restored.append(fragment)
-        return restored
+        return _with_arguments(fragments, self._restore_arguments)
+
+    def _restore_arguments(self, index: int, arguments: str) -> str:
+        held = self._held_arguments.get(index, "")
+        text, self._held_arguments[index] = _hold_placeholder_start(held + arguments)
+        return self._restorer.restore_json(text)
 
     def flush_tool_calls(self) -> ToolCalls:
         """One fragment per tool call whose arguments still held something."""

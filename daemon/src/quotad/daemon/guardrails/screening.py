@@ -88,13 +88,7 @@ class Screening:
         restorer = self.restorer
         if not restorer.screens:
             return reply
-        content = reply.content
-        if content is not None:
-            content = restorer.screen(content)
-        calls = reply.tool_calls
-        if calls is not None:
-            calls = restorer.screen_tool_calls(calls)
-        return _replaced(reply, content, calls)
+        return _rewritten(reply, restorer.screen, restorer.screen_tool_calls)
 
     def restore(self, reply: ReplyT) -> ReplyT:
         """A screened ``reply`` with this request's placeholders put back (what the caller
@@ -102,13 +96,7 @@ class Screening:
         restorer = self.restorer
         if not restorer.originals:
             return reply
-        content = reply.content
-        if content is not None:
-            content = restorer.restore_content(content)
-        calls = reply.tool_calls
-        if calls is not None:
-            calls = restorer.restore_tool_calls(calls)
-        return _replaced(reply, content, calls)
+        return _rewritten(reply, restorer.restore_content, restorer.restore_tool_calls)
 
     def reply(self, reply: ReplyT) -> ReplyT:
         """A reply from the cache as the caller may see it: screened, then restored."""
@@ -143,7 +131,17 @@ def decode_entities(column: str) -> dict[str, int]:
     return msgspec.json.decode(column, type=dict[str, int]) if column else {}
 
 
-def _replaced(reply: ReplyT, content: str | None, calls: ToolCalls | None) -> ReplyT:
+def _rewritten(
+    reply: ReplyT, text: Callable[[str], str], tool_calls: Callable[[ToolCalls], ToolCalls]
+) -> ReplyT:
+    """``reply`` with ``text`` applied to its content and ``tool_calls`` to its tool calls;
+    the same object when neither changed anything."""
+    content = reply.content
+    if content is not None:
+        content = text(content)
+    calls = reply.tool_calls
+    if calls is not None:
+        calls = tool_calls(calls)
     if content is reply.content and calls is reply.tool_calls:
         return reply
     return msgspec.structs.replace(reply, content=content, tool_calls=calls)

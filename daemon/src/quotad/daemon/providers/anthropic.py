@@ -34,7 +34,6 @@ from typing import Any, Final
 import httpx
 import msgspec
 
-from quotad.daemon.config import ProviderConfig
 from quotad.daemon.providers.base import (
     ChatDelta,
     ChatResult,
@@ -42,7 +41,7 @@ from quotad.daemon.providers.base import (
     ErrorKind,
     ProviderError,
 )
-from quotad.daemon.providers.transport import ChatEventStream, ProviderHTTP
+from quotad.daemon.providers.transport import ChatEventStream, HTTPProvider, ProviderHTTP
 from quotad.daemon.rate_limit_info import RateLimitInfo
 from quotad.protocol.messages import Chat, ChatMessage, Usage
 
@@ -389,12 +388,7 @@ class AnthropicStream(ChatEventStream):
         self._tool_index: dict[int, int] = {}  # content block index → tool call index
 
     def on_event(self, data: bytes) -> ChatDelta | None:
-        try:
-            event = _EVENT.decode(data)
-        except (msgspec.DecodeError, RecursionError) as error:
-            raise self.http.protocol_failure(
-                f"stream event: {error}", self.rate_limits, data
-            ) from None
+        event = self.decoded(_EVENT, data, "stream event")
         match event.type:
             case "content_block_delta" if event.delta is not None:
                 delta = event.delta
@@ -445,26 +439,18 @@ class AnthropicStream(ChatEventStream):
         self.usage = self._counts.to_usage()
 
 
-class AnthropicProvider:
+class AnthropicProvider(HTTPProvider):
     """One account at Anthropic (or a server speaking its Messages API)."""
 
     kind = "anthropic"
+    ENDPOINTS = ("/messages", "/models")
 
-    def __init__(
-        self,
-        name: str,
-        config: ProviderConfig,
-        api_key: str | None,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.name = name
+    @staticmethod
+    def own_headers(api_key: str | None) -> dict[str, str]:
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if api_key:
             headers["x-api-key"] = api_key
-        self._http = ProviderHTTP(config, headers, api_key, transport, name=name)
-        self._messages_url = self._http.url("/messages")
-        self._models_url = self._http.url("/models")
+        return headers
 
     def _body(self, model: str, request: Chat, max_tokens: int, *, stream: bool) -> bytes:
         try:
@@ -477,13 +463,13 @@ class AnthropicProvider:
     async def chat(self, model: str, request: Chat, max_tokens: int) -> ChatResult:
         """One message, answered whole."""
         body = self._body(model, request, max_tokens, stream=False)
-        reply = await self._http.request("POST", self._messages_url, body)
+        reply = await self._http.request("POST", self._urls["/messages"], body)
         return chat_result(self._http.decode(_MESSAGE, reply), reply.rate_limits)
 
     async def open_stream(self, model: str, request: Chat, max_tokens: int) -> AnthropicStream:
         """Start a streamed message; returns once the server has accepted it."""
         body = self._body(model, request, max_tokens, stream=True)
-        response, rate_limits = await self._http.open_stream(self._messages_url, body)
+        response, rate_limits = await self._http.open_stream(self._urls["/messages"], body)
         return AnthropicStream(self._http, response, rate_limits)
 
     async def embed(
@@ -501,7 +487,7 @@ class AnthropicProvider:
         names: list[str] = []
         params: dict[str, str | int] = {"limit": MODELS_PAGE}
         for _ in range(MAX_MODEL_PAGES):
-            reply = await self._http.request("GET", self._models_url.copy_merge_params(params))
+            reply = await self._http.request("GET", self._urls["/models"].copy_merge_params(params))
             page = self._http.decode(_MODELS, reply)
             names += [model.id for model in page.data]
             if not page.has_more or not page.last_id:

@@ -20,12 +20,10 @@ import base64
 import sys
 from typing import Any, Final
 
-import httpx
 import msgspec
 
-from quotad.daemon.config import ProviderConfig
 from quotad.daemon.providers.base import ChatDelta, ChatResult, EmbedResult, ProviderError
-from quotad.daemon.providers.transport import ChatEventStream, ProviderHTTP
+from quotad.daemon.providers.transport import ChatEventStream, HTTPProvider
 from quotad.protocol.messages import Chat, Usage
 
 ENCODER: Final = msgspec.json.Encoder()
@@ -170,12 +168,7 @@ class OpenAIStream(ChatEventStream):
         if data == _DONE:
             self.ended = True
             return None
-        try:
-            chunk = _CHUNK.decode(data)
-        except (msgspec.DecodeError, RecursionError) as error:
-            raise self.http.protocol_failure(
-                f"stream chunk: {error}", self.rate_limits, data
-            ) from None
+        chunk = self.decoded(_CHUNK, data, "stream chunk")
         if chunk.error is not None:
             raise ProviderError(
                 "stream_broken",
@@ -202,32 +195,23 @@ class OpenAIStream(ChatEventStream):
         return None
 
 
-class OpenAIProvider:
+class OpenAIProvider(HTTPProvider):
     """One account at an OpenAI-compatible server."""
 
     kind = "openai"
+    ENDPOINTS = ("/chat/completions", "/embeddings", "/models")
 
-    def __init__(
-        self,
-        name: str,
-        config: ProviderConfig,
-        api_key: str | None,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.name = name
+    @staticmethod
+    def own_headers(api_key: str | None) -> dict[str, str]:
         headers = {"content-type": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
-        self._http = ProviderHTTP(config, headers, api_key, transport, name=name)
-        self._chat_url = self._http.url("/chat/completions")
-        self._embeddings_url = self._http.url("/embeddings")
-        self._models_url = self._http.url("/models")
+        return headers
 
     async def chat(self, model: str, request: Chat, max_tokens: int) -> ChatResult:
         """One chat completion, answered whole."""
         body = chat_body(model, request, max_tokens, stream=False)
-        reply = await self._http.request("POST", self._chat_url, body)
+        reply = await self._http.request("POST", self._urls["/chat/completions"], body)
         completion = self._http.decode(_COMPLETION, reply)
         if not completion.choices:
             raise self._http.protocol_failure("no choices", reply.rate_limits, reply.content)
@@ -243,7 +227,7 @@ class OpenAIProvider:
     async def open_stream(self, model: str, request: Chat, max_tokens: int) -> OpenAIStream:
         """Start a streamed chat completion; returns once the server has accepted it."""
         body = chat_body(model, request, max_tokens, stream=True)
-        response, rate_limits = await self._http.open_stream(self._chat_url, body)
+        response, rate_limits = await self._http.open_stream(self._urls["/chat/completions"], body)
         return OpenAIStream(self._http, response, rate_limits)
 
     async def embed(
@@ -254,7 +238,7 @@ class OpenAIProvider:
         if dimensions is not None:
             request["dimensions"] = dimensions
         request.update(extra)
-        reply = await self._http.request("POST", self._embeddings_url, ENCODER.encode(request))
+        reply = await self._http.request("POST", self._urls["/embeddings"], ENCODER.encode(request))
         answer = self._http.decode(_EMBEDDINGS, reply)
         try:
             embeddings = [
@@ -277,7 +261,7 @@ class OpenAIProvider:
 
     async def list_models(self) -> list[str]:
         """The model names the server lists."""
-        reply = await self._http.request("GET", self._models_url)
+        reply = await self._http.request("GET", self._urls["/models"])
         return [model.id for model in self._http.decode(_MODELS, reply).data]
 
     async def aclose(self) -> None:

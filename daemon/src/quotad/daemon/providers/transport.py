@@ -155,6 +155,34 @@ def _status_kind(status: int) -> ErrorKind:
     return "protocol"
 
 
+class HTTPProvider:
+    """What the wire formats over HTTP share: the account's name, its :class:`ProviderHTTP`
+    sending the headers :meth:`own_headers` makes (the API key's among them), and the URLs
+    of the format's :attr:`ENDPOINTS` under the base URL."""
+
+    kind: str
+    ENDPOINTS: ClassVar[tuple[str, ...]]
+    """The paths the format calls (``/chat/completions``...), keys of ``self._urls``."""
+
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig,
+        api_key: str | None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        headers = self.own_headers(api_key)
+        self._http = ProviderHTTP(config, headers, api_key, transport, name=name)
+        self._urls = {path: self._http.url(path) for path in self.ENDPOINTS}
+
+    @staticmethod
+    def own_headers(api_key: str | None) -> dict[str, str]:
+        """The headers of every request in this format (the API key's, when there is one)."""
+        raise NotImplementedError
+
+
 class ProviderHTTP:
     """HTTP to one provider account; every failure comes out as a :class:`ProviderError`."""
 
@@ -413,6 +441,14 @@ class ChatEventStream(ABC):
     def on_event(self, data: bytes) -> ChatDelta | None:
         """The delta an event's data carries, if any; raises :class:`ProviderError` for an
         error event or undecodable data."""
+
+    def decoded(self, decoder: msgspec.json.Decoder[T], data: bytes, what: str) -> T:
+        """An event's ``data`` decoded, or the ``protocol`` failure that says ``what`` could
+        not be."""
+        try:
+            return decoder.decode(data)
+        except (msgspec.DecodeError, RecursionError) as error:
+            raise self.http.protocol_failure(f"{what}: {error}", self.rate_limits, data) from None
 
     def deltas(self) -> ChatEventStream:
         """The pieces of the answer, as they arrive."""

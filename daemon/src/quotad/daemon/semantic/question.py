@@ -14,13 +14,11 @@ Nothing here needs numpy: a request that is not eligible costs no embedding.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
-import msgspec
-
 from quotad.daemon.semantic.rules import Facets, Refusal, read
+from quotad.daemon.store.answers import chat_digest
 from quotad.protocol.messages import Chat
 
 if TYPE_CHECKING:
@@ -33,8 +31,6 @@ PARTITION_SCHEME: Final = "semantic-1"
 
 Ineligible = Literal["warm", "not_user_turn", "not_text"] | Refusal
 """Why a request asks no question of the semantic cache."""
-
-_KEY_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 
 
 @dataclass(slots=True)
@@ -51,23 +47,8 @@ class Question:
 def partition_key(request: Chat) -> bytes:
     """The hash of everything in ``request`` that a semantic hit must share (16 bytes)."""
     last = request.messages[-1] if request.messages else None
-    canonical = (
-        PARTITION_SCHEME,
-        request.model,
-        request.stream,
-        request.messages[:-1],
-        (last.role, last.name, last.tool_calls, last.tool_call_id) if last else None,
-        request.max_tokens,
-        request.temperature,
-        request.top_p,
-        request.stop,
-        request.seed,
-        request.tools,
-        request.tool_choice,
-        request.response_format,
-        request.extra,
-    )
-    return hashlib.blake2b(_KEY_ENCODER.encode(canonical), digest_size=16).digest()
+    last_but_text = (last.role, last.name, last.tool_calls, last.tool_call_id) if last else None
+    return chat_digest(request, PARTITION_SCHEME, request.messages[:-1], last_but_text)
 
 
 def last_user_text(request: Chat) -> str | None:

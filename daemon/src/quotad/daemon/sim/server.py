@@ -54,6 +54,7 @@ from quotad.daemon.sim.openai import (
 )
 from quotad.daemon.sim.replies import (
     DEFAULT_MAX_TOKENS,
+    Reply,
     compose_reply,
     message_text,
     utf8_bytes_of_strings,
@@ -61,6 +62,7 @@ from quotad.daemon.sim.replies import (
 )
 from quotad.daemon.sim.settings import CONTROL_FIELDS, SimControl, SimSettings
 from quotad.daemon.tokens import estimate_prompt_tokens, estimate_text_tokens
+from quotad.protocol.messages import ChatMessage
 
 BREAK_AFTER_CHUNKS = 2
 SHUTDOWN_DEADLINE_S = 1.0
@@ -263,6 +265,40 @@ class SimProvider:
         settings = self.settings
         return limit_headers(self.window, settings.rpm, settings.tpm, anthropic, now)
 
+    async def _admit_and_wait(
+        self, arrival: Arrival, anthropic: bool, streaming: bool
+    ) -> HttpResponse | tuple[list[tuple[str, str]], bool]:
+        """:meth:`_admit`, then :meth:`_delay_and_faults`: the 429 or the injected failure to
+        answer, or the rate-limit headers and whether to break the stream."""
+        admitted = self._admit(arrival, anthropic)
+        if isinstance(admitted, HttpResponse):
+            return admitted
+        fault = await self._delay_and_faults(arrival, anthropic, admitted, streaming)
+        if isinstance(fault, HttpResponse):
+            return fault
+        return admitted, fault
+
+    async def _composed(
+        self,
+        arrival: Arrival,
+        anthropic: bool,
+        streaming: bool,
+        messages: list[ChatMessage],
+        tool: tuple[str, Any] | None,
+        tokens: tuple[int, int],
+    ) -> HttpResponse | tuple[list[tuple[str, str]], bool, Reply]:
+        """A chat (for ``arrival.model``; ``tokens``: its prompt's and its max tokens) after
+        :meth:`_admit_and_wait`: the rate-limit headers, whether to break the stream, and the
+        reply; or the answer that stops it."""
+        prompt_tokens, max_tokens = tokens
+        arrival.tokens = prompt_tokens + max_tokens
+        served = await self._admit_and_wait(arrival, anthropic, streaming)
+        if isinstance(served, HttpResponse):
+            return served
+        number = next(self._ids)
+        reply = compose_reply(number, arrival.model, messages, tool, max_tokens, prompt_tokens)
+        return (*served, reply)
+
     async def _delay_and_faults(
         self, arrival: Arrival, anthropic: bool, headers: list[tuple[str, str]], streaming: bool
     ) -> HttpResponse | bool:
@@ -393,23 +429,19 @@ class SimProvider:
     async def _chat(
         self, arrival: Arrival, request: OpenAIChatRequest
     ) -> HttpResponse | StreamingResponse:
+        arrival.model = request.model
         max_tokens = request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS
         if self.settings.count_tokens == "bytes":
             prompt_tokens = worst_case_prompt_tokens(request.messages, request.tools)
         else:
             prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
-        arrival.model = request.model
-        arrival.tokens = prompt_tokens + max_tokens
-        admitted = self._admit(arrival, False)
-        if isinstance(admitted, HttpResponse):
-            return admitted
-        fault = await self._delay_and_faults(arrival, False, admitted, request.stream)
-        if isinstance(fault, HttpResponse):
-            return fault
         tool = first_openai_tool(request.tools)
-        reply = compose_reply(
-            next(self._ids), request.model, request.messages, tool, max_tokens, prompt_tokens
+        composed = await self._composed(
+            arrival, False, request.stream, request.messages, tool, (prompt_tokens, max_tokens)
         )
+        if isinstance(composed, HttpResponse):
+            return composed
+        admitted, fault, reply = composed
         created = int(time.time())
         if not request.stream:
             return self._plain(arrival, False, admitted, openai_chat_body(reply, created))
@@ -420,6 +452,7 @@ class SimProvider:
     async def _messages(
         self, arrival: Arrival, request: AnthropicRequest
     ) -> HttpResponse | StreamingResponse:
+        arrival.model = request.model
         if self.settings.count_tokens == "bytes":
             prompt_tokens = worst_case_prompt_tokens(
                 request.messages, request.tools, request.system
@@ -428,23 +461,14 @@ class SimProvider:
             prompt_tokens = estimate_prompt_tokens(request.messages, request.tools)
             if request.system:
                 prompt_tokens += estimate_text_tokens(message_text(request.system))
-        arrival.model = request.model
-        arrival.tokens = prompt_tokens + request.max_tokens
-        admitted = self._admit(arrival, True)
-        if isinstance(admitted, HttpResponse):
-            return admitted
-        fault = await self._delay_and_faults(arrival, True, admitted, request.stream)
-        if isinstance(fault, HttpResponse):
-            return fault
         tool = first_anthropic_tool(request.tools)
-        reply = compose_reply(
-            next(self._ids),
-            request.model,
-            request.messages,
-            tool,
-            request.max_tokens,
-            prompt_tokens,
+        tokens = (prompt_tokens, request.max_tokens)
+        composed = await self._composed(
+            arrival, True, request.stream, request.messages, tool, tokens
         )
+        if isinstance(composed, HttpResponse):
+            return composed
+        admitted, fault, reply = composed
         if not request.stream:
             return self._plain(arrival, True, admitted, anthropic_message_body(reply))
         return self._streamed(arrival, True, admitted, anthropic_events(reply), fault)
@@ -458,12 +482,10 @@ class SimProvider:
         texts, arrival.tokens = inputs
         if self.settings.count_tokens == "bytes":
             arrival.tokens = max(arrival.tokens, utf8_bytes_of_strings(texts))
-        admitted = self._admit(arrival, False)
-        if isinstance(admitted, HttpResponse):
-            return admitted
-        fault = await self._delay_and_faults(arrival, False, admitted, False)
-        if isinstance(fault, HttpResponse):
-            return fault
+        served = await self._admit_and_wait(arrival, False, False)
+        if isinstance(served, HttpResponse):
+            return served
+        admitted, _ = served
         body = openai_embeddings_body(request, texts, arrival.tokens)
         return self._plain(arrival, False, admitted, body)
 

@@ -133,11 +133,18 @@ _KEY_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 
 def chat_key(request: Chat) -> bytes:
     """The cache key of a chat request (what changes the answer, nothing else)."""
+    return chat_digest(request, "chat", request.messages)
+
+
+def chat_digest(request: Chat, scheme: str, *conversation: Any) -> bytes:
+    """16 bytes that change with ``scheme``, ``conversation`` (the messages, or what of them
+    is to match) and every other field of ``request`` that changes its answer: the exact
+    cache's key, the semantic cache's partition."""
     canonical = (
-        "chat",
+        scheme,
         request.model,
         request.stream,
-        request.messages,
+        *conversation,
         request.max_tokens,
         request.temperature,
         request.top_p,

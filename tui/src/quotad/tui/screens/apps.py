@@ -12,7 +12,7 @@ from textual.widgets import Static
 from quotad.protocol.messages import AppStatus
 from quotad.tui.format import bar, milliseconds, percent, usd
 from quotad.tui.monitor import AppActivity, Monitor
-from quotad.tui.screens.base import MonitorScreen
+from quotad.tui.screens.base import MonitorScreen, titled
 from quotad.tui.widgets.table import Column, LiveTable, Row
 
 SHARE_WIDTH: Final = 8
@@ -89,9 +89,7 @@ class AppsScreen(MonitorScreen):
     TITLE = "Apps"
 
     def compose_body(self) -> ComposeResult:
-        table = LiveTable(COLUMNS, id="apps")
-        table.border_title = "apps"
-        yield table
+        yield titled(LiveTable(COLUMNS, id="apps"), "apps")
         yield Static(NOTE, id="apps-note", classes="note")
 
     def on_mount(self) -> None:

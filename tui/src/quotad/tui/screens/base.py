@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from textual.app import ComposeResult
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer
 
 from quotad.tui.monitor import Monitor
@@ -55,3 +56,12 @@ class MonitorScreen(Screen[None]):
         if self._ready:
             self.query_one(ConnectionBar).show(self.monitor)
             self.show_body(self.monitor)
+
+
+WidgetT = TypeVar("WidgetT", bound=Widget)
+
+
+def titled(widget: WidgetT, title: str) -> WidgetT:
+    """``widget`` with ``title`` on its border (a panel of a screen's body)."""
+    widget.border_title = title
+    return widget

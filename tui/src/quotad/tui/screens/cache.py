@@ -9,9 +9,10 @@ from typing import Final
 from rich.text import Text
 from textual.app import ComposeResult
 
+from quotad.protocol.messages import CacheStatus
 from quotad.tui.format import bar, percent, size, spark, usd
 from quotad.tui.monitor import Monitor
-from quotad.tui.screens.base import MonitorScreen
+from quotad.tui.screens.base import MonitorScreen, titled
 from quotad.tui.widgets.text import LiveText
 
 BAR_WIDTH: Final = 40
@@ -25,27 +26,22 @@ class CacheScreen(MonitorScreen):
     TITLE = "Cache"
 
     def compose_body(self) -> ComposeResult:
-        figures = LiveText(id="cache-figures")
-        figures.border_title = "response cache"
-        yield figures
-        semantic = LiveText(id="cache-semantic")
-        semantic.border_title = "semantic cache"
-        yield semantic
-        recent = LiveText(id="cache-recent")
-        recent.border_title = "recent requests"
-        yield recent
+        yield titled(LiveText(id="cache-figures"), "response cache")
+        yield titled(LiveText(id="cache-semantic"), "semantic cache")
+        yield titled(LiveText(id="cache-recent"), "recent requests")
 
     def show_body(self, monitor: Monitor) -> None:
-        self.query_one("#cache-figures", LiveText).show_text(self._figures(monitor))
-        self.query_one("#cache-semantic", LiveText).show_text(self._semantic(monitor))
+        status = monitor.status
+        if status is None:
+            figures, semantic = _no_data(), _no_data()
+        else:
+            figures, semantic = self._figures(status.cache, monitor), self._semantic(status.cache)
+        self.query_one("#cache-figures", LiveText).show_text(figures)
+        self.query_one("#cache-semantic", LiveText).show_text(semantic)
         self.query_one("#cache-recent", LiveText).show_text(self._recent(monitor))
 
     @staticmethod
-    def _figures(monitor: Monitor) -> Text:
-        status = monitor.status
-        if status is None:
-            return Text("no data yet", style="grey50")
-        cache = status.cache
+    def _figures(cache: CacheStatus, monitor: Monitor) -> Text:
         text = Text()
         text.append("mode       ")
         text.append(cache.mode, style="bold green" if cache.mode == "on" else "bold yellow")
@@ -67,11 +63,7 @@ class CacheScreen(MonitorScreen):
         return text
 
     @staticmethod
-    def _semantic(monitor: Monitor) -> Text:
-        status = monitor.status
-        if status is None:
-            return Text("no data yet", style="grey50")
-        cache = status.cache
+    def _semantic(cache: CacheStatus) -> Text:
         mode = cache.semantic_mode
         text = Text()
         text.append("mode       ")
@@ -83,17 +75,13 @@ class CacheScreen(MonitorScreen):
             text.append("  (questions asked in other words are not looked up)", style="grey50")
             return text
         lookups = cache.semantic_lookups
-        rate = cache.semantic_hits / lookups if lookups else 0.0
         text.append(f"\nheld       {cache.semantic_entries} questions\n")
-        text.append("hits       ")
-        text.append_text(bar(rate, BAR_WIDTH, style="magenta"))
+        rate = _share_bar(text, "hits", cache.semantic_hits, lookups, "magenta")
         text.append(f" {percent(rate)}  ({cache.semantic_hits} of {lookups} exact misses)")
         text.append(f"  saved {usd(cache.semantic_saved_usd)}\n")
         compared = cache.shadow_compared
-        agreement = cache.shadow_agreed / compared if compared else 0.0
         text.append(f"would-be   {cache.would_be_hits} (shadow: not served)\n")
-        text.append("agreed     ")
-        text.append_text(bar(agreement, BAR_WIDTH, style="green"))
+        agreement = _share_bar(text, "agreed", cache.shadow_agreed, compared, "green")
         text.append(f" {percent(agreement) if compared else '-'}  ")
         text.append(f"({cache.shadow_agreed} of {compared} compared)")
         return text
@@ -116,3 +104,16 @@ class CacheScreen(MonitorScreen):
             text.append("hits by app: ")
             text.append("  ".join(f"{app} {count}" for app, count in sorted(by_app.items())))
         return text
+
+
+def _no_data() -> Text:
+    return Text("no data yet", style="grey50")
+
+
+def _share_bar(text: Text, label: str, part: int, whole: int, style: str) -> float:
+    """Append ``label`` (in its column) and a bar of ``part`` out of ``whole`` to ``text``;
+    the fraction (0 when ``whole`` is)."""
+    fraction = part / whole if whole else 0.0
+    text.append(f"{label:<11}")
+    text.append_text(bar(fraction, BAR_WIDTH, style=style))
+    return fraction

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 
 from quotad.tui.monitor import Monitor
-from quotad.tui.screens.base import MonitorScreen
+from quotad.tui.screens.base import MonitorScreen, titled
 from quotad.tui.widgets.events import EventLog
 from quotad.tui.widgets.gauges import LimitGauges, QueueGauges
 from quotad.tui.widgets.targets import TargetTable
@@ -21,23 +21,15 @@ class OverviewScreen(MonitorScreen):
     TITLE = "Overview"
 
     def compose_body(self) -> ComposeResult:
-        table = TargetTable(id="targets")
-        table.border_title = "targets  (d disable · e enable · r reset)"
-        yield table
+        yield titled(TargetTable(id="targets"), "targets  (d disable · e enable · r reset)")
         with Horizontal(id="overview-middle"):
-            limits = VerticalScroll(LimitGauges(), id="limits")
-            limits.border_title = "limits (used / limit per window)"
-            yield limits
+            yield titled(
+                VerticalScroll(LimitGauges(), id="limits"), "limits (used / limit per window)"
+            )
             with Vertical(id="overview-side"):
-                queues = QueueGauges(id="queues")
-                queues.border_title = "queued by priority"
-                yield queues
-                events = VerticalScroll(EventLog(), id="events")
-                events.border_title = "events"
-                yield events
-        trends = TrafficTrends(id="trends")
-        trends.border_title = "traffic"
-        yield trends
+                yield titled(QueueGauges(id="queues"), "queued by priority")
+                yield titled(VerticalScroll(EventLog(), id="events"), "events")
+        yield titled(TrafficTrends(id="trends"), "traffic")
 
     def on_mount(self) -> None:
         self.query_one(TargetTable).focus()

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from quotad.protocol.messages import RequestRecord
 from quotad.tui.format import milliseconds, seconds, usd
 from quotad.tui.monitor import TAIL_RECORDS, Monitor
-from quotad.tui.screens.base import MonitorScreen
+from quotad.tui.screens.base import MonitorScreen, titled
 from quotad.tui.widgets.table import Column, LiveTable, Row
 
 COLUMNS: Final = (
@@ -53,9 +53,10 @@ class RequestsScreen(MonitorScreen):
     TITLE = "Requests"
 
     def compose_body(self) -> ComposeResult:
-        table = LiveTable(COLUMNS, id="tail")
-        table.border_title = f"finished requests, newest first (the last {TAIL_RECORDS} seen)"
-        yield table
+        yield titled(
+            LiveTable(COLUMNS, id="tail"),
+            f"finished requests, newest first (the last {TAIL_RECORDS} seen)",
+        )
 
     def on_mount(self) -> None:
         self.query_one(LiveTable).focus()

@@ -14,7 +14,7 @@ from textual.message import Message
 from quotad.protocol.messages import BudgetStatus, SpendReply
 from quotad.tui.format import bar, percent, usd
 from quotad.tui.monitor import Monitor
-from quotad.tui.screens.base import MonitorScreen
+from quotad.tui.screens.base import MonitorScreen, titled
 from quotad.tui.widgets.table import Column, LiveTable, Row
 from quotad.tui.widgets.text import LiveText
 
@@ -94,14 +94,10 @@ class SpendScreen(MonitorScreen):
         """The spend screen is shown and wants fresh reports."""
 
     def compose_body(self) -> ComposeResult:
-        budgets = LiveText(id="budgets")
-        budgets.border_title = "budgets (spent + reserved of limit)"
-        yield budgets
+        yield titled(LiveText(id="budgets"), "budgets (spent + reserved of limit)")
         with Grid(id="spend-tables"):
             for table_id, title, _ in TABLES:
-                table = LiveTable(COLUMNS, id=table_id)
-                table.border_title = title
-                yield table
+                yield titled(LiveTable(COLUMNS, id=table_id), title)
         yield LiveText(id="spend-summary")
 
     def on_mount(self) -> None:
