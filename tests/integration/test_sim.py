@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 from anthropic.types import ToolParam
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
@@ -60,6 +60,9 @@ def anthropic_client(sim: SimProcess, api_key: str = "test-key") -> anthropic.An
     max_requests=st.integers(0, 6),
     max_tokens=st.integers(0, 120),
 )
+@example(  # now - window_s and admitted + window_s round apart: refused with a wait of 0
+    arrivals=[(0.18672125572424353, 0)] + [(1 / 3, 0)] * 3, max_requests=1, max_tokens=0
+)
 def test_sliding_window_log_is_exact(
     arrivals: list[tuple[float, int]], max_requests: int, max_tokens: int
 ) -> None:
@@ -70,7 +73,7 @@ def test_sliding_window_log_is_exact(
     for gap, tokens in arrivals:
         now += gap
         limit, wait_s = log.try_admit(now, tokens, max_requests, max_tokens)
-        recent = [(t, k) for t, k in admitted if t > now - window_s]
+        recent = [(t, k) for t, k in admitted if t + window_s > now]  # as the log counts
         if not limit:
             admitted.append((now, tokens))
             recent.append((now, tokens))
@@ -81,12 +84,12 @@ def test_sliding_window_log_is_exact(
         over_requests = bool(max_requests) and len(recent) >= max_requests
         over_tokens = bool(max_tokens) and sum(k for _, k in recent) + tokens > max_tokens
         assert over_requests or over_tokens  # refused only what would not fit
-        left = [(t, k) for t, k in recent if t > now + wait_s - window_s + 1e-9]
+        left = [(t, k) for t, k in recent if t + window_s > now + wait_s + 1e-9]
         if limit == "requests":
             assert len(left) < max_requests  # after the wait there is room
         elif limit == "tokens":
             assert sum(k for _, k in left) + tokens <= max_tokens
-    windows = [[(a, k) for a, k in admitted if t - window_s < a <= t] for t, _ in admitted]
+    windows = [[(a, k) for a, k in admitted if a <= t < a + window_s] for t, _ in admitted]
     assert log.most_requests == max((len(w) for w in windows), default=0)
     assert log.most_tokens == max((sum(k for _, k in w) for w in windows), default=0)
 

@@ -32,9 +32,13 @@ class SlidingWindowLog:
         return len(self._times)
 
     def evict(self, now: float) -> None:
-        """Forget admissions that have left the window ending at ``now``."""
-        times, horizon = self._times, now - self.window_s
-        while times and times[0] <= horizon:
+        """Forget admissions that have left the window ending at ``now``: those whose leaving
+        time (admitted + window_s, the sum :meth:`room_in` and :meth:`fits_in` wait for) is
+        past. Compared as that sum, not as ``now - window_s``: the two round differently, and
+        an admission kept by one rounding with 0 seconds left by the other was a refusal
+        with a wait of 0."""
+        times, window_s = self._times, self.window_s
+        while times and times[0] + window_s <= now:
             times.popleft()
             self.tokens -= self._tokens.popleft()
 
