@@ -4,12 +4,10 @@ processes, driven by the real clients, the CLI, and hand-made bad frames."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +29,7 @@ from quotad.client import (
 )
 from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import Error, Hello, Status, StatusReply, Welcome
-from tests.support.daemon import DaemonProcess, two_sims_config
+from tests.support.daemon import DaemonProcess, run_quotad, two_sims_config
 from tests.support.raw_socket import replies_until_closed, unix_connection
 from tests.support.sim import SimProcess
 
@@ -344,13 +342,7 @@ def test_many_requests_in_flight_answered_by_id(daemon: DaemonProcess) -> None:
 
 
 def quotad(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "quotad.daemon.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **(env or {})},
-    )
+    return run_quotad(*args, env=env, timeout=30)
 
 
 def test_cli_status_chat_and_exit_codes(daemon: DaemonProcess) -> None:

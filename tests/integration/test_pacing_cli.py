@@ -5,14 +5,12 @@ alone gets an app's whole window at once, ``quotad status`` shows which gates pa
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, run_quotad, sim_provider_config
 from tests.support.sim import SimProcess
 
 CONFIG = """\
@@ -37,13 +35,7 @@ def daemon() -> Iterator[DaemonProcess]:
 
 
 def quotad(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "quotad.daemon.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "QUOTAD_SOCKET": str(daemon.socket_path)},
-    )
+    return run_quotad(*args, env={"QUOTAD_SOCKET": str(daemon.socket_path)})
 
 
 def test_a_lone_client_s_requests_go_at_once_then_the_app_gate_says_why(

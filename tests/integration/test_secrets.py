@@ -8,11 +8,9 @@ byte of the state directory."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import pytest
 from quotad.client import Client, QuotadError
 from quotad.protocol.framing import FrameEncoder
 from quotad.protocol.messages import Chat, ChatMessage, Embed, Hello, Status
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, run_quotad, sim_provider_config
 from tests.support.sim import SimProcess
 from tests.support.systemd import NotifyReceiver
 
@@ -43,14 +41,7 @@ class Sentinels:
 
 
 def quotad(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "quotad.daemon.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_quotad(*args, env=env)
 
 
 def wire_bytes(path: Path, requests: list[Any]) -> bytes:

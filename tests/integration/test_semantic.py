@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ import pytest
 
 from quotad.client import Client
 from quotad.daemon.semantic.model import EmbeddingModel
-from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
+from tests.support.daemon import DaemonProcess, free_port, run_quotad, sim_provider_config
 from tests.support.offline import traced_offline
 from tests.support.semantic_pairs import NEAR_MISSES, PARAPHRASES
 from tests.support.sim import SimProcess, read_sim_log
@@ -71,14 +70,9 @@ def quotad(daemon: DaemonProcess, *args: str) -> Any:
 
 def quotad_text(daemon: DaemonProcess, *args: str) -> str:
     """A ``quotad ...`` command against ``daemon`` that must succeed: what it printed."""
-    return subprocess.run(
-        [sys.executable, "-m", "quotad.daemon.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=daemon.env,
-        check=True,
-    ).stdout
+    done = run_quotad(*args, env=daemon.env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 @pytest.fixture(scope="module")

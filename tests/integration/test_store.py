@@ -11,7 +11,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from quotad.client import BadRequestError, BudgetExceededError, Client, UnknownModelError
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, run_quotad, sim_provider_config
 from tests.support.sim import SimProcess
 
 MODEL = "sim/gpt-4o-mini"
@@ -75,13 +74,7 @@ def ledger(daemon: DaemonProcess, where: str = "1", parameters: tuple[Any, ...] 
 
 
 def quotad(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "quotad.daemon.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "QUOTAD_SOCKET": str(daemon.socket_path)},
-    )
+    return run_quotad(*args, env={"QUOTAD_SOCKET": str(daemon.socket_path)})
 
 
 # --------------------------------------------------------------------------- the cache
@@ -318,13 +311,7 @@ def test_commands_exit_3_when_no_daemon_answers() -> None:
     directory = tempfile.mkdtemp(prefix="qnone", dir="/tmp")
     try:
         for args in (["spend"], ["cache", "stats"], ["keys", "list"]):
-            result = subprocess.run(
-                [sys.executable, "-m", "quotad.daemon.cli", *args],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env={**os.environ, "QUOTAD_SOCKET": f"{directory}/none.sock"},
-            )
+            result = run_quotad(*args, env={"QUOTAD_SOCKET": f"{directory}/none.sock"})
             assert result.returncode == 3, result.stderr
     finally:
         os.rmdir(directory)

@@ -21,6 +21,21 @@ measurements of the pipeline start from): ``str.format`` it once with the rest (
 stays for DaemonProcess to fill in)."""
 
 
+def run_quotad(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``quotad ARGS`` as a user would run it, in this environment plus ``env``; what it
+    printed and its exit code (not checked)."""
+    return subprocess.run(
+        [sys.executable, "-m", "quotad.daemon.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
 def free_port() -> int:
     """A loopback TCP port free right now."""
     with socket.socket() as probe:
