@@ -34,7 +34,13 @@ from typing import Final
 import anyio
 import anyio.abc
 
-from quotad.daemon.cluster.budgets import NANO, FleetBudget, FleetBudgets, FleetBudgetShort
+from quotad.daemon.cluster.budgets import (
+    NANO,
+    FleetBudget,
+    FleetBudgets,
+    FleetBudgetShort,
+    to_nano,
+)
 from quotad.daemon.cluster.link import Link, LinkDown
 from quotad.daemon.cluster.spend import KEPT_DAYS, fleet_report
 from quotad.daemon.errors import RequestError
@@ -68,6 +74,9 @@ class SharedBudgets:
         self.fleet.refresh = self.refresh
         self._mirrors: dict[tuple[str, str, str], Budget] = {}
         """The local budget each fleet budget mirrors, by the fleet budget's key parts."""
+        self._mirror_of: dict[int, FleetBudget] = {}
+        """The fleet budget of each local budget (by ``id``: the budgets live as long as the
+        daemon or until a reload drops them, and :meth:`refresh` forgets those)."""
         self.borrows = 0
         self.refused_short = 0
         self.refused_unreachable = 0
@@ -100,11 +109,13 @@ class SharedBudgets:
             local = self.budgets.check(app, max_cost_usd, now)  # budget_exceeded: this host's
             if not local:
                 return None
+            cost = to_nano(max_cost_usd)
             mirrors = [self._mirror(budget) for budget in local]
-            if all(
-                fleet.fits(budget.spent_usd, budget.reserved_usd, max_cost_usd)
-                for fleet, budget in zip(mirrors, local, strict=True)
-            ):
+            for fleet, budget in zip(mirrors, local, strict=True):  # FleetBudget.fits, inlined
+                committed = to_nano(budget.spent_usd) + to_nano(budget.reserved_usd)
+                if committed + cost > fleet.capacity():
+                    break
+            else:
                 moment = self.link.clock.monotonic()
                 for fleet in mirrors:
                     fleet.note_reserved(max_cost_usd, moment)
@@ -129,10 +140,19 @@ class SharedBudgets:
         )
 
     def _mirror(self, budget: Budget) -> FleetBudget:
-        """The fleet budget of ``budget``'s scope, period and current label."""
+        """The fleet budget of ``budget``'s scope, period and current label (cached per local
+        budget until its label or limit changes, or a sync's :meth:`refresh`)."""
+        cached = self._mirror_of.get(id(budget))
+        if (
+            cached is not None
+            and cached.label == budget.period_label
+            and cached.limit_usd == budget.limit_usd
+        ):
+            return cached
         key = (fleet_scope(budget), budget.period, budget.period_label)
         self._mirrors[key] = budget
-        return self.fleet.budget(*key, budget.limit_usd)
+        fleet = self._mirror_of[id(budget)] = self.fleet.budget(*key, budget.limit_usd)
+        return fleet
 
     def _exceeded(
         self, short: FleetBudgetShort, local: tuple[Budget, ...], max_cost_usd: float
@@ -200,6 +220,7 @@ class SharedBudgets:
         month (a new period drops the old one); budgets a reload removed are dropped."""
         now = self.link.clock.time()
         current: set[tuple[str, str, str]] = set()
+        self._mirror_of.clear()
         for budget in self.budgets.roll(now):
             current.add(self._mirror(budget).key_parts)
         for key in [key for key in self.fleet.budgets if key not in current]:
