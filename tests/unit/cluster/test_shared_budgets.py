@@ -215,3 +215,29 @@ async def test_a_new_day_is_a_new_fleet_budget(
         assert await a.shared.reserve("x", 0.9, clock.time()) is not None
         a.shared.refresh()
         assert not yesterday & set(a.shared.fleet.budgets)  # yesterday's dropped
+
+
+async def test_a_fleet_budget_crossing_alert_at_is_an_event_on_every_host(
+    valkey: ValkeyServer, prefix: str, directories: list[Path]
+) -> None:
+    config = budgets_config(daily=1.0)
+    async with (
+        host(valkey, prefix, "a", directories[0], config) as a,
+        host(valkey, prefix, "b", directories[1], config) as b,
+    ):
+        events: list[tuple[str, str]] = []
+        b.shared.events = lambda kind, message, level: events.append((kind, message))
+        a.shared.finished(a.row("x", 0.5))
+        b.shared.finished(b.row("x", 0.2))
+        await a.shared.fleet.sync()
+        await b.shared.fleet.sync()  # b: 0.7 of 1.0 (neither host alone is near 0.8)
+        await b.shared.fleet.sync()
+        assert events == []
+        a.shared.finished(a.row("x", 0.15))
+        await a.shared.fleet.sync()
+        for _ in range(3):  # sees 0.85 of 1.0 at the next sync; once per period
+            await b.shared.fleet.sync()
+        assert len(events) == 1
+        kind, message = events[0]
+        assert kind == "budget_alert"
+        assert "fleet budget 'global daily' has spent $0.85 of $1.00 (85%" in message

@@ -138,7 +138,9 @@ class Daemon:
             self.cluster.report_load(self._fleet_load)
             from quotad.daemon.cluster.shared_budgets import SharedBudgets
 
-            shared = SharedBudgets(self.cluster.link, self.store.budgets, self.store.ledger)
+            shared = SharedBudgets(
+                self.cluster.link, self.store.budgets, self.store.ledger, self.events.add
+            )
             self.cluster.run_beside(shared.run)
             self.broker.tail.watchers.append(shared.finished)
             self.broker.budget_holds.fleet = self.broker.reports.fleet_budgets = shared

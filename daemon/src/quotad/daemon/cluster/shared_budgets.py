@@ -15,6 +15,8 @@ FleetBudgets`), then checks and reserves again. So:
 - Redis unreachable (down, cut off, restarting, not yet joined) → the host still serves
   requests that fit in what it already holds, and refuses the others with ``rate_limited``
   and a ``retry_after_s`` (*fail closed*: a budget is never spent twice);
+- a fleet budget whose fleet-wide spent crosses ``alert_at`` is a ``budget_alert`` event on
+  every host (once per period), beside the local alerts of this host's own spend;
 - each finished request's ledger row adds to this host's spend per day, app, model and target
   (:class:`~.spend.FleetSpend`, loaded from the ledger at start) and asks for a sync, which
   pushes this host's absolute totals: replayed after an outage, or into a Redis restarted
@@ -41,7 +43,7 @@ from quotad.daemon.cluster.budgets import (
     FleetBudgetShort,
     to_nano,
 )
-from quotad.daemon.cluster.link import Link, LinkDown
+from quotad.daemon.cluster.link import EventSink, Link, LinkDown
 from quotad.daemon.cluster.spend import KEPT_DAYS, fleet_report
 from quotad.daemon.errors import RequestError
 from quotad.daemon.store.budgets import Budget, BudgetHold, Budgets, Calendar
@@ -65,8 +67,13 @@ def fleet_scope(budget: Budget) -> str:
 class SharedBudgets:
     """This host's budgets, checked against what it holds of the fleet's."""
 
-    def __init__(self, link: Link, budgets: Budgets, ledger: Ledger) -> None:
+    def __init__(
+        self, link: Link, budgets: Budgets, ledger: Ledger, events: EventSink | None = None
+    ) -> None:
         self.link = link
+        self.events = events
+        """Where a fleet budget crossing ``alert_at`` is told (the daemon's event log)."""
+        self._alerted: set[tuple[str, str, str]] = set()
         self.budgets = budgets
         self.ledger = ledger
         self.calendar: Calendar = ledger.calendar
@@ -227,6 +234,29 @@ class SharedBudgets:
             del self.fleet.budgets[key]
         for key in [key for key in self._mirrors if key not in current]:
             del self._mirrors[key]
+        self._alerted &= current
+        self._alert()
+
+    def _alert(self) -> None:
+        """A ``budget_alert`` event, once per period, for each fleet budget whose fleet-wide
+        spent (as the last sync saw it) crossed ``alert_at`` of its limit."""
+        for key, budget in self._mirrors.items():
+            fleet = self.fleet.budgets.get(key)
+            if fleet is None or key in self._alerted or budget.limit_usd <= 0:
+                continue
+            spent = fleet.fleet_spent / NANO
+            if spent < budget.alert_at * budget.limit_usd:
+                continue
+            self._alerted.add(key)
+            message = (
+                f"fleet budget {budget.name!r} has spent {usd(spent)} of "
+                f"{usd(budget.limit_usd)} ({spent / budget.limit_usd:.0%}, alert at "
+                f"{budget.alert_at:.0%}) this {budget.period} ({fleet.label}) across the fleet"
+            )
+            if self.events is not None:
+                self.events("budget_alert", message, logging.WARNING)
+            else:
+                log.warning("budget_alert: %s", message)
 
     def _local_state(self, fleet: FleetBudget) -> tuple[float, float]:
         """``(spent, reserved)`` of the local budget ``fleet`` mirrors in its period; once
