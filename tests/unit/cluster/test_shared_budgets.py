@@ -18,10 +18,11 @@ import pytest
 
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.cluster.link import Link
-from quotad.daemon.cluster.shared_budgets import SharedBudgets
+from quotad.daemon.cluster.shared_budgets import SharedBudgets, fleet_scope
 from quotad.daemon.config import Config, parse_config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.store import Store
+from quotad.daemon.store.budgets import Budgets, Calendar
 from quotad.daemon.store.ledger import LedgerRow
 from tests.support.store import ledger_row
 from tests.support.valkey import ValkeyServer
@@ -241,3 +242,12 @@ async def test_a_fleet_budget_crossing_alert_at_is_an_event_on_every_host(
         kind, message = events[0]
         assert kind == "budget_alert"
         assert "fleet budget 'global daily' has spent $0.85 of $1.00 (85%" in message
+
+
+def test_an_app_called_global_is_not_the_global_budget() -> None:
+    budgets = Budgets(
+        parse_config({"budgets": {"daily_usd": 1.0}, "apps": {"global": {"daily_usd": 0.5}}}),
+        Calendar("UTC"),
+    )
+    scopes = [fleet_scope(budget) for budget in budgets.app_budgets["global"]]
+    assert scopes == ["global", "app:global"]

@@ -59,9 +59,10 @@ other requests of this host may have filled again meanwhile)."""
 
 
 def fleet_scope(budget: Budget) -> str:
-    """The scope of ``budget`` in the fleet's keys: ``global``, or ``app:<name>`` (so an
-    app named ``global`` is not the global budget)."""
-    return "global" if budget.scope == "global" else f"app:{budget.scope}"
+    """The scope of ``budget`` in the fleet's keys: ``global``, or ``app:<name>`` (told apart
+    by the budget's name, ``global daily`` or ``app <name> daily``: an app may be called
+    ``global``)."""
+    return "global" if budget.name.startswith("global ") else f"app:{budget.scope}"
 
 
 class SharedBudgets:
@@ -143,7 +144,7 @@ class SharedBudgets:
             f"the fleet's budgets are contended: this host could not keep a hold of "
             f"{usd(max_cost_usd)} for this request after {MAX_BORROWS} borrows; try again",
             retry_after_s=self.link.settings.heartbeat_s,
-            details={"request_max_usd": max_cost_usd, "fleet": self.link.host},
+            details={"fleet": True, "host": self.link.host, "request_max_usd": max_cost_usd},
         )
 
     def _mirror(self, budget: Budget) -> FleetBudget:
@@ -197,7 +198,7 @@ class SharedBudgets:
             f"{usd(max_cost_usd)}) and cannot borrow more: {reason}; budgets fail closed "
             "until the fleet's Redis answers",
             retry_after_s=round(retry_after, 3),
-            details={"request_max_usd": max_cost_usd, "fleet": self.link.host},
+            details={"fleet": True, "host": self.link.host, "request_max_usd": max_cost_usd},
         )
 
     # ------------------------------------------------------------------ step 7
