@@ -156,7 +156,7 @@ async def test_finished_rows_make_the_fleets_spend_report(
         a.shared.finished(a.row("build", 0.25))
         a.shared.finished(a.row("docs", 0.5, status="rate_limited"))
         b.shared.finished(b.row("build", 1.0))
-        b.shared.finished(b.row("build", 0.0, cached=True))
+        b.shared.finished(b.row("build", 0.0, cached=True)._replace(semantic_similarity=0.95))
         await b.shared.fleet.sync()  # b's pushed; a's are pushed by the report itself
         now = a.clock.time()
         by_host = await a.shared.report("day", "host", now)
@@ -166,7 +166,7 @@ async def test_finished_rows_make_the_fleets_spend_report(
         assert rows["a"].cost_usd == pytest.approx(0.75)
         assert (rows["a"].requests, rows["a"].errors) == (2, 1)
         assert rows["b"].cost_usd == pytest.approx(1.0)
-        assert (rows["b"].requests, rows["b"].cache_hits) == (2, 1)
+        assert (rows["b"].requests, rows["b"].cache_hits, rows["b"].semantic_hits) == (2, 1, 1)
         assert by_host.total.cost_usd == pytest.approx(1.75)
         by_app = await a.shared.report("month", "app", now)
         assert [(row.key, round(row.cost_usd, 6)) for row in by_app.rows] == [

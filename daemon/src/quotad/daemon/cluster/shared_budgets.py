@@ -218,6 +218,7 @@ class SharedBudgets:
             error=row.status != "ok",
             cache_hit=row.cached,
             saved_usd=row.saved_usd,
+            semantic_hit=row.semantic_similarity is not None,
         )
         self.fleet.changed()
 

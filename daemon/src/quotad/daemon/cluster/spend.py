@@ -3,7 +3,8 @@
 Each host keeps its own figures per ``(day, app, model, target)`` (loaded from its ledger's
 ``spend_daily`` at start, added to as its requests finish) and pushes them, absolute, into one
 hash per day (``{p}:spend:<day>``, field ``host\\tapp\\tmodel\\ttarget``, value ``cost_nano
-requests prompt_tokens completion_tokens errors cache_hits saved_nano``) with the budget
+requests prompt_tokens completion_tokens errors cache_hits saved_nano semantic_hits``) with
+the budget
 syncs: a push sent twice counts once, and a Redis restarted empty gets every day back. Each
 host's ledger stays the truth for its own rows; Redis holds only their sums.
 
@@ -35,10 +36,10 @@ MAX_REPORT_FIELDS: Final = 200_000
 fleet far larger than any this is meant for, costs a bounded report)."""
 Figures = list[int]
 """``[cost nano-USD, requests, prompt tokens, completion tokens, errors, cache hits, saved
-nano-USD]``."""
-LedgerDay = tuple[str, str, str, str, float, int, int, int, int, int, float]
+nano-USD, semantic cache hits]``."""
+LedgerDay = tuple[str, str, str, str, float, int, int, int, int, int, float, int]
 """``(day, app, model, target, cost, requests, prompt, completion, errors, cache hits,
-saved)``: one row of the ledger's ``spend_daily``."""
+saved, semantic hits)``: one row of the ledger's ``spend_daily``."""
 
 
 def nano(usd: float) -> int:
@@ -62,6 +63,7 @@ class FleetSpendRow:
     errors: int = 0
     cache_hits: int = 0
     saved_usd: float = 0.0
+    semantic_hits: int = 0
 
 
 class FleetSpend:
@@ -76,20 +78,12 @@ class FleetSpend:
     def load(self, rows: Iterable[LedgerDay]) -> None:
         """Set from the ledger's ``spend_daily`` rows."""
         self.days.clear()
-        for (
-            day,
-            app,
-            model,
-            target,
-            cost,
-            requests,
-            prompt,
-            completion,
-            errors,
-            hits,
-            saved,
-        ) in rows:
-            figures = [nano(cost), requests, prompt, completion, errors, hits, nano(saved)]
+        for row in rows:
+            day, app, model, target, cost, requests, prompt, completion = row[:8]
+            errors, hits, saved, semantic = row[8:]
+            figures = [
+                nano(cost), requests, prompt, completion, errors, hits, nano(saved), semantic
+            ]  # fmt: skip
             self.days.setdefault(day, {})[(app, model, target)] = figures
         self._forget_old()
 
@@ -106,11 +100,12 @@ class FleetSpend:
         error: bool = False,
         cache_hit: bool = False,
         saved_usd: float = 0.0,
+        semantic_hit: bool = False,
     ) -> None:
         """A request finished (its ledger row: a cache hit's tokens are not billed, so the
         caller passes 0 for them, as ``spend_daily`` sums them)."""
         key = (app, model, target)
-        figures = self.days.setdefault(day, {}).setdefault(key, [0, 0, 0, 0, 0, 0, 0])
+        figures = self.days.setdefault(day, {}).setdefault(key, [0] * 8)
         figures[0] += nano(cost_usd)
         figures[1] += 1
         figures[2] += prompt_tokens
@@ -118,6 +113,7 @@ class FleetSpend:
         figures[4] += error
         figures[5] += cache_hit
         figures[6] += nano(saved_usd)
+        figures[7] += semantic_hit
         self.dirty.setdefault(day, set()).add(key)
         if len(self.days) > KEPT_DAYS:
             self._forget_old()
@@ -198,6 +194,7 @@ async def fleet_report(
         total.cost_usd += row.cost_usd
         total.cache_hits += row.cache_hits
         total.saved_usd += row.saved_usd
+        total.semantic_hits += row.semantic_hits
     first_day = date.fromisoformat(min(daily)) if daily else None
     reply = span.reply(list(grouped.values()), daily, first_day)
     reply.fleet = True
@@ -223,15 +220,14 @@ def _parse(day: str, name: Any, value: Any) -> FleetSpendRow | None:
     try:
         host, app, model, target = _text(name).split("\t")
         numbers = [int(part) for part in _text(value).split(" ")]
-        if len(numbers) not in (4, 7) or min(numbers) < 0:
+        if len(numbers) not in (4, 7, 8) or min(numbers) < 0:
             return None
     except ValueError:
         return None
-    cost, requests, prompt, completion, *rest = numbers
-    errors, hits, saved = rest if rest else (0, 0, 0)
+    cost, requests, prompt, completion, errors, hits, saved, semantic = (numbers + [0] * 4)[:8]
     return FleetSpendRow(
         day, host, app, model, target, cost / 1e9, requests, prompt, completion, errors, hits,
-        saved / 1e9,
+        saved / 1e9, semantic,
     )  # fmt: skip
 
 
