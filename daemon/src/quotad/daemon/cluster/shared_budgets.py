@@ -82,9 +82,9 @@ class SharedBudgets:
         self.fleet.refresh = self.refresh
         self._mirrors: dict[tuple[str, str, str], Budget] = {}
         """The local budget each fleet budget mirrors, by the fleet budget's key parts."""
-        self._mirror_of: dict[int, FleetBudget] = {}
-        """The fleet budget of each local budget (by ``id``: the budgets live as long as the
-        daemon or until a reload drops them, and :meth:`refresh` forgets those)."""
+        self._mirror_of: dict[Budget, FleetBudget] = {}
+        """The fleet budget of each local budget (by identity; :meth:`refresh` forgets those
+        a reload dropped)."""
         self.borrows = 0
         self.refused_short = 0
         self.refused_unreachable = 0
@@ -150,7 +150,7 @@ class SharedBudgets:
     def _mirror(self, budget: Budget) -> FleetBudget:
         """The fleet budget of ``budget``'s scope, period and current label (cached per local
         budget until its label or limit changes, or a sync's :meth:`refresh`)."""
-        cached = self._mirror_of.get(id(budget))
+        cached = self._mirror_of.get(budget)
         if (
             cached is not None
             and cached.label == budget.period_label
@@ -159,7 +159,7 @@ class SharedBudgets:
             return cached
         key = (fleet_scope(budget), budget.period, budget.period_label)
         self._mirrors[key] = budget
-        fleet = self._mirror_of[id(budget)] = self.fleet.budget(*key, budget.limit_usd)
+        fleet = self._mirror_of[budget] = self.fleet.budget(*key, budget.limit_usd)
         return fleet
 
     def _exceeded(
