@@ -251,3 +251,19 @@ def test_an_app_called_global_is_not_the_global_budget() -> None:
     )
     scopes = [fleet_scope(budget) for budget in budgets.app_budgets["global"]]
     assert scopes == ["global", "app:global"]
+
+
+async def test_with_no_budget_a_finished_row_waits_for_the_heartbeats_sync(
+    valkey: ValkeyServer, prefix: str, directories: list[Path]
+) -> None:
+    """No hold to give back: no sync per request, only the spend at the next heartbeat."""
+    unbudgeted = parse_config({"daemon": {"timezone": "UTC"}})
+    async with (
+        host(valkey, prefix, "a", directories[0], unbudgeted) as a,
+        host(valkey, prefix, "b", directories[1], budgets_config()) as b,
+    ):
+        a.shared.finished(a.row("x", 0.1))
+        assert not a.shared.fleet._dirty.is_set()
+        assert a.shared.fleet.spend.dirty  # pushed at the next sync
+        b.shared.finished(b.row("x", 0.1))
+        assert b.shared.fleet._dirty.is_set()

@@ -204,8 +204,10 @@ class SharedBudgets:
     # ------------------------------------------------------------------ step 7
 
     def finished(self, row: LedgerRow) -> None:
-        """A request's ledger row: add it to this host's spend, and sync soon (its budgets'
-        spent changed, its reservation was returned)."""
+        """A request's ledger row: add it to this host's spend, and, when budgets exist, sync
+        soon (their spent changed, a reservation was returned: a hold to give back). With no
+        budget the spend waits for the next heartbeat's sync (``quotad spend --fleet`` pushes
+        the asking host's first)."""
         billed = not row.cached
         self.fleet.spend.add(
             row.day,
@@ -220,7 +222,8 @@ class SharedBudgets:
             saved_usd=row.saved_usd,
             semantic_hit=row.semantic_similarity is not None,
         )
-        self.fleet.changed()
+        if self.budgets.configured:
+            self.fleet.changed()
 
     # ------------------------------------------------------------------ syncing
 
