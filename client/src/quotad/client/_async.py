@@ -334,9 +334,12 @@ class AsyncClient:
         self,
         period: SpendPeriod = "day",
         by: SpendKey = "app",
+        *,
+        fleet: bool = False,
     ) -> SpendReply:
-        """A ledger report for ``period``, grouped ``by`` one key."""
-        return await self._call(build(Spend, period=period, by=by), SpendReply)
+        """A ledger report for ``period``, grouped ``by`` one key; with ``fleet``, every
+        host's of the daemon's fleet (``bad_request`` when it has no ``[cluster]``)."""
+        return await self._call(build(Spend, period=period, by=by, fleet=fleet), SpendReply)
 
     async def admin(self, action: str, target: str = "", **args: Any) -> Ok:
         """An operator action (``enable``, ``disable``, ``reset``, ``reload``, ``key_*``)."""

@@ -22,7 +22,7 @@ CacheMode = Literal["use", "bypass", "refresh", "only"]
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 SettleStatus = Literal["ok", "error", "rate_limited", "cancelled"]
 SpendPeriod = Literal["day", "week", "month"]
-SpendKey = Literal["app", "model", "target", "day"]
+SpendKey = Literal["app", "model", "target", "day", "host"]
 CacheMatch = Literal["", "exact", "semantic"]
 
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
@@ -156,10 +156,12 @@ class Subscribe(Message):
 
 
 class Spend(Message):
-    """Ask for a ledger report."""
+    """Ask for a ledger report: this daemon's, or with ``fleet`` every host's of its fleet
+    (DESIGN §10; ``bad_request`` from a daemon with no ``[cluster]``)."""
 
     period: SpendPeriod = "day"
     by: SpendKey = "app"
+    fleet: bool = False
 
 
 class Admin(Message):
@@ -509,7 +511,7 @@ class Snapshot(Message):
 
 
 class SpendRow(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Ledger totals for one key of a report (an app, a model, a target or a day)."""
+    """Ledger totals for one key of a report (an app, a model, a target, a day or a host)."""
 
     key: str = ""
     requests: int = 0
@@ -541,6 +543,11 @@ class SpendReply(Message):
     rows: list[SpendRow] = msgspec.field(default_factory=list)
     budgets: list[BudgetStatus] = msgspec.field(default_factory=list)
     forecast_month_usd: float | None = None
+    fleet: bool = False
+    """Every host's spend (``quotad spend --fleet``): the budgets' ``spent_usd`` is then the
+    fleet's, their ``reserved_usd`` what the hosts hold of them."""
+    hosts: list[str] = msgspec.field(default_factory=list)
+    """The hosts a fleet report counts (those with spend in its days)."""
 
 
 class Ok(Message):

@@ -4,10 +4,14 @@ provider is called, and ``budget_exceeded`` refuses it when that does not fit.
 The most it may cost is the most prompt and completion tokens a provider can bill it
 (:func:`~quotad.daemon.request_limits.billable_tokens`: bounds, not estimates) at the most
 expensive target of its route. Step 7 settles the hold with the real cost
-(:meth:`quotad.daemon.store.budgets.Budgets.settle`).
+(:meth:`quotad.daemon.store.budgets.Budgets.settle`). With ``[cluster]`` the budgets are the
+fleet's: a request is held within what this host holds of them, borrowing more when it holds
+too little (:mod:`quotad.daemon.cluster.shared_budgets`).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from quotad.daemon.clock import Clock
 from quotad.daemon.request_context import RequestContext
@@ -17,6 +21,9 @@ from quotad.daemon.store.budgets import Budgets
 from quotad.daemon.store.prices import PER_TOKEN, Price, PriceTable
 from quotad.protocol.messages import Chat, Embed
 
+if TYPE_CHECKING:
+    from quotad.daemon.cluster.shared_budgets import SharedBudgets
+
 
 class BudgetHolds:
     """Holds each request's maximum cost on the budgets that apply to it."""
@@ -25,6 +32,8 @@ class BudgetHolds:
         self.budgets = budgets
         self.prices = prices
         self.clock = clock
+        self.fleet: SharedBudgets | None = None
+        """With ``[cluster]``: the fleet's budgets (the runtime sets it)."""
         self._route_prices: dict[str, Price] = {}
         """The most expensive price of each route's targets, as asked (cleared at reload)."""
 
@@ -40,7 +49,11 @@ class BudgetHolds:
             price = self._route_prices[route.name] = self.prices.most_expensive(names)
         prompt_tokens, completion_tokens = billable_tokens(request, context.max_tokens)
         max_cost = (prompt_tokens * price.input + completion_tokens * price.output) * PER_TOKEN
-        context.budget = self.budgets.reserve(context.caller.app, max_cost, self.clock.time())
+        app, now, fleet = context.caller.app, self.clock.time(), self.fleet
+        if fleet is None:
+            context.budget = self.budgets.reserve(app, max_cost, now)
+        else:  # borrows from the fleet when this host holds too little
+            context.budget = await fleet.reserve(app, max_cost, now)
 
     def reconfigure(self) -> None:
         """A reloaded config may price or route differently: forget the routes' prices."""

@@ -154,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         "spend", parents=[client], help="ledger report with budget use and forecast"
     )
     spend.add_argument("--period", choices=("day", "week", "month"), default="day")
-    spend.add_argument("--by", choices=("app", "model", "target", "day"), default="app")
+    spend.add_argument("--by", choices=("app", "model", "target", "day", "host"), default="app")
+    spend.add_argument(
+        "--fleet",
+        action="store_true",
+        help="every host's spend, from the fleet's Redis (needs [cluster] in the daemon's config)",
+    )
     spend_format = spend.add_mutually_exclusive_group()
     spend_format.add_argument("--json", action="store_true", help="machine-readable output")
     spend_format.add_argument("--csv", action="store_true", help="one CSV line per row")

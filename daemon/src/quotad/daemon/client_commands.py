@@ -265,7 +265,11 @@ def spend(args: argparse.Namespace) -> int:
     def render(reply: Any) -> str:
         return spend_csv(reply).removesuffix("\n") if args.csv else format_spend(reply)
 
-    return _read(args, lambda client: client.spend(period=args.period, by=args.by), render)
+    return _read(
+        args,
+        lambda client: client.spend(period=args.period, by=args.by, fleet=args.fleet),
+        render,
+    )
 
 
 def cache_stats(args: argparse.Namespace) -> int:

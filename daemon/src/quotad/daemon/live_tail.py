@@ -1,6 +1,7 @@
 """Requests as they start and finish, for whoever watches the daemon live: counts in flight
 and in total, each app's activity, the metrics, the last :data:`RECENT_REQUESTS` finished
-requests (``Subscribe``'s tail, the TUI's request list), and one debug log line per request.
+requests (``Subscribe``'s tail, the TUI's request list), one debug log line per request, and
+its :attr:`~LiveTail.watchers` (the fleet's shared spend, when there is a fleet).
 
 The pipeline tells it when a request starts (:meth:`LiveTail.started`) and, once its ledger row
 is committed and its reply sent, when it finished (:meth:`LiveTail.finished`)."""
@@ -10,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from quotad.daemon.activity import AppActivity, AppActivityLog
@@ -27,7 +28,15 @@ RECENT_REQUESTS: Final = 1000
 class LiveTail:
     """The daemon's live view of its requests (see the module docstring)."""
 
-    __slots__ = ("activity", "finished_total", "in_flight", "metrics", "recent", "requests_total")
+    __slots__ = (
+        "activity",
+        "finished_total",
+        "in_flight",
+        "metrics",
+        "recent",
+        "requests_total",
+        "watchers",
+    )
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -36,6 +45,8 @@ class LiveTail:
         self.recent: deque[RequestRecord] = deque(maxlen=RECENT_REQUESTS)
         self.activity = AppActivityLog()
         self.metrics = Metrics()
+        self.watchers: list[Callable[[LedgerRow], None]] = []
+        """Called with each finished row (the fleet's shared spend, when there is a fleet)."""
 
     def started(self, app: str) -> AppActivity:
         """A request of ``app`` started; its app's activity, to hand back to :meth:`ended`."""
@@ -63,6 +74,8 @@ class LiveTail:
         record = live_record(row)
         self.recent.append(record)
         self.metrics.observe_request(record, resolved=bool(row.target))
+        for watcher in self.watchers:
+            watcher(row)
         if REQUEST_LOG.isEnabledFor(logging.DEBUG):
             log_request(row)
 

@@ -375,7 +375,10 @@ def _cached(reply: ChatReply) -> str:
 def format_spend(reply: SpendReply) -> str:
     """``quotad spend`` as text."""
     period = {"day": "today", "week": "the last 7 days", "month": "this month"}[reply.period]
-    out = [f"spend {period} ({_local(reply.since)} to {_local(reply.until)}), by {reply.by}", ""]
+    out = [f"spend {period} ({_local(reply.since)} to {_local(reply.until)}), by {reply.by}"]
+    if reply.fleet:
+        out.append(f"fleet: {len(reply.hosts)} host(s): {', '.join(reply.hosts)}")
+    out.append("")
     rows = [*reply.rows, reply.total]
     semantic = reply.total.semantic_hits > 0
     headers = [reply.by, "requests", "errors", "prompt", "completion", "cost", "hits"]
@@ -408,10 +411,10 @@ def format_spend(reply: SpendReply) -> str:
         )
     )
     if reply.budgets:
-        out += ["", "budgets"]
+        out += ["", "fleet budgets" if reply.fleet else "budgets"]
         out.append(
             table(
-                ["budget", "spent", "reserved", "limit", "use"],
+                ["budget", "spent", "held" if reply.fleet else "reserved", "limit", "use"],
                 [
                     [
                         budget.name,

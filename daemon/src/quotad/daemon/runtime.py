@@ -48,6 +48,7 @@ from quotad.protocol.paths import daemon_socket_path
 
 if TYPE_CHECKING:
     from quotad.daemon.cluster.fleet import Cluster
+    from quotad.daemon.cluster.shared_budgets import SharedBudgets
 
 log = logging.getLogger("quotad")
 
@@ -130,9 +131,20 @@ class Daemon:
             )
             self.gates.use_fleet(self.cluster.gates)
         self.broker = Broker(config, self.router, self.store, gates=self.gates, events=self.events)
+        self.shared_budgets: SharedBudgets | None = None
+        """With ``[cluster]``: the budgets and spend shared by the fleet."""
         if self.cluster is not None:
             self.broker.reports.cluster = self.cluster
             self.cluster.report_load(self._fleet_load)
+            from quotad.daemon.cluster.shared_budgets import SharedBudgets
+
+            shared = SharedBudgets(
+                self.cluster.link, self.store.budgets, self.store.ledger, self.events.add
+            )
+            self.cluster.run_beside(shared.run)
+            self.broker.tail.watchers.append(shared.finished)
+            self.broker.budget_holds.fleet = self.broker.reports.fleet_budgets = shared
+            self.shared_budgets = shared
         self.broker.admin.reload_config = self._reload_for_peer
         if listen_socket is not None:
             socket_path = Path(listen_socket.getsockname())
@@ -178,6 +190,8 @@ class Daemon:
             today = self.store.calendar.day(self.store.clock.time())
             self.broker.tail.load_spend(self.store.spent_at_open, today)
             await self.broker.semantic.start()  # model and questions loaded off the loop
+            if self.shared_budgets is not None:  # this host's spend, pushed when it joins
+                await self.shared_budgets.load()
             if self.cluster is not None:  # before serving: admissions start in the fleet
                 await self.cluster.open()
             if self.http is not None:  # first: clients take the socket answering for "ready"

@@ -2,23 +2,30 @@
 (``quotad status``, ``/healthz``, the TUI's snapshots) assembled from every part — targets and
 groups (routing), gates and queues, apps (policy and live activity), the cache, budgets, the
 event log — and :class:`~quotad.protocol.messages.SpendReply` (``quotad spend``: a ledger
-report with the budgets' use); and for the HTTP front door, the model names a request may use
-and whether the cache answers at all."""
+report with the budgets' use; with ``--fleet``, every host's); and for the HTTP front door,
+the model names a request may use and whether the cache answers at all."""
 
 from __future__ import annotations
 
 import os
-from typing import Final, Protocol
+import socket
+from typing import TYPE_CHECKING, Final, Protocol
+
+import msgspec
 
 from quotad.daemon.activity import AppActivity
 from quotad.daemon.clock import Clock
 from quotad.daemon.config import Config
+from quotad.daemon.errors import RequestError
 from quotad.daemon.events import EventLog
 from quotad.daemon.gates import Gates
 from quotad.daemon.live_tail import LiveTail
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.protocol.messages import AppStatus, ClusterStatus, Spend, SpendReply, StatusReply
+
+if TYPE_CHECKING:
+    from quotad.daemon.cluster.shared_budgets import SharedBudgets
 
 DAEMON_VERSION: Final = "0.1.0"
 
@@ -63,6 +70,8 @@ class StatusReports:
         self.started_at = clock.monotonic()
         self.cluster: FleetReports | None = None
         """Set by the runtime when ``[cluster]`` is configured."""
+        self.fleet_budgets: SharedBudgets | None = None
+        """With ``[cluster]``: the fleet's budgets and spend (``quotad spend --fleet``)."""
 
     def status(self) -> StatusReply:
         """The daemon's state now."""
@@ -109,12 +118,34 @@ class StatusReports:
         return self.router.owner_of(name)
 
     async def spend(self, request: Spend) -> SpendReply:
-        """A ledger report, with the budgets' use."""
+        """A ledger report, with the budgets' use: this host's, or with ``fleet`` every
+        host's (``bad_request`` with no ``[cluster]``). By host, this host's report is one
+        row: its own."""
         now = self.clock.time()
-        reply = await self.ledger.report(request.period, request.by, now)
+        if request.fleet:
+            if self.fleet_budgets is None:
+                raise RequestError(
+                    "bad_request",
+                    "quotad spend --fleet: this daemon has no [cluster] (cluster.redis_url "
+                    f"in {self.config.source}): it is one host; `quotad spend` reports it",
+                )
+            reply = await self.fleet_budgets.report(request.period, request.by, now)
+        else:
+            by_host = request.by == "host"
+            reply = await self.ledger.report(request.period, "app" if by_host else request.by, now)
+            if by_host:
+                reply.by = "host"
+                reply.rows = [msgspec.structs.replace(reply.total, key=self.host_name)]
+            reply.budgets = self.budgets.status(now)
         reply.id = request.id
-        reply.budgets = self.budgets.status(now)
         return reply
+
+    @property
+    def host_name(self) -> str:
+        """This host's name: its name in the fleet, else the machine's."""
+        if self.fleet_budgets is not None:
+            return self.fleet_budgets.link.host
+        return socket.gethostname()
 
     def _apps(self, queued_by_app: dict[str, int]) -> list[AppStatus]:
         """Each app the config names or that was seen: its policy, queue and activity."""

@@ -236,6 +236,23 @@ class Link:
             raise LinkDown(f"Redis unreachable: {error or type(error).__name__}") from None
         return value
 
+    async def read_hashes(self, keys: list[str]) -> list[dict[Any, Any]]:
+        """``HGETALL`` of each of ``keys`` in one pipelined round trip (a read for reports);
+        :class:`LinkDown` as :meth:`read_hash`."""
+        if self.health not in ("connected", "resyncing"):
+            raise LinkDown(self.reason)
+        try:
+            with anyio.fail_after(self.settings.timeout_s * 4 + 0.01 * len(keys)):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.hgetall(key)
+                    values: list[dict[Any, Any]] = await pipe.execute()
+        except TimeoutError:
+            raise LinkDown("Redis did not answer in time") from None
+        except (RedisError, OSError) as error:
+            raise LinkDown(f"Redis unreachable: {error or type(error).__name__}") from None
+        return [value if isinstance(value, dict) else {} for value in values]
+
     def malformed(self, name: str, error: Exception) -> LinkDown:
         """A reply of script ``name`` did not have the shape it must: Redis is not one this
         host can trust now (degraded, logged); the :class:`LinkDown` to raise."""

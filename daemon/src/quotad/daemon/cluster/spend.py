@@ -1,10 +1,16 @@
 """The fleet's spend by day, host, app, model and target, for ``quotad spend --fleet``.
 
 Each host keeps its own figures per ``(day, app, model, target)`` (loaded from its ledger's
-``spend_daily`` at start, added to as requests settle) and pushes them, absolute, into one
+``spend_daily`` at start, added to as its requests finish) and pushes them, absolute, into one
 hash per day (``{p}:spend:<day>``, field ``host\\tapp\\tmodel\\ttarget``, value ``cost_nano
-requests prompt_tokens completion_tokens``) with the budget syncs: a push sent twice counts
-once, and a Redis restarted empty gets every day back. :func:`read_fleet_spend` reads them.
+requests prompt_tokens completion_tokens errors cache_hits saved_nano semantic_hits``) with
+the budget
+syncs: a push sent twice counts once, and a Redis restarted empty gets every day back. Each
+host's ledger stays the truth for its own rows; Redis holds only their sums.
+
+:func:`fleet_report` reads the days a report covers and builds the same
+:class:`~quotad.protocol.messages.SpendReply` as ``quotad spend`` does from one ledger
+(:class:`~quotad.daemon.store.spend.ReportSpan`), grouped by app, model, target, day or host.
 """
 
 from __future__ import annotations
@@ -12,7 +18,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, Final
+
+from quotad.daemon.store.budgets import Calendar
+from quotad.daemon.store.spend import ReportSpan
+from quotad.protocol.messages import SpendReply, SpendRow
 
 if TYPE_CHECKING:
     from quotad.daemon.cluster.link import Link
@@ -20,8 +31,20 @@ if TYPE_CHECKING:
 SPEND_TTL_S: Final = 62 * 86400
 KEPT_DAYS: Final = 62
 MAX_FIELD_LENGTH: Final = 600
+MAX_REPORT_FIELDS: Final = 200_000
+"""A fleet report reads at most this many host/app/model/target rows (a hostile Redis, or a
+fleet far larger than any this is meant for, costs a bounded report)."""
 Figures = list[int]
-"""``[cost nano-USD, requests, prompt tokens, completion tokens]``."""
+"""``[cost nano-USD, requests, prompt tokens, completion tokens, errors, cache hits, saved
+nano-USD, semantic cache hits]``."""
+LedgerDay = tuple[str, str, str, str, float, int, int, int, int, int, float, int]
+"""``(day, app, model, target, cost, requests, prompt, completion, errors, cache hits,
+saved, semantic hits)``: one row of the ledger's ``spend_daily``."""
+
+
+def nano(usd: float) -> int:
+    """USD as integer nano-USD, rounded up."""
+    return math.ceil(round(usd * 1e9, 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +60,10 @@ class FleetSpendRow:
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    errors: int = 0
+    cache_hits: int = 0
+    saved_usd: float = 0.0
+    semantic_hits: int = 0
 
 
 class FleetSpend:
@@ -48,12 +75,15 @@ class FleetSpend:
         self.days: dict[str, dict[tuple[str, str, str], Figures]] = {}
         self.dirty: dict[str, set[tuple[str, str, str]]] = {}
 
-    def load(self, rows: Iterable[tuple[str, str, str, str, float, int, int, int]]) -> None:
-        """Set from the ledger: ``(day, app, model, target, cost, requests, prompt,
-        completion)`` rows (its ``spend_daily``)."""
+    def load(self, rows: Iterable[LedgerDay]) -> None:
+        """Set from the ledger's ``spend_daily`` rows."""
         self.days.clear()
-        for day, app, model, target, cost, requests, prompt, completion in rows:
-            figures = [math.ceil(round(cost * 1e9, 3)), requests, prompt, completion]
+        for row in rows:
+            day, app, model, target, cost, requests, prompt, completion = row[:8]
+            errors, hits, saved, semantic = row[8:]
+            figures = [
+                nano(cost), requests, prompt, completion, errors, hits, nano(saved), semantic
+            ]  # fmt: skip
             self.days.setdefault(day, {})[(app, model, target)] = figures
         self._forget_old()
 
@@ -66,14 +96,24 @@ class FleetSpend:
         cost_usd: float,
         prompt_tokens: int,
         completion_tokens: int,
+        *,
+        error: bool = False,
+        cache_hit: bool = False,
+        saved_usd: float = 0.0,
+        semantic_hit: bool = False,
     ) -> None:
-        """A request settled."""
+        """A request finished (its ledger row: a cache hit's tokens are not billed, so the
+        caller passes 0 for them, as ``spend_daily`` sums them)."""
         key = (app, model, target)
-        figures = self.days.setdefault(day, {}).setdefault(key, [0, 0, 0, 0])
-        figures[0] += math.ceil(round(cost_usd * 1e9, 3))
+        figures = self.days.setdefault(day, {}).setdefault(key, [0] * 8)
+        figures[0] += nano(cost_usd)
         figures[1] += 1
         figures[2] += prompt_tokens
         figures[3] += completion_tokens
+        figures[4] += error
+        figures[5] += cache_hit
+        figures[6] += nano(saved_usd)
+        figures[7] += semantic_hit
         self.dirty.setdefault(day, set()).add(key)
         if len(self.days) > KEPT_DAYS:
             self._forget_old()
@@ -111,24 +151,84 @@ class FleetSpend:
 
 
 async def read_fleet_spend(link: Link, days: Iterable[str]) -> list[FleetSpendRow]:
-    """Every host's spend on ``days``, as the fleet's Redis has it."""
+    """Every host's spend on ``days``, as the fleet's Redis has it (at most
+    :data:`MAX_REPORT_FIELDS` rows; a field of the wrong shape is skipped)."""
+    days = list(days)
+    hashes = await link.read_hashes([link.keys.spend_day(day) for day in days])
     rows: list[FleetSpendRow] = []
-    for day in days:
-        fields = await link.read_hash(link.keys.spend_day(day))
+    for day, fields in zip(days, hashes, strict=True):
         for name, value in fields.items():
             row = _parse(day, name, value)
             if row is not None:
                 rows.append(row)
+                if len(rows) >= MAX_REPORT_FIELDS:
+                    return rows
     return rows
+
+
+async def fleet_report(
+    link: Link, calendar: Calendar, period: str, by: str, now: float
+) -> SpendReply:
+    """``quotad spend --fleet``: every host's spend of ``period`` grouped ``by`` app,
+    model, target, day or host, with the forecast and anomaly flags over the fleet's days.
+    :class:`~quotad.daemon.cluster.link.LinkDown` when Redis cannot be read."""
+    span = ReportSpan.of(calendar, period, by, now)
+    today = date.fromisoformat(span.today)
+    first = max(date.fromisoformat(span.history_day), today - timedelta(days=KEPT_DAYS - 1))
+    days = [(first + timedelta(days=n)).isoformat() for n in range((today - first).days + 1)]
+    rows = await read_fleet_spend(link, days)
+    grouped: dict[str, SpendRow] = {}
+    daily: dict[str, float] = {}
+    for row in rows:
+        daily[row.day] = daily.get(row.day, 0.0) + row.cost_usd
+        if not span.first_day <= row.day <= span.today:
+            continue
+        key = _key_of(row, by)
+        total = grouped.get(key)
+        if total is None:
+            total = grouped[key] = SpendRow(key=key)
+        total.requests += row.requests
+        total.errors += row.errors
+        total.prompt_tokens += row.prompt_tokens
+        total.completion_tokens += row.completion_tokens
+        total.cost_usd += row.cost_usd
+        total.cache_hits += row.cache_hits
+        total.saved_usd += row.saved_usd
+        total.semantic_hits += row.semantic_hits
+    first_day = date.fromisoformat(min(daily)) if daily else None
+    reply = span.reply(list(grouped.values()), daily, first_day)
+    reply.fleet = True
+    reply.hosts = sorted(
+        {row.host for row in rows if span.first_day <= row.day <= span.today} | {link.host}
+    )
+    return reply
+
+
+def _key_of(row: FleetSpendRow, by: str) -> str:
+    if by == "host":
+        return row.host
+    if by == "model":
+        return row.model
+    if by == "target":
+        return row.target
+    if by == "day":
+        return row.day
+    return row.app
 
 
 def _parse(day: str, name: Any, value: Any) -> FleetSpendRow | None:
     try:
         host, app, model, target = _text(name).split("\t")
-        cost, requests, prompt, completion = (int(part) for part in _text(value).split(" "))
+        numbers = [int(part) for part in _text(value).split(" ")]
+        if len(numbers) not in (4, 7, 8) or min(numbers) < 0:
+            return None
     except ValueError:
         return None
-    return FleetSpendRow(day, host, app, model, target, cost / 1e9, requests, prompt, completion)
+    cost, requests, prompt, completion, errors, hits, saved, semantic = (numbers + [0] * 4)[:8]
+    return FleetSpendRow(
+        day, host, app, model, target, cost / 1e9, requests, prompt, completion, errors, hits,
+        saved / 1e9, semantic,
+    )  # fmt: skip
 
 
 def _text(value: Any) -> str:

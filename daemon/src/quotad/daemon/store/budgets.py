@@ -224,11 +224,18 @@ class Budgets:
     def reserve(self, app: str, max_cost_usd: float, now: float) -> BudgetHold | None:
         """Reserve ``max_cost_usd`` on every budget of ``app``, or raise ``budget_exceeded``
         naming the first budget it would exceed. None when there is nothing to hold."""
+        budgets = self.check(app, max_cost_usd, now)
+        return self.hold(budgets, max_cost_usd) if budgets else None
+
+    def check(self, app: str, max_cost_usd: float, now: float) -> tuple[Budget, ...]:
+        """The budgets a request of ``app`` costing up to ``max_cost_usd`` must hold on (none
+        when its cost is 0 or no budget applies), each in its current period; raises
+        ``budget_exceeded`` naming the first one it would exceed. Holds nothing: a caller that
+        checks something more (the fleet's share, :mod:`quotad.daemon.cluster.shared_budgets`)
+        calls :meth:`hold` in the same step of the event loop."""
         if max_cost_usd <= 0.0:
-            return None
+            return ()
         budgets = self.app_budgets.get(app, self.global_budgets)
-        if not budgets:
-            return None
         for budget in budgets:
             self._roll(budget, now)
             committed = budget.spent_usd + budget.reserved_usd
@@ -248,10 +255,22 @@ class Budgets:
                         "limit_usd": budget.limit_usd,
                     },
                 )
+        return budgets
+
+    @staticmethod
+    def hold(budgets: tuple[Budget, ...], max_cost_usd: float) -> BudgetHold:
+        """Reserve ``max_cost_usd`` on ``budgets`` (what :meth:`check` returned, in the
+        same step)."""
         for budget in budgets:
             budget.reserved_usd += max_cost_usd
             budget.held += 1
         return BudgetHold(budgets, max_cost_usd)
+
+    def roll(self, now: float) -> Iterable[Budget]:
+        """Every budget, each in the period holding ``now``."""
+        for budget in self._all():
+            self._roll(budget, now)
+            yield budget
 
     def settle(
         self, reservation: BudgetHold | None, app: str, cost_usd: float, now: float

@@ -233,6 +233,25 @@ class Ledger:
         )
         return [(str(app), float(today), float(month)) for app, today, month in rows]
 
+    async def daily_totals(
+        self, since_day: str
+    ) -> list[tuple[str, str, str, str, float, int, int, int, int, int, float, int]]:
+        """``(day, app, model, target, cost, requests, prompt tokens, completion tokens,
+        errors, cache hits, saved, semantic hits)`` of every day from ``since_day``:
+        ``spend_daily`` as it is (what a fleet is told this host spent,
+        :mod:`quotad.daemon.cluster.spend`)."""
+        rows = await self._db.read(
+            "SELECT day, app, model, target, cost_usd, requests, prompt_tokens, "
+            "completion_tokens, errors, cache_hits, saved_usd, semantic_hits FROM spend_daily "
+            "WHERE day >= ?",
+            (since_day,),
+        )
+        return [
+            (str(d), str(a), str(m), str(t), float(c), int(r), int(p), int(o), int(e), int(h),
+             float(v), int(s))
+            for d, a, m, t, c, r, p, o, e, h, v, s in rows
+        ]  # fmt: skip
+
     async def report(self, period: str, by: str, now: float) -> SpendReply:
         """``quotad spend``: totals of ``period`` grouped ``by`` a column (see
         :mod:`.spend`)."""

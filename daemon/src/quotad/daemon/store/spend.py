@@ -87,49 +87,30 @@ class SpendReport:
 
     async def build(self, period: str, by: str, now: float) -> SpendReply:
         """Totals of ``period`` (day, week, month) grouped ``by`` (app, model, target, day)."""
-        calendar = self.calendar
+        span = ReportSpan.of(self.calendar, period, by, now)
         column = GROUP_COLUMNS[by]
-        if period == "month":
-            since = calendar.month_bounds(now)[0]
-        else:
-            since = calendar.days_back(now, PERIOD_DAYS[period])
-        first_day, today = calendar.day(since), calendar.day(now)
         grouped = await self._db.read(
             f"SELECT {column}, total(requests), total(errors), total(prompt_tokens), "
             "total(completion_tokens), total(cached_tokens), total(cost_usd), "
             "total(cache_hits), total(saved_usd), max(unpriced), total(semantic_hits) "
             f"FROM spend_daily WHERE day >= ? AND day <= ? GROUP BY {column}",
-            (first_day, today),
+            (span.first_day, span.today),
         )
         rows = [_row(values) for values in grouped]
-        await self._add_guardrails(rows, column, first_day, today)
-        month_start, month_end, month_label = calendar.month_bounds(now)
-        history_start = min(month_start, calendar.days_back(since, ANOMALY_HISTORY_DAYS))
+        await self._add_guardrails(rows, column, span.first_day, span.today)
         daily = {
             str(label): float(cost)
             for label, cost in await self._db.read(
                 "SELECT day, total(cost_usd) FROM spend_daily WHERE day >= ? AND day <= ? "
                 "GROUP BY day",
-                (calendar.day(history_start), today),
+                (span.history_day, span.today),
             )
         }
+        ledger_start = None
         if by == "day":
             first = await self._db.read("SELECT min(day) FROM spend_daily")
             ledger_start = _day(first[0][0]) if first and first[0][0] else None
-            for row in rows:
-                row.anomalous = is_anomalous(row.cost_usd, _history(daily, row.key, ledger_start))
-            rows.sort(key=lambda row: row.key)
-        else:
-            rows.sort(key=lambda row: (-row.cost_usd, -row.requests, row.key))
-        return SpendReply(
-            period=period,
-            by=by,
-            since=since,
-            until=now,
-            total=_total(rows),
-            rows=rows,
-            forecast_month_usd=self._forecast(daily, now, month_start, month_end, month_label),
-        )
+        return span.reply(rows, daily, ledger_start)
 
     async def _add_guardrails(
         self, rows: list[SpendRow], column: str, first_day: str, last_day: str
@@ -150,24 +131,66 @@ class SpendReport:
             else:
                 row.entities[str(kind)] = int(count)
 
-    def _forecast(
-        self,
-        daily: dict[str, float],
-        now: float,
-        month_start: float,
-        month_end: float,
-        month_label: str,
-    ) -> float | None:
-        if not any(label.startswith(month_label) for label in daily):
+
+class ReportSpan:
+    """The days one report covers, and how its rows become a :class:`SpendReply` (the
+    ledger's report above, and the fleet's: :mod:`quotad.daemon.cluster.spend`)."""
+
+    def __init__(self, calendar: Calendar, period: str, by: str, now: float, since: float) -> None:
+        self.calendar = calendar
+        self.period = period
+        self.by = by
+        self.now = now
+        self.since = since
+        self.first_day = calendar.day(since)
+        self.today = calendar.day(now)
+        self.month_start, self.month_end, self.month_label = calendar.month_bounds(now)
+        history_start = min(self.month_start, calendar.days_back(since, ANOMALY_HISTORY_DAYS))
+        self.history_day = calendar.day(history_start)
+        """The first day whose total the forecast and the anomaly flags read."""
+
+    @classmethod
+    def of(cls, calendar: Calendar, period: str, by: str, now: float) -> ReportSpan:
+        """The span of ``period`` (day, week, month) ending ``now``."""
+        if period == "month":
+            since = calendar.month_bounds(now)[0]
+        else:
+            since = calendar.days_back(now, PERIOD_DAYS[period])
+        return cls(calendar, period, by, now, since)
+
+    def reply(
+        self, rows: list[SpendRow], daily: dict[str, float], first_day: date | None
+    ) -> SpendReply:
+        """The report of ``rows`` (one per key), given the total of each day from
+        :attr:`history_day` (``daily``) and the first day anything was spent
+        (``first_day``, for the anomaly flags of a report by day)."""
+        if self.by == "day":
+            for row in rows:
+                row.anomalous = is_anomalous(row.cost_usd, _history(daily, row.key, first_day))
+            rows.sort(key=lambda row: row.key)
+        else:
+            rows.sort(key=lambda row: (-row.cost_usd, -row.requests, row.key))
+        return SpendReply(
+            period=self.period,
+            by=self.by,
+            since=self.since,
+            until=self.now,
+            total=_total(rows),
+            rows=rows,
+            forecast_month_usd=self._forecast(daily),
+        )
+
+    def _forecast(self, daily: dict[str, float]) -> float | None:
+        if not any(label.startswith(self.month_label) for label in daily):
             return None
-        today = _day(self.calendar.day(now))
+        today = _day(self.today)
         first = today.replace(day=1)
         complete = [
             daily.get((first + timedelta(days=n)).isoformat(), 0.0)
             for n in range((today - first).days)
         ]
-        days_in_month = round((month_end - month_start) / 86400)
-        elapsed_days = (now - month_start) / 86400
+        days_in_month = round((self.month_end - self.month_start) / 86400)
+        elapsed_days = (self.now - self.month_start) / 86400
         return forecast_month(
             complete, daily.get(today.isoformat(), 0.0), days_in_month, elapsed_days
         )

@@ -1,0 +1,221 @@
+"""Budgets held by a fleet (DESIGN §10, issue 15.5-7), end to end with real processes: one
+Valkey, the sim, three ``quotad serve`` sharing one global and one app budget, and one client
+process per host with 16 concurrent clients each (48 at once), each sending until its budget
+refuses it. What was spent (each host's ledger: the truth for its rows) never passes a limit;
+``quotad spend --fleet`` reports every host's spend as their ledgers have it; Valkey restarted
+empty mid-run does not reset the budgets (every host pushes its totals back); while Valkey is
+away a host serves what it holds and refuses the rest with ``rate_limited``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quotad.client import Client, QuotadError
+from tests.support.daemon import DaemonProcess
+from tests.support.fleet import Fleet, have_valkey
+
+pytestmark = pytest.mark.skipif(not have_valkey(), reason="no valkey-server or redis-server")
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "sim/sim-small"
+PRICES = """\
+[prices."sim/sim-small"]
+input = 10.0
+output = 100.0
+"""
+"""USD per million tokens: a reply of the sim (16 words) costs about 0.0018 USD, and a
+request reserves up to 0.0066 USD (64 completion tokens)."""
+GLOBAL_USD = 0.09
+APP_USD = 0.05
+BUDGETS = f"[budgets]\ndaily_usd = {GLOBAL_USD}\n[apps.build]\ndaily_usd = {APP_USD}\n"
+CLIENT_TIMEOUT_S = 120
+
+
+def ledger_spend(state_dir: Path) -> dict[str, float]:
+    """Each app's cost in one host's ledger."""
+    with sqlite3.connect(f"file:{state_dir / 'quotad.db'}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT app, total(cost_usd) FROM ledger GROUP BY app").fetchall()
+    return {str(app): float(cost) for app, cost in rows}
+
+
+def fleet_ledgers(fleet: Fleet) -> list[dict[str, float]]:
+    return [ledger_spend(daemon.state_dir) for daemon in fleet.daemons]
+
+
+def start_clients(
+    fleet: Fleet, apps: Sequence[str], *, requests: int, threads: int = 16, delay_s: float = 2.0
+) -> tuple[list[subprocess.Popen[str]], float]:
+    """One client process per host (``apps[i]`` on host ``i``), ``threads`` clients each, all
+    starting together ``delay_s`` from now; the processes and when they start (Unix time)."""
+    start_at = time.time() + delay_s
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable, "-m", "tests.support.budget_load",
+                "--socket", str(daemon.socket_path), "--app", app, "--model", MODEL,
+                "--threads", str(threads), "--requests", str(requests),
+                "--start-at", str(start_at),
+            ],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for daemon, app in zip(fleet.daemons, apps, strict=True)
+    ]  # fmt: skip
+    return processes, start_at
+
+
+def collect(processes: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    """Each client process's result (all of them stopped, whatever happens)."""
+    results = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=CLIENT_TIMEOUT_S)
+            assert process.returncode == 0, err
+            results.append(json.loads(out))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return results
+
+
+def run_clients(
+    fleet: Fleet, apps: Sequence[str], *, requests: int, threads: int = 16
+) -> list[dict[str, Any]]:
+    """:func:`start_clients`, then their results."""
+    return collect(start_clients(fleet, apps, requests=requests, threads=threads)[0])
+
+
+def spend_fleet(socket_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quotad.daemon.cli", "--socket", str(socket_path), "spend", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "QUOTAD_CONFIG": "/nonexistent/quotad.toml"},
+    )
+
+
+def wait_connected(fleet: Fleet, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        statuses = fleet.statuses()
+        if all(s.cluster is not None and s.cluster.health == "connected" for s in statuses):
+            return
+        assert time.monotonic() < deadline, [s.cluster for s in statuses]
+        time.sleep(0.1)
+
+
+def test_the_fleet_never_spends_past_its_budgets_under_48_concurrent_requests() -> None:
+    with Fleet(hosts=3, extra=BUDGETS + PRICES) as fleet:
+        wait_connected(fleet)
+        results = run_clients(fleet, ["build", "build", "docs"], requests=40)
+        ledgers = fleet_ledgers(fleet)
+        build = sum(ledger.get("build", 0.0) for ledger in ledgers)
+        total = sum(sum(ledger.values()) for ledger in ledgers)
+        print(f"fleet spend: build {build:.6f} of {APP_USD}, all {total:.6f} of {GLOBAL_USD}")
+        print(results)
+        assert build <= APP_USD + 1e-9
+        assert total <= GLOBAL_USD + 1e-9
+        # the budgets were the limit, not the request count: every client process was refused
+        assert all(r["errors"].get("budget_exceeded", 0) > 0 for r in results), results
+        assert build >= APP_USD * 0.5, build
+        assert total >= GLOBAL_USD * 0.6, total
+        # the replies' costs are what the ledgers hold
+        assert sum(r["cost_usd"] for r in results) == pytest.approx(total, abs=1e-9)
+
+        # quotad spend --fleet, on any host: every host's spend as its ledger has it
+        by_host = spend_fleet(fleet.daemons[1].socket_path, "--fleet", "--by", "host", "--json")
+        assert by_host.returncode == 0, by_host.stderr
+        reply = json.loads(by_host.stdout)
+        assert reply["fleet"] is True
+        assert reply["hosts"] == ["h1", "h2", "h3"]
+        rows = {row["key"]: row for row in reply["rows"]}
+        for name, ledger in zip(("h1", "h2", "h3"), ledgers, strict=True):
+            assert rows[name]["cost_usd"] == pytest.approx(sum(ledger.values()), abs=1e-8)
+        assert reply["total"]["cost_usd"] == pytest.approx(total, abs=1e-8)
+        assert reply["total"]["requests"] == sum(r["ok"] for r in results) + sum(
+            sum(r["errors"].values()) for r in results
+        )
+        budgets = {b["name"]: b for b in reply["budgets"]}
+        assert budgets["app build daily"]["spent_usd"] == pytest.approx(build, abs=1e-8)
+        by_app = spend_fleet(fleet.daemons[0].socket_path, "--fleet", "--by", "app")
+        assert by_app.returncode == 0, by_app.stderr
+        assert "fleet: 3 host(s): h1, h2, h3" in by_app.stdout
+        assert "build" in by_app.stdout
+        assert "docs" in by_app.stdout
+        assert "fleet budgets" in by_app.stdout
+
+
+def test_a_valkey_restarted_empty_does_not_reset_the_budgets() -> None:
+    """Valkey killed after some spend; 48 clients start while it is away (each host serves
+    what it holds, refuses the rest with ``rate_limited``) and go on as it comes back empty:
+    the hosts push their totals back before anyone borrows, so the fleet still stops at the
+    limit."""
+    budgets = f"[budgets]\ndaily_usd = {GLOBAL_USD}\n" + PRICES
+    with Fleet(hosts=3, extra=budgets, sim={"latency_ms": 20}, heartbeat_s=1.0) as fleet:
+        wait_connected(fleet)
+        run_clients(fleet, ["a", "b", "c"], requests=1, threads=5)  # 15: about 0.026 USD
+        before = sum(sum(ledger.values()) for ledger in fleet_ledgers(fleet))
+        assert 0 < before < GLOBAL_USD / 2
+
+        fleet.valkey.kill()
+        with Client(socket=fleet.daemons[0].socket_path, app="a", timeout=30) as client:
+            refused = None
+            for _ in range(40):  # what h1 holds is served, then it refuses
+                try:
+                    client.chat(MODEL, [{"role": "user", "content": "x"}], max_tokens=64)
+                except QuotadError as error:
+                    refused = error
+                    break
+            assert refused is not None
+            assert refused.code == "rate_limited"
+            assert refused.retry_after_s is not None
+            assert refused.retry_after_s > 0
+            assert "fail closed" in str(refused)
+
+        processes, start_at = start_clients(fleet, ["a", "b", "c"], requests=40, delay_s=1.5)
+        time.sleep(max(0.0, start_at + 0.5 - time.time()))
+        fleet.valkey.start()  # empty, while 48 clients are asking
+        results = collect(processes)
+        ledgers = fleet_ledgers(fleet)
+        total = sum(sum(ledger.values()) for ledger in ledgers)
+        print(f"fleet spend across a Valkey restarted empty: {total:.6f} of {GLOBAL_USD}")
+        print(results)
+        assert total <= GLOBAL_USD + 1e-9
+        assert sum(r["errors"].get("rate_limited", 0) for r in results) > 0  # it was away
+        assert all(r["errors"].get("budget_exceeded", 0) > 0 for r in results), results
+        assert total >= GLOBAL_USD * 0.6
+        # every host pushed its spend back: the report has all of it
+        wait_connected(fleet)
+        report = spend_fleet(fleet.daemons[2].socket_path, "--fleet", "--by", "host", "--json")
+        assert report.returncode == 0, report.stderr
+        reply = json.loads(report.stdout)
+        assert reply["total"]["cost_usd"] == pytest.approx(total, abs=1e-8)
+
+
+def test_spend_fleet_without_a_cluster_is_a_clear_error() -> None:
+    config = '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n'
+    with DaemonProcess(config) as daemon:
+        out = spend_fleet(daemon.socket_path, "--fleet")
+        assert out.returncode == 1
+        assert "bad_request" in out.stderr, out.stderr
+        assert "no [cluster]" in out.stderr, out.stderr
+        as_json = spend_fleet(daemon.socket_path, "--fleet", "--json")
+        assert as_json.returncode == 1
+        assert json.loads(as_json.stdout)["error"]["code"] == "bad_request"
+        by_host = spend_fleet(daemon.socket_path, "--by", "host", "--json")
+        assert by_host.returncode == 0, by_host.stderr
+        assert [row["key"] for row in json.loads(by_host.stdout)["rows"]] == [
+            __import__("socket").gethostname()
+        ]
