@@ -222,3 +222,21 @@ def test_a_reload_keeps_totals_and_holds_and_counts_new_budgets_from_the_ledger(
     assert caught.value.code == "budget_exceeded"
     running.settle(hold, "a", 0.5, now)  # the old hold settles on the kept budget
     assert {b.name: b for b in running.status(now)}["global daily"].spent_usd == pytest.approx(1.5)
+
+
+def test_a_reload_keeps_an_app_called_global_apart_from_the_global_budget() -> None:
+    """An app may be called ``global``: its budget has the global budget's scope string, but a
+    reload must not carry one's running total into the other."""
+    now = at("2026-11-02 10:00")
+    raw = {"budgets": {"daily_usd": 10.0}, "apps": {"global": {"daily_usd": 5.0}}}
+    running = budgets(**raw)
+    running.settle(running.reserve("global", 1.0, now), "global", 1.0, now)
+    running.settle(running.reserve("other", 2.0, now), "other", 2.0, now)
+    assert (
+        running.reconfigure(parse_config({"daemon": {"timezone": "America/New_York"}, **raw})) == []
+    )
+    by_name = {b.name: b for b in running.status(now)}
+    assert by_name["global daily"].spent_usd == pytest.approx(3.0)
+    assert by_name["global daily"].limit_usd == 10.0
+    assert by_name["app global daily"].spent_usd == pytest.approx(1.0)
+    assert by_name["app global daily"].limit_usd == 5.0

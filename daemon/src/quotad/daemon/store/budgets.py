@@ -149,17 +149,18 @@ class Budgets:
                 self.app_budgets[app] = self.global_budgets + own
 
     def reconfigure(self, config: Config) -> list[Budget]:
-        """Apply reloaded budgets (SIGHUP). A budget that stays (same scope and period) is the
+        """Apply reloaded budgets (SIGHUP). A budget that stays (same name: its scope and
+        period, ``global daily`` apart from an app's ``app global daily``) is the
         same object with its new limit, so its running total and the holds of requests in
         flight carry over; a removed budget no longer applies. Returns the new budgets: their
         totals so far must be added from the ledger (:meth:`add_spent`)."""
-        previous = {(budget.scope, budget.period): budget for budget in self._all()}
+        previous = {budget.name: budget for budget in self._all()}
         fresh = Budgets(config, self.calendar)
 
         def carried(budgets: tuple[Budget, ...]) -> tuple[Budget, ...]:
             result = []
             for budget in budgets:
-                old = previous.get((budget.scope, budget.period))
+                old = previous.get(budget.name)
                 if old is not None:
                     old.limit_usd = budget.limit_usd
                     old.alert_at = budget.alert_at
@@ -169,7 +170,7 @@ class Budgets:
 
         self.global_budgets = carried(fresh.global_budgets)
         self.app_budgets = {app: carried(budgets) for app, budgets in fresh.app_budgets.items()}
-        return [b for b in self._all() if (b.scope, b.period) not in previous]
+        return [b for b in self._all() if b.name not in previous]
 
     def add_spent(
         self, budgets: Iterable[Budget], spent: Iterable[tuple[str, float, float]], now: float
