@@ -21,9 +21,10 @@ from quotad.daemon.caller import Caller
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.config import Config, parse_config
 from quotad.daemon.gates import Demand, Gate, Gates, Reservation, SlidingWindow, Waiter, WaitQueue
-from quotad.daemon.providers.base import ChatResult, ChatStream, EmbedResult
+from quotad.daemon.providers.base import ChatResult
 from quotad.daemon.routing import Router
 from quotad.protocol.messages import Chat, ChatMessage, Usage
+from tests.support.providers import InProcessProvider
 from tests.support.store import open_store
 
 # --------------------------------------------------------------------------- one window
@@ -195,11 +196,8 @@ def test_counted_from_admission_the_provider_sees_more_than_the_limit() -> None:
 # --------------------------------------------------------------------------- the broker
 
 
-class RecordingProvider:
+class RecordingProvider(InProcessProvider):
     """Answers chats; records the time on the gates' clock at which each call began."""
-
-    kind = "openai"
-    name = "p"
 
     def __init__(self, clock: VirtualClock) -> None:
         self.clock = clock
@@ -208,20 +206,6 @@ class RecordingProvider:
     async def chat(self, model: str, request: Chat, max_tokens: int) -> ChatResult:
         self.called_at.append(self.clock.monotonic())
         return ChatResult(content="x", usage=Usage(prompt_tokens=5, completion_tokens=3))
-
-    async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
-        raise NotImplementedError
-
-    async def embed(
-        self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
-    ) -> EmbedResult:
-        raise NotImplementedError
-
-    async def list_models(self) -> list[str]:
-        return []
-
-    async def aclose(self) -> None:
-        pass
 
 
 def one_a_window_config() -> Config:
