@@ -2,7 +2,8 @@
 
 Each host keeps its own figures per ``(day, app, model, target)`` (loaded from its ledger's
 ``spend_daily`` at start, added to as its requests finish) and pushes them, absolute, into one
-hash per day (``{p}:spend:<day>``, field ``host\\tapp\\tmodel\\ttarget``, value ``cost_nano
+hash per day (``{p}:spend:<day>``, field the JSON array ``[host, app, model, target]`` (an app
+name is whatever a client sent: any character, up to 256), value ``cost_nano
 requests prompt_tokens completion_tokens errors cache_hits saved_nano semantic_hits``) with
 the budget
 syncs: a push sent twice counts once, and a Redis restarted empty gets every day back. Each
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
+
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.spend import ReportSpan
 from quotad.protocol.messages import SpendReply, SpendRow
@@ -28,9 +31,12 @@ from quotad.protocol.messages import SpendReply, SpendRow
 if TYPE_CHECKING:
     from quotad.daemon.cluster.link import Link
 
+_FIELD_NAME_ENCODER: Final = msgspec.json.Encoder()
+_FIELD_NAME_DECODER: Final = msgspec.json.Decoder(tuple[str, str, str, str])
+"""A spend field's name: ``[host, app, model, target]`` as JSON."""
+
 SPEND_TTL_S: Final = 62 * 86400
 KEPT_DAYS: Final = 62
-MAX_FIELD_LENGTH: Final = 600
 MAX_REPORT_FIELDS: Final = 200_000
 """A fleet report reads at most this many host/app/model/target rows (a hostile Redis, or a
 fleet far larger than any this is meant for, costs a bounded report)."""
@@ -132,7 +138,7 @@ class FleetSpend:
             rows = self.days.get(day, {})
             out[day] = [
                 (
-                    "\t".join((self.host, *key))[:MAX_FIELD_LENGTH],
+                    _FIELD_NAME_ENCODER.encode((self.host, *key)).decode(),
                     " ".join(str(value) for value in rows[key]),
                 )
                 for key in keys
@@ -145,9 +151,8 @@ class FleetSpend:
         for day, fields in days.items():
             keys = self.dirty.setdefault(day, set())
             for name, _ in fields:
-                parts = name.split("\t")
-                if len(parts) == 4:
-                    keys.add((parts[1], parts[2], parts[3]))
+                _, app, model, target = _FIELD_NAME_DECODER.decode(name)
+                keys.add((app, model, target))
 
 
 async def read_fleet_spend(link: Link, days: Iterable[str]) -> list[FleetSpendRow]:
@@ -218,11 +223,11 @@ def _key_of(row: FleetSpendRow, by: str) -> str:
 
 def _parse(day: str, name: Any, value: Any) -> FleetSpendRow | None:
     try:
-        host, app, model, target = _text(name).split("\t")
+        host, app, model, target = _FIELD_NAME_DECODER.decode(_text(name))
         numbers = [int(part) for part in _text(value).split(" ")]
         if len(numbers) not in (4, 7, 8) or min(numbers) < 0:
             return None
-    except ValueError:
+    except (ValueError, msgspec.DecodeError):  # ValidationError is a DecodeError
         return None
     cost, requests, prompt, completion, errors, hits, saved, semantic = (numbers + [0] * 4)[:8]
     return FleetSpendRow(

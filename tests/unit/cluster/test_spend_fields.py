@@ -1,0 +1,46 @@
+"""The fleet's spend hash fields round-trip whatever names a request may carry: an app name is
+any string a client sends (``Hello.app``, up to 256 characters, tabs included), and a row
+whose field cannot be read back is a row missing from ``quotad spend --fleet``."""
+
+from __future__ import annotations
+
+import pytest
+
+from quotad.daemon.cluster.spend import FleetSpend, _parse
+
+NAMES = [
+    ("batch", "fast", "openai/gpt-4o"),
+    ("a\tb", "fast", "openai/gpt-4o"),  # a tab in an app name
+    ("é\n\x00", "m", "t"),  # newline and NUL
+    ("a" * 256, "m" * 256, "t" * 256),  # every name at its bound
+    ("", "", ""),  # a request no target answered, from an unnamed app
+]
+
+
+@pytest.mark.parametrize(("app", "model", "target"), NAMES)
+def test_a_pushed_field_reads_back_as_the_row_it_came_from(
+    app: str, model: str, target: str
+) -> None:
+    spend = FleetSpend("host-1")
+    spend.add("2026-12-06", app, model, target, 0.25, 10, 20, error=False)
+    [(name, value)] = spend.fields(everything=True)["2026-12-06"]
+    row = _parse("2026-12-06", name.encode(), value.encode())
+    assert row is not None
+    assert (row.host, row.app, row.model, row.target) == ("host-1", app, model, target)
+    assert (row.cost_usd, row.requests, row.prompt_tokens, row.completion_tokens) == (
+        0.25, 1, 10, 20,
+    )  # fmt: skip
+
+
+def test_an_unsent_field_is_pushed_again() -> None:
+    spend = FleetSpend("host-1")
+    spend.add("2026-12-06", "a\tb", "m", "t", 0.1, 1, 1)
+    fields = spend.fields(everything=False)
+    assert spend.fields(everything=False) == {}
+    spend.unsent(fields)
+    assert spend.fields(everything=False) == fields
+
+
+def test_a_field_of_the_wrong_shape_is_skipped() -> None:
+    for name, value in ((b"x", b"1 2 3 4"), (b'["h","a","m"]', b"1 2 3 4"), (b"\xff", b"")):
+        assert _parse("2026-12-06", name, value) is None
