@@ -110,82 +110,85 @@ def test_retry_after_in_seconds_or_as_an_http_date() -> None:
         assert parse_retry_after(junk, NOW) is None
 
 
-def test_openai_headers() -> None:
-    headers = httpx.Headers(
-        {
-            "X-RateLimit-Limit-Requests": "500",
-            "x-ratelimit-remaining-requests": "499",
-            "x-ratelimit-reset-requests": "120ms",
-            "x-ratelimit-limit-tokens": "200000",
-            "x-ratelimit-remaining-tokens": "199000",
-            "x-ratelimit-reset-tokens": "6m0s",
-            "content-type": "application/json",
-        }
-    )
-    assert parse_rate_limits(headers, now=NOW) == RateLimitInfo(
-        limit_requests=500,
-        remaining_requests=499,
-        reset_requests_s=0.12,
-        limit_tokens=200000,
-        remaining_tokens=199000,
-        reset_tokens_s=360.0,
-    )
-
-
-def test_anthropic_headers() -> None:
-    headers = httpx.Headers(
-        {
-            "anthropic-ratelimit-requests-limit": "50",
-            "anthropic-ratelimit-requests-remaining": "49",
-            "anthropic-ratelimit-requests-reset": "2026-11-03T12:00:01Z",
-            "anthropic-ratelimit-tokens-limit": "90000",
-            "anthropic-ratelimit-tokens-remaining": "80000",
-            "anthropic-ratelimit-tokens-reset": "2026-11-03T12:00:06Z",
-            "anthropic-ratelimit-input-tokens-limit": "40000",
-            "anthropic-ratelimit-input-tokens-remaining": "39000",
-            "anthropic-ratelimit-input-tokens-reset": "2026-11-03T12:00:02Z",
-            "anthropic-ratelimit-output-tokens-limit": "8000",
-            "anthropic-ratelimit-output-tokens-remaining": "7000",
-            "anthropic-ratelimit-output-tokens-reset": "2026-11-03T12:00:03Z",
-            "retry-after": "7",
-        }
-    )
-    assert parse_rate_limits(headers, now=NOW) == RateLimitInfo(
-        limit_requests=50,
-        remaining_requests=49,
-        reset_requests_s=1.0,
-        limit_tokens=90000,
-        remaining_tokens=80000,
-        reset_tokens_s=6.0,
-        limit_input_tokens=40000,
-        remaining_input_tokens=39000,
-        reset_input_tokens_s=2.0,
-        limit_output_tokens=8000,
-        remaining_output_tokens=7000,
-        reset_output_tokens_s=3.0,
-        retry_after_s=7.0,
-    )
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param(
+            {
+                "X-RateLimit-Limit-Requests": "500",
+                "x-ratelimit-remaining-requests": "499",
+                "x-ratelimit-reset-requests": "120ms",
+                "x-ratelimit-limit-tokens": "200000",
+                "x-ratelimit-remaining-tokens": "199000",
+                "x-ratelimit-reset-tokens": "6m0s",
+                "content-type": "application/json",
+            },
+            RateLimitInfo(
+                limit_requests=500,
+                remaining_requests=499,
+                reset_requests_s=0.12,
+                limit_tokens=200000,
+                remaining_tokens=199000,
+                reset_tokens_s=360.0,
+            ),
+            id="openai",
+        ),
+        pytest.param(
+            {
+                "anthropic-ratelimit-requests-limit": "50",
+                "anthropic-ratelimit-requests-remaining": "49",
+                "anthropic-ratelimit-requests-reset": "2026-11-03T12:00:01Z",
+                "anthropic-ratelimit-tokens-limit": "90000",
+                "anthropic-ratelimit-tokens-remaining": "80000",
+                "anthropic-ratelimit-tokens-reset": "2026-11-03T12:00:06Z",
+                "anthropic-ratelimit-input-tokens-limit": "40000",
+                "anthropic-ratelimit-input-tokens-remaining": "39000",
+                "anthropic-ratelimit-input-tokens-reset": "2026-11-03T12:00:02Z",
+                "anthropic-ratelimit-output-tokens-limit": "8000",
+                "anthropic-ratelimit-output-tokens-remaining": "7000",
+                "anthropic-ratelimit-output-tokens-reset": "2026-11-03T12:00:03Z",
+                "retry-after": "7",
+            },
+            RateLimitInfo(
+                limit_requests=50,
+                remaining_requests=49,
+                reset_requests_s=1.0,
+                limit_tokens=90000,
+                remaining_tokens=80000,
+                reset_tokens_s=6.0,
+                limit_input_tokens=40000,
+                remaining_input_tokens=39000,
+                reset_input_tokens_s=2.0,
+                limit_output_tokens=8000,
+                remaining_output_tokens=7000,
+                reset_output_tokens_s=3.0,
+                retry_after_s=7.0,
+            ),
+            id="anthropic",
+        ),
+        pytest.param(
+            {
+                "x-ratelimit-limit-requests": "-1",
+                "x-ratelimit-remaining-requests": "lots",
+                "x-ratelimit-reset-requests": "-1",
+                "x-ratelimit-limit-tokens": "1000",
+                "x-ratelimit-reset-tokens": "whenever",
+                "anthropic-ratelimit-tokens-reset": "tomorrow",
+                "retry-after": "",
+            },
+            RateLimitInfo(limit_tokens=1000),
+            id="junk values are left out",
+        ),
+    ],
+)
+def test_headers_give_rate_limit_info(headers: dict[str, str], expected: RateLimitInfo) -> None:
+    assert parse_rate_limits(httpx.Headers(headers), now=NOW) == expected
 
 
 def test_retry_after_ms_wins_over_retry_after() -> None:
     headers = httpx.Headers({"retry-after": "2", "retry-after-ms": "1500"})
     assert parse_rate_limits(headers).retry_after_s == 1.5
     assert parse_rate_limits(httpx.Headers({"retry-after": "2"})).retry_after_s == 2.0
-
-
-def test_junk_values_are_left_out() -> None:
-    headers = httpx.Headers(
-        {
-            "x-ratelimit-limit-requests": "-1",
-            "x-ratelimit-remaining-requests": "lots",
-            "x-ratelimit-reset-requests": "-1",
-            "x-ratelimit-limit-tokens": "1000",
-            "x-ratelimit-reset-tokens": "whenever",
-            "anthropic-ratelimit-tokens-reset": "tomorrow",
-            "retry-after": "",
-        }
-    )
-    assert parse_rate_limits(headers, now=NOW) == RateLimitInfo(limit_tokens=1000)
 
 
 def test_no_rate_limit_headers_give_the_shared_empty_info() -> None:
