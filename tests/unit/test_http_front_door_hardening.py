@@ -130,55 +130,58 @@ async def test_a_request_without_a_key_is_refused_before_its_body_is_read() -> N
 # --------------------------------------------------------------------------- bodies
 
 DEEP = b"[" * 5000 + b"]" * 5000
+
+
+def chat_with(members: bytes) -> bytes:
+    """An OpenAI chat body (model "m", one user message "x") ending in ``members``, raw JSON."""
+    return b'{"model": "m", "messages": [{"role": "user", "content": "x"}], ' + members + b"}"
+
+
+def text_part_with(members: bytes) -> bytes:
+    """An Anthropic messages body whose one content part, text "x", ends in ``members``."""
+    return (
+        b'{"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": '
+        b'[{"type": "text", "text": "x", ' + members + b"}]}]}"
+    )
+
+
 BAD_BODIES: list[tuple[str, str, bytes, str]] = [
     ("invalid UTF-8 in a string", "/v1/chat/completions",
      b'{"model": "m", "messages": [{"role": "user", "content": "caf\xe9"}]}', "not UTF-8"),
     ("invalid UTF-8 in a key", "/v1/chat/completions",
-     b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "metadata": {"\xff": "v"}}',
-     "not UTF-8"),
+     chat_with(b'"metadata": {"\xff": "v"}'), "not UTF-8"),
     ("invalid UTF-8, Anthropic", "/v1/messages",
      b'{"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "\xc3\x28"}]}',
      "not UTF-8"),
     ("a lone surrogate", "/v1/chat/completions",
      b'{"model": "m", "messages": [{"role": "user", "content": "a\\ud800b"}]}', "not valid JSON"),
     ("5,000 levels in an Any field", "/v1/chat/completions",
-     b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "prediction": {"a": '
-     + DEEP + b"}}", "nests"),
+     chat_with(b'"prediction": {"a": ' + DEEP + b"}"), "nests"),
     ("5,000 levels in tools", "/v1/chat/completions",
-     b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"f": '
-     + DEEP + b"}]}", "nests"),
+     chat_with(b'"tools": [{"f": ' + DEEP + b"}]"), "nests"),
     ("5,000 levels in a content part", "/v1/messages",
-     b'{"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": '
-     b'"text", "text": "x", "x": ' + DEEP + b"}]}]}", "nests"),
+     text_part_with(b'"x": ' + DEEP), "nests"),
     ("5,000 levels in an input", "/v1/embeddings",
      b'{"model": "m", "input": ' + DEEP + b"}", "nests"),
     ("5,000 levels as the body", "/v1/chat/completions", DEEP, "expected object"),
     ("a huge integer", "/v1/chat/completions",
-     b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": '
-     + b"9" * 5000 + b"}", "max_tokens"),
+     chat_with(b'"max_tokens": ' + b"9" * 5000), "max_tokens"),
     ("a 400-digit max_tokens", "/v1/chat/completions",
-     b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": '
-     + b"9" * 400 + b"}", "max_tokens: an integer of 400 digits is out of range"),
+     chat_with(b'"max_tokens": ' + b"9" * 400),
+     "max_tokens: an integer of 400 digits is out of range"),
     ("a 400-digit seed", "/v1/chat/completions",
-     b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": -'
-     + b"9" * 400 + b"}", "seed: an integer of 400 digits"),
+     chat_with(b'"seed": -' + b"9" * 400), "seed: an integer of 400 digits"),
     ("a 21-digit integer in tools", "/v1/chat/completions",
-     b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"x": '
-     + b"9" * 21 + b"}]}", "tools[0].x: an integer of 21 digits"),
+     chat_with(b'"tools": [{"x": ' + b"9" * 21 + b"}]"), "tools[0].x: an integer of 21 digits"),
     ("a 400-digit integer in a content part", "/v1/messages",
-     b'{"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": '
-     b'"text", "text": "x", "n": ' + b"9" * 400 + b"}]}]}", "messages[0].content[0].n: an integer"),
+     text_part_with(b'"n": ' + b"9" * 400), "messages[0].content[0].n: an integer"),
     ("a 400-digit dimensions", "/v1/embeddings",
      b'{"model": "m", "input": "x", "dimensions": ' + b"9" * 400 + b"}", "dimensions: an integer"),
     ("a huge integer in an Any field", "/v1/chat/completions",
-     b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "metadata": {"a": '
-     + b"9" * 400 + b"}}", "metadata"),
+     chat_with(b'"metadata": {"a": ' + b"9" * 400 + b"}"), "metadata"),
     ("a float out of range", "/v1/chat/completions",
-     b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 1e999}',
-     "temperature"),
-    ("NaN", "/v1/chat/completions",
-     b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
-     "not valid JSON"),
+     chat_with(b'"temperature": 1e999'), "temperature"),
+    ("NaN", "/v1/chat/completions", chat_with(b'"temperature": NaN'), "not valid JSON"),
     ("a byte order mark", "/v1/chat/completions", b"\xef\xbb\xbf" + msgspec.json.encode(CHAT),
      "not valid JSON"),
     ("trailing garbage", "/v1/chat/completions", msgspec.json.encode(CHAT) + b"}", "not valid"),
