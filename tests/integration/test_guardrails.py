@@ -26,6 +26,7 @@ from quotad.client import BlockedError, Client
 from tests.support import guardrails as samples
 from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
 from tests.support.sim import SimProcess, read_sim_log
+from tests.support.sim_tools import send_tool
 
 EMAIL = "jane.doe@example.com"
 OTHER_EMAIL = "bob.smith@example.org"
@@ -35,20 +36,8 @@ CARD = "4111 1111 1111 1111"
 TOKEN = samples.GITHUB_TOKEN
 PROTECTED = (EMAIL, OTHER_EMAIL, PHONE, CARD, CARD.replace(" ", ""), TOKEN)
 """Values masked or blocked for every app that sends them here."""
-SEND_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "send",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "to": {"type": "string", "default": "[EMAIL_1]"},
-                "n": {"type": "integer"},
-            },
-        },
-    },
-}
-"""The sim calls the first tool with each property's default: a placeholder, to restore."""
+SEND_TOOL = send_tool(to="[EMAIL_1]")
+"""The sim calls it with ``to`` a placeholder, which the reply must restore."""
 
 CONFIG = """
 [daemon]

@@ -22,6 +22,7 @@ from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMes
 
 from quotad.daemon.sim import SlidingWindowLog, go_duration
 from tests.support.sim import SimProcess, read_sim_log
+from tests.support.sim_tools import send_tool
 
 WEATHER_SCHEMA: dict[str, object] = {
     "type": "object",
@@ -365,19 +366,7 @@ def test_request_log_stop_and_restart() -> None:
 
 
 def test_request_log_with_bodies_and_tool_defaults() -> None:
-    tool = {
-        "type": "function",
-        "function": {
-            "name": "send",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "to": {"type": "string", "default": "x@y.z"},
-                    "n": {"type": "integer"},
-                },
-            },
-        },
-    }
+    tool = send_tool(to="x@y.z")
     with SimProcess(log=True, log_bodies=True) as sim:
         assert sim.log_path is not None
         with openai_client(sim) as client:
