@@ -46,6 +46,16 @@ def notified_service(
             daemon.kill()
 
 
+def reload_by_sighup(notify: NotifyReceiver, daemon: DaemonProcess, config: str) -> list[str]:
+    """Write ``config`` over the daemon's file and SIGHUP it; the READY=1 message that ends the
+    reload (after its RELOADING=1)."""
+    assert daemon.process is not None
+    daemon.config_path.write_text(config)
+    daemon.process.send_signal(signal.SIGHUP)
+    notify.wait_for("RELOADING=1")
+    return notify.wait_for("READY=1")
+
+
 def service_config(
     directory: Path, sims: tuple[SimProcess, SimProcess], extra: str = "", drain_s: int = 5
 ) -> str:
@@ -223,7 +233,7 @@ def test_sighup_applies_a_good_config_without_dropping_anything(
 ) -> None:
     first = sims[0]
     config = service_config(directory, sims)
-    with notified_service(directory, config) as (notify, daemon, process):
+    with notified_service(directory, config) as (notify, daemon, _):
         try:
             notify.wait_for("READY=1")
             with Client(socket=daemon.socket_path, app="steady") as client:
@@ -237,16 +247,13 @@ def test_sighup_applies_a_good_config_without_dropping_anything(
                 thread = chat_in_thread(daemon.socket_path, "sim/gpt-4o-mini", results)
                 wait_until(lambda: client.status().in_flight == 1)
 
-                daemon.config_path.write_text(
-                    service_config(directory, sims).replace(
-                        '["sim/gpt-4o-mini"]', '["other/gpt-4o-mini"]'
-                    )
+                ready = reload_by_sighup(
+                    notify,
+                    daemon,
+                    config.replace('["sim/gpt-4o-mini"]', '["other/gpt-4o-mini"]')
                     + '[models.second]\ntargets = ["sim/gpt-4o-mini"]\n'
-                    + "[providers.sim.models.extra]\nrpm = 10\n"
+                    + "[providers.sim.models.extra]\nrpm = 10\n",
                 )
-                process.send_signal(signal.SIGHUP)
-                notify.wait_for("RELOADING=1")
-                ready = notify.wait_for("READY=1")
                 assert any(line.endswith("; config reloaded") for line in ready), ready
 
                 status = client.status()
@@ -274,22 +281,15 @@ def test_sighup_with_a_bad_config_keeps_the_running_one(
 ) -> None:
     first = sims[0]
     good = service_config(directory, sims)
-    with notified_service(directory, good) as (notify, daemon, process):
+    with notified_service(directory, good) as (notify, daemon, _):
         notify.wait_for("READY=1")
-
-        def reload_with(text: str) -> list[str]:
-            daemon.config_path.write_text(text)
-            process.send_signal(signal.SIGHUP)
-            notify.wait_for("RELOADING=1")
-            return notify.wait_for("READY=1")
-
         with Client(socket=daemon.socket_path) as client:
             welcome = client.welcome
             bad = good.replace("drain_s = 5\n", "drain_s = 5\nbogus = 1\n")
             bad = bad.replace('[models.fast]\ntargets = ["sim/', '[models.fast]\ntargets = ["nope/')
             bad += 'rpm = "many"\n'  # lands in [models.fast]: an unknown key there
             bad += '[apps.batch]\nshare = "big"\n'
-            ready = reload_with(bad)
+            ready = reload_by_sighup(notify, daemon, bad)
             assert any("reload rejected: 4 problem(s)" in line for line in ready), ready
             log = daemon.log()
             for problem in (
@@ -301,7 +301,7 @@ def test_sighup_with_a_bad_config_keeps_the_running_one(
                 assert f"reload rejected: {problem}" in log
             assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
 
-            ready = reload_with("[daemon\n")
+            ready = reload_by_sighup(notify, daemon, "[daemon\n")
             assert any("reload rejected: 1 problem(s)" in line for line in ready)
             assert "not valid TOML" in daemon.log()
 
@@ -309,13 +309,15 @@ def test_sighup_with_a_bad_config_keeps_the_running_one(
                 'base_url = "' + first.base_url + '"',
                 'base_url = "' + first.base_url + '"\napi_key_file = "/nonexistent/key"',
             )
-            reload_with(missing_key)
+            reload_by_sighup(notify, daemon, missing_key)
             assert "providers.sim.api_key_file: cannot read /nonexistent/key" in daemon.log()
 
             assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
             assert [group.name for group in client.status().groups] == ["fast"]
 
-            ready = reload_with(good + '[models.again]\ntargets = ["other/m"]\n')
+            ready = reload_by_sighup(
+                notify, daemon, good + '[models.again]\ntargets = ["other/m"]\n'
+            )
             assert any(line.endswith("; config reloaded") for line in ready)
             assert client.chat("again", MESSAGES, max_tokens=4).target == "other/m"
             assert client.welcome is welcome
@@ -364,11 +366,9 @@ def test_allow_uids_and_gids_refuse_other_peers(
             assert "uid 65534 (gid 65534) is not allowed" in daemon.log()
 
             # A reload changes who is let in, for connections made from then on.
-            daemon.config_path.write_text(service_config(directory, sims, "allow_uids = [65534]\n"))
-            assert daemon.process is not None
-            daemon.process.send_signal(signal.SIGHUP)
-            notify.wait_for("RELOADING=1")
-            notify.wait_for("READY=1")
+            reload_by_sighup(
+                notify, daemon, service_config(directory, sims, "allow_uids = [65534]\n")
+            )
             assert isinstance(handshake_as(daemon.socket_path, 65534, 65534, []), Welcome)
             refused = handshake_as(daemon.socket_path, 4242, 4242, [])
             assert isinstance(refused, Error)
