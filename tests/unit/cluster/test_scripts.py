@@ -509,6 +509,27 @@ async def test_a_snapshot_profiles_when_entries_leave_never_early(
         assert int(pauses[0]) > int(now)
 
 
+async def test_a_log_longer_than_a_page_is_read_to_its_end(
+    valkey: ValkeyServer, prefix: str
+) -> None:
+    """The scripts read a window's log 500 entries at a time: when it frees and what a
+    snapshot profiles count the entries of every page."""
+    async with joined_link(valkey, prefix) as link:
+        window = [Window("w", 10_000)]
+        far = (await borrow(link, window, [])).now + LONG_SPAN_US // 2
+        entries = 1100
+        await settle(link, {"w": [(f"c:h1:{i}", 1, far + i) for i in range(entries)]})
+        # 8900 free: 9950 more needs the first 1050 entries gone, the last on the third page
+        refused = await borrow(link, window, [AskArgs([Item(1, 9950, 9950, "big")])])
+        assert refused.used == [entries]
+        assert refused.results == [[0, far + 1049]]
+        keys = [link.keys.window_log("w"), link.keys.window_state("w")]
+        reply = await link.call("snapshot", keys, [1, 16, 0, LONG_SPAN_US])
+        ((used, _, _, flat),) = reply.value[1]
+        assert int(used) == entries
+        assert sum(int(amount) for amount in flat[1::2]) == entries
+
+
 async def test_a_malformed_reply_degrades_the_link_instead_of_failing_the_daemon(
     valkey: ValkeyServer, prefix: str
 ) -> None:
