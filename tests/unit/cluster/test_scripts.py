@@ -3,7 +3,9 @@ refuses, frees and publishes, with the server's own clock (``TIME``)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +57,17 @@ class Borrowed:
 
 def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@contextlib.asynccontextmanager
+async def subscribed(url: str, channel: str) -> AsyncIterator[Any]:
+    """A pub/sub connection subscribed to ``channel``, closed with its client on exit."""
+    async with (
+        aioredis.Redis.from_url(url) as client,
+        client.pubsub(ignore_subscribe_messages=True) as pubsub,
+    ):
+        await pubsub.subscribe(channel)
+        yield pubsub
 
 
 async def next_message(pubsub: Any, within_s: float) -> str | None:
@@ -124,12 +137,9 @@ async def settle(
 
 
 async def score(link: Link, name: str, entry: str) -> float | None:
-    client = aioredis.Redis.from_url(link.settings.redis_url)
-    try:
+    async with aioredis.Redis.from_url(link.settings.redis_url) as client:
         result: float | None = await client.zscore(link.keys.window_log(name), entry)
         return result
-    finally:
-        await client.aclose()
 
 
 # ---------------------------------------------------------------------------- borrow
@@ -218,11 +228,8 @@ async def test_a_prefetch_that_does_not_fit_marks_nobody_waiting(
         await borrow(link, window, [AskArgs([Item(1, 5, 5, "b")], waiter=False)], host="h3")
         reply = await borrow(link, window, [AskArgs([Item(1, 1, 1, "c")])], host="h2")
         assert reply.results == [[1, [1]]]
-        client = aioredis.Redis.from_url(valkey.url)
-        try:
+        async with aioredis.Redis.from_url(valkey.url) as client:
             assert await client.hget(link.keys.window_state("w"), "wu") is None
-        finally:
-            await client.aclose()
 
 
 # ---------------------------------------------------------------------------- returns and refunds
@@ -265,21 +272,17 @@ async def test_puts_are_absolute_so_a_replay_counts_once(valkey: ValkeyServer, p
 
 
 async def test_a_change_where_a_host_waits_is_published(valkey: ValkeyServer, prefix: str) -> None:
-    async with joined_link(valkey, prefix) as link:
-        client = aioredis.Redis.from_url(valkey.url)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(link.keys.channel)
-            window = [Window("w", 2)]
-            await borrow(link, window, [AskArgs([Item(1, 2, 2, "lease")])])
-            await settle(link, {"w": [("lease", 2, (await borrow(link, window, [])).now + 10**8)]})
-            assert await next_message(pubsub, 0.2) is None  # nobody waits: silence
-            await borrow(link, window, [AskArgs([Item(1, 1, 1, "waiter")])], host="h2")
-            await settle(link, {"w": [("lease", 0, 0)]})
-            assert await next_message(pubsub, 5) == f"freed {link.keys.window_state('w')}"
-        finally:
-            await pubsub.aclose()
-            await client.aclose()
+    async with (
+        joined_link(valkey, prefix) as link,
+        subscribed(valkey.url, link.keys.channel) as pubsub,
+    ):
+        window = [Window("w", 2)]
+        await borrow(link, window, [AskArgs([Item(1, 2, 2, "lease")])])
+        await settle(link, {"w": [("lease", 2, (await borrow(link, window, [])).now + 10**8)]})
+        assert await next_message(pubsub, 0.2) is None  # nobody waits: silence
+        await borrow(link, window, [AskArgs([Item(1, 1, 1, "waiter")])], host="h2")
+        await settle(link, {"w": [("lease", 0, 0)]})
+        assert await next_message(pubsub, 5) == f"freed {link.keys.window_state('w')}"
 
 
 # ---------------------------------------------------------------------------- pauses, headers
@@ -288,34 +291,30 @@ async def test_a_change_where_a_host_waits_is_published(valkey: ValkeyServer, pr
 async def test_a_pause_refuses_its_target_on_every_host_and_only_lengthens(
     valkey: ValkeyServer, prefix: str
 ) -> None:
-    async with joined_link(valkey, prefix) as link:
-        client = aioredis.Redis.from_url(valkey.url)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(link.keys.channel)
-            key = link.keys.pause("p/m")
-            paused = await link.call("pause", [key], [link.keys.channel, "p/m", 5000])
-            until = int(paused.value[1])
-            assert until == int(paused.value[0]) + 5_000_000
-            assert await next_message(pubsub, 5) == f"pause {until} p/m"
-            shorter = await link.call("pause", [key], [link.keys.channel, "p/m", 1000])
-            assert int(shorter.value[1]) == until
-            window = [Window("w", 10)]
-            reply = await borrow(
-                link, window, [AskArgs([Item(1, 1, 1, "a")], pause=1)], pauses=("p/m",)
-            )
-            assert reply.results == [[0, until]]
-            assert reply.paused == until
-            other = await borrow(link, window, [AskArgs([Item(1, 1, 1, "b")])], pauses=("p/m",))
-            assert other.results == [[1, [1]]]  # an ask on another target is not paused
-            await link.call("pause", [key], [link.keys.channel, "p/m", 0])
-            again = await borrow(
-                link, window, [AskArgs([Item(1, 1, 1, "c")], pause=1)], pauses=("p/m",)
-            )
-            assert again.results == [[1, [1]]]
-        finally:
-            await pubsub.aclose()
-            await client.aclose()
+    async with (
+        joined_link(valkey, prefix) as link,
+        subscribed(valkey.url, link.keys.channel) as pubsub,
+    ):
+        key = link.keys.pause("p/m")
+        paused = await link.call("pause", [key], [link.keys.channel, "p/m", 5000])
+        until = int(paused.value[1])
+        assert until == int(paused.value[0]) + 5_000_000
+        assert await next_message(pubsub, 5) == f"pause {until} p/m"
+        shorter = await link.call("pause", [key], [link.keys.channel, "p/m", 1000])
+        assert int(shorter.value[1]) == until
+        window = [Window("w", 10)]
+        reply = await borrow(
+            link, window, [AskArgs([Item(1, 1, 1, "a")], pause=1)], pauses=("p/m",)
+        )
+        assert reply.results == [[0, until]]
+        assert reply.paused == until
+        other = await borrow(link, window, [AskArgs([Item(1, 1, 1, "b")])], pauses=("p/m",))
+        assert other.results == [[1, [1]]]  # an ask on another target is not paused
+        await link.call("pause", [key], [link.keys.channel, "p/m", 0])
+        again = await borrow(
+            link, window, [AskArgs([Item(1, 1, 1, "c")], pause=1)], pauses=("p/m",)
+        )
+        assert again.results == [[1, [1]]]
 
 
 async def test_provider_headers_tighten_the_fleet_never_loosen_it(
@@ -346,15 +345,12 @@ async def test_a_borrow_under_another_epoch_or_during_a_resync_takes_nothing(
         stale = await borrow(link, window, [AskArgs([Item(1, 1, 1, "a")])], epoch="old")
         assert stale.status == "epoch"
         assert text(stale.raw[2]) == link.epoch
-        client = aioredis.Redis.from_url(valkey.url)
-        try:
+        async with aioredis.Redis.from_url(valkey.url) as client:
             await client.hset(link.keys.epoch, "resync_until", stale.now + 60_000_000)
             resyncing = await borrow(link, window, [AskArgs([Item(1, 1, 1, "b")])])
             assert resyncing.status == "resync"
             assert int(resyncing.raw[2]) == stale.now + 60_000_000
             assert await client.exists(link.keys.window_log("w")) == 0
-        finally:
-            await client.aclose()
 
 
 # ---------------------------------------------------------------------------- budgets
@@ -433,11 +429,8 @@ async def test_budget_borrow_is_all_or_nothing_across_a_requests_budgets(
         )
         assert short[0] == "short"
         assert int(short[2]) == 2
-        client = aioredis.Redis.from_url(valkey.url)
-        try:
+        async with aioredis.Redis.from_url(valkey.url) as client:
             assert await client.exists(link.keys.budget("app", "day", "2026-12-01")) == 0
-        finally:
-            await client.aclose()
 
 
 async def test_budget_syncs_are_idempotent_and_a_restore_keeps_ghosts_until_replaced(
@@ -539,12 +532,9 @@ async def test_a_malformed_reply_degrades_the_link_instead_of_failing_the_daemon
     async with joined_link(valkey, prefix) as link:
         gates = FleetGates(link)
         gates.window("provider:p", "requests", 60.0, 10, 60.05)
-        client = aioredis.Redis.from_url(valkey.url)
-        try:
+        async with aioredis.Redis.from_url(valkey.url) as client:
             link._scripts["snapshot"] = client.register_script("return {1, {}, {}}")
             with pytest.raises(LinkDown):
                 await gates.snapshot()
-        finally:
-            await client.aclose()
         assert link.health == "degraded"
         assert "malformed reply of snapshot" in link.reason
