@@ -8,7 +8,7 @@ several fleets can share one Redis:
 ``{p}:w:<gate>|<unit>|<window_s>:log`` / ``:st``  one window of a gate: its log and its state
 ``{p}:pause:<target>``                          server time until which a target is paused
 ``{p}:b:<scope>|<period>|<label>``              one budget of one period (per-host totals)
-``{p}:spend:<day>``                             spend of one day by host, app and model
+``{p}:spend:<day>``                             spend of one day by host, app, model and target
 ``{p}:events``                                  the pub/sub channel (``freed``, ``pause``)
 ==============================================  =============================================
 """
@@ -62,5 +62,5 @@ class FleetKeys:
         return f"{self.tag}:b:{scope}|{period}|{label}"
 
     def spend_day(self, day: str) -> str:
-        """The fleet's spend of one day: ``host\\tapp\\tmodel`` → figures."""
+        """The fleet's spend of one day: ``[host, app, model, target]`` (JSON) → figures."""
         return f"{self.tag}:spend:{day}"
