@@ -150,11 +150,8 @@ async def test_redis_killed_then_back_empty_degrades_then_resyncs_the_hosts_own_
             await eventually(lambda: link.health == "connected")
             assert "cluster_epoch" in events.kinds()
             assert events.kinds()[-1] == "cluster_connected"
-            client = aioredis.Redis.from_url(server.url)
-            try:
+            async with aioredis.Redis.from_url(server.url) as client:
                 used = await client.hget(link.keys.window_state(window.name), "used")
-            finally:
-                await client.aclose()
             assert int(used or 0) == 8  # the 5 before and the 3 during, pushed back
             assert mode(window) == "fleet"
     finally:

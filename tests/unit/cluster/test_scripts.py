@@ -3,7 +3,9 @@ refuses, frees and publishes, with the server's own clock (``TIME``)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +57,17 @@ class Borrowed:
 
 def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@contextlib.asynccontextmanager
+async def subscribed(url: str, channel: str) -> AsyncIterator[Any]:
+    """A pub/sub connection subscribed to ``channel``, closed with its client on exit."""
+    async with (
+        aioredis.Redis.from_url(url) as client,
+        client.pubsub(ignore_subscribe_messages=True) as pubsub,
+    ):
+        await pubsub.subscribe(channel)
+        yield pubsub
 
 
 async def next_message(pubsub: Any, within_s: float) -> str | None:
@@ -124,237 +137,199 @@ async def settle(
 
 
 async def score(link: Link, name: str, entry: str) -> float | None:
-    client = aioredis.Redis.from_url(link.settings.redis_url)
-    try:
+    async with aioredis.Redis.from_url(link.settings.redis_url) as client:
         result: float | None = await client.zscore(link.keys.window_log(name), entry)
         return result
-    finally:
-        await client.aclose()
+
+
+@pytest.fixture
+async def link(valkey: ValkeyServer, prefix: str) -> AsyncIterator[Link]:
+    """A link joined to this test's fleet, as host ``h1``."""
+    async with joined_link(valkey, prefix) as joined:
+        yield joined
 
 
 # ---------------------------------------------------------------------------- borrow
 
 
-async def test_an_ask_is_all_or_nothing_across_its_windows(
-    valkey: ValkeyServer, prefix: str
-) -> None:
-    async with joined_link(valkey, prefix) as link:
-        windows = [Window("rpm", 5), Window("tpm", 3)]
-        first = await borrow(link, windows, [AskArgs([Item(1, 2, 2, "a"), Item(2, 2, 2, "b")])])
-        assert first.results == [[1, [2, 2]]]
-        second = await borrow(link, windows, [AskArgs([Item(1, 2, 2, "c"), Item(2, 2, 2, "d")])])
-        assert second.results[0][0] == 0  # tpm has 1 left: nothing taken on rpm either
-        assert second.used == [2, 2]
-        # it may fit when the entry "b" leaves tpm: its expiry is the grant + lease + span
-        assert second.results[0][1] == await score(link, "tpm", "b")
-        assert second.results[0][1] == first.now + LEASE_US + LONG_SPAN_US
+async def test_an_ask_is_all_or_nothing_across_its_windows(link: Link) -> None:
+    windows = [Window("rpm", 5), Window("tpm", 3)]
+    first = await borrow(link, windows, [AskArgs([Item(1, 2, 2, "a"), Item(2, 2, 2, "b")])])
+    assert first.results == [[1, [2, 2]]]
+    second = await borrow(link, windows, [AskArgs([Item(1, 2, 2, "c"), Item(2, 2, 2, "d")])])
+    assert second.results[0][0] == 0  # tpm has 1 left: nothing taken on rpm either
+    assert second.used == [2, 2]
+    # it may fit when the entry "b" leaves tpm: its expiry is the grant + lease + span
+    assert second.results[0][1] == await score(link, "tpm", "b")
+    assert second.results[0][1] == first.now + LEASE_US + LONG_SPAN_US
 
 
-async def test_a_grant_is_between_need_and_want_within_what_is_free(
-    valkey: ValkeyServer, prefix: str
-) -> None:
-    async with joined_link(valkey, prefix) as link:
-        window = [Window("w", 10)]
-        got = []
-        for entry in ("a", "b", "c"):
-            reply = await borrow(link, window, [AskArgs([Item(1, 2, 6, entry)])])
-            got.append(reply.results[0])
-        assert got[0] == [1, [6]]
-        assert got[1] == [1, [4]]
-        assert got[2][0] == 0
-        never = await borrow(link, window, [AskArgs([Item(1, 11, 11, "d")])])
-        assert never.results == [[0, -1]]  # more than the limit: never
+async def test_a_grant_is_between_need_and_want_within_what_is_free(link: Link) -> None:
+    window = [Window("w", 10)]
+    got = []
+    for entry in ("a", "b", "c"):
+        reply = await borrow(link, window, [AskArgs([Item(1, 2, 6, entry)])])
+        got.append(reply.results[0])
+    assert got[0] == [1, [6]]
+    assert got[1] == [1, [4]]
+    assert got[2][0] == 0
+    never = await borrow(link, window, [AskArgs([Item(1, 11, 11, "d")])])
+    assert never.results == [[0, -1]]  # more than the limit: never
 
 
-async def test_a_refused_ask_blocks_its_windows_for_the_asks_after_it(
-    valkey: ValkeyServer, prefix: str
-) -> None:
-    async with joined_link(valkey, prefix) as link:
-        windows = [Window("w", 4)]
-        await borrow(link, windows, [AskArgs([Item(1, 3, 3, "a")])])
-        reply = await borrow(
-            link, windows, [AskArgs([Item(1, 2, 2, "big")]), AskArgs([Item(1, 1, 1, "small")])]
-        )
-        assert [r[0] for r in reply.results] == [0, 0]  # "small" fits, but may not overtake
-        assert reply.used == [3]
+async def test_a_refused_ask_blocks_its_windows_for_the_asks_after_it(link: Link) -> None:
+    windows = [Window("w", 4)]
+    await borrow(link, windows, [AskArgs([Item(1, 3, 3, "a")])])
+    reply = await borrow(
+        link, windows, [AskArgs([Item(1, 2, 2, "big")]), AskArgs([Item(1, 1, 1, "small")])]
+    )
+    assert [r[0] for r in reply.results] == [0, 0]  # "small" fits, but may not overtake
+    assert reply.used == [3]
 
 
-async def test_capacity_frees_at_the_server_time_the_reply_names(
-    valkey: ValkeyServer, prefix: str
-) -> None:
+async def test_capacity_frees_at_the_server_time_the_reply_names(link: Link) -> None:
     """The sliding guarantee on the server's clock: refused until ``when``, admitted after."""
-    async with joined_link(valkey, prefix) as link:
-        span_us = 300_000
-        window = [Window("short", 2, span_us)]
-        first = await borrow(link, window, [AskArgs([Item(1, 2, 2, "a")])])
-        assert first.results == [[1, [2]]]
-        refused = await borrow(link, window, [AskArgs([Item(1, 1, 1, "b")])])
-        when = refused.results[0][1]
-        assert when == first.now + LEASE_US + span_us
-        await anyio.sleep(max(0.0, link.time.to_local(when) - link.clock.monotonic()) + 0.01)
-        later = await borrow(link, window, [AskArgs([Item(1, 2, 2, "c")])])
-        assert later.now >= when
-        assert later.results == [[1, [2]]]
+    span_us = 300_000
+    window = [Window("short", 2, span_us)]
+    first = await borrow(link, window, [AskArgs([Item(1, 2, 2, "a")])])
+    assert first.results == [[1, [2]]]
+    refused = await borrow(link, window, [AskArgs([Item(1, 1, 1, "b")])])
+    when = refused.results[0][1]
+    assert when == first.now + LEASE_US + span_us
+    await anyio.sleep(max(0.0, link.time.to_local(when) - link.clock.monotonic()) + 0.01)
+    later = await borrow(link, window, [AskArgs([Item(1, 2, 2, "c")])])
+    assert later.now >= when
+    assert later.results == [[1, [2]]]
 
 
-async def test_another_hosts_waiter_caps_a_grant_at_its_need(
-    valkey: ValkeyServer, prefix: str
-) -> None:
-    async with joined_link(valkey, prefix) as link:
-        window = [Window("w", 10)]
-        await borrow(link, window, [AskArgs([Item(1, 8, 8, "a")])], host="h2")
-        refused = await borrow(link, window, [AskArgs([Item(1, 5, 5, "b")])], host="h3")
-        assert refused.results[0][0] == 0  # h3 now waits on the window
-        reply = await borrow(link, window, [AskArgs([Item(1, 1, 2, "c")])], host="h2")
-        assert reply.results == [[1, [1]]]  # h2 gets its need, not what it wanted ahead
+async def test_another_hosts_waiter_caps_a_grant_at_its_need(link: Link) -> None:
+    window = [Window("w", 10)]
+    await borrow(link, window, [AskArgs([Item(1, 8, 8, "a")])], host="h2")
+    refused = await borrow(link, window, [AskArgs([Item(1, 5, 5, "b")])], host="h3")
+    assert refused.results[0][0] == 0  # h3 now waits on the window
+    reply = await borrow(link, window, [AskArgs([Item(1, 1, 2, "c")])], host="h2")
+    assert reply.results == [[1, [1]]]  # h2 gets its need, not what it wanted ahead
 
 
 async def test_a_prefetch_that_does_not_fit_marks_nobody_waiting(
-    valkey: ValkeyServer, prefix: str
+    link: Link, valkey: ValkeyServer
 ) -> None:
-    async with joined_link(valkey, prefix) as link:
-        window = [Window("w", 10)]
-        await borrow(link, window, [AskArgs([Item(1, 9, 9, "a")])], host="h2")
-        await borrow(link, window, [AskArgs([Item(1, 5, 5, "b")], waiter=False)], host="h3")
-        reply = await borrow(link, window, [AskArgs([Item(1, 1, 1, "c")])], host="h2")
-        assert reply.results == [[1, [1]]]
-        client = aioredis.Redis.from_url(valkey.url)
-        try:
-            assert await client.hget(link.keys.window_state("w"), "wu") is None
-        finally:
-            await client.aclose()
+    window = [Window("w", 10)]
+    await borrow(link, window, [AskArgs([Item(1, 9, 9, "a")])], host="h2")
+    await borrow(link, window, [AskArgs([Item(1, 5, 5, "b")], waiter=False)], host="h3")
+    reply = await borrow(link, window, [AskArgs([Item(1, 1, 1, "c")])], host="h2")
+    assert reply.results == [[1, [1]]]
+    async with aioredis.Redis.from_url(valkey.url) as client:
+        assert await client.hget(link.keys.window_state("w"), "wu") is None
 
 
 # ---------------------------------------------------------------------------- returns and refunds
 
 
 async def test_returning_a_lease_frees_what_it_did_not_use_and_lowers_its_expiry(
-    valkey: ValkeyServer, prefix: str
+    link: Link,
 ) -> None:
-    async with joined_link(valkey, prefix) as link:
-        window = [Window("w", 5)]
-        granted = await borrow(link, window, [AskArgs([Item(1, 5, 5, "lease")])])
-        assert await score(link, "w", "lease") == granted.now + LEASE_US + LONG_SPAN_US
-        last = granted.now + 200_000 + LONG_SPAN_US  # its last admission 0.2 s into the lease
-        _, used, freed = await settle(link, {"w": [("lease", 0, 0), ("c:h1:1", 3, last)]})
-        assert used == [3]
-        assert freed == [2]
-        assert await score(link, "w", "lease") is None
-        assert await score(link, "w", "c:h1:1") == last
-        reply = await borrow(
-            link, window, [AskArgs([Item(1, 2, 2, "x")]), AskArgs([Item(1, 1, 1, "y")])]
-        )
-        assert reply.results[0] == [1, [2]]
-        assert reply.results[1] == [0, last]  # frees when the returned admissions leave
+    window = [Window("w", 5)]
+    granted = await borrow(link, window, [AskArgs([Item(1, 5, 5, "lease")])])
+    assert await score(link, "w", "lease") == granted.now + LEASE_US + LONG_SPAN_US
+    last = granted.now + 200_000 + LONG_SPAN_US  # its last admission 0.2 s into the lease
+    _, used, freed = await settle(link, {"w": [("lease", 0, 0), ("c:h1:1", 3, last)]})
+    assert used == [3]
+    assert freed == [2]
+    assert await score(link, "w", "lease") is None
+    assert await score(link, "w", "c:h1:1") == last
+    reply = await borrow(
+        link, window, [AskArgs([Item(1, 2, 2, "x")]), AskArgs([Item(1, 1, 1, "y")])]
+    )
+    assert reply.results[0] == [1, [2]]
+    assert reply.results[1] == [0, last]  # frees when the returned admissions leave
 
 
-async def test_puts_are_absolute_so_a_replay_counts_once(valkey: ValkeyServer, prefix: str) -> None:
-    async with joined_link(valkey, prefix) as link:
-        window = [Window("w", 100)]
-        await borrow(link, window, [AskArgs([Item(1, 1, 1, "seed")])])
-        far = (await borrow(link, window, [])).now + LONG_SPAN_US
-        for _ in range(3):
-            _, used, _ = await settle(link, {"w": [("c:h1:9", 40, far)]})
-            assert used == [41]
-        _, used, freed = await settle(link, {"w": [("c:h1:9", 25, far)]})  # a refund
-        assert (used, freed) == ([26], [15])
-        _, used, freed = await settle(link, {"w": [("c:h1:9", 30, far)]})  # a charge
-        assert (used, freed) == ([31], [-5])
-        _, used, _ = await settle(link, {"w": [("gone", 0, 0), ("c:h1:8", 7, 1)]})
-        assert used == [31]  # removing what is not there, or putting what has expired: nothing
+async def test_puts_are_absolute_so_a_replay_counts_once(link: Link) -> None:
+    window = [Window("w", 100)]
+    await borrow(link, window, [AskArgs([Item(1, 1, 1, "seed")])])
+    far = (await borrow(link, window, [])).now + LONG_SPAN_US
+    for _ in range(3):
+        _, used, _ = await settle(link, {"w": [("c:h1:9", 40, far)]})
+        assert used == [41]
+    _, used, freed = await settle(link, {"w": [("c:h1:9", 25, far)]})  # a refund
+    assert (used, freed) == ([26], [15])
+    _, used, freed = await settle(link, {"w": [("c:h1:9", 30, far)]})  # a charge
+    assert (used, freed) == ([31], [-5])
+    _, used, _ = await settle(link, {"w": [("gone", 0, 0), ("c:h1:8", 7, 1)]})
+    assert used == [31]  # removing what is not there, or putting what has expired: nothing
 
 
-async def test_a_change_where_a_host_waits_is_published(valkey: ValkeyServer, prefix: str) -> None:
-    async with joined_link(valkey, prefix) as link:
-        client = aioredis.Redis.from_url(valkey.url)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(link.keys.channel)
-            window = [Window("w", 2)]
-            await borrow(link, window, [AskArgs([Item(1, 2, 2, "lease")])])
-            await settle(link, {"w": [("lease", 2, (await borrow(link, window, [])).now + 10**8)]})
-            assert await next_message(pubsub, 0.2) is None  # nobody waits: silence
-            await borrow(link, window, [AskArgs([Item(1, 1, 1, "waiter")])], host="h2")
-            await settle(link, {"w": [("lease", 0, 0)]})
-            assert await next_message(pubsub, 5) == f"freed {link.keys.window_state('w')}"
-        finally:
-            await pubsub.aclose()
-            await client.aclose()
+async def test_a_change_where_a_host_waits_is_published(link: Link, valkey: ValkeyServer) -> None:
+    async with subscribed(valkey.url, link.keys.channel) as pubsub:
+        window = [Window("w", 2)]
+        await borrow(link, window, [AskArgs([Item(1, 2, 2, "lease")])])
+        await settle(link, {"w": [("lease", 2, (await borrow(link, window, [])).now + 10**8)]})
+        assert await next_message(pubsub, 0.2) is None  # nobody waits: silence
+        await borrow(link, window, [AskArgs([Item(1, 1, 1, "waiter")])], host="h2")
+        await settle(link, {"w": [("lease", 0, 0)]})
+        assert await next_message(pubsub, 5) == f"freed {link.keys.window_state('w')}"
 
 
 # ---------------------------------------------------------------------------- pauses, headers
 
 
 async def test_a_pause_refuses_its_target_on_every_host_and_only_lengthens(
-    valkey: ValkeyServer, prefix: str
+    link: Link, valkey: ValkeyServer
 ) -> None:
-    async with joined_link(valkey, prefix) as link:
-        client = aioredis.Redis.from_url(valkey.url)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(link.keys.channel)
-            key = link.keys.pause("p/m")
-            paused = await link.call("pause", [key], [link.keys.channel, "p/m", 5000])
-            until = int(paused.value[1])
-            assert until == int(paused.value[0]) + 5_000_000
-            assert await next_message(pubsub, 5) == f"pause {until} p/m"
-            shorter = await link.call("pause", [key], [link.keys.channel, "p/m", 1000])
-            assert int(shorter.value[1]) == until
-            window = [Window("w", 10)]
-            reply = await borrow(
-                link, window, [AskArgs([Item(1, 1, 1, "a")], pause=1)], pauses=("p/m",)
-            )
-            assert reply.results == [[0, until]]
-            assert reply.paused == until
-            other = await borrow(link, window, [AskArgs([Item(1, 1, 1, "b")])], pauses=("p/m",))
-            assert other.results == [[1, [1]]]  # an ask on another target is not paused
-            await link.call("pause", [key], [link.keys.channel, "p/m", 0])
-            again = await borrow(
-                link, window, [AskArgs([Item(1, 1, 1, "c")], pause=1)], pauses=("p/m",)
-            )
-            assert again.results == [[1, [1]]]
-        finally:
-            await pubsub.aclose()
-            await client.aclose()
-
-
-async def test_provider_headers_tighten_the_fleet_never_loosen_it(
-    valkey: ValkeyServer, prefix: str
-) -> None:
-    async with joined_link(valkey, prefix) as link:
+    async with subscribed(valkey.url, link.keys.channel) as pubsub:
+        key = link.keys.pause("p/m")
+        paused = await link.call("pause", [key], [link.keys.channel, "p/m", 5000])
+        until = int(paused.value[1])
+        assert until == int(paused.value[0]) + 5_000_000
+        assert await next_message(pubsub, 5) == f"pause {until} p/m"
+        shorter = await link.call("pause", [key], [link.keys.channel, "p/m", 1000])
+        assert int(shorter.value[1]) == until
         window = [Window("w", 10)]
-        await borrow(link, window, [AskArgs([Item(1, 2, 2, "a")])])
-        keys = [link.keys.window_log("w"), link.keys.window_state("w")]
-        seen = await link.call("observe", keys, [10, 3, 30_000_000, 120_000])
-        assert [int(v) for v in seen.value[1:3]] == [2, 5]  # 10 - 2 ours - 3 remaining
-        refused = await borrow(link, window, [AskArgs([Item(1, 4, 4, "b")])])
-        assert refused.results[0] == [0, int(seen.value[3])]  # fits when the provider resets
-        looser = await link.call("observe", keys, [10, 9, 30_000_000, 120_000])
-        assert int(looser.value[2]) == 5
-        admitted = await borrow(link, window, [AskArgs([Item(1, 3, 3, "c")])])
-        assert admitted.results == [[1, [3]]]
+        reply = await borrow(
+            link, window, [AskArgs([Item(1, 1, 1, "a")], pause=1)], pauses=("p/m",)
+        )
+        assert reply.results == [[0, until]]
+        assert reply.paused == until
+        other = await borrow(link, window, [AskArgs([Item(1, 1, 1, "b")])], pauses=("p/m",))
+        assert other.results == [[1, [1]]]  # an ask on another target is not paused
+        await link.call("pause", [key], [link.keys.channel, "p/m", 0])
+        again = await borrow(
+            link, window, [AskArgs([Item(1, 1, 1, "c")], pause=1)], pauses=("p/m",)
+        )
+        assert again.results == [[1, [1]]]
+
+
+async def test_provider_headers_tighten_the_fleet_never_loosen_it(link: Link) -> None:
+    window = [Window("w", 10)]
+    await borrow(link, window, [AskArgs([Item(1, 2, 2, "a")])])
+    keys = [link.keys.window_log("w"), link.keys.window_state("w")]
+    seen = await link.call("observe", keys, [10, 3, 30_000_000, 120_000])
+    assert [int(v) for v in seen.value[1:3]] == [2, 5]  # 10 - 2 ours - 3 remaining
+    refused = await borrow(link, window, [AskArgs([Item(1, 4, 4, "b")])])
+    assert refused.results[0] == [0, int(seen.value[3])]  # fits when the provider resets
+    looser = await link.call("observe", keys, [10, 9, 30_000_000, 120_000])
+    assert int(looser.value[2]) == 5
+    admitted = await borrow(link, window, [AskArgs([Item(1, 3, 3, "c")])])
+    assert admitted.results == [[1, [3]]]
 
 
 # ---------------------------------------------------------------------------- epochs
 
 
 async def test_a_borrow_under_another_epoch_or_during_a_resync_takes_nothing(
-    valkey: ValkeyServer, prefix: str
+    link: Link, valkey: ValkeyServer
 ) -> None:
-    async with joined_link(valkey, prefix) as link:
-        window = [Window("w", 10)]
-        stale = await borrow(link, window, [AskArgs([Item(1, 1, 1, "a")])], epoch="old")
-        assert stale.status == "epoch"
-        assert text(stale.raw[2]) == link.epoch
-        client = aioredis.Redis.from_url(valkey.url)
-        try:
-            await client.hset(link.keys.epoch, "resync_until", stale.now + 60_000_000)
-            resyncing = await borrow(link, window, [AskArgs([Item(1, 1, 1, "b")])])
-            assert resyncing.status == "resync"
-            assert int(resyncing.raw[2]) == stale.now + 60_000_000
-            assert await client.exists(link.keys.window_log("w")) == 0
-        finally:
-            await client.aclose()
+    window = [Window("w", 10)]
+    stale = await borrow(link, window, [AskArgs([Item(1, 1, 1, "a")])], epoch="old")
+    assert stale.status == "epoch"
+    assert text(stale.raw[2]) == link.epoch
+    async with aioredis.Redis.from_url(valkey.url) as client:
+        await client.hset(link.keys.epoch, "resync_until", stale.now + 60_000_000)
+        resyncing = await borrow(link, window, [AskArgs([Item(1, 1, 1, "b")])])
+        assert resyncing.status == "resync"
+        assert int(resyncing.raw[2]) == stale.now + 60_000_000
+        assert await client.exists(link.keys.window_log("w")) == 0
 
 
 # ---------------------------------------------------------------------------- budgets
@@ -399,78 +374,65 @@ async def budget_sync(
     return [[int(f[0]), int(f[1]), int(f[2])] for f in value[1]]
 
 
-async def test_budget_holds_never_let_the_fleet_pass_the_limit(
-    valkey: ValkeyServer, prefix: str
-) -> None:
-    async with joined_link(valkey, prefix) as link:
-        a = await budget_borrow(link, "a", [("global", USD, 30 * USD // 100, USD // 5, USD // 2)])
-        assert a[0] == "ok"
-        assert int(a[2][0][0]) == USD // 2  # held 0.50 beside spent 0.30
-        b = await budget_borrow(link, "b", [("global", USD, 0, 3 * USD // 10, 3 * USD // 10)])
-        assert b[0] == "short"
-        assert [int(v) for v in b[2:]] == [1, USD // 5, 8 * USD // 10]  # room 0.20, others 0.80
-        # a settles: spent 0.45; a sync never raises spent + held (0.80), whatever it asks
-        synced = await budget_sync(link, "a", [("global", 45 * USD // 100, USD, [])])
-        assert synced == [[35 * USD // 100, 45 * USD // 100, 35 * USD // 100]]
-        b = await budget_borrow(link, "b", [("global", USD, 0, 3 * USD // 10, 3 * USD // 10)])
-        assert b[0] == "short"
-        # a gives back the hold it no longer needs
-        synced = await budget_sync(link, "a", [("global", 45 * USD // 100, 0, [])])
-        assert synced == [[0, 45 * USD // 100, 0]]
-        b = await budget_borrow(link, "b", [("global", USD, 0, 3 * USD // 10, 3 * USD // 10)])
-        assert b[0] == "ok"
+async def test_budget_holds_never_let_the_fleet_pass_the_limit(link: Link) -> None:
+    a = await budget_borrow(link, "a", [("global", USD, 30 * USD // 100, USD // 5, USD // 2)])
+    assert a[0] == "ok"
+    assert int(a[2][0][0]) == USD // 2  # held 0.50 beside spent 0.30
+    b = await budget_borrow(link, "b", [("global", USD, 0, 3 * USD // 10, 3 * USD // 10)])
+    assert b[0] == "short"
+    assert [int(v) for v in b[2:]] == [1, USD // 5, 8 * USD // 10]  # room 0.20, others 0.80
+    # a settles: spent 0.45; a sync never raises spent + held (0.80), whatever it asks
+    synced = await budget_sync(link, "a", [("global", 45 * USD // 100, USD, [])])
+    assert synced == [[35 * USD // 100, 45 * USD // 100, 35 * USD // 100]]
+    b = await budget_borrow(link, "b", [("global", USD, 0, 3 * USD // 10, 3 * USD // 10)])
+    assert b[0] == "short"
+    # a gives back the hold it no longer needs
+    synced = await budget_sync(link, "a", [("global", 45 * USD // 100, 0, [])])
+    assert synced == [[0, 45 * USD // 100, 0]]
+    b = await budget_borrow(link, "b", [("global", USD, 0, 3 * USD // 10, 3 * USD // 10)])
+    assert b[0] == "ok"
 
 
 async def test_budget_borrow_is_all_or_nothing_across_a_requests_budgets(
-    valkey: ValkeyServer, prefix: str
+    link: Link, valkey: ValkeyServer
 ) -> None:
-    async with joined_link(valkey, prefix) as link:
-        await budget_borrow(link, "other", [("global", USD, 9 * USD // 10, 0, 0)])
-        short = await budget_borrow(
-            link,
-            "a",
-            [("app", USD, 0, USD // 5, USD // 5), ("global", USD, 0, USD // 5, USD // 5)],
-        )
-        assert short[0] == "short"
-        assert int(short[2]) == 2
-        client = aioredis.Redis.from_url(valkey.url)
-        try:
-            assert await client.exists(link.keys.budget("app", "day", "2026-12-01")) == 0
-        finally:
-            await client.aclose()
+    await budget_borrow(link, "other", [("global", USD, 9 * USD // 10, 0, 0)])
+    short = await budget_borrow(
+        link,
+        "a",
+        [("app", USD, 0, USD // 5, USD // 5), ("global", USD, 0, USD // 5, USD // 5)],
+    )
+    assert short[0] == "short"
+    assert int(short[2]) == 2
+    async with aioredis.Redis.from_url(valkey.url) as client:
+        assert await client.exists(link.keys.budget("app", "day", "2026-12-01")) == 0
 
 
 async def test_budget_syncs_are_idempotent_and_a_restore_keeps_ghosts_until_replaced(
-    valkey: ValkeyServer, prefix: str
+    link: Link,
 ) -> None:
-    async with joined_link(valkey, prefix) as link:
-        for _ in range(3):
-            assert await budget_sync(link, "a", [("global", 10, 0, [])], restore=True) == [
-                [0, 10, 0]
-            ]
-        # after Redis restarted empty, "a" puts back its hold and a ghost of "b" (60 in all)
-        restored = await budget_sync(link, "a", [("global", 10, 20, [("b", 60)])], restore=True)
-        assert restored == [[20, 10, 80]]  # fleet held: 20 of "a" and the ghost of "b"
-        borrowed = await budget_borrow(link, "c", [("global", 100, 0, 10, 10)])
-        assert borrowed[0] == "ok"  # 10 + 20 + 60 (the ghost) + 10 <= 100
-        short = await budget_borrow(link, "c", [("global", 100, 0, 11, 11)])
-        assert short[0] == "short"
-        assert [int(v) for v in short[2:]] == [1, 10, 90]
-        # "b" pushes its own totals: its ghost no longer counts
-        await budget_sync(link, "b", [("global", 5, 0, [])], restore=True)
-        again = await budget_borrow(link, "c", [("global", 100, 0, 60, 60)])
-        assert again[0] == "ok"  # 10 + 20 + 5 + 60 <= 100
+    for _ in range(3):
+        assert await budget_sync(link, "a", [("global", 10, 0, [])], restore=True) == [[0, 10, 0]]
+    # after Redis restarted empty, "a" puts back its hold and a ghost of "b" (60 in all)
+    restored = await budget_sync(link, "a", [("global", 10, 20, [("b", 60)])], restore=True)
+    assert restored == [[20, 10, 80]]  # fleet held: 20 of "a" and the ghost of "b"
+    borrowed = await budget_borrow(link, "c", [("global", 100, 0, 10, 10)])
+    assert borrowed[0] == "ok"  # 10 + 20 + 60 (the ghost) + 10 <= 100
+    short = await budget_borrow(link, "c", [("global", 100, 0, 11, 11)])
+    assert short[0] == "short"
+    assert [int(v) for v in short[2:]] == [1, 10, 90]
+    # "b" pushes its own totals: its ghost no longer counts
+    await budget_sync(link, "b", [("global", 5, 0, [])], restore=True)
+    again = await budget_borrow(link, "c", [("global", 100, 0, 60, 60)])
+    assert again[0] == "ok"  # 10 + 20 + 5 + 60 <= 100
 
 
-async def test_spend_days_are_set_not_added(valkey: ValkeyServer, prefix: str) -> None:
-    async with joined_link(valkey, prefix) as link:
-        fields = [("a\tapp\tm\tp/m", f"{3 * USD} 2 10 20")]
-        for _ in range(2):
-            await budget_sync(link, "a", [], days={"2026-12-01": fields})
-        stored = await link.read_hash(link.keys.spend_day("2026-12-01"))
-        assert {text(k): text(v) for k, v in stored.items()} == {
-            "a\tapp\tm\tp/m": f"{3 * USD} 2 10 20"
-        }
+async def test_spend_days_are_set_not_added(link: Link) -> None:
+    fields = [("a\tapp\tm\tp/m", f"{3 * USD} 2 10 20")]
+    for _ in range(2):
+        await budget_sync(link, "a", [], days={"2026-12-01": fields})
+    stored = await link.read_hash(link.keys.spend_day("2026-12-01"))
+    assert {text(k): text(v) for k, v in stored.items()} == {"a\tapp\tm\tp/m": f"{3 * USD} 2 10 20"}
 
 
 def test_nano_usd_rounds_up() -> None:
@@ -485,45 +447,56 @@ def test_nano_usd_rounds_up() -> None:
 # ---------------------------------------------------------------------------- snapshots
 
 
-async def test_a_snapshot_profiles_when_entries_leave_never_early(
-    valkey: ValkeyServer, prefix: str
-) -> None:
-    async with joined_link(valkey, prefix) as link:
-        windows = [Window("a", 100), Window("b", 100)]
-        granted = await borrow(link, windows, [AskArgs([Item(1, 3, 3, "x"), Item(2, 4, 4, "y")])])
-        far = granted.now + LONG_SPAN_US // 2
-        await settle(link, {"a": [("c:h1:1", 5, far)]})
-        keys = [link.keys.window_log("a"), link.keys.window_state("a")]
-        keys += [link.keys.window_log("b"), link.keys.window_state("b"), link.keys.pause("p/m")]
-        await link.call("pause", [link.keys.pause("p/m")], [link.keys.channel, "p/m", 9000])
-        reply = await link.call("snapshot", keys, [2, 16, 1, LONG_SPAN_US, LONG_SPAN_US])
-        now, per_window, pauses = reply.value
-        (used_a, _, _, flat_a), (used_b, _, _, _flat_b) = per_window
-        assert (int(used_a), int(used_b)) == (8, 4)
-        profile_a = [(int(flat_a[i]), int(flat_a[i + 1])) for i in range(0, len(flat_a), 2)]
-        assert sum(amount for _, amount in profile_a) == 8
-        by_amount = {amount: when for when, amount in profile_a}
-        assert by_amount[5] >= far  # the bucket's step ends at or after its expiry
-        assert by_amount[5] < far + LONG_SPAN_US // 16 + 1
-        assert by_amount[3] == granted.now + LEASE_US + LONG_SPAN_US  # beyond a span: as is
-        assert int(pauses[0]) > int(now)
+async def test_a_snapshot_profiles_when_entries_leave_never_early(link: Link) -> None:
+    windows = [Window("a", 100), Window("b", 100)]
+    granted = await borrow(link, windows, [AskArgs([Item(1, 3, 3, "x"), Item(2, 4, 4, "y")])])
+    far = granted.now + LONG_SPAN_US // 2
+    await settle(link, {"a": [("c:h1:1", 5, far)]})
+    keys = [link.keys.window_log("a"), link.keys.window_state("a")]
+    keys += [link.keys.window_log("b"), link.keys.window_state("b"), link.keys.pause("p/m")]
+    await link.call("pause", [link.keys.pause("p/m")], [link.keys.channel, "p/m", 9000])
+    reply = await link.call("snapshot", keys, [2, 16, 1, LONG_SPAN_US, LONG_SPAN_US])
+    now, per_window, pauses = reply.value
+    (used_a, _, _, flat_a), (used_b, _, _, _flat_b) = per_window
+    assert (int(used_a), int(used_b)) == (8, 4)
+    profile_a = [(int(flat_a[i]), int(flat_a[i + 1])) for i in range(0, len(flat_a), 2)]
+    assert sum(amount for _, amount in profile_a) == 8
+    by_amount = {amount: when for when, amount in profile_a}
+    assert by_amount[5] >= far  # the bucket's step ends at or after its expiry
+    assert by_amount[5] < far + LONG_SPAN_US // 16 + 1
+    assert by_amount[3] == granted.now + LEASE_US + LONG_SPAN_US  # beyond a span: as is
+    assert int(pauses[0]) > int(now)
+
+
+async def test_a_log_longer_than_a_page_is_read_to_its_end(link: Link) -> None:
+    """The scripts read a window's log 500 entries at a time: when it frees and what a
+    snapshot profiles count the entries of every page."""
+    window = [Window("w", 10_000)]
+    far = (await borrow(link, window, [])).now + LONG_SPAN_US // 2
+    entries = 1100
+    await settle(link, {"w": [(f"c:h1:{i}", 1, far + i) for i in range(entries)]})
+    # 8900 free: 9950 more needs the first 1050 entries gone, the last on the third page
+    refused = await borrow(link, window, [AskArgs([Item(1, 9950, 9950, "big")])])
+    assert refused.used == [entries]
+    assert refused.results == [[0, far + 1049]]
+    keys = [link.keys.window_log("w"), link.keys.window_state("w")]
+    reply = await link.call("snapshot", keys, [1, 16, 0, LONG_SPAN_US])
+    ((used, _, _, flat),) = reply.value[1]
+    assert int(used) == entries
+    assert sum(int(amount) for amount in flat[1::2]) == entries
 
 
 async def test_a_malformed_reply_degrades_the_link_instead_of_failing_the_daemon(
-    valkey: ValkeyServer, prefix: str
+    link: Link, valkey: ValkeyServer
 ) -> None:
     from quotad.daemon.cluster.gates import FleetGates
     from quotad.daemon.cluster.link import LinkDown
 
-    async with joined_link(valkey, prefix) as link:
-        gates = FleetGates(link)
-        gates.window("provider:p", "requests", 60.0, 10, 60.05)
-        client = aioredis.Redis.from_url(valkey.url)
-        try:
-            link._scripts["snapshot"] = client.register_script("return {1, {}, {}}")
-            with pytest.raises(LinkDown):
-                await gates.snapshot()
-        finally:
-            await client.aclose()
-        assert link.health == "degraded"
-        assert "malformed reply of snapshot" in link.reason
+    gates = FleetGates(link)
+    gates.window("provider:p", "requests", 60.0, 10, 60.05)
+    async with aioredis.Redis.from_url(valkey.url) as client:
+        link._scripts["snapshot"] = client.register_script("return {1, {}, {}}")
+        with pytest.raises(LinkDown):
+            await gates.snapshot()
+    assert link.health == "degraded"
+    assert "malformed reply of snapshot" in link.reason

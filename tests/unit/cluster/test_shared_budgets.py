@@ -81,6 +81,22 @@ async def host(
             await store.close()
 
 
+@contextlib.asynccontextmanager
+async def two_hosts(
+    server: ValkeyServer,
+    prefix: str,
+    directories: list[Path],
+    config: Config,
+    clock: VirtualClock | None = None,
+) -> AsyncIterator[tuple[Host, Host]]:
+    """Hosts ``a`` and ``b`` of one fleet with the same configuration (and clock, if given)."""
+    async with (
+        host(server, prefix, "a", directories[0], config, clock) as a,
+        host(server, prefix, "b", directories[1], config, clock) as b,
+    ):
+        yield a, b
+
+
 @pytest.fixture
 def directories(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [Path(tmp_path_factory.mktemp(f"host{index}")) for index in range(3)]
@@ -108,10 +124,7 @@ async def test_the_fleets_shortage_is_budget_exceeded_naming_the_fleets_figures(
     valkey: ValkeyServer, prefix: str, directories: list[Path]
 ) -> None:
     config = budgets_config(daily=1.0, app=0.5)
-    async with (
-        host(valkey, prefix, "a", directories[0], config) as a,
-        host(valkey, prefix, "b", directories[1], config) as b,
-    ):
+    async with two_hosts(valkey, prefix, directories, config) as (a, b):
         assert await a.shared.reserve("build", 0.4, a.clock.time()) is not None
         with pytest.raises(RequestError) as refused:
             await b.shared.reserve("build", 0.2, b.clock.time())  # the app's 0.5: 0.4 held by a
@@ -149,10 +162,7 @@ async def test_finished_rows_make_the_fleets_spend_report(
     valkey: ValkeyServer, prefix: str, directories: list[Path]
 ) -> None:
     config = budgets_config(daily=10.0)
-    async with (
-        host(valkey, prefix, "a", directories[0], config) as a,
-        host(valkey, prefix, "b", directories[1], config) as b,
-    ):
+    async with two_hosts(valkey, prefix, directories, config) as (a, b):
         a.shared.finished(a.row("build", 0.25))
         a.shared.finished(a.row("docs", 0.5, status="rate_limited"))
         b.shared.finished(b.row("build", 1.0))
@@ -189,10 +199,7 @@ async def test_a_restarted_host_tells_the_fleet_what_its_ledger_spent(
         a.shared.finished(row)
     # a is gone; a fresh Redis key prefix would not know it, this one has its last push or
     # nothing: a comes back from its ledger alone
-    async with (
-        host(valkey, prefix, "a", directories[0], config, clock) as a,
-        host(valkey, prefix, "b", directories[1], config, clock) as b,
-    ):
+    async with two_hosts(valkey, prefix, directories, config, clock) as (a, b):
         assert a.store.budgets.status(clock.time())[0].spent_usd == pytest.approx(0.7)
         with pytest.raises(RequestError) as refused:
             await b.shared.reserve("x", 0.31, clock.time())
@@ -222,10 +229,7 @@ async def test_a_fleet_budget_crossing_alert_at_is_an_event_on_every_host(
     valkey: ValkeyServer, prefix: str, directories: list[Path]
 ) -> None:
     config = budgets_config(daily=1.0)
-    async with (
-        host(valkey, prefix, "a", directories[0], config) as a,
-        host(valkey, prefix, "b", directories[1], config) as b,
-    ):
+    async with two_hosts(valkey, prefix, directories, config) as (a, b):
         events: list[tuple[str, str]] = []
         b.shared.events = lambda kind, message, level: events.append((kind, message))
         a.shared.finished(a.row("x", 0.5))

@@ -37,12 +37,29 @@ def window(
     return fleet
 
 
+def grant(fleet: FleetWindow, entry: str, amount: int, now: float) -> None:
+    """A borrow sent, granted (at the server's time of ``now``) and answered at ``now``."""
+    fleet.grant(entry, amount, now, server_us(now), now)
+
+
+def leased(
+    amount: int, limit: int = 10, span_s: float = 3.0, lease_s: float = 1.0
+) -> tuple[VirtualClock, FleetWindow, float]:
+    """A window on a fresh virtual clock holding one lease, ``e1`` of ``amount``, granted at
+    the clock's now: (clock, window, now)."""
+    clock = VirtualClock()
+    fleet = window(clock, limit, span_s, lease_s)
+    now = clock.monotonic()
+    grant(fleet, "e1", amount, now)
+    return clock, fleet, now
+
+
 def test_admissions_come_from_leases_until_their_deadline() -> None:
     clock = VirtualClock()
     fleet = window(clock)
     now = clock.monotonic()
     assert fleet.take(1, now) is None  # nothing held yet
-    fleet.grant("e1", 4, now, server_us(now), now)
+    grant(fleet, "e1", 4, now)
     assert fleet.available(now) == 4
     taken = fleet.take(3, now)
     assert taken is not None
@@ -53,11 +70,8 @@ def test_admissions_come_from_leases_until_their_deadline() -> None:
 
 
 def test_an_admission_may_span_two_leases() -> None:
-    clock = VirtualClock()
-    fleet = window(clock)
-    now = clock.monotonic()
-    fleet.grant("e1", 2, now, server_us(now), now)
-    fleet.grant("e2", 2, now, server_us(now), now)
+    _, fleet, now = leased(2)
+    grant(fleet, "e2", 2, now)
     taken = fleet.take(3, now)
     assert taken is not None
     assert [part.amount for part in taken.parts] == [2, 1]
@@ -83,20 +97,14 @@ def test_a_returned_lease_counts_what_was_used_until_a_span_after_its_last_admis
 
 
 def test_a_used_up_lease_is_returned_at_once() -> None:
-    clock = VirtualClock()
-    fleet = window(clock)
-    now = clock.monotonic()
-    fleet.grant("e1", 2, now, server_us(now), now)
+    _, fleet, now = leased(2)
     assert fleet.take(2, now) is not None
     assert fleet.close_due(now)
     assert [put[1] for put in fleet.take_puts()] == [0, 2]
 
 
 def test_settling_gives_back_to_an_open_lease_then_to_its_bucket() -> None:
-    clock = VirtualClock()
-    fleet = window(clock, limit=1000)
-    now = clock.monotonic()
-    fleet.grant("e1", 500, now, server_us(now), now)
+    clock, fleet, now = leased(500, limit=1000)
     taken = fleet.take(400, now)
     assert taken is not None
     fleet.resize(taken, 100, now)  # the lease is open: its units may be admitted again
@@ -113,10 +121,7 @@ def test_settling_gives_back_to_an_open_lease_then_to_its_bucket() -> None:
 
 
 def test_a_charge_beyond_an_open_lease_raises_its_entry() -> None:
-    clock = VirtualClock()
-    fleet = window(clock, limit=1000)
-    now = clock.monotonic()
-    fleet.grant("e1", 100, now, server_us(now), now)
+    _, fleet, now = leased(100, limit=1000)
     taken = fleet.take(100, now)
     assert taken is not None
     fleet.resize(taken, 150, now)
@@ -124,10 +129,7 @@ def test_a_charge_beyond_an_open_lease_raises_its_entry() -> None:
 
 
 def test_unsent_puts_are_kept_and_newer_ones_win() -> None:
-    clock = VirtualClock()
-    fleet = window(clock)
-    now = clock.monotonic()
-    fleet.grant("e1", 2, now, server_us(now), now)
+    _, fleet, now = leased(2)
     taken = fleet.take(2, now)
     assert taken is not None
     fleet.close_due(now)
@@ -144,7 +146,7 @@ def test_slices_follow_the_recent_rate_within_a_share_of_the_limit() -> None:
     fleet = window(clock, limit=1000)
     now = clock.monotonic()
     assert fleet.want(3, now) == 3  # no history: what is needed
-    fleet.grant("e1", 1000, now, server_us(now), now)
+    grant(fleet, "e1", 1000, now)
     for _ in range(100):
         clock.advance(0.01)
         assert fleet.take(1, clock.monotonic()) is not None
@@ -187,10 +189,7 @@ def test_a_host_that_never_reached_redis_admits_nothing() -> None:
 
 
 def test_open_leases_stay_usable_when_redis_is_away() -> None:
-    clock = VirtualClock()
-    fleet = window(clock, limit=100)
-    now = clock.monotonic()
-    fleet.grant("e1", 5, now, server_us(now), now)
+    _, fleet, now = leased(5, limit=100)
     fleet.set_mode("closed", 3)
     assert fleet.available(now) == 5
 
@@ -293,10 +292,7 @@ def test_share_keeps_the_fleet_under_the_limit_when_redis_vanishes_mid_window(
 
 @pytest.mark.parametrize("mode", ["share", "closed"])
 def test_modes_switch_without_losing_leases(mode: str) -> None:
-    clock = VirtualClock()
-    fleet = window(clock)
-    now = clock.monotonic()
-    fleet.grant("e1", 3, now, server_us(now), now)
+    _, fleet, now = leased(3)
     fleet.set_mode(mode, 2)  # type: ignore[arg-type]
     fleet.set_mode("fleet", 2)
     assert fleet.available(now) == 3
@@ -311,10 +307,7 @@ def test_taking_nothing_is_free() -> None:
 
 
 def test_a_reloaded_limit_and_span_apply_to_what_comes_next() -> None:
-    clock = VirtualClock()
-    fleet = window(clock, limit=10, span_s=3.0)
-    now = clock.monotonic()
-    fleet.grant("e1", 2, now, server_us(now), now)
+    _, fleet, now = leased(2, limit=10, span_s=3.0)
     fleet.set_limit(40, 6.0)
     fleet.set_mode("fleet", 1)
     assert fleet.want(1, now) == 1  # no rate yet; within the new limit's share
@@ -347,10 +340,7 @@ def test_share_says_when_the_share_has_room_again() -> None:
 def test_an_admission_retimed_after_its_lease_counts_a_span_from_its_hand_off() -> None:
     """A waiter admitted from a lease whose task runs late (after the lease closed) is
     counted from when its request leaves: its units move into a bucket a span after that."""
-    clock = VirtualClock()
-    fleet = window(clock, limit=100, span_s=3.0, lease_s=1.0)
-    now = clock.monotonic()
-    fleet.grant("e1", 5, now, server_us(now), now)
+    clock, fleet, now = leased(5, limit=100, span_s=3.0, lease_s=1.0)
     taken = fleet.take(5, now)  # used up: closed at the next flush
     assert taken is not None
     assert fleet.close_due(now)
@@ -369,10 +359,7 @@ def test_an_admission_retimed_after_its_lease_counts_a_span_from_its_hand_off() 
 
 
 def test_an_admission_retimed_within_its_open_lease_stays_in_it() -> None:
-    clock = VirtualClock()
-    fleet = window(clock, limit=100, span_s=3.0, lease_s=1.0)
-    now = clock.monotonic()
-    fleet.grant("e1", 10, now, server_us(now), now)
+    clock, fleet, now = leased(10, limit=100, span_s=3.0, lease_s=1.0)
     taken = fleet.take(2, now)
     assert taken is not None
     clock.advance(0.3)
@@ -400,7 +387,7 @@ def test_what_leases_hold_is_kept_without_walking_them(steps: list[tuple[str, in
     for index, (action, amount) in enumerate(steps):
         now = clock.monotonic()
         if action == "grant":
-            fleet.grant(f"e{index}", amount, now, server_us(now), now)
+            grant(fleet, f"e{index}", amount, now)
         elif action == "take":
             got = fleet.take(amount, now)
             if got is not None:

@@ -8,14 +8,14 @@ several fleets can share one Redis:
 ``{p}:w:<gate>|<unit>|<window_s>:log`` / ``:st``  one window of a gate: its log and its state
 ``{p}:pause:<target>``                          server time until which a target is paused
 ``{p}:b:<scope>|<period>|<label>``              one budget of one period (per-host totals)
-``{p}:spend:<day>``                             spend of one day by host, app and model
+``{p}:spend:<day>``                             spend of one day by host, app, model and target
 ``{p}:events``                                  the pub/sub channel (``freed``, ``pause``)
 ==============================================  =============================================
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Final
 
 
 def window_name(gate: str, unit: str, window_s: float) -> str:
@@ -23,36 +23,27 @@ def window_name(gate: str, unit: str, window_s: float) -> str:
     return f"{gate}|{unit}|{window_s:g}"
 
 
-@dataclass(frozen=True, slots=True)
 class FleetKeys:
-    """Key names under one prefix."""
+    """Key names under one prefix. The fleet's fixed keys are computed once, here: naming
+    them for a call builds no string."""
 
-    prefix: str
+    __slots__ = ("channel", "epoch", "hosts", "load", "prefix", "tag")
 
-    @property
-    def tag(self) -> str:
+    def __init__(self, prefix: str) -> None:
+        self.prefix: Final = prefix
+        self.tag: Final = "{" + prefix + "}"
         """``{prefix}``: the hash tag every key starts with."""
-        return "{" + self.prefix + "}"
-
-    @property
-    def epoch(self) -> str:
+        self.epoch: Final = self.tag + ":epoch"
         """The fleet's epoch (gone when Redis restarted empty)."""
-        return self.tag + ":epoch"
-
-    @property
-    def hosts(self) -> str:
+        self.hosts: Final = self.tag + ":hosts"
         """Sorted set: host → server time of its last heartbeat."""
-        return self.tag + ":hosts"
-
-    @property
-    def load(self) -> str:
+        self.load: Final = self.tag + ":load"
         """Hash: host → its load, as it last reported it."""
-        return self.tag + ":load"
-
-    @property
-    def channel(self) -> str:
+        self.channel: Final = self.tag + ":events"
         """The pub/sub channel of the fleet."""
-        return self.tag + ":events"
+
+    def __repr__(self) -> str:
+        return f"FleetKeys({self.prefix!r})"
 
     def window_log(self, name: str) -> str:
         """A window's log: entries scored by the server time they expire."""
@@ -71,5 +62,5 @@ class FleetKeys:
         return f"{self.tag}:b:{scope}|{period}|{label}"
 
     def spend_day(self, day: str) -> str:
-        """The fleet's spend of one day: ``host\\tapp\\tmodel`` → figures."""
+        """The fleet's spend of one day: ``[host, app, model, target]`` (JSON) → figures."""
         return f"{self.tag}:spend:{day}"

@@ -301,15 +301,6 @@ class SharedBudgets:
             )
             spent = fleet.fleet_spent / NANO if fleet is not None else budget.spent_usd
             held = fleet.fleet_held / NANO if fleet is not None else budget.reserved_usd
-            out.append(
-                BudgetStatus(
-                    name=budget.name,
-                    scope=budget.scope,
-                    period=budget.period,
-                    limit_usd=budget.limit_usd,
-                    spent_usd=spent,
-                    reserved_usd=held,
-                    alert=spent >= budget.alert_at * budget.limit_usd > 0,
-                )
-            )
+            alert = spent >= budget.alert_at * budget.limit_usd > 0
+            out.append(budget.status(spent_usd=spent, reserved_usd=held, alert=alert))
         return out

@@ -104,6 +104,19 @@ class Budget:
     period_label: str = ""
     alerted: bool = False
 
+    def status(self, *, spent_usd: float, reserved_usd: float, alert: bool) -> BudgetStatus:
+        """This budget as ``status`` and ``spend`` replies show it, with the figures of whoever
+        reports it (this host's own, or the fleet's)."""
+        return BudgetStatus(
+            name=self.name,
+            scope=self.scope,
+            period=self.period,
+            limit_usd=self.limit_usd,
+            spent_usd=spent_usd,
+            reserved_usd=reserved_usd,
+            alert=alert,
+        )
+
 
 @dataclass(slots=True)
 class BudgetHold:
@@ -316,11 +329,7 @@ class Budgets:
         for budget in self._all():
             self._roll(budget, now)
             out.append(
-                BudgetStatus(
-                    name=budget.name,
-                    scope=budget.scope,
-                    period=budget.period,
-                    limit_usd=budget.limit_usd,
+                budget.status(
                     spent_usd=budget.spent_usd,
                     reserved_usd=budget.reserved_usd,
                     alert=budget.alerted,

@@ -65,37 +65,53 @@ local function save(log, st, w, now, ttl_ms)
   if renew then redis.call('PEXPIRE', st, ttl_ms) end
 end
 
--- When `excess` more units of the window have expired (its log in expiry order, and the
--- external usage at its own time); -1: never. Every entry left is live (expire() ran).
-local function frees_at(log, st, now, excess, ext, extu)
-  local pending = ext > 0
+-- Call visit(expires, amount) on each entry of a window, in expiry order, a page of CHUNK
+-- entries at a time (one ZRANGEBYSCORE and one HMGET per page); stop at the first entry for
+-- which visit returns a value, and return that value (nil when it never did).
+local function each_entry(log, st, visit)
   local offset = 0
   while true do
     local page = redis.call('ZRANGEBYSCORE', log, '-inf', '+inf', 'WITHSCORES',
       'LIMIT', offset, CHUNK)
-    if #page == 0 then break end
+    if #page == 0 then return nil end
     local fields = {}
     for i = 1, #page, 2 do fields[#fields + 1] = 'a:' .. page[i] end
     local amounts = redis.call('HMGET', st, unpack(fields))
     for j = 1, #amounts do
-      local expires = tonumber(page[2 * j])
-      if pending and extu <= expires then
-        excess = excess - ext
-        pending = false
-        if excess <= 0 then return extu end
-      end
-      excess = excess - num(amounts[j])
-      if excess <= 0 then return expires end
+      local found = visit(tonumber(page[2 * j]), num(amounts[j]))
+      if found ~= nil then return found end
     end
     offset = offset + #amounts
-    if #amounts < CHUNK then break end
+    if #amounts < CHUNK then return nil end
   end
+end
+
+-- When `excess` more units of the window have expired (its log in expiry order, and the
+-- external usage at its own time); -1: never. Every entry left is live (expire() ran).
+local function frees_at(log, st, excess, ext, extu)
+  local pending = ext > 0
+  local at = each_entry(log, st, function(expires, amount)
+    if pending and extu <= expires then
+      excess = excess - ext
+      pending = false
+      if excess <= 0 then return extu end
+    end
+    excess = excess - amount
+    if excess <= 0 then return expires end
+  end)
+  if at ~= nil then return at end
   if pending and excess - ext <= 0 then return extu end
   return -1
 end
 
--- The epoch (id, resync_until) of the fleet's state; a Redis restarted empty has none.
-local function epoch_of(key)
+-- The server time now, and the refusal of a call made under the caller's epoch id: {'epoch',
+-- now, id} when it is not the fleet's (a Redis restarted empty has none), {'resync', now,
+-- until} while the fleet re-syncs; nil when the call may go on.
+local function check_epoch(key, id)
   local epoch = redis.call('HMGET', key, 'id', 'resync_until')
-  return epoch[1] or '', num(epoch[2])
+  local now = now_us()
+  local fleet_id, resync_until = epoch[1] or '', num(epoch[2])
+  if fleet_id ~= id then return now, {'epoch', now, fleet_id} end
+  if resync_until > now then return now, {'resync', now, resync_until} end
+  return now, nil
 end

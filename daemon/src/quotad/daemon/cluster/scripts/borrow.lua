@@ -12,10 +12,8 @@
 -- Reply: {'ok', now, paused_until, {used per window}, {per ask: {1, {grants}} | {0, when}}}
 -- where when is the server time it may fit (-1: never); {'epoch', now, id} when the caller's
 -- epoch is not the fleet's; {'resync', now, until} while the fleet re-syncs.
-local epoch, resync_until = epoch_of(KEYS[1])
-local now = now_us()
-if epoch ~= ARGV[1] then return {'epoch', now, epoch} end
-if resync_until > now then return {'resync', now, resync_until} end
+local now, refused = check_epoch(KEYS[1], ARGV[1])
+if refused then return refused end
 local host = ARGV[2]
 local lease_us, wait_us = tonumber(ARGV[3]), tonumber(ARGV[4])
 local nwin, npause = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -57,7 +55,7 @@ for a = 1, nasks do
       local at_x = blocked[x]
       if at_x == nil then
         if need > limit[x] then at_x = -1
-        else at_x = frees_at(KEYS[2 * x], KEYS[2 * x + 1], now, need - free, w[x].ext, w[x].extu) end
+        else at_x = frees_at(KEYS[2 * x], KEYS[2 * x + 1], need - free, w[x].ext, w[x].extu) end
         blocked[x] = at_x
       end
       if at_x == -1 then never = true elseif at_x > when then when = at_x end

@@ -8,10 +8,8 @@
 -- spent + held, ...} of the others}}}, or
 -- {'short', now, budget index, room for this host's hold, others' spent + held} (nothing
 -- written but 'cu'), or {'epoch', now, id} / {'resync', now, until} as borrow.lua.
-local epoch, resync_until = epoch_of(KEYS[1])
-local now = now_us()
-if epoch ~= ARGV[1] then return {'epoch', now, epoch} end
-if resync_until > now then return {'resync', now, resync_until} end
+local now, refused = check_epoch(KEYS[1], ARGV[1])
+if refused then return refused end
 local host = ARGV[2]
 local contended_us, nb = tonumber(ARGV[3]), tonumber(ARGV[4])
 local plan = {}

@@ -17,27 +17,16 @@ for w = 1, nwin do
   save(log, st, win, now, 0)
   local used, ext, extu = win.used, win.ext, win.extu
   local sums, latest, beyond = {}, 0, 0
-  local offset = 0
-  while true do
-    local page = redis.call('ZRANGEBYSCORE', log, '-inf', '+inf', 'WITHSCORES',
-      'LIMIT', offset, CHUNK)
-    if #page == 0 then break end
-    local fields = {}
-    for i = 1, #page, 2 do fields[#fields + 1] = 'a:' .. page[i] end
-    local amounts = redis.call('HMGET', st, unpack(fields))
-    for j = 1, #amounts do
-      local left = tonumber(page[2 * j]) - now
-      local k = math.ceil(left / step)
-      if k > steps then
-        beyond = beyond + num(amounts[j])
-        if left > latest then latest = left end
-      else
-        sums[k] = (sums[k] or 0) + num(amounts[j])
-      end
+  each_entry(log, st, function(expires, amount)
+    local left = expires - now
+    local k = math.ceil(left / step)
+    if k > steps then
+      beyond = beyond + amount
+      if left > latest then latest = left end
+    else
+      sums[k] = (sums[k] or 0) + amount
     end
-    offset = offset + #amounts
-    if #amounts < CHUNK then break end
-  end
+  end)
   local profile = {}
   for k = 1, steps do
     if sums[k] then
