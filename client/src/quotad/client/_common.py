@@ -23,16 +23,13 @@ from quotad.protocol.messages import (
     CONTINUING_REPLIES as CONTINUING_REPLIES,  # re-exported for the clients
 )
 from quotad.protocol.messages import (
-    Acquire,
     Chat,
     ChatChunk,
     ChatEnd,
     ChatMessage,
-    Embed,
     Error,
     Hello,
     Reply,
-    Settle,
 )
 
 ReplyT = TypeVar("ReplyT")
@@ -113,75 +110,8 @@ def chat_request(
     return _convert(fields, Chat)
 
 
-def embed_request(
-    model: str,
-    input: str | list[str],
-    *,
-    dimensions: int | None,
-    priority: str | None,
-    max_wait_s: float | None,
-    cache: str,
-    user: str,
-    tags: list[str] | None,
-    extra: dict[str, Any],
-) -> Embed:
-    """A validated :class:`Embed`."""
-    fields = {
-        "model": model,
-        "input": input,
-        "dimensions": dimensions,
-        "priority": priority,
-        "max_wait_s": max_wait_s,
-        "cache": cache,
-        "user": user,
-        "tags": tags or [],
-        "extra": extra,
-    }
-    return _convert(fields, Embed)
-
-
-def acquire_request(
-    target: str,
-    tokens: int,
-    *,
-    priority: str | None,
-    max_wait_s: float | None,
-    lease_s: float | None,
-) -> Acquire:
-    """A validated :class:`Acquire`."""
-    fields = {
-        "target": target,
-        "tokens": tokens,
-        "priority": priority,
-        "max_wait_s": max_wait_s,
-        "lease_s": lease_s,
-    }
-    return _convert(fields, Acquire)
-
-
-def settle_request(
-    permit_id: str,
-    tokens_used: int,
-    *,
-    status: str,
-    headers: Mapping[str, str] | None,
-    prompt_tokens: int | None,
-    completion_tokens: int | None,
-) -> Settle:
-    """A validated :class:`Settle`."""
-    fields = {
-        "permit_id": permit_id,
-        "tokens_used": tokens_used,
-        "status": status,
-        "headers": dict(headers or {}),
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-    }
-    return _convert(fields, Settle)
-
-
 def build(kind: type[RequestT], **fields: Any) -> RequestT:
-    """A validated ``kind`` request from its fields."""
+    """A validated ``kind`` request from its fields (each named as the message names it)."""
     return _convert(fields, kind)
 
 
