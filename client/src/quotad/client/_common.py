@@ -1,5 +1,6 @@
 """What the blocking and the async client share: building requests, checking replies, the
-state of a streamed chat, and naming the connect failures.
+state of a streamed chat, naming the connect failures, and what a connection is on either side
+of the async/blocking divide (:class:`Handshake`, :class:`ConnectionBase`), less its I/O.
 
 Requests are built with one ``msgspec.convert`` each, so a bad argument raises
 :class:`BadRequestError` here, naming the field (``messages[0].role: invalid enum value``),
@@ -8,17 +9,19 @@ instead of reaching the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
+import socket
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
 from quotad.client.exceptions import BadRequestError, InternalError, error_from_reply
-from quotad.protocol.framing import describe
+from quotad.protocol.framing import FrameDecoder, FrameEncoder, describe, reply_decoder
 from quotad.protocol.messages import (
     CONTINUING_REPLIES as CONTINUING_REPLIES,  # re-exported for the clients
 )
@@ -30,8 +33,10 @@ from quotad.protocol.messages import (
     Error,
     Hello,
     Reply,
+    Welcome,
 )
 
+InboxT = TypeVar("InboxT")
 ReplyT = TypeVar("ReplyT")
 RequestT = TypeVar("RequestT")
 
@@ -182,3 +187,76 @@ class StreamedChat:
 class FrameNotSent(Exception):
     """A request's frame did not wholly reach the daemon, so the daemon never ran it: the
     caller may reconnect and send it again."""
+
+
+class Handshake:
+    """A connection's handshake less its I/O: the ``Hello`` frame to send, then the bytes read
+    back until they hold the daemon's ``Welcome``. Its codec then serves the connection."""
+
+    __slots__ = ("decoder", "encoder", "hello_frame", "path", "welcome")
+
+    welcome: Welcome
+    """The daemon's ``Welcome``, once :meth:`receive` has said it came."""
+
+    def __init__(self, path: str, app: str) -> None:
+        self.path = path
+        self.encoder = FrameEncoder()
+        self.decoder = reply_decoder()
+        self.hello_frame = self.encoder.encode(hello(app))
+
+    def receive(self, data: bytes) -> bool:
+        """Take ``data`` read from the socket (empty: the daemon closed it); whether the
+        ``Welcome`` has come. Raises the error the daemon answered instead."""
+        if not data:
+            raise ConnectionResetError("closed the connection during the handshake")
+        replies = list(self.decoder.feed(data))
+        if not replies:
+            return False
+        welcome = self.welcome = expect(replies[0], Welcome, self.path)
+        if welcome.max_frame > 0:  # replies as large as the daemon may send
+            self.decoder.max_frame = max(self.decoder.max_frame, welcome.max_frame)
+        return True
+
+
+class ConnectionBase(Generic[InboxT]):
+    """What a handshaken connection holds on either side: its socket, the daemon's ``Welcome``,
+    the frame codec and one reused receive buffer, and an inbox (``InboxT``, which differs) for
+    each request in flight, by id."""
+
+    __slots__ = (
+        "_buffer",
+        "_decoder",
+        "_encoder",
+        "_inboxes",
+        "_next_id",
+        "_sock",
+        "_view",
+        "lost",
+        "path",
+        "welcome",
+    )
+
+    def __init__(self, sock: socket.socket, handshake: Handshake) -> None:
+        self._sock = sock
+        self.path = handshake.path
+        self.welcome = handshake.welcome
+        self._encoder = handshake.encoder
+        self._decoder: FrameDecoder[Reply] = handshake.decoder
+        self._buffer = bytearray(RECEIVE_SIZE)
+        self._view = memoryview(self._buffer)
+        self._inboxes: dict[int, InboxT] = {}
+        self._next_id = 1
+        self.lost: str | None = None
+        """Why the connection was lost; None while it is up."""
+
+    def _lost_in_flight(self) -> str:
+        """What a request in flight fails with once the connection is lost."""
+        return (
+            f"lost the connection to quotad at {self.path} ({self.lost}) with a request in "
+            "flight; it may or may not have run"
+        )
+
+    def _shut_down(self) -> None:
+        """Shut the socket down both ways, so that whoever reads it sees its end."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
