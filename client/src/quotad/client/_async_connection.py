@@ -30,7 +30,6 @@ from anyio import current_time as current_time
 from anyio import sleep as sleep
 
 from quotad.client._common import (
-    CONTINUING_REPLIES,
     RECEIVE_SIZE,
     ConnectionBase,
     FrameNotSent,
@@ -39,7 +38,7 @@ from quotad.client._common import (
 )
 from quotad.client.exceptions import ConnectionLostError
 from quotad.protocol.framing import FrameError
-from quotad.protocol.messages import Cancel, Error, Message, Reply
+from quotad.protocol.messages import Cancel, Message, Reply
 
 __all__ = [
     "AsyncConnection",
@@ -80,7 +79,7 @@ class AsyncInbox:
         self.event: anyio.Event | None = None
         self.lost: str | None = None
 
-    def put(self, reply: Reply) -> None:
+    def append(self, reply: Reply) -> None:
         self.replies.append(reply)
         if self.event is not None:
             self.event.set()
@@ -156,7 +155,7 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
                             raise FrameNotSent(self.lost or "closed") from None
                     rest = rest[sent:]
         if scope.cancelled_caught:
-            self.lose(f"the daemon took no frame for {SEND_STALL_S:g} s")
+            self._lose(f"the daemon took no frame for {SEND_STALL_S:g} s")
             raise ConnectionLostError(f"lost the connection to quotad at {self.path} ({self.lost})")
 
     def _send_now(self, data: bytes | memoryview) -> int:
@@ -166,7 +165,7 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
         except BlockingIOError:
             return 0
         except OSError as error:
-            self.lose(f"sending failed: {connect_failure(error, 0)}")
+            self._lose(f"sending failed: {connect_failure(error, 0)}")
             raise FrameNotSent(self.lost or "") from error
 
     async def wait(self, inbox: AsyncInbox, deadline: float | None) -> Reply | None:
@@ -190,7 +189,7 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
 
     async def read_replies(self) -> None:
         """The reader task: route every reply until the connection ends (the daemon closes
-        it, or :meth:`lose` shuts it down)."""
+        it, or :meth:`_lose` shuts it down)."""
         reason = "the daemon closed the connection"
         sock = self._sock
         try:
@@ -217,22 +216,12 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
         except FrameError as error:
             reason = f"unreadable reply: {error}"
         finally:
-            self.lose(reason)
+            self._lose(reason)
             anyio.notify_closing(sock)  # wakes a writer waiting for room, if any
             sock.close()
             self.closed.set()
 
-    def _route(self, reply: Reply) -> None:
-        inbox = self._inboxes.get(reply.id)
-        if inbox is None:
-            if reply.id == 0 and type(reply) is Error:
-                self.lose(f"the daemon ended the connection: {reply.code}: {reply.message}")
-            return
-        if not isinstance(reply, CONTINUING_REPLIES):
-            del self._inboxes[reply.id]
-        inbox.put(reply)
-
-    def lose(self, reason: str) -> None:
+    def _lose(self, reason: str) -> None:
         """Mark the connection lost, fail every waiter, and shut the socket down so that the
         reader sees its end (rather than being cancelled mid-wait, which races with a
         socket turning readable on some event loops)."""
@@ -248,7 +237,7 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
     async def aclose(self, reason: str) -> None:
         """Close the connection; waiters raise :class:`ConnectionLostError` with ``reason``.
         Returns once the reader task has closed the socket (or after ``CLOSE_WAIT_S``)."""
-        self.lose(reason)
+        self._lose(reason)
         with anyio.move_on_after(CLOSE_WAIT_S, shield=True):
             await self.closed.wait()
 

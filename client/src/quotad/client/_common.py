@@ -15,17 +15,16 @@ import functools
 import os
 import socket
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
 
 from quotad.client.exceptions import BadRequestError, InternalError, error_from_reply
 from quotad.protocol.framing import FrameDecoder, FrameEncoder, describe, reply_decoder
 from quotad.protocol.messages import (
-    CONTINUING_REPLIES as CONTINUING_REPLIES,  # re-exported for the clients
-)
-from quotad.protocol.messages import (
+    CONTINUING_REPLIES,
     Chat,
     ChatChunk,
     ChatEnd,
@@ -36,7 +35,6 @@ from quotad.protocol.messages import (
     Welcome,
 )
 
-InboxT = TypeVar("InboxT")
 ReplyT = TypeVar("ReplyT")
 RequestT = TypeVar("RequestT")
 
@@ -218,10 +216,19 @@ class Handshake:
         return True
 
 
-class ConnectionBase(Generic[InboxT]):
+class ReplyInbox(Protocol):
+    """Where the replies to one request are put as they arrive (a ``deque`` will do)."""
+
+    def append(self, reply: Reply, /) -> None: ...
+
+
+InboxT = TypeVar("InboxT", bound=ReplyInbox)
+
+
+class ConnectionBase(ABC, Generic[InboxT]):
     """What a handshaken connection holds on either side: its socket, the daemon's ``Welcome``,
     the frame codec and one reused receive buffer, and an inbox (``InboxT``, which differs) for
-    each request in flight, by id."""
+    each request in flight, by id; and how a reply is routed to its inbox."""
 
     __slots__ = (
         "_buffer",
@@ -248,6 +255,23 @@ class ConnectionBase(Generic[InboxT]):
         self._next_id = 1
         self.lost: str | None = None
         """Why the connection was lost; None while it is up."""
+
+    def _route(self, reply: Reply) -> None:
+        """Put ``reply`` in the inbox of its id, forgetting the id once ``reply`` ends its
+        request. A reply nobody waits for any more (a closed stream, a timed-out call) is
+        dropped, unless it is an error for no request: the daemon ending the connection."""
+        inbox = self._inboxes.get(reply.id)
+        if inbox is None:
+            if reply.id == 0 and type(reply) is Error:
+                self._lose(f"the daemon ended the connection: {reply.code}: {reply.message}")
+            return
+        if not isinstance(reply, CONTINUING_REPLIES):
+            del self._inboxes[reply.id]
+        inbox.append(reply)
+
+    @abstractmethod
+    def _lose(self, reason: str) -> None:
+        """Mark the connection lost for ``reason`` and wake whoever waits on it."""
 
     def _lost_in_flight(self) -> str:
         """What a request in flight fails with once the connection is lost."""

@@ -28,7 +28,6 @@ from time import sleep as sleep
 from typing import Final
 
 from quotad.client._common import (
-    CONTINUING_REPLIES,
     RECEIVE_SIZE,
     ConnectionBase,
     FrameNotSent,
@@ -37,7 +36,7 @@ from quotad.client._common import (
 )
 from quotad.client.exceptions import ConnectionLostError
 from quotad.protocol.framing import FrameError
-from quotad.protocol.messages import Cancel, Error, Message, Reply
+from quotad.protocol.messages import Cancel, Message, Reply
 
 __all__ = [
     "Connection",
@@ -137,7 +136,8 @@ class Connection(ConnectionBase[Inbox]):
                 finally:
                     state.acquire()
                     self._reading = False
-                    self._route(received)
+                    for reply in received:
+                        self._route(reply)
                     if failure is not None:
                         self._lose(failure)
                     state.notify_all()
@@ -159,19 +159,6 @@ class Connection(ConnectionBase[Inbox]):
         except FrameError as error:
             return f"unreadable reply: {error}"
         return None
-
-    def _route(self, replies: list[Reply]) -> None:
-        """Put each reply in the inbox of its id (the state lock is held)."""
-        inboxes = self._inboxes
-        for reply in replies:
-            inbox = inboxes.get(reply.id)
-            if inbox is None:
-                if reply.id == 0 and type(reply) is Error:
-                    self._lose(f"the daemon ended the connection: {reply.code}: {reply.message}")
-                continue
-            inbox.append(reply)
-            if not isinstance(reply, CONTINUING_REPLIES):
-                del inboxes[reply.id]
 
     def _lose(self, reason: str) -> None:
         """Mark the connection lost (the state lock is held) and wake whoever reads it."""
