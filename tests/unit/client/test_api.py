@@ -109,6 +109,35 @@ def test_a_handshake_answered_with_something_else_names_the_socket(
         qd.status()
 
 
+def test_a_daemon_that_hangs_up_during_the_handshake_is_unavailable(
+    socket_path: str, new_client: NewClient
+) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(1)
+    listener.settimeout(5)
+
+    def hang_up_after_the_hello() -> None:
+        with contextlib.suppress(OSError):
+            peer, _ = listener.accept()
+            with peer:
+                peer.recv(4096)
+
+    thread = threading.Thread(target=hang_up_after_the_hello, daemon=True)
+    thread.start()
+    try:
+        with (
+            pytest.raises(
+                DaemonUnavailableError, match="closed the connection during the handshake"
+            ),
+            new_client(socket_path) as qd,
+        ):
+            qd.status()
+    finally:
+        thread.join(5)
+        listener.close()
+
+
 def test_daemon_unavailable_lists_every_path_tried(
     socket_dir: Path, new_client: NewClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -37,15 +37,12 @@ from quotad.client._common import (
     FrameNotSent,
     ReplyT,
     StreamedChat,
-    acquire_request,
     build,
     chat_request,
     connect_failure,
     default_app,
-    embed_request,
     expect,
     is_retryable,
-    settle_request,
 )
 from quotad.client.exceptions import (
     ConnectionLostError,
@@ -55,18 +52,21 @@ from quotad.client.exceptions import (
 )
 from quotad.protocol.framing import FrameError
 from quotad.protocol.messages import (
+    Acquire,
     Admin,
     CacheMode,
     ChatChunk,
     ChatEnd,
     ChatMessage,
     ChatReply,
+    Embed,
     EmbedReply,
     Message,
     Ok,
     Permit,
     Priority,
     Reply,
+    Settle,
     SettleStatus,
     Snapshot,
     Spend,
@@ -313,15 +313,16 @@ class AsyncClient:
         **extra: Any,
     ) -> EmbedReply:
         """Embeddings of ``input``, one vector per string."""
-        request = embed_request(
-            model,
-            input,
+        request = build(
+            Embed,
+            model=model,
+            input=input,
             dimensions=dimensions,
             priority=priority,
             max_wait_s=max_wait_s,
             cache=cache,
             user=user,
-            tags=tags,
+            tags=tags or [],
             extra=extra,
         )
         return await self._call(request, EmbedReply)
@@ -355,8 +356,13 @@ class AsyncClient:
         lease_s: float | None = None,
     ) -> Permit:
         """Wait for admission on ``target``'s gates for a call made with your own SDK."""
-        request = acquire_request(
-            target, tokens, priority=priority, max_wait_s=max_wait_s, lease_s=lease_s
+        request = build(
+            Acquire,
+            target=target,
+            tokens=tokens,
+            priority=priority,
+            max_wait_s=max_wait_s,
+            lease_s=lease_s,
         )
         return await self._call(request, Permit)
 
@@ -371,11 +377,12 @@ class AsyncClient:
         completion_tokens: int | None = None,
     ) -> Ok:
         """Report what a permitted call used (``headers``: the provider's rate-limit headers)."""
-        request = settle_request(
-            permit_id,
-            tokens_used,
+        request = build(
+            Settle,
+            permit_id=permit_id,
+            tokens_used=tokens_used,
             status=status,
-            headers=headers,
+            headers=dict(headers or {}),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )

@@ -3,7 +3,8 @@ reader task routes replies by id, and the few primitives the client API (``_asyn
 from its side of the async/blocking divide. ``_connection.py`` is the blocking twin, written by
 hand as this one is; each offers the same names (less the ``Async`` prefix), so that the API
 written once in ``_async.py`` becomes the blocking one by token replacement
-(``scripts/unasync.py``).
+(``scripts/unasync.py``). What does not differ between the two (the handshake's frames, what a
+connection holds) is in ``_common.py``.
 
 A connection's reader task, started in the client's task group (:class:`AsyncReaderTasks`),
 decodes frames and puts each reply in the inbox of the request waiting for it; many tasks may
@@ -29,16 +30,15 @@ from anyio import current_time as current_time
 from anyio import sleep as sleep
 
 from quotad.client._common import (
-    CONTINUING_REPLIES,
     RECEIVE_SIZE,
+    ConnectionBase,
     FrameNotSent,
+    Handshake,
     connect_failure,
-    expect,
-    hello,
 )
 from quotad.client.exceptions import ConnectionLostError
-from quotad.protocol.framing import FrameDecoder, FrameEncoder, FrameError, reply_decoder
-from quotad.protocol.messages import Cancel, Error, Message, Reply, Welcome
+from quotad.protocol.framing import FrameError
+from quotad.protocol.messages import Cancel, Message, Reply
 
 __all__ = [
     "AsyncConnection",
@@ -79,7 +79,7 @@ class AsyncInbox:
         self.event: anyio.Event | None = None
         self.lost: str | None = None
 
-    def put(self, reply: Reply) -> None:
+    def append(self, reply: Reply) -> None:
         self.replies.append(reply)
         if self.event is not None:
             self.event.set()
@@ -100,7 +100,7 @@ class AsyncInbox:
         return replies.popleft()
 
 
-class AsyncConnection:
+class AsyncConnection(ConnectionBase[AsyncInbox]):
     """One handshaken socket: writes requests, routes replies to per-id inboxes.
 
     It works on the non-blocking socket itself, waiting with anyio only when the socket is not
@@ -109,41 +109,12 @@ class AsyncConnection:
     decodes every complete frame in it.
     """
 
-    __slots__ = (
-        "_buffer",
-        "_decoder",
-        "_encoder",
-        "_inboxes",
-        "_next_id",
-        "_send_lock",
-        "_sock",
-        "_view",
-        "closed",
-        "lost",
-        "path",
-        "welcome",
-    )
+    __slots__ = ("_send_lock", "closed")
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        path: str,
-        welcome: Welcome,
-        encoder: FrameEncoder,
-        decoder: FrameDecoder[Reply],
-    ) -> None:
-        self._sock = sock
-        self.path = path
-        self.welcome = welcome
-        self._encoder = encoder
-        self._decoder = decoder
-        self._buffer = bytearray(RECEIVE_SIZE)
-        self._view = memoryview(self._buffer)
+    def __init__(self, sock: socket.socket, handshake: Handshake) -> None:
+        super().__init__(sock, handshake)
         self._send_lock = anyio.Lock(fast_acquire=True)
         self.closed = anyio.Event()
-        self._inboxes: dict[int, AsyncInbox] = {}
-        self._next_id = 1
-        self.lost: str | None = None
 
     async def send(self, request: Message) -> AsyncInbox:
         """Give ``request`` the next id and send it; its replies will arrive in the inbox.
@@ -184,7 +155,7 @@ class AsyncConnection:
                             raise FrameNotSent(self.lost or "closed") from None
                     rest = rest[sent:]
         if scope.cancelled_caught:
-            self.lose(f"the daemon took no frame for {SEND_STALL_S:g} s")
+            self._lose(f"the daemon took no frame for {SEND_STALL_S:g} s")
             raise ConnectionLostError(f"lost the connection to quotad at {self.path} ({self.lost})")
 
     def _send_now(self, data: bytes | memoryview) -> int:
@@ -194,7 +165,7 @@ class AsyncConnection:
         except BlockingIOError:
             return 0
         except OSError as error:
-            self.lose(f"sending failed: {connect_failure(error, 0)}")
+            self._lose(f"sending failed: {connect_failure(error, 0)}")
             raise FrameNotSent(self.lost or "") from error
 
     async def wait(self, inbox: AsyncInbox, deadline: float | None) -> Reply | None:
@@ -218,7 +189,7 @@ class AsyncConnection:
 
     async def read_replies(self) -> None:
         """The reader task: route every reply until the connection ends (the daemon closes
-        it, or :meth:`lose` shuts it down)."""
+        it, or :meth:`_lose` shuts it down)."""
         reason = "the daemon closed the connection"
         sock = self._sock
         try:
@@ -245,42 +216,28 @@ class AsyncConnection:
         except FrameError as error:
             reason = f"unreadable reply: {error}"
         finally:
-            self.lose(reason)
+            self._lose(reason)
             anyio.notify_closing(sock)  # wakes a writer waiting for room, if any
             sock.close()
             self.closed.set()
 
-    def _route(self, reply: Reply) -> None:
-        inbox = self._inboxes.get(reply.id)
-        if inbox is None:
-            if reply.id == 0 and type(reply) is Error:
-                self.lose(f"the daemon ended the connection: {reply.code}: {reply.message}")
-            return
-        if not isinstance(reply, CONTINUING_REPLIES):
-            del self._inboxes[reply.id]
-        inbox.put(reply)
-
-    def lose(self, reason: str) -> None:
+    def _lose(self, reason: str) -> None:
         """Mark the connection lost, fail every waiter, and shut the socket down so that the
         reader sees its end (rather than being cancelled mid-wait, which races with a
         socket turning readable on some event loops)."""
         if self.lost is not None:
             return
         self.lost = reason
-        message = (
-            f"lost the connection to quotad at {self.path} ({reason}) with a request in "
-            "flight; it may or may not have run"
-        )
+        message = self._lost_in_flight()
         for inbox in self._inboxes.values():
             inbox.fail(message)
         self._inboxes.clear()
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+        self._shut_down()
 
     async def aclose(self, reason: str) -> None:
         """Close the connection; waiters raise :class:`ConnectionLostError` with ``reason``.
         Returns once the reader task has closed the socket (or after ``CLOSE_WAIT_S``)."""
-        self.lose(reason)
+        self._lose(reason)
         with anyio.move_on_after(CLOSE_WAIT_S, shield=True):
             await self.closed.wait()
 
@@ -297,31 +254,25 @@ async def handshake(path: str, app: str, connect_timeout: float) -> AsyncConnect
                     break
                 except BlockingIOError:  # the listener's backlog is full
                     await anyio.wait_writable(sock)
-            encoder = FrameEncoder()
-            decoder = reply_decoder()
-            rest = memoryview(encoder.encode(hello(app)))
+            shake = Handshake(path, app)
+            rest = memoryview(shake.hello_frame)
             while rest:
                 try:
                     rest = rest[sock.send(rest) :]
                 except BlockingIOError:
                     await anyio.wait_writable(sock)
-            replies: list[Reply] = []
-            while not replies:
+            while True:
                 try:
                     data = sock.recv(RECEIVE_SIZE)
                 except BlockingIOError:
                     await anyio.wait_readable(sock)
                     continue
-                if not data:
-                    raise ConnectionResetError("closed the connection during the handshake")
-                replies.extend(decoder.feed(data))
-            welcome = expect(replies[0], Welcome, str(path))
-            if welcome.max_frame > 0:  # replies as large as the daemon may send
-                decoder.max_frame = max(decoder.max_frame, welcome.max_frame)
+                if shake.receive(data):
+                    break
     except BaseException:
         sock.close()
         raise
-    return AsyncConnection(sock, path, welcome, encoder, decoder)
+    return AsyncConnection(sock, shake)
 
 
 class AsyncReaderTasks:

@@ -1,5 +1,6 @@
 """What the blocking and the async client share: building requests, checking replies, the
-state of a streamed chat, and naming the connect failures.
+state of a streamed chat, naming the connect failures, and what a connection is on either side
+of the async/blocking divide (:class:`Handshake`, :class:`ConnectionBase`), less its I/O.
 
 Requests are built with one ``msgspec.convert`` each, so a bad argument raises
 :class:`BadRequestError` here, naming the field (``messages[0].role: invalid enum value``),
@@ -8,31 +9,30 @@ instead of reaching the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
+import socket
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
 
 from quotad.client.exceptions import BadRequestError, InternalError, error_from_reply
-from quotad.protocol.framing import describe
+from quotad.protocol.framing import FrameDecoder, FrameEncoder, describe, reply_decoder
 from quotad.protocol.messages import (
-    CONTINUING_REPLIES as CONTINUING_REPLIES,  # re-exported for the clients
-)
-from quotad.protocol.messages import (
-    Acquire,
+    CONTINUING_REPLIES,
     Chat,
     ChatChunk,
     ChatEnd,
     ChatMessage,
-    Embed,
     Error,
     Hello,
     Reply,
-    Settle,
+    Welcome,
 )
 
 ReplyT = TypeVar("ReplyT")
@@ -113,75 +113,8 @@ def chat_request(
     return _convert(fields, Chat)
 
 
-def embed_request(
-    model: str,
-    input: str | list[str],
-    *,
-    dimensions: int | None,
-    priority: str | None,
-    max_wait_s: float | None,
-    cache: str,
-    user: str,
-    tags: list[str] | None,
-    extra: dict[str, Any],
-) -> Embed:
-    """A validated :class:`Embed`."""
-    fields = {
-        "model": model,
-        "input": input,
-        "dimensions": dimensions,
-        "priority": priority,
-        "max_wait_s": max_wait_s,
-        "cache": cache,
-        "user": user,
-        "tags": tags or [],
-        "extra": extra,
-    }
-    return _convert(fields, Embed)
-
-
-def acquire_request(
-    target: str,
-    tokens: int,
-    *,
-    priority: str | None,
-    max_wait_s: float | None,
-    lease_s: float | None,
-) -> Acquire:
-    """A validated :class:`Acquire`."""
-    fields = {
-        "target": target,
-        "tokens": tokens,
-        "priority": priority,
-        "max_wait_s": max_wait_s,
-        "lease_s": lease_s,
-    }
-    return _convert(fields, Acquire)
-
-
-def settle_request(
-    permit_id: str,
-    tokens_used: int,
-    *,
-    status: str,
-    headers: Mapping[str, str] | None,
-    prompt_tokens: int | None,
-    completion_tokens: int | None,
-) -> Settle:
-    """A validated :class:`Settle`."""
-    fields = {
-        "permit_id": permit_id,
-        "tokens_used": tokens_used,
-        "status": status,
-        "headers": dict(headers or {}),
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-    }
-    return _convert(fields, Settle)
-
-
 def build(kind: type[RequestT], **fields: Any) -> RequestT:
-    """A validated ``kind`` request from its fields."""
+    """A validated ``kind`` request from its fields (each named as the message names it)."""
     return _convert(fields, kind)
 
 
@@ -252,3 +185,102 @@ class StreamedChat:
 class FrameNotSent(Exception):
     """A request's frame did not wholly reach the daemon, so the daemon never ran it: the
     caller may reconnect and send it again."""
+
+
+class Handshake:
+    """A connection's handshake less its I/O: the ``Hello`` frame to send, then the bytes read
+    back until they hold the daemon's ``Welcome``. Its codec then serves the connection."""
+
+    __slots__ = ("decoder", "encoder", "hello_frame", "path", "welcome")
+
+    welcome: Welcome
+    """The daemon's ``Welcome``, once :meth:`receive` has said it came."""
+
+    def __init__(self, path: str, app: str) -> None:
+        self.path = path
+        self.encoder = FrameEncoder()
+        self.decoder = reply_decoder()
+        self.hello_frame = self.encoder.encode(hello(app))
+
+    def receive(self, data: bytes) -> bool:
+        """Take ``data`` read from the socket (empty: the daemon closed it); whether the
+        ``Welcome`` has come. Raises the error the daemon answered instead."""
+        if not data:
+            raise ConnectionResetError("closed the connection during the handshake")
+        replies = list(self.decoder.feed(data))
+        if not replies:
+            return False
+        welcome = self.welcome = expect(replies[0], Welcome, self.path)
+        if welcome.max_frame > 0:  # replies as large as the daemon may send
+            self.decoder.max_frame = max(self.decoder.max_frame, welcome.max_frame)
+        return True
+
+
+class ReplyInbox(Protocol):
+    """Where the replies to one request are put as they arrive (a ``deque`` will do)."""
+
+    def append(self, reply: Reply, /) -> None: ...
+
+
+InboxT = TypeVar("InboxT", bound=ReplyInbox)
+
+
+class ConnectionBase(ABC, Generic[InboxT]):
+    """What a handshaken connection holds on either side: its socket, the daemon's ``Welcome``,
+    the frame codec and one reused receive buffer, and an inbox (``InboxT``, which differs) for
+    each request in flight, by id; and how a reply is routed to its inbox."""
+
+    __slots__ = (
+        "_buffer",
+        "_decoder",
+        "_encoder",
+        "_inboxes",
+        "_next_id",
+        "_sock",
+        "_view",
+        "lost",
+        "path",
+        "welcome",
+    )
+
+    def __init__(self, sock: socket.socket, handshake: Handshake) -> None:
+        self._sock = sock
+        self.path = handshake.path
+        self.welcome = handshake.welcome
+        self._encoder = handshake.encoder
+        self._decoder: FrameDecoder[Reply] = handshake.decoder
+        self._buffer = bytearray(RECEIVE_SIZE)
+        self._view = memoryview(self._buffer)
+        self._inboxes: dict[int, InboxT] = {}
+        self._next_id = 1
+        self.lost: str | None = None
+        """Why the connection was lost; None while it is up."""
+
+    def _route(self, reply: Reply) -> None:
+        """Put ``reply`` in the inbox of its id, forgetting the id once ``reply`` ends its
+        request. A reply nobody waits for any more (a closed stream, a timed-out call) is
+        dropped, unless it is an error for no request: the daemon ending the connection."""
+        inbox = self._inboxes.get(reply.id)
+        if inbox is None:
+            if reply.id == 0 and type(reply) is Error:
+                self._lose(f"the daemon ended the connection: {reply.code}: {reply.message}")
+            return
+        if not isinstance(reply, CONTINUING_REPLIES):
+            del self._inboxes[reply.id]
+        inbox.append(reply)
+
+    @abstractmethod
+    def _lose(self, reason: str) -> None:
+        """Mark the connection lost for ``reason`` and wake whoever waits on it."""
+
+    def _lost_in_flight(self) -> str:
+        """What a request in flight fails with once the connection is lost."""
+        return (
+            f"lost the connection to quotad at {self.path} ({self.lost}) with a request in "
+            "flight; it may or may not have run"
+        )
+
+    def _shut_down(self) -> None:
+        """Shut the socket down both ways, so that whoever reads it sees its end."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)

@@ -3,7 +3,8 @@ handshaken connection read by whichever waiting thread holds its read turn, and 
 primitives the generated client API (``_sync.py``) needs from its side of the async/blocking
 divide. The async twin is ``_async_connection.py``; each offers the same names (less the
 ``Async`` prefix), so that the API written once in ``_async.py`` becomes this side's by token
-replacement (``scripts/unasync.py``).
+replacement (``scripts/unasync.py``). What does not differ between the two (the handshake's
+frames, what a connection holds) is in ``_common.py``.
 
 Each request gets the next id of the connection and an inbox; whichever waiting thread holds
 the read turn receives frames and routes every reply to the inbox of its id
@@ -27,16 +28,15 @@ from time import sleep as sleep
 from typing import Final
 
 from quotad.client._common import (
-    CONTINUING_REPLIES,
     RECEIVE_SIZE,
+    ConnectionBase,
     FrameNotSent,
+    Handshake,
     connect_failure,
-    expect,
-    hello,
 )
 from quotad.client.exceptions import ConnectionLostError
-from quotad.protocol.framing import FrameDecoder, FrameEncoder, FrameError, reply_decoder
-from quotad.protocol.messages import Cancel, Error, Message, Reply, Welcome
+from quotad.protocol.framing import FrameError
+from quotad.protocol.messages import Cancel, Message, Reply
 
 __all__ = [
     "Connection",
@@ -67,49 +67,18 @@ def shielded(seconds: float) -> contextlib.nullcontext[None]:
     return contextlib.nullcontext()
 
 
-class Connection:
+class Connection(ConnectionBase[Inbox]):
     """One handshaken socket: sends requests and routes replies to per-id inboxes."""
 
-    __slots__ = (
-        "_buffer",
-        "_decoder",
-        "_encoder",
-        "_inboxes",
-        "_next_id",
-        "_poller",
-        "_reading",
-        "_send_lock",
-        "_sock",
-        "_state",
-        "_view",
-        "lost",
-        "path",
-        "welcome",
-    )
+    __slots__ = ("_poller", "_reading", "_send_lock", "_state")
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        path: str,
-        welcome: Welcome,
-        encoder: FrameEncoder,
-        decoder: FrameDecoder[Reply],
-    ) -> None:
-        self._sock = sock
-        self.path = path
-        self.welcome = welcome
-        self._encoder = encoder
-        self._decoder = decoder
-        self._buffer = bytearray(RECEIVE_SIZE)
-        self._view = memoryview(self._buffer)
+    def __init__(self, sock: socket.socket, handshake: Handshake) -> None:
+        super().__init__(sock, handshake)
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
         self._send_lock = threading.Lock()
         self._state = threading.Condition(threading.Lock())
         self._reading = False
-        self._inboxes: dict[int, Inbox] = {}
-        self._next_id = 1
-        self.lost: str | None = None
 
     def send(self, request: Message) -> Inbox:
         """Give ``request`` the next id and send it; its replies will arrive in the inbox.
@@ -151,10 +120,7 @@ class Connection:
         with state:
             while not inbox:
                 if self.lost is not None:
-                    raise ConnectionLostError(
-                        f"lost the connection to quotad at {self.path} ({self.lost}) with a "
-                        "request in flight; it may or may not have run"
-                    )
+                    raise ConnectionLostError(self._lost_in_flight())
                 timeout = None if deadline is None else deadline - time.monotonic()
                 if timeout is not None and timeout <= 0:
                     return None
@@ -170,7 +136,8 @@ class Connection:
                 finally:
                     state.acquire()
                     self._reading = False
-                    self._route(received)
+                    for reply in received:
+                        self._route(reply)
                     if failure is not None:
                         self._lose(failure)
                     state.notify_all()
@@ -193,25 +160,11 @@ class Connection:
             return f"unreadable reply: {error}"
         return None
 
-    def _route(self, replies: list[Reply]) -> None:
-        """Put each reply in the inbox of its id (the state lock is held)."""
-        inboxes = self._inboxes
-        for reply in replies:
-            inbox = inboxes.get(reply.id)
-            if inbox is None:
-                if reply.id == 0 and type(reply) is Error:
-                    self._lose(f"the daemon ended the connection: {reply.code}: {reply.message}")
-                continue
-            inbox.append(reply)
-            if not isinstance(reply, CONTINUING_REPLIES):
-                del inboxes[reply.id]
-
     def _lose(self, reason: str) -> None:
         """Mark the connection lost (the state lock is held) and wake whoever reads it."""
         if self.lost is None:
             self.lost = reason
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
+            self._shut_down()
 
     def abandon(self, request_id: int) -> None:
         """Stop waiting for ``request_id``; if it has not finished, ask the daemon to cancel it."""
@@ -241,23 +194,15 @@ def handshake(path: str, app: str, connect_timeout: float) -> Connection:
     try:
         sock.settimeout(connect_timeout)
         sock.connect(path)
-        encoder = FrameEncoder()
-        decoder = reply_decoder()
-        sock.sendall(encoder.encode(hello(app)))
-        replies: list[Reply] = []
-        while not replies:
-            data = sock.recv(RECEIVE_SIZE)
-            if not data:
-                raise ConnectionResetError("closed the connection during the handshake")
-            replies.extend(decoder.feed(data))
-        welcome = expect(replies[0], Welcome, str(path))
-        if welcome.max_frame > 0:  # replies as large as the daemon may send
-            decoder.max_frame = max(decoder.max_frame, welcome.max_frame)
+        shake = Handshake(path, app)
+        sock.sendall(shake.hello_frame)
+        while not shake.receive(sock.recv(RECEIVE_SIZE)):
+            pass
         sock.settimeout(None)
     except BaseException:
         sock.close()
         raise
-    return Connection(sock, path, welcome, encoder, decoder)
+    return Connection(sock, shake)
 
 
 class ReaderTasks:
