@@ -3,6 +3,8 @@ text parser reads it (counters, cumulative histograms, escaped labels, status ga
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from quotad.daemon.metrics import LATENCY_BUCKETS_S, Metrics
@@ -10,6 +12,8 @@ from quotad.protocol.messages import (
     AppStatus,
     BudgetStatus,
     CacheStatus,
+    ClusterStatus,
+    ClusterWindow,
     GateStatus,
     QueueStatus,
     RequestRecord,
@@ -133,3 +137,89 @@ def test_the_semantic_cache_has_its_own_counters() -> None:
     assert found[("quotad_cache_semantic_would_be_hits_total", ())] == 5
     assert found[("quotad_cache_semantic_agreed_total", ())] == 4
     assert found[("quotad_cache_semantic_questions", ())] == 40
+
+
+def test_the_whole_exposition_of_a_rich_status_is_unchanged() -> None:
+    """Every family, in order, byte for byte: a refactoring of the writer must not move a line.
+    (The expected text is the exposition as written before the scalar families were tabled.)"""
+    expected = (Path(__file__).parent / "metrics_exposition.prom").read_text()
+    assert rich_exposition() == expected
+
+
+def rich_exposition() -> str:
+    """The exposition of every kind of family, with several samples where a family has labels."""
+    metrics = Metrics()
+    for target, app, outcome, latency in (
+        ("sim/m", "agent", "ok", 0.02),
+        ("sim/m", "agent", "ok", 3.0),
+        ("sim/big", "notebook", "rate_limited", 0.5),
+    ):
+        record = RequestRecord(
+            target=target,
+            app=app,
+            status=outcome,
+            latency_s=latency,
+            wait_s=0.25,
+            prompt_tokens=10,
+            completion_tokens=2,
+            cost_usd=0.125,
+        )
+        metrics.observe_request(record, resolved=True)
+    metrics.observe_request(
+        RequestRecord(target="x", app="agent", status="unknown_model"), resolved=False
+    )
+    metrics.observe_http("chat_completions", 200)
+    metrics.observe_http("chat_completions", 429)
+    status = StatusReply(
+        daemon_version="9.9",
+        uptime_s=12.5,
+        connections=2,
+        in_flight=3,
+        targets=[
+            TargetStatus(name="sim/m", breaker="half_open", health="healthy", requests=9),
+            TargetStatus(name="sim/big", enabled=False, in_flight=2, failures=5, breaker="open"),
+        ],
+        gates=[
+            GateStatus(
+                name="sim",
+                scope="provider",
+                windows=[
+                    WindowStatus(unit="requests", limit=60, window_s=60.0, used=45),
+                    WindowStatus(unit="tokens", limit=0, window_s=0.5, used=7),
+                ],
+            )
+        ],
+        queues=QueueStatus(low=4, critical=1),
+        cluster=ClusterStatus(
+            health="degraded",
+            mode="share",
+            hosts_seen=3,
+            rtt_ms=1.5,
+            redis_calls=40,
+            redis_failures=2,
+            borrows=11,
+            windows=[ClusterWindow(name="sim|requests|60", held=4, fleet_used=30)],
+        ),
+        cache=CacheStatus(
+            hits=7,
+            misses=3,
+            entries=10,
+            bytes=4096,
+            evictions=1,
+            saved_usd=0.5,
+            semantic_mode="on",
+            semantic_hits=2,
+            would_be_hits=1,
+            shadow_agreed=1,
+            semantic_entries=40,
+        ),
+        budgets=[
+            BudgetStatus(name="daily", period="day", limit_usd=20.0, spent_usd=4.5),
+            BudgetStatus(name="notebook", scope="app:notebook", period="month", reserved_usd=0.25),
+        ],
+        apps=[
+            AppStatus(name="indexer", spend_today_usd=1.25),
+            AppStatus(name="notebook", blocked=2, entities={"email": 3, "secret": 2}),
+        ],
+    )
+    return metrics.exposition(status).decode()
