@@ -111,6 +111,16 @@ def test_state_directory_missing_open_and_good(tmp_path: Path) -> None:
     ok, group_and_world_read, world = at_modes(state, check_state, 0o700, 0o755, 0o777)
     assert [ok.status, group_and_world_read.status, world.status] == ["ok", "warn", "fail"]
     assert "chmod 0700" in world.fix
+    uid = state.stat().st_uid
+    assert ok.detail == f"{state} (mode 0700, uid {uid})"
+    assert (ok.fix, group_and_world_read.fix) == (
+        "",
+        f"chmod 0700 {state} (0750 for the system service)",
+    )
+    assert group_and_world_read.detail == (
+        f"{state} (mode 0755, uid {uid}): every user may read the ledger and the cached prompts"
+    )
+    assert world.detail == f"{state} (mode 0777, uid {uid}): every user may write it"
     (tmp_path / "file").write_text("")
     assert check_state(tmp_path / "file").status == "fail"
 
@@ -130,11 +140,15 @@ def test_socket_modes(listening: Path, tmp_path: Path) -> None:
     own, group, open_socket = at_modes(listening, check_socket, 0o600, 0o660, 0o666)
     assert [own.status, group.status, open_socket.status] == ["ok", "ok", "fail"]
     assert "SocketMode=0660" in open_socket.fix
+    assert (own.detail, own.fix) == (f"{listening} (mode 0600, directory 0700)", "")
+    assert open_socket.detail == f"{listening} (mode 0666, directory 0700): every user may connect"
     listening.chmod(0o600)
     listening.parent.chmod(0o777)
     replaceable = check_socket(listening)
     assert replaceable.status == "fail"
-    assert "replace" in replaceable.detail
+    assert replaceable.detail == (
+        f"{listening} (mode 0600, directory 0777): anyone may replace the socket in its directory"
+    )
     listening.parent.chmod(0o700)
     missing = check_socket(tmp_path / "none.sock")
     assert missing.status == "fail"

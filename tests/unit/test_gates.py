@@ -103,6 +103,23 @@ def test_cancel_undoes_the_admission() -> None:
     assert gate.in_flight == 0
 
 
+def test_cancel_of_a_pending_reservation_frees_it_once() -> None:
+    requests = SlidingWindow("requests", 5, 60.0, 0.0)
+    tokens = SlidingWindow("tokens", 1000, 60.0, 0.0)
+    gate = Gate("provider:p", "provider", [requests, tokens])
+    kept = Reservation(Demand((gate,), 100), 0.0)
+    pending = Reservation(Demand((gate,), 300), 0.0, pending=True)
+    assert (gate.in_flight, tokens.usage(0.0)) == (2, 400)
+    pending.cancel()
+    assert (pending.settled, pending.pending) == (True, False)
+    assert (gate.in_flight, requests.usage(0.0), tokens.usage(0.0)) == (1, 1, 100)
+    pending.cancel()  # idempotent, and settling it afterwards changes nothing either
+    pending.settle(900)
+    assert (gate.in_flight, requests.usage(0.0), tokens.usage(0.0)) == (1, 1, 100)
+    kept.settle(40)
+    assert (gate.in_flight, tokens.usage(0.0)) == (0, 40)
+
+
 # --------------------------------------------------------------------------- the queue
 
 

@@ -3,6 +3,9 @@ text parser reads it (counters, cumulative histograms, escaped labels, status ga
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
 from quotad.daemon.metrics import LATENCY_BUCKETS_S, Metrics
@@ -17,6 +20,7 @@ from quotad.protocol.messages import (
     TargetStatus,
     WindowStatus,
 )
+from tests.unit.cluster.test_reports import DEGRADED
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -28,20 +32,24 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return found
 
 
+def finished(target: str, app: str, status: str, latency_s: float) -> RequestRecord:
+    """A request that reached ``target``: 10 + 2 tokens for $0.25, after 0.5 s at the gates."""
+    return RequestRecord(
+        target=target,
+        app=app,
+        status=status,
+        latency_s=latency_s,
+        wait_s=0.5,
+        prompt_tokens=10,
+        completion_tokens=2,
+        cost_usd=0.25,
+    )
+
+
 def test_requests_tokens_cost_and_latency_histogram() -> None:
     metrics = Metrics()
     for latency in (0.004, 0.02, 0.02, 3.0):
-        record = RequestRecord(
-            target="sim/m",
-            app="agent",
-            status="ok",
-            latency_s=latency,
-            wait_s=0.5,
-            prompt_tokens=10,
-            completion_tokens=2,
-            cost_usd=0.25,
-        )
-        metrics.observe_request(record, resolved=True)
+        metrics.observe_request(finished("sim/m", "agent", "ok", latency), resolved=True)
     unresolved = RequestRecord(target="typo-model", app="agent", status="unknown_model")
     metrics.observe_request(unresolved, resolved=False)
     metrics.observe_http("chat_completions", 200)
@@ -76,27 +84,45 @@ def test_label_values_are_escaped() -> None:
     assert found[("quotad_requests_total", (("app", app), ("status", "ok"), ("target", "t")))] == 1
 
 
+STATUS = StatusReply(
+    daemon_version="9.9",
+    uptime_s=12.5,
+    connections=2,
+    in_flight=3,
+    targets=[
+        TargetStatus(name="sim/m", breaker="half_open", health="healthy", in_flight=2, failures=5),
+        TargetStatus(name="sim/big", enabled=False, breaker="open", requests=9),
+    ],
+    gates=[
+        GateStatus(
+            name="sim",
+            scope="provider",
+            windows=[
+                WindowStatus(unit="requests", limit=60, window_s=60.0, used=45),
+                WindowStatus(unit="tokens", limit=0, window_s=0.5, used=7),
+            ],
+        )
+    ],
+    queues=QueueStatus(low=4, critical=1),
+    cache=CacheStatus(hits=7, misses=3, entries=10, bytes=4096, evictions=1, saved_usd=0.5),
+    budgets=[
+        BudgetStatus(name="daily", period="day", limit_usd=20.0, spent_usd=4.5),
+        BudgetStatus(name="notebook", scope="app:notebook", period="month", reserved_usd=0.25),
+    ],
+    apps=[
+        AppStatus(name="indexer", spend_today_usd=1.25),
+        AppStatus(name="notebook", blocked=2, entities={"email": 3, "secret": 2}),
+    ],
+)
+"""A status with something in every part but the fleet's, and the semantic cache off."""
+SHADOW_CACHE = msgspec.structs.replace(
+    STATUS.cache, semantic_mode="shadow", semantic_entries=40, would_be_hits=5, shadow_agreed=4
+)
+"""Its cache with the semantic cache in shadow mode."""
+
+
 def test_status_gauges_gates_queues_breakers_cache_budgets_spend() -> None:
-    status = StatusReply(
-        daemon_version="9.9",
-        in_flight=3,
-        targets=[TargetStatus(name="sim/m", breaker="half_open", in_flight=2, failures=5)],
-        gates=[
-            GateStatus(
-                name="sim",
-                scope="provider",
-                windows=[WindowStatus(unit="requests", limit=60, window_s=60.0, used=45)],
-            )
-        ],
-        queues=QueueStatus(low=4, critical=1),
-        cache=CacheStatus(hits=7, misses=3, entries=10, saved_usd=0.5),
-        budgets=[BudgetStatus(name="daily", period="day", limit_usd=20.0, spent_usd=4.5)],
-        apps=[
-            AppStatus(name="indexer", spend_today_usd=1.25),
-            AppStatus(name="notebook", blocked=2, entities={"email": 3, "secret": 2}),
-        ],
-    )
-    found = samples(Metrics().exposition(status).decode())
+    found = samples(Metrics().exposition(STATUS).decode())
     assert found[("quotad_info", (("version", "9.9"),))] == 1
     assert found[("quotad_in_flight", ())] == 3
     states = {
@@ -124,12 +150,32 @@ def test_status_gauges_gates_queues_breakers_cache_budgets_spend() -> None:
 
 
 def test_the_semantic_cache_has_its_own_counters() -> None:
-    cache = CacheStatus(
-        hits=7, semantic_mode="shadow", semantic_entries=40, would_be_hits=5, shadow_agreed=4
-    )
-    found = samples(Metrics().exposition(StatusReply(cache=cache)).decode())
+    found = samples(Metrics().exposition(StatusReply(cache=SHADOW_CACHE)).decode())
     assert found[("quotad_cache_hits_total", ())] == 7
     assert found[("quotad_cache_semantic_hits_total", ())] == 0
     assert found[("quotad_cache_semantic_would_be_hits_total", ())] == 5
     assert found[("quotad_cache_semantic_agreed_total", ())] == 4
     assert found[("quotad_cache_semantic_questions", ())] == 40
+
+
+def test_the_whole_exposition_of_a_rich_status_is_unchanged() -> None:
+    """Every family, in order, byte for byte: a refactoring of the writer must not move a line.
+    (The expected text is what the writer wrote before it was last refactored.)"""
+    metrics = Metrics()
+    for target, app, outcome, latency in (
+        ("sim/m", "agent", "ok", 0.02),
+        ("sim/m", "agent", "ok", 3.0),
+        ("sim/big", "notebook", "rate_limited", 0.5),
+    ):
+        metrics.observe_request(finished(target, app, outcome, latency), resolved=True)
+    unresolved = RequestRecord(target="x", app="agent", status="unknown_model")
+    metrics.observe_request(unresolved, resolved=False)
+    metrics.observe_http("chat_completions", 200)
+    metrics.observe_http("chat_completions", 429)
+    status = msgspec.structs.replace(
+        STATUS,
+        cluster=msgspec.structs.replace(DEGRADED, redis_calls=40, redis_failures=2, borrows=11),
+        cache=SHADOW_CACHE,
+    )
+    expected = (Path(__file__).parent / "metrics_exposition.prom").read_text()
+    assert metrics.exposition(status).decode() == expected

@@ -100,6 +100,10 @@ def test_least_busy_puts_the_fewest_in_flight_first_and_rotates_ties() -> None:
     a.in_flight = b.in_flight = c.in_flight = 0
     assert leaders(route, 300) == {"a/m": 100, "b/m": 100, "c/m": 100}
     assert "fewest in flight first" in route.strategy.preview(route.targets, unknown_price)[1]
+    previewed = names(route.strategy.preview(route.targets, unknown_price)[0])
+    assert names(route.strategy.preview(route.targets, unknown_price)[0]) == previewed
+    assert names(route.strategy.order(route.targets, unknown_price)) == previewed
+    assert names(route.strategy.order(route.targets, unknown_price)) != previewed  # ties rotate
 
 
 def test_latency_prefers_the_fastest_and_explores_one_request_in_twenty() -> None:

@@ -12,6 +12,7 @@ import pytest
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.config import CacheConfig
 from quotad.daemon.errors import RequestError
+from quotad.daemon.store.answers import CachedEmbedding
 from quotad.daemon.store.cache import (
     Answer,
     Cache,
@@ -23,7 +24,7 @@ from quotad.daemon.store.cache import (
 from quotad.daemon.store.cache_index import BYTES_PER_ENTRY
 from quotad.daemon.store.db import Database
 from quotad.daemon.store.warm import WarmEntry
-from quotad.protocol.messages import Chat, Embed, Usage
+from quotad.protocol.messages import Chat, ChatEnd, ChatReply, Embed, EmbedReply, Usage
 
 pytestmark = pytest.mark.anyio
 
@@ -317,6 +318,39 @@ async def test_warming_stores_recorded_answers_under_the_live_key(db: Database) 
     assert isinstance(hit.answer, CachedChat)
     assert [chunk.delta for chunk in hit.answer.replay(7)] == ["a", "b"]
     assert len(await stored_keys(db)) == 1
+    chunks = [CachedChunk("a"), CachedChunk("b")]
+    assert hit.answer == CachedChat("ab", None, "stop", Usage(prompt_tokens=2), "", chunks)
+
+
+def test_a_hit_answers_the_stored_answer_cached_with_what_it_saved() -> None:
+    usage = Usage(prompt_tokens=3, completion_tokens=5)
+    stored = CachedChat("hi", [{"id": "call_1"}], "tool_calls", usage, "p/m")
+    fields: dict[str, Any] = {
+        "id": 7,
+        "content": "hi",
+        "tool_calls": [{"id": "call_1"}],
+        "finish_reason": "tool_calls",
+        "usage": usage,
+        "cached": True,
+        "saved_usd": 0.25,
+        "target": "p/m",
+        "request_id": "r-1",
+    }
+    exact = stored.reply(ChatReply, 7, "r-1", 0.25)
+    assert exact == ChatReply(**fields, cache="exact")
+    semantic = stored.reply(ChatEnd, 7, "r-1", 0.25, similarity=0.93)
+    assert type(semantic) is ChatEnd
+    assert semantic == ChatEnd(**fields, cache="semantic", similarity=0.93)
+    embedding = CachedEmbedding([[0.5, 1.0]], usage, "p/e").reply(8, "r-2", 0.5)
+    assert embedding == EmbedReply(
+        id=8,
+        embeddings=[[0.5, 1.0]],
+        usage=usage,
+        cached=True,
+        saved_usd=0.5,
+        target="p/e",
+        request_id="r-2",
+    )
 
 
 # --------------------------------------------------------------------------- answers in the file

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 import msgspec
 
@@ -41,6 +41,9 @@ SYSTEM_STATE_DIR: Final = Path("/var/lib/quotad")
 START_FIX: Final = (
     "start the daemon: `sudo systemctl start quotad.socket` (system), "
     "`systemctl --user start quotad` (user), or `quotad serve`"
+)
+JOIN_GROUP_FIX: Final = (
+    "add this user to the socket's group: `sudo usermod -aG quotad $USER`, then log in again"
 )
 
 
@@ -140,6 +143,24 @@ def _mode(path: Path) -> str:
     return f"{stat.S_IMODE(path.stat().st_mode):04o}"
 
 
+class _Problem(NamedTuple):
+    """A problem a check may find with what it looks at (a file's modes, say)."""
+
+    found: bool
+    status: CheckStatus
+    what: str
+    fix: str = ""
+
+
+def _first_problem(name: str, detail: str, *problems: _Problem) -> Check:
+    """Check ``name``: the first of ``problems`` found (they come gravest first), else ok."""
+    for problem in problems:
+        if problem.found:
+            detail = f"{detail}: {problem.what}"
+            return Check(name=name, status=problem.status, detail=detail, fix=problem.fix)
+    return Check(name=name, status="ok", detail=detail)
+
+
 def check_socket(path: Path) -> Check:
     """The socket exists, is a socket, and only its owner (and group) may use it."""
     try:
@@ -151,8 +172,7 @@ def check_socket(path: Path) -> Check:
             name="socket",
             status="fail",
             detail=f"{path.parent} cannot be entered by this user (uid {os.getuid()})",
-            fix="add this user to the socket's group: `sudo usermod -aG quotad $USER`, "
-            "then log in again",
+            fix=JOIN_GROUP_FIX,
         )
     if not stat.S_ISSOCK(info.st_mode):
         return Check(
@@ -161,24 +181,24 @@ def check_socket(path: Path) -> Check:
             detail=f"{path} is not a socket",
             fix="remove it or point daemon.socket elsewhere, then restart quotad",
         )
-    directory = path.parent.stat()
+    directory_mode = path.parent.stat().st_mode
     mode = stat.S_IMODE(info.st_mode)
-    detail = f"{path} (mode {mode:04o}, directory {_mode(path.parent)})"
-    if mode & 0o007:
-        return Check(
-            name="socket",
-            status="fail",
-            detail=f"{detail}: every user may connect",
-            fix="SocketMode=0660 in quotad.socket, or restart quotad (it makes its socket 0600)",
-        )
-    if directory.st_mode & stat.S_IWOTH and not directory.st_mode & stat.S_ISVTX:
-        return Check(
-            name="socket",
-            status="fail",
-            detail=f"{detail}: anyone may replace the socket in its directory",
-            fix=f"chmod 0700 {path.parent} (0750 with a group for the system service)",
-        )
-    return Check(name="socket", status="ok", detail=detail)
+    return _first_problem(
+        "socket",
+        f"{path} (mode {mode:04o}, directory {_mode(path.parent)})",
+        _Problem(
+            bool(mode & 0o007),
+            "fail",
+            "every user may connect",
+            "SocketMode=0660 in quotad.socket, or restart quotad (it makes its socket 0600)",
+        ),
+        _Problem(
+            bool(directory_mode & stat.S_IWOTH) and not directory_mode & stat.S_ISVTX,
+            "fail",
+            "anyone may replace the socket in its directory",
+            f"chmod 0700 {path.parent} (0750 with a group for the system service)",
+        ),
+    )
 
 
 def check_daemon(path: Path) -> Check:
@@ -202,8 +222,7 @@ def check_daemon(path: Path) -> Check:
                 name="daemon",
                 status="fail",
                 detail=f"{path}: permission denied",
-                fix="add this user to the socket's group: `sudo usermod -aG quotad $USER`, "
-                "then log in again",
+                fix=JOIN_GROUP_FIX,
             )
         return Check(
             name="daemon", status="fail", detail=f"no daemon answers on {path}", fix=START_FIX
@@ -259,36 +278,26 @@ def check_state(directory: Path) -> Check:
             detail=f"{directory} is not a directory",
             fix="move it away, or set daemon.state_dir to a directory",
         )
-    detail = f"{directory} (mode {stat.S_IMODE(info.st_mode):04o}, uid {info.st_uid})"
-    if info.st_mode & stat.S_IWOTH:
-        return Check(
-            name="state",
-            status="fail",
-            detail=f"{detail}: every user may write it",
-            fix=f"chmod 0700 {directory}",
-        )
+    writable = os.access(directory, os.W_OK)
     ours = info.st_uid == os.getuid() or os.getuid() == 0
-    if not os.access(directory, os.W_OK):
-        if ours:
-            return Check(
-                name="state",
-                status="fail",
-                detail=f"{detail}: not writable",
-                fix=f"chmod u+w {directory}",
-            )
-        return Check(
-            name="state",
-            status="warn",
-            detail=f"{detail}: not writable by this user; the daemon's user owns it",
-        )
-    if info.st_mode & stat.S_IROTH:
-        return Check(
-            name="state",
-            status="warn",
-            detail=f"{detail}: every user may read the ledger and the cached prompts",
-            fix=f"chmod 0700 {directory} (0750 for the system service)",
-        )
-    return Check(name="state", status="ok", detail=detail)
+    return _first_problem(
+        "state",
+        f"{directory} (mode {stat.S_IMODE(info.st_mode):04o}, uid {info.st_uid})",
+        _Problem(
+            bool(info.st_mode & stat.S_IWOTH),
+            "fail",
+            "every user may write it",
+            f"chmod 0700 {directory}",
+        ),
+        _Problem(not writable and ours, "fail", "not writable", f"chmod u+w {directory}"),
+        _Problem(not writable, "warn", "not writable by this user; the daemon's user owns it"),
+        _Problem(
+            bool(info.st_mode & stat.S_IROTH),
+            "warn",
+            "every user may read the ledger and the cached prompts",
+            f"chmod 0700 {directory} (0750 for the system service)",
+        ),
+    )
 
 
 def check_database(directory: Path) -> Check:

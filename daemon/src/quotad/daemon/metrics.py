@@ -138,12 +138,11 @@ def _write_status(out: _Exposition, status: StatusReply) -> None:
     """The gauges (and the counters others own) of a status snapshot."""
     out.family("quotad_info", "gauge", "The daemon's version (always 1).")
     out.sample("quotad_info", 1, version=status.daemon_version)
-    out.family("quotad_uptime_seconds", "gauge", "Seconds since the daemon started.")
-    out.sample("quotad_uptime_seconds", status.uptime_s)
-    out.family("quotad_in_flight", "gauge", "Requests being answered now.")
-    out.sample("quotad_in_flight", status.in_flight)
-    out.family("quotad_socket_connections", "gauge", "Clients connected to the Unix socket.")
-    out.sample("quotad_socket_connections", status.connections)
+    out.gauge("quotad_uptime_seconds", "Seconds since the daemon started.", status.uptime_s)
+    out.gauge("quotad_in_flight", "Requests being answered now.", status.in_flight)
+    out.gauge(
+        "quotad_socket_connections", "Clients connected to the Unix socket.", status.connections
+    )
 
     out.family("quotad_target_enabled", "gauge", "1 when a target takes requests.")
     out.family("quotad_target_in_flight", "gauge", "Calls to a target in flight.")
@@ -188,35 +187,33 @@ def _write_status(out: _Exposition, status: StatusReply) -> None:
         _write_cluster(out, status.cluster)
 
     cache = status.cache
-    out.family("quotad_cache_hits_total", "counter", "Requests answered from the cache.")
-    out.sample("quotad_cache_hits_total", cache.hits)
-    out.family("quotad_cache_misses_total", "counter", "Cache lookups that found nothing.")
-    out.sample("quotad_cache_misses_total", cache.misses)
-    out.family("quotad_cache_entries", "gauge", "Responses in the cache.")
-    out.sample("quotad_cache_entries", cache.entries)
-    out.family("quotad_cache_bytes", "gauge", "Bytes the cache holds.")
-    out.sample("quotad_cache_bytes", cache.bytes)
-    out.family("quotad_cache_evictions_total", "counter", "Entries evicted from the cache.")
-    out.sample("quotad_cache_evictions_total", cache.evictions)
-    out.family("quotad_cache_saved_usd_total", "counter", "USD the cache saved.")
-    out.sample("quotad_cache_saved_usd_total", cache.saved_usd)
+    out.counter("quotad_cache_hits_total", "Requests answered from the cache.", cache.hits)
+    out.counter("quotad_cache_misses_total", "Cache lookups that found nothing.", cache.misses)
+    out.gauge("quotad_cache_entries", "Responses in the cache.", cache.entries)
+    out.gauge("quotad_cache_bytes", "Bytes the cache holds.", cache.bytes)
+    out.counter("quotad_cache_evictions_total", "Entries evicted from the cache.", cache.evictions)
+    out.counter("quotad_cache_saved_usd_total", "USD the cache saved.", cache.saved_usd)
     if cache.semantic_mode != "off":  # DESIGN §11
-        out.family("quotad_cache_semantic_hits_total", "counter", "Requests answered semantically.")
-        out.sample("quotad_cache_semantic_hits_total", cache.semantic_hits)
-        out.family(
+        out.counter(
+            "quotad_cache_semantic_hits_total",
+            "Requests answered semantically.",
+            cache.semantic_hits,
+        )
+        out.counter(
             "quotad_cache_semantic_would_be_hits_total",
-            "counter",
             "Shadow mode: semantic hits found and not served.",
+            cache.would_be_hits,
         )
-        out.sample("quotad_cache_semantic_would_be_hits_total", cache.would_be_hits)
-        out.family(
+        out.counter(
             "quotad_cache_semantic_agreed_total",
-            "counter",
             "Shadow mode: would-be hits whose answer agreed with the provider's.",
+            cache.shadow_agreed,
         )
-        out.sample("quotad_cache_semantic_agreed_total", cache.shadow_agreed)
-        out.family("quotad_cache_semantic_questions", "gauge", "Questions held semantically.")
-        out.sample("quotad_cache_semantic_questions", cache.semantic_entries)
+        out.gauge(
+            "quotad_cache_semantic_questions",
+            "Questions held semantically.",
+            cache.semantic_entries,
+        )
 
     out.family("quotad_spend_today_usd", "gauge", "USD an app spent today.")
     for app in status.apps:
@@ -257,16 +254,25 @@ def _write_cluster(out: _Exposition, cluster: ClusterStatus) -> None:
         "1 while the gates admit without Redis (on_unreachable: share or closed).",
     )
     out.sample("quotad_cluster_degraded", int(cluster.mode != "fleet"), mode=cluster.mode)
-    out.family("quotad_cluster_hosts_seen", "gauge", "Hosts of the fleet with a recent heartbeat.")
-    out.sample("quotad_cluster_hosts_seen", cluster.hosts_seen)
-    out.family("quotad_cluster_redis_rtt_seconds", "gauge", "The last Redis call's round trip.")
-    out.sample("quotad_cluster_redis_rtt_seconds", cluster.rtt_ms / 1000)
-    out.family("quotad_cluster_redis_calls_total", "counter", "Calls made to the fleet's Redis.")
-    out.sample("quotad_cluster_redis_calls_total", cluster.redis_calls)
-    out.family("quotad_cluster_redis_failures_total", "counter", "Redis calls that failed.")
-    out.sample("quotad_cluster_redis_failures_total", cluster.redis_failures)
-    out.family("quotad_cluster_borrows_total", "counter", "Slices of fleet limits asked for.")
-    out.sample("quotad_cluster_borrows_total", cluster.borrows)
+    out.gauge(
+        "quotad_cluster_hosts_seen",
+        "Hosts of the fleet with a recent heartbeat.",
+        cluster.hosts_seen,
+    )
+    out.gauge(
+        "quotad_cluster_redis_rtt_seconds",
+        "The last Redis call's round trip.",
+        cluster.rtt_ms / 1000,
+    )
+    out.counter(
+        "quotad_cluster_redis_calls_total", "Calls made to the fleet's Redis.", cluster.redis_calls
+    )
+    out.counter(
+        "quotad_cluster_redis_failures_total", "Redis calls that failed.", cluster.redis_failures
+    )
+    out.counter(
+        "quotad_cluster_borrows_total", "Slices of fleet limits asked for.", cluster.borrows
+    )
     out.family("quotad_cluster_held", "gauge", "Units of a fleet window this host holds unused.")
     out.family("quotad_cluster_fleet_used", "gauge", "A fleet window's usage, as last seen.")
     for window in cluster.windows:
@@ -308,6 +314,16 @@ class _Exposition:
 
     def sample(self, name: str, value: float, **labels: str) -> None:
         self._families[name].append(_line(name, labels.items(), value))
+
+    def counter(self, name: str, help_text: str, value: float) -> None:
+        """A counter family of one sample without labels."""
+        self.family(name, "counter", help_text)
+        self.sample(name, value)
+
+    def gauge(self, name: str, help_text: str, value: float) -> None:
+        """A gauge family of one sample without labels."""
+        self.family(name, "gauge", help_text)
+        self.sample(name, value)
 
     def histogram(self, name: str, help_text: str, by_target: dict[str, Histogram]) -> None:
         self.family(name, "histogram", help_text)

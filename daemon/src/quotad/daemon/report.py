@@ -95,6 +95,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def _section(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """The lines of a titled table of ``quotad status``: a blank line, the title, the table."""
+    return ["", title, table(headers, rows)]
+
+
 def _until(deadline: float | None) -> str:
     if deadline is None:
         return "-"
@@ -122,59 +127,56 @@ def format_status(status: StatusReply) -> str:
         *(f"problem: {problem}" for problem in status.problems),
     ]
     if status.targets:
-        out += ["", "targets"]
-        out.append(
-            table(
+        out += _section(
+            "targets",
+            [
+                "target",
+                "state",
+                "breaker",
+                "health",
+                "uptime",
+                "in flight",
+                "requests",
+                "failures",
+                "paused",
+            ],
+            [
                 [
-                    "target",
-                    "state",
-                    "breaker",
-                    "health",
-                    "uptime",
-                    "in flight",
-                    "requests",
-                    "failures",
-                    "paused",
-                ],
-                [
-                    [
-                        t.name + (" (unpriced)" if t.unpriced else ""),
-                        "enabled" if t.enabled else "disabled",
-                        _breaker(t),
-                        health_text(t),
-                        "-" if t.uptime_pct is None else f"{t.uptime_pct:.1f}%",
-                        t.in_flight,
-                        t.requests,
-                        t.failures,
-                        _until(t.paused_until),
-                    ]
-                    for t in status.targets
-                ],
-            )
+                    t.name + (" (unpriced)" if t.unpriced else ""),
+                    "enabled" if t.enabled else "disabled",
+                    _breaker(t),
+                    health_text(t),
+                    "-" if t.uptime_pct is None else f"{t.uptime_pct:.1f}%",
+                    t.in_flight,
+                    t.requests,
+                    t.failures,
+                    _until(t.paused_until),
+                ]
+                for t in status.targets
+            ],
         )
     if status.groups:
-        out += ["", "groups"]
-        out.append(
-            table(
-                ["group", "strategy", "order", "why"],
-                [[g.name, g.strategy, " > ".join(g.order), g.why] for g in status.groups],
-            )
+        out += _section(
+            "groups",
+            ["group", "strategy", "order", "why"],
+            [[g.name, g.strategy, " > ".join(g.order), g.why] for g in status.groups],
         )
     if status.gates:
-        out += ["", "gates"]
-        rows = []
-        for gate in status.gates:
-            for window in gate.windows:
-                rows.append(
-                    [
-                        gate.name,
-                        gate.scope,
-                        window_text(window),
-                        _pace(window),
-                        _until(gate.paused_until),
-                    ]
-                )
-        out.append(table(["gate", "scope", "used/limit", "pace", "paused"], rows))
+        out += _section(
+            "gates",
+            ["gate", "scope", "used/limit", "pace", "paused"],
+            [
+                [
+                    gate.name,
+                    gate.scope,
+                    window_text(window),
+                    _pace(window),
+                    _until(gate.paused_until),
+                ]
+                for gate in status.gates
+                for window in gate.windows
+            ],
+        )
     if status.cluster is not None:
         out += ["", *format_cluster(status.cluster)]
     queues = status.queues
@@ -197,47 +199,43 @@ def format_status(status: StatusReply) -> str:
             )
         )
     if status.budgets:
-        out += ["", "budgets"]
-        out.append(
-            table(
-                ["budget", "period", "spent", "reserved", "limit", "use"],
+        out += _section(
+            "budgets",
+            ["budget", "period", "spent", "reserved", "limit", "use"],
+            [
                 [
-                    [
-                        b.name,
-                        b.period,
-                        usd(b.spent_usd),
-                        usd(b.reserved_usd),
-                        usd(b.limit_usd),
-                        f"{(b.spent_usd / b.limit_usd if b.limit_usd else 0):.0%}"
-                        + ("  ALERT" if b.alert else ""),
-                    ]
-                    for b in status.budgets
-                ],
-            )
+                    b.name,
+                    b.period,
+                    usd(b.spent_usd),
+                    usd(b.reserved_usd),
+                    usd(b.limit_usd),
+                    f"{(b.spent_usd / b.limit_usd if b.limit_usd else 0):.0%}"
+                    + ("  ALERT" if b.alert else ""),
+                ]
+                for b in status.budgets
+            ],
         )
     if status.apps:
-        out += ["", "apps"]
         headers = ["app", "priority", "share", "requests", "in flight", "queued", "spend today"]
         guarded = any(a.blocked or a.entities for a in status.apps)
         if guarded:  # what the guardrails found, once they found anything
             headers += ["blocked", "found"]
-        out.append(
-            table(
-                headers,
+        out += _section(
+            "apps",
+            headers,
+            [
                 [
-                    [
-                        a.name,
-                        a.priority,
-                        f"{a.share:g}",
-                        a.requests,
-                        a.in_flight,
-                        a.queued,
-                        usd(a.spend_today_usd),
-                        *([a.blocked, entities_text(a.entities)] if guarded else []),
-                    ]
-                    for a in status.apps
-                ],
-            )
+                    a.name,
+                    a.priority,
+                    f"{a.share:g}",
+                    a.requests,
+                    a.in_flight,
+                    a.queued,
+                    usd(a.spend_today_usd),
+                    *([a.blocked, entities_text(a.entities)] if guarded else []),
+                ]
+                for a in status.apps
+            ],
         )
     if status.events:
         out += ["", "events"]

@@ -428,14 +428,11 @@ class Reservation:
                 window.resize(admission, max(0, tokens_used))
 
     def cancel(self) -> None:
-        """Undo the admission entirely (the request never reached the provider)."""
+        """Undo the admission entirely (the request never reached the provider): settle it as
+        it was, then give back every unit it took."""
         if self.settled:
             return
-        self.settled = True
-        for gate in self._gates:
-            gate.in_flight -= 1
-        if self.pending:
-            self._no_longer_pending()
+        self.settle(None)
         for window, admission in self._admissions:
             window.resize(admission, 0)
 

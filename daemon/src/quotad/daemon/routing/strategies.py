@@ -66,22 +66,31 @@ class Failover(Strategy):
         return list(targets), "configured order"
 
 
-class RoundRobin(Strategy):
-    """The configured order rotated by one per request."""
-
-    name = "round-robin"
+class _Rotating(Strategy):
+    """A strategy that starts from a point of the configured order rotating by one per request."""
 
     def __init__(self) -> None:
         self._next = 0
 
-    def order(self, targets: Sequence[Target], price_of: TargetPrice) -> list[Target]:
+    def _rotation(self, targets: Sequence[Target], *, advance: bool) -> list[Target]:
+        """``targets`` from the rotation's start; ``advance``: for a request (it moves on by
+        one), not a preview."""
         start = self._next % len(targets)
-        self._next = start + 1
+        if advance:
+            self._next = start + 1
         return [*targets[start:], *targets[:start]]
 
+
+class RoundRobin(_Rotating):
+    """The configured order rotated by one per request."""
+
+    name = "round-robin"
+
+    def order(self, targets: Sequence[Target], price_of: TargetPrice) -> list[Target]:
+        return self._rotation(targets, advance=True)
+
     def preview(self, targets: Sequence[Target], price_of: TargetPrice) -> tuple[list[Target], str]:
-        start = self._next % len(targets)
-        ordered = [*targets[start:], *targets[:start]]
+        ordered = self._rotation(targets, advance=False)
         return ordered, f"rotating; the next request starts at {ordered[0].name}"
 
 
@@ -119,22 +128,16 @@ class Weighted(Strategy):
         return [targets[first], *(targets[i] for i in self._heaviest_first if i != first)]
 
 
-class LeastBusy(Strategy):
+class LeastBusy(_Rotating):
     """Fewest calls in flight first; ties in an order that rotates per request."""
 
     name = "least-busy"
 
-    def __init__(self) -> None:
-        self._next = 0
-
     def order(self, targets: Sequence[Target], price_of: TargetPrice) -> list[Target]:
-        start = self._next % len(targets)
-        self._next = start + 1
-        return sorted([*targets[start:], *targets[:start]], key=_in_flight)
+        return sorted(self._rotation(targets, advance=True), key=_in_flight)
 
     def preview(self, targets: Sequence[Target], price_of: TargetPrice) -> tuple[list[Target], str]:
-        start = self._next % len(targets)
-        ordered = sorted([*targets[start:], *targets[:start]], key=_in_flight)
+        ordered = sorted(self._rotation(targets, advance=False), key=_in_flight)
         busy = ", ".join(f"{target.name} {target.in_flight}" for target in ordered)
         return ordered, f"fewest in flight first: {busy}"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -24,6 +24,18 @@ from quotad.protocol.messages import (
 Kind = Literal["chat", "embed"]
 
 ReplyT = TypeVar("ReplyT", bound=ChatReply)
+HitT = TypeVar("HitT", bound=ChatReply | EmbedReply)
+
+
+class ChatAnswer(Protocol):
+    """What the cache keeps of a chat answer, wherever it comes from: a reply, or a recorded
+    response of ``quotad cache warm``."""
+
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None
+    finish_reason: str | None
+    usage: Usage
+    target: str
 
 
 class CachedChunk(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -45,14 +57,14 @@ class CachedChat(msgspec.Struct, array_like=True):
     chunks: list[CachedChunk] = msgspec.field(default_factory=list)
 
     @classmethod
-    def of(cls, reply: ChatReply, chunks: Sequence[ChatChunk] = ()) -> CachedChat:
-        """What to store of a reply (and of its chunks, when it was streamed)."""
+    def of(cls, answer: ChatAnswer, chunks: Sequence[ChatChunk] = ()) -> CachedChat:
+        """What to store of an answer (and of its chunks, when it was streamed)."""
         return cls(
-            content=reply.content,
-            tool_calls=reply.tool_calls,
-            finish_reason=reply.finish_reason,
-            usage=reply.usage,
-            target=reply.target,
+            content=answer.content,
+            tool_calls=answer.tool_calls,
+            finish_reason=answer.finish_reason,
+            usage=answer.usage,
+            target=answer.target,
             chunks=[CachedChunk(c.delta, c.tool_calls, c.finish_reason) for c in chunks],
         )
 
@@ -66,19 +78,15 @@ class CachedChat(msgspec.Struct, array_like=True):
     ) -> ReplyT:
         """The ``ChatReply`` (or ``ChatEnd``) of a hit: no cost, ``saved_usd`` saved; a
         semantic hit (``similarity`` given) is marked ``cache="semantic"``."""
-        return kind(
+        reply = kind(
             id=request_id,
             content=self.content,
             tool_calls=self.tool_calls,
             finish_reason=self.finish_reason,
-            usage=self.usage,
-            cached=True,
-            saved_usd=saved_usd,
-            target=self.target,
-            request_id=request_ref,
             cache="exact" if similarity is None else "semantic",
             similarity=similarity or 0.0,
         )
+        return _hit(reply, self, request_ref, saved_usd)
 
     def replay(self, request_id: int) -> list[ChatChunk]:
         """The chunks a stream hit sends (one chunk when a warmed answer has none)."""
@@ -110,18 +118,23 @@ class CachedEmbedding(msgspec.Struct, array_like=True):
 
     def reply(self, request_id: int, request_ref: str, saved_usd: float) -> EmbedReply:
         """The ``EmbedReply`` of a hit: no cost, ``saved_usd`` saved."""
-        return EmbedReply(
-            id=request_id,
-            embeddings=self.embeddings,
-            usage=self.usage,
-            cached=True,
-            saved_usd=saved_usd,
-            target=self.target,
-            request_id=request_ref,
-        )
+        reply = EmbedReply(id=request_id, embeddings=self.embeddings)
+        return _hit(reply, self, request_ref, saved_usd)
 
 
 Answer = CachedChat | CachedEmbedding
+
+
+def _hit(reply: HitT, answer: Answer, request_ref: str, saved_usd: float) -> HitT:
+    """``reply`` as every cache hit answers: the stored usage and target, ``cached``, no cost,
+    ``saved_usd`` saved, and ``request_ref``, the id of its own ledger row."""
+    reply.usage = answer.usage
+    reply.target = answer.target
+    reply.cached = True
+    reply.saved_usd = saved_usd
+    reply.request_id = request_ref
+    return reply
+
 
 ANSWER_ENCODER: Final = msgspec.msgpack.Encoder()
 ANSWER_DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {

@@ -330,14 +330,8 @@ class Cache:
         stored: list[tuple[bytes, _Held]] = []
         for entry, cost_usd in entries:
             response = entry.response
-            answer = CachedChat(
-                content=response.content,
-                tool_calls=response.tool_calls,
-                finish_reason=response.finish_reason,
-                usage=response.usage,
-                target=response.target,
-                chunks=[CachedChunk(delta=delta) for delta in response.chunks or ()],
-            )
+            answer = CachedChat.of(response)
+            answer.chunks = [CachedChunk(delta=delta) for delta in response.chunks or ()]
             request = entry.request
             written, added = self._store(chat_key(request), "chat", request.model, answer, cost_usd)
             statements += written
