@@ -12,9 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from quotad.daemon import client_commands as calls
 from quotad.daemon.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from quotad.daemon.sim import SimSettings
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "build_parser", "main"]
 
@@ -221,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
     sim.add_argument("--rpm", type=int, default=0, help="requests per --window (0: no limit)")
     sim.add_argument("--tpm", type=int, default=0, help="tokens per --window (0: no limit)")
-    sim.add_argument("--window", type=_positive_float, default=60.0, help="limit window, s")
+    sim.add_argument(
+        "--window", dest="window_s", type=_positive_float, default=60.0, help="limit window, s"
+    )
     sim.add_argument("--latency-ms", type=_non_negative_float, default=0.0, help="mean latency")
     sim.add_argument("--jitter-ms", type=_non_negative_float, default=0.0, help="latency spread")
     sim.add_argument("--fail-rate", type=_fraction, default=0.0, help="share answered 500")
@@ -232,7 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--chunk-delay-ms", type=_non_negative_float, default=0.0)
     sim.add_argument("--api-key", default="", help="require this key (default: accept any)")
-    sim.add_argument("--log", help="append a JSONL line per request (arrival time, status)")
+    sim.add_argument(
+        "--log",
+        dest="log_path",
+        default="",
+        help="append a JSONL line per request (arrival time, status)",
+    )
     sim.add_argument(
         "--log-bodies", action="store_true", help="with --log: each line holds the request body"
     )
@@ -342,29 +353,19 @@ def _doctor(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if any(check.status == "fail" for check in checks) else EXIT_OK
 
 
-def _sim(args: argparse.Namespace) -> int:
-    from quotad.daemon.sim import SimSettings, run_sim
+def sim_settings(args: argparse.Namespace) -> SimSettings:
+    """The settings ``quotad sim`` runs with: its options' dests are the fields' names."""
+    import msgspec
 
-    settings = SimSettings(
-        host=args.host,
-        port=args.port,
-        rpm=args.rpm,
-        tpm=args.tpm,
-        window_s=args.window,
-        latency_ms=args.latency_ms,
-        jitter_ms=args.jitter_ms,
-        fail_rate=args.fail_rate,
-        hang_rate=args.hang_rate,
-        reset_rate=args.reset_rate,
-        break_stream_rate=args.break_stream_rate,
-        chunk_delay_ms=args.chunk_delay_ms,
-        api_key=args.api_key,
-        log_path=args.log or "",
-        log_bodies=args.log_bodies,
-        seed=args.seed,
-        count_tokens=args.count_tokens,
-    )
-    return run_sim(settings)
+    from quotad.daemon.sim import SimSettings
+
+    return msgspec.convert(args, SimSettings, from_attributes=True)
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from quotad.daemon.sim import run_sim
+
+    return run_sim(sim_settings(args))
 
 
 def _demo(args: argparse.Namespace) -> int:
