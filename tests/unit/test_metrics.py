@@ -20,7 +20,7 @@ from quotad.protocol.messages import (
     TargetStatus,
     WindowStatus,
 )
-from tests.unit.cluster.test_reports import DEGRADED
+from tests.support.statuses import DEGRADED_FLEET
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -174,7 +174,9 @@ def test_the_whole_exposition_of_a_rich_status_is_unchanged() -> None:
     metrics.observe_http("chat_completions", 429)
     status = msgspec.structs.replace(
         STATUS,
-        cluster=msgspec.structs.replace(DEGRADED, redis_calls=40, redis_failures=2, borrows=11),
+        cluster=msgspec.structs.replace(
+            DEGRADED_FLEET, redis_calls=40, redis_failures=2, borrows=11
+        ),
         cache=SHADOW_CACHE,
     )
     expected = (Path(__file__).parent / "metrics_exposition.prom").read_text()

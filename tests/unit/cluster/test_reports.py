@@ -6,28 +6,12 @@ from __future__ import annotations
 
 from quotad.daemon.metrics import Metrics
 from quotad.daemon.report import format_status
-from quotad.protocol.messages import ClusterHost, ClusterStatus, ClusterWindow, StatusReply
-
-DEGRADED = ClusterStatus(
-    host="h1",
-    redis_url="redis://10.0.0.5:6379/0",
-    key_prefix="quotad",
-    health="degraded",
-    reason="Redis unreachable: Connection refused",
-    mode="share",
-    on_unreachable="share",
-    hosts_seen=2,
-    hosts=[
-        ClusterHost(name="h1", seen_s_ago=0.1, in_flight=3, queued=1, timezone="UTC"),
-        ClusterHost(name="h2", seen_s_ago=0.4, in_flight=5, timezone="UTC"),
-    ],
-    windows=[ClusterWindow(name="provider:openai|requests|60", held=7, fleet_used=40)],
-    rtt_ms=0.35,
-)
+from quotad.protocol.messages import StatusReply
+from tests.support.statuses import DEGRADED_FLEET
 
 
 def test_status_text_shows_the_fleet_and_why_it_is_degraded() -> None:
-    text = format_status(StatusReply(cluster=DEGRADED))
+    text = format_status(StatusReply(cluster=DEGRADED_FLEET))
     assert "fleet   host h1  redis redis://10.0.0.5:6379/0 (quotad)  degraded for" in text
     assert "mode share  hosts seen 2" in text
     assert "Redis unreachable: Connection refused (on_unreachable = share)" in text
@@ -41,7 +25,7 @@ def test_one_host_status_has_no_fleet() -> None:
 
 
 def test_metrics_show_redis_health_degraded_mode_and_hosts() -> None:
-    text = Metrics().exposition(StatusReply(cluster=DEGRADED)).decode()
+    text = Metrics().exposition(StatusReply(cluster=DEGRADED_FLEET)).decode()
     assert 'quotad_cluster_health{health="degraded"} 1' in text
     assert 'quotad_cluster_health{health="connected"} 0' in text
     assert 'quotad_cluster_degraded{mode="share"} 1' in text
