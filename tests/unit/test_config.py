@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from quotad.daemon.config import Config, ConfigError, load_config
+from quotad.protocol.framing import MAX_FRAME_CEILING
 
 PROVIDER = """
 [providers.p]
@@ -57,6 +58,12 @@ def test_nan_for_a_positive_number_names_the_constraint(tmp_path: Path) -> None:
     found = problems(tmp_path, "[cache]\nttl_s = nan\n")
     assert found == ["cache.ttl_s: expected float > 0.0"]
     assert "null" not in found[0]
+
+
+def test_a_max_frame_over_the_ceiling_is_refused(tmp_path: Path) -> None:
+    assert problems(tmp_path, f"[daemon]\nmax_frame = {MAX_FRAME_CEILING + 1}\n") == [
+        f"daemon.max_frame: expected int <= {MAX_FRAME_CEILING}"
+    ]
 
 
 def test_empty_targets_is_one_problem(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from quotad.client import (
 )
 from quotad.client.exceptions import _ERROR_CLASSES
 from quotad.protocol.errors import ERROR_CODES
+from quotad.protocol.framing import MAX_FRAME_CEILING
 from quotad.protocol.messages import (
     Cancel,
     Chat,
@@ -41,6 +42,7 @@ from quotad.protocol.messages import (
     Status,
     Subscribe,
     Usage,
+    Welcome,
 )
 from tests.support.client_apis import NewClient
 from tests.support.fake_daemon import (
@@ -474,5 +476,23 @@ def test_connection_level_error_fails_the_requests_in_flight(
         FakeDaemon(socket_path, refuse_frame),
         new_client(socket_path) as qd,
         pytest.raises(ConnectionLostError, match="bad_frame: frame too large"),
+    ):
+        qd.status()
+
+
+def test_a_welcome_cannot_raise_the_reply_bound_past_its_ceiling(
+    socket_path: str, new_client: NewClient
+) -> None:
+    """A "daemon" that allows itself 4 GiB frames and then announces a 2 GiB reply: the client
+    refuses the length prefix at once (its ceiling is 1 GiB), instead of buffering for it."""
+
+    def announce_two_gib(connection: FakeConnection, request: Request) -> None:
+        connection.sock.sendall((2 * MAX_FRAME_CEILING).to_bytes(4, "big") + b"\x80" * 64)
+
+    welcome = Welcome(daemon_version="fake", features=["stream"], max_frame=2**32 - 1)
+    with (
+        FakeDaemon(socket_path, announce_two_gib, welcome=welcome),
+        new_client(socket_path, timeout=30) as qd,
+        pytest.raises(ConnectionLostError, match=f"over the limit of {MAX_FRAME_CEILING} bytes"),
     ):
         qd.status()

@@ -22,7 +22,13 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 import msgspec
 
 from quotad.client.exceptions import BadRequestError, InternalError, error_from_reply
-from quotad.protocol.framing import FrameDecoder, FrameEncoder, describe, reply_decoder
+from quotad.protocol.framing import (
+    MAX_FRAME_CEILING,
+    FrameDecoder,
+    FrameEncoder,
+    describe,
+    reply_decoder,
+)
 from quotad.protocol.messages import (
     CONTINUING_REPLIES,
     Chat,
@@ -211,8 +217,9 @@ class Handshake:
         if not replies:
             return False
         welcome = self.welcome = expect(replies[0], Welcome, self.path)
-        if welcome.max_frame > 0:  # replies as large as the daemon may send
-            self.decoder.max_frame = max(self.decoder.max_frame, welcome.max_frame)
+        if welcome.max_frame > 0:  # replies as large as the daemon may send, up to a ceiling
+            bound = min(welcome.max_frame, MAX_FRAME_CEILING)
+            self.decoder.max_frame = max(self.decoder.max_frame, bound)
         return True
 
 

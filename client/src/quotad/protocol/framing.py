@@ -25,6 +25,10 @@ from quotad.protocol.messages import Reply, Request
 from quotad.protocol.scan import field_of_invalid_string, nesting_exceeds
 
 DEFAULT_MAX_FRAME: Final = 8 * 1024 * 1024
+MAX_FRAME_CEILING: Final = 1024 * 1024 * 1024
+"""The largest ``max_frame`` anything may set: ``daemon.max_frame`` is refused over it, and a
+client reads no larger reply whatever a ``Welcome`` says (a frame's length prefix could ask
+for 4 GiB of buffer)."""
 HEADER_SIZE: Final = 4
 MAX_NESTING: Final = 64
 """How many containers deep a frame's MessagePack may nest (the message's own map is the

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
+from quotad.protocol.framing import DEFAULT_MAX_FRAME, MAX_FRAME_CEILING
 from quotad.protocol.paths import SOCKET_ENV, client_socket_candidates
 
 Priority = Literal["low", "normal", "high", "critical"]
@@ -55,7 +56,7 @@ class DaemonConfig(_Section, kw_only=True):
     durability: Literal["normal", "full"] = "normal"
     max_db_mb: NonNegative = 0.0
     """Largest size of quotad.db (0: no limit); past it, writes fail with a clear error."""
-    max_frame: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024
+    max_frame: Annotated[int, msgspec.Meta(ge=1024, le=MAX_FRAME_CEILING)] = DEFAULT_MAX_FRAME
     drain_s: NonNegative = 10.0
     allow_uids: list[int] = msgspec.field(default_factory=list)
     allow_gids: list[int] = msgspec.field(default_factory=list)
