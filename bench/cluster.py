@@ -37,7 +37,7 @@ import msgspec
 from bench._timing import percentile
 from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import Acquire, Hello, Ok, Permit, Settle
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, daemon_config
 from tests.support.fleet import Fleet, requests_limit, run_fleet_load
 
 TARGET = "fast/m"
@@ -48,14 +48,6 @@ base_url = "{base_url}"
 rpm = 100000000
 tpm = 1000000000
 """
-PLAIN_CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = ""
-[cache]
-mode = "off"
-{fast}"""
 
 
 class RawPeer:
@@ -165,7 +157,7 @@ def admissions(
 ) -> dict[str, Any]:
     """Latency and throughput of admission: fleet daemons against one plain host."""
     fast = FAST_PROVIDER.format(base_url=fleet.sim.base_url)
-    plain = DaemonProcess(PLAIN_CONFIG.format(fast=fast.replace("{", "{{").replace("}", "}}")))
+    plain = DaemonProcess(daemon_config(fast, cache='mode = "off"'))
     try:
         plain.start()
         sockets = fleet.sockets()

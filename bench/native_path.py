@@ -23,10 +23,9 @@ from bench._timing import cpu_seconds, rounds_main, sequential, source_env
 from quotad.client import Client
 from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import Acquire, Hello, Permit, Settle, Status
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.sim import SimProcess
 
-CONFIG = '[daemon]\nstate_dir = "{{state_dir}}"\n[http]\nlisten = ""\n{provider}\n'
 MODEL = "sim/gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "what does the cache save us?"}]
 
@@ -85,7 +84,7 @@ def measure(rounds: int, requests: int, baseline_src: str | None) -> dict[str, A
         arms["before_"] = source_env(baseline_src)
     with SimProcess() as sim:
         provider = sim_provider_config("sim", sim.base_url, extra="rpm = 100000000")
-        config = CONFIG.format(provider=provider)
+        config = daemon_config(provider)
         daemons = {arm: DaemonProcess(config, env=env) for arm, env in arms.items()}
         try:
             for daemon in daemons.values():

@@ -9,10 +9,11 @@ Valkey), whatever happened, on exit.
         fleet.daemons[0].socket_path ...
         fleet.valkey.kill(); fleet.valkey.start()        # Redis gone, back empty
 
-The daemons' config text is :data:`FLEET_CONFIG` with ``extra`` appended (more tables, e.g.
-``[budgets]`` or ``[apps.x]``; ``<sim_url>`` in it is the sim's base URL, for another
-provider on it); ``provider_extra`` goes into ``[providers.sim]`` (its limits). ``{{`` /
-``}}`` stand for TOML braces, as in :class:`~tests.support.daemon.DaemonProcess`.
+The daemons' config text is :func:`~tests.support.daemon.daemon_config` with no front door
+and no cache, then :data:`FLEET_TABLES` and ``extra`` (more tables, e.g. ``[budgets]`` or
+``[apps.x]``; ``<sim_url>`` in it is the sim's base URL, for another provider on it);
+``provider_extra`` goes into ``[providers.sim]`` (its limits). ``{{`` / ``}}`` stand for TOML
+braces, as in :class:`~tests.support.daemon.DaemonProcess`.
 """
 
 from __future__ import annotations
@@ -30,18 +31,12 @@ from typing import Any
 import msgspec
 
 from quotad.client import Client
-from tests.support.daemon import START_TIMEOUT_S, DaemonProcess, socket_answers
+from tests.support.daemon import START_TIMEOUT_S, DaemonProcess, daemon_config, socket_answers
 from tests.support.load import peak_in_window
 from tests.support.sim import SimProcess, read_sim_log
 from tests.support.valkey import ValkeyServer, server_binary
 
-FLEET_CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = ""
-[cache]
-mode = "off"
+FLEET_TABLES = """\
 [gates]
 guard_s = {guard_s}
 [cluster]
@@ -107,7 +102,7 @@ class Fleet:
 
     def config_for(self, host: str) -> str:
         """The config text of the daemon named ``host``."""
-        return FLEET_CONFIG.format(
+        tables = FLEET_TABLES.format(
             redis_url=self.valkey.url,
             host=host,
             base_url=self.sim.base_url,
@@ -115,6 +110,7 @@ class Fleet:
             extra=self._extra.replace("<sim_url>", self.sim.base_url),
             **self._settings,
         )
+        return daemon_config(tables, cache='mode = "off"')
 
     def start(self) -> Fleet:
         """Valkey, the sim, then each daemon (each answering on its socket)."""

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from tests.support.daemon import UNCACHED_CONFIG_HEAD
+from tests.support.daemon import daemon_config
 
 MESSAGES = [{"role": "user", "content": "share the limit fairly"}]
 
@@ -105,9 +105,7 @@ if __name__ == "__main__":
 
 # --------------------------------------------------------------------------- the scenario
 
-SHARED_LIMIT_CONFIG = (
-    UNCACHED_CONFIG_HEAD
-    + """\
+SHARED_LIMIT_TABLES = """\
 [gates]
 guard_s = {guard}
 [providers.sim]
@@ -119,7 +117,6 @@ share = 1
 [apps.heavy]
 share = 3
 """
-)
 
 
 def peak_in_window(times: list[float], window_s: float) -> int:
@@ -151,10 +148,10 @@ def run_shared_limit(
     with SimProcess(rpm=limit, window_s=window_s, latency_ms=5, log=True) as sim:
         daemon = None
         if mode == "daemon":
-            config = SHARED_LIMIT_CONFIG.format(
+            tables = SHARED_LIMIT_TABLES.format(
                 base_url=sim.base_url, limit=limit, window=window_s, guard=guard_s
             )
-            daemon = DaemonProcess(config).start()
+            daemon = DaemonProcess(daemon_config(tables, cache='mode = "off"')).start()
         try:
             start_at = time.time() + 3.0  # every process imported and connected by then
             commands = []
