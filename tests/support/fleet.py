@@ -32,7 +32,7 @@ import msgspec
 
 from quotad.client import Client
 from tests.support.daemon import START_TIMEOUT_S, DaemonProcess, daemon_config, socket_answers
-from tests.support.load import peak_in_window
+from tests.support.load import limit_figures
 from tests.support.sim import SimProcess, read_sim_log
 from tests.support.valkey import ValkeyServer, server_binary
 
@@ -231,11 +231,7 @@ def run_fleet_load(
         if line["path"].endswith("/chat/completions") and line["mono"] >= since
     ]
     results = [msgspec.json.decode(output) for output in outputs]
-    arrivals = sorted(line["mono"] for line in lines)
-    admitted = sorted(line["mono"] for line in lines if line["status"] == 200)
-    windows = int(duration_s // window_s)
-    first = admitted[0] if admitted else 0.0
-    measured = [t for t in admitted if first <= t < first + windows * window_s]
+    after_kill = killed_at[0] + 0.5 if killed_at else float("inf")
     errors: dict[str, int] = {}
     for result in results:
         for code, count in result["errors"].items():
@@ -247,10 +243,10 @@ def run_fleet_load(
         "window_s": window_s,
         "duration_s": duration_s,
         "sim_429s": stats["rate_limited"] - rate_limited_before,
-        "peak_arrivals_in_window": peak_in_window(arrivals, window_s),
-        "peak_admitted_in_window": peak_in_window(admitted, window_s),
-        "utilization": round(len(measured) / (windows * limit), 4) if windows else 0.0,
+        **limit_figures(lines, limit, window_s, duration_s),
         "answered": sum(result["ok"] for result in results),
-        "answered_after_kill": sum(1 for t in admitted if killed_at and t > killed_at[0] + 0.5),
+        "answered_after_kill": sum(
+            1 for line in lines if line["status"] == 200 and line["mono"] > after_kill
+        ),
         "client_errors": errors,
     }
