@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n'
 WARM_UP = 200
 
 
@@ -160,14 +159,14 @@ class Arm:
 
 def measure(rounds: int, requests: int, baseline_src: Path | None) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from tests.support.daemon import DaemonProcess
+    from tests.support.daemon import DaemonProcess, daemon_config
 
     src = ROOT / "client" / "src"
     arms_wanted = {"bare": ("bare", src), "sync": ("sync", src), "async": ("async", src)}
     if baseline_src is not None:
         arms_wanted["baseline_sync"] = ("sync", baseline_src)
         arms_wanted["baseline_async"] = ("async", baseline_src)
-    with DaemonProcess(CONFIG) as daemon:
+    with DaemonProcess(daemon_config()) as daemon:
         arms: dict[str, Arm] = {}
         try:
             for name, (kind, tree) in arms_wanted.items():

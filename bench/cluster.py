@@ -22,7 +22,6 @@ The machine is shared (2 cores): every daemon, load process and Valkey compete f
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec
 
+from bench._raw_peer import RawPeer
 from bench._timing import percentile
-from quotad.protocol.framing import FrameEncoder, reply_decoder
-from quotad.protocol.messages import Acquire, Hello, Ok, Permit, Settle
-from tests.support.daemon import DaemonProcess
+from quotad.protocol.messages import Acquire, Ok, Permit, Settle
+from tests.support.daemon import DaemonProcess, daemon_config
 from tests.support.fleet import Fleet, requests_limit, run_fleet_load
 
 TARGET = "fast/m"
@@ -48,48 +47,23 @@ base_url = "{base_url}"
 rpm = 100000000
 tpm = 1000000000
 """
-PLAIN_CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = ""
-[cache]
-mode = "off"
-{fast}"""
 
 
-class RawPeer:
-    """Pre-encoded frames on a plain socket: the least a client can do per admission."""
+class AdmissionPeer(RawPeer):
+    """Admissions as raw frames: the least a client can do per admission."""
 
     def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(str(path))
-        self.encoder = FrameEncoder()
-        self.decoder = reply_decoder()
-        self.pending: list[Any] = []
-        self.sock.sendall(self.encoder.encode(Hello(app="bench")))
-        self.receive(1)
+        super().__init__(path)
         self.acquire_frame = self.encoder.encode(Acquire(id=2, target=TARGET, tokens=100))
-
-    def receive(self, count: int) -> list[Any]:
-        while len(self.pending) < count:
-            data = self.sock.recv(1 << 20)
-            if not data:
-                raise ConnectionError("the daemon closed the connection")
-            self.pending.extend(self.decoder.feed(data))
-        replies, self.pending = self.pending[:count], self.pending[count:]
-        return replies
 
     def admit_once(self) -> float:
         """One admission (Acquire → Permit, timed) and its Settle; the seconds it took."""
         started = time.perf_counter()
-        self.sock.sendall(self.acquire_frame)
-        (permit,) = self.receive(1)
+        permit = self.request(self.acquire_frame)
         took = time.perf_counter() - started
         if not isinstance(permit, Permit):
             raise RuntimeError(f"not admitted: {permit}")
-        self.sock.sendall(self.encoder.encode(Settle(id=3, permit_id=permit.permit_id)))
-        self.receive(1)
+        self.request(self.encoder.encode(Settle(id=3, permit_id=permit.permit_id)))
         return took
 
     def admit_batch(self, depth: int) -> int:
@@ -111,7 +85,7 @@ class RawPeer:
 
 def worker(path: str, start_at: float, seconds: float, depth: int) -> None:
     """A load process: pipelined admissions on one daemon from ``start_at`` for ``seconds``."""
-    peer = RawPeer(Path(path))
+    peer = AdmissionPeer(Path(path))
     peer.admit_batch(depth)  # warm
     time.sleep(max(0.0, start_at - time.time()))
     admitted, deadline = 0, time.monotonic() + seconds
@@ -165,11 +139,11 @@ def admissions(
 ) -> dict[str, Any]:
     """Latency and throughput of admission: fleet daemons against one plain host."""
     fast = FAST_PROVIDER.format(base_url=fleet.sim.base_url)
-    plain = DaemonProcess(PLAIN_CONFIG.format(fast=fast.replace("{", "{{").replace("}", "}}")))
+    plain = DaemonProcess(daemon_config(fast, cache='mode = "off"'))
     try:
         plain.start()
         sockets = fleet.sockets()
-        peers = {"one_host": RawPeer(plain.socket_path), "fleet": RawPeer(sockets[0])}
+        peers = {"one_host": AdmissionPeer(plain.socket_path), "fleet": AdmissionPeer(sockets[0])}
         for peer in peers.values():
             for _ in range(200):
                 peer.admit_once()  # warm: leases borrowed, code paths hot

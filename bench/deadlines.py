@@ -1,8 +1,9 @@
 """What a request deadline costs: a block under :class:`~quotad.daemon.net.deadlines.Deadlines`
 (one sweep task for all, no timer per block) beside the same block under ``anyio.fail_after``
 (a cancel scope and a loop timer per block), on uvloop as the daemon runs. Each block awaits
-once (the loop turns, as a request's does). Rounds of the two alternate so that the noise of a
-shared machine falls on both. Prints one JSON line: microseconds per block and the ratio.
+once (the loop turns, as a request's does), the floor's under an empty context. Rounds of the
+three alternate so that the noise of a shared machine falls on all. Prints one JSON line:
+microseconds per block and the ratio.
 
     uv run python bench/deadlines.py [--quick]
 """
@@ -15,6 +16,8 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import anyio
@@ -26,31 +29,17 @@ from quotad.daemon.net.deadlines import Deadlines
 
 BLOCKERS = 50
 """Other tasks each inside a long deadline meanwhile (the sweep is running, as in the daemon)."""
+NO_DEADLINE = nullcontext()
+"""What the floor's blocks run under: an empty context."""
 
 
-async def deadline_blocks(deadlines: Deadlines, count: int) -> float:
-    """Microseconds per block under a deadline that does not pass."""
+async def blocks(enter: Callable[[], AbstractContextManager[object]], count: int) -> float:
+    """Microseconds per block under the context ``enter()`` makes (every arm calls its
+    factory and enters what it returns, so that only the context's own cost differs)."""
     started = time.perf_counter()
     for _ in range(count):
-        with deadlines.within(30.0):
+        with enter():
             await asyncio.sleep(0)
-    return (time.perf_counter() - started) / count * 1e6
-
-
-async def fail_after_blocks(count: int) -> float:
-    """Microseconds per block under ``anyio.fail_after`` that does not pass."""
-    started = time.perf_counter()
-    for _ in range(count):
-        with anyio.fail_after(30.0):
-            await asyncio.sleep(0)
-    return (time.perf_counter() - started) / count * 1e6
-
-
-async def bare_blocks(count: int) -> float:
-    """Microseconds per block without any deadline (the floor)."""
-    started = time.perf_counter()
-    for _ in range(count):
-        await asyncio.sleep(0)
     return (time.perf_counter() - started) / count * 1e6
 
 
@@ -64,27 +53,30 @@ async def measure(rounds: int, count: int) -> dict[str, float | str]:
 
     blockers = [asyncio.create_task(blocker()) for _ in range(BLOCKERS)]
     await asyncio.sleep(0.01)
-    ours: list[float] = []
-    anyio_s: list[float] = []
-    bare: list[float] = []
-    await deadline_blocks(deadlines, count // 4)  # warm up
-    await fail_after_blocks(count // 4)
+    arms: dict[str, Callable[[], AbstractContextManager[object]]] = {
+        "bare": lambda: NO_DEADLINE,  # the floor: the block without any deadline
+        "ours": lambda: deadlines.within(30.0),  # a deadline that does not pass
+        "anyio": lambda: anyio.fail_after(30.0),  # the same under anyio.fail_after
+    }
+    per_block: dict[str, list[float]] = {arm: [] for arm in arms}
+    for enter in arms.values():
+        await blocks(enter, count // 4)  # warm up
     for _ in range(rounds):
-        bare.append(await bare_blocks(count))
-        ours.append(await deadline_blocks(deadlines, count))
-        anyio_s.append(await fail_after_blocks(count))
+        for arm, enter in arms.items():
+            per_block[arm].append(await blocks(enter, count))
     stop.set()
     await asyncio.gather(*blockers)
-    floor = statistics.median(bare)
-    ours_us = statistics.median(ours) - floor
-    anyio_us = statistics.median(anyio_s) - floor
+    floor = statistics.median(per_block["bare"])
+    ours_us = statistics.median(per_block["ours"]) - floor
+    anyio_us = statistics.median(per_block["anyio"]) - floor
     return {
         "bench": "deadlines",
         "deadline_block_us": round(ours_us, 2),
         "fail_after_block_us": round(anyio_us, 2),
         "deadline_vs_fail_after": round(ours_us / anyio_us, 3),
         "await_floor_us": round(floor, 2),
-        "note": "per block, the cost of one await subtracted; medians of interleaved rounds",
+        "note": "per block, the floor (one await under an empty context) subtracted; "
+        "medians of interleaved rounds",
     }
 
 

@@ -31,20 +31,16 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from quotad.client import AsyncClient, Client, QuotadError
-from tests.support.daemon import UNCACHED_CONFIG_HEAD, DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.sim import SimProcess
 
 MESSAGES = [{"role": "user", "content": "measure what failover costs"}]
 BREAKER = "breaker = {{ failures = 3, cooldown_s = 1, max_cooldown_s = 2 }}"
-CONFIG = (
-    UNCACHED_CONFIG_HEAD
-    + """\
-{providers}
+GROUP = """\
 [models.fast]
 targets = ["a/m", "b/m"]
 strategy = "failover"
 """
-)
 
 
 def interleaved(client: Client, requests: int) -> tuple[list[float], list[float], set[str]]:
@@ -116,7 +112,7 @@ def measure(requests: int, latency_ms: float, workers: int, kill_s: float) -> di
             "a", primary.base_url, extra=f"timeout_s = 5\n{BREAKER}"
         ) + sim_provider_config("b", secondary.base_url)
         with (
-            DaemonProcess(CONFIG.format(providers=providers)) as daemon,
+            DaemonProcess(daemon_config(providers, GROUP, cache='mode = "off"')) as daemon,
             Client(socket=daemon.socket_path, app="bench") as client,
         ):
             interleaved(client, 20)  # warm both paths

@@ -20,17 +20,9 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from quotad.client import Client
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.load import run_shared_limit
 from tests.support.sim import SimProcess
-
-PERMIT_CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = ""
-{provider}
-"""
 
 
 def permit_round_trips(count: int) -> dict[str, Any]:
@@ -38,7 +30,7 @@ def permit_round_trips(count: int) -> dict[str, Any]:
     with SimProcess() as sim:
         provider = sim_provider_config("p", sim.base_url, extra="rpm = 1000000\ntpm = 1000000000")
         with (
-            DaemonProcess(PERMIT_CONFIG.format(provider=provider)) as daemon,
+            DaemonProcess(daemon_config(provider)) as daemon,
             Client(socket=daemon.socket_path, app="bench") as client,
         ):
             latencies = []

@@ -38,18 +38,12 @@ from quotad.daemon.guardrails.screening import Guardrails
 from quotad.daemon.request_context import RequestContext
 from quotad.protocol.messages import Chat, ChatMessage
 from tests.support import guardrails as samples
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.sim import SimProcess
 
 EVERY_KIND = "\n".join(f'{kind} = "mask"' for kind in ENTITY_KINDS)
 EVERY_KIND_OFF = "\n".join(f'{kind} = "off"' for kind in ENTITY_KINDS)
-CONFIG = f"""\
-[daemon]
-state_dir = "{{{{state_dir}}}}"
-[http]
-listen = ""
-[cache]
-mode = "off"
+GUARDRAILS = f"""\
 [guardrails.input]
 {EVERY_KIND}
 [guardrails.output]
@@ -58,9 +52,13 @@ secret = "mask"
 {EVERY_KIND_OFF}
 [apps.plain.guardrails.output]
 secret = "off"
-{{provider}}
 """
 MODEL = "sim/gpt-4o-mini"
+
+
+def guarded_config(sim_url: str) -> str:
+    """No cache; every kind masked in requests and secrets in answers, except for app ``plain``."""
+    return daemon_config(GUARDRAILS, sim_provider_config("sim", sim_url), cache='mode = "off"')
 
 
 def chat_2kb(rounds: int, requests: int) -> dict[str, Any]:
@@ -68,7 +66,7 @@ def chat_2kb(rounds: int, requests: int) -> dict[str, Any]:
     size = sum(len(message["content"].encode()) for message in messages)
     with (
         SimProcess() as sim,
-        DaemonProcess(CONFIG.format(provider=sim_provider_config("sim", sim.base_url))) as daemon,
+        DaemonProcess(guarded_config(sim.base_url)) as daemon,
         Client(socket=daemon.socket_path, app="guarded") as guarded,
         Client(socket=daemon.socket_path, app="plain") as plain,
     ):

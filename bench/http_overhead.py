@@ -34,20 +34,10 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._timing import concurrent, cpu_seconds, percentile, rounds_main, sequential, source_env
-from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
 from tests.support.sim import SimProcess
 
 MESSAGES = [{"role": "user", "content": "measure the overhead of the front door please"}]
-CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = "127.0.0.1:{port}"
-auth = "none"
-[cache]
-mode = "off"
-{provider}
-"""
 HEADERS = {
     "content-type": "application/json",
     "authorization": "Bearer sk-bench",
@@ -115,7 +105,11 @@ def measure(rounds: int, requests: int, baseline_source: str | None) -> dict[str
         daemons: dict[str, DaemonProcess] = {}
         for path in paths[1:]:
             provider = sim_provider_config("sim", sim.base_url)
-            config = CONFIG.format(port=ports[path], provider=provider)
+            config = daemon_config(
+                provider,
+                http=f'listen = "127.0.0.1:{ports[path]}"\nauth = "none"',
+                cache='mode = "off"',
+            )
             env = source_env(baseline_source if path == "baseline" else None)
             daemons[path] = stack.enter_context(DaemonProcess(config, env=env))
         urls = {

@@ -30,16 +30,8 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._timing import cpu_seconds, source_env
-from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
 
-CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = "127.0.0.1:{port}"
-auth = "keys"
-{provider}
-"""
 HEAD = (
     b"POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
     b"transfer-encoding: chunked\r\n\r\n"
@@ -114,7 +106,10 @@ class Attack:
 def attack_one(source: str | None, chunks: int) -> dict[str, Any]:
     """Start a daemon (from ``source``'s sources when given), attack it once, measure."""
     port = free_port()
-    config = CONFIG.format(port=port, provider=sim_provider_config("sim", "http://127.0.0.1:9/v1"))
+    config = daemon_config(
+        sim_provider_config("sim", "http://127.0.0.1:9/v1"),
+        http=f'listen = "127.0.0.1:{port}"\nauth = "keys"',
+    )
     env = source_env(source)
     with DaemonProcess(config, env=env) as daemon:
         assert daemon.process is not None

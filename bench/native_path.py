@@ -10,7 +10,6 @@ for a before/after in one run. Prints one JSON line.
 
 from __future__ import annotations
 
-import socket
 import statistics
 import sys
 from collections.abc import Callable
@@ -19,50 +18,35 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._raw_peer import RawPeer
 from bench._timing import cpu_seconds, rounds_main, sequential, source_env
 from quotad.client import Client
-from quotad.protocol.framing import FrameEncoder, reply_decoder
-from quotad.protocol.messages import Acquire, Hello, Permit, Settle, Status
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from quotad.protocol.messages import Acquire, Permit, Settle, Status
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.sim import SimProcess
 
-CONFIG = '[daemon]\nstate_dir = "{{state_dir}}"\n[http]\nlisten = ""\n{provider}\n'
 MODEL = "sim/gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "what does the cache save us?"}]
 
 
-class RawPeer:
-    """Pre-encoded frames on a plain socket: the least a client can do per round trip."""
+class RoundTripPeer(RawPeer):
+    """A bare ``Status`` and a permit as raw frames: the least a client can do per round trip."""
 
     def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(str(path))
-        self.encoder = FrameEncoder()
-        self.decoder = reply_decoder()
-        self.sock.sendall(self.encoder.encode(Hello(app="bench")))
-        self.receive()
+        super().__init__(path)
         self.status_frame = self.encoder.encode(Status(id=1))
         self.acquire_frame = self.encoder.encode(Acquire(id=2, target=MODEL, tokens=500))
 
-    def receive(self) -> Any:
-        while True:
-            replies = list(self.decoder.feed(self.sock.recv(65536)))
-            if replies:
-                return replies[0]
-
     def status(self) -> None:
-        self.sock.sendall(self.status_frame)
-        self.receive()
+        self.request(self.status_frame)
 
     def permit(self) -> None:
-        self.sock.sendall(self.acquire_frame)
-        permit = self.receive()
+        permit = self.request(self.acquire_frame)
         assert isinstance(permit, Permit)
-        self.sock.sendall(self.encoder.encode(Settle(id=3, permit_id=permit.permit_id)))
-        self.receive()
+        self.request(self.encoder.encode(Settle(id=3, permit_id=permit.permit_id)))
 
 
-def calls(client: Client, raw: RawPeer) -> dict[str, Callable[[], Any]]:
+def calls(client: Client, raw: RoundTripPeer) -> dict[str, Callable[[], Any]]:
     def permit() -> None:
         with client.permit(MODEL, tokens=500) as held:
             held.settle(tokens=120)
@@ -85,7 +69,7 @@ def measure(rounds: int, requests: int, baseline_src: str | None) -> dict[str, A
         arms["before_"] = source_env(baseline_src)
     with SimProcess() as sim:
         provider = sim_provider_config("sim", sim.base_url, extra="rpm = 100000000")
-        config = CONFIG.format(provider=provider)
+        config = daemon_config(provider)
         daemons = {arm: DaemonProcess(config, env=env) for arm, env in arms.items()}
         try:
             for daemon in daemons.values():
@@ -94,7 +78,7 @@ def measure(rounds: int, requests: int, baseline_src: str | None) -> dict[str, A
             kinds: dict[str, dict[str, Callable[[], Any]]] = {}
             for arm, client in clients.items():
                 client.chat(MODEL, MESSAGES, max_tokens=16)  # stores the answer
-                kinds[arm] = calls(client, RawPeer(daemons[arm].socket_path))
+                kinds[arm] = calls(client, RoundTripPeer(daemons[arm].socket_path))
                 for call in kinds[arm].values():
                     sequential(call, 100)  # warm up
             latencies: dict[str, dict[str, list[float]]] = {

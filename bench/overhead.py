@@ -34,17 +34,16 @@ from bench._timing import (
     source_env,
 )
 from quotad.client import AsyncClient, Client
-from tests.support.daemon import UNCACHED_CONFIG_HEAD, DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.sim import SimProcess
 
 MESSAGES = [{"role": "user", "content": "measure the overhead of the daemon please"}]
 BODY = msgspec.json.encode({"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 8})
-CONFIG = UNCACHED_CONFIG_HEAD + "{provider}\n"
 
 
 def measure(rounds: int, requests: int, baseline_src: str | None = None) -> dict[str, Any]:
     with SimProcess() as sim, contextlib.ExitStack() as stack:
-        config = CONFIG.format(provider=sim_provider_config("sim", sim.base_url))
+        config = daemon_config(sim_provider_config("sim", sim.base_url), cache='mode = "off"')
         daemon = stack.enter_context(DaemonProcess(config))
         baseline = None
         if baseline_src is not None:

@@ -259,14 +259,6 @@ def rss_probe(count: int) -> dict[str, float]:
     }
 
 
-DAEMON_CONFIG = (
-    '[daemon]\nstate_dir = "{{state_dir}}"\n[http]\nlisten = ""\n'
-    '[cache.semantic]\nmode = "{mode}"\n'
-    '[providers.sim]\nkind = "openai"\nbase_url = "{url}"\n'
-    '[models.fast]\ntargets = ["sim/gpt-4o-mini"]\n'
-)
-
-
 def daemon_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -279,7 +271,7 @@ def through_daemon(questions: int, samples: int) -> dict[str, Any]:
     """Exact and semantic hit latency through a real daemon and the native client, and the
     daemon's RSS with the semantic cache off and on."""
     from quotad.client import Client
-    from tests.support.daemon import DaemonProcess
+    from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
     from tests.support.sim import SimProcess
 
     def ask(text: str) -> list[dict[str, str]]:
@@ -289,7 +281,12 @@ def through_daemon(questions: int, samples: int) -> dict[str, Any]:
     with SimProcess() as sim:
         rss: dict[str, float] = {}
         for mode in ("off", "on"):
-            with DaemonProcess(DAEMON_CONFIG.format(mode=mode, url=sim.base_url)) as daemon:
+            config = daemon_config(
+                f'[cache.semantic]\nmode = "{mode}"\n',
+                sim_provider_config("sim", sim.base_url),
+                '[models.fast]\ntargets = ["sim/gpt-4o-mini"]\n',
+            )
+            with DaemonProcess(config) as daemon:
                 assert daemon.process is not None
                 with Client(socket=str(daemon.socket_path), app="bench") as qd:
                     qd.status()

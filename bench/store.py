@@ -44,7 +44,7 @@ from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database, Durability
 from quotad.daemon.store.ledger import Ledger, LedgerRow
 from tests.support import store as rows
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.sim import SimProcess
 
 MODEL = "sim/gpt-4o-mini"
@@ -52,14 +52,6 @@ MESSAGES = [{"role": "user", "content": "what does the cache save us?"}]
 COLD_ANSWERS = 1024
 """Answers hit in turn for ``cold_hit_p50_ms``: more than the cache keeps decoded in memory
 (its last 256), so each is read from quotad.db."""
-CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-durability = "{durability}"
-[http]
-listen = ""
-{provider}
-"""
 
 
 def cache_hits(
@@ -72,7 +64,7 @@ def cache_hits(
     figures: dict[str, float] = {}
     with SimProcess() as sim, contextlib.ExitStack() as stack:
         provider = sim_provider_config("sim", sim.base_url)
-        config = CONFIG.format(durability=durability, provider=provider)
+        config = daemon_config(provider, daemon=f'durability = "{durability}"')
         daemons = {
             prefix: stack.enter_context(DaemonProcess(config, env=source_env(source)))
             for prefix, source in sources.items()

@@ -50,19 +50,12 @@ from quotad.daemon.store.db import WAL_LIMIT_MB, Database, WriteStats
 from quotad.daemon.store.ledger import Ledger, LedgerRow
 from quotad.protocol.messages import Usage
 from tests.support import store as rows
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.sim import SimProcess
 
 MODEL = "sim/gpt-4o-mini"
 MB = 1024 * 1024
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = ""
-{provider}
-"""
 
 
 def file_size(path: Path) -> int:
@@ -120,7 +113,7 @@ def sustained(requests: int, concurrency: int, source: Path | None) -> dict[str,
     of this tree)."""
     env = source_env(source)
     with SimProcess() as sim:
-        config = CONFIG.format(provider=sim_provider_config("sim", sim.base_url))
+        config = daemon_config(sim_provider_config("sim", sim.base_url))
         with DaemonProcess(config, env=env) as daemon:
             assert daemon.process is not None
             database = daemon.state_dir / "quotad.db"

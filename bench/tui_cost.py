@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._timing import concurrent, cpu_seconds
 from quotad.client import AsyncClient, Snapshot
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.sim import SimProcess
 
 INTERVAL_S = 0.1
@@ -57,16 +57,6 @@ CONCURRENCY = 32
 MAX_OUTSTANDING = 256  # steady load: calls running at once, at most
 READY = "ready"
 MESSAGES = [{"role": "user", "content": "measure what a subscriber costs the daemon"}]
-CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-drain_s = 1
-[http]
-listen = ""
-[cache]
-mode = "off"
-{provider}
-"""
 
 
 # --------------------------------------------------------------------------- subscriber processes
@@ -242,7 +232,11 @@ def measure(
     figures: dict[str, Any] = {}
     with (
         SimProcess() as sim,
-        DaemonProcess(CONFIG.format(provider=sim_provider_config("sim", sim.base_url))) as daemon,
+        DaemonProcess(
+            daemon_config(
+                sim_provider_config("sim", sim.base_url), daemon="drain_s = 1", cache='mode = "off"'
+            )
+        ) as daemon,
     ):
         assert daemon.process is not None
         pid = daemon.process.pid

@@ -10,27 +10,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.daemon import DaemonProcess, run_quotad, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, run_quotad, sim_provider_config
 from tests.support.sim import SimProcess
 
-CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = ""
-[cache]
-mode = "off"
-{provider}
-[apps.x]
-rpm = 3
-"""
+APP_X = "[apps.x]\nrpm = 3\n"
 
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProcess]:
     with SimProcess() as sim:
         provider = sim_provider_config("p", sim.base_url, extra="rpm = 600")
-        with DaemonProcess(CONFIG.format(provider=provider)) as running:
+        config = daemon_config(provider, APP_X, cache='mode = "off"')
+        with DaemonProcess(config) as running:
             yield running
 
 

@@ -13,12 +13,6 @@ import time
 from pathlib import Path
 
 START_TIMEOUT_S = 15.0
-UNCACHED_CONFIG_HEAD = (
-    '[daemon]\nstate_dir = "{{state_dir}}"\n[http]\nlisten = ""\n[cache]\nmode = "off"\n'
-)
-"""The head of a config template for a daemon with no HTTP front door and no cache (what the
-measurements of the pipeline start from): ``str.format`` it once with the rest (``{{state_dir}}``
-stays for DaemonProcess to fill in)."""
 
 
 def run_quotad(
@@ -151,6 +145,20 @@ class DaemonProcess:
                 shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def daemon_config(
+    *tables: str, daemon: str = "", http: str = 'listen = ""', cache: str = ""
+) -> str:
+    """A config text for :class:`DaemonProcess`: ``[daemon]`` with the state directory and the
+    lines in ``daemon``, ``[http]`` with the lines in ``http`` (by default no front door),
+    ``[cache]`` with the lines in ``cache`` if any (``'mode = "off"'`` for none), then
+    ``tables`` (providers, apps...) in order. As in every config text DaemonProcess takes,
+    ``{{`` and ``}}`` in them stand for TOML's braces."""
+    head = ["[daemon]", 'state_dir = "{state_dir}"', daemon, "[http]", http]
+    if cache:
+        head += ["[cache]", cache]
+    return "".join(f"{line}\n" for line in head if line) + "".join(tables)
+
+
 def sim_provider_config(name: str, base_url: str, kind: str = "openai", extra: str = "") -> str:
     """A ``[providers.NAME]`` table pointing at a sim."""
     return f'[providers.{name}]\nkind = "{kind}"\nbase_url = "{base_url}"\n{extra}\n'
@@ -174,10 +182,11 @@ def two_sims_config(
     ``daemon`` and ``http``, the lines of those tables besides the state directory; ``extra``,
     more tables at the end."""
     targets = ", ".join(f'"{target}"' for target in TWO_SIM_TARGETS)
-    return (
-        f'[daemon]\nstate_dir = "{{state_dir}}"\n{daemon}\n[http]\n{http}\n'
-        + sim_provider_config("sim", openai_url, extra=sim)
-        + sim_provider_config("claude", anthropic_url, kind="anthropic")
-        + f"[models.fast]\ntargets = [{targets}]\n"
-        + extra
+    return daemon_config(
+        sim_provider_config("sim", openai_url, extra=sim),
+        sim_provider_config("claude", anthropic_url, kind="anthropic"),
+        f"[models.fast]\ntargets = [{targets}]\n",
+        extra,
+        daemon=daemon,
+        http=http,
     )

@@ -9,10 +9,11 @@ Valkey), whatever happened, on exit.
         fleet.daemons[0].socket_path ...
         fleet.valkey.kill(); fleet.valkey.start()        # Redis gone, back empty
 
-The daemons' config text is :data:`FLEET_CONFIG` with ``extra`` appended (more tables, e.g.
-``[budgets]`` or ``[apps.x]``; ``<sim_url>`` in it is the sim's base URL, for another
-provider on it); ``provider_extra`` goes into ``[providers.sim]`` (its limits). ``{{`` /
-``}}`` stand for TOML braces, as in :class:`~tests.support.daemon.DaemonProcess`.
+The daemons' config text is :func:`~tests.support.daemon.daemon_config` with no front door
+and no cache, then :data:`FLEET_TABLES` and ``extra`` (more tables, e.g. ``[budgets]`` or
+``[apps.x]``; ``<sim_url>`` in it is the sim's base URL, for another provider on it);
+``provider_extra`` goes into ``[providers.sim]`` (its limits). ``{{`` / ``}}`` stand for TOML
+braces, as in :class:`~tests.support.daemon.DaemonProcess`.
 """
 
 from __future__ import annotations
@@ -30,18 +31,12 @@ from typing import Any
 import msgspec
 
 from quotad.client import Client
-from tests.support.daemon import START_TIMEOUT_S, DaemonProcess, socket_answers
-from tests.support.load import peak_in_window
+from tests.support.daemon import START_TIMEOUT_S, DaemonProcess, daemon_config, socket_answers
+from tests.support.load import limit_figures
 from tests.support.sim import SimProcess, read_sim_log
 from tests.support.valkey import ValkeyServer, server_binary
 
-FLEET_CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = ""
-[cache]
-mode = "off"
+FLEET_TABLES = """\
 [gates]
 guard_s = {guard_s}
 [cluster]
@@ -107,7 +102,7 @@ class Fleet:
 
     def config_for(self, host: str) -> str:
         """The config text of the daemon named ``host``."""
-        return FLEET_CONFIG.format(
+        tables = FLEET_TABLES.format(
             redis_url=self.valkey.url,
             host=host,
             base_url=self.sim.base_url,
@@ -115,6 +110,7 @@ class Fleet:
             extra=self._extra.replace("<sim_url>", self.sim.base_url),
             **self._settings,
         )
+        return daemon_config(tables, cache='mode = "off"')
 
     def start(self) -> Fleet:
         """Valkey, the sim, then each daemon (each answering on its socket)."""
@@ -235,11 +231,7 @@ def run_fleet_load(
         if line["path"].endswith("/chat/completions") and line["mono"] >= since
     ]
     results = [msgspec.json.decode(output) for output in outputs]
-    arrivals = sorted(line["mono"] for line in lines)
-    admitted = sorted(line["mono"] for line in lines if line["status"] == 200)
-    windows = int(duration_s // window_s)
-    first = admitted[0] if admitted else 0.0
-    measured = [t for t in admitted if first <= t < first + windows * window_s]
+    after_kill = killed_at[0] + 0.5 if killed_at else float("inf")
     errors: dict[str, int] = {}
     for result in results:
         for code, count in result["errors"].items():
@@ -251,10 +243,10 @@ def run_fleet_load(
         "window_s": window_s,
         "duration_s": duration_s,
         "sim_429s": stats["rate_limited"] - rate_limited_before,
-        "peak_arrivals_in_window": peak_in_window(arrivals, window_s),
-        "peak_admitted_in_window": peak_in_window(admitted, window_s),
-        "utilization": round(len(measured) / (windows * limit), 4) if windows else 0.0,
+        **limit_figures(lines, limit, window_s, duration_s),
         "answered": sum(result["ok"] for result in results),
-        "answered_after_kill": sum(1 for t in admitted if killed_at and t > killed_at[0] + 0.5),
+        "answered_after_kill": sum(
+            1 for line in lines if line["status"] == 200 and line["mono"] > after_kill
+        ),
         "client_errors": errors,
     }

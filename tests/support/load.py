@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from tests.support.daemon import UNCACHED_CONFIG_HEAD
+from tests.support.daemon import daemon_config
 
 MESSAGES = [{"role": "user", "content": "share the limit fairly"}]
 
@@ -105,9 +105,7 @@ if __name__ == "__main__":
 
 # --------------------------------------------------------------------------- the scenario
 
-SHARED_LIMIT_CONFIG = (
-    UNCACHED_CONFIG_HEAD
-    + """\
+SHARED_LIMIT_TABLES = """\
 [gates]
 guard_s = {guard}
 [providers.sim]
@@ -119,7 +117,6 @@ share = 1
 [apps.heavy]
 share = 3
 """
-)
 
 
 def peak_in_window(times: list[float], window_s: float) -> int:
@@ -130,6 +127,25 @@ def peak_in_window(times: list[float], window_s: float) -> int:
             start += 1
         peak = max(peak, end - start + 1)
     return peak
+
+
+def limit_figures(
+    log: list[dict[str, Any]], limit: int, window_s: float, duration_s: float
+) -> dict[str, Any]:
+    """What the sim's log of chat requests says of its limit of ``limit`` per ``window_s``:
+    the most requests that arrived (and that it admitted) within any window, and utilization:
+    the requests admitted over the whole windows of ``duration_s`` from the first admitted,
+    as a share of the limit over those windows."""
+    arrivals = sorted(line["mono"] for line in log)
+    admitted = sorted(line["mono"] for line in log if line["status"] == 200)
+    windows = int(duration_s // window_s)
+    first = admitted[0] if admitted else 0.0
+    measured = [t for t in admitted if first <= t < first + windows * window_s]
+    return {
+        "peak_admitted_in_window": peak_in_window(admitted, window_s),
+        "peak_arrivals_in_window": peak_in_window(arrivals, window_s),
+        "utilization": round(len(measured) / (windows * limit), 4) if windows else 0.0,
+    }
 
 
 def run_shared_limit(
@@ -151,10 +167,10 @@ def run_shared_limit(
     with SimProcess(rpm=limit, window_s=window_s, latency_ms=5, log=True) as sim:
         daemon = None
         if mode == "daemon":
-            config = SHARED_LIMIT_CONFIG.format(
+            tables = SHARED_LIMIT_TABLES.format(
                 base_url=sim.base_url, limit=limit, window=window_s, guard=guard_s
             )
-            daemon = DaemonProcess(config).start()
+            daemon = DaemonProcess(daemon_config(tables, cache='mode = "off"')).start()
         try:
             start_at = time.time() + 3.0  # every process imported and connected by then
             commands = []
@@ -183,11 +199,6 @@ def run_shared_limit(
             if line["path"].endswith("/chat/completions")
         ]
     results = [msgspec.json.decode(output) for output in outputs]
-    arrivals = sorted(line["mono"] for line in log)
-    admitted = sorted(line["mono"] for line in log if line["status"] == 200)
-    windows = int(duration_s // window_s)
-    first = admitted[0] if admitted else 0.0
-    measured = [t for t in admitted if first <= t < first + windows * window_s]
     ok = collections.Counter[str]()
     for result in results:
         ok[result["app"]] += result["ok"]
@@ -197,9 +208,7 @@ def run_shared_limit(
         "window_s": window_s,
         "duration_s": duration_s,
         "sim_429s": stats["rate_limited"],
-        "peak_admitted_in_window": peak_in_window(admitted, window_s),
-        "peak_arrivals_in_window": peak_in_window(arrivals, window_s),
-        "utilization": round(len(measured) / (windows * limit), 4),
+        **limit_figures(log, limit, window_s, duration_s),
         "ok_by_app": dict(ok),
         "heavy_to_light": round(ok["heavy"] / ok["light"], 3) if ok["light"] else None,
         "client_errors": sum(sum(r["errors"].values()) for r in results),

@@ -27,18 +27,11 @@ from quotad.daemon.server import SNAPSHOT_REQUESTS
 from quotad.protocol.messages import Snapshot
 from quotad.tui.app import REPAINT_MIN_S
 from quotad.tui.feed import FeedEvent
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.sim import SimProcess
 from tests.tui.pilots import RecordingApp, wait_until
 from tests.tui.scripted import ScriptedFeed, busy_day
 
-CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = ""
-{provider}
-"""
 MESSAGES = [{"role": "user", "content": "the same question, answered from the cache"}]
 INTERVAL_S = 0.3
 
@@ -46,7 +39,7 @@ INTERVAL_S = 0.3
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProcess]:
     with SimProcess() as sim:
-        config = CONFIG.format(provider=sim_provider_config("p", sim.base_url))
+        config = daemon_config(sim_provider_config("p", sim.base_url))
         with DaemonProcess(config) as running:
             yield running
 

@@ -20,6 +20,7 @@ from quotad.daemon.cluster.link import Link
 from quotad.daemon.cluster.window import FleetWindow
 from quotad.daemon.config import parse_config
 from quotad.daemon.gates import Gates
+from tests.support.load import peak_in_window
 from tests.support.valkey import ValkeyServer
 from tests.unit.cluster.conftest import joined_link
 from tests.unit.cluster.test_link import eventually
@@ -85,16 +86,6 @@ async def request(host: Host, app: str = "load", priority: str = "normal") -> No
     host.gates.settle(reservation, 1)
 
 
-def peak(times: list[float], span_s: float) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, moment in enumerate(times):
-        while times[start] + span_s <= moment:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 async def test_two_hosts_never_pass_one_limit_together_and_every_waiter_wakes(
     valkey: ValkeyServer,
 ) -> None:
@@ -107,7 +98,7 @@ async def test_two_hosts_never_pass_one_limit_together_and_every_waiter_wakes(
     admitted = [t for host in fleet for t in host.admitted]
     assert len(admitted) == total  # every waiter woke and was admitted
     # counted as the fleet counts them: within any window (+ its guard), at most the limit
-    assert peak(admitted, WINDOW_S) <= LIMIT
+    assert peak_in_window(sorted(admitted), WINDOW_S) <= LIMIT
     assert all(host.admitted for host in fleet)  # both hosts took part
     assert sum(host.fleet.borrows for host in fleet) < total  # slices, not one call each
 
