@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from quotad.client import Client, RateLimitedError
-from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
 from tests.support.sim import SimProcess
 
 MESSAGES = [{"role": "user", "content": "hello from the operator tests"}]
@@ -83,12 +83,18 @@ def configured_daemon(home: Path, text: str, extra_args: tuple[str, ...] = ()) -
     return daemon
 
 
-def sim_config(sim: SimProcess, extra: str = "", provider_extra: str = "") -> str:
-    return (
-        f'[daemon]\nsocket = "{{socket}}"\nstate_dir = "{{state_dir}}"\n{extra}'
-        + '[http]\nlisten = ""\n'
-        + sim_provider_config("sim", sim.base_url, extra=provider_extra)
-        + '[models.default]\ntargets = ["sim/gpt-4o-mini"]\n'
+def sim_config(
+    sim: SimProcess, *tables: str, daemon: str = "", provider_extra: str = "", **head: str
+) -> str:
+    """A daemon whose socket is the one its config names, over provider ``sim`` (more lines of
+    its table in ``provider_extra``) as group ``default``; ``tables``, ``daemon`` and ``head``
+    (``http``, ``cache``) as in :func:`daemon_config`."""
+    return daemon_config(
+        sim_provider_config("sim", sim.base_url, extra=provider_extra),
+        '[models.default]\ntargets = ["sim/gpt-4o-mini"]\n',
+        *tables,
+        daemon=f'socket = "{{socket}}"\n{daemon}',
+        **head,
     )
 
 
@@ -168,7 +174,7 @@ def test_no_providers_is_warned_of_with_what_to_do(directory_home: UserHome) -> 
     text = quotad("doctor", env=env).stdout
     assert re.search(r"^warn\s+providers\s+no providers configured", text, re.M)
 
-    empty = '[daemon]\nsocket = "{socket}"\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n'
+    empty = daemon_config(daemon='socket = "{socket}"')
     with configured_daemon(home, empty) as daemon:
         log = daemon.log()
         assert "no providers configured" in log
@@ -240,10 +246,9 @@ def test_a_request_refused_by_its_app_gate_counts_against_no_target(
 ) -> None:
     home, env = directory_home
     port = free_port()
-    text = sim_config(sim, extra="").replace(
-        '[http]\nlisten = ""\n', f'[http]\nlisten = "127.0.0.1:{port}"\nauth = "none"\n'
+    text = sim_config(
+        sim, "[apps.capped]\nrpm = 1\n", http=f'listen = "127.0.0.1:{port}"\nauth = "none"'
     )
-    text += "[apps.capped]\nrpm = 1\n"
     with configured_daemon(home, text) as daemon:
         env["QUOTAD_CONFIG"] = str(daemon.config_path)
         with Client(socket=daemon.socket_path, app="capped") as client:
@@ -287,8 +292,7 @@ def test_money_keeps_its_digits_and_sizes_are_mib(
     sim: SimProcess, directory_home: UserHome
 ) -> None:
     home, env = directory_home
-    budgets = '[budgets]\ndaily_usd = 0.001\n[cache]\nmode = "on"\n'
-    text = sim_config(sim).replace("[http]", budgets + "[http]")
+    text = sim_config(sim, "[budgets]\ndaily_usd = 0.001\n", cache='mode = "on"')
     with configured_daemon(home, text) as daemon:
         env["QUOTAD_CONFIG"] = str(daemon.config_path)
         chat = quotad("chat", "a cheap question", env=env)
@@ -358,7 +362,7 @@ def test_debug_logs_one_line_per_request_without_prompt_or_key(
     with SimProcess(api_key=secret, latency_ms=1) as keyed:
         text = sim_config(
             keyed,
-            extra=f'log_level = "debug"\nlog_format = "{log_format}"\n',
+            daemon=f'log_level = "debug"\nlog_format = "{log_format}"',
             provider_extra=f'api_key_file = "{key_file}"',
         )
         with configured_daemon(home, text) as daemon:

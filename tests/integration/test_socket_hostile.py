@@ -35,7 +35,7 @@ from quotad.protocol.messages import (
     Welcome,
 )
 from tests.integration.test_http_descriptors import healthz
-from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
 from tests.support.peers import exchange_as
 from tests.support.raw_socket import read_replies, replies_until_closed, unix_connection
 from tests.support.sim import SimProcess
@@ -46,10 +46,11 @@ HELLO = ENCODER.encode(Hello(app="hostile"))
 PATIENCE_S = 10.0
 
 
-def config(sim_url: str, daemon: str = "", provider: str = "") -> str:
-    return (
-        f'[daemon]\nstate_dir = "{{state_dir}}"\ndrain_s = 5\n{daemon}\n[http]\nlisten = ""\n'
-        + sim_provider_config("sim", sim_url, extra=provider)
+def config(sim_url: str, daemon: str = "", provider: str = "", **head: str) -> str:
+    """Provider ``sim`` (more lines of its table in ``provider``), ``drain_s = 5`` and the lines
+    in ``daemon`` in ``[daemon]``; ``head`` (``http``, ``cache``) as in :func:`daemon_config`."""
+    return daemon_config(
+        sim_provider_config("sim", sim_url, extra=provider), daemon=f"drain_s = 5\n{daemon}", **head
     )
 
 
@@ -165,9 +166,7 @@ def test_running_out_of_descriptors_never_wedges_the_listener(sim: SimProcess) -
     connection made before), and serves once descriptors free."""
     launcher = ("prlimit", "--nofile=64", sys.executable)
     port = free_port()
-    with_http = config(sim.base_url).replace(
-        '[http]\nlisten = ""\n', f'[http]\nlisten = "127.0.0.1:{port}"\nauth = "none"\n'
-    )
+    with_http = config(sim.base_url, http=f'listen = "127.0.0.1:{port}"\nauth = "none"')
     with (
         DaemonProcess(with_http, launcher=launcher) as daemon,
         Client(socket=daemon.socket_path) as watcher,

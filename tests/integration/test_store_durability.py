@@ -26,18 +26,18 @@ from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database
 from quotad.daemon.store.ledger import LedgerRow, statements
 from quotad.daemon.store.schema import SCHEMA_VERSION
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.polling import wait_until
 from tests.support.sim import SimProcess
 
 MODEL = "sim/gpt-4o-mini"
 
 
-def base_config(base_url: str, extra: str = "") -> str:
-    return (
-        '[daemon]\nstate_dir = "{state_dir}"\ndrain_s = 5\n[http]\nlisten = ""\n'
-        + sim_provider_config("sim", base_url)
-        + extra
+def base_config(base_url: str, extra: str = "", daemon: str = "") -> str:
+    """Provider ``sim`` at ``base_url``, then the tables in ``extra``; ``drain_s = 5`` and the
+    lines in ``daemon`` in ``[daemon]``."""
+    return daemon_config(
+        sim_provider_config("sim", base_url), extra, daemon=f"drain_s = 5\n{daemon}"
     )
 
 
@@ -176,9 +176,7 @@ def fill_with_cache_entries(client: Client) -> InternalError:
 def test_a_full_database_fails_requests_clearly_keeps_serving_and_loses_no_row() -> None:
     with (
         SimProcess(latency_ms=0) as sim,
-        DaemonProcess(
-            base_config(sim.base_url).replace("drain_s = 5", "drain_s = 5\nmax_db_mb = 0.3")
-        ) as daemon,
+        DaemonProcess(base_config(sim.base_url, daemon="max_db_mb = 0.3")) as daemon,
         Client(socket=daemon.socket_path, app="filler") as client,
     ):
         filled = fill_with_cache_entries(client)
