@@ -24,7 +24,7 @@ import pytest
 
 from quotad.client import BlockedError, Client
 from tests.support import guardrails as samples
-from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
 from tests.support.sim import SimProcess, read_sim_log
 from tests.support.sim_tools import send_tool
 
@@ -39,12 +39,7 @@ PROTECTED = (EMAIL, OTHER_EMAIL, PHONE, CARD, CARD.replace(" ", ""), TOKEN)
 SEND_TOOL = send_tool(to="[EMAIL_1]")
 """The sim calls it with ``to`` a placeholder, which the reply must restore."""
 
-CONFIG = """
-[daemon]
-state_dir = "{{state_dir}}"
-[http]
-listen = "127.0.0.1:{port}"
-auth = "none"
+GUARDRAILS = """\
 [guardrails]
 restore = true
 [guardrails.input]
@@ -124,10 +119,11 @@ def running_stack() -> Iterator[Stack]:
         SimProcess(log=True, log_bodies=True) as sim,
         SimProcess(log=True, log_bodies=True) as claude,
     ):
-        text = (
-            CONFIG.format(port=port)
-            + sim_provider_config("sim", sim.base_url)
-            + sim_provider_config("claude", claude.base_url, kind="anthropic")
+        text = daemon_config(
+            GUARDRAILS,
+            sim_provider_config("sim", sim.base_url),
+            sim_provider_config("claude", claude.base_url, kind="anthropic"),
+            http=f'listen = "127.0.0.1:{port}"\nauth = "none"',
         )
         with DaemonProcess(text, extra_args=("--log-level", "debug")) as daemon:
             yield Stack(sim, claude, daemon, f"http://127.0.0.1:{port}")

@@ -19,22 +19,16 @@ from typing import Any
 import pytest
 
 from quotad.client import BadRequestError, BudgetExceededError, Client, UnknownModelError
-from tests.support.daemon import DaemonProcess, run_quotad, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, run_quotad, sim_provider_config
 from tests.support.sim import SimProcess
 
 MODEL = "sim/gpt-4o-mini"
-CONFIG = """\
-[daemon]
-state_dir = "{{state_dir}}"
-drain_s = 5
-[http]
-listen = ""
+BUDGETS = """\
 [budgets]
 daily_usd = 50.0
 alert_at = 0.5
 [apps.capped]
 daily_usd = 0.00002
-{provider}
 """
 _prompts = itertools.count()
 
@@ -52,7 +46,8 @@ def sim() -> Iterator[SimProcess]:
 
 @pytest.fixture(scope="module")
 def daemon(sim: SimProcess) -> Iterator[DaemonProcess]:
-    with DaemonProcess(CONFIG.format(provider=sim_provider_config("sim", sim.base_url))) as d:
+    config = daemon_config(BUDGETS, sim_provider_config("sim", sim.base_url), daemon="drain_s = 5")
+    with DaemonProcess(config) as d:
         yield d
 
 
