@@ -11,7 +11,7 @@ import time
 import pytest
 
 from quotad.protocol.messages import StatusReply
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, daemon_config
 from tests.support.fleet import Fleet, have_valkey
 from tests.support.valkey import running_valkey
 
@@ -46,8 +46,7 @@ def test_three_daemons_join_one_fleet_and_show_it_in_status() -> None:
 
 def test_a_redis_that_refuses_the_password_is_a_start_up_error() -> None:
     with running_valkey(password="right-one") as valkey:
-        config = (
-            '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n'
+        config = daemon_config(
             f'[cluster]\nredis_url = "{valkey.url}"\nredis_password_env = "QD_REDIS_PW"\n'
         )
         daemon = DaemonProcess(config, env={"QD_REDIS_PW": "wrong-one"})
@@ -64,8 +63,7 @@ def test_a_redis_that_refuses_the_password_is_a_start_up_error() -> None:
 
 
 def test_a_password_variable_that_is_not_set_is_a_config_error() -> None:
-    config = (
-        '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n'
+    config = daemon_config(
         '[cluster]\nredis_url = "redis://127.0.0.1:1/0"\nredis_password_env = "QD_NOT_SET_PW"\n'
     )
     daemon = DaemonProcess(config, env={"QD_NOT_SET_PW": ""})

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from quotad.client import Client
-from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
 from tests.support.sim import SimProcess
 
 PATIENCE_S = 10.0
@@ -27,10 +27,9 @@ ONE_BYTE_CHUNKS = b"1\r\n \r\n" * 1000
 def keyed() -> Iterator[tuple[DaemonProcess, int]]:
     port = free_port()
     with SimProcess() as sim:
-        config = (
-            f'[daemon]\nstate_dir = "{{state_dir}}"\n'
-            f'[http]\nlisten = "127.0.0.1:{port}"\nauth = "keys"\n'
-            + sim_provider_config("sim", sim.base_url)
+        config = daemon_config(
+            sim_provider_config("sim", sim.base_url),
+            http=f'listen = "127.0.0.1:{port}"\nauth = "keys"',
         )
         with DaemonProcess(config) as daemon:
             yield daemon, port

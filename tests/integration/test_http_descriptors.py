@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
 
 NOFILE = 1024
 IDLE_CONNECTIONS = 1500
@@ -22,11 +22,10 @@ LAUNCHER = Path(__file__).resolve().parents[1] / "support" / "limited_daemon.py"
 
 
 def config(port: int) -> str:
-    return (
-        f'[daemon]\nstate_dir = "{{state_dir}}"\n'
-        f'[http]\nlisten = "127.0.0.1:{port}"\nauth = "none"\n'
-        "max_connections = 100000\nidle_timeout_s = 120\n"
-        + sim_provider_config("sim", "http://127.0.0.1:9/v1")
+    return daemon_config(
+        sim_provider_config("sim", "http://127.0.0.1:9/v1"),
+        http=f'listen = "127.0.0.1:{port}"\nauth = "none"\n'
+        "max_connections = 100000\nidle_timeout_s = 120",
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from quotad.client import AsyncClient, Client, UpstreamError
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.raw_http import RawHTTPServer, RawRequest, answer, relay
 
 MIB = 1024 * 1024
@@ -65,9 +65,8 @@ def plain_or_streamed(content: str) -> Callable[[RawRequest, socket.socket], Non
 
 
 def config(base_url: str, max_frame_mib: int) -> str:
-    return (
-        f'[daemon]\nstate_dir = "{{state_dir}}"\nmax_frame = {max_frame_mib * MIB}\n'
-        '[http]\nlisten = ""\n' + sim_provider_config("raw", base_url)
+    return daemon_config(
+        sim_provider_config("raw", base_url), daemon=f"max_frame = {max_frame_mib * MIB}"
     )
 
 

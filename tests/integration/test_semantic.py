@@ -27,7 +27,13 @@ import pytest
 
 from quotad.client import Client
 from quotad.daemon.semantic.model import EmbeddingModel
-from tests.support.daemon import DaemonProcess, free_port, run_quotad, sim_provider_config
+from tests.support.daemon import (
+    DaemonProcess,
+    daemon_config,
+    free_port,
+    run_quotad,
+    sim_provider_config,
+)
 from tests.support.offline import traced_offline
 from tests.support.semantic_pairs import NEAR_MISSES, PARAPHRASES
 from tests.support.sim import SimProcess, read_sim_log
@@ -40,13 +46,13 @@ PARAPHRASE = "What's the best way to reverse a string in Python?"
 
 def semantic_config(sim_url: str, *, mode: str = "on", port: int = 0) -> str:
     listen = f"127.0.0.1:{port}" if port else ""
-    return (
-        f'[daemon]\nstate_dir = "{{state_dir}}"\ndrain_s = 5\n'
-        f'[http]\nlisten = "{listen}"\nauth = "none"\n'
-        f'[cache.semantic]\nmode = "{mode}"\n'
-        + sim_provider_config("sim", sim_url)
-        + '[providers.local]\nkind = "local"\n'
-        + f'[models.{MODEL}]\ntargets = ["sim/gpt-4o-mini"]\n'
+    return daemon_config(
+        f'[cache.semantic]\nmode = "{mode}"\n',
+        sim_provider_config("sim", sim_url),
+        '[providers.local]\nkind = "local"\n',
+        f'[models.{MODEL}]\ntargets = ["sim/gpt-4o-mini"]\n',
+        daemon="drain_s = 5",
+        http=f'listen = "{listen}"\nauth = "none"',
     )
 
 
