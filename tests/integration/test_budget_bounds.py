@@ -23,7 +23,7 @@ import pytest
 
 from quotad.client import BudgetExceededError, Client
 from quotad.protocol.messages import Chat, ChatReply
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.sim import SimProcess
 
 JAPANESE = "東京の天気について詳しく教えてください。明日は雨が降りますか" * 10
@@ -52,10 +52,7 @@ def config(budgets: str, sim: SimProcess) -> str:
     providers = sim_provider_config("sim", sim.base_url) + sim_provider_config(
         "simant", sim.base_url, kind="anthropic"
     )
-    return (
-        '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n[cache]\nmode = "off"\n'
-        f"{budgets}\n{providers}\n{PRICES}"
-    )
+    return daemon_config(budgets, providers, PRICES, cache='mode = "off"')
 
 
 @pytest.fixture(scope="module")

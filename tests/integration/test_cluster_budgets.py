@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from quotad.client import Client, QuotadError
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, daemon_config
 from tests.support.fleet import Fleet, have_valkey
 
 pytestmark = pytest.mark.skipif(not have_valkey(), reason="no valkey-server or redis-server")
@@ -205,8 +205,7 @@ def test_a_valkey_restarted_empty_does_not_reset_the_budgets() -> None:
 
 
 def test_spend_fleet_without_a_cluster_is_a_clear_error() -> None:
-    config = '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n'
-    with DaemonProcess(config) as daemon:
+    with DaemonProcess(daemon_config()) as daemon:
         out = spend_fleet(daemon.socket_path, "--fleet")
         assert out.returncode == 1
         assert "bad_request" in out.stderr, out.stderr

@@ -10,17 +10,16 @@ from pathlib import Path
 import pytest
 
 from quotad.daemon.cli import main
-from tests.support.daemon import DaemonProcess, free_port, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
 from tests.support.sim import SimProcess
 
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProcess]:
     with SimProcess(latency_ms=1) as sim:
-        config = (
-            '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n'
-            + sim_provider_config("sim", sim.base_url)
-            + '[models.fast]\ntargets = ["sim/gpt-4o-mini"]\n'
+        config = daemon_config(
+            sim_provider_config("sim", sim.base_url),
+            '[models.fast]\ntargets = ["sim/gpt-4o-mini"]\n',
         )
         with DaemonProcess(config) as process:
             process.state_dir.mkdir(mode=0o700, exist_ok=True)

@@ -29,7 +29,7 @@ from quotad.client import (
     UpstreamError,
 )
 from quotad.protocol.messages import StatusReply, TargetStatus
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.polling import wait_until
 from tests.support.sim import SimProcess
 
@@ -45,21 +45,21 @@ def anyio_backend() -> str:
 
 def config(primary: str, secondary: str) -> str:
     fast_breaker = "breaker = {{ failures = 2, cooldown_s = 0.5, max_cooldown_s = 1 }}"
-    return (
-        '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n[cache]\nmode = "off"\n'
-        "[retry]\nattempts = 3\nbase_s = 0.005\nbudget_window_s = 60\n"
-        + sim_provider_config("a", primary, extra=f"timeout_s = 0.5\n{fast_breaker}")
-        + sim_provider_config("b", secondary)
-        + sim_provider_config(
+    return daemon_config(
+        "[retry]\nattempts = 3\nbase_s = 0.005\nbudget_window_s = 60\n",
+        sim_provider_config("a", primary, extra=f"timeout_s = 0.5\n{fast_breaker}"),
+        sim_provider_config("b", secondary),
+        sim_provider_config(
             "lone", primary, extra="breaker = {{ failures = 1000, min_calls = 1000 }}"
-        )
-        + sim_provider_config(
+        ),
+        sim_provider_config(
             "watched",
             primary,
             extra="health_check_s = 0.1\nbreaker = {{ failures = 2, cooldown_s = 60 }}",
-        )
-        + '[providers.watched.models."m"]\n'
-        + '[models.fast]\ntargets = ["a/m", "b/m"]\n'
+        ),
+        '[providers.watched.models."m"]\n',
+        '[models.fast]\ntargets = ["a/m", "b/m"]\n',
+        cache='mode = "off"',
     )
 
 
@@ -292,11 +292,11 @@ async def test_primary_killed_mid_run_loses_nothing_and_traffic_returns() -> Non
     the primary is back, a probe succeeds and traffic returns to it."""
     breaker = "breaker = {{ failures = 3, cooldown_s = 0.5, max_cooldown_s = 1 }}"
     with SimProcess(latency_ms=3) as primary, SimProcess(latency_ms=3) as secondary:
-        text = (
-            '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n[cache]\nmode = "off"\n'
-            + sim_provider_config("a", primary.base_url, extra=f"timeout_s = 2\n{breaker}")
-            + sim_provider_config("b", secondary.base_url)
-            + '[models.fast]\ntargets = ["a/m", "b/m"]\n'
+        text = daemon_config(
+            sim_provider_config("a", primary.base_url, extra=f"timeout_s = 2\n{breaker}"),
+            sim_provider_config("b", secondary.base_url),
+            '[models.fast]\ntargets = ["a/m", "b/m"]\n',
+            cache='mode = "off"',
         )
         with DaemonProcess(text) as daemon:
             async with AsyncClient(socket=daemon.socket_path, app="chaos") as client:

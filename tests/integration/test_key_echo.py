@@ -24,7 +24,7 @@ from urllib.parse import quote
 import pytest
 
 from quotad.client import Client, QuotadError
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.raw_http import RawHTTPServer, RawRequest
 
 SECRET = "".join(random.SystemRandom().choices(string.ascii_letters + string.digits, k=40))
@@ -149,8 +149,8 @@ def pieces_of_the_key(data: str) -> list[str]:
 def test_no_form_of_the_key_reaches_a_client_the_ledger_or_the_log(tmp_path: Path) -> None:
     seen: list[str] = []
     with RawHTTPServer(echo) as server:
-        config = '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n' + sim_provider_config(
-            "echo", server.base_url, extra='api_key_env = "QD_ECHO_KEY"'
+        config = daemon_config(
+            sim_provider_config("echo", server.base_url, extra='api_key_env = "QD_ECHO_KEY"')
         )
         daemon = DaemonProcess(
             config, env={"QD_ECHO_KEY": KEY}, extra_args=("--log-level", "debug")

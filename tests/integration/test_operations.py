@@ -22,7 +22,7 @@ import pytest
 from quotad.client import Client
 from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import Error, Hello, Welcome
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.peers import exchange_as
 from tests.support.polling import wait_until
 from tests.support.sim import SimProcess
@@ -60,15 +60,15 @@ def service_config(
     directory: Path, sims: tuple[SimProcess, SimProcess], extra: str = "", drain_s: int = 5
 ) -> str:
     """Two providers on the two sims, a group over the first; no HTTP front door; the state
-    in ``directory``/state."""
-    state_dir = directory / "state"
-    return (
-        f'[daemon]\nstate_dir = "{state_dir}"\ndrain_s = {drain_s}\n{extra}[http]\nlisten = ""\n'
-        '[cache]\nmode = "off"\n'
-        + sim_provider_config("sim", sims[0].base_url)
-        + sim_provider_config("other", sims[1].base_url)
-        + '[models.fast]\ntargets = ["sim/gpt-4o-mini"]\n'
+    in ``directory``/state (filled in here: reload_by_sighup writes the text as it is)."""
+    config = daemon_config(
+        sim_provider_config("sim", sims[0].base_url),
+        sim_provider_config("other", sims[1].base_url),
+        '[models.fast]\ntargets = ["sim/gpt-4o-mini"]\n',
+        daemon=f"drain_s = {drain_s}\n{extra}",
+        cache='mode = "off"',
     )
+    return config.format(state_dir=directory / "state")
 
 
 def in_flight(path: Path) -> int:

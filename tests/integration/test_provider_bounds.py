@@ -24,7 +24,7 @@ from quotad.daemon.providers import build_provider
 from quotad.daemon.providers.base import Provider, ProviderError
 from quotad.protocol.messages import Chat, ChatMessage
 from tests.support.backends import ASYNCIO_BACKENDS
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.raw_http import RawHTTPServer, RawRequest, endless, relay
 
 asyncio_backends = pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
@@ -138,9 +138,7 @@ def test_a_daemon_answered_300_mb_keeps_its_memory_bounded() -> None:
         endless(head, b"x" * MIB, 300 * MIB, chunked=True)(request, connection)
 
     with RawHTTPServer(huge) as server:
-        config = '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n' + sim_provider_config(
-            "raw", server.base_url
-        )
+        config = daemon_config(sim_provider_config("raw", server.base_url))
         with DaemonProcess(config) as daemon:
             assert daemon.process is not None
             before = peak_rss_mib(daemon.process.pid)
@@ -170,8 +168,8 @@ def test_a_daemon_streamed_64_mb_cuts_the_stream_and_keeps_its_memory_bounded() 
         endless(SSE_HEAD, STREAMED_EVENT, 64 * MIB, chunked=True)(request, connection)
 
     with RawHTTPServer(huge) as server:
-        config = '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n' + sim_provider_config(
-            "raw", server.base_url, extra="max_response_mb = 4"
+        config = daemon_config(
+            sim_provider_config("raw", server.base_url, extra="max_response_mb = 4")
         )
         with DaemonProcess(config) as daemon:
             assert daemon.process is not None

@@ -7,18 +7,18 @@ import signal
 import time
 
 from quotad.client import Client
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.sim import SimProcess
 
 MESSAGES = [{"role": "user", "content": "price me"}]
 
 
 def config(sim_url: str, daily_usd: float, input_price: float, max_mb: float) -> str:
-    return (
-        '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n'
-        f"[cache]\nmax_mb = {max_mb}\n[budgets]\ndaily_usd = {daily_usd}\n"
-        + sim_provider_config("sim", sim_url)
-        + f'[prices."sim/m"]\ninput = {input_price}\noutput = 1.0\n'
+    return daemon_config(
+        f"[budgets]\ndaily_usd = {daily_usd}\n",
+        sim_provider_config("sim", sim_url),
+        f'[prices."sim/m"]\ninput = {input_price}\noutput = 1.0\n',
+        cache=f"max_mb = {max_mb}",
     )
 
 

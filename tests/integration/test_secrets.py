@@ -21,7 +21,7 @@ import pytest
 from quotad.client import Client, QuotadError
 from quotad.protocol.framing import FrameEncoder
 from quotad.protocol.messages import Chat, ChatMessage, Embed, Hello, Status
-from tests.support.daemon import DaemonProcess, run_quotad, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, run_quotad, sim_provider_config
 from tests.support.sim import SimProcess
 from tests.support.systemd import NotifyReceiver
 
@@ -87,18 +87,17 @@ def test_sentinel_keys_appear_in_no_output(directory: Path) -> None:
         assert echoed.status_code == 401
         assert sentinels.find(echoed.text) == ["env"]
 
-        config = (
-            f'[daemon]\nstate_dir = "{state}"\n[http]\nlisten = ""\n'
-            + sim_provider_config(
+        config = daemon_config(
+            sim_provider_config(
                 "good", accepting.base_url, extra=f'api_key_file = "{keys_dir / "good"}"'
-            )
-            + sim_provider_config(
+            ),
+            sim_provider_config(
                 "envkey", refusing.base_url, extra='api_key_env = "QD_SENTINEL_KEY"'
-            )
-            + sim_provider_config("cred", refusing.base_url, kind="anthropic")
-            + '[models.fast]\ntargets = ["good/gpt-4o-mini"]\n'
-            + '[models.refused]\ntargets = ["envkey/gpt-4o-mini"]\n'
-            + '[models.refusedcred]\ntargets = ["cred/claude-3-5-haiku-latest"]\n'
+            ),
+            sim_provider_config("cred", refusing.base_url, kind="anthropic"),
+            '[models.fast]\ntargets = ["good/gpt-4o-mini"]\n',
+            '[models.refused]\ntargets = ["envkey/gpt-4o-mini"]\n',
+            '[models.refusedcred]\ntargets = ["cred/claude-3-5-haiku-latest"]\n',
         )
         outputs: dict[str, bytes | str] = {}
         with NotifyReceiver(directory) as notify:

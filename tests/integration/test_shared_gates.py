@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from quotad.client import BadRequestError, Client, RateLimitedError
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.load import run_shared_limit
 from tests.support.sim import SimProcess
 
@@ -38,9 +38,8 @@ def test_eight_processes_of_two_apps_share_one_limit_exactly() -> None:
 def permit_daemon() -> Iterator[DaemonProcess]:
     with SimProcess() as sim:
         limits = "limits = [{{ requests = 2, window_s = 1.0 }}]\ntpm = 1000"
-        config = (
-            '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n[gates]\nburst = 1.0\n'
-            + sim_provider_config("p", sim.base_url, extra=limits)
+        config = daemon_config(
+            "[gates]\nburst = 1.0\n", sim_provider_config("p", sim.base_url, extra=limits)
         )
         with DaemonProcess(config) as daemon:
             yield daemon
@@ -78,13 +77,13 @@ def test_a_permit_passed_a_429_pauses_the_target(permit_daemon: DaemonProcess) -
 
 def test_an_apps_own_limit_holds_back_only_that_app() -> None:
     with SimProcess() as sim:
-        config = (
-            '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n[cache]\nmode = "off"\n'
-            "[gates]\nburst = 1.0\n"
-            + sim_provider_config(
+        config = daemon_config(
+            "[gates]\nburst = 1.0\n",
+            sim_provider_config(
                 "p", sim.base_url, extra="limits = [{{ requests = 50, window_s = 10.0 }}]"
-            )
-            + "[apps.batch]\nlimits = [{{ requests = 2, window_s = 10.0 }}]\n"
+            ),
+            "[apps.batch]\nlimits = [{{ requests = 2, window_s = 10.0 }}]\n",
+            cache='mode = "off"',
         )
         with DaemonProcess(config) as daemon:
             messages = [{"role": "user", "content": "hi"}]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from quotad.client import Client
-from tests.support.daemon import DaemonProcess, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.fuzz import FrameMaker, FuzzTally, send_batches
 from tests.support.sim import SimProcess
 
@@ -20,9 +20,7 @@ MESSAGES = [{"role": "user", "content": "still there?"}]
 @pytest.mark.parametrize("seed", [1, 2])
 def test_fuzzed_frames_never_end_the_daemon(seed: int) -> None:
     with SimProcess() as sim:
-        config = '[daemon]\nstate_dir = "{state_dir}"\n[http]\nlisten = ""\n' + sim_provider_config(
-            "sim", sim.base_url, extra="rpm = 100000"
-        )
+        config = daemon_config(sim_provider_config("sim", sim.base_url, extra="rpm = 100000"))
         with DaemonProcess(config) as daemon, Client(socket=daemon.socket_path) as bystander:
             bystander.status()
             tally = FuzzTally()
