@@ -8,22 +8,34 @@ client (the next request as soon as the last one answered) until a deadline.
 process calls the provider itself, behind its own in-process sliding-window limiter set to
 the provider's limit. Prints one JSON line: app, ok (replies in the steady state: after
 ``--warmup`` and before the deadline), rate_limited (429s seen), errors.
+
+With ``--start-on-stdin`` instead of ``--start-at``, the process prints ``ready`` once it is
+imported and connected, then reads the start time (an epoch) from stdin: :func:`start_together`
+starts a set of such processes at once as soon as the last is ready, not after a fixed delay
+that must cover the slowest start on a loaded machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
+import select
+import subprocess
 import sys
 import time
 from typing import Any
 
-import httpx
 import msgspec
 
 from tests.support.daemon import daemon_config
 
 MESSAGES = [{"role": "user", "content": "share the limit fairly"}]
+
+
+READY = "ready"
+START_MARGIN_S = 0.2
+"""From the last process ready to the start: time to hand every process the start time."""
 
 
 def wait_until(epoch: float) -> None:
@@ -32,13 +44,63 @@ def wait_until(epoch: float) -> None:
         time.sleep(delay)
 
 
+def wait_for_start(args: argparse.Namespace) -> None:
+    """Wait for the start: ``--start-at``, or (``--start-on-stdin``) say ready and read it."""
+    if args.start_on_stdin:
+        sys.stdout.write(READY + "\n")
+        sys.stdout.flush()
+        args.start_at = float(sys.stdin.readline())
+    wait_until(args.start_at)
+
+
+def start_together(
+    commands: list[list[str]], ready_timeout_s: float = 60.0
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``commands`` (load processes with ``--start-on-stdin``), wait until every one is
+    ready, then give them all one start time, :data:`START_MARGIN_S` ahead; the processes, to
+    ``communicate()`` with (it closes their stdin and reads the JSON line). Kills them all if
+    one is not ready within ``ready_timeout_s``."""
+    running = [subprocess.Popen(c, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for c in commands]
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        for process in running:
+            assert process.stdout is not None
+            line = read_line_raw(process.stdout.fileno(), deadline)
+            if line != READY.encode() + b"\n":
+                raise RuntimeError(f"a load process was not ready: {line!r}")
+        start_at = str(time.time() + START_MARGIN_S).encode() + b"\n"
+        for process in running:
+            assert process.stdin is not None
+            process.stdin.write(start_at)
+            process.stdin.flush()
+    except BaseException:
+        for process in running:
+            process.kill()
+            process.wait()
+        raise
+    return running
+
+
+def read_line_raw(fd: int, deadline: float) -> bytes:
+    """One line from ``fd``, a byte at a time (nothing past it is read: the rest is left to
+    ``communicate()``); what came before EOF or ``deadline`` if no whole line did."""
+    line = b""
+    while not line.endswith(b"\n"):
+        readable, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        byte = os.read(fd, 1) if readable else b""
+        if not byte:
+            break
+        line += byte
+    return line
+
+
 def through_daemon(args: argparse.Namespace) -> dict[str, Any]:
     from quotad.client import Client, QuotadError
 
     result: dict[str, Any] = {"app": args.app, "ok": 0, "rate_limited": 0, "errors": {}}
     with Client(socket=args.socket, app=args.app) as client:
         client.status()  # connected before the start
-        wait_until(args.start_at)
+        wait_for_start(args)
         counted_from = time.monotonic() + args.warmup
         deadline = time.monotonic() + args.duration
         while time.monotonic() < deadline:
@@ -54,11 +116,13 @@ def through_daemon(args: argparse.Namespace) -> dict[str, Any]:
 
 def direct_with_own_limiter(args: argparse.Namespace) -> dict[str, Any]:
     """Each process keeps its own exact sliding window at the provider's limit."""
+    import httpx  # here: half a second to import, which the daemon's clients need not wait
+
     result: dict[str, Any] = {"app": args.app, "ok": 0, "rate_limited": 0, "errors": {}}
     admitted: collections.deque[float] = collections.deque()
     body = msgspec.json.encode({"model": "m", "messages": MESSAGES, "max_tokens": 4})
     with httpx.Client(base_url=args.url, headers={"authorization": "Bearer k"}) as http:
-        wait_until(args.start_at)
+        wait_for_start(args)
         deadline = time.monotonic() + args.duration
         while time.monotonic() < deadline:
             now = time.monotonic()
@@ -91,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--start-at", type=float, default=0.0)
+    parser.add_argument("--start-on-stdin", action="store_true", help="say ready, read the start")
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--warmup", type=float, default=0.0, help="seconds not counted")
     args = parser.parse_args(argv)
@@ -157,10 +222,8 @@ def run_shared_limit(
     guard_s: float = 0.05,
 ) -> dict[str, Any]:
     """``processes`` closed-loop processes (half app "light" share 1, half "heavy" share 3)
-    against a sim that enforces ``limit`` requests per ``window_s``; the figures from the
-    sim's own log."""
-    import subprocess
-
+    against a sim that enforces ``limit`` requests per ``window_s``, started together; the
+    figures from the sim's own log."""
     from tests.support.daemon import DaemonProcess
     from tests.support.sim import SimProcess, read_sim_log
 
@@ -172,12 +235,11 @@ def run_shared_limit(
             )
             daemon = DaemonProcess(daemon_config(tables, cache='mode = "off"')).start()
         try:
-            start_at = time.time() + 3.0  # every process imported and connected by then
             commands = []
             for index in range(processes):
                 app = "heavy" if index % 2 else "light"
                 command = [sys.executable, "-m", "tests.support.load", mode, "--app", app,
-                           "--start-at", str(start_at), "--duration", str(duration_s),
+                           "--start-on-stdin", "--duration", str(duration_s),
                            "--warmup", str(window_s)]  # fmt: skip
                 if daemon is not None:
                     command += ["--socket", str(daemon.socket_path)]
@@ -185,7 +247,7 @@ def run_shared_limit(
                     command += ["--url", sim.base_url, "--limit", str(limit),
                                 "--window", str(window_s)]  # fmt: skip
                 commands.append(command)
-            running = [subprocess.Popen(c, stdout=subprocess.PIPE) for c in commands]
+            running = start_together(commands)
             outputs = [p.communicate(timeout=duration_s + 60)[0] for p in running]
         finally:
             if daemon is not None:
