@@ -47,20 +47,32 @@ def permit_round_trips(count: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 4 processes, not 8, for two 1 s windows (each arm's processes "
+        "import their client on 2 cores before they start)",
+    )
     args = parser.parse_args()
-    duration = 4.0 if args.quick else 10.0
+    processes, window_s, duration = (4, 1.0, 2.0) if args.quick else (8, 2.0, 10.0)
     figures: dict[str, Any] = {"bench": "gates"}
     figures.update(permit_round_trips(200 if args.quick else 3000))
-    shared = run_shared_limit("daemon", processes=8, limit=20, window_s=2.0, duration_s=duration)
+    shared = run_shared_limit(
+        "daemon", processes=processes, limit=20, window_s=window_s, duration_s=duration
+    )
     figures["shared"] = shared
     figures["own_limiters"] = run_shared_limit(
-        "direct", processes=8, limit=20, window_s=2.0, duration_s=duration
+        "direct", processes=processes, limit=20, window_s=window_s, duration_s=duration
     )
     if not args.quick:  # what the guard interval costs in utilization
         figures["guard_sweep"] = {
             str(guard): run_shared_limit(
-                "daemon", processes=8, limit=20, window_s=2.0, duration_s=duration, guard_s=guard
+                "daemon",
+                processes=processes,
+                limit=20,
+                window_s=window_s,
+                duration_s=duration,
+                guard_s=guard,
             )["utilization"]
             for guard in (0.0, 0.25)
         }
