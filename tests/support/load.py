@@ -44,22 +44,26 @@ def wait_until(epoch: float) -> None:
         time.sleep(delay)
 
 
+def read_start() -> float:
+    """Say ready (a line on stdout) and read the start time (an epoch) from stdin: the
+    process's side of :func:`start_together`."""
+    sys.stdout.write(READY + "\n")
+    sys.stdout.flush()
+    return float(sys.stdin.readline())
+
+
 def wait_for_start(args: argparse.Namespace) -> None:
-    """Wait for the start: ``--start-at``, or (``--start-on-stdin``) say ready and read it."""
-    if args.start_on_stdin:
-        sys.stdout.write(READY + "\n")
-        sys.stdout.flush()
-        args.start_at = float(sys.stdin.readline())
-    wait_until(args.start_at)
+    """Wait for the start: ``--start-at``, or (``--start-on-stdin``) :func:`read_start`."""
+    wait_until(read_start() if args.start_on_stdin else args.start_at)
 
 
 def start_together(
     commands: list[list[str]], ready_timeout_s: float = 60.0
 ) -> list[subprocess.Popen[bytes]]:
-    """Start ``commands`` (load processes with ``--start-on-stdin``), wait until every one is
-    ready, then give them all one start time, :data:`START_MARGIN_S` ahead; the processes, to
-    ``communicate()`` with (it closes their stdin and reads the JSON line). Kills them all if
-    one is not ready within ``ready_timeout_s``."""
+    """Start ``commands`` (load processes with ``--start-on-stdin``, or any that call
+    :func:`read_start`), wait until every one is ready, then give them all one start time,
+    :data:`START_MARGIN_S` ahead; the processes, to ``communicate()`` with (it closes their
+    stdin and reads the JSON line). Kills them all if one is not ready in ``ready_timeout_s``."""
     running = [subprocess.Popen(c, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for c in commands]
     try:
         deadline = time.monotonic() + ready_timeout_s
