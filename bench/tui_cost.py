@@ -330,7 +330,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=10, help="on/off pairs of CPU windows")
     parser.add_argument("--window", type=float, default=1.0, help="seconds per CPU window")
     parser.add_argument("--subscriptions", type=int, default=20, help="switched on together")
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: one round, one pair")
     parser.add_argument("--subscriber", choices=["switched", "tui"], help=argparse.SUPPRESS)
     parser.add_argument("--socket", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -341,7 +341,7 @@ def main() -> None:
         run_tui_subscriber(args.socket)
         return
     if args.quick:
-        args.rounds, args.requests, args.pairs, args.window = 1, 200, 2, 0.5
+        args.rounds, args.requests, args.pairs, args.window = 1, 100, 1, 0.25
     figures = measure(args.rounds, args.requests, args.pairs, args.window, args.subscriptions)
     print(msgspec.json.encode(figures).decode(), flush=True)
 
