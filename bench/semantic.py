@@ -326,7 +326,9 @@ def through_daemon(questions: int, samples: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a few seconds (smoke test)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke test: partitions of 1,000 and 5,000"
+    )
     parser.add_argument("--rss-probe", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_probe:
@@ -335,7 +337,7 @@ def main() -> None:
     from quotad.daemon.semantic.cache import INDEX_DIMENSIONS, SemanticCache
     from quotad.daemon.semantic.model import EmbeddingModel
 
-    sizes = (2_000, 20_000) if args.quick else (10_000, 100_000)
+    sizes = (1_000, 5_000) if args.quick else (10_000, 100_000)
     samples = 40 if args.quick else 400
     model = EmbeddingModel()
     figures: dict[str, Any] = {"bench": "semantic", "quick": args.quick}
