@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._timing import cpu_seconds, percentile, sequential, source_env
 from quotad.client import AsyncClient, Client
 from quotad.daemon.store.budgets import Calendar
+from quotad.daemon.store.cache import RECENT_ANSWERS
 from quotad.daemon.store.db import Database, Durability
 from quotad.daemon.store.ledger import Ledger, LedgerRow
 from tests.support import store as rows
@@ -52,10 +53,17 @@ MESSAGES = [{"role": "user", "content": "what does the cache save us?"}]
 COLD_ANSWERS = 1024
 """Answers hit in turn for ``cold_hit_p50_ms``: more than the cache keeps decoded in memory
 (its last 256), so each is read from quotad.db."""
+QUICK_COLD_ANSWERS = RECENT_ANSWERS + 64
+"""The same for ``--quick``, storing fewer: its (at most 50) cold hits, on the oldest answers
+in turn, still find none of them among the last 256 used."""
 
 
 def cache_hits(
-    durability: str, hits: int, rounds: int, baseline: Path | None = None
+    durability: str,
+    hits: int,
+    rounds: int,
+    baseline: Path | None = None,
+    cold_answers: int = COLD_ANSWERS,
 ) -> dict[str, float]:
     """Hit latency and throughput through a daemon with this durability; with ``baseline``
     (a source tree), through a daemon of that tree too, their rounds interleaved (figures
@@ -85,8 +93,8 @@ def cache_hits(
         cold_latencies: dict[str, list[float]] = {prefix: [] for prefix in sources}
 
         def cold_hits_of(client: Client) -> Callable[[], None]:
-            """Hits on COLD_ANSWERS answers in turn: none among the recently used."""
-            turn = itertools.cycle(range(COLD_ANSWERS))
+            """Hits on ``cold_answers`` answers in turn: none among the recently used."""
+            turn = itertools.cycle(range(cold_answers))
 
             def hit() -> None:
                 messages = [{"role": "user", "content": f"cold {next(turn)}"}]
@@ -98,7 +106,7 @@ def cache_hits(
             client.chat(MODEL, MESSAGES, max_tokens=16)  # stores the answer
             sequential(hit_of(client), 100)  # warm up
             sequential(client.status, 100)
-            for number in range(COLD_ANSWERS):
+            for number in range(cold_answers):
                 client.chat(MODEL, [{"role": "user", "content": f"cold {number}"}], max_tokens=16)
         hit_cpu = dict.fromkeys(sources, 0.0)
         for _ in range(rounds):
@@ -200,16 +208,21 @@ def main() -> None:
         help="also measure hits through a daemon of this quotad source tree (e.g. an older "
         "commit's, from git archive), interleaved",
     )
-    parser.add_argument("--quick", action="store_true", help="a few seconds (smoke test)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke test: 200 hits, 320 cold answers, 0.25 s"
+    )
     args = parser.parse_args()
-    hits, seconds = (200, 0.5) if args.quick else (args.hits, args.seconds)
+    hits, seconds = (200, 0.25) if args.quick else (args.hits, args.seconds)
+    cold = QUICK_COLD_ANSWERS if args.quick else COLD_ANSWERS
     figures: dict[str, Any] = {"bench": "store"}
     figures.update(
-        cache_hits("normal", hits, rounds=1 if args.quick else 4, baseline=args.baseline_src)
-    )
-    figures.update(
-        {f"full_{k}": v for k, v in cache_hits("full", hits // 2, rounds=1).items() if "hit" in k}
-    )
+        cache_hits(
+            "normal", hits, rounds=1 if args.quick else 4, baseline=args.baseline_src,
+            cold_answers=cold,
+        )
+    )  # fmt: skip
+    full = cache_hits("full", hits // 2, rounds=1, cold_answers=cold)
+    figures.update({f"full_{k}": v for k, v in full.items() if "hit" in k})
     durabilities: tuple[Durability, ...] = ("normal", "full")
     for durability in durabilities:
         figures.update(
