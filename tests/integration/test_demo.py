@@ -9,11 +9,15 @@ import sys
 
 import pytest
 
+DURATION = "4"
+"""Seconds of load: two windows of the tighter sim (20 requests per 2 s), which the demo's load
+fills, so the gates are seen to hold it; every app gets dozens of replies in it."""
+
 
 @pytest.mark.slow
 def test_headless_demo_runs_and_the_providers_see_no_429() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "quotad.daemon.cli", "demo", "--headless", "--duration", "6"],
+        [sys.executable, "-m", "quotad.daemon.cli", "demo", "--headless", "--duration", DURATION],
         capture_output=True,
         text=True,
         timeout=120,
