@@ -60,7 +60,7 @@ async def fleet(valkey: ValkeyServer) -> AsyncIterator[list[Host]]:
             requests = gates.window("provider:p", "requests", 0.3, REQUESTS, SPAN_S)
             tokens = gates.window("provider:p", "tokens", 0.3, TOKENS, SPAN_S)
             for window in (requests, tokens):
-                window.set_mode("fleet", HOSTS)
+                window.set_mode("fleet", HOSTS, link.clock.monotonic())
             hosts.append(Host(link, gates, requests, tokens, [], []))
         yield hosts
 
@@ -171,7 +171,7 @@ async def test_admissions_late_in_a_lease_are_counted_for_their_whole_span(
         first, other = hosts[0], hosts[1]
         now = first.link.clock.monotonic()
         # borrowed ahead: the whole limit, one admission now
-        first.requests.set_mode("fleet", 1)
+        first.requests.set_mode("fleet", 1, now)
         first.requests._rate, first.requests._rate_at = 1000.0, now  # a busy host's slice
         await first.gates.borrow([(("ahead",), Ask(((first.requests, 1),)))])
         lease = first.requests.leases[0]

@@ -143,8 +143,8 @@ def test_a_waiter_on_a_share_wakes_when_it_has_room_again() -> None:
     gates = Gates(parse_config(gates_config(limit=30, window_s=2.0)), clock)
     window = next(iter(gates._gates["provider:p"].windows))
     fleet = FleetWindow("w", 30, 2.05, 1.0, host="h1", time=server_time(clock))
-    fleet.apply_snapshot(0, 0, [], clock.monotonic())
-    fleet.set_mode("share", 3)
+    fleet.set_mode("share", 3, clock.monotonic())
+    clock.advance(fleet.blind_until - clock.monotonic())  # nothing of before counts now
     window.fleet = fleet
     demand = gates.demand("p", "p/m", "load", 1)
     for _ in range(9):  # floor(27 / 3)
@@ -181,7 +181,7 @@ def test_a_request_handed_off_late_is_counted_by_the_fleet_from_its_hand_off() -
     gates = Gates(parse_config(gates_config(limit=30, window_s=2.0)), clock)
     window = next(iter(gates._gates["provider:p"].windows))
     fleet = FleetWindow("w", 30, window.span, 1.0, host="h1", time=server_time(clock))
-    fleet.set_mode("fleet", 1)
+    fleet.set_mode("fleet", 1, clock.monotonic())
     window.fleet = fleet
     now = clock.monotonic()
     fleet.grant("e1", 1, now, server_us(now), now)

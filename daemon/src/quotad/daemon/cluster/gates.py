@@ -13,12 +13,12 @@ and the traffic with Redis that keeps them supplied, all off the admission path:
 - **pauses** (``pause.lua``) and **provider headers** (``observe.lua``), and the pub/sub
   messages that tell other hosts at once: ``freed`` (a window someone waits on changed: ask
   again) and ``pause``.
-- **snapshots** (``snapshot.lua``) every heartbeat: the fleet's usage profile each window
-  falls back on when Redis goes away, and the pauses in force (in case a message was
-  missed).
+- **snapshots** (``snapshot.lua``) every heartbeat: the fleet's usage of each window (for
+  status), and the pauses in force (in case a message was missed).
 - **health**: when the link leaves ``connected``, every window falls back to
-  ``on_unreachable`` (``share`` or ``closed``) with the hosts seen; when it is back, what was
-  admitted meanwhile is pushed (the link's re-sync).
+  ``on_unreachable`` (``share`` or ``closed``) with the hosts seen, from what Redis last
+  confirmed of this host's own entries (puts and borrows in flight are tracked for that);
+  when it is back, what was admitted meanwhile is pushed (the link's re-sync).
 
 No polling: the worker and the flusher sleep until told (an ask, a put, a lease's end).
 """
@@ -47,7 +47,6 @@ FLUSH_COALESCE_S: Final = 0.002
 """A flusher woken by a put waits this long for others to join the same call."""
 WAIT_MARK_S: Final = 1.0
 """How long a refused ask marks its windows as waited on (returns there publish)."""
-PROFILE_STEPS: Final = 16
 OBSERVE_EVERY_S: Final = 0.1
 MAX_TARGETS: Final = 4096
 """Targets whose pauses this host follows (those it asked for, paused, or was told of)."""
@@ -302,7 +301,14 @@ class FleetGates:
             for window, need, want, entry in items:
                 args += [windows[window], need, want, entry]
         self.borrows += 1
-        reply = await link.call("borrow", keys, args)
+        asked = [(window, want) for _, _, items in asks for window, _, want, _ in items]
+        for window, want in asked:
+            window.borrowing += want  # if Redis goes away now, it may have granted them
+        try:
+            reply = await link.call("borrow", keys, args)
+        finally:
+            for window, want in asked:
+                window.borrowing -= want
         try:
             self._apply_borrow(reply, asks)
         except MALFORMED as error:
@@ -404,16 +410,20 @@ class FleetGates:
                 args += [entry, amount, expiry_us]
         try:
             reply = await self.link.call("settle", keys, args)
+            try:
+                self.link.sample_time(int(reply.value[0]), reply)
+                used = [int(value) for value in reply.value[1]]
+                if len(used) != len(puts):
+                    raise ValueError(f"{len(used)} windows in the reply, {len(puts)} sent")
+            except MALFORMED as error:
+                raise self.link.malformed("settle", error) from None
         except LinkDown:
             for window, window_puts in puts.items():
                 window.unsent(window_puts)
             raise
-        try:
-            self.link.sample_time(int(reply.value[0]), reply)
-            for window, used in zip(puts, reply.value[1], strict=True):
-                window.fleet_used = int(used)
-        except MALFORMED as error:
-            raise self.link.malformed("settle", error) from None
+        for (window, window_puts), window_used in zip(puts.items(), used, strict=True):
+            window.acknowledged(window_puts)
+            window.fleet_used = window_used
 
     # ------------------------------------------------------------------ pauses and headers
 
@@ -499,8 +509,7 @@ class FleetGates:
         for window in windows:
             keys += self._window_keys(window)
         keys += [self.link.keys.pause(target) for target in targets]
-        args: list[Any] = [len(windows), PROFILE_STEPS, len(targets)]
-        args += [window.span_us for window in windows]
+        args: list[Any] = [len(windows), len(targets)]
         reply = await self.link.call("snapshot", keys, args)
         try:
             self._apply_snapshot(reply, windows, targets)
@@ -510,9 +519,8 @@ class FleetGates:
     def _apply_snapshot(self, reply: Reply, windows: list[FleetWindow], targets: list[str]) -> None:
         value = reply.value
         self.link.sample_time(int(value[0]), reply)
-        for window, (used, external, _, flat) in zip(windows, value[1], strict=True):
-            profile = [("", int(flat[i + 1]), int(flat[i])) for i in range(0, len(flat), 2)]
-            window.apply_snapshot(int(used), int(external), profile, reply.sent)
+        for window, (used, external, _) in zip(windows, value[1], strict=True):
+            window.apply_snapshot(int(used), int(external))
         now = self.clock.monotonic()
         for target, until in zip(targets, value[2], strict=True):
             local = self.link.time.to_local(int(until)) if int(until) else -INFINITY
@@ -526,7 +534,7 @@ class FleetGates:
         puts = {}
         for window in self.windows.values():
             window.close_due(now)
-            window_puts = window.restore(everything, now, now)
+            window_puts = window.restore(everything, now)
             if window_puts:
                 puts[window] = window_puts
         await self.send_puts(puts)

@@ -110,6 +110,11 @@ class ServerTime:
         """The latest local monotonic time that server time can be."""
         return server_us / 1e6 - self._low + CLOCK_SLACK_S
 
+    def to_local_early(self, server_us: float) -> float:
+        """The earliest local monotonic time that server time can be (an entry expiring
+        then is surely still in the log before it)."""
+        return server_us / 1e6 - self._high - CLOCK_SLACK_S
+
     def to_server_us(self, local: float) -> int:
         """The latest server time (µs) that local monotonic time can be."""
         return int((local + self._high + CLOCK_SLACK_S) * 1e6) + 1

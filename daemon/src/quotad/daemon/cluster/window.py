@@ -17,26 +17,25 @@ server granted.
 is open (the host may admit them again within the lease: they are still counted), else to
 its bucket in Redis.
 
-**Redis unreachable** (``share``): besides what its open leases still hold, the host admits
-up to ``(limit * (1 - margin) - phantom) / hosts seen`` within any span, where the phantom is
-the fleet's usage as last seen (a profile of when its entries leave, from ``snapshot.lua``)
-plus what this host borrowed since, plus, for a lease and a span after Redis went away, all
-the room that snapshot left (other hosts may have borrowed it after the snapshot, up to
-the outage; it has surely left by then). If every host does so, the fleet stays under
-``limit * (1 - margin)``. ``closed``: only what open leases still hold. A host that never reached
-Redis admits nothing on fleet windows. Admissions made meanwhile are pushed into the fleet's
-log when Redis is back.
+**Redis unreachable**: ``share`` admits, beyond what open leases still hold, what
+:class:`~quotad.daemon.cluster.share.ShareStock` allows from this host's own entries as Redis
+last confirmed them (:attr:`FleetWindow.confirmed`; puts and borrows in flight are tracked
+for it) and its share; ``closed`` only what open leases still hold. A host that never
+reached Redis admits nothing on fleet windows. Admissions made meanwhile are pushed into the
+fleet's log when Redis is back.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from quotad.daemon.cluster.link import CLOCK_SLACK_S, ServerTime
+from quotad.daemon.cluster.link import ServerTime
+from quotad.daemon.cluster.share import ShareStock
 
 Mode = Literal["fleet", "share", "closed"]
 Put = tuple[str, int, int]
@@ -146,16 +145,16 @@ class FleetWindow:
         self.own_live = 0
         """The units of :attr:`degraded` still inside their span."""
         self.puts: dict[str, Put] = {}
-        """Puts not yet acknowledged by Redis, the latest per entry."""
-        self.profile: list[tuple[float, int]] = []
-        """The fleet's entries at the last snapshot: (local time they have left by, units)."""
-        self.since_snapshot: list[tuple[float, int, float]] = []
-        """This host's entries added after it: (left by, units, acknowledged at)."""
+        """Puts not sent yet, the latest per entry."""
+        self.sending: dict[str, Put] = {}
+        """Puts sent and not yet acknowledged (Redis may or may not have applied them)."""
+        self.confirmed: dict[str, tuple[int, int]] = {}
+        """This host's entries as Redis last confirmed them: entry -> (amount, expiry µs)."""
+        self.borrowing = 0
+        """Units asked for by a borrow in flight (Redis may grant them and the reply be lost)."""
+        self.stock = ShareStock()
+        """``share``: what this host knew of its entries in the log when Redis went away."""
         self.fleet_used = 0
-        self.snapshot_used = 0
-        """The fleet's usage the last snapshot saw."""
-        self.blind_until = -INFINITY
-        """Until when other hosts' borrows after the last snapshot may still count."""
         self.external = 0
         self._rate = 0.0
         self._rate_at = -INFINITY
@@ -194,24 +193,18 @@ class FleetWindow:
                 self._held += lease.granted - lease.used
                 self._first_deadline = min(self._first_deadline, lease.deadline)
 
-    def phantom(self, now: float) -> int:
-        """The fleet's usage at ``now`` as last known (snapshot, plus own entries since),
-        and, until :attr:`blind_until`, whatever other hosts may have borrowed after that
-        snapshot before Redis went away (all the room it left: nobody can know less)."""
-        known = sum(amount for left_by, amount in self.profile if left_by > now)
-        known += sum(amount for left_by, amount, _ in self.since_snapshot if left_by > now)
-        if now < self.blind_until and self.hosts > 1:  # alone, nobody else borrowed
-            own_since = sum(amount for _, amount, _ in self.since_snapshot)
-            known += max(0, self.limit - self.snapshot_used - own_since)
-        return known
+    @property
+    def blind_until(self) -> float:
+        """``share``: until when entries made before Redis went away may still count."""
+        return self.stock.blind_until
 
     def share_free(self, now: float) -> int:
         """``share`` mode: what this host may admit now beyond its leases."""
         if self.mode != "share" or self.hosts <= 0:
             return 0
-        share = (self.limit * (1.0 - self.margin) - self.phantom(now)) / self.hosts
         self._expire_own(now)
-        return max(0, math.floor(share) - self.own_live)
+        allowance = self.stock.allowance(self.limit, self.margin, self.hosts, now)
+        return max(0, allowance - self.own_live)
 
     def _expire_own(self, now: float) -> None:
         degraded = self.degraded
@@ -227,23 +220,21 @@ class FleetWindow:
 
     def free_at(self, amount: int, now: float) -> float:
         """``share`` mode: the earliest time ``amount`` units fit this host's share, if it
-        admits nothing meanwhile (its own admissions and the fleet's last known usage leave
-        the span); infinity in the other modes, where a borrow's answer or Redis coming
-        back says when (and what leases hold only ever shrinks)."""
+        admits nothing meanwhile (its own admissions leave the span, its own entries of
+        before leave the log, the time entries of before may count ends); infinity in the
+        other modes, where a borrow's answer or Redis coming back says when (and what
+        leases hold only ever shrinks)."""
         if self.mode != "share" or self.hosts <= 0:
             return INFINITY
         self._expire_own(now)
         leaving = [(own.time + self.span_s, own.amount) for own in self.degraded if own.live]
-        leaving += [(left_by, 0) for left_by, _ in self.profile if left_by > now]
-        leaving += [(left_by, 0) for left_by, _, _ in self.since_snapshot if left_by > now]
-        if self.blind_until > now:
-            leaving.append((self.blind_until, 0))
+        leaving += [(at, 0) for at in self.stock.changes_after(now)]
         leaving.sort()
         own_live = self.own_live
-        allowed = self.limit * (1.0 - self.margin)
         for moment, amount_leaving in leaving:
             own_live -= amount_leaving
-            if math.floor((allowed - self.phantom(moment)) / self.hosts) - own_live >= amount:
+            allowance = self.stock.allowance(self.limit, self.margin, self.hosts, moment)
+            if allowance - own_live >= amount:
                 return moment
         return INFINITY
 
@@ -393,7 +384,8 @@ class FleetWindow:
         return max(need, min(need + ahead, cap))
 
     def grant(self, entry: str, amount: int, sent: float, granted_us: int, acked: float) -> None:
-        """A borrow sent at ``sent`` was granted ``amount`` at server time ``granted_us``."""
+        """A borrow sent at ``sent`` was granted ``amount`` at server time ``granted_us``
+        (answered at local time ``acked``, which nothing here needs any more)."""
         if amount <= 0:
             return
         expiry_us = granted_us + self.lease_us + self.span_us
@@ -401,7 +393,7 @@ class FleetWindow:
         self.leases.append(lease)
         self._held += amount
         self._first_deadline = min(self._first_deadline, lease.deadline)
-        self.since_snapshot.append((self.time.to_local(expiry_us), amount, acked))
+        self.confirmed[entry] = (amount, expiry_us)
 
     def close_due(self, now: float) -> bool:
         """End leases past their deadline, used up, or idle; True when there are puts."""
@@ -435,41 +427,73 @@ class FleetWindow:
         return when
 
     def take_puts(self) -> list[Put]:
-        """The puts to send now (kept by the caller until acknowledged)."""
+        """The puts to send now: in flight until :meth:`acknowledged` or :meth:`unsent`."""
         puts = list(self.puts.values())
         self.puts.clear()
+        for put in puts:
+            self.sending[put[0]] = put
         return puts
 
-    def unsent(self, puts: list[Put]) -> None:
-        """Puts that could not be sent: keep them (newer ones of the same entry win)."""
+    def acknowledged(self, puts: list[Put]) -> None:
+        """Redis applied ``puts``: this host's entries are now as they say."""
         for put in puts:
+            entry, amount, expiry_us = put
+            if self.sending.get(entry) is put:
+                del self.sending[entry]
+            if amount > 0:
+                self.confirmed[entry] = (amount, expiry_us)
+            else:
+                self.confirmed.pop(entry, None)
+
+    def unsent(self, puts: list[Put]) -> None:
+        """Puts that may not have been applied: keep them to send again (newer ones of the
+        same entry win; sending one twice is harmless, puts being absolute)."""
+        for put in puts:
+            if self.sending.get(put[0]) is put:
+                del self.sending[put[0]]
             self.puts.setdefault(put[0], put)
 
     # ------------------------------------------------------------------ fleet state
 
-    def set_mode(self, mode: Mode, hosts: int, now: float | None = None) -> None:
-        """Borrow from the fleet (``fleet``), or fall back (``share`` / ``closed``). Leaving
-        ``fleet`` at local time ``now`` (Redis just went away): until every entry another
-        host may have borrowed since the last snapshot has surely left (``now`` + lease +
-        span), ``share`` counts all the room that snapshot left as used (:meth:`phantom`).
-        Without ``now`` the last snapshot is taken as current."""
-        if now is not None and self.mode == "fleet" and mode != "fleet":
-            self.blind_until = now + self.lease_s + self.span_s + CLOCK_SLACK_S
+    def set_mode(self, mode: Mode, hosts: int, now: float) -> None:
+        """Borrow from the fleet (``fleet``), or fall back (``share`` / ``closed``) at local
+        time ``now``. Entering ``share`` takes stock of this host's own entries in the log
+        (see the module docstring); while it stays in ``share`` the hosts it divides by
+        never go down (a Redis back empty knows only the hosts that came back yet)."""
+        if mode == "share":
+            if self.mode != "share":
+                self._enter_share(now)
+            elif hosts < self.hosts:
+                hosts = self.hosts
         self.mode = mode
         self.hosts = hosts
 
-    def apply_snapshot(self, used: int, external: int, profile: list[Put], sent: float) -> None:
-        """The fleet's window as a snapshot sent at local time ``sent`` saw it."""
-        self.fleet_used = used
-        self.snapshot_used = used
-        self.external = external
-        self.profile = [(self.time.to_local(expiry), amount) for _, amount, expiry in profile]
-        self.since_snapshot = [item for item in self.since_snapshot if item[2] >= sent]
+    def _enter_share(self, now: float) -> None:
+        """Redis went away at or before ``now`` (or this window started without it): take
+        stock of this host's own entries in the log (an entry made by ``now`` expires at
+        most a lease, a span and a grid step later: a bucket's expiry is rounded up)."""
+        self.stock = ShareStock.taken(
+            now,
+            self.time,
+            self.lease_us + self.span_us + self.grid_us,
+            ((entry, amount, expiry_us) for entry, (amount, expiry_us) in self.confirmed.items()),
+            itertools.chain(self.sending.values(), self.puts.values()),
+            self.borrowing,
+        )
 
-    def restore(self, everything: bool, now: float, acked: float) -> list[Put]:
+    def apply_snapshot(self, used: int, external: int) -> None:
+        """The fleet's usage of the window, and the part of it a provider's headers report
+        beyond ours, as the last snapshot saw them (for status)."""
+        self.fleet_used = used
+        self.external = external
+
+    def restore(self, everything: bool, now: float) -> list[Put]:
         """Puts that bring the fleet's log up to date after an outage: admissions made
-        meanwhile (into buckets), and with ``everything`` (Redis restarted empty) every live
-        entry of this host too. Pending puts are included."""
+        meanwhile (into buckets), and with ``everything`` (Redis restarted empty: it
+        confirms none of this host's entries any more) every live entry of this host too.
+        Pending puts are included."""
+        if everything:
+            self.confirmed.clear()
         self._expire_own(now)
         while self.degraded:
             own = self.degraded.popleft()
@@ -480,7 +504,6 @@ class FleetWindow:
             bucket = self._bucket(self.time.to_server_us(own.time) + self.span_us)
             own.bucket = bucket
             self._bucket_add(bucket, own.amount)
-            self.since_snapshot.append((bucket.expires, own.amount, acked))
         self.prune(now)
         if everything:
             for lease in self.leases:
@@ -490,6 +513,9 @@ class FleetWindow:
         return self.take_puts()
 
     def prune(self, now: float) -> None:
-        """Forget buckets that have surely left the window."""
+        """Forget buckets and confirmed entries that have surely left the window."""
         for entry in [e for e, b in self.buckets.items() if b.expires < now]:
             del self.buckets[entry]
+        to_local = self.time.to_local
+        for entry in [e for e, (_, x) in self.confirmed.items() if to_local(x) < now]:
+            del self.confirmed[entry]
