@@ -158,6 +158,40 @@ async def test_redis_killed_then_back_empty_degrades_then_resyncs_the_hosts_own_
         server.close()
 
 
+async def test_what_a_host_admits_on_its_share_while_it_resyncs_reaches_the_fleets_log() -> None:
+    """Redis back empty: during the re-sync window (nobody borrows) the hosts still serve
+    on their share. What they admit then must reach the fleet's log too: else, once the
+    window is over, the hosts borrow the whole limit on top of it."""
+    binary = server_binary()
+    assert binary is not None
+    server = ValkeyServer(binary)
+    server.start()
+    settings = {"timeout_s": 0.5, "heartbeat_s": 0.3, "lease_s": 0.2}
+    try:
+        async with (
+            running(settings_for(server.url, "p", "h1", **settings), Events()) as (link, gates, _),
+            running(settings_for(server.url, "p", "h2", **settings), Events()) as (other, _, _),
+        ):
+            await eventually(lambda: link.usable and other.usable and link.hosts_seen() == 2)
+            window = gates.window("provider:p", "requests", 4.0, 20, 4.05)
+            server.kill()
+            await eventually(lambda: mode(window) == "share")
+            await anyio.sleep(max(0.0, window.blind_until - link.clock.monotonic()))
+            server.start()  # empty: a re-sync window for both hosts
+            await eventually(lambda: link.health == "resyncing")
+            await anyio.sleep(0.1)  # its own state pushed back; the window still open
+            assert link.health == "resyncing"
+            assert window.take(9, link.clock.monotonic()) is not None  # floor(18 / 2)
+            await eventually(
+                lambda: link.health == "connected" and not window.puts and not window.sending
+            )
+            async with aioredis.Redis.from_url(server.url) as client:
+                used = await client.hget(link.keys.window_state(window.name), "used")
+            assert int(used or 0) == 9
+    finally:
+        server.close()
+
+
 async def test_a_pause_and_freed_capacity_reach_the_other_host_at_once(
     valkey: ValkeyServer, prefix: str
 ) -> None:

@@ -217,6 +217,23 @@ def test_admissions_made_while_away_are_pushed_when_redis_is_back() -> None:
     assert again == [(entry, 4, expiry)]
 
 
+def test_admissions_made_on_the_share_after_the_push_go_out_when_back_in_the_fleet() -> None:
+    """The link pushes what was admitted while away, then waits out the re-sync window
+    (nobody borrows), still on the share: what it admits then becomes puts when the window
+    goes back to the fleet (before, it was never pushed, and the fleet borrowed on top)."""
+    clock = VirtualClock()
+    fleet = window(clock, limit=100, span_s=3.0)
+    now = away(fleet, clock, 2)
+    assert fleet.restore(False, now) == []  # the push: nothing admitted yet
+    assert fleet.take(5, now) is not None
+    clock.advance(0.1)
+    fleet.set_mode("fleet", 2, clock.monotonic())
+    ((_, amount, expiry),) = fleet.take_puts()
+    assert amount == 5
+    assert expiry >= server_us(now) + 3_000_000  # a span after its admission
+    assert fleet.own_live == 0
+
+
 def test_own_admissions_while_away_leave_the_share_after_their_span() -> None:
     clock = VirtualClock()
     fleet = window(clock, limit=30, span_s=3.0)

@@ -147,6 +147,8 @@ class FleetGates:
     def _health_changed(self, health: Health) -> None:
         for window in self.windows.values():
             self._apply_mode(window)
+        if any(window.puts for window in self.windows.values()):
+            self._put.set()  # back in the fleet: what was admitted meanwhile goes out now
         self.on_capacity()
 
     def _apply_mode(self, window: FleetWindow) -> None:

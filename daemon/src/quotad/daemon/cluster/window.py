@@ -459,12 +459,16 @@ class FleetWindow:
         """Borrow from the fleet (``fleet``), or fall back (``share`` / ``closed``) at local
         time ``now``. Entering ``share`` takes stock of this host's own entries in the log
         (see the module docstring); while it stays in ``share`` the hosts it divides by
-        never go down (a Redis back empty knows only the hosts that came back yet)."""
+        never go down (a Redis back empty knows only the hosts that came back yet). Back
+        to ``fleet``, what was admitted meanwhile and not pushed yet (while the link
+        re-synced, after its push) becomes puts."""
         if mode == "share":
             if self.mode != "share":
                 self._enter_share(now)
             elif hosts < self.hosts:
                 hosts = self.hosts
+        elif mode == "fleet" and self.degraded and self.time.known:
+            self._own_into_buckets(now)
         self.mode = mode
         self.hosts = hosts
 
@@ -494,6 +498,18 @@ class FleetWindow:
         Pending puts are included."""
         if everything:
             self.confirmed.clear()
+        self._own_into_buckets(now)
+        self.prune(now)
+        if everything:
+            for lease in self.leases:
+                self.puts[lease.entry] = (lease.entry, lease.granted, lease.expiry_us)
+            for bucket in self.buckets.values():
+                self.puts[bucket.entry] = (bucket.entry, bucket.amount, bucket.expiry_us)
+        return self.take_puts()
+
+    def _own_into_buckets(self, now: float) -> None:
+        """Admissions made while Redis was away, still in their span, as puts into buckets
+        leaving a span after each (from now on the fleet's log counts them)."""
         self._expire_own(now)
         while self.degraded:
             own = self.degraded.popleft()
@@ -504,13 +520,6 @@ class FleetWindow:
             bucket = self._bucket(self.time.to_server_us(own.time) + self.span_us)
             own.bucket = bucket
             self._bucket_add(bucket, own.amount)
-        self.prune(now)
-        if everything:
-            for lease in self.leases:
-                self.puts[lease.entry] = (lease.entry, lease.granted, lease.expiry_us)
-            for bucket in self.buckets.values():
-                self.puts[bucket.entry] = (bucket.entry, bucket.amount, bucket.expiry_us)
-        return self.take_puts()
 
     def prune(self, now: float) -> None:
         """Forget buckets and confirmed entries that have surely left the window."""
