@@ -41,7 +41,6 @@ from quotad.daemon.cluster.budgets import (
     FleetBudget,
     FleetBudgets,
     FleetBudgetShort,
-    to_nano,
 )
 from quotad.daemon.cluster.link import EventSink, Link, LinkDown
 from quotad.daemon.cluster.spend import KEPT_DAYS, fleet_report
@@ -117,13 +116,11 @@ class SharedBudgets:
             local = self.budgets.check(app, max_cost_usd, now)  # budget_exceeded: this host's
             if not local:
                 return None
-            cost = to_nano(max_cost_usd)
             mirrors = [self._mirror(budget) for budget in local]
-            for fleet, budget in zip(mirrors, local, strict=True):  # FleetBudget.fits, inlined
-                committed = to_nano(budget.spent_usd) + to_nano(budget.reserved_usd)
-                if committed + cost > fleet.capacity():
-                    break
-            else:
+            if all(
+                fleet.fits(budget.spent_usd, budget.reserved_usd, max_cost_usd)
+                for fleet, budget in zip(mirrors, local, strict=True)
+            ):
                 moment = self.link.clock.monotonic()
                 for fleet in mirrors:
                     fleet.note_reserved(max_cost_usd, moment)
