@@ -44,3 +44,26 @@ def test_an_unsent_field_is_pushed_again() -> None:
 def test_a_field_of_the_wrong_shape_is_skipped() -> None:
     for name, value in ((b"x", b"1 2 3 4"), (b'["h","a","m"]', b"1 2 3 4"), (b"\xff", b"")):
         assert _parse("2026-12-06", name, value) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"1 2 3 4",  # four figures: a format no released host wrote with JSON names
+        b"1 2 3 4 5 6 7",
+        b"1 2 3 4 5 6 7 8 9",
+        b"1 2 3 4 5 6 7 " + b" " * 1_000_000 + b"8",  # a hostile Redis: spaces without end
+        b"1 2 3 4 5 6 7 " + b"9" * 5000,  # a figure of 5,000 digits
+        b"1 2 3 -4 5 6 7 8",
+    ],
+)
+def test_a_value_that_is_not_eight_figures_is_skipped(value: bytes) -> None:
+    assert _parse("2026-12-06", b'["h","a","m","t"]', value) is None
+
+
+def test_eight_figures_read_back_whole() -> None:
+    row = _parse("2026-12-06", b'["h","a","m","t"]', b"250000000 1 10 20 1 2 500000000 3")
+    assert row is not None
+    assert (row.cost_usd, row.errors, row.cache_hits, row.saved_usd, row.semantic_hits) == (
+        0.25, 1, 2, 0.5, 3,
+    )  # fmt: skip

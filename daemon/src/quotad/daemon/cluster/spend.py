@@ -43,6 +43,8 @@ fleet far larger than any this is meant for, costs a bounded report)."""
 Figures = list[int]
 """``[cost nano-USD, requests, prompt tokens, completion tokens, errors, cache hits, saved
 nano-USD, semantic cache hits]``."""
+FIGURE_COUNT: Final = 8
+"""The figures of a spend field's value; a value with any other count is skipped."""
 LedgerDay = tuple[str, str, str, str, float, int, int, int, int, int, float, int]
 """``(day, app, model, target, cost, requests, prompt, completion, errors, cache hits,
 saved, semantic hits)``: one row of the ledger's ``spend_daily``."""
@@ -111,7 +113,7 @@ class FleetSpend:
         """A request finished (its ledger row: a cache hit's tokens are not billed, so the
         caller passes 0 for them, as ``spend_daily`` sums them)."""
         key = (app, model, target)
-        figures = self.days.setdefault(day, {}).setdefault(key, [0] * 8)
+        figures = self.days.setdefault(day, {}).setdefault(key, [0] * FIGURE_COUNT)
         figures[0] += nano(cost_usd)
         figures[1] += 1
         figures[2] += prompt_tokens
@@ -224,12 +226,13 @@ def _key_of(row: FleetSpendRow, by: str) -> str:
 def _parse(day: str, name: Any, value: Any) -> FleetSpendRow | None:
     try:
         host, app, model, target = _FIELD_NAME_DECODER.decode(_text(name))
-        numbers = [int(part) for part in _text(value).split(" ")]
-        if len(numbers) not in (4, 7, 8) or min(numbers) < 0:
+        # at most one part past the figures, however many spaces a hostile value holds
+        numbers = [int(part) for part in _text(value).split(" ", FIGURE_COUNT)]
+        if len(numbers) != FIGURE_COUNT or min(numbers) < 0:
             return None
     except (ValueError, msgspec.DecodeError):  # ValidationError is a DecodeError
         return None
-    cost, requests, prompt, completion, errors, hits, saved, semantic = (numbers + [0] * 4)[:8]
+    cost, requests, prompt, completion, errors, hits, saved, semantic = numbers
     return FleetSpendRow(
         day, host, app, model, target, cost / 1e9, requests, prompt, completion, errors, hits,
         saved / 1e9, semantic,
