@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from quotad.daemon.store.budgets import Calendar
+from quotad.daemon.store.ledger import LedgerDay
 from quotad.daemon.store.spend import ReportSpan
 from quotad.protocol.messages import SpendReply, SpendRow
 
@@ -45,9 +46,6 @@ Figures = list[int]
 nano-USD, semantic cache hits]``."""
 FIGURE_COUNT: Final = 8
 """The figures of a spend field's value; a value with any other count is skipped."""
-LedgerDay = tuple[str, str, str, str, float, int, int, int, int, int, float, int]
-"""``(day, app, model, target, cost, requests, prompt, completion, errors, cache hits,
-saved, semantic hits)``: one row of the ledger's ``spend_daily``."""
 
 
 def nano(usd: float) -> int:

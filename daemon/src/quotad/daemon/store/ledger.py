@@ -39,6 +39,10 @@ from quotad.daemon.store.db import Database, Statement, WriteFailed
 from quotad.daemon.store.spend import SpendReport
 from quotad.protocol.messages import RequestRecord, SpendReply
 
+LedgerDay = tuple[str, str, str, str, float, int, int, int, int, int, float, int]
+"""``(day, app, model, target, cost, requests, prompt, completion, errors, cache hits,
+saved, semantic hits)``: one row of the ledger's ``spend_daily``."""
+
 log = logging.getLogger("quotad.ledger")
 
 
@@ -233,9 +237,7 @@ class Ledger:
         )
         return [(str(app), float(today), float(month)) for app, today, month in rows]
 
-    async def daily_totals(
-        self, since_day: str
-    ) -> list[tuple[str, str, str, str, float, int, int, int, int, int, float, int]]:
+    async def daily_totals(self, since_day: str) -> list[LedgerDay]:
         """``(day, app, model, target, cost, requests, prompt tokens, completion tokens,
         errors, cache hits, saved, semantic hits)`` of every day from ``since_day``:
         ``spend_daily`` as it is (what a fleet is told this host spent,
