@@ -582,3 +582,19 @@ Reply = (
 
 CONTINUING_REPLIES: Final = (ChatChunk, Snapshot)
 """Replies after which more replies with the same id follow; any other reply ends its request."""
+
+
+def _fill_in_field_types() -> None:
+    """Have msgspec fill in every message type's field information now, at import.
+
+    msgspec does it on a type's first use, and on GIL builds (0.22) it makes the information
+    visible to other threads before it is filled in: another thread converting or decoding the
+    same type in that moment reads a NULL field type and the process dies of SIGSEGV (16
+    threads each sending their first chat did). Importing a module holds the import lock, so no
+    other thread of this process can use these types until it is done. The two unions reach
+    every Struct of this module.
+    """
+    msgspec.msgpack.Decoder(Request | Reply)
+
+
+_fill_in_field_types()
