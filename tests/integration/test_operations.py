@@ -178,32 +178,30 @@ def test_socket_activation_refuses_an_fd_it_cannot_serve(directory: Path, kind: 
 def test_ready_only_once_serving_then_watchdog_status_and_stopping(
     sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
-    first = sims[0]
     config = service_config(directory, sims, drain_s=30)
     with notified_service(directory, config, WATCHDOG_USEC="200000") as (notify, daemon, process):
-        try:
-            ready = notify.wait_for("READY=1")
-            # The moment READY arrives the socket answers a whole Hello/Status exchange:
-            # one attempt, no retry.
-            with Client(socket=daemon.socket_path, reconnect_s=0) as client:
-                assert client.status().pid == process.pid
-            assert f"STATUS=serving {daemon.socket_path}: 2 providers, 1 groups" in ready
+        ready = notify.wait_for("READY=1")
+        # The moment READY arrives the socket answers a whole Hello/Status exchange:
+        # one attempt, no retry.
+        with Client(socket=daemon.socket_path, reconnect_s=0) as client:
+            assert client.status().pid == process.pid
+        assert f"STATUS=serving {daemon.socket_path}: 2 providers, 1 groups" in ready
 
-            notify.wait_for_count("WATCHDOG=1", 3)
+        notify.wait_for_count("WATCHDOG=1", 3)
 
-            # No log line per request at the default level.
-            lines_before = len(daemon.log().splitlines())
-            with Client(socket=daemon.socket_path) as client:
-                for _ in range(20):
-                    assert client.chat("fast", MESSAGES, max_tokens=4).content
-            assert len(daemon.log().splitlines()) == lines_before
+        # No log line per request at the default level.
+        lines_before = len(daemon.log().splitlines())
+        with Client(socket=daemon.socket_path) as client:
+            for _ in range(20):
+                assert client.chat("fast", MESSAGES, max_tokens=4).content
+        assert len(daemon.log().splitlines()) == lines_before
 
-            # SIGTERM with requests in flight: STOPPING, they complete, exit 0. A subscriber
-            # (quotad top) is no request in flight: the drain does not wait out drain_s for it.
-            watcher = Client(socket=daemon.socket_path)
-            subscription = watcher.subscribe(interval_s=60)
-            next(subscription)
-            first.control(latency_ms=1200)
+        # SIGTERM with requests in flight: STOPPING, they complete, exit 0. A subscriber
+        # (quotad top) is no request in flight: the drain does not wait out drain_s for it.
+        watcher = Client(socket=daemon.socket_path)
+        subscription = watcher.subscribe(interval_s=60)
+        next(subscription)
+        with sims[0].controlled(latency_ms=1200):
             results: list[Any] = []
             threads = [chat_in_thread(daemon.socket_path, "fast", results) for _ in range(3)]
             wait_until(lambda: in_flight(daemon.socket_path) == 3)
@@ -216,12 +214,10 @@ def test_ready_only_once_serving_then_watchdog_status_and_stopping(
                 thread.join(30)
             assert process.wait(30) == 0
             assert time.monotonic() - signalled < 30 / 2  # well inside drain_s
-            assert len(results) == 3
-            assert all(reply.content for reply in results), results
-            subscription.close()
-            watcher.close()
-        finally:
-            first.control(latency_ms=1)
+        assert len(results) == 3
+        assert all(reply.content for reply in results), results
+        subscription.close()
+        watcher.close()
 
 
 # --------------------------------------------------------------------------- reload
@@ -231,18 +227,16 @@ def test_ready_only_once_serving_then_watchdog_status_and_stopping(
 def test_sighup_applies_a_good_config_without_dropping_anything(
     sims: tuple[SimProcess, SimProcess], directory: Path
 ) -> None:
-    first = sims[0]
     config = service_config(directory, sims)
     with notified_service(directory, config) as (notify, daemon, _):
-        try:
-            notify.wait_for("READY=1")
-            with Client(socket=daemon.socket_path, app="steady") as client:
-                assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
-                welcome = client.welcome
+        notify.wait_for("READY=1")
+        with Client(socket=daemon.socket_path, app="steady") as client:
+            assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
+            welcome = client.welcome
 
-                # A request in flight on provider "sim", whose table the reload changes (so
-                # the provider is rebuilt and the old one closed once the request is done).
-                first.control(latency_ms=1500)
+            # A request in flight on provider "sim", whose table the reload changes (so
+            # the provider is rebuilt and the old one closed once the request is done).
+            with sims[0].controlled(latency_ms=1500):
                 results: list[Any] = []
                 thread = chat_in_thread(daemon.socket_path, "sim/gpt-4o-mini", results)
                 wait_until(lambda: client.status().in_flight == 1)
@@ -265,15 +259,13 @@ def test_sighup_applies_a_good_config_without_dropping_anything(
                 assert client.chat("fast", MESSAGES, max_tokens=4).target == "other/gpt-4o-mini"
 
                 thread.join(15)
-                assert len(results) == 1
-                assert getattr(results[0], "content", None), results  # finished on the old pool
-                assert client.welcome is welcome  # the same connection all along
-            log = daemon.log()
-            assert "(1 rebuilt)" in log
-            assert "operator action reload" in log
-            assert daemon.stop() == 0
-        finally:
-            first.control(latency_ms=1)
+            assert len(results) == 1
+            assert getattr(results[0], "content", None), results  # finished on the old pool
+            assert client.welcome is welcome  # the same connection all along
+        log = daemon.log()
+        assert "(1 rebuilt)" in log
+        assert "operator action reload" in log
+        assert daemon.stop() == 0
 
 
 def test_sighup_with_a_bad_config_keeps_the_running_one(
