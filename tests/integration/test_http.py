@@ -315,8 +315,7 @@ def test_client_leaving_mid_request_cancels_the_call(
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-quotad-app: leaver\r\n"
         b"content-length: %d\r\n\r\n%b" % (len(body), body)
     )
-    sims[0].control(latency_ms=3000)
-    try:
+    with sims[0].controlled(latency_ms=3000):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(request)
             time.sleep(0.3)  # the call is at the sim now
@@ -328,8 +327,6 @@ def test_client_leaving_mid_request_cancels_the_call(
                 break
             assert time.monotonic() < deadline, "the call was not cancelled"
             time.sleep(0.05)
-    finally:
-        sims[0].control(latency_ms=0)
 
 
 @pytest.mark.anyio

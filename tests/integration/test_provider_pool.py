@@ -108,7 +108,6 @@ async def test_streams_give_their_connection_back_only_when_read_whole(sim: SimP
 
 @pytest.mark.anyio
 async def test_a_full_pool_waits_then_times_out(sim: SimProcess) -> None:
-    sim.control(latency_ms=800)
     pool = LeanHTTPTransport(max_connections=1, keepalive_expiry_s=30)
     body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}'
     url = f"{sim.base_url}/chat/completions"
@@ -118,27 +117,27 @@ async def test_a_full_pool_waits_then_times_out(sim: SimProcess) -> None:
         return httpx.Request("POST", url, content=body, extensions={"timeout": timeout})
 
     try:
-        async with anyio.create_task_group() as tasks:
-            statuses: list[int] = []
+        with sim.controlled(latency_ms=800):
+            async with anyio.create_task_group() as tasks:
+                statuses: list[int] = []
 
-            async def slow() -> None:
-                response = await pool.handle_async_request(request(5.0))
-                await response.aread()
-                await response.aclose()
-                statuses.append(response.status_code)
+                async def slow() -> None:
+                    response = await pool.handle_async_request(request(5.0))
+                    await response.aread()
+                    await response.aclose()
+                    statuses.append(response.status_code)
 
-            tasks.start_soon(slow)
-            await anyio.sleep(0.2)
-            with pytest.raises(httpx.PoolTimeout):
-                await pool.handle_async_request(request(0.1))
-            waiting = await pool.handle_async_request(request(5.0))  # gets the slot later
-            await waiting.aread()
-            await waiting.aclose()
+                tasks.start_soon(slow)
+                await anyio.sleep(0.2)
+                with pytest.raises(httpx.PoolTimeout):
+                    await pool.handle_async_request(request(0.1))
+                waiting = await pool.handle_async_request(request(5.0))  # gets the slot later
+                await waiting.aread()
+                await waiting.aclose()
         assert statuses == [200]
         assert waiting.status_code == 200
         assert pool._in_use == 0
     finally:
-        sim.control(latency_ms=0)
         await pool.aclose()
 
 
@@ -175,8 +174,7 @@ async def test_failures_are_classified_for_the_broker(sim: SimProcess) -> None:
 @pytest.mark.anyio
 async def test_a_call_ends_at_its_deadline_or_its_read_timeout(sim: SimProcess) -> None:
     body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}'
-    sim.control(latency_ms=1000)
-    try:
+    with sim.controlled(latency_ms=1000):
         async with provider(sim.base_url, timeout_s=0.2) as built:
             pool = pool_of(built)
             now = anyio.current_time()
@@ -195,8 +193,6 @@ async def test_a_call_ends_at_its_deadline_or_its_read_timeout(sim: SimProcess) 
                 await pool.handle_async_request(request)
             assert pool._in_use == 0
             assert idle_connections(pool) == 0  # a connection cut mid-answer is not kept
-    finally:
-        sim.control(latency_ms=0)
 
 
 @pytest.mark.anyio
