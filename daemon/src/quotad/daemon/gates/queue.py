@@ -4,6 +4,8 @@ rule. Pure: time is passed in, so it is tested on a virtual clock."""
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -22,6 +24,9 @@ PRIORITY_LEVELS: dict[str, int] = {"low": 0, "normal": 1, "high": 2, "critical":
 PRIORITY_NAMES = ("low", "normal", "high", "critical")
 
 _sequence = itertools.count()
+
+OrderKey = tuple[int, float, int]
+"""A waiter's place in the order: (-effective priority, start tag, sequence)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -55,15 +60,47 @@ class WaitQueue:
     blocks everyone after it (no overtaking, so large requests do not starve), and on shared
     windows where it would fit it claims its amount. A waiter short only on its *own app's*
     gate blocks only its own app (FIFO within an app) and claims nothing shared.
+
+    Cost: the order is sorted once and kept sorted (a new waiter is inserted where it
+    belongs; a waiter whose priority ages a level, found by a heap of aging times, is moved),
+    and dispatch decides once per set of gates whether the waiters needing them are held back,
+    stopping as soon as every set in the queue is: a release with a deep queue behind a
+    blocked head costs about what it costs with a short one (``bench/gate_queue.py``).
     """
 
     def __init__(self, aging_s: float) -> None:
-        self.aging_s = aging_s
-        self.waiters: list[Waiter] = []
+        self._aging_s = aging_s
+        self.waiters: dict[Waiter, None] = {}
+        """Every waiter queued (a dict: O(1) removal)."""
         self._virtual_time = 0.0
         self._app_finish: dict[str, float] = {}
-        self._order: list[Waiter] | None = None  # valid until membership or an aging step changes
-        self._order_until = INFINITY
+        self._gate_sets: dict[tuple[Gate, ...], int] = {}
+        """Waiters queued per set of gates (``demand.gates``): when every set is held back,
+        nobody further down the queue can be admitted."""
+        self._order: list[Waiter] | None = None  # None: to sort again from scratch
+        self._order_keys: list[OrderKey] = []  # the sort key of each, in order
+        self._added: list[Waiter] = []  # queued since, not yet in the order
+        self._steps: list[tuple[float, int, Waiter]] = []
+        """A heap of (when a waiter of the order ages a level, its sequence, it); entries
+        of waiters gone since are dropped when they come up."""
+
+    @property
+    def aging_s(self) -> float:
+        """Seconds waited per level a waiter's priority rises (a reload sorts again)."""
+        return self._aging_s
+
+    @aging_s.setter
+    def aging_s(self, aging_s: float) -> None:
+        if aging_s != self._aging_s:
+            self._aging_s = aging_s
+            self._order = None
+
+    def _next_step(self) -> float:
+        """When the order may next change by itself: a waiter still queued ages a level."""
+        steps = self._steps
+        while steps and steps[0][2] not in self.waiters:
+            heapq.heappop(steps)
+        return steps[0][0] if steps else INFINITY
 
     def __len__(self) -> int:
         return len(self.waiters)
@@ -73,43 +110,98 @@ class WaitQueue:
         start = max(self._virtual_time, self._app_finish.get(waiter.app, 0.0))
         waiter.start_tag = start
         self._app_finish[waiter.app] = start + 1.0 / waiter.share
-        self.waiters.append(waiter)
-        self._order = None
+        self.waiters[waiter] = None
+        gates = waiter.demand.gates
+        self._gate_sets[gates] = self._gate_sets.get(gates, 0) + 1
+        if self._order is not None:
+            self._added.append(waiter)
 
     def remove(self, waiter: Waiter) -> None:
-        """Leave the queue (timed out, cancelled or admitted)."""
-        try:
-            self.waiters.remove(waiter)
-        except ValueError:
+        """Leave the queue (timed out or cancelled; the order stays sorted without it)."""
+        if waiter not in self.waiters:
             return
-        self._order = None
+        del self.waiters[waiter]
+        self._forget_gates(waiter)
+        if self._order is None:
+            return
+        if waiter in self._added:
+            self._added.remove(waiter)
+            return
+        index = self._order.index(waiter)
+        del self._order[index]
+        del self._order_keys[index]
+
+    def _forget_gates(self, waiter: Waiter) -> None:
+        gates = waiter.demand.gates
+        left = self._gate_sets[gates] - 1
+        if left:
+            self._gate_sets[gates] = left
+        else:
+            del self._gate_sets[gates]
 
     def ordered(self, now: float) -> list[Waiter]:
-        """Waiters in admission order at ``now`` (sorted again only when it can have changed)."""
-        if self._order is not None and now < self._order_until:
-            return self._order
-        aging_s = self.aging_s
-        self._order = sorted(
-            self.waiters,
-            key=lambda w: (-w.effective_priority(now, aging_s), w.start_tag, w.sequence),
-        )
-        self._order_until = self._next_aging_step(now)
+        """Waiters in admission order at ``now``. Kept sorted: a waiter added since is
+        inserted where it belongs, one that aged a level since is moved; a key changes only
+        then, so the rest stay in place."""
+        order = self._sort(now) if self._order is None else self._order
+        steps = self._steps
+        if steps and steps[0][0] <= now:
+            self._age(now)
+        if self._added:
+            for waiter in self._added:
+                self._insert(waiter, now)
+            self._added.clear()
+        return order
+
+    def _sort(self, now: float) -> list[Waiter]:
+        """Sort every waiter from scratch (the first time, or after a reload of aging_s)."""
+        keyed = sorted(((self._key(w, now), w) for w in self.waiters), key=_by_key)
+        self._order_keys = [key for key, _ in keyed]
+        self._order = [w for _, w in keyed]
+        self._added.clear()
+        steps = [(self._aging_step_of(w, now), w.sequence, w) for w in self.waiters]
+        self._steps = [step for step in steps if step[0] != INFINITY]
+        heapq.heapify(self._steps)
         return self._order
 
-    def _next_aging_step(self, now: float) -> float:
-        """The next time a waiter's effective priority goes up a level."""
-        if self.aging_s <= 0:
+    def _key(self, waiter: Waiter, now: float) -> OrderKey:
+        return (-waiter.effective_priority(now, self._aging_s), waiter.start_tag, waiter.sequence)
+
+    def _insert(self, waiter: Waiter, now: float) -> None:
+        """Put ``waiter`` in the order by its key at ``now``; note when it next ages."""
+        assert self._order is not None
+        key = self._key(waiter, now)
+        index = bisect.bisect_right(self._order_keys, key)
+        self._order_keys.insert(index, key)
+        self._order.insert(index, waiter)
+        step = self._aging_step_of(waiter, now)
+        if step != INFINITY:
+            heapq.heappush(self._steps, (step, waiter.sequence, waiter))
+
+    def _age(self, now: float) -> None:
+        """Move the waiters whose priority rose a level by ``now`` to their new place."""
+        assert self._order is not None
+        order, keys, steps = self._order, self._order_keys, self._steps
+        while steps and steps[0][0] <= now:
+            _, _, waiter = heapq.heappop(steps)
+            if waiter not in self.waiters:
+                continue  # gone since (admitted, timed out)
+            index = order.index(waiter)
+            del order[index]
+            del keys[index]
+            self._insert(waiter, now)
+
+    def _aging_step_of(self, waiter: Waiter, now: float) -> float:
+        """The next time after ``now`` that ``waiter``'s effective priority rises a level
+        (infinity: never, or it is critical)."""
+        aging_s = self._aging_s
+        if aging_s <= 0 or waiter.effective_priority(now, aging_s) >= 3:
             return INFINITY
-        step = INFINITY
-        for waiter in self.waiters:
-            if waiter.effective_priority(now, self.aging_s) < 3:
-                levels = math.floor((now - waiter.enqueued_at) / self.aging_s) + 1
-                next_step = waiter.enqueued_at + levels * self.aging_s
-                while next_step <= now:  # float rounding must not stop time
-                    levels += 1
-                    next_step = waiter.enqueued_at + levels * self.aging_s
-                step = min(step, next_step)
-        return step
+        levels = int((now - waiter.enqueued_at) / aging_s) + 1  # as effective_priority counts
+        next_step = waiter.enqueued_at + levels * aging_s
+        if next_step <= now:  # float rounding: the level is due, so look again at once
+            return math.nextafter(now, INFINITY)
+        return next_step
 
     def dispatch(self, now: float) -> tuple[list[Waiter], float]:
         """Admit every waiter the rules allow at ``now``.
@@ -120,20 +212,34 @@ class WaitQueue:
         if not self.waiters:
             return [], INFINITY
         admitted: list[Waiter] = []
+        admitted_at: list[int] = []  # their places in the order
         blocked: set[int] = set()  # ids of windows and gates nobody behind may take
+        held_back: set[tuple[Gate, ...]] = set()  # gate sets touching ``blocked``
+        free_while: dict[tuple[Gate, ...], int] = {}  # gate sets clear of ``blocked`` at size
+        gate_sets = len(self._gate_sets)
         claimed: dict[SlidingWindow, int] = {}
         wake = INFINITY
-        for waiter in self.ordered(now):
+        order = self.ordered(now)
+        for index, waiter in enumerate(order):
             demand = waiter.demand
-            if any(id(gate) in blocked for gate in demand.gates) or any(
-                id(window) in blocked for gate in demand.gates for window in gate.windows
-            ):
+            gates = demand.gates
+            if gates in held_back:
                 continue
+            if free_while.get(gates) != len(blocked):
+                if any(id(gate) in blocked for gate in gates) or any(
+                    id(window) in blocked for gate in gates for window in gate.windows
+                ):
+                    held_back.add(gates)
+                    if len(held_back) == gate_sets:
+                        break  # everyone further down is held back too
+                    continue
+                free_while[gates] = len(blocked)
             blockers = demand.blockers(now, claimed)
             if not blockers:
                 waiter.reservation = Reservation(demand, now, pending=True)  # until it runs
                 self._virtual_time = max(self._virtual_time, waiter.start_tag)
                 admitted.append(waiter)
+                admitted_at.append(index)
                 continue
             own_app_only = all(
                 (isinstance(b, SlidingWindow) and _scope_of(demand, b) == "app")
@@ -143,19 +249,29 @@ class WaitQueue:
             for blocker in blockers:
                 blocked.add(id(blocker))
                 wake = min(wake, _frees_at(demand, blocker, now, claimed))
+            held_back.add(gates)  # its blockers are among its own gates and windows
             if not own_app_only:
-                for gate in demand.gates:
+                for gate in gates:
                     if gate.scope == "app":
                         continue
                     for window in gate.windows:
                         if window not in blockers:
                             claimed[window] = claimed.get(window, 0) + demand.amount(window)
+            if len(held_back) == gate_sets:
+                break
         if admitted:
-            taken = {id(waiter) for waiter in admitted}
-            self.waiters = [w for w in self.waiters if id(w) not in taken]
-            if self._order is not None:
-                self._order = [w for w in self._order if id(w) not in taken]
-        return admitted, min(wake, self._order_until)
+            for waiter in admitted:
+                del self.waiters[waiter]
+                self._forget_gates(waiter)
+            keys = self._order_keys
+            for index in reversed(admitted_at):
+                del order[index]
+                del keys[index]
+        return admitted, min(wake, self._next_step())
+
+
+def _by_key(pair: tuple[OrderKey, Waiter]) -> OrderKey:
+    return pair[0]
 
 
 def _scope_of(demand: Demand, window: SlidingWindow) -> Scope:
