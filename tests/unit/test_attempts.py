@@ -279,6 +279,31 @@ async def test_an_abandoned_probe_gives_its_slot_back() -> None:
 
 
 @pytest.mark.anyio
+async def test_an_attempt_cut_by_the_callers_deadline_is_a_timeout_whatever_the_clock_says() -> (
+    None
+):
+    """The broker's deadline is watched on the event loop's clock, which may pass it before
+    the injected clock does: its word that it cut the attempt decides."""
+    router, clock, _ = make_router()
+    attempts = router.attempts(router.resolve("a/m"), clock.monotonic(), unknown_price)
+    target = await attempts.next_target()
+    assert target is not None
+    attempts.started(target)
+    attempts.abandoned(target, at_deadline=True)  # the virtual clock has not moved
+    failed = attempts.exhausted(at_deadline=True)
+    assert failed.code == "timeout"
+    assert failed.details["attempts"] == [
+        {
+            "target": "a/m",
+            "kind": "timeout",
+            "status": None,
+            "message": "still unanswered at the request's deadline",
+        }
+    ]
+    assert (target.in_flight, target.failures) == (0, 0)
+
+
+@pytest.mark.anyio
 async def test_disabled_targets_are_skipped_until_enabled() -> None:
     router, _, _ = make_router(GROUP)
     router.disable("a/m")

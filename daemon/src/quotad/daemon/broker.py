@@ -429,8 +429,8 @@ class Broker:
                         self._gate_feedback(target, context, error)
                         attempts.failed(target, error)  # a caller's 4xx: bad_request
                         continue
-                    except BaseException:
-                        attempts.abandoned(target)
+                    except BaseException:  # the deadline's own word, not a clock's
+                        attempts.abandoned(target, at_deadline=deadline.expired)
                         raise
                     self.gates.observe(target.provider_name, target.name, answer.rate_limits)
                     attempts.succeeded(target)
@@ -438,7 +438,9 @@ class Broker:
         except TimeoutError:
             if not deadline.expired:
                 raise
-        raise attempts.exhausted()
+        # the deadline is watched on the event loop's clock (uvloop's counts milliseconds),
+        # which can pass it a little before the injected clock does: its word decides
+        raise attempts.exhausted(at_deadline=deadline.expired)
 
     async def _admit(self, target: Target, context: RequestContext, alternatives: bool) -> bool:
         """Step 4: take the request's place on every gate of ``target``. With other targets

@@ -7,9 +7,9 @@ The broker drives it (``Broker._attempt_targets``)::
         attempts.started(target)
         try: result = await call(target)
         except ProviderError as error: attempts.failed(target, error); continue
-        except BaseException: attempts.abandoned(target); raise
+        except BaseException: attempts.abandoned(target, at_deadline=...); raise
         attempts.succeeded(target); return result
-    raise attempts.exhausted()
+    raise attempts.exhausted(at_deadline=...)
 
 The first pass tries each target once, in the strategy's order, skipping (at no cost) those
 disabled and those whose breaker does not admit a call. Outcomes:
@@ -167,12 +167,13 @@ class Attempts:
         if error.retryable:
             self._retryable.append(target)
 
-    def abandoned(self, target: Target) -> None:
+    def abandoned(self, target: Target, *, at_deadline: bool = False) -> None:
         """The attempt ended without an outcome: cancelled, or cut at the deadline (the
-        target's trial slot, if it held one, is given back)."""
+        target's trial slot, if it held one, is given back). ``at_deadline``: the caller's
+        deadline cut it (its clock, the event loop's, may get there before this one's)."""
         if self._running is target:
             _, now = self._end(target)
-            if now >= self._deadline:
+            if at_deadline or now >= self._deadline:
                 self._records.append(
                     {
                         "target": target.name,
@@ -185,16 +186,17 @@ class Attempts:
 
     # ------------------------------------------------------------------ the error
 
-    def exhausted(self) -> RequestError:
-        """The error when no attempt answered: ``timeout`` past the deadline,
-        ``rate_limited`` when every attempt was, else ``upstream_error``."""
+    def exhausted(self, *, at_deadline: bool = False) -> RequestError:
+        """The error when no attempt answered: ``timeout`` past the deadline (or
+        ``at_deadline``: the caller's deadline ended the walk), ``rate_limited`` when every
+        attempt was, else ``upstream_error``."""
         records = self._records
         details: dict[str, Any] = {"attempts": records}
         if self._skipped:
             details["skipped"] = dict(self._skipped)
         tried = "; ".join(_describe(record) for record in records)
         skipped = "; ".join(f"{name}: {why}" for name, why in self._skipped.items())
-        if self._clock.monotonic() >= self._deadline:
+        if at_deadline or self._clock.monotonic() >= self._deadline:
             return RequestError(
                 "timeout",
                 f"no target of {self._route!r} answered within the request's deadline "
