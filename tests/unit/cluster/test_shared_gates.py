@@ -10,6 +10,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import pytest
@@ -79,6 +80,45 @@ async def hosts(valkey: ValkeyServer, count: int, **config: object) -> AsyncIter
         yield found
 
 
+@dataclass
+class BorrowCalls:
+    """The ``borrow.lua`` calls of a run, by what they brought: capacity (at least one
+    lease granted), or only refusals (the fleet was full: the ask is retried when the fleet
+    says it may fit, or when another host frees some)."""
+
+    granting: int = 0
+    refused_only: int = 0
+
+
+def count_borrow_calls(monkeypatch: pytest.MonkeyPatch) -> BorrowCalls:
+    """Count every host's borrow calls from now on (one worker per host: a host has one call
+    in flight at a time, so the grants to its windows during a call are that call's)."""
+    calls = BorrowCalls()
+    grants: dict[int, int] = {}  # by window
+    grant, borrow = FleetWindow.grant, FleetGates.borrow
+
+    def counted_grant(window: FleetWindow, entry: str, amount: int, *rest: Any) -> None:
+        if amount > 0:
+            grants[id(window)] = grants.get(id(window), 0) + 1
+        grant(window, entry, amount, *rest)
+
+    def granted(fleet: FleetGates) -> int:
+        return sum(grants.get(id(window), 0) for window in fleet.windows.values())
+
+    async def counted_borrow(fleet: FleetGates, batch: list[tuple[tuple[Any, ...], Ask]]) -> None:
+        calls_before, granted_before = fleet.borrows, granted(fleet)
+        await borrow(fleet, batch)
+        if fleet.borrows > calls_before:  # else nothing was short any more: no call
+            if granted(fleet) > granted_before:
+                calls.granting += 1
+            else:
+                calls.refused_only += 1
+
+    monkeypatch.setattr(FleetWindow, "grant", counted_grant)
+    monkeypatch.setattr(FleetGates, "borrow", counted_borrow)
+    return calls
+
+
 async def request(host: Host, app: str = "load", priority: str = "normal") -> None:
     demand = host.gates.demand("p", "p/m", app, 1)
     reservation, _ = await host.gates.admit(demand, app=app, priority=priority, max_wait_s=20)
@@ -87,9 +127,10 @@ async def request(host: Host, app: str = "load", priority: str = "normal") -> No
 
 
 async def test_two_hosts_never_pass_one_limit_together_and_every_waiter_wakes(
-    valkey: ValkeyServer,
+    valkey: ValkeyServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     total = 5 * LIMIT
+    calls = count_borrow_calls(monkeypatch)
     async with hosts(valkey, 2) as fleet:
         with anyio.fail_after(30):
             async with anyio.create_task_group() as load:
@@ -100,7 +141,13 @@ async def test_two_hosts_never_pass_one_limit_together_and_every_waiter_wakes(
     # counted as the fleet counts them: within any window (+ its guard), at most the limit
     assert peak_in_window(sorted(admitted), WINDOW_S) <= LIMIT
     assert all(host.admitted for host in fleet)  # both hosts took part
-    assert sum(host.fleet.borrows for host in fleet) < total  # slices, not one call each
+    # slices, not one call each: a call that brings capacity brings it for the waiters
+    # short at the time and a slice ahead (about 4 admissions a call; 1 if each waiter
+    # borrowed for itself). How many calls find the fleet full depends on how the two
+    # hosts' wake-ups interleave (scheduling delays on a busy machine add some: about 30
+    # here, 40 under load): bounded only against a storm of retries.
+    assert calls.granting * 2 <= total, calls
+    assert calls.refused_only < 2 * total, calls
 
 
 async def test_a_429_pause_on_one_host_pauses_the_target_on_the_other(
