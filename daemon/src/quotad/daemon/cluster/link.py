@@ -241,22 +241,20 @@ class Link:
             raise LinkDown(f"Redis unreachable: {error or type(error).__name__}") from None
         return value
 
-    async def read_hashes(self, keys: list[str]) -> list[dict[Any, Any]]:
-        """``HGETALL`` of each of ``keys`` in one pipelined round trip (a read for reports);
+    async def read_hash_page(self, key: str, cursor: int, count: int) -> tuple[int, dict[Any, Any]]:
+        """One ``HSCAN key cursor COUNT count`` (a read for reports, a page at a time so that
+        a huge hash is never held whole): ``(next cursor, fields)``, cursor 0 when done;
         :class:`LinkDown` as :meth:`read_hash`."""
         if self.health not in ("connected", "resyncing"):
             raise LinkDown(self.reason)
         try:
-            with anyio.fail_after(self.settings.timeout_s * 4 + 0.01 * len(keys)):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.hgetall(key)
-                    values: list[dict[Any, Any]] = await pipe.execute()
+            with anyio.fail_after(self.settings.timeout_s * 4):
+                next_cursor, fields = await self._redis.hscan(key, cursor, count=count)
         except TimeoutError:
             raise LinkDown("Redis did not answer in time") from None
         except (RedisError, OSError) as error:
             raise LinkDown(f"Redis unreachable: {error or type(error).__name__}") from None
-        return [value if isinstance(value, dict) else {} for value in values]
+        return int(next_cursor), fields if isinstance(fields, dict) else {}
 
     def malformed(self, name: str, error: Exception) -> LinkDown:
         """A reply of script ``name`` did not have the shape it must: Redis is not one this

@@ -41,6 +41,9 @@ KEPT_DAYS: Final = 62
 MAX_REPORT_FIELDS: Final = 200_000
 """A fleet report reads at most this many host/app/model/target rows (a hostile Redis, or a
 fleet far larger than any this is meant for, costs a bounded report)."""
+READ_PAGE_FIELDS: Final = 1000
+"""Fields asked for per ``HSCAN`` (a hint to Redis: a hash small enough to be stored packed,
+128 fields by default, comes whole)."""
 Figures = list[int]
 """``[cost nano-USD, requests, prompt tokens, completion tokens, errors, cache hits, saved
 nano-USD, semantic cache hits]``."""
@@ -156,18 +159,34 @@ class FleetSpend:
 
 
 async def read_fleet_spend(link: Link, days: Iterable[str]) -> list[FleetSpendRow]:
-    """Every host's spend on ``days``, as the fleet's Redis has it (at most
-    :data:`MAX_REPORT_FIELDS` rows; a field of the wrong shape is skipped)."""
+    """Every host's spend on ``days``, as the fleet's Redis has it: at most
+        :data:`MAX_REPORT_FIELDS` rows, read a page of :data:`READ_PAGE_FIELDS` at a time and no
+        further once the cap is reached (a hash of any size costs at most the cap and a page),
+        in at most two pages per day and two per page's worth of the cap (a Redis that keeps
+        answering "more" ends the read there); a field of the wrong shape is skipped, a field
+    met again in a day counts once."""
     days = list(days)
-    hashes = await link.read_hashes([link.keys.spend_day(day) for day in days])
+    cap = MAX_REPORT_FIELDS
+    pages_left = 2 * len(days) + 2 * (cap // READ_PAGE_FIELDS)
     rows: list[FleetSpendRow] = []
-    for day, fields in zip(days, hashes, strict=True):
-        for name, value in fields.items():
-            row = _parse(day, name, value)
-            if row is not None:
-                rows.append(row)
-                if len(rows) >= MAX_REPORT_FIELDS:
-                    return rows
+    for day in days:
+        key = link.keys.spend_day(day)
+        cursor = 0
+        seen: set[Any] = set()  # HSCAN may return a field twice (a hash being resized)
+        while pages_left > 0:
+            pages_left -= 1
+            cursor, fields = await link.read_hash_page(key, cursor, READ_PAGE_FIELDS)
+            for name, value in fields.items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                row = _parse(day, name, value)
+                if row is not None:
+                    rows.append(row)
+                    if len(rows) >= cap:
+                        return rows
+            if cursor == 0:
+                break
     return rows
 
 
