@@ -493,3 +493,47 @@ async def test_a_malformed_reply_degrades_the_link_instead_of_failing_the_daemon
             await gates.snapshot()
     assert link.health == "degraded"
     assert "malformed reply of snapshot" in link.reason
+
+
+@pytest.mark.parametrize("figure", ["'x'", "7"])
+async def test_a_settle_reply_of_the_wrong_length_is_refused_saying_so(
+    link: Link, valkey: ValkeyServer, figure: str
+) -> None:
+    from quotad.daemon.cluster.gates import FleetGates
+    from quotad.daemon.cluster.link import LinkDown
+
+    gates = FleetGates(link)
+    window = gates.window("provider:p", "requests", 60.0, 10, 60.05)
+    # a hostile server: 200,000 figures (numbers or not) for the one window put
+    hostile = (
+        f"local used = {{}} for i = 1, 200000 do used[i] = {figure} end "
+        "return {redis.call('TIME')[1], used, {}}"
+    )
+    async with aioredis.Redis.from_url(valkey.url) as client:
+        link._scripts["settle"] = client.register_script(hostile)
+        with pytest.raises(LinkDown):
+            await gates.send_puts({window: [("c:h1:1", 1, 10**16)]})
+    assert link.health == "degraded"
+    assert "malformed reply of settle" in link.reason
+    assert "200000 windows' use for 1 windows sent" in link.reason, link.reason
+    assert window.puts  # kept, to be sent again
+
+
+def test_a_settle_reply_is_counted_before_any_figure_is_converted() -> None:
+    from quotad.daemon.cluster.gates import settle_reply
+
+    converted: list[object] = []
+
+    class Figure:
+        def __int__(self) -> int:
+            converted.append(self)
+            return 1
+
+    for windows in (0, 2, 4):
+        with pytest.raises(ValueError, match=f"3 windows' use for {windows} windows sent"):
+            settle_reply([1, [Figure(), Figure(), Figure()]], windows)
+    assert converted == []
+    with pytest.raises(TypeError, match="a bytes, not a list"):
+        settle_reply([1, b"123"], 3)
+    assert settle_reply([5, [Figure(), Figure(), Figure()]], 3) == (5, [1, 1, 1])
+    assert len(converted) == 3

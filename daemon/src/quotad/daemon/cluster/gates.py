@@ -413,10 +413,8 @@ class FleetGates:
         try:
             reply = await self.link.call("settle", keys, args)
             try:
-                self.link.sample_time(int(reply.value[0]), reply)
-                used = [int(value) for value in reply.value[1]]
-                if len(used) != len(puts):
-                    raise ValueError(f"{len(used)} windows in the reply, {len(puts)} sent")
+                now_us, used = settle_reply(reply.value, len(puts))
+                self.link.sample_time(now_us, reply)
             except MALFORMED as error:
                 raise self.link.malformed("settle", error) from None
         except LinkDown:
@@ -549,6 +547,19 @@ class FleetGates:
         now = self.clock.monotonic()
         for name, window in self.windows.items():
             yield name, window.held(now), window.fleet_used, window.external
+
+
+def settle_reply(value: Any, windows: int) -> tuple[int, list[int]]:
+    """``(server time µs, each window's fleet use)`` from a ``settle.lua`` reply to puts for
+    ``windows`` windows. The count is checked before any figure is converted: a reply of the
+    wrong length (a hostile or foreign server's) is refused at the cost of one ``len``.
+    One of :data:`~.link.MALFORMED` when the reply has not the shape it must."""
+    used = value[1]
+    if not isinstance(used, list):
+        raise TypeError(f"settle reply: each window's use is a {type(used).__name__}, not a list")
+    if len(used) != windows:
+        raise ValueError(f"settle reply: {len(used)} windows' use for {windows} windows sent")
+    return int(value[0]), [int(figure) for figure in used]
 
 
 def _ttl_ms(window: FleetWindow) -> int:

@@ -260,7 +260,7 @@ class Link:
         """A reply of script ``name`` did not have the shape it must: Redis is not one this
         host can trust now (degraded, logged); the :class:`LinkDown` to raise."""
         log.error("cluster: malformed reply of %s: %r", name, error)
-        self._down(f"malformed reply of {name} ({type(error).__name__})")
+        self._down(f"malformed reply of {name} ({type(error).__name__}: {str(error)[:160]})")
         return LinkDown(self.reason)
 
     def sample_time(self, server_us: int, reply: Reply) -> None:
