@@ -94,8 +94,8 @@ async def fast_path(url: str, count: int) -> dict[str, Any]:
         requests = gates.window("provider:fp", "requests", 60.0, 10**9, 60.05)
         tokens = gates.window("provider:fp", "tokens", 60.0, 10**12, 60.05)
         now = time.monotonic()
-        requests.grant("r", 10**8, now, 0, now)
-        tokens.grant("t", 10**11, now, 0, now)
+        requests.grant("r", 10**8, now, 0)
+        tokens.grant("t", 10**11, now, 0)
         local = [
             SlidingWindow("requests", 10**9, 60.0, 0.05),
             SlidingWindow("tokens", 10**12, 60.0, 0.05),

@@ -186,7 +186,7 @@ class ModelFleet:
         self.entries += 1
         entry = f"{window.host}:{self.entries}"
         grant = self.log.borrow(entry, need, want, window.span_us, now_us)
-        window.grant(entry, grant, now, now_us, now)
+        window.grant(entry, grant, now, now_us)
 
     def admit(self, index: int, amount: int) -> None:
         """Take ``amount`` now, borrowing first when short and Redis is there."""

@@ -231,7 +231,7 @@ def test_a_request_handed_off_late_is_counted_by_the_fleet_from_its_hand_off() -
     fleet.set_mode("fleet", 1, clock.monotonic())
     window.fleet = fleet
     now = clock.monotonic()
-    fleet.grant("e1", 1, now, server_us(now), now)
+    fleet.grant("e1", 1, now, server_us(now))
     reservation = gates.admit_now(gates.demand("p", "p/m", "load", 1))
     assert reservation is not None
     fleet.close_due(now)  # used up: closed into a bucket a span after now

@@ -48,7 +48,7 @@ def away(fleet: FleetWindow, clock: VirtualClock, hosts: int) -> float:
 
 def grant(fleet: FleetWindow, entry: str, amount: int, now: float) -> None:
     """A borrow sent, granted (at the server's time of ``now``) and answered at ``now``."""
-    fleet.grant(entry, amount, now, server_us(now), now)
+    fleet.grant(entry, amount, now, server_us(now))
 
 
 def leased(
@@ -90,7 +90,7 @@ def test_a_returned_lease_counts_what_was_used_until_a_span_after_its_last_admis
     clock = VirtualClock()
     fleet = window(clock, span_s=3.0)
     sent = clock.monotonic()
-    fleet.grant("e1", 5, sent, server_us(sent), sent)
+    fleet.grant("e1", 5, sent, server_us(sent))
     clock.advance(0.25)
     assert fleet.take(2, clock.monotonic()) is not None
     clock.advance(0.25)  # idle for lease_s / 4: returned

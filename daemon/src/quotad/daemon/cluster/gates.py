@@ -338,7 +338,7 @@ class FleetGates:
         for (key, ask, items), result in zip(asks, results, strict=True):
             if int(result[0]) == 1:
                 for (window, _, _, entry), amount in zip(items, result[1], strict=True):
-                    window.grant(entry, int(amount), reply.sent, now_us, reply.received)
+                    window.grant(entry, int(amount), reply.sent, now_us)
                 granted = True
                 self._retry_at.pop(key, None)
                 continue

@@ -383,9 +383,9 @@ class FleetWindow:
         cap = math.floor(self.limit * SLICE_SHARE / max(1, self.hosts))
         return max(need, min(need + ahead, cap))
 
-    def grant(self, entry: str, amount: int, sent: float, granted_us: int, acked: float) -> None:
-        """A borrow sent at ``sent`` was granted ``amount`` at server time ``granted_us``
-        (answered at local time ``acked``, which nothing here needs any more)."""
+    def grant(self, entry: str, amount: int, sent: float, granted_us: int) -> None:
+        """A borrow sent at local time ``sent`` was granted ``amount`` at server time
+        ``granted_us``."""
         if amount <= 0:
             return
         expiry_us = granted_us + self.lease_us + self.span_us
