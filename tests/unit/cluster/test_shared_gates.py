@@ -7,6 +7,7 @@ on one host pauses the target on the other; priorities still order one host's wa
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -148,6 +149,9 @@ async def test_two_hosts_never_pass_one_limit_together_and_every_waiter_wakes(
     # here, 40 under load): bounded only against a storm of retries.
     assert calls.granting * 2 <= total, calls
     assert calls.refused_only < 2 * total, calls
+    # both hosts borrow within half the limit divided by the two of them (the first host
+    # joined alone: it divides by the hosts its heartbeat sees, not those at its start)
+    assert [w.hosts for host in fleet for w in host.fleet.windows.values()] == [2, 2]
 
 
 async def test_a_429_pause_on_one_host_pauses_the_target_on_the_other(
@@ -241,3 +245,37 @@ def test_a_request_handed_off_late_is_counted_by_the_fleet_from_its_hand_off() -
     moved = [(amount, expiry) for _, amount, expiry in fleet.take_puts() if amount == 1]
     assert moved
     assert moved[0][1] >= first + 400_000  # counted from the hand-off, half a second later
+
+
+async def test_a_host_joining_shrinks_the_slice_each_host_borrows_without_a_health_change(
+    valkey: ValkeyServer,
+) -> None:
+    """The hosts a window divides its slice by follow the heartbeat: a second and a third
+    host joining while the first stays connected shrink what it borrows ahead at once
+    (``floor(limit x 0.5 / hosts)``), not at its next change of health."""
+    prefix = "j" + os.urandom(5).hex()
+    limit = 1000
+    async with contextlib.AsyncExitStack() as stack:
+        tasks = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tasks.cancel_scope.cancel)
+        first = await stack.enter_async_context(joined_link(valkey, prefix, "h1"))
+        changes: list[str] = []
+        first.on_health(changes.append)
+        await tasks.start(first.run)
+        fleet = FleetGates(first)
+        window = fleet.window("provider:p", "requests", 60.0, limit, 60.05)
+        await fleet.borrow([(("burst",), Ask(((window, 600),)))])
+        now = first.clock.monotonic()
+        assert window.take(600, now) is not None  # a recent rate of ~600/s: asks for the cap
+        assert window.want(1, now) == limit // 2  # alone
+
+        offered: list[int] = []
+        for host in ("h2", "h3"):
+            joined = await stack.enter_async_context(joined_link(valkey, prefix, host))
+            await tasks.start(joined.run)
+            await eventually(lambda: first.hosts_seen() == len(offered) + 2)
+            assert window.hosts == len(offered) + 2  # at the heartbeat that saw it
+            offered.append(window.want(1, now))
+        assert offered == [limit // 2 // 2, math.floor(limit * 0.5 / 3)]
+        assert changes == []  # no change of health on the first host
+        assert first.health == "connected"

@@ -109,6 +109,7 @@ class FleetGates:
         self.borrows = 0
         self.refused = 0
         link.on_health(self._health_changed)
+        link.on_hosts(self._hosts_changed)
         link.on_message(self._message)
         link.add_resyncer(self._resync)
 
@@ -150,6 +151,10 @@ class FleetGates:
         if any(window.puts for window in self.windows.values()):
             self._put.set()  # back in the fleet: what was admitted meanwhile goes out now
         self.on_capacity()
+
+    def _hosts_changed(self, hosts: int) -> None:
+        for window in self.windows.values():
+            window.set_hosts(hosts)
 
     def _apply_mode(self, window: FleetWindow) -> None:
         link = self.link

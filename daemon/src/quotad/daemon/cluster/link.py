@@ -155,6 +155,8 @@ class Link:
         self._events = events
         self._resyncers: list[Callable[[bool], Awaitable[None]]] = []
         self._health_listeners: list[Callable[[Health], None]] = []
+        self._hosts_listeners: list[Callable[[int], None]] = []
+        self._hosts_count = 1
         self._message_listeners: list[Callable[[str], None]] = []
         self._wake = anyio.Event()
         self._subscription: anyio.CancelScope | None = None
@@ -180,6 +182,11 @@ class Link:
     def on_health(self, listener: Callable[[Health], None]) -> None:
         """``listener(health)`` on every change of health."""
         self._health_listeners.append(listener)
+
+    def on_hosts(self, listener: Callable[[int], None]) -> None:
+        """``listener(hosts_seen)`` after a heartbeat that changed :meth:`hosts_seen` (a host
+        joined or went quiet), whatever the health."""
+        self._hosts_listeners.append(listener)
 
     def on_message(self, listener: Callable[[str], None]) -> None:
         """``listener(message)`` for each message on the fleet's channel; ``"subscribed"``
@@ -406,6 +413,11 @@ class Link:
         now_us, epoch, hosts = _parse_heartbeat(reply.value)
         self.sample_time(now_us, reply)
         self.hosts = hosts
+        count = self.hosts_seen()
+        if count != self._hosts_count:
+            self._hosts_count = count
+            for hosts_listener in self._hosts_listeners:
+                hosts_listener(count)
         epoch_id, _, resync_until_us = epoch
         self.resync_until = self.time.to_local(resync_until_us)
         self.fleet_epoch = epoch_id

@@ -472,6 +472,15 @@ class FleetWindow:
         self.mode = mode
         self.hosts = hosts
 
+    def set_hosts(self, hosts: int) -> None:
+        """The hosts seen changed (a heartbeat, the mode unchanged): borrow within the new
+        share of the limit; in ``share`` divide by no fewer hosts than before (as
+        :meth:`set_mode`); ``closed`` divides nothing."""
+        if self.mode == "fleet":
+            self.hosts = hosts
+        elif self.mode == "share":
+            self.hosts = max(self.hosts, hosts)
+
     def _enter_share(self, now: float) -> None:
         """Redis went away at or before ``now`` (or this window started without it): take
         stock of this host's own entries in the log (an entry made by ``now`` expires at
