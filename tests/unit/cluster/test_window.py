@@ -209,12 +209,32 @@ def test_admissions_made_while_away_are_pushed_when_redis_is_back() -> None:
     entry, amount, expiry = puts[0]
     assert amount == 10
     assert expiry >= server_us(now) + 3_000_000  # never earlier than a span after admission
-    assert fleet.own_live == 0
+    assert fleet.own_live == 10  # still on the share (a re-sync window): still counted in it
     fleet.resize(taken, 4, clock.monotonic())  # settled after the push: the bucket gives back
     assert fleet.take_puts() == [(entry, 4, expiry)]
+    assert fleet.own_live == 4
     # Redis restarted empty: everything of this host's own that is live goes back
     again = fleet.restore(True, clock.monotonic())
     assert again == [(entry, 4, expiry)]
+    fleet.set_mode("fleet", 2, clock.monotonic())
+    assert fleet.own_live == 0
+    assert fleet.take_puts() == []  # pushed already: not again
+
+
+def test_admissions_pushed_in_a_resync_window_still_count_in_the_share() -> None:
+    """The link pushes what was admitted while away at the start of a re-sync window and
+    stays on the share until it seals: what it pushed was admitted within the same span, so
+    it still counts in the share (before, the push freed the whole share again, and each
+    host could admit its share twice in one span: two hosts 1.8 times the limit)."""
+    clock = VirtualClock()
+    fleet = window(clock, limit=30, span_s=3.0)
+    away(fleet, clock, 3)
+    assert fleet.take(9, clock.monotonic()) is not None  # floor(27 / 3)
+    clock.advance(0.5)
+    assert len(fleet.restore(False, clock.monotonic())) == 1
+    assert fleet.take(1, clock.monotonic()) is None
+    clock.advance(3.0)  # left their span: the share is whole again
+    assert fleet.available(clock.monotonic()) == 9
 
 
 def test_admissions_made_on_the_share_after_the_push_go_out_when_back_in_the_fleet() -> None:

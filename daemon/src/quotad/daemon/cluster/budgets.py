@@ -206,7 +206,9 @@ class FleetBudgets:
             self.link.epoch_mismatch()
             raise LinkDown("Redis lost the fleet's state; re-syncing")
         if status == "resync":
-            raise LinkDown("the fleet is re-syncing after Redis restarted empty")
+            raise LinkDown(
+                "the fleet is re-syncing (a host back from an outage, or Redis restarted empty)"
+            )
         if status == "short":
             budget = budgets[int(reply.value[2]) - 1]
             budget.contended_until = now + CONTENDED_S

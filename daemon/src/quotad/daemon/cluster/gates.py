@@ -112,6 +112,7 @@ class FleetGates:
         link.on_hosts(self._hosts_changed)
         link.on_message(self._message)
         link.add_resyncer(self._resync)
+        link.add_sealer(self._seal)
 
     # ------------------------------------------------------------------ windows
 
@@ -161,6 +162,8 @@ class FleetGates:
         now = self.clock.monotonic()
         if link.usable:
             window.set_mode("fleet", link.hosts_seen(), now)
+        elif link.health == "resyncing" and link.sealed:
+            window.set_mode("closed", 0, now)  # what it admits now must be in the log
         elif link.ever_connected or link.health == "resyncing":
             window.set_mode(link.settings.on_unreachable, link.hosts_seen(), now)
         else:
@@ -544,6 +547,19 @@ class FleetGates:
                 puts[window] = window_puts
         await self.send_puts(puts)
         self._retry_at.clear()
+
+    async def _seal(self) -> None:
+        """Near the end of a re-sync window: admit only from leases, and push what was
+        admitted on the share since :meth:`_resync`, so the log has it when borrowing
+        starts again."""
+        now = self.clock.monotonic()
+        puts = {}
+        for window in self.windows.values():
+            self._apply_mode(window)
+            window_puts = window.restore(False, now)
+            if window_puts:
+                puts[window] = window_puts
+        await self.send_puts(puts)
 
     # ------------------------------------------------------------------ status
 

@@ -15,7 +15,13 @@ Only ``connected`` borrows from the fleet; in every other state the gates and bu
 back on what this host holds (see :mod:`.window` and :mod:`.budgets`). Each change of health
 is an event. A Redis that lost the fleet's state (restarted empty) is noticed by its epoch:
 the heartbeat creates a new one, every host pushes its own state back (``resyncers``) and
-borrows nothing until the new epoch's re-sync window is over.
+borrows nothing until the new epoch's re-sync window is over. A host back from an outage
+(Redis kept its state) opens such a window too: the other hosts may still be serving on their
+share, their admissions not in the fleet's log until their next heartbeat pushes them, so
+nobody borrows (Redis refuses) until every host running has had a heartbeat to push. A
+:data:`~.settings.ClusterSettings.timeout_s` before a window ends, each host *seals*
+(``sealers``): it stops admitting on its share and pushes what it admitted meanwhile, so all
+of it is in the log when borrowing starts again.
 """
 
 from __future__ import annotations
@@ -143,6 +149,10 @@ class Link:
         self.fleet_epoch: str | None = None
         """The fleet's epoch at the last heartbeat."""
         self.resync_until = 0.0
+        self.resync_until_us = 0
+        """The fleet's re-sync window ends then (server time), as the last heartbeat saw it."""
+        self.sealed = False
+        """This host has sealed in the re-sync window: it admits only from its leases."""
         self.hosts: tuple[HostSeen, ...] = ()
         self.ever_connected = False
         self.load: Callable[[], dict[str, Any]] = dict
@@ -154,6 +164,7 @@ class Link:
         self.failures = 0
         self._events = events
         self._resyncers: list[Callable[[bool], Awaitable[None]]] = []
+        self._sealers: list[Callable[[], Awaitable[None]]] = []
         self._health_listeners: list[Callable[[Health], None]] = []
         self._hosts_listeners: list[Callable[[int], None]] = []
         self._hosts_count = 1
@@ -178,6 +189,12 @@ class Link:
         """``resync(epoch_changed)`` pushes a part's own state back after an outage (or,
         when ``epoch_changed``, after Redis restarted empty); it may call :meth:`call`."""
         self._resyncers.append(resync)
+
+    def add_sealer(self, seal: Callable[[], Awaitable[None]]) -> None:
+        """``seal()`` near the end of a re-sync window: stop admitting on the share (the
+        health listeners see :attr:`sealed`) and push what was admitted; may call
+        :meth:`call`."""
+        self._sealers.append(seal)
 
     def on_health(self, listener: Callable[[Health], None]) -> None:
         """``listener(health)`` on every change of health."""
@@ -397,6 +414,8 @@ class Link:
         if len(load) > MAX_LOAD_BYTES:
             load = b"{}"
         others = any(seen.name != self.host for seen in self.hosts)
+        # back from an outage: the others may be serving on their share, open a window
+        reopen = self.ever_connected and self.health == "degraded" and not self._resyncing
         keys = self.keys
         reply = await self._call(
             "heartbeat",
@@ -408,6 +427,7 @@ class Link:
                 os.urandom(8).hex(),
                 int(self.settings.resync_s * 1e6) if others else 0,
                 int(FORGET_HOSTS_S * 1e6),
+                int(reopen),
             ],
         )
         now_us, epoch, hosts = _parse_heartbeat(reply.value)
@@ -420,6 +440,7 @@ class Link:
                 hosts_listener(count)
         epoch_id, _, resync_until_us = epoch
         self.resync_until = self.time.to_local(resync_until_us)
+        self.resync_until_us = resync_until_us
         self.fleet_epoch = epoch_id
         if self._resyncing or (self.health == "connected" and self.epoch == epoch_id):
             return None
@@ -442,17 +463,26 @@ class Link:
                 )
             previous = self.epoch
             self.epoch = epoch_id
+            self.sealed = False
             try:
                 for resync in self._resyncers:
                     await resync(changed or previous is None)
             except LinkDown:
                 self.epoch = previous  # pushed again, whole, at the next attempt
                 return
-            wait = self.resync_until - self.clock.monotonic()
-            if wait > 0:
+            if not await self._seal(epoch_id):
+                return
+            # a window another host opened since is seen at each heartbeat (and Redis
+            # refuses borrows until it ends whatever this host believes)
+            until = self.resync_until
+            while (wait := until - self.clock.monotonic()) > 0:
                 await anyio.sleep(wait)
+                if self.resync_until <= until or self.health != "resyncing":
+                    break
+                until = self.resync_until  # extended meanwhile
             if self.health != "resyncing" or self.epoch != epoch_id:
                 return
+            self.sealed = False
             first = not self.ever_connected
             self.ever_connected = True
             self._set_health("connected", "connected")
@@ -464,6 +494,23 @@ class Link:
         finally:
             self._resyncing = False
             self._wake.set()
+
+    async def _seal(self, epoch_id: str) -> bool:
+        """A timeout before the re-sync window ends (server time, its earliest local time):
+        seal. False when the re-sync is over for another reason (degraded, a new epoch)."""
+        seal_at = self.time.to_local_early(self.resync_until_us) - self.settings.timeout_s
+        wait = seal_at - self.clock.monotonic()
+        if wait > 0:
+            await anyio.sleep(wait)
+        if self.health != "resyncing" or self.epoch != epoch_id:
+            return False
+        self.sealed = True
+        try:
+            for seal in self._sealers:
+                await seal()
+        except LinkDown:
+            return False
+        return self.health == "resyncing" and self.epoch == epoch_id
 
     async def _listen(self) -> None:
         """Deliver the channel's messages; resubscribe after any failure."""

@@ -346,6 +346,9 @@ class FleetWindow:
                 self._recount()
         elif source.bucket is not None:
             self._bucket_add(source.bucket, change)
+            if source.live:  # pushed in a re-sync window, still in the share
+                source.amount += change
+                self.own_live += change
         else:
             source.amount += change
             if source.live:
@@ -504,10 +507,11 @@ class FleetWindow:
         """Puts that bring the fleet's log up to date after an outage: admissions made
         meanwhile (into buckets), and with ``everything`` (Redis restarted empty: it
         confirms none of this host's entries any more) every live entry of this host too.
-        Pending puts are included."""
+        Pending puts are included. Still in ``share`` (a re-sync window), the admissions
+        pushed still count in this host's share until they leave their span."""
         if everything:
             self.confirmed.clear()
-        self._own_into_buckets(now)
+        self._own_into_buckets(now, keep_counted=self.mode == "share")
         self.prune(now)
         if everything:
             for lease in self.leases:
@@ -516,15 +520,23 @@ class FleetWindow:
                 self.puts[bucket.entry] = (bucket.entry, bucket.amount, bucket.expiry_us)
         return self.take_puts()
 
-    def _own_into_buckets(self, now: float) -> None:
+    def _own_into_buckets(self, now: float, *, keep_counted: bool = False) -> None:
         """Admissions made while Redis was away, still in their span, as puts into buckets
-        leaving a span after each (from now on the fleet's log counts them)."""
+        leaving a span after each (from now on the fleet's log counts them); with
+        ``keep_counted`` they stay in the share too (until they leave their span)."""
         self._expire_own(now)
+        if keep_counted:
+            for own in self.degraded:
+                if own.live and own.bucket is None and own.amount > 0:
+                    own.bucket = self._bucket(self.time.to_server_us(own.time) + self.span_us)
+                    self._bucket_add(own.bucket, own.amount)
+            return
         while self.degraded:
             own = self.degraded.popleft()
-            own.live = False
-            self.own_live -= own.amount
-            if own.amount <= 0:
+            if own.live:
+                own.live = False
+                self.own_live -= own.amount
+            if own.amount <= 0 or own.bucket is not None:
                 continue
             bucket = self._bucket(self.time.to_server_us(own.time) + self.span_us)
             own.bucket = bucket
