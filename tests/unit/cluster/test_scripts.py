@@ -427,11 +427,12 @@ async def test_budget_syncs_are_idempotent_and_a_restore_keeps_ghosts_until_repl
     assert again[0] == "ok"  # 10 + 20 + 5 + 60 <= 100
 
 
-async def test_spend_days_are_set_not_added(link: Link) -> None:
+async def test_spend_days_are_set_not_added(link: Link, valkey: ValkeyServer) -> None:
     fields = [("a\tapp\tm\tp/m", f"{3 * USD} 2 10 20")]
     for _ in range(2):
         await budget_sync(link, "a", [], days={"2026-12-01": fields})
-    stored = await link.read_hash(link.keys.spend_day("2026-12-01"))
+    async with aioredis.Redis.from_url(valkey.url) as client:
+        stored = await client.hgetall(link.keys.spend_day("2026-12-01"))
     assert {text(k): text(v) for k, v in stored.items()} == {"a\tapp\tm\tp/m": f"{3 * USD} 2 10 20"}
 
 

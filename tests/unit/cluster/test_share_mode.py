@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.cluster.gates import Ask, FleetGates
-from quotad.daemon.cluster.link import LinkDown, ServerTime
+from quotad.daemon.cluster.link import LinkDown
+from quotad.daemon.cluster.server_time import ServerTime
 from quotad.daemon.cluster.window import FleetWindow, Put
 from tests.support.valkey import ValkeyServer, server_binary
 from tests.unit.cluster.conftest import joined_link

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quotad.daemon.clock import VirtualClock
-from quotad.daemon.cluster.link import CLOCK_SLACK_S, ServerTime
+from quotad.daemon.cluster.server_time import CLOCK_SLACK_S, ServerTime
 from quotad.daemon.cluster.window import FleetWindow, Taken
 
 SERVER_START_US = 1_790_000_000_000_000

@@ -1,8 +1,9 @@
 """The link to the fleet's Redis (or Valkey): one redis-py asyncio client, the scripts
 registered once (redis-py's script objects load a script again when the server answers
-NOSCRIPT, as a restarted Redis does), the server's clock as seen from here, the heartbeat
-(this host's load out; the hosts seen and the fleet's epoch back), the pub/sub channel, and
-the health of it all:
+NOSCRIPT, as a restarted Redis does), the server's clock as seen from here (sampled into a
+:class:`~.server_time.ServerTime`), the heartbeat (this host's load out; the hosts seen and
+the fleet's epoch back, parsed by :mod:`.heartbeat`), the pub/sub channel, and the health of
+it all:
 
 ::
 
@@ -42,8 +43,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
+from quotad.daemon.cluster.heartbeat import HEARTBEAT_MALFORMED, HostSeen, parse_heartbeat
 from quotad.daemon.cluster.keys import FleetKeys
 from quotad.daemon.cluster.scripts import SCRIPTS
+from quotad.daemon.cluster.server_time import ServerTime
 from quotad.daemon.cluster.settings import ClusterSettings
 
 log = logging.getLogger("quotad.cluster")
@@ -57,8 +60,6 @@ FORGET_HOSTS_S: Final = 86400.0
 MAX_LOAD_BYTES: Final = 2048
 MALFORMED: Final = (ValueError, TypeError, IndexError, KeyError, AttributeError)
 """What parsing a reply of the wrong shape raises."""
-CLOCK_SLACK_S: Final = 0.001
-"""Added on the late side of every conversion between the server's clock and ours."""
 
 
 class LinkDown(Exception):
@@ -70,60 +71,12 @@ class ClusterAuthError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class HostSeen:
-    """A host of the fleet with a recent heartbeat."""
-
-    name: str
-    seen_at: float
-    """Server time (Unix seconds) of its last heartbeat."""
-    load: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
 class Reply:
     """A script's reply and when, on our monotonic clock, it was sent and received."""
 
     value: Any
     sent: float
     received: float
-
-
-class ServerTime:
-    """The server's clock (``TIME``, Unix µs) against our monotonic clock.
-
-    A reply carrying the server's time ``T``, sent at ``t0`` and received at ``t1``, says the
-    offset server - local lies in ``[T - t1, T - t0]``. Conversions take the late side of
-    that interval (plus :data:`CLOCK_SLACK_S`): a server time becomes the latest local time
-    it can be (so a wait never ends early), a local time the latest server time it can be
-    (so an admission's expiry is never too early).
-    """
-
-    __slots__ = ("_high", "_low", "known")
-
-    def __init__(self) -> None:
-        self._low = 0.0
-        self._high = 0.0
-        self.known = False
-
-    def sample(self, server_us: int, sent: float, received: float) -> None:
-        """Learn from one reply."""
-        server_s = server_us / 1e6
-        self._low = server_s - received
-        self._high = server_s - sent
-        self.known = True
-
-    def to_local(self, server_us: float) -> float:
-        """The latest local monotonic time that server time can be."""
-        return server_us / 1e6 - self._low + CLOCK_SLACK_S
-
-    def to_local_early(self, server_us: float) -> float:
-        """The earliest local monotonic time that server time can be (an entry expiring
-        then is surely still in the log before it)."""
-        return server_us / 1e6 - self._high - CLOCK_SLACK_S
-
-    def to_server_us(self, local: float) -> int:
-        """The latest server time (µs) that local monotonic time can be."""
-        return int((local + self._high + CLOCK_SLACK_S) * 1e6) + 1
 
 
 class Link:
@@ -252,23 +205,10 @@ class Link:
         self.rtt_s = received - sent
         return Reply(value, sent, received)
 
-    async def read_hash(self, key: str) -> dict[Any, Any]:
-        """``HGETALL key`` (a read for reports); :class:`LinkDown` as :meth:`call`."""
-        if self.health not in ("connected", "resyncing"):
-            raise LinkDown(self.reason)
-        try:
-            with anyio.fail_after(self.settings.timeout_s * 4):
-                value = await self._redis.hgetall(key)
-        except TimeoutError:
-            raise LinkDown("Redis did not answer in time") from None
-        except (RedisError, OSError) as error:
-            raise LinkDown(f"Redis unreachable: {error or type(error).__name__}") from None
-        return value
-
     async def read_hash_page(self, key: str, cursor: int, count: int) -> tuple[int, dict[Any, Any]]:
         """One ``HSCAN key cursor COUNT count`` (a read for reports, a page at a time so that
         a huge hash is never held whole): ``(next cursor, fields)``, cursor 0 when done;
-        :class:`LinkDown` as :meth:`read_hash`."""
+        :class:`LinkDown` as :meth:`call`."""
         if self.health not in ("connected", "resyncing"):
             raise LinkDown(self.reason)
         try:
@@ -430,7 +370,10 @@ class Link:
                 int(reopen),
             ],
         )
-        now_us, epoch, hosts = _parse_heartbeat(reply.value)
+        try:
+            now_us, epoch, hosts = parse_heartbeat(reply.value)
+        except HEARTBEAT_MALFORMED as error:
+            raise LinkDown(f"malformed heartbeat reply: {error}") from None
         self.sample_time(now_us, reply)
         self.hosts = hosts
         count = self.hosts_seen()
@@ -555,34 +498,3 @@ class Link:
                 listener(message)
             except Exception:  # a listener's bug must not stop the others or the loop
                 log.exception("cluster: a message listener failed on %r", message[:80])
-
-
-def _parse_heartbeat(value: Any) -> tuple[int, tuple[str, int, int], tuple[HostSeen, ...]]:
-    """(now µs, (epoch id, created µs, resync_until µs), hosts seen) from a heartbeat reply,
-    checked: a malformed reply is an error of the link, not of the daemon."""
-    try:
-        now_us = int(value[0])
-        raw_epoch = value[1]
-        epoch = (_text(raw_epoch[0]), int(raw_epoch[1]), int(raw_epoch[2]))
-        hosts = []
-        flat = value[2]
-        for index in range(0, min(len(flat), 3 * 1000), 3):
-            load: Any
-            try:
-                load = msgspec.json.decode(flat[index + 2]) if flat[index + 2] else {}
-            except msgspec.DecodeError:
-                load = {}
-            hosts.append(
-                HostSeen(
-                    _text(flat[index])[:128],
-                    int(flat[index + 1]) / 1e6,
-                    load if isinstance(load, dict) else {},
-                )
-            )
-    except (TypeError, ValueError, IndexError, KeyError) as error:
-        raise LinkDown(f"malformed heartbeat reply: {error}") from None
-    return now_us, epoch, tuple(hosts)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

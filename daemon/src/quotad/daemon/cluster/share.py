@@ -38,7 +38,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from quotad.daemon.cluster.link import CLOCK_SLACK_S, ServerTime
+from quotad.daemon.cluster.server_time import CLOCK_SLACK_S, ServerTime
 
 Entry = tuple[str, int, int]
 """``(entry, amount, expiry µs)``: one version of one of this host's entries in the log."""

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from quotad.daemon.cluster.link import ServerTime
+from quotad.daemon.cluster.server_time import ServerTime
 from quotad.daemon.cluster.share import ShareStock
 
 Mode = Literal["fleet", "share", "closed"]

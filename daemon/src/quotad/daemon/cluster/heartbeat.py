@@ -1,0 +1,54 @@
+"""What a heartbeat (``heartbeat.lua``) answers, checked: the server's time, the fleet's
+epoch and its re-sync window, and the hosts seen with the load each reported
+(:class:`HostSeen`). Pure parsing: :class:`~.link.Link` sends the heartbeat and acts on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+
+
+@dataclass(frozen=True, slots=True)
+class HostSeen:
+    """A host of the fleet with a recent heartbeat."""
+
+    name: str
+    seen_at: float
+    """Server time (Unix seconds) of its last heartbeat."""
+    load: dict[str, Any]
+
+
+HEARTBEAT_MALFORMED: Final = (TypeError, ValueError, IndexError, KeyError)
+"""What :func:`parse_heartbeat` raises on a reply of the wrong shape."""
+
+
+def parse_heartbeat(value: Any) -> tuple[int, tuple[str, int, int], tuple[HostSeen, ...]]:
+    """(now µs, (epoch id, created µs, resync_until µs), hosts seen) from a heartbeat reply,
+    checked: one of :data:`HEARTBEAT_MALFORMED` when the reply has not the shape it must
+    (the link takes that for an error of the link, not of the daemon)."""
+    now_us = int(value[0])
+    raw_epoch = value[1]
+    epoch = (_text(raw_epoch[0]), int(raw_epoch[1]), int(raw_epoch[2]))
+    hosts = []
+    flat = value[2]
+    for index in range(0, min(len(flat), 3 * 1000), 3):
+        load: Any
+        try:
+            load = msgspec.json.decode(flat[index + 2]) if flat[index + 2] else {}
+        except msgspec.DecodeError:
+            load = {}
+        hosts.append(
+            HostSeen(
+                _text(flat[index])[:128],
+                int(flat[index + 1]) / 1e6,
+                load if isinstance(load, dict) else {},
+            )
+        )
+    return now_us, epoch, tuple(hosts)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
