@@ -163,7 +163,7 @@ async def throughput(url: str, duration_s: float) -> dict[str, Any]:
                 admitted += 1
                 waits.append(waited)
                 if started - last_flush > 0.01:
-                    await gates.flush()
+                    await gates.flusher.flush()
                     last_flush = started
                 if admitted % 64 == 0:
                     await anyio.lowlevel.checkpoint()  # the other hosts run too, as daemons would

@@ -83,7 +83,7 @@ async def admit(host: Host, tokens: int) -> None:
 
 
 async def flush(host: Host) -> None:
-    await host.gates.flush()
+    await host.gates.flusher.flush()
 
 
 operation = st.one_of(

@@ -513,7 +513,7 @@ async def test_a_settle_reply_of_the_wrong_length_is_refused_saying_so(
     async with aioredis.Redis.from_url(valkey.url) as client:
         link._scripts["settle"] = client.register_script(hostile)
         with pytest.raises(LinkDown):
-            await gates.send_puts({window: [("c:h1:1", 1, 10**16)]})
+            await gates.flusher.send_puts({window: [("c:h1:1", 1, 10**16)]})
     assert link.health == "degraded"
     assert "malformed reply of settle" in link.reason
     assert "200000 windows' use for 1 windows sent" in link.reason, link.reason
@@ -521,7 +521,7 @@ async def test_a_settle_reply_of_the_wrong_length_is_refused_saying_so(
 
 
 def test_a_settle_reply_is_counted_before_any_figure_is_converted() -> None:
-    from quotad.daemon.cluster.gates import settle_reply
+    from quotad.daemon.cluster.flusher import settle_reply
 
     converted: list[object] = []
 

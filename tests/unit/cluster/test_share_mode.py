@@ -85,7 +85,7 @@ async def test_room_freed_before_redis_died_and_borrowed_by_another_host_is_not_
 
             await h2.borrow([(("h2",), Ask(((w2, LIMIT),)))])
             assert take(h2, w2, LIMIT)
-            await h2.flush()  # used up: returned into a bucket leaving a span after
+            await h2.flusher.flush()  # used up: returned into a bucket leaving a span after
             await h3.snapshot()  # what h3 last sees of the fleet: the window full
             assert w3.fleet_used == LIMIT
             await anyio.sleep(SPAN_S + 0.15)  # h2's 6 have left the window

@@ -18,8 +18,10 @@ that keeps it supplied runs beside them, never on the admission path:
 :mod:`.server_time`   :class:`ServerTime`: the server's clock against ours, on the late side
 :mod:`.window`        :class:`FleetWindow` (pure): leases borrowed, admissions from them, settle,
                       returns as puts, the ``share``/``closed`` arithmetic when Redis is away
-:mod:`.gates`         :class:`FleetGates`: the borrow worker, the put flusher, pauses, provider
-                      headers, snapshots, ``freed``/``pause`` messages, re-sync of windows
+:mod:`.gates`         :class:`FleetGates`: the borrow worker, pauses, provider headers,
+                      snapshots, ``freed``/``pause`` messages, re-sync of windows
+:mod:`.flusher`       :class:`PutFlusher`: puts (``settle.lua``) and provider observations sent
+                      in batches, one call in flight
 :mod:`.budgets`       :class:`FleetBudget` (pure: what this host holds) and :class:`FleetBudgets`
                       (borrow, sync, restore after Redis restarted empty)
 :mod:`.spend`         :class:`FleetSpend`: spend per day/app/model/target pushed for

@@ -8,9 +8,10 @@ and the traffic with Redis that keeps them supplied, all off the admission path:
   (``schedule(local time)``: the local timer wakes then). A window running low is topped up
   ahead of need (a *prefetch*, which never marks the window as waited on).
 - **returning and settling** (``settle.lua``): leases that end and tokens given back are
-  sent in batches by one flusher, one call in flight at a time, so puts of one entry never
-  cross.
-- **pauses** (``pause.lua``) and **provider headers** (``observe.lua``), and the pub/sub
+  sent in batches by one flusher (:class:`~.flusher.PutFlusher`, which also sends the
+  provider headers, ``observe.lua``), one call in flight at a time, so puts of one entry
+  never cross.
+- **pauses** (``pause.lua``) and **provider headers** (:meth:`FleetGates.observe`), and the pub/sub
   messages that tell other hosts at once: ``freed`` (a window someone waits on changed: ask
   again) and ``pause``.
 - **snapshots** (``snapshot.lua``) every heartbeat: the fleet's usage of each window (for
@@ -36,18 +37,16 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 
+from quotad.daemon.cluster.flusher import PutFlusher, window_keys, window_ttl_ms
 from quotad.daemon.cluster.keys import window_name
 from quotad.daemon.cluster.link import MALFORMED, Health, Link, LinkDown, Reply
-from quotad.daemon.cluster.window import INFINITY, FleetWindow, Put
+from quotad.daemon.cluster.window import INFINITY, FleetWindow
 
 log = logging.getLogger("quotad.cluster")
 
 MAX_ASKS_PER_CALL: Final = 32
-FLUSH_COALESCE_S: Final = 0.002
-"""A flusher woken by a put waits this long for others to join the same call."""
 WAIT_MARK_S: Final = 1.0
 """How long a refused ask marks its windows as waited on (returns there publish)."""
-OBSERVE_EVERY_S: Final = 0.1
 MAX_TARGETS: Final = 4096
 """Targets whose pauses this host follows (those it asked for, paused, or was told of)."""
 
@@ -95,15 +94,14 @@ class FleetGates:
         """``on_pause(target, until)``: another host paused ``target`` until local ``until``
         (``-inf``: lifted)."""
         self.windows: dict[str, FleetWindow] = {}
+        self.flusher = PutFlusher(link, self.windows)
         self._by_state_key: dict[str, FleetWindow] = {}
         self.targets: set[str] = set()
         self._pending: dict[tuple[Any, ...], Ask] = {}
         self._retry_at: dict[tuple[Any, ...], float] = {}
         self._asked = anyio.Event()
-        self._put = anyio.Event()
         self._pauses: dict[str, float] = {}
         self._paused = anyio.Event()
-        self._observed: dict[FleetWindow, tuple[int, int, float]] = {}
         self._entry_prefix = f"{link.host}:{os.urandom(3).hex()}:"
         self._entries = 0
         self.borrows = 0
@@ -115,9 +113,6 @@ class FleetGates:
         link.add_sealer(self._seal)
 
     # ------------------------------------------------------------------ windows
-
-    def _window_keys(self, window: FleetWindow) -> list[str]:
-        return [self.link.keys.window_log(window.name), self.link.keys.window_state(window.name)]
 
     def window(
         self, gate: str, unit: str, window_s: float, limit: int, span_s: float
@@ -138,7 +133,7 @@ class FleetGates:
                 margin=settings.margin,
             )
             window.on_low = self._low
-            window.on_used_up = self._put.set
+            window.on_used_up = self.flusher.wake.set
             self._apply_mode(window)
             self.windows[name] = window
             self._by_state_key[self.link.keys.window_state(name)] = window
@@ -150,7 +145,7 @@ class FleetGates:
         for window in self.windows.values():
             self._apply_mode(window)
         if any(window.puts for window in self.windows.values()):
-            self._put.set()  # back in the fleet: what was admitted meanwhile goes out now
+            self.flusher.wake.set()  # back in the fleet: what was admitted meanwhile goes out now
         self.on_capacity()
 
     def _hosts_changed(self, hosts: int) -> None:
@@ -232,7 +227,7 @@ class FleetGates:
         """The borrow worker, the flusher and the snapshots, until cancelled."""
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._borrow_forever)
-            tasks.start_soon(self._flush_forever)
+            tasks.start_soon(self.flusher.run)
             tasks.start_soon(self._snapshot_forever)
             tasks.start_soon(self._pause_forever)
             task_status.started()
@@ -299,7 +294,7 @@ class FleetGates:
         ]
         for window in windows:
             keys += [link.keys.window_log(window.name), link.keys.window_state(window.name)]
-            args += [window.span_us, window.limit, _ttl_ms(window)]
+            args += [window.span_us, window.limit, window_ttl_ms(window)]
         keys += [link.keys.pause(target) for target in targets]
         args.append(len(asks))
         for _, ask, items in asks:
@@ -361,77 +356,19 @@ class FleetGates:
             now = self.clock.monotonic()
             self._retry_at = {k: t for k, t in self._retry_at.items() if t > now}
         if granted:
-            self._put.set()  # new leases: the flusher must know when they end
+            self.flusher.wake.set()  # new leases: the flusher must know when they end
             self.on_capacity()
 
     # ------------------------------------------------------------------ settling
 
     def settle_changed(self) -> None:
         """A reservation was settled or cancelled: puts may be waiting."""
-        self._put.set()
+        self.flusher.wake.set()
 
-    async def _flush_forever(self) -> None:
-        while True:
-            due = min((w.next_due() for w in self.windows.values()), default=INFINITY)
-            delay = due - self.clock.monotonic()
-            if not any(w.puts for w in self.windows.values()) and not self._observed:
-                if delay == INFINITY:
-                    await self._put.wait()
-                elif delay > 0:
-                    with anyio.move_on_after(delay):
-                        await self._put.wait()
-            self._put = anyio.Event()
-            await anyio.sleep(FLUSH_COALESCE_S)
-            if not self.link.usable:
-                await self._wait_usable()
-                continue
-            try:
-                await self.flush()
-            except LinkDown:
-                continue
-
-    async def _wait_usable(self) -> None:
-        while not self.link.usable:
-            with anyio.move_on_after(self.link.settings.heartbeat_s):
-                await self._put.wait()
-            self._put = anyio.Event()
-
-    async def flush(self) -> None:
-        """Close what is due and send every pending put (and provider observations)."""
-        now = self.clock.monotonic()
-        for window in self.windows.values():
-            window.close_due(now)
-        await self.send_puts({w: w.take_puts() for w in self.windows.values() if w.puts})
-        if self._observed:
-            observed, self._observed = self._observed, {}
-            for window, (remaining, reset_us, _) in observed.items():
-                await self._send_observation(window, remaining, reset_us)
-
-    async def send_puts(self, puts: dict[FleetWindow, list[Put]]) -> None:
-        """One ``settle.lua`` call with ``puts``; kept for later when it fails."""
-        if not puts:
-            return
-        keys: list[str] = []
-        args: list[Any] = [self.link.keys.channel, len(puts)]
-        for window, window_puts in puts.items():
-            keys += self._window_keys(window)
-            args += [_ttl_ms(window), len(window_puts)]
-            for entry, amount, expiry_us in window_puts:
-                args += [entry, amount, expiry_us]
-        try:
-            reply = await self.link.call("settle", keys, args)
-            try:
-                now_us, used = settle_reply(reply.value, len(puts))
-                self.link.sample_time(now_us, reply)
-            except MALFORMED as error:
-                raise self.link.malformed("settle", error) from None
-        except LinkDown:
-            for window, window_puts in puts.items():
-                window.unsent(window_puts)
-            raise
-        for (window, window_puts), window_used in zip(puts.items(), used, strict=True):
-            window.acknowledged(window_puts)
-            window.fleet_used = window_used
+    def observe(self, window: FleetWindow, remaining: int, reset_s: float) -> None:
+        """A provider's remaining/reset for ``window``: sent to the fleet by the flusher
+        (:meth:`~.flusher.PutFlusher.observe`)."""
+        self.flusher.observe(window, remaining, reset_s)
 
     # ------------------------------------------------------------------ pauses and headers
 
@@ -454,28 +391,6 @@ class FleetGates:
             self.link.malformed("pause", error)
             return None
         return self.link.time.to_local(until) if until else -INFINITY
-
-    def observe(self, window: FleetWindow, remaining: int, reset_s: float) -> None:
-        """A provider's remaining/reset for ``window``: sent to the fleet by the flusher
-        (the latest per window, at most every :data:`OBSERVE_EVERY_S`)."""
-        now = self.clock.monotonic()
-        previous = self._observed.get(window)
-        self._observed[window] = (remaining, int(reset_s * 1e6), now)
-        if previous is None or now - previous[2] >= OBSERVE_EVERY_S:
-            self._put.set()
-
-    async def _send_observation(self, window: FleetWindow, remaining: int, reset_us: int) -> None:
-        reply = await self.link.call(
-            "observe",
-            self._window_keys(window),
-            [window.limit, remaining, reset_us, _ttl_ms(window)],
-        )
-        try:
-            self.link.sample_time(int(reply.value[0]), reply)
-            window.fleet_used = int(reply.value[1])
-            window.external = int(reply.value[2])
-        except MALFORMED as error:
-            raise self.link.malformed("observe", error) from None
 
     def _message(self, message: str) -> None:
         kind, _, rest = message.partition(" ")
@@ -515,7 +430,7 @@ class FleetGates:
         targets = sorted(self.targets)
         keys: list[str] = []
         for window in windows:
-            keys += self._window_keys(window)
+            keys += window_keys(self.link, window)
         keys += [self.link.keys.pause(target) for target in targets]
         args: list[Any] = [len(windows), len(targets)]
         reply = await self.link.call("snapshot", keys, args)
@@ -545,7 +460,7 @@ class FleetGates:
             window_puts = window.restore(everything, now)
             if window_puts:
                 puts[window] = window_puts
-        await self.send_puts(puts)
+        await self.flusher.send_puts(puts)
         self._retry_at.clear()
 
     async def _seal(self) -> None:
@@ -559,7 +474,7 @@ class FleetGates:
             window_puts = window.restore(False, now)
             if window_puts:
                 puts[window] = window_puts
-        await self.send_puts(puts)
+        await self.flusher.send_puts(puts)
 
     # ------------------------------------------------------------------ status
 
@@ -568,24 +483,6 @@ class FleetGates:
         now = self.clock.monotonic()
         for name, window in self.windows.items():
             yield name, window.held(now), window.fleet_used, window.external
-
-
-def settle_reply(value: Any, windows: int) -> tuple[int, list[int]]:
-    """``(server time µs, each window's fleet use)`` from a ``settle.lua`` reply to puts for
-    ``windows`` windows. The count is checked before any figure is converted: a reply of the
-    wrong length (a hostile or foreign server's) is refused at the cost of one ``len``.
-    One of :data:`~.link.MALFORMED` when the reply has not the shape it must."""
-    used = value[1]
-    if not isinstance(used, list):
-        raise TypeError(f"settle reply: each window's use is a {type(used).__name__}, not a list")
-    if len(used) != windows:
-        raise ValueError(f"settle reply: {len(used)} windows' use for {windows} windows sent")
-    return int(value[0]), [int(figure) for figure in used]
-
-
-def _ttl_ms(window: FleetWindow) -> int:
-    """How long a window's keys outlive their last write: past every entry's expiry."""
-    return (window.span_us + window.lease_us) // 1000 + 60_000
 
 
 def _text(value: Any) -> str:
