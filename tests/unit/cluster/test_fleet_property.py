@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from quotad.daemon.cluster.gates import Ask, FleetGates
 from quotad.daemon.cluster.link import Link
-from quotad.daemon.cluster.window import FleetWindow, Taken
+from quotad.daemon.cluster.window import FleetWindow
+from quotad.daemon.cluster.window_records import Taken
 from tests.support.valkey import ValkeyServer
 from tests.unit.cluster.conftest import joined_link
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.cluster.server_time import CLOCK_SLACK_S, ServerTime
-from quotad.daemon.cluster.window import FleetWindow, Taken
+from quotad.daemon.cluster.window import FleetWindow
+from quotad.daemon.cluster.window_records import Taken
 
 SERVER_START_US = 1_790_000_000_000_000
 """The server's clock at local time 1000.0 (the virtual clock's start)."""

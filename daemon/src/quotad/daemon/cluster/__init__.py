@@ -10,24 +10,27 @@ The local engines stay the engines. :class:`~quotad.daemon.gates.Gates` still ad
 budget's capacity is simply what this host *holds* from the fleet, and the traffic with Redis
 that keeps it supplied runs beside them, never on the admission path:
 
-====================  ======================================================================
-:mod:`.link`          :class:`Link`: the client, scripts, server clock, health (``connecting``
-                      → ``resyncing`` → ``connected`` ⇄ ``degraded``), heartbeat, hosts seen,
-                      epoch (Redis restarted empty), re-sync and seal, pub/sub
-:mod:`.heartbeat`     a heartbeat's reply, checked: server time, epoch, :class:`HostSeen`
-:mod:`.server_time`   :class:`ServerTime`: the server's clock against ours, on the late side
-:mod:`.window`        :class:`FleetWindow` (pure): leases borrowed, admissions from them, settle,
-                      returns as puts, the ``share``/``closed`` arithmetic when Redis is away
-:mod:`.gates`         :class:`FleetGates`: the borrow worker, pauses, provider headers,
-                      snapshots, ``freed``/``pause`` messages, re-sync of windows
-:mod:`.flusher`       :class:`PutFlusher`: puts (``settle.lua``) and provider observations sent
-                      in batches, one call in flight
-:mod:`.budgets`       :class:`FleetBudget` (pure: what this host holds) and :class:`FleetBudgets`
-                      (borrow, sync, restore after Redis restarted empty)
-:mod:`.spend`         :class:`FleetSpend`: spend per day/app/model/target pushed for
-                      ``quotad spend --fleet``; :func:`read_fleet_spend`
-:mod:`.scripts`       the Lua scripts, one per decision
-====================  ======================================================================
+========================  ========================================================================
+:mod:`.link`              :class:`Link`: the client, scripts, server clock, health (``connecting``
+                          → ``resyncing`` → ``connected`` ⇄ ``degraded``), heartbeat, hosts seen,
+                          epoch (Redis restarted empty), re-sync and seal, pub/sub
+:mod:`.heartbeat`         a heartbeat's reply, checked: server time, epoch, :class:`HostSeen`
+:mod:`.server_time`       :class:`ServerTime`: the server's clock against ours, on the late side
+:mod:`.window`            :class:`FleetWindow` (pure): leases borrowed, admissions from them,
+                          settle, returns as puts, the ``share``/``closed`` arithmetic when Redis
+                          is away
+:mod:`.window_records`    what a window keeps: ``Lease``, ``Bucket``, ``OwnAdmission``, ``Taken``
+:mod:`.gates`             :class:`FleetGates`: the borrow worker, pauses, provider headers,
+                          snapshots, ``freed``/``pause`` messages, re-sync of windows
+:mod:`.flusher`           :class:`PutFlusher`: puts (``settle.lua``) and provider observations
+                          sent in batches, one call in flight
+:mod:`.budgets`           :class:`FleetBudget` (pure: what this host holds) and
+                          :class:`FleetBudgets` (borrow, sync, restore after Redis restarted
+                          empty)
+:mod:`.spend`             :class:`FleetSpend`: spend per day/app/model/target pushed for
+                          ``quotad spend --fleet``; :func:`read_fleet_spend`
+:mod:`.scripts`           the Lua scripts, one per decision
+========================  ========================================================================
 
 How the daemon wires it (phase 2)::
 

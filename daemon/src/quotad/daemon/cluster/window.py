@@ -23,6 +23,9 @@ last confirmed them (:attr:`FleetWindow.confirmed`; puts and borrows in flight a
 for it) and its share; ``closed`` only what open leases still hold. A host that never
 reached Redis admits nothing on fleet windows. Admissions made meanwhile are pushed into the
 fleet's log when Redis is back.
+
+The records kept (:class:`~.window_records.Lease`, ``Bucket``, ``OwnAdmission``, ``Taken``)
+live in :mod:`.window_records`.
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from quotad.daemon.cluster.server_time import ServerTime
 from quotad.daemon.cluster.share import ShareStock
+from quotad.daemon.cluster.window_records import Bucket, Lease, OwnAdmission, Part, Taken
 
 Mode = Literal["fleet", "share", "closed"]
 Put = tuple[str, int, int]
@@ -46,64 +49,6 @@ RATE_TAU_S: Final = 1.0
 SLICE_SHARE: Final = 0.5
 """At most this share of a limit, divided among the hosts seen, is borrowed at once."""
 INFINITY: Final = math.inf
-
-
-@dataclass(slots=True, eq=False)
-class Bucket:
-    """This host's closed admissions that leave the window at one grid time."""
-
-    entry: str
-    expiry_us: int
-    expires: float
-    """The local time by which it has surely left."""
-    amount: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class Lease:
-    """A borrowed slice of the window."""
-
-    entry: str
-    granted: int
-    sent_at: float
-    granted_us: int
-    expiry_us: int
-    deadline: float
-    used: int = 0
-    last_at: float = -INFINITY
-    closed: bool = False
-    bucket: Bucket | None = None
-
-
-@dataclass(slots=True, eq=False)
-class OwnAdmission:
-    """An admission made while Redis was unreachable (not yet in the fleet's log)."""
-
-    time: float
-    amount: int
-    bucket: Bucket | None = None
-    live: bool = True
-    """Still counted in :attr:`FleetWindow.own_live` (inside its span, not pushed)."""
-
-
-@dataclass(slots=True, eq=False)
-class Part:
-    """Units of one admission taken from one source."""
-
-    source: Lease | OwnAdmission
-    amount: int
-
-
-@dataclass(slots=True, eq=False)
-class Taken:
-    """What one admission took of a fleet window (settled later with :meth:`resize`)."""
-
-    parts: list[Part] = field(default_factory=list)
-
-    @property
-    def amount(self) -> int:
-        """The units this admission counts for now."""
-        return sum(part.amount for part in self.parts)
 
 
 class FleetWindow:

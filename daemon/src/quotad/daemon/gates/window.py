@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # the Redis client is imported only when [cluster] is configured
-    from quotad.daemon.cluster.window import FleetWindow, Taken
+    from quotad.daemon.cluster.window import FleetWindow
+    from quotad.daemon.cluster.window_records import Taken
 
 Unit = Literal["requests", "tokens"]
 Scope = Literal["provider", "model", "app"]
