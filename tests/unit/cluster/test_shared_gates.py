@@ -279,3 +279,26 @@ async def test_a_host_joining_shrinks_the_slice_each_host_borrows_without_a_heal
         assert offered == [limit // 2 // 2, math.floor(limit * 0.5 / 3)]
         assert changes == []  # no change of health on the first host
         assert first.health == "connected"
+
+
+async def test_a_lease_used_up_is_returned_at_once_after_the_flusher_has_woken_before(
+    valkey: ValkeyServer,
+) -> None:
+    """A window wakes the flusher when an admission uses a lease up, so the lease is closed
+    at once rather than at its deadline. The flusher replaces its wake-up event each time it
+    wakes; the window must reach the current one, not the one it was made with (it used to
+    set that stale event: the lease stayed open until its deadline, lease_s later)."""
+    async with (
+        joined_link(valkey, "u" + os.urandom(5).hex(), "h1", lease_s=30.0) as link,
+        anyio.create_task_group() as tasks,
+    ):
+        fleet = FleetGates(link)
+        window = fleet.window("provider:p", "requests", 60.0, 1000, 60.05)
+        window.on_low = None  # no borrowing ahead, whose grant would wake the flusher too
+        await tasks.start(fleet.run)
+        await fleet.borrow([(("first",), Ask(((window, 5),)))])  # wakes the flusher once
+        await anyio.sleep(0.05)  # it has woken (and replaced its event) by now
+        lease = window.leases[0]
+        assert window.take(lease.granted - lease.used, link.clock.monotonic()) is not None
+        await eventually(lambda: lease not in window.leases, within_s=5.0)
+        tasks.cancel_scope.cancel()

@@ -2,7 +2,7 @@
 out from here, in batches, one ``settle.lua`` call in flight at a time (so puts of one entry
 never cross): leases that end (closed when due), tokens given back, admissions pushed after
 an outage; and the latest provider headers per window (``observe.lua``, at most every
-:data:`OBSERVE_EVERY_S`). It sleeps until woken (:attr:`PutFlusher.wake`: a settle, a grant,
+:data:`OBSERVE_EVERY_S`). It sleeps until woken (:meth:`PutFlusher.wake`: a settle, a grant,
 a lease used up, an observation) or until a lease is due, and waits while the link is not
 usable: puts that could not be sent are kept and sent again. :class:`~.gates.FleetGates`
 owns the windows and wakes it.
@@ -30,9 +30,14 @@ class PutFlusher:
         self.clock = link.clock
         self.windows = windows
         """The fleet gates' windows (the same dict: windows made later are flushed too)."""
-        self.wake = anyio.Event()
-        """Set when puts may be waiting; replaced by a new event each time the flusher wakes."""
+        self._woken = anyio.Event()
+        """Set when puts may be waiting; replaced by a new event each time the flusher wakes
+        (so a caller holds :meth:`wake`, never the event)."""
         self._observed: dict[FleetWindow, tuple[int, int, float]] = {}
+
+    def wake(self) -> None:
+        """Puts may be waiting (or a lease was used up): flush soon."""
+        self._woken.set()
 
     async def run(self) -> None:
         """Flush whenever woken or a lease is due, until cancelled."""
@@ -41,11 +46,11 @@ class PutFlusher:
             delay = due - self.clock.monotonic()
             if not any(w.puts for w in self.windows.values()) and not self._observed:
                 if delay == INFINITY:
-                    await self.wake.wait()
+                    await self._woken.wait()
                 elif delay > 0:
                     with anyio.move_on_after(delay):
-                        await self.wake.wait()
-            self.wake = anyio.Event()
+                        await self._woken.wait()
+            self._woken = anyio.Event()
             await anyio.sleep(FLUSH_COALESCE_S)
             if not self.link.usable:
                 await self._wait_usable()
@@ -58,8 +63,8 @@ class PutFlusher:
     async def _wait_usable(self) -> None:
         while not self.link.usable:
             with anyio.move_on_after(self.link.settings.heartbeat_s):
-                await self.wake.wait()
-            self.wake = anyio.Event()
+                await self._woken.wait()
+            self._woken = anyio.Event()
 
     async def flush(self) -> None:
         """Close what is due and send every pending put (and provider observations)."""
@@ -105,7 +110,7 @@ class PutFlusher:
         previous = self._observed.get(window)
         self._observed[window] = (remaining, int(reset_s * 1e6), now)
         if previous is None or now - previous[2] >= OBSERVE_EVERY_S:
-            self.wake.set()
+            self.wake()
 
     async def _send_observation(self, window: FleetWindow, remaining: int, reset_us: int) -> None:
         reply = await self.link.call(

@@ -133,7 +133,7 @@ class FleetGates:
                 margin=settings.margin,
             )
             window.on_low = self._low
-            window.on_used_up = self.flusher.wake.set
+            window.on_used_up = self.flusher.wake
             self._apply_mode(window)
             self.windows[name] = window
             self._by_state_key[self.link.keys.window_state(name)] = window
@@ -145,7 +145,7 @@ class FleetGates:
         for window in self.windows.values():
             self._apply_mode(window)
         if any(window.puts for window in self.windows.values()):
-            self.flusher.wake.set()  # back in the fleet: what was admitted meanwhile goes out now
+            self.flusher.wake()  # back in the fleet: what was admitted meanwhile goes out now
         self.on_capacity()
 
     def _hosts_changed(self, hosts: int) -> None:
@@ -356,14 +356,14 @@ class FleetGates:
             now = self.clock.monotonic()
             self._retry_at = {k: t for k, t in self._retry_at.items() if t > now}
         if granted:
-            self.flusher.wake.set()  # new leases: the flusher must know when they end
+            self.flusher.wake()  # new leases: the flusher must know when they end
             self.on_capacity()
 
     # ------------------------------------------------------------------ settling
 
     def settle_changed(self) -> None:
         """A reservation was settled or cancelled: puts may be waiting."""
-        self.flusher.wake.set()
+        self.flusher.wake()
 
     def observe(self, window: FleetWindow, remaining: int, reset_s: float) -> None:
         """A provider's remaining/reset for ``window``: sent to the fleet by the flusher
