@@ -40,7 +40,7 @@ import anyio.abc
 from quotad.daemon.cluster.flusher import PutFlusher, window_keys, window_ttl_ms
 from quotad.daemon.cluster.keys import window_name
 from quotad.daemon.cluster.link import MALFORMED, Health, Link, LinkDown, Reply
-from quotad.daemon.cluster.window import INFINITY, FleetWindow
+from quotad.daemon.cluster.window import INFINITY, FleetWindow, Put
 
 log = logging.getLogger("quotad.cluster")
 
@@ -454,27 +454,27 @@ class FleetGates:
         """Push what this host admitted while Redis was away (and, after Redis restarted
         empty, every live entry of its own)."""
         now = self.clock.monotonic()
-        puts = {}
         for window in self.windows.values():
             window.close_due(now)
-            window_puts = window.restore(everything, now)
-            if window_puts:
-                puts[window] = window_puts
-        await self.flusher.send_puts(puts)
+        await self.flusher.send_puts(self._restored(everything, now))
         self._retry_at.clear()
 
     async def _seal(self) -> None:
         """Near the end of a re-sync window: admit only from leases, and push what was
         admitted on the share since :meth:`_resync`, so the log has it when borrowing
         starts again."""
-        now = self.clock.monotonic()
-        puts = {}
         for window in self.windows.values():
             self._apply_mode(window)
-            window_puts = window.restore(False, now)
+        await self.flusher.send_puts(self._restored(False, self.clock.monotonic()))
+
+    def _restored(self, everything: bool, now: float) -> dict[FleetWindow, list[Put]]:
+        """Each window's puts that bring the fleet's log up to date (``FleetWindow.restore``)."""
+        puts = {}
+        for window in self.windows.values():
+            window_puts = window.restore(everything, now)
             if window_puts:
                 puts[window] = window_puts
-        await self.flusher.send_puts(puts)
+        return puts
 
     # ------------------------------------------------------------------ status
 
