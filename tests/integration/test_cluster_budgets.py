@@ -218,3 +218,62 @@ def test_spend_fleet_without_a_cluster_is_a_clear_error() -> None:
         assert [row["key"] for row in json.loads(by_host.stdout)["rows"]] == [
             __import__("socket").gethostname()
         ]
+
+
+def status_text(socket_path: Path) -> str:
+    """``quotad status`` as text, from the command itself."""
+    out = subprocess.run(
+        [sys.executable, "-m", "quotad.daemon.cli", "--socket", str(socket_path), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "QUOTAD_CONFIG": "/nonexistent/quotad.toml"},
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def wait_status(fleet: Fleet, index: int, ready: Any, timeout_s: float = 20.0) -> Any:
+    """Host ``index``'s status once ``ready(status)`` holds (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = fleet.statuses()[index]
+        if ready(status):
+            return status
+        assert time.monotonic() < deadline, (status.budgets, status.cluster)
+        time.sleep(0.1)
+
+
+def test_a_hosts_status_shows_the_fleets_budgets_and_its_own_when_redis_is_away() -> None:
+    """h1 spends, h2 spends nothing: h2's ``quotad status`` shows the fleet's spend (as h2
+    last heard it from Valkey, with no round trip on the status path), and with Valkey gone
+    its own figures, saying so."""
+    with Fleet(hosts=2, extra="[budgets]\ndaily_usd = 1.0\n" + PRICES) as fleet:
+        wait_connected(fleet)
+        with Client(socket=fleet.daemons[0].socket_path, app="a", timeout=30) as client:
+            replies = [
+                client.chat(MODEL, [{"role": "user", "content": "x"}], max_tokens=64)
+                for _ in range(3)
+            ]
+        spent = sum(reply.cost_usd for reply in replies)
+        assert spent > 0
+
+        def fleet_spend_heard(status: Any) -> bool:
+            (budget,) = status.budgets
+            return bool(budget.fleet) and budget.spent_usd == pytest.approx(spent, abs=1e-8)
+
+        status = wait_status(fleet, 1, fleet_spend_heard)
+        (budget,) = status.budgets
+        assert 0 < time.time() - budget.as_of < 20
+        text = status_text(fleet.daemons[1].socket_path)
+        assert "figures" in text
+        assert "s ago" in text.split("budgets", 1)[1]
+
+        fleet.valkey.kill()
+        status = wait_status(
+            fleet, 1, lambda s: s.cluster is not None and s.cluster.health == "degraded"
+        )
+        (budget,) = status.budgets
+        assert not budget.fleet
+        assert budget.spent_usd == 0.0  # h2's own: it spent nothing
+        assert "this host only" in status_text(fleet.daemons[1].socket_path)

@@ -4,9 +4,11 @@ one host."""
 
 from __future__ import annotations
 
+import time
+
 from quotad.daemon.metrics import Metrics
 from quotad.daemon.report import format_status
-from quotad.protocol.messages import StatusReply
+from quotad.protocol.messages import BudgetStatus, StatusReply
 from tests.support.statuses import DEGRADED_FLEET
 
 
@@ -32,3 +34,20 @@ def test_metrics_show_redis_health_degraded_mode_and_hosts() -> None:
     assert "quotad_cluster_hosts_seen 2" in text
     assert 'quotad_cluster_held{window="provider:openai|requests|60"} 7' in text
     assert "quotad_cluster" not in Metrics().exposition(StatusReply()).decode()
+
+
+def test_status_text_says_whose_budget_figures_it_shows_in_a_fleet() -> None:
+    budgets = [
+        BudgetStatus(name="global daily", limit_usd=10.0, spent_usd=9.0, reserved_usd=0.3,
+                     fleet=True, as_of=time.time() - 3.2),
+        BudgetStatus(name="global monthly", period="month", limit_usd=90.0, spent_usd=2.0),
+    ]  # fmt: skip
+    text = format_status(StatusReply(cluster=DEGRADED_FLEET, budgets=budgets))
+    rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("global ")}
+    assert "figures" in text
+    assert rows["daily"].endswith("fleet 3s ago")
+    assert "$0.30 held" in rows["daily"]
+    assert rows["monthly"].endswith("this host only")
+    one_host = format_status(StatusReply(budgets=budgets[1:]))
+    assert "figures" not in one_host
+    assert "this host only" not in one_host

@@ -18,7 +18,7 @@ import pytest
 
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.cluster.link import Link
-from quotad.daemon.cluster.shared_budgets import SharedBudgets, fleet_scope
+from quotad.daemon.cluster.shared_budgets import FRESH_HEARTBEATS, SharedBudgets, fleet_scope
 from quotad.daemon.config import Config, parse_config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.store import Store
@@ -271,3 +271,38 @@ async def test_with_no_budget_a_finished_row_waits_for_the_heartbeats_sync(
         assert a.shared.fleet.spend.dirty  # pushed at the next sync
         b.shared.finished(b.row("x", 0.1))
         assert b.shared.fleet._dirty.is_set()
+
+
+async def test_status_shows_the_fleets_figures_as_last_heard_with_no_round_trip(
+    valkey: ValkeyServer, prefix: str, directories: list[Path]
+) -> None:
+    clock = VirtualClock(epoch=1_796_000_000.0)
+    async with two_hosts(valkey, prefix, directories, budgets_config(daily=10.0), clock) as (a, b):
+        a.shared.finished(a.row("build", 2.0))
+        await a.shared.fleet.sync()
+        b.shared.finished(b.row("docs", 0.5))
+        hold = await b.shared.reserve("docs", 0.1, clock.time())  # borrows: hears a's 2.0
+        assert hold is not None
+        heard = clock.time()
+        clock.advance(0.5)
+        b.shared.finished(b.row("docs", 0.25))  # not pushed yet: b's own figure now
+        calls = b.link.calls
+        (day,) = b.shared.budget_status()
+        assert b.link.calls == calls  # no round trip
+        assert day.fleet
+        assert day.spent_usd == pytest.approx(2.75)  # a's 2.0 as heard, b's 0.75 now
+        assert day.reserved_usd >= 0.1 - 1e-9  # b's request in flight at least
+        assert day.as_of == pytest.approx(heard, abs=0.01)
+        # b's own figures, saying so, once the fleet's are stale or Redis is away
+        clock.advance(FRESH_HEARTBEATS * b.link.settings.heartbeat_s + b.link.settings.timeout_s)
+        (stale,) = b.shared.budget_status()
+        assert not stale.fleet
+        assert stale.as_of == 0.0
+        assert stale.spent_usd == pytest.approx(0.75)
+        assert stale.reserved_usd == pytest.approx(0.1)
+        await b.shared.fleet.sync()
+        assert b.shared.budget_status()[0].fleet
+        b.link._down("test: Redis went away")
+        (degraded,) = b.shared.budget_status()
+        assert not degraded.fleet
+        assert degraded.spent_usd == pytest.approx(0.75)

@@ -14,6 +14,8 @@ depends on quotad-client; this module imports only the messages).
 - A target's health says why it is degraded (:func:`health_text`): ``degraded 2/10`` is two
   failures among its last ten outcomes. Uptime (the share of time its breaker was closed) is
   shown apart: a target can be degraded and never have been down.
+- In a fleet, a budget says whose figures it shows (:func:`budget_whose`): ``fleet 1s ago``
+  (every host's, as last heard from Redis) or ``this host only`` (the fleet's not known).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from quotad.protocol.messages import TargetStatus, WindowStatus
+from quotad.protocol.messages import BudgetStatus, TargetStatus, WindowStatus
 
 MAX_USD_DECIMALS: Final = 6
 PLAIN_USD_DECIMALS: Final = 8
@@ -91,3 +93,11 @@ def health_text(target: TargetStatus) -> str:
     recent = target.recent[-RECENT_HEALTH_OUTCOMES:]
     failed = sum(outcome in _FAILED_OUTCOMES for outcome in recent)
     return f"{health} {failed}/{len(recent)}" if failed else health
+
+
+def budget_whose(budget: BudgetStatus, now: float) -> str:
+    """Whose figures a fleet's budget shows: ``fleet 1s ago`` (every host's, as this host last
+    heard them at ``budget.as_of``, ``now`` being wall time) or ``this host only``."""
+    if not budget.fleet:
+        return "this host only"
+    return f"fleet {max(0.0, now - budget.as_of):.0f}s ago"

@@ -373,6 +373,13 @@ class BudgetStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
     alert: bool = False
+    fleet: bool = False
+    """With ``[cluster]``: ``spent_usd`` is every host's spent and ``reserved_usd`` what the
+    hosts hold of it (their requests in flight and a little ahead), as this host last heard
+    from the fleet's Redis (``as_of``), with its own figures as they are now. False: this
+    host's own figures (one host, or a fleet whose figures this host does not know freshly)."""
+    as_of: float = 0.0
+    """Wall time the fleet's figures were last heard from Redis (0 when ``fleet`` is False)."""
 
 
 class AppStatus(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from quotad.daemon.config import ENTITY_KINDS
-from quotad.protocol.figures import health_text, size, usd, usd_plain, window_in_force
+from quotad.protocol.figures import budget_whose, health_text, size, usd, usd_plain, window_in_force
 from quotad.protocol.messages import (
     CacheStatus,
     ChatReply,
@@ -199,18 +199,21 @@ def format_status(status: StatusReply) -> str:
             )
         )
     if status.budgets:
+        fleet = status.cluster is not None  # whose figures: the fleet's (reserved: held) or not
+        now = time.time()
         out += _section(
             "budgets",
-            ["budget", "period", "spent", "reserved", "limit", "use"],
+            ["budget", "period", "spent", "reserved", "limit", "use", *(["figures"] * fleet)],
             [
                 [
                     b.name,
                     b.period,
                     usd(b.spent_usd),
-                    usd(b.reserved_usd),
+                    usd(b.reserved_usd) + (" held" if b.fleet else ""),
                     usd(b.limit_usd),
                     f"{(b.spent_usd / b.limit_usd if b.limit_usd else 0):.0%}"
                     + ("  ALERT" if b.alert else ""),
+                    *([budget_whose(b, now)] * fleet),
                 ]
                 for b in status.budgets
             ],

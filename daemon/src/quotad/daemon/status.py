@@ -22,7 +22,14 @@ from quotad.daemon.gates import Gates
 from quotad.daemon.live_tail import LiveTail
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
-from quotad.protocol.messages import AppStatus, ClusterStatus, Spend, SpendReply, StatusReply
+from quotad.protocol.messages import (
+    AppStatus,
+    BudgetStatus,
+    ClusterStatus,
+    Spend,
+    SpendReply,
+    StatusReply,
+)
 
 if TYPE_CHECKING:
     from quotad.daemon.cluster.shared_budgets import SharedBudgets
@@ -97,12 +104,20 @@ class StatusReports:
             queues=queues,
             apps=self._apps(queued_by_app),
             cache=self.cache.status(),
-            budgets=self.budgets.status(self.clock.time()),
+            budgets=self._budgets(),
             events=self.events.recent(),
             permits=self.gates.permits_held,
             cluster=self.cluster.status() if self.cluster is not None else None,
             problems=self.cluster.problems() if self.cluster is not None else [],
         )
+
+    def _budgets(self) -> list[BudgetStatus]:
+        """Each budget's use now: in a fleet, the fleet's as this host last heard it (no
+        round trip), or this host's own when it has not heard them freshly."""
+        now = self.clock.time()
+        if self.fleet_budgets is not None:
+            return self.fleet_budgets.budget_status(now)
+        return self.budgets.status(now)
 
     @property
     def cache_enabled(self) -> bool:

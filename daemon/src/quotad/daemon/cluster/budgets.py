@@ -83,6 +83,9 @@ class FleetBudget:
     """``spent + held`` a sync in flight may leave (the lower it is, the sooner it counts)."""
     fleet_spent: int = 0
     fleet_held: int = 0
+    heard_at: float = -math.inf
+    """When (our monotonic clock) ``fleet_spent`` and ``fleet_held`` were last heard from
+    Redis: the reply of a borrow or a sync."""
     contended_until: float = -math.inf
     others: dict[str, int] = field(default_factory=dict)
     """Each other host's ``spent + held`` (nano-USD) as last seen."""
@@ -221,6 +224,7 @@ class FleetBudgets:
         budget.held_acked = int(figures[0])
         budget.fleet_spent = int(figures[1])
         budget.fleet_held = int(figures[2])
+        budget.heard_at = reply.received
         contended = int(figures[3])
         if contended:
             budget.contended_until = max(budget.contended_until, self.link.time.to_local(contended))

@@ -55,6 +55,9 @@ log = logging.getLogger("quotad.cluster")
 MAX_BORROWS: Final = 4
 """Borrows one request may make before it is refused (each is followed by the check, which
 other requests of this host may have filled again meanwhile)."""
+FRESH_HEARTBEATS: Final = 3
+"""The fleet's figures of a budget are shown (status, TUI) while heard from Redis within this
+many heartbeats (and a call's timeout): a connected host syncs its budgets every heartbeat."""
 
 
 def fleet_scope(budget: Budget) -> str:
@@ -288,16 +291,51 @@ class SharedBudgets:
         reply.budgets = self.budget_status()
         return reply
 
-    def budget_status(self) -> list[BudgetStatus]:
-        """Each budget as the fleet has it (at the last sync): ``spent_usd`` every host's,
-        ``reserved_usd`` what the hosts hold of it."""
+    def budget_status(self, now: float | None = None) -> list[BudgetStatus]:
+        """Each budget in the period holding ``now`` (wall time; default the clock's), as
+        ``quotad status``, the TUI and ``quotad spend --fleet`` show it. No I/O: status is a
+        hot path. With the fleet's figures fresh (:meth:`fleet_figures`): the other hosts'
+        spent and held as last heard from Redis plus this host's own now (``fleet=True``,
+        ``as_of`` when heard); else this host's own figures (``fleet=False``)."""
+        now = self.link.clock.time() if now is None else now
+        monotonic = self.link.clock.monotonic()
         out = []
-        for budget in self.budgets.roll(self.link.clock.time()):
+        for budget in self.budgets.roll(now):
             fleet = self.fleet.budgets.get(
                 (fleet_scope(budget), budget.period, budget.period_label)
             )
-            spent = fleet.fleet_spent / NANO if fleet is not None else budget.spent_usd
-            held = fleet.fleet_held / NANO if fleet is not None else budget.reserved_usd
-            alert = spent >= budget.alert_at * budget.limit_usd > 0
-            out.append(budget.status(spent_usd=spent, reserved_usd=held, alert=alert))
+            if fleet is None or not self.fleet_figures(fleet, monotonic):
+                out.append(
+                    budget.status(
+                        spent_usd=budget.spent_usd,
+                        reserved_usd=budget.reserved_usd,
+                        alert=budget.alerted,
+                    )
+                )
+                continue
+            # Redis counts this host at spent_acked + held_acked until its next sync: its
+            # part shows its spent now, and holds the rest of that (at least its reserved)
+            counted = (fleet.spent_acked + fleet.held_acked) / NANO
+            spent = (fleet.fleet_spent - fleet.spent_acked) / NANO + budget.spent_usd
+            held = (fleet.fleet_held - fleet.held_acked) / NANO + max(
+                budget.reserved_usd, counted - budget.spent_usd
+            )
+            status = budget.status(
+                spent_usd=spent,
+                reserved_usd=held,
+                alert=spent >= budget.alert_at * budget.limit_usd > 0,
+            )
+            status.fleet = True
+            status.as_of = now - (monotonic - fleet.heard_at)
+            out.append(status)
         return out
+
+    def fleet_figures(self, fleet: FleetBudget, monotonic: float) -> bool:
+        """Whether this host knows ``fleet``'s figures freshly enough to show them: Redis
+        answers (the budgets sync every heartbeat then) and they were heard within
+        :data:`FRESH_HEARTBEATS` heartbeats and a call's timeout."""
+        settings = self.link.settings
+        fresh_s = FRESH_HEARTBEATS * settings.heartbeat_s + settings.timeout_s
+        return self.link.health in ("connected", "resyncing") and (
+            monotonic - fleet.heard_at <= fresh_s
+        )

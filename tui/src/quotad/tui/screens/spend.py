@@ -4,6 +4,7 @@ screen is shown; a daemon without a ledger says so and the screen shows what sta
 
 from __future__ import annotations
 
+import time
 from typing import Final
 
 from rich.text import Text
@@ -11,6 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.message import Message
 
+from quotad.protocol.figures import budget_whose
 from quotad.protocol.messages import BudgetStatus, SpendReply
 from quotad.tui.format import bar, percent, usd
 from quotad.tui.monitor import Monitor
@@ -36,9 +38,13 @@ TABLES: Final = (
 )
 
 
-def budget_lines(budgets: list[BudgetStatus], *, known: bool = True) -> Text:
-    """One bar per budget: spent plus reserved against its limit. ``known``: False while no
-    data came from a daemon (then no budgets means nothing)."""
+def budget_lines(
+    budgets: list[BudgetStatus], *, known: bool = True, fleet: bool = False, now: float = 0.0
+) -> Text:
+    """One bar per budget: spent plus reserved (in a fleet's figures: held) against its limit.
+    ``known``: False while no data came from a daemon (then no budgets means nothing).
+    ``fleet``: the daemon is in a fleet, so each budget says whose figures it shows (as of
+    ``now``, wall time)."""
     if not budgets and not known:
         return Text("no data: not connected to quotad yet", style="yellow")
     if not budgets:
@@ -51,8 +57,11 @@ def budget_lines(budgets: list[BudgetStatus], *, known: bool = True) -> Text:
         text.append_text(bar(fraction, BUDGET_WIDTH))
         text.append(f" {usd(budget.spent_usd)} spent")
         if budget.reserved_usd:
-            text.append(f" + {usd(budget.reserved_usd)} reserved")
+            held = "held" if budget.fleet else "reserved"
+            text.append(f" + {usd(budget.reserved_usd)} {held}")
         text.append(f" of {usd(budget.limit_usd)} ({percent(fraction)})")
+        if fleet:
+            text.append(f"  {budget_whose(budget, now)}", style="" if budget.fleet else "yellow")
         if budget.alert:
             text.append("  ALERT", style="bold red")
         text.append("\n")
@@ -119,7 +128,10 @@ class SpendScreen(MonitorScreen):
         if not budgets:
             budgets = (view.month_by_app or view.day_by_app or SpendReply()).budgets
         known = status is not None or view.month_by_app is not None or view.day_by_app is not None
-        self.query_one("#budgets", LiveText).show_text(budget_lines(budgets, known=known))
+        fleet = status is not None and status.cluster is not None
+        self.query_one("#budgets", LiveText).show_text(
+            budget_lines(budgets, known=known, fleet=fleet, now=time.time())
+        )
         reports = {
             "day-app": view.day_by_app,
             "day-model": view.day_by_model,
