@@ -4,7 +4,8 @@ process per host with 16 concurrent clients each (48 at once), each sending unti
 refuses it. What was spent (each host's ledger: the truth for its rows) never passes a limit;
 ``quotad spend --fleet`` reports every host's spend as their ledgers have it; Valkey restarted
 empty mid-run does not reset the budgets (every host pushes its totals back); while Valkey is
-away a host serves what it holds and refuses the rest with ``rate_limited``."""
+away a host serves what it holds and refuses the rest with ``rate_limited``; a host's
+``quotad status`` shows the fleet's budget figures, or its own while Valkey is away."""
 
 from __future__ import annotations
 

@@ -51,3 +51,23 @@ def test_status_text_says_whose_budget_figures_it_shows_in_a_fleet() -> None:
     one_host = format_status(StatusReply(budgets=budgets[1:]))
     assert "figures" not in one_host
     assert "this host only" not in one_host
+
+
+def test_metrics_say_whose_budget_figures_in_a_fleet() -> None:
+    budgets = [
+        BudgetStatus(name="global daily", spent_usd=9.0, fleet=True, as_of=1.0),
+        BudgetStatus(name="global monthly", period="month", spent_usd=2.0),
+    ]
+    text = Metrics().exposition(StatusReply(cluster=DEGRADED_FLEET, budgets=budgets)).decode()
+    assert (
+        'quotad_cluster_budget_fleet{budget="global daily",scope="global",period="day"} 1' in text
+    )
+    assert (
+        'quotad_cluster_budget_fleet{budget="global monthly",scope="global",period="month"} 0'
+        in text
+    )
+    assert 'quotad_budget_spent_usd{budget="global daily",scope="global",period="day"} 9.0' in text
+    assert (
+        "quotad_cluster_budget_fleet"
+        not in Metrics().exposition(StatusReply(budgets=budgets)).decode()
+    )

@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final
 
-from quotad.protocol.messages import PRIORITIES, ClusterStatus, RequestRecord, StatusReply
+from quotad.protocol.messages import (
+    PRIORITIES,
+    BudgetStatus,
+    ClusterStatus,
+    RequestRecord,
+    StatusReply,
+)
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS_S: Final = (
@@ -184,7 +190,7 @@ def _write_status(out: _Exposition, status: StatusReply) -> None:
         depth: int = getattr(status.queues, priority)
         out.sample("quotad_queue_depth", depth, priority=priority)
     if status.cluster is not None:
-        _write_cluster(out, status.cluster)
+        _write_cluster(out, status.cluster, status.budgets)
 
     cache = status.cache
     out.counter("quotad_cache_hits_total", "Requests answered from the cache.", cache.hits)
@@ -243,8 +249,11 @@ CLUSTER_HEALTH: Final = ("connecting", "resyncing", "connected", "degraded")
 CLUSTER_MODES: Final = ("fleet", "share", "closed")
 
 
-def _write_cluster(out: _Exposition, cluster: ClusterStatus) -> None:
-    """The fleet (``[cluster]``): Redis health, the gates' mode, hosts seen, fleet windows."""
+def _write_cluster(
+    out: _Exposition, cluster: ClusterStatus, budgets: Sequence[BudgetStatus]
+) -> None:
+    """The fleet (``[cluster]``): Redis health, the gates' mode, hosts seen, fleet windows,
+    whose figures the budgets show."""
     out.family("quotad_cluster_health", "gauge", "1 for the state of the link to Redis.")
     for health in CLUSTER_HEALTH:
         out.sample("quotad_cluster_health", int(cluster.health == health), health=health)
@@ -278,6 +287,14 @@ def _write_cluster(out: _Exposition, cluster: ClusterStatus) -> None:
     for window in cluster.windows:
         out.sample("quotad_cluster_held", window.held, window=window.name)
         out.sample("quotad_cluster_fleet_used", window.fleet_used, window=window.name)
+    out.family(
+        "quotad_cluster_budget_fleet",
+        "gauge",
+        "1 while quotad_budget_* show the fleet's figures (as last heard), 0 this host's own.",
+    )
+    for budget in budgets:
+        labels = {"budget": budget.name, "scope": budget.scope, "period": budget.period}
+        out.sample("quotad_cluster_budget_fleet", int(budget.fleet), **labels)
 
 
 # --------------------------------------------------------------------------- text format

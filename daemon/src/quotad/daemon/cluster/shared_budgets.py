@@ -21,6 +21,10 @@ FleetBudgets`), then checks and reserves again. So:
   (:class:`~.spend.FleetSpend`, loaded from the ledger at start) and asks for a sync, which
   pushes this host's absolute totals: replayed after an outage, or into a Redis restarted
   empty, they count once, so budgets are not reset (each host's ledger stays the truth).
+- ``quotad status``, the TUI and ``/metrics`` show the fleet's figures of each budget as
+  this host last heard them in its borrow and sync replies (no round trip on the status
+  path), or this host's own, saying so, when it has not heard them freshly
+  (:meth:`SharedBudgets.budget_status`).
 
 Budgets are keyed in Redis by scope (``global``, or ``app:<name>``), period and period label:
 the label is the local day or month in ``daemon.timezone``, which must be the same on every
