@@ -34,6 +34,7 @@ host of a fleet.
 from __future__ import annotations
 
 import logging
+import math
 from datetime import date, timedelta
 from typing import Final
 
@@ -298,17 +299,17 @@ class SharedBudgets:
     def budget_status(self, now: float | None = None) -> list[BudgetStatus]:
         """Each budget in the period holding ``now`` (wall time; default the clock's), as
         ``quotad status``, the TUI and ``quotad spend --fleet`` show it. No I/O: status is a
-        hot path. With the fleet's figures fresh (:meth:`fleet_figures`): the other hosts'
+        hot path. With the fleet's figures fresh (:meth:`heard_since`): the other hosts'
         spent and held as last heard from Redis plus this host's own now (``fleet=True``,
         ``as_of`` when heard); else this host's own figures (``fleet=False``)."""
         now = self.link.clock.time() if now is None else now
         monotonic = self.link.clock.monotonic()
+        heard_since = self.heard_since(monotonic)
+        mirrors = self._mirror_of
         out = []
         for budget in self.budgets.roll(now):
-            fleet = self.fleet.budgets.get(
-                (fleet_scope(budget), budget.period, budget.period_label)
-            )
-            if fleet is None or not self.fleet_figures(fleet, monotonic):
+            fleet = mirrors.get(budget)
+            if fleet is None or fleet.heard_at < heard_since or fleet.label != budget.period_label:
                 out.append(
                     budget.status(
                         spent_usd=budget.spent_usd,
@@ -324,22 +325,22 @@ class SharedBudgets:
             held = (fleet.fleet_held - fleet.held_acked) / NANO + max(
                 budget.reserved_usd, counted - budget.spent_usd
             )
-            status = budget.status(
-                spent_usd=spent,
-                reserved_usd=held,
-                alert=spent >= budget.alert_at * budget.limit_usd > 0,
+            out.append(
+                budget.status(
+                    spent_usd=spent,
+                    reserved_usd=held,
+                    alert=spent >= budget.alert_at * budget.limit_usd > 0,
+                    as_of=now - (monotonic - fleet.heard_at),
+                )
             )
-            status.fleet = True
-            status.as_of = now - (monotonic - fleet.heard_at)
-            out.append(status)
         return out
 
-    def fleet_figures(self, fleet: FleetBudget, monotonic: float) -> bool:
-        """Whether this host knows ``fleet``'s figures freshly enough to show them: Redis
-        answers (the budgets sync every heartbeat then) and they were heard within
-        :data:`FRESH_HEARTBEATS` heartbeats and a call's timeout."""
+    def heard_since(self, monotonic: float) -> float:
+        """Since when (our monotonic clock) the fleet's figures of a budget must have been
+        heard to be shown: Redis answers (the budgets sync every heartbeat then) and within
+        :data:`FRESH_HEARTBEATS` heartbeats and a call's timeout; ``inf`` (none) while Redis
+        is away or not reached yet."""
+        if self.link.health not in ("connected", "resyncing"):
+            return math.inf
         settings = self.link.settings
-        fresh_s = FRESH_HEARTBEATS * settings.heartbeat_s + settings.timeout_s
-        return self.link.health in ("connected", "resyncing") and (
-            monotonic - fleet.heard_at <= fresh_s
-        )
+        return monotonic - (FRESH_HEARTBEATS * settings.heartbeat_s + settings.timeout_s)

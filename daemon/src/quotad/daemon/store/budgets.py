@@ -104,9 +104,11 @@ class Budget:
     period_label: str = ""
     alerted: bool = False
 
-    def status(self, *, spent_usd: float, reserved_usd: float, alert: bool) -> BudgetStatus:
+    def status(
+        self, *, spent_usd: float, reserved_usd: float, alert: bool, as_of: float | None = None
+    ) -> BudgetStatus:
         """This budget as ``status`` and ``spend`` replies show it, with the figures of whoever
-        reports it (this host's own, or the fleet's)."""
+        reports it: this host's own, or (``as_of``: when they were heard) the fleet's."""
         return BudgetStatus(
             name=self.name,
             scope=self.scope,
@@ -115,6 +117,8 @@ class Budget:
             spent_usd=spent_usd,
             reserved_usd=reserved_usd,
             alert=alert,
+            fleet=as_of is not None,
+            as_of=as_of or 0.0,
         )
 
 
