@@ -26,13 +26,12 @@ from tests.support.load import peak_in_window
 from tests.support.valkey import running_valkey
 from tests.unit.cluster.conftest import joined_link
 from tests.unit.cluster.test_link import eventually
-from tests.unit.cluster.test_shared_gates import Host
+from tests.unit.cluster.test_shared_gates import GUARD_S, Host, gates_config
 
 pytestmark = pytest.mark.anyio
 
 LIMIT = 20
 WINDOW_S = 1.0
-GUARD_S = 0.05
 PAUSE_S = 2.5
 CONCURRENCY = 4
 
@@ -40,20 +39,6 @@ CONCURRENCY = 4
 @pytest.fixture
 def anyio_backend(asyncio_only: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     return asyncio_only
-
-
-def gates_config() -> dict[str, object]:
-    return {
-        "http": {"listen": ""},
-        "gates": {"guard_s": GUARD_S, "burst": 1.0, "max_wait_s": 20.0},
-        "providers": {
-            "p": {
-                "kind": "openai",
-                "base_url": "http://127.0.0.1:9",
-                "limits": [{"requests": LIMIT, "window_s": WINDOW_S}],
-            }
-        },
-    }
 
 
 async def load(host: Host, stop: anyio.Event) -> None:
@@ -81,7 +66,7 @@ async def test_the_first_host_back_borrows_nothing_until_the_others_pushed_their
         for name in ("h0", "h1"):
             link = await stack.enter_async_context(joined_link(server, prefix, name, **settings))
             fleet = FleetGates(link)
-            gates = Gates(parse_config(gates_config()))
+            gates = Gates(parse_config(gates_config(limit=LIMIT, window_s=WINDOW_S)))
             gates.use_fleet(fleet)
             await tasks.start(fleet.run)
             tasks.start_soon(gates.run)
