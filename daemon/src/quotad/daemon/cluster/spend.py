@@ -160,11 +160,11 @@ class FleetSpend:
 
 async def read_fleet_spend(link: Link, days: Iterable[str]) -> list[FleetSpendRow]:
     """Every host's spend on ``days``, as the fleet's Redis has it: at most
-        :data:`MAX_REPORT_FIELDS` rows, read a page of :data:`READ_PAGE_FIELDS` at a time and no
-        further once the cap is reached (a hash of any size costs at most the cap and a page),
-        in at most two pages per day and two per page's worth of the cap (a Redis that keeps
-        answering "more" ends the read there); a field of the wrong shape is skipped, a field
-    met again in a day counts once."""
+    :data:`MAX_REPORT_FIELDS` rows, read a page of :data:`READ_PAGE_FIELDS` at a time and no
+    further once the cap is reached (a hash of any size costs at most the cap and a page), in
+    at most two pages per day and two per page's worth of the cap (a Redis that keeps
+    answering "more" ends the read there); a field of the wrong shape is skipped, a field met
+    again in a day counts once."""
     days = list(days)
     cap = MAX_REPORT_FIELDS
     pages_left = 2 * len(days) + 2 * (cap // READ_PAGE_FIELDS)
