@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,7 +21,7 @@ from quotad.daemon.cluster.link import ClusterAuthError, Link
 from quotad.daemon.cluster.settings import ClusterSettings
 from quotad.daemon.cluster.window import FleetWindow
 from tests.support.valkey import ValkeyServer, free_port, running_valkey, server_binary
-from tests.unit.cluster.conftest import settings_for
+from tests.unit.cluster.conftest import joined_link, settings_for
 
 pytestmark = [
     pytest.mark.anyio,
@@ -227,3 +229,24 @@ async def test_a_pause_and_freed_capacity_reach_the_other_host_at_once(
         await eventually(lambda: len(second_calls["capacity"]) > woken)
         second_gates.short(Ask(((window_2, 1),)))
         await eventually(lambda: window_2.held(second.clock.monotonic()) >= 1)
+
+
+@pytest.mark.parametrize("depth", [1000, 1_000_000])
+async def test_a_hosts_load_nested_past_any_depth_counts_as_no_load(
+    valkey: ValkeyServer, depth: int
+) -> None:
+    """Whoever can write the fleet's Redis can put any load beside a host's name. One nested
+    past msgspec's depth (1000 arrays: 2000 bytes, under the size a host writes) made it raise
+    RecursionError, which the heartbeat did not catch: it ended the link's task. Such a load,
+    and one longer than a host writes, is taken as no load, as bad JSON is."""
+    prefix = "d" + os.urandom(5).hex()
+    async with joined_link(valkey, prefix, "h1") as link:
+        deep = b"[" * depth + b"]" * depth
+        async with aioredis.Redis.from_url(valkey.url) as client:
+            now_us = int(time.time() * 1e6)
+            await client.zadd(link.keys.hosts, {"intruder": now_us})
+            await client.hset(link.keys.load, "intruder", deep)
+        await link.heartbeat()
+        assert link.health == "connected"
+        seen = {host.name: host.load for host in link.hosts}
+        assert seen["intruder"] == {}

@@ -21,6 +21,8 @@ class HostSeen:
     load: dict[str, Any]
 
 
+MAX_LOAD_BYTES: Final = 2048
+"""The largest load a host writes beside its name; a larger one read back is no load."""
 HEARTBEAT_MALFORMED: Final = (TypeError, ValueError, IndexError, KeyError)
 """What :func:`parse_heartbeat` raises on a reply of the wrong shape."""
 
@@ -35,19 +37,28 @@ def parse_heartbeat(value: Any) -> tuple[int, tuple[str, int, int], tuple[HostSe
     hosts = []
     flat = value[2]
     for index in range(0, min(len(flat), 3 * 1000), 3):
-        load: Any
-        try:
-            load = msgspec.json.decode(flat[index + 2]) if flat[index + 2] else {}
-        except msgspec.DecodeError:
-            load = {}
+        load = _load(flat[index + 2])
         hosts.append(
             HostSeen(
                 _text(flat[index])[:128],
                 int(flat[index + 1]) / 1e6,
-                load if isinstance(load, dict) else {},
+                load,
             )
         )
     return now_us, epoch, tuple(hosts)
+
+
+def _load(raw: Any) -> dict[str, Any]:
+    """A host's load as written beside its name; whatever else stands there (anyone who can
+    write the fleet's Redis may put anything: too long, not JSON, nested past msgspec's
+    depth) is no load."""
+    if not isinstance(raw, bytes | str) or not raw or len(raw) > MAX_LOAD_BYTES:
+        return {}
+    try:
+        load = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return {}
+    return load if isinstance(load, dict) else {}
 
 
 def _text(value: Any) -> str:

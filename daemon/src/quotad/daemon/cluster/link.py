@@ -43,7 +43,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
-from quotad.daemon.cluster.heartbeat import HEARTBEAT_MALFORMED, HostSeen, parse_heartbeat
+from quotad.daemon.cluster.heartbeat import (
+    HEARTBEAT_MALFORMED,
+    MAX_LOAD_BYTES,
+    HostSeen,
+    parse_heartbeat,
+)
 from quotad.daemon.cluster.keys import FleetKeys
 from quotad.daemon.cluster.scripts import SCRIPTS
 from quotad.daemon.cluster.server_time import ServerTime
@@ -57,7 +62,6 @@ EventSink = Callable[[str, str, int], None]
 
 FORGET_HOSTS_S: Final = 86400.0
 """A host unseen this long is dropped from the hosts set."""
-MAX_LOAD_BYTES: Final = 2048
 MALFORMED: Final = (ValueError, TypeError, IndexError, KeyError, AttributeError)
 """What parsing a reply of the wrong shape raises."""
 
