@@ -105,7 +105,6 @@ class Link:
         """The epoch this host's state in Redis belongs to (None: not pushed yet)."""
         self.fleet_epoch: str | None = None
         """The fleet's epoch at the last heartbeat."""
-        self.resync_until = 0.0
         self.resync_until_us = 0
         """The fleet's re-sync window ends then (server time), as the last heartbeat saw it."""
         self.sealed = False
@@ -141,6 +140,12 @@ class Link:
         self._scripts = {name: self._redis.register_script(text) for name, text in SCRIPTS.items()}
 
     # ------------------------------------------------------------------ listeners
+
+    @property
+    def resync_until(self) -> float:
+        """The latest local time the fleet's re-sync window can end (as the last heartbeat
+        saw it)."""
+        return self.time.to_local(self.resync_until_us)
 
     def add_resyncer(self, resync: Callable[[bool], Awaitable[None]]) -> None:
         """``resync(epoch_changed)`` pushes a part's own state back after an outage (or,
@@ -386,7 +391,6 @@ class Link:
             for hosts_listener in self._hosts_listeners:
                 hosts_listener(count)
         epoch_id, _, resync_until_us = epoch
-        self.resync_until = self.time.to_local(resync_until_us)
         self.resync_until_us = resync_until_us
         self.fleet_epoch = epoch_id
         if self._resyncing or (self.health == "connected" and self.epoch == epoch_id):
@@ -421,12 +425,12 @@ class Link:
                 return
             # a window another host opened since is seen at each heartbeat (and Redis
             # refuses borrows until it ends whatever this host believes)
-            until = self.resync_until
-            while (wait := until - self.clock.monotonic()) > 0:
+            until_us = self.resync_until_us
+            while (wait := self.time.to_local(until_us) - self.clock.monotonic()) > 0:
                 await anyio.sleep(wait)
-                if self.resync_until <= until or self.health != "resyncing":
+                if self.resync_until_us <= until_us or self.health != "resyncing":
                     break
-                until = self.resync_until  # extended meanwhile
+                until_us = self.resync_until_us  # extended meanwhile
             if self.health != "resyncing" or self.epoch != epoch_id:
                 return
             self.sealed = False
