@@ -130,7 +130,11 @@ def test_the_fleet_never_spends_past_its_budgets_under_48_concurrent_requests() 
         assert total <= GLOBAL_USD + 1e-9
         # the budgets were the limit, not the request count: every client process was refused
         assert all(r["errors"].get("budget_exceeded", 0) > 0 for r in results), results
-        assert build >= APP_USD * 0.5, build
+        # efficiency: what bound each app was spent well. build's bound is its own budget, or
+        # what docs left of the global one, whichever is less: which client process the
+        # scheduler runs first decides how much docs takes, and that is not the fleet's doing
+        docs = total - build
+        assert build >= min(APP_USD, GLOBAL_USD - docs) * 0.5, (build, docs)
         assert total >= GLOBAL_USD * 0.6, total
         # the replies' costs are what the ledgers hold
         assert sum(r["cost_usd"] for r in results) == pytest.approx(total, abs=1e-9)
