@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from quotad.daemon.cluster.gates import Ask, FleetGates
-from quotad.daemon.cluster.link import ClusterAuthError, Link
+from quotad.daemon.cluster.link import ClusterAuthError, Link, LinkDown
 from quotad.daemon.cluster.settings import ClusterSettings
 from quotad.daemon.cluster.window import FleetWindow
 from tests.support.valkey import ValkeyServer, free_port, running_valkey, server_binary
@@ -250,3 +250,21 @@ async def test_a_hosts_load_nested_past_any_depth_counts_as_no_load(
         assert link.health == "connected"
         seen = {host.name: host.load for host in link.hosts}
         assert seen["intruder"] == {}
+
+
+@pytest.mark.parametrize("epoch_id", [b"", b"e" * 65, b"e" * 1_000_000], ids=["empty", "65", "1MB"])
+async def test_an_epoch_id_no_host_writes_is_a_malformed_heartbeat(
+    valkey: ValkeyServer, epoch_id: bytes
+) -> None:
+    """The link keeps the fleet's epoch id and sends it with every borrow and settle. One that
+    no host writes (empty, or longer than 64 characters: a host writes 16) put in Redis by
+    whoever can write it was taken as it was, a megabyte sent back on every call; it is a
+    malformed reply now, the link's error (the host degrades), said in the error."""
+    prefix = "e" + os.urandom(5).hex()
+    async with joined_link(valkey, prefix, "h1") as link:
+        async with aioredis.Redis.from_url(valkey.url) as client:
+            await client.hset(link.keys.epoch, "id", epoch_id)
+        with pytest.raises(LinkDown, match=f"epoch id is {len(epoch_id)} long"):
+            await link.heartbeat()
+        assert link.fleet_epoch is not None
+        assert len(link.fleet_epoch) == 16

@@ -23,6 +23,9 @@ class HostSeen:
 
 MAX_LOAD_BYTES: Final = 2048
 """The largest load a host writes beside its name; a larger one read back is no load."""
+MAX_EPOCH_ID_CHARS: Final = 64
+"""The longest epoch id taken (a host writes 16 hex digits): the link keeps the id and sends it
+with every borrow and settle, so a longer one in Redis is a malformed reply, not a cost."""
 HEARTBEAT_MALFORMED: Final = (TypeError, ValueError, IndexError, KeyError)
 """What :func:`parse_heartbeat` raises on a reply of the wrong shape."""
 
@@ -33,7 +36,11 @@ def parse_heartbeat(value: Any) -> tuple[int, tuple[str, int, int], tuple[HostSe
     (the link takes that for an error of the link, not of the daemon)."""
     now_us = int(value[0])
     raw_epoch = value[1]
-    epoch = (_text(raw_epoch[0]), int(raw_epoch[1]), int(raw_epoch[2]))
+    raw_id = raw_epoch[0]
+    if not isinstance(raw_id, bytes | str) or not 0 < len(raw_id) <= MAX_EPOCH_ID_CHARS:
+        length = len(raw_id) if isinstance(raw_id, bytes | str) else type(raw_id).__name__
+        raise ValueError(f"the fleet's epoch id is {length} long (a host writes 16 characters)")
+    epoch = (_text(raw_id), int(raw_epoch[1]), int(raw_epoch[2]))
     hosts = []
     flat = value[2]
     for index in range(0, min(len(flat), 3 * 1000), 3):
