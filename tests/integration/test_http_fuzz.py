@@ -5,10 +5,13 @@ internal error in a stream), logs no traceback, and serves another client afterw
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import openai
 import pytest
 
+from quotad.client import Client, QuotadError
 from tests.support import http_fuzz
 from tests.support.daemon import DaemonProcess, free_port, two_sims_config
 from tests.support.sim import SimProcess
@@ -54,3 +57,26 @@ def test_the_front_door_survives_random_and_mutated_requests(
         )
     assert reply.choices[0].message.content
     assert "Traceback" not in process.log()
+
+
+def test_a_content_part_typed_with_an_object_is_a_400_naming_it_on_every_door(
+    daemon: tuple[DaemonProcess, str],
+) -> None:
+    """Found by bench/http_fuzz.py: a content part whose ``type`` was an object or an array
+    was a 500 (and an ``internal`` error on the socket), with a traceback in the log."""
+    process, url = daemon
+    before = process.log().count("Traceback")
+    kinds: list[Any] = [{}, []]
+    for kind in kinds:
+        parts = [{"type": "text", "text": "look"}, {"type": kind, "text": "x"}]
+        body = {"model": "fast", "messages": [{"role": "user", "content": parts}]}
+        for stream in (False, True):
+            answer = httpx.post(f"{url}/v1/chat/completions", json=dict(body, stream=stream))
+            assert answer.status_code == 400, answer.text
+            error = answer.json()["error"]
+            assert error["message"].startswith("messages[0].content[1].type: expected a string")
+        with Client(socket=process.socket_path) as client, pytest.raises(QuotadError) as refused:
+            client.chat("fast", [{"role": "user", "content": parts}])
+        assert refused.value.code == "bad_request"
+        assert "messages[0].content[1].type" in str(refused.value)
+    assert process.log().count("Traceback") == before

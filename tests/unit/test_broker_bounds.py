@@ -6,6 +6,7 @@ least at the bound of what it delivered, and a cached prompt settles below what 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -132,6 +133,35 @@ async def test_refused_extra_is_a_bad_request_row_that_holds_nothing(anyio_backe
             assert refused.value.code == "bad_request"
         with pytest.raises(RequestError, match=r"extra\.input"):
             await broker.embed(Embed(id=2, model="g", input="x", extra={"input": []}), Caller("a"))
+        assert provider.asked_max_tokens == []
+        assert [row[0] for row in await rows(store)] == ["bad_request"] * 4
+        [daily] = store.budgets.global_budgets
+        assert (daily.held, daily.reserved_usd, daily.spent_usd) == (0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("kind", [{}, [], 1, True], ids=["object", "array", "number", "bool"])
+async def test_a_content_part_whose_type_is_not_a_string_is_a_bad_request_naming_it(
+    anyio_backend: str, kind: Any
+) -> None:
+    """A part's type decides how it is counted: an object or an array there made the
+    estimate's set lookup raise TypeError (an ``internal`` error, a 500 on the front door),
+    found by bench/http_fuzz.py. Top-level parts and the blocks of a tool result's content."""
+    tool_result = {"type": "tool_result", "tool_use_id": "t", "content": [{"type": kind}]}
+    asked = {
+        "messages[0].content[1].type": [{"type": "text", "text": "hi"}, {"type": kind}],
+        "messages[0].content[0].content[0].type": [tool_result],
+    }
+    async with bounded_broker() as (store, provider, broker):
+        for field, parts in asked.items():
+            request = Chat(id=1, model="g", messages=[ChatMessage(role="user", content=parts)])
+            with pytest.raises(RequestError) as refused:
+                await broker.chat(request, Caller(app="a"))
+            assert refused.value.code == "bad_request"
+            assert str(refused.value).startswith(f"{field}: expected a string, got ")
+            assert refused.value.details == {"field": field}
+            with pytest.raises(RequestError, match=re.escape(field)):
+                async for _ in broker.chat_stream(request, Caller(app="a")):
+                    pass
         assert provider.asked_max_tokens == []
         assert [row[0] for row in await rows(store)] == ["bad_request"] * 4
         [daily] = store.budgets.global_budgets

@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from quotad.daemon.caller import Caller
 from quotad.daemon.gates import AppPolicy, Reservation
-from quotad.daemon.request_limits import check_embed_extra, completion_limit, embed_inputs
+from quotad.daemon.request_limits import (
+    check_content_parts,
+    check_embed_extra,
+    completion_limit,
+    embed_inputs,
+)
 from quotad.daemon.routing import Target
 from quotad.daemon.store.budgets import BudgetHold
 from quotad.daemon.store.cache import Answer, CacheEntry
@@ -88,10 +93,12 @@ class RequestContext:
         app_policy: Callable[[str], AppPolicy],
     ) -> None:
         """Its priority, wait, completion limit (a chat's ``max_tokens``, or a larger spelling
-        of it in ``extra``; refused fields of ``extra`` are ``bad_request``: see
-        :mod:`quotad.daemon.request_limits`) and gate reservation: its prompt's estimated
+        of it in ``extra``; refused fields of ``extra``, and content parts whose type is not a
+        string, are ``bad_request``: see :mod:`quotad.daemon.request_limits`) and gate
+        reservation: its prompt's estimated
         tokens + that limit."""
         if isinstance(request, Chat):
+            check_content_parts(request.messages)
             self.max_tokens = completion_limit(request, default_max_tokens)
             prompt = estimate_prompt_tokens(request.messages, request.tools)
         else:

@@ -18,6 +18,10 @@ so it is checked here, before anything is reserved:
   embeddings) are refused: quotad sets them itself from the request, and a model named there
   would be billed at a price nothing was reserved at, messages that were never counted.
 
+A content part's ``type`` decides how it is counted and sent (text, image, tool result), so one
+that is not a string (an object, an array, a number) is refused too, naming the part
+(``messages[0].content[1].type: ...``), as are the blocks of a ``tool_result`` part's content.
+
 Everything else in ``extra`` passes through; what it adds to the prompt (tools, a system
 prompt, a response format) is counted by :func:`~quotad.daemon.tokens.prompt_tokens_upper_bound`.
 A refusal is ``bad_request`` naming the field (``extra.n: ...``).
@@ -25,7 +29,7 @@ A refusal is ``bad_request`` naming the field (``extra.n: ...``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from quotad.daemon.errors import RequestError
@@ -34,7 +38,7 @@ from quotad.daemon.tokens import (
     input_tokens_upper_bound,
     value_tokens_upper_bound,
 )
-from quotad.protocol.messages import Chat, Embed
+from quotad.protocol.messages import Chat, ChatMessage, Embed
 
 TOKEN_LIMIT_FIELDS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 """Spellings of a completion limit in ``extra``."""
@@ -52,6 +56,38 @@ REFUSED_EMBED_EXTRA: Final = {
 
 def _refuse(field: str, why: str) -> RequestError:
     return RequestError("bad_request", f"extra.{field}: {why}", details={"field": f"extra.{field}"})
+
+
+def check_content_parts(messages: Sequence[ChatMessage]) -> None:
+    """Refuse a content part, or a block of a ``tool_result`` part's content, whose ``type``
+    is there but not a string (see the module docstring)."""
+    for index, message in enumerate(messages):
+        if isinstance(message.content, list):
+            _check_part_types(message.content, f"messages[{index}].content")
+
+
+def _check_part_types(parts: list[Any], where: str) -> None:
+    for position, part in enumerate(parts):
+        if not isinstance(part, Mapping):
+            continue
+        kind = part.get("type")
+        if kind is not None and type(kind) is not str:
+            field = f"{where}[{position}].type"
+            message = f"{field}: expected a string, got {_json_kind(kind)}"
+            raise RequestError("bad_request", message, details={"field": field})
+        if kind == "tool_result" and isinstance(part.get("content"), list):
+            _check_part_types(part["content"], f"{where}[{position}].content")
+
+
+def _json_kind(value: Any) -> str:
+    """What ``value`` is, in JSON's words."""
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number" if isinstance(value, int | float) else type(value).__name__
 
 
 def completion_limit(request: Chat, default_max_tokens: int) -> int:
