@@ -18,6 +18,7 @@ from tests.support.sim import SimProcess
 
 FUZZ_SEED = 1313
 CASES = 3000
+FUZZ_BUDGETS = "[budgets]\ndaily_usd = 1000000.0\n"
 
 
 def fuzz_config(openai_url: str, anthropic_url: str, port: int) -> str:
@@ -25,7 +26,8 @@ def fuzz_config(openai_url: str, anthropic_url: str, port: int) -> str:
         f'listen = "127.0.0.1:{port}"\nauth = "none"\n'
         "read_timeout_s = 0.5\nidle_timeout_s = 2\nmax_body_mb = 1"
     )
-    return two_sims_config(openai_url, anthropic_url, http=http)
+    # a budget, so that every request's upper bound is computed (the budgets reserve it)
+    return two_sims_config(openai_url, anthropic_url, http=http, extra=FUZZ_BUDGETS)
 
 
 @pytest.fixture(scope="module")
@@ -59,24 +61,33 @@ def test_the_front_door_survives_random_and_mutated_requests(
     assert "Traceback" not in process.log()
 
 
-def test_a_content_part_typed_with_an_object_is_a_400_naming_it_on_every_door(
+def test_a_part_or_tool_typed_with_an_object_is_a_400_naming_it_on_every_door(
     daemon: tuple[DaemonProcess, str],
 ) -> None:
     """Found by bench/http_fuzz.py: a content part whose ``type`` was an object or an array
-    was a 500 (and an ``internal`` error on the socket), with a traceback in the log."""
+    was a 500 (and an ``internal`` error on the socket), with a traceback in the log; so was a
+    tool's, where a budget made the daemon bound the request (the fuzzer ran without one)."""
     process, url = daemon
     before = process.log().count("Traceback")
     kinds: list[Any] = [{}, []]
-    for kind in kinds:
-        parts = [{"type": "text", "text": "look"}, {"type": kind, "text": "x"}]
-        body = {"model": "fast", "messages": [{"role": "user", "content": parts}]}
-        for stream in (False, True):
-            answer = httpx.post(f"{url}/v1/chat/completions", json=dict(body, stream=stream))
-            assert answer.status_code == 400, answer.text
-            error = answer.json()["error"]
-            assert error["message"].startswith("messages[0].content[1].type: expected a string")
-        with Client(socket=process.socket_path) as client, pytest.raises(QuotadError) as refused:
-            client.chat("fast", [{"role": "user", "content": parts}])
-        assert refused.value.code == "bad_request"
-        assert "messages[0].content[1].type" in str(refused.value)
+    with Client(socket=process.socket_path) as client:
+        for kind in kinds:
+            parts = [{"type": "text", "text": "look"}, {"type": kind, "text": "x"}]
+            tools = [{"type": kind, "function": {"name": "f", "parameters": {}}}]
+            asked = {
+                "messages[0].content[1].type": {"messages": [{"role": "user", "content": parts}]},
+                "tools[0].type": {"messages": [{"role": "user", "content": "x"}], "tools": tools},
+            }
+            for field, fields in asked.items():
+                for stream in (False, True):
+                    body = dict(fields, model="fast", stream=stream)
+                    answer = httpx.post(f"{url}/v1/chat/completions", json=body)
+                    assert answer.status_code == 400, answer.text
+                    assert answer.json()["error"]["message"].startswith(
+                        f"{field}: expected a string"
+                    )
+                with pytest.raises(QuotadError) as refused:
+                    client.chat("fast", fields["messages"], tools=fields.get("tools"))
+                assert refused.value.code == "bad_request"
+                assert field in str(refused.value)
     assert process.log().count("Traceback") == before

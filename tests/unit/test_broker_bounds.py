@@ -81,7 +81,7 @@ def config() -> Config:
     return one_provider_config(budgets={"daily_usd": 100.0}, gates={"default_max_tokens": 256})
 
 
-def chat(content: str, **fields: Any) -> Chat:
+def chat(content: str | list[dict[str, Any]], **fields: Any) -> Chat:
     return Chat(id=1, model="g", messages=[ChatMessage(role="user", content=content)], **fields)
 
 
@@ -140,20 +140,21 @@ async def test_refused_extra_is_a_bad_request_row_that_holds_nothing(anyio_backe
 
 
 @pytest.mark.parametrize("kind", [{}, [], 1, True], ids=["object", "array", "number", "bool"])
-async def test_a_content_part_whose_type_is_not_a_string_is_a_bad_request_naming_it(
+async def test_a_part_or_tool_whose_type_is_not_a_string_is_a_bad_request_naming_it(
     anyio_backend: str, kind: Any
 ) -> None:
-    """A part's type decides how it is counted: an object or an array there made the
-    estimate's set lookup raise TypeError (an ``internal`` error, a 500 on the front door),
-    found by bench/http_fuzz.py. Top-level parts and the blocks of a tool result's content."""
+    """A part's or a tool's type decides how it is counted: an object or an array there made
+    the estimate's (a tool: the budget bound's) set lookup raise TypeError (an ``internal``
+    error, a 500 on the front door), found by bench/http_fuzz.py. Top-level parts, the blocks
+    of a tool result's content, and tools."""
     tool_result = {"type": "tool_result", "tool_use_id": "t", "content": [{"type": kind}]}
     asked = {
-        "messages[0].content[1].type": [{"type": "text", "text": "hi"}, {"type": kind}],
-        "messages[0].content[0].content[0].type": [tool_result],
+        "messages[0].content[1].type": chat([{"type": "text", "text": "hi"}, {"type": kind}]),
+        "messages[0].content[0].content[0].type": chat([tool_result]),
+        "tools[1].type": chat("hi", tools=[{"type": "function"}, {"type": kind}]),
     }
     async with bounded_broker() as (store, provider, broker):
-        for field, parts in asked.items():
-            request = Chat(id=1, model="g", messages=[ChatMessage(role="user", content=parts)])
+        for field, request in asked.items():
             with pytest.raises(RequestError) as refused:
                 await broker.chat(request, Caller(app="a"))
             assert refused.value.code == "bad_request"
@@ -163,7 +164,7 @@ async def test_a_content_part_whose_type_is_not_a_string_is_a_bad_request_naming
                 async for _ in broker.chat_stream(request, Caller(app="a")):
                     pass
         assert provider.asked_max_tokens == []
-        assert [row[0] for row in await rows(store)] == ["bad_request"] * 4
+        assert [row[0] for row in await rows(store)] == ["bad_request"] * 6
         [daily] = store.budgets.global_budgets
         assert (daily.held, daily.reserved_usd, daily.spent_usd) == (0, 0.0, 0.0)
 

@@ -191,6 +191,22 @@ def test_what_extra_adds_to_the_prompt_counts() -> None:
     assert chat_prompt_tokens_upper_bound(formatted) - chat_prompt_tokens_upper_bound(plain) > 60
 
 
+@pytest.mark.parametrize("kind", [{}, [], 1], ids=["object", "array", "number"])
+def test_a_type_that_is_not_a_string_names_nothing_and_reserves_a_context_window(
+    kind: Any,
+) -> None:
+    """The estimate and the bound looked a part's or a tool's type up in a set: an object
+    or an array there raised TypeError (a 500). The request check refuses such a part or
+    tool; what is left (a tool in ``extra``, a part met before the check) is unmeasured."""
+    part = {"type": kind, "text": "look"}
+    assert estimate_prompt_tokens([user([part])]) > 0
+    assert prompt_tokens_upper_bound([user([part])]) >= CONTEXT_WINDOW_TOKENS_UPPER_BOUND
+    tool = {"type": kind, "function": {"name": "f"}}
+    assert prompt_tokens_upper_bound([user("hi")], [tool]) >= CONTEXT_WINDOW_TOKENS_UPPER_BOUND
+    in_extra = Chat(model="m", messages=[user("hi")], extra={"functions": [tool]})
+    assert chat_prompt_tokens_upper_bound(in_extra) >= CONTEXT_WINDOW_TOKENS_UPPER_BOUND
+
+
 def test_embedding_inputs_are_bounded_by_their_bytes() -> None:
     assert input_tokens_upper_bound(JAPANESE) >= len(JAPANESE.encode())
     assert input_tokens_upper_bound([JAPANESE, "abc"]) >= len(JAPANESE.encode()) + 3

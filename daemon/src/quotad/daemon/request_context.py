@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from quotad.daemon.caller import Caller
 from quotad.daemon.gates import AppPolicy, Reservation
 from quotad.daemon.request_limits import (
-    check_content_parts,
     check_embed_extra,
+    check_part_types,
     completion_limit,
     embed_inputs,
 )
@@ -93,12 +93,11 @@ class RequestContext:
         app_policy: Callable[[str], AppPolicy],
     ) -> None:
         """Its priority, wait, completion limit (a chat's ``max_tokens``, or a larger spelling
-        of it in ``extra``; refused fields of ``extra``, and content parts whose type is not a
-        string, are ``bad_request``: see :mod:`quotad.daemon.request_limits`) and gate
-        reservation: its prompt's estimated
-        tokens + that limit."""
+        of it in ``extra``; refused fields of ``extra``, and content parts or tools whose type is
+        not a string, are ``bad_request``: see :mod:`quotad.daemon.request_limits`) and gate
+        reservation: its prompt's estimated tokens + that limit."""
         if isinstance(request, Chat):
-            check_content_parts(request.messages)
+            check_part_types(request)
             self.max_tokens = completion_limit(request, default_max_tokens)
             prompt = estimate_prompt_tokens(request.messages, request.tools)
         else:

@@ -18,9 +18,11 @@ so it is checked here, before anything is reserved:
   embeddings) are refused: quotad sets them itself from the request, and a model named there
   would be billed at a price nothing was reserved at, messages that were never counted.
 
-A content part's ``type`` decides how it is counted and sent (text, image, tool result), so one
-that is not a string (an object, an array, a number) is refused too, naming the part
-(``messages[0].content[1].type: ...``), as are the blocks of a ``tool_result`` part's content.
+A content part's or a tool's ``type`` decides how it is counted and sent (text, image, tool
+result; a function or a server tool), so one that is not a string (an object, an array, a
+number) is refused too, naming it (``messages[0].content[1].type: ...``, ``tools[0].type``), as
+are the blocks of a ``tool_result`` part's content. (In ``extra``, a tool of no known type
+is unmeasured: it reserves the context window.)
 
 Everything else in ``extra`` passes through; what it adds to the prompt (tools, a system
 prompt, a response format) is counted by :func:`~quotad.daemon.tokens.prompt_tokens_upper_bound`.
@@ -29,7 +31,7 @@ A refusal is ``bad_request`` naming the field (``extra.n: ...``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Final
 
 from quotad.daemon.errors import RequestError
@@ -38,7 +40,7 @@ from quotad.daemon.tokens import (
     input_tokens_upper_bound,
     value_tokens_upper_bound,
 )
-from quotad.protocol.messages import Chat, ChatMessage, Embed
+from quotad.protocol.messages import Chat, Embed
 
 TOKEN_LIMIT_FIELDS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 """Spellings of a completion limit in ``extra``."""
@@ -58,12 +60,14 @@ def _refuse(field: str, why: str) -> RequestError:
     return RequestError("bad_request", f"extra.{field}: {why}", details={"field": f"extra.{field}"})
 
 
-def check_content_parts(messages: Sequence[ChatMessage]) -> None:
-    """Refuse a content part, or a block of a ``tool_result`` part's content, whose ``type``
-    is there but not a string (see the module docstring)."""
-    for index, message in enumerate(messages):
+def check_part_types(request: Chat) -> None:
+    """Refuse a content part, a block of a ``tool_result`` part's content, or a tool, whose
+    ``type`` is there but not a string (see the module docstring)."""
+    for index, message in enumerate(request.messages):
         if isinstance(message.content, list):
             _check_part_types(message.content, f"messages[{index}].content")
+    if request.tools:
+        _check_part_types(request.tools, "tools")
 
 
 def _check_part_types(parts: list[Any], where: str) -> None:

@@ -111,6 +111,13 @@ def _estimate_value_tokens(value: Any) -> int:
     return 0
 
 
+def _part_type(part: Any) -> str | None:
+    """A content part's or a tool's ``type`` when it is a string: another value (an object, an
+    array: the request is anyone's) names no type, and is no key to look up."""
+    kind = part.get("type") if isinstance(part, Mapping) else None
+    return kind if type(kind) is str else None
+
+
 def _estimate_content_tokens(content: str | list[dict[str, Any]] | None) -> int:
     if content is None:
         return 0
@@ -118,7 +125,7 @@ def _estimate_content_tokens(content: str | list[dict[str, Any]] | None) -> int:
         return estimate_text_tokens(content)
     total = 0
     for part in content:
-        if part.get("type") in MEDIA_PART_TYPES:
+        if _part_type(part) in MEDIA_PART_TYPES:
             total += MEDIA_TOKENS_ESTIMATE
         else:
             total += _estimate_value_tokens(part)
@@ -165,7 +172,7 @@ def value_tokens_upper_bound(value: Any) -> int:
 
 def _part_upper_bound(part: Any) -> int | None:
     """A content part's bound; None when its bytes do not bound it (see the module docstring)."""
-    kind = part.get("type") if isinstance(part, Mapping) else None
+    kind = _part_type(part)
     if kind in IMAGE_PART_TYPES:
         return max(IMAGE_TOKENS_UPPER_BOUND, value_tokens_upper_bound(part))
     if kind == "tool_result":  # its content may hold images or documents
@@ -191,7 +198,7 @@ def _tools_upper_bound(tools: Any) -> int | None:
         if not isinstance(tool, Mapping):
             return None
         kind = tool.get("type")
-        if kind is None or kind in PLAIN_TOOL_TYPES:
+        if kind is None or _part_type(tool) in PLAIN_TOOL_TYPES:
             total += TOKENS_PER_TOOL_UPPER_BOUND + value_tokens_upper_bound(tool)
         elif isinstance(kind, str) and kind.startswith(DEFINED_TOOL_PREFIXES):
             total += DEFINED_TOOL_TOKENS_UPPER_BOUND + value_tokens_upper_bound(tool)
