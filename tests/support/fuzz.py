@@ -1,8 +1,10 @@
 """Hostile frames for the Unix socket, from a seed: valid requests of every kind mutated byte by
-byte, MessagePack maps with wrong, extreme or hostile values (strings that are not UTF-8, deep
-nesting, counts far beyond the bytes that follow, NaN and huge numbers, unknown tags), bare
-garbage, and sequences that abuse the protocol (repeated ids, Cancel and Settle of nothing,
-frames before Hello). Used by the fuzz test and by ``bench/fuzz_frames.py``.
+byte, valid requests with one value somewhere inside replaced by a hostile one (a field, a
+message, a content part's type, a tool's), MessagePack maps with wrong, extreme or hostile
+values (strings that are not UTF-8, deep nesting, counts far beyond the bytes that follow, NaN
+and huge numbers, unknown tags), bare garbage, and sequences that abuse the protocol
+(repeated ids, Cancel and Settle of nothing, frames before Hello). Used by the fuzz test and by
+``bench/fuzz_frames.py``.
 
 :func:`send_batches` plays batches on real connections: each batch on a new connection, with
 or without a Hello first, then a half-close, then everything the daemon answers is read until
@@ -39,6 +41,7 @@ from quotad.protocol.messages import (
 
 ENCODER = FrameEncoder()
 RAW = msgspec.msgpack.Encoder()
+RAW_DECODER = msgspec.msgpack.Decoder()
 TAGS = ["Hello", "Chat", "Embed", "Acquire", "Settle", "Cancel", "Status", "Subscribe", "Spend",
         "Admin", "Welcome", "Error", "Nope", ""]  # fmt: skip
 FIELDS = ["id", "model", "messages", "max_tokens", "temperature", "extra", "tools", "stream",
@@ -49,9 +52,30 @@ FIELDS = ["id", "model", "messages", "max_tokens", "temperature", "extra", "tool
 def valid_requests(model: str) -> list[Message]:
     """One of each request kind, as a client would send them."""
     messages = [ChatMessage(role="user", content="fuzz me")]
+    parts: list[dict[str, Any]] = [
+        {"type": "text", "text": "look"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
+        {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "r"}]},
+    ]
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    conversation = [
+        ChatMessage(role="user", content=parts),
+        ChatMessage(role="assistant", tool_calls=[call]),
+        ChatMessage(role="tool", tool_call_id="c1", content="done"),
+    ]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     return [
         Hello(app="fuzz"),
         Chat(id=1, model=model, messages=messages, max_tokens=4),
+        Chat(
+            id=11,
+            model=model,
+            messages=conversation,
+            max_tokens=4,
+            tools=[tool],
+            tool_choice={"type": "function", "function": {"name": "f"}},
+            response_format={"type": "json_object"},
+        ),
         Chat(id=2, model=model, messages=messages, max_tokens=4, stream=True),
         Chat(id=3, model=model, messages=messages, tools=[{"type": "function"}], extra={"a": 1}),
         Embed(id=4, model=model, input=["a", "b"]),
@@ -63,6 +87,18 @@ def valid_requests(model: str) -> list[Message]:
         Spend(id=9),
         Admin(id=10, action="nothing"),
     ]
+
+
+def _slots(value: Any) -> Iterator[tuple[Any, Any]]:
+    """Every place in a decoded request that holds a value: (its container, its key)."""
+    if isinstance(value, dict):
+        for key in value:
+            yield value, key
+            yield from _slots(value[key])
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield value, index
+            yield from _slots(item)
 
 
 def _frame(payload: bytes) -> bytes:
@@ -80,8 +116,10 @@ class FrameMaker:
     def frame(self) -> bytes:
         """One frame (length prefix included; the prefix itself is sometimes a lie)."""
         choice = self.random.random()
-        if choice < 0.35:
+        if choice < 0.25:
             return _frame(self.mutated(self.random.choice(self.valid)))
+        if choice < 0.5:
+            return _frame(self.replaced(self.random.choice(self.valid)))
         if choice < 0.75:
             return _frame(self.hostile_map())
         if choice < 0.85:
@@ -109,12 +147,27 @@ class FrameMaker:
                     del data[where:]
         return bytes(data)
 
+    def replaced(self, payload: bytes) -> bytes:
+        """A valid request with one value anywhere inside it replaced by a hostile one, or
+        taken out: what a client that builds its requests by hand gets wrong."""
+        request = RAW_DECODER.decode(payload)
+        slots = list(_slots(request))
+        container, key = self.random.choice(slots)
+        if isinstance(container, dict) and self.random.random() < 0.15:
+            del container[key]
+        else:
+            container[key] = self.value(depth=2)
+        return self._spliced(RAW.encode(request))
+
     def hostile_map(self) -> bytes:
         """A map with a tag and a few fields, each a hostile value; some raw bytes spliced."""
         fields: dict[str, Any] = {"type": self.random.choice(TAGS)}
         for _ in range(self.random.randint(0, 5)):
             fields[self.random.choice(FIELDS)] = self.value(depth=0)
-        payload = RAW.encode(fields)
+        return self._spliced(RAW.encode(fields))
+
+    def _spliced(self, payload: bytes) -> bytes:
+        """``payload`` with the raw bytes of each marker that stands in it (see value)."""
         for marker, raw in self._splices():
             payload = payload.replace(RAW.encode(marker), raw, 1)
         return payload
