@@ -18,7 +18,19 @@ from tests.support.sim import SimProcess
 
 FUZZ_SEED = 1313
 CASES = 3000
-FUZZ_BUDGETS = "[budgets]\ndaily_usd = 1000000.0\n"
+FUZZ_TABLES = """\
+[budgets]
+daily_usd = 1000000.0
+[guardrails]
+restore = true
+[guardrails.input]
+email = "mask"
+secret = "block"
+[guardrails.output]
+secret = "mask"
+"""
+"""A budget, so that every request's upper bound is computed (the budgets reserve it), and
+guardrails, so that every request is scanned, masked and restored."""
 
 
 def fuzz_config(openai_url: str, anthropic_url: str, port: int) -> str:
@@ -26,8 +38,7 @@ def fuzz_config(openai_url: str, anthropic_url: str, port: int) -> str:
         f'listen = "127.0.0.1:{port}"\nauth = "none"\n'
         "read_timeout_s = 0.5\nidle_timeout_s = 2\nmax_body_mb = 1"
     )
-    # a budget, so that every request's upper bound is computed (the budgets reserve it)
-    return two_sims_config(openai_url, anthropic_url, http=http, extra=FUZZ_BUDGETS)
+    return two_sims_config(openai_url, anthropic_url, http=http, extra=FUZZ_TABLES)
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ STRINGS = ("", "x", "user", "assistant", "tool", "system", "text", "image", "Ã©æ
 
 def seeds(model: str) -> dict[str, list[dict[str, Any]]]:
     """Valid requests per path, for ``model``."""
-    user = {"role": "user", "content": "hello"}
+    user = {"role": "user", "content": "hello, I am ana@example.com"}  # masked, restored
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     return {
         "/v1/chat/completions": [
@@ -67,7 +67,8 @@ def seeds(model: str) -> dict[str, list[dict[str, Any]]]:
                  {"role": "assistant", "content": [
                      {"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
                  {"role": "user", "content": [
-                     {"type": "tool_result", "tool_use_id": "t1", "content": "42"}]}]},
+                     {"type": "tool_result", "tool_use_id": "t1", "content": [
+                         {"type": "text", "text": "42 from bo@example.com"}]}]}]},
         ],
         "/v1/embeddings": [
             {"model": model, "input": "hello"},
