@@ -20,9 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._timing import seeded_main, sequential
 from quotad.client import Client
-from tests.integration.test_socket_fuzz import FUZZ_BUDGETS
 from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
-from tests.support.fuzz import FrameMaker, FuzzTally, send_batches
+from tests.support.fuzz import FUZZ_TABLES, FrameMaker, FuzzTally, send_batches
 from tests.support.sim import SimProcess
 
 ROUND_FRAMES = 5000
@@ -46,7 +45,7 @@ def status_p50_ms(daemon: DaemonProcess, count: int) -> float:
 def measure(frames: int, seed: int) -> dict[str, Any]:
     with SimProcess() as sim:
         config = daemon_config(
-            sim_provider_config("sim", sim.base_url, extra="rpm = 100000"), FUZZ_BUDGETS
+            sim_provider_config("sim", sim.base_url, extra="rpm = 100000"), FUZZ_TABLES
         )
         daemon = DaemonProcess(config).start()
         try:

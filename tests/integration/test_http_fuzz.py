@@ -14,23 +14,11 @@ import pytest
 from quotad.client import Client, QuotadError
 from tests.support import http_fuzz
 from tests.support.daemon import DaemonProcess, free_port, two_sims_config
+from tests.support.fuzz import FUZZ_TABLES
 from tests.support.sim import SimProcess
 
 FUZZ_SEED = 1313
 CASES = 3000
-FUZZ_TABLES = """\
-[budgets]
-daily_usd = 1000000.0
-[guardrails]
-restore = true
-[guardrails.input]
-email = "mask"
-secret = "block"
-[guardrails.output]
-secret = "mask"
-"""
-"""A budget, so that every request's upper bound is computed (the budgets reserve it), and
-guardrails, so that every request is scanned, masked and restored."""
 
 
 def fuzz_config(openai_url: str, anthropic_url: str, port: int) -> str:

@@ -10,20 +10,18 @@ import pytest
 
 from quotad.client import Client
 from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
-from tests.support.fuzz import FrameMaker, FuzzTally, send_batches
+from tests.support.fuzz import FUZZ_TABLES, FrameMaker, FuzzTally, send_batches
 from tests.support.sim import SimProcess
 
 FRAMES = 3000
 MESSAGES = [{"role": "user", "content": "still there?"}]
-FUZZ_BUDGETS = "[budgets]\ndaily_usd = 1000000.0\n"
-"""A budget, so that every request's upper bound is computed (the budgets reserve it)."""
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_fuzzed_frames_never_end_the_daemon(seed: int) -> None:
     with SimProcess() as sim:
         config = daemon_config(
-            sim_provider_config("sim", sim.base_url, extra="rpm = 100000"), FUZZ_BUDGETS
+            sim_provider_config("sim", sim.base_url, extra="rpm = 100000"), FUZZ_TABLES
         )
         with DaemonProcess(config) as daemon, Client(socket=daemon.socket_path) as bystander:
             bystander.status()

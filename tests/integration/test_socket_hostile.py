@@ -137,6 +137,50 @@ def test_killer_frames_cost_only_their_connection(sim: SimProcess) -> None:
         assert "Traceback" not in daemon.log()
 
 
+def test_values_json_cannot_carry_are_a_bad_request_naming_where(sim: SimProcess) -> None:
+    """MessagePack can hold what a provider's JSON body cannot: an extension value, a map key
+    that is an array, nil or a boolean. In a free-form field (a content part, extra) such a
+    value was an internal error when the body was encoded, with a traceback, after the gates
+    were passed (found by the socket fuzz). It is ``bad_request`` naming where, on a
+    connection that goes on serving."""
+    ext = msgspec.msgpack.Ext(5, b"abc")
+    user = {"role": "user", "content": [{"type": "text", "text": "x", "meta": {(1, 2): "y"}}]}
+    requests: dict[str, dict[str, Any]] = {
+        "extra.meta.when: a MessagePack extension (type 5)": {
+            "type": "Chat", "messages": [{"role": "user", "content": "hi"}],
+            "extra": {"meta": {"when": ext}},
+        },
+        "messages[0].content[0].meta: a key that is an array": {
+            "type": "Chat", "messages": [user], "stream": True,
+        },
+        "tools[0].function: a key that is nil": {
+            "type": "Chat", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {None: 1}}],
+        },
+        "extra.tags[1]: a MessagePack extension (type 5)": {
+            "type": "Embed", "input": "hi", "extra": {"tags": ["a", ext]},
+        },
+    }  # fmt: skip
+    with DaemonProcess(config(sim.base_url)) as daemon:
+        with unix_connection(daemon.socket_path, PATIENCE_S) as sock:
+            sock.sendall(HELLO)
+            [welcome] = read_replies(sock, 1)
+            assert isinstance(welcome, Welcome)
+            for request_id, (said, fields) in enumerate(requests.items(), 1):
+                payload = msgspec.msgpack.encode(dict(fields, id=request_id, model="sim/m"))
+                sock.sendall(frame(payload))
+                [error] = read_replies(sock, 1)
+                assert isinstance(error, Error), error
+                assert (error.id, error.code) == (request_id, "bad_request")
+                assert error.message == f"{said}, which JSON cannot carry"
+            sock.sendall(chat(99))  # the same connection is still served
+            [answer] = read_replies(sock, 1)
+            assert answer.id == 99
+            assert not isinstance(answer, Error), answer
+        assert_serving(daemon)
+        assert "Traceback" not in daemon.log()
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root: the refused peer is a setuid child")
 def test_a_refused_peer_is_answered_before_anything_it_sent_is_read(sim: SimProcess) -> None:
     """The allow lists are checked at accept, before a byte is decoded: a refused peer sending

@@ -42,6 +42,21 @@ from quotad.protocol.messages import (
 ENCODER = FrameEncoder()
 RAW = msgspec.msgpack.Encoder()
 RAW_DECODER = msgspec.msgpack.Decoder()
+
+FUZZ_TABLES = """\
+[budgets]
+daily_usd = 1000000.0
+[guardrails]
+restore = true
+[guardrails.input]
+email = "mask"
+secret = "block"
+[guardrails.output]
+secret = "mask"
+"""
+"""A budget, so that every request's upper bound is computed (the budgets reserve it), and
+guardrails, so that every request is scanned, masked and restored: the daemon's config in
+both fuzzers (socket and front door) and their benches."""
 TAGS = ["Hello", "Chat", "Embed", "Acquire", "Settle", "Cancel", "Status", "Subscribe", "Spend",
         "Admin", "Welcome", "Error", "Nope", ""]  # fmt: skip
 FIELDS = ["id", "model", "messages", "max_tokens", "temperature", "extra", "tools", "stream",
@@ -51,7 +66,7 @@ FIELDS = ["id", "model", "messages", "max_tokens", "temperature", "extra", "tool
 
 def valid_requests(model: str) -> list[Message]:
     """One of each request kind, as a client would send them."""
-    messages = [ChatMessage(role="user", content="fuzz me")]
+    messages = [ChatMessage(role="user", content="fuzz me, ana@example.com")]
     parts: list[dict[str, Any]] = [
         {"type": "text", "text": "look"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},

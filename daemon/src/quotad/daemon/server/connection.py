@@ -12,11 +12,12 @@ Each answer is one ``transport.write`` of a whole frame, so frames never interle
 What a connection may cost is bounded: the bytes of one frame (``daemon.max_frame``), requests
 in flight plus permits held (``daemon.max_in_flight_per_connection``: one more is answered
 ``overloaded``), Subscribes (:attr:`ConnectionLimits.max_subscriptions`), and what it leaves
-unread: while the transport's write buffer is over its high-water mark, requests wait for it
-to drain before they end (streams and snapshots slow down), and past :data:`MAX_UNREAD_BYTES`
-the connection stops reading (no new work from a peer that does not read its answers). A
-frame that cannot be decoded is answered with an ``Error`` naming what
-was wrong and closes this connection only; permits it still holds are settled as reserved.
+unread: while the transport's write buffer is over its high-water mark, requests wait for it to
+drain before they end (streams and snapshots slow down), and past :data:`MAX_UNREAD_BYTES` the
+connection stops reading (no new work from a peer that does not read its answers). A request
+holding a value JSON cannot carry is refused (:mod:`.json_values`). A frame that cannot be
+decoded is answered with an ``Error`` naming what was wrong and closes this connection only;
+permits it still holds are settled as reserved.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from quotad.daemon.broker import Broker
 from quotad.daemon.caller import Caller
 from quotad.daemon.errors import RequestError
 from quotad.daemon.server.binding import PeerCredentials
+from quotad.daemon.server.json_values import check_json_values
 from quotad.daemon.server.limits import ConnectionLimits
 from quotad.daemon.status import DAEMON_VERSION
 from quotad.protocol.figures import size
@@ -445,9 +447,11 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ handlers (tasks)
 
     async def _answer_chat(self, request: Chat) -> None:
+        check_json_values(request)
         await self.send(await self.broker.chat(request, self._caller(request.app)))
 
     async def _stream_chat(self, request: Chat) -> None:
+        check_json_values(request)
         chunks: AsyncIterator[ChatChunk | ChatEnd] = self.broker.chat_stream(
             request, self._caller(request.app)
         )
@@ -456,6 +460,7 @@ class Connection(asyncio.Protocol):
                 await self.send(chunk)
 
     async def _answer_embed(self, request: Embed) -> None:
+        check_json_values(request)
         await self.send(await self.broker.embed(request, self._caller(request.app)))
 
     async def _answer_acquire(self, request: Acquire) -> None:
