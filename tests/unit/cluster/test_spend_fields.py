@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from quotad.daemon.cluster.spend import FleetSpend, _parse
+from quotad.daemon.cluster.spend import MAX_COUNT, MAX_NANO, FleetSpend, _parse
 
 NAMES = [
     ("batch", "fast", "openai/gpt-4o"),
@@ -67,3 +67,20 @@ def test_eight_figures_read_back_whole() -> None:
     assert (row.cost_usd, row.errors, row.cache_hits, row.saved_usd, row.semantic_hits) == (
         0.25, 1, 2, 0.5, 3,
     )  # fmt: skip
+
+
+def test_a_figure_past_its_bound_is_skipped_not_a_crash() -> None:
+    """A cost of 400 digits is an int too large for a float (OverflowError, which the parser
+    did not catch: one such field written into the fleet's Redis failed every report), and
+    counts whose sum a reply cannot carry (past 2**64) are refused as well."""
+    name = b'["h","a","m","t"]'
+    for value in (
+        b"1" + b"0" * 400 + b" 1 10 20 0 0 0 0",
+        b"1 1 10 20 0 0 1" + b"0" * 400 + b" 0",
+        b"1 %d 10 20 0 0 0 0" % (MAX_COUNT + 1),
+        b"%d 1 10 20 0 0 0 0" % (MAX_NANO + 1),
+    ):
+        assert _parse("2026-12-06", name, value) is None
+    row = _parse("2026-12-06", name, b"%d %d 0 0 0 0 0 0" % (MAX_NANO, MAX_COUNT))
+    assert row is not None
+    assert (row.cost_usd, row.requests) == (1e9, MAX_COUNT)

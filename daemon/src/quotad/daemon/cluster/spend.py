@@ -49,6 +49,13 @@ Figures = list[int]
 nano-USD, semantic cache hits]``."""
 FIGURE_COUNT: Final = 8
 """The figures of a spend field's value; a value with any other count is skipped."""
+MAX_COUNT: Final = 10**13
+"""The largest count a field may hold (requests, tokens, hits): the sum of
+:data:`MAX_REPORT_FIELDS` of them stays within what a reply can carry (2**64); a field with a
+larger one is skipped."""
+MAX_NANO: Final = 10**18
+"""The largest cost or saving a spend field may hold, in nano-USD (a billion USD a day for one
+host, app, model and target); a field with a larger one is skipped."""
 
 
 def nano(usd: float) -> int:
@@ -250,6 +257,11 @@ def _parse(day: str, name: Any, value: Any) -> FleetSpendRow | None:
     except (ValueError, msgspec.DecodeError):  # ValidationError is a DecodeError
         return None
     cost, requests, prompt, completion, errors, hits, saved, semantic = numbers
+    if (
+        max(cost, saved) > MAX_NANO
+        or max(requests, prompt, completion, errors, hits, semantic) > MAX_COUNT
+    ):
+        return None
     return FleetSpendRow(
         day, host, app, model, target, cost / 1e9, requests, prompt, completion, errors, hits,
         saved / 1e9, semantic,
