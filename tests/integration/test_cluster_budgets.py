@@ -2,13 +2,15 @@
 Valkey, the sim, three ``quotad serve`` sharing one global and one app budget, and one client
 process per host with 16 concurrent clients each (48 at once), each sending until its budget
 refuses it. What was spent (each host's ledger: the truth for its rows) never passes a limit;
-``quotad spend --fleet`` reports every host's spend as their ledgers have it; Valkey restarted
+``quotad spend --fleet`` reports every host's spend as their ledgers have it (and what their
+guardrails found, as each host's own report counts it); Valkey restarted
 empty mid-run does not reset the budgets (every host pushes its totals back); while Valkey is
 away a host serves what it holds and refuses the rest with ``rate_limited``; a host's
 ``quotad status`` shows the fleet's budget figures, or its own while Valkey is away."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sqlite3
@@ -21,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from quotad.client import Client, QuotadError
+from quotad.client import BlockedError, Client, QuotadError
+from quotad.protocol.messages import SpendReply
 from tests.support.daemon import DaemonProcess, daemon_config
 from tests.support.fleet import Fleet, have_valkey
 
@@ -282,3 +285,83 @@ def test_a_hosts_status_shows_the_fleets_budgets_and_its_own_when_redis_is_away(
         assert not budget.fleet
         assert budget.spent_usd == 0.0  # h2's own: it spent nothing
         assert "this host only" in status_text(fleet.daemons[1].socket_path)
+
+
+GUARDRAILS = """\
+[guardrails.input]
+credit_card = "block"
+email = "log"
+"""
+CARD = "4111 1111 1111 1111"
+REPORT_KEYS = ("app", "model", "target", "day")
+Figures = tuple[int, int, int, dict[str, int]]
+
+
+def guarded_figures(replies: Sequence[SpendReply]) -> dict[str, Figures]:
+    """Requests, errors, blocked and entities per key, summed over ``replies``."""
+    out: dict[str, Figures] = {}
+    for reply in replies:
+        for row in reply.rows:
+            requests, errors, blocked, entities = out.get(row.key, (0, 0, 0, {}))
+            for kind, count in row.entities.items():
+                entities = {**entities, kind: entities.get(kind, 0) + count}
+            out[row.key] = (requests + row.requests, errors + row.errors,
+                            blocked + row.blocked, entities)  # fmt: skip
+    return out
+
+
+def test_spend_fleet_sums_what_every_hosts_guardrails_found() -> None:
+    """h1's guardrails block a request (a card number), h2's find e-mail addresses:
+    ``quotad spend --fleet`` on either host reports the sum of what each host's own report
+    counts, by every key, as text, JSON and CSV."""
+    with Fleet(hosts=2, extra=GUARDRAILS + PRICES) as fleet:
+        h1, h2 = fleet.sockets()
+        with Client(socket=h1, app="build", timeout=30) as client:
+            client.chat(MODEL, [{"role": "user", "content": "hello"}], max_tokens=16)
+            with pytest.raises(BlockedError):
+                client.chat(MODEL, [{"role": "user", "content": f"pay {CARD}"}], max_tokens=16)
+        with Client(socket=h2, app="docs", timeout=30) as client:
+            text = "write to jane.doe@example.com and bob.smith@example.org"
+            client.chat(MODEL, [{"role": "user", "content": text}], max_tokens=16)
+
+        def report(socket_path: Path, by: str, *, fleet: bool) -> SpendReply:
+            with Client(socket=socket_path, app="report", timeout=30) as client:
+                return client.spend("day", by, fleet=fleet)  # type: ignore[arg-type]
+
+        deadline = time.monotonic() + 20  # h2's rows are pushed at its next heartbeat's sync
+        while report(h1, "host", fleet=True).total.requests < 3:
+            assert time.monotonic() < deadline, report(h1, "host", fleet=True)
+            time.sleep(0.1)
+        own = {by: [report(path, by, fleet=False) for path in (h1, h2)] for by in REPORT_KEYS}
+        for by in REPORT_KEYS:
+            expected = guarded_figures(own[by])
+            for path in (h1, h2):
+                assert guarded_figures([report(path, by, fleet=True)]) == expected, by
+        by_host = report(h2, "host", fleet=True)
+        assert guarded_figures([by_host]) == {
+            "h1": guarded_figures([own["day"][0]])[own["day"][0].rows[0].key],
+            "h2": guarded_figures([own["day"][1]])[own["day"][1].rows[0].key],
+        }
+        sums = guarded_figures(own["app"])
+        assert (sums["build"][2], sums["docs"][2]) == (1, 0)  # blocked on h1
+        assert sums["build"][3].get("credit_card") == 1
+        assert sums["docs"][3].get("email") == 2  # found on h2
+
+        found = {"credit_card": 1, "email": 2}
+        for path in (h1, h2):
+            as_json = spend_fleet(path, "--fleet", "--json")
+            assert as_json.returncode == 0, as_json.stderr
+            total = json.loads(as_json.stdout)["total"]
+            assert (total["requests"], total["blocked"], total["entities"]) == (3, 1, found)
+        as_csv = spend_fleet(h1, "--fleet", "--by", "host", "--csv")
+        assert as_csv.returncode == 0, as_csv.stderr
+        lines = {line["key"]: line for line in csv.DictReader(as_csv.stdout.splitlines())}
+        assert (lines["h1"]["blocked"], lines["h1"]["found_credit_card"]) == ("1", "1")
+        assert (lines["h2"]["blocked"], lines["h2"]["found_email"]) == ("0", "2")
+        assert (lines["total"]["found_credit_card"], lines["total"]["found_email"]) == ("1", "2")
+        as_text = spend_fleet(h2, "--fleet", "--by", "host")
+        assert as_text.returncode == 0, as_text.stderr
+        assert "fleet: 2 host(s): h1, h2" in as_text.stdout
+        table = {line.split()[0]: line for line in as_text.stdout.splitlines() if line.strip()}
+        assert table["host"].split()[-2:] == ["blocked", "found"]
+        assert table["total"].split()[-5:] == ["1", "credit_card", "1,", "email", "2"]

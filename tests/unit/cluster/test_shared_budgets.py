@@ -208,6 +208,49 @@ async def test_a_restarted_host_tells_the_fleet_what_its_ledger_spent(
         assert {row.key: round(row.cost_usd, 6) for row in report.rows} == {"a": 0.7}
 
 
+async def test_what_every_hosts_guardrails_found_is_in_the_fleets_report(
+    valkey: ValkeyServer, prefix: str, directories: list[Path]
+) -> None:
+    """a's guardrails block a request and find a card in it (a row of its ledger never
+    pushed, as by a quotad older than these figures: a, upgraded, tells the fleet from its
+    ledger when it joins), b's find e-mail addresses as its requests finish: the report sums
+    both, by every key, as one host's report counts its own (``blocked``, ``entities``)."""
+    config = budgets_config(daily=10.0)
+    clock = VirtualClock(epoch=1_796_000_000.0)
+    async with host(valkey, prefix, "a", directories[0], config, clock) as a:
+        blocked = a.row("build", 0.0, status="blocked")._replace(entities='{"credit_card":1}')
+        await a.store.ledger.record(blocked)
+    async with two_hosts(valkey, prefix, directories, config, clock) as (a, b):
+        found = b.row("docs", 0.5)._replace(entities='{"email":2}')
+        b.shared.finished(found)
+        b.shared.finished(b.row("docs", 0.25)._replace(entities='{"email":1,"phone":1}'))
+        b.shared.finished(b.row("build", 0.1))
+        await b.shared.fleet.sync()
+        now = clock.time()
+        by_host = await a.shared.report("day", "host", now)
+        rows = {
+            row.key: (row.requests, row.errors, row.blocked, row.entities) for row in by_host.rows
+        }
+        assert rows == {
+            "a": (1, 1, 1, {"credit_card": 1}),
+            "b": (3, 0, 0, {"email": 3, "phone": 1}),
+        }
+        assert (by_host.total.blocked, by_host.total.entities) == (
+            1,
+            {"credit_card": 1, "email": 3, "phone": 1},
+        )
+        by_app = await b.shared.report("week", "app", now)
+        assert {row.key: (row.blocked, row.entities) for row in by_app.rows} == {
+            "build": (1, {"credit_card": 1}),
+            "docs": (0, {"email": 3, "phone": 1}),
+        }
+        for by in ("model", "target", "day"):
+            report = await b.shared.report("month", by, now)
+            assert report.total.blocked == 1, by
+            assert report.total.entities == {"credit_card": 1, "email": 3, "phone": 1}, by
+            assert sum(row.blocked for row in report.rows) == 1, by
+
+
 async def test_a_new_day_is_a_new_fleet_budget(
     valkey: ValkeyServer, prefix: str, directories: list[Path]
 ) -> None:

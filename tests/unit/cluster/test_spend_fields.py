@@ -1,9 +1,13 @@
 """The fleet's spend hash fields round-trip whatever names a request may carry: an app name is
 any string a client sends (``Hello.app``, up to 256 characters, tabs included), and a row
-whose field cannot be read back is a row missing from ``quotad spend --fleet``."""
+whose field cannot be read back is a row missing from ``quotad spend --fleet``. What the
+guardrails found rides in fields of its own, which older hosts skip and whose absence (an
+older host's records) counts nothing; a field of the wrong shape from a hostile Redis is
+skipped, never a crash."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from quotad.daemon.cluster.spend import MAX_COUNT, MAX_NANO, FleetSpend, _parse
@@ -84,3 +88,105 @@ def test_a_figure_past_its_bound_is_skipped_not_a_crash() -> None:
     row = _parse("2026-12-06", name, b"%d %d 0 0 0 0 0 0" % (MAX_NANO, MAX_COUNT))
     assert row is not None
     assert (row.cost_usd, row.requests) == (1e9, MAX_COUNT)
+
+
+# --------------------------------------------------------------------------- guardrails
+
+FOUND_NAME = b'["h","a","m","t","guardrails"]'
+
+
+def test_what_the_guardrails_found_is_pushed_beside_the_spend_and_reads_back() -> None:
+    spend = FleetSpend("host-1")
+    spend.add("2026-12-06", "a\tb", "m", "t", 0.0, 0, 0, error=True, blocked=True,
+              entities={"credit_card": 1})  # fmt: skip
+    spend.add("2026-12-06", "a\tb", "m", "t", 0.25, 10, 20, entities={"email": 2, "phone": 1})
+    spend.add("2026-12-06", "quiet", "m", "t", 0.5, 10, 20)  # found nothing: no such field
+    fields = spend.fields(everything=True)["2026-12-06"]
+    rows = [_parse("2026-12-06", name.encode(), value.encode()) for name, value in fields]
+    assert len(rows) == 3
+    spent = {row.app: row for row in rows if row is not None and row.requests}
+    [found] = [row for row in rows if row is not None and not row.requests]
+    assert (spent["a\tb"].requests, spent["a\tb"].errors, spent["a\tb"].blocked) == (2, 1, 0)
+    assert (found.host, found.app, found.model, found.target) == ("host-1", "a\tb", "m", "t")
+    assert (found.cost_usd, found.requests, found.blocked) == (0.0, 0, 1)
+    assert found.entities == {"credit_card": 1, "email": 2, "phone": 1}
+    # an older host reads names of four parts: it skips the guardrails field, not misreads it
+    old_names = msgspec.json.Decoder(tuple[str, str, str, str])
+    for name, value in fields:
+        if value.startswith("blocked="):
+            with pytest.raises(msgspec.ValidationError):
+                old_names.decode(name)
+        else:
+            assert len(value.split(" ")) == 8  # the spend value as older hosts write it
+
+
+def test_a_host_loaded_from_its_ledger_pushes_what_its_guardrails_found() -> None:
+    spend = FleetSpend("host-1")
+    spend.load(
+        [("2026-12-06", "a", "m", "t", 0.5, 3, 30, 6, 1, 0, 0.0, 0)],
+        [("2026-12-06", "a", "m", "t", "blocked", 1), ("2026-12-06", "a", "m", "t", "ip", 4)],
+    )
+    fields = dict(spend.fields(everything=True)["2026-12-06"])
+    assert fields['["host-1","a","m","t","guardrails"]'] == "blocked=1 ip=4"
+
+
+def test_an_unsent_guardrails_field_is_pushed_again() -> None:
+    spend = FleetSpend("host-1")
+    spend.add("2026-12-06", "a", "m", "t", 0.1, 1, 1, entities={"email": 1})
+    fields = spend.fields(everything=False)
+    assert len(fields["2026-12-06"]) == 2
+    spend.unsent(fields)
+    assert spend.fields(everything=False) == fields
+
+
+def test_an_older_hosts_record_counts_nothing_found() -> None:
+    row = _parse("2026-12-06", b'["old","a","m","t"]', b"250000000 1 10 20 0 0 0 0")
+    assert row is not None
+    assert (row.host, row.requests, row.blocked, row.entities) == ("old", 1, 0, {})
+
+
+def test_a_newer_hosts_entity_kind_is_left_out() -> None:
+    row = _parse("2026-12-06", FOUND_NAME, b"blocked=2 email=3 fingerprint=7")
+    assert row is not None
+    assert (row.blocked, row.entities) == (2, {"email": 3})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"blocked",
+        b"blocked=",
+        b"=1",
+        b"blocked=-1",
+        b"blocked=+1",
+        b"blocked=01",
+        b"blocked=1_0",
+        b"email=\xd9\xa3",  # an Arabic-Indic three: int() would take it
+        b"EMAIL=1",
+        b"email=1  phone=2",  # two spaces
+        b"email=1 ",
+        b"blocked=1 blocked=2",  # a kind twice
+        b"blocked=%d" % (MAX_COUNT + 1),
+        b"blocked=" + b"9" * 5000,
+        # well-formed but longer than any host writes (62 kinds unknown here)
+        b" ".join(first + b"_" * n + b"=1" for first in (b"j", b"k") for n in range(1, 32)),
+        b"blocked=1 " + b" " * 1_000_000,  # a hostile Redis: spaces without end
+        b"x" * 33 + b"=1",
+    ],
+)
+def test_a_guardrails_value_of_the_wrong_shape_is_skipped(value: bytes) -> None:
+    assert _parse("2026-12-06", FOUND_NAME, value) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        b'["h","a","m","t","other"]',
+        b'["h","a","m","t","guardrails","x"]',
+        b'["h","a","m","t",1]',
+        b'["h","a","m","guardrails"]',  # four parts: a spend field, and this is no spend value
+    ],
+)
+def test_a_guardrails_name_of_the_wrong_shape_is_skipped(name: bytes) -> None:
+    assert _parse("2026-12-06", name, b"blocked=1") is None

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from quotad.daemon.cluster import spend
+from quotad.daemon.store.budgets import Calendar
 from tests.support.valkey import ValkeyServer
 from tests.unit.cluster.conftest import joined_link
 
@@ -73,3 +74,36 @@ async def test_a_report_reads_every_row_below_the_cap(valkey: ValkeyServer, pref
     per_day = {day: sum(1 for row in rows if row.day == day) for day in DAYS}
     assert per_day == {DAYS[0]: 3, DAYS[1]: 300, DAYS[2]: 2500}
     assert len({(row.day, row.app) for row in rows}) == len(rows)  # no field read twice
+
+
+async def test_a_fleet_mid_upgrade_reports_what_each_hosts_guardrails_found(
+    valkey: ValkeyServer, prefix: str
+) -> None:
+    """An older host's records (spend only) count nothing found; a newer host's guardrails
+    field is summed into its rows; a hostile one is skipped, and the report still comes."""
+    calendar = Calendar("UTC")
+    now = 1_796_000_000.0
+    async with joined_link(valkey, prefix) as link, aioredis.Redis.from_url(valkey.url) as raw:
+        mapping: Fields = {
+            field_name(0, 1): VALUE,  # an older host: no guardrails field
+            field_name(1, 1): "2000 2 10 20 1 0 0 0",
+            msgspec.json.encode(["h1", "app-00001", "m", "t", "guardrails"]): (
+                "blocked=1 credit_card=1 email=2"
+            ),
+            field_name(1, 2): VALUE,
+            msgspec.json.encode(["h1", "app-00002", "m", "t", "guardrails"]): "blocked=-1",
+            msgspec.json.encode(["h1", "app-00003", "m", "t", "guardrails"]): "x" * 100_000,
+        }
+        await raw.hset(link.keys.spend_day(calendar.day(now)), mapping=mapping)
+        by_host = await spend.fleet_report(link, calendar, "day", "host", now)
+        by_app = await spend.fleet_report(link, calendar, "day", "app", now)
+
+    assert {row.key: (row.requests, row.blocked, row.entities) for row in by_host.rows} == {
+        "h0": (1, 0, {}),
+        "h1": (3, 1, {"credit_card": 1, "email": 2}),
+    }
+    assert {row.key: (row.requests, row.blocked) for row in by_app.rows} == {
+        "app-00001": (3, 1),
+        "app-00002": (1, 0),
+    }
+    assert (by_app.total.blocked, by_app.total.entities) == (1, {"credit_card": 1, "email": 2})

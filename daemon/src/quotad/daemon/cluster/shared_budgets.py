@@ -18,9 +18,10 @@ FleetBudgets`), then checks and reserves again. So:
 - a fleet budget whose fleet-wide spent crosses ``alert_at`` is a ``budget_alert`` event on
   every host (once per period), beside the local alerts of this host's own spend;
 - each finished request's ledger row adds to this host's spend per day, app, model and target
-  (:class:`~.spend.FleetSpend`, loaded from the ledger at start) and asks for a sync, which
-  pushes this host's absolute totals: replayed after an outage, or into a Redis restarted
-  empty, they count once, so budgets are not reset (each host's ledger stays the truth).
+  and to what the guardrails found there (:class:`~.spend.FleetSpend`, loaded from the ledger
+  at start) and asks for a sync, which pushes this host's absolute totals: replayed after an
+  outage, or into a Redis restarted empty, they count once, so budgets are not reset (each
+  host's ledger stays the truth).
 - ``quotad status``, the TUI and ``/metrics`` show the fleet's figures of each budget as
   this host last heard them in its borrow and sync replies (no round trip on the status
   path), or this host's own, saying so, when it has not heard them freshly
@@ -50,8 +51,10 @@ from quotad.daemon.cluster.budgets import (
 from quotad.daemon.cluster.link import EventSink, Link, LinkDown
 from quotad.daemon.cluster.spend import KEPT_DAYS, fleet_report
 from quotad.daemon.errors import RequestError
+from quotad.daemon.guardrails.screening import decode_entities
 from quotad.daemon.store.budgets import Budget, BudgetHold, Budgets, Calendar
 from quotad.daemon.store.ledger import Ledger, LedgerRow
+from quotad.daemon.store.spend import BLOCKED
 from quotad.protocol.figures import usd
 from quotad.protocol.messages import BudgetStatus, SpendReply
 
@@ -102,7 +105,8 @@ class SharedBudgets:
         so the other hosts count this host's spend from the start)."""
         today = date.fromisoformat(self.calendar.day(self.link.clock.time()))
         since = (today - timedelta(days=KEPT_DAYS - 1)).isoformat()
-        self.fleet.spend.load(await self.ledger.daily_totals(since))
+        found = await self.ledger.daily_guardrails(since)
+        self.fleet.spend.load(await self.ledger.daily_totals(since), found)
         self.refresh()
 
     async def run(
@@ -226,6 +230,8 @@ class SharedBudgets:
             cache_hit=row.cached,
             saved_usd=row.saved_usd,
             semantic_hit=row.semantic_similarity is not None,
+            blocked=row.status == BLOCKED,
+            entities=decode_entities(row.entities) if row.entities else None,
         )
         if self.budgets.configured:
             self.fleet.changed()

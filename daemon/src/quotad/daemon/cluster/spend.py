@@ -1,13 +1,25 @@
 """The fleet's spend by day, host, app, model and target, for ``quotad spend --fleet``.
 
 Each host keeps its own figures per ``(day, app, model, target)`` (loaded from its ledger's
-``spend_daily`` at start, added to as its requests finish) and pushes them, absolute, into one
-hash per day (``{p}:spend:<day>``, field the JSON array ``[host, app, model, target]`` (an app
-name is whatever a client sent: any character, up to 256), value ``cost_nano
-requests prompt_tokens completion_tokens errors cache_hits saved_nano semantic_hits``) with
-the budget
-syncs: a push sent twice counts once, and a Redis restarted empty gets every day back. Each
-host's ledger stays the truth for its own rows; Redis holds only their sums.
+``spend_daily`` and ``guardrails_daily`` at start, added to as its requests finish) and pushes
+them, absolute, into one hash per day (``{p}:spend:<day>``) with the budget syncs: a push sent
+twice counts once, and a Redis restarted empty gets every day back. Each host's ledger stays
+the truth for its own rows; Redis holds only their sums. Two kinds of field:
+
+- spend: name the JSON array ``[host, app, model, target]`` (an app name is whatever a client
+  sent: any character, up to 256), value ``cost_nano requests prompt_tokens
+  completion_tokens errors cache_hits saved_nano semantic_hits``;
+- what the guardrails found (DESIGN §12), only for a key where they found something: name
+  ``[host, app, model, target, "guardrails"]``, value ``kind=count`` pairs, a kind being
+  ``blocked`` (requests refused) or an entity kind, as ``guardrails_daily`` has them
+  (``blocked=1 credit_card=1 email=2``). A host older than these fields skips them (their
+  names have five parts, its reports read four), and a record of such a host, with no
+  guardrails field, counts none.
+
+Read back, everything in Redis is hostile: a field of the wrong shape, a figure past
+:data:`MAX_COUNT` (or :data:`MAX_NANO`), a guardrails value longer than
+:data:`MAX_FOUND_CHARS` is skipped; an entity kind this host does not know (a newer host's) is
+left out.
 
 :func:`fleet_report` reads the days a report covers and builds the same
 :class:`~quotad.protocol.messages.SpendReply` as ``quotad spend`` does from one ledger
@@ -17,24 +29,28 @@ host's ledger stays the truth for its own rows; Redis holds only their sums.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from quotad.daemon.config import ENTITY_KINDS
 from quotad.daemon.store.budgets import Calendar
-from quotad.daemon.store.ledger import LedgerDay
-from quotad.daemon.store.spend import ReportSpan
+from quotad.daemon.store.ledger import LedgerDay, LedgerFound
+from quotad.daemon.store.spend import BLOCKED, ReportSpan
 from quotad.protocol.messages import SpendReply, SpendRow
 
 if TYPE_CHECKING:
     from quotad.daemon.cluster.link import Link
 
 _FIELD_NAME_ENCODER: Final = msgspec.json.Encoder()
-_FIELD_NAME_DECODER: Final = msgspec.json.Decoder(tuple[str, str, str, str])
-"""A spend field's name: ``[host, app, model, target]`` as JSON."""
+_FIELD_NAME_DECODER: Final = msgspec.json.Decoder(tuple[str, ...])
+"""A field's name: ``[host, app, model, target]`` as JSON (and ``"guardrails"`` after)."""
+GUARDRAILS_PART: Final = "guardrails"
+"""The fifth part of the name of a field of what the guardrails found."""
 
 SPEND_TTL_S: Final = 62 * 86400
 KEPT_DAYS: Final = 62
@@ -50,12 +66,23 @@ nano-USD, semantic cache hits]``."""
 FIGURE_COUNT: Final = 8
 """The figures of a spend field's value; a value with any other count is skipped."""
 MAX_COUNT: Final = 10**13
-"""The largest count a field may hold (requests, tokens, hits): the sum of
-:data:`MAX_REPORT_FIELDS` of them stays within what a reply can carry (2**64); a field with a
-larger one is skipped."""
+"""The largest count a field may hold (requests, tokens, hits, entities of a kind, requests
+refused): the sum of :data:`MAX_REPORT_FIELDS` of them stays within what a reply can carry
+(2**64); a field with a larger one is skipped."""
 MAX_NANO: Final = 10**18
 """The largest cost or saving a spend field may hold, in nano-USD (a billion USD a day for one
 host, app, model and target); a field with a larger one is skipped."""
+Found = dict[str, int]
+"""What the guardrails found for a key, by kind: ``blocked`` (requests refused) or an entity
+kind (entities found in requests and replies)."""
+KNOWN_ENTITIES: Final[frozenset[str]] = frozenset(ENTITY_KINDS)
+"""The entity kinds this host reads from Redis; another (a newer host's) is left out of its
+reports."""
+MAX_FOUND_CHARS: Final = 1024
+"""The longest guardrails value read (every known kind at :data:`MAX_COUNT` takes under
+200); a longer one is skipped undecoded."""
+_FOUND_PAIR: Final = re.compile(r"([a-z_]{1,32})=(0|[1-9][0-9]{0,13})")
+"""One ``kind=count`` of a guardrails value (ASCII digits only, no sign, no padding)."""
 
 
 def nano(usd: float) -> int:
@@ -80,6 +107,10 @@ class FleetSpendRow:
     cache_hits: int = 0
     saved_usd: float = 0.0
     semantic_hits: int = 0
+    blocked: int = 0
+    """Requests a guardrail refused (counted in ``requests`` and ``errors`` too)."""
+    entities: Found = field(default_factory=dict)
+    """Entities the guardrails found, by kind."""
 
 
 class FleetSpend:
@@ -89,11 +120,16 @@ class FleetSpend:
         self.host = host
         self.ttl_s = SPEND_TTL_S
         self.days: dict[str, dict[tuple[str, str, str], Figures]] = {}
+        self.found: dict[str, dict[tuple[str, str, str], Found]] = {}
+        """What the guardrails found, per day and key (only keys where they found anything)."""
         self.dirty: dict[str, set[tuple[str, str, str]]] = {}
 
-    def load(self, rows: Iterable[LedgerDay]) -> None:
-        """Set from the ledger's ``spend_daily`` rows."""
+    def load(self, rows: Iterable[LedgerDay], found: Iterable[LedgerFound] = ()) -> None:
+        """Set from the ledger's ``spend_daily`` rows and ``guardrails_daily`` rows."""
         self.days.clear()
+        self.found.clear()
+        for day, app, model, target, kind, count in found:
+            self.found.setdefault(day, {}).setdefault((app, model, target), {})[kind] = count
         for row in rows:
             day, app, model, target, cost, requests, prompt, completion = row[:8]
             errors, hits, saved, semantic = row[8:]
@@ -117,9 +153,12 @@ class FleetSpend:
         cache_hit: bool = False,
         saved_usd: float = 0.0,
         semantic_hit: bool = False,
+        blocked: bool = False,
+        entities: Mapping[str, int] | None = None,
     ) -> None:
         """A request finished (its ledger row: a cache hit's tokens are not billed, so the
-        caller passes 0 for them, as ``spend_daily`` sums them)."""
+        caller passes 0 for them, as ``spend_daily`` sums them; ``blocked`` and ``entities``
+        as ``guardrails_daily`` counts them)."""
         key = (app, model, target)
         figures = self.days.setdefault(day, {}).setdefault(key, [0] * FIGURE_COUNT)
         figures[0] += nano(cost_usd)
@@ -130,6 +169,12 @@ class FleetSpend:
         figures[5] += cache_hit
         figures[6] += nano(saved_usd)
         figures[7] += semantic_hit
+        if blocked or entities:
+            found = self.found.setdefault(day, {}).setdefault(key, {})
+            if blocked:
+                found[BLOCKED] = found.get(BLOCKED, 0) + 1
+            for kind, count in (entities or {}).items():
+                found[kind] = found.get(kind, 0) + count
         self.dirty.setdefault(day, set()).add(key)
         if len(self.days) > KEPT_DAYS:
             self._forget_old()
@@ -138,6 +183,8 @@ class FleetSpend:
         for day in sorted(self.days)[:-KEPT_DAYS]:
             del self.days[day]
             self.dirty.pop(day, None)
+        for day in [day for day in self.found if day not in self.days]:
+            del self.found[day]
 
     def fields(self, *, everything: bool) -> dict[str, list[tuple[str, str]]]:
         """The hash fields to push, per day (and marked pushed: :meth:`unsent` if not)."""
@@ -146,14 +193,25 @@ class FleetSpend:
         out: dict[str, list[tuple[str, str]]] = {}
         for day, keys in wanted.items():
             rows = self.days.get(day, {})
-            out[day] = [
-                (
-                    _FIELD_NAME_ENCODER.encode((self.host, *key)).decode(),
-                    " ".join(str(value) for value in rows[key]),
+            found_of = self.found.get(day, {})
+            fields = out[day] = []
+            for key in keys:
+                if key not in rows:
+                    continue
+                name = (self.host, *key)
+                fields.append(
+                    (
+                        _FIELD_NAME_ENCODER.encode(name).decode(),
+                        " ".join(str(value) for value in rows[key]),
+                    )
                 )
-                for key in keys
-                if key in rows
-            ]
+                if found := found_of.get(key):
+                    fields.append(
+                        (
+                            _FIELD_NAME_ENCODER.encode((*name, GUARDRAILS_PART)).decode(),
+                            " ".join(f"{kind}={count}" for kind, count in sorted(found.items())),
+                        )
+                    )
         return out
 
     def unsent(self, days: dict[str, list[tuple[str, str]]]) -> None:
@@ -161,7 +219,7 @@ class FleetSpend:
         for day, fields in days.items():
             keys = self.dirty.setdefault(day, set())
             for name, _ in fields:
-                _, app, model, target = _FIELD_NAME_DECODER.decode(name)
+                _, app, model, target = _FIELD_NAME_DECODER.decode(name)[:4]
                 keys.add((app, model, target))
 
 
@@ -171,7 +229,7 @@ async def read_fleet_spend(link: Link, days: Iterable[str]) -> list[FleetSpendRo
     further once the cap is reached (a hash of any size costs at most the cap and a page), in
     at most two pages per day and two per page's worth of the cap (a Redis that keeps
     answering "more" ends the read there); a field of the wrong shape is skipped, a field met
-    again in a day counts once."""
+    again in a day counts once; a guardrails field is a row of its own (its spend figures 0)."""
     days = list(days)
     cap = MAX_REPORT_FIELDS
     pages_left = 2 * len(days) + 2 * (cap // READ_PAGE_FIELDS)
@@ -226,6 +284,11 @@ async def fleet_report(
         total.cache_hits += row.cache_hits
         total.saved_usd += row.saved_usd
         total.semantic_hits += row.semantic_hits
+        total.blocked += row.blocked
+        for kind, count in row.entities.items():
+            total.entities[kind] = total.entities.get(kind, 0) + count
+    for total in grouped.values():  # by kind, as one host's report has them
+        total.entities = dict(sorted(total.entities.items()))
     first_day = date.fromisoformat(min(daily)) if daily else None
     reply = span.reply(list(grouped.values()), daily, first_day)
     reply.fleet = True
@@ -248,13 +311,23 @@ def _key_of(row: FleetSpendRow, by: str) -> str:
 
 
 def _parse(day: str, name: Any, value: Any) -> FleetSpendRow | None:
+    """A field read from Redis: a spend field's row, a guardrails field's (spend 0), or None
+    when it is of neither shape."""
     try:
-        host, app, model, target = _FIELD_NAME_DECODER.decode(_text(name))
-        # at most one part past the figures, however many spaces a hostile value holds
-        numbers = [int(part) for part in _text(value).split(" ", FIGURE_COUNT)]
-        if len(numbers) != FIGURE_COUNT or min(numbers) < 0:
-            return None
+        parts = _FIELD_NAME_DECODER.decode(_text(name))
+        if len(parts) == 4:
+            return _spend_row(day, parts, _text(value))
+        if len(parts) == 5 and parts[4] == GUARDRAILS_PART:
+            return _found_row(day, parts, value)
     except (ValueError, msgspec.DecodeError):  # ValidationError is a DecodeError
+        pass
+    return None
+
+
+def _spend_row(day: str, parts: tuple[str, ...], value: str) -> FleetSpendRow | None:
+    # at most one part past the figures, however many spaces a hostile value holds
+    numbers = [int(part) for part in value.split(" ", FIGURE_COUNT)]
+    if len(numbers) != FIGURE_COUNT or min(numbers) < 0:
         return None
     cost, requests, prompt, completion, errors, hits, saved, semantic = numbers
     if (
@@ -262,10 +335,28 @@ def _parse(day: str, name: Any, value: Any) -> FleetSpendRow | None:
         or max(requests, prompt, completion, errors, hits, semantic) > MAX_COUNT
     ):
         return None
+    host, app, model, target = parts
     return FleetSpendRow(
         day, host, app, model, target, cost / 1e9, requests, prompt, completion, errors, hits,
         saved / 1e9, semantic,
     )  # fmt: skip
+
+
+def _found_row(day: str, parts: tuple[str, ...], value: Any) -> FleetSpendRow | None:
+    if not isinstance(value, bytes | str) or len(value) > MAX_FOUND_CHARS:
+        return None
+    found: Found = {}
+    for pair in _text(value).split(" "):
+        match = _FOUND_PAIR.fullmatch(pair)
+        if match is None or match[1] in found or (count := int(match[2])) > MAX_COUNT:
+            return None
+        found[match[1]] = count
+    blocked = found.pop(BLOCKED, 0)
+    entities = {kind: count for kind, count in found.items() if kind in KNOWN_ENTITIES}
+    host, app, model, target, _ = parts
+    return FleetSpendRow(
+        day, host, app, model, target, 0.0, 0, 0, 0, blocked=blocked, entities=entities
+    )
 
 
 def _text(value: Any) -> str:

@@ -42,6 +42,9 @@ from quotad.protocol.messages import RequestRecord, SpendReply
 LedgerDay = tuple[str, str, str, str, float, int, int, int, int, int, float, int]
 """``(day, app, model, target, cost, requests, prompt, completion, errors, cache hits,
 saved, semantic hits)``: one row of the ledger's ``spend_daily``."""
+LedgerFound = tuple[str, str, str, str, str, int]
+"""``(day, app, model, target, kind, count)``: one row of the ledger's ``guardrails_daily``
+(``kind``: ``blocked`` or an entity kind)."""
 
 log = logging.getLogger("quotad.ledger")
 
@@ -253,6 +256,15 @@ class Ledger:
              float(v), int(s))
             for d, a, m, t, c, r, p, o, e, h, v, s in rows
         ]  # fmt: skip
+
+    async def daily_guardrails(self, since_day: str) -> list[LedgerFound]:
+        """``(day, app, model, target, kind, count)`` of every day from ``since_day``:
+        ``guardrails_daily`` as it is (what a fleet is told this host's guardrails found)."""
+        rows = await self._db.read(
+            "SELECT day, app, model, target, kind, count FROM guardrails_daily WHERE day >= ?",
+            (since_day,),
+        )
+        return [(str(d), str(a), str(m), str(t), str(k), int(c)) for d, a, m, t, k, c in rows]
 
     async def report(self, period: str, by: str, now: float) -> SpendReply:
         """``quotad spend``: totals of ``period`` grouped ``by`` a column (see
