@@ -1,7 +1,8 @@
-"""The client is written once: ``_sync.py`` is what scripts/unasync.py generates from
-``_async.py`` (checked here, so that CI's ``uv run pytest`` fails while they differ); the two
-APIs have the same public names, with the same signatures and docstrings; the generator refuses
-a table that no longer fits its source; and blocking users do not import anyio."""
+"""The client is written once: each blocking module (``_sync.py``, ``_sync_stream.py``) is what
+scripts/unasync.py generates from its async one (checked here, so that CI's ``uv run pytest``
+fails while they differ); the two APIs have the same public names, with the same signatures and
+docstrings; the generator refuses a table that no longer fits its sources; and blocking users do
+not import anyio."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import difflib
 import inspect
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +26,7 @@ from quotad.client import (
     Subscription,
 )
 from quotad.protocol.messages import Chat, Permit, Subscribe
-from scripts.unasync import SOURCE, TARGET, GenerationError, generate, unasync_text
+from scripts.unasync import PAIRS, ROOT, GenerationError, generate, unasync_text
 
 # The protocols the objects of each side follow: the async name, and the blocking one.
 PROTOCOL_DUNDERS = {
@@ -36,33 +38,49 @@ PROTOCOL_DUNDERS = {
 
 
 def test_the_committed_sync_client_is_what_the_generator_makes() -> None:
-    committed = TARGET.read_text()
     generated = generate()
-    if committed != generated:
-        diff = "".join(
-            difflib.unified_diff(
-                committed.splitlines(keepends=True),
-                generated.splitlines(keepends=True),
-                "committed _sync.py",
-                "generated from _async.py",
+    assert sorted(generated) == sorted(target for _, target in PAIRS)
+    for source, target in PAIRS:
+        committed = target.read_text()
+        if committed != generated[target]:
+            diff = "".join(
+                difflib.unified_diff(
+                    committed.splitlines(keepends=True),
+                    generated[target].splitlines(keepends=True),
+                    f"committed {target.name}",
+                    f"generated from {source.name}",
+                )
             )
-        )
-        pytest.fail(
-            "client/src/quotad/client/_sync.py is not what scripts/unasync.py makes of "
-            f"_async.py: edit _async.py, then run `uv run python scripts/unasync.py`\n{diff}"
-        )
+            pytest.fail(
+                f"{target.relative_to(ROOT)} is not what scripts/unasync.py makes of "
+                f"{source.name}: edit {source.name}, then run "
+                f"`uv run python scripts/unasync.py`\n{diff}"
+            )
 
 
-def test_the_generator_refuses_async_code_left_in_its_output() -> None:
-    source = SOURCE.read_text() + "\n\nasync def leaked() -> None:\n    anyio.run(main)\n"
-    with pytest.raises(GenerationError, match=r"async code left in the output:\n.*anyio\.run"):
-        generate(source)
+@pytest.mark.parametrize(("source", "target"), PAIRS, ids=[source.name for source, _ in PAIRS])
+def test_the_generator_refuses_async_code_left_in_its_output(source: Path, target: Path) -> None:
+    leaked = source.read_text() + "\n\nasync def leaked() -> None:\n    anyio.run(main)\n"
+    expected = rf"async code left in the output of {source.name}:\n.*anyio\.run"
+    with pytest.raises(GenerationError, match=expected):
+        generate({source: leaked})
 
 
-def test_the_generator_refuses_a_rule_its_source_no_longer_uses() -> None:
-    source = SOURCE.read_text().replace("StopAsyncIteration", "StopIteration")
+def test_the_generator_refuses_an_async_module_name_left_in_its_output() -> None:
+    """A module of the async side imported by a generated one (a rule forgotten for it)."""
+    source, _ = PAIRS[0]
+    leaked = source.read_text() + "\n\nfrom quotad.client import _async_other\n"
+    with pytest.raises(GenerationError, match="_async_other"):
+        generate({source: leaked})
+
+
+def test_the_generator_refuses_a_rule_its_sources_no_longer_use() -> None:
+    """``StopAsyncIteration`` is only in the streams' module: a rule is kept while one
+    source uses it."""
+    streams, _ = PAIRS[1]
+    source = streams.read_text().replace("StopAsyncIteration", "StopIteration")
     with pytest.raises(GenerationError, match="StopAsyncIteration"):
-        generate(source)
+        generate({streams: source})
 
 
 def twins() -> list[Any]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from quotad.client._sync import ChatStream, Client, HeldPermit, Subscription
+from quotad.client._sync import Client, HeldPermit
+from quotad.client._sync_stream import ChatStream, Subscription
 from quotad.client.exceptions import (
     BadFrameError,
     BadRequestError,
@@ -46,12 +47,8 @@ from quotad.protocol.messages import (
 )
 
 if TYPE_CHECKING:
-    from quotad.client._async import (
-        AsyncChatStream,
-        AsyncClient,
-        AsyncHeldPermit,
-        AsyncSubscription,
-    )
+    from quotad.client._async import AsyncClient, AsyncHeldPermit
+    from quotad.client._async_stream import AsyncChatStream, AsyncSubscription
 
 __all__ = [
     "AsyncChatStream",
@@ -92,12 +89,17 @@ __all__ = [
     "error_from_reply",
 ]
 
-_ASYNC_NAMES = frozenset({"AsyncChatStream", "AsyncClient", "AsyncHeldPermit", "AsyncSubscription"})
+_ASYNC_CLIENT_NAMES = frozenset({"AsyncClient", "AsyncHeldPermit"})
+_ASYNC_STREAM_NAMES = frozenset({"AsyncChatStream", "AsyncSubscription"})
 
 
 def __getattr__(name: str) -> Any:
-    if name in _ASYNC_NAMES:
+    if name in _ASYNC_CLIENT_NAMES:
         from quotad.client import _async
 
         return getattr(_async, name)
+    if name in _ASYNC_STREAM_NAMES:
+        from quotad.client import _async_stream
+
+        return getattr(_async_stream, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

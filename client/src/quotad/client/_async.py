@@ -1,4 +1,5 @@
-"""The client API (DESIGN §6): the client, its chat streams, held permits and subscriptions.
+"""The client API (DESIGN §6): the client and its held permits (its chat streams and
+subscriptions, the requests that continue, are in ``_async_stream.py``).
 
 Written once: ``_async.py`` is the source, and ``_sync.py`` is generated from it by
 ``scripts/unasync.py``, a table of token replacements (see there). Edit ``_async.py``, then run
@@ -20,7 +21,7 @@ import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 from quotad.client._async_connection import (
     AsyncConnection,
@@ -33,10 +34,10 @@ from quotad.client._async_connection import (
     shielded,
     sleep,
 )
+from quotad.client._async_stream import AsyncChatStream, AsyncSubscription
 from quotad.client._common import (
     FrameNotSent,
     ReplyT,
-    StreamedChat,
     build,
     chat_request,
     connect_failure,
@@ -55,7 +56,6 @@ from quotad.protocol.messages import (
     Acquire,
     Admin,
     CacheMode,
-    ChatChunk,
     ChatEnd,
     ChatMessage,
     ChatReply,
@@ -68,7 +68,6 @@ from quotad.protocol.messages import (
     Reply,
     Settle,
     SettleStatus,
-    Snapshot,
     Spend,
     SpendKey,
     SpendPeriod,
@@ -80,7 +79,7 @@ from quotad.protocol.messages import (
 )
 from quotad.protocol.paths import client_socket_candidates
 
-__all__ = ["AsyncChatStream", "AsyncClient", "AsyncHeldPermit", "AsyncSubscription"]
+__all__ = ["AsyncClient", "AsyncHeldPermit"]
 
 
 class AsyncClient:
@@ -464,107 +463,3 @@ class AsyncHeldPermit:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
-
-
-class _AsyncReplies:
-    """The replies of one request that continues (a chat stream, a subscription): sent on
-    entering its ``async with`` block or at the first read; closing it before its end
-    cancels the request, and later replies to it are dropped."""
-
-    __slots__ = ("_client", "_connection", "_deadline", "_inbox", "_request", "finished")
-    _bounded: ClassVar[bool]
-    """Whether the client's timeout bounds the whole request (from when it is sent)."""
-
-    def _begin(self, client: AsyncClient, request: Message) -> None:
-        self._client = client
-        self._request = request
-        self._connection: AsyncConnection | None = None
-        self._inbox: AsyncInbox | None = None
-        self._deadline: float | None = None
-        self.finished = False
-
-    async def _start(self) -> tuple[AsyncConnection, AsyncInbox]:
-        started = await self._client._start(self._request)
-        self._connection, self._inbox = started
-        self._deadline = self._client._deadline() if self._bounded else None
-        return started
-
-    async def _next_reply(self) -> Reply:
-        """The request's next reply (sending it first if not yet sent); ends it on failure."""
-        if self._connection is None or self._inbox is None:
-            connection, inbox = await self._start()
-        else:
-            connection, inbox = self._connection, self._inbox
-        try:
-            return await self._client._await_reply(
-                connection, inbox, self._request.id, self._deadline
-            )
-        except BaseException:
-            self.finished = True
-            raise
-
-    async def __aenter__(self) -> Self:
-        if self._inbox is None:
-            await self._start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def aclose(self) -> None:
-        """Cancel the request if it has not ended; later replies to it are dropped."""
-        if not self.finished:
-            self.finished = True
-            if self._connection is not None:
-                await self._connection.abandon(self._request.id)
-
-
-class AsyncChatStream(StreamedChat, _AsyncReplies):
-    """The chunks of one streamed chat; ``.end`` and ``.content`` once it ends.
-
-    Closing it (or leaving its ``async with`` block) before the end cancels the request.
-    """
-
-    __slots__ = ()
-    _bounded = True
-
-    def __init__(self, client: AsyncClient, request: Message) -> None:
-        super().__init__()
-        self._begin(client, request)
-
-    async def __anext__(self) -> ChatChunk:
-        if self.finished:
-            raise StopAsyncIteration
-        chunk = self._absorb(await self._next_reply())
-        if chunk is None:
-            self._client.last_stream_end = self.end
-            raise StopAsyncIteration
-        return chunk
-
-
-class AsyncSubscription(_AsyncReplies):
-    """Snapshots from ``subscribe()``; closing it ends the subscription."""
-
-    __slots__ = ()
-    _bounded = False
-
-    def __init__(self, client: AsyncClient, request: Message) -> None:
-        self._begin(client, request)
-
-    async def __anext__(self) -> Snapshot:
-        if self.finished:
-            raise StopAsyncIteration
-        reply = await self._next_reply()
-        try:
-            return expect(reply, Snapshot)
-        except BaseException:
-            self.finished = True
-            raise

@@ -1,10 +1,10 @@
 """The async client's socket I/O, on anyio (asyncio and trio): one handshaken connection whose
-reader task routes replies by id, and the few primitives the client API (``_async.py``) needs
-from its side of the async/blocking divide. ``_connection.py`` is the blocking twin, written by
-hand as this one is; each offers the same names (less the ``Async`` prefix), so that the API
-written once in ``_async.py`` becomes the blocking one by token replacement
-(``scripts/unasync.py``). What does not differ between the two (the handshake's frames, what a
-connection holds) is in ``_common.py``.
+reader task routes replies by id, and the few primitives the client API (``_async.py``,
+``_async_stream.py``) needs from its side of the async/blocking divide. ``_connection.py`` is the
+blocking twin, written by hand as this one is; each offers the same names (less the ``Async``
+prefix), so that the API written once in ``_async.py`` and ``_async_stream.py`` becomes the
+blocking one by token replacement (``scripts/unasync.py``). What does not differ between the
+two (the handshake's frames, what a connection holds) is in ``_common.py``.
 
 A connection's reader task, started in the client's task group (:class:`AsyncReaderTasks`),
 decodes frames and puts each reply in the inbox of the request waiting for it; many tasks may

@@ -1,10 +1,11 @@
 """The blocking client's socket I/O, over a plain Unix ``socket`` with no event loop: one
 handshaken connection read by whichever waiting thread holds its read turn, and the few
-primitives the generated client API (``_sync.py``) needs from its side of the async/blocking
-divide. The async twin is ``_async_connection.py``; each offers the same names (less the
-``Async`` prefix), so that the API written once in ``_async.py`` becomes this side's by token
-replacement (``scripts/unasync.py``). What does not differ between the two (the handshake's
-frames, what a connection holds) is in ``_common.py``.
+primitives the generated client API (``_sync.py``, ``_sync_stream.py``) needs from its side of
+the async/blocking divide. The async twin is ``_async_connection.py``; each offers the same
+names (less the ``Async`` prefix), so that the API written once in ``_async.py`` and
+``_async_stream.py`` becomes this side's by token replacement (``scripts/unasync.py``). What
+does not differ between the two (the handshake's frames, what a connection holds) is in
+``_common.py``.
 
 Each request gets the next id of the connection and an inbox; whichever waiting thread holds
 the read turn receives frames and routes every reply to the inbox of its id

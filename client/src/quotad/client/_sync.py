@@ -1,6 +1,7 @@
 # Generated from _async.py by scripts/unasync.py: edit that file and run the script,
 # never this one (the test suite fails while the two differ).
-"""The client API (DESIGN §6): the client, its chat streams, held permits and subscriptions.
+"""The client API (DESIGN §6): the client and its held permits (its chat streams and
+subscriptions, the requests that continue, are in ``_sync_stream.py``).
 
 Written once: ``_async.py`` is the source, and ``_sync.py`` is generated from it by
 ``scripts/unasync.py``, a table of token replacements (see there). Edit ``_async.py``, then run
@@ -22,12 +23,11 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 from quotad.client._common import (
     FrameNotSent,
     ReplyT,
-    StreamedChat,
     build,
     chat_request,
     connect_failure,
@@ -46,6 +46,7 @@ from quotad.client._connection import (
     shielded,
     sleep,
 )
+from quotad.client._sync_stream import ChatStream, Subscription
 from quotad.client.exceptions import (
     ConnectionLostError,
     DaemonUnavailableError,
@@ -57,7 +58,6 @@ from quotad.protocol.messages import (
     Acquire,
     Admin,
     CacheMode,
-    ChatChunk,
     ChatEnd,
     ChatMessage,
     ChatReply,
@@ -70,7 +70,6 @@ from quotad.protocol.messages import (
     Reply,
     Settle,
     SettleStatus,
-    Snapshot,
     Spend,
     SpendKey,
     SpendPeriod,
@@ -82,7 +81,7 @@ from quotad.protocol.messages import (
 )
 from quotad.protocol.paths import client_socket_candidates
 
-__all__ = ["ChatStream", "Client", "HeldPermit", "Subscription"]
+__all__ = ["Client", "HeldPermit"]
 
 
 class Client:
@@ -466,105 +465,3 @@ class HeldPermit:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
-
-
-class _Replies:
-    """The replies of one request that continues (a chat stream, a subscription): sent on
-    entering its ``with`` block or at the first read; closing it before its end
-    cancels the request, and later replies to it are dropped."""
-
-    __slots__ = ("_client", "_connection", "_deadline", "_inbox", "_request", "finished")
-    _bounded: ClassVar[bool]
-    """Whether the client's timeout bounds the whole request (from when it is sent)."""
-
-    def _begin(self, client: Client, request: Message) -> None:
-        self._client = client
-        self._request = request
-        self._connection: Connection | None = None
-        self._inbox: Inbox | None = None
-        self._deadline: float | None = None
-        self.finished = False
-
-    def _start(self) -> tuple[Connection, Inbox]:
-        started = self._client._start(self._request)
-        self._connection, self._inbox = started
-        self._deadline = self._client._deadline() if self._bounded else None
-        return started
-
-    def _next_reply(self) -> Reply:
-        """The request's next reply (sending it first if not yet sent); ends it on failure."""
-        if self._connection is None or self._inbox is None:
-            connection, inbox = self._start()
-        else:
-            connection, inbox = self._connection, self._inbox
-        try:
-            return self._client._await_reply(connection, inbox, self._request.id, self._deadline)
-        except BaseException:
-            self.finished = True
-            raise
-
-    def __enter__(self) -> Self:
-        if self._inbox is None:
-            self._start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __iter__(self) -> Self:
-        return self
-
-    def close(self) -> None:
-        """Cancel the request if it has not ended; later replies to it are dropped."""
-        if not self.finished:
-            self.finished = True
-            if self._connection is not None:
-                self._connection.abandon(self._request.id)
-
-
-class ChatStream(StreamedChat, _Replies):
-    """The chunks of one streamed chat; ``.end`` and ``.content`` once it ends.
-
-    Closing it (or leaving its ``with`` block) before the end cancels the request.
-    """
-
-    __slots__ = ()
-    _bounded = True
-
-    def __init__(self, client: Client, request: Message) -> None:
-        super().__init__()
-        self._begin(client, request)
-
-    def __next__(self) -> ChatChunk:
-        if self.finished:
-            raise StopIteration
-        chunk = self._absorb(self._next_reply())
-        if chunk is None:
-            self._client.last_stream_end = self.end
-            raise StopIteration
-        return chunk
-
-
-class Subscription(_Replies):
-    """Snapshots from ``subscribe()``; closing it ends the subscription."""
-
-    __slots__ = ()
-    _bounded = False
-
-    def __init__(self, client: Client, request: Message) -> None:
-        self._begin(client, request)
-
-    def __next__(self) -> Snapshot:
-        if self.finished:
-            raise StopIteration
-        reply = self._next_reply()
-        try:
-            return expect(reply, Snapshot)
-        except BaseException:
-            self.finished = True
-            raise

@@ -1,0 +1,142 @@
+# Generated from _async_stream.py by scripts/unasync.py: edit that file and run the script,
+# never this one (the test suite fails while the two differ).
+"""The requests of the client API (DESIGN §6) that continue after their first reply: chat
+streams (:class:`ChatStream`) and subscriptions (:class:`Subscription`), both read
+one reply at a time through the client that made them (:class:`_RequestSender`, which
+:class:`~quotad.client.Client` is).
+
+Written once, like the client (see ``_async.py``): the blocking module is generated from the
+async one by ``scripts/unasync.py``, and the test suite fails while the two differ.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import ClassVar, Protocol, Self
+
+from quotad.client._common import StreamedChat, expect
+from quotad.client._connection import Connection, Inbox
+from quotad.protocol.messages import ChatChunk, ChatEnd, Message, Reply, Snapshot
+
+__all__ = ["ChatStream", "Subscription"]
+
+
+class _RequestSender(Protocol):
+    """What a continuing request needs of the client that sends it: its request plumbing,
+    and where a chat stream that ran to its end leaves its ``ChatEnd``."""
+
+    last_stream_end: ChatEnd | None
+
+    def _start(self, request: Message) -> tuple[Connection, Inbox]: ...
+
+    def _deadline(self) -> float | None: ...
+
+    def _await_reply(
+        self,
+        connection: Connection,
+        inbox: Inbox,
+        request_id: int,
+        deadline: float | None,
+    ) -> Reply: ...
+
+
+class _Replies:
+    """The replies of one request that continues (a chat stream, a subscription): sent on
+    entering its ``with`` block or at the first read; closing it before its end
+    cancels the request, and later replies to it are dropped."""
+
+    __slots__ = ("_client", "_connection", "_deadline", "_inbox", "_request", "finished")
+    _bounded: ClassVar[bool]
+    """Whether the client's timeout bounds the whole request (from when it is sent)."""
+
+    def _begin(self, client: _RequestSender, request: Message) -> None:
+        self._client = client
+        self._request = request
+        self._connection: Connection | None = None
+        self._inbox: Inbox | None = None
+        self._deadline: float | None = None
+        self.finished = False
+
+    def _start(self) -> tuple[Connection, Inbox]:
+        started = self._client._start(self._request)
+        self._connection, self._inbox = started
+        self._deadline = self._client._deadline() if self._bounded else None
+        return started
+
+    def _next_reply(self) -> Reply:
+        """The request's next reply (sending it first if not yet sent); ends it on failure."""
+        if self._connection is None or self._inbox is None:
+            connection, inbox = self._start()
+        else:
+            connection, inbox = self._connection, self._inbox
+        try:
+            return self._client._await_reply(connection, inbox, self._request.id, self._deadline)
+        except BaseException:
+            self.finished = True
+            raise
+
+    def __enter__(self) -> Self:
+        if self._inbox is None:
+            self._start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Self:
+        return self
+
+    def close(self) -> None:
+        """Cancel the request if it has not ended; later replies to it are dropped."""
+        if not self.finished:
+            self.finished = True
+            if self._connection is not None:
+                self._connection.abandon(self._request.id)
+
+
+class ChatStream(StreamedChat, _Replies):
+    """The chunks of one streamed chat; ``.end`` and ``.content`` once it ends.
+
+    Closing it (or leaving its ``with`` block) before the end cancels the request.
+    """
+
+    __slots__ = ()
+    _bounded = True
+
+    def __init__(self, client: _RequestSender, request: Message) -> None:
+        super().__init__()
+        self._begin(client, request)
+
+    def __next__(self) -> ChatChunk:
+        if self.finished:
+            raise StopIteration
+        chunk = self._absorb(self._next_reply())
+        if chunk is None:
+            self._client.last_stream_end = self.end
+            raise StopIteration
+        return chunk
+
+
+class Subscription(_Replies):
+    """Snapshots from ``subscribe()``; closing it ends the subscription."""
+
+    __slots__ = ()
+    _bounded = False
+
+    def __init__(self, client: _RequestSender, request: Message) -> None:
+        self._begin(client, request)
+
+    def __next__(self) -> Snapshot:
+        if self.finished:
+            raise StopIteration
+        reply = self._next_reply()
+        try:
+            return expect(reply, Snapshot)
+        except BaseException:
+            self.finished = True
+            raise
