@@ -37,7 +37,8 @@ admitted in any ``window_s`` window so far. ``--log FILE`` appends one JSON line
 Modules: :mod:`.settings` (what it is told, what changes live), :mod:`.limits` (the
 sliding-window log and the rate-limit headers), :mod:`.replies` (the deterministic answers),
 :mod:`.openai` and :mod:`.anthropic` (each wire format's requests, answers and streams),
-:mod:`.server` (:class:`SimProvider`: routing, faults, latency, control, stats, the log).
+:mod:`.record` (what is kept of each request: the counts ``/sim/stats`` answers, the log),
+:mod:`.server` (:class:`SimProvider`: routing, faults, latency, control, stats).
 """
 
 from __future__ import annotations

@@ -1,16 +1,15 @@
 """The simulated provider itself: :class:`SimProvider`, an :class:`HttpServer` handler that
 routes each request, checks its API key, admits it on the sim's limits (:mod:`.limits`),
 waits its latency, injects faults, answers it through the wire-format modules
-(:mod:`.openai`, :mod:`.anthropic`), counts and logs it, and serves ``/sim/control`` and
-``/sim/stats``; :meth:`SimProvider.serve` runs it in this process, :func:`run_sim` as
-``quotad sim``."""
+(:mod:`.openai`, :mod:`.anthropic`), counts and logs it (:mod:`.record`), and serves
+``/sim/control`` and ``/sim/stats``; :meth:`SimProvider.serve` runs it in this process,
+:func:`run_sim` as ``quotad sim``."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import math
-import os
 import random
 import signal
 import sys
@@ -52,6 +51,7 @@ from quotad.daemon.sim.openai import (
     openai_embeddings_body,
     openai_error_body,
 )
+from quotad.daemon.sim.record import Arrival, RequestRecord
 from quotad.daemon.sim.replies import (
     DEFAULT_MAX_TOKENS,
     Reply,
@@ -68,19 +68,6 @@ BREAK_AFTER_CHUNKS = 2
 SHUTDOWN_DEADLINE_S = 1.0
 
 
-class LogLine(msgspec.Struct, omit_defaults=True):
-    t: float
-    mono: float
-    path: str
-    model: str
-    status: int
-    tokens: int
-    app: str | None
-    fault: str = ""
-    body: str = ""
-    """The request's body, with ``--log-bodies`` (what a provider received)."""
-
-
 _json = msgspec.json.Encoder()
 _control_decoder = msgspec.json.Decoder(SimControl)
 
@@ -95,18 +82,6 @@ for _prefix in ("/v1", ""):
     _ROUTES[f"{_prefix}/messages"] = ("POST", "messages")
 
 
-class Arrival(msgspec.Struct):
-    """What is known of a request when it arrives."""
-
-    t: float
-    mono: float
-    path: str
-    app: str | None
-    model: str = ""
-    tokens: int = 0
-    body: str = ""
-
-
 class SimProvider:
     """The simulated provider: an :class:`HttpServer` handler with limits, faults and stats."""
 
@@ -116,9 +91,7 @@ class SimProvider:
         self.window = SlidingWindowLog(settings.window_s)
         self._rng = random.Random(settings.seed)
         self._ids = itertools.count(1)
-        self._counts = {"requests": 0, "ok": 0, "rate_limited": 0, "failed": 0, "client_errors": 0}
-        self._by_path: dict[str, int] = {}
-        self._log_fd = -1
+        self._requests = RequestRecord()
         self._closing: anyio.Event | None = None
 
     @property
@@ -132,15 +105,11 @@ class SimProvider:
         """Serve until :meth:`shutdown` or cancellation; reports the bound port."""
         self._closing = anyio.Event()
         if self.settings.log_path:
-            self._log_fd = os.open(
-                self.settings.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
-            )
+            self._requests.open_log(self.settings.log_path)
         try:
             await self.server.serve(task_status=task_status)
         finally:
-            if self._log_fd >= 0:
-                os.close(self._log_fd)
-                self._log_fd = -1
+            self._requests.close_log()
 
     async def shutdown(self, deadline_s: float = SHUTDOWN_DEADLINE_S) -> None:
         """Answer what is in flight (hanging requests are dropped), then stop."""
@@ -151,8 +120,7 @@ class SimProvider:
     def stats(self) -> dict[str, Any]:
         """The body of ``GET /sim/stats``."""
         return {
-            **self._counts,
-            "by_path": dict(self._by_path),
+            **self._requests.stats(),
             "max_in_window_requests": self.window.most_requests,
             "max_in_window_tokens": self.window.most_tokens,
         }
@@ -176,8 +144,7 @@ class SimProvider:
         arrival = Arrival(time.time(), time.monotonic(), path, request.header("x-quotad-app"))
         if self.settings.log_bodies:
             arrival.body = request.body.decode(errors="replace")
-        self._counts["requests"] += 1
-        self._by_path[path] = self._by_path.get(path, 0) + 1
+        self._requests.arrived(path)
         route = _ROUTES.get(path)
         anthropic = path.endswith("/messages") or (
             route is not None
@@ -320,14 +287,14 @@ class SimProvider:
                 0.0, rng.uniform(delay_ms - settings.jitter_ms, delay_ms + settings.jitter_ms)
             )
         if fault == "hang":
-            self._record(arrival, 0, fault)
+            self._requests.answered(arrival, 0, fault)
             if self._closing is not None:
                 await self._closing.wait()
             raise AbortConnection
         if delay_ms > 0:
             await anyio.sleep(delay_ms / 1000)
         if fault == "reset":
-            self._record(arrival, 0, fault)
+            self._requests.answered(arrival, 0, fault)
             raise AbortConnection(reset=True)
         if fault == "fail":
             return self._error(
@@ -355,7 +322,7 @@ class SimProvider:
     ) -> HttpResponse:
         """An error answer in the API's own shape (recorded). OpenAI's ``type`` is
         ``openai_type`` when given (429s name the limit: ``requests`` or ``tokens``)."""
-        self._record(arrival, status, fault)
+        self._requests.answered(arrival, status, fault)
         if anthropic:
             body = anthropic_error_body(status, message)
         else:
@@ -369,34 +336,10 @@ class SimProvider:
             return ("request-id", f"req_sim{next(self._ids)}")
         return ("x-request-id", f"req_sim{next(self._ids)}")
 
-    def _record(self, arrival: Arrival, status: int, fault: str = "") -> None:
-        counts = self._counts
-        if fault:
-            counts["failed"] += 1
-        elif status == 200:
-            counts["ok"] += 1
-        elif status == 429:
-            counts["rate_limited"] += 1
-        else:
-            counts["client_errors"] += 1
-        if self._log_fd >= 0:
-            line = LogLine(
-                t=arrival.t,
-                mono=arrival.mono,
-                path=arrival.path,
-                model=arrival.model,
-                status=status,
-                tokens=arrival.tokens,
-                app=arrival.app,
-                fault=fault,
-                body=arrival.body,
-            )
-            os.write(self._log_fd, _json.encode(line) + b"\n")
-
     def _plain(
         self, arrival: Arrival, anthropic: bool, headers: list[tuple[str, str]], body: bytes
     ) -> HttpResponse:
-        self._record(arrival, 200)
+        self._requests.answered(arrival, 200)
         headers += [self._request_id_header(anthropic), _JSON]
         return HttpResponse(200, headers, body)
 
@@ -408,7 +351,7 @@ class SimProvider:
         events: list[bytes],
         break_stream: bool,
     ) -> StreamingResponse:
-        self._record(arrival, 200, "break" if break_stream else "")
+        self._requests.answered(arrival, 200, "break" if break_stream else "")
         headers += [self._request_id_header(anthropic), *_SSE]
         return StreamingResponse(200, headers, self._stream(events, break_stream))
 
