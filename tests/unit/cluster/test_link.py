@@ -204,7 +204,7 @@ async def test_a_pause_and_freed_capacity_reach_the_other_host_at_once(
         running(first_settings, events) as (first, first_gates, _),
         running(second_settings, events) as (second, second_gates, second_calls),
     ):
-        await eventually(lambda: first.usable and second.usable and second.subscribed)
+        await eventually(lambda: first.usable and second.usable and second.channel.subscribed)
         await first_gates.pause("p/m", 30.0)
         await eventually(lambda: bool(second_calls["pause"]))
         target, until = second_calls["pause"][0]

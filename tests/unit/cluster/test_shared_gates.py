@@ -77,7 +77,7 @@ async def hosts(valkey: ValkeyServer, count: int, **config: object) -> AsyncIter
             tasks.start_soon(gates.run)
             found.append(Host(link, fleet, gates))
         # listening to the fleet's channel (pauses, freed)
-        await eventually(lambda: all(host.link.subscribed for host in found))
+        await eventually(lambda: all(host.link.channel.subscribed for host in found))
         yield found
 
 

@@ -13,7 +13,9 @@ that keeps it supplied runs beside them, never on the admission path:
 ========================  ========================================================================
 :mod:`.link`              :class:`Link`: the client, scripts, server clock, health (``connecting``
                           → ``resyncing`` → ``connected`` ⇄ ``degraded``), heartbeat, hosts seen,
-                          epoch (Redis restarted empty), re-sync and seal, pub/sub
+                          epoch (Redis restarted empty), re-sync and seal
+:mod:`.channel`           :class:`FleetChannel`: the fleet's pub/sub channel, listened to while
+                          the link is up, its messages delivered to listeners
 :mod:`.heartbeat`         a heartbeat's reply, checked: server time, epoch, :class:`HostSeen`
 :mod:`.server_time`       :class:`ServerTime`: the server's clock against ours, on the late side
 :mod:`.window`            :class:`FleetWindow` (pure): leases borrowed, admissions from them,

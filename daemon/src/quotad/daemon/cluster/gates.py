@@ -108,7 +108,7 @@ class FleetGates:
         self.refused = 0
         link.on_health(self._health_changed)
         link.on_hosts(self._hosts_changed)
-        link.on_message(self._message)
+        link.channel.on_message(self._message)
         link.add_resyncer(self._resync)
         link.add_sealer(self._seal)
 

@@ -2,8 +2,8 @@
 registered once (redis-py's script objects load a script again when the server answers
 NOSCRIPT, as a restarted Redis does), the server's clock as seen from here (sampled into a
 :class:`~.server_time.ServerTime`), the heartbeat (this host's load out; the hosts seen and
-the fleet's epoch back, parsed by :mod:`.heartbeat`), the pub/sub channel, and the health of
-it all:
+the fleet's epoch back, parsed by :mod:`.heartbeat`), the pub/sub channel (a
+:class:`~.channel.FleetChannel`), and the health of it all:
 
 ::
 
@@ -43,6 +43,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
+from quotad.daemon.cluster.channel import FleetChannel
 from quotad.daemon.cluster.heartbeat import (
     HEARTBEAT_MALFORMED,
     MAX_LOAD_BYTES,
@@ -113,8 +114,6 @@ class Link:
         self.ever_connected = False
         self.load: Callable[[], dict[str, Any]] = dict
         """What this host reports of its load at each heartbeat."""
-        self.subscribed = False
-        """Whether the fleet's channel is listened to now."""
         self.rtt_s = 0.0
         self.calls = 0
         self.failures = 0
@@ -124,9 +123,7 @@ class Link:
         self._health_listeners: list[Callable[[Health], None]] = []
         self._hosts_listeners: list[Callable[[int], None]] = []
         self._hosts_count = 1
-        self._message_listeners: list[Callable[[str], None]] = []
         self._wake = anyio.Event()
-        self._subscription: anyio.CancelScope | None = None
         self._resyncing = False
         self._tasks: anyio.abc.TaskGroup | None = None
         self._redis = aioredis.Redis.from_url(
@@ -138,6 +135,13 @@ class Link:
             max_connections=32,
         )
         self._scripts = {name: self._redis.register_script(text) for name, text in SCRIPTS.items()}
+        self.channel = FleetChannel(
+            self._redis,
+            self.keys.channel,
+            settings,
+            listening=lambda: self.health in ("connected", "resyncing"),
+        )
+        """The fleet's pub/sub channel, listened to while :meth:`run` runs."""
 
     # ------------------------------------------------------------------ listeners
 
@@ -166,11 +170,6 @@ class Link:
         """``listener(hosts_seen)`` after a heartbeat that changed :meth:`hosts_seen` (a host
         joined or went quiet), whatever the health."""
         self._hosts_listeners.append(listener)
-
-    def on_message(self, listener: Callable[[str], None]) -> None:
-        """``listener(message)`` for each message on the fleet's channel; ``"subscribed"``
-        after each (re)subscription, since messages may have been missed meanwhile."""
-        self._message_listeners.append(listener)
 
     @property
     def usable(self) -> bool:
@@ -258,8 +257,7 @@ class Link:
                 f"{reason}; serving on this host's share ({self.settings.on_unreachable})",
                 logging.WARNING,
             )
-        if self._subscription is not None:
-            self._subscription.cancel()
+        self.channel.interrupt()
         self._wake.set()
 
     def _set_health(self, health: Health, reason: str) -> None:
@@ -315,11 +313,11 @@ class Link:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Heartbeat (reconnecting with backoff while degraded) and pub/sub, until
-        cancelled."""
+        """Heartbeat (reconnecting with backoff while degraded) and listen to the
+        :attr:`channel`, until cancelled."""
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
-            tasks.start_soon(self._listen)
+            tasks.start_soon(self.channel.listen)
             task_status.started()
             await self._beat_forever()
 
@@ -462,47 +460,3 @@ class Link:
         except LinkDown:
             return False
         return self.health == "resyncing" and self.epoch == epoch_id
-
-    async def _listen(self) -> None:
-        """Deliver the channel's messages; resubscribe after any failure."""
-        backoff = 0.05
-        while True:
-            if self.health in ("connecting", "degraded"):
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.heartbeat_s)
-                if self.health in ("connecting", "degraded"):
-                    continue
-            with anyio.CancelScope() as scope:
-                self._subscription = scope
-                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                try:
-                    with anyio.fail_after(self.settings.timeout_s * 4):
-                        await pubsub.subscribe(self.keys.channel)
-                    backoff = 0.05
-                    self.subscribed = True
-                    self._deliver("subscribed")
-                    while True:
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=None
-                        )
-                        if message is not None and message.get("type") == "message":
-                            data = message.get("data")
-                            if isinstance(data, bytes) and len(data) <= 4096:
-                                self._deliver(data.decode("utf-8", "replace"))
-                except (TimeoutError, RedisError, OSError) as error:
-                    log.debug("cluster: pub/sub interrupted: %s", error)
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        with contextlib.suppress(RedisError, OSError):
-                            await pubsub.aclose()
-            self._subscription = None
-            self.subscribed = False
-            await anyio.sleep(backoff)
-            backoff = min(backoff * 2, self.settings.heartbeat_s)
-
-    def _deliver(self, message: str) -> None:
-        for listener in self._message_listeners:
-            try:
-                listener(message)
-            except Exception:  # a listener's bug must not stop the others or the loop
-                log.exception("cluster: a message listener failed on %r", message[:80])
