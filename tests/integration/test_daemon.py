@@ -422,3 +422,17 @@ def test_status_shows_each_apps_activity(daemon: DaemonProcess) -> None:
         assert app.requests == 3
         assert app.in_flight == 0
         assert app.priority == "normal"
+
+
+def test_admin_takes_designs_words_for_the_target_actions(daemon: DaemonProcess) -> None:
+    """DESIGN §5 names them "enable/disable target, reset breaker" (and ``Client.admin``
+    documents ``enable``, ``disable``, ``reset``): those words work, as ``target_*`` do."""
+    target = "sim/gpt-4o-mini"
+    with Client(socket=daemon.socket_path) as client:
+        disabled = client.admin("disable", target)
+        assert disabled.message == f"{target} disabled"
+        assert disabled.data["enabled"] is False
+        assert client.admin("enable", target).data.get("enabled", True) is True
+        reset = client.admin("reset", target)
+        assert reset.message == f"{target} reset: its breaker is closed and its 429 pause lifted"
+        assert all(state.enabled for state in client.status().targets)

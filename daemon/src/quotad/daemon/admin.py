@@ -8,6 +8,8 @@ action                    arguments                                   ``Ok.data`
 ``target_disable``        ``target``                                  its status
 ``target_reset``          ``target`` (closes its breaker, lifts its   its status
                           429 pause)
+``enable``, ``disable``,  ``target``: the three above, in DESIGN     its status
+``reset``                 §5's words
 ``reload``                                                            (a rejection is
                                                                       ``bad_request``)
 ``key_create``            ``args.app``                                the key (shown once),
@@ -49,6 +51,13 @@ STORE_ACTIONS: Final = frozenset(
     {"key_create", "key_list", "key_revoke", "cache_clear", "cache_warm"}
 )
 TARGET_ACTIONS: Final = frozenset({"target_enable", "target_disable", "target_reset"})
+TARGET_ACTION_WORDS: Final = {
+    "enable": "target_enable",
+    "disable": "target_disable",
+    "reset": "target_reset",
+}
+"""DESIGN §5 names the target actions "enable/disable target, reset breaker" (and the clients'
+``admin()`` documents those words): each is the target action of that name."""
 
 ReloadConfig = Callable[[int | None, int | None], Awaitable[bool]]
 """Re-read the config for the peer ``(uid, pid)``: True when applied (the runtime's)."""
@@ -83,6 +92,8 @@ class AdminActions:
 
     async def run(self, request: Admin, caller: Caller) -> Ok:
         """Answer one operator action; ``bad_request`` for one this daemon does not know."""
+        if request.action in TARGET_ACTION_WORDS:
+            request = msgspec.structs.replace(request, action=TARGET_ACTION_WORDS[request.action])
         if request.action in STORE_ACTIONS:
             return await self._store_action(request, caller.uid, caller.pid)
         if request.action in TARGET_ACTIONS:
