@@ -499,8 +499,6 @@ def _check_references(config: Config, declared_providers: set[str]) -> list[str]
                 f"{where}.weights: strategy 'weighted' needs one weight per target "
                 f"({len(group.targets)}), got {len(group.weights)}"
             )
-        if group.weights and group.strategy != "weighted":
-            problems.append(f"{where}.weights: only used with strategy = 'weighted'")
     for target in config.prices:
         provider_name, slash, model = target.partition("/")
         if not slash or not model:

@@ -481,17 +481,18 @@ def run_checks(
     if config is not None:
         directory = state_dir_to_check(config, path)
         checks += [check_state(directory), check_database(directory)]
-        if hints := config_hints(config):
-            checks += [
-                Check(name="providers", status="warn", detail=hint.problem, fix=hint.fix)
-                for hint in hints
-            ]
-        elif online:
-            checks += check_providers(config)
-        else:
-            checks.append(
-                Check(name="providers", status="skip", detail="--online asks each provider")
-            )
+        hints = config_hints(config)
+        checks += [
+            Check(name=hint.topic, status="warn", detail=hint.problem, fix=hint.fix)
+            for hint in hints
+        ]
+        if all(hint.topic != "providers" for hint in hints):  # else there is none to ask
+            if online:
+                checks += check_providers(config)
+            else:
+                checks.append(
+                    Check(name="providers", status="skip", detail="--online asks each provider")
+                )
     checks.append(check_clock())
     return checks
 
