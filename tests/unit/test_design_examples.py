@@ -61,6 +61,36 @@ input = 0.15
 output = 0.60
 """
 
+DESIGN_10_CONFIG = """\
+[cluster]
+redis_url = ""               # "" = one host. redis://, rediss:// or unix:// URL; password from
+                             # redis_password_env / redis_password_file, never in the file itself
+key_prefix = "quotad"        # several fleets may share one Redis; keys are {key_prefix}:...
+host = ""                    # this daemon's name in the fleet; default: the hostname
+on_unreachable = "share"     # share: each host keeps limit / hosts-seen (minus a margin) | closed
+"""
+
+DESIGN_11_CONFIG = """\
+[cache.semantic]
+mode = "off"                 # off | shadow (measure would-be hits, never serve them) | on
+threshold = 0.92             # cosine similarity of the last user turn
+max_temperature = 0.0        # only requests at or below this temperature
+
+[providers.local]
+kind = "local"               # embeddings computed inside the daemon, offline
+"""
+
+DESIGN_12_CONFIG = """\
+[guardrails]
+input = { email = "mask", phone = "mask", credit_card = "block", iban = "mask", ip = "log",
+          secret = "block" }
+output = { secret = "mask" }
+restore = true               # masked values are put back into the reply the caller sees
+
+[apps.notebook.guardrails]   # per-app override of any key above
+input = { email = "log" }
+"""
+
 GROQ_PROVIDER = """
 [providers.groq]
 kind = "openai"
@@ -90,3 +120,31 @@ def test_the_config_of_section_4_loads_as_written(tmp_path: Path) -> None:
         "models.fast.weights: ignored: only strategy = 'weighted' uses them (this group's "
         "strategy is 'failover')",
     )
+
+
+def test_the_guardrails_of_section_12_load_as_written(tmp_path: Path) -> None:
+    """Its ``input`` table spans two lines: TOML 1.1, not 1.0 (tomllib of Python 3.11)."""
+    config = load(tmp_path, DESIGN_12_CONFIG)
+    assert config.guardrails.input == {
+        "email": "mask",
+        "phone": "mask",
+        "credit_card": "block",
+        "iban": "mask",
+        "ip": "log",
+        "secret": "block",
+    }
+    assert config.guardrails.output == {"secret": "mask"}
+    assert config.guardrails.restore is True
+    assert config.apps["notebook"].guardrails.input == {"email": "log"}
+
+
+def test_every_example_together_is_one_valid_config(tmp_path: Path) -> None:
+    text = "\n".join(
+        (DESIGN_4_CONFIG, GROQ_PROVIDER, DESIGN_10_CONFIG, DESIGN_11_CONFIG, DESIGN_12_CONFIG)
+    )
+    config = load(tmp_path, text)
+    assert sorted(config.providers) == ["groq", "local", "openai"]
+    assert (config.cluster.redis_url, config.cluster.on_unreachable) == ("", "share")
+    assert (config.cache.ttl_s, config.cache.semantic.threshold) == (86400, 0.92)
+    assert config.guardrails.input["credit_card"] == "block"
+    assert sorted(config.apps) == ["indexer", "notebook"]

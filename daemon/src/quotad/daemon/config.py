@@ -5,6 +5,9 @@ listing *every* problem found, each naming its key path
 (``providers.openai.rpm: expected int, got str``). With no file anywhere, :func:`default_config`
 builds one from the environment (OPENAI_API_KEY, ANTHROPIC_API_KEY, GROQ_API_KEY and an Ollama
 answering on 127.0.0.1:11434).
+
+The file is TOML 1.1, read by tomli (Python 3.11's tomllib reads 1.0 only): an inline table
+may span lines, as DESIGN §12's guardrails example does.
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ import copy
 import os
 import re
 import socket
-import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
+import tomli
 
 from quotad.protocol.framing import DEFAULT_MAX_FRAME, MAX_FRAME_CEILING
 from quotad.protocol.paths import SOCKET_ENV, client_socket_candidates
@@ -663,8 +666,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except OSError as error:
         raise ConfigError(source, [f"cannot read the file: {error.strerror or error}"]) from None
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
+        raw = tomli.loads(text)
+    except tomli.TOMLDecodeError as error:
         raise ConfigError(source, [f"not valid TOML: {error}"]) from None
     return parse_config(raw, source)
 
@@ -734,10 +737,10 @@ def configured_socket(path: Path) -> str:
     """``daemon.socket`` of the TOML file at ``path`` ("" when unset); only that key is read,
     so a config with problems elsewhere still names its socket."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomli.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(str(path), [f"cannot read the file: {error.strerror or error}"]) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+    except (tomli.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(str(path), [f"not valid TOML: {error}"]) from None
     daemon = raw.get("daemon", {})
     value = daemon.get("socket", "") if isinstance(daemon, dict) else ""
