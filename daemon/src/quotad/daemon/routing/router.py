@@ -1,14 +1,14 @@
-"""Model groups and targets: what a request's ``model`` names, the order its targets are tried
-in, and the operator's hold on each target (DESIGN §4, §8 Failover).
+"""Model groups and targets: what a request's ``model`` names, the order its targets are tried in,
+and the operator's hold on each target (DESIGN §4, §8 Failover).
 
 A *target* is ``provider/model``. A request's model is a group name (``[models.G]``), a target,
 or a bare model that exactly one provider declares under ``[providers.X.models]`` (a ``kind =
-"local"`` provider declares the model it serves, ``wordllama``). The table of
-names is built once per config, so resolving a request is one dict lookup; a target named
-directly but not declared is made on first use. :meth:`Router.attempts` starts one request's
-walk over its route; :meth:`Router.target_status` and :meth:`Router.group_status` are what
-``quotad status`` shows; :meth:`Router.enable`, :meth:`~Router.disable` and
-:meth:`~Router.reset` are ``quotad target enable|disable|reset``.
+"local"`` provider declares the model it serves, ``wordllama``). The table of names is built
+once per config, so resolving a request is one dict lookup; a target named directly but not
+declared is made on first use, up to :data:`MAX_NAMED_TARGETS` per config.
+:meth:`Router.attempts` starts one request's walk over its route; :meth:`Router.target_status`
+and :meth:`Router.group_status` are what ``quotad status`` shows; :meth:`Router.enable`,
+:meth:`~Router.disable` and :meth:`~Router.reset` are ``quotad target enable|disable|reset``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 import anyio
 
@@ -33,6 +34,12 @@ from quotad.daemon.routing.retry import RetryBudget, RetryPolicy
 from quotad.daemon.routing.strategies import Failover, Strategy, TargetPrice, build_strategy
 from quotad.daemon.routing.targets import Target
 from quotad.protocol.messages import GroupStatus, TargetStatus
+
+MAX_NAMED_TARGETS: Final = 1024
+"""Targets that requests may make by naming them (``provider/model``, not declared), per config.
+Each is kept (its gate, breaker and counts; a line in ``quotad status`` and ``/v1/models``), so
+without a bound a client naming new ones would grow the daemon without end; past it, a name not
+declared is ``unknown_model`` (declared targets, and those already made, still resolve)."""
 
 _SINGLE = Failover()
 """The strategy of a route with one target (it keeps no state, so one serves all)."""
@@ -81,6 +88,8 @@ class Router:
         self._sleep = sleep
         self._retry = RetryPolicy.from_config(config.retry, rng)
         self.targets: dict[str, Target] = {}
+        self._most_targets: int | None = None
+        """Targets past which no more are made on first use (None while the config's are)."""
         self.groups: dict[str, Route] = {}
         self._routes: dict[str, Route] = {}
         declared: dict[str, list[Target]] = {}
@@ -104,17 +113,27 @@ class Router:
         for name, target in self.targets.items():
             self._routes[name] = Route(name, (target,))
         self._routes.update(self.groups)
+        self._most_targets = len(self.targets) + MAX_NAMED_TARGETS
 
     # ------------------------------------------------------------------ names
 
     def target(self, name: str) -> Target | None:
-        """The target ``provider/model``, made on first use; None for an unknown provider."""
+        """The target ``provider/model``, made on first use; None for an unknown provider;
+        ``unknown_model`` past :data:`MAX_NAMED_TARGETS`."""
         target = self.targets.get(name)
         if target is None:
             provider_name, _, model = name.partition("/")
             provider = self.providers.get(provider_name)
             if provider is None or not model:
                 return None
+            if self._most_targets is not None and len(self.targets) >= self._most_targets:
+                raise RequestError(
+                    "unknown_model",
+                    f"model {name[:300]!r} is not declared, and {MAX_NAMED_TARGETS} targets "
+                    f"named directly are known already: declare it under "
+                    f"[providers.{provider_name}] models",
+                    details={"most_named_targets": MAX_NAMED_TARGETS},
+                )
             target = self._previous_targets.get(name)
             if target is not None:
                 target.provider = provider
