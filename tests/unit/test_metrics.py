@@ -8,6 +8,8 @@ from pathlib import Path
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
+from quotad.daemon.activity import MAX_TRACKED_APPS, OTHER_APPS
+from quotad.daemon.live_tail import LiveTail
 from quotad.daemon.metrics import LATENCY_BUCKETS_S, Metrics
 from quotad.protocol.messages import (
     AppStatus,
@@ -21,6 +23,7 @@ from quotad.protocol.messages import (
     WindowStatus,
 )
 from tests.support.statuses import DEGRADED_FLEET
+from tests.support.store import ledger_row
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -49,9 +52,11 @@ def finished(target: str, app: str, status: str, latency_s: float) -> RequestRec
 def test_requests_tokens_cost_and_latency_histogram() -> None:
     metrics = Metrics()
     for latency in (0.004, 0.02, 0.02, 3.0):
-        metrics.observe_request(finished("sim/m", "agent", "ok", latency), resolved=True)
+        metrics.observe_request(
+            finished("sim/m", "agent", "ok", latency), resolved=True, app="agent"
+        )
     unresolved = RequestRecord(target="typo-model", app="agent", status="unknown_model")
-    metrics.observe_request(unresolved, resolved=False)
+    metrics.observe_request(unresolved, resolved=False, app=unresolved.app)
     metrics.observe_http("chat_completions", 200)
     found = samples(metrics.exposition(StatusReply()).decode())
     ok = (("app", "agent"), ("status", "ok"), ("target", "sim/m"))
@@ -79,7 +84,7 @@ def test_requests_tokens_cost_and_latency_histogram() -> None:
 def test_label_values_are_escaped() -> None:
     metrics = Metrics()
     app = 'we"ird\\app\nname'
-    metrics.observe_request(RequestRecord(target="t", app=app, status="ok"), resolved=True)
+    metrics.observe_request(RequestRecord(target="t", app=app, status="ok"), resolved=True, app=app)
     found = samples(metrics.exposition(StatusReply()).decode())
     assert found[("quotad_requests_total", (("app", app), ("status", "ok"), ("target", "t")))] == 1
 
@@ -167,9 +172,9 @@ def test_the_whole_exposition_of_a_rich_status_is_unchanged() -> None:
         ("sim/m", "agent", "ok", 3.0),
         ("sim/big", "notebook", "rate_limited", 0.5),
     ):
-        metrics.observe_request(finished(target, app, outcome, latency), resolved=True)
+        metrics.observe_request(finished(target, app, outcome, latency), resolved=True, app=app)
     unresolved = RequestRecord(target="x", app="agent", status="unknown_model")
-    metrics.observe_request(unresolved, resolved=False)
+    metrics.observe_request(unresolved, resolved=False, app=unresolved.app)
     metrics.observe_http("chat_completions", 200)
     metrics.observe_http("chat_completions", 429)
     status = msgspec.structs.replace(
@@ -181,3 +186,22 @@ def test_the_whole_exposition_of_a_rich_status_is_unchanged() -> None:
     )
     expected = (Path(__file__).parent / "metrics_exposition.prom").read_text()
     assert metrics.exposition(status).decode() == expected
+
+
+def test_apps_named_without_end_share_one_label_past_the_activity_bound() -> None:
+    """Apps are named by clients. The activity log kept at most MAX_TRACKED_APPS of them
+    apart, but the metrics labelled every request by its own app: a client naming a new app
+    each request grew /metrics (and the daemon) by three series a request, without end. Past
+    the bound they are counted under ``app="(other)"``, as ``quotad status`` shows them."""
+    tail = LiveTail()
+    for number in range(MAX_TRACKED_APPS + 500):
+        tail.finished(ledger_row(number, app=f"app-{number}"))
+    found = samples(tail.metrics.exposition(StatusReply()).decode())
+    apps = {dict(labels)["app"] for name, labels in found if name == "quotad_requests_total"}
+    assert len(apps) == MAX_TRACKED_APPS + 1
+    assert OTHER_APPS in apps
+    assert "app-0" in apps
+    assert f"app-{MAX_TRACKED_APPS + 7}" not in apps
+    other = (("app", OTHER_APPS), ("status", "ok"), ("target", "openai/gpt-4o-mini"))
+    assert found[("quotad_requests_total", other)] == 500
+    assert tail.activity.names() == apps

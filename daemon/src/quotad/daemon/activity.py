@@ -36,13 +36,19 @@ class AppActivityLog:
         self._apps: dict[str, AppActivity] = {}
 
     def of(self, app: str) -> AppActivity:
-        """The activity of ``app`` (made on first use)."""
+        """The activity of ``app`` (made on first use; past :data:`MAX_TRACKED_APPS` apps,
+        that of :data:`OTHER_APPS`)."""
         activity = self._apps.get(app)
         if activity is None:
-            if len(self._apps) >= MAX_TRACKED_APPS:
-                app = OTHER_APPS
-            activity = self._apps.setdefault(app, AppActivity())
+            activity = self._apps.setdefault(self.tracked_name(app), AppActivity())
         return activity
+
+    def tracked_name(self, app: str) -> str:
+        """The name ``app``'s activity is kept under: its own while there is room for it (or
+        it has its own already), else :data:`OTHER_APPS`. The metrics label apps by it."""
+        if app in self._apps or len(self._apps) < MAX_TRACKED_APPS:
+            return app
+        return OTHER_APPS
 
     def finished(self, app: str, wait_s: float, day: str, cost_usd: float) -> None:
         """A request of ``app`` ended on ``day``: its wait and its cost."""

@@ -73,7 +73,8 @@ class LiveTail:
             self.activity.found(row.app, decode_entities(row.entities), row.status == "blocked")
         record = live_record(row)
         self.recent.append(record)
-        self.metrics.observe_request(record, resolved=bool(row.target))
+        app = self.activity.tracked_name(row.app)
+        self.metrics.observe_request(record, resolved=bool(row.target), app=app)
         for watcher in self.watchers:
             watcher(row)
         if REQUEST_LOG.isEnabledFor(logging.DEBUG):

@@ -8,7 +8,8 @@ at scrape time, so it has one home: the component that owns it. The exposition i
 text format 0.0.4, written here (no client library in the daemon).
 
 Requests that never reached a target (an unknown model, a budget refused before routing) are
-counted under ``target=""``, so that made-up model names cannot grow the number of series.
+counted under ``target=""``, and apps past the activity log's bound under ``app="(other)"``, so
+that made-up model and app names cannot grow the number of series.
 """
 
 from __future__ import annotations
@@ -78,10 +79,11 @@ class Metrics:
 
     # ------------------------------------------------------------------ feeding (hot path)
 
-    def observe_request(self, record: RequestRecord, *, resolved: bool) -> None:
-        """Count a finished request; ``resolved``: it reached a target (see module docstring)."""
+    def observe_request(self, record: RequestRecord, *, resolved: bool, app: str) -> None:
+        """Count a finished request; ``resolved``: it reached a target (see module docstring);
+        ``app``: the name its app is counted under (apps are named by clients: past a bound,
+        several share one, see :mod:`quotad.daemon.activity`)."""
         target = record.target if resolved else ""
-        app = record.app
         key = (target, app, record.status)
         requests = self._requests
         requests[key] = requests.get(key, 0) + 1
