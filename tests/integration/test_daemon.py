@@ -30,7 +30,7 @@ from quotad.client import (
 from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import Error, Hello, Status, StatusReply, Welcome
 from tests.support.daemon import DaemonProcess, run_quotad, two_sims_config
-from tests.support.raw_socket import replies_until_closed, unix_connection
+from tests.support.raw_socket import read_replies, replies_until_closed, unix_connection
 from tests.support.sim import SimProcess
 
 MESSAGES = [{"role": "user", "content": "hello there quotad"}]
@@ -291,15 +291,23 @@ def test_bad_frames_close_only_that_connection(
 
 
 def test_invalid_message_names_the_field(daemon: DaemonProcess) -> None:
+    """DESIGN §5: replies carry their request's id, and an invalid message gets an Error
+    naming the field. Its frame's bounds are sound, so it costs only its request: it was
+    answered with id 0 and the connection closed, failing everything else in flight on it."""
     sock = unix_connection(daemon.socket_path)
     body = msgspec.msgpack.encode(
         {"type": "Chat", "id": 1, "model": "fast", "messages": [{"role": "robot"}]}
     )
-    sock.sendall(FrameEncoder().encode(Hello()) + len(body).to_bytes(4, "big") + body)
-    replies = replies_until_closed(sock)
+    frames = [FrameEncoder().encode(Hello()), len(body).to_bytes(4, "big") + body]
+    sock.sendall(b"".join([*frames, FrameEncoder().encode(Status(id=2))]))
+    welcome, refused, status = read_replies(sock, 3)
     sock.close()
-    assert isinstance(replies[-1], Error)
-    assert "messages[0].role" in replies[-1].message
+    assert isinstance(welcome, Welcome)
+    assert isinstance(refused, Error)
+    assert (refused.id, refused.code) == (1, "bad_request")
+    assert "messages[0].role" in refused.message
+    assert isinstance(status, StatusReply)
+    assert status.id == 2
 
 
 def test_truncated_frame_then_close(daemon: DaemonProcess) -> None:

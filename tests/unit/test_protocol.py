@@ -420,6 +420,27 @@ def test_nesting_is_bounded_before_msgspec_recurses(field: str) -> None:
         assert f"{field}: nested deeper than {MAX_NESTING} levels" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("fields", "request_id"),
+    [
+        ({"id": 7, "temperature": 5.0}, 7),  # a value out of range: answered by its id
+        ({"id": 0, "messages": "x"}, 0),
+        ({"temperature": 5.0}, None),  # no id to answer by
+        ({"id": -1, "temperature": 5.0}, None),
+        ({"id": "7", "temperature": 5.0}, None),
+        ({"id": 2**64 - 1, "messages": None}, 2**64 - 1),
+    ],
+)
+def test_an_invalid_message_says_its_id_when_it_can_be_read(
+    fields: dict[str, Any], request_id: int | None
+) -> None:
+    payload = RAW.encode({"type": "Chat", "model": "m", "messages": [], **fields})
+    with pytest.raises(MessageValidationError) as caught:
+        decode_all(request_decoder(), frame(payload))
+    assert caught.value.request_id == request_id
+    assert caught.value.code == "bad_request"
+
+
 def test_nesting_up_to_the_limit_decodes() -> None:
     (chat,) = decode_all(request_decoder(), nested_chat(MAX_NESTING))
     depth, value = 2, chat.extra["x"]

@@ -21,7 +21,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
-from quotad.protocol.messages import Reply, Request
+from quotad.protocol.messages import Reply, Request, RequestId
 from quotad.protocol.scan import field_of_invalid_string, nesting_exceeds
 
 DEFAULT_MAX_FRAME: Final = 8 * 1024 * 1024
@@ -57,9 +57,34 @@ class MessageInvalid(FrameError):
 
 class MessageValidationError(MessageInvalid):
     """A frame's payload is well-formed MessagePack but not a valid message (an unknown type, a
-    missing field, a value out of range): a bad request rather than a bad frame."""
+    missing field, a value out of range): a bad request rather than a bad frame.
+
+    ``request_id`` is the message's ``id`` when it could still be read: the frame's bounds were
+    sound, so the request can be answered by its id and the frames after it read on."""
 
     code = "bad_request"
+
+    def __init__(self, message: str, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class _Addressed(msgspec.Struct):
+    """Only the ``id`` of a message (whatever else it holds)."""
+
+    id: RequestId = -1
+
+
+_ADDRESSED: Final = msgspec.msgpack.Decoder(_Addressed)
+
+
+def _request_id_of(payload: bytearray) -> int | None:
+    """The ``id`` of a payload that is a map holding a valid one, else None."""
+    try:
+        request_id = _ADDRESSED.decode(payload).id
+    except Exception:  # whatever msgspec raises: the id cannot be read
+        return None
+    return request_id if request_id >= 0 else None
 
 
 class FrameEncoder:
@@ -142,7 +167,9 @@ class FrameDecoder(Generic[T]):
         try:
             return self._decoder.decode(payload)
         except msgspec.ValidationError as exc:
-            raise MessageValidationError(f"invalid message: {describe(exc)}") from None
+            raise MessageValidationError(
+                f"invalid message: {describe(exc)}", _request_id_of(payload)
+            ) from None
         except msgspec.DecodeError as exc:
             raise MessageInvalid(f"malformed MessagePack: {exc}") from None
         except UnicodeDecodeError as exc:

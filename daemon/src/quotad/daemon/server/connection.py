@@ -40,7 +40,12 @@ from quotad.daemon.server.limits import ConnectionLimits
 from quotad.daemon.status import DAEMON_VERSION
 from quotad.protocol.figures import size
 from quotad.protocol.framing import HEADER_SIZE as FRAME_HEADER_SIZE
-from quotad.protocol.framing import FrameEncoder, FrameError, request_decoder
+from quotad.protocol.framing import (
+    FrameEncoder,
+    FrameError,
+    MessageValidationError,
+    request_decoder,
+)
 from quotad.protocol.messages import (
     Acquire,
     Admin,
@@ -168,16 +173,39 @@ class Connection(asyncio.Protocol):
 
     def _process(self, data: bytes) -> None:
         """Decode and answer every whole frame received; stop early when the connection
-        closes or reading pauses (the rest waits in the decoder)."""
-        try:
-            for message in self._decoder.feed(data):
-                if not self._receive(message) or self._reading_paused:
+        closes or reading pauses (the rest waits in the decoder). A frame that is no valid
+        message but whose id can be read costs only its request (see :meth:`_invalid`)."""
+        while True:
+            try:
+                for message in self._decoder.feed(data):
+                    if not self._receive(message) or self._reading_paused:
+                        return
+                return
+            except MessageValidationError as error:
+                if not self._invalid(error):
+                    self.refuse(error.code, str(error))
                     return
-        except FrameError as error:
-            self.refuse(error.code, str(error))
-        except Exception:  # a bug: it costs this connection only
-            log.exception("reading a frame from pid %s failed", self.peer and self.peer.pid)
-            self.refuse("internal", "internal error in quotad reading this connection")
+                if self.closing or self._reading_paused:
+                    return
+                data = b""  # read on: the frames after it wait in the decoder
+            except FrameError as error:
+                self.refuse(error.code, str(error))
+                return
+            except Exception:  # a bug: it costs this connection only
+                log.exception("reading a frame from pid %s failed", self.peer and self.peer.pid)
+                self.refuse("internal", "internal error in quotad reading this connection")
+                return
+
+    def _invalid(self, error: MessageValidationError) -> bool:
+        """Answer a request that is no valid message (a field out of range, a missing one)
+        ``bad_request`` by its id, as any refused request; False when it cannot be (no id
+        could be read, the connection has not said Hello, or the id is one in flight): then
+        it is about the connection."""
+        request_id = error.request_id
+        if request_id is None or not self.greeted or request_id in self.in_flight:
+            return False
+        self.write(_error(request_id, error.code, str(error)))
+        return True
 
     def eof_received(self) -> bool:
         self.close()  # the client is done: what it asked for is no longer wanted
