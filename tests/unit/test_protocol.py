@@ -32,6 +32,7 @@ from quotad.protocol.framing import (
     request_decoder,
 )
 from quotad.protocol.messages import (
+    PROTOCOL_VERSION,
     Acquire,
     Admin,
     AppStatus,
@@ -635,3 +636,12 @@ def test_well_formed_but_arbitrary_maps_only_yield_messages_or_frame_errors(
 ) -> None:
     payload = RAW.encode({**fields, "type": tag})
     _check_only_messages_or_frame_errors(request_decoder(), frame(payload))
+
+
+def test_a_welcome_says_every_field_to_a_peer_reading_plain_messagepack() -> None:
+    """DESIGN §5: Hello → Welcome(version, daemon_version, features). Messages leave out
+    fields at their default, so a Welcome of protocol version 1 (the default) said no version
+    to a peer that reads MessagePack without quotad's types."""
+    raw = msgspec.msgpack.decode(ENCODER.encode(Welcome(daemon_version="0.1.0"))[4:])
+    assert raw["version"] == PROTOCOL_VERSION
+    assert {"daemon_version", "features", "max_frame", "id"} <= set(raw)

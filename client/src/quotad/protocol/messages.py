@@ -179,8 +179,9 @@ Request = Hello | Chat | Embed | Acquire | Settle | Cancel | Status | Subscribe 
 # --------------------------------------------------------------------------- daemon → client
 
 
-class Welcome(Message):
-    """Answer to :class:`Hello`."""
+class Welcome(Message, omit_defaults=False):
+    """Answer to :class:`Hello`. Every field is written, defaults included (once per
+    connection), so that a peer reading plain MessagePack sees the protocol version."""
 
     version: int = PROTOCOL_VERSION
     daemon_version: str = ""
