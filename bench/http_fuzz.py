@@ -2,7 +2,8 @@
 requests (tests/support/http_fuzz.py; the suite sends a few thousand), from several threads, to
 a ``quotad serve`` in front of two ``quotad sim`` processes. Reports how many were answered by
 status, how many failed inside (a 500, an internal error in a stream, no answer to well-formed
-HTTP: must be 0), whether the daemon is still up and serves an SDK afterwards, the tracebacks in
+HTTP even on a new connection: must be 0; how many were sent again because their keep-alive
+connection was closed for idleness under them is ``retried_after_reset``), whether the daemon is still up and serves an SDK afterwards, the tracebacks in
 its log (must be 0), and the rate against the same daemon's rate for valid requests alone (the
 baseline, measured in the same run). Prints one JSON line.
 
@@ -73,6 +74,7 @@ def measure(cases: int, seed: int) -> dict[str, Any]:
         "statuses": {str(status): count for status, count in sorted(results.statuses.items())},
         "failed_inside": len(results.internal),
         "baseline_failed_inside": len(baseline.internal),
+        "retried_after_reset": results.retried,
         "daemon_alive": alive,
         "served_after": served_after,
         "tracebacks_in_log": tracebacks,

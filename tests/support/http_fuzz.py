@@ -203,7 +203,11 @@ class Results:
     internal: list[str] = field(default_factory=list)
     """Cases answered 500 (or another 5xx than 502-505: upstream error, overloaded, timeout,
     HTTP version), or whose stream carried an internal error, or that got no answer though
-    their HTTP was well formed."""
+    their HTTP was well formed (twice: see ``retried``)."""
+    retried: int = 0
+    """Well-formed cases sent again on a new connection after their keep-alive connection
+    failed under them: HTTP/1.1's race of a request sent as the server closes the connection
+    for idleness (``http.idle_timeout_s``), which clients answer by retrying."""
 
     def note(self, case: Case, status: int, body: bytes) -> None:
         self.statuses[status] += 1
@@ -215,11 +219,13 @@ class Results:
 def send(http: httpx.Client, base_url: str, case: Case, results: Results) -> None:
     """Send one case and note the answer (raw cases on a socket of their own)."""
     if case.raw is None:
+        headers = {name.encode(): value.encode("latin-1") for name, value in case.headers.items()}
         try:
-            headers = {
-                name.encode(): value.encode("latin-1") for name, value in case.headers.items()
-            }
-            response = http.post(base_url + case.path, content=case.body, headers=headers)
+            try:
+                response = http.post(base_url + case.path, content=case.body, headers=headers)
+            except httpx.TransportError:  # the idle-close race: once more, on a new connection
+                results.retried += 1
+                response = http.post(base_url + case.path, content=case.body, headers=headers)
         except httpx.HTTPError as error:
             results.internal.append(f"no answer: {error!r} {case.path} {case.body[:300]!r}")
             return
