@@ -3,9 +3,10 @@ requests (tests/support/http_fuzz.py; the suite sends a few thousand), from seve
 a ``quotad serve`` in front of two ``quotad sim`` processes. Reports how many were answered by
 status, how many failed inside (a 500, an internal error in a stream, no answer to well-formed
 HTTP even on a new connection: must be 0; how many were sent again because their keep-alive
-connection was closed for idleness under them is ``retried_after_reset``), whether the daemon is still up and serves an SDK afterwards, the tracebacks in
-its log (must be 0), and the rate against the same daemon's rate for valid requests alone (the
-baseline, measured in the same run). Prints one JSON line.
+connection was closed for idleness under them is ``retried_after_reset``), whether the daemon is
+still up and serves an SDK afterwards, the tracebacks in its log (must be 0), and the rate
+against the same daemon's rate for valid requests alone (the baseline, measured in the same
+run). Prints one JSON line.
 
     uv run python bench/http_fuzz.py [--cases 30000] [--seed 1] [--quick]
 """
