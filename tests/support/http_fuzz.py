@@ -90,24 +90,17 @@ class Case:
 class Fuzzer:
     """Cases from one seed: the same seed, the same cases."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int | str, fields: tuple[str, ...] = FIELDS) -> None:
         self.random = random.Random(seed)
+        self.fields = fields
+        """The keys a mutation adds (the request's, by default)."""
         self._deep: list[int] = []
 
     def case(self) -> Case:
         rnd = self.random
         path = rnd.choice(PATHS)
         model = rnd.choice(MODELS[:3]) if rnd.random() < 0.8 else rnd.choice(MODELS)
-        value: Any = rnd.choice(seeds(model)[path])
-        value = msgspec.json.decode(msgspec.json.encode(value))  # a copy to mutate
-        self._deep = []
-        for _ in range(rnd.choice((0, 0, 1, 1, 2, 3))):
-            value = self._mutate_value(value, 0)
-        body = msgspec.json.encode(value)
-        for index, depth in enumerate(self._deep):
-            opening, closing = (b"[", b"]") if depth % 2 else (b'{"a":', b"}")
-            deep = opening * depth + b"1" + closing * depth
-            body = body.replace(f'"{_DEEP}{index}"'.encode(), deep)
+        body = self.mutated_json(rnd.choice(seeds(model)[path]), rnd.choice((0, 0, 1, 1, 2, 3)))
         for _ in range(rnd.choice((0, 0, 0, 0, 0, 1, 2))):
             body = self._mutate_bytes(body)
         headers = {"content-type": "application/json", "x-quotad-app": "fuzz"}
@@ -125,6 +118,20 @@ class Fuzzer:
             raw = self._mutate_bytes(raw)
         return Case(path, headers, body, raw)
 
+    def mutated_json(self, value: Any, rounds: int) -> bytes:
+        """A copy of ``value`` mutated ``rounds`` times (:meth:`_mutate_value`), as JSON;
+        nesting thousands deep is made in the bytes."""
+        value = msgspec.json.decode(msgspec.json.encode(value))  # a copy to mutate
+        self._deep = []
+        for _ in range(rounds):
+            value = self._mutate_value(value, 0)
+        body = msgspec.json.encode(value)
+        for index, depth in enumerate(self._deep):
+            opening, closing = (b"[", b"]") if depth % 2 else (b'{"a":', b"}")
+            deep = opening * depth + b"1" + closing * depth
+            body = body.replace(f'"{_DEEP}{index}"'.encode(), deep)
+        return body
+
     def _random_value(self, depth: int) -> Any:
         rnd = self.random
         kind = rnd.randrange(9 if depth < 3 else 6)
@@ -140,7 +147,9 @@ class Fuzzer:
             return rnd.choice(STRINGS)
         if kind == 6:
             return [self._random_value(depth + 1) for _ in range(rnd.randint(0, 3))]
-        return {rnd.choice(FIELDS): self._random_value(depth + 1) for _ in range(rnd.randint(0, 3))}
+        return {
+            rnd.choice(self.fields): self._random_value(depth + 1) for _ in range(rnd.randint(0, 3))
+        }
 
     def _mutate_value(self, value: Any, depth: int) -> Any:
         """``value`` with one node replaced, dropped, added to, or nested deep."""
@@ -152,7 +161,7 @@ class Fuzzer:
             if choice < 0.15:
                 del value[key]
             elif choice < 0.3:
-                value[rnd.choice(FIELDS)] = self._random_value(0)
+                value[rnd.choice(self.fields)] = self._random_value(0)
             else:
                 value[key] = self._mutate_value(value[key], depth + 1)
             return value
