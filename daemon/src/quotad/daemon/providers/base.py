@@ -23,7 +23,7 @@ Exceptions::
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import msgspec
 
@@ -43,6 +43,10 @@ ErrorKind = Literal[
 RETRYABLE_KINDS: frozenset[str] = frozenset(
     {"connect", "timeout", "rate_limited", "server", "conflict", "stream_broken"}
 )
+UNDECODABLE: Final = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
+"""What decoding a provider's JSON may raise: msgspec's own error (not JSON, or not the
+expected shape), RecursionError (nested past msgspec's depth), UnicodeDecodeError (a string
+whose bytes are not UTF-8: msgspec raises it as it is)."""
 
 
 class ProviderError(Exception):

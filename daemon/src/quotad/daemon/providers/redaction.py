@@ -32,6 +32,8 @@ from typing import Any, Final
 
 import msgspec
 
+from quotad.daemon.providers.base import UNDECODABLE
+
 REDACTED: Final = "[redacted]"
 MIN_SECRET_LENGTH: Final = 8
 MIN_FRAGMENT: Final = 12
@@ -205,7 +207,7 @@ class KeyRedactor:
             return content
         try:
             return _JSON_ENCODER.encode(self.value(_JSON_DECODER.decode(content)))
-        except (msgspec.DecodeError, RecursionError):  # too deep to walk: its text
+        except UNDECODABLE:  # not JSON, too deep to walk, not UTF-8: its text
             return self.text(content.decode("utf-8", "replace")).encode()
 
     def body(self, content: bytes, limit: int) -> Any:
@@ -213,7 +215,7 @@ class KeyRedactor:
         redacted, or else its :meth:`start`."""
         try:
             return self.value(_JSON_DECODER.decode(content))
-        except (msgspec.DecodeError, RecursionError):  # too deep to walk: its text
+        except UNDECODABLE:  # not JSON, too deep to walk, not UTF-8: its text
             return self.start(content, limit)
 
     def start(self, content: bytes, limit: int) -> str:

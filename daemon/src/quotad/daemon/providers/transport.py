@@ -57,7 +57,7 @@ from quotad.daemon.net.deadlines import Deadlines
 from quotad.daemon.net.httpx_messages import PreparedRequest
 from quotad.daemon.net.pool import LeanHTTPTransport
 from quotad.daemon.net.sse import EventStreamTooLong, ServerSentEvents
-from quotad.daemon.providers.base import ChatDelta, ErrorKind, ProviderError
+from quotad.daemon.providers.base import UNDECODABLE, ChatDelta, ErrorKind, ProviderError
 from quotad.daemon.providers.ratelimits import parse_rate_limits
 from quotad.daemon.providers.redaction import KeyRedactor
 from quotad.daemon.rate_limit_info import NO_RATE_LIMITS, RateLimitInfo
@@ -301,7 +301,7 @@ class ProviderHTTP:
         does not fit."""
         try:
             return decoder.decode(reply.content)
-        except (msgspec.DecodeError, RecursionError) as error:
+        except UNDECODABLE as error:
             raise self.protocol_failure(str(error), reply.rate_limits, reply.content) from None
 
     # ------------------------------------------------------------------ failures
@@ -447,7 +447,7 @@ class ChatEventStream(ABC):
         not be."""
         try:
             return decoder.decode(data)
-        except (msgspec.DecodeError, RecursionError) as error:
+        except UNDECODABLE as error:
             raise self.http.protocol_failure(f"{what}: {error}", self.rate_limits, data) from None
 
     def deltas(self) -> ChatEventStream:

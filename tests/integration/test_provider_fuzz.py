@@ -1,0 +1,107 @@
+"""What quotad parses from providers, fuzzed: what the hostile provider of
+tests/support/provider_fuzz.py found, each as its own test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+
+from quotad.daemon.config import parse_config
+from quotad.daemon.providers import build_provider
+from quotad.daemon.providers.base import Provider, ProviderError
+from quotad.protocol.messages import Chat, ChatMessage
+from tests.support.backends import ASYNCIO_BACKENDS
+from tests.support.raw_http import RawHTTPServer, answer
+
+asyncio_backends = pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
+
+FUZZ_SEED = 4242
+CASES = 600
+CHAT = Chat(model="m", messages=[ChatMessage(role="user", content="hi")], max_tokens=4)
+
+
+# --------------------------------------------------------------------------- what it found
+
+
+@asynccontextmanager
+async def provider(kind: str, base_url: str, pool: str) -> AsyncIterator[Provider]:
+    raw = {"providers": {"p": {"kind": kind, "base_url": base_url, "api_key_env": "PFUZZ_KEY"}}}
+    config = parse_config(raw)
+    transport = httpx.AsyncHTTPTransport() if pool == "httpx" else None
+    built = build_provider("p", config.providers["p"], "sk-pfuzz-key", transport=transport)
+    try:
+        yield built
+    finally:
+        await built.aclose()
+
+
+async def answered(built: Provider, streamed: bool) -> None:
+    """Ask ``built`` for a chat (streamed or not), reading it whole."""
+    if not streamed:
+        await built.chat("m", CHAT, 4)
+        return
+    stream = await built.open_stream("m", CHAT, 4)
+    try:
+        async for _ in stream.deltas():
+            pass
+    finally:
+        await stream.aclose()
+
+
+def sse(*events: bytes) -> bytes:
+    body = b"".join(b"data: " + event + b"\n\n" for event in events)
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n"
+        % (len(body))
+        + body
+    )
+
+
+NOT_UTF8 = [
+    ("openai", False, b'{"choices": [{"message": {"content": "\xa1"}}]}'),
+    ("anthropic", False, b'{"content": [{"type": "text", "text": "\xff\xfe"}]}'),
+    ("openai", True, b'{"choices": [{"index": 0, "delta": {"content": "\xc3\x28"}}]}'),
+    ("anthropic", True, b'{"type": "content_block_delta", "delta": {"text": "\xa1"}}'),
+]
+
+
+@pytest.mark.anyio
+@asyncio_backends
+@pytest.mark.parametrize("pool", ["lean", "httpx"])
+@pytest.mark.parametrize(("kind", "streamed", "body"), NOT_UTF8)
+async def test_an_answer_whose_strings_are_not_utf8_cannot_be_understood(
+    pool: str, kind: str, streamed: bool, body: bytes
+) -> None:
+    """Found by the fuzzer: msgspec raises UnicodeDecodeError (no DecodeError) for a string
+    whose bytes are not UTF-8, and the providers did not catch it: an ``internal`` error, a
+    500 on the front door, a traceback in the log."""
+    handler = (
+        (lambda request, connection: connection.sendall(sse(body)))
+        if streamed
+        else answer(200, body, {"content-type": "application/json"})
+    )
+    with RawHTTPServer(handler) as server:
+        async with provider(kind, server.base_url, pool) as built:
+            with pytest.raises(ProviderError) as failed:
+                await answered(built, streamed)
+    assert failed.value.kind == "protocol"
+    assert "cannot be understood" in failed.value.message
+
+
+@pytest.mark.anyio
+@asyncio_backends
+@pytest.mark.parametrize("status", [429, 500])
+async def test_an_error_answer_whose_strings_are_not_utf8_keeps_its_status(status: int) -> None:
+    """Found by the fuzzer: the error body is decoded to be redacted; a string in it that
+    was not UTF-8 was an ``internal`` error instead of the error the status says."""
+    body = b'{"error": {"message": "busy \xff"}}'
+    with RawHTTPServer(answer(status, body)) as server:
+        async with provider("openai", server.base_url, "lean") as built:
+            with pytest.raises(ProviderError) as failed:
+                await built.chat("m", CHAT, 4)
+    assert failed.value.status == status
+    assert failed.value.kind == ("rate_limited" if status == 429 else "server")
+    assert "busy" in str(failed.value.body)
