@@ -3,18 +3,22 @@ tests/support/provider_fuzz.py found, each as its own test."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 
+from quotad.client import Client, UpstreamError
 from quotad.daemon.config import parse_config
 from quotad.daemon.providers import build_provider
 from quotad.daemon.providers.base import Provider, ProviderError
 from quotad.protocol.messages import Chat, ChatMessage
+from tests.support import provider_fuzz_run
 from tests.support.backends import ASYNCIO_BACKENDS
-from tests.support.raw_http import RawHTTPServer, answer
+from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
+from tests.support.raw_http import RawHTTPServer, RawRequest, answer
 
 asyncio_backends = pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
 
@@ -105,3 +109,62 @@ async def test_an_error_answer_whose_strings_are_not_utf8_keeps_its_status(statu
     assert failed.value.status == status
     assert failed.value.kind == ("rate_limited" if status == 429 else "server")
     assert "busy" in str(failed.value.body)
+
+
+ODD_USAGE = [
+    (
+        "openai",
+        False,
+        b'{"choices": [{"message": {"content": "x"}}], "usage": {"prompt_tokens": %s}}',
+    ),
+    ("anthropic", False, b'{"content": [], "usage": {"input_tokens": 1, "output_tokens": %s}}'),
+    ("openai", True, b'{"choices": [], "usage": {"completion_tokens": %s}}'),
+    ("anthropic", True, b'{"type": "message_delta", "usage": {"cache_read_input_tokens": %s}}'),
+]
+
+
+@pytest.mark.anyio
+@asyncio_backends
+@pytest.mark.parametrize(("kind", "streamed", "body"), ODD_USAGE)
+@pytest.mark.parametrize("count", [b"-1", b"18446744073709551616", b"1" + b"0" * 30])
+async def test_a_token_count_negative_or_past_the_bound_cannot_be_understood(
+    kind: str, streamed: bool, body: bytes, count: bytes
+) -> None:
+    """Found by the fuzzer: a usage of 2**64 tokens went into the ledger row, which SQLite
+    could not store, and the row kept for another try failed every write after it (every
+    request since: ``internal``); a negative count made a negative cost."""
+    body %= count
+    handler = (
+        (lambda request, connection: connection.sendall(sse(body)))
+        if streamed
+        else answer(200, body, {"content-type": "application/json"})
+    )
+    with RawHTTPServer(handler) as server:
+        async with provider(kind, server.base_url, "lean") as built:
+            with pytest.raises(ProviderError) as failed:
+                await answered(built, streamed)
+    assert failed.value.kind == "protocol"
+    assert "usage" in failed.value.message
+
+
+def test_a_daemon_answered_a_usage_past_64_bits_keeps_its_ledger() -> None:
+    """The same end to end: before, the first answer failed as ``internal`` and so did every
+    request after it, on any provider (the ledger's writes all failed); now the first is an
+    ``upstream_error`` naming the usage, the next is answered, both rows are written."""
+    answers = iter([b"18446744073709551616", b"7"])
+
+    def usage_once(request: RawRequest, connection: socket.socket) -> None:
+        body = ODD_USAGE[0][2] % next(answers, b"7")
+        answer(200, body, {"content-type": "application/json"})(request, connection)
+
+    with RawHTTPServer(usage_once) as server:
+        config = daemon_config(sim_provider_config("raw", server.base_url))
+        with DaemonProcess(config) as daemon, Client(socket=daemon.socket_path, app="t") as client:
+            messages = [{"role": "user", "content": "hi"}]
+            with pytest.raises(UpstreamError, match=r"usage\.prompt_tokens"):
+                client.chat("raw/m", messages, cache="bypass")
+            reply = client.chat("raw/m", messages, cache="bypass")
+            assert reply.usage.prompt_tokens == 7
+            rows = provider_fuzz_run.ledger_rows(daemon.state_dir, "t")
+            assert sorted(rows) == ["ok", "upstream_error"]
+            assert "Traceback" not in daemon.log()

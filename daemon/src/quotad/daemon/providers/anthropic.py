@@ -40,6 +40,7 @@ from quotad.daemon.providers.base import (
     EmbedResult,
     ErrorKind,
     ProviderError,
+    TokenCount,
 )
 from quotad.daemon.providers.transport import ChatEventStream, HTTPProvider, ProviderHTTP
 from quotad.daemon.rate_limit_info import RateLimitInfo
@@ -245,10 +246,10 @@ def messages_body(model: str, request: Chat, max_tokens: int, *, stream: bool) -
 
 
 class _Usage(msgspec.Struct):
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_creation_input_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
+    input_tokens: TokenCount | None = None
+    output_tokens: TokenCount | None = None
+    cache_creation_input_tokens: TokenCount | None = None
+    cache_read_input_tokens: TokenCount | None = None
 
 
 class _Block(msgspec.Struct):

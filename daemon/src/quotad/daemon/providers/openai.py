@@ -22,7 +22,13 @@ from typing import Any, Final
 
 import msgspec
 
-from quotad.daemon.providers.base import ChatDelta, ChatResult, EmbedResult, ProviderError
+from quotad.daemon.providers.base import (
+    ChatDelta,
+    ChatResult,
+    EmbedResult,
+    ProviderError,
+    TokenCount,
+)
 from quotad.daemon.providers.transport import ChatEventStream, HTTPProvider
 from quotad.protocol.messages import Chat, Usage
 
@@ -46,12 +52,12 @@ TOKEN_LIMIT_NAMES: Final = ("max_tokens", "max_completion_tokens", "max_output_t
 
 
 class _PromptTokensDetails(msgspec.Struct):
-    cached_tokens: int | None = None
+    cached_tokens: TokenCount | None = None
 
 
 class _Usage(msgspec.Struct):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    prompt_tokens: TokenCount | None = None
+    completion_tokens: TokenCount | None = None
     prompt_tokens_details: _PromptTokensDetails | None = None
 
     def to_usage(self) -> Usage:
