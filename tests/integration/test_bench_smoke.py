@@ -24,6 +24,7 @@ EXPECTED_FIGURES = {
     },
     "guardrails_daemon": {"chat_2kb", "off_loop"},
     "gate_queue": {"this"},
+    "provider_fuzz": {"failed_inside", "ledger_rows", "ledger_rows_expected", "reserved_usd_after"},
 }
 """Figures some benchmarks must report (a benchmark's report says what it measured)."""
 

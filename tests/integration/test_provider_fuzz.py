@@ -1,5 +1,11 @@
-"""What quotad parses from providers, fuzzed: what the hostile provider of
-tests/support/provider_fuzz.py found, each as its own test."""
+"""What quotad parses from providers, fuzzed: a real daemon whose accounts (OpenAI and
+Anthropic, through the lean pool and through httpx's) are a hostile provider answering each
+request with a seeded random broken answer (tests/support/provider_fuzz.py), sent valid
+requests by real clients (quotad's client on the socket, the openai SDK on the front door).
+Every request gets an answer, a reply or a clean error (never ``internal``, never a 500); the
+daemon logs no traceback, stays up and serves a normal provider afterwards; every request left
+exactly one ledger row, none with a negative or NaN cost; nothing is left reserved. Then what
+the fuzzer found, each as its own test."""
 
 from __future__ import annotations
 
@@ -18,13 +24,33 @@ from quotad.protocol.messages import Chat, ChatMessage
 from tests.support import provider_fuzz_run
 from tests.support.backends import ASYNCIO_BACKENDS
 from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
+from tests.support.provider_fuzz_run import FuzzRig
 from tests.support.raw_http import RawHTTPServer, RawRequest, answer
 
 asyncio_backends = pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
 
 FUZZ_SEED = 4242
-CASES = 600
+CASES = 1500
 CHAT = Chat(model="m", messages=[ChatMessage(role="user", content="hi")], max_tokens=4)
+
+
+@pytest.mark.slow
+def test_a_daemon_survives_a_hostile_provider() -> None:
+    with FuzzRig(FUZZ_SEED) as rig:
+        results = provider_fuzz_run.run(rig, CASES)
+        assert results.failures == []
+        assert results.cases == CASES
+        assert results.outcomes["ok"] > CASES * 0.1  # both kinds were made
+        assert results.outcomes["upstream_error"] > CASES * 0.1
+        assert rig.process.process is not None
+        assert rig.process.process.poll() is None
+        assert provider_fuzz_run.served_after(rig)
+        assert provider_fuzz_run.reserved_usd(rig) == 0
+        ledger = provider_fuzz_run.ledger_figures(rig.process.state_dir)
+        assert ledger.rows == CASES, ledger.by_status
+        assert ledger.bad_costs == []
+        assert ledger.bad_tokens == 0
+        assert "Traceback" not in rig.process.log()
 
 
 # --------------------------------------------------------------------------- what it found

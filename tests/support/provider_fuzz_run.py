@@ -39,10 +39,12 @@ CLEAN_CODES: Final = frozenset(
     {"bad_request", "rate_limited", "upstream_error", "timeout", "overloaded"}
 )
 """Error codes a request may get from a hostile provider: its fault, said cleanly."""
+PAUSING: Final = frozenset({"rate_limited", "http 429", "timeout", "http 504"})
+"""Outcomes that may leave the target paused."""
 SDK_SHARE: Final = 0.25
 """The share of cases sent with the openai SDK to the front door."""
 NEVER_OPENS: Final = "breaker = {{ failures = 1000000000, min_calls = 1000000000 }}"
-TIMEOUTS: Final = "timeout_s = 1.0\nconnect_timeout_s = 1.0"
+TIMEOUTS: Final = "timeout_s = 0.5\nconnect_timeout_s = 0.5"
 KEY_ENV: Final = {"PFUZZ_KEY": "sk-pfuzz-0123456789abcdefghij"}
 """The accounts' API key (the hostile provider echoes it now and then)."""
 
@@ -65,6 +67,7 @@ def fuzz_config(hostile_port: int, sim_url: str, http_port: int) -> str:
         sim_provider_config("anh", proxied, kind="anthropic", extra=extra),
         sim_provider_config("sim", sim_url),
         "[retry]\nattempts = 2\nbase_s = 0.01\nmax_s = 0.05\ndeadline_s = 8\n",
+        "[gates]\nmax_wait_s = 0.5\n",
         "[budgets]\ndaily_usd = 1e300\nmonthly_usd = 1e300\n",
         f"[apps.{APP}]\ndaily_usd = 1e300\n",
         prices,
@@ -127,7 +130,10 @@ class Results:
 
     outcomes: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
-    rate_limited_targets: set[str] = field(default_factory=set)
+    paused_targets: set[str] = field(default_factory=set)
+    """Targets a case found paused (it ends up reset: see :func:`run`)."""
+    by_case: dict[int, str] = field(default_factory=dict)
+    """Each case's outcome, by its index."""
 
     @property
     def cases(self) -> int:
@@ -220,15 +226,18 @@ def send(client: Client, sdk: openai.OpenAI, case: Plan, results: Results) -> No
     except Exception as error:  # what no client should raise
         outcome = type(error).__name__
         results.failures.append(f"{case}: {error!r}"[:600])
-    if outcome == "rate_limited" or outcome == "http 429":
-        results.rate_limited_targets.add(case.target)
+    if outcome in PAUSING:
+        results.paused_targets.add(case.target)
     results.outcomes[outcome] += 1
+    results.by_case[case.index] = outcome
 
 
-def run(rig: FuzzRig, count: int, workers: int = 8, first: int = 0) -> Results:
+def run(rig: FuzzRig, count: int, workers: int = 16, first: int = 0) -> Results:
     """Cases ``first`` to ``first + count`` of the rig's seed, from ``workers`` threads (each
-    its own socket client and SDK client); a target a case found rate limited is reset (its
-    429 pause lifted) so that the cases after it still reach the provider."""
+    its own socket client and SDK client). A target a case found paused (a 429's retry-after,
+    or rate-limit headers saying nothing is left until a reset far off: the hostile provider
+    says so often) is reset, its pause lifted, so that the cases after it still reach the
+    provider."""
     results = Results()
     cases = [plan(rig.seed, index) for index in range(first, first + count)]
 
@@ -245,8 +254,8 @@ def run(rig: FuzzRig, count: int, workers: int = 8, first: int = 0) -> Results:
         ):
             for case in share:
                 send(client, sdk, case, results)
-                if case.target in results.rate_limited_targets:
-                    results.rate_limited_targets.discard(case.target)
+                if case.target in results.paused_targets:
+                    results.paused_targets.discard(case.target)
                     client.admin("target_reset", case.target)
 
     with ThreadPoolExecutor(workers) as pool:

@@ -1,0 +1,83 @@
+"""A long fuzz run of what quotad parses from providers: a real daemon whose four accounts
+(OpenAI and Anthropic, through the lean pool and through httpx's) are a hostile provider
+answering each request with a seeded random broken answer (tests/support/provider_fuzz.py; the
+suite runs 600), sent valid requests (chat, stream, embeddings) by quotad's client and the
+openai SDK, from several threads. Reports the outcomes, the cases that failed inside (an
+``internal`` error, a 500, no answer: must be 0), whether the daemon is still up and serves a
+normal provider (a ``quotad sim``) afterwards, the tracebacks in its log (must be 0), the
+ledger's rows against the cases (must be equal) and its bad costs (negative or NaN: must be 0),
+what is left reserved on the budgets (must be 0), and the rate of the fuzz cases against the
+same daemon's rate for valid answers from the same server (the baseline, measured in the same
+run). Prints one JSON line.
+
+    uv run python bench/provider_fuzz.py [--cases 20000] [--seed 1] [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._timing import seeded_main
+from tests.support import provider_fuzz_run
+from tests.support.provider_fuzz import VALID_CASE
+
+WARM_UP = 32
+"""Valid cases before the baseline is timed."""
+
+
+def measure(cases: int, seed: int) -> dict[str, Any]:
+    with provider_fuzz_run.FuzzRig(seed) as rig:
+        warm_up = provider_fuzz_run.run(rig, WARM_UP, first=VALID_CASE)  # connections, imports
+        baseline_count = max(64, cases // 10)
+        started = time.perf_counter()
+        baseline = provider_fuzz_run.run(rig, baseline_count, first=VALID_CASE + WARM_UP)
+        baseline_s = time.perf_counter() - started
+        started = time.perf_counter()
+        results = provider_fuzz_run.run(rig, cases)
+        fuzz_s = time.perf_counter() - started
+        process = rig.process.process
+        assert process is not None
+        alive = process.poll() is None
+        served_after = alive and provider_fuzz_run.served_after(rig)
+        reserved = provider_fuzz_run.reserved_usd(rig) if alive else None
+        ledger = provider_fuzz_run.ledger_figures(rig.process.state_dir)
+        tracebacks = rig.process.log().count("Traceback")
+    baseline_rps = baseline_count / baseline_s
+    fuzz_rps = cases / fuzz_s
+    return {
+        "bench": "provider_fuzz",
+        "cases": cases,
+        "seed": seed,
+        "seconds": round(fuzz_s, 1),
+        "fuzz_cases_per_s": round(fuzz_rps, 1),
+        "valid_requests_per_s": round(baseline_rps, 1),
+        "fuzz_to_valid_rate_ratio": round(fuzz_rps / baseline_rps, 3),
+        "outcomes": dict(sorted(results.outcomes.items())),
+        "failed_inside": len(results.failures),
+        "baseline_failed_inside": len(baseline.failures) + len(warm_up.failures),
+        "baseline_ok": baseline.outcomes["ok"],
+        "daemon_alive": alive,
+        "served_after": served_after,
+        "tracebacks_in_log": tracebacks,
+        "ledger_rows": ledger.rows,
+        "ledger_rows_expected": cases + baseline_count + WARM_UP,
+        "ledger_bad_costs": len(ledger.bad_costs),
+        "ledger_negative_tokens": ledger.bad_tokens,
+        "reserved_usd_after": reserved if reserved is not None else -1.0,
+        "first_failures": results.failures[:3],
+    }
+
+
+def main() -> None:
+    seeded_main(
+        __doc__, measure, cases=("cases", 20_000, 300), quick_help="a few hundred cases (smoke)"
+    )
+
+
+if __name__ == "__main__":
+    main()
