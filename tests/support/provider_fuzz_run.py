@@ -256,7 +256,10 @@ def run(rig: FuzzRig, count: int, workers: int = 16, first: int = 0) -> Results:
                 send(client, sdk, case, results)
                 if case.target in results.paused_targets:
                     results.paused_targets.discard(case.target)
-                    client.admin("target_reset", case.target)
+                    try:
+                        client.admin("target_reset", case.target)
+                    except QuotadError as error:
+                        results.failures.append(f"resetting {case.target}: {error}")
 
     with ThreadPoolExecutor(workers) as pool:
         for done in [pool.submit(worker, cases[index::workers]) for index in range(workers)]:
