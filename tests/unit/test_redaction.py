@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import random
 import string
+import time
 import urllib.parse
 
 import msgspec
@@ -133,3 +134,23 @@ def test_a_placeholder_key_is_no_secret() -> None:
 def test_the_key_is_found_whatever_surrounds_it(before: str, after: str, form: str) -> None:
     redacted = KeyRedactor(KEY).text(f"{before} {FORMS[form]} {after}")
     assert not shows_the_key(redacted)
+
+
+@pytest.mark.parametrize(
+    "hostile", ["x" * 32768, "." * 32768, KEY[:4] * 8192, ("xx" + KEY[-4:]) * 5461]
+)
+def test_a_long_run_of_masks_or_key_pieces_is_redacted_in_linear_time(hostile: str) -> None:
+    """Found by the provider fuzzer: a 64 KiB error body of ``x`` (a mask character) took
+    the masked-echo patterns quadratic time, seconds of the event loop per answer (16 K
+    characters: 2 s). Timed against a text of the same length without masks, in the same run:
+    linear, the ratio stays small (before: hundreds)."""
+    redactor = KeyRedactor(KEY)
+    plain = ("lorem ipsum " * 3000)[: len(hostile)]
+    timings = []
+    for text in (plain, hostile, plain, hostile):
+        started = time.perf_counter()
+        redactor.text(text)
+        timings.append(time.perf_counter() - started)
+    plain_s = min(timings[0], timings[2])
+    hostile_s = min(timings[1], timings[3])
+    assert hostile_s < 50 * plain_s + 0.01, (hostile_s, plain_s)

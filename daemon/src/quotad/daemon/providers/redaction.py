@@ -49,6 +49,8 @@ _TOKEN_END: Final = frozenset(" \t\r\n\"'`<>()[]{},;|")
 """What ends the token a found key is replaced with."""
 _JSON_DECODER: Final = msgspec.json.Decoder()
 _JSON_ENCODER: Final = msgspec.json.Encoder()
+_MASK_RUN: Final = re.compile("[" + re.escape(MASK_CHARACTERS) + "]{2}|…")
+_TOKEN: Final = re.compile(r"\S*")
 _ESCAPE: Final = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})|\\/")
 
 
@@ -87,16 +89,9 @@ class KeyRedactor:
         windows = {key[i : i + fragment] for i in range(len(key) - fragment + 1)}
         encoded = _base64_cores(self.secret_bytes)
         encoded |= {self.secret_bytes.hex(), self.secret_bytes.hex().upper()}
-        masks = re.escape(MASK_CHARACTERS)
         self._found = re.compile("|".join(re.escape(form) for form in windows | encoded))
-        # a prefix of the key, then (checked in _hits) a mask right where the key stops
-        self._masked_prefix = re.compile(
-            re.escape(key[:MIN_MASKED_PREFIX]) + r"\S*?(?:[" + masks + "]{2,}|…)"
-        )
-        self._masked_suffix = re.compile(
-            r"(?:[" + masks + r"]{2,}|…)" + re.escape(key[-MASKED_SUFFIX:])
-        )
         self._prefix = key
+        self._suffix = key[-MASKED_SUFFIX:]
 
     # ------------------------------------------------------------------ finding
 
@@ -104,24 +99,43 @@ class KeyRedactor:
         """Spans of ``text`` where the key shows, in any form but an escaped one."""
         for match in self._found.finditer(text):
             yield match.span()
-        for match in self._masked_prefix.finditer(text):
-            start = match.start()
-            matched = 0  # how far the key itself goes before the mask
+        yield from self._masked_prefix_hits(text)
+        yield from self._masked_suffix_hits(text)
+
+    def _masked_prefix_hits(self, text: str) -> Iterator[tuple[int, int]]:
+        """The key's first characters (at least :data:`MIN_MASKED_PREFIX`), a mask right where
+        they stop, and a run of two masks or an ellipsis before the token ends (looked for
+        within twice the key's length: each look is bounded, so a text of the prefix again
+        and again costs linear time)."""
+        key = self._prefix
+        start = text.find(key[:MIN_MASKED_PREFIX])
+        while start >= 0:
+            matched = MIN_MASKED_PREFIX  # how far the key itself goes before the mask
             while (
                 start + matched < len(text)
-                and matched < len(self._prefix)
-                and text[start + matched] == self._prefix[matched]
+                and matched < len(key)
+                and text[start + matched] == key[matched]
             ):
                 matched += 1
             after = start + matched
-            if (
-                matched >= MIN_MASKED_PREFIX
-                and after < len(text)
-                and text[after] in MASK_CHARACTERS
-            ):
-                yield match.span()
-        for match in self._masked_suffix.finditer(text):
-            yield match.span()
+            if after < len(text) and text[after] in _MASKS:
+                window = _TOKEN.match(text, start + MIN_MASKED_PREFIX, after + 2 * len(key))
+                if window is not None and _MASK_RUN.search(window[0]):
+                    yield start, window.end()
+            start = text.find(key[:MIN_MASKED_PREFIX], start + 1)
+
+    def _masked_suffix_hits(self, text: str) -> Iterator[tuple[int, int]]:
+        """The key's last :data:`MASKED_SUFFIX` characters right after a run of two masks or
+        an ellipsis (found where the suffix is, not by a pattern starting with the masks,
+        which took quadratic time on a long run of them)."""
+        suffix = self._suffix
+        at = text.find(suffix)
+        while at >= 0:
+            if at >= 1 and text[at - 1] == "…":
+                yield at - 1, at + len(suffix)
+            elif at >= 2 and text[at - 1] in _MASKS and text[at - 2] in _MASKS:
+                yield at - 2, at + len(suffix)
+            at = text.find(suffix, at + 1)
 
     def reveals(self, text: str) -> bool:
         """Whether ``text`` shows the key (in any form but an escaped one)."""
