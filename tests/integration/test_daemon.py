@@ -277,10 +277,9 @@ def test_bad_frames_close_only_that_connection(
 ) -> None:
     encoder = FrameEncoder()
     with Client(socket=daemon.socket_path) as bystander:  # connected before, used after
-        sock = unix_connection(daemon.socket_path)
-        sock.sendall(encoder.encode(Hello(app="bad")) + payload)
-        replies = replies_until_closed(sock)
-        sock.close()
+        with unix_connection(daemon.socket_path) as sock:
+            sock.sendall(encoder.encode(Hello(app="bad")) + payload)
+            replies = replies_until_closed(sock)
         assert isinstance(replies[0], Welcome)
         error = replies[-1]
         assert isinstance(error, Error)
@@ -294,14 +293,13 @@ def test_invalid_message_names_the_field(daemon: DaemonProcess) -> None:
     """DESIGN §5: replies carry their request's id, and an invalid message gets an Error
     naming the field. Its frame's bounds are sound, so it costs only its request: it was
     answered with id 0 and the connection closed, failing everything else in flight on it."""
-    sock = unix_connection(daemon.socket_path)
     body = msgspec.msgpack.encode(
         {"type": "Chat", "id": 1, "model": "fast", "messages": [{"role": "robot"}]}
     )
     frames = [FrameEncoder().encode(Hello()), len(body).to_bytes(4, "big") + body]
-    sock.sendall(b"".join([*frames, FrameEncoder().encode(Status(id=2))]))
-    welcome, refused, status = read_replies(sock, 3)
-    sock.close()
+    with unix_connection(daemon.socket_path) as sock:
+        sock.sendall(b"".join([*frames, FrameEncoder().encode(Status(id=2))]))
+        welcome, refused, status = read_replies(sock, 3)
     assert isinstance(welcome, Welcome)
     assert isinstance(refused, Error)
     assert (refused.id, refused.code) == (1, "bad_request")

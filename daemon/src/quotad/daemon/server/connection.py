@@ -199,10 +199,10 @@ class Connection(asyncio.Protocol):
     def _invalid(self, error: MessageValidationError) -> bool:
         """Answer a request that is no valid message (a field out of range, a missing one)
         ``bad_request`` by its id, as any refused request; False when it cannot be (no id
-        could be read, the connection has not said Hello, or the id is one in flight): then
-        it is about the connection."""
+        could be read, or it is 0, which an answer uses for the connection; the connection
+        has not said Hello; the id is one in flight): then it is about the connection."""
         request_id = error.request_id
-        if request_id is None or not self.greeted or request_id in self.in_flight:
+        if not request_id or not self.greeted or request_id in self.in_flight:
             return False
         self.write(_error(request_id, error.code, str(error)))
         return True
