@@ -253,6 +253,38 @@ async def test_a_bad_write_fails_alone(db: Database) -> None:
     assert audit_count(db.path) == 3
 
 
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [(2**64, "too large"), ("\ud800", "surrogates not allowed")],
+    ids=["int-past-64-bits", "lone-surrogate"],
+)
+async def test_a_value_sqlite_cannot_bind_fails_its_write_alone(
+    db: Database, value: object, said: str
+) -> None:
+    """Binding raises OverflowError (or UnicodeEncodeError), not sqlite3.Error: it was taken
+    for a broken connection, so every write committed with it failed too. A ledger row with
+    a provider's 2**64 tokens, kept and retried with every later write, failed them all."""
+    outcomes: dict[str, str] = {}
+
+    async def write(name: str, parameters: tuple[object, ...]) -> None:
+        try:
+            await db.write([(INSERT_AUDIT, parameters)])
+            outcomes[name] = "ok"
+        except WriteFailed as error:
+            outcomes[name] = str(error)
+
+    async with anyio.create_task_group() as writers:
+        for name in ("one", "two"):
+            writers.start_soon(write, name, (1.0, name, name))
+        writers.start_soon(write, "bad", (1.0, "bad", value))
+        writers.start_soon(write, "three", (1.0, "three", "three"))
+    assert outcomes["one"] == outcomes["two"] == outcomes["three"] == "ok"
+    assert said in outcomes["bad"]
+    assert audit_count(db.path) == 3
+    await db.write([(INSERT_AUDIT, (2.0, "after", "x"))])  # and the writer goes on
+    assert audit_count(db.path) == 4
+
+
 async def test_a_write_whose_caller_is_cancelled_is_still_committed(db: Database) -> None:
     with anyio.CancelScope() as scope:
         scope.cancel()

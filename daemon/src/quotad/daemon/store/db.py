@@ -302,7 +302,7 @@ class Database:
         writer = self._writer
         assert writer is not None
         statements = [submission.statements for submission in batch]
-        errors: list[sqlite3.Error | None]
+        errors: list[Exception | None]
         try:
             if self._synchronous_full:  # set only when it changes
                 writer._conn.execute("PRAGMA synchronous = NORMAL")
@@ -332,7 +332,7 @@ class Database:
                 self._commit_here(batch)
                 continue
             statements = [submission.statements for submission in batch]
-            errors: list[sqlite3.Error | None]
+            errors: list[Exception | None]
             self._committing = True
             try:
                 if not self._synchronous_full:
@@ -352,7 +352,7 @@ class Database:
         self,
         batch: list[_Submission],
         committed: int,
-        errors: list[sqlite3.Error | None],
+        errors: list[Exception | None],
         *,
         synced: bool,
     ) -> None:

@@ -72,23 +72,29 @@ def run_transaction(connection: sqlite3.Connection, statements: Sequence[Stateme
         raise
 
 
+WRITE_REFUSED: Final = (sqlite3.Error, OverflowError, ValueError)
+"""What a write can raise for its own statements or values, the connection being sound: SQLite's
+errors, and the binding's (an integer past 64 bits is an OverflowError, text that is not
+UTF-8 a ValueError). Such a write fails alone (:func:`commit_batch`)."""
+
+
 def commit_batch(
     batch: Sequence[Sequence[Statement]], connection: sqlite3.Connection
-) -> tuple[int, list[sqlite3.Error | None]]:
+) -> tuple[int, list[Exception | None]]:
     """Commit every submission of ``batch`` in one transaction; if that fails, each on its
     own. Returns the number of transactions committed and each submission's error."""
     try:
         run_transaction(connection, [s for statements in batch for s in statements])
         return 1, [None] * len(batch)
-    except sqlite3.Error as error:
+    except WRITE_REFUSED as error:
         if len(batch) == 1:
             return 0, [error]
     committed = 0
-    errors: list[sqlite3.Error | None] = []
+    errors: list[Exception | None] = []
     for statements in batch:
         try:
             run_transaction(connection, statements)
-        except sqlite3.Error as error:
+        except WRITE_REFUSED as error:
             errors.append(error)
         else:
             committed += 1
