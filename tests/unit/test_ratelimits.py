@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import httpx
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from quotad.daemon.providers.ratelimits import (
+    MAX_WAIT_S,
     parse_duration,
     parse_rate_limits,
     parse_reset_timestamp,
@@ -201,6 +203,29 @@ def test_a_plain_mapping_with_any_case_of_names() -> None:
     """The headers a client reports in a Settle are a plain dict, names in any case."""
     info = parse_rate_limits({"X-RateLimit-Remaining-Tokens": "10", "Retry-After": "1"})
     assert info == RateLimitInfo(remaining_tokens=10, retry_after_s=1.0)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"retry-after": "1e300"},
+        {"retry-after-ms": "99999999999999"},
+        {"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"},
+        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "99999999h"},
+        {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1e300"},
+        {"anthropic-ratelimit-requests-remaining": "0",
+         "anthropic-ratelimit-requests-reset": "9999-12-31T23:59:59Z"},
+        {"anthropic-ratelimit-input-tokens-remaining": "0",
+         "anthropic-ratelimit-input-tokens-reset": "9999-12-31T23:59:59Z"},
+    ],
+)  # fmt: skip
+def test_no_reply_can_make_anyone_wait_longer_than_a_day(headers: dict[str, str]) -> None:
+    """The gates pause a target for what these say: a retry-after of 1e300 s (from a
+    broken or hostile server, or a client's Settle) shut a target until a reset by hand
+    (found by the provider fuzz). A wait is taken as a day at most."""
+    info = parse_rate_limits(headers, now=NOW)
+    waits = [value for name, value in msgspec.structs.asdict(info).items() if name.endswith("_s")]
+    assert [wait for wait in waits if wait is not None] == [MAX_WAIT_S]
 
 
 _HEADER_NAMES = st.sampled_from(

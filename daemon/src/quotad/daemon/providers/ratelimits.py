@@ -9,7 +9,10 @@ Header families understood (names are case-insensitive):
   remaining,reset}``, where reset is an RFC 3339 timestamp, turned into seconds from now;
 - ``retry-after`` (seconds, or an HTTP date) and ``retry-after-ms``.
 
-A value that cannot be understood (``-1``, junk) is left out as None; nothing here raises.
+A value that cannot be understood (``-1``, junk) is left out as None; nothing here raises. A
+wait longer than :data:`MAX_WAIT_S` (a reset or a ``retry-after`` of years, which a broken or
+hostile server, or a client's ``Settle``, can send) is taken as that: the gates pause a target
+for what these say, so no answer can shut one for longer than a day.
 Headers are looked up by name in one dict built per reply, so a reply without rate-limit
 headers costs a handful of failed lookups and returns the shared empty :data:`NO_RATE_LIMITS`.
 """
@@ -31,6 +34,8 @@ from quotad.daemon.rate_limit_info import NO_RATE_LIMITS, RateLimitInfo
 
 _MAX_VALUE_LENGTH: Final = 64
 """Longer header values are junk; refusing them bounds the parsing work."""
+MAX_WAIT_S: Final = 86_400.0
+"""The longest reset or ``retry-after`` taken from a reply (a day: a daily limit's reset)."""
 
 _DURATION: Final = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:h|ms|m|s|us|µs|μs|ns))+")
 _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|μs|ns)")
@@ -183,7 +188,7 @@ def parse_rate_limits(
             now = time.time()
         value = parse(raw.decode("latin-1"), now)
         if value is not None:
-            found[field] = value
+            found[field] = min(value, MAX_WAIT_S) if field.endswith("_s") else value
     if not found:
         return NO_RATE_LIMITS
     return msgspec.structs.replace(NO_RATE_LIMITS, **found)
