@@ -51,6 +51,22 @@ def test_a_field_of_the_wrong_shape_is_skipped() -> None:
 
 
 @pytest.mark.parametrize(
+    "name",
+    [
+        msgspec.json.encode(["h", "a" * 1025, "m", "t"]),  # a name no request carries
+        msgspec.json.encode(["h", "a", "m", "t" * 10_000_000]),
+        b"[" + b'"",' * 1_000_000 + b'""]',  # a million parts
+    ],
+    ids=["1025-chars", "10M-chars", "1M-parts"],
+)
+def test_a_field_name_longer_than_any_host_writes_is_skipped(name: bytes) -> None:
+    """Names read back from Redis reach every ``spend --fleet`` reply: one of megabytes,
+    written by whoever can write the fleet's Redis, was decoded whole and sent on in every
+    report. A name is at most 1,024 characters, a field name at most 32 KiB."""
+    assert _parse("2026-12-06", name, b"1 2 3 4 5 6 7 8") is None
+
+
+@pytest.mark.parametrize(
     "value",
     [
         b"1 2 3 4",  # four figures: a format no released host wrote with JSON names

@@ -33,7 +33,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import msgspec
 
@@ -47,7 +47,14 @@ if TYPE_CHECKING:
     from quotad.daemon.cluster.link import Link
 
 _FIELD_NAME_ENCODER: Final = msgspec.json.Encoder()
-_FIELD_NAME_DECODER: Final = msgspec.json.Decoder(tuple[str, ...])
+MAX_NAME_PART_CHARS: Final = 1024
+"""The longest host, app, model or target read back from a field's name (a request's names are
+at most 256 characters, a target two of them); a field with a longer one is skipped."""
+MAX_FIELD_NAME_BYTES: Final = 32 * 1024
+"""The longest field name read (five parts at their bound, every character JSON-escaped)."""
+_FIELD_NAME_DECODER: Final = msgspec.json.Decoder(
+    tuple[Annotated[str, msgspec.Meta(max_length=MAX_NAME_PART_CHARS)], ...]
+)
 """A field's name: ``[host, app, model, target]`` as JSON (and ``"guardrails"`` after)."""
 GUARDRAILS_PART: Final = "guardrails"
 """The fifth part of the name of a field of what the guardrails found."""
@@ -313,6 +320,8 @@ def _key_of(row: FleetSpendRow, by: str) -> str:
 def _parse(day: str, name: Any, value: Any) -> FleetSpendRow | None:
     """A field read from Redis: a spend field's row, a guardrails field's (spend 0), or None
     when it is of neither shape."""
+    if not isinstance(name, bytes | str) or len(name) > MAX_FIELD_NAME_BYTES:
+        return None
     try:
         parts = _FIELD_NAME_DECODER.decode(_text(name))
         if len(parts) == 4:
