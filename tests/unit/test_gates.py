@@ -19,6 +19,7 @@ from quotad.daemon.gates import (
     Waiter,
     WaitQueue,
 )
+from quotad.daemon.gates.queue import REMEMBERED_APPS_SLACK
 
 # --------------------------------------------------------------------------- windows
 
@@ -137,6 +138,29 @@ def dispatch(queue: WaitQueue, now: float) -> tuple[list[Waiter], float]:
         assert admitted_waiter.reservation is not None
         admitted_waiter.reservation.sent(now)
     return admitted, wake
+
+
+def test_fair_share_tags_of_apps_no_longer_queued_are_bounded() -> None:
+    """Apps are named by clients: one naming a new app per request, each withdrawn (timed
+    out) or admitted, leaves the queue remembering at most twice the waiters plus the slack,
+    and the tags of apps still queued are kept (their order is unchanged)."""
+    gate = Gate("provider:p", "provider", [SlidingWindow("requests", 1, 10.0, 0.0)])
+    Reservation(Demand((gate,), 0), 0.0)  # full until t=10: nobody is admitted before
+    queue = WaitQueue(aging_s=1000.0)
+    heavy = [waiter(Demand((gate,), 0), "heavy") for _ in range(3)]
+    light = waiter(Demand((gate,), 0), "light")
+    for w in (*heavy, light):
+        queue.add(w)
+    for n in range(5_000):
+        passing = waiter(Demand((gate,), 0), f"app-{n}")
+        queue.add(passing)
+        queue.remove(passing)
+        assert queue.remembered_apps <= 2 * (len(queue) + 1) + REMEMBERED_APPS_SLACK
+    order = []
+    for t in (10.0, 20.0, 30.0, 40.0):
+        admitted, _ = dispatch(queue, t)
+        order += admitted
+    assert order == [heavy[0], light, heavy[1], heavy[2]]  # fair share as before
 
 
 def test_higher_priority_goes_first_and_fifo_within_an_app() -> None:

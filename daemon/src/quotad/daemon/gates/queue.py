@@ -25,6 +25,11 @@ PRIORITY_NAMES = ("low", "normal", "high", "critical")
 
 _sequence = itertools.count()
 
+REMEMBERED_APPS_SLACK = 64
+"""Apps whose fair-share tag is kept with none of their requests queued: up to as many as
+there are waiters, plus this (apps are named by clients: one naming a new app per request
+would otherwise grow the table without end)."""
+
 OrderKey = tuple[int, float, int]
 """A waiter's place in the order: (-effective priority, start tag, sequence)."""
 
@@ -74,6 +79,8 @@ class WaitQueue:
         """Every waiter queued (a dict: O(1) removal)."""
         self._virtual_time = 0.0
         self._app_finish: dict[str, float] = {}
+        """Each app's fair-share finish tag: those of apps with a waiter queued, and of apps
+        queued lately, at most :data:`REMEMBERED_APPS_SLACK` more than twice the waiters."""
         self._gate_sets: dict[tuple[Gate, ...], int] = {}
         """Waiters queued per set of gates (``demand.gates``): when every set is held back,
         nobody further down the queue can be admitted."""
@@ -109,12 +116,29 @@ class WaitQueue:
         """Enqueue, tagging the waiter for fair share."""
         start = max(self._virtual_time, self._app_finish.get(waiter.app, 0.0))
         waiter.start_tag = start
-        self._app_finish[waiter.app] = start + 1.0 / waiter.share
+        finish = self._app_finish
+        finish[waiter.app] = start + 1.0 / waiter.share
         self.waiters[waiter] = None
+        if len(finish) > 2 * len(self.waiters) + REMEMBERED_APPS_SLACK:
+            self._forget_idle_apps()
         gates = waiter.demand.gates
         self._gate_sets[gates] = self._gate_sets.get(gates, 0) + 1
         if self._order is not None:
             self._added.append(waiter)
+
+    def _forget_idle_apps(self) -> None:
+        """Keep the finish tags of apps with a waiter queued only (amortized: the table has
+        grown past twice the waiters). An app forgotten starts at the virtual time when it
+        queues again, as a new app does: it loses at most what it was ahead of the others
+        (a request's worth when all its requests were admitted; those it withdrew were never
+        served)."""
+        queued = {waiter.app for waiter in self.waiters}
+        self._app_finish = {app: t for app, t in self._app_finish.items() if app in queued}
+
+    @property
+    def remembered_apps(self) -> int:
+        """How many apps' fair-share tags are kept."""
+        return len(self._app_finish)
 
     def remove(self, waiter: Waiter) -> None:
         """Leave the queue (timed out or cancelled; the order stays sorted without it)."""
