@@ -9,6 +9,7 @@ import pytest
 from quotad.daemon.config import PriceConfig
 from quotad.daemon.store.prices import (
     BUILT_IN_PRICES,
+    MAX_MEMOIZED_TARGETS,
     PRICES_TAKEN,
     Price,
     PriceTable,
@@ -83,3 +84,19 @@ def test_candidates_go_from_specific_to_general() -> None:
         "claude-3-5-haiku-latest",
         "claude-3-5-haiku",
     ]
+
+
+def test_the_memo_of_lookups_is_bounded() -> None:
+    """A name to price can come from a client (a warm entry's ``response.target``): names
+    made up without end, or of a megabyte, keep the memo bounded, and still find their
+    prices."""
+    table = PriceTable({})
+    for n in range(3 * MAX_MEMOIZED_TARGETS):
+        assert table.for_target(f"made/up-{n}") is None
+        assert table.memoized <= MAX_MEMOIZED_TARGETS
+    long_name = "openai/gpt-4o-mini" + "-x" * 500_000
+    before = table.memoized
+    assert table.for_target(long_name) is None
+    assert table.memoized == before
+    assert table.for_target("openai/gpt-4o-mini") == BUILT_IN_PRICES["gpt-4o-mini"]
+    assert table.for_target("openai/gpt-4o-mini") == BUILT_IN_PRICES["gpt-4o-mini"]

@@ -33,6 +33,14 @@ PRICES_TAKEN: Final = "2026-11-23"
 PER_TOKEN: Final = 1e-6
 """Prices are per 1M tokens."""
 
+MAX_MEMOIZED_TARGETS: Final = 4096
+"""Lookups kept at most (the memo starts over past it). The router's targets are far fewer,
+but a name to price can come from a client (a ``warm`` entry's ``response.target``)."""
+
+MAX_MEMOIZED_NAME: Final = 1024
+"""Characters of the longest name memoized (a target is ``provider/model``, its model at most
+256 characters); a longer one is priced afresh each time."""
+
 
 @dataclass(frozen=True, slots=True)
 class Price:
@@ -148,7 +156,8 @@ def model_name_candidates(model: str) -> Iterator[str]:
 
 class PriceTable:
     """Prices of targets: the config's overrides, then the built-in table. Lookups are
-    memoized per target, so a request costs one dict lookup."""
+    memoized per target, so a request costs one dict lookup; the memo is bounded
+    (:data:`MAX_MEMOIZED_TARGETS` names of at most :data:`MAX_MEMOIZED_NAME` characters)."""
 
     def __init__(self, overrides: Mapping[str, PriceConfig]) -> None:
         self.reconfigure(overrides)
@@ -175,8 +184,17 @@ class PriceTable:
         price = next((self._overrides[key] for key in overridden if key in self._overrides), None)
         if price is None:
             price = next((BUILT_IN_PRICES[n] for n in names if n in BUILT_IN_PRICES), None)
-        self._by_target[target] = price
+        memo = self._by_target
+        if len(target) <= MAX_MEMOIZED_NAME:
+            if len(memo) >= MAX_MEMOIZED_TARGETS:
+                memo.clear()  # names made up by a client: the targets in use come back at once
+            memo[target] = price
         return price
+
+    @property
+    def memoized(self) -> int:
+        """How many lookups are memoized."""
+        return len(self._by_target)
 
     def input_and_output(self, target: str) -> float | None:
         """USD per 1M input plus 1M output tokens on ``target`` (what the cost strategy
