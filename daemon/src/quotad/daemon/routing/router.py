@@ -85,6 +85,9 @@ class Router:
             events = previous.events if previous is not None else EventLog(clock)
         self.events: EventLog = events
         self._previous_targets = previous.targets if previous is not None else {}
+        """The router this one replaces: its targets, kept for a name used again. Only its
+        targets: a target holds no router, so a reload keeps one generation, not a chain of
+        every router since the start and each one's targets."""
         self._sleep = sleep
         self._retry = RetryPolicy.from_config(config.retry, rng)
         self.targets: dict[str, Target] = {}
@@ -276,11 +279,12 @@ class Router:
     def _new_target(self, name: str, provider_name: str, model: str, provider: Provider) -> Target:
         provider_config = self.config.providers[provider_name]
         health = TargetHealth(self.clock)
+        events = self.events  # not self: a target outlives its router (see _previous_targets)
 
         def breaker_changed(old: BreakerState, new: BreakerState, reason: str) -> None:
             health.breaker_changed(new)
             level = logging.WARNING if new == "open" else logging.INFO
-            self.events.add("breaker", f"{name}: {old} -> {new}: {reason}", level)
+            events.add("breaker", f"{name}: {old} -> {new}: {reason}", level)
 
         return Target(
             name=name,
