@@ -10,7 +10,14 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from quotad.daemon.cluster.spend import MAX_COUNT, MAX_NANO, FleetSpend, _parse
+from quotad.daemon.cluster.spend import (
+    MAX_COUNT,
+    MAX_KEYS_PER_DAY,
+    MAX_NANO,
+    OTHER_KEY,
+    FleetSpend,
+    _parse,
+)
 
 NAMES = [
     ("batch", "fast", "openai/gpt-4o"),
@@ -206,3 +213,32 @@ def test_a_guardrails_value_of_the_wrong_shape_is_skipped(value: bytes) -> None:
 )
 def test_a_guardrails_name_of_the_wrong_shape_is_skipped(name: bytes) -> None:
     assert _parse("2026-12-06", name, b"blocked=1") is None
+
+
+def test_keys_past_the_bound_of_a_day_count_under_other_with_the_totals_whole() -> None:
+    """Apps and models are named by clients (an unknown model is recorded as asked), and the
+    host kept and pushed a key per (app, model, target) for 62 days: a client naming a new
+    model each request grew its memory and the fleet's Redis without end (found by the
+    growth audit). Past MAX_KEYS_PER_DAY a day's new keys count under "(other)"."""
+    day = "2026-12-06"
+    spend = FleetSpend("host-1")
+    for number in range(MAX_KEYS_PER_DAY + 500):
+        spend.add(day, "app", f"model-{number}", "", 0.001, 10, 0, error=True, blocked=True)
+    rows = spend.days[day]
+    assert len(rows) == MAX_KEYS_PER_DAY + 1
+    assert rows[OTHER_KEY][1] == 500  # requests
+    assert sum(figures[1] for figures in rows.values()) == MAX_KEYS_PER_DAY + 500
+    assert sum(figures[0] for figures in rows.values()) == (MAX_KEYS_PER_DAY + 500) * 1_000_000
+    assert spend.found[day][OTHER_KEY] == {"blocked": 500}
+    assert len(spend.fields(everything=True)[day]) == 2 * (MAX_KEYS_PER_DAY + 1)
+    spend.add(day, "app", "model-7", "", 0.001, 10, 0)  # a key kept apart stays apart
+    assert rows[("app", "model-7", "")][1] == 2
+    # loaded from a ledger of as many keys, the same
+    loaded = FleetSpend("host-1")
+    ledger = [
+        (day, "app", f"model-{n}", "", 0.001, 1, 10, 0, 1, 0, 0.0, 0)
+        for n in range(MAX_KEYS_PER_DAY + 500)
+    ]
+    loaded.load(ledger)
+    assert len(loaded.days[day]) == MAX_KEYS_PER_DAY + 1
+    assert loaded.days[day][OTHER_KEY][1] == 500

@@ -61,6 +61,13 @@ GUARDRAILS_PART: Final = "guardrails"
 
 SPEND_TTL_S: Final = 62 * 86400
 KEPT_DAYS: Final = 62
+MAX_KEYS_PER_DAY: Final = 1000
+"""The (app, model, target) keys a host keeps and shares apart per day. Apps and models are
+named by clients (a model is recorded as asked, an unknown one too), so past this many a new
+key's spend is counted under :data:`OTHER_KEY`: this host's memory and its fields in Redis stay
+bounded (62 days of 1,001 keys), and the totals stay whole."""
+OTHER: Final = "(other)"
+OTHER_KEY: Final = (OTHER, OTHER, OTHER)
 MAX_REPORT_FIELDS: Final = 200_000
 """A fleet report reads at most this many host/app/model/target rows (a hostile Redis, or a
 fleet far larger than any this is meant for, costs a bounded report)."""
@@ -135,16 +142,32 @@ class FleetSpend:
         """Set from the ledger's ``spend_daily`` rows and ``guardrails_daily`` rows."""
         self.days.clear()
         self.found.clear()
-        for day, app, model, target, kind, count in found:
-            self.found.setdefault(day, {}).setdefault((app, model, target), {})[kind] = count
         for row in rows:
             day, app, model, target, cost, requests, prompt, completion = row[:8]
             errors, hits, saved, semantic = row[8:]
-            figures = [
-                nano(cost), requests, prompt, completion, errors, hits, nano(saved), semantic
-            ]  # fmt: skip
-            self.days.setdefault(day, {})[(app, model, target)] = figures
+            loaded = (nano(cost), requests, prompt, completion, errors, hits, nano(saved), semantic)
+            figures = self._figures(day, (app, model, target))
+            for index, value in enumerate(loaded):
+                figures[index] += value
+        for day, app, model, target, kind, count in found:
+            kept = self._found(day, self._kept_key(day, (app, model, target)))
+            kept[kind] = kept.get(kind, 0) + count
         self._forget_old()
+
+    def _kept_key(self, day: str, key: tuple[str, str, str]) -> tuple[str, str, str]:
+        """``key``, or :data:`OTHER_KEY` when the day keeps :data:`MAX_KEYS_PER_DAY` others."""
+        rows = self.days.get(day)
+        if rows is None or key in rows or len(rows) < MAX_KEYS_PER_DAY:
+            return key
+        return OTHER_KEY
+
+    def _figures(self, day: str, key: tuple[str, str, str]) -> Figures:
+        """The figures ``key`` counts under on ``day`` (made on first use)."""
+        key = self._kept_key(day, key)
+        return self.days.setdefault(day, {}).setdefault(key, [0] * FIGURE_COUNT)
+
+    def _found(self, day: str, key: tuple[str, str, str]) -> Found:
+        return self.found.setdefault(day, {}).setdefault(key, {})
 
     def add(
         self,
@@ -166,8 +189,8 @@ class FleetSpend:
         """A request finished (its ledger row: a cache hit's tokens are not billed, so the
         caller passes 0 for them, as ``spend_daily`` sums them; ``blocked`` and ``entities``
         as ``guardrails_daily`` counts them)."""
-        key = (app, model, target)
-        figures = self.days.setdefault(day, {}).setdefault(key, [0] * FIGURE_COUNT)
+        key = self._kept_key(day, (app, model, target))
+        figures = self._figures(day, key)
         figures[0] += nano(cost_usd)
         figures[1] += 1
         figures[2] += prompt_tokens
@@ -177,7 +200,7 @@ class FleetSpend:
         figures[6] += nano(saved_usd)
         figures[7] += semantic_hit
         if blocked or entities:
-            found = self.found.setdefault(day, {}).setdefault(key, {})
+            found = self._found(day, key)
             if blocked:
                 found[BLOCKED] = found.get(BLOCKED, 0) + 1
             for kind, count in (entities or {}).items():
