@@ -3,6 +3,7 @@ text parser reads it (counters, cumulative histograms, escaped labels, status ga
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import msgspec
@@ -10,7 +11,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from quotad.daemon.activity import MAX_TRACKED_APPS, OTHER_APPS
 from quotad.daemon.live_tail import LiveTail
-from quotad.daemon.metrics import LATENCY_BUCKETS_S, Metrics
+from quotad.daemon.metrics import (
+    LATENCY_BUCKETS_S,
+    MAX_TARGET_APP_SERIES,
+    MAX_TARGET_SERIES,
+    OTHER,
+    Metrics,
+)
 from quotad.protocol.messages import (
     AppStatus,
     BudgetStatus,
@@ -205,3 +212,34 @@ def test_apps_named_without_end_share_one_label_past_the_activity_bound() -> Non
     other = (("app", OTHER_APPS), ("status", "ok"), ("target", "openai/gpt-4o-mini"))
     assert found[("quotad_requests_total", other)] == 500
     assert tail.activity.names() == apps
+
+
+def test_targets_and_target_app_pairs_counted_apart_are_bounded() -> None:
+    """Targets are bounded per config (a reload starts the router's count over) and apps by
+    the activity log, but metrics kept every target ever seen and every (target, app) pair:
+    up to a million pairs of counters, and a /metrics of hundreds of megabytes (found by the
+    growth audit). Past the bounds, "(other)" counts the rest and the totals stay whole."""
+    metrics = Metrics()
+    for number in range(MAX_TARGET_SERIES + 100):
+        metrics.observe_request(
+            finished(f"p/m-{number}", "agent", "ok", 0.1), resolved=True, app="agent"
+        )
+    for number in range(MAX_TARGET_APP_SERIES):
+        metrics.observe_request(
+            finished("p/m-1", f"app-{number}", "ok", 0.1), resolved=True, app=f"app-{number}"
+        )
+    text = metrics.exposition(StatusReply()).decode()
+    counted = {  # (target, app): requests, read off the text (the parser takes seconds here)
+        (match[1], match[2]): float(match[3])
+        for match in re.finditer(
+            r'^quotad_requests_total\{target="([^"]*)",app="([^"]*)",status="ok"\} (\S+)$',
+            text,
+            re.MULTILINE,
+        )
+    }
+    targets = {target for target, _ in counted}
+    assert len(targets) == MAX_TARGET_SERIES + 1
+    assert OTHER in targets
+    assert len(counted) <= MAX_TARGET_APP_SERIES + MAX_TARGET_SERIES + 1
+    assert sum(counted.values()) == MAX_TARGET_SERIES + 100 + MAX_TARGET_APP_SERIES
+    assert counted[(OTHER, "agent")] == 100

@@ -9,7 +9,9 @@ text format 0.0.4, written here (no client library in the daemon).
 
 Requests that never reached a target (an unknown model, a budget refused before routing) are
 counted under ``target=""``, and apps past the activity log's bound under ``app="(other)"``, so
-that made-up model and app names cannot grow the number of series.
+that made-up model and app names cannot grow the number of series; the targets and the (target,
+app) pairs counted apart are bounded too (:data:`MAX_TARGET_SERIES`,
+:data:`MAX_TARGET_APP_SERIES`), past which ``"(other)"`` counts the rest.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ from quotad.protocol.messages import (
     RequestRecord,
     StatusReply,
 )
+
+MAX_TARGET_SERIES: Final = 4096
+"""Targets counted apart (the router makes at most 1,024 by name per config, but a reload
+starts that count over); a request of another target counts under ``target="(other)"``."""
+MAX_TARGET_APP_SERIES: Final = 10_000
+"""(target, app) pairs counted apart: targets and apps are each bounded, their product (4
+million) is not small; a request of another pair counts under ``app="(other)"``."""
+OTHER: Final = "(other)"
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS_S: Final = (
@@ -84,13 +94,20 @@ class Metrics:
         ``app``: the name its app is counted under (apps are named by clients: past a bound,
         several share one, see :mod:`quotad.daemon.activity`)."""
         target = record.target if resolved else ""
-        key = (target, app, record.status)
-        requests = self._requests
-        requests[key] = requests.get(key, 0) + 1
         pair = (target, app)
         tokens = self._tokens.get(pair)
         if tokens is None:
-            tokens = self._tokens[pair] = [0, 0]
+            if target not in self._latency and len(self._latency) >= MAX_TARGET_SERIES:
+                target = OTHER
+            if len(self._tokens) >= MAX_TARGET_APP_SERIES:
+                app = OTHER
+            pair = (target, app)
+            tokens = self._tokens.get(pair)
+            if tokens is None:
+                tokens = self._tokens[pair] = [0, 0]
+        key = (target, app, record.status)
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
         tokens[0] += record.prompt_tokens
         tokens[1] += record.completion_tokens
         if record.cost_usd:
