@@ -188,3 +188,26 @@ async def test_unconfigured_app_names_share_one_memo_entry() -> None:
     assert [g.name for g in first.gates] == ["provider:p", "p/m"]
     gates.reconfigure(gates_config())
     assert gates._demand_gates == {}  # a reload forgets them
+
+
+def test_a_reload_forgets_the_gates_of_targets_made_by_name_that_hold_nothing() -> None:
+    """A target named by a request gets a gate of its own (its 429 pause). A reload kept every
+    one forever, and the router's count of targets made by name starts over at each reload:
+    1,024 more gates per reload without end (found by the growth audit). A reload forgets
+    those with nothing in flight, no pause and no waiter; the others stay as they are."""
+    clock = VirtualClock()
+    gates = Gates(gates_config(), clock)
+    made = [gates.demand("p", f"p/named-{n}", "a", 1).gates[1] for n in range(500)]
+    gates.pause("p/paused", 30.0)
+    busy_demand = gates.demand("p", "p/busy", "a", 1)
+    held = gates.admit_now(busy_demand)
+    assert held is not None
+    gates.reconfigure(gates_config())
+    again = [gates.demand("p", f"p/named-{n}", "a", 1).gates[1] for n in range(500)]
+    assert not any(new is old for new, old in zip(again, made, strict=True))  # forgotten
+    assert gates.paused_until("p/paused") is not None  # its pause lives on
+    busy = gates.demand("p", "p/busy", "a", 1).gates[1]
+    assert busy is busy_demand.gates[1]  # the same gate,
+    assert busy.in_flight == 1  # still counting
+    gates.settle(held, 1)
+    assert busy.in_flight == 0

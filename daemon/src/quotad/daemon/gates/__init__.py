@@ -219,9 +219,13 @@ class Gates:
             gate.max_in_flight = max_in_flight
         for name in [n for n, g in self._gates.items() if n not in wanted and g.scope != "model"]:
             del self._gates[name]
+        now = self.clock.monotonic()
+        waited_on = {id(gate) for waiter in self.queue.waiters for gate in waiter.demand.gates}
         for name, gate in list(self._gates.items()):
             if gate.scope == "model" and name not in wanted:
                 gate.windows = ()  # a target without its own limits keeps only its pause
+                if not gate.in_flight and gate.paused_until <= now and id(gate) not in waited_on:
+                    del self._gates[name]  # made again on its next request
         self._apps = {
             name: AppPolicy(app.priority, app.share, self._gates.get(f"app:{name}"))
             for name, app in config.apps.items()
