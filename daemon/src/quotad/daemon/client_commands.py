@@ -274,7 +274,7 @@ def spend(args: argparse.Namespace) -> int:
 
 def cache_stats(args: argparse.Namespace) -> int:
     """``quotad cache stats``."""
-    from quotad.daemon.report import format_cache
+    from quotad.daemon.store_report import format_cache
 
     return _read(args, lambda client: client.status().cache, format_cache)
 
@@ -344,7 +344,7 @@ def keys_create(args: argparse.Namespace) -> int:
 
 def keys_list(args: argparse.Namespace) -> int:
     """``quotad keys list``."""
-    from quotad.daemon.report import format_keys
+    from quotad.daemon.store_report import format_keys
 
     return _read(args, lambda client: client.admin("key_list").data["keys"], format_keys)
 

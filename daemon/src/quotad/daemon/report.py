@@ -1,7 +1,7 @@
-"""Text, JSON and CSV rendering of what read commands print (``quotad status``, ``spend``,
-``cache stats``, ``keys list``, the footer of ``chat``). ``--json`` prints :func:`plain` of a
-reply (:func:`status_json` for status). Money, sizes and limits in force read as
-:mod:`quotad.protocol.figures` writes them, the same as in ``quotad top``."""
+"""Text, JSON and CSV rendering of what read commands print (``quotad status``, ``spend``, the
+footer of ``chat``; ``cache stats`` and ``keys list`` are :mod:`.store_report`'s). ``--json``
+prints :func:`plain` of a reply (:func:`status_json` for status). Money, sizes and limits in
+force read as :mod:`quotad.protocol.figures` writes them, the same as in ``quotad top``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import msgspec
 from quotad.daemon.config import ENTITY_KINDS
 from quotad.protocol.figures import budget_whose, health_text, size, usd, usd_plain, window_in_force
 from quotad.protocol.messages import (
-    CacheStatus,
     ChatReply,
     ClusterStatus,
     Message,
@@ -324,7 +323,7 @@ def format_targets(targets: Sequence[TargetStatus]) -> str:
 # --------------------------------------------------------------------------- quotad spend
 
 
-def _local(moment: float) -> str:
+def local_time(moment: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(moment))
 
 
@@ -376,7 +375,8 @@ def _cached(reply: ChatReply) -> str:
 def format_spend(reply: SpendReply) -> str:
     """``quotad spend`` as text."""
     period = {"day": "today", "week": "the last 7 days", "month": "this month"}[reply.period]
-    out = [f"spend {period} ({_local(reply.since)} to {_local(reply.until)}), by {reply.by}"]
+    since, until = local_time(reply.since), local_time(reply.until)
+    out = [f"spend {period} ({since} to {until}), by {reply.by}"]
     if reply.fleet:
         out.append(f"fleet: {len(reply.hosts)} host(s): {', '.join(reply.hosts)}")
     out.append("")
@@ -435,81 +435,3 @@ def format_spend(reply: SpendReply) -> str:
     if any(not row.key for row in reply.rows):
         out.append(f"({NO_TARGET}: requests refused before reaching a target)")
     return "\n".join(out)
-
-
-# --------------------------------------------------------------------------- quotad cache
-
-
-def format_cache(cache: CacheStatus) -> str:
-    """``quotad cache stats`` as text: the exact cache, then the semantic cache (its hits
-    apart, shadow mode's would-be hits and how often their answers agreed)."""
-    if cache.mode == "off":
-        return 'cache off ([cache] mode = "off")'
-    lines = [
-        f"entries    {cache.entries}",
-        f"size       {size(cache.bytes)} of {size(cache.max_bytes)}",
-        f"hits       {cache.hits} exact"
-        + (f", {cache.semantic_hits} semantic" if cache.semantic_mode != "off" else ""),
-        f"misses     {cache.misses}",
-        f"hit rate   {cache.hit_rate:.1%}",
-        f"evictions  {cache.evictions}",
-        f"saved      {usd(cache.saved_usd)} (since the daemon started)",
-    ]
-    return "\n".join([*lines, "", *format_semantic(cache)])
-
-
-def format_semantic(cache: CacheStatus) -> list[str]:
-    """The semantic cache's lines of ``quotad cache stats`` (DESIGN §11)."""
-    mode = cache.semantic_mode
-    if mode == "off":
-        return ['semantic cache off ([cache.semantic] mode = "off")']
-    lines = [
-        f"semantic cache {mode}"
-        + (f": NOT RUNNING, {cache.semantic_problem}" if cache.semantic_problem else "")
-    ]
-    lines += [
-        f"  questions held   {cache.semantic_entries}",
-        f"  lookups          {cache.semantic_lookups} (exact misses asked in other words)",
-        f"  semantic hits    {cache.semantic_hits}, saved {usd(cache.semantic_saved_usd)}",
-    ]
-    if mode == "shadow" or cache.would_be_hits:
-        compared = cache.shadow_compared
-        agreed = f"{cache.shadow_agreed / compared:.0%}" if compared else "-"
-        lines += [
-            f"  would-be hits    {cache.would_be_hits} (shadow: not served, provider called)",
-            f"  agreed           {cache.shadow_agreed} of {compared} compared ({agreed}); "
-            f"word for word {cache.shadow_identical}",
-        ]
-    if cache.semantic_ineligible:
-        lines.append(f"  not asked        {_counts(cache.semantic_ineligible)}")
-    if cache.semantic_refused:
-        lines.append(f"  refused          {_counts(cache.semantic_refused)}")
-    return lines
-
-
-def _counts(counts: dict[str, int]) -> str:
-    """``reason N, reason N`` most first."""
-    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    return ", ".join(f"{reason} {count}" for reason, count in ordered)
-
-
-# --------------------------------------------------------------------------- quotad keys
-
-
-def format_keys(keys: Sequence[dict[str, Any]]) -> str:
-    """``quotad keys list`` as text."""
-    if not keys:
-        return "no keys (create one with: quotad keys create --app APP)"
-    return table(
-        ["id", "app", "key starts", "created", "revoked"],
-        [
-            [
-                key["id"],
-                key["app"],
-                key["prefix"] + "…",
-                _local(key["created"]),
-                _local(key["revoked"]) if key["revoked"] else "-",
-            ]
-            for key in keys
-        ],
-    )
