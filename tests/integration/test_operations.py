@@ -46,11 +46,16 @@ def notified_service(
             daemon.kill()
 
 
-def reload_by_sighup(notify: NotifyReceiver, daemon: DaemonProcess, config: str) -> list[str]:
+def reload_by_sighup(
+    notify: NotifyReceiver, daemon: DaemonProcess, config: str | bytes
+) -> list[str]:
     """Write ``config`` over the daemon's file and SIGHUP it; the READY=1 message that ends the
     reload (after its RELOADING=1)."""
     assert daemon.process is not None
-    daemon.config_path.write_text(config)
+    if isinstance(config, bytes):
+        daemon.config_path.write_bytes(config)
+    else:
+        daemon.config_path.write_text(config)
     daemon.process.send_signal(signal.SIGHUP)
     notify.wait_for("RELOADING=1")
     return notify.wait_for("READY=1")
@@ -296,6 +301,12 @@ def test_sighup_with_a_bad_config_keeps_the_running_one(
             ready = reload_by_sighup(notify, daemon, "[daemon\n")
             assert any("reload rejected: 1 problem(s)" in line for line in ready)
             assert "not valid TOML" in daemon.log()
+
+            # a file that is not UTF-8 (found by the config fuzz): its error, not a traceback
+            ready = reload_by_sighup(notify, daemon, good.encode() + b"# caf\xe9\n")
+            assert any("reload rejected: 1 problem(s)" in line for line in ready), ready
+            assert "reload rejected: not valid TOML: not UTF-8 at byte" in daemon.log()
+            assert "Traceback" not in daemon.log()
 
             missing_key = good.replace(
                 'base_url = "' + first.base_url + '"',

@@ -665,6 +665,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(source, [f"cannot read the file: {error.strerror or error}"]) from None
+    except UnicodeDecodeError as error:
+        where = f"byte {error.start}: {error.reason}"
+        raise ConfigError(source, [f"not valid TOML: not UTF-8 at {where}"]) from None
     try:
         raw = tomli.loads(text)
     except tomli.TOMLDecodeError as error:
