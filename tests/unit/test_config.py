@@ -66,6 +66,29 @@ def test_a_max_frame_over_the_ceiling_is_refused(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("-1", "expected float >= 0"),
+        ("36501", "expected float <= 36500"),
+        ("nan", "expected float >= 0"),
+        ('"30d"', "expected float, got str"),
+    ],
+)
+def test_a_bad_ledger_retention_names_its_key(tmp_path: Path, value: str, expected: str) -> None:
+    found = problems(tmp_path, f"[daemon]\nledger_retention_days = {value}\n")
+    assert len(found) == 1
+    assert found[0].startswith(f"daemon.ledger_retention_days: {expected}")
+
+
+def test_the_ledger_is_kept_whole_unless_a_retention_is_set(tmp_path: Path) -> None:
+    path = tmp_path / "quotad.toml"
+    path.write_text(PROVIDER, encoding="utf-8")
+    assert load_config(path).daemon.ledger_retention_days == 0
+    path.write_text("[daemon]\nledger_retention_days = 30\n" + PROVIDER, encoding="utf-8")
+    assert load_config(path).daemon.ledger_retention_days == 30
+
+
 def test_empty_targets_is_one_problem(tmp_path: Path) -> None:
     assert problems(tmp_path, PROVIDER + "[models.fast]\ntargets = []\n") == [
         "models.fast.targets: expected array of length >= 1"

@@ -42,6 +42,8 @@ Count = Annotated[int, msgspec.Meta(ge=1)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 
 S = TypeVar("S", bound="_Section")
+MAX_RETENTION_DAYS: Final = 36500
+"""``daemon.ledger_retention_days`` at most (a century: beyond, dates are out of range)."""
 
 DEFAULT_HTTP_LISTEN: Final = "127.0.0.1:8787"
 OLLAMA_ADDRESS: Final = ("127.0.0.1", 11434)
@@ -59,6 +61,9 @@ class DaemonConfig(_Section, kw_only=True):
     durability: Literal["normal", "full"] = "normal"
     max_db_mb: NonNegative = 0.0
     """Largest size of quotad.db (0: no limit); past it, writes fail with a clear error."""
+    ledger_retention_days: Annotated[float, msgspec.Meta(ge=0, le=MAX_RETENTION_DAYS)] = 0.0
+    """Ledger and audit rows older than this many days are deleted (0: all are kept); the
+    daily spend summaries are kept at least 62 days (:mod:`quotad.daemon.store.retention`)."""
     max_frame: Annotated[int, msgspec.Meta(ge=1024, le=MAX_FRAME_CEILING)] = DEFAULT_MAX_FRAME
     drain_s: NonNegative = 10.0
     allow_uids: list[int] = msgspec.field(default_factory=list)

@@ -208,6 +208,7 @@ class Daemon:
                 await tasks.start(self._handle_signals, tasks.cancel_scope)
                 tasks.start_soon(self._run_health_checks)
                 tasks.start_soon(self.gates.run)
+                tasks.start_soon(self.store.retention.run)
                 log.info(
                     "quotad serving %s%s (%d providers, %d groups; config: %s)",
                     self.server.path,

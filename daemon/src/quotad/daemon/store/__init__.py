@@ -7,7 +7,8 @@ call each other:
 - :mod:`.cache` — the response cache;
 - :mod:`.ledger` — one row per request; :mod:`.spend` — reports over it;
 - :mod:`.budgets` — spend limits with reservations; :mod:`.prices` — what tokens cost;
-- :mod:`.keys` — HTTP front door keys; :mod:`.audit` — operator actions.
+- :mod:`.keys` — HTTP front door keys; :mod:`.audit` — operator actions;
+- :mod:`.retention` — old ledger and audit rows deleted (``daemon.ledger_retention_days``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from quotad.daemon.store.db import Database, StoreError
 from quotad.daemon.store.keys import Keys
 from quotad.daemon.store.ledger import Ledger
 from quotad.daemon.store.prices import PriceTable
+from quotad.daemon.store.retention import Retention
 
 __all__ = ["DB_FILE", "Store", "StoreError"]
 
@@ -49,6 +51,10 @@ class Store:
         self.budgets = Budgets(config, self.calendar)
         self.keys = Keys(self.db, clock)
         self.audit = Audit(self.db, clock)
+        self.retention = Retention(
+            self.db, self.calendar, clock, config.daemon.ledger_retention_days
+        )
+        """Its :meth:`~.retention.Retention.run` is a task of the running daemon."""
         self._new_budgets: list[Budget] = []
         self.spent_at_open: list[tuple[str, float, float]] = []
         """``(app, spent today, spent this month)`` per app as read at :meth:`open`."""
@@ -77,13 +83,15 @@ class Store:
         return alerts
 
     def reconfigure(self, config: Config) -> None:
-        """Apply a reloaded config (SIGHUP): prices, budgets, cache settings, durability; the
-        file, its size bound and the time zone keep their running values until a restart.
-        Budgets the reload adds get their totals so far in :meth:`count_new_budgets`."""
+        """Apply a reloaded config (SIGHUP): prices, budgets, cache settings, durability, the
+        ledger's retention; the file, its size bound and the time zone keep their running
+        values until a restart. Budgets the reload adds get their totals so far in
+        :meth:`count_new_budgets`."""
         self.prices.reconfigure(config.prices)
         self._new_budgets += self.budgets.reconfigure(config)
         self.cache.reconfigure(config.cache)
         self.db.durability = config.daemon.durability
+        self.retention.reconfigure(config.daemon.ledger_retention_days)
 
     async def count_new_budgets(self) -> None:
         """Give budgets added by a reload what the ledger says was spent this day and month."""
