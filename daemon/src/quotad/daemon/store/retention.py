@@ -1,7 +1,7 @@
 """Retention (``daemon.ledger_retention_days``): old ledger and audit rows deleted, in batches.
 
-The ledger gains a row per request (~200-400 bytes with its index), so without a bound
-``quotad.db`` grows for as long as the daemon runs (100 requests/s: ~2-3 GB a day). With
+The ledger gains a row per request (180-400 bytes with its index), so without a bound
+``quotad.db`` grows for as long as the daemon runs (100 requests/s: 1.6-3.5 GB a day). With
 ``daemon.ledger_retention_days`` above 0, :meth:`Retention.run` (a task of the running daemon,
 cancelled at shutdown) sweeps at start and every :data:`SWEEP_EVERY_S`: it deletes the
 ``ledger`` and ``audit`` rows whose ``time`` is older than that many days, and the daily
