@@ -18,7 +18,13 @@ import tomli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quotad.daemon.config import Config, ConfigError, load_config, parse_config
+from quotad.daemon.config import (
+    Config,
+    ConfigError,
+    configured_socket,
+    load_config,
+    parse_config,
+)
 from quotad.daemon.hints import config_hints
 from tests.unit.test_design_examples import (
     DESIGN_4_CONFIG,
@@ -79,6 +85,33 @@ def test_a_file_that_is_not_utf8_is_refused_saying_where(config_path: Path) -> N
     with pytest.raises(ConfigError) as refused:
         load_config(config_path)
     assert refused.value.problems == ["not valid TOML: not UTF-8 at byte 19: invalid start byte"]
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("x = " + "[" * 100_000 + "]" * 100_000, "not valid TOML: TOML inline arrays/tables"),
+        ("x = " + "{a=" * 5000 + "1" + "}" * 5000, "not valid TOML: TOML inline arrays/tables"),
+        ("a" + ".a" * 100_000 + " = 1", "not valid TOML: TOML key has more than"),
+        ("a" + ".a" * 990 + " = 1", "a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a: nested deeper than 16"),
+        ("[daemon]\nsocket = " + "[" * 300 + "]" * 300, "daemon.socket[0][0][0]"),
+    ],
+    ids=["100k-arrays", "5k-tables", "100k-key-parts", "990-key-parts", "300-arrays"],
+)
+def test_a_config_nested_past_any_real_one_is_refused_not_a_crash(
+    config_path: Path, text: str, said: str
+) -> None:
+    """tomli raises RecursionError past 400 levels of inline tables or 1,000 key parts, and a
+    key of 990 parts, which it reads, ran the conversion out of stack: both left
+    load_config as a traceback (and a reload that never ended, as a file not UTF-8 did)."""
+    config_path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_config(config_path)
+    assert refused.value.problems[0].startswith(said), refused.value.problems
+    try:  # reads daemon.socket only: a name, or the config's error, never another exception
+        assert isinstance(configured_socket(config_path), str)
+    except ConfigError as error:
+        assert error.problems  # noqa: PT017 (either outcome is right; neither may crash)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -644,9 +644,32 @@ def redis_url_problems(url: str) -> list[str]:
     return problems
 
 
+MAX_CONFIG_DEPTH: Final = 16
+"""How deep a config's tables and arrays may nest (a real one: ``providers.X.models."m"``, or
+a limit in an array, 5 levels); deeper, it is refused before it is walked (a key of 990 dotted
+parts, which tomli reads, ran the conversion out of stack)."""
+
+
+def _deeper_than(tree: Mapping[str, Any], limit: int) -> list[str | int] | None:
+    """The path of a value nested deeper than ``limit`` in ``tree``, else None (iterative)."""
+    stack: list[tuple[Any, list[str | int]]] = [(tree, [])]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > limit:
+            return path[: limit + 1]
+        if isinstance(value, Mapping):
+            stack.extend((item, [*path, str(key)]) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, [*path, index]) for index, item in enumerate(value))
+    return None
+
+
 def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
     """Validate a TOML tree; raise :class:`ConfigError` naming every problem."""
     problems: list[str] = []
+    deep = _deeper_than(raw, MAX_CONFIG_DEPTH)
+    if deep is not None:
+        raise ConfigError(source, [f"{format_path(deep)}: nested deeper than {MAX_CONFIG_DEPTH}"])
     tree = dict(raw)
     if "source" in tree:  # a field of Config, but set here, not read from the file
         del tree["source"]
@@ -665,19 +688,23 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate the TOML file at ``path``."""
+    return parse_config(_read_toml(path), str(path))
+
+
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The TOML tree of the file at ``path``; a :class:`ConfigError` for a file that cannot be
+    read, is not UTF-8, is not TOML, or nests past what tomli walks (it raises RecursionError
+    past 400 levels of inline tables or 1,000 parts of a key)."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return tomli.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(source, [f"cannot read the file: {error.strerror or error}"]) from None
     except UnicodeDecodeError as error:
         where = f"byte {error.start}: {error.reason}"
         raise ConfigError(source, [f"not valid TOML: not UTF-8 at {where}"]) from None
-    try:
-        raw = tomli.loads(text)
-    except tomli.TOMLDecodeError as error:
+    except (tomli.TOMLDecodeError, RecursionError) as error:
         raise ConfigError(source, [f"not valid TOML: {error}"]) from None
-    return parse_config(raw, source)
 
 
 # --------------------------------------------------------------------------- where things are
@@ -744,12 +771,7 @@ def client_sockets(
 def configured_socket(path: Path) -> str:
     """``daemon.socket`` of the TOML file at ``path`` ("" when unset); only that key is read,
     so a config with problems elsewhere still names its socket."""
-    try:
-        raw = tomli.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(str(path), [f"cannot read the file: {error.strerror or error}"]) from None
-    except (tomli.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(str(path), [f"not valid TOML: {error}"]) from None
+    raw = _read_toml(path)
     daemon = raw.get("daemon", {})
     value = daemon.get("socket", "") if isinstance(daemon, dict) else ""
     if not isinstance(value, str):
