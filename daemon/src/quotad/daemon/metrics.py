@@ -21,6 +21,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from quotad.daemon.activity import OTHER_APPS
 from quotad.protocol.messages import (
     PRIORITIES,
     BudgetStatus,
@@ -35,7 +36,8 @@ starts that count over); a request of another target counts under ``target="(oth
 MAX_TARGET_APP_SERIES: Final = 10_000
 """(target, app) pairs counted apart: targets and apps are each bounded, their product (4
 million) is not small; a request of another pair counts under ``app="(other)"``."""
-OTHER: Final = "(other)"
+OTHER: Final = OTHER_APPS
+"""The label of what is counted together past a bound (the activity log's name for it)."""
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS_S: Final = (
