@@ -82,6 +82,13 @@ def test_a_field_name_longer_than_any_host_writes_is_skipped(name: bytes) -> Non
         b"1 2 3 4 5 6 7 " + b" " * 1_000_000 + b"8",  # a hostile Redis: spaces without end
         b"1 2 3 4 5 6 7 " + b"9" * 5000,  # a figure of 5,000 digits
         b"1 2 3 -4 5 6 7 8",
+        # what int() takes but no host writes (each read as a figure before)
+        b"1 2 3 4 5 6 7 +8",
+        b"1 2 3 4 5 6 7 8_000",
+        b" 1 2 3 4 5 6 7 8",
+        b"1 2 3 4 5 6 7 8\n",
+        b"1 2 3 4 5 6 7 0008",
+        b"1 2 3 4 5 6 7 " + b"0" * 4000 + b"8",  # padded to 4 KB: decoded and read before
     ],
 )
 def test_a_value_that_is_not_eight_figures_is_skipped(value: bytes) -> None:

@@ -95,6 +95,13 @@ reports."""
 MAX_FOUND_CHARS: Final = 1024
 """The longest guardrails value read (every known kind at :data:`MAX_COUNT` takes under
 200); a longer one is skipped undecoded."""
+_FIGURE: Final = "(?:0|[1-9][0-9]{0,18})"
+_SPEND_VALUE: Final = re.compile(f"{_FIGURE}(?: {_FIGURE}){{{FIGURE_COUNT - 1}}}")
+"""A spend field's value as a host writes it: eight figures, ASCII digits only (no sign,
+padding, underscore or space around, which ``int`` would take), one space apart."""
+MAX_SPEND_VALUE_CHARS: Final = FIGURE_COUNT * 20
+"""The longest spend value read (eight figures of 19 digits and their spaces); a longer one is
+skipped undecoded."""
 _FOUND_PAIR: Final = re.compile(r"([a-z_]{1,32})=(0|[1-9][0-9]{0,13})")
 """One ``kind=count`` of a guardrails value (ASCII digits only, no sign, no padding)."""
 
@@ -348,7 +355,7 @@ def _parse(day: str, name: Any, value: Any) -> FleetSpendRow | None:
     try:
         parts = _FIELD_NAME_DECODER.decode(_text(name))
         if len(parts) == 4:
-            return _spend_row(day, parts, _text(value))
+            return _spend_row(day, parts, value)
         if len(parts) == 5 and parts[4] == GUARDRAILS_PART:
             return _found_row(day, parts, value)
     except (ValueError, msgspec.DecodeError):  # ValidationError is a DecodeError
@@ -356,11 +363,13 @@ def _parse(day: str, name: Any, value: Any) -> FleetSpendRow | None:
     return None
 
 
-def _spend_row(day: str, parts: tuple[str, ...], value: str) -> FleetSpendRow | None:
-    # at most one part past the figures, however many spaces a hostile value holds
-    numbers = [int(part) for part in value.split(" ", FIGURE_COUNT)]
-    if len(numbers) != FIGURE_COUNT or min(numbers) < 0:
+def _spend_row(day: str, parts: tuple[str, ...], value: Any) -> FleetSpendRow | None:
+    if not isinstance(value, bytes | str) or len(value) > MAX_SPEND_VALUE_CHARS:
         return None
+    text = _text(value)
+    if _SPEND_VALUE.fullmatch(text) is None:
+        return None
+    numbers = [int(part) for part in text.split(" ")]
     cost, requests, prompt, completion, errors, hits, saved, semantic = numbers
     if (
         max(cost, saved) > MAX_NANO
