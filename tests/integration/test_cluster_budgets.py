@@ -26,9 +26,12 @@ import pytest
 from quotad.client import BlockedError, Client, QuotadError
 from quotad.protocol.messages import SpendReply
 from tests.support.daemon import DaemonProcess, daemon_config
-from tests.support.fleet import Fleet, have_valkey
+from tests.support.fleet import ONE_FLEET_AT_A_TIME, Fleet, have_valkey
 
-pytestmark = pytest.mark.skipif(not have_valkey(), reason="no valkey-server or redis-server")
+pytestmark = [
+    ONE_FLEET_AT_A_TIME,
+    pytest.mark.skipif(not have_valkey(), reason="no valkey-server or redis-server"),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "sim/sim-small"

@@ -11,9 +11,16 @@ import time
 import pytest
 
 from quotad.client import Client
-from tests.support.fleet import Fleet, have_valkey, requests_limit, run_fleet_load
+from tests.support.fleet import (
+    ONE_FLEET_AT_A_TIME,
+    Fleet,
+    have_valkey,
+    requests_limit,
+    run_fleet_load,
+)
 
 pytestmark = [
+    ONE_FLEET_AT_A_TIME,
     pytest.mark.slow,
     pytest.mark.skipif(not have_valkey(), reason="no valkey-server or redis-server"),
 ]

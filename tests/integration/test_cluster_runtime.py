@@ -12,10 +12,13 @@ import pytest
 
 from quotad.protocol.messages import StatusReply
 from tests.support.daemon import DaemonProcess, daemon_config
-from tests.support.fleet import Fleet, have_valkey
+from tests.support.fleet import ONE_FLEET_AT_A_TIME, Fleet, have_valkey
 from tests.support.valkey import running_valkey
 
-pytestmark = pytest.mark.skipif(not have_valkey(), reason="no valkey-server or redis-server")
+pytestmark = [
+    ONE_FLEET_AT_A_TIME,
+    pytest.mark.skipif(not have_valkey(), reason="no valkey-server or redis-server"),
+]
 
 
 def joined_as(index: int, status: StatusReply, redis_url: str) -> bool:

@@ -12,7 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-START_TIMEOUT_S = 15.0
+START_TIMEOUT_S = 30.0
+"""How long a daemon may take to answer on its socket: a fleet test starts three at once, beside
+another test on the other pytest-xdist worker."""
 
 
 def run_quotad(

@@ -29,12 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from quotad.client import Client
 from tests.support.daemon import START_TIMEOUT_S, DaemonProcess, daemon_config, socket_answers
 from tests.support.load import limit_figures
 from tests.support.sim import SimProcess, read_sim_log
 from tests.support.valkey import ValkeyServer, server_binary
+
+ONE_FLEET_AT_A_TIME = pytest.mark.xdist_group("fleets")
+"""A fleet test starts three daemons, Valkey and a sim: such tests run on one pytest-xdist worker,
+one after another (``--dist loadgroup``), beside the lighter tests on the other workers."""
 
 FLEET_TABLES = """\
 [gates]

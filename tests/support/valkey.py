@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-START_TIMEOUT_S: Final = 15.0
+START_TIMEOUT_S: Final = 30.0
 
 
 def server_binary() -> Path | None:
