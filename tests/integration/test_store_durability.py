@@ -21,7 +21,13 @@ from typing import Any, BinaryIO
 import anyio
 import pytest
 
-from quotad.client import AsyncClient, BudgetExceededError, Client, InternalError
+from quotad.client import (
+    AsyncClient,
+    BudgetExceededError,
+    Client,
+    InternalError,
+    OverloadedError,
+)
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database
 from quotad.daemon.store.ledger import LedgerRow, statements
@@ -268,6 +274,15 @@ def test_a_full_disk_withholds_a_paid_reply_says_so_and_records_it_when_space_re
                 assert "the provider was called and paid" in message
                 assert "database or disk is full" in message
                 assert "will be written to the ledger when space returns" in message
+                # until it is, requests are refused before any provider is called (they used to
+                # be sent, paid, and their replies withheld, each)
+                sent = sim.stats()["requests"]
+                for number in range(3):
+                    with pytest.raises(OverloadedError) as refused:
+                        client.chat(MODEL, [{"role": "user", "content": f"later {number}"}])
+                    assert "the ledger cannot be written" in str(refused.value)
+                    assert "request refused before any provider was called" in str(refused.value)
+                assert sim.stats()["requests"] == sent
                 filler.unlink()  # space returns; no further request comes
                 path = daemon.state_dir / "quotad.db"
                 wait_until(lambda: request_id in ledger_ids(path), timeout_s=20)

@@ -12,6 +12,8 @@ import anyio
 import pytest
 
 from quotad.daemon.clock import VirtualClock
+from quotad.daemon.errors import RequestError
+from quotad.daemon.store import ledger as ledger_module
 from quotad.daemon.store.audit import Audit
 from quotad.daemon.store.db import Database, WriteFailed
 from quotad.daemon.store.keys import KEY_PREFIX, Keys
@@ -129,6 +131,66 @@ async def test_flush_during_a_retry_writes_each_kept_row_once(db: Database) -> N
     await ledger.flush()
     assert await db.read("SELECT request_id FROM ledger") == [("qd-test-7",)]
     assert ledger.unrecorded == []
+
+
+async def test_a_row_unwritable_for_its_values_holds_back_no_kept_row(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kept rows were tried again as one write: one of them that SQLite cannot bind (a
+    count past 64 bits) failed it every time, and the others were never written."""
+    ledger = Ledger(db, CALENDAR)
+    unbindable = row(8)._replace(prompt_tokens=2**70)
+    ledger.unrecorded += [row(7), unbindable, row(9)]
+    await ledger.record(row(10))  # sends the kept rows along
+    await db.write([])
+    ids = {r[0] for r in await db.read("SELECT request_id FROM ledger")}
+    assert ids == {"qd-test-7", "qd-test-9", "qd-test-10"}
+    assert ledger.unrecorded == []  # the unbindable row is let go, logged whole:
+    [logged] = [r.getMessage() for r in caplog.records if "qd-test-8" in r.getMessage()]
+    assert logged.startswith("unwritten ledger row (could not write to ")
+    assert f'"prompt_tokens":{2**70}' in logged
+
+
+async def test_while_kept_rows_cannot_be_written_requests_are_refused_before_any_spending(
+    small_ledger: tuple[Database, Ledger],
+) -> None:
+    """Step 2 asks :meth:`Ledger.ready`: with the disk full, a request used to go on to the
+    provider (paid) and have its reply withheld at step 7, every request, each row kept in
+    memory without bound."""
+    db, ledger = small_ledger
+    await ledger.ready()  # nothing kept: nothing to do
+    failed = await fill_then_fail_a_row(db, ledger, row(1))
+    with pytest.raises(RequestError) as refused:
+        await ledger.ready()
+    assert refused.value.code == "overloaded"
+    assert refused.value.retry_after_s == ledger.retry_every_s
+    assert refused.value.message.startswith("the ledger cannot be written (could not write to ")
+    assert "database or disk is full" in refused.value.message
+    assert "request refused before any provider was called; 1 row(s) are kept" in str(refused.value)
+    await db.write([("DELETE FROM audit", ())])  # space returns
+    await ledger.ready()  # the kept row written first
+    assert ledger.unrecorded == []
+    assert await db.read("SELECT 1 FROM ledger WHERE request_id = ?", (failed.request_id,))
+
+
+async def test_past_the_bound_only_rows_that_cost_something_are_kept(
+    small_ledger: tuple[Database, Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, ledger = small_ledger
+    monkeypatch.setattr(ledger_module, "MAX_KEPT_ROWS", 2)
+    await fill_then_fail_a_row(db, ledger, row(1))
+    await fill_then_fail_a_row(db, ledger, row(2))
+    refusal = await fill_then_fail_a_row(db, ledger, row(3, status="rate_limited", cost=0.0))
+    assert "The row (it cost nothing) is not kept: 2 rows already are" in str(refusal)
+    paid = await fill_then_fail_a_row(db, ledger, row(4))
+    assert "The row is kept in memory" in str(paid)
+    kept_numbers = [kept.request_id.rsplit("-", 1)[0] for kept in ledger.unrecorded]
+    assert kept_numbers == ["qd-test-1", "qd-test-2", "qd-test-4"]
+    assert ledger.not_kept == 1
+    await db.write([("DELETE FROM audit", ())])
+    await ledger.ready()
+    assert ledger.unrecorded == []
+    assert ledger.not_kept == 0  # said in the log, counting starts over
 
 
 async def test_spent_by_app_sums_today_and_this_month(db: Database) -> None:

@@ -4,7 +4,7 @@ Each function walks the same list, in order:
 
 0. guardrails: the request masked, or refused (guardrails)        blocked
 1. resolve the model to a route of targets (routing)             unknown_model
-2. budget check and cost reservation (ledger)                      budget_exceeded
+2. the ledger can take a row; budget check and cost reservation   overloaded, budget_exceeded
 3. cache lookup (cache)                                            a hit skips to 7
 4. gate admission on the chosen target (gates)                     rate_limited
 5. call the provider (providers)
@@ -247,6 +247,7 @@ class Broker:
         the question it asks is kept in ``context.asked`` for step 7)."""
         route = self.router.resolve(request.model)  # 1
         context.plan(request, self._default_max_tokens, self.gates.app_policy)
+        await self.ledger.ready()  # 2: its row can be written (no provider paid for a lost reply)
         await self.budget_holds.reserve(context, route, request)  # 2
         key = self.cache.key_of(request)
         if isinstance(request, Chat):  # 3: exact, then semantic

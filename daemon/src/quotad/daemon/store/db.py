@@ -57,6 +57,7 @@ import aiosqlite
 
 from quotad.daemon.store.opening import describe, lock_directory, prepare_reader, prepare_writer
 from quotad.daemon.store.transactions import (
+    REFUSED_FOR_ITS_VALUES,
     Statement,
     StoreError,
     WriteFailed,
@@ -370,7 +371,10 @@ class Database:
             future = submission.future
             outcome = None
             if failure is not None:
-                outcome = WriteFailed(f"could not write to {self.path}: {failure}")
+                outcome = WriteFailed(
+                    f"could not write to {self.path}: {failure}",
+                    for_its_values=isinstance(failure, REFUSED_FOR_ITS_VALUES),
+                )
                 if future is not None:
                     if not future.done():
                         future.set_exception(outcome)

@@ -28,12 +28,14 @@ found in the request and its reply: ``{"kind": count}`` as JSON, "" when nothing
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Final, NamedTuple
 
 import msgspec
 
+from quotad.daemon.errors import RequestError
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database, Statement, WriteFailed
 from quotad.daemon.store.spend import SpendReport
@@ -132,7 +134,7 @@ class LedgerWriteFailed(Exception):
         self.request_id = request_id
 
 
-def withheld_message(row: LedgerRow, error: WriteFailed) -> str:
+def withheld_message(row: LedgerRow, error: WriteFailed, fate: str | None = None) -> str:
     """What the caller of a request whose row could not be written is told: what was done
     for it (was a provider paid?), that its reply is withheld, and what becomes of the row."""
     if row.cached:
@@ -148,10 +150,25 @@ def withheld_message(row: LedgerRow, error: WriteFailed) -> str:
         done = "reached no provider"
     return (
         f"request {row.request_id} {done}, but its ledger row could not be written ({error}); "
-        "the reply is withheld. The row is kept in memory and will be written to the ledger "
-        f"when space returns (tried again with every write, every {RETRY_EVERY_S:g} s, and "
-        f"at shutdown); quote request id {row.request_id}"
+        f"the reply is withheld. {fate or KEPT}; quote request id {row.request_id}"
     )
+
+
+KEPT: Final = (
+    "The row is kept in memory and will be written to the ledger when space returns (tried "
+    f"again with every write, every {RETRY_EVERY_S:g} s, and at shutdown)"
+)
+
+
+def _log_unwritable(row: LedgerRow, error: WriteFailed) -> None:
+    """Log a row that cannot be written, with all its fields: never silently lost."""
+    log.error("unwritten ledger row (%s): %s", error, _TAGS_ENCODER.encode(row._asdict()).decode())
+
+
+MAX_KEPT_ROWS: Final = 10_000
+"""Rows kept in memory while the ledger cannot be written (about 1 KB each), past which only
+those of requests that cost something are kept. Few come: step 2 refuses requests while rows
+are kept (:meth:`Ledger.ready`), but each refusal has a row too."""
 
 
 class Ledger:
@@ -161,10 +178,33 @@ class Ledger:
         self._db = db
         self.calendar = calendar
         self.unrecorded: list[LedgerRow] = []
-        self._retrying = False
+        """Rows that could not be written yet (the database full or failing), oldest first."""
+        self.not_kept = 0
+        """Rows of requests that cost nothing, not kept because :data:`MAX_KEPT_ROWS` were."""
+        self._retry: asyncio.Future[WriteFailed | None] | None = None
         self._retry_timer: asyncio.Task[None] | None = None
         self.retry_every_s = RETRY_EVERY_S
         self.reports = SpendReport(db, calendar)
+
+    async def ready(self) -> None:
+        """Step 2: whether a new row can be written, before anything is spent on the request.
+        With rows kept from a failed write, those are tried first (one attempt, whoever asks
+        meanwhile waits for it); while they still cannot be written, the request is refused
+        with ``overloaded``, so that no provider is paid for a reply its row could not carry."""
+        if not self.unrecorded:
+            return
+        self._retry_unrecorded()
+        if self._retry is None:
+            return
+        failure = await asyncio.shield(self._retry)
+        if failure is not None:
+            raise RequestError(
+                "overloaded",
+                f"the ledger cannot be written ({failure}): request refused before any "
+                f"provider was called; {len(self.unrecorded)} row(s) are kept in memory and "
+                f"tried again every {self.retry_every_s:g} s (`quotad cache clear` frees space)",
+                retry_after_s=self.retry_every_s,
+            )
 
     async def record(self, row: LedgerRow) -> None:
         """Commit ``row`` (with whatever else is pending); raise :class:`LedgerWriteFailed`
@@ -173,16 +213,35 @@ class Ledger:
             self._retry_unrecorded()
             await self._db.write(statements(row), durable=row.cost_usd > 0)
         except WriteFailed as error:
-            self.unrecorded.append(row._replace(status="internal") if row.status == "ok" else row)
-            log.error(
-                "ledger row of request %s not written yet (%d kept in memory to retry): %s",
-                row.request_id,
-                len(self.unrecorded),
-                error,
-            )
-            if self._retry_timer is None:
-                self._retry_timer = asyncio.create_task(self._retry_while_kept())
-            raise LedgerWriteFailed(withheld_message(row, error), row.request_id) from None
+            fate = self._keep(row._replace(status="internal") if row.status == "ok" else row, error)
+            raise LedgerWriteFailed(withheld_message(row, error, fate), row.request_id) from None
+
+    def _keep(self, row: LedgerRow, error: WriteFailed) -> str | None:
+        """Keep a row that could not be written, to write it later; past :data:`MAX_KEPT_ROWS`
+        only if it cost something (a refusal's or a hit's row is counted in :attr:`not_kept`).
+        What became of it when it was not kept."""
+        if error.for_its_values:  # kept, it would fail every retry
+            _log_unwritable(row, error)
+            return "The row cannot be written for what it holds: the daemon's log has it whole"
+        if len(self.unrecorded) >= MAX_KEPT_ROWS and row.cost_usd <= 0:
+            self.not_kept += 1
+            if self.not_kept == 1:
+                log.error(
+                    "%d ledger rows kept in memory: the rows of requests that cost nothing are "
+                    "no longer kept (counted until a write succeeds)",
+                    len(self.unrecorded),
+                )
+            return f"The row (it cost nothing) is not kept: {MAX_KEPT_ROWS} rows already are"
+        self.unrecorded.append(row)
+        log.error(
+            "ledger row of request %s not written yet (%d kept in memory to retry): %s",
+            row.request_id,
+            len(self.unrecorded),
+            error,
+        )
+        if self._retry_timer is None:
+            self._retry_timer = asyncio.create_task(self._retry_while_kept())
+        return None
 
     async def _retry_while_kept(self) -> None:
         """Every :attr:`retry_every_s`, try the kept rows again, until none is left."""
@@ -197,37 +256,61 @@ class Ledger:
             self._retry_timer = None
 
     def _retry_unrecorded(self) -> None:
-        """Submit the rows that could not be written, as one write of their own."""
-        if not self.unrecorded or self._retrying:
+        """Submit the rows that could not be written, each as a write of its own (one that
+        cannot be written for its values fails alone, and is logged whole and let go); the
+        outcome (the first failure of the database's state, or None) ends :attr:`_retry`."""
+        if not self.unrecorded or self._retry is not None:
             return
         rows = list(self.unrecorded)
+        retry = asyncio.get_running_loop().create_future()
+        settled: set[int] = set()  # ids of the rows written, or let go
+        failures: list[WriteFailed] = []
 
-        def done(failure: WriteFailed | None) -> None:
-            self._retrying = False
+        def done(row: LedgerRow, failure: WriteFailed | None) -> None:
             if failure is None:
-                written = {id(row) for row in rows}
-                self.unrecorded = [row for row in self.unrecorded if id(row) not in written]
-                log.info("wrote %d ledger row(s) kept in memory", len(rows))
+                settled.add(id(row))
+            elif failure.for_its_values:
+                settled.add(id(row))
+                _log_unwritable(row, failure)
+            else:
+                failures.append(failure)
+            if len(settled) + len(failures) < len(rows):
+                return
+            self._retry = None
+            self.unrecorded = [row for row in self.unrecorded if id(row) not in settled]
+            if settled:
+                log.info("wrote %d ledger row(s) kept in memory", len(settled))
+            if not failures and self.not_kept:
+                log.error(
+                    "%d ledger row(s) of requests that cost nothing were not kept "
+                    "while the ledger could not be written",
+                    self.not_kept,
+                )
+                self.not_kept = 0
+            retry.set_result(failures[0] if failures else None)
 
-        self._db.write_later([s for row in rows for s in statements(row)], done, durable=True)
-        self._retrying = True  # once submitted (a closed database raises instead)
+        for row in rows:  # a closed database raises at once, before anything is submitted
+            self._db.write_later(statements(row), functools.partial(done, row), durable=True)
+        self._retry = retry
 
     async def flush(self) -> None:
         """At shutdown: a last try for the rows kept in memory; log those that still fail."""
         if self._retry_timer is not None:
             self._retry_timer.cancel()
-        if self._retrying:  # a retry is under way: an empty write returns once it committed
-            await self._db.write([])
+        if self._retry is not None:  # a retry is under way: its outcome comes with its commit
+            await asyncio.shield(self._retry)
         if not self.unrecorded:
             return
         rows, self.unrecorded = self.unrecorded, []
         try:
             await self._db.write([s for row in rows for s in statements(row)])
-            log.info("wrote %d ledger row(s) kept in memory", len(rows))
-        except WriteFailed as error:
-            log.error("%d ledger row(s) could not be written (%s); they follow", len(rows), error)
+        except WriteFailed:  # each on its own: those that can be written are
             for row in rows:
-                log.error("unwritten ledger row: %s", _TAGS_ENCODER.encode(row._asdict()).decode())
+                try:
+                    await self._db.write(statements(row))
+                except WriteFailed as error:
+                    _log_unwritable(row, error)
+        log.info("%d ledger row(s) kept in memory written or logged", len(rows))
 
     async def spent_by_app(self, now: float) -> list[tuple[str, float, float]]:
         """``(app, spent today, spent this month)`` per app, for the budgets at start."""

@@ -30,7 +30,15 @@ class StoreError(Exception):
 
 
 class WriteFailed(StoreError):
-    """A write could not be committed (disk full, I/O error…); nothing of it was written."""
+    """A write could not be committed (disk full, I/O error…); nothing of it was written.
+
+    ``for_its_values``: refused for what it holds (a value SQLite cannot bind, a constraint),
+    so that trying it again can never succeed; otherwise for the database's state (full,
+    read-only, an I/O error), which may pass."""
+
+    def __init__(self, message: str, *, for_its_values: bool = False) -> None:
+        super().__init__(message)
+        self.for_its_values = for_its_values
 
 
 async def in_thread(connection: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -76,6 +84,14 @@ WRITE_REFUSED: Final = (sqlite3.Error, OverflowError, ValueError)
 """What a write can raise for its own statements or values, the connection being sound: SQLite's
 errors, and the binding's (an integer past 64 bits is an OverflowError, text that is not
 UTF-8 a ValueError). Such a write fails alone (:func:`commit_batch`)."""
+REFUSED_FOR_ITS_VALUES: Final = (
+    OverflowError,
+    ValueError,
+    sqlite3.InterfaceError,
+    sqlite3.IntegrityError,
+)
+"""Of those, what the write's own values cause (a value that cannot be bound, a constraint): the
+same write fails again however often it is tried."""
 
 
 def commit_batch(
