@@ -283,6 +283,10 @@ def test_a_full_disk_withholds_a_paid_reply_says_so_and_records_it_when_space_re
                     assert "the ledger cannot be written" in str(refused.value)
                     assert "request refused before any provider was called" in str(refused.value)
                 assert sim.stats()["requests"] == sent
+                [problem] = client.status().problems  # what status (and /healthz) tell
+                assert problem.startswith("ledger: ")
+                assert "row(s) kept in memory, not yet written" in problem
+                assert "database or disk is full" in problem
                 filler.unlink()  # space returns; no further request comes
                 path = daemon.state_dir / "quotad.db"
                 wait_until(lambda: request_id in ledger_ids(path), timeout_s=20)
@@ -293,6 +297,7 @@ def test_a_full_disk_withholds_a_paid_reply_says_so_and_records_it_when_space_re
                 assert status == "internal"  # what its caller got
                 assert cost > 0  # what the provider was paid
                 client.chat(MODEL, [{"role": "user", "content": "after"}], max_tokens=4)
+                assert client.status().problems == []
         finally:
             shutil.rmtree(daemon.directory, ignore_errors=True)
 

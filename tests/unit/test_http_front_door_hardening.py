@@ -42,14 +42,12 @@ def anyio_backend() -> str:
 async def serving(
     broker: Broker,
     *,
-    listener_problems: Callable[[], list[str]] | None = None,
+    other_problems: Callable[[], list[str]] | None = None,
     **http: Any,
 ) -> AsyncIterator[FrontDoor]:
     """The front door (``[http]`` options ``http``) on a free loopback port."""
     config = HttpConfig(listen="127.0.0.1:0", **http)
-    front_door = FrontDoor(
-        broker, config, app_for_key=KEYS.get, listener_problems=listener_problems
-    )
+    front_door = FrontDoor(broker, config, app_for_key=KEYS.get, other_problems=other_problems)
     await front_door.bind()
     async with running(front_door):
         yield front_door
@@ -280,9 +278,7 @@ async def test_every_error_answer_carries_a_request_id() -> None:
 async def test_healthz_is_503_naming_what_keeps_a_listener_from_accepting() -> None:
     problems: list[str] = []
     async with (
-        serving(
-            ScriptedBroker(), listener_problems=lambda: list(problems), auth="none"
-        ) as front_door,
+        serving(ScriptedBroker(), other_problems=lambda: list(problems), auth="none") as front_door,
         httpx.AsyncClient() as http,
     ):
         url = f"http://{front_door.address}/healthz"

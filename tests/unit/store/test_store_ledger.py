@@ -167,9 +167,13 @@ async def test_while_kept_rows_cannot_be_written_requests_are_refused_before_any
     assert refused.value.message.startswith("the ledger cannot be written (could not write to ")
     assert "database or disk is full" in refused.value.message
     assert "request refused before any provider was called; 1 row(s) are kept" in str(refused.value)
+    [problem] = ledger.problems()
+    assert problem.startswith("ledger: 1 row(s) kept in memory, not yet written (could not ")
+    assert problem.endswith("; requests are refused with overloaded until they are")
     await db.write([("DELETE FROM audit", ())])  # space returns
     await ledger.ready()  # the kept row written first
     assert ledger.unrecorded == []
+    assert ledger.problems() == []
     assert await db.read("SELECT 1 FROM ledger WHERE request_id = ?", (failed.request_id,))
 
 

@@ -162,7 +162,7 @@ class Daemon:
                 config.http,
                 app_for_key=self.store.keys.app_for_key,
                 status=self.server.status,
-                listener_problems=lambda: self.server.problems,
+                other_problems=lambda: self.server.problems + self.store.ledger.problems(),
             )
         self.reconfigurables: list[Reconfigurable] = [
             self.server,

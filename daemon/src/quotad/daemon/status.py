@@ -108,7 +108,10 @@ class StatusReports:
             events=self.events.recent(),
             permits=self.gates.permits_held,
             cluster=self.cluster.status() if self.cluster is not None else None,
-            problems=self.cluster.problems() if self.cluster is not None else [],
+            problems=[
+                *self.ledger.problems(),
+                *(self.cluster.problems() if self.cluster is not None else ()),
+            ],
         )
 
     def _budgets(self) -> list[BudgetStatus]:

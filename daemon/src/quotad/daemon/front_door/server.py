@@ -86,9 +86,9 @@ _JSON = msgspec.json.Encoder()
 
 AppForKey = Callable[[str], str | None]
 """The app an HTTP key belongs to, or None for a key that is unknown or revoked."""
-ListenerProblems = Callable[[], list[str]]
-"""What is wrong with the daemon's other listeners now (e.g. the Unix socket's accept
-failing); empty when nothing is."""
+OtherProblems = Callable[[], list[str]]
+"""What else keeps the daemon from serving now (the Unix socket's accept failing, ledger rows
+that cannot be written); empty when nothing does."""
 Response = HttpResponse | StreamingResponse
 Api = Literal["openai", "anthropic"]
 
@@ -149,13 +149,13 @@ class FrontDoor:
         *,
         app_for_key: AppForKey,
         status: Callable[[], StatusReply] | None = None,
-        listener_problems: ListenerProblems | None = None,
+        other_problems: OtherProblems | None = None,
     ) -> None:
         self.broker = broker
         self.metrics = broker.metrics
         self._app_for_key = app_for_key
         self._status = status or broker.reports.status
-        self._listener_problems = listener_problems or list
+        self._other_problems = other_problems or list
         self._keys = config.auth == "keys"
         self._host, port = parse_listen(config.listen)
         self.server = HttpServer(
@@ -229,10 +229,10 @@ class FrontDoor:
 
     @property
     def problems(self) -> list[str]:
-        """What keeps the daemon from serving new clients now: a listener (this one, or one
-        that ``listener_problems`` tells of) whose accept fails."""
+        """What keeps the daemon from serving new clients now: this listener's accept failing,
+        and what ``other_problems`` tells of."""
         problems = [] if self.server.accept_problem is None else [self.server.accept_problem]
-        return [f"http: {problem}" for problem in problems] + self._listener_problems()
+        return [f"http: {problem}" for problem in problems] + self._other_problems()
 
     # ------------------------------------------------------------------ dispatch
 

@@ -181,10 +181,22 @@ class Ledger:
         """Rows that could not be written yet (the database full or failing), oldest first."""
         self.not_kept = 0
         """Rows of requests that cost nothing, not kept because :data:`MAX_KEPT_ROWS` were."""
+        self.last_failure: WriteFailed | None = None
+        """Why the last write of a row failed."""
         self._retry: asyncio.Future[WriteFailed | None] | None = None
         self._retry_timer: asyncio.Task[None] | None = None
         self.retry_every_s = RETRY_EVERY_S
         self.reports = SpendReport(db, calendar)
+
+    def problems(self) -> list[str]:
+        """What keeps requests from being served now (``quotad status``, ``/healthz``): rows
+        kept from a failed write."""
+        if not self.unrecorded:
+            return []
+        return [
+            f"ledger: {len(self.unrecorded)} row(s) kept in memory, not yet written "
+            f"({self.last_failure}); requests are refused with overloaded until they are"
+        ]
 
     async def ready(self) -> None:
         """Step 2: whether a new row can be written, before anything is spent on the request.
@@ -233,6 +245,7 @@ class Ledger:
                 )
             return f"The row (it cost nothing) is not kept: {MAX_KEPT_ROWS} rows already are"
         self.unrecorded.append(row)
+        self.last_failure = error
         log.error(
             "ledger row of request %s not written yet (%d kept in memory to retry): %s",
             row.request_id,
@@ -274,6 +287,7 @@ class Ledger:
                 _log_unwritable(row, failure)
             else:
                 failures.append(failure)
+                self.last_failure = failure
             if len(settled) + len(failures) < len(rows):
                 return
             self._retry = None
