@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
+import httpx
 import pytest
 
 from quotad.client import (
@@ -32,7 +33,7 @@ from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database
 from quotad.daemon.store.ledger import LedgerRow, statements
 from quotad.daemon.store.schema import SCHEMA_VERSION
-from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
+from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
 from tests.support.polling import wait_until
 from tests.support.sim import SimProcess
 
@@ -249,8 +250,14 @@ def fill_disk(path: Path) -> Path:
 
 
 def test_a_full_disk_withholds_a_paid_reply_says_so_and_records_it_when_space_returns() -> None:
+    port = free_port()
     with SimProcess(latency_ms=0) as sim:
-        daemon = DaemonProcess(base_config(sim.base_url))
+        config = daemon_config(
+            sim_provider_config("sim", sim.base_url),
+            daemon="drain_s = 5",
+            http=f'listen = "127.0.0.1:{port}"\nauth = "none"',
+        )
+        daemon = DaemonProcess(config)
         try:
             with (
                 small_tmpfs(daemon.state_dir, size_kb=2048),
@@ -287,6 +294,9 @@ def test_a_full_disk_withholds_a_paid_reply_says_so_and_records_it_when_space_re
                 assert problem.startswith("ledger: ")
                 assert "row(s) kept in memory, not yet written" in problem
                 assert "database or disk is full" in problem
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", trust_env=False)
+                assert health.status_code == 503
+                assert health.json()["problems"] == [problem]
                 filler.unlink()  # space returns; no further request comes
                 path = daemon.state_dir / "quotad.db"
                 wait_until(lambda: request_id in ledger_ids(path), timeout_s=20)
@@ -298,6 +308,7 @@ def test_a_full_disk_withholds_a_paid_reply_says_so_and_records_it_when_space_re
                 assert cost > 0  # what the provider was paid
                 client.chat(MODEL, [{"role": "user", "content": "after"}], max_tokens=4)
                 assert client.status().problems == []
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz", trust_env=False).is_success
         finally:
             shutil.rmtree(daemon.directory, ignore_errors=True)
 
