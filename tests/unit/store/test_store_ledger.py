@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -175,6 +176,33 @@ async def test_while_kept_rows_cannot_be_written_requests_are_refused_before_any
     assert ledger.unrecorded == []
     assert ledger.problems() == []
     assert await db.read("SELECT 1 FROM ledger WHERE request_id = ?", (failed.request_id,))
+
+
+async def test_while_the_database_still_fails_a_retry_is_one_write(
+    small_ledger: tuple[Database, Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry tries the oldest kept row alone; the others follow once it is written. Trying
+    each of 50 kept rows on its own was 50 failed transactions a retry, each request's."""
+    db, ledger = small_ledger
+    await fill_then_fail_a_row(db, ledger, row(1))
+    ledger.unrecorded += [row(number) for number in range(100, 149)]
+    submitted: list[int] = []
+    write_later = db.write_later
+
+    def counted(statements: Any, *args: Any, **kwargs: Any) -> None:
+        submitted.append(len(statements))
+        write_later(statements, *args, **kwargs)
+
+    monkeypatch.setattr(db, "write_later", counted)
+    with pytest.raises(RequestError):
+        await ledger.ready()
+    assert len(submitted) == 1
+    await db.write([("DELETE FROM audit", ())])  # space returns
+    await ledger.ready()
+    assert ledger.unrecorded == []
+    assert len(submitted) == 1 + 1 + 49  # the failed one, the first again, then the others
+    [(count,)] = await db.read("SELECT count(*) FROM ledger WHERE request_id LIKE 'qd-test-1%'")
+    assert count >= 50
 
 
 async def test_past_the_bound_only_rows_that_cost_something_are_kept(

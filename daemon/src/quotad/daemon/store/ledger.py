@@ -269,43 +269,76 @@ class Ledger:
             self._retry_timer = None
 
     def _retry_unrecorded(self) -> None:
-        """Submit the rows that could not be written, each as a write of its own (one that
-        cannot be written for its values fails alone, and is logged whole and let go); the
-        outcome (the first failure of the database's state, or None) ends :attr:`_retry`."""
+        """Try the rows that could not be written again, the oldest alone first: while the
+        database still fails, one failed write is all a retry costs. Once it is written, the
+        others follow, each as a write of its own. A row that cannot be written for what it
+        holds is logged whole and let go, so that it holds back no other. The outcome (the
+        database's failure, or None once every row is written) ends :attr:`_retry`."""
         if not self.unrecorded or self._retry is not None:
             return
-        rows = list(self.unrecorded)
-        retry = asyncio.get_running_loop().create_future()
-        settled: set[int] = set()  # ids of the rows written, or let go
-        failures: list[WriteFailed] = []
+        retry: asyncio.Future[WriteFailed | None] = asyncio.get_running_loop().create_future()
+        self._submit_kept([self.unrecorded[0]], retry)  # a closed database raises here
+        self._retry = retry
 
-        def done(row: LedgerRow, failure: WriteFailed | None) -> None:
-            if failure is None:
-                settled.add(id(row))
-            elif failure.for_its_values:
-                settled.add(id(row))
-                _log_unwritable(row, failure)
+    def _submit_kept(
+        self, rows: list[LedgerRow], retry: asyncio.Future[WriteFailed | None]
+    ) -> None:
+        """Submit kept ``rows``, each as a write of its own; once all are settled, the next
+        step of ``retry``: the rest of the kept rows after a first one was written, or its end."""
+        pending = len(rows)
+        let_go: set[int] = set()  # ids of the rows written, or logged and let go
+        failure_of_state: list[WriteFailed] = []
+
+        def settled(row: LedgerRow, failure: WriteFailed | None) -> None:
+            nonlocal pending
+            pending -= 1
+            if failure is None or failure.for_its_values:
+                let_go.add(id(row))
+                if failure is not None:
+                    _log_unwritable(row, failure)
             else:
-                failures.append(failure)
-                self.last_failure = failure
-            if len(settled) + len(failures) < len(rows):
+                failure_of_state.append(failure)
+            if pending:
                 return
-            self._retry = None
-            self.unrecorded = [row for row in self.unrecorded if id(row) not in settled]
-            if settled:
-                log.info("wrote %d ledger row(s) kept in memory", len(settled))
-            if not failures and self.not_kept:
+            self.unrecorded = [kept for kept in self.unrecorded if id(kept) not in let_go]
+            if failure_of_state:
+                self._end_retry(retry, failure_of_state[0])
+            elif not self.unrecorded:
+                self._end_retry(retry, None)
+            elif len(rows) == 1 and failure is None:  # the first went in: the others follow
+                self._submit_next(self.unrecorded, retry)
+            else:  # the first was let go, or rows were kept meanwhile: the oldest alone again
+                self._submit_next(self.unrecorded[:1], retry)
+
+        for row in rows:
+            self._db.write_later(statements(row), functools.partial(settled, row), durable=True)
+
+    def _submit_next(
+        self, rows: list[LedgerRow], retry: asyncio.Future[WriteFailed | None]
+    ) -> None:
+        """:meth:`_submit_kept` from a write's outcome: a database closed meanwhile ends it."""
+        try:
+            self._submit_kept(list(rows), retry)
+        except WriteFailed as closed:
+            self._end_retry(retry, closed)
+
+    def _end_retry(
+        self, retry: asyncio.Future[WriteFailed | None], failure: WriteFailed | None
+    ) -> None:
+        """The outcome of ``retry``, for whoever waits on it (:meth:`ready`, :meth:`flush`)."""
+        self._retry = None
+        if failure is not None:
+            self.last_failure = failure
+        else:
+            log.info("wrote the ledger rows kept in memory")
+            if self.not_kept:
                 log.error(
                     "%d ledger row(s) of requests that cost nothing were not kept "
                     "while the ledger could not be written",
                     self.not_kept,
                 )
                 self.not_kept = 0
-            retry.set_result(failures[0] if failures else None)
-
-        for row in rows:  # a closed database raises at once, before anything is submitted
-            self._db.write_later(statements(row), functools.partial(done, row), durable=True)
-        self._retry = retry
+        retry.set_result(failure)
 
     async def flush(self) -> None:
         """At shutdown: a last try for the rows kept in memory; log those that still fail."""
