@@ -25,6 +25,15 @@ EXPECTED_FIGURES = {
     "guardrails_daemon": {"chat_2kb", "off_loop"},
     "gate_queue": {"this"},
     "provider_fuzz": {"failed_inside", "ledger_rows", "ledger_rows_expected", "reserved_usd_after"},
+    "soak": {
+        "requests",
+        "errors",
+        "rss_slope_mb_per_10k_second_half",
+        "fds_end_minus_start",
+        "threads_end_minus_start",
+        "tasks_end_minus_start",
+        "served_after",
+    },
 }
 """Figures some benchmarks must report (a benchmark's report says what it measured)."""
 
