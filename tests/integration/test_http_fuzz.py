@@ -90,3 +90,29 @@ def test_a_part_or_tool_typed_with_an_object_is_a_400_naming_it_on_every_door(
                 assert refused.value.code == "bad_request"
                 assert field in str(refused.value)
     assert process.log().count("Traceback") == before
+
+
+def test_no_messages_or_no_input_is_a_400_on_every_door(
+    daemon: tuple[DaemonProcess, str],
+) -> None:
+    """A chat with no messages and an embedding request of no input were sent on, for the
+    provider's 400 to come back: refused now before any provider is called."""
+    process, url = daemon
+    asked = [
+        ("/v1/chat/completions", {"model": "fast", "messages": []}, "messages"),
+        ("/v1/chat/completions", {"model": "fast", "messages": [], "stream": True}, "messages"),
+        ("/v1/messages", {"model": "fast", "max_tokens": 5, "messages": []}, "messages"),
+        ("/v1/embeddings", {"model": "sim/text-embedding-3-small", "input": []}, "input"),
+    ]
+    for path, body, field in asked:
+        answer = httpx.post(f"{url}{path}", json=body)
+        assert answer.status_code == 400, (path, answer.text)
+        assert f"{field}: " in answer.text, answer.text
+    with Client(socket=process.socket_path) as client:
+        with pytest.raises(QuotadError) as refused:
+            client.chat("fast", [])
+        assert refused.value.code == "bad_request"
+        assert str(refused.value).startswith("messages: a chat needs at least one message")
+        with pytest.raises(QuotadError) as refused:
+            client.embed("sim/text-embedding-3-small", [])
+        assert str(refused.value).startswith("input: an embedding request needs at least one")

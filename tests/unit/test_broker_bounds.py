@@ -7,7 +7,7 @@ least at the bound of what it delivered, and a cached prompt settles below what 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -203,3 +203,34 @@ async def test_japanese_embedding_inputs_hold_their_bytes(anyio_backend: str) ->
     async with bounded_broker() as (_, provider, broker):
         await broker.embed(Embed(id=1, model="g", input=[JAPANESE] * 3), Caller(app="a"))
         assert provider.held_usd[0] >= 3 * len(JAPANESE.encode()) * INPUT_PRICE * PER_TOKEN
+
+
+async def test_a_chat_with_no_messages_or_an_embedding_of_no_input_reaches_no_provider(
+    anyio_backend: str,
+) -> None:
+    """Both were sent on (gates and budgets held, the provider called) for the provider's 400
+    to come back as ``bad_request``; found by bench/soak.py."""
+    empty_chat = Chat(id=1, model="g", messages=[])
+    async with bounded_broker() as (store, provider, broker):
+        for call in (broker.chat, first_chunk_of(broker)):
+            with pytest.raises(RequestError) as refused:
+                await call(empty_chat, Caller(app="a"))
+            assert refused.value.code == "bad_request"
+            assert str(refused.value) == "messages: a chat needs at least one message"
+            assert refused.value.details == {"field": "messages"}
+        with pytest.raises(RequestError) as refused:
+            await broker.embed(Embed(id=1, model="g", input=[]), Caller(app="a"))
+        assert str(refused.value) == "input: an embedding request needs at least one input"
+        assert refused.value.details == {"field": "input"}
+        assert provider.asked_max_tokens == []
+        assert await rows(store) == [("bad_request", 0, 0, 0.0)] * 3
+
+
+def first_chunk_of(broker: Broker) -> Callable[[Chat, Caller], Awaitable[None]]:
+    """``broker.chat_stream`` as a call: read up to its first chunk."""
+
+    async def call(request: Chat, caller: Caller) -> None:
+        async for _ in broker.chat_stream(request, caller):
+            break
+
+    return call

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from quotad.daemon.caller import Caller
 from quotad.daemon.gates import AppPolicy, Reservation
 from quotad.daemon.request_limits import (
-    check_embed_extra,
-    check_part_types,
+    check_chat_shape,
+    check_embed_shape,
     completion_limit,
     embed_inputs,
 )
@@ -93,15 +93,15 @@ class RequestContext:
         app_policy: Callable[[str], AppPolicy],
     ) -> None:
         """Its priority, wait, completion limit (a chat's ``max_tokens``, or a larger spelling
-        of it in ``extra``; refused fields of ``extra``, and content parts or tools whose type is
-        not a string, are ``bad_request``: see :mod:`quotad.daemon.request_limits`) and gate
-        reservation: its prompt's estimated tokens + that limit."""
+        of it in ``extra``) and gate reservation: its prompt's estimated tokens + that limit.
+        No messages or inputs, refused fields of ``extra``, and content parts or tools whose
+        type is not a string, are ``bad_request`` (:mod:`quotad.daemon.request_limits`)."""
         if isinstance(request, Chat):
-            check_part_types(request)
+            check_chat_shape(request)
             self.max_tokens = completion_limit(request, default_max_tokens)
             prompt = estimate_prompt_tokens(request.messages, request.tools)
         else:
-            check_embed_extra(request.extra)
+            check_embed_shape(request)
             prompt = estimate_input_tokens(embed_inputs(request))
         self.priority = request.priority or app_policy(self.caller.app).priority
         self.max_wait_s = request.max_wait_s

@@ -26,7 +26,9 @@ is unmeasured: it reserves the context window.)
 
 Everything else in ``extra`` passes through; what it adds to the prompt (tools, a system
 prompt, a response format) is counted by :func:`~quotad.daemon.tokens.prompt_tokens_upper_bound`.
-A refusal is ``bad_request`` naming the field (``extra.n: ...``).
+A chat with no messages, or an embedding request whose input is an empty list, is refused too:
+every provider would refuse it, after a round trip. A refusal is ``bad_request`` naming the
+field (``extra.n: ...``).
 """
 
 from __future__ import annotations
@@ -60,9 +62,16 @@ def _refuse(field: str, why: str) -> RequestError:
     return RequestError("bad_request", f"extra.{field}: {why}", details={"field": f"extra.{field}"})
 
 
-def check_part_types(request: Chat) -> None:
-    """Refuse a content part, a block of a ``tool_result`` part's content, or a tool, whose
-    ``type`` is there but not a string (see the module docstring)."""
+def check_chat_shape(request: Chat) -> None:
+    """Refuse a chat with no messages (every provider would, after a round trip), and a
+    content part, a block of a ``tool_result`` part's content, or a tool, whose ``type`` is
+    there but not a string (see the module docstring)."""
+    if not request.messages:
+        raise RequestError(
+            "bad_request",
+            "messages: a chat needs at least one message",
+            details={"field": "messages"},
+        )
     for index, message in enumerate(request.messages):
         if isinstance(message.content, list):
             _check_part_types(message.content, f"messages[{index}].content")
@@ -122,6 +131,18 @@ def completion_tokens_upper_bound(limit: int, extra: Mapping[str, Any]) -> int:
     if prediction is None:
         return limit
     return limit + value_tokens_upper_bound(prediction)
+
+
+def check_embed_shape(request: Embed) -> None:
+    """Refuse an embedding request with no input (every provider would, after a round trip),
+    and the passthrough fields that quotad sets itself."""
+    if isinstance(request.input, list) and not request.input:
+        raise RequestError(
+            "bad_request",
+            "input: an embedding request needs at least one input",
+            details={"field": "input"},
+        )
+    check_embed_extra(request.extra)
 
 
 def check_embed_extra(extra: Mapping[str, Any]) -> None:
