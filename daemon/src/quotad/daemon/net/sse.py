@@ -45,7 +45,8 @@ class ServerSentEvents:
 
     async def next_data(self) -> bytes | None:
         """The data of the next event; None at the end of the body. Transport errors
-        (``httpx.TransportError``) propagate."""
+        (``httpx.TransportError``) and a body not in its content-coding
+        (``httpx.DecodingError``) propagate."""
         while True:
             while self._lines:
                 line = self._lines.popleft()
@@ -104,7 +105,7 @@ class ServerSentEvents:
             try:
                 while await self.next_data() is not None:
                     pass
-            except httpx.TransportError:
+            except (httpx.TransportError, httpx.DecodingError):
                 pass
 
     def _dispatch(self) -> bytes:
