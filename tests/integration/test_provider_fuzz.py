@@ -250,3 +250,26 @@ def test_a_daemon_answered_a_body_not_in_its_content_encoding_writes_its_row() -
             rows = provider_fuzz_run.ledger_rows(daemon.state_dir, "t")
             assert sorted(rows) == ["ok", "upstream_error"]
             assert "Traceback" not in daemon.log()
+
+
+def test_an_error_with_a_lone_surrogate_escape_beside_the_key_is_answered() -> None:
+    """Found by the provider fuzz (seed 101, case 1089): an error answer, not JSON, holding
+    a ``\\ud800`` escape and the key JSON-escaped was redacted into a message with a lone
+    surrogate, which no frame can carry: the connection's task died, the request was never
+    answered (the client waited forever), a traceback in the log. Now an upstream_error."""
+    key = provider_fuzz_run.KEY_ENV["PFUZZ_KEY"]
+    escaped_key = "".join(f"\\u{ord(c):04x}" for c in key).encode()
+    body = b'{"error": {\\ud800"message": "bad key ' + escaped_key + b'\xff"}}'
+    with RawHTTPServer(answer(500, body)) as server:
+        extra = 'api_key_env = "PFUZZ_KEY"'
+        config = daemon_config(sim_provider_config("raw", server.base_url, extra=extra))
+        with (
+            DaemonProcess(config, env=provider_fuzz_run.KEY_ENV) as daemon,
+            Client(socket=daemon.socket_path, app="t", timeout=30) as client,
+        ):
+            with pytest.raises(UpstreamError) as failed:
+                client.chat("raw/m", [{"role": "user", "content": "hi"}], cache="bypass")
+            assert "\ufffd" in str(failed.value)
+            assert key not in str(failed.value)
+            assert provider_fuzz_run.ledger_rows(daemon.state_dir, "t") == ["upstream_error"]
+            assert "Traceback" not in daemon.log()
