@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, aclosing
 from typing import Any, ClassVar, Final, TypeVar
 
 import anyio
@@ -55,6 +55,7 @@ import msgspec
 
 from quotad.daemon.config import ProviderConfig
 from quotad.daemon.net.addresses import environment_proxy
+from quotad.daemon.net.content_coding import decoded_body
 from quotad.daemon.net.deadlines import Deadlines
 from quotad.daemon.net.httpx_messages import PreparedRequest
 from quotad.daemon.net.pool import LeanHTTPTransport
@@ -111,10 +112,11 @@ def pooled_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
 
 
 async def read_body(response: httpx.Response, limit: int) -> bytes | None:
-    """The body of ``response``, or None when it is larger than ``limit`` bytes (it is then
-    read no further: closing the response drops its connection). A body the transport has
-    read already (the lean pool's small answers) is taken as it is; one that says its length
-    is refused before any of it is read."""
+    """The body of ``response`` (decoded from its content-coding a bounded piece at a time:
+    :mod:`~quotad.daemon.net.content_coding`), or None when it is larger than ``limit`` bytes
+    (it is then read and inflated no further: closing the response drops its connection). A
+    body the transport has read already (the lean pool's small answers) is taken as it is;
+    one that says its length is refused before any of it is read."""
     try:
         content = response.content
     except httpx.ResponseNotRead:
@@ -126,11 +128,12 @@ async def read_body(response: httpx.Response, limit: int) -> bytes | None:
         return None
     chunks = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    async with aclosing(decoded_body(response)) as pieces:
+        async for chunk in pieces:
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
