@@ -94,3 +94,20 @@ def test_a_part_or_tool_typed_with_an_object_is_a_400_naming_it_on_every_door(
                 assert refused.value.code == "bad_request"
                 assert field in str(refused.value)
     assert process.log().count("Traceback") == before
+
+
+@pytest.mark.parametrize("field", ["top_logprobs", "seed"])
+def test_an_integer_of_19_digits_below_64_bits_is_a_400_naming_it(
+    daemon: tuple[DaemonProcess, str], field: str
+) -> None:
+    """Found by the HTTP fuzz's edge numbers (seed 31337): -9223372036854775809 has 19 digits,
+    and only bodies with a run of 20 were checked for integers past 64 bits; it was decoded,
+    then could not be encoded for the cache key or the provider: a 500, a traceback."""
+    process, url = daemon
+    before = process.log().count("Traceback")
+    body = f'{{"model": "fast", "{field}": -9223372036854775809, "messages": '
+    body += '[{"role": "user", "content": "x"}]}'
+    answer = httpx.post(f"{url}/v1/chat/completions", content=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["message"].startswith(f"{field}: an integer of 19 digits")
+    assert process.log().count("Traceback") == before
