@@ -1,15 +1,19 @@
 """Fuzzing the Unix socket for longer than the test suite does: seeded random and mutated frames
 (``tests/support/fuzz.py``) on new connections against a real daemon in front of a real
-``quotad sim``, in rounds of 5,000 frames with a seed each. A round after which the daemon is
-gone counts as a crash (its seed is printed, and the daemon restarted). Before and after, a
-client's status round trip (p50) and the daemon's RSS, as a baseline for "still serving as
-before". Prints one JSON line.
+``quotad sim``, in rounds of 5,000 frames with a seed each, each round followed by 50
+conversations that are granted a permit and settle it with odd values
+(``tests/support/fuzz_extremes.py``). A round after which the daemon is gone counts as a crash
+(its seed is printed, and the daemon restarted); one where the daemon left a connection
+unanswered for 10 s (30 s in a permit conversation) as a stall (its seed is printed). Before
+and after, a client's status round trip (p50) and the daemon's RSS, as a baseline for "still
+serving as before". Prints one JSON line.
 
     uv run python bench/fuzz_frames.py [--frames 100000] [--seed 1] [--quick]
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import sys
 import time
@@ -22,9 +26,11 @@ from bench._timing import seeded_main, sequential
 from quotad.client import Client
 from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
 from tests.support.fuzz import FUZZ_TABLES, FrameMaker, FuzzTally, send_batches
+from tests.support.fuzz_extremes import play_permits
 from tests.support.sim import SimProcess
 
 ROUND_FRAMES = 5000
+PERMIT_ROUNDS = 50
 MESSAGES = [{"role": "user", "content": "still there?"}]
 
 
@@ -54,6 +60,8 @@ def measure(frames: int, seed: int) -> dict[str, Any]:
             rss_before = rss_mb(daemon.process.pid)
             tally = FuzzTally()
             crash_seeds: list[int] = []
+            stall_seeds: list[int] = []
+            granted = settled = 0
             tracebacks = 0
             started = time.perf_counter()
             round_seed = seed
@@ -61,6 +69,14 @@ def measure(frames: int, seed: int) -> dict[str, Any]:
                 try:
                     target = min(frames, tally.frames + ROUND_FRAMES)
                     send_batches(daemon.socket_path, FrameMaker(round_seed), target, tally)
+                    permits = random.Random(f"{round_seed}:permits")
+                    round_granted, round_settled = play_permits(
+                        daemon.socket_path, permits, PERMIT_ROUNDS
+                    )
+                    granted += round_granted
+                    settled += round_settled
+                except TimeoutError:
+                    stall_seeds.append(round_seed)
                 except OSError:
                     pass  # the daemon went away mid-round: counted below
                 if daemon.process.poll() is not None:
@@ -85,6 +101,10 @@ def measure(frames: int, seed: int) -> dict[str, Any]:
         "replies": tally.replies,
         "crashes": len(crash_seeds),
         "crash_seeds": crash_seeds,
+        "stalls": len(stall_seeds),
+        "stall_seeds": stall_seeds,
+        "permits_granted": granted,
+        "settles_answered": settled,
         "tracebacks_in_log": tracebacks,
         "served_after": served_after,
         "frames_per_s": round(tally.frames / elapsed, 1),

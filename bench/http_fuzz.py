@@ -4,7 +4,9 @@ a ``quotad serve`` in front of two ``quotad sim`` processes. Reports how many we
 status, how many failed inside (a 500, an internal error in a stream, no answer to well-formed
 HTTP even on a new connection: must be 0; how many were sent again because their keep-alive
 connection was closed for idleness under them is ``retried_after_reset``), whether the daemon is
-still up and serves an SDK afterwards, the tracebacks in its log (must be 0), and the rate
+still up and serves an SDK afterwards, the tracebacks in its log (must be 0), what breaks one
+ledger row per request (a request id with two rows, a 200 answer's with none: must be 0), what
+its budgets hold reserved afterwards (must be 0), and the rate
 against the same daemon's rate for valid requests alone (the baseline, measured in the same
 run). Prints one JSON line.
 
@@ -24,6 +26,7 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._timing import seeded_main
+from quotad.client import Client
 from tests.integration.test_http_fuzz import fuzz_config
 from tests.support import http_fuzz
 from tests.support.daemon import DaemonProcess, free_port
@@ -54,13 +57,19 @@ def measure(cases: int, seed: int) -> dict[str, Any]:
         assert daemon.process is not None
         alive = daemon.process.poll() is None
         served_after = False
+        reserved = -1.0
         if alive:
             with openai.OpenAI(base_url=f"{url}/v1", api_key="unused") as client:
                 reply = client.chat.completions.create(
                     model="fast", messages=[{"role": "user", "content": "still there?"}]
                 )
                 served_after = bool(reply.choices[0].message.content)
+            with Client(socket=daemon.socket_path, app="bench") as quotad:
+                reserved = sum(budget.reserved_usd for budget in quotad.status().budgets)
         tracebacks = daemon.log().count("Traceback")
+        ledger = http_fuzz.ledger_problems(
+            daemon.state_dir, baseline.answered_ids + results.answered_ids
+        )
     baseline_rps = sum(baseline.statuses.values()) / baseline_s
     fuzz_rps = cases / fuzz_s
     return {
@@ -79,7 +88,10 @@ def measure(cases: int, seed: int) -> dict[str, Any]:
         "daemon_alive": alive,
         "served_after": served_after,
         "tracebacks_in_log": tracebacks,
+        "ledger_problems": len(ledger),
+        "reserved_usd_after": reserved if alive else -1.0,
         "first_failures": results.internal[:3],
+        "first_ledger_problems": ledger[:3],
     }
 
 

@@ -1,6 +1,7 @@
 """The HTTP front door of a real daemon under a few thousand seeded random and mutated
 requests (tests/support/http_fuzz.py): it stays up, never answers 500 (nor carries an
-internal error in a stream), logs no traceback, and serves another client afterwards."""
+internal error in a stream), logs no traceback, leaves one ledger row per request (a row for
+every 200, no request id twice) and nothing reserved, and serves another client afterwards."""
 
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ def test_the_front_door_survives_random_and_mutated_requests(
         )
     assert reply.choices[0].message.content
     assert "Traceback" not in process.log()
+    assert http_fuzz.ledger_problems(process.state_dir, results.answered_ids) == []
+    with Client(socket=process.socket_path) as quotad:
+        assert sum(budget.reserved_usd for budget in quotad.status().budgets) == 0
 
 
 def test_a_part_or_tool_typed_with_an_object_is_a_400_naming_it_on_every_door(
@@ -116,3 +120,20 @@ def test_no_messages_or_no_input_is_a_400_on_every_door(
         with pytest.raises(QuotadError) as refused:
             client.embed("sim/text-embedding-3-small", [])
         assert str(refused.value).startswith("input: an embedding request needs at least one")
+
+
+@pytest.mark.parametrize("field", ["top_logprobs", "seed"])
+def test_an_integer_of_19_digits_below_64_bits_is_a_400_naming_it(
+    daemon: tuple[DaemonProcess, str], field: str
+) -> None:
+    """Found by the HTTP fuzz's edge numbers (seed 31337): -9223372036854775809 has 19 digits,
+    and only bodies with a run of 20 were checked for integers past 64 bits; it was decoded,
+    then could not be encoded for the cache key or the provider: a 500, a traceback."""
+    process, url = daemon
+    before = process.log().count("Traceback")
+    body = f'{{"model": "fast", "{field}": -9223372036854775809, "messages": '
+    body += '[{"role": "user", "content": "x"}]}'
+    answer = httpx.post(f"{url}/v1/chat/completions", content=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["message"].startswith(f"{field}: an integer of 19 digits")
+    assert process.log().count("Traceback") == before

@@ -194,3 +194,82 @@ def test_a_daemon_answered_a_usage_past_64_bits_keeps_its_ledger() -> None:
             rows = provider_fuzz_run.ledger_rows(daemon.state_dir, "t")
             assert sorted(rows) == ["ok", "upstream_error"]
             assert "Traceback" not in daemon.log()
+
+
+NOT_ENCODED = [  # (streamed, status): a body declared gzip that is not
+    (streamed, status) for streamed in (False, True) for status in (200, 500)
+]
+
+
+@pytest.mark.anyio
+@asyncio_backends
+@pytest.mark.parametrize("pool", ["lean", "httpx"])
+@pytest.mark.parametrize(("streamed", "status"), NOT_ENCODED)
+async def test_a_body_not_in_its_declared_content_encoding_is_the_providers_fault(
+    pool: str, streamed: bool, status: int
+) -> None:
+    """Found by the extended provider fuzz: a body whose ``content-encoding`` says gzip or
+    deflate but is not made httpx raise ``DecodingError``, which is no ``TransportError``:
+    no ``except`` caught it, and the request failed as ``internal`` (a 500 on the front door,
+    a traceback in the log). Now a plain answer is a ``protocol`` failure, a stream a
+    ``stream_broken`` one, each naming the coding; an error status keeps its meaning. (A
+    coding httpx does not know, ``x-gzip`` say, is read as it is; ``deflate`` that is not
+    may inflate to bytes that are then not JSON.)"""
+    body = b'data: {"choices": []}\n\n' if streamed else b'{"choices": []}'
+    headers = {"content-type": "text/event-stream" if streamed else "application/json"}
+    headers["content-encoding"] = "gzip"
+    with RawHTTPServer(answer(status, body, headers)) as server:
+        async with provider("openai", server.base_url, pool) as built:
+            with pytest.raises(ProviderError) as failed:
+                await answered(built, streamed)
+    if status != 200:
+        assert failed.value.status == status
+        assert failed.value.kind == "server"
+        return
+    assert failed.value.kind == ("stream_broken" if streamed else "protocol")
+    assert "not the gzip its content-encoding says" in failed.value.message
+
+
+def test_a_daemon_answered_a_body_not_in_its_content_encoding_writes_its_row() -> None:
+    """The same through a real daemon: an ``upstream_error`` (was ``internal``) naming the
+    coding, one ledger row each, no traceback; the next answer is served."""
+    answers = iter([{"content-encoding": "gzip"}, {}])
+    body = ODD_USAGE[0][2] % b"7"
+
+    def gzip_once(request: RawRequest, connection: socket.socket) -> None:
+        headers = next(answers, {}) | {"content-type": "application/json"}
+        answer(200, body, headers)(request, connection)
+
+    with RawHTTPServer(gzip_once) as server:
+        config = daemon_config(sim_provider_config("raw", server.base_url))
+        with DaemonProcess(config) as daemon, Client(socket=daemon.socket_path, app="t") as client:
+            messages = [{"role": "user", "content": "hi"}]
+            with pytest.raises(UpstreamError, match="not the gzip its content-encoding says"):
+                client.chat("raw/m", messages, cache="bypass")
+            assert client.chat("raw/m", messages, cache="bypass").content == "x"
+            rows = provider_fuzz_run.ledger_rows(daemon.state_dir, "t")
+            assert sorted(rows) == ["ok", "upstream_error"]
+            assert "Traceback" not in daemon.log()
+
+
+def test_an_error_with_a_lone_surrogate_escape_beside_the_key_is_answered() -> None:
+    """Found by the provider fuzz (seed 101, case 1089): an error answer, not JSON, holding
+    a ``\\ud800`` escape and the key JSON-escaped was redacted into a message with a lone
+    surrogate, which no frame can carry: the connection's task died, the request was never
+    answered (the client waited forever), a traceback in the log. Now an upstream_error."""
+    key = provider_fuzz_run.KEY_ENV["PFUZZ_KEY"]
+    escaped_key = "".join(f"\\u{ord(c):04x}" for c in key).encode()
+    body = b'{"error": {\\ud800"message": "bad key ' + escaped_key + b'\xff"}}'
+    with RawHTTPServer(answer(500, body)) as server:
+        extra = 'api_key_env = "PFUZZ_KEY"'
+        config = daemon_config(sim_provider_config("raw", server.base_url, extra=extra))
+        with (
+            DaemonProcess(config, env=provider_fuzz_run.KEY_ENV) as daemon,
+            Client(socket=daemon.socket_path, app="t", timeout=30) as client,
+        ):
+            with pytest.raises(UpstreamError) as failed:
+                client.chat("raw/m", [{"role": "user", "content": "hi"}], cache="bypass")
+            assert "\ufffd" in str(failed.value)
+            assert key not in str(failed.value)
+            assert provider_fuzz_run.ledger_rows(daemon.state_dir, "t") == ["upstream_error"]
+            assert "Traceback" not in daemon.log()

@@ -3,8 +3,10 @@ byte, valid requests with one value somewhere inside replaced by a hostile one (
 message, a content part's type, a tool's), MessagePack maps with wrong, extreme or hostile
 values (strings that are not UTF-8, deep nesting, counts far beyond the bytes that follow, NaN
 and huge numbers, unknown tags), bare garbage, and sequences that abuse the protocol
-(repeated ids, Cancel and Settle of nothing, frames before Hello). Used by the fuzz test and by
-``bench/fuzz_frames.py``.
+(repeated ids, Cancel and Settle of nothing, frames before Hello); and, from a random
+generator of their own (so that the other frames of a seed stay as they were), valid requests
+with fields at their edges (:mod:`tests.support.fuzz_extremes`, which also plays permits
+granted and settled with such values). Used by the fuzz test and by ``bench/fuzz_frames.py``.
 
 :func:`send_batches` plays batches on real connections: each batch on a new connection, with
 or without a Hello first, then a half-close, then everything the daemon answers is read until
@@ -38,7 +40,10 @@ from quotad.protocol.messages import (
     Status,
     Subscribe,
 )
+from tests.support.fuzz_extremes import edge_request
 
+EDGE_SHARE = 0.1
+"""The share of frames that are valid requests with fields at their edges."""
 ENCODER = FrameEncoder()
 RAW = msgspec.msgpack.Encoder()
 RAW_DECODER = msgspec.msgpack.Decoder()
@@ -125,11 +130,14 @@ class FrameMaker:
 
     def __init__(self, seed: int, model: str = "sim/m") -> None:
         self.random = random.Random(seed)
+        self.edges = random.Random(f"{seed}:edges")
         self.valid = [RAW.encode(message) for message in valid_requests(model)]
         self.model = model
 
     def frame(self) -> bytes:
         """One frame (length prefix included; the prefix itself is sometimes a lie)."""
+        if self.edges.random() < EDGE_SHARE:
+            return edge_request(self.edges, self.model)
         choice = self.random.random()
         if choice < 0.25:
             return _frame(self.mutated(self.random.choice(self.valid)))

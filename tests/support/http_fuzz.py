@@ -6,21 +6,29 @@ Most cases are well-formed HTTP carrying a mutated body (valid OpenAI, Anthropic
 requests, then values replaced by random JSON, keys dropped or doubled, nesting thousands deep,
 huge numbers, bytes flipped, inserted or cut, invalid UTF-8, lone surrogates) with random
 ``x-quotad-*`` headers; the rest are whole requests whose bytes are mutated, head included,
-sent on a raw socket."""
+sent on a raw socket. A share of the well-formed ones (:data:`SHAPED_SHARE`) are shaped to
+hurt instead (:mod:`tests.support.http_fuzz_shapes`), drawn from a random generator of their own
+so that the other cases of a seed stay as they were."""
 
 from __future__ import annotations
 
 import random
 import socket
+import sqlite3
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 
+from tests.support.http_fuzz_shapes import shaped
+
 _DEEP = "\x01deep-"
+SHAPED_SHARE = 0.15
+"""The share of well-formed cases shaped to hurt (see :mod:`tests.support.http_fuzz_shapes`)."""
 MODELS = ("sim/gpt-4o-mini", "claude/claude-3-5-haiku-latest", "fast", "nope", "", "a/b/c")
 PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/embeddings")
 FIELDS = (
@@ -92,6 +100,7 @@ class Fuzzer:
 
     def __init__(self, seed: int | str, fields: tuple[str, ...] = FIELDS) -> None:
         self.random = random.Random(seed)
+        self.shapes = random.Random(f"{seed}:shapes")
         self.fields = fields
         """The keys a mutation adds (the request's, by default)."""
         self._deep: list[int] = []
@@ -110,6 +119,8 @@ class Fuzzer:
                 ("high", "low", "bypass", "only", "1.5", "-1", "nan", "\xe9")
             )
         if rnd.random() < 0.9:
+            if self.shapes.random() < SHAPED_SHARE:
+                path, body = shaped(self.shapes, model)
             return Case(path, headers, body)
         head = f"POST {path} HTTP/1.1\r\nhost: fuzz\r\ncontent-length: {len(body)}\r\n"
         raw = head.encode() + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
@@ -213,13 +224,18 @@ class Results:
     """Cases answered 500 (or another 5xx than 502-505: upstream error, overloaded, timeout,
     HTTP version), or whose stream carried an internal error, or that got no answer though
     their HTTP was well formed (twice: see ``retried``)."""
+    answered_ids: list[str] = field(default_factory=list)
+    """The ``x-quotad-request-id`` of every case answered 200: each must have its one ledger
+    row (:func:`ledger_problems`)."""
     retried: int = 0
     """Well-formed cases sent again on a new connection after their keep-alive connection
     failed under them: HTTP/1.1's race of a request sent as the server closes the connection
     for idleness (``http.idle_timeout_s``), which clients answer by retrying."""
 
-    def note(self, case: Case, status: int, body: bytes) -> None:
+    def note(self, case: Case, status: int, body: bytes, request_id: str | None = None) -> None:
         self.statuses[status] += 1
+        if status == 200 and request_id:
+            self.answered_ids.append(request_id)
         failed_inside = status >= 500 and status not in (502, 503, 504, 505)
         if failed_inside or b"internal error" in body:
             self.internal.append(f"{status} {case.path} {case.body[:300]!r} {case.raw!r:.300}")
@@ -238,7 +254,8 @@ def send(http: httpx.Client, base_url: str, case: Case, results: Results) -> Non
         except httpx.HTTPError as error:
             results.internal.append(f"no answer: {error!r} {case.path} {case.body[:300]!r}")
             return
-        results.note(case, response.status_code, response.content)
+        request_id = response.headers.get("x-quotad-request-id")
+        results.note(case, response.status_code, response.content, request_id)
         return
     host, _, port = base_url.removeprefix("http://").rpartition(":")
     answer = b""
@@ -251,8 +268,11 @@ def send(http: httpx.Client, base_url: str, case: Case, results: Results) -> Non
                     break
                 answer += chunk
             head, _, body = answer.partition(b"\r\n\r\n")
+            request_id = None
             for line in head.split(b"\r\n"):
                 name, _, value = line.partition(b":")
+                if name.lower() == b"x-quotad-request-id":
+                    request_id = value.strip().decode("latin-1")
                 if name.lower() == b"content-length" and value.strip().isdigit():
                     while len(body) < int(value):
                         chunk = sock.recv(65536)
@@ -263,7 +283,20 @@ def send(http: httpx.Client, base_url: str, case: Case, results: Results) -> Non
     except OSError:
         return  # reset (or timed out): a refusal, or a request still incomplete
     if answer.startswith(b"HTTP/1.1 "):
-        results.note(case, int(answer[9:12]), answer)
+        results.note(case, int(answer[9:12]), answer, request_id)
+
+
+def ledger_problems(state_dir: Path, answered_ids: list[str]) -> list[str]:
+    """What breaks "one ledger row per request" in ``state_dir``'s ledger (read-only): a
+    request id with more than one row, a 200 answer's id with none."""
+    db = sqlite3.connect(f"file:{state_dir / 'quotad.db'}?mode=ro", uri=True)
+    try:
+        counts = dict(db.execute("SELECT request_id, COUNT(*) FROM ledger GROUP BY request_id"))
+    finally:
+        db.close()
+    problems = [f"{count} rows for {rid}" for rid, count in counts.items() if count > 1]
+    problems += [f"no row for 200 answer {rid}" for rid in answered_ids if rid not in counts]
+    return problems
 
 
 def run(base_url: str, seed: int, count: int, workers: int = 8) -> Results:

@@ -14,7 +14,10 @@ huge, negative or beyond 64 bits, nesting thousands deep), its usage given odd n
 bytes cut or made invalid UTF-8; a stream's events dropped, repeated (usage twice), swapped,
 left without their end, their ``data:`` lines malformed; odd statuses (1xx, 3xx, 418, 429, 5xx
 with odd bodies), odd or missing content types, garbage rate-limit and retry-after headers,
-framing that lies (a wrong content-length, bad chunks, a close mid-answer), now and then a stall.
+framing that lies (a wrong content-length, bad chunks, a close mid-answer), now and then a stall;
+and on the wire (:mod:`tests.support.provider_fuzz_wire`, from a random generator of its own so
+that the rest of a case is as it was without it): content-codings true and false, errors in a
+200, thousands of headers, an answer written in pieces.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, Final
 
 import msgspec
 
+from tests.support import provider_fuzz_wire as wire
 from tests.support.http_fuzz import Fuzzer
 from tests.support.raw_http import RawHTTPServer, RawRequest
 
@@ -95,6 +99,8 @@ class Answer:
     pieces: list[bytes]
     close: bool = False
     stall_s: float = 0.0
+    pause_s: float = 0.0
+    """The pause between two pieces."""
     notes: list[str] = field(default_factory=list)
     """What was done to it, for reports."""
 
@@ -210,6 +216,8 @@ class AnswerFuzzer(Fuzzer):
         self.key = key
         """The API key the request carried, echoed now and then (to be redacted)."""
         self.notes: list[str] = []
+        self.wire = random.Random(f"{seed}:{case}:{kind}:wire")
+        """What is done on the wire (:meth:`_on_the_wire`) draws from this."""
 
     def answer(self, inputs: int = 1) -> Answer:
         rnd = self.random
@@ -219,7 +227,9 @@ class AnswerFuzzer(Fuzzer):
             interim, status = b"HTTP/1.1 %d Early\r\n\r\n" % status, 200
             self.notes.append("interim")
         streamed = self.kind.endswith("stream")
-        if status == 200 and streamed:
+        if status == 200 and self.wire.random() < 0.03:
+            body = wire.error_in_a_200(self.kind, self.wire, self.notes)
+        elif status == 200 and streamed:
             body = self._stream_body()
         elif status == 200:
             body = self._plain_body(inputs)
@@ -230,8 +240,16 @@ class AnswerFuzzer(Fuzzer):
             for _ in range(rnd.randint(1, 3)):
                 body = self._mutate_bytes(body)
         headers = self._headers(status, streamed)
+        if self.wire.random() < 0.06:
+            body, coding = wire.encoded(body, self.wire, self.notes)
+            headers.append(("content-encoding", coding))
+        if self.wire.random() < 0.01:
+            headers += wire.many_headers(self.wire, self.notes)
         answer = self._framed(status, headers, body)
         answer.pieces[0] = interim + answer.pieces[0]
+        if self.wire.random() < 0.1:
+            answer.pieces = wire.in_pieces(b"".join(answer.pieces), self.wire, self.notes)
+            answer.pause_s = wire.PIECE_PAUSE_S
         answer.notes = self.notes
         return answer
 
@@ -502,7 +520,11 @@ class HostileProvider(RawHTTPServer):
     def _answer(self, request: RawRequest, connection: socket.socket) -> None:
         answer = answer_for(self.seed, request)
         self.answered += 1
-        for piece in answer.pieces:
+        if answer.pause_s:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for index, piece in enumerate(answer.pieces):
+            if index and answer.pause_s:
+                time.sleep(answer.pause_s)
             connection.sendall(piece)
         if answer.stall_s:
             time.sleep(answer.stall_s)

@@ -45,6 +45,9 @@ SDK_SHARE: Final = 0.25
 """The share of cases sent with the openai SDK to the front door."""
 NEVER_OPENS: Final = "breaker = {{ failures = 1000000000, min_calls = 1000000000 }}"
 TIMEOUTS: Final = "timeout_s = 0.5\nconnect_timeout_s = 0.5"
+NO_REPLY_S: Final = 60.0
+"""How long a client waits for a reply before the case counts as never answered (the
+daemon's retry deadline is 8 s): a hang is a failure, not a campaign that never ends."""
 KEY_ENV: Final = {"PFUZZ_KEY": "sk-pfuzz-0123456789abcdefghij"}
 """The accounts' API key (the hostile provider echoes it now and then)."""
 
@@ -206,6 +209,9 @@ def send(client: Client, sdk: openai.OpenAI, case: Plan, results: Results) -> No
         outcome = _socket_case(client, case) if case.client == "socket" else _sdk_case(sdk, case)
     except QuotadError as error:
         outcome = error.code
+        if str(error).startswith("no reply from quotad"):  # the client's own timeout
+            outcome = "no reply"
+            results.failures.append(f"{case}: never answered: {error}"[:600])
         if KEY_ENV["PFUZZ_KEY"] in f"{error} {error.details}":
             results.failures.append(f"{case}: the key in an error: {error}"[:600])
         if error.code not in CLEAN_CODES:
@@ -243,12 +249,12 @@ def run(rig: FuzzRig, count: int, workers: int = 16, first: int = 0) -> Results:
 
     def worker(share: list[Plan]) -> None:
         with (
-            Client(socket=rig.process.socket_path, app=APP) as client,
+            Client(socket=rig.process.socket_path, app=APP, timeout=NO_REPLY_S) as client,
             openai.OpenAI(
                 base_url=f"{rig.url}/v1",
                 api_key="unused",
                 max_retries=0,
-                timeout=30,
+                timeout=NO_REPLY_S,
                 default_headers={"x-quotad-app": APP},
             ) as sdk,
         ):

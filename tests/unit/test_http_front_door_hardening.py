@@ -169,6 +169,13 @@ BAD_BODIES: list[tuple[str, str, bytes, str]] = [
      "max_tokens: an integer of 400 digits is out of range"),
     ("a 400-digit seed", "/v1/chat/completions",
      chat_with(b'"seed": -' + b"9" * 400), "seed: an integer of 400 digits"),
+    ("a 19-digit top_logprobs below -2**63", "/v1/chat/completions",  # a 500 before
+     chat_with(b'"top_logprobs": -9223372036854775809'),
+     "top_logprobs: an integer of 19 digits is out of range"),
+    ("a 19-digit seed below -2**63", "/v1/chat/completions",
+     chat_with(b'"seed": -9999999999999999999'), "seed: an integer of 19 digits"),
+    ("a 19-digit integer below -2**63 in tools", "/v1/chat/completions",
+     chat_with(b'"tools": [{"x": -9223372036854775809}]'), "tools[0].x: an integer of 19"),
     ("a 21-digit integer in tools", "/v1/chat/completions",
      chat_with(b'"tools": [{"x": ' + b"9" * 21 + b"}]"), "tools[0].x: an integer of 21 digits"),
     ("a 400-digit integer in a content part", "/v1/messages",

@@ -154,3 +154,34 @@ def test_a_long_run_of_masks_or_key_pieces_is_redacted_in_linear_time(hostile: s
     plain_s = min(timings[0], timings[2])
     hostile_s = min(timings[1], timings[3])
     assert hostile_s < 50 * plain_s + 0.01, (hostile_s, plain_s)
+
+
+SURROGATE_ESCAPES = {
+    "lone high": ("\\ud800", "\ufffd"),
+    "lone low": ("\\udfff", "\ufffd"),
+    "high then text": ("\\ud83dx", "\ufffdx"),
+    "a pair": ("\\ud83d\\ude00", "\U0001f600"),
+    "a pair, upper case": ("\\uD83D\\uDE00", "\U0001f600"),
+    "two highs": ("\\ud83d\\ud83d\\ude00", "\ufffd\U0001f600"),
+}
+
+
+@pytest.mark.parametrize("name", list(SURROGATE_ESCAPES))
+def test_surrogate_escapes_beside_an_escaped_key_decode_to_utf8_text(name: str) -> None:
+    """Found by the provider fuzz (seed 101): an error body that is not JSON, with a ``\\ud800``
+    escape in it and the key JSON-escaped, was given back decoded, the escape made a lone
+    surrogate: the error's message could not be encoded (UTF-8 has no surrogates), the
+    connection's task died with its request unanswered (a client waited forever) and a
+    traceback. A pair now decodes to its character; a lone surrogate to U+FFFD."""
+    escape, character = SURROGATE_ESCAPES[name]
+    redactor = KeyRedactor(KEY)
+    echoed = f'{{"error": {{{escape}"message": "bad key {escaped(KEY)}"}}}}'
+    for redacted in (
+        redactor.text(echoed),
+        redactor.body(echoed.encode(), 4096),
+        redactor.answer(echoed.encode()).decode(),
+    ):
+        assert isinstance(redacted, str)
+        redacted.encode()  # UTF-8: no surrogate left
+        assert not shows_the_key(redacted)
+        assert f"{{{character}" in redacted

@@ -55,9 +55,9 @@ LARGEST_INT: Final = 2**64 - 1
 """The integers a body may hold: what MessagePack (the socket's protocol, the cache's keys)
 carries, and what converts to a float."""
 _DIGITS_AS_ZEROS: Final = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x78 for byte in range(256))
-_TWENTY_DIGITS: Final = b"0" * 20
-"""A run of 20 digits: every integer beyond :data:`SMALLEST_INT`..:data:`LARGEST_INT` has
-one (and few bodies do, in a string or not)."""
+_NINETEEN_DIGITS: Final = b"0" * 19
+"""A run of 19 digits: every integer beyond :data:`SMALLEST_INT`..:data:`LARGEST_INT` has
+one (-9223372036854775809 has 19; and few bodies do, in a string or not)."""
 _MISSING_FIELD: Final = re.compile(
     r"Object missing required field `(?P<field>[^`]*)`(?: - at `(?P<path>[^`]*)`)?$"
 )
@@ -99,7 +99,7 @@ def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
         sys.setrecursionlimit(limit - DECODE_HEADROOM)
         try:
             decoded = decoder.decode(body)
-            if body.translate(_DIGITS_AS_ZEROS).find(_TWENTY_DIGITS) >= 0:
+            if body.translate(_DIGITS_AS_ZEROS).find(_NINETEEN_DIGITS) >= 0:
                 _check_integers(msgspec.json.decode(body))
             return decoded
         finally:

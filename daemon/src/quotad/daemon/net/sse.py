@@ -10,6 +10,8 @@ from typing import Final
 import anyio
 import httpx
 
+from quotad.daemon.net.content_coding import decoded_body
+
 MAX_EVENT_BYTES: Final = 16 * 1024 * 1024
 """The longest server-sent event (or line) accepted: the bound on what a stream buffers."""
 DRAIN_S: Final = 1.0
@@ -34,7 +36,7 @@ class ServerSentEvents:
 
     def __init__(self, response: httpx.Response, max_bytes: int | None = None) -> None:
         self._response = response
-        self._chunks: AsyncIterator[bytes] = response.aiter_bytes()
+        self._chunks: AsyncIterator[bytes] = decoded_body(response)
         self._lines: deque[bytes] = deque()
         self._partial = bytearray()
         self._data: list[bytes] = []
@@ -45,7 +47,8 @@ class ServerSentEvents:
 
     async def next_data(self) -> bytes | None:
         """The data of the next event; None at the end of the body. Transport errors
-        (``httpx.TransportError``) propagate."""
+        (``httpx.TransportError``) and a body not in its content-coding
+        (``httpx.DecodingError``) propagate."""
         while True:
             while self._lines:
                 line = self._lines.popleft()
@@ -104,7 +107,7 @@ class ServerSentEvents:
             try:
                 while await self.next_data() is not None:
                     pass
-            except httpx.TransportError:
+            except (httpx.TransportError, httpx.DecodingError):
                 pass
 
     def _dispatch(self) -> bytes:

@@ -52,14 +52,22 @@ _JSON_ENCODER: Final = msgspec.json.Encoder()
 _MASK_RUN: Final = re.compile("[" + re.escape(MASK_CHARACTERS) + "]{2}|…")
 _TOKEN: Final = re.compile(r"\S*")
 _ESCAPE: Final = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})|\\/")
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def _json_unescape(text: str) -> str:
+    """``text`` with its JSON (and ``\\x``) escapes decoded: a surrogate pair to its
+    character, a lone surrogate to U+FFFD, so that what is decoded is still text UTF-8 can
+    carry (a reply, an error's message, a frame)."""
+
     def character(match: re.Match[str]) -> str:
         code = match.group(1) or match.group(2)
         return chr(int(code, 16)) if code else "/"
 
-    return _ESCAPE.sub(character, text)
+    decoded = _ESCAPE.sub(character, text)
+    if _SURROGATE.search(decoded) is None:
+        return decoded
+    return decoded.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _base64_cores(secret: bytes) -> set[str]:

@@ -30,8 +30,10 @@ Failures, by when they happen::
                         ProxyError (refused, reset, closed before an answer) → connect
     with a status       429 → rate_limited; 408, 409 → conflict; 5xx → server;
                         other 4xx → client; anything else not 2xx → protocol
-    with a 2xx          an undecodable body, a body past max_response_mb    → protocol
+    with a 2xx          an undecodable body, a body past max_response_mb,
+                        one not in the content-coding it names (gzip...)    → protocol
     in a stream         a read error, a stall, an oversized event or stream,
+                        a body not in its content-coding,
                         an end before the end event                         → stream_broken
 
 The account's API key never appears in a message or body, in any form: an error answer is
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, aclosing
 from typing import Any, ClassVar, Final, TypeVar
 
 import anyio
@@ -53,6 +55,7 @@ import msgspec
 
 from quotad.daemon.config import ProviderConfig
 from quotad.daemon.net.addresses import environment_proxy
+from quotad.daemon.net.content_coding import decoded_body
 from quotad.daemon.net.deadlines import Deadlines
 from quotad.daemon.net.httpx_messages import PreparedRequest
 from quotad.daemon.net.pool import LeanHTTPTransport
@@ -76,6 +79,11 @@ MIB: Final = 1024 * 1024
 _JSON: Final = msgspec.json.Decoder()
 
 T = TypeVar("T")
+
+READ_FAILURES: Final = (httpx.TransportError, httpx.DecodingError)
+"""What reading an answer may raise: the connection's failures, and httpx's
+``DecodingError`` (no ``TransportError``) for a body that is not in the content-coding its
+``content-encoding`` names (``gzip`` that is not gzip)."""
 
 
 class Reply(msgspec.Struct):
@@ -104,10 +112,11 @@ def pooled_transport(config: ProviderConfig) -> httpx.AsyncBaseTransport:
 
 
 async def read_body(response: httpx.Response, limit: int) -> bytes | None:
-    """The body of ``response``, or None when it is larger than ``limit`` bytes (it is then
-    read no further: closing the response drops its connection). A body the transport has
-    read already (the lean pool's small answers) is taken as it is; one that says its length
-    is refused before any of it is read."""
+    """The body of ``response`` (decoded from its content-coding a bounded piece at a time:
+    :mod:`~quotad.daemon.net.content_coding`), or None when it is larger than ``limit`` bytes
+    (it is then read and inflated no further: closing the response drops its connection). A
+    body the transport has read already (the lean pool's small answers) is taken as it is;
+    one that says its length is refused before any of it is read."""
     try:
         content = response.content
     except httpx.ResponseNotRead:
@@ -119,12 +128,22 @@ async def read_body(response: httpx.Response, limit: int) -> bytes | None:
         return None
     chunks = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    async with aclosing(decoded_body(response)) as pieces:
+        async for chunk in pieces:
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _error_body(response: httpx.Response) -> bytes | None:
+    """An error answer's body, up to :data:`MAX_ERROR_READ`; empty when it is not in the
+    content-coding it names (its status says enough)."""
+    try:
+        return await read_body(response, MAX_ERROR_READ)
+    except httpx.DecodingError:
+        return b""
 
 
 def error_message(body: Any) -> str | None:
@@ -141,6 +160,12 @@ def error_message(body: Any) -> str | None:
         if isinstance(candidate, str) and candidate.strip():
             return candidate.strip()
     return None
+
+
+def _not_in_its_coding(response: httpx.Response | None, detail: str) -> str:
+    """What a body that its ``content-encoding`` does not decode is said to be."""
+    coding = response.headers.get("content-encoding", "") if response is not None else ""
+    return f"a body that is not the {coding[:40] or 'coding'} its content-encoding says ({detail})"
 
 
 def _status_kind(status: int) -> ErrorKind:
@@ -251,12 +276,12 @@ class ProviderHTTP:
                     if 200 <= response.status_code < 300:
                         content = await read_body(response, self.max_response_bytes)
                     else:
-                        content = await read_body(response, MAX_ERROR_READ)
+                        content = await _error_body(response)
                 finally:
                     await response.aclose()
         except TimeoutError:
             raise self._deadline_failure("gave no complete answer", response) from None
-        except httpx.TransportError as error:
+        except READ_FAILURES as error:
             raise self.transport_failure(error, response) from None
         rate_limits = parse_rate_limits(response.headers)
         if not 200 <= response.status_code < 300:
@@ -290,7 +315,7 @@ class ProviderHTTP:
         try:
             with anyio.fail_after(self._timeout_s):
                 content = await read_body(response, MAX_ERROR_READ)
-        except (TimeoutError, httpx.TransportError):
+        except (TimeoutError, *READ_FAILURES):
             pass  # the status says enough
         finally:
             await response.aclose()
@@ -330,7 +355,7 @@ class ProviderHTTP:
         )
 
     def transport_failure(
-        self, error: httpx.TransportError, response: httpx.Response | None
+        self, error: httpx.TransportError | httpx.DecodingError, response: httpx.Response | None
     ) -> ProviderError:
         """Classify a failure to exchange a request and its answer (see the module docstring)."""
         detail = self.redact(str(error)) or type(error).__name__
@@ -350,6 +375,9 @@ class ProviderHTTP:
         elif isinstance(error, httpx.NetworkError | httpx.RemoteProtocolError):
             kind = "connect"
             message = f"connection to {self._host} failed before the answer: {detail}"
+        elif isinstance(error, httpx.DecodingError):
+            kind = "protocol"
+            message = self.redact(f"{self._host} sent {_not_in_its_coding(response, detail)}")
         else:  # LocalProtocolError, UnsupportedProtocol, DecodingError…
             kind = "protocol"
             message = f"cannot exchange with {self._host}: {detail}"
@@ -389,10 +417,14 @@ class ProviderHTTP:
             body=self._redactor.start(content, MAX_ERROR_BODY) or None,
         )
 
-    def stream_failure(self, error: Exception, rate_limits: RateLimitInfo) -> ProviderError:
-        """A stream that broke after it had started."""
+    def stream_failure(
+        self, error: Exception, rate_limits: RateLimitInfo, response: httpx.Response | None = None
+    ) -> ProviderError:
+        """A stream that broke after it had started (``response``: its answer)."""
         if isinstance(error, httpx.TimeoutException):
             what = f"no data for {self._timeout_s:g} s"
+        elif isinstance(error, httpx.DecodingError):
+            what = self.redact(_not_in_its_coding(response, str(error)))
         elif isinstance(error, EventStreamTooLong):
             what = f"it passed {self._bound}; it was dropped"
         else:
@@ -435,6 +467,7 @@ class ChatEventStream(ABC):
         self.http = http
         self.ended = False  # set by on_event when the end event comes
         self._events = ServerSentEvents(response, http.max_response_bytes)
+        self._response = response
         self._finished = False
 
     @abstractmethod
@@ -461,9 +494,9 @@ class ChatEventStream(ABC):
         while not self._finished:
             try:
                 data = await self._events.next_data()
-            except httpx.TransportError as error:
+            except READ_FAILURES as error:
                 self._finished = True
-                raise self.http.stream_failure(error, self.rate_limits) from None
+                raise self.http.stream_failure(error, self.rate_limits, self._response) from None
             if data is None:
                 self._finished = True
                 if self.finish_reason is None:

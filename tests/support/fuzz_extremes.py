@@ -1,0 +1,141 @@
+"""Hostile frames that are valid MessagePack of the right shape, for the socket fuzz beside
+:mod:`tests.support.fuzz`: a valid request of each kind with one to three of its fields set
+to a value at an edge (every integer bound MessagePack has, NaN, the infinities, ``-0.0``,
+the smallest subnormal, priorities and cache modes in the wrong case or with a blank, the
+wrong type), and permits really granted and then settled with such values (token counts at
+2**64 - 1, a 429 whose ``retry-after`` is years or junk, rate-limit headers of every odd
+form): the settle path needs the permit's id, which only the daemon's answer gives, so these
+are played as a conversation (:func:`play_permits`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import socket
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from quotad.protocol.framing import FrameEncoder, reply_decoder
+from quotad.protocol.messages import Acquire, Admin, Hello, Permit, Settle
+from tests.support.provider_fuzz import ODD_HEADER_VALUES, RATE_LIMIT_HEADERS
+
+ENCODER: Final = FrameEncoder()
+RAW: Final = msgspec.msgpack.Encoder()
+EDGES: Final[tuple[Any, ...]] = (
+    0, -1, 1, 2**31, 2**53 + 1, 2**63 - 1, -(2**63), 2**64 - 1, math.nan, math.inf,
+    -math.inf, -0.0, 5e-324, 1e308, 0.05, 600.0, 3600.0001, "", "1", "HIGH", " normal",
+    "critical", "only", "refresh", "day ", True, None, [], {}, ["x"] * 3,
+)  # fmt: skip
+"""Values at an edge, for any field."""
+FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "Chat": ("id", "max_tokens", "temperature", "top_p", "seed", "max_wait_s", "priority",
+             "cache", "stream", "tags", "stop", "app", "user", "tool_choice"),
+    "Embed": ("id", "dimensions", "max_wait_s", "priority", "cache", "input", "app"),
+    "Acquire": ("id", "tokens", "max_wait_s", "lease_s", "priority", "app"),
+    "Subscribe": ("id", "interval_s", "requests"),
+    "Spend": ("id", "period", "by", "fleet"),
+    "Hello": ("version", "app", "client"),
+    "Admin": ("id", "action", "target", "args"),
+}  # fmt: skip
+"""The fields of each request kind set to an edge."""
+PERMIT_TARGET: Final = "sim/permits"
+"""What permits are asked on: a target of its own, so that a settle that pauses it (a 429 of a
+day) leaves the fuzz's other requests alone."""
+SETTLE_COUNTS: Final[tuple[int | None, ...]] = (
+    None, 0, 1, 7, 2**31, 2**53 + 1, 2**63 - 1, 2**64 - 1,
+)  # fmt: skip
+
+
+def edge_request(rnd: random.Random, model: str) -> bytes:
+    """A valid request of one kind (a frame, prefix included) with fields set to edges."""
+    kind = rnd.choice(list(FIELDS))
+    fields: dict[str, Any] = {"type": kind, "id": rnd.randint(1, 50)}
+    if kind in ("Chat", "Embed"):
+        fields["model"] = model
+    if kind == "Chat":
+        fields["messages"] = [{"role": "user", "content": "edge"}]
+        fields["max_tokens"] = 4
+    elif kind == "Embed":
+        fields["input"] = ["edge"]
+    elif kind == "Acquire":
+        fields["target"] = PERMIT_TARGET
+    elif kind == "Admin":
+        fields["action"] = "nothing"
+    for name in rnd.sample(FIELDS[kind], min(len(FIELDS[kind]), rnd.randint(1, 3))):
+        fields[name] = rnd.choice(EDGES)
+    payload = RAW.encode(fields)
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def _settle(rnd: random.Random, permit_id: str) -> Settle:
+    headers = {
+        rnd.choice(RATE_LIMIT_HEADERS): rnd.choice(ODD_HEADER_VALUES)
+        for _ in range(rnd.randint(0, 4))
+    }
+    tokens = rnd.choice(SETTLE_COUNTS)
+    return Settle(
+        id=2,
+        permit_id=permit_id,
+        tokens_used=tokens if tokens is not None else 0,
+        status=rnd.choice(("ok", "error", "rate_limited", "cancelled")),
+        headers=headers,
+        prompt_tokens=rnd.choice(SETTLE_COUNTS),
+        completion_tokens=rnd.choice(SETTLE_COUNTS),
+    )
+
+
+def play_permits(path: Path, rnd: random.Random, rounds: int) -> tuple[int, int]:
+    """``rounds`` conversations, each on a new connection: Hello, an Acquire with odd tokens
+    and lease, and when a permit is granted, a Settle of it with odd values (now and then the
+    same one twice, or none: the lease or the close settles it), then a reset of the target.
+    Every answer must be a reply frame. How many permits were granted, and settles
+    answered."""
+    granted = settled = 0
+    for _ in range(rounds):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(str(path))
+            replies = _Replies(sock)
+            tokens = rnd.choice((0, 1, 100, 2**31, 2**63 - 1))
+            lease_s = rnd.choice((None, 0.05, 1.0, 600.0, 5e-324))
+            acquire = Acquire(id=1, target=PERMIT_TARGET, tokens=tokens, max_wait_s=0.05)
+            acquire.lease_s = lease_s
+            sock.sendall(ENCODER.encode(Hello(app="fuzz")) + ENCODER.encode(acquire))
+            permit = replies.to(1)
+            if not isinstance(permit, Permit):
+                continue
+            granted += 1
+            if rnd.random() < 0.1:
+                continue  # never settled: the close does it
+            settle = _settle(rnd, permit.permit_id)
+            repeat = 2 if rnd.random() < 0.15 else 1
+            sock.sendall(ENCODER.encode(settle) * repeat)
+            settled += sum(1 for _ in range(repeat) if replies.to(2) is not None)
+            # what the settle taught the gates (a 429's pause of up to a day, a window said
+            # to be spent until a reset far off) is forgotten, so that the next is granted
+            sock.sendall(ENCODER.encode(Admin(id=3, action="target_reset", target=PERMIT_TARGET)))
+            replies.to(3)
+    return granted, settled
+
+
+class _Replies:
+    """The replies read from one connection, by the id they answer."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = reply_decoder()
+        self.pending: list[Any] = []
+
+    def to(self, request_id: int) -> Any:
+        """The next reply to ``request_id``; None if the daemon closed first."""
+        while True:
+            for index, reply in enumerate(self.pending):
+                if reply.id == request_id:
+                    return self.pending.pop(index)
+            received = self.sock.recv(65536)
+            if not received:
+                return None
+            self.pending.extend(self.decoder.feed(received))

@@ -1,0 +1,115 @@
+"""A provider's body in a content-coding, read by ``read_body`` (plain answers) and
+``ServerSentEvents`` (streams): decoded as before (gzip, deflate as zlib or raw, both in turn,
+unknown codings as they are, however the raw bytes are cut), and inflated a bounded piece at a
+time, so that a small gzip that inflates a thousandfold costs its reader about its bound, not
+the inflation of a whole read."""
+
+from __future__ import annotations
+
+import gzip
+import tracemalloc
+import zlib
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from quotad.daemon.net.sse import EventStreamTooLong, ServerSentEvents
+from quotad.daemon.providers.transport import read_body
+
+BODY = b'{"choices": [{"message": {"content": "' + "é漢字🙂".encode() * 500 + b'"}}]}'
+BOMB_INFLATED = 64 * 1024 * 1024
+LIMIT = 1024 * 1024
+
+
+class _Raw(httpx.AsyncByteStream):
+    """A body as it comes off the connection, in the pieces given (an iterator, not an async
+    generator: one left unfinished would be a warning under trio)."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = iter(pieces)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return next(self.pieces)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+def response(coding: str, raw: bytes, cut: int | None = None) -> httpx.Response:
+    pieces = [raw] if cut is None else [raw[at : at + cut] for at in range(0, len(raw), cut)]
+    return httpx.Response(200, headers={"content-encoding": coding}, stream=_Raw(pieces))
+
+
+def raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+ENCODED = {
+    "gzip": ("gzip", gzip.compress(BODY)),
+    "deflate (zlib)": ("deflate", zlib.compress(BODY)),
+    "deflate (raw)": ("deflate", raw_deflate(BODY)),
+    "deflate, gzip": ("deflate, gzip", gzip.compress(zlib.compress(BODY))),
+    "GZIP, identity": ("GZIP, identity", gzip.compress(BODY)),
+    "br (not decoded here)": ("br", BODY),
+    "x-gzip (not decoded here)": ("x-gzip", BODY),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", list(ENCODED))  # raw deflate cut after 1 byte failed before
+@pytest.mark.parametrize("cut", [None, 1, 7, 4096])
+async def test_a_body_is_decoded_however_its_bytes_are_cut(name: str, cut: int | None) -> None:
+    coding, raw = ENCODED[name]
+    assert await read_body(response(coding, raw, cut), LIMIT) == BODY
+
+
+def gzip_bomb(inflated: int) -> bytes:
+    """A gzip of ``inflated`` zero bytes (about a thousandth of that), made in pieces."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    zeros = bytes(1024 * 1024)
+    return b"".join(compressor.compress(zeros) for _ in range(inflated // len(zeros))) + (
+        compressor.flush()
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_small_gzip_inflating_past_the_bound_costs_about_the_bound(
+    streamed: bool,
+) -> None:
+    """Found by the extended provider fuzz (a 48 KB gzip of 48 MiB): httpx inflated each
+    piece read off the connection whole, so a daemon reading a 1 MB gzip of 1 GiB under a
+    32 MiB bound peaked 256 MiB above its size (one read-ahead of the lean pool, inflated),
+    whatever the bound. Here 64 KB inflating to 64 MiB, read in one piece under a 1 MiB bound:
+    the reader gives up having allocated a few MiB (141 MiB before)."""
+    bomb = gzip_bomb(BOMB_INFLATED)
+    tracemalloc.start()
+    try:
+        if streamed:
+            events = ServerSentEvents(response("gzip", bomb), LIMIT)
+            try:
+                with pytest.raises(EventStreamTooLong):
+                    await events.next_data()
+            finally:
+                await events.aclose()
+        else:
+            assert await read_body(response("gzip", bomb), LIMIT) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * LIMIT, f"{peak / 2**20:.0f} MiB allocated reading it"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("coding", "raw"),
+    [("gzip", BODY), ("deflate", b"\xff" * 100), ("deflate, gzip", gzip.compress(BODY))],
+)
+async def test_a_body_not_in_its_coding_raises_decoding_error(coding: str, raw: bytes) -> None:
+    with pytest.raises(httpx.DecodingError):
+        await read_body(response(coding, raw), LIMIT)
