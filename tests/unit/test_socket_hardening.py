@@ -28,6 +28,7 @@ from quotad.client import AsyncClient, OverloadedError, RateLimitedError
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, parse_config
+from quotad.daemon.errors import RequestError
 from quotad.daemon.providers.base import ChatResult
 from quotad.daemon.routing import Router
 from quotad.daemon.server import Connection, ConnectionLimits, SocketServer, listener
@@ -38,6 +39,7 @@ from quotad.protocol.messages import (
     Acquire,
     Chat,
     ChatMessage,
+    ChatReply,
     Error,
     Hello,
     Message,
@@ -197,6 +199,38 @@ async def test_two_requests_with_one_id_in_one_read(anyio_backend: Any) -> None:
         await peer.send(ENCODER.encode(Subscribe(id=7)) + ENCODER.encode(Subscribe(id=7)))
         assert {type(await peer.next()).__name__ for _ in range(2)} == {"Error", "Snapshot"}
     # (the daemon lived on to close them: the second Subscribe no longer ends in a KeyError)
+
+
+async def test_an_answer_that_cannot_be_encoded_is_still_answered(
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply holding text that is not Unicode (a lone surrogate, as a provider's error once
+    did through redaction) could not be encoded: the request's task died unanswered (its
+    client waited forever) with a traceback. Now an error keeps its code, its text escaped;
+    anything else is ``internal``; the connection serves on."""
+    async with serve() as served, Peer.connect(served.path) as peer:
+
+        async def refuses(request: Chat, caller: Any) -> Any:
+            raise RequestError("upstream_error", "p/m answered \ud800 here", retry_after_s=2.0)
+
+        monkeypatch.setattr(served.broker, "chat", refuses)
+        await peer.send(chat(5))
+        refused = await peer.next()
+        assert isinstance(refused, Error)
+        assert (refused.id, refused.code, refused.retry_after_s) == (5, "upstream_error", 2.0)
+        assert refused.message == "p/m answered \\ud800 here"
+
+        async def answers(request: Chat, caller: Any) -> ChatReply:
+            return ChatReply(id=request.id, content="a lone \udfff")
+
+        monkeypatch.setattr(served.broker, "chat", answers)
+        await peer.send(chat(6))
+        failed = await peer.next()
+        assert isinstance(failed, Error)
+        assert (failed.id, failed.code) == (6, "internal")
+        assert failed.message.startswith("quotad could not encode its ChatReply: 'utf-8' codec")
+        await peer.send(Status(id=7))
+        assert isinstance(await peer.next(), StatusReply)
 
 
 async def test_requests_in_flight_per_connection_are_capped(anyio_backend: Any) -> None:

@@ -273,7 +273,11 @@ class Connection(asyncio.Protocol):
         :data:`MAX_UNREAD_BYTES` buffered, stop reading the peer until it reads its answers."""
         transport = self._transport
         if transport is not None and not self.lost and not transport.is_closing():
-            frame = self._encode(message)
+            try:
+                frame = self._encode(message)
+            except (ValueError, TypeError, OverflowError) as error:  # a bug: still an answer
+                log.exception("could not encode a %s", type(message).__name__)
+                frame = self._encode(unencodable(message, error))
             if len(frame) - FRAME_HEADER_SIZE > self.limits.max_frame:
                 frame = self._encode(oversized(message, len(frame), self.limits.max_frame))
             transport.write(frame)
@@ -552,6 +556,30 @@ def oversized(message: Message, frame_size: int, max_frame: int) -> Error:
         ),
         details={"request_id": request_id} if request_id else {},
     )
+
+
+def unencodable(message: Message, error: Exception) -> Error:
+    """What is sent instead of ``message`` when it cannot be encoded (text that is not Unicode,
+    a value the wire cannot carry: a bug, since everything a reply holds is checked where it
+    comes in), so that its request is still answered: an error keeps its code and retry
+    delay, its text made encodable; anything else is ``internal``, saying what failed."""
+    if isinstance(message, Error):
+        return Error(
+            id=message.id,
+            code=message.code,
+            message=encodable(message.message),
+            retry_after_s=message.retry_after_s,
+        )
+    return Error(
+        id=message.id,
+        code="internal",
+        message=f"quotad could not encode its {type(message).__name__}: {encodable(str(error))}",
+    )
+
+
+def encodable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 def _overloaded(request_id: int, message: str) -> Error:
