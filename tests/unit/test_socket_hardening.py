@@ -202,7 +202,7 @@ async def test_two_requests_with_one_id_in_one_read(anyio_backend: Any) -> None:
 
 
 async def test_an_answer_that_cannot_be_encoded_is_still_answered(
-    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A reply holding text that is not Unicode (a lone surrogate, as a provider's error once
     did through redaction) could not be encoded: the request's task died unanswered (its
@@ -231,6 +231,16 @@ async def test_an_answer_that_cannot_be_encoded_is_still_answered(
         assert failed.message.startswith("quotad could not encode its ChatReply: 'utf-8' codec")
         await peer.send(Status(id=7))
         assert isinstance(await peer.next(), StatusReply)
+    said = [
+        record.getMessage() for record in caplog.records if "could not encode" in record.message
+    ]
+    assert said == [
+        "could not encode a Error of request 5: 'utf-8' codec can't encode character '\\ud800' "
+        "in position 13: surrogates not allowed",
+        "could not encode a ChatReply of request 6: 'utf-8' codec can't encode character "
+        "'\\udfff' in position 7: surrogates not allowed",
+    ]
+    assert all(record.exc_info is None for record in caplog.records)
 
 
 async def test_requests_in_flight_per_connection_are_capped(anyio_backend: Any) -> None:

@@ -276,8 +276,13 @@ class Connection(asyncio.Protocol):
             try:
                 frame = self._encode(message)
             except (ValueError, TypeError, OverflowError) as error:  # a bug: still an answer
-                log.exception("could not encode a %s", type(message).__name__)
                 frame = self._encode(unencodable(message, error))
+                log.error(  # not its traceback: what it chains to may not be encodable either
+                    "could not encode a %s of request %s: %s",
+                    type(message).__name__,
+                    message.id,
+                    encodable(str(error)),
+                )
             if len(frame) - FRAME_HEADER_SIZE > self.limits.max_frame:
                 frame = self._encode(oversized(message, len(frame), self.limits.max_frame))
             transport.write(frame)
