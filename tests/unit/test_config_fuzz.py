@@ -66,8 +66,9 @@ def mutated(rng: random.Random) -> dict[str, Any]:
         if isinstance(container, dict) and rng.random() < 0.2:
             del container[key]
         elif isinstance(container, dict) and rng.random() < 0.1:
-            container[rng.choice(["x", "rpm", "limits", "kind", "targets"])] = rng.choice(
-                ODD_VALUES
+            # a copy: a later mutation may reach inside it, and ODD_VALUES must not change
+            container[rng.choice(["x", "rpm", "limits", "kind", "targets"])] = copy.deepcopy(
+                rng.choice(ODD_VALUES)
             )
         else:
             container[key] = copy.deepcopy(rng.choice(ODD_VALUES))
