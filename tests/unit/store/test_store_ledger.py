@@ -205,6 +205,21 @@ async def test_while_the_database_still_fails_a_retry_is_one_write(
     assert count >= 50
 
 
+async def test_rows_that_cost_nothing_are_not_logged_one_line_each(
+    small_ledger: tuple[Database, Ledger], caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the disk is full every request is refused, and each refusal's row is kept: a log
+    line each was one per request, at the rate requests came."""
+    db, ledger = small_ledger
+    await fill_then_fail_a_row(db, ledger, row(1))
+    for number in range(2, 7):
+        await fill_then_fail_a_row(db, ledger, row(number, status="overloaded", cost=0.0))
+    await fill_then_fail_a_row(db, ledger, row(7))
+    said = [r.getMessage() for r in caplog.records if "not written yet" in r.getMessage()]
+    assert [line.split()[4].rsplit("-", 1)[0] for line in said] == ["qd-test-1", "qd-test-7"]
+    assert len(ledger.unrecorded) == 7
+
+
 async def test_past_the_bound_only_rows_that_cost_something_are_kept(
     small_ledger: tuple[Database, Ledger], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -246,12 +246,13 @@ class Ledger:
             return f"The row (it cost nothing) is not kept: {MAX_KEPT_ROWS} rows already are"
         self.unrecorded.append(row)
         self.last_failure = error
-        log.error(
-            "ledger row of request %s not written yet (%d kept in memory to retry): %s",
-            row.request_id,
-            len(self.unrecorded),
-            error,
-        )
+        if row.cost_usd > 0 or len(self.unrecorded) % 1000 == 1:  # refusals: not one line each
+            log.error(
+                "ledger row of request %s not written yet (%d kept in memory to retry): %s",
+                row.request_id,
+                len(self.unrecorded),
+                error,
+            )
         if self._retry_timer is None:
             self._retry_timer = asyncio.create_task(self._retry_while_kept())
         return None
