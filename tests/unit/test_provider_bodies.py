@@ -113,3 +113,20 @@ async def test_a_small_gzip_inflating_past_the_bound_costs_about_the_bound(
 async def test_a_body_not_in_its_coding_raises_decoding_error(coding: str, raw: bytes) -> None:
     with pytest.raises(httpx.DecodingError):
         await read_body(response(coding, raw), LIMIT)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("codings", [5, 2000])
+async def test_a_body_in_more_codings_than_any_server_applies_is_refused(codings: int) -> None:
+    """A provider's ``content-encoding`` naming 2,000 codings chained as many inflaters, one
+    generator inside the other: reading the body raised RecursionError (an ``internal``
+    failure), before a byte was inflated."""
+    named = ", ".join(["gzip"] * codings)
+    with pytest.raises(httpx.DecodingError, match=f"a body in {codings} content-codings"):
+        await read_body(response(named, gzip.compress(BODY)), LIMIT)
+    events = ServerSentEvents(response(named, gzip.compress(b"data: {}\n\n")), LIMIT)
+    try:
+        with pytest.raises(httpx.DecodingError, match="at most 4 are decoded"):
+            await events.next_data()
+    finally:
+        await events.aclose()

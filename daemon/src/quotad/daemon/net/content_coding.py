@@ -24,14 +24,22 @@ import httpx
 
 PIECE_BYTES: Final = 64 * 1024
 """The most one step of inflating gives."""
+MAX_CODINGS: Final = 4
+"""Content-codings decoded in turn at most (servers apply one); a body said to be in more is
+refused: each is an inflater (about 40 KiB) and a generator deeper in the chain."""
 _WBITS: Final = {"gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
 
 
 def codings(response: httpx.Response) -> list[str]:
     """The content-codings ``response``'s body is in that are decoded here, in the order they
-    were applied."""
+    were applied; ``httpx.DecodingError`` past :data:`MAX_CODINGS`."""
     named = response.headers.get_list("content-encoding", split_commas=True)
-    return [coding for coding in (name.strip().lower() for name in named) if coding in _WBITS]
+    applied = [coding for coding in (name.strip().lower() for name in named) if coding in _WBITS]
+    if len(applied) > MAX_CODINGS:
+        raise httpx.DecodingError(
+            f"a body in {len(applied)} content-codings (at most {MAX_CODINGS} are decoded)"
+        )
+    return applied
 
 
 async def decoded_body(response: httpx.Response) -> AsyncGenerator[bytes, None]:
