@@ -153,7 +153,7 @@ class FleetSpend:
             day, app, model, target, cost, requests, prompt, completion = row[:8]
             errors, hits, saved, semantic = row[8:]
             loaded = (nano(cost), requests, prompt, completion, errors, hits, nano(saved), semantic)
-            figures = self._figures(day, (app, model, target))
+            figures = self._figures(day, self._kept_key(day, (app, model, target)))
             for index, value in enumerate(loaded):
                 figures[index] += value
         for day, app, model, target, kind, count in found:
@@ -169,8 +169,7 @@ class FleetSpend:
         return OTHER_KEY
 
     def _figures(self, day: str, key: tuple[str, str, str]) -> Figures:
-        """The figures ``key`` counts under on ``day`` (made on first use)."""
-        key = self._kept_key(day, key)
+        """The figures of ``key`` (one :meth:`_kept_key` gave) on ``day``, made on first use."""
         return self.days.setdefault(day, {}).setdefault(key, [0] * FIGURE_COUNT)
 
     def _found(self, day: str, key: tuple[str, str, str]) -> Found:
