@@ -353,3 +353,21 @@ async def test_an_error_in_the_pipeline_answers_the_id_of_its_ledger_row() -> No
         "unknown_model",
         row.request_id,
     )
+
+
+async def test_an_error_holding_a_lone_surrogate_keeps_its_status_on_both_apis() -> None:
+    """A provider's text with a lone surrogate in an error (as redaction once decoded one)
+    could not be encoded into the error body: the front door answered 500 ``internal``, not
+    the error's own status, with a traceback; the socket lost the request. RequestError now
+    escapes its message once, for every door."""
+    broker = ScriptedBroker()
+    broker.error = RequestError("upstream_error", "p/m said \ud800 there")
+    assert broker.error.message == "p/m said \\ud800 there"
+    async with serving(broker, auth="none") as front_door:
+        port = front_door.server.port
+        for path, body in [("/v1/chat/completions", CHAT), ("/v1/messages", ANTHROPIC_CHAT)]:
+            status, _, answer = await anyio.to_thread.run_sync(
+                exchange, port, request(path, body=msgspec.json.encode(body))
+            )
+            assert status == 502, answer
+            assert msgspec.json.decode(answer)["error"]["message"] == "p/m said \\ud800 there"

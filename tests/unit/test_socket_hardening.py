@@ -211,7 +211,9 @@ async def test_an_answer_that_cannot_be_encoded_is_still_answered(
     async with serve() as served, Peer.connect(served.path) as peer:
 
         async def refuses(request: Chat, caller: Any) -> Any:
-            raise RequestError("upstream_error", "p/m answered \ud800 here", retry_after_s=2.0)
+            error = RequestError("upstream_error", "", retry_after_s=2.0)
+            error.message = "p/m answered \ud800 here"  # past RequestError's own escaping
+            raise error
 
         monkeypatch.setattr(served.broker, "chat", refuses)
         await peer.send(chat(5))

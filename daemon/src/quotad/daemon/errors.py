@@ -21,6 +21,7 @@ class RequestError(Exception):
         retry_after_s: float | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
+        message = encodable(message)  # a provider's text may hold what no door can send
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message
@@ -42,3 +43,10 @@ class RequestError(Exception):
 
     def __repr__(self) -> str:
         return f"RequestError({self.code!r}, {self.message!r})"
+
+
+def encodable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) written as escapes."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode()

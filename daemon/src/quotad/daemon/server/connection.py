@@ -33,7 +33,7 @@ import anyio
 
 from quotad.daemon.broker import Broker
 from quotad.daemon.caller import Caller
-from quotad.daemon.errors import RequestError
+from quotad.daemon.errors import RequestError, encodable
 from quotad.daemon.server.binding import PeerCredentials
 from quotad.daemon.server.json_values import check_json_values
 from quotad.daemon.server.limits import ConnectionLimits
@@ -581,10 +581,6 @@ def unencodable(message: Message, error: Exception) -> Error:
         message=f"quotad could not encode its {type(message).__name__}: {encodable(str(error))}",
     )
 
-
-def encodable(text: str) -> str:
-    """``text`` with what UTF-8 cannot encode (lone surrogates) written as escapes."""
-    return text.encode("utf-8", "backslashreplace").decode()
 
 
 def _overloaded(request_id: int, message: str) -> Error:
