@@ -582,6 +582,5 @@ def unencodable(message: Message, error: Exception) -> Error:
     )
 
 
-
 def _overloaded(request_id: int, message: str) -> Error:
     return Error(id=request_id, code="overloaded", message=message, retry_after_s=RETRY_AFTER_S)
