@@ -354,22 +354,24 @@ async def test_quotad_request_headers_reach_the_request_and_bad_ones_are_400() -
             json={"model": "e", "input": "x"},
             headers={"x-quotad-priority": "low"},
         )
-        bad = {
-            name: await http.post("/v1/chat/completions", json=CHAT, headers={name: value})
+        bad = [
+            (name, await http.post("/v1/chat/completions", json=CHAT, headers={name: value}))
             for name, value in [
                 ("x-quotad-priority", "urgent"),
                 ("x-quotad-cache", "maybe"),
                 ("x-quotad-max-wait", "-1"),
                 ("x-quotad-max-wait", "soon"),
+                ("x-quotad-max-wait", "inf"),
+                ("x-quotad-max-wait", "86401"),  # past a day, as the socket refuses
                 ("x-quotad-app", "a" * 300),
             ]
-        }
+        ]
     assert good.status_code == embedded.status_code == 200
     chat, _ = broker.calls[0]
     assert (chat.priority, chat.cache, chat.max_wait_s) == ("high", "bypass", 2.5)
     assert good.headers["x-quotad-cache"] == "bypass"
     assert broker.calls[1][0].priority == "low"
-    for name, response in bad.items():
+    for name, response in bad:
         assert response.status_code == 400
         assert response.json()["error"]["param"] == name
     assert len(broker.calls) == 2

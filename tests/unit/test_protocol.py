@@ -9,6 +9,7 @@ yield messages or raise a FrameError that names what was wrong.
 from __future__ import annotations
 
 import contextlib
+import math
 import tracemalloc
 from collections.abc import Callable
 from typing import Any, get_args
@@ -32,6 +33,7 @@ from quotad.protocol.framing import (
     request_decoder,
 )
 from quotad.protocol.messages import (
+    MAX_WAIT_S,
     PROTOCOL_VERSION,
     Acquire,
     Admin,
@@ -342,6 +344,28 @@ def test_invalid_messages_name_the_bad_field(fields: dict[str, Any], named: str)
     with pytest.raises(MessageInvalid) as caught:
         decode_all(request_decoder(), frame(RAW.encode(chat)))
     assert named in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "request_fields",
+    [
+        {"type": "Chat", "model": "fast", "messages": []},
+        {"type": "Embed", "model": "local/m", "input": ["a"]},
+        {"type": "Acquire", "target": "p/m"},
+    ],
+    ids=["Chat", "Embed", "Acquire"],
+)
+def test_a_wait_past_a_day_or_infinite_is_refused(request_fields: dict[str, Any]) -> None:
+    """``max_wait_s`` inf once waited for ever on the socket, where the HTTP header refused it."""
+    for seconds in (math.inf, MAX_WAIT_S + 1):
+        message = frame(RAW.encode({**request_fields, "id": 1, "max_wait_s": seconds}))
+        with pytest.raises(MessageInvalid) as caught:
+            decode_all(request_decoder(), message)
+        assert "max_wait_s" in str(caught.value)
+    longest = {**request_fields, "id": 1, "max_wait_s": MAX_WAIT_S}
+    (decoded,) = decode_all(request_decoder(), frame(RAW.encode(longest)))
+    assert isinstance(decoded, Chat | Embed | Acquire)
+    assert decoded.max_wait_s == MAX_WAIT_S
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,9 @@ SpendKey = Literal["app", "model", "target", "day", "host"]
 CacheMatch = Literal["", "exact", "semantic"]
 
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+MAX_WAIT_S: Final = 86_400.0
+"""The longest ``max_wait_s`` a request may ask for: a day (``inf`` waited for ever)."""
+WaitSeconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT_S)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 RequestId = Annotated[int, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(max_length=256)]
@@ -89,7 +92,7 @@ class Chat(Message):
     response_format: dict[str, Any] | None = None
     stream: bool = False
     priority: Priority | None = None
-    max_wait_s: NonNegativeFloat | None = None
+    max_wait_s: WaitSeconds | None = None
     cache: CacheMode = "use"
     app: Name = ""
     user: Name = ""
@@ -104,7 +107,7 @@ class Embed(Message):
     input: str | list[str]
     dimensions: PositiveInt | None = None
     priority: Priority | None = None
-    max_wait_s: NonNegativeFloat | None = None
+    max_wait_s: WaitSeconds | None = None
     cache: CacheMode = "use"
     app: Name = ""
     user: Name = ""
@@ -118,7 +121,7 @@ class Acquire(Message):
     target: Name
     tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
     priority: Priority | None = None
-    max_wait_s: NonNegativeFloat | None = None
+    max_wait_s: WaitSeconds | None = None
     app: Name = ""
     lease_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
 

@@ -10,7 +10,7 @@ from typing import Final, get_args
 from quotad.daemon.caller import Caller
 from quotad.daemon.errors import RequestError
 from quotad.daemon.net.http11 import HttpRequest
-from quotad.protocol.messages import PRIORITIES, CacheMode, Chat, Embed, Priority
+from quotad.protocol.messages import MAX_WAIT_S, PRIORITIES, CacheMode, Chat, Embed, Priority
 
 MAX_APP_LENGTH: Final = 256
 CACHE_MODES: Final[tuple[CacheMode, ...]] = get_args(CacheMode)
@@ -70,8 +70,8 @@ def _read_quotad_header(found: RequestHeaders, name: str, value: str) -> None:
             seconds = float(value)
         except ValueError:
             seconds = math.nan
-        if not (seconds >= 0 and math.isfinite(seconds)):
-            raise _bad_header(name, f"expected seconds (a number >= 0), got {value!r}")
+        if not 0 <= seconds <= MAX_WAIT_S:
+            raise _bad_header(name, f"expected seconds from 0 to {MAX_WAIT_S:g}, got {value!r}")
         found.max_wait_s = seconds
 
 
