@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from quotad.daemon.config import Config, ConfigError, load_config
+from quotad.daemon.config import MAX_PRICE, MAX_SIZE, Config, ConfigError, load_config
 from quotad.protocol.framing import MAX_FRAME_CEILING
+from quotad.protocol.messages import MAX_WAIT_S
 
 PROVIDER = """
 [providers.p]
@@ -58,6 +59,57 @@ def test_nan_for_a_positive_number_names_the_constraint(tmp_path: Path) -> None:
     found = problems(tmp_path, "[cache]\nttl_s = nan\n")
     assert found == ["cache.ttl_s: expected float > 0.0"]
     assert "null" not in found[0]
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ("daemon", "max_db_mb"),  # each of these four crashed `quotad serve` as it started
+        ("http", "max_body_mb"),
+        ("http", "max_header_kb"),
+        ("cache", "max_mb"),
+        ("daemon", "drain_s"),  # a traceback and exit 1 as it stopped
+        ('prices."p/m"', "input"),  # every request `internal`: a cost of nan
+        ("providers.p", "timeout_s"),
+        ("gates", "max_wait_s"),
+    ],
+)
+def test_an_infinite_number_is_refused_wherever_it_stands(
+    tmp_path: Path, table: str, key: str
+) -> None:
+    price = "output = 1\n" if table.startswith("prices") else ""
+    text = f"{PROVIDER}[{table}]\n{key} = inf\n{price}" if table != "providers.p" else ""
+    text = text or f"{PROVIDER}{key} = -inf\n"
+    sign = "-" if table == "providers.p" else ""
+    assert problems(tmp_path, text) == [f"{table}.{key}: expected a finite number, got {sign}inf"]
+
+
+def test_infinite_numbers_are_reported_beside_the_other_problems(tmp_path: Path) -> None:
+    text = "[gates]\nmax_wait_s = inf\nmax_queue = 0\n[cache]\nttl_s = inf\nmax_mb = -1\n"
+    assert sorted(problems(tmp_path, text)) == [
+        "cache.max_mb: expected float > 0.0",
+        "cache.ttl_s: expected a finite number, got inf",
+        "gates.max_queue: expected int >= 1",
+        "gates.max_wait_s: expected a finite number, got inf",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"[cache]\nmax_mb = {MAX_SIZE + 1}\n", f"cache.max_mb: expected float <= {MAX_SIZE}"),
+        ("[http]\nmax_body_mb = 1e300\n", f"http.max_body_mb: expected float <= {MAX_SIZE}"),
+        ("[daemon]\nmax_db_mb = 1e20\n", f"daemon.max_db_mb: expected float <= {MAX_SIZE}"),
+        (
+            '[prices."p/m"]\ninput = 1e308\noutput = 1\n',
+            f'prices."p/m".input: expected float <= {MAX_PRICE}',
+        ),
+        ("[gates]\nmax_wait_s = 86401\n", f"gates.max_wait_s: expected float <= {MAX_WAIT_S}"),
+    ],
+)
+def test_sizes_prices_and_waits_have_a_ceiling(tmp_path: Path, text: str, expected: str) -> None:
+    """A cache of 1e300 MB made `quotad status` fail (its byte count does not fit 64 bits)."""
+    assert problems(tmp_path, PROVIDER + text) == [expected]
 
 
 def test_a_max_frame_over_the_ceiling_is_refused(tmp_path: Path) -> None:

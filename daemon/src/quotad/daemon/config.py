@@ -13,6 +13,7 @@ may span lines, as DESIGN §12's guardrails example does.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import socket
@@ -25,6 +26,7 @@ import msgspec
 import tomli
 
 from quotad.protocol.framing import DEFAULT_MAX_FRAME, MAX_FRAME_CEILING
+from quotad.protocol.messages import MAX_WAIT_S
 from quotad.protocol.paths import SOCKET_ENV, client_socket_candidates
 
 Priority = Literal["low", "normal", "high", "critical"]
@@ -36,10 +38,18 @@ GuardrailAction = Literal["mask", "block", "log", "off"]
 ENTITY_KINDS: Final[tuple[EntityKind, ...]] = typing.get_args(EntityKind)
 GUARDRAIL_ACTIONS: Final[tuple[GuardrailAction, ...]] = typing.get_args(GuardrailAction)
 
+MAX_SIZE: Final = 1_048_576.0
+"""The largest size key (``*_mb``, ``*_kb``): 1 TiB in MB (a size past it overflowed the
+64-bit integers the daemon counts bytes in)."""
+MAX_PRICE: Final = 1_000_000.0
+"""The largest price, in USD per million tokens (a dearer one made costs overflow to inf)."""
+
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Count = Annotated[int, msgspec.Meta(ge=1)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Size = Annotated[float, msgspec.Meta(gt=0, le=MAX_SIZE)]
+Price = Annotated[float, msgspec.Meta(ge=0, le=MAX_PRICE)]
 
 S = TypeVar("S", bound="_Section")
 MAX_RETENTION_DAYS: Final = 36500
@@ -59,7 +69,7 @@ class DaemonConfig(_Section, kw_only=True):
     socket: str = ""
     state_dir: str = ""
     durability: Literal["normal", "full"] = "normal"
-    max_db_mb: NonNegative = 0.0
+    max_db_mb: Annotated[float, msgspec.Meta(ge=0, le=MAX_SIZE)] = 0.0
     """Largest size of quotad.db (0: no limit); past it, writes fail with a clear error."""
     ledger_retention_days: Annotated[float, msgspec.Meta(ge=0, le=MAX_RETENTION_DAYS)] = 0.0
     """Ledger and audit rows older than this many days are deleted (0: all are kept); the
@@ -85,8 +95,8 @@ class HttpConfig(_Section, kw_only=True):
 
     listen: str = DEFAULT_HTTP_LISTEN
     auth: Literal["keys", "none"] = "keys"
-    max_body_mb: Positive = 16.0
-    max_header_kb: Positive = 64.0
+    max_body_mb: Size = 16.0
+    max_header_kb: Size = 64.0
     idle_timeout_s: Positive = 75.0
     read_timeout_s: Positive = 30.0
     max_connections: Count = 1024
@@ -170,7 +180,7 @@ class CacheConfig(_Section, kw_only=True):
 
     mode: Literal["on", "off"] = "on"
     ttl_s: Positive = 86400.0
-    max_mb: Positive = 256.0
+    max_mb: Size = 256.0
     eviction: Literal["lru", "lfu", "cost"] = "lru"
     semantic: SemanticConfig = msgspec.field(default_factory=SemanticConfig)
 
@@ -217,9 +227,9 @@ class AppConfig(RateLimits, kw_only=True):
 class PriceConfig(_Section, kw_only=True):
     """``[prices."provider/model"]``: USD per 1M tokens."""
 
-    input: NonNegative
-    output: NonNegative
-    cached_input: NonNegative | None = None
+    input: Price
+    output: Price
+    cached_input: Price | None = None
 
 
 class GatesConfig(_Section, kw_only=True):
@@ -232,7 +242,7 @@ class GatesConfig(_Section, kw_only=True):
     """On paced gates, the share of a limit that may go at once beyond the pace (1: none
     paced)."""
     default_max_tokens: Count = 1024
-    max_wait_s: NonNegative = 30.0
+    max_wait_s: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT_S)] = 30.0
     max_queue: Count = 10000
     aging_s: Positive = 10.0
     lease_s: Positive = 120.0
@@ -398,6 +408,10 @@ def _convert_collecting(
         tables[field.name] = converted
     tree = copy.deepcopy(tree)  # a private copy we may prune, TOML values (dates…) kept as is
     dropped: list[list[str | int]] = []
+    for path, value in _infinite_numbers(tree):  # msgspec takes inf for a float > 0
+        problems.append(f"{format_path([*where, *path])}: expected a finite number, got {value}")
+        _delete(tree, path)
+        dropped.append(path)
     while len(problems) < _MAX_PROBLEMS:
         try:
             result = msgspec.convert(tree, section, strict=True)
@@ -662,6 +676,22 @@ def _deeper_than(tree: Mapping[str, Any], limit: int) -> list[str | int] | None:
         elif isinstance(value, list):
             stack.extend((item, [*path, index]) for index, item in enumerate(value))
     return None
+
+
+def _infinite_numbers(tree: Mapping[str, Any]) -> list[tuple[list[str | int], float]]:
+    """Where ``inf`` and ``-inf`` stand in ``tree``, with them (TOML spells them; no key means
+    one: a size, price or timeout of inf crashed the daemon as it started or stopped)."""
+    found: list[tuple[list[str | int], float]] = []
+    stack: list[tuple[Any, list[str | int]]] = [(tree, [])]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and math.isinf(value):
+            found.append((path, value))
+        elif isinstance(value, Mapping):
+            stack.extend((item, [*path, str(key)]) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, [*path, index]) for index, item in enumerate(value))
+    return sorted(found, key=lambda place: format_path(place[0]))
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
