@@ -59,6 +59,13 @@ def _container(data: bytes | bytearray, i: int, first: int) -> tuple[int, int]:
     return (count * 2 if first >= 0xDE else count), 1 + width
 
 
+def _past_length_field(data: bytes | bytearray, i: int, length_field: tuple[int, int]) -> int:
+    """Where the string, binary or extension that starts at ``i`` ends (its
+    :data:`_LENGTH_FIELD` entry given)."""
+    width, gap = length_field
+    return i + 1 + width + gap + int.from_bytes(data[i + 1 : i + 1 + width], "big")
+
+
 def nesting_exceeds(data: bytes | bytearray, limit: int) -> str | None:
     """None when the MessagePack value in ``data`` nests at most ``limit`` containers deep; else
     the name of the top-level field (of a map) under which it nests deeper, or ``"message"``.
@@ -98,8 +105,7 @@ def nesting_exceeds(data: bytes | bytearray, limit: int) -> str | None:
                 left = count
             i += header
         elif (length_field := _LENGTH_FIELD.get(first)) is not None:
-            width, gap = length_field
-            i += 1 + width + gap + int.from_bytes(data[i + 1 : i + 1 + width], "big")
+            i = _past_length_field(data, i, length_field)
             left -= 1
         else:  # 0xc1: never used
             return None
@@ -150,8 +156,7 @@ def field_of_invalid_string(data: bytes | bytearray, max_elements: int = 100_000
                 left = count
             i += header
         elif (length_field := _LENGTH_FIELD.get(first)) is not None:
-            width, gap = length_field
-            i += 1 + width + gap + int.from_bytes(data[i + 1 : i + 1 + width], "big")
+            i = _past_length_field(data, i, length_field)
             left -= 1
         else:
             return None
