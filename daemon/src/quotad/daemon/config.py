@@ -25,6 +25,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 import msgspec
 import tomli
 
+from quotad.daemon.small_files import MAX_CONFIG_BYTES, FileTooLarge, read_small_file
 from quotad.protocol.framing import DEFAULT_MAX_FRAME, MAX_FRAME_CEILING
 from quotad.protocol.messages import MAX_WAIT_S
 from quotad.protocol.paths import SOCKET_ENV, client_socket_candidates
@@ -723,13 +724,16 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The TOML tree of the file at ``path``; a :class:`ConfigError` for a file that cannot be
-    read, is not UTF-8, is not TOML, or nests past what tomli walks (it raises RecursionError
-    past 400 levels of inline tables or 1,000 parts of a key)."""
+    read, is larger than :data:`MAX_CONFIG_BYTES`, is not UTF-8, is not TOML, or nests past
+    what tomli walks (it raises RecursionError past 400 levels of inline tables or 1,000 parts
+    of a key)."""
     source = str(path)
     try:
-        return tomli.loads(Path(path).read_text(encoding="utf-8"))
+        return tomli.loads(read_small_file(path, MAX_CONFIG_BYTES).decode())
     except OSError as error:
         raise ConfigError(source, [f"cannot read the file: {error.strerror or error}"]) from None
+    except FileTooLarge as error:
+        raise ConfigError(source, [f"cannot read the file: {error}"]) from None
     except UnicodeDecodeError as error:
         where = f"byte {error.start}: {error.reason}"
         raise ConfigError(source, [f"not valid TOML: not UTF-8 at {where}"]) from None

@@ -8,10 +8,10 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final, Literal
 
 from quotad.daemon.config import ClusterConfig, ConfigError
+from quotad.daemon.small_files import FileTooLarge, read_small_file
 
 MAX_PASSWORD_BYTES: Final = 4096
 
@@ -84,13 +84,15 @@ def _password(config: ClusterConfig, environ: Mapping[str, str]) -> str | None:
     if config.redis_password_file:
         where = "cluster.redis_password_file"
         try:
-            data = Path(config.redis_password_file).read_bytes()[: MAX_PASSWORD_BYTES + 1]
+            data = read_small_file(config.redis_password_file, MAX_PASSWORD_BYTES)
         except OSError as error:
             raise ConfigError(
                 "cluster", [f"{where}: cannot read {config.redis_password_file}: {error.strerror}"]
             ) from None
+        except FileTooLarge:
+            data = b""
         secret = data.decode("utf-8", "replace").strip()
-        if not secret or len(data) > MAX_PASSWORD_BYTES:
+        if not secret:
             raise ConfigError(
                 "cluster", [f"{where}: {config.redis_password_file} is empty or too long"]
             )

@@ -20,6 +20,7 @@ from quotad.daemon.providers.anthropic import AnthropicProvider
 from quotad.daemon.providers.base import Provider
 from quotad.daemon.providers.local import LocalProvider
 from quotad.daemon.providers.openai import OpenAIProvider
+from quotad.daemon.small_files import MAX_SECRET_BYTES, FileTooLarge, read_small_file
 
 __all__ = ["build_provider", "resolve_api_key"]
 
@@ -44,10 +45,12 @@ def build_provider(
 def _read_key(where: str, path: Path) -> str:
     """The stripped contents of a key file; ``where`` names its origin in errors."""
     try:
-        secret = path.read_text(encoding="utf-8").strip()
+        secret = read_small_file(path, MAX_SECRET_BYTES).decode().strip()
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise ConfigError("provider keys", [f"{where}: cannot read {path}: {reason}"]) from None
+    except FileTooLarge as error:
+        raise ConfigError("provider keys", [f"{where}: cannot read {path}: {error}"]) from None
     except UnicodeDecodeError:
         raise ConfigError("provider keys", [f"{where}: {path} is not UTF-8 text"]) from None
     if not secret:

@@ -1,0 +1,42 @@
+"""Reading the small files an operator names: the config, provider key files, the Redis
+password file. Each is read up to a bound, so that a path to ``/dev/zero`` or to a huge file is
+an error, not the daemon's memory; and a FIFO is opened without waiting for a writer, so that
+one no process writes reads as empty instead of holding ``quotad serve`` (or a reload) for ever.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from typing import Final
+
+MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024
+"""The largest config file (one of 10,000 apps is about 400 KB)."""
+MAX_SECRET_BYTES: Final = 64 * 1024
+"""The largest key or password file (keys are well under a kilobyte)."""
+
+
+class FileTooLarge(ValueError):
+    """A file holds more than its bound."""
+
+
+def read_small_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of the file at ``path``; :class:`FileTooLarge` past ``limit`` bytes, OSError
+    when it cannot be opened or read."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)  # a pipe with a writer: wait for it
+        fcntl.fcntl(descriptor, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(descriptor, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(descriptor)
+    if size > limit:
+        raise FileTooLarge(f"larger than {limit:,} bytes")
+    return b"".join(chunks)
