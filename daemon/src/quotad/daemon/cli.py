@@ -10,9 +10,10 @@ command has ``--json``. Heavy modules are imported inside the subcommand that ne
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final
 
 from quotad.daemon import client_commands as calls
 from quotad.daemon.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
@@ -30,26 +31,59 @@ TARGET_ACTIONS = {
 }
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+def _number(text: str, fits: Callable[[float], bool], expected: str) -> float:
+    """``text`` as a finite number that ``fits``; else an argparse error saying ``expected``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and fits(value)):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, lambda value: value > 0, "a number > 0")
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
+    return _number(text, lambda value: value >= 0, "a number >= 0")
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
-    return value
+    return _number(text, lambda value: 0 <= value <= 1, "a number from 0 to 1")
 
+
+def _whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {low} to {high}, got {text}"
+            )
+        return value
+
+    return whole_number
+
+
+def _text(text: str) -> str:
+    """An argparse type: text the daemon can be sent (argv bytes that are not UTF-8 reach
+    Python as lone surrogates, which no frame can carry)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        shown = text.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        raise argparse.ArgumentTypeError(f"not UTF-8 text: {shown}") from None
+    return text
+
+
+MAX_TOKENS_ARGUMENT: Final = 2**31 - 1
+"""The largest ``--max-tokens`` (a token count the ledger holds)."""
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
@@ -63,7 +97,7 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected a duration such as 90s, 15m, 12h or 7d, got {text!r}"
         ) from None
-    if value < 0:
+    if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"expected a duration >= 0, got {text!r}")
     return value
 
@@ -120,20 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     top.set_defaults(handler=_top)
 
     chat = commands.add_parser("chat", parents=[client], help="one chat call through the daemon")
-    chat.add_argument("prompt", help="the user message")
+    chat.add_argument("prompt", type=_text, help="the user message")
     chat.add_argument(
         "-m",
         "--model",
+        type=_text,
         default=calls.DEFAULT_CHAT_MODEL,
         help=f"group, target or model (default: the group {calls.DEFAULT_CHAT_MODEL!r})",
     )
     chat.add_argument("--stream", action="store_true", help="print the reply as it arrives")
-    chat.add_argument("--app", help="app name (default: $QUOTAD_APP or 'quotad-cli')")
+    chat.add_argument("--app", type=_text, help="app name (default: $QUOTAD_APP or 'quotad-cli')")
     chat.add_argument("--priority", choices=PRIORITY_CHOICES)
-    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--max-tokens", type=_whole_number(1, MAX_TOKENS_ARGUMENT))
     chat.add_argument("--max-wait", type=_non_negative_float, help="seconds to wait for a gate")
     chat.add_argument("--cache", choices=("use", "bypass", "refresh", "only"), default="use")
-    chat.add_argument("--system", help="a system message before the prompt")
+    chat.add_argument("--system", type=_text, help="a system message before the prompt")
     chat.add_argument(
         "--json",
         action="store_true",
@@ -151,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=calls.target_list)
     for action, text in TARGET_ACTIONS.items():
         operate = actions.add_parser(action, parents=[client], help=text)
-        operate.add_argument("name", help="the target, provider/model")
+        operate.add_argument("name", type=_text, help="the target, provider/model")
         operate.set_defaults(handler=calls.target_action)
 
     spend = commands.add_parser(
@@ -191,14 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     key_create = key_actions.add_parser(
         "create", parents=[client, json_output], help="a new key for an app (shown once)"
     )
-    key_create.add_argument("--app", required=True, help="the app the key names")
+    key_create.add_argument("--app", type=_text, required=True, help="the app the key names")
     key_create.set_defaults(handler=calls.keys_create)
     key_list = key_actions.add_parser(
         "list", parents=[client, json_output], help="every key (never the keys themselves)"
     )
     key_list.set_defaults(handler=calls.keys_list)
     key_revoke = key_actions.add_parser("revoke", parents=[client], help="revoke a key by id")
-    key_revoke.add_argument("id", help="the key's id (from quotad keys list)")
+    key_revoke.add_argument("id", type=_text, help="the key's id (from quotad keys list)")
     key_revoke.set_defaults(handler=calls.keys_revoke)
 
     reload = commands.add_parser(
@@ -221,10 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(handler=_doctor)
 
     sim = commands.add_parser("sim", help="a simulated provider (OpenAI + Anthropic wire formats)")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
-    sim.add_argument("--rpm", type=int, default=0, help="requests per --window (0: no limit)")
-    sim.add_argument("--tpm", type=int, default=0, help="tokens per --window (0: no limit)")
+    sim.add_argument("--host", type=_text, default="127.0.0.1")
+    sim.add_argument(
+        "--port", type=_whole_number(0, 65535), default=0, help="0 picks a free port (printed)"
+    )
+    sim.add_argument(
+        "--rpm",
+        type=_whole_number(0, 2**63 - 1),
+        default=0,
+        help="requests per --window (0: no limit)",
+    )
+    sim.add_argument(
+        "--tpm",
+        type=_whole_number(0, 2**63 - 1),
+        default=0,
+        help="tokens per --window (0: no limit)",
+    )
     sim.add_argument(
         "--window", dest="window_s", type=_positive_float, default=60.0, help="limit window, s"
     )
@@ -237,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--break-stream-rate", type=_fraction, default=0.0, help="share of streams cut mid-way"
     )
     sim.add_argument("--chunk-delay-ms", type=_non_negative_float, default=0.0)
-    sim.add_argument("--api-key", default="", help="require this key (default: accept any)")
+    sim.add_argument(
+        "--api-key", type=_text, default="", help="require this key (default: accept any)"
+    )
     sim.add_argument(
         "--log",
         dest="log_path",
@@ -258,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="sim providers + daemon + load from several apps")
     demo.add_argument("--headless", action="store_true", help="print a text summary, no TUI")
-    demo.add_argument("--duration", type=_positive_float, default=0.0, help="seconds (0: until ^C)")
+    demo.add_argument(
+        "--duration", type=_non_negative_float, default=0.0, help="seconds (0: until ^C)"
+    )
     demo.set_defaults(handler=_demo)
     return parser
 

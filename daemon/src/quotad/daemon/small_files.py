@@ -1,7 +1,8 @@
-"""Reading the small files an operator names: the config, provider key files, the Redis
-password file. Each is read up to a bound, so that a path to ``/dev/zero`` or to a huge file is
-an error, not the daemon's memory; and a FIFO is opened without waiting for a writer, so that
-one no process writes reads as empty instead of holding ``quotad serve`` (or a reload) for ever.
+"""Reading the files an operator names: the config, provider key files, the Redis password
+file, a cache warm file. Each is read up to a bound, so that a path to ``/dev/zero`` or to a
+huge file is an error, not all the memory there is; and a FIFO is opened without waiting for a
+writer, so that one no process writes reads as empty instead of holding ``quotad serve`` (or a
+reload) for ever.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024
 """The largest config file (one of 10,000 apps is about 400 KB)."""
 MAX_SECRET_BYTES: Final = 64 * 1024
 """The largest key or password file (keys are well under a kilobyte)."""
+MAX_WARM_FILE_BYTES: Final = 1024 * 1024 * 1024
+"""The largest file ``quotad cache warm`` reads (it holds the file in memory)."""
 
 
 class FileTooLarge(ValueError):

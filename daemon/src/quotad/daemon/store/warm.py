@@ -17,11 +17,11 @@ target of ``model``) and, for a streamed request, ``chunks`` (the deltas, in ord
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
+from quotad.daemon.small_files import MAX_WARM_FILE_BYTES, FileTooLarge, read_small_file
 from quotad.protocol.messages import Chat, Usage
 
 
@@ -54,9 +54,11 @@ def read_warm_file(path: str, batch_bytes: int) -> list[WarmBatch]:
     """Every entry of the file at ``path``, checked, in batches of about ``batch_bytes`` of
     JSON. Raises ValueError listing every problem as ``PATH:LINE: what``."""
     try:
-        lines = Path(path).read_bytes().splitlines()
+        lines = read_small_file(path, MAX_WARM_FILE_BYTES).splitlines()
     except OSError as error:
         raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
+    except FileTooLarge as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
     problems: list[str] = []
     batches: list[WarmBatch] = []
     size = batch_bytes
