@@ -24,6 +24,7 @@ EXPECTED_FIGURES = {
     },
     "guardrails_daemon": {"chat_2kb", "off_loop"},
     "gate_queue": {"this"},
+    "metrics_scrape": {"body_bytes", "scrape_first_byte_ms_p50", "probe_p99_ratio", "errors"},
     "provider_fuzz": {"failed_inside", "ledger_rows", "ledger_rows_expected", "reserved_usd_after"},
     "soak": {
         "requests",

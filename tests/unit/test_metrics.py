@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import msgspec
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from quotad.daemon.activity import MAX_TRACKED_APPS, OTHER_APPS
@@ -29,6 +30,7 @@ from quotad.protocol.messages import (
     TargetStatus,
     WindowStatus,
 )
+from tests.support.metrics_tables import EVERY_OUTCOME, LONGEST_NAME, fill_to_bounds
 from tests.support.statuses import DEGRADED_FLEET
 from tests.support.store import ledger_row
 
@@ -243,3 +245,20 @@ def test_targets_and_target_app_pairs_counted_apart_are_bounded() -> None:
     assert len(counted) <= MAX_TARGET_APP_SERIES + MAX_TARGET_SERIES + 1
     assert sum(counted.values()) == MAX_TARGET_SERIES + 100 + MAX_TARGET_APP_SERIES
     assert counted[(OTHER, "agent")] == 100
+
+
+@pytest.mark.parametrize(
+    ("name_chars", "outcomes", "most_bytes"),
+    [(0, ("ok",), 1_500_000), (LONGEST_NAME, EVERY_OUTCOME, 24_000_000)],
+    ids=["short_names", "longest_names_every_outcome"],
+)
+def test_the_exposition_of_full_tables_is_bounded(
+    name_chars: int, outcomes: tuple[str, ...], most_bytes: int
+) -> None:
+    """At bounds of 4,096 targets and 10,000 pairs, the tables' exposition was 12 MB with
+    short names, and 150 MB with names of the longest length the wire admits and requests of
+    every outcome (every scrape, every 15 s). Bounded now at 1.2 MB and 22 MB (README)."""
+    metrics = Metrics()
+    fill_to_bounds(metrics, name_chars=name_chars, outcomes=outcomes)
+    assert len(metrics._latency) == MAX_TARGET_SERIES + 1
+    assert len(metrics.exposition(StatusReply())) <= most_bytes

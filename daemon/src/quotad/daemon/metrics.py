@@ -5,7 +5,9 @@ with the state a :class:`~quotad.protocol.messages.StatusReply` holds (``GET /me
 Feeding is the hot path and costs a few dict increments per request. Everything that is state
 rather than a count (gates, queues, breakers, cache, budgets, spend) is read from the status
 at scrape time, so it has one home: the component that owns it. The exposition is Prometheus
-text format 0.0.4, written here (no client library in the daemon).
+text format 0.0.4, written here (no client library in the daemon), and streamed: written in
+chunks of about :data:`CHUNK_BYTES` with the event loop let run between them, so that a scrape
+of full tables neither holds the loop for its whole length nor the whole text in memory.
 
 Requests that never reached a target (an unknown model, a budget refused before routing) are
 counted under ``target=""``, and apps past the activity log's bound under ``app="(other)"``, so
@@ -18,24 +20,39 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Final
+
+import anyio.lowlevel
 
 from quotad.daemon.activity import OTHER_APPS
 from quotad.protocol.messages import (
     PRIORITIES,
+    AppStatus,
     BudgetStatus,
+    CacheStatus,
     ClusterStatus,
+    GateStatus,
     RequestRecord,
     StatusReply,
+    TargetStatus,
 )
 
-MAX_TARGET_SERIES: Final = 4096
-"""Targets counted apart (the router makes at most 1,024 by name per config, but a reload
-starts that count over); a request of another target counts under ``target="(other)"``."""
-MAX_TARGET_APP_SERIES: Final = 10_000
-"""(target, app) pairs counted apart: targets and apps are each bounded, their product (4
-million) is not small; a request of another pair counts under ``app="(other)"``."""
+MAX_TARGET_SERIES: Final = 256
+"""Targets counted apart; a request of another target counts under ``target="(other)"``. Each
+costs 31 series (its two histograms), so this bounds the histograms at about 8,000 series.
+Targets are named by clients (the router makes up to 1,024 by name per config, and a reload
+starts that count over), and a Prometheus label of more than a few hundred values is already
+a lot; a local daemon's callers use tens."""
+MAX_TARGET_APP_SERIES: Final = 2_000
+"""(target, app) pairs counted apart: targets and apps are each bounded, their product (256
+thousand) is not small; a request of another pair counts under ``app="(other)"``. 2,000 is
+OpenTelemetry's default cardinality limit per metric stream, past which it too folds the rest
+into one overflow series."""
+CHUNK_BYTES: Final = 16 * 1024
+"""About how much of the exposition is written between two turns of the event loop: about a
+millisecond of work, which each step of a request served meanwhile may wait for (64 KiB made a
+chat completion through the front door 7.5 times slower while scrapes ran back to back)."""
 OTHER: Final = OTHER_APPS
 """The label of what is counted together past a bound (the activity log's name for it)."""
 
@@ -129,196 +146,287 @@ class Metrics:
     # ------------------------------------------------------------------ exposition
 
     def exposition(self, status: StatusReply) -> bytes:
-        """Everything, in Prometheus text format 0.0.4."""
-        out = _Exposition()
-        self._write_requests(out)
-        _write_status(out, status)
-        return out.text().encode()
+        """Everything, in Prometheus text format 0.0.4, at once (what :meth:`chunks` yields,
+        joined)."""
+        return "".join(self._pieces(status)).encode()
 
-    def _write_requests(self, out: _Exposition) -> None:
-        out.family("quotad_requests_total", "counter", "Requests finished, by outcome.")
+    async def chunks(self, status: StatusReply) -> AsyncIterator[bytes]:
+        """The exposition in chunks of about :data:`CHUNK_BYTES`, the event loop let run
+        between them (``GET /metrics`` streams it: a scrape of large tables neither holds the
+        loop nor the whole text)."""
+        for chunk in _chunked(self._pieces(status)):
+            yield chunk
+            await anyio.lowlevel.checkpoint()
+
+    def _pieces(self, status: StatusReply) -> Iterator[str]:
+        """The exposition as pieces of whole lines: each family's HELP and TYPE, then its
+        samples (a histogram's series in one piece, so that it is never read half-updated)."""
+        yield from self._request_pieces()
+        yield from _status_pieces(status)
+
+    def _request_pieces(self) -> Iterator[str]:
+        """The counts of finished requests (each table sorted as its family begins: a request
+        finishing meanwhile is counted by the next scrape, or by a family still to come)."""
+        yield _family("quotad_requests_total", "counter", "Requests finished, by outcome.")
         for (target, app, status), count in sorted(self._requests.items()):
-            out.sample("quotad_requests_total", count, target=target, app=app, status=status)
-        out.family("quotad_tokens_total", "counter", "Tokens of finished requests.")
+            yield _line("quotad_requests_total", count, target=target, app=app, status=status)
+        yield _family("quotad_tokens_total", "counter", "Tokens of finished requests.")
         for (target, app), (prompt, completion) in sorted(self._tokens.items()):
-            out.sample("quotad_tokens_total", prompt, target=target, app=app, type="prompt")
-            out.sample("quotad_tokens_total", completion, target=target, app=app, type="completion")
-        out.family("quotad_cost_usd_total", "counter", "USD spent by finished requests.")
+            yield _line("quotad_tokens_total", prompt, target=target, app=app, type="prompt")
+            yield _line(
+                "quotad_tokens_total", completion, target=target, app=app, type="completion"
+            )
+        yield _family("quotad_cost_usd_total", "counter", "USD spent by finished requests.")
         for (target, app), cost in sorted(self._cost.items()):
-            out.sample("quotad_cost_usd_total", cost, target=target, app=app)
-        out.histogram(
+            yield _line("quotad_cost_usd_total", cost, target=target, app=app)
+        yield from _histogram_pieces(
             "quotad_request_latency_seconds",
             "Time from a request's arrival to its answer.",
             self._latency,
         )
-        out.histogram(
-            "quotad_gate_wait_seconds",
-            "Time requests waited for gate admission.",
-            self._wait,
+        yield from _histogram_pieces(
+            "quotad_gate_wait_seconds", "Time requests waited for gate admission.", self._wait
         )
-        out.family("quotad_http_responses_total", "counter", "HTTP front door answers.")
+        yield _family("quotad_http_responses_total", "counter", "HTTP front door answers.")
         for (endpoint, code), count in sorted(self._http.items()):
-            out.sample("quotad_http_responses_total", count, endpoint=endpoint, code=str(code))
+            yield _line("quotad_http_responses_total", count, endpoint=endpoint, code=str(code))
 
 
-def _write_status(out: _Exposition, status: StatusReply) -> None:
+def _status_pieces(status: StatusReply) -> Iterator[str]:
     """The gauges (and the counters others own) of a status snapshot."""
-    out.family("quotad_info", "gauge", "The daemon's version (always 1).")
-    out.sample("quotad_info", 1, version=status.daemon_version)
-    out.gauge("quotad_uptime_seconds", "Seconds since the daemon started.", status.uptime_s)
-    out.gauge("quotad_in_flight", "Requests being answered now.", status.in_flight)
-    out.gauge(
-        "quotad_socket_connections", "Clients connected to the Unix socket.", status.connections
+    yield _family("quotad_info", "gauge", "The daemon's version (always 1).")
+    yield _line("quotad_info", 1, version=status.daemon_version)
+    yield _single(
+        "quotad_uptime_seconds", "gauge", "Seconds since the daemon started.", status.uptime_s
     )
+    yield _single("quotad_in_flight", "gauge", "Requests being answered now.", status.in_flight)
+    yield _single(
+        "quotad_socket_connections",
+        "gauge",
+        "Clients connected to the Unix socket.",
+        status.connections,
+    )
+    yield from _target_pieces(status.targets)
+    yield from _gate_pieces(status.gates)
 
-    out.family("quotad_target_enabled", "gauge", "1 when a target takes requests.")
-    out.family("quotad_target_in_flight", "gauge", "Calls to a target in flight.")
-    out.family("quotad_target_attempts_total", "counter", "Calls made to a target.")
-    out.family("quotad_target_failures_total", "counter", "Calls to a target that failed.")
-    out.family("quotad_target_breaker_state", "gauge", "1 for a target's breaker state.")
-    out.family("quotad_target_health", "gauge", "1 for a target's health.")
-    for target in status.targets:
-        name = target.name
-        out.sample("quotad_target_enabled", int(target.enabled), target=name)
-        out.sample("quotad_target_in_flight", target.in_flight, target=name)
-        out.sample("quotad_target_attempts_total", target.requests, target=name)
-        out.sample("quotad_target_failures_total", target.failures, target=name)
-        for state in BREAKER_STATES:
-            value = int(target.breaker == state)
-            out.sample("quotad_target_breaker_state", value, target=name, state=state)
-        for health in HEALTH_STATES:
-            value = int(target.health == health)
-            out.sample("quotad_target_health", value, target=name, health=health)
-
-    out.family("quotad_gate_used", "gauge", "Admissions in a gate's window now.")
-    out.family("quotad_gate_limit", "gauge", "A gate window's limit.")
-    out.family("quotad_gate_utilization", "gauge", "used / limit of a gate's window.")
-    for gate in status.gates:
-        for window in gate.windows:
-            labels = {
-                "gate": gate.name,
-                "scope": gate.scope,
-                "unit": window.unit,
-                "window_s": _number(window.window_s),
-            }
-            utilization = window.used / window.limit if window.limit else 0.0
-            out.sample("quotad_gate_used", window.used, **labels)
-            out.sample("quotad_gate_limit", window.limit, **labels)
-            out.sample("quotad_gate_utilization", utilization, **labels)
-
-    out.family("quotad_queue_depth", "gauge", "Requests waiting for gate admission.")
+    yield _family("quotad_queue_depth", "gauge", "Requests waiting for gate admission.")
     for priority in PRIORITIES:
         depth: int = getattr(status.queues, priority)
-        out.sample("quotad_queue_depth", depth, priority=priority)
+        yield _line("quotad_queue_depth", depth, priority=priority)
     if status.cluster is not None:
-        _write_cluster(out, status.cluster, status.budgets)
+        yield from _cluster_pieces(status.cluster, status.budgets)
+    yield from _cache_pieces(status.cache)
+    yield from _app_pieces(status.apps)
+    yield from _budget_pieces(status.budgets)
 
-    cache = status.cache
-    out.counter("quotad_cache_hits_total", "Requests answered from the cache.", cache.hits)
-    out.counter("quotad_cache_misses_total", "Cache lookups that found nothing.", cache.misses)
-    out.gauge("quotad_cache_entries", "Responses in the cache.", cache.entries)
-    out.gauge("quotad_cache_bytes", "Bytes the cache holds.", cache.bytes)
-    out.counter("quotad_cache_evictions_total", "Entries evicted from the cache.", cache.evictions)
-    out.counter("quotad_cache_saved_usd_total", "USD the cache saved.", cache.saved_usd)
+
+def _target_pieces(targets: Sequence[TargetStatus]) -> Iterator[str]:
+    """Each target's state, from the router's targets (bounded by it, not here)."""
+    yield _family("quotad_target_enabled", "gauge", "1 when a target takes requests.")
+    for target in targets:
+        yield _line("quotad_target_enabled", int(target.enabled), target=target.name)
+    yield _family("quotad_target_in_flight", "gauge", "Calls to a target in flight.")
+    for target in targets:
+        yield _line("quotad_target_in_flight", target.in_flight, target=target.name)
+    yield _family("quotad_target_attempts_total", "counter", "Calls made to a target.")
+    for target in targets:
+        yield _line("quotad_target_attempts_total", target.requests, target=target.name)
+    yield _family("quotad_target_failures_total", "counter", "Calls to a target that failed.")
+    for target in targets:
+        yield _line("quotad_target_failures_total", target.failures, target=target.name)
+    yield _family("quotad_target_breaker_state", "gauge", "1 for a target's breaker state.")
+    for target in targets:
+        for state in BREAKER_STATES:
+            value = int(target.breaker == state)
+            yield _line("quotad_target_breaker_state", value, target=target.name, state=state)
+    yield _family("quotad_target_health", "gauge", "1 for a target's health.")
+    for target in targets:
+        for health in HEALTH_STATES:
+            value = int(target.health == health)
+            yield _line("quotad_target_health", value, target=target.name, health=health)
+
+
+def _gate_pieces(gates: Sequence[GateStatus]) -> Iterator[str]:
+    windows = [
+        (window, {
+            "gate": gate.name,
+            "scope": gate.scope,
+            "unit": window.unit,
+            "window_s": _number(window.window_s),
+        })
+        for gate in gates
+        for window in gate.windows
+    ]  # fmt: skip
+    yield _family("quotad_gate_used", "gauge", "Admissions in a gate's window now.")
+    for window, labels in windows:
+        yield _line("quotad_gate_used", window.used, **labels)
+    yield _family("quotad_gate_limit", "gauge", "A gate window's limit.")
+    for window, labels in windows:
+        yield _line("quotad_gate_limit", window.limit, **labels)
+    yield _family("quotad_gate_utilization", "gauge", "used / limit of a gate's window.")
+    for window, labels in windows:
+        utilization = window.used / window.limit if window.limit else 0.0
+        yield _line("quotad_gate_utilization", utilization, **labels)
+
+
+def _cache_pieces(cache: CacheStatus) -> Iterator[str]:
+    yield _single(
+        "quotad_cache_hits_total", "counter", "Requests answered from the cache.", cache.hits
+    )
+    yield _single(
+        "quotad_cache_misses_total", "counter", "Cache lookups that found nothing.", cache.misses
+    )
+    yield _single("quotad_cache_entries", "gauge", "Responses in the cache.", cache.entries)
+    yield _single("quotad_cache_bytes", "gauge", "Bytes the cache holds.", cache.bytes)
+    yield _single(
+        "quotad_cache_evictions_total",
+        "counter",
+        "Entries evicted from the cache.",
+        cache.evictions,
+    )
+    yield _single(
+        "quotad_cache_saved_usd_total", "counter", "USD the cache saved.", cache.saved_usd
+    )
     if cache.semantic_mode != "off":  # DESIGN §11
-        out.counter(
+        yield _single(
             "quotad_cache_semantic_hits_total",
+            "counter",
             "Requests answered semantically.",
             cache.semantic_hits,
         )
-        out.counter(
+        yield _single(
             "quotad_cache_semantic_would_be_hits_total",
+            "counter",
             "Shadow mode: semantic hits found and not served.",
             cache.would_be_hits,
         )
-        out.counter(
+        yield _single(
             "quotad_cache_semantic_agreed_total",
+            "counter",
             "Shadow mode: would-be hits whose answer agreed with the provider's.",
             cache.shadow_agreed,
         )
-        out.gauge(
+        yield _single(
             "quotad_cache_semantic_questions",
+            "gauge",
             "Questions held semantically.",
             cache.semantic_entries,
         )
 
-    out.family("quotad_spend_today_usd", "gauge", "USD an app spent today.")
-    for app in status.apps:
-        out.sample("quotad_spend_today_usd", app.spend_today_usd, app=app.name)
-    out.family(
+
+def _app_pieces(apps: Sequence[AppStatus]) -> Iterator[str]:
+    """Each app's spend and what the guardrails found (apps bounded by the activity log)."""
+    yield _family("quotad_spend_today_usd", "gauge", "USD an app spent today.")
+    for app in apps:
+        yield _line("quotad_spend_today_usd", app.spend_today_usd, app=app.name)
+    yield _family(
         "quotad_guardrail_entities_total",
         "counter",
         "Entities the guardrails found in an app's requests and replies, by kind.",
     )
-    out.family("quotad_guardrail_blocked_total", "counter", "Requests a guardrail refused.")
-    for app in status.apps:
+    for app in apps:
         for kind, count in sorted(app.entities.items()):
-            out.sample("quotad_guardrail_entities_total", count, app=app.name, kind=kind)
+            yield _line("quotad_guardrail_entities_total", count, app=app.name, kind=kind)
+    yield _family("quotad_guardrail_blocked_total", "counter", "Requests a guardrail refused.")
+    for app in apps:
         if app.blocked:
-            out.sample("quotad_guardrail_blocked_total", app.blocked, app=app.name)
-    out.family("quotad_budget_limit_usd", "gauge", "A budget's limit.")
-    out.family("quotad_budget_spent_usd", "gauge", "USD spent against a budget this period.")
-    out.family("quotad_budget_reserved_usd", "gauge", "USD reserved by requests in flight.")
-    for budget in status.budgets:
-        labels = {"budget": budget.name, "scope": budget.scope, "period": budget.period}
-        out.sample("quotad_budget_limit_usd", budget.limit_usd, **labels)
-        out.sample("quotad_budget_spent_usd", budget.spent_usd, **labels)
-        out.sample("quotad_budget_reserved_usd", budget.reserved_usd, **labels)
+            yield _line("quotad_guardrail_blocked_total", app.blocked, app=app.name)
+
+
+def _budget_pieces(budgets: Sequence[BudgetStatus]) -> Iterator[str]:
+    labelled = [
+        (budget, {"budget": budget.name, "scope": budget.scope, "period": budget.period})
+        for budget in budgets
+    ]
+    yield _family("quotad_budget_limit_usd", "gauge", "A budget's limit.")
+    for budget, labels in labelled:
+        yield _line("quotad_budget_limit_usd", budget.limit_usd, **labels)
+    yield _family("quotad_budget_spent_usd", "gauge", "USD spent against a budget this period.")
+    for budget, labels in labelled:
+        yield _line("quotad_budget_spent_usd", budget.spent_usd, **labels)
+    yield _family("quotad_budget_reserved_usd", "gauge", "USD reserved by requests in flight.")
+    for budget, labels in labelled:
+        yield _line("quotad_budget_reserved_usd", budget.reserved_usd, **labels)
 
 
 CLUSTER_HEALTH: Final = ("connecting", "resyncing", "connected", "degraded")
 CLUSTER_MODES: Final = ("fleet", "share", "closed")
 
 
-def _write_cluster(
-    out: _Exposition, cluster: ClusterStatus, budgets: Sequence[BudgetStatus]
-) -> None:
+def _cluster_pieces(cluster: ClusterStatus, budgets: Sequence[BudgetStatus]) -> Iterator[str]:
     """The fleet (``[cluster]``): Redis health, the gates' mode, hosts seen, fleet windows,
     whose figures the budgets show."""
-    out.family("quotad_cluster_health", "gauge", "1 for the state of the link to Redis.")
+    yield _family("quotad_cluster_health", "gauge", "1 for the state of the link to Redis.")
     for health in CLUSTER_HEALTH:
-        out.sample("quotad_cluster_health", int(cluster.health == health), health=health)
-    out.family(
+        yield _line("quotad_cluster_health", int(cluster.health == health), health=health)
+    yield _family(
         "quotad_cluster_degraded",
         "gauge",
         "1 while the gates admit without Redis (on_unreachable: share or closed).",
     )
-    out.sample("quotad_cluster_degraded", int(cluster.mode != "fleet"), mode=cluster.mode)
-    out.gauge(
+    yield _line("quotad_cluster_degraded", int(cluster.mode != "fleet"), mode=cluster.mode)
+    yield _single(
         "quotad_cluster_hosts_seen",
+        "gauge",
         "Hosts of the fleet with a recent heartbeat.",
         cluster.hosts_seen,
     )
-    out.gauge(
+    yield _single(
         "quotad_cluster_redis_rtt_seconds",
+        "gauge",
         "The last Redis call's round trip.",
         cluster.rtt_ms / 1000,
     )
-    out.counter(
-        "quotad_cluster_redis_calls_total", "Calls made to the fleet's Redis.", cluster.redis_calls
+    yield _single(
+        "quotad_cluster_redis_calls_total",
+        "counter",
+        "Calls made to the fleet's Redis.",
+        cluster.redis_calls,
     )
-    out.counter(
-        "quotad_cluster_redis_failures_total", "Redis calls that failed.", cluster.redis_failures
+    yield _single(
+        "quotad_cluster_redis_failures_total",
+        "counter",
+        "Redis calls that failed.",
+        cluster.redis_failures,
     )
-    out.counter(
-        "quotad_cluster_borrows_total", "Slices of fleet limits asked for.", cluster.borrows
+    yield _single(
+        "quotad_cluster_borrows_total",
+        "counter",
+        "Slices of fleet limits asked for.",
+        cluster.borrows,
     )
-    out.family("quotad_cluster_held", "gauge", "Units of a fleet window this host holds unused.")
-    out.family("quotad_cluster_fleet_used", "gauge", "A fleet window's usage, as last seen.")
+    yield _family("quotad_cluster_held", "gauge", "Units of a fleet window this host holds unused.")
     for window in cluster.windows:
-        out.sample("quotad_cluster_held", window.held, window=window.name)
-        out.sample("quotad_cluster_fleet_used", window.fleet_used, window=window.name)
-    out.family(
+        yield _line("quotad_cluster_held", window.held, window=window.name)
+    yield _family("quotad_cluster_fleet_used", "gauge", "A fleet window's usage, as last seen.")
+    for window in cluster.windows:
+        yield _line("quotad_cluster_fleet_used", window.fleet_used, window=window.name)
+    yield _family(
         "quotad_cluster_budget_fleet",
         "gauge",
         "1 while quotad_budget_* show the fleet's figures (as last heard), 0 this host's own.",
     )
     for budget in budgets:
         labels = {"budget": budget.name, "scope": budget.scope, "period": budget.period}
-        out.sample("quotad_cluster_budget_fleet", int(budget.fleet), **labels)
+        yield _line("quotad_cluster_budget_fleet", int(budget.fleet), **labels)
 
 
 # --------------------------------------------------------------------------- text format
+
+
+def _chunked(pieces: Iterable[str]) -> Iterator[bytes]:
+    """``pieces`` joined into chunks of at least :data:`CHUNK_BYTES` (but the last)."""
+    buffer: list[str] = []
+    size = 0
+    for piece in pieces:
+        buffer.append(piece)
+        size += len(piece)
+        if size >= CHUNK_BYTES:
+            yield "".join(buffer).encode()
+            buffer.clear()
+            size = 0
+    if buffer:
+        yield "".join(buffer).encode()
 
 
 def _number(value: float) -> str:
@@ -339,48 +447,39 @@ def _label_value(value: str) -> str:
     return value
 
 
-class _Exposition:
-    """Lines of the text format, grouped by family (HELP and TYPE once, before its samples)."""
-
-    __slots__ = ("_families",)
-
-    def __init__(self) -> None:
-        self._families: dict[str, list[str]] = {}
-
-    def family(self, name: str, kind: str, help_text: str) -> None:
-        self._families[name] = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-
-    def sample(self, name: str, value: float, **labels: str) -> None:
-        self._families[name].append(_line(name, labels.items(), value))
-
-    def counter(self, name: str, help_text: str, value: float) -> None:
-        """A counter family of one sample without labels."""
-        self.family(name, "counter", help_text)
-        self.sample(name, value)
-
-    def gauge(self, name: str, help_text: str, value: float) -> None:
-        """A gauge family of one sample without labels."""
-        self.family(name, "gauge", help_text)
-        self.sample(name, value)
-
-    def histogram(self, name: str, help_text: str, by_target: dict[str, Histogram]) -> None:
-        self.family(name, "histogram", help_text)
-        lines = self._families[name]
-        for target, histogram in sorted(by_target.items()):
-            cumulative = 0
-            for bound, count in zip(histogram.bounds, histogram.counts, strict=False):
-                cumulative += count
-                labels = (("target", target), ("le", _number(bound)))
-                lines.append(_line(f"{name}_bucket", labels, cumulative))
-            cumulative += histogram.counts[-1]
-            lines.append(_line(f"{name}_bucket", (("target", target), ("le", "+Inf")), cumulative))
-            lines.append(_line(f"{name}_sum", (("target", target),), histogram.sum))
-            lines.append(_line(f"{name}_count", (("target", target),), cumulative))
-
-    def text(self) -> str:
-        return "\n".join(line for lines in self._families.values() for line in lines) + "\n"
+def _family(name: str, kind: str, help_text: str) -> str:
+    """A family's HELP and TYPE lines (once, before its samples)."""
+    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
 
 
-def _line(name: str, labels: Iterable[tuple[str, str]], value: float) -> str:
+def _single(name: str, kind: str, help_text: str, value: float) -> str:
+    """A family of one sample without labels."""
+    return _family(name, kind, help_text) + _labelled_line(name, (), value)
+
+
+def _line(name: str, value: float, **labels: str) -> str:
+    return _labelled_line(name, labels.items(), value)
+
+
+def _histogram_pieces(name: str, help_text: str, by_target: dict[str, Histogram]) -> Iterator[str]:
+    """A histogram family: one piece per target (its cumulative buckets, sum and count)."""
+    yield _family(name, "histogram", help_text)
+    bucket = f"{name}_bucket"
+    for target, histogram in sorted(by_target.items()):
+        lines = []
+        cumulative = 0
+        for bound, count in zip(histogram.bounds, histogram.counts, strict=False):
+            cumulative += count
+            lines.append(
+                _labelled_line(bucket, (("target", target), ("le", _number(bound))), cumulative)
+            )
+        cumulative += histogram.counts[-1]
+        lines.append(_labelled_line(bucket, (("target", target), ("le", "+Inf")), cumulative))
+        lines.append(_labelled_line(f"{name}_sum", (("target", target),), histogram.sum))
+        lines.append(_labelled_line(f"{name}_count", (("target", target),), cumulative))
+        yield "".join(lines)
+
+
+def _labelled_line(name: str, labels: Iterable[tuple[str, str]], value: float) -> str:
     text = ",".join(f'{key}="{_label_value(label)}"' for key, label in labels)
-    return f"{name}{{{text}}} {_number(value)}" if text else f"{name} {_number(value)}"
+    return f"{name}{{{text}}} {_number(value)}\n" if text else f"{name} {_number(value)}\n"

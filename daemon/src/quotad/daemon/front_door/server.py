@@ -8,7 +8,7 @@ Endpoints (each also without its ``/v1``, for base URLs given without it)::
     GET  /v1/models[/NAME]      groups, then targets and bare models errors: OpenAI shape
                                 (Anthropic's list shape when the request has anthropic-version)
     POST /v1/messages           Anthropic Messages, plain or SSE     errors: Anthropic shape
-    GET  /metrics               Prometheus text (no key needed)
+    GET  /metrics               Prometheus text, streamed (no key needed)
     GET  /healthz               200 {"status": "ok"}; 503 while draining, or while a listener
                                 (this one, or the Unix socket's) cannot accept (no key needed)
 
@@ -457,8 +457,10 @@ class FrontDoor:
     # ------------------------------------------------------------------ operations
 
     async def _metrics(self, request: HttpRequest) -> Response:
-        body = self.metrics.exposition(self._status())
-        return HttpResponse(200, [("content-type", METRICS_CONTENT_TYPE)], body)
+        """Streamed (chunked), a chunk at a time between turns of the event loop: the text at
+        the metrics' bounds is megabytes (see :mod:`quotad.daemon.metrics`)."""
+        chunks = self.metrics.chunks(self._status())
+        return StreamingResponse(200, [("content-type", METRICS_CONTENT_TYPE)], chunks)
 
     async def _healthz(self, request: HttpRequest) -> Response:
         if self.server.closing:
