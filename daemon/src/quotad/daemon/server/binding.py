@@ -13,8 +13,12 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 log = logging.getLogger("quotad.server")
+
+MAX_SOCKET_PATH_BYTES: Final = 107
+"""The longest Unix socket path Linux binds (``sun_path`` is 108 bytes, with its NUL)."""
 
 
 class SocketInUseError(Exception):
@@ -82,6 +86,13 @@ def _remove_stale_socket(path: Path) -> None:
 
 def bind_unix_socket(path: Path, backlog: int = 1024) -> socket.socket:
     """A listening Unix socket at ``path``, mode 0600 from birth, in a 0700 directory."""
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH_BYTES:  # bind() says only "AF_UNIX path too long"
+        raise SocketInUseError(
+            f"cannot bind {path}: its path is {size} bytes and a Unix socket's holds at most "
+            f"{MAX_SOCKET_PATH_BYTES}; give a shorter one (daemon.socket, --socket or "
+            "$QUOTAD_SOCKET)"
+        )
     _prepare_directory(path.parent)
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -92,7 +103,7 @@ def bind_unix_socket(path: Path, backlog: int = 1024) -> socket.socket:
         sock.close()
         if error.errno == errno.EADDRINUSE:
             raise SocketInUseError(f"{path} is in use") from None
-        raise SocketInUseError(f"cannot bind {path}: {error.strerror}") from None
+        raise SocketInUseError(f"cannot bind {path}: {error.strerror or error}") from None
     finally:
         os.umask(previous_umask)
     os.chmod(path, 0o600)
