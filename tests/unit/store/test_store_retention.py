@@ -41,15 +41,22 @@ def store_config(retention_days: float) -> Any:
     )
 
 
+@contextlib.asynccontextmanager
+async def opened(directory: Path, retention_days: float) -> AsyncIterator[Store]:
+    """The store in ``directory``, opened (budgets loaded from the file) and closed after."""
+    store = Store(store_config(retention_days), directory, clock=VirtualClock(epoch=NOW))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 @pytest.fixture
 async def store(directory: Path) -> AsyncIterator[Store]:
     """A store kept 7 days, on a clock standing at :data:`NOW`."""
-    opened = Store(store_config(RETENTION_DAYS), directory, clock=VirtualClock(epoch=NOW))
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
+    async with opened(directory, RETENTION_DAYS) as kept_a_week:
+        yield kept_a_week
 
 
 def seconds_back(days: int) -> float:
@@ -102,17 +109,6 @@ async def figures(store: Store) -> dict[str, Any]:
 async def count(store: Store, sql: str, *parameters: Any) -> int:
     ((value,),) = await store.db.read(sql, parameters)
     return int(value)
-
-
-@contextlib.asynccontextmanager
-async def opened(directory: Path, retention_days: float) -> AsyncIterator[Store]:
-    """The store in ``directory``, opened (budgets loaded from the file) and closed after."""
-    store = Store(store_config(retention_days), directory, clock=VirtualClock(epoch=NOW))
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def test_a_sweep_deletes_rows_past_the_retention_and_changes_no_figure(
