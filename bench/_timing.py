@@ -1,7 +1,7 @@
 """What the benchmarks share: timing calls one after another or from many tasks, quantiles,
 a process's CPU time read from /proc, the environment that runs another checkout's daemon, and
 the command line of a benchmark (and of one that runs rounds of requests) and how it prints its
-figures. Not a benchmark itself (the
+figures, and the figures a fuzz run opens with. Not a benchmark itself (the
 smoke test skips ``bench/_*.py``)."""
 
 from __future__ import annotations
@@ -138,3 +138,21 @@ def bench_parser(doc: str | None, quick_help: str, **counts: int) -> argparse.Ar
 def print_figures(figures: dict[str, Any]) -> None:
     """A benchmark's result: its figures as one JSON line on stdout."""
     print(msgspec.json.encode(figures).decode(), flush=True)
+
+
+def fuzz_rate_figures(
+    bench: str, cases: int, seed: int, fuzz_s: float, valid_per_s: float
+) -> dict[str, Any]:
+    """The figures a fuzz benchmark's report opens with: its name, ``cases`` drawn from
+    ``seed`` and the ``fuzz_s`` seconds they took, their rate, the rate of valid requests to
+    the same daemon (``valid_per_s``, its baseline in the same run) and the ratio of the two."""
+    fuzz_per_s = cases / fuzz_s
+    return {
+        "bench": bench,
+        "cases": cases,
+        "seed": seed,
+        "seconds": round(fuzz_s, 1),
+        "fuzz_cases_per_s": round(fuzz_per_s, 1),
+        "valid_requests_per_s": round(valid_per_s, 1),
+        "fuzz_to_valid_rate_ratio": round(fuzz_per_s / valid_per_s, 3),
+    }

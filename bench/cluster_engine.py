@@ -37,28 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from quotad.daemon.cluster.gates import Ask, FleetGates
 from quotad.daemon.cluster.link import Link
-from quotad.daemon.cluster.settings import ClusterSettings
 from quotad.daemon.gates.window import SlidingWindow
-from tests.support.valkey import running_valkey
-
-
-def settings(url: str, host: str) -> ClusterSettings:
-    return ClusterSettings(
-        redis_url=url,
-        password=None,
-        key_prefix="bench",
-        host=host,
-        on_unreachable="share",
-        margin=0.1,
-        lease_s=1.0,
-        timeout_s=2.0,
-        heartbeat_s=1.0,
-        host_ttl_s=10.0,
-    )
+from tests.support.valkey import running_valkey, settings_for
 
 
 async def joined(url: str, host: str) -> tuple[Link, FleetGates]:
-    link = Link(settings(url, host))
+    link = Link(settings_for(url, "bench", host, heartbeat_s=1.0))
     assert await link.open()
     await link.join()
     return link, FleetGates(link)

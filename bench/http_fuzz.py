@@ -25,7 +25,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import seeded_main
+from bench._timing import fuzz_rate_figures, seeded_main
 from quotad.client import Client
 from tests.integration.test_http_fuzz import fuzz_config
 from tests.support import http_fuzz
@@ -71,15 +71,7 @@ def measure(cases: int, seed: int) -> dict[str, Any]:
             daemon.state_dir, baseline.answered_ids + results.answered_ids
         )
     baseline_rps = sum(baseline.statuses.values()) / baseline_s
-    fuzz_rps = cases / fuzz_s
-    return {
-        "bench": "http_fuzz",
-        "cases": cases,
-        "seed": seed,
-        "seconds": round(fuzz_s, 1),
-        "fuzz_cases_per_s": round(fuzz_rps, 1),
-        "valid_requests_per_s": round(baseline_rps, 1),
-        "fuzz_to_valid_rate_ratio": round(fuzz_rps / baseline_rps, 3),
+    return fuzz_rate_figures("http_fuzz", cases, seed, fuzz_s, baseline_rps) | {
         "answered": sum(results.statuses.values()),
         "statuses": {str(status): count for status, count in sorted(results.statuses.items())},
         "failed_inside": len(results.internal),

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import seeded_main
+from bench._timing import fuzz_rate_figures, seeded_main
 from tests.support import provider_fuzz_run
 from tests.support.provider_fuzz import VALID_CASE
 
@@ -48,15 +48,7 @@ def measure(cases: int, seed: int) -> dict[str, Any]:
         ledger = provider_fuzz_run.ledger_figures(rig.process.state_dir)
         tracebacks = rig.process.log().count("Traceback")
     baseline_rps = baseline_count / baseline_s
-    fuzz_rps = cases / fuzz_s
-    return {
-        "bench": "provider_fuzz",
-        "cases": cases,
-        "seed": seed,
-        "seconds": round(fuzz_s, 1),
-        "fuzz_cases_per_s": round(fuzz_rps, 1),
-        "valid_requests_per_s": round(baseline_rps, 1),
-        "fuzz_to_valid_rate_ratio": round(fuzz_rps / baseline_rps, 3),
+    return fuzz_rate_figures("provider_fuzz", cases, seed, fuzz_s, baseline_rps) | {
         "outcomes": dict(sorted(results.outcomes.items())),
         "failed_inside": len(results.failures),
         "baseline_failed_inside": len(baseline.failures) + len(warm_up.failures),

@@ -9,6 +9,7 @@ and sorts the answers; :func:`ledger_figures` reads the ledger (read-only) for t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sqlite3
@@ -16,7 +17,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 import openai
@@ -89,35 +89,24 @@ class FuzzRig:
         self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.daemon: DaemonProcess | None = None
+        self._running = contextlib.ExitStack()
 
     def __enter__(self) -> FuzzRig:
-        self.hostile.__enter__()
-        try:
-            self.sim.__enter__()
+        with contextlib.ExitStack() as started:  # a start that fails stops those before it
+            started.enter_context(self.hostile)
+            started.enter_context(self.sim)
             proxy = f"http://127.0.0.1:{self.hostile.port}"
             env = {"HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": ""}
             env |= KEY_ENV
             config = fuzz_config(self.hostile.port, self.sim.base_url, self.http_port)
-            self.daemon = DaemonProcess(config, env=env).start()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
+            self.daemon = started.enter_context(DaemonProcess(config, env=env))
+            self._running = started.pop_all()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if self.daemon is not None:
-                self.daemon.__exit__(kind, error, tb)
-        finally:
-            try:
-                self.sim.__exit__(kind, error, tb)
-            finally:
-                self.hostile.__exit__(kind, error, tb)
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop the daemon, then the sim, then the hostile provider (each even if one before
+        it failed to stop)."""
+        self._running.close()
 
     @property
     def process(self) -> DaemonProcess:

@@ -3,6 +3,7 @@
 loopback port with no persistence (``--save '' --appendonly no``) in a temporary directory,
 and stopped by whoever started it; :meth:`ValkeyServer.kill` and
 :meth:`ValkeyServer.start` again (same port) give a Redis that went away and came back empty.
+:func:`settings_for`: the cluster settings of a link to it, for the fleet's tests and benches.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+
+from quotad.daemon.cluster.settings import ClusterSettings
 
 START_TIMEOUT_S: Final = 30.0
 
@@ -148,3 +151,21 @@ def running_valkey(*, password: str | None = None) -> Iterator[ValkeyServer]:
         yield server
     finally:
         server.close()
+
+
+def settings_for(url: str, prefix: str, host: str, **overrides: Any) -> ClusterSettings:
+    """Cluster settings for tests (a short heartbeat, a generous timeout on a busy machine)."""
+    values: dict[str, Any] = {
+        "redis_url": url,
+        "password": None,
+        "key_prefix": prefix,
+        "host": host,
+        "on_unreachable": "share",
+        "margin": 0.1,
+        "lease_s": 1.0,
+        "timeout_s": 2.0,
+        "heartbeat_s": 0.2,
+        "host_ttl_s": 10.0,
+    }
+    values.update(overrides)
+    return ClusterSettings(**values)

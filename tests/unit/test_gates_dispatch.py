@@ -3,7 +3,8 @@ scenarios (apps with shares and priorities, aging, provider, model and app gates
 an in-flight cap, 429 pauses, settles, timeouts), :class:`WaitQueue` (kept sorted, and stopping
 once every set of gates is held back) admits exactly the waiters the reference admits, in the
 same order, at the same times, and names the same next wake. The reference sorts every waiter
-at every dispatch and looks at every one, as the rules in WaitQueue's docstring read."""
+at every dispatch and looks at every one, as the rules in WaitQueue's docstring read, with code
+of its own for what a waiter that does not fit holds back (not the queue's helpers)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quotad.daemon.gates import Demand, Gate, Reservation, SlidingWindow, Waiter, WaitQueue
-from quotad.daemon.gates.queue import _frees_at, _scope_of
 from quotad.daemon.gates.window import INFINITY
 
 APPS = ("a", "b", "c")
@@ -60,20 +60,14 @@ class ReferenceQueue:
                 self._virtual_time = max(self._virtual_time, waiter.start_tag)
                 admitted.append(waiter)
                 continue
-            own_app_only = all(
-                (isinstance(b, SlidingWindow) and _scope_of(demand, b) == "app")
-                or (isinstance(b, Gate) and b.scope == "app")
-                for b in blockers
-            )
-            for blocker in blockers:
-                blocked.add(id(blocker))
-                wake = min(wake, _frees_at(demand, blocker, now, claimed))
-            if not own_app_only:
-                for gate in demand.gates:
-                    if gate.scope != "app":
-                        for window in gate.windows:
-                            if window not in blockers:
-                                claimed[window] = claimed.get(window, 0) + demand.amount(window)
+            wake = min(wake, *(frees_at(demand, item, now, claimed) for item in blockers))
+            blocked.update(id(item) for item in blockers)
+            app_only = own_app(demand)
+            if all(id(item) in app_only for item in blockers):
+                continue  # short on its own app only: holds back its app, claims nothing
+            for window in shared_windows(demand):
+                if window not in blockers:
+                    claimed[window] = claimed.get(window, 0) + demand.amount(window)
         for waiter in admitted:
             self.waiters.remove(waiter)
         return admitted, min(wake, self._next_aging_step(now))
@@ -89,6 +83,30 @@ class ReferenceQueue:
             at = waiter.enqueued_at + levels * self.aging_s
             step = min(step, at if at > now else math.nextafter(now, INFINITY))
         return step
+
+
+def own_app(demand: Demand) -> set[int]:
+    """Ids of ``demand``'s app gates and of their windows: being short on these alone holds
+    back only the waiter's own app."""
+    gates = [gate for gate in demand.gates if gate.scope == "app"]
+    return {id(gate) for gate in gates} | {id(window) for gate in gates for window in gate.windows}
+
+
+def shared_windows(demand: Demand) -> list[SlidingWindow]:
+    """``demand``'s windows that other apps' requests share (those of its provider and
+    model gates)."""
+    return [window for gate in demand.gates if gate.scope != "app" for window in gate.windows]
+
+
+def frees_at(
+    demand: Demand, item: SlidingWindow | Gate, now: float, claimed: dict[SlidingWindow, int]
+) -> float:
+    """When ``item``, which ``demand`` is short on, may take it: a window when it has room for
+    the demand on top of what was claimed ahead, a gate when its pause ends (a full in-flight
+    cap frees on a settle, which dispatches anyway: never by time)."""
+    if isinstance(item, SlidingWindow):
+        return item.free_at(demand.amount(item) + claimed.get(item, 0), now)
+    return item.paused_until if item.paused_until > now else INFINITY
 
 
 @dataclass(frozen=True)

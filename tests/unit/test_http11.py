@@ -3,7 +3,7 @@ graceful shutdown, against an in-process server on a loopback port."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -26,6 +26,7 @@ from quotad.daemon.net.http11 import (
 )
 from quotad.daemon.net.http11 import connection as connection_module
 from tests.support.backends import ASYNCIO_BACKENDS
+from tests.support.polling import run_loop_until
 from tests.support.serving import running
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)]
@@ -440,15 +441,6 @@ async def test_a_long_pipelined_burst_is_read_in_bounded_steps_and_answered_in_o
     assert bodies == [f"/{number}".encode() for number in range(count)]
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait (a few seconds at most) until ``condition`` holds."""
-    for _ in range(500):
-        if condition():
-            return
-        await anyio.sleep(0.01)
-    raise AssertionError("the condition never held")
-
-
 async def test_connections_beyond_max_connections_get_503_and_a_close() -> None:
     limits = HttpLimits(max_connections=3)
     async with serving(echo, limits) as server:
@@ -460,7 +452,7 @@ async def test_connections_beyond_max_connections_get_503_and_a_close() -> None:
             await first.send(get("/first"))
             with anyio.fail_after(5):
                 assert (await read_response(first_reader))[0] == 200
-                await until(lambda: server.connections == 3)
+                await run_loop_until(lambda: server.connections == 3)
                 async with raw_connection(server.port) as (_, extra_reader):
                     status, headers, body = await read_response(extra_reader)
                     assert await read_to_close(extra_reader) == b""
@@ -468,7 +460,7 @@ async def test_connections_beyond_max_connections_get_503_and_a_close() -> None:
             assert msgspec.json.decode(body)["error"]["code"] == "overloaded"
             assert server.refused_connections == 1
         with anyio.fail_after(5):  # the three closed: room again
-            await until(lambda: server.connections == 0)
+            await run_loop_until(lambda: server.connections == 0)
             async with raw_connection(server.port) as (again, again_reader):
                 await again.send(get("/again"))
                 assert (await read_response(again_reader))[0] == 200

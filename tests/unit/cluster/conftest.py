@@ -13,8 +13,7 @@ import anyio
 import pytest
 
 from quotad.daemon.cluster.link import Link
-from quotad.daemon.cluster.settings import ClusterSettings
-from tests.support.valkey import ValkeyServer, server_binary
+from tests.support.valkey import ValkeyServer, server_binary, settings_for
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +41,6 @@ def anyio_backend(asyncio_only: tuple[str, dict[str, Any]]) -> tuple[str, dict[s
 def prefix() -> str:
     """A key prefix of this test's own."""
     return "t" + os.urandom(5).hex()
-
-
-def settings_for(url: str, prefix: str, host: str, **overrides: Any) -> ClusterSettings:
-    """Cluster settings for tests (a short heartbeat, a generous timeout on a busy machine)."""
-    values: dict[str, Any] = {
-        "redis_url": url,
-        "password": None,
-        "key_prefix": prefix,
-        "host": host,
-        "on_unreachable": "share",
-        "margin": 0.1,
-        "lease_s": 1.0,
-        "timeout_s": 2.0,
-        "heartbeat_s": 0.2,
-        "host_ttl_s": 10.0,
-    }
-    values.update(overrides)
-    return ClusterSettings(**values)
 
 
 @contextlib.asynccontextmanager

@@ -18,8 +18,7 @@ from quotad.daemon.cluster.fleet import Cluster
 from quotad.daemon.cluster.settings import ClusterStartError
 from quotad.daemon.config import ClusterConfig
 from quotad.daemon.events import EventLog
-from tests.support.valkey import ValkeyServer, free_port, running_valkey
-from tests.unit.cluster.conftest import settings_for
+from tests.support.valkey import ValkeyServer, free_port, running_valkey, settings_for
 from tests.unit.cluster.test_link import eventually
 
 pytestmark = pytest.mark.anyio

@@ -20,8 +20,14 @@ from quotad.daemon.cluster.gates import Ask, FleetGates
 from quotad.daemon.cluster.link import ClusterAuthError, Link, LinkDown
 from quotad.daemon.cluster.settings import ClusterSettings
 from quotad.daemon.cluster.window import FleetWindow
-from tests.support.valkey import ValkeyServer, free_port, running_valkey, server_binary
-from tests.unit.cluster.conftest import joined_link, settings_for
+from tests.support.valkey import (
+    ValkeyServer,
+    free_port,
+    running_valkey,
+    server_binary,
+    settings_for,
+)
+from tests.unit.cluster.conftest import joined_link
 
 pytestmark = [
     pytest.mark.anyio,

@@ -25,8 +25,7 @@ from quotad.daemon.store import Store
 from quotad.daemon.store.budgets import Budgets, Calendar
 from quotad.daemon.store.ledger import LedgerRow
 from tests.support.store import ledger_row
-from tests.support.valkey import ValkeyServer
-from tests.unit.cluster.conftest import settings_for
+from tests.support.valkey import ValkeyServer, settings_for
 
 pytestmark = pytest.mark.anyio
 

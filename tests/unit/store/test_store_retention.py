@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from quotad.daemon.config import parse_config
 from quotad.daemon.store import Store
 from quotad.daemon.store.ledger import Ledger, statements
 from quotad.daemon.store.retention import SUMMARY_KEEP_DAYS, Retention, Swept
+from tests.support.polling import run_loop_until
 from tests.support.store import CALENDAR, NOW
 from tests.support.store import ledger_row as row
 
@@ -41,15 +42,22 @@ def store_config(retention_days: float) -> Any:
     )
 
 
+@contextlib.asynccontextmanager
+async def opened(directory: Path, retention_days: float) -> AsyncIterator[Store]:
+    """The store in ``directory``, opened (budgets loaded from the file) and closed after."""
+    store = Store(store_config(retention_days), directory, clock=VirtualClock(epoch=NOW))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 @pytest.fixture
 async def store(directory: Path) -> AsyncIterator[Store]:
     """A store kept 7 days, on a clock standing at :data:`NOW`."""
-    opened = Store(store_config(RETENTION_DAYS), directory, clock=VirtualClock(epoch=NOW))
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
+    async with opened(directory, RETENTION_DAYS) as kept_a_week:
+        yield kept_a_week
 
 
 def seconds_back(days: int) -> float:
@@ -102,17 +110,6 @@ async def figures(store: Store) -> dict[str, Any]:
 async def count(store: Store, sql: str, *parameters: Any) -> int:
     ((value,),) = await store.db.read(sql, parameters)
     return int(value)
-
-
-@contextlib.asynccontextmanager
-async def opened(directory: Path, retention_days: float) -> AsyncIterator[Store]:
-    """The store in ``directory``, opened (budgets loaded from the file) and closed after."""
-    store = Store(store_config(retention_days), directory, clock=VirtualClock(epoch=NOW))
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def test_a_sweep_deletes_rows_past_the_retention_and_changes_no_figure(
@@ -241,13 +238,13 @@ async def test_the_task_sweeps_at_start_and_on_a_reload_and_stops_when_cancelled
         retention = store.retention
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(retention.run, name=SWEEPER)
-            await wait_for(lambda: retention._changed is not None)
+            await run_loop_until(lambda: retention._changed is not None)
             assert retention.sweeps == 0  # 0: the task waits, nothing is swept
             store.reconfigure(store_config(30))  # a reload turns it on: swept at once
-            await wait_for(lambda: retention.sweeps == 1)
+            await run_loop_until(lambda: retention.sweeps == 1)
             assert await count(store, "SELECT count(*) FROM ledger") == 30 * len(APPS)
             store.reconfigure(store_config(RETENTION_DAYS))
-            await wait_for(lambda: retention.sweeps == 2)
+            await run_loop_until(lambda: retention.sweeps == 2)
             assert await count(store, "SELECT count(*) FROM ledger") == RETENTION_DAYS * len(APPS)
             assert sweepers() == 1
             tasks.cancel_scope.cancel()
@@ -263,7 +260,7 @@ async def test_a_retention_starting_with_the_daemon_is_swept_at_start(directory:
         await seed(store)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(store.retention.run)
-            await wait_for(lambda: store.retention.sweeps == 1)
+            await run_loop_until(lambda: store.retention.sweeps == 1)
             tasks.cancel_scope.cancel()
         assert await count(store, "SELECT count(*) FROM ledger") == RETENTION_DAYS * len(APPS)
     finally:
@@ -292,12 +289,3 @@ SWEEPER = "retention-sweeper"
 def sweepers() -> int:
     """Tasks running :meth:`Retention.run` under the name :data:`SWEEPER`."""
     return sum(1 for task in asyncio.all_tasks() if task.get_name() == SWEEPER and not task.done())
-
-
-async def wait_for(condition: Callable[[], bool]) -> None:
-    """Let the loop run until ``condition`` holds (a bound in iterations, not in time)."""
-    for _ in range(10_000):
-        if condition():
-            return
-        await anyio.sleep(0.001)
-    raise AssertionError("the condition never held")
