@@ -11,8 +11,10 @@ What only one API has (threads sharing a blocking client; tasks, cancellation an
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -78,6 +80,36 @@ def test_app_defaults_to_the_environment(
     hello = fake.connections[0].hello
     assert hello is not None
     assert hello.app == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("where", "name", "sent"),
+    [
+        ("env", b"caf\xe9", "caf\ufffd"),  # Latin-1, as an old shell profile sets it
+        ("argv", b"/opt/jobs/r\xe9sum\xe9.py", "r\ufffdsum\ufffd.py"),
+    ],
+)
+def test_a_default_app_name_that_is_not_utf8_still_connects(
+    fake: FakeDaemon,
+    socket_path: str,
+    new_client: NewClient,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+    name: bytes,
+    sent: str,
+) -> None:
+    """The name's bytes reach Python as lone surrogates, which no frame can carry: every
+    connection of such a program failed with UnicodeEncodeError."""
+    if where == "env":
+        monkeypatch.setenv("QUOTAD_APP", os.fsdecode(name))
+    else:
+        monkeypatch.delenv("QUOTAD_APP", raising=False)
+        monkeypatch.setattr(sys, "argv", [os.fsdecode(name)])
+    with new_client(socket_path) as qd:
+        qd.status()
+    hello = fake.connections[0].hello
+    assert hello is not None
+    assert hello.app == sent
 
 
 def test_socket_defaults_to_the_environment(

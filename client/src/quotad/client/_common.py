@@ -63,8 +63,10 @@ def client_name() -> str:
 
 
 def default_app() -> str:
-    """``$QUOTAD_APP``, else the name of the running program."""
+    """``$QUOTAD_APP``, else the name of the running program. Bytes of either that are not
+    UTF-8 (Python holds them as lone surrogates, which no frame can carry) become U+FFFD."""
     name = os.environ.get("QUOTAD_APP") or os.path.basename(sys.argv[0] if sys.argv else "")
+    name = os.fsencode(name).decode("utf-8", "replace")
     return (name or "python")[:256]
 
 
