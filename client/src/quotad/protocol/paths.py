@@ -44,3 +44,12 @@ def client_socket_candidates(explicit: str | os.PathLike[str] | None = None) -> 
         if path not in candidates:
             candidates.append(path)
     return candidates
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text any frame, log line or database row can carry: bytes of it that are not
+    UTF-8 (held by Python as lone surrogates) written as ``\\xNN`` escapes."""
+    text = os.fspath(path)
+    if text.isascii():
+        return text
+    return os.fsencode(text).decode("utf-8", "backslashreplace")

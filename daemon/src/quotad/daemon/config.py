@@ -28,7 +28,7 @@ import tomli
 from quotad.daemon.small_files import MAX_CONFIG_BYTES, FileTooLarge, read_small_file
 from quotad.protocol.framing import DEFAULT_MAX_FRAME, MAX_FRAME_CEILING
 from quotad.protocol.messages import MAX_WAIT_S
-from quotad.protocol.paths import SOCKET_ENV, client_socket_candidates
+from quotad.protocol.paths import SOCKET_ENV, client_socket_candidates, display_path
 
 Priority = Literal["low", "normal", "high", "critical"]
 Strategy = Literal["failover", "round-robin", "weighted", "least-busy", "latency", "cost"]
@@ -719,7 +719,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate the TOML file at ``path``."""
-    return parse_config(_read_toml(path), str(path))
+    return parse_config(_read_toml(path), display_path(path))
 
 
 def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -727,7 +727,7 @@ def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     read, is larger than :data:`MAX_CONFIG_BYTES`, is not UTF-8, is not TOML, or nests past
     what tomli walks (it raises RecursionError past 400 levels of inline tables or 1,000 parts
     of a key)."""
-    source = str(path)
+    source = display_path(path)
     try:
         return tomli.loads(read_small_file(path, MAX_CONFIG_BYTES).decode())
     except OSError as error:
@@ -810,7 +810,7 @@ def configured_socket(path: Path) -> str:
     value = daemon.get("socket", "") if isinstance(daemon, dict) else ""
     if not isinstance(value, str):
         raise ConfigError(
-            str(path), [f"daemon.socket: expected a path, got {type(value).__name__}"]
+            display_path(path), [f"daemon.socket: expected a path, got {type(value).__name__}"]
         )
     return value
 

@@ -43,6 +43,7 @@ from quotad.daemon.server.connection import Connection
 from quotad.daemon.server.limits import ConnectionLimits
 from quotad.protocol.framing import FrameEncoder
 from quotad.protocol.messages import Error, StatusReply
+from quotad.protocol.paths import display_path
 
 log = logging.getLogger("quotad.server")
 
@@ -360,12 +361,12 @@ class SocketServer:
     def problems(self) -> list[str]:
         """What keeps this server from serving fully now (for status and /healthz)."""
         problem = self.accept_problem
-        return [f"unix socket {self.path}: {problem}"] if problem is not None else []
+        return [f"unix socket {display_path(self.path)}: {problem}"] if problem is not None else []
 
     def status(self) -> StatusReply:
         """The broker's status with this server's own figures."""
         reply = self.broker.reports.status()
-        reply.socket = str(self.path)
+        reply.socket = display_path(self.path)
         reply.http = self.http_address
         reply.connections = len(self.connections)
         reply.problems = [*self.problems, *reply.problems]  # the broker's: the fleet's

@@ -35,7 +35,7 @@ from typing import Final, NamedTuple
 
 import msgspec
 
-from quotad.daemon.errors import RequestError
+from quotad.daemon.errors import RequestError, encodable
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database, Statement, WriteFailed
 from quotad.daemon.store.spend import SpendReport
@@ -195,7 +195,8 @@ class Ledger:
             return []
         return [
             f"ledger: {len(self.unrecorded)} row(s) kept in memory, not yet written "
-            f"({self.last_failure}); requests are refused with overloaded until they are"
+            f"({encodable(str(self.last_failure))}); requests are refused with overloaded "
+            "until they are"
         ]
 
     async def ready(self) -> None:
