@@ -112,6 +112,43 @@ def test_sizes_prices_and_waits_have_a_ceiling(tmp_path: Path, text: str, expect
     assert problems(tmp_path, PROVIDER + text) == [expected]
 
 
+@pytest.mark.parametrize(
+    ("base_url", "expected"),
+    [
+        ("http://[::1/v1", "not a valid URL (Invalid port: ':1')"),  # crashed quotad serve
+        ("http://", "no host in the URL"),  # every request failed: "cannot connect to :"
+        ("http://127.0.0.1:99999/v1", "port 99999: expected 1 to 65535"),
+        ("http://127.0.0.1:0/v1", "port 0: expected 1 to 65535"),
+        ("http://exa mple.com/v1", "white space or a control character in the URL"),
+        (
+            "http://host/v1\\n",
+            "white space or a control character in the URL",
+        ),  # a newline, TOML-escaped
+        ("ftp://host/v1", "expected an http:// or https:// URL"),
+    ],
+)
+def test_a_base_url_the_transport_cannot_reach_is_refused(
+    tmp_path: Path, base_url: str, expected: str
+) -> None:
+    text = f'[providers.p]\nkind = "openai"\nbase_url = "{base_url}"\n'
+    assert problems(tmp_path, text) == [f"providers.p.base_url: {expected}"]
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "https://api.openai.com/v1",
+        "http://[::1]:8080/v1",
+        "http://localhost:11434",
+        "http://é.x/v1",
+    ],
+)
+def test_a_base_url_the_transport_reaches_loads(tmp_path: Path, base_url: str) -> None:
+    path = tmp_path / "quotad.toml"
+    path.write_text(f'[providers.p]\nkind = "openai"\nbase_url = "{base_url}"\n')
+    assert load_config(path).providers["p"].base_url == base_url
+
+
 def test_a_max_frame_over_the_ceiling_is_refused(tmp_path: Path) -> None:
     assert problems(tmp_path, f"[daemon]\nmax_frame = {MAX_FRAME_CEILING + 1}\n") == [
         f"daemon.max_frame: expected int <= {MAX_FRAME_CEILING}"

@@ -474,8 +474,8 @@ def _check_references(config: Config, declared_providers: set[str]) -> list[str]
             problems += _local_provider_problems(where, provider)
         elif not provider.base_url:
             problems.append(f"{where}: object missing required field base_url")
-        elif not provider.base_url.startswith(("http://", "https://")):
-            problems.append(f"{where}.base_url: expected an http:// or https:// URL")
+        else:
+            problems += [f"{where}.base_url: {what}" for what in _base_url_problems(provider)]
         if provider.api_key_env and provider.api_key_file:
             problems.append(f"{where}: give api_key_env or api_key_file, not both")
         problems += _limit_problems(where, provider)
@@ -544,6 +544,27 @@ def _check_references(config: Config, declared_providers: set[str]) -> list[str]
         except (KeyError, ValueError, ImportError):
             problems.append(f"daemon.timezone: unknown time zone {config.daemon.timezone!r}")
     return problems
+
+
+def _base_url_problems(provider: ProviderConfig) -> list[str]:
+    """What keeps a provider's ``base_url`` from being reached, read as its transport reads
+    it (httpx): a URL httpx refuses crashed ``quotad serve``; one with no host or a port past
+    65535 failed every request."""
+    import httpx  # only for a config with providers: `quotad status` need not load it
+
+    if not provider.base_url.startswith(("http://", "https://")):
+        return ["expected an http:// or https:// URL"]
+    if any(character.isspace() or not character.isprintable() for character in provider.base_url):
+        return ["white space or a control character in the URL"]
+    try:
+        url = httpx.URL(provider.base_url)
+    except httpx.InvalidURL as error:
+        return [f"not a valid URL ({error})"]
+    if not url.host:
+        return ["no host in the URL"]
+    if url.port is not None and not 0 < url.port < 65536:
+        return [f"port {url.port}: expected 1 to 65535"]
+    return []
 
 
 def _local_provider_problems(where: str, provider: ProviderConfig) -> list[str]:
