@@ -302,6 +302,14 @@ def test_keys_create_list_revoke_and_audit(daemon: DaemonProcess) -> None:
     assert audit == [("key_create", record["id"], uid), ("key_revoke", record["id"], uid)]
 
 
+def test_a_key_for_an_app_name_too_long_says_how_long_it_may_be(daemon: DaemonProcess) -> None:
+    """It said "expected a non-empty string" of a name of 300 characters."""
+    refused = quotad(daemon, "keys", "create", "--app", "a" * 257)
+    assert refused.returncode == 1
+    assert "args.app: expected a string of 1 to 256 characters" in refused.stderr
+    assert quotad(daemon, "keys", "create", "--app", "a" * 256).returncode == 0
+
+
 def test_commands_exit_3_when_no_daemon_answers() -> None:
     directory = tempfile.mkdtemp(prefix="qnone", dir="/tmp")
     try:

@@ -59,15 +59,23 @@ TARGET_ACTION_WORDS: Final = {
 """DESIGN §5 names the target actions "enable/disable target, reset breaker" (and the clients'
 ``admin()`` documents those words): each is the target action of that name."""
 
+MAX_TEXT_ARG: Final = 256
+"""The longest app name or key id an action takes (as long as a name in any message)."""
+
 ReloadConfig = Callable[[int | None, int | None], Awaitable[bool]]
 """Re-read the config for the peer ``(uid, pid)``: True when applied (the runtime's)."""
 
 
 def _text_arg(request: Admin, name: str) -> str:
-    """``request.args[name]``, a non-empty string, or ``bad_request`` naming it."""
+    """``request.args[name]``, a string of 1 to :data:`MAX_TEXT_ARG` characters, or
+    ``bad_request`` naming it."""
     value = request.args.get(name)
-    if not isinstance(value, str) or not value or len(value) > 256:
-        raise RequestError("bad_request", f"args.{name}: expected a non-empty string")
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT_ARG:
+        raise RequestError(
+            "bad_request",
+            f"args.{name}: expected a string of 1 to {MAX_TEXT_ARG} characters",
+            details={"param": f"args.{name}"},
+        )
     return value
 
 
