@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+from textual.content import Content
 from textual.pilot import Pilot
 from textual.screen import Screen
+from textual.widgets import Static
 
 from quotad.client import BadRequestError
 from quotad.protocol.messages import Snapshot
@@ -148,3 +150,34 @@ async def test_q_quits() -> None:
         await pilot.pause()
         assert not app.is_running
     assert app.return_code == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["sim/[/]", "sim/[@click=app.quit]x", "sim/[link=http://e]z[/link]", "sim/[b]bold"]
+)
+async def test_a_target_named_like_markup_is_confirmed_as_written(name: str) -> None:
+    """Clients name targets (``provider/model``). Read as markup, ``[/]`` in one crashed
+    ``quotad top`` (MarkupError) when its action was confirmed, and ``[@click=…]`` made its
+    question run an action of the operator's app when clicked."""
+    events = busy_day(3)
+    for event in events:
+        if isinstance(event, Snapshot):
+            event.status.targets[0].name = name
+    feed = ScriptedFeed(events)
+    async with settled(feed) as (app, pilot):
+        table = active(app).query_one(TargetTable)
+        for _ in range(len(TARGETS)):
+            if table.cursor_key == name:
+                break
+            await pilot.press("down")
+        await pilot.press("d")
+        await pilot.pause()
+        confirm = active(app)
+        assert isinstance(confirm, ConfirmScreen)
+        shown = confirm.query_one("#question", Static).render()
+        assert isinstance(shown, Content)
+        assert shown.plain == f"Disable target {name}?"
+        assert not any(span.style for span in shown.spans)  # nothing of it read as a style
+        await pilot.press("y")
+        await wait_until(pilot, lambda: bool(app.notices))
+        assert feed.admin_calls == [("target_disable", name)]
