@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 from quotad.daemon import client_commands as calls
 from quotad.daemon.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from quotad.daemon.terminal import terminal_output
 
 if TYPE_CHECKING:
     from quotad.daemon.sim import SimSettings
@@ -425,6 +426,11 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(headless=args.headless, duration_s=args.duration)
 
 
+OWN_OUTPUT: Final = frozenset({"serve", "sim", "demo", "top"})
+"""Commands whose output is their own: logs (written escaped by the log formats) or a TUI,
+which draws with control characters; every other command's is :func:`terminal_output`."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``quotad`` command."""
     parser = build_parser()
@@ -432,7 +438,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None and not args.version:
         parser.error("the following arguments are required: COMMAND")
     try:
-        return int(calls.version(args) if args.version else args.handler(args))
+        if args.command in OWN_OUTPUT:
+            return int(args.handler(args))
+        with terminal_output():  # names and replies chosen by others: no control characters
+            return int(calls.version(args) if args.version else args.handler(args))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -14,6 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from quotad.daemon.config import ENTITY_KINDS
+from quotad.daemon.terminal import escaped
 from quotad.protocol.figures import budget_whose, health_text, size, usd, usd_plain, window_in_force
 from quotad.protocol.messages import (
     ChatReply,
@@ -82,8 +83,9 @@ def window_text(window: WindowStatus) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain aligned text table."""
-    cells = [[str(value) for value in row] for row in rows]
+    """A plain aligned text table (what a terminal would run written as escapes first, so
+    that the columns line up as printed)."""
+    cells = [[escaped(str(value)) for value in row] for row in rows]
     widths = [len(header) for header in headers]
     for row in cells:
         for index, value in enumerate(row):

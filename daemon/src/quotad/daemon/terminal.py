@@ -1,0 +1,63 @@
+"""What the ``quotad`` command prints is read on a terminal, and much of it was named by others:
+apps and ``provider/model`` targets are named by any client of the socket, replies come from a
+provider. A control character in those would be run by the terminal: ``ESC ]0;…`` retitles it,
+``ESC [2K`` or a carriage return rewrites a line (another app's spend, hidden), ``ESC ]52`` writes
+the clipboard on some terminals, and bidirectional overrides reorder what is read. The command's
+output goes through :class:`TerminalText`, which writes each such character as an escape
+(``\\x1b``, ``\\u202e``); new lines and tabs pass, and so does a carriage return before a new line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from collections.abc import Iterator
+from typing import Final, TextIO
+
+RUN_BY_TERMINALS: Final = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]|\r(?!\n)"
+)
+"""C0 and C1 controls but new line and tab (a carriage return unless a new line follows), DEL,
+and the marks and overrides of bidirectional text."""
+
+
+def escaped(text: str) -> str:
+    """``text`` with what a terminal would run written as escapes."""
+    if text.isprintable():
+        return text
+    return RUN_BY_TERMINALS.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+class TerminalText:
+    """A text stream that writes to ``stream`` with :func:`escaped` applied."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(escaped(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> object:  # encoding, isatty(), fileno()…: the stream's
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def terminal_output() -> Iterator[None]:
+    """Within it, ``sys.stdout`` and ``sys.stderr`` write through :class:`TerminalText`."""
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout = TerminalText(stdout)
+    sys.stderr = TerminalText(stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr

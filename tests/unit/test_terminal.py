@@ -1,0 +1,46 @@
+"""What the ``quotad`` command prints never carries a character a terminal would run."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+
+from quotad.daemon.terminal import TerminalText, escaped, terminal_output
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("\x1b]0;pwned\x07", "\\x1b]0;pwned\\x07"),  # retitles the terminal
+        ("\x1b]52;c;ZXZpbA==\x07", "\\x1b]52;c;ZXZpbA==\\x07"),  # writes the clipboard
+        ("\x1b[2Kspend $0", "\\x1b[2Kspend $0"),  # erases the line
+        ("app\rother", "app\\x0dother"),  # a carriage return rewrites the line
+        ("\x9b31m", "\\x9b31m"),  # the one-byte CSI
+        ("a\x7fb\x00c", "a\\x7fb\\x00c"),
+        ("abc\u202edcba", "abc\\u202edcba"),  # right-to-left override
+        ("\u2066x\u2069", "\\u2066x\\u2069"),
+    ],
+)
+def test_what_a_terminal_would_run_is_written_as_an_escape(text: str, shown: str) -> None:
+    assert escaped(text) == shown
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", "café 😀 日本語 עברית", "two\nlines\ttab", "windows\r\nline", ""]
+)
+def test_text_a_terminal_only_shows_passes_as_it_is(text: str) -> None:
+    assert escaped(text) == text
+
+
+def test_the_command_s_streams_are_escaped_only_within_it() -> None:
+    out = io.StringIO()
+    stream = TerminalText(out)
+    assert stream.write("\x1b[31mred\n") == len("\x1b[31mred\n")
+    assert out.getvalue() == "\\x1b[31mred\n"
+    before = sys.stdout
+    with terminal_output():
+        assert isinstance(sys.stdout, TerminalText)
+        assert isinstance(sys.stderr, TerminalText)
+    assert sys.stdout is before
