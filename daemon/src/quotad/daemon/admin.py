@@ -41,6 +41,7 @@ from quotad.daemon.errors import RequestError
 from quotad.daemon.gates import Gates
 from quotad.daemon.guardrails.screening import Guardrails
 from quotad.daemon.guardrails.warming import guarded_entry
+from quotad.daemon.request_limits import check_name
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.daemon.store.db import WriteFailed
@@ -76,6 +77,7 @@ def _text_arg(request: Admin, name: str) -> str:
             f"args.{name}: expected a string of 1 to {MAX_TEXT_ARG} characters",
             details={"param": f"args.{name}"},
         )
+    check_name(f"args.{name}", value)
     return value
 
 

@@ -52,9 +52,7 @@ from quotad.daemon.net.deadlines import Deadlines
 from quotad.daemon.permits import DEFAULT_429_PAUSE_S, Permits
 from quotad.daemon.providers.base import ChatResult, EmbedResult, ProviderAnswer, ProviderError
 from quotad.daemon.request_context import RequestContext, RequestIds
-from quotad.daemon.request_limits import (
-    embed_inputs,
-)
+from quotad.daemon.request_limits import check_names, embed_inputs
 from quotad.daemon.routing import Route, Router, Target
 from quotad.daemon.semantic.step import SemanticStep
 from quotad.daemon.status import DAEMON_VERSION, StatusReports
@@ -245,6 +243,7 @@ class Broker:
         cacheable) and the cache's answer (None: a miss, or the cache was not asked). A chat
         request is looked up exactly, then semantically (:mod:`quotad.daemon.semantic.step`;
         the question it asks is kept in ``context.asked`` for step 7)."""
+        check_names(request)  # 1: names that may stand in a log line, a table, a target
         route = self.router.resolve(request.model)  # 1
         context.plan(request, self._default_max_tokens, self.gates.app_policy)
         await self.ledger.ready()  # 2: its row can be written (no provider paid for a lost reply)

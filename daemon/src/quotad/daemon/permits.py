@@ -20,6 +20,7 @@ from quotad.daemon.errors import RequestError
 from quotad.daemon.gates import Demand, Gates, Reservation
 from quotad.daemon.providers.ratelimits import parse_rate_limits
 from quotad.daemon.rate_limit_info import NO_RATE_LIMITS
+from quotad.daemon.request_limits import check_name
 from quotad.daemon.routing import Router, Target
 from quotad.protocol.messages import Acquire, Ok, Permit, Settle
 
@@ -96,6 +97,8 @@ class Permits:
                 "bad_request",
                 f"lease_s: {request.lease_s:g} s is over gates.max_lease_s ({max_lease_s:g} s)",
             )
+        check_name("target", request.target)
+        check_name("app", request.app)
         route = self.router.resolve(request.target)
         target = next((t for t in route.targets if t.enabled), route.targets[0])
         app = request.app or caller.app

@@ -29,10 +29,16 @@ prompt, a response format) is counted by :func:`~quotad.daemon.tokens.prompt_tok
 A chat with no messages, or an embedding request whose input is an empty list, is refused too:
 every provider would refuse it, after a round trip. A refusal is ``bad_request`` naming the
 field (``extra.n: ...``).
+
+Names (an app, a user, a model or target) are identifiers that reach the log, the ledger and the
+operator's terminal, so :func:`check_name` refuses one that holds a control character or a
+bidirectional override: a new line in a model name wrote a log line of its choosing, an escape
+sequence ran in the terminal of whoever read ``quotad spend``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -56,6 +62,32 @@ REFUSED_EMBED_EXTRA: Final = {
     "model": "the model is the request's target; name another target or group instead",
     "input": "the inputs are the request's own; send them as its input",
 }
+
+
+NOT_IN_NAMES: Final = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""Control characters (C0, DEL, C1) and the marks and overrides of bidirectional text."""
+
+
+def check_name(field: str, name: str) -> None:
+    """Refuse a name that holds a control character or a bidirectional override, saying
+    which and where (``bad_request`` naming ``field``)."""
+    if name.isprintable():  # the common case, in C: no Cc or Cf character at all
+        return
+    found = NOT_IN_NAMES.search(name)
+    if found is not None:
+        raise RequestError(
+            "bad_request",
+            f"{field}: a name cannot hold control characters (U+{ord(found[0]):04X} at "
+            f"{found.start()})",
+            details={"param": field},
+        )
+
+
+def check_names(request: Chat | Embed) -> None:
+    """:func:`check_name` of a request's model, app and user."""
+    check_name("model", request.model)
+    check_name("app", request.app)
+    check_name("user", request.user)
 
 
 def _refuse(field: str, why: str) -> RequestError:

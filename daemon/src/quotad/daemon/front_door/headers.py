@@ -10,6 +10,7 @@ from typing import Final, get_args
 from quotad.daemon.caller import Caller
 from quotad.daemon.errors import RequestError
 from quotad.daemon.net.http11 import HttpRequest
+from quotad.daemon.request_limits import check_name
 from quotad.protocol.messages import MAX_WAIT_S, PRIORITIES, CacheMode, Chat, Embed, Priority
 
 MAX_APP_LENGTH: Final = 256
@@ -56,6 +57,7 @@ def _read_quotad_header(found: RequestHeaders, name: str, value: str) -> None:
     if name == "x-quotad-app":
         if len(value) > MAX_APP_LENGTH:
             raise _bad_header(name, f"longer than {MAX_APP_LENGTH} characters")
+        check_name(name, value)  # a tab is the one control character a header may hold
         found.app = value
     elif name == "x-quotad-priority":
         if value not in _PRIORITIES:

@@ -34,6 +34,7 @@ import anyio
 from quotad.daemon.broker import Broker
 from quotad.daemon.caller import Caller
 from quotad.daemon.errors import RequestError, encodable
+from quotad.daemon.request_limits import check_name
 from quotad.daemon.server.binding import PeerCredentials
 from quotad.daemon.server.json_values import check_json_values
 from quotad.daemon.server.limits import ConnectionLimits
@@ -369,6 +370,11 @@ class Connection(asyncio.Protocol):
             self.refuse(
                 "bad_request", f"the first frame must be Hello, got {type(message).__name__}"
             )
+            return
+        try:
+            check_name("Hello.app", message.app)
+        except RequestError as error:
+            self.refuse(error.code, error.message)
             return
         self.greeted = True
         self.app = message.app

@@ -1,0 +1,93 @@
+"""Names (an app, a user, a model or target) are identifiers that reach the log, the ledger and
+the operator's terminal: one holding a control character or a bidirectional override is refused
+at every door, naming the field. Before, a model named ``sim/a\\n12:00:00 error …`` made a
+target of that name, whose events wrote a log line of the client's choosing, and an app named
+``ESC ]0;…`` reached ``quotad spend`` as an escape sequence the terminal ran."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from quotad.client import BadRequestError, Client, QuotadError
+from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
+from tests.support.sim import SimProcess
+
+FORGED = "sim/a\n12:00:00 error   quotad: FORGED"
+CHAT = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[tuple[DaemonProcess, str]]:
+    port = free_port()
+    with (
+        SimProcess() as sim,
+        DaemonProcess(
+            daemon_config(
+                sim_provider_config("sim", sim.base_url),
+                http=f'listen = "127.0.0.1:{port}"\nauth = "none"',
+            )
+        ) as process,
+    ):
+        yield process, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"model": FORGED}, "model"),
+        ({"model": "sim/\x1b[41mX"}, "model"),
+        ({"model": "sim/gpt-4o-mini", "user": "u\u202e1"}, "user"),
+    ],
+)
+def test_a_request_naming_with_control_characters_is_refused_naming_the_field(
+    daemon: tuple[DaemonProcess, str], fields: dict[str, str], named: str
+) -> None:
+    process, url = daemon
+    with Client(process.socket_path, app="names", timeout=30) as client:
+        with pytest.raises(BadRequestError, match=rf"^{named}: a name cannot hold control"):
+            client.chat(fields["model"], CHAT, max_tokens=5, user=fields.get("user", ""))
+        status = client.status()
+    answer = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"messages": CHAT, **fields},
+        timeout=30,
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == named
+    assert all(target.name.isprintable() for target in status.targets)
+    assert "FORGED" not in process.log()
+
+
+def test_a_permit_and_a_hello_naming_with_control_characters_are_refused(
+    daemon: tuple[DaemonProcess, str],
+) -> None:
+    process, url = daemon
+    refused = r"^target: a name cannot hold control"
+    with (
+        Client(process.socket_path, app="names", timeout=30) as client,
+        pytest.raises(BadRequestError, match=refused),
+    ):
+        client.acquire(FORGED, tokens=10)
+    with (
+        pytest.raises(QuotadError, match=r"Hello\.app: a name cannot hold control"),
+        Client(process.socket_path, app="app\x1b[2K", timeout=30) as client,
+    ):
+        client.status()
+    header = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "sim/gpt-4o-mini", "messages": CHAT},
+        headers={"x-quotad-app": "a\tb"},
+        timeout=30,
+    )
+    assert header.status_code == 400
+    assert header.json()["error"]["param"] == "x-quotad-app"
+
+
+def test_names_in_other_scripts_and_spaces_are_names(daemon: tuple[DaemonProcess, str]) -> None:
+    process, _ = daemon
+    for app in ("café", "日本語\u3000アプリ", "a\u00a0b", "émoji 😀"):
+        with Client(process.socket_path, app=app, timeout=30) as client:
+            assert client.chat("sim/gpt-4o-mini", CHAT, max_tokens=5, user=app).content
