@@ -3,8 +3,9 @@
 types and bounds their keys are declared with (:data:`Positive`, :data:`Size` up to
 :data:`MAX_SIZE`, :data:`Price` up to :data:`MAX_PRICE`, the guardrails' :data:`ENTITY_KINDS`).
 
-A Struct bounds each key on its own; :mod:`quotad.daemon.config` loads a file into these
-Structs, checks what needs several keys at once, and re-exports them (import them from there).
+A Struct bounds each key on its own; what needs several keys at once is checked by
+:mod:`quotad.daemon.config_checks`, and :mod:`quotad.daemon.config` loads a file into these
+Structs (import them from there).
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ class BudgetsConfig(Section, kw_only=True):
 class GuardrailsConfig(Section, kw_only=True):
     """``[guardrails]`` (DESIGN §12): the action for each entity kind found in what is sent
     (``input``) and in what comes back (``output``), and whether masked values are put back.
-    Entities and actions are checked by ``config._guardrails_problems``, which names
+    Entities and actions are checked by ``config_checks._guardrails_problems``, which names
     the key path (msgspec's own errors cannot name a table's key), so after loading every
     value is one of :data:`GUARDRAIL_ACTIONS`."""
 

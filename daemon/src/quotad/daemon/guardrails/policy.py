@@ -58,7 +58,7 @@ class Policy:
 
 
 def _actions(table: Mapping[str, object]) -> Actions:
-    """A validated config table (see ``config._guardrails_problems``) as actions."""
+    """A validated config table (see ``config_checks._guardrails_problems``) as actions."""
     return {
         cast(EntityKind, kind): cast(GuardrailAction, action)
         for kind, action in table.items()
