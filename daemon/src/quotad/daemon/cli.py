@@ -427,8 +427,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 OWN_OUTPUT: Final = frozenset({"serve", "sim", "demo", "top"})
-"""Commands whose output is their own: logs (written escaped by the log formats) or a TUI,
-which draws with control characters; every other command's is :func:`terminal_output`."""
+"""Commands whose output is their own: the daemon's and the sim's logs, or a TUI, which draws
+with control characters (and shows names as plain text); every other command's output goes
+through :func:`terminal_output`."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
