@@ -112,6 +112,12 @@ def test_no_messages_or_no_input_is_a_400_on_every_door(
         answer = httpx.post(f"{url}{path}", json=body)
         assert answer.status_code == 400, (path, answer.text)
         assert f"{field}: " in answer.text, answer.text
+        if path != "/v1/messages":  # the OpenAI shape names the field (Anthropic's has none)
+            assert answer.json()["error"]["param"] == field
+    part = {"model": "fast", "messages": [{"role": "user", "content": [{"type": 5}]}]}
+    answer = httpx.post(f"{url}/v1/chat/completions", json=part)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "messages[0].content[0].type"  # None, before
     with Client(socket=process.socket_path) as client:
         with pytest.raises(QuotadError) as refused:
             client.chat("fast", [])

@@ -26,7 +26,7 @@ def test_a_name_with_a_control_character_is_refused_saying_which_and_where(
     with pytest.raises(RequestError) as refused:
         check_name("model", name)
     assert refused.value.message == f"model: a name cannot hold control characters ({said})"
-    assert refused.value.details == {"param": "model"}
+    assert refused.value.details == {"field": "model"}
 
 
 @pytest.mark.parametrize("name", ["café", "日本語\u3000アプリ", "a\u00a0b", "😀", "a b", ""])

@@ -79,7 +79,7 @@ def check_name(field: str, name: str) -> None:
             "bad_request",
             f"{field}: a name cannot hold control characters (U+{ord(found[0]):04X} at "
             f"{found.start()})",
-            details={"param": field},
+            details={"field": field},
         )
 
 
