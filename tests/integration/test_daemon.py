@@ -442,3 +442,12 @@ def test_admin_takes_designs_words_for_the_target_actions(daemon: DaemonProcess)
         reset = client.admin("reset", target)
         assert reset.message == f"{target} reset: its breaker is closed and its 429 pause lifted"
         assert all(state.enabled for state in client.status().targets)
+
+
+def test_a_daemon_that_does_not_start_leaves_no_directory_behind() -> None:
+    """The suite's daemons clean up after themselves even when they never start (a config
+    the daemon refuses left its temp directory in /tmp)."""
+    process = DaemonProcess("[daemon]\nbogus = 1\n")
+    with pytest.raises(RuntimeError, match="quotad exited with 2"), process:
+        pass
+    assert not process.directory.exists()

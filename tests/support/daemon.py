@@ -136,7 +136,11 @@ class DaemonProcess:
             self.process.wait()
 
     def __enter__(self) -> DaemonProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # __exit__ will not run: clean up here (the process is dead)
+            self.__exit__(None, None, None)
+            raise
 
     def __exit__(self, *exc_info: object) -> None:
         try:
