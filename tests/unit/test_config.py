@@ -149,6 +149,24 @@ def test_a_base_url_the_transport_reaches_loads(tmp_path: Path, base_url: str) -
     assert load_config(path).providers["p"].base_url == base_url
 
 
+def test_names_in_the_config_hold_no_control_characters(tmp_path: Path) -> None:
+    """TOML escapes can write them; as a request's names, they would reach log lines, tables
+    and the operator's terminal."""
+    text = (
+        '[providers."p\\u001b"]\nkind = "openai"\nbase_url = "http://h/v1"\n'
+        '[providers.p]\nkind = "openai"\nbase_url = "http://h/v1"\n'
+        '[providers.p.models."m\\n"]\nrpm = 1\n'
+        '[models.fast]\ntargets = ["p/a\\u202eb"]\n'
+        '[apps."x\\ty"]\nshare = 1\n'
+    )
+    assert sorted(problems(tmp_path, text)) == [
+        'apps."x\ty": a name cannot hold control characters (U+0009 at 1)',
+        "models.fast.targets[0]: a name cannot hold control characters (U+202E at 3)",
+        'providers."p\x1b": a name cannot hold control characters (U+001B at 1)',
+        'providers.p.models."m\n": a name cannot hold control characters (U+000A at 1)',
+    ]
+
+
 def test_a_max_frame_over_the_ceiling_is_refused(tmp_path: Path) -> None:
     assert problems(tmp_path, f"[daemon]\nmax_frame = {MAX_FRAME_CEILING + 1}\n") == [
         f"daemon.max_frame: expected int <= {MAX_FRAME_CEILING}"

@@ -21,6 +21,7 @@ from quotad.daemon.config_sections import (
     ProviderConfig,
     RateLimits,
 )
+from quotad.protocol.names import control_character_in
 
 
 def format_path(path: list[str | int]) -> str:
@@ -62,13 +63,40 @@ def _guardrails_problems(
     return problems
 
 
+def _name_problems(config: Config) -> list[str]:
+    """Names of providers, models (groups and a provider's models), apps and priced targets
+    that hold a control character (:mod:`quotad.protocol.names`): as a request's, they reach
+    log lines, tables and the operator's terminal (TOML escapes can write them)."""
+    tables: list[tuple[list[str], Mapping[str, Any]]] = [
+        (["providers"], config.providers),
+        (["models"], config.models),
+        (["apps"], config.apps),
+        (["prices"], config.prices),
+    ]
+    tables += [(["providers", name, "models"], p.models) for name, p in config.providers.items()]
+    named: list[tuple[list[str | int], str]] = [
+        ([*where, name], name) for where, table in tables for name in table
+    ]
+    named += [
+        (["models", group_name, "targets", index], target)
+        for group_name, group in config.models.items()
+        for index, target in enumerate(group.targets)
+    ]
+    problems = []
+    for path, name in named:
+        found = control_character_in(name)
+        if found is not None:
+            problems.append(f"{format_path(path)}: a name cannot hold control characters ({found})")
+    return problems
+
+
 def cross_field_problems(config: Config, declared_providers: set[str]) -> list[str]:
     """Problems that need the whole config: dangling names, inconsistent values.
 
     ``declared_providers`` holds every provider the file names, valid or not, so that a
     provider with problems of its own is not reported again as missing.
     """
-    problems: list[str] = []
+    problems = _name_problems(config)
     for name, provider in config.providers.items():
         where = format_path(["providers", name])
         if "/" in name:

@@ -38,7 +38,6 @@ sequence ran in the terminal of whoever read ``quotad spend``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -49,6 +48,7 @@ from quotad.daemon.tokens import (
     value_tokens_upper_bound,
 )
 from quotad.protocol.messages import Chat, Embed
+from quotad.protocol.names import control_character_in
 
 TOKEN_LIMIT_FIELDS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 """Spellings of a completion limit in ``extra``."""
@@ -64,21 +64,14 @@ REFUSED_EMBED_EXTRA: Final = {
 }
 
 
-NOT_IN_NAMES: Final = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-"""Control characters (C0, DEL, C1) and the marks and overrides of bidirectional text."""
-
-
 def check_name(field: str, name: str) -> None:
     """Refuse a name that holds a control character or a bidirectional override, saying
-    which and where (``bad_request`` naming ``field``)."""
-    if name.isprintable():  # the common case, in C: no Cc or Cf character at all
-        return
-    found = NOT_IN_NAMES.search(name)
+    which and where (``bad_request`` naming ``field``; :mod:`quotad.protocol.names`)."""
+    found = control_character_in(name)
     if found is not None:
         raise RequestError(
             "bad_request",
-            f"{field}: a name cannot hold control characters (U+{ord(found[0]):04X} at "
-            f"{found.start()})",
+            f"{field}: a name cannot hold control characters ({found})",
             details={"field": field},
         )
 

@@ -15,11 +15,11 @@ import sys
 from collections.abc import Iterator
 from typing import Final, TextIO
 
-RUN_BY_TERMINALS: Final = re.compile(
-    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]|\r(?!\n)"
-)
-"""C0 and C1 controls but new line and tab (a carriage return unless a new line follows), DEL,
-and the marks and overrides of bidirectional text."""
+from quotad.protocol.names import CONTROL_CHARACTERS
+
+RUN_BY_TERMINALS: Final = re.compile(f"(?![\n\t])(?!\r\n)[{CONTROL_CHARACTERS}]")
+"""What a name may not hold (:data:`~quotad.protocol.names.CONTROL_CHARACTERS`) but new line
+and tab, and a carriage return before a new line."""
 
 
 def escaped(text: str) -> str:
