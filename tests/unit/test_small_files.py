@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+import sys
 import termios
 import threading
 import time
@@ -69,6 +71,26 @@ def test_a_file_is_read_whole_up_to_its_bound(tmp_path: Path) -> None:
         read_small_file(path, 99)
     with pytest.raises(IsADirectoryError):
         read_small_file(tmp_path, 100)
+
+
+def test_a_small_file_under_a_large_bound_needs_no_more_memory_than_it_holds(
+    tmp_path: Path,
+) -> None:
+    """``os.read`` allocates what it is asked for: asking for the whole bound at once (a GiB
+    for a warm file) was a MemoryError under a 512 MiB address-space limit, for a 5-byte file."""
+    path = tmp_path / "key"
+    path.write_bytes(b"sk-42")
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))\n"
+        "from quotad.daemon.small_files import read_small_file\n"
+        "sys.stdout.write(read_small_file(sys.argv[1], 4 << 30).decode())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "sk-42"
 
 
 def test_an_endless_file_is_too_large_not_read_for_ever() -> None:

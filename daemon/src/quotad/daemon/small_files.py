@@ -17,6 +17,9 @@ MAX_SECRET_BYTES: Final = 64 * 1024
 """The largest key or password file (keys are well under a kilobyte)."""
 MAX_WARM_FILE_BYTES: Final = 1024 * 1024 * 1024
 """The largest file ``quotad cache warm`` reads (it holds the file in memory)."""
+READ_BYTES: Final = 1024 * 1024
+"""The most asked of one read: ``os.read`` allocates what it is asked for before it reads, so
+asking for a whole bound (a GiB for a warm file) at once failed under a memory limit."""
 
 
 class FileTooLarge(ValueError):
@@ -33,7 +36,7 @@ def read_small_file(path: str | os.PathLike[str], limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
-            chunk = os.read(descriptor, limit + 1 - size)
+            chunk = os.read(descriptor, min(limit + 1 - size, READ_BYTES))
             if not chunk:
                 break
             chunks.append(chunk)
