@@ -3,6 +3,7 @@ graceful shutdown, against an in-process server on a loopback port."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -411,6 +412,37 @@ async def test_a_client_that_does_not_read_holds_a_stream_back() -> None:
             # the socket buffers fill up (a few MB), then writing waits for the client
             assert held_at < 300
             assert produced - held_at <= 1
+        with anyio.fail_after(5):
+            await stream_closed.wait()
+
+
+async def test_a_client_that_reads_nothing_for_the_stall_bound_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stream (``/metrics`` among them, no key needed) whose client never read held its
+    connection and its stream for ever; now for :data:`WRITE_STALL_S` at most."""
+    monkeypatch.setattr(connection_module, "WRITE_STALL_S", 0.3)
+    stream_closed = anyio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"x" * 65536
+                await anyio.lowlevel.checkpoint()
+        finally:
+            stream_closed.set()
+
+    async def handler(request: HttpRequest) -> StreamingResponse:
+        return StreamingResponse(200, [], chunks())
+
+    async with serving(handler) as server:
+        async with raw_connection(server.port) as (stream, _):
+            await stream.send(get("/"))
+            await anyio.sleep(1.0)  # reading nothing, past the bound
+            with anyio.fail_after(10):  # what was sent before the drop, then the end
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    while True:
+                        await stream.receive(1 << 20)
         with anyio.fail_after(5):
             await stream_closed.wait()
 

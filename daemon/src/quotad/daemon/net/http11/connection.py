@@ -51,6 +51,10 @@ SINGLE_WRITE_BYTES = 65536
 """Bodies up to this size are joined with the head into one write."""
 STREAM_ACLOSE_TIMEOUT_S = 5.0
 """Bound on a streaming iterator's ``aclose()``."""
+WRITE_STALL_S = 60.0
+"""A connection whose answer has waited this long for the client to read any of it is
+dropped (as the Unix socket's are): a stream, ``/metrics`` among them, no key needed, is held
+by its reader, and one that never reads held its connection and stream for ever."""
 
 _LINGER, _CLOSE, _RESET = 0, 1, 2  # how a connection ends (see Connection.run)
 
@@ -426,7 +430,8 @@ class Connection(asyncio.Protocol):
 
     async def _send(self, data: bytes) -> None:
         """Write ``data``; when the transport's buffer is full, wait until it drains (a
-        client that reads slowly slows a stream down instead of growing the buffer)."""
+        client that reads slowly slows a stream down instead of growing the buffer), at most
+        :data:`WRITE_STALL_S`: a client that reads nothing for that long is dropped."""
         transport = self._transport
         assert transport is not None
         if self.lost or transport.is_closing():
@@ -435,7 +440,10 @@ class Connection(asyncio.Protocol):
         if self._writing_paused:
             drain = self._drain = self._loop.create_future()
             try:
-                await drain
+                await asyncio.wait_for(drain, WRITE_STALL_S)
+            except TimeoutError:
+                transport.abort()
+                raise ClientGone from None
             finally:
                 self._drain = None
             if self.lost:
