@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 
+import msgspec
 import pytest
 
 from quotad.daemon.terminal import TerminalText, escaped, terminal_output
@@ -13,12 +15,12 @@ from quotad.daemon.terminal import TerminalText, escaped, terminal_output
 @pytest.mark.parametrize(
     ("text", "shown"),
     [
-        ("\x1b]0;pwned\x07", "\\x1b]0;pwned\\x07"),  # retitles the terminal
-        ("\x1b]52;c;ZXZpbA==\x07", "\\x1b]52;c;ZXZpbA==\\x07"),  # writes the clipboard
-        ("\x1b[2Kspend $0", "\\x1b[2Kspend $0"),  # erases the line
-        ("app\rother", "app\\x0dother"),  # a carriage return rewrites the line
-        ("\x9b31m", "\\x9b31m"),  # the one-byte CSI
-        ("a\x7fb\x00c", "a\\x7fb\\x00c"),
+        ("\x1b]0;pwned\x07", "\\u001b]0;pwned\\u0007"),  # retitles the terminal
+        ("\x1b]52;c;ZXZpbA==\x07", "\\u001b]52;c;ZXZpbA==\\u0007"),  # writes the clipboard
+        ("\x1b[2Kspend $0", "\\u001b[2Kspend $0"),  # erases the line
+        ("app\rother", "app\\u000dother"),  # a carriage return rewrites the line
+        ("\x9b31m", "\\u009b31m"),  # the one-byte CSI
+        ("a\x7fb\x00c", "a\\u007fb\\u0000c"),
         ("abc\u202edcba", "abc\\u202edcba"),  # right-to-left override
         ("\u2066x\u2069", "\\u2066x\\u2069"),
     ],
@@ -34,11 +36,21 @@ def test_text_a_terminal_only_shows_passes_as_it_is(text: str) -> None:
     assert escaped(text) == text
 
 
+def test_json_output_stays_json_holding_the_same_text() -> None:
+    """msgspec's JSON leaves DEL, C1 controls and bidi overrides as they are; ``\\x7f`` for
+    them made ``quotad chat --json`` print what no JSON parser reads."""
+    value = {"content": "a\x7fb\x9bc\u202ed\x1be\nf", "app": "café"}
+    printed = escaped(msgspec.json.encode(value).decode())
+    assert "\x7f" not in printed
+    assert "\x9b" not in printed
+    assert json.loads(printed) == value
+
+
 def test_the_command_s_streams_are_escaped_only_within_it() -> None:
     out = io.StringIO()
     stream = TerminalText(out)
     assert stream.write("\x1b[31mred\n") == len("\x1b[31mred\n")
-    assert out.getvalue() == "\\x1b[31mred\n"
+    assert out.getvalue() == "\\u001b[31mred\n"
     before = sys.stdout
     with terminal_output():
         assert isinstance(sys.stdout, TerminalText)

@@ -4,7 +4,9 @@ provider. A control character in those would be run by the terminal: ``ESC ]0;â€
 ``ESC [2K`` or a carriage return rewrites a line (another app's spend, hidden), ``ESC ]52`` writes
 the clipboard on some terminals, and bidirectional overrides reorder what is read. The command's
 output goes through :class:`TerminalText`, which writes each such character as an escape
-(``\\x1b``, ``\\u202e``); new lines and tabs pass, and so does a carriage return before a new line.
+(``\\u001b``, ``\\u202e``: JSON's spelling, so that ``--json`` output, where JSON leaves DEL, C1
+controls and overrides as they are, is still JSON); new lines and tabs pass, and so does a
+carriage return before a new line.
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ def escaped(text: str) -> str:
 
 
 def _escape(match: re.Match[str]) -> str:
-    code = ord(match[0])
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return f"\\u{ord(match[0]):04x}"  # JSON's spelling too: ``--json`` output stays JSON
 
 
 class TerminalText:
