@@ -91,3 +91,14 @@ def test_gates_are_matched_to_targets_and_the_rest_are_other_gates() -> None:
     assert names["openai/gpt-4o"] == ["provider:openai"]  # the daemon lists no gate names
     assert names["groq/llama-3.1-8b-instant"] == []
     assert [g.name for g in monitor.other_gates()] == ["app:indexer"]
+
+
+def test_a_semantic_hit_is_an_answer_not_an_error() -> None:
+    """A semantic cache hit has its own ledger status (DESIGN §11), ``semantic``: it counts
+    with the answers, as an exact hit's ``ok`` does."""
+    monitor = Monitor("/x.sock")
+    monitor.absorb(Connected("1"))
+    hit = RequestRecord(app="a", status="semantic", cached=True, semantic=True)
+    records = [hit, record("a", 0.2, status="timeout"), record("a", 0.1, cached=True)]
+    monitor.absorb(snapshot(1, 100.0, 3, records))
+    assert (monitor.apps["a"].requests, monitor.apps["a"].errors) == (3, 1)

@@ -160,8 +160,11 @@ async def test_an_exact_miss_asked_in_other_words_is_served_semantically_and_mar
     assert other.saved_usd == first.cost_usd > 0
     assert daemon.provider.asked == [ASKED]
     rows = await daemon.rows("SELECT status, cached, semantic_similarity FROM ledger ORDER BY id")
-    assert rows == [("ok", 0, None), ("ok", 1, None), ("ok", 1, pytest.approx(other.similarity))]
-    assert await daemon.rows("SELECT cache_hits, semantic_hits FROM spend_daily") == [(2, 1)]
+    semantic_row = ("semantic", 1, pytest.approx(other.similarity))  # its own status (§11)
+    assert rows == [("ok", 0, None), ("ok", 1, None), semantic_row]
+    assert await daemon.rows("SELECT cache_hits, semantic_hits, errors FROM spend_daily") == [
+        (2, 1, 0)
+    ]
     report = await daemon.broker.reports.spend(Spend(period="day", by="app"))
     assert (report.total.cache_hits, report.total.semantic_hits) == (2, 1)
     assert report.total.saved_usd == pytest.approx(2 * first.cost_usd)

@@ -111,6 +111,41 @@ async def test_version_3_marks_semantic_hits_and_counts_them_per_day(directory: 
         await database.close()
 
 
+async def test_version_5_gives_semantic_hits_their_own_status_and_no_error(
+    directory: Path,
+) -> None:
+    """A file at version 4 whose semantic hits were rows with status ``ok``: they are given
+    the status ``semantic``, and a new one counts as an answer, not an error."""
+    path = directory / "quotad.db"
+    row = ledger_row(1)
+    earlier = row._replace(request_id="qd-2", cached=True, semantic_similarity=0.95)
+    with sqlite3.connect(path) as connection:  # as quotad at schema version 4 left it
+        for migration in MIGRATIONS[:4]:
+            for sql in migration:
+                connection.execute(sql)
+        connection.execute(SCHEMA_VERSION_TABLE)
+        connection.execute("INSERT INTO schema_version VALUES (4)")
+        for old_row in (row, earlier):
+            connection.execute(*statements(old_row)[0])
+    database = Database(path)
+    await database.open()
+    try:
+        later = earlier._replace(request_id="qd-3", status="semantic")
+        failed = row._replace(request_id="qd-4", status="timeout")
+        await database.write(statements(later) + statements(failed))
+        assert await database.read("SELECT request_id, status FROM ledger ORDER BY id") == [
+            ("qd-test-1", "ok"),
+            ("qd-2", "semantic"),
+            ("qd-3", "semantic"),
+            ("qd-4", "timeout"),
+        ]
+        assert await database.read(
+            "SELECT requests, errors, semantic_hits FROM spend_daily"
+        ) == [(4, 1, 2)]
+    finally:
+        await database.close()
+
+
 async def test_entities_found_are_summed_per_day_and_kind_with_blocked_requests(
     db: Database,
 ) -> None:

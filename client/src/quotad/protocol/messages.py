@@ -24,6 +24,11 @@ SettleStatus = Literal["ok", "error", "rate_limited", "cancelled"]
 SpendPeriod = Literal["day", "week", "month"]
 SpendKey = Literal["app", "model", "target", "day", "host"]
 CacheMatch = Literal["", "exact", "semantic"]
+SEMANTIC_HIT: Final = "semantic"
+"""The ledger status of a request the semantic cache answered (DESIGN §11: its own status)."""
+ANSWERED: Final = frozenset({"ok", SEMANTIC_HIT})
+"""The ledger statuses of a request that was answered; any other is an error code or
+``cancelled``."""
 
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 MAX_WAIT_S: Final = 86_400.0
@@ -498,6 +503,7 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     app: str = ""
     target: str = ""
     status: str = "ok"
+    """``ok``, ``semantic`` (a semantic cache hit), an error code or ``cancelled``."""
     wait_s: float = 0.0
     latency_s: float = 0.0
     prompt_tokens: int = 0

@@ -21,7 +21,7 @@ from quotad.daemon.store.budgets import BudgetHold
 from quotad.daemon.store.cache import Answer, CacheEntry
 from quotad.daemon.store.ledger import LedgerRow, encode_tags
 from quotad.daemon.tokens import estimate_input_tokens, estimate_prompt_tokens
-from quotad.protocol.messages import Chat, Embed, Usage
+from quotad.protocol.messages import SEMANTIC_HIT, Chat, Embed, Usage
 
 if TYPE_CHECKING:
     from quotad.daemon.semantic.step import Asked
@@ -136,8 +136,11 @@ class RequestContext:
         unpriced: bool,
         latency_s: float,
     ) -> LedgerRow:
-        """The request's ledger row (step 7), as it ends at ``now`` with ``status``."""
+        """The request's ledger row (step 7), as it ends at ``now`` with ``status`` (``ok``
+        is :data:`SEMANTIC_HIT` for a semantic cache hit: DESIGN §11, its own status)."""
         caller = self.caller
+        if status == "ok" and self.similarity is not None:
+            status = SEMANTIC_HIT
         return LedgerRow(
             request_id=self.request_id,
             time=now,

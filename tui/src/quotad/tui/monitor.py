@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from quotad.protocol.messages import (
+    ANSWERED,
     AppStatus,
     GateStatus,
     RequestRecord,
@@ -54,7 +55,7 @@ class AppActivity:
     def add(self, record: RequestRecord) -> None:
         """Count one finished request."""
         self.requests += 1
-        self.errors += record.status != "ok"
+        self.errors += record.status not in ANSWERED
         self.cache_hits += record.cached
         self.wait_s += record.wait_s
         self.latency_s += record.latency_s
@@ -85,7 +86,7 @@ class SpendView:
 
 def provider_latencies(records: Iterable[RequestRecord]) -> list[float]:
     """Latencies of the records that reached a provider and succeeded (not cache hits)."""
-    return [r.latency_s for r in records if r.status == "ok" and not r.cached]
+    return [r.latency_s for r in records if r.status in ANSWERED and not r.cached]
 
 
 class Monitor:

@@ -56,7 +56,7 @@ from quotad.daemon.store.budgets import Budget, BudgetHold, Budgets, Calendar
 from quotad.daemon.store.ledger import Ledger, LedgerRow
 from quotad.daemon.store.spend import BLOCKED
 from quotad.protocol.figures import usd
-from quotad.protocol.messages import BudgetStatus, SpendReply
+from quotad.protocol.messages import ANSWERED, BudgetStatus, SpendReply
 
 log = logging.getLogger("quotad.cluster")
 
@@ -226,7 +226,7 @@ class SharedBudgets:
             row.cost_usd,
             row.prompt_tokens if billed else 0,
             row.completion_tokens if billed else 0,
-            error=row.status != "ok",
+            error=row.status not in ANSWERED,
             cache_hit=row.cached,
             saved_usd=row.saved_usd,
             semantic_hit=row.semantic_similarity is not None,

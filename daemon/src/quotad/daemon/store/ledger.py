@@ -15,14 +15,15 @@ The error says what happened to the request: the provider called and paid (its c
 answered from the cache; the reply withheld; the row kept and written when space returns.
 
 Columns (table ``ledger``): request_id, time (Unix), day (local calendar day, YYYY-MM-DD, in
-``daemon.timezone``), kind (chat, stream, embed), app, user, uid/pid/gid of the peer, model
-(as asked: a group, target or bare model), target (that answered; empty when none did),
-attempts, status (``ok``, an error code, or ``cancelled``), prompt/completion/cached tokens,
-cost_usd, saved_usd (what a cache hit saved), cached (1 for a hit), unpriced (1 when the target
-has no price), wait_s, latency_s, priority, tags (JSON list), semantic_similarity (a semantic
-cache hit, DESIGN §11: status ``ok``, cached 1, and the similarity of the two questions here;
-NULL for every other row, exact hits included), entities (what the guardrails
-found in the request and its reply: ``{"kind": count}`` as JSON, "" when nothing; never what).
+``daemon.timezone``), kind (chat, stream, embed), app, user, uid/pid/gid of the peer, model (as
+asked: a group, target or bare model), target (that answered; empty when none did), attempts,
+status (``ok``, ``semantic`` for a semantic cache hit, an error code, or ``cancelled``),
+prompt/completion/cached tokens, cost_usd, saved_usd (what a cache hit saved), cached (1 for a
+hit), unpriced (1 when the target has no price), wait_s, latency_s, priority, tags (JSON list),
+semantic_similarity (a semantic cache hit, DESIGN §11: status ``semantic``, cached 1, and the
+similarity of the two questions here; NULL for every other row, exact hits included), entities
+(what the guardrails found in the request and its reply: ``{"kind": count}`` as JSON, "" when
+nothing; never what).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from quotad.daemon.errors import RequestError, encodable
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database, Statement, WriteFailed
 from quotad.daemon.store.spend import SpendReport
-from quotad.protocol.messages import RequestRecord, SpendReply
+from quotad.protocol.messages import ANSWERED, RequestRecord, SpendReply
 
 LedgerDay = tuple[str, str, str, str, float, int, int, int, int, int, float, int]
 """``(day, app, model, target, cost, requests, prompt, completion, errors, cache hits,
@@ -80,7 +81,7 @@ class LedgerRow(NamedTuple):
     tags: str
     semantic_similarity: float | None = None
     """A semantic cache hit: the similarity of the question it was served for (its status is
-    ``ok`` and ``cached`` 1, like an exact hit); None for every other row."""
+    ``semantic`` and ``cached`` 1); None for every other row."""
     entities: str = ""
 
 
@@ -226,7 +227,8 @@ class Ledger:
             self._retry_unrecorded()
             await self._db.write(statements(row), durable=row.cost_usd > 0)
         except WriteFailed as error:
-            fate = self._keep(row._replace(status="internal") if row.status == "ok" else row, error)
+            answered = row.status in ANSWERED  # what the caller gets instead of the answer
+            fate = self._keep(row._replace(status="internal") if answered else row, error)
             raise LedgerWriteFailed(withheld_message(row, error, fate), row.request_id) from None
 
     def _keep(self, row: LedgerRow, error: WriteFailed) -> str | None:

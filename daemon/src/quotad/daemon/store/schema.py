@@ -8,9 +8,10 @@ Tables:
 
 - ``ledger``: one row per request (hits and failures too), see :mod:`.ledger`;
 - ``spend_daily``: the ledger summed per local day, app, model and target, for reports and
-  budgets (see :mod:`.spend`); kept by the trigger ``ledger_adds_to_day`` (version 2), so in
-  the same transaction as each ledger row whoever inserts it (a cache hit's tokens are not
-  billed, so not summed);
+  budgets (see :mod:`.spend`); kept by the trigger ``ledger_adds_to_day`` (version 2; made
+  again by versions 3 and 5), so in the same transaction as each ledger row whoever inserts
+  it (a cache hit's tokens are not billed, so not summed; a row is an error unless its status
+  is ``ok`` or, since version 5, ``semantic``);
 - ``guardrails_daily``: what the guardrails found (DESIGN §12), per local day, app, model,
   target and ``kind``: an entity kind (``count``: entities of that kind found in requests and
   replies) or ``blocked`` (``count``: requests refused); kept by the trigger
@@ -29,6 +30,42 @@ Tables:
 from __future__ import annotations
 
 from typing import Final
+
+
+def _ledger_adds_to_day(*, errors: str, semantic_hits: bool) -> str:
+    """The trigger ``ledger_adds_to_day``: a ledger row added to its day in ``spend_daily``,
+    counted in ``errors`` when the SQL expression ``errors`` holds, and in ``semantic_hits``
+    (a column since version 3) when it was a semantic hit. One text for every version that
+    (re)creates the trigger, so that they differ only in these."""
+    column, value, total = (
+        (
+            ",\n                semantic_hits",
+            ",\n                NEW.semantic_similarity IS NOT NULL",
+            ",\n                semantic_hits = semantic_hits + excluded.semantic_hits",
+        )
+        if semantic_hits
+        else ("", "", "")
+    )
+    return f"""CREATE TRIGGER ledger_adds_to_day AFTER INSERT ON ledger BEGIN
+            INSERT INTO spend_daily (day, app, model, target, requests, errors, prompt_tokens,
+                completion_tokens, cached_tokens, cost_usd, cache_hits, saved_usd, unpriced{column})
+            VALUES (NEW.day, NEW.app, NEW.model, NEW.target, 1, {errors},
+                CASE WHEN NEW.cached THEN 0 ELSE NEW.prompt_tokens END,
+                CASE WHEN NEW.cached THEN 0 ELSE NEW.completion_tokens END,
+                CASE WHEN NEW.cached THEN 0 ELSE NEW.cached_tokens END,
+                NEW.cost_usd, NEW.cached, NEW.saved_usd, NEW.unpriced{value})
+            ON CONFLICT (day, app, model, target) DO UPDATE SET
+                requests = requests + 1,
+                errors = errors + excluded.errors,
+                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = completion_tokens + excluded.completion_tokens,
+                cached_tokens = cached_tokens + excluded.cached_tokens,
+                cost_usd = cost_usd + excluded.cost_usd,
+                cache_hits = cache_hits + excluded.cache_hits,
+                saved_usd = saved_usd + excluded.saved_usd,
+                unpriced = max(unpriced, excluded.unpriced){total};
+        END"""
+
 
 SCHEMA_VERSION_TABLE: Final = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -108,27 +145,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
     ),
     # 2: spend_daily kept by a trigger on each ledger insert (one statement per row, not two)
-    (
-        """CREATE TRIGGER ledger_adds_to_day AFTER INSERT ON ledger BEGIN
-            INSERT INTO spend_daily (day, app, model, target, requests, errors, prompt_tokens,
-                completion_tokens, cached_tokens, cost_usd, cache_hits, saved_usd, unpriced)
-            VALUES (NEW.day, NEW.app, NEW.model, NEW.target, 1, NEW.status != 'ok',
-                CASE WHEN NEW.cached THEN 0 ELSE NEW.prompt_tokens END,
-                CASE WHEN NEW.cached THEN 0 ELSE NEW.completion_tokens END,
-                CASE WHEN NEW.cached THEN 0 ELSE NEW.cached_tokens END,
-                NEW.cost_usd, NEW.cached, NEW.saved_usd, NEW.unpriced)
-            ON CONFLICT (day, app, model, target) DO UPDATE SET
-                requests = requests + 1,
-                errors = errors + excluded.errors,
-                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-                completion_tokens = completion_tokens + excluded.completion_tokens,
-                cached_tokens = cached_tokens + excluded.cached_tokens,
-                cost_usd = cost_usd + excluded.cost_usd,
-                cache_hits = cache_hits + excluded.cache_hits,
-                saved_usd = saved_usd + excluded.saved_usd,
-                unpriced = max(unpriced, excluded.unpriced);
-        END""",
-    ),
+    (_ledger_adds_to_day(errors="NEW.status != 'ok'", semantic_hits=False),),
     # 3: the semantic cache (DESIGN §11): questions beside their cache entries; a semantic hit
     # marked in the ledger (semantic_similarity, NULL otherwise) and counted per day
     (
@@ -148,28 +165,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE ledger ADD COLUMN semantic_similarity REAL",
         "ALTER TABLE spend_daily ADD COLUMN semantic_hits INTEGER NOT NULL DEFAULT 0",
         "DROP TRIGGER ledger_adds_to_day",
-        """CREATE TRIGGER ledger_adds_to_day AFTER INSERT ON ledger BEGIN
-            INSERT INTO spend_daily (day, app, model, target, requests, errors, prompt_tokens,
-                completion_tokens, cached_tokens, cost_usd, cache_hits, saved_usd, unpriced,
-                semantic_hits)
-            VALUES (NEW.day, NEW.app, NEW.model, NEW.target, 1, NEW.status != 'ok',
-                CASE WHEN NEW.cached THEN 0 ELSE NEW.prompt_tokens END,
-                CASE WHEN NEW.cached THEN 0 ELSE NEW.completion_tokens END,
-                CASE WHEN NEW.cached THEN 0 ELSE NEW.cached_tokens END,
-                NEW.cost_usd, NEW.cached, NEW.saved_usd, NEW.unpriced,
-                NEW.semantic_similarity IS NOT NULL)
-            ON CONFLICT (day, app, model, target) DO UPDATE SET
-                requests = requests + 1,
-                errors = errors + excluded.errors,
-                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-                completion_tokens = completion_tokens + excluded.completion_tokens,
-                cached_tokens = cached_tokens + excluded.cached_tokens,
-                cost_usd = cost_usd + excluded.cost_usd,
-                cache_hits = cache_hits + excluded.cache_hits,
-                saved_usd = saved_usd + excluded.saved_usd,
-                unpriced = max(unpriced, excluded.unpriced),
-                semantic_hits = semantic_hits + excluded.semantic_hits;
-        END""",
+        _ledger_adds_to_day(errors="NEW.status != 'ok'", semantic_hits=True),
     ),
     # 4: guardrails: entities found per ledger row (JSON {"kind": count}), and per day
     (
@@ -195,6 +191,13 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             WHERE NEW.status = 'blocked'
             ON CONFLICT (day, app, model, target, kind) DO UPDATE SET count = count + 1;
         END""",
+    ),
+    # 5: a semantic hit has its own ledger status (DESIGN §11), an answer and not an error
+    (
+        "DROP TRIGGER ledger_adds_to_day",
+        _ledger_adds_to_day(errors="NEW.status NOT IN ('ok', 'semantic')", semantic_hits=True),
+        """UPDATE ledger SET status = 'semantic'
+        WHERE semantic_similarity IS NOT NULL AND status = 'ok'""",
     ),
 )
 

@@ -7,7 +7,7 @@ from typing import Final
 from rich.text import Text
 from textual.app import ComposeResult
 
-from quotad.protocol.messages import RequestRecord
+from quotad.protocol.messages import ANSWERED, RequestRecord
 from quotad.tui.format import milliseconds, seconds, usd
 from quotad.tui.monitor import TAIL_RECORDS, Monitor
 from quotad.tui.screens.base import MonitorScreen, titled
@@ -28,7 +28,7 @@ COLUMNS: Final = (
 
 def request_cells(record: RequestRecord, now: float) -> list[Text]:
     """The cells of one finished request, its age taken against the snapshot's ``now``."""
-    ok = record.status == "ok"
+    ok = record.status in ANSWERED
     status = Text(record.status, style="green" if ok else "bold red")
     if record.attempts > 1:
         status.append(f" x{record.attempts}", style="yellow")
