@@ -91,3 +91,29 @@ def test_names_in_other_scripts_and_spaces_are_names(daemon: tuple[DaemonProcess
     for app in ("café", "日本語\u3000アプリ", "a\u00a0b", "émoji 😀"):
         with Client(process.socket_path, app=app, timeout=30) as client:
             assert client.chat("sim/gpt-4o-mini", CHAT, max_tokens=5, user=app).content
+
+
+@pytest.mark.parametrize(
+    ("tags", "refused"),
+    [
+        (
+            ["ok", "a\x1b[2Kb"],
+            r"^tags\[1\]: a name cannot hold control characters \(U\+001B at 1\)",
+        ),
+        (["x" * 257], r"^tags\[0\]: expected str of length <= 256$"),
+        ([f"tag-{n}" for n in range(65)], r"^tags: expected array of length <= 64$"),
+        (["x" * 4_000_000], r"^tags\[0\]: expected str of length <= 256$"),
+    ],
+)
+def test_tags_are_names_and_a_request_carries_at_most_64(
+    daemon: tuple[DaemonProcess, str], tags: list[str], refused: str
+) -> None:
+    """Tags are kept in the ledger row as sent: before, one request's 4 MB tag was a 4 MB row."""
+    process, _ = daemon
+    with Client(process.socket_path, app="tags", timeout=30) as client:
+        with pytest.raises(BadRequestError, match=refused):
+            client.chat("sim/gpt-4o-mini", CHAT, max_tokens=5, tags=tags)
+        with pytest.raises(BadRequestError, match=refused):
+            client.embed("sim/text-embedding-3-small", "hi", tags=tags)
+        kept = [f"tag-{n}" for n in range(64)]
+        assert client.chat("sim/gpt-4o-mini", CHAT, max_tokens=5, tags=kept).content

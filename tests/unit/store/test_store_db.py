@@ -139,9 +139,9 @@ async def test_version_5_gives_semantic_hits_their_own_status_and_no_error(
             ("qd-3", "semantic"),
             ("qd-4", "timeout"),
         ]
-        assert await database.read(
-            "SELECT requests, errors, semantic_hits FROM spend_daily"
-        ) == [(4, 1, 2)]
+        assert await database.read("SELECT requests, errors, semantic_hits FROM spend_daily") == [
+            (4, 1, 2)
+        ]
     finally:
         await database.close()
 

@@ -37,6 +37,9 @@ WaitSeconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT_S)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 RequestId = Annotated[int, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(max_length=256)]
+MAX_TAGS: Final = 64
+"""The most tags a request may carry, each a :data:`Name`: they are kept in its ledger row."""
+Tags = Annotated[list[Name], msgspec.Meta(max_length=MAX_TAGS)]
 
 
 class Message(msgspec.Struct, kw_only=True, omit_defaults=True, tag=True):
@@ -101,7 +104,7 @@ class Chat(Message):
     cache: CacheMode = "use"
     app: Name = ""
     user: Name = ""
-    tags: list[str] = msgspec.field(default_factory=list)
+    tags: Tags = msgspec.field(default_factory=list)
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -116,7 +119,7 @@ class Embed(Message):
     cache: CacheMode = "use"
     app: Name = ""
     user: Name = ""
-    tags: list[str] = msgspec.field(default_factory=list)
+    tags: Tags = msgspec.field(default_factory=list)
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
 
 

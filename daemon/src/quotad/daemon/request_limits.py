@@ -30,8 +30,8 @@ A chat with no messages, or an embedding request whose input is an empty list, i
 every provider would refuse it, after a round trip. A refusal is ``bad_request`` naming the
 field (``extra.n: ...``).
 
-Names (an app, a user, a model or target) are identifiers that reach the log, the ledger and the
-operator's terminal, so :func:`check_name` refuses one that holds a control character or a
+Names (an app, a user, a model or target, a tag) are identifiers that reach the log, the ledger
+and the operator's terminal, so :func:`check_name` refuses one that holds a control character or a
 bidirectional override: a new line in a model name wrote a log line of its choosing, an escape
 sequence ran in the terminal of whoever read ``quotad spend``.
 """
@@ -77,10 +77,12 @@ def check_name(field: str, name: str) -> None:
 
 
 def check_names(request: Chat | Embed) -> None:
-    """:func:`check_name` of a request's model, app and user."""
+    """:func:`check_name` of a request's model, app, user and tags."""
     check_name("model", request.model)
     check_name("app", request.app)
     check_name("user", request.user)
+    for index, tag in enumerate(request.tags):
+        check_name(f"tags[{index}]", tag)
 
 
 def _refuse(field: str, why: str) -> RequestError:
