@@ -6,13 +6,17 @@ target of that name, whose events wrote a log line of the client's choosing, and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from quotad.client import BadRequestError, Client, QuotadError
+from quotad.protocol.framing import FrameEncoder
+from quotad.protocol.messages import Chat, ChatMessage, Error, Hello
 from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
+from tests.support.raw_socket import read_replies, unix_connection
 from tests.support.sim import SimProcess
 
 FORGED = "sim/a\n12:00:00 error   quotad: FORGED"
@@ -108,12 +112,24 @@ def test_names_in_other_scripts_and_spaces_are_names(daemon: tuple[DaemonProcess
 def test_tags_are_names_and_a_request_carries_at_most_64(
     daemon: tuple[DaemonProcess, str], tags: list[str], refused: str
 ) -> None:
-    """Tags are kept in the ledger row as sent: before, one request's 4 MB tag was a 4 MB row."""
+    """Tags are kept in the ledger row as sent: before, one request's 4 MB tag was a 4 MB row.
+    The client refuses them before sending, and the daemon when a frame carries them."""
     process, _ = daemon
+    field = "tags[1]" if len(tags) == 2 else "tags" if len(tags) > 1 else "tags[0]"
     with Client(process.socket_path, app="tags", timeout=30) as client:
-        with pytest.raises(BadRequestError, match=refused):
+        with pytest.raises(BadRequestError, match=refused) as caught:
             client.chat("sim/gpt-4o-mini", CHAT, max_tokens=5, tags=tags)
+        assert caught.value.details["field"] == field
         with pytest.raises(BadRequestError, match=refused):
             client.embed("sim/text-embedding-3-small", "hi", tags=tags)
         kept = [f"tag-{n}" for n in range(64)]
         assert client.chat("sim/gpt-4o-mini", CHAT, max_tokens=5, tags=kept).content
+    chat = Chat(
+        id=2, model="sim/gpt-4o-mini", messages=[ChatMessage(role="user", content="hi")], tags=tags
+    )
+    with unix_connection(process.socket_path, timeout_s=30) as sock:
+        sock.sendall(FrameEncoder().encode(Hello(id=1, app="raw")) + FrameEncoder().encode(chat))
+        _, answer = read_replies(sock, 2)
+    assert isinstance(answer, Error)
+    assert (answer.id, answer.code, answer.details) == (2, "bad_request", {"field": field})
+    assert re.search(refused.removeprefix("^"), answer.message)

@@ -132,7 +132,7 @@ def test_bad_anthropic_shapes_name_their_field(change: dict[str, Any], param: st
     with pytest.raises(RequestError) as caught:
         convert({**CONVERSATION, **change})
     assert caught.value.code == "bad_request"
-    assert caught.value.details["param"] == param
+    assert caught.value.details["field"] == param
     assert caught.value.message.startswith(param + ": ")
 
 

@@ -27,6 +27,7 @@ from quotad.protocol.framing import (
     FrameDecoder,
     FrameEncoder,
     describe,
+    field_named,
     reply_decoder,
 )
 from quotad.protocol.messages import (
@@ -79,7 +80,9 @@ def _convert(fields: dict[str, Any], kind: type[RequestT]) -> RequestT:
     try:
         return msgspec.convert(fields, kind)
     except msgspec.ValidationError as error:
-        raise BadRequestError(describe(error)) from None
+        described = describe(error)
+        field = field_named(described)
+        raise BadRequestError(described, details={"field": field} if field else None) from None
 
 
 def chat_request(

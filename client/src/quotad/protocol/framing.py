@@ -60,13 +60,17 @@ class MessageValidationError(MessageInvalid):
     missing field, a value out of range): a bad request rather than a bad frame.
 
     ``request_id`` is the message's ``id`` when it could still be read: the frame's bounds were
-    sound, so the request can be answered by its id and the frames after it read on."""
+    sound, so the request can be answered by its id and the frames after it read on. ``field``
+    is the field that is wrong (``tags[0]``), when one is."""
 
     code = "bad_request"
 
-    def __init__(self, message: str, request_id: int | None = None) -> None:
+    def __init__(
+        self, message: str, request_id: int | None = None, field: str | None = None
+    ) -> None:
         super().__init__(message)
         self.request_id = request_id
+        self.field = field
 
 
 class _Addressed(msgspec.Struct):
@@ -162,13 +166,15 @@ class FrameDecoder(Generic[T]):
         deep = nesting_exceeds(payload, MAX_NESTING)
         if deep is not None:
             raise MessageValidationError(
-                f"invalid message: {deep}: nested deeper than {MAX_NESTING} levels"
+                f"invalid message: {deep}: nested deeper than {MAX_NESTING} levels",
+                field=field_named(deep),
             )
         try:
             return self._decoder.decode(payload)
         except msgspec.ValidationError as exc:
+            described = describe(exc)
             raise MessageValidationError(
-                f"invalid message: {describe(exc)}", _request_id_of(payload)
+                f"invalid message: {described}", _request_id_of(payload), field_named(described)
             ) from None
         except msgspec.DecodeError as exc:
             raise MessageInvalid(f"malformed MessagePack: {exc}") from None
@@ -203,6 +209,13 @@ def describe(error: msgspec.ValidationError) -> str:
         where = key
     path = where.rstrip("`").removeprefix("$").removeprefix(".") or "message"
     return f"{path}: a key: {what}" if in_key else f"{path}: {what}"
+
+
+def field_named(description: str) -> str | None:
+    """The field a :func:`describe` text (or a bare path) names: ``tags[0]`` of ``tags[0]:
+    expected str of length <= 256``; None when it is about the message as a whole."""
+    field = description.partition(": ")[0]
+    return None if field == "message" else field
 
 
 def request_decoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameDecoder[Request]:

@@ -75,7 +75,7 @@ def _text_arg(request: Admin, name: str) -> str:
         raise RequestError(
             "bad_request",
             f"args.{name}: expected a string of 1 to {MAX_TEXT_ARG} characters",
-            details={"param": f"args.{name}"},
+            details={"field": f"args.{name}"},
         )
     check_name(f"args.{name}", value)
     return value

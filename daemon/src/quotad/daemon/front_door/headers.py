@@ -78,7 +78,7 @@ def _read_quotad_header(found: RequestHeaders, name: str, value: str) -> None:
 
 
 def _bad_header(name: str, message: str) -> RequestError:
-    return RequestError("bad_request", f"header {name}: {message}", details={"param": name})
+    return RequestError("bad_request", f"header {name}: {message}", details={"field": name})
 
 
 def apply_options(request: Chat | Embed, headers: RequestHeaders) -> None:

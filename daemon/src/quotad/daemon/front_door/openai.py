@@ -402,9 +402,8 @@ def model_body(name: str, owner: str) -> bytes:
 
 def error_body(error: RequestError) -> bytes:
     """``{"error": {"message", "type", "code", "param"}}``; ``code`` is quotad's error code,
-    ``param`` the field a ``bad_request`` names (``details["param"]``, or ``details["field"]``
-    as the checks the socket shares say it)."""
-    param = error.details.get("param", error.details.get("field"))
+    ``param`` the field a ``bad_request`` names (``details["field"]``, on every door)."""
+    param = error.details.get("field")
     detail = _ErrorDetail(
         message=error.message,
         type=ERROR_TYPES.get(error.code, "server_error"),

@@ -17,7 +17,7 @@ import msgspec
 
 from quotad.daemon.errors import RequestError
 from quotad.daemon.net.http11 import Headers
-from quotad.protocol.framing import describe
+from quotad.protocol.framing import describe, field_named
 
 T = TypeVar("T")
 
@@ -84,7 +84,7 @@ def error_headers(error: RequestError) -> Headers:
 
 def bad_request(param: str, message: str) -> RequestError:
     """A ``bad_request`` naming the field (``param``) that is wrong."""
-    return RequestError("bad_request", f"{param}: {message}", details={"param": param})
+    return RequestError("bad_request", f"{param}: {message}", details={"field": param})
 
 
 def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
@@ -161,8 +161,7 @@ def _invalid(error: msgspec.ValidationError) -> RequestError:
             "bad_request", f"the body: {text[:1].lower()}{text[1:]}".replace("`", "")
         )
     text = describe(error).replace(" | null", "")  # optional fields: the type is what matters
-    param, _, _ = text.partition(": ")
-    return RequestError("bad_request", text, details={"param": param})
+    return RequestError("bad_request", text, details={"field": field_named(text)})
 
 
 def passthrough(body: object, names: Iterable[str]) -> dict[str, Any]:

@@ -205,7 +205,8 @@ class Connection(asyncio.Protocol):
         request_id = error.request_id
         if not request_id or not self.greeted or request_id in self.in_flight:
             return False
-        self.write(_error(request_id, error.code, str(error)))
+        details = {"field": error.field} if error.field else {}
+        self.write(Error(id=request_id, code=error.code, message=str(error), details=details))
         return True
 
     def eof_received(self) -> bool:
