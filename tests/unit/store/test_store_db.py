@@ -55,15 +55,22 @@ INSERT_V1_ROW = (
 )
 
 
+def file_at_version(path: Path, version: int) -> sqlite3.Connection:
+    """A connection to a new file at schema ``version``, as quotad at that version left it."""
+    connection = sqlite3.connect(path)
+    for migration in MIGRATIONS[:version]:
+        for sql in migration:
+            connection.execute(sql)
+    connection.execute(SCHEMA_VERSION_TABLE)
+    connection.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    return connection
+
+
 async def test_a_version_1_file_is_migrated_and_its_day_sums_carry_on(directory: Path) -> None:
     path = directory / "quotad.db"
     row = ledger_row(1)
     summed = (row.prompt_tokens, row.completion_tokens, row.cost_usd)
-    with sqlite3.connect(path) as connection:  # as quotad at schema version 1 left it
-        for sql in MIGRATIONS[0]:
-            connection.execute(sql)
-        connection.execute(SCHEMA_VERSION_TABLE)
-        connection.execute("INSERT INTO schema_version VALUES (1)")
+    with file_at_version(path, 1) as connection:
         connection.execute(INSERT_V1_ROW, row[: len(V1_COLUMNS)])
         connection.execute(
             "INSERT INTO spend_daily VALUES (?, ?, ?, ?, 1, 0, ?, ?, 0, ?, 0, 0.0, 0)",
@@ -87,12 +94,7 @@ async def test_version_3_marks_semantic_hits_and_counts_them_per_day(directory: 
     sums' count; its earlier rows are not semantic hits."""
     path = directory / "quotad.db"
     row = ledger_row(1)
-    with sqlite3.connect(path) as connection:  # as quotad at schema version 2 left it
-        for migration in MIGRATIONS[:2]:
-            for sql in migration:
-                connection.execute(sql)
-        connection.execute(SCHEMA_VERSION_TABLE)
-        connection.execute("INSERT INTO schema_version VALUES (2)")
+    with file_at_version(path, 2) as connection:
         connection.execute(INSERT_V1_ROW, row[: len(V1_COLUMNS)])
     database = Database(path)
     await database.open()
@@ -119,12 +121,7 @@ async def test_version_5_gives_semantic_hits_their_own_status_and_no_error(
     path = directory / "quotad.db"
     row = ledger_row(1)
     earlier = row._replace(request_id="qd-2", cached=True, semantic_similarity=0.95)
-    with sqlite3.connect(path) as connection:  # as quotad at schema version 4 left it
-        for migration in MIGRATIONS[:4]:
-            for sql in migration:
-                connection.execute(sql)
-        connection.execute(SCHEMA_VERSION_TABLE)
-        connection.execute("INSERT INTO schema_version VALUES (4)")
+    with file_at_version(path, 4) as connection:
         for old_row in (row, earlier):
             connection.execute(*statements(old_row)[0])
     database = Database(path)
