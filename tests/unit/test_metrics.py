@@ -262,3 +262,28 @@ def test_the_exposition_of_full_tables_is_bounded(
     fill_to_bounds(metrics, name_chars=name_chars, outcomes=outcomes)
     assert len(metrics._latency) == MAX_TARGET_SERIES + 1
     assert len(metrics.exposition(StatusReply())) <= most_bytes
+
+
+def test_declared_targets_and_apps_are_counted_apart_whatever_clients_named_first() -> None:
+    """The bounds were first come, first served: a client naming 256 models and 1,000 apps
+    before the config's own were used folded those into "(other)", in /metrics and in
+    ``quotad status``, where the operator looks for them. The config's are kept apart."""
+    tail = LiveTail()
+    tail.declare(["indexer"], ["openai/gpt-4o-mini"])
+    for number in range(MAX_TARGET_SERIES):
+        row = ledger_row(number, app=f"made-up-{number}", target=f"p/m-{number}")
+        tail.finished(row)
+    for number in range(MAX_TRACKED_APPS + MAX_TARGET_APP_SERIES):
+        tail.finished(ledger_row(number, app=f"app-{number}", target="p/m-1"))
+    tail.finished(ledger_row(1, app="indexer", target="openai/gpt-4o-mini"))
+    tail.finished(ledger_row(2, app="stranger", target="p/not-declared"))
+    found = samples(tail.metrics.exposition(StatusReply()).decode())
+    requests = {
+        (dict(labels)["target"], dict(labels)["app"]): value
+        for (name, labels), value in found.items()
+        if name == "quotad_requests_total"
+    }
+    assert requests[("openai/gpt-4o-mini", "indexer")] == 1
+    assert requests[(OTHER, OTHER_APPS)] == 1  # neither is declared: past both bounds
+    assert tail.activity.tracked_name("indexer") == "indexer"
+    assert tail.activity.tracked_name("stranger") == OTHER_APPS

@@ -93,3 +93,20 @@ async def test_a_rebuilt_router_keeps_its_targets_on_new_providers(anyio_backend
     assert (kept.requests, kept.enabled) == (7, False)
     adhoc = router.resolve("p/other").targets[0]  # a target made on first use lives on too
     assert Router(config(), {"p": new}, previous=router).resolve("p/other").targets[0] is adhoc
+
+
+async def test_the_config_apps_and_targets_are_kept_apart_from_start_and_after_a_reload(
+    anyio_backend: str,
+) -> None:
+    """What the live tail and the metrics keep apart past their bounds on names clients choose
+    (see tests/unit/test_metrics.py) follows the config: at start, and at each reload."""
+    provider = HeldProvider("p")
+    first = one_provider_config("m", apps={"indexer": {}})
+    async with open_store(first) as store:
+        broker = Broker(first, Router(first, {"p": provider}), store)
+        assert broker.tail.activity.declared == {"indexer"}
+        assert broker.metrics.declared_targets == {"p/m"}
+        reloaded = one_provider_config("n", apps={"batch": {}})
+        broker.reconfigure(reloaded, Router(reloaded, {"p": provider}))
+        assert broker.tail.activity.declared == broker.metrics.declared_apps == {"batch"}
+        assert broker.metrics.declared_targets == {"p/n"}

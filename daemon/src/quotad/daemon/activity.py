@@ -1,7 +1,9 @@
 """What each app has done since the daemon started, for ``quotad status`` and ``quotad top``:
 requests, in flight, time waited for gates, spend today (loaded from the ledger at start), and
 what the guardrails found in its requests and replies (entities by kind, requests refused).
-Apps are named by clients, so at most :data:`MAX_TRACKED_APPS` are kept apart."""
+Apps are named by clients, so at most :data:`MAX_TRACKED_APPS` are kept apart, besides the apps
+the config declares: those always are, so that clients naming apps without end cannot fold
+them into :data:`OTHER_APPS`."""
 
 from __future__ import annotations
 
@@ -30,10 +32,12 @@ class AppActivity:
 class AppActivityLog:
     """Every app's activity, by name."""
 
-    __slots__ = ("_apps",)
+    __slots__ = ("_apps", "declared")
 
     def __init__(self) -> None:
         self._apps: dict[str, AppActivity] = {}
+        self.declared: frozenset[str] = frozenset()
+        """The config's apps, kept apart past the bound too (set at start and reload)."""
 
     def of(self, app: str) -> AppActivity:
         """The activity of ``app`` (made on first use; past :data:`MAX_TRACKED_APPS` apps,
@@ -45,8 +49,9 @@ class AppActivityLog:
 
     def tracked_name(self, app: str) -> str:
         """The name ``app``'s activity is kept under: its own while there is room for it (or
-        it has its own already), else :data:`OTHER_APPS`. The metrics label apps by it."""
-        if app in self._apps or len(self._apps) < MAX_TRACKED_APPS:
+        it has its own already, or the config declares it), else :data:`OTHER_APPS`. The
+        metrics label apps by it."""
+        if app in self._apps or len(self._apps) < MAX_TRACKED_APPS or app in self.declared:
             return app
         return OTHER_APPS
 

@@ -110,6 +110,7 @@ class Broker:
         self.deadlines = Deadlines()
         self.generations = ConfigGenerations()
         self.tail = LiveTail()
+        self.tail.declare(config.apps, router.declared_targets)
         self.metrics = self.tail.metrics
         self.permits = Permits(self.gates, router, clock)
         self.admin = AdminActions(store, router, self.gates, self.guardrails)
@@ -485,5 +486,6 @@ class Broker:
         self.reports.config, self.reports.router = config, router
         self.guardrails.reconfigure(config)
         self.budget_holds.reconfigure()
+        self.tail.declare(config.apps, router.declared_targets)
         self._default_max_tokens = config.gates.default_max_tokens
         return self.generations.advance(self.tail.in_flight)

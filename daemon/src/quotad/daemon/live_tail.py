@@ -48,6 +48,12 @@ class LiveTail:
         self.watchers: list[Callable[[LedgerRow], None]] = []
         """Called with each finished row (the fleet's shared spend, when there is a fleet)."""
 
+    def declare(self, apps: Iterable[str], targets: Iterable[str]) -> None:
+        """The config's apps and targets (at start and at each reload): the activity log and
+        the metrics keep them apart past their bounds on names that clients choose."""
+        self.activity.declared = self.metrics.declared_apps = frozenset(apps)
+        self.metrics.declared_targets = frozenset(targets)
+
     def started(self, app: str) -> AppActivity:
         """A request of ``app`` started; its app's activity, to hand back to :meth:`ended`."""
         self.in_flight += 1

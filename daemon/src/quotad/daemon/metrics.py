@@ -13,7 +13,9 @@ Requests that never reached a target (an unknown model, a budget refused before 
 counted under ``target=""``, and apps past the activity log's bound under ``app="(other)"``, so
 that made-up model and app names cannot grow the number of series; the targets and the (target,
 app) pairs counted apart are bounded too (:data:`MAX_TARGET_SERIES`,
-:data:`MAX_TARGET_APP_SERIES`), past which ``"(other)"`` counts the rest.
+:data:`MAX_TARGET_APP_SERIES`), past which ``"(other)"`` counts the rest. The targets the config
+declares, and their pairs with the apps it declares, are always counted apart (the config bounds
+them): clients naming models and apps without end cannot fold them into ``"(other)"``.
 """
 
 from __future__ import annotations
@@ -96,7 +98,16 @@ class Histogram:
 class Metrics:
     """What the daemon counts, and its Prometheus text exposition."""
 
-    __slots__ = ("_cost", "_http", "_latency", "_requests", "_tokens", "_wait")
+    __slots__ = (
+        "_cost",
+        "_http",
+        "_latency",
+        "_requests",
+        "_tokens",
+        "_wait",
+        "declared_apps",
+        "declared_targets",
+    )
 
     def __init__(self) -> None:
         self._requests: dict[tuple[str, str, str], int] = {}
@@ -105,6 +116,10 @@ class Metrics:
         self._latency: dict[str, Histogram] = {}
         self._wait: dict[str, Histogram] = {}
         self._http: dict[tuple[str, int], int] = {}
+        self.declared_targets: frozenset[str] = frozenset()
+        """The config's targets, counted apart past the bounds too (set at start and reload)."""
+        self.declared_apps: frozenset[str] = frozenset()
+        """The config's apps: paired with a declared target, counted apart past the bound."""
 
     # ------------------------------------------------------------------ feeding (hot path)
 
@@ -116,9 +131,12 @@ class Metrics:
         pair = (target, app)
         tokens = self._tokens.get(pair)
         if tokens is None:
-            if target not in self._latency and len(self._latency) >= MAX_TARGET_SERIES:
+            declared = target in self.declared_targets
+            full = len(self._latency) >= MAX_TARGET_SERIES
+            if full and not declared and target not in self._latency:
                 target = OTHER
-            if len(self._tokens) >= MAX_TARGET_APP_SERIES:
+            full = len(self._tokens) >= MAX_TARGET_APP_SERIES
+            if full and not (declared and app in self.declared_apps):
                 app = OTHER
             pair = (target, app)
             tokens = self._tokens.get(pair)

@@ -117,6 +117,8 @@ class Router:
             self._routes[name] = Route(name, (target,))
         self._routes.update(self.groups)
         self._most_targets = len(self.targets) + MAX_NAMED_TARGETS
+        self.declared_targets: Final = frozenset(self.targets)
+        """The targets the config declares (those made by name on first use come later)."""
 
     # ------------------------------------------------------------------ names
 
