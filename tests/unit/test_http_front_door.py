@@ -11,6 +11,7 @@ from typing import Any
 
 import anthropic
 import anyio
+import h11
 import httpx
 import msgspec
 import openai
@@ -120,6 +121,7 @@ class ScriptedBroker(Broker):
                 usage=Usage(prompt_tokens=9, completion_tokens=4),
                 target="sim/gpt-test",
                 request_id="qd-test-2",
+                cost_usd=0.0042,
             )
         except GeneratorExit:
             self.cancelled += 1
@@ -445,6 +447,37 @@ async def test_openai_stream_with_usage_then_done() -> None:
     assert raw.headers["x-quotad-wait-ms"] == "500.0"
     assert raw.text.endswith("data: [DONE]\n\n")
     assert '"usage"' not in raw.text  # only with stream_options.include_usage
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_stream_sends_its_cost_as_a_trailer(path: str) -> None:
+    """A stream's head goes out before its cost is known: the cost comes after its last
+    chunk, a trailer announced in the head, which a real HTTP parser (h11, httpx's) reads."""
+    async with serving(ScriptedBroker()) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        body = msgspec.json.encode({**CHAT, "max_tokens": 5, "stream": True})
+        head = (
+            f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        async with await anyio.connect_tcp(host, int(port)) as connection:
+            await connection.send(head.encode() + body)
+            received = b""
+            with anyio.fail_after(10):
+                async for data in connection:
+                    received += data
+    parser = h11.Connection(h11.CLIENT)
+    parser.send(h11.Request(method="POST", target=path, headers=[("host", host)]))
+    parser.receive_data(received)
+    events = []
+    while not isinstance(event := parser.next_event(), h11.EndOfMessage | h11.NEED_DATA):
+        events.append(event)
+    response = events[0]
+    assert isinstance(response, h11.Response)
+    assert (b"trailer", b"x-quotad-cost-usd") in list(response.headers)
+    assert isinstance(event, h11.EndOfMessage)
+    assert list(event.headers) == [(b"x-quotad-cost-usd", b"0.004200")]
+    assert received.endswith(b"\r\n0\r\nx-quotad-cost-usd: 0.004200\r\n\r\n")
 
 
 async def test_anthropic_stream_builds_text_and_tool_use_blocks() -> None:

@@ -50,6 +50,7 @@ from quotad.daemon.errors import RequestError
 from quotad.daemon.front_door import anthropic, openai
 from quotad.daemon.front_door.headers import RequestHeaders, apply_options, read_headers
 from quotad.daemon.front_door.wire import (
+    COST_HEADER,
     JSON_CONTENT,
     SSE_HEADERS,
     CacheState,
@@ -450,9 +451,12 @@ class FrontDoor:
             raise
         headers: Headers = [*SSE_HEADERS]
         headers += self._answer_headers(first, chat.cache)
-        if isinstance(first, ChatEnd):
+        if isinstance(first, ChatEnd):  # a cache hit's replay: its cost is known now
             headers.append(cost_header(first.cost_usd))
-        return StreamingResponse(200, headers, _events(stream, first, encoder))
+            return StreamingResponse(200, headers, _events(stream, first, encoder, []))
+        trailers: Headers = []  # the cost, once the stream has ended
+        events = _events(stream, first, encoder, trailers)
+        return StreamingResponse(200, headers, events, (COST_HEADER,), trailers)
 
     # ------------------------------------------------------------------ operations
 
@@ -481,15 +485,21 @@ async def _events(
     stream: AsyncGenerator[ChatChunk | ChatEnd, None],
     first: ChatChunk | ChatEnd,
     encoder: _Encoder,
+    trailers: Headers,
 ) -> AsyncIterator[bytes]:
-    """The response body of a stream: one event (or a few) per broker chunk."""
+    """The response body of a stream: one event (or a few) per broker chunk; its cost is put
+    in ``trailers`` as it ends."""
     try:
         if isinstance(first, ChatEnd):
             yield encoder.end(first)
             return
         yield encoder.chunk(first)
         async for item in stream:
-            yield encoder.end(item) if isinstance(item, ChatEnd) else encoder.chunk(item)
+            if isinstance(item, ChatEnd):
+                trailers.append(cost_header(item.cost_usd))
+                yield encoder.end(item)
+            else:
+                yield encoder.chunk(item)
     except RequestError as error:
         yield encoder.error(error)
     except Exception:

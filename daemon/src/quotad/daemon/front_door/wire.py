@@ -209,6 +209,9 @@ def quotad_headers(
     ]
 
 
+COST_HEADER: Final = "x-quotad-cost-usd"
+
+
 def cost_header(cost_usd: float) -> tuple[str, str]:
-    """``x-quotad-cost-usd`` (known only once an answer is complete, so not on streams)."""
-    return ("x-quotad-cost-usd", f"{cost_usd:.6f}")
+    """:data:`COST_HEADER`, known once an answer is complete: a header, or a stream's trailer."""
+    return (COST_HEADER, f"{cost_usd:.6f}")

@@ -19,7 +19,6 @@ import logging
 import math
 import socket
 import struct
-from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Protocol, cast
 
@@ -84,6 +83,8 @@ def encode_head(
             parts.append(f"content-length: {len(response.body)}\r\n")
     elif chunked:
         parts.append("transfer-encoding: chunked\r\n")
+        if response.trailer_names:
+            parts.append(f"trailer: {', '.join(response.trailer_names)}\r\n")
     if not keep_alive:
         parts.append("connection: close\r\n")
     parts.append("\r\n")
@@ -95,6 +96,29 @@ def encode_head(
     if encoded.translate(None, _NOT_CONTROL):
         raise ValueError(f"a response header holds a control byte: {response.headers!r}")
     return encoded
+
+
+def _trailer_section(response: StreamingResponse) -> bytes:
+    """The trailer fields of a chunked body's end: those announced and filled in, each
+    checked as the head's are (one that is not sound is left out, and logged)."""
+    lines = []
+    for name, value in response.trailers:
+        field = f"{name}: {value}"
+        if name in response.trailer_names and _sound_field(field):
+            lines.append(f"{field}\r\n".encode("latin-1"))
+        else:
+            logger.error("trailer %r not sent: not announced, or not a sound field", name)
+    return b"".join(lines)
+
+
+def _sound_field(field: str) -> bool:
+    """``field`` (``name: value``) is latin-1 and holds no control byte (tab aside)."""
+    try:
+        encoded = field.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    line_break = b"\r" in encoded or b"\n" in encoded
+    return not line_break and not encoded.translate(None, _NOT_CONTROL)
 
 
 class Serving(Protocol):
@@ -349,7 +373,7 @@ class Connection(asyncio.Protocol):
             if isinstance(response, HttpResponse):
                 await self._send_response(head, response.body, no_body)
             else:
-                await self._send_stream(head, response.chunks, no_body, raw=not chunked)
+                await self._send_stream(head, response, no_body, raw=not chunked)
         except AbortConnection as abort:
             self._close_mode = _RESET if abort.reset else _CLOSE
             return False
@@ -398,10 +422,11 @@ class Connection(asyncio.Protocol):
             await self._send(body)
 
     async def _send_stream(
-        self, head: bytes, chunks: AsyncIterator[bytes], no_body: bool, *, raw: bool
+        self, head: bytes, response: StreamingResponse, no_body: bool, *, raw: bool
     ) -> None:
-        """Send the head now, then each chunk as it comes: chunked, or (``raw``, HTTP/1.0)
-        as they are until the close."""
+        """Send the head now, then each chunk as it comes: chunked (then the trailers), or
+        (``raw``, HTTP/1.0) as they are until the close."""
+        chunks = response.chunks
         try:
             await self._send(head)
             if not no_body:
@@ -409,7 +434,7 @@ class Connection(asyncio.Protocol):
                     if chunk:
                         await self._send(chunk if raw else b"%x\r\n%b\r\n" % (len(chunk), chunk))
                 if not raw:
-                    await self._send(b"0\r\n\r\n")
+                    await self._send(b"0\r\n%b\r\n" % _trailer_section(response))
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:

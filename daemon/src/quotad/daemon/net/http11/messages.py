@@ -7,7 +7,7 @@ bounds on what one request and one listener may take."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -70,11 +70,18 @@ class HttpResponse:
 
 @dataclass(slots=True)
 class StreamingResponse:
-    """An answer whose body is sent chunk by chunk as ``chunks`` yields it."""
+    """An answer whose body is sent chunk by chunk as ``chunks`` yields it.
+
+    ``trailer_names`` are fields known only once the body is (a stream's cost): announced in
+    the head (``trailer``), and sent after the last chunk as ``chunks`` has put them in
+    ``trailers`` by its end (those it did not are left out; none on an HTTP/1.0 answer, which
+    is not chunked)."""
 
     status: int
     headers: Headers
     chunks: AsyncIterator[bytes]
+    trailer_names: tuple[str, ...] = ()
+    trailers: Headers = field(default_factory=list)
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse | StreamingResponse]]
