@@ -103,7 +103,7 @@ def test_the_unions_filled_in_at_import_reach_every_message_struct() -> None:
         for value in vars(messages).values()
         if isinstance(value, type)
         and issubclass(value, msgspec.Struct)
-        and value.__module__ == messages.__name__
+        and value.__module__.startswith(f"{messages.__name__}.")  # its modules' own
         and value is not messages.Message
     }
     assert structs - reached == set()
