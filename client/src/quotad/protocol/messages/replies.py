@@ -38,12 +38,11 @@ class Welcome(Message, omit_defaults=False):
     replies up to it. 0: not said (a daemon before this field), the protocol's default."""
 
 
-class ChatReply(Message):
-    """A completed chat request."""
+class PipelineReply(Message, kw_only=True):
+    """What the answer to a :class:`~quotad.protocol.messages.requests.PipelineRequest` tells
+    of how it was served: usage and cost, whether the cache answered, which target, after how
+    many attempts and how long at the gates and in all, and its ledger row's id."""
 
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    finish_reason: str | None = None
     usage: Usage = msgspec.field(default_factory=Usage)
     cost_usd: float = 0.0
     cached: bool = False
@@ -54,6 +53,14 @@ class ChatReply(Message):
     request_id: str = ""
     saved_usd: float = 0.0
     """On a cache hit: what the call it replaced cost."""
+
+
+class ChatReply(PipelineReply):
+    """A completed chat request."""
+
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
     cache: CacheMatch = ""
     """How a cache hit was found: ``exact`` (the same request) or ``semantic`` (the same
     question in other words, DESIGN §11); "" when the answer is not from the cache."""
@@ -82,20 +89,10 @@ class ChatEnd(ChatReply):
     """The end of a stream: the whole content and the request's accounting."""
 
 
-class EmbedReply(Message):
+class EmbedReply(PipelineReply):
     """Embeddings, one vector per input string, in input order."""
 
     embeddings: list[list[float]] = msgspec.field(default_factory=list)
-    usage: Usage = msgspec.field(default_factory=Usage)
-    cost_usd: float = 0.0
-    cached: bool = False
-    target: str = ""
-    attempts: int = 0
-    wait_s: float = 0.0
-    latency_s: float = 0.0
-    request_id: str = ""
-    saved_usd: float = 0.0
-    """On a cache hit: what the call it replaced cost."""
 
 
 class Permit(Message):

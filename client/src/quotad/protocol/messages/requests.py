@@ -30,7 +30,22 @@ class Hello(Message):
     client: Name = ""
 
 
-class Chat(Message):
+class PipelineRequest(Message, kw_only=True):
+    """What a request the pipeline serves (:class:`Chat`, :class:`Embed`: routed, gated, cached,
+    recorded) says of how to serve it: its priority (the app's when None), how long it may
+    wait at the gates, the cache mode, its app (the connection's when ""), user and tags, and
+    ``extra``, passed through to the provider."""
+
+    priority: Priority | None = None
+    max_wait_s: WaitSeconds | None = None
+    cache: CacheMode = "use"
+    app: Name = ""
+    user: Name = ""
+    tags: Tags = msgspec.field(default_factory=list)
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Chat(PipelineRequest):
     """A chat completion through the daemon (plain, or streamed when ``stream``)."""
 
     model: Name
@@ -44,28 +59,14 @@ class Chat(Message):
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     stream: bool = False
-    priority: Priority | None = None
-    max_wait_s: WaitSeconds | None = None
-    cache: CacheMode = "use"
-    app: Name = ""
-    user: Name = ""
-    tags: Tags = msgspec.field(default_factory=list)
-    extra: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class Embed(Message):
+class Embed(PipelineRequest):
     """Embeddings for one or more input strings."""
 
     model: Name
     input: str | list[str]
     dimensions: PositiveInt | None = None
-    priority: Priority | None = None
-    max_wait_s: WaitSeconds | None = None
-    cache: CacheMode = "use"
-    app: Name = ""
-    user: Name = ""
-    tags: Tags = msgspec.field(default_factory=list)
-    extra: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class Acquire(Message):
