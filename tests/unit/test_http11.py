@@ -386,34 +386,40 @@ async def test_shutdown_deadline_cancels_what_is_left() -> None:
                 assert await read_to_close(reader) == b""
 
 
-async def test_a_client_that_does_not_read_holds_a_stream_back() -> None:
-    produced = 0
-    stream_closed = anyio.Event()
+class EndlessStream:
+    """A handler that answers with 64 KiB chunks for ever: how many it made, and an event set
+    once the server closed the stream."""
 
-    async def chunks() -> AsyncIterator[bytes]:
-        nonlocal produced
+    def __init__(self) -> None:
+        self.produced = 0
+        self.closed = anyio.Event()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
         try:
             while True:
-                produced += 1
+                self.produced += 1
                 yield b"x" * 65536
                 await anyio.lowlevel.checkpoint()
         finally:
-            stream_closed.set()
+            self.closed.set()
 
-    async def handler(request: HttpRequest) -> StreamingResponse:
-        return StreamingResponse(200, [], chunks())
+    async def handler(self, request: HttpRequest) -> StreamingResponse:
+        return StreamingResponse(200, [], self.chunks())
 
-    async with serving(handler) as server:
+
+async def test_a_client_that_does_not_read_holds_a_stream_back() -> None:
+    endless = EndlessStream()
+    async with serving(endless.handler) as server:
         async with raw_connection(server.port) as (stream, _):
             await stream.send(get("/"))
             await anyio.sleep(0.5)  # reading nothing
-            held_at = produced
+            held_at = endless.produced
             await anyio.sleep(0.2)
             # the socket buffers fill up (a few MB), then writing waits for the client
             assert held_at < 300
-            assert produced - held_at <= 1
+            assert endless.produced - held_at <= 1
         with anyio.fail_after(5):
-            await stream_closed.wait()
+            await endless.closed.wait()
 
 
 async def test_a_client_that_reads_nothing_for_the_stall_bound_is_dropped(
@@ -422,20 +428,8 @@ async def test_a_client_that_reads_nothing_for_the_stall_bound_is_dropped(
     """A stream (``/metrics`` among them, no key needed) whose client never read held its
     connection and its stream for ever; now for :data:`WRITE_STALL_S` at most."""
     monkeypatch.setattr(connection_module, "WRITE_STALL_S", 0.3)
-    stream_closed = anyio.Event()
-
-    async def chunks() -> AsyncIterator[bytes]:
-        try:
-            while True:
-                yield b"x" * 65536
-                await anyio.lowlevel.checkpoint()
-        finally:
-            stream_closed.set()
-
-    async def handler(request: HttpRequest) -> StreamingResponse:
-        return StreamingResponse(200, [], chunks())
-
-    async with serving(handler) as server:
+    endless = EndlessStream()
+    async with serving(endless.handler) as server:
         async with raw_connection(server.port) as (stream, _):
             await stream.send(get("/"))
             await anyio.sleep(1.0)  # reading nothing, past the bound
@@ -444,7 +438,7 @@ async def test_a_client_that_reads_nothing_for_the_stall_bound_is_dropped(
                     while True:
                         await stream.receive(1 << 20)
         with anyio.fail_after(5):
-            await stream_closed.wait()
+            await endless.closed.wait()
 
 
 async def send_in_pieces(stream: anyio.abc.SocketStream, data: bytes, size: int = 10_000) -> None:
