@@ -7,6 +7,9 @@
 - :mod:`~quotad.daemon.server.connection`: :class:`Connection`, one client as an asyncio
   protocol: frames decoded as they arrive, requests answered by id, many in flight.
 - :mod:`~quotad.daemon.server.limits`: :class:`ConnectionLimits`, what each may hold.
+- :mod:`~quotad.daemon.server.snapshots`: what a ``Subscribe`` gets, a snapshot at a time.
+- :mod:`~quotad.daemon.server.error_replies`: the errors the socket answers with besides the
+  pipeline's (``overloaded``, a reply too large or not encodable).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from quotad.daemon.server.binding import (
     bind_unix_socket,
     peer_credentials,
 )
-from quotad.daemon.server.connection import FEATURES, SNAPSHOT_REQUESTS, Connection
+from quotad.daemon.server.connection import FEATURES, Connection
 from quotad.daemon.server.limits import ConnectionLimits
 from quotad.daemon.server.listener import SocketServer
+from quotad.daemon.server.snapshots import SNAPSHOT_REQUESTS
 
 __all__ = [
     "FEATURES",

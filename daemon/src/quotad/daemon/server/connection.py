@@ -36,10 +36,11 @@ from quotad.daemon.caller import Caller
 from quotad.daemon.errors import RequestError, encodable
 from quotad.daemon.request_limits import check_name
 from quotad.daemon.server.binding import PeerCredentials
+from quotad.daemon.server.error_replies import error_reply, overloaded, oversized, unencodable
 from quotad.daemon.server.json_values import check_json_values
 from quotad.daemon.server.limits import ConnectionLimits
+from quotad.daemon.server.snapshots import send_snapshots
 from quotad.daemon.status import DAEMON_VERSION
-from quotad.protocol.figures import size
 from quotad.protocol.framing import HEADER_SIZE as FRAME_HEADER_SIZE
 from quotad.protocol.framing import (
     FrameEncoder,
@@ -61,7 +62,6 @@ from quotad.protocol.messages import (
     Permit,
     Request,
     Settle,
-    Snapshot,
     Spend,
     Status,
     StatusReply,
@@ -72,9 +72,6 @@ from quotad.protocol.messages import (
 log = logging.getLogger("quotad.server")
 
 FEATURES: Final = ["chat", "stream", "embed", "status", "cancel", "subscribe"]
-SNAPSHOT_REQUESTS: Final = 200
-"""At most this many finished requests per Snapshot (the newest)."""
-RETRY_AFTER_S: Final = 1.0
 MAX_UNREAD_BYTES: Final = 1024 * 1024
 """Answers buffered for a peer past which nothing more is read from it (tasks already wait
 for the buffer to drain past the transport's high-water mark; this bounds what answers given
@@ -335,7 +332,9 @@ class Connection(asyncio.Protocol):
             return
         if request_id in self.in_flight:
             self.write(
-                _error(request_id, "bad_request", f"request id {request_id} is already in flight")
+                error_reply(
+                    request_id, "bad_request", f"request id {request_id} is already in flight"
+                )
             )
             return
         try:
@@ -348,14 +347,14 @@ class Connection(asyncio.Protocol):
                 self.permits.discard(cast(Settle, message).permit_id)
             elif kind is Hello:
                 self.write(
-                    _error(
+                    error_reply(
                         request_id, "bad_request", "Hello was already received on this connection"
                     )
                 )
             elif self.server.draining:
-                self.write(_overloaded(request_id, "quotad is shutting down; retry shortly"))
+                self.write(overloaded("quotad is shutting down; retry shortly", request_id))
             elif (refusal := self._over_limits(message)) is not None:
-                self.write(_overloaded(request_id, refusal))
+                self.write(overloaded(refusal, request_id))
             elif kind is Acquire:
                 self._acquire(cast(Acquire, message))
             else:
@@ -364,7 +363,7 @@ class Connection(asyncio.Protocol):
             self.write(error.to_reply(request_id))
         except Exception:
             log.exception("internal error answering %s", kind.__name__)
-            self.write(_error(request_id, "internal", "internal error in quotad"))
+            self.write(error_reply(request_id, "internal", "internal error in quotad"))
 
     def _greet(self, message: Request) -> None:
         if not isinstance(message, Hello):
@@ -464,9 +463,9 @@ class Connection(asyncio.Protocol):
                     await self.send(error.to_reply(request_id))
                 except Exception:
                     log.exception("internal error answering %s", type(message).__name__)
-                    await self.send(_error(request_id, "internal", "internal error in quotad"))
+                    await self.send(error_reply(request_id, "internal", "internal error in quotad"))
             if scope.cancelled_caught:
-                self.write(_error(request_id, "cancelled", "the request was cancelled"))
+                self.write(error_reply(request_id, "cancelled", "the request was cancelled"))
         finally:
             if self.in_flight.get(request_id) is record:
                 del self.in_flight[request_id]
@@ -522,72 +521,4 @@ class Connection(asyncio.Protocol):
         await self.send(await self.broker.admin.run(request, self._caller("")))
 
     async def _send_snapshots(self, request: Subscribe) -> None:
-        """A :class:`Snapshot` every ``interval_s`` until cancelled. A slow reader only slows
-        its own snapshots (each send waits for the transport to drain); nothing queues up."""
-        broker = self.broker
-        seen = broker.tail.finished_total
-        last = time.monotonic()
-        sequence = 0
-        while True:
-            now = time.monotonic()
-            finished_before = seen
-            records, seen = broker.tail.recent_since(seen)
-            sequence += 1
-            await self.send(
-                Snapshot(
-                    id=request.id,
-                    seq=sequence,
-                    time=time.time(),
-                    status=self.server.status(),
-                    requests=records[-SNAPSHOT_REQUESTS:] if request.requests else [],
-                    requests_per_s=(seen - finished_before) / max(now - last, 1e-6)
-                    if sequence > 1
-                    else 0.0,
-                )
-            )
-            last = now
-            await anyio.sleep(request.interval_s)
-
-
-def _error(request_id: int, code: str, message: str) -> Error:
-    return Error(id=request_id, code=code, message=message)
-
-
-def oversized(message: Message, frame_size: int, max_frame: int) -> Error:
-    """What is sent instead of ``message`` when its frame would be over ``daemon.max_frame``
-    (the peer would refuse it, and the connection with it): its request's error, naming the
-    bound. Its ledger row, if it had one, is already committed."""
-    request_id = getattr(message, "request_id", "")
-    return Error(
-        id=message.id,
-        code="upstream_error",
-        message=(
-            f"the {type(message).__name__} is {size(frame_size)} as a frame, over the wire "
-            f"protocol's limit of {size(max_frame)} (daemon.max_frame): ask through the HTTP "
-            "front door, for a shorter answer, or raise daemon.max_frame"
-        ),
-        details={"request_id": request_id} if request_id else {},
-    )
-
-
-def unencodable(message: Message, error: Exception) -> Error:
-    """What is sent instead of ``message`` when it cannot be encoded (text that is not Unicode,
-    a value the wire cannot carry: a bug, since everything a reply holds is checked where it
-    comes in), so that its request is still answered: an error keeps its code and retry
-    delay, its text made encodable; anything else is ``internal``, saying what failed."""
-    if isinstance(message, Error):
-        return Error(
-            id=message.id,
-            code=message.code,
-            message=encodable(message.message),
-            retry_after_s=message.retry_after_s,
-        )
-    return Error(
-        id=message.id,
-        code="internal",
-        message=f"quotad could not encode its {type(message).__name__}: {encodable(str(error))}",
-    )
-
-
-def _overloaded(request_id: int, message: str) -> Error:
-    return Error(id=request_id, code="overloaded", message=message, retry_after_s=RETRY_AFTER_S)
+        await send_snapshots(request, self.broker.tail, self.server.status, self.send)

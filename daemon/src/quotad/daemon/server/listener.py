@@ -40,6 +40,7 @@ from quotad.daemon.server.binding import (
     peer_credentials,
 )
 from quotad.daemon.server.connection import Connection
+from quotad.daemon.server.error_replies import overloaded
 from quotad.daemon.server.limits import ConnectionLimits
 from quotad.protocol.framing import FrameEncoder
 from quotad.protocol.messages import Error, StatusReply
@@ -51,8 +52,6 @@ RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, e
 """``accept()`` failures that mean "out of descriptors or memory for now", not "broken"."""
 ACCEPT_PAUSE_S: Final = (0.1, 1.0)
 """The first and the longest pause after an accept that failed for want of resources."""
-DRAIN_RETRY_AFTER_S: Final = 1.0
-"""``retry_after_s`` of the ``overloaded`` answers while the daemon drains or is full."""
 TURN_AWAY_LINGER_S: Final = 1.0
 """How long a connection turned away stays open after its answer (see _turn_away)."""
 MAX_LINGERING: Final = 64
@@ -176,7 +175,7 @@ class SocketServer:
             self._turn_away(client, Error(code="unauthorized", message=refusal))
             return
         if self.draining:
-            self._turn_away(client, _overloaded("quotad is shutting down; retry shortly"))
+            self._turn_away(client, overloaded("quotad is shutting down; retry shortly"))
             return
         limits = self.limits
         if len(self.connections) >= limits.max_connections:
@@ -189,7 +188,7 @@ class SocketServer:
                 )
             self._turn_away(
                 client,
-                _overloaded(
+                overloaded(
                     f"quotad already serves {len(self.connections)} connections "
                     "(daemon.max_connections); retry shortly"
                 ),
@@ -371,7 +370,3 @@ class SocketServer:
         reply.connections = len(self.connections)
         reply.problems = [*self.problems, *reply.problems]  # the broker's: the fleet's
         return reply
-
-
-def _overloaded(message: str) -> Error:
-    return Error(code="overloaded", message=message, retry_after_s=DRAIN_RETRY_AFTER_S)
