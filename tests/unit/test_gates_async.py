@@ -165,7 +165,7 @@ async def test_an_unsettled_permit_is_settled_as_reserved_when_its_lease_ends(
     with anyio.fail_after(30):  # the lease's timer settles it (the bound: a broken timer)
         while not reservation.settled:  # noqa: ASYNC110 (a flag the timer sets, no event)
             await anyio.sleep(0.02)
-    assert gates.take_permit(permit.permit_id) is None  # expired: settled by the lease
+    assert gates.permits.take(permit.permit_id) is None  # expired: settled by the lease
 
 
 async def test_reconfigure_keeps_admissions_and_applies_new_limits(gates: Gates) -> None:

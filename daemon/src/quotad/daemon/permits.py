@@ -60,7 +60,7 @@ class Permits:
     def settle(self, request: Settle, caller: Caller) -> Ok:
         """Settle a permit with what the call really used, and learn from the provider's
         rate-limit headers the caller passes on (a 429 pauses the target). Never waits."""
-        held = self.gates.take_permit(request.permit_id)
+        held = self.gates.permits.take(request.permit_id)
         if held is None:
             raise RequestError(
                 "bad_request",
@@ -86,7 +86,7 @@ class Permits:
 
     def holds(self, permit_id: str) -> bool:
         """Whether ``permit_id`` is granted and not yet settled nor past its lease."""
-        return self.gates.holds_permit(permit_id)
+        return self.gates.permits.holds(permit_id)
 
     def _demand(self, request: Acquire, caller: Caller) -> tuple[Target, Demand, str]:
         """The target an Acquire asks for, its demand on the gates, and its app; a lease

@@ -106,7 +106,7 @@ class StatusReports:
             cache=self.cache.status(),
             budgets=self._budgets(),
             events=self.events.recent(),
-            permits=self.gates.permits_held,
+            permits=len(self.gates.permits),
             cluster=self.cluster.status() if self.cluster is not None else None,
             problems=[
                 *self.ledger.problems(),

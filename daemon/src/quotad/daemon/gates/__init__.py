@@ -12,9 +12,10 @@ Vocabulary::
     Reservation     an admitted demand; settled later with the real token usage.
     WaitQueue       waiters ordered by priority (aged), then start-time fair queuing across
                     apps by share, FIFO within an app. Pure: it is told the time.
+    PermitLeases    permits (Acquire/Settle) held until settled or their lease ends.
     Gates           the async face: admit() waits in the queue, a timer wakes it when
-                    capacity frees (no polling); sent() (the hand-off), settle(), observe()
-                    (provider headers), pause().
+                    capacity frees or a lease ends (no polling); sent() (the hand-off),
+                    settle(), observe() (provider headers), pause().
 
 Everything here reads time from an injected :class:`~quotad.daemon.clock.Clock`, so the
 windows, queue and reservations are tested on a virtual clock.
@@ -22,10 +23,7 @@ windows, queue and reservations are tested on a virtual clock.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,6 +34,7 @@ from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config, RateLimits
 from quotad.daemon.errors import RequestError
 from quotad.daemon.gates.fleet import ask_for_waiters, attach_windows
+from quotad.daemon.gates.leases import HeldPermit, PermitLeases
 from quotad.daemon.gates.queue import PRIORITY_LEVELS, PRIORITY_NAMES, Waiter, WaitQueue
 from quotad.daemon.gates.window import (
     INFINITY,
@@ -80,17 +79,6 @@ class AppPolicy:
 
 
 DEFAULT_APP = AppPolicy()
-
-
-@dataclass(slots=True)
-class HeldPermit:
-    """A granted Acquire, until it is settled or its lease runs out."""
-
-    permit_id: str
-    target: str
-    provider: str
-    reservation: Reservation
-    expires_at: float
 
 
 PACED_BY_DEFAULT: dict[Scope, bool] = {"provider": True, "model": True, "app": False}
@@ -139,10 +127,8 @@ class Gates:
         """Gates of a demand by (provider, target, app); an app the config does not name is
         keyed as None (its gates are the same), so client-chosen app names cannot grow it."""
         self._events: dict[Waiter, anyio.Event] = {}
-        self._permits: dict[str, HeldPermit] = {}
-        self._leases: list[tuple[float, str]] = []
-        self._permit_ids = itertools.count(1)
-        self._permit_prefix = "pm-" + os.urandom(3).hex() + "-"
+        self.permits = PermitLeases()
+        """Permits granted and not yet settled, and when their leases end."""
         self._next_wake = INFINITY
         self._timer_changed: anyio.Event | None = None
         self.queue = WaitQueue(config.gates.aging_s)
@@ -394,69 +380,26 @@ class Gates:
         self, reservation: Reservation, provider: str, target: str, lease_s: float | None
     ) -> HeldPermit:
         """Hold an admitted reservation under a permit id until settled or its lease ends."""
-        permit_id = f"{self._permit_prefix}{next(self._permit_ids)}"
         expires_at = self.clock.monotonic() + (lease_s or self.lease_s)
-        permit = HeldPermit(permit_id, target, provider, reservation, expires_at)
-        self._permits[permit_id] = permit
-        leases = self._leases
-        if len(leases) > 2 * len(self._permits) + 64:  # mostly settled permits: drop them
-            leases[:] = [(p.expires_at, p.permit_id) for p in self._permits.values()]
-            heapq.heapify(leases)
-        else:
-            heapq.heappush(leases, (expires_at, permit_id))
+        permit = self.permits.grant(reservation, provider, target, expires_at)
         self._schedule(expires_at)
         return permit
-
-    def take_permit(self, permit_id: str) -> HeldPermit | None:
-        """The permit to settle (once); None if unknown, already settled or expired."""
-        return self._permits.pop(permit_id, None)
-
-    def holds_permit(self, permit_id: str) -> bool:
-        """Whether ``permit_id`` is granted and not yet settled nor expired."""
-        return permit_id in self._permits
-
-    @property
-    def permits_held(self) -> int:
-        """Permits granted and not yet settled nor expired."""
-        return len(self._permits)
 
     def settle_abandoned(self, permit_ids: Iterable[str]) -> int:
         """Settle, as reserved, those of ``permit_ids`` still held: their holder's connection
         closed, and it may have called the provider. How many were."""
-        settled = 0
-        for permit_id in permit_ids:
-            permit = self._permits.pop(permit_id, None)
-            if permit is not None:
-                permit.reservation.settle(None)
-                settled += 1
+        settled = self.permits.settle_abandoned(permit_ids)
         if settled:
             log.info("settled %d permit(s) of a closed connection as reserved", settled)
             self._dispatch()
         return settled
-
-    def _expire_leases(self, now: float) -> float:
-        """Settle permits whose lease ran out, as reserved; when to look again: the first
-        lease end in the heap, even if that permit was settled since (the timer then wakes
-        for nothing once, rather than being moved at every Settle)."""
-        leases = self._leases
-        while leases and leases[0][0] <= now:
-            _, permit_id = heapq.heappop(leases)
-            permit = self._permits.pop(permit_id, None)
-            if permit is not None:
-                log.info(
-                    "permit %s on %s expired unsettled; settled as reserved",
-                    permit_id,
-                    permit.target,
-                )
-                permit.reservation.settle(None)
-        return leases[0][0] if leases else INFINITY
 
     # ------------------------------------------------------------------ the timer
 
     def _dispatch(self) -> None:
         """Admit what can be admitted now, wake those waiters, re-arm the timer."""
         now = self.clock.monotonic()
-        next_lease = self._expire_leases(now) if self._leases else INFINITY
+        next_lease = self.permits.expire(now)
         admitted, wake = self.queue.dispatch(now)
         for waiter in admitted:
             event = self._events.pop(waiter, None)
