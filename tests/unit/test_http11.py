@@ -386,6 +386,27 @@ async def test_shutdown_deadline_cancels_what_is_left() -> None:
                 assert await read_to_close(reader) == b""
 
 
+async def test_a_chunked_body_ends_with_the_trailers_announced_and_sound_only() -> None:
+    """Trailers (a stream's cost) are announced in the head and sent after the last chunk;
+    one not announced, or one that would split the trailer section, is left out."""
+
+    async def chunks(trailers: list[tuple[str, str]]) -> AsyncIterator[bytes]:
+        yield b"body"
+        trailers += [("x-cost", "0.5"), ("x-other", "1"), ("x-cost", "2\r\nx-evil: 1")]
+
+    async def handler(request: HttpRequest) -> StreamingResponse:
+        trailers: list[tuple[str, str]] = []
+        return StreamingResponse(200, [], chunks(trailers), ("x-cost",), trailers)
+
+    async with serving(handler) as server, raw_connection(server.port) as (stream, reader):
+        await stream.send(get("/", "connection: close\r\n"))
+        with anyio.fail_after(5):
+            received = await read_to_close(reader)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"\r\ntrailer: x-cost\r\n" in head + b"\r\n"
+    assert body == b"4\r\nbody\r\n0\r\nx-cost: 0.5\r\n\r\n"
+
+
 class EndlessStream:
     """A handler that answers with 64 KiB chunks for ever: how many it made, and an event set
     once the server closed the stream."""

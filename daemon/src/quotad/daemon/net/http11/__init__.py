@@ -21,7 +21,10 @@ API::
   the peer address. Bodies are read completely before the handler runs.
 - :class:`HttpResponse` is answered in one write with a ``content-length`` the server adds.
   :class:`StreamingResponse` sends its headers at once, then each chunk of ``chunks`` as it
-  comes (chunked transfer-encoding), and ``aclose()``\\ s the iterator however it ends.
+  comes (chunked transfer-encoding), and ``aclose()``\\ s the iterator however it ends; its
+  ``trailer_names`` are announced in the head and sent after the last chunk as the iterator
+  filled them in (``trailers``), a stream's cost among them (:mod:`.wire` writes heads and
+  trailers).
 - A handler (or a streaming iterator) that raises :class:`AbortConnection` gets the connection
   closed without an answer (``reset=True``: with a TCP RST). Any other exception answers 500
   (or, once a stream has started, cuts it) and the server carries on. A response header

@@ -19,7 +19,6 @@ import logging
 import math
 import socket
 import struct
-from http import HTTPStatus
 from typing import Protocol, cast
 
 import anyio
@@ -34,6 +33,7 @@ from quotad.daemon.net.http11.messages import (
     StreamingResponse,
 )
 from quotad.daemon.net.http11.parser import IncomingRequest, RequestParser
+from quotad.daemon.net.http11.wire import NO_BODY_STATUSES, encode_head, trailer_section
 
 logger = logging.getLogger("quotad.daemon.net.http11.server")  # the HTTP core logs as its server
 
@@ -57,68 +57,11 @@ by its reader, and one that never reads held its connection and stream for ever.
 
 _LINGER, _CLOSE, _RESET = 0, 1, 2  # how a connection ends (see Connection.run)
 
-_REASON_TEXT: dict[int, str] = {status.value: status.phrase for status in HTTPStatus}
-_NO_BODY_STATUSES = frozenset({204, 304})
-_CONTROL_BYTES = frozenset(range(0x20)) - {0x09, 0x0A, 0x0D} | {0x7F}
-_NOT_CONTROL = bytes(byte for byte in range(256) if byte not in _CONTROL_BYTES)
-"""Every byte but the control bytes no response head may hold (tab is allowed; CR and LF
-are checked apart): ``head.translate(None, _NOT_CONTROL)`` leaves those it holds."""
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class ClientGone(Exception):
     """The connection was lost (or closed) before an answer could be written."""
-
-
-def encode_head(
-    response: HttpResponse | StreamingResponse, *, keep_alive: bool, chunked: bool
-) -> bytes:
-    """Status line and headers; raises ValueError on a header that would split the head or
-    that holds another control byte than tab, or a character beyond latin-1."""
-    status = response.status
-    parts = [f"HTTP/1.1 {status} {_REASON_TEXT.get(status, '')}\r\n"]
-    parts.extend(f"{name}: {value}\r\n" for name, value in response.headers)
-    if isinstance(response, HttpResponse):
-        if status not in _NO_BODY_STATUSES:
-            parts.append(f"content-length: {len(response.body)}\r\n")
-    elif chunked:
-        parts.append("transfer-encoding: chunked\r\n")
-        if response.trailer_names:
-            parts.append(f"trailer: {', '.join(response.trailer_names)}\r\n")
-    if not keep_alive:
-        parts.append("connection: close\r\n")
-    parts.append("\r\n")
-    head = "".join(parts)
-    lines = len(parts)
-    if head.count("\n") != lines or head.count("\r") != lines:
-        raise ValueError(f"a response header holds a line break: {response.headers!r}")
-    encoded = head.encode("latin-1")
-    if encoded.translate(None, _NOT_CONTROL):
-        raise ValueError(f"a response header holds a control byte: {response.headers!r}")
-    return encoded
-
-
-def _trailer_section(response: StreamingResponse) -> bytes:
-    """The trailer fields of a chunked body's end: those announced and filled in, each
-    checked as the head's are (one that is not sound is left out, and logged)."""
-    lines = []
-    for name, value in response.trailers:
-        field = f"{name}: {value}"
-        if name in response.trailer_names and _sound_field(field):
-            lines.append(f"{field}\r\n".encode("latin-1"))
-        else:
-            logger.error("trailer %r not sent: not announced, or not a sound field", name)
-    return b"".join(lines)
-
-
-def _sound_field(field: str) -> bool:
-    """``field`` (``name: value``) is latin-1 and holds no control byte (tab aside)."""
-    try:
-        encoded = field.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    line_break = b"\r" in encoded or b"\n" in encoded
-    return not line_break and not encoded.translate(None, _NOT_CONTROL)
 
 
 class Serving(Protocol):
@@ -369,7 +312,7 @@ class Connection(asyncio.Protocol):
                 logger.exception("handler failed: %s %s", request.method, request.target)
                 response = self._server.error_answer(500, "internal server error")
                 head = encode_head(response, keep_alive=keep_alive, chunked=chunked)
-            no_body = request.method == "HEAD" or response.status in _NO_BODY_STATUSES
+            no_body = request.method == "HEAD" or response.status in NO_BODY_STATUSES
             if isinstance(response, HttpResponse):
                 await self._send_response(head, response.body, no_body)
             else:
@@ -403,7 +346,7 @@ class Connection(asyncio.Protocol):
             head = encode_head(response, keep_alive=False, chunked=True)
         request = incoming.request
         no_body = (request is not None and request.method == "HEAD") or (
-            response.status in _NO_BODY_STATUSES
+            response.status in NO_BODY_STATUSES
         )
         try:
             await self._send_response(head, response.body, no_body)
@@ -434,7 +377,7 @@ class Connection(asyncio.Protocol):
                     if chunk:
                         await self._send(chunk if raw else b"%x\r\n%b\r\n" % (len(chunk), chunk))
                 if not raw:
-                    await self._send(b"0\r\n%b\r\n" % _trailer_section(response))
+                    await self._send(b"0\r\n%b\r\n" % trailer_section(response))
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:

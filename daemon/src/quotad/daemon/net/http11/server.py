@@ -19,7 +19,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 from anyio.streams.stapled import MultiListener
 
-from quotad.daemon.net.http11.connection import LINGER_S, Connection, encode_head
+from quotad.daemon.net.http11.connection import LINGER_S, Connection
 from quotad.daemon.net.http11.messages import (
     Authorize,
     ErrorAnswer,
@@ -27,6 +27,7 @@ from quotad.daemon.net.http11.messages import (
     HttpLimits,
     default_error_answer,
 )
+from quotad.daemon.net.http11.wire import encode_head
 
 logger = logging.getLogger(__name__)
 
