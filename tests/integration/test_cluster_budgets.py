@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from quotad.client import BlockedError, Client, QuotadError
+from quotad.client import BlockedError, Client, QuotadError, UnknownModelError
 from quotad.protocol.messages import SpendReply
 from tests.support.daemon import DaemonProcess, daemon_config
 from tests.support.fleet import ONE_FLEET_AT_A_TIME, Fleet, have_valkey
@@ -368,3 +368,25 @@ def test_spend_fleet_sums_what_every_hosts_guardrails_found() -> None:
         table = {line.split()[0]: line for line in as_text.stdout.splitlines() if line.strip()}
         assert table["host"].split()[-2:] == ["blocked", "found"]
         assert table["total"].split()[-5:] == ["1", "credit_card", "1,", "email", "2"]
+
+
+def test_spend_fleet_keeps_the_configs_own_apart_whatever_clients_named_first() -> None:
+    """A host keeps 1,000 (app, model, target) keys a day apart, then counts new ones under
+    "(other)": a client naming 1,000 made-up models first folded the config's own app and
+    target into "(other)" of ``spend --fleet`` too."""
+    declared = '[providers.sim.models."sim-small"]\n[apps.build]\n'
+    with Fleet(hosts=1, extra=declared) as fleet:
+        (socket_path,) = fleet.sockets()
+        with Client(socket=socket_path, app="junk", timeout=30) as client:
+            for number in range(1_000):
+                with pytest.raises(UnknownModelError):
+                    client.chat(f"made-up-{number}", [{"role": "user", "content": "hi"}])
+        with Client(socket=socket_path, app="build", timeout=30) as client:
+            client.chat(MODEL, [{"role": "user", "content": "hello"}], max_tokens=16)
+            deadline = time.monotonic() + 20  # pushed at the host's next sync
+            while (by_app := client.spend("day", "app", fleet=True)).total.requests < 1_001:
+                assert time.monotonic() < deadline, by_app.total
+                time.sleep(0.1)
+            by_target = client.spend("day", "target", fleet=True)
+    assert {row.key: row.requests for row in by_app.rows} == {"junk": 1_000, "build": 1}
+    assert {row.key: row.requests for row in by_target.rows}[MODEL] == 1

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from quotad.daemon.activity import MAX_TRACKED_APPS, OTHER_APPS
+from quotad.daemon.declared_names import DeclaredNames
 from quotad.daemon.live_tail import LiveTail
 from quotad.daemon.metrics import (
     LATENCY_BUCKETS_S,
@@ -269,7 +270,7 @@ def test_declared_targets_and_apps_are_counted_apart_whatever_clients_named_firs
     before the config's own were used folded those into "(other)", in /metrics and in
     ``quotad status``, where the operator looks for them. The config's are kept apart."""
     tail = LiveTail()
-    tail.declare(["indexer"], ["openai/gpt-4o-mini"])
+    tail.declare(DeclaredNames.of(["indexer"], ["fast"], ["openai/gpt-4o-mini"]))
     for number in range(MAX_TARGET_SERIES):
         row = ledger_row(number, app=f"made-up-{number}", target=f"p/m-{number}")
         tail.finished(row)

@@ -18,6 +18,7 @@ from quotad.daemon.cluster.spend import (
     FleetSpend,
     _parse,
 )
+from quotad.daemon.declared_names import DeclaredNames
 
 NAMES = [
     ("batch", "fast", "openai/gpt-4o"),
@@ -249,3 +250,23 @@ def test_keys_past_the_bound_of_a_day_count_under_other_with_the_totals_whole() 
     loaded.load(ledger)
     assert len(loaded.days[day]) == MAX_KEYS_PER_DAY + 1
     assert loaded.days[day][OTHER_KEY][1] == 500
+
+
+def test_the_config_names_are_kept_apart_past_the_bound_of_a_day() -> None:
+    """The bound was first come, first served: a client naming 1,000 models first folded the
+    spend of the config's own apps, groups and targets into "(other)" in ``spend --fleet``."""
+    day = "2026-12-06"
+    spend = FleetSpend("host-1")
+    spend.declared = DeclaredNames.of(["indexer"], ["fast"], ["openai/gpt-4o-mini"])
+    for number in range(MAX_KEYS_PER_DAY):
+        spend.add(day, "app", f"model-{number}", "", 0.001, 10, 0)
+    for model in ("fast", "openai/gpt-4o-mini", "gpt-4o-mini"):
+        spend.add(day, "indexer", model, "openai/gpt-4o-mini", 0.001, 10, 0)
+    spend.add(day, "indexer", "fast", "", 0.001, 10, 0)  # refused before reaching a target
+    spend.add(day, "indexer", "made-up", "openai/gpt-4o-mini", 0.001, 10, 0)
+    spend.add(day, "stranger", "fast", "openai/gpt-4o-mini", 0.001, 10, 0)
+    rows = spend.days[day]
+    for model in ("fast", "openai/gpt-4o-mini", "gpt-4o-mini"):
+        assert rows[("indexer", model, "openai/gpt-4o-mini")][1] == 1
+    assert rows[("indexer", "fast", "")][1] == 1
+    assert rows[OTHER_KEY][1] == 2  # what the config does not name, all three parts

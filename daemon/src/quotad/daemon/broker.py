@@ -42,6 +42,7 @@ from quotad.daemon.caller import Caller
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
 from quotad.daemon.config_generations import ConfigGenerations
+from quotad.daemon.declared_names import DeclaredNames
 from quotad.daemon.errors import RequestError
 from quotad.daemon.events import EventLog
 from quotad.daemon.gates import Gates
@@ -110,7 +111,7 @@ class Broker:
         self.deadlines = Deadlines()
         self.generations = ConfigGenerations()
         self.tail = LiveTail()
-        self.tail.declare(config.apps, router.declared_targets)
+        self.tail.declare(DeclaredNames.of(config.apps, config.models, router.declared_targets))
         self.metrics = self.tail.metrics
         self.permits = Permits(self.gates, router, clock)
         self.admin = AdminActions(store, router, self.gates, self.guardrails)
@@ -486,6 +487,6 @@ class Broker:
         self.reports.config, self.reports.router = config, router
         self.guardrails.reconfigure(config)
         self.budget_holds.reconfigure()
-        self.tail.declare(config.apps, router.declared_targets)
+        self.tail.declare(DeclaredNames.of(config.apps, config.models, router.declared_targets))
         self._default_max_tokens = config.gates.default_max_tokens
         return self.generations.advance(self.tail.in_flight)

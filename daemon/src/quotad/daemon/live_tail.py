@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from quotad.daemon.activity import AppActivity, AppActivityLog
+from quotad.daemon.declared_names import DeclaredNames
 from quotad.daemon.guardrails.screening import decode_entities
 from quotad.daemon.logs import REQUEST_LOG, log_request
 from quotad.daemon.metrics import Metrics
@@ -30,6 +31,7 @@ class LiveTail:
 
     __slots__ = (
         "activity",
+        "declared",
         "finished_total",
         "in_flight",
         "metrics",
@@ -45,14 +47,17 @@ class LiveTail:
         self.recent: deque[RequestRecord] = deque(maxlen=RECENT_REQUESTS)
         self.activity = AppActivityLog()
         self.metrics = Metrics()
+        self.declared = DeclaredNames()
+        """The config's names (:meth:`declare`)."""
         self.watchers: list[Callable[[LedgerRow], None]] = []
         """Called with each finished row (the fleet's shared spend, when there is a fleet)."""
 
-    def declare(self, apps: Iterable[str], targets: Iterable[str]) -> None:
-        """The config's apps and targets (at start and at each reload): the activity log and
-        the metrics keep them apart past their bounds on names that clients choose."""
-        self.activity.declared = self.metrics.declared_apps = frozenset(apps)
-        self.metrics.declared_targets = frozenset(targets)
+    def declare(self, names: DeclaredNames) -> None:
+        """The config's names (at start and at each reload): the activity log and the metrics
+        keep them apart past their bounds on names that clients choose."""
+        self.declared = names
+        self.activity.declared = self.metrics.declared_apps = names.apps
+        self.metrics.declared_targets = names.targets
 
     def started(self, app: str) -> AppActivity:
         """A request of ``app`` started; its app's activity, to hand back to :meth:`ended`."""

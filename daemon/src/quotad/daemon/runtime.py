@@ -144,6 +144,7 @@ class Daemon:
             self.cluster.run_beside(shared.run)
             self.broker.tail.watchers.append(shared.finished)
             self.broker.budget_holds.fleet = self.broker.reports.fleet_budgets = shared
+            shared.declare(self.broker.tail.declared)
             self.shared_budgets = shared
         self.broker.admin.reload_config = self._reload_for_peer
         if listen_socket is not None:
@@ -361,6 +362,8 @@ class Daemon:
         self.providers = providers
         self.config = config
         requests_before_done = self.broker.reconfigure(config, self.router)
+        if self.shared_budgets is not None:
+            self.shared_budgets.declare(self.broker.tail.declared)
         for component in self.reconfigurables:
             try:
                 component.reconfigure(config)

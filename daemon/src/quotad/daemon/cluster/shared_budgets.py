@@ -50,6 +50,7 @@ from quotad.daemon.cluster.budgets import (
 )
 from quotad.daemon.cluster.link import EventSink, Link, LinkDown
 from quotad.daemon.cluster.spend import KEPT_DAYS, fleet_report
+from quotad.daemon.declared_names import DeclaredNames
 from quotad.daemon.errors import RequestError
 from quotad.daemon.guardrails.screening import decode_entities
 from quotad.daemon.store.budgets import Budget, BudgetHold, Budgets, Calendar
@@ -98,6 +99,11 @@ class SharedBudgets:
         self.borrows = 0
         self.refused_short = 0
         self.refused_unreachable = 0
+
+    def declare(self, names: DeclaredNames) -> None:
+        """The config's names (at start and at each reload), whose spend is kept apart past
+        the bound on keys a day (:data:`~.spend.MAX_KEYS_PER_DAY`)."""
+        self.fleet.spend.declared = names
 
     async def load(self) -> None:
         """At start, before serving: this host's spend of the days the fleet keeps, from its

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 import msgspec
 
 from quotad.daemon.config import ENTITY_KINDS
+from quotad.daemon.declared_names import DeclaredNames
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.ledger import LedgerDay, LedgerFound
 from quotad.daemon.store.spend import BLOCKED, ReportSpan
@@ -64,8 +65,9 @@ KEPT_DAYS: Final = 62
 MAX_KEYS_PER_DAY: Final = 1000
 """The (app, model, target) keys a host keeps and shares apart per day. Apps and models are
 named by clients (a model is recorded as asked, an unknown one too), so past this many a new
-key's spend is counted under :data:`OTHER_KEY`: this host's memory and its fields in Redis stay
-bounded (62 days of 1,001 keys), and the totals stay whole."""
+key's spend is counted under :data:`OTHER_KEY`, unless the config names its app, model and
+target (:class:`~quotad.daemon.declared_names.DeclaredNames`): this host's memory and its fields
+in Redis stay bounded (62 days of 1,001 keys and the config's own), and the totals stay whole."""
 OTHER: Final = "(other)"
 OTHER_KEY: Final = (OTHER, OTHER, OTHER)
 MAX_REPORT_FIELDS: Final = 200_000
@@ -144,6 +146,8 @@ class FleetSpend:
         self.found: dict[str, dict[tuple[str, str, str], Found]] = {}
         """What the guardrails found, per day and key (only keys where they found anything)."""
         self.dirty: dict[str, set[tuple[str, str, str]]] = {}
+        self.declared = DeclaredNames()
+        """The config's names: its keys are kept apart past :data:`MAX_KEYS_PER_DAY` too."""
 
     def load(self, rows: Iterable[LedgerDay], found: Iterable[LedgerFound] = ()) -> None:
         """Set from the ledger's ``spend_daily`` rows and ``guardrails_daily`` rows."""
@@ -162,9 +166,12 @@ class FleetSpend:
         self._forget_old()
 
     def _kept_key(self, day: str, key: tuple[str, str, str]) -> tuple[str, str, str]:
-        """``key``, or :data:`OTHER_KEY` when the day keeps :data:`MAX_KEYS_PER_DAY` others."""
+        """``key``, or :data:`OTHER_KEY` when the day keeps :data:`MAX_KEYS_PER_DAY` others
+        and the config does not name it."""
         rows = self.days.get(day)
         if rows is None or key in rows or len(rows) < MAX_KEYS_PER_DAY:
+            return key
+        if self.declared.spend_key(key):
             return key
         return OTHER_KEY
 
