@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,9 +30,14 @@ APP = "http-tests"
 SIM_LATENCY_MS = 0  # how long the two sims of tests/conftest.py take to answer
 
 
+TINY_APP = "tiny"
+"""An app whose token limit a request asking for 5,000 tokens can never fit in."""
+
+
 def front_door_config(openai_url: str, anthropic_url: str, port: int, auth: str = "none") -> str:
     http = f'listen = "127.0.0.1:{port}"\nauth = "{auth}"\nread_timeout_s = 1.0\nmax_header_kb = 8'
-    return two_sims_config(openai_url, anthropic_url, daemon="drain_s = 5", http=http)
+    tiny = f"[apps.{TINY_APP}]\ntpm = 1000\n"
+    return two_sims_config(openai_url, anthropic_url, daemon="drain_s = 5", http=http, extra=tiny)
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +209,29 @@ def test_unknown_model_is_404_in_both_sdks(url: str) -> None:
     assert "fast" in openai_error.value.message  # it names what exists
     assert openai_error.value.code == "unknown_model"
     assert anthropic_error.value.status_code == 404
+
+
+def test_a_request_no_wait_can_fit_is_not_retried_by_either_sdk(
+    daemon: DaemonProcess, url: str
+) -> None:
+    """A request over a limit outright is ``rate_limited``, which the SDKs retry after its
+    ``retry-after``: both retried it twice, in vain, 2 s and two ledger rows each. It says
+    ``x-should-retry: false`` (as an exhausted budget does), which both SDKs obey."""
+    headers = {"x-quotad-app": TINY_APP}
+    oai = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", default_headers=headers)
+    claude = anthropic.Anthropic(base_url=url, api_key="unused", default_headers=headers)
+    with oai, claude:
+        with pytest.raises(openai.RateLimitError) as openai_error:
+            oai.chat.completions.create(model="fast", messages=MESSAGES, max_tokens=5000)
+        with pytest.raises(anthropic.RateLimitError):
+            claude.messages.create(model="fast", max_tokens=5000, messages=MESSAGES)
+    answer = openai_error.value.response
+    assert answer.headers["x-should-retry"] == "false"
+    assert "retry-after" not in answer.headers
+    assert "can never be admitted" in openai_error.value.message
+    with sqlite3.connect(daemon.state_dir / "quotad.db") as db:
+        rows = db.execute("SELECT count(*) FROM ledger WHERE app = ?", (TINY_APP,)).fetchone()
+    assert rows == (2,)  # one attempt each
 
 
 @pytest.mark.slow

@@ -112,6 +112,7 @@ async def test_a_request_that_can_never_fit_fails_at_once() -> None:
     assert caught.value.code == "rate_limited"
     assert "can never be admitted" in caught.value.message
     assert "1000 tokens per 60 s" in caught.value.message
+    assert caught.value.details == {"retryable": False}  # no wait would make it fit
 
 
 async def test_settling_returns_unused_tokens_to_waiters() -> None:

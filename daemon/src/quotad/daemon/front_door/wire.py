@@ -71,9 +71,10 @@ def http_status(error: RequestError) -> int:
 def error_headers(error: RequestError) -> Headers:
     """``content-type`` and what tells an SDK whether and when to retry: ``retry-after`` (+
     ``retry-after-ms``, which the official SDKs read first) for rate limits and overload;
-    ``x-should-retry: false`` for an exhausted budget, which no retry can fix."""
+    ``x-should-retry: false`` for what no retry can fix: an exhausted budget, and a request
+    that exceeds a limit outright (``details["retryable"]`` false)."""
     headers: Headers = [JSON_CONTENT]
-    if error.code == "budget_exceeded":
+    if error.code == "budget_exceeded" or error.details.get("retryable") is False:
         headers.append(("x-should-retry", "false"))
     elif error.code in RETRY_AFTER_CODES or error.retry_after_s is not None:
         seconds = error.retry_after_s if error.retry_after_s is not None else 1.0

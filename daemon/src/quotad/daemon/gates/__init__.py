@@ -256,7 +256,11 @@ class Gates:
         """Admit ``demand`` on all its gates at once, waiting in the queue for at most
         ``max_wait_s``; the reservation and the seconds waited."""
         if reason := demand.never_fits():
-            raise RequestError("rate_limited", f"{reason}: it can never be admitted")
+            raise RequestError(  # no wait frees what a limit never allows: not worth a retry
+                "rate_limited",
+                f"{reason}: it can never be admitted",
+                details={"retryable": False},
+            )
         now = self.clock.monotonic()
         if not self.queue.waiters and not demand.blockers(now):
             return Reservation(demand, now), 0.0
