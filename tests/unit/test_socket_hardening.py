@@ -15,6 +15,7 @@ import resource
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from quotad.daemon.providers.base import ChatResult
 from quotad.daemon.routing import Router
 from quotad.daemon.server import Connection, ConnectionLimits, SocketServer, listener
 from quotad.daemon.server import connection as connection_module
+from quotad.daemon.server.snapshots import MAX_SNAPSHOTS_PER_S, STATUS_REUSE_S, SnapshotPace
 from quotad.daemon.store import Store
 from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import (
@@ -275,6 +277,51 @@ async def test_subscriptions_per_connection_are_capped(anyio_backend: Any) -> No
         answers = [await peer.next() for _ in range(limit + 1)]
         refused = [a for a in answers if isinstance(a, Error)]
         assert [(a.id, a.code) for a in refused] == [(limit + 1, "overloaded")]
+
+
+async def test_the_snapshots_of_every_subscription_together_are_paced(anyio_backend: Any) -> None:
+    """Each connection may hold 32 subscriptions and a daemon 1,024 connections: one client
+    holding 3,200 subscriptions at 20 snapshots a second kept the event loop busy, a Status
+    taking 49 ms instead of 0.2 ms for everyone. All of them together now get at most
+    MAX_SNAPSHOTS_PER_S, sharing the status built for them."""
+    built = 0
+    received = 0
+    async with serve() as served:
+        build_status = served.server.status
+
+        def counted_status() -> StatusReply:
+            nonlocal built
+            built += 1
+            return build_status()
+
+        served.server.snapshots = SnapshotPace(counted_status)
+        peers, per_peer = 10, served.server.limits.max_subscriptions
+        subscribe = b"".join(
+            ENCODER.encode(Subscribe(id=n, interval_s=0.05)) for n in range(1, per_peer + 1)
+        )
+
+        measured = False
+
+        async def count_snapshots(peer: Peer) -> None:
+            nonlocal received
+            while not measured:  # not cancelled mid-read: anyio's socket under uvloop then
+                reply = await peer.next()  # sets a cancelled future's result
+                received += isinstance(reply, Snapshot)  # (after the await: others count too)
+
+        async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as readers:
+            for _ in range(peers):
+                peer = await stack.enter_async_context(Peer.connect(served.path))
+                await peer.send(subscribe)
+                readers.start_soon(count_snapshots, peer)
+            await wait_until(lambda: received >= peers * per_peer)  # each one's first
+            started, received_before, built_before = time.monotonic(), received, built
+            await anyio.sleep(1.0)
+            seconds = time.monotonic() - started
+            got, builds = received - received_before, built - built_before
+            measured = True  # each reader ends at its next snapshot
+    assert MAX_SNAPSHOTS_PER_S <= 200  # they asked for 6,400 a second
+    assert 0 < got <= 300 * seconds
+    assert builds <= seconds / STATUS_REUSE_S + 1
 
 
 async def test_a_peer_that_does_not_read_stops_being_read(anyio_backend: Any) -> None:

@@ -39,7 +39,7 @@ from quotad.daemon.server.binding import PeerCredentials
 from quotad.daemon.server.error_replies import error_reply, overloaded, oversized, unencodable
 from quotad.daemon.server.json_values import check_json_values
 from quotad.daemon.server.limits import ConnectionLimits
-from quotad.daemon.server.snapshots import send_snapshots
+from quotad.daemon.server.snapshots import SnapshotPace, send_snapshots
 from quotad.daemon.status import DAEMON_VERSION
 from quotad.protocol.framing import HEADER_SIZE as FRAME_HEADER_SIZE
 from quotad.protocol.framing import (
@@ -107,6 +107,9 @@ class Listener(Protocol):
     def track(self, task: asyncio.Task[None]) -> None: ...
 
     def status(self) -> StatusReply: ...
+
+    @property
+    def snapshots(self) -> SnapshotPace: ...
 
 
 class InFlight:
@@ -521,4 +524,4 @@ class Connection(asyncio.Protocol):
         await self.send(await self.broker.admin.run(request, self._caller("")))
 
     async def _send_snapshots(self, request: Subscribe) -> None:
-        await send_snapshots(request, self.broker.tail, self.server.status, self.send)
+        await send_snapshots(request, self.broker.tail, self.server.snapshots, self.send)

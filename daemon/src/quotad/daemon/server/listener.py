@@ -42,6 +42,7 @@ from quotad.daemon.server.binding import (
 from quotad.daemon.server.connection import Connection
 from quotad.daemon.server.error_replies import overloaded
 from quotad.daemon.server.limits import ConnectionLimits
+from quotad.daemon.server.snapshots import SnapshotPace
 from quotad.protocol.framing import FrameEncoder
 from quotad.protocol.messages import Error, StatusReply
 from quotad.protocol.paths import display_path
@@ -85,6 +86,8 @@ class SocketServer:
         self.http_address = ""
         """``host:port`` of the HTTP front door, when one runs (for status)."""
         self.draining = False
+        self.snapshots = SnapshotPace(self.status)
+        """What every Subscribe on this socket shares: the pace and the status."""
         self._idle = anyio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting: anyio.CancelScope | None = None
