@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, HttpConfig
 from quotad.daemon.front_door import FrontDoor
+from quotad.daemon.front_door.server import MAX_SCRAPES
 from quotad.daemon.metrics import CHUNK_BYTES, CONTENT_TYPE, MAX_TARGET_SERIES, OTHER, Metrics
 from quotad.daemon.net.http11 import HttpRequest, HttpResponse, StreamingResponse
 from quotad.daemon.routing import Router
@@ -104,3 +105,28 @@ async def test_the_streamed_exposition_is_valid_text_in_whole_lines() -> None:
     assert sum(other_ok) == 10  # the 5 targets past the bound, twice each
     assert "quotad_target_health" in families
     assert "quotad_guardrail_entities" in families
+
+
+async def test_at_most_max_scrapes_are_written_at_once() -> None:
+    """No key is needed to scrape, and each scrape takes its share of the event loop from the
+    requests served: 8 scrapers of 738 KB made ``/healthz`` 20 times slower. One past
+    MAX_SCRAPES is 503 ``overloaded`` with a retry-after; a scrape ended frees its place."""
+    front_door = full_front_door()
+    request = HttpRequest("GET", "/metrics", "/metrics", [])
+    held = [await front_door.handle(request) for _ in range(MAX_SCRAPES)]
+    assert all(isinstance(response, StreamingResponse) for response in held)
+    refused = await front_door.handle(request)
+    assert isinstance(refused, HttpResponse)
+    assert refused.status == 503
+    assert ("retry-after", "1") in refused.headers
+    assert b"scrapes of /metrics are under way" in refused.body
+    first = held[0]
+    assert isinstance(first, StreamingResponse)
+    await body_of(first)  # read whole, then closed, as the HTTP core closes every stream
+    await first.chunks.aclose()  # type: ignore[attr-defined]
+    for response in held[1:]:
+        await response.chunks.aclose()  # type: ignore[union-attr]  # left unread
+    again = [await front_door.handle(request) for _ in range(MAX_SCRAPES)]
+    assert all(response.status == 200 for response in again)
+    for response in again:
+        await response.chunks.aclose()  # type: ignore[union-attr]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from typing import Final
 
 import anyio.lowlevel
@@ -168,7 +168,7 @@ class Metrics:
         joined)."""
         return "".join(self._pieces(status)).encode()
 
-    async def chunks(self, status: StatusReply) -> AsyncIterator[bytes]:
+    async def chunks(self, status: StatusReply) -> AsyncGenerator[bytes, None]:
         """The exposition in chunks of about :data:`CHUNK_BYTES`, the event loop let run
         between them (``GET /metrics`` streams it: a scrape of large tables neither holds the
         loop nor the whole text)."""

@@ -19,6 +19,7 @@ import logging
 import math
 import socket
 import struct
+from collections.abc import AsyncIterator
 from typing import Protocol, cast
 
 import anyio
@@ -62,6 +63,15 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 
 class ClientGone(Exception):
     """The connection was lost (or closed) before an answer could be written."""
+
+
+async def _close_chunks(chunks: AsyncIterator[bytes]) -> None:
+    """``aclose()`` a streaming answer's iterator (if it has one), however its answer ended,
+    bounded by :data:`STREAM_ACLOSE_TIMEOUT_S`."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        with anyio.move_on_after(STREAM_ACLOSE_TIMEOUT_S, shield=True):
+            await aclose()
 
 
 class Serving(Protocol):
@@ -301,6 +311,7 @@ class Connection(asyncio.Protocol):
         keep_alive = incoming.keep_alive
         chunked = not incoming.http10
         self._responding = True
+        response: HttpResponse | StreamingResponse | None = None
         try:
             try:
                 response = await self._server.handler(request)
@@ -310,6 +321,8 @@ class Connection(asyncio.Protocol):
                 raise
             except Exception:
                 logger.exception("handler failed: %s %s", request.method, request.target)
+                if isinstance(response, StreamingResponse):  # its head could not be written
+                    await _close_chunks(response.chunks)
                 response = self._server.error_answer(500, "internal server error")
                 head = encode_head(response, keep_alive=keep_alive, chunked=chunked)
             no_body = request.method == "HEAD" or response.status in NO_BODY_STATUSES
@@ -379,10 +392,7 @@ class Connection(asyncio.Protocol):
                 if not raw:
                     await self._send(b"0\r\n%b\r\n" % trailer_section(response))
         finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                with anyio.move_on_after(STREAM_ACLOSE_TIMEOUT_S, shield=True):
-                    await aclose()
+            await _close_chunks(chunks)
 
     async def _send_error(self, status: int, message: str) -> None:
         """Answer a request we will not serve (the server's error answer); the connection
