@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, HttpConfig
 from quotad.daemon.front_door import FrontDoor
-from quotad.daemon.front_door.server import MAX_SCRAPES
+from quotad.daemon.front_door.scrapes import MAX_SCRAPES
 from quotad.daemon.metrics import CHUNK_BYTES, CONTENT_TYPE, MAX_TARGET_SERIES, OTHER, Metrics
 from quotad.daemon.net.http11 import HttpRequest, HttpResponse, StreamingResponse
 from quotad.daemon.routing import Router

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol, cast
+from typing import Final, Literal, cast
 
 import anyio
 import anyio.abc
@@ -49,6 +49,8 @@ from quotad.daemon.config import Config, HttpConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.front_door import anthropic, openai
 from quotad.daemon.front_door.headers import RequestHeaders, apply_options, read_headers
+from quotad.daemon.front_door.scrapes import Scrapes
+from quotad.daemon.front_door.streams import StreamEncoder, stream_events
 from quotad.daemon.front_door.wire import (
     COST_HEADER,
     JSON_CONTENT,
@@ -94,10 +96,6 @@ Response = HttpResponse | StreamingResponse
 Api = Literal["openai", "anthropic"]
 
 DEFAULT_APP: Final = "anonymous"
-MAX_SCRAPES: Final = 4
-"""``/metrics`` answers written at once; one more is answered 503 ``overloaded``. No key is
-needed to scrape, and each scrape takes its share of the event loop from the requests served:
-8 at once (738 KB each, 256 targets) made ``/healthz`` 20 times slower."""
 """The app of a request under ``auth = "none"`` that sends no ``x-quotad-app``."""
 _MISSING_KEY: Final = (
     "missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY' "
@@ -107,16 +105,6 @@ _MISSING_KEY: Final = (
 
 class HttpListenError(Exception):
     """The front door cannot listen on ``[http] listen``."""
-
-
-class _Encoder(Protocol):
-    """Turns a broker stream into server-sent events of one API's shape."""
-
-    def chunk(self, chunk: ChatChunk) -> bytes: ...
-
-    def end(self, end: ChatEnd) -> bytes: ...
-
-    def error(self, error: RequestError) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +148,8 @@ class FrontDoor:
         self.metrics = broker.metrics
         self._app_for_key = app_for_key
         self._status = status or broker.reports.status
-        self._scrapes = 0
-        """``/metrics`` answers being written (at most :data:`MAX_SCRAPES`)."""
+        self._scrapes = Scrapes()
+        """``/metrics`` answers being written (at most :data:`~.scrapes.MAX_SCRAPES`)."""
         self._other_problems = other_problems or list
         self._keys = config.auth == "keys"
         self._host, port = parse_listen(config.listen)
@@ -443,7 +431,9 @@ class FrontDoor:
 
     # ------------------------------------------------------------------ streams
 
-    async def _stream(self, chat: Chat, caller: Caller, encoder: _Encoder) -> StreamingResponse:
+    async def _stream(
+        self, chat: Chat, caller: Caller, encoder: StreamEncoder
+    ) -> StreamingResponse:
         """Start the broker's stream; answer once its first chunk is in (see the module
         docstring), with the headers that chunk tells."""
         stream = cast(
@@ -459,9 +449,9 @@ class FrontDoor:
         headers += self._answer_headers(first, chat.cache)
         if isinstance(first, ChatEnd):  # a cache hit's replay: its cost is known now
             headers.append(cost_header(first.cost_usd))
-            return StreamingResponse(200, headers, _events(stream, first, encoder, []))
+            return StreamingResponse(200, headers, stream_events(stream, first, encoder, []))
         trailers: Headers = []  # the cost, once the stream has ended
-        events = _events(stream, first, encoder, trailers)
+        events = stream_events(stream, first, encoder, trailers)
         return StreamingResponse(200, headers, events, (COST_HEADER,), trailers)
 
     # ------------------------------------------------------------------ operations
@@ -469,19 +459,10 @@ class FrontDoor:
     async def _metrics(self, request: HttpRequest) -> Response:
         """Streamed (chunked), a chunk at a time between turns of the event loop: the text at
         the metrics' bounds is megabytes (see :mod:`quotad.daemon.metrics`). At most
-        :data:`MAX_SCRAPES` at once: no key is needed, and each takes its share of the loop."""
-        if self._scrapes >= MAX_SCRAPES:
-            raise RequestError(
-                "overloaded",
-                f"{MAX_SCRAPES} scrapes of /metrics are under way; retry shortly",
-                retry_after_s=1.0,
-            )
-        self._scrapes += 1
-        chunks = _Scrape(self.metrics.chunks(self._status()), self._scrape_ended)
+        :data:`~.scrapes.MAX_SCRAPES` at once: no key is needed, and each takes its share of
+        the loop."""
+        chunks = self._scrapes.start(self.metrics.chunks(self._status()))  # else overloaded
         return StreamingResponse(200, [("content-type", METRICS_CONTENT_TYPE)], chunks)
-
-    def _scrape_ended(self) -> None:
-        self._scrapes -= 1
 
     async def _healthz(self, request: HttpRequest) -> Response:
         if self.server.closing:
@@ -496,58 +477,6 @@ class FrontDoor:
         request_id = self.broker.request_ids.next()
         headers: Headers = [JSON_CONTENT, request_id_header(request_id)]
         return HttpResponse(503, headers, _JSON.encode(state))
-
-
-async def _events(
-    stream: AsyncGenerator[ChatChunk | ChatEnd, None],
-    first: ChatChunk | ChatEnd,
-    encoder: _Encoder,
-    trailers: Headers,
-) -> AsyncIterator[bytes]:
-    """The response body of a stream: one event (or a few) per broker chunk; its cost is put
-    in ``trailers`` as it ends."""
-    try:
-        if isinstance(first, ChatEnd):
-            yield encoder.end(first)
-            return
-        yield encoder.chunk(first)
-        async for item in stream:
-            if isinstance(item, ChatEnd):
-                trailers.append(cost_header(item.cost_usd))
-                yield encoder.end(item)
-            else:
-                yield encoder.chunk(item)
-    except RequestError as error:
-        yield encoder.error(error)
-    except Exception:
-        log.exception("internal error in a stream")
-        yield encoder.error(RequestError("internal", "internal error"))
-    finally:
-        with anyio.CancelScope(shield=True):
-            await stream.aclose()
-
-
-class _Scrape:
-    """The chunks of one ``/metrics`` answer, holding one of the :data:`MAX_SCRAPES` until it
-    is closed (the HTTP core closes it however the answer ends)."""
-
-    __slots__ = ("_chunks", "_ended")
-
-    def __init__(self, chunks: AsyncGenerator[bytes, None], ended: Callable[[], None]) -> None:
-        self._chunks = chunks
-        self._ended: Callable[[], None] | None = ended
-
-    def __aiter__(self) -> _Scrape:
-        return self
-
-    async def __anext__(self) -> bytes:
-        return await self._chunks.__anext__()
-
-    async def aclose(self) -> None:
-        ended, self._ended = self._ended, None
-        if ended is not None:
-            ended()
-        await self._chunks.aclose()
 
 
 def _method_allowed(request: HttpRequest, endpoint: _Endpoint) -> bool:
