@@ -407,6 +407,33 @@ async def test_a_chunked_body_ends_with_the_trailers_announced_and_sound_only() 
     assert body == b"4\r\nbody\r\n0\r\nx-cost: 0.5\r\n\r\n"
 
 
+async def test_a_stream_whose_head_cannot_be_written_is_answered_500_and_closed() -> None:
+    """A streaming answer with a header that would split the head is a handler error (500);
+    its chunks were left unclosed (a broker stream's generator, a /metrics scrape's place)."""
+
+    class Chunks:
+        closed = False
+
+        def __aiter__(self) -> Chunks:
+            return self
+
+        async def __anext__(self) -> bytes:
+            raise StopAsyncIteration
+
+        async def aclose(self) -> None:
+            Chunks.closed = True
+
+    async def handler(request: HttpRequest) -> StreamingResponse:
+        return StreamingResponse(200, [("x-split", "a\r\nx-evil: 1")], Chunks())
+
+    async with serving(handler) as server, raw_connection(server.port) as (stream, reader):
+        await stream.send(get("/"))
+        with anyio.fail_after(5):
+            status, _, _ = await read_response(reader)
+    assert status == 500
+    assert Chunks.closed
+
+
 class EndlessStream:
     """A handler that answers with 64 KiB chunks for ever: how many it made, and an event set
     once the server closed the stream."""
