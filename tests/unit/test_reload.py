@@ -104,10 +104,10 @@ async def test_the_config_apps_and_targets_are_kept_apart_from_start_and_after_a
     first = one_provider_config("m", apps={"indexer": {}})
     async with open_store(first) as store:
         broker = Broker(first, Router(first, {"p": provider}), store)
-        assert broker.tail.activity.declared == {"indexer"}
-        assert broker.metrics.declared_targets == {"p/m"}
+        assert broker.tail.activity.declared.apps == {"indexer"}
+        assert broker.metrics.declared.targets == {"p/m"}
         assert broker.tail.declared.models == {"g", "p/m", "m"}  # a group, a target, its model
         reloaded = one_provider_config("n", apps={"batch": {}})
         broker.reconfigure(reloaded, Router(reloaded, {"p": provider}))
-        assert broker.tail.activity.declared == broker.metrics.declared_apps == {"batch"}
-        assert broker.metrics.declared_targets == {"p/n"}
+        assert broker.tail.activity.declared.apps == broker.metrics.declared.apps == {"batch"}
+        assert broker.metrics.declared.targets == {"p/n"}

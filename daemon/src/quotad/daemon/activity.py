@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from quotad.daemon.declared_names import DeclaredNames
+
 MAX_TRACKED_APPS: Final = 1000
 """Apps are named by clients: past this many, new names are counted under ``OTHER_APPS``."""
 OTHER_APPS: Final = "(other)"
@@ -36,8 +38,8 @@ class AppActivityLog:
 
     def __init__(self) -> None:
         self._apps: dict[str, AppActivity] = {}
-        self.declared: frozenset[str] = frozenset()
-        """The config's apps, kept apart past the bound too (set at start and reload)."""
+        self.declared = DeclaredNames()
+        """The config's names: its apps are kept apart past the bound too."""
 
     def of(self, app: str) -> AppActivity:
         """The activity of ``app`` (made on first use; past :data:`MAX_TRACKED_APPS` apps,
@@ -51,7 +53,7 @@ class AppActivityLog:
         """The name ``app``'s activity is kept under: its own while there is room for it (or
         it has its own already, or the config declares it), else :data:`OTHER_APPS`. The
         metrics label apps by it."""
-        if app in self._apps or len(self._apps) < MAX_TRACKED_APPS or app in self.declared:
+        if app in self._apps or len(self._apps) < MAX_TRACKED_APPS or app in self.declared.apps:
             return app
         return OTHER_APPS
 

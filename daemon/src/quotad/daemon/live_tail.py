@@ -55,9 +55,7 @@ class LiveTail:
     def declare(self, names: DeclaredNames) -> None:
         """The config's names (at start and at each reload): the activity log and the metrics
         keep them apart past their bounds on names that clients choose."""
-        self.declared = names
-        self.activity.declared = self.metrics.declared_apps = names.apps
-        self.metrics.declared_targets = names.targets
+        self.declared = self.activity.declared = self.metrics.declared = names
 
     def started(self, app: str) -> AppActivity:
         """A request of ``app`` started; its app's activity, to hand back to :meth:`ended`."""

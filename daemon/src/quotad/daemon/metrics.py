@@ -28,6 +28,7 @@ from typing import Final
 import anyio.lowlevel
 
 from quotad.daemon.activity import OTHER_APPS
+from quotad.daemon.declared_names import DeclaredNames
 from quotad.protocol.messages import (
     PRIORITIES,
     AppStatus,
@@ -105,8 +106,7 @@ class Metrics:
         "_requests",
         "_tokens",
         "_wait",
-        "declared_apps",
-        "declared_targets",
+        "declared",
     )
 
     def __init__(self) -> None:
@@ -116,10 +116,9 @@ class Metrics:
         self._latency: dict[str, Histogram] = {}
         self._wait: dict[str, Histogram] = {}
         self._http: dict[tuple[str, int], int] = {}
-        self.declared_targets: frozenset[str] = frozenset()
-        """The config's targets, counted apart past the bounds too (set at start and reload)."""
-        self.declared_apps: frozenset[str] = frozenset()
-        """The config's apps: paired with a declared target, counted apart past the bound."""
+        self.declared = DeclaredNames()
+        """The config's names: its targets, and their pairs with its apps, are counted apart
+        past the bounds too."""
 
     # ------------------------------------------------------------------ feeding (hot path)
 
@@ -131,12 +130,12 @@ class Metrics:
         pair = (target, app)
         tokens = self._tokens.get(pair)
         if tokens is None:
-            declared = target in self.declared_targets
+            declared = target in self.declared.targets
             full = len(self._latency) >= MAX_TARGET_SERIES
             if full and not declared and target not in self._latency:
                 target = OTHER
             full = len(self._tokens) >= MAX_TARGET_APP_SERIES
-            if full and not (declared and app in self.declared_apps):
+            if full and not (declared and app in self.declared.apps):
                 app = OTHER
             pair = (target, app)
             tokens = self._tokens.get(pair)
