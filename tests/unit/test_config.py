@@ -20,6 +20,13 @@ base_url = "http://127.0.0.1:9"
 """
 
 
+def loaded(tmp_path: Path, text: str) -> Config:
+    """The config :func:`load_config` makes of a file holding ``text``."""
+    path = tmp_path / "quotad.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_config(path)
+
+
 def problems(tmp_path: Path, text: str) -> list[str]:
     """The problems :func:`load_config` reports for a file holding ``text``."""
     path = tmp_path / "quotad.toml"
@@ -144,9 +151,8 @@ def test_a_base_url_the_transport_cannot_reach_is_refused(
     ],
 )
 def test_a_base_url_the_transport_reaches_loads(tmp_path: Path, base_url: str) -> None:
-    path = tmp_path / "quotad.toml"
-    path.write_text(f'[providers.p]\nkind = "openai"\nbase_url = "{base_url}"\n')
-    assert load_config(path).providers["p"].base_url == base_url
+    config = loaded(tmp_path, f'[providers.p]\nkind = "openai"\nbase_url = "{base_url}"\n')
+    assert config.providers["p"].base_url == base_url
 
 
 def test_names_in_the_config_hold_no_control_characters(tmp_path: Path) -> None:
@@ -254,9 +260,7 @@ kind = "local"
 
 
 def test_semantic_caching_is_off_by_default_at_the_designs_threshold(tmp_path: Path) -> None:
-    path = tmp_path / "quotad.toml"
-    path.write_text(PROVIDER, encoding="utf-8")
-    semantic = load_config(path).cache.semantic
+    semantic = loaded(tmp_path, PROVIDER).cache.semantic
     assert (semantic.mode, semantic.threshold, semantic.max_temperature) == ("off", 0.92, 0.0)
 
 
@@ -332,9 +336,7 @@ def test_check_config_without_the_extra_fails_naming_what_to_install(tmp_path: P
 
 
 def test_no_cluster_is_one_host(tmp_path: Path) -> None:
-    path = tmp_path / "quotad.toml"
-    path.write_text(PROVIDER, encoding="utf-8")
-    cluster = load_config(path).cluster
+    cluster = loaded(tmp_path, PROVIDER).cluster
     assert cluster.redis_url == ""
     assert (cluster.key_prefix, cluster.on_unreachable) == ("quotad", "share")
 
@@ -349,9 +351,7 @@ def test_no_cluster_is_one_host(tmp_path: Path) -> None:
     ],
 )
 def test_a_cluster_url_of_each_kind_loads(tmp_path: Path, url: str) -> None:
-    path = tmp_path / "quotad.toml"
-    path.write_text(f'[cluster]\nredis_url = "{url}"\n', encoding="utf-8")
-    assert load_config(path).cluster.redis_url == url
+    assert loaded(tmp_path, f'[cluster]\nredis_url = "{url}"\n').cluster.redis_url == url
 
 
 @pytest.mark.parametrize(
@@ -431,9 +431,7 @@ restore = false
 
 
 def test_guardrails_load_as_written(tmp_path: Path) -> None:
-    path = tmp_path / "quotad.toml"
-    path.write_text(GUARDRAILS, encoding="utf-8")
-    config = load_config(path)
+    config = loaded(tmp_path, GUARDRAILS)
     assert config.guardrails.input["credit_card"] == "block"
     assert config.guardrails.output == {"secret": "mask"}
     assert config.guardrails.restore is True
@@ -446,9 +444,7 @@ def test_guardrails_load_as_written(tmp_path: Path) -> None:
 
 
 def test_no_guardrails_section_means_none(tmp_path: Path) -> None:
-    path = tmp_path / "quotad.toml"
-    path.write_text("[apps.a]\npriority = 'low'\n", encoding="utf-8")
-    config = load_config(path)
+    config = loaded(tmp_path, "[apps.a]\npriority = 'low'\n")
     assert (config.guardrails.input, config.guardrails.output) == ({}, {})
     assert config.apps["a"].guardrails.restore is None
 
