@@ -129,7 +129,8 @@ def test_no_interleaving_of_reservations_and_settlements_exceeds_a_budget(
                 held.append((app, reservation))
         elif held:
             owner, reservation = held.pop(int(fraction * (len(held) - 1)))
-            limits.settle(reservation, owner, reservation.amount_usd * fraction, now)
+            alerts = limits.settle(reservation, owner, reservation.amount_usd * fraction, now)
+            assert all(alert.kind == "budget_alert" for alert in alerts)  # never an overrun
         for status in limits.status(now):
             assert status.spent_usd + status.reserved_usd <= status.limit_usd + 1e-9
     for owner, reservation in held:
@@ -176,6 +177,31 @@ def test_crossing_alert_at_alerts_once_per_period() -> None:
     assert limits.status(now)[0].alert
     tomorrow = at("2026-11-03 10:00")
     assert not limits.status(tomorrow)[0].alert
+
+
+def test_a_cost_past_its_reservation_that_passes_a_limit_is_an_overrun_once_per_period() -> None:
+    limits = budgets(budgets={"daily_usd": 1.0, "alert_at": 0.9}, apps={"a": {"daily_usd": 5.0}})
+    now = at("2026-11-02 10:00")
+    held = limits.reserve("b", 0.1, now)
+    alerts = limits.settle(held, "b", 1.25, now, target="p/m")  # billed past its bound
+    assert [(alert.kind, alert.budget.name) for alert in alerts] == [
+        ("budget_alert", "global daily"),
+        ("budget_overrun", "global daily"),
+    ]
+    assert alerts[1].message == (
+        "budget 'global daily' passed its limit: spent $1.25 of $1.00 this day (2026-11-02), "
+        "as a call to p/m cost $1.25 where it reserved $0.10 (the provider billed more tokens "
+        "than the request's bound); the budget refuses further requests this period"
+    )
+    assert limits.settle(None, "b", 0.5, now) == []  # already past: said once
+    assert limits.settle(None, "a", 4.0, now) == []  # its own stays within; the global was past
+    with pytest.raises(RequestError):
+        limits.reserve("b", 0.01, now)
+    tomorrow = at("2026-11-03 10:00")
+    alerts = limits.settle(None, "b", 2.0, tomorrow)
+    assert [alert.kind for alert in alerts] == ["budget_alert", "budget_overrun"]
+    overrun = alerts[1]
+    assert "as a request cost $2.00 where it reserved $0.00" in overrun.message
 
 
 def test_loading_totals_sets_spend_and_reports_budgets_already_alerting() -> None:

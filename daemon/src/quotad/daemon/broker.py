@@ -369,8 +369,9 @@ class Broker:
         target = context.target_name
         price = self.prices.for_target(target) if target and not context.cached else None
         cost = context.cost_usd = price.cost(usage) if price is not None else 0.0
-        for alert in self.budgets.settle(context.budget, context.caller.app, cost, now):
-            self.events.add("budget_alert", alert.message, logging.WARNING)
+        app = context.caller.app
+        for alert in self.budgets.settle(context.budget, app, cost, now, target=target):
+            self.events.add(alert.kind, alert.message, logging.WARNING)
         context.budget = None  # settled: a second _finish (after a bug below) holds nothing
         row = context.ledger_row(
             now,

@@ -12,7 +12,8 @@ memory, loaded from the ledger at start.
 A request whose maximum cost is 0 (unpriced or local models, cache-only requests) is never
 refused, and with no budget configured nothing is ever refused. Crossing ``alert_at`` of a
 budget (once per period) is reported to the caller of :meth:`settle`, which turns it into an
-event and a log line.
+event and a log line; so is a real cost above its reservation that takes a budget past its
+limit (a provider billing more tokens than it was sent as the bound: ``budget_overrun``).
 """
 
 from __future__ import annotations
@@ -132,10 +133,12 @@ class BudgetHold:
 
 @dataclass(frozen=True, slots=True)
 class BudgetAlert:
-    """A budget crossed ``alert_at`` of its limit."""
+    """A budget crossed ``alert_at`` of its limit (``budget_alert``), or its limit itself
+    (``budget_overrun``: a request cost more than it reserved)."""
 
     budget: Budget
     message: str
+    kind: Literal["budget_alert", "budget_overrun"] = "budget_alert"
 
 
 def _budgets(
@@ -291,10 +294,17 @@ class Budgets:
             yield budget
 
     def settle(
-        self, reservation: BudgetHold | None, app: str, cost_usd: float, now: float
+        self,
+        reservation: BudgetHold | None,
+        app: str,
+        cost_usd: float,
+        now: float,
+        *,
+        target: str = "",
     ) -> list[BudgetAlert]:
-        """Return ``reservation`` and add the real ``cost_usd`` to ``app``'s budgets;
-        returns the budgets that crossed their alert threshold by it."""
+        """Return ``reservation`` and add the real ``cost_usd`` (of a call to ``target``) to
+        ``app``'s budgets; returns the budgets that crossed their alert threshold by it, and
+        those it took past their limit (only a cost above its reservation can)."""
         if reservation is not None:
             for budget in reservation.budgets:
                 budget.held -= 1
@@ -305,12 +315,16 @@ class Budgets:
         if cost_usd <= 0.0:
             return []
         alerts: list[BudgetAlert] = []
+        reserved_usd = reservation.amount_usd if reservation is not None else 0.0
         for budget in self.app_budgets.get(app, self.global_budgets):
             self._roll(budget, now)
+            within = budget.spent_usd <= budget.limit_usd + LIMIT_SLACK_USD
             budget.spent_usd += cost_usd
             alert = self._check_alert(budget)
             if alert is not None:
                 alerts.append(alert)
+            if within and budget.spent_usd > budget.limit_usd + LIMIT_SLACK_USD:
+                alerts.append(_overrun(budget, target, cost_usd, reserved_usd))
         return alerts
 
     def _check_alert(self, budget: Budget) -> BudgetAlert | None:
@@ -340,3 +354,16 @@ class Budgets:
                 )
             )
         return out
+
+
+def _overrun(budget: Budget, target: str, cost_usd: float, reserved_usd: float) -> BudgetAlert:
+    """``budget`` passed its limit by a cost of ``cost_usd`` where ``reserved_usd`` was held."""
+    by = f"a call to {target}" if target else "a request"
+    return BudgetAlert(
+        budget,
+        f"budget {budget.name!r} passed its limit: spent {usd(budget.spent_usd)} of "
+        f"{usd(budget.limit_usd)} this {budget.period} ({budget.period_label}), as {by} cost "
+        f"{usd(cost_usd)} where it reserved {usd(reserved_usd)} (the provider billed more "
+        "tokens than the request's bound); the budget refuses further requests this period",
+        "budget_overrun",
+    )
