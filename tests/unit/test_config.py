@@ -9,32 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from quotad.daemon.config import MAX_PRICE, MAX_SIZE, Config, ConfigError, load_config
+from quotad.daemon.config import MAX_PRICE, MAX_SIZE, Config, load_config
 from quotad.protocol.framing import MAX_FRAME_CEILING
 from quotad.protocol.messages import MAX_WAIT_S
+from tests.support.config_files import loaded, problems
 
 PROVIDER = """
 [providers.p]
 kind = "openai"
 base_url = "http://127.0.0.1:9"
 """
-
-
-def loaded(tmp_path: Path, text: str) -> Config:
-    """The config :func:`load_config` makes of a file holding ``text``."""
-    path = tmp_path / "quotad.toml"
-    path.write_text(text, encoding="utf-8")
-    return load_config(path)
-
-
-def problems(tmp_path: Path, text: str) -> list[str]:
-    """The problems :func:`load_config` reports for a file holding ``text``."""
-    path = tmp_path / "quotad.toml"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(ConfigError) as raised:
-        load_config(path)
-    assert raised.value.source == str(path)
-    return raised.value.problems
 
 
 def test_a_good_file_loads_and_says_where_it_came_from(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quotad.daemon.config import Config, load_config
 from quotad.daemon.hints import config_hints
+from tests.support.config_files import loaded
 
 DESIGN_4_CONFIG = """\
 [daemon]
@@ -98,14 +98,8 @@ base_url = "https://api.groq.com/openai/v1"
 """
 
 
-def load(tmp_path: Path, text: str) -> Config:
-    path = tmp_path / "quotad.toml"
-    path.write_text(text, encoding="utf-8")
-    return load_config(path)
-
-
 def test_the_config_of_section_4_loads_as_written(tmp_path: Path) -> None:
-    config = load(tmp_path, DESIGN_4_CONFIG + GROQ_PROVIDER)
+    config = loaded(tmp_path, DESIGN_4_CONFIG + GROQ_PROVIDER)
     fast = config.models["fast"]
     assert fast.targets == ["groq/llama-3.1-8b-instant", "openai/gpt-4o-mini"]
     assert (fast.strategy, fast.weights) == ("failover", [3, 1])
@@ -124,7 +118,7 @@ def test_the_config_of_section_4_loads_as_written(tmp_path: Path) -> None:
 
 def test_the_guardrails_of_section_12_load_as_written(tmp_path: Path) -> None:
     """Its ``input`` table spans two lines: TOML 1.1, not 1.0 (tomllib of Python 3.11)."""
-    config = load(tmp_path, DESIGN_12_CONFIG)
+    config = loaded(tmp_path, DESIGN_12_CONFIG)
     assert config.guardrails.input == {
         "email": "mask",
         "phone": "mask",
@@ -142,7 +136,7 @@ def test_every_example_together_is_one_valid_config(tmp_path: Path) -> None:
     text = "\n".join(
         (DESIGN_4_CONFIG, GROQ_PROVIDER, DESIGN_10_CONFIG, DESIGN_11_CONFIG, DESIGN_12_CONFIG)
     )
-    config = load(tmp_path, text)
+    config = loaded(tmp_path, text)
     assert sorted(config.providers) == ["groq", "local", "openai"]
     assert (config.cluster.redis_url, config.cluster.on_unreachable) == ("", "share")
     assert (config.cache.ttl_s, config.cache.semantic.threshold) == (86400, 0.92)
