@@ -4,22 +4,28 @@ lines, the event loop running between them, and what is streamed is valid Promet
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
 import pytest
+from anyio.abc import SocketAttribute
 from prometheus_client.parser import text_string_to_metric_families
 
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, HttpConfig
 from quotad.daemon.front_door import FrontDoor
+from quotad.daemon.front_door import scrapes as scrapes_module
+from quotad.daemon.front_door import server as front_door_module
 from quotad.daemon.front_door.scrapes import MAX_SCRAPES
 from quotad.daemon.metrics import CHUNK_BYTES, CONTENT_TYPE, MAX_TARGET_SERIES, OTHER, Metrics
 from quotad.daemon.net.http11 import HttpRequest, HttpResponse, StreamingResponse
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from tests.support.metrics_tables import fill_to_bounds, full_status
+from tests.support.polling import run_loop_until
+from tests.support.serving import running
 
 pytestmark = pytest.mark.anyio
 
@@ -130,3 +136,50 @@ async def test_at_most_max_scrapes_are_written_at_once() -> None:
     assert all(response.status == 200 for response in again)
     for response in again:
         await response.chunks.aclose()  # type: ignore[union-attr]
+
+
+def scrape_status(port: int, *, read: bool) -> int | socket.socket:
+    """A ``GET /metrics`` on a socket with a small receive buffer: its status line's code, read
+    whole (``read``), or the socket, left unread with the answer's start in its buffer."""
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.connect(("127.0.0.1", port))
+    connection.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+    if not read:
+        return connection
+    with connection:
+        connection.settimeout(10)
+        return int(connection.recv(64).split(b" ")[1])
+
+
+async def test_a_scraper_that_reads_nothing_loses_its_place_after_the_stall_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four scrapers that sent ``GET /metrics`` and read nothing held every place for the
+    HTTP server's 60 s write-stall bound, keeping ``/metrics`` from everyone else; a scrape
+    now waits :data:`~.scrapes.SCRAPE_WRITE_STALL_S` at most for its reader (0.5 s here)."""
+    monkeypatch.setattr(front_door_module, "SCRAPE_WRITE_STALL_S", 0.5)
+    assert scrapes_module.SCRAPE_WRITE_STALL_S < 60.0
+    front_door = full_front_door()
+    await front_door.bind()
+    port = int(front_door.address.rsplit(":", 1)[1])
+    listener = front_door.server._listener
+    assert listener is not None
+    for each in listener.listeners:  # small send buffers, inherited by each connection, so
+        raw = each.extra(SocketAttribute.raw_socket)  # that the answer does not fit in them
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    async with running(front_door):
+        stalled = [
+            await anyio.to_thread.run_sync(lambda: scrape_status(port, read=False))
+            for _ in range(MAX_SCRAPES)
+        ]
+        try:
+            await run_loop_until(lambda: front_door._scrapes.under_way == MAX_SCRAPES)
+            assert await anyio.to_thread.run_sync(lambda: scrape_status(port, read=True)) == 503
+            await anyio.sleep(1.5)  # past the bound: the stalled scrapers were dropped
+            assert front_door._scrapes.under_way == 0
+            assert await anyio.to_thread.run_sync(lambda: scrape_status(port, read=True)) == 200
+        finally:
+            for connection in stalled:
+                assert isinstance(connection, socket.socket)
+                connection.close()

@@ -12,6 +12,10 @@ MAX_SCRAPES: Final = 4
 """``/metrics`` answers written at once; one more is answered 503 ``overloaded``. No key is
 needed to scrape, and each scrape takes its share of the event loop from the requests served:
 8 at once (738 KB each, 256 targets) made ``/healthz`` 20 times slower."""
+SCRAPE_WRITE_STALL_S: Final = 10.0
+"""A scraper that reads none of its answer for this long is dropped, and its place freed: a
+place was held for the HTTP server's 60 s write-stall bound, so four scrapers that never read
+kept ``/metrics`` from everyone else. Prometheus gives up on a scrape after 10 s by default."""
 
 
 class Scrapes:

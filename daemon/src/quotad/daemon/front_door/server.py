@@ -49,7 +49,7 @@ from quotad.daemon.config import Config, HttpConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.front_door import anthropic, openai
 from quotad.daemon.front_door.headers import RequestHeaders, apply_options, read_headers
-from quotad.daemon.front_door.scrapes import Scrapes
+from quotad.daemon.front_door.scrapes import SCRAPE_WRITE_STALL_S, Scrapes
 from quotad.daemon.front_door.streams import StreamEncoder, stream_events
 from quotad.daemon.front_door.wire import (
     COST_HEADER,
@@ -462,7 +462,8 @@ class FrontDoor:
         :data:`~.scrapes.MAX_SCRAPES` at once: no key is needed, and each takes its share of
         the loop."""
         chunks = self._scrapes.start(self.metrics.chunks(self._status()))  # else overloaded
-        return StreamingResponse(200, [("content-type", METRICS_CONTENT_TYPE)], chunks)
+        headers = [("content-type", METRICS_CONTENT_TYPE)]
+        return StreamingResponse(200, headers, chunks, write_stall_s=SCRAPE_WRITE_STALL_S)
 
     async def _healthz(self, request: HttpRequest) -> Response:
         if self.server.closing:

@@ -383,14 +383,16 @@ class Connection(asyncio.Protocol):
         """Send the head now, then each chunk as it comes: chunked (then the trailers), or
         (``raw``, HTTP/1.0) as they are until the close."""
         chunks = response.chunks
+        stall_s = response.write_stall_s
         try:
-            await self._send(head)
+            await self._send(head, stall_s)
             if not no_body:
                 async for chunk in chunks:
                     if chunk:
-                        await self._send(chunk if raw else b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                        data = chunk if raw else b"%x\r\n%b\r\n" % (len(chunk), chunk)
+                        await self._send(data, stall_s)
                 if not raw:
-                    await self._send(b"0\r\n%b\r\n" % trailer_section(response))
+                    await self._send(b"0\r\n%b\r\n" % trailer_section(response), stall_s)
         finally:
             await _close_chunks(chunks)
 
@@ -406,10 +408,11 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ closing
 
-    async def _send(self, data: bytes) -> None:
+    async def _send(self, data: bytes, stall_s: float | None = None) -> None:
         """Write ``data``; when the transport's buffer is full, wait until it drains (a
         client that reads slowly slows a stream down instead of growing the buffer), at most
-        :data:`WRITE_STALL_S`: a client that reads nothing for that long is dropped."""
+        ``stall_s`` (None: :data:`WRITE_STALL_S`): a client that reads nothing for that long
+        is dropped."""
         transport = self._transport
         assert transport is not None
         if self.lost or transport.is_closing():
@@ -418,7 +421,7 @@ class Connection(asyncio.Protocol):
         if self._writing_paused:
             drain = self._drain = self._loop.create_future()
             try:
-                await asyncio.wait_for(drain, WRITE_STALL_S)
+                await asyncio.wait_for(drain, WRITE_STALL_S if stall_s is None else stall_s)
             except TimeoutError:
                 transport.abort()
                 raise ClientGone from None

@@ -75,13 +75,17 @@ class StreamingResponse:
     ``trailer_names`` are fields known only once the body is (a stream's cost): announced in
     the head (``trailer``), and sent after the last chunk as ``chunks`` has put them in
     ``trailers`` by its end (those it did not are left out; none on an HTTP/1.0 answer, which
-    is not chunked)."""
+    is not chunked).
+
+    ``write_stall_s`` bounds how long its body may wait for the client to read any of it
+    before the connection is dropped (None: the server's bound, ``WRITE_STALL_S``)."""
 
     status: int
     headers: Headers
     chunks: AsyncIterator[bytes]
     trailer_names: tuple[str, ...] = ()
     trailers: Headers = field(default_factory=list)
+    write_stall_s: float | None = None
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse | StreamingResponse]]
