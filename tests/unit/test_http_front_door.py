@@ -590,6 +590,40 @@ async def test_models_lists_groups_then_targets_in_both_shapes() -> None:
     assert (one.id, one.owned_by) == ("sim/m2", "sim")
 
 
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("/v1/models/sim/a%0a12:00:00%20error%20forged", "control characters (U+000A"),
+        ("/v1/models/sim/%e2%80%ae", "control characters (U+202E"),
+        ("/v1/models/sim/" + "N" * 60_000, "at most 256 characters, got 60004"),
+    ],
+    ids=["newline", "bidi-override", "huge"],
+)
+async def test_a_model_looked_up_by_url_is_a_name_as_a_request_s_model_is(
+    path: str, says: str
+) -> None:
+    """``GET /v1/models/NAME`` made a target of any name on a provider's account, unchecked:
+    a line break forged lines in ``quotad target list``, and 100 names of 60,000 characters
+    made ``/metrics`` 66 MB and ``quotad status`` too large to send. Now the name is checked
+    as a request's model is, and refused before any target is made of it."""
+    config = parse_config({"providers": {"sim": {"kind": "openai", "base_url": "http://x:9"}}})
+    providers = {"sim": build_provider("sim", config.providers["sim"], None)}
+    router = Router(config, providers)
+    try:
+        async with open_store(config) as store, serving(Broker(config, router, store)) as url:
+            async with httpx.AsyncClient(base_url=url) as http:
+                refused = await http.get(path)
+                kept = await http.get("/v1/models/sim/fine")
+    finally:
+        await providers["sim"].aclose()
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert says in error["message"]
+    assert error["param"] == "model"
+    assert kept.status_code == 200
+    assert list(router.targets) == ["sim/fine"]
+
+
 async def test_a_reload_changes_auth_and_limits_in_place() -> None:
     broker = ScriptedBroker()
     front_door = FrontDoor(broker, HttpConfig(listen="127.0.0.1:0"), app_for_key=KEYS.get)

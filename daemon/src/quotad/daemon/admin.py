@@ -46,7 +46,7 @@ from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.daemon.store.db import WriteFailed
 from quotad.daemon.store.warm import WarmEntry
-from quotad.protocol.messages import Admin, Ok
+from quotad.protocol.messages import MAX_NAME, Admin, Ok
 
 STORE_ACTIONS: Final = frozenset(
     {"key_create", "key_list", "key_revoke", "cache_clear", "cache_warm"}
@@ -60,7 +60,7 @@ TARGET_ACTION_WORDS: Final = {
 """DESIGN §5 names the target actions "enable/disable target, reset breaker" (and the clients'
 ``admin()`` documents those words): each is the target action of that name."""
 
-MAX_TEXT_ARG: Final = 256
+MAX_TEXT_ARG: Final = MAX_NAME
 """The longest app name or key id an action takes (as long as a name in any message)."""
 
 ReloadConfig = Callable[[int | None, int | None], Awaitable[bool]]

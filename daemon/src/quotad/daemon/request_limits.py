@@ -47,7 +47,7 @@ from quotad.daemon.tokens import (
     input_tokens_upper_bound,
     value_tokens_upper_bound,
 )
-from quotad.protocol.messages import Chat, Embed
+from quotad.protocol.messages import MAX_NAME, Chat, Embed
 from quotad.protocol.names import control_character_in
 
 TOKEN_LIMIT_FIELDS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -74,6 +74,18 @@ def check_name(field: str, name: str) -> None:
             f"{field}: a name cannot hold control characters ({found})",
             details={"field": field},
         )
+
+
+def check_bounded_name(field: str, name: str) -> None:
+    """:func:`check_name`, and refuse a name of more than :data:`MAX_NAME` characters: for a
+    name that no message's bounds checked (one in a URL path)."""
+    if len(name) > MAX_NAME:
+        raise RequestError(
+            "bad_request",
+            f"{field}: a name is at most {MAX_NAME} characters, got {len(name)}",
+            details={"field": field},
+        )
+    check_name(field, name)
 
 
 def check_names(request: Chat | Embed) -> None:

@@ -18,6 +18,7 @@ import msgspec
 
 from quotad.protocol.messages.fields import (
     ANSWERED,
+    MAX_NAME,
     MAX_TAGS,
     MAX_WAIT_S,
     PRIORITIES,
@@ -93,6 +94,7 @@ __all__ = [
     "ANSWERED",
     "CONTINUING_REPLIES",
     "MAX_INTERVAL_S",
+    "MAX_NAME",
     "MAX_TAGS",
     "MAX_WAIT_S",
     "MIN_INTERVAL_S",

@@ -30,7 +30,9 @@ MAX_WAIT_S: Final = 86_400.0
 WaitSeconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT_S)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 RequestId = Annotated[int, msgspec.Meta(ge=0)]
-Name = Annotated[str, msgspec.Meta(max_length=256)]
+MAX_NAME: Final = 256
+"""The longest name (a model, an app, a user, a tag...) any message carries, in characters."""
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
 MAX_TAGS: Final = 64
 """The most tags a request may carry, each a :data:`Name`: they are kept in its ledger row."""
 Tags = Annotated[list[Name], msgspec.Meta(max_length=MAX_TAGS)]

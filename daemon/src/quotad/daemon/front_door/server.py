@@ -74,6 +74,7 @@ from quotad.daemon.net.http11 import (
     StreamingResponse,
     error_body,
 )
+from quotad.daemon.request_limits import check_bounded_name
 from quotad.daemon.status import DAEMON_VERSION
 from quotad.protocol.messages import (
     Chat,
@@ -414,6 +415,7 @@ class FrontDoor:
         self._who_calls(request)
         prefix = "/v1/models/" if request.path.startswith("/v1/") else "/models/"
         name = urllib.parse.unquote(request.path.removeprefix(prefix))
+        check_bounded_name("model", name)  # as a request's model: a target may be made of it
         owner = self.broker.reports.model_owner(name)  # else unknown_model, naming what exists
         return HttpResponse(200, [JSON_CONTENT], openai.model_body(name, owner))
 
