@@ -46,7 +46,10 @@ def test_a_lone_client_gets_an_app_s_whole_window_at_once() -> None:
 
 
 def gates_guard(gates: Gates) -> float:
-    window = gates.demand("p", "p/m", "x", 0).gates[-1].windows[0]
+    """How long past its window a window's log holds an admission (the same for every one)."""
+    window = next(gate for gate in gates.demand("p", "p/m", "x", 0).gates if gate.windows).windows[
+        0
+    ]
     return window.span - window.window_s
 
 
@@ -170,3 +173,19 @@ def test_paced_or_not_no_window_ever_holds_more_than_its_limit(
     for t, _ in admitted:
         inside = sum(a for u, a in admitted if u <= t < u + window_s)
         assert inside <= window.limit
+
+
+@pytest.mark.parametrize("used", [1_000, 10**6, 2**31 - 1])
+def test_a_settle_past_the_reservation_holds_a_paced_gate_one_window_at_most(used: int) -> None:
+    """A permit settled with far more tokens than the limit pushed a paced gate's pace out by
+    ``used`` times its interval: one Settle of 2**31 - 1 tokens on a 1,000-token window of 2 s
+    shut the provider for every app for 50 days ("next free in 4.3e6 s"). The log holds
+    those tokens one window; so does the pace now."""
+    gates, clock = make_gates("limits = [{ tokens = 1000, window_s = 2.0 }]\n")
+    demand = gates.demand("p", "p/m", "any", 10)
+    reservation = gates.admit_now(demand)
+    assert reservation is not None
+    gates.settle(reservation, used)
+    assert gates.admit_now(gates.demand("p", "p/m", "any", 10)) is None  # the window is full
+    clock.advance(2.0 + gates_guard(gates) + 0.01)
+    assert gates.admit_now(gates.demand("p", "p/m", "any", 10)) is not None

@@ -610,10 +610,13 @@ async def test_a_model_looked_up_by_url_is_a_name_as_a_request_s_model_is(
     providers = {"sim": build_provider("sim", config.providers["sim"], None)}
     router = Router(config, providers)
     try:
-        async with open_store(config) as store, serving(Broker(config, router, store)) as url:
-            async with httpx.AsyncClient(base_url=url) as http:
-                refused = await http.get(path)
-                kept = await http.get("/v1/models/sim/fine")
+        async with (
+            open_store(config) as store,
+            serving(Broker(config, router, store)) as url,
+            httpx.AsyncClient(base_url=url) as http,
+        ):
+            refused = await http.get(path)
+            kept = await http.get("/v1/models/sim/fine")
     finally:
         await providers["sim"].aclose()
     assert refused.status_code == 400

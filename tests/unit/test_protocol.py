@@ -33,6 +33,7 @@ from quotad.protocol.framing import (
     request_decoder,
 )
 from quotad.protocol.messages import (
+    MAX_TOKEN_COUNT,
     MAX_WAIT_S,
     PROTOCOL_VERSION,
     Acquire,
@@ -344,6 +345,26 @@ def test_invalid_messages_name_the_bad_field(fields: dict[str, Any], named: str)
     with pytest.raises(MessageInvalid) as caught:
         decode_all(request_decoder(), frame(RAW.encode(chat)))
     assert named in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"type": "Settle", "permit_id": "pm-1", "tokens_used": 2**64 - 1}, "tokens_used"),
+        ({"type": "Settle", "permit_id": "pm-1", "prompt_tokens": 2**31}, "prompt_tokens"),
+        ({"type": "Settle", "permit_id": "pm-1", "completion_tokens": 2**31}, "completion_tokens"),
+        ({"type": "Acquire", "target": "p/m", "tokens": 10**12}, "tokens"),
+    ],
+)
+def test_a_token_count_past_the_bound_is_refused(
+    request_fields: dict[str, Any], field: str
+) -> None:
+    """A permit's ``Settle`` of 2**64 - 1 tokens was counted: it broke the status (an int
+    msgspec cannot encode) and the gates' pace. Token counts are bounded as a provider's are."""
+    with pytest.raises(MessageValidationError) as caught:
+        decode_all(request_decoder(), frame(RAW.encode({"id": 1, **request_fields})))
+    assert f"<= {MAX_TOKEN_COUNT}" in str(caught.value)
+    assert caught.value.field == field
 
 
 @pytest.mark.parametrize(

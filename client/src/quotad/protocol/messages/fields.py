@@ -33,6 +33,11 @@ RequestId = Annotated[int, msgspec.Meta(ge=0)]
 MAX_NAME: Final = 256
 """The longest name (a model, an app, a user, a tag...) any message carries, in characters."""
 Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+MAX_TOKEN_COUNT: Final = 2**31 - 1
+"""The largest token count a message or a provider's usage may carry (hundreds of times the
+longest context there is): a larger one is refused rather than counted in a gate, a cost and
+a ledger row."""
+TokenCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKEN_COUNT)]
 MAX_TAGS: Final = 64
 """The most tags a request may carry, each a :data:`Name`: they are kept in its ledger row."""
 Tags = Annotated[list[Name], msgspec.Meta(max_length=MAX_TAGS)]

@@ -18,6 +18,7 @@ from quotad.protocol.messages.fields import (
     SpendKey,
     SpendPeriod,
     Tags,
+    TokenCount,
     WaitSeconds,
 )
 
@@ -73,7 +74,7 @@ class Acquire(Message):
     """Ask for a permit on a target's gates, for a caller that calls the provider itself."""
 
     target: Name
-    tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    tokens: TokenCount = 0
     priority: Priority | None = None
     max_wait_s: WaitSeconds | None = None
     app: Name = ""
@@ -84,11 +85,11 @@ class Settle(Message):
     """Report what a permitted call really used; returns the unused reservation."""
 
     permit_id: Name
-    tokens_used: Annotated[int, msgspec.Meta(ge=0)] = 0
+    tokens_used: TokenCount = 0
     status: SettleStatus = "ok"
     headers: dict[str, str] = msgspec.field(default_factory=dict)
-    prompt_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    completion_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    prompt_tokens: TokenCount | None = None
+    completion_tokens: TokenCount | None = None
 
 
 class Cancel(Message):

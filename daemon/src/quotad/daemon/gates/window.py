@@ -181,11 +181,15 @@ class SlidingWindow:
 
     def resize(self, admission: Admission, amount: int) -> None:
         """Change an admission's amount (settling a reservation): the log counts the new
-        amount while the admission is in it, and the pace gives back (or charges) the rest."""
+        amount while the admission is in it, and the pace gives back (or charges) the rest,
+        holding the window no longer than the log does: one window past the admission."""
         change = amount - admission.amount
         if admission.live:
             self.used += change
-        self.theoretical_arrival += change * self.interval
+        arrival = self.theoretical_arrival + change * self.interval
+        if change > 0:  # used more than reserved (a permit's settle says so)
+            arrival = min(arrival, max(self.theoretical_arrival, admission.time + self.window_s))
+        self.theoretical_arrival = arrival
         admission.amount = amount
         if admission.fleet is not None and self.fleet is not None:
             self.fleet.resize(admission.fleet, amount, admission.time)

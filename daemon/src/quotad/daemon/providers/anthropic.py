@@ -40,11 +40,10 @@ from quotad.daemon.providers.base import (
     EmbedResult,
     ErrorKind,
     ProviderError,
-    TokenCount,
 )
 from quotad.daemon.providers.transport import ChatEventStream, HTTPProvider, ProviderHTTP
 from quotad.daemon.rate_limit_info import RateLimitInfo
-from quotad.protocol.messages import Chat, ChatMessage, Usage
+from quotad.protocol.messages import Chat, ChatMessage, TokenCount, Usage
 
 ANTHROPIC_VERSION: Final = "2023-06-01"
 MAX_TEMPERATURE: Final = 1.0

@@ -23,7 +23,7 @@ Exceptions::
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import msgspec
 
@@ -43,12 +43,8 @@ ErrorKind = Literal[
 RETRYABLE_KINDS: frozenset[str] = frozenset(
     {"connect", "timeout", "rate_limited", "server", "conflict", "stream_broken"}
 )
-MAX_TOKEN_COUNT: Final = 2**31 - 1
-"""The largest token count a provider's usage may report (hundreds of times the longest
-context there is); a larger one, or a negative one, makes the answer one that cannot be
-understood (``protocol``), rather than a cost, a gate's count and a ledger row from it."""
-TokenCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKEN_COUNT)]
-"""A token count in a provider's usage, as the wire formats decode it."""
+# A provider's usage holds protocol.messages.TokenCount: a count past MAX_TOKEN_COUNT, or a
+# negative one, makes the answer one that cannot be understood (``protocol``).
 UNDECODABLE: Final = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 """What decoding a provider's JSON may raise: msgspec's own error (not JSON, or not the
 expected shape), RecursionError (nested past msgspec's depth), UnicodeDecodeError (a string

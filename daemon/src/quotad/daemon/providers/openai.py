@@ -27,10 +27,9 @@ from quotad.daemon.providers.base import (
     ChatResult,
     EmbedResult,
     ProviderError,
-    TokenCount,
 )
 from quotad.daemon.providers.transport import ChatEventStream, HTTPProvider
-from quotad.protocol.messages import Chat, Usage
+from quotad.protocol.messages import Chat, TokenCount, Usage
 
 ENCODER: Final = msgspec.json.Encoder()
 OPTIONAL_FIELDS: Final = (
