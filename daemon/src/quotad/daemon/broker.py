@@ -222,6 +222,10 @@ class Broker:
                 with anyio.CancelScope(shield=True):
                     await self._finish(context, usage, error=failure)  # 7
                 raise failure from None
+            except BaseException:  # its reader left (or was cancelled): paid for what it sent
+                usage = delivered.partial_usage(stream.usage, request, context.max_tokens)
+                context.delivered_usage = usage
+                raise
             finally:
                 target.in_flight -= 1
                 with anyio.CancelScope(shield=True):
@@ -303,14 +307,16 @@ class Broker:
             yield context
         except RequestError as error:
             error.request_id = error.request_id or context.request_id
-            if not context.finished:
+            if not context.finished:  # a call past the deadline was paid all the same
+                usage = context.abandoned_usage(request)
                 with anyio.CancelScope(shield=True):
-                    await self._finish(context, error=error)
+                    await self._finish(context, usage, error=error)
             raise
         except (anyio.get_cancelled_exc_class(), GeneratorExit):  # GeneratorExit: a stream
             if not context.finished:  # closed by its reader before its end
+                usage = context.abandoned_usage(request)
                 with anyio.CancelScope(shield=True):
-                    await self._finish(context, status="cancelled")
+                    await self._finish(context, usage, status="cancelled")
             raise
         except Exception as failure:  # a bug, not a request's error: still a row, holds back
             if not context.finished:
@@ -427,14 +433,17 @@ class Broker:
                         context.attempts += 1
                         attempts.started(target)
                         self.gates.sent(context.reservation)  # counted from the hand-off
+                        context.calling = True  # until it answers: what it costs if abandoned
                         answer = await call(target)  # 5
                     except ProviderError as error:  # 6
+                        context.calling = False
                         self._gate_feedback(target, context, error)
                         attempts.failed(target, error)  # a caller's 4xx: bad_request
                         continue
                     except BaseException:  # the deadline's own word, not a clock's
                         attempts.abandoned(target, at_deadline=deadline.expired)
                         raise
+                    context.calling = False
                     self.gates.observe(target.provider_name, target.name, answer.rate_limits)
                     attempts.succeeded(target)
                     return answer

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from quotad.daemon.caller import Caller
 from quotad.daemon.gates import AppPolicy, Reservation
 from quotad.daemon.request_limits import (
+    billable_tokens,
     check_chat_shape,
     check_embed_shape,
     completion_limit,
@@ -85,6 +86,23 @@ class RequestContext:
     cost_usd: float = 0.0
     screening: Findings | None = None
     """Its guardrails (step 0): what they found, and its reply's way back."""
+    calling: bool = False
+    """A provider call is under way (from the hand-off to its answer or its failure)."""
+    delivered_usage: Usage | None = None
+    """A stream that stopped being read before its end: the usage of what it delivered."""
+
+    def abandoned_usage(self, request: Chat | Embed) -> Usage | None:
+        """What a request that stopped waiting for its provider (cancelled by its caller, or
+        past its deadline) is charged, since the provider was paid all the same: a stream
+        stopped while delivering, its delivered usage (as a broken stream is charged); a call
+        under way, the most it can bill (:func:`billable_tokens`), since the provider may
+        finish it. None when no provider had the request."""
+        if self.delivered_usage is not None:
+            return self.delivered_usage
+        if not self.calling:
+            return None
+        prompt_tokens, completion_tokens = billable_tokens(request, self.max_tokens)
+        return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
     def plan(
         self,
