@@ -444,6 +444,33 @@ async def test_a_lease_over_the_bound_is_refused(anyio_backend: Any) -> None:
         assert served.server.status().permits == 0
 
 
+async def test_a_permit_id_does_not_tell_another(anyio_backend: Any) -> None:
+    """Permit ids were the daemon's prefix and a counter: a client holding one could settle
+    another client's next permit ``cancelled``, giving its admission back (its gates then
+    admitted past their limit), and the owner's own Settle was refused."""
+    async with (
+        serve() as served,
+        Peer.connect(served.path) as owner,
+        Peer.connect(served.path) as other,
+    ):
+        await other.send(acquire(1, lease_s=600.0))
+        seen = await other.next()
+        await owner.send(acquire(1, lease_s=600.0))
+        held = await owner.next()
+        assert isinstance(seen, Permit)
+        assert isinstance(held, Permit)
+        pm, daemon, counter = seen.permit_id.split("-")[:3]  # the ids a counter makes next
+        for guess in (f"{pm}-{daemon}-{int(counter) + n}" for n in range(1, 10)):
+            await other.send(Settle(id=2, permit_id=guess, status="cancelled"))
+            refused = await other.next()
+            assert isinstance(refused, Error)
+            assert "is unknown" in refused.message
+        await owner.send(Settle(id=2, permit_id=held.permit_id))
+        assert isinstance(await owner.next(), Ok)
+        ids = {seen.permit_id, held.permit_id}
+        assert all(len(permit_id.rpartition("-")[2]) == 16 for permit_id in ids)  # 64 bits
+
+
 # --------------------------------------------------------------------------- the listener
 
 

@@ -115,5 +115,5 @@ class Permits:
             id=request.id,
             permit_id=held.permit_id,
             wait_s=waited,
-            lease_s=held.expires_at - self.clock.monotonic(),
+            lease_s=max(0.0, held.expires_at - self.clock.monotonic()),
         )

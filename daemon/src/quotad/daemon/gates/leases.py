@@ -1,6 +1,10 @@
 """Permits (``Acquire``/``Settle``, DESIGN §5: the caller calls the provider itself): each an
 admitted reservation held under an id until it is settled or its lease runs out, when it is
-settled as reserved (its holder may have called the provider)."""
+settled as reserved (its holder may have called the provider).
+
+A permit's id is all it takes to settle it, so the id cannot be guessed from another: after
+the daemon's prefix and a counter (for the reader), 64 random bits. Ids were a counter alone,
+and a client holding one permit could cancel everyone else's, giving their admissions back."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import heapq
 import itertools
 import logging
 import os
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -41,7 +46,7 @@ class PermitLeases:
         self, reservation: Reservation, provider: str, target: str, expires_at: float
     ) -> HeldPermit:
         """Hold ``reservation`` under a new permit id until ``expires_at`` (monotonic)."""
-        permit_id = f"{self._prefix}{next(self._ids)}"
+        permit_id = f"{self._prefix}{next(self._ids)}-{secrets.token_hex(8)}"
         permit = HeldPermit(permit_id, target, provider, reservation, expires_at)
         self._permits[permit_id] = permit
         leases = self._leases
