@@ -24,6 +24,7 @@ from quotad.daemon.providers.base import (
     EmbedResult,
     ProviderError,
 )
+from quotad.daemon.request_limits import MAX_CHAT_ITEMS
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.daemon.store.prices import PER_TOKEN
@@ -167,6 +168,50 @@ async def test_a_part_or_tool_whose_type_is_not_a_string_is_a_bad_request_naming
         assert [row[0] for row in await rows(store)] == ["bad_request"] * 6
         [daily] = store.budgets.global_budgets
         assert (daily.held, daily.reserved_usd, daily.spent_usd) == (0, 0.0, 0.0)
+
+
+async def test_a_chat_past_the_bound_on_its_parts_is_refused_before_any_step_reads_them(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """550,000 one-letter parts (15 MB, within http.max_body_mb) held the event loop for 3 s:
+    screening, estimating, bounding and hashing each read every part. More than
+    MAX_CHAT_ITEMS messages, parts (a tool result's blocks counted) or tools are refused
+    before the guardrails read any."""
+    part = {"type": "text", "text": "a"}
+    many = MAX_CHAT_ITEMS + 1
+    tool_result = {"type": "tool_result", "tool_use_id": "t", "content": [part] * MAX_CHAT_ITEMS}
+    asked = {
+        "messages[0].content": chat([part] * many),
+        "messages[1].content": Chat(
+            id=1,
+            model="g",
+            messages=[
+                ChatMessage(role="user", content=[part] * MAX_CHAT_ITEMS),
+                ChatMessage(role="user", content=[part]),
+            ],
+        ),
+        "messages[0].content ": chat([tool_result]),
+        "messages": Chat(id=1, model="g", messages=[ChatMessage(role="user", content="a")] * many),
+        "tools": chat("hi", tools=[{"type": "function"}] * many),
+    }
+    screened: list[Chat] = []
+    async with bounded_broker() as (store, provider, broker):
+        monkeypatch.setattr(broker.guardrails, "check", screened.append)
+        for field, request in asked.items():
+            with pytest.raises(RequestError) as refused:
+                await broker.chat(request, Caller(app="a"))
+            assert refused.value.code == "bad_request"
+            assert refused.value.details == {"field": field.strip()}
+            assert f"a chat holds at most {MAX_CHAT_ITEMS:,} " in str(refused.value)
+            with pytest.raises(RequestError, match=re.escape(field.strip())):
+                async for _ in broker.chat_stream(request, Caller(app="a")):
+                    pass
+        assert screened == []
+        assert provider.asked_max_tokens == []
+        assert [row[0] for row in await rows(store)] == ["bad_request"] * 10
+    async with bounded_broker() as (_, provider, broker):  # at the bound: served
+        await broker.chat(chat([part] * MAX_CHAT_ITEMS), Caller(app="a"))
+        assert len(provider.asked_max_tokens) == 1
 
 
 async def test_a_broken_stream_settles_at_the_bound_of_what_it_delivered(

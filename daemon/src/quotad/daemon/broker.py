@@ -53,19 +53,14 @@ from quotad.daemon.net.deadlines import Deadlines
 from quotad.daemon.permits import DEFAULT_429_PAUSE_S, Permits
 from quotad.daemon.providers.base import ChatResult, EmbedResult, ProviderAnswer, ProviderError
 from quotad.daemon.request_context import RequestContext, RequestIds
-from quotad.daemon.request_limits import check_names, embed_inputs
+from quotad.daemon.request_limits import check_chat_size, check_names, embed_inputs
 from quotad.daemon.routing import Route, Router, Target
 from quotad.daemon.semantic.step import SemanticStep
 from quotad.daemon.status import DAEMON_VERSION, StatusReports
 from quotad.daemon.store import Store
 from quotad.daemon.store.cache import Cacheable, CachedChat, CachedEmbedding, CacheEntry
 from quotad.daemon.store.ledger import LedgerWriteFailed
-from quotad.daemon.streamed_answer import (
-    OpenedStream,
-    StreamedAnswer,
-    announce,
-    broken_stream,
-)
+from quotad.daemon.streamed_answer import OpenedStream, StreamedAnswer, announce, broken_stream
 from quotad.protocol.messages import (
     CacheMode,
     Chat,
@@ -129,6 +124,7 @@ class Broker:
     async def chat(self, request: Chat, caller: Caller) -> ChatReply:
         """A chat request answered whole."""
         async with self._pipeline("chat", request, caller) as context:
+            check_chat_size(request)  # 1's bound first: every step reads each part
             request, screening = await self.guardrails.check(request, context)  # 0
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit skips to 7
@@ -168,6 +164,7 @@ class Broker:
         a break after it ends the stream with ``upstream_error`` carrying the partial content.
         """
         async with self._pipeline("stream", request, caller) as context:
+            check_chat_size(request)  # 1's bound first: every step reads each part
             request, screening = await self.guardrails.check(request, context)  # 0
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit: 7 (its row committed), then its chunks replayed

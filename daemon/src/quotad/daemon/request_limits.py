@@ -101,6 +101,45 @@ def _refuse(field: str, why: str) -> RequestError:
     return RequestError("bad_request", f"extra.{field}: {why}", details={"field": f"extra.{field}"})
 
 
+MAX_CHAT_ITEMS: Final = 10_000
+"""The most messages a chat may hold, and the most content parts (a ``tool_result``'s blocks
+included) and tools: each is read by every step (screening, estimating, bounding, hashing),
+and one request of 550,000 one-letter parts (15 MB, within ``http.max_body_mb``) held the
+event loop for 3 s. Long agent conversations hold hundreds to a few thousand."""
+
+
+def check_chat_size(request: Chat) -> None:
+    """Refuse a chat of more than :data:`MAX_CHAT_ITEMS` messages, content parts or tools,
+    naming where the count passes the bound, before any step reads them all."""
+    if len(request.messages) > MAX_CHAT_ITEMS:
+        raise _too_many("messages", "messages", len(request.messages))
+    if request.tools is not None and len(request.tools) > MAX_CHAT_ITEMS:
+        raise _too_many("tools", "tools", len(request.tools))
+    parts = 0
+    for index, message in enumerate(request.messages):
+        content = message.content
+        if not isinstance(content, list):
+            continue
+        parts += len(content)
+        if parts <= MAX_CHAT_ITEMS:  # and a tool_result's blocks
+            parts += sum(
+                len(part["content"])
+                for part in content
+                if isinstance(part, dict) and type(part.get("content")) is list
+            )
+        if parts > MAX_CHAT_ITEMS:
+            raise _too_many(f"messages[{index}].content", "content parts", parts)
+
+
+def _too_many(field: str, what: str, count: int) -> RequestError:
+    return RequestError(
+        "bad_request",
+        f"{field}: a chat holds at most {MAX_CHAT_ITEMS:,} {what}; this one holds {count:,} "
+        "by here",
+        details={"field": field},
+    )
+
+
 def check_chat_shape(request: Chat) -> None:
     """Refuse a chat with no messages (every provider would, after a round trip), and a
     content part, a block of a ``tool_result`` part's content, or a tool, whose ``type`` is
