@@ -121,7 +121,21 @@ def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
 
 def _check_integers(value: object) -> None:
     """``bad_request`` naming the first integer in ``value`` (a decoded body) beyond
-    :data:`SMALLEST_INT`..:data:`LARGEST_INT`, and where it is."""
+    :data:`SMALLEST_INT`..:data:`LARGEST_INT`, and where it is: looked for first without
+    naming where (a path per item made a body of 550,000 parts take 2 s), then named."""
+    items: list[object] = [value]
+    while items:
+        item = items.pop()
+        if isinstance(item, dict):
+            items.extend(item.values())
+        elif isinstance(item, list):
+            items.extend(item)
+        elif isinstance(item, int) and not SMALLEST_INT <= item <= LARGEST_INT:
+            _name_the_integer(value)
+
+
+def _name_the_integer(value: object) -> None:
+    """``bad_request`` naming the first integer out of range in ``value``, and where."""
     stack: list[tuple[str, object]] = [("", value)]
     while stack:
         where, item = stack.pop()
