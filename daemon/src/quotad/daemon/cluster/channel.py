@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import anyio
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
+from quotad.daemon.cluster.redis_failures import PLAIN_FAILURES, unreadable
 from quotad.daemon.cluster.settings import ClusterSettings
 
 log = logging.getLogger("quotad.cluster")
@@ -75,11 +75,13 @@ class FleetChannel:
                             data = message.get("data")
                             if isinstance(data, bytes) and len(data) <= 4096:
                                 self._deliver(data.decode("utf-8", "replace"))
-                except (TimeoutError, RedisError, OSError) as error:
+                except PLAIN_FAILURES as error:
                     log.debug("cluster: pub/sub interrupted: %s", error)
+                except Exception as error:
+                    log.warning("cluster: pub/sub: %s", unreadable(error))
                 finally:
                     with anyio.CancelScope(shield=True):
-                        with contextlib.suppress(RedisError, OSError):
+                        with contextlib.suppress(Exception):
                             await pubsub.aclose()
             self._subscription = None
             self.subscribed = False

@@ -51,6 +51,7 @@ from quotad.daemon.cluster.heartbeat import (
     parse_heartbeat,
 )
 from quotad.daemon.cluster.keys import FleetKeys
+from quotad.daemon.cluster.redis_failures import PLAIN_FAILURES, unreadable
 from quotad.daemon.cluster.scripts import SCRIPTS
 from quotad.daemon.cluster.server_time import ServerTime
 from quotad.daemon.cluster.settings import ClusterSettings
@@ -209,6 +210,9 @@ class Link:
         except (RedisError, OSError) as error:
             self._down(f"Redis unreachable: {error or type(error).__name__}")
             raise LinkDown(self.reason) from None
+        except Exception as error:
+            self._down(unreadable(error))
+            raise LinkDown(self.reason) from None
         received = self.clock.monotonic()
         self.rtt_s = received - sent
         return Reply(value, sent, received)
@@ -226,6 +230,8 @@ class Link:
             raise LinkDown("Redis did not answer in time") from None
         except (RedisError, OSError) as error:
             raise LinkDown(f"Redis unreachable: {error or type(error).__name__}") from None
+        except Exception as error:
+            raise LinkDown(unreadable(error)) from None
         return int(next_cursor), fields if isinstance(fields, dict) else {}
 
     def malformed(self, name: str, error: Exception) -> LinkDown:
@@ -296,9 +302,10 @@ class Link:
                 if "NOAUTH" in str(error) or "WRONGPASS" in str(error):
                     raise ClusterAuthError(f"Redis refused this host: {error}") from None
                 raise ClusterAuthError(f"Redis at {self.settings.redis_url}: {error}") from None
-            except (TimeoutError, RedisError, OSError) as error:
+            except Exception as error:
                 if self.clock.monotonic() >= deadline:
-                    self.reason = f"Redis unreachable at start: {error or type(error).__name__}"
+                    why = error if isinstance(error, PLAIN_FAILURES) else unreadable(error)
+                    self.reason = f"Redis unreachable at start: {why or type(error).__name__}"
                     self._event(
                         "cluster_unreachable",
                         f"{self.reason} ({self.settings.redis_url}); serving degraded "
