@@ -539,3 +539,32 @@ def test_a_settle_reply_is_counted_before_any_figure_is_converted() -> None:
         settle_reply([1, b"123"], 3)
     assert settle_reply([5, [Figure(), Figure(), Figure()]], 3) == (5, [1, 1, 1])
     assert len(converted) == 3
+
+
+async def pttl(link: Link, key: str) -> int:
+    async with aioredis.Redis.from_url(link.settings.redis_url) as client:
+        result: int = await client.pttl(key)
+        return result
+
+
+@pytest.mark.parametrize("emptied_by", ["settle", "expiry"])
+async def test_a_log_emptied_then_written_again_keeps_a_lifetime(
+    link: Link, emptied_by: str
+) -> None:
+    """A log whose last entry went (settled to nothing, or expired) is deleted by Redis; the
+    next entry made it anew without a lifetime (its state said the lifetime was renewed
+    moments ago), so once no host used the gate the log stayed for ever."""
+    span_us = 200_000 if emptied_by == "expiry" else LONG_SPAN_US
+    window = [Window("w", 5, span_us)]
+    log = link.keys.window_log("w")
+    granted = await borrow(link, window, [AskArgs([Item(1, 1, 1, "first")])])
+    assert granted.status == "ok"
+    assert await pttl(link, log) > 0
+    if emptied_by == "settle":
+        await settle(link, {"w": [("first", 0, 0)]})
+    else:
+        await anyio.sleep((LEASE_US + span_us) / 1e6 + 0.1)  # its expiry passes
+    again = await borrow(link, window, [AskArgs([Item(1, 1, 1, "second")])])
+    assert again.results[0][0] == 1
+    assert await pttl(link, log) > 0  # -1: no lifetime
+    assert await pttl(link, link.keys.window_state("w")) > 0

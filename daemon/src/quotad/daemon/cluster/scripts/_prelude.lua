@@ -24,7 +24,7 @@ local KEEP_ALIVE_US = 10000000
 local function load(st, now)
   local f = redis.call('HMGET', st, 'used', 'ext', 'extu', 'wu', 'wh', 'alive')
   local w = {used = num(f[1]), ext = num(f[2]), extu = num(f[3]), wu = num(f[4]),
-    wh = f[5] or '', alive = num(f[6]), set = {}, zadd = {}, dirty = false}
+    wh = f[5] or '', alive = num(f[6]), set = {}, zadd = {}, dirty = false, emptied = false}
   if w.extu <= now then w.ext = 0 end
   return w
 end
@@ -42,17 +42,24 @@ local function expire(log, st, w, now)
     redis.call('ZREM', log, unpack(gone))
     w.dirty = true
     if #gone < CHUNK then
-      if w.used < 0 or redis.call('ZCARD', log) == 0 then w.used = 0 end
+      if redis.call('ZCARD', log) == 0 then
+        w.used = 0
+        w.emptied = true
+      elseif w.used < 0 then
+        w.used = 0
+      end
       break
     end
   end
 end
 
 -- Write what a call changed (one HSET, one ZADD), and renew the keys' lifetime (ttl_ms, past
--- every entry's expiry) at most every KEEP_ALIVE_US.
+-- every entry's expiry) at most every KEEP_ALIVE_US, and whenever the log was emptied (w.emptied:
+-- Redis deleted it, and a ZADD makes it anew without a lifetime; emptied and not written again
+-- now, the next write renews it).
 local function save(log, st, w, now, ttl_ms)
   if #w.zadd > 0 then redis.call('ZADD', log, unpack(w.zadd)) end
-  local renew = #w.zadd > 0 and w.alive <= now
+  local renew = #w.zadd > 0 and (w.alive <= now or w.emptied)
   if not (w.dirty or renew) then return end
   local fields = {'used', w.used}
   for i = 1, #w.set do fields[#fields + 1] = w.set[i] end
@@ -60,6 +67,9 @@ local function save(log, st, w, now, ttl_ms)
     fields[#fields + 1] = 'alive'
     fields[#fields + 1] = now + KEEP_ALIVE_US
     redis.call('PEXPIRE', log, ttl_ms)
+  elseif w.emptied then
+    fields[#fields + 1] = 'alive'
+    fields[#fields + 1] = 0
   end
   redis.call('HSET', st, unpack(fields))
   if renew then redis.call('PEXPIRE', st, ttl_ms) end

@@ -51,6 +51,7 @@ for i = 1, nwin do
   if #gone > 0 then
     redis.call('ZREM', log, unpack(gone))
     redis.call('HDEL', st, unpack(gone_fields))
+    w.emptied = redis.call('ZCARD', log) == 0
   end
   if w.used < 0 then w.used = 0 end
   save(log, st, w, now, ttl)
