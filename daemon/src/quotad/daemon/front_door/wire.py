@@ -108,7 +108,7 @@ def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     except msgspec.ValidationError as error:
         raise _invalid(error) from None
     except msgspec.DecodeError as error:
-        raise RequestError("bad_request", f"the body is not valid JSON: {error}") from None
+        raise RequestError("bad_request", _not_json(body, error)) from None
     except UnicodeDecodeError:
         raise RequestError("bad_request", _not_utf8(body)) from None
     except RecursionError:
@@ -148,6 +148,28 @@ def _name_the_integer(value: object) -> None:
             raise bad_request(
                 where or "the body", f"an integer of {digits} digits is out of range (64 bits)"
             )
+
+
+_LONE_SURROGATE: Final = re.compile(
+    rb"(?<!\\)\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})(?<!\\)\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+"""A ``\\uD800``-``\\uDFFF`` escape that is not half of a pair (what JavaScript's
+``JSON.stringify`` writes for a lone surrogate): no character, which msgspec reports as
+"Input data was truncated" when the string goes on."""
+
+
+def _not_json(body: bytes, error: msgspec.DecodeError) -> str:
+    """What a body that is not JSON is told: msgspec's words, or, for a lone surrogate, what
+    and where it is."""
+    lone = _LONE_SURROGATE.search(body)
+    if lone is not None:
+        escape = lone.group().decode()
+        return (
+            f"the body is not valid JSON: {escape} at byte {lone.start()} is half of a UTF-16 "
+            "surrogate pair, without its other half (no character; send the text as UTF-8)"
+        )
+    return f"the body is not valid JSON: {error}"
 
 
 def _not_utf8(body: bytes) -> str:
