@@ -100,6 +100,15 @@ async def test_a_callers_4xx_is_returned_as_is() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_request_the_adapter_cannot_express_says_so_without_an_http_status() -> None:
+    """An adapter's own refusal (no provider asked) read "refused the request (HTTP None)"."""
+    router, _, _ = make_router(GROUP)
+    refused, _ = await drive(router, "g", always({"a/m": error("client", None)}))
+    assert isinstance(refused, RequestError)
+    assert refused.message == "a/m cannot take the request: client happened"
+
+
+@pytest.mark.anyio
 async def test_when_every_target_fails_the_error_lists_each_attempt() -> None:
     router, _, sleep = make_router(GROUP)
     failures = {"a/m": error("server", 503), "b/m": error("timeout")}

@@ -153,9 +153,14 @@ class Attempts:
         )
         if error.kind == "client":
             target.answered(self._ticket, latency_s, now)
+            said = (  # no status: quotad's adapter refused it, no provider was asked
+                f"refused the request (HTTP {error.status})"
+                if error.status is not None
+                else "cannot take the request"
+            )
             raise RequestError(
                 "bad_request",
-                f"{target.name} refused the request (HTTP {error.status}): {error.message}",
+                f"{target.name} {said}: {error.message}",
                 details={"attempts": self._records, "status": error.status},
             )
         if error.kind == "rate_limited":
