@@ -133,3 +133,40 @@ def test_tags_are_names_and_a_request_carries_at_most_64(
     assert isinstance(answer, Error)
     assert (answer.id, answer.code, answer.details) == (2, "bad_request", {"field": field})
     assert re.search(refused.removeprefix("^"), answer.message)
+
+
+FIELD_CASES = [
+    ({"type": "Chat", "id": 2}, "model", "model: required"),
+    (
+        {"type": "Chat", "id": 2, "model": "m", "messages": [{"role": "user"}, {"content": "x"}]},
+        "messages[1].role",
+        "messages[1].role: required",
+    ),
+    ({"type": "Acquire", "id": 2, "target": "sim/m", "lease_s": 1e9}, "lease_s", "lease_s: "),
+    (
+        {"type": "Admin", "id": 2, "action": "cache_clear", "args": {"older_than_s": "x"}},
+        "args.older_than_s",
+        "args.older_than_s: expected seconds",
+    ),
+    ({"type": "Admin", "id": 2, "action": "enable"}, "target", "target: target_enable needs"),
+    ({"type": "Settle", "id": 2, "permit_id": "nope"}, "permit_id", "permit_id: permit 'nope'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("frame", "field", "says"), FIELD_CASES, ids=[case[1] for case in FIELD_CASES]
+)
+def test_a_refusal_that_names_a_field_in_its_text_names_it_in_its_details(
+    daemon: tuple[DaemonProcess, str], frame: dict[str, object], field: str, says: str
+) -> None:
+    """These named the field in their text only (``details`` empty), so a client could not
+    point at it; a missing field was "message: object missing required field model"."""
+    process, _ = daemon
+    encoder = FrameEncoder()
+    with unix_connection(process.socket_path, timeout_s=30) as sock:
+        sock.sendall(encoder.encode(Hello(id=1, app="raw")) + encoder.encode(frame))
+        _, answer = read_replies(sock, 2)
+    assert isinstance(answer, Error)
+    assert (answer.id, answer.code) == (2, "bad_request")
+    assert answer.details.get("field") == field
+    assert says in answer.message

@@ -16,6 +16,7 @@ reader of frames does not expect.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any, Final, Generic, TypeVar
 
@@ -195,11 +196,20 @@ class FrameDecoder(Generic[T]):
         return len(self._buffer)
 
 
+_MISSING_FIELD: Final = re.compile(
+    r"Object missing required field `(?P<field>[^`]*)`(?: - at `\$\.?(?P<path>[^`]*)`)?$"
+)
+
+
 def describe(error: msgspec.ValidationError) -> str:
     """msgspec's ``Expected `int`, got `str` - at `$.max_tokens``` as
     ``max_tokens: expected int, got str`` (``message: ...`` for the message as a whole, and
     ``extra: a key: ...`` for a key of a map)."""
     text = str(error)
+    missing = _MISSING_FIELD.match(text)
+    if missing is not None:  # named as the field itself: messages[1].role: required
+        path, field = missing["path"] or "", missing["field"]
+        return f"{path}.{field}: required" if path else f"{field}: required"
     head, sep, where = text.rpartition(" - at `")
     what = f"{head[:1].lower()}{head[1:].replace('`', '')}" if sep else text.replace("`", "")
     if not sep:

@@ -125,7 +125,11 @@ class AdminActions:
     def _target_action(self, request: Admin) -> Ok:
         """``quotad target enable|disable|reset NAME``."""
         if not request.target:
-            raise RequestError("bad_request", f"{request.action} needs a target name")
+            raise RequestError(
+                "bad_request",
+                f"target: {request.action} needs a target name",
+                details={"field": "target"},
+            )
         if request.action == "target_enable":
             target = self.router.enable(request.target)
             done = "enabled"
@@ -153,7 +157,11 @@ class AdminActions:
                 case "key_revoke":
                     key_id = request.target or _text_arg(request, "id")
                     if not await self.keys.revoke(key_id):
-                        raise RequestError("bad_request", f"no live key has the id {key_id!r}")
+                        raise RequestError(
+                            "bad_request",
+                            f"args.key_id: no live key has the id {key_id!r}",
+                            details={"field": "args.key_id"},
+                        )
                     await self.audit.record("key_revoke", key_id, caller_uid, caller_pid)
                     return Ok(id=request.id, message=f"revoked key {key_id}")
                 case "cache_clear":
@@ -183,7 +191,11 @@ class AdminActions:
             or not isinstance(older_than_s, int | float)
             or older_than_s < 0
         ):
-            raise RequestError("bad_request", "args.older_than_s: expected seconds >= 0")
+            raise RequestError(
+                "bad_request",
+                "args.older_than_s: expected seconds >= 0",
+                details={"field": "args.older_than_s"},
+            )
         removed = await self.cache.clear(older_than_s)
         return Ok(id=request.id, message=f"removed {removed} entries", data={"removed": removed})
 
@@ -193,7 +205,11 @@ class AdminActions:
         its usage at its target's price (the first target of its model when it names none)."""
         entries = request.args.get("entries")
         if not isinstance(entries, list):
-            raise RequestError("bad_request", "args.entries: expected a list of entries")
+            raise RequestError(
+                "bad_request",
+                "args.entries: expected a list of entries",
+                details={"field": "args.entries"},
+            )
         problems: list[str] = []
         valid: list[tuple[WarmEntry, float]] = []
         for index, raw in enumerate(entries):

@@ -64,7 +64,9 @@ class Permits:
         if held is None:
             raise RequestError(
                 "bad_request",
-                f"permit {request.permit_id!r} is unknown, already settled or past its lease",
+                f"permit_id: permit {request.permit_id!r} is unknown, already settled or past "
+                "its lease",
+                details={"field": "permit_id"},
             )
         used = request.tokens_used or (request.prompt_tokens or 0) + (
             request.completion_tokens or 0
@@ -96,6 +98,7 @@ class Permits:
             raise RequestError(
                 "bad_request",
                 f"lease_s: {request.lease_s:g} s is over gates.max_lease_s ({max_lease_s:g} s)",
+                details={"field": "lease_s"},
             )
         check_name("target", request.target)
         check_name("app", request.app)
