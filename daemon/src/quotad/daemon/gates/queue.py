@@ -30,6 +30,10 @@ REMEMBERED_APPS_SLACK = 64
 there are waiters, plus this (apps are named by clients: one naming a new app per request
 would otherwise grow the table without end)."""
 
+RESORT_PAST = 256
+"""Waiters aging a level at once past which the order is sorted again from scratch, rather
+than each moved (each move shifts the list)."""
+
 OrderKey = tuple[int, float, int]
 """A waiter's place in the order: (-effective priority, start tag, sequence)."""
 
@@ -46,6 +50,8 @@ class Waiter:
     start_tag: float = 0.0
     sequence: int = field(default_factory=lambda: next(_sequence))
     reservation: Reservation | None = None
+    order_key: OrderKey = (0, 0.0, 0)
+    """Its key in the queue's order while it is there (unique: its sequence is in it)."""
 
     def effective_priority(self, now: float, aging_s: float) -> int:
         """The priority, raised one level per ``aging_s`` waited, up to critical."""
@@ -86,7 +92,7 @@ class WaitQueue:
         nobody further down the queue can be admitted."""
         self._order: list[Waiter] | None = None  # None: to sort again from scratch
         self._order_keys: list[OrderKey] = []  # the sort key of each, in order
-        self._added: list[Waiter] = []  # queued since, not yet in the order
+        self._added: dict[Waiter, None] = {}  # queued since, not yet in the order
         self._steps: list[tuple[float, int, Waiter]] = []
         """A heap of (when a waiter of the order ages a level, its sequence, it); entries
         of waiters gone since are dropped when they come up."""
@@ -124,7 +130,7 @@ class WaitQueue:
         gates = waiter.demand.gates
         self._gate_sets[gates] = self._gate_sets.get(gates, 0) + 1
         if self._order is not None:
-            self._added.append(waiter)
+            self._added[waiter] = None
 
     def _forget_idle_apps(self) -> None:
         """Keep the finish tags of apps with a waiter queued only (amortized: the table has
@@ -149,11 +155,19 @@ class WaitQueue:
         if self._order is None:
             return
         if waiter in self._added:
-            self._added.remove(waiter)
+            del self._added[waiter]
             return
-        index = self._order.index(waiter)
+        index = self._place(waiter)
         del self._order[index]
         del self._order_keys[index]
+
+    def _place(self, waiter: Waiter) -> int:
+        """Where ``waiter`` stands in the order: found by its key, in O(log n) (a search of
+        the list took seconds when thousands of waiters aged or left at once)."""
+        index = bisect.bisect_left(self._order_keys, waiter.order_key)
+        assert self._order is not None
+        assert self._order[index] is waiter
+        return index
 
     def _forget_gates(self, waiter: Waiter) -> None:
         gates = waiter.demand.gates
@@ -167,10 +181,13 @@ class WaitQueue:
         """Waiters in admission order at ``now``. Kept sorted: a waiter added since is
         inserted where it belongs, one that aged a level since is moved; a key changes only
         then, so the rest stay in place."""
-        order = self._sort(now) if self._order is None else self._order
+        if self._order is None:
+            self._sort(now)
         steps = self._steps
         if steps and steps[0][0] <= now:
-            self._age(now)
+            self._age(now)  # which may sort all again
+        order = self._order
+        assert order is not None
         if self._added:
             for waiter in self._added:
                 self._insert(waiter, now)
@@ -180,6 +197,8 @@ class WaitQueue:
     def _sort(self, now: float) -> list[Waiter]:
         """Sort every waiter from scratch (the first time, or after a reload of aging_s)."""
         keyed = sorted(((self._key(w, now), w) for w in self.waiters), key=_by_key)
+        for key, waiter in keyed:
+            waiter.order_key = key
         self._order_keys = [key for key, _ in keyed]
         self._order = [w for _, w in keyed]
         self._added.clear()
@@ -194,7 +213,7 @@ class WaitQueue:
     def _insert(self, waiter: Waiter, now: float) -> None:
         """Put ``waiter`` in the order by its key at ``now``; note when it next ages."""
         assert self._order is not None
-        key = self._key(waiter, now)
+        key = waiter.order_key = self._key(waiter, now)
         index = bisect.bisect_right(self._order_keys, key)
         self._order_keys.insert(index, key)
         self._order.insert(index, waiter)
@@ -206,11 +225,17 @@ class WaitQueue:
         """Move the waiters whose priority rose a level by ``now`` to their new place."""
         assert self._order is not None
         order, keys, steps = self._order, self._order_keys, self._steps
+        due: list[Waiter] = []
         while steps and steps[0][0] <= now:
             _, _, waiter = heapq.heappop(steps)
-            if waiter not in self.waiters:
-                continue  # gone since (admitted, timed out)
-            index = order.index(waiter)
+            if waiter in self.waiters and waiter not in self._added:  # else gone, or new
+                due.append(waiter)
+        if len(due) > RESORT_PAST:  # many at once: sorting all again is cheaper
+            self._order = None
+            self._sort(now)
+            return
+        for waiter in due:
+            index = self._place(waiter)
             del order[index]
             del keys[index]
             self._insert(waiter, now)
