@@ -6,6 +6,7 @@ new requests while the daemon drains or a listener cannot accept."""
 from __future__ import annotations
 
 import functools
+import gzip
 import re
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -222,6 +223,22 @@ async def test_a_bad_body_is_400_naming_what_is_wrong(
     assert REQUEST_ID.fullmatch(response.headers["x-quotad-request-id"])
     assert again.status_code == 200  # and the next request is served
     assert len(broker.calls) == 1
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/embeddings"])
+async def test_a_compressed_body_is_told_its_encoding_is_not_taken(path: str) -> None:
+    """A gzip body with ``content-encoding: gzip`` was "not valid JSON: invalid character
+    (byte 0)", which never named the encoding."""
+    body = gzip.compress(msgspec.json.encode(CHAT))
+    headers = {"content-encoding": "gzip", "content-type": "application/json"}
+    broker = ScriptedBroker()
+    async with serving(broker, auth="none") as front_door, httpx.AsyncClient() as http:
+        url = f"http://{front_door.address}{path}"
+        response = await http.post(url, content=body, headers=headers)
+        plain = await http.post(url, json=CHAT, headers={"content-encoding": "identity"})
+    assert response.status_code == 400
+    assert "content-encoding 'gzip' is not supported: send the body uncompressed" in response.text
+    assert plain.status_code != 400 or "content-encoding" not in plain.text
 
 
 async def test_duplicate_keys_take_the_last_value_everywhere() -> None:

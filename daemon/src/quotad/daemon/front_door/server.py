@@ -60,6 +60,7 @@ from quotad.daemon.front_door.wire import (
     decode_body,
     error_headers,
     http_status,
+    plain_body,
     quotad_headers,
     request_id_header,
 )
@@ -382,7 +383,7 @@ class FrontDoor:
 
     async def _chat_completions(self, request: HttpRequest) -> Response:
         headers, caller = self._who_calls(request)
-        body = decode_body(openai.CHAT_DECODER, request.body)
+        body = decode_body(openai.CHAT_DECODER, plain_body(request))
         chat = openai.chat_request(body)
         apply_options(chat, headers)
         created = int(self.broker.clock.time())
@@ -395,7 +396,7 @@ class FrontDoor:
 
     async def _embeddings(self, request: HttpRequest) -> Response:
         headers, caller = self._who_calls(request)
-        body = decode_body(openai.EMBEDDINGS_DECODER, request.body)
+        body = decode_body(openai.EMBEDDINGS_DECODER, plain_body(request))
         embed = openai.embed_request(body)
         apply_options(embed, headers)
         reply = await self.broker.embed(embed, caller)
@@ -423,7 +424,7 @@ class FrontDoor:
 
     async def _messages(self, request: HttpRequest) -> Response:
         headers, caller = self._who_calls(request)
-        body = decode_body(anthropic.MESSAGES_DECODER, request.body)
+        body = decode_body(anthropic.MESSAGES_DECODER, plain_body(request))
         chat = anthropic.chat_request(body)
         apply_options(chat, headers)
         if chat.stream:

@@ -16,7 +16,7 @@ from typing import Any, Final, Literal, TypeVar
 import msgspec
 
 from quotad.daemon.errors import RequestError
-from quotad.daemon.net.http11 import Headers
+from quotad.daemon.net.http11 import Headers, HttpRequest
 from quotad.protocol.framing import describe, field_named
 
 T = TypeVar("T")
@@ -86,6 +86,19 @@ def error_headers(error: RequestError) -> Headers:
 def bad_request(param: str, message: str) -> RequestError:
     """A ``bad_request`` naming the field (``param``) that is wrong."""
     return RequestError("bad_request", f"{param}: {message}", details={"field": param})
+
+
+def plain_body(request: HttpRequest) -> bytes:
+    """The request's body as sent; ``bad_request`` when it says it is encoded (``content-encoding:
+    gzip``): quotad reads JSON as it is sent, and a compressed body was told it was invalid JSON
+    at byte 0, not why."""
+    encoding = request.header("content-encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        raise RequestError(
+            "bad_request",
+            f"content-encoding {encoding[:40]!r} is not supported: send the body uncompressed",
+        )
+    return request.body
 
 
 def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
