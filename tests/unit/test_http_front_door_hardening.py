@@ -196,6 +196,13 @@ BAD_BODIES: list[tuple[str, str, bytes, str]] = [
      "not valid JSON"),
     ("trailing garbage", "/v1/chat/completions", msgspec.json.encode(CHAT) + b"}", "not valid"),
     ("a NUL byte", "/v1/chat/completions", b'{"model": "m\x00"}', "not valid JSON"),
+    ("an image url that is not a string", "/v1/messages",  # blamed on source.type before
+     b'{"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": '
+     b'"image", "source": {"type": "url", "url": 5}}]}]}',
+     "messages[0].content[0].source.url: expected a string"),
+    ("an empty tool_choice", "/v1/messages",  # ignored before
+     b'{"model": "m", "max_tokens": 1, "tool_choice": {}, "messages": [{"role": "user", '
+     b'"content": "hi"}]}', "tool_choice.type: expected one of"),
     ("an array", "/v1/messages", b"[1, 2]", "expected object, got"),
     ("a string", "/v1/embeddings", b'"hello"', "expected object, got"),
 ]  # fmt: skip

@@ -124,8 +124,10 @@ def _part(block: dict[str, Any], where: str) -> dict[str, Any]:
             if not isinstance(media_type, str) or not isinstance(data, str):
                 raise bad_request(f"{where}.source", "a base64 image needs media_type and data")
             url = f"data:{media_type};base64,{data}"
-        elif source.get("type") == "url" and isinstance(source.get("url"), str):
-            url = source["url"]
+        elif source.get("type") == "url":
+            url = source.get("url")
+            if not isinstance(url, str):
+                raise bad_request(f"{where}.source.url", "expected a string")
         else:
             raise bad_request(f"{where}.source.type", "expected 'base64' or 'url'")
         part = {"type": "image_url", "image_url": {"url": url}}
@@ -253,7 +255,7 @@ def chat_request(body: MessagesRequest) -> Chat:
         tools=[_tool(tool, f"tools[{index}]") for index, tool in enumerate(body.tools)]
         if body.tools
         else None,
-        tool_choice=_tool_choice(body.tool_choice) if body.tool_choice else None,
+        tool_choice=_tool_choice(body.tool_choice) if body.tool_choice is not None else None,
         stream=body.stream,
         user=(body.metadata.user_id or "") if body.metadata else "",
         extra=extra,
