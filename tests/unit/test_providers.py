@@ -830,19 +830,37 @@ async def test_user_text_before_tool_results_is_moved_after_them() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    "message",
+    ("message", "says"),
     [
-        ChatMessage(role="assistant", tool_calls=[tool_call("t1", "f", "{not json")]),
-        ChatMessage(role="assistant", tool_calls=[tool_call("t1", "f", "[1, 2]")]),
-        ChatMessage(role="tool", content="orphan"),
-        ChatMessage(role="user", content=[{"type": "image_url", "image_url": {"url": "file:/x"}}]),
+        (
+            ChatMessage(role="assistant", tool_calls=[tool_call("t1", "f", "{not json")]),
+            "the arguments of tool call 'f' (t1) are not valid JSON",
+        ),
+        (
+            ChatMessage(role="assistant", tool_calls=[tool_call("t1", "f", "[1, 2]")]),
+            "the arguments of tool call 'f' (t1) are not an object",
+        ),
+        (  # its id was sent as null, for Anthropic to refuse
+            ChatMessage(role="assistant", tool_calls=[tool_call("", "f", "{}")]),
+            "tool call 'f' has no id",
+        ),
+        (ChatMessage(role="tool", content="orphan"), "no tool_call_id"),
+        (
+            ChatMessage(
+                role="user", content=[{"type": "image_url", "image_url": {"url": "file:/x"}}]
+            ),
+            "an image_url must be",
+        ),
     ],
 )
-async def test_requests_anthropic_cannot_express_are_client_errors(message: ChatMessage) -> None:
+async def test_requests_anthropic_cannot_express_are_client_errors(
+    message: ChatMessage, says: str
+) -> None:
     provider, upstream = anthropic(reply(anthropic_message()))
     with pytest.raises(ProviderError, match="cannot express") as caught:
         await provider.chat("c", chat(user("hi"), message), 10)
     assert caught.value.kind == "client"
+    assert says in caught.value.message
     assert upstream.requests == []
 
 

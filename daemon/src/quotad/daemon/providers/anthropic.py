@@ -132,16 +132,18 @@ def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
     function = call.get("function")
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         raise ConversionError("a tool call has no function name")
+    named = f"tool call {function['name']!r}"
+    call_id = call.get("id")
+    if not isinstance(call_id, str) or not call_id:
+        raise ConversionError(f"{named} has no id (Anthropic pairs a tool's result by it)")
     arguments = function.get("arguments") or "{}"
     try:
         tool_input = msgspec.json.decode(arguments) if isinstance(arguments, str) else arguments
     except (msgspec.DecodeError, RecursionError):
-        raise ConversionError(
-            f"the arguments of tool call {call.get('id')!r} are not valid JSON"
-        ) from None
+        raise ConversionError(f"the arguments of {named} ({call_id}) are not valid JSON") from None
     if not isinstance(tool_input, dict):
-        raise ConversionError(f"the arguments of tool call {call.get('id')!r} are not an object")
-    return {"type": "tool_use", "id": call.get("id"), "name": function["name"], "input": tool_input}
+        raise ConversionError(f"the arguments of {named} ({call_id}) are not an object")
+    return {"type": "tool_use", "id": call_id, "name": function["name"], "input": tool_input}
 
 
 def _tool_result(message: ChatMessage) -> dict[str, Any]:
