@@ -125,9 +125,9 @@ def _part(block: dict[str, Any], where: str) -> dict[str, Any]:
                 raise bad_request(f"{where}.source", "a base64 image needs media_type and data")
             url = f"data:{media_type};base64,{data}"
         elif source.get("type") == "url":
-            url = source.get("url")
-            if not isinstance(url, str):
+            if not isinstance(source.get("url"), str):
                 raise bad_request(f"{where}.source.url", "expected a string")
+            url = source["url"]
         else:
             raise bad_request(f"{where}.source.type", "expected 'base64' or 'url'")
         part = {"type": "image_url", "image_url": {"url": url}}
