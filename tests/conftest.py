@@ -1,5 +1,5 @@
 """Shared pytest configuration: the anyio backends every async test runs under, and a short
-temp directory and a pair of sims."""
+temp directory, a sim and a pair of sims."""
 
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ def directory() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="qd", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimProcess]:
+    """A sim for a module's tests, answering after 1 ms (a module may define its own)."""
+    with SimProcess(latency_ms=1) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,6 @@ PER_TOKEN = 100.0 / 1_000_000
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    with SimProcess(latency_ms=1) as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
 def daemon(sim: SimProcess) -> Iterator[DaemonProcess]:
     providers = sim_provider_config("sim", sim.base_url)
     with DaemonProcess(daemon_config(providers, CONFIG, cache='mode = "off"')) as process:

@@ -37,12 +37,6 @@ ISOLATED = (
 FOOTER = re.compile(r"^\[sim/gpt-4o-mini  \d+\+\d+ tokens  \$\d\.\d+  wait \d+ ms  \d+ ms\]$", re.M)
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    with SimProcess(latency_ms=1) as process:
-        yield process
-
-
 @pytest.fixture
 def home() -> Iterator[Path]:
     """A temp dir standing for the user's XDG directories (config, runtime, state)."""

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -53,12 +52,6 @@ def config(sim_url: str, daemon: str = "", provider: str = "", **head: str) -> s
     return daemon_config(
         sim_provider_config("sim", sim_url, extra=provider), daemon=f"drain_s = 5\n{daemon}", **head
     )
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    with SimProcess(latency_ms=1) as process:
-        yield process
 
 
 def frame(payload: bytes) -> bytes:

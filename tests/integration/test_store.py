@@ -39,12 +39,6 @@ def prompt(text: str = "") -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    with SimProcess(latency_ms=1) as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
 def daemon(sim: SimProcess) -> Iterator[DaemonProcess]:
     config = daemon_config(BUDGETS, sim_provider_config("sim", sim.base_url), daemon="drain_s = 5")
     with DaemonProcess(config) as d:
