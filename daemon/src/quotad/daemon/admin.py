@@ -157,10 +157,11 @@ class AdminActions:
                 case "key_revoke":
                     key_id = request.target or _text_arg(request, "id")
                     if not await self.keys.revoke(key_id):
+                        field = "target" if request.target else "args.id"
                         raise RequestError(
                             "bad_request",
-                            f"args.key_id: no live key has the id {key_id!r}",
-                            details={"field": "args.key_id"},
+                            f"{field}: no live key has the id {key_id!r}",
+                            details={"field": field},
                         )
                     await self.audit.record("key_revoke", key_id, caller_uid, caller_pid)
                     return Ok(id=request.id, message=f"revoked key {key_id}")

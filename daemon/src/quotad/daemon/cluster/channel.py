@@ -77,7 +77,7 @@ class FleetChannel:
                                 self._deliver(data.decode("utf-8", "replace"))
                 except PLAIN_FAILURES as error:
                     log.debug("cluster: pub/sub interrupted: %s", error)
-                except Exception as error:
+                except Exception as error:  # redis-py on an answer no Redis gives
                     log.warning("cluster: pub/sub: %s", unreadable(error))
                 finally:
                     with anyio.CancelScope(shield=True):

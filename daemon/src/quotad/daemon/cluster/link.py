@@ -210,7 +210,7 @@ class Link:
         except (RedisError, OSError) as error:
             self._down(f"Redis unreachable: {error or type(error).__name__}")
             raise LinkDown(self.reason) from None
-        except Exception as error:
+        except Exception as error:  # redis-py on an answer no Redis gives (redis_failures)
             self._down(unreadable(error))
             raise LinkDown(self.reason) from None
         received = self.clock.monotonic()
@@ -230,7 +230,7 @@ class Link:
             raise LinkDown("Redis did not answer in time") from None
         except (RedisError, OSError) as error:
             raise LinkDown(f"Redis unreachable: {error or type(error).__name__}") from None
-        except Exception as error:
+        except Exception as error:  # as in _call
             raise LinkDown(unreadable(error)) from None
         return int(next_cursor), fields if isinstance(fields, dict) else {}
 
@@ -302,7 +302,7 @@ class Link:
                 if "NOAUTH" in str(error) or "WRONGPASS" in str(error):
                     raise ClusterAuthError(f"Redis refused this host: {error}") from None
                 raise ClusterAuthError(f"Redis at {self.settings.redis_url}: {error}") from None
-            except Exception as error:
+            except Exception as error:  # away, or an answer no Redis gives: as in _call
                 if self.clock.monotonic() >= deadline:
                     why = error if isinstance(error, PLAIN_FAILURES) else unreadable(error)
                     self.reason = f"Redis unreachable at start: {why or type(error).__name__}"
