@@ -51,7 +51,7 @@ def verdict(first: str, second: str) -> Refusal | None:
         ("1,000 and 1,000,000.5", ["1000", "1000000.5"]),
         ("three, twenty-five, a dozen, two hundred", ["3", "25", "12", "200"]),
         ("Python 3.11 on 2024-03-05, pages 3-5", ["3.11", "2024-03-05", "3-5"]),
-        ("007 and 0.50", ["7", "0.50"]),
+        ("007 and 0.50", ["007", "0.50"]),  # leading zeros kept: 010 is not 10
         ("٣ and ３", ["3", "3"]),  # Arabic-Indic and fullwidth digits  # noqa: RUF001
         ("GPT-4 and gpt4", ["4", "4"]),
     ],
@@ -166,6 +166,40 @@ def test_a_block_of_plain_words_may_move_but_nothing_else_may() -> None:
     assert verdict("dog bites man", "man bites dog") == "order"
     assert verdict("don't use tabs, use spaces", "use tabs, don't use spaces") == "order"
     assert verdict("5 km in miles", "5 miles in km") == "order"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("How do you say hello in French?", "How do you say thank you in French?"),
+        ("Translate hello into Spanish", "Translate thanks into Spanish"),
+        ("What is well water?", "What is water?"),
+        ("What is 2*(3+4)?", "What is 2*3+4?"),
+        ("What is 2*3+4?", "What is 2+3*4?"),
+        ("How many digits does 100! have?", "How many digits does 100 have?"),
+        ("Convert .5 miles to km", "Convert 5 miles to km"),
+        ("Is it freezing at \u20135 \u00b0C?", "Is it freezing at 5 \u00b0C?"),
+        ("sum of 1\u2013100", "sum of 1, 100"),
+        ("Is 010 equal to 10 in JavaScript?", "Is 10 equal to 10 in JavaScript?"),
+        ("How is milk chocolate made?", "How is chocolate milk made?"),
+        ("USD EUR exchange rate today", "EUR USD exchange rate today"),
+        ("Alkohol in Ma\u00dfen trinken?", "Alkohol in Massen trinken?"),
+        ("What is 2\u00b3?", "What is 23?"),
+        ("10\u00b2 in binary", "102 in binary"),
+    ],
+)  # fmt: skip
+def test_pairs_a_probe_found_to_share_an_answer_do_not(first: str, second: str) -> None:
+    """Each of these was a semantic hit at similarity 1.0 (a probe, through a real daemon or
+    the rules): what was dropped as punctuation, a filler, a leading zero or a case changed
+    what is asked."""
+    assert verdict(first, second) is not None
+    assert verdict(second, first) is not None
+
+
+def test_fillers_and_framings_still_fold_before_and_after_what_is_asked() -> None:
+    assert verdict("Hello, how do I bake bread? Thanks!", "how do I bake bread") is None
+    assert verdict("Well, could you please explain recursion", "explain recursion please") is None
+    assert verdict("Is it 5?", "is it 5") is None  # a question mark after a number is no sum
 
 
 def test_what_an_answer_states_is_its_numbers_and_literals_in_any_script() -> None:

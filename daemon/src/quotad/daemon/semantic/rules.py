@@ -48,6 +48,7 @@ from typing import Final, Literal
 from quotad.daemon.semantic.vocabulary import (
     APOSTROPHE,
     CURRENCIES,
+    EDGE_FILLERS,
     FRAMING_STARTS,
     FRAMINGS,
     IS_CONTRACTED,
@@ -76,7 +77,7 @@ Refusal = Literal[
 ]  # fmt: skip
 """Why a text is not eligible (the first three) or why two texts may not share an answer."""
 
-RULES_VERSION: Final = 1
+RULES_VERSION: Final = 2
 """Changes when what :func:`read` makes of a text changes (stored vectors of the old
 :attr:`Facets.embedding_text` are then re-embedded)."""
 MAX_TEXT_CHARS: Final = 1000
@@ -118,6 +119,16 @@ _PUNCTUATION: Final = frozenset(".,;:!?()[]{}'\"\u2026\u2013\u2014\u00a1\u00bf\u
 """Marks that never change what is asked (full stop, comma…, ellipsis, dashes); any other mark
 is a symbol that must match."""
 _THOUSANDS: Final = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_RAISED_AND_LOWERED: Final = str.maketrans(
+    {**{chr(c): f"^{d}" for d, c in enumerate((0x2070, 0xB9, 0xB2, 0xB3, *range(0x2074, 0x207A)))},
+     **{chr(0x2080 + d): f"_{d}" for d in range(10)}}
+)  # fmt: skip
+"""Superscript and subscript digits as ``^3`` and ``_2``: NFKC makes them plain digits, and
+``2³`` read as ``23``."""
+_BINDING: Final = frozenset("()[]{}!.\u2013\u2014")
+"""Punctuation that is part of arithmetic or of a number when it touches a digit: brackets
+(``2*(3+4)``), a factorial (``100!``), a point or an en or em dash before a digit (``.5``, a
+minus sign, a range). There it is a symbol that must match; elsewhere, punctuation."""
 _LITERAL_GROUPS: Final = frozenset({"fence", "url", "path", "ident"})
 
 
@@ -141,7 +152,7 @@ def read(text: str) -> Facets | Refusal:
     """The facets of a last user turn, or why it cannot have a semantic hit."""
     if len(text) > MAX_TEXT_CHARS:
         return "too_long"
-    text = unicodedata.normalize("NFKC", text)
+    text = unicodedata.normalize("NFKC", text.translate(_RAISED_AND_LOWERED))
     if not _latin_only(text):
         return "script"
     return _fold(_join_number_words(_scan(text)))
@@ -176,8 +187,8 @@ def _refusal(first: tuple[Token, ...], second: tuple[Token, ...]) -> Refusal | N
         return "polarity"
     if Counter(values(first, "word")) != Counter(values(second, "word")):
         return "words"
-    if Counter(values(first, "symbol")) != Counter(values(second, "symbol")):
-        return "symbols"
+    if values(first, "symbol") != values(second, "symbol"):
+        return "symbols"  # in order: 2*3+4 is not 2+3*4
     if not _one_block_moved(first, second):
         return "order"
     return None
@@ -231,7 +242,7 @@ def _scan(text: str) -> list[RawToken]:
             continue
         if group in _LITERAL_GROUPS:
             if group == "ident" and all(len(part) <= 1 for part in value.split(".")):
-                tokens.extend(("word", part.casefold()) for part in value.split(".") if part)
+                tokens.extend(("word", part.lower()) for part in value.split(".") if part)
             else:
                 tokens.append(("literal", value))
         elif group == "tick":
@@ -253,10 +264,25 @@ def _scan(text: str) -> list[RawToken]:
             continue
         elif group == "percent":
             tokens.append(("word", "percent"))
-        elif group == "other" and value not in _PUNCTUATION:
+        elif group == "other" and (
+            value not in _PUNCTUATION or (value in _BINDING and _binds(text, match.start()))
+        ):
             tokens.append(("symbol", value))  # "#" in "C#", a minus sign, "/", "@", an emoji…
         currency = None
     return tokens
+
+
+def _binds(text: str, at: int) -> bool:
+    """Whether the mark at ``at`` (one of :data:`_BINDING`) touches a digit as arithmetic or
+    a number does: a bracket beside one, ``!`` right after one, a point or dash before one."""
+    mark = text[at]
+    before = text[at - 1] if at else ""
+    after = text[at + 1] if at + 1 < len(text) else ""
+    if mark in "()[]{}":
+        return before.isdigit() or after.isdigit()
+    if mark == "!":
+        return before.isdigit()
+    return after.isdigit()  # a point or a dash: .5, a minus sign, a range
 
 
 def _is_label(word: str, text: str, start: int) -> bool:
@@ -283,7 +309,7 @@ def _inside_word(text: str, index: int) -> bool:
 def _expand(word: str) -> list[str]:
     """A run of letters as words: case-folded, hyphens split, contractions expanded, a
     possessive ``'s`` dropped."""
-    folded = word.casefold()
+    folded = word.lower()
     if "'" not in folded and "-" not in folded and APOSTROPHE not in folded:
         whole = WHOLE_CONTRACTIONS.get(folded)
         return [folded] if whole is None else whole.split()
@@ -313,17 +339,12 @@ def _time(match: re.Match[str]) -> str:
 
 
 def _number(value: str) -> str:
-    """A number with digits of any script as ASCII, and leading zeros and thousands
-    separators dropped; compound numbers (versions, dates, ranges) otherwise as written."""
+    """A number with digits of any script as ASCII and thousands separators dropped;
+    otherwise as written (leading zeros, versions, dates, ranges)."""
     value = "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in value)
     if _THOUSANDS.fullmatch(value):
         value = value.replace(",", "")
-    if value.isdecimal():
-        return str(int(value))
-    head, dot, tail = value.partition(".")
-    if dot and head.isdecimal() and tail.isdecimal():
-        return f"{int(head)}.{tail}"
-    return value
+    return value  # leading zeros kept: 010 is not 10 everywhere (an octal literal, a code)
 
 
 def _join_number_words(tokens: list[RawToken]) -> list[RawToken]:
@@ -377,37 +398,59 @@ def _classified(value: str) -> Token:
 
 
 def _fold(tokens: list[RawToken]) -> Facets | Refusal:
-    """Framings folded, stopwords set aside, words classified: the facets."""
+    """Framings folded, stopwords set aside, words classified: the facets. A framing that
+    folds to nothing ("please", "hello", "thank you") and an edge filler ("well", "just") are
+    dropped only before the first significant token or after the last; inside, their words
+    count ("how do you say hello in French", "well water")."""
+    pieces: list[tuple[str | None, int, int]] = []  # (its framing or None, start, length)
+    index = 0
+    while index < len(tokens):
+        framing, length = _framing_at(tokens, index)
+        pieces.append((framing, index, length) if length else (None, index, 1))
+        index += length or 1
+    first, last = 0, len(pieces)
+    while first < last and _dropped_at_an_edge(pieces[first], tokens):
+        first += 1
+    while last > first and _dropped_at_an_edge(pieces[last - 1], tokens):
+        last -= 1
     significant: list[Token] = []
     exact: list[Token] = []  # the same, no word made singular
     framings: set[str] = set()
     shown: list[str] = []  # the embedding text: every token's canonical form, in order
-    index = 0
-    while index < len(tokens):
-        framing, length = _framing_at(tokens, index)
-        if length:
-            index += length
-            if framing:
-                framings.add(framing)
-                shown.append(framing)
+    for position, (folded, start, length) in enumerate(pieces):
+        if first <= position < last and folded == "":
+            folded = None  # inside what is asked: its words count
+        if folded is not None:
+            if folded:
+                framings.add(folded)
+                shown.append(folded)
             continue
-        kind, value = tokens[index]
-        index += 1
-        if kind == "word" or kind == "name":
-            if value in STOPWORDS:
-                shown.append(value)
-                continue
-            as_written = _classified(SYNONYMS.get(value, value))
-            singular = _singular(value) if kind == "word" else value  # never "Lucas" → "luca"
-            token = _classified(SYNONYMS.get(singular, singular))
-        else:
-            token = as_written = (kind, value)
-        significant.append(token)
-        exact.append(as_written)
-        shown.append(token[1])
+        for kind, value in tokens[start : start + length]:
+            if kind == "word" or kind == "name":
+                if value in STOPWORDS or (value in EDGE_FILLERS and not first <= position < last):
+                    shown.append(value)
+                    continue
+                as_written = _classified(SYNONYMS.get(value, value))
+                singular = _singular(value) if kind == "word" else value  # "Lucas" stays
+                token = _classified(SYNONYMS.get(singular, singular))
+            else:
+                token = as_written = (kind, value)
+            significant.append(token)
+            exact.append(as_written)
+            shown.append(token[1])
     if not significant:
         return "empty"
     return Facets(tuple(significant), frozenset(framings), " ".join(shown), tuple(exact))
+
+
+def _dropped_at_an_edge(piece: tuple[str | None, int, int], tokens: list[RawToken]) -> bool:
+    """Whether a piece before or after what is asked says nothing: a framing that folds to
+    nothing, a stopword or an edge filler."""
+    framing, start, _ = piece
+    if framing is not None:
+        return framing == ""
+    kind, value = tokens[start]
+    return kind in _WORDISH and (value in STOPWORDS or value in EDGE_FILLERS)
 
 
 def _framing_at(tokens: list[RawToken], index: int) -> tuple[str, int]:
@@ -445,4 +488,6 @@ def _one_block_moved(first: tuple[Token, ...], second: tuple[Token, ...]) -> boo
         return False
     if start and first[start - 1][0] == "number":
         return False  # the word after a number is its unit ("5 km"): it stays
-    return any(middle[cut:] + middle[:cut] == other for cut in range(1, len(middle)))
+    return any(  # each block two tokens at least: "milk chocolate" is not "chocolate milk"
+        middle[cut:] + middle[:cut] == other for cut in range(2, len(middle) - 1)
+    )

@@ -13,11 +13,12 @@ def _wordset(words: str) -> frozenset[str]:
     return frozenset(words.split())
 
 
-STOPWORDS: Final = _wordset(
-    "a an the is are am be do does at there this that these those please kindly "
-    "just really actually basically ok okay so well"
-)
+STOPWORDS: Final = _wordset("a an the is are am be do does at there this that these those")
 """Words that never change what is asked. Everything else, function words included, counts."""
+
+EDGE_FILLERS: Final = _wordset("please kindly just really actually basically ok okay so well")
+"""Words dropped before what is asked or after it ("Well, …", "…, please"), as the framings
+that fold to nothing are; inside it they count ("well water", "say please in French")."""
 
 NEGATIONS: Final = _wordset("not no never none nothing nobody nowhere neither nor without cannot")
 
