@@ -49,6 +49,7 @@ UNITS = {
     "aws_labels": "secret_access_key=",
     "dashes": "-",
     "cjk": "本",
+    "json_escapes": "\\n1 ",
 }
 
 

@@ -297,3 +297,54 @@ def test_json_too_deep_for_a_decoder_is_masked_as_text_and_stays_json() -> None:
     arguments = "[" * 3000 + f'"{escaped}", 4111111111111111' + "]" * 3000
     masked = masked_arguments(arguments)
     assert masked == ("[" * 3000 + '"caf\\u00e9[EMAIL_1]", "[CREDIT_CARD_1]"' + "]" * 3000)
+
+
+def sent_text(request: Chat, policy: Config = MASK_ALL) -> str:
+    """Everything of ``request`` the policy lets reach a provider, as JSON text."""
+    checked = Guard(policy).for_app("a").check_chat(request).request
+    return msgspec.json.encode(checked).decode()
+
+
+GITHUB = "ghp_" + "J9Jv" * 9  # 40 characters
+
+
+def test_a_value_right_after_a_json_escape_is_found() -> None:
+    """A tool's JSON output: ``\\n`` before a value is two characters, and its ``n`` made the
+    value look like part of a word: the card, the token and the phone number went out raw."""
+    output = json.dumps({"stdout": f"paid with\n{CARD}\ntoken\n{GITHUB}\nfrom\n{PHONE}\t{EMAIL}"})
+    assert "\\n4111" in output
+    tool = ChatMessage(role="tool", tool_call_id="c1", content=output)
+    sent = sent_text(chat(user("run it"), tool))
+    for value in (CARD, GITHUB, PHONE, EMAIL):
+        assert value not in sent
+    for placeholder in ("[CREDIT_CARD_1]", "[SECRET_1]", "[PHONE_1]"):
+        assert placeholder in sent
+
+
+def test_a_duplicate_key_in_tool_arguments_hides_nothing() -> None:
+    """A decoder keeps a duplicate key's last value: the first one, an email, went out
+    unread in the arguments' text."""
+    masked = masked_arguments(json.dumps({"to": EMAIL})[:-1] + ', "to": "x"}')
+    assert EMAIL not in masked
+    assert "[EMAIL_1]" in masked
+
+
+def test_thinking_mcp_inputs_and_a_nested_result_part_are_scanned() -> None:
+    parts: list[dict[str, Any]] = [
+        {"type": "thinking", "thinking": f"card {CARD}, mail {EMAIL}", "signature": "s"},
+        {"type": "mcp_tool_use", "id": "m", "name": "n", "server_name": "s", "input": {"q": PHONE}},
+        {"type": "web_fetch_tool_result", "tool_use_id": "w",
+         "content": {"type": "web_fetch_result", "content": {"type": "document", "source": {
+             "type": "text", "media_type": "text/plain", "data": f"key {GITHUB}"}}}},
+    ]  # fmt: skip
+    sent = sent_text(chat(user("hi"), ChatMessage(role="assistant", content=parts)))
+    for value in (CARD, EMAIL, PHONE, GITHUB):
+        assert value not in sent
+
+
+def test_of_two_kinds_in_the_same_characters_the_stricter_action_wins() -> None:
+    """ "+32 2.123.45.67" is an IP (log) and a phone number (mask): the IP, ranked first,
+    let the number go out raw; "4111111111111111@example.com" with cards logged, an email."""
+    policy = config(input={"phone": "mask", "ip": "log", "email": "mask", "credit_card": "log"})
+    for value in ("+32 2.123.45.67", "4111111111111111@example.com"):
+        assert value not in sent_text(chat(user(f"reach me at {value} today")), policy)

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Final
 
 from quotad.daemon.config import EntityKind
@@ -411,12 +411,24 @@ _REACHING_HINTS: Final = frozenset({"aws_access_key", "aws_label"})
 digits holds its entities anywhere in it."""
 
 
-def find_entities(text: str, kinds: Collection[EntityKind], start: int = 0) -> list[Entity]:
+def find_entities(
+    text: str,
+    kinds: Collection[EntityKind],
+    start: int = 0,
+    severity: Mapping[EntityKind, int] | None = None,
+) -> list[Entity]:
     """The entities of ``kinds`` in ``text``: non-overlapping, in text order. With
     ``start``, only those that begin there or later (what comes before is context: a
-    stream's text already sent)."""
+    stream's text already sent). Of overlapping ones, the most ``severe`` wins (what a
+    caller does with each kind), then the kind of higher :data:`PRIORITY`.
+
+    A JSON escape (``\\n``, ``\\"``…) is read as the character it stands for: its letter
+    made a value after it look like part of a word (``\\n4111 1111 1111 1111`` in a tool's
+    JSON output was no card). The spans found are those of ``text`` all the same."""
     if not kinds:
         return []
+    if "\\" in text:
+        text = _ESCAPES.sub(_escaped_view, text)
     found: list[Entity] = []
     secrets = "secret" in kinds
     ipv6_until = -1
@@ -459,10 +471,24 @@ def find_entities(text: str, kinds: Collection[EntityKind], start: int = 0) -> l
     if len(found) < 2:
         return found
     found = sorted(set(found))
-    return _without_overlaps(found)
+    return _without_overlaps(found, severity or {})
 
 
-def _without_overlaps(found: list[Entity]) -> list[Entity]:
+_ESCAPES: Final = re.compile(r'\\[nrt"\\/bf]')
+_ESCAPED_VIEW: Final = {
+    "\\n": " \n", "\\r": " \r", "\\t": " \t", '\\"': ' "', "\\/": " /",
+    "\\\\": "  ", "\\b": "  ", "\\f": "  ",
+}  # fmt: skip
+"""Each two-character JSON escape as what it stands for, after a space: the same length, so
+that a span found in the view is the span in the text (a PEM block's escaped line breaks
+are line breaks)."""
+
+
+def _escaped_view(match: re.Match[str]) -> str:
+    return _ESCAPED_VIEW[match.group()]
+
+
+def _without_overlaps(found: list[Entity], severity: Mapping[EntityKind, int]) -> list[Entity]:
     """``found`` (sorted, not empty) without overlaps, settled run by run of overlapping
     spans (so that many entities cost a sort, not a comparison of every pair)."""
     kept: list[Entity] = []
@@ -473,19 +499,23 @@ def _without_overlaps(found: list[Entity]) -> list[Entity]:
             cluster.append(entity)
             cluster_end = max(cluster_end, entity[1])
         else:
-            kept.extend(_settle(cluster))
+            kept.extend(_settle(cluster, severity))
             cluster, cluster_end = [entity], entity[1]
-    kept.extend(_settle(cluster))
+    kept.extend(_settle(cluster, severity))
     return kept
 
 
-def _settle(cluster: list[Entity]) -> list[Entity]:
-    """The spans of one run of overlapping spans to keep: higher priority, then longer,
-    then earlier first."""
+def _settle(cluster: list[Entity], severity: Mapping[EntityKind, int]) -> list[Entity]:
+    """The spans of one run of overlapping spans to keep: more severe, then higher
+    priority, then longer, then earlier first (a ``log`` rule's IP never hides a ``mask``
+    rule's phone number in the same digits)."""
     if len(cluster) == 1:
         return cluster
     chosen: list[Entity] = []
-    for candidate in sorted(cluster, key=lambda e: (-PRIORITY[e[2]], e[0] - e[1], e[0])):
+    ranked = sorted(
+        cluster, key=lambda e: (-severity.get(e[2], 0), -PRIORITY[e[2]], e[0] - e[1], e[0])
+    )
+    for candidate in ranked:
         if all(candidate[1] <= other[0] or candidate[0] >= other[1] for other in chosen):
             chosen.append(candidate)
     return sorted(chosen)

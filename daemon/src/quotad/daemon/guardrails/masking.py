@@ -35,6 +35,9 @@ _CARD_SIZED: Final = range(10**12, 10**19)
 """Integers of 13 to 19 digits are looked at (card numbers written as JSON numbers)."""
 
 
+SEVERITY: Final[Mapping[GuardrailAction, int]] = {"block": 3, "mask": 2, "log": 1, "off": 0}
+"""How much each action does: what two kinds found in the same characters are settled by."""
+
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+"', re.DOTALL)
 
 
@@ -55,6 +58,8 @@ class Masker:
     ) -> None:
         self.actions = {kind: action for kind, action in actions.items() if action != "off"}
         self.kinds = frozenset(self.actions)
+        self.severity = {kind: SEVERITY[action] for kind, action in self.actions.items()}
+        """Of two kinds found in the same characters, the one whose action does more wins."""
         self.counts: dict[EntityKind, int] = {}
         self.blocked: set[EntityKind] = set()
         self.originals: dict[str, str] = {}
@@ -69,7 +74,7 @@ class Masker:
         """``text`` with the entities to mask replaced by placeholders."""
         if not self.kinds or not text:
             return text
-        entities = find_entities(text, self.kinds)
+        entities = find_entities(text, self.kinds, severity=self.severity)
         if not entities:
             return text
         return self.act_on(text, entities)
@@ -84,11 +89,14 @@ class Masker:
             return self._json_as_text(text)  # or nested too deep for a decoder
         except msgspec.DecodeError:
             return self.text(text)  # not JSON at all
+        found = sum(self.counts.values())
         try:
             rewritten = self._value(decoded, 0)
         except _TooDeep:
             return self._json_as_text(text)
-        if rewritten is decoded:
+        if rewritten is decoded:  # nothing found in what the decoder kept: the text may hold
+            if sum(self.counts.values()) == found:  # more (a duplicate key's first value)
+                return self._json_as_text(text)
             return text
         return msgspec.json.encode(rewritten).decode()
 
@@ -114,7 +122,7 @@ class Masker:
         """JSON that cannot be decoded (not JSON, nested too deep, numbers out of range)
         masked as text, keeping what JSON it is valid: a placeholder outside a string (a
         number) is quoted, and one inside a string starts after an escape, not inside it."""
-        entities = find_entities(text, self.kinds)
+        entities = find_entities(text, self.kinds, severity=self.severity)
         if not entities:
             return text
         strings = [match.span() for match in _JSON_STRING.finditer(text)]
@@ -202,7 +210,7 @@ class Masker:
             return rewritten
         if isinstance(value, int) and not isinstance(value, bool) and value in _CARD_SIZED:
             digits = str(value)
-            entities = find_entities(digits, self.kinds)
+            entities = find_entities(digits, self.kinds, severity=self.severity)
             if len(entities) == 1 and entities[0][:2] == (0, len(digits)):
                 masked = self.act_on(digits, entities)
                 return masked if masked is not digits else value

@@ -162,7 +162,7 @@ class Restorer:
 
     def screen_entities(self, text: str, start: int = 0) -> list[tuple[int, int, EntityKind]]:
         """The entities the output rules look for in ``text`` (from ``start`` on)."""
-        return find_entities(text, self._screen.kinds, start)
+        return find_entities(text, self._screen.kinds, start, self._screen.severity)
 
     def screen_span(self, text: str, entities: list[tuple[int, int, EntityKind]]) -> str:
         """``text`` with ``entities`` (found in it) acted on, as :meth:`screen` would."""

@@ -8,9 +8,10 @@ back) is shared, not copied, so a request with nothing to rewrite costs no alloc
 What is visited:
 
 - each message's ``content``: a string, or every content part (any type) through its
-  ``text`` and ``refusal``, a document's ``title``, ``context`` and text ``source``, a nested
-  ``content`` (tool results, search results: a string or more parts), a ``tool_use`` part's
-  ``input`` (a JSON value);
+  ``text``, ``refusal`` and ``thinking``, a document's ``title``, ``context`` and text
+  ``source``, a nested ``content`` (tool results, search results: a string, more parts, or
+  one part), the ``input`` (a JSON value) of a ``tool_use``, ``server_tool_use`` or
+  ``mcp_tool_use`` part;
 - each tool call's ``function.arguments`` (JSON text, or a JSON value) and a custom tool
   call's ``input``; a ``tool`` message's content (tool results) like any content;
 - an embedding request's inputs.
@@ -30,7 +31,7 @@ from quotad.protocol.messages import Chat, ChatMessage, Embed
 
 Content = str | list[dict[str, Any]] | None
 
-_PART_TEXT_KEYS = ("text", "refusal", "title", "context")
+_PART_TEXT_KEYS = ("text", "refusal", "title", "context", "thinking")
 
 
 class TextRewriter(Protocol):
@@ -101,6 +102,10 @@ def _rewrite_part(part: Any, rewriter: TextRewriter) -> Any:
         content = rewrite_content(nested, rewriter)
         if content is not nested:
             changes["content"] = content
+    elif isinstance(nested, dict):  # a result holding one part (web_fetch_tool_result)
+        inner_part = _rewrite_part(nested, rewriter)
+        if inner_part is not nested:
+            changes["content"] = inner_part
     source = part.get("source")
     if isinstance(source, dict):
         if source.get("type") == "text" and isinstance(source.get("data"), str):
@@ -111,7 +116,8 @@ def _rewrite_part(part: Any, rewriter: TextRewriter) -> Any:
             inner = rewrite_content(source["content"], rewriter)
             if inner is not source["content"]:
                 changes["source"] = {**source, "content": inner}
-    if "input" in part and part.get("type") in ("tool_use", "server_tool_use"):
+    kind = part.get("type")
+    if "input" in part and isinstance(kind, str) and kind.endswith("tool_use"):  # mcp_ too
         value = rewriter.value(part["input"])
         if value is not part["input"]:
             changes["input"] = value
