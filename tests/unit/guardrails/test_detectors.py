@@ -51,6 +51,7 @@ TRUE_POSITIVES: list[tuple[str, str, EntityKind]] = [
     ("discover {}.", "6011111111111117", "credit_card"),
     ("visa-13 {}", "4222222222222", "credit_card"),
     ("card {} 2030", "4111 1111 1111 1111", "credit_card"),  # a trailing group is not it
+    ("charge {},12/27,737", "4111111111111111", "credit_card"),  # a list after it: a card
     ("iban {} ok", "DE89 3704 0044 0532 0130 00", "iban"),
     ("iban {} ok", "DE89370400440532013000", "iban"),
     ("iban {} ok", "GB82WEST12345698765432", "iban"),

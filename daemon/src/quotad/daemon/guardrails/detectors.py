@@ -189,10 +189,10 @@ _PHONE_LOCAL = re.compile(
 )
 _PHONE_DIGITS: Final = {"international": (8, 15), "local": (9, 12)}
 
-_CARD = re.compile(
+_CARD = re.compile(  # a comma and digits after 13 to 19 digits are a list's ("…,12/27,737")
     r"(?a)(?<![\w.,+-])[2-6]"
-    r"(?:[0-9]{12,18}|[0-9]{3}(?P<sep>[ -])[0-9]{3,6}(?:(?P=sep)[0-9]{3,6}){1,3})"
-    r"(?![\w]|[.,-][0-9])"
+    r"(?:[0-9]{12,18}(?![\w]|[.-][0-9])"
+    r"|[0-9]{3}(?P<sep>[ -])[0-9]{3,6}(?:(?P=sep)[0-9]{3,6}){1,3}(?![\w]|[.,-][0-9]))"
 )
 _SSN = re.compile(
     r"(?a)(?<![\w.-])(?!000|666|9)[0-9]{3}(?P<sep>[- ])(?!00)[0-9]{2}(?P=sep)(?!0000)[0-9]{4}"
