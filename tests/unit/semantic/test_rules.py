@@ -186,6 +186,7 @@ def test_a_block_of_plain_words_may_move_but_nothing_else_may() -> None:
         ("Alkohol in Ma\u00dfen trinken?", "Alkohol in Massen trinken?"),
         ("What is 2\u00b3?", "What is 23?"),
         ("10\u00b2 in binary", "102 in binary"),
+        ("Download 10 MB in a second", "Download 10 Mb in a second"),
     ],
 )  # fmt: skip
 def test_pairs_a_probe_found_to_share_an_answer_do_not(first: str, second: str) -> None:

@@ -236,6 +236,8 @@ def _scan(text: str) -> list[RawToken]:
             tokens.append(("literal", value))  # camelCase, JavaScript: an identifier
         elif group == "plain" and _is_label(value, text, match.start()):
             tokens.append(("literal", value))  # "server A", "option B": a name, not "a"
+        elif group in ("plain", "word") and _is_cased_unit(value, tokens):
+            tokens.append(("literal", value))  # "10 MB" is not "10 Mb": a unit's case counts
         elif group in ("plain", "word"):
             kind: Literal["word", "name"] = "word" if value.islower() else "name"
             tokens.extend((kind, word) for word in _expand(value))
@@ -283,6 +285,19 @@ def _binds(text: str, at: int) -> bool:
     if mark == "!":
         return before.isdigit()
     return after.isdigit()  # a point or a dash: .5, a minus sign, a range
+
+
+def _is_cased_unit(word: str, tokens: list[RawToken]) -> bool:
+    """A short word with a capital right after a number: a unit whose case is its meaning
+    (``MB`` and ``Mb``, ``mW`` and ``MW``); not a currency code (``100 USD`` is ``$100``)."""
+    return (
+        bool(tokens)
+        and tokens[-1][0] == "number"
+        and len(word) <= 3
+        and not word.islower()
+        and not (len(word) == 3 and word.isupper())
+        and word.isascii()
+    )
 
 
 def _is_label(word: str, text: str, start: int) -> bool:
