@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING
 import anyio
 
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
-from quotad.daemon.config import Config, RateLimits
+from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
+from quotad.daemon.gates.configured import configured_windows
 from quotad.daemon.gates.fleet import ask_for_waiters, attach_windows
 from quotad.daemon.gates.leases import HeldPermit, PermitLeases
 from quotad.daemon.gates.queue import PRIORITY_LEVELS, PRIORITY_NAMES, Waiter, WaitQueue
@@ -79,35 +80,6 @@ class AppPolicy:
 
 
 DEFAULT_APP = AppPolicy()
-
-
-PACED_BY_DEFAULT: dict[Scope, bool] = {"provider": True, "model": True, "app": False}
-"""Whether a scope's gates pace when the config does not say (``pace``): a provider enforces
-its limits over slices shorter than their window, an app's limit is quotad's alone."""
-
-
-def _windows(limits: RateLimits, scope: Scope, guard_s: float, burst: float) -> list[SlidingWindow]:
-    """The sliding windows a provider, model or app table configures; paced (with ``burst``)
-    as its ``pace`` key says, else as its scope does by default."""
-    paced = PACED_BY_DEFAULT[scope] if limits.pace is None else limits.pace
-    burst = burst if paced else 1.0
-    windows = []
-    for unit, value, window_s in (
-        ("requests", limits.rpm, 60.0),
-        ("tokens", limits.tpm, 60.0),
-        ("requests", limits.rpd, 86400.0),
-        ("tokens", limits.tpd, 86400.0),
-    ):
-        if value is not None:
-            windows.append(SlidingWindow(unit, value, window_s, guard_s, burst))  # type: ignore[arg-type]
-    for extra in limits.limits:
-        if extra.requests is not None:
-            windows.append(
-                SlidingWindow("requests", extra.requests, extra.window_s, guard_s, burst)
-            )
-        if extra.tokens is not None:
-            windows.append(SlidingWindow("tokens", extra.tokens, extra.window_s, guard_s, burst))
-    return windows
 
 
 class Gates:
@@ -173,19 +145,19 @@ class Gates:
         for name, provider in config.providers.items():
             wanted[f"provider:{name}"] = (
                 "provider",
-                _windows(provider, "provider", settings.guard_s, settings.burst),
+                configured_windows(provider, "provider", settings.guard_s, settings.burst),
                 provider.max_concurrency,
             )
             for model, limits in provider.models.items():
                 wanted[f"{name}/{model}"] = (
                     "model",
-                    _windows(limits, "model", settings.guard_s, settings.burst),
+                    configured_windows(limits, "model", settings.guard_s, settings.burst),
                     None,
                 )
         for name, app in config.apps.items():
             wanted[f"app:{name}"] = (
                 "app",
-                _windows(app, "app", settings.guard_s, settings.burst),
+                configured_windows(app, "app", settings.guard_s, settings.burst),
                 None,
             )
         for name, (scope, windows, max_in_flight) in wanted.items():

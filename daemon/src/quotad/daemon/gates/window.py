@@ -71,6 +71,7 @@ class SlidingWindow:
         "fleet",
         "interval",
         "limit",
+        "refunds",
         "span",
         "theoretical_arrival",
         "tolerance",
@@ -80,9 +81,19 @@ class SlidingWindow:
     )
 
     def __init__(
-        self, unit: Unit, limit: int, window_s: float, guard_s: float, burst: float = 1.0
+        self,
+        unit: Unit,
+        limit: int,
+        window_s: float,
+        guard_s: float,
+        burst: float = 1.0,
+        *,
+        refunds: bool = True,
     ) -> None:
         self.unit: Unit = unit
+        self.refunds = refunds
+        """Whether a settle gives back reserved units the request did not use (see
+        :data:`~quotad.daemon.gates.configured.REFUNDED_BY_SCOPE`)."""
         self.limit = limit
         self.window_s = window_s
         self.span = window_s + guard_s
@@ -428,9 +439,10 @@ class Reservation:
             self._no_longer_pending()
         if tokens_used is None or tokens_used == self.tokens:
             return
+        used = max(0, tokens_used)
         for window, admission in self._admissions:
-            if window.unit == "tokens":
-                window.resize(admission, max(0, tokens_used))
+            if window.unit == "tokens":  # a window that keeps what was reserved charges more
+                window.resize(admission, used if window.refunds else max(used, self.tokens))
 
     def cancel(self) -> None:
         """Undo the admission entirely (the request never reached the provider): settle it as
