@@ -45,16 +45,16 @@ def permit_daemon() -> Iterator[DaemonProcess]:
             yield daemon
 
 
-def test_permits_share_the_gates_and_settle_with_real_tokens(permit_daemon: DaemonProcess) -> None:
+def test_permits_share_the_gates_and_settle_what_went_over(permit_daemon: DaemonProcess) -> None:
     with Client(socket=permit_daemon.socket_path, app="sdk-user") as client:
         with client.permit("p/m", tokens=600) as permit:
             assert permit.permit_id
             permit.settle(tokens=150)
         gates = {g.name: g for g in client.status().gates}
         windows = {w.unit: w for w in gates["provider:p"].windows}
-        assert windows["tokens"].used == 150  # the unused 450 came back
+        assert windows["tokens"].used == 600  # kept: the provider does not give them back
         assert windows["requests"].used == 1
-        with pytest.raises(RateLimitedError) as caught:  # 150 + 900 > 1000
+        with pytest.raises(RateLimitedError) as caught:  # 600 + 900 > 1000
             client.acquire("p/m", tokens=900, max_wait_s=0)
         assert caught.value.retry_after_s is not None
         with pytest.raises(BadRequestError, match="unknown, already settled"):
