@@ -41,12 +41,17 @@ def scripted(*outcomes: ProviderError | None) -> Outcome:
 
 
 async def drive(
-    router: Router, model: str, outcome: Outcome, call_s: float = 0.0
+    router: Router,
+    model: str,
+    outcome: Outcome,
+    call_s: float = 0.0,
+    max_wait_s: float | None = None,
 ) -> tuple[str | RequestError, list[str]]:
     """What the broker does with a request: the target that answered (or the error), and the
     targets tried in order. Each call lasts ``call_s`` on the virtual clock."""
     clock = router.clock
-    attempts = router.attempts(router.resolve(model), clock.monotonic(), unknown_price)
+    start = clock.monotonic()
+    attempts = router.attempts(router.resolve(model), start, unknown_price, max_wait_s)
     tried: list[str] = []
     while (target := await attempts.next_target()) is not None:
         tried.append(target.name)
@@ -187,6 +192,24 @@ async def test_a_retry_after_longer_than_max_s_is_not_waited_for() -> None:
     assert failed.code == "rate_limited"
     assert failed.retry_after_s == pytest.approx(30.0)
     assert "over retry.max_s" in failed.details["skipped"]["a/m"]
+
+
+@pytest.mark.anyio
+async def test_a_retry_after_longer_than_the_requests_max_wait_is_not_waited_for() -> None:
+    """A request's max_wait_s bounds its wait at the gates; a provider's retry-after was
+    waited for past it (a probe: max_wait_s 2, answered after 8 and 16 s)."""
+    router, _, sleep = make_router(retry={"max_s": 20})
+    limited = always({"a/m": error("rate_limited", 429, retry_after_s=8.0)})
+    failed, tried = await drive(router, "a/m", limited, max_wait_s=2.0)
+    assert tried == ["a/m"]
+    assert sleep.waits == []
+    assert isinstance(failed, RequestError)
+    assert failed.code == "rate_limited"
+    assert failed.retry_after_s == pytest.approx(8.0)
+    assert "over the request's max_wait_s (2 s)" in failed.details["skipped"]["a/m"]
+    within = scripted(error("rate_limited", 429, 1.0), None)
+    waited, tried = await drive(router, "a/m", within, max_wait_s=2.0)
+    assert (waited, tried) == ("a/m", ["a/m", "a/m"])  # within it: waited, then retried
 
 
 # --------------------------------------------------------------------------- bounds

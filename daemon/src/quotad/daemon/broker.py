@@ -417,7 +417,8 @@ class Broker:
         ``attempts`` skips disabled and open-breaker targets, waits the backoff before a
         retry, and gives the error when none answered; the request's deadline bounds it all.
         """
-        attempts = self.router.attempts(route, context.started, self.prices.input_and_output)
+        prices = self.prices.input_and_output
+        attempts = self.router.attempts(route, context.started, prices, context.max_wait_s)
         deadline = self.deadlines.within(attempts.time_left_s())
         try:
             with deadline:

@@ -52,6 +52,7 @@ class Attempts:
         "_half_open_in",
         "_made",
         "_max_attempts",
+        "_max_wait_s",
         "_not_before",
         "_pass",
         "_policy",
@@ -75,8 +76,11 @@ class Attempts:
         clock: Clock,
         started: float,
         sleep: Sleep,
+        max_wait_s: float | None = None,
     ) -> None:
         self._route = route
+        self._max_wait_s = max_wait_s
+        """The request's own bound on waiting for capacity: a provider's retry-after too."""
         self._policy = policy
         self._clock = clock
         self._sleep = sleep
@@ -271,6 +275,12 @@ class Attempts:
             self._skipped[target.name] = (
                 f"not retried: it asks to wait {wait:.1f} s, over retry.max_s "
                 f"({self._policy.max_wait_s:g} s)"
+            )
+            return False
+        if self._max_wait_s is not None and wait > self._max_wait_s:
+            self._skipped[target.name] = (
+                f"not retried: it asks to wait {wait:.1f} s, over the request's max_wait_s "
+                f"({self._max_wait_s:g} s)"
             )
             return False
         if ready >= self._deadline:

@@ -194,11 +194,20 @@ class Router:
 
     # ------------------------------------------------------------------ requests
 
-    def attempts(self, route: Route, started: float, price_of: TargetPrice) -> Attempts:
+    def attempts(
+        self,
+        route: Route,
+        started: float,
+        price_of: TargetPrice,
+        max_wait_s: float | None = None,
+    ) -> Attempts:
         """One request's walk over ``route``, in its strategy's order; ``started`` is when
-        the request arrived (its deadline counts from there)."""
+        the request arrived (its deadline counts from there); a retry never waits past the
+        request's ``max_wait_s``."""
         order = route.strategy.order(route.targets, price_of)
-        return Attempts(route.name, order, self._retry, self.clock, started, self._sleep)
+        return Attempts(
+            route.name, order, self._retry, self.clock, started, self._sleep, max_wait_s
+        )
 
     # ------------------------------------------------------------------ operator
 
