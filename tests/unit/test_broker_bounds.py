@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import pytest
 
 from quotad.daemon.broker import Broker
@@ -279,3 +280,39 @@ def first_chunk_of(broker: Broker) -> Callable[[Chat, Caller], Awaitable[None]]:
             break
 
     return call
+
+
+class HeldProvider(Provider):
+    """Answers once ``release`` is set: a request stays in flight meanwhile."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.release = anyio.Event()
+        self.called = anyio.Event()
+
+    async def chat(self, model: str, request: Chat, max_tokens: int) -> ChatResult:
+        self.called.set()
+        await self.release.wait()
+        return await super().chat(model, request, max_tokens)
+
+
+async def test_a_budget_a_reload_adds_holds_the_requests_in_flight_too(anyio_backend: str) -> None:
+    """Requests in flight when a reload added a budget held nothing on it: new requests were
+    admitted up to its limit, then the earlier ones' cost took it past (a probe: $0.725 of a
+    $0.625 budget added under load)."""
+    before = one_provider_config(gates={"default_max_tokens": 256})
+    after = one_provider_config(budgets={"daily_usd": 100.0}, gates={"default_max_tokens": 256})
+    async with open_store(before) as store:
+        provider = HeldProvider(store)
+        broker = Broker(before, Router(before, {"p": provider}), store)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(broker.chat, chat(JAPANESE, max_tokens=100), Caller(app="a"))
+            await provider.called.wait()
+            store.reconfigure(after)  # what SIGHUP does (then the ledger's totals are added)
+            [daily] = store.budgets.global_budgets
+            bound = (len(JAPANESE.encode()) * INPUT_PRICE + 100 * OUTPUT_PRICE) * PER_TOKEN
+            assert daily.reserved_usd >= bound  # held: nothing new may take its room
+            assert daily.held == 1
+            provider.release.set()
+        assert (daily.held, daily.reserved_usd) == (0, 0.0)
+        assert daily.spent_usd == pytest.approx((10 * INPUT_PRICE + 5 * OUTPUT_PRICE) * PER_TOKEN)

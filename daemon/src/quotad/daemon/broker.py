@@ -372,10 +372,8 @@ class Broker:
         target = context.target_name
         price = self.prices.for_target(target) if target and not context.cached else None
         cost = context.cost_usd = price.cost(usage) if price is not None else 0.0
-        app = context.caller.app
-        for alert in self.budgets.settle(context.budget, app, cost, now, target=target):
+        for alert in self.budget_holds.settle(context, cost, now):
             self.events.add(alert.kind, alert.message, logging.WARNING)
-        context.budget = None  # settled: a second _finish (after a bug below) holds nothing
         row = context.ledger_row(
             now,
             self.ledger.calendar.day(now),

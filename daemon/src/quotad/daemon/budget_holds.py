@@ -17,7 +17,7 @@ from quotad.daemon.clock import Clock
 from quotad.daemon.request_context import RequestContext
 from quotad.daemon.request_limits import billable_tokens
 from quotad.daemon.routing import Route
-from quotad.daemon.store.budgets import Budgets
+from quotad.daemon.store.budgets import Budget, BudgetAlert, BudgetHold, Budgets
 from quotad.daemon.store.prices import PER_TOKEN, Price, PriceTable
 from quotad.protocol.messages import Chat, Embed
 
@@ -36,24 +36,59 @@ class BudgetHolds:
         """With ``[cluster]``: the fleet's budgets (the runtime sets it)."""
         self._route_prices: dict[str, Price] = {}
         """The most expensive price of each route's targets, as asked (cleared at reload)."""
+        self._in_flight: dict[str, tuple[RequestContext, Route, Chat | Embed]] = {}
+        """Requests from step 2 to step 7: a budget a reload adds holds their bound too."""
+        budgets.on_added = self.hold_in_flight
 
     async def reserve(self, context: RequestContext, route: Route, request: Chat | Embed) -> None:
         """Hold the request's maximum cost on its budgets (``context.budget``), or raise
         ``budget_exceeded``. The bounds are only counted when a budget applies. A
         ``cache="only"`` request never calls a provider, so it holds nothing."""
-        if request.cache == "only" or not self.budgets.apply_to(context.caller.app):
+        if request.cache == "only":
             return
-        price = self._route_prices.get(route.name)
-        if price is None:
-            names = tuple(target.name for target in route.targets)
-            price = self._route_prices[route.name] = self.prices.most_expensive(names)
-        prompt_tokens, completion_tokens = billable_tokens(request, context.max_tokens)
-        max_cost = (prompt_tokens * price.input + completion_tokens * price.output) * PER_TOKEN
+        self._in_flight[context.request_id] = (context, route, request)
+        if not self.budgets.apply_to(context.caller.app):
+            return
+        max_cost = self._max_cost(context, route, request)
         app, now, fleet = context.caller.app, self.clock.time(), self.fleet
         if fleet is None:
             context.budget = self.budgets.reserve(app, max_cost, now)
         else:  # borrows from the fleet when this host holds too little
             context.budget = await fleet.reserve(app, max_cost, now)
+
+    def settle(self, context: RequestContext, cost_usd: float, now: float) -> list[BudgetAlert]:
+        """Step 7: return the request's hold and add its real cost to its app's budgets; the
+        alerts that makes. A second call (after a bug further on) holds nothing."""
+        self._in_flight.pop(context.request_id, None)
+        app, target = context.caller.app, context.target_name
+        alerts = self.budgets.settle(context.budget, app, cost_usd, now, target=target)
+        context.budget = None
+        return alerts
+
+    def hold_in_flight(self, added: list[Budget]) -> None:
+        """A reload added ``added``: each request in flight holds its bound on those of its
+        app's too, as it would have had it arrived after (before, they held nothing there,
+        and their cost took a budget added under load past its limit: $0.725 of $0.625)."""
+        if self.fleet is not None:
+            return  # the fleet's budgets are held by SharedBudgets
+        new = {id(budget) for budget in added}
+        for context, route, request in self._in_flight.values():
+            joined = tuple(b for b in self.budgets.of_app(context.caller.app) if id(b) in new)
+            if not joined:
+                continue
+            hold = context.budget
+            amount = hold.amount_usd if hold else self._max_cost(context, route, request)
+            Budgets.hold(joined, amount)
+            context.budget = BudgetHold((hold.budgets if hold else ()) + joined, amount)
+
+    def _max_cost(self, context: RequestContext, route: Route, request: Chat | Embed) -> float:
+        """The most the request may cost: its bounds at its route's dearest price."""
+        price = self._route_prices.get(route.name)
+        if price is None:
+            names = tuple(target.name for target in route.targets)
+            price = self._route_prices[route.name] = self.prices.most_expensive(names)
+        prompt_tokens, completion_tokens = billable_tokens(request, context.max_tokens)
+        return (prompt_tokens * price.input + completion_tokens * price.output) * PER_TOKEN
 
     def reconfigure(self) -> None:
         """A reloaded config may price or route differently: forget the routes' prices."""

@@ -19,7 +19,7 @@ limit (a provider billing more tokens than it was sent as the bound: ``budget_ov
 from __future__ import annotations
 
 import calendar
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Final, Literal
@@ -167,6 +167,8 @@ class Budgets:
             own = _budgets(app, f"app {app}", policy.daily_usd, policy.monthly_usd, alert_at)
             if own:
                 self.app_budgets[app] = self.global_budgets + own
+        self.on_added: Callable[[list[Budget]], None] | None = None
+        """Told of the budgets a reload adds (the requests in flight then hold on them too)."""
 
     def reconfigure(self, config: Config) -> list[Budget]:
         """Apply reloaded budgets (SIGHUP). A budget that stays (same name: its scope and
@@ -190,7 +192,14 @@ class Budgets:
 
         self.global_budgets = carried(fresh.global_budgets)
         self.app_budgets = {app: carried(budgets) for app, budgets in fresh.app_budgets.items()}
-        return [b for b in self._all() if b.name not in previous]
+        added = [b for b in self._all() if b.name not in previous]
+        if added and self.on_added is not None:
+            self.on_added(added)
+        return added
+
+    def of_app(self, app: str) -> tuple[Budget, ...]:
+        """The budgets a request of ``app`` holds on."""
+        return self.app_budgets.get(app, self.global_budgets)
 
     def add_spent(
         self, budgets: Iterable[Budget], spent: Iterable[tuple[str, float, float]], now: float
@@ -359,11 +368,16 @@ class Budgets:
 def _overrun(budget: Budget, target: str, cost_usd: float, reserved_usd: float) -> BudgetAlert:
     """``budget`` passed its limit by a cost of ``cost_usd`` where ``reserved_usd`` was held."""
     by = f"a call to {target}" if target else "a request"
+    why = (
+        "the provider billed more tokens than the request's bound"
+        if cost_usd > reserved_usd
+        else "its reservation was not held on this budget"
+    )
     return BudgetAlert(
         budget,
         f"budget {budget.name!r} passed its limit: spent {usd(budget.spent_usd)} of "
         f"{usd(budget.limit_usd)} this {budget.period} ({budget.period_label}), as {by} cost "
-        f"{usd(cost_usd)} where it reserved {usd(reserved_usd)} (the provider billed more "
-        "tokens than the request's bound); the budget refuses further requests this period",
+        f"{usd(cost_usd)} where it reserved {usd(reserved_usd)} ({why}); the budget refuses "
+        "further requests this period",
         "budget_overrun",
     )
