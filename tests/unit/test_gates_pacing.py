@@ -137,7 +137,10 @@ async def test_rate_limited_names_a_pause_and_an_in_flight_cap() -> None:
     gates.pause("p/m", 30.0)
     message = (await rate_limited_message(gates, "any")).message
     assert "provider gate provider:p has 1 of its 1 requests in flight" in message
-    assert "model gate p/m is paused after a provider 429 for 30.0 s more" in message
+    assert (
+        "model gate p/m is paused by its provider (a 429, or rate-limit headers saying none "
+        "is left) for 30.0 s more"
+    ) in message
 
 
 # --------------------------------------------------------------------------- DESIGN §8

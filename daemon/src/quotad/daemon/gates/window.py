@@ -367,8 +367,9 @@ class Demand:
         for gate in self.gates:
             if gate.paused_until > now:
                 reasons.append(
-                    f"{gate.scope} gate {gate.name} is paused after a provider 429 for "
-                    f"{gate.paused_until - now:.1f} s more"
+                    f"{gate.scope} gate {gate.name} is paused by its provider (a 429, or "
+                    f"rate-limit headers saying none is left) for {gate.paused_until - now:.1f} "
+                    "s more"
                 )
             if gate.max_in_flight is not None and gate.in_flight >= gate.max_in_flight:
                 reasons.append(
