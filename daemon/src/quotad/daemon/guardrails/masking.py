@@ -83,6 +83,8 @@ class Masker:
         """JSON ``text`` with the entities in its strings masked, still valid JSON."""
         if not self.kinds or not text:
             return text
+        if "\\u" not in text and not find_entities(text, self.kinds, severity=self.severity):
+            return text  # its strings hold nothing: the text has them as a decoder reads them
         try:
             decoded = msgspec.json.decode(text)
         except (msgspec.ValidationError, RecursionError):  # JSON, but numbers out of range
