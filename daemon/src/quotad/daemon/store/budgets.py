@@ -210,7 +210,7 @@ class Budgets:
         errs on the safe side."""
         fresh = {id(budget) for budget in budgets}
         for app, today, month in spent:
-            for budget in self.app_budgets.get(app, self.global_budgets):
+            for budget in self.of_app(app):
                 if id(budget) in fresh:
                     self._roll(budget, now)
                     budget.spent_usd += today if budget.period == "day" else month
@@ -249,7 +249,7 @@ class Budgets:
     def apply_to(self, app: str) -> bool:
         """Whether any budget applies to ``app`` (else :meth:`reserve` holds nothing, and the
         bound of a request's cost need not be counted)."""
-        return bool(self.app_budgets.get(app, self.global_budgets))
+        return bool(self.of_app(app))
 
     def reserve(self, app: str, max_cost_usd: float, now: float) -> BudgetHold | None:
         """Reserve ``max_cost_usd`` on every budget of ``app``, or raise ``budget_exceeded``
@@ -265,7 +265,7 @@ class Budgets:
         calls :meth:`hold` in the same step of the event loop."""
         if max_cost_usd <= 0.0:
             return ()
-        budgets = self.app_budgets.get(app, self.global_budgets)
+        budgets = self.of_app(app)
         for budget in budgets:
             self._roll(budget, now)
             committed = budget.spent_usd + budget.reserved_usd
@@ -325,7 +325,7 @@ class Budgets:
             return []
         alerts: list[BudgetAlert] = []
         reserved_usd = reservation.amount_usd if reservation is not None else 0.0
-        for budget in self.app_budgets.get(app, self.global_budgets):
+        for budget in self.of_app(app):
             self._roll(budget, now)
             within = budget.spent_usd <= budget.limit_usd + LIMIT_SLACK_USD
             budget.spent_usd += cost_usd
