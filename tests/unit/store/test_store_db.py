@@ -9,8 +9,10 @@ import threading
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
+from quotad.daemon.store import transactions
 from quotad.daemon.store.db import (
     CHECKPOINT_EVERY,
     Database,
@@ -350,6 +352,51 @@ async def test_a_long_reader_does_not_block_the_writer(db: Database) -> None:
         reader.execute("COMMIT")
     finally:
         reader.close()
+
+
+async def test_another_process_write_lock_never_holds_the_event_loop(db: Database) -> None:
+    """An operator's ``sqlite3`` shell (or a backup tool) holding the write lock: the commit on
+    the loop used to wait the 5 s busy timeout there, freezing every request (then failed the
+    write). Now the loop runs on, and the write waits for the lock on the writer's thread."""
+    outside = sqlite3.connect(db.path, isolation_level=None)
+    try:
+        outside.execute("BEGIN IMMEDIATE")
+        written = anyio.Event()
+
+        async def write() -> None:
+            await db.write([(INSERT_AUDIT, (1.0, "while locked", "x"))])
+            written.set()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(write)
+            for _ in range(50):  # the loop turns: the commit did not hold it
+                await anyio.lowlevel.checkpoint()
+            assert not written.is_set()
+            outside.execute("COMMIT")  # released from the loop, while the write waits
+            with anyio.fail_after(30):
+                await written.wait()
+    finally:
+        outside.close()
+    assert audit_count(db.path) == 1
+    await db.write([(INSERT_AUDIT, (2.0, "after", "x"))])
+    assert not db._locked_out  # back to committing on the loop
+    assert audit_count(db.path) == 2
+
+
+async def test_a_write_lock_held_past_the_busy_timeout_fails_the_write_clearly(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transactions, "BUSY_TIMEOUT_MS", 50)
+    outside = sqlite3.connect(db.path, isolation_level=None)
+    try:
+        outside.execute("BEGIN IMMEDIATE")
+        with pytest.raises(WriteFailed, match="another process holds its write lock"):
+            await db.write([(INSERT_AUDIT, (1.0, "locked out", "x"))])
+    finally:
+        outside.execute("COMMIT")
+        outside.close()
+    await db.write([(INSERT_AUDIT, (2.0, "after", "x"))])
+    assert audit_count(db.path) == 1
 
 
 async def test_durability_full_syncs_every_commit_that_holds_a_durable_write(

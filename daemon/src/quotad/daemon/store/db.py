@@ -57,6 +57,7 @@ import aiosqlite
 
 from quotad.daemon.store.opening import describe, lock_directory, prepare_reader, prepare_writer
 from quotad.daemon.store.transactions import (
+    BUSY_TIMEOUT_MS,
     REFUSED_FOR_ITS_VALUES,
     Statement,
     StoreError,
@@ -64,7 +65,9 @@ from quotad.daemon.store.transactions import (
     checkpoint_passive,
     checkpoint_restart,
     commit_batch,
+    commit_waiting,
     in_thread,
+    is_locked,
 )
 
 __all__ = ["Database", "Durability", "Statement", "StoreError", "WriteFailed", "WriteStats"]
@@ -146,6 +149,9 @@ class Database:
         self._commit_scheduled = False
         self._committing = False
         """The committer task is committing in the writer's thread."""
+        self._locked_out = False
+        """The last commit met another process's write lock: commits wait for it on the
+        writer's thread until one gets through."""
         self._committer: asyncio.Task[None] | None = None
         self._closing = False
         self._lock_fd: int | None = None
@@ -279,6 +285,11 @@ class Database:
         """Whether committing ``batch`` waits for the disk (synchronous=FULL)."""
         return self.durability == "full" and any(submission.durable for submission in batch)
 
+    def _on_thread(self, batch: Sequence[_Submission]) -> bool:
+        """Whether ``batch`` is committed on the writer's thread: it waits for the disk, or
+        for another process's write lock."""
+        return self._locked_out or self._syncs(batch)
+
     def _commit_pending(self) -> None:
         """Commit what was submitted, one pass of the event loop after the first submission:
         every write made in the meantime (those of concurrent requests) shares the commit.
@@ -286,32 +297,46 @@ class Database:
         A commit that needs no fsync runs right here, on the loop: a plain callback costs
         less than waking a task (the committer used to take every commit, ~15 µs more per
         request), and the commit itself (~65 µs) less than a round trip to the writer's
-        thread (~190 µs). A commit that waits for the disk is the committer task's, which
-        runs it on the writer's thread; so is whatever is submitted while it does."""
+        thread (~190 µs). A commit that waits for the disk, or for a lock another process
+        holds, is the committer task's, which runs it on the writer's thread; so is whatever
+        is submitted while it does."""
         self._commit_scheduled = False
         queue = self._queue
         if not queue or self._committing or self._writer is None:
             return
-        if self._syncs(queue):
+        if self._on_thread(queue):
             self._wakeup.set()
             return
         self._queue = []
         self._commit_here(queue)
 
+    def _set_synchronous(self, full: bool) -> None:
+        """synchronous=FULL or NORMAL on the writer (a pragma run only when it changes)."""
+        if full != self._synchronous_full:
+            assert self._writer is not None
+            self._writer._conn.execute(f"PRAGMA synchronous = {'FULL' if full else 'NORMAL'}")
+            self._synchronous_full = full
+
     def _commit_here(self, batch: list[_Submission]) -> None:
-        """Commit ``batch`` on the event loop's thread, with synchronous=NORMAL."""
+        """Commit ``batch`` on the event loop's thread, with synchronous=NORMAL, never waiting
+        for a lock: what meets another process's write lock goes back to the queue, for the
+        committer to commit on the writer's thread when the lock is released."""
         writer = self._writer
         assert writer is not None
         statements = [submission.statements for submission in batch]
         errors: list[Exception | None]
         try:
-            if self._synchronous_full:  # set only when it changes
-                writer._conn.execute("PRAGMA synchronous = NORMAL")
-                self._synchronous_full = False
+            self._set_synchronous(False)
             committed, errors = commit_batch(statements, writer._conn)
         except Exception as broken:  # the connection itself is gone
             committed = 0
             errors = [sqlite3.OperationalError(str(broken))] * len(batch)
+        if any(is_locked(error) for error in errors):
+            self._locked_out = True
+            self._queue[:0] = [batch[i] for i, error in enumerate(errors) if is_locked(error)]
+            self._wakeup.set()
+            unlocked = [i for i, error in enumerate(errors) if not is_locked(error)]
+            batch, errors = [batch[i] for i in unlocked], [errors[i] for i in unlocked]
         self._settle(batch, committed, errors, synced=False)
 
     async def _commit_loop(self) -> None:
@@ -329,25 +354,25 @@ class Database:
                 await self._restart_wal()
                 continue
             batch, self._queue = self._queue, []
-            if not self._syncs(batch):
+            if not self._on_thread(batch):
                 self._commit_here(batch)
                 continue
             statements = [submission.statements for submission in batch]
             errors: list[Exception | None]
+            synced = self._syncs(batch)
             self._committing = True
             try:
-                if not self._synchronous_full:
-                    writer._conn.execute("PRAGMA synchronous = FULL")
-                    self._synchronous_full = True
+                self._set_synchronous(synced)
                 committed, errors = await in_thread(
-                    writer, functools.partial(commit_batch, statements)
+                    writer, functools.partial(commit_waiting, statements)
                 )
             except Exception as broken:  # the connection itself is gone
                 committed = 0
                 errors = [sqlite3.OperationalError(str(broken))] * len(batch)
             finally:
                 self._committing = False
-            self._settle(batch, committed, errors, synced=True)
+            self._locked_out = any(is_locked(error) for error in errors)
+            self._settle(batch, committed, errors, synced=synced)
 
     def _settle(
         self,
@@ -371,8 +396,14 @@ class Database:
             future = submission.future
             outcome = None
             if failure is not None:
+                reason = str(failure)
+                if is_locked(failure):
+                    reason = (
+                        "another process holds its write lock (waited "
+                        f"{BUSY_TIMEOUT_MS / 1000:g} s for it)"
+                    )
                 outcome = WriteFailed(
-                    f"could not write to {self.path}: {failure}",
+                    f"could not write to {self.path}: {reason}",
                     for_its_values=isinstance(failure, REFUSED_FOR_ITS_VALUES),
                 )
                 if future is not None:

@@ -14,6 +14,7 @@ from typing import Final
 from quotad.daemon.store.schema import MIGRATIONS, SCHEMA_VERSION
 from quotad.daemon.store.transactions import (
     BUSY_TIMEOUT_MS,
+    LOOP_BUSY_TIMEOUT_MS,
     Statement,
     StoreError,
     run_transaction,
@@ -64,7 +65,8 @@ def describe(path: Path, error: sqlite3.Error) -> str:
 def prepare_writer(
     connection: sqlite3.Connection, *, path: Path, journal_size_limit: int, max_size_mb: float
 ) -> None:
-    """The writer's first call, on its thread: pragmas, integrity check, migrations."""
+    """The writer's first call, on its thread: pragmas, integrity check, migrations (these
+    wait for a lock; the writer's later calls on the event loop do not)."""
     connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
@@ -94,6 +96,7 @@ def prepare_writer(
         statements.append(("INSERT INTO schema_version (version) VALUES (?)", (number,)))
         run_transaction(connection, statements)
         log.info("%s: migrated to schema version %d", path, number)
+    connection.execute(f"PRAGMA busy_timeout = {LOOP_BUSY_TIMEOUT_MS}")
 
 
 def prepare_reader(connection: sqlite3.Connection, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:

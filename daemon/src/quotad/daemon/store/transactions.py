@@ -18,7 +18,13 @@ Statement = tuple[str, Sequence[Any]]
 """One SQL statement and its parameters."""
 
 BUSY_TIMEOUT_MS: Final = 5000
-"""How long a connection waits for a lock before SQLITE_BUSY."""
+"""How long a connection waits for a lock before SQLITE_BUSY, on its own thread. The writer
+waits on its thread only (:func:`commit_waiting`): a commit on the event loop does not wait
+(:data:`LOOP_BUSY_TIMEOUT_MS`)."""
+LOOP_BUSY_TIMEOUT_MS: Final = 0
+"""The writer's busy timeout between the calls that wait on its thread: a commit run on the
+event loop that meets another process's write lock (an operator's ``sqlite3`` shell, a backup
+tool) fails at once and is handed to the writer's thread, instead of freezing the loop."""
 RESTART_BUSY_TIMEOUT_MS: Final = 250
 """How long the RESTART checkpoint waits for a reader to end before giving up (and retrying
 after :data:`CHECKPOINT_EVERY` more transactions): the writer is held meanwhile."""
@@ -94,17 +100,26 @@ REFUSED_FOR_ITS_VALUES: Final = (
 same write fails again however often it is tried."""
 
 
+def is_locked(error: BaseException | None) -> bool:
+    """Whether ``error`` is SQLITE_BUSY: another connection holds the write lock."""
+    return isinstance(error, sqlite3.OperationalError) and (
+        error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+    )
+
+
 def commit_batch(
     batch: Sequence[Sequence[Statement]], connection: sqlite3.Connection
 ) -> tuple[int, list[Exception | None]]:
     """Commit every submission of ``batch`` in one transaction; if that fails, each on its
-    own. Returns the number of transactions committed and each submission's error."""
+    own. Returns the number of transactions committed and each submission's error. Locked
+    out (:func:`is_locked`), the batch is not tried submission by submission: each gets that
+    error."""
     try:
         run_transaction(connection, [s for statements in batch for s in statements])
         return 1, [None] * len(batch)
     except WRITE_REFUSED as error:
-        if len(batch) == 1:
-            return 0, [error]
+        if len(batch) == 1 or is_locked(error):
+            return 0, [error] * len(batch)
     committed = 0
     errors: list[Exception | None] = []
     for statements in batch:
@@ -118,6 +133,18 @@ def commit_batch(
     return committed, errors
 
 
+def commit_waiting(
+    batch: Sequence[Sequence[Statement]], connection: sqlite3.Connection
+) -> tuple[int, list[Exception | None]]:
+    """:func:`commit_batch` on the writer's thread, waiting up to :data:`BUSY_TIMEOUT_MS` for
+    a lock another process holds."""
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    try:
+        return commit_batch(batch, connection)
+    finally:
+        connection.execute(f"PRAGMA busy_timeout = {LOOP_BUSY_TIMEOUT_MS}")
+
+
 def checkpoint_passive(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
@@ -129,7 +156,7 @@ def checkpoint_restart(connection: sqlite3.Connection) -> bool:
     try:
         busy, _, _ = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
     finally:
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        connection.execute(f"PRAGMA busy_timeout = {LOOP_BUSY_TIMEOUT_MS}")
     return not busy
 
 
