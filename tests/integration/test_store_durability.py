@@ -5,8 +5,6 @@ processes, and a report over 100k ledger rows."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import functools
 import os
 import shutil
@@ -14,9 +12,9 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import anyio
 import httpx
@@ -34,6 +32,7 @@ from quotad.daemon.store.db import Database
 from quotad.daemon.store.ledger import LedgerRow, statements
 from quotad.daemon.store.schema import SCHEMA_VERSION
 from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
+from tests.support.disk import fill_disk, small_tmpfs
 from tests.support.polling import wait_until
 from tests.support.sim import SimProcess
 
@@ -214,39 +213,6 @@ def test_a_full_database_fails_requests_clearly_keeps_serving_and_loses_no_row()
         rows = ledger_ids(path)
         assert rows[failed_id] == "internal"  # recorded as what its caller got
         assert set(answered) <= set(rows)
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size_kb: int) -> Iterator[Path]:
-    """A tmpfs of ``size_kb`` mounted at ``path`` (a disk that really fills up), unmounted
-    afterwards; the test is skipped where mounting is not allowed (not root)."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0700", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): needs root")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
-
-
-def fill_disk(path: Path) -> Path:
-    """Write a file in ``path`` until the disk is full; the file."""
-    filler = path / "filler"
-
-    def write_until_full(out: BinaryIO) -> None:
-        while True:
-            out.write(bytes(4096))
-
-    with filler.open("wb", buffering=0) as out, pytest.raises(OSError) as full:
-        write_until_full(out)
-    assert full.value.errno == errno.ENOSPC
-    return filler
 
 
 def test_a_full_disk_withholds_a_paid_reply_says_so_and_records_it_when_space_returns() -> None:

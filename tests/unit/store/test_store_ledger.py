@@ -3,6 +3,8 @@ anomalies), HTTP keys and the audit trail."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -20,6 +22,7 @@ from quotad.daemon.store.db import Database, WriteFailed
 from quotad.daemon.store.keys import KEY_PREFIX, Keys
 from quotad.daemon.store.ledger import Ledger, LedgerRow, LedgerWriteFailed
 from quotad.daemon.store.spend import forecast_month, is_anomalous
+from tests.support.disk import fill_disk, small_tmpfs
 from tests.support.store import CALENDAR, NOW
 from tests.support.store import ledger_row as row
 
@@ -78,11 +81,18 @@ async def test_a_row_that_cannot_be_written_is_kept_and_written_later(
     assert [kept.request_id for kept in ledger.unrecorded] == [failed.request_id]
     assert ledger.unrecorded[0].status == "internal"  # what its caller got instead
     await db.write([("DELETE FROM audit", ())])
-    await ledger.record(row(99999))  # sends the kept row along, as a write of its own
-    await db.write([])
+    ledger.retry_every_s = 60.0  # not the timer's retry: the next write's
+    await ledger.record(row(99999))  # starts a retry of the kept row, as a write of its own
+    await kept_rows_written(ledger)
     ids = {r[0] for r in await db.read("SELECT request_id FROM ledger")}
     assert {failed.request_id, "qd-test-99999"} <= ids
-    assert ledger.unrecorded == []
+
+
+async def kept_rows_written(ledger: Ledger) -> None:
+    """Wait for the retry under way to write every kept row."""
+    with anyio.fail_after(10):
+        while ledger.unrecorded:  # noqa: ASYNC110 (the retry's task)
+            await anyio.sleep(0.01)
 
 
 async def test_the_error_says_the_provider_was_paid_and_the_row_will_be_written(
@@ -142,8 +152,8 @@ async def test_a_row_unwritable_for_its_values_holds_back_no_kept_row(
     ledger = Ledger(db, CALENDAR)
     unbindable = row(8)._replace(prompt_tokens=2**70)
     ledger.unrecorded += [row(7), unbindable, row(9)]
-    await ledger.record(row(10))  # sends the kept rows along
-    await db.write([])
+    await ledger.record(row(10))  # starts a retry of the kept rows
+    await kept_rows_written(ledger)
     ids = {r[0] for r in await db.read("SELECT request_id FROM ledger")}
     assert ids == {"qd-test-7", "qd-test-9", "qd-test-10"}
     assert ledger.unrecorded == []  # the unbindable row is let go, logged whole:
@@ -203,6 +213,41 @@ async def test_while_the_database_still_fails_a_retry_is_one_write(
     assert len(submitted) == 1 + 1 + 49  # the failed one, the first again, then the others
     [(count,)] = await db.read("SELECT count(*) FROM ledger WHERE request_id LIKE 'qd-test-1%'")
     assert count >= 50
+
+
+async def test_rows_kept_through_a_full_disk_go_into_the_space_freed_paid_ones_first(
+    directory: Path,
+) -> None:
+    """A real full disk (a 2 MiB tmpfs), 3,000 refusals' rows kept, then 20 paid ones, then
+    192 KiB freed. All the kept rows used to be written at once: the WAL took back the space
+    freed (it also held what the failed writes had taken), 10 refusals' rows went in, no paid
+    one, and at shutdown the paid rows were only logged: the budgets forgot their cost."""
+    with small_tmpfs(directory / "disk", size_kb=2048) as disk:
+        db = Database(disk / "quotad.db")
+        await db.open()
+        ledger = Ledger(db, CALENDAR)
+        ledger.retry_every_s = 0.05
+        try:
+            for number in range(50):
+                await ledger.record(row(number))
+            filler = fill_disk(disk)
+            refusals = [row(1000 + n, status="overloaded", cost=0.0) for n in range(3000)]
+            paid = [row(9000 + n, cost=0.01) for n in range(20)]
+            for kept in refusals + paid:
+                with contextlib.suppress(LedgerWriteFailed):
+                    await ledger.record(kept)
+            assert any(kept.cost_usd > 0 for kept in ledger.unrecorded)
+            os.truncate(filler, filler.stat().st_size - 192 * 1024)
+            with anyio.move_on_after(20):
+                while ledger.unrecorded:  # noqa: ASYNC110 (the retries' task)
+                    await anyio.sleep(0.05)
+            written = {r[0] for r in await db.read("SELECT request_id FROM ledger")}
+        finally:
+            await ledger.flush()
+            await db.close()
+    assert {kept.request_id for kept in paid} <= written
+    assert len(written) == 50 + 3000 + 20  # every row
+    assert db.stats.checkpoints > 0
 
 
 async def test_rows_that_cost_nothing_are_not_logged_one_line_each(

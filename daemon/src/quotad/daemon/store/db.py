@@ -64,6 +64,7 @@ from quotad.daemon.store.transactions import (
     WriteFailed,
     checkpoint_passive,
     checkpoint_restart,
+    checkpoint_truncate,
     commit_batch,
     commit_waiting,
     in_thread,
@@ -238,6 +239,11 @@ class Database:
 
     # ------------------------------------------------------------------ writes
 
+    def check_open(self) -> None:
+        """Raise :class:`WriteFailed` if the database is closed (or closing): no write is taken."""
+        if self._writer is None or self._closing:
+            raise WriteFailed(f"{self.path} is closed")
+
     def _submit(
         self,
         statements: Sequence[Statement],
@@ -245,8 +251,7 @@ class Database:
         waited: bool = True,
         done: Callable[[WriteFailed | None], None] | None = None,
     ) -> asyncio.Future[None] | None:
-        if self._writer is None or self._closing:
-            raise WriteFailed(f"{self.path} is closed")
+        self.check_open()
         loop = asyncio.get_running_loop()
         future = loop.create_future() if waited else None
         self._queue.append(_Submission(statements, future, durable, done))
@@ -432,10 +437,7 @@ class Database:
         limit = self.wal_limit_bytes
         wal_size = 0
         if limit:
-            try:
-                wal_size = os.stat(self.wal_path).st_size
-            except OSError:
-                wal_size = 0
+            wal_size = self._wal_size()
             if self._restart_due:
                 if wal_size > limit + limit // 2:  # the ceiling: hold the writer at once
                     self._committing = True
@@ -449,6 +451,33 @@ class Database:
             limit and wal_size - self._wal_at_checkpoint >= limit // 4
         ):
             self._start_checkpoint(wal_size)
+
+    def _wal_size(self) -> int:
+        """The WAL file's size now (0 when there is none)."""
+        try:
+            return os.stat(self.wal_path).st_size
+        except OSError:
+            return 0
+
+    async def give_back_wal(self) -> None:
+        """A TRUNCATE checkpoint now, after the passive one under way, on the read
+        connection's thread (off the loop): the WAL copied into the database and its file cut
+        to nothing, so that the space it held returns to the disk. The ledger runs one between
+        the pieces of rows it kept through a full disk: the WAL held the space the failed
+        writes had taken, and written all at once the rows took back what had been freed.
+        Waits :data:`RESTART_BUSY_TIMEOUT_MS` at the most for a reader (or the writer)."""
+        while (under_way := self._checkpoint) is not None:
+            await under_way
+        reader = self._reader
+        if reader is None or self._closing:
+            return
+        try:
+            if await in_thread(reader, checkpoint_truncate):
+                self._since_checkpoint = 0
+                self._wal_at_checkpoint = 0
+            self.stats.checkpoints += 1
+        except (sqlite3.Error, ValueError) as error:
+            log.warning("%s: checkpoint failed: %s", self.path, error)
 
     def _start_checkpoint(self, wal_size: int) -> None:
         """A passive checkpoint on the read connection's thread, unless one is under way
@@ -510,8 +539,7 @@ class Database:
             return
         stats.wal_restarts_busy += 1
         limit = self.wal_limit_bytes
-        with contextlib.suppress(OSError):
-            self._wal_at_checkpoint = os.stat(self.wal_path).st_size
+        self._wal_at_checkpoint = self._wal_size()
         self._restart_retry_at = (
             stats.transactions + CHECKPOINT_EVERY,
             self._wal_at_checkpoint + limit // 2,

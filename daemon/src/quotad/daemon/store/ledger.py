@@ -93,6 +93,10 @@ _TAGS_ENCODER: Final = msgspec.json.Encoder()
 NO_TAGS: Final = "[]"
 RETRY_EVERY_S: Final = 5.0
 """How often rows that could not be written are tried again while no other write comes."""
+KEPT_ROWS_PER_WRITE: Final = 256
+"""Once space returns, kept rows are written this many at a time, the WAL copied and cut
+between (:meth:`.db.Database.give_back_wal`): written all at once, they went into the WAL in
+one go and took back the space that had been freed, and what was left failed again."""
 
 
 def encode_tags(tags: Sequence[str]) -> str:
@@ -184,7 +188,7 @@ class Ledger:
         """Rows of requests that cost nothing, not kept because :data:`MAX_KEPT_ROWS` were."""
         self.last_failure: WriteFailed | None = None
         """Why the last write of a row failed."""
-        self._retry: asyncio.Future[WriteFailed | None] | None = None
+        self._retry: asyncio.Task[WriteFailed | None] | None = None
         self._retry_timer: asyncio.Task[None] | None = None
         self.retry_every_s = RETRY_EVERY_S
         self.reports = SpendReport(db, calendar)
@@ -273,76 +277,80 @@ class Ledger:
             self._retry_timer = None
 
     def _retry_unrecorded(self) -> None:
-        """Try the rows that could not be written again, the oldest alone first: while the
-        database still fails, one failed write is all a retry costs. Once it is written, the
-        others follow, each as a write of its own. A row that cannot be written for what it
-        holds is logged whole and let go, so that it holds back no other. The outcome (the
-        database's failure, or None once every row is written) ends :attr:`_retry`."""
+        """Start trying the rows that could not be written again (:meth:`_write_kept`), unless
+        a retry is under way; a closed database raises :class:`WriteFailed` here."""
         if not self.unrecorded or self._retry is not None:
             return
-        retry: asyncio.Future[WriteFailed | None] = asyncio.get_running_loop().create_future()
-        self._submit_kept([self.unrecorded[0]], retry)  # a closed database raises here
-        self._retry = retry
+        self._db.check_open()
+        self._retry = asyncio.create_task(self._write_kept(), name="quotad-ledger-retry")
 
-    def _submit_kept(
-        self, rows: list[LedgerRow], retry: asyncio.Future[WriteFailed | None]
-    ) -> None:
-        """Submit kept ``rows``, each as a write of its own; once all are settled, the next
-        step of ``retry``: the rest of the kept rows after a first one was written, or its end."""
+    async def _write_kept(self) -> WriteFailed | None:
+        """The retry. First the WAL is copied and cut (:meth:`.db.Database.give_back_wal`),
+        giving back the space it held: its pages since the last checkpoint, often the most of
+        what a full disk took from the database. Then the oldest kept row that cost something
+        (else the oldest) alone: while the database still fails, one failed write is all a
+        retry costs. Once one is written, the others follow, those that cost something first
+        (what budgets count), :data:`KEPT_ROWS_PER_WRITE` at a time, each row a write of its
+        own, the WAL copied and cut between. A row that cannot be written for what it holds
+        is logged whole and let go, so that it holds back no other. The outcome, for whoever
+        waits on it (:meth:`ready`, :meth:`flush`): the database's failure, or None once every
+        row is written."""
+        try:
+            await self._db.give_back_wal()
+            at_once = 1
+            while self.unrecorded:
+                paid_first = sorted(self.unrecorded, key=lambda kept: kept.cost_usd <= 0)
+                written, failure = await self._write_rows(paid_first[:at_once])
+                if failure is not None:
+                    self.last_failure = failure
+                    return failure
+                at_once = KEPT_ROWS_PER_WRITE if written else 1
+                if written and self.unrecorded:
+                    await self._db.give_back_wal()
+        finally:
+            self._retry = None
+        log.info("wrote the ledger rows kept in memory")
+        if self.not_kept:
+            log.error(
+                "%d ledger row(s) of requests that cost nothing were not kept "
+                "while the ledger could not be written",
+                self.not_kept,
+            )
+            self.not_kept = 0
+        return None
+
+    async def _write_rows(self, rows: list[LedgerRow]) -> tuple[int, WriteFailed | None]:
+        """Write kept ``rows``, each as a write of its own, and take those written (or let
+        go) out of :attr:`unrecorded`: how many were written, and the database's failure if
+        any (the first)."""
         pending = len(rows)
+        all_settled = asyncio.get_running_loop().create_future()
         let_go: set[int] = set()  # ids of the rows written, or logged and let go
-        failure_of_state: list[WriteFailed] = []
+        failures: list[WriteFailed] = []
+        written = 0
 
         def settled(row: LedgerRow, failure: WriteFailed | None) -> None:
-            nonlocal pending
-            pending -= 1
+            nonlocal pending, written
             if failure is None or failure.for_its_values:
                 let_go.add(id(row))
-                if failure is not None:
+                if failure is None:
+                    written += 1
+                else:
                     _log_unwritable(row, failure)
             else:
-                failure_of_state.append(failure)
-            if pending:
-                return
-            self.unrecorded = [kept for kept in self.unrecorded if id(kept) not in let_go]
-            if failure_of_state:
-                self._end_retry(retry, failure_of_state[0])
-            elif not self.unrecorded:
-                self._end_retry(retry, None)
-            elif len(rows) == 1 and failure is None:  # the first went in: the others follow
-                self._submit_next(self.unrecorded, retry)
-            else:  # the first was let go, or rows were kept meanwhile: the oldest alone again
-                self._submit_next(self.unrecorded[:1], retry)
+                failures.append(failure)
+            pending -= 1
+            if not pending:
+                all_settled.set_result(None)
 
-        for row in rows:
-            self._db.write_later(statements(row), functools.partial(settled, row), durable=True)
-
-    def _submit_next(
-        self, rows: list[LedgerRow], retry: asyncio.Future[WriteFailed | None]
-    ) -> None:
-        """:meth:`_submit_kept` from a write's outcome: a database closed meanwhile ends it."""
         try:
-            self._submit_kept(list(rows), retry)
-        except WriteFailed as closed:
-            self._end_retry(retry, closed)
-
-    def _end_retry(
-        self, retry: asyncio.Future[WriteFailed | None], failure: WriteFailed | None
-    ) -> None:
-        """The outcome of ``retry``, for whoever waits on it (:meth:`ready`, :meth:`flush`)."""
-        self._retry = None
-        if failure is not None:
-            self.last_failure = failure
-        else:
-            log.info("wrote the ledger rows kept in memory")
-            if self.not_kept:
-                log.error(
-                    "%d ledger row(s) of requests that cost nothing were not kept "
-                    "while the ledger could not be written",
-                    self.not_kept,
-                )
-                self.not_kept = 0
-        retry.set_result(failure)
+            for row in rows:
+                self._db.write_later(statements(row), functools.partial(settled, row), durable=True)
+        except WriteFailed as closed:  # at the first row: nothing of them was submitted
+            return 0, closed
+        await all_settled
+        self.unrecorded = [kept for kept in self.unrecorded if id(kept) not in let_go]
+        return written, (failures[0] if failures else None)
 
     async def flush(self) -> None:
         """At shutdown: a last try for the rows kept in memory; log those that still fail."""

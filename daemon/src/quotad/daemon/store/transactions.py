@@ -150,13 +150,25 @@ def checkpoint_passive(connection: sqlite3.Connection) -> None:
 
 
 def checkpoint_restart(connection: sqlite3.Connection) -> bool:
-    """A RESTART checkpoint (the writer is ours and held): every frame copied, and readers
+    """A RESTART checkpoint on the writer (ours and held): every frame copied, and readers
     waited for, so that the next commit starts the WAL over. Whether it completed."""
+    return _checkpoint_waiting(connection, "RESTART", LOOP_BUSY_TIMEOUT_MS)
+
+
+def checkpoint_truncate(connection: sqlite3.Connection) -> bool:
+    """A TRUNCATE checkpoint on the reader: a RESTART that also cuts the WAL file to nothing,
+    giving its space back to the disk. Whether it completed."""
+    return _checkpoint_waiting(connection, "TRUNCATE", BUSY_TIMEOUT_MS)
+
+
+def _checkpoint_waiting(connection: sqlite3.Connection, mode: str, busy_timeout_ms: int) -> bool:
+    """A checkpoint that waits for the readers (and the writer), :data:`RESTART_BUSY_TIMEOUT_MS`
+    at the most; ``busy_timeout_ms``, the connection's own, is put back after."""
     connection.execute(f"PRAGMA busy_timeout = {RESTART_BUSY_TIMEOUT_MS}")
     try:
-        busy, _, _ = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        busy, _, _ = connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
     finally:
-        connection.execute(f"PRAGMA busy_timeout = {LOOP_BUSY_TIMEOUT_MS}")
+        connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
     return not busy
 
 
