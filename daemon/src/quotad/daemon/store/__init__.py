@@ -94,9 +94,13 @@ class Store:
         self.retention.reconfigure(config.daemon.ledger_retention_days)
 
     async def count_new_budgets(self) -> None:
-        """Give budgets added by a reload what the ledger says was spent this day and month."""
+        """Give budgets added by a reload what the ledger says was spent this day and month.
+        The rows of requests settled before the reload were submitted, but may not be
+        committed yet: they are waited for (:meth:`.db.Database.committed`), or the read,
+        on another thread, could miss them and the new budget never count their cost."""
         if self._new_budgets:
             new, self._new_budgets = self._new_budgets, []
+            await self.db.committed()
             now = self.clock.time()
             self.budgets.add_spent(new, await self.ledger.spent_by_app(now), now)
 

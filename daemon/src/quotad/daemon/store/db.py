@@ -274,6 +274,12 @@ class Database:
         assert future is not None
         await future
 
+    async def committed(self) -> None:
+        """Return once everything submitted so far is committed, or has failed: an empty
+        write, committed after them (submissions are committed in order)."""
+        with contextlib.suppress(WriteFailed):
+            await self.write([], durable=False)
+
     def write_later(
         self,
         statements: Sequence[Statement],
