@@ -342,7 +342,7 @@ class Database:
         except Exception as broken:  # the connection itself is gone
             committed = 0
             errors = [sqlite3.OperationalError(str(broken))] * len(batch)
-        if any(is_locked(error) for error in errors):
+        if any(errors) and any(is_locked(error) for error in errors):
             self._locked_out = True
             self._queue[:0] = [batch[i] for i, error in enumerate(errors) if is_locked(error)]
             self._wakeup.set()
