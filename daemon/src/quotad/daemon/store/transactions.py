@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import operator
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -22,9 +23,9 @@ BUSY_TIMEOUT_MS: Final = 5000
 waits on its thread only (:func:`commit_waiting`): a commit on the event loop does not wait
 (:data:`LOOP_BUSY_TIMEOUT_MS`)."""
 LOOP_BUSY_TIMEOUT_MS: Final = 0
-"""The writer's busy timeout between the calls that wait on its thread: a commit run on the
-event loop that meets another process's write lock (an operator's ``sqlite3`` shell, a backup
-tool) fails at once and is handed to the writer's thread, instead of freezing the loop."""
+"""The writer's busy timeout: a commit run on the event loop that meets another process's
+write lock (an operator's ``sqlite3`` shell, a backup tool) fails at once and is handed to the
+writer's thread (:func:`commit_waiting`), instead of freezing the loop."""
 RESTART_BUSY_TIMEOUT_MS: Final = 250
 """How long the RESTART checkpoint waits for a reader to end before giving up (and retrying
 after :data:`CHECKPOINT_EVERY` more transactions): the writer is held meanwhile."""
@@ -136,13 +137,25 @@ def commit_batch(
 def commit_waiting(
     batch: Sequence[Sequence[Statement]], connection: sqlite3.Connection
 ) -> tuple[int, list[Exception | None]]:
-    """:func:`commit_batch` on the writer's thread, waiting up to :data:`BUSY_TIMEOUT_MS` for
-    a lock another process holds."""
-    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    try:
-        return commit_batch(batch, connection)
-    finally:
-        connection.execute(f"PRAGMA busy_timeout = {LOOP_BUSY_TIMEOUT_MS}")
+    """:func:`commit_batch` on the writer's thread, trying the submissions that meet another
+    process's write lock again, with pauses growing from 1 to 50 ms, for up to
+    :data:`BUSY_TIMEOUT_MS` (what SQLite's busy handler would do, without two pragmas a
+    commit to switch it on and off)."""
+    committed, errors = commit_batch(batch, connection)
+    if not any(errors):
+        return committed, errors
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause_s = 0.001
+    while locked := [index for index, error in enumerate(errors) if is_locked(error)]:
+        if time.monotonic() + pause_s > deadline:
+            break
+        time.sleep(pause_s)
+        pause_s = min(pause_s * 2, 0.05)
+        more, retried = commit_batch([batch[index] for index in locked], connection)
+        committed += more
+        for index, error in zip(locked, retried, strict=True):
+            errors[index] = error
+    return committed, errors
 
 
 def checkpoint_passive(connection: sqlite3.Connection) -> None:
