@@ -154,7 +154,7 @@ def test_fair_share_tags_of_apps_no_longer_queued_are_bounded() -> None:
     for n in range(5_000):
         passing = waiter(Demand((gate,), 0), f"app-{n}")
         queue.add(passing)
-        queue.remove(passing)
+        queue.remove(passing, 0.0)
         assert queue.remembered_apps <= 2 * (len(queue) + 1) + REMEMBERED_APPS_SLACK
     order = []
     for t in (10.0, 20.0, 30.0, 40.0):
@@ -230,6 +230,25 @@ def test_aging_lifts_a_low_priority_waiter_over_new_high_ones() -> None:
             served_low_at = t
     assert served_low_at is not None
     assert served_low_at <= 15.0  # two aging steps lift it from low to high; FIFO then wins
+
+
+def test_an_app_flooding_the_queue_does_not_age_past_another_of_its_priority() -> None:
+    """Both normal, share 1, one admission a second: `a` queues 100 requests, `b` one at a
+    time. Every waiter aged from its arrival, so after two aging steps all of a's backlog was
+    critical and b's fresh request had to age two steps to compete: b got 4 of the 45
+    admissions after t=15. Now only the oldest of an app at a priority ages: b gets 23."""
+    gate = Gate("provider:p", "provider", [SlidingWindow("requests", 1, 1.0, 0.0)])
+    queue = WaitQueue(aging_s=5.0)
+    for _ in range(100):
+        queue.add(waiter(Demand((gate,), 0), "a", at=0.0))
+    served = []
+    for second in range(60):
+        now = float(second)
+        if not any(w.app == "b" for w in queue.waiters):
+            queue.add(waiter(Demand((gate,), 0), "b", at=now))
+        admitted, _ = dispatch(queue, now)
+        served += [w.app for w in admitted]
+    assert served[15:].count("b") >= 20  # of 45: its fair half, give or take a turn
 
 
 # --------------------------------------------------------------------------- properties

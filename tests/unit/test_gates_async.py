@@ -104,6 +104,41 @@ async def test_a_full_queue_answers_overloaded(gates: Gates) -> None:
         waiting.cancel_scope.cancel()
 
 
+async def test_a_full_queue_makes_room_by_crowding_out_the_app_with_the_most(
+    gates: Gates,
+) -> None:
+    """One app filling the queue shut every other out: `b` (any priority, any share) got
+    `overloaded` while `a`'s waiters held every place. Now a newcomer of an app with fewer
+    takes the place of the newest waiter of the app with the most."""
+    demand = gates.demand("p", "p/m", "a", 0)
+    for _ in range(2):
+        await gates.admit(demand, app="a", priority="normal", max_wait_s=0)
+    outcomes: list[str] = []
+
+    async def wait(app: str) -> None:
+        try:
+            await gates.admit(demand, app=app, priority="normal", max_wait_s=5)
+            outcomes.append(f"{app} admitted")
+        except RequestError as error:
+            outcomes.append(f"{app} {error.code}: {error.message}")
+
+    async with anyio.create_task_group() as waiting:
+        for _ in range(3):  # max_queue = 3, all a's
+            waiting.start_soon(wait, "a")
+        await anyio.wait_all_tasks_blocked()
+        waiting.start_soon(wait, "b")  # a has 3, b would have 1: a's newest makes room
+        await anyio.wait_all_tasks_blocked()
+        assert len(outcomes) == 1
+        assert outcomes[0].startswith("a overloaded: crowded out of the full wait queue")
+        assert gates.queue.queued_of("a") == 2
+        assert gates.queue.queued_of("b") == 1
+        waiting.start_soon(wait, "b")  # a 2, b would have 2: no gain, b is refused
+        await anyio.wait_all_tasks_blocked()
+        assert outcomes[1].startswith("b overloaded: 3 requests are already waiting")
+        assert "1 of them app 'b''s" in outcomes[1]
+        waiting.cancel_scope.cancel()
+
+
 async def test_a_request_that_can_never_fit_fails_at_once() -> None:
     gates = Gates(gates_config(extra="tpm = 1000\n"))
     with pytest.raises(RequestError) as caught:

@@ -28,6 +28,8 @@ class ReferenceQueue:
     def __init__(self, aging_s: float) -> None:
         self.aging_s = aging_s
         self.waiters: list[Waiter] = []
+        self.arrived: list[Waiter] = []
+        self.left_at: dict[int, float] = {}  # by id: when each waiter that left did
         self._virtual_time = 0.0
         self._app_finish: dict[str, float] = {}
 
@@ -36,13 +38,33 @@ class ReferenceQueue:
         waiter.start_tag = start
         self._app_finish[waiter.app] = start + 1.0 / waiter.share
         self.waiters.append(waiter)
+        self.arrived.append(waiter)
 
-    def remove(self, waiter: Waiter) -> None:
+    def remove(self, waiter: Waiter, now: float) -> None:
         if waiter in self.waiters:
             self.waiters.remove(waiter)
+            self.left_at[id(waiter)] = now
+
+    def _set_aging(self) -> None:
+        """A waiter ages from when it is the oldest of its app at its priority: from its
+        arrival, or when the last of those that came before it left; not while one waits."""
+        for waiter in self.waiters:
+            before = [
+                w
+                for w in self.arrived
+                if (w.app, w.priority) == (waiter.app, waiter.priority)
+                and w.sequence < waiter.sequence
+            ]
+            if any(id(w) not in self.left_at for w in before):
+                waiter.aging_from = INFINITY
+            else:
+                waiter.aging_from = max(
+                    [waiter.enqueued_at] + [self.left_at[id(w)] for w in before]
+                )
 
     def dispatch(self, now: float) -> tuple[list[Waiter], float]:
         aging_s = self.aging_s
+        self._set_aging()
         order = sorted(
             self.waiters,
             key=lambda w: (-w.effective_priority(now, aging_s), w.start_tag, w.sequence),
@@ -71,7 +93,8 @@ class ReferenceQueue:
                 if window not in blockers:
                     claimed[window] = claimed.get(window, 0) + demand.amount(window)
         for waiter in admitted:
-            self.waiters.remove(waiter)
+            self.remove(waiter, now)
+        self._set_aging()
         return admitted, min(wake, self._next_aging_step(now))
 
     def _next_aging_step(self, now: float) -> float:
@@ -79,10 +102,10 @@ class ReferenceQueue:
         step = INFINITY
         for waiter in self.waiters:
             level = waiter.effective_priority(now, self.aging_s)
-            if level >= 3:
+            if level >= 3 or waiter.aging_from == INFINITY:
                 continue
-            levels = int((now - waiter.enqueued_at) / self.aging_s) + 1
-            at = waiter.enqueued_at + levels * self.aging_s
+            levels = int((now - waiter.aging_from) / self.aging_s) + 1
+            at = waiter.aging_from + levels * self.aging_s
             step = min(step, at if at > now else math.nextafter(now, INFINITY))
         return step
 
@@ -204,7 +227,7 @@ def run(limits: Limits, arrivals: list[Arrival], reference: bool) -> Trace:
                 gate = models[arrival.model]
                 gate.paused_until = max(gate.paused_until, now + arrival.pause_s)
             if arrival.give_up % 2 and queued[0] is not waiter:
-                queue.remove(queued.pop(0))
+                queue.remove(queued.pop(0), now)
             index += 1
         admitted, wake = queue.dispatch(now)
         for waiter in admitted:
@@ -260,7 +283,7 @@ def test_thousands_of_waiters_aging_or_leaving_at_once_cost_linear_time() -> Non
     connection closed. Counted in key comparisons, not seconds."""
     gate = Gate("provider:p", "provider", [SlidingWindow("requests", 1, 1.0, 0.0)])
     queue = WaitQueue(aging_s=10.0)
-    waiters = [Waiter(Demand((gate,), 0), "a", 0, 1.0, 0.0) for _ in range(9_900)]
+    waiters = [Waiter(Demand((gate,), 0), f"a{n}", 0, 1.0, 0.0) for n in range(9_900)]
     for waiter in waiters:
         queue.add(waiter)
     gate.windows[0].admit(1, 0.0)  # full: nobody is admitted
@@ -276,7 +299,7 @@ def test_thousands_of_waiters_aging_or_leaving_at_once_cost_linear_time() -> Non
     with mock.patch.object(Waiter, "__eq__", counted_eq):
         assert len(queue.ordered(10.0)) == 9_900  # every one aged a level
         for waiter in waiters:
-            queue.remove(waiter)
+            queue.remove(waiter, 10.0)
     assert len(queue) == 0
     assert compared < 100_000  # a search per waiter: about 49 million
 

@@ -237,11 +237,7 @@ class Gates:
         if not self.queue.waiters and not demand.blockers(now):
             return Reservation(demand, now), 0.0
         if len(self.queue) >= self.max_queue:
-            raise RequestError(
-                "overloaded",
-                f"{len(self.queue)} requests are already waiting for gates; retry later",
-                retry_after_s=1.0,
-            )
+            self._make_room(app)
         wait_s = self.default_max_wait_s if max_wait_s is None else max_wait_s
         waiter = Waiter(demand, app, PRIORITY_LEVELS[priority], self.app_policy(app).share, now)
         event = self._events[waiter] = anyio.Event()
@@ -256,6 +252,14 @@ class Gates:
             raise
         if waiter.reservation is None:
             self._forget(waiter)
+            if waiter.crowded_out:
+                raise RequestError(
+                    "overloaded",
+                    f"crowded out of the full wait queue (gates.max_queue = {self.max_queue}): "
+                    f"app {app!r} had the most requests waiting, and one of an app with fewer "
+                    "took this one's place; retry later",
+                    retry_after_s=1.0,
+                )
             later = self.clock.monotonic()
             reasons = demand.explain(later) or [
                 f"{len(self.queue)} requests wait in the queue and go first"
@@ -270,10 +274,27 @@ class Gates:
         waiter.reservation.sent(resumed)  # counted from now: its task ran later than dispatch
         return waiter.reservation, resumed - now
 
+    def _make_room(self, app: str) -> None:
+        """The queue is full: a request of ``app`` takes the place of the newest waiter of
+        the app with the most (which is answered ``overloaded``), when that app has more than
+        ``app`` would; otherwise it is refused."""
+        crowded = self.queue.crowded_out_by(app)
+        if crowded is None:
+            raise RequestError(
+                "overloaded",
+                f"{len(self.queue)} requests are already waiting for gates "
+                f"(gates.max_queue), {self.queue.queued_of(app)} of them app {app!r}'s; "
+                "retry later",
+                retry_after_s=1.0,
+            )
+        crowded.crowded_out = True
+        self.queue.remove(crowded, self.clock.monotonic())
+        self._events[crowded].set()
+
     def _forget(self, waiter: Waiter) -> None:
         """A waiter gave up (timed out or cancelled): leave the queue, undo a late admission."""
         self._events.pop(waiter, None)
-        self.queue.remove(waiter)
+        self.queue.remove(waiter, self.clock.monotonic())
         if waiter.reservation is not None:
             waiter.reservation.cancel()
         self._dispatch()

@@ -8,6 +8,7 @@ import bisect
 import heapq
 import itertools
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from quotad.daemon.gates.window import (
@@ -52,19 +53,31 @@ class Waiter:
     reservation: Reservation | None = None
     order_key: OrderKey = (0, 0.0, 0)
     """Its key in the queue's order while it is there (unique: its sequence is in it)."""
+    aging_from: float = INFINITY
+    """When it began to age: it is the oldest waiter of its app at its priority since then
+    (its arrival, or when the one before it left); infinity while an older one waits."""
+    crowded_out: bool = False
+    """Taken out of a full queue for a newcomer of an app with fewer waiters
+    (:meth:`WaitQueue.crowded_out_by`)."""
 
     def effective_priority(self, now: float, aging_s: float) -> int:
-        """The priority, raised one level per ``aging_s`` waited, up to critical."""
-        aged = int((now - self.enqueued_at) / aging_s) if aging_s > 0 else 0
-        return min(3, self.priority + aged)
+        """The priority, raised one level per ``aging_s`` since :attr:`aging_from`, up to
+        critical."""
+        if aging_s <= 0 or self.aging_from > now:
+            return self.priority
+        return min(3, self.priority + int((now - self.aging_from) / aging_s))
 
 
 class WaitQueue:
     """Waiters in admission order, and the dispatch rule (pure; time is passed in).
 
-    Order: effective priority (base priority aged up one level per ``aging_s`` waited), then
-    the start tag of start-time fair queuing (an app with share s advances its tag by 1/s per
-    request, so under contention share 2 gets twice the admissions of share 1), then arrival.
+    Order: effective priority, then the start tag of start-time fair queuing (an app with
+    share s advances its tag by 1/s per request, so under contention share 2 gets twice the
+    admissions of share 1), then arrival. The effective priority is the base priority aged up
+    one level per ``aging_s`` that a waiter has been the oldest of its app at its priority: so
+    no app's requests starve, and yet the backlog of an app that floods the queue does not
+    all age past the newer requests of the others (which then waited two aging steps, 20 s,
+    before fair share applied again: 3 requests in 35 s where fair share gave 175).
 
     Dispatch walks waiters in order and admits each that fits. A waiter that does not fit
     holds back those behind it only where it is short: on its windows without capacity it
@@ -96,6 +109,10 @@ class WaitQueue:
         self._steps: list[tuple[float, int, Waiter]] = []
         """A heap of (when a waiter of the order ages a level, its sequence, it); entries
         of waiters gone since are dropped when they come up."""
+        self._classes: dict[tuple[str, int], OrderedDict[Waiter, None]] = {}
+        """The waiters of each app at each base priority, oldest first: only the oldest ages."""
+        self._per_app: dict[str, int] = {}
+        """How many waiters each app has queued."""
 
     @property
     def aging_s(self) -> float:
@@ -119,7 +136,12 @@ class WaitQueue:
         return len(self.waiters)
 
     def add(self, waiter: Waiter) -> None:
-        """Enqueue, tagging the waiter for fair share."""
+        """Enqueue, tagging the waiter for fair share; it ages from its arrival if it is the
+        only one of its app at its priority."""
+        same_class = self._classes.setdefault((waiter.app, waiter.priority), OrderedDict())
+        waiter.aging_from = INFINITY if same_class else waiter.enqueued_at
+        same_class[waiter] = None
+        self._per_app[waiter.app] = self._per_app.get(waiter.app, 0) + 1
         start = max(self._virtual_time, self._app_finish.get(waiter.app, 0.0))
         waiter.start_tag = start
         finish = self._app_finish
@@ -146,12 +168,14 @@ class WaitQueue:
         """How many apps' fair-share tags are kept."""
         return len(self._app_finish)
 
-    def remove(self, waiter: Waiter) -> None:
-        """Leave the queue (timed out or cancelled; the order stays sorted without it)."""
+    def remove(self, waiter: Waiter, now: float) -> None:
+        """Leave the queue at ``now`` (timed out, cancelled or crowded out; the order stays
+        sorted without it)."""
         if waiter not in self.waiters:
             return
         del self.waiters[waiter]
         self._forget_gates(waiter)
+        self._left(waiter, now)
         if self._order is None:
             return
         if waiter in self._added:
@@ -160,6 +184,43 @@ class WaitQueue:
         index = self._place(waiter)
         del self._order[index]
         del self._order_keys[index]
+
+    def _left(self, waiter: Waiter, now: float) -> None:
+        """``waiter`` left the queue at ``now``: the next of its app at its priority, if it
+        was the oldest, begins to age."""
+        key = (waiter.app, waiter.priority)
+        same_class = self._classes[key]
+        oldest = next(iter(same_class)) is waiter
+        del same_class[waiter]
+        if not same_class:
+            del self._classes[key]
+        elif oldest:
+            successor = next(iter(same_class))
+            successor.aging_from = now
+            if self._order is not None and successor not in self._added:
+                step = self._aging_step_of(successor, now)
+                if step != INFINITY:
+                    heapq.heappush(self._steps, (step, successor.sequence, successor))
+        left = self._per_app[waiter.app] - 1
+        if left:
+            self._per_app[waiter.app] = left
+        else:
+            del self._per_app[waiter.app]
+
+    def crowded_out_by(self, app: str) -> Waiter | None:
+        """The queue is full: the waiter a newcomer of ``app`` takes the place of, the newest
+        of the lowest priority of the app with the most waiters, when that app would still
+        have more than ``app`` (so one app cannot fill the queue and shut the others out);
+        None when ``app`` has the most (the newcomer is refused)."""
+        most = max(self._per_app, key=self._per_app.__getitem__, default=None)
+        if most is None or self._per_app[most] <= self._per_app.get(app, 0) + 1:
+            return None
+        lowest = min(priority for name, priority in self._classes if name == most)
+        return next(reversed(self._classes[most, lowest]))
+
+    def queued_of(self, app: str) -> int:
+        """How many waiters ``app`` has queued."""
+        return self._per_app.get(app, 0)
 
     def _place(self, waiter: Waiter) -> int:
         """Where ``waiter`` stands in the order: found by its key, in O(log n) (a search of
@@ -244,10 +305,10 @@ class WaitQueue:
         """The next time after ``now`` that ``waiter``'s effective priority rises a level
         (infinity: never, or it is critical)."""
         aging_s = self._aging_s
-        if aging_s <= 0 or waiter.effective_priority(now, aging_s) >= 3:
+        if aging_s <= 0 or waiter.aging_from > now or waiter.effective_priority(now, aging_s) >= 3:
             return INFINITY
-        levels = int((now - waiter.enqueued_at) / aging_s) + 1  # as effective_priority counts
-        next_step = waiter.enqueued_at + levels * aging_s
+        levels = int((now - waiter.aging_from) / aging_s) + 1  # as effective_priority counts
+        next_step = waiter.aging_from + levels * aging_s
         if next_step <= now:  # float rounding: the level is due, so look again at once
             return math.nextafter(now, INFINITY)
         return next_step
@@ -312,6 +373,7 @@ class WaitQueue:
             for waiter in admitted:
                 del self.waiters[waiter]
                 self._forget_gates(waiter)
+                self._left(waiter, now)
             keys = self._order_keys
             for index in reversed(admitted_at):
                 del order[index]
