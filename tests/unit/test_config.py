@@ -474,3 +474,37 @@ def test_the_socket_limits_and_the_lease_bound(tmp_path: Path) -> None:
         "daemon.hello_timeout_s: expected float > 0.0",
         "gates.lease_s: 900 is over gates.max_lease_s (600)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (
+            '{ "X-Probe" = "a\\r\\nX-Injected: yes" }',
+            "providers.p.headers.X-Probe: the value holds U+000D at 1; a header value may "
+            "hold visible ASCII, space and tab only",
+        ),
+        (
+            '{ "X" = "ü" }',
+            "providers.p.headers.X: the value holds U+00FC at 0; a header value may hold "
+            "visible ASCII, space and tab only",
+        ),
+        ('{ "X" = "a\\u0000" }', "providers.p.headers.X: the value holds U+0000 at 1"),
+        ('{ "X\\nY" = "v" }', "providers.p.headers: header name 'X\\nY' is not a token"),
+        ('{ "" = "v" }', "providers.p.headers: header name '' is not a token"),
+        ('{ "Bad Name" = "v" }', "providers.p.headers: header name 'Bad Name' is not a token"),
+    ],
+)
+def test_a_header_a_request_cannot_carry_is_refused(
+    tmp_path: Path, headers: str, expected: str
+) -> None:
+    """A non-ASCII header value crashed the daemon at start and on a reload (httpx cannot
+    encode it); CR LF in one wrote another header onto every provider request."""
+    found = problems(tmp_path, PROVIDER + f"headers = {headers}\n")
+    assert len(found) == 1, found
+    assert found[0].startswith(expected), found
+
+
+def test_usual_headers_load(tmp_path: Path) -> None:
+    text = PROVIDER + 'headers = { "OpenAI-Organization" = "org-1", "X-Tag" = "a b\\tc ~!" }\n'
+    assert loaded(tmp_path, text).providers["p"].headers["X-Tag"] == "a b\tc ~!"

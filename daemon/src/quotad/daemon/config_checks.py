@@ -1,7 +1,8 @@
 """The config's problems that one key's type cannot say (DESIGN §4): dangling names
 (a group's target naming no provider), keys that contradict each other, URLs a transport
-would refuse, guardrail entities and actions, the ``[cluster]`` table, and what the optional
-extras a config asks for need; each problem names its key path (:func:`format_path`).
+would refuse, header names and values a request cannot carry, guardrail entities and actions,
+the ``[cluster]`` table, and what the optional extras a config asks for need; each problem
+names its key path (:func:`format_path`).
 
 :func:`cross_field_problems` and :func:`cluster_problems` run on a :class:`Config` that
 :func:`quotad.daemon.config.parse_config` has converted key by key.
@@ -35,6 +36,36 @@ def format_path(path: list[str | int]) -> str:
         else:
             text += f'."{part}"' if text else f'"{part}"'
     return text or "(top level)"
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""A header name: an RFC 9110 token."""
+_NOT_IN_HEADER_VALUES = re.compile(r"[^\t\x20-\x7e]")
+"""What a header value may not hold here: anything but visible ASCII, space and tab (CR, LF
+and NUL would end the header line; a non-ASCII character cannot be encoded by the transport,
+which crashed the daemon at start or on a reload)."""
+
+
+def header_problems(where: list[str | int], headers: Mapping[str, str]) -> list[str]:
+    """Problems of the ``headers`` table at ``where``: names that are not RFC 9110 tokens,
+    values with a character a header line cannot carry. A value is never quoted (it may be a
+    credential): only the character's code point and position are."""
+    problems = []
+    for name, value in headers.items():
+        path = format_path([*where, name]) if _HEADER_NAME.fullmatch(name) else None
+        if path is None:
+            problems.append(
+                f"{format_path(where)}: header name {name!r} is not a token (letters, digits "
+                "and !#$%&'*+-.^_`|~, at least one)"
+            )
+            continue
+        found = _NOT_IN_HEADER_VALUES.search(value)
+        if found is not None:
+            problems.append(
+                f"{path}: the value holds U+{ord(found[0]):04X} at {found.start()}; a header "
+                "value may hold visible ASCII, space and tab only"
+            )
+    return problems
 
 
 def _limit_problems(where: str, limits: RateLimits) -> list[str]:
@@ -107,6 +138,7 @@ def cross_field_problems(config: Config, declared_providers: set[str]) -> list[s
             problems.append(f"{where}: object missing required field base_url")
         else:
             problems += [f"{where}.base_url: {what}" for what in _base_url_problems(provider)]
+        problems += header_problems(["providers", name, "headers"], provider.headers)
         if provider.api_key_env and provider.api_key_file:
             problems.append(f"{where}: give api_key_env or api_key_file, not both")
         problems += _limit_problems(where, provider)
