@@ -1108,6 +1108,34 @@ def test_an_empty_key_file_is_an_error(tmp_path: Path) -> None:
         resolve_api_key("oa", config(api_key_file=str(empty)), {})
 
 
+def test_a_byte_order_mark_before_a_file_key_is_dropped(tmp_path: Path) -> None:
+    """Written by some editors; ``str.strip`` keeps U+FEFF, and the key crashed the daemon."""
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"\xef\xbb\xbf" + API_KEY.encode() + b"\r\n")
+    assert resolve_api_key("oa", config(api_key_file=str(key_file)), {}) == API_KEY
+
+
+@pytest.mark.parametrize("where", ["file", "env", "credential"])
+def test_a_key_a_header_cannot_carry_is_an_error_naming_its_origin(
+    tmp_path: Path, where: str
+) -> None:
+    """A non-ASCII key crashed the daemon (httpx could not encode its header) at start and on
+    a reload; now it is a config problem naming the origin and the character, never the key."""
+    secret = API_KEY[:4] + "\u00e9" + API_KEY[4:]
+    (tmp_path / "oa").write_text(secret)
+    settings = {
+        "file": config(api_key_file=str(tmp_path / "oa")),
+        "env": config(api_key_env="TEST_KEY"),
+        "credential": config(),
+    }[where]
+    environ = {"TEST_KEY": secret, "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    with pytest.raises(ConfigError, match="holds U\\+00E9 at 4") as caught:
+        resolve_api_key("oa", settings, environ)
+    assert "providers.oa" in str(caught.value)
+    assert "printable ASCII" in str(caught.value)
+    assert API_KEY[4:] not in str(caught.value)
+
+
 def test_an_unset_key_variable_is_an_error() -> None:
     with pytest.raises(ConfigError, match="OPENAI_TEST_KEY is not set") as caught:
         resolve_api_key("oa", config(api_key_env="OPENAI_TEST_KEY"), {"OTHER": API_KEY})

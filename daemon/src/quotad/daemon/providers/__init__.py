@@ -10,6 +10,7 @@ interface the broker sees. :func:`build_provider` picks the wire format by ``kin
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,10 +43,31 @@ def build_provider(
     return OpenAIProvider(name, config, api_key, transport=transport)
 
 
+_NOT_IN_KEYS = re.compile(r"[^\x20-\x7e]")
+"""What a key may not hold: it is sent in a header, which carries visible ASCII and spaces
+only (a key with a non-ASCII character crashed the daemon at start and on a reload)."""
+
+
+def _checked_key(where: str, origin: str, secret: str) -> str:
+    """``secret`` when a header can carry it, else a :class:`ConfigError` naming ``where`` and
+    ``origin`` and the character's code point (never the key)."""
+    found = _NOT_IN_KEYS.search(secret)
+    if found is not None:
+        raise ConfigError(
+            "provider keys",
+            [
+                f"{where}: the key in {origin} holds U+{ord(found[0]):04X} at {found.start()}; "
+                "a key is sent in a header and may hold printable ASCII only"
+            ],
+        )
+    return secret
+
+
 def _read_key(where: str, path: Path) -> str:
-    """The stripped contents of a key file; ``where`` names its origin in errors."""
+    """The stripped contents of a key file (a UTF-8 byte order mark dropped too); ``where``
+    names its origin in errors."""
     try:
-        secret = read_small_file(path, MAX_SECRET_BYTES).decode().strip()
+        secret = read_small_file(path, MAX_SECRET_BYTES).decode("utf-8-sig").strip()
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise ConfigError("provider keys", [f"{where}: cannot read {path}: {reason}"]) from None
@@ -55,21 +77,23 @@ def _read_key(where: str, path: Path) -> str:
         raise ConfigError("provider keys", [f"{where}: {path} is not UTF-8 text"]) from None
     if not secret:
         raise ConfigError("provider keys", [f"{where}: {path} is empty"])
-    return secret
+    return _checked_key(where, str(path), secret)
 
 
 def resolve_api_key(
     name: str, config: ProviderConfig, environ: Mapping[str, str] = os.environ
 ) -> str | None:
-    """The API key of provider ``name``, whitespace stripped, from the first that applies:
+    """The API key of provider ``name``, whitespace (and a file's byte order mark) stripped,
+    from the first that applies:
 
     1. ``api_key_file`` (it must exist and not be empty);
     2. the environment variable ``api_key_env``, when set and not empty;
     3. ``$CREDENTIALS_DIRECTORY/<name>``, when that file exists (systemd ``LoadCredential=``).
 
     None when the provider names no key and no credential exists (a local server without
-    auth). A key that is named but cannot be found raises :class:`ConfigError`, naming the
-    provider and the file or variable (never the key).
+    auth). A key that is named but cannot be found, or holds a character a header cannot
+    carry (only printable ASCII), raises :class:`ConfigError`, naming the provider and the
+    file or variable (never the key).
     """
     if config.api_key_file:
         where = format_path(["providers", name, "api_key_file"])
@@ -77,7 +101,8 @@ def resolve_api_key(
     if config.api_key_env:
         secret = environ.get(config.api_key_env, "").strip()
         if secret:
-            return secret
+            where = format_path(["providers", name, "api_key_env"])
+            return _checked_key(where, f"${config.api_key_env}", secret)
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials:
         credential = Path(credentials) / name
