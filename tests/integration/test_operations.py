@@ -315,6 +315,22 @@ def test_sighup_with_a_bad_config_keeps_the_running_one(
             reload_by_sighup(notify, daemon, missing_key)
             assert "providers.sim.api_key_file: cannot read /nonexistent/key" in daemon.log()
 
+            # what httpx cannot encode (it killed the daemon): a header, a key file
+            ready = reload_by_sighup(
+                notify,
+                daemon,
+                good.replace("[models.fast]", 'headers = { X = "\u00fc" }\n[models.fast]'),
+            )
+            assert any("reload rejected: 1 problem(s)" in line for line in ready), ready
+            key_file = directory / "key"
+            key_file.write_text("sk-\u00e9")
+            ready = reload_by_sighup(
+                notify, daemon, missing_key.replace("/nonexistent/key", str(key_file))
+            )
+            assert any("reload rejected: 1 problem(s)" in line for line in ready), ready
+            assert "api_key_file: the key in" in daemon.log()
+            assert "Traceback" not in daemon.log()
+
             assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
             assert [group.name for group in client.status().groups] == ["fast"]
 

@@ -4,14 +4,21 @@ its targets, pointed at the new providers."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import anyio
 import pytest
 
+from quotad.daemon import runtime
 from quotad.daemon.broker import Broker
 from quotad.daemon.caller import Caller
-from quotad.daemon.config import Config
+from quotad.daemon.config import Config, load_config
 from quotad.daemon.providers.base import ChatResult
 from quotad.daemon.routing import Router
+from quotad.daemon.runtime import Daemon
+from quotad.daemon.systemd import Notifier
 from quotad.protocol.messages import Chat, ChatMessage
 from tests.support.providers import InProcessProvider, one_provider_config
 from tests.support.store import open_store
@@ -111,3 +118,52 @@ async def test_the_config_apps_and_targets_are_kept_apart_from_start_and_after_a
         broker.reconfigure(reloaded, Router(reloaded, {"p": provider}))
         assert broker.tail.activity.declared.apps == broker.metrics.declared.apps == {"batch"}
         assert broker.metrics.declared.targets == {"p/n"}
+
+
+class RecordingNotifier(Notifier):
+    """What the daemon tells the service manager, as a list of first lines."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.sent: list[str] = []
+
+    def send(self, *assignments: str) -> None:
+        self.sent.append(assignments[0])
+
+
+async def test_a_provider_that_cannot_be_built_rejects_the_reload(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anything raised while the new config's providers are built rejects the reload: the
+    running config and providers stay, a ``reload_rejected`` event says why, READY=1 follows
+    RELOADING=1 (it escaped ``try_reload`` and killed the daemon on SIGHUP)."""
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        path = directory / "quotad.toml"
+        text = f'[daemon]\nstate_dir = "{directory}"\n[providers.p]\nkind = "openai"\n'
+        path.write_text(text + 'base_url = "http://127.0.0.1:9"\n')
+        notifier = RecordingNotifier()
+        daemon = Daemon(
+            load_config(path),
+            directory / "q.sock",
+            config_location=str(path),
+            notifier=notifier,
+        )
+        running = daemon.providers["p"]
+        path.write_text(text + 'base_url = "http://127.0.0.1:10"\n')  # p must be rebuilt
+
+        def cannot_build(*args: object, **kwargs: object) -> None:
+            raise UnicodeEncodeError("ascii", "\u00fc", 0, 1, "ordinal not in range(128)")
+
+        monkeypatch.setattr(runtime, "build_provider", cannot_build)
+        rejected = await daemon.try_reload()
+        assert rejected is not None
+        assert rejected.problems[0].startswith("providers.p: cannot be built: UnicodeEncodeError")
+        assert daemon.providers == {"p": running}
+        assert daemon.config.providers["p"].base_url == "http://127.0.0.1:9"
+        assert notifier.sent == ["RELOADING=1", "READY=1"]
+        assert [event.kind for event in daemon.events.recent()] == ["reload_rejected"]
+        for provider in daemon.providers.values():
+            await provider.aclose()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

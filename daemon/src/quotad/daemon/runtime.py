@@ -20,6 +20,7 @@ import hashlib
 import logging
 import signal
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -30,7 +31,13 @@ from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
 from quotad.daemon.clock import SYSTEM_CLOCK
 from quotad.daemon.cluster.settings import ClusterStartError
-from quotad.daemon.config import Config, ConfigError, find_and_load_config, state_dir
+from quotad.daemon.config import (
+    Config,
+    ConfigError,
+    find_and_load_config,
+    format_path,
+    state_dir,
+)
 from quotad.daemon.errors import RequestError
 from quotad.daemon.events import EventLog
 from quotad.daemon.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
@@ -94,6 +101,15 @@ def resolve_api_keys(config: Config) -> dict[str, str | None]:
     return keys
 
 
+@dataclass(slots=True)
+class ProviderSet:
+    """The providers of a config, before they are put in place, and what identifies each
+    (its table and a digest of its key: a reload rebuilds a provider when either changed)."""
+
+    providers: dict[str, Provider] = field(default_factory=dict)
+    identity: dict[str, tuple[object, bytes]] = field(default_factory=dict)
+
+
 class Daemon:
     """Everything one running daemon owns, built from one config."""
 
@@ -112,7 +128,8 @@ class Daemon:
         """``--config`` as given (None: the search of DESIGN §3); a reload reads it again."""
         self.providers: dict[str, Provider] = {}
         self._provider_identity: dict[str, tuple[object, bytes]] = {}
-        self.providers = self._providers_for(config, resolve_api_keys(config))
+        built = self._providers_for(config, resolve_api_keys(config))
+        self.providers, self._provider_identity = built.providers, built.identity
         self.events = EventLog(SYSTEM_CLOCK)
         """The daemon's event log: the router, the broker and the runtime report to it."""
         self.router = Router(config, self.providers, events=self.events)
@@ -250,7 +267,10 @@ class Daemon:
             task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    await self.reload()
+                    try:
+                        await self.reload()
+                    except Exception:  # a reload must never take the daemon down
+                        log.exception("reload failed; serving on")
                     continue
                 log.info("%s: stopping", signal.Signals(signum).name)
                 break
@@ -283,43 +303,29 @@ class Daemon:
     ) -> ConfigError | None:
         """Read the config again and apply it without dropping connections or state.
 
-        The new file is loaded and validated, and every provider key resolved, first; any
-        problem keeps the running config, logs every problem, adds a ``reload_rejected``
-        event, and is returned. Then providers whose table or key changed are rebuilt (the
-        old ones closed once the requests in flight have finished), the router is rebuilt
-        keeping its targets' state, the broker takes the new config, and each of
+        The new file is loaded and validated, every provider key resolved, and the providers
+        whose table or key changed built, first (:meth:`_build_reloaded`); any problem, or
+        any exception on the way, keeps the running config, logs every problem, adds a
+        ``reload_rejected`` event, and is returned. Then the new providers are put in place
+        (the old ones closed once the requests in flight have finished), the router is
+        rebuilt keeping its targets' state, the broker takes the new config, and each of
         :attr:`reconfigurables` is reconfigured; a ``reload`` event says so. None when applied.
+        READY=1 follows RELOADING=1 whatever happens.
         """
         async with self._reload_lock:
             self.notifier.reloading()
+            outcome = "config reloaded"
             try:
-                config = await anyio.to_thread.run_sync(find_and_load_config, self.config_location)
-                keys = await anyio.to_thread.run_sync(resolve_api_keys, config)
-            except ConfigError as error:
-                self.events.add(
-                    "reload_rejected",
-                    f"{error.source} has {len(error.problems)} problem(s); still serving the "
-                    f"previous config (first: {error.problems[0] if error.problems else '-'})",
-                    logging.ERROR,
-                )
-                for problem in error.problems:
-                    log.error("reload rejected: %s", problem)
-                self.notifier.ready(
-                    f"{self._status_line()}; reload rejected: {len(error.problems)} problem(s) "
-                    f"in {error.source}"
-                )
-                await self.record_operator_action(
-                    "reload",
-                    error.source,
-                    by=by,
-                    caller_uid=caller_uid,
-                    caller_pid=caller_pid,
-                    detail=f"rejected: {len(error.problems)} problem(s)",
-                )
-                return error
-            rebuilt = self._apply(config, keys)
-            await self.store.count_new_budgets()
-            self.notifier.ready(f"{self._status_line()}; config reloaded")
+                try:
+                    config, providers = await self._build_reloaded()
+                except ConfigError as error:
+                    outcome = f"reload rejected: {len(error.problems)} problem(s) in {error.source}"
+                    await self._reject_reload(error, by, caller_uid, caller_pid)
+                    return error
+                rebuilt = self._apply(config, providers)
+                await self.store.count_new_budgets()
+            finally:  # READY=1 ends every RELOADING=1, whatever happened in between
+                self.notifier.ready(f"{self._status_line()}; {outcome}")
             self.events.add(
                 "reload",
                 f"reloaded {config.source}: {len(self.providers)} providers ({rebuilt} "
@@ -335,10 +341,50 @@ class Daemon:
             )
             return None
 
-    def _apply(self, config: Config, keys: dict[str, str | None]) -> int:
-        """Put a validated config in place; the number of providers rebuilt. Every check is
-        done before, so nothing here should fail; a component whose ``reconfigure`` raises
-        anyway is logged, and the others are still reconfigured."""
+    async def _build_reloaded(self) -> tuple[Config, ProviderSet]:
+        """The new config and its providers, built without touching the running ones. Any
+        failure is a :class:`ConfigError`: an unforeseen exception too (logged with its
+        traceback), so that a reload that cannot be built is rejected, never half applied."""
+        source = self.config_location or "the config"
+        try:
+            config = await anyio.to_thread.run_sync(find_and_load_config, self.config_location)
+            source = config.source
+            keys = await anyio.to_thread.run_sync(resolve_api_keys, config)
+            return config, self._providers_for(config, keys)
+        except ConfigError:
+            raise
+        except Exception as error:
+            log.exception("reload: the new config could not be built")
+            problem = f"cannot be built: {type(error).__name__}: {error}"
+            raise ConfigError(source, [problem]) from None
+
+    async def _reject_reload(
+        self, error: ConfigError, by: str, caller_uid: int | None, caller_pid: int | None
+    ) -> None:
+        """Keep the running config: log every problem, add a ``reload_rejected`` event and an
+        audit row."""
+        self.events.add(
+            "reload_rejected",
+            f"{error.source} has {len(error.problems)} problem(s); still serving the "
+            f"previous config (first: {error.problems[0] if error.problems else '-'})",
+            logging.ERROR,
+        )
+        for problem in error.problems:
+            log.error("reload rejected: %s", problem)
+        await self.record_operator_action(
+            "reload",
+            error.source,
+            by=by,
+            caller_uid=caller_uid,
+            caller_pid=caller_pid,
+            detail=f"rejected: {len(error.problems)} problem(s)",
+        )
+
+    def _apply(self, config: Config, built: ProviderSet) -> int:
+        """Put a validated config and its providers in place; the number of providers
+        rebuilt. Every check is done, and every provider built, before, so nothing here should
+        fail; a component whose ``reconfigure`` raises anyway is logged, and the others are
+        still reconfigured."""
         for key in RESTART_ONLY:
             running = getattr(self.config.daemon, key)
             if getattr(config.daemon, key) != running:
@@ -348,7 +394,8 @@ class Daemon:
             log.warning("reload: [cluster] changed; it takes effect when quotad restarts")
             config.cluster = self.config.cluster
         previous = self.providers
-        providers = self._providers_for(config, keys)
+        providers = built.providers
+        self._provider_identity = built.identity
         retired = [
             provider for name, provider in previous.items() if providers.get(name) is not provider
         ]
@@ -379,20 +426,27 @@ class Daemon:
             self._tasks.start_soon(self._run_health_checks)
         return rebuilt
 
-    def _providers_for(self, config: Config, keys: dict[str, str | None]) -> dict[str, Provider]:
+    def _providers_for(self, config: Config, keys: dict[str, str | None]) -> ProviderSet:
         """A provider per ``[providers.X]``: the running one where its table and key are
-        unchanged, else a new one."""
-        providers: dict[str, Provider] = {}
-        identity: dict[str, tuple[object, bytes]] = {}
+        unchanged, else a new one. A provider that cannot be built is a :class:`ConfigError`
+        naming it (the config checks should have refused what it could not take)."""
+        built = ProviderSet()
+        problems: list[str] = []
         for name, provider_config in config.providers.items():
-            identity[name] = (provider_config, _key_digest(keys[name]))
+            built.identity[name] = (provider_config, _key_digest(keys[name]))
             running = self.providers.get(name)
-            if running is not None and self._provider_identity.get(name) == identity[name]:
-                providers[name] = running
-            else:
-                providers[name] = build_provider(name, provider_config, keys[name])
-        self._provider_identity = identity
-        return providers
+            if running is not None and self._provider_identity.get(name) == built.identity[name]:
+                built.providers[name] = running
+                continue
+            try:
+                built.providers[name] = build_provider(name, provider_config, keys[name])
+            except Exception as error:
+                log.exception("provider %s could not be built", name)
+                where = format_path(["providers", name])
+                problems.append(f"{where}: cannot be built: {type(error).__name__}: {error}")
+        if problems:
+            raise ConfigError(config.source, problems)
+        return built
 
     async def _close_when_done(self, providers: list[Provider], done: anyio.Event) -> None:
         """Close replaced providers' connection pools once the requests that may use them
