@@ -7,11 +7,12 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from quotad.daemon import runtime
+from quotad.daemon import cli, runtime
 from quotad.daemon.broker import Broker
 from quotad.daemon.caller import Caller
 from quotad.daemon.config import Config, load_config
@@ -163,6 +164,45 @@ async def test_a_provider_that_cannot_be_built_rejects_the_reload(
         assert daemon.config.providers["p"].base_url == "http://127.0.0.1:9"
         assert notifier.sent == ["RELOADING=1", "READY=1"]
         assert [event.kind for event in daemon.events.recent()] == ["reload_rejected"]
+        for provider in daemon.providers.values():
+            await provider.aclose()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_a_reload_reads_the_file_found_at_start_even_once_it_is_gone(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``quotad serve`` without ``--config`` (as the systemd units run it) found its file in
+    $XDG_CONFIG_HOME; with the file moved away, a reload applied the built-in default (no
+    providers: every request unknown_model). Now it reads that file again, and is rejected."""
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        path = directory / "quotad" / "quotad.toml"
+        path.parent.mkdir()
+        path.write_text(
+            f'[daemon]\nstate_dir = "{directory}"\n[providers.p]\nkind = "openai"\n'
+            'base_url = "http://127.0.0.1:9"\n'
+        )
+        monkeypatch.delenv("QUOTAD_CONFIG", raising=False)
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(directory))
+        started: dict[str, Any] = {}
+
+        def run_daemon(config: Config, **options: Any) -> int:
+            started.update(options, config=config)
+            return 0
+
+        monkeypatch.setattr(runtime, "run_daemon", run_daemon)
+        assert cli.main(["serve"]) == 0
+        assert started["config_location"] == str(path)
+        daemon = Daemon(
+            started["config"], directory / "q.sock", config_location=started["config_location"]
+        )
+        path.rename(directory / "quotad.toml.old")  # an editor's save, half done
+        rejected = await daemon.try_reload()
+        assert rejected is not None
+        assert rejected.problems == ["cannot read the file: No such file or directory"]
+        assert list(daemon.providers) == ["p"]
         for provider in daemon.providers.values():
             await provider.aclose()
     finally:

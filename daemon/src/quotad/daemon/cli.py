@@ -319,17 +319,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from quotad.daemon.config import ConfigError, find_and_load_config
+    from quotad.daemon.config import ConfigError, config_file, find_and_load_config
     from quotad.daemon.runtime import run_daemon
 
+    # A reload reads the file read now, not the first one the search finds then (a file
+    # moved away, as editors do on save, made it apply the built-in default).
+    path = config_file(args.config)
+    location = str(path) if path is not None else None
     try:
-        config = find_and_load_config(args.config)
+        config = find_and_load_config(location)
     except ConfigError as error:
         print(f"quotad: {error}", file=sys.stderr)
         return EXIT_USAGE
     return run_daemon(
         config,
-        config_location=args.config,
+        config_location=location,
         socket_path=args.socket,
         log_format=args.log_format or config.daemon.log_format,
         log_level=args.log_level,

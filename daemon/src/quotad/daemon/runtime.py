@@ -125,7 +125,9 @@ class Daemon:
     ) -> None:
         self.config = config
         self.config_location = config_location
-        """``--config`` as given (None: the search of DESIGN §3); a reload reads it again."""
+        """The file the config was read from, which a reload reads again (missing, the reload
+        is rejected); None: the daemon started on the built-in default, and a reload searches
+        again (DESIGN §3)."""
         self.providers: dict[str, Provider] = {}
         self._provider_identity: dict[str, tuple[object, bytes]] = {}
         built = self._providers_for(config, resolve_api_keys(config))
