@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from quotad.daemon.config import MAX_PRICE, MAX_SIZE, Config, load_config
+from quotad.daemon.config import MAX_COUNT, MAX_PRICE, MAX_SIZE, Config, load_config
 from quotad.protocol.framing import MAX_FRAME_CEILING
 from quotad.protocol.messages import MAX_WAIT_S
 from tests.support.config_files import loaded, problems
@@ -508,3 +508,14 @@ def test_a_header_a_request_cannot_carry_is_refused(
 def test_usual_headers_load(tmp_path: Path) -> None:
     text = PROVIDER + 'headers = { "OpenAI-Organization" = "org-1", "X-Tag" = "a b\\tc ~!" }\n'
     assert loaded(tmp_path, text).providers["p"].headers["X-Tag"] == "a b\tc ~!"
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["providers.p.rpm", "providers.p.max_concurrency", "gates.max_queue", "retry.budget_min"],
+)
+def test_a_count_past_its_ceiling_is_refused(tmp_path: Path, where: str) -> None:
+    """rpm = 2**70 was taken, served, and broke `quotad status` (its reply cannot encode it)."""
+    table, _, key = where.rpartition(".")
+    text = PROVIDER + ("" if table == "providers.p" else f"[{table}]\n") + f"{key} = {2**70}\n"
+    assert problems(tmp_path, text) == [f"{where}: expected int <= {MAX_COUNT}"]

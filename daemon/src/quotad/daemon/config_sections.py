@@ -1,7 +1,8 @@
 """The config file's vocabulary (DESIGN §4): one msgspec Struct per TOML table, from
 :class:`DaemonConfig` (``[daemon]``) to :class:`Config` (the whole file), and the annotated
-types and bounds their keys are declared with (:data:`Positive`, :data:`Size` up to
-:data:`MAX_SIZE`, :data:`Price` up to :data:`MAX_PRICE`, the guardrails' :data:`ENTITY_KINDS`).
+types and bounds their keys are declared with (:data:`Positive`, :data:`Count` up to
+:data:`MAX_COUNT`, :data:`Size` up to :data:`MAX_SIZE`, :data:`Price` up to :data:`MAX_PRICE`,
+the guardrails' :data:`ENTITY_KINDS`).
 
 A Struct bounds each key on its own; what needs several keys at once is checked by
 :mod:`quotad.daemon.config_checks`, and :mod:`quotad.daemon.config` loads a file into these
@@ -35,7 +36,12 @@ MAX_PRICE: Final = 1_000_000.0
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
-Count = Annotated[int, msgspec.Meta(ge=1)]
+MAX_COUNT: Final = 10**15
+"""The largest count key (``rpm``, ``max_queue``, ``retry.attempts``...): a quadrillion, under
+2**53, where the floats the gates pace with stop counting by one. A limit past 2**64 was taken,
+served, and broke ``quotad status`` (its reply could not be encoded)."""
+
+Count = Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Size = Annotated[float, msgspec.Meta(gt=0, le=MAX_SIZE)]
 Price = Annotated[float, msgspec.Meta(ge=0, le=MAX_PRICE)]
@@ -244,7 +250,7 @@ class RetryConfig(Section, kw_only=True):
     base_s: Positive = 0.1
     max_s: Positive = 20.0
     budget_ratio: Fraction = 0.2
-    budget_min: Annotated[int, msgspec.Meta(ge=0)] = 3
+    budget_min: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] = 3
     budget_window_s: Positive = 10.0
     deadline_s: Positive = 120.0
 
