@@ -7,14 +7,19 @@ sent, ``sim --port 99999`` a traceback, ``demo --duration 0``, which its help of
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from quotad.daemon.cli import build_parser
+from quotad.client import InternalError
+from quotad.daemon import client_commands
+from quotad.daemon.cli import build_parser, main
 from quotad.daemon.store import warm
 from quotad.daemon.store.warm import read_warm_file
 
@@ -90,3 +95,36 @@ def test_a_warm_file_past_its_bound_is_refused(
     ((numbers, entries),) = read_warm_file(str(small), 1000)
     assert numbers == [1, 2, 3, 4]
     assert len(entries) == 4
+
+
+class AppliedButNoStatus:
+    """A client whose daemon applies the reload, then cannot encode its status."""
+
+    def __enter__(self) -> AppliedButNoStatus:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def admin(self, action: str) -> Any:
+        assert action == "reload"
+        return SimpleNamespace(message="config reloaded")
+
+    def status(self) -> Any:
+        raise InternalError("could not encode its StatusReply")
+
+
+@pytest.mark.parametrize("json_output", [False, True])
+def test_an_applied_reload_exits_0_when_the_status_after_it_fails(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], json_output: bool
+) -> None:
+    """`quotad reload` asks the daemon's status after, for the config's path; a status that
+    failed made an applied reload exit 1."""
+    monkeypatch.setattr(client_commands, "_client", lambda *args: AppliedButNoStatus())
+    assert main(["reload", *(["--json"] if json_output else [])]) == 0
+    out, err = capsys.readouterr()
+    assert "the reload was applied, but the daemon's status" in err
+    if json_output:
+        assert json.loads(out) == {"applied": True, "source": None, "message": "config reloaded"}
+    else:
+        assert out == "applied: config reloaded\n"

@@ -131,8 +131,10 @@ def status(args: argparse.Namespace) -> int:
 
 
 def reload(args: argparse.Namespace) -> int:
-    """``quotad reload``: what SIGHUP does, with its result; exit 1 when rejected."""
-    from quotad.client import BadRequestError
+    """``quotad reload``: what SIGHUP does, with its result; exit 1 when rejected. The
+    config's path comes from a status asked after: one that fails is warned of, and the
+    reload, applied, still exits 0."""
+    from quotad.client import BadRequestError, QuotadError
 
     def action(client: Any) -> int:
         try:
@@ -153,11 +155,19 @@ def reload(args: argparse.Namespace) -> int:
             for problem in problems:
                 print(f"  {problem}", file=sys.stderr)
             return EXIT_FAILURE
-        source = client.status().config_path
+        config_path: str | None = None
+        try:
+            config_path = client.status().config_path
+        except QuotadError as error:
+            print(
+                f"quotad: warning: the reload was applied, but the daemon's status, which "
+                f"names the config file, could not be read: {error.message}",
+                file=sys.stderr,
+            )
         if args.json:
-            _print_json({"applied": True, "source": source, "message": reply.message})
+            _print_json({"applied": True, "source": config_path, "message": reply.message})
         else:
-            print(f"applied: {reply.message} ({source})")
+            print(f"applied: {reply.message}" + (f" ({config_path})" if config_path else ""))
         return EXIT_OK
 
     return _with_client(args, action)
