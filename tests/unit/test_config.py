@@ -493,6 +493,10 @@ def test_the_socket_limits_and_the_lease_bound(tmp_path: Path) -> None:
         ('{ "X\\nY" = "v" }', "providers.p.headers: header name 'X\\nY' is not a token"),
         ('{ "" = "v" }', "providers.p.headers: header name '' is not a token"),
         ('{ "Bad Name" = "v" }', "providers.p.headers: header name 'Bad Name' is not a token"),
+        ('{ "Content-Length" = "5" }', "providers.p.headers.Content-Length: quotad sets this"),
+        ('{ "host" = "elsewhere" }', "providers.p.headers.host: quotad sets this header"),
+        ('{ "Transfer-Encoding" = "chunked" }', "providers.p.headers.Transfer-Encoding: quotad"),
+        ('{ "Connection" = "close" }', "providers.p.headers.Connection: quotad sets this"),
     ],
 )
 def test_a_header_a_request_cannot_carry_is_refused(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from quotad.daemon.config_sections import (
     ENTITY_KINDS,
@@ -46,10 +46,31 @@ and NUL would end the header line; a non-ASCII character cannot be encoded by th
 which crashed the daemon at start or on a reload)."""
 
 
+RESERVED_HEADERS: Final = frozenset(
+    {
+        "connection",
+        "content-length",
+        "content-type",
+        "expect",
+        "host",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+"""Header names a provider's ``headers`` cannot set: quotad sets them for each request, or
+they change how the message is framed or the connection used (``Content-Length`` set by
+hand made every request a 400)."""
+
+
 def header_problems(where: list[str | int], headers: Mapping[str, str]) -> list[str]:
-    """Problems of the ``headers`` table at ``where``: names that are not RFC 9110 tokens,
-    values with a character a header line cannot carry. A value is never quoted (it may be a
-    credential): only the character's code point and position are."""
+    """Problems of the ``headers`` table at ``where``: names that are not RFC 9110 tokens or
+    are :data:`RESERVED_HEADERS`, values with a character a header line cannot carry. A value
+    is never quoted (it may be a credential): only the character's code point and position
+    are."""
     problems = []
     for name, value in headers.items():
         path = format_path([*where, name]) if _HEADER_NAME.fullmatch(name) else None
@@ -57,6 +78,12 @@ def header_problems(where: list[str | int], headers: Mapping[str, str]) -> list[
             problems.append(
                 f"{format_path(where)}: header name {name!r} is not a token (letters, digits "
                 "and !#$%&'*+-.^_`|~, at least one)"
+            )
+            continue
+        if name.lower() in RESERVED_HEADERS:
+            problems.append(
+                f"{path}: quotad sets this header, or it frames the request or its "
+                "connection; it cannot be configured"
             )
             continue
         found = _NOT_IN_HEADER_VALUES.search(value)
