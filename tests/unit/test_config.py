@@ -523,3 +523,11 @@ def test_a_count_past_its_ceiling_is_refused(tmp_path: Path, where: str) -> None
     table, _, key = where.rpartition(".")
     text = PROVIDER + ("" if table == "providers.p" else f"[{table}]\n") + f"{key} = {2**70}\n"
     assert problems(tmp_path, text) == [f"{where}: expected int <= {MAX_COUNT}"]
+
+
+def test_drain_s_stops_at_a_day(tmp_path: Path) -> None:
+    """drain_s = 1e308 was taken, and SIGTERM then crashed the daemon."""
+    assert problems(tmp_path, "[daemon]\ndrain_s = 1e308\n") == [
+        "daemon.drain_s: expected float <= 86400.0"
+    ]
+    assert loaded(tmp_path, "[daemon]\ndrain_s = 86400\n").daemon.drain_s == 86400

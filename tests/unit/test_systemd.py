@@ -185,3 +185,13 @@ def test_peer_groups_of_a_connected_pair() -> None:
             assert groups == frozenset(os.getgroups())
         else:
             assert groups == frozenset()
+
+
+def test_stopping_asks_for_at_most_what_a_usec_holds(receiver: tuple[socket.socket, str]) -> None:
+    """drain_s = 1e308 raised OverflowError (int of inf) as the daemon stopped."""
+    sock, path = receiver
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    for allow_s in (1e308, float("inf")):
+        notifier.stopping("stopping", allow_s)
+        assert sock.recv(4096).split(b"\n")[-1] == f"EXTEND_TIMEOUT_USEC={2**63 - 1}".encode()
+    notifier.close()

@@ -49,6 +49,9 @@ Price = Annotated[float, msgspec.Meta(ge=0, le=MAX_PRICE)]
 MAX_RETENTION_DAYS: Final = 36500
 """``daemon.ledger_retention_days`` at most (a century: beyond, dates are out of range)."""
 
+MAX_DRAIN_S: Final = 86_400.0
+"""``daemon.drain_s`` at most: a day."""
+
 DEFAULT_HTTP_LISTEN: Final = "127.0.0.1:8787"
 
 
@@ -68,7 +71,8 @@ class DaemonConfig(Section, kw_only=True):
     """Ledger and audit rows older than this many days are deleted (0: all are kept); the
     daily spend summaries are kept at least 62 days (:mod:`quotad.daemon.store.retention`)."""
     max_frame: Annotated[int, msgspec.Meta(ge=1024, le=MAX_FRAME_CEILING)] = DEFAULT_MAX_FRAME
-    drain_s: NonNegative = 10.0
+    drain_s: Annotated[float, msgspec.Meta(ge=0, le=MAX_DRAIN_S)] = 10.0
+    """On SIGTERM, how long requests in flight may take to finish (1e308 crashed the stop)."""
     allow_uids: list[int] = msgspec.field(default_factory=list)
     allow_gids: list[int] = msgspec.field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

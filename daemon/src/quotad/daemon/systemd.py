@@ -27,6 +27,9 @@ log = logging.getLogger("quotad.systemd")
 LISTEN_FDS_START: Final = 3
 """The first fd systemd passes (SD_LISTEN_FDS_START)."""
 _ACTIVATION_VARIABLES: Final = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+MAX_EXTEND_USEC: Final = 2**63 - 1
+"""The most EXTEND_TIMEOUT_USEC asks for (a usec_t; an allowance past it raised
+OverflowError as the daemon stopped)."""
 
 
 class ActivationError(Exception):
@@ -148,10 +151,11 @@ class Notifier:
         self.send(f"STATUS={status}")
 
     def stopping(self, status: str, allow_s: float) -> None:
-        """The daemon stops; it may take ``allow_s`` more seconds (EXTEND_TIMEOUT_USEC)."""
-        self.send(
-            "STOPPING=1", f"STATUS={status}", f"EXTEND_TIMEOUT_USEC={int(allow_s * 1_000_000)}"
-        )
+        """The daemon stops; it may take ``allow_s`` more seconds (EXTEND_TIMEOUT_USEC, at
+        most :data:`MAX_EXTEND_USEC`)."""
+        wanted = max(allow_s, 0.0) * 1_000_000
+        usec = int(wanted) if wanted < MAX_EXTEND_USEC else MAX_EXTEND_USEC
+        self.send("STOPPING=1", f"STATUS={status}", f"EXTEND_TIMEOUT_USEC={usec}")
 
     def watchdog(self) -> None:
         """The daemon is alive (``WATCHDOG=1``)."""
