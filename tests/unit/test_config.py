@@ -531,3 +531,18 @@ def test_drain_s_stops_at_a_day(tmp_path: Path) -> None:
         "daemon.drain_s: expected float <= 86400.0"
     ]
     assert loaded(tmp_path, "[daemon]\ndrain_s = 86400\n").daemon.drain_s == 86400
+
+
+def test_a_path_key_cannot_hold_a_nul(tmp_path: Path) -> None:
+    """check-config took them; serve then crashed (ValueError: embedded null byte)."""
+    text = (
+        '[daemon]\nsocket = "/tmp/a\\u0000b"\nstate_dir = "/tmp/\\u0000"\n'
+        + PROVIDER
+        + 'api_key_file = "/k\\u0000"\n[cluster]\nredis_password_file = "\\u0000"\n'
+    )
+    assert sorted(problems(tmp_path, text)) == [
+        "cluster.redis_password_file: a path cannot hold a NUL character (at 0)",
+        "daemon.socket: a path cannot hold a NUL character (at 6)",
+        "daemon.state_dir: a path cannot hold a NUL character (at 5)",
+        "providers.p.api_key_file: a path cannot hold a NUL character (at 2)",
+    ]

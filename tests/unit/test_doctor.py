@@ -199,3 +199,13 @@ def test_config_and_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert exposed.status == "fail"
     assert f"every user may read providers.filed.api_key_file {key_file}" == exposed.detail
     assert "chmod 0600" in exposed.fix
+
+
+def test_a_state_directory_that_cannot_be_used_fails_without_a_traceback(tmp_path: Path) -> None:
+    """A NUL in the path (ValueError) or a file as a parent (NotADirectoryError) crashed
+    `quotad doctor`."""
+    (tmp_path / "file").write_text("")
+    for directory in (tmp_path / "a\0b", tmp_path / "file" / "state"):
+        check = check_state(directory)
+        assert check.status == "fail"
+        assert "cannot be used" in check.detail

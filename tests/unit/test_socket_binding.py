@@ -33,3 +33,24 @@ def test_a_socket_path_too_long_to_bind_says_so_and_how_long_it_may_be() -> None
         assert not too_long.exists()
     finally:
         shutil.rmtree(directory)
+
+
+@pytest.mark.parametrize(
+    ("relative", "expected"),
+    [
+        ("file/q.sock", "cannot use {directory}/file/q.sock: Not a directory"),
+        ("file/sub/q.sock", "cannot use {directory}/file/sub for the socket: Not a directory"),
+        ("a\0b/q.sock", "a path cannot hold a NUL character"),
+    ],
+)
+def test_a_socket_path_that_cannot_be_used_is_a_clear_error(relative: str, expected: str) -> None:
+    """A socket whose parent is a regular file, or whose path holds a NUL, was a traceback
+    (NotADirectoryError, ValueError) out of `quotad serve`."""
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        (directory / "file").write_text("")
+        with pytest.raises(SocketInUseError) as refused:
+            bind_unix_socket(directory / relative)
+        assert expected.format(directory=directory) in str(refused.value)
+    finally:
+        shutil.rmtree(directory)

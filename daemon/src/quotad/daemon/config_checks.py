@@ -148,13 +148,32 @@ def _name_problems(config: Config) -> list[str]:
     return problems
 
 
+def _path_problems(config: Config) -> list[str]:
+    """Path keys holding a NUL character, which no file name can hold (TOML's ``\\u0000``
+    writes one): the daemon crashed binding its socket or making its state directory."""
+    paths: list[tuple[list[str | int], str]] = [
+        (["daemon", "socket"], config.daemon.socket),
+        (["daemon", "state_dir"], config.daemon.state_dir),
+        (["cluster", "redis_password_file"], config.cluster.redis_password_file),
+    ]
+    paths += [
+        (["providers", name, "api_key_file"], provider.api_key_file)
+        for name, provider in config.providers.items()
+    ]
+    return [
+        f"{format_path(where)}: a path cannot hold a NUL character (at {value.index(chr(0))})"
+        for where, value in paths
+        if "\0" in value
+    ]
+
+
 def cross_field_problems(config: Config, declared_providers: set[str]) -> list[str]:
     """Problems that need the whole config: dangling names, inconsistent values.
 
     ``declared_providers`` holds every provider the file names, valid or not, so that a
     provider with problems of its own is not reported again as missing.
     """
-    problems = _name_problems(config)
+    problems = _name_problems(config) + _path_problems(config)
     for name, provider in config.providers.items():
         where = format_path(["providers", name])
         if "/" in name:

@@ -271,6 +271,14 @@ def check_state(directory: Path) -> Check:
             status="warn",
             detail=f"{directory} cannot be read by this user (uid {os.getuid()})",
         )
+    except (OSError, ValueError) as error:  # a parent is a file; a NUL in the path
+        reason = getattr(error, "strerror", None) or str(error)
+        return Check(
+            name="state",
+            status="fail",
+            detail=f"{str(directory)!r:.200} cannot be used: {reason}",
+            fix="set daemon.state_dir to a directory",
+        )
     if not stat.S_ISDIR(info.st_mode):
         return Check(
             name="state",

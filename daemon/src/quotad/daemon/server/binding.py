@@ -64,6 +64,8 @@ def _remove_stale_socket(path: Path) -> None:
         info = path.lstat()
     except FileNotFoundError:
         return
+    except OSError as error:  # its directory is a file, or cannot be entered...
+        raise SocketInUseError(f"cannot use {path}: {error.strerror or error}") from None
     if not stat.S_ISSOCK(info.st_mode):
         raise SocketInUseError(f"{path} exists and is not a socket; not removing it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -93,7 +95,14 @@ def bind_unix_socket(path: Path, backlog: int = 1024) -> socket.socket:
             f"{MAX_SOCKET_PATH_BYTES}; give a shorter one (daemon.socket, --socket or "
             "$QUOTAD_SOCKET)"
         )
-    _prepare_directory(path.parent)
+    if "\0" in str(path):
+        raise SocketInUseError(f"cannot bind {str(path)!r}: a path cannot hold a NUL character")
+    try:
+        _prepare_directory(path.parent)
+    except OSError as error:  # a parent is a file, or is not ours to write in...
+        raise SocketInUseError(
+            f"cannot use {path.parent} for the socket: {error.strerror or error}"
+        ) from None
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     previous_umask = os.umask(0o177)
