@@ -3,6 +3,7 @@ named by its key path, with what is really wrong."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -546,3 +547,25 @@ def test_a_path_key_cannot_hold_a_nul(tmp_path: Path) -> None:
         "daemon.state_dir: a path cannot hold a NUL character (at 5)",
         "providers.p.api_key_file: a path cannot hold a NUL character (at 2)",
     ]
+
+
+def test_check_config_warns_of_a_key_serve_would_not_find(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config said ok (exit 0, no word) of a config whose api_key_env is unset, on which
+    serve refuses to start (exit 2): it now runs serve's key resolution, and warns (the daemon
+    may run where the key is)."""
+    from quotad.daemon.cli import main
+
+    monkeypatch.delenv("QUOTAD_TEST_UNSET_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    path = tmp_path / "quotad.toml"
+    path.write_text(PROVIDER + 'api_key_env = "QUOTAD_TEST_UNSET_KEY"\n', encoding="utf-8")
+    expected = "providers.p.api_key_env: the environment variable QUOTAD_TEST_UNSET_KEY is not set"
+    assert main(["check-config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert f"{path}: ok (1 providers" in out
+    assert f"quotad: warning: {expected} (quotad serve refuses" in err
+    assert main(["check-config", "--json", str(path)]) == 0
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert [warning.startswith(expected) for warning in warnings] == [True]

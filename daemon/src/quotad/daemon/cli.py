@@ -20,6 +20,7 @@ from quotad.daemon.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EX
 from quotad.daemon.terminal import terminal_output
 
 if TYPE_CHECKING:
+    from quotad.daemon.config import Config
     from quotad.daemon.sim import SimSettings
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "build_parser", "main"]
@@ -359,6 +360,7 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"quotad: {error}", file=sys.stderr)
         return EXIT_USAGE
     warnings = [str(hint) for hint in config_hints(config)]
+    warnings += _key_warnings(config)
     summary = {
         "ok": True,
         "source": config.source,
@@ -377,6 +379,23 @@ def _check_config(args: argparse.Namespace) -> int:
         for warning in warnings:  # a warning is not an error: the exit code stays 0
             print(f"quotad: warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def _key_warnings(config: Config) -> list[str]:
+    """What ``quotad serve`` would refuse in ``config`` for its provider keys, run from here
+    (:func:`~quotad.daemon.providers.resolve_api_keys`, which serve runs): warnings, not errors,
+    as the daemon may run where the keys are (its environment, systemd credentials)."""
+    from quotad.daemon.config import ConfigError
+    from quotad.daemon.providers import resolve_api_keys
+
+    try:
+        resolve_api_keys(config)
+    except ConfigError as error:
+        return [
+            f"{problem} (quotad serve refuses to start on it where it is so)"
+            for problem in error.problems
+        ]
+    return []
 
 
 def _top(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ from quotad.daemon.front_door import FrontDoor, HttpListenError
 from quotad.daemon.gates import Gates
 from quotad.daemon.hints import config_hints
 from quotad.daemon.logs import configure_logging
-from quotad.daemon.providers import build_provider, resolve_api_key
+from quotad.daemon.providers import build_provider, resolve_api_keys
 from quotad.daemon.providers.base import Provider
 from quotad.daemon.routing import HealthChecks, Router
 from quotad.daemon.server import ConnectionLimits, SocketInUseError, SocketServer
@@ -84,21 +84,6 @@ class Reconfigurable(Protocol):
 def _key_digest(key: str | None) -> bytes:
     """What a reload compares to know a provider's key changed (the key itself is not kept)."""
     return hashlib.sha256(key.encode()).digest() if key is not None else b""
-
-
-def resolve_api_keys(config: Config) -> dict[str, str | None]:
-    """Every provider's API key; a :class:`ConfigError` lists every provider whose key is
-    missing (never a key)."""
-    keys: dict[str, str | None] = {}
-    problems: list[str] = []
-    for name, provider_config in config.providers.items():
-        try:
-            keys[name] = resolve_api_key(name, provider_config)
-        except ConfigError as error:
-            problems += error.problems
-    if problems:
-        raise ConfigError(f"{config.source} (provider keys)", problems)
-    return keys
 
 
 @dataclass(slots=True)

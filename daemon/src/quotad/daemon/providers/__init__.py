@@ -4,7 +4,8 @@ One module per wire format (:mod:`.openai`, :mod:`.anthropic`; :mod:`.local` com
 embeddings in the daemon, no wire at all) over the shared HTTP plumbing
 (:mod:`.transport`) and the rate-limit header parser (:mod:`.ratelimits`); :mod:`.base` is the
 interface the broker sees. :func:`build_provider` picks the wire format by ``kind``;
-:func:`resolve_api_key` finds the key.
+:func:`resolve_api_key` finds the key (:func:`resolve_api_keys` every provider's: what
+``quotad serve`` and a reload refuse a config for, and ``quotad check-config`` warns of).
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from pathlib import Path
 
 import httpx
 
-from quotad.daemon.config import ConfigError, ProviderConfig, format_path
+from quotad.daemon.config import Config, ConfigError, ProviderConfig, format_path
 from quotad.daemon.providers.anthropic import AnthropicProvider
 from quotad.daemon.providers.base import Provider
 from quotad.daemon.providers.local import LocalProvider
 from quotad.daemon.providers.openai import OpenAIProvider
 from quotad.daemon.small_files import MAX_SECRET_BYTES, FileTooLarge, read_small_file
 
-__all__ = ["build_provider", "resolve_api_key"]
+__all__ = ["build_provider", "resolve_api_key", "resolve_api_keys"]
 
 
 def build_provider(
@@ -116,3 +117,18 @@ def resolve_api_key(
             [f"{where}: the environment variable {config.api_key_env} is not set{also}"],
         )
     return None
+
+
+def resolve_api_keys(config: Config) -> dict[str, str | None]:
+    """Every provider's API key; a :class:`ConfigError` lists every provider whose key is
+    missing or unusable (never a key)."""
+    keys: dict[str, str | None] = {}
+    problems: list[str] = []
+    for name, provider_config in config.providers.items():
+        try:
+            keys[name] = resolve_api_key(name, provider_config)
+        except ConfigError as error:
+            problems += error.problems
+    if problems:
+        raise ConfigError(f"{config.source} (provider keys)", problems)
+    return keys
