@@ -195,3 +195,18 @@ def test_stopping_asks_for_at_most_what_a_usec_holds(receiver: tuple[socket.sock
         notifier.stopping("stopping", allow_s)
         assert sock.recv(4096).split(b"\n")[-1] == f"EXTEND_TIMEOUT_USEC={2**63 - 1}".encode()
     notifier.close()
+
+
+@pytest.mark.parametrize(
+    ("usec", "interval_s"),
+    [
+        ("9" * 400, None),  # OverflowError, before
+        ("9" * 5000, None),  # past the digits int() reads
+        (str(2**64 - 1), None),  # systemd's "infinity"
+        ("\uff11\uff10", None),  # fullwidth digits: not a number systemd writes
+        ("1", 0.05),  # pinged in a busy loop, before
+        (str(10**18), 3600.0),
+    ],
+)
+def test_watchdog_interval_of_odd_timeouts(usec: str, interval_s: float | None) -> None:
+    assert Notifier({"WATCHDOG_USEC": usec}).watchdog_interval_s == interval_s

@@ -27,6 +27,9 @@ log = logging.getLogger("quotad.systemd")
 LISTEN_FDS_START: Final = 3
 """The first fd systemd passes (SD_LISTEN_FDS_START)."""
 _ACTIVATION_VARIABLES: Final = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+WATCHDOG_INTERVAL_BOUNDS_S: Final = (0.05, 3600.0)
+"""The shortest and longest time between two WATCHDOG=1 (``WATCHDOG_USEC=1`` pinged in a busy
+loop)."""
 MAX_EXTEND_USEC: Final = 2**63 - 1
 """The most EXTEND_TIMEOUT_USEC asks for (a usec_t; an allowance past it raised
 OverflowError as the daemon stopped)."""
@@ -180,8 +183,17 @@ class Notifier:
 
 
 def _watchdog_interval_s(environ: MutableMapping[str, str]) -> float | None:
+    """Half of ``$WATCHDOG_USEC``, within :data:`WATCHDOG_INTERVAL_BOUNDS_S`; None when the
+    variable is unset, 0, not an ASCII number, or "infinity" (2**64-1 and past: 400 nines
+    raised OverflowError, 5,000 would raise ValueError), or ``$WATCHDOG_PID`` names another
+    process."""
     usec = environ.get("WATCHDOG_USEC", "")
     pid = environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+    if not (usec.isascii() and usec.isdigit() and len(usec) <= 20):  # 2**64: 20 digits
         return None
-    return int(usec) / 2_000_000
+    if pid and pid != str(os.getpid()):
+        return None
+    if not 0 < int(usec) < 2**64 - 1:
+        return None
+    shortest, longest = WATCHDOG_INTERVAL_BOUNDS_S
+    return min(max(int(usec) / 2_000_000, shortest), longest)
