@@ -569,3 +569,10 @@ def test_check_config_warns_of_a_key_serve_would_not_find(
     assert main(["check-config", "--json", str(path)]) == 0
     warnings = json.loads(capsys.readouterr().out)["warnings"]
     assert [warning.startswith(expected) for warning in warnings] == [True]
+
+
+@pytest.mark.parametrize("port", ["\uff10", "\uff18\uff17\uff18\uff17", "65536", "9" * 5000])
+def test_http_listen_takes_an_ascii_port_only(tmp_path: Path, port: str) -> None:
+    """A fullwidth zero (U+FF10) passed str.isdigit, and int() read it as port 0 (any port)."""
+    found = problems(tmp_path, f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    assert found == [f"http.listen: expected 'host:port', got '127.0.0.1:{port}'"]

@@ -238,7 +238,8 @@ def cross_field_problems(config: Config, declared_providers: set[str]) -> list[s
     problems += _semantic_problems(config)
     if config.http.listen:
         host, colon, port = config.http.listen.rpartition(":")
-        if not colon or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        # ASCII digits only: str.isdigit takes U+FF10 (fullwidth 0), which int() reads as 0
+        if not colon or not host or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
             problems.append(f"http.listen: expected 'host:port', got {config.http.listen!r}")
     if config.gates.lease_s > config.gates.max_lease_s:
         problems.append(
