@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from quotad.daemon.config import MAX_COUNT, MAX_PRICE, MAX_SIZE, Config, load_config
+from quotad.daemon.config import (
+    MAX_COUNT,
+    MAX_PRICE,
+    MAX_SIZE,
+    Config,
+    ConfigError,
+    load_config,
+    state_dir,
+)
 from quotad.protocol.framing import MAX_FRAME_CEILING
 from quotad.protocol.messages import MAX_WAIT_S
 from tests.support.config_files import loaded, problems
@@ -576,3 +584,16 @@ def test_http_listen_takes_an_ascii_port_only(tmp_path: Path, port: str) -> None
     """A fullwidth zero (U+FF10) passed str.isdigit, and int() read it as port 0 (any port)."""
     found = problems(tmp_path, f'[http]\nlisten = "127.0.0.1:{port}"\n')
     assert found == [f"http.listen: expected 'host:port', got '127.0.0.1:{port}'"]
+
+
+@pytest.mark.parametrize("value", [":", "state", ":/var/lib/quotad"])
+def test_a_state_directory_variable_without_an_absolute_path_first_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """STATE_DIRECTORY=":" put quotad.db in the working directory, without a word."""
+    monkeypatch.setenv("STATE_DIRECTORY", value)
+    with pytest.raises(ConfigError) as refused:
+        state_dir(Config())
+    assert refused.value.problems[0].startswith(f"STATE_DIRECTORY={value!r}: expected an absolute")
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/quotad:/var/lib/other")
+    assert state_dir(Config()) == Path("/var/lib/quotad")

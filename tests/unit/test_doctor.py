@@ -19,6 +19,7 @@ from quotad.daemon.doctor import (
     check_keys,
     check_socket,
     check_state,
+    run_checks,
 )
 
 
@@ -209,3 +210,15 @@ def test_a_state_directory_that_cannot_be_used_fails_without_a_traceback(tmp_pat
         check = check_state(directory)
         assert check.status == "fail"
         assert "cannot be used" in check.detail
+
+
+def test_a_state_directory_variable_that_is_no_path_fails_the_state_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_path = tmp_path / "quotad.toml"
+    config_path.write_text("")
+    monkeypatch.setenv("STATE_DIRECTORY", ":")
+    checks = run_checks(config_path=str(config_path), socket=str(tmp_path / "q.sock"))
+    [state] = [check for check in checks if check.name == "state"]
+    assert state.status == "fail"
+    assert state.detail.startswith("STATE_DIRECTORY=':': expected an absolute path")

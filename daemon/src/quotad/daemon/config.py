@@ -407,12 +407,22 @@ def configured_socket(path: Path) -> str:
 
 
 def state_dir(config: Config) -> Path:
-    """Where ``quotad.db`` lives: ``daemon.state_dir``, ``$STATE_DIRECTORY``, or
-    ``$XDG_STATE_HOME/quotad``."""
+    """Where ``quotad.db`` lives: ``daemon.state_dir``, ``$STATE_DIRECTORY`` (its first path,
+    which must be absolute, as systemd's ``StateDirectory=`` sets it: else a
+    :class:`ConfigError`), or ``$XDG_STATE_HOME/quotad``."""
     if config.daemon.state_dir:
         return Path(config.daemon.state_dir)
     if env := os.environ.get("STATE_DIRECTORY"):
-        return Path(env.split(":")[0])
+        first = env.split(":")[0]
+        if not first.startswith("/"):  # ":" put quotad.db in the working directory
+            raise ConfigError(
+                "$STATE_DIRECTORY",
+                [
+                    f"STATE_DIRECTORY={env!r}: expected an absolute path first (systemd's "
+                    "StateDirectory= sets one); unset it, or set daemon.state_dir"
+                ],
+            )
+        return Path(first)
     xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(xdg) / "quotad"
 

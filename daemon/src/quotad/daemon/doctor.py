@@ -487,8 +487,12 @@ def run_checks(
         checks.append(check_keys(config, daemon_answers=daemon_check.status == "ok"))
     checks += [socket_check, daemon_check]
     if config is not None:
-        directory = state_dir_to_check(config, path)
-        checks += [check_state(directory), check_database(directory)]
+        try:
+            directory = state_dir_to_check(config, path)
+        except ConfigError as error:
+            checks.append(Check(name="state", status="fail", detail="; ".join(error.problems)))
+        else:
+            checks += [check_state(directory), check_database(directory)]
         hints = config_hints(config)
         checks += [
             Check(name=hint.topic, status="warn", detail=hint.problem, fix=hint.fix)
