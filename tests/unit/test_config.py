@@ -597,3 +597,15 @@ def test_a_state_directory_variable_without_an_absolute_path_first_is_an_error(
     assert refused.value.problems[0].startswith(f"STATE_DIRECTORY={value!r}: expected an absolute")
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/quotad:/var/lib/other")
     assert state_dir(Config()) == Path("/var/lib/quotad")
+
+
+def test_check_config_warns_of_a_state_directory_serve_would_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quotad.daemon.cli import main
+
+    monkeypatch.setenv("STATE_DIRECTORY", ":")
+    path = tmp_path / "quotad.toml"
+    path.write_text(PROVIDER, encoding="utf-8")
+    assert main(["check-config", str(path)]) == 0
+    assert "quotad: warning: STATE_DIRECTORY=':': expected an absolute" in capsys.readouterr().err

@@ -360,7 +360,7 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"quotad: {error}", file=sys.stderr)
         return EXIT_USAGE
     warnings = [str(hint) for hint in config_hints(config)]
-    warnings += _key_warnings(config)
+    warnings += _start_warnings(config)
     summary = {
         "ok": True,
         "source": config.source,
@@ -381,21 +381,22 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _key_warnings(config: Config) -> list[str]:
-    """What ``quotad serve`` would refuse in ``config`` for its provider keys, run from here
-    (:func:`~quotad.daemon.providers.resolve_api_keys`, which serve runs): warnings, not errors,
-    as the daemon may run where the keys are (its environment, systemd credentials)."""
-    from quotad.daemon.config import ConfigError
+def _start_warnings(config: Config) -> list[str]:
+    """What ``quotad serve`` would refuse to start on, past the file itself, run from here:
+    the provider keys (:func:`~quotad.daemon.providers.resolve_api_keys`) and the state
+    directory (:func:`~quotad.daemon.config.state_dir`), which serve runs. Warnings, not
+    errors: the daemon may run where they are (its environment, systemd credentials)."""
+    from quotad.daemon.config import ConfigError, state_dir
     from quotad.daemon.providers import resolve_api_keys
 
-    try:
-        resolve_api_keys(config)
-    except ConfigError as error:
-        return [
-            f"{problem} (quotad serve refuses to start on it where it is so)"
-            for problem in error.problems
-        ]
-    return []
+    problems: list[str] = []
+    for check in (resolve_api_keys, state_dir):
+        try:
+            check(config)
+        except ConfigError as error:
+            problems += error.problems
+    where = "(quotad serve refuses to start on it where it is so)"
+    return [f"{problem} {where}" for problem in problems]
 
 
 def _top(args: argparse.Namespace) -> int:
