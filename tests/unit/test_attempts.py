@@ -105,6 +105,19 @@ async def test_a_callers_4xx_is_returned_as_is() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_callers_4xx_names_the_field_the_adapter_named() -> None:
+    """The local provider's "input[0] is empty" came to HTTP with ``param: null``."""
+    router, _, _ = make_router(GROUP)
+    named = ProviderError("client", "input[0] is empty", status=400, field="input")
+    refused, _ = await drive(router, "g", always({"a/m": named}))
+    assert isinstance(refused, RequestError)
+    assert refused.details["field"] == "input"
+    unnamed, _ = await drive(router, "g", always({"a/m": error("client", 400)}))
+    assert isinstance(unnamed, RequestError)
+    assert "field" not in unnamed.details
+
+
+@pytest.mark.anyio
 async def test_a_request_the_adapter_cannot_express_says_so_without_an_http_status() -> None:
     """An adapter's own refusal (no provider asked) read "refused the request (HTTP None)"."""
     router, _, _ = make_router(GROUP)

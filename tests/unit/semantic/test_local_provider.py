@@ -3,6 +3,8 @@ the provider interface, offline; what it refuses, as the caller's error."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -59,7 +61,7 @@ async def test_a_large_request_is_embedded_the_same_in_a_worker_thread(
         (MODEL_NAME, ["x"] * 2049, None, {}, "takes 1 to 2048 inputs, got 2049"),
         (MODEL_NAME, ["x"], 100, {}, "takes dimensions 64, 128, 256, got 100"),
         (MODEL_NAME, ["x"], None, {"temperature": 1}, "does not take temperature"),
-        (MODEL_NAME, ["x", ""], None, {}, r"input\[1\] is empty"),
+        (MODEL_NAME, ["x", ""], None, {}, r"input\[1\]: it is empty"),
     ],
 )
 async def test_what_it_cannot_do_is_the_callers_error(
@@ -75,6 +77,82 @@ async def test_what_it_cannot_do_is_the_callers_error(
         await provider.embed(model_name, inputs, dimensions, extra)
     assert raised.value.kind == "client"
     assert raised.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field"),
+    [
+        (["x", ""], "input"),
+        ([], "input"),
+        (["x"] * 2049, "input"),
+        (["x"], "dimensions"),
+    ],
+)
+async def test_its_refusals_name_the_field(
+    model: EmbeddingModel, inputs: list[str], field: str
+) -> None:
+    provider = LocalProvider("local", LOCAL, load_model=lambda: model)
+    dimensions = 100 if field == "dimensions" else None
+    with pytest.raises(ProviderError) as raised:
+        await provider.embed(MODEL_NAME, inputs, dimensions, {})
+    assert raised.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message", "read"),
+    [
+        # 240,000 bytes: more than 8,192 tokens of at most 27 bytes each, refused unread
+        (["a", "😀" * 60_000], r"input\[1\]: 240,000 bytes of UTF-8 text", 0),
+        # 8,400 bytes, 8,401 tokens: read, and refused
+        (["a", "😀" * 2100, "b"], r"input\[1\]: 8,401 tokens, more than the 8,192", 2),
+        # 38 inputs of 7,997 tokens: refused at the 38th (303,886), the rest unread
+        (["😀" * 1999] * 40, "the inputs: together 303,886 tokens, more than the 300,000", 38),
+        # 9 MB: more than 300,000 tokens of 27 bytes, refused unread
+        (["😀" * 55_000] * 41, "the inputs: 9,020,000 bytes of UTF-8 text together", 0),
+    ],
+)
+async def test_an_input_or_a_request_past_its_tokens_is_refused_naming_input(
+    model: EmbeddingModel,
+    monkeypatch: pytest.MonkeyPatch,
+    inputs: list[str],
+    message: str,
+    read: int,
+) -> None:
+    """One input of 3.5 million emoji (13 MB) took the daemon to 7.9 GB for 84 s."""
+    tokenized: list[str] = []
+    token_ids = model.token_ids
+
+    def counted(text: str) -> list[int]:
+        tokenized.append(text)
+        return token_ids(text)
+
+    monkeypatch.setattr(model, "token_ids", counted)
+    provider = LocalProvider("local", LOCAL, load_model=lambda: model)
+    with pytest.raises(ProviderError, match=message) as raised:
+        await provider.embed(MODEL_NAME, inputs, None, {})
+    assert (raised.value.kind, raised.value.status, raised.value.field) == ("client", 400, "input")
+    assert len(tokenized) == read
+
+
+async def test_inputs_at_their_limits_are_embedded(model: EmbeddingModel) -> None:
+    provider = LocalProvider("local", LOCAL, load_model=lambda: model)
+    at_limit = "😀" * 2047 + "a b c"  # 8,192 tokens
+    result = await provider.embed(MODEL_NAME, [at_limit, "b"], None, {})
+    assert result.usage.prompt_tokens == 8192 + 1
+    assert np.allclose(result.embeddings, model.embed([at_limit, "b"]), atol=1e-6)
+
+
+def test_pooling_never_holds_a_matrix_of_every_token(model: EmbeddingModel) -> None:
+    text = "😀" * 2047 + "a b c"  # 8,192 tokens: their vectors, 8,192 x 256 float16, are 4 MiB
+    model.embed_one(text)  # warm
+    tracemalloc.start()
+    try:
+        vector = model.embed_one(text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert vector.shape == (256,)
+    assert peak < 2 * 2**20  # the ids (a list, an array), and 1,024 rows at a time (512 KiB)
 
 
 async def test_chat_is_refused_as_the_callers_error() -> None:

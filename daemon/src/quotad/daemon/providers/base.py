@@ -63,9 +63,12 @@ class ProviderError(Exception):
         retry_after_s: float | None = None,
         rate_limits: RateLimitInfo = NO_RATE_LIMITS,
         body: Any = None,
+        field: str | None = None,
     ) -> None:
         super().__init__(message)
         self.kind: ErrorKind = kind
+        self.field = field
+        """The request field a ``client`` error is about, when quotad's adapter knows it."""
         self.message = message
         self.status = status
         self.retry_after_s = retry_after_s

@@ -6,6 +6,14 @@ no HTTP, no key, no network. ``dimensions`` may be 64, 128 or 256 (the model's M
 sizes; 256 when unset). The usage reported is the tokens the model read. Chat is refused with a
 ``client`` error: this provider serves embeddings only.
 
+An input may be :data:`MAX_INPUT_TOKENS` tokens at most, and a request's inputs together
+:data:`MAX_REQUEST_TOKENS` (OpenAI's limits); past either, the request is the caller's error
+(400, naming ``input``). A text's UTF-8 bytes bound its tokens from below (no token stands for
+more than :attr:`~quotad.daemon.semantic.model.EmbeddingModel.max_token_bytes` bytes), so an
+input that cannot fit is refused before it is read; the others are counted as they are read,
+which stops at the first one past a limit. Before, only the number of inputs was bounded: one
+input of 3.5 million emoji (13 MB) took the daemon from 100 MB to 7.9 GB for 84 s.
+
 The model is loaded on first use (in a worker thread, ~0.1 s) and shared with the semantic
 cache. A request of more than :data:`INLINE_CHARS` characters is embedded in a worker thread,
 so that a large batch does not hold up the event loop.
@@ -20,6 +28,7 @@ import anyio.to_thread
 
 from quotad.daemon.config import ProviderConfig
 from quotad.daemon.providers.base import ChatResult, ChatStream, EmbedResult, ProviderError
+from quotad.daemon.tokens import text_tokens_upper_bound
 from quotad.protocol.messages import Chat, Usage
 
 if TYPE_CHECKING:
@@ -33,8 +42,14 @@ DIMENSIONS: Final = (64, 128, 256)
 MATRYOSHKA_DIMENSIONS`)."""
 MAX_INPUTS: Final = 2048
 """Inputs in one request at most (OpenAI's own limit)."""
+MAX_INPUT_TOKENS: Final = 8192
+"""Tokens of one input at most (OpenAI's own limit)."""
+MAX_REQUEST_TOKENS: Final = 300_000
+"""Tokens of a request's inputs together at most (OpenAI's own limit)."""
 INLINE_CHARS: Final = 16_384
 """Requests with more characters than this are embedded in a worker thread."""
+INPUT_FIELD: Final = "input"
+"""The request field its errors about inputs name."""
 IGNORED_EXTRA: Final = frozenset({"encoding_format", "user"})
 """Keys of ``extra`` an OpenAI client may send that change nothing here."""
 
@@ -75,10 +90,21 @@ class LocalProvider:
         embedder = self._model
         if embedder is None:
             embedder = await anyio.to_thread.run_sync(self._load)
+        self._check_sizes(inputs, embedder.max_token_bytes)
         size = sum(len(text) for text in inputs)
 
         def run() -> EmbedResult:
-            vectors, tokens = embedder.embed_counting(inputs, dimensions)
+            from quotad.daemon.semantic.model import TooManyTokensError
+
+            try:
+                vectors, tokens = embedder.embed_counting(
+                    inputs,
+                    dimensions,
+                    max_text_tokens=MAX_INPUT_TOKENS,
+                    max_total_tokens=MAX_REQUEST_TOKENS,
+                )
+            except TooManyTokensError as error:
+                raise self._refused(f"cannot embed {error}", INPUT_FIELD) from None
             return EmbedResult(embeddings=vectors.tolist(), usage=Usage(prompt_tokens=tokens))
 
         if size <= INLINE_CHARS:
@@ -104,22 +130,53 @@ class LocalProvider:
     def _check(
         self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
     ) -> None:
-        """Refuse what this provider cannot do, as the caller's error (not retried)."""
-        problem = None
+        """Refuse what this provider cannot do, as the caller's error (not retried), naming
+        the request field that asks it."""
+        field, problem = "", None
         if model != MODEL_NAME:
+            field = "model"
             problem = f"serves only the model {MODEL_NAME!r} (target {self.name}/{MODEL_NAME})"
         elif not inputs or len(inputs) > MAX_INPUTS:
-            problem = f"takes 1 to {MAX_INPUTS} inputs, got {len(inputs)}"
+            field, problem = INPUT_FIELD, f"takes 1 to {MAX_INPUTS} inputs, got {len(inputs)}"
         elif dimensions is not None and dimensions not in DIMENSIONS:
+            field = "dimensions"
             problem = f"takes dimensions {', '.join(map(str, DIMENSIONS))}, got {dimensions}"
         elif unknown := sorted(set(extra) - IGNORED_EXTRA):
-            problem = f"does not take {', '.join(unknown)}"
+            field, problem = unknown[0], f"does not take {', '.join(unknown)}"
         else:
             empty = next((index for index, text in enumerate(inputs) if not text), None)
             if empty is not None:
-                problem = f"input[{empty}] is empty"
+                field, problem = INPUT_FIELD, f"cannot embed input[{empty}]: it is empty"
         if problem is not None:
-            raise ProviderError("client", f"local provider {self.name!r} {problem}", status=400)
+            raise self._refused(problem, field)
+
+    def _check_sizes(self, inputs: list[str], max_token_bytes: int) -> int:
+        """The UTF-8 bytes of ``inputs`` together, after refusing an input, or inputs
+        together, too long to fit :data:`MAX_INPUT_TOKENS` or :data:`MAX_REQUEST_TOKENS` even
+        if each token stood for ``max_token_bytes`` bytes (which none does for more)."""
+        total = 0
+        for index, text in enumerate(inputs):
+            size = text_tokens_upper_bound(text)
+            if size > MAX_INPUT_TOKENS * max_token_bytes:
+                raise self._refused(
+                    f"cannot embed input[{index}]: {size:,} bytes of UTF-8 text, more than the "
+                    f"{MAX_INPUT_TOKENS:,} tokens allowed",
+                    INPUT_FIELD,
+                )
+            total += size
+        if total > MAX_REQUEST_TOKENS * max_token_bytes:
+            raise self._refused(
+                f"cannot embed the inputs: {total:,} bytes of UTF-8 text together, more than "
+                f"the {MAX_REQUEST_TOKENS:,} tokens allowed",
+                INPUT_FIELD,
+            )
+        return total
+
+    def _refused(self, problem: str, field: str) -> ProviderError:
+        """The caller's error (400, not retried), naming the request ``field`` it is about."""
+        return ProviderError(
+            "client", f"local provider {self.name!r} {problem}", status=400, field=field
+        )
 
     def _no_chat(self, model: str) -> ProviderError:
         return ProviderError(

@@ -162,10 +162,11 @@ class Attempts:
                 if error.status is not None
                 else "cannot take the request"
             )
+            details: dict[str, Any] = {"attempts": self._records, "status": error.status}
+            if error.field is not None:
+                details["field"] = error.field  # the HTTP error's param
             raise RequestError(
-                "bad_request",
-                f"{target.name} {said}: {error.message}",
-                details={"attempts": self._records, "status": error.status},
+                "bad_request", f"{target.name} {said}: {error.message}", details=details
             )
         if error.kind == "rate_limited":
             target.rate_limited(self._ticket)
