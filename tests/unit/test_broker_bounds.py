@@ -16,7 +16,7 @@ import pytest
 
 from quotad.daemon.broker import Broker
 from quotad.daemon.caller import Caller
-from quotad.daemon.config import Config
+from quotad.daemon.config import Config, parse_config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.providers.base import (
     ChatDelta,
@@ -30,7 +30,12 @@ from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.daemon.store.prices import PER_TOKEN
 from quotad.protocol.messages import Chat, ChatMessage, Embed, Usage
-from tests.support.providers import InProcessProvider, PiecesStream, one_provider_config
+from tests.support.providers import (
+    UNREACHABLE,
+    InProcessProvider,
+    PiecesStream,
+    one_provider_config,
+)
 from tests.support.store import open_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
@@ -316,3 +321,85 @@ async def test_a_budget_a_reload_adds_holds_the_requests_in_flight_too(anyio_bac
             provider.release.set()
         assert (daily.held, daily.reserved_usd) == (0, 0.0)
         assert daily.spent_usd == pytest.approx((10 * INPUT_PRICE + 5 * OUTPUT_PRICE) * PER_TOKEN)
+
+
+class GatedProvider(InProcessProvider):
+    """Embeds, reporting each input's UTF-8 bytes as its tokens (what a byte-level tokenizer
+    can count for CJK text), and holds every call until ``release`` is set, noting the most
+    tokens its gates' windows hold while it runs."""
+
+    def __init__(self) -> None:
+        self.broker: Broker | None = None
+        self.release = anyio.Event()
+        self.calls = 0
+        self.most_used = 0
+        self._arrived = anyio.Event()
+
+        self.refused = 0
+
+    def refuse(self) -> None:
+        """A request was refused before it reached this provider."""
+        self.refused += 1
+        self._arrived.set()
+
+    async def all_in(self, count: int) -> None:
+        """Wait until ``count`` requests were either called or refused."""
+        while self.calls + self.refused < count:
+            await self._arrived.wait()
+            self._arrived = anyio.Event()
+
+    async def embed(
+        self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
+    ) -> EmbedResult:
+        assert self.broker is not None
+        self.calls += 1
+        self.most_used = max(self.most_used, tokens_used(self.broker))
+        self._arrived.set()
+        await self.release.wait()
+        tokens = sum(len(text.encode()) for text in inputs)
+        return EmbedResult(embeddings=[[1.0]] * len(inputs), usage=Usage(prompt_tokens=tokens))
+
+
+def tokens_used(broker: Broker) -> int:
+    """The most tokens any window of any gate holds now."""
+    gates, _, _ = broker.gates.status()
+    return max(w.used for gate in gates for w in gate.windows if w.unit == "tokens")
+
+
+async def test_embeddings_of_cjk_text_never_fill_a_token_window_past_its_limit(
+    anyio_backend: str,
+) -> None:
+    """4 requests of 17,000 CJK characters (17,002 tokens each) were reserved at 4 characters
+    a token: two admitted filled a 30,000-token window to 34,004."""
+    limited = parse_config(
+        {
+            "providers": {
+                "p": {"kind": "openai", "base_url": UNREACHABLE, "tpm": 30_000, "pace": False}
+            },
+            "models": {"g": {"targets": ["p/text-embedding-3-small"]}},
+        }
+    )
+    text = "東京の天気" * 600  # 3,000 characters, 9,000 bytes
+    provider = GatedProvider()
+    outcomes: list[str] = []
+    async with open_store(limited) as store:
+        broker = Broker(limited, Router(limited, {"p": provider}), store)
+        provider.broker = broker
+
+        async def embed(index: int) -> None:
+            request = Embed(id=index, model="g", input=text, max_wait_s=0.0)
+            try:
+                await broker.embed(request, Caller(app="a"))
+                outcomes.append("ok")
+            except RequestError as error:
+                outcomes.append(error.code)
+                provider.refuse()
+
+        async with anyio.create_task_group() as tasks:
+            for index in range(6):
+                tasks.start_soon(embed, index)
+            await provider.all_in(6)
+            provider.release.set()
+        assert sorted(outcomes) == ["ok"] * 3 + ["rate_limited"] * 3  # 3 x 9,002 <= 30,000
+        assert provider.most_used <= 30_000
+        assert 3 * 9000 <= tokens_used(broker) <= 30_000

@@ -21,7 +21,7 @@ from quotad.daemon.routing import Target
 from quotad.daemon.store.budgets import BudgetHold
 from quotad.daemon.store.cache import Answer, CacheEntry
 from quotad.daemon.store.ledger import LedgerRow, encode_tags
-from quotad.daemon.tokens import estimate_input_tokens, estimate_prompt_tokens
+from quotad.daemon.tokens import estimate_prompt_tokens, input_tokens_upper_bound
 from quotad.protocol.messages import SEMANTIC_HIT, Chat, Embed, Usage
 
 if TYPE_CHECKING:
@@ -111,16 +111,21 @@ class RequestContext:
         app_policy: Callable[[str], AppPolicy],
     ) -> None:
         """Its priority, wait, completion limit (a chat's ``max_tokens``, or a larger spelling
-        of it in ``extra``) and gate reservation: its prompt's estimated tokens + that limit.
-        No messages or inputs, refused fields of ``extra``, and content parts or tools whose
-        type is not a string, are ``bad_request`` (:mod:`quotad.daemon.request_limits`)."""
+        of it in ``extra``) and gate reservation: a chat's estimated prompt tokens + that
+        limit; an embedding request's inputs at their upper bound (their UTF-8 bytes, DESIGN
+        §8: reserve an upper bound, settle the truth), as its budget hold counts them: inputs
+        are all prompt, with no completion to make an estimate's error up, and at four
+        characters a token, 17,000 CJK characters (17,002 tokens) reserved 4,250, so two such
+        requests filled a 30,000-token window to 34,004. No messages or inputs, refused fields
+        of ``extra``, and content parts or tools whose type is not a string, are
+        ``bad_request`` (:mod:`quotad.daemon.request_limits`)."""
         if isinstance(request, Chat):
             check_chat_shape(request)
             self.max_tokens = completion_limit(request, default_max_tokens)
             prompt = estimate_prompt_tokens(request.messages, request.tools)
         else:
             check_embed_shape(request)
-            prompt = estimate_input_tokens(embed_inputs(request))
+            prompt = input_tokens_upper_bound(embed_inputs(request))
         self.priority = request.priority or app_policy(self.caller.app).priority
         self.max_wait_s = request.max_wait_s
         self.tokens = prompt + self.max_tokens

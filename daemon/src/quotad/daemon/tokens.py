@@ -1,8 +1,9 @@
 """Token counts of a request before the provider says what it used, for two different uses.
 
 **Estimates** (``estimate_*``): about four characters a token, plus a few tokens of framing
-per message. The rate gates reserve them and settle to the provider's reported usage; OpenAI
-itself counts a request against TPM by such an estimate, so close is what matters there.
+per message. The rate gates reserve them for a chat's prompt and settle to the provider's
+reported usage; OpenAI itself counts a request against TPM by such an estimate, so close is
+what matters there. (Embedding inputs are reserved at their upper bound.)
 
 **Upper bounds** (``*_upper_bound``): a count the provider's own can never exceed, for the
 budgets, which must never be exceeded (their reservation is settled to the real cost after).
@@ -144,13 +145,6 @@ def estimate_prompt_tokens(
     if tools:
         total += sum(estimate_text_tokens(str(tool)) for tool in tools)
     return total
-
-
-def estimate_input_tokens(inputs: str | Sequence[str]) -> int:
-    """Tokens of embedding inputs, estimated."""
-    if isinstance(inputs, str):
-        return estimate_text_tokens(inputs)
-    return sum(estimate_text_tokens(text) for text in inputs)
 
 
 # --------------------------------------------------------------------------- upper bounds
