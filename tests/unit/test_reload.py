@@ -1,6 +1,7 @@
 """What a config reload does inside the daemon: the broker tells when the requests in flight at
-a reload have all finished (so replaced providers may be closed), and a rebuilt router keeps
-its targets, pointed at the new providers."""
+a reload have all finished (so replaced providers may be closed), a rebuilt router keeps
+its targets, pointed at the new providers, and cached embeddings of a model a group no longer
+resolves to answer it no more."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ import pytest
 from quotad.daemon import cli, runtime
 from quotad.daemon.broker import Broker
 from quotad.daemon.caller import Caller
-from quotad.daemon.config import Config, load_config
-from quotad.daemon.providers.base import ChatResult
+from quotad.daemon.config import Config, load_config, parse_config
+from quotad.daemon.providers.base import ChatResult, EmbedResult
 from quotad.daemon.routing import Router
 from quotad.daemon.runtime import Daemon
 from quotad.daemon.systemd import Notifier
-from quotad.protocol.messages import Chat, ChatMessage
-from tests.support.providers import InProcessProvider, one_provider_config
+from quotad.protocol.messages import Chat, ChatMessage, Embed, Usage
+from tests.support.providers import UNREACHABLE, InProcessProvider, one_provider_config
 from tests.support.store import open_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
@@ -207,3 +208,49 @@ async def test_a_reload_reads_the_file_found_at_start_even_once_it_is_gone(
             await provider.aclose()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+class VectorProvider(InProcessProvider):
+    """Embeds every input as a vector of ``width`` values: each model its own width."""
+
+    async def embed(
+        self, model: str, inputs: list[str], dimensions: int | None, extra: dict[str, Any]
+    ) -> EmbedResult:
+        width = {"small": 8, "large": 256}[model]
+        return EmbedResult(embeddings=[[0.5] * width for _ in inputs], usage=Usage(prompt_tokens=1))
+
+
+def embedding_group(*targets: str) -> Config:
+    return parse_config(
+        {
+            "providers": {"p": {"kind": "openai", "base_url": UNREACHABLE}},
+            "models": {"emb": {"targets": list(targets)}},
+        }
+    )
+
+
+async def test_a_group_pointed_at_another_embedding_model_never_answers_with_the_old_vectors(
+    anyio_backend: str,
+) -> None:
+    """A reload took group ``emb`` from an 8-dimension model to a 256-dimension one: the
+    same input was answered from the cache with the old model's 8 dimensions."""
+    before = embedding_group("p/small")
+    provider = VectorProvider()
+    request = Embed(id=1, model="emb", input="the same text")
+    async with open_store(before) as store:
+        broker = Broker(before, Router(before, {"p": provider}), store)
+        first = await broker.embed(request, Caller(app="a"))
+        assert (first.cached, len(first.embeddings[0])) == (False, 8)
+        assert (await broker.embed(request, Caller(app="a"))).cached
+        after = embedding_group("p/large")
+        broker.reconfigure(after, Router(after, {"p": provider}, previous=broker.router))
+        again = await broker.embed(request, Caller(app="a"))
+        assert (again.cached, again.target, len(again.embeddings[0])) == (False, "p/large", 256)
+        assert (await broker.embed(request, Caller(app="a"))).cached
+        # the same targets in another order are the same model: the vectors still answer
+        both = embedding_group("p/large", "p/small")
+        broker.reconfigure(both, Router(both, {"p": provider}, previous=broker.router))
+        assert (await broker.embed(request, Caller(app="a"))).cached is False
+        reordered = embedding_group("p/small", "p/large")
+        broker.reconfigure(reordered, Router(reordered, {"p": provider}, previous=broker.router))
+        assert (await broker.embed(request, Caller(app="a"))).cached

@@ -103,7 +103,7 @@ async def test_requests_that_neither_look_up_nor_store_are_not_hashed(db: Databa
 
 def test_chat_and_embed_keys_never_collide() -> None:
     embed = msgspec.convert({"model": "fast", "input": "hi"}, Embed)
-    assert embed_key(embed) != chat_key(chat())
+    assert embed_key(embed, ["p/fast"]) != chat_key(chat())
 
 
 # --------------------------------------------------------------------------- modes

@@ -2,12 +2,16 @@
 and embeddings answers (a streamed answer with its chunks), their MessagePack encoding, and the
 key of a request: a hash of what changes its answer (the model as asked, the messages, tools and
 sampling parameters, ``extra``, and whether it streams; not the app, priority, tags, user or
-cache mode). :mod:`.cache` keeps them in ``quotad.db`` under those keys."""
+cache mode). An embeddings request's key holds the targets its model resolves to as well: a
+vector is only comparable with those of the model that made it, so after a reload points a
+group at another embedding model, its old vectors are no answer (they were: 8 dimensions of
+the old model served beside 256 of the new). :mod:`.cache` keeps them in ``quotad.db`` under
+those keys."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, Literal, Protocol, TypeVar
 
 import msgspec
@@ -171,7 +175,15 @@ def chat_digest(request: Chat, scheme: str, *conversation: Any) -> bytes:
     return hashlib.blake2b(_KEY_ENCODER.encode(canonical), digest_size=16).digest()
 
 
-def embed_key(request: Embed) -> bytes:
-    """The cache key of an embeddings request."""
-    canonical = ("embed", request.model, request.input, request.dimensions, request.extra)
+def embed_key(request: Embed, targets: Iterable[str]) -> bytes:
+    """The cache key of an embeddings request whose model resolves to ``targets`` (their
+    order does not count: a strategy's order is not a change of model)."""
+    canonical = (
+        "embed",
+        request.model,
+        sorted(targets),
+        request.input,
+        request.dimensions,
+        request.extra,
+    )
     return hashlib.blake2b(_KEY_ENCODER.encode(canonical), digest_size=16).digest()

@@ -178,12 +178,13 @@ class Cache:
 
     # ------------------------------------------------------------------ lookups
 
-    def key_of(self, request: Chat | Embed) -> bytes | None:
-        """The request's key; None when it neither looks up nor stores (the cache is off,
-        or ``cache="bypass"``), so that hashing costs such a request nothing."""
+    def key_of(self, request: Chat | Embed, targets: Iterable[str] = ()) -> bytes | None:
+        """The request's key (an embeddings request's with ``targets``, those its model
+        resolves to: :func:`embed_key`); None when it neither looks up nor stores (the cache
+        is off, or ``cache="bypass"``), so that hashing costs such a request nothing."""
         if not self.enabled or request.cache == "bypass":
             return None
-        return chat_key(request) if isinstance(request, Chat) else embed_key(request)
+        return chat_key(request) if isinstance(request, Chat) else embed_key(request, targets)
 
     def lookup(self, key: bytes | None, mode: CacheMode) -> CacheEntry | None:
         """The entry answering ``key``, counted as a hit; None on a miss or when ``mode``
