@@ -379,6 +379,27 @@ async def test_quotad_request_headers_reach_the_request_and_bad_ones_are_400() -
     assert len(broker.calls) == 2
 
 
+async def test_embeddings_fields_openai_does_not_document_go_to_the_provider_as_extra() -> None:
+    """They were dropped: ``input_type`` "query" and "passage" shared one cached vector."""
+    broker = ScriptedBroker()
+    async with both_sdks(broker) as (oai, _):
+        await oai.embeddings.create(
+            model="e",
+            input="a",
+            dimensions=64,
+            user="u1",
+            encoding_format="float",
+            extra_body={"input_type": "query", "truncate": {"side": "END"}},
+        )
+        await oai.embeddings.create(model="e", input="a")
+    [(tagged, _), (plain, _)] = broker.calls
+    assert isinstance(tagged, Embed)
+    assert isinstance(plain, Embed)
+    assert tagged.extra == {"input_type": "query", "truncate": {"side": "END"}}
+    assert (tagged.dimensions, tagged.user) == (64, "u1")
+    assert plain.extra == {}
+
+
 # --------------------------------------------------------------------------- answers
 
 

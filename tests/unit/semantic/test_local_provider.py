@@ -60,7 +60,7 @@ async def test_a_large_request_is_embedded_the_same_in_a_worker_thread(
         (MODEL_NAME, [], None, {}, "takes 1 to 2048 inputs, got 0"),
         (MODEL_NAME, ["x"] * 2049, None, {}, "takes 1 to 2048 inputs, got 2049"),
         (MODEL_NAME, ["x"], 100, {}, "takes dimensions 64, 128, 256, got 100"),
-        (MODEL_NAME, ["x"], None, {"temperature": 1}, "does not take temperature"),
+        (MODEL_NAME, ["x"], None, {"temperature": 1}, "does not take 'temperature'"),
         (MODEL_NAME, ["x", ""], None, {}, r"input\[1\]: it is empty"),
     ],
 )
@@ -86,6 +86,7 @@ async def test_what_it_cannot_do_is_the_callers_error(
         ([], "input"),
         (["x"] * 2049, "input"),
         (["x"], "dimensions"),
+        (["x"], "input_type"),
     ],
 )
 async def test_its_refusals_name_the_field(
@@ -93,8 +94,9 @@ async def test_its_refusals_name_the_field(
 ) -> None:
     provider = LocalProvider("local", LOCAL, load_model=lambda: model)
     dimensions = 100 if field == "dimensions" else None
+    extra = {"input_type": "query", "truncate": "END"} if field == "input_type" else {}
     with pytest.raises(ProviderError) as raised:
-        await provider.embed(MODEL_NAME, inputs, dimensions, {})
+        await provider.embed(MODEL_NAME, inputs, dimensions, extra)
     assert raised.value.field == field
 
 

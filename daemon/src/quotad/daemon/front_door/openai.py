@@ -6,7 +6,9 @@ Chat requests map onto :class:`~quotad.protocol.messages.Chat` field by field (`
 string becomes a list; ``max_completion_tokens`` is the reservation's max_tokens and is passed
 on as it is). The other parameters OpenAI documents (:data:`PASSTHROUGH`) go to the provider
 as they are, in ``Chat.extra``; fields this table does not know are ignored. ``n`` above 1 is
-refused: the broker answers one choice per request.
+refused: the broker answers one choice per request. An embeddings body has no such table: its
+fields other than the five OpenAI documents go to the provider in ``Embed.extra``
+(:class:`EmbeddingsBody`), where OpenAI-compatible servers read fields of their own.
 
 Streams are ``chat.completion.chunk`` events, one per broker chunk, flushed as they come:
 the first carries ``role: assistant``, the last a ``finish_reason``; with
@@ -122,7 +124,7 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
 
 
 class EmbeddingsRequest(msgspec.Struct, kw_only=True):
-    """``POST /v1/embeddings``."""
+    """``POST /v1/embeddings``: the fields OpenAI documents."""
 
     model: Name
     input: str | list[Any]
@@ -131,8 +133,44 @@ class EmbeddingsRequest(msgspec.Struct, kw_only=True):
     user: Name | None = None
 
 
+EMBEDDINGS_FIELDS: Final = frozenset(EmbeddingsRequest.__struct_fields__)
+
+
+class EmbeddingsBody(msgspec.Struct, frozen=True):
+    """An embeddings body: its documented fields, and the others (``extra``), which go to
+    the provider as they are (``Embed.extra``, part of the cache key): OpenAI-compatible
+    servers take fields of their own there (``input_type``, ``truncate``), and a field that
+    changes the vectors must change the key (ignored, ``input_type`` "query" and "passage"
+    were answered with one cached vector). A provider that does not take one refuses it."""
+
+    fields: EmbeddingsRequest
+    extra: dict[str, Any]
+
+    @property
+    def encoding_format(self) -> Literal["float", "base64"]:
+        """How the caller wants the vectors (quotad encodes them itself)."""
+        return self.fields.encoding_format
+
+
+class EmbeddingsDecoder:
+    """Decodes an :class:`EmbeddingsBody` (msgspec's errors for a body that is not one)."""
+
+    _fields: Final = msgspec.json.Decoder(EmbeddingsRequest)
+    _names: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+    def decode(self, buf: bytes, /) -> EmbeddingsBody:
+        """The body's documented fields, and its others as their JSON values."""
+        fields = self._fields.decode(buf)
+        extra = {
+            name: msgspec.json.decode(value)
+            for name, value in self._names.decode(buf).items()
+            if name not in EMBEDDINGS_FIELDS
+        }
+        return EmbeddingsBody(fields, extra)
+
+
 CHAT_DECODER: Final = msgspec.json.Decoder(ChatCompletionRequest)
-EMBEDDINGS_DECODER: Final = msgspec.json.Decoder(EmbeddingsRequest)
+EMBEDDINGS_DECODER: Final = EmbeddingsDecoder()
 
 
 def chat_request(body: ChatCompletionRequest) -> Chat:
@@ -161,9 +199,11 @@ def chat_request(body: ChatCompletionRequest) -> Chat:
     )
 
 
-def embed_request(body: EmbeddingsRequest) -> Embed:
-    """The protocol request for embeddings (text inputs only)."""
-    inputs = body.input
+def embed_request(body: EmbeddingsBody) -> Embed:
+    """The protocol request for embeddings (text inputs only; the body's fields that OpenAI
+    does not document in ``extra``)."""
+    fields = body.fields
+    inputs = fields.input
     if isinstance(inputs, list):
         if not inputs:
             raise bad_request("input", "expected a string or a non-empty list of strings")
@@ -171,7 +211,13 @@ def embed_request(body: EmbeddingsRequest) -> Embed:
             raise bad_request(
                 "input", "quotad embeds text: send a string or a list of strings, not tokens"
             )
-    return Embed(model=body.model, input=inputs, dimensions=body.dimensions, user=body.user or "")
+    return Embed(
+        model=fields.model,
+        input=inputs,
+        dimensions=fields.dimensions,
+        user=fields.user or "",
+        extra=body.extra,
+    )
 
 
 # --------------------------------------------------------------------------- answers

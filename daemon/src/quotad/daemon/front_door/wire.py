@@ -11,7 +11,7 @@ import re
 import sys
 import urllib.parse
 from collections.abc import Iterable
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -20,6 +20,16 @@ from quotad.daemon.net.http11 import Headers, HttpRequest
 from quotad.protocol.framing import describe, field_named
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class BodyDecoder(Protocol[T_co]):
+    """What decodes a request body: a ``msgspec.json.Decoder``, or one built on it."""
+
+    def decode(self, buf: bytes, /) -> T_co:
+        """The body as a ``T_co``; msgspec's errors when it is not one."""
+        ...
+
 
 CacheState = Literal["hit", "semantic", "miss", "bypass"]
 
@@ -101,7 +111,7 @@ def plain_body(request: HttpRequest) -> bytes:
     return request.body
 
 
-def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+def decode_body(decoder: BodyDecoder[T], body: bytes) -> T:
     """The request body as a ``T``; ``bad_request`` naming what is wrong when it is not one:
     the field (wrong type, missing, out of range, an integer beyond 64 bits anywhere), invalid
     JSON, a string that is not UTF-8, or nesting deeper than quotad takes

@@ -142,7 +142,9 @@ class LocalProvider:
             field = "dimensions"
             problem = f"takes dimensions {', '.join(map(str, DIMENSIONS))}, got {dimensions}"
         elif unknown := sorted(set(extra) - IGNORED_EXTRA):
-            field, problem = unknown[0], f"does not take {', '.join(unknown)}"
+            named = ", ".join(repr(name[:40]) for name in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            field, problem = unknown[0], f"does not take {named}{more}"
         else:
             empty = next((index for index, text in enumerate(inputs) if not text), None)
             if empty is not None:
