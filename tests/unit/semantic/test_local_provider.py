@@ -3,7 +3,9 @@ the provider interface, offline; what it refuses, as the caller's error."""
 
 from __future__ import annotations
 
+import threading
 import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from quotad.daemon.config import ProviderConfig
 from quotad.daemon.providers import build_provider
 from quotad.daemon.providers.base import ProviderError
-from quotad.daemon.providers.local import DIMENSIONS, INLINE_CHARS, MODEL_NAME, LocalProvider
+from quotad.daemon.providers.local import DIMENSIONS, INLINE_BYTES, MODEL_NAME, LocalProvider
 from quotad.daemon.semantic import model as model_module
 from quotad.daemon.semantic.model import EmbeddingModel, ModelUnavailableError
 from tests.unit.semantic.conftest import chat
@@ -48,9 +50,38 @@ async def test_a_large_request_is_embedded_the_same_in_a_worker_thread(
 ) -> None:
     provider = LocalProvider("local", LOCAL, load_model=lambda: model)
     texts = ["word " * 1000] * 5
-    assert sum(map(len, texts)) > INLINE_CHARS
+    assert sum(map(len, texts)) > INLINE_BYTES
     result = await provider.embed(MODEL_NAME, texts, None, {})
     assert np.allclose(result.embeddings, model.embed(texts), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("texts", "off_the_loop"),
+    [
+        (["How do I reverse a string?"], False),
+        (["word " * 800], False),  # 4,000 bytes
+        (["😀" * 2000], True),  # 2,000 characters, 8,000 bytes: 8,001 tokens
+        (["é" * 1500] * 2, True),  # 3,000 characters, 6,000 bytes
+    ],
+)
+async def test_what_the_loop_embeds_is_bounded_in_bytes(
+    model: EmbeddingModel, monkeypatch: pytest.MonkeyPatch, texts: list[str], off_the_loop: bool
+) -> None:
+    """The bound counted characters: 16,384 emoji (65,537 tokens) were embedded on the event
+    loop, holding it 187 ms."""
+    threads: list[int] = []
+    embed_counting = model.embed_counting
+
+    def noted(*args: Any, **kwargs: Any) -> tuple[Any, int]:
+        threads.append(threading.get_ident())
+        return embed_counting(*args, **kwargs)
+
+    monkeypatch.setattr(model, "embed_counting", noted)
+    provider = LocalProvider("local", LOCAL, load_model=lambda: model)
+    await provider.embed(MODEL_NAME, ["warm"], None, {})  # the model loaded
+    threads.clear()
+    await provider.embed(MODEL_NAME, texts, None, {})
+    assert (threads != [threading.get_ident()]) is off_the_loop
 
 
 @pytest.mark.parametrize(
