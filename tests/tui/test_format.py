@@ -3,6 +3,7 @@ feed uses for an absent daemon."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 import quotad.tui.feed
 from quotad.client import ConnectionLostError, DaemonUnavailableError, UnknownModelError
 from quotad.tui.feed import DaemonFeed, FeedEvent, Waiting, why_unavailable
-from quotad.tui.format import bar, seconds, size, spark, usd
+from quotad.tui.format import bar, milliseconds, percent, seconds, size, spark, usd
 
 
 def test_bars_fill_in_eighths_and_warn_near_full() -> None:
@@ -47,6 +48,26 @@ def test_durations_sizes_and_money() -> None:
         "$12.50",
         "$1,234.50",
     ]
+
+
+NOT_FINITE = (math.nan, math.inf, -math.inf)
+
+
+def test_figures_that_are_not_finite_numbers_read_as_absent() -> None:
+    """Only a buggy daemon (or one of another version) sends them: they raised ValueError or
+    OverflowError in a repaint, which ended ``quotad top``."""
+    for format_figure in (seconds, milliseconds, percent, usd, size):
+        assert [format_figure(value) for value in NOT_FINITE] == ["-"] * 3
+    assert [bar(value, 4).plain for value in NOT_FINITE] == ["····", "████", "····"]
+    assert [spark([1.0, value], 2).plain for value in NOT_FINITE] == ["█ "] * 3
+    assert spark([1.0, 0.5], 2, top=math.nan).plain == "█▅"
+
+
+def test_huge_figures_are_shown_not_raised() -> None:
+    assert spark([1e-308, 1e308], 2, top=1e-308).plain == "██"
+    assert spark([1.0, -1e308], 2).plain == "█▁"
+    assert seconds(1e308).endswith("h")
+    assert usd(1e308).startswith("$100,000")
 
 
 def test_why_the_daemon_is_unavailable_in_few_words() -> None:
