@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from textual.notifications import SeverityLevel
@@ -33,8 +34,8 @@ def connection_line(app: TopApp) -> str:
 class RecordingApp(TopApp):
     """The app, recording its notifications and repaints."""
 
-    def __init__(self, feed: Feed) -> None:
-        super().__init__(feed)
+    def __init__(self, feed: Feed, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(feed, clock)
         self.notices: list[tuple[SeverityLevel, str, str]] = []
         self.repaints = 0
 

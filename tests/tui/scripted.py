@@ -233,8 +233,12 @@ class ScriptedFeed:
         spend: Callable[[SpendPeriod, SpendKey], SpendReply] | QuotadError = spend_report,
         admin_error: QuotadError | None = None,
         where: str = SOCKET,
+        interval_s: float = 3600.0,
     ) -> None:
         self.events = list(events)
+        self.interval_s = interval_s
+        """Seconds between snapshots it claims: an hour unless told, so that a scripted feed,
+        which idles after its events, never shows as stale while a test looks at it."""
         self.spend_answer = spend
         self.admin_error = admin_error
         self.admin_calls: list[tuple[str, str]] = []

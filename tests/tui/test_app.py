@@ -14,12 +14,13 @@ from textual.widgets import Static
 
 from quotad.client import BadRequestError
 from quotad.protocol.messages import Snapshot
-from quotad.tui.app import SCREEN_TABS, TopApp
+from quotad.tui.app import SCREEN_TABS, STALE_CHECK_S, TopApp
 from quotad.tui.feed import FeedEvent
 from quotad.tui.screens.confirm import ConfirmScreen
 from quotad.tui.screens.help import HelpScreen
+from quotad.tui.widgets.connection import ConnectionBar
 from quotad.tui.widgets.targets import TargetTable
-from tests.tui.pilots import RecordingApp, wait_until
+from tests.tui.pilots import RecordingApp, connection_line, wait_until
 from tests.tui.scripted import TARGETS, ScriptedFeed, busy_day
 
 pytestmark = [
@@ -181,3 +182,25 @@ async def test_a_target_named_like_markup_is_confirmed_as_written(name: str) -> 
         await pilot.press("y")
         await wait_until(pilot, lambda: bool(app.notices))
         assert feed.admin_calls == [("target_disable", name)]
+
+
+async def test_a_silent_daemon_is_shown_stale_not_live() -> None:
+    """A daemon stopped with SIGSTOP keeps its connection and sends nothing: the bar stayed
+    green with frozen figures."""
+    now = [5000.0]
+    feed = ScriptedFeed(busy_day(3), interval_s=0.5)
+    app = RecordingApp(feed, clock=lambda: now[0])
+    async with app.run_test(size=SIZE) as pilot:
+        await feed.delivered.wait()
+        await pilot.pause()
+        bar = app.screen.query_one(ConnectionBar)
+        assert "stale" not in connection_line(app)
+        now[0] += 1.9  # under 4 intervals, and 2 s
+        await pilot.pause(STALE_CHECK_S * 1.5)
+        assert "stale" not in connection_line(app)
+        assert not bar.has_class("-waiting")
+        now[0] += 10.1
+        await wait_until(pilot, lambda: "stale: no snapshot for 12.0s" in connection_line(app))
+        assert app.screen.query_one(ConnectionBar).has_class("-waiting")
+        now[0] += 3.0
+        await wait_until(pilot, lambda: "no snapshot for 15.0s" in connection_line(app))

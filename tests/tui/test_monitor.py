@@ -55,6 +55,41 @@ def test_a_reconnect_starts_rates_afresh() -> None:
     assert list(monitor.targets["sim/m"].requests_per_s) == [2.0]
 
 
+class Clock:
+    """A clock that moves when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_daemon_silent_for_a_few_intervals_is_stale_until_it_speaks() -> None:
+    """A daemon stopped with SIGSTOP kept its connection: its last figures showed as live."""
+    clock = Clock()
+    monitor = Monitor("/x.sock", interval_s=1.0, clock=clock)
+    assert monitor.silent_s() is None  # connecting: the connection state says so
+    monitor.absorb(Connected("1"))
+    clock.now += 10.0
+    assert monitor.silent_s() == 10.0  # connected, and not one snapshot since
+    monitor.absorb(snapshot(1, 100.0, 1, []))
+    clock.now += 3.9
+    assert monitor.silent_s() is None  # within 4 intervals
+    clock.now += 0.1
+    assert monitor.silent_s() == pytest.approx(4.0)
+    monitor.absorb(snapshot(2, 104.0, 2, []))
+    assert monitor.silent_s() is None
+    clock.now += 60.0
+    monitor.absorb(Waiting("lost the connection to the daemon"))
+    assert monitor.silent_s() is None  # waiting says why itself
+    fast = Monitor("/x.sock", interval_s=0.05, clock=clock)
+    fast.absorb(Connected("1"))
+    clock.now += 1.9
+    assert fast.silent_s() is None  # never before 2 s
+    assert fast.stale_after_s == 2.0
+
+
 def test_everything_kept_is_bounded() -> None:
     monitor = Monitor("/x.sock")
     monitor.absorb(Connected("1"))

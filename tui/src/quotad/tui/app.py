@@ -6,7 +6,9 @@ for at most one pending repaint, so a burst of snapshots or a slow terminal coal
 latest picture instead of a queue. The five monitor screens are Textual modes (Tab and the
 number keys switch); the active one is repainted from the monitor. Operator actions come up
 from the targets table as messages, are confirmed in a modal, and run as ``Admin`` requests;
-the daemon's refusal is shown as it gave it.
+the daemon's refusal is shown as it gave it. While connected, the app looks every
+:data:`STALE_CHECK_S` whether the daemon has gone silent (:meth:`Monitor.silent_s`), and
+repaints so that the screen says so, and for how long.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ CONFIRM_DETAILS: Final[dict[TargetAction, str]] = {
     "reset": "Closes its circuit breaker and clears its failure counts.",
 }
 REPAINT_MIN_S: Final = 0.2
+STALE_CHECK_S: Final = 1.0
 NAVIGATION: Final = frozenset({"show_screen", "next_screen", "previous_screen", "help"})
 
 
@@ -79,10 +82,11 @@ class TopApp(App[None]):
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, feed: Feed) -> None:
+    def __init__(self, feed: Feed, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.feed = feed
-        self.monitor = Monitor(feed.where)
+        self.monitor = Monitor(feed.where, feed.interval_s, clock)
+        self._shown_silent = False
         self._repaint_pending = False
         self._repainted_at = -REPAINT_MIN_S
         for screen in MONITOR_SCREENS:
@@ -94,6 +98,7 @@ class TopApp(App[None]):
     def on_mount(self) -> None:
         self.switch_mode(SCREEN_TABS[0][0])
         self.follow_feed()
+        self.set_interval(STALE_CHECK_S, self.check_silence)
 
     # ----------------------------------------------------------------- the feed
 
@@ -115,6 +120,14 @@ class TopApp(App[None]):
             self.set_timer(wait, self.repaint)
         else:
             self.call_later(self.repaint)
+
+    def check_silence(self) -> None:
+        """Repaint while the daemon is silent (the time it has been counts up), and once when
+        it stops or starts being."""
+        silent = self.monitor.silent_s() is not None
+        if silent or silent != self._shown_silent:
+            self._shown_silent = silent
+            self.repaint()
 
     def repaint(self) -> None:
         """Show the monitor on the active monitor screen (under any modal on top of it)."""

@@ -64,6 +64,11 @@ class Feed(Protocol):
         """Where the daemon is looked for (shown while waiting for it)."""
         ...
 
+    @property
+    def interval_s(self) -> float:
+        """Seconds between the snapshots it delivers while the daemon answers."""
+        ...
+
     async def follow(self, deliver: Callable[[FeedEvent], None]) -> None:
         """Deliver events until cancelled; never raises for an absent or failing daemon."""
         ...

@@ -4,12 +4,18 @@
 screens render from it. Everything it keeps is bounded — the latest :class:`Snapshot` only, the
 last :data:`HISTORY_POINTS` points of each trend, the last :data:`TAIL_RECORDS` finished requests,
 at most :data:`MAX_APPS` apps — so a burst of traffic or a slow terminal never grows it.
+
+A daemon that stops answering without closing the connection (stopped with SIGSTOP, wedged,
+swamped) sends no snapshot and no error: :meth:`Monitor.silent_s` tells how long it has been
+silent once that is past :data:`STALE_INTERVALS` intervals (and :data:`STALE_MIN_S`), so that
+the screen says its figures are stale instead of showing them as live.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -23,7 +29,7 @@ from quotad.protocol.messages import (
     StatusReply,
     TargetStatus,
 )
-from quotad.tui.feed import Connected, FeedEvent, Waiting
+from quotad.tui.feed import DEFAULT_INTERVAL_S, Connected, FeedEvent, Waiting
 
 HISTORY_POINTS: Final = 120
 TAIL_RECORDS: Final = 200
@@ -31,6 +37,10 @@ TAIL_RECORDS: Final = 200
 ``SNAPSHOT_REQUESTS``), which the Requests screen shows whole."""
 MAX_APPS: Final = 200
 OTHER_APPS: Final = "(other apps)"
+STALE_INTERVALS: Final = 4
+"""Snapshot intervals without one after which the daemon's figures are shown as stale."""
+STALE_MIN_S: Final = 2.0
+"""…and not before this many seconds (a short interval is not kept to the millisecond)."""
 
 ConnectionState = Literal["connecting", "connected", "waiting"]
 
@@ -92,8 +102,18 @@ def provider_latencies(records: Iterable[RequestRecord]) -> list[float]:
 class Monitor:
     """The state of the daemon as ``quotad top`` last saw it, with bounded history."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(
+        self,
+        where: str,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.where = where
+        self.stale_after_s = max(STALE_INTERVALS * interval_s, STALE_MIN_S)
+        """Seconds without a snapshot, while connected, after which the figures are stale."""
+        self._clock = clock
+        self._heard_at: float | None = None
+        """When the daemon last sent something: a snapshot, or the connection's welcome."""
         self.state: ConnectionState = "connecting"
         self.reason = ""
         self.daemon_version = ""
@@ -120,6 +140,7 @@ class Monitor:
                 self.reason = ""
                 self.daemon_version = event.daemon_version
                 self._fresh = True
+                self._heard_at = self._clock()
             case Waiting():
                 self.state = "waiting"
                 self.reason = event.reason
@@ -130,6 +151,7 @@ class Monitor:
         self.snapshot = snapshot
         self.snapshots += 1
         self.state = "connected"
+        self._heard_at = self._clock()
         status = snapshot.status
         records = snapshot.requests
         if previous is not None:
@@ -168,6 +190,15 @@ class Monitor:
         return activity
 
     # ----------------------------------------------------------------- reading
+
+    def silent_s(self) -> float | None:
+        """Seconds since the connected daemon last sent anything, when that is at least
+        :attr:`stale_after_s`; None while it is heard from in time, or not connected (then
+        the connection state says why)."""
+        if self.state != "connected" or self._heard_at is None:
+            return None
+        silent = self._clock() - self._heard_at
+        return silent if silent >= self.stale_after_s else None
 
     @property
     def status(self) -> StatusReply | None:

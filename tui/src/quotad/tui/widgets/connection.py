@@ -28,7 +28,8 @@ class ScreenTabs(Static):
 
 
 class ConnectionBar(LiveText):
-    """Connected (daemon version, pid, uptime, totals) or waiting for the daemon, and why."""
+    """Connected (daemon version, pid, uptime, totals), connected but silent (stale), or
+    waiting for the daemon, and why."""
 
     def show(self, monitor: Monitor) -> None:
         """Render the connection state of ``monitor``."""
@@ -49,6 +50,14 @@ class ConnectionBar(LiveText):
             self.show_text(
                 Text(f"● connected to quotad {monitor.daemon_version}; waiting for data")
             )
+            return
+        silent_s = monitor.silent_s()
+        if silent_s is not None:  # connected, but nothing comes: stopped, wedged, swamped
+            self.set_class(True, "-waiting")
+            line = Text(f"◌ stale: no snapshot for {seconds(silent_s)}", style="bold")
+            line.append(f" from quotad at {monitor.where}; it may be stopped or overloaded")
+            line.append("  (showing the last data seen)", style="italic")
+            self.show_text(line)
             return
         rate = monitor.snapshot.requests_per_s if monitor.snapshot else 0.0
         line = Text("● ", style="green")
