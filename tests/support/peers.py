@@ -69,3 +69,71 @@ def _exchange(path: Path, data: bytes, first_frame_only: bool, timeout_s: float)
 
 def _has_whole_frame(data: bytes) -> bool:
     return len(data) >= 4 and len(data) >= 4 + int.from_bytes(data[:4], "big")
+
+
+class ConnectionsHeldAs:
+    """Connections held open by a forked child running as ``uid``: it opens ``count`` to the
+    Unix socket ``path``, sends ``hello`` on each and reads its first frame, reports each
+    (:meth:`answers`), then holds them all until :meth:`release`. For the tests of what one uid
+    may hold; needs root. The child closes every descriptor it inherited but its pipes, so that
+    it holds none of the parent's sockets open."""
+
+    def __init__(self, path: Path, count: int, *, uid: int, hello: bytes) -> None:
+        answers_read, answers_write = os.pipe()
+        release_read, release_write = os.pipe()
+        with warnings.catch_warnings():  # fork while threads exist: the child only makes syscalls
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            status = 0
+            try:
+                keep = sorted((answers_write, release_read))
+                os.closerange(3, keep[0])
+                os.closerange(keep[0] + 1, keep[1])
+                os.closerange(keep[1] + 1, 65536)
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+                held = [_first_frame(path, hello) for _ in range(count)]
+                os.write(answers_write, b"".join(frame for _, frame in held))
+                os.close(answers_write)
+                os.read(release_read, 1)  # until the parent closes its end
+            except BaseException as error:
+                os.write(answers_write, b"child: " + repr(error).encode())
+                status = 1
+            finally:
+                os._exit(status)
+        os.close(answers_write)
+        os.close(release_read)
+        self.pid = pid
+        self._answers = os.fdopen(answers_read, "rb")
+        self._release = release_write
+
+    def answers(self) -> bytes:
+        """The first frame each connection got, one after another (blocks until the child
+        has them all)."""
+        with self._answers:
+            answers = self._answers.read()
+        assert not answers.startswith(b"child: "), answers.decode(errors="replace")
+        return answers
+
+    def release(self) -> None:
+        """Let the child close its connections and end; wait for it."""
+        os.close(self._release)
+        _, exit_status = os.waitpid(self.pid, 0)
+        assert exit_status == 0
+
+
+def _first_frame(path: Path, hello: bytes) -> tuple[socket.socket, bytes]:
+    """A connection to ``path`` that sent ``hello``, and the first whole frame it read."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10.0)
+    sock.connect(str(path))
+    sock.sendall(hello)
+    received = b""
+    while not _has_whole_frame(received):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return sock, received

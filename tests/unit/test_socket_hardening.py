@@ -58,6 +58,7 @@ from quotad.protocol.messages import (
 )
 from tests.support.backends import ASYNCIO_BACKENDS
 from tests.support.faults import break_first_call
+from tests.support.peers import ConnectionsHeldAs
 from tests.support.providers import InProcessProvider
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)]
@@ -489,6 +490,42 @@ async def test_connections_are_capped(anyio_backend: Any) -> None:
         await wait_until(lambda: not served.server.connections)
         async with AsyncClient(socket=served.path) as client:
             assert (await client.status()).connections == 1
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root: the other users are setuid children")
+async def test_one_uid_holds_at_most_its_share_and_the_operator_always_gets_in(
+    anyio_backend: Any,
+) -> None:
+    """A peer of another uid that said Hello on 1,023 connections kept everyone else out, the
+    operator's `quotad status` too. One uid now holds at most 3/4 of the connections, and the
+    last of them are kept for the daemon's own uid and root."""
+    async with serve(max_connections=8) as served:  # 6 per uid; 1 kept for the operator
+        os.chmod(served.path.parent, 0o711)
+        os.chmod(served.path, 0o666)  # every uid may connect
+        hostile = ConnectionsHeldAs(served.path, 8, uid=65534, hello=HELLO)
+        other = None
+        try:
+            answers = list(reply_decoder().feed(await anyio.to_thread.run_sync(hostile.answers)))
+            assert [type(answer).__name__ for answer in answers] == 6 * ["Welcome"] + 2 * ["Error"]
+            for refused in answers[6:]:
+                assert isinstance(refused, Error)
+                assert (refused.code, refused.retry_after_s) == ("overloaded", 1.0)
+                assert "uid 65534 already holds 6 connections" in refused.message
+                assert "75% of daemon.max_connections" in refused.message
+            other = ConnectionsHeldAs(served.path, 2, uid=65533, hello=HELLO)
+            answers = list(reply_decoder().feed(await anyio.to_thread.run_sync(other.answers)))
+            assert isinstance(answers[0], Welcome)
+            assert isinstance(answers[1], Error)
+            assert "kept for the operator" in answers[1].message
+            assert served.server.connections_per_uid == {65534: 6, 65533: 1}
+            async with AsyncClient(socket=served.path) as operator:  # root: the daemon's uid
+                assert (await operator.status()).connections == 8
+        finally:
+            hostile.release()
+            if other is not None:
+                other.release()
+        await wait_until(lambda: not served.server.connections)
+        assert not served.server.connections_per_uid
 
 
 async def test_a_bug_setting_up_one_connection_does_not_end_the_listener(

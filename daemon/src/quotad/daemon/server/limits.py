@@ -1,12 +1,34 @@
 """What one Unix-socket connection (and the listener) may hold: :class:`ConnectionLimits`,
-from ``[daemon]``; the listener enforces the connection count, each connection the rest."""
+from ``[daemon]``; the listener enforces the connection count (and each uid's share of it),
+each connection the rest."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from quotad.daemon.config import DaemonConfig
 from quotad.protocol.framing import DEFAULT_MAX_FRAME
+
+MAX_SHARE_PER_UID: Final = 0.75
+"""The most of ``daemon.max_connections`` that the peers of one uid may hold together (the
+operator's uids are not held to it): one uid holding every connection locked the others out."""
+OPERATOR_RESERVE: Final = 16
+"""Connections kept for the operator (the daemon's own uid, and root): other uids together may
+hold ``daemon.max_connections`` less this many (less an eighth of it, if that is fewer), so that
+``quotad status`` and ``reload`` still get in while other users hold all the rest."""
+
+
+def most_per_uid(max_connections: int) -> int:
+    """Connections the peers of one uid (not the operator's) may hold: :data:`MAX_SHARE_PER_UID`
+    of ``max_connections``, at least one."""
+    return max(1, int(max_connections * MAX_SHARE_PER_UID))
+
+
+def operator_reserve(max_connections: int) -> int:
+    """Connections only the operator may take: :data:`OPERATOR_RESERVE`, or an eighth of
+    ``max_connections`` if that is fewer."""
+    return min(OPERATOR_RESERVE, max_connections // 8)
 
 
 @dataclass(frozen=True, slots=True)

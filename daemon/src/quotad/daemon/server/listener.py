@@ -4,10 +4,14 @@ server's figures in status.
 
 Each accepted socket is checked before anything it sent is read: its peer (SO_PEERCRED)
 against ``daemon.allow_uids``/``allow_gids``, then the connection cap
-(``daemon.max_connections``) and whether the daemon is draining. A peer turned away gets one
-``Error`` frame (``unauthorized``, or ``overloaded`` with ``retry_after_s``) and the close; a
-peer let in becomes a :class:`~quotad.daemon.server.connection.Connection`, an asyncio protocol
-on the loop's transport.
+(``daemon.max_connections``), each uid's share of it and whether the daemon is draining. The
+operator (the daemon's own uid, and root) may take every connection; the peers of any other uid
+together at most :data:`~.limits.MAX_SHARE_PER_UID` of them, and all other uids together not the
+last :data:`~.limits.OPERATOR_RESERVE`, kept so that ``quotad status`` and ``reload`` get in
+while other users hold the rest. A peer turned away gets one ``Error`` frame (``unauthorized``,
+or ``overloaded`` with ``retry_after_s``, naming the bound) and the close; a peer let in
+becomes a :class:`~quotad.daemon.server.connection.Connection`, an asyncio protocol on the
+loop's transport.
 
 An ``accept()`` that fails for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM: the process
 or the system is out of descriptors or memory) does not end the loop: it is logged, the loop
@@ -25,6 +29,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Final
 
@@ -41,7 +46,12 @@ from quotad.daemon.server.binding import (
 )
 from quotad.daemon.server.connection import Connection
 from quotad.daemon.server.error_replies import overloaded
-from quotad.daemon.server.limits import ConnectionLimits
+from quotad.daemon.server.limits import (
+    MAX_SHARE_PER_UID,
+    ConnectionLimits,
+    most_per_uid,
+    operator_reserve,
+)
 from quotad.daemon.server.snapshots import SnapshotPace
 from quotad.protocol.framing import FrameEncoder
 from quotad.protocol.messages import Error, StatusReply
@@ -82,6 +92,10 @@ class SocketServer:
         self.encoder = FrameEncoder()
         """Shared by every connection: encoding is synchronous and copies out the frame."""
         self.connections: set[Connection] = set()
+        self.operator_uids = frozenset({os.getuid(), 0})
+        """Peers of these uids (the daemon's own, root) may take every connection."""
+        self.connections_per_uid: Counter[int | None] = Counter()
+        """Connections open by peer uid (None: a peer SO_PEERCRED could not name)."""
         self.requests_in_flight = 0
         self.http_address = ""
         """``host:port`` of the HTTP front door, when one runs (for status)."""
@@ -181,21 +195,13 @@ class SocketServer:
             self._turn_away(client, overloaded("quotad is shutting down; retry shortly"))
             return
         limits = self.limits
-        if len(self.connections) >= limits.max_connections:
+        full = self._full(peer, limits.max_connections)
+        if full is not None:
             now = time.monotonic()
             if now - self._turned_away_logged > 10:
                 self._turned_away_logged = now
-                log.warning(
-                    "turning connections away: %d open is daemon.max_connections",
-                    len(self.connections),
-                )
-            self._turn_away(
-                client,
-                overloaded(
-                    f"quotad already serves {len(self.connections)} connections "
-                    "(daemon.max_connections); retry shortly"
-                ),
-            )
+                log.warning("turning connections away: %s", full)
+            self._turn_away(client, overloaded(f"{full}; retry shortly"))
             return
         connection = Connection(self, peer, limits)
         try:
@@ -204,6 +210,32 @@ class SocketServer:
             log.debug("could not set up an accepted connection: %s", error)
             connection.connection_lost(error)
             client.close()
+
+    def _full(self, peer: PeerCredentials | None, max_connections: int) -> str | None:
+        """Why no more connections of ``peer`` are taken now (``max_connections`` reached, its
+        uid holding its share, or only the operator's reserve left), if so."""
+        open_now = len(self.connections)
+        if open_now >= max_connections:
+            return f"quotad already serves {open_now} connections (daemon.max_connections)"
+        uid = peer.uid if peer is not None else None
+        if uid in self.operator_uids:
+            return None
+        held = self.connections_per_uid[uid]
+        most = most_per_uid(max_connections)
+        if held >= most:
+            who = f"uid {uid}" if uid is not None else "peers of no known uid"
+            return (
+                f"{who} already holds {held} connections, the most one uid may "
+                f"({MAX_SHARE_PER_UID:.0%} of daemon.max_connections, {max_connections})"
+            )
+        reserve = operator_reserve(max_connections)
+        if open_now >= max_connections - reserve:
+            return (
+                f"quotad serves {open_now} connections; the last {reserve} of "
+                f"daemon.max_connections ({max_connections}) are kept for the operator "
+                f"(uid {os.getuid()}, root)"
+            )
+        return None
 
     def _refusal(self, peer: PeerCredentials | None, client: socket.socket) -> str | None:
         """Why this peer may not use the daemon (``daemon.allow_uids``/``allow_gids``), if so."""
@@ -308,10 +340,16 @@ class SocketServer:
     def connection_started(self, connection: Connection) -> None:
         """A connection has its transport (its peer checked, the cap respected)."""
         self.connections.add(connection)
+        self.connections_per_uid[_uid(connection)] += 1
 
     def connection_ended(self, connection: Connection) -> None:
         """A connection is gone."""
-        self.connections.discard(connection)
+        if connection in self.connections:
+            self.connections.remove(connection)
+            uid = _uid(connection)
+            self.connections_per_uid[uid] -= 1
+            if not self.connections_per_uid[uid]:
+                del self.connections_per_uid[uid]
 
     # ------------------------------------------------------------------ stopping
 
@@ -373,3 +411,8 @@ class SocketServer:
         reply.connections = len(self.connections)
         reply.problems = [*self.problems, *reply.problems]  # the broker's: the fleet's
         return reply
+
+
+def _uid(connection: Connection) -> int | None:
+    """The uid of ``connection``'s peer (None: SO_PEERCRED could not name it)."""
+    return connection.peer.uid if connection.peer is not None else None
