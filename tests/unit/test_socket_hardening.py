@@ -9,6 +9,7 @@ with raw frames.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import resource
@@ -25,7 +26,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from quotad.client import AsyncClient, OverloadedError, RateLimitedError
+from quotad.client import AsyncClient, Client, OverloadedError, RateLimitedError
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, parse_config
@@ -553,6 +554,43 @@ async def test_a_connection_that_never_says_hello_is_closed(anyio_backend: Any) 
         assert "no Hello within 0.2 s" in closing.message
         await anyio.sleep(0.5)
         assert len(served.server.connections) == 1  # the greeted one stays
+
+
+async def test_a_connection_holding_nothing_is_closed_and_the_clients_reconnect(
+    anyio_backend: Any,
+) -> None:
+    """A greeted connection used to stay open for ever: a peer holding 1,023 of them idle kept
+    everyone else out. One that holds nothing for idle_timeout_s is now closed; one with a
+    request in flight, a subscription or a permit is not; the real clients, blocking and
+    async, reconnect at their next call without the caller noticing."""
+    async with serve() as served:
+        served.server.limits = dataclasses.replace(served.server.limits, idle_timeout_s=0.3)
+        served.provider.release = anyio.Event()  # chats wait until the end
+        async with (
+            Peer.connect(served.path) as holding_permit,
+            Peer.connect(served.path) as subscribed,
+            Peer.connect(served.path) as chatting,
+        ):
+            await holding_permit.send(acquire(1))
+            assert isinstance(await holding_permit.next(), Permit)
+            await subscribed.send(Subscribe(id=1, interval_s=60))
+            assert isinstance(await subscribed.next(), Snapshot)
+            await chatting.send(chat(1))
+            await wait_until(lambda: served.server.requests_in_flight == 1)
+            busy = set(served.server.connections)
+            blocking_client = Client(socket=served.path, app="blocking")
+            try:
+                async with AsyncClient(socket=served.path, app="async") as async_client:
+                    for _ in range(3):  # each round: both connect, hold nothing, are closed
+                        assert (await async_client.status()).connections >= 4
+                        assert (
+                            await anyio.to_thread.run_sync(blocking_client.status)
+                        ).connections >= 4
+                        await wait_until(lambda: served.server.connections == busy)
+            finally:
+                blocking_client.close()
+            assert not served.server.draining
+            assert served.server.requests_in_flight == 1  # the chat still waits
 
 
 @contextlib.contextmanager

@@ -17,7 +17,9 @@ drain before they end (streams and snapshots slow down), and past :data:`MAX_UNR
 connection stops reading (no new work from a peer that does not read its answers). A request
 holding a value JSON cannot carry is refused (:mod:`.json_values`). A frame that cannot be
 decoded is answered with an ``Error`` naming what was wrong and closes this connection only;
-permits it still holds are settled as reserved.
+permits it still holds are settled as reserved. A connection that has held nothing for
+:attr:`ConnectionLimits.idle_timeout_s` (no request in flight, no subscription, no permit) is
+closed by the listener (:meth:`Connection.idle_past`); a client reconnects at its next request.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, Protocol, cast
@@ -139,6 +142,8 @@ class Connection(asyncio.Protocol):
         self.peer = peer
         self.limits = limits
         self.accepted_at = time.monotonic()
+        self.active_at = self.accepted_at
+        """When the peer last sent something or a request of it ended."""
         self.app = ""
         self.greeted = False
         self.closing = False
@@ -169,6 +174,7 @@ class Connection(asyncio.Protocol):
         self.server.connection_started(self)
 
     def data_received(self, data: bytes) -> None:
+        self.active_at = time.monotonic()
         if not self.closing:
             self._process(data)
 
@@ -236,6 +242,30 @@ class Connection(asyncio.Protocol):
             self._transport.resume_reading()
             self._process(b"")  # what was received before the pause
         self._end_drain()
+
+    def idle_past(self, now: float, timeout_s: float) -> bool:
+        """Whether the connection has held nothing for more than ``timeout_s``: no request in
+        flight (a subscription is one), no permit held (one settled elsewhere, or past its
+        lease, no longer counts: idle from then on), and nothing received unread (a request
+        on its way is no idleness)."""
+        if self.in_flight or now - self.active_at <= timeout_s:
+            return False
+        if self.permits:
+            held = self.broker.permits.holds
+            self.permits = {permit_id for permit_id in self.permits if held(permit_id)}
+            if not self.permits:
+                self.active_at = now
+            return False
+        return not self._unread()
+
+    def _unread(self) -> bool:
+        """Whether the socket holds bytes not read yet (or the peer's end)."""
+        transport = self._transport
+        if transport is None or self.lost:
+            return False
+        poller = select.poll()
+        poller.register(transport.get_extra_info("socket").fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     # ------------------------------------------------------------------ closing
 
@@ -470,6 +500,7 @@ class Connection(asyncio.Protocol):
             if scope.cancelled_caught:
                 self.write(error_reply(request_id, "cancelled", "the request was cancelled"))
         finally:
+            self.active_at = time.monotonic()
             if self.in_flight.get(request_id) is record:
                 del self.in_flight[request_id]
             if subscription:

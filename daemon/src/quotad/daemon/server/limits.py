@@ -18,6 +18,12 @@ OPERATOR_RESERVE: Final = 16
 hold ``daemon.max_connections`` less this many (less an eighth of it, if that is fewer), so that
 ``quotad status`` and ``reload`` still get in while other users hold all the rest."""
 
+IDLE_TIMEOUT_S: Final = 300.0
+"""A greeted connection that has held nothing this long (no request in flight, no
+subscription, no permit) is closed: generous, since a client keeping its connection for the
+next request is normal (and reconnects at that request, unnoticed); only a peer holding
+connections it does not use loses them."""
+
 
 def most_per_uid(max_connections: int) -> int:
     """Connections the peers of one uid (not the operator's) may hold: :data:`MAX_SHARE_PER_UID`
@@ -43,6 +49,8 @@ class ConnectionLimits:
     max_subscriptions: int = 32
     """Subscribes per connection (each builds a status every interval: at most 20 a second)."""
     hello_timeout_s: float = 10.0
+    idle_timeout_s: float = IDLE_TIMEOUT_S
+    """How long a greeted connection may hold nothing (:data:`IDLE_TIMEOUT_S`)."""
 
     @classmethod
     def from_config(cls, config: DaemonConfig) -> ConnectionLimits:
