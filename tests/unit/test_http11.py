@@ -518,14 +518,12 @@ async def test_a_long_pipelined_burst_is_read_in_bounded_steps_and_answered_in_o
 async def test_connections_beyond_max_connections_get_503_and_a_close() -> None:
     limits = HttpLimits(max_connections=3)
     async with serving(echo, limits) as server:
-        async with (
-            raw_connection(server.port) as (first, first_reader),
-            raw_connection(server.port),
-            raw_connection(server.port),
-        ):
-            await first.send(get("/first"))
-            with anyio.fail_after(5):
-                assert (await read_response(first_reader))[0] == 200
+        async with contextlib.AsyncExitStack() as held:
+            with anyio.fail_after(5):  # each identified by a request: none makes room
+                for _ in range(3):
+                    stream, reader = await held.enter_async_context(raw_connection(server.port))
+                    await stream.send(get("/first"))
+                    assert (await read_response(reader))[0] == 200
                 await run_loop_until(lambda: server.connections == 3)
                 async with raw_connection(server.port) as (_, extra_reader):
                     status, headers, body = await read_response(extra_reader)
@@ -586,3 +584,66 @@ async def test_an_unauthorized_head_is_answered_before_its_body_is_read() -> Non
         with anyio.fail_after(5):
             await server.shutdown(1.0)
     assert handled == ["/key"]
+
+
+async def test_a_peer_without_a_key_holding_half_sent_requests_does_not_keep_a_key_out() -> None:
+    """A peer with no key kept every connection with a half-sent request, reopening each as
+    it was closed: a key holder got 503 on 20 requests of 20. Connections no request has
+    identified now hold at most half of them, each new one past that closes the oldest still
+    waiting for its head (503), and they have HEAD_TIMEOUT_S, not 75 + 30 s, to send one."""
+
+    def authorize(request: HttpRequest) -> HttpResponse | None:
+        if request.header("authorization") == "key":
+            request.authorized = "the key holder"
+        elif request.path != "/healthz":  # /healthz needs no key
+            return HttpResponse(401, [], b"no key")
+        return None
+
+    limits = HttpLimits(max_connections=8)
+    assert (limits.max_unidentified, limits.head_timeout_s) == (4, 10.0)
+    server = HttpServer(echo, host="127.0.0.1", port=0, limits=limits, authorize=authorize)
+    async with running(server), contextlib.AsyncExitStack() as held:
+        keyless = []
+        for _ in range(20):
+            stream, reader = await held.enter_async_context(raw_connection(server.port))
+            await stream.send(b"GET /healthz HTTP/1.1\r\n")  # and never the rest
+            keyless.append(reader)
+            await run_loop_until(lambda: server.unidentified_connections <= 4)
+        with anyio.fail_after(5):
+            for request in range(3):  # each time on a new connection
+                async with raw_connection(server.port) as (stream, reader):
+                    await stream.send(get(f"/{request}", "authorization: key\r\n"))
+                    status, _, body = await read_response(reader)
+                    assert (status, msgspec.json.decode(body)["path"]) == (200, f"/{request}")
+            assert server.unidentified_connections <= 4
+            assert server.refused_connections == 0
+            assert server.evicted_connections == 16 + 1  # the first key holder's made room
+            status, headers, body = await read_response(keyless[0])  # the oldest went first
+            assert (status, headers["connection"]) == (503, "close")
+            assert b"without a key" in body
+            assert await read_to_close(keyless[0]) == b""
+
+
+async def test_an_unidentified_connection_has_the_head_timeout_to_send_a_head() -> None:
+    def authorize(request: HttpRequest) -> HttpResponse | None:
+        request.authorized = "key" if request.header("authorization") == "key" else None
+        return None
+
+    limits = HttpLimits(head_timeout_s=0.3, read_timeout_s=30, idle_timeout_s=30)
+    server = HttpServer(echo, host="127.0.0.1", port=0, limits=limits, authorize=authorize)
+    async with (
+        running(server),
+        raw_connection(server.port) as (keyless, keyless_reader),
+        raw_connection(server.port) as (keyed, keyed_reader),
+    ):
+        await keyed.send(get("/", "authorization: key\r\n"))
+        await keyless.send(b"GET / HTTP/1.1\r\n")
+        with anyio.fail_after(5):
+            assert (await read_response(keyed_reader))[0] == 200
+            status, _, body = await read_response(keyless_reader)
+            assert await read_to_close(keyless_reader) == b""
+        assert status == 408
+        assert b"head not complete within 0.3 s" in body
+        await keyed.send(get("/again"))  # identified: the head timeout no longer applies
+        with anyio.fail_after(5):
+            assert (await read_response(keyed_reader))[0] == 200

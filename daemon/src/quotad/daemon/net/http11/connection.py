@@ -15,6 +15,7 @@ daemon does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
@@ -30,11 +31,17 @@ from quotad.daemon.net.http11.messages import (
     ErrorAnswer,
     Handler,
     HttpLimits,
+    HttpRequest,
     HttpResponse,
     StreamingResponse,
 )
 from quotad.daemon.net.http11.parser import IncomingRequest, RequestParser
-from quotad.daemon.net.http11.wire import NO_BODY_STATUSES, encode_head, trailer_section
+from quotad.daemon.net.http11.wire import (
+    NO_BODY_STATUSES,
+    closing_answer,
+    encode_head,
+    trailer_section,
+)
 
 logger = logging.getLogger("quotad.daemon.net.http11.server")  # the HTTP core logs as its server
 
@@ -93,6 +100,8 @@ class Serving(Protocol):
     @property
     def closing(self) -> bool: ...
 
+    def connection_identified(self, connection: Connection) -> None: ...
+
 
 class Connection(asyncio.Protocol):
     """One client connection: protocol callbacks that feed the parser, and the request loop
@@ -125,6 +134,11 @@ class Connection(asyncio.Protocol):
         self._close_mode = _LINGER
         self._answered = 0
         self.deadline = math.inf
+        self.identified = False
+        """A request of it was let in naming who sends it (see ``HttpLimits.head_timeout_s``)."""
+        self.awaiting_head = True
+        """Unidentified and waiting for (the rest of) a request head: it may be closed to make
+        room (:meth:`evict`)."""
         self.eof = False
         """The client closed its side or the connection is gone."""
         self.lost = False
@@ -207,6 +221,21 @@ class Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def evict(self, message: str) -> None:
+        """Close now to make room for a new connection (the server's choice while this one is
+        unidentified and waits for a head): a 503 with ``message`` if part of a request came,
+        else nothing; the request loop then sees the connection gone."""
+        transport = self._transport
+        parser = self._parser
+        self.awaiting_head = False
+        self._close_mode = _CLOSE
+        if transport is None or self.lost or transport.is_closing():
+            return
+        if parser is not None and parser.in_request:
+            with contextlib.suppress(ValueError):
+                transport.write(closing_answer(self._server.error_answer(503, message)))
+        transport.close()
+
     def abort(self) -> None:
         """Drop the connection now (the server's last resort at shutdown)."""
         if self._transport is not None:
@@ -218,6 +247,7 @@ class Connection(asyncio.Protocol):
             with anyio.CancelScope() as self._scope:  # per connection, not per request
                 while True:
                     incoming = await self._next_request()
+                    self.awaiting_head = False
                     if incoming is None:
                         break
                     self._answered += 1
@@ -252,16 +282,25 @@ class Connection(asyncio.Protocol):
             self._waiter = None
         return self._pending > 0 or self.eof
 
-    async def _wait_idle(self) -> bool:
-        """Wait for the first bytes of a next request; False: close instead (timeout or
-        shutdown: while the server drains, only a new connection waits for its first)."""
+    async def _wait_idle(self, head_deadline: float) -> bool:
+        """Wait for the first bytes of a next request, until ``head_deadline`` at the latest;
+        False: close instead (timeout or shutdown: while the server drains, only a new
+        connection waits for its first)."""
         if self._server.closing and self._answered:
             return False
         self._idle = True
         try:
-            return await self._wait_data(self._loop.time() + self._limits.idle_timeout_s)
+            deadline = self._loop.time() + self._limits.idle_timeout_s
+            return await self._wait_data(min(deadline, head_deadline))
         finally:
             self._idle = False
+
+    def _identify(self, request: HttpRequest) -> None:
+        """Take the connection as identified once a request of it is let in naming who sends
+        it (any request, when the server has no authorize hook)."""
+        if self._server.authorize is None or request.authorized is not None:
+            self.identified = True
+            self._server.connection_identified(self)
 
     async def _next_request(self) -> IncomingRequest | None:
         """The next request, complete or refused (taken from the parser's queue), or None
@@ -270,9 +309,13 @@ class Connection(asyncio.Protocol):
         assert parser is not None
         requests = parser.requests
         deadline = -1.0
+        limits = self._limits
+        head_deadline = math.inf if self.identified else self._loop.time() + limits.head_timeout_s
         while True:
             if requests:
                 incoming = requests[0]
+                if not self.identified and incoming.refusal is None and incoming.request:
+                    self._identify(incoming.request)
                 if incoming.complete or incoming.refusal is not None:
                     requests.popleft()
                     return incoming
@@ -285,17 +328,25 @@ class Connection(asyncio.Protocol):
                         return None
             if self.eof:  # gone between requests, or in the middle of one
                 return None
+            head_pending = not self.identified and (not requests or requests[0].request is None)
+            self.awaiting_head = head_pending
             if deadline < 0:
                 if not requests and not parser.in_request:
-                    if not await self._wait_idle():
+                    if not await self._wait_idle(head_deadline):
                         self._close_mode = _CLOSE
                         return None
                     continue
-                deadline = self._loop.time() + self._limits.read_timeout_s
-            if not await self._wait_data(deadline):
+                deadline = self._loop.time() + limits.read_timeout_s
+            head_first = head_pending and head_deadline < deadline
+            if not await self._wait_data(head_deadline if head_first else deadline):
                 if not self.eof:
-                    timeout = self._limits.read_timeout_s
-                    await self._send_error(408, f"request not complete within {timeout:g} s")
+                    await self._send_error(
+                        408,
+                        f"request head not complete within {limits.head_timeout_s:g} s (no "
+                        "request on this connection has named who sends it yet)"
+                        if head_first
+                        else f"request not complete within {limits.read_timeout_s:g} s",
+                    )
                 return None
 
     # ------------------------------------------------------------------ answering

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 import msgspec
 
 Headers = list[tuple[str, str]]
+
+HEAD_TIMEOUT_S: Final = 10.0
+"""How long an unidentified connection (see :class:`HttpLimits`) has to send a whole request
+head: a peer without a key held connections 75 s idle, then 30 s for a head."""
+UNIDENTIFIED_SHARE: Final = 0.5
+"""The share of ``max_connections`` that unidentified connections may hold together."""
 
 
 @dataclass(slots=True)
@@ -31,7 +38,24 @@ class HttpLimits:
     """How long a connection waits for its next request."""
     max_connections: int = 1024
     """Open connections per listener; a connection beyond it is answered 503 and closed at
-    once, unread."""
+    once, unread (unless an unidentified one waiting for a head makes room, see below)."""
+    head_timeout_s: float = HEAD_TIMEOUT_S
+    """A connection is *unidentified* until one of its requests is let in naming who sends it
+    (:attr:`HttpRequest.authorized` set by :data:`Authorize`; any request when there is no
+    such hook): while it is, each request head must be complete within this, counted from
+    the connection's start or its last answer (else 408 and close, or a quiet close if none of
+    it came). A peer without a key cannot hold connections longer."""
+    unidentified_share: float = UNIDENTIFIED_SHARE
+    """Unidentified connections hold at most this share of ``max_connections`` (at least one):
+    a new connection past it, or past ``max_connections``, makes room by closing the oldest
+    unidentified connection waiting for a head (a 503 if it had sent part of one); only when
+    there is none is the new one refused. So a peer without a key, however many connections
+    it opens, cannot keep out one that has a key: the newest connection is the last closed."""
+
+    @property
+    def max_unidentified(self) -> int:
+        """Unidentified connections that may be open at once (see :attr:`unidentified_share`)."""
+        return max(1, int(self.max_connections * self.unidentified_share))
 
 
 @dataclass(slots=True)

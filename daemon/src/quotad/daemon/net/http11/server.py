@@ -1,5 +1,6 @@
 """The HTTP/1.1 server's listener (:class:`HttpServer`): binding, the accept loops (which
-survive running out of file descriptors, and cap the connections open at once), one
+survive running out of file descriptors, cap the connections open at once, and keep
+unidentified connections to their share, see :class:`~.messages.HttpLimits`), one
 :class:`~quotad.daemon.net.http11.connection.Connection` (an asyncio protocol on the loop's
 transport) and its task per client, the timeout sweep that wakes connections whose deadline has
 passed, and graceful shutdown."""
@@ -27,7 +28,7 @@ from quotad.daemon.net.http11.messages import (
     HttpLimits,
     default_error_answer,
 )
-from quotad.daemon.net.http11.wire import encode_head
+from quotad.daemon.net.http11.wire import closing_answer
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,12 @@ RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EN
 something is freed, so they are reported (:attr:`HttpServer.accept_problem`)."""
 OVER_CAPACITY_MESSAGE = "too many connections are open; retry shortly"
 """What a connection beyond ``max_connections`` is answered (503, then a close)."""
+EVICTED_MESSAGE = (
+    "too many connections without a key are open: this one, the oldest still sending its "
+    "request head, was closed to make room; retry shortly"
+)
+"""What an unidentified connection closed to make room is answered, if it had sent part of a
+request (503, then a close)."""
 
 
 class HttpServer:
@@ -68,6 +75,8 @@ class HttpServer:
         self._closing = False
         self._drain_deadline_s = 10.0
         self._connections: set[Connection] = set()
+        self._unidentified: dict[Connection, None] = {}
+        """Connections not identified yet (see ``HttpLimits.head_timeout_s``), oldest first."""
         self._draining: set[Connection] = set()
         """The connections open when shutdown began: the drain waits for these only."""
         self._listener: MultiListener[anyio.abc.SocketStream] | None = None
@@ -78,6 +87,8 @@ class HttpServer:
         self._accept_failure_logged = -ACCEPT_ERROR_LOG_EVERY_S
         self.refused_connections = 0
         """Connections answered 503 and closed because ``max_connections`` were open."""
+        self.evicted_connections = 0
+        """Unidentified connections closed to make room for new ones."""
 
     @property
     def port(self) -> int:
@@ -93,6 +104,11 @@ class HttpServer:
     def connections(self) -> int:
         """Connections open now."""
         return len(self._connections)
+
+    @property
+    def unidentified_connections(self) -> int:
+        """Connections open now that no request has identified yet."""
+        return len(self._unidentified)
 
     @property
     def accept_problem(self) -> str | None:
@@ -174,7 +190,13 @@ class HttpServer:
         while True:
             limits = self.limits
             await anyio.sleep(
-                min(1.0, limits.read_timeout_s / 8, limits.idle_timeout_s / 8, LINGER_S / 8)
+                min(
+                    1.0,
+                    limits.read_timeout_s / 8,
+                    limits.idle_timeout_s / 8,
+                    limits.head_timeout_s / 8,
+                    LINGER_S / 8,
+                )
             )
             now = loop.time()
             for connection in self._connections:
@@ -188,8 +210,9 @@ class HttpServer:
     ) -> None:
         """Accept clients on ``listener``'s socket, each as a :class:`Connection` protocol on
         the loop's transport, served by a task of ``connections``. A failed accept (out of
-        file descriptors, say) pauses and tries again; a client beyond ``max_connections`` is
-        answered 503 and closed at once."""
+        file descriptors, say) pauses and tries again; a client beyond ``max_connections``, or
+        beyond the unidentified connections' share, closes the oldest unidentified connection
+        waiting for a head, or is answered 503 and closed at once when there is none."""
         loop = asyncio.get_running_loop()
         listening_socket = listener.extra(SocketAttribute.raw_socket)
         while True:
@@ -201,7 +224,11 @@ class HttpServer:
                 continue
             if self._accept_failing_since is not None:
                 self._accept_recovered(loop.time())
-            if len(self._connections) >= self.limits.max_connections:
+            limits = self.limits
+            if (
+                len(self._connections) >= limits.max_connections
+                or len(self._unidentified) >= limits.max_unidentified
+            ) and not self._evict_one():
                 self._refuse(client_socket)
                 continue
             try:
@@ -214,7 +241,31 @@ class HttpServer:
                 client_socket.close()
                 continue
             self._connections.add(connection)
+            self._unidentified[connection] = None
             connections.start_soon(self._run_connection, connection)
+
+    def _evict_one(self) -> bool:
+        """Close the oldest unidentified connection waiting for a head, to make room for a new
+        one; False when there is none."""
+        for connection in self._unidentified:
+            if connection.awaiting_head:
+                del self._unidentified[connection]
+                self.evicted_connections += 1
+                if self.evicted_connections == 1 or self.evicted_connections % 1000 == 0:
+                    logger.warning(
+                        "%d connection(s) open, %d not identified: closed %d so far that had "
+                        "sent no whole request head, to make room",
+                        len(self._connections),
+                        len(self._unidentified),
+                        self.evicted_connections,
+                    )
+                connection.evict(EVICTED_MESSAGE)
+                return True
+        return False
+
+    def connection_identified(self, connection: Connection) -> None:
+        """A request of ``connection`` named who sends it: it no longer counts in the share."""
+        self._unidentified.pop(connection, None)
 
     def _refuse(self, client_socket: socket.socket) -> None:
         """Answer a connection beyond ``max_connections`` with a 503 in one non-blocking
@@ -227,8 +278,7 @@ class HttpServer:
                 self.refused_connections,
             )
         try:
-            response = self.error_answer(503, OVER_CAPACITY_MESSAGE)
-            answer = encode_head(response, keep_alive=False, chunked=True) + response.body
+            answer = closing_answer(self.error_answer(503, OVER_CAPACITY_MESSAGE))
             client_socket.setblocking(False)
             client_socket.send(answer)
         except (OSError, ValueError):
@@ -270,6 +320,7 @@ class HttpServer:
 
     def _connection_ended(self, connection: Connection) -> None:
         self._connections.discard(connection)
+        self._unidentified.pop(connection, None)
         if self._closing and connection in self._draining:
             self._draining.discard(connection)
             if not self._draining and self._drained is not None:

@@ -48,6 +48,12 @@ def encode_head(
     return encoded
 
 
+def closing_answer(response: HttpResponse) -> bytes:
+    """``response`` whole, head and body, as the last answer of a connection (``connection:
+    close``): what the server writes at once when it refuses or evicts a connection."""
+    return encode_head(response, keep_alive=False, chunked=True) + response.body
+
+
 def trailer_section(response: StreamingResponse) -> bytes:
     """The trailer fields of a chunked body's end: those announced and filled in, each
     checked as the head's are (one that is not sound is left out, and logged)."""
