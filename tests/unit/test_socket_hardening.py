@@ -35,7 +35,12 @@ from quotad.daemon.providers.base import ChatResult
 from quotad.daemon.routing import Router
 from quotad.daemon.server import Connection, ConnectionLimits, SocketServer, listener
 from quotad.daemon.server import connection as connection_module
-from quotad.daemon.server.snapshots import MAX_SNAPSHOTS_PER_S, STATUS_REUSE_S, SnapshotPace
+from quotad.daemon.server.snapshots import (
+    MAX_SNAPSHOTS_PER_S,
+    SNAPSHOT_BURST,
+    STATUS_REUSE_S,
+    SnapshotPace,
+)
 from quotad.daemon.store import Store
 from quotad.protocol.framing import FrameEncoder, reply_decoder
 from quotad.protocol.messages import (
@@ -324,6 +329,51 @@ async def test_the_snapshots_of_every_subscription_together_are_paced(anyio_back
     assert MAX_SNAPSHOTS_PER_S <= 200  # they asked for 6,400 a second
     assert 0 < got <= 300 * seconds
     assert builds <= seconds / STATUS_REUSE_S + 1
+
+
+async def test_the_first_snapshot_of_each_subscription_waits_its_turn_too(
+    anyio_backend: Any,
+) -> None:
+    """Each subscription's first snapshot went out at once: 1,023 connections subscribing 32
+    times each got 1,510 snapshots a second against the 200 documented. Now every snapshot
+    takes a turn: on a clock that stands still only the burst goes out of the 320 first
+    snapshots asked for, and each 1/MAX_SNAPSHOTS_PER_S of it lets out one more."""
+    now = 0.0
+    real_time = False
+    received = 0
+
+    def clock() -> float:
+        return time.monotonic() if real_time else now
+
+    async with serve() as served:
+        served.server.snapshots = SnapshotPace(served.server.status, clock=clock)
+        peers, per_peer = 10, served.server.limits.max_subscriptions
+        subscribe = b"".join(
+            ENCODER.encode(Subscribe(id=n, interval_s=60)) for n in range(1, per_peer + 1)
+        )
+
+        async def count_firsts(peer: Peer) -> None:
+            nonlocal received
+            for _ in range(per_peer):
+                assert isinstance(await peer.next(), Snapshot)
+                received += 1
+
+        async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as readers:
+            for _ in range(peers):
+                peer = await stack.enter_async_context(Peer.connect(served.path))
+                await peer.send(subscribe)
+                readers.start_soon(count_firsts, peer)
+            await wait_until(lambda: served.server.snapshots.open == peers * per_peer)
+            await wait_until(lambda: received >= SNAPSHOT_BURST)
+            await anyio.sleep(0.2)  # time for any more to arrive: none may
+            assert received == SNAPSHOT_BURST
+            for turn in range(1, 31):
+                now = turn / MAX_SNAPSHOTS_PER_S + 1e-6
+                await wait_until(lambda: received >= SNAPSHOT_BURST + turn)  # noqa: B023
+            await anyio.sleep(0.2)
+            assert received == SNAPSHOT_BURST + 30
+            real_time = True  # the rest, at the pace itself
+        assert received == peers * per_peer
 
 
 async def test_a_peer_that_does_not_read_stops_being_read(anyio_backend: Any) -> None:
