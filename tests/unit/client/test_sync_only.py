@@ -4,13 +4,38 @@ Ctrl-C. The behaviour both APIs share is tested once for both, in test_api.py.""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 
 import pytest
 
 from quotad.client import Client
-from quotad.protocol.messages import Chat, Request, Settle, Status
-from tests.support.fake_daemon import FakeConnection, FakeDaemon, chat_reply, holding_chats
+from quotad.protocol.messages import Chat, ChatReply, Request, Settle, Status
+from tests.support.fake_daemon import (
+    USER_HI,
+    FakeConnection,
+    FakeDaemon,
+    chat_reply,
+    holding_chats,
+)
+
+CHILD_WAIT_S = 10.0
+
+
+def exit_code_of_child(pid: int) -> int | None:
+    """The exit code of child ``pid``, or None if it had not exited within ``CHILD_WAIT_S``
+    (it is then killed: a bound for a test that would hang, not a timing assert)."""
+    deadline = time.monotonic() + CHILD_WAIT_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
 
 
 def test_threads_sharing_a_client_each_get_their_own_reply(socket_path: str) -> None:
@@ -61,3 +86,34 @@ def test_permit_block_interrupted_settles_as_cancelled(fake: FakeDaemon, socket_
         [settle] = fake.requests(Settle)
         assert isinstance(settle, Settle)
         assert (settle.tokens_used, settle.status) == (70, "cancelled")
+
+
+def test_a_forked_child_connects_anew_and_leaves_the_parents_call_alone(socket_path: str) -> None:
+    """The child of a fork shared the parent's socket and request ids: it hung waiting for a
+    read turn a parent thread held at the fork, could read the parent's replies, and closing
+    its copy shut the socket down under the parent's call in flight."""
+    held: list[tuple[FakeConnection, Request]] = []
+    replies: list[ChatReply] = []
+    with FakeDaemon(socket_path, holding_chats(held)) as fake, Client(socket_path) as qd:
+        qd.status()
+        waiter = threading.Thread(target=lambda: replies.append(qd.chat("fast", USER_HI)))
+        waiter.start()
+        fake.wait_for(Chat)  # a parent thread now waits on the connection, holding the read turn
+        pid = os.fork()
+        if pid == 0:  # the child: one call of its own, then close, and never return to pytest
+            code = 1
+            try:
+                code = 0 if qd.status().daemon_version == "fake" else 2
+                qd.close()
+            finally:
+                os._exit(code)
+        child_exit = exit_code_of_child(pid)
+        [(connection, chat)] = held
+        assert isinstance(chat, Chat)
+        connection.send(chat_reply(chat))
+        waiter.join(5)
+        assert [reply.content for reply in replies] == ["echo: hi"]
+        assert qd.status().daemon_version == "fake"
+    assert child_exit == 0
+    assert len(fake.connections) == 2
+    assert len(fake.requests(Status)) == 3

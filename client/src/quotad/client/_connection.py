@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import select
 import socket
 import threading
 import time
+import weakref
 from collections import deque
-from threading import Lock as Lock
 from time import sleep as sleep
-from typing import Final
+from types import TracebackType
+from typing import Final, Protocol
 
 from quotad.client._common import (
     RECEIVE_SIZE,
@@ -58,6 +60,47 @@ _SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0)
 current_time: Final = time.monotonic
 
 
+class _RenewedAtFork(Protocol):
+    def _renew_after_fork(self) -> None: ...
+
+
+_RENEWED_AT_FORK: Final[weakref.WeakSet[_RenewedAtFork]] = weakref.WeakSet()
+"""The connections and locks of this process that a forked child must renew before use."""
+
+
+def _renew_all_after_fork() -> None:
+    for item in list(_RENEWED_AT_FORK):
+        item._renew_after_fork()
+
+
+os.register_at_fork(after_in_child=_renew_all_after_fork)
+
+
+class Lock:
+    """A thread lock (``with lock:``) that a forked child gets anew, free: the thread that may
+    have held it at the fork does not exist in the child, which would wait for it forever."""
+
+    __slots__ = ("__weakref__", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        _RENEWED_AT_FORK.add(self)
+
+    def _renew_after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._lock.release()
+
+
 def is_cancellation(error: BaseException) -> bool:
     """Whether ``error`` ends a block because it was cancelled (rather than because it failed)."""
     return isinstance(error, KeyboardInterrupt | GeneratorExit)
@@ -71,7 +114,7 @@ def shielded(seconds: float) -> contextlib.nullcontext[None]:
 class Connection(ConnectionBase[Inbox]):
     """One handshaken socket: sends requests and routes replies to per-id inboxes."""
 
-    __slots__ = ("_poller", "_reading", "_send_lock", "_state")
+    __slots__ = ("__weakref__", "_poller", "_reading", "_send_lock", "_state")
 
     def __init__(self, sock: socket.socket, handshake: Handshake) -> None:
         super().__init__(sock, handshake)
@@ -80,6 +123,18 @@ class Connection(ConnectionBase[Inbox]):
         self._send_lock = threading.Lock()
         self._state = threading.Condition(threading.Lock())
         self._reading = False
+        _RENEWED_AT_FORK.add(self)
+
+    def _renew_after_fork(self) -> None:
+        """In a forked child: drop this connection, which the parent still uses. Its socket
+        is not shut down (that would end the parent's too), only the child's descriptor
+        closed; its state is made anew, as no parent thread reads it or holds its locks here."""
+        self._send_lock = threading.Lock()
+        self._state = threading.Condition(threading.Lock())
+        self._reading = False
+        self._inboxes.clear()
+        self.lost = "inherited from the parent process by os.fork()"
+        self._sock.close()
 
     def send(self, request: Message) -> Inbox:
         """Give ``request`` the next id and send it; its replies will arrive in the inbox.
