@@ -48,6 +48,7 @@ from quotad.protocol.messages import (
 )
 from tests.support.client_apis import NewClient
 from tests.support.fake_daemon import (
+    TERMINAL_WAIT_S,
     USER_HI,
     FakeConnection,
     FakeDaemon,
@@ -528,3 +529,39 @@ def test_a_welcome_cannot_raise_the_reply_bound_past_its_ceiling(
         pytest.raises(ConnectionLostError, match=f"over the limit of {MAX_FRAME_CEILING} bytes"),
     ):
         qd.status()
+
+
+def test_a_daemon_that_stops_reading_cannot_hold_a_send_past_the_timeout(
+    socket_path: str, new_client: NewClient
+) -> None:
+    """A request larger than the socket buffers, to a daemon that reads no more: the blocking
+    client waited in ``sendall`` for ever, the async one for 30 s (shielded), whatever its
+    timeout. Now the send ends at the request's deadline; half a frame sent drops the
+    connection, and the next call connects anew."""
+    release = threading.Event()
+
+    def stop_reading_at_a_chat(connection: FakeConnection, request: Request) -> None:
+        if type(request) is Chat:
+            release.wait(TERMINAL_WAIT_S * 2)  # this connection reads nothing more meanwhile
+        else:
+            answer(connection, request)
+
+    big = [{"role": "user", "content": "x" * (4 << 20)}]  # far more than the socket buffers
+    # Only for the code before the fix, so that it ends: the daemon reads again after a while,
+    # the send completes, and the call then times out waiting for its reply (another error).
+    unblock = threading.Timer(TERMINAL_WAIT_S * 2, release.set)
+    with (
+        FakeDaemon(socket_path, stop_reading_at_a_chat) as fake,
+        new_client(socket_path, timeout=0.5) as qd,
+    ):
+        unblock.start()
+        try:
+            with pytest.raises(RequestTimeoutError, match="no reply"):
+                qd.chat("fast", USER_HI)
+            with pytest.raises(RequestTimeoutError, match="could not send the request"):
+                qd.chat("fast", big)
+            assert qd.status().daemon_version == "fake"
+            assert len(fake.connections) == 2
+        finally:
+            release.set()
+            unblock.cancel()

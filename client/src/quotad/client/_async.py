@@ -38,6 +38,7 @@ from quotad.client._async_stream import AsyncChatStream, AsyncSubscription
 from quotad.client._common import (
     FrameNotSent,
     ReplyT,
+    SendTimedOut,
     build,
     chat_request,
     connect_failure,
@@ -187,19 +188,28 @@ class AsyncClient:
 
     # ----------------------------------------------------------------- request plumbing
 
-    async def _start(self, request: Message) -> tuple[AsyncConnection, AsyncInbox]:
-        """Send ``request``, reconnecting once if its frame did not get through."""
+    async def _start(
+        self, request: Message, bounded: bool = True
+    ) -> tuple[AsyncConnection, AsyncInbox, float | None]:
+        """Send ``request``, reconnecting once if its frame did not get through; with its
+        deadline (None unless ``bounded``), which also bounds the sending."""
         connection = await self._connected()
+        deadline = self._deadline() if bounded else None
         try:
-            return connection, await connection.send(request)
-        except FrameNotSent:
-            connection = await self._connected()
             try:
-                return connection, await connection.send(request)
-            except FrameNotSent as error:
-                raise ConnectionLostError(
-                    f"could not send to quotad at {connection.path}: {error}"
-                ) from None
+                return connection, await connection.send(request, deadline), deadline
+            except FrameNotSent:
+                connection = await self._connected()
+                try:
+                    return connection, await connection.send(request, deadline), deadline
+                except FrameNotSent as error:
+                    raise ConnectionLostError(
+                        f"could not send to quotad at {connection.path}: {error}"
+                    ) from None
+        except SendTimedOut as error:
+            raise RequestTimeoutError(
+                f"could not send the request to quotad within {self.timeout:g} s: {error}"
+            ) from None
 
     def _deadline(self) -> float | None:
         return None if self.timeout is None else current_time() + self.timeout
@@ -223,8 +233,8 @@ class AsyncClient:
         return reply
 
     async def _call(self, request: Message, kind: type[ReplyT]) -> ReplyT:
-        connection, inbox = await self._start(request)
-        reply = await self._await_reply(connection, inbox, request.id, self._deadline())
+        connection, inbox, deadline = await self._start(request)
+        reply = await self._await_reply(connection, inbox, request.id, deadline)
         return expect(reply, kind)
 
     # ----------------------------------------------------------------- the API

@@ -12,8 +12,9 @@ have requests in flight on the one connection at once. The connection works on i
 non-blocking socket directly, waiting with anyio (``wait_readable``, ``wait_writable``) only
 when the socket is not ready: one ``send`` per frame, ``recv_into`` one reused buffer, every
 complete frame in it decoded at once, and no checkpoint or cancel scope on the common path. A
-frame the socket cannot take whole is finished under a lock, shielded, so a cancelled writer
-never leaves half a frame.
+frame the socket cannot take whole is finished under a lock, until the request's deadline (or
+``SEND_STALL_S``); a writer stopped by either, or cancelled, with half its frame sent, loses
+the connection (no other frame can follow half of one), never just that request.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ from anyio import current_time as current_time
 from anyio import sleep as sleep
 
 from quotad.client._common import (
+    CUT_SHORT,
     RECEIVE_SIZE,
+    SEND_STALL_S,
     ConnectionBase,
     FrameNotSent,
     Handshake,
+    SendTimedOut,
     connect_failure,
 )
 from quotad.client.exceptions import ConnectionLostError
@@ -52,8 +56,6 @@ __all__ = [
     "sleep",
 ]
 
-# A frame the daemon has not taken in this long means the connection is stuck.
-SEND_STALL_S: Final = 30.0
 # How long closing waits for the reader task to see the end of its socket.
 CLOSE_WAIT_S: Final = 5.0
 
@@ -116,10 +118,11 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
         self._send_lock = anyio.Lock(fast_acquire=True)
         self.closed = anyio.Event()
 
-    async def send(self, request: Message) -> AsyncInbox:
+    async def send(self, request: Message, deadline: float | None) -> AsyncInbox:
         """Give ``request`` the next id and send it; its replies will arrive in the inbox.
 
-        Raises :class:`FrameNotSent` when the frame did not get through.
+        Raises :class:`FrameNotSent` when the frame did not get through, and
+        :class:`SendTimedOut` when ``deadline`` passed before it did.
         """
         if self.lost is not None:
             raise FrameNotSent(self.lost)
@@ -127,36 +130,47 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
         self._next_id = request_id + 1
         inbox = self._inboxes[request_id] = AsyncInbox()
         try:
-            await self._write(self._encoder.encode(request))
+            await self._write(self._encoder.encode(request), deadline)
         except BaseException:
             self._inboxes.pop(request_id, None)
             raise
         return inbox
 
-    async def _write(self, frame: bytes) -> None:
+    async def _write(self, frame: bytes, deadline: float | None) -> None:
         """Write one whole frame: at once if the socket takes it (and no other frame is half
-        written), else the rest under the send lock, shielded from cancellation so that no
-        frame is ever cut short."""
+        written), else the rest under the send lock, until ``deadline`` (:class:`SendTimedOut`)
+        or ``SEND_STALL_S`` (the connection is lost: :class:`FrameNotSent`). A frame cut short
+        (by either, or by cancellation) loses the connection."""
+        sent = 0
         if not self._send_lock.locked():
             sent = self._send_now(frame)
             if sent == len(frame):
                 return
-            frame = frame[sent:]  # nothing awaited since: the lock is still free for the rest
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + SEND_STALL_S
+        stall_at = anyio.current_time() + SEND_STALL_S
+        limit = stall_at if deadline is None else min(deadline, stall_at)
+        rest = memoryview(frame)[sent:]
+        with anyio.CancelScope(deadline=limit) as scope:
+            # the lock is taken without waiting when free: nothing can come between the part
+            # sent above and the rest
             async with self._send_lock:
-                rest = memoryview(frame)
-                while rest:
-                    sent = self._send_now(rest)
-                    if not sent:
-                        try:
-                            await anyio.wait_writable(self._sock)
-                        except anyio.ClosedResourceError:  # the reader closed the socket
-                            raise FrameNotSent(self.lost or "closed") from None
-                    rest = rest[sent:]
-        if scope.cancelled_caught:
-            self._lose(f"the daemon took no frame for {SEND_STALL_S:g} s")
-            raise ConnectionLostError(f"lost the connection to quotad at {self.path} ({self.lost})")
+                try:
+                    while rest:
+                        sent = self._send_now(rest)
+                        if not sent:
+                            try:
+                                await anyio.wait_writable(self._sock)
+                            except anyio.ClosedResourceError:  # the reader closed the socket
+                                raise FrameNotSent(self.lost or "closed") from None
+                        rest = rest[sent:]
+                finally:
+                    if 0 < len(rest) < len(frame):
+                        self._lose(CUT_SHORT)
+        if not scope.cancelled_caught:
+            return
+        if limit != stall_at:
+            raise SendTimedOut(cut=len(rest) < len(frame))
+        self._lose(f"the daemon took no frame for {SEND_STALL_S:g} s")
+        raise FrameNotSent(self.lost or "")
 
     def _send_now(self, data: bytes | memoryview) -> int:
         """What the socket takes of ``data`` without waiting (0 when it is full)."""
@@ -185,7 +199,7 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
         if self._inboxes.pop(request_id, None) is None or self.lost is not None:
             return
         with contextlib.suppress(FrameNotSent, ConnectionLostError):
-            await self._write(self._encoder.encode(Cancel(id=request_id)))
+            await self._write(self._encoder.encode(Cancel(id=request_id)), None)
 
     async def read_replies(self) -> None:
         """The reader task: route every reply until the connection ends (the daemon closes

@@ -25,9 +25,9 @@ class _AsyncRequestSender(Protocol):
 
     last_stream_end: ChatEnd | None
 
-    async def _start(self, request: Message) -> tuple[AsyncConnection, AsyncInbox]: ...
-
-    def _deadline(self) -> float | None: ...
+    async def _start(
+        self, request: Message, bounded: bool = True
+    ) -> tuple[AsyncConnection, AsyncInbox, float | None]: ...
 
     async def _await_reply(
         self,
@@ -56,10 +56,9 @@ class _AsyncReplies:
         self.finished = False
 
     async def _start(self) -> tuple[AsyncConnection, AsyncInbox]:
-        started = await self._client._start(self._request)
-        self._connection, self._inbox = started
-        self._deadline = self._client._deadline() if self._bounded else None
-        return started
+        started = await self._client._start(self._request, self._bounded)
+        self._connection, self._inbox, self._deadline = started
+        return started[0], started[1]
 
     async def _next_reply(self) -> Reply:
         """The request's next reply (sending it first if not yet sent); ends it on failure."""

@@ -48,6 +48,12 @@ RequestT = TypeVar("RequestT")
 # Keyword arguments of chat() that have a Chat field of their own; the rest go to Chat.extra.
 SAMPLING_FIELDS: Final = frozenset({"top_p", "stop", "seed", "tool_choice", "response_format"})
 RECEIVE_SIZE: Final = 65536
+# A frame the daemon has not taken in this long (from when it began to wait for room) means
+# the connection is stuck: it is dropped.
+SEND_STALL_S: Final = 30.0
+# The longest one wait (a poll, a lock, a condition) lasts: a longer one waits again, as many
+# times as its deadline allows (the OS takes no wait much longer than 24 days).
+LONGEST_WAIT_S: Final = 3600.0
 # Connect failures worth retrying while a restarted daemon comes back.
 RETRYABLE_ERRNOS: Final = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
 
@@ -196,6 +202,24 @@ class StreamedChat:
 class FrameNotSent(Exception):
     """A request's frame did not wholly reach the daemon, so the daemon never ran it: the
     caller may reconnect and send it again."""
+
+
+class SendTimedOut(Exception):
+    """A request's deadline passed before its frame was wholly sent (the daemon stopped
+    reading). If part of the frame went out (``cut``), its connection is lost too: no other
+    frame can follow half of one."""
+
+    def __init__(self, *, cut: bool) -> None:
+        self.cut = cut
+        super().__init__(
+            "the daemon took only part of it (is it reading?), so the connection was dropped"
+            if cut
+            else "the daemon took none of it (is it reading?)"
+        )
+
+
+CUT_SHORT: Final = "a frame was cut short (its sender timed out or was cancelled mid-frame)"
+"""Why a connection is lost when a frame could not be sent whole."""
 
 
 class Handshake:

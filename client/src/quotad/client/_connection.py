@@ -31,10 +31,14 @@ from types import TracebackType
 from typing import Final, Protocol
 
 from quotad.client._common import (
+    CUT_SHORT,
+    LONGEST_WAIT_S,
     RECEIVE_SIZE,
+    SEND_STALL_S,
     ConnectionBase,
     FrameNotSent,
     Handshake,
+    SendTimedOut,
     connect_failure,
 )
 from quotad.client.exceptions import ConnectionLostError
@@ -55,9 +59,16 @@ __all__ = [
 
 Inbox = deque[Reply]
 
-_SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0)
+# A send that takes what the socket has room for, without waiting (the socket itself blocks).
+_SEND_NOW_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0) | socket.MSG_DONTWAIT
 
 current_time: Final = time.monotonic
+
+
+def _wait_s(deadline: float) -> float:
+    """How long one wait may last to end by ``deadline`` (0 once it passed), at most
+    ``LONGEST_WAIT_S``."""
+    return min(max(deadline - time.monotonic(), 0.0), LONGEST_WAIT_S)
 
 
 class _RenewedAtFork(Protocol):
@@ -136,12 +147,18 @@ class Connection(ConnectionBase[Inbox]):
         self.lost = "inherited from the parent process by os.fork()"
         self._sock.close()
 
-    def send(self, request: Message) -> Inbox:
+    def send(self, request: Message, deadline: float | None) -> Inbox:
         """Give ``request`` the next id and send it; its replies will arrive in the inbox.
 
-        Raises :class:`FrameNotSent` when the frame did not get through.
+        Raises :class:`FrameNotSent` when the frame did not get through, and
+        :class:`SendTimedOut` when ``deadline`` passed before it did.
         """
-        with self._send_lock:
+        send_lock = self._send_lock
+        if deadline is None:
+            send_lock.acquire()
+        elif not send_lock.acquire(timeout=_wait_s(deadline)):  # the holder's is bounded too
+            raise SendTimedOut(cut=False)
+        try:
             if self.lost is not None:
                 raise FrameNotSent(self.lost)
             request_id = request.id = self._next_id
@@ -150,24 +167,58 @@ class Connection(ConnectionBase[Inbox]):
             inbox: Inbox = deque()
             with self._state:
                 self._inboxes[request_id] = inbox
-            self._send_frame(frame, request_id)
+            self._send_frame(frame, deadline, request_id)
+        finally:
+            send_lock.release()
         return inbox
 
-    def _send_frame(self, frame: bytes, request_id: int | None = None) -> None:
-        """Send one whole frame (the send lock is held). If it does not get through, however
-        it fails (an ``OSError``, a ``KeyboardInterrupt`` mid-send), the connection is lost and
-        ``request_id`` (if given) forgotten; an ``OSError`` raises :class:`FrameNotSent`."""
+    def _send_frame(
+        self, frame: bytes, deadline: float | None, request_id: int | None = None
+    ) -> None:
+        """Send one whole frame (the send lock is held): what the socket takes at once, the
+        rest as it makes room, until ``deadline`` (:class:`SendTimedOut`) or ``SEND_STALL_S``
+        (:class:`FrameNotSent`). If it does not get through, ``request_id`` (if given) is
+        forgotten, and the connection lost unless the deadline passed before any of it went;
+        an ``OSError`` raises :class:`FrameNotSent`, an interruption goes on."""
         try:
-            self._sock.sendall(frame, _SEND_FLAGS)
+            try:
+                sent = self._sock.send(frame, _SEND_NOW_FLAGS)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(frame):
+                self._send_rest(memoryview(frame)[sent:], len(frame), deadline)
         except BaseException as error:
             with self._state:
                 if request_id is not None:
                     self._inboxes.pop(request_id, None)
-                self._lose(f"sending failed: {connect_failure(error, 0)}")
+                if isinstance(error, FrameNotSent):
+                    self._lose(str(error))
+                elif isinstance(error, OSError):
+                    self._lose(f"sending failed: {connect_failure(error, 0)}")
+                elif not isinstance(error, SendTimedOut) or error.cut:
+                    self._lose(CUT_SHORT)
                 self._state.notify_all()
             if isinstance(error, OSError):
                 raise FrameNotSent(str(error)) from error
             raise
+
+    def _send_rest(self, rest: memoryview, size: int, deadline: float | None) -> None:
+        """Send ``rest`` of a frame of ``size`` bytes as the socket makes room, until
+        ``deadline`` or ``SEND_STALL_S`` from now."""
+        stall_at = time.monotonic() + SEND_STALL_S
+        limit = stall_at if deadline is None else min(deadline, stall_at)
+        poller = select.poll()
+        poller.register(self._sock, select.POLLOUT)
+        while rest:
+            left = limit - time.monotonic()
+            if left <= 0:
+                if limit != stall_at:
+                    raise SendTimedOut(cut=len(rest) < size)
+                raise FrameNotSent(f"the daemon took no frame for {SEND_STALL_S:g} s")
+            if not poller.poll(math.ceil(min(left, LONGEST_WAIT_S) * 1000)):
+                continue
+            with contextlib.suppress(BlockingIOError):
+                rest = rest[self._sock.send(rest, _SEND_NOW_FLAGS) :]
 
     def wait(self, inbox: Inbox, deadline: float | None) -> Reply | None:
         """The next reply in ``inbox``, or ``None`` once ``deadline`` (``current_time()``)
@@ -234,7 +285,7 @@ class Connection(ConnectionBase[Inbox]):
         with self._send_lock:
             if self.lost is not None:
                 raise FrameNotSent(self.lost)
-            self._send_frame(self._encoder.encode(Cancel(id=request_id)))
+            self._send_frame(self._encoder.encode(Cancel(id=request_id)), None)
 
     def close(self, reason: str) -> None:
         """Close the socket; waiters raise :class:`ConnectionLostError` with ``reason``."""

@@ -28,6 +28,7 @@ from typing import Any, Self
 from quotad.client._common import (
     FrameNotSent,
     ReplyT,
+    SendTimedOut,
     build,
     chat_request,
     connect_failure,
@@ -189,19 +190,28 @@ class Client:
 
     # ----------------------------------------------------------------- request plumbing
 
-    def _start(self, request: Message) -> tuple[Connection, Inbox]:
-        """Send ``request``, reconnecting once if its frame did not get through."""
+    def _start(
+        self, request: Message, bounded: bool = True
+    ) -> tuple[Connection, Inbox, float | None]:
+        """Send ``request``, reconnecting once if its frame did not get through; with its
+        deadline (None unless ``bounded``), which also bounds the sending."""
         connection = self._connected()
+        deadline = self._deadline() if bounded else None
         try:
-            return connection, connection.send(request)
-        except FrameNotSent:
-            connection = self._connected()
             try:
-                return connection, connection.send(request)
-            except FrameNotSent as error:
-                raise ConnectionLostError(
-                    f"could not send to quotad at {connection.path}: {error}"
-                ) from None
+                return connection, connection.send(request, deadline), deadline
+            except FrameNotSent:
+                connection = self._connected()
+                try:
+                    return connection, connection.send(request, deadline), deadline
+                except FrameNotSent as error:
+                    raise ConnectionLostError(
+                        f"could not send to quotad at {connection.path}: {error}"
+                    ) from None
+        except SendTimedOut as error:
+            raise RequestTimeoutError(
+                f"could not send the request to quotad within {self.timeout:g} s: {error}"
+            ) from None
 
     def _deadline(self) -> float | None:
         return None if self.timeout is None else current_time() + self.timeout
@@ -225,8 +235,8 @@ class Client:
         return reply
 
     def _call(self, request: Message, kind: type[ReplyT]) -> ReplyT:
-        connection, inbox = self._start(request)
-        reply = self._await_reply(connection, inbox, request.id, self._deadline())
+        connection, inbox, deadline = self._start(request)
+        reply = self._await_reply(connection, inbox, request.id, deadline)
         return expect(reply, kind)
 
     # ----------------------------------------------------------------- the API

@@ -27,9 +27,9 @@ class _RequestSender(Protocol):
 
     last_stream_end: ChatEnd | None
 
-    def _start(self, request: Message) -> tuple[Connection, Inbox]: ...
-
-    def _deadline(self) -> float | None: ...
+    def _start(
+        self, request: Message, bounded: bool = True
+    ) -> tuple[Connection, Inbox, float | None]: ...
 
     def _await_reply(
         self,
@@ -58,10 +58,9 @@ class _Replies:
         self.finished = False
 
     def _start(self) -> tuple[Connection, Inbox]:
-        started = self._client._start(self._request)
-        self._connection, self._inbox = started
-        self._deadline = self._client._deadline() if self._bounded else None
-        return started
+        started = self._client._start(self._request, self._bounded)
+        self._connection, self._inbox, self._deadline = started
+        return started[0], started[1]
 
     def _next_reply(self) -> Reply:
         """The request's next reply (sending it first if not yet sent); ends it on failure."""
