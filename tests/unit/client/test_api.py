@@ -16,6 +16,7 @@ import re
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from quotad.client import (
 )
 from quotad.client.exceptions import _ERROR_CLASSES
 from quotad.protocol.errors import ERROR_CODES
-from quotad.protocol.framing import MAX_FRAME_CEILING
+from quotad.protocol.framing import MAX_FRAME_CEILING, FrameEncoder
 from quotad.protocol.messages import (
     Cancel,
     Chat,
@@ -368,6 +369,36 @@ def test_timeout_bounds_a_whole_stream(socket_path: str, new_client: NewClient) 
         assert cancel.id == chat.id
         assert stream.content == "one"
         assert list(stream) == []
+
+
+def test_timeout_bounds_a_stream_whose_chunks_are_already_queued(
+    socket_path: str, new_client: NewClient
+) -> None:
+    """Replies already in a stream's inbox were returned without looking at the deadline, so
+    a fast stream read slowly ran on past its timeout (for ever, if it never ended)."""
+    encoder = FrameEncoder()
+
+    def chunks_in_one_write(connection: FakeConnection, request: Request) -> None:
+        if type(request) is not Chat:
+            answer(connection, request)
+            return
+        chunks = (ChatChunk(id=request.id, delta=str(n)) for n in range(100))
+        connection.sock.sendall(b"".join(map(encoder.encode, chunks)))  # then no end
+
+    with (
+        FakeDaemon(socket_path, chunks_in_one_write) as fake,
+        new_client(socket_path, timeout=0.2) as qd,
+    ):
+        stream = qd.chat_stream("fast", USER_HI)
+        assert next(stream).delta == "0"  # the other 99 came in the same read
+        time.sleep(0.4)  # the caller is slow: the deadline passes with chunks waiting
+        with pytest.raises(RequestTimeoutError):
+            next(stream)
+        [cancel] = fake.wait_for(Cancel)
+        [chat] = fake.requests(Chat)
+        assert cancel.id == chat.id
+        assert list(stream) == []
+        assert qd.status().daemon_version == "fake"
 
 
 def test_subscribe_yields_snapshots_until_closed(

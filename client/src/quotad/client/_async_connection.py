@@ -184,9 +184,11 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
 
     async def wait(self, inbox: AsyncInbox, deadline: float | None) -> Reply | None:
         """The next reply in ``inbox``, or ``None`` once ``deadline`` (``current_time()``)
-        passes."""
+        passes, even with replies in it."""
         replies = inbox.replies
         if replies:
+            if deadline is not None and anyio.current_time() >= deadline:
+                return None  # a reply that waited past the deadline (a stream read slowly)
             return replies.popleft()
         if deadline is None:
             return await inbox.get()

@@ -222,9 +222,11 @@ class Connection(ConnectionBase[Inbox]):
 
     def wait(self, inbox: Inbox, deadline: float | None) -> Reply | None:
         """The next reply in ``inbox``, or ``None`` once ``deadline`` (``current_time()``)
-        passes."""
+        passes, even with replies in it."""
         state = self._state
         with state:
+            if inbox and deadline is not None and time.monotonic() >= deadline:
+                return None  # a reply that waited past the deadline (a stream read slowly)
             while not inbox:
                 if self.lost is not None:
                     raise ConnectionLostError(self._lost_in_flight())
