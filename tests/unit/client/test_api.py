@@ -11,6 +11,7 @@ What only one API has (threads sharing a blocking client; tasks, cancellation an
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 import socket
@@ -21,11 +22,13 @@ from pathlib import Path
 
 import pytest
 
+import quotad.client._common
 from quotad.client import (
     BadRequestError,
     ConnectionLostError,
     DaemonUnavailableError,
     InternalError,
+    OverloadedError,
     RequestTimeoutError,
     UnauthorizedError,
     UpstreamError,
@@ -351,6 +354,57 @@ def test_closing_a_stream_early_cancels_it(socket_path: str, new_client: NewClie
         assert cancel.id == chat.id
         assert list(stream) == []
         # the late chunk and the "cancelled" error are dropped, not mistaken for this reply
+        assert qd.status().daemon_version == "fake"
+
+
+def test_a_stream_left_by_break_and_dropped_is_cancelled(
+    socket_path: str, new_client: NewClient
+) -> None:
+    """``for chunk in stream: break`` never closes the stream: its request ran on (the
+    provider call, paid for) and its replies piled up. Now dropping it cancels it."""
+    replies = (ChatChunk(delta="one"), ChatChunk(delta="two"))  # then nothing: it hangs
+    with (
+        FakeDaemon(socket_path, answering_chat_with(*replies)) as fake,
+        new_client(socket_path) as qd,
+    ):
+        for chunk in qd.chat_stream("fast", USER_HI):
+            assert chunk.delta == "one"
+            break
+        gc.collect()  # (CPython has freed it already; the loop held the only reference)
+        assert qd.status().daemon_version == "fake"
+        [cancel] = fake.wait_for(Cancel)
+        [chat] = fake.requests(Chat)
+        assert cancel.id == chat.id
+
+
+def test_a_stream_read_too_slowly_is_cancelled_past_its_unread_bound(
+    socket_path: str, new_client: NewClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replies nobody read were kept without bound (a subscription never read grew for
+    ever). Past ``MAX_UNREAD_REPLIES`` the request is cancelled; its reader gets the replies
+    kept, then ``OverloadedError``."""
+    monkeypatch.setattr(quotad.client._common, "MAX_UNREAD_REPLIES", 8)
+    encoder = FrameEncoder()
+
+    def chunks_in_one_write(connection: FakeConnection, request: Request) -> None:
+        if type(request) is not Chat:
+            answer(connection, request)
+            return
+        chunks = (ChatChunk(id=request.id, delta=str(n)) for n in range(20))
+        connection.sock.sendall(b"".join(map(encoder.encode, chunks)))  # then no end
+
+    with (
+        FakeDaemon(socket_path, chunks_in_one_write) as fake,
+        new_client(socket_path, timeout=30) as qd,
+    ):
+        stream = qd.chat_stream("fast", USER_HI)
+        deltas: list[str] = []
+        with pytest.raises(OverloadedError, match="8 replies came that were not read"):
+            deltas.extend(chunk.delta for chunk in stream)
+        assert deltas == [str(n) for n in range(8)]
+        [cancel] = fake.wait_for(Cancel)
+        [chat] = fake.requests(Chat)
+        assert cancel.id == chat.id
         assert qd.status().daemon_version == "fake"
 
 

@@ -10,11 +10,12 @@ import anyio.to_thread
 import pytest
 
 from quotad.client import AsyncClient
-from quotad.protocol.messages import Cancel, Chat, Request, Settle
+from quotad.protocol.messages import Cancel, Chat, ChatChunk, Request, Settle, Subscribe
 from tests.support.fake_daemon import (
     USER_HI,
     FakeConnection,
     FakeDaemon,
+    answering_chat_with,
     chat_reply,
     holding_chats,
 )
@@ -107,3 +108,23 @@ async def test_the_client_is_opened_once(fake: FakeDaemon, socket_path: str) -> 
         with pytest.raises(RuntimeError, match="already open"):
             await qd.__aenter__()
         assert (await qd.status()).daemon_version == "fake"
+
+
+@pytest.mark.anyio
+async def test_a_stream_left_by_break_is_cancelled_at_once(socket_path: str) -> None:
+    """Dropped in its event loop, a stream's Cancel goes at once, with no other call to carry
+    it; so does a subscription's."""
+    with FakeDaemon(socket_path, answering_chat_with(ChatChunk(delta="one"))) as fake:
+        async with AsyncClient(socket_path) as qd:
+            async for chunk in qd.chat_stream("fast", USER_HI):
+                assert chunk.delta == "one"
+                break
+            [cancel] = await anyio.to_thread.run_sync(fake.wait_for, Cancel)
+            [chat] = fake.requests(Chat)
+            assert cancel.id == chat.id
+            async for snapshot in qd.subscribe(interval_s=0.5):
+                assert snapshot.seq == 1
+                break
+            cancels = await anyio.to_thread.run_sync(fake.wait_for, Cancel, 2)
+            [subscribe] = fake.requests(Subscribe)
+            assert cancels[1].id == subscribe.id

@@ -12,11 +12,21 @@ import time
 import pytest
 
 from quotad.client import Client
-from quotad.protocol.messages import Chat, ChatReply, Request, Settle, Status
+from quotad.protocol.messages import (
+    Cancel,
+    Chat,
+    ChatChunk,
+    ChatReply,
+    Request,
+    Settle,
+    Status,
+    Subscribe,
+)
 from tests.support.fake_daemon import (
     USER_HI,
     FakeConnection,
     FakeDaemon,
+    answering_chat_with,
     chat_reply,
     holding_chats,
 )
@@ -117,3 +127,24 @@ def test_a_forked_child_connects_anew_and_leaves_the_parents_call_alone(socket_p
     assert child_exit == 0
     assert len(fake.connections) == 2
     assert len(fake.requests(Status)) == 3
+
+
+def test_a_stream_left_by_break_is_cancelled_at_once(socket_path: str) -> None:
+    """Dropped, a stream's Cancel goes at once, with no other call to carry it; so does a
+    subscription's."""
+    with (
+        FakeDaemon(socket_path, answering_chat_with(ChatChunk(delta="one"))) as fake,
+        Client(socket_path) as qd,
+    ):
+        for chunk in qd.chat_stream("fast", USER_HI):
+            assert chunk.delta == "one"
+            break
+        [cancel] = fake.wait_for(Cancel)
+        [chat] = fake.requests(Chat)
+        assert cancel.id == chat.id
+        for snapshot in qd.subscribe(interval_s=0.5):
+            assert snapshot.seq == 1
+            break
+        cancels = fake.wait_for(Cancel, 2)
+        [subscribe] = fake.requests(Subscribe)
+        assert cancels[1].id == subscribe.id

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 from collections import deque
 from typing import Final
 
@@ -81,6 +82,9 @@ class AsyncInbox:
         self.event: anyio.Event | None = None
         self.lost: str | None = None
 
+    def __len__(self) -> int:
+        return len(self.replies)
+
     def append(self, reply: Reply) -> None:
         self.replies.append(reply)
         if self.event is not None:
@@ -111,12 +115,13 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
     decodes every complete frame in it.
     """
 
-    __slots__ = ("_send_lock", "closed")
+    __slots__ = ("_loop_thread", "_send_lock", "closed")
 
     def __init__(self, sock: socket.socket, handshake: Handshake) -> None:
         super().__init__(sock, handshake)
         self._send_lock = anyio.Lock(fast_acquire=True)
         self.closed = anyio.Event()
+        self._loop_thread = threading.get_ident()
 
     async def send(self, request: Message, deadline: float | None) -> AsyncInbox:
         """Give ``request`` the next id and send it; its replies will arrive in the inbox.
@@ -142,7 +147,10 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
         or ``SEND_STALL_S`` (the connection is lost: :class:`FrameNotSent`). A frame cut short
         (by either, or by cancellation) loses the connection."""
         sent = 0
-        if not self._send_lock.locked():
+        owned = not self._send_lock.locked()
+        if owned:
+            if self._unsent:
+                frame = self._take_unsent() + frame
             sent = self._send_now(frame)
             if sent == len(frame):
                 return
@@ -153,6 +161,9 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
             # the lock is taken without waiting when free: nothing can come between the part
             # sent above and the rest
             async with self._send_lock:
+                if not owned and self._unsent:
+                    frame = self._take_unsent() + frame
+                    rest = memoryview(frame)
                 try:
                     while rest:
                         sent = self._send_now(rest)
@@ -181,6 +192,11 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
         except OSError as error:
             self._lose(f"sending failed: {connect_failure(error, 0)}")
             raise FrameNotSent(self.lost or "") from error
+
+    def _send_unsent_now(self) -> None:
+        # only in the loop's thread (a finalizer may run in another) and between frames
+        if threading.get_ident() == self._loop_thread and not self._send_lock.locked():
+            self._send_unsent_nowait()
 
     async def wait(self, inbox: AsyncInbox, deadline: float | None) -> Reply | None:
         """The next reply in ``inbox``, or ``None`` once ``deadline`` (``current_time()``)

@@ -90,6 +90,13 @@ class _AsyncReplies:
     def __aiter__(self) -> Self:
         return self
 
+    def __del__(self) -> None:
+        """Dropped before its end (a ``break`` out of its loop, and no reference left): the
+        request is cancelled, without waiting, and its replies are dropped."""
+        connection = getattr(self, "_connection", None)  # None if never sent (or not made)
+        if connection is not None and not self.finished:
+            connection.abandon_soon(self._request.id)
+
     async def aclose(self) -> None:
         """Cancel the request if it has not ended; later replies to it are dropped."""
         if not self.finished:

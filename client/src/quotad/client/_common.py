@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Generic, Protocol, TypeVar
 
@@ -23,6 +24,7 @@ import msgspec
 
 from quotad.client.exceptions import BadRequestError, InternalError, error_from_reply
 from quotad.protocol.framing import (
+    HEADER_SIZE,
     MAX_FRAME_CEILING,
     FrameDecoder,
     FrameEncoder,
@@ -32,6 +34,7 @@ from quotad.protocol.framing import (
 )
 from quotad.protocol.messages import (
     CONTINUING_REPLIES,
+    Cancel,
     Chat,
     ChatChunk,
     ChatEnd,
@@ -54,6 +57,12 @@ SEND_STALL_S: Final = 30.0
 # The longest one wait (a poll, a lock, a condition) lasts: a longer one waits again, as many
 # times as its deadline allows (the OS takes no wait much longer than 24 days).
 LONGEST_WAIT_S: Final = 3600.0
+# The most replies one request may have waiting unread (a stream or a subscription whose reader
+# fell behind, or left it without closing it): past it the request is cancelled, and its reader
+# gets an ``overloaded`` error after the replies kept.
+MAX_UNREAD_REPLIES: Final = 16384
+# A send that takes what the socket has room for, without waiting (the socket may block).
+SEND_NOW_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0) | socket.MSG_DONTWAIT
 # Connect failures worth retrying while a restarted daemon comes back.
 RETRYABLE_ERRNOS: Final = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
 
@@ -133,6 +142,13 @@ def chat_request(
 def build(kind: type[RequestT], **fields: Any) -> RequestT:
     """A validated ``kind`` request from its fields (each named as the message names it)."""
     return _convert(fields, kind)
+
+
+def cancel_frame(request_id: int) -> bytes:
+    """The frame of ``Cancel(id=request_id)``, made without a connection's encoder (whose
+    buffer only the holder of its send lock may use), so that a finalizer can make one."""
+    body = msgspec.msgpack.encode(Cancel(id=request_id))
+    return len(body).to_bytes(HEADER_SIZE, "big") + body
 
 
 def expect(reply: Reply, kind: type[ReplyT], source: str = "the daemon") -> ReplyT:
@@ -257,6 +273,8 @@ class ReplyInbox(Protocol):
 
     def append(self, reply: Reply, /) -> None: ...
 
+    def __len__(self) -> int: ...
+
 
 InboxT = TypeVar("InboxT", bound=ReplyInbox)
 
@@ -264,7 +282,9 @@ InboxT = TypeVar("InboxT", bound=ReplyInbox)
 class ConnectionBase(ABC, Generic[InboxT]):
     """What a handshaken connection holds on either side: its socket, the daemon's ``Welcome``,
     the frame codec and one reused receive buffer, and an inbox (``InboxT``, which differs) for
-    each request in flight, by id; and how a reply is routed to its inbox."""
+    each request in flight, by id; how a reply is routed to its inbox; and the ``Cancel``
+    frames of requests given up without waiting (:meth:`abandon_soon`), sent before the next
+    frame if the socket is busy."""
 
     __slots__ = (
         "_buffer",
@@ -273,6 +293,7 @@ class ConnectionBase(ABC, Generic[InboxT]):
         "_inboxes",
         "_next_id",
         "_sock",
+        "_unsent",
         "_view",
         "lost",
         "path",
@@ -289,21 +310,67 @@ class ConnectionBase(ABC, Generic[InboxT]):
         self._view = memoryview(self._buffer)
         self._inboxes: dict[int, InboxT] = {}
         self._next_id = 1
+        self._unsent: deque[bytes] = deque()
+        """Frames (``Cancel``s) to send before the next one; appended to without a lock."""
         self.lost: str | None = None
         """Why the connection was lost; None while it is up."""
 
     def _route(self, reply: Reply) -> None:
         """Put ``reply`` in the inbox of its id, forgetting the id once ``reply`` ends its
         request. A reply nobody waits for any more (a closed stream, a timed-out call) is
-        dropped, unless it is an error for no request: the daemon ending the connection."""
+        dropped, unless it is an error for no request: the daemon ending the connection. A
+        request with ``MAX_UNREAD_REPLIES`` waiting unread is cancelled: its inbox gets an
+        ``overloaded`` error in place of the reply."""
         inbox = self._inboxes.get(reply.id)
         if inbox is None:
             if reply.id == 0 and type(reply) is Error:
                 self._lose(f"the daemon ended the connection: {reply.code}: {reply.message}")
+            elif self._unsent:  # a Cancel given up on its request is still to go
+                self._send_unsent_now()
             return
         if not isinstance(reply, CONTINUING_REPLIES):
-            del self._inboxes[reply.id]
+            self._inboxes.pop(reply.id, None)
+        elif len(inbox) >= MAX_UNREAD_REPLIES:
+            self._inboxes.pop(reply.id, None)
+            self._unsent.append(cancel_frame(reply.id))
+            self._send_unsent_now()
+            reply = Error(
+                id=reply.id,
+                code="overloaded",
+                message=f"{MAX_UNREAD_REPLIES} replies came that were not read: the request "
+                "was cancelled (read a stream as it comes, and close it when done)",
+            )
         inbox.append(reply)
+
+    def abandon_soon(self, request_id: int) -> None:
+        """Stop waiting for ``request_id`` without waiting nor taking a lock (a finalizer may
+        run anywhere): if it has not finished, its ``Cancel`` goes now if the socket is free,
+        else before the next frame; its replies are dropped from now on."""
+        if self._inboxes.pop(request_id, None) is not None and self.lost is None:
+            self._unsent.append(cancel_frame(request_id))
+            self._send_unsent_now()
+
+    @abstractmethod
+    def _send_unsent_now(self) -> None:
+        """Send what the socket takes now of the frames in ``_unsent``, if no frame is being
+        sent, without waiting (:meth:`_send_unsent_nowait`)."""
+
+    def _send_unsent_nowait(self) -> None:
+        """Send what the socket takes now of the frames in ``_unsent``; the rest stays first
+        in line. The caller owns the socket's writing (it holds the send lock, or the lock is
+        free and nothing is awaited)."""
+        data = self._take_unsent()
+        try:
+            sent = self._sock.send(data, SEND_NOW_FLAGS)
+        except OSError:  # full (or broken: the reader will see that)
+            sent = 0
+        if sent < len(data):
+            self._unsent.appendleft(data[sent:])
+
+    def _take_unsent(self) -> bytes:
+        """The frames of ``_unsent``, taken out to be sent (the caller owns the writing)."""
+        unsent = self._unsent
+        return b"".join([unsent.popleft() for _ in range(len(unsent))])
 
     @abstractmethod
     def _lose(self, reason: str) -> None:

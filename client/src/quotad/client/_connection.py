@@ -34,6 +34,7 @@ from quotad.client._common import (
     CUT_SHORT,
     LONGEST_WAIT_S,
     RECEIVE_SIZE,
+    SEND_NOW_FLAGS,
     SEND_STALL_S,
     ConnectionBase,
     FrameNotSent,
@@ -59,8 +60,6 @@ __all__ = [
 
 Inbox = deque[Reply]
 
-# A send that takes what the socket has room for, without waiting (the socket itself blocks).
-_SEND_NOW_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0) | socket.MSG_DONTWAIT
 
 current_time: Final = time.monotonic
 
@@ -144,6 +143,7 @@ class Connection(ConnectionBase[Inbox]):
         self._state = threading.Condition(threading.Lock())
         self._reading = False
         self._inboxes.clear()
+        self._unsent.clear()
         self.lost = "inherited from the parent process by os.fork()"
         self._sock.close()
 
@@ -179,10 +179,13 @@ class Connection(ConnectionBase[Inbox]):
         rest as it makes room, until ``deadline`` (:class:`SendTimedOut`) or ``SEND_STALL_S``
         (:class:`FrameNotSent`). If it does not get through, ``request_id`` (if given) is
         forgotten, and the connection lost unless the deadline passed before any of it went;
-        an ``OSError`` raises :class:`FrameNotSent`, an interruption goes on."""
+        an ``OSError`` raises :class:`FrameNotSent`, an interruption goes on. The frames
+        waiting in ``_unsent`` go first."""
+        if self._unsent:
+            frame = self._take_unsent() + frame
         try:
             try:
-                sent = self._sock.send(frame, _SEND_NOW_FLAGS)
+                sent = self._sock.send(frame, SEND_NOW_FLAGS)
             except BlockingIOError:
                 sent = 0
             if sent < len(frame):
@@ -218,7 +221,7 @@ class Connection(ConnectionBase[Inbox]):
             if not poller.poll(math.ceil(min(left, LONGEST_WAIT_S) * 1000)):
                 continue
             with contextlib.suppress(BlockingIOError):
-                rest = rest[self._sock.send(rest, _SEND_NOW_FLAGS) :]
+                rest = rest[self._sock.send(rest, SEND_NOW_FLAGS) :]
 
     def wait(self, inbox: Inbox, deadline: float | None) -> Reply | None:
         """The next reply in ``inbox``, or ``None`` once ``deadline`` (``current_time()``)
@@ -268,6 +271,14 @@ class Connection(ConnectionBase[Inbox]):
         except FrameError as error:
             return f"unreadable reply: {error}"
         return None
+
+    def _send_unsent_now(self) -> None:
+        if self._send_lock.acquire(blocking=False):  # else its holder sends them first
+            try:
+                if self._unsent:
+                    self._send_unsent_nowait()
+            finally:
+                self._send_lock.release()
 
     def _lose(self, reason: str) -> None:
         """Mark the connection lost (the state lock is held) and wake whoever reads it."""
