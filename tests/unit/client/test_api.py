@@ -198,6 +198,41 @@ def test_daemon_unavailable_lists_every_path_tried(
     assert len(caught.value.details["tried"]) == 3
 
 
+@pytest.mark.parametrize(
+    ("argument", "value", "error"),
+    [
+        ("timeout", 0, ValueError),
+        ("timeout", -1, ValueError),
+        ("timeout", float("nan"), ValueError),
+        ("timeout", "5", TypeError),
+        ("connect_timeout", 0, ValueError),
+        ("connect_timeout", -1, ValueError),
+        ("connect_timeout", float("nan"), ValueError),
+        ("connect_timeout", True, TypeError),
+        ("reconnect_s", -0.5, ValueError),
+    ],
+)
+def test_a_bad_number_of_seconds_is_refused_naming_its_argument(
+    socket_path: str, new_client: NewClient, argument: str, value: object, error: type[Exception]
+) -> None:
+    """Refused when the client is made, naming the argument: before, a timeout of -1 sent the
+    request and then timed out "within -1 s", NaN raised ValueError from deep in a wait, and a
+    negative connect_timeout failed differently in each API."""
+    with pytest.raises(error, match=rf"Client\({argument}=.*{argument} must be"):
+        new_client(socket_path, **{argument: value})
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), 1e7, 1e12])
+def test_a_huge_or_infinite_timeout_means_no_limit(
+    fake: FakeDaemon, socket_path: str, new_client: NewClient, seconds: float
+) -> None:
+    """The blocking client raised OverflowError for a timeout or connect_timeout of inf, or
+    past what one wait of the OS takes (24.8 days)."""
+    with new_client(socket_path, timeout=seconds, connect_timeout=seconds) as qd:
+        assert qd.status().daemon_version == "fake"
+        assert qd.timeout is None if seconds == float("inf") else qd.timeout == seconds
+
+
 # --------------------------------------------------------------------------- requests
 
 

@@ -41,6 +41,8 @@ from quotad.client._common import (
     SendTimedOut,
     build,
     chat_request,
+    checked_seconds,
+    checked_timeout,
     connect_failure,
     default_app,
     expect,
@@ -95,7 +97,8 @@ class AsyncClient:
     stream from its start to its end (on expiry the request is cancelled and
     :class:`RequestTimeoutError` raised); subscriptions are not bounded. The first connect
     tries each socket once; after a connection was lost, the next call retries for
-    ``reconnect_s`` while the sockets are absent or refusing.
+    ``reconnect_s`` while the sockets are absent or refusing. Seconds are above 0
+    (``reconnect_s`` may be 0), ``inf`` meaning no limit; another value raises ``ValueError``.
     """
 
     def __init__(
@@ -109,9 +112,10 @@ class AsyncClient:
     ) -> None:
         self.sockets: list[Path] = client_socket_candidates(socket)
         self.app = app if app is not None else default_app()
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.reconnect_s = reconnect_s
+        name = type(self).__name__
+        self.timeout = checked_timeout(name, timeout)
+        self.connect_timeout = checked_seconds(name, "connect_timeout", connect_timeout)
+        self.reconnect_s = checked_seconds(name, "reconnect_s", reconnect_s, zero_ok=True)
         self.welcome: Welcome | None = None
         """The daemon's ``Welcome`` on the last connection."""
         self.last_stream_end: ChatEnd | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import math
 import os
 import socket
 import sys
@@ -76,6 +77,27 @@ def client_name() -> str:
         return f"quotad-client/{version('quotad-client')}"
     except PackageNotFoundError:
         return "quotad-client"
+
+
+def checked_seconds(client: str, name: str, value: object, *, zero_ok: bool = False) -> float:
+    """``value`` of ``client``'s argument ``name``, as seconds: a number above 0 (or 0, if
+    ``zero_ok``), ``inf`` for no limit. Else a ``ValueError`` (``TypeError``) naming both."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{client}({name}={value!r}): {name} must be a number of seconds")
+    if math.isnan(value) or value < 0 or (value == 0 and not zero_ok):
+        least = "0 or more" if zero_ok else "more than 0"
+        raise ValueError(
+            f"{client}({name}={value!r}): {name} must be {least} seconds (inf: no limit)"
+        )
+    return float(value)
+
+
+def checked_timeout(client: str, value: object) -> float | None:
+    """``client``'s ``timeout`` argument: None (or ``inf``) for none, else seconds above 0."""
+    if value is None:
+        return None
+    seconds = checked_seconds(client, "timeout", value)
+    return None if math.isinf(seconds) else seconds
 
 
 def default_app() -> str:

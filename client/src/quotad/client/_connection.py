@@ -237,7 +237,7 @@ class Connection(ConnectionBase[Inbox]):
                 if timeout is not None and timeout <= 0:
                     return None
                 if self._reading:
-                    state.wait(timeout)
+                    state.wait(None if timeout is None else min(timeout, LONGEST_WAIT_S))
                     continue
                 self._reading = True
                 received: list[Reply] = []
@@ -258,7 +258,9 @@ class Connection(ConnectionBase[Inbox]):
     def _receive(self, received: list[Reply], timeout: float | None) -> str | None:
         """Read once (waiting at most ``timeout``) into ``received``; why the connection
         is lost, if it is."""
-        if timeout is not None and not self._poller.poll(math.ceil(timeout * 1000)):
+        if timeout is not None and not self._poller.poll(
+            math.ceil(min(timeout, LONGEST_WAIT_S) * 1000)
+        ):
             return None
         try:
             size = self._sock.recv_into(self._buffer)
@@ -312,7 +314,7 @@ def handshake(path: str, app: str, connect_timeout: float) -> Connection:
     """Connect to ``path``, send ``Hello`` and read the ``Welcome``."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(connect_timeout)
+        sock.settimeout(min(connect_timeout, LONGEST_WAIT_S))
         sock.connect(path)
         shake = Handshake(path, app)
         sock.sendall(shake.hello_frame)
