@@ -177,6 +177,39 @@ def test_a_daemon_that_hangs_up_during_the_handshake_is_unavailable(
         listener.close()
 
 
+def test_connect_timeout_bounds_the_whole_handshake(
+    socket_path: str, new_client: NewClient
+) -> None:
+    """A daemon trickling its Welcome a byte at a time: the blocking client applied
+    connect_timeout to each read, so it connected after seconds per byte."""
+    welcome = FrameEncoder().encode(Welcome(daemon_version="slow"))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(1)
+    listener.settimeout(TERMINAL_WAIT_S)
+
+    def trickle_the_welcome() -> None:
+        with contextlib.suppress(OSError):
+            peer, _ = listener.accept()
+            with peer:
+                peer.recv(4096)
+                for byte in welcome:  # until the client hangs up
+                    peer.sendall(bytes([byte]))
+                    time.sleep(0.2)
+
+    thread = threading.Thread(target=trickle_the_welcome, daemon=True)
+    thread.start()
+    try:
+        with (
+            pytest.raises(DaemonUnavailableError, match=re.escape("no answer within 0.5 s")),
+            new_client(socket_path, connect_timeout=0.5) as qd,
+        ):
+            qd.status()
+    finally:
+        listener.close()
+        thread.join(TERMINAL_WAIT_S * 3)
+
+
 def test_daemon_unavailable_lists_every_path_tried(
     socket_dir: Path, new_client: NewClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -311,20 +311,40 @@ class Connection(ConnectionBase[Inbox]):
 
 
 def handshake(path: str, app: str, connect_timeout: float) -> Connection:
-    """Connect to ``path``, send ``Hello`` and read the ``Welcome``."""
+    """Connect to ``path``, send ``Hello`` and read the ``Welcome``, all within
+    ``connect_timeout`` (not each step: a daemon trickling its ``Welcome`` byte by byte
+    cannot stretch it); past it, ``TimeoutError``."""
+    deadline = time.monotonic() + connect_timeout
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(min(connect_timeout, LONGEST_WAIT_S))
+        sock.settimeout(_time_left(deadline))
         sock.connect(path)
         shake = Handshake(path, app)
+        sock.settimeout(_time_left(deadline))
         sock.sendall(shake.hello_frame)
-        while not shake.receive(sock.recv(RECEIVE_SIZE)):
-            pass
+        while True:
+            sock.settimeout(_time_left(deadline))
+            try:
+                data = sock.recv(RECEIVE_SIZE)
+            except TimeoutError:
+                if time.monotonic() < deadline:  # one wait of LONGEST_WAIT_S ended
+                    continue
+                raise
+            if shake.receive(data):
+                break
         sock.settimeout(None)
     except BaseException:
         sock.close()
         raise
     return Connection(sock, shake)
+
+
+def _time_left(deadline: float) -> float:
+    """How long the next step of the handshake may wait; ``TimeoutError`` if no time is left."""
+    wait_s = _wait_s(deadline)
+    if wait_s <= 0:
+        raise TimeoutError("timed out")
+    return wait_s
 
 
 class ReaderTasks:
