@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ from quotad.protocol.messages import (
     ChatChunk,
     Error,
     Ok,
+    Reply,
     Request,
     Settle,
     Snapshot,
@@ -561,6 +563,42 @@ def test_a_subscription_is_not_bounded_by_the_timeout(
         finally:
             for timer in timers:
                 timer.join()
+
+
+@pytest.mark.parametrize(
+    ("request_kind", "replies"),
+    [
+        ("chat", (ChatChunk(delta="a chunk to a plain chat"),)),
+        ("chat_stream", (ChatChunk(delta="a"), Snapshot(seq=1))),
+        ("subscribe", (ChatChunk(delta="a chunk to a subscription"),)),
+    ],
+)
+def test_a_reply_of_the_wrong_kind_ends_its_request(
+    socket_path: str, new_client: NewClient, request_kind: str, replies: tuple[Reply, ...]
+) -> None:
+    """InternalError was raised, but the request stayed registered (its later replies
+    queued for nobody) and was not cancelled, as the reply did not end it."""
+
+    def answer_wrongly(connection: FakeConnection, request: Request) -> None:
+        if type(request) in (Chat, Subscribe):
+            for reply in replies:
+                reply.id = request.id
+            connection.send(*replies)
+        else:
+            answer(connection, request)
+
+    with FakeDaemon(socket_path, answer_wrongly) as fake, new_client(socket_path) as qd:
+        calls: dict[str, Callable[[], object]] = {
+            "chat": lambda: qd.chat("fast", USER_HI),
+            "chat_stream": lambda: list(qd.chat_stream("fast", USER_HI)),
+            "subscribe": lambda: list(qd.subscribe(interval_s=0.5)),
+        }
+        with pytest.raises(InternalError, match="answered"):
+            calls[request_kind]()
+        [cancel] = fake.wait_for(Cancel)
+        [sent] = fake.requests(Chat) or fake.requests(Subscribe)
+        assert cancel.id == sent.id
+        assert qd.status().daemon_version == "fake"
 
 
 # --------------------------------------------------------------------------- permits

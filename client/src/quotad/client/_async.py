@@ -239,7 +239,11 @@ class AsyncClient:
     async def _call(self, request: Message, kind: type[ReplyT]) -> ReplyT:
         connection, inbox, deadline = await self._start(request)
         reply = await self._await_reply(connection, inbox, request.id, deadline)
-        return expect(reply, kind)
+        try:
+            return expect(reply, kind)
+        except BaseException:  # an error, or a reply of another kind (it may not be the end)
+            await connection.abandon(request.id)
+            raise
 
     # ----------------------------------------------------------------- the API
 

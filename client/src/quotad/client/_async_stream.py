@@ -100,9 +100,14 @@ class _AsyncReplies:
     async def aclose(self) -> None:
         """Cancel the request if it has not ended; later replies to it are dropped."""
         if not self.finished:
-            self.finished = True
-            if self._connection is not None:
-                await self._connection.abandon(self._request.id)
+            await self._abandon()
+
+    async def _abandon(self) -> None:
+        """End the request here: stop waiting for it, and cancel it unless the daemon has
+        ended it (a reply of the wrong kind does not)."""
+        self.finished = True
+        if self._connection is not None:
+            await self._connection.abandon(self._request.id)
 
 
 class AsyncChatStream(StreamedChat, _AsyncReplies):
@@ -121,7 +126,12 @@ class AsyncChatStream(StreamedChat, _AsyncReplies):
     async def __anext__(self) -> ChatChunk:
         if self.finished:
             raise StopAsyncIteration
-        chunk = self._absorb(await self._next_reply())
+        reply = await self._next_reply()
+        try:
+            chunk = self._absorb(reply)
+        except BaseException:
+            await self._abandon()
+            raise
         if chunk is None:
             self._client.last_stream_end = self.end
             raise StopAsyncIteration
@@ -144,5 +154,5 @@ class AsyncSubscription(_AsyncReplies):
         try:
             return expect(reply, Snapshot)
         except BaseException:
-            self.finished = True
+            await self._abandon()
             raise

@@ -241,7 +241,11 @@ class Client:
     def _call(self, request: Message, kind: type[ReplyT]) -> ReplyT:
         connection, inbox, deadline = self._start(request)
         reply = self._await_reply(connection, inbox, request.id, deadline)
-        return expect(reply, kind)
+        try:
+            return expect(reply, kind)
+        except BaseException:  # an error, or a reply of another kind (it may not be the end)
+            connection.abandon(request.id)
+            raise
 
     # ----------------------------------------------------------------- the API
 

@@ -100,9 +100,14 @@ class _Replies:
     def close(self) -> None:
         """Cancel the request if it has not ended; later replies to it are dropped."""
         if not self.finished:
-            self.finished = True
-            if self._connection is not None:
-                self._connection.abandon(self._request.id)
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """End the request here: stop waiting for it, and cancel it unless the daemon has
+        ended it (a reply of the wrong kind does not)."""
+        self.finished = True
+        if self._connection is not None:
+            self._connection.abandon(self._request.id)
 
 
 class ChatStream(StreamedChat, _Replies):
@@ -121,7 +126,12 @@ class ChatStream(StreamedChat, _Replies):
     def __next__(self) -> ChatChunk:
         if self.finished:
             raise StopIteration
-        chunk = self._absorb(self._next_reply())
+        reply = self._next_reply()
+        try:
+            chunk = self._absorb(reply)
+        except BaseException:
+            self._abandon()
+            raise
         if chunk is None:
             self._client.last_stream_end = self.end
             raise StopIteration
@@ -144,5 +154,5 @@ class Subscription(_Replies):
         try:
             return expect(reply, Snapshot)
         except BaseException:
-            self.finished = True
+            self._abandon()
             raise
