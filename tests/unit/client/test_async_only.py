@@ -128,3 +128,20 @@ async def test_a_stream_left_by_break_is_cancelled_at_once(socket_path: str) -> 
             cancels = await anyio.to_thread.run_sync(fake.wait_for, Cancel, 2)
             [subscribe] = fake.requests(Subscribe)
             assert cancels[1].id == subscribe.id
+
+
+@pytest.mark.anyio
+async def test_clients_closed_out_of_order_get_a_clear_error(
+    fake: FakeDaemon, socket_path: str
+) -> None:
+    """Closing the first of two clients a task opened broke its task groups (asyncio: a
+    RuntimeError about cancel scopes; trio: "Nursery stack corrupted"). Now it is refused
+    with a clear error before anything is closed, and the right order still works."""
+    first, second = AsyncClient(socket_path), AsyncClient(socket_path)
+    await first.__aenter__()
+    await second.__aenter__()
+    with pytest.raises(RuntimeError, match="closed in the reverse order"):
+        await first.aclose()
+    assert (await first.status()).daemon_version == "fake"
+    await second.aclose()
+    await first.aclose()

@@ -20,6 +20,7 @@ the connection (no other frame can follow half of one), never just that request.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import socket
 import threading
 from collections import deque
@@ -307,11 +308,18 @@ async def handshake(path: str, app: str, connect_timeout: float) -> AsyncConnect
     return AsyncConnection(sock, shake)
 
 
+_OPEN_IN_THIS_TASK: Final[contextvars.ContextVar[tuple[anyio.abc.TaskGroup, ...]]] = (
+    contextvars.ContextVar("quotad_clients_open_in_this_task", default=())
+)
+"""The task groups of the clients the current task has open, in the order it opened them."""
+
+
 class AsyncReaderTasks:
     """The task group in which an open :class:`AsyncClient` runs its connections' reader
     tasks: entered by the task that opens the client (``async with``) and left by the one
     that closes it, as structured concurrency wants. So an async client must be opened
-    before use."""
+    before use, and clients opened by one task closed in the reverse order (nested blocks):
+    closing one out of order raises a ``RuntimeError`` saying so, and leaves it open."""
 
     __slots__ = ("_group",)
 
@@ -325,6 +333,7 @@ class AsyncReaderTasks:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
+        _OPEN_IN_THIS_TASK.set((*_OPEN_IN_THIS_TASK.get(), group))
 
     def check_open(self) -> anyio.abc.TaskGroup:
         """The task group; ``RuntimeError`` unless open."""
@@ -332,13 +341,28 @@ class AsyncReaderTasks:
             raise RuntimeError("open the client first: `async with AsyncClient(...) as qd:`")
         return self._group
 
+    def check_closing(self) -> None:
+        """``RuntimeError`` if another client opened after this one by the same task is still
+        open: task groups are left in the reverse order of entering them."""
+        opened = _OPEN_IN_THIS_TASK.get()
+        group = self._group
+        if group is not None and group in opened and opened[-1] is not group:
+            raise RuntimeError(
+                "AsyncClients opened by one task must be closed in the reverse order (nest "
+                "their `async with` blocks): close the one opened after this one first"
+            )
+
     def start(self, connection: AsyncConnection) -> None:
         """Start ``connection``'s reader task."""
         self.check_open().start_soon(connection.read_replies)
 
     async def aclose(self) -> None:
         """Stop the reader tasks still running and leave the task group."""
+        self.check_closing()
         group, self._group = self._group, None
         if group is not None:
+            opened = _OPEN_IN_THIS_TASK.get()
+            if group in opened:
+                _OPEN_IN_THIS_TASK.set(tuple(item for item in opened if item is not group))
             group.cancel_scope.cancel()
             await group.__aexit__(None, None, None)

@@ -361,6 +361,9 @@ class ReaderTasks:
     def check_open(self) -> None:
         """Always open."""
 
+    def check_closing(self) -> None:
+        """Closes in any order."""
+
     def start(self, connection: Connection) -> None:
         """Nothing to start: waiting threads read."""
 

@@ -148,7 +148,9 @@ class Client:
     def close(self) -> None:
         """Close the connection. An async client also stops its reader task, so the task
         that opened the client must close it (leaving its block does); a blocking client
-        opens a new connection at its next call."""
+        opens a new connection at its next call. Async clients opened by one task close in
+        the reverse order (a ``RuntimeError`` says so otherwise, before closing anything)."""
+        self._readers.check_closing()
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close("the client was closed")
