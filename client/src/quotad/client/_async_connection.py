@@ -19,7 +19,6 @@ the connection (no other frame can follow half of one), never just that request.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import socket
 import threading
@@ -44,7 +43,7 @@ from quotad.client._common import (
 )
 from quotad.client.exceptions import ConnectionLostError
 from quotad.protocol.framing import FrameError
-from quotad.protocol.messages import Cancel, Message, Reply
+from quotad.protocol.messages import Message, Reply
 
 __all__ = [
     "AsyncConnection",
@@ -174,6 +173,8 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
                             except anyio.ClosedResourceError:  # the reader closed the socket
                                 raise FrameNotSent(self.lost or "closed") from None
                         rest = rest[sent:]
+                    if self._unsent:  # queued while this frame was being written
+                        self._send_unsent_nowait()
                 finally:
                     if 0 < len(rest) < len(frame):
                         self._lose(CUT_SHORT)
@@ -214,11 +215,9 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
         return None
 
     async def abandon(self, request_id: int) -> None:
-        """Stop waiting for ``request_id``; if it has not finished, ask the daemon to cancel it."""
-        if self._inboxes.pop(request_id, None) is None or self.lost is not None:
-            return
-        with contextlib.suppress(FrameNotSent, ConnectionLostError):
-            await self._write(self._encoder.encode(Cancel(id=request_id)), None)
+        """Stop waiting for ``request_id``; if it has not finished, ask the daemon to cancel
+        it, without a wait that a cancellation could cut short (:meth:`abandon_soon`)."""
+        self.abandon_soon(request_id)
 
     async def read_replies(self) -> None:
         """The reader task: route every reply until the connection ends (the daemon closes

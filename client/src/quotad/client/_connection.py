@@ -44,7 +44,7 @@ from quotad.client._common import (
 )
 from quotad.client.exceptions import ConnectionLostError
 from quotad.protocol.framing import FrameError
-from quotad.protocol.messages import Cancel, Message, Reply
+from quotad.protocol.messages import Message, Reply
 
 __all__ = [
     "Connection",
@@ -190,6 +190,8 @@ class Connection(ConnectionBase[Inbox]):
                 sent = 0
             if sent < len(frame):
                 self._send_rest(memoryview(frame)[sent:], len(frame), deadline)
+            if self._unsent:  # queued while this frame was being sent
+                self._send_unsent_nowait()
         except BaseException as error:
             with self._state:
                 if request_id is not None:
@@ -289,18 +291,9 @@ class Connection(ConnectionBase[Inbox]):
             self._shut_down()
 
     def abandon(self, request_id: int) -> None:
-        """Stop waiting for ``request_id``; if it has not finished, ask the daemon to cancel it."""
-        with self._state:
-            unfinished = self._inboxes.pop(request_id, None) is not None
-        if unfinished and self.lost is None:
-            with contextlib.suppress(FrameNotSent):
-                self._send_cancel(request_id)
-
-    def _send_cancel(self, request_id: int) -> None:
-        with self._send_lock:
-            if self.lost is not None:
-                raise FrameNotSent(self.lost)
-            self._send_frame(self._encoder.encode(Cancel(id=request_id)), None)
+        """Stop waiting for ``request_id``; if it has not finished, ask the daemon to cancel
+        it, without waiting for the socket (:meth:`abandon_soon`)."""
+        self.abandon_soon(request_id)
 
     def close(self, reason: str) -> None:
         """Close the socket; waiters raise :class:`ConnectionLostError` with ``reason``."""
