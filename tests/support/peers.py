@@ -8,8 +8,9 @@ import contextlib
 import os
 import socket
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 
 def exchange_as(
@@ -27,22 +28,16 @@ def exchange_as(
     read back: everything until the daemon closed, or with ``first_frame_only`` its first
     whole frame."""
     read_end, write_end = os.pipe()
-    with warnings.catch_warnings():  # fork while threads exist: the child only makes syscalls
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    pid = _fork()
     if pid == 0:  # pragma: no cover - the child
-        status = 0
-        try:
-            os.close(read_end)
-            os.setgroups(list(groups))
-            os.setgid(uid if gid is None else gid)
-            os.setuid(uid)
-            os.write(write_end, _exchange(path, data, first_frame_only, timeout_s))
-        except BaseException as error:
-            os.write(write_end, b"child: " + repr(error).encode())
-            status = 1
-        finally:
-            os._exit(status)
+        os.close(read_end)
+        _as_user(
+            uid,
+            uid if gid is None else gid,
+            groups,
+            write_end,
+            lambda: os.write(write_end, _exchange(path, data, first_frame_only, timeout_s)),
+        )
     os.close(write_end)
     with os.fdopen(read_end, "rb") as reader:
         received = reader.read()
@@ -51,20 +46,52 @@ def exchange_as(
     return received
 
 
+def _fork() -> int:
+    """``os.fork()``, without its warning about threads (the child only makes syscalls)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def _as_user(
+    uid: int, gid: int, groups: Sequence[int], report: int, work: Callable[[], object]
+) -> NoReturn:
+    """In a forked child: become ``uid`` (``gid``, ``groups``), do ``work``, and end; an
+    error is written to ``report`` for the parent (and the child exits 1)."""
+    status = 0
+    try:
+        os.setgroups(list(groups))
+        os.setgid(gid)
+        os.setuid(uid)
+        work()
+    except BaseException as error:
+        os.write(report, b"child: " + repr(error).encode())
+        status = 1
+    finally:
+        os._exit(status)
+
+
 def _exchange(path: Path, data: bytes, first_frame_only: bool, timeout_s: float) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         sock.connect(str(path))
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(data)  # the daemon may have answered and closed already
-        received = b""
         with contextlib.suppress(ConnectionResetError):  # it closed, ours unread
-            while not first_frame_only or not _has_whole_frame(received):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                received += chunk
-        return received
+            return _read(sock, first_frame_only)
+        return b""
+
+
+def _read(sock: socket.socket, first_frame_only: bool) -> bytes:
+    """What ``sock`` reads until the peer closes, or with ``first_frame_only`` until a
+    whole frame is in."""
+    received = b""
+    while not first_frame_only or not _has_whole_frame(received):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
 
 
 def _has_whole_frame(data: bytes) -> bool:
@@ -81,28 +108,20 @@ class ConnectionsHeldAs:
     def __init__(self, path: Path, count: int, *, uid: int, hello: bytes) -> None:
         answers_read, answers_write = os.pipe()
         release_read, release_write = os.pipe()
-        with warnings.catch_warnings():  # fork while threads exist: the child only makes syscalls
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        pid = _fork()
         if pid == 0:  # pragma: no cover - the child
-            status = 0
-            try:
-                keep = sorted((answers_write, release_read))
-                os.closerange(3, keep[0])
-                os.closerange(keep[0] + 1, keep[1])
-                os.closerange(keep[1] + 1, 65536)
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
+            keep = sorted((answers_write, release_read))
+            os.closerange(3, keep[0])
+            os.closerange(keep[0] + 1, keep[1])
+            os.closerange(keep[1] + 1, 65536)
+
+            def hold() -> None:
                 held = [_first_frame(path, hello) for _ in range(count)]
                 os.write(answers_write, b"".join(frame for _, frame in held))
-                os.close(answers_write)
+                os.close(answers_write)  # the parent's read of the answers ends
                 os.read(release_read, 1)  # until the parent closes its end
-            except BaseException as error:
-                os.write(answers_write, b"child: " + repr(error).encode())
-                status = 1
-            finally:
-                os._exit(status)
+
+            _as_user(uid, uid, (), answers_write, hold)
         os.close(answers_write)
         os.close(release_read)
         self.pid = pid
@@ -130,10 +149,4 @@ def _first_frame(path: Path, hello: bytes) -> tuple[socket.socket, bytes]:
     sock.settimeout(10.0)
     sock.connect(str(path))
     sock.sendall(hello)
-    received = b""
-    while not _has_whole_frame(received):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        received += chunk
-    return sock, received
+    return sock, _read(sock, first_frame_only=True)

@@ -447,6 +447,21 @@ def test_a_stream_left_by_break_and_dropped_is_cancelled(
         assert cancel.id == chat.id
 
 
+def chunks_in_one_write(count: int) -> Callable[[FakeConnection, Request], None]:
+    """A fake daemon's handler: a chat is answered by ``count`` chunks sent in one write, and
+    no end; anything else as usual."""
+    encoder = FrameEncoder()
+
+    def handle(connection: FakeConnection, request: Request) -> None:
+        if type(request) is not Chat:
+            answer(connection, request)
+            return
+        chunks = (ChatChunk(id=request.id, delta=str(n)) for n in range(count))
+        connection.sock.sendall(b"".join(map(encoder.encode, chunks)))
+
+    return handle
+
+
 def test_a_stream_read_too_slowly_is_cancelled_past_its_unread_bound(
     socket_path: str, new_client: NewClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -454,17 +469,8 @@ def test_a_stream_read_too_slowly_is_cancelled_past_its_unread_bound(
     ever). Past ``MAX_UNREAD_REPLIES`` the request is cancelled; its reader gets the replies
     kept, then ``OverloadedError``."""
     monkeypatch.setattr(quotad.client._common, "MAX_UNREAD_REPLIES", 8)
-    encoder = FrameEncoder()
-
-    def chunks_in_one_write(connection: FakeConnection, request: Request) -> None:
-        if type(request) is not Chat:
-            answer(connection, request)
-            return
-        chunks = (ChatChunk(id=request.id, delta=str(n)) for n in range(20))
-        connection.sock.sendall(b"".join(map(encoder.encode, chunks)))  # then no end
-
     with (
-        FakeDaemon(socket_path, chunks_in_one_write) as fake,
+        FakeDaemon(socket_path, chunks_in_one_write(20)) as fake,
         new_client(socket_path, timeout=30) as qd,
     ):
         stream = qd.chat_stream("fast", USER_HI)
@@ -500,17 +506,8 @@ def test_timeout_bounds_a_stream_whose_chunks_are_already_queued(
 ) -> None:
     """Replies already in a stream's inbox were returned without looking at the deadline, so
     a fast stream read slowly ran on past its timeout (for ever, if it never ended)."""
-    encoder = FrameEncoder()
-
-    def chunks_in_one_write(connection: FakeConnection, request: Request) -> None:
-        if type(request) is not Chat:
-            answer(connection, request)
-            return
-        chunks = (ChatChunk(id=request.id, delta=str(n)) for n in range(100))
-        connection.sock.sendall(b"".join(map(encoder.encode, chunks)))  # then no end
-
     with (
-        FakeDaemon(socket_path, chunks_in_one_write) as fake,
+        FakeDaemon(socket_path, chunks_in_one_write(100)) as fake,
         new_client(socket_path, timeout=0.2) as qd,
     ):
         stream = qd.chat_stream("fast", USER_HI)

@@ -27,7 +27,6 @@ import time
 import weakref
 from collections import deque
 from time import sleep as sleep
-from types import TracebackType
 from typing import Final, Protocol
 
 from quotad.client._common import (
@@ -102,12 +101,7 @@ class Lock:
     def __enter__(self) -> None:
         self._lock.acquire()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._lock.release()
 
 
