@@ -5,7 +5,7 @@ default: whether they pace, and whether a settle gives back the tokens a reply d
 from __future__ import annotations
 
 from quotad.daemon.config import RateLimits
-from quotad.daemon.gates.window import Scope, SlidingWindow
+from quotad.daemon.gates.window import Scope, SlidingWindow, Unit
 
 PACED_BY_DEFAULT: dict[Scope, bool] = {"provider": True, "model": True, "app": False}
 """Whether a scope's gates pace when the config does not say (``pace``): a provider enforces
@@ -28,24 +28,17 @@ def configured_windows(
     paced = PACED_BY_DEFAULT[scope] if limits.pace is None else limits.pace
     burst = burst if paced else 1.0
     refunds = REFUNDED_BY_SCOPE[scope]
-    windows = []
-    for unit, value, window_s in (
+    configured: list[tuple[Unit, int | None, float]] = [
         ("requests", limits.rpm, 60.0),
         ("tokens", limits.tpm, 60.0),
         ("requests", limits.rpd, 86400.0),
         ("tokens", limits.tpd, 86400.0),
-    ):
-        if value is not None:
-            windows.append(SlidingWindow(unit, value, window_s, guard_s, burst, refunds=refunds))  # type: ignore[arg-type]
+    ]
     for extra in limits.limits:
-        if extra.requests is not None:
-            windows.append(
-                SlidingWindow("requests", extra.requests, extra.window_s, guard_s, burst)
-            )
-        if extra.tokens is not None:
-            windows.append(
-                SlidingWindow(
-                    "tokens", extra.tokens, extra.window_s, guard_s, burst, refunds=refunds
-                )
-            )
-    return windows
+        configured += [("requests", extra.requests, extra.window_s)]
+        configured += [("tokens", extra.tokens, extra.window_s)]
+    return [
+        SlidingWindow(unit, value, window_s, guard_s, burst, refunds=refunds)
+        for unit, value, window_s in configured
+        if value is not None
+    ]
