@@ -45,6 +45,13 @@ def cancelled_rows(daemon: DaemonProcess, user: str) -> list[dict[str, Any]]:
         connection.close()
 
 
+def the_cancelled_row(daemon: DaemonProcess, user: str) -> dict[str, Any]:
+    """The ledger row of ``user``'s one cancelled request, once it is written."""
+    wait_until(lambda: len(cancelled_rows(daemon, user)) == 1)
+    (row,) = cancelled_rows(daemon, user)
+    return row
+
+
 def spent(client: Client) -> float:
     return next(b.spent_usd for b in client.status().budgets if b.name == "app leaver daily")
 
@@ -61,8 +68,7 @@ def test_a_stream_left_by_its_reader_is_charged_what_it_delivered(
                 delivered += chunk.delta
                 if len(delivered) >= 20:
                     break  # the block closes the stream: the request is cancelled
-        wait_until(lambda: len(cancelled_rows(daemon, "reader-left")) == 1)
-        (row,) = cancelled_rows(daemon, "reader-left")
+        row = the_cancelled_row(daemon, "reader-left")
         assert row["prompt_tokens"] > 0
         assert len(delivered.encode()) <= row["completion_tokens"] < 200
         cost = (row["prompt_tokens"] + row["completion_tokens"]) * PER_TOKEN
@@ -81,8 +87,7 @@ def test_a_call_abandoned_while_under_way_is_charged_the_most_it_can_bill(
             pytest.raises(RequestTimeoutError),  # it cancels the request
         ):
             impatient.chat(MODEL, messages, max_tokens=50, user="timed-out")
-        wait_until(lambda: len(cancelled_rows(daemon, "timed-out")) == 1)
-        (row,) = cancelled_rows(daemon, "timed-out")
+        row = the_cancelled_row(daemon, "timed-out")
         assert row["attempts"] == 1
         assert row["completion_tokens"] == 50  # its limit: the provider may have finished
         assert row["prompt_tokens"] >= len("answer slowly")
