@@ -84,12 +84,16 @@ def checked_seconds(client: str, name: str, value: object, *, zero_ok: bool = Fa
     ``zero_ok``), ``inf`` for no limit. Else a ``ValueError`` (``TypeError``) naming both."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{client}({name}={value!r}): {name} must be a number of seconds")
-    if math.isnan(value) or value < 0 or (value == 0 and not zero_ok):
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer past a float's range: as good as inf
+        seconds = math.inf if value > 0 else -math.inf
+    if math.isnan(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
         least = "0 or more" if zero_ok else "more than 0"
         raise ValueError(
             f"{client}({name}={value!r}): {name} must be {least} seconds (inf: no limit)"
         )
-    return float(value)
+    return seconds
 
 
 def checked_timeout(client: str, value: object) -> float | None:
