@@ -150,7 +150,9 @@ class Connection(ConnectionBase[Inbox]):
         send_lock = self._send_lock
         if deadline is None:
             send_lock.acquire()
-        elif not send_lock.acquire(timeout=_wait_s(deadline)):  # the holder's is bounded too
+        elif not (  # free: no clock read; else wait, bounded as the holder's send is
+            send_lock.acquire(False) or send_lock.acquire(timeout=_wait_s(deadline))
+        ):
             raise SendTimedOut(cut=False)
         try:
             if self.lost is not None:
