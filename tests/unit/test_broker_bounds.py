@@ -181,8 +181,9 @@ async def test_a_chat_past_the_bound_on_its_parts_is_refused_before_any_step_rea
 ) -> None:
     """550,000 one-letter parts (15 MB, within http.max_body_mb) held the event loop for 3 s:
     screening, estimating, bounding and hashing each read every part. More than
-    MAX_CHAT_ITEMS messages, parts (a tool result's blocks counted) or tools are refused
-    before the guardrails read any."""
+    MAX_CHAT_ITEMS messages, parts (those nested at any depth and tool calls counted) or
+    tools are refused before the guardrails read any. Parts were counted one level into a
+    tool result only: 550,000 a level further down passed, and held the loop 1.6 s."""
     part = {"type": "text", "text": "a"}
     many = MAX_CHAT_ITEMS + 1
     tool_result = {"type": "tool_result", "tool_use_id": "t", "content": [part] * MAX_CHAT_ITEMS}
@@ -197,6 +198,17 @@ async def test_a_chat_past_the_bound_on_its_parts_is_refused_before_any_step_rea
             ],
         ),
         "messages[0].content ": chat([tool_result]),
+        "messages[0].content  ": chat(
+            [{"type": "tool_result", "content": [{"type": "x", "content": [part] * many}]}]
+        ),
+        "messages[0].content   ": chat(
+            [{"type": "document", "source": {"type": "content", "content": [part] * many}}]
+        ),
+        "messages[0].tool_calls": Chat(
+            id=1,
+            model="g",
+            messages=[ChatMessage(role="assistant", tool_calls=[{"id": "c"}] * many)],
+        ),
         "messages": Chat(id=1, model="g", messages=[ChatMessage(role="user", content="a")] * many),
         "tools": chat("hi", tools=[{"type": "function"}] * many),
     }
@@ -214,7 +226,7 @@ async def test_a_chat_past_the_bound_on_its_parts_is_refused_before_any_step_rea
                     pass
         assert screened == []
         assert provider.asked_max_tokens == []
-        assert [row[0] for row in await rows(store)] == ["bad_request"] * 10
+        assert [row[0] for row in await rows(store)] == ["bad_request"] * 16
     async with bounded_broker() as (_, provider, broker):  # at the bound: served
         await broker.chat(chat([part] * MAX_CHAT_ITEMS), Caller(app="a"))
         assert len(provider.asked_max_tokens) == 1

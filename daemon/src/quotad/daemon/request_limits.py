@@ -102,33 +102,49 @@ def _refuse(field: str, why: str) -> RequestError:
 
 
 MAX_CHAT_ITEMS: Final = 10_000
-"""The most messages a chat may hold, and the most content parts (a ``tool_result``'s blocks
-included) and tools: each is read by every step (screening, estimating, bounding, hashing),
-and one request of 550,000 one-letter parts (15 MB, within ``http.max_body_mb``) held the
-event loop for 3 s. Long agent conversations hold hundreds to a few thousand."""
+"""The most messages a chat may hold, and the most content parts (those nested in parts at any
+depth, and tool calls, included) and tools: each is read by every step (screening,
+estimating, bounding, hashing), and one request of 550,000 one-letter parts (15 MB, within
+``http.max_body_mb``) held the event loop for 3 s. Long agent conversations hold hundreds to
+a few thousand."""
 
 
 def check_chat_size(request: Chat) -> None:
     """Refuse a chat of more than :data:`MAX_CHAT_ITEMS` messages, content parts or tools,
-    naming where the count passes the bound, before any step reads them all."""
+    naming where the count passes the bound, before any step reads them all. Parts are
+    counted wherever the steps read them (:mod:`quotad.daemon.guardrails.walk`): in a part's
+    ``content`` (a list, or one part) and ``source.content``, at any depth, and a message's
+    ``tool_calls``; the count stops at the bound."""
     if len(request.messages) > MAX_CHAT_ITEMS:
         raise _too_many("messages", "messages", len(request.messages))
     if request.tools is not None and len(request.tools) > MAX_CHAT_ITEMS:
         raise _too_many("tools", "tools", len(request.tools))
     parts = 0
     for index, message in enumerate(request.messages):
+        if message.tool_calls:
+            parts += len(message.tool_calls)
+            if parts > MAX_CHAT_ITEMS:
+                raise _too_many(f"messages[{index}].tool_calls", "content parts", parts)
         content = message.content
         if not isinstance(content, list):
             continue
-        parts += len(content)
-        if parts <= MAX_CHAT_ITEMS:  # and a tool_result's blocks
-            parts += sum(
-                len(part["content"])
-                for part in content
-                if isinstance(part, dict) and type(part.get("content")) is list
-            )
-        if parts > MAX_CHAT_ITEMS:
-            raise _too_many(f"messages[{index}].content", "content parts", parts)
+        unread: list[Any] = [content]
+        while unread:
+            items = unread.pop()
+            parts += len(items)
+            if parts > MAX_CHAT_ITEMS:
+                raise _too_many(f"messages[{index}].content", "content parts", parts)
+            for part in items:
+                if not isinstance(part, dict):
+                    continue
+                nested = part.get("content")
+                if isinstance(nested, list):
+                    unread.append(nested)
+                elif isinstance(nested, dict):  # a result holding one part
+                    unread.append([nested])
+                source = part.get("source")
+                if isinstance(source, dict) and isinstance(source.get("content"), list):
+                    unread.append(source["content"])
 
 
 def _too_many(field: str, what: str, count: int) -> RequestError:
