@@ -128,9 +128,11 @@ class RecordingNotifier(Notifier):
     def __init__(self) -> None:
         super().__init__({})
         self.sent: list[str] = []
+        self.statuses: list[str] = []
 
     def send(self, *assignments: str) -> None:
         self.sent.append(assignments[0])
+        self.statuses += [line for line in assignments if line.startswith("STATUS=")]
 
 
 async def test_a_provider_that_cannot_be_built_rejects_the_reload(
@@ -167,6 +169,32 @@ async def test_a_provider_that_cannot_be_built_rejects_the_reload(
         assert [event.kind for event in daemon.events.recent()] == ["reload_rejected"]
         for provider in daemon.providers.values():
             await provider.aclose()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_a_reload_that_fails_once_applying_does_not_say_it_reloaded(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """READY=1 follows RELOADING=1 whatever happens, but its status said "config reloaded"
+    even when putting the new config in place raised."""
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        path = directory / "quotad.toml"
+        path.write_text(f'[daemon]\nstate_dir = "{directory}"\n')
+        notifier = RecordingNotifier()
+        daemon = Daemon(
+            load_config(path), directory / "q.sock", config_location=str(path), notifier=notifier
+        )
+
+        def broken_apply(*args: object) -> int:
+            raise RuntimeError("a bug while applying")
+
+        monkeypatch.setattr(daemon, "_apply", broken_apply)
+        with pytest.raises(RuntimeError):
+            await daemon.try_reload()
+        assert notifier.sent == ["RELOADING=1", "READY=1"]
+        assert notifier.statuses[-1].endswith("; reload failed")
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -301,7 +301,7 @@ class Daemon:
         """
         async with self._reload_lock:
             self.notifier.reloading()
-            outcome = "config reloaded"
+            outcome = "reload failed"
             try:
                 try:
                     config, providers = await self._build_reloaded()
@@ -311,6 +311,7 @@ class Daemon:
                     return error
                 rebuilt = self._apply(config, providers)
                 await self.store.count_new_budgets()
+                outcome = "config reloaded"
             finally:  # READY=1 ends every RELOADING=1, whatever happened in between
                 self.notifier.ready(f"{self._status_line()}; {outcome}")
             self.events.add(
