@@ -5,12 +5,26 @@ cancelled permit block settles as cancelled), and the rule that it must be opene
 
 from __future__ import annotations
 
+import contextlib
+import socket
+
 import anyio
 import anyio.to_thread
 import pytest
 
 from quotad.client import AsyncClient
-from quotad.protocol.messages import Cancel, Chat, ChatChunk, Request, Settle, Subscribe
+from quotad.client._async_connection import AsyncConnection
+from quotad.client._common import Handshake, SendTimedOut, cancel_frame
+from quotad.protocol.messages import (
+    Cancel,
+    Chat,
+    ChatChunk,
+    Request,
+    Settle,
+    Status,
+    Subscribe,
+    Welcome,
+)
 from tests.support.fake_daemon import (
     USER_HI,
     FakeConnection,
@@ -145,3 +159,24 @@ async def test_clients_closed_out_of_order_get_a_clear_error(
     assert (await first.status()).daemon_version == "fake"
     await second.aclose()
     await first.aclose()
+
+
+@pytest.mark.anyio
+async def test_what_waited_to_go_stays_in_line_when_the_next_frame_cannot_be_sent() -> None:
+    """As the blocking client's (test_sync_only.py): a Cancel taken to go ahead of a frame
+    of which nothing was sent by its deadline was dropped."""
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        ours.setblocking(False)
+        handshake = Handshake("test", "app")
+        handshake.welcome = Welcome(id=0)
+        connection = AsyncConnection(ours, handshake)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # the socket full: the peer reads nothing yet
+                ours.send(bytes(65536))
+        connection._unsent.append(cancel_frame(7))
+        with pytest.raises(SendTimedOut) as timed_out:
+            await connection.send(Status(id=0), anyio.current_time() + 0.05)
+        assert not timed_out.value.cut
+        assert connection.lost is None
+        assert list(connection._unsent) == [cancel_frame(7)]

@@ -4,14 +4,18 @@ Ctrl-C. The behaviour both APIs share is tested once for both, in test_api.py.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 
 import pytest
 
 from quotad.client import Client
+from quotad.client._common import Handshake, SendTimedOut, cancel_frame
+from quotad.client._connection import Connection
 from quotad.protocol.messages import (
     Cancel,
     Chat,
@@ -21,6 +25,7 @@ from quotad.protocol.messages import (
     Settle,
     Status,
     Subscribe,
+    Welcome,
 )
 from tests.support.fake_daemon import (
     USER_HI,
@@ -148,3 +153,24 @@ def test_a_stream_left_by_break_is_cancelled_at_once(socket_path: str) -> None:
         cancels = fake.wait_for(Cancel, 2)
         [subscribe] = fake.requests(Subscribe)
         assert cancels[1].id == subscribe.id
+
+
+def test_what_waited_to_go_stays_in_line_when_the_next_frame_cannot_be_sent() -> None:
+    """A Cancel waiting for a busy socket goes before the next frame; when that frame's
+    deadline passed with nothing sent, the Cancel was dropped (its request ran on, paid),
+    and so was the rest of a frame half sent before it, so the next frame followed half of
+    one. Now what waited stays first in line, and the connection stays up."""
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        handshake = Handshake("test", "app")
+        handshake.welcome = Welcome(id=0)
+        connection = Connection(ours, handshake)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # the socket full: the peer reads nothing yet
+                ours.send(bytes(65536), socket.MSG_DONTWAIT)
+        connection._unsent.append(cancel_frame(7))
+        with pytest.raises(SendTimedOut) as timed_out:
+            connection.send(Status(id=0), time.monotonic() + 0.05)
+        assert not timed_out.value.cut
+        assert connection.lost is None
+        assert list(connection._unsent) == [cancel_frame(7)]

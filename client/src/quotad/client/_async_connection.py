@@ -147,37 +147,44 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
         or ``SEND_STALL_S`` (the connection is lost: :class:`FrameNotSent`). A frame cut short
         (by either, or by cancellation) loses the connection."""
         sent = 0
+        taken = b""
         owned = not self._send_lock.locked()
         if owned:
             if self._unsent:
-                frame = self._take_unsent() + frame
+                taken = self._take_unsent()
+                frame = taken + frame
             sent = self._send_now(frame)
             if sent == len(frame):
                 return
         stall_at = anyio.current_time() + SEND_STALL_S
         limit = stall_at if deadline is None else min(deadline, stall_at)
         rest = memoryview(frame)[sent:]
-        with anyio.CancelScope(deadline=limit) as scope:
-            # the lock is taken without waiting when free: nothing can come between the part
-            # sent above and the rest
-            async with self._send_lock:
-                if not owned and self._unsent:
-                    frame = self._take_unsent() + frame
-                    rest = memoryview(frame)
-                try:
-                    while rest:
-                        sent = self._send_now(rest)
-                        if not sent:
-                            try:
-                                await anyio.wait_writable(self._sock)
-                            except anyio.ClosedResourceError:  # the reader closed the socket
-                                raise FrameNotSent(self.lost or "closed") from None
-                        rest = rest[sent:]
-                    if self._unsent:  # queued while this frame was being written
-                        self._send_unsent_nowait()
-                finally:
-                    if 0 < len(rest) < len(frame):
-                        self._lose(CUT_SHORT)
+        try:
+            with anyio.CancelScope(deadline=limit) as scope:
+                # the lock is taken without waiting when free: nothing can come between the
+                # part sent above and the rest
+                async with self._send_lock:
+                    if not owned and self._unsent:
+                        taken = self._take_unsent()
+                        frame = taken + frame
+                        rest = memoryview(frame)
+                    try:
+                        while rest:
+                            sent = self._send_now(rest)
+                            if not sent:
+                                try:
+                                    await anyio.wait_writable(self._sock)
+                                except anyio.ClosedResourceError:  # the reader closed it
+                                    raise FrameNotSent(self.lost or "closed") from None
+                            rest = rest[sent:]
+                        if self._unsent:  # queued while this frame was being written
+                            self._send_unsent_nowait()
+                    finally:
+                        if 0 < len(rest) < len(frame):
+                            self._lose(CUT_SHORT)
+        finally:
+            if len(rest) == len(frame):  # nothing of it went: what waited stays in line
+                self._put_back(taken)
         if not scope.cancelled_caught:
             return
         if limit != stall_at:

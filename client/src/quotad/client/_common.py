@@ -398,6 +398,13 @@ class ConnectionBase(ABC, Generic[InboxT]):
         unsent = self._unsent
         return b"".join([unsent.popleft() for _ in range(len(unsent))])
 
+    def _put_back(self, taken: bytes) -> None:
+        """``taken`` (:meth:`_take_unsent`) went ahead of a frame of which nothing was sent:
+        first in line again. Dropped, the Cancels among it were lost, and the rest of a frame
+        half sent before was too, so that the next frame followed half of one."""
+        if taken:
+            self._unsent.appendleft(taken)
+
     @abstractmethod
     def _lose(self, reason: str) -> None:
         """Mark the connection lost for ``reason`` and wake whoever waits on it."""

@@ -177,8 +177,8 @@ class Connection(ConnectionBase[Inbox]):
         forgotten, and the connection lost unless the deadline passed before any of it went;
         an ``OSError`` raises :class:`FrameNotSent`, an interruption goes on. The frames
         waiting in ``_unsent`` go first."""
-        if self._unsent:
-            frame = self._take_unsent() + frame
+        taken = self._take_unsent() if self._unsent else b""
+        frame = taken + frame if taken else frame
         try:
             try:
                 sent = self._sock.send(frame, SEND_NOW_FLAGS)
@@ -198,6 +198,8 @@ class Connection(ConnectionBase[Inbox]):
                     self._lose(f"sending failed: {connect_failure(error, 0)}")
                 elif not isinstance(error, SendTimedOut) or error.cut:
                     self._lose(CUT_SHORT)
+                else:  # nothing of it went: the connection stays, and so does what waited
+                    self._put_back(taken)
                 self._state.notify_all()
             if isinstance(error, OSError):
                 raise FrameNotSent(str(error)) from error
