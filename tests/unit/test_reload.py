@@ -173,6 +173,43 @@ async def test_a_provider_that_cannot_be_built_rejects_the_reload(
         shutil.rmtree(directory, ignore_errors=True)
 
 
+async def test_the_providers_built_for_a_rejected_reload_are_closed(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One provider of the new config could not be built: those that were (each a pool of
+    its own) were dropped unclosed, at every rejected reload."""
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        path = directory / "quotad.toml"
+        head = f'[daemon]\nstate_dir = "{directory}"\n'
+        table = '[providers.{}]\nkind = "openai"\nbase_url = "http://127.0.0.1:{}"\n'
+        path.write_text(head + table.format("p", 9) + table.format("q", 9))
+        daemon = Daemon(load_config(path), directory / "q.sock", config_location=str(path))
+        path.write_text(head + table.format("p", 10) + table.format("q", 10))  # both rebuilt
+        built: list[InProcessProvider] = []
+
+        def build_p_only(name: str, *args: object) -> InProcessProvider:
+            if name != "p":
+                raise ValueError("cannot")
+            provider = InProcessProvider()
+            built.append(provider)
+            return provider
+
+        monkeypatch.setattr(runtime, "build_provider", build_p_only)
+        closed: list[object] = []
+
+        async def aclose(self: InProcessProvider) -> None:
+            closed.append(self)
+
+        monkeypatch.setattr(InProcessProvider, "aclose", aclose)
+        assert await daemon.try_reload() is not None
+        assert closed == built != []
+        for provider in daemon.providers.values():
+            await provider.aclose()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 async def test_a_reload_that_fails_once_applying_does_not_say_it_reloaded(
     anyio_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

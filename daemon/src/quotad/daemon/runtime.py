@@ -95,6 +95,16 @@ class ProviderSet:
     identity: dict[str, tuple[object, bytes]] = field(default_factory=dict)
 
 
+class _NotBuilt(Exception):
+    """Some providers of a config could not be built (``error`` names them); ``built``, those
+    that were, for the caller to close."""
+
+    def __init__(self, error: ConfigError, built: list[Provider]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.built = built
+
+
 class Daemon:
     """Everything one running daemon owns, built from one config."""
 
@@ -115,7 +125,10 @@ class Daemon:
         again (DESIGN §3)."""
         self.providers: dict[str, Provider] = {}
         self._provider_identity: dict[str, tuple[object, bytes]] = {}
-        built = self._providers_for(config, resolve_api_keys(config))
+        try:
+            built = self._providers_for(config, resolve_api_keys(config))
+        except _NotBuilt as failed:  # at start: the process ends, nothing was connected
+            raise failed.error from None
         self.providers, self._provider_identity = built.providers, built.identity
         self.events = EventLog(SYSTEM_CLOCK)
         """The daemon's event log: the router, the broker and the runtime report to it."""
@@ -338,7 +351,12 @@ class Daemon:
             config = await anyio.to_thread.run_sync(find_and_load_config, self.config_location)
             source = config.source
             keys = await anyio.to_thread.run_sync(resolve_api_keys, config)
-            return config, self._providers_for(config, keys)
+            try:
+                return config, self._providers_for(config, keys)
+            except _NotBuilt as failed:  # those built for it are closed: they serve nothing
+                for provider in failed.built:
+                    await provider.aclose()
+                raise failed.error from None
         except ConfigError:
             raise
         except Exception as error:
@@ -416,9 +434,11 @@ class Daemon:
 
     def _providers_for(self, config: Config, keys: dict[str, str | None]) -> ProviderSet:
         """A provider per ``[providers.X]``: the running one where its table and key are
-        unchanged, else a new one. A provider that cannot be built is a :class:`ConfigError`
-        naming it (the config checks should have refused what it could not take)."""
+        unchanged, else a new one. Providers that cannot be built raise :class:`_NotBuilt`:
+        a :class:`ConfigError` naming them (the config checks should have refused what they
+        could not take), and the new ones that were built, to close."""
         built = ProviderSet()
+        fresh: list[Provider] = []
         problems: list[str] = []
         for name, provider_config in config.providers.items():
             built.identity[name] = (provider_config, _key_digest(keys[name]))
@@ -427,13 +447,14 @@ class Daemon:
                 built.providers[name] = running
                 continue
             try:
-                built.providers[name] = build_provider(name, provider_config, keys[name])
+                provider = built.providers[name] = build_provider(name, provider_config, keys[name])
+                fresh.append(provider)
             except Exception as error:
                 log.exception("provider %s could not be built", name)
                 where = format_path(["providers", name])
                 problems.append(f"{where}: cannot be built: {type(error).__name__}: {error}")
         if problems:
-            raise ConfigError(config.source, problems)
+            raise _NotBuilt(ConfigError(config.source, problems), fresh)
         return built
 
     async def _close_when_done(self, providers: list[Provider], done: anyio.Event) -> None:
