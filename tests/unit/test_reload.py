@@ -5,8 +5,10 @@ resolves to answer it no more."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -135,26 +137,50 @@ class RecordingNotifier(Notifier):
         self.statuses += [line for line in assignments if line.startswith("STATUS=")]
 
 
+@contextlib.asynccontextmanager
+async def daemon_on_file(
+    tables: str, notifier: Notifier | None = None
+) -> AsyncIterator[tuple[Daemon, Path]]:
+    """A daemon (not serving) on a config file of ``tables`` (:func:`write_config`), and the
+    file, for a test to rewrite before a reload; its providers closed after, its directory
+    removed."""
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        path = directory / "quotad.toml"
+        write_config(path, tables)
+        daemon = Daemon(
+            load_config(path), directory / "q.sock", config_location=str(path), notifier=notifier
+        )
+        try:
+            yield daemon, path
+        finally:
+            for provider in daemon.providers.values():
+                await provider.aclose()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def write_config(path: Path, tables: str) -> None:
+    """A config of ``tables`` at ``path``, its state in the file's directory."""
+    path.write_text(f'[daemon]\nstate_dir = "{path.parent}"\n' + tables)
+
+
+def provider_tables(port: int, *names: str) -> str:
+    """A ``[providers.NAME]`` table for each of ``names``, at ``port`` on the loopback."""
+    table = '[providers.{}]\nkind = "openai"\nbase_url = "http://127.0.0.1:{}"\n'
+    return "".join(table.format(name, port) for name in names)
+
+
 async def test_a_provider_that_cannot_be_built_rejects_the_reload(
     anyio_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Anything raised while the new config's providers are built rejects the reload: the
     running config and providers stay, a ``reload_rejected`` event says why, READY=1 follows
     RELOADING=1 (it escaped ``try_reload`` and killed the daemon on SIGHUP)."""
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))
-    try:
-        path = directory / "quotad.toml"
-        text = f'[daemon]\nstate_dir = "{directory}"\n[providers.p]\nkind = "openai"\n'
-        path.write_text(text + 'base_url = "http://127.0.0.1:9"\n')
-        notifier = RecordingNotifier()
-        daemon = Daemon(
-            load_config(path),
-            directory / "q.sock",
-            config_location=str(path),
-            notifier=notifier,
-        )
+    notifier = RecordingNotifier()
+    async with daemon_on_file(provider_tables(9, "p"), notifier) as (daemon, path):
         running = daemon.providers["p"]
-        path.write_text(text + 'base_url = "http://127.0.0.1:10"\n')  # p must be rebuilt
+        write_config(path, provider_tables(10, "p"))  # p must be rebuilt
 
         def cannot_build(*args: object, **kwargs: object) -> None:
             raise UnicodeEncodeError("ascii", "\u00fc", 0, 1, "ordinal not in range(128)")
@@ -167,10 +193,6 @@ async def test_a_provider_that_cannot_be_built_rejects_the_reload(
         assert daemon.config.providers["p"].base_url == "http://127.0.0.1:9"
         assert notifier.sent == ["RELOADING=1", "READY=1"]
         assert [event.kind for event in daemon.events.recent()] == ["reload_rejected"]
-        for provider in daemon.providers.values():
-            await provider.aclose()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def test_the_providers_built_for_a_rejected_reload_are_closed(
@@ -178,14 +200,8 @@ async def test_the_providers_built_for_a_rejected_reload_are_closed(
 ) -> None:
     """One provider of the new config could not be built: those that were (each a pool of
     its own) were dropped unclosed, at every rejected reload."""
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))
-    try:
-        path = directory / "quotad.toml"
-        head = f'[daemon]\nstate_dir = "{directory}"\n'
-        table = '[providers.{}]\nkind = "openai"\nbase_url = "http://127.0.0.1:{}"\n'
-        path.write_text(head + table.format("p", 9) + table.format("q", 9))
-        daemon = Daemon(load_config(path), directory / "q.sock", config_location=str(path))
-        path.write_text(head + table.format("p", 10) + table.format("q", 10))  # both rebuilt
+    async with daemon_on_file(provider_tables(9, "p", "q")) as (daemon, path):
+        write_config(path, provider_tables(10, "p", "q"))  # both rebuilt
         built: list[InProcessProvider] = []
 
         def build_p_only(name: str, *args: object) -> InProcessProvider:
@@ -204,10 +220,6 @@ async def test_the_providers_built_for_a_rejected_reload_are_closed(
         monkeypatch.setattr(InProcessProvider, "aclose", aclose)
         assert await daemon.try_reload() is not None
         assert closed == built != []
-        for provider in daemon.providers.values():
-            await provider.aclose()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def test_a_reload_that_fails_once_applying_does_not_say_it_reloaded(
@@ -215,14 +227,8 @@ async def test_a_reload_that_fails_once_applying_does_not_say_it_reloaded(
 ) -> None:
     """READY=1 follows RELOADING=1 whatever happens, but its status said "config reloaded"
     even when putting the new config in place raised."""
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))
-    try:
-        path = directory / "quotad.toml"
-        path.write_text(f'[daemon]\nstate_dir = "{directory}"\n')
-        notifier = RecordingNotifier()
-        daemon = Daemon(
-            load_config(path), directory / "q.sock", config_location=str(path), notifier=notifier
-        )
+    notifier = RecordingNotifier()
+    async with daemon_on_file("", notifier) as (daemon, _):
 
         def broken_apply(*args: object) -> int:
             raise RuntimeError("a bug while applying")
@@ -232,8 +238,6 @@ async def test_a_reload_that_fails_once_applying_does_not_say_it_reloaded(
             await daemon.try_reload()
         assert notifier.sent == ["RELOADING=1", "READY=1"]
         assert notifier.statuses[-1].endswith("; reload failed")
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def test_a_reload_reads_the_file_found_at_start_even_once_it_is_gone(
