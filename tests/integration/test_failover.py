@@ -57,7 +57,7 @@ def config(primary: str, secondary: str) -> str:
             primary,
             extra="health_check_s = 0.1\nbreaker = {{ failures = 2, cooldown_s = 60 }}",
         ),
-        '[providers.watched.models."m"]\n',
+        '[providers.lone.models."m"]\n[providers.watched.models."m"]\n',  # listed from the start
         '[models.fast]\ntargets = ["a/m", "b/m"]\n',
         cache='mode = "off"',
     )
