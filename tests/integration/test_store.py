@@ -229,6 +229,8 @@ def test_spend_json_and_csv(daemon: DaemonProcess, client: Client) -> None:
 
 
 def test_cache_stats_clear_and_warm(daemon: DaemonProcess, client: Client) -> None:
+    asked = prompt("stats")  # a miss then a hit of its own: other tests may run elsewhere
+    assert [client.chat(MODEL, asked, max_tokens=5).cached for _ in range(2)] == [False, True]
     stats = json.loads(quotad(daemon, "cache", "stats", "--json").stdout)
     assert stats["mode"] == "on"
     assert stats["hits"] >= 1
