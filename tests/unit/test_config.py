@@ -16,7 +16,6 @@ from quotad.daemon.config import (
     MAX_SIZE,
     Config,
     ConfigError,
-    load_config,
     state_dir,
 )
 from quotad.protocol.framing import MAX_FRAME_CEILING
@@ -31,11 +30,9 @@ base_url = "http://127.0.0.1:9"
 
 
 def test_a_good_file_loads_and_says_where_it_came_from(tmp_path: Path) -> None:
-    path = tmp_path / "quotad.toml"
-    path.write_text(PROVIDER + '[models.fast]\ntargets = ["p/m"]\n', encoding="utf-8")
-    config = load_config(path)
+    config = loaded(tmp_path, PROVIDER + '[models.fast]\ntargets = ["p/m"]\n')
     assert isinstance(config, Config)
-    assert config.source == str(path)
+    assert config.source == str(tmp_path / "quotad.toml")
     assert config.models["fast"].targets == ["p/m"]
 
 
@@ -188,11 +185,9 @@ def test_a_bad_ledger_retention_names_its_key(tmp_path: Path, value: str, expect
 
 
 def test_the_ledger_is_kept_whole_unless_a_retention_is_set(tmp_path: Path) -> None:
-    path = tmp_path / "quotad.toml"
-    path.write_text(PROVIDER, encoding="utf-8")
-    assert load_config(path).daemon.ledger_retention_days == 0
-    path.write_text("[daemon]\nledger_retention_days = 30\n" + PROVIDER, encoding="utf-8")
-    assert load_config(path).daemon.ledger_retention_days == 30
+    assert loaded(tmp_path, PROVIDER).daemon.ledger_retention_days == 0
+    text = "[daemon]\nledger_retention_days = 30\n" + PROVIDER
+    assert loaded(tmp_path, text).daemon.ledger_retention_days == 30
 
 
 def test_empty_targets_is_one_problem(tmp_path: Path) -> None:
@@ -236,9 +231,8 @@ def test_the_bound_on_a_provider_s_answers_is_checked(
     assert problems(tmp_path, PROVIDER + f"max_response_mb = {value}\n") == [
         f"providers.p.max_response_mb: {problem}"
     ]
-    path = tmp_path / "good.toml"
-    path.write_text(PROVIDER + "max_response_mb = 0.5\n", encoding="utf-8")
-    assert load_config(path).providers["p"].max_response_mb == 0.5
+    good = loaded(tmp_path, PROVIDER + "max_response_mb = 0.5\n")
+    assert good.providers["p"].max_response_mb == 0.5
 
 
 # --------------------------------------------------------------------------- semantic (§11)
@@ -267,10 +261,7 @@ def test_semantic_keys_are_checked(tmp_path: Path) -> None:
 
 
 def test_a_local_provider_needs_no_base_url_and_takes_none(tmp_path: Path) -> None:
-    path = tmp_path / "quotad.toml"
-    path.write_text(SEMANTIC_AND_LOCAL, encoding="utf-8")
-    config = load_config(path)
-    assert config.providers["local"].kind == "local"
+    assert loaded(tmp_path, SEMANTIC_AND_LOCAL).providers["local"].kind == "local"
     text = '[providers.local]\nkind = "local"\nbase_url = "http://127.0.0.1:9"\n'
     assert problems(tmp_path, text) == [
         "providers.local.base_url: not used by kind 'local' (embeddings are computed inside "
