@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
-from typing import Final
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
+from typing import Final, TypeVar
 
 import anyio.lowlevel
 
@@ -239,18 +239,19 @@ def _status_pieces(status: StatusReply) -> Iterator[str]:
 
 def _target_pieces(targets: Sequence[TargetStatus]) -> Iterator[str]:
     """Each target's state, from the router's targets (bounded by it, not here)."""
-    yield _family("quotad_target_enabled", "gauge", "1 when a target takes requests.")
-    for target in targets:
-        yield _line("quotad_target_enabled", int(target.enabled), target=target.name)
-    yield _family("quotad_target_in_flight", "gauge", "Calls to a target in flight.")
-    for target in targets:
-        yield _line("quotad_target_in_flight", target.in_flight, target=target.name)
-    yield _family("quotad_target_attempts_total", "counter", "Calls made to a target.")
-    for target in targets:
-        yield _line("quotad_target_attempts_total", target.requests, target=target.name)
-    yield _family("quotad_target_failures_total", "counter", "Calls to a target that failed.")
-    for target in targets:
-        yield _line("quotad_target_failures_total", target.failures, target=target.name)
+    yield from _per_row(
+        [(target, {"target": target.name}) for target in targets],
+        (
+            ("quotad_target_enabled", "gauge", "1 when a target takes requests.",
+             lambda target: int(target.enabled)),
+            ("quotad_target_in_flight", "gauge", "Calls to a target in flight.",
+             lambda target: target.in_flight),
+            ("quotad_target_attempts_total", "counter", "Calls made to a target.",
+             lambda target: target.requests),
+            ("quotad_target_failures_total", "counter", "Calls to a target that failed.",
+             lambda target: target.failures),
+        ),
+    )  # fmt: skip
     yield _family("quotad_target_breaker_state", "gauge", "1 for a target's breaker state.")
     for target in targets:
         for state in BREAKER_STATES:
@@ -274,61 +275,44 @@ def _gate_pieces(gates: Sequence[GateStatus]) -> Iterator[str]:
         for gate in gates
         for window in gate.windows
     ]  # fmt: skip
-    yield _family("quotad_gate_used", "gauge", "Admissions in a gate's window now.")
-    for window, labels in windows:
-        yield _line("quotad_gate_used", window.used, **labels)
-    yield _family("quotad_gate_limit", "gauge", "A gate window's limit.")
-    for window, labels in windows:
-        yield _line("quotad_gate_limit", window.limit, **labels)
-    yield _family("quotad_gate_utilization", "gauge", "used / limit of a gate's window.")
-    for window, labels in windows:
-        utilization = window.used / window.limit if window.limit else 0.0
-        yield _line("quotad_gate_utilization", utilization, **labels)
+    yield from _per_row(
+        windows,
+        (
+            ("quotad_gate_used", "gauge", "Admissions in a gate's window now.",
+             lambda window: window.used),
+            ("quotad_gate_limit", "gauge", "A gate window's limit.",
+             lambda window: window.limit),
+            ("quotad_gate_utilization", "gauge", "used / limit of a gate's window.",
+             lambda window: window.used / window.limit if window.limit else 0.0),
+        ),
+    )  # fmt: skip
 
 
 def _cache_pieces(cache: CacheStatus) -> Iterator[str]:
-    yield _single(
-        "quotad_cache_hits_total", "counter", "Requests answered from the cache.", cache.hits
-    )
-    yield _single(
-        "quotad_cache_misses_total", "counter", "Cache lookups that found nothing.", cache.misses
-    )
-    yield _single("quotad_cache_entries", "gauge", "Responses in the cache.", cache.entries)
-    yield _single("quotad_cache_bytes", "gauge", "Bytes the cache holds.", cache.bytes)
-    yield _single(
-        "quotad_cache_evictions_total",
-        "counter",
-        "Entries evicted from the cache.",
-        cache.evictions,
-    )
-    yield _single(
-        "quotad_cache_saved_usd_total", "counter", "USD the cache saved.", cache.saved_usd
-    )
+    singles: list[tuple[str, str, str, float]] = [
+        ("quotad_cache_hits_total", "counter", "Requests answered from the cache.", cache.hits),
+        ("quotad_cache_misses_total", "counter", "Cache lookups that found nothing.",
+         cache.misses),
+        ("quotad_cache_entries", "gauge", "Responses in the cache.", cache.entries),
+        ("quotad_cache_bytes", "gauge", "Bytes the cache holds.", cache.bytes),
+        ("quotad_cache_evictions_total", "counter", "Entries evicted from the cache.",
+         cache.evictions),
+        ("quotad_cache_saved_usd_total", "counter", "USD the cache saved.", cache.saved_usd),
+    ]  # fmt: skip
     if cache.semantic_mode != "off":  # DESIGN §11
-        yield _single(
-            "quotad_cache_semantic_hits_total",
-            "counter",
-            "Requests answered semantically.",
-            cache.semantic_hits,
-        )
-        yield _single(
-            "quotad_cache_semantic_would_be_hits_total",
-            "counter",
-            "Shadow mode: semantic hits found and not served.",
-            cache.would_be_hits,
-        )
-        yield _single(
-            "quotad_cache_semantic_agreed_total",
-            "counter",
-            "Shadow mode: would-be hits whose answer agreed with the provider's.",
-            cache.shadow_agreed,
-        )
-        yield _single(
-            "quotad_cache_semantic_questions",
-            "gauge",
-            "Questions held semantically.",
-            cache.semantic_entries,
-        )
+        singles += [
+            ("quotad_cache_semantic_hits_total", "counter", "Requests answered semantically.",
+             cache.semantic_hits),
+            ("quotad_cache_semantic_would_be_hits_total", "counter",
+             "Shadow mode: semantic hits found and not served.", cache.would_be_hits),
+            ("quotad_cache_semantic_agreed_total", "counter",
+             "Shadow mode: would-be hits whose answer agreed with the provider's.",
+             cache.shadow_agreed),
+            ("quotad_cache_semantic_questions", "gauge", "Questions held semantically.",
+             cache.semantic_entries),
+        ]  # fmt: skip
+    for name, kind, help_text, value in singles:
+        yield _single(name, kind, help_text, value)
 
 
 def _app_pieces(apps: Sequence[AppStatus]) -> Iterator[str]:
@@ -350,20 +334,26 @@ def _app_pieces(apps: Sequence[AppStatus]) -> Iterator[str]:
             yield _line("quotad_guardrail_blocked_total", app.blocked, app=app.name)
 
 
-def _budget_pieces(budgets: Sequence[BudgetStatus]) -> Iterator[str]:
-    labelled = [
+def _budget_rows(budgets: Sequence[BudgetStatus]) -> list[tuple[BudgetStatus, dict[str, str]]]:
+    """Each budget with its labels (the budget families and the fleet's flag of them)."""
+    return [
         (budget, {"budget": budget.name, "scope": budget.scope, "period": budget.period})
         for budget in budgets
     ]
-    yield _family("quotad_budget_limit_usd", "gauge", "A budget's limit.")
-    for budget, labels in labelled:
-        yield _line("quotad_budget_limit_usd", budget.limit_usd, **labels)
-    yield _family("quotad_budget_spent_usd", "gauge", "USD spent against a budget this period.")
-    for budget, labels in labelled:
-        yield _line("quotad_budget_spent_usd", budget.spent_usd, **labels)
-    yield _family("quotad_budget_reserved_usd", "gauge", "USD reserved by requests in flight.")
-    for budget, labels in labelled:
-        yield _line("quotad_budget_reserved_usd", budget.reserved_usd, **labels)
+
+
+def _budget_pieces(budgets: Sequence[BudgetStatus]) -> Iterator[str]:
+    yield from _per_row(
+        _budget_rows(budgets),
+        (
+            ("quotad_budget_limit_usd", "gauge", "A budget's limit.",
+             lambda budget: budget.limit_usd),
+            ("quotad_budget_spent_usd", "gauge", "USD spent against a budget this period.",
+             lambda budget: budget.spent_usd),
+            ("quotad_budget_reserved_usd", "gauge", "USD reserved by requests in flight.",
+             lambda budget: budget.reserved_usd),
+        ),
+    )  # fmt: skip
 
 
 CLUSTER_HEALTH: Final = ("connecting", "resyncing", "connected", "degraded")
@@ -382,50 +372,37 @@ def _cluster_pieces(cluster: ClusterStatus, budgets: Sequence[BudgetStatus]) -> 
         "1 while the gates admit without Redis (on_unreachable: share or closed).",
     )
     yield _line("quotad_cluster_degraded", int(cluster.mode != "fleet"), mode=cluster.mode)
-    yield _single(
-        "quotad_cluster_hosts_seen",
-        "gauge",
-        "Hosts of the fleet with a recent heartbeat.",
-        cluster.hosts_seen,
-    )
-    yield _single(
-        "quotad_cluster_redis_rtt_seconds",
-        "gauge",
-        "The last Redis call's round trip.",
-        cluster.rtt_ms / 1000,
-    )
-    yield _single(
-        "quotad_cluster_redis_calls_total",
-        "counter",
-        "Calls made to the fleet's Redis.",
-        cluster.redis_calls,
-    )
-    yield _single(
-        "quotad_cluster_redis_failures_total",
-        "counter",
-        "Redis calls that failed.",
-        cluster.redis_failures,
-    )
-    yield _single(
-        "quotad_cluster_borrows_total",
-        "counter",
-        "Slices of fleet limits asked for.",
-        cluster.borrows,
-    )
-    yield _family("quotad_cluster_held", "gauge", "Units of a fleet window this host holds unused.")
-    for window in cluster.windows:
-        yield _line("quotad_cluster_held", window.held, window=window.name)
-    yield _family("quotad_cluster_fleet_used", "gauge", "A fleet window's usage, as last seen.")
-    for window in cluster.windows:
-        yield _line("quotad_cluster_fleet_used", window.fleet_used, window=window.name)
-    yield _family(
-        "quotad_cluster_budget_fleet",
-        "gauge",
-        "1 while quotad_budget_* show the fleet's figures (as last heard), 0 this host's own.",
-    )
-    for budget in budgets:
-        labels = {"budget": budget.name, "scope": budget.scope, "period": budget.period}
-        yield _line("quotad_cluster_budget_fleet", int(budget.fleet), **labels)
+    singles: list[tuple[str, str, str, float]] = [
+        ("quotad_cluster_hosts_seen", "gauge", "Hosts of the fleet with a recent heartbeat.",
+         cluster.hosts_seen),
+        ("quotad_cluster_redis_rtt_seconds", "gauge", "The last Redis call's round trip.",
+         cluster.rtt_ms / 1000),
+        ("quotad_cluster_redis_calls_total", "counter", "Calls made to the fleet's Redis.",
+         cluster.redis_calls),
+        ("quotad_cluster_redis_failures_total", "counter", "Redis calls that failed.",
+         cluster.redis_failures),
+        ("quotad_cluster_borrows_total", "counter", "Slices of fleet limits asked for.",
+         cluster.borrows),
+    ]  # fmt: skip
+    for name, kind, help_text, value in singles:
+        yield _single(name, kind, help_text, value)
+    yield from _per_row(
+        [(window, {"window": window.name}) for window in cluster.windows],
+        (
+            ("quotad_cluster_held", "gauge", "Units of a fleet window this host holds unused.",
+             lambda window: window.held),
+            ("quotad_cluster_fleet_used", "gauge", "A fleet window's usage, as last seen.",
+             lambda window: window.fleet_used),
+        ),
+    )  # fmt: skip
+    yield from _per_row(
+        _budget_rows(budgets),
+        (
+            ("quotad_cluster_budget_fleet", "gauge",
+             "1 while quotad_budget_* show the fleet's figures (as last heard), 0 this host's "
+             "own.", lambda budget: int(budget.fleet)),
+        ),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- text format
@@ -476,6 +453,21 @@ def _single(name: str, kind: str, help_text: str, value: float) -> str:
 
 def _line(name: str, value: float, **labels: str) -> str:
     return _labelled_line(name, labels.items(), value)
+
+
+_Row = TypeVar("_Row")
+
+
+def _per_row(
+    rows: Sequence[tuple[_Row, dict[str, str]]],
+    families: Iterable[tuple[str, str, str, Callable[[_Row], float]]],
+) -> Iterator[str]:
+    """Families of a sample per row: for each ``(name, kind, help, value)``, its HELP and TYPE,
+    then ``value(row)`` of each row under the row's labels."""
+    for name, kind, help_text, value in families:
+        yield _family(name, kind, help_text)
+        for row, labels in rows:
+            yield _line(name, value(row), **labels)
 
 
 def _histogram_pieces(name: str, help_text: str, by_target: dict[str, Histogram]) -> Iterator[str]:
