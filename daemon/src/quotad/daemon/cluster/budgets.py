@@ -36,22 +36,17 @@ import anyio
 import anyio.abc
 
 from quotad.daemon.cluster.link import MALFORMED, Link, LinkDown, Reply
-from quotad.daemon.cluster.spend import FleetSpend
+from quotad.daemon.cluster.spend import NANO, FleetSpend
+from quotad.daemon.cluster.spend import to_nano as to_nano  # re-exported: its home is spend
 
 log = logging.getLogger("quotad.cluster")
 
-NANO: Final = 1_000_000_000
 AHEAD_S: Final = 2.0
 """A host holds beyond its requests in flight what it reserved over about this long."""
 CONTENDED_S: Final = 2.0
 """After a host is refused, every host keeps no spare hold for this long."""
 PERIOD_TTL_S: Final = {"day": 3 * 86400, "month": 40 * 86400}
 SYNC_COALESCE_S: Final = 0.02
-
-
-def to_nano(usd: float) -> int:
-    """USD as integer nano-USD, rounded up (what is counted against a limit never shrinks)."""
-    return math.ceil(round(usd * NANO, 3))
 
 
 class FleetBudgetShort(Exception):

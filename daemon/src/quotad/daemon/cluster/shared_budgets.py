@@ -42,14 +42,9 @@ from typing import Final
 import anyio
 import anyio.abc
 
-from quotad.daemon.cluster.budgets import (
-    NANO,
-    FleetBudget,
-    FleetBudgets,
-    FleetBudgetShort,
-)
+from quotad.daemon.cluster.budgets import FleetBudget, FleetBudgets, FleetBudgetShort
 from quotad.daemon.cluster.link import EventSink, Link, LinkDown
-from quotad.daemon.cluster.spend import KEPT_DAYS, fleet_report
+from quotad.daemon.cluster.spend import KEPT_DAYS, NANO, fleet_report
 from quotad.daemon.declared_names import DeclaredNames
 from quotad.daemon.errors import RequestError
 from quotad.daemon.guardrails.screening import decode_entities

@@ -108,9 +108,13 @@ _FOUND_PAIR: Final = re.compile(r"([a-z_]{1,32})=(0|[1-9][0-9]{0,13})")
 """One ``kind=count`` of a guardrails value (ASCII digits only, no sign, no padding)."""
 
 
-def nano(usd: float) -> int:
-    """USD as integer nano-USD, rounded up."""
-    return math.ceil(round(usd * 1e9, 3))
+NANO: Final = 1_000_000_000
+
+
+def to_nano(usd: float) -> int:
+    """USD as integer nano-USD, rounded up (what is counted against a limit never shrinks):
+    the fleet's spend figures and its budgets count in it."""
+    return math.ceil(round(usd * NANO, 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +160,8 @@ class FleetSpend:
         for row in rows:
             day, app, model, target, cost, requests, prompt, completion = row[:8]
             errors, hits, saved, semantic = row[8:]
-            loaded = (nano(cost), requests, prompt, completion, errors, hits, nano(saved), semantic)
+            cost_nano, saved_nano = to_nano(cost), to_nano(saved)
+            loaded = (cost_nano, requests, prompt, completion, errors, hits, saved_nano, semantic)
             figures = self._figures(day, self._kept_key(day, (app, model, target)))
             for index, value in enumerate(loaded):
                 figures[index] += value
@@ -204,13 +209,13 @@ class FleetSpend:
         as ``guardrails_daily`` counts them)."""
         key = self._kept_key(day, (app, model, target))
         figures = self._figures(day, key)
-        figures[0] += nano(cost_usd)
+        figures[0] += to_nano(cost_usd)
         figures[1] += 1
         figures[2] += prompt_tokens
         figures[3] += completion_tokens
         figures[4] += error
         figures[5] += cache_hit
-        figures[6] += nano(saved_usd)
+        figures[6] += to_nano(saved_usd)
         figures[7] += semantic_hit
         if blocked or entities:
             found = self._found(day, key)
