@@ -317,13 +317,7 @@ class SharedBudgets:
         for budget in self.budgets.roll(now):
             fleet = mirrors.get(budget)
             if fleet is None or fleet.heard_at < heard_since or fleet.label != budget.period_label:
-                out.append(
-                    budget.status(
-                        spent_usd=budget.spent_usd,
-                        reserved_usd=budget.reserved_usd,
-                        alert=budget.alerted,
-                    )
-                )
+                out.append(budget.own_status())
                 continue
             # Redis counts this host at spent_acked + held_acked until its next sync: its
             # part shows its spent now, and holds the rest of that (at least its reserved)

@@ -122,6 +122,12 @@ class Budget:
             as_of=as_of or 0.0,
         )
 
+    def own_status(self) -> BudgetStatus:
+        """This budget with this host's own figures (and its own alert)."""
+        return self.status(
+            spent_usd=self.spent_usd, reserved_usd=self.reserved_usd, alert=self.alerted
+        )
+
 
 @dataclass(slots=True)
 class BudgetHold:
@@ -355,13 +361,7 @@ class Budgets:
         out = []
         for budget in self._all():
             self._roll(budget, now)
-            out.append(
-                budget.status(
-                    spent_usd=budget.spent_usd,
-                    reserved_usd=budget.reserved_usd,
-                    alert=budget.alerted,
-                )
-            )
+            out.append(budget.own_status())
         return out
 
 
