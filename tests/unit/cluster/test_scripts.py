@@ -437,7 +437,7 @@ async def test_spend_days_are_set_not_added(link: Link, valkey: ValkeyServer) ->
 
 
 def test_nano_usd_rounds_up() -> None:
-    from quotad.daemon.cluster.budgets import to_nano
+    from quotad.daemon.cluster.spend import to_nano
 
     assert to_nano(0.1) == 100_000_000
     assert to_nano(1e-10) == 1

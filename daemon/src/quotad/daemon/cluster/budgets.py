@@ -36,8 +36,7 @@ import anyio
 import anyio.abc
 
 from quotad.daemon.cluster.link import MALFORMED, Link, LinkDown, Reply
-from quotad.daemon.cluster.spend import NANO, FleetSpend
-from quotad.daemon.cluster.spend import to_nano as to_nano  # re-exported: its home is spend
+from quotad.daemon.cluster.spend import NANO, FleetSpend, to_nano
 
 log = logging.getLogger("quotad.cluster")
 
