@@ -41,27 +41,6 @@ from quotad.protocol.messages import (
     Usage,
 )
 
-PASSTHROUGH: Final = (
-    "frequency_penalty",
-    "presence_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "parallel_tool_calls",
-    "reasoning_effort",
-    "service_tier",
-    "metadata",
-    "store",
-    "verbosity",
-    "prediction",
-    "modalities",
-    "audio",
-    "web_search_options",
-    "prompt_cache_key",
-    "safety_identifier",
-)
-"""Chat parameters passed to the provider as they are (``Chat.extra``)."""
-
 ERROR_TYPES: Final = {
     "bad_request": "invalid_request_error",
     "bad_frame": "invalid_request_error",
@@ -81,24 +60,10 @@ class StreamOptions(msgspec.Struct):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(msgspec.Struct, kw_only=True):
-    """``POST /v1/chat/completions``."""
+class ChatPassthrough(msgspec.Struct, kw_only=True):
+    """The chat parameters OpenAI documents that go to the provider as they are
+    (``Chat.extra``): typed here, named by :data:`PASSTHROUGH`."""
 
-    model: Name
-    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
-    max_tokens: PositiveInt | None = None
-    max_completion_tokens: PositiveInt | None = None
-    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
-    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int | None = None
-    user: Name | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
@@ -116,6 +81,30 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     web_search_options: dict[str, Any] | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
+
+
+PASSTHROUGH: Final = ChatPassthrough.__struct_fields__
+"""Chat parameters passed to the provider as they are (``Chat.extra``)."""
+
+
+class ChatCompletionRequest(ChatPassthrough, kw_only=True):
+    """``POST /v1/chat/completions``."""
+
+    model: Name
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    user: Name | None = None
 
     @property
     def include_usage(self) -> bool:
