@@ -20,7 +20,6 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from quotad.client._async_connection import (
@@ -34,7 +33,7 @@ from quotad.client._async_connection import (
     shielded,
     sleep,
 )
-from quotad.client._async_stream import AsyncChatStream, AsyncSubscription
+from quotad.client._async_stream import AsyncChatStream, AsyncClosing, AsyncSubscription
 from quotad.client._common import (
     FrameNotSent,
     ReplyT,
@@ -85,7 +84,7 @@ from quotad.protocol.paths import client_socket_candidates
 __all__ = ["AsyncClient", "AsyncHeldPermit"]
 
 
-class AsyncClient:
+class AsyncClient(AsyncClosing):
     """A connection to the quotad daemon (DESIGN §6), for any number of concurrent callers.
 
     ``async with AsyncClient(...) as qd:`` connects, and closes at the end of the block. (An
@@ -134,14 +133,6 @@ class AsyncClient:
             await self.aclose()
             raise
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connection. An async client also stops its reader task, so the task

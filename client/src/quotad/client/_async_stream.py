@@ -1,7 +1,8 @@
 """The requests of the client API (DESIGN §6) that continue after their first reply: chat
 streams (:class:`AsyncChatStream`) and subscriptions (:class:`AsyncSubscription`), both read
 one reply at a time through the client that made them (:class:`_AsyncRequestSender`, which
-:class:`~quotad.client.AsyncClient` is).
+:class:`~quotad.client.AsyncClient` is); and what the client shares with them, closing at the
+end of its ``async with`` block (:class:`AsyncClosing`).
 
 Written once, like the client (see ``_async.py``): the blocking module is generated from the
 async one by ``scripts/unasync.py``, and the test suite fails while the two differ.
@@ -9,6 +10,7 @@ async one by ``scripts/unasync.py``, and the test suite fails while the two diff
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import ClassVar, Protocol, Self
 
@@ -16,7 +18,25 @@ from quotad.client._async_connection import AsyncConnection, AsyncInbox
 from quotad.client._common import StreamedChat, expect
 from quotad.protocol.messages import ChatChunk, ChatEnd, Message, Reply, Snapshot
 
-__all__ = ["AsyncChatStream", "AsyncSubscription"]
+__all__ = ["AsyncChatStream", "AsyncClosing", "AsyncSubscription"]
+
+
+class AsyncClosing(ABC):
+    """What closes at the end of its ``async with`` block: the client, and its requests that
+    continue."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 class _AsyncRequestSender(Protocol):
@@ -38,7 +58,7 @@ class _AsyncRequestSender(Protocol):
     ) -> Reply: ...
 
 
-class _AsyncReplies:
+class _AsyncReplies(AsyncClosing):
     """The replies of one request that continues (a chat stream, a subscription): sent on
     entering its ``async with`` block or at the first read; closing it before its end
     cancels the request, and later replies to it are dropped."""
@@ -78,14 +98,6 @@ class _AsyncReplies:
         if self._inbox is None:
             await self._start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __aiter__(self) -> Self:
         return self

@@ -22,7 +22,6 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from quotad.client._common import (
@@ -49,7 +48,7 @@ from quotad.client._connection import (
     shielded,
     sleep,
 )
-from quotad.client._sync_stream import ChatStream, Subscription
+from quotad.client._sync_stream import ChatStream, Closing, Subscription
 from quotad.client.exceptions import (
     ConnectionLostError,
     DaemonUnavailableError,
@@ -87,7 +86,7 @@ from quotad.protocol.paths import client_socket_candidates
 __all__ = ["Client", "HeldPermit"]
 
 
-class Client:
+class Client(Closing):
     """A connection to the quotad daemon (DESIGN §6), for any number of concurrent callers.
 
     ``with Client(...) as qd:`` connects, and closes at the end of the block. (An
@@ -136,14 +135,6 @@ class Client:
             self.close()
             raise
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the connection. An async client also stops its reader task, so the task

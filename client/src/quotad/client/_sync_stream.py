@@ -3,7 +3,8 @@
 """The requests of the client API (DESIGN §6) that continue after their first reply: chat
 streams (:class:`ChatStream`) and subscriptions (:class:`Subscription`), both read
 one reply at a time through the client that made them (:class:`_RequestSender`, which
-:class:`~quotad.client.Client` is).
+:class:`~quotad.client.Client` is); and what the client shares with them, closing at the
+end of its ``with`` block (:class:`Closing`).
 
 Written once, like the client (see ``_async.py``): the blocking module is generated from the
 async one by ``scripts/unasync.py``, and the test suite fails while the two differ.
@@ -11,6 +12,7 @@ async one by ``scripts/unasync.py``, and the test suite fails while the two diff
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import ClassVar, Protocol, Self
 
@@ -18,7 +20,25 @@ from quotad.client._common import StreamedChat, expect
 from quotad.client._connection import Connection, Inbox
 from quotad.protocol.messages import ChatChunk, ChatEnd, Message, Reply, Snapshot
 
-__all__ = ["ChatStream", "Subscription"]
+__all__ = ["ChatStream", "Closing", "Subscription"]
+
+
+class Closing(ABC):
+    """What closes at the end of its ``with`` block: the client, and its requests that
+    continue."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class _RequestSender(Protocol):
@@ -40,7 +60,7 @@ class _RequestSender(Protocol):
     ) -> Reply: ...
 
 
-class _Replies:
+class _Replies(Closing):
     """The replies of one request that continues (a chat stream, a subscription): sent on
     entering its ``with`` block or at the first read; closing it before its end
     cancels the request, and later replies to it are dropped."""
@@ -78,14 +98,6 @@ class _Replies:
         if self._inbox is None:
             self._start()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __iter__(self) -> Self:
         return self
