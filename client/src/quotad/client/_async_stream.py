@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import ClassVar, Protocol, Self
+from typing import ClassVar, Generic, Protocol, Self, TypeVar
 
 from quotad.client._async_connection import AsyncConnection, AsyncInbox
 from quotad.client._common import StreamedChat, expect
 from quotad.protocol.messages import ChatChunk, ChatEnd, Message, Reply, Snapshot
 
 __all__ = ["AsyncChatStream", "AsyncClosing", "AsyncSubscription"]
+
+ItemT = TypeVar("ItemT")
 
 
 class AsyncClosing(ABC):
@@ -58,10 +60,10 @@ class _AsyncRequestSender(Protocol):
     ) -> Reply: ...
 
 
-class _AsyncReplies(AsyncClosing):
-    """The replies of one request that continues (a chat stream, a subscription): sent on
-    entering its ``async with`` block or at the first read; closing it before its end
-    cancels the request, and later replies to it are dropped."""
+class _AsyncReplies(AsyncClosing, Generic[ItemT]):
+    """The replies of one request that continues (a chat stream, a subscription), read as
+    the ``ItemT`` each is: sent on entering its ``async with`` block or at the first read;
+    closing it before its end cancels the request, and later replies to it are dropped."""
 
     __slots__ = ("_client", "_connection", "_deadline", "_inbox", "_request", "finished")
     _bounded: ClassVar[bool]
@@ -94,6 +96,13 @@ class _AsyncReplies(AsyncClosing):
             self.finished = True
             raise
 
+    @abstractmethod
+    def _absorb(self, reply: Reply) -> ItemT | None:
+        """The item ``reply`` is, or ``None`` at the end; raises the error it carries."""
+
+    def _ended(self) -> None:
+        """The request has ended with its last reply (:meth:`_absorb` said ``None``)."""
+
     async def __aenter__(self) -> Self:
         if self._inbox is None:
             await self._start()
@@ -101,6 +110,20 @@ class _AsyncReplies(AsyncClosing):
 
     def __aiter__(self) -> Self:
         return self
+
+    async def __anext__(self) -> ItemT:
+        if self.finished:
+            raise StopAsyncIteration
+        reply = await self._next_reply()
+        try:
+            item = self._absorb(reply)
+        except BaseException:
+            await self._abandon()
+            raise
+        if item is None:
+            self._ended()
+            raise StopAsyncIteration
+        return item
 
     def __del__(self) -> None:
         """Dropped before its end (a ``break`` out of its loop, and no reference left): the
@@ -122,7 +145,7 @@ class _AsyncReplies(AsyncClosing):
             await self._connection.abandon(self._request.id)
 
 
-class AsyncChatStream(StreamedChat, _AsyncReplies):
+class AsyncChatStream(StreamedChat, _AsyncReplies[ChatChunk]):
     """The chunks of one streamed chat; ``.end`` and ``.content`` once it ends.
 
     Closing it (or leaving its ``async with`` block) before the end cancels the request.
@@ -135,22 +158,11 @@ class AsyncChatStream(StreamedChat, _AsyncReplies):
         super().__init__()
         self._begin(client, request)
 
-    async def __anext__(self) -> ChatChunk:
-        if self.finished:
-            raise StopAsyncIteration
-        reply = await self._next_reply()
-        try:
-            chunk = self._absorb(reply)
-        except BaseException:
-            await self._abandon()
-            raise
-        if chunk is None:
-            self._client.last_stream_end = self.end
-            raise StopAsyncIteration
-        return chunk
+    def _ended(self) -> None:
+        self._client.last_stream_end = self.end
 
 
-class AsyncSubscription(_AsyncReplies):
+class AsyncSubscription(_AsyncReplies[Snapshot]):
     """Snapshots from ``subscribe()``; closing it ends the subscription."""
 
     __slots__ = ()
@@ -159,12 +171,5 @@ class AsyncSubscription(_AsyncReplies):
     def __init__(self, client: _AsyncRequestSender, request: Message) -> None:
         self._begin(client, request)
 
-    async def __anext__(self) -> Snapshot:
-        if self.finished:
-            raise StopAsyncIteration
-        reply = await self._next_reply()
-        try:
-            return expect(reply, Snapshot)
-        except BaseException:
-            await self._abandon()
-            raise
+    def _absorb(self, reply: Reply) -> Snapshot:
+        return expect(reply, Snapshot)

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import ClassVar, Protocol, Self
+from typing import ClassVar, Generic, Protocol, Self, TypeVar
 
 from quotad.client._common import StreamedChat, expect
 from quotad.client._connection import Connection, Inbox
 from quotad.protocol.messages import ChatChunk, ChatEnd, Message, Reply, Snapshot
 
 __all__ = ["ChatStream", "Closing", "Subscription"]
+
+ItemT = TypeVar("ItemT")
 
 
 class Closing(ABC):
@@ -60,10 +62,10 @@ class _RequestSender(Protocol):
     ) -> Reply: ...
 
 
-class _Replies(Closing):
-    """The replies of one request that continues (a chat stream, a subscription): sent on
-    entering its ``with`` block or at the first read; closing it before its end
-    cancels the request, and later replies to it are dropped."""
+class _Replies(Closing, Generic[ItemT]):
+    """The replies of one request that continues (a chat stream, a subscription), read as
+    the ``ItemT`` each is: sent on entering its ``with`` block or at the first read;
+    closing it before its end cancels the request, and later replies to it are dropped."""
 
     __slots__ = ("_client", "_connection", "_deadline", "_inbox", "_request", "finished")
     _bounded: ClassVar[bool]
@@ -94,6 +96,13 @@ class _Replies(Closing):
             self.finished = True
             raise
 
+    @abstractmethod
+    def _absorb(self, reply: Reply) -> ItemT | None:
+        """The item ``reply`` is, or ``None`` at the end; raises the error it carries."""
+
+    def _ended(self) -> None:
+        """The request has ended with its last reply (:meth:`_absorb` said ``None``)."""
+
     def __enter__(self) -> Self:
         if self._inbox is None:
             self._start()
@@ -101,6 +110,20 @@ class _Replies(Closing):
 
     def __iter__(self) -> Self:
         return self
+
+    def __next__(self) -> ItemT:
+        if self.finished:
+            raise StopIteration
+        reply = self._next_reply()
+        try:
+            item = self._absorb(reply)
+        except BaseException:
+            self._abandon()
+            raise
+        if item is None:
+            self._ended()
+            raise StopIteration
+        return item
 
     def __del__(self) -> None:
         """Dropped before its end (a ``break`` out of its loop, and no reference left): the
@@ -122,7 +145,7 @@ class _Replies(Closing):
             self._connection.abandon(self._request.id)
 
 
-class ChatStream(StreamedChat, _Replies):
+class ChatStream(StreamedChat, _Replies[ChatChunk]):
     """The chunks of one streamed chat; ``.end`` and ``.content`` once it ends.
 
     Closing it (or leaving its ``with`` block) before the end cancels the request.
@@ -135,22 +158,11 @@ class ChatStream(StreamedChat, _Replies):
         super().__init__()
         self._begin(client, request)
 
-    def __next__(self) -> ChatChunk:
-        if self.finished:
-            raise StopIteration
-        reply = self._next_reply()
-        try:
-            chunk = self._absorb(reply)
-        except BaseException:
-            self._abandon()
-            raise
-        if chunk is None:
-            self._client.last_stream_end = self.end
-            raise StopIteration
-        return chunk
+    def _ended(self) -> None:
+        self._client.last_stream_end = self.end
 
 
-class Subscription(_Replies):
+class Subscription(_Replies[Snapshot]):
     """Snapshots from ``subscribe()``; closing it ends the subscription."""
 
     __slots__ = ()
@@ -159,12 +171,5 @@ class Subscription(_Replies):
     def __init__(self, client: _RequestSender, request: Message) -> None:
         self._begin(client, request)
 
-    def __next__(self) -> Snapshot:
-        if self.finished:
-            raise StopIteration
-        reply = self._next_reply()
-        try:
-            return expect(reply, Snapshot)
-        except BaseException:
-            self._abandon()
-            raise
+    def _absorb(self, reply: Reply) -> Snapshot:
+        return expect(reply, Snapshot)
