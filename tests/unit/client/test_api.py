@@ -62,6 +62,7 @@ from tests.support.fake_daemon import (
     answering_chat_with,
     holding_chats,
 )
+from tests.unit.client.cancels import assert_cancelled
 
 # --------------------------------------------------------------------------- handshake
 
@@ -421,9 +422,7 @@ def test_closing_a_stream_early_cancels_it(socket_path: str, new_client: NewClie
         with qd.chat_stream("fast", USER_HI) as stream:
             first = next(stream)
             assert first.delta == "one"
-        [cancel] = fake.wait_for(Cancel)
-        [chat] = fake.requests(Chat)
-        assert cancel.id == chat.id
+        assert_cancelled(fake)
         assert list(stream) == []
         # the late chunk and the "cancelled" error are dropped, not mistaken for this reply
         assert qd.status().daemon_version == "fake"
@@ -444,9 +443,7 @@ def test_a_stream_left_by_break_and_dropped_is_cancelled(
             break
         gc.collect()  # (CPython has freed it already; the loop held the only reference)
         assert qd.status().daemon_version == "fake"
-        [cancel] = fake.wait_for(Cancel)
-        [chat] = fake.requests(Chat)
-        assert cancel.id == chat.id
+        assert_cancelled(fake)
 
 
 def chunks_in_one_write(count: int) -> Callable[[FakeConnection, Request], None]:
@@ -480,9 +477,7 @@ def test_a_stream_read_too_slowly_is_cancelled_past_its_unread_bound(
         with pytest.raises(OverloadedError, match="8 replies came that were not read"):
             deltas.extend(chunk.delta for chunk in stream)
         assert deltas == [str(n) for n in range(8)]
-        [cancel] = fake.wait_for(Cancel)
-        [chat] = fake.requests(Chat)
-        assert cancel.id == chat.id
+        assert_cancelled(fake)
         assert qd.status().daemon_version == "fake"
 
 
@@ -496,9 +491,7 @@ def test_timeout_bounds_a_whole_stream(socket_path: str, new_client: NewClient) 
         assert next(stream).delta == "one"
         with pytest.raises(RequestTimeoutError):
             next(stream)
-        [cancel] = fake.wait_for(Cancel)
-        [chat] = fake.requests(Chat)
-        assert cancel.id == chat.id
+        assert_cancelled(fake)
         assert stream.content == "one"
         assert list(stream) == []
 
@@ -517,9 +510,7 @@ def test_timeout_bounds_a_stream_whose_chunks_are_already_queued(
         time.sleep(0.4)  # the caller is slow: the deadline passes with chunks waiting
         with pytest.raises(RequestTimeoutError):
             next(stream)
-        [cancel] = fake.wait_for(Cancel)
-        [chat] = fake.requests(Chat)
-        assert cancel.id == chat.id
+        assert_cancelled(fake)
         assert list(stream) == []
         assert qd.status().daemon_version == "fake"
 
@@ -531,9 +522,7 @@ def test_subscribe_yields_snapshots_until_closed(
         with qd.subscribe(interval_s=0.5) as snapshots:
             seqs = [next(snapshots).seq, next(snapshots).seq]
         assert seqs == [1, 2]
-        [cancel] = fake.wait_for(Cancel)
-        [subscribe] = fake.requests(Subscribe)
-        assert cancel.id == subscribe.id
+        assert_cancelled(fake, Subscribe)
         assert qd.status().daemon_version == "fake"
 
 
@@ -594,9 +583,7 @@ def test_a_reply_of_the_wrong_kind_ends_its_request(
         }
         with pytest.raises(InternalError, match="answered"):
             calls[request_kind]()
-        [cancel] = fake.wait_for(Cancel)
-        [sent] = fake.requests(Chat) or fake.requests(Subscribe)
-        assert cancel.id == sent.id
+        assert_cancelled(fake, Subscribe if request_kind == "subscribe" else Chat)
         assert qd.status().daemon_version == "fake"
 
 

@@ -5,16 +5,13 @@ cancelled permit block settles as cancelled), and the rule that it must be opene
 
 from __future__ import annotations
 
-import contextlib
-import socket
-
 import anyio
 import anyio.to_thread
 import pytest
 
 from quotad.client import AsyncClient
 from quotad.client._async_connection import AsyncConnection
-from quotad.client._common import Handshake, SendTimedOut, cancel_frame
+from quotad.client._common import SendTimedOut
 from quotad.protocol.messages import (
     Cancel,
     Chat,
@@ -23,7 +20,6 @@ from quotad.protocol.messages import (
     Settle,
     Status,
     Subscribe,
-    Welcome,
 )
 from tests.support.fake_daemon import (
     USER_HI,
@@ -32,6 +28,11 @@ from tests.support.fake_daemon import (
     answering_chat_with,
     chat_reply,
     holding_chats,
+)
+from tests.unit.client.cancels import (
+    assert_cancelled,
+    assert_the_cancel_still_waits,
+    connection_with_a_cancel_waiting,
 )
 
 
@@ -133,15 +134,11 @@ async def test_a_stream_left_by_break_is_cancelled_at_once(socket_path: str) -> 
             async for chunk in qd.chat_stream("fast", USER_HI):
                 assert chunk.delta == "one"
                 break
-            [cancel] = await anyio.to_thread.run_sync(fake.wait_for, Cancel)
-            [chat] = fake.requests(Chat)
-            assert cancel.id == chat.id
+            await anyio.to_thread.run_sync(assert_cancelled, fake)
             async for snapshot in qd.subscribe(interval_s=0.5):
                 assert snapshot.seq == 1
                 break
-            cancels = await anyio.to_thread.run_sync(fake.wait_for, Cancel, 2)
-            [subscribe] = fake.requests(Subscribe)
-            assert cancels[1].id == subscribe.id
+            await anyio.to_thread.run_sync(lambda: assert_cancelled(fake, Subscribe, cancels=2))
 
 
 @pytest.mark.anyio
@@ -165,18 +162,7 @@ async def test_clients_closed_out_of_order_get_a_clear_error(
 async def test_what_waited_to_go_stays_in_line_when_the_next_frame_cannot_be_sent() -> None:
     """As the blocking client's (test_sync_only.py): a Cancel taken to go ahead of a frame
     of which nothing was sent by its deadline was dropped."""
-    ours, peer = socket.socketpair()
-    with ours, peer:
-        ours.setblocking(False)
-        handshake = Handshake("test", "app")
-        handshake.welcome = Welcome(id=0)
-        connection = AsyncConnection(ours, handshake)
-        with contextlib.suppress(BlockingIOError):
-            while True:  # the socket full: the peer reads nothing yet
-                ours.send(bytes(65536))
-        connection._unsent.append(cancel_frame(7))
+    with connection_with_a_cancel_waiting(AsyncConnection, blocking=False) as connection:
         with pytest.raises(SendTimedOut) as timed_out:
             await connection.send(Status(id=0), anyio.current_time() + 0.05)
-        assert not timed_out.value.cut
-        assert connection.lost is None
-        assert list(connection._unsent) == [cancel_frame(7)]
+        assert_the_cancel_still_waits(connection, timed_out.value)

@@ -4,20 +4,17 @@ Ctrl-C. The behaviour both APIs share is tested once for both, in test_api.py.""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
 import threading
 import time
 
 import pytest
 
 from quotad.client import Client
-from quotad.client._common import Handshake, SendTimedOut, cancel_frame
+from quotad.client._common import SendTimedOut
 from quotad.client._connection import Connection
 from quotad.protocol.messages import (
-    Cancel,
     Chat,
     ChatChunk,
     ChatReply,
@@ -25,7 +22,6 @@ from quotad.protocol.messages import (
     Settle,
     Status,
     Subscribe,
-    Welcome,
 )
 from tests.support.fake_daemon import (
     USER_HI,
@@ -34,6 +30,11 @@ from tests.support.fake_daemon import (
     answering_chat_with,
     chat_reply,
     holding_chats,
+)
+from tests.unit.client.cancels import (
+    assert_cancelled,
+    assert_the_cancel_still_waits,
+    connection_with_a_cancel_waiting,
 )
 
 CHILD_WAIT_S = 10.0
@@ -144,15 +145,11 @@ def test_a_stream_left_by_break_is_cancelled_at_once(socket_path: str) -> None:
         for chunk in qd.chat_stream("fast", USER_HI):
             assert chunk.delta == "one"
             break
-        [cancel] = fake.wait_for(Cancel)
-        [chat] = fake.requests(Chat)
-        assert cancel.id == chat.id
+        assert_cancelled(fake)
         for snapshot in qd.subscribe(interval_s=0.5):
             assert snapshot.seq == 1
             break
-        cancels = fake.wait_for(Cancel, 2)
-        [subscribe] = fake.requests(Subscribe)
-        assert cancels[1].id == subscribe.id
+        assert_cancelled(fake, Subscribe, cancels=2)
 
 
 def test_what_waited_to_go_stays_in_line_when_the_next_frame_cannot_be_sent() -> None:
@@ -160,17 +157,7 @@ def test_what_waited_to_go_stays_in_line_when_the_next_frame_cannot_be_sent() ->
     deadline passed with nothing sent, the Cancel was dropped (its request ran on, paid),
     and so was the rest of a frame half sent before it, so the next frame followed half of
     one. Now what waited stays first in line, and the connection stays up."""
-    ours, peer = socket.socketpair()
-    with ours, peer:
-        handshake = Handshake("test", "app")
-        handshake.welcome = Welcome(id=0)
-        connection = Connection(ours, handshake)
-        with contextlib.suppress(BlockingIOError):
-            while True:  # the socket full: the peer reads nothing yet
-                ours.send(bytes(65536), socket.MSG_DONTWAIT)
-        connection._unsent.append(cancel_frame(7))
+    with connection_with_a_cancel_waiting(Connection, blocking=True) as connection:
         with pytest.raises(SendTimedOut) as timed_out:
             connection.send(Status(id=0), time.monotonic() + 0.05)
-        assert not timed_out.value.cut
-        assert connection.lost is None
-        assert list(connection._unsent) == [cancel_frame(7)]
+        assert_the_cancel_still_waits(connection, timed_out.value)
