@@ -10,7 +10,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from quotad.daemon.server import SNAPSHOT_REQUESTS
 from quotad.protocol.messages import Snapshot
 from quotad.tui.app import TopApp
 from quotad.tui.feed import FeedEvent, Waiting
@@ -90,7 +89,6 @@ async def test_limits_show_the_providers_gates_and_the_limit_in_force() -> None:
 
 
 async def test_the_requests_tail_says_how_many_it_keeps_as_the_readme_does() -> None:
-    assert TAIL_RECORDS == SNAPSHOT_REQUESTS  # as many as one snapshot may bring
     feed = ScriptedFeed(busy_day(3))
     app = TopApp(feed)
     async with app.run_test(size=SIZE) as pilot:

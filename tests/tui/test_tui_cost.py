@@ -23,8 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from quotad.client import Client
-from quotad.daemon.server import SNAPSHOT_REQUESTS
-from quotad.protocol.messages import Snapshot
+from quotad.protocol.messages import SNAPSHOT_REQUESTS, Snapshot
 from quotad.tui.app import REPAINT_MIN_S
 from quotad.tui.feed import FeedEvent
 from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config

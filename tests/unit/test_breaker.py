@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.config import BreakerConfig, ConfigError, parse_config
-from quotad.daemon.routing.breaker import NO_TICKET, BreakerState, CircuitBreaker
+from quotad.daemon.routing.breaker import NO_TICKET, CircuitBreaker
 from quotad.daemon.routing.health import RECENT_OUTCOMES, TargetHealth
+from quotad.protocol.messages import BreakerState
 
 Transition = tuple[BreakerState, BreakerState, str]
 

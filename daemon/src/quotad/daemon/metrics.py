@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
-from typing import Final, TypeVar
+from typing import Final, TypeVar, get_args
 
 import anyio.lowlevel
 
@@ -32,10 +32,12 @@ from quotad.daemon.declared_names import DeclaredNames
 from quotad.protocol.messages import (
     PRIORITIES,
     AppStatus,
+    BreakerState,
     BudgetStatus,
     CacheStatus,
     ClusterStatus,
     GateStatus,
+    HealthState,
     RequestRecord,
     StatusReply,
     TargetStatus,
@@ -76,8 +78,8 @@ LATENCY_BUCKETS_S: Final = (
     60.0,
 )
 WAIT_BUCKETS_S: Final = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-BREAKER_STATES: Final = ("closed", "open", "half_open")
-HEALTH_STATES: Final = ("healthy", "degraded", "unhealthy", "unknown")
+BREAKER_STATES: Final[tuple[str, ...]] = get_args(BreakerState)
+HEALTH_STATES: Final[tuple[str, ...]] = get_args(HealthState)
 
 
 class Histogram:

@@ -21,6 +21,7 @@ from typing import Final, Literal
 
 from quotad.protocol.messages import (
     ANSWERED,
+    SNAPSHOT_REQUESTS,
     AppStatus,
     GateStatus,
     RequestRecord,
@@ -32,9 +33,9 @@ from quotad.protocol.messages import (
 from quotad.tui.feed import DEFAULT_INTERVAL_S, Connected, FeedEvent, Waiting
 
 HISTORY_POINTS: Final = 120
-TAIL_RECORDS: Final = 200
-"""Finished requests kept: as many as one snapshot brings at most (the daemon's
-``SNAPSHOT_REQUESTS``), which the Requests screen shows whole."""
+TAIL_RECORDS: Final = SNAPSHOT_REQUESTS
+"""Finished requests kept: as many as one snapshot brings at most, which the Requests screen
+shows whole."""
 MAX_APPS: Final = 200
 OTHER_APPS: Final = "(other apps)"
 STALE_INTERVALS: Final = 4

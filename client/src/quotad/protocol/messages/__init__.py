@@ -45,6 +45,7 @@ from quotad.protocol.messages.fields import (
 )
 from quotad.protocol.messages.replies import (
     CONTINUING_REPLIES,
+    SNAPSHOT_REQUESTS,
     ChatChunk,
     ChatEnd,
     ChatReply,
@@ -79,6 +80,7 @@ from quotad.protocol.messages.requests import (
 )
 from quotad.protocol.messages.status import (
     AppStatus,
+    BreakerState,
     BudgetStatus,
     CacheStatus,
     ClusterHost,
@@ -87,6 +89,7 @@ from quotad.protocol.messages.status import (
     Event,
     GateStatus,
     GroupStatus,
+    HealthState,
     QueueStatus,
     TargetStatus,
     WindowStatus,
@@ -104,9 +107,11 @@ __all__ = [
     "PRIORITIES",
     "PROTOCOL_VERSION",
     "SEMANTIC_HIT",
+    "SNAPSHOT_REQUESTS",
     "Acquire",
     "Admin",
     "AppStatus",
+    "BreakerState",
     "BudgetStatus",
     "CacheMatch",
     "CacheMode",
@@ -126,6 +131,7 @@ __all__ = [
     "Event",
     "GateStatus",
     "GroupStatus",
+    "HealthState",
     "Hello",
     "Message",
     "Name",

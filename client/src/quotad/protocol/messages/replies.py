@@ -156,9 +156,13 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A semantic cache hit (``cached`` is true too)."""
 
 
+SNAPSHOT_REQUESTS: Final = 200
+"""At most this many finished requests per :class:`Snapshot` (the newest)."""
+
+
 class Snapshot(Message):
     """Periodic state for a :class:`Subscribe`: status plus the requests finished since the
-    previous snapshot (sampled: at most the newest few hundred)."""
+    previous snapshot (at most the newest :data:`SNAPSHOT_REQUESTS`)."""
 
     seq: int = 0
     time: float = 0.0

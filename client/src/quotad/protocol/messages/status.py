@@ -8,6 +8,11 @@ from typing import Literal
 
 import msgspec
 
+BreakerState = Literal["closed", "open", "half_open"]
+"""A target's circuit breaker (DESIGN §7)."""
+HealthState = Literal["healthy", "degraded", "unhealthy", "unknown"]
+"""A target's health from its recent outcomes and health checks."""
+
 
 class WindowStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One limit window of a gate: what is used of it now."""
@@ -38,8 +43,8 @@ class TargetStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     model: str = ""
     kind: str = ""
     enabled: bool = True
-    breaker: Literal["closed", "open", "half_open"] = "closed"
-    health: Literal["healthy", "degraded", "unhealthy", "unknown"] = "unknown"
+    breaker: BreakerState = "closed"
+    health: HealthState = "unknown"
     uptime_pct: float | None = None
     in_flight: int = 0
     requests: int = 0

@@ -17,9 +17,9 @@ Routing never calls gates, cache or ledger: the broker composes them.
 from __future__ import annotations
 
 from quotad.daemon.routing.attempts import Attempts
-from quotad.daemon.routing.breaker import BreakerState, CircuitBreaker
+from quotad.daemon.routing.breaker import CircuitBreaker
 from quotad.daemon.routing.checks import HealthChecks
-from quotad.daemon.routing.health import HealthState, TargetHealth
+from quotad.daemon.routing.health import TargetHealth
 from quotad.daemon.routing.retry import Backoff, RetryBudget, RetryPolicy
 from quotad.daemon.routing.router import Route, Router
 from quotad.daemon.routing.strategies import Strategy, TargetPrice, build_strategy, unknown_price
@@ -28,10 +28,8 @@ from quotad.daemon.routing.targets import Target
 __all__ = [
     "Attempts",
     "Backoff",
-    "BreakerState",
     "CircuitBreaker",
     "HealthChecks",
-    "HealthState",
     "RetryBudget",
     "RetryPolicy",
     "Route",

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Final
 
 from quotad.daemon.clock import Clock
 from quotad.daemon.config import BreakerConfig
+from quotad.protocol.messages import BreakerState
 
-BreakerState = Literal["closed", "open", "half_open"]
 Ticket = int
 """What :meth:`CircuitBreaker.admit` hands out: the epoch the call was admitted in."""
 NO_TICKET: Final = -1

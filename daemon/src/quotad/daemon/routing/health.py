@@ -20,9 +20,8 @@ from collections import deque
 from typing import Final, Literal
 
 from quotad.daemon.clock import Clock
-from quotad.daemon.routing.breaker import BreakerState
+from quotad.protocol.messages import BreakerState, HealthState
 
-HealthState = Literal["healthy", "degraded", "unhealthy", "unknown"]
 Outcome = Literal[".", "x", "r", "h", "H"]
 
 OK: Final = "."

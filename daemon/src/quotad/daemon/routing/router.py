@@ -28,12 +28,12 @@ from quotad.daemon.events import EventLog
 from quotad.daemon.providers.base import Provider
 from quotad.daemon.providers.local import MODEL_NAME as LOCAL_MODEL
 from quotad.daemon.routing.attempts import Attempts, Sleep
-from quotad.daemon.routing.breaker import BreakerState, CircuitBreaker
+from quotad.daemon.routing.breaker import CircuitBreaker
 from quotad.daemon.routing.health import TargetHealth
 from quotad.daemon.routing.retry import RetryBudget, RetryPolicy
 from quotad.daemon.routing.strategies import Failover, Strategy, TargetPrice, build_strategy
 from quotad.daemon.routing.targets import Target
-from quotad.protocol.messages import GroupStatus, TargetStatus
+from quotad.protocol.messages import BreakerState, GroupStatus, TargetStatus
 
 MAX_NAMED_TARGETS: Final = 1024
 """Targets that requests may make by naming them (``provider/model``, not declared), per config.

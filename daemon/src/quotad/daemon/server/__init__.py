@@ -23,11 +23,9 @@ from quotad.daemon.server.binding import (
 from quotad.daemon.server.connection import FEATURES, Connection
 from quotad.daemon.server.limits import ConnectionLimits
 from quotad.daemon.server.listener import SocketServer
-from quotad.daemon.server.snapshots import SNAPSHOT_REQUESTS
 
 __all__ = [
     "FEATURES",
-    "SNAPSHOT_REQUESTS",
     "Connection",
     "ConnectionLimits",
     "PeerCredentials",

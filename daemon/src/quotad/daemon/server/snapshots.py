@@ -20,10 +20,8 @@ from typing import Final
 import anyio
 
 from quotad.daemon.live_tail import LiveTail
-from quotad.protocol.messages import Message, Snapshot, StatusReply, Subscribe
+from quotad.protocol.messages import SNAPSHOT_REQUESTS, Message, Snapshot, StatusReply, Subscribe
 
-SNAPSHOT_REQUESTS: Final = 200
-"""At most this many finished requests per Snapshot (the newest)."""
 MAX_SNAPSHOTS_PER_S: Final = 200.0
 """Snapshots a second for all the subscriptions of the socket together (a ``quotad top`` asks
 for one a second; this leaves 200 of those their own pace)."""
