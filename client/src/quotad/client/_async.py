@@ -11,7 +11,8 @@ and waits for the replies to that id, so any number of tasks (or threads, for a 
 client) may share one client with their requests in flight at once. When the connection
 drops, every waiter fails with :class:`ConnectionLostError` (the request may have run, and
 cost money), and the next call reconnects, retrying for ``reconnect_s`` while the daemon
-restarts; a request whose frame never reached the daemon is sent again on the new connection.
+restarts; a request whose frame never reached the daemon is sent again on the new connection
+(at most ``SEND_ATTEMPTS`` tries in all).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from quotad.client._async_connection import (
 )
 from quotad.client._async_stream import AsyncChatStream, AsyncClosing, AsyncSubscription
 from quotad.client._common import (
+    SEND_ATTEMPTS,
     FrameNotSent,
     ReplyT,
     SendTimedOut,
@@ -188,21 +190,26 @@ class AsyncClient(AsyncClosing):
     async def _start(
         self, request: Message, bounded: bool = True
     ) -> tuple[AsyncConnection, AsyncInbox, float | None]:
-        """Send ``request``, reconnecting once if its frame did not get through; with its
-        deadline (None unless ``bounded``), which also bounds the sending."""
+        """Send ``request``, reconnecting if its frame did not get through (at most
+        ``SEND_ATTEMPTS`` tries); with its deadline (None unless ``bounded``), which also
+        bounds the sending."""
         connection = await self._connected()
         deadline = self._deadline() if bounded else None
         try:
             try:
                 return connection, await connection.send(request, deadline), deadline
             except FrameNotSent:
+                pass
+            for attempt in range(2, SEND_ATTEMPTS + 1):  # only once a frame did not get through
                 connection = await self._connected()
                 try:
                     return connection, await connection.send(request, deadline), deadline
                 except FrameNotSent as error:
-                    raise ConnectionLostError(
-                        f"could not send to quotad at {connection.path}: {error}"
-                    ) from None
+                    if attempt == SEND_ATTEMPTS:
+                        raise ConnectionLostError(
+                            f"could not send to quotad at {connection.path}: {error}"
+                        ) from None
+            raise AssertionError("unreachable: the last attempt returns or raises")
         except SendTimedOut as error:
             raise RequestTimeoutError(
                 f"could not send the request to quotad within {self.timeout:g} s: {error}"

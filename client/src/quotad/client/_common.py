@@ -64,6 +64,10 @@ LONGEST_WAIT_S: Final = 3600.0
 MAX_UNREAD_REPLIES: Final = 16384
 # A send that takes what the socket has room for, without waiting (the socket may block).
 SEND_NOW_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0) | socket.MSG_DONTWAIT
+# How many times a request is sent in all, on a new connection each time, while its frame does
+# not get through (FrameNotSent: the daemon received none of it). Not once only: a connection
+# may close for idleness between the handshake and the send of a caller that was descheduled.
+SEND_ATTEMPTS: Final = 3
 # Connect failures worth retrying while a restarted daemon comes back.
 RETRYABLE_ERRNOS: Final = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
 

@@ -19,7 +19,10 @@ holding a value JSON cannot carry is refused (:mod:`.json_values`). A frame that
 decoded is answered with an ``Error`` naming what was wrong and closes this connection only;
 permits it still holds are settled as reserved. A connection that has held nothing for
 :attr:`ConnectionLimits.idle_timeout_s` (no request in flight, no subscription, no permit) is
-closed by the listener (:meth:`Connection.idle_past`); a client reconnects at its next request.
+closed by the listener (:meth:`Connection.idle_past`, :meth:`Connection.close_idle`) without
+losing a request the client sends at that instant: its read side is shut first, so that a frame
+either was queued before (and is answered) or fails to send at once (EPIPE, and the client sends
+it again on a new connection); a client reconnects at its next request.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import select
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, Protocol, cast
@@ -155,6 +159,11 @@ class Connection(asyncio.Protocol):
         """Permits granted on this connection, until settled here (a permit settled through
         another connection, or expired, is dropped from here when the count matters)."""
         self.subscriptions = 0
+        self.reading_shut = False
+        """The daemon shut the read side to close this idle connection (:meth:`close_idle`):
+        no frame can arrive any more, beyond those queued before."""
+        self.read_to_end = False
+        """Everything queued before the read side was shut has been read."""
         self._decoder = request_decoder(limits.max_frame)
         self._encode = server.encoder.encode
         self._loop = asyncio.get_running_loop()
@@ -216,6 +225,9 @@ class Connection(asyncio.Protocol):
         return True
 
     def eof_received(self) -> bool:
+        if self.reading_shut:  # our own shutdown: what came before it is answered first
+            self.read_to_end = True
+            return True
         self.close()  # the client is done: what it asked for is no longer wanted
         return True  # closed by close(), which bounds how long unread answers may linger
 
@@ -247,8 +259,9 @@ class Connection(asyncio.Protocol):
         """Whether the connection has held nothing for more than ``timeout_s``: no request in
         flight (a subscription is one), no permit held (one settled elsewhere, or past its
         lease, no longer counts: idle from then on), and nothing received unread (a request
-        on its way is no idleness)."""
-        if self.in_flight or now - self.active_at <= timeout_s:
+        on its way is no idleness). Once its read side is shut (:meth:`close_idle`), whether
+        it has read all that came before and holds nothing, however recently it was busy."""
+        if self.in_flight or (not self.reading_shut and now - self.active_at <= timeout_s):
             return False
         if self.permits:
             held = self.broker.permits.holds
@@ -256,6 +269,8 @@ class Connection(asyncio.Protocol):
             if not self.permits:
                 self.active_at = now
             return False
+        if self.reading_shut:
+            return self.read_to_end
         return not self._unread()
 
     def _unread(self) -> bool:
@@ -266,6 +281,22 @@ class Connection(asyncio.Protocol):
         poller = select.poll()
         poller.register(transport.get_extra_info("socket").fileno(), select.POLLIN)
         return bool(poller.poll(0))
+
+    def close_idle(self, reason: str) -> None:
+        """Close this connection, found :meth:`idle_past`, answering ``Error(timeout)`` with
+        ``reason``, so that no request is lost: first its read side is shut, after which a
+        peer's send fails at once (EPIPE, on Linux under the same lock that queues a frame:
+        nothing of it was received, and the client sends it again on a new connection). If
+        nothing came before that, it closes now; else it answers what came, and the listener
+        closes it once it has read it all and holds nothing (:meth:`idle_past`)."""
+        transport = self._transport
+        if self.reading_shut or transport is None or self.lost:
+            self.refuse("timeout", reason)
+            return
+        self.reading_shut = True
+        if not _shut_reading(transport.get_extra_info("socket").fileno()):
+            self.refuse("timeout", reason)
+        # else the transport reads what came, then the end (eof_received)
 
     # ------------------------------------------------------------------ closing
 
@@ -556,3 +587,16 @@ class Connection(asyncio.Protocol):
 
     async def _send_snapshots(self, request: Subscribe) -> None:
         await send_snapshots(request, self.broker.tail, self.server.snapshots, self.send)
+
+
+def _shut_reading(descriptor: int) -> bool:
+    """Shut the read side of the socket ``descriptor`` (the peer can send nothing more:
+    its sends fail with EPIPE from now on); whether bytes sent before wait unread."""
+    sock = socket.socket(fileno=descriptor)  # the transport's own may not offer shutdown
+    try:
+        sock.shutdown(socket.SHUT_RD)
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # the peer is gone: nothing of it can be answered
+        return False
+    finally:
+        sock.detach()

@@ -324,8 +324,7 @@ class SocketServer:
                 ):
                     connection.abort(f"its answers went unread for {WRITE_STALL_S:g} s")
                 elif connection.idle_past(now, connection.limits.idle_timeout_s):
-                    connection.refuse(
-                        "timeout",
+                    connection.close_idle(
                         f"closed after {connection.limits.idle_timeout_s:g} s holding nothing "
                         "(no request in flight, no subscription, no permit)",
                     )
