@@ -83,13 +83,18 @@ class Stack:
             base_url=self.url, api_key="unused", default_headers=headers, max_retries=0
         )
 
-    def received(self) -> list[str]:
-        """Every body the sims received so far."""
+    def received_by_sim(self) -> tuple[list[str], ...]:
+        """The bodies each sim (the OpenAI one, then the Anthropic one) received so far, in
+        the order they arrived."""
         bodies = []
         for sim in (self.sim, self.claude):
             assert sim.log_path is not None
-            bodies += [line["body"] for line in read_sim_log(sim.log_path)]
-        return bodies
+            bodies.append([line["body"] for line in read_sim_log(sim.log_path)])
+        return tuple(bodies)
+
+    def received(self) -> list[str]:
+        """Every body the sims received so far."""
+        return [body for bodies in self.received_by_sim() for body in bodies]
 
     def state_bytes(self) -> dict[str, bytes]:
         """Every file of the state directory (the database, its WAL, …), by name."""
@@ -139,15 +144,20 @@ def user(text: str) -> list[Any]:
     return [{"role": "user", "content": text}]
 
 
-def sent_since(stack: Stack, before: int) -> list[str]:
-    return stack.received()[before:]
+def sent_since(stack: Stack, before: tuple[list[str], ...]) -> list[str]:
+    """The bodies the sims received after ``before`` (:meth:`Stack.received_by_sim` then):
+    each sim's own new ones, the OpenAI sim's first. Counting over both logs at once would
+    take the Anthropic sim's earlier bodies (another test's) for this test's."""
+    now = stack.received_by_sim()
+    pairs = zip(before, now, strict=True)
+    return [body for earlier, bodies in pairs for body in bodies[len(earlier) :]]
 
 
 # --------------------------------------------------------------------------- native client
 
 
 def test_native_client_masks_restores_and_blocks(stack: Stack) -> None:
-    before = len(stack.received())
+    before = stack.received_by_sim()
     with stack.native() as client:
         reply = client.chat("fast", user(f"mail {EMAIL} or call {PHONE} today"), max_tokens=32)
         assert reply.content is not None
@@ -190,7 +200,7 @@ def test_native_tool_call_arguments_are_restored(stack: Stack) -> None:
 
 
 def test_a_cache_hit_gives_each_caller_its_own_values(stack: Stack) -> None:
-    before = len(stack.received())
+    before = stack.received_by_sim()
     with stack.native("first") as first, stack.native("second") as second:
         mine = first.chat("fast", user(f"remember {EMAIL} forever"), max_tokens=32)
         theirs = second.chat("fast", user(f"remember {OTHER_EMAIL} forever"), max_tokens=32)
@@ -204,7 +214,7 @@ def test_a_cache_hit_gives_each_caller_its_own_values(stack: Stack) -> None:
 
 
 def test_per_app_overrides_and_output_rules_apply(stack: Stack) -> None:
-    before = len(stack.received())
+    before = stack.received_by_sim()
     with stack.native("notebook") as notebook, stack.native("echoer") as echoer:
         logged = notebook.chat("fast", user(f"note {NOTEBOOK_EMAIL} down"), max_tokens=32)
         echoed = echoer.chat("fast", user(f"echo {samples.SLACK_TOKEN} back"), max_tokens=32)
@@ -222,7 +232,7 @@ def test_per_app_overrides_and_output_rules_apply(stack: Stack) -> None:
 
 
 def test_openai_sdk_masked_restored_streamed_and_blocked(stack: Stack) -> None:
-    before = len(stack.received())
+    before = stack.received_by_sim()
     with stack.openai() as client:
         plain = client.chat.completions.create(
             model="fast", messages=user(f"openai to {EMAIL} asap"), max_tokens=32
@@ -267,7 +277,7 @@ def test_openai_sdk_masked_restored_streamed_and_blocked(stack: Stack) -> None:
 
 
 def test_anthropic_sdk_masked_restored_streamed_and_blocked(stack: Stack) -> None:
-    before = len(stack.received())
+    before = stack.received_by_sim()
     with stack.anthropic() as client:
         plain = client.messages.create(
             model="haiku",
