@@ -36,10 +36,14 @@ def test_eight_processes_of_two_apps_share_one_limit_exactly() -> None:
 
 @pytest.fixture(scope="module")
 def permit_daemon() -> Iterator[DaemonProcess]:
+    """A daemon whose providers ``p`` and ``q`` (one sim) have a gate each, so that each test
+    has its own: what one test admitted stays in its windows and would count in the other's."""
     with SimProcess() as sim:
         limits = "limits = [{{ requests = 2, window_s = 1.0 }}]\ntpm = 1000"
         config = daemon_config(
-            "[gates]\nburst = 1.0\n", sim_provider_config("p", sim.base_url, extra=limits)
+            "[gates]\nburst = 1.0\n",
+            sim_provider_config("p", sim.base_url, extra=limits),
+            sim_provider_config("q", sim.base_url, extra=limits),
         )
         with DaemonProcess(config) as daemon:
             yield daemon
@@ -62,17 +66,16 @@ def test_permits_share_the_gates_and_settle_what_went_over(permit_daemon: Daemon
 
 
 def test_a_permit_passed_a_429_pauses_the_target(permit_daemon: DaemonProcess) -> None:
-    time.sleep(1.1)  # the previous test's admissions leave the 1 s window
     with Client(socket=permit_daemon.socket_path, app="sdk-user") as client:
-        with client.permit("p/other", tokens=1) as permit:
+        with client.permit("q/other", tokens=1) as permit:
             permit.settle(tokens=1, status="rate_limited", headers={"retry-after": "30"})
-        target = next(t for t in client.status().targets if t.name == "p/other")
+        target = next(t for t in client.status().targets if t.name == "q/other")
         assert target.paused_until is not None
         assert target.paused_until > time.time() + 20
         with pytest.raises(RateLimitedError):
-            client.acquire("p/other", tokens=1, max_wait_s=0)
-        client.admin("target_reset", "p/other")
-        client.settle(client.acquire("p/other", tokens=1, max_wait_s=0).permit_id, tokens_used=1)
+            client.acquire("q/other", tokens=1, max_wait_s=0)
+        client.admin("target_reset", "q/other")
+        client.settle(client.acquire("q/other", tokens=1, max_wait_s=0).permit_id, tokens_used=1)
 
 
 def test_an_apps_own_limit_holds_back_only_that_app() -> None:
