@@ -200,6 +200,7 @@ def test_a_budget_alert_and_a_refusal_reach_status_snapshots_and_the_ledger(
 
 def test_status_flags_unpriced_targets(client: Client) -> None:
     client.chat("sim/house-model", prompt(), max_tokens=4)
+    client.chat(MODEL, prompt(), max_tokens=4)  # a target is listed once it has been used
     targets = {target.name: target for target in client.status().targets}
     assert targets["sim/house-model"].unpriced
     assert not targets[MODEL].unpriced
