@@ -102,7 +102,10 @@ class FakeConnection:
                 return
             self.hello = request
             self.daemon.record(request)
-            self.send(self.daemon.welcome)
+            if self.daemon.handshake is not None:
+                self.daemon.handshake(self)
+            else:
+                self.send(self.daemon.welcome)
             return
         self.daemon.record(request)
         if type(request) is Cancel:
@@ -116,7 +119,8 @@ class FakeConnection:
 class FakeDaemon:
     """A fake daemon listening on ``path`` until stopped; use it as a context manager.
 
-    ``welcome`` is its answer to Hello (an ``Error`` there refuses the client).
+    ``welcome`` is its answer to Hello (an ``Error`` there refuses the client);
+    ``handshake``, if given, answers Hello in its place, on the connection's thread.
     """
 
     def __init__(
@@ -125,10 +129,12 @@ class FakeDaemon:
         handler: Handler | None = None,
         *,
         welcome: Reply | None = None,
+        handshake: Callable[[FakeConnection], None] | None = None,
     ) -> None:
         self.path = path
         self.handler: Handler = handler or answer
         self.welcome: Reply = welcome or Welcome(daemon_version="fake", features=["stream"])
+        self.handshake = handshake
         self.received: list[Request] = []
         self.connections: list[FakeConnection] = []
         self._changed = threading.Condition()

@@ -34,6 +34,7 @@ from quotad.client import (
     UnauthorizedError,
     UpstreamError,
 )
+from quotad.client._common import SEND_ATTEMPTS
 from quotad.client.exceptions import _ERROR_CLASSES
 from quotad.protocol.errors import ERROR_CODES
 from quotad.protocol.framing import MAX_FRAME_CEILING, FrameEncoder
@@ -42,6 +43,7 @@ from quotad.protocol.messages import (
     Chat,
     ChatChunk,
     Error,
+    Hello,
     Ok,
     Reply,
     Request,
@@ -646,6 +648,32 @@ def test_connection_lost_in_flight_then_reconnect_after_restart(
         with FakeDaemon(socket_path) as restarted:
             assert qd.chat("fast", USER_HI).content == "echo: hi"
             assert len(restarted.connections) == 1
+
+
+def test_a_frame_that_never_gets_through_is_sent_on_new_connections_then_raises(
+    socket_path: str, new_client: NewClient
+) -> None:
+    """Each connection shuts its reading side (what the daemon does to a connection it closes
+    for idleness), then welcomes the client: the chat's send fails with nothing of it received,
+    so it goes again on a new connection, ``SEND_ATTEMPTS`` times in all, then raises."""
+    released = threading.Event()
+
+    def welcome_unread(connection: FakeConnection) -> None:
+        connection.sock.shutdown(socket.SHUT_RD)  # before the Welcome: no send can get in first
+        connection.send(connection.daemon.welcome)
+        released.wait(TERMINAL_WAIT_S)  # the connection stays open: only sends to it fail
+
+    with FakeDaemon(socket_path, handshake=welcome_unread) as fake:
+        try:
+            with (
+                new_client(socket_path) as qd,
+                pytest.raises(ConnectionLostError, match="could not send to quotad"),
+            ):
+                qd.chat("fast", USER_HI)
+        finally:
+            released.set()
+        assert len(fake.requests(Hello)) == SEND_ATTEMPTS == 3
+        assert fake.requests(Chat) == []
 
 
 def test_idle_connection_reconnects_without_error_after_restart(

@@ -197,13 +197,9 @@ class Client(Closing):
         bounds the sending."""
         connection = self._connected()
         deadline = self._deadline() if bounded else None
+        attempt = 1
         try:
-            try:
-                return connection, connection.send(request, deadline), deadline
-            except FrameNotSent:
-                pass
-            for attempt in range(2, SEND_ATTEMPTS + 1):  # only once a frame did not get through
-                connection = self._connected()
+            while True:
                 try:
                     return connection, connection.send(request, deadline), deadline
                 except FrameNotSent as error:
@@ -211,7 +207,8 @@ class Client(Closing):
                         raise ConnectionLostError(
                             f"could not send to quotad at {connection.path}: {error}"
                         ) from None
-            raise AssertionError("unreachable: the last attempt returns or raises")
+                attempt += 1  # none of the frame got through: again, on a new connection
+                connection = self._connected()
         except SendTimedOut as error:
             raise RequestTimeoutError(
                 f"could not send the request to quotad within {self.timeout:g} s: {error}"
