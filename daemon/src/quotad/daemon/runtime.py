@@ -43,6 +43,7 @@ from quotad.daemon.events import EventLog
 from quotad.daemon.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from quotad.daemon.front_door import FrontDoor, HttpListenError
 from quotad.daemon.gates import Gates
+from quotad.daemon.gates.saved import SAVE_EVERY_S, read_saved, saved_path
 from quotad.daemon.hints import config_hints
 from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_keys
@@ -137,6 +138,8 @@ class Daemon:
         self._health_scope: anyio.CancelScope | None = None
         self.store = Store(config, state_dir(config))
         self.gates = Gates(config)
+        self._saved_gates: Path | None = None
+        """Where the gates are saved, once what was saved there is counted again (at start)."""
         self.cluster: Cluster | None = None
         """The fleet (``[cluster] redis_url`` set): its link to Redis and the fleet's gates
         (:class:`~quotad.daemon.cluster.fleet.Cluster`); None for one host."""
@@ -208,6 +211,7 @@ class Daemon:
             today = self.store.calendar.day(self.store.clock.time())
             self.broker.tail.load_spend(self.store.spent_at_open, today)
             await self.broker.semantic.start()  # model and questions loaded off the loop
+            self._resume_gates()  # before serving: the provider still counts them
             if self.shared_budgets is not None:  # this host's spend, pushed when it joins
                 await self.shared_budgets.load()
             if self.cluster is not None:  # before serving: admissions start in the fleet
@@ -226,6 +230,7 @@ class Daemon:
                 await tasks.start(self._handle_signals, tasks.cancel_scope)
                 tasks.start_soon(self._run_health_checks)
                 tasks.start_soon(self.gates.run)
+                tasks.start_soon(self.gates.keep_saved, saved_path(self.store.path.parent))
                 tasks.start_soon(self.store.retention.run)
                 log.info(
                     "quotad serving %s%s (%d providers, %d groups; config: %s)",
@@ -242,12 +247,36 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 if self.http is not None:
                     await self.http.shutdown(0)  # no-op after a drain; closes a lone bind
+                if self._saved_gates is not None:  # after the drain: all they counted
+                    self.gates.save(self._saved_gates)
                 for provider in [*self.providers.values(), *self._retiring]:
                     await provider.aclose()
                 await self.store.close()
                 if self.cluster is not None:
                     await self.cluster.close()
             self.notifier.close()
+
+    def _resume_gates(self) -> None:
+        """Count again what the gates counted when the daemon last stopped (or last saved,
+        if it did not stop cleanly), then save there from now on."""
+        path = saved_path(self.store.path.parent)
+        saved = read_saved(path)
+        if saved is not None:
+            resumed = self.gates.resume(saved)
+            log.log(
+                logging.INFO if resumed.stopped else logging.WARNING,
+                "gates: %d unit(s) in %d window(s) and %d pause(s) counted again, saved %.1f s "
+                "ago%s",
+                resumed.units,
+                resumed.windows,
+                resumed.pauses,
+                resumed.elapsed_s,
+                ""
+                if resumed.stopped
+                else " by a daemon that did not stop cleanly (what it admitted in the last "
+                f"{SAVE_EVERY_S:g} s before it ended may be missing)",
+            )
+        self._saved_gates = path
 
     async def _run_health_checks(self) -> None:
         """Run the current router's health checks until a reload replaces them."""

@@ -24,11 +24,14 @@ windows, queue and reservations are tested on a virtual clock.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.to_thread
 
 from quotad.daemon.clock import SYSTEM_CLOCK, Clock
 from quotad.daemon.config import Config
@@ -37,6 +40,16 @@ from quotad.daemon.gates.configured import configured_windows
 from quotad.daemon.gates.fleet import ask_for_waiters, attach_windows
 from quotad.daemon.gates.leases import HeldPermit, PermitLeases
 from quotad.daemon.gates.queue import PRIORITY_LEVELS, PRIORITY_NAMES, Waiter, WaitQueue
+from quotad.daemon.gates.saved import (
+    MAX_AHEAD_S,
+    SAVE_EVERY_S,
+    Capture,
+    SavedGates,
+    capture,
+    save_changed,
+    to_saved,
+    write_saved,
+)
 from quotad.daemon.gates.window import (
     INFINITY,
     Admission,
@@ -80,6 +93,20 @@ class AppPolicy:
 
 
 DEFAULT_APP = AppPolicy()
+
+
+@dataclass(slots=True)
+class Resumed:
+    """What :meth:`Gates.resume` put back."""
+
+    saved_at: float
+    elapsed_s: float
+    stopped: bool
+    """Whether the previous run saved them as it stopped (else it ended otherwise: a crash,
+    a kill; what it admitted after its last save is not counted)."""
+    windows: int = 0
+    units: int = 0
+    pauses: int = 0
 
 
 class Gates:
@@ -424,6 +451,88 @@ class Gates:
                     await self._timer_changed.wait()
             self._next_wake = INFINITY
             self._dispatch()
+
+    # ------------------------------------------------------------------ across a restart
+
+    def capture(self) -> Capture:
+        """What every gate counts now, to be saved (:mod:`quotad.daemon.gates.saved`)."""
+        return capture(self._gates.values(), self.clock.monotonic(), self.clock.time())
+
+    def resume(self, saved: SavedGates) -> Resumed:
+        """Count again what a previous run saved (at start, before serving): the admissions
+        of every window that is still configured (same gate, unit and length), its pace and
+        external usage, and each target's 429 pause. Times count from the saving as much as
+        the wall clock says has passed since, and no less than 0 (a clock set back)."""
+        now = self.clock.monotonic()
+        elapsed = max(0.0, self.clock.time() - saved.saved_at)
+        to_here = now - elapsed - saved.saved_at  # a saved wall time, on this run's clock
+        latest = now - elapsed  # an admission counted from after its saving: from then
+        ahead = latest + MAX_AHEAD_S
+        resumed = Resumed(saved.saved_at, elapsed, saved.stopped)
+        for entry in saved.gates:
+            gate = self._gates.get(entry.name)
+            if gate is None and entry.paused_until is not None and self._is_target(entry.name):
+                gate = self._target_gate(entry.name)
+            if gate is None:
+                continue
+            if entry.paused_until is not None:
+                until = min(entry.paused_until + to_here, ahead)
+                if until > now:
+                    gate.paused_until = max(gate.paused_until, until)
+                    resumed.pauses += 1
+            windows = {(window.unit, window.window_s): window for window in gate.windows}
+            for kept in entry.windows:
+                window = windows.get((kept.unit, kept.window_s))
+                if window is None:
+                    continue
+                units = window.resume(
+                    [(min(when + to_here, latest), units) for when, units in kept.admissions],
+                    -INFINITY if kept.paced_until is None else kept.paced_until + to_here,
+                    kept.external,
+                    -INFINITY if kept.external_until is None else kept.external_until + to_here,
+                    now,
+                )
+                resumed.windows += 1 if units else 0
+                resumed.units += units
+        self._dispatch()
+        return resumed
+
+    async def keep_saved(self, path: Path) -> None:
+        """Save what changed at ``path`` every :data:`SAVE_EVERY_S` (a crash then loses at
+        most that much), copied here and written by a thread; a save that took long waits
+        twenty times as long for the next (a window of millions of admissions costs the loop
+        at most 5 %). A save that fails (a full disk) is logged once, until one succeeds."""
+        last: SavedGates | None = None
+        failing = False
+        interval = SAVE_EVERY_S
+        while True:
+            await anyio.sleep(interval)
+            started = time.perf_counter()
+            try:
+                last = await anyio.to_thread.run_sync(save_changed, self.capture(), path, last)
+            except OSError as error:
+                if not failing:
+                    log.warning("could not save the gates to %s: %s", path, error)
+                failing, last = True, None
+            else:
+                if failing:
+                    log.info("the gates are saved to %s again", path)
+                failing = False
+            interval = max(SAVE_EVERY_S, 20 * (time.perf_counter() - started))
+
+    def save(self, path: Path) -> None:
+        """Save every gate at ``path`` now, to disk (when stopping, after the drain)."""
+        try:
+            write_saved(path, to_saved(self.capture(), stopped=True), durable=True)
+        except OSError as error:
+            log.error(
+                "could not save the gates to %s: %s; the next start has them empty", path, error
+            )
+
+    def _is_target(self, name: str) -> bool:
+        """Whether ``name`` is a target (``provider/model``) of a configured provider."""
+        provider, slash, _ = name.partition("/")
+        return bool(slash) and f"provider:{provider}" in self._gates
 
     # ------------------------------------------------------------------ status
 

@@ -205,6 +205,35 @@ class SlidingWindow:
         if admission.fleet is not None and self.fleet is not None:
             self.fleet.resize(admission.fleet, amount, admission.time)
 
+    def admissions(self, now: float) -> list[Admission]:
+        """The admissions counted now, oldest first (the log's own objects, copied out)."""
+        self.expire(now)
+        return list(self._log)
+
+    def resume(
+        self,
+        counted: Iterable[tuple[float, int]],
+        paced_until: float,
+        external: int,
+        external_until: float,
+        now: float,
+    ) -> int:
+        """Count again what a previous run of the daemon counted here (``counted``: from
+        when, units; times on this run's clock, none after ``now``): those still in the
+        span, the pace and the provider's external usage. The units put back."""
+        span = self.span
+        kept = [Admission(when, units) for when, units in counted if when + span > now and units]
+        if kept:
+            self._log = deque(sorted([*self._log, *kept], key=lambda admission: admission.time))
+            self.used += sum(admission.amount for admission in kept)
+        self.theoretical_arrival = max(
+            self.theoretical_arrival, min(paced_until, now + self.window_s)
+        )
+        if external_until > now and external > 0:
+            self.external = max(self.external, min(self.limit, external))
+            self.external_until = max(self.external_until, min(external_until, now + span))
+        return sum(admission.amount for admission in kept)
+
     def free_at(self, amount: int, now: float) -> float:
         """The earliest time ``amount`` units fit, if nothing else is admitted meanwhile."""
         if amount > self.limit:

@@ -1,0 +1,240 @@
+"""The gates across a restart, on virtual clocks: what a run counted is saved (``gates.state``)
+and counted again by the next run, so a restart does not let a provider's whole window through
+a second time (before: a restart under load drew a 429 for every request of the next window).
+Merged entries only ever count longer; a wall clock set back never holds a window longer; a
+file that is not a saved state is left unused."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import tomllib
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quotad.daemon.clock import VirtualClock
+from quotad.daemon.config import parse_config
+from quotad.daemon.gates import Gates, SlidingWindow
+from quotad.daemon.gates.saved import (
+    MAX_SAVED_PER_WINDOW,
+    SavedGates,
+    capture,
+    read_saved,
+    saved_path,
+    to_saved,
+    write_saved,
+)
+from quotad.daemon.gates.window import Gate
+
+PROVIDER = '[providers.p]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+WALL = 1_790_000_000.0
+
+
+def make_gates(text: str, clock: VirtualClock) -> Gates:
+    return Gates(parse_config(tomllib.loads(PROVIDER + text)), clock)
+
+
+def admitted(gates: Gates, count: int, app: str = "any", tokens: int = 10) -> int:
+    """How many of ``count`` requests go at once, each sent and settled as reserved."""
+    demand = gates.demand("p", "p/m", app, tokens)
+    went = 0
+    for _ in range(count):
+        reservation = gates.admit_now(demand)
+        if reservation is None:
+            break
+        gates.sent(reservation)
+        gates.settle(reservation, None)
+        went += 1
+    return went
+
+
+def restarted(
+    gates: Gates, text: str, down_s: float, *, wall_shift: float = 0.0
+) -> tuple[Gates, VirtualClock]:
+    """``gates`` saved now, and a new run (its own monotonic clock, started ``down_s`` later
+    by the wall clock, ``wall_shift`` more if it was set) counting them again."""
+    saved = msgspec.msgpack.decode(
+        msgspec.msgpack.encode(to_saved(gates.capture())), type=SavedGates
+    )
+    clock = VirtualClock(start=50.0, epoch=gates.clock.time() + down_s + wall_shift)
+    again = make_gates(text, clock)
+    again.resume(saved)
+    return again, clock
+
+
+def test_a_restart_keeps_a_provider_window_full() -> None:
+    text = "pace = false\nlimits = [{ requests = 20, window_s = 10 }]\n"
+    clock = VirtualClock(epoch=WALL)
+    gates = make_gates(text, clock)
+    assert admitted(gates, 30) == 20
+    clock.advance(2.0)
+    again, again_clock = restarted(gates, text, down_s=1.0)
+    assert admitted(again, 5) == 0  # the provider still counts all 20
+    waiting = again.demand("p", "p/m", "any", 10)
+    assert waiting.available_at(again.clock.monotonic()) == pytest.approx(
+        again.clock.monotonic() + 10.0 + 0.05 - 3.0, abs=0.05
+    )
+    again_clock.advance(7.2)  # 3 s had passed of the 10.05
+    assert admitted(again, 30) == 20
+
+
+def test_the_code_before_saved_nothing_so_a_fresh_run_admits_a_second_window() -> None:
+    """What the restart did before: a second window at once, which the provider refuses."""
+    text = "pace = false\nlimits = [{ requests = 20, window_s = 10 }]\n"
+    gates = make_gates(text, VirtualClock(epoch=WALL))
+    assert admitted(gates, 20) == 20
+    assert admitted(make_gates(text, VirtualClock(epoch=WALL + 1.0)), 20) == 20
+
+
+def test_the_pace_tokens_and_an_app_window_are_kept_too() -> None:
+    text = "rpm = 60\ntpm = 1000\n[apps.a]\nrpm = 4\n"
+    clock = VirtualClock(epoch=WALL)
+    gates = make_gates(text, clock)
+    assert admitted(gates, 10, app="a") == 4  # the app's 4
+    again, again_clock = restarted(gates, text, down_s=0.5)
+    assert admitted(again, 10, app="a") == 0
+    others = admitted(again, 10, app="b")
+    assert others == 3  # the pace: 7 at once (1 a second, bursts of 6), 4 of them taken
+    usage = {
+        (gate.name, window.unit): window.usage(again.clock.monotonic())
+        for gate in again.demand("p", "p/m", "a", 0).gates
+        for window in gate.windows
+    }
+    assert usage[("provider:p", "tokens")] == 10 * (4 + others)
+    assert usage[("app:a", "requests")] == 4
+
+
+def test_a_pause_after_a_429_is_kept_and_ends_when_it_did() -> None:
+    clock = VirtualClock(epoch=WALL)
+    gates = make_gates("", clock)
+    gates.pause("p/m", 30.0)
+    clock.advance(5.0)
+    again, again_clock = restarted(gates, "", down_s=5.0)
+    until = again.paused_until("p/m")
+    assert until is not None
+    assert until == pytest.approx(WALL + 30.0)
+    assert again.paused_until("q/m") is None
+
+
+def test_a_wall_clock_set_back_never_holds_a_window_longer() -> None:
+    text = "pace = false\nlimits = [{ requests = 5, window_s = 10 }]\n"
+    clock = VirtualClock(epoch=WALL)
+    gates = make_gates(text, clock)
+    assert admitted(gates, 5) == 5
+    clock.advance(4.0)
+    again, again_clock = restarted(gates, text, down_s=0.0, wall_shift=-3600.0)  # set back an hour
+    assert admitted(again, 1) == 0
+    again_clock.advance(6.05)  # as if no time had passed: 10.05 - 4
+    assert admitted(again, 5) == 5
+
+
+def test_a_clock_set_forward_lets_them_expire() -> None:
+    text = "pace = false\nlimits = [{ requests = 5, window_s = 10 }]\n"
+    gates = make_gates(text, VirtualClock(epoch=WALL))
+    assert admitted(gates, 5) == 5
+    assert admitted(restarted(gates, text, down_s=11.0)[0], 5) == 5
+
+
+def test_a_window_no_longer_configured_or_of_another_length_is_not_resumed() -> None:
+    gates = make_gates("pace = false\nrpm = 5\n[apps.a]\nrpm = 2\n", VirtualClock(epoch=WALL))
+    assert admitted(gates, 5, app="a") == 2
+    again, again_clock = restarted(
+        gates, "pace = false\nlimits = [{ requests = 5, window_s = 30 }]\n", 1.0
+    )
+    assert admitted(again, 5, app="a") == 5  # rpm 5's two are not the 30 s window's (as a
+    # reload that changes a window's length starts it empty)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    gaps=st.lists(st.floats(0.0, 0.5), min_size=1, max_size=400),
+    amounts=st.lists(st.integers(1, 50), min_size=400, max_size=400),
+    later=st.floats(0.0, 25.0),
+)
+def test_a_resumed_window_counts_as_much_as_the_saved_one_never_less(
+    gaps: list[float], amounts: list[int], later: float
+) -> None:
+    """Merged into at most MAX_SAVED_PER_WINDOW entries (here 1,024 over a span of 20.05 s:
+    ~20 ms each), a window counts every unit it counted, each as long or longer."""
+    window = SlidingWindow("tokens", 10**9, 20.0, 0.05)
+    gate = Gate("provider:p", "provider", [window])
+    now = 0.0
+    for gap, amount in zip(gaps, amounts, strict=False):
+        now += gap
+        window.admit(amount, now)
+    saved = to_saved(capture([gate], now, 1000.0))  # a small wall time: exact enough here
+    entries = saved.gates[0].windows[0].admissions if saved.gates else []
+    assert len(entries) <= MAX_SAVED_PER_WINDOW
+    resumed = SlidingWindow("tokens", 10**9, 20.0, 0.05)
+    resumed.resume([(when - 900.0, units) for when, units in entries], -1.0, 0, -1.0, 100.0)
+    assert resumed.usage(100.0) == window.usage(now)
+    assert resumed.usage(100.0 + later) >= window.usage(now + later)
+    assert resumed.usage(100.0 + later + 0.021) <= window.usage(now + later)
+
+
+def test_many_admissions_are_merged_into_a_bounded_file() -> None:
+    window = SlidingWindow("requests", 10**6, 60.0, 0.05)
+    for index in range(100_000):
+        window.admit(1, index * 0.0005)
+    saved = to_saved(capture([Gate("provider:p", "provider", [window])], 50.0, WALL))
+    entries = saved.gates[0].windows[0].admissions
+    assert len(entries) <= MAX_SAVED_PER_WINDOW
+    assert sum(units for _, units in entries) == 100_000
+
+
+def test_the_file_is_written_whole_and_read_back() -> None:
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+    path = saved_path(directory)
+    clock = VirtualClock(epoch=WALL)
+    gates = make_gates("rpm = 10\n", clock)
+    admitted(gates, 3)
+    write_saved(path, to_saved(gates.capture(), stopped=True), durable=True)
+    read = read_saved(path)
+    assert read is not None
+    assert read.stopped
+    assert read == to_saved(gates.capture(), stopped=True)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in directory.iterdir()] == ["gates.state"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x00garbage",
+        msgspec.msgpack.encode({"format": 2, "saved_at": 1.0, "gates": []}),
+        msgspec.msgpack.encode({"format": 1, "saved_at": -5.0, "gates": []}),
+        msgspec.msgpack.encode(
+            {"format": 1, "saved_at": 1.0, "gates": [["p/m", None, [["tokens", 1.0, [[1.0, -3]]]]]]}
+        ),
+        msgspec.msgpack.encode({"format": 1, "saved_at": float("nan"), "gates": []}),
+        b"\x91" * 100_000,  # nested arrays
+    ],
+    ids=["empty", "garbage", "format", "negative-time", "negative-units", "nan", "nested"],
+)
+def test_a_file_that_is_no_saved_state_is_left_unused_with_a_warning(
+    content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = saved_path(Path(tempfile.mkdtemp(dir="/tmp")))
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING):
+        assert read_saved(path) is None
+    assert f"{path} is not a saved state" in caplog.text
+
+
+def test_no_file_is_nothing_saved_and_a_failed_write_keeps_the_old_file() -> None:
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+    path = saved_path(directory)
+    assert read_saved(path) is None
+    gates = make_gates("rpm = 10\n", VirtualClock(epoch=WALL))
+    admitted(gates, 2)
+    write_saved(path, to_saved(gates.capture()), durable=False)
+    before = path.read_bytes()
+    (directory / ".gates.state.tmp").mkdir()  # the temporary cannot be written
+    with pytest.raises(OSError):
+        write_saved(path, to_saved(gates.capture()), durable=True)
+    assert path.read_bytes() == before
