@@ -7,6 +7,7 @@ file that is not a saved state is left unused."""
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import tomllib
 from pathlib import Path
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.config import parse_config
 from quotad.daemon.gates import Gates, SlidingWindow
+from quotad.daemon.gates import saved as saved_module
 from quotad.daemon.gates.saved import (
     MAX_SAVED_PER_WINDOW,
     SavedGates,
@@ -95,7 +97,7 @@ def test_the_pace_tokens_and_an_app_window_are_kept_too() -> None:
     clock = VirtualClock(epoch=WALL)
     gates = make_gates(text, clock)
     assert admitted(gates, 10, app="a") == 4  # the app's 4
-    again, again_clock = restarted(gates, text, down_s=0.5)
+    again, _again_clock = restarted(gates, text, down_s=0.5)
     assert admitted(again, 10, app="a") == 0
     others = admitted(again, 10, app="b")
     assert others == 3  # the pace: 7 at once (1 a second, bursts of 6), 4 of them taken
@@ -113,7 +115,7 @@ def test_a_pause_after_a_429_is_kept_and_ends_when_it_did() -> None:
     gates = make_gates("", clock)
     gates.pause("p/m", 30.0)
     clock.advance(5.0)
-    again, again_clock = restarted(gates, "", down_s=5.0)
+    again, _again_clock = restarted(gates, "", down_s=5.0)
     until = again.paused_until("p/m")
     assert until is not None
     assert until == pytest.approx(WALL + 30.0)
@@ -142,7 +144,7 @@ def test_a_clock_set_forward_lets_them_expire() -> None:
 def test_a_window_no_longer_configured_or_of_another_length_is_not_resumed() -> None:
     gates = make_gates("pace = false\nrpm = 5\n[apps.a]\nrpm = 2\n", VirtualClock(epoch=WALL))
     assert admitted(gates, 5, app="a") == 2
-    again, again_clock = restarted(
+    again, _again_clock = restarted(
         gates, "pace = false\nlimits = [{ requests = 5, window_s = 30 }]\n", 1.0
     )
     assert admitted(again, 5, app="a") == 5  # rpm 5's two are not the 30 s window's (as a
@@ -238,3 +240,31 @@ def test_no_file_is_nothing_saved_and_a_failed_write_keeps_the_old_file() -> Non
     with pytest.raises(OSError):
         write_saved(path, to_saved(gates.capture()), durable=True)
     assert path.read_bytes() == before
+
+
+def test_a_fifo_or_an_oversized_file_is_not_read(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO no process writes reads as empty (never holding the start); a file past the
+    bound is not read."""
+    path = saved_path(Path(tempfile.mkdtemp(dir="/tmp")))
+    os.mkfifo(path)
+    with caplog.at_level(logging.WARNING):
+        assert read_saved(path) is None
+    assert "is not a saved state" in caplog.text
+    path.unlink()
+    monkeypatch.setattr(saved_module, "MAX_FILE_BYTES", 10)
+    path.write_bytes(b"x" * 11)
+    with caplog.at_level(logging.WARNING):
+        assert read_saved(path) is None
+    assert "larger than 10 bytes" in caplog.text
+
+
+def test_admissions_not_left_yet_are_saved_as_counted_from_now() -> None:
+    window = SlidingWindow("requests", 100, 10.0, 0.05)
+    window.admit(1, 0.0, pending=True)  # a waiter admitted, its task not run yet
+    window.admit(2, 1.0)
+    window.admit(1, 2.0)
+    saved = to_saved(capture([Gate("provider:p", "provider", [window])], 30.0, WALL))
+    # at 30 s the two sent ones have expired (10.05 s), the pending one counts from now
+    assert saved.gates[0].windows[0].admissions == [(WALL, 1)]

@@ -500,8 +500,9 @@ class Gates:
     async def keep_saved(self, path: Path) -> None:
         """Save what changed at ``path`` every :data:`SAVE_EVERY_S` (a crash then loses at
         most that much), copied here and written by a thread; a save that took long waits
-        twenty times as long for the next (a window of millions of admissions costs the loop
-        at most 5 %). A save that fails (a full disk) is logged once, until one succeeds."""
+        fifty times as long for the next (a window of millions of admissions costs at most
+        2 % of the daemon's time). A save that fails (a full disk) is logged once, until one
+        succeeds."""
         last: SavedGates | None = None
         failing = False
         interval = SAVE_EVERY_S
@@ -518,7 +519,7 @@ class Gates:
                 if failing:
                     log.info("the gates are saved to %s again", path)
                 failing = False
-            interval = max(SAVE_EVERY_S, 20 * (time.perf_counter() - started))
+            interval = max(SAVE_EVERY_S, 50 * (time.perf_counter() - started))
 
     def save(self, path: Path) -> None:
         """Save every gate at ``path`` now, to disk (when stopping, after the drain)."""
