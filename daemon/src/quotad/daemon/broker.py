@@ -305,9 +305,8 @@ class Broker:
         except RequestError as error:
             error.request_id = error.request_id or context.request_id
             if not context.finished:  # a call past the deadline was paid all the same
-                usage = context.abandoned_usage(request)
                 with anyio.CancelScope(shield=True):
-                    await self._finish(context, usage, error=error)
+                    await self._finish(context, context.abandoned_usage(request), error=error)
             raise
         except (anyio.get_cancelled_exc_class(), GeneratorExit):  # GeneratorExit: a stream
             if not context.finished:  # closed by its reader before its end
@@ -342,10 +341,7 @@ class Broker:
         reply.request_id = context.request_id
         stored = None
         if key is not None and self.cache.stores(mode):
-            if isinstance(reply, EmbedReply):
-                stored = Cacheable(key, "embed", CachedEmbedding.of(reply))
-            else:
-                stored = Cacheable(key, "chat", CachedChat.of(reply, chunks))
+            stored = Cacheable.of(key, reply, chunks)
         reply.latency_s = await self._finish(context, reply.usage, cache_store=stored)
         reply.cost_usd = context.cost_usd
         return reply
@@ -428,8 +424,7 @@ class Broker:
                         context.target = target  # only once admitted: a refusal reached none
                         context.attempts += 1
                         attempts.started(target)
-                        self.gates.sent(context.reservation)  # counted from the hand-off
-                        context.calling = True  # until it answers: what it costs if abandoned
+                        self._handed_off(context)
                         answer = await call(target)  # 5
                     except ProviderError as error:  # 6
                         context.calling = False
@@ -449,6 +444,13 @@ class Broker:
         # the deadline is watched on the event loop's clock (uvloop's counts milliseconds),
         # which can pass it a little before the injected clock does: its word decides
         raise attempts.exhausted(at_deadline=deadline.expired)
+
+    def _handed_off(self, context: RequestContext) -> None:
+        """Step 5 begins: the gates count it from now; a call that lasts is journaled."""
+        self.gates.sent(context.reservation)
+        context.calling = True  # until it answers: what it costs if abandoned
+        at = self.clock.time()  # if the daemon dies before 7, its next start charges it
+        self.ledger.handed_off(context.request_id, lambda: context.interrupted_row(self.prices, at))
 
     async def _admit(self, target: Target, context: RequestContext, alternatives: bool) -> bool:
         """Step 4: take the request's place on every gate of ``target``. With other targets

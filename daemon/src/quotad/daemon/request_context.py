@@ -20,7 +20,8 @@ from quotad.daemon.request_limits import (
 from quotad.daemon.routing import Target
 from quotad.daemon.store.budgets import BudgetHold
 from quotad.daemon.store.cache import Answer, CacheEntry
-from quotad.daemon.store.ledger import LedgerRow, encode_tags
+from quotad.daemon.store.ledger import INTERRUPTED, LedgerRow, encode_tags
+from quotad.daemon.store.prices import PriceTable
 from quotad.daemon.tokens import estimate_prompt_tokens, input_tokens_upper_bound
 from quotad.protocol.messages import SEMANTIC_HIT, Chat, Embed, Usage
 
@@ -90,6 +91,8 @@ class RequestContext:
     """A provider call is under way (from the hand-off to its answer or its failure)."""
     delivered_usage: Usage | None = None
     """A stream that stopped being read before its end: the usage of what it delivered."""
+    request: Chat | Embed | None = None
+    """The request as planned (step 1, after the guardrails: what providers are sent)."""
 
     def abandoned_usage(self, request: Chat | Embed) -> Usage | None:
         """What a request that stopped waiting for its provider (cancelled by its caller, or
@@ -129,6 +132,21 @@ class RequestContext:
         self.priority = request.priority or app_policy(self.caller.app).priority
         self.max_wait_s = request.max_wait_s
         self.tokens = prompt + self.max_tokens
+        self.request = request
+
+    def interrupted_row(self, prices: PriceTable, handed_off: float) -> LedgerRow:
+        """Its row if the daemon dies while a provider has it, charged at the next start
+        (:meth:`~quotad.daemon.store.ledger.Ledger.recover_interrupted`): the most it can bill
+        at its target's price, as a call abandoned under way is charged, at the time it was
+        ``handed_off`` (its day is the ledger's to fill in)."""
+        assert self.request is not None  # planned before any provider has it
+        prompt_tokens, completion_tokens = billable_tokens(self.request, self.max_tokens)
+        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        price = prices.for_target(self.target_name)
+        cost = price.cost(usage) if price is not None else 0.0
+        return self.ledger_row(
+            handed_off, "", usage, INTERRUPTED, cost, unpriced=price is None, latency_s=0.0
+        )
 
     def answered_from_cache(
         self, entry: CacheEntry, kind: type[AnswerT], targets: Mapping[str, Target]

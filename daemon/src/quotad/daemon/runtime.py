@@ -51,6 +51,7 @@ from quotad.daemon.providers.base import Provider
 from quotad.daemon.routing import HealthChecks, Router
 from quotad.daemon.server import ConnectionLimits, SocketInUseError, SocketServer
 from quotad.daemon.store import Store, StoreError
+from quotad.daemon.store.ledger import interrupted_message
 from quotad.daemon.systemd import ActivationError, Notifier, activated_socket
 from quotad.protocol.paths import daemon_socket_path
 
@@ -208,6 +209,10 @@ class Daemon:
         try:
             for alert in await self.store.open():
                 self.events.add("budget_alert", alert.message, logging.WARNING)
+            if interrupted := self.store.interrupted:
+                self.events.add(
+                    "interrupted_calls", interrupted_message(interrupted), logging.WARNING
+                )
             today = self.store.calendar.day(self.store.clock.time())
             self.broker.tail.load_spend(self.store.spent_at_open, today)
             await self.broker.semantic.start()  # model and questions loaded off the loop

@@ -24,7 +24,7 @@ from quotad.daemon.store.budgets import Budget, BudgetAlert, Budgets, Calendar
 from quotad.daemon.store.cache import Cache
 from quotad.daemon.store.db import Database, StoreError
 from quotad.daemon.store.keys import Keys
-from quotad.daemon.store.ledger import Ledger
+from quotad.daemon.store.ledger import Ledger, LedgerRow
 from quotad.daemon.store.prices import PriceTable
 from quotad.daemon.store.retention import Retention
 
@@ -56,6 +56,8 @@ class Store:
         )
         """Its :meth:`~.retention.Retention.run` is a task of the running daemon."""
         self._new_budgets: list[Budget] = []
+        self.interrupted: list[LedgerRow] = []
+        """Calls a daemon that died had handed to providers, charged at :meth:`open`."""
         self.spent_at_open: list[tuple[str, float, float]] = []
         """``(app, spent today, spent this month)`` per app as read at :meth:`open`."""
 
@@ -66,6 +68,7 @@ class Store:
         await self.db.open()
         try:
             await self.cache.load()
+            self.interrupted = await self.ledger.recover_interrupted()  # before the totals
             now = self.clock.time()
             self.spent_at_open = await self.ledger.spent_by_app(now)
             alerts = self.budgets.load(self.spent_at_open, now)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final, NamedTuple, Protocol
 
 import msgspec
@@ -61,7 +61,16 @@ from quotad.daemon.store.answers import (
 from quotad.daemon.store.cache_index import BYTES_PER_ENTRY, KEY_BYTES, CacheIndex
 from quotad.daemon.store.db import Database, Statement, StoreError, WriteFailed
 from quotad.daemon.store.warm import WarmEntry
-from quotad.protocol.messages import CacheMode, CacheStatus, Chat, Embed
+from quotad.protocol.messages import (
+    CacheMode,
+    CacheStatus,
+    Chat,
+    ChatChunk,
+    ChatEnd,
+    ChatReply,
+    Embed,
+    EmbedReply,
+)
 
 __all__ = [  # the stored shapes and keys live in .answers; imported from here too
     "Answer",
@@ -95,6 +104,15 @@ class Cacheable(NamedTuple):
     key: bytes
     kind: Kind
     answer: Answer
+
+    @classmethod
+    def of(
+        cls, key: bytes, reply: ChatReply | ChatEnd | EmbedReply, chunks: Sequence[ChatChunk] = ()
+    ) -> Cacheable:
+        """What is stored of ``reply`` under ``key`` (with its chunks, when it was streamed)."""
+        if isinstance(reply, EmbedReply):
+            return cls(key, "embed", CachedEmbedding.of(reply))
+        return cls(key, "chat", CachedChat.of(reply, chunks))
 
 
 class CacheEntry(NamedTuple):

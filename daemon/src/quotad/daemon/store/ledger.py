@@ -14,10 +14,18 @@ logged with all its fields if it still cannot be written then: a row is never si
 The error says what happened to the request: the provider called and paid (its cost), or
 answered from the cache; the reply withheld; the row kept and written when space returns.
 
+A call a provider has had for :data:`JOURNAL_AFTER_S` without its row is *journaled*
+(:meth:`Ledger.handed_off`, table ``in_flight``): the row it costs if the daemon dies before
+its own (its bounds, as an abandoned call is charged), which its own row deletes in the same
+commit. A daemon that starts finds what is left there (a crash, a kill, a power loss) and
+charges it as ``interrupted`` rows (:meth:`Ledger.recover_interrupted`) before it serves, so
+budgets count what providers bill for calls no reply came back for.
+
 Columns (table ``ledger``): request_id, time (Unix), day (local calendar day, YYYY-MM-DD, in
 ``daemon.timezone``), kind (chat, stream, embed), app, user, uid/pid/gid of the peer, model (as
 asked: a group, target or bare model), target (that answered; empty when none did), attempts,
-status (``ok``, ``semantic`` for a semantic cache hit, an error code, or ``cancelled``),
+status (``ok``, ``semantic`` for a semantic cache hit, an error code, ``cancelled``, or
+``interrupted``: the daemon died while a provider had the call),
 prompt/completion/cached tokens, cost_usd, saved_usd (what a cache hit saved), cached (1 for a
 hit), unpriced (1 when the target has no price), wait_s, latency_s, priority, tags (JSON list),
 semantic_similarity (a semantic cache hit, DESIGN §11: status ``semantic``, cached 1, and the
@@ -31,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple
 
 import msgspec
@@ -89,6 +97,16 @@ COLUMNS: Final = LedgerRow._fields
 _INSERT: Final = (
     f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
+_JOURNAL: Final = "INSERT OR REPLACE INTO in_flight (request_id, row) VALUES (?, ?)"
+_UNJOURNAL: Final = "DELETE FROM in_flight WHERE request_id = ?"
+_JOURNALED_ROWS: Final = "SELECT request_id, row FROM in_flight"
+_JOURNAL_ENCODER: Final = msgspec.msgpack.Encoder()
+_JOURNAL_DECODER: Final = msgspec.msgpack.Decoder(LedgerRow)
+INTERRUPTED: Final = "interrupted"
+"""The status of a row charged at start for a call a provider had when the daemon died."""
+JOURNAL_AFTER_S: Final = 0.1
+"""How long a provider may have a call before it is journaled: a call that answers sooner
+costs no write, and a daemon that dies loses at most the calls handed off this long before."""
 _TAGS_ENCODER: Final = msgspec.json.Encoder()
 NO_TAGS: Final = "[]"
 RETRY_EVERY_S: Final = 5.0
@@ -106,8 +124,21 @@ def encode_tags(tags: Sequence[str]) -> str:
 
 def statements(row: LedgerRow) -> list[Statement]:
     """The writes of one row: its insert (the schema's trigger adds it to its day's summary,
-    in the same statement)."""
+    in the same statement) and, when a provider had the request, the removal of its journal
+    entry (none, for the calls that answered within :data:`JOURNAL_AFTER_S`: no row to find)."""
+    if row.attempts:
+        return [(_INSERT, row), (_UNJOURNAL, (row.request_id,))]
     return [(_INSERT, row)]
+
+
+def interrupted_message(rows: Sequence[LedgerRow]) -> str:
+    """What the start says of the ``interrupted`` rows it charged."""
+    cost = sum(row.cost_usd for row in rows)
+    return (
+        f"{len(rows)} call(s) a provider had when quotad last ended without finishing them (a "
+        f"crash, a kill, a power loss) charged at their bounds: ${cost:.6f} (ledger status "
+        f"{INTERRUPTED})"
+    )
 
 
 def live_record(row: LedgerRow) -> RequestRecord:
@@ -192,6 +223,10 @@ class Ledger:
         self._retry_timer: asyncio.Task[None] | None = None
         self.retry_every_s = RETRY_EVERY_S
         self.reports = SpendReport(db, calendar)
+        self._handed_off: dict[str, Callable[[], LedgerRow]] = {}
+        """Calls a provider has, not journaled yet: the row each costs if the daemon dies."""
+        self._journal_timer: asyncio.TimerHandle | None = None
+        self._journal_failing = False
 
     def problems(self) -> list[str]:
         """What keeps requests from being served now (``quotad status``, ``/healthz``): rows
@@ -227,6 +262,7 @@ class Ledger:
     async def record(self, row: LedgerRow) -> None:
         """Commit ``row`` (with whatever else is pending); raise :class:`LedgerWriteFailed`
         if it cannot be, after keeping it for later."""
+        self._handed_off.pop(row.request_id, None)
         try:
             self._retry_unrecorded()
             await self._db.write(statements(row), durable=row.cost_usd > 0)
@@ -234,6 +270,78 @@ class Ledger:
             answered = row.status in ANSWERED  # what the caller gets instead of the answer
             fate = self._keep(row._replace(status="internal") if answered else row, error)
             raise LedgerWriteFailed(withheld_message(row, error, fate), row.request_id) from None
+
+    # ------------------------------------------------------------------ the journal
+
+    def handed_off(self, request_id: str, interrupted_row: Callable[[], LedgerRow]) -> None:
+        """A provider has request ``request_id`` now (again, after a failed attempt): unless
+        its row is recorded within :data:`JOURNAL_AFTER_S`, journal ``interrupted_row()``
+        then (its ``day`` is filled in here)."""
+        self._handed_off[request_id] = interrupted_row
+        if self._journal_timer is None:
+            loop = asyncio.get_running_loop()
+            self._journal_timer = loop.call_later(JOURNAL_AFTER_S, self._journal)
+
+    def _journal(self) -> None:
+        """Journal the calls handed off since the last time (one commit for them all)."""
+        self._journal_timer = None
+        pending, self._handed_off = self._handed_off, {}
+        if not pending:  # every call answered in time
+            return
+        writes: list[Statement] = []
+        for request_id, interrupted_row in pending.items():
+            row = interrupted_row()
+            row = row._replace(day=self.calendar.day(row.time))
+            writes.append((_JOURNAL, (request_id, _JOURNAL_ENCODER.encode(row))))
+        try:
+            self._db.write_later(writes, self._journaled, durable=True)
+        except WriteFailed as closed:  # the database is closing: its rows come by the drain
+            self._journaled(closed)
+
+    def _journaled(self, failure: WriteFailed | None) -> None:
+        if failure is not None and not self._journal_failing:
+            log.error(
+                "calls in flight could not be journaled (%s): a daemon that dies "
+                "now leaves their cost unrecorded",
+                failure,
+            )
+        elif failure is None and self._journal_failing:
+            log.info("calls in flight are journaled again")
+        self._journal_failing = failure is not None
+
+    async def recover_interrupted(self) -> list[LedgerRow]:
+        """At start, before serving: the calls journaled by a daemon that died before their
+        rows, charged as :data:`INTERRUPTED` rows (their bounds), the journal emptied in the
+        same commit. The rows written; an entry that cannot be read is logged and dropped.
+        When they cannot be written (a full disk), they stay journaled for the next start,
+        and the error is logged."""
+        found = await self._db.read(_JOURNALED_ROWS)
+        if not found:
+            return []
+        rows = []
+        for request_id, data in found:
+            try:
+                rows.append(_JOURNAL_DECODER.decode(data)._replace(status=INTERRUPTED))
+            except (msgspec.DecodeError, TypeError) as error:
+                log.error(
+                    "journal entry of request %s cannot be read (%s): dropped",
+                    encodable(str(request_id)),
+                    error,
+                )
+        writes: list[Statement] = [(_INSERT, row) for row in rows]
+        try:
+            await self._db.write([*writes, ("DELETE FROM in_flight", ())], durable=True)
+        except WriteFailed as error:
+            log.error(
+                "%d call(s) journaled by a daemon that died cannot be charged now (%s): they "
+                "stay journaled, and the next start tries again",
+                len(rows),
+                error,
+            )
+            return []
+        return rows
+
+    # ------------------------------------------------------------------ kept rows
 
     def _keep(self, row: LedgerRow, error: WriteFailed) -> str | None:
         """Keep a row that could not be written, to write it later; past :data:`MAX_KEPT_ROWS`
@@ -353,7 +461,11 @@ class Ledger:
         return written, (failures[0] if failures else None)
 
     async def flush(self) -> None:
-        """At shutdown: a last try for the rows kept in memory; log those that still fail."""
+        """At shutdown: a last try for the rows kept in memory; log those that still fail.
+        Calls still handed off (none, after a drain) are journaled now."""
+        if self._journal_timer is not None:
+            self._journal_timer.cancel()
+            self._journal()
         if self._retry_timer is not None:
             self._retry_timer.cancel()
         if self._retry is not None:  # a retry is under way: its outcome comes with its commit

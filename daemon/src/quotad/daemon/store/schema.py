@@ -199,6 +199,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """UPDATE ledger SET status = 'semantic'
         WHERE semantic_similarity IS NOT NULL AND status = 'ok'""",
     ),
+    # 6: calls a provider has had for a while, journaled with the ledger row they cost if the
+    # daemon dies before their own: charged (status 'interrupted') at the next start
+    (
+        """CREATE TABLE in_flight (
+            request_id TEXT PRIMARY KEY,
+            row BLOB NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

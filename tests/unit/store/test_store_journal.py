@@ -1,0 +1,105 @@
+"""The journal of calls in flight (table ``in_flight``): a call a provider has had for
+``JOURNAL_AFTER_S`` is journaled with the row it costs if the daemon dies; its own row deletes
+that in the same commit; a start charges what is left as ``interrupted`` rows, counted in the
+day's spend. A call that answers sooner writes nothing."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from quotad.daemon.store.db import Database
+from quotad.daemon.store.ledger import INTERRUPTED, Ledger, LedgerRow
+from tests.support.polling import run_loop_until
+from tests.support.store import CALENDAR
+from tests.support.store import ledger_row as row
+
+pytestmark = pytest.mark.anyio
+
+
+def bound(number: int) -> LedgerRow:
+    """What call ``number`` costs if the daemon dies: its bounds, no day yet (the ledger's)."""
+    return row(number, cost=0.5, status=INTERRUPTED)._replace(day="")
+
+
+async def journal(db: Database) -> list[str]:
+    return [str(request_id) for (request_id,) in await db.read("SELECT request_id FROM in_flight")]
+
+
+async def test_a_call_that_answers_soon_writes_no_journal_entry(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journaled: list[object] = []  # what reaches the group commit without being waited for
+    ledger = Ledger(db, CALENDAR)
+    monkeypatch.setattr(db, "write_later", lambda *args, **kwargs: journaled.append(args))
+    ledger.handed_off("qd-test-1", lambda: bound(1))
+    await ledger.record(row(1))  # its row (a write waited for) within JOURNAL_AFTER_S
+    await run_loop_until(lambda: ledger._journal_timer is None)  # the timer came and went
+    assert journaled == []
+    assert await journal(db) == []
+
+
+async def test_a_call_that_lasts_is_journaled_until_its_row_comes(db: Database) -> None:
+    ledger = Ledger(db, CALENDAR)
+    ledger.handed_off("qd-test-1", lambda: bound(1))
+    ledger.handed_off("qd-test-2", lambda: bound(2))
+    await run_loop_until(lambda: ledger._journal_timer is None)
+    await db.committed()
+    assert sorted(await journal(db)) == ["qd-test-1", "qd-test-2"]
+    await ledger.record(row(1))
+    assert await journal(db) == ["qd-test-2"]
+
+
+async def test_a_start_charges_what_a_dead_daemon_left_journaled(directory: Path) -> None:
+    db = Database(directory / "quotad.db")
+    await db.open()
+    ledger = Ledger(db, CALENDAR)
+    ledger.handed_off("qd-test-1", lambda: bound(1))
+    ledger.handed_off("qd-test-2", lambda: bound(2))
+    await run_loop_until(lambda: ledger._journal_timer is None)
+    await ledger.record(row(2))  # answered: its own row, not its bound
+    await db.close()  # the daemon dies with call 1 under way
+
+    db = Database(directory / "quotad.db")
+    await db.open()
+    try:
+        ledger = Ledger(db, CALENDAR)
+        charged = await ledger.recover_interrupted()
+        assert [r.request_id for r in charged] == ["qd-test-1"]
+        assert charged[0].status == INTERRUPTED
+        assert charged[0].day == CALENDAR.day(charged[0].time)
+        assert await journal(db) == []
+        rows = await db.read("SELECT request_id, status, cost_usd FROM ledger ORDER BY id")
+        assert rows == [("qd-test-2", "ok", 0.01), ("qd-test-1", INTERRUPTED, 0.5)]
+        (spent,) = await db.read("SELECT total(cost_usd) FROM spend_daily")
+        assert spent[0] == pytest.approx(0.51)
+        assert await ledger.recover_interrupted() == []  # charged once
+    finally:
+        await db.close()
+
+
+async def test_an_entry_that_cannot_be_read_is_dropped_and_the_others_charged(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = Ledger(db, CALENDAR)
+    ledger.handed_off("qd-test-1", lambda: bound(1))
+    await run_loop_until(lambda: ledger._journal_timer is None)
+    await db.write([("INSERT INTO in_flight VALUES (?, ?)", ("qd-bad", b"\xc1junk"))])
+    with caplog.at_level(logging.ERROR):
+        charged = await ledger.recover_interrupted()
+    assert [r.request_id for r in charged] == ["qd-test-1"]
+    assert "journal entry of request qd-bad cannot be read" in caplog.text
+    assert await journal(db) == []
+
+
+async def test_a_second_attempt_journals_its_own_bound(db: Database) -> None:
+    ledger = Ledger(db, CALENDAR)
+    ledger.handed_off("qd-test-1", lambda: bound(1))
+    await run_loop_until(lambda: ledger._journal_timer is None)
+    ledger.handed_off("qd-test-1", lambda: bound(1)._replace(target="other/m", cost_usd=0.7))
+    await run_loop_until(lambda: ledger._journal_timer is None)
+    await db.committed()
+    charged = await ledger.recover_interrupted()
+    assert [(r.target, r.cost_usd) for r in charged] == [("other/m", 0.7)]
