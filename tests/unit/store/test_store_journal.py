@@ -103,3 +103,19 @@ async def test_a_second_attempt_journals_its_own_bound(db: Database) -> None:
     await db.committed()
     charged = await ledger.recover_interrupted()
     assert [(r.target, r.cost_usd) for r in charged] == [("other/m", 0.7)]
+
+
+async def test_an_entry_that_cannot_be_made_costs_only_itself(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> LedgerRow:
+        raise AssertionError("a bug")
+
+    ledger = Ledger(db, CALENDAR)
+    ledger.handed_off("qd-test-1", broken)
+    ledger.handed_off("qd-test-2", lambda: bound(2))
+    with caplog.at_level(logging.ERROR):
+        await run_loop_until(lambda: ledger._journal_timer is None)
+    await db.committed()
+    assert await journal(db) == ["qd-test-2"]
+    assert "could not journal request qd-test-1" in caplog.text

@@ -286,13 +286,16 @@ class Ledger:
         """Journal the calls handed off since the last time (one commit for them all)."""
         self._journal_timer = None
         pending, self._handed_off = self._handed_off, {}
-        if not pending:  # every call answered in time
-            return
         writes: list[Statement] = []
         for request_id, interrupted_row in pending.items():
-            row = interrupted_row()
-            row = row._replace(day=self.calendar.day(row.time))
-            writes.append((_JOURNAL, (request_id, _JOURNAL_ENCODER.encode(row))))
+            try:
+                row = interrupted_row()
+                row = row._replace(day=self.calendar.day(row.time))
+                writes.append((_JOURNAL, (request_id, _JOURNAL_ENCODER.encode(row))))
+            except Exception:  # a bug: it costs this entry only
+                log.exception("could not journal request %s", encodable(request_id))
+        if not writes:  # every call answered in time
+            return
         try:
             self._db.write_later(writes, self._journaled, durable=True)
         except WriteFailed as closed:  # the database is closing: its rows come by the drain
