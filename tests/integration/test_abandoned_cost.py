@@ -13,18 +13,17 @@ from typing import Any
 import pytest
 
 from quotad.client import Client, RequestTimeoutError
-from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
+from tests.support.daemon import (
+    DaemonProcess,
+    app_budget_config,
+    daemon_config,
+    sim_provider_config,
+)
 from tests.support.polling import wait_until
 from tests.support.sim import SimProcess
 
 MODEL = "sim/gpt-4o-mini"
-CONFIG = """\
-[apps.leaver]
-daily_usd = 100.0
-[prices."sim/gpt-4o-mini"]
-input = 100.0
-output = 100.0
-"""
+CONFIG = app_budget_config("leaver", 100.0, MODEL, 100.0)
 PER_TOKEN = 100.0 / 1_000_000
 
 

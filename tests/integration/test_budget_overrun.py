@@ -10,7 +10,12 @@ import json
 import pytest
 
 from quotad.client import BudgetExceededError, Client
-from tests.support.daemon import DaemonProcess, daemon_config, sim_provider_config
+from tests.support.daemon import (
+    DaemonProcess,
+    app_budget_config,
+    daemon_config,
+    sim_provider_config,
+)
 from tests.support.raw_http import RawHTTPServer, answer
 
 BILLED = {
@@ -23,13 +28,7 @@ BILLED = {
     ],
     "usage": {"prompt_tokens": 9, "completion_tokens": 1_000_000, "total_tokens": 1_000_009},
 }
-CONFIG = """\
-[apps.greedy]
-daily_usd = 0.01
-[prices."raw/m"]
-input = 1.0
-output = 1.0
-"""
+CONFIG = app_budget_config("greedy", 0.01, "raw/m", 1.0)
 
 
 def test_a_cost_past_the_reservation_is_an_event_and_the_budget_then_refuses() -> None:

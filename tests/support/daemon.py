@@ -165,6 +165,15 @@ def daemon_config(
     return "".join(f"{line}\n" for line in head if line) + "".join(tables)
 
 
+def app_budget_config(app: str, daily_usd: float, target: str, usd_per_million: float) -> str:
+    """``[apps.APP]`` with a daily budget, and ``target`` priced ``usd_per_million`` per
+    million tokens, input and output alike."""
+    return (
+        f"[apps.{app}]\ndaily_usd = {daily_usd}\n"
+        f'[prices."{target}"]\ninput = {usd_per_million}\noutput = {usd_per_million}\n'
+    )
+
+
 def sim_provider_config(name: str, base_url: str, kind: str = "openai", extra: str = "") -> str:
     """A ``[providers.NAME]`` table pointing at a sim."""
     return f'[providers.{name}]\nkind = "{kind}"\nbase_url = "{base_url}"\n{extra}\n'

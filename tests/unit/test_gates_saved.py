@@ -40,6 +40,12 @@ def make_gates(text: str, clock: VirtualClock) -> Gates:
     return Gates(parse_config(tomllib.loads(PROVIDER + text)), clock)
 
 
+def first_run(text: str) -> tuple[Gates, VirtualClock]:
+    """Gates of ``text`` on a clock that starts at wall time :data:`WALL`, and the clock."""
+    clock = VirtualClock(epoch=WALL)
+    return make_gates(text, clock), clock
+
+
 def admitted(gates: Gates, count: int, app: str = "any", tokens: int = 10) -> int:
     """How many of ``count`` requests go at once, each sent and settled as reserved."""
     demand = gates.demand("p", "p/m", app, tokens)
@@ -70,8 +76,7 @@ def restarted(
 
 def test_a_restart_keeps_a_provider_window_full() -> None:
     text = "pace = false\nlimits = [{ requests = 20, window_s = 10 }]\n"
-    clock = VirtualClock(epoch=WALL)
-    gates = make_gates(text, clock)
+    gates, clock = first_run(text)
     assert admitted(gates, 30) == 20
     clock.advance(2.0)
     again, again_clock = restarted(gates, text, down_s=1.0)
@@ -87,15 +92,14 @@ def test_a_restart_keeps_a_provider_window_full() -> None:
 def test_the_code_before_saved_nothing_so_a_fresh_run_admits_a_second_window() -> None:
     """What the restart did before: a second window at once, which the provider refuses."""
     text = "pace = false\nlimits = [{ requests = 20, window_s = 10 }]\n"
-    gates = make_gates(text, VirtualClock(epoch=WALL))
+    gates, _ = first_run(text)
     assert admitted(gates, 20) == 20
     assert admitted(make_gates(text, VirtualClock(epoch=WALL + 1.0)), 20) == 20
 
 
 def test_the_pace_tokens_and_an_app_window_are_kept_too() -> None:
     text = "rpm = 60\ntpm = 1000\n[apps.a]\nrpm = 4\n"
-    clock = VirtualClock(epoch=WALL)
-    gates = make_gates(text, clock)
+    gates, _ = first_run(text)
     assert admitted(gates, 10, app="a") == 4  # the app's 4
     again, _again_clock = restarted(gates, text, down_s=0.5)
     assert admitted(again, 10, app="a") == 0
@@ -111,8 +115,7 @@ def test_the_pace_tokens_and_an_app_window_are_kept_too() -> None:
 
 
 def test_a_pause_after_a_429_is_kept_and_ends_when_it_did() -> None:
-    clock = VirtualClock(epoch=WALL)
-    gates = make_gates("", clock)
+    gates, clock = first_run("")
     gates.pause("p/m", 30.0)
     clock.advance(5.0)
     again, _again_clock = restarted(gates, "", down_s=5.0)
@@ -124,8 +127,7 @@ def test_a_pause_after_a_429_is_kept_and_ends_when_it_did() -> None:
 
 def test_a_wall_clock_set_back_never_holds_a_window_longer() -> None:
     text = "pace = false\nlimits = [{ requests = 5, window_s = 10 }]\n"
-    clock = VirtualClock(epoch=WALL)
-    gates = make_gates(text, clock)
+    gates, clock = first_run(text)
     assert admitted(gates, 5) == 5
     clock.advance(4.0)
     again, again_clock = restarted(gates, text, down_s=0.0, wall_shift=-3600.0)  # set back an hour
@@ -136,13 +138,13 @@ def test_a_wall_clock_set_back_never_holds_a_window_longer() -> None:
 
 def test_a_clock_set_forward_lets_them_expire() -> None:
     text = "pace = false\nlimits = [{ requests = 5, window_s = 10 }]\n"
-    gates = make_gates(text, VirtualClock(epoch=WALL))
+    gates, _ = first_run(text)
     assert admitted(gates, 5) == 5
     assert admitted(restarted(gates, text, down_s=11.0)[0], 5) == 5
 
 
 def test_a_window_no_longer_configured_or_of_another_length_is_not_resumed() -> None:
-    gates = make_gates("pace = false\nrpm = 5\n[apps.a]\nrpm = 2\n", VirtualClock(epoch=WALL))
+    gates, _ = first_run("pace = false\nrpm = 5\n[apps.a]\nrpm = 2\n")
     assert admitted(gates, 5, app="a") == 2
     again, _again_clock = restarted(
         gates, "pace = false\nlimits = [{ requests = 5, window_s = 30 }]\n", 1.0
@@ -191,8 +193,7 @@ def test_many_admissions_are_merged_into_a_bounded_file() -> None:
 def test_the_file_is_written_whole_and_read_back() -> None:
     directory = Path(tempfile.mkdtemp(dir="/tmp"))
     path = saved_path(directory)
-    clock = VirtualClock(epoch=WALL)
-    gates = make_gates("rpm = 10\n", clock)
+    gates, _ = first_run("rpm = 10\n")
     admitted(gates, 3)
     write_saved(path, to_saved(gates.capture(), stopped=True), durable=True)
     read = read_saved(path)
@@ -232,7 +233,7 @@ def test_no_file_is_nothing_saved_and_a_failed_write_keeps_the_old_file() -> Non
     directory = Path(tempfile.mkdtemp(dir="/tmp"))
     path = saved_path(directory)
     assert read_saved(path) is None
-    gates = make_gates("rpm = 10\n", VirtualClock(epoch=WALL))
+    gates, _ = first_run("rpm = 10\n")
     admitted(gates, 2)
     write_saved(path, to_saved(gates.capture()), durable=False)
     before = path.read_bytes()

@@ -54,6 +54,7 @@ from quotad.daemon.store.answers import (
     CachedChat,
     CachedChunk,
     CachedEmbedding,
+    ChatAnswer,
     Kind,
     chat_key,
     embed_key,
@@ -61,16 +62,7 @@ from quotad.daemon.store.answers import (
 from quotad.daemon.store.cache_index import BYTES_PER_ENTRY, KEY_BYTES, CacheIndex
 from quotad.daemon.store.db import Database, Statement, StoreError, WriteFailed
 from quotad.daemon.store.warm import WarmEntry
-from quotad.protocol.messages import (
-    CacheMode,
-    CacheStatus,
-    Chat,
-    ChatChunk,
-    ChatEnd,
-    ChatReply,
-    Embed,
-    EmbedReply,
-)
+from quotad.protocol.messages import CacheMode, CacheStatus, Chat, ChatChunk, Embed, EmbedReply
 
 __all__ = [  # the stored shapes and keys live in .answers; imported from here too
     "Answer",
@@ -107,7 +99,7 @@ class Cacheable(NamedTuple):
 
     @classmethod
     def of(
-        cls, key: bytes, reply: ChatReply | ChatEnd | EmbedReply, chunks: Sequence[ChatChunk] = ()
+        cls, key: bytes, reply: ChatAnswer | EmbedReply, chunks: Sequence[ChatChunk] = ()
     ) -> Cacheable:
         """What is stored of ``reply`` under ``key`` (with its chunks, when it was streamed)."""
         if isinstance(reply, EmbedReply):
