@@ -269,3 +269,13 @@ def test_admissions_not_left_yet_are_saved_as_counted_from_now() -> None:
     saved = to_saved(capture([Gate("provider:p", "provider", [window])], 30.0, WALL))
     # at 30 s the two sent ones have expired (10.05 s), the pending one counts from now
     assert saved.gates[0].windows[0].admissions == [(WALL, 1)]
+
+
+def test_only_gates_that_count_something_are_copied() -> None:
+    """10,000 idle app gates took 100 ms of the event loop a second to copy."""
+    gates, clock = first_run("rpm = 60\n" + "".join(f"[apps.a{n}]\nrpm = 5\n" for n in range(50)))
+    admitted(gates, 1, app="a7")
+    gates.pause("p/m", 5.0)
+    assert sorted(name for name, _, _ in gates.capture().gates) == ["app:a7", "p/m", "provider:p"]
+    clock.advance(61.0)  # the window and the pace have passed, and the pause
+    assert gates.capture().gates == []

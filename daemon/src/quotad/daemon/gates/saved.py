@@ -183,30 +183,26 @@ class Capture:
 
 def capture(gates: Iterable[Gate], now: float, saved_at: float) -> Capture:
     """Copy what ``gates`` count at ``now`` (monotonic; ``saved_at``: the same moment's wall
-    time)."""
-    return Capture(
-        now,
-        saved_at,
-        [
-            (
-                gate.name,
-                gate.paused_until,
-                [
-                    CapturedWindow(
-                        window.unit,
-                        window.window_s,
-                        window.span,
-                        window.admissions(now),
-                        window.theoretical_arrival,
-                        window.external,
-                        window.external_until,
-                    )
-                    for window in gate.windows
-                ],
+    time): the windows that count anything, and the gates that have one or a pause (10,000
+    idle app gates: about 5 ms, where copying every window took 100)."""
+    captured = []
+    for gate in gates:
+        windows = [
+            CapturedWindow(
+                window.unit,
+                window.window_s,
+                window.span,
+                window.admissions(now),
+                window.theoretical_arrival,
+                window.external,
+                window.external_until,
             )
-            for gate in gates
-        ],
-    )
+            for window in gate.windows
+            if window.counts_anything(now)
+        ]
+        if windows or gate.paused_until > now:
+            captured.append((gate.name, gate.paused_until, windows))
+    return Capture(now, saved_at, captured)
 
 
 def to_saved(captured: Capture, *, stopped: bool = False) -> SavedGates:

@@ -205,6 +205,11 @@ class SlidingWindow:
         if admission.fleet is not None and self.fleet is not None:
             self.fleet.resize(admission.fleet, amount, admission.time)
 
+    def counts_anything(self, now: float) -> bool:
+        """Whether anything is counted here now (an admission, the pace, external usage)."""
+        self.expire(now)
+        return bool(self._log) or self.theoretical_arrival > now or self.external_until > now
+
     def admissions(self, now: float) -> list[Admission]:
         """The admissions counted now, oldest first (the log's own objects, copied out)."""
         self.expire(now)
