@@ -180,14 +180,20 @@ def test_a_resumed_window_counts_as_much_as_the_saved_one_never_less(
     assert resumed.usage(100.0 + later + 0.021) <= window.usage(now + later)
 
 
-def test_many_admissions_are_merged_into_a_bounded_file() -> None:
+@pytest.mark.parametrize("gap", [0.0005, 0.0586, 0.0587, 0.0587085])
+def test_many_admissions_are_merged_into_a_file_that_reads_back(gap: float) -> None:
+    """Admissions over the whole span (60.05 s), at gaps near a merge's width: never more
+    entries than a file may hold (one more, and the whole file would be refused)."""
     window = SlidingWindow("requests", 10**6, 60.0, 0.05)
-    for index in range(100_000):
-        window.admit(1, index * 0.0005)
-    saved = to_saved(capture([Gate("provider:p", "provider", [window])], 50.0, WALL))
-    entries = saved.gates[0].windows[0].admissions
+    count = int(60.05 / gap)
+    for index in range(count):
+        window.admit(1, 1000.0 + index * gap)
+    now = 1000.0 + (count - 1) * gap
+    saved = to_saved(capture([Gate("provider:p", "provider", [window])], now, WALL))
+    read = msgspec.msgpack.decode(msgspec.msgpack.encode(saved), type=SavedGates)
+    entries = read.gates[0].windows[0].admissions
     assert len(entries) <= MAX_SAVED_PER_WINDOW
-    assert sum(units for _, units in entries) == 100_000
+    assert sum(units for _, units in entries) == window.usage(now)
 
 
 def test_the_file_is_written_whole_and_read_back() -> None:
