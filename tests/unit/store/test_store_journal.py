@@ -6,8 +6,10 @@ day's spend. A call that answers sooner writes nothing."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from quotad.daemon.store.db import Database
@@ -119,3 +121,26 @@ async def test_an_entry_that_cannot_be_made_costs_only_itself(
     await db.committed()
     assert await journal(db) == ["qd-test-2"]
     assert "could not journal request qd-test-1" in caplog.text
+
+
+async def test_an_entry_the_ledger_refuses_is_dropped_and_the_others_charged(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An entry whose row the ledger refuses (a time that is NaN: NOT NULL) failed the one
+    commit of them all, so every start left all of them uncharged ($0 of four calls)."""
+    encoder = msgspec.msgpack.Encoder()
+    bad = bound(9)._replace(request_id="qd-bad", time=math.nan)
+    entries = [(f"qd-test-{n}", encoder.encode(bound(n))) for n in (1, 2, 3)]
+    entries.append(("qd-bad", encoder.encode(bad)))
+    for entry in entries:
+        await db.write([("INSERT INTO in_flight VALUES (?, ?)", entry)])
+    ledger = Ledger(db, CALENDAR)
+    with caplog.at_level(logging.ERROR):
+        charged = await ledger.recover_interrupted()
+    assert sorted(r.request_id for r in charged) == ["qd-test-1", "qd-test-2", "qd-test-3"]
+    (spent,) = await db.read("SELECT total(cost_usd) FROM spend_daily")
+    assert spent[0] == pytest.approx(1.5)
+    assert "unwritten ledger row" in caplog.text
+    assert '"request_id":"qd-bad"' in caplog.text
+    assert await journal(db) == []
+    assert await ledger.recover_interrupted() == []  # charged once

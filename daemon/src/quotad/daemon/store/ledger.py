@@ -201,6 +201,16 @@ def _log_unwritable(row: LedgerRow, error: WriteFailed) -> None:
     log.error("unwritten ledger row (%s): %s", error, _TAGS_ENCODER.encode(row._asdict()).decode())
 
 
+def _not_recovered(count: int, error: WriteFailed) -> None:
+    """Log journal entries that could not be charged at start (they stay journaled)."""
+    log.error(
+        "%d call(s) journaled by a daemon that died cannot be charged now (%s): they stay "
+        "journaled, and the next start tries again",
+        count,
+        error,
+    )
+
+
 MAX_KEPT_ROWS: Final = 10_000
 """Rows kept in memory while the ledger cannot be written (about 1 KB each), past which only
 those of requests that cost something are kept. Few come: step 2 refuses requests while rows
@@ -315,34 +325,62 @@ class Ledger:
     async def recover_interrupted(self) -> list[LedgerRow]:
         """At start, before serving: the calls journaled by a daemon that died before their
         rows, charged as :data:`INTERRUPTED` rows (their bounds), the journal emptied in the
-        same commit. The rows written; an entry that cannot be read is logged and dropped.
-        When they cannot be written (a full disk), they stay journaled for the next start,
-        and the error is logged."""
+        same commit. The rows written; an entry that cannot be read is logged and dropped, so
+        is one whose row the ledger refuses for its values (logged whole), each of the others
+        then charged on its own. When they cannot be written (a full disk), they stay
+        journaled for the next start, and the error is logged."""
         found = await self._db.read(_JOURNALED_ROWS)
         if not found:
             return []
-        rows = []
+        entries: list[tuple[str, LedgerRow]] = []
         for request_id, data in found:
             try:
-                rows.append(_JOURNAL_DECODER.decode(data)._replace(status=INTERRUPTED))
+                row = _JOURNAL_DECODER.decode(data)._replace(status=INTERRUPTED)
             except (msgspec.DecodeError, TypeError) as error:
                 log.error(
                     "journal entry of request %s cannot be read (%s): dropped",
                     encodable(str(request_id)),
                     error,
                 )
-        writes: list[Statement] = [(_INSERT, row) for row in rows]
+            else:
+                entries.append((str(request_id), row))
+        writes: list[Statement] = [(_INSERT, row) for _, row in entries]
         try:
             await self._db.write([*writes, ("DELETE FROM in_flight", ())], durable=True)
         except WriteFailed as error:
-            log.error(
-                "%d call(s) journaled by a daemon that died cannot be charged now (%s): they "
-                "stay journaled, and the next start tries again",
-                len(rows),
-                error,
-            )
+            if error.for_its_values:  # an entry's row held back the others: each on its own
+                return await self._recover_each(entries)
+            _not_recovered(len(entries), error)
             return []
-        return rows
+        return [row for _, row in entries]
+
+    async def _recover_each(self, entries: list[tuple[str, LedgerRow]]) -> list[LedgerRow]:
+        """Charge each journal entry with a write of its own (one commit: each fails alone),
+        then drop the entries left: unreadable, or refused for their values (logged whole).
+        The rows written."""
+        outcomes = await asyncio.gather(
+            *(
+                self._db.write([(_INSERT, row), (_UNJOURNAL, (request_id,))], durable=True)
+                for request_id, row in entries
+            ),
+            return_exceptions=True,
+        )
+        charged = []
+        for (_, row), outcome in zip(entries, outcomes, strict=True):
+            if outcome is None:
+                charged.append(row)
+            elif isinstance(outcome, WriteFailed) and outcome.for_its_values:
+                _log_unwritable(row, outcome)
+            elif isinstance(outcome, WriteFailed):  # the disk: left for the next start
+                _not_recovered(len(entries) - len(charged), outcome)
+                return charged
+            else:
+                raise outcome
+        try:
+            await self._db.write([("DELETE FROM in_flight", ())], durable=True)
+        except WriteFailed as error:  # dropped at the next start instead
+            log.error("journal entries that cannot be charged not dropped: %s", error)
+        return charged
 
     # ------------------------------------------------------------------ kept rows
 
