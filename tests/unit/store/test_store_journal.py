@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
-from quotad.daemon.store.db import Database
+from quotad.daemon.store.db import Database, WriteFailed
 from quotad.daemon.store.ledger import INTERRUPTED, Ledger, LedgerRow
 from tests.support.polling import run_loop_until
 from tests.support.store import CALENDAR
@@ -144,3 +145,32 @@ async def test_an_entry_the_ledger_refuses_is_dropped_and_the_others_charged(
     assert '"request_id":"qd-bad"' in caplog.text
     assert await journal(db) == []
     assert await ledger.recover_interrupted() == []  # charged once
+
+
+async def test_entries_the_disk_refuses_stay_journaled_for_the_next_start(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Charged each on its own (an entry refused for its values held back the others), an
+    entry the disk refuses stays journaled for the next start, and so do those refused for
+    their values (nothing is dropped while the disk refuses); every row written is reported,
+    those after a refused one too (the start's event counts them)."""
+    encoder = msgspec.msgpack.Encoder()
+    bad = bound(9)._replace(request_id="qd-bad", time=math.nan)
+    for request_id, entry in [("qd-test-1", bound(1)), ("qd-test-2", bound(2)), ("qd-bad", bad)]:
+        statement = ("INSERT INTO in_flight VALUES (?, ?)", (request_id, encoder.encode(entry)))
+        await db.write([statement])
+    write = db.write
+
+    async def disk_full_for_call_1(statements: Any, *, durable: bool = True) -> None:
+        if any(parameters == ("qd-test-1",) for _, parameters in statements):
+            raise WriteFailed("database or disk is full")
+        await write(statements, durable=durable)
+
+    monkeypatch.setattr(db, "write", disk_full_for_call_1)
+    charged = await Ledger(db, CALENDAR).recover_interrupted()
+    assert [r.request_id for r in charged] == ["qd-test-2"]
+    assert sorted(await journal(db)) == ["qd-bad", "qd-test-1"]
+    monkeypatch.undo()
+    charged = await Ledger(db, CALENDAR).recover_interrupted()  # the next start: space again
+    assert [r.request_id for r in charged] == ["qd-test-1"]
+    assert await journal(db) == []

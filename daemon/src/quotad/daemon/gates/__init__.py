@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.to_thread
@@ -67,6 +67,7 @@ if TYPE_CHECKING:  # the Redis client is imported only when [cluster] is configu
     from quotad.daemon.cluster.gates import FleetGates
 
 __all__ = [
+    "MAX_RESUMED_PAUSES",
     "PRIORITY_LEVELS",
     "Admission",
     "AppPolicy",
@@ -472,9 +473,16 @@ class Gates:
         ahead = latest + MAX_AHEAD_S
         resumed = Resumed(saved.saved_at, elapsed, saved.stopped)
         seen: set[tuple[str, str, float]] = set()  # windows put back: each counts once
+        paused_targets = 0  # targets made again for their pause (each a gate: bounded)
         for entry in saved.gates:
             gate = self._gates.get(entry.name)
-            if gate is None and entry.paused_until is not None and self._is_target(entry.name):
+            if (
+                gate is None
+                and entry.paused_until is not None
+                and paused_targets < MAX_RESUMED_PAUSES
+                and self._is_target(entry.name)
+            ):
+                paused_targets += 1
                 gate = self._target_gate(entry.name)
             if gate is None:
                 continue
@@ -587,6 +595,9 @@ class Gates:
 
 
 TIMER_SLACK_S = 0.0005
+MAX_RESUMED_PAUSES: Final = 1024
+"""Targets a saved state may make again for their 429 pause (as many as a router names on
+first use); a file naming a million made a million gates (4.2 s at start, 770 MB)."""
 
 
 def _retry_after(seconds: float) -> float:

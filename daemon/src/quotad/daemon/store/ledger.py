@@ -366,16 +366,19 @@ class Ledger:
             return_exceptions=True,
         )
         charged = []
+        left: list[WriteFailed] = []  # failed for the disk: left journaled, for the next start
         for (_, row), outcome in zip(entries, outcomes, strict=True):
             if outcome is None:
                 charged.append(row)
             elif isinstance(outcome, WriteFailed) and outcome.for_its_values:
                 _log_unwritable(row, outcome)
-            elif isinstance(outcome, WriteFailed):  # the disk: left for the next start
-                _not_recovered(len(entries) - len(charged), outcome)
-                return charged
+            elif isinstance(outcome, WriteFailed):
+                left.append(outcome)
             else:
                 raise outcome
+        if left:  # the entries refused for their values are tried (and logged) again then
+            _not_recovered(len(left), left[0])
+            return charged
         try:
             await self._db.write([("DELETE FROM in_flight", ())], durable=True)
         except WriteFailed as error:  # dropped at the next start instead
