@@ -122,11 +122,12 @@ def encode_tags(tags: Sequence[str]) -> str:
     return _TAGS_ENCODER.encode(tags).decode() if tags else NO_TAGS
 
 
-def statements(row: LedgerRow) -> list[Statement]:
+def statements(row: LedgerRow, journaled: bool = False) -> list[Statement]:
     """The writes of one row: its insert (the schema's trigger adds it to its day's summary,
-    in the same statement) and, when a provider had the request, the removal of its journal
-    entry (none, for the calls that answered within :data:`JOURNAL_AFTER_S`: no row to find)."""
-    if row.attempts:
+    in the same statement) and, for a ``journaled`` call, the removal of its journal entry
+    (most calls answer within :data:`JOURNAL_AFTER_S` and have none: a delete costs a commit
+    5-10 µs)."""
+    if journaled:
         return [(_INSERT, row), (_UNJOURNAL, (row.request_id,))]
     return [(_INSERT, row)]
 
@@ -235,6 +236,8 @@ class Ledger:
         self.reports = SpendReport(db, calendar)
         self._handed_off: dict[str, Callable[[], LedgerRow]] = {}
         """Calls a provider has, not journaled yet: the row each costs if the daemon dies."""
+        self._in_journal: set[str] = set()
+        """Calls journaled whose rows are not written yet (each row deletes its entry)."""
         self._journal_timer: asyncio.TimerHandle | None = None
         self._journal_failing = False
 
@@ -275,11 +278,15 @@ class Ledger:
         self._handed_off.pop(row.request_id, None)
         try:
             self._retry_unrecorded()
-            await self._db.write(statements(row), durable=row.cost_usd > 0)
+            await self._db.write(self._statements(row), durable=row.cost_usd > 0)
+            self._in_journal.discard(row.request_id)
         except WriteFailed as error:
             answered = row.status in ANSWERED  # what the caller gets instead of the answer
             fate = self._keep(row._replace(status="internal") if answered else row, error)
             raise LedgerWriteFailed(withheld_message(row, error, fate), row.request_id) from None
+
+    def _statements(self, row: LedgerRow) -> list[Statement]:
+        return statements(row, row.request_id in self._in_journal)
 
     # ------------------------------------------------------------------ the journal
 
@@ -302,6 +309,7 @@ class Ledger:
                 row = interrupted_row()
                 row = row._replace(day=self.calendar.day(row.time))
                 writes.append((_JOURNAL, (request_id, _JOURNAL_ENCODER.encode(row))))
+                self._in_journal.add(request_id)
             except Exception:  # a bug: it costs this entry only
                 log.exception("could not journal request %s", encodable(request_id))
         if not writes:  # every call answered in time
@@ -485,6 +493,7 @@ class Ledger:
             nonlocal pending, written
             if failure is None or failure.for_its_values:
                 let_go.add(id(row))
+                self._in_journal.discard(row.request_id)
                 if failure is None:
                     written += 1
                 else:
@@ -497,7 +506,9 @@ class Ledger:
 
         try:
             for row in rows:
-                self._db.write_later(statements(row), functools.partial(settled, row), durable=True)
+                self._db.write_later(
+                    self._statements(row), functools.partial(settled, row), durable=True
+                )
         except WriteFailed as closed:  # at the first row: nothing of them was submitted
             return 0, closed
         await all_settled
@@ -518,11 +529,11 @@ class Ledger:
             return
         rows, self.unrecorded = self.unrecorded, []
         try:
-            await self._db.write([s for row in rows for s in statements(row)])
+            await self._db.write([s for row in rows for s in self._statements(row)])
         except WriteFailed:  # each on its own: those that can be written are
             for row in rows:
                 try:
-                    await self._db.write(statements(row))
+                    await self._db.write(self._statements(row))
                 except WriteFailed as error:
                     _log_unwritable(row, error)
         log.info("%d ledger row(s) kept in memory written or logged", len(rows))
