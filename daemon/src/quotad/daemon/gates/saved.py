@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 SAVED_GATES_FILE: Final = "gates.state"
 """Its name in the state directory."""
 SAVE_EVERY_S: Final = 1.0
-"""How often the running daemon saves what changed."""
+"""How often the running daemon saves what changed, at most."""
+SAVE_COST_FACTOR: Final = 100
+"""A save that took T waits this many T for the next: saving takes at most 1 % of the time."""
 MAX_SAVED_PER_WINDOW: Final = 1024
 """Entries a window keeps at most (admissions close in time merged)."""
 MAX_FILE_BYTES: Final = 64 * 1024 * 1024
