@@ -5,6 +5,7 @@ day's spend. A call that answers sooner writes nothing."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from pathlib import Path
@@ -31,6 +32,17 @@ async def journal(db: Database) -> list[str]:
     return [str(request_id) for (request_id,) in await db.read("SELECT request_id FROM in_flight")]
 
 
+async def journaled(db: Database, *numbers: int) -> Ledger:
+    """A ledger on ``db`` that has journaled calls ``numbers`` (handed off, then past
+    JOURNAL_AFTER_S, committed)."""
+    ledger = Ledger(db, CALENDAR)
+    for number in numbers:
+        ledger.handed_off(f"qd-test-{number}", functools.partial(bound, number))
+    await run_loop_until(lambda: ledger._journal_timer is None)
+    await db.committed()
+    return ledger
+
+
 async def test_a_call_that_answers_soon_writes_no_journal_entry(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -45,11 +57,7 @@ async def test_a_call_that_answers_soon_writes_no_journal_entry(
 
 
 async def test_a_call_that_lasts_is_journaled_until_its_row_comes(db: Database) -> None:
-    ledger = Ledger(db, CALENDAR)
-    ledger.handed_off("qd-test-1", lambda: bound(1))
-    ledger.handed_off("qd-test-2", lambda: bound(2))
-    await run_loop_until(lambda: ledger._journal_timer is None)
-    await db.committed()
+    ledger = await journaled(db, 1, 2)
     assert sorted(await journal(db)) == ["qd-test-1", "qd-test-2"]
     await ledger.record(row(1))
     assert await journal(db) == ["qd-test-2"]
@@ -58,10 +66,7 @@ async def test_a_call_that_lasts_is_journaled_until_its_row_comes(db: Database) 
 async def test_a_start_charges_what_a_dead_daemon_left_journaled(directory: Path) -> None:
     db = Database(directory / "quotad.db")
     await db.open()
-    ledger = Ledger(db, CALENDAR)
-    ledger.handed_off("qd-test-1", lambda: bound(1))
-    ledger.handed_off("qd-test-2", lambda: bound(2))
-    await run_loop_until(lambda: ledger._journal_timer is None)
+    ledger = await journaled(db, 1, 2)
     await ledger.record(row(2))  # answered: its own row, not its bound
     await db.close()  # the daemon dies with call 1 under way
 
@@ -86,9 +91,7 @@ async def test_a_start_charges_what_a_dead_daemon_left_journaled(directory: Path
 async def test_an_entry_that_cannot_be_read_is_dropped_and_the_others_charged(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ledger = Ledger(db, CALENDAR)
-    ledger.handed_off("qd-test-1", lambda: bound(1))
-    await run_loop_until(lambda: ledger._journal_timer is None)
+    ledger = await journaled(db, 1)
     await db.write([("INSERT INTO in_flight VALUES (?, ?)", ("qd-bad", b"\xc1junk"))])
     with caplog.at_level(logging.ERROR):
         charged = await ledger.recover_interrupted()
@@ -98,9 +101,7 @@ async def test_an_entry_that_cannot_be_read_is_dropped_and_the_others_charged(
 
 
 async def test_a_second_attempt_journals_its_own_bound(db: Database) -> None:
-    ledger = Ledger(db, CALENDAR)
-    ledger.handed_off("qd-test-1", lambda: bound(1))
-    await run_loop_until(lambda: ledger._journal_timer is None)
+    ledger = await journaled(db, 1)
     ledger.handed_off("qd-test-1", lambda: bound(1)._replace(target="other/m", cost_usd=0.7))
     await run_loop_until(lambda: ledger._journal_timer is None)
     await db.committed()
@@ -198,10 +199,7 @@ async def test_a_call_never_journaled_costs_its_row_no_delete(
 async def test_a_journaled_row_kept_through_a_failed_write_deletes_its_entry_later(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ledger = Ledger(db, CALENDAR)
-    ledger.handed_off("qd-test-1", lambda: bound(1))
-    await run_loop_until(lambda: ledger._journal_timer is None)
-    await db.committed()
+    ledger = await journaled(db, 1)
     write = db.write
 
     async def disk_full(statements: Any, *, durable: bool = True) -> None:
