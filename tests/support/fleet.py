@@ -65,6 +65,10 @@ def have_valkey() -> bool:
     return server_binary() is not None
 
 
+NEEDS_VALKEY = pytest.mark.skipif(not have_valkey(), reason="no valkey-server or redis-server")
+"""A fleet test's mark: skipped where no server binary exists."""
+
+
 class Fleet:
     """Valkey + sim + ``hosts`` daemons sharing one account (see the module docstring)."""
 
