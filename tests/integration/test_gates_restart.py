@@ -33,3 +33,4 @@ def test_a_restarted_daemon_still_counts_what_the_provider_counts(killed: bool) 
     assert stats["max_in_window_requests"] <= LIMIT, stats
     assert second == ["sim/m"] * LIMIT
     assert f"{LIMIT} unit(s) in 1 window(s) and 0 pause(s) counted again" in log
+    assert ("did not stop cleanly (what it admitted after that save" in log) == killed

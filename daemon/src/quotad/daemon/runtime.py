@@ -43,7 +43,7 @@ from quotad.daemon.events import EventLog
 from quotad.daemon.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from quotad.daemon.front_door import FrontDoor, HttpListenError
 from quotad.daemon.gates import Gates
-from quotad.daemon.gates.saved import SAVE_EVERY_S, read_saved, saved_path
+from quotad.daemon.gates.saved import read_saved, saved_path
 from quotad.daemon.hints import config_hints
 from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_keys
@@ -139,8 +139,10 @@ class Daemon:
         self._health_scope: anyio.CancelScope | None = None
         self.store = Store(config, state_dir(config))
         self.gates = Gates(config)
-        self._saved_gates: Path | None = None
-        """Where the gates are saved, once what was saved there is counted again (at start)."""
+        self._gates_file = saved_path(self.store.path.parent)
+        """Where the gates are saved (:mod:`quotad.daemon.gates.saved`)."""
+        self._gates_resumed = False
+        """Whether what was saved there is counted again: only then may it be overwritten."""
         self.cluster: Cluster | None = None
         """The fleet (``[cluster] redis_url`` set): its link to Redis and the fleet's gates
         (:class:`~quotad.daemon.cluster.fleet.Cluster`); None for one host."""
@@ -235,7 +237,7 @@ class Daemon:
                 await tasks.start(self._handle_signals, tasks.cancel_scope)
                 tasks.start_soon(self._run_health_checks)
                 tasks.start_soon(self.gates.run)
-                tasks.start_soon(self.gates.keep_saved, saved_path(self.store.path.parent))
+                tasks.start_soon(self.gates.keep_saved, self._gates_file)
                 tasks.start_soon(self.store.retention.run)
                 log.info(
                     "quotad serving %s%s (%d providers, %d groups; config: %s)",
@@ -252,8 +254,8 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 if self.http is not None:
                     await self.http.shutdown(0)  # no-op after a drain; closes a lone bind
-                if self._saved_gates is not None:  # after the drain: all they counted
-                    self.gates.save(self._saved_gates)
+                if self._gates_resumed:  # after the drain: all they counted
+                    self.gates.save(self._gates_file)
                 for provider in [*self.providers.values(), *self._retiring]:
                     await provider.aclose()
                 await self.store.close()
@@ -264,8 +266,7 @@ class Daemon:
     def _resume_gates(self) -> None:
         """Count again what the gates counted when the daemon last stopped (or last saved,
         if it did not stop cleanly), then save there from now on."""
-        path = saved_path(self.store.path.parent)
-        saved = read_saved(path)
+        saved = read_saved(self._gates_file)
         if saved is not None:
             resumed = self.gates.resume(saved)
             log.log(
@@ -278,10 +279,10 @@ class Daemon:
                 resumed.elapsed_s,
                 ""
                 if resumed.stopped
-                else " by a daemon that did not stop cleanly (what it admitted in the last "
-                f"{SAVE_EVERY_S:g} s before it ended may be missing)",
+                else " by a daemon that did not stop cleanly (what it admitted after that save "
+                "is not counted)",
             )
-        self._saved_gates = path
+        self._gates_resumed = True
 
     async def _run_health_checks(self) -> None:
         """Run the current router's health checks until a reload replaces them."""
