@@ -104,6 +104,10 @@ class RequestContext:
             return self.delivered_usage
         if not self.calling:
             return None
+        return self.billable_usage(request)
+
+    def billable_usage(self, request: Chat | Embed) -> Usage:
+        """The most a provider can bill ``request`` (:func:`billable_tokens`), as usage."""
         prompt_tokens, completion_tokens = billable_tokens(request, self.max_tokens)
         return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
@@ -140,8 +144,7 @@ class RequestContext:
         at its target's price, as a call abandoned under way is charged, at the time it was
         ``handed_off`` (its day is the ledger's to fill in)."""
         assert self.request is not None  # planned before any provider has it
-        prompt_tokens, completion_tokens = billable_tokens(self.request, self.max_tokens)
-        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        usage = self.billable_usage(self.request)
         price = prices.for_target(self.target_name)
         cost = price.cost(usage) if price is not None else 0.0
         return self.ledger_row(
