@@ -315,3 +315,14 @@ def test_a_file_cannot_make_more_paused_targets_than_a_router_names() -> None:
     gates.resume(saved)
     paused = [gate.name for gate in gates.status()[0] if gate.paused_until is not None]
     assert len(paused) == MAX_RESUMED_PAUSES
+
+
+def test_a_window_takes_back_its_newest_limit_of_entries_at_most() -> None:
+    """A window of 5 requests given 1,024 entries (a file not written by it) keeps the
+    newest 5: full until the fifth newest leaves, as it would be with all of them."""
+    window = SlidingWindow("requests", 5, 10.0, 0.05)
+    entries = [(90.0 + n * 0.005, 1) for n in range(1024)]  # the newest at 95.115
+    assert window.resume(entries, -1.0, 0, -1.0, 100.0) == 5
+    assert len(window.admissions(100.0)) == 5
+    assert not window.fits(1, 100.0)
+    assert window.free_at(1, 100.0) == pytest.approx(entries[-5][0] + 10.05)
