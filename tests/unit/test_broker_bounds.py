@@ -335,12 +335,18 @@ async def test_a_budget_a_reload_adds_holds_the_requests_in_flight_too(anyio_bac
         assert daily.spent_usd == pytest.approx((10 * INPUT_PRICE + 5 * OUTPUT_PRICE) * PER_TOKEN)
 
 
-class GatedProvider(InProcessProvider):
-    """Embeds, reporting each input's UTF-8 bytes as its tokens (what a byte-level tokenizer
-    can count for CJK text), and holds every call until ``release`` is set, noting the most
-    tokens its gates' windows hold while it runs."""
+def utf8_bytes(text: str) -> int:
+    """The most tokens a byte-level tokenizer can count for ``text``."""
+    return len(text.encode())
 
-    def __init__(self) -> None:
+
+class GatedProvider(InProcessProvider):
+    """Embeds, reporting ``count(input)`` tokens for each input (by default its UTF-8 bytes,
+    what a byte-level tokenizer can count for CJK text), and holds every call until
+    ``release`` is set, noting the most tokens its gates' windows hold while it runs."""
+
+    def __init__(self, count: Callable[[str], int] = utf8_bytes) -> None:
+        self.count = count
         self.broker: Broker | None = None
         self.release = anyio.Event()
         self.calls = 0
@@ -368,7 +374,7 @@ class GatedProvider(InProcessProvider):
         self.most_used = max(self.most_used, tokens_used(self.broker))
         self._arrived.set()
         await self.release.wait()
-        tokens = sum(len(text.encode()) for text in inputs)
+        tokens = sum(self.count(text) for text in inputs)
         return EmbedResult(embeddings=[[1.0]] * len(inputs), usage=Usage(prompt_tokens=tokens))
 
 
@@ -415,3 +421,95 @@ async def test_embeddings_of_cjk_text_never_fill_a_token_window_past_its_limit(
         assert sorted(outcomes) == ["ok"] * 3 + ["rate_limited"] * 3  # 3 x 9,002 <= 30,000
         assert provider.most_used <= 30_000
         assert 3 * 9000 <= tokens_used(broker) <= 30_000
+
+
+def tpm_config(tpm: int) -> Config:
+    """One unpaced provider of ``tpm`` tokens a minute behind model group ``g``."""
+    return parse_config(
+        {
+            "providers": {
+                "p": {"kind": "openai", "base_url": UNREACHABLE, "tpm": tpm, "pace": False}
+            },
+            "models": {"g": {"targets": ["p/text-embedding-3-small"]}},
+        }
+    )
+
+
+async def test_an_embedding_whose_bound_exceeds_a_token_limit_waits_for_the_whole_window(
+    anyio_backend: str,
+) -> None:
+    """20,000 CJK characters are 60,000 UTF-8 bytes, the most a byte-level tokenizer can make
+    of them, but about 20,000 tokens: refused outright against a 30,000-token limit ("it can
+    never be admitted") although the provider takes it. Now it takes the whole window (one
+    such request at a time) and the window keeps what it used."""
+    config = tpm_config(30_000)
+    texts = [f"{index}" + "東京の天気" * 4_000 for index in range(2)]  # distinct: no cache hits
+    provider = GatedProvider(count=len)  # a token a character
+    outcomes: list[str] = []
+    async with open_store(config) as store:
+        broker = Broker(config, Router(config, {"p": provider}), store)
+        provider.broker = broker
+
+        async def embed(index: int) -> None:
+            try:
+                await broker.embed(
+                    Embed(id=index, model="g", input=texts[index], max_wait_s=0.0), Caller("a")
+                )
+                outcomes.append("ok")
+            except RequestError as error:
+                outcomes.append(error.code)
+                provider.refuse()
+
+        async with anyio.create_task_group() as tasks:
+            for index in range(2):
+                tasks.start_soon(embed, index)
+            await provider.all_in(2)
+            provider.release.set()
+        assert sorted(outcomes) == ["ok", "rate_limited"]  # the window held one
+        assert provider.most_used <= 30_000
+        assert tokens_used(broker) == 20_001
+
+
+async def test_an_embedding_whose_bound_the_provider_never_counts_is_still_refused(
+    anyio_backend: str,
+) -> None:
+    """An input of 40,000 characters counts 10,000 tokens at the least (OpenAI's estimate):
+    past a 8,000-token limit it can never be admitted, and says so without a wait."""
+    config = tpm_config(8_000)
+    provider = GatedProvider(count=len)
+    async with open_store(config) as store:
+        broker = Broker(config, Router(config, {"p": provider}), store)
+        with pytest.raises(RequestError) as refused:
+            await broker.embed(Embed(id=1, model="g", input="word " * 8_000), Caller("a"))
+        assert refused.value.code == "rate_limited"
+        assert "at least 10000 tokens" in str(refused.value)
+        assert "can never be admitted" in str(refused.value)
+        assert provider.calls == 0
+
+
+async def test_embeddings_leave_on_a_provider_gate_the_tokens_the_provider_counted(
+    anyio_backend: str,
+) -> None:
+    """A provider counts an embedding request as its estimate from the characters (OpenAI; the
+    sim), 1,000 tokens for 4,000 of English, and reports that as its usage. Its gate kept the
+    bound reserved, 4,002, as if that were ``max_tokens``: 7 requests filled a 30,000-token
+    window the provider counted 7,000 in. Now it keeps what the provider counted."""
+    config = tpm_config(30_000)
+    texts = [f"{index:04} " + "word " * 799 for index in range(30)]  # 4,000 characters each
+    provider = GatedProvider(count=lambda text: len(text) // 4)
+    provider.release.set()
+    outcomes: list[str] = []
+    async with open_store(config) as store:
+        broker = Broker(config, Router(config, {"p": provider}), store)
+        provider.broker = broker
+        for index in range(30):
+            try:
+                await broker.embed(
+                    Embed(id=index, model="g", input=texts[index], max_wait_s=0.0), Caller("a")
+                )
+                outcomes.append("ok")
+            except RequestError as error:
+                outcomes.append(error.code)
+        # 26 x 1,000 counted, and the next one's bound of 4,002 does not fit beside them
+        assert outcomes == ["ok"] * 26 + ["rate_limited"] * 4
+        assert tokens_used(broker) == 26_000

@@ -416,3 +416,53 @@ def test_pacing_spreads_a_burst_and_keeps_shares_with_closed_loop_clients() -> N
     after_first_window = [t for t in times if t >= 2.0]
     bunched = max(sum(1 for u in after_first_window if t <= u < t + 0.1) for t in times)
     assert bunched <= 3  # smooth: never the window's 20 at once again
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.booleans(), st.integers(0, 3000), st.floats(0.0, 1.0), st.floats(0.0, 1.0)),
+        min_size=1,
+        max_size=40,
+    ),
+    refunds=st.booleans(),
+)
+def test_demands_reserved_at_an_upper_bound_never_count_past_a_limit(
+    steps: list[tuple[bool, int, float, float]], refunds: bool
+) -> None:
+    """Embeddings reserve an upper bound of their tokens, which may be past a window's whole
+    limit, with their fewest (``least_tokens``) within it: each takes ``min(bound, limit)``
+    until it settles at what it used (a window that keeps what was reserved: at least the
+    fewest), so the window never counts more than its limit, whatever arrives or settles
+    when; one whose fewest is past the limit never fits."""
+    limit = 1000
+    window = SlidingWindow("tokens", limit, 10.0, 0.0, refunds=refunds)
+    gate = Gate("provider:p", "provider", [window])
+    in_flight: list[tuple[Reservation, int]] = []
+    now = 0.0
+    for settle_first, bound, least_share, used_share in steps:
+        if settle_first and in_flight:
+            reservation, used = in_flight.pop(0)
+            reservation.settle(used)
+            assert window.usage(now) <= limit
+        least = int(bound * least_share)
+        demand = Demand((gate,), bound, least)
+        if least > limit:
+            assert demand.never_fits() is not None
+            continue
+        assert demand.never_fits() is None
+        while demand.blockers(now):  # what is in flight settles first, then the window frees
+            if in_flight:
+                reservation, used = in_flight.pop(0)
+                reservation.settle(used)
+            else:
+                now = window.free_at(demand.amount(window), now)
+        assert demand.amount(window) == min(bound, limit)
+        in_flight.append(
+            (Reservation(demand, now), least + int((min(bound, limit) - least) * used_share))
+        )
+        assert window.usage(now) <= limit
+        now += 0.5
+    for reservation, used in in_flight:
+        reservation.settle(used)
+        assert window.usage(now) <= limit

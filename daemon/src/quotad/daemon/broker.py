@@ -456,9 +456,8 @@ class Broker:
         """Step 4: take the request's place on every gate of ``target``. With other targets
         left to try, only an immediate admission is taken (False: none); the last candidate
         waits in the queue up to the request's max_wait_s."""
-        demand = self.gates.demand(
-            target.provider_name, target.name, context.caller.app, context.tokens
-        )
+        app, tokens, least = context.caller.app, context.tokens, context.least_tokens
+        demand = self.gates.demand(target.provider_name, target.name, app, tokens, least)
         if alternatives:
             context.reservation = self.gates.admit_now(demand)
             return context.reservation is not None

@@ -22,7 +22,11 @@ from quotad.daemon.store.budgets import BudgetHold
 from quotad.daemon.store.cache import Answer, CacheEntry
 from quotad.daemon.store.ledger import INTERRUPTED, LedgerRow, encode_tags
 from quotad.daemon.store.prices import PriceTable
-from quotad.daemon.tokens import estimate_prompt_tokens, input_tokens_upper_bound
+from quotad.daemon.tokens import (
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+    input_tokens_upper_bound,
+)
 from quotad.protocol.messages import SEMANTIC_HIT, Chat, Embed, Usage
 
 if TYPE_CHECKING:
@@ -70,6 +74,8 @@ class RequestContext:
     max_wait_s: float | None = None
     max_tokens: int = 0
     tokens: int = 0
+    least_tokens: int | None = None
+    """When ``tokens`` is an upper bound (embeddings): the fewest the provider counts."""
     attempts: int = 0
     wait_s: float = 0.0
     target: Target | None = None
@@ -123,7 +129,9 @@ class RequestContext:
         §8: reserve an upper bound, settle the truth), as its budget hold counts them: inputs
         are all prompt, with no completion to make an estimate's error up, and at four
         characters a token, 17,000 CJK characters (17,002 tokens) reserved 4,250, so two such
-        requests filled a 30,000-token window to 34,004. No messages or inputs, refused fields
+        requests filled a 30,000-token window to 34,004. Their estimate is
+        ``least_tokens``, what the provider counts them as at the least (see
+        :class:`~quotad.daemon.gates.window.Demand`). No messages or inputs, refused fields
         of ``extra``, and content parts or tools whose type is not a string, are
         ``bad_request`` (:mod:`quotad.daemon.request_limits`)."""
         if isinstance(request, Chat):
@@ -132,7 +140,9 @@ class RequestContext:
             prompt = estimate_prompt_tokens(request.messages, request.tools)
         else:
             check_embed_shape(request)
-            prompt = input_tokens_upper_bound(embed_inputs(request))
+            inputs = embed_inputs(request)
+            prompt = input_tokens_upper_bound(inputs)
+            self.least_tokens = sum(estimate_text_tokens(text) for text in inputs)
         self.priority = request.priority or app_policy(self.caller.app).priority
         self.max_wait_s = request.max_wait_s
         self.tokens = prompt + self.max_tokens

@@ -231,8 +231,11 @@ class Gates:
             gate = self._gates[target] = Gate(target, "model")
         return gate
 
-    def demand(self, provider: str, target: str, app: str, tokens: int) -> Demand:
-        """What a request of ``tokens`` tokens by ``app`` needs on ``target``."""
+    def demand(
+        self, provider: str, target: str, app: str, tokens: int, least_tokens: int | None = None
+    ) -> Demand:
+        """What a request of ``tokens`` tokens by ``app`` needs on ``target`` (``least_tokens``:
+        when ``tokens`` is an upper bound, see :class:`~quotad.daemon.gates.window.Demand`)."""
         policy = self._apps.get(app)
         key = (provider, target, app if policy is not None else None)
         gates = self._demand_gates.get(key)
@@ -240,7 +243,7 @@ class Gates:
             found = [self._gates.get(f"provider:{provider}"), self._target_gate(target)]
             found.append((policy or DEFAULT_APP).gate)
             gates = self._demand_gates[key] = tuple(g for g in found if g is not None)
-        return Demand(gates, tokens)
+        return Demand(gates, tokens, least_tokens)
 
     # ------------------------------------------------------------------ admission
 

@@ -364,22 +364,38 @@ Blocker = SlidingWindow | Gate  # a window short of capacity, or a gate paused o
 
 @dataclass(slots=True)
 class Demand:
-    """What one request needs: an admission on each gate, ``tokens`` on token windows."""
+    """What one request needs: an admission on each gate, ``tokens`` on token windows.
+
+    ``least_tokens`` is set when ``tokens`` is only an upper bound of what the provider counts
+    (an embedding request's inputs at their UTF-8 bytes): the fewest it counts, its estimate
+    from the characters (OpenAI; the sim). A bound past a token window's whole limit then takes
+    the whole window (the request waits until the window is empty and goes alone), unless even
+    ``least_tokens`` is past it; and a window that keeps what was reserved keeps this much at
+    least, beside the real usage (:meth:`Reservation.settle`), not the bound."""
 
     gates: tuple[Gate, ...]
     tokens: int
+    least_tokens: int | None = None
 
     def amount(self, window: SlidingWindow) -> int:
         """Units this demand takes on ``window``."""
-        return 1 if window.unit == "requests" else self.tokens
+        if window.unit == "requests":
+            return 1
+        tokens = self.tokens
+        if tokens <= window.limit or self.least_tokens is None:
+            return tokens
+        return window.limit if self.least_tokens <= window.limit else tokens
 
     def never_fits(self) -> str | None:
         """Why this demand can never be admitted (it exceeds a limit outright), or None."""
         for gate in self.gates:
             for window in gate.windows:
-                if self.amount(window) > window.limit:
+                amount = self.amount(window)
+                if amount > window.limit:
+                    least = self.least_tokens if window.unit == "tokens" else None
+                    needs = amount if least is None else f"at least {least}"
                     return (
-                        f"the request needs {self.amount(window)} {window.unit} but gate "
+                        f"the request needs {needs} {window.unit} but gate "
                         f"{gate.name} allows {window.describe()}"
                     )
         return None
@@ -434,12 +450,24 @@ class Demand:
 class Reservation:
     """An admitted demand: its admissions, settled once with the real usage."""
 
-    __slots__ = ("_admissions", "_gates", "admitted_at", "pending", "sent_at", "settled", "tokens")
+    __slots__ = (
+        "_admissions",
+        "_gates",
+        "admitted_at",
+        "kept_tokens",
+        "pending",
+        "sent_at",
+        "settled",
+        "tokens",
+    )
 
     def __init__(self, demand: Demand, now: float, *, pending: bool = False) -> None:
         """Admit ``demand`` now; ``pending``: its request leaves later (:meth:`sent`), and
         stays counted until then however long that takes."""
         self.tokens = demand.tokens
+        self.kept_tokens = demand.tokens if demand.least_tokens is None else demand.least_tokens
+        """What a window that keeps what was reserved keeps at least: what the provider
+        counted when the request arrived (see :class:`Demand`)."""
         self.admitted_at = now
         self.pending = pending
         self.sent_at: float | None = None
@@ -477,12 +505,16 @@ class Reservation:
             gate.in_flight -= 1
         if self.pending:
             self._no_longer_pending()
-        if tokens_used is None or tokens_used == self.tokens:
+        if tokens_used is None:
             return
         used = max(0, tokens_used)
+        kept = max(used, self.kept_tokens)
         for window, admission in self._admissions:
-            if window.unit == "tokens":  # a window that keeps what was reserved charges more
-                window.resize(admission, used if window.refunds else max(used, self.tokens))
+            if window.unit != "tokens":
+                continue
+            amount = used if window.refunds else kept  # one that keeps charges more, not less
+            if amount != admission.amount:
+                window.resize(admission, amount)
 
     def cancel(self) -> None:
         """Undo the admission entirely (the request never reached the provider): settle it as
