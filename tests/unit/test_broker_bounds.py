@@ -513,3 +513,36 @@ async def test_embeddings_leave_on_a_provider_gate_the_tokens_the_provider_count
         # 26 x 1,000 counted, and the next one's bound of 4,002 does not fit beside them
         assert outcomes == ["ok"] * 26 + ["rate_limited"] * 4
         assert tokens_used(broker) == 26_000
+
+
+class BreakingAtOnce(Provider):
+    """Its streams break before their first piece, as a connection lost after the request
+    went: the provider may bill the prompt (``may_bill``)."""
+
+    async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
+        self._asked(max_tokens)
+        broke = ProviderError("stream_broken", "the stream broke", may_bill=True)
+        return PiecesStream([], finish_reason=None, breaks=broke)
+
+
+async def test_a_stream_that_broke_before_its_first_piece_is_charged_its_prompt_each_time(
+    anyio_backend: str,
+) -> None:
+    """Each attempt's provider had the request: its prompt bound is charged, nothing of the
+    completion it never delivered (as a stream that broke later is charged what it
+    delivered). Before, a stream that never started cost nothing, however often."""
+    limited = one_provider_config(budgets={"daily_usd": 100.0}, retry={"attempts": 2})
+    async with open_store(limited) as store:
+        provider = BreakingAtOnce(store)
+        broker = Broker(limited, Router(limited, {"p": provider}), store)
+        with pytest.raises(RequestError):
+            async for _ in broker.chat_stream(chat(JAPANESE, max_tokens=100), Caller(app="a")):
+                pass
+        assert len(provider.asked_max_tokens) == 2
+        prompt_bound = 8 + 8 + len("user") + len(JAPANESE.encode())
+        [(status, prompt, completion, cost)] = await rows(store)
+        assert (status, prompt, completion) == ("upstream_error", 2 * prompt_bound, 0)
+        assert cost == pytest.approx(2 * prompt_bound * INPUT_PRICE * PER_TOKEN)
+        [daily] = store.budgets.global_budgets
+        assert (daily.held, daily.reserved_usd) == (0, 0.0)
+        assert daily.spent_usd == pytest.approx(cost)

@@ -493,22 +493,29 @@ def failing(error: Exception) -> Answer:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    ("error", "kind"),
+    ("error", "kind", "may_bill"),
     [
-        (httpx.ConnectError("[Errno 111] Connection refused"), "connect"),
-        (httpx.ConnectTimeout("timed out"), "timeout"),
-        (httpx.ReadTimeout("timed out"), "timeout"),
-        (httpx.WriteTimeout("timed out"), "timeout"),
-        (httpx.PoolTimeout("timed out"), "timeout"),
-        (httpx.RemoteProtocolError("Server disconnected without sending a response."), "connect"),
-        (httpx.ReadError("[Errno 104] Connection reset by peer"), "connect"),
+        (httpx.ConnectError("[Errno 111] Connection refused"), "connect", False),
+        (httpx.ConnectTimeout("timed out"), "timeout", False),
+        (httpx.ReadTimeout("timed out"), "timeout", True),
+        (httpx.WriteTimeout("timed out"), "timeout", False),
+        (httpx.PoolTimeout("timed out"), "timeout", False),
+        (
+            httpx.RemoteProtocolError("Server disconnected without sending a response."),
+            "connect",
+            True,
+        ),
+        (httpx.ReadError("[Errno 104] Connection reset by peer"), "connect", True),
     ],
 )
-async def test_transport_failures(error: Exception, kind: str) -> None:
+async def test_transport_failures(error: Exception, kind: str, may_bill: bool) -> None:
+    """Each failure's kind, and whether the provider may bill the call all the same: it
+    had the whole request when the answer was awaited or read, not before."""
     provider, _ = openai(failing(error))
     with pytest.raises(ProviderError) as caught:
         await provider.chat("m", chat(), 10)
     assert caught.value.kind == kind
+    assert caught.value.may_bill is may_bill
     assert caught.value.retryable
     assert caught.value.status is None
     assert "provider.test" in caught.value.message
@@ -524,6 +531,32 @@ async def test_the_whole_request_has_a_deadline() -> None:
     with anyio.fail_after(2), pytest.raises(ProviderError) as caught:
         await provider.chat("m", chat(), 10)
     assert caught.value.kind == "timeout"
+    assert caught.value.may_bill  # it may still answer, and bill
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "body", "may_bill"),
+    [
+        (500, b'{"error": {"message": "boom"}}', False),
+        (429, b'{"error": {"message": "slow down"}}', False),
+        (400, b'{"error": {"message": "bad"}}', False),
+        (200, b'{"choices": "not a list"}', True),
+        (200, b"not json", True),
+    ],
+)
+async def test_an_answer_says_whether_the_call_may_be_billed(
+    status: int, body: bytes, may_bill: bool
+) -> None:
+    """An error status says the call was not made; a 2xx that cannot be read was made."""
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=body)
+
+    provider, _ = openai(answer)
+    with pytest.raises(ProviderError) as caught:
+        await provider.chat("m", chat(), 10)
+    assert caught.value.may_bill is may_bill
 
 
 @pytest.mark.anyio

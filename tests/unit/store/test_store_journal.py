@@ -109,6 +109,22 @@ async def test_a_second_attempt_journals_its_own_bound(db: Database) -> None:
     assert [(r.target, r.cost_usd) for r in charged] == [("other/m", 0.7)]
 
 
+async def test_a_call_its_provider_refused_leaves_no_entry(db: Database) -> None:
+    """A call journaled, then refused (an error status: it will not be billed) while its
+    request waits for another attempt: a daemon dying then charged its bound at the next
+    start; now the entry goes (and one not yet journaled never is)."""
+    ledger = await journaled(db, 1)
+    ledger.handed_off("qd-test-2", lambda: bound(2))
+    ledger.not_handed_off("qd-test-1")
+    ledger.not_handed_off("qd-test-2")
+    await run_loop_until(lambda: ledger._journal_timer is None)
+    await db.committed()
+    assert await journal(db) == []
+    assert await ledger.recover_interrupted() == []
+    await ledger.record(row(1))  # its row, when it comes, deletes nothing more
+    assert await journal(db) == []
+
+
 async def test_an_entry_that_cannot_be_made_costs_only_itself(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -367,13 +367,13 @@ class Broker:
             context.reservation = None
         target = context.target_name
         price = self.prices.for_target(target) if target and not context.cached else None
-        cost = context.cost_usd = price.cost(usage) if price is not None else 0.0
+        cost = context.cost_usd = context.cost_of(usage, price)
         for alert in self.budget_holds.settle(context, cost, now):
             self.events.add(alert.kind, alert.message, logging.WARNING)
         row = context.ledger_row(
             now,
             self.ledger.calendar.day(now),
-            usage,
+            context.with_unanswered(usage),
             error.code if error else status,
             cost,
             unpriced=bool(target) and price is None and not context.cached,
@@ -418,6 +418,7 @@ class Broker:
             with deadline:
                 while (target := await attempts.next_target()) is not None:
                     try:
+                        await self.budget_holds.hold_again(context, route)  # 2, if one may bill
                         if not await self._admit(target, context, attempts.alternatives()):  # 4
                             attempts.passed_over(target, "its gates are full")
                             continue
@@ -427,8 +428,7 @@ class Broker:
                         self._handed_off(context)
                         answer = await call(target)  # 5
                     except ProviderError as error:  # 6
-                        context.calling = False
-                        self._gate_feedback(target, context, error)
+                        self._failed(target, context, error)
                         attempts.failed(target, error)  # a caller's 4xx: bad_request
                         continue
                     except BaseException:  # the deadline's own word, not a clock's
@@ -449,8 +449,7 @@ class Broker:
         """Step 5 begins: the gates count it from now; a call that lasts is journaled."""
         self.gates.sent(context.reservation)
         context.calling = True  # until it answers: what it costs if abandoned
-        at = self.clock.time()  # if the daemon dies before 7, its next start charges it
-        self.ledger.handed_off(context.request_id, lambda: context.interrupted_row(self.prices, at))
+        context.journal(self.ledger, self.prices, self.clock.time())  # if the daemon dies
 
     async def _admit(self, target: Target, context: RequestContext, alternatives: bool) -> bool:
         """Step 4: take the request's place on every gate of ``target``. With other targets
@@ -470,8 +469,11 @@ class Broker:
         context.wait_s += waited
         return True
 
-    def _gate_feedback(self, target: Target, context: RequestContext, error: ProviderError) -> None:
-        """A failed attempt still counts at the provider; its headers and a 429 teach the gates."""
+    def _failed(self, target: Target, context: RequestContext, error: ProviderError) -> None:
+        """Step 6: a failed call its provider may bill all the same is the request's to pay
+        (and journaled); it counts at the provider: its headers and a 429 teach the gates."""
+        context.call_failed(error, self.prices)
+        context.journal(self.ledger, self.prices, self.clock.time())
         if context.reservation is not None:
             self.gates.settle(context.reservation, None)
             context.reservation = None
@@ -482,13 +484,10 @@ class Broker:
     # ------------------------------------------------------------------ reload
 
     def reconfigure(self, config: Config, router: Router) -> anyio.Event:
-        """Serve new requests with a reloaded config and router (SIGHUP). Requests in flight
-        run on to their end; a provider call already under way ends on the provider it began
-        with.
-
-        Returns an event set once every request in flight now has finished: then the
-        providers the new router no longer uses may be closed.
-        """
+        """Serve new requests with a reloaded config and router (SIGHUP); requests in flight
+        run on to their end, a provider call under way on the provider it began with. Returns
+        an event set once every request in flight now has finished: then the providers the
+        new router no longer uses may be closed."""
         self.config = config
         self.router = self.permits.router = self.admin.router = router
         self.reports.config, self.reports.router = config, router

@@ -49,18 +49,41 @@ class BudgetHolds:
         self._in_flight[context.request_id] = (context, route, request)
         if not self.budgets.apply_to(context.caller.app):
             return
+        context.budget = await self._hold(context, route, request)
+
+    async def hold_again(self, context: RequestContext, route: Route) -> None:
+        """Before another attempt: each failed one its provider may still bill has used up
+        the bound the request held for it, so the next holds one more, or ``budget_exceeded``
+        is raised (what the failed ones may cost is charged all the same). Nothing to hold
+        when no budget applies or nothing failed that way."""
+        if context.budget is None or context.request is None:
+            return
+        holds = context.further_holds if context.further_holds is not None else []
+        while len(holds) < context.unanswered_calls:
+            hold = await self._hold(context, route, context.request)
+            if hold is None:  # a reload left the app no budget
+                return
+            holds.append(hold)
+            context.further_holds = holds
+
+    async def _hold(
+        self, context: RequestContext, route: Route, request: Chat | Embed
+    ) -> BudgetHold | None:
+        """Hold the request's maximum cost on its app's budgets, or raise; None: none apply."""
         max_cost = self._max_cost(context, route, request)
         app, now, fleet = context.caller.app, self.clock.time(), self.fleet
         if fleet is None:
-            context.budget = self.budgets.reserve(app, max_cost, now)
-        else:  # borrows from the fleet when this host holds too little
-            context.budget = await fleet.reserve(app, max_cost, now)
+            return self.budgets.reserve(app, max_cost, now)
+        return await fleet.reserve(app, max_cost, now)  # borrows when this host holds too little
 
     def settle(self, context: RequestContext, cost_usd: float, now: float) -> list[BudgetAlert]:
-        """Step 7: return the request's hold and add its real cost to its app's budgets; the
+        """Step 7: return the request's holds and add its real cost to its app's budgets; the
         alerts that makes. A second call (after a bug further on) holds nothing."""
         self._in_flight.pop(context.request_id, None)
         app, target = context.caller.app, context.target_name
+        for hold in context.further_holds or ():
+            self.budgets.settle(hold, app, 0.0, now)
+        context.further_holds = None
         alerts = self.budgets.settle(context.budget, app, cost_usd, now, target=target)
         context.budget = None
         return alerts

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from quotad.daemon.caller import Caller
 from quotad.daemon.gates import AppPolicy, Reservation
+from quotad.daemon.providers.base import ProviderError
 from quotad.daemon.request_limits import (
     billable_tokens,
     check_chat_shape,
@@ -20,8 +21,8 @@ from quotad.daemon.request_limits import (
 from quotad.daemon.routing import Target
 from quotad.daemon.store.budgets import BudgetHold
 from quotad.daemon.store.cache import Answer, CacheEntry
-from quotad.daemon.store.ledger import INTERRUPTED, LedgerRow, encode_tags
-from quotad.daemon.store.prices import PriceTable
+from quotad.daemon.store.ledger import INTERRUPTED, Ledger, LedgerRow, encode_tags
+from quotad.daemon.store.prices import Price, PriceTable
 from quotad.daemon.tokens import (
     estimate_prompt_tokens,
     estimate_text_tokens,
@@ -97,6 +98,14 @@ class RequestContext:
     """A provider call is under way (from the hand-off to its answer or its failure)."""
     delivered_usage: Usage | None = None
     """A stream that stopped being read before its end: the usage of what it delivered."""
+    unanswered_calls: int = 0
+    """Failed attempts their providers may bill all the same (``ProviderError.may_bill``)."""
+    unanswered_usage: Usage | None = None
+    """Their bounds, summed: what the request is charged for them, whatever comes after."""
+    unanswered_cost_usd: float = 0.0
+    """Their bounds' cost, each at its target's price."""
+    further_holds: list[BudgetHold] | None = None
+    """The bound held again on its budgets for each attempt after one of those."""
     request: Chat | Embed | None = None
     """The request as planned (step 1, after the guardrails: what providers are sent)."""
 
@@ -148,17 +157,66 @@ class RequestContext:
         self.tokens = prompt + self.max_tokens
         self.request = request
 
-    def interrupted_row(self, prices: PriceTable, handed_off: float) -> LedgerRow:
-        """Its row if the daemon dies while a provider has it, charged at the next start
-        (:meth:`~quotad.daemon.store.ledger.Ledger.recover_interrupted`): the most it can bill
-        at its target's price, as a call abandoned under way is charged, at the time it was
-        ``handed_off`` (its day is the ledger's to fill in)."""
+    def call_failed(self, error: ProviderError, prices: PriceTable) -> None:
+        """The call under way failed. If its provider may bill it all the same
+        (``ProviderError.may_bill``), the most it can bill, at its target's price, is charged
+        to the request whatever comes after: a stream that broke before its first piece, its
+        prompt (a stream is charged what it delivered: ``partial_usage``); another call, its
+        prompt and completion bounds."""
+        self.calling = False
+        if not error.may_bill:
+            return
         assert self.request is not None  # planned before any provider has it
         usage = self.billable_usage(self.request)
+        if error.kind == "stream_broken":
+            usage = Usage(prompt_tokens=usage.prompt_tokens)
+        self.unanswered_calls += 1
+        self.unanswered_usage = self.with_unanswered(usage)
+        self.unanswered_cost_usd += prices.cost(self.target_name, usage)
+
+    def journal(self, ledger: Ledger, prices: PriceTable, now: float) -> None:
+        """What it costs if the daemon dies now (a call under way, failed ones that may be
+        billed), for ``ledger`` to journal (:meth:`~quotad.daemon.store.ledger.Ledger.handed_off`)
+        and the next start to charge; or nothing, when no provider may bill it."""
+        if self.calling or self.unanswered_usage is not None:
+            ledger.handed_off(self.request_id, lambda: self.interrupted_row(prices, now))
+        else:
+            ledger.not_handed_off(self.request_id)
+
+    def cost_of(self, usage: Usage, price: Price | None) -> float:
+        """What the request costs: ``usage`` at ``price`` (None: nothing), and the failed
+        attempts that may be billed."""
+        return (price.cost(usage) if price is not None else 0.0) + self.unanswered_cost_usd
+
+    def with_unanswered(self, usage: Usage) -> Usage:
+        """``usage`` and the bounds of the failed attempts that may be billed, as one."""
+        earlier = self.unanswered_usage
+        if earlier is None:
+            return usage
+        return Usage(
+            prompt_tokens=usage.prompt_tokens + earlier.prompt_tokens,
+            completion_tokens=usage.completion_tokens + earlier.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+        )
+
+    def interrupted_row(self, prices: PriceTable, handed_off: float) -> LedgerRow:
+        """Its row if the daemon dies while a provider has it, charged at the next start
+        (:meth:`~quotad.daemon.store.ledger.Ledger.recover_interrupted`): the most the call
+        under way can bill at its target's price, as a call abandoned under way is charged,
+        and the failed attempts that may be billed, at the time it was ``handed_off`` (its day
+        is the ledger's to fill in)."""
+        assert self.request is not None  # planned before any provider has it
+        usage = self.billable_usage(self.request) if self.calling else Usage()
         price = prices.for_target(self.target_name)
-        cost = price.cost(usage) if price is not None else 0.0
+        cost = self.cost_of(usage, price)
         return self.ledger_row(
-            handed_off, "", usage, INTERRUPTED, cost, unpriced=price is None, latency_s=0.0
+            handed_off,
+            "",
+            self.with_unanswered(usage),
+            INTERRUPTED,
+            cost,
+            unpriced=price is None,
+            latency_s=0.0,
         )
 
     def answered_from_cache(

@@ -64,9 +64,15 @@ class ProviderError(Exception):
         rate_limits: RateLimitInfo = NO_RATE_LIMITS,
         body: Any = None,
         field: str | None = None,
+        may_bill: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind: ErrorKind = kind
+        self.may_bill = may_bill
+        """The provider had the whole request and no answer said it refused it (its answer
+        did not come in time, the connection was lost while waiting for it, or it came as a
+        2xx that could not be read): it may run the call to its end and bill it. An error
+        status or event, and a failure to connect or to send, are never billed."""
         self.field = field
         """The request field a ``client`` error is about, when quotad's adapter knows it."""
         self.message = message

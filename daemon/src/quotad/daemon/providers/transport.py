@@ -36,6 +36,12 @@ Failures, by when they happen::
                         a body not in its content-coding,
                         an end before the end event                         → stream_broken
 
+A failure after the whole request was sent and before an error status said otherwise (a read
+timeout or the whole-request deadline, a read error or a connection closed before the answer,
+anything with a 2xx or in a stream) *may bill* (:attr:`ProviderError.may_bill`): the provider
+has the request and may run it to its end. One before (connecting, a pooled connection,
+sending) or with an error status never does.
+
 The account's API key never appears in a message or body, in any form: an error answer is
 decoded first, then every string in it is redacted (:mod:`.redaction`: the key as it is, cut,
 masked, escaped or encoded); a successful answer that holds the key (as it is or JSON-escaped)
@@ -81,6 +87,15 @@ _JSON: Final = msgspec.json.Decoder()
 T = TypeVar("T")
 
 READ_FAILURES: Final = (httpx.TransportError, httpx.DecodingError)
+SENT_FAILURES: Final = (
+    httpx.ReadTimeout,
+    httpx.ReadError,
+    httpx.RemoteProtocolError,
+    httpx.DecodingError,
+)
+"""Failures after the whole request was sent, while its answer was awaited or read: the
+provider may run the call and bill it (:attr:`ProviderError.may_bill`). Connecting, waiting
+for a pooled connection and sending fail before it has the request."""
 """What reading an answer may raise: the connection's failures, and httpx's
 ``DecodingError`` (no ``TransportError``) for a body that is not in the content-coding its
 ``content-encoding`` names (``gzip`` that is not gzip)."""
@@ -166,6 +181,11 @@ def _not_in_its_coding(response: httpx.Response | None, detail: str) -> str:
     """What a body that its ``content-encoding`` does not decode is said to be."""
     coding = response.headers.get("content-encoding", "") if response is not None else ""
     return f"a body that is not the {coding[:40] or 'coding'} its content-encoding says ({detail})"
+
+
+def _refused(response: httpx.Response | None) -> bool:
+    """Whether ``response`` is an error answer (its status says the call was not made)."""
+    return response is not None and not 200 <= response.status_code < 300
 
 
 def _status_kind(status: int) -> ErrorKind:
@@ -292,6 +312,7 @@ class ProviderHTTP:
                 f"{self._host} sent an answer larger than {self._bound}; it was dropped",
                 status=response.status_code,
                 rate_limits=rate_limits,
+                may_bill=True,
             )
         return Reply(self._redactor.answer(content), rate_limits)
 
@@ -352,6 +373,7 @@ class ProviderHTTP:
             f"{self._host} {what} within {self._timeout_s:g} s",
             status=response.status_code if response else None,
             rate_limits=rate_limits,
+            may_bill=not _refused(response),
         )
 
     def transport_failure(
@@ -388,6 +410,7 @@ class ProviderHTTP:
             status=response.status_code if response else None,
             retry_after_s=rate_limits.retry_after_s,
             rate_limits=rate_limits,
+            may_bill=isinstance(error, SENT_FAILURES) and not _refused(response),
         )
 
     def status_failure(
@@ -415,6 +438,7 @@ class ProviderHTTP:
             f"{self._host} sent an answer that cannot be understood: {self.redact(what)}",
             rate_limits=rate_limits,
             body=self._redactor.start(content, MAX_ERROR_BODY) or None,
+            may_bill=True,
         )
 
     def stream_failure(
@@ -433,12 +457,16 @@ class ProviderHTTP:
             "stream_broken",
             f"the stream from {self._host} broke: {what}",
             rate_limits=rate_limits,
+            may_bill=True,
         )
 
     def stream_end_failure(self, what: str, rate_limits: RateLimitInfo) -> ProviderError:
         """A stream whose body ended before its end event."""
         return ProviderError(
-            "stream_broken", f"the stream from {self._host} {what}", rate_limits=rate_limits
+            "stream_broken",
+            f"the stream from {self._host} {what}",
+            rate_limits=rate_limits,
+            may_bill=True,
         )
 
     async def aclose(self) -> None:

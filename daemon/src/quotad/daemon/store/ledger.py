@@ -37,6 +37,7 @@ nothing; never what).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -298,6 +299,15 @@ class Ledger:
         if self._journal_timer is None:
             loop = asyncio.get_running_loop()
             self._journal_timer = loop.call_later(JOURNAL_AFTER_S, self._journal)
+
+    def not_handed_off(self, request_id: str) -> None:
+        """No provider may bill request ``request_id`` now (its call failed, refused): its
+        entry is not journaled, or is deleted (its row's commit deletes it again, in case
+        this write fails)."""
+        self._handed_off.pop(request_id, None)
+        if request_id in self._in_journal:
+            with contextlib.suppress(WriteFailed):  # closing: its row's commit deletes it
+                self._db.write_later([(_UNJOURNAL, (request_id,))])
 
     def _journal(self) -> None:
         """Journal the calls handed off since the last time (one commit for them all)."""
