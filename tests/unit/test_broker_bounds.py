@@ -389,36 +389,11 @@ async def test_embeddings_of_cjk_text_never_fill_a_token_window_past_its_limit(
 ) -> None:
     """4 requests of 17,000 CJK characters (17,002 tokens each) were reserved at 4 characters
     a token: two admitted filled a 30,000-token window to 34,004."""
-    limited = parse_config(
-        {
-            "providers": {
-                "p": {"kind": "openai", "base_url": UNREACHABLE, "tpm": 30_000, "pace": False}
-            },
-            "models": {"g": {"targets": ["p/text-embedding-3-small"]}},
-        }
-    )
     text = "東京の天気" * 600  # 3,000 characters, 9,000 bytes
     provider = GatedProvider()
-    outcomes: list[str] = []
-    async with open_store(limited) as store:
-        broker = Broker(limited, Router(limited, {"p": provider}), store)
-        provider.broker = broker
-
-        async def embed(index: int) -> None:
-            request = Embed(id=index, model="g", input=text, max_wait_s=0.0)
-            try:
-                await broker.embed(request, Caller(app="a"))
-                outcomes.append("ok")
-            except RequestError as error:
-                outcomes.append(error.code)
-                provider.refuse()
-
-        async with anyio.create_task_group() as tasks:
-            for index in range(6):
-                tasks.start_soon(embed, index)
-            await provider.all_in(6)
-            provider.release.set()
-        assert sorted(outcomes) == ["ok"] * 3 + ["rate_limited"] * 3  # 3 x 9,002 <= 30,000
+    async with gated_broker(30_000, provider) as broker:
+        outcomes = await embed_together(broker, provider, [text] * 6)
+        assert outcomes == ["ok"] * 3 + ["rate_limited"] * 3  # 3 x 9,002 <= 30,000
         assert provider.most_used <= 30_000
         assert 3 * 9000 <= tokens_used(broker) <= 30_000
 
@@ -435,6 +410,37 @@ def tpm_config(tpm: int) -> Config:
     )
 
 
+@asynccontextmanager
+async def gated_broker(tpm: int, provider: GatedProvider) -> AsyncIterator[Broker]:
+    """A broker over ``provider`` alone, limited to ``tpm`` tokens a minute, on a fresh store."""
+    limited = tpm_config(tpm)
+    async with open_store(limited) as store:
+        broker = provider.broker = Broker(limited, Router(limited, {"p": provider}), store)
+        yield broker
+
+
+async def embed_together(broker: Broker, provider: GatedProvider, texts: list[str]) -> list[str]:
+    """``texts`` embedded at once, none waiting at the gates, each held by ``provider`` until
+    all were called or refused; their outcomes (``ok`` or an error code), sorted."""
+    outcomes: list[str] = []
+
+    async def embed(index: int) -> None:
+        request = Embed(id=index, model="g", input=texts[index], max_wait_s=0.0)
+        try:
+            await broker.embed(request, Caller(app="a"))
+            outcomes.append("ok")
+        except RequestError as error:
+            outcomes.append(error.code)
+            provider.refuse()
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(len(texts)):
+            tasks.start_soon(embed, index)
+        await provider.all_in(len(texts))
+        provider.release.set()
+    return sorted(outcomes)
+
+
 async def test_an_embedding_whose_bound_exceeds_a_token_limit_waits_for_the_whole_window(
     anyio_backend: str,
 ) -> None:
@@ -442,30 +448,11 @@ async def test_an_embedding_whose_bound_exceeds_a_token_limit_waits_for_the_whol
     of them, but about 20,000 tokens: refused outright against a 30,000-token limit ("it can
     never be admitted") although the provider takes it. Now it takes the whole window (one
     such request at a time) and the window keeps what it used."""
-    config = tpm_config(30_000)
     texts = [f"{index}" + "東京の天気" * 4_000 for index in range(2)]  # distinct: no cache hits
     provider = GatedProvider(count=len)  # a token a character
-    outcomes: list[str] = []
-    async with open_store(config) as store:
-        broker = Broker(config, Router(config, {"p": provider}), store)
-        provider.broker = broker
-
-        async def embed(index: int) -> None:
-            try:
-                await broker.embed(
-                    Embed(id=index, model="g", input=texts[index], max_wait_s=0.0), Caller("a")
-                )
-                outcomes.append("ok")
-            except RequestError as error:
-                outcomes.append(error.code)
-                provider.refuse()
-
-        async with anyio.create_task_group() as tasks:
-            for index in range(2):
-                tasks.start_soon(embed, index)
-            await provider.all_in(2)
-            provider.release.set()
-        assert sorted(outcomes) == ["ok", "rate_limited"]  # the window held one
+    async with gated_broker(30_000, provider) as broker:
+        outcomes = await embed_together(broker, provider, texts)
+        assert outcomes == ["ok", "rate_limited"]  # the window held one
         assert provider.most_used <= 30_000
         assert tokens_used(broker) == 20_001
 
@@ -475,10 +462,8 @@ async def test_an_embedding_whose_bound_the_provider_never_counts_is_still_refus
 ) -> None:
     """An input of 40,000 characters counts 10,000 tokens at the least (OpenAI's estimate):
     past a 8,000-token limit it can never be admitted, and says so without a wait."""
-    config = tpm_config(8_000)
     provider = GatedProvider(count=len)
-    async with open_store(config) as store:
-        broker = Broker(config, Router(config, {"p": provider}), store)
+    async with gated_broker(8_000, provider) as broker:
         with pytest.raises(RequestError) as refused:
             await broker.embed(Embed(id=1, model="g", input="word " * 8_000), Caller("a"))
         assert refused.value.code == "rate_limited"
@@ -494,14 +479,11 @@ async def test_embeddings_leave_on_a_provider_gate_the_tokens_the_provider_count
     sim), 1,000 tokens for 4,000 of English, and reports that as its usage. Its gate kept the
     bound reserved, 4,002, as if that were ``max_tokens``: 7 requests filled a 30,000-token
     window the provider counted 7,000 in. Now it keeps what the provider counted."""
-    config = tpm_config(30_000)
     texts = [f"{index:04} " + "word " * 799 for index in range(30)]  # 4,000 characters each
     provider = GatedProvider(count=lambda text: len(text) // 4)
     provider.release.set()
     outcomes: list[str] = []
-    async with open_store(config) as store:
-        broker = Broker(config, Router(config, {"p": provider}), store)
-        provider.broker = broker
+    async with gated_broker(30_000, provider) as broker:
         for index in range(30):
             try:
                 await broker.embed(
