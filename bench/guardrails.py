@@ -1,6 +1,7 @@
 """The guardrails' cost: microseconds of CPU per KB of prompt (UTF-8) to check a request
 with every detector on (all seven kinds masked), on realistic mixed text (prose with a few
-entities, code, JSON, CJK), on a typical chat of about 2 KB, on entity-dense prose, and on
+entities, code, JSON, CJK), on a typical chat of about 2 KB, on entity-dense prose, on prose
+in other scripts with numbers written in their own digits and fullwidth forms, and on
 hostile text (the slowest of the adversarial inputs of
 tests/unit/guardrails/test_adversarial.py, per MB); then a reply's
 restoring, whole and streamed with output rules. The baseline, in the same run, is what the
@@ -31,6 +32,14 @@ from tests.support import guardrails as samples
 from tests.unit.guardrails.test_adversarial import UNITS, repeated
 
 TARGET_US_PER_KB = 50.0
+
+OTHER_SCRIPTS = (  # a phone number in each, dates, amounts, versions: numbers as typed there
+    "会議は２０２４年３月２日（土）１０時から。資料：バージョン２．４．１、価格は１，２００円。"  # noqa: RUF001
+    "ご不明な点は０９０－１２３４－５６７８までお電話ください。　"  # noqa: RUF001
+    "在２０２４年第３季度，销售额增长了１２．５％（见第１２页）。联系电话：０１０－１２３４５６７８。"  # noqa: RUF001
+    "في ١٥ مارس ٢٠٢٤ ارتفعت المبيعات بنسبة ١٢٫٥٪، للاستفسار اتصل على ٠٢٠ ٧٩٤٦ ٠٩٥٨ شكرا. "  # noqa: RUF001
+    "२०२४ में बिक्री १२.५% बढ़ी; संपर्क +९१ ९८७६५ ४३२१० पर करें। "
+)
 
 
 def cpu_seconds(call: Callable[[], object], repeat: int) -> float:
@@ -150,6 +159,7 @@ def main() -> None:
         guard, repeated(samples.JSON_TEXT.replace("{ip}", "localhost"), size), repeat
     )
     figures["cjk"] = check_cost(guard, repeated(samples.CJK, size), repeat)
+    figures["other_scripts"] = check_cost(guard, repeated(OTHER_SCRIPTS, size), repeat)
     figures["restore"] = restore_cost(guard, dense, repeat)
     figures["hostile"] = hostile_cost(guard, (1 << 17) if args.quick else (1 << 20))
     figures["mixed_within_target"] = figures["mixed"]["us_per_kb"] <= TARGET_US_PER_KB

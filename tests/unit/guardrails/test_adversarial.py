@@ -49,6 +49,10 @@ UNITS = {
     "aws_labels": "secret_access_key=",
     "dashes": "-",
     "cjk": "本",
+    "fullwidth_digits": "\uff11",
+    "fullwidth_groups": "\uff11\u3000",
+    "arabic_digits": "\u0664 ",
+    "cjk_punctuation": "\u672c\uff0c",
     "json_escapes": "\\n1 ",
 }
 
@@ -76,7 +80,13 @@ def test_detection_is_linear(unit: str) -> None:
     assert ratio < RATIO_BOUND
 
 
-@pytest.mark.parametrize("unit", ["x", "1 ", "[EMA", "本", "-----BEGIN RSA PRIVATE KEY-----\n"])
+@pytest.mark.parametrize(
+    "unit",
+    [
+        *("x", "1 ", "[EMA", "本", "-----BEGIN RSA PRIVATE KEY-----\n"),
+        *("\uff11", "\uff11\u3000", "\u672c\uff0c"),  # fullwidth digit, space, comma
+    ],
+)
 def test_a_stream_in_small_pieces_is_linear(unit: str) -> None:
     guard = Guard(
         parse_config(

@@ -273,6 +273,11 @@ PIECES = st.sampled_from(
         "-----BEGIN RSA PRIVATE KEY-----\nMIIabc\n",
         "2001:db8::1",
         "电话",
+        "４１１１　１１１１　",  # noqa: RUF001 (fullwidth digits and an ideographic space)
+        "０９０－１２３４－５６７８",  # noqa: RUF001
+        "ｊｏｈｎ＠ｅｘａｍｐｌｅ．ｃｏｍ",  # noqa: RUF001
+        "٠٢٠ ٧٩٤٦ ٠٩٥٨",  # Arabic-Indic digits
+        "\u3000",
     ]
 )
 

@@ -15,6 +15,13 @@ time (the tests feed megabytes of digits, ``@``, colons, letters, base64 and mar
 Token boundaries are ASCII (and accented Latin) ones: CJK and other scripts written without
 spaces end a token, so ``电话+44 20 7946 0958`` holds a phone number.
 
+Values are read as their ASCII spelling (:func:`ascii_view`): the decimal digits of every
+script (Arabic-Indic, Persian, Devanagari, fullwidth…), the fullwidth forms of ASCII that
+Japanese and Chinese input methods type by default (a phone number as
+``\uff10\uff19\uff10\uff0d…``, an address's ``\uff20``) and the ideographic space are each
+read as the one ASCII character they stand for, so that the same rules find them (and leave
+the same dates and years alone). The spans are those of the text as written.
+
 What each kind accepts (and what it leaves alone):
 
 - ``email``: ``local@domain.tld`` (ASCII and accented Latin letters); not ``@mentions``,
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Callable, Collection, Mapping
 from typing import Final
 
@@ -149,8 +157,83 @@ _ANCHORS = re.compile(
 
 def may_hold_entity(text: str) -> bool:
     """Whether an entity can start in ``text``: it has a hint's anchor character (a digit,
-    ``@``, ``-``…); text without one is passed over at the speed of a set test."""
-    return _ANCHORS.search(text) is not None
+    ``@``, ``-``…, as written in ASCII or another way, see :func:`ascii_view`); text without
+    one is passed over at the speed of a set test."""
+    if _ANCHORS.search(text) is not None:
+        return True
+    return not text.isascii() and _OTHER_ANCHORS.search(text) is not None
+
+
+# --------------------------------------------------------------------------- other scripts
+
+_LAST_DIGIT_SCANNED: Final = 0x1F000
+"""Decimal digits are looked for below this (the emoji and symbols start there; the only
+digits beyond are the segmented digits of legacy computing symbols, U+1FBF0-U+1FBF9)."""
+
+
+def _ascii_equivalents() -> dict[int, int]:
+    """Each character that is another way of writing one ASCII character → that character:
+    the decimal digits (Unicode category Nd) of every script but ASCII's, the fullwidth
+    forms of ``!`` to ``~`` (U+FF01-U+FF5E) and the ideographic space (U+3000)."""
+    digits = filter(str.isdecimal, map(chr, range(0x80, _LAST_DIGIT_SCANNED)))
+    equivalents = {ord(digit): ord("0") + unicodedata.decimal(digit) for digit in digits}
+    equivalents.update((code, code - 0xFEE0) for code in range(0xFF01, 0xFF5F))
+    equivalents[0x3000] = ord(" ")
+    return equivalents
+
+
+def _character_class(codes: Collection[int]) -> str:
+    """A regular expression's class of ``codes``: those of the Basic Multilingual Plane as
+    ranges, and one range from the least to the greatest beyond it (a class of many ranges
+    past U+FFFF costs the engine a test per range and per character; a character of the
+    covering range that is not in ``codes`` only costs a look)."""
+    basic = sorted(code for code in codes if code <= 0xFFFF)
+    ranges: list[list[int]] = []
+    for code in basic:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    astral = [code for code in codes if code > 0xFFFF]
+    if astral:
+        ranges.append([min(astral), max(astral)])
+    return (
+        "["
+        + "".join(
+            re.escape(chr(low)) + ("" if low == high else "-" + re.escape(chr(high)))
+            for low, high in ranges
+        )
+        + "]"
+    )
+
+
+_ASCII_OF: Final = _ascii_equivalents()
+_WRITTEN_OTHERWISE: Final = re.compile(  # the class first: the engine skips to it (not "[…]+")
+    "(" + _character_class(_ASCII_OF) + _character_class(_ASCII_OF) + "*+)"
+)
+"""A run of characters that have an ASCII equivalent (a group: :meth:`re.Pattern.split`
+keeps it)."""
+_OTHER_ANCHORS: Final = re.compile(
+    _character_class(
+        [code for code, ascii_code in _ASCII_OF.items() if _ANCHORS.match(chr(ascii_code))]
+    )
+)
+
+
+def ascii_view(text: str) -> str:
+    """``text`` with each character that is another way of writing one ASCII character
+    replaced by it (a Devanagari or a fullwidth nine by ``9``, a fullwidth ``@`` by ``@``, an
+    ideographic space by a space): the same length, character for character, so that a span
+    found in it is the same span of ``text``. ``text`` itself when it has none (ASCII text
+    costs one flag test)."""
+    if text.isascii():
+        return text
+    pieces = _WRITTEN_OTHERWISE.split(text)  # text, run, text, run, …, text
+    if len(pieces) == 1:
+        return text
+    # every run translated at once (no run holds a NUL): no Python work per run
+    pieces[1::2] = "\0".join(pieces[1::2]).translate(_ASCII_OF).split("\0")
+    return "".join(pieces)
 
 
 # --------------------------------------------------------------------------- expressions
@@ -424,11 +507,13 @@ def find_entities(
 
     A JSON escape (``\\n``, ``\\"``…) is read as the character it stands for: its letter
     made a value after it look like part of a word (``\\n4111 1111 1111 1111`` in a tool's
-    JSON output was no card). The spans found are those of ``text`` all the same."""
+    JSON output was no card). So is a character that is another way of writing an ASCII
+    one (:func:`ascii_view`). The spans found are those of ``text`` all the same."""
     if not kinds:
         return []
     if "\\" in text:
         text = _ESCAPES.sub(_escaped_view, text)
+    text = ascii_view(text)
     found: list[Entity] = []
     secrets = "secret" in kinds
     ipv6_until = -1

@@ -31,7 +31,7 @@ import msgspec
 
 from quotad.daemon.config import EntityKind, GuardrailAction
 from quotad.daemon.guardrails.blocked import Blocked
-from quotad.daemon.guardrails.detectors import find_entities, may_hold_entity
+from quotad.daemon.guardrails.detectors import ascii_view, find_entities, may_hold_entity
 from quotad.daemon.guardrails.masking import Masker
 from quotad.daemon.guardrails.placeholders import (
     LONGEST,
@@ -211,7 +211,10 @@ _BOUNDARY = re.compile(r"[\s\u3000-\U0010ffff]")
 
 def settled_end(text: str) -> int:
     """How much of ``text`` no later text can turn into (part of) an entity: all but the
-    last word, the digit groups before it, and an open PEM block."""
+    last word, the digit groups before it, and an open PEM block; read as the detectors read
+    it (:func:`~quotad.daemon.guardrails.detectors.ascii_view`: fullwidth digits are digits,
+    an ideographic space a space)."""
+    text = ascii_view(text)
     index = len(text)
     while index and not _is_boundary(text[index - 1]):
         index -= 1
@@ -270,7 +273,7 @@ class StreamScreen:
                 self._pem_tail = seen[-_PEM_TAIL:]
                 return ""
             self._open_pem = False
-        elif _BOUNDARY.search(delta) is None:
+        elif _BOUNDARY.search(ascii_view(delta)) is None:
             return ""
         return self._emit(final=False)
 
