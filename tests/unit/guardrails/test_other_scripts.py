@@ -12,6 +12,7 @@ character."""
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from quotad.daemon.caller import Caller
 from quotad.daemon.config import Config, EntityKind, parse_config
 from quotad.daemon.guardrails import Blocked
+from quotad.daemon.guardrails.detectors import ascii_view
 from quotad.daemon.guardrails.screening import Guardrails, Screening
 from quotad.daemon.request_context import RequestContext
 from quotad.protocol.messages import Chat, ChatChunk, ChatMessage, ChatReply, Embed
@@ -55,6 +57,20 @@ MASKED: list[tuple[str, str, EntityKind]] = [
     ("SSN：１２３－４５－６７８９", "１２３－４５－６７８９", "us_ssn"),
     ("サーバー２０３．０．１１３．７に接続", "２０３．０．１１３．７", "ip"),
     ("الخادم ٢٠٣.٠.١١٣.٧ متصل", "٢٠٣.٠.١١٣.٧", "ip"),
+    # spaces and hyphens that are not ASCII's (pasted from a web page, a word processor)
+    (
+        "Appelez le 06\u00a012\u00a034\u00a056\u00a078 demain",
+        "06\u00a012\u00a034\u00a056\u00a078",
+        "phone",
+    ),
+    (
+        "Tél. : +33\u202f1\u202f23\u202f45\u202f67\u202f89.",
+        "+33\u202f1\u202f23\u202f45\u202f67\u202f89",
+        "phone",
+    ),
+    ("call 555\u2011123\u20114567 now", "555\u2011123\u20114567", "phone"),
+    ("call 020\u20127946\u20120958 now", "020\u20127946\u20120958", "phone"),
+    ("SSN 123\u201045\u20106789", "123\u201045\u20106789", "us_ssn"),
 ]
 
 BLOCKED: list[str] = [
@@ -63,6 +79,8 @@ BLOCKED: list[str] = [
     "卡号４１１１１１１１１１１１１１１１，谢谢",
     "رقم البطاقة ٤١١١ ١١١١ ١١١١ ١١١١",
     "कार्ड ५५५५ ५५५५ ५५५५ ४४४४ है",
+    "carte 4111\u00a01111\u00a01111\u00a01111",
+    "card 4111\u20111111\u20111111\u20111111",
 ]
 
 PASSED: list[str] = [  # the same shapes failing Luhn, and dates, years, amounts
@@ -71,6 +89,8 @@ PASSED: list[str] = [  # the same shapes failing Luhn, and dates, years, amounts
     "２０２４年１月５日（金）、２０２４－０１－０５に会議。",
     "价格是１２，３４５元，订单号１２３４５６７８９，版本３．１１．２。",
     "في عام ٢٠٢٤ دفعنا ١٢٣٤٥٦٧٨٩ ريال في ٠٥/٠١/٢٠٢٤",
+    "Total : 1 234 567,89 € au 05 / 01 / 2024, pages 12\u201015.".replace(" ", "\u00a0"),
+    "from \u2212273.15 to 2019\u20102020, order 123\u2009456\u2009789",
 ]
 
 
@@ -218,8 +238,6 @@ def test_ordinary_prose_with_numbers_holds_nothing(text: str) -> None:
 
 
 def test_the_ascii_view_replaces_characters_one_for_one() -> None:
-    from quotad.daemon.guardrails.detectors import ascii_view  # (new: the rest runs without)
-
     assert ascii_view("電話０９０－１２３４　٤٥ ۶۷ ९८ ｊｏｈｎ＠ｅｘ．ｃｏｍ") == (
         "電話090-1234 45 67 98 john@ex.com"
     )
@@ -232,14 +250,25 @@ def test_the_ascii_view_replaces_characters_one_for_one() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "06\u00a012\u00a034\u00a056\u00a078",  # no-break spaces
-        "4111\u00a01111\u00a01111\u00a01111",
-        "090\u20101234\u20105678",  # hyphens
-        "555\u2212123\u22124567",  # minus signs
+        "555\u2013123\u20134567",  # en dashes
+        "555\u2014123\u20144567",  # em dashes
         "０９０ー１２３４ー５６７８",  # the prolonged sound mark (katakana "ー" in データ)
+        "センター０９０ー１２３４ー５６７８",
     ],
 )
-def test_separators_neither_ascii_nor_fullwidth_are_not_read_as_ascii(text: str) -> None:
-    """What README says is not found, is not (a no-break space, a hyphen that is not ASCII's,
-    a minus sign, or a katakana mark, between digits)."""
+def test_dashes_and_the_prolonged_sound_mark_are_not_read_as_hyphens(text: str) -> None:
+    """What README says is not found, is not: an en or em dash, or the katakana mark that some
+    input methods put between digits (it ends words: read as "-" it would hide the phone
+    number of "センター090-1234-5678", whose "-" would glue it to the word)."""
     assert found(text) == []
+
+
+def test_every_space_separator_is_read_as_a_space() -> None:
+    spaces = [
+        chr(code) for code in range(0x80, 0x110000) if unicodedata.category(chr(code)) == "Zs"
+    ]
+    assert len(spaces) > 10
+    assert ascii_view("".join(spaces)) == " " * len(spaces)
+    assert found("+44" + spaces[0] + "20\u200a7946\u20090958") == [
+        ("+44" + spaces[0] + "20\u200a7946\u20090958", "phone")
+    ]

@@ -18,8 +18,9 @@ spaces end a token, so ``电话+44 20 7946 0958`` holds a phone number.
 Values are read as their ASCII spelling (:func:`ascii_view`): the decimal digits of every
 script (Arabic-Indic, Persian, Devanagari, fullwidth…), the fullwidth forms of ASCII that
 Japanese and Chinese input methods type by default (a phone number as
-``\uff10\uff19\uff10\uff0d…``, an address's ``\uff20``) and the ideographic space are each
-read as the one ASCII character they stand for, so that the same rules find them (and leave
+``\uff10\uff19\uff10\uff0d…``, an address's ``\uff20``), the ideographic, no-break and other
+spaces, and hyphens and minus signs that are not ASCII's are each read as the one ASCII
+character they stand for, so that the same rules find them (and leave
 the same dates and years alone). The spans are those of the text as written.
 
 What each kind accepts (and what it leaves alone):
@@ -171,14 +172,27 @@ _LAST_DIGIT_SCANNED: Final = 0x1F000
 digits beyond are the segmented digits of legacy computing symbols, U+1FBF0-U+1FBF9)."""
 
 
+_LAST_SPACE: Final = 0x3000
+"""Unicode's space separators (category Zs) all lie at or below the ideographic space."""
+_HYPHENS: Final = "\u2010\u2011\u2012\u2212\ufe63"
+"""Hyphens and minus signs that stand for ``-`` between digits: hyphen, non-breaking hyphen,
+figure dash (the width of a digit, for phone numbers), minus sign, small hyphen-minus. Not
+the en and em dashes (ranges and asides), nor the katakana prolonged sound mark (a letter
+that ends words such as "center" right before a number)."""
+
+
 def _ascii_equivalents() -> dict[int, int]:
     """Each character that is another way of writing one ASCII character → that character:
     the decimal digits (Unicode category Nd) of every script but ASCII's, the fullwidth
-    forms of ``!`` to ``~`` (U+FF01-U+FF5E) and the ideographic space (U+3000)."""
+    forms of ``!`` to ``~`` (U+FF01-U+FF5E), the space separators (no-break, thin, figure,
+    ideographic… spaces: category Zs) and :data:`_HYPHENS`."""
     digits = filter(str.isdecimal, map(chr, range(0x80, _LAST_DIGIT_SCANNED)))
     equivalents = {ord(digit): ord("0") + unicodedata.decimal(digit) for digit in digits}
     equivalents.update((code, code - 0xFEE0) for code in range(0xFF01, 0xFF5F))
-    equivalents[0x3000] = ord(" ")
+    for char in map(chr, range(0x80, _LAST_SPACE + 1)):
+        if unicodedata.category(char) == "Zs":
+            equivalents[ord(char)] = ord(" ")
+    equivalents.update((ord(hyphen), ord("-")) for hyphen in _HYPHENS)
     return equivalents
 
 
@@ -222,10 +236,10 @@ _OTHER_ANCHORS: Final = re.compile(
 
 def ascii_view(text: str) -> str:
     """``text`` with each character that is another way of writing one ASCII character
-    replaced by it (a Devanagari or a fullwidth nine by ``9``, a fullwidth ``@`` by ``@``, an
-    ideographic space by a space): the same length, character for character, so that a span
-    found in it is the same span of ``text``. ``text`` itself when it has none (ASCII text
-    costs one flag test)."""
+    replaced by it (a Devanagari or a fullwidth nine by ``9``, a fullwidth ``@`` by ``@``, a
+    no-break or an ideographic space by a space, a non-breaking hyphen by ``-``): the same
+    length, character for character, so that a span found in it is the same span of
+    ``text``. ``text`` itself when it has none (ASCII text costs one flag test)."""
     if text.isascii():
         return text
     pieces = _WRITTEN_OTHERWISE.split(text)  # text, run, text, run, …, text
