@@ -56,7 +56,7 @@ class BudgetHolds:
         the bound the request held for it, so the next holds one more, or ``budget_exceeded``
         is raised (what the failed ones may cost is charged all the same). Nothing to hold
         when no budget applies or nothing failed that way."""
-        if context.budget is None or context.request is None:
+        if not context.unanswered_calls or context.budget is None or context.request is None:
             return
         holds = context.further_holds if context.further_holds is not None else []
         while len(holds) < context.unanswered_calls:
