@@ -12,6 +12,7 @@ import pytest
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 BENCHES = sorted(path for path in BENCH_DIR.glob("*.py") if not path.name.startswith("_"))
 EXPECTED_FIGURES = {
+    "big_body": {"single", "messages", "parts", "cjk"},
     "guardrails": {
         "mixed",
         "chat_2kb",
