@@ -3,6 +3,7 @@ across a restart, clearing and warming."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.config import CacheConfig
 from quotad.daemon.errors import RequestError
+from quotad.daemon.store import answers
 from quotad.daemon.store.answers import CachedEmbedding
 from quotad.daemon.store.cache import (
     Answer,
@@ -96,9 +98,34 @@ def test_the_key_does_not_depend_on_dict_order() -> None:
 
 
 async def test_requests_that_neither_look_up_nor_store_are_not_hashed(db: Database) -> None:
-    assert cache_of(db, VirtualClock()).key_of(chat()) == chat_key(chat())
-    assert cache_of(db, VirtualClock()).key_of(chat(cache="bypass")) is None
-    assert Cache(CacheConfig(mode="off"), db, VirtualClock()).key_of(chat()) is None
+    assert await cache_of(db, VirtualClock()).key_of(chat()) == chat_key(chat())
+    assert await cache_of(db, VirtualClock()).key_of(chat(cache="bypass")) is None
+    assert await Cache(CacheConfig(mode="off"), db, VirtualClock()).key_of(chat()) is None
+
+
+async def test_a_big_request_is_hashed_off_the_event_loop(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """blake2b lets go of the GIL: a 13 MB chat's hash (16 ms) no longer holds the loop."""
+    threads: list[int] = []
+    digest = answers.key_digest
+
+    def key_digest(canonical: bytes) -> bytes:
+        threads.append(threading.get_ident())
+        return digest(canonical)
+
+    cache = cache_of(db, VirtualClock())
+    big = chat(messages=[{"role": "user", "content": "x" * answers.OFF_LOOP_KEY_BYTES}])
+    small_embed = msgspec.convert({"model": "fast", "input": "hi"}, Embed)
+    big_embed = msgspec.convert({"model": "fast", "input": "x" * 2**20}, Embed)
+    expected = [chat_key(big), chat_key(chat()), embed_key(big_embed, ["p/fast"])]
+    expected.append(embed_key(small_embed, ["p/fast"]))
+    monkeypatch.setattr(answers, "key_digest", key_digest)
+    keys = [await cache.key_of(big), await cache.key_of(chat())]
+    keys += [await cache.key_of(big_embed, ["p/fast"]), await cache.key_of(small_embed, ["p/fast"])]
+    assert keys == expected
+    loop = threading.get_ident()
+    assert [thread == loop for thread in threads] == [False, True, False, True]
 
 
 def test_chat_and_embed_keys_never_collide() -> None:

@@ -251,7 +251,7 @@ class Broker:
         context.plan(request, self._default_max_tokens, self.gates.app_policy)
         await self.ledger.ready()  # 2: its row can be written (no provider paid for a lost reply)
         await self.budget_holds.reserve(context, route, request)  # 2
-        key = self.cache.key_of(request, (target.name for target in route.targets))
+        key = await self.cache.key_of(request, (target.name for target in route.targets))
         if isinstance(request, Chat):  # 3: exact, then semantic
             hit, context.asked = self.semantic.lookup(request, key)
             return route, key, hit

@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Literal, Protocol, TypeVar
 
+import anyio.to_thread
 import msgspec
 
 from quotad.protocol.messages import (
@@ -148,15 +149,32 @@ ANSWER_DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
 _KEY_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 
 
+OFF_LOOP_KEY_BYTES: Final = 256 * 1024
+"""A request whose key is hashed from at least this many bytes is hashed in a worker thread
+(:func:`digest_off_loop`): blake2b lets go of the GIL for large data, so the event loop serves
+the others meanwhile (a 13 MB chat's hash held it 16 ms); below, a thread's round trip costs
+more than the hash."""
+
+
 def chat_key(request: Chat) -> bytes:
     """The cache key of a chat request (what changes the answer, nothing else)."""
-    return chat_digest(request, "chat", request.messages)
+    return key_digest(chat_canonical(request))
+
+
+def chat_canonical(request: Chat) -> bytes:
+    """What :func:`chat_key` hashes."""
+    return chat_encoding(request, "chat", request.messages)
 
 
 def chat_digest(request: Chat, scheme: str, *conversation: Any) -> bytes:
     """16 bytes that change with ``scheme``, ``conversation`` (the messages, or what of them
     is to match) and every other field of ``request`` that changes its answer: the exact
     cache's key, the semantic cache's partition."""
+    return key_digest(chat_encoding(request, scheme, *conversation))
+
+
+def chat_encoding(request: Chat, scheme: str, *conversation: Any) -> bytes:
+    """What :func:`chat_digest` hashes."""
     canonical = (
         scheme,
         request.model,
@@ -172,12 +190,17 @@ def chat_digest(request: Chat, scheme: str, *conversation: Any) -> bytes:
         request.response_format,
         request.extra,
     )
-    return hashlib.blake2b(_KEY_ENCODER.encode(canonical), digest_size=16).digest()
+    return _KEY_ENCODER.encode(canonical)
 
 
 def embed_key(request: Embed, targets: Iterable[str]) -> bytes:
     """The cache key of an embeddings request whose model resolves to ``targets`` (their
     order does not count: a strategy's order is not a change of model)."""
+    return key_digest(embed_canonical(request, targets))
+
+
+def embed_canonical(request: Embed, targets: Iterable[str]) -> bytes:
+    """What :func:`embed_key` hashes."""
     canonical = (
         "embed",
         request.model,
@@ -186,4 +209,16 @@ def embed_key(request: Embed, targets: Iterable[str]) -> bytes:
         request.dimensions,
         request.extra,
     )
-    return hashlib.blake2b(_KEY_ENCODER.encode(canonical), digest_size=16).digest()
+    return _KEY_ENCODER.encode(canonical)
+
+
+def key_digest(canonical: bytes) -> bytes:
+    """The 16-byte key of a request's canonical encoding."""
+    return hashlib.blake2b(canonical, digest_size=16).digest()
+
+
+async def digest_off_loop(canonical: bytes) -> bytes:
+    """:func:`key_digest`, in a worker thread from :data:`OFF_LOOP_KEY_BYTES` bytes on."""
+    if len(canonical) < OFF_LOOP_KEY_BYTES:
+        return key_digest(canonical)
+    return await anyio.to_thread.run_sync(key_digest, canonical)

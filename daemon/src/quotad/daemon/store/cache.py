@@ -56,7 +56,10 @@ from quotad.daemon.store.answers import (
     CachedEmbedding,
     ChatAnswer,
     Kind,
+    chat_canonical,
     chat_key,
+    digest_off_loop,
+    embed_canonical,
     embed_key,
 )
 from quotad.daemon.store.cache_index import BYTES_PER_ENTRY, KEY_BYTES, CacheIndex
@@ -188,13 +191,16 @@ class Cache:
 
     # ------------------------------------------------------------------ lookups
 
-    def key_of(self, request: Chat | Embed, targets: Iterable[str] = ()) -> bytes | None:
+    async def key_of(self, request: Chat | Embed, targets: Iterable[str] = ()) -> bytes | None:
         """The request's key (an embeddings request's with ``targets``, those its model
-        resolves to: :func:`embed_key`); None when it neither looks up nor stores (the cache
-        is off, or ``cache="bypass"``), so that hashing costs such a request nothing."""
+        resolves to: :func:`embed_key`), a big request's hashed off the event loop
+        (:func:`digest_off_loop`); None when it neither looks up nor stores (the cache is off,
+        or ``cache="bypass"``), so that hashing costs such a request nothing."""
         if not self.enabled or request.cache == "bypass":
             return None
-        return chat_key(request) if isinstance(request, Chat) else embed_key(request, targets)
+        if isinstance(request, Chat):
+            return await digest_off_loop(chat_canonical(request))
+        return await digest_off_loop(embed_canonical(request, targets))
 
     def lookup(self, key: bytes | None, mode: CacheMode) -> CacheEntry | None:
         """The entry answering ``key``, counted as a hit; None on a miss or when ``mode``
