@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import msgspec
 import pytest
@@ -21,7 +22,7 @@ import pytest
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, HttpConfig
 from quotad.daemon.errors import RequestError
-from quotad.daemon.front_door import FrontDoor
+from quotad.daemon.front_door import FrontDoor, openai, wire
 from quotad.daemon.front_door.wire import header_safe
 from quotad.daemon.routing import Router
 from quotad.protocol.messages import Chat
@@ -230,6 +231,48 @@ async def test_a_bad_body_is_400_naming_what_is_wrong(
     assert REQUEST_ID.fullmatch(response.headers["x-quotad-request-id"])
     assert again.status_code == 200  # and the next request is served
     assert len(broker.calls) == 1
+
+
+def chat_of_bytes(size: int, tools: bytes = b"[]") -> bytes:
+    """A chat body whose message is ``x`` repeated to ``size`` bytes, then ``tools``."""
+    head = b'{"model": "m", "messages": [{"role": "user", "content": "'
+    return head + b"x" * (size - len(head)) + b'"}], "tools": ' + tools + b"}"
+
+
+async def test_a_big_body_is_looked_through_for_integers_between_turns_of_the_loop() -> None:
+    """A 13 MB body's look for integers past 64 bits held the event loop 11 ms in one go;
+    now a MiB at a time (:data:`DIGIT_SCAN_BYTES`), other tasks run in between."""
+    body = chat_of_bytes(4 * wire.DIGIT_SCAN_BYTES)
+    turns = 0
+    finished = False
+
+    async def other_task() -> None:
+        nonlocal turns
+        while not finished:
+            turns += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(other_task)
+        await anyio.lowlevel.checkpoint()
+        turns_before = turns
+        decoded = await wire.decode_body(openai.CHAT_DECODER, body)
+        turns_during = turns - turns_before
+        finished = True
+    assert decoded.tools == []
+    assert turns_during >= 4  # a turn between each of the 5 pieces
+
+
+@pytest.mark.parametrize("offset", [-30, -19, -10, -1, 0])
+async def test_an_integer_across_two_pieces_of_the_look_is_found(offset: int) -> None:
+    """The pieces overlap, so that a run of digits astride two is found whole."""
+    tools = b'[{"x": ' + b"9" * 21 + b"}]"
+    size = wire.DIGIT_SCAN_BYTES + offset - len(b'"}], "tools": [{"x": ')
+    body = chat_of_bytes(size, tools)
+    assert body.index(b"9" * 21) == wire.DIGIT_SCAN_BYTES + offset
+    with pytest.raises(RequestError) as refused:
+        await wire.decode_body(openai.CHAT_DECODER, body)
+    assert refused.value.message == "tools[0].x: an integer of 21 digits is out of range (64 bits)"
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/embeddings"])

@@ -383,7 +383,7 @@ class FrontDoor:
 
     async def _chat_completions(self, request: HttpRequest) -> Response:
         headers, caller = self._who_calls(request)
-        body = decode_body(openai.CHAT_DECODER, plain_body(request))
+        body = await decode_body(openai.CHAT_DECODER, plain_body(request))
         chat = openai.chat_request(body)
         apply_options(chat, headers)
         created = int(self.broker.clock.time())
@@ -396,7 +396,7 @@ class FrontDoor:
 
     async def _embeddings(self, request: HttpRequest) -> Response:
         headers, caller = self._who_calls(request)
-        body = decode_body(openai.EMBEDDINGS_DECODER, plain_body(request))
+        body = await decode_body(openai.EMBEDDINGS_DECODER, plain_body(request))
         embed = openai.embed_request(body)
         apply_options(embed, headers)
         reply = await self.broker.embed(embed, caller)
@@ -424,7 +424,7 @@ class FrontDoor:
 
     async def _messages(self, request: HttpRequest) -> Response:
         headers, caller = self._who_calls(request)
-        body = decode_body(anthropic.MESSAGES_DECODER, plain_body(request))
+        body = await decode_body(anthropic.MESSAGES_DECODER, plain_body(request))
         chat = anthropic.chat_request(body)
         apply_options(chat, headers)
         if chat.stream:
