@@ -5,6 +5,9 @@ cannot ask a provider for more than was reserved."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -272,3 +275,47 @@ def test_embedding_extra_cannot_replace_the_model_or_inputs() -> None:
     for field in ("model", "input"):
         with pytest.raises(RequestError, match=f"extra.{field}"):
             check_embed_extra({field: "x"})
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def estimate_of_strings(value: Any) -> int:
+    """The estimate of every string in ``value`` (values, not keys), walked the plain way."""
+    if isinstance(value, str):
+        return -(-len(value) // 4)
+    if isinstance(value, Mapping):
+        return sum(estimate_of_strings(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return sum(estimate_of_strings(item) for item in value)
+    return 0
+
+
+def test_a_part_is_estimated_by_every_string_in_it_at_any_depth() -> None:
+    part: dict[str, Any] = {
+        "type": "tool_result",
+        "content": [{"type": "text", "text": "x" * 9}, ("abcde", 7, None)],
+        "meta": MappingProxyType({"a": "bb", "b": ["ccccc", {"d": "e" * 13}]}),
+    }
+    expected = 4 + 3 + estimate_of_strings(part)  # framing, the reply, and the strings
+    assert estimate_prompt_tokens([user([part])]) == expected == 4 + 3 + 16
+
+
+def test_estimating_a_part_takes_no_python_call_per_item_in_it() -> None:
+    """9,000 parts were estimated with a call per value and a generator per object (11 calls
+    a part, 26 ms of the event loop for a 13 MB body); now one walk per part."""
+    parts = [{"type": "text", "text": f"part {index}"} for index in range(9_000)]
+    messages = [user(parts)]
+    calls = 0
+
+    def count(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        estimate = estimate_prompt_tokens(messages)
+    finally:
+        sys.setprofile(None)
+    assert estimate == 3 + 4 + sum(estimate_of_strings(part) for part in parts)
+    assert calls <= 4 * len(parts) + 10  # its type, its walk, each of its 2 strings
