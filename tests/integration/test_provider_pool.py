@@ -16,7 +16,13 @@ import pytest
 
 from quotad.daemon.config import parse_config
 from quotad.daemon.net.httpx_messages import ReadResponse
-from quotad.daemon.net.pool import READ_AHEAD_BYTES, LeanHTTPTransport, _Body
+from quotad.daemon.net.pool import (
+    READ_AHEAD_BYTES,
+    WHOLE_WRITE_BYTES,
+    LeanHTTPTransport,
+    _Body,
+    _Connection,
+)
 from quotad.daemon.providers import build_provider
 from quotad.daemon.providers.base import Provider, ProviderError
 from quotad.protocol.messages import Chat, ChatMessage
@@ -270,3 +276,43 @@ async def test_close_delimited_http10_answers_are_read_to_the_close() -> None:
         with pytest.raises(httpx.RemoteProtocolError):
             await pool.handle_async_request(request)
         assert pool._in_use == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("size", [0, 1000, WHOLE_WRITE_BYTES, WHOLE_WRITE_BYTES + 1, 2**20])
+async def test_a_big_body_is_written_as_it_is_after_its_head(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to WHOLE_WRITE_BYTES, head and body go in one write; past it, the body object
+    itself follows the head (the copy of a 13 MB chat onto its head took ~9 ms of the loop)."""
+    received = bytearray()
+    written: list[tuple[bytes, ...]] = []
+    send = _Connection.send
+
+    def spy(connection: _Connection, pieces: tuple[bytes, ...]) -> None:
+        written.append(pieces)
+        send(connection, pieces)
+
+    monkeypatch.setattr(_Connection, "send", spy)
+
+    async def serve(client: anyio.abc.SocketStream) -> None:
+        async with client:
+            while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < size:
+                received.extend(await client.receive())
+            await client.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    async with pool_to_server(serve, max_connections=1) as (pool, request):
+        body = b"x" * size
+        post = httpx.Request("POST", request.url, content=body)
+        response = await pool.handle_async_request(post)
+        assert response.status_code == 200
+        await response.aclose()
+    head, _, sent_body = bytes(received).partition(b"\r\n\r\n")
+    assert sent_body == body
+    assert b"content-length: %d" % size in head.lower()
+    [pieces] = written
+    if size <= WHOLE_WRITE_BYTES:
+        assert pieces == (bytes(received),)
+    else:
+        assert pieces[0] == head + b"\r\n\r\n"
+        assert pieces[1] is post.content
