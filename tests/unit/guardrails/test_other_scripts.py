@@ -252,15 +252,28 @@ def test_the_ascii_view_replaces_characters_one_for_one() -> None:
     [
         "555\u2013123\u20134567",  # en dashes
         "555\u2014123\u20144567",  # em dashes
-        "０９０ー１２３４ー５６７８",  # the prolonged sound mark (katakana "ー" in データ)
-        "センター０９０ー１２３４ー５６７８",
     ],
 )
-def test_dashes_and_the_prolonged_sound_mark_are_not_read_as_hyphens(text: str) -> None:
-    """What README says is not found, is not: an en or em dash, or the katakana mark that some
-    input methods put between digits (it ends words: read as "-" it would hide the phone
-    number of "センター090-1234-5678", whose "-" would glue it to the word)."""
+def test_en_and_em_dashes_are_not_read_as_hyphens(text: str) -> None:
+    """What README says is not found, is not: digits joined by en or em dashes."""
     assert found(text) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("電話は０９０ー１２３４ー５６７８です", "０９０ー１２３４ー５６７８"),
+        ("センター０９０ー１２３４ー５６７８", "０９０ー１２３４ー５６７８"),
+        ("センター090ー1234ー5678", "090ー1234ー5678"),
+        ("ｾﾝﾀｰ０３ｰ１２３４ｰ５６７８", "０３ｰ１２３４ｰ５６７８"),  # halfwidth katakana
+    ],
+)
+def test_the_prolonged_sound_mark_between_digits_is_read_as_a_hyphen(text: str, value: str) -> None:
+    """Some Japanese input methods put the katakana mark "ー" (the end of "データ") between a
+    phone number's digit groups: read as "-" there, and only there (read as "-" everywhere,
+    it would glue the number of "センター090-1234-5678" to the word before it)."""
+    assert found(text) == [(value, "phone")]
+    assert ascii_view("データー２ー") == "データー2ー"  # not between two digits: a letter
 
 
 def test_every_space_separator_is_read_as_a_space() -> None:

@@ -221,6 +221,13 @@ def _character_class(codes: Collection[int]) -> str:
     )
 
 
+_PROLONGED_MARKS: Final = "\u30fc\uff70"
+"""The katakana prolonged sound mark, full and half width: a letter (the end of
+``センター``), which some Japanese input methods put between the digit groups of a phone
+number (``０９０ー１２３４ー５６７８``)."""
+_PROLONGED_BETWEEN_DIGITS: Final = re.compile(f"(?<=[0-9])[{_PROLONGED_MARKS}](?=[0-9])")
+"""Such a mark between two digits, which is read as ``-`` there, and only there."""
+
 _ASCII_OF: Final = _ascii_equivalents()
 _WRITTEN_OTHERWISE: Final = re.compile(  # the class first: the engine skips to it (not "[…]+")
     "(" + _character_class(_ASCII_OF) + _character_class(_ASCII_OF) + "*+)"
@@ -239,15 +246,19 @@ def ascii_view(text: str) -> str:
     replaced by it (a Devanagari or a fullwidth nine by ``9``, a fullwidth ``@`` by ``@``, a
     no-break or an ideographic space by a space, a non-breaking hyphen by ``-``): the same
     length, character for character, so that a span found in it is the same span of
-    ``text``. ``text`` itself when it has none (ASCII text costs one flag test)."""
+    ``text``; and a katakana prolonged sound mark between two digits by ``-``
+    (:data:`_PROLONGED_BETWEEN_DIGITS`). ``text`` itself when it has none (ASCII text costs
+    one flag test)."""
     if text.isascii():
         return text
     pieces = _WRITTEN_OTHERWISE.split(text)  # text, run, text, run, …, text
-    if len(pieces) == 1:
-        return text
-    # every run translated at once (no run holds a NUL): no Python work per run
-    pieces[1::2] = "\0".join(pieces[1::2]).translate(_ASCII_OF).split("\0")
-    return "".join(pieces)
+    if len(pieces) > 1:
+        # every run translated at once (no run holds a NUL): no Python work per run
+        pieces[1::2] = "\0".join(pieces[1::2]).translate(_ASCII_OF).split("\0")
+        text = "".join(pieces)
+    if _PROLONGED_MARKS[0] in text or _PROLONGED_MARKS[1] in text:
+        text = _PROLONGED_BETWEEN_DIGITS.sub("-", text)
+    return text
 
 
 # --------------------------------------------------------------------------- expressions
