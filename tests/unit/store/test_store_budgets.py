@@ -162,6 +162,23 @@ def test_a_reservation_made_before_midnight_settles_after_it() -> None:
     assert (status.spent_usd, status.reserved_usd) == (0.4, 0.0)
 
 
+def test_a_clock_set_back_across_midnight_does_not_start_the_day_again() -> None:
+    """The system clock stepped back over midnight (NTP, a resumed VM): the budget went back
+    to the day before, started afresh at $0, and let that day spend its whole limit again
+    ($1.80 of a $1 budget in a few seconds here). Now a period only ever moves forward: what
+    is spent then counts in the later day, which has not ended."""
+    after_midnight = at("2026-11-03 00:00:05")
+    limits = budgets(budgets={"daily_usd": 1.0, "monthly_usd": 100.0})
+    limits.settle(limits.reserve("app", 0.9, after_midnight), "app", 0.9, after_midnight)
+    stepped_back = at("2026-11-02 23:59:58")
+    with pytest.raises(RequestError):
+        limits.reserve("app", 0.9, stepped_back)
+    spent = {status.name: status.spent_usd for status in limits.status(stepped_back)}
+    assert spent == {"global daily": 0.9, "global monthly": 0.9}
+    next_day = at("2026-11-04 00:00:01")
+    assert limits.reserve("app", 0.9, next_day) is not None  # the next day starts afresh
+
+
 # --------------------------------------------------------------------------- alerts and loading
 
 

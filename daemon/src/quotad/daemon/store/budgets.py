@@ -232,13 +232,16 @@ class Budgets:
             yield from budgets[len(self.global_budgets) :]
 
     def _roll(self, budget: Budget, now: float) -> None:
-        """Start a new period for ``budget`` when ``now`` is past its current one."""
+        """Start a new period for ``budget`` when ``now`` is past its current one. Never an
+        earlier one (labels sort as time does): a system clock set back over midnight would
+        start the day before afresh at $0 and let it spend its whole limit again, so what is
+        spent then counts in the later period, which has not ended."""
         label = (
             self.calendar.day_bounds(now)[2]
             if budget.period == "day"
             else self.calendar.month_bounds(now)[2]
         )
-        if label != budget.period_label:
+        if label > budget.period_label:
             budget.period_label = label
             budget.spent_usd = 0.0
             budget.alerted = False
