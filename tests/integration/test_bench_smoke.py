@@ -12,6 +12,12 @@ import pytest
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 BENCHES = sorted(path for path in BENCH_DIR.glob("*.py") if not path.name.startswith("_"))
 EXPECTED_FIGURES = {
+    "big_answer": {
+        f"{door}_{shape}_{cache}"
+        for door in ("http", "native")
+        for shape in ("plain", "stream")
+        for cache in ("store", "bypass")
+    },
     "big_body": {"single", "messages", "parts", "cjk"},
     "guardrails": {
         "mixed",

@@ -1,0 +1,240 @@
+"""What one client's big answers cost the others: small chats through the HTTP front door
+while another client's chats are answered with ~13 MB each (an answer's bound is
+``providers.X.max_response_mb``, 32).
+
+One real ``quotad serve`` (``auth = "none"``, the cache on) in front of a ``quotad sim`` (no
+latency) for the small chats and ``bench/_big_answerer.py`` for the big ones (a provider whose
+every answer is ~13 MB, built once: plain, or 9,000 server-sent events when streamed).
+``--clients`` tasks send small chats one after another (cache bypassed). The big chats are sent
+from another process (its decoding of 13 MB must not hold this one's small chats), one after
+another, each a new prompt. Each of ``--rounds`` rounds of a case sends ``--big`` big chats
+alone (the daemon's CPU), has the small chats run alone for as long, then during ``--big``
+more. With ``--baseline-source DIR`` a second daemon, run from the sources in DIR, is measured
+beside this one on the same providers, their rounds in turn. Cases, ``DOOR_SHAPE_CACHE``:
+
+- door: ``http`` (the front door, one connection per big chat) or ``native`` (quotad's
+  client on the daemon's socket, ``daemon.max_frame`` raised to let 13 MB through);
+- shape: ``plain`` or ``stream``;
+- cache: ``store`` (a miss: its answer is stored) or ``bypass`` (neither looked up nor stored).
+
+Reported per case: the small chats' p50, p99 and max latency without and during the big
+answers (ms), the big chats' outcomes and median latency alone, and the daemon's CPU seconds
+per big answer (median of the rounds, no small traffic). Prints one JSON line.
+
+    uv run python bench/big_answer.py [--rounds 3] [--big 4] [--clients 4] [--mb 13]
+        [--cases http_plain_store,...] [--quick] [--baseline-source /tmp/quotad-old]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import itertools
+import multiprocessing
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._timing import cpu_seconds, print_figures, source_env
+from bench.big_body import latency_figures, small_chats_while
+from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
+from tests.support.sim import SimProcess
+
+BIG_MODEL = "big/gpt-4o-mini"
+CASES = [
+    f"{door}_{shape}_{cache}"
+    for door in ("http", "native")
+    for shape in ("plain", "stream")
+    for cache in ("store", "bypass")
+]
+MAX_FRAME = 64 * 2**20
+"""``daemon.max_frame``: a 13 MB answer is past the default 8 MiB on the native socket."""
+ANSWERER = Path(__file__).resolve().parent / "_big_answerer.py"
+
+
+def http_chat(port: int, body: bytes, cache: str) -> tuple[str, int]:
+    """One chat posted on a new connection (closed after the answer); its outcome (the
+    status) and the answer's bytes."""
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+        b"x-quotad-app: bench\r\nx-quotad-cache: %s\r\nconnection: close\r\n"
+        b"content-length: %d\r\n\r\n" % (cache.encode(), len(body))
+    )
+    received = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        sock.sendall(head + body)
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    return received.split(b" ", 2)[1].decode(), len(received)
+
+
+def native_chat(path: str, stream: bool, nonce: int, cache: str) -> tuple[str, int]:
+    """One chat on quotad's client; its outcome (``ok`` or the error's code) and the text's
+    length."""
+    from quotad.client import Client, QuotadError
+
+    messages = [{"role": "user", "content": f"big answer {nonce}"}]
+    try:
+        with Client(socket=path, app="bench") as client:
+            if stream:
+                with client.chat_stream(BIG_MODEL, messages, cache=cache) as chunks:  # type: ignore[arg-type]
+                    size = sum(len(chunk.delta) for chunk in chunks)
+            else:
+                size = len(client.chat(BIG_MODEL, messages, cache=cache).content or "")  # type: ignore[arg-type]
+    except QuotadError as error:
+        return error.code, 0
+    return "ok", size
+
+
+def send_big(case: str, port: int, path: str, nonces: list[int]) -> list[tuple[str, int, float]]:
+    """Big chats of ``case``, one after another, one per nonce (run in another process): each
+    one's outcome, answer size and latency."""
+    door, shape, cache = case.split("_")
+    cache = "use" if cache == "store" else "bypass"
+    results = []
+    for nonce in nonces:
+        started = time.perf_counter()
+        if door == "http":
+            stream = ',"stream":true' if shape == "stream" else ""
+            body = (
+                f'{{"model":"{BIG_MODEL}","messages":[{{"role":"user","content":'
+                f'"big answer {nonce}"}}]{stream}}}'
+            ).encode()
+            outcome, size = http_chat(port, body, cache)
+        else:
+            outcome, size = native_chat(path, shape == "stream", nonce, cache)
+        results.append((outcome, size, time.perf_counter() - started))
+    return results
+
+
+class Arm:
+    """One daemon measured: its port, socket and pid, and what its rounds gathered, by case."""
+
+    def __init__(self, daemon: DaemonProcess, port: int) -> None:
+        assert daemon.process is not None
+        self.pid = daemon.process.pid
+        self.port = port
+        self.path = str(daemon.socket_path)
+        self.gathered: dict[str, dict[str, list[Any]]] = {}
+
+    def round(
+        self, pool: concurrent.futures.Executor, case: str, big: int, clients: int, nonces: Any
+    ) -> None:
+        """One round of ``case``: big chats alone (the daemon's CPU), small chats alone, then
+        small chats during big ones."""
+        url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
+        gathered = self.gathered.setdefault(case, {})
+        batch = [next(nonces) for _ in range(big)]
+        before = cpu_seconds(self.pid)
+        alone = pool.submit(send_big, case, self.port, self.path, batch).result()
+        gathered.setdefault("cpu_s", []).append((cpu_seconds(self.pid) - before) / big)
+        quiet_until = time.monotonic() + max(1.0, sum(latency for *_, latency in alone))
+        quiet = anyio.run(small_chats_while, url, clients, lambda: time.monotonic() < quiet_until)
+        batch = [next(nonces) for _ in range(big)]
+        sender = pool.submit(send_big, case, self.port, self.path, batch)
+        during = anyio.run(small_chats_while, url, clients, lambda: not sender.done())
+        results = alone + sender.result()
+        gathered.setdefault("outcomes", []).extend(outcome for outcome, *_ in results)
+        gathered.setdefault("sizes", []).extend(size for _, size, _ in results)
+        gathered.setdefault("big_latencies", []).extend(latency for *_, latency in alone)
+        gathered.setdefault("without", []).extend(quiet)
+        gathered.setdefault("during", []).extend(during)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            case: {
+                "answer_mb": round(statistics.median(gathered["sizes"]) / 1e6, 2),
+                "big_outcomes": sorted(set(gathered["outcomes"])),
+                "big_latency_ms_p50": round(statistics.median(gathered["big_latencies"]) * 1000, 1),
+                "daemon_cpu_s_per_big": round(statistics.median(gathered["cpu_s"]), 3),
+                "small_without": latency_figures(gathered["without"]),
+                "small_during": latency_figures(gathered["during"]),
+            }
+            for case, gathered in self.gathered.items()
+        }
+
+
+@contextlib.contextmanager
+def big_answerer(size_mb: float) -> Any:
+    """``bench/_big_answerer.py`` on a free port, answering ``size_mb`` MB; its base URL."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(ANSWERER), str(port), str(size_mb)])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the big answerer did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def measure(
+    sources: list[str | None], cases: list[str], size_mb: float, rounds: int, big: int, clients: int
+) -> list[dict[str, Any]]:
+    """The figures of a daemon run from each of ``sources`` (None: this tree's), all beside
+    each other on the same providers, their rounds in turn (the first in alternate order)."""
+    nonces = itertools.count()
+    spawn = multiprocessing.get_context("spawn")
+    with (
+        SimProcess() as sim,
+        big_answerer(size_mb) as big_url,
+        concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool,
+        contextlib.ExitStack() as stack,
+    ):
+        arms = []
+        for source in sources:
+            port = free_port()
+            config = daemon_config(
+                sim_provider_config("sim", sim.base_url),
+                sim_provider_config("big", big_url),
+                daemon=f"max_frame = {MAX_FRAME}",
+                http=f'listen = "127.0.0.1:{port}"\nauth = "none"',
+            )
+            daemon = stack.enter_context(DaemonProcess(config, env=source_env(source)))
+            arms.append(Arm(daemon, port))
+        for case in cases:
+            for arm in arms:  # warm-up: one big chat alone (lazy imports, first allocations)
+                pool.submit(send_big, case, arm.port, arm.path, [next(nonces)]).result()
+            for round_number in range(rounds):
+                for arm in arms if round_number % 2 == 0 else reversed(arms):
+                    arm.round(pool, case, big, clients, nonces)
+        return [arm.figures() for arm in arms]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each case")
+    parser.add_argument("--big", type=int, default=4, help="big chats per phase")
+    parser.add_argument("--clients", type=int, default=4, help="small-chat clients")
+    parser.add_argument("--mb", type=float, default=13.0, help="size of a big answer, MB")
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--baseline-source", help="a checkout whose daemon to measure alongside")
+    parser.add_argument("--quick", action="store_true", help="1 MB answers, one round (smoke)")
+    args = parser.parse_args()
+    rounds, big, size_mb = (1, 2, 1.0) if args.quick else (args.rounds, args.big, args.mb)
+    sources: list[str | None] = [None] + ([args.baseline_source] if args.baseline_source else [])
+    arms = measure(sources, args.cases.split(","), size_mb, rounds, big, args.clients)
+    figures: dict[str, Any] = {"bench": "big_answer", "rounds": rounds, "big": big}
+    figures["clients"] = args.clients
+    figures.update(arms[0])
+    if args.baseline_source:
+        figures["baseline"] = arms[1]
+    print_figures(figures)
+
+
+if __name__ == "__main__":
+    main()
