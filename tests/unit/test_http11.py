@@ -3,9 +3,11 @@ graceful shutdown, against an in-process server on a loopback port."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 import anyio
 import anyio.abc
@@ -647,3 +649,52 @@ async def test_an_unidentified_connection_has_the_head_timeout_to_send_a_head() 
         await keyed.send(get("/again"))  # identified: the head timeout no longer applies
         with anyio.fail_after(5):
             assert (await read_response(keyed_reader))[0] == 200
+
+
+async def test_chunks_made_in_one_pass_of_the_loop_go_out_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stream's chunks made without the loop turning in between (the events of one read of
+    a provider's stream) are written together, not one system call each; chunks past
+    SINGLE_WRITE_BYTES are written at once; what reaches the client is the same."""
+    writes: list[int] = []
+    made_connection = connection_module.Connection.connection_made
+
+    class CountedTransport:
+        def __init__(self, transport: asyncio.Transport) -> None:
+            self._transport = transport
+
+        def write(self, data: bytes) -> None:
+            writes.append(len(data))
+            self._transport.write(data)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._transport, name)
+
+    def connection_made(self: connection_module.Connection, transport: asyncio.Transport) -> None:
+        made_connection(self, transport)
+        self._transport = cast(asyncio.Transport, CountedTransport(transport))
+
+    monkeypatch.setattr(connection_module.Connection, "connection_made", connection_made)
+    small = [b"data: %d\n\n" % i for i in range(300)]
+    big = [b"y" * 50_000, b"z" * 50_000]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in small:
+            yield chunk
+        await anyio.sleep(0.05)
+        for chunk in big:
+            yield chunk
+
+    async def handler(request: HttpRequest) -> StreamingResponse:
+        return StreamingResponse(200, [("content-type", "text/event-stream")], chunks())
+
+    async with serving(handler) as server, raw_connection(server.port) as (stream, reader):
+        await stream.send(get("/"))
+        with anyio.fail_after(10):
+            status, _, body = await read_response(reader)
+    assert status == 200
+    assert body == b"".join(small + big)
+    # the head, the 300 small chunks in one write, the two big ones (together past
+    # SINGLE_WRITE_BYTES: the second goes with the first), the end
+    assert len(writes) <= 4, writes
