@@ -69,9 +69,11 @@ async def interleaved_throughput(
     return first_rps, second_rps
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time process ``pid`` has used so far."""
-    with open(f"/proc/{pid}/stat") as stat:
+def cpu_seconds(pid: int, *, main_thread: bool = False) -> float:
+    """User plus system CPU time process ``pid`` has used so far (``main_thread``: its
+    main thread's only, the one that runs the daemon's event loop)."""
+    path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
+    with open(path) as stat:
         fields = stat.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
