@@ -128,6 +128,33 @@ async def test_a_big_request_is_hashed_off_the_event_loop(
     assert [thread == loop for thread in threads] == [False, True, False, True]
 
 
+async def test_a_big_answer_is_committed_off_the_event_loop(db: Database) -> None:
+    """SQLite copies a value into the WAL with the GIL let go: a 13 MB answer's commit (~30
+    ms) no longer holds the loop; a small one's is still committed on it (no round trip)."""
+    on_loop: list[bool] = []
+    loop = threading.get_ident()
+
+    def traced(statement: str) -> None:
+        if statement.startswith("INSERT OR REPLACE INTO cache"):
+            on_loop.append(threading.get_ident() == loop)
+
+    assert db._writer is not None
+    db._writer._conn.set_trace_callback(traced)
+    cache = cache_of(db, VirtualClock(), entries=2000)
+    small, big = answer("small"), answer("big", 2**20)  # past OFF_LOOP_ANSWER_BYTES
+    small_key, big_key = chat_key(chat()), chat_key(chat(max_tokens=9))
+    committed_on_loop = []
+    for key, stored in ((small_key, small), (big_key, big)):
+        cache.put(key, "chat", "fast", stored, 0.01)
+        await db.committed()
+        committed_on_loop.append(set(on_loop))
+        on_loop.clear()
+    assert committed_on_loop == [{True}, {False}]
+    assert hit_answer(cache, big_key) == big
+    assert hit_answer(cache, small_key) == small
+    assert await stored_keys(db) == {small_key, big_key}
+
+
 def test_chat_and_embed_keys_never_collide() -> None:
     embed = msgspec.convert({"model": "fast", "input": "hi"}, Embed)
     assert embed_key(embed, ["p/fast"]) != chat_key(chat())
@@ -387,7 +414,7 @@ async def test_an_entry_whose_write_fails_leaves_the_index(directory: Path) -> N
     db = Database(directory / "quotad.db", max_size_mb=0.25)
     await db.open()
     try:
-        cache = cache_of(db, VirtualClock(), entries=1000)
+        cache = cache_of(db, VirtualClock(), entries=2000)
         written = 0
         for number in range(1000):  # until an entry can no longer be written
             key = chat_key(chat(messages=[{"role": "user", "content": str(number)}]))

@@ -89,6 +89,10 @@ RECENT_BYTES: Final = 1024 * 1024
 """The most the answers kept after their last use may take, stored."""
 RECENT_ANSWER_BYTES: Final = 64 * 1024
 """The largest answer (stored) kept in memory after its use."""
+OFF_LOOP_ANSWER_BYTES: Final = 256 * 1024
+"""An answer stored this large or larger is committed on the writer's thread, not on the
+event loop (:meth:`Database.write_later`'s ``large``): SQLite writing 13 MB into the WAL held the
+loop ~30 ms; a smaller one costs less than the thread's round trip."""
 LOAD_PAGE_ROWS: Final = 4096
 """Rows read at a time when the index is filled at start (not 100k rows' tuples at once)."""
 
@@ -335,10 +339,14 @@ class Cache:
 
     def put(self, key: bytes, kind: Kind, model: str, answer: Answer, cost_usd: float) -> None:
         """Store ``answer`` (replacing any entry of ``key``), evicting past ``max_mb``; the
-        rows join the next group commit (the request's ledger row's)."""
+        rows join the next group commit (the request's ledger row's), on the writer's thread when
+        the answer is large (:data:`OFF_LOOP_ANSWER_BYTES`)."""
         statements, stored = self._store(key, kind, model, answer, cost_usd)
         if statements:
-            self._db.write_later(statements, lambda failure: self._written(stored, failure))
+            large = stored[0][1].size >= OFF_LOOP_ANSWER_BYTES
+            self._db.write_later(
+                statements, lambda failure: self._written(stored, failure), large=large
+            )
 
     async def warm(self, entries: Iterable[tuple[WarmEntry, float]]) -> int:
         """Store recorded requests and their answers (``quotad cache warm``), each with the

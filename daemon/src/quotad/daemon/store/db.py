@@ -6,8 +6,9 @@ commit for the next pass of the event loop; that commit takes everything submitt
 and commits it as ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``), then wakes every
 submitter: the rows of concurrent requests share one commit (group commit), and no submitter
 waits longer than the commit in progress plus its own. A commit without fsync (synchronous=
-NORMAL) runs on the event loop itself; one that waits for the disk (``durability = "full"``) is
-run by the committer task on the writer connection's thread. If a shared transaction fails,
+NORMAL) runs on the event loop itself; one that waits for the disk (``durability = "full"``) or
+holds a large value (a big answer for the cache: SQLite copies it with the GIL let go) is run
+by the committer task on the writer connection's thread. If a shared transaction fails,
 each submission is retried in a transaction of its own, so that one bad submission cannot fail
 the others; a submission that still fails raises :class:`WriteFailed` in whoever waits for it,
 naming the file and SQLite's reason (``database or disk is full``).
@@ -102,6 +103,8 @@ class _Submission:
     done: Callable[[WriteFailed | None], None] | None = None
     """Who is told the outcome (:meth:`Database.write_later`); with no future and no
     ``done``, nobody waits and a failure is logged."""
+    large: bool = False
+    """It holds a large value (a big answer for the cache): committed on the writer's thread."""
 
 
 @dataclass(slots=True)
@@ -250,11 +253,12 @@ class Database:
         durable: bool,
         waited: bool = True,
         done: Callable[[WriteFailed | None], None] | None = None,
+        large: bool = False,
     ) -> asyncio.Future[None] | None:
         self.check_open()
         loop = asyncio.get_running_loop()
         future = loop.create_future() if waited else None
-        self._queue.append(_Submission(statements, future, durable, done))
+        self._queue.append(_Submission(statements, future, durable, done, large))
         if not self._commit_scheduled:
             self._commit_scheduled = True
             loop.call_soon(self._commit_pending)
@@ -286,11 +290,15 @@ class Database:
         done: Callable[[WriteFailed | None], None] | None = None,
         *,
         durable: bool = False,
+        large: bool = False,
     ) -> None:
         """Commit ``statements`` with the next batch, without waiting; ``done`` is called
         with the outcome once it is known, when the batch is settled (a failure is logged
-        when there is no ``done``). No future is made: this is on every request's path."""
-        self._submit(statements, durable, waited=False, done=done)
+        when there is no ``done``). No future is made: this is on every request's path.
+        ``large``: they hold a large value (a big answer), and the batch is committed on the
+        writer's thread, where SQLite copies it into the WAL with the GIL let go, instead of
+        on the event loop (13 MB: ~30 ms)."""
+        self._submit(statements, durable, waited=False, done=done, large=large)
 
     def _syncs(self, batch: Sequence[_Submission]) -> bool:
         """Whether committing ``batch`` waits for the disk (synchronous=FULL)."""
@@ -298,8 +306,10 @@ class Database:
 
     def _on_thread(self, batch: Sequence[_Submission]) -> bool:
         """Whether ``batch`` is committed on the writer's thread: it waits for the disk, or
-        for another process's write lock."""
-        return self._locked_out or self._syncs(batch)
+        for another process's write lock, or it holds a large value."""
+        return (
+            self._locked_out or self._syncs(batch) or any(submission.large for submission in batch)
+        )
 
     def _commit_pending(self) -> None:
         """Commit what was submitted, one pass of the event loop after the first submission:
