@@ -154,6 +154,20 @@ class _Connection(asyncio.Protocol):
             raise httpx.ReadError(str(self._lost) or type(self._lost).__name__)
         raise httpx.RemoteProtocolError("the server closed the connection")
 
+    def take(self, size: int) -> bytes:
+        """Up to ``size`` bytes off the front of :attr:`buffer`, copied once (a slice of the
+        bytearray, then bytes of it, was two copies: of a 13 MB answer, ~4 ms of the event
+        loop); all of it, when that is no more, leaves it empty without moving anything."""
+        buffer = self.buffer
+        if len(buffer) <= size:
+            data = bytes(buffer)
+            buffer.clear()
+            return data
+        with memoryview(buffer) as view:
+            data = bytes(view[:size])
+        del buffer[:size]
+        return data
+
     async def read_until(self, marker: bytes, limit: int, timeout_s: float | None) -> bytes:
         """Bytes up to and including ``marker`` (taken from the buffer)."""
         buffer = self.buffer
@@ -163,18 +177,13 @@ class _Connection(asyncio.Protocol):
                 raise httpx.RemoteProtocolError(f"a line or head longer than {limit} bytes")
             start = max(0, len(buffer) - len(marker) + 1)
             await self.receive(timeout_s)
-        end += len(marker)
-        data = bytes(buffer[:end])
-        del buffer[:end]
-        return data
+        return self.take(end + len(marker))
 
     async def read_exactly(self, size: int, timeout_s: float | None) -> bytes:
         buffer = self.buffer
         while len(buffer) < size:
             await self.receive(timeout_s)
-        data = bytes(buffer[:size])
-        del buffer[:size]
-        return data
+        return self.take(size)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -216,8 +225,7 @@ class _Body(httpx.AsyncByteStream):
             and self._framing == "length"
             and len(connection.buffer) >= self._remaining
         ):
-            data = bytes(connection.buffer[: self._remaining])
-            del connection.buffer[: self._remaining]
+            data = connection.take(self._remaining)
             self._remaining = 0
             self._complete = True
         else:
@@ -234,8 +242,7 @@ class _Body(httpx.AsyncByteStream):
             while self._remaining > 0:
                 if not connection.buffer:
                     await connection.receive(timeout_s)
-                data = bytes(connection.buffer[: self._remaining])
-                del connection.buffer[: len(data)]
+                data = connection.take(self._remaining)
                 self._remaining -= len(data)
                 yield data
         elif self._framing == "chunked":
@@ -252,25 +259,20 @@ class _Body(httpx.AsyncByteStream):
                 while size > 0:  # a chunk is passed on as it comes, however large it says it is
                     if not connection.buffer:
                         await connection.receive(timeout_s)
-                    data = bytes(connection.buffer[:size])
-                    del connection.buffer[: len(data)]
+                    data = connection.take(size)
                     size -= len(data)
                     yield data
                 if await connection.read_exactly(2, timeout_s) != _CRLF:
                     raise httpx.RemoteProtocolError("a chunk not followed by CRLF")
         else:  # until the close
             if connection.buffer:
-                data = bytes(connection.buffer)
-                connection.buffer.clear()
-                yield data
+                yield connection.take(len(connection.buffer))
             while True:
                 try:
                     await connection.receive(timeout_s)
                 except httpx.RemoteProtocolError:  # the close ends the body
                     break
-                data = bytes(connection.buffer)
-                connection.buffer.clear()
-                yield data
+                yield connection.take(len(connection.buffer))
         self._complete = True
 
     async def aclose(self) -> None:
