@@ -698,3 +698,24 @@ async def test_chunks_made_in_one_pass_of_the_loop_go_out_in_one_write(
     # the head, the 300 small chunks in one write, the two big ones (together past
     # SINGLE_WRITE_BYTES: the second goes with the first), the end
     assert len(writes) <= 4, writes
+
+
+async def test_chunks_made_before_a_stream_aborts_still_reach_the_client() -> None:
+    """Chunks held for the loop's next pass are written when the stream ends by an error
+    too (the sim's broken stream: a few events, then the connection cut)."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"data: 1\n\n"
+        yield b"data: 2\n\n"
+        raise AbortConnection
+
+    async def handler(request: HttpRequest) -> StreamingResponse:
+        return StreamingResponse(200, [("content-type", "text/event-stream")], chunks())
+
+    async with serving(handler) as server, raw_connection(server.port) as (stream, reader):
+        await stream.send(get("/"))
+        with anyio.fail_after(10):
+            received = await read_to_close(reader)
+    assert received.startswith(b"HTTP/1.1 200")
+    assert b"data: 1\n\n" in received
+    assert b"data: 2\n\n" in received

@@ -468,8 +468,8 @@ class Connection(asyncio.Protocol):
                 write_held()
                 if not raw:
                     await self._send(b"0\r\n%b\r\n" % trailer_section(response), stall_s)
-        finally:
-            held.clear()
+        finally:  # what the stream made before it ended, however it ended, is sent, as made
+            write_held()
             await _close_chunks(chunks)
 
     async def _send_error(self, status: int, message: str) -> None:
