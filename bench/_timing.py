@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
@@ -126,6 +126,16 @@ def seeded_main(
     print_figures(measure(quick if args.quick else getattr(args, option), args.seed))
 
 
+T = TypeVar("T")
+
+
+def alternating(arms: Sequence[T], rounds: int) -> Iterator[T]:
+    """Each of ``arms`` (the daemons a benchmark compares) once a round, in an order reversed
+    every other round, so that none always goes first on a machine whose load drifts."""
+    for number in range(rounds):
+        yield from (arms if number % 2 == 0 else reversed(arms))
+
+
 def bench_parser(doc: str | None, quick_help: str, **counts: int) -> argparse.ArgumentParser:
     """The command line every benchmark starts from: its docstring's first line as the
     description, ``--quick`` (a smoke run, ``quick_help`` says how small) and one integer
@@ -135,6 +145,35 @@ def bench_parser(doc: str | None, quick_help: str, **counts: int) -> argparse.Ar
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     return parser
+
+
+CompareArms = Callable[[list[str | None], list[str], float, int, int, int], list[dict[str, Any]]]
+"""``measure(sources, items, size_mb, rounds, big, clients)``: a daemon's figures per source."""
+
+
+def compared_main(
+    name: str, doc: str | None, quick_help: str, items: tuple[str, str], measure: CompareArms
+) -> None:
+    """The command line of a benchmark of big requests or answers that measures this tree's
+    daemon beside another checkout's (``--baseline-source``): ``--rounds``, ``--big`` (big
+    chats per phase), ``--clients`` (small-chat clients), ``--mb`` (a big one's size),
+    ``--NAME`` for ``items`` (its option name, its default: what to measure, comma-separated)
+    and ``--quick`` (1 MB, one round); prints the figures, the baseline's under ``baseline``."""
+    parser = bench_parser(doc, quick_help, rounds=3, big=4, clients=4)
+    parser.add_argument("--mb", type=float, default=13.0, help="size of a big one, MB")
+    parser.add_argument(f"--{items[0]}", default=items[1])
+    parser.add_argument("--baseline-source", help="a checkout whose daemon to measure alongside")
+    args = parser.parse_args()
+    rounds, big, size_mb = (1, 2, 1.0) if args.quick else (args.rounds, args.big, args.mb)
+    sources: list[str | None] = [None] + ([args.baseline_source] if args.baseline_source else [])
+    chosen = getattr(args, items[0]).split(",")
+    arms = measure(sources, chosen, size_mb, rounds, big, args.clients)
+    figures: dict[str, Any] = {"bench": name, "rounds": rounds, "big": big}
+    figures["clients"] = args.clients
+    figures.update(arms[0])
+    if args.baseline_source:
+        figures["baseline"] = arms[1]
+    print_figures(figures)
 
 
 def print_figures(figures: dict[str, Any]) -> None:

@@ -30,7 +30,6 @@ line.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import contextlib
 import itertools
@@ -47,7 +46,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import cpu_seconds, print_figures, source_env
+from bench._timing import alternating, compared_main, cpu_seconds, source_env
 from bench.big_body import latency_figures, small_chats_while
 from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
 from tests.support.sim import SimProcess
@@ -215,31 +214,19 @@ def measure(
         for case in cases:
             for arm in arms:  # warm-up: one big chat alone (lazy imports, first allocations)
                 pool.submit(send_big, case, arm.port, arm.path, [next(nonces)]).result()
-            for round_number in range(rounds):
-                for arm in arms if round_number % 2 == 0 else reversed(arms):
-                    arm.round(pool, case, big, clients, nonces)
+            for arm in alternating(arms, rounds):
+                arm.round(pool, case, big, clients, nonces)
         return [arm.figures() for arm in arms]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of each case")
-    parser.add_argument("--big", type=int, default=4, help="big chats per phase")
-    parser.add_argument("--clients", type=int, default=4, help="small-chat clients")
-    parser.add_argument("--mb", type=float, default=13.0, help="size of a big answer, MB")
-    parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--baseline-source", help="a checkout whose daemon to measure alongside")
-    parser.add_argument("--quick", action="store_true", help="1 MB answers, one round (smoke)")
-    args = parser.parse_args()
-    rounds, big, size_mb = (1, 2, 1.0) if args.quick else (args.rounds, args.big, args.mb)
-    sources: list[str | None] = [None] + ([args.baseline_source] if args.baseline_source else [])
-    arms = measure(sources, args.cases.split(","), size_mb, rounds, big, args.clients)
-    figures: dict[str, Any] = {"bench": "big_answer", "rounds": rounds, "big": big}
-    figures["clients"] = args.clients
-    figures.update(arms[0])
-    if args.baseline_source:
-        figures["baseline"] = arms[1]
-    print_figures(figures)
+    compared_main(
+        "big_answer",
+        __doc__,
+        "1 MB answers, one round (smoke)",
+        ("cases", ",".join(CASES)),
+        measure,
+    )
 
 
 if __name__ == "__main__":

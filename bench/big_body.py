@@ -26,7 +26,6 @@ what else runs). Prints one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import re
@@ -45,7 +44,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import cpu_seconds, percentile, print_figures, source_env
+from bench._timing import alternating, compared_main, cpu_seconds, percentile, source_env
 from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
 from tests.support.sim import SimProcess
 
@@ -245,32 +244,19 @@ def measure(
             for arm in arms:  # warm-up: one big chat alone (lazy imports, first allocations)
                 warm = big_chat(shape, size, next(nonces))
                 BigSender(arm.port, lambda _, body=warm: body, 1).run()  # type: ignore[misc]
-            for round_number in range(rounds):
-                for arm in arms if round_number % 2 == 0 else reversed(arms):
-                    arm.round(shape, size, big, clients, nonces)
+            for arm in alternating(arms, rounds):
+                arm.round(shape, size, big, clients, nonces)
         return [arm.figures() for arm in arms]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of each shape")
-    parser.add_argument("--big", type=int, default=4, help="big chats per phase")
-    parser.add_argument("--clients", type=int, default=4, help="small-chat clients")
-    parser.add_argument("--mb", type=float, default=13.0, help="size of a big chat, MB")
-    parser.add_argument("--shapes", default="single,messages,parts,cjk")
-    parser.add_argument("--baseline-source", help="a checkout whose daemon to measure alongside")
-    parser.add_argument("--quick", action="store_true", help="1 MB bodies, one round (smoke)")
-    args = parser.parse_args()
-    rounds, big, size = (1, 2, 1_000_000) if args.quick else (args.rounds, args.big, args.mb)
-    size = int(size * 1e6) if not args.quick else size
-    sources: list[str | None] = [None] + ([args.baseline_source] if args.baseline_source else [])
-    arms = measure(sources, args.shapes.split(","), size, rounds, big, args.clients)
-    figures: dict[str, Any] = {"bench": "big_body", "rounds": rounds, "big": big}
-    figures["clients"] = args.clients
-    figures.update(arms[0])
-    if args.baseline_source:
-        figures["baseline"] = arms[1]
-    print_figures(figures)
+    def in_megabytes(
+        sources: list[str | None], shapes: list[str], mb: float, rounds: int, big: int, clients: int
+    ) -> list[dict[str, Any]]:
+        return measure(sources, shapes, int(mb * 1e6), rounds, big, clients)
+
+    shapes = ("shapes", "single,messages,parts,cjk")
+    compared_main("big_body", __doc__, "1 MB bodies, one round (smoke)", shapes, in_megabytes)
 
 
 if __name__ == "__main__":
