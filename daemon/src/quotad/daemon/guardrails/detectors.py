@@ -21,7 +21,10 @@ Japanese and Chinese input methods type by default (a phone number as
 ``\uff10\uff19\uff10\uff0d…``, an address's ``\uff20``), the ideographic, no-break and other
 spaces, and hyphens and minus signs that are not ASCII's are each read as the one ASCII
 character they stand for, so that the same rules find them (and leave
-the same dates and years alone). The spans are those of the text as written.
+the same dates and years alone); and characters drawn as nothing (zero-width spaces and
+joiners, soft hyphens, the left-to-right and right-to-left marks and isolates that
+right-to-left text puts around numbers: :data:`_INVISIBLE`) are read as not there. The
+spans are those of the text as written.
 
 What each kind accepts (and what it leaves alone):
 
@@ -55,6 +58,7 @@ then by length.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 import unicodedata
@@ -196,11 +200,25 @@ def _ascii_equivalents() -> dict[int, int]:
     return equivalents
 
 
+_INVISIBLE: Final = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
+)
+"""Unicode's default-ignorable code points (``DerivedCoreProperties.txt``), the inside of a
+character class: characters drawn as nothing, which pasted and right-to-left text puts
+inside values (``jo\u200bhn@example.com``; a phone number between left-to-right marks in
+Hebrew or Arabic text): the zero-width space, joiners and word joiner, the soft hyphen, the
+byte-order mark, direction marks, embeddings and isolates, variation selectors, Hangul
+fillers and tags. :func:`ascii_view` leaves them out."""
+_INVISIBLE_RUN: Final = re.compile(f"[{_INVISIBLE}]+")
+
+
 def _character_class(codes: Collection[int]) -> str:
     """A regular expression's class of ``codes``: those of the Basic Multilingual Plane as
-    ranges, and one range from the least to the greatest beyond it (a class of many ranges
-    past U+FFFF costs the engine a test per range and per character; a character of the
-    covering range that is not in ``codes`` only costs a look)."""
+    ranges, and beyond it one range from the least to the greatest of each plane's codes (a
+    class of many ranges past U+FFFF costs the engine a test per range and per character; a
+    character of a covering range that is not in ``codes`` only costs a look)."""
     basic = sorted(code for code in codes if code <= 0xFFFF)
     ranges: list[list[int]] = []
     for code in basic:
@@ -208,8 +226,8 @@ def _character_class(codes: Collection[int]) -> str:
             ranges[-1][1] = code
         else:
             ranges.append([code, code])
-    astral = [code for code in codes if code > 0xFFFF]
-    if astral:
+    for plane in sorted({code >> 16 for code in codes if code > 0xFFFF}):
+        astral = [code for code in codes if code >> 16 == plane]
         ranges.append([min(astral), max(astral)])
     return (
         "["
@@ -229,11 +247,19 @@ _PROLONGED_BETWEEN_DIGITS: Final = re.compile(f"(?<=[0-9])[{_PROLONGED_MARKS}](?
 """Such a mark between two digits, which is read as ``-`` there, and only there."""
 
 _ASCII_OF: Final = _ascii_equivalents()
+_INVISIBLE_CODES: Final = [
+    code
+    for low, high in re.findall(r"(.)(?:-(.))?", _INVISIBLE, re.DOTALL)
+    for code in range(ord(low), ord(high or low) + 1)
+]
+_VIEW_OF: Final[dict[int, int | None]] = {**_ASCII_OF, **dict.fromkeys(_INVISIBLE_CODES)}
+"""What :func:`ascii_view` reads each character that is not ASCII as: its ASCII equivalent,
+or nothing (an invisible character)."""
 _WRITTEN_OTHERWISE: Final = re.compile(  # the class first: the engine skips to it (not "[…]+")
-    "(" + _character_class(_ASCII_OF) + _character_class(_ASCII_OF) + "*+)"
+    "(" + _character_class(_VIEW_OF) + _character_class(_VIEW_OF) + "*+)"
 )
-"""A run of characters that have an ASCII equivalent (a group: :meth:`re.Pattern.split`
-keeps it)."""
+"""A run of characters that have an ASCII equivalent or are invisible (a group:
+:meth:`re.Pattern.split` keeps it)."""
 _OTHER_ANCHORS: Final = re.compile(
     _character_class(
         [code for code, ascii_code in _ASCII_OF.items() if _ANCHORS.match(chr(ascii_code))]
@@ -241,24 +267,52 @@ _OTHER_ANCHORS: Final = re.compile(
 )
 
 
-def ascii_view(text: str) -> str:
+def ascii_view(text: str, *, leave_out_invisible: bool = True) -> str:
     """``text`` with each character that is another way of writing one ASCII character
     replaced by it (a Devanagari or a fullwidth nine by ``9``, a fullwidth ``@`` by ``@``, a
-    no-break or an ideographic space by a space, a non-breaking hyphen by ``-``): the same
-    length, character for character, so that a span found in it is the same span of
-    ``text``; and a katakana prolonged sound mark between two digits by ``-``
-    (:data:`_PROLONGED_BETWEEN_DIGITS`). ``text`` itself when it has none (ASCII text costs
-    one flag test)."""
+    no-break or an ideographic space by a space, a non-breaking hyphen by ``-``), character
+    for character; a katakana prolonged sound mark between two digits by ``-``
+    (:data:`_PROLONGED_BETWEEN_DIGITS`); and without its invisible characters
+    (:data:`_INVISIBLE`), so that the view is shorter only when ``text`` has some
+    (:func:`in_text` then finds a view's index in ``text``), unless ``leave_out_invisible``
+    is false. ``text`` itself when it has none of these (ASCII text costs one flag test)."""
     if text.isascii():
         return text
     pieces = _WRITTEN_OTHERWISE.split(text)  # text, run, text, run, …, text
     if len(pieces) > 1:
+        table = _VIEW_OF if leave_out_invisible else _ASCII_OF
         # every run translated at once (no run holds a NUL): no Python work per run
-        pieces[1::2] = "\0".join(pieces[1::2]).translate(_ASCII_OF).split("\0")
+        pieces[1::2] = "\0".join(pieces[1::2]).translate(table).split("\0")
         text = "".join(pieces)
     if _PROLONGED_MARKS[0] in text or _PROLONGED_MARKS[1] in text:
         text = _PROLONGED_BETWEEN_DIGITS.sub("-", text)
     return text
+
+
+LeftOut = tuple[list[int], list[int]]
+"""Where :func:`ascii_view` left runs of invisible characters out of a text: each run's
+index in the view, and how many characters were left out up to its end."""
+
+
+def left_out(text: str) -> LeftOut:
+    """The invisible runs :func:`ascii_view` leaves out of ``text`` (a Python step per run)."""
+    at: list[int] = []
+    removed: list[int] = []
+    total = 0
+    for run in _INVISIBLE_RUN.finditer(text):
+        at.append(run.start() - total)
+        total += run.end() - run.start()
+        removed.append(total)
+    return at, removed
+
+
+def in_text(index: int, runs: LeftOut) -> int:
+    """The index in a text of the character at ``index`` in its view (the view's end: the
+    text's end); ``runs`` are those :func:`left_out` of the text. The invisible characters
+    just before that character come before the index."""
+    at, removed = runs
+    runs_before = bisect.bisect_right(at, index)
+    return index + removed[runs_before - 1] if runs_before else index
 
 
 # --------------------------------------------------------------------------- expressions
@@ -533,12 +587,33 @@ def find_entities(
     A JSON escape (``\\n``, ``\\"``…) is read as the character it stands for: its letter
     made a value after it look like part of a word (``\\n4111 1111 1111 1111`` in a tool's
     JSON output was no card). So is a character that is another way of writing an ASCII
-    one (:func:`ascii_view`). The spans found are those of ``text`` all the same."""
+    one (:func:`ascii_view`). An invisible character is read both ways, as nothing
+    (``4111\u200b1111…`` is a card) and where it stands (a zero-width space still ends the
+    word before ``\u200b4111 1111…``). The spans found are those of ``text`` all the same."""
     if not kinds:
         return []
     if "\\" in text:
         text = _ESCAPES.sub(_escaped_view, text)
-    text = ascii_view(text)
+    view = ascii_view(text)
+    shorter = len(view) != len(text)  # the view left invisible characters out
+    found = _entities_in(view, kinds, len(ascii_view(text[:start])) if shorter else start)
+    if shorter:
+        if found:
+            runs = left_out(text)
+            found = [
+                (in_text(begin, runs), in_text(end - 1, runs) + 1, kind)
+                for begin, end, kind in found
+            ]
+        found += _entities_in(ascii_view(text, leave_out_invisible=False), kinds, start)
+    if len(found) < 2:
+        return found
+    found = sorted(set(found))
+    return _without_overlaps(found, severity or {})
+
+
+def _entities_in(text: str, kinds: Collection[EntityKind], start: int) -> list[Entity]:
+    """The entities of ``kinds`` in a view of a text (:func:`find_entities`), with overlaps,
+    in no order."""
     found: list[Entity] = []
     secrets = "secret" in kinds
     ipv6_until = -1
@@ -578,10 +653,7 @@ def find_entities(
                 found.append((begin, end, "secret"))
     if start:
         found = [entity for entity in found if entity[0] >= start]
-    if len(found) < 2:
-        return found
-    found = sorted(set(found))
-    return _without_overlaps(found, severity or {})
+    return found
 
 
 _ESCAPES: Final = re.compile(r'\\[nrt"\\/bf]')

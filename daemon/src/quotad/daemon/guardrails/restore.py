@@ -31,7 +31,13 @@ import msgspec
 
 from quotad.daemon.config import EntityKind, GuardrailAction
 from quotad.daemon.guardrails.blocked import Blocked
-from quotad.daemon.guardrails.detectors import ascii_view, find_entities, may_hold_entity
+from quotad.daemon.guardrails.detectors import (
+    ascii_view,
+    find_entities,
+    in_text,
+    left_out,
+    may_hold_entity,
+)
 from quotad.daemon.guardrails.masking import Masker
 from quotad.daemon.guardrails.placeholders import (
     LONGEST,
@@ -213,8 +219,8 @@ def settled_end(text: str) -> int:
     """How much of ``text`` no later text can turn into (part of) an entity: all but the
     last word, the digit groups before it, and an open PEM block; read as the detectors read
     it (:func:`~quotad.daemon.guardrails.detectors.ascii_view`: fullwidth digits are digits,
-    an ideographic space a space)."""
-    text = ascii_view(text)
+    an ideographic space a space, a zero-width space nothing)."""
+    written, text = text, ascii_view(text)
     index = len(text)
     while index and not _is_boundary(text[index - 1]):
         index -= 1
@@ -237,6 +243,8 @@ def settled_end(text: str) -> int:
     begin = text.rfind(_PEM_BEGIN, 0, index)
     if begin != -1 and not _PEM_END_LINE.search(text, begin):
         index = begin
+    if len(text) != len(written):  # the view left invisible characters out
+        return in_text(index, left_out(written))
     return index
 
 
