@@ -68,7 +68,7 @@ from typing import Final
 from quotad.daemon.config import EntityKind
 from quotad.daemon.guardrails.checksums import IBAN_LENGTHS, iban_valid, luhn_valid
 from quotad.daemon.guardrails.secret_formats import HINTS as SECRET_HINTS
-from quotad.daemon.guardrails.secret_formats import secrets_at
+from quotad.daemon.guardrails.secret_formats import PemProgress, secrets_at
 
 Entity = tuple[int, int, EntityKind]
 """(start, end, kind) of one entity found in a text."""
@@ -618,6 +618,7 @@ def _entities_in(text: str, kinds: Collection[EntityKind], start: int) -> list[E
     secrets = "secret" in kinds
     ipv6_until = -1
     phone_until = -1  # the end of the last international phone number found
+    pem = PemProgress()
     context_end = start - _HINT_BEFORE_START
     for hint in _HINTS.finditer(text):
         assert hint.lastindex is not None
@@ -649,7 +650,7 @@ def _entities_in(text: str, kinds: Collection[EntityKind], start: int) -> list[E
                     if name == "phone":
                         phone_until = end
         elif secrets:
-            for begin, end, _format in secrets_at(text, name, hint.start() - offset):
+            for begin, end, _format in secrets_at(text, name, hint.start() - offset, pem):
                 found.append((begin, end, "secret"))
     if start:
         found = [entity for entity in found if entity[0] >= start]
