@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import cast
+from typing import TypeVar, cast
 
 import anyio
 import anyio.abc
@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCI
 
 
 Response = tuple[int, dict[str, str], bytes]
+ReadT = TypeVar("ReadT")
 
 
 @asynccontextmanager
@@ -83,15 +84,31 @@ async def read_to_close(reader: BufferedByteReceiveStream) -> bytes:
         return bytes(data)
 
 
+async def exchange(
+    handler: Handler,
+    request: bytes,
+    read: Callable[[BufferedByteReceiveStream], Awaitable[ReadT]],
+    limits: HttpLimits | None = None,
+) -> ReadT:
+    """What ``read`` takes from a raw connection to a server running ``handler`` once
+    ``request`` is sent on it (within 10 s)."""
+    async with serving(handler, limits) as server, raw_connection(server.port) as (stream, reader):
+        await stream.send(request)
+        with anyio.fail_after(10):
+            return await read(reader)
+
+
+async def read_last_response(reader: BufferedByteReceiveStream) -> Response:
+    """One response, checked to be followed by the server closing the connection."""
+    answer = await read_response(reader)
+    assert await read_to_close(reader) == b""
+    return answer
+
+
 async def last_answer(request: bytes, limits: HttpLimits | None = None) -> Response:
     """The one answer the echo server gives to ``request`` on a raw connection, checked to be
     followed by the server closing the connection."""
-    async with serving(echo, limits) as server, raw_connection(server.port) as (stream, reader):
-        await stream.send(request)
-        with anyio.fail_after(5):
-            answer = await read_response(reader)
-            assert await read_to_close(reader) == b""
-    return answer
+    return await exchange(echo, request, read_last_response, limits)
 
 
 def get(path: str, extra: str = "") -> bytes:
@@ -400,10 +417,7 @@ async def test_a_chunked_body_ends_with_the_trailers_announced_and_sound_only() 
         trailers: list[tuple[str, str]] = []
         return StreamingResponse(200, [], chunks(trailers), ("x-cost",), trailers)
 
-    async with serving(handler) as server, raw_connection(server.port) as (stream, reader):
-        await stream.send(get("/", "connection: close\r\n"))
-        with anyio.fail_after(5):
-            received = await read_to_close(reader)
+    received = await exchange(handler, get("/", "connection: close\r\n"), read_to_close)
     head, _, body = received.partition(b"\r\n\r\n")
     assert b"\r\ntrailer: x-cost\r\n" in head + b"\r\n"
     assert body == b"4\r\nbody\r\n0\r\nx-cost: 0.5\r\n\r\n"
@@ -428,10 +442,7 @@ async def test_a_stream_whose_head_cannot_be_written_is_answered_500_and_closed(
     async def handler(request: HttpRequest) -> StreamingResponse:
         return StreamingResponse(200, [("x-split", "a\r\nx-evil: 1")], Chunks())
 
-    async with serving(handler) as server, raw_connection(server.port) as (stream, reader):
-        await stream.send(get("/"))
-        with anyio.fail_after(5):
-            status, _, _ = await read_response(reader)
+    status, _, _ = await exchange(handler, get("/"), read_response)
     assert status == 500
     assert Chunks.closed
 
@@ -689,10 +700,7 @@ async def test_chunks_made_in_one_pass_of_the_loop_go_out_in_one_write(
     async def handler(request: HttpRequest) -> StreamingResponse:
         return StreamingResponse(200, [("content-type", "text/event-stream")], chunks())
 
-    async with serving(handler) as server, raw_connection(server.port) as (stream, reader):
-        await stream.send(get("/"))
-        with anyio.fail_after(10):
-            status, _, body = await read_response(reader)
+    status, _, body = await exchange(handler, get("/"), read_response)
     assert status == 200
     assert body == b"".join(small + big)
     # the head, the 300 small chunks in one write, the two big ones (together past
@@ -712,10 +720,7 @@ async def test_chunks_made_before_a_stream_aborts_still_reach_the_client() -> No
     async def handler(request: HttpRequest) -> StreamingResponse:
         return StreamingResponse(200, [("content-type", "text/event-stream")], chunks())
 
-    async with serving(handler) as server, raw_connection(server.port) as (stream, reader):
-        await stream.send(get("/"))
-        with anyio.fail_after(10):
-            received = await read_to_close(reader)
+    received = await exchange(handler, get("/"), read_to_close)
     assert received.startswith(b"HTTP/1.1 200")
     assert b"data: 1\n\n" in received
     assert b"data: 2\n\n" in received
