@@ -55,6 +55,13 @@ def spent(client: Client) -> float:
     return next(b.spent_usd for b in client.status().budgets if b.name == "app leaver daily")
 
 
+def assert_charged_its_tokens(row: dict[str, Any], client: Client, spent_before: float) -> None:
+    """The row costs its tokens at the target's price, and the app's budget grew by that."""
+    cost = (row["prompt_tokens"] + row["completion_tokens"]) * PER_TOKEN
+    assert row["cost_usd"] == pytest.approx(cost)
+    assert spent(client) - spent_before == pytest.approx(cost)
+
+
 def test_a_stream_left_by_its_reader_is_charged_what_it_delivered(
     daemon: DaemonProcess, sim: SimProcess
 ) -> None:
@@ -70,9 +77,7 @@ def test_a_stream_left_by_its_reader_is_charged_what_it_delivered(
         row = the_cancelled_row(daemon, "reader-left")
         assert row["prompt_tokens"] > 0
         assert len(delivered.encode()) <= row["completion_tokens"] < 200
-        cost = (row["prompt_tokens"] + row["completion_tokens"]) * PER_TOKEN
-        assert row["cost_usd"] == pytest.approx(cost)
-        assert spent(client) - before == pytest.approx(cost)
+        assert_charged_its_tokens(row, client, before)
 
 
 def test_a_call_abandoned_while_under_way_is_charged_the_most_it_can_bill(
@@ -90,5 +95,4 @@ def test_a_call_abandoned_while_under_way_is_charged_the_most_it_can_bill(
         assert row["attempts"] == 1
         assert row["completion_tokens"] == 50  # its limit: the provider may have finished
         assert row["prompt_tokens"] >= len("answer slowly")
-        assert row["cost_usd"] == pytest.approx((row["prompt_tokens"] + 50) * PER_TOKEN)
-        assert spent(client) - before == pytest.approx(row["cost_usd"])
+        assert_charged_its_tokens(row, client, before)
