@@ -125,6 +125,28 @@ def _frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
+def mutated(payload: bytes, rng: random.Random) -> bytes:
+    """``payload`` with one to six bytes overwritten, bit-flipped, inserted (bytes that open
+    MessagePack values or are never UTF-8) or deleted, or cut short at one of them."""
+    data = bytearray(payload)
+    for _ in range(rng.randint(1, 6)):
+        if not data:
+            break
+        where = rng.randrange(len(data))
+        match rng.randrange(5):
+            case 0:
+                data[where] = rng.randrange(256)
+            case 1:
+                data[where] ^= 1 << rng.randrange(8)
+            case 2:
+                data.insert(where, rng.choice([0xFF, 0xC1, 0xDD, 0xDF, 0xDB, 0xC9]))
+            case 3:
+                del data[where]
+            case _:
+                del data[where:]
+    return bytes(data)
+
+
 class FrameMaker:
     """Hostile frames from one seeded random generator."""
 
@@ -140,7 +162,7 @@ class FrameMaker:
             return edge_request(self.edges, self.model)
         choice = self.random.random()
         if choice < 0.25:
-            return _frame(self.mutated(self.random.choice(self.valid)))
+            return _frame(mutated(self.random.choice(self.valid), self.random))
         if choice < 0.5:
             return _frame(self.replaced(self.random.choice(self.valid)))
         if choice < 0.75:
@@ -150,25 +172,6 @@ class FrameMaker:
         if choice < 0.95:
             return _frame(self.random.choice(self.valid))
         return self.lying_prefix()
-
-    def mutated(self, payload: bytes) -> bytes:
-        data = bytearray(payload)
-        for _ in range(self.random.randint(1, 6)):
-            if not data:
-                break
-            where = self.random.randrange(len(data))
-            match self.random.randrange(5):
-                case 0:
-                    data[where] = self.random.randrange(256)
-                case 1:
-                    data[where] ^= 1 << self.random.randrange(8)
-                case 2:
-                    data.insert(where, self.random.choice([0xFF, 0xC1, 0xDD, 0xDF, 0xDB, 0xC9]))
-                case 3:
-                    del data[where]
-                case _:
-                    del data[where:]
-        return bytes(data)
 
     def replaced(self, payload: bytes) -> bytes:
         """A valid request with one value anywhere inside it replaced by a hostile one, or

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import tracemalloc
 from collections.abc import Callable
 from typing import Any, get_args
@@ -75,6 +76,7 @@ from quotad.protocol.messages import (
     WindowStatus,
 )
 from quotad.protocol.scan import nesting_exceeds
+from tests.support.fuzz import mutated
 
 REQUEST_TYPES: tuple[type[Message], ...] = get_args(Request)
 REPLY_TYPES: tuple[type[Message], ...] = get_args(Reply)
@@ -544,33 +546,13 @@ def test_the_nesting_walk_agrees_with_the_decoded_depth(value: Any, limit: int) 
         assert too_deep == "extra"
 
 
-def _mutations(data: bytes, seed: int, count: int) -> list[bytes]:
-    """``count`` copies of ``data`` with a few bytes overwritten, inserted or deleted."""
-    import random
-
-    chooser = random.Random(seed)
-    mutated = []
-    for _ in range(count):
-        copy = bytearray(data)
-        for _ in range(chooser.randint(1, 4)):
-            where = chooser.randrange(len(copy))
-            match chooser.randrange(3):
-                case 0:
-                    copy[where] = chooser.randrange(256)
-                case 1:
-                    copy.insert(where, chooser.choice([0xFF, 0xC1, 0xDD, 0xDF, 0x9F, 0xA1]))
-                case _:
-                    del copy[where]
-        mutated.append(bytes(copy))
-    return mutated
-
-
 @pytest.mark.parametrize("message", REQUESTS)
 def test_mutated_payloads_only_yield_messages_or_frame_errors(message: Message) -> None:
     payload = RAW.encode(message)
-    for mutated in _mutations(payload, seed=len(payload), count=300):
+    chooser = random.Random(len(payload))
+    for _ in range(300):
         with contextlib.suppress(FrameError):  # anything else fails the test
-            decode_all(request_decoder(), frame(mutated))
+            decode_all(request_decoder(), frame(mutated(payload, chooser)))
 
 
 def _check_only_messages_or_frame_errors(decoder: FrameDecoder[Any], data: bytes) -> None:
