@@ -93,6 +93,47 @@ PASSED: list[str] = [  # the same shapes failing Luhn, and dates, years, amounts
     "from \u2212273.15 to 2019\u20102020, order 123\u2009456\u2009789",
 ]
 
+# characters drawn as nothing inside values: pasted text's zero-width spaces, word joiners and
+# soft hyphens, a file's byte-order mark, the direction marks right-to-left text puts around
+# and inside numbers (what a reader sees whole, the detectors must too; streams and the view
+# they read: test_invisible_characters.py)
+ZWSP, ZWJ, WJ, SHY, BOM = "\u200b", "\u200d", "\u2060", "\u00ad", "\ufeff"
+LRM, RLM, ALM, LRI, PDI = "\u200e", "\u200f", "\u061c", "\u2066", "\u2069"
+MASKED += [
+    (f"write to jo{ZWSP}hn@example.com today", f"jo{ZWSP}hn@example.com", "email"),
+    (f"write to john@exam{SHY}ple.com today", f"john@exam{SHY}ple.com", "email"),
+    (f"call 555-{WJ}123-{WJ}4567 now", f"555-{WJ}123-{WJ}4567", "phone"),
+    (
+        f"התקשרו אליי {LRM}+972-50-123-4567{LRM} בערב",
+        "+972-50-123-4567",  # the marks around it stay outside the value
+        "phone",
+    ),
+    (
+        f"התקשרו {LRI}+972{RLM} 50{RLM} 123{RLM} 4567{PDI} תודה",
+        f"+972{RLM} 50{RLM} 123{RLM} 4567",
+        "phone",
+    ),
+    (f"اتصل على {ALM}+٤٤ ٢٠{ALM} ٧٩٤٦ ٠٩٥٨ اليوم", f"+٤٤ ٢٠{ALM} ٧٩٤٦ ٠٩٥٨", "phone"),
+    (f"{BOM}SSN 123-45-{ZWJ}6789", f"123-45-{ZWJ}6789", "us_ssn"),
+    (f"server 203.0.{ZWSP}113.7 is up", f"203.0.{ZWSP}113.7", "ip"),
+]
+
+BLOCKED += [
+    f"card 4111{ZWSP}1111{ZWSP}1111{ZWSP}1111",
+    f"card 4111 {WJ}1111 {WJ}1111 {WJ}1111",
+    f"card {BOM}4111111111111111{BOM}",
+    f"x{ZWSP}4111 1111 1111 1111",  # a zero-width space still ends the word before it
+    f"בטלפון {LRM}4111 1111 1111 1111{LRM}",
+]
+
+PASSED += [  # what is no value with them is no value without them
+    f"card 4111{ZWSP}1111{ZWSP}1111{ZWSP}1112",  # Luhn fails
+    f"on 2024-{ZWSP}01-{ZWSP}05 at 12:30",
+    f"version 3.{ZWSP}11.{ZWSP}2, order 123{WJ}456{WJ}789",
+    f"{LRM}٢٠٢٤{LRM} في ١٥ مارس، نما بنسبة ١٢٫٥٪",
+    f"mention @{ZWSP}team and lodash@{ZWSP}4.17.21",
+]
+
 
 def context() -> RequestContext:
     return RequestContext(
