@@ -346,6 +346,25 @@ async def test_without_keys_the_app_is_x_quotad_app_else_anonymous() -> None:
     assert [caller.app for _, caller in broker.calls] == ["notebook", "anonymous"]
 
 
+async def test_an_app_named_in_utf_8_is_the_app_the_socket_knows_by_that_name() -> None:
+    """An ``x-quotad-app`` was read as Latin-1: "日報-bot" sent by curl was refused (its UTF-8
+    bytes read as C1 control characters), and "café" became "cafÃ©", an app no ``[apps]``
+    entry, budget or report of the native client's "café" counts."""
+    broker = ScriptedBroker()
+    async with serving(broker, auth="none") as url, httpx.AsyncClient(base_url=url) as http:
+        for app in ("日報-bot", "café"):
+            await http.post(
+                "/v1/chat/completions", json=CHAT, headers={b"x-quotad-app": app.encode()}
+            )
+        latin_1 = await http.post(
+            "/v1/chat/completions", json=CHAT, headers={b"x-quotad-app": b"caf\xe9"}
+        )
+    assert [caller.app for _, caller in broker.calls] == ["日報-bot", "café"]
+    assert latin_1.status_code == 400
+    assert latin_1.json()["error"]["param"] == "x-quotad-app"
+    assert "UTF-8" in latin_1.json()["error"]["message"]
+
+
 async def test_quotad_request_headers_reach_the_request_and_bad_ones_are_400() -> None:
     broker = ScriptedBroker()
     options = {"x-quotad-priority": "high", "x-quotad-cache": "bypass", "x-quotad-max-wait": "2.5"}

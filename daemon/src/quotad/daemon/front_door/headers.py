@@ -45,6 +45,12 @@ def read_headers(request: HttpRequest) -> RequestHeaders:
         elif name == b"x-api-key":
             if not found.key:
                 found.key = value.strip().decode("latin-1")
+        elif name == b"x-quotad-app":
+            try:  # as the socket's Hello and native requests spell it: "日報" is one app
+                app = value.decode()
+            except UnicodeDecodeError:
+                raise _bad_header("x-quotad-app", "an app's name is UTF-8") from None
+            _read_quotad_header(found, "x-quotad-app", app)
         elif name.startswith(b"x-quotad-"):
             _read_quotad_header(found, name.decode("latin-1"), value.decode("latin-1"))
     return found
