@@ -8,8 +8,10 @@ import sys
 
 import msgspec
 import pytest
+from rich.cells import cell_len
 
-from quotad.daemon.terminal import TerminalText, escaped, terminal_output
+from quotad.daemon.report import table
+from quotad.daemon.terminal import TerminalText, columns, escaped, terminal_output
 
 
 @pytest.mark.parametrize(
@@ -56,3 +58,14 @@ def test_the_command_s_streams_are_escaped_only_within_it() -> None:
         assert isinstance(sys.stdout, TerminalText)
         assert isinstance(sys.stderr, TerminalText)
     assert sys.stdout is before
+
+
+def test_a_table_lines_up_names_written_in_wide_or_combining_characters() -> None:
+    """Columns were padded by characters: an app named in CJK (two columns a character)
+    pushed its row's figures right of the others', a decomposed accent left of them. What a
+    terminal gives each line is measured as Rich measures it (``cell_len``)."""
+    names = ["notebook", "日報ボット", "\uff46\uff55\uff4c\uff4c", "cafe\u0301", "x\u200by"]
+    lines = table(["app", "requests"], [[name, 7] for name in names]).splitlines()
+    starts = [cell_len(line[: line.index("7")]) for line in lines[1:]]
+    assert starts == [cell_len(lines[0][: lines[0].index("requests")])] * len(names)
+    assert [columns(name) for name in names] == [cell_len(name) for name in names]

@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from quotad.daemon.config import ENTITY_KINDS
-from quotad.daemon.terminal import escaped
+from quotad.daemon.terminal import columns, escaped
 from quotad.protocol.figures import budget_whose, health_text, size, usd, usd_plain, window_in_force
 from quotad.protocol.messages import (
     ChatReply,
@@ -84,16 +84,23 @@ def window_text(window: WindowStatus) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain aligned text table (what a terminal would run written as escapes first, so
-    that the columns line up as printed)."""
+    that the columns line up as printed; an app named in CJK takes two columns a
+    character)."""
     cells = [[escaped(str(value)) for value in row] for row in rows]
-    widths = [len(header) for header in headers]
+    widths = [columns(header) for header in headers]
     for row in cells:
         for index, value in enumerate(row):
-            widths[index] = max(widths[index], len(value))
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in cells:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+            widths[index] = max(widths[index], columns(value))
+    lines = [_line(headers, widths)]
+    lines += [_line(row, widths) for row in cells]
     return "\n".join(lines)
+
+
+def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
+    padded = (
+        cell + " " * (width - columns(cell)) for cell, width in zip(cells, widths, strict=True)
+    )
+    return "  ".join(padded).rstrip()
 
 
 def _section(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:

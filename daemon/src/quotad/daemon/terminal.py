@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
+import unicodedata
 from collections.abc import Iterator
 from typing import Final, TextIO
 
@@ -29,6 +30,24 @@ def escaped(text: str) -> str:
     if text.isprintable():
         return text
     return RUN_BY_TERMINALS.sub(_escape, text)
+
+
+def columns(text: str) -> int:
+    """How many columns a terminal gives ``text`` (one line): two for a wide or fullwidth
+    character (CJK, kana, Hangul, fullwidth forms), none for a combining mark or a
+    zero-width one, one for the rest; for ASCII, its length."""
+    if text.isascii():
+        return len(text)
+    return sum(map(_columns_of, text))
+
+
+def _columns_of(char: str) -> int:
+    if unicodedata.combining(char) or unicodedata.category(char) in _ZERO_WIDTH:
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
+
+
+_ZERO_WIDTH: Final = frozenset({"Mn", "Me", "Cf"})
 
 
 def _escape(match: re.Match[str]) -> str:
