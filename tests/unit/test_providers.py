@@ -5,8 +5,10 @@ between the OpenAI and Anthropic shapes, and where API keys come from and never 
 from __future__ import annotations
 
 import base64
+import contextlib
+import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -532,6 +534,47 @@ async def test_the_whole_request_has_a_deadline() -> None:
         await provider.chat("m", chat(), 10)
     assert caught.value.kind == "timeout"
     assert caught.value.may_bill  # it may still answer, and bill
+
+
+@contextlib.contextmanager
+def listener(*, accepting: bool) -> Iterator[str]:
+    """A local server that never answers: ``accepting``, it takes each request and keeps it;
+    else its backlog is full (one connection waits unaccepted), so connecting never ends."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0 if not accepting else 8)
+    waiting = socket.create_connection(server.getsockname()) if not accepting else None
+    try:
+        yield "http://{}:{}/v1".format(*server.getsockname())
+    finally:
+        if waiting is not None:
+            waiting.close()
+        server.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the daemon's loop, the lean pool's
+@pytest.mark.parametrize("transport", ["lean", "httpx"])
+@pytest.mark.parametrize(("accepting", "may_bill"), [(False, False), (True, True)])
+async def test_a_deadline_before_the_request_is_handed_over_bills_nothing(
+    anyio_backend: str, transport: str, accepting: bool, may_bill: bool
+) -> None:
+    """The whole-request deadline that passes while connecting (or waiting for a free
+    connection) leaves a call the provider never had: it was charged its bound all the
+    same. One that passes while the answer is awaited may still be billed."""
+    with listener(accepting=accepting) as base_url:
+        settings = ProviderConfig(
+            kind="openai", base_url=base_url, timeout_s=0.3, connect_timeout_s=5
+        )
+        given = httpx.AsyncHTTPTransport() if transport == "httpx" else None
+        provider = OpenAIProvider("oa", settings, API_KEY, transport=given)
+        try:
+            with anyio.fail_after(10), pytest.raises(ProviderError) as caught:
+                await provider.chat("m", chat(), 10)
+        finally:
+            await provider.aclose()
+    assert caught.value.kind == "timeout"
+    assert caught.value.may_bill is may_bill
 
 
 @pytest.mark.anyio

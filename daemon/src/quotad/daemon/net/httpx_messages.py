@@ -41,7 +41,11 @@ class PreparedRequest(httpx.Request):
     the same as ``name: value\\r\\n`` lines, the body, the timeouts. ``httpx.Request``'s own
     constructor parses and merges all of these again for each request (tens of µs). Its
     ``headers`` (with the body's ``content-length``) are built only when a transport reads
-    them (httpx's own does); this pool writes the prepared lines instead (:meth:`head`)."""
+    them (httpx's own does); this pool writes the prepared lines instead (:meth:`head`).
+
+    :attr:`handed_over` says whether the request was written to a connection (its server may
+    have it): the lean pool sets it, and httpx's own transport through httpcore's ``trace``
+    extension when :meth:`trace` is given as one."""
 
     def __init__(
         self,
@@ -60,6 +64,13 @@ class PreparedRequest(httpx.Request):
         self._prepared_headers = headers
         self._header_lines = header_lines
         self._headers: httpx.Headers | None = None
+        self.handed_over = False
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's ``trace`` extension: the request is handed over once its body is sent."""
+        del info
+        if event.endswith("send_request_body.complete"):
+            self.handed_over = True
 
     @property
     def headers(self) -> httpx.Headers:

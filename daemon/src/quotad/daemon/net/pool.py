@@ -383,7 +383,7 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         head = request.head() if isinstance(request, PreparedRequest) else request_head(request)
         body = request.content
         pieces = (head + body,) if len(body) <= WHOLE_WRITE_BYTES else (head, body)
-        answer = await self._exchange(request.url, pieces, request.method, timeouts)
+        answer = await self._exchange(request, pieces, timeouts)
         extensions = {"http_version": answer.version, "reason_phrase": answer.reason}
         content = answer.body.take_whole() if answer.identity_encoded else None
         if content is not None:
@@ -397,14 +397,13 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         )
 
     async def _exchange(
-        self,
-        url: httpx.URL,
-        request_pieces: tuple[bytes, ...],
-        method: str,
-        timeouts: dict[str, Any],
+        self, request: httpx.Request, request_pieces: tuple[bytes, ...], timeouts: dict[str, Any]
     ) -> _Answer:
         """Send a request on a pooled connection; its answer's head, and its body to read
-        (the body's ``aclose`` gives the slot back)."""
+        (the body's ``aclose`` gives the slot back). A :class:`PreparedRequest` is marked
+        ``handed_over`` once written: what comes before (a free slot, a connection) never
+        reaches the server."""
+        url = request.url
         if url.scheme != "http":
             raise httpx.UnsupportedProtocol(f"this pool speaks http://, not {url.scheme}://")
         if self._closed:
@@ -416,7 +415,9 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         try:
             connection = await self._checkout(key, timeouts.get("connect"))
             connection.send(request_pieces)
-            answer = await _read_answer(connection, method == "HEAD", read_timeout_s)
+            if isinstance(request, PreparedRequest):
+                request.handed_over = True
+            answer = await _read_answer(connection, request.method == "HEAD", read_timeout_s)
         except BaseException:
             if connection is not None:
                 connection.close()

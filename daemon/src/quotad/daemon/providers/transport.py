@@ -245,6 +245,11 @@ class ProviderHTTP:
         self._host = base_url.netloc.decode("ascii", "replace")
         self._redactor = KeyRedactor(api_key)
         self._transport = transport if transport is not None else pooled_transport(config)
+        self._traced = isinstance(self._transport, httpx.AsyncHTTPTransport)
+        """httpx's own transport says when a request is handed over through httpcore's
+        ``trace`` (given per request); the lean pool says it itself; of another transport (a
+        test's mock), a request is taken as handed over when it is given to it."""
+        self._says_handed_over = self._traced or isinstance(self._transport, LeanHTTPTransport)
         self._headers = httpx.Headers(
             {"host": self._host, "user-agent": USER_AGENT, "accept": "application/json"}
         )
@@ -270,9 +275,12 @@ class ProviderHTTP:
         return httpx.URL(self._base_url + path)
 
     def _request(self, method: str, url: httpx.URL, body: bytes) -> PreparedRequest:
-        return PreparedRequest(
+        request = PreparedRequest(
             method, url, self._headers, self._header_lines, body, self._extensions
         )
+        if self._traced:
+            request.extensions = {**self._extensions, "trace": request.trace}
+        return request
 
     def _deadline(self) -> AbstractContextManager[Any]:
         """The whole-request bound: on asyncio (the daemon) watched by this account's one
@@ -300,7 +308,7 @@ class ProviderHTTP:
                 finally:
                     await response.aclose()
         except TimeoutError:
-            raise self._deadline_failure("gave no complete answer", response) from None
+            raise self._deadline_failure("gave no complete answer", request, response) from None
         except READ_FAILURES as error:
             raise self.transport_failure(error, response) from None
         rate_limits = parse_rate_limits(response.headers)
@@ -326,7 +334,7 @@ class ProviderHTTP:
             with self._deadline():
                 response = await self._transport.handle_async_request(request)
         except TimeoutError:
-            raise self._deadline_failure("did not start its answer", None) from None
+            raise self._deadline_failure("did not start its answer", request, None) from None
         except httpx.TransportError as error:
             raise self.transport_failure(error, None) from None
         rate_limits = parse_rate_limits(response.headers)
@@ -366,14 +374,20 @@ class ProviderHTTP:
         :meth:`KeyRedactor.answer`."""
         return self._redactor.answer(content)
 
-    def _deadline_failure(self, what: str, response: httpx.Response | None) -> ProviderError:
+    def _deadline_failure(
+        self, what: str, request: PreparedRequest, response: httpx.Response | None
+    ) -> ProviderError:
+        """The whole-request deadline passed: the call may be billed if the request was
+        handed over (not while it waited for a free connection or for one to connect) and
+        no error answer said it was refused."""
         rate_limits = parse_rate_limits(response.headers) if response else NO_RATE_LIMITS
+        handed_over = response is not None or request.handed_over or not self._says_handed_over
         return ProviderError(
             "timeout",
             f"{self._host} {what} within {self._timeout_s:g} s",
             status=response.status_code if response else None,
             rate_limits=rate_limits,
-            may_bill=not _refused(response),
+            may_bill=handed_over and not _refused(response),
         )
 
     def transport_failure(
