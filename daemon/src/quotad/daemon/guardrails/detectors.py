@@ -337,9 +337,9 @@ _DOMAIN = re.compile(
 )
 _ASSET_DOMAIN = re.compile(r"[0-9]+x\.[A-Za-z]+")  # icon@2x.png
 
-_PHONE_INTERNATIONAL = re.compile(
-    r"(?a)(?<![\w+])\+[0-9](?:(?:[ .-]|[ ]?\()?[0-9]++\)?)*+(?![\w]|[.-][0-9])"
-)
+_PHONE_INTERNATIONAL = re.compile(r"(?a)(?<![\w+])\+[0-9](?:(?:[ .-]|[ ]?\()?[0-9]++\)?)*+")
+_PHONE_INTERNATIONAL_END = re.compile(r"(?a)[\w]|[.-][0-9]")
+"""What may not follow an international number's last digit (a word, more digits)."""
 _PHONE_LOCAL = re.compile(
     r"(?a)(?<![\w+.(-])(?:"
     # North American: (555) 123-4567, 555-123-4567, 555.123.4567, 1-800-555-1234
@@ -438,13 +438,14 @@ def _international_phone(text: str, hint: re.Match[str]) -> list[tuple[int, int]
         return []
     low, high = _PHONE_DIGITS["international"]
     number = match.group()
-    if low <= _digit_count(number) <= high:  # all of it, to its last digit (what is usual)
+    ends_well = _PHONE_INTERNATIONAL_END.match(text, match.end()) is None
+    if ends_well and low <= _digit_count(number) <= high:  # all of it (what is usual)
         return [(match.start(), match.start() + len(number.rstrip(")")))]
-    digits, end = 0, None
-    for run in _DIGIT_RUN.finditer(match.group()):
+    digits, end, last = 0, None, len(number.rstrip(")"))
+    for run in _DIGIT_RUN.finditer(number):
         digits += len(run.group())
-        if digits > high:
-            break
+        if digits > high or (run.end() == last and not ends_well):
+            break  # past 15 digits, or the last group glued to a word: not the number's
         end = run.end() if digits >= low else None
     return [] if end is None else [(match.start(), match.start() + end)]
 
