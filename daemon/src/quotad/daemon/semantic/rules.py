@@ -83,25 +83,31 @@ RULES_VERSION: Final = 2
 MAX_TEXT_CHARS: Final = 1000
 """A last user turn longer than this is not cached semantically: a long text's mean vector is
 close to every other long text's, its facts are too many to check, and reading one costs up to
-~10 ms (a crafted text of this length; ~1.5 ms an ordinary one)."""
+~4 ms (a crafted text of this length, ``-e5`` repeated: 14-19 ms before each run was read
+once; ~1-1.5 ms an ordinary one)."""
 MAX_MOVED_TOKENS: Final = 32
 """Longest stretch of tokens in which one block may have moved past another."""
 
 # One scanner over the text: at each position, the first alternative that matches wins. The
 # first, a plain word not followed by what makes it part of an identifier, path or URL, is the
-# fast path that most tokens take.
-_SCANNER: Final = re.compile(
+# fast path that most tokens take. The URL and the dotted path alternatives read a whole run of
+# their characters before they can fail, from every token that starts inside it (``-e5-e5…``:
+# time quadratic in the run); a scanner without them reads each token first, and the token is
+# read again with them only where they can match (:func:`_scanner_at`).
+_URL: Final = r"""\b(?:[a-zA-Z][a-zA-Z0-9+.-]*://|www\.)[^\s<>"'`]+"""
+_DOTTED_PATH: Final = r"\b[\w.-]+(?:/[\w.-]+)+"
+_SCANNER_SOURCE: Final = (
     r"""
     (?P<plain>[^\W\d_]+(?:[-'\u2019][^\W\d_]+)*(?![\w(/\\@:]|[.'\u2019]\w))
   | (?P<fence>```.*?(?:```|\Z))
   | (?P<tick>`[^`\n]+`)
-  | (?P<url>\b(?:[a-zA-Z][a-zA-Z0-9+.-]*://|www\.)[^\s<>"'`]+)
+  | (?P<url>URL)
   | (?P<time>(?<![\w.:])(?P<hour>1[0-2]|0?\d)(?::(?P<minute>[0-5]\d))?
              \s?(?P<ampm>[aApP])\.?\s?[mM]\b\.?)
   | (?P<clock>(?<![\w.:])(?P<h24>[01]?\d|2[0-3]):(?P<m24>[0-5]\d)(?![\d:]))
   | (?P<number>\d+(?:[.,:/-]\d+)*)
   | (?P<path>(?<![\w/.~])(?:~|\.{1,2})?(?:/[\w.~-]+)+/?|\b[A-Za-z]:\\[^\s"'`]+|
-              \b[\w.-]+(?:/[\w.-]+)+)
+              DOTTED_PATH)
   | (?P<ident>\b(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|\w*_\w*|[a-z]+[A-Z]\w*|
                  [A-Z]+[a-z]+[A-Z]\w*)(?:\(\))?|\b[A-Za-z_]\w*\(\))
   | (?P<quote>[QUOTES])
@@ -111,9 +117,34 @@ _SCANNER: Final = re.compile(
   | (?P<percent>%)
   | (?P<joiner>(?<=[^\W_])[-/](?=[^\W_]))
   | (?P<other>[^\w\s])
-    """.replace("QUOTES", "".join(QUOTES)),
-    re.VERBOSE | re.DOTALL,
-)
+    """
+).replace("QUOTES", "".join(QUOTES))
+
+
+def _compiled_scanner(url: bool, dotted_path: bool) -> re.Pattern[str]:
+    never = "(?!)"
+    source = _SCANNER_SOURCE.replace("URL", _URL if url else never)
+    return re.compile(
+        source.replace("DOTTED_PATH", _DOTTED_PATH if dotted_path else never),
+        re.VERBOSE | re.DOTALL,
+    )
+
+
+_SCANNERS: Final = {
+    (url, dotted): _compiled_scanner(url, dotted)
+    for url in (True, False)
+    for dotted in (True, False)
+}
+_SCANNER: Final = _SCANNERS[True, True]
+_WITHOUT_LONG_READS: Final = _SCANNERS[False, False]
+"""The scanner without the URL and the dotted path alternatives: what it finds at a position
+is what the whole one finds there when it is one of :data:`_BEFORE_URL` (the first
+alternatives, the same in both), or when neither of those two can match there."""
+_BEFORE_URL: Final = frozenset({"plain", "fence", "tick"})
+_PATH_RUN: Final = re.compile(r"[\w.-]+")
+_URL_RUN: Final = re.compile(r"[a-zA-Z0-9+.-]+")
+_URL_END: Final = re.compile(r"://[^\s<>\"'`]")
+_PATH_CHARACTER: Final = re.compile(r"[\w.-]")
 _CAMEL: Final = re.compile(r"[a-z][A-Z]")
 _PUNCTUATION: Final = frozenset(".,;:!?()[]{}'\"\u2026\u2013\u2014\u00a1\u00bf\u00b7")
 """Marks that never change what is asked (full stop, comma…, ellipsis, dashes); any other mark
@@ -228,7 +259,12 @@ def _scan(text: str) -> list[RawToken]:
     tokens: list[RawToken] = []
     currency: str | None = None  # "$" seen: its word goes after the number ("5 usd")
     position = 0
-    while (match := _SCANNER.search(text, position)) is not None:
+    runs = [0, 0]
+    while (match := _WITHOUT_LONG_READS.search(text, position)) is not None:
+        if match.lastgroup not in _BEFORE_URL:  # the URL or the dotted path might come first
+            scanner = _scanner_at(text, match.start(), runs)
+            if scanner is not _WITHOUT_LONG_READS:
+                match = scanner.match(text, match.start()) or match
         position = match.end()
         group = match.lastgroup
         value = match.group()
@@ -272,6 +308,34 @@ def _scan(text: str) -> list[RawToken]:
             tokens.append(("symbol", value))  # "#" in "C#", a minus sign, "/", "@", an emoji…
         currency = None
     return tokens
+
+
+def _scanner_at(text: str, at: int, runs: list[int]) -> re.Pattern[str]:
+    """The scanner to read the token at ``at`` with (not white space): without the URL or the
+    dotted path alternative where it cannot match. ``runs`` holds where the last run of a
+    URL's and of a path's characters read ends, from one call to the next of a scan (tokens
+    start ever further on): a run is read once, not again from each token inside it."""
+    char = text[at]
+    url = False
+    if char.isascii() and char.isalpha():
+        if text.startswith("www.", at):
+            url = True
+        else:
+            if at + 1 >= runs[0]:
+                runs[0] = _run_end(_URL_RUN, text, at + 1)
+            url = _URL_END.match(text, runs[0]) is not None
+    dotted = False
+    if _PATH_CHARACTER.match(char):
+        if at >= runs[1]:
+            runs[1] = _run_end(_PATH_RUN, text, at)
+        end = runs[1]
+        dotted = text.startswith("/", end) and _PATH_CHARACTER.match(text, end + 1) is not None
+    return _SCANNERS[url, dotted]
+
+
+def _run_end(run: re.Pattern[str], text: str, at: int) -> int:
+    match = run.match(text, at)
+    return at if match is None else match.end()
 
 
 def _binds(text: str, at: int) -> bool:
