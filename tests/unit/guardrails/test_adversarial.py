@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import random
 import string
-import time
-from collections.abc import Callable
 
 import pytest
 
@@ -16,10 +14,10 @@ from quotad.daemon.config import ENTITY_KINDS, parse_config
 from quotad.daemon.guardrails import Guard
 from quotad.daemon.guardrails.detectors import find_entities
 from quotad.protocol.messages import Chat, ChatMessage
+from tests.support.scaling import LINEAR_RATIO_BOUND, cpu_time
 
 SMALL = 1 << 17
 LARGE = 1 << 20  # 8 x SMALL
-RATIO_BOUND = 24  # linear is 8; quadratic would be 64
 
 _rng = random.Random(5)
 BASE64 = "".join(_rng.choice(string.ascii_letters + string.digits + "+/") for _ in range(4096))
@@ -61,16 +59,6 @@ UNITS = {
 }
 
 
-def cpu_time(call: Callable[[], object]) -> float:
-    """The least CPU time of two calls."""
-    best = float("inf")
-    for _ in range(2):
-        started = time.process_time()
-        call()
-        best = min(best, time.process_time() - started)
-    return max(best, 1e-4)
-
-
 def repeated(unit: str, size: int) -> str:
     return (unit * (size // len(unit) + 1))[:size]
 
@@ -81,7 +69,7 @@ def test_detection_is_linear(unit: str) -> None:
     ratio = cpu_time(lambda: find_entities(large, ENTITY_KINDS)) / cpu_time(
         lambda: find_entities(small, ENTITY_KINDS)
     )
-    assert ratio < RATIO_BOUND
+    assert ratio < LINEAR_RATIO_BOUND
 
 
 NESTED_UNITS = {
@@ -105,7 +93,7 @@ def test_values_overlapping_or_inside_one_another_are_linear(unit: str) -> None:
     ratio = cpu_time(lambda: find_entities(large, ENTITY_KINDS)) / cpu_time(
         lambda: find_entities(small, ENTITY_KINDS)
     )
-    assert ratio < RATIO_BOUND
+    assert ratio < LINEAR_RATIO_BOUND
 
 
 @pytest.mark.parametrize(
@@ -136,4 +124,4 @@ def test_a_stream_in_small_pieces_is_linear(unit: str) -> None:
         restorer.flush()
 
     ratio = cpu_time(lambda: stream(LARGE // 4)) / cpu_time(lambda: stream(SMALL // 4))
-    assert ratio < RATIO_BOUND
+    assert ratio < LINEAR_RATIO_BOUND

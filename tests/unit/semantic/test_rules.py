@@ -4,9 +4,6 @@ or a content word never leaves two texts compatible."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +17,7 @@ from quotad.daemon.semantic.rules import (
     read,
     stated,
 )
+from tests.support.scaling import LINEAR_RATIO_BOUND, cpu_time
 from tests.support.semantic_pairs import PARAPHRASES
 
 
@@ -340,14 +338,5 @@ def test_a_run_of_dashes_and_points_is_read_in_linear_time(unit: str) -> None:
     end from every token inside it: 2,000 characters of ``-e5`` took 50 ms to read (8 times
     as many, 64 times as long)."""
     small, large = (unit * 300)[:1000], (unit * 2400)[:8000]
-    ratio = least_cpu(lambda: rules.stated(large)) / least_cpu(lambda: rules.stated(small))
-    assert ratio < 24  # linear is 8; quadratic 64
-
-
-def least_cpu(call: Callable[[], object]) -> float:
-    best = float("inf")
-    for _ in range(3):
-        started = time.process_time()
-        call()
-        best = min(best, time.process_time() - started)
-    return max(best, 1e-4)
+    ratio = cpu_time(lambda: rules.stated(large)) / cpu_time(lambda: rules.stated(small))
+    assert ratio < LINEAR_RATIO_BOUND
