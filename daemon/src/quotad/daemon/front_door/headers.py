@@ -45,27 +45,28 @@ def read_headers(request: HttpRequest) -> RequestHeaders:
         elif name == b"x-api-key":
             if not found.key:
                 found.key = value.strip().decode("latin-1")
-        elif name == b"x-quotad-app":
-            try:  # as the socket's Hello and native requests spell it: "日報" is one app
-                app = value.decode()
-            except UnicodeDecodeError:
-                raise _bad_header("x-quotad-app", "an app's name is UTF-8") from None
-            _read_quotad_header(found, "x-quotad-app", app)
         elif name.startswith(b"x-quotad-"):
-            _read_quotad_header(found, name.decode("latin-1"), value.decode("latin-1"))
+            _read_quotad_header(found, name.decode("latin-1"), value)
     return found
 
 
-def _read_quotad_header(found: RequestHeaders, name: str, value: str) -> None:
+def _read_quotad_header(found: RequestHeaders, name: str, raw: bytes) -> None:
     """One ``x-quotad-*`` request header into ``found``; a bad value is a ``bad_request``
-    naming the header. Unknown ``x-quotad-*`` headers are ignored."""
-    value = value.strip()
+    naming the header. Unknown ``x-quotad-*`` headers are ignored. An app's name is read as
+    UTF-8, as the socket's ``Hello`` spells it ("日報" is one app); the other values, ASCII
+    words and numbers, as Latin-1 (any byte reads, and a wrong one is named in the error)."""
     if name == "x-quotad-app":
+        try:
+            value = raw.decode().strip()
+        except UnicodeDecodeError:
+            raise _bad_header(name, "an app's name is UTF-8") from None
         if len(value) > MAX_APP_LENGTH:
             raise _bad_header(name, f"longer than {MAX_APP_LENGTH} characters")
         check_name(name, value)  # a tab is the one control character a header may hold
         found.app = value
-    elif name == "x-quotad-priority":
+        return
+    value = raw.decode("latin-1").strip()
+    if name == "x-quotad-priority":
         if value not in _PRIORITIES:
             raise _bad_header(name, f"expected one of {', '.join(PRIORITIES)}, got {value!r}")
         found.priority = value
