@@ -201,17 +201,20 @@ def _ascii_equivalents() -> dict[int, int]:
 
 
 _INVISIBLE: Final = (
-    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
-    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
-    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
+"""Unicode's default-ignorable code points (``DerivedCoreProperties.txt``), as ranges:
+characters drawn as nothing, which pasted and right-to-left text puts inside values
+(``jo\u200bhn@example.com``; a phone number between left-to-right marks in Hebrew or Arabic
+text): the zero-width space, joiners and word joiner, the soft hyphen, the byte-order mark,
+direction marks, embeddings and isolates, variation selectors, Hangul fillers and tags.
+:func:`ascii_view` leaves them out."""
+_INVISIBLE_RUN: Final = re.compile(
+    "[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in _INVISIBLE) + "]+"
 )
-"""Unicode's default-ignorable code points (``DerivedCoreProperties.txt``), the inside of a
-character class: characters drawn as nothing, which pasted and right-to-left text puts
-inside values (``jo\u200bhn@example.com``; a phone number between left-to-right marks in
-Hebrew or Arabic text): the zero-width space, joiners and word joiner, the soft hyphen, the
-byte-order mark, direction marks, embeddings and isolates, variation selectors, Hangul
-fillers and tags. :func:`ascii_view` leaves them out."""
-_INVISIBLE_RUN: Final = re.compile(f"[{_INVISIBLE}]+")
 
 
 def _character_class(codes: Collection[int]) -> str:
@@ -247,12 +250,10 @@ _PROLONGED_BETWEEN_DIGITS: Final = re.compile(f"(?<=[0-9])[{_PROLONGED_MARKS}](?
 """Such a mark between two digits, which is read as ``-`` there, and only there."""
 
 _ASCII_OF: Final = _ascii_equivalents()
-_INVISIBLE_CODES: Final = [
-    code
-    for low, high in re.findall(r"(.)(?:-(.))?", _INVISIBLE, re.DOTALL)
-    for code in range(ord(low), ord(high or low) + 1)
-]
-_VIEW_OF: Final[dict[int, int | None]] = {**_ASCII_OF, **dict.fromkeys(_INVISIBLE_CODES)}
+_VIEW_OF: Final[dict[int, int | None]] = {
+    **_ASCII_OF,
+    **dict.fromkeys(code for low, high in _INVISIBLE for code in range(low, high + 1)),
+}
 """What :func:`ascii_view` reads each character that is not ASCII as: its ASCII equivalent,
 or nothing (an invisible character)."""
 _WRITTEN_OTHERWISE: Final = re.compile(  # the class first: the engine skips to it (not "[…]+")
