@@ -327,8 +327,9 @@ def test_reading_a_run_once_finds_what_the_whole_scanner_finds(text: str) -> Non
     they can match, reads every text into the tokens the whole one alone reads."""
     fast = rules._scan(text)
     with pytest.MonkeyPatch.context() as whole_only:
-        whole_only.setattr(rules, "_WITHOUT_LONG_READS", rules._SCANNER)
-        whole_only.setattr(rules, "_scanner_at", lambda text, at, runs: rules._SCANNER)
+        whole = rules._SCANNERS[True, True]
+        whole_only.setattr(rules, "_WITHOUT_LONG_READS", whole)
+        whole_only.setattr(rules, "_scanner_at", lambda text, at, runs: whole)
         assert rules._scan(text) == fast
 
 

@@ -135,7 +135,6 @@ _SCANNERS: Final = {
     for url in (True, False)
     for dotted in (True, False)
 }
-_SCANNER: Final = _SCANNERS[True, True]
 _WITHOUT_LONG_READS: Final = _SCANNERS[False, False]
 """The scanner without the URL and the dotted path alternatives: what it finds at a position
 is what the whole one finds there when it is one of :data:`_BEFORE_URL` (the first
