@@ -33,6 +33,16 @@ def sequential(call: Callable[[], Any], count: int) -> list[float]:
     return latencies
 
 
+async def sequential_async(call: Callable[[], Awaitable[Any]], count: int) -> list[float]:
+    """:func:`sequential` of a coroutine function, awaited in turn."""
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await call()
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
 async def concurrent(call: Callable[[], Awaitable[Any]], count: int, concurrency: int) -> float:
     """Requests per second of ``count`` calls from ``concurrency`` tasks (closed loop)."""
     remaining = count

@@ -40,11 +40,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import percentile, sequential
+from bench._timing import percentile, sequential, sequential_async
 from quotad.daemon.config import SemanticConfig
 from quotad.daemon.store.cache import chat_key
 from quotad.protocol.messages import Chat, ChatMessage
@@ -99,14 +100,14 @@ def texts(count: int, seed: int = 7) -> list[str]:
     return made
 
 
-def filled(model: EmbeddingModel, count: int) -> tuple[SemanticCache, list[str]]:
+async def filled(model: EmbeddingModel, count: int) -> tuple[SemanticCache, list[str]]:
     """A cache whose one partition holds ``count`` questions."""
     from quotad.daemon.semantic.cache import SemanticCache
 
     cache = SemanticCache(SemanticConfig(mode="on"), model, max_entries=count)
     stored = texts(count)
     for number, text in enumerate(stored):
-        question = cache.question(request(text))
+        question = await cache.question(request(text))
         assert question is not None, text
         cache.add(number.to_bytes(16, "big"), question)
     return cache, stored
@@ -116,12 +117,12 @@ def ms(samples: list[float], fraction: float) -> float:
     return round(percentile(samples, fraction) * 1000, 4)
 
 
-def per_prompt(model: EmbeddingModel, cache: SemanticCache, count: int) -> dict[str, Any]:
+async def per_prompt(model: EmbeddingModel, cache: SemanticCache, count: int) -> dict[str, Any]:
     """Embedding and reading one short prompt, against the exact key as the baseline."""
     from quotad.daemon.semantic.cache import INDEX_DIMENSIONS
 
     asked = request(PROMPT)
-    question = cache.question(asked)
+    question = await cache.question(asked)
     assert question is not None
     text = question.facets.embedding_text
     sequential(lambda: model.embed_one(text, INDEX_DIMENSIONS), 200)  # warm up
@@ -129,14 +130,14 @@ def per_prompt(model: EmbeddingModel, cache: SemanticCache, count: int) -> dict[
     whole: list[float] = []
     exact: list[float] = []
 
-    def ask() -> None:
-        fresh = cache.question(asked)
+    async def ask() -> None:
+        fresh = await cache.question(asked)
         assert fresh is not None
         cache.vector_of(fresh)
 
     for _ in range(4):  # interleaved rounds
         embed += sequential(lambda: model.embed_one(text, INDEX_DIMENSIONS), count // 4)
-        whole += sequential(ask, count // 4)
+        whole += await sequential_async(ask, count // 4)
         exact += sequential(lambda: chat_key(asked), count // 4)
     exact_us = percentile(exact, 0.5) * 1e6
     return {
@@ -149,17 +150,17 @@ def per_prompt(model: EmbeddingModel, cache: SemanticCache, count: int) -> dict[
     }
 
 
-def lookups(model: EmbeddingModel, count: int, samples: int) -> dict[str, Any]:
+async def lookups(model: EmbeddingModel, count: int, samples: int) -> dict[str, Any]:
     """Lookup, index search and bare matvec in one partition of ``count`` questions."""
     import numpy as np
 
     from quotad.daemon.semantic.cache import CANDIDATES
     from quotad.daemon.semantic.question import Question
 
-    cache, stored = filled(model, count)
+    cache, stored = await filled(model, count)
     rng = random.Random(11)
     asked = [rng.choice(stored).replace("How do I", "What's the best way to") for _ in range(64)]
-    questions = [cache.question(request(text)) for text in asked]
+    questions = [await cache.question(request(text)) for text in asked]
     index = next(iter(cache._partitions.values()))  # the one partition
     matrix = index._matrix[: len(index)]
     vectors = [cache.vector_of(q) for q in questions if q is not None]
@@ -169,9 +170,9 @@ def lookups(model: EmbeddingModel, count: int, samples: int) -> dict[str, Any]:
     matvec_s: list[float] = []
     hits = 0
 
-    def timed_lookup(text: str) -> None:
+    async def timed_lookup(text: str) -> None:
         nonlocal hits
-        question: Question | None = cache.question(request(text))
+        question: Question | None = await cache.question(request(text))
         assert question is not None
         hits += cache.lookup(question) is not None
 
@@ -179,11 +180,11 @@ def lookups(model: EmbeddingModel, count: int, samples: int) -> dict[str, Any]:
         for number in range(samples // 4):
             pick = (round_ * samples + number) % len(asked)
             started = time.perf_counter()
-            timed_lookup(asked[pick])
+            await timed_lookup(asked[pick])
             lookup_s.append(time.perf_counter() - started)
             cache._facets_of.cache_clear()  # the candidates read again, as never seen before
             started = time.perf_counter()
-            timed_lookup(asked[pick])
+            await timed_lookup(asked[pick])
             cold_s.append(time.perf_counter() - started)
             vector = vectors[pick % len(vectors)]
             started = time.perf_counter()
@@ -206,24 +207,25 @@ def lookups(model: EmbeddingModel, count: int, samples: int) -> dict[str, Any]:
     }
 
 
-def pair_sets(model: EmbeddingModel) -> dict[str, Any]:
+async def pair_sets(model: EmbeddingModel) -> dict[str, Any]:
     """Hits and false hits on the fixed pair sets, through the engine at its defaults."""
     from quotad.daemon.semantic.cache import SemanticCache
 
-    def answers(stored: str, asked: str) -> tuple[bool, bool]:
+    async def answers(stored: str, asked: str) -> tuple[bool, bool]:
         cache = SemanticCache(SemanticConfig(mode="on"), model)
-        first, second = cache.question(request(stored)), cache.question(request(asked))
+        first = await cache.question(request(stored))
+        second = await cache.question(request(asked))
         if first is None or second is None:
             return False, False
         cache.add(b"0" * 16, first)
         similar = float(cache.vector_of(first) @ cache.vector_of(second)) >= cache.threshold
         return cache.lookup(second) is not None, similar
 
-    hits = sum(answers(a, b)[0] and answers(b, a)[0] for a, b in PARAPHRASES)
+    hits = sum([(await answers(a, b))[0] and (await answers(b, a))[0] for a, b in PARAPHRASES])
     near = [pair for pairs in NEAR_MISSES.values() for pair in pairs]
     false_hits = similar = 0
     for first, second in near:
-        one, two = answers(first, second), answers(second, first)
+        one, two = await answers(first, second), await answers(second, first)
         false_hits += one[0] or two[0]
         similar += one[1]
     return {
@@ -248,7 +250,7 @@ def rss_probe(count: int) -> dict[str, float]:
     model = EmbeddingModel()
     model.embed_one(PROMPT)
     with_model = rss_mb()
-    cache, _ = filled(model, count)
+    cache, _ = anyio.run(filled, model, count)
     with_vectors = rss_mb()
     return {
         "rss_daemon_modules_mb": round(base, 1),
@@ -341,10 +343,15 @@ def main() -> None:
     samples = 40 if args.quick else 400
     model = EmbeddingModel()
     figures: dict[str, Any] = {"bench": "semantic", "quick": args.quick}
-    figures.update(per_prompt(model, SemanticCache(SemanticConfig(mode="on"), model), samples * 5))
-    for size in sizes:
-        figures.update(lookups(model, size, samples))
-    figures.update(pair_sets(model))
+
+    async def in_process() -> None:  # the engine's coroutines, in one event loop
+        cache = SemanticCache(SemanticConfig(mode="on"), model)
+        figures.update(await per_prompt(model, cache, samples * 5))
+        for size in sizes:
+            figures.update(await lookups(model, size, samples))
+        figures.update(await pair_sets(model))
+
+    anyio.run(in_process)
     figures.update(through_daemon(200 if args.quick else 2_000, samples))
     probe = subprocess.run(
         [sys.executable, __file__, "--rss-probe", str(sizes[-1])],

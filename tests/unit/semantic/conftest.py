@@ -21,6 +21,12 @@ from quotad.protocol.messages import Chat, ChatMessage
 SYSTEM = "You are a helpful assistant."
 
 
+@pytest.fixture
+def anyio_backend(asyncio_only: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """The engine's coroutines run under asyncio + uvloop, as the daemon runs them."""
+    return asyncio_only
+
+
 @pytest.fixture(scope="session")
 def model() -> EmbeddingModel:
     """The bundled model, read once for the session."""
@@ -47,9 +53,9 @@ def chat(
     return Chat(model="fast", messages=messages, temperature=temperature, **fields)
 
 
-def ask(cache: SemanticCache, text: str, **fields: Any) -> Question:
+async def ask(cache: SemanticCache, text: str, **fields: Any) -> Question:
     """The question of a request for ``text`` (the test fails if it is not eligible)."""
-    question = cache.question(chat(text, **fields))
+    question = await cache.question(chat(text, **fields))
     assert question is not None, f"{text!r} is not eligible: {cache.stats.ineligible}"
     return question
 

@@ -11,6 +11,8 @@ from quotad.daemon.semantic.model import EmbeddingModel
 from tests.support.semantic_pairs import NEAR_MISSES, PARAPHRASES, Pair
 from tests.unit.semantic.conftest import chat
 
+pytestmark = pytest.mark.anyio
+
 NEAR_MISS_CASES = [
     pytest.param(pair, id=f"{category}-{index}")
     for category, pairs in NEAR_MISSES.items()
@@ -18,12 +20,12 @@ NEAR_MISS_CASES = [
 ]
 
 
-def answers(model: EmbeddingModel, stored: str, asked: str) -> bool:
+async def answers(model: EmbeddingModel, stored: str, asked: str) -> bool:
     """Whether ``asked`` gets the answer stored for ``stored`` (a fresh cache, default
     threshold, mode on). A text that is not eligible never gets one."""
     cache = SemanticCache(SemanticConfig(mode="on"), model)
-    first = cache.question(chat(stored))
-    second = cache.question(chat(asked))
+    first = await cache.question(chat(stored))
+    second = await cache.question(chat(asked))
     if first is None or second is None:
         return False
     cache.add(b"stored-entry-0001", first)
@@ -36,20 +38,20 @@ def test_the_default_threshold_is_the_designs() -> None:
 
 
 @pytest.mark.parametrize("pair", PARAPHRASES, ids=range(len(PARAPHRASES)))
-def test_a_paraphrase_hits(model: EmbeddingModel, pair: Pair) -> None:
+async def test_a_paraphrase_hits(model: EmbeddingModel, pair: Pair) -> None:
     first, second = pair
-    assert answers(model, first, second)
-    assert answers(model, second, first)
+    assert await answers(model, first, second)
+    assert await answers(model, second, first)
 
 
 @pytest.mark.parametrize("pair", NEAR_MISS_CASES)
-def test_a_near_miss_never_hits(model: EmbeddingModel, pair: Pair) -> None:
+async def test_a_near_miss_never_hits(model: EmbeddingModel, pair: Pair) -> None:
     first, second = pair
-    assert not answers(model, first, second)
-    assert not answers(model, second, first)
+    assert not await answers(model, first, second)
+    assert not await answers(model, second, first)
 
 
-def test_every_near_miss_is_similar_enough_to_be_a_candidate_or_refused_as_ineligible(
+async def test_every_near_miss_is_similar_enough_to_be_a_candidate_or_refused_as_ineligible(
     model: EmbeddingModel,
 ) -> None:
     """The near misses are hard cases: most score at or above the threshold, so it is the
@@ -58,7 +60,7 @@ def test_every_near_miss_is_similar_enough_to_be_a_candidate_or_refused_as_ineli
     above = total = 0
     for pairs in NEAR_MISSES.values():
         for first, second in pairs:
-            one, two = cache.question(chat(first)), cache.question(chat(second))
+            one, two = await cache.question(chat(first)), await cache.question(chat(second))
             if one is None or two is None:
                 continue
             total += 1

@@ -253,7 +253,7 @@ class Broker:
         await self.budget_holds.reserve(context, route, request)  # 2
         key = await self.cache.key_of(request, (target.name for target in route.targets))
         if isinstance(request, Chat):  # 3: exact, then semantic
-            hit, context.asked = self.semantic.lookup(request, key)
+            hit, context.asked = await self.semantic.lookup(request, key)
             return route, key, hit
         return route, key, self.cache.lookup(key, request.cache)  # 3
 

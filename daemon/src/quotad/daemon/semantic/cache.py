@@ -136,11 +136,11 @@ class SemanticCache:
 
     # ------------------------------------------------------------------ asking
 
-    def question(self, request: Chat) -> Question | None:
+    async def question(self, request: Chat) -> Question | None:
         """The question ``request`` asks, or None (mode off, or not eligible: counted)."""
         if self.mode == "off":
             return None
-        asked: Question | Ineligible = question_of(request, self.max_temperature)
+        asked: Question | Ineligible = await question_of(request, self.max_temperature)
         if isinstance(asked, Question):
             return asked
         self.stats.ineligible[asked] += 1

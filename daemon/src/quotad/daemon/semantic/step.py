@@ -196,7 +196,9 @@ class SemanticStep:
 
     # ------------------------------------------------------------------ step 3
 
-    def lookup(self, request: Chat, key: bytes | None) -> tuple[CacheEntry | None, Asked | None]:
+    async def lookup(
+        self, request: Chat, key: bytes | None
+    ) -> tuple[CacheEntry | None, Asked | None]:
         """Step 3 for a chat request whose cache key is ``key``: the entry that answers it
         (exact, or semantic with its similarity), and the question to carry to
         :meth:`answered` (None: nothing to hold or compare). ``cache = "only"`` raises
@@ -206,12 +208,12 @@ class SemanticStep:
         if engine is None or engine.mode == "off" or key is None:
             return self.cache.lookup(key, mode), None
         if mode == "refresh":  # nothing looked up; the new answer is held
-            question = engine.question(request)
+            question = await engine.question(request)
             return None, (Asked(question) if question is not None else None)
         hit = self.cache.lookup(key, "use")
         if hit is not None:
             return hit, None
-        question = engine.question(request)
+        question = await engine.question(request)
         found: CacheEntry | None = None
         asked = None
         if question is not None:

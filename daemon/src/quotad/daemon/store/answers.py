@@ -166,15 +166,10 @@ def chat_canonical(request: Chat) -> bytes:
     return chat_encoding(request, "chat", request.messages)
 
 
-def chat_digest(request: Chat, scheme: str, *conversation: Any) -> bytes:
-    """16 bytes that change with ``scheme``, ``conversation`` (the messages, or what of them
-    is to match) and every other field of ``request`` that changes its answer: the exact
-    cache's key, the semantic cache's partition."""
-    return key_digest(chat_encoding(request, scheme, *conversation))
-
-
 def chat_encoding(request: Chat, scheme: str, *conversation: Any) -> bytes:
-    """What :func:`chat_digest` hashes."""
+    """What is hashed of a chat request under ``scheme``: ``conversation`` (the messages, or
+    what of them is to match) and every other field of ``request`` that changes its answer
+    (the exact cache's key, the semantic cache's partition)."""
     canonical = (
         scheme,
         request.model,
