@@ -165,8 +165,8 @@ def test_a_reservation_made_before_midnight_settles_after_it() -> None:
 def test_a_clock_set_back_across_midnight_does_not_start_the_day_again() -> None:
     """The system clock stepped back over midnight (NTP, a resumed VM): the budget went back
     to the day before, started afresh at $0, and let that day spend its whole limit again
-    ($1.80 of a $1 budget in a few seconds here). Now a period only ever moves forward: what
-    is spent then counts in the later day, which has not ended."""
+    ($1.80 of a $1 budget in a few seconds here). With no day before left behind (the daemon
+    started after midnight), what is spent then counts in the later day, which has not ended."""
     after_midnight = at("2026-11-03 00:00:05")
     limits = budgets(budgets={"daily_usd": 1.0, "monthly_usd": 100.0})
     limits.settle(limits.reserve("app", 0.9, after_midnight), "app", 0.9, after_midnight)
@@ -177,6 +177,27 @@ def test_a_clock_set_back_across_midnight_does_not_start_the_day_again() -> None
     assert spent == {"global daily": 0.9, "global monthly": 0.9}
     next_day = at("2026-11-04 00:00:01")
     assert limits.reserve("app", 0.9, next_day) is not None  # the next day starts afresh
+
+
+def test_a_clock_set_forward_then_put_right_counts_both_days_in_the_first() -> None:
+    """The clock jumped a day ahead by mistake, then was put right: the budget stayed in the
+    later day and forgot the $0.80 spent today, so today could spend $1.70 of a $1 budget.
+    Now it goes back to today with what it had spent, and what was spent meanwhile (in a day
+    that has not begun) counts too."""
+    today = at("2026-11-02 10:00")
+    limits = budgets(budgets={"daily_usd": 1.0, "alert_at": 0.5})
+    alerts = limits.settle(limits.reserve("app", 0.8, today), "app", 0.8, today)
+    assert [alert.budget.name for alert in alerts] == ["global daily"]
+    ahead = at("2026-11-03 10:00")
+    assert limits.settle(limits.reserve("app", 0.5, ahead), "app", 0.5, ahead) != []
+    put_right = at("2026-11-02 10:05")
+    with pytest.raises(RequestError):
+        limits.reserve("app", 0.4, put_right)
+    (status,) = limits.status(put_right)
+    assert (status.spent_usd, status.alert) == (1.3, True)
+    assert limits.settle(limits.reserve("app", 0.0, put_right), "app", 0.1, put_right) == []
+    tomorrow = at("2026-11-03 00:00:01")
+    assert limits.reserve("app", 0.9, tomorrow) is not None  # tomorrow starts afresh
 
 
 # --------------------------------------------------------------------------- alerts and loading

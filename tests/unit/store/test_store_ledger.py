@@ -286,6 +286,8 @@ async def test_past_the_bound_only_rows_that_cost_something_are_kept(
 
 
 async def test_spent_by_app_sums_today_and_this_month(db: Database) -> None:
+    """A day after today was spent while the clock was ahead: it counts today (a restart
+    after the clock was put right had let today spend its limit on top of it)."""
     ledger = Ledger(db, CALENDAR)
     for number, (at, app, cost) in enumerate(
         [
@@ -294,10 +296,12 @@ async def test_spent_by_app_sums_today_and_this_month(db: Database) -> None:
             (NOW - 5 * DAY, "agent", 1.0),
             (NOW - 40 * DAY, "agent", 9.0),  # last month
             (NOW - 2 * DAY, "indexer", 2.0),
+            (NOW + DAY, "indexer", 0.125),  # the clock was a day ahead
         ]
     ):
         await ledger.record(row(number, at=at, app=app, cost=cost))
-    assert sorted(await ledger.spent_by_app(NOW)) == [("agent", 0.75, 1.75), ("indexer", 0.0, 2.0)]
+    found = sorted(await ledger.spent_by_app(NOW))
+    assert found == [("agent", 0.75, 1.75), ("indexer", 0.125, 2.125)]
 
 
 # --------------------------------------------------------------------------- reports

@@ -104,6 +104,9 @@ class Budget:
     held: int = 0
     period_label: str = ""
     alerted: bool = False
+    left: tuple[str, float, bool] | None = None
+    """The period this budget last left for a later one (its label, spent and alert), to
+    count again if the clock is set back into it (:meth:`Budgets._roll`)."""
 
     def status(
         self, *, spent_usd: float, reserved_usd: float, alert: bool, as_of: float | None = None
@@ -232,19 +235,29 @@ class Budgets:
             yield from budgets[len(self.global_budgets) :]
 
     def _roll(self, budget: Budget, now: float) -> None:
-        """Start a new period for ``budget`` when ``now`` is past its current one. Never an
-        earlier one (labels sort as time does): a system clock set back over midnight would
-        start the day before afresh at $0 and let it spend its whole limit again, so what is
-        spent then counts in the later period, which has not ended."""
+        """Put ``budget`` in the period holding ``now``. A later period starts at $0. A clock
+        set back into the period just left goes back to it with what it had spent, and
+        keeps what was spent since: that was spent in a period that has not begun yet, so it
+        counts now (a clock set forward by mistake, then put right, had started the day
+        afresh and let it spend its limit twice). Set back further, or over midnight with
+        nothing left behind, the budget stays in its later period, which has not ended: the
+        day before is never started afresh at $0 (labels sort as time does)."""
         label = (
             self.calendar.day_bounds(now)[2]
             if budget.period == "day"
             else self.calendar.month_bounds(now)[2]
         )
         if label > budget.period_label:
+            budget.left = (budget.period_label, budget.spent_usd, budget.alerted)
             budget.period_label = label
             budget.spent_usd = 0.0
             budget.alerted = False
+        elif label < budget.period_label and budget.left is not None and budget.left[0] == label:
+            _, spent_usd, alerted = budget.left
+            budget.left = None
+            budget.period_label = label
+            budget.spent_usd += spent_usd
+            budget.alerted = budget.alerted or alerted
 
     def load(self, spent: Iterable[tuple[str, float, float]], now: float) -> list[BudgetAlert]:
         """Set the running totals from the ledger: ``(app, spent today, spent this month)``

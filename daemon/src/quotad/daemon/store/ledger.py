@@ -549,11 +549,13 @@ class Ledger:
         log.info("%d ledger row(s) kept in memory written or logged", len(rows))
 
     async def spent_by_app(self, now: float) -> list[tuple[str, float, float]]:
-        """``(app, spent today, spent this month)`` per app, for the budgets at start."""
+        """``(app, spent today, spent this month)`` per app, for the budgets at start. Days
+        after today count as today, as days of later months count in this month: they were
+        spent while the clock was ahead, in a period that has not begun yet."""
         today = self.calendar.day(now)
         first_day = self.calendar.month_bounds(now)[2] + "-01"
         rows = await self._db.read(
-            "SELECT app, total(CASE WHEN day = ? THEN cost_usd ELSE 0 END), total(cost_usd) "
+            "SELECT app, total(CASE WHEN day >= ? THEN cost_usd ELSE 0 END), total(cost_usd) "
             "FROM spend_daily WHERE day >= ? GROUP BY app",
             (today, first_day),
         )
