@@ -187,20 +187,43 @@ def _check_integers(value: object) -> None:
             _name_the_integer(value)
 
 
+_Where = tuple["_Where | None", str | int]
+"""Where an item of a decoded body is: the place of what holds it (None: the body) and its
+key there (a string) or its index (an integer); spelt out by :func:`_spelt` when needed."""
+
+
 def _name_the_integer(value: object) -> None:
-    """``bad_request`` naming the first integer out of range in ``value``, and where."""
-    stack: list[tuple[str, object]] = [("", value)]
+    """``bad_request`` naming the first integer out of range in ``value``, and where. Each
+    item's place is its parent's and one step, spelt out only for the integer named: spelt out
+    for every item, a 16 KB key holding 16,000 items made 256 MB of paths."""
+    stack: list[tuple[_Where | None, object]] = [(None, value)]
     while stack:
         where, item = stack.pop()
         if isinstance(item, dict):
-            stack.extend((f"{where}.{key}" if where else str(key), v) for key, v in item.items())
+            stack.extend(((where, str(key)), v) for key, v in item.items())
         elif isinstance(item, list):
-            stack.extend((f"{where}[{index}]", v) for index, v in enumerate(item))
+            stack.extend(((where, index), v) for index, v in enumerate(item))
         elif isinstance(item, int) and not SMALLEST_INT <= item <= LARGEST_INT:
             digits = len(str(abs(item)))
             raise bad_request(
-                where or "the body", f"an integer of {digits} digits is out of range (64 bits)"
+                _spelt(where) or "the body",
+                f"an integer of {digits} digits is out of range (64 bits)",
             )
+
+
+def _spelt(where: _Where | None) -> str:
+    """``tools[0].x``: the path of a :data:`_Where` (empty for the body itself)."""
+    steps: list[str | int] = []
+    while where is not None:
+        where, step = where
+        steps.append(step)
+    path = ""
+    for step in reversed(steps):
+        if isinstance(step, int):
+            path = f"{path}[{step}]"
+        else:
+            path = f"{path}.{step}" if path else step
+    return path
 
 
 _LONE_SURROGATE: Final = re.compile(
