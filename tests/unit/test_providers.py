@@ -927,6 +927,14 @@ async def test_user_text_before_tool_results_is_moved_after_them() -> None:
             ),
             "an image_url must be",
         ),
+        (  # a system message's texts are joined: TypeError, an internal error
+            ChatMessage(role="system", content=[{"type": "text", "text": 5}]),
+            "a text part's text is not a string",
+        ),
+        (
+            ChatMessage(role="user", content=[{"type": "text", "text": ["a"]}]),
+            "a text part's text is not a string",
+        ),
     ],
 )
 async def test_requests_anthropic_cannot_express_are_client_errors(

@@ -105,7 +105,8 @@ def _image(part: dict[str, Any]) -> dict[str, Any]:
 
 
 def _blocks(content: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """Content blocks for a message's content; empty text is left out (Anthropic refuses it)."""
+    """Content blocks for a message's content; empty text is left out (Anthropic refuses it),
+    text that is not a string refused (a system message's are joined)."""
     if content is None:
         return []
     if isinstance(content, str):
@@ -116,6 +117,8 @@ def _blocks(content: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         if kind == "text":
             if not part.get("text"):
                 continue
+            if not isinstance(part["text"], str):
+                raise ConversionError("a text part's text is not a string")
             block = {"type": "text", "text": part["text"]}
         elif kind == "image_url":
             block = _image(part)
