@@ -136,10 +136,17 @@ def test_bad_anthropic_shapes_name_their_field(change: dict[str, Any], param: st
     assert caught.value.message.startswith(param + ": ")
 
 
-def test_anthropic_message_body_from_a_reply_with_tool_calls() -> None:
+@pytest.mark.parametrize(
+    "arguments",
+    # broken JSON; JSON nested deeper than decoding takes (RecursionError, a 500 before)
+    ["{", '{"a": ' * 100_000 + "1" + "}" * 100_000],
+    ids=["broken", "too_deep"],
+)
+def test_anthropic_message_body_from_a_reply_with_tool_calls(arguments: str) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
     reply = ChatReply(
         content="calling",
-        tool_calls=[{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{"}}],
+        tool_calls=[call],
         finish_reason="length",
         usage=Usage(prompt_tokens=10, completion_tokens=3),
         target="openai/gpt-x",
@@ -149,7 +156,7 @@ def test_anthropic_message_body_from_a_reply_with_tool_calls() -> None:
     assert body["model"] == "gpt-x"
     assert body["content"] == [
         {"type": "text", "text": "calling"},
-        {"type": "tool_use", "id": "c1", "name": "f", "input": {}},  # broken JSON: no input
+        {"type": "tool_use", "id": "c1", "name": "f", "input": {}},  # not decoded: no input
     ]
     assert body["stop_reason"] == "max_tokens"
     assert body["usage"]["input_tokens"] == 10

@@ -285,12 +285,13 @@ def _usage(usage: Usage) -> dict[str, int]:
 
 
 def _tool_input(arguments: Any) -> Any:
-    """A tool call's arguments (JSON text) as the ``input`` object of a tool_use block."""
+    """A tool call's arguments (JSON text) as the ``input`` object of a tool_use block; none
+    (``{}``) when they are not an object, or not JSON, or nested deeper than decoding takes."""
     if not isinstance(arguments, str):
         return arguments if isinstance(arguments, dict) else {}
     try:
         value = msgspec.json.decode(arguments or "{}")
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 
