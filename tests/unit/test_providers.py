@@ -24,6 +24,7 @@ from quotad.daemon.providers import build_provider, resolve_api_key
 from quotad.daemon.providers.anthropic import AnthropicProvider
 from quotad.daemon.providers.base import ChatDelta, ChatStream, Provider, ProviderError
 from quotad.daemon.providers.openai import OpenAIProvider
+from quotad.daemon.streamed_answer import merge_tool_calls
 from quotad.protocol.messages import Chat, ChatMessage, Usage
 
 API_KEY = "sk-test-0123456789abcdef"
@@ -690,6 +691,50 @@ async def test_answers_nested_too_deep_fail_as_the_provider_s_not_as_a_bug() -> 
     with pytest.raises(ProviderError) as broken:
         await collect(stream)
     assert broken.value.kind == "protocol"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("call", "says"),
+    [
+        ({"index": "a", "function": {"arguments": "{}"}}, "at `$[0].index`"),
+        ({"index": [0]}, "at `$[0].index`"),
+        ({"index": 0, "id": "c", "function": "f"}, "at `$[0].function`"),
+    ],
+)
+async def test_a_tool_call_of_no_shape_quotad_reads_is_a_protocol_error(
+    call: dict[str, Any], says: str
+) -> None:
+    """A tool call whose index is not an integer, or whose function is not an object, failed
+    where the stream's pieces were merged (unhashable or unordered indexes) or the answer was
+    translated for the front door (``function.get``): an internal error, not the provider's."""
+    event = {"choices": [{"delta": {"tool_calls": [call]}}]}
+    provider, _ = openai(streamed(sse(event)))
+    stream = await provider.open_stream("m", chat(), 10)
+    with pytest.raises(ProviderError) as broken:
+        await collect(stream)
+    assert broken.value.kind == "protocol"
+    assert says in broken.value.message
+    answer = {"choices": [{"message": {"content": None, "tool_calls": [call]}}]}
+    provider, _ = openai(reply(answer))
+    with pytest.raises(ProviderError) as refused:
+        await provider.chat("m", chat(), 10)
+    assert refused.value.kind == "protocol"
+    assert says in refused.value.message
+
+
+@pytest.mark.anyio
+async def test_a_tool_call_with_a_null_index_is_the_first() -> None:
+    first = {"index": None, "id": "c", "type": "function", "function": {"name": "f"}}
+    pieces = [first, {"index": 0, "function": {"arguments": "{}"}}]
+    events = [{"choices": [{"delta": {"tool_calls": [piece]}}]} for piece in pieces]
+    provider, _ = openai(
+        streamed(sse(*events, {"choices": [{"delta": {}, "finish_reason": "stop"}]}))
+    )
+    deltas = await collect(await provider.open_stream("m", chat(), 10))
+    fragments = [call for delta in deltas for call in delta.tool_calls or ()]
+    merged = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    assert merge_tool_calls(fragments) == merged
 
 
 @pytest.mark.anyio

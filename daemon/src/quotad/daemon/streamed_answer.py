@@ -103,12 +103,12 @@ class StreamedAnswer:
 
 def merge_tool_calls(fragments: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """A stream's whole tool calls (for its ``ChatEnd``) from its OpenAI-shaped fragments:
-    per ``index``, the id, type and name its fragments give, and their ``arguments`` pieces
-    joined in order. None when the stream had none."""
+    per ``index`` (0 when null or missing), the id, type and name its fragments give, and
+    their ``arguments`` pieces joined in order. None when the stream had none."""
     calls: dict[int, dict[str, Any]] = {}
     pieces: dict[int, list[str]] = {}
     for fragment in fragments:
-        index = fragment.get("index", 0)
+        index = fragment.get("index") or 0  # an integer or null (see the providers)
         call = calls.get(index)
         if call is None:
             call = calls[index] = {"id": "", "type": "function", "function": {"name": ""}}

@@ -78,6 +78,32 @@ class _Choice(msgspec.Struct):
     finish_reason: str | None = None
 
 
+class _Function(msgspec.Struct):
+    """A tool call's ``function``: an object (its name and arguments are read where used)."""
+
+
+class _ToolCallShape(msgspec.Struct):
+    """What a tool call (or a streamed piece of one) must be to be passed on as it is: its
+    ``index`` an integer (pieces are merged by it) and its ``function`` an object, where they
+    are given. A string index or function was a TypeError or AttributeError where the pieces
+    were merged or the answer translated: an internal error, not the provider's."""
+
+    index: int | None = None
+    function: _Function | None = None
+
+
+def _tool_calls_problem(calls: list[dict[str, Any]] | None) -> str | None:
+    """What is wrong with an answer's ``tool_calls`` (see :class:`_ToolCallShape`), if
+    anything."""
+    if not calls:
+        return None
+    try:
+        msgspec.convert(calls, list[_ToolCallShape])
+    except msgspec.ValidationError as error:
+        return f"tool_calls: {error}"
+    return None
+
+
 class _Completion(msgspec.Struct):
     choices: list[_Choice]
     usage: _Usage | None = None
@@ -191,6 +217,8 @@ class OpenAIStream(ChatEventStream):
             if choice.finish_reason is not None:
                 self.finish_reason = choice.finish_reason
             delta = choice.delta
+            if (problem := _tool_calls_problem(delta.tool_calls)) is not None:
+                raise self.http.protocol_failure(f"stream chunk: {problem}", self.rate_limits, data)
             if delta.content or delta.tool_calls or choice.finish_reason is not None:
                 return ChatDelta(
                     delta=delta.content or "",
@@ -221,6 +249,8 @@ class OpenAIProvider(HTTPProvider):
         if not completion.choices:
             raise self._http.protocol_failure("no choices", reply.rate_limits, reply.content)
         choice = completion.choices[0]
+        if (problem := _tool_calls_problem(choice.message.tool_calls)) is not None:
+            raise self._http.protocol_failure(problem, reply.rate_limits, reply.content)
         return ChatResult(
             content=choice.message.content,
             tool_calls=choice.message.tool_calls,
