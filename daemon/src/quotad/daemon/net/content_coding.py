@@ -10,7 +10,11 @@ inflates at most :data:`PIECE_BYTES` at a time, and the rest waits until the rea
 The codings understood are those httpx understands here (``gzip``, ``deflate``: a zlib stream,
 else raw deflate, as servers send both); others (``br``, ``zstd``, ``x-gzip``, unknown names)
 pass as they are, as with httpx. A body that is not what its coding says raises
-``httpx.DecodingError``.
+``httpx.DecodingError``; what follows the end of a coded body is left unread, as httpx leaves
+it (zlib keeps bytes after the end in ``unconsumed_tail`` as well as ``unused_data`` when the
+end came in a call that gave its most: asked for that tail again, it gave nothing and kept it,
+so a gzip answer of over 64 KiB inflated, with bytes after its end, held the event loop for
+good).
 """
 
 from __future__ import annotations
@@ -105,10 +109,14 @@ class _Inflater:
                 len(data) >= 2 and data[0] & 0x0F == 8 and int.from_bytes(data[:2]) % 31 == 0
             )
             self._inflater = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
+        inflater = self._inflater
         try:
-            yield self._inflater.decompress(data, PIECE_BYTES)
-            while self._inflater.unconsumed_tail:
-                yield self._inflater.decompress(self._inflater.unconsumed_tail, PIECE_BYTES)
+            while data and not inflater.eof:
+                piece = inflater.decompress(data, PIECE_BYTES)
+                if not piece and len(inflater.unconsumed_tail) == len(data):
+                    raise httpx.DecodingError(f"not {self._coding}: inflating it makes no progress")
+                yield piece
+                data = inflater.unconsumed_tail
         except zlib.error as error:
             raise self._error(error) from None
 
