@@ -255,14 +255,12 @@ def test_bad_key_is_401_and_a_busy_port_stops_the_daemon(
         assert caught.value.status_code == 401
         assert "sk-no-such-key" not in keyed.log()
         clash = DaemonProcess(config)
-        try:
-            with pytest.raises(RuntimeError, match=r"cannot listen on 127\.0\.0\.1"):
-                clash.start()
-            assert clash.process is not None
-            assert clash.process.returncode == 1
-            assert not clash.socket_path.exists()
-        finally:
-            clash.kill()
+        with pytest.raises(RuntimeError, match=r"cannot listen on 127\.0\.0\.1"), clash:
+            pass  # a daemon that cannot start cleans up after itself, its directory too
+        assert clash.process is not None
+        assert clash.process.returncode == 1
+        assert not clash.socket_path.exists()
+        assert not clash.directory.exists()
 
 
 def test_status_names_the_front_door(daemon: DaemonProcess, port: int) -> None:
