@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -133,6 +135,8 @@ def seeded_main(
     prints ``measure(count, seed)``'s figures as one JSON line."""
     option, default, quick = cases
     args = bench_parser(doc, quick_help, **{option: default, "seed": 1}).parse_args()
+    # stopped (``timeout``, ^C in another terminal): the processes it started are stopped too
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     print_figures(measure(quick if args.quick else getattr(args, option), args.seed))
 
 

@@ -51,6 +51,16 @@ ODD_NUMBERS: Final[tuple[Any, ...]] = (
     -1, -(2**31), 2**31, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**30, -(10**30),
     2**200, 0.5, 1e308, -0.0, "12", None, True, [], {},
 )  # fmt: skip
+ODD_TOOL_CALL_VALUES: Final[dict[str, tuple[Any, ...]]] = {
+    "index": ("0", None, [0], 1.5, -1, 2**63, True, {}),
+    "id": (5, None, [], ""),
+    "type": (5, None, "odd"),
+    "function": ("f", None, [], 5, {}),
+    "name": (5, None, [], ""),
+    "arguments": (5, None, {"a": 1}, [], "{"),
+}
+"""Values no OpenAI tool call (or streamed piece of one) should have, by field (``name`` and
+``arguments`` are the function's)."""
 USAGE_FIELDS: Final = {
     "openai": ("prompt_tokens", "completion_tokens", "total_tokens"),
     "anthropic": ("input_tokens", "output_tokens", "cache_read_input_tokens",
@@ -160,6 +170,20 @@ def stream_events(kind: str, rnd: random.Random) -> list[Any]:
     if kind.startswith("openai"):
         first = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
         deltas = [{"choices": [{"index": 0, "delta": {"content": piece}}]} for piece in pieces]
+        if rnd.random() < 0.2:  # a tool call in pieces, merged by its index
+            opened = {
+                "index": 0,
+                "id": "c1",
+                "type": "function",
+                "function": {"name": "f", "arguments": ""},
+            }
+            calls = [
+                [opened],
+                [{"index": 0, "function": {"arguments": '{"a": '}}],
+                [{"index": 0, "function": {"arguments": "1}"}}],
+            ]
+            deltas += [{"choices": [{"index": 0, "delta": {"tool_calls": call}}]}
+                       for call in calls]  # fmt: skip
         end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         usage = {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}}
         return [first, *deltas, end, usage, b"[DONE]"]
@@ -268,6 +292,9 @@ class AnswerFuzzer(Fuzzer):
                 self.notes.append("key echoed")
         if rnd.random() < 0.3:
             self._odd_usage(value)
+        calls = value.get("choices", [{}])[0].get("message", {}).get("tool_calls")
+        if calls and rnd.random() < 0.3:
+            self._odd_tool_call(calls)
         rounds = rnd.choice((0, 0, 1, 1, 2, 3))
         if rounds:
             self.notes.append(f"json x{rounds}")
@@ -282,6 +309,19 @@ class AnswerFuzzer(Fuzzer):
         name = rnd.choice(USAGE_FIELDS["openai" if self.kind.startswith("openai") else "anthropic"])
         usage[name] = rnd.choice(ODD_NUMBERS)
         self.notes.append(f"usage {name}={usage[name]!r:.30}")
+
+    def _odd_tool_call(self, calls: list[dict[str, Any]]) -> None:
+        """One field of one of ``calls`` (OpenAI's shape) given a value of the wrong kind."""
+        rnd = self.random
+        call = rnd.choice(calls)
+        name = rnd.choice(tuple(ODD_TOOL_CALL_VALUES))
+        odd = rnd.choice(ODD_TOOL_CALL_VALUES[name])
+        function = call.get("function")
+        if name in ("name", "arguments") and isinstance(function, dict):
+            function[name] = odd
+        else:
+            call[name] = odd
+        self.notes.append(f"tool call {name}={odd!r:.20}")
 
     def _odd_embeddings(self, value: dict[str, Any]) -> None:
         rnd = self.random
@@ -309,6 +349,11 @@ class AnswerFuzzer(Fuzzer):
     def _stream_body(self) -> bytes:
         rnd = self.random
         events = stream_events(self.kind, rnd)
+        pieces = [event["choices"][0]["delta"]["tool_calls"] for event in events
+                  if isinstance(event, dict) and event.get("choices")
+                  and "tool_calls" in event["choices"][0]["delta"]]  # fmt: skip
+        if pieces and rnd.random() < 0.3:
+            self._odd_tool_call(rnd.choice(pieces))
         encoded = [event if isinstance(event, bytes) else msgspec.json.encode(event)
                    for event in events]  # fmt: skip
         for _ in range(rnd.choice((0, 0, 1, 2, 3))):

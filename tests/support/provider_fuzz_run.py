@@ -4,8 +4,9 @@ and an Anthropic one through the lean pool of plain-http accounts, the same two 
 pool: their URLs name a host that is not loopback, and ``HTTP_PROXY`` names the hostile server,
 which answers as a proxy too) plus a ``quotad sim`` (the normal provider served afterwards);
 :func:`run` sends valid requests (chat, stream, embeddings) from real clients (quotad's
-:class:`~quotad.client.Client` on the socket, the ``openai`` SDK on the front door for a share)
-and sorts the answers; :func:`ledger_figures` reads the ledger (read-only) for the checks."""
+:class:`~quotad.client.Client` on the socket, the ``openai`` SDK on the front door for a share,
+the ``anthropic`` SDK on its Messages API for another: every provider's answers in Anthropic's
+shape) and sorts the answers; :func:`ledger_figures` reads the ledger (read-only) for the checks."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import anthropic
 import openai
 
 from quotad.client import Client, QuotadError
@@ -43,8 +45,13 @@ PAUSING: Final = frozenset({"rate_limited", "http 429", "timeout", "http 504"})
 """Outcomes that may leave the target paused."""
 SDK_SHARE: Final = 0.25
 """The share of cases sent with the openai SDK to the front door."""
+ANTHROPIC_SDK_SHARE: Final = 0.15
+"""The share of chat cases sent with the anthropic SDK to the front door's Messages API."""
 NEVER_OPENS: Final = "breaker = {{ failures = 1000000000, min_calls = 1000000000 }}"
 TIMEOUTS: Final = "timeout_s = 0.5\nconnect_timeout_s = 0.5"
+MAX_UNANSWERED: Final = 8
+"""Cases never answered after which no more are sent: the daemon is wedged, and every case
+after would wait :data:`NO_REPLY_S` in turn (a campaign of hours that says nothing more)."""
 NO_REPLY_S: Final = 60.0
 """How long a client waits for a reply before the case counts as never answered (the
 daemon's retry deadline is 8 s): a hang is a failure, not a campaign that never ends."""
@@ -126,16 +133,24 @@ class Results:
     """Targets a case found paused (it ends up reset: see :func:`run`)."""
     by_case: dict[int, str] = field(default_factory=dict)
     """Each case's outcome, by its index."""
+    unanswered: int = 0
+    """Cases the daemon never answered (see :data:`MAX_UNANSWERED`)."""
 
     @property
     def cases(self) -> int:
         return sum(self.outcomes.values())
 
+    @property
+    def wedged(self) -> bool:
+        """Whether so many cases went unanswered that no more are sent."""
+        return self.unanswered >= MAX_UNANSWERED
+
 
 @dataclass
 class Plan:
     """One case: what is asked (``chat``, ``stream``, ``embed``), of which target, by which
-    client (``socket``: quotad's client; ``sdk``: the openai SDK at the front door)."""
+    client (``socket``: quotad's client; ``sdk``: the openai SDK at the front door;
+    ``anthropic_sdk``: the anthropic SDK at its Messages API)."""
 
     index: int
     op: str
@@ -158,7 +173,10 @@ def plan(seed: int, index: int) -> Plan:
         target = rnd.choice(EMBED_TARGETS)
     else:
         target = rnd.choice(TARGETS[rnd.choice(("openai", "anthropic"))])
-    client = "sdk" if rnd.random() < SDK_SHARE else "socket"
+    draw = rnd.random()
+    client = "sdk" if draw < SDK_SHARE else "socket"
+    if op != "embed" and SDK_SHARE <= draw < SDK_SHARE + ANTHROPIC_SDK_SHARE:
+        client = "anthropic_sdk"
     return Plan(index, op, target, client)
 
 
@@ -192,15 +210,61 @@ def _sdk_case(sdk: openai.OpenAI, case: Plan) -> str:
     return "ok"
 
 
-def send(client: Client, sdk: openai.OpenAI, case: Plan, results: Results) -> None:
+def _anthropic_sdk_case(sdk: anthropic.Anthropic, case: Plan) -> str:
+    messages: Any = [{"role": "user", "content": case.text}]
+    if case.op == "chat":
+        sdk.messages.create(model=case.target, messages=messages, max_tokens=16)
+    else:
+        for _ in sdk.messages.create(
+            model=case.target, messages=messages, max_tokens=16, stream=True
+        ):
+            pass
+    return "ok"
+
+
+def _anthropic_failure(case: Plan, error: anthropic.APIError, results: Results) -> str:
+    """The outcome of an error the anthropic SDK raised; an internal error (a 500, or an
+    error event saying so: Anthropic's shape calls every other failure ``api_error`` too) or
+    one no hostile provider explains is a failure."""
+    status = getattr(error, "status_code", None)
+    body = error.body.get("error") if isinstance(error.body, dict) else None
+    message = body.get("message") if isinstance(body, dict) else None
+    if isinstance(error, anthropic.APIConnectionError):
+        results.failures.append(f"{case}: no answer: {error!r}"[:600])
+        results.unanswered += 1
+        return "no answer"
+    if status == 200 or status is None:  # an error event in the stream
+        if message == "internal error" or not isinstance(body, dict):
+            results.failures.append(f"{case}: stream error {error.body!r}"[:600])
+        return f"stream error {body.get('type') if isinstance(body, dict) else None}"
+    if status not in (400, 429, 502, 503, 504):
+        results.failures.append(f"{case}: http {status} {error.body!r}"[:600])
+    return f"http {status}"
+
+
+def send(
+    client: Client,
+    sdk: openai.OpenAI,
+    anthropic_sdk: anthropic.Anthropic,
+    case: Plan,
+    results: Results,
+) -> None:
     """Send one case and sort its answer into ``results``."""
     try:
-        outcome = _socket_case(client, case) if case.client == "socket" else _sdk_case(sdk, case)
+        if case.client == "socket":
+            outcome = _socket_case(client, case)
+        elif case.client == "anthropic_sdk":
+            outcome = _anthropic_sdk_case(anthropic_sdk, case)
+        else:
+            outcome = _sdk_case(sdk, case)
+    except anthropic.APIError as error:
+        outcome = _anthropic_failure(case, error, results)
     except QuotadError as error:
         outcome = error.code
         if str(error).startswith("no reply from quotad"):  # the client's own timeout
             outcome = "no reply"
             results.failures.append(f"{case}: never answered: {error}"[:600])
+            results.unanswered += 1
         if KEY_ENV["PFUZZ_KEY"] in f"{error} {error.details}":
             results.failures.append(f"{case}: the key in an error: {error}"[:600])
         if error.code not in CLEAN_CODES:
@@ -213,6 +277,7 @@ def send(client: Client, sdk: openai.OpenAI, case: Plan, results: Results) -> No
     except openai.APIConnectionError as error:
         outcome = "no answer"
         results.failures.append(f"{case}: no answer: {error!r}"[:600])
+        results.unanswered += 1
     except openai.APIError as error:  # an error event in a stream
         code = error.body.get("code") if isinstance(error.body, dict) else None
         outcome = f"stream error {code}"
@@ -246,9 +311,18 @@ def run(rig: FuzzRig, count: int, workers: int = 16, first: int = 0) -> Results:
                 timeout=NO_REPLY_S,
                 default_headers={"x-quotad-app": APP},
             ) as sdk,
+            anthropic.Anthropic(
+                base_url=rig.url,
+                api_key="unused",
+                max_retries=0,
+                timeout=NO_REPLY_S,
+                default_headers={"x-quotad-app": APP},
+            ) as anthropic_sdk,
         ):
             for case in share:
-                send(client, sdk, case, results)
+                if results.wedged:
+                    break
+                send(client, sdk, anthropic_sdk, case, results)
                 if case.target in results.paused_targets:
                     results.paused_targets.discard(case.target)
                     try:
@@ -259,6 +333,11 @@ def run(rig: FuzzRig, count: int, workers: int = 16, first: int = 0) -> Results:
     with ThreadPoolExecutor(workers) as pool:
         for done in [pool.submit(worker, cases[index::workers]) for index in range(workers)]:
             done.result()
+    if results.wedged:
+        results.failures.append(
+            f"stopped after {results.cases} of {count} cases: {results.unanswered} were never "
+            "answered (the daemon is wedged)"
+        )
     return results
 
 
