@@ -49,6 +49,8 @@ WHOLE_WRITE_BYTES: Final = 64 * 1024
 """A request body up to this size goes out in one write with its head (one packet, one system
 call); a larger one is written after the head as it is, not copied onto it (a 13 MB chat's copy
 took ~9 ms of the event loop's CPU)."""
+HELD_CHUNKS: Final = 512
+"""The most chunks of a chunked body, whole in the buffer, passed on as one piece."""
 READ_AHEAD_BYTES: Final = 256 * 1024
 """Bytes of an answer buffered ahead of its reader before reading from the server pauses (a
 stream read slowly holds the provider back instead of growing the buffer)."""
@@ -56,6 +58,8 @@ stream read slowly holds the provider back instead of growing the buffer)."""
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _NO_TIMEOUTS: Final[dict[str, Any]] = {}
 _HEX_DIGITS: Final = re.compile(rb"[0-9a-fA-F]{1,16}")
+_CHUNK_SIZE_LINE: Final = re.compile(rb"([0-9a-fA-F]{1,16})(?:;[^\r\n]*)?\r\n")
+"""A chunk's size line as servers write it (:func:`_take_whole_chunks`)."""
 _CRLF: Final = b"\r\n"
 
 
@@ -246,24 +250,8 @@ class _Body(httpx.AsyncByteStream):
                 self._remaining -= len(data)
                 yield data
         elif self._framing == "chunked":
-            while True:
-                line = await connection.read_until(_CRLF, MAX_HEAD_BYTES, timeout_s)
-                digits = line.split(b";", 1)[0].strip()
-                if not _HEX_DIGITS.fullmatch(digits):
-                    raise httpx.RemoteProtocolError(f"bad chunk size line {line[:100]!r}")
-                size = int(digits, 16)
-                if size == 0:
-                    while await connection.read_until(_CRLF, MAX_HEAD_BYTES, timeout_s) != _CRLF:
-                        pass  # trailers
-                    break
-                while size > 0:  # a chunk is passed on as it comes, however large it says it is
-                    if not connection.buffer:
-                        await connection.receive(timeout_s)
-                    data = connection.take(size)
-                    size -= len(data)
-                    yield data
-                if await connection.read_exactly(2, timeout_s) != _CRLF:
-                    raise httpx.RemoteProtocolError("a chunk not followed by CRLF")
+            async for data in _chunked(connection, timeout_s):
+                yield data
         else:  # until the close
             if connection.buffer:
                 yield connection.take(len(connection.buffer))
@@ -289,6 +277,59 @@ class _Body(httpx.AsyncByteStream):
         else:
             connection.close()
         self._pool.release_slot()
+
+
+async def _chunked(connection: _Connection, timeout_s: float | None) -> AsyncIterator[bytes]:
+    """The data of a chunked body. The chunks whole in the buffer are read in one pass and
+    passed on as one piece (:func:`_take_whole_chunks`), other tasks running between pieces;
+    any other chunk is passed on as it comes, however large it says it is. Trailers are read
+    up to :data:`MAX_HEAD_BYTES` in all. (One read ahead of 1-byte chunks, six bytes each on
+    the wire, was 43,000 pieces through every layer above, one at a time: 0.8 s of the event
+    loop held, 5 s of CPU per MB of body.)"""
+    held: list[bytes] = []
+    while True:
+        _take_whole_chunks(connection.buffer, held)
+        if held:
+            yield b"".join(held)
+            held.clear()
+            await anyio.lowlevel.checkpoint()
+        line = await connection.read_until(_CRLF, MAX_HEAD_BYTES, timeout_s)
+        digits = line.split(b";", 1)[0].strip()
+        if not _HEX_DIGITS.fullmatch(digits):
+            raise httpx.RemoteProtocolError(f"bad chunk size line {line[:100]!r}")
+        size = int(digits, 16)
+        if size == 0:
+            break
+        while size > 0:
+            if not connection.buffer:
+                await connection.receive(timeout_s)
+            data = connection.take(size)
+            size -= len(data)
+            yield data
+        if await connection.read_exactly(2, timeout_s) != _CRLF:
+            raise httpx.RemoteProtocolError("a chunk not followed by CRLF")
+    trailers = 0
+    while (line := await connection.read_until(_CRLF, MAX_HEAD_BYTES, timeout_s)) != _CRLF:
+        trailers += len(line)
+        if trailers > MAX_HEAD_BYTES:
+            raise httpx.RemoteProtocolError(f"trailers longer than {MAX_HEAD_BYTES} bytes")
+
+
+def _take_whole_chunks(buffer: bytearray, held: list[bytes]) -> None:
+    """Move the data of the chunks whole at the start of ``buffer`` (a size line as servers
+    write it, the data, CRLF), up to :data:`HELD_CHUNKS`, to ``held``; the last chunk, and
+    one written otherwise, are left to the caller, who reads them one at a time."""
+    position = 0
+    with memoryview(buffer) as view:
+        while len(held) < HELD_CHUNKS and (head := _CHUNK_SIZE_LINE.match(buffer, position)):
+            start = head.end()
+            end = start + int(head[1], 16)
+            if end == start or not buffer.startswith(_CRLF, end):
+                break  # the last chunk, one not whole in the buffer or not ended by CRLF
+            held.append(bytes(view[start:end]))
+            position = end + 2
+    if position:
+        del buffer[:position]
 
 
 class LeanHTTPTransport(httpx.AsyncBaseTransport):
