@@ -5,7 +5,8 @@ whoever reads it can stop at its bound before more is inflated.
 httpx's own decoders inflate each piece read off the connection whole: a gzip of zeros
 inflates about a thousand times, so a piece of a few hundred KiB (what the lean pool reads
 ahead) became hundreds of MiB in one call, however small ``max_response_mb`` was. Here zlib
-inflates at most :data:`PIECE_BYTES` at a time, and the rest waits until the reader asks.
+inflates at most :data:`PIECE_BYTES` at a time, and the rest waits until the reader asks; the
+other tasks get a turn every :data:`PIECES_BETWEEN_TURNS` pieces.
 
 The codings understood are those httpx understands here (``gzip``, ``deflate``: a zlib stream,
 else raw deflate, as servers send both); others (``br``, ``zstd``, ``x-gzip``, unknown names)
@@ -24,10 +25,15 @@ from collections.abc import AsyncGenerator, Iterable, Iterator
 from contextlib import aclosing
 from typing import Any, Final, cast
 
+import anyio
 import httpx
 
 PIECE_BYTES: Final = 64 * 1024
 """The most one step of inflating gives."""
+PIECES_BETWEEN_TURNS: Final = 64
+"""Pieces of a body passed on before the other tasks get a turn: what one read off the
+connection brings is passed on without waiting, a piece a chunk through httpx's h11, so a
+provider's 1-byte chunks held the event loop 0.6 s a read."""
 MAX_CODINGS: Final = 4
 """Content-codings decoded in turn at most (servers apply one); a body said to be in more is
 refused: each is an inflater (about 40 KiB) and a generator deeper in the chain."""
@@ -50,9 +56,13 @@ async def decoded_body(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     """``response``'s body, decoded, in pieces of at most :data:`PIECE_BYTES` when it is in a
     content-coding (else as it comes)."""
     applied = codings(response)
+    passed_on = 0
     if not applied:
         async for chunk in response.aiter_bytes():
             yield chunk
+            passed_on += 1
+            if passed_on % PIECES_BETWEEN_TURNS == 0:
+                await anyio.lowlevel.checkpoint()
         return
     inflaters = [_Inflater(coding) for coding in reversed(applied)]
     # an async generator (typed as an iterator): closed when this one is, even unfinished
@@ -62,6 +72,9 @@ async def decoded_body(response: httpx.Response) -> AsyncGenerator[bytes, None]:
             for piece in _through(inflaters, [raw]):
                 if piece:
                     yield piece
+                    passed_on += 1
+                    if passed_on % PIECES_BETWEEN_TURNS == 0:
+                        await anyio.lowlevel.checkpoint()
     for piece in _through(inflaters, [], final=True):
         if piece:
             yield piece
