@@ -14,6 +14,10 @@ from quotad.daemon.net.content_coding import decoded_body
 
 MAX_EVENT_BYTES: Final = 16 * 1024 * 1024
 """The longest server-sent event (or line) accepted: the bound on what a stream buffers."""
+LINES_BETWEEN_TURNS: Final = 512
+"""Lines read before the other tasks get a turn: the lines of one read are read, and their
+events passed on, without waiting: 256 KB of comment lines held the event loop 70 ms, and 29,000
+one-token events in one read each went through the broker and out to the caller at once."""
 DRAIN_S: Final = 1.0
 """How long a stream's end event may wait for the end of its body."""
 
@@ -44,6 +48,7 @@ class ServerSentEvents:
         self._ended = False
         self._max_bytes = max_bytes
         self._received = 0
+        self._lines_since_turn = 0
 
     async def next_data(self) -> bytes | None:
         """The data of the next event; None at the end of the body. Transport errors
@@ -51,6 +56,10 @@ class ServerSentEvents:
         (``httpx.DecodingError``) propagate."""
         while True:
             while self._lines:
+                self._lines_since_turn += 1
+                if self._lines_since_turn == LINES_BETWEEN_TURNS:
+                    self._lines_since_turn = 0
+                    await anyio.lowlevel.checkpoint()
                 line = self._lines.popleft()
                 if not line:
                     if self._data:
