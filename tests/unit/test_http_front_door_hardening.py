@@ -26,6 +26,7 @@ from quotad.daemon.front_door import FrontDoor, openai, wire
 from quotad.daemon.front_door.wire import header_safe
 from quotad.daemon.routing import Router
 from quotad.protocol.messages import Chat
+from tests.support.event_loop import turns_during
 from tests.support.serving import running
 from tests.support.store import open_store
 from tests.unit.test_http_front_door import ANTHROPIC_CHAT, CHAT, KEYS, ScriptedBroker
@@ -243,24 +244,12 @@ async def test_a_big_body_is_looked_through_for_integers_between_turns_of_the_lo
     """A 13 MB body's look for integers past 64 bits held the event loop 11 ms in one go;
     now a MiB at a time (:data:`DIGIT_SCAN_BYTES`), other tasks run in between."""
     body = chat_of_bytes(4 * wire.DIGIT_SCAN_BYTES)
-    turns = 0
-    finished = False
 
-    async def other_task() -> None:
-        nonlocal turns
-        while not finished:
-            turns += 1
-            await anyio.lowlevel.checkpoint()
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(other_task)
-        await anyio.lowlevel.checkpoint()
-        turns_before = turns
+    async def decode() -> None:
         decoded = await wire.decode_body(openai.CHAT_DECODER, body)
-        turns_during = turns - turns_before
-        finished = True
-    assert decoded.tools == []
-    assert turns_during >= 4  # a turn between each of the 5 pieces
+        assert decoded.tools == []
+
+    assert await turns_during(decode) >= 4  # a turn between each of the 5 pieces
 
 
 @pytest.mark.parametrize("offset", [-30, -19, -10, -1, 0])

@@ -10,16 +10,15 @@ import gzip
 import random
 import tracemalloc
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-import anyio
-import anyio.lowlevel
 import httpx
 import pytest
 
 from quotad.daemon.net import content_coding
 from quotad.daemon.net.sse import EventStreamTooLong, ServerSentEvents
 from quotad.daemon.providers.transport import read_body
+from tests.support.event_loop import turns_during
 
 BODY = b'{"choices": [{"message": {"content": "' + "é漢字🙂".encode() * 500 + b'"}}]}'
 BOMB_INFLATED = 64 * 1024 * 1024
@@ -89,25 +88,6 @@ def test_bytes_after_the_end_of_a_coded_body_are_left_in_a_few_steps(coding: str
         pieces.append(piece)
     pieces += content_coding._through([inflater], [], final=True)
     assert b"".join(pieces) == inflated
-
-
-async def turns_during(work: Callable[[], Awaitable[object]]) -> int:
-    """How many turns another task got while ``work`` ran."""
-    turns = 0
-    done = False
-
-    async def other_task() -> None:
-        nonlocal turns
-        while not done:
-            turns += 1
-            await anyio.lowlevel.checkpoint()
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(other_task)
-        await anyio.lowlevel.checkpoint()
-        await work()
-        done = True
-    return turns
 
 
 @pytest.mark.anyio

@@ -16,6 +16,7 @@ from quotad.daemon.semantic.model import EmbeddingModel
 from quotad.daemon.semantic.question import Question, partition_key, question_of
 from quotad.daemon.store import answers
 from quotad.protocol.messages import ChatMessage
+from tests.support.event_loop import threads_hashing_keys
 from tests.unit.semantic.conftest import ask, chat
 
 pytestmark = pytest.mark.anyio
@@ -84,17 +85,10 @@ async def test_a_long_conversations_partition_is_hashed_off_the_event_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every turn but the last is hashed: 13 MB of them held the loop 27 ms."""
-    threads: list[int] = []
-    digest = answers.key_digest
-
-    def key_digest(canonical: bytes) -> bytes:
-        threads.append(threading.get_ident())
-        return digest(canonical)
-
     history = [ChatMessage(role="user", content="x" * answers.OFF_LOOP_KEY_BYTES)]
     long, short = chat(QUESTION, history=history), chat(QUESTION)
     expected = [await partition_key(long), await partition_key(short)]
-    monkeypatch.setattr(answers, "key_digest", key_digest)
+    threads = threads_hashing_keys(monkeypatch)
     asked = [await question_of(long, 0.0), await question_of(short, 0.0)]
     assert [question.partition for question in asked if isinstance(question, Question)] == expected
     loop = threading.get_ident()

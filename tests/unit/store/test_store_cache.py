@@ -27,6 +27,7 @@ from quotad.daemon.store.cache_index import BYTES_PER_ENTRY
 from quotad.daemon.store.db import Database
 from quotad.daemon.store.warm import WarmEntry
 from quotad.protocol.messages import Chat, ChatEnd, ChatReply, Embed, EmbedReply, Usage
+from tests.support.event_loop import threads_hashing_keys
 
 pytestmark = pytest.mark.anyio
 
@@ -107,20 +108,13 @@ async def test_a_big_request_is_hashed_off_the_event_loop(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """blake2b lets go of the GIL: a 13 MB chat's hash (16 ms) no longer holds the loop."""
-    threads: list[int] = []
-    digest = answers.key_digest
-
-    def key_digest(canonical: bytes) -> bytes:
-        threads.append(threading.get_ident())
-        return digest(canonical)
-
     cache = cache_of(db, VirtualClock())
     big = chat(messages=[{"role": "user", "content": "x" * answers.OFF_LOOP_KEY_BYTES}])
     small_embed = msgspec.convert({"model": "fast", "input": "hi"}, Embed)
     big_embed = msgspec.convert({"model": "fast", "input": "x" * 2**20}, Embed)
     expected = [chat_key(big), chat_key(chat()), embed_key(big_embed, ["p/fast"])]
     expected.append(embed_key(small_embed, ["p/fast"]))
-    monkeypatch.setattr(answers, "key_digest", key_digest)
+    threads = threads_hashing_keys(monkeypatch)
     keys = [await cache.key_of(big), await cache.key_of(chat())]
     keys += [await cache.key_of(big_embed, ["p/fast"]), await cache.key_of(small_embed, ["p/fast"])]
     assert keys == expected
