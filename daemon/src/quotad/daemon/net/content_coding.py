@@ -54,15 +54,22 @@ def codings(response: httpx.Response) -> list[str]:
 
 async def decoded_body(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     """``response``'s body, decoded, in pieces of at most :data:`PIECE_BYTES` when it is in a
-    content-coding (else as it comes)."""
-    applied = codings(response)
+    content-coding (else as it comes); the other tasks get a turn every
+    :data:`PIECES_BETWEEN_TURNS` pieces."""
     passed_on = 0
-    if not applied:
-        async for chunk in response.aiter_bytes():
-            yield chunk
+    async with aclosing(_decoded_pieces(response)) as pieces:
+        async for piece in pieces:
+            yield piece
             passed_on += 1
             if passed_on % PIECES_BETWEEN_TURNS == 0:
                 await anyio.lowlevel.checkpoint()
+
+
+async def _decoded_pieces(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    applied = codings(response)
+    if not applied:
+        async for chunk in response.aiter_bytes():
+            yield chunk
         return
     inflaters = [_Inflater(coding) for coding in reversed(applied)]
     # an async generator (typed as an iterator): closed when this one is, even unfinished
@@ -72,9 +79,6 @@ async def decoded_body(response: httpx.Response) -> AsyncGenerator[bytes, None]:
             for piece in _through(inflaters, [raw]):
                 if piece:
                     yield piece
-                    passed_on += 1
-                    if passed_on % PIECES_BETWEEN_TURNS == 0:
-                        await anyio.lowlevel.checkpoint()
     for piece in _through(inflaters, [], final=True):
         if piece:
             yield piece
