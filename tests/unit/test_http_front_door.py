@@ -338,6 +338,31 @@ async def test_keys_name_the_app_in_either_header_and_bad_keys_are_401() -> None
     assert metrics.status_code == 200  # scrapers send no key
 
 
+async def test_with_keys_the_key_is_checked_before_the_options_and_the_app_is_ignored() -> None:
+    """A bad ``x-quotad-*`` option was a 400 before the key was looked at: an unknown key
+    was told of the option, not that it may not call; and an ``x-quotad-app`` that is not
+    UTF-8 was refused from a key holder, whose app the key names (the header is ignored)."""
+    broker = ScriptedBroker()
+    async with serving(broker, auth="keys") as url, httpx.AsyncClient(base_url=url) as http:
+        unknown = await http.post(
+            "/v1/chat/completions",
+            json=CHAT,
+            headers={"authorization": "Bearer sk-wrong", "x-quotad-priority": "urgent"},
+        )
+        held = {b"authorization": b"Bearer sk-agent", b"x-quotad-app": b"caf\xe9"}
+        ignored = await http.post("/v1/chat/completions", json=CHAT, headers=held)
+        bad_option = await http.post(
+            "/v1/chat/completions",
+            json=CHAT,
+            headers={"authorization": "Bearer sk-agent", "x-quotad-cache": "maybe"},
+        )
+    assert unknown.status_code == 401
+    assert ignored.status_code == 200
+    assert [caller.app for _, caller in broker.calls] == ["agent"]
+    assert bad_option.status_code == 400
+    assert bad_option.json()["error"]["param"] == "x-quotad-cache"
+
+
 async def test_without_keys_the_app_is_x_quotad_app_else_anonymous() -> None:
     broker = ScriptedBroker()
     async with serving(broker, auth="none") as url, httpx.AsyncClient(base_url=url) as http:

@@ -1,6 +1,7 @@
 """What a front-door request's headers ask of quotad: the key, and the ``x-quotad-*``
-options (app, priority, cache mode, longest wait), read in one pass, each bad value a
-``bad_request`` naming its header; and those options put onto the protocol request."""
+options (app, priority, cache mode, longest wait), gathered in one pass and read once the
+key is checked, each bad value a ``bad_request`` naming its header; and those options put
+onto the protocol request."""
 
 from __future__ import annotations
 
@@ -23,19 +24,30 @@ class RequestHeaders:
     """What a request's headers say to quotad, read in one pass (and who calls, once
     known)."""
 
-    __slots__ = ("app", "cache", "caller", "key", "max_wait_s", "priority")
+    __slots__ = ("app", "cache", "caller", "key", "max_wait_s", "priority", "sent_options")
 
     def __init__(self) -> None:
         self.key = ""
+        self.sent_options: list[tuple[str, bytes]] = []
+        """The ``x-quotad-*`` headers as sent, until :meth:`read_options` reads them."""
         self.app = ""
         self.priority: Priority | None = None
         self.cache: CacheMode | None = None
         self.max_wait_s: float | None = None
         self.caller: Caller | None = None
 
+    def read_options(self, *, app: bool) -> None:
+        """Read the ``x-quotad-*`` options sent (``x-quotad-app`` only when ``app``: a key
+        names its app, and the header is ignored), once whoever sent them may call: an
+        unknown key with a bad option was told of the option (400), not of the key (401)."""
+        for name, raw in self.sent_options:
+            if app or name != "x-quotad-app":
+                _read_quotad_header(self, name, raw)
+        self.sent_options = []
+
 
 def read_headers(request: HttpRequest) -> RequestHeaders:
-    """The key and the ``x-quotad-*`` options, in one pass over the headers."""
+    """The key, and the ``x-quotad-*`` headers as sent, in one pass over the headers."""
     found = RequestHeaders()
     for name, value in request.headers:
         if name == b"authorization":
@@ -46,7 +58,7 @@ def read_headers(request: HttpRequest) -> RequestHeaders:
             if not found.key:
                 found.key = value.strip().decode("latin-1")
         elif name.startswith(b"x-quotad-"):
-            _read_quotad_header(found, name.decode("latin-1"), value)
+            found.sent_options.append((name.decode("latin-1"), value))
     return found
 
 

@@ -346,14 +346,17 @@ class FrontDoor:
         return headers, self._caller(headers)
 
     def _caller(self, headers: RequestHeaders) -> Caller:
-        """Who calls: the key's app (``auth = "keys"``) or ``x-quotad-app``."""
+        """Who calls: the key's app (``auth = "keys"``) or ``x-quotad-app``; the key is
+        checked before the ``x-quotad-*`` options are read."""
         if self._keys:
             if not headers.key:
                 raise RequestError("unauthorized", _MISSING_KEY)
             app = self._app_for_key(headers.key)
             if app is None:
                 raise RequestError("unauthorized", "invalid or revoked API key")
+            headers.read_options(app=False)
         else:
+            headers.read_options(app=True)
             app = headers.app or DEFAULT_APP
         return Caller(app=app, via="http")
 
