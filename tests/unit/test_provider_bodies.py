@@ -1,8 +1,8 @@
 """A provider's body in a content-coding, read by ``read_body`` (plain answers) and
-``ServerSentEvents`` (streams): decoded as before (gzip, deflate as zlib or raw, both in turn,
-unknown codings as they are, however the raw bytes are cut), and inflated a bounded piece at a
-time, so that a small gzip that inflates a thousandfold costs its reader about its bound, not
-the inflation of a whole read."""
+``ServerSentEvents`` (streams, whose lines may end in any of the three ways): decoded as
+before (gzip, deflate as zlib or raw, both in turn, unknown codings as they are, however the
+raw bytes are cut), and inflated a bounded piece at a time, so that a small gzip that inflates
+a thousandfold costs its reader about its bound, not the inflation of a whole read."""
 
 from __future__ import annotations
 
@@ -119,6 +119,24 @@ async def test_the_lines_of_one_read_give_the_other_tasks_turns() -> None:
             pass
 
     assert await turns_during(read) >= 40
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("ending", [b"\n", b"\r", b"\r\n"])
+@pytest.mark.parametrize("cut", [1, 2, 3, 7, None])
+async def test_every_line_ending_reads_the_same_events_however_cut(
+    ending: bytes, cut: int | None
+) -> None:
+    """A lone CR ends a line as CR LF and LF do; a CR LF cut between reads, or with empty
+    reads between its halves, is one line end, not two (that would end an event early)."""
+    lines = [b": hi", b"data: a", b"data: b", b"", b"event: x", b"data:c", b"", b"data: d"]
+    raw = ending.join(lines) + ending
+    pieces = [raw] if cut is None else [raw[at : at + cut] for at in range(0, len(raw), cut)]
+    with_empty_reads = [part for piece in pieces for part in (piece, b"")]
+    for read in (pieces, with_empty_reads):
+        stream = httpx.Response(200, stream=_Raw(read))
+        events = ServerSentEvents(stream, LIMIT)
+        assert [await events.next_data() for _ in range(4)] == [b"a\nb", b"c", b"d", None]
 
 
 def gzip_bomb(inflated: int) -> bytes:

@@ -358,6 +358,24 @@ async def test_openai_stream_with_crlf_lines_and_comments() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("size", [1, 2, 3, 100_000])
+@pytest.mark.parametrize("ending", [b"\r", b"\r\n", b"mixed"])
+async def test_openai_stream_with_any_line_ending_the_standard_allows(
+    ending: bytes, size: int
+) -> None:
+    """An event stream's lines may end in CR LF, LF or a lone CR, mixed in one stream, and
+    a CR LF may be cut between two reads (WHATWG HTML, 9.2.6)."""
+    lines = (b": keep-alive\n\n" + TOOL_STREAM).split(b"\n")
+    endings = [b"\r", b"\r\n", b"\n"] if ending == b"mixed" else [ending]
+    body = b"".join(line + endings[n % len(endings)] for n, line in enumerate(lines[:-1]))
+    provider, _ = openai(streamed(body, size))
+    stream = await provider.open_stream("m", chat(), 32)
+    deltas = await collect(stream)
+    streamed_tool_calls(deltas, "call_1", "f", '{"a": 1}')
+    assert stream.usage.completion_tokens == 9
+
+
+@pytest.mark.anyio
 async def test_openai_stream_broken_mid_way() -> None:
     body = sse(_chunk({"content": "Hel"}), _chunk({"content": "lo"}), done=False)
     broken = httpx.RemoteProtocolError("peer closed connection: incomplete chunked read")

@@ -3,6 +3,7 @@ event's data at a time, with a bound on what one event may buffer and on the who
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Final
@@ -20,6 +21,7 @@ events passed on, without waiting: 256 KB of comment lines held the event loop 7
 one-token events in one read each went through the broker and out to the caller at once."""
 DRAIN_S: Final = 1.0
 """How long a stream's end event may wait for the end of its body."""
+_CR_LINE_END: Final = re.compile(rb"\r\n?")
 
 
 class EventStreamTooLong(httpx.RemoteProtocolError):
@@ -29,8 +31,10 @@ class EventStreamTooLong(httpx.RemoteProtocolError):
 class ServerSentEvents:
     """The ``data`` of each event in a ``text/event-stream`` body, one event at a time.
 
-    Lines of one event's ``data:`` fields are joined with ``\\n``; ``event:``, ``id:``,
-    ``retry:`` and comments are skipped (the providers repeat the event type in the data).
+    A line ends in CR LF, LF or a lone CR, as the standard allows, mixed in one stream and
+    however the reads cut them. Lines of one event's ``data:`` fields are joined with
+    ``\\n``; ``event:``, ``id:``, ``retry:`` and comments are skipped (the providers repeat
+    the event type in the data).
     An event left unterminated at the end of the body is still delivered; one longer than
     :data:`MAX_EVENT_BYTES` breaks the stream (``httpx.RemoteProtocolError``), and so does a
     body longer than ``max_bytes`` in all (:class:`EventStreamTooLong`). A line is gathered
@@ -43,6 +47,7 @@ class ServerSentEvents:
         self._chunks: AsyncIterator[bytes] = decoded_body(response)
         self._lines: deque[bytes] = deque()
         self._partial = bytearray()
+        self._ended_in_cr = False
         self._data: list[bytes] = []
         self._data_bytes = 0
         self._ended = False
@@ -79,7 +84,7 @@ class ServerSentEvents:
             except StopAsyncIteration:
                 self._ended = True
                 if self._partial:
-                    self._lines.append(bytes(self._partial).rstrip(b"\r"))
+                    self._lines.append(bytes(self._partial))
                     self._partial.clear()
                 continue
             self._received += len(chunk)
@@ -88,7 +93,19 @@ class ServerSentEvents:
             self._split(chunk)
 
     def _split(self, chunk: bytes) -> None:
-        """Queue the lines ``chunk`` completes; keep what follows its last newline."""
+        """Queue the lines ``chunk`` completes; keep what follows its last line end.
+
+        A CR is a line end whether an LF follows or not: the line ends are written as LF,
+        and an LF that begins a read after one that ended in CR is the rest of a CR LF."""
+        if not chunk:
+            return
+        if self._ended_in_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        if b"\r" in chunk:
+            self._ended_in_cr = chunk.endswith(b"\r")
+            chunk = _CR_LINE_END.sub(b"\n", chunk)
+        else:
+            self._ended_in_cr = False
         last = chunk.rfind(b"\n")
         if last < 0:
             self._partial += chunk
@@ -106,7 +123,7 @@ class ServerSentEvents:
             raise httpx.RemoteProtocolError(f"an event longer than {MAX_EVENT_BYTES} bytes")
         lines = complete.split(b"\n")
         lines.pop()  # empty: complete ends with the newline
-        self._lines.extend(line[:-1] if line.endswith(b"\r") else line for line in lines)
+        self._lines.extend(lines)
 
     async def drain(self) -> None:
         """Read what follows the end event up to the end of the body, so that the connection
