@@ -73,7 +73,14 @@ class PiecesStream:
         self.finish_reason = finish_reason
         self.breaks = breaks
 
-    async def deltas(self) -> AsyncIterator[ChatDelta]:
+        self._left = self._pieces_then_end()
+
+    def deltas(self) -> AsyncIterator[ChatDelta]:
+        """The pieces not yet taken: as a provider's stream, a second call goes on where the
+        first left off (the broker takes the first piece apart)."""
+        return self._left
+
+    async def _pieces_then_end(self) -> AsyncIterator[ChatDelta]:
         for piece in self.pieces:
             yield piece
         if self.breaks is not None:

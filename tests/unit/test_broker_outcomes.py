@@ -1,7 +1,8 @@
 """What the broker makes of a request's outcome: every outcome is a ledger row committed before
 the caller hears of it (a provider that fails with something other than a request error, a
 bug, still leaves its row and gives its budget hold back; a streamed cache hit commits its row
-before its first chunk), and a live stream's ``ChatEnd`` carries its whole tool calls."""
+before its first chunk, and its many chunks give the other tasks turns), and a live stream's
+``ChatEnd`` carries its whole tool calls."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.daemon.streamed_answer import merge_tool_calls
 from quotad.protocol.messages import Chat, ChatChunk, ChatEnd, ChatMessage, Usage
+from tests.support.event_loop import turns_during
 from tests.support.faults import break_first_call
 from tests.support.providers import InProcessProvider, PiecesStream, one_provider_config
 from tests.support.store import open_store
@@ -34,8 +36,9 @@ THREE_PIECES = [ChatDelta(delta=piece) for piece in ("a", "b", "c")]
 class Provider(InProcessProvider):
     """Answers chats and streams; ``broken`` makes its chats fail with a bug."""
 
-    def __init__(self) -> None:
+    def __init__(self, pieces: list[ChatDelta] = THREE_PIECES) -> None:
         self.broken = False
+        self.pieces = pieces
 
     async def chat(self, model: str, request: Chat, max_tokens: int) -> ChatResult:
         if self.broken:
@@ -43,7 +46,7 @@ class Provider(InProcessProvider):
         return ChatResult(content="x", usage=Usage(prompt_tokens=5, completion_tokens=3))
 
     async def open_stream(self, model: str, request: Chat, max_tokens: int) -> ChatStream:
-        return PiecesStream(THREE_PIECES, usage=Usage(prompt_tokens=5, completion_tokens=3))
+        return PiecesStream(self.pieces, usage=Usage(prompt_tokens=5, completion_tokens=3))
 
 
 def config() -> Config:
@@ -100,6 +103,30 @@ async def test_a_streamed_hit_commits_its_row_before_its_first_chunk(anyio_backe
         rest = [type(reply).__name__ async for reply in replies]
         assert rest[-1] == "ChatEnd"
         assert set(rest[:-1]) <= {"ChatChunk"}
+
+
+async def test_a_streamed_hit_of_many_chunks_gives_the_other_tasks_turns(
+    anyio_backend: str,
+) -> None:
+    """A hit's chunks were all sent on with no other task running: a cached answer of 9,000
+    chunks held the event loop ~0.9 s while its caller read it fast (the socket never full)."""
+    pieces = [ChatDelta(delta=f"piece {n} ") for n in range(5_000)]
+    async with open_store(config()) as store:
+        broker = Broker(config(), Router(config(), {"p": Provider(pieces)}), store)
+        caller = Caller(app="a")
+        async for _ in broker.chat_stream(chat("hi", stream=True), caller):
+            pass  # a miss: its answer is cached
+        replies: list[ChatChunk | ChatEnd] = []
+
+        async def read_the_hit() -> None:
+            async for reply in broker.chat_stream(chat("hi", stream=True), caller):
+                replies.append(reply)
+
+        assert await turns_during(read_the_hit) >= 50
+        assert isinstance(replies[-1], ChatEnd)
+        assert replies[-1].cached
+        got = "".join(reply.delta for reply in replies[:-1])  # type: ignore[union-attr]
+        assert got == "".join(piece.delta for piece in pieces)
 
 
 async def test_a_stream_s_tool_call_fragments_merge_into_whole_calls(anyio_backend: str) -> None:

@@ -60,7 +60,7 @@ from quotad.daemon.status import DAEMON_VERSION, StatusReports
 from quotad.daemon.store import Store
 from quotad.daemon.store.cache import Cacheable, CachedChat, CachedEmbedding, CacheEntry
 from quotad.daemon.store.ledger import LedgerWriteFailed
-from quotad.daemon.streamed_answer import OpenedStream, StreamedAnswer, announce, broken_stream
+from quotad.daemon.streamed_answer import OpenedStream, StreamedAnswer, broken_stream, hit_batches
 from quotad.protocol.messages import (
     CacheMode,
     Chat,
@@ -174,9 +174,10 @@ class Broker:
                 )
                 chunks, end = screening.replay(answer.replay(request.id), end, request.id)
                 end.latency_s = await self._finish(context, end.usage)  # 7
-                announce(chunks[0], context, answer.target)
-                for chunk in chunks:
-                    yield chunk
+                for batch in hit_batches(chunks, context, answer.target):
+                    for chunk in batch:
+                        yield chunk
+                    await anyio.lowlevel.checkpoint()  # a turn for the others: none of it waits
                 yield end
                 return
 

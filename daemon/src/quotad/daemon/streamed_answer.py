@@ -1,12 +1,14 @@
 """A streamed chat answer as the pipeline relays it: the stream a provider opened with its first
 piece (:class:`OpenedStream`), the chunks sent on (the first says who answers:
-:func:`announce`), what was delivered so far (:class:`StreamedAnswer`: its text, its tool calls
-merged from their fragments, its chunks for the cache), and the error and the usage of a
-stream that broke (:func:`broken_stream`, :func:`partial_usage`)."""
+:func:`announce`; a cache hit's go in batches: :func:`hit_batches`), what was delivered so far
+(:class:`StreamedAnswer`: its text, its tool calls merged from their fragments, its chunks for
+the cache), and the error and the usage of a stream that broke (:func:`broken_stream`,
+:func:`partial_usage`)."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from typing import Any, Final, NamedTuple
 
 from quotad.daemon.errors import RequestError
 from quotad.daemon.providers.base import ChatDelta, ChatStream, ProviderError
@@ -19,6 +21,10 @@ from quotad.daemon.tokens import (
     value_tokens_upper_bound,
 )
 from quotad.protocol.messages import Chat, ChatChunk, Usage
+
+HIT_BATCH_CHUNKS: Final = 64
+"""The chunks of a cache hit sent on between two turns of the other tasks (see
+:func:`hit_batches`)."""
 
 
 class OpenedStream(NamedTuple):
@@ -54,6 +60,18 @@ def announce(chunk: ChatChunk, context: RequestContext, target: str) -> ChatChun
         chunk.cache = "exact" if context.similarity is None else "semantic"
         chunk.similarity = context.similarity or 0.0
     return chunk
+
+
+def hit_batches(
+    chunks: list[ChatChunk], context: RequestContext, target: str
+) -> Iterator[list[ChatChunk]]:
+    """A cache hit's chunks, the first announcing who answers, in batches of
+    :data:`HIT_BATCH_CHUNKS`, between which its sender gives the other tasks a turn: the
+    chunks are all at hand, and a caller that reads them as fast as they come never makes its
+    sender wait, so a cached answer of 9,000 chunks held the event loop ~0.9 s."""
+    announce(chunks[0], context, target)  # a hit has one at least
+    for start in range(0, len(chunks), HIT_BATCH_CHUNKS):
+        yield chunks[start : start + HIT_BATCH_CHUNKS]
 
 
 class StreamedAnswer:
