@@ -16,6 +16,7 @@ from quotad.daemon.errors import RequestError
 from quotad.daemon.store import answers
 from quotad.daemon.store.answers import CachedEmbedding
 from quotad.daemon.store.cache import (
+    OFF_LOOP_ANSWER_BYTES,
     Answer,
     Cache,
     CachedChat,
@@ -25,6 +26,7 @@ from quotad.daemon.store.cache import (
 )
 from quotad.daemon.store.cache_index import BYTES_PER_ENTRY
 from quotad.daemon.store.db import Database
+from quotad.daemon.store.transactions import in_thread
 from quotad.daemon.store.warm import WarmEntry
 from quotad.protocol.messages import Chat, ChatEnd, ChatReply, Embed, EmbedReply, Usage
 from tests.support.event_loop import threads_hashing_keys
@@ -44,9 +46,9 @@ def answer(text: str = "", size: int = 1000) -> CachedChat:
     return CachedChat(content, None, "stop", Usage(prompt_tokens=3, completion_tokens=5), "p/m")
 
 
-def hit_answer(cache: Cache, key: bytes) -> Answer:
+async def hit_answer(cache: Cache, key: bytes) -> Answer:
     """The answer ``cache`` holds for ``key`` (looked up as ``use``), which must be a hit."""
-    hit = cache.lookup(key, "use")
+    hit = await cache.lookup(key, "use")
     assert hit is not None
     return hit.answer
 
@@ -144,9 +146,46 @@ async def test_a_big_answer_is_committed_off_the_event_loop(db: Database) -> Non
         committed_on_loop.append(set(on_loop))
         on_loop.clear()
     assert committed_on_loop == [{True}, {False}]
-    assert hit_answer(cache, big_key) == big
-    assert hit_answer(cache, small_key) == small
+    assert await hit_answer(cache, big_key) == big
+    assert await hit_answer(cache, small_key) == small
     assert await stored_keys(db) == {small_key, big_key}
+
+
+async def test_a_big_answer_is_read_and_decoded_off_the_event_loop(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite read a 13 MB answer from its pages in ~200 ms and msgspec decoded it in ~30,
+    both holding the loop; a small one is still read and decoded on it (no round trip)."""
+    loop = threading.get_ident()
+    read_on_loop: list[bool] = []
+    decoded_on_loop: list[bool] = []
+
+    def traced(statement: str) -> None:
+        if statement.startswith("SELECT kind, payload FROM cache"):
+            read_on_loop.append(threading.get_ident() == loop)
+
+    class TracedDecoder:
+        def decode(self, payload: bytes) -> Any:
+            decoded_on_loop.append(threading.get_ident() == loop)
+            return decoder.decode(payload)
+
+    decoder = answers.ANSWER_DECODERS["chat"]
+    monkeypatch.setitem(answers.ANSWER_DECODERS, "chat", TracedDecoder())
+    assert db._reader is not None
+    assert db._point_reader is not None
+    await in_thread(db._reader, lambda connection: connection.set_trace_callback(traced))
+    db._point_reader.set_trace_callback(traced)
+    cache = cache_of(db, VirtualClock(), entries=2000)
+    small, big = answer("small"), answer("big", OFF_LOOP_ANSWER_BYTES)
+    small_key, big_key = chat_key(chat()), chat_key(chat(max_tokens=9))
+    cache.put(small_key, "chat", "fast", small, 0.01)
+    cache.put(big_key, "chat", "fast", big, 0.01)
+    await db.committed()
+    reloaded = cache_of(db, VirtualClock(), entries=2000)  # nothing held in memory
+    await reloaded.load()
+    assert await hit_answer(reloaded, small_key) == small
+    assert await hit_answer(reloaded, big_key) == big
+    assert (read_on_loop, decoded_on_loop) == ([True, False], [True, False])
 
 
 def test_chat_and_embed_keys_never_collide() -> None:
@@ -160,10 +199,10 @@ def test_chat_and_embed_keys_never_collide() -> None:
 async def test_use_misses_then_hits_and_counts(db: Database) -> None:
     cache = cache_of(db, VirtualClock())
     key = chat_key(chat())
-    assert cache.lookup(key, "use") is None
+    assert await cache.lookup(key, "use") is None
     assert cache.stores("use")
     cache.put(key, "chat", "fast", answer("first"), 0.002)
-    assert hit_answer(cache, key) == answer("first")
+    assert await hit_answer(cache, key) == answer("first")
     status = cache.status()
     assert (status.hits, status.misses, status.entries) == (1, 1, 1)
     assert status.hit_rate == 0.5
@@ -175,7 +214,7 @@ async def test_bypass_neither_looks_up_nor_stores(db: Database) -> None:
     cache = cache_of(db, VirtualClock())
     key = chat_key(chat())
     cache.put(key, "chat", "fast", answer(), 0.0)
-    assert cache.lookup(key, "bypass") is None
+    assert await cache.lookup(key, "bypass") is None
     assert not cache.stores("bypass")
     assert (cache.status().hits, cache.status().misses) == (0, 0)
 
@@ -184,10 +223,10 @@ async def test_refresh_skips_the_lookup_and_replaces_the_answer(db: Database) ->
     cache = cache_of(db, VirtualClock())
     key = chat_key(chat())
     cache.put(key, "chat", "fast", answer("old"), 0.0)
-    assert cache.lookup(key, "refresh") is None
+    assert await cache.lookup(key, "refresh") is None
     assert cache.stores("refresh")
     cache.put(key, "chat", "fast", answer("new"), 0.0)
-    assert hit_answer(cache, key) == answer("new")
+    assert await hit_answer(cache, key) == answer("new")
     assert len(cache) == 1
 
 
@@ -195,21 +234,21 @@ async def test_only_answers_hits_and_refuses_misses(db: Database) -> None:
     cache = cache_of(db, VirtualClock())
     key = chat_key(chat())
     with pytest.raises(RequestError) as refused:
-        cache.lookup(key, "only")
+        await cache.lookup(key, "only")
     assert refused.value.code == "bad_request"
     assert refused.value.details == {"cache": "miss"}
     assert not cache.stores("only")
     cache.put(key, "chat", "fast", answer(), 0.0)
-    assert cache.lookup(key, "only") is not None
+    assert await cache.lookup(key, "only") is not None
 
 
 async def test_a_cache_that_is_off_never_answers(db: Database) -> None:
     cache = Cache(CacheConfig(mode="off"), db, VirtualClock())
     key = chat_key(chat())
-    assert cache.lookup(key, "use") is None
+    assert await cache.lookup(key, "use") is None
     assert not cache.stores("use")
     with pytest.raises(RequestError, match="the cache is off"):
-        cache.lookup(key, "only")
+        await cache.lookup(key, "only")
     assert cache.status().mode == "off"
 
 
@@ -222,9 +261,9 @@ async def test_entries_expire_after_ttl(db: Database) -> None:
     key = chat_key(chat())
     cache.put(key, "chat", "fast", answer(), 0.0)
     clock.advance(59)
-    assert cache.lookup(key, "use") is not None
+    assert await cache.lookup(key, "use") is not None
     clock.advance(2)
-    assert cache.lookup(key, "use") is None
+    assert await cache.lookup(key, "use") is None
     assert len(cache) == 0
     assert key not in await stored_keys(db)
 
@@ -243,7 +282,7 @@ async def test_lru_evicts_the_least_recently_used(db: Database) -> None:
     for name in "abc":
         cache.put(keys[name], "chat", "fast", answer(name), 0.01)
         clock.advance(1)
-    assert cache.lookup(keys["a"], "use") is not None  # a is now the most recent
+    assert await cache.lookup(keys["a"], "use") is not None  # a is now the most recent
     clock.advance(1)
     cache.put(keys["d"], "chat", "fast", answer("d"), 0.01)
     assert {name for name, key in keys.items() if key in cache} == {"a", "c", "d"}
@@ -260,7 +299,7 @@ async def test_lfu_evicts_the_least_frequently_used_but_never_the_newcomer(db: D
         cache.put(keys[name], "chat", "fast", answer(name), 0.01)
         clock.advance(1)
     for name in "aac":
-        cache.lookup(keys[name], "use")
+        await cache.lookup(keys[name], "use")
         clock.advance(1)
     cache.put(keys["d"], "chat", "fast", answer("d"), 0.01)  # b has no hits: it goes
     assert {name for name, key in keys.items() if key in cache} == {"a", "c", "d"}
@@ -279,7 +318,7 @@ async def test_cost_evicts_what_saves_least_per_byte(db: Database) -> None:
     cache.put(keys["new"], "chat", "fast", answer("new"), 0.001)
     assert {name for name, key in keys.items() if key in cache} == {"dear", "mid", "new"}
     for _ in range(5):  # hits multiply what "new" saves: 0.001 x 6 > 0.002 x 1
-        cache.lookup(keys["new"], "use")
+        await cache.lookup(keys["new"], "use")
     cache.put(keys["newer"], "chat", "fast", answer("newer"), 0.03)
     assert {name for name, key in keys.items() if key in cache} == {"dear", "new", "newer"}
 
@@ -319,7 +358,7 @@ async def test_entries_and_hit_counts_survive_a_restart_expired_ones_do_not(
     clock.advance(50)
     streamed = CachedChat("ab", None, "stop", Usage(), "p/m", [CachedChunk("a"), CachedChunk("b")])
     cache.put(keys["kept"], "chat", "fast", streamed, 0.25)
-    cache.lookup(keys["kept"], "use")
+    await cache.lookup(keys["kept"], "use")
     await first.close()
 
     clock.advance(60)  # "old" is 110 s old now
@@ -329,7 +368,7 @@ async def test_entries_and_hit_counts_survive_a_restart_expired_ones_do_not(
         reloaded = cache_of(second, clock, ttl_s=100)
         await reloaded.load()
         assert keys["old"] not in reloaded
-        hit = reloaded.lookup(keys["kept"], "use")
+        hit = await reloaded.lookup(keys["kept"], "use")
         assert hit is not None
         assert hit.answer == streamed
         assert (hit.hits, hit.cost_usd) == (2, 0.25)
@@ -360,7 +399,7 @@ async def test_warming_stores_recorded_answers_under_the_live_key(db: Database) 
     }
     entry = msgspec.convert(line, WarmEntry)
     assert await cache.warm([(entry, 0.125)]) == 1
-    hit = cache.lookup(chat_key(chat(stream=True)), "only")
+    hit = await cache.lookup(chat_key(chat(stream=True)), "only")
     assert hit is not None
     assert hit.cost_usd == 0.125
     assert isinstance(hit.answer, CachedChat)
@@ -413,14 +452,14 @@ async def test_an_entry_whose_write_fails_leaves_the_index(directory: Path) -> N
         for number in range(1000):  # until an entry can no longer be written
             key = chat_key(chat(messages=[{"role": "user", "content": str(number)}]))
             cache.put(key, "chat", "fast", answer(str(number), size=3000), 0.0)
-            assert cache.lookup(key, "use") is not None  # served before its commit
+            assert await cache.lookup(key, "use") is not None  # served before its commit
             await db.write([])
             if key not in cache:
                 break
             written += 1
         else:
             raise AssertionError("the database never filled up")
-        assert cache.lookup(key, "use") is None
+        assert await cache.lookup(key, "use") is None
         assert len(cache) == written
         assert len(await stored_keys(db)) == written
     finally:
@@ -440,7 +479,7 @@ async def test_an_unreadable_answer_is_a_miss_and_is_dropped(directory: Path) ->
         cache = cache_of(second, VirtualClock())
         await cache.load()  # the answers stay in the file: not decoded here
         assert key in cache
-        assert cache.lookup(key, "use") is None
+        assert await cache.lookup(key, "use") is None
         assert key not in cache
         assert key not in await stored_keys(second)
     finally:
@@ -452,10 +491,10 @@ async def test_a_replaced_answer_is_never_served_again(db: Database) -> None:
     key = chat_key(chat())
     cache.put(key, "chat", "fast", answer("old"), 0.0)
     await db.write([])
-    assert hit_answer(cache, key) == answer("old")  # now among the recently used
+    assert await hit_answer(cache, key) == answer("old")  # now among the recently used
     cache.put(key, "chat", "fast", answer("new"), 0.0)
     for _ in range(2):  # before its commit, then after it
-        assert hit_answer(cache, key) == answer("new")
+        assert await hit_answer(cache, key) == answer("new")
         await db.write([])
 
 
@@ -471,7 +510,7 @@ async def test_a_restart_keeps_the_order_of_use_and_reads_in_pages(
     for name in "abcd":
         cache.put(keys[name], "chat", "fast", answer(name), 0.01)
         clock.advance(1)
-    cache.lookup(keys["a"], "use")  # b is now the least recently used
+    await cache.lookup(keys["a"], "use")  # b is now the least recently used
     await first.close()
 
     second = Database(directory / "quotad.db")
@@ -480,7 +519,7 @@ async def test_a_restart_keeps_the_order_of_use_and_reads_in_pages(
         reloaded = cache_of(second, clock, entries=4.5)
         await reloaded.load()
         assert len(reloaded) == 4
-        hit = reloaded.lookup(keys["c"], "use")
+        hit = await reloaded.lookup(keys["c"], "use")
         assert hit is not None
         assert hit.answer == answer("c")
         clock.advance(1)

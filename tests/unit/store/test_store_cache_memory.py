@@ -44,8 +44,8 @@ async def fill(cache: Cache, db: Database, entries: int, clock: VirtualClock) ->
         if number % 256 == 255:
             await db.write([])
     for number in range(0, entries, 3):
-        cache.lookup(key_of(number), "use")
-        cache.lookup(key_of(number), "use")
+        await cache.lookup(key_of(number), "use")
+        await cache.lookup(key_of(number), "use")
         if number % 768 == 0:
             await db.write([])
     await db.write([])

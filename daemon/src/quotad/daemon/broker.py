@@ -256,7 +256,7 @@ class Broker:
         if isinstance(request, Chat):  # 3: exact, then semantic
             hit, context.asked = await self.semantic.lookup(request, key)
             return route, key, hit
-        return route, key, self.cache.lookup(key, request.cache)  # 3
+        return route, key, await self.cache.lookup(key, request.cache)  # 3
 
     # ------------------------------------------------------------------ embeddings
 

@@ -206,11 +206,11 @@ class SemanticStep:
         engine = self.engine
         mode = request.cache
         if engine is None or engine.mode == "off" or key is None:
-            return self.cache.lookup(key, mode), None
+            return await self.cache.lookup(key, mode), None
         if mode == "refresh":  # nothing looked up; the new answer is held
             question = await engine.question(request)
             return None, (Asked(question) if question is not None else None)
-        hit = self.cache.lookup(key, "use")
+        hit = await self.cache.lookup(key, "use")
         if hit is not None:
             return hit, None
         question = await engine.question(request)
@@ -218,17 +218,17 @@ class SemanticStep:
         asked = None
         if question is not None:
             asked = Asked(question)
-            found = self._semantic(engine, asked)
+            found = await self._semantic(engine, asked)
         if found is None and mode == "only":
             raise self.cache.only_missed()
         return found, asked
 
-    def _semantic(self, engine: SemanticCache, asked: Asked) -> CacheEntry | None:
+    async def _semantic(self, engine: SemanticCache, asked: Asked) -> CacheEntry | None:
         """The semantic lookup of an exact miss: the entry served (mode on), or None (no
         match; or shadow mode, the match's answer kept in ``asked`` to compare)."""
         cache = self.cache
         while (match := engine.lookup(asked.question, cache.alive)) is not None:
-            entry = cache.peek(match.entry_id)
+            entry = await cache.peek(match.entry_id)
             answer = entry.answer if entry is not None else None
             if not isinstance(answer, CachedChat) or is_tool_call(answer):
                 engine.remove(match.entry_id)  # never served; look again without it
@@ -238,7 +238,7 @@ class SemanticStep:
                 asked.shadowed = True
                 asked.shadow_answer = answer.content
                 return None
-            served = cache.take(match.entry_id, match.similarity)
+            served = await cache.take(match.entry_id, match.similarity)
             if served is None:
                 engine.remove(match.entry_id)
                 continue

@@ -11,7 +11,8 @@ Per request, ``cache`` is ``use`` (look up; store a miss's answer), ``bypass`` (
 ``bad_request`` with ``details["cache"] = "miss"``, and no provider is called).
 
 Memory. The answers live in ``quotad.db``: a hit reads its answer there by key, on the event
-loop (:meth:`Database.read_now`, ~10 µs), and decodes it. In memory are the index of
+loop (:meth:`Database.read_now`, ~10 µs), and decodes it; one of :data:`OFF_LOOP_ANSWER_BYTES`
+or more is read and decoded off the loop. In memory are the index of
 :mod:`.cache_index` (what lookups and eviction weigh, ~0.2-0.3 KB an entry), the answers stored
 but not committed yet (a hit in between is served from those), and the last
 :data:`RECENT_ANSWERS` answers stored or hit, decoded (:data:`RECENT_BYTES` of them at most: a
@@ -42,6 +43,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Final, NamedTuple, Protocol
 
+import anyio.to_thread
 import msgspec
 
 from quotad.daemon.clock import Clock
@@ -92,7 +94,8 @@ RECENT_ANSWER_BYTES: Final = 64 * 1024
 OFF_LOOP_ANSWER_BYTES: Final = 256 * 1024
 """An answer stored this large or larger is committed on the writer's thread, not on the
 event loop (:meth:`Database.write_later`'s ``large``): SQLite writing 13 MB into the WAL held the
-loop ~30 ms; a smaller one costs less than the thread's round trip."""
+loop ~30 ms; a smaller one costs less than the thread's round trip. A hit reads and decodes
+one this large off the loop too (:meth:`Cache._read_stored`)."""
 LOAD_PAGE_ROWS: Final = 4096
 """Rows read at a time when the index is filled at start (not 100k rows' tuples at once)."""
 
@@ -206,7 +209,7 @@ class Cache:
             return await digest_off_loop(chat_canonical(request))
         return await digest_off_loop(embed_canonical(request, targets))
 
-    def lookup(self, key: bytes | None, mode: CacheMode) -> CacheEntry | None:
+    async def lookup(self, key: bytes | None, mode: CacheMode) -> CacheEntry | None:
         """The entry answering ``key``, counted as a hit; None on a miss or when ``mode``
         does not look up. ``only`` raises ``bad_request`` on a miss."""
         if not self.enabled and mode == "only":
@@ -215,7 +218,7 @@ class Cache:
             )
         if key is None or mode == "bypass" or mode == "refresh":
             return None
-        hit = self.take(key)
+        hit = await self.take(key)
         if hit is None:
             self.misses += 1
             if mode == "only":
@@ -224,33 +227,34 @@ class Cache:
         self.hits += 1
         return hit
 
-    def take(self, key: bytes, similarity: float | None = None) -> CacheEntry | None:
+    async def take(self, key: bytes, similarity: float | None = None) -> CacheEntry | None:
         """The live entry of ``key``, used: filed as just used, its hit counted for eviction
         and its savings in :attr:`saved_usd` (not in :attr:`hits` or :attr:`misses`: the
         caller counts those); None when it is absent, expired (then dropped) or unreadable.
         ``similarity`` marks a semantic hit (see :class:`CacheEntry`)."""
-        now = self.clock.time()
         index = self._index
         slot = index.find(key)
         if slot is None:
             return None
-        if now - index.created(slot) > self.ttl_s:
+        if self.clock.time() - index.created(slot) > self.ttl_s:
             self._drop(slot, key)
             return None
-        hit = self._read(slot, key)
+        hit = await self._read(slot, key)
         if hit is None:
             return None
+        slot = index.find(key)  # where it is now: a large one was read off the event loop
+        assert slot is not None  # _read saw it there after its last wait
         index.touch(slot)
         self.saved_usd += hit.cost_usd
-        self._db.write_later([(_TOUCH, (index.hits(slot), now, key))])  # joins the hit's row
+        self._db.write_later([(_TOUCH, (index.hits(slot), self.clock.time(), key))])
         return hit if similarity is None else hit._replace(similarity=similarity)
 
-    def peek(self, key: bytes) -> CacheEntry | None:
+    async def peek(self, key: bytes) -> CacheEntry | None:
         """The live entry of ``key`` without using it (nothing counted or filed again)."""
         slot = self._index.find(key)
         if slot is None or self.clock.time() - self._index.created(slot) > self.ttl_s:
             return None
-        return self._read(slot, key)
+        return await self._read(slot, key)
 
     def alive(self, key: bytes) -> bool:
         """Whether ``key`` has an entry that has not expired."""
@@ -266,41 +270,62 @@ class Cache:
             details={"cache": "miss"},
         )
 
-    def _read(self, slot: int, key: bytes) -> CacheEntry | None:
+    async def _read(self, slot: int, key: bytes) -> CacheEntry | None:
         """The answer of ``slot``: held in memory (not committed yet, or recently used), else
-        read from ``quotad.db``. None (and the entry dropped) when it cannot be read."""
+        read from ``quotad.db`` (a large one off the event loop: :meth:`_read_stored`). None
+        (and the entry dropped) when it cannot be read, or it went while it was read."""
         held = self._unwritten.get(key)
         if held is None and (held := self._recent.get(key)) is not None:
             self._recent.move_to_end(key)
         if held is None:
-            held = self._read_stored(slot, key)
-            if held is None:
-                return None
+            if self._index.size(slot) >= OFF_LOOP_ANSWER_BYTES:
+                held = await self._read_stored(key, off_loop=True)
+                found = self._index.find(key)  # it may have gone, or been replaced, meanwhile
+                if held is None or found is None:
+                    return None
+                slot = found
+            else:
+                held = await self._read_stored(key, off_loop=False)
+                if held is None:
+                    return None
             self._remember(key, held)
         index = self._index
         return CacheEntry(key, held.kind, held.answer, index.cost_usd(slot), index.hits(slot) + 1)
 
-    def _read_stored(self, slot: int, key: bytes) -> _Held | None:
-        """The answer of ``slot`` as read from ``quotad.db`` and decoded."""
+    async def _read_stored(self, key: bytes, *, off_loop: bool) -> _Held | None:
+        """The answer of ``key`` as read from ``quotad.db`` and decoded: ``off_loop``, on the
+        read connection's thread and decoded on a worker thread (SQLite read a 13 MB answer
+        from its pages in ~200 ms, and msgspec decoded it in ~30, holding the loop), else
+        here (:meth:`Database.read_now`: a small one costs less than the round trips). None
+        when it is not there or unreadable (then dropped, if still in the index)."""
         try:
-            rows = self._db.read_now(_ANSWER, (key,))
+            if off_loop:
+                rows = await self._db.read(_ANSWER, (key,))
+            else:
+                rows = self._db.read_now(_ANSWER, (key,))
         except StoreError as error:
             log.warning("cache entry %s not read, a miss: %s", key.hex(), error)
             return None
         if not rows:  # not in the file (never happens: a write that failed drops it)
-            self._index.remove(slot)
-            self._forget(key)
+            if (slot := self._index.find(key)) is not None:
+                self._index.remove(slot)
+                self._forget(key)
             return None
         kind, payload = rows[0]
         decoder = ANSWER_DECODERS.get(kind)
         try:
             if decoder is None:
                 raise msgspec.DecodeError(f"unknown kind {kind!r}")
-            return _Held(kind, decoder.decode(payload), len(payload))
+            if off_loop:
+                answer = await anyio.to_thread.run_sync(decoder.decode, payload)
+            else:
+                answer = decoder.decode(payload)
         except msgspec.DecodeError as error:
             log.warning("dropping an unreadable cache entry (%s): %s", key.hex(), error)
-            self._drop(slot, key)
+            if (slot := self._index.find(key)) is not None:
+                self._drop(slot, key)
             return None
+        return _Held(kind, answer, len(payload))
 
     def _drop(self, slot: int, key: bytes) -> None:
         """Remove an entry (expired, unreadable) from the index and the file."""

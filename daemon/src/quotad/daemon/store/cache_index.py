@@ -99,6 +99,9 @@ class CacheIndex:
     def hits(self, slot: int) -> int:
         return self._hits[slot]
 
+    def size(self, slot: int) -> int:
+        return self._size[slot]
+
     def __len__(self) -> int:
         return len(self._slots)
 
