@@ -10,9 +10,13 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import pytest
 
+from quotad.daemon.clock import VirtualClock
+from quotad.daemon.config import CacheConfig
 from quotad.daemon.store import transactions
+from quotad.daemon.store.cache import Cache, CachedChat
 from quotad.daemon.store.db import (
     CHECKPOINT_EVERY,
     Database,
@@ -22,6 +26,7 @@ from quotad.daemon.store.db import (
 from quotad.daemon.store.ledger import COLUMNS, statements
 from quotad.daemon.store.schema import MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE
 from quotad.daemon.store.transactions import in_thread
+from quotad.protocol.messages import Usage
 from tests.support.store import ledger_row
 
 pytestmark = pytest.mark.anyio
@@ -141,6 +146,32 @@ async def test_version_5_gives_semantic_hits_their_own_status_and_no_error(
         assert await database.read("SELECT requests, errors, semantic_hits FROM spend_daily") == [
             (4, 1, 2)
         ]
+    finally:
+        await database.close()
+
+
+async def test_version_7_keeps_the_hit_counts_a_version_6_file_had(directory: Path) -> None:
+    """A file at version 6 counted an entry's hits in its row: they are read from there until
+    a hit writes them in ``cache_use``, so eviction after the upgrade weighs them as before."""
+    path = directory / "quotad.db"
+    key = bytes(range(16))
+    payload = msgspec.msgpack.encode(CachedChat("hi", None, "stop", Usage(), "p/m"))
+    clock = VirtualClock()
+    with file_at_version(path, 6) as connection:
+        connection.execute(
+            "INSERT INTO cache VALUES (?, 'chat', 'fast', ?, ?, ?, 3, 0.5)",
+            (key, payload, clock.time(), clock.time() + 1),
+        )
+    database = Database(path)
+    await database.open()
+    try:
+        cache = Cache(CacheConfig(), database, clock)
+        await cache.load()
+        hit = await cache.lookup(key, "use")
+        assert hit is not None
+        assert (hit.hits, hit.cost_usd) == (4, 0.5)  # three before the upgrade, and this one
+        await database.committed()
+        assert await database.read("SELECT hits FROM cache_use") == [(4,)]
     finally:
         await database.close()
 

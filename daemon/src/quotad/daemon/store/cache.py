@@ -156,12 +156,14 @@ _INSERT: Final = (
     "INSERT OR REPLACE INTO cache (key, kind, model, payload, created, last_used, hits, "
     "cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_TOUCH: Final = "UPDATE cache SET hits = ?, last_used = ? WHERE key = ?"
+_TOUCH: Final = "INSERT OR REPLACE INTO cache_use (key, last_used, hits) VALUES (?, ?, ?)"
 _DELETE: Final = "DELETE FROM cache WHERE key = ?"
 _ANSWER: Final = "SELECT kind, payload FROM cache WHERE key = ?"
 _LOAD_PAGE: Final = (
-    "SELECT rowid, key, kind, created, last_used, hits, cost_usd, length(payload) FROM cache "
-    "WHERE rowid > ? ORDER BY rowid LIMIT ?"
+    "SELECT cache.rowid, cache.key, kind, created, coalesce(cache_use.last_used, "
+    "cache.last_used), coalesce(cache_use.hits, cache.hits), cost_usd, length(payload) "
+    "FROM cache LEFT JOIN cache_use ON cache_use.key = cache.key "
+    "WHERE cache.rowid > ? ORDER BY cache.rowid LIMIT ?"
 )
 
 
@@ -246,7 +248,7 @@ class Cache:
         assert slot is not None  # _read saw it there after its last wait
         index.touch(slot)
         self.saved_usd += hit.cost_usd
-        self._db.write_later([(_TOUCH, (index.hits(slot), self.clock.time(), key))])
+        self._db.write_later([(_TOUCH, (key, self.clock.time(), index.hits(slot)))])
         return hit if similarity is None else hit._replace(similarity=similarity)
 
     async def peek(self, key: bytes) -> CacheEntry | None:
