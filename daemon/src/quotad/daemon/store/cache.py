@@ -12,7 +12,7 @@ Per request, ``cache`` is ``use`` (look up; store a miss's answer), ``bypass`` (
 
 Memory. The answers live in ``quotad.db``: a hit reads its answer there by key, on the event
 loop (:meth:`Database.read_now`, ~10 µs), and decodes it; one of :data:`OFF_LOOP_ANSWER_BYTES`
-or more is read and decoded off the loop. In memory are the index of
+or more is read off the loop. In memory are the index of
 :mod:`.cache_index` (what lookups and eviction weigh, ~0.2-0.3 KB an entry), the answers stored
 but not committed yet (a hit in between is served from those), and the last
 :data:`RECENT_ANSWERS` answers stored or hit, decoded (:data:`RECENT_BYTES` of them at most: a
@@ -43,7 +43,6 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Final, NamedTuple, Protocol
 
-import anyio.to_thread
 import msgspec
 
 from quotad.daemon.clock import Clock
@@ -94,8 +93,8 @@ RECENT_ANSWER_BYTES: Final = 64 * 1024
 OFF_LOOP_ANSWER_BYTES: Final = 256 * 1024
 """An answer stored this large or larger is committed on the writer's thread, not on the
 event loop (:meth:`Database.write_later`'s ``large``): SQLite writing 13 MB into the WAL held the
-loop ~30 ms; a smaller one costs less than the thread's round trip. A hit reads and decodes
-one this large off the loop too (:meth:`Cache._read_stored`)."""
+loop ~30 ms; a smaller one costs less than the thread's round trip. A hit reads one this large
+off the loop too (:meth:`Cache._read_stored`)."""
 LOAD_PAGE_ROWS: Final = 4096
 """Rows read at a time when the index is filled at start (not 100k rows' tuples at once)."""
 
@@ -295,11 +294,12 @@ class Cache:
         return CacheEntry(key, held.kind, held.answer, index.cost_usd(slot), index.hits(slot) + 1)
 
     async def _read_stored(self, key: bytes, *, off_loop: bool) -> _Held | None:
-        """The answer of ``key`` as read from ``quotad.db`` and decoded: ``off_loop``, on the
-        read connection's thread and decoded on a worker thread (SQLite read a 13 MB answer
-        from its pages in ~200 ms, and msgspec decoded it in ~30, holding the loop), else
-        here (:meth:`Database.read_now`: a small one costs less than the round trips). None
-        when it is not there or unreadable (then dropped, if still in the index)."""
+        """The answer of ``key`` as read from ``quotad.db`` and decoded: ``off_loop``, read on
+        the read connection's thread (SQLite, which lets go of the GIL, read a 13 MB answer
+        from its pages in ~200 ms on the loop), else here (:meth:`Database.read_now`: a small
+        one costs less than the round trip). It is decoded here: msgspec holds the GIL, so a
+        thread would not spare the loop. None when it is not there or unreadable (then
+        dropped, if still in the index)."""
         try:
             if off_loop:
                 rows = await self._db.read(_ANSWER, (key,))
@@ -318,10 +318,7 @@ class Cache:
         try:
             if decoder is None:
                 raise msgspec.DecodeError(f"unknown kind {kind!r}")
-            if off_loop:
-                answer = await anyio.to_thread.run_sync(decoder.decode, payload)
-            else:
-                answer = decoder.decode(payload)
+            answer = decoder.decode(payload)
         except msgspec.DecodeError as error:
             log.warning("dropping an unreadable cache entry (%s): %s", key.hex(), error)
             if (slot := self._index.find(key)) is not None:
