@@ -7,7 +7,7 @@ latency) for the small chats and ``bench/_big_answerer.py`` for the big ones (a 
 every answer is ~13 MB, built once: plain, or 9,000 server-sent events when streamed).
 ``--clients`` tasks send small chats one after another (cache bypassed). The big chats are sent
 from another process (its decoding of 13 MB must not hold this one's small chats), one after
-another, each a new prompt. Each of ``--rounds`` rounds of a case sends ``--big`` big chats
+another, each a new prompt (but in ``hit`` cases). Each of ``--rounds`` rounds of a case sends ``--big`` big chats
 alone (the daemon's CPU), has the small chats run alone for as long, then during ``--big``
 more. With ``--baseline-source DIR`` a second daemon, run from the sources in DIR, is measured
 beside this one on the same providers, their rounds in turn. Cases, ``DOOR_SHAPE_CACHE``:
@@ -15,7 +15,8 @@ beside this one on the same providers, their rounds in turn. Cases, ``DOOR_SHAPE
 - door: ``http`` (the front door, one connection per big chat) or ``native`` (quotad's
   client on the daemon's socket, ``daemon.max_frame`` raised to let 13 MB through);
 - shape: ``plain`` or ``stream``;
-- cache: ``store`` (a miss: its answer is stored) or ``bypass`` (neither looked up nor stored).
+- cache: ``store`` (a miss: its answer is stored), ``bypass`` (neither looked up nor stored) or
+  ``hit`` (every big chat the same prompt: after the first, each answered from the cache).
 
 Reported per case: the small chats' p50, p99 and max latency without and during the big
 answers (ms), the big chats' outcomes and median latency alone, and the daemon's CPU seconds
@@ -56,7 +57,7 @@ CASES = [
     f"{door}_{shape}_{cache}"
     for door in ("http", "native")
     for shape in ("plain", "stream")
-    for cache in ("store", "bypass")
+    for cache in ("store", "bypass", "hit")
 ]
 MAX_FRAME = 64 * 2**20
 """``daemon.max_frame``: a 13 MB answer is past the default 8 MiB on the native socket."""
@@ -101,7 +102,9 @@ def send_big(case: str, port: int, path: str, nonces: list[int]) -> list[tuple[s
     """Big chats of ``case``, one after another, one per nonce (run in another process): each
     one's outcome, answer size and latency."""
     door, shape, cache = case.split("_")
-    cache = "use" if cache == "store" else "bypass"
+    if cache == "hit":
+        nonces = [-1] * len(nonces)  # one prompt: stored by the warm-up, then hits
+    cache = "bypass" if cache == "bypass" else "use"
     results = []
     for nonce in nonces:
         started = time.perf_counter()

@@ -16,7 +16,7 @@ EXPECTED_FIGURES = {
         f"{door}_{shape}_{cache}"
         for door in ("http", "native")
         for shape in ("plain", "stream")
-        for cache in ("store", "bypass")
+        for cache in ("store", "bypass", "hit")
     },
     "big_body": {"single", "messages", "parts", "cjk"},
     "guardrails": {
