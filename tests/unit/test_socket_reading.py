@@ -1,5 +1,6 @@
-"""How much of a peer the Unix-socket server reads at once: at most ``FRAMES_PER_TURN`` frames
-in one turn of the event loop, however many one write holds.
+"""How much of a peer the Unix-socket server reads at once, and how long it waits for it: at
+most ``FRAMES_PER_TURN`` frames in one turn of the event loop, however many one write holds;
+and a frame must arrive whole within ``frame_timeout_s`` of its first byte.
 
 A real broker on a real Unix socket, in process (as in ``test_socket_hardening``), talked to
 with raw frames.
@@ -7,6 +8,9 @@ with raw frames.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import re
 from typing import Any
 
 import anyio
@@ -14,9 +18,9 @@ import anyio.lowlevel
 import pytest
 
 from quotad.daemon.server.connection import FRAMES_PER_TURN
-from quotad.protocol.messages import Status, StatusReply
+from quotad.protocol.messages import Error, Status, StatusReply
 from tests.support.backends import ASYNCIO_BACKENDS
-from tests.unit.test_socket_hardening import ENCODER, Peer, serve
+from tests.unit.test_socket_hardening import ENCODER, Peer, chat, serve
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)]
 
@@ -55,3 +59,33 @@ async def test_one_write_of_many_frames_gives_the_other_tasks_turns(anyio_backen
         assert ids == set(range(1, count + 1))
         assert answered == count
         assert 0 < most_in_one_turn <= FRAMES_PER_TURN
+
+
+async def test_a_frame_trickled_byte_by_byte_is_not_waited_for_past_its_time(
+    anyio_backend: Any,
+) -> None:
+    """A peer that declared a 1 MiB frame, sent all of it but a few bytes, then a byte now and
+    then, held that MiB of the daemon's memory for as long as it went on (8 MiB a connection
+    at the default max_frame: 40 connections, 320 MiB). Now a frame not whole within
+    frame_timeout_s of its first byte is answered ``timeout`` and its connection closed;
+    frames that do arrive in time, in pieces, are read as ever."""
+    async with serve() as served:
+        served.server.limits = dataclasses.replace(served.server.limits, frame_timeout_s=0.4)
+        async with Peer.connect(served.path) as peer:
+            whole = ENCODER.encode(chat(1))
+            for piece in (whole[:2], whole[2:9], whole[9:]):  # in time: read as ever
+                await peer.send(piece)
+                await anyio.sleep(0.1)
+            assert (await peer.next()).id == 1
+            size = 1024 * 1024
+            await peer.send(size.to_bytes(4, "big") + bytes(size - 64))
+            with anyio.move_on_after(10 * 0.4), contextlib.suppress(anyio.BrokenResourceError):
+                for _ in range(60):  # a byte every tenth of the frame's time, never whole
+                    await peer.send(b"\x00")
+                    await anyio.sleep(0.04)
+            [error] = await peer.until_closed()
+        assert isinstance(error, Error)
+        assert (error.id, error.code) == (0, "timeout")
+        assert re.match(r"a frame begun \d+ s ago is not whole yet \(\d+ bytes", error.message)
+        assert "a frame must arrive within 0.4 s" in error.message
+        assert not served.server.connections

@@ -20,7 +20,9 @@ wait in the decoder, reading paused, until the event loop's next turn (a write h
 thousands of frames held the loop for all of them). A request
 holding a value JSON cannot carry is refused (:mod:`.json_values`). A frame that cannot be
 decoded is answered with an ``Error`` naming what was wrong and closes this connection only;
-permits it still holds are settled as reserved. A connection that has held nothing for
+permits it still holds are settled as reserved. A frame that has not arrived whole
+:attr:`ConnectionLimits.frame_timeout_s` after its first byte (:meth:`Connection.frame_overdue`)
+is answered ``Error(timeout)`` and closes the connection. A connection that has held nothing for
 :attr:`ConnectionLimits.idle_timeout_s` (no request in flight, no subscription, no permit) is
 closed by the listener (:meth:`Connection.idle_past`, :meth:`Connection.close_idle`) without
 losing a request the client sends at that instant: its read side is shut first, so that a frame
@@ -181,6 +183,8 @@ class Connection(asyncio.Protocol):
         """Reading waits for the peer to read its answers (:data:`MAX_UNREAD_BYTES`)."""
         self._turn_pending = False
         """Reading waits for the loop's next turn (:data:`FRAMES_PER_TURN`)."""
+        self.frame_begun_at: float | None = None
+        """When the frame the decoder holds a part of began to arrive (None: it holds none)."""
         self.stalled_since: float | None = None
         """Since when answers have waited for the peer to read them (None: they do not)."""
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -213,6 +217,7 @@ class Connection(asyncio.Protocol):
                     if frames >= FRAMES_PER_TURN:
                         self._end_turn()
                         return
+                self._time_partial_frame(frames)
                 return
             except MessageValidationError as error:
                 frames += 1
@@ -232,6 +237,26 @@ class Connection(asyncio.Protocol):
                 log.exception("reading a frame from pid %s failed", self.peer and self.peer.pid)
                 self.refuse("internal", "internal error in quotad reading this connection")
                 return
+
+    def _time_partial_frame(self, frames: int) -> None:
+        """Note when the part of a frame left in the decoder began to arrive: now, if it is
+        the first part, or if ``frames`` whole frames were read before it."""
+        if not self._decoder.pending:
+            self.frame_begun_at = None
+        elif frames or self.frame_begun_at is None:
+            self.frame_begun_at = time.monotonic()
+
+    def frame_overdue(self, now: float) -> str | None:
+        """Why the frame arriving is overdue (begun over ``frame_timeout_s`` ago, and not
+        whole while this connection was being read), if it is."""
+        begun = self.frame_begun_at
+        timeout_s = self.limits.frame_timeout_s
+        if begun is None or now - begun <= timeout_s or self._waits() or self.closing:
+            return None
+        return (
+            f"a frame begun {now - begun:.0f} s ago is not whole yet ({self._decoder.pending} "
+            f"bytes of it came; a frame must arrive within {timeout_s:g} s)"
+        )
 
     def _waits(self) -> bool:
         """Whether reading is paused (for the peer to read, or for the loop's next turn)."""
@@ -292,6 +317,8 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         self.stalled_since = None
+        if self.frame_begun_at is not None:  # not read meanwhile: its time starts again
+            self.frame_begun_at = time.monotonic()
         if self._reading_paused and not self.closing and self._transport is not None:
             self._reading_paused = False
             if not self._turn_pending:  # else the next turn reads on

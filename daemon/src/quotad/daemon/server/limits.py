@@ -24,6 +24,12 @@ subscription, no permit) is closed: generous, since a client keeping its connect
 next request is normal (and reconnects at that request, unnoticed); only a peer holding
 connections it does not use loses them."""
 
+FRAME_TIMEOUT_S: Final = 30.0
+"""How long a frame may take to arrive whole, from its first byte (while the daemon reads the
+connection): as the HTTP front door's ``read_timeout_s``. A peer that declared 8 MiB frames
+and sent them but for a byte held 8 MiB of the daemon's memory per connection, for as long
+as it sent a byte now and then."""
+
 
 def most_per_uid(max_connections: int) -> int:
     """Connections the peers of one uid (not the operator's) may hold: :data:`MAX_SHARE_PER_UID`
@@ -51,6 +57,8 @@ class ConnectionLimits:
     hello_timeout_s: float = 10.0
     idle_timeout_s: float = IDLE_TIMEOUT_S
     """How long a greeted connection may hold nothing (:data:`IDLE_TIMEOUT_S`)."""
+    frame_timeout_s: float = FRAME_TIMEOUT_S
+    """How long a frame may take to arrive whole (:data:`FRAME_TIMEOUT_S`)."""
 
     @classmethod
     def from_config(cls, config: DaemonConfig) -> ConnectionLimits:

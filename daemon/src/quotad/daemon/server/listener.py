@@ -300,14 +300,21 @@ class SocketServer:
         return f"accept failing: {name} ({reason}) since {since:.0f} s"
 
     async def _close_silent_connections(self) -> None:
-        """Close connections that have not said Hello within ``hello_timeout_s``, or have
-        held nothing for ``idle_timeout_s`` since, and drop those that have left their answers
+        """Close connections that have not said Hello within ``hello_timeout_s``, whose frame
+        has not arrived whole ``frame_timeout_s`` after its first byte, or that have held
+        nothing for ``idle_timeout_s``, and drop those that have left their answers
         unread for :data:`WRITE_STALL_S` (one timer for the server, not one per connection; a
         deadline may pass by up to a quarter of itself)."""
         while True:
             limits = self.limits
             await anyio.sleep(
-                min(1.0, limits.hello_timeout_s / 4, limits.idle_timeout_s / 4, WRITE_STALL_S / 4)
+                min(
+                    1.0,
+                    limits.hello_timeout_s / 4,
+                    limits.idle_timeout_s / 4,
+                    limits.frame_timeout_s / 4,
+                    WRITE_STALL_S / 4,
+                )
             )
             now = time.monotonic()
             for connection in list(self.connections):
@@ -323,6 +330,8 @@ class SocketServer:
                     and now - connection.stalled_since > WRITE_STALL_S
                 ):
                     connection.abort(f"its answers went unread for {WRITE_STALL_S:g} s")
+                elif (overdue := connection.frame_overdue(now)) is not None:
+                    connection.refuse("timeout", overdue)
                 elif connection.idle_past(now, connection.limits.idle_timeout_s):
                     connection.close_idle(
                         f"closed after {connection.limits.idle_timeout_s:g} s holding nothing "
