@@ -7,7 +7,8 @@ task, no stream wrapper, and no task at all for a request that can be answered a
 (``Status``; ``Settle``; an ``Acquire`` the gates admit without waiting; ``Cancel``). The rest
 (``Chat``, ``Embed``, an ``Acquire`` that waits, ``Spend``, ``Admin``, ``Subscribe``) each run
 as a task under their own cancel scope, which ``Cancel(id)`` and the connection's close cancel.
-Each answer is one ``transport.write`` of a whole frame, so frames never interleave.
+Each answer is written as a whole frame (those given at once while the frames of one read are
+answered go out together, in one ``transport.write``), so frames never interleave.
 
 What a connection may cost is bounded: the bytes of one frame (``daemon.max_frame``), requests
 in flight plus permits held (``daemon.max_in_flight_per_connection``: one more is answered
@@ -188,6 +189,9 @@ class Connection(asyncio.Protocol):
         self.stalled_since: float | None = None
         """Since when answers have waited for the peer to read them (None: they do not)."""
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._answers: list[bytes] | None = None
+        """While the frames of one read are answered, the frames of the answers given at once,
+        in order (None: an answer is written at once)."""
         self._own_caller = Caller(app="", via="socket")
         """The peer as its Hello names it (set then)."""
 
@@ -203,6 +207,16 @@ class Connection(asyncio.Protocol):
             self._process(data)
 
     def _process(self, data: bytes) -> None:
+        """Read the frames received (:meth:`_read_frames`); the answers given at once go to the
+        transport together, in one write, at the end (a write each cost a system call each
+        once the loop took turns: 80,000 Status frames in one write took 30% more CPU)."""
+        self._answers = []
+        try:
+            self._read_frames(data)
+        finally:
+            self._write_answers()
+
+    def _read_frames(self, data: bytes) -> None:
         """Decode and answer the whole frames received, :data:`FRAMES_PER_TURN` at most; stop
         early when the connection closes or reading pauses (the rest waits in the decoder). A
         frame that is no valid message but whose id can be read costs only its request (see
@@ -381,6 +395,7 @@ class Connection(asyncio.Protocol):
         """Cancel everything in flight and close: what is already written is still sent, for
         :data:`CLOSE_LINGER_S` at most (a peer that does not read must not hold its socket)."""
         self._stop()
+        self._write_answers()
         transport = self._transport
         if transport is not None and not self.lost and not transport.is_closing():
             transport.close()
@@ -419,15 +434,31 @@ class Connection(asyncio.Protocol):
                 )
             if len(frame) - FRAME_HEADER_SIZE > self.limits.max_frame:
                 frame = self._encode(oversized(message, len(frame), self.limits.max_frame))
+            if self._answers is not None:
+                self._answers.append(frame)
+                return
             transport.write(frame)
-            if (
-                self._writing_paused
-                and not self._reading_paused
-                and transport.get_write_buffer_size() > MAX_UNREAD_BYTES
-            ):
-                self._reading_paused = True
-                if not self._turn_pending:  # else paused already
-                    transport.pause_reading()
+            self._check_unread(transport)
+
+    def _write_answers(self) -> None:
+        """Write the answers gathered while reading, in one write."""
+        answers, self._answers = self._answers, None
+        transport = self._transport
+        if answers and transport is not None and not self.lost and not transport.is_closing():
+            transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
+            self._check_unread(transport)
+
+    def _check_unread(self, transport: asyncio.Transport) -> None:
+        """Past :data:`MAX_UNREAD_BYTES` buffered, stop reading the peer until it reads its
+        answers."""
+        if (
+            self._writing_paused
+            and not self._reading_paused
+            and transport.get_write_buffer_size() > MAX_UNREAD_BYTES
+        ):
+            self._reading_paused = True
+            if not self._turn_pending:  # else paused already
+                transport.pause_reading()
 
     async def send(self, message: Message) -> None:
         """Write one frame; then, while the transport's buffer is over its high-water mark,
