@@ -1,5 +1,5 @@
-"""What tests of the event loop's share use: how many turns another task gets while some work
-runs, and on which threads the cache keys' hash runs."""
+"""What tests of the event loop's share use: another task counting the turns it gets, how many
+it gets while some work runs, and on which threads the cache keys' hash runs."""
 
 from __future__ import annotations
 
@@ -13,24 +13,30 @@ import pytest
 from quotad.daemon.store import answers
 
 
-async def turns_during(work: Callable[[], Awaitable[object]]) -> int:
-    """How many turns another task got while ``work`` ran."""
-    turns = 0
-    done = False
+class TurnCounter:
+    """Another task (:meth:`run`, started in a task group) that counts the turns it gets."""
 
-    async def other_task() -> None:
-        nonlocal turns
-        while not done:
-            turns += 1
+    def __init__(self) -> None:
+        self.turns = 0
+        self.done = False
+
+    async def run(self) -> None:
+        """Count a turn, give the others theirs, until :attr:`done`."""
+        while not self.done:
+            self.turns += 1
             await anyio.lowlevel.checkpoint()
 
+
+async def turns_during(work: Callable[[], Awaitable[object]]) -> int:
+    """How many turns another task got while ``work`` ran."""
+    counter = TurnCounter()
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(other_task)
+        tasks.start_soon(counter.run)
         await anyio.lowlevel.checkpoint()
-        before = turns
+        before = counter.turns
         await work()
-        done = True
-    return turns - before
+        counter.done = True
+    return counter.turns - before
 
 
 def threads_hashing_keys(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -38,7 +38,8 @@ beyond the current request); responses are written directly. Both cost a fractio
 general state machine and per-event validation.
 HTTP/1.0 clients get their answer and a close (a streamed body is then close-delimited).
 
-Connections: keep-alive; pipelined requests are read one at a time and answered in order.
+Connections: keep-alive; pipelined requests are read one at a time and answered in order,
+the other connections getting a turn of the event loop between two of them.
 A request line + headers over ``max_header_bytes`` is answered 431, a body over
 ``max_body_bytes`` 413, a malformed request 400; each of these closes the connection. A
 request that has started arriving must be complete within ``read_timeout_s`` (else 408 and

@@ -242,7 +242,13 @@ class Connection(asyncio.Protocol):
             self._transport.abort()
 
     async def run(self) -> None:
-        """Serve requests until the connection is to close, then close it."""
+        """Serve requests until the connection is to close, then close it. Between two
+        requests that came together (pipelined), the event loop serves the other tasks: an
+        answer that never waits (``/healthz``, a 404) would otherwise follow the one before at
+        once, and thousands of them held the loop from every other client (4,000 pipelined
+        404s: 370 ms)."""
+        parser = self._parser
+        assert parser is not None
         try:
             with anyio.CancelScope() as self._scope:  # per connection, not per request
                 while True:
@@ -256,6 +262,8 @@ class Connection(asyncio.Protocol):
                             break
                     elif not await self._respond(incoming):
                         break
+                    if parser.requests:  # pipelined: the other connections get a turn first
+                        await asyncio.sleep(0)
                 if self._close_mode == _LINGER and not self.eof:
                     await self._linger()
         finally:
