@@ -166,7 +166,7 @@ class Connection(asyncio.Protocol):
             return
         self._pending += len(data)
         parser.feed(data)  # once it has stopped (a refusal, a last request), it drops them
-        if self._pending > READ_AHEAD_BYTES:
+        if self._pending > READ_AHEAD_BYTES or parser.backlog:  # what is read waits its turn
             self._pause_reading()
         self.wake()
 
@@ -262,7 +262,7 @@ class Connection(asyncio.Protocol):
                             break
                     elif not await self._respond(incoming):
                         break
-                    if parser.requests:  # pipelined: the other connections get a turn first
+                    if parser.requests or parser.backlog:  # pipelined: the others' turn first
                         await asyncio.sleep(0)
                 if self._close_mode == _LINGER and not self.eof:
                     await self._linger()
@@ -320,6 +320,8 @@ class Connection(asyncio.Protocol):
         limits = self._limits
         head_deadline = math.inf if self.identified else self._loop.time() + limits.head_timeout_s
         while True:
+            if not requests and parser.backlog:  # the requests read beyond the last taken
+                parser.parse_backlog()
             if requests:
                 incoming = requests[0]
                 if not self.identified and incoming.refusal is None and incoming.request:
