@@ -7,10 +7,11 @@ latency) for the small chats and ``bench/_big_answerer.py`` for the big ones (a 
 every answer is ~13 MB, built once: plain, or 9,000 server-sent events when streamed).
 ``--clients`` tasks send small chats one after another (cache bypassed). The big chats are sent
 from another process (its decoding of 13 MB must not hold this one's small chats), one after
-another, each a new prompt (but in ``hit`` cases). Each of ``--rounds`` rounds of a case sends ``--big`` big chats
-alone (the daemon's CPU), has the small chats run alone for as long, then during ``--big``
-more. With ``--baseline-source DIR`` a second daemon, run from the sources in DIR, is measured
-beside this one on the same providers, their rounds in turn. Cases, ``DOOR_SHAPE_CACHE``:
+another, each a new prompt (but in ``hit`` cases). Each of ``--rounds`` rounds of a case sends
+``--big`` big chats alone (the daemon's CPU), has the small chats run alone for as long, then
+during ``--big`` more. With ``--baseline-source DIR`` a second daemon, run from the sources in
+DIR, is measured beside this one on the same providers, their rounds in turn. Cases,
+``DOOR_SHAPE_CACHE``:
 
 - door: ``http`` (the front door, one connection per big chat) or ``native`` (quotad's
   client on the daemon's socket, ``daemon.max_frame`` raised to let 13 MB through);
