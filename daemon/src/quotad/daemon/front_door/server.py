@@ -76,6 +76,7 @@ from quotad.daemon.net.http11 import (
     error_body,
 )
 from quotad.daemon.request_limits import check_bounded_name
+from quotad.daemon.request_memory import RequestMemory
 from quotad.daemon.status import DAEMON_VERSION
 from quotad.protocol.messages import (
     Chat,
@@ -145,7 +146,10 @@ class FrontDoor:
         app_for_key: AppForKey,
         status: Callable[[], StatusReply] | None = None,
         other_problems: OtherProblems | None = None,
+        request_memory: RequestMemory | None = None,
     ) -> None:
+        """``request_memory``: the daemon-wide bound on request bytes held, shared with the
+        Unix socket (a bound of its own when none is given)."""
         self.broker = broker
         self.metrics = broker.metrics
         self._app_for_key = app_for_key
@@ -162,6 +166,7 @@ class FrontDoor:
             limits=_limits(config),
             authorize=self.authorize,
             error_answer=self._refusal,
+            request_memory=request_memory or RequestMemory(),
         )
         self._listen = config.listen
         api_endpoints = {

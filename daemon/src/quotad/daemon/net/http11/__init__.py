@@ -41,7 +41,9 @@ HTTP/1.0 clients get their answer and a close (a streamed body is then close-del
 Connections: keep-alive; pipelined requests are read one at a time and answered in order,
 the other connections getting a turn of the event loop between two of them.
 A request line + headers over ``max_header_bytes`` is answered 431, a body over
-``max_body_bytes`` 413, a malformed request 400; each of these closes the connection. A
+``max_body_bytes`` 413, a malformed request 400, a body part past the ``request_memory`` the
+server may be given (a bound on the body bytes of all its connections, and whatever else
+shares it) 503; each of these closes the connection. A
 request that has started arriving must be complete within ``read_timeout_s`` (else 408 and
 close: slowloris); a keep-alive connection waits ``idle_timeout_s`` for its next request.
 Each connection is an asyncio protocol reading all along (a task per connection runs its

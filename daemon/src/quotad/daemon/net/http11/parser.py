@@ -21,7 +21,15 @@ What is refused, with its status (each closes the connection after the answer):
   ``transfer-encoding`` other than ``chunked`` alone: 501; a version other than 1.0 and 1.1: 505;
 - a head over ``max_header_bytes``: 431; a body over ``max_body_bytes`` (declared or read) or
   in more than ``max_body_chunks`` chunks: 413; chunk extensions and trailers over
-  ``max_header_bytes`` together: 400.
+  ``max_header_bytes`` together: 400;
+- a body part the daemon-wide :class:`~quotad.daemon.request_memory.RequestMemory` has no room
+  for: 503 ``overloaded``.
+
+Body bytes are taken from that :class:`~quotad.daemon.request_memory.RequestMemory` (when the
+parser is given one) as they are buffered, counted in the request's
+:attr:`~IncomingRequest.held`, and given back once (:meth:`RequestParser.release`): when the
+request is refused, when its answer is done, or when the connection closes
+(:meth:`RequestParser.release_all`, for the requests still queued and one half read).
 
 Pipelined requests are parsed :data:`QUEUED_REQUESTS` ahead of the one taken at most, and
 :data:`PARSE_BYTES` (then to the end of the request) at one go: what was read beyond waits in
@@ -52,6 +60,7 @@ from quotad.daemon.net.http11.messages import (
     HttpRequest,
     HttpResponse,
 )
+from quotad.daemon.request_memory import RequestMemory
 
 logger = logging.getLogger("quotad.daemon.net.http11.server")  # the HTTP core logs as its server
 
@@ -92,6 +101,7 @@ class IncomingRequest:
         "complete",
         "continue_sent",
         "expect_continue",
+        "held",
         "http10",
         "keep_alive",
         "refusal",
@@ -109,6 +119,8 @@ class IncomingRequest:
         self.continue_sent = False
         self.body_size = 0
         self.chunks = 0
+        self.held = 0
+        """Body bytes taken from the parser's :class:`RequestMemory` and not given back."""
         self._body_parts: list[bytes] = []
 
     @property
@@ -146,6 +158,7 @@ class RequestParser:
         "_line",
         "_line_checked",
         "_llhttp",
+        "_memory",
         "_method",
         "_remaining",
         "_state",
@@ -161,8 +174,10 @@ class RequestParser:
         error_answer: ErrorAnswer,
         authorize: Authorize | None = None,
         client: tuple[str, int] | None = None,
+        memory: RequestMemory | None = None,
     ) -> None:
         self._limits = limits
+        self._memory = memory
         self._error_answer = error_answer
         self._authorize = authorize
         self._client = client
@@ -210,6 +225,20 @@ class RequestParser:
         """Bytes read are waiting to be parsed: :data:`QUEUED_REQUESTS` requests were queued
         when they came (:meth:`parse_backlog` parses them once the queue is taken)."""
         return bool(self._backlog)
+
+    def release(self, incoming: IncomingRequest) -> None:
+        """Give back the body bytes ``incoming`` holds (its answer is done, or it was
+        refused); nothing the second time."""
+        held = incoming.held
+        if held:
+            incoming.held = 0
+            assert self._memory is not None
+            self._memory.give(held)
+
+    def release_all(self) -> None:
+        """Give back what the requests still queued hold (the connection closes)."""
+        for incoming in self.requests:
+            self.release(incoming)
 
     # ------------------------------------------------------------------ feeding
 
@@ -375,12 +404,13 @@ class RequestParser:
             current = IncomingRequest(None, keep_alive=False)
             self.requests.append(current)
         if response is None:
-            text = message if status in (413, 431, 500) else f"bad request: {message}"
+            text = message if status in (413, 431, 500, 503) else f"bad request: {message}"
             response = self._error_answer(status, text)
         current.refusal = response
         current.closes = True
         current.keep_alive = False
         current._body_parts = []
+        self.release(current)
         self._current = None
         self._state = _STOPPED
 
@@ -470,9 +500,15 @@ class RequestParser:
     def on_body(self, body: bytes) -> None:
         current = self._current
         assert current is not None
-        current.body_size += len(body)
+        size = len(body)
+        current.body_size += size
         if current.body_size > self._limits.max_body_bytes:
             raise self._stop(413, f"request body exceeds {self._limits.max_body_bytes} bytes")
+        memory = self._memory
+        if memory is not None:
+            if not memory.take(size):
+                raise self._stop(503, memory.refusal())
+            current.held += size
         current._body_parts.append(body)
 
     def on_chunk_header(self) -> None:

@@ -29,6 +29,7 @@ from quotad.daemon.net.http11.messages import (
     default_error_answer,
 )
 from quotad.daemon.net.http11.wire import closing_answer
+from quotad.daemon.request_memory import RequestMemory
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ class HttpServer:
     """Serves ``handler`` over HTTP/1.1 on ``host:port`` (see :mod:`quotad.daemon.net.http11`).
 
     ``authorize`` sees each request's head before its body is read; ``error_answer`` makes
-    the server's own error answers (see :mod:`.messages`).
+    the server's own error answers (see :mod:`.messages`). ``request_memory``, when given,
+    bounds the body bytes buffered by all connections together, with whatever else shares it
+    (a body part past it is answered 503 and its connection closed, see :mod:`.parser`).
     """
 
     def __init__(
@@ -65,8 +68,10 @@ class HttpServer:
         limits: HttpLimits | None = None,
         authorize: Authorize | None = None,
         error_answer: ErrorAnswer = default_error_answer,
+        request_memory: RequestMemory | None = None,
     ) -> None:
         self.handler = handler
+        self.request_memory = request_memory
         self.authorize = authorize
         self.error_answer = error_answer
         self.limits = limits or HttpLimits()
