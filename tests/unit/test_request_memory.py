@@ -1,9 +1,11 @@
 """The daemon-wide bound on request bytes held in memory (:mod:`quotad.daemon.request_memory`),
-with a small bound: past it a request is refused (HTTP 503 ``overloaded`` and a close), the
-other clients are served, and the bytes held come back to 0 after every path a request can take.
+on both front ends, with a small bound: past it a request is refused (HTTP 503 ``overloaded``
+and a close; on the Unix socket ``overloaded`` by its id, the connection going on), the other
+clients are served, and the bytes held come back to 0 after every path a request can take.
 
 Before it, each connection and request was bounded but not all of them together: 20 HTTP
-connections each sending 15 MB of a body and stalling added 298 MB to the daemon (1,024 may).
+connections each sending 15 MB of a body and stalling added 298 MB to the daemon (1,024 may),
+and 100 in-flight 1 MiB chats on the socket 229 MiB.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from quotad.daemon.config import HttpConfig
 from quotad.daemon.front_door import FrontDoor
 from quotad.daemon.net.http11 import HttpLimits, HttpRequest, HttpResponse, HttpServer
 from quotad.daemon.request_memory import RequestMemory
+from quotad.protocol.messages import Chat, ChatMessage, ChatReply, Error, Status, StatusReply
 from tests.support.backends import ASYNCIO_BACKENDS
 from tests.support.serving import running
 from tests.unit.test_http11 import raw_connection, read_response, read_to_close
 from tests.unit.test_http_front_door import ScriptedBroker
-from tests.unit.test_socket_hardening import wait_until
+from tests.unit.test_reload import daemon_on_file, provider_tables
+from tests.unit.test_socket_hardening import ENCODER, Peer, serve, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)]
 
@@ -157,3 +161,83 @@ async def test_the_front_door_refuses_a_body_past_the_bound_503_overloaded(
         assert msgspec.json.decode(answer)["error"]["code"] == "overloaded"
         await wait_until(lambda: memory.held == 0)
         assert not broker.calls
+
+
+# --------------------------------------------------------------------------- Unix socket
+
+
+def big_chat(request_id: int, size: int = 30_000) -> Chat:
+    return Chat(id=request_id, model="p/m", messages=[ChatMessage(role="user", content="x" * size)])
+
+
+async def test_a_socket_request_past_the_bound_is_refused_and_the_connection_goes_on(
+    monkeypatch: pytest.MonkeyPatch, anyio_backend: Any
+) -> None:
+    """Frames of 30 KB, each read whole (a frame that arrives in parts is held from its length
+    prefix on: see the next test); the bound 100 KB."""
+    monkeypatch.setattr(request_memory, "REQUEST_MEMORY_BYTES", 100_000)
+    async with serve() as served:
+        memory = served.server.request_memory
+        served.provider.release = anyio.Event()
+        frame = len(ENCODER.encode(big_chat(1)))
+        async with Peer.connect(served.path) as peer:
+            [connection] = served.server.connections
+            for request_id in (1, 2, 3):
+                await peer.send(big_chat(request_id))
+            await wait_until(lambda: len(connection.in_flight) == 3)
+            assert memory.held == 3 * frame
+            await peer.send(big_chat(4))  # 4 x 30 KB > 100 KB
+            refused = await peer.next()
+            assert isinstance(refused, Error)
+            assert (refused.id, refused.code) == (4, "overloaded")
+            assert refused.retry_after_s is not None
+            assert "in memory are at their bound" in refused.message
+            await peer.send(Status(id=5))  # the connection goes on
+            assert isinstance(await peer.next(), StatusReply)
+            async with Peer.connect(served.path) as other:  # a smaller request still fits
+                await other.send(big_chat(6, 1000))
+                served.provider.release.set()
+                assert isinstance(await other.next(), ChatReply)
+            assert {(await peer.next()).id for _ in range(3)} == {1, 2, 3}
+            await wait_until(lambda: memory.held == 0)
+            served.provider.release = anyio.Event()
+            await peer.send(big_chat(7))
+            await wait_until(lambda: memory.held == frame)
+        await wait_until(lambda: memory.held == 0)  # gone with a request in flight
+        assert memory.refused == 1
+
+
+async def test_a_big_socket_frame_past_the_bound_is_refused_by_its_id_once_whole(
+    small_bound: None, anyio_backend: Any
+) -> None:
+    """A frame that arrives in parts is counted once whole, when its request starts: past
+    the bound its request is refused, not its connection (whose requests in flight go on)."""
+    async with serve() as served:
+        memory = served.server.request_memory
+        served.provider.release = anyio.Event()
+        first = ENCODER.encode(big_chat(1, 600_000))
+        second = ENCODER.encode(big_chat(2, 500_000))
+        async with Peer.connect(served.path) as peer:
+            [connection] = served.server.connections
+            await peer.send(first[:1000])
+            await peer.send(first[1000:])
+            await wait_until(lambda: 1 in connection.in_flight)
+            assert memory.held == len(first)
+            for piece in (second[:1000], second[1000:300_000], second[300_000:]):
+                await peer.send(piece)
+            refused = await peer.next()
+            assert isinstance(refused, Error)
+            assert (refused.id, refused.code) == (2, "overloaded")
+            assert refused.retry_after_s is not None
+            assert memory.held == len(first)
+            served.provider.release.set()
+            assert isinstance(await peer.next(), ChatReply)
+            await wait_until(lambda: memory.held == 0)
+
+
+async def test_the_daemon_shares_one_bound_between_its_two_front_ends(anyio_backend: Any) -> None:
+    tables = '[http]\nlisten = "127.0.0.1:0"\n' + provider_tables(9, "p")
+    async with daemon_on_file(tables) as (daemon, _):
+        assert daemon.http is not None
+        assert daemon.server.request_memory is daemon.request_memory
+        assert daemon.http.server.request_memory is daemon.request_memory

@@ -128,12 +128,15 @@ def _message_decoder(message_type: type[T]) -> msgspec.msgpack.Decoder[T]:
 class FrameDecoder(Generic[T]):
     """Splits received bytes into frames and decodes each into a ``T`` message."""
 
-    __slots__ = ("_buffer", "_decoder", "max_frame")
+    __slots__ = ("_buffer", "_decoder", "frame_size", "max_frame")
 
     def __init__(self, message_type: type[T], max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._decoder = _message_decoder(message_type)  # shared, not built per connection
         self._buffer = bytearray()
         self.max_frame = max_frame
+        self.frame_size = 0
+        """The bytes (length prefix included) of the frame :meth:`feed` yielded (or refused
+        as :class:`MessageInvalid`) last."""
 
     def feed(self, data: bytes | bytearray | memoryview) -> Iterator[T]:
         """Add received bytes; yield every message now complete.
@@ -157,6 +160,7 @@ class FrameDecoder(Generic[T]):
                     break
                 payload = buffer[start : start + size]  # a copy: the buffer moves on
                 offset = start + size
+                self.frame_size = HEADER_SIZE + size
                 yield self._decode(payload)
         finally:
             if offset:

@@ -1,5 +1,9 @@
-"""The daemon-wide bound on the bytes of requests held in memory (:class:`RequestMemory`):
-the bodies the HTTP front door buffers before its handler runs.
+"""The daemon-wide bound on the bytes of requests held in memory (:class:`RequestMemory`),
+shared by both front ends: the bodies the HTTP front door buffers before its handler runs, and
+the frames of the Unix socket's requests in flight. (A frame still arriving is not counted: past
+the bound it could be refused only with its connection, whose requests in flight would go too,
+its request's id being in the part not read yet; each connection's is bounded by
+``daemon.max_frame`` and 30 s.)
 
 Each front end bounds what one connection and one request may hold; this bounds them all
 together, so that local clients cannot push the daemon's memory to many GB (1,024 connections
@@ -7,8 +11,9 @@ each buffering most of a 16 MB body, or thousands of 8 MiB frames in flight) and
 for everyone. Past the bound a request is refused (503 or ``overloaded``, to be tried again
 shortly), never paused: partial bodies waiting for each other's room could wait for ever.
 
-:meth:`RequestMemory.take` and :meth:`RequestMemory.give` are a couple of integer operations
-(they run for each body part). Whoever takes bytes gives them back exactly once, when what
+The runtime makes one and hands it to both servers; :meth:`RequestMemory.take` and
+:meth:`RequestMemory.give` are a couple of integer operations (they run for each body part and
+each request frame). Whoever takes bytes gives them back exactly once, when what
 holds them is done.
 """
 
@@ -22,9 +27,10 @@ from quotad.protocol.figures import size as figure
 log = logging.getLogger("quotad.daemon.request_memory")
 
 REQUEST_MEMORY_BYTES: Final = 512 * 1024 * 1024
-"""Request bytes the daemon may hold in memory: HTTP bodies being read or answered. 40 HTTP
-connections each sending 15 MB of a body and stalling added 570 MB to the daemon's RSS, 100 of
-them 1.4 GB (1,024 may connect); now 510 MB either way."""
+"""Request bytes both front ends may hold in memory together: HTTP bodies being read or
+answered, the frames of Unix-socket requests in flight. 40 HTTP connections each sending 15 MB
+of a body and stalling added 570 MB to the daemon's RSS, 100 of them 1.4 GB (1,024 may
+connect); 1,280 in-flight 1 MiB chats on the socket 1.4 GB; now 510-600 MB."""
 LOG_EVERY: Final = 1000
 """A refusal is logged the first time, then once every this many."""
 

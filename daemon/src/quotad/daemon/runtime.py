@@ -48,6 +48,7 @@ from quotad.daemon.hints import config_hints
 from quotad.daemon.logs import configure_logging
 from quotad.daemon.providers import build_provider, resolve_api_keys
 from quotad.daemon.providers.base import Provider
+from quotad.daemon.request_memory import RequestMemory
 from quotad.daemon.routing import HealthChecks, Router
 from quotad.daemon.server import ConnectionLimits, SocketInUseError, SocketServer
 from quotad.daemon.store import Store, StoreError
@@ -172,11 +173,14 @@ class Daemon:
         self.broker.admin.reload_config = self._reload_for_peer
         if listen_socket is not None:
             socket_path = Path(listen_socket.getsockname())
+        self.request_memory = RequestMemory()
+        """The bound on request bytes held in memory, shared by the socket and the front door."""
         self.server = SocketServer(
             self.broker,
             socket_path,
             limits=ConnectionLimits.from_config(config.daemon),
             access=AccessPolicy.from_config(config.daemon),
+            request_memory=self.request_memory,
         )
         self.notifier = notifier or Notifier({})
         self.http: FrontDoor | None = None
@@ -187,6 +191,7 @@ class Daemon:
                 app_for_key=self.store.keys.app_for_key,
                 status=self.server.status,
                 other_problems=lambda: self.server.problems + self.store.ledger.problems(),
+                request_memory=self.request_memory,
             )
         self.reconfigurables: list[Reconfigurable] = [
             self.server,

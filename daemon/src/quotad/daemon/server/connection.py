@@ -12,7 +12,10 @@ answered go out together, in one ``transport.write``), so frames never interleav
 
 What a connection may cost is bounded: the bytes of one frame (``daemon.max_frame``), requests
 in flight plus permits held (``daemon.max_in_flight_per_connection``: one more is answered
-``overloaded``), Subscribes (:attr:`ConnectionLimits.max_subscriptions`), and what it leaves
+``overloaded``), and with every other connection (and the HTTP front door) the bytes of the
+frames of requests in flight (:mod:`quotad.daemon.request_memory`: past it, a request is
+answered ``overloaded`` and the connection goes on), Subscribes
+(:attr:`ConnectionLimits.max_subscriptions`), and what it leaves
 unread: while the transport's write buffer is over its high-water mark, requests wait for it to
 drain before they end (streams and snapshots slow down), and past :data:`MAX_UNREAD_BYTES` the
 connection stops reading (no new work from a peer that does not read its answers). One read
@@ -48,6 +51,7 @@ from quotad.daemon.broker import Broker
 from quotad.daemon.caller import Caller
 from quotad.daemon.errors import RequestError, encodable
 from quotad.daemon.request_limits import check_name
+from quotad.daemon.request_memory import RequestMemory
 from quotad.daemon.server.binding import PeerCredentials
 from quotad.daemon.server.error_replies import error_reply, overloaded, oversized, unencodable
 from quotad.daemon.server.json_values import check_json_values
@@ -114,6 +118,9 @@ class Listener(Protocol):
     @property
     def draining(self) -> bool: ...
 
+    @property
+    def request_memory(self) -> RequestMemory: ...
+
     def connection_started(self, connection: Connection) -> None: ...
 
     def connection_ended(self, connection: Connection) -> None: ...
@@ -131,13 +138,15 @@ class Listener(Protocol):
 
 
 class InFlight:
-    """A request answered by a task: its cancel scope, once the task has entered it."""
+    """A request answered by a task: its cancel scope, once the task has entered it, and the
+    bytes of its frame it holds (given back when the task ends)."""
 
-    __slots__ = ("cancelled", "scope")
+    __slots__ = ("cancelled", "held", "scope")
 
-    def __init__(self) -> None:
+    def __init__(self, held: int) -> None:
         self.scope: anyio.CancelScope | None = None
         self.cancelled = False
+        self.held = held
 
     def cancel(self) -> None:
         """Cancel the request (before its task has started, it starts cancelled)."""
@@ -176,6 +185,7 @@ class Connection(asyncio.Protocol):
         self.read_to_end = False
         """Everything queued before the read side was shut has been read."""
         self._decoder = request_decoder(limits.max_frame)
+        self._memory = server.request_memory
         self._encode = server.encoder.encode
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -604,8 +614,14 @@ class Connection(asyncio.Protocol):
 
     def _start(self, message: Request, handler: Handler) -> None:
         """Run ``handler(message)`` as a task, registered under the request's id now (so a
-        second request with the same id, even in the same read, is refused)."""
-        record = self.in_flight[message.id] = InFlight()
+        second request with the same id, even in the same read, is refused), holding its
+        frame's bytes in the request memory until it ends; past the bound, it is answered
+        ``overloaded`` instead."""
+        size = self._decoder.frame_size
+        if not self._memory.take(size):
+            self.write(overloaded(self._memory.refusal(), message.id))
+            return
+        record = self.in_flight[message.id] = InFlight(size)
         subscription = type(message) is Subscribe
         if subscription:  # not counted in flight: it never ends by itself
             self.subscriptions += 1
@@ -635,6 +651,7 @@ class Connection(asyncio.Protocol):
                 self.write(error_reply(request_id, "cancelled", "the request was cancelled"))
         finally:
             self.active_at = time.monotonic()
+            self._memory.give(record.held)
             if self.in_flight.get(request_id) is record:
                 del self.in_flight[request_id]
             if subscription:

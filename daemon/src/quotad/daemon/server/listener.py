@@ -39,6 +39,7 @@ import anyio.abc
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config
+from quotad.daemon.request_memory import RequestMemory
 from quotad.daemon.server.binding import (
     PeerCredentials,
     bind_unix_socket,
@@ -83,9 +84,13 @@ class SocketServer:
         *,
         limits: ConnectionLimits | None = None,
         access: AccessPolicy | None = None,
+        request_memory: RequestMemory | None = None,
     ) -> None:
         self.broker = broker
         self.path = path
+        self.request_memory = request_memory or RequestMemory()
+        """The bound on request bytes held in memory (shared with the HTTP front door): here,
+        the frames of the requests in flight."""
         self.limits = limits or ConnectionLimits()
         """For connections accepted from now on (a reload replaces it)."""
         self.access = access or AccessPolicy()
