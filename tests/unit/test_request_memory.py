@@ -79,6 +79,25 @@ async def http_serving(
         yield server, handler, memory
 
 
+async def test_one_request_larger_than_the_bound_is_taken_when_it_is_alone(
+    anyio_backend: Any,
+) -> None:
+    """``http.max_body_mb`` and ``daemon.max_frame`` may allow a request past the bound: it
+    is served when no other request holds bytes (else it would be refused for ever), and
+    while it is held, the others are refused."""
+    memory = RequestMemory(100)
+    assert memory.take(60)  # a body's first part
+    assert memory.take(60, own=60)  # its next: only its own bytes are held
+    assert not memory.take(1)  # another request's
+    assert not memory.take(10, own=0)
+    memory.give(120)
+    assert memory.take(150)  # a frame past the bound, alone
+    assert not memory.take(1)
+    assert (memory.held, memory.refused) == (150, 3)
+    memory.give(150)
+    assert memory.held == 0
+
+
 # --------------------------------------------------------------------------- HTTP
 
 
@@ -151,10 +170,15 @@ async def test_the_front_door_refuses_a_body_past_the_bound_503_overloaded(
     assert memory is not None
     await front_door.bind()
     async with running(front_door):
-        async with raw_connection(front_door.server.port) as (stream, reader):
-            await stream.send(post(b"x" * (BOUND + 10), "/v1/chat/completions"))
-            with anyio.fail_after(10):
-                status, headers, answer = await read_response(reader)
+        port = front_door.server.port
+        async with raw_connection(port) as (staller, _):
+            request = post(b"x" * 900_000, "/v1/chat/completions")
+            await staller.send(request[:-100_000])  # then it stalls
+            await wait_until(lambda: memory.held == 800_000)
+            async with raw_connection(port) as (stream, reader):
+                await stream.send(post(b"y" * 300_000, "/v1/chat/completions"))
+                with anyio.fail_after(10):
+                    status, headers, answer = await read_response(reader)
         assert status == 503
         assert (headers["retry-after"], headers["retry-after-ms"]) == ("1", "1000")
         assert headers["x-quotad-request-id"]

@@ -48,11 +48,13 @@ class RequestMemory:
         self.refused = 0
         """Takes refused since the start (each a request refused)."""
 
-    def take(self, size: int) -> bool:
-        """Hold ``size`` more bytes, if that stays within the bound; False (nothing taken)
-        when it would not: the request that needs them is to be refused."""
+    def take(self, size: int, own: int = 0) -> bool:
+        """Hold ``size`` more bytes for a request that holds ``own`` already, if that stays
+        within the bound or no other request holds any (one request larger than the bound,
+        which the front ends' own bounds let through, is served alone, not refused for ever);
+        False (nothing taken) when not: the request is to be refused."""
         held = self.held + size
-        if held > self.bound:
+        if held > self.bound and self.held > own:
             self._refuse(size)
             return False
         self.held = held

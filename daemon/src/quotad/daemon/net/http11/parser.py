@@ -506,7 +506,7 @@ class RequestParser:
             raise self._stop(413, f"request body exceeds {self._limits.max_body_bytes} bytes")
         memory = self._memory
         if memory is not None:
-            if not memory.take(size):
+            if not memory.take(size, current.held):
                 raise self._stop(503, memory.refusal())
             current.held += size
         current._body_parts.append(body)
