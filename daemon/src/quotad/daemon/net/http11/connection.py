@@ -86,20 +86,11 @@ class Serving(Protocol):
     """What a connection needs of the server that accepted it
     (:class:`~quotad.daemon.net.http11.server.HttpServer`)."""
 
-    @property
-    def handler(self) -> Handler: ...
-
-    @property
-    def authorize(self) -> Authorize | None: ...
-
-    @property
-    def error_answer(self) -> ErrorAnswer: ...
-
-    @property
-    def limits(self) -> HttpLimits: ...
-
-    @property
-    def request_memory(self) -> RequestMemory | None: ...
+    handler: Handler
+    authorize: Authorize | None
+    error_answer: ErrorAnswer
+    limits: HttpLimits
+    request_memory: RequestMemory | None
 
     @property
     def closing(self) -> bool: ...
