@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import logging
 import re
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -337,6 +338,44 @@ async def test_every_error_answer_carries_a_request_id() -> None:
         answer, headers, _ = await anyio.to_thread.run_sync(exchange, port, data)
     assert (answer, headers["x-quotad-request-id"]) == (404, "qd-0123abcd-77")
     assert len(seen) == len(cases)  # one id each
+
+
+async def test_refusals_any_local_process_can_send_are_logged_the_first_time_and_every_1000th(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """404, 405 and 401 need no key: any local process could pipeline thousands a second, and
+    each wrote a log line (20,000 pipelined 404s: 20,000 lines, 1.6 s of the daemon's CPU).
+    Now each status and code is logged the first time, then every 1,000th, with the count."""
+    kinds = {
+        404: b"GET /nowhere HTTP/1.1\r\nhost: t\r\n\r\n",
+        405: b"GET /v1/chat/completions HTTP/1.1\r\nhost: t\r\n\r\n",
+        401: b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n",
+    }
+    each = 2_001
+    last = b"GET /nowhere HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+    data = b"".join(pipelined * each for pipelined in kinds.values()) + last
+
+    def send_and_read(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(data)
+            answers = bytearray()
+            while chunk := sock.recv(1 << 20):
+                answers += chunk
+            return bytes(answers)
+
+    broker = ScriptedBroker()
+    with caplog.at_level(logging.INFO, logger="quotad.http"):
+        async with serving(broker, auth="keys") as front_door:
+            answers = await anyio.to_thread.run_sync(send_and_read, front_door.server.port)
+    statuses = re.findall(rb"HTTP/1.1 (\d+) ", answers)
+    assert [int(status) for status in statuses] == [
+        status for status in kinds for _ in range(each)
+    ] + [404]
+    logged = [record.getMessage() for record in caplog.records if record.name == "quotad.http"]
+    assert len(logged) == 3 * 3  # the 1st, 1,000th and 2,000th of each (6,004 answered)
+    assert [line.split(" ")[1] for line in logged] == ["404"] * 3 + ["405"] * 3 + ["401"] * 3
+    assert "(2000 such so far" in logged[2]
+    assert broker.calls == []
 
 
 # --------------------------------------------------------------------------- health, drain

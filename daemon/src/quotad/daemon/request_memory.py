@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+from quotad.daemon.logs import log_due
 from quotad.protocol.figures import size as figure
 
 log = logging.getLogger("quotad.daemon.request_memory")
@@ -31,8 +32,6 @@ REQUEST_MEMORY_BYTES: Final = 512 * 1024 * 1024
 answered, the frames of Unix-socket requests in flight. 40 HTTP connections each sending 15 MB
 of a body and stalling added 570 MB to the daemon's RSS, 100 of them 1.4 GB (1,024 may
 connect); 1,280 in-flight 1 MiB chats on the socket 1.4 GB; now 510-600 MB."""
-LOG_EVERY: Final = 1000
-"""A refusal is logged the first time, then once every this many."""
 
 
 class RequestMemory:
@@ -66,7 +65,7 @@ class RequestMemory:
 
     def _refuse(self, size: int) -> None:
         self.refused += 1
-        if self.refused == 1 or self.refused % LOG_EVERY == 0:
+        if log_due(self.refused):
             log.warning(
                 "requests hold %s of the daemon's memory, %s more would pass its bound of "
                 "%s: refused %d request(s) so far (overloaded, to be retried shortly)",

@@ -64,6 +64,7 @@ from quotad.daemon.front_door.wire import (
     quotad_headers,
     request_id_header,
 )
+from quotad.daemon.logs import LOG_EVERY, log_due
 from quotad.daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from quotad.daemon.net.addresses import is_loopback
 from quotad.daemon.net.http11 import (
@@ -184,6 +185,9 @@ class FrontDoor:
         self._endpoints["/healthz"] = _Endpoint("healthz", "GET", "openai", self._healthz, False)
         self._model = _Endpoint("models", "GET", "openai", self._model_by_name)
         self._unknown = _Endpoint("other", "", "openai", self._not_found, False)
+        self._answers_logged: dict[tuple[int, str], int] = {}
+        """Errors answered outside the pipeline so far, by status and code (see
+        :meth:`_log_answer`)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -292,25 +296,46 @@ class FrontDoor:
         self.metrics.observe_http(endpoint.name, response.status)
         return response
 
-    def _error(self, api: Api, error: RequestError) -> HttpResponse:
-        """The answer to a failed request in ``api``'s shape, with its request id (the
-        pipeline's, else a new one, logged with what was wrong)."""
+    def _error(self, api: Api, error: RequestError, status: int | None = None) -> HttpResponse:
+        """The answer to a failed request in ``api``'s shape (``status``, else the error
+        code's), with its request id (the pipeline's, else a new one, logged with what was
+        wrong: see :meth:`_log_answer`)."""
         body = anthropic.error_body(error) if api == "anthropic" else openai.error_body(error)
         headers = error_headers(error)
+        status = http_status(error) if status is None else status
         request_id = error.request_id
         if request_id is None:
             request_id = self.broker.request_ids.next()
-            log.info("answered %s [%s]: %s", error.code, request_id, error.message)
+            self._log_answer(status, error.code, request_id, error.message)
         headers.append(request_id_header(request_id))
-        return HttpResponse(http_status(error), headers, body)
+        return HttpResponse(status, headers, body)
+
+    def _log_answer(self, status: int, code: str, request_id: str, message: str) -> None:
+        """Log an error answered outside the pipeline (no ledger row tells of it): the first
+        of each status and code, then every :data:`~quotad.daemon.logs.LOG_EVERY`-th, with
+        the count. Any local process may send them (a 404, a 401 need no key), thousands a
+        second: 20,000 pipelined 404s wrote 20,000 lines."""
+        kind = (status, code)
+        count = self._answers_logged[kind] = self._answers_logged.get(kind, 0) + 1
+        if log_due(count):
+            log.info(
+                "answered %d %s [%s]: %s (%d such so far; the first and every %d-th are logged)",
+                status,
+                code,
+                request_id,
+                message,
+                count,
+                LOG_EVERY,
+            )
 
     def _refusal(self, status: int, message: str) -> HttpResponse:
         """The HTTP core's own error answers (its error_answer hook): its JSON body, which
-        both SDK families read, with a request id, logged with what was wrong (the 503s to
-        connections beyond ``max_connections`` in the server's count instead)."""
+        both SDK families read, with a request id, logged with what was wrong as
+        :meth:`_log_answer` does (the 503s to connections beyond ``max_connections``, or
+        past the bound on request memory, in their own count instead)."""
         request_id = self.broker.request_ids.next()
         if status != 503:
-            log.info("answered %d [%s]: %s", status, request_id, message)
+            self._log_answer(status, "http", request_id, message)
         self.metrics.observe_http("other", status)
         headers: Headers = [JSON_CONTENT, request_id_header(request_id)]
         if status == 503:
@@ -321,8 +346,7 @@ class FrontDoor:
         error = RequestError(
             "bad_request", f"{request.path} takes {endpoint.method}, not {request.method}"
         )
-        response = self._error(endpoint.api, error)
-        response.status = 405
+        response = self._error(endpoint.api, error, 405)
         response.headers.append(("allow", endpoint.method))
         return response
 
@@ -332,9 +356,7 @@ class FrontDoor:
             f"no endpoint {request.method} {request.path}; quotad serves /v1/chat/completions, "
             "/v1/embeddings, /v1/models, /v1/messages, /metrics and /healthz",
         )
-        response = self._error("openai", error)
-        response.status = 404
-        return response
+        return self._error("openai", error, 404)
 
     async def _not_found(self, request: HttpRequest) -> Response:
         return self._not_found_answer(request)

@@ -20,6 +20,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 from anyio.streams.stapled import MultiListener
 
+from quotad.daemon.logs import log_due
 from quotad.daemon.net.http11.connection import LINGER_S, Connection
 from quotad.daemon.net.http11.messages import (
     Authorize,
@@ -256,7 +257,7 @@ class HttpServer:
             if connection.awaiting_head:
                 del self._unidentified[connection]
                 self.evicted_connections += 1
-                if self.evicted_connections == 1 or self.evicted_connections % 1000 == 0:
+                if log_due(self.evicted_connections):
                     logger.warning(
                         "%d connection(s) open, %d not identified: closed %d so far that had "
                         "sent no whole request head, to make room",
@@ -276,7 +277,7 @@ class HttpServer:
         """Answer a connection beyond ``max_connections`` with a 503 in one non-blocking
         send, and close it: no protocol, no task, no read."""
         self.refused_connections += 1
-        if self.refused_connections == 1 or self.refused_connections % 1000 == 0:
+        if log_due(self.refused_connections):
             logger.warning(
                 "%d connection(s) open (http.max_connections): refused %d so far",
                 len(self._connections),
