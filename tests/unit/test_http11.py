@@ -691,6 +691,55 @@ async def test_a_peer_without_a_key_holding_half_sent_requests_does_not_keep_a_k
             assert await read_to_close(keyless[0]) == b""
 
 
+async def test_unidentified_connections_whose_answers_are_unread_are_closed_to_make_room() -> None:
+    """A peer with no key pipelined requests on each connection of the unidentified share and
+    read none of its answers (401s, 404s): waiting to write, none waited for a head, so none
+    could be closed to make room and a key holder got 503 until WRITE_STALL_S (60 s) dropped
+    them. Now, when none is left waiting for a head, the oldest whose answers wait unread is
+    dropped instead; one waiting for a head still goes first."""
+    unread_answer = b"n" * 100_000
+
+    def authorize(request: HttpRequest) -> HttpResponse | None:
+        if request.header("authorization") == "key":
+            request.authorized = "the key holder"
+            return None
+        return HttpResponse(401, [], unread_answer)
+
+    limits = HttpLimits(max_connections=8)
+    server = HttpServer(echo, host="127.0.0.1", port=0, limits=limits, authorize=authorize)
+    async with running(server), contextlib.AsyncExitStack() as held:
+        stalled = []
+
+        async def connect_and_read_nothing() -> None:
+            stream, reader = await held.enter_async_context(raw_connection(server.port))
+            await stream.send(get("/no-key") * 300)  # 30 MB of answers, none of them read
+            stalled.append(reader)
+            await run_loop_until(  # the server waits for it to read: writing paused
+                lambda: all(connection._writing_paused for connection in server._unidentified)
+            )
+
+        async def served_with_a_key(path: str) -> int:
+            async with raw_connection(server.port) as (stream, reader):
+                await stream.send(get(path, "authorization: key\r\n"))
+                return (await read_response(reader))[0]
+
+        for _ in range(limits.max_unidentified - 1):
+            await connect_and_read_nothing()
+        headless, _ = await held.enter_async_context(raw_connection(server.port))
+        await headless.send(b"GET /healthz HTTP/1.1\r\n")  # and never the rest
+        await run_loop_until(lambda: server.unidentified_connections == 4)
+        with anyio.fail_after(10):
+            assert await served_with_a_key("/first") == 200  # the one waiting for a head went
+            assert (server.evicted_connections, server.refused_connections) == (1, 0)
+        await connect_and_read_nothing()
+        assert server.unidentified_connections == 4  # the share is full again, none heads
+        with anyio.fail_after(10):
+            assert await served_with_a_key("/second") == 200  # then the oldest unread one
+            assert (server.evicted_connections, server.refused_connections) == (2, 0)
+            await read_to_close(stalled[0])  # dropped: its answers cut short
+            assert server.unidentified_connections == 3
+
+
 async def test_an_unidentified_connection_has_the_head_timeout_to_send_a_head() -> None:
     def authorize(request: HttpRequest) -> HttpResponse | None:
         request.authorized = "key" if request.header("authorization") == "key" else None

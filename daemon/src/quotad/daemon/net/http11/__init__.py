@@ -52,9 +52,10 @@ cancels the handler and stops its stream at once; a half-close from
 the client counts as going away. Until one of its requests is let in naming who sends it
 (``authorized``), a connection is unidentified: it has ``head_timeout_s`` to send each head,
 and unidentified connections hold only a share of ``max_connections`` (a new one past it
-closes the oldest waiting for a head; see :class:`HttpLimits`), so that a peer without a key
-cannot keep out one with a key. Closes after an answer are lingering (FIN, then read until the
-client closes, at most ``LINGER_S``) so that the client reads the answer before the socket goes.
+closes the oldest waiting for a head, else the oldest leaving its answers unread; see
+:class:`HttpLimits`), so that a peer without a key cannot keep out one with a key. Closes
+after an answer are lingering (FIN, then read until the client closes, at most ``LINGER_S``)
+so that the client reads the answer before the socket goes.
 Timeouts are checked by one sweep task per server (no timer per request), so they fire up to
 an eighth of the timeout (at most 1 s) late.
 

@@ -133,7 +133,7 @@ class Connection(asyncio.Protocol):
         """A request of it was let in naming who sends it (see ``HttpLimits.head_timeout_s``)."""
         self.awaiting_head = True
         """Unidentified and waiting for (the rest of) a request head: it may be closed to make
-        room (:meth:`evict`)."""
+        room (:meth:`evict`) before any other."""
         self.eof = False
         """The client closed its side or the connection is gone."""
         self.lost = False
@@ -202,6 +202,13 @@ class Connection(asyncio.Protocol):
             self._close_mode = _CLOSE
             self._scope.cancel()
 
+    @property
+    def answers_unread(self) -> bool:
+        """Its answers wait for the client to read them (the transport's buffer is past its
+        high-water mark): unidentified, it may be dropped to make room (:meth:`abort`) when
+        none waits for a head."""
+        return self._writing_paused and not self.lost
+
     # ------------------------------------------------------------------ server side
 
     def close_if_idle(self) -> None:
@@ -232,7 +239,8 @@ class Connection(asyncio.Protocol):
         transport.close()
 
     def abort(self) -> None:
-        """Drop the connection now (the server's last resort at shutdown)."""
+        """Drop the connection now, what is unsent with it (the server's last resort at
+        shutdown, or to make room, see :attr:`answers_unread`)."""
         if self._transport is not None:
             self._transport.abort()
 

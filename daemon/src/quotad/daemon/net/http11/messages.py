@@ -38,7 +38,7 @@ class HttpLimits:
     """How long a connection waits for its next request."""
     max_connections: int = 1024
     """Open connections per listener; a connection beyond it is answered 503 and closed at
-    once, unread (unless an unidentified one waiting for a head makes room, see below)."""
+    once, unread (unless an unidentified one makes room, see below)."""
     head_timeout_s: float = HEAD_TIMEOUT_S
     """A connection is *unidentified* until one of its requests is let in naming who sends it
     (:attr:`HttpRequest.authorized` set by :data:`Authorize`; any request when there is no
@@ -48,9 +48,11 @@ class HttpLimits:
     unidentified_share: float = UNIDENTIFIED_SHARE
     """Unidentified connections hold at most this share of ``max_connections`` (at least one):
     a new connection past it, or past ``max_connections``, makes room by closing the oldest
-    unidentified connection waiting for a head (a 503 if it had sent part of one); only when
-    there is none is the new one refused. So a peer without a key, however many connections
-    it opens, cannot keep out one that has a key: the newest connection is the last closed."""
+    unidentified connection waiting for a head (a 503 if it had sent part of one), else by
+    dropping the oldest whose answers wait for it to read them (it pipelined requests and
+    reads none of the answers); only when there is neither is the new one refused. So a peer
+    without a key, however many connections it opens, cannot keep out one that has a key: the
+    newest connection is the last closed."""
 
     @property
     def max_unidentified(self) -> int:

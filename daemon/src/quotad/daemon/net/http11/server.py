@@ -48,7 +48,7 @@ EVICTED_MESSAGE = (
     "request head, was closed to make room; retry shortly"
 )
 """What an unidentified connection closed to make room is answered, if it had sent part of a
-request (503, then a close)."""
+request head (503, then a close); one dropped for its unread answers is told nothing more."""
 
 
 class HttpServer:
@@ -218,7 +218,8 @@ class HttpServer:
         the loop's transport, served by a task of ``connections``. A failed accept (out of
         file descriptors, say) pauses and tries again; a client beyond ``max_connections``, or
         beyond the unidentified connections' share, closes the oldest unidentified connection
-        waiting for a head, or is answered 503 and closed at once when there is none."""
+        waiting for a head (else the oldest whose answers wait unread), or is answered 503 and
+        closed at once when there is none."""
         loop = asyncio.get_running_loop()
         listening_socket = listener.extra(SocketAttribute.raw_socket)
         while True:
@@ -252,22 +253,32 @@ class HttpServer:
 
     def _evict_one(self) -> bool:
         """Close the oldest unidentified connection waiting for a head, to make room for a new
-        one; False when there is none."""
-        for connection in self._unidentified:
-            if connection.awaiting_head:
-                del self._unidentified[connection]
-                self.evicted_connections += 1
-                if log_due(self.evicted_connections):
-                    logger.warning(
-                        "%d connection(s) open, %d not identified: closed %d so far that had "
-                        "sent no whole request head, to make room",
-                        len(self._connections),
-                        len(self._unidentified),
-                        self.evicted_connections,
-                    )
-                connection.evict(EVICTED_MESSAGE)
-                return True
-        return False
+        one; when none is, drop the oldest whose answers wait unread (a peer that pipelined
+        requests without a key and reads none of their answers held its connections until
+        ``WRITE_STALL_S``, 60 s, and kept a key holder out meanwhile). False when there is
+        neither."""
+        unidentified = self._unidentified
+        evicted = next((each for each in unidentified if each.awaiting_head), None)
+        unread = evicted is None
+        if evicted is None:
+            evicted = next((each for each in unidentified if each.answers_unread), None)
+            if evicted is None:
+                return False
+        del unidentified[evicted]
+        self.evicted_connections += 1
+        if log_due(self.evicted_connections):
+            logger.warning(
+                "%d connection(s) open, %d not identified: closed %d so far that had sent no "
+                "whole request head or left their answers unread, to make room",
+                len(self._connections),
+                len(unidentified),
+                self.evicted_connections,
+            )
+        if unread:
+            evicted.abort()
+        else:
+            evicted.evict(EVICTED_MESSAGE)
+        return True
 
     def connection_identified(self, connection: Connection) -> None:
         """A request of ``connection`` named who sends it: it no longer counts in the share."""
