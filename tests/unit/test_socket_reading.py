@@ -72,24 +72,24 @@ async def test_a_frame_trickled_byte_by_byte_is_not_waited_for_past_its_time(
     frame_timeout_s of its first byte is answered ``timeout`` and its connection closed;
     frames that do arrive in time, in pieces, are read as ever."""
     async with serve() as served:
-        served.server.limits = dataclasses.replace(served.server.limits, frame_timeout_s=0.4)
+        served.server.limits = dataclasses.replace(served.server.limits, frame_timeout_s=1.0)
         async with Peer.connect(served.path) as peer:
             whole = ENCODER.encode(chat(1))
             for piece in (whole[:2], whole[2:9], whole[9:]):  # in time: read as ever
                 await peer.send(piece)
-                await anyio.sleep(0.1)
+                await anyio.sleep(0.1)  # 0.3 s in all: a margin for a loaded machine
             assert (await peer.next()).id == 1
             size = 1024 * 1024
             await peer.send(size.to_bytes(4, "big") + bytes(size - 64))
-            with anyio.move_on_after(10 * 0.4), contextlib.suppress(anyio.BrokenResourceError):
-                for _ in range(60):  # a byte every tenth of the frame's time, never whole
+            with anyio.move_on_after(10), contextlib.suppress(anyio.BrokenResourceError):
+                for _ in range(200):  # a byte every 0.04 s, never whole
                     await peer.send(b"\x00")
                     await anyio.sleep(0.04)
             [error] = await peer.until_closed()
         assert isinstance(error, Error)
         assert (error.id, error.code) == (0, "timeout")
         assert re.match(r"a frame begun \d+ s ago is not whole yet \(\d+ bytes", error.message)
-        assert "a frame must arrive within 0.4 s" in error.message
+        assert "a frame must arrive within 1 s" in error.message
         assert not served.server.connections
 
 
