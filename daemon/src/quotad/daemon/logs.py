@@ -10,8 +10,9 @@ tokens, cost, wait, latency; never a prompt, a reply or a key), with the same fi
 ``request`` object in the JSON format.
 
 An event any local client can repeat at will (a refused request, a connection closed to make
-room) is logged the first time, then once every :data:`LOG_EVERY` (:func:`log_due`), with the
-count so far: a client sending thousands a second grows the log by a few lines, not by one each.
+room) is logged the first time, then once every thousand, with the count so far
+(:mod:`quotad.daemon.net.log_rate`): a client sending thousands a second grows the log by a few
+lines, not by one each.
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ _SYSLOG_PRIORITY = {
 _json = msgspec.json.Encoder()
 REQUEST_LOG: Final = logging.getLogger("quotad.requests")
 _BARE: Final = re.compile(r"[\w./:@+-]+")
-LOG_EVERY: Final = 1000
-"""An event any client can repeat is logged the first time, then once every this many."""
 
 
 class TextFormatter(logging.Formatter):
@@ -114,14 +113,6 @@ def configure_logging(log_format: str = "text", level: str = "info") -> None:
     root.setLevel(level.upper())
     root.propagate = False
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def log_due(count: int) -> bool:
-    """Whether the ``count``-th time (from 1) an event any client can repeat at will happened
-    is to be logged: the first, then every :data:`LOG_EVERY`-th (the line says the count).
-    (20,000 pipelined 404s wrote 20,000 lines, 3.9 MB, and took the daemon 1.4-2.1 s of CPU;
-    now 21 lines, 5 KB, 0.7-1.0 s.)"""
-    return count == 1 or count % LOG_EVERY == 0
 
 
 def _word(value: str) -> str:

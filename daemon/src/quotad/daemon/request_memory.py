@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-from quotad.daemon.logs import log_due
+from quotad.daemon.net.log_rate import log_due
 from quotad.protocol.figures import size as figure
 
 log = logging.getLogger("quotad.daemon.request_memory")

@@ -64,7 +64,6 @@ from quotad.daemon.front_door.wire import (
     quotad_headers,
     request_id_header,
 )
-from quotad.daemon.logs import LOG_EVERY, log_due
 from quotad.daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from quotad.daemon.net.addresses import is_loopback
 from quotad.daemon.net.http11 import (
@@ -76,6 +75,7 @@ from quotad.daemon.net.http11 import (
     StreamingResponse,
     error_body,
 )
+from quotad.daemon.net.log_rate import LOG_EVERY, log_due
 from quotad.daemon.request_limits import check_bounded_name
 from quotad.daemon.request_memory import RequestMemory
 from quotad.daemon.status import DAEMON_VERSION
@@ -160,6 +160,8 @@ class FrontDoor:
         self._other_problems = other_problems or list
         self._keys = config.auth == "keys"
         self._host, port = parse_listen(config.listen)
+        self.request_memory = request_memory or RequestMemory()
+        """The bound on the bodies its connections buffer (:mod:`quotad.daemon.request_memory`)."""
         self.server = HttpServer(
             self.handle,
             host=self._host,
@@ -167,7 +169,7 @@ class FrontDoor:
             limits=_limits(config),
             authorize=self.authorize,
             error_answer=self._refusal,
-            request_memory=request_memory or RequestMemory(),
+            request_memory=self.request_memory,
         )
         self._listen = config.listen
         api_endpoints = {
@@ -312,7 +314,7 @@ class FrontDoor:
 
     def _log_answer(self, status: int, code: str, request_id: str, message: str) -> None:
         """Log an error answered outside the pipeline (no ledger row tells of it): the first
-        of each status and code, then every :data:`~quotad.daemon.logs.LOG_EVERY`-th, with
+        of each status and code, then every :data:`~quotad.daemon.net.log_rate.LOG_EVERY`-th, with
         the count. Any local process may send them (a 404, a 401 need no key), thousands a
         second: 20,000 pipelined 404s wrote 20,000 lines."""
         kind = (status, code)

@@ -7,5 +7,6 @@
 - :mod:`.content_coding`: a provider's body inflated from gzip or deflate, a bounded piece
   at a time;
 - :mod:`.addresses`: loopback and proxy helpers;
-- :mod:`.deadlines`: request deadlines watched by one sweep task.
+- :mod:`.deadlines`: request deadlines watched by one sweep task;
+- :mod:`.log_rate`: how often an event any client can repeat is logged.
 """

@@ -73,6 +73,7 @@ from __future__ import annotations
 from quotad.daemon.net.http11.messages import (
     AbortConnection,
     Authorize,
+    BodyMemory,
     ErrorAnswer,
     Handler,
     Headers,
@@ -88,6 +89,7 @@ from quotad.daemon.net.http11.server import HttpServer
 __all__ = [
     "AbortConnection",
     "Authorize",
+    "BodyMemory",
     "ErrorAnswer",
     "Handler",
     "Headers",

@@ -28,6 +28,7 @@ import anyio
 from quotad.daemon.net.http11.messages import (
     AbortConnection,
     Authorize,
+    BodyMemory,
     ErrorAnswer,
     Handler,
     HttpLimits,
@@ -42,7 +43,6 @@ from quotad.daemon.net.http11.wire import (
     encode_head,
     trailer_section,
 )
-from quotad.daemon.request_memory import RequestMemory
 
 logger = logging.getLogger("quotad.daemon.net.http11.server")  # the HTTP core logs as its server
 
@@ -90,7 +90,7 @@ class Serving(Protocol):
     authorize: Authorize | None
     error_answer: ErrorAnswer
     limits: HttpLimits
-    request_memory: RequestMemory | None
+    request_memory: BodyMemory | None
 
     @property
     def closing(self) -> bool: ...

@@ -1,14 +1,15 @@
 """What an HTTP handler sees and answers: :class:`HttpRequest`, :class:`HttpResponse`,
 :class:`StreamingResponse`, :class:`AbortConnection`, the :data:`Handler` signature and the two
 hooks beside it, :data:`Authorize` (a request's head, before its body is read) and
-:data:`ErrorAnswer` (how the server's own refusals are answered); and :class:`HttpLimits`, the
-bounds on what one request and one listener may take."""
+:data:`ErrorAnswer` (how the server's own refusals are answered); :class:`HttpLimits`, the
+bounds on what one request and one listener may take; and :class:`BodyMemory`, the bound the
+server may share on the bodies it buffers."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 
@@ -125,6 +126,26 @@ one without a body leaves a keep-alive connection open. It runs in the event loo
 callback: it must be quick and must not block (a dict lookup, not I/O)."""
 
 ErrorAnswer = Callable[[int, str], HttpResponse]
+
+
+class BodyMemory(Protocol):
+    """A bound on the body bytes all the server's connections buffer, shared with whatever
+    else holds requests (the daemon's :class:`~quotad.daemon.request_memory.RequestMemory`,
+    with the Unix socket's): a body part past it is answered 503 and its connection closed."""
+
+    def take(self, size: int, own: int = 0) -> bool:
+        """Hold ``size`` more bytes for a request holding ``own``; False: refuse it."""
+        ...
+
+    def give(self, size: int) -> None:
+        """Give back ``size`` bytes taken before."""
+        ...
+
+    def refusal(self) -> str:
+        """What a request refused for want of room is told."""
+        ...
+
+
 """How the server answers a request it refuses itself (400, 408, 413, 431, 501, 505; 500 for
 a handler that failed or an answer it could not write), given the status and what is wrong.
 :func:`default_error_answer` unless the server is given another (the front door's adds its

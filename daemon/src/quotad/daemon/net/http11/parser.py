@@ -22,11 +22,10 @@ What is refused, with its status (each closes the connection after the answer):
 - a head over ``max_header_bytes``: 431; a body over ``max_body_bytes`` (declared or read) or
   in more than ``max_body_chunks`` chunks: 413; chunk extensions and trailers over
   ``max_header_bytes`` together: 400;
-- a body part the daemon-wide :class:`~quotad.daemon.request_memory.RequestMemory` has no room
-  for: 503 ``overloaded``.
+- a body part the shared :class:`~.messages.BodyMemory` has no room for: 503.
 
-Body bytes are taken from that :class:`~quotad.daemon.request_memory.RequestMemory` (when the
-parser is given one) as they are buffered, counted in the request's
+Body bytes are taken from that :class:`~.messages.BodyMemory` (when the parser is given
+one) as they are buffered, counted in the request's
 :attr:`~IncomingRequest.held`, and given back once (:meth:`RequestParser.release`): when the
 request is refused, when its answer is done, or when the connection closes
 (:meth:`RequestParser.release_all`, for the requests still queued and one half read).
@@ -55,12 +54,12 @@ import httptools
 
 from quotad.daemon.net.http11.messages import (
     Authorize,
+    BodyMemory,
     ErrorAnswer,
     HttpLimits,
     HttpRequest,
     HttpResponse,
 )
-from quotad.daemon.request_memory import RequestMemory
 
 logger = logging.getLogger("quotad.daemon.net.http11.server")  # the HTTP core logs as its server
 
@@ -120,7 +119,7 @@ class IncomingRequest:
         self.body_size = 0
         self.chunks = 0
         self.held = 0
-        """Body bytes taken from the parser's :class:`RequestMemory` and not given back."""
+        """Body bytes taken from the parser's :class:`~.messages.BodyMemory`, not given back."""
         self._body_parts: list[bytes] = []
 
     @property
@@ -174,7 +173,7 @@ class RequestParser:
         error_answer: ErrorAnswer,
         authorize: Authorize | None = None,
         client: tuple[str, int] | None = None,
-        memory: RequestMemory | None = None,
+        memory: BodyMemory | None = None,
     ) -> None:
         self._limits = limits
         self._memory = memory

@@ -20,17 +20,17 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 from anyio.streams.stapled import MultiListener
 
-from quotad.daemon.logs import log_due
 from quotad.daemon.net.http11.connection import LINGER_S, Connection
 from quotad.daemon.net.http11.messages import (
     Authorize,
+    BodyMemory,
     ErrorAnswer,
     Handler,
     HttpLimits,
     default_error_answer,
 )
 from quotad.daemon.net.http11.wire import closing_answer
-from quotad.daemon.request_memory import RequestMemory
+from quotad.daemon.net.log_rate import log_due
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class HttpServer:
         limits: HttpLimits | None = None,
         authorize: Authorize | None = None,
         error_answer: ErrorAnswer = default_error_answer,
-        request_memory: RequestMemory | None = None,
+        request_memory: BodyMemory | None = None,
     ) -> None:
         self.handler = handler
         self.request_memory = request_memory
