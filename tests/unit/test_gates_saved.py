@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import tomllib
 from pathlib import Path
 
@@ -198,8 +197,8 @@ def test_many_admissions_are_merged_into_a_file_that_reads_back(gap: float) -> N
     assert sum(units for _, units in entries) == window.usage(now)
 
 
-def test_the_file_is_written_whole_and_read_back() -> None:
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+def test_the_file_is_written_whole_and_read_back(tmp_path: Path) -> None:
+    directory = tmp_path
     path = saved_path(directory)
     gates, _ = first_run("rpm = 10\n")
     admitted(gates, 3)
@@ -228,17 +227,17 @@ def test_the_file_is_written_whole_and_read_back() -> None:
     ids=["empty", "garbage", "format", "negative-time", "negative-units", "nan", "nested"],
 )
 def test_a_file_that_is_no_saved_state_is_left_unused_with_a_warning(
-    content: bytes, caplog: pytest.LogCaptureFixture
+    content: bytes, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    path = saved_path(Path(tempfile.mkdtemp(dir="/tmp")))
+    path = saved_path(tmp_path)
     path.write_bytes(content)
     with caplog.at_level(logging.WARNING):
         assert read_saved(path) is None
     assert f"{path} is not a saved state" in caplog.text
 
 
-def test_no_file_is_nothing_saved_and_a_failed_write_keeps_the_old_file() -> None:
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+def test_no_file_is_nothing_saved_and_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    directory = tmp_path
     path = saved_path(directory)
     assert read_saved(path) is None
     gates, _ = first_run("rpm = 10\n")
@@ -252,11 +251,11 @@ def test_no_file_is_nothing_saved_and_a_failed_write_keeps_the_old_file() -> Non
 
 
 def test_a_fifo_or_an_oversized_file_is_not_read(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A FIFO no process writes reads as empty (never holding the start); a file past the
     bound is not read."""
-    path = saved_path(Path(tempfile.mkdtemp(dir="/tmp")))
+    path = saved_path(tmp_path)
     os.mkfifo(path)
     with caplog.at_level(logging.WARNING):
         assert read_saved(path) is None
