@@ -96,9 +96,8 @@ class ServerSentEvents:
         """Queue the lines ``chunk`` completes; keep what follows its last line end.
 
         A CR is a line end whether an LF follows or not: the line ends are written as LF,
-        and an LF that begins a read after one that ended in CR is the rest of a CR LF."""
-        if not chunk:
-            return
+        and an LF that begins a read after one that ended in CR is the rest of a CR LF (a read
+        is never empty: :func:`decoded_body` passes none on)."""
         if self._ended_in_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         if b"\r" in chunk:
