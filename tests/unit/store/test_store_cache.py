@@ -397,6 +397,55 @@ async def test_a_hit_is_written_in_a_row_of_its_own_not_in_its_answer_s(db: Data
     assert await db.read("SELECT count(*) FROM cache_use") == [(0,)]
 
 
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("key", 10**12),  # bytes(10**12) would be a terabyte
+        ("key", "text"),
+        ("key", b"short"),
+        ("created", "text"),
+        ("created", float("inf")),
+        ("cost_usd", b"\x00"),
+        ("cost_usd", -1.0),
+        ("hits", "text"),
+        ("hits", 1.5),
+        ("hits", -5),
+        ("hits", 2**63 - 1),  # the next hit would not fit its array
+        ("last_used", "text"),
+        ("use.hits", "text"),
+        ("use.last_used", float("inf")),
+    ],
+)
+async def test_a_row_that_is_no_entry_is_dropped_at_start_and_the_others_load(
+    db: Database, column: str, value: Any
+) -> None:
+    """``quotad.db`` is the daemon's to write, but one damaged or edited by hand held a cache
+    row of odd values: the start failed with a TypeError (a text, a float, bytes for a
+    number), or would have allocated a terabyte (an integer key)."""
+    clock = VirtualClock()
+    now = clock.time()
+    good, odd = chat_key(chat()), chat_key(chat(max_tokens=9))
+    payload = answers.ANSWER_ENCODER.encode(answer("good"))
+    row = {"key": odd, "created": now, "last_used": now, "hits": 1, "cost_usd": 0.5}
+    if not column.startswith("use."):
+        row[column] = value
+    insert = "INSERT INTO cache VALUES (?, 'chat', 'fast', ?, ?, ?, ?, ?)"
+    odd_row = (row["key"], payload, row["created"], row["last_used"], row["hits"], row["cost_usd"])
+    await db.write([(insert, (good, payload, now, now, 2, 0.25)), (insert, odd_row)])
+    if column.startswith("use."):
+        use = {"use.hits": (now, value), "use.last_used": (value, 1)}[column]
+        await db.write([("INSERT INTO cache_use VALUES (?, ?, ?)", (odd, *use))])
+    cache = cache_of(db, clock)
+    await cache.load()
+    assert good in cache
+    assert odd not in cache
+    await db.committed()
+    assert await db.read("SELECT count(*) FROM cache") == [(1,)]  # the odd row is dropped
+    hit = await cache.lookup(good, "use")
+    assert hit is not None
+    assert (hit.hits, hit.cost_usd) == (3, 0.25)
+
+
 async def test_clear_everything_or_only_older_entries(db: Database) -> None:
     clock = VirtualClock()
     cache = cache_of(db, clock)

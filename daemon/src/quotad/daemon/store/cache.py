@@ -38,6 +38,7 @@ without counting an exact hit, read without using it, and whether it still answe
 from __future__ import annotations
 
 import logging
+import math
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -97,6 +98,8 @@ loop ~30 ms; a smaller one costs less than the thread's round trip. A hit reads 
 off the loop too (:meth:`Cache._read_stored`)."""
 LOAD_PAGE_ROWS: Final = 4096
 """Rows read at a time when the index is filled at start (not 100k rows' tuples at once)."""
+MAX_HITS: Final = 2**62
+"""The most hits a row may count at start: the index keeps them in 64-bit integers."""
 
 
 class Cacheable(NamedTuple):
@@ -457,8 +460,8 @@ class Cache:
 
     async def load(self) -> None:
         """Fill the index from ``quotad.db`` (the answers stay there), a page of rows at a
-        time; drops expired entries and rows that are not entries, and evicts down to
-        ``max_mb``."""
+        time; drops expired entries and rows that are not entries (:func:`_entry_row`), and
+        evicts down to ``max_mb``."""
         if not self.enabled:
             return
         index = self._index
@@ -473,11 +476,11 @@ class Cache:
         while rows := await self._db.read(_LOAD_PAGE, (after, LOAD_PAGE_ROWS)):
             for rowid, key, kind, created, used, hits, cost_usd, payload_size in rows:
                 after = rowid
-                key = bytes(key)
-                if created < expired_before or kind not in ANSWER_DECODERS:
-                    dropped.append((_DELETE, (key,)))
-                    continue
-                if len(key) != KEY_BYTES:
+                if (
+                    not _entry_row(key, created, used, hits, cost_usd)
+                    or created < expired_before
+                    or kind not in ANSWER_DECODERS
+                ):
                     dropped.append((_DELETE, (key,)))
                     continue
                 size = payload_size + len(key) + BYTES_PER_ENTRY
@@ -543,3 +546,22 @@ class Cache:
         if self.follower is not None:
             self.follower.add_figures(status)
         return status
+
+
+def _entry_row(key: object, created: object, used: object, hits: object, cost: object) -> bool:
+    """Whether a ``cache`` row's columns are an entry's. ``quotad.db`` is the daemon's to
+    write, but SQLite keeps any value in any column: one damaged or edited by hand held a text
+    or a float where a count is, and the start failed (an integer key would have been read
+    as that many zero bytes)."""
+    return (
+        isinstance(key, bytes)
+        and len(key) == KEY_BYTES
+        and isinstance(hits, int)
+        and 0 <= hits <= MAX_HITS
+        and isinstance(cost, (int, float))
+        and 0 <= cost < math.inf
+        and isinstance(created, (int, float))
+        and -math.inf < created < math.inf
+        and isinstance(used, (int, float))
+        and -math.inf < used < math.inf
+    )
