@@ -23,6 +23,8 @@ from quotad.daemon.rate_limit_info import NO_RATE_LIMITS
 from quotad.daemon.routing import Router
 from quotad.daemon.semantic.cache import VECTOR_SCHEME
 from quotad.daemon.store import Store
+from quotad.daemon.store.cache import OFF_LOOP_ANSWER_BYTES
+from quotad.daemon.store.transactions import in_thread
 from quotad.protocol.messages import (
     Chat,
     ChatChunk,
@@ -67,6 +69,8 @@ class Provider(InProcessProvider):
 
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.padding = ""
+        """Added to each answer (to make a big one)."""
 
     def _text(self, request: Chat) -> str:
         content = request.messages[-1].content
@@ -82,7 +86,7 @@ class Provider(InProcessProvider):
             return ChatResult(
                 content=None, tool_calls=[call], finish_reason="tool_calls", usage=usage
             )
-        return ChatResult(content=f"answer to: {text}", usage=usage)
+        return ChatResult(content=f"answer to: {text}{self.padding}", usage=usage)
 
     async def open_stream(self, model: str, request: Chat, max_tokens: int) -> Stream:
         return Stream(f"answer to: {self._text(request)}")
@@ -178,6 +182,36 @@ async def test_an_exact_miss_asked_in_other_words_is_served_semantically_and_mar
     assert (status.semantic_mode, status.semantic_entries) == ("on", 1)
     assert status.saved_usd == pytest.approx(2 * first.cost_usd)
     assert status.semantic_saved_usd == pytest.approx(first.cost_usd)
+
+
+async def test_a_big_answer_served_semantically_is_read_from_the_file_once(
+    directory: Path,
+) -> None:
+    """A semantic hit looks at its answer (a tool call is never served) and then uses it: a
+    big answer, not kept in memory, was read from ``quotad.db`` twice (13 MB: ~200 ms each)."""
+    first = await Daemon(directory, config()).open()
+    first.provider.padding = " pad" * (OFF_LOOP_ANSWER_BYTES // 4)
+    await first.ask(ASKED)
+    daemon = await first.restarted()  # nothing held in memory
+    try:
+        reads: list[str] = []
+
+        def traced(statement: str) -> None:
+            if statement.startswith("SELECT kind, payload FROM cache"):
+                reads.append(statement)
+
+        db = daemon.store.db
+        assert db._reader is not None
+        assert db._point_reader is not None
+        await in_thread(db._reader, lambda connection: connection.set_trace_callback(traced))
+        db._point_reader.set_trace_callback(traced)
+        other = await daemon.ask(PARAPHRASE)
+        assert (other.cached, other.cache) == (True, "semantic")
+        assert other.content == f"answer to: {ASKED}" + " pad" * (OFF_LOOP_ANSWER_BYTES // 4)
+        assert len(reads) == 1
+        assert daemon.store.cache.status().semantic_hits == 1
+    finally:
+        await daemon.close()
 
 
 async def test_near_misses_reach_the_provider(daemon: Daemon) -> None:

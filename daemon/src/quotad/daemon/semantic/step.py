@@ -230,7 +230,7 @@ class SemanticStep:
         while (match := engine.lookup(asked.question, cache.alive)) is not None:
             entry = await cache.peek(match.entry_id)
             answer = entry.answer if entry is not None else None
-            if not isinstance(answer, CachedChat) or is_tool_call(answer):
+            if entry is None or not isinstance(answer, CachedChat) or is_tool_call(answer):
                 engine.remove(match.entry_id)  # never served; look again without it
                 continue
             if engine.mode == "shadow":
@@ -238,7 +238,7 @@ class SemanticStep:
                 asked.shadowed = True
                 asked.shadow_answer = answer.content
                 return None
-            served = await cache.take(match.entry_id, match.similarity)
+            served = cache.use(entry, match.similarity)  # no wait since the peek
             if served is None:
                 engine.remove(match.entry_id)
                 continue

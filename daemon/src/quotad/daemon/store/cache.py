@@ -244,14 +244,20 @@ class Cache:
             self._drop(slot, key)
             return None
         hit = await self._read(slot, key)
-        if hit is None:
-            return None
+        return None if hit is None else self.use(hit, similarity)
+
+    def use(self, entry: CacheEntry, similarity: float | None = None) -> CacheEntry | None:
+        """Use ``entry``, just read (by :meth:`peek`: a big answer is not read twice), as
+        :meth:`take` does; None when it has gone since it was read."""
+        index = self._index
+        key = entry.key
         slot = index.find(key)  # where it is now: a large one was read off the event loop
-        assert slot is not None  # _read saw it there after its last wait
+        if slot is None:
+            return None
         index.touch(slot)
-        self.saved_usd += hit.cost_usd
+        self.saved_usd += entry.cost_usd
         self._db.write_later([(_TOUCH, (key, self.clock.time(), index.hits(slot)))])
-        return hit if similarity is None else hit._replace(similarity=similarity)
+        return entry if similarity is None else entry._replace(similarity=similarity)
 
     async def peek(self, key: bytes) -> CacheEntry | None:
         """The live entry of ``key`` without using it (nothing counted or filed again)."""
