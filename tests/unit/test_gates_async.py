@@ -18,6 +18,7 @@ from quotad.daemon.config import Config, parse_config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.gates import Gates
 from quotad.daemon.rate_limit_info import RateLimitInfo
+from tests.support.event_loop import turns_during
 
 pytestmark = pytest.mark.anyio
 
@@ -72,6 +73,22 @@ async def test_max_wait_gives_rate_limited_with_retry_after() -> None:
     assert caught.value.code == "rate_limited"
     assert caught.value.retry_after_s == pytest.approx(0.2)  # the first leaves the window then
     assert "allows 2 requests per 0.3 s; 2 used" in caught.value.message
+    assert len(gates.queue) == 0
+
+
+async def test_a_refusal_without_a_wait_gives_no_turn_away(gates: Gates) -> None:
+    """``max_wait_s = 0`` waited all the same: a cancel scope and turns of the event loop,
+    ~70 % of a refused Acquire's cost (~190 µs in process, ~60 µs without)."""
+    demand = gates.demand("p", "p/m", "app", 0)
+    for _ in range(2):
+        await gates.admit(demand, app="app", priority="normal", max_wait_s=0)
+
+    async def refused() -> None:
+        with pytest.raises(RequestError) as caught:
+            await gates.admit(demand, app="app", priority="normal", max_wait_s=0)
+        assert caught.value.code == "rate_limited"
+
+    assert await turns_during(refused) == 0
     assert len(gates.queue) == 0
 
 

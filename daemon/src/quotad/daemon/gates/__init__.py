@@ -276,7 +276,7 @@ class Gates:
         self.queue.add(waiter)
         self._dispatch()
         try:
-            if waiter.reservation is None:
+            if waiter.reservation is None and wait_s > 0:  # 0: no turn, no cancel scope
                 with anyio.move_on_after(wait_s):
                     await event.wait()
         except BaseException:
