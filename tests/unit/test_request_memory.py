@@ -1,7 +1,8 @@
 """The daemon-wide bound on request bytes held in memory (:mod:`quotad.daemon.request_memory`),
 on both front ends, with a small bound: past it a request is refused (HTTP 503 ``overloaded``
-and a close; on the Unix socket ``overloaded`` by its id, the connection going on), the other
-clients are served, and the bytes held come back to 0 after every path a request can take.
+and a close; on the Unix socket ``overloaded`` by its id, the connection going on, or, for a
+frame still arriving, ``overloaded`` and a close), the other clients are served, and the bytes
+held come back to 0 after every path a request can take.
 
 Before it, each connection and request was bounded but not all of them together: 20 HTTP
 connections each sending 15 MB of a body and stalling added 298 MB to the daemon (1,024 may),
@@ -19,6 +20,7 @@ import httpx
 import msgspec
 import pytest
 
+from quotad.client import Client, ConnectionLostError
 from quotad.daemon import request_memory
 from quotad.daemon.config import HttpConfig
 from quotad.daemon.front_door import FrontDoor
@@ -196,8 +198,8 @@ def big_chat(request_id: int, size: int = 30_000) -> Chat:
 async def test_a_socket_request_past_the_bound_is_refused_and_the_connection_goes_on(
     monkeypatch: pytest.MonkeyPatch, anyio_backend: Any
 ) -> None:
-    """Frames of 30 KB, each read whole (a frame that arrives in parts is held from its length
-    prefix on: see the next test); the bound 100 KB."""
+    """Frames of 30 KB, each read whole (a frame that arrives in parts is held as it arrives:
+    see the next test); the bound 100 KB."""
     monkeypatch.setattr(request_memory, "REQUEST_MEMORY_BYTES", 100_000)
     async with serve() as served:
         memory = served.server.request_memory
@@ -230,11 +232,15 @@ async def test_a_socket_request_past_the_bound_is_refused_and_the_connection_goe
         assert memory.refused == 1
 
 
-async def test_a_big_socket_frame_past_the_bound_is_refused_by_its_id_once_whole(
+async def test_a_socket_frame_is_held_as_it_arrives_and_past_the_bound_costs_its_connection(
     small_bound: None, anyio_backend: Any
 ) -> None:
-    """A frame that arrives in parts is counted once whole, when its request starts: past
-    the bound its request is refused, not its connection (whose requests in flight go on)."""
+    """A frame arriving was not counted until whole: 200 connections each sending all but the
+    last byte of an 8 MiB frame added 1.6 GB to the daemon's RSS (one uid may hold 768). Now
+    its bytes are held as they come, then as its request's once it is whole (never twice);
+    past the bound its request's id is not read yet, so its connection is answered
+    ``overloaded`` and closed (the others' requests go on), and a connection that goes
+    mid-frame gives its bytes back."""
     async with serve() as served:
         memory = served.server.request_memory
         served.provider.release = anyio.Event()
@@ -243,19 +249,60 @@ async def test_a_big_socket_frame_past_the_bound_is_refused_by_its_id_once_whole
         async with Peer.connect(served.path) as peer:
             [connection] = served.server.connections
             await peer.send(first[:1000])
+            await wait_until(lambda: memory.held == 1000)
             await peer.send(first[1000:])
             await wait_until(lambda: 1 in connection.in_flight)
             assert memory.held == len(first)
-            for piece in (second[:1000], second[1000:300_000], second[300_000:]):
-                await peer.send(piece)
-            refused = await peer.next()
+            async with Peer.connect(served.path) as leaving:  # gone mid-frame
+                await leaving.send(second[:5000])
+                await wait_until(lambda: memory.held == len(first) + 5000)
+            await wait_until(lambda: memory.held == len(first))
+            async with Peer.connect(served.path) as other:
+                await other.send(second[:300_000])
+                await wait_until(lambda: memory.held == len(first) + 300_000)
+                await other.send(second[300_000:-1])  # past the bound before it is whole
+                [refused] = await other.until_closed()
             assert isinstance(refused, Error)
-            assert (refused.id, refused.code) == (2, "overloaded")
+            assert (refused.id, refused.code) == (0, "overloaded")
             assert refused.retry_after_s is not None
+            assert refused.message.startswith(
+                "the requests quotad holds in memory are at their bound (976.6 KiB for the daemon, "
+            )
+            assert "of a frame arriving on this connection could not be held" in refused.message
             assert memory.held == len(first)
+            assert memory.refused == 1
             served.provider.release.set()
             assert isinstance(await peer.next(), ChatReply)
             await wait_until(lambda: memory.held == 0)
+
+
+async def test_a_client_sending_a_frame_past_the_bound_reads_why_its_connection_ends(
+    small_bound: None, anyio_backend: Any
+) -> None:
+    """The blocking client sends a frame whole before it reads: closed at once, the
+    connection failed its send (broken pipe) and the client never read why. What the peer
+    sends after the refusal is read and dropped for a moment (not held), so it reads the
+    ``overloaded``."""
+    async with serve() as served:
+        memory = served.server.request_memory
+        stalled = ENCODER.encode(big_chat(1, 900_000))
+        async with Peer.connect(served.path) as staller:
+            await staller.send(stalled[:-1])
+            await wait_until(lambda: memory.held == len(stalled) - 1)
+
+            def chat_past_the_bound() -> Exception:
+                with Client(socket=served.path, app="t") as client:
+                    content = "x" * 600_000
+                    with pytest.raises(ConnectionLostError) as failed:
+                        client.chat("p/m", [{"role": "user", "content": content}])
+                return failed.value
+
+            failure = await anyio.to_thread.run_sync(chat_past_the_bound)
+            assert "the daemon ended the connection: overloaded: the requests quotad " in str(
+                failure
+            )
+            assert memory.held == len(stalled) - 1
+        await wait_until(lambda: memory.held == 0)
 
 
 async def test_the_daemon_shares_one_bound_between_its_two_front_ends(anyio_backend: Any) -> None:

@@ -13,8 +13,10 @@ answered go out together, in one ``transport.write``), so frames never interleav
 What a connection may cost is bounded: the bytes of one frame (``daemon.max_frame``), requests
 in flight plus permits held (``daemon.max_in_flight_per_connection``: one more is answered
 ``overloaded``), and with every other connection (and the HTTP front door) the bytes of the
-frames of requests in flight (:mod:`quotad.daemon.request_memory`: past it, a request is
-answered ``overloaded`` and the connection goes on), Subscribes
+frames of requests in flight and of those still arriving (:mod:`quotad.daemon.request_memory`:
+past it, a whole frame's request is answered ``overloaded`` and the connection goes on; a
+connection whose frame arriving cannot be held is answered ``overloaded`` and closed, see
+:meth:`Connection._refuse_unread`), Subscribes
 (:attr:`ConnectionLimits.max_subscriptions`), and what it leaves
 unread: while the transport's write buffer is over its high-water mark, requests wait for it to
 drain before they end (streams and snapshots slow down), and past :data:`MAX_UNREAD_BYTES` the
@@ -53,11 +55,18 @@ from quotad.daemon.errors import RequestError, encodable
 from quotad.daemon.request_limits import check_name
 from quotad.daemon.request_memory import RequestMemory
 from quotad.daemon.server.binding import PeerCredentials
-from quotad.daemon.server.error_replies import error_reply, overloaded, oversized, unencodable
+from quotad.daemon.server.error_replies import (
+    error_reply,
+    overloaded,
+    oversized,
+    unencodable,
+    unread_refusal,
+)
 from quotad.daemon.server.json_values import check_json_values
 from quotad.daemon.server.limits import ConnectionLimits
 from quotad.daemon.server.snapshots import SnapshotPace, send_snapshots
 from quotad.daemon.status import DAEMON_VERSION
+from quotad.protocol.figures import size as figure
 from quotad.protocol.framing import HEADER_SIZE as FRAME_HEADER_SIZE
 from quotad.protocol.framing import (
     FrameEncoder,
@@ -171,7 +180,8 @@ class Connection(asyncio.Protocol):
         self.app = ""
         self.greeted = False
         self.closing = False
-        """No more frames are read; what is in flight is cancelled."""
+        """No more frames are read nor answers written; what is in flight is cancelled (set
+        once the transport is lost too)."""
         self.lost = False
         """The transport is gone: nothing more can be written."""
         self.in_flight: dict[int, InFlight] = {}
@@ -186,6 +196,10 @@ class Connection(asyncio.Protocol):
         """Everything queued before the read side was shut has been read."""
         self._decoder = request_decoder(limits.max_frame)
         self._memory = server.request_memory
+        self._unread_held = 0
+        """Bytes left in the decoder after a read (a frame arriving, frames waiting for the
+        next turn) held in the request memory: given back at the next read, which may make
+        them whole frames, each then held as its request's (:meth:`_start`)."""
         self._encode = server.encoder.encode
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -221,9 +235,14 @@ class Connection(asyncio.Protocol):
         transport together, in one write, at the end (a write each cost a system call each
         once the loop took turns: 80,000 Status frames in one write took 30% more CPU)."""
         self._answers = []
+        if self._unread_held:  # they may end as whole frames now, held by their requests
+            self._memory.give(self._unread_held)
+            self._unread_held = 0
         try:
             self._read_frames(data)
         finally:
+            if not self.closing and self._decoder.pending:
+                self._hold_unread()
             self._write_answers()
 
     def _read_frames(self, data: bytes) -> None:
@@ -261,6 +280,33 @@ class Connection(asyncio.Protocol):
                 log.exception("reading a frame from pid %s failed", self.peer and self.peer.pid)
                 self.refuse("internal", "internal error in quotad reading this connection")
                 return
+
+    def _hold_unread(self) -> None:
+        """Hold the bytes left in the decoder in the request memory; past its bound, refuse
+        the connection (:meth:`_refuse_unread`)."""
+        unread = self._decoder.pending
+        if self._memory.take(unread):
+            self._unread_held = unread
+        else:
+            self._refuse_unread(unread)
+
+    def _refuse_unread(self, unread: int) -> None:
+        """Answer ``overloaded`` (id 0) for the ``unread`` bytes the request memory cannot
+        hold, drop them, and close the connection, its requests cancelled; its request's id
+        is in the part not come yet, so only the connection can be refused. Until then, for
+        :data:`CLOSE_LINGER_S` at most, what the peer still sends is read and dropped: a
+        client sends a frame whole before it reads, and closed at once, its send would fail
+        (EPIPE) before it could read why."""
+        log.info(
+            "closing connection from pid %s: %s of frames arriving past the request memory's bound",
+            self.peer and self.peer.pid,
+            figure(unread),
+        )
+        self.write(overloaded(unread_refusal(self._memory, unread)))
+        self._stop()
+        if self._transport is not None:
+            self._transport.resume_reading()  # paused for a turn or for the peer: read on
+        self._loop.call_later(CLOSE_LINGER_S, self.close)
 
     def _time_partial_frame(self, frames: int) -> None:
         """Note when the part of a frame left in the decoder began to arrive: now, if it is
@@ -396,8 +442,14 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ closing
 
     def _stop(self) -> None:
-        """Read nothing more and cancel everything in flight."""
+        """Read nothing more (what the decoder holds goes), write nothing more, and cancel
+        everything in flight."""
         self.closing = True
+        if self._unread_held:
+            self._memory.give(self._unread_held)
+            self._unread_held = 0
+        if self._decoder.pending:
+            self._decoder = request_decoder(self.limits.max_frame)
         for record in list(self.in_flight.values()):
             record.cancel()
 
@@ -428,10 +480,11 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ writing
 
     def write(self, message: Message) -> None:
-        """Write one whole frame now (buffered by the transport if the socket is full). Past
-        :data:`MAX_UNREAD_BYTES` buffered, stop reading the peer until it reads its answers."""
+        """Write one whole frame now (buffered by the transport if the socket is full; nothing
+        once the connection is closing). Past :data:`MAX_UNREAD_BYTES` buffered, stop reading
+        the peer until it reads its answers."""
         transport = self._transport
-        if transport is not None and not self.lost and not transport.is_closing():
+        if transport is not None and not self.closing and not transport.is_closing():
             try:
                 frame = self._encode(message)
             except (ValueError, TypeError, OverflowError) as error:  # a bug: still an answer

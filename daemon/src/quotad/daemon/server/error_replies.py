@@ -1,12 +1,14 @@
 """The errors the Unix socket answers with besides the pipeline's own: a request it will not
-start (``overloaded``: the daemon draining or full, the connection at its limits), one it cannot
-answer (a reply over ``daemon.max_frame``, or one that cannot be encoded), and plain refusals."""
+start (``overloaded``: the daemon draining or full, the connection at its limits, a frame
+arriving past the request memory's bound), one it cannot answer (a reply over
+``daemon.max_frame``, or one that cannot be encoded), and plain refusals."""
 
 from __future__ import annotations
 
 from typing import Final
 
 from quotad.daemon.errors import encodable
+from quotad.daemon.request_memory import RequestMemory
 from quotad.protocol.figures import size
 from quotad.protocol.messages import Error, Message
 
@@ -59,3 +61,13 @@ def overloaded(message: str, request_id: int = 0) -> Error:
     """``overloaded``, to be tried again in :data:`RETRY_AFTER_S` (the request ``request_id``;
     0: the connection, turned away as it came)."""
     return Error(id=request_id, code="overloaded", message=message, retry_after_s=RETRY_AFTER_S)
+
+
+def unread_refusal(memory: RequestMemory, unread: int) -> str:
+    """Why a connection is closed whose ``unread`` bytes (a frame arriving) ``memory`` could
+    not hold."""
+    return (
+        f"the requests quotad holds in memory are at their bound ({size(memory.bound)} for the "
+        f"daemon, {size(memory.held)} held): the {size(unread)} of a frame arriving on this "
+        "connection could not be held, and the connection is closed; retry shortly"
+    )

@@ -90,7 +90,7 @@ class SocketServer:
         self.path = path
         self.request_memory = request_memory or RequestMemory()
         """The bound on request bytes held in memory (shared with the HTTP front door): here,
-        the frames of the requests in flight."""
+        the frames of the requests in flight and those arriving."""
         self.limits = limits or ConnectionLimits()
         """For connections accepted from now on (a reload replaces it)."""
         self.access = access or AccessPolicy()
