@@ -66,7 +66,6 @@ from quotad.daemon.server.json_values import check_json_values
 from quotad.daemon.server.limits import ConnectionLimits
 from quotad.daemon.server.snapshots import SnapshotPace, send_snapshots
 from quotad.daemon.status import DAEMON_VERSION
-from quotad.protocol.figures import size as figure
 from quotad.protocol.framing import HEADER_SIZE as FRAME_HEADER_SIZE
 from quotad.protocol.framing import (
     FrameEncoder,
@@ -137,6 +136,8 @@ class Listener(Protocol):
     def request_started(self) -> None: ...
 
     def request_finished(self) -> None: ...
+
+    def log_closing(self, peer: PeerCredentials | None, code: str, reason: str) -> None: ...
 
     def track(self, task: asyncio.Task[None]) -> None: ...
 
@@ -297,12 +298,9 @@ class Connection(asyncio.Protocol):
         :data:`CLOSE_LINGER_S` at most, what the peer still sends is read and dropped: a
         client sends a frame whole before it reads, and closed at once, its send would fail
         (EPIPE) before it could read why."""
-        log.info(
-            "closing connection from pid %s: %s of frames arriving past the request memory's bound",
-            self.peer and self.peer.pid,
-            figure(unread),
-        )
-        self.write(overloaded(unread_refusal(self._memory, unread)))
+        reason = unread_refusal(self._memory, unread)
+        self.server.log_closing(self.peer, "overloaded", reason)
+        self.write(overloaded(reason))
         self._stop()
         if self._transport is not None:
             self._transport.resume_reading()  # paused for a turn or for the peer: read on
@@ -466,14 +464,14 @@ class Connection(asyncio.Protocol):
 
     def abort(self, reason: str) -> None:
         """Drop the connection now, unsent answers and all."""
-        log.info("dropping connection from pid %s: %s", self.peer and self.peer.pid, reason)
+        self.server.log_closing(self.peer, "dropped", reason)
         self._stop()
         if self._transport is not None and not self.lost:
             self._transport.abort()
 
     def refuse(self, code: str, message: str) -> None:
         """Answer a protocol error (id 0: about the connection) and close the connection."""
-        log.info("closing connection from pid %s: %s", self.peer and self.peer.pid, message)
+        self.server.log_closing(self.peer, code, message)
         self.write(Error(code=code, message=message))
         self.close()
 

@@ -11,7 +11,9 @@ last :data:`~.limits.OPERATOR_RESERVE`, kept so that ``quotad status`` and ``rel
 while other users hold the rest. A peer turned away gets one ``Error`` frame (``unauthorized``,
 or ``overloaded`` with ``retry_after_s``, naming the bound) and the close; a peer let in
 becomes a :class:`~quotad.daemon.server.connection.Connection`, an asyncio protocol on the
-loop's transport.
+loop's transport. A connection refused, closed or dropped (a bad frame, a timeout...) is logged
+the first time for each code, then every 1,000th, with the count (:meth:`SocketServer.log_closing`):
+any local process may spoil thousands a second.
 
 An ``accept()`` that fails for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM: the process
 or the system is out of descriptors or memory) does not end the loop: it is logged, the loop
@@ -39,6 +41,7 @@ import anyio.abc
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config
+from quotad.daemon.net.log_rate import LOG_EVERY, log_due
 from quotad.daemon.request_memory import RequestMemory
 from quotad.daemon.server.binding import (
     PeerCredentials,
@@ -102,6 +105,9 @@ class SocketServer:
         self.connections_per_uid: Counter[int | None] = Counter()
         """Connections open by peer uid (None: a peer SO_PEERCRED could not name)."""
         self.requests_in_flight = 0
+        self.closed_connections: Counter[str] = Counter()
+        """Connections refused, closed or dropped by the daemon since the start, by the code
+        they were answered (``dropped``: no answer) (:meth:`log_closing`)."""
         self.http_address = ""
         """``host:port`` of the HTTP front door, when one runs (for status)."""
         self.draining = False
@@ -193,7 +199,7 @@ class SocketServer:
             return
         refusal = self._refusal(peer, client)
         if refusal is not None:
-            log.info("refusing pid %s: %s", peer and peer.pid, refusal)
+            self.log_closing(peer, "unauthorized", refusal)
             self._turn_away(client, Error(code="unauthorized", message=refusal))
             return
         if self.draining:
@@ -364,6 +370,24 @@ class SocketServer:
         """A connection has its transport (its peer checked, the cap respected)."""
         self.connections.add(connection)
         self.connections_per_uid[_uid(connection)] += 1
+
+    def log_closing(self, peer: PeerCredentials | None, code: str, reason: str) -> None:
+        """Log that a connection of ``peer`` is refused or closed, answered ``code``, for
+        ``reason``: the first time for each code, then every
+        :data:`~quotad.daemon.net.log_rate.LOG_EVERY`-th, with the count (any local process
+        may open thousands of connections a second and spoil each: 20,000 with a bad frame
+        wrote 20,000 lines)."""
+        count = self.closed_connections[code] = self.closed_connections[code] + 1
+        if log_due(count):
+            log.info(
+                "closing connection from pid %s: %s (%d closed %s so far; the first and every "
+                "%d-th are logged)",
+                peer and peer.pid,
+                reason,
+                count,
+                code,
+                LOG_EVERY,
+            )
 
     def connection_ended(self, connection: Connection) -> None:
         """A connection is gone."""
