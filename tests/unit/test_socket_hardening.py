@@ -26,7 +26,13 @@ import anyio
 import anyio.abc
 import pytest
 
-from quotad.client import AsyncClient, Client, OverloadedError, RateLimitedError
+from quotad.client import (
+    AsyncClient,
+    Client,
+    ConnectionLostError,
+    OverloadedError,
+    RateLimitedError,
+)
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config, parse_config
@@ -252,6 +258,26 @@ async def test_an_answer_that_cannot_be_encoded_is_still_answered(
         "'\\udfff' in position 7: surrogates not allowed",
     ]
     assert all(record.exc_info is None for record in caplog.records)
+
+
+async def test_a_frame_over_max_frame_is_answered_to_a_client_still_sending_it(
+    anyio_backend: Any,
+) -> None:
+    """The blocking client sends a frame whole before it reads: the connection closed at
+    the frame's head, its send failed (broken pipe) and it never read the ``bad_frame``
+    DESIGN §5 promises. What the peer still sends is now read and dropped for a moment."""
+    async with serve(max_frame=1024 * 1024) as served:
+
+        def chat_over_max_frame() -> str:
+            with Client(socket=served.path, app="t") as client:
+                with pytest.raises(ConnectionLostError) as failed:
+                    client.chat("p/m", [{"role": "user", "content": "x" * 4_000_000}])
+                return str(failed.value)
+
+        failure = await anyio.to_thread.run_sync(chat_over_max_frame)
+        assert "bad_frame: frame of 4000061 bytes is over the limit of 1048576 bytes" in failure
+        async with AsyncClient(socket=served.path) as client:  # the daemon serves on
+            assert (await client.status()).pid == os.getpid()
 
 
 async def test_requests_in_flight_per_connection_are_capped(anyio_backend: Any) -> None:

@@ -274,8 +274,10 @@ class Connection(asyncio.Protocol):
                     self._end_turn()
                     return
                 data = b""  # read on: the frames after it wait in the decoder
-            except FrameError as error:
-                self.refuse(error.code, str(error))
+            except FrameError as error:  # the peer may be sending it still: let it read why
+                self.server.log_closing(self.peer, error.code, str(error))
+                self.write(Error(code=error.code, message=str(error)))
+                self._close_reading_on()
                 return
             except Exception:  # a bug: it costs this connection only
                 log.exception("reading a frame from pid %s failed", self.peer and self.peer.pid)
@@ -293,17 +295,26 @@ class Connection(asyncio.Protocol):
 
     def _refuse_unread(self, unread: int) -> None:
         """Answer ``overloaded`` (id 0) for the ``unread`` bytes the request memory cannot
-        hold, drop them, and close the connection, its requests cancelled; its request's id
-        is in the part not come yet, so only the connection can be refused. Until then, for
-        :data:`CLOSE_LINGER_S` at most, what the peer still sends is read and dropped: a
-        client sends a frame whole before it reads, and closed at once, its send would fail
-        (EPIPE) before it could read why."""
+        hold, drop them, and close the connection (:meth:`_close_reading_on`); its request's
+        id is in the part not come yet, so only the connection can be refused."""
         reason = unread_refusal(self._memory, unread)
         self.server.log_closing(self.peer, "overloaded", reason)
         self.write(overloaded(reason))
+        self._close_reading_on()
+
+    def _close_reading_on(self) -> None:
+        """Close the connection, its requests cancelled: its writing side now, after what is
+        written (the peer reads the end), the rest once the peer is done or
+        :data:`CLOSE_LINGER_S` have passed, reading and dropping meanwhile what the peer
+        still sends: a client sends a frame whole before it reads, and closed at once, its
+        send would fail (EPIPE) before it could read why (the blocking client's did)."""
         self._stop()
-        if self._transport is not None:
-            self._transport.resume_reading()  # paused for a turn or for the peer: read on
+        transport = self._transport
+        if transport is not None and not self.lost and not transport.is_closing():
+            self._write_answers()
+            if transport.can_write_eof():
+                transport.write_eof()
+            transport.resume_reading()  # paused for a turn or for the peer: read on
         self._loop.call_later(CLOSE_LINGER_S, self.close)
 
     def _time_partial_frame(self, frames: int) -> None:
