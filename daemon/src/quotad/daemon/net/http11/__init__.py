@@ -40,7 +40,8 @@ HTTP/1.0 clients get their answer and a close (a streamed body is then close-del
 
 Connections: keep-alive; pipelined requests are read one at a time and answered in order,
 the other connections getting a turn of the event loop between two of them.
-A request line + headers over ``max_header_bytes`` is answered 431, a body over
+A request line + headers over ``max_header_bytes`` (each header counting 32 bytes more, as
+HTTP/2 counts them) is answered 431, a body over
 ``max_body_bytes`` 413, a malformed request 400, a body part past the ``request_memory`` the
 server may be given (a bound on the body bytes of all its connections, and whatever else
 shares it) 503; each of these closes the connection. A

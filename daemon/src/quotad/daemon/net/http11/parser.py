@@ -19,9 +19,11 @@ What is refused, with its status (each closes the connection after the answer):
   HTTP/x.y CRLF`` (two spaces, leading empty lines, a target byte outside ``\\x21-\\x7e``);
   an HTTP/1.1 request without ``host``, or any request with several: 400; a
   ``transfer-encoding`` other than ``chunked`` alone: 501; a version other than 1.0 and 1.1: 505;
-- a head over ``max_header_bytes``: 431; a body over ``max_body_bytes`` (declared or read) or
-  in more than ``max_body_chunks`` chunks: 413; chunk extensions and trailers over
-  ``max_header_bytes`` together: 400;
+- a head over ``max_header_bytes`` (each header counting :data:`~.messages.HEADER_FIELD_COST`
+  bytes more, counted by its line ends as each piece of the head comes, before llhttp parses
+  it, so that a head never complete holds no more headers than a whole one): 431; a body over
+  ``max_body_bytes`` (declared or read) or in more than ``max_body_chunks`` chunks: 413; chunk
+  extensions and trailers over ``max_header_bytes`` together: 400;
 - a body part the shared :class:`~.messages.BodyMemory` has no room for: 503.
 
 Body bytes are taken from that :class:`~.messages.BodyMemory` (when the parser is given
@@ -53,6 +55,7 @@ from typing import Final
 import httptools
 
 from quotad.daemon.net.http11.messages import (
+    HEADER_FIELD_COST,
     Authorize,
     BodyMemory,
     ErrorAnswer,
@@ -329,19 +332,18 @@ class RequestParser:
         return len(data) if found < 0 else found + 4
 
     def _head_piece(self, data: bytes, position: int, end: int) -> bool:
-        """Count a piece of a head against ``max_header_bytes`` and check the request line
-        once it is in, before llhttp sees either; False when the head is refused."""
+        """Count a piece of a head against ``max_header_bytes`` (each line end but those of
+        the request line and of the head counting a header field's cost) and check the request
+        line once it is in, before llhttp sees either; False when the head is refused."""
         if self._state == _START:
             self._state = _HEAD
-            self._head_bytes = 0
+            self._head_bytes = -2 * HEADER_FIELD_COST
             self._line = bytearray()
             self._line_checked = False
             self._tail = b""
-        self._head_bytes += end - position
+        self._head_bytes += end - position + HEADER_FIELD_COST * data.count(b"\n", position, end)
         if self._head_bytes > self._limits.max_header_bytes:
-            self._refuse(
-                431, f"request line and headers exceed {self._limits.max_header_bytes} bytes"
-            )
+            self._refuse(431, self._head_too_large())
             return False
         if not self._line_checked:
             line_end = data.find(b"\n", position, end)
@@ -367,6 +369,12 @@ class RequestParser:
             self._target = target.decode("ascii")
             self._http10 = version == b"1.0"
         return True
+
+    def _head_too_large(self) -> str:
+        return (
+            f"request line and headers exceed {self._limits.max_header_bytes} bytes (each "
+            f"header counting {HEADER_FIELD_COST} bytes more)"
+        )
 
     def _chunk_framing_too_large(self) -> bool:
         """Whether the chunk-size lines, extensions and trailers of the body so far pass
