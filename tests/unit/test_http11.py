@@ -529,6 +529,37 @@ async def test_a_long_pipelined_burst_is_read_in_bounded_steps_and_answered_in_o
     assert bodies == [f"/{number}".encode() for number in range(count)]
 
 
+async def test_big_pipelined_heads_wait_for_the_answer_before_them_and_are_all_answered() -> None:
+    """Past HELD_HEAD_BYTES of heads not released, what is read waits unparsed and reading
+    stops (see the parser's tests); once each answer is done the next head is parsed and
+    reading goes on: every request is answered, in order."""
+    go_on = anyio.Event()
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        if request.path == "/0":
+            await go_on.wait()
+        return HttpResponse(200, [], request.path.encode())
+
+    line = b"x-a: " + b"b" * 57 + b"\r\n"
+    head = b"GET /%d HTTP/1.1\r\nhost: t\r\n" + line * 300 + b"\r\n"
+    count = 30
+    async with (
+        serving(handler) as server,
+        raw_connection(server.port) as (stream, reader),
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(stream.send, b"".join(head % number for number in range(count)))
+        await run_loop_until(lambda: len(server._connections) == 1)
+        [connection] = server._connections
+        await run_loop_until(lambda: connection._reading_paused)
+        assert connection._parser is not None
+        assert not connection._parser.requests  # none parsed ahead of /0, its head held
+        go_on.set()
+        with anyio.fail_after(20):
+            bodies = [(await read_response(reader))[2] for _ in range(count)]
+    assert bodies == [b"/%d" % number for number in range(count)]
+
+
 async def test_pipelined_answers_that_never_wait_leave_the_other_tasks_turns() -> None:
     """Requests that came together were answered one after another without a turn of the
     event loop when their handler never waits: 4,000 pipelined 404s held every other client

@@ -20,6 +20,7 @@ from quotad.daemon.net.http11.messages import (
     default_error_answer,
 )
 from quotad.daemon.net.http11.parser import (
+    HELD_HEAD_BYTES,
     PARSE_BYTES,
     QUEUED_REQUESTS,
     IncomingRequest,
@@ -51,6 +52,13 @@ def parse_all(chunks: list[bytes], limits: HttpLimits = LIMITS) -> list[Incoming
     for chunk in chunks:
         parser.feed(chunk)
     return list(parser.requests)
+
+
+def take(parser: RequestParser) -> IncomingRequest:
+    """The first request queued, released as the connection does once it is answered."""
+    incoming = parser.requests.popleft()
+    parser.release(incoming)
+    return incoming
 
 
 def complete(incoming: IncomingRequest) -> HttpRequest:
@@ -161,7 +169,7 @@ def test_pipelined_requests_are_parsed_a_few_ahead_of_the_one_taken(read_size: i
                 continue
             if not parser.requests[0].complete:
                 break  # the rest of it comes with the next read
-            taken.append(complete(parser.requests.popleft()).target)
+            taken.append(complete(take(parser)).target)
     assert taken == [f"/{number}" for number in range(1000)]
     assert most_queued == QUEUED_REQUESTS if read_size > 4000 else most_queued <= QUEUED_REQUESTS
 
@@ -176,11 +184,38 @@ def test_big_pipelined_heads_are_parsed_one_go_at_a_time() -> None:
     assert len(parser.requests) == 1
     taken = 0
     while parser.requests or parser.backlog:
-        taken += len(parser.requests)
-        parser.requests.clear()
+        while parser.requests:
+            take(parser)
+            taken += 1
         parser.parse_backlog()
         assert len(parser.requests) <= 1
     assert taken == 8
+
+
+def test_heads_are_parsed_ahead_only_while_those_held_are_small() -> None:
+    """Each read was parsed afresh, so a client writing one big head at a time while the request
+    before was answered had QUEUED_REQUESTS of them held (heads of 1,800 headers: 3.4 MB a
+    connection); now none is parsed ahead while the heads not released pass HELD_HEAD_BYTES,
+    and each comes once the one before is released."""
+    line = b"x-a: " + b"b" * 57 + b"\r\n"
+    head = b"GET /%d HTTP/1.1\r\nhost: t\r\n" + line * (HELD_HEAD_BYTES // len(line)) + b"\r\n"
+    parser = parser_for(HttpLimits(max_header_bytes=65536))
+    parser.feed(head % 0)
+    answered = parser.requests.popleft()  # being answered: its head is held until released
+    for number in range(1, 20):
+        parser.feed(head % number)  # one read each
+    assert (len(parser.requests), parser.backlog) == (0, True)
+    parser.release(answered)
+    taken = [complete(answered).target]
+    while parser.requests or parser.backlog:
+        if not parser.requests:
+            parser.parse_backlog()
+        assert len(parser.requests) == 1
+        taken.append(complete(take(parser)).target)
+    assert taken == [f"/{number}" for number in range(20)]
+    # small heads are parsed QUEUED_REQUESTS ahead as before
+    parser.feed(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n" * 40)
+    assert len(parser.requests) == QUEUED_REQUESTS
 
 
 def test_each_header_counts_its_field_cost_against_the_head_limit() -> None:

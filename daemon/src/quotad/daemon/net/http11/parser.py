@@ -36,7 +36,9 @@ Pipelined requests are parsed :data:`QUEUED_REQUESTS` ahead of the one taken at 
 :data:`PARSE_BYTES` (then to the end of the request) at one go: what was read beyond waits in
 the :attr:`~RequestParser.backlog` (the connection stops reading meanwhile) and is parsed as
 the queue is taken (:meth:`~RequestParser.parse_backlog`), so that a read of many requests is
-not parsed (nor authorized) all in one callback.
+not parsed (nor authorized) all in one callback. Nor is a request parsed ahead while the heads
+of those not released yet (queued, or being answered) count :data:`HELD_HEAD_BYTES`: each
+head is given back with its body bytes, by :meth:`~RequestParser.release`.
 
 llhttp reports no offsets, so :meth:`~RequestParser.feed` cuts what it hands over right after
 every CRLF CRLF (where a head, or a chunked body, can end) and at the end of a
@@ -84,6 +86,13 @@ PARSE_BYTES: Final = 16 * 1024
 """Bytes parsed at one go at most, beyond which the next request waits in the backlog too: a
 head costs about a microsecond a header (a 56 KB head of 7,000: 4.7 ms), and sixteen such
 heads held the loop 75 ms."""
+HELD_HEAD_BYTES: Final = 16 * 1024
+"""Head bytes (as counted against ``max_header_bytes``) that the requests of a connection not
+released yet, the one being answered among them, may hold before the next request waits in
+the backlog too, however the bytes were read: each read was parsed afresh, so a client that
+wrote one big head at a time while the request before was answered had up to
+:data:`QUEUED_REQUESTS` of them held (heads of 1,800 headers: 3.4 MB a connection, 200
+connections: +675 MB). Now a connection holds at most this, and one head more."""
 
 
 class _Stop(Exception):
@@ -103,6 +112,7 @@ class IncomingRequest:
         "complete",
         "continue_sent",
         "expect_continue",
+        "head_bytes",
         "held",
         "http10",
         "keep_alive",
@@ -123,6 +133,9 @@ class IncomingRequest:
         self.chunks = 0
         self.held = 0
         """Body bytes taken from the parser's :class:`~.messages.BodyMemory`, not given back."""
+        self.head_bytes = 0
+        """Its head's bytes, as counted against ``max_header_bytes``, not given back (see
+        :data:`HELD_HEAD_BYTES`)."""
         self._body_parts: list[bytes] = []
 
     @property
@@ -153,6 +166,7 @@ class RequestParser:
         "_expect_continue",
         "_head_bytes",
         "_headers",
+        "_held_head_bytes",
         "_hosts",
         "_http10",
         "_keep_alive",
@@ -198,6 +212,8 @@ class RequestParser:
         self._target = ""
         self._http10 = False
         self._head_bytes = 0
+        self._held_head_bytes = 0
+        """What the requests not released yet hold of :data:`HELD_HEAD_BYTES`."""
         self._remaining = 0
         self._chunked_wire_bytes = 0
         self._reset_head()
@@ -224,18 +240,20 @@ class RequestParser:
 
     @property
     def backlog(self) -> bool:
-        """Bytes read are waiting to be parsed: :data:`QUEUED_REQUESTS` requests were queued
-        when they came (:meth:`parse_backlog` parses them once the queue is taken)."""
+        """Bytes read are waiting to be parsed: the queue was full when they came (see
+        :meth:`feed`; :meth:`parse_backlog` parses them once it is taken)."""
         return bool(self._backlog)
 
     def release(self, incoming: IncomingRequest) -> None:
-        """Give back the body bytes ``incoming`` holds (its answer is done, or it was
-        refused); nothing the second time."""
+        """Give back the body bytes and the head ``incoming`` holds (its answer is done, or
+        it was refused); nothing the second time."""
         held = incoming.held
         if held:
             incoming.held = 0
             assert self._memory is not None
             self._memory.give(held)
+        self._held_head_bytes -= incoming.head_bytes
+        incoming.head_bytes = 0
 
     def release_all(self) -> None:
         """Give back what the requests still queued hold (the connection closes)."""
@@ -246,8 +264,9 @@ class RequestParser:
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``, the next bytes read from the client (cut into pieces as the module
-        docstring says), up to :data:`QUEUED_REQUESTS` queued requests or the request that
-        passes :data:`PARSE_BYTES`; what follows waits in the :attr:`backlog`."""
+        docstring says), up to :data:`QUEUED_REQUESTS` queued requests, the request that
+        passes :data:`PARSE_BYTES`, or the heads not released yet passing
+        :data:`HELD_HEAD_BYTES`; what follows waits in the :attr:`backlog`."""
         if self._backlog:
             self._backlog = self._backlog[self._backlog_at :] + data
             self._backlog_at = 0
@@ -255,7 +274,8 @@ class RequestParser:
             self._parse(data, 0)
 
     def parse_backlog(self) -> None:
-        """Parse what waits in the :attr:`backlog` (as :meth:`feed` does)."""
+        """Parse what waits in the :attr:`backlog` (as :meth:`feed` does), once the requests
+        queued are taken and released."""
         data, start = self._backlog, self._backlog_at
         self._backlog = b""
         self._backlog_at = 0
@@ -273,7 +293,11 @@ class RequestParser:
             if state == _STOPPED:
                 return
             if state == _START:
-                if len(self.requests) >= QUEUED_REQUESTS or position - start >= PARSE_BYTES:
+                if (
+                    len(self.requests) >= QUEUED_REQUESTS
+                    or position - start >= PARSE_BYTES
+                    or self._held_head_bytes >= HELD_HEAD_BYTES
+                ):
                     self._backlog = data
                     self._backlog_at = position
                     return
@@ -473,6 +497,8 @@ class RequestParser:
         )
         current = IncomingRequest(request, self._keep_alive and not http10, http10)
         current.expect_continue = self._expect_continue
+        current.head_bytes = self._head_bytes
+        self._held_head_bytes += self._head_bytes
         length = self._content_length
         self._current = current
         self.requests.append(current)
