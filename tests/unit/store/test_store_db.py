@@ -485,6 +485,29 @@ async def test_a_newer_schema_is_refused_with_a_clear_error(directory: Path) -> 
     assert f"newer than this quotad knows ({SCHEMA_VERSION})" in message
 
 
+@pytest.mark.parametrize("version", [str(SCHEMA_VERSION), "abc", b"\x07", -1, 6.5, float("inf")])
+async def test_a_schema_version_that_is_no_version_is_refused_with_a_clear_error(
+    directory: Path, version: object
+) -> None:
+    """SQLite keeps any value in any column: a damaged or hand-edited ``schema_version``
+    made the start fail with a ValueError or an OverflowError, or (below 0) run the newest
+    migration first and fail on a table that exists; a text of digits is the integer."""
+    path = directory / "quotad.db"
+    with file_at_version(path, SCHEMA_VERSION) as connection:
+        connection.execute("UPDATE schema_version SET version = ?", (version,))
+    database = Database(path)
+    if version == str(SCHEMA_VERSION):
+        await database.open()
+        await database.close()
+        return
+    with pytest.raises(StoreError) as refused:
+        await database.open()
+    message = str(refused.value)
+    assert f"{path}: table schema_version holds " in message
+    assert "which is no schema version" in message
+    assert "INSERT INTO schema_version VALUES (N)" in message
+
+
 async def test_a_file_that_is_not_a_database_is_refused(directory: Path) -> None:
     path = directory / "quotad.db"
     path.write_bytes(b"this is no SQLite file, just text that happens to be here\n" * 200)

@@ -7,18 +7,18 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import reprlib
 import sqlite3
 from pathlib import Path
 from typing import Final
 
-from quotad.daemon.store.schema import MIGRATIONS, SCHEMA_VERSION
+from quotad.daemon.store.schema import MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE
 from quotad.daemon.store.transactions import (
     BUSY_TIMEOUT_MS,
     LOOP_BUSY_TIMEOUT_MS,
     Statement,
     StoreError,
     run_transaction,
-    schema_version,
 )
 
 log = logging.getLogger("quotad.store")
@@ -83,7 +83,7 @@ def prepare_writer(
             f"{path} is corrupt ({'; '.join(problems)}); move it away to start "
             "afresh, or restore it from a backup"
         )
-    version = schema_version(connection)
+    version = schema_version(connection, path)
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"{path} has schema version {version}, newer than this quotad knows "
@@ -97,6 +97,29 @@ def prepare_writer(
         run_transaction(connection, statements)
         log.info("%s: migrated to schema version %d", path, number)
     connection.execute(f"PRAGMA busy_timeout = {LOOP_BUSY_TIMEOUT_MS}")
+
+
+def schema_version(connection: sqlite3.Connection, path: Path) -> int:
+    """The schema version of the file at ``path`` (0 for a new one), or a :class:`StoreError`
+    when ``schema_version`` holds something else than a whole number from 0: SQLite keeps any
+    value in any column, and a damaged or hand-edited file made the start fail with a
+    ValueError (a text) or an OverflowError (infinity), or, with a version below 0, run the
+    newest migrations first (Python's negative indexes) and fail on a table that exists.
+    Skipping such a row cannot do: the version decides which migrations run."""
+    connection.execute(SCHEMA_VERSION_TABLE)
+    versions: list[int] = []
+    for (version,) in connection.execute("SELECT version FROM schema_version"):
+        if type(version) is not int or version < 0:
+            raise StoreError(
+                f"{path}: table schema_version holds {reprlib.repr(version)}, which is no "
+                f"schema version (a whole number from 0; this quotad writes {SCHEMA_VERSION}), "
+                "so quotad cannot tell which migrations the file has had: restore it from a "
+                "backup or, knowing its version N, set it with "
+                f"`sqlite3 {path} 'DELETE FROM schema_version; "
+                "INSERT INTO schema_version VALUES (N)'`"
+            )
+        versions.append(version)
+    return max(versions, default=0)
 
 
 def prepare_reader(connection: sqlite3.Connection, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:

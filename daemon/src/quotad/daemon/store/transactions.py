@@ -13,8 +13,6 @@ from typing import Any, Final, TypeVar
 
 import aiosqlite
 
-from quotad.daemon.store.schema import SCHEMA_VERSION_TABLE
-
 Statement = tuple[str, Sequence[Any]]
 """One SQL statement and its parameters."""
 
@@ -183,9 +181,3 @@ def _checkpoint_waiting(connection: sqlite3.Connection, mode: str, busy_timeout_
     finally:
         connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
     return not busy
-
-
-def schema_version(connection: sqlite3.Connection) -> int:
-    connection.execute(SCHEMA_VERSION_TABLE)
-    row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
