@@ -19,7 +19,7 @@ from quotad.daemon.errors import RequestError
 from quotad.daemon.store import ledger as ledger_module
 from quotad.daemon.store.audit import Audit
 from quotad.daemon.store.db import Database, WriteFailed
-from quotad.daemon.store.keys import KEY_PREFIX, Keys
+from quotad.daemon.store.keys import KEY_PREFIX, Keys, key_hash
 from quotad.daemon.store.ledger import Ledger, LedgerRow, LedgerWriteFailed
 from quotad.daemon.store.spend import forecast_month, is_anomalous
 from tests.support.disk import fill_disk, small_tmpfs
@@ -408,6 +408,43 @@ async def test_keys_are_shown_once_stored_hashed_and_revocable(db: Database) -> 
     again = Keys(db, VirtualClock())
     await again.load()
     assert again.app_for_key(key) is None
+
+
+ODD_KEY = KEY_PREFIX + "o" * 43
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("created", "text"),
+        ("created", b"\x01"),
+        ("created", float("inf")),
+        ("revoked", "text"),
+        ("app", b"\xff"),
+        ("app", ""),
+        ("id", b"k1"),
+        ("hash", key_hash(ODD_KEY).encode()),
+    ],
+)
+async def test_a_row_that_is_no_key_is_skipped_at_load_and_the_others_load(
+    db: Database, column: str, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``quotad.db`` is the daemon's to write, but one damaged or edited by hand held a keys
+    row of odd values: ``quotad keys list`` failed in the client (a text where a time is),
+    a key let requests in under an app of bytes, or an empty one."""
+    keys = Keys(db, VirtualClock())
+    key, record = await keys.create("indexer")
+    odd: dict[str, object] = {"id": "kodd", "app": "web", "hash": key_hash(ODD_KEY)}
+    odd |= {"prefix": ODD_KEY[:10], "created": NOW, "revoked": None, column: value}
+    await db.write([("INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?)", tuple(odd.values()))])
+    reloaded = Keys(db, VirtualClock())
+    await reloaded.load()
+    assert reloaded.list() == [record]
+    assert reloaded.app_for_key(key) == "indexer"
+    assert reloaded.app_for_key(ODD_KEY) is None
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "quotad.store"]
+    assert "1 row(s) of table keys are no key" in warning
+    assert "rowid 2" in warning
 
 
 async def test_audit_records_who_did_what(db: Database) -> None:

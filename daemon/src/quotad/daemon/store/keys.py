@@ -10,6 +10,8 @@ committed.
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import secrets
 from dataclasses import asdict, dataclass
 from typing import Any, Final
@@ -20,6 +22,10 @@ from quotad.daemon.store.db import Database
 KEY_PREFIX: Final = "qk-"
 SHOWN_PREFIX_CHARS: Final = 10
 """How much of a key ``quotad keys list`` shows (``qk-`` and 7 more characters)."""
+SHOWN_ODD_ROWS: Final = 10
+"""How many rowids of rows that are no key the warning at load names."""
+
+log = logging.getLogger("quotad.store")
 
 
 def key_hash(key: str) -> str:
@@ -53,15 +59,33 @@ class Keys:
         self._apps: dict[str, str] = {}  # hash of a live key → app
 
     async def load(self) -> None:
-        """Read every key's record from ``quotad.db``."""
+        """Read every key's record from ``quotad.db``; a row that is no key's
+        (:func:`_key_row`) is skipped, with one warning naming the rows: that key lets
+        nothing in."""
         rows = await self._db.read(
-            "SELECT id, app, hash, prefix, created, revoked FROM keys ORDER BY created"
+            "SELECT rowid, id, app, hash, prefix, created, revoked FROM keys ORDER BY created"
         )
-        for key_id, app, hashed, prefix, created, revoked in rows:
+        odd: list[int] = []
+        for rowid, key_id, app, hashed, prefix, created, revoked in rows:
+            if not _key_row(key_id, app, hashed, prefix, created, revoked):
+                odd.append(rowid)
+                continue
             self._records[key_id] = KeyRecord(key_id, app, created, revoked, prefix)
             self._hashes[key_id] = hashed
             if revoked is None:
                 self._apps[hashed] = app
+        if odd:
+            shown = ", ".join(map(str, odd[:SHOWN_ODD_ROWS]))
+            log.warning(
+                "%s: %d row(s) of table keys are no key (a text, bytes or nothing where a "
+                "name or a time is): skipped, their keys let nothing in; rowid %s%s: mend "
+                "them, or delete them with `sqlite3 %s 'DELETE FROM keys WHERE rowid IN (…)'`",
+                self._db.path,
+                len(odd),
+                shown,
+                " …" if len(odd) > SHOWN_ODD_ROWS else "",
+                self._db.path,
+            )
 
     async def create(self, app: str) -> tuple[str, KeyRecord]:
         """A new key for ``app``: (the key, shown once; its record)."""
@@ -107,3 +131,20 @@ class Keys:
         if not key.startswith(KEY_PREFIX):
             return None
         return self._apps.get(key_hash(key))
+
+
+def _key_row(
+    key_id: object, app: object, hashed: object, prefix: object, created: object, revoked: object
+) -> bool:
+    """Whether a ``keys`` row's columns are a key's. ``quotad.db`` is the daemon's to write,
+    but SQLite keeps any value in any column: in one damaged or edited by hand, a text where
+    a time is made ``quotad keys list`` fail (the client could not show it), and bytes
+    where the app is let requests in under an app of bytes."""
+    names = (key_id, app, hashed, prefix)
+    return (
+        all(isinstance(name, str) for name in names)
+        and bool(key_id and app and hashed)
+        and isinstance(created, int | float)
+        and math.isfinite(created)
+        and (revoked is None or (isinstance(revoked, int | float) and math.isfinite(revoked)))
+    )
