@@ -27,6 +27,7 @@ from quotad.daemon.store.keys import Keys
 from quotad.daemon.store.ledger import Ledger, LedgerRow
 from quotad.daemon.store.prices import PriceTable
 from quotad.daemon.store.retention import Retention
+from quotad.daemon.store.spend import unreadable_spend, unreadable_spend_message
 
 __all__ = ["DB_FILE", "Store", "StoreError"]
 
@@ -64,13 +65,15 @@ class Store:
     async def open(self) -> list[BudgetAlert]:
         """Open, check and migrate the file; load the cache, the budgets' totals and the
         keys. Returns the budgets already past their alert threshold. Raises
-        :class:`StoreError` naming the file when it cannot be used."""
+        :class:`StoreError` naming the file when it cannot be used, or when a budget would
+        count a ``spend_daily`` row whose cost or day cannot be read (:meth:`_check_spend`)."""
         await self.db.open()
         try:
             await self.cache.load()
             self.interrupted = await self.ledger.recover_interrupted()  # before the totals
             now = self.clock.time()
             self.spent_at_open = await self.ledger.spent_by_app(now)
+            await self._check_spend(now)
             alerts = self.budgets.load(self.spent_at_open, now)
             await self.keys.load()
         except BaseException:
@@ -84,6 +87,23 @@ class Store:
             self.db.durability,
         )
         return alerts
+
+    async def _check_spend(self, now: float) -> None:
+        """Refuse to start when a budget counts a ``spend_daily`` row of this month (or of no
+        day) whose cost or day cannot be read (:func:`.spend.unreadable_spend`: a damaged or
+        hand-edited file): read as 0, a text let requests spend past the budget. Not skipped:
+        skipping makes the same money vanish, and no figure can stand for it. Such rows that
+        no budget counts are only logged."""
+        rows = await unreadable_spend(self.db, self.calendar.month_bounds(now)[2] + "-01")
+        if counted := [row for row in rows if self.budgets.apply_to(str(row[1]))]:
+            raise StoreError(unreadable_spend_message(self.path, counted))
+        if rows:
+            log.warning(
+                "%s: %d row(s) of spend_daily of this month, or of no day, hold a cost or a day "
+                "that cannot be read (no budget counts them): `quotad spend` shows them wrong",
+                self.path,
+                len(rows),
+            )
 
     def reconfigure(self, config: Config) -> None:
         """Apply a reloaded config (SIGHUP): prices, budgets, cache settings, durability, the

@@ -23,7 +23,9 @@ in the same transaction as each row), so their cost does not grow with the numbe
 from __future__ import annotations
 
 import math
+import reprlib
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any, Final
 
 from quotad.daemon.store.budgets import Calendar
@@ -41,6 +43,22 @@ GROUP_COLUMNS: Final = {"app": "app", "model": "model", "target": "target", "day
 PERIOD_DAYS: Final = {"day": 0, "week": 6}
 BLOCKED: Final = "blocked"
 """The ``kind`` of ``guardrails_daily`` that counts requests a guardrail refused."""
+MAX_DAY_USD: Final = 1e9
+"""The largest cost a ``spend_daily`` row is read with: a billion USD in a day for one app,
+model and target (the fleet's bound, :data:`quotad.daemon.cluster.spend.MAX_NANO`)."""
+READABLE_DAY: Final = (
+    "typeof(day) = 'text' AND day GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]'"
+)
+"""SQL: whether a row's ``day`` is a local day (``YYYY-MM-DD``). ``quotad.db`` is the daemon's
+to write, but SQLite keeps any value in any column."""
+READABLE_COST: Final = (
+    f"typeof(cost_usd) IN ('integer', 'real') AND cost_usd BETWEEN 0 AND {MAX_DAY_USD:g}"
+)
+"""SQL: whether a ``spend_daily`` row's ``cost_usd`` is an amount spent (not a text, bytes,
+below 0 or infinite)."""
+SHOWN_UNREADABLE_ROWS: Final = 5
+"""How many unreadable rows :func:`unreadable_spend_message` names."""
+_ROW_NAMES: Final = ("day", "app", "model", "target", "cost_usd")
 
 
 def is_anomalous(cost: float, history: list[float]) -> bool:
@@ -130,6 +148,45 @@ class SpendReport:
                 row.blocked = int(count)
             else:
                 row.entities[str(kind)] = int(count)
+
+
+async def unreadable_spend(db: Database, first_day: str) -> list[tuple[Any, ...]]:
+    """``(day, app, model, target, cost_usd)`` of the ``spend_daily`` rows from ``first_day``
+    on, and of those whose day is no date (which day they count is unknown), whose cost or
+    day cannot be read (:data:`READABLE_COST`, :data:`READABLE_DAY`): a file damaged or
+    edited by hand. Budgets read their totals, where a text or bytes counts 0 and a cost below
+    0 takes off what was spent."""
+    return await db.read(
+        "SELECT day, app, model, target, cost_usd FROM spend_daily "
+        f"WHERE (day >= ? OR NOT ({READABLE_DAY})) AND NOT ({READABLE_COST} AND {READABLE_DAY})",
+        (first_day,),
+    )
+
+
+def unreadable_spend_message(path: Path, rows: list[tuple[Any, ...]]) -> str:
+    """What the start says of rows :func:`unreadable_spend` found that budgets count: the
+    rows and how to mend them."""
+    shown = "; ".join(
+        " ".join(
+            f"{name}={reprlib.repr(value)}" for name, value in zip(_ROW_NAMES, row, strict=True)
+        )
+        for row in rows[:SHOWN_UNREADABLE_ROWS]
+    )
+    more = (
+        f" (and {len(rows) - SHOWN_UNREADABLE_ROWS} more)"
+        if len(rows) > SHOWN_UNREADABLE_ROWS
+        else ""
+    )
+    return (
+        f"{path}: table spend_daily has {len(rows)} row(s) of this month, or of no day, that a "
+        f"budget counts and whose cost or day cannot be read: {shown}{more}. Counted as 0, "
+        "their spend would let requests pass a budget. Give each its day (YYYY-MM-DD) and its "
+        "cost, the sum of its ledger rows' while they are kept: "
+        f'`sqlite3 {path} "UPDATE spend_daily SET cost_usd = (SELECT total(cost_usd) FROM '
+        "ledger AS l WHERE (l.day, l.app, l.model, l.target) = (spend_daily.day, "
+        "spend_daily.app, spend_daily.model, spend_daily.target)) "
+        f'WHERE NOT ({READABLE_COST})"`'
+    )
 
 
 class ReportSpan:
