@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from quotad.daemon.clock import VirtualClock
@@ -358,6 +359,49 @@ async def test_reports_flag_anomalous_days_and_forecast_the_month(db: Database) 
     assert not any(flag for day, flag in flags.items() if day != "2026-11-20")
     assert report.forecast_month_usd is not None
     assert 25 < report.forecast_month_usd < 45  # 19 days at ~$1.05, today $10, then ~$1/day
+
+
+ODD_SPEND_ROW = (
+    "INSERT INTO spend_daily (day, app, model, target, requests, errors, prompt_tokens, "
+    "completion_tokens, cached_tokens, cost_usd, cache_hits, saved_usd, unpriced) "
+    "VALUES (?, 'odd', ?, 't', ?, 0, 0, 0, 0, 0.5, 0, 0, 0)"
+)
+ODD_FOUND_ROW = "INSERT INTO guardrails_daily VALUES (?, 'odd', ?, 't', 'email', ?)"
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("requests", float("inf")),  # no integer holds it
+        ("requests", 2**63 - 1),  # three of them are past what a reply carries (2**64)
+        ("count", float("inf")),
+        ("day", "2026-11-1x"),  # between two days of the month: no date
+    ],
+)
+async def test_a_report_reads_past_rows_of_odd_values(
+    db: Database, column: str, value: object
+) -> None:
+    """``quotad.db`` is the daemon's to write, but one damaged or edited by hand held
+    ``spend_daily`` or ``guardrails_daily`` rows of odd values: ``quotad spend`` failed with
+    ``internal`` (an OverflowError, or a ValueError by day). A count that is no count is not
+    counted; a day that is no date is shown as it is, never flagged."""
+    ledger = Ledger(db, CALENDAR)
+    await ledger.record(row(1, app="agent", cost=0.25))
+    odd: list[dict[str, object]] = []
+    for day in ("2026-11-17", "2026-11-18", "2026-11-19"):
+        odd.append({"day": day, "model": day, "requests": 1, "count": 1, column: value})
+    await db.write(
+        [(ODD_SPEND_ROW, (r["day"], r["model"], r["requests"])) for r in odd]
+        + [(ODD_FOUND_ROW, (r["day"], r["model"], r["count"])) for r in odd]
+    )
+    for by in ("app", "day"):
+        report = await ledger.report("month", by, NOW)
+        msgspec.msgpack.encode(report)  # what the reply carries
+        assert report.total.cost_usd == pytest.approx(0.25 + 3 * 0.5)
+        assert report.total.requests == (1 if column == "requests" else 4)
+        assert report.total.entities == {"email": 0 if column == "count" else 3}
+        assert not any(r.anomalous for r in report.rows)
+    assert "2026-11-1x" in {r.key for r in report.rows} or column != "day"
 
 
 def test_anomaly_needs_history_and_a_real_jump() -> None:

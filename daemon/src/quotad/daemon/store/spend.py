@@ -56,6 +56,10 @@ READABLE_COST: Final = (
 )
 """SQL: whether a ``spend_daily`` row's ``cost_usd`` is an amount spent (not a text, bytes,
 below 0 or infinite)."""
+MAX_DAY_COUNT: Final = 10**13
+"""The largest count a row of ``spend_daily`` or ``guardrails_daily`` is read with (requests,
+tokens, hits, entities; the fleet's bound, :data:`quotad.daemon.cluster.spend.MAX_COUNT`): the
+sum of a report's rows stays within what a reply carries (2**64)."""
 SHOWN_UNREADABLE_ROWS: Final = 5
 """How many unreadable rows :func:`unreadable_spend_message` names."""
 _ROW_NAMES: Final = ("day", "app", "model", "target", "cost_usd")
@@ -92,8 +96,22 @@ def forecast_month(
     return sum(complete_days) + today + rest
 
 
-def _day(label: str) -> date:
-    return date.fromisoformat(label)
+def _parsed_day(label: str) -> date | None:
+    """The date a row's day names; None when it names none (a damaged or hand-edited file)."""
+    try:
+        return date.fromisoformat(label)
+    except ValueError:
+        return None
+
+
+def counted(column: str) -> str:
+    """SQL: a row's ``column`` as a count, NULL (counted as none by ``total``) when it is no
+    whole number from 0 to :data:`MAX_DAY_COUNT`: in a file damaged or edited by hand, an
+    infinite count failed the report (no integer holds it), and large ones its reply."""
+    return (
+        f"CASE WHEN typeof({column}) = 'integer' AND {column} BETWEEN 0 AND {MAX_DAY_COUNT} "
+        f"THEN {column} END"
+    )
 
 
 class SpendReport:
@@ -107,10 +125,16 @@ class SpendReport:
         """Totals of ``period`` (day, week, month) grouped ``by`` (app, model, target, day)."""
         span = ReportSpan.of(self.calendar, period, by, now)
         column = GROUP_COLUMNS[by]
+        requests, errors, prompt, completion, cached, hits, semantic = (
+            f"total({counted(name)})"
+            for name in (
+                "requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens",
+                "cache_hits", "semantic_hits",
+            )
+        )  # fmt: skip
         grouped = await self._db.read(
-            f"SELECT {column}, total(requests), total(errors), total(prompt_tokens), "
-            "total(completion_tokens), total(cached_tokens), total(cost_usd), "
-            "total(cache_hits), total(saved_usd), max(unpriced), total(semantic_hits) "
+            f"SELECT {column}, {requests}, {errors}, {prompt}, {completion}, {cached}, "
+            f"total(cost_usd), {hits}, total(saved_usd), max(unpriced), {semantic} "
             f"FROM spend_daily WHERE day >= ? AND day <= ? GROUP BY {column}",
             (span.first_day, span.today),
         )
@@ -126,8 +150,8 @@ class SpendReport:
         }
         ledger_start = None
         if by == "day":
-            first = await self._db.read("SELECT min(day) FROM spend_daily")
-            ledger_start = _day(first[0][0]) if first and first[0][0] else None
+            first = await self._db.read(f"SELECT min(day) FROM spend_daily WHERE {READABLE_DAY}")
+            ledger_start = _parsed_day(first[0][0]) if first and first[0][0] else None
         return span.reply(rows, daily, ledger_start)
 
     async def _add_guardrails(
@@ -136,7 +160,7 @@ class SpendReport:
         """What the guardrails found (``guardrails_daily``), onto the report's rows."""
         by_key = {row.key: row for row in rows}
         found = await self._db.read(
-            f"SELECT {column}, kind, total(count) FROM guardrails_daily "
+            f"SELECT {column}, kind, total({counted('count')}) FROM guardrails_daily "
             f"WHERE day >= ? AND day <= ? GROUP BY {column}, kind ORDER BY kind",
             (first_day, last_day),
         )
@@ -240,7 +264,7 @@ class ReportSpan:
     def _forecast(self, daily: dict[str, float]) -> float | None:
         if not any(label.startswith(self.month_label) for label in daily):
             return None
-        today = _day(self.today)
+        today = date.fromisoformat(self.today)
         first = today.replace(day=1)
         complete = [
             daily.get((first + timedelta(days=n)).isoformat(), 0.0)
@@ -275,8 +299,10 @@ def _row(values: tuple[Any, ...]) -> SpendRow:
 
 def _history(daily: dict[str, float], label: str, first_day: date | None) -> list[float]:
     """Daily costs of the days before ``label`` that count as its history."""
-    day = _day(label)
-    history = []
+    day = _parsed_day(label)
+    history: list[float] = []
+    if day is None:  # a row whose day is no date: it has no history
+        return history
     for back in range(1, ANOMALY_HISTORY_DAYS + 1):
         earlier = day - timedelta(days=back)
         if first_day is None or earlier < first_day:
