@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from quotad.daemon.clock import VirtualClock
+from quotad.daemon.cluster.spend import FleetSpend
 from quotad.daemon.errors import RequestError
 from quotad.daemon.store import ledger as ledger_module
 from quotad.daemon.store.audit import Audit
@@ -402,6 +403,53 @@ async def test_a_report_reads_past_rows_of_odd_values(
         assert report.total.entities == {"email": 0 if column == "count" else 3}
         assert not any(r.anomalous for r in report.rows)
     assert "2026-11-1x" in {r.key for r in report.rows} or column != "day"
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("cost_usd", "text"),
+        ("cost_usd", float("inf")),
+        ("cost_usd", 1e300),
+        ("saved_usd", -1.0),
+        ("requests", "text"),
+        ("requests", float("inf")),
+        ("day", b"2026-11-19"),
+        ("count", "text"),
+        ("count", float("inf")),
+    ],
+)
+async def test_what_a_fleet_is_told_leaves_out_rows_of_odd_values(
+    db: Database, column: str, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``quotad.db`` is the daemon's to write, but in one damaged or edited by hand, a value
+    that is no figure made the start of a daemon in a fleet fail: a ValueError (a text) or an
+    OverflowError (infinity, or a cost past what nano-USD hold) as this host's spend by day
+    was read and loaded."""
+    ledger = Ledger(db, CALENDAR)
+    await ledger.record(row(1, app="agent", cost=0.25))
+    odd: dict[str, object] = {"day": "2026-11-19", "requests": 1, "count": 1}
+    odd |= {"cost_usd": 0.5, "saved_usd": 0.0, column: value}
+    await db.write(
+        [
+            (
+                "INSERT INTO spend_daily (day, app, model, target, requests, errors, "
+                "prompt_tokens, completion_tokens, cached_tokens, cost_usd, cache_hits, "
+                "saved_usd, unpriced) VALUES (?, 'odd', 'm', 't', ?, 0, 0, 0, 0, ?, 0, ?, 0)",
+                (odd["day"], odd["requests"], odd["cost_usd"], odd["saved_usd"]),
+            ),
+            (ODD_FOUND_ROW, (odd["day"], "m", odd["count"])),
+        ]
+    )
+    days = await ledger.daily_totals("2026-11-01")
+    found = await ledger.daily_guardrails("2026-11-01")
+    FleetSpend("host").load(days, found)
+    odd_found = column in ("count", "day")
+    assert sorted(d[1] for d in days) == (["agent", "odd"] if column == "count" else ["agent"])
+    assert [f[1] for f in found] == ([] if odd_found else ["odd"])
+    warnings = [r.getMessage() for r in caplog.records if r.name == "quotad.ledger"]
+    assert len(warnings) == (2 if column == "day" else 1)
+    assert all(warning.startswith("1 row(s) of ") for warning in warnings)
 
 
 def test_anomaly_needs_history_and_a_real_jump() -> None:

@@ -41,14 +41,14 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
 from quotad.daemon.errors import RequestError, encodable
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database, Statement, WriteFailed
-from quotad.daemon.store.spend import SpendReport
+from quotad.daemon.store.spend import DAY_OR_NULL, SpendReport, amount, counted
 from quotad.protocol.messages import ANSWERED, RequestRecord, SpendReply
 
 LedgerDay = tuple[str, str, str, str, float, int, int, int, int, int, float, int]
@@ -565,29 +565,56 @@ class Ledger:
         """``(day, app, model, target, cost, requests, prompt tokens, completion tokens,
         errors, cache hits, saved, semantic hits)`` of every day from ``since_day``:
         ``spend_daily`` as it is (what a fleet is told this host spent,
-        :mod:`quotad.daemon.cluster.spend`)."""
+        :mod:`quotad.daemon.cluster.spend`), but for rows of values that are no figures
+        (:func:`_figures_only`)."""
+        figures = (
+            amount("cost_usd"),
+            *map(counted, ("requests", "prompt_tokens", "completion_tokens", "errors")),
+            counted("cache_hits"),
+            amount("saved_usd"),
+            counted("semantic_hits"),
+        )
         rows = await self._db.read(
-            "SELECT day, app, model, target, cost_usd, requests, prompt_tokens, "
-            "completion_tokens, errors, cache_hits, saved_usd, semantic_hits FROM spend_daily "
-            "WHERE day >= ?",
+            f"SELECT {DAY_OR_NULL}, app, model, target, {', '.join(figures)} "
+            "FROM spend_daily WHERE day >= ?",
             (since_day,),
         )
         return [
             (str(d), str(a), str(m), str(t), float(c), int(r), int(p), int(o), int(e), int(h),
              float(v), int(s))
-            for d, a, m, t, c, r, p, o, e, h, v, s in rows
+            for d, a, m, t, c, r, p, o, e, h, v, s in _figures_only(rows, "spend_daily")
         ]  # fmt: skip
 
     async def daily_guardrails(self, since_day: str) -> list[LedgerFound]:
         """``(day, app, model, target, kind, count)`` of every day from ``since_day``:
-        ``guardrails_daily`` as it is (what a fleet is told this host's guardrails found)."""
+        ``guardrails_daily`` as it is (what a fleet is told this host's guardrails found), but
+        for rows of values that are no figures (:func:`_figures_only`)."""
         rows = await self._db.read(
-            "SELECT day, app, model, target, kind, count FROM guardrails_daily WHERE day >= ?",
+            f"SELECT {DAY_OR_NULL}, app, model, target, kind, {counted('count')} "
+            "FROM guardrails_daily WHERE day >= ?",
             (since_day,),
         )
-        return [(str(d), str(a), str(m), str(t), str(k), int(c)) for d, a, m, t, k, c in rows]
+        found = _figures_only(rows, "guardrails_daily")
+        return [(str(d), str(a), str(m), str(t), str(k), int(c)) for d, a, m, t, k, c in found]
 
     async def report(self, period: str, by: str, now: float) -> SpendReply:
         """``quotad spend``: totals of ``period`` grouped ``by`` a column (see
         :mod:`.spend`)."""
         return await self.reports.build(period, by, now)
+
+
+def _figures_only(rows: list[tuple[Any, ...]], table: str) -> list[tuple[Any, ...]]:
+    """``rows`` but those where a day, a count or an amount read as NULL: a value that is no
+    figure (a text, bytes, below 0, past its bound, :mod:`.spend`), in a file damaged or
+    edited by hand. Told to a fleet, one failed the start (a ValueError, or an OverflowError
+    for infinity); they are logged once. This host's budgets count no such cost or day: the
+    start refuses those of this month that a budget counts (:meth:`.Store.open`)."""
+    readable = [row for row in rows if None not in row]
+    if len(readable) < len(rows):
+        log.warning(
+            "%d row(s) of %s hold a day, a count or an amount that is no figure: left out "
+            "of what the fleet is told",
+            len(rows) - len(readable),
+            table,
+        )
+    return readable

@@ -51,11 +51,18 @@ READABLE_DAY: Final = (
 )
 """SQL: whether a row's ``day`` is a local day (``YYYY-MM-DD``). ``quotad.db`` is the daemon's
 to write, but SQLite keeps any value in any column."""
-READABLE_COST: Final = (
-    f"typeof(cost_usd) IN ('integer', 'real') AND cost_usd BETWEEN 0 AND {MAX_DAY_USD:g}"
-)
-"""SQL: whether a ``spend_daily`` row's ``cost_usd`` is an amount spent (not a text, bytes,
-below 0 or infinite)."""
+
+
+def _is_amount(column: str) -> str:
+    """SQL: whether a row's ``column`` is an amount of USD (not a text, bytes, below 0 or
+    past :data:`MAX_DAY_USD`)."""
+    return f"typeof({column}) IN ('integer', 'real') AND {column} BETWEEN 0 AND {MAX_DAY_USD:g}"
+
+
+DAY_OR_NULL: Final = f"CASE WHEN {READABLE_DAY} THEN day END"
+"""SQL: a row's ``day``, NULL when it is no date."""
+READABLE_COST: Final = _is_amount("cost_usd")
+"""SQL: whether a ``spend_daily`` row's ``cost_usd`` is an amount spent."""
 MAX_DAY_COUNT: Final = 10**13
 """The largest count a row of ``spend_daily`` or ``guardrails_daily`` is read with (requests,
 tokens, hits, entities; the fleet's bound, :data:`quotad.daemon.cluster.spend.MAX_COUNT`): the
@@ -102,6 +109,11 @@ def _parsed_day(label: str) -> date | None:
         return date.fromisoformat(label)
     except ValueError:
         return None
+
+
+def amount(column: str) -> str:
+    """SQL: a row's ``column`` as an amount of USD, NULL when it is none (:func:`_is_amount`)."""
+    return f"CASE WHEN {_is_amount(column)} THEN {column} END"
 
 
 def counted(column: str) -> str:
