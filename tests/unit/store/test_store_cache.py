@@ -596,3 +596,114 @@ async def test_a_restart_keeps_the_order_of_use_and_reads_in_pages(
         assert {name for name, key in keys.items() if key in reloaded} == {"a", "c", "d", "e"}
     finally:
         await second.close()
+
+
+# --------------------------------------------------------------------------- streamed answers
+
+WORLDS = "Grüße, мир, 世界 🌍 👩‍👩‍👧 e\u0301te\u0301 — "
+"""Non-English text: 2-, 3- and 4-byte UTF-8, an emoji sequence, combining marks."""
+CALL = {"index": 0, "id": "call_1", "type": "function"}
+
+
+def streamed(content: str | None, *deltas: str, calls: Any = None, end: str = "stop") -> CachedChat:
+    """A streamed answer: a chunk per delta, then one that ends it (with ``calls``)."""
+    chunks = [CachedChunk(delta) for delta in deltas] + [CachedChunk("", calls, end)]
+    return CachedChat(content, calls, end, Usage(prompt_tokens=3), "p/m", chunks)
+
+
+async def stored_and_read(db: Database, answer: CachedChat) -> tuple[CachedChat, int]:
+    """``answer`` as a hit serves it once it is read from the file, and its payload's size."""
+    key = chat_key(chat(stream=True))
+    cache_of(db, VirtualClock(), entries=2000).put(key, "chat", "fast", answer, 0.01)
+    await db.committed()
+    reloaded = cache_of(db, VirtualClock(), entries=2000)  # nothing held in memory
+    await reloaded.load()
+    read = await hit_answer(reloaded, key)
+    assert isinstance(read, CachedChat)
+    [(size,)] = await db.read("SELECT length(payload) FROM cache")
+    assert reloaded.size_bytes == size + len(key) + BYTES_PER_ENTRY
+    return read, size
+
+
+def served(answer: CachedChat) -> tuple[Any, ...]:
+    """What every consumer of a hit sees of it: the reply, the stream's end and its chunks."""
+    return (
+        answer.reply(ChatReply, 7, "r-1", 0.5),
+        answer.reply(ChatEnd, 7, "r-1", 0.5, similarity=0.9),
+        answer.replay(7),
+        answer.content,
+    )
+
+
+@pytest.mark.parametrize("text", ["word " * 40_000, WORLDS * 5_000])
+async def test_a_streamed_answer_s_text_is_stored_once(db: Database, text: str) -> None:
+    """Its content beside its chunks, a 13 MB answer was a 26 MB row: twice the disk, the
+    write, the read, the decoding, and half the entries ``max_mb`` holds."""
+    deltas = [text[start : start + 100] for start in range(0, len(text), 100)]
+    answer = streamed(text, *deltas)
+    read, size = await stored_and_read(db, answer)
+    assert read == answer
+    assert served(read) == served(answer)
+    text_bytes = len(text.encode())
+    assert text_bytes < size < text_bytes * 1.1  # and the chunks' framing, ~5 bytes each
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        streamed("abc", "a", "b", "c"),
+        streamed(WORLDS * 3, *WORLDS * 3),  # a chunk per code point: marks apart from their e
+        streamed(None, calls=[CALL], end="tool_calls"),  # tool calls only: no content
+        streamed("", "", end="stop"),  # an empty stream
+        streamed("", end="length"),
+        streamed("", "a", "b"),  # a content of its own, whatever its chunks say
+        streamed("ab", "a", "b", calls=[CALL], end="tool_calls"),
+        CachedChat(WORLDS, None, "stop", Usage(), "p/m"),  # not streamed: no chunks
+    ],
+    ids=[
+        "text",
+        "non-english",
+        "tool-calls",
+        "empty",
+        "empty-cut",
+        "own",
+        "text-and-calls",
+        "plain",
+    ],
+)
+async def test_a_streamed_answer_is_served_as_it_was_stored(
+    db: Database, answer: CachedChat
+) -> None:
+    read, _ = await stored_and_read(db, answer)
+    assert read == answer
+    assert served(read) == served(answer)
+    assert type(read.content) is type(answer.content)  # None stays None, "" stays ""
+
+
+async def test_an_answer_stored_with_its_content_beside_its_chunks_still_serves(
+    db: Database,
+) -> None:
+    """Rows written before the text was stored once hold it twice: they decode as they did."""
+    clock = VirtualClock()
+    now = clock.time()
+    key = chat_key(chat(stream=True))
+    usage = Usage(prompt_tokens=3)
+    old_layout = [
+        "ab" + WORLDS,
+        [CALL],
+        "stop",
+        usage,
+        "p/m",
+        [["a", None, None], ["b", None, None], [WORLDS, None, "stop"]],
+    ]  # as the code before wrote it
+    payload = msgspec.msgpack.encode(old_layout)
+    insert = "INSERT INTO cache VALUES (?, 'chat', 'fast', ?, ?, ?, 0, 0.5)"
+    await db.write([(insert, (key, payload, now, now))])
+    cache = cache_of(db, clock)
+    await cache.load()
+    read = await hit_answer(cache, key)
+    chunks = [CachedChunk("a"), CachedChunk("b"), CachedChunk(WORLDS, None, "stop")]
+    answer = CachedChat("ab" + WORLDS, [CALL], "stop", usage, "p/m", chunks)
+    assert read == answer
+    assert isinstance(read, CachedChat)
+    assert served(read) == served(answer)

@@ -1,12 +1,12 @@
-"""What the response cache stores and how it is keyed (DESIGN §8): the stored shapes of chat
-and embeddings answers (a streamed answer with its chunks), their MessagePack encoding, and the
-key of a request: a hash of what changes its answer (the model as asked, the messages, tools and
-sampling parameters, ``extra``, and whether it streams; not the app, priority, tags, user or
-cache mode). An embeddings request's key holds the targets its model resolves to as well: a
-vector is only comparable with those of the model that made it, so after a reload points a
-group at another embedding model, its old vectors are no answer (they were: 8 dimensions of
-the old model served beside 256 of the new). :mod:`.cache` keeps them in ``quotad.db`` under
-those keys."""
+"""What the response cache stores and how it is keyed (DESIGN §8): the stored shapes of chat and
+embeddings answers (a streamed answer with its chunks, its text once), their MessagePack
+encoding, and the key of a request: a hash of what changes its answer (the model as asked, the
+messages, tools and sampling parameters, ``extra``, and whether it streams; not the app,
+priority, tags, user or cache mode). An embeddings request's key holds the targets its model
+resolves to as well: a vector is only comparable with those of the model that made it, so after
+a reload points a group at another embedding model, its old vectors are no answer (they were: 8
+dimensions of the old model served beside 256 of the new). :mod:`.cache` keeps them in
+``quotad.db`` under those keys."""
 
 from __future__ import annotations
 
@@ -52,7 +52,14 @@ class CachedChunk(msgspec.Struct, array_like=True, omit_defaults=True):
 
 
 class CachedChat(msgspec.Struct, array_like=True):
-    """A chat answer as stored: the whole reply, and its chunks when it was streamed."""
+    """A chat answer as stored: the whole reply, and its chunks when it was streamed.
+
+    A streamed answer's text is stored once: when ``content`` is the join of its chunks'
+    deltas (nearly always), it is encoded as None with ``content_in_chunks`` set
+    (:meth:`stored`) and rebuilt when it is read (:meth:`read`), so a stored answer holds
+    the whole reply, as every hit serves it, either way. Stored twice, a 13 MB answer was a
+    26 MB row, read, decoded and weighed by ``max_mb`` as such. Rows of either shape decode
+    (an older one, its content beside its chunks, has no ``content_in_chunks``)."""
 
     content: str | None
     tool_calls: list[dict[str, Any]] | None
@@ -60,6 +67,8 @@ class CachedChat(msgspec.Struct, array_like=True):
     usage: Usage
     target: str
     chunks: list[CachedChunk] = msgspec.field(default_factory=list)
+    content_in_chunks: bool = False
+    """Set in what is encoded only: ``content`` (None) is the join of the chunks' deltas."""
 
     @classmethod
     def of(cls, answer: ChatAnswer, chunks: Sequence[ChatChunk] = ()) -> CachedChat:
@@ -72,6 +81,23 @@ class CachedChat(msgspec.Struct, array_like=True):
             target=answer.target,
             chunks=[CachedChunk(c.delta, c.tool_calls, c.finish_reason) for c in chunks],
         )
+
+    def stored(self) -> CachedChat:
+        """What is encoded of this answer: without its content when that is the join of its
+        chunks' deltas (a copy: this one is served as it is meanwhile), else itself."""
+        if self.content is None or not self.chunks or self.content_in_chunks:
+            return self  # a tool calls' stream keeps content None: no text to rebuild
+        if self.content != "".join([chunk.delta for chunk in self.chunks]):
+            return self  # a content of its own is stored beside the chunks, as it was
+        return msgspec.structs.replace(self, content=None, content_in_chunks=True)
+
+    def read(self) -> CachedChat:
+        """This answer as decoded, its content rebuilt from its chunks when it was stored
+        without it (:meth:`stored`)."""
+        if self.content_in_chunks:
+            self.content = "".join([chunk.delta for chunk in self.chunks])
+            self.content_in_chunks = False
+        return self
 
     def reply(
         self,
@@ -147,6 +173,21 @@ ANSWER_DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
     "embed": msgspec.msgpack.Decoder(CachedEmbedding),
 }
 _KEY_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
+
+
+def encode_answer(answer: Answer) -> bytes:
+    """The payload stored of ``answer`` (a streamed chat's text once: :meth:`CachedChat.stored`)."""
+    return ANSWER_ENCODER.encode(answer.stored() if isinstance(answer, CachedChat) else answer)
+
+
+def decode_answer(kind: str, payload: bytes) -> Answer:
+    """The answer of ``kind`` stored as ``payload``, whole (:meth:`CachedChat.read`); raises
+    ``msgspec.DecodeError`` when it is none, or ``kind`` is unknown."""
+    decoder = ANSWER_DECODERS.get(kind)
+    if decoder is None:
+        raise msgspec.DecodeError(f"unknown kind {kind!r}")
+    answer: Answer = decoder.decode(payload)
+    return answer.read() if isinstance(answer, CachedChat) else answer
 
 
 OFF_LOOP_KEY_BYTES: Final = 256 * 1024

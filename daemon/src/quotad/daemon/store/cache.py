@@ -51,7 +51,6 @@ from quotad.daemon.config import CacheConfig
 from quotad.daemon.errors import RequestError
 from quotad.daemon.store.answers import (
     ANSWER_DECODERS,
-    ANSWER_ENCODER,
     Answer,
     CachedChat,
     CachedChunk,
@@ -60,9 +59,11 @@ from quotad.daemon.store.answers import (
     Kind,
     chat_canonical,
     chat_key,
+    decode_answer,
     digest_off_loop,
     embed_canonical,
     embed_key,
+    encode_answer,
 )
 from quotad.daemon.store.cache_index import BYTES_PER_ENTRY, KEY_BYTES, CacheIndex
 from quotad.daemon.store.db import Database, Statement, StoreError, WriteFailed
@@ -323,11 +324,8 @@ class Cache:
                 self._forget(key)
             return None
         kind, payload = rows[0]
-        decoder = ANSWER_DECODERS.get(kind)
         try:
-            if decoder is None:
-                raise msgspec.DecodeError(f"unknown kind {kind!r}")
-            answer = decoder.decode(payload)
+            answer = decode_answer(kind, payload)
         except msgspec.DecodeError as error:
             log.warning("dropping an unreadable cache entry (%s): %s", key.hex(), error)
             if (slot := self._index.find(key)) is not None:
@@ -409,7 +407,7 @@ class Cache:
         """Add the entry to the index and evict past ``max_mb``: the statements that persist
         it (none when the answer alone is larger than the whole cache), and the answer kept
         in memory until they are committed."""
-        payload = ANSWER_ENCODER.encode(answer)
+        payload = encode_answer(answer)
         size = len(payload) + len(key) + BYTES_PER_ENTRY
         if size > self.max_bytes or len(key) != KEY_BYTES:
             return [], []
