@@ -176,6 +176,23 @@ async def test_version_7_keeps_the_hit_counts_a_version_6_file_had(directory: Pa
         await database.close()
 
 
+async def test_a_file_of_answers_stored_once_is_refused_by_a_quotad_that_cannot_read_them(
+    directory: Path,
+) -> None:
+    """A streamed answer's text is stored once, in its chunks: a quotad of schema version 7
+    would read such an entry's content as None (an empty answer served as a hit), so the file
+    says it is newer, and that quotad refuses it ("newer than this quotad knows")."""
+    path = directory / "quotad.db"
+    with file_at_version(path, 7):
+        pass
+    database = Database(path)
+    await database.open()
+    try:
+        assert await database.read("SELECT version FROM schema_version") == [(8,)]
+    finally:
+        await database.close()
+
+
 async def test_entities_found_are_summed_per_day_and_kind_with_blocked_requests(
     db: Database,
 ) -> None:

@@ -225,6 +225,10 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             DELETE FROM cache_use WHERE key = NEW.key;
         END""",
     ),
+    # 8: a streamed answer's text stored once, in its chunks (``CachedChat.content_in_chunks``):
+    # no table changes, but a quotad of version 7 would serve such an entry's content as None,
+    # and it refuses a file of a newer version
+    (),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
