@@ -12,12 +12,14 @@ import contextlib
 import dataclasses
 import errno
 import os
+import re
 import resource
 import shutil
 import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,8 @@ import pytest
 
 from quotad.client import (
     AsyncClient,
+    BadFrameError,
     Client,
-    ConnectionLostError,
     OverloadedError,
     RateLimitedError,
 )
@@ -69,6 +71,7 @@ from quotad.protocol.messages import (
     Welcome,
 )
 from tests.support.backends import ASYNCIO_BACKENDS
+from tests.support.client_apis import CLIENT_APIS, client_maker
 from tests.support.faults import break_first_call
 from tests.support.peers import ConnectionsHeldAs
 from tests.support.providers import InProcessProvider
@@ -260,24 +263,76 @@ async def test_an_answer_that_cannot_be_encoded_is_still_answered(
     assert all(record.exc_info is None for record in caplog.records)
 
 
-async def test_a_frame_over_max_frame_is_answered_to_a_client_still_sending_it(
+async def test_a_frame_over_max_frame_is_answered_to_a_peer_still_sending_it(
     anyio_backend: Any,
 ) -> None:
-    """The blocking client sends a frame whole before it reads: the connection closed at
-    the frame's head, its send failed (broken pipe) and it never read the ``bad_frame``
-    DESIGN §5 promises. What the peer still sends is now read and dropped for a moment."""
+    """A peer that sends a frame whole before it reads (the blocking client did, before it
+    refused such a frame itself): the connection closed at the frame's head, its send failed
+    (broken pipe) and it never read the ``bad_frame`` DESIGN §5 promises. What the peer still
+    sends is now read and dropped for a moment."""
+    over = Chat(id=1, model="p/m", messages=[ChatMessage(role="user", content="x" * 4_000_000)])
+    frame = ENCODER.encode(over)
     async with serve(max_frame=1024 * 1024) as served:
 
-        def chat_over_max_frame() -> str:
-            with Client(socket=served.path, app="t") as client:
-                with pytest.raises(ConnectionLostError) as failed:
-                    client.chat("p/m", [{"role": "user", "content": "x" * 4_000_000}])
-                return str(failed.value)
+        def send_whole_then_read() -> list[Reply]:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(PATIENCE_S)
+                sock.connect(str(served.path))
+                sock.sendall(HELLO + frame)
+                decoder = reply_decoder()
+                replies: list[Reply] = []
+                while data := sock.recv(65536):
+                    replies.extend(decoder.feed(data))
+                return replies
 
-        failure = await anyio.to_thread.run_sync(chat_over_max_frame)
-        assert "bad_frame: frame of 4000061 bytes is over the limit of 1048576 bytes" in failure
+        welcome, refused = await anyio.to_thread.run_sync(send_whole_then_read)
+        assert isinstance(welcome, Welcome)
+        assert isinstance(refused, Error)
+        assert (refused.id, refused.code) == (0, "bad_frame")
+        over_by = f"frame of {len(frame) - 4} bytes is over the limit of 1048576 bytes"
+        assert refused.message == over_by
         async with AsyncClient(socket=served.path) as client:  # the daemon serves on
             assert (await client.status()).pid == os.getpid()
+
+
+@pytest.mark.parametrize("client_api", CLIENT_APIS[:2])
+async def test_a_request_over_max_frame_is_refused_unsent_and_the_connection_goes_on(
+    anyio_backend: Any, client_api: tuple[str, dict[str, Any]] | None
+) -> None:
+    """A chat over the ``max_frame`` the daemon's ``Welcome`` told was sent: the daemon
+    answered ``bad_frame`` and closed the connection, so the caller got
+    ``ConnectionLostError`` and so did every other request in flight on the client. The client
+    now refuses it with ``BadFrameError`` before sending anything: the chat in flight is
+    answered, and the next request goes on the same connection."""
+    user_hi = [{"role": "user", "content": "hi"}]
+    over = [{"role": "user", "content": "x" * 2_000_000}]
+    async with serve(max_frame=1024 * 1024) as served:
+        served.provider.release = anyio.Event()  # chats wait until released
+
+        def refuse_one_while_another_is_in_flight() -> None:
+            with (
+                client_maker(client_api) as new_client,
+                new_client(socket=served.path, app="t", timeout=PATIENCE_S) as qd,
+                ThreadPoolExecutor(1) as other_thread,
+            ):
+                in_flight = other_thread.submit(qd.chat, "p/m", user_hi)
+                anyio.from_thread.run(wait_until, lambda: served.server.requests_in_flight == 1)
+                connections = anyio.from_thread.run_sync(set, served.server.connections)
+                with pytest.raises(BadFrameError) as refused:
+                    qd.chat("p/m", over)
+                assert refused.value.code == "bad_frame"
+                assert re.fullmatch(
+                    r"the Chat is 2,000,\d{3} bytes \(1\.9 MiB\) as a frame, over the daemon's "
+                    r"max_frame of 1,048,576 bytes \(1\.0 MiB, daemon\.max_frame\): nothing was "
+                    r"sent \(send less, or raise daemon\.max_frame\)",
+                    str(refused.value),
+                ), refused.value
+                anyio.from_thread.run_sync(served.provider.release.set)
+                assert in_flight.result(PATIENCE_S).content == "x"
+                assert qd.chat("p/m", user_hi).content == "x"
+                assert anyio.from_thread.run_sync(set, served.server.connections) == connections
+
+        await anyio.to_thread.run_sync(refuse_one_while_another_is_in_flight)
 
 
 async def test_requests_in_flight_per_connection_are_capped(anyio_backend: Any) -> None:

@@ -126,16 +126,18 @@ class AsyncConnection(ConnectionBase[AsyncInbox]):
     async def send(self, request: Message, deadline: float | None) -> AsyncInbox:
         """Give ``request`` the next id and send it; its replies will arrive in the inbox.
 
-        Raises :class:`FrameNotSent` when the frame did not get through, and
-        :class:`SendTimedOut` when ``deadline`` passed before it did.
+        Raises :class:`BadFrameError` when the frame is over the daemon's ``max_frame``
+        (nothing sent; the connection goes on), :class:`FrameNotSent` when the frame did not
+        get through, and :class:`SendTimedOut` when ``deadline`` passed before it did.
         """
         if self.lost is not None:
             raise FrameNotSent(self.lost)
         request_id = request.id = self._next_id
         self._next_id = request_id + 1
+        frame = self._frame(request)
         inbox = self._inboxes[request_id] = AsyncInbox()
         try:
-            await self._write(self._encoder.encode(request), deadline)
+            await self._write(frame, deadline)
         except BaseException:
             self._inboxes.pop(request_id, None)
             raise

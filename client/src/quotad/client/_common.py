@@ -2,6 +2,10 @@
 state of a streamed chat, naming the connect failures, and what a connection is on either side
 of the async/blocking divide (:class:`Handshake`, :class:`ConnectionBase`), less its I/O.
 
+A request whose frame is over the daemon's ``max_frame`` (its ``Welcome`` says it) is refused
+here with :class:`BadFrameError`, unsent: the daemon would answer it ``bad_frame`` and close
+the connection, failing every other request in flight on it.
+
 Requests are built with one ``msgspec.convert`` each, so a bad argument raises
 :class:`BadRequestError` here, naming the field (``messages[0].role: invalid enum value``),
 instead of reaching the daemon.
@@ -23,7 +27,13 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
 
-from quotad.client.exceptions import BadRequestError, InternalError, error_from_reply
+from quotad.client.exceptions import (
+    BadFrameError,
+    BadRequestError,
+    InternalError,
+    error_from_reply,
+)
+from quotad.protocol.figures import size
 from quotad.protocol.framing import (
     HEADER_SIZE,
     MAX_FRAME_CEILING,
@@ -42,6 +52,7 @@ from quotad.protocol.messages import (
     ChatMessage,
     Error,
     Hello,
+    Message,
     Reply,
     Welcome,
 )
@@ -181,6 +192,17 @@ def cancel_frame(request_id: int) -> bytes:
     return len(body).to_bytes(HEADER_SIZE, "big") + body
 
 
+def frame_over_max_frame(request: Message, payload_size: int, max_frame: int) -> BadFrameError:
+    """The error of a ``request`` whose frame holds ``payload_size`` bytes, over the daemon's
+    ``max_frame``: raised before anything of it is sent."""
+    return BadFrameError(
+        f"the {type(request).__name__} is {payload_size:,} bytes ({size(payload_size)}) as a "
+        f"frame, over the daemon's max_frame of {max_frame:,} bytes ({size(max_frame)}, "
+        "daemon.max_frame): nothing was sent (send less, or raise daemon.max_frame)",
+        details={"frame_bytes": payload_size, "max_frame": max_frame},
+    )
+
+
 def expect(reply: Reply, kind: type[ReplyT], source: str = "the daemon") -> ReplyT:
     """``reply`` if it is a ``kind``; the mapped exception if it is an ``Error``; else an
     :class:`InternalError` naming ``source`` (the socket, during the handshake)."""
@@ -312,15 +334,17 @@ InboxT = TypeVar("InboxT", bound=ReplyInbox)
 class ConnectionBase(ABC, Generic[InboxT]):
     """What a handshaken connection holds on either side: its socket, the daemon's ``Welcome``,
     the frame codec and one reused receive buffer, and an inbox (``InboxT``, which differs) for
-    each request in flight, by id; how a reply is routed to its inbox; and the ``Cancel``
-    frames of requests given up without waiting (:meth:`abandon_soon`), sent before the next
-    frame if the socket is busy."""
+    each request in flight, by id; how a request is encoded (:meth:`_frame`, which refuses one
+    over the daemon's ``max_frame``) and a reply routed to its inbox; and the ``Cancel`` frames
+    of requests given up without waiting (:meth:`abandon_soon`), sent before the next frame if
+    the socket is busy."""
 
     __slots__ = (
         "_buffer",
         "_decoder",
         "_encoder",
         "_inboxes",
+        "_largest_frame",
         "_next_id",
         "_sock",
         "_unsent",
@@ -336,6 +360,10 @@ class ConnectionBase(ABC, Generic[InboxT]):
         self.welcome = handshake.welcome
         self._encoder = handshake.encoder
         self._decoder: FrameDecoder[Reply] = handshake.decoder
+        max_frame = handshake.welcome.max_frame
+        self._largest_frame = max_frame + HEADER_SIZE if max_frame > 0 else sys.maxsize
+        """The longest frame (length prefix included) the daemon takes; not said (a daemon
+        before ``Welcome.max_frame``): unbounded here, the daemon's own bound applies."""
         self._buffer = bytearray(RECEIVE_SIZE)
         self._view = memoryview(self._buffer)
         self._inboxes: dict[int, InboxT] = {}
@@ -344,6 +372,15 @@ class ConnectionBase(ABC, Generic[InboxT]):
         """Frames (``Cancel``s) to send before the next one; appended to without a lock."""
         self.lost: str | None = None
         """Why the connection was lost; None while it is up."""
+
+    def _frame(self, request: Message) -> bytes:
+        """``request``'s frame; :class:`BadFrameError` if it is over the daemon's
+        ``max_frame``, before anything is sent, so that the connection and the other requests
+        in flight on it go on."""
+        frame = self._encoder.encode(request)
+        if len(frame) > self._largest_frame:
+            raise frame_over_max_frame(request, len(frame) - HEADER_SIZE, self.welcome.max_frame)
+        return frame
 
     def _route(self, reply: Reply) -> None:
         """Put ``reply`` in the inbox of its id, forgetting the id once ``reply`` ends its

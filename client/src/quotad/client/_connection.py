@@ -144,8 +144,9 @@ class Connection(ConnectionBase[Inbox]):
     def send(self, request: Message, deadline: float | None) -> Inbox:
         """Give ``request`` the next id and send it; its replies will arrive in the inbox.
 
-        Raises :class:`FrameNotSent` when the frame did not get through, and
-        :class:`SendTimedOut` when ``deadline`` passed before it did.
+        Raises :class:`BadFrameError` when the frame is over the daemon's ``max_frame``
+        (nothing sent; the connection goes on), :class:`FrameNotSent` when the frame did not
+        get through, and :class:`SendTimedOut` when ``deadline`` passed before it did.
         """
         send_lock = self._send_lock
         if deadline is None:
@@ -159,7 +160,7 @@ class Connection(ConnectionBase[Inbox]):
                 raise FrameNotSent(self.lost)
             request_id = request.id = self._next_id
             self._next_id = request_id + 1
-            frame = self._encoder.encode(request)
+            frame = self._frame(request)
             inbox: Inbox = deque()
             with self._state:
                 self._inboxes[request_id] = inbox
