@@ -87,6 +87,9 @@ _JSON: Final = msgspec.json.Decoder()
 T = TypeVar("T")
 
 READ_FAILURES: Final = (httpx.TransportError, httpx.DecodingError)
+"""What reading an answer may raise: the connection's failures, and httpx's
+``DecodingError`` (no ``TransportError``) for a body that is not in the content-coding its
+``content-encoding`` names (``gzip`` that is not gzip)."""
 SENT_FAILURES: Final = (
     httpx.ReadTimeout,
     httpx.ReadError,
@@ -96,9 +99,6 @@ SENT_FAILURES: Final = (
 """Failures after the whole request was sent, while its answer was awaited or read: the
 provider may run the call and bill it (:attr:`ProviderError.may_bill`). Connecting, waiting
 for a pooled connection and sending fail before it has the request."""
-"""What reading an answer may raise: the connection's failures, and httpx's
-``DecodingError`` (no ``TransportError``) for a body that is not in the content-coding its
-``content-encoding`` names (``gzip`` that is not gzip)."""
 
 
 class Reply(msgspec.Struct):

@@ -133,6 +133,10 @@ one without a body leaves a keep-alive connection open. It runs in the event loo
 callback: it must be quick and must not block (a dict lookup, not I/O)."""
 
 ErrorAnswer = Callable[[int, str], HttpResponse]
+"""How the server answers a request it refuses itself (400, 408, 413, 431, 501, 505; 500 for
+a handler that failed or an answer it could not write), given the status and what is wrong.
+:func:`default_error_answer` unless the server is given another (the front door's adds its
+request id)."""
 
 
 class BodyMemory(Protocol):
@@ -152,11 +156,6 @@ class BodyMemory(Protocol):
         """What a request refused for want of room is told."""
         ...
 
-
-"""How the server answers a request it refuses itself (400, 408, 413, 431, 501, 505; 500 for
-a handler that failed or an answer it could not write), given the status and what is wrong.
-:func:`default_error_answer` unless the server is given another (the front door's adds its
-request id)."""
 
 _json = msgspec.json.Encoder()
 
