@@ -75,7 +75,7 @@ from quotad.daemon.net.http11 import (
     StreamingResponse,
     error_body,
 )
-from quotad.daemon.net.log_rate import LOG_EVERY, log_due
+from quotad.daemon.net.log_rate import LOGGED_EVERY, RepeatCounts
 from quotad.daemon.request_limits import check_bounded_name
 from quotad.daemon.request_memory import RequestMemory
 from quotad.daemon.status import DAEMON_VERSION
@@ -187,7 +187,7 @@ class FrontDoor:
         self._endpoints["/healthz"] = _Endpoint("healthz", "GET", "openai", self._healthz, False)
         self._model = _Endpoint("models", "GET", "openai", self._model_by_name)
         self._unknown = _Endpoint("other", "", "openai", self._not_found, False)
-        self._answers_logged: dict[tuple[int, str], int] = {}
+        self._answers_logged: RepeatCounts[tuple[int, str]] = RepeatCounts()
         """Errors answered outside the pipeline so far, by status and code (see
         :meth:`_log_answer`)."""
 
@@ -317,17 +317,15 @@ class FrontDoor:
         of each status and code, then every :data:`~quotad.daemon.net.log_rate.LOG_EVERY`-th, with
         the count. Any local process may send them (a 404, a 401 need no key), thousands a
         second: 20,000 pipelined 404s wrote 20,000 lines."""
-        kind = (status, code)
-        count = self._answers_logged[kind] = self._answers_logged.get(kind, 0) + 1
-        if log_due(count):
+        if count := self._answers_logged.count((status, code)):
             log.info(
-                "answered %d %s [%s]: %s (%d such so far; the first and every %d-th are logged)",
+                "answered %d %s [%s]: %s (%d such so far; %s)",
                 status,
                 code,
                 request_id,
                 message,
                 count,
-                LOG_EVERY,
+                LOGGED_EVERY,
             )
 
     def _refusal(self, status: int, message: str) -> HttpResponse:

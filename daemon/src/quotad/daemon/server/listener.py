@@ -41,7 +41,7 @@ import anyio.abc
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
 from quotad.daemon.config import Config
-from quotad.daemon.net.log_rate import LOG_EVERY, log_due
+from quotad.daemon.net.log_rate import LOGGED_EVERY, RepeatCounts
 from quotad.daemon.request_memory import RequestMemory
 from quotad.daemon.server.binding import (
     PeerCredentials,
@@ -105,7 +105,7 @@ class SocketServer:
         self.connections_per_uid: Counter[int | None] = Counter()
         """Connections open by peer uid (None: a peer SO_PEERCRED could not name)."""
         self.requests_in_flight = 0
-        self.closed_connections: Counter[str] = Counter()
+        self.closed_connections: RepeatCounts[str] = RepeatCounts()
         """Connections refused, closed or dropped by the daemon since the start, by the code
         they were answered (``dropped``: no answer) (:meth:`log_closing`)."""
         self.http_address = ""
@@ -377,16 +377,14 @@ class SocketServer:
         :data:`~quotad.daemon.net.log_rate.LOG_EVERY`-th, with the count (any local process
         may open thousands of connections a second and spoil each: 20,000 with a bad frame
         wrote 20,000 lines)."""
-        count = self.closed_connections[code] = self.closed_connections[code] + 1
-        if log_due(count):
+        if count := self.closed_connections.count(code):
             log.info(
-                "closing connection from pid %s: %s (%d closed %s so far; the first and every "
-                "%d-th are logged)",
+                "closing connection from pid %s: %s (%d closed %s so far; %s)",
                 peer and peer.pid,
                 reason,
                 count,
                 code,
-                LOG_EVERY,
+                LOGGED_EVERY,
             )
 
     def connection_ended(self, connection: Connection) -> None:
