@@ -384,12 +384,18 @@ class Daemon:
 
     async def _build_reloaded(self) -> tuple[Config, ProviderSet]:
         """The new config and its providers, built without touching the running ones. Any
-        failure is a :class:`ConfigError`: an unforeseen exception too (logged with its
-        traceback), so that a reload that cannot be built is rejected, never half applied."""
+        failure is a :class:`ConfigError`: a budget it adds that would count spend the
+        ledger cannot read (:meth:`.store.Store.check_reload`, as the start refuses it), an
+        unforeseen exception too (logged with its traceback), so that a reload that cannot
+        be built is rejected, never half applied."""
         source = self.config_location or "the config"
         try:
             config = await anyio.to_thread.run_sync(find_and_load_config, self.config_location)
             source = config.source
+            try:  # as the start refuses them: a budget added would count them as $0
+                await self.store.check_reload(config)
+            except StoreError as error:
+                raise ConfigError(source, [f"budgets: {error}"]) from None
             keys = await anyio.to_thread.run_sync(resolve_api_keys, config)
             try:
                 return config, self._providers_for(config, keys)

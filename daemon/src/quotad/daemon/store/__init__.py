@@ -14,6 +14,7 @@ call each other:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -73,7 +74,7 @@ class Store:
             self.interrupted = await self.ledger.recover_interrupted()  # before the totals
             now = self.clock.time()
             self.spent_at_open = await self.ledger.spent_by_app(now)
-            await self._check_spend(now)
+            await self._check_spend(now, self.budgets.of_app)
             alerts = self.budgets.load(self.spent_at_open, now)
             await self.keys.load()
         except BaseException:
@@ -88,15 +89,21 @@ class Store:
         )
         return alerts
 
-    async def _check_spend(self, now: float) -> None:
-        """Refuse to start when a budget counts a ``spend_daily`` row of this month (or of no
-        day) whose cost or day cannot be read (:func:`.spend.unreadable_spend`: a damaged or
-        hand-edited file): read as 0, a text let requests spend past the budget. Not skipped:
-        skipping makes the same money vanish, and no figure can stand for it. Such rows that
-        no budget counts are only logged."""
+    async def _check_spend(
+        self, now: float, budgets_of: Callable[[str], tuple[Budget, ...]]
+    ) -> None:
+        """Refuse budgets (``budgets_of`` an app: those its requests hold on) that would count
+        a ``spend_daily`` row of this month (or of no day) whose cost or day cannot be read
+        (:func:`.spend.unreadable_spend`: a damaged or hand-edited file), raising
+        :class:`StoreError` naming the file, the rows and the command that mends them: read as
+        0, a text let requests spend past the budget, and a cost below 0 gave money back. Not
+        skipped: skipping makes the same money vanish, and no figure can stand for it. Such
+        rows that none of them counts are only logged."""
         rows = await unreadable_spend(self.db, self.calendar.month_bounds(now)[2] + "-01")
-        if counted := [row for row in rows if self.budgets.apply_to(str(row[1]))]:
-            raise StoreError(unreadable_spend_message(self.path, counted))
+        counting = [budgets_of(str(row[1])) for row in rows]
+        if counted := [row for row, budgets in zip(rows, counting, strict=True) if budgets]:
+            names = sorted({budget.name for budgets in counting for budget in budgets})
+            raise StoreError(unreadable_spend_message(self.path, counted, names))
         if rows:
             log.warning(
                 "%s: %d row(s) of spend_daily of this month, or of no day, hold a cost or a day "
@@ -104,6 +111,16 @@ class Store:
                 self.path,
                 len(rows),
             )
+
+    async def check_reload(self, config: Config) -> None:
+        """Before a reloaded ``config`` is applied: raise :class:`StoreError` as the start does
+        (:meth:`_check_spend`) when a budget it adds would count a row whose cost or day
+        cannot be read. Such a budget reads its totals so far from the ledger
+        (:meth:`count_new_budgets`), where the row counted as $0 or as money given back; a
+        budget that stays reads nothing."""
+        added = self.budgets.added_by(config)
+        if added is not None:
+            await self._check_spend(self.clock.time(), added)
 
     def reconfigure(self, config: Config) -> None:
         """Apply a reloaded config (SIGHUP): prices, budgets, cache settings, durability, the

@@ -206,6 +206,18 @@ class Budgets:
             self.on_added(added)
         return added
 
+    def added_by(self, config: Config) -> Callable[[str], tuple[Budget, ...]] | None:
+        """The budgets a reload of ``config`` would add (by name, as :meth:`reconfigure`
+        tells them from those that stay) that a request of an app would hold on, as a
+        function of the app (the global ones of every app, or its own); None when it adds
+        none. A budget added reads its totals so far from the ledger, one that stays keeps
+        its running total."""
+        current = {budget.name for budget in self._all()}
+        fresh = Budgets(config, self.calendar)
+        if all(budget.name in current for budget in fresh._all()):
+            return None
+        return lambda app: tuple(b for b in fresh.of_app(app) if b.name not in current)
+
     def of_app(self, app: str) -> tuple[Budget, ...]:
         """The budgets a request of ``app`` holds on."""
         return self.app_budgets.get(app, self.global_budgets)

@@ -199,9 +199,9 @@ async def unreadable_spend(db: Database, first_day: str) -> list[tuple[Any, ...]
     )
 
 
-def unreadable_spend_message(path: Path, rows: list[tuple[Any, ...]]) -> str:
-    """What the start says of rows :func:`unreadable_spend` found that budgets count: the
-    rows and how to mend them."""
+def unreadable_spend_message(path: Path, rows: list[tuple[Any, ...]], budgets: list[str]) -> str:
+    """What the start (or a reload) says of rows :func:`unreadable_spend` found that
+    ``budgets`` (their names) count: the rows and how to mend them."""
     shown = "; ".join(
         " ".join(
             f"{name}={reprlib.repr(value)}" for name, value in zip(_ROW_NAMES, row, strict=True)
@@ -215,8 +215,9 @@ def unreadable_spend_message(path: Path, rows: list[tuple[Any, ...]]) -> str:
     )
     return (
         f"{path}: table spend_daily has {len(rows)} row(s) of this month, or of no day, that a "
-        f"budget counts and whose cost or day cannot be read: {shown}{more}. Counted as 0, "
-        "their spend would let requests pass a budget. Give each its day (YYYY-MM-DD) and its "
+        f"budget counts ({', '.join(map(repr, budgets))}) and whose cost or day cannot be read: "
+        f"{shown}{more}. Counted as 0, or as money given back, their spend would let requests "
+        "pass a budget. Give each its day (YYYY-MM-DD) and its "
         "cost, the sum of its ledger rows' while they are kept: "
         f'`sqlite3 {path} "UPDATE spend_daily SET cost_usd = (SELECT total(cost_usd) FROM '
         "ledger AS l WHERE (l.day, l.app, l.model, l.target) = (spend_daily.day, "
