@@ -16,11 +16,17 @@ import pytest
 
 from quotad.daemon.store.db import Database, WriteFailed
 from quotad.daemon.store.ledger import INTERRUPTED, Ledger, LedgerRow, LedgerWriteFailed
+from quotad.daemon.store.prices import PriceTable
 from tests.support.polling import run_loop_until
 from tests.support.store import CALENDAR
 from tests.support.store import ledger_row as row
 
 pytestmark = pytest.mark.anyio
+
+PRICES = PriceTable({})
+BOUND_USD = (100 * 0.15 + 20 * 0.60) / 1e6
+"""What a call of :func:`tests.support.store.ledger_row`'s tokens (100 prompt, 20 completion)
+costs at most on its target, gpt-4o-mini ($0.15 and $0.60 per 1M tokens)."""
 
 
 def bound(number: int) -> LedgerRow:
@@ -74,7 +80,7 @@ async def test_a_start_charges_what_a_dead_daemon_left_journaled(directory: Path
     await db.open()
     try:
         ledger = Ledger(db, CALENDAR)
-        charged = await ledger.recover_interrupted()
+        charged = await ledger.recover_interrupted(PRICES)
         assert [r.request_id for r in charged] == ["qd-test-1"]
         assert charged[0].status == INTERRUPTED
         assert charged[0].day == CALENDAR.day(charged[0].time)
@@ -83,7 +89,7 @@ async def test_a_start_charges_what_a_dead_daemon_left_journaled(directory: Path
         assert rows == [("qd-test-2", "ok", 0.01), ("qd-test-1", INTERRUPTED, 0.5)]
         (spent,) = await db.read("SELECT total(cost_usd) FROM spend_daily")
         assert spent[0] == pytest.approx(0.51)
-        assert await ledger.recover_interrupted() == []  # charged once
+        assert await ledger.recover_interrupted(PRICES) == []  # charged once
     finally:
         await db.close()
 
@@ -94,7 +100,7 @@ async def test_an_entry_that_cannot_be_read_is_dropped_and_the_others_charged(
     ledger = await journaled(db, 1)
     await db.write([("INSERT INTO in_flight VALUES (?, ?)", ("qd-bad", b"\xc1junk"))])
     with caplog.at_level(logging.ERROR):
-        charged = await ledger.recover_interrupted()
+        charged = await ledger.recover_interrupted(PRICES)
     assert [r.request_id for r in charged] == ["qd-test-1"]
     assert "journal entry of request qd-bad cannot be read" in caplog.text
     assert await journal(db) == []
@@ -105,7 +111,7 @@ async def test_a_second_attempt_journals_its_own_bound(db: Database) -> None:
     ledger.handed_off("qd-test-1", lambda: bound(1)._replace(target="other/m", cost_usd=0.7))
     await run_loop_until(lambda: ledger._journal_timer is None)
     await db.committed()
-    charged = await ledger.recover_interrupted()
+    charged = await ledger.recover_interrupted(PRICES)
     assert [(r.target, r.cost_usd) for r in charged] == [("other/m", 0.7)]
 
 
@@ -120,7 +126,7 @@ async def test_a_call_its_provider_refused_leaves_no_entry(db: Database) -> None
     await run_loop_until(lambda: ledger._journal_timer is None)
     await db.committed()
     assert await journal(db) == []
-    assert await ledger.recover_interrupted() == []
+    assert await ledger.recover_interrupted(PRICES) == []
     await ledger.record(row(1))  # its row, when it comes, deletes nothing more
     assert await journal(db) == []
 
@@ -154,14 +160,14 @@ async def test_an_entry_the_ledger_refuses_is_dropped_and_the_others_charged(
         await db.write([("INSERT INTO in_flight VALUES (?, ?)", entry)])
     ledger = Ledger(db, CALENDAR)
     with caplog.at_level(logging.ERROR):
-        charged = await ledger.recover_interrupted()
+        charged = await ledger.recover_interrupted(PRICES)
     assert sorted(r.request_id for r in charged) == ["qd-test-1", "qd-test-2", "qd-test-3"]
     (spent,) = await db.read("SELECT total(cost_usd) FROM spend_daily")
     assert spent[0] == pytest.approx(1.5)
     assert "unwritten ledger row" in caplog.text
     assert '"request_id":"qd-bad"' in caplog.text
     assert await journal(db) == []
-    assert await ledger.recover_interrupted() == []  # charged once
+    assert await ledger.recover_interrupted(PRICES) == []  # charged once
 
 
 async def test_entries_the_disk_refuses_stay_journaled_for_the_next_start(
@@ -184,11 +190,11 @@ async def test_entries_the_disk_refuses_stay_journaled_for_the_next_start(
         await write(statements, durable=durable)
 
     monkeypatch.setattr(db, "write", disk_full_for_call_1)
-    charged = await Ledger(db, CALENDAR).recover_interrupted()
+    charged = await Ledger(db, CALENDAR).recover_interrupted(PRICES)
     assert [r.request_id for r in charged] == ["qd-test-2"]
     assert sorted(await journal(db)) == ["qd-bad", "qd-test-1"]
     monkeypatch.undo()
-    charged = await Ledger(db, CALENDAR).recover_interrupted()  # the next start: space again
+    charged = await Ledger(db, CALENDAR).recover_interrupted(PRICES)  # the next start: space again
     assert [r.request_id for r in charged] == ["qd-test-1"]
     assert await journal(db) == []
 
@@ -228,3 +234,55 @@ async def test_a_journaled_row_kept_through_a_failed_write_deletes_its_entry_lat
     await ledger.flush()  # the kept row, written at last
     assert await journal(db) == []
     assert await db.read("SELECT request_id FROM ledger") == [("qd-test-1",)]
+
+
+async def put_entry(db: Database, row: LedgerRow) -> None:
+    """A journal entry of ``row``, as a dead daemon (or a hand) left it."""
+    entry = (row.request_id, msgspec.msgpack.Encoder().encode(row))
+    await db.write([("INSERT INTO in_flight VALUES (?, ?)", entry)])
+
+
+@pytest.mark.parametrize("cost", [-100.0, math.inf, -math.inf, math.nan, 1e300])
+async def test_an_entry_whose_cost_is_no_amount_is_charged_its_bound(
+    db: Database, caplog: pytest.LogCaptureFixture, cost: float
+) -> None:
+    """An entry's cost was charged as it was: -$100 gave money back, an infinite or 1e300 one
+    made the day's spend one no budget can read (every start was refused, and the command
+    the refusal gives rebuilt the same figure from the ledger), a NaN one was dropped (NOT
+    NULL). Now such an entry is charged the bound the daemon journals, its tokens at its
+    target's price, with a warning naming it."""
+    await put_entry(db, row(1, cost=cost, status=INTERRUPTED))
+    await put_entry(db, row(2, cost=0.5, status=INTERRUPTED))
+    with caplog.at_level(logging.WARNING):
+        charged = await Ledger(db, CALENDAR).recover_interrupted(PRICES)
+    assert sorted((r.request_id, r.cost_usd) for r in charged) == [
+        ("qd-test-1", pytest.approx(BOUND_USD)),
+        ("qd-test-2", 0.5),
+    ]
+    (spent,) = await db.read("SELECT total(cost_usd) FROM spend_daily")
+    assert spent[0] == pytest.approx(0.5 + BOUND_USD)
+    assert "journal entry of request qd-test-1 (table in_flight) holds a cost of" in caplog.text
+    assert await journal(db) == []
+
+
+async def test_an_entry_whose_cost_and_tokens_bound_no_amount_is_dropped(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its tokens no counts either, nothing can stand for its cost: it is dropped, never
+    charged as money given back, and the others are charged."""
+    await put_entry(db, row(1, cost=-100.0, status=INTERRUPTED)._replace(prompt_tokens=-5))
+    await put_entry(db, row(2, cost=0.5, status=INTERRUPTED))
+    with caplog.at_level(logging.ERROR):
+        charged = await Ledger(db, CALENDAR).recover_interrupted(PRICES)
+    assert [r.request_id for r in charged] == ["qd-test-2"]
+    assert "journal entry of request qd-test-1 (table in_flight)" in caplog.text
+    assert "dropped, not charged" in caplog.text
+    assert await journal(db) == []
+
+
+async def test_an_entry_of_a_target_with_no_price_is_charged_nothing_and_flagged(
+    db: Database,
+) -> None:
+    await put_entry(db, row(1, cost=math.inf, status=INTERRUPTED, target="own/model"))
+    [charged] = await Ledger(db, CALENDAR).recover_interrupted(PRICES)
+    assert (charged.cost_usd, charged.unpriced) == (0.0, True)

@@ -8,11 +8,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.config import parse_config
 from quotad.daemon.store import Store, StoreError
+from quotad.daemon.store.ledger import INTERRUPTED
 from tests.support.store import CALENDAR, NOW
 from tests.support.store import ledger_row as row
 
@@ -88,3 +90,28 @@ async def test_rows_that_cannot_be_read_and_no_budget_counts_are_logged(
     await opened.close()
     [warning] = [r.getMessage() for r in caplog.records if "spend_daily" in r.getMessage()]
     assert "1 row(s) of spend_daily of this month" in warning
+
+
+@pytest.mark.parametrize("cost", [-100.0, float("inf")])
+async def test_a_journal_entry_whose_cost_is_no_amount_does_not_stop_the_start(
+    directory: Path, cost: float
+) -> None:
+    """Charged as it was, the entry made this day's spend one no budget can read, and the
+    start was refused with a command that rebuilt the same figure from the ledger: the
+    daemon could not start again until its ledger was edited by hand. Now it is charged its
+    bound, and the budget counts it."""
+    path = await spent_once(directory)
+    entry = row(2, cost=cost, status=INTERRUPTED)
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO in_flight VALUES (?, ?)",
+            (entry.request_id, msgspec.msgpack.Encoder().encode(entry)),
+        )
+    started = store(directory, {"daily_usd": 1.0})
+    await started.open()
+    try:
+        [budget] = started.budgets.of_app("agent")
+        assert budget.spent_usd == pytest.approx(0.25 + (100 * 0.15 + 20 * 0.60) / 1e6)
+        assert [r.request_id for r in started.interrupted] == ["qd-test-2"]
+    finally:
+        await started.close()

@@ -71,7 +71,7 @@ class Store:
         await self.db.open()
         try:
             await self.cache.load()
-            self.interrupted = await self.ledger.recover_interrupted()  # before the totals
+            self.interrupted = await self.ledger.recover_interrupted(self.prices)  # before totals
             now = self.clock.time()
             self.spent_at_open = await self.ledger.spent_by_app(now)
             await self._check_spend(now, self.budgets.of_app)

@@ -48,8 +48,16 @@ import msgspec
 from quotad.daemon.errors import RequestError, encodable
 from quotad.daemon.store.budgets import Calendar
 from quotad.daemon.store.db import Database, Statement, WriteFailed
-from quotad.daemon.store.spend import DAY_OR_NULL, SpendReport, amount, counted
-from quotad.protocol.messages import ANSWERED, RequestRecord, SpendReply
+from quotad.daemon.store.prices import PriceTable
+from quotad.daemon.store.spend import (
+    DAY_OR_NULL,
+    MAX_DAY_COUNT,
+    SpendReport,
+    amount,
+    counted,
+    is_amount,
+)
+from quotad.protocol.messages import ANSWERED, RequestRecord, SpendReply, Usage
 
 LedgerDay = tuple[str, str, str, str, float, int, int, int, int, int, float, int]
 """``(day, app, model, target, cost, requests, prompt, completion, errors, cache hits,
@@ -340,12 +348,13 @@ class Ledger:
             log.info("calls in flight are journaled again")
         self._journal_failing = failure is not None
 
-    async def recover_interrupted(self) -> list[LedgerRow]:
+    async def recover_interrupted(self, prices: PriceTable) -> list[LedgerRow]:
         """At start, before serving: the calls journaled by a daemon that died before their
         rows, charged as :data:`INTERRUPTED` rows (their bounds), the journal emptied in the
         same commit. The rows written; an entry that cannot be read is logged and dropped, so
         is one whose row the ledger refuses for its values (logged whole), each of the others
-        then charged on its own. When they cannot be written (a full disk), they stay
+        then charged on its own; one whose cost is no amount is charged its bound at
+        ``prices`` (:func:`_bounded`). When they cannot be written (a full disk), they stay
         journaled for the next start, and the error is logged."""
         found = await self._db.read(_JOURNALED_ROWS)
         if not found:
@@ -361,7 +370,8 @@ class Ledger:
                     error,
                 )
             else:
-                entries.append((str(request_id), row))
+                if (bounded := _bounded(str(request_id), row, prices)) is not None:
+                    entries.append((str(request_id), bounded))
         writes: list[Statement] = [(_INSERT, row) for _, row in entries]
         try:
             await self._db.write([*writes, ("DELETE FROM in_flight", ())], durable=True)
@@ -601,6 +611,44 @@ class Ledger:
         """``quotad spend``: totals of ``period`` grouped ``by`` a column (see
         :mod:`.spend`)."""
         return await self.reports.build(period, by, now)
+
+
+def _bounded(request_id: str, row: LedgerRow, prices: PriceTable) -> LedgerRow | None:
+    """The row a journal entry is charged: as it is when its cost is an amount (from 0 to
+    :data:`~.spend.MAX_DAY_USD`); else (a file damaged or edited by hand: charged as it was,
+    a cost below 0 gave money back, and an infinite or NaN one made the day's spend one
+    that no budget can read, so that every start was refused) at the bound the daemon
+    journals, recomputed: its prompt and completion tokens at its target's price now, none of
+    them cached (0 when it has no price, flagged unpriced), with a warning. None, with an
+    error, when that is no amount either (its tokens no counts): the entry is dropped."""
+    if is_amount(row.cost_usd):
+        return row
+    who = encodable(request_id)
+    tokens = (row.prompt_tokens, row.completion_tokens)
+    if all(0 <= count <= MAX_DAY_COUNT for count in tokens):
+        prompt, completion = tokens
+        cost = prices.cost(row.target, Usage(prompt_tokens=prompt, completion_tokens=completion))
+        if is_amount(cost):
+            log.warning(
+                "journal entry of request %s (table in_flight) holds a cost of %r, which is no "
+                "amount: charged its bound, %d prompt and %d completion tokens at %s's price: "
+                "$%.6f",
+                who,
+                row.cost_usd,
+                prompt,
+                completion,
+                encodable(row.target),
+                cost,
+            )
+            return row._replace(cost_usd=cost, unpriced=prices.for_target(row.target) is None)
+    log.error(
+        "journal entry of request %s (table in_flight) holds a cost of %r and tokens %r, "
+        "which bound no amount: dropped, not charged",
+        who,
+        row.cost_usd,
+        tokens,
+    )
+    return None
 
 
 def _figures_only(rows: list[tuple[Any, ...]], table: str) -> list[tuple[Any, ...]]:

@@ -53,6 +53,12 @@ READABLE_DAY: Final = (
 to write, but SQLite keeps any value in any column."""
 
 
+def is_amount(usd: float) -> bool:
+    """Whether ``usd`` is an amount spent, as a ``spend_daily`` row is read with one
+    (:data:`READABLE_COST`): from 0 to :data:`MAX_DAY_USD` (not NaN, nor infinite)."""
+    return 0.0 <= usd <= MAX_DAY_USD
+
+
 def _is_amount(column: str) -> str:
     """SQL: whether a row's ``column`` is an amount of USD (not a text, bytes, below 0 or
     past :data:`MAX_DAY_USD`)."""
