@@ -17,6 +17,10 @@ per request). After Redis restarted empty each host puts back its spent and what
 (*restore*), with ghosts of the other hosts it last knew of, which count until those hosts
 put back their own.
 
+Every amount is counted up to :data:`~.spend.MAX_NANO` (a billion USD), limits too
+(:func:`~.spend.to_nano`): a figure past it, infinite or NaN counts as that much, and fills the
+budget.
+
 **Redis unreachable**: a host keeps reserving within what it already holds, and refuses
 beyond it (fail closed); what it holds stays counted by the fleet until it syncs again, so it
 is never spent twice. A host that never comes back keeps its hold counted until the period
@@ -36,7 +40,7 @@ import anyio
 import anyio.abc
 
 from quotad.daemon.cluster.link import MALFORMED, Link, LinkDown, Reply
-from quotad.daemon.cluster.spend import NANO, FleetSpend, to_nano
+from quotad.daemon.cluster.spend import MAX_USD, NANO, FleetSpend, to_nano
 
 log = logging.getLogger("quotad.cluster")
 
@@ -149,7 +153,19 @@ class FleetBudgets:
             for old in [k for k in self.budgets if k[:2] == (scope, period)]:
                 del self.budgets[old]
             budget = self.budgets[key] = FleetBudget(scope, period, label, limit_usd)
+        elif budget.limit_usd == limit_usd:
+            return budget
         budget.limit_usd = limit_usd
+        if limit_usd > MAX_USD:
+            log.warning(
+                "fleet budget %s %s %s: its limit, %g USD, is past the most the fleet counts: "
+                "it holds at %g USD across the fleet",
+                scope,
+                period,
+                label,
+                limit_usd,
+                MAX_USD,
+            )
         return budget
 
     def changed(self) -> None:

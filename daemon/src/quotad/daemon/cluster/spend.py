@@ -19,7 +19,8 @@ the truth for its own rows; Redis holds only their sums. Two kinds of field:
 Read back, everything in Redis is hostile: a field of the wrong shape, a figure past
 :data:`MAX_COUNT` (or :data:`MAX_NANO`), a guardrails value longer than
 :data:`MAX_FOUND_CHARS` is skipped; an entity kind this host does not know (a newer host's) is
-left out.
+left out. So a host never pushes a figure past its bound: one that grows past it is held
+there (:data:`FIGURE_BOUNDS`), counted as that much, and logged.
 
 :func:`fleet_report` reads the days a report covers and builds the same
 :class:`~quotad.protocol.messages.SpendReply` as ``quotad spend`` does from one ledger
@@ -28,6 +29,7 @@ left out.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -46,6 +48,8 @@ from quotad.protocol.messages import SpendReply, SpendRow
 
 if TYPE_CHECKING:
     from quotad.daemon.cluster.link import Link
+
+log = logging.getLogger("quotad.cluster")
 
 _FIELD_NAME_ENCODER: Final = msgspec.json.Encoder()
 MAX_NAME_PART_CHARS: Final = 1024
@@ -109,12 +113,22 @@ _FOUND_PAIR: Final = re.compile(r"([a-z_]{1,32})=(0|[1-9][0-9]{0,13})")
 
 
 NANO: Final = 1_000_000_000
+MAX_USD: Final = MAX_NANO / NANO
+"""The most USD the fleet counts in one figure: a billion (:data:`MAX_NANO`)."""
+FIGURE_BOUNDS: Final = (MAX_NANO, *(MAX_COUNT,) * 5, MAX_NANO, MAX_COUNT)
+"""The most each of a spend field's :data:`Figures` may hold (what other hosts read)."""
 
 
 def to_nano(usd: float) -> int:
     """USD as integer nano-USD, rounded up (what is counted against a limit never shrinks):
-    the fleet's spend figures and its budgets count in it."""
-    return math.ceil(round(usd * NANO, 3))
+    the fleet's spend figures and its budgets count in it. A figure past :data:`MAX_USD`,
+    infinite or NaN (one that cannot be counted: it raised OverflowError or ValueError, which
+    failed the request, and the sync task of the fleet's budgets with it) is
+    :data:`MAX_NANO`: as much as a limit is ever counted (:mod:`.budgets`), so it fills any
+    budget, never counting as less than it is. Below 0 (a sum's float noise), 0."""
+    if not math.isfinite(usd) or usd > MAX_USD:
+        return MAX_NANO
+    return max(0, math.ceil(round(usd * NANO, 3)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +166,8 @@ class FleetSpend:
         self.dirty: dict[str, set[tuple[str, str, str]]] = {}
         self.declared = DeclaredNames()
         """The config's names: its keys are kept apart past :data:`MAX_KEYS_PER_DAY` too."""
+        self.held_at_bound = 0
+        """Figures that grew past their bound (:data:`FIGURE_BOUNDS`) and were held there."""
 
     def load(self, rows: Iterable[LedgerDay], found: Iterable[LedgerFound] = ()) -> None:
         """Set from the ledger's ``spend_daily`` rows and ``guardrails_daily`` rows."""
@@ -162,12 +178,11 @@ class FleetSpend:
             errors, hits, saved, semantic = row[8:]
             cost_nano, saved_nano = to_nano(cost), to_nano(saved)
             loaded = (cost_nano, requests, prompt, completion, errors, hits, saved_nano, semantic)
-            figures = self._figures(day, self._kept_key(day, (app, model, target)))
-            for index, value in enumerate(loaded):
-                figures[index] += value
+            key = self._kept_key(day, (app, model, target))
+            self._add_figures(day, key, loaded)
         for day, app, model, target, kind, count in found:
-            kept = self._found(day, self._kept_key(day, (app, model, target)))
-            kept[kind] = kept.get(kind, 0) + count
+            key = self._kept_key(day, (app, model, target))
+            self._add_found(day, key, kind, count)
         self._forget_old()
 
     def _kept_key(self, day: str, key: tuple[str, str, str]) -> tuple[str, str, str]:
@@ -186,6 +201,33 @@ class FleetSpend:
 
     def _found(self, day: str, key: tuple[str, str, str]) -> Found:
         return self.found.setdefault(day, {}).setdefault(key, {})
+
+    def _add_figures(self, day: str, key: tuple[str, str, str], values: Iterable[int]) -> None:
+        """Add ``values`` to the figures of ``key`` on ``day``, each held at its bound."""
+        figures = self._figures(day, key)
+        for index, (value, bound) in enumerate(zip(values, FIGURE_BOUNDS, strict=True)):
+            figures[index] = self._held(day, key, figures[index] + value, bound)
+
+    def _add_found(self, day: str, key: tuple[str, str, str], kind: str, count: int) -> None:
+        found = self._found(day, key)
+        found[kind] = self._held(day, key, found.get(kind, 0) + count, MAX_COUNT)
+
+    def _held(self, day: str, key: tuple[str, str, str], total: int, bound: int) -> int:
+        """``total``, or ``bound`` when it is past it: a field holding a figure past its
+        bound was skipped by every host that read it, its spend counted as none."""
+        if total <= bound:
+            return total
+        self.held_at_bound += 1
+        if self.held_at_bound == 1:
+            log.warning(
+                "this host's spend on %s for (app, model, target) %r passed what a figure of "
+                "the fleet's spend holds (%d): it is told as that much, and `quotad spend "
+                "--fleet` shows it so",
+                day,
+                key,
+                bound,
+            )
+        return bound
 
     def add(
         self,
@@ -208,21 +250,18 @@ class FleetSpend:
         caller passes 0 for them, as ``spend_daily`` sums them; ``blocked`` and ``entities``
         as ``guardrails_daily`` counts them)."""
         key = self._kept_key(day, (app, model, target))
-        figures = self._figures(day, key)
-        figures[0] += to_nano(cost_usd)
-        figures[1] += 1
-        figures[2] += prompt_tokens
-        figures[3] += completion_tokens
-        figures[4] += error
-        figures[5] += cache_hit
-        figures[6] += to_nano(saved_usd)
-        figures[7] += semantic_hit
-        if blocked or entities:
-            found = self._found(day, key)
-            if blocked:
-                found[BLOCKED] = found.get(BLOCKED, 0) + 1
-            for kind, count in (entities or {}).items():
-                found[kind] = found.get(kind, 0) + count
+        self._add_figures(
+            day,
+            key,
+            (
+                to_nano(cost_usd), 1, prompt_tokens, completion_tokens, error, cache_hit,
+                to_nano(saved_usd), semantic_hit,
+            ),
+        )  # fmt: skip
+        if blocked:
+            self._add_found(day, key, BLOCKED, 1)
+        for kind, count in (entities or {}).items():
+            self._add_found(day, key, kind, count)
         self.dirty.setdefault(day, set()).add(key)
         if len(self.days) > KEPT_DAYS:
             self._forget_old()
