@@ -1,18 +1,21 @@
 """Figures the fleet's budgets cannot count, against a real Valkey: a limit, a cost or a spend
-past what nano-USD hold (a billion USD), infinite or NaN. None of them may fail a request or
-the sync task, and none may count as less than it is: each fills the budget it is in."""
+past what nano-USD hold (a billion USD), infinite or NaN, and a field of a budget's hash that
+another host (or a hand) left holding no amount. None of them may fail a request or the sync
+task, and none may count as less than it is: each fills the budget it is in."""
 
 from __future__ import annotations
 
 import math
+import shlex
 
 import pytest
+import redis.asyncio as aioredis
 
 from quotad.daemon.cluster.budgets import FleetBudgets, FleetBudgetShort
 from quotad.daemon.cluster.spend import MAX_NANO, read_fleet_spend, to_nano
 from tests.support.valkey import ValkeyServer
 from tests.unit.cluster.conftest import joined_link
-from tests.unit.cluster.test_budgets import DAY
+from tests.unit.cluster.test_budgets import DAY, hosts
 
 pytestmark = pytest.mark.anyio
 
@@ -38,6 +41,39 @@ def test_a_figure_that_cannot_be_counted_counts_as_the_most_a_limit_is(
     """Infinity raised OverflowError and NaN ValueError (the request failed ``internal``);
     past a billion USD, a figure went to Redis larger than any other host reads."""
     assert to_nano(usd) == nano
+
+
+DAMAGED = [
+    "nan", "-1e30", "-inf", "abc", "", "-5000000000", "inf", "1e30", "9223372036854775807",
+]  # fmt: skip
+"""Values of a field no quotad writes. Before, the first six let another host borrow past the
+limit (NaN, below 0 and what is no number counted as 0 or as money given back), and each sum
+that held one reached the hosts as -2**63."""
+
+
+@pytest.mark.parametrize("value", DAMAGED)
+@pytest.mark.parametrize("field", ["s:evil", "h:evil", "g:evil"])
+async def test_a_field_that_holds_no_amount_fills_the_budget_until_it_is_gone(
+    valkey: ValkeyServer, prefix: str, field: str, value: str
+) -> None:
+    async with hosts(valkey, prefix, 1) as (host,):
+        budget = host.budget("global", 1.0)
+        async with aioredis.Redis.from_url(valkey.url) as client:
+            await client.hset(budget.key, mapping={field: value})
+            with pytest.raises(FleetBudgetShort) as short:
+                await host.budgets.borrow([budget], 0.5)
+            message = str(short.value)
+            assert f"Redis key {budget.key} field {field!r} holds {value!r}" in message
+            assert f"HDEL {shlex.quote(budget.key)} {field}" in message
+            assert budget.fleet_spent >= 0
+            assert short.value.others_usd >= 1.0
+            await host.budgets.sync()  # told again, counted again
+            assert budget.fleet_spent + budget.fleet_held >= MAX_NANO
+            assert budget.damaged.startswith(f"{field}=")
+            await client.hdel(budget.key, field)
+        await host.budgets.borrow([budget], 0.5)
+        assert budget.held_acked == 500_000_000
+        assert budget.damaged == ""
 
 
 async def test_a_limit_past_a_billion_usd_holds_there_and_the_sync_goes_on(

@@ -19,7 +19,9 @@ put back their own.
 
 Every amount is counted up to :data:`~.spend.MAX_NANO` (a billion USD), limits too
 (:func:`~.spend.to_nano`): a figure past it, infinite or NaN counts as that much, and fills the
-budget.
+budget. A field of another host that holds no such amount (a hash damaged or edited by hand)
+counts as that much too, in the scripts themselves: the hosts are refused while it is there,
+and the refusal names the key and the field (:class:`FleetBudgetShort`).
 
 **Redis unreachable**: a host keeps reserving within what it already holds, and refuses
 beyond it (fail closed); what it holds stays counted by the fleet until it syncs again, so it
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -62,7 +65,7 @@ class FleetBudgetShort(Exception):
         super().__init__(
             f"fleet budget {budget.scope} {budget.period} {budget.label}: other hosts have "
             f"spent or hold {others_usd:.6g} USD of {budget.limit_usd:.6g} USD; this host can "
-            f"hold {max(0.0, room_usd):.6g} USD more"
+            f"hold {max(0.0, room_usd):.6g} USD more{budget.damaged_note()}"
         )
 
 
@@ -89,6 +92,23 @@ class FleetBudget:
     """Each other host's ``spent + held`` (nano-USD) as last seen."""
     reserved_rate: float = 0.0
     rate_at: float = -math.inf
+    damaged: str = ""
+    """A field of another host in this budget's hash that holds no amount (``field=value``,
+    as the last borrow or sync saw it; counted as a billion USD), or ""."""
+    key: str = ""
+    """The budget's key in Redis (to name it)."""
+
+    def damaged_note(self) -> str:
+        """What a refusal says of :attr:`damaged` ("" when there is none)."""
+        if not self.damaged:
+            return ""
+        field, _, value = self.damaged.partition("=")
+        return (
+            f"; Redis key {self.key} field {field!r} holds {value!r}, which is no amount (no "
+            "quotad writes one: a hash damaged or edited by hand) and counts as the whole "
+            "limit until its host pushes its totals again, or it is deleted "
+            f"(`redis-cli HDEL {shlex.quote(self.key)} {shlex.quote(field)}`)"
+        )
 
     @property
     def key_parts(self) -> tuple[str, str, str]:
@@ -153,6 +173,7 @@ class FleetBudgets:
             for old in [k for k in self.budgets if k[:2] == (scope, period)]:
                 del self.budgets[old]
             budget = self.budgets[key] = FleetBudget(scope, period, label, limit_usd)
+            budget.key = self.link.keys.budget(*key)
         elif budget.limit_usd == limit_usd:
             return budget
         budget.limit_usd = limit_usd
@@ -225,6 +246,7 @@ class FleetBudgets:
         if status == "short":
             budget = budgets[int(reply.value[2]) - 1]
             budget.contended_until = now + CONTENDED_S
+            self._note_damaged(budget, reply.value[5])
             raise FleetBudgetShort(budget, int(reply.value[3]) / NANO, int(reply.value[4]) / NANO)
         for budget, (spent, _), figures in zip(budgets, states, reply.value[2], strict=True):
             budget.spent_acked = to_nano(spent)
@@ -242,6 +264,22 @@ class FleetBudgets:
         budget.others = {
             _text(flat[i])[:128]: int(flat[i + 1]) for i in range(0, min(len(flat), 2000), 2)
         }
+        self._note_damaged(budget, figures[5])
+
+    @staticmethod
+    def _note_damaged(budget: FleetBudget, field: Any) -> None:
+        """What a script says of a field that holds no amount (logged when it is new)."""
+        damaged = _text(field)
+        if damaged and damaged != budget.damaged:
+            budget.damaged = damaged
+            log.warning(
+                "fleet budget %s %s %s%s",
+                budget.scope,
+                budget.period,
+                budget.label,
+                budget.damaged_note(),
+            )
+        budget.damaged = damaged
 
     # ------------------------------------------------------------------ syncing
 

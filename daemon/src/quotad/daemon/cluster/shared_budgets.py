@@ -183,7 +183,7 @@ class SharedBudgets:
             f"fleet budget {budget.name!r} ({budget.period} {fleet.label}) would be exceeded: "
             f"the other hosts have spent or hold {usd(others)}, this host has spent "
             f"{usd(budget.spent_usd)} + reserved {usd(budget.reserved_usd)}, this request up "
-            f"to {usd(max_cost_usd)} > limit {usd(budget.limit_usd)}",
+            f"to {usd(max_cost_usd)} > limit {usd(budget.limit_usd)}{fleet.damaged_note()}",
             details={
                 "budget": budget.name,
                 "scope": budget.scope,
