@@ -128,3 +128,19 @@ def test_an_applied_reload_exits_0_when_the_status_after_it_fails(
         assert json.loads(out) == {"applied": True, "source": None, "message": "config reloaded"}
     else:
         assert out == "applied: config reloaded\n"
+
+
+@pytest.mark.parametrize("cost", ["1e308", "-1", "1000000001"])
+def test_a_warm_entry_saving_no_amount_is_refused_by_its_line(tmp_path: Path, cost: str) -> None:
+    """A recorded ``cost_usd`` of 1e308 was stored as it was, and each hit added it to its
+    day's saved spend; the bound is the ledger's (a billion USD)."""
+    good = '{"request": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, '
+    good += '"response": {"content": "hello", "cost_usd": 0.5}}\n'
+    bad = good.replace("0.5", cost)
+    path = tmp_path / "warm.jsonl"
+    path.write_text(good + bad)
+    with pytest.raises(ValueError, match=r"warm.jsonl:2: Expected `float` [<>]= .*cost_usd"):
+        read_warm_file(str(path), 1000)
+    path.write_text(good)
+    ((numbers, _),) = read_warm_file(str(path), 1000)
+    assert numbers == [1]

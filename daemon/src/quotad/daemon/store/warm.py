@@ -11,8 +11,9 @@ One JSON object per line (blank lines are skipped)::
 parameters, ``tools``, ``stream`` and ``extra`` take part in the cache key exactly as they do
 for a live request). ``response`` may give ``content``, ``tool_calls``, ``finish_reason``
 (default ``"stop"``), ``usage``, ``target`` (who answered; prices the entry), ``cost_usd``
-(what a hit saves; default: ``usage`` at ``target``'s price, or at the price of the first
-target of ``model``) and, for a streamed request, ``chunks`` (the deltas, in order).
+(what a hit saves, from 0 to a billion USD, the most a day's spend row holds; default:
+``usage`` at ``target``'s price, or at the price of the first target of ``model``) and, for a
+streamed request, ``chunks`` (the deltas, in order).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Annotated, Any
 import msgspec
 
 from quotad.daemon.small_files import MAX_WARM_FILE_BYTES, FileTooLarge, read_small_file
+from quotad.daemon.store.spend import MAX_DAY_USD
 from quotad.protocol.messages import Chat, Usage
 
 
@@ -33,7 +35,10 @@ class WarmResponse(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     finish_reason: str | None = "stop"
     usage: Usage = msgspec.field(default_factory=Usage)
     target: str = ""
-    cost_usd: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    cost_usd: Annotated[float, msgspec.Meta(ge=0, le=MAX_DAY_USD)] | None = None
+    """What a hit saves, bounded as an amount of the ledger: a saving of 1e308 (or infinity,
+    which MessagePack carries over the admin socket) was stored as it was, and each hit added
+    it to its day's ``saved_usd``."""
     chunks: list[str] | None = None
 
 
