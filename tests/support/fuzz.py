@@ -5,8 +5,9 @@ values (strings that are not UTF-8, deep nesting, counts far beyond the bytes th
 and huge numbers, unknown tags), bare garbage, and sequences that abuse the protocol
 (repeated ids, Cancel and Settle of nothing, frames before Hello); and, from a random
 generator of their own (so that the other frames of a seed stay as they were), valid requests
-with fields at their edges (:mod:`tests.support.fuzz_extremes`, which also plays permits
-granted and settled with such values). Used by the fuzz test and by ``bench/fuzz_frames.py``.
+with fields at their edges, or far wider or longer than any client sends
+(:mod:`tests.support.fuzz_extremes`, which also plays permits granted and settled with such
+values). Used by the fuzz test and by ``bench/fuzz_frames.py``.
 
 :func:`send_batches` plays batches on real connections: each batch on a new connection, with
 or without a Hello first, then a half-close, then everything the daemon answers is read until
@@ -40,10 +41,13 @@ from quotad.protocol.messages import (
     Status,
     Subscribe,
 )
-from tests.support.fuzz_extremes import edge_request
+from tests.support.fuzz_extremes import edge_request, wide_request
 
 EDGE_SHARE = 0.1
 """The share of frames that are valid requests with fields at their edges."""
+WIDE_SHARE = 0.0005
+"""The share of frames that are valid requests with one field thousands of items wide or a
+million characters long (:func:`~tests.support.fuzz_extremes.wide_request`)."""
 ENCODER = FrameEncoder()
 RAW = msgspec.msgpack.Encoder()
 RAW_DECODER = msgspec.msgpack.Decoder()
@@ -153,11 +157,20 @@ class FrameMaker:
     def __init__(self, seed: int, model: str = "sim/m") -> None:
         self.random = random.Random(seed)
         self.edges = random.Random(f"{seed}:edges")
+        self.wide = random.Random(f"{seed}:wide")
         self.valid = [RAW.encode(message) for message in valid_requests(model)]
         self.model = model
 
     def frame(self) -> bytes:
-        """One frame (length prefix included; the prefix itself is sometimes a lie)."""
+        """One frame (length prefix included; the prefix itself is sometimes a lie); now and
+        then one far wider than any, drawn after the frame it replaces (so that the frames
+        after it are as they were)."""
+        frame = self._frame()
+        if self.wide.random() < WIDE_SHARE:
+            return wide_request(self.wide, self.model)
+        return frame
+
+    def _frame(self) -> bytes:
         if self.edges.random() < EDGE_SHARE:
             return edge_request(self.edges, self.model)
         choice = self.random.random()

@@ -5,7 +5,8 @@ the smallest subnormal, priorities and cache modes in the wrong case or with a b
 wrong type), and permits really granted and then settled with such values (token counts at
 2**64 - 1, a 429 whose ``retry-after`` is years or junk, rate-limit headers of every odd
 form): the settle path needs the permit's id, which only the daemon's answer gives, so these
-are played as a conversation (:func:`play_permits`).
+are played as a conversation (:func:`play_permits`); and valid requests with one field far
+wider or longer than any client sends, within the bound on a frame (:func:`wide_request`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,58 @@ def edge_request(rnd: random.Random, model: str) -> bytes:
         fields["action"] = "nothing"
     for name in rnd.sample(FIELDS[kind], min(len(FIELDS[kind]), rnd.randint(1, 3))):
         fields[name] = rnd.choice(EDGES)
+    payload = RAW.encode(fields)
+    return len(payload).to_bytes(4, "big") + payload
+
+
+WIDE_COUNTS: Final = (1000, 20_000, 100_000)
+"""How many items a wide field holds (a frame of at most a few MB: the bound is 8 MiB)."""
+LONG_TEXT: Final = (10_000, 1_000_000)
+"""How long a long string is, in characters."""
+
+
+def wide_request(rnd: random.Random, model: str) -> bytes:
+    """A valid request (a frame, prefix included) with one field far wider, longer or larger
+    than any client sends, each item of it small: ``extra``, ``tool_choice``,
+    ``response_format``, a content part, a tool's schema or a tool call with thousands of keys;
+    ``stop``, an embedding's ``input``, a conversation's tool calls or a Settle's headers with
+    thousands of items; a message's content (addresses to mask, or not), name or tool call id
+    a million characters long."""
+    count = rnd.choice(WIDE_COUNTS)
+    length = rnd.choice(LONG_TEXT)
+    wide = {f"k{index}": index for index in range(count)}
+    user: dict[str, Any] = {"role": "user", "content": "wide"}
+    fields: dict[str, Any] = {
+        "type": "Chat", "id": rnd.randint(1, 50), "model": model, "messages": [user],
+        "max_tokens": 4,
+    }  # fmt: skip
+    match rnd.randrange(11):
+        case 0:
+            fields["extra"] = wide
+        case 1:
+            fields["tool_choice"] = wide
+        case 2:
+            fields["response_format"] = {"type": "json_schema", "json_schema": wide}
+        case 3:
+            user["content"] = [{"type": "text", "text": "x", "meta": wide}]
+        case 4:
+            function = {"name": "f", "parameters": {"type": "object", "properties": wide}}
+            fields["tools"] = [{"type": "function", "function": function}]
+        case 5:
+            fields["stop"] = [rnd.choice(("", "x", "ana@example.com"))] * count
+        case 6:
+            fields = {"type": "Embed", "id": fields["id"], "model": model,
+                      "input": [rnd.choice(("", "x", "ana@example.com"))] * count}  # fmt: skip
+        case 7:
+            call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            fields["messages"] = [{"role": "assistant", "tool_calls": [call] * min(count, 20_000)}]
+        case 8:
+            fields = {"type": "Settle", "id": fields["id"], "permit_id": "pm-000000-1",
+                      "headers": {f"x-h{index}": "1" for index in range(count)}}  # fmt: skip
+        case 9:
+            user["content"] = rnd.choice(("a" * 16, "ana@example.com ")) * (length // 16)
+        case _:
+            user["name" if rnd.random() < 0.5 else "tool_call_id"] = "n" * length
     payload = RAW.encode(fields)
     return len(payload).to_bytes(4, "big") + payload
 

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from tests.support.http_fuzz_pipelines import PIPELINED_SHARE, Pipeline, pipeline, send_pipeline
 from tests.support.http_fuzz_shapes import shaped
 
 _DEEP = "\x01deep-"
@@ -93,19 +94,36 @@ class Case:
     headers: dict[str, str]
     body: bytes
     raw: bytes | None = None
+    pipeline: Pipeline | None = None
+    """Several requests on one connection, written at once (:mod:`.http_fuzz_pipelines`);
+    the case's other fields are then empty."""
 
 
 class Fuzzer:
     """Cases from one seed: the same seed, the same cases."""
 
-    def __init__(self, seed: int | str, fields: tuple[str, ...] = FIELDS) -> None:
+    def __init__(
+        self, seed: int | str, fields: tuple[str, ...] = FIELDS, pipelined: bool = True
+    ) -> None:
         self.random = random.Random(seed)
         self.shapes = random.Random(f"{seed}:shapes")
+        self.pipelines = random.Random(f"{seed}:pipelines") if pipelined else None
+        """Which cases are pipelines, and theirs: drawn after a case is made (so that the
+        other cases of a seed stay as they were), their requests from a fuzzer of their own."""
+        self.seed = seed
         self.fields = fields
         """The keys a mutation adds (the request's, by default)."""
         self._deep: list[int] = []
 
     def case(self) -> Case:
+        """The next case: one request, or now and then a pipeline of them."""
+        case = self._one_case()
+        if self.pipelines is not None and self.pipelines.random() < PIPELINED_SHARE:
+            members = Fuzzer(f"{self.seed}:{self.pipelines.random()}", pipelined=False)
+            return Case("(pipeline)", {}, b"", pipeline=pipeline(self.pipelines, members.case))
+        return case
+
+    def _one_case(self) -> Case:
         rnd = self.random
         path = rnd.choice(PATHS)
         model = rnd.choice(MODELS[:3]) if rnd.random() < 0.8 else rnd.choice(MODELS)
@@ -243,6 +261,10 @@ class Results:
 
 def send(http: httpx.Client, base_url: str, case: Case, results: Results) -> None:
     """Send one case and note the answer (raw cases on a socket of their own)."""
+    if case.pipeline is not None:
+        host, _, port = base_url.removeprefix("http://").rpartition(":")
+        send_pipeline(host, int(port), case, results)
+        return
     if case.raw is None:
         headers = {name.encode(): value.encode("latin-1") for name, value in case.headers.items()}
         try:

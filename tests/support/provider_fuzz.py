@@ -17,7 +17,9 @@ with odd bodies), odd or missing content types, garbage rate-limit and retry-aft
 framing that lies (a wrong content-length, bad chunks, a close mid-answer), now and then a stall;
 and on the wire (:mod:`tests.support.provider_fuzz_wire`, from a random generator of its own so
 that the rest of a case is as it was without it): content-codings true and false, errors in a
-200, thousands of headers, an answer written in pieces.
+200, thousands of headers, an answer written in pieces; and, from another, a stream framed as
+no provider frames one (line ends mixed line by line, data in several lines, comments by the
+thousand, odd fields) or with one huge event or thousands of tiny ones.
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ KINDS: Final = (
 )
 VALID_CASE: Final = 10**9
 """Cases from this one on are answered well (a baseline's)."""
+ODD_STREAM_SHARE: Final = 0.1
+"""The share of streamed answers framed oddly, or with a huge event or thousands of tiny
+ones (:func:`~tests.support.provider_fuzz_wire.odd_event_stream`)."""
 STALL_S: Final = 0.8
 """How long a stalling answer waits: past the fuzz daemon's provider ``timeout_s``."""
 
@@ -235,13 +240,16 @@ class AnswerFuzzer(Fuzzer):
     """Broken answers from one seed and case: the same (seed, case, kind), the same answer."""
 
     def __init__(self, seed: int, case: int, kind: str, key: str = "") -> None:
-        super().__init__(f"{seed}:{case}:{kind}", REPLY_FIELDS)
+        super().__init__(f"{seed}:{case}:{kind}", REPLY_FIELDS, pipelined=False)
         self.kind = kind
         self.key = key
         """The API key the request carried, echoed now and then (to be redacted)."""
         self.notes: list[str] = []
         self.wire = random.Random(f"{seed}:{case}:{kind}:wire")
         """What is done on the wire (:meth:`_on_the_wire`) draws from this."""
+        self.framing = random.Random(f"{seed}:{case}:{kind}:framing")
+        """Whether a stream is framed oddly (:func:`~.provider_fuzz_wire.odd_event_stream`),
+        and how, draws from this."""
 
     def answer(self, inputs: int = 1) -> Answer:
         rnd = self.random
@@ -360,9 +368,11 @@ class AnswerFuzzer(Fuzzer):
             encoded = self._mutate_events(encoded, events)
         separator = rnd.choice((b"\n\n",) * 8 + (b"\r\n\r\n", b"\n", b"\r\r", b"\n\n\n"))
         prefix = rnd.choice((b"data: ",) * 8 + (b"data:", b"data:  "))
+        if self.framing.random() < ODD_STREAM_SHARE:
+            return wire.odd_event_stream(encoded, self.kind, self.framing, self.notes)
         lines = []
         for data in encoded:
-            if data.startswith((b"event:", b":", b"\xef\xbb\xbf", b"data", b"retry:", b"id:")):
+            if data.startswith(wire.WHOLE_LINES):
                 lines.append(data + separator)  # a line made whole by a mutation
             else:
                 lines.append(prefix + data + separator)
