@@ -22,6 +22,8 @@ one-token events in one read each went through the broker and out to the caller 
 DRAIN_S: Final = 1.0
 """How long a stream's end event may wait for the end of its body."""
 _CR_LINE_END: Final = re.compile(rb"\r\n?")
+BYTE_ORDER_MARK: Final = b"\xef\xbb\xbf"
+"""UTF-8's byte order mark: one opening a stream is dropped, as the standard says."""
 
 
 class EventStreamTooLong(httpx.RemoteProtocolError):
@@ -32,9 +34,11 @@ class ServerSentEvents:
     """The ``data`` of each event in a ``text/event-stream`` body, one event at a time.
 
     A line ends in CR LF, LF or a lone CR, as the standard allows, mixed in one stream and
-    however the reads cut them. Lines of one event's ``data:`` fields are joined with
-    ``\\n``; ``event:``, ``id:``, ``retry:`` and comments are skipped (the providers repeat
-    the event type in the data).
+    however the reads cut them; a byte order mark opening the stream is dropped, as the
+    standard says (kept, it made the first line no ``data:`` line, and the first event was
+    lost: an Anthropic stream's ``message_start``, which carries its prompt's usage). Lines
+    of one event's ``data:`` fields are joined with ``\\n``; ``event:``, ``id:``, ``retry:``
+    and comments are skipped (the providers repeat the event type in the data).
     An event left unterminated at the end of the body is still delivered; one longer than
     :data:`MAX_EVENT_BYTES` breaks the stream (``httpx.RemoteProtocolError``), and so does a
     body longer than ``max_bytes`` in all (:class:`EventStreamTooLong`). A line is gathered
@@ -54,6 +58,8 @@ class ServerSentEvents:
         self._max_bytes = max_bytes
         self._received = 0
         self._lines_since_turn = 0
+        self._opening: bytes | None = b""
+        """The stream's first bytes while they may still be a byte order mark (None after)."""
 
     async def next_data(self) -> bytes | None:
         """The data of the next event; None at the end of the body. Transport errors
@@ -83,6 +89,9 @@ class ServerSentEvents:
                 chunk = await self._chunks.__anext__()
             except StopAsyncIteration:
                 self._ended = True
+                if self._opening:  # a body shorter than a byte order mark, which begins one
+                    self._partial += self._opening
+                    self._opening = None
                 if self._partial:
                     self._lines.append(bytes(self._partial))
                     self._partial.clear()
@@ -90,7 +99,22 @@ class ServerSentEvents:
             self._received += len(chunk)
             if self._max_bytes is not None and self._received > self._max_bytes:
                 raise EventStreamTooLong(f"a stream longer than {self._max_bytes} bytes")
+            if self._opening is not None:
+                chunk = self._without_byte_order_mark(chunk)
+                if not chunk:
+                    continue
             self._split(chunk)
+
+    def _without_byte_order_mark(self, chunk: bytes) -> bytes:
+        """``chunk``, one of the stream's first, without the byte order mark that opens the
+        stream, if one does; b"" while the bytes so far may still be one (it may come in
+        pieces)."""
+        opening = self._opening + chunk if self._opening else chunk
+        if len(opening) < len(BYTE_ORDER_MARK) and BYTE_ORDER_MARK.startswith(opening):
+            self._opening = opening
+            return b""
+        self._opening = None
+        return opening.removeprefix(BYTE_ORDER_MARK)
 
     def _split(self, chunk: bytes) -> None:
         """Queue the lines ``chunk`` completes; keep what follows its last line end.
