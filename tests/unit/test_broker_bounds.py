@@ -25,7 +25,7 @@ from quotad.daemon.providers.base import (
     EmbedResult,
     ProviderError,
 )
-from quotad.daemon.request_limits import MAX_CHAT_ITEMS
+from quotad.daemon.request_limits import MAX_CHAT_ITEMS, MAX_EMBED_INPUTS
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.daemon.store.prices import PER_TOKEN
@@ -230,6 +230,32 @@ async def test_a_chat_past_the_bound_on_its_parts_is_refused_before_any_step_rea
     async with bounded_broker() as (_, provider, broker):  # at the bound: served
         await broker.chat(chat([part] * MAX_CHAT_ITEMS), Caller(app="a"))
         assert len(provider.asked_max_tokens) == 1
+
+
+async def test_an_embedding_past_the_bound_on_its_inputs_is_refused_before_any_step_reads_them(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by bench/fuzz_frames.py's wide frames: 2,000,000 empty inputs (a 1.9 MiB frame)
+    held the event loop 3.7 s, each read by screening, bounding (three times) and
+    estimating. More than MAX_EMBED_INPUTS are refused before the guardrails read any."""
+    screened: list[Embed] = []
+    async with bounded_broker() as (store, provider, broker):
+        monkeypatch.setattr(broker.guardrails, "check", screened.append)
+        with pytest.raises(RequestError) as refused:
+            await broker.embed(
+                Embed(id=1, model="g", input=["x"] * (MAX_EMBED_INPUTS + 1)), Caller("a")
+            )
+        assert refused.value.code == "bad_request"
+        assert refused.value.details == {"field": "input"}
+        assert f"at most {MAX_EMBED_INPUTS:,} inputs" in str(refused.value)
+        assert screened == []
+        assert provider.asked_max_tokens == []
+        assert [row[0] for row in await rows(store)] == ["bad_request"]
+    async with bounded_broker() as (_, provider, broker):  # at the bound: served
+        reply = await broker.embed(
+            Embed(id=1, model="g", input=["x"] * MAX_EMBED_INPUTS), Caller("a")
+        )
+        assert len(reply.embeddings) == MAX_EMBED_INPUTS
 
 
 async def test_a_broken_stream_settles_at_the_bound_of_what_it_delivered(

@@ -53,7 +53,12 @@ from quotad.daemon.net.deadlines import Deadlines
 from quotad.daemon.permits import DEFAULT_429_PAUSE_S, Permits
 from quotad.daemon.providers.base import ChatResult, EmbedResult, ProviderAnswer, ProviderError
 from quotad.daemon.request_context import RequestContext, RequestIds
-from quotad.daemon.request_limits import check_chat_size, check_names, embed_inputs
+from quotad.daemon.request_limits import (
+    check_chat_size,
+    check_embed_size,
+    check_names,
+    embed_inputs,
+)
 from quotad.daemon.routing import Route, Router, Target
 from quotad.daemon.semantic.step import SemanticStep
 from quotad.daemon.status import DAEMON_VERSION, StatusReports
@@ -263,6 +268,7 @@ class Broker:
     async def embed(self, request: Embed, caller: Caller) -> EmbedReply:
         """Embeddings for the request's inputs."""
         async with self._pipeline("embed", request, caller) as context:
+            check_embed_size(request)  # 1's bound first: every step reads each input
             request, _ = await self.guardrails.check(request, context)  # 0
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit skips to 7
