@@ -246,7 +246,8 @@ class AnswerFuzzer(Fuzzer):
         """The API key the request carried, echoed now and then (to be redacted)."""
         self.notes: list[str] = []
         self.wire = random.Random(f"{seed}:{case}:{kind}:wire")
-        """What is done on the wire (:meth:`_on_the_wire`) draws from this."""
+        """What :meth:`answer` does on the wire (:mod:`~tests.support.provider_fuzz_wire`: an
+        error in a 200, an encoded body, many headers, an answer in pieces) draws from this."""
         self.framing = random.Random(f"{seed}:{case}:{kind}:framing")
         """Whether a stream is framed oddly (:func:`~.provider_fuzz_wire.odd_event_stream`),
         and how, draws from this."""
