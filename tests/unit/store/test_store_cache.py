@@ -3,6 +3,7 @@ across a restart, clearing and warming."""
 
 from __future__ import annotations
 
+import random
 import threading
 from pathlib import Path
 from typing import Any
@@ -659,6 +660,20 @@ async def test_a_streamed_answer_s_text_is_stored_once(db: Database, text: str) 
         streamed("", "a", "b"),  # a content of its own, whatever its chunks say
         streamed("ab", "a", "b", calls=[CALL], end="tool_calls"),
         CachedChat(WORLDS, None, "stop", Usage(), "p/m"),  # not streamed: no chunks
+        CachedChat(
+            "ab" + WORLDS,
+            [CALL],
+            "tool_calls",
+            Usage(),
+            "p/m",
+            [
+                CachedChunk("a"),
+                CachedChunk("", [CALL]),  # tool calls amid the text
+                CachedChunk("", []),  # an empty list is not None
+                CachedChunk("b", None, ""),
+                CachedChunk(WORLDS, None, "tool_calls"),  # the end with text
+            ],
+        ),
     ],
     ids=[
         "text",
@@ -669,6 +684,7 @@ async def test_a_streamed_answer_s_text_is_stored_once(db: Database, text: str) 
         "own",
         "text-and-calls",
         "plain",
+        "calls-amid-text",
     ],
 )
 async def test_a_streamed_answer_is_served_as_it_was_stored(
@@ -680,13 +696,90 @@ async def test_a_streamed_answer_is_served_as_it_was_stored(
     assert type(read.content) is type(answer.content)  # None stays None, "" stays ""
 
 
+def token_deltas(count: int) -> list[str]:
+    """``count`` deltas as a model streams them: 1 to 8 characters (some of them not English,
+    some none)."""
+    draw = random.Random(count)
+    text = ("The quick brown fox " + WORLDS) * 4
+    deltas = []
+    for _ in range(count):
+        at = draw.randrange(len(text) - 8)
+        deltas.append(text[at : at + draw.randint(0, 8)])
+    return deltas
+
+
+def token_stream(deltas: list[str]) -> CachedChat:
+    """A streamed answer of ``deltas``, then a tool call in two pieces, then the end."""
+    chunks = [CachedChunk(delta) for delta in deltas]
+    chunks += [CachedChunk("", [CALL]), CachedChunk("", [{"index": 0, "arguments": "{}"}])]
+    chunks.append(CachedChunk("", None, "tool_calls"))
+    return CachedChat("".join(deltas), [CALL], "tool_calls", Usage(), "p/m", chunks)
+
+
+async def test_a_token_stream_is_stored_in_little_more_than_its_text(db: Database) -> None:
+    """Each chunk stored as a MessagePack array of its delta, tool calls and finish reason
+    took 4 bytes besides its text: a stream of 1 to 8 characters a chunk was ~1.9 bytes per
+    byte of its text, in the file and in what ``max_mb`` weighs. Its text is stored once and
+    each chunk as its length (a byte), and a hit replays the very same chunks."""
+    deltas = token_deltas(20_000)
+    answer = token_stream(deltas)
+    read, size = await stored_and_read(db, answer)
+    assert served(read) == served(answer)
+    assert [chunk.delta for chunk in read.replay(7)] == [*deltas, "", "", ""]
+    text_bytes = len((answer.content or "").encode())
+    assert size < text_bytes + 20_000 + 300  # a byte a chunk; the marked ones, the usage...
+    assert size < 1.3 * text_bytes
+
+
+async def cache_holding(db: Database, layout: list[Any]) -> tuple[Cache, bytes]:
+    """A cache loaded from ``db`` holding one row of a chat answer stored as ``layout`` (as
+    some code wrote it, or a damaged one), and the row's key."""
+    clock = VirtualClock()
+    now = clock.time()
+    key = chat_key(chat(stream=True))
+    insert = "INSERT INTO cache VALUES (?, 'chat', 'fast', ?, ?, ?, 0, 0.5)"
+    await db.write([(insert, (key, msgspec.msgpack.encode(layout), now, now))])
+    cache = cache_of(db, clock)
+    await cache.load()
+    return cache, key
+
+
+async def test_an_answer_stored_with_its_text_in_its_chunks_still_serves(db: Database) -> None:
+    """Rows written by schema 8 hold the chunks whole, and the content as None (the join of
+    their deltas): they decode into the answer they were."""
+    usage = Usage(prompt_tokens=3)
+    schema_8_layout = [
+        None,
+        [CALL],
+        "tool_calls",
+        usage,
+        "p/m",
+        [["a", None, None], [WORLDS, None, None], ["", [CALL], "tool_calls"]],
+        True,
+    ]  # as the code of schema 8 wrote it
+    read = await hit_answer(*await cache_holding(db, schema_8_layout))
+    chunks = [CachedChunk("a"), CachedChunk(WORLDS), CachedChunk("", [CALL], "tool_calls")]
+    answer = CachedChat("a" + WORLDS, [CALL], "tool_calls", usage, "p/m", chunks)
+    assert isinstance(read, CachedChat)
+    assert read == answer
+    assert served(read) == served(answer)
+    assert [chunk.delta for chunk in read.replay(7)] == ["a", WORLDS, ""]
+
+
+async def test_a_row_marking_a_chunk_it_does_not_have_is_a_miss(db: Database) -> None:
+    """A damaged row (``quotad.db`` edited by hand) is dropped as unreadable, not an internal
+    error at every hit."""
+    layout = msgspec.msgpack.decode(answers.encode_answer(streamed("ab", "a", "b")))
+    layout[-1] = [[5, None, "stop"]]  # the marks: a chunk past the three there are
+    cache, key = await cache_holding(db, layout)
+    assert await cache.lookup(key, "use") is None
+    assert key not in cache
+
+
 async def test_an_answer_stored_with_its_content_beside_its_chunks_still_serves(
     db: Database,
 ) -> None:
     """Rows written before the text was stored once hold it twice: they decode as they did."""
-    clock = VirtualClock()
-    now = clock.time()
-    key = chat_key(chat(stream=True))
     usage = Usage(prompt_tokens=3)
     old_layout = [
         "ab" + WORLDS,
@@ -696,12 +789,7 @@ async def test_an_answer_stored_with_its_content_beside_its_chunks_still_serves(
         "p/m",
         [["a", None, None], ["b", None, None], [WORLDS, None, "stop"]],
     ]  # as the code before wrote it
-    payload = msgspec.msgpack.encode(old_layout)
-    insert = "INSERT INTO cache VALUES (?, 'chat', 'fast', ?, ?, ?, 0, 0.5)"
-    await db.write([(insert, (key, payload, now, now))])
-    cache = cache_of(db, clock)
-    await cache.load()
-    read = await hit_answer(cache, key)
+    read = await hit_answer(*await cache_holding(db, old_layout))
     chunks = [CachedChunk("a"), CachedChunk("b"), CachedChunk(WORLDS, None, "stop")]
     answer = CachedChat("ab" + WORLDS, [CALL], "stop", usage, "p/m", chunks)
     assert read == answer

@@ -1,16 +1,17 @@
 """What the response cache stores and how it is keyed (DESIGN §8): the stored shapes of chat and
-embeddings answers (a streamed answer with its chunks, its text once), their MessagePack
-encoding, and the key of a request: a hash of what changes its answer (the model as asked, the
-messages, tools and sampling parameters, ``extra``, and whether it streams; not the app,
-priority, tags, user or cache mode). An embeddings request's key holds the targets its model
-resolves to as well: a vector is only comparable with those of the model that made it, so after
-a reload points a group at another embedding model, its old vectors are no answer (they were: 8
-dimensions of the old model served beside 256 of the new). :mod:`.cache` keeps them in
-``quotad.db`` under those keys."""
+embeddings answers (a streamed answer's text once, with the lengths of its chunks' deltas),
+their MessagePack encoding, and the key of a request: a hash of what changes its answer (the
+model as asked, the messages, tools and sampling parameters, ``extra``, and whether it
+streams; not the app, priority, tags, user or cache mode). An embeddings request's key holds
+the targets its model resolves to as well: a vector is only comparable with those of the model
+that made it, so after a reload points a group at another embedding model, its old vectors are
+no answer (they were: 8 dimensions of the old model served beside 256 of the new).
+:mod:`.cache` keeps them in ``quotad.db`` under those keys."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Literal, Protocol, TypeVar
 
@@ -43,23 +44,48 @@ class ChatAnswer(Protocol):
     target: str
 
 
+class Chunk(Protocol):
+    """What the cache keeps of a chunk of a streamed answer (a :class:`ChatChunk` sent, a
+    :class:`CachedChunk`)."""
+
+    delta: str
+    tool_calls: list[dict[str, Any]] | None
+    finish_reason: str | None
+
+
 class CachedChunk(msgspec.Struct, array_like=True, omit_defaults=True):
-    """One chunk of a streamed answer."""
+    """One chunk of a streamed answer, whole: as rows of schema 7 and 8 hold each chunk, and
+    as a stream whose deltas are not its content holds them (:class:`CachedChat`)."""
 
     delta: str = ""
     tool_calls: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
 
 
-class CachedChat(msgspec.Struct, array_like=True):
-    """A chat answer as stored: the whole reply, and its chunks when it was streamed.
+class MarkedChunk(msgspec.Struct, array_like=True, omit_defaults=True):
+    """A chunk of a streamed answer that carries more than text, by its position among the
+    chunks (its delta is in the answer's content, :class:`CachedChat`)."""
 
-    A streamed answer's text is stored once: when ``content`` is the join of its chunks'
-    deltas (nearly always), it is encoded as None with ``content_in_chunks`` set
-    (:meth:`stored`) and rebuilt when it is read (:meth:`read`), so a stored answer holds
-    the whole reply, as every hit serves it, either way. Stored twice, a 13 MB answer was a
-    26 MB row, read, decoded and weighed by ``max_mb`` as such. Rows of either shape decode
-    (an older one, its content beside its chunks, has no ``content_in_chunks``)."""
+    at: int
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+
+
+class CachedChat(msgspec.Struct, array_like=True):
+    """A chat answer as stored (and held in memory): the whole reply, and its chunks when it
+    was streamed.
+
+    A streamed answer's chunks are its content cut in pieces: they are kept as the lengths of
+    their deltas (``delta_lengths``, in characters: one byte each up to 127) and the few
+    chunks that carry tool calls or a finish reason (``marked_chunks``), and :meth:`replay`
+    cuts the content again into exactly those chunks. Kept as a chunk each (a MessagePack
+    array and string header each, a Struct each to decode), a token stream of 1 to 8
+    characters a chunk took ~1.9 bytes per byte of its text, and ~2.9M chunks for 13 MB held
+    the event loop 1.5 s to decode and 360 MB of memory. A stream whose deltas do not join to
+    its content keeps them whole in ``chunks``.
+
+    Rows of schema 7 (content beside its chunks) and 8 (content None, ``content_in_chunks``:
+    it is the join of the chunks' deltas) decode into this shape (:meth:`__post_init__`)."""
 
     content: str | None
     tool_calls: list[dict[str, Any]] | None
@@ -67,37 +93,50 @@ class CachedChat(msgspec.Struct, array_like=True):
     usage: Usage
     target: str
     chunks: list[CachedChunk] = msgspec.field(default_factory=list)
+    """A stream's chunks whole: one whose deltas are not its content, or a row of schema 7
+    or 8 until it is decoded."""
     content_in_chunks: bool = False
-    """Set in what is encoded only: ``content`` (None) is the join of the chunks' deltas."""
+    """In a row of schema 8 only: ``content`` (None) is the join of the chunks' deltas."""
+    delta_lengths: list[int] = msgspec.field(default_factory=list)
+    """The length of each chunk's delta in ``content``, in order (none: not streamed)."""
+    marked_chunks: list[MarkedChunk] = msgspec.field(default_factory=list)
+    """The chunks that carry tool calls or a finish reason, in order."""
+
+    def __post_init__(self) -> None:
+        """Chunks given whole (a row of schema 7 or 8, an answer made here) are kept as
+        lengths and marks when their deltas join to the content (a row of schema 8: they
+        are its content). Raises ``ValueError`` (``msgspec.ValidationError`` when decoding)
+        for a mark past the chunks."""
+        if self.content_in_chunks:
+            self.content = "".join([chunk.delta for chunk in self.chunks])
+            self.content_in_chunks = False
+        if self.chunks and (cut := _cut(self.content, self.chunks)) is not None:
+            self.delta_lengths, self.marked_chunks = cut
+            self.chunks = []
+        count = len(self.delta_lengths)
+        if any(not 0 <= mark.at < count for mark in self.marked_chunks):
+            raise ValueError("a marked chunk past the chunks")
 
     @classmethod
-    def of(cls, answer: ChatAnswer, chunks: Sequence[ChatChunk] = ()) -> CachedChat:
+    def of(cls, answer: ChatAnswer, chunks: Sequence[Chunk] = ()) -> CachedChat:
         """What to store of an answer (and of its chunks, when it was streamed)."""
+        cut = _cut(answer.content, chunks)
+        whole = (
+            []
+            if cut is not None
+            else [CachedChunk(c.delta, c.tool_calls, c.finish_reason) for c in chunks]
+        )
+        lengths, marked = cut or ([], [])
         return cls(
             content=answer.content,
             tool_calls=answer.tool_calls,
             finish_reason=answer.finish_reason,
             usage=answer.usage,
             target=answer.target,
-            chunks=[CachedChunk(c.delta, c.tool_calls, c.finish_reason) for c in chunks],
+            chunks=whole,
+            delta_lengths=lengths,
+            marked_chunks=marked,
         )
-
-    def stored(self) -> CachedChat:
-        """What is encoded of this answer: without its content when that is the join of its
-        chunks' deltas (a copy: this one is served as it is meanwhile), else itself."""
-        if self.content is None or not self.chunks or self.content_in_chunks:
-            return self  # a tool calls' stream keeps content None: no text to rebuild
-        if self.content != "".join([chunk.delta for chunk in self.chunks]):
-            return self  # a content of its own is stored beside the chunks, as it was
-        return msgspec.structs.replace(self, content=None, content_in_chunks=True)
-
-    def read(self) -> CachedChat:
-        """This answer as decoded, its content rebuilt from its chunks when it was stored
-        without it (:meth:`stored`)."""
-        if self.content_in_chunks:
-            self.content = "".join([chunk.delta for chunk in self.chunks])
-            self.content_in_chunks = False
-        return self
 
     def reply(
         self,
@@ -120,19 +159,53 @@ class CachedChat(msgspec.Struct, array_like=True):
         return _hit(reply, self, request_ref, saved_usd)
 
     def replay(self, request_id: int) -> list[ChatChunk]:
-        """The chunks a stream hit sends (one chunk when a warmed answer has none)."""
-        chunks = self.chunks or [
-            CachedChunk(self.content or "", self.tool_calls, self.finish_reason)
-        ]
-        return [
-            ChatChunk(
-                id=request_id,
-                delta=chunk.delta,
-                tool_calls=chunk.tool_calls,
-                finish_reason=chunk.finish_reason,
-            )
-            for chunk in chunks
-        ]
+        """The chunks a stream hit sends, as they were stored (one chunk when the answer has
+        none: not streamed, or a warmed answer without them)."""
+        if self.chunks:
+            return [
+                ChatChunk(
+                    id=request_id,
+                    delta=chunk.delta,
+                    tool_calls=chunk.tool_calls,
+                    finish_reason=chunk.finish_reason,
+                )
+                for chunk in self.chunks
+            ]
+        text = self.content or ""
+        lengths = self.delta_lengths
+        if not lengths:
+            return [
+                ChatChunk(
+                    id=request_id,
+                    delta=text,
+                    tool_calls=self.tool_calls,
+                    finish_reason=self.finish_reason,
+                )
+            ]
+        bounds = itertools.pairwise(itertools.accumulate(lengths, initial=0))
+        replayed = [ChatChunk(id=request_id, delta=text[start:end]) for start, end in bounds]
+        for mark in self.marked_chunks:
+            chunk = replayed[mark.at]
+            chunk.tool_calls = mark.tool_calls
+            chunk.finish_reason = mark.finish_reason
+        return replayed
+
+
+def _cut(
+    content: str | None, chunks: Sequence[Chunk]
+) -> tuple[list[int], list[MarkedChunk]] | None:
+    """``chunks`` as :class:`CachedChat` keeps them: the lengths of their deltas and the
+    chunks that carry more than text; None when their deltas do not join to ``content``
+    (None joins to none)."""
+    deltas = [chunk.delta for chunk in chunks]
+    if "".join(deltas) != (content or ""):
+        return None
+    marked = [
+        MarkedChunk(at, chunk.tool_calls, chunk.finish_reason)
+        for at, chunk in enumerate(chunks)
+        if chunk.tool_calls is not None or chunk.finish_reason is not None
+    ]
+    return list(map(len, deltas)), marked
 
 
 class CachedEmbedding(msgspec.Struct, array_like=True):
@@ -176,18 +249,18 @@ _KEY_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 
 
 def encode_answer(answer: Answer) -> bytes:
-    """The payload stored of ``answer`` (a streamed chat's text once: :meth:`CachedChat.stored`)."""
-    return ANSWER_ENCODER.encode(answer.stored() if isinstance(answer, CachedChat) else answer)
+    """The payload stored of ``answer``."""
+    return ANSWER_ENCODER.encode(answer)
 
 
 def decode_answer(kind: str, payload: bytes) -> Answer:
-    """The answer of ``kind`` stored as ``payload``, whole (:meth:`CachedChat.read`); raises
+    """The answer of ``kind`` stored as ``payload`` (a row of any schema); raises
     ``msgspec.DecodeError`` when it is none, or ``kind`` is unknown."""
     decoder = ANSWER_DECODERS.get(kind)
     if decoder is None:
         raise msgspec.DecodeError(f"unknown kind {kind!r}")
     answer: Answer = decoder.decode(payload)
-    return answer.read() if isinstance(answer, CachedChat) else answer
+    return answer
 
 
 OFF_LOOP_KEY_BYTES: Final = 256 * 1024

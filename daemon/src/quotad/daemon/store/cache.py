@@ -386,8 +386,8 @@ class Cache:
         stored: list[tuple[bytes, _Held]] = []
         for entry, cost_usd in entries:
             response = entry.response
-            answer = CachedChat.of(response)
-            answer.chunks = [CachedChunk(delta=delta) for delta in response.chunks or ()]
+            chunks = [CachedChunk(delta) for delta in response.chunks or ()]
+            answer = CachedChat.of(response, chunks)
             request = entry.request
             written, added = self._store(chat_key(request), "chat", request.model, answer, cost_usd)
             statements += written
