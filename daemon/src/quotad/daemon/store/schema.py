@@ -229,6 +229,11 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # no table changes, but a quotad of version 7 would serve such an entry's content as None,
     # and it refuses a file of a newer version
     (),
+    # 9: a streamed answer's chunks stored as the lengths of their deltas in its content
+    # (``CachedChat.delta_lengths``): no table changes, but a quotad of version 8 would replay
+    # such an entry as one chunk of its whole content (its chunks' boundaries, and the tool
+    # calls they carried, lost), and it refuses a file of a newer version
+    (),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
