@@ -731,6 +731,27 @@ async def test_a_token_stream_is_stored_in_little_more_than_its_text(db: Databas
     assert size < 1.3 * text_bytes
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 64])
+def test_a_hit_s_chunks_made_a_batch_at_a_time_are_the_chunks_stored(size: int) -> None:
+    """Marked chunks (tool calls, a finish reason) land where they were, whatever batch
+    they fall in; a stream kept whole (its deltas not its content) is batched alike."""
+    deltas = ["a", "", "bc", WORLDS, "d", "", "e"]
+    chunks = [CachedChunk(delta) for delta in deltas]
+    chunks[1] = CachedChunk("", [CALL])
+    chunks[2] = CachedChunk("bc", None, "")
+    chunks[3] = CachedChunk(WORLDS, [CALL], "stop")
+    chunks[6] = CachedChunk("e", None, "stop")
+    for content in ("".join(deltas), "a content of its own"):
+        answer = CachedChat(content, [CALL], "stop", Usage(), "p/m", chunks)
+        batches = list(answer.replay_batches(7, size))
+        assert all(0 < len(batch) <= size for batch in batches)
+        replayed = [chunk for batch in batches for chunk in batch]
+        assert replayed == answer.replay(7)
+        assert [(c.delta, c.tool_calls, c.finish_reason) for c in replayed] == [
+            (c.delta, c.tool_calls, c.finish_reason) for c in chunks
+        ]
+
+
 async def cache_holding(db: Database, layout: list[Any]) -> tuple[Cache, bytes]:
     """A cache loaded from ``db`` holding one row of a chat answer stored as ``layout`` (as
     some code wrote it, or a damaged one), and the row's key."""
@@ -766,11 +787,18 @@ async def test_an_answer_stored_with_its_text_in_its_chunks_still_serves(db: Dat
     assert [chunk.delta for chunk in read.replay(7)] == ["a", WORLDS, ""]
 
 
-async def test_a_row_marking_a_chunk_it_does_not_have_is_a_miss(db: Database) -> None:
+@pytest.mark.parametrize(
+    "marks",
+    [[[5, None, "stop"]], [[-1, None, "stop"]], [[2, None, "stop"], [1, [CALL]]]],
+    ids=["past", "before", "out-of-order"],
+)
+async def test_a_row_marking_a_chunk_it_does_not_have_is_a_miss(
+    db: Database, marks: list[Any]
+) -> None:
     """A damaged row (``quotad.db`` edited by hand) is dropped as unreadable, not an internal
-    error at every hit."""
+    error (or the wrong chunks) at every hit."""
     layout = msgspec.msgpack.decode(answers.encode_answer(streamed("ab", "a", "b")))
-    layout[-1] = [[5, None, "stop"]]  # the marks: a chunk past the three there are
+    layout[-1] = marks  # of the three chunks there are
     cache, key = await cache_holding(db, layout)
     assert await cache.lookup(key, "use") is None
     assert key not in cache

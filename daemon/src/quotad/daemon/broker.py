@@ -65,7 +65,14 @@ from quotad.daemon.status import DAEMON_VERSION, StatusReports
 from quotad.daemon.store import Store
 from quotad.daemon.store.cache import Cacheable, CachedChat, CachedEmbedding, CacheEntry
 from quotad.daemon.store.ledger import LedgerWriteFailed
-from quotad.daemon.streamed_answer import OpenedStream, StreamedAnswer, broken_stream, hit_batches
+from quotad.daemon.streamed_answer import (
+    HIT_BATCH_CHUNKS,
+    OpenedStream,
+    StreamedAnswer,
+    broken_stream,
+    hit_batches,
+    in_batches,
+)
 from quotad.protocol.messages import (
     CacheMode,
     Chat,
@@ -177,9 +184,13 @@ class Broker:
                 end = answer.reply(
                     ChatEnd, request.id, context.request_id, context.saved_usd, hit.similarity
                 )
-                chunks, end = screening.replay(answer.replay(request.id), end, request.id)
+                if screening.restorer.active:  # what it shows, all at once: its row counts it
+                    chunks, end = screening.replay(answer.replay(request.id), end, request.id)
+                    batches = in_batches(chunks)
+                else:  # cut from the stored answer a batch at a time, as they are sent
+                    batches = answer.replay_batches(request.id, HIT_BATCH_CHUNKS)
                 end.latency_s = await self._finish(context, end.usage)  # 7
-                for batch in hit_batches(chunks, context, answer.target):
+                for batch in hit_batches(batches, context, answer.target):
                     for chunk in batch:
                         yield chunk
                     await anyio.lowlevel.checkpoint()  # a turn for the others: none of it waits

@@ -7,7 +7,7 @@ the cache), and the error and the usage of a stream that broke (:func:`broken_st
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Final, NamedTuple
 
 from quotad.daemon.errors import RequestError
@@ -63,13 +63,22 @@ def announce(chunk: ChatChunk, context: RequestContext, target: str) -> ChatChun
 
 
 def hit_batches(
-    chunks: list[ChatChunk], context: RequestContext, target: str
+    batches: Iterable[list[ChatChunk]], context: RequestContext, target: str
 ) -> Iterator[list[ChatChunk]]:
-    """A cache hit's chunks, the first announcing who answers, in batches of
-    :data:`HIT_BATCH_CHUNKS`, between which its sender gives the other tasks a turn: the
-    chunks are all at hand, and a caller that reads them as fast as they come never makes its
-    sender wait, so a cached answer of 9,000 chunks held the event loop ~0.9 s."""
-    announce(chunks[0], context, target)  # a hit has one at least
+    """A cache hit's chunks in ``batches`` (of :data:`HIT_BATCH_CHUNKS`: :func:`in_batches`,
+    or made one by one as they are asked for), the first announcing who answers. Between two
+    batches their sender gives the other tasks a turn: the chunks are all at hand, and a
+    caller that reads them as fast as they come never makes its sender wait, so a cached
+    answer of 9,000 chunks held the event loop ~0.9 s."""
+    batches = iter(batches)
+    first = next(batches)  # a hit has one chunk at least
+    announce(first[0], context, target)
+    yield first
+    yield from batches
+
+
+def in_batches(chunks: list[ChatChunk]) -> Iterator[list[ChatChunk]]:
+    """``chunks``, :data:`HIT_BATCH_CHUNKS` at a time."""
     for start in range(0, len(chunks), HIT_BATCH_CHUNKS):
         yield chunks[start : start + HIT_BATCH_CHUNKS]
 
