@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import anthropic
 import httpx
@@ -188,6 +189,68 @@ def test_anthropic_messages_plain_and_streamed(sim: SimProcess) -> None:
     assert final.stop_reason == "max_tokens"
     assert final.usage.output_tokens == 4
     assert final.usage.input_tokens > message.usage.input_tokens  # the system prompt counts
+
+
+def sim_events(response: httpx.Response) -> list[dict[str, Any]]:
+    """The JSON data of a streamed answer's events (``[DONE]`` left out)."""
+    lines = response.text.splitlines()
+    return [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: {")]
+
+
+def usages_sent(sim: SimProcess) -> dict[str, list[Any]]:
+    """The usage objects each kind of answer carries: plain OpenAI chat, OpenAI stream (with
+    ``include_usage``), plain Anthropic message, Anthropic stream (its ``message_start`` and
+    ``message_delta``), embeddings."""
+    chat = {"model": "m", "messages": [{"role": "user", "content": "count me"}], "max_tokens": 4}
+
+    def post(path: str, body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(sim.base_url + path, json=body, trust_env=False)
+
+    stream = {**chat, "stream": True, "stream_options": {"include_usage": True}}
+    openai_events = sim_events(post("/chat/completions", stream))
+    anthropic_events = sim_events(post("/messages", {**chat, "stream": True}))
+    return {
+        "openai": [post("/chat/completions", chat).json().get("usage")],
+        "openai_stream": [event["usage"] for event in openai_events if "usage" in event],
+        "anthropic": [post("/messages", chat).json().get("usage")],
+        "anthropic_stream": [
+            anthropic_events[0]["message"].get("usage"),
+            *(e.get("usage") for e in anthropic_events if e["type"] == "message_delta"),
+        ],
+        "embeddings": [
+            post("/embeddings", {"model": "e", "input": "count me"}).json().get("usage")
+        ],
+    }
+
+
+def test_report_usage_leaves_out_what_it_says(sim: SimProcess) -> None:
+    with sim.controlled(report_usage="prompt"):
+        prompt_only = usages_sent(sim)
+    with sim.controlled(report_usage="none"):
+        none = usages_sent(sim)
+    everything = usages_sent(sim)
+    assert everything["openai"] == [
+        {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+    ]
+    assert everything["openai_stream"][-1] == everything["openai"][0]
+    assert everything["anthropic_stream"] == [
+        {"input_tokens": 9, "output_tokens": 1},
+        {"output_tokens": 4},
+    ]
+    assert prompt_only == {
+        "openai": [{"prompt_tokens": 9}],
+        "openai_stream": [None] * 6 + [{"prompt_tokens": 9}],
+        "anthropic": [{"input_tokens": 9}],
+        "anthropic_stream": [{"input_tokens": 9, "output_tokens": 1}, None],
+        "embeddings": everything["embeddings"],
+    }
+    assert none == {
+        "openai": [None],
+        "openai_stream": [],  # as a server that ignores include_usage: no usage key at all
+        "anthropic": [None],
+        "anthropic_stream": [None, None],
+        "embeddings": [None],
+    }
 
 
 def test_anthropic_errors_use_its_shape(sim: SimProcess) -> None:

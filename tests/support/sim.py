@@ -171,8 +171,9 @@ class SimProcess:
 
     # ------------------------------------------------------------------ control
 
-    def control(self, **settings: float) -> dict[str, Any]:
-        """Change settings live (``latency_ms``, ``fail_rate``, ``rpm``, …); the new settings."""
+    def control(self, **settings: float | str) -> dict[str, Any]:
+        """Change settings live (``latency_ms``, ``fail_rate``, ``rpm``, ``report_usage``, …);
+        the new settings."""
         response = httpx.post(
             f"{self.url}/sim/control", json=settings, trust_env=False, timeout=CONTROL_TIMEOUT_S
         )
@@ -181,7 +182,7 @@ class SimProcess:
         return result
 
     @contextmanager
-    def controlled(self, **settings: float) -> Iterator[dict[str, Any]]:
+    def controlled(self, **settings: float | str) -> Iterator[dict[str, Any]]:
         """Settings changed live (as :meth:`control`) for the block, then put back as they
         were; the block gets the settings in force."""
         before = self.control()

@@ -27,6 +27,7 @@ OPTIONS: list[tuple[list[str], str, object]] = [
     (["--log-bodies"], "log_bodies", True),
     (["--seed", "11"], "seed", 11),
     (["--count-tokens", "bytes"], "count_tokens", "bytes"),
+    (["--report-usage", "none"], "report_usage", "none"),
 ]
 """Each option with a value other than its default, the field it sets, and what it sets it to."""
 

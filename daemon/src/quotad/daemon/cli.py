@@ -305,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="estimate",
         help="prompt tokens: quotad's estimate, or one per UTF-8 byte (a worst-case tokenizer)",
     )
+    sim.add_argument(
+        "--report-usage",
+        choices=("all", "prompt", "none"),
+        default="all",
+        help="the usage answers report: all, the prompt's alone, or none (as servers that omit it)",
+    )
     sim.set_defaults(handler=_sim)
 
     demo = commands.add_parser("demo", help="sim providers + daemon + load from several apps")

@@ -8,7 +8,11 @@ reply to: <first words of the last user message>`` padded to 16 words, cut to ``
 words (then finish_reason ``length`` / stop_reason ``max_tokens``); one word is one completion
 token; prompt tokens are :mod:`quotad.daemon.tokens` estimates, or with
 ``count_tokens="bytes"`` (``--count-tokens bytes``) one per UTF-8 byte of every string of the
-prompt, the most a byte-level tokenizer can count (budget tests use it as the worst case). A
+prompt, the most a byte-level tokenizer can count (budget tests use it as the worst case).
+Answers report that usage; ``report_usage`` (``--report-usage``) ``prompt`` reports the
+prompt's alone, ``none`` none at all, as servers that leave it out (an Anthropic stream's
+``message_start`` and ``message_delta`` included; the OpenAI usage chunk that
+``stream_options.include_usage`` asks for is then not sent). A
 request with ``tools`` whose last user message has the word "tool" is answered with one call to
 the first tool. Embeddings are unit vectors drawn from a hash of the input (8 dimensions unless
 ``dimensions``). Errors come in each API's own body shape. With ``api_key`` set, a request

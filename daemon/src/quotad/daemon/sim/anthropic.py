@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from quotad.daemon.sim.replies import SIM_MODELS, Messages, Reply
+from quotad.daemon.sim.settings import UsageReport
 from quotad.protocol.messages import PositiveInt
 
 
@@ -62,8 +63,17 @@ def anthropic_sse(data: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + _json.encode(data) + b"\n\n"
 
 
-def anthropic_message(reply: Reply) -> dict[str, Any]:
-    """A Messages API ``message`` object."""
+def anthropic_usage(reply: Reply, report: UsageReport) -> dict[str, int] | None:
+    """A message's ``usage``, as much of it as ``report`` says (None: none)."""
+    if report == "none":
+        return None
+    if report == "prompt":
+        return {"input_tokens": reply.prompt_tokens}
+    return {"input_tokens": reply.prompt_tokens, "output_tokens": reply.completion_tokens}
+
+
+def anthropic_message(reply: Reply, report: UsageReport) -> dict[str, Any]:
+    """A Messages API ``message`` object (with no ``usage`` when ``report`` is ``none``)."""
     if reply.tool_name:
         content: list[dict[str, Any]] = [
             {
@@ -77,7 +87,7 @@ def anthropic_message(reply: Reply) -> dict[str, Any]:
     else:
         content = [{"type": "text", "text": " ".join(reply.words)}]
         stop_reason = "max_tokens" if reply.cut else "end_turn"
-    return {
+    message: dict[str, Any] = {
         "id": f"msg_sim{reply.number}",
         "type": "message",
         "role": "assistant",
@@ -85,19 +95,24 @@ def anthropic_message(reply: Reply) -> dict[str, Any]:
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": {"input_tokens": reply.prompt_tokens, "output_tokens": reply.completion_tokens},
     }
+    usage = anthropic_usage(reply, report)
+    if usage is not None:
+        message["usage"] = usage
+    return message
 
 
-def anthropic_message_body(reply: Reply) -> bytes:
+def anthropic_message_body(reply: Reply, report: UsageReport) -> bytes:
     """A ``message`` object, encoded."""
-    return _json.encode(anthropic_message(reply))
+    return _json.encode(anthropic_message(reply, report))
 
 
-def anthropic_events(reply: Reply) -> list[bytes]:
+def anthropic_events(reply: Reply, report: UsageReport) -> list[bytes]:
     """The SSE events of a streamed message: message_start, content_block_start, deltas,
-    content_block_stop, message_delta, message_stop."""
-    message = anthropic_message(reply)
+    content_block_stop, message_delta, message_stop. The usage ``report`` says: ``all``,
+    the prompt's and a first output count in message_start and the output's in
+    message_delta; ``prompt``, message_start's alone; ``none``, neither."""
+    message = anthropic_message(reply, "none")
     block = message["content"][0]
     if reply.tool_name:
         start_block = {**block, "input": {}}
@@ -108,12 +123,15 @@ def anthropic_events(reply: Reply) -> list[bytes]:
             {"type": "text_delta", "text": word if index == 0 else " " + word}
             for index, word in enumerate(reply.words)
         ]
-    start = {
-        **message,
-        "content": [],
-        "stop_reason": None,
-        "usage": {"input_tokens": reply.prompt_tokens, "output_tokens": 1},
+    start: dict[str, Any] = {**message, "content": [], "stop_reason": None}
+    if report != "none":
+        start["usage"] = {"input_tokens": reply.prompt_tokens, "output_tokens": 1}
+    end: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
     }
+    if report == "all":
+        end["usage"] = {"output_tokens": reply.completion_tokens}
     return [
         anthropic_sse({"type": "message_start", "message": start}),
         anthropic_sse({"type": "content_block_start", "index": 0, "content_block": start_block}),
@@ -122,13 +140,7 @@ def anthropic_events(reply: Reply) -> list[bytes]:
             for delta in deltas
         ),
         anthropic_sse({"type": "content_block_stop", "index": 0}),
-        anthropic_sse(
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                "usage": {"output_tokens": reply.completion_tokens},
-            }
-        ),
+        anthropic_sse(end),
         anthropic_sse({"type": "message_stop"}),
     ]
 

@@ -19,6 +19,7 @@ from quotad.daemon.sim.replies import (
     Reply,
     embedding,
 )
+from quotad.daemon.sim.settings import UsageReport
 from quotad.daemon.tokens import estimate_text_tokens
 from quotad.protocol.messages import PositiveInt
 
@@ -75,7 +76,12 @@ def sse(data: Any) -> bytes:
     return b"data: " + _json.encode(data) + b"\n\n"
 
 
-def openai_usage(reply: Reply) -> dict[str, int]:
+def openai_usage(reply: Reply, report: UsageReport) -> dict[str, int] | None:
+    """A chat's ``usage``, as much of it as ``report`` says (None: none)."""
+    if report == "none":
+        return None
+    if report == "prompt":
+        return {"prompt_tokens": reply.prompt_tokens}
     completion = reply.completion_tokens
     return {
         "prompt_tokens": reply.prompt_tokens,
@@ -84,8 +90,8 @@ def openai_usage(reply: Reply) -> dict[str, int]:
     }
 
 
-def openai_chat_body(reply: Reply, created: int) -> bytes:
-    """A ``chat.completion`` object."""
+def openai_chat_body(reply: Reply, created: int, report: UsageReport) -> bytes:
+    """A ``chat.completion`` object (with no ``usage`` when ``report`` is ``none``)."""
     if reply.tool_name:
         call = {
             "id": f"call_sim{reply.number}",
@@ -98,20 +104,27 @@ def openai_chat_body(reply: Reply, created: int) -> bytes:
         message = {"role": "assistant", "content": " ".join(reply.words), "refusal": None}
         finish_reason = "length" if reply.cut else "stop"
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
-    return _json.encode(
-        {
-            "id": f"chatcmpl-sim{reply.number}",
-            "object": "chat.completion",
-            "created": created,
-            "model": reply.model,
-            "choices": [choice],
-            "usage": openai_usage(reply),
-        }
-    )
+    body = {
+        "id": f"chatcmpl-sim{reply.number}",
+        "object": "chat.completion",
+        "created": created,
+        "model": reply.model,
+        "choices": [choice],
+    }
+    usage = openai_usage(reply, report)
+    if usage is not None:
+        body["usage"] = usage
+    return _json.encode(body)
 
 
-def openai_chat_events(reply: Reply, created: int, include_usage: bool) -> list[bytes]:
-    """The SSE events of a streamed chat completion, ``data: [DONE]`` last."""
+def openai_chat_events(
+    reply: Reply, created: int, include_usage: bool, report: UsageReport
+) -> list[bytes]:
+    """The SSE events of a streamed chat completion, ``data: [DONE]`` last; with
+    ``include_usage``, a last chunk with the usage ``report`` says (none when ``none``: as
+    a server that ignores ``stream_options.include_usage``)."""
+    usage = openai_usage(reply, report) if include_usage else None
+    include_usage = usage is not None
     base: dict[str, Any] = {
         "id": f"chatcmpl-sim{reply.number}",
         "object": "chat.completion.chunk",
@@ -146,7 +159,7 @@ def openai_chat_events(reply: Reply, created: int, include_usage: bool) -> list[
         )
         events.append(chunk({}, "length" if reply.cut else "stop"))
     if include_usage:
-        events.append(sse({**base, "choices": [], "usage": openai_usage(reply)}))
+        events.append(sse({**base, "choices": [], "usage": usage}))
     events.append(b"data: [DONE]\n\n")
     return events
 
@@ -167,9 +180,12 @@ def embedding_inputs(raw: str | list[Any]) -> tuple[list[str], int] | None:
     return None
 
 
-def openai_embeddings_body(request: EmbeddingsRequest, texts: list[str], tokens: int) -> bytes:
+def openai_embeddings_body(
+    request: EmbeddingsRequest, texts: list[str], tokens: int, report: UsageReport
+) -> bytes:
     """An embeddings ``list``: one vector per text (``dimensions`` of them, 8 by default), as
-    floats or as base64 of little-endian float32s."""
+    floats or as base64 of little-endian float32s; its ``usage`` left out when ``report`` is
+    ``none`` (its prompt's is all there is)."""
     dimensions = request.dimensions or DEFAULT_EMBEDDING_DIMENSIONS
     data = []
     for index, text in enumerate(texts):
@@ -177,8 +193,9 @@ def openai_embeddings_body(request: EmbeddingsRequest, texts: list[str], tokens:
         if request.encoding_format == "base64":
             vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
         data.append({"object": "embedding", "index": index, "embedding": vector})
-    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    body = {"object": "list", "data": data, "model": request.model, "usage": usage}
+    body: dict[str, Any] = {"object": "list", "data": data, "model": request.model}
+    if report != "none":
+        body["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
     return _json.encode(body)
 
 

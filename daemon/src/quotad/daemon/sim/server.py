@@ -385,11 +385,11 @@ class SimProvider:
         if isinstance(composed, HttpResponse):
             return composed
         admitted, fault, reply = composed
-        created = int(time.time())
+        created, report = int(time.time()), self.settings.report_usage
         if not request.stream:
-            return self._plain(arrival, False, admitted, openai_chat_body(reply, created))
+            return self._plain(arrival, False, admitted, openai_chat_body(reply, created, report))
         include_usage = request.stream_options is not None and request.stream_options.include_usage
-        events = openai_chat_events(reply, created, include_usage)
+        events = openai_chat_events(reply, created, include_usage, report)
         return self._streamed(arrival, False, admitted, events, fault)
 
     async def _messages(
@@ -412,9 +412,10 @@ class SimProvider:
         if isinstance(composed, HttpResponse):
             return composed
         admitted, fault, reply = composed
+        report = self.settings.report_usage
         if not request.stream:
-            return self._plain(arrival, True, admitted, anthropic_message_body(reply))
-        return self._streamed(arrival, True, admitted, anthropic_events(reply), fault)
+            return self._plain(arrival, True, admitted, anthropic_message_body(reply, report))
+        return self._streamed(arrival, True, admitted, anthropic_events(reply, report), fault)
 
     async def _embeddings(self, arrival: Arrival, request: EmbeddingsRequest) -> HttpResponse:
         arrival.model = request.model
@@ -429,7 +430,7 @@ class SimProvider:
         if isinstance(served, HttpResponse):
             return served
         admitted, _ = served
-        body = openai_embeddings_body(request, texts, arrival.tokens)
+        body = openai_embeddings_body(request, texts, arrival.tokens, self.settings.report_usage)
         return self._plain(arrival, False, admitted, body)
 
     async def _models(self, arrival: Arrival, anthropic: bool) -> HttpResponse:

@@ -5,7 +5,7 @@ shape :class:`SimControl`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -22,7 +22,15 @@ CONTROL_FIELDS = (
     "rpm",
     "tpm",
     "window_s",
+    "report_usage",
 )
+
+UsageReport = Literal["all", "prompt", "none"]
+"""What usage the sim's answers report: ``all`` (prompt and completion tokens), ``prompt``
+(the prompt's alone: an OpenAI usage without its completion, an Anthropic stream whose
+``message_delta`` carries none), ``none`` (no usage at all: a server that ignores
+``stream_options.include_usage``, a body without ``usage``, an Anthropic stream whose
+``message_start`` and ``message_delta`` carry none)."""
 
 
 @dataclass(slots=True)
@@ -50,6 +58,8 @@ class SimSettings:
     count_tokens: str = "estimate"
     """How prompt tokens are counted: ``estimate`` (quotad's own estimate) or ``bytes`` (one
     per UTF-8 byte of every string: the most a byte-level tokenizer can count)."""
+    report_usage: UsageReport = "all"
+    """What usage its answers report (see :data:`UsageReport`)."""
 
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
@@ -68,3 +78,4 @@ class SimControl(msgspec.Struct, forbid_unknown_fields=True):
     rpm: Count | None = None
     tpm: Count | None = None
     window_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    report_usage: UsageReport | None = None
