@@ -9,7 +9,13 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from quotad.daemon.config import Config, parse_config
-from quotad.daemon.providers.base import ChatDelta, ChatResult, ChatStream, EmbedResult
+from quotad.daemon.providers.base import (
+    ChatDelta,
+    ChatResult,
+    ChatStream,
+    EmbedResult,
+    UsageReported,
+)
 from quotad.daemon.rate_limit_info import NO_RATE_LIMITS
 from quotad.protocol.messages import Chat, Usage
 
@@ -55,8 +61,8 @@ class InProcessProvider:
 
 
 class PiecesStream:
-    """A provider stream of set pieces, then its usage and finish reason; with ``breaks``,
-    that error instead of its end."""
+    """A provider stream of set pieces, then its usage (reported when given) and finish
+    reason; with ``breaks``, that error instead of its end."""
 
     rate_limits = NO_RATE_LIMITS
 
@@ -70,6 +76,8 @@ class PiecesStream:
     ) -> None:
         self.pieces = pieces
         self.usage = usage or Usage()
+        given = usage is not None
+        self.usage_reported = UsageReported(prompt=given, completion=given)
         self.finish_reason = finish_reason
         self.breaks = breaks
 

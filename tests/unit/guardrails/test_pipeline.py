@@ -24,6 +24,8 @@ from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
 from quotad.daemon.guardrails import Blocked
 from quotad.daemon.providers.base import (
+    ALL_REPORTED,
+    NOTHING_REPORTED,
     ChatDelta,
     ChatResult,
     ChatStream,
@@ -65,6 +67,7 @@ class PieceStream:
         self.pieces = pieces
         self.break_after = break_after
         self.usage = Usage()
+        self.usage_reported = NOTHING_REPORTED  # until its end
         self._deltas = self._generate()
 
     def deltas(self) -> AsyncIterator[ChatDelta]:
@@ -80,6 +83,7 @@ class PieceStream:
             else:
                 yield ChatDelta(delta=piece, finish_reason=finish)
         self.usage = Usage(prompt_tokens=5, completion_tokens=len(self.pieces))
+        self.usage_reported = ALL_REPORTED
 
     async def aclose(self) -> None:
         pass

@@ -18,7 +18,7 @@ from quotad.daemon.caller import Caller
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.config import Config
 from quotad.daemon.errors import RequestError
-from quotad.daemon.providers.base import ChatDelta, ChatResult
+from quotad.daemon.providers.base import ALL_REPORTED, ChatDelta, ChatResult
 from quotad.daemon.rate_limit_info import NO_RATE_LIMITS
 from quotad.daemon.routing import Router
 from quotad.daemon.semantic.cache import VECTOR_SCHEME
@@ -50,6 +50,7 @@ class Stream:
 
     rate_limits = NO_RATE_LIMITS
     finish_reason: str | None = "stop"
+    usage_reported = ALL_REPORTED
 
     def __init__(self, text: str) -> None:
         self.usage = Usage(prompt_tokens=10, completion_tokens=6)

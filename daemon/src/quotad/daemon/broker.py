@@ -157,7 +157,9 @@ class Broker:
                 content=result.content,
                 tool_calls=result.tool_calls,
                 finish_reason=result.finish_reason,
-                usage=result.usage,
+                usage=context.charged_usage(
+                    result.usage, result.usage_reported, result.content or "", result.tool_calls
+                ),
             )
             try:
                 reply = screening.screen(reply)  # the output rules: what the cache may keep
@@ -232,13 +234,12 @@ class Broker:
                     if isinstance(error, Blocked)
                     else broken_stream(target, error, screened.partial(delivered.content))
                 )
-                usage = delivered.partial_usage(stream.usage, request, context.max_tokens)
+                usage = delivered.charged_usage(stream, context, ended=False)
                 with anyio.CancelScope(shield=True):
                     await self._finish(context, usage, error=failure)  # 7
                 raise failure from None
             except BaseException:  # its reader left (or was cancelled): paid for what it sent
-                usage = delivered.partial_usage(stream.usage, request, context.max_tokens)
-                context.delivered_usage = usage
+                context.delivered_usage = delivered.charged_usage(stream, context, ended=False)
                 raise
             finally:
                 target.in_flight -= 1
@@ -249,7 +250,7 @@ class Broker:
                 content=delivered.content,
                 tool_calls=delivered.tool_calls(),
                 finish_reason=stream.finish_reason,
-                usage=stream.usage,
+                usage=delivered.charged_usage(stream, context, ended=True),
             )
             end = screened.end(end)  # of the screened chunks: what the cache may keep
             end = await self._answered(context, end, key, request.cache, screened.sent)  # 7
@@ -296,7 +297,8 @@ class Broker:
                 )
 
             result = await self._attempt_targets(route, context, call)  # 4-6
-            reply = EmbedReply(id=request.id, embeddings=result.embeddings, usage=result.usage)
+            usage = context.charged_usage(result.usage, result.usage_reported)
+            reply = EmbedReply(id=request.id, embeddings=result.embeddings, usage=usage)
             return await self._answered(context, reply, key, request.cache)  # 7
 
     # ------------------------------------------------------------------ the pipeline's frame

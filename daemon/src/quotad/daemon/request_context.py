@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from quotad.daemon.caller import Caller
 from quotad.daemon.gates import AppPolicy, Reservation
-from quotad.daemon.providers.base import ProviderError
+from quotad.daemon.providers.base import ProviderError, UsageReported
 from quotad.daemon.request_limits import (
     billable_tokens,
     check_chat_shape,
@@ -27,6 +27,8 @@ from quotad.daemon.tokens import (
     estimate_prompt_tokens,
     estimate_text_tokens,
     input_tokens_upper_bound,
+    text_tokens_upper_bound,
+    value_tokens_upper_bound,
 )
 from quotad.protocol.messages import SEMANTIC_HIT, Chat, Embed, Usage
 
@@ -126,6 +128,37 @@ class RequestContext:
         prompt_tokens, completion_tokens = billable_tokens(request, self.max_tokens)
         return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
+    def charged_usage(
+        self,
+        usage: Usage,
+        reported: UsageReported,
+        delivered: str = "",
+        tool_calls: list[dict[str, Any]] | None = None,
+    ) -> Usage:
+        """The usage an answer is charged, for its row, its budgets and its gates (DESIGN
+        §8: reserve an upper bound, settle the truth): each count of ``usage`` its provider
+        reported, as it is; for one it left out (0 in ``usage``, or a running count: a
+        stream that ended before its usage did) an upper bound, never below that count. The
+        prompt's is the request's (:func:`billable_tokens`: its prompt's bound, an embedding
+        request's inputs'); the completion's, the UTF-8 bytes of what was ``delivered`` (text
+        and ``tool_calls``), at most the completion limit, so that no budget is charged less
+        than what was delivered can have cost. Left out, they were charged 0: a server that
+        leaves usage out was never charged at all."""
+        if all(reported):
+            return usage
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        if not reported.prompt:
+            assert self.request is not None  # planned before any provider has it
+            prompt = max(prompt, billable_tokens(self.request, self.max_tokens)[0])
+        if not reported.completion:
+            bound = text_tokens_upper_bound(delivered)
+            if tool_calls:
+                bound += value_tokens_upper_bound(tool_calls)
+            completion = max(completion, min(bound, self.max_tokens))
+        return Usage(
+            prompt_tokens=prompt, completion_tokens=completion, cached_tokens=usage.cached_tokens
+        )
+
     def plan(
         self,
         request: Chat | Embed,
@@ -161,8 +194,8 @@ class RequestContext:
         """The call under way failed. If its provider may bill it all the same
         (``ProviderError.may_bill``), the most it can bill, at its target's price, is charged
         to the request whatever comes after: a stream that broke before its first piece, its
-        prompt (a stream is charged what it delivered: ``partial_usage``); another call, its
-        prompt and completion bounds."""
+        prompt (a stream is charged what it delivered: :meth:`charged_usage`); another call,
+        its prompt and completion bounds."""
         self.calling = False
         if not error.may_bill:
             return

@@ -2,8 +2,8 @@
 piece (:class:`OpenedStream`), the chunks sent on (the first says who answers:
 :func:`announce`; a cache hit's go in batches: :func:`hit_batches`), what was delivered so far
 (:class:`StreamedAnswer`: its text, its tool calls merged from their fragments, its chunks for
-the cache), and the error and the usage of a stream that broke (:func:`broken_stream`,
-:func:`partial_usage`)."""
+the cache, the usage it is charged), and the error of a stream that broke
+(:func:`broken_stream`)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,7 @@ from quotad.daemon.providers.base import ChatDelta, ChatStream, ProviderError
 from quotad.daemon.rate_limit_info import RateLimitInfo
 from quotad.daemon.request_context import RequestContext
 from quotad.daemon.routing import Target
-from quotad.daemon.tokens import (
-    chat_prompt_tokens_upper_bound,
-    text_tokens_upper_bound,
-    value_tokens_upper_bound,
-)
-from quotad.protocol.messages import Chat, ChatChunk, Usage
+from quotad.protocol.messages import ChatChunk, Usage
 
 HIT_BATCH_CHUNKS: Final = 64
 """The chunks of a cache hit sent on between two turns of the other tasks (see
@@ -123,9 +118,15 @@ class StreamedAnswer:
         """The tool calls delivered, whole (see :func:`merge_tool_calls`)."""
         return merge_tool_calls(self.tool_call_fragments)
 
-    def partial_usage(self, reported: Usage, request: Chat, max_tokens: int) -> Usage:
-        """The usage of the stream when it broke (see :func:`partial_usage`)."""
-        return partial_usage(reported, request, self.content, self.tool_call_fragments, max_tokens)
+    def charged_usage(self, stream: ChatStream, context: RequestContext, *, ended: bool) -> Usage:
+        """The usage the stream is charged for what it delivered: what its provider reported
+        and bounds for what it did not (:meth:`RequestContext.charged_usage`). Before its end
+        (it broke, or its reader left), the completion's count is not final (a stream usually
+        reports usage only at its end), so its bound stands."""
+        reported = stream.usage_reported
+        if not ended:
+            reported = reported._replace(completion=False)
+        return context.charged_usage(stream.usage, reported, self.content, self.tool_call_fragments)
 
 
 def merge_tool_calls(fragments: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
@@ -162,26 +163,4 @@ def broken_stream(target: Target, error: ProviderError, partial_content: str) ->
         "upstream_error",
         f"{target.name} broke the stream after it started ({error.kind}): {error.message}",
         details={"partial_content": partial_content, "target": target.name},
-    )
-
-
-def partial_usage(
-    usage: Usage,
-    request: Chat,
-    delivered: str,
-    tool_call_fragments: list[dict[str, Any]],
-    max_tokens: int,
-) -> Usage:
-    """The usage of a stream that broke, for its row and its budgets: what the provider
-    reported, and upper bounds for what it did not (a stream usually reports usage only at
-    its end): the request's prompt bound, and for the completion the UTF-8 bytes of what was
-    delivered (text and tool calls), at most ``max_tokens``, so that a budget is never
-    charged less than what was delivered can have cost."""
-    completion = text_tokens_upper_bound(delivered)
-    if tool_call_fragments:
-        completion += value_tokens_upper_bound(tool_call_fragments)
-    return Usage(
-        prompt_tokens=usage.prompt_tokens or chat_prompt_tokens_upper_bound(request),
-        completion_tokens=max(usage.completion_tokens, min(completion, max_tokens)),
-        cached_tokens=usage.cached_tokens,
     )

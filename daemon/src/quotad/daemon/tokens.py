@@ -38,7 +38,8 @@ undercounts Japanese twelvefold. So:
   is billed as input) and OpenAI's ``web_search_options``.
 
 A completion is bounded by its ``max_tokens`` (the provider stops there); a stream that broke
-before its usage came is counted by :func:`text_tokens_upper_bound` of what it delivered.
+before its usage came, or an answer whose provider did not report it, is counted by
+:func:`text_tokens_upper_bound` of what it delivered.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ Requests come in OpenAI shape and are converted:
 Answers are converted back: text blocks → content, ``tool_use`` blocks → OpenAI tool calls
 (arguments as a JSON string), ``stop_reason`` → ``finish_reason`` (end_turn and stop_sequence
 → stop, max_tokens → length, tool_use → tool_calls, refusal → content_filter). Usage:
-prompt tokens = input + cache-creation + cache-read input tokens; cached = cache-read.
+prompt tokens = input + cache-creation + cache-read input tokens; cached = cache-read; the
+answer says which counts were reported (``usage_reported``: a message may leave its usage
+out, a stream its ``message_start``'s or its ``message_delta``'s).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import httpx
 import msgspec
 
 from quotad.daemon.providers.base import (
+    NOTHING_REPORTED,
     ChatDelta,
     ChatResult,
     EmbedResult,
@@ -319,22 +322,29 @@ def finish_reason(stop_reason: str | None) -> str | None:
 
 
 class _TokenCounts:
-    """Usage as Anthropic reports it, piece by piece in a stream."""
+    """Usage as Anthropic reports it, piece by piece in a stream, and which of its counts
+    were reported: the prompt's once ``input_tokens`` came, the completion's once a final
+    ``output_tokens`` did (a stream's ``message_start`` gives a first count, 1 or so, which
+    its ``message_delta`` replaces)."""
 
-    __slots__ = ("cache_creation", "cache_read", "input", "output")
+    __slots__ = ("cache_creation", "cache_read", "input", "output", "reported")
 
     def __init__(self) -> None:
         self.input = self.cache_creation = self.cache_read = self.output = 0
+        self.reported = NOTHING_REPORTED
 
-    def update(self, usage: _Usage) -> None:
+    def update(self, usage: _Usage, *, final_output: bool) -> None:
         if usage.input_tokens is not None:
             self.input = usage.input_tokens
+            self.reported = self.reported._replace(prompt=True)
         if usage.cache_creation_input_tokens is not None:
             self.cache_creation = usage.cache_creation_input_tokens
         if usage.cache_read_input_tokens is not None:
             self.cache_read = usage.cache_read_input_tokens
         if usage.output_tokens is not None:
             self.output = usage.output_tokens
+            if final_output:
+                self.reported = self.reported._replace(completion=True)
 
     def to_usage(self) -> Usage:
         return Usage(
@@ -359,12 +369,13 @@ def chat_result(message: _Message, rate_limits: RateLimitInfo) -> ChatResult:
     tool_calls = [_tool_call(block) for block in message.content if block.type == "tool_use"]
     counts = _TokenCounts()
     if message.usage is not None:
-        counts.update(message.usage)
+        counts.update(message.usage, final_output=True)
     return ChatResult(
         content="".join(texts) if texts or not tool_calls else None,
         tool_calls=tool_calls or None,
         finish_reason=finish_reason(message.stop_reason),
         usage=counts.to_usage(),
+        usage_reported=counts.reported,
         rate_limits=rate_limits,
     )
 
@@ -418,10 +429,10 @@ class AnthropicStream(ChatEventStream):
                     }
                     return ChatDelta(tool_calls=[call])
             case "message_start" if event.message is not None and event.message.usage:
-                self._count(event.message.usage)
+                self._count(event.message.usage, final_output=False)
             case "message_delta":
                 if event.usage is not None:
-                    self._count(event.usage)
+                    self._count(event.usage, final_output=True)
                 if event.delta is not None and event.delta.stop_reason is not None:
                     self.finish_reason = finish_reason(event.delta.stop_reason)
                     return ChatDelta(finish_reason=self.finish_reason)
@@ -439,9 +450,10 @@ class AnthropicStream(ChatEventStream):
                 )
         return None  # ping, content_block_stop, thinking, and what later versions add
 
-    def _count(self, usage: _Usage) -> None:
-        self._counts.update(usage)
+    def _count(self, usage: _Usage, *, final_output: bool) -> None:
+        self._counts.update(usage, final_output=final_output)
         self.usage = self._counts.to_usage()
+        self.usage_reported = self._counts.reported
 
 
 class AnthropicProvider(HTTPProvider):

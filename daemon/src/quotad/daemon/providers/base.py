@@ -23,7 +23,7 @@ Exceptions::
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import msgspec
 
@@ -90,6 +90,23 @@ class ProviderError(Exception):
         return f"ProviderError({self.kind!r}, {self.message!r}, status={self.status})"
 
 
+class UsageReported(NamedTuple):
+    """Which of an answer's token counts its provider reported. One it left out is 0 in the
+    answer's :class:`~quotad.protocol.messages.Usage` (a wire message, which cannot tell
+    "not reported" from "reported 0"): an OpenAI-compatible server that ignores
+    ``stream_options.include_usage``, a body without ``usage``, an Anthropic stream without
+    the usage of ``message_start`` or ``message_delta``. The broker charges an upper bound
+    for it (:meth:`~quotad.daemon.request_context.RequestContext.charged_usage`)."""
+
+    prompt: bool
+    completion: bool
+    """A final count: in an Anthropic stream, ``message_delta``'s, not ``message_start``'s."""
+
+
+ALL_REPORTED: Final = UsageReported(prompt=True, completion=True)
+NOTHING_REPORTED: Final = UsageReported(prompt=False, completion=False)
+
+
 class ChatResult(msgspec.Struct, kw_only=True):
     """A provider's complete answer to a chat request."""
 
@@ -97,6 +114,8 @@ class ChatResult(msgspec.Struct, kw_only=True):
     tool_calls: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
     usage: Usage = msgspec.field(default_factory=Usage)
+    usage_reported: UsageReported = ALL_REPORTED
+    """Which counts of ``usage`` the provider reported (each adapter says what it left out)."""
     rate_limits: RateLimitInfo = NO_RATE_LIMITS
 
 
@@ -119,12 +138,14 @@ class ChatStream(Protocol):
     """An open streamed answer: the provider accepted the request (headers are in).
 
     Iterate :meth:`deltas` for the pieces; after it is exhausted, ``usage`` and
-    ``finish_reason`` hold the totals. A break after the start raises
-    ``ProviderError("stream_broken")`` from the iteration. Always :meth:`aclose` it.
+    ``finish_reason`` hold the totals, and ``usage_reported`` which counts of ``usage`` the
+    provider reported. A break after the start raises ``ProviderError("stream_broken")`` from
+    the iteration. Always :meth:`aclose` it.
     """
 
     rate_limits: RateLimitInfo
     usage: Usage
+    usage_reported: UsageReported
     finish_reason: str | None
 
     def deltas(self) -> AsyncIterator[ChatDelta]: ...
@@ -137,6 +158,9 @@ class EmbedResult(msgspec.Struct, kw_only=True):
 
     embeddings: list[list[float]]
     usage: Usage = msgspec.field(default_factory=Usage)
+    usage_reported: UsageReported = ALL_REPORTED
+    """Whether the provider reported the prompt's count (``prompt``: embeddings have no
+    completion)."""
     rate_limits: RateLimitInfo = NO_RATE_LIMITS
 
 

@@ -2,7 +2,9 @@
 
 Requests: ``POST {base_url}/chat/completions`` (plain, or streamed as server-sent events with
 ``stream_options.include_usage`` so that the usage arrives in a last chunk before
-``[DONE]``), ``POST {base_url}/embeddings`` and ``GET {base_url}/models``.
+``[DONE]``), ``POST {base_url}/embeddings`` and ``GET {base_url}/models``. A server may
+leave the usage out (one that ignores ``stream_options.include_usage``), or a count of it:
+the answer says which it reported (``usage_reported``).
 
 The protocol's messages are already OpenAI-shaped and go out as they are. Sampling parameters
 are sent only when the request sets them; the request's ``extra`` is merged into the body last
@@ -23,10 +25,12 @@ from typing import Any, Final
 import msgspec
 
 from quotad.daemon.providers.base import (
+    NOTHING_REPORTED,
     ChatDelta,
     ChatResult,
     EmbedResult,
     ProviderError,
+    UsageReported,
 )
 from quotad.daemon.providers.transport import ChatEventStream, HTTPProvider
 from quotad.protocol.messages import Chat, TokenCount, Usage
@@ -66,6 +70,20 @@ class _Usage(msgspec.Struct):
             completion_tokens=self.completion_tokens or 0,
             cached_tokens=(details.cached_tokens or 0) if details else 0,
         )
+
+    def reported(self) -> UsageReported:
+        """Which counts it gives (an embedding's has no completion)."""
+        return UsageReported(
+            prompt=self.prompt_tokens is not None, completion=self.completion_tokens is not None
+        )
+
+
+def usage_of(usage: _Usage | None) -> tuple[Usage, UsageReported]:
+    """An answer's usage, and which of its counts the server reported (it may leave ``usage``
+    out, or a count of it: the counts it left out are 0)."""
+    if usage is None:
+        return Usage(), NOTHING_REPORTED
+    return usage.to_usage(), usage.reported()
 
 
 class _Message(msgspec.Struct):
@@ -209,8 +227,8 @@ class OpenAIStream(ChatEventStream):
                 rate_limits=self.rate_limits,
                 body=self.http.redacted_body(data),
             )
-        if chunk.usage is not None:
-            self.usage = chunk.usage.to_usage()
+        if chunk.usage is not None:  # the last chunk's (a server may send it with each)
+            self.usage, self.usage_reported = usage_of(chunk.usage)
         for choice in chunk.choices:
             if choice.index != 0:
                 continue
@@ -251,11 +269,13 @@ class OpenAIProvider(HTTPProvider):
         choice = completion.choices[0]
         if (problem := _tool_calls_problem(choice.message.tool_calls)) is not None:
             raise self._http.protocol_failure(problem, reply.rate_limits, reply.content)
+        usage, reported = usage_of(completion.usage)
         return ChatResult(
             content=choice.message.content,
             tool_calls=choice.message.tool_calls,
             finish_reason=choice.finish_reason,
-            usage=completion.usage.to_usage() if completion.usage else Usage(),
+            usage=usage,
+            usage_reported=reported,
             rate_limits=reply.rate_limits,
         )
 
@@ -288,9 +308,11 @@ class OpenAIProvider(HTTPProvider):
             raise self._http.protocol_failure(
                 f"{len(embeddings)} embeddings for {len(inputs)} inputs", reply.rate_limits
             )
+        usage, reported = usage_of(answer.usage)
         return EmbedResult(
             embeddings=embeddings,
-            usage=answer.usage.to_usage() if answer.usage else Usage(),
+            usage=usage,
+            usage_reported=reported,
             rate_limits=reply.rate_limits,
         )
 

@@ -66,7 +66,13 @@ from quotad.daemon.net.deadlines import Deadlines
 from quotad.daemon.net.httpx_messages import PreparedRequest
 from quotad.daemon.net.pool import LeanHTTPTransport
 from quotad.daemon.net.sse import EventStreamTooLong, ServerSentEvents
-from quotad.daemon.providers.base import UNDECODABLE, ChatDelta, ErrorKind, ProviderError
+from quotad.daemon.providers.base import (
+    NOTHING_REPORTED,
+    UNDECODABLE,
+    ChatDelta,
+    ErrorKind,
+    ProviderError,
+)
 from quotad.daemon.providers.ratelimits import parse_rate_limits
 from quotad.daemon.providers.redaction import KeyRedactor
 from quotad.daemon.rate_limit_info import NO_RATE_LIMITS, RateLimitInfo
@@ -505,6 +511,7 @@ class ChatEventStream(ABC):
     def __init__(self, http: ProviderHTTP, response: httpx.Response, rate_limits: RateLimitInfo):
         self.rate_limits = rate_limits
         self.usage = Usage()
+        self.usage_reported = NOTHING_REPORTED  # until its usage comes
         self.finish_reason: str | None = None
         self.http = http
         self.ended = False  # set by on_event when the end event comes
