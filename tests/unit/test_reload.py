@@ -6,6 +6,7 @@ resolves to answer it no more."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from quotad.daemon import cli, runtime
 from quotad.daemon.broker import Broker
 from quotad.daemon.caller import Caller
 from quotad.daemon.config import Config, load_config, parse_config
+from quotad.daemon.errors import RequestError
 from quotad.daemon.providers.base import ChatResult, EmbedResult
 from quotad.daemon.routing import Router
 from quotad.daemon.runtime import Daemon
@@ -323,3 +325,32 @@ async def test_a_group_pointed_at_another_embedding_model_never_answers_with_the
         reordered = embedding_group("p/small", "p/large")
         broker.reconfigure(reordered, Router(reordered, {"p": provider}, previous=broker.router))
         assert (await broker.embed(request, Caller(app="a"))).cached
+
+
+async def test_a_rejected_reload_reports_a_bounded_list_of_problems(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 4 MiB config can hold 300,000 problems: their rejection was 11.6 MiB, past the wire
+    protocol's frame (``quotad reload`` saw none of them), and logged 24 MB at each reload. A
+    key or value quoted in one may be megabytes long too."""
+    async with daemon_on_file(provider_tables(9, "p")) as (daemon, path):
+        long_key = "k" * 50_000
+        write_config(
+            path,
+            provider_tables(9, "p")
+            + f'"{long_key}" = 1\n'
+            + "[apps]\n"
+            + "".join(f"a{n} = 1\n" for n in range(2_000)),
+        )
+        with (
+            caplog.at_level(logging.ERROR, logger="quotad"),
+            pytest.raises(RequestError) as refused,
+        ):
+            await daemon._reload_for_peer(None, None)
+    reported = refused.value.details["problems"]
+    assert len(reported) == 101  # the first 100 (config.MAX_REPORTED_PROBLEMS), then a count
+    assert all(len(problem) < 1_040 for problem in reported)  # each cut at 1,000 characters
+    assert reported[-1] == f"… and 1,901 more (quotad check-config {path} lists them all)"
+    assert "2001 problem(s)" in refused.value.message
+    logged = [r for r in caplog.records if r.getMessage().startswith("reload rejected: ")]
+    assert len(logged) == 101

@@ -87,6 +87,8 @@ __all__ = [
     "MAX_CONFIG_DEPTH",
     "MAX_COUNT",
     "MAX_PRICE",
+    "MAX_REPORTED_PROBLEMS",
+    "MAX_REPORTED_PROBLEM_CHARS",
     "MAX_RETENTION_DAYS",
     "MAX_SIZE",
     "OLLAMA_ADDRESS",
@@ -137,6 +139,14 @@ S = TypeVar("S", bound="Section")
 OLLAMA_ADDRESS: Final = ("127.0.0.1", 11434)
 
 
+MAX_REPORTED_PROBLEMS: Final = 100
+"""The most problems a rejected reload reports (its log lines, its reply to ``quotad reload``);
+``quotad check-config`` prints them all."""
+MAX_REPORTED_PROBLEM_CHARS: Final = 1000
+"""The most characters of one problem a rejected reload reports (a key or a value quoted in it
+may be megabytes long)."""
+
+
 class ConfigError(Exception):
     """A config has problems; ``problems`` lists each as ``key.path: what is wrong``."""
 
@@ -145,6 +155,23 @@ class ConfigError(Exception):
         self.problems = problems
         lines = "\n".join(f"  {problem}" for problem in problems)
         super().__init__(f"{source}: {len(problems)} problem(s) in the config:\n{lines}")
+
+    def reported(self) -> list[str]:
+        """The problems as a rejected reload reports them: the first
+        :data:`MAX_REPORTED_PROBLEMS`, each cut at :data:`MAX_REPORTED_PROBLEM_CHARS`
+        characters, then a line saying how many more there are. A config of 300,000 problems
+        (a 4 MiB file can hold them) logged 24 MB at each reload, and its rejection was 11.6 MiB,
+        past the wire protocol's frame: ``quotad reload`` saw none of it."""
+        shown = [
+            problem
+            if len(problem) <= MAX_REPORTED_PROBLEM_CHARS
+            else f"{problem[:MAX_REPORTED_PROBLEM_CHARS]}… ({len(problem):,} characters)"
+            for problem in self.problems[:MAX_REPORTED_PROBLEMS]
+        ]
+        if len(self.problems) > MAX_REPORTED_PROBLEMS:
+            more = len(self.problems) - MAX_REPORTED_PROBLEMS
+            shown.append(f"… and {more:,} more (quotad check-config {self.source} lists them all)")
+        return shown
 
 
 # --------------------------------------------------------------------------- validation

@@ -415,13 +415,14 @@ class Daemon:
     ) -> None:
         """Keep the running config: log every problem, add a ``reload_rejected`` event and an
         audit row."""
+        reported = error.reported()
         self.events.add(
             "reload_rejected",
             f"{error.source} has {len(error.problems)} problem(s); still serving the "
-            f"previous config (first: {error.problems[0] if error.problems else '-'})",
+            f"previous config (first: {reported[0] if reported else '-'})",
             logging.ERROR,
         )
-        for problem in error.problems:
+        for problem in reported:
             log.error("reload rejected: %s", problem)
         await self.record_operator_action(
             "reload",
@@ -515,7 +516,8 @@ class Daemon:
 
     async def _reload_for_peer(self, caller_uid: int | None, caller_pid: int | None) -> bool:
         """``Admin(action="reload")`` from a client: True when applied; a rejection is a
-        ``bad_request`` whose details carry the config's ``source`` and every ``problems``."""
+        ``bad_request`` whose details carry the config's ``source`` and its ``problems`` (as
+        :meth:`~quotad.daemon.config.ConfigError.reported` gives them: a bounded list)."""
         rejected = await self.try_reload(by="socket", caller_uid=caller_uid, caller_pid=caller_pid)
         if rejected is None:
             return True
@@ -523,7 +525,7 @@ class Daemon:
             "bad_request",
             f"reload rejected: {rejected.source} has {len(rejected.problems)} problem(s); "
             "still serving the previous config",
-            details={"source": rejected.source, "problems": rejected.problems},
+            details={"source": rejected.source, "problems": rejected.reported()},
         )
 
     # ------------------------------------------------------------------ operator actions
