@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -354,3 +356,41 @@ async def test_a_rejected_reload_reports_a_bounded_list_of_problems(
     assert "2001 problem(s)" in refused.value.message
     logged = [r for r in caplog.records if r.getMessage().startswith("reload rejected: ")]
     assert len(logged) == 101
+
+
+async def test_sighups_during_a_reload_ask_for_one_more_and_a_sigterm_does_not_wait(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each SIGHUP was a reload in turn in the loop that reads signals, and a SIGTERM waited
+    for all those before it: 20 SIGHUPs to a daemon of 10,000 apps held its SIGTERM 54 s (past
+    systemd's stop timeout). Now SIGHUPs that come during a reload ask for one more, and a
+    SIGTERM stops at once."""
+    async with daemon_on_file(provider_tables(9, "p")) as (daemon, _):
+        reloads: list[int] = []
+        first_began, release = anyio.Event(), anyio.Event()
+        seen_by_stop: list[int] = []
+
+        async def held_reload(**kwargs: object) -> bool:
+            reloads.append(len(reloads) + 1)
+            first_began.set()
+            await release.wait()
+            return True
+
+        async def stop() -> None:
+            seen_by_stop.append(len(reloads))  # the first still held
+            release.set()
+            await anyio.wait_all_tasks_blocked()  # the reloads asked for have run
+            seen_by_stop.append(len(reloads))
+
+        monkeypatch.setattr(daemon, "reload", held_reload)
+        monkeypatch.setattr(daemon, "stop", stop)
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(daemon._handle_signals, tasks)
+            with anyio.fail_after(10):  # a bound on a hang, not a figure
+                os.kill(os.getpid(), signal.SIGHUP)
+                await first_began.wait()
+                for _ in range(50):
+                    os.kill(os.getpid(), signal.SIGHUP)
+                os.kill(os.getpid(), signal.SIGTERM)
+                await anyio.sleep_forever()  # until the SIGTERM cancels the task group
+        assert seen_by_stop == [1, 2]  # the SIGTERM did not wait; 50 SIGHUPs, one more reload

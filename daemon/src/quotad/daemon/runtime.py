@@ -16,6 +16,7 @@ quotad.socket passes, and tells the manager READY, RELOADING, STOPPING, STATUS a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import signal
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from quotad.daemon.access import AccessPolicy
 from quotad.daemon.broker import Broker
@@ -239,7 +241,7 @@ class Daemon:
                 await tasks.start(self.server.serve)
                 if self.http is not None:
                     await tasks.start(self.http.serve)
-                await tasks.start(self._handle_signals, tasks.cancel_scope)
+                await tasks.start(self._handle_signals, tasks)
                 tasks.start_soon(self._run_health_checks)
                 tasks.start_soon(self.gates.run)
                 tasks.start_soon(self.gates.keep_saved, self._gates_file)
@@ -297,25 +299,42 @@ class Daemon:
 
     async def _handle_signals(
         self,
-        scope: anyio.CancelScope,
+        tasks: anyio.abc.TaskGroup,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """SIGHUP reloads; SIGTERM or SIGINT stops. Started (so READY is sent) only once the
-        handlers are in place: a reload right after READY must not kill the daemon."""
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        """SIGHUP asks for a reload (:meth:`_reload_on_hangups` runs it); SIGTERM or SIGINT
+        stops, at once, whatever reload runs. Started (so READY is sent) only once the handlers
+        are in place: a reload right after READY must not kill the daemon.
+
+        The reloads run beside this loop, not in it: run here, each SIGHUP was a reload in
+        turn, and a SIGTERM waited for all those before it (20 SIGHUPs to a daemon of 10,000
+        apps held its SIGTERM 54 s, past systemd's stop timeout)."""
+        hangups, to_answer = anyio.create_memory_object_stream[None](1)  # one reload asked
+        tasks.start_soon(self._reload_on_hangups, to_answer)  # for all: it reads the file then
+        with (
+            hangups,
+            anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals,
+        ):
             task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    try:
-                        await self.reload()
-                    except Exception:  # a reload must never take the daemon down
-                        log.exception("reload failed; serving on")
+                    with contextlib.suppress(anyio.WouldBlock):  # one is already asked for
+                        hangups.send_nowait(None)
                     continue
                 log.info("%s: stopping", signal.Signals(signum).name)
                 break
         await self.stop()
-        scope.cancel()
+        tasks.cancel_scope.cancel()
+
+    async def _reload_on_hangups(self, hangups: MemoryObjectReceiveStream[None]) -> None:
+        """Reload once for each SIGHUP, or once for all those that came during a reload."""
+        with hangups:
+            async for _ in hangups:
+                try:
+                    await self.reload()
+                except Exception:  # a reload must never take the daemon down
+                    log.exception("reload failed; serving on")
 
     async def stop(self) -> None:
         """Stop accepting, drain requests in flight, close connections."""
