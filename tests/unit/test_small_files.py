@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from quotad.daemon import small_files
 from quotad.daemon.cluster.settings import resolve_settings
 from quotad.daemon.config import ClusterConfig, ConfigError, ProviderConfig, load_config
 from quotad.daemon.providers import resolve_api_key
@@ -134,6 +135,29 @@ def test_a_config_fifo_with_no_writer_does_not_hold_the_daemon(fifo: Path) -> No
     done, config = finished(lambda: load_config(fifo), fifo)
     assert done
     assert config.providers == {}  # an empty file: an empty config
+
+
+def test_a_config_or_key_fifo_whose_writer_sends_nothing_is_refused_in_bounded_time(
+    fifo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO whose writer held it open and sent nothing held ``quotad serve``, or a reload
+    and every reload after it (SIGHUP and ``quotad reload``), for ever."""
+    monkeypatch.setattr(small_files, "WRITER_WAIT_S", 0.2, raising=False)
+    silent_writer = os.open(fifo, os.O_RDWR)  # a writer (and a reader) that never blocks
+    try:
+        done, error = finished(lambda: load_config(fifo), fifo)
+        assert done
+        assert isinstance(error, ConfigError)
+        assert error.problems == ["cannot read the file: its writer sent no more within 0.2 s"]
+        provider = ProviderConfig(kind="openai", base_url="http://x", api_key_file=str(fifo))
+        done, error = finished(lambda: resolve_api_key("oa", provider, {}), fifo)
+        assert done
+        assert isinstance(error, ConfigError)
+        assert error.problems == [
+            f"providers.oa.api_key_file: cannot read {fifo}: its writer sent no more within 0.2 s"
+        ]
+    finally:
+        os.close(silent_writer)
 
 
 def test_a_key_file_that_never_ends_is_refused_naming_the_provider() -> None:

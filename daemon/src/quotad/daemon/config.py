@@ -360,7 +360,7 @@ def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     of a key)."""
     source = display_path(path)
     try:
-        return tomli.loads(read_small_file(path, MAX_CONFIG_BYTES).decode())
+        return tomli.loads(read_small_file(path, MAX_CONFIG_BYTES, bounded_wait=True).decode())
     except OSError as error:
         raise ConfigError(source, [f"cannot read the file: {error.strerror or error}"]) from None
     except FileTooLarge as error:

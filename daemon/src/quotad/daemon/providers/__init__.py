@@ -68,7 +68,8 @@ def _read_key(where: str, path: Path) -> str:
     """The stripped contents of a key file (a UTF-8 byte order mark dropped too); ``where``
     names its origin in errors."""
     try:
-        secret = read_small_file(path, MAX_SECRET_BYTES).decode("utf-8-sig").strip()
+        data = read_small_file(path, MAX_SECRET_BYTES, bounded_wait=True)
+        secret = data.decode("utf-8-sig").strip()
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise ConfigError("provider keys", [f"{where}: cannot read {path}: {reason}"]) from None
