@@ -394,3 +394,27 @@ async def test_sighups_during_a_reload_ask_for_one_more_and_a_sigterm_does_not_w
                 os.kill(os.getpid(), signal.SIGTERM)
                 await anyio.sleep_forever()  # until the SIGTERM cancels the task group
         assert seen_by_stop == [1, 2]  # the SIGTERM did not wait; 50 SIGHUPs, one more reload
+
+
+@pytest.mark.parametrize("emptied", ["truncated", "comments only", "a FIFO nobody writes"])
+async def test_a_file_that_sets_nothing_is_refused_by_a_reload(
+    anyio_backend: str, emptied: str
+) -> None:
+    """A reload that read the file between an editor's truncation and its write, or a FIFO no
+    process writes, applied an empty config: every provider dropped, every request
+    unknown_model (2,404 of 4,407 chats of a SIGHUP storm over a file rewritten in place)."""
+    async with daemon_on_file(provider_tables(9, "p")) as (daemon, path):
+        running = daemon.providers["p"]
+        if emptied == "a FIFO nobody writes":
+            path.unlink()
+            os.mkfifo(path)
+        else:
+            path.write_text("" if emptied == "truncated" else "# quotad\n\n# to come\n")
+        rejected = await daemon.try_reload()
+        assert rejected is not None
+        assert rejected.problems == [
+            "the file sets nothing (it is empty, or holds only comments: a file being written? "
+            "a FIFO nothing was written to?); a reload keeps the running config rather than "
+            "drop every provider"
+        ]
+        assert daemon.providers == {"p": running}

@@ -82,6 +82,7 @@ from quotad.protocol.paths import SOCKET_ENV, client_socket_candidates, display_
 
 __all__ = [
     "DEFAULT_HTTP_LISTEN",
+    "EMPTY_FILE_PROBLEM",
     "ENTITY_KINDS",
     "GUARDRAIL_ACTIONS",
     "MAX_CONFIG_DEPTH",
@@ -348,9 +349,19 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> Config:
     return config
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the TOML file at ``path``."""
-    return parse_config(_read_toml(path), display_path(path))
+EMPTY_FILE_PROBLEM: Final = (
+    "the file sets nothing (it is empty, or holds only comments: a file being written? a FIFO "
+    "nothing was written to?); a reload keeps the running config rather than drop every provider"
+)
+
+
+def load_config(path: str | os.PathLike[str], *, empty_ok: bool = True) -> Config:
+    """Read and validate the TOML file at ``path``; ``empty_ok`` False: a file that sets
+    nothing is an error (a reload: see :data:`EMPTY_FILE_PROBLEM`)."""
+    tree = _read_toml(path)
+    if not tree and not empty_ok:
+        raise ConfigError(display_path(path), [EMPTY_FILE_PROBLEM])
+    return parse_config(tree, display_path(path))
 
 
 def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -397,11 +408,12 @@ def config_file(explicit: str | None = None) -> Path | None:
     return next((path for path in candidates if named or path.exists()), None)
 
 
-def find_and_load_config(explicit: str | None = None) -> Config:
+def find_and_load_config(explicit: str | None = None, *, empty_ok: bool = True) -> Config:
     """The config from ``--config``, ``$QUOTAD_CONFIG``, the user's, the system's, or the
-    built-in default. An explicitly named file that is missing is an error."""
+    built-in default. An explicitly named file that is missing is an error; so is one that
+    sets nothing unless ``empty_ok`` (:func:`load_config`)."""
     path = config_file(explicit)
-    return load_config(path) if path is not None else default_config()
+    return load_config(path, empty_ok=empty_ok) if path is not None else default_config()
 
 
 def client_sockets(

@@ -17,6 +17,7 @@ quotad.socket passes, and tells the manager READY, RELOADING, STOPPING, STATUS a
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import signal
@@ -409,7 +410,8 @@ class Daemon:
         be built is rejected, never half applied."""
         source = self.config_location or "the config"
         try:
-            config = await anyio.to_thread.run_sync(find_and_load_config, self.config_location)
+            load = functools.partial(find_and_load_config, self.config_location, empty_ok=False)
+            config = await anyio.to_thread.run_sync(load)  # an empty file: being written?
             source = config.source
             try:  # as the start refuses them: a budget added would count them as $0
                 await self.store.check_reload(config)
