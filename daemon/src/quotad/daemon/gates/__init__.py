@@ -194,15 +194,7 @@ class Gates:
             if gate is None:
                 self._gates[name] = Gate(name, scope, windows, max_in_flight)
                 continue
-            kept = {(w.unit, w.window_s): w for w in gate.windows}
-            merged = []
-            for window in windows:
-                old = kept.get((window.unit, window.window_s))
-                if old is not None:
-                    old.set_limit(window.limit, settings.guard_s, window.burst)
-                    window = old
-                merged.append(window)
-            gate.windows = tuple(merged)
+            gate.windows = _merged_windows(gate.windows, windows, settings.guard_s)
             gate.max_in_flight = max_in_flight
         for name in [n for n, g in self._gates.items() if n not in wanted and g.scope != "model"]:
             del self._gates[name]
@@ -608,6 +600,28 @@ def _retry_after(seconds: float) -> float:
     """A refusal's retry-after: when the demand fits; 1 s when nobody can say (the fleet's
     capacity comes when it is borrowed)."""
     return 1.0 if seconds == INFINITY else round(max(0.0, seconds), 3)
+
+
+def _merged_windows(
+    running: tuple[SlidingWindow, ...], configured: list[SlidingWindow], guard_s: float
+) -> tuple[SlidingWindow, ...]:
+    """A reloaded gate's windows: each ``configured`` window, or the ``running`` one of the
+    same unit and length with its log (its new limit set), each running window taken once. A
+    gate may have two of the same unit and length (``rpm = 10`` and ``{ requests = 100,
+    window_s = 60 }``): both were kept as the one running window, given the last limit (100)
+    and counting each admission twice, so an unchanged reload let 50 a minute through, not 10."""
+    kept: dict[tuple[Unit, float], list[SlidingWindow]] = {}
+    for window in running:
+        kept.setdefault((window.unit, window.window_s), []).append(window)
+    merged = []
+    for window in configured:
+        same = kept.get((window.unit, window.window_s))
+        if same:
+            old = same.pop(0)
+            old.set_limit(window.limit, guard_s, window.burst)
+            window = old
+        merged.append(window)
+    return tuple(merged)
 
 
 def _matching_window(gate: Gate | None, unit: Unit, limit: int | None) -> SlidingWindow | None:

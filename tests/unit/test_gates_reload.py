@@ -1,0 +1,37 @@
+"""The gates across a config reload, on a virtual clock: windows keep their logs and take their
+new limits at once, and the waiters queued at the reload are held to the gates and limits of
+the new config."""
+
+from __future__ import annotations
+
+import tomllib
+
+from quotad.daemon.clock import VirtualClock
+from quotad.daemon.config import Config, parse_config
+from quotad.daemon.gates import Gates
+
+PROVIDER = (
+    '[gates]\nguard_s = 0.0\n[providers.p]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+)
+
+
+def config(text: str) -> Config:
+    return parse_config(tomllib.loads(PROVIDER + text))
+
+
+def admitted_at_once(gates: Gates, count: int, app: str = "a", tokens: int = 1) -> int:
+    """How many of ``count`` requests go at once, without waiting."""
+    demand = gates.demand("p", "p/m", app, tokens)
+    return sum(gates.admit_now(demand) is not None for _ in range(count))
+
+
+def test_two_windows_of_the_same_unit_and_length_stay_two_across_a_reload() -> None:
+    text = "pace = false\nrpm = 10\nlimits = [{ requests = 100, window_s = 60 }]\n"
+    clock = VirtualClock()
+    gates = Gates(config(text), clock)
+    assert admitted_at_once(gates, 200) == 10
+    clock.advance(61.0)
+    gates.reconfigure(config(text))  # unchanged
+    assert admitted_at_once(gates, 200) == 10  # 50 before: one window, limit 100, counted twice
+    limits = [window.limit for window in gates.demand("p", "p/m", "a", 1).gates[0].windows]
+    assert limits == [10, 100]
