@@ -35,3 +35,17 @@ def test_two_windows_of_the_same_unit_and_length_stay_two_across_a_reload() -> N
     assert admitted_at_once(gates, 200) == 10  # 50 before: one window, limit 100, counted twice
     limits = [window.limit for window in gates.demand("p", "p/m", "a", 1).gates[0].windows]
     assert limits == [10, 100]
+
+
+def test_a_window_of_a_new_length_counts_what_the_gate_admitted_within_it() -> None:
+    clock = VirtualClock()
+    gates = Gates(config("pace = false\nrpm = 20\n"), clock)
+    assert admitted_at_once(gates, 10) == 10
+    clock.advance(20.0)
+    gates.reconfigure(config("pace = false\nlimits = [{ requests = 10, window_s = 30 }]\n"))
+    assert admitted_at_once(gates, 10) == 0  # the 10 of 20 s ago are in the last 30 s
+    clock.advance(10.0)
+    assert admitted_at_once(gates, 20) == 10  # they have left it
+    clock.advance(29.0)  # those 10 are still in the 30 s window
+    gates.reconfigure(config("pace = false\nrpm = 15\n"))  # longer than any running window:
+    assert admitted_at_once(gates, 20) == 5  # it counts those the 30 s one holds

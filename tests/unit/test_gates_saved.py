@@ -150,8 +150,8 @@ def test_a_window_no_longer_configured_or_of_another_length_is_not_resumed() -> 
     again, _again_clock = restarted(
         gates, "pace = false\nlimits = [{ requests = 5, window_s = 30 }]\n", 1.0
     )
-    assert admitted(again, 5, app="a") == 5  # rpm 5's two are not the 30 s window's (as a
-    # reload that changes a window's length starts it empty)
+    assert admitted(again, 5, app="a") == 5  # rpm 5's two are not the 30 s window's (a
+    # restart puts back windows of the same length only; a reload counts them in a new one)
 
 
 @settings(max_examples=150, deadline=None)

@@ -194,7 +194,9 @@ class Gates:
             if gate is None:
                 self._gates[name] = Gate(name, scope, windows, max_in_flight)
                 continue
-            gate.windows = _merged_windows(gate.windows, windows, settings.guard_s)
+            gate.windows = _merged_windows(
+                gate.windows, windows, settings.guard_s, self.clock.monotonic()
+            )
             gate.max_in_flight = max_in_flight
         for name in [n for n, g in self._gates.items() if n not in wanted and g.scope != "model"]:
             del self._gates[name]
@@ -603,13 +605,22 @@ def _retry_after(seconds: float) -> float:
 
 
 def _merged_windows(
-    running: tuple[SlidingWindow, ...], configured: list[SlidingWindow], guard_s: float
+    running: tuple[SlidingWindow, ...],
+    configured: list[SlidingWindow],
+    guard_s: float,
+    now: float,
 ) -> tuple[SlidingWindow, ...]:
     """A reloaded gate's windows: each ``configured`` window, or the ``running`` one of the
     same unit and length with its log (its new limit set), each running window taken once. A
     gate may have two of the same unit and length (``rpm = 10`` and ``{ requests = 100,
     window_s = 60 }``): both were kept as the one running window, given the last limit (100)
-    and counting each admission twice, so an unchanged reload let 50 a minute through, not 10."""
+    and counting each admission twice, so an unchanged reload let 50 a minute through, not 10.
+
+    A new window (another length) counts what the gate's longest running window of its unit
+    holds, as far back as its own span reaches (every admission of a gate is in each of its
+    windows): it began empty, so ``rpm = 20`` made ``{ requests = 10, window_s = 30 }`` let
+    10 more through in the 30 s that had just had 10. A new window longer than any running
+    one counts what they hold, the most that is known."""
     kept: dict[tuple[Unit, float], list[SlidingWindow]] = {}
     for window in running:
         kept.setdefault((window.unit, window.window_s), []).append(window)
@@ -620,6 +631,18 @@ def _merged_windows(
             old = same.pop(0)
             old.set_limit(window.limit, guard_s, window.burst)
             window = old
+        else:
+            longest = max(
+                (old for old in running if old.unit == window.unit),
+                key=lambda old: old.span,
+                default=None,
+            )
+            if longest is not None:
+                counted = [
+                    (now if admission.pending else admission.time, admission.amount)
+                    for admission in longest.admissions(now)
+                ]
+                window.resume(counted, -INFINITY, 0, -INFINITY, now)
         merged.append(window)
     return tuple(merged)
 
