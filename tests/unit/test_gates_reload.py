@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import tomllib
 
+import anyio
+import pytest
+
 from quotad.daemon.clock import VirtualClock
 from quotad.daemon.config import Config, parse_config
+from quotad.daemon.errors import RequestError
 from quotad.daemon.gates import Gates
 
 PROVIDER = (
@@ -17,6 +21,11 @@ PROVIDER = (
 
 def config(text: str) -> Config:
     return parse_config(tomllib.loads(PROVIDER + text))
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    return ("asyncio", {"use_uvloop": True})  # daemon internals run on asyncio + uvloop
 
 
 def admitted_at_once(gates: Gates, count: int, app: str = "a", tokens: int = 1) -> int:
@@ -49,3 +58,42 @@ def test_a_window_of_a_new_length_counts_what_the_gate_admitted_within_it() -> N
     clock.advance(29.0)  # those 10 are still in the 30 s window
     gates.reconfigure(config("pace = false\nrpm = 15\n"))  # longer than any running window:
     assert admitted_at_once(gates, 20) == 5  # it counts those the 30 s one holds
+
+
+@pytest.mark.anyio
+async def test_a_waiter_a_lowered_limit_never_admits_is_answered_and_holds_back_no_one() -> None:
+    """It waited out its whole max_wait_s (30 s by default, up to a day), and every waiter
+    behind it on that window with it, the window free: nobody overtakes a waiter short of
+    capacity."""
+    clock = VirtualClock()
+    gates = Gates(config("pace = false\nlimits = [{ tokens = 1000, window_s = 60 }]\n"), clock)
+    assert admitted_at_once(gates, 1, tokens=900) == 1
+    answers: dict[str, str] = {}
+
+    async def wait(name: str, tokens: int) -> None:
+        demand = gates.demand("p", "p/m", "a", tokens)
+        try:
+            await gates.admit(demand, app="a", priority="normal", max_wait_s=3600)
+            answers[name] = "admitted"
+        except RequestError as error:
+            answers[name] = f"{error.code}: {error.message} {error.details}"
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(wait, "800 tokens", 800)
+        await anyio.wait_all_tasks_blocked()
+        tasks.start_soon(wait, "100 tokens", 100)
+        await anyio.wait_all_tasks_blocked()
+        gates.reconfigure(config("pace = false\nlimits = [{ tokens = 500, window_s = 60 }]\n"))
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(61.0)  # the 900 leave the window; a reload's dispatch stands for the
+        gates.reconfigure(  # timer's (not running here)
+            config("pace = false\nlimits = [{ tokens = 500, window_s = 60 }]\n")
+        )
+        await anyio.wait_all_tasks_blocked()
+        tasks.cancel_scope.cancel()  # a waiter left behind (the bug) waits no longer
+    assert answers == {
+        "800 tokens": "rate_limited: the request needs 800 tokens but gate provider:p allows 500 "
+        "tokens per 60 s since the config was reloaded: it can never be admitted "
+        "{'retryable': False}",
+        "100 tokens": "admitted",
+    }

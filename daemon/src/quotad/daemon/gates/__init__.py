@@ -213,7 +213,21 @@ class Gates:
         }
         self._demand_gates.clear()
         self._attach_fleet_windows()
+        self._answer_waiters_that_never_fit()
         self._dispatch()
+
+    def _answer_waiters_that_never_fit(self) -> None:
+        """Take out of the queue, and answer at once, the waiters a lowered limit can never
+        admit. Such a waiter waited out its whole max_wait_s, and held back every waiter
+        behind it on that window meanwhile (nobody overtakes one short of capacity): a reload
+        from 1,000 to 500 tokens a window kept one of 800 tokens and one of 100 behind it
+        waiting 20 s, the window free."""
+        now = self.clock.monotonic()
+        for waiter in list(self.queue.waiters):
+            if reason := waiter.demand.never_fits():
+                waiter.never_fits = reason
+                self.queue.remove(waiter, now)
+                self._events[waiter].set()
 
     def app_policy(self, app: str) -> AppPolicy:
         """An app's policy (defaults for an app the config does not name)."""
@@ -254,11 +268,7 @@ class Gates:
         """Admit ``demand`` on all its gates at once, waiting in the queue for at most
         ``max_wait_s``; the reservation and the seconds waited."""
         if reason := demand.never_fits():
-            raise RequestError(  # no wait frees what a limit never allows: not worth a retry
-                "rate_limited",
-                f"{reason}: it can never be admitted",
-                details={"retryable": False},
-            )
+            raise _never_admitted(reason)
         now = self.clock.monotonic()
         if not self.queue.waiters and not demand.blockers(now):
             return Reservation(demand, now), 0.0
@@ -278,6 +288,8 @@ class Gates:
             raise
         if waiter.reservation is None:
             self._forget(waiter)
+            if waiter.never_fits:
+                raise _never_admitted(f"{waiter.never_fits} since the config was reloaded")
             if waiter.crowded_out:
                 raise RequestError(
                     "overloaded",
@@ -596,6 +608,13 @@ TIMER_SLACK_S = 0.0005
 MAX_RESUMED_PAUSES: Final = 1024
 """Targets a saved state may make again for their 429 pause (as many as a router names on
 first use); a file naming a million made a million gates (4.2 s at start, 770 MB)."""
+
+
+def _never_admitted(reason: str) -> RequestError:
+    """The answer to a request a limit never allows: no wait frees it, not worth a retry."""
+    return RequestError(
+        "rate_limited", f"{reason}: it can never be admitted", details={"retryable": False}
+    )
 
 
 def _retry_after(seconds: float) -> float:

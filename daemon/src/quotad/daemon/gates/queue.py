@@ -59,6 +59,9 @@ class Waiter:
     crowded_out: bool = False
     """Taken out of a full queue for a newcomer of an app with fewer waiters
     (:meth:`WaitQueue.crowded_out_by`)."""
+    never_fits: str = ""
+    """Why it can never be admitted, when a reload lowered a limit below what it needs: taken
+    out of the queue and answered at once."""
 
     def effective_priority(self, now: float, aging_s: float) -> int:
         """The priority, raised one level per ``aging_s`` since :attr:`aging_from`, up to
