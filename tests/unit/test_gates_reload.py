@@ -97,3 +97,40 @@ async def test_a_waiter_a_lowered_limit_never_admits_is_answered_and_holds_back_
         "{'retryable': False}",
         "100 tokens": "admitted",
     }
+
+
+@pytest.mark.anyio
+async def test_waiters_queued_at_a_reload_are_held_to_their_app_s_new_gate() -> None:
+    """An app limit added to throttle an app left the requests it had queued free of it; one
+    taken away still held the requests queued behind it."""
+    clock = VirtualClock()
+    provider = "pace = false\nlimits = [{ requests = 2, window_s = 60 }]\n"
+    gates = Gates(config(provider + "[apps.held]\nrpm = 1\n"), clock)
+    assert admitted_at_once(gates, 2, app="flood") == 2  # the provider's window is full
+    admitted: list[str] = []
+
+    async def wait(app: str) -> None:
+        demand = gates.demand("p", "p/m", app, 1)
+        await gates.admit(demand, app=app, priority="normal", max_wait_s=3600)
+        admitted.append(app)
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(5):
+            tasks.start_soon(wait, "flood")
+        await anyio.wait_all_tasks_blocked()
+        gates.reconfigure(config(provider + "[apps.flood]\nrpm = 1\n"))  # throttled now
+        clock.advance(61.0)  # the provider's window frees: room for 2
+        gates.reconfigure(config(provider + "[apps.flood]\nrpm = 1\n"))  # a dispatch
+        await anyio.wait_all_tasks_blocked()
+        assert admitted == ["flood"]  # the app's new limit: 1 a minute (2 before)
+        tasks.cancel_scope.cancel()
+    clock.advance(61.0)
+    gates = Gates(config(provider + "[apps.held]\nrpm = 1\n"), clock)
+    assert admitted_at_once(gates, 2, app="held") == 1
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(wait, "held")
+        await anyio.wait_all_tasks_blocked()
+        gates.reconfigure(config(provider))  # no app limit any more: the provider has room
+        await anyio.wait_all_tasks_blocked()
+        assert admitted == ["flood", "held"]
+        tasks.cancel_scope.cancel()

@@ -213,8 +213,27 @@ class Gates:
         }
         self._demand_gates.clear()
         self._attach_fleet_windows()
+        self._regate_waiters()
         self._answer_waiters_that_never_fit()
         self._dispatch()
+
+    def _regate_waiters(self) -> None:
+        """Hold the waiters queued at a reload to the gates of the new config: their app's as
+        it is now (one added, replaced or gone), their provider's and target's as they are
+        (a provider no longer configured keeps its gate for them: they still go to it). They
+        kept the gates they came with: an app limit added to throttle an app left its queued
+        requests free of it (65 arrivals past 5 per 3 s after such a reload), and a waiter
+        held by an app limit taken away still waited for it."""
+        for waiter in list(self.queue.waiters):
+            held = waiter.demand.gates
+            provider = next((gate for gate in held if gate.scope == "provider"), None)
+            if provider is not None:
+                provider = self._gates.get(provider.name, provider)
+            target = next((gate for gate in held if gate.scope == "model"), None)
+            app = self.app_policy(waiter.app).gate
+            gates = tuple(gate for gate in (provider, target, app) if gate is not None)
+            if gates != held:
+                self.queue.regate(waiter, gates)
 
     def _answer_waiters_that_never_fit(self) -> None:
         """Take out of the queue, and answer at once, the waiters a lowered limit can never

@@ -233,6 +233,13 @@ class WaitQueue:
         assert self._order[index] is waiter
         return index
 
+    def regate(self, waiter: Waiter, gates: tuple[Gate, ...]) -> None:
+        """Hold a queued ``waiter`` to ``gates`` from now on (a reload changed those its
+        demand needs); its place in the order stays."""
+        self._forget_gates(waiter)
+        waiter.demand.gates = gates
+        self._gate_sets[gates] = self._gate_sets.get(gates, 0) + 1
+
     def _forget_gates(self, waiter: Waiter) -> None:
         gates = waiter.demand.gates
         left = self._gate_sets[gates] - 1
