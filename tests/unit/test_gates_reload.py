@@ -134,3 +134,42 @@ async def test_waiters_queued_at_a_reload_are_held_to_their_app_s_new_gate() -> 
         await anyio.wait_all_tasks_blocked()
         assert admitted == ["flood", "held"]
         tasks.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "limited",
+    [
+        "pace = false\nrpm = 5\n",  # the provider's gate
+        '[providers.p.models."m"]\npace = false\nrpm = 5\n',  # the target's
+        "[apps.a]\nrpm = 5\n",  # the app's
+    ],
+)
+def test_a_gate_taken_out_and_put_back_counts_what_it_counted(limited: str) -> None:
+    """A provider (or an app, or a target's limits) taken out by a reload and put back by the
+    next began empty: the sim saw 20 requests in a window of 10."""
+    clock = VirtualClock()
+    gates = Gates(config(limited), clock)
+    assert admitted_at_once(gates, 10) == 5
+    other = '[providers.q]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+    gates.reconfigure(parse_config(tomllib.loads(other)))  # taken out
+    clock.advance(30.0)
+    gates.reconfigure(config(limited))  # put back
+    assert admitted_at_once(gates, 10) == 0  # 5 before: the window was new
+    clock.advance(30.0)
+    assert admitted_at_once(gates, 10) == 5
+
+
+def test_the_gates_taken_out_are_kept_only_while_they_count_something() -> None:
+    clock = VirtualClock()
+    many_apps = "".join(f"[apps.a{n}]\nrpm = 5\n" for n in range(100))
+    gates = Gates(config(many_apps), clock)
+    reservation = gates.admit_now(gates.demand("p", "p/m", "a7", 1))
+    assert reservation is not None
+    gates.reconfigure(config(""))
+    assert list(gates._retired) == ["app:a7"]  # the 99 others counted nothing
+    clock.advance(61.0)  # its admission has left its window,
+    gates.reconfigure(config(""))
+    assert list(gates._retired) == ["app:a7"]  # but its request is still in flight
+    gates.settle(reservation, 1)
+    gates.reconfigure(config(""))
+    assert gates._retired == {}

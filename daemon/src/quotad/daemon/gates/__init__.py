@@ -124,6 +124,11 @@ class Gates:
         self.clock = clock
         self._gates: dict[str, Gate] = {}
         self._apps: dict[str, AppPolicy] = {}
+        self._retired: dict[str, Gate] = {}
+        """Gates a reload took out (a provider's, an app's, a target's limits) while they
+        still count admissions: a later reload that puts one back takes its windows back, as
+        if it had stayed. A provider taken out and put back within its window began empty:
+        the sim saw 20 requests in a window of 10."""
         self._demand_gates: dict[tuple[str, str, str | None], tuple[Gate, ...]] = {}
         """Gates of a demand by (provider, target, app); an app the config does not name is
         keyed as None (its gates are the same), so client-chosen app names cannot grow it."""
@@ -189,24 +194,32 @@ class Gates:
                 configured_windows(app, "app", settings.guard_s, settings.burst),
                 None,
             )
+        now = self.clock.monotonic()
         for name, (scope, windows, max_in_flight) in wanted.items():
             gate = self._gates.get(name)
+            retired = self._retired.pop(name, None)
             if gate is None:
-                self._gates[name] = Gate(name, scope, windows, max_in_flight)
-                continue
-            gate.windows = _merged_windows(
-                gate.windows, windows, settings.guard_s, self.clock.monotonic()
-            )
+                if retired is not None and retired.scope != "model":  # put back as it was
+                    gate, retired = retired, None
+                else:
+                    gate = Gate(name, scope)
+                self._gates[name] = gate
+            running = gate.windows if retired is None else gate.windows + retired.windows
+            gate.windows = _merged_windows(running, windows, settings.guard_s, now)
             gate.max_in_flight = max_in_flight
-        for name in [n for n, g in self._gates.items() if n not in wanted and g.scope != "model"]:
-            del self._gates[name]
-        now = self.clock.monotonic()
         waited_on = {id(gate) for waiter in self.queue.waiters for gate in waiter.demand.gates}
         for name, gate in list(self._gates.items()):
-            if gate.scope == "model" and name not in wanted:
-                gate.windows = ()  # a target without its own limits keeps only its pause
-                if not gate.in_flight and gate.paused_until <= now and id(gate) not in waited_on:
-                    del self._gates[name]  # made again on its next request
+            if name in wanted:
+                continue
+            if gate.scope != "model":
+                self._retired[name] = self._gates.pop(name)
+                continue
+            if gate.windows:  # a target without its own limits keeps only its pause
+                self._retired[name] = Gate(name, "model", gate.windows)
+                gate.windows = ()
+            if not gate.in_flight and gate.paused_until <= now and id(gate) not in waited_on:
+                del self._gates[name]  # made again on its next request
+        self._forget_retired(now)
         self._apps = {
             name: AppPolicy(app.priority, app.share, self._gates.get(f"app:{name}"))
             for name, app in config.apps.items()
@@ -234,6 +247,16 @@ class Gates:
             gates = tuple(gate for gate in (provider, target, app) if gate is not None)
             if gates != held:
                 self.queue.regate(waiter, gates)
+
+    def _forget_retired(self, now: float) -> None:
+        """Forget the retired gates that count nothing any more, and the oldest past
+        :data:`MAX_RETIRED_GATES`."""
+        retired = self._retired
+        for name, gate in list(retired.items()):
+            if not gate.in_flight and not any(w.counts_anything(now) for w in gate.windows):
+                del retired[name]
+        while len(retired) > MAX_RETIRED_GATES:
+            del retired[next(iter(retired))]
 
     def _answer_waiters_that_never_fit(self) -> None:
         """Take out of the queue, and answer at once, the waiters a lowered limit can never
@@ -624,6 +647,9 @@ class Gates:
 
 
 TIMER_SLACK_S = 0.0005
+MAX_RETIRED_GATES: Final = 10_000
+"""The most gates taken out by reloads kept for their counts (:attr:`Gates._retired`): those
+of the oldest reloads are forgotten first."""
 MAX_RESUMED_PAUSES: Final = 1024
 """Targets a saved state may make again for their 429 pause (as many as a router names on
 first use); a file naming a million made a million gates (4.2 s at start, 770 MB)."""
