@@ -22,16 +22,25 @@ from quotad.daemon.config_sections import (
     ProviderConfig,
     RateLimits,
 )
+from quotad.protocol.messages import MAX_NAME
 from quotad.protocol.names import control_character_in
+
+SHOWN_KEY_CHARS: Final = 64
+"""The characters of a key longer than :data:`~quotad.protocol.messages.MAX_NAME` that
+:func:`format_path` shows (a key of a 4 MiB config may be megabytes long)."""
 
 
 def format_path(path: list[str | int]) -> str:
-    """``["providers", "openai", "rpm"]`` as ``providers.openai.rpm``."""
+    """``["providers", "openai", "rpm"]`` as ``providers.openai.rpm``; a key longer than any
+    name (:data:`~quotad.protocol.messages.MAX_NAME`) as its start and its length."""
     text = ""
     for part in path:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z0-9_-]+", part):
+            continue
+        if len(part) > MAX_NAME:
+            part = f"{part[:SHOWN_KEY_CHARS]}… ({len(part):,} characters)"
+        if re.fullmatch(r"[A-Za-z0-9_-]+", part):
             text += f".{part}" if text else part
         else:
             text += f'."{part}"' if text else f'"{part}"'
@@ -124,7 +133,11 @@ def _guardrails_problems(
 def _name_problems(config: Config) -> list[str]:
     """Names of providers, models (groups and a provider's models), apps and priced targets
     that hold a control character (:mod:`quotad.protocol.names`): as a request's, they reach
-    log lines, tables and the operator's terminal (TOML escapes can write them)."""
+    log lines, tables and the operator's terminal (TOML escapes can write them). And names
+    longer than any a request can carry (:data:`~quotad.protocol.messages.MAX_NAME`; a
+    target, its provider's and its model's each): no request could ever ask for one, and each
+    was carried whole in every status, metrics page and log line (an app name of 3 MB was
+    taken, and three of them made every ``quotad status`` too large for a frame)."""
     tables: list[tuple[list[str], Mapping[str, Any]]] = [
         (["providers"], config.providers),
         (["models"], config.models),
@@ -145,6 +158,13 @@ def _name_problems(config: Config) -> list[str]:
         found = control_character_in(name)
         if found is not None:
             problems.append(f"{format_path(path)}: a name cannot hold control characters ({found})")
+        parts = name.split("/", 1) if isinstance(path[-1], int) else [name]  # a group's target
+        longest = max(map(len, parts))
+        if longest > MAX_NAME:
+            problems.append(
+                f"{format_path(path)}: a name is at most {MAX_NAME} characters, the most a "
+                f"request can name (this one has {longest:,})"
+            )
     return problems
 
 
