@@ -239,8 +239,9 @@ def test_sighup_applies_a_good_config_without_dropping_anything(
             assert client.chat("fast", MESSAGES, max_tokens=4).target == "sim/gpt-4o-mini"
             welcome = client.welcome
 
-            # A request in flight on provider "sim", whose table the reload changes (so
-            # the provider is rebuilt and the old one closed once the request is done).
+            # A request in flight on provider "sim", whose table the reload changes (its
+            # timeout: so the provider is rebuilt and the old one closed once the request is
+            # done; a limit alone would keep it).
             with sims[0].controlled(latency_ms=1500):
                 results: list[Any] = []
                 thread = chat_in_thread(daemon.socket_path, "sim/gpt-4o-mini", results)
@@ -249,7 +250,9 @@ def test_sighup_applies_a_good_config_without_dropping_anything(
                 ready = reload_by_sighup(
                     notify,
                     daemon,
-                    config.replace('["sim/gpt-4o-mini"]', '["other/gpt-4o-mini"]')
+                    config.replace('["sim/gpt-4o-mini"]', '["other/gpt-4o-mini"]').replace(
+                        f'"{sims[0].base_url}"\n', f'"{sims[0].base_url}"\ntimeout_s = 61\n'
+                    )
                     + '[models.second]\ntargets = ["sim/gpt-4o-mini"]\n'
                     + "[providers.sim.models.extra]\nrpm = 10\n",
                 )

@@ -418,3 +418,26 @@ async def test_a_file_that_sets_nothing_is_refused_by_a_reload(
             "drop every provider"
         ]
         assert daemon.providers == {"p": running}
+
+
+async def test_a_reload_that_changes_only_limits_keeps_the_provider_and_its_connections(
+    anyio_backend: str,
+) -> None:
+    """Each limit changed in ``[providers.X]`` rebuilt the provider: a new pool of connections
+    (new TLS handshakes with a real provider) at every reload that tuned a limit."""
+    async with daemon_on_file(provider_tables(9, "p")) as (daemon, path):
+        running = daemon.providers["p"]
+        write_config(
+            path,
+            provider_tables(9, "p")
+            + "rpm = 5\ntpm = 900\nlimits = [{ requests = 2, window_s = 1 }]\npace = false\n"
+            + "health_check_s = 30\nbreaker = { failures = 2 }\n"
+            + '[providers.p.models."m"]\nrpm = 3\n',
+        )
+        assert await daemon.try_reload() is None
+        assert daemon.providers["p"] is running
+        assert daemon.config.providers["p"].models["m"].rpm == 3  # applied all the same
+        write_config(path, provider_tables(9, "p") + "timeout_s = 5\n")  # the provider's own
+        async with anyio.create_task_group() as daemon._tasks:  # closes the one it replaces
+            assert await daemon.try_reload() is None
+        assert daemon.providers["p"] is not running

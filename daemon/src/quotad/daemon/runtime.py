@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 import anyio.abc
+import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from quotad.daemon.access import AccessPolicy
@@ -37,6 +38,8 @@ from quotad.daemon.cluster.settings import ClusterStartError
 from quotad.daemon.config import (
     Config,
     ConfigError,
+    ProviderConfig,
+    RateLimits,
     find_and_load_config,
     format_path,
     state_dir,
@@ -87,6 +90,28 @@ class Reconfigurable(Protocol):
         ...
 
 
+GATE_AND_ROUTER_KEYS: Final = (
+    *(field.name for field in msgspec.structs.fields(RateLimits)),
+    "models",
+    "breaker",
+    "health_check_s",
+)
+"""Keys of ``[providers.X]`` that the gates and the router read, not the provider: a reload
+that changes only these keeps the running provider and its connections. Each limit changed
+rebuilt it, a new pool of connections to the provider (new TLS handshakes) at every reload
+that tuned a limit."""
+
+
+def _provider_identity(config: ProviderConfig, key: str | None) -> tuple[object, bytes]:
+    """What a reload compares to know a provider must be built again: its table but for
+    :data:`GATE_AND_ROUTER_KEYS`, and a digest of its key (the key itself is not kept)."""
+    defaults = ProviderConfig(kind=config.kind)
+    table = msgspec.structs.replace(
+        config, **{name: getattr(defaults, name) for name in GATE_AND_ROUTER_KEYS}
+    )
+    return table, _key_digest(key)
+
+
 def _key_digest(key: str | None) -> bytes:
     """What a reload compares to know a provider's key changed (the key itself is not kept)."""
     return hashlib.sha256(key.encode()).digest() if key is not None else b""
@@ -95,7 +120,7 @@ def _key_digest(key: str | None) -> bytes:
 @dataclass(slots=True)
 class ProviderSet:
     """The providers of a config, before they are put in place, and what identifies each
-    (its table and a digest of its key: a reload rebuilds a provider when either changed)."""
+    (:func:`_provider_identity`: a reload rebuilds a provider when it changed)."""
 
     providers: dict[str, Provider] = field(default_factory=dict)
     identity: dict[str, tuple[object, bytes]] = field(default_factory=dict)
@@ -509,7 +534,7 @@ class Daemon:
         fresh: list[Provider] = []
         problems: list[str] = []
         for name, provider_config in config.providers.items():
-            built.identity[name] = (provider_config, _key_digest(keys[name]))
+            built.identity[name] = _provider_identity(provider_config, keys[name])
             running = self.providers.get(name)
             if running is not None and self._provider_identity.get(name) == built.identity[name]:
                 built.providers[name] = running
