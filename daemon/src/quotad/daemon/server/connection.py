@@ -1,14 +1,17 @@
 """One client of the Unix socket (:class:`Connection`): an asyncio protocol whose read callback
 decodes frames and dispatches each request, many in flight at once, answered by id (DESIGN §5).
 
-Bytes reach the frame decoder in the event loop's read callback, and answers go straight to the
-transport, as in the HTTP server core (:mod:`quotad.daemon.net.http11.connection`): no reader
-task, no stream wrapper, and no task at all for a request that can be answered at once
-(``Status``; ``Settle``; an ``Acquire`` the gates admit without waiting; ``Cancel``). The rest
-(``Chat``, ``Embed``, an ``Acquire`` that waits, ``Spend``, ``Admin``, ``Subscribe``) each run
-as a task under their own cancel scope, which ``Cancel(id)`` and the connection's close cancel.
-Each answer is written as a whole frame (those given at once while the frames of one read are
-answered go out together, in one ``transport.write``), so frames never interleave.
+Bytes reach the frame decoder in the event loop's read callback, and answers go to the
+transport in the same turn of the event loop, as in the HTTP server core
+(:mod:`quotad.daemon.net.http11.connection`): no reader task, no stream wrapper, and no task
+at all for a request that can be answered at once (``Status``; ``Settle``; an ``Acquire`` the
+gates admit without waiting; ``Cancel``). The rest (``Chat``, ``Embed``, an ``Acquire`` that
+waits, ``Spend``, ``Admin``, ``Subscribe``) each run as a task under their own cancel scope,
+which ``Cancel(id)`` and the connection's close cancel. Each answer is written as a whole
+frame, so frames never interleave; the frames written in one turn of the event loop (the
+answers given at once while the frames of one read are answered, the chunks a stream relays
+from one read of its provider) go out together, in one ``transport.write``
+(:data:`GATHERED_BYTES` at most).
 
 What a connection may cost is bounded: the bytes of one frame (``daemon.max_frame``), requests
 in flight plus permits held (``daemon.max_in_flight_per_connection``: one more is answered
@@ -107,6 +110,11 @@ FRAMES_PER_TURN: Final = 64
 until the next turn, so that other connections and tasks get theirs in between (one write of
 10,000 Status frames held the loop 135 ms; 4,000 cache-hit Chats in one write started 4,000
 tasks at once, and other clients waited 0.66 s for a Status)."""
+GATHERED_BYTES: Final = 64 * 1024
+"""The frames written in a turn of the event loop after its first (which goes at once: a
+lone answer waits for nothing) are gathered and written together at the turn's end, up to
+this many bytes (then at once): a write each was a system call each, and relaying a
+provider's stream of 9,000 events to the socket spent a fifth of the daemon's CPU in them."""
 CLOSE_LINGER_S: Final = 2.0
 """How long a closed connection's unsent answers may wait for the peer to read them."""
 
@@ -215,8 +223,13 @@ class Connection(asyncio.Protocol):
         """Since when answers have waited for the peer to read them (None: they do not)."""
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._answers: list[bytes] | None = None
-        """While the frames of one read are answered, the frames of the answers given at once,
-        in order (None: an answer is written at once)."""
+        """The frames gathered since the last write to the transport, in order, written at the
+        end of the read that answers them or of the loop's turn (None: none)."""
+        self._answered_bytes = 0
+        """The bytes of :attr:`_answers`."""
+        self._wrote_this_turn = False
+        """A frame went to the transport at once in this turn of the event loop: those after
+        it wait for the turn's end (:meth:`_write_gathered`)."""
         self._own_caller = Caller(app="", via="socket")
         """The peer as its Hello names it (set then)."""
 
@@ -235,7 +248,8 @@ class Connection(asyncio.Protocol):
         """Read the frames received (:meth:`_read_frames`); the answers given at once go to the
         transport together, in one write, at the end (a write each cost a system call each
         once the loop took turns: 80,000 Status frames in one write took 30% more CPU)."""
-        self._answers = []
+        if self._answers is None:  # else written in this turn before: they go first
+            self._answers = []
         if self._unread_held:  # they may end as whole frames now, held by their requests
             self._memory.give(self._unread_held)
             self._unread_held = 0
@@ -489,9 +503,10 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ writing
 
     def write(self, message: Message) -> None:
-        """Write one whole frame now (buffered by the transport if the socket is full; nothing
-        once the connection is closing). Past :data:`MAX_UNREAD_BYTES` buffered, stop reading
-        the peer until it reads its answers."""
+        """Write one whole frame: the first of a turn of the event loop at once, those after
+        it in that turn together at its end (:data:`GATHERED_BYTES`); buffered by the transport
+        if the socket is full; nothing once the connection is closing. Past
+        :data:`MAX_UNREAD_BYTES` buffered, stop reading the peer until it reads its answers."""
         transport = self._transport
         if transport is not None and not self.closing and not transport.is_closing():
             try:
@@ -506,15 +521,29 @@ class Connection(asyncio.Protocol):
                 )
             if len(frame) - FRAME_HEADER_SIZE > self.limits.max_frame:
                 frame = self._encode(oversized(message, len(frame), self.limits.max_frame))
-            if self._answers is not None:
-                self._answers.append(frame)
+            if self._answers is None and not self._wrote_this_turn:  # the first: at once
+                transport.write(frame)
+                self._check_unread(transport)
+                self._wrote_this_turn = True
+                self._loop.call_soon(self._write_gathered)
                 return
-            transport.write(frame)
-            self._check_unread(transport)
+            if self._answers is None:  # the others of this turn: at its end, together
+                self._answers = []
+            self._answers.append(frame)
+            self._answered_bytes += len(frame)
+            if self._answered_bytes >= GATHERED_BYTES:
+                self._write_answers()
+
+    def _write_gathered(self) -> None:
+        """The turn of the event loop in which a frame was written has ended: write the
+        frames gathered since it."""
+        self._wrote_this_turn = False
+        self._write_answers()
 
     def _write_answers(self) -> None:
-        """Write the answers gathered while reading, in one write."""
+        """Write the frames gathered (:attr:`_answers`), in one write."""
         answers, self._answers = self._answers, None
+        self._answered_bytes = 0
         transport = self._transport
         if answers and transport is not None and not self.lost and not transport.is_closing():
             transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
