@@ -42,6 +42,7 @@ EXPECTED_FIGURES = {
         "tasks_end_minus_start",
         "served_after",
     },
+    "wide_requests": {"extra", "settle_headers", "http_response_format"},
 }
 """Figures some benchmarks must report (a benchmark's report says what it measured)."""
 

@@ -77,48 +77,72 @@ LONG_TEXT: Final = (10_000, 1_000_000)
 """How long a long string is, in characters."""
 
 
-def wide_request(rnd: random.Random, model: str) -> bytes:
-    """A valid request (a frame, prefix included) with one field far wider, longer or larger
-    than any client sends, each item of it small: ``extra``, ``tool_choice``,
-    ``response_format``, a content part, a tool's schema or a tool call with thousands of keys;
-    ``stop``, an embedding's ``input``, a conversation's tool calls or a Settle's headers with
-    thousands of items; a message's content (addresses to mask, or not), name or tool call id
-    a million characters long."""
-    count = rnd.choice(WIDE_COUNTS)
-    length = rnd.choice(LONG_TEXT)
+WIDE_SHAPES: Final = (
+    "extra", "tool_choice", "response_format", "part_fields", "tool_schema", "stop",
+    "embed_input", "tool_calls", "settle_headers", "admin_args", "content", "name",
+)  # fmt: skip
+"""The fields :func:`wide_message` makes wide, by name."""
+
+
+def wide_message(
+    shape: str, count: int, length: int, model: str, request_id: int = 1, *, masked: bool = True
+) -> dict[str, Any]:
+    """A valid request (the map a frame holds) whose field ``shape`` (one of
+    :data:`WIDE_SHAPES`) is far wider, longer or larger than any client sends, each item of it
+    small: ``extra``, ``tool_choice``, ``response_format``, a content part, a tool's schema or
+    ``Admin.args`` with ``count`` keys; ``stop``, an embedding's ``input``, a conversation's
+    tool calls (at most 20,000) or a Settle's headers with ``count`` items; a message's
+    content (addresses to mask, with ``masked``), name or tool call id ``length`` characters
+    long."""
     wide = {f"k{index}": index for index in range(count)}
     user: dict[str, Any] = {"role": "user", "content": "wide"}
     fields: dict[str, Any] = {
-        "type": "Chat", "id": rnd.randint(1, 50), "model": model, "messages": [user],
-        "max_tokens": 4,
+        "type": "Chat", "id": request_id, "model": model, "messages": [user], "max_tokens": 4,
     }  # fmt: skip
-    match rnd.randrange(11):
-        case 0:
+    text = "ana@example.com " if masked else "a" * 16
+    match shape:
+        case "extra":
             fields["extra"] = wide
-        case 1:
+        case "tool_choice":
             fields["tool_choice"] = wide
-        case 2:
+        case "response_format":
             fields["response_format"] = {"type": "json_schema", "json_schema": wide}
-        case 3:
+        case "part_fields":
             user["content"] = [{"type": "text", "text": "x", "meta": wide}]
-        case 4:
+        case "tool_schema":
             function = {"name": "f", "parameters": {"type": "object", "properties": wide}}
             fields["tools"] = [{"type": "function", "function": function}]
-        case 5:
-            fields["stop"] = [rnd.choice(("", "x", "ana@example.com"))] * count
-        case 6:
-            fields = {"type": "Embed", "id": fields["id"], "model": model,
-                      "input": [rnd.choice(("", "x", "ana@example.com"))] * count}  # fmt: skip
-        case 7:
+        case "stop":
+            fields["stop"] = ["ana@example.com" if masked else "x"] * count
+        case "embed_input":
+            fields = {"type": "Embed", "id": request_id, "model": model,
+                      "input": ["ana@example.com" if masked else "x"] * count}  # fmt: skip
+        case "tool_calls":
             call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
             fields["messages"] = [{"role": "assistant", "tool_calls": [call] * min(count, 20_000)}]
-        case 8:
-            fields = {"type": "Settle", "id": fields["id"], "permit_id": "pm-000000-1",
+        case "settle_headers":
+            fields = {"type": "Settle", "id": request_id, "permit_id": "pm-000000-1",
                       "headers": {f"x-h{index}": "1" for index in range(count)}}  # fmt: skip
-        case 9:
-            user["content"] = rnd.choice(("a" * 16, "ana@example.com ")) * (length // 16)
+        case "admin_args":
+            fields = {"type": "Admin", "id": request_id, "action": "nothing", "args": wide}
+        case "content":
+            user["content"] = text * (length // len(text))
+        case "name":
+            user["name" if masked else "tool_call_id"] = "n" * length
         case _:
-            user["name" if rnd.random() < 0.5 else "tool_call_id"] = "n" * length
+            raise ValueError(shape)
+    return fields
+
+
+def wide_request(rnd: random.Random, model: str) -> bytes:
+    """A valid request (a frame, prefix included) with one field far wider, longer or larger
+    than any client sends (:func:`wide_message` of a random shape, count and length)."""
+    count = rnd.choice(WIDE_COUNTS)
+    length = rnd.choice(LONG_TEXT)
+    shape = rnd.choice(WIDE_SHAPES)
+    fields = wide_message(
+        shape, count, length, model, rnd.randint(1, 50), masked=rnd.random() < 0.5
+    )
     payload = RAW.encode(fields)
     return len(payload).to_bytes(4, "big") + payload
 
