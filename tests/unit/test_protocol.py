@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from quotad.protocol.framing import (
     DEFAULT_MAX_FRAME,
     MAX_NESTING,
+    MAX_SETTLE_HEADERS,
     FrameDecoder,
     FrameEncoder,
     FrameError,
@@ -75,8 +76,9 @@ from quotad.protocol.messages import (
     Welcome,
     WindowStatus,
 )
-from quotad.protocol.scan import nesting_exceeds
+from quotad.protocol.scan import TooDeep, TooWide, bound_exceeded
 from tests.support.fuzz import mutated
+from tests.support.fuzz_extremes import wide_message
 
 REQUEST_TYPES: tuple[type[Message], ...] = get_args(Request)
 REPLY_TYPES: tuple[type[Message], ...] = get_args(Reply)
@@ -497,6 +499,24 @@ def test_nesting_up_to_the_limit_decodes() -> None:
     assert depth == MAX_NESTING
 
 
+@pytest.mark.parametrize("count", [MAX_SETTLE_HEADERS + 1, 5_000, 150_000])
+def test_a_settle_reads_its_first_headers_and_drops_the_rest_unread(count: int) -> None:
+    """A Settle's headers are hints, and a settle must not be lost: past
+    MAX_SETTLE_HEADERS the first are read, in order, and the rest dropped before decoding
+    (700,000 headers held the event loop 1.2 s, decoded and then parsed). The fields after
+    them are read as sent."""
+    fields = wide_message("settle_headers", count, 0, "m", request_id=4)
+    fields["tokens_used"] = 77
+    fields["headers"]["x-ratelimit-remaining-requests"] = "5"  # past the first: dropped
+    (settle,) = decode_all(request_decoder(), frame(RAW.encode(fields)))
+    assert isinstance(settle, Settle)
+    assert list(settle.headers) == [f"x-h{index}" for index in range(MAX_SETTLE_HEADERS)]
+    assert (settle.id, settle.permit_id, settle.tokens_used) == (4, "pm-000000-1", 77)
+    fields["headers"] = dict(list(fields["headers"].items())[:MAX_SETTLE_HEADERS])
+    (whole,) = decode_all(request_decoder(), frame(RAW.encode(fields)))
+    assert whole == settle
+
+
 def test_any_exception_out_of_msgspec_is_a_frame_error() -> None:
     """msgspec passes through exceptions it does not document (here one a type raises); they
     must still cost only the frame."""
@@ -540,10 +560,30 @@ DEEP_JSON = st.recursive(
 @given(DEEP_JSON, st.integers(1, 12))
 def test_the_nesting_walk_agrees_with_the_decoded_depth(value: Any, limit: int) -> None:
     payload = RAW.encode({"type": "Chat", "extra": value})
-    too_deep = nesting_exceeds(payload, limit)
+    too_deep = bound_exceeded(payload, limit)
     assert (too_deep is not None) == (_depth({"type": "Chat", "extra": value}) > limit)
     if too_deep is not None and limit > 1:
-        assert too_deep == "extra"
+        assert too_deep == TooDeep("extra")
+
+
+def _width(value: Any) -> int:
+    """The most items a map (its entries) or an array in ``value`` holds."""
+    if isinstance(value, dict):
+        return max([len(value), *(_width(v) for pair in value.items() for v in pair)])
+    if isinstance(value, list):
+        return max([len(value), *(_width(v) for v in value)])
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(DEEP_JSON, st.integers(1, 24))
+def test_the_walk_agrees_with_the_decoded_widths(value: Any, limit: int) -> None:
+    message = {"type": "Chat", "extra": value}
+    found = bound_exceeded(RAW.encode(message), MAX_NESTING, limit)
+    assert (found is not None) == (_width(message) > limit)
+    if found is not None:
+        assert isinstance(found, TooWide)
+        assert found.items > limit
 
 
 @pytest.mark.parametrize("message", REQUESTS)

@@ -17,13 +17,19 @@ reader of frames does not expect.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
 from quotad.protocol.messages import Reply, Request, RequestId
-from quotad.protocol.scan import field_of_invalid_string, nesting_exceeds
+from quotad.protocol.scan import (
+    TooDeep,
+    TooWide,
+    bound_exceeded,
+    end_of_items,
+    field_of_invalid_string,
+)
 
 DEFAULT_MAX_FRAME: Final = 8 * 1024 * 1024
 MAX_FRAME_CEILING: Final = 1024 * 1024 * 1024
@@ -35,6 +41,14 @@ MAX_NESTING: Final = 64
 """How many containers deep a frame's MessagePack may nest (the message's own map is the
 first): deep enough for any JSON schema a tool declares, shallow enough that nothing walking a
 message recursively runs out of stack."""
+MAX_SETTLE_HEADERS: Final = 1_000
+"""How many of a ``Settle``'s headers are read, the first ones: they are hints (a provider's
+rate-limit headers), and a settle is never refused for them (its permit would stay held until
+its lease ends). A provider answers with a few dozen; 700,000 held the event loop for 1.2 s,
+decoded and then parsed."""
+FIRST_ITEMS_ONLY: Final = {"headers": MAX_SETTLE_HEADERS}
+"""The top-level fields of a request of which only the first items are read (a map: its
+first entries), and how many; the rest are dropped from the frame before it is decoded."""
 
 T = TypeVar("T")
 
@@ -125,15 +139,56 @@ def _message_decoder(message_type: type[T]) -> msgspec.msgpack.Decoder[T]:
     return decoder
 
 
+_TOP_LEVEL: Final = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
+_RAW_ENCODER: Final = msgspec.msgpack.Encoder()
+
+
+def _first_items_only(payload: bytearray, wide: TooWide, count: int) -> bytearray:
+    """``payload`` with the map of top-level field ``wide.path`` cut to its first ``count``
+    entries (msgspec skips the others in C, without building them); as it is when it is not
+    a map of string keys (the decoder then says what is wrong)."""
+    if not wide.is_map:
+        return payload
+    try:
+        fields = _TOP_LEVEL.decode(payload)
+    except Exception:  # whatever msgspec raises: no map of named fields
+        return payload
+    cut = end_of_items(payload, wide.items_at, 2 * count)
+    fields[wide.path] = msgspec.Raw(_map_header(count) + payload[wide.items_at : cut])
+    return bytearray(_RAW_ENCODER.encode(fields))
+
+
+def _map_header(count: int) -> bytes:
+    """The header of a MessagePack map of ``count`` entries."""
+    if count <= 15:
+        return bytes([0x80 | count])
+    return (
+        b"\xde" + count.to_bytes(2, "big")
+        if count <= 0xFFFF
+        else b"\xdf" + count.to_bytes(4, "big")
+    )
+
+
 class FrameDecoder(Generic[T]):
     """Splits received bytes into frames and decodes each into a ``T`` message."""
 
-    __slots__ = ("_buffer", "_decoder", "frame_size", "max_frame")
+    __slots__ = ("_buffer", "_decoder", "first_items", "frame_size", "max_frame", "max_items")
 
-    def __init__(self, message_type: type[T], max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self,
+        message_type: type[T],
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_items: int | None = None,
+        first_items: Mapping[str, int] | None = None,
+    ) -> None:
         self._decoder = _message_decoder(message_type)  # shared, not built per connection
         self._buffer = bytearray()
         self.max_frame = max_frame
+        self.max_items = max_items
+        """The most items a map or an array in a frame may hold (None: any number)."""
+        self.first_items = first_items or {}
+        """Top-level fields of which only the first items are read, and how many (a map of
+        more than that is cut, not refused)."""
         self.frame_size = 0
         """The bytes (length prefix included) of the frame :meth:`feed` yielded (or refused
         as :class:`MessageInvalid`) last."""
@@ -168,11 +223,23 @@ class FrameDecoder(Generic[T]):
 
     def _decode(self, payload: bytearray) -> T:
         """One frame's message; a :class:`FrameError` for anything else it holds."""
-        deep = nesting_exceeds(payload, MAX_NESTING)
-        if deep is not None:
+        found = bound_exceeded(payload, MAX_NESTING, self.max_items, self.first_items)
+        if isinstance(found, TooWide) and found.depth == 2 and found.path in self.first_items:
+            payload = _first_items_only(payload, found, self.first_items[found.path])
+            found = bound_exceeded(payload, MAX_NESTING, self.max_items, self.first_items)
+        if isinstance(found, TooDeep):
             raise MessageValidationError(
-                f"invalid message: {deep}: nested deeper than {MAX_NESTING} levels",
-                field=field_named(deep),
+                f"invalid message: {found.field}: nested deeper than {MAX_NESTING} levels",
+                field=field_named(found.field),
+            )
+        if isinstance(found, TooWide):
+            kind = "a map" if found.is_map else "an array"
+            most = self.first_items.get(found.path) if found.depth == 2 else None
+            raise MessageValidationError(
+                f"invalid message: {found.path}: {kind} of {found.items:,} items; a map or an "
+                f"array in a request holds at most {most or self.max_items or 0:,}",
+                _request_id_of(payload),
+                field_named(found.path),
             )
         try:
             return self._decoder.decode(payload)
@@ -233,8 +300,9 @@ def field_named(description: str) -> str | None:
 
 
 def request_decoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameDecoder[Request]:
-    """A decoder for frames a daemon receives."""
-    return FrameDecoder(Request, max_frame)  # type: ignore[arg-type]
+    """A decoder for frames a daemon receives: a Settle's first :data:`MAX_SETTLE_HEADERS`
+    headers are read."""
+    return FrameDecoder(Request, max_frame, None, FIRST_ITEMS_ONLY)  # type: ignore[arg-type]
 
 
 def reply_decoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameDecoder[Reply]:
