@@ -41,6 +41,14 @@ MAX_NESTING: Final = 64
 """How many containers deep a frame's MessagePack may nest (the message's own map is the
 first): deep enough for any JSON schema a tool declares, shallow enough that nothing walking a
 message recursively runs out of stack."""
+MAX_CONTAINER_ITEMS: Final = 50_000
+"""The most items a map (its entries) or an array in a request may hold, read from its header
+before msgspec decodes the frame (see :mod:`quotad.protocol.scan`): msgspec holds the GIL for
+all of a frame's decoding, one of 500,000 keys in ``extra`` for 0.3 s, so that every other
+client waited, and each step after it read them all again. Well above what a request needs:
+a chat's messages, parts, tools and an embedding's inputs are bounded at 10,000 (the daemon's
+``request_limits``), and OpenAI takes at most 5,000 properties and 1,000 enum values in a
+schema (about 20,000 items with their types and descriptions)."""
 MAX_SETTLE_HEADERS: Final = 1_000
 """How many of a ``Settle``'s headers are read, the first ones: they are hints (a provider's
 rate-limit headers), and a settle is never refused for them (its permit would stay held until
@@ -300,9 +308,10 @@ def field_named(description: str) -> str | None:
 
 
 def request_decoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameDecoder[Request]:
-    """A decoder for frames a daemon receives: a Settle's first :data:`MAX_SETTLE_HEADERS`
-    headers are read."""
-    return FrameDecoder(Request, max_frame, None, FIRST_ITEMS_ONLY)  # type: ignore[arg-type]
+    """A decoder for frames a daemon receives: their maps and arrays hold at most
+    :data:`MAX_CONTAINER_ITEMS` items, a Settle's first :data:`MAX_SETTLE_HEADERS` headers
+    are read."""
+    return FrameDecoder(Request, max_frame, MAX_CONTAINER_ITEMS, FIRST_ITEMS_ONLY)  # type: ignore[arg-type]
 
 
 def reply_decoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameDecoder[Reply]:
