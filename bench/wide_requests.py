@@ -56,6 +56,7 @@ SHAPES: dict[str, tuple[str, int, int]] = {
     "admin_args": ("admin_args", 600_000, 0),
     "settle_headers": ("settle_headers", 700_000, 0),
     "http_response_format": ("response_format", 800_000, 0),
+    "extra_spread": ("spread_extra", 500_000, 0),
     "extra_50k": ("extra", 50_000, 0),
     "tool_schema_20k": ("tool_schema", 20_000, 0),
 }

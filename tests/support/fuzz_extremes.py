@@ -80,6 +80,7 @@ LONG_TEXT: Final = (10_000, 1_000_000)
 WIDE_SHAPES: Final = (
     "extra", "tool_choice", "response_format", "part_fields", "tool_schema", "stop",
     "embed_input", "tool_calls", "settle_headers", "admin_args", "content", "name",
+    "spread_extra",
 )  # fmt: skip
 """The fields :func:`wide_message` makes wide, by name."""
 
@@ -90,10 +91,10 @@ def wide_message(
     """A valid request (the map a frame holds) whose field ``shape`` (one of
     :data:`WIDE_SHAPES`) is far wider, longer or larger than any client sends, each item of it
     small: ``extra``, ``tool_choice``, ``response_format``, a content part, a tool's schema or
-    ``Admin.args`` with ``count`` keys; ``stop``, an embedding's ``input``, a conversation's
-    tool calls (at most 20,000) or a Settle's headers with ``count`` items; a message's
-    content (addresses to mask, with ``masked``), name or tool call id ``length`` characters
-    long."""
+    ``Admin.args`` with ``count`` keys, or ``extra`` with ``count`` keys in maps of 1,000;
+    ``stop``, an embedding's ``input``, a conversation's tool calls (at most 20,000) or a
+    Settle's headers with ``count`` items; a message's content (addresses to mask, with
+    ``masked``), name or tool call id ``length`` characters long."""
     wide = {f"k{index}": index for index in range(count)}
     user: dict[str, Any] = {"role": "user", "content": "wide"}
     fields: dict[str, Any] = {
@@ -127,6 +128,9 @@ def wide_message(
             fields = {"type": "Admin", "id": request_id, "action": "nothing", "args": wide}
         case "content":
             user["content"] = text * (length // len(text))
+        case "spread_extra":
+            block = {f"k{index}": index for index in range(1000)}
+            fields["extra"] = {f"m{index}": block for index in range(max(1, count // 1000))}
         case "name":
             user["name" if masked else "tool_call_id"] = "n" * length
         case _:

@@ -29,6 +29,7 @@ from quotad.daemon.request_limits import MAX_CHAT_ITEMS, MAX_EMBED_INPUTS
 from quotad.daemon.routing import Router
 from quotad.daemon.store import Store
 from quotad.daemon.store.prices import PER_TOKEN
+from quotad.protocol.framing import MAX_FREE_FORM_ITEMS
 from quotad.protocol.messages import Chat, ChatMessage, Embed, Usage
 from tests.support.providers import (
     UNREACHABLE,
@@ -256,6 +257,59 @@ async def test_an_embedding_past_the_bound_on_its_inputs_is_refused_before_any_s
             Embed(id=1, model="g", input=["x"] * MAX_EMBED_INPUTS), Caller("a")
         )
         assert len(reply.embeddings) == MAX_EMBED_INPUTS
+
+
+def spread(items: int) -> dict[str, Any]:
+    """A free-form value of ``items`` items (entries and items at every depth) in maps of
+    at most half of MAX_FREE_FORM_ITEMS, each within the frame's bound on one map."""
+    half = MAX_FREE_FORM_ITEMS // 2
+    value: dict[str, Any] = {}
+    while items > half + 1:
+        value[f"m{len(value)}"] = {f"k{index}": index for index in range(half)}
+        items -= half + 1
+    value.update({f"v{index}": index for index in range(items)})
+    return value
+
+
+async def test_a_free_form_value_past_the_bound_on_its_items_is_refused_before_any_step_reads_it(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket fuzz's wide frames: one free-form value of 500,000 items held the event loop
+    about 1.4 s, each item read by screening, the token bounds (for the plan, the budget
+    hold and the journal's row), the cache key and the provider's body. A frame's are
+    counted before it is decoded; those of the front door's bodies, each content part and
+    each tool call are counted here: more than MAX_FREE_FORM_ITEMS in one value (spread
+    over maps each within the bound on one) are refused, naming it, before the guardrails
+    read any."""
+    wide = spread(MAX_FREE_FORM_ITEMS + 1)
+    message = ChatMessage(role="assistant", tool_calls=[{"id": "c"}, wide])
+    asked: dict[str, Chat | Embed] = {
+        "extra": chat("hi", extra=wide),
+        "tool_choice": chat("hi", tool_choice=wide),
+        "response_format": chat("hi", response_format={"type": "json_schema", "s": wide}),
+        "tools": chat("hi", tools=[{"type": "function"}, {"type": "function", "f": wide}]),
+        "messages[0].content[1]": chat([{"type": "text", "text": "a"}, {**wide, "type": "x"}]),
+        "messages[1].tool_calls[1]": Chat(
+            id=1, model="g", messages=[ChatMessage(role="user", content="a"), message]
+        ),
+        "extra ": Embed(id=1, model="g", input="x", extra=wide),
+    }
+    screened: list[Chat | Embed] = []
+    async with bounded_broker() as (store, provider, broker):
+        monkeypatch.setattr(broker.guardrails, "check", screened.append)
+        for field, request in asked.items():
+            send = broker.embed if isinstance(request, Embed) else broker.chat
+            with pytest.raises(RequestError) as refused:
+                await send(request, Caller(app="a"))  # type: ignore[arg-type]
+            assert refused.value.code == "bad_request"
+            assert refused.value.details == {"field": field.strip()}
+            assert f"holds at most {MAX_FREE_FORM_ITEMS:,} items" in str(refused.value)
+        assert screened == []
+        assert provider.asked_max_tokens == []
+        assert [row[0] for row in await rows(store)] == ["bad_request"] * len(asked)
+    async with bounded_broker() as (_, provider, broker):  # at the bound: served
+        await broker.chat(chat("hi", extra=spread(MAX_FREE_FORM_ITEMS)), Caller(app="a"))
+        assert len(provider.asked_max_tokens) == 1
 
 
 async def test_a_broken_stream_settles_at_the_bound_of_what_it_delivered(

@@ -17,14 +17,17 @@ reader of frames does not expect.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
 from quotad.protocol.messages import Reply, Request, RequestId
 from quotad.protocol.scan import (
+    NO_ITEM_BOUNDS,
+    ItemBounds,
     TooDeep,
+    TooMany,
     TooWide,
     bound_exceeded,
     end_of_items,
@@ -54,9 +57,24 @@ MAX_SETTLE_HEADERS: Final = 1_000
 rate-limit headers), and a settle is never refused for them (its permit would stay held until
 its lease ends). A provider answers with a few dozen; 700,000 held the event loop for 1.2 s,
 decoded and then parsed."""
-FIRST_ITEMS_ONLY: Final = {"headers": MAX_SETTLE_HEADERS}
-"""The top-level fields of a request of which only the first items are read (a map: its
-first entries), and how many; the rest are dropped from the frame before it is decoded."""
+MAX_FREE_FORM_ITEMS: Final = MAX_CONTAINER_ITEMS
+"""The most items (a map's entries, an array's items, at every depth) one free-form value of a
+request may hold: its ``extra``, ``tool_choice``, ``response_format``, ``tools`` (all
+together), ``Admin.args``, counted from their headers before the frame is decoded; and each
+content part (with the parts nested in it) and each tool call (the daemon's
+``request_limits``, after). Spread over many maps and arrays, each within
+:data:`MAX_CONTAINER_ITEMS`, 500,000 items in ``extra`` held the event loop 0.7 s walked and
+decoded, and about as long again read by the steps (screening, the token bounds, the cache
+key, the provider's body, the journal)."""
+FREE_FORM_FIELDS: Final = ("extra", "tool_choice", "response_format", "tools", "args")
+"""The top-level fields held to :data:`MAX_FREE_FORM_ITEMS` before the frame is decoded."""
+REQUEST_ITEMS: Final = ItemBounds(
+    each=MAX_CONTAINER_ITEMS,
+    own={"headers": MAX_SETTLE_HEADERS},
+    total=dict.fromkeys(FREE_FORM_FIELDS, MAX_FREE_FORM_ITEMS),
+)
+"""What the maps and arrays of a request frame may hold (a Settle's headers past their bound
+are cut to it, not refused)."""
 
 T = TypeVar("T")
 
@@ -166,6 +184,14 @@ def _first_items_only(payload: bytearray, wide: TooWide, count: int) -> bytearra
     return bytearray(_RAW_ENCODER.encode(fields))
 
 
+def too_many_items(field: str, most: int) -> str:
+    """What a free-form value past its bound on items is told (``field``, the value)."""
+    return (
+        f"{field}: a free-form value holds at most {most:,} items (the entries of its maps and "
+        "the items of its arrays, at every depth)"
+    )
+
+
 def _map_header(count: int) -> bytes:
     """The header of a MessagePack map of ``count`` entries."""
     if count <= 15:
@@ -180,23 +206,20 @@ def _map_header(count: int) -> bytes:
 class FrameDecoder(Generic[T]):
     """Splits received bytes into frames and decodes each into a ``T`` message."""
 
-    __slots__ = ("_buffer", "_decoder", "first_items", "frame_size", "max_frame", "max_items")
+    __slots__ = ("_buffer", "_decoder", "frame_size", "items", "max_frame")
 
     def __init__(
         self,
         message_type: type[T],
         max_frame: int = DEFAULT_MAX_FRAME,
-        max_items: int | None = None,
-        first_items: Mapping[str, int] | None = None,
+        items: ItemBounds = NO_ITEM_BOUNDS,
     ) -> None:
         self._decoder = _message_decoder(message_type)  # shared, not built per connection
         self._buffer = bytearray()
         self.max_frame = max_frame
-        self.max_items = max_items
-        """The most items a map or an array in a frame may hold (None: any number)."""
-        self.first_items = first_items or {}
-        """Top-level fields of which only the first items are read, and how many (a map of
-        more than that is cut, not refused)."""
+        self.items = items
+        """What a frame's maps and arrays may hold (a map of a top-level field in its
+        ``own`` past its bound is cut to its first entries, not refused)."""
         self.frame_size = 0
         """The bytes (length prefix included) of the frame :meth:`feed` yielded (or refused
         as :class:`MessageInvalid`) last."""
@@ -231,10 +254,11 @@ class FrameDecoder(Generic[T]):
 
     def _decode(self, payload: bytearray) -> T:
         """One frame's message; a :class:`FrameError` for anything else it holds."""
-        found = bound_exceeded(payload, MAX_NESTING, self.max_items, self.first_items)
-        if isinstance(found, TooWide) and found.depth == 2 and found.path in self.first_items:
-            payload = _first_items_only(payload, found, self.first_items[found.path])
-            found = bound_exceeded(payload, MAX_NESTING, self.max_items, self.first_items)
+        bounds = self.items
+        found = bound_exceeded(payload, MAX_NESTING, bounds)
+        if isinstance(found, TooWide) and found.depth == 2 and found.path in bounds.own:
+            payload = _first_items_only(payload, found, bounds.own[found.path])
+            found = bound_exceeded(payload, MAX_NESTING, bounds)
         if isinstance(found, TooDeep):
             raise MessageValidationError(
                 f"invalid message: {found.field}: nested deeper than {MAX_NESTING} levels",
@@ -242,12 +266,18 @@ class FrameDecoder(Generic[T]):
             )
         if isinstance(found, TooWide):
             kind = "a map" if found.is_map else "an array"
-            most = self.first_items.get(found.path) if found.depth == 2 else None
+            most = bounds.own.get(found.path, bounds.each) if found.depth == 2 else bounds.each
             raise MessageValidationError(
                 f"invalid message: {found.path}: {kind} of {found.items:,} items; a map or an "
-                f"array in a request holds at most {most or self.max_items or 0:,}",
+                f"array in a request holds at most {most:,}",
                 _request_id_of(payload),
                 field_named(found.path),
+            )
+        if isinstance(found, TooMany):
+            raise MessageValidationError(
+                f"invalid message: {too_many_items(found.field, bounds.total[found.field])}",
+                _request_id_of(payload),
+                field_named(found.field),
             )
         try:
             return self._decoder.decode(payload)
@@ -308,10 +338,9 @@ def field_named(description: str) -> str | None:
 
 
 def request_decoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameDecoder[Request]:
-    """A decoder for frames a daemon receives: their maps and arrays hold at most
-    :data:`MAX_CONTAINER_ITEMS` items, a Settle's first :data:`MAX_SETTLE_HEADERS` headers
-    are read."""
-    return FrameDecoder(Request, max_frame, MAX_CONTAINER_ITEMS, FIRST_ITEMS_ONLY)  # type: ignore[arg-type]
+    """A decoder for frames a daemon receives, their maps and arrays held to
+    :data:`REQUEST_ITEMS`."""
+    return FrameDecoder(Request, max_frame, REQUEST_ITEMS)  # type: ignore[arg-type]
 
 
 def reply_decoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameDecoder[Reply]:

@@ -97,61 +97,77 @@ class TooWide(NamedTuple):
     depth: int
 
 
+class TooMany(NamedTuple):
+    """The value of the top-level ``field`` holds more items than it may, counted at every
+    depth (its maps' entries and its arrays' items): ``items`` by where the count passed."""
+
+    field: str
+    items: int
+
+
+class ItemBounds(NamedTuple):
+    """How many items the maps and arrays of a frame may hold (a map's entries, an array's
+    items; counted from their headers)."""
+
+    each: int = 2**32
+    """Any one map or array (more than any header counts: no bound)."""
+    own: Mapping[str, int] = {}
+    """The value of a top-level field named here, by the field's name."""
+    total: Mapping[str, int] = {}
+    """The value of a top-level field named here, at every depth together."""
+
+
+NO_ITEM_BOUNDS: Final = ItemBounds()
+
+
 def bound_exceeded(
-    data: bytes | bytearray,
-    max_depth: int,
-    max_items: int | None = None,
-    fewer_items: Mapping[str, int] | None = None,
-) -> TooDeep | TooWide | None:
+    data: bytes | bytearray, max_depth: int, items: ItemBounds = NO_ITEM_BOUNDS
+) -> TooDeep | TooWide | TooMany | None:
     """None when the MessagePack value in ``data`` nests at most ``max_depth`` containers deep
-    and none of its maps and arrays holds more than ``max_items`` items (None: any number),
-    nor the value of a top-level field named in ``fewer_items`` more than it says there; else
-    the first bound passed, and where. A container's count is read from its header, before
-    any of its items.
+    and its maps and arrays hold no more ``items`` than they may; else the first bound
+    passed, and where. A container's count is read from its header, before any of its items.
 
     Bytes that are not MessagePack end the walk with None: the decoder then says what is wrong.
     """
-    most = max_items if max_items is not None else _ANY_NUMBER
-    fewest = min([most, *(fewer_items or {}).values()])
+    fewest = min([items.each, *items.own.values()])
     if len(data) <= min(max_depth, fewest):
-        return None  # too short for either bound to be passed
+        return None  # too short for any bound to be passed
     candidates = data.translate(None, _OTHER_BYTES)  # every byte that could open a container
     if (
         len(candidates) < max_depth
         and fewest >= _FIX_ITEMS
+        and min([*items.total.values(), _ANY_NUMBER]) >= max_depth * _FIX_ITEMS
         and not any(byte in candidates for byte in _COUNTED_HEADER_BYTES)
     ):
         return None  # too few containers to nest so deep, each of at most 15 items
-    found = _walk(data, 0, 1, max_depth, most, fewer_items or {})
+    found = _walk(data, 0, 1, max_depth, items)
     return None if isinstance(found, int) else found
 
 
 def end_of_items(data: bytes | bytearray, start: int, count: int) -> int:
     """Where the ``count`` elements from ``start`` end (a map entry is two); ``len(data)``
     if the data ends first."""
-    found = _walk(data, start, count, _ANY_NUMBER, _ANY_NUMBER, {})
+    found = _walk(data, start, count, _ANY_NUMBER, NO_ITEM_BOUNDS)
     assert isinstance(found, int)  # no bound to pass
     return min(found, len(data))
 
 
 def _walk(
-    data: bytes | bytearray,
-    start: int,
-    count: int,
-    max_depth: int,
-    most: int,
-    fewer_items: Mapping[str, int],
-) -> TooDeep | TooWide | int:
+    data: bytes | bytearray, start: int, count: int, max_depth: int, bounds: ItemBounds
+) -> TooDeep | TooWide | TooMany | int:
     """The walk of :func:`bound_exceeded` over the ``count`` elements from ``start`` (at the
     top level: the one value in ``data``): the first bound passed, else where the elements
     end (past the data's end, or at the byte that is no MessagePack)."""
     fixed_size = _FIXED_SIZE
+    most = bounds.each
     end = len(data)
     i = start
     left = count  # elements left in the innermost open container (the whole value at first)
     outer: list[int] = []  # the same for every container around it
     opened: list[int] = []  # the header's offset of each open container
     field_at = -1
+    field = "message"  # the top-level field whose value is walked (when any)
+    field_items = field_most = 0  # its items so far, and the most it may hold
     while left:
         if i >= end:
             return i
@@ -172,18 +188,22 @@ def _walk(
                 outer.append(left)
                 opened.append(i)
                 depth = len(outer)
-                if depth == 2:
-                    field_at = i  # a top-level field's value opens here
-                if depth > max_depth:
-                    return TooDeep(_field_before(data, field_at))
                 is_map = first <= 0x8F or first >= 0xDE
                 items = elements // 2 if is_map else elements
                 limit = most
-                if depth == 2 and fewer_items:
-                    limit = fewer_items.get(_field_before(data, i), most)
+                if depth == 2:  # a top-level field's value opens here
+                    field_at = i
+                    field, field_items = _field_before(data, i), 0
+                    field_most = bounds.total.get(field, _ANY_NUMBER)
+                    limit = bounds.own.get(field, most)
+                if depth > max_depth:
+                    return TooDeep(_field_before(data, field_at))
                 if items > limit:
                     path = _path_to(data, opened, outer)
                     return TooWide(path, is_map, items, i + header, depth)
+                field_items += items
+                if field_items > field_most and depth >= 2:
+                    return TooMany(field, field_items)
                 left = elements
             i += header
         elif (length_field := _LENGTH_FIELD.get(first)) is not None:

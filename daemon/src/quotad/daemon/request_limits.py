@@ -47,6 +47,7 @@ from quotad.daemon.tokens import (
     input_tokens_upper_bound,
     value_tokens_upper_bound,
 )
+from quotad.protocol.framing import MAX_FREE_FORM_ITEMS, too_many_items
 from quotad.protocol.messages import MAX_NAME, Chat, Embed
 from quotad.protocol.names import control_character_in
 
@@ -114,7 +115,7 @@ def check_chat_size(request: Chat) -> None:
     naming where the count passes the bound, before any step reads them all. Parts are
     counted wherever the steps read them (:mod:`quotad.daemon.guardrails.walk`): in a part's
     ``content`` (a list, or one part) and ``source.content``, at any depth, and a message's
-    ``tool_calls``; the count stops at the bound."""
+    ``tool_calls``; the count stops at the bound. Then :func:`check_free_form_size`."""
     if len(request.messages) > MAX_CHAT_ITEMS:
         raise _too_many("messages", "messages", len(request.messages))
     if request.tools is not None and len(request.tools) > MAX_CHAT_ITEMS:
@@ -145,6 +146,51 @@ def check_chat_size(request: Chat) -> None:
                 source = part.get("source")
                 if isinstance(source, dict) and isinstance(source.get("content"), list):
                     unread.append(source["content"])
+    check_free_form_size(request)
+
+
+def check_free_form_size(request: Chat | Embed) -> None:
+    """Refuse a request one of whose free-form values holds more than
+    :data:`~quotad.protocol.framing.MAX_FREE_FORM_ITEMS` items, naming it, before any step
+    reads them (a frame's top-level ones were counted before it was decoded; a front door
+    body's, each content part and each tool call are counted here). The count stops past the
+    bound."""
+    _check_items("extra", request.extra)
+    if isinstance(request, Embed):
+        return
+    _check_items("tool_choice", request.tool_choice)
+    _check_items("response_format", request.response_format)
+    _check_items("tools", request.tools)
+    for position, message in enumerate(request.messages):
+        if isinstance(message.content, list):
+            _check_each(f"messages[{position}].content", message.content)
+        if message.tool_calls:
+            _check_each(f"messages[{position}].tool_calls", message.tool_calls)
+
+
+def _check_each(field: str, values: list[Any]) -> None:
+    """:func:`_check_items` of each of ``values``, the items of ``field``."""
+    for index, value in enumerate(values):
+        _check_items(field, value, index)
+
+
+def _check_items(field: str, value: object, index: int | None = None) -> None:
+    """Refuse ``value`` (``field``, or its item ``index``) if it holds more than
+    :data:`MAX_FREE_FORM_ITEMS` items."""
+    if not isinstance(value, dict | list):
+        return
+    count = 0
+    unread: list[Any] = [value]
+    while unread:
+        items = unread.pop()
+        count += len(items)
+        if count > MAX_FREE_FORM_ITEMS:
+            where = field if index is None else f"{field}[{index}]"
+            message = too_many_items(where, MAX_FREE_FORM_ITEMS)
+            raise RequestError("bad_request", message, details={"field": where})
+        for item in items.values() if isinstance(items, dict) else items:
+            if isinstance(item, dict | list):
+                unread.append(item)
 
 
 MAX_EMBED_INPUTS: Final = MAX_CHAT_ITEMS
@@ -156,7 +202,7 @@ provider takes as many: OpenAI takes 2,048 a request, most others fewer."""
 
 def check_embed_size(request: Embed) -> None:
     """Refuse an embedding request of more than :data:`MAX_EMBED_INPUTS` inputs, before any
-    step reads them."""
+    step reads them; then :func:`check_free_form_size`."""
     if isinstance(request.input, list) and len(request.input) > MAX_EMBED_INPUTS:
         raise RequestError(
             "bad_request",
@@ -164,6 +210,7 @@ def check_embed_size(request: Embed) -> None:
             f"holds {len(request.input):,}",
             details={"field": "input"},
         )
+    check_free_form_size(request)
 
 
 def _too_many(field: str, what: str, count: int) -> RequestError:
