@@ -26,6 +26,7 @@ from quotad.daemon.errors import RequestError
 from quotad.daemon.front_door import FrontDoor, openai, wire
 from quotad.daemon.front_door.wire import header_safe
 from quotad.daemon.routing import Router
+from quotad.protocol.framing import MAX_FREE_FORM_ITEMS
 from quotad.protocol.messages import Chat
 from tests.support.event_loop import turns_during
 from tests.support.serving import running
@@ -251,6 +252,54 @@ async def test_a_big_body_is_looked_through_for_integers_between_turns_of_the_lo
         assert decoded.tools == []
 
     assert await turns_during(decode) >= 4  # a turn between each of the 5 pieces
+
+
+def spread_items(count: int) -> dict[str, Any]:
+    """An object of about ``count`` items in objects of 1,000 keys."""
+    block = {f"k{index}": index for index in range(1000)}
+    return {f"m{index}": block for index in range(count // 1000)}
+
+
+WIDE_BODIES = [
+    ("/v1/chat/completions", "response_format",
+     {**CHAT, "response_format": {"type": "json_schema", "json_schema": spread_items(800_000)}}),
+    ("/v1/chat/completions", "tools",
+     {**CHAT, "tools": [{"type": "function", "function": {"parameters": spread_items(60_000)}}]}),
+    ("/v1/chat/completions", "metadata", {**CHAT, "metadata": {"a": [[1]] * 50_001}}),
+    ("/v1/messages", "tool_choice", {**ANTHROPIC_CHAT, "tool_choice": spread_items(60_000)}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "field", "body"), WIDE_BODIES, ids=[b[1] for b in WIDE_BODIES])
+async def test_a_top_level_field_past_the_bound_on_its_items_is_400_before_the_body_is_decoded(
+    path: str, field: str, body: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """msgspec decodes a body in one call that holds the GIL: 800,000 keys in
+    response_format (14 MB) held the event loop 1.3 s, before the steps read them all. A
+    top-level field (but messages) of more than MAX_FREE_FORM_ITEMS items is refused
+    before the body is decoded, naming it."""
+    decoded: list[bytes] = []
+    monkeypatch.setattr(wire, "_decoded", lambda decode, body: decoded.append(body))
+    broker = ScriptedBroker()
+    async with serving(broker, auth="none") as front_door, httpx.AsyncClient() as http:
+        url = f"http://{front_door.address}{path}"
+        response = await http.post(url, content=msgspec.json.encode(body), timeout=60)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert f"{field}: a free-form value holds at most {MAX_FREE_FORM_ITEMS:,} items" in message
+    assert decoded == []
+    assert broker.calls == []
+
+
+async def test_commas_and_brackets_in_strings_are_no_items() -> None:
+    """Whether a field may hold too many is first told by counting its commas and brackets,
+    wherever they are; those in strings (escaped quotes around them) are then found not to
+    be items, and the body is served."""
+    text = 'a, b, [c], {d}, \\"e, f\\", ' * 20_000  # 120,000 commas in strings
+    body = {**CHAT, "messages": [{"role": "user", "content": text}]}
+    body["prediction"] = {"type": "content", "content": text}
+    decoded = await wire.decode_body(openai.CHAT_DECODER, msgspec.json.encode(body))
+    assert decoded.prediction == body["prediction"]
 
 
 @pytest.mark.parametrize("offset", [-30, -19, -10, -1, 0])

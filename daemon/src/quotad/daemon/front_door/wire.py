@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final, Literal, Protocol, TypeVar
 
 import anyio.lowlevel
+import anyio.to_thread
 import msgspec
 
 from quotad.daemon.errors import RequestError
+from quotad.daemon.front_door.json_items import field_past_bound, may_hold_too_many
 from quotad.daemon.net.http11 import Headers, HttpRequest
-from quotad.protocol.framing import describe, field_named
+from quotad.protocol.framing import MAX_FREE_FORM_ITEMS, describe, field_named, too_many_items
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -119,8 +121,15 @@ async def decode_body(decoder: BodyDecoder[T], body: bytes) -> T:
     """The request body as a ``T``; ``bad_request`` naming what is wrong when it is not one:
     the field (wrong type, missing, out of range, an integer beyond 64 bits anywhere), invalid
     JSON, a string that is not UTF-8, or nesting deeper than quotad takes
-    (:data:`DECODE_HEADROOM`). A big body is looked through for integers a MiB at a time,
-    the event loop serving others in between (:func:`_has_nineteen_digits`)."""
+    (:data:`DECODE_HEADROOM`), or more items in a top-level field than quotad takes
+    (:mod:`~quotad.daemon.front_door.json_items`, before decoding). A big body
+    is looked through for integers a MiB at a time, the event loop serving others in between
+    (:func:`_has_nineteen_digits`)."""
+    if await may_hold_too_many(body):
+        field = await anyio.to_thread.run_sync(field_past_bound, body)
+        if field is not None:
+            message = too_many_items(field, MAX_FREE_FORM_ITEMS)
+            raise RequestError("bad_request", message, details={"field": field})
     decoded = _decoded(decoder.decode, body)
     if await _has_nineteen_digits(body):
         _decoded(_check_integers_of, body)
