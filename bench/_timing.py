@@ -1,5 +1,6 @@
 """What the benchmarks share: timing calls one after another or from many tasks, quantiles,
-a process's CPU time read from /proc, the environment that runs another checkout's daemon, and
+a process's CPU time read from /proc, the environment that runs another checkout's daemon (and
+such a daemon with its front door open), and
 the command line of a benchmark (and of one that runs rounds of requests) and how it prints its
 figures, and the figures a fuzz run opens with. Not a benchmark itself (the
 smoke test skips ``bench/_*.py``)."""
@@ -7,6 +8,7 @@ smoke test skips ``bench/_*.py``)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -17,6 +19,8 @@ from typing import Any, TypeVar
 
 import anyio
 import msgspec
+
+from tests.support.daemon import DaemonProcess, daemon_config, free_port
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -97,6 +101,18 @@ def source_env(source: str | Path | None) -> dict[str, str]:
         return {}
     root = Path(source).resolve()
     return {"PYTHONPATH": f"{root / 'daemon' / 'src'}{os.pathsep}{root / 'client' / 'src'}"}
+
+
+def front_door_daemon(
+    stack: contextlib.ExitStack, source: str | Path | None, *tables: str, **head: str
+) -> tuple[DaemonProcess, int]:
+    """A daemon run from the sources in ``source`` (None: this tree's; :func:`source_env`)
+    with ``tables`` and ``head`` (as :func:`~tests.support.daemon.daemon_config` takes them),
+    its front door on a free loopback port with ``auth = "none"``, stopped when ``stack``
+    closes; and that port."""
+    port = free_port()
+    config = daemon_config(*tables, http=f'listen = "127.0.0.1:{port}"\nauth = "none"', **head)
+    return stack.enter_context(DaemonProcess(config, env=source_env(source))), port
 
 
 def rounds_main(

@@ -37,9 +37,9 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import bench_parser, percentile, print_figures, source_env
+from bench._timing import bench_parser, front_door_daemon, percentile, print_figures
 from quotad.client import AsyncClient
-from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
+from tests.support.daemon import DaemonProcess, sim_provider_config
 from tests.support.sim import SimProcess
 
 APPS = 1000
@@ -202,14 +202,10 @@ def main() -> None:
     with SimProcess() as sim, contextlib.ExitStack() as stack:
         daemons = []
         for arm in arms:
-            port = free_port()
-            config = daemon_config(
-                sim_provider_config("sim", sim.base_url),
-                http=f'listen = "127.0.0.1:{port}"\nauth = "none"',
-                cache='mode = "off"',
-            )
-            env = source_env(args.baseline_source if arm == "baseline" else None)
-            daemons.append(Daemon(stack.enter_context(DaemonProcess(config, env=env)), port))
+            source = args.baseline_source if arm == "baseline" else None
+            provider = sim_provider_config("sim", sim.base_url)
+            daemon, port = front_door_daemon(stack, source, provider, cache='mode = "off"')
+            daemons.append(Daemon(daemon, port))
         anyio.run(run, daemons, args)
     result: dict[str, Any] = {"bench": "metrics_scrape", "targets": args.targets}
     result["pairs"] = args.pairs

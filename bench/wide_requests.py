@@ -34,12 +34,18 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import alternating, bench_parser, cpu_seconds, print_figures, source_env
+from bench._timing import (
+    alternating,
+    bench_parser,
+    cpu_seconds,
+    front_door_daemon,
+    print_figures,
+)
 from bench.big_body import read_answer
 from quotad.client import Client
 from quotad.protocol.framing import FrameEncoder
 from quotad.protocol.messages import Acquire, Error, Hello, Permit
-from tests.support.daemon import DaemonProcess, daemon_config, free_port, sim_provider_config
+from tests.support.daemon import DaemonProcess, sim_provider_config
 from tests.support.fuzz import FUZZ_TABLES
 from tests.support.fuzz_extremes import RAW, wide_message
 from tests.support.raw_socket import read_replies, unix_connection
@@ -47,19 +53,15 @@ from tests.support.sim import SimProcess
 
 MODEL = "sim/gpt-4o-mini"
 SHAPES: dict[str, tuple[str, int, int]] = {
-    "extra": ("extra", 500_000, 0),
-    "content_addresses": ("content", 0, 7_360_000),
-    "tool_choice": ("tool_choice", 400_000, 0),
-    "part_fields": ("part_fields", 400_000, 0),
+    "extra": ("extra", 500_000, 0), "content_addresses": ("content", 0, 7_360_000),
+    "tool_choice": ("tool_choice", 400_000, 0), "part_fields": ("part_fields", 400_000, 0),
     "tool_schema": ("tool_schema", 300_000, 0),
     "response_format": ("response_format", 200_000, 0),
-    "admin_args": ("admin_args", 600_000, 0),
-    "settle_headers": ("settle_headers", 700_000, 0),
+    "admin_args": ("admin_args", 600_000, 0), "settle_headers": ("settle_headers", 700_000, 0),
     "http_response_format": ("response_format", 800_000, 0),
-    "extra_spread": ("spread_extra", 500_000, 0),
-    "extra_50k": ("extra", 50_000, 0),
+    "extra_spread": ("spread_extra", 500_000, 0), "extra_50k": ("extra", 50_000, 0),
     "tool_schema_20k": ("tool_schema", 20_000, 0),
-}
+}  # fmt: skip
 """Each measured shape: the :func:`wide_message` shape, its count and its length."""
 QUICK_SCALE = 100
 ENCODER = FrameEncoder()
@@ -184,14 +186,8 @@ def measure(
     with SimProcess() as sim, contextlib.ExitStack() as stack:
         arms = []
         for source in sources:
-            port = free_port()
-            config = daemon_config(
-                sim_provider_config("sim", sim.base_url),
-                FUZZ_TABLES,
-                http=f'listen = "127.0.0.1:{port}"\nauth = "none"',
-            )
-            daemon = stack.enter_context(DaemonProcess(config, env=source_env(source)))
-            arms.append(Arm(daemon, port))
+            provider = sim_provider_config("sim", sim.base_url)
+            arms.append(Arm(*front_door_daemon(stack, source, provider, FUZZ_TABLES)))
         for shape in shapes:
             for arm in alternating(arms, rounds):
                 arm.round(shape, payloads[shape])
