@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 _FIXED_SIZE: Final = bytearray(256)
@@ -50,6 +51,10 @@ _ONE_BYTE_RUN: Final = re.compile(rb"[\x00-\x7f\xa0\xc0\xc2\xc3\xe0-\xff]+")
 """Elements of one byte: fixint, the empty fixstr, nil, false, true."""
 _COUNTED_HEADER_BYTES: Final = b"\xdc\xdd\xde\xdf"
 """First bytes of an array or a map whose header counts its items in 16 or 32 bits."""
+_COUNTED_HEADER: Final = re.compile(b"[\xdc-\xdf]")
+_MAX_QUICK_DEPTH: Final = 64
+"""The deepest bound on nesting for which :func:`bound_exceeded` may skip its walk (the
+frames' is 64)."""
 _FIX_ITEMS: Final = 15
 """The most items a fixarray or a fixmap holds (its count in its first byte)."""
 _ANY_NUMBER: Final = 2**32
@@ -105,16 +110,31 @@ class TooMany(NamedTuple):
     items: int
 
 
-class ItemBounds(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class ItemBounds:
     """How many items the maps and arrays of a frame may hold (a map's entries, an array's
     items; counted from their headers)."""
 
     each: int = 2**32
     """Any one map or array (more than any header counts: no bound)."""
-    own: Mapping[str, int] = {}
+    own: Mapping[str, int] = field(default_factory=dict)
     """The value of a top-level field named here, by the field's name."""
-    total: Mapping[str, int] = {}
+    total: Mapping[str, int] = field(default_factory=dict)
     """The value of a top-level field named here, at every depth together."""
+    fewest: int = field(init=False)
+    """The lowest bound of any one map or array (:attr:`each`, :attr:`own`)."""
+    fix_items_fit: bool = field(init=False)
+    """Whether containers of at most 15 items each (fixmaps and fixarrays), nested no deeper
+    than a frame may, stay within every bound: then a frame with no other container but its
+    own map needs no walk (:func:`bound_exceeded`)."""
+
+    def __post_init__(self) -> None:
+        fewest = min([self.each, *self.own.values()])
+        fits = fewest >= _FIX_ITEMS and min([*self.total.values(), _ANY_NUMBER]) >= (
+            _MAX_QUICK_DEPTH * _FIX_ITEMS
+        )
+        object.__setattr__(self, "fewest", fewest)
+        object.__setattr__(self, "fix_items_fit", fits)
 
 
 NO_ITEM_BOUNDS: Final = ItemBounds()
@@ -129,17 +149,15 @@ def bound_exceeded(
 
     Bytes that are not MessagePack end the walk with None: the decoder then says what is wrong.
     """
-    fewest = min([items.each, *items.own.values()])
+    fewest = items.fewest
     if len(data) <= min(max_depth, fewest):
         return None  # too short for any bound to be passed
     candidates = data.translate(None, _OTHER_BYTES)  # every byte that could open a container
-    if (
-        len(candidates) < max_depth
-        and fewest >= _FIX_ITEMS
-        and min([*items.total.values(), _ANY_NUMBER]) >= max_depth * _FIX_ITEMS
-        and not any(byte in candidates for byte in _COUNTED_HEADER_BYTES)
-    ):
-        return None  # too few containers to nest so deep, each of at most 15 items
+    if len(candidates) < max_depth <= _MAX_QUICK_DEPTH and items.fix_items_fit:
+        first = data[0]  # the message's own map: a Chat's 16 fields and more take a map16
+        own = first in _COUNTED_HEADER_BYTES and _container(data, 0, first)[0] <= 2 * fewest
+        if _COUNTED_HEADER.search(candidates, 1 if own else 0) is None:
+            return None  # too few containers to nest so deep, each of at most 15 items
     found = _walk(data, 0, 1, max_depth, items)
     return None if isinstance(found, int) else found
 
