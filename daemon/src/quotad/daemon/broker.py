@@ -53,26 +53,14 @@ from quotad.daemon.net.deadlines import Deadlines
 from quotad.daemon.permits import DEFAULT_429_PAUSE_S, Permits
 from quotad.daemon.providers.base import ChatResult, EmbedResult, ProviderAnswer, ProviderError
 from quotad.daemon.request_context import RequestContext, RequestIds
-from quotad.daemon.request_limits import (
-    check_chat_size,
-    check_embed_size,
-    check_names,
-    embed_inputs,
-)
+from quotad.daemon.request_limits import check_names, check_size, embed_inputs
 from quotad.daemon.routing import Route, Router, Target
 from quotad.daemon.semantic.step import SemanticStep
 from quotad.daemon.status import DAEMON_VERSION, StatusReports
 from quotad.daemon.store import Store
 from quotad.daemon.store.cache import Cacheable, CachedChat, CachedEmbedding, CacheEntry
 from quotad.daemon.store.ledger import LedgerWriteFailed
-from quotad.daemon.streamed_answer import (
-    HIT_BATCH_CHUNKS,
-    OpenedStream,
-    StreamedAnswer,
-    broken_stream,
-    hit_batches,
-    in_batches,
-)
+from quotad.daemon.streamed_answer import OpenedStream, StreamedAnswer, broken_stream, hit_batches
 from quotad.protocol.messages import (
     CacheMode,
     Chat,
@@ -136,7 +124,6 @@ class Broker:
     async def chat(self, request: Chat, caller: Caller) -> ChatReply:
         """A chat request answered whole."""
         async with self._pipeline("chat", request, caller) as context:
-            check_chat_size(request)  # 1's bound first: every step reads each part
             request, screening = await self.guardrails.check(request, context)  # 0
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit skips to 7
@@ -157,9 +144,7 @@ class Broker:
                 content=result.content,
                 tool_calls=result.tool_calls,
                 finish_reason=result.finish_reason,
-                usage=context.charged_usage(
-                    result.usage, result.usage_reported, result.content or "", result.tool_calls
-                ),
+                usage=context.charged_answer_usage(result),
             )
             try:
                 reply = screening.screen(reply)  # the output rules: what the cache may keep
@@ -178,7 +163,6 @@ class Broker:
         a break after it ends the stream with ``upstream_error`` carrying the partial content.
         """
         async with self._pipeline("stream", request, caller) as context:
-            check_chat_size(request)  # 1's bound first: every step reads each part
             request, screening = await self.guardrails.check(request, context)  # 0
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit: 7 (its row committed), then its chunks replayed
@@ -186,11 +170,7 @@ class Broker:
                 end = answer.reply(
                     ChatEnd, request.id, context.request_id, context.saved_usd, hit.similarity
                 )
-                if screening.restorer.active:  # what it shows, all at once: its row counts it
-                    chunks, end = screening.replay(answer.replay(request.id), end, request.id)
-                    batches = in_batches(chunks)
-                else:  # cut from the stored answer a batch at a time, as they are sent
-                    batches = answer.replay_batches(request.id, HIT_BATCH_CHUNKS)
+                batches, end = screening.replay_hit(answer, end, request.id)
                 end.latency_s = await self._finish(context, end.usage)  # 7
                 for batch in hit_batches(batches, context, answer.target):
                     for chunk in batch:
@@ -280,7 +260,6 @@ class Broker:
     async def embed(self, request: Embed, caller: Caller) -> EmbedReply:
         """Embeddings for the request's inputs."""
         async with self._pipeline("embed", request, caller) as context:
-            check_embed_size(request)  # 1's bound first: every step reads each input
             request, _ = await self.guardrails.check(request, context)  # 0
             route, key, hit = await self._steps_1_to_3(context, request)
             if hit is not None:  # a hit skips to 7
@@ -297,7 +276,7 @@ class Broker:
                 )
 
             result = await self._attempt_targets(route, context, call)  # 4-6
-            usage = context.charged_usage(result.usage, result.usage_reported)
+            usage = context.charged_answer_usage(result)
             reply = EmbedReply(id=request.id, embeddings=result.embeddings, usage=usage)
             return await self._answered(context, reply, key, request.cache)  # 7
 
@@ -307,8 +286,9 @@ class Broker:
     async def _pipeline(
         self, kind: str, request: Chat | Embed, caller: Caller
     ) -> AsyncIterator[RequestContext]:
-        """One request's frame: counts it in flight, and records every outcome at step 7,
-        failures and cancellations included."""
+        """One request's frame: counts it in flight, refuses it past its size bounds (step
+        1's, first: every step reads each part and input), and records every outcome at step
+        7, failures and cancellations included."""
         context = RequestContext(
             request_id=self.request_ids.next(),
             kind=kind,
@@ -321,6 +301,7 @@ class Broker:
         )
         activity = self.tail.started(caller.app)
         try:
+            check_size(request)
             yield context
         except RequestError as error:
             error.request_id = error.request_id or context.request_id

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from quotad.daemon.caller import Caller
 from quotad.daemon.gates import AppPolicy, Reservation
-from quotad.daemon.providers.base import ProviderError, UsageReported
+from quotad.daemon.providers.base import ChatResult, EmbedResult, ProviderError, UsageReported
 from quotad.daemon.request_limits import (
     billable_tokens,
     check_chat_shape,
@@ -158,6 +158,14 @@ class RequestContext:
         return Usage(
             prompt_tokens=prompt, completion_tokens=completion, cached_tokens=usage.cached_tokens
         )
+
+    def charged_answer_usage(self, result: ChatResult | EmbedResult) -> Usage:
+        """What a provider's whole answer is charged (:meth:`charged_usage`): a chat's for
+        its content and tool calls."""
+        if isinstance(result, EmbedResult):
+            return self.charged_usage(result.usage, result.usage_reported)
+        delivered = result.content or ""
+        return self.charged_usage(result.usage, result.usage_reported, delivered, result.tool_calls)
 
     def plan(
         self,

@@ -325,3 +325,12 @@ def billable_tokens(request: Chat | Embed, max_tokens: int) -> tuple[int, int]:
 def embed_inputs(request: Embed) -> list[str]:
     """The texts an embedding request asks vectors for, as a list."""
     return [request.input] if isinstance(request.input, str) else request.input
+
+
+def check_size(request: Chat | Embed) -> None:
+    """Refuse a request larger than its bounds (:func:`check_chat_size`,
+    :func:`check_embed_size`): the broker's first check, before any step reads its parts."""
+    if isinstance(request, Chat):
+        check_chat_size(request)
+    else:
+        check_embed_size(request)

@@ -27,8 +27,8 @@ request and in its reply, never what they were.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any, Final, TypeVar, cast
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -40,7 +40,7 @@ from quotad.daemon.guardrails.policy import AppGuard, Checked, Guard
 from quotad.daemon.guardrails.restore import Restorer, StreamRestore, StreamScreen
 from quotad.daemon.guardrails.walk import rewrite_chat, rewrite_embed
 from quotad.daemon.request_context import RequestContext
-from quotad.daemon.streamed_answer import merge_tool_calls
+from quotad.daemon.streamed_answer import HIT_BATCH_CHUNKS, in_batches, merge_tool_calls
 from quotad.protocol.messages import Chat, ChatChunk, ChatEnd, ChatReply, Embed
 
 OFF_LOOP_CHARS: Final = 64 * 1024
@@ -52,6 +52,15 @@ RequestT = TypeVar("RequestT", Chat, Embed)
 ReplyT = TypeVar("ReplyT", bound=ChatReply)
 ToolCalls = list[dict[str, Any]]
 _ENCODER: Final = msgspec.json.Encoder(order="sorted")
+
+
+class Replayable(Protocol):
+    """A stored streamed answer (:class:`~quotad.daemon.store.answers.CachedChat`), as a
+    hit replays it."""
+
+    def replay(self, request_id: int) -> list[ChatChunk]: ...
+
+    def replay_batches(self, request_id: int, size: int) -> Iterator[list[ChatChunk]]: ...
 
 
 class Screening:
@@ -124,6 +133,18 @@ class Screening:
         if (tail := stream.flush()) is not None:
             shown.append(tail)
         return shown, self.restore(stream.end(end))
+
+    def replay_hit(
+        self, answer: Replayable, end: ChatEnd, request_id: int
+    ) -> tuple[Iterable[list[ChatChunk]], ChatEnd]:
+        """A stream answered from the cache: its chunks, :data:`HIT_BATCH_CHUNKS` at a time,
+        and its end, as the caller may see them. With nothing to screen or restore, each
+        batch is cut from the stored ``answer`` as it is sent; else they are all screened at
+        once (:meth:`replay`: the ledger row counts what the caller is shown)."""
+        if not self.restorer.active:
+            return answer.replay_batches(request_id, HIT_BATCH_CHUNKS), end
+        chunks, end = self.replay(answer.replay(request_id), end, request_id)
+        return in_batches(chunks), end
 
 
 def decode_entities(column: str) -> dict[str, int]:
