@@ -11,7 +11,12 @@ import shlex
 import pytest
 import redis.asyncio as aioredis
 
-from quotad.daemon.cluster.budgets import FleetBudgets, FleetBudgetShort
+from quotad.daemon.cluster.budgets import (
+    MAX_DAMAGED_CHARS,
+    FleetBudget,
+    FleetBudgets,
+    FleetBudgetShort,
+)
 from quotad.daemon.cluster.spend import MAX_NANO, read_fleet_spend, to_nano
 from tests.support.valkey import ValkeyServer
 from tests.unit.cluster.conftest import joined_link
@@ -114,3 +119,11 @@ async def test_spend_past_what_a_figure_holds_is_told_as_that_much(
         [row] = await read_fleet_spend(link, [DAY])
         assert (row.cost_usd, row.saved_usd, row.requests) == (MAX_USD, MAX_USD, 4)
         assert fleet.spend.held_at_bound == 2
+
+
+def test_a_damaged_field_is_named_at_most_as_long_as_the_script_cuts_it() -> None:
+    """The scripts cut a damaged field to 200 characters, but a reply that is not theirs (a
+    server that is not Redis running them) was kept whole, and told in every refusal."""
+    budget = FleetBudget("global", "day", DAY, 1.0)
+    FleetBudgets._note_damaged(budget, b"s:h=" + b"x" * 1_000_000)
+    assert budget.damaged == ("s:h=" + "x" * 1_000_000)[:MAX_DAMAGED_CHARS]

@@ -47,6 +47,10 @@ from quotad.daemon.cluster.spend import MAX_USD, NANO, FleetSpend, to_nano
 
 log = logging.getLogger("quotad.cluster")
 
+MAX_DAMAGED_CHARS: Final = 200
+"""The most of a damaged field (``field=value``) a budget keeps to name it, as the scripts cut
+it (``_budget.lua``)."""
+
 AHEAD_S: Final = 2.0
 """A host holds beyond its requests in flight what it reserved over about this long."""
 CONTENDED_S: Final = 2.0
@@ -268,8 +272,10 @@ class FleetBudgets:
 
     @staticmethod
     def _note_damaged(budget: FleetBudget, field: Any) -> None:
-        """What a script says of a field that holds no amount (logged when it is new)."""
-        damaged = _text(field)
+        """What a script says of a field that holds no amount (logged when it is new), cut as
+        the script cuts it (:data:`MAX_DAMAGED_CHARS`): a reply that is not the script's may
+        hold any length, and it is told in every refusal and log line."""
+        damaged = _text(field)[:MAX_DAMAGED_CHARS]
         if damaged and damaged != budget.damaged:
             budget.damaged = damaged
             log.warning(
