@@ -43,6 +43,7 @@ from quotad.daemon.providers.base import ChatResult
 from quotad.daemon.routing import Router
 from quotad.daemon.server import Connection, ConnectionLimits, SocketServer, listener
 from quotad.daemon.server import connection as connection_module
+from quotad.daemon.server.connection import MAX_HELLO_FRAME
 from quotad.daemon.server.snapshots import (
     MAX_SNAPSHOTS_PER_S,
     SNAPSHOT_BURST,
@@ -293,6 +294,42 @@ async def test_a_frame_over_max_frame_is_answered_to_a_peer_still_sending_it(
         assert refused.message == over_by
         async with AsyncClient(socket=served.path) as client:  # the daemon serves on
             assert (await client.status()).pid == os.getpid()
+
+
+async def test_a_first_frame_past_the_hello_bound_is_refused_at_its_head(
+    anyio_backend: Any,
+) -> None:
+    """Any process the socket's mode lets connect may send a first frame before saying who it
+    is: one of daemon.max_frame (8 MiB) was read, scanned and decoded whole, a second of the
+    event loop for 8 MiB of tiny values, before it was refused as no Hello. A first frame is
+    now bounded at MAX_HELLO_FRAME, refused from its length; the frames after a Hello are
+    bounded by max_frame as ever."""
+    big = Chat(id=1, model="p/m", messages=[ChatMessage(role="user", content="x" * 200_000)])
+    frame = ENCODER.encode(big)
+    async with serve() as served:
+
+        def send_whole_then_read(first: bytes) -> list[Reply]:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(PATIENCE_S)
+                sock.connect(str(served.path))
+                sock.sendall(first)
+                sock.shutdown(socket.SHUT_WR)
+                decoder = reply_decoder()
+                replies: list[Reply] = []
+                while data := sock.recv(65536):
+                    replies.extend(decoder.feed(data))
+                return replies
+
+        [refused] = await anyio.to_thread.run_sync(send_whole_then_read, frame)
+        assert isinstance(refused, Error)
+        assert (refused.id, refused.code) == (0, "bad_frame")
+        assert refused.message == (
+            f"frame of {len(frame) - 4} bytes is over the limit of {MAX_HELLO_FRAME} bytes "
+            "before a Hello (a connection's first frame is its Hello)"
+        )
+        async with Peer.connect(served.path) as peer:  # past its Hello, max_frame bounds it
+            await peer.send(big)
+            assert (await peer.next()).id == 1
 
 
 @pytest.mark.parametrize("client_api", CLIENT_APIS[:2])

@@ -73,6 +73,7 @@ from quotad.protocol.framing import HEADER_SIZE as FRAME_HEADER_SIZE
 from quotad.protocol.framing import (
     FrameEncoder,
     FrameError,
+    FrameTooLarge,
     MessageValidationError,
     request_decoder,
 )
@@ -115,6 +116,11 @@ GATHERED_BYTES: Final = 64 * 1024
 lone answer waits for nothing) are gathered and written together at the turn's end, up to
 this many bytes (then at once): a write each was a system call each, and relaying a
 provider's stream of 9,000 events to the socket spent a fifth of the daemon's CPU in them."""
+MAX_HELLO_FRAME: Final = 64 * 1024
+"""The largest frame read from a connection before its ``Hello`` (a few dozen bytes) is
+answered; ``daemon.max_frame`` after. Any process the socket's mode lets connect may send a
+first frame: one of 8 MiB of tiny values cost the event loop about a second to scan and decode
+before it was refused as no Hello."""
 CLOSE_LINGER_S: Final = 2.0
 """How long a closed connection's unsent answers may wait for the peer to read them."""
 
@@ -203,7 +209,7 @@ class Connection(asyncio.Protocol):
         no frame can arrive any more, beyond those queued before."""
         self.read_to_end = False
         """Everything queued before the read side was shut has been read."""
-        self._decoder = request_decoder(limits.max_frame)
+        self._decoder = request_decoder(min(limits.max_frame, MAX_HELLO_FRAME))
         self._memory = server.request_memory
         self._unread_held = 0
         """Bytes left in the decoder after a read (a frame arriving, frames waiting for the
@@ -289,8 +295,11 @@ class Connection(asyncio.Protocol):
                     return
                 data = b""  # read on: the frames after it wait in the decoder
             except FrameError as error:  # the peer may be sending it still: let it read why
-                self.server.log_closing(self.peer, error.code, str(error))
-                self.write(Error(code=error.code, message=str(error)))
+                reason = str(error)
+                if isinstance(error, FrameTooLarge) and not self.greeted:
+                    reason += " before a Hello (a connection's first frame is its Hello)"
+                self.server.log_closing(self.peer, error.code, reason)
+                self.write(Error(code=error.code, message=reason))
                 self._close_reading_on()
                 return
             except Exception:  # a bug: it costs this connection only
@@ -645,6 +654,7 @@ class Connection(asyncio.Protocol):
             self.refuse(error.code, error.message)
             return
         self.greeted = True
+        self._decoder.max_frame = self.limits.max_frame  # the frames after it
         self.app = message.app
         peer = self.peer
         self._own_caller = Caller(
